@@ -2,3 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod ber;
+pub mod cert;
+pub mod keys;
+pub mod verdict;
+pub mod oid;
+pub mod trust;

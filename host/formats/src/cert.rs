@@ -1,0 +1,413 @@
+//! X.509 certificates as the unsealer and the ETK checks see them.
+//!
+//! Fields are read with our BER parser (lenient like the official library's, which accepts
+//! the slightly irregular encodings of old eID and test certificates); signatures, public
+//! keys and chain building go through OpenSSL.
+
+use crate::ber::slice::{parse_exact, Tlv};
+use crate::ber::{tag, BerError, BerErrorKind};
+use crate::oid;
+use openssl::pkey::{Id, PKey, Public};
+use openssl::x509::X509;
+use std::fmt;
+
+/// Key usage bits as masks of the extension's first octet (Java's `getKeyUsage` order).
+pub mod key_usage {
+    pub const DIGITAL_SIGNATURE: u8 = 0x80;
+    pub const NON_REPUDIATION: u8 = 0x40;
+    pub const KEY_ENCIPHERMENT: u8 = 0x20;
+    pub const DATA_ENCIPHERMENT: u8 = 0x10;
+}
+
+/// Why a certificate could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate encoding: {0}")]
+    Encoding(#[from] BerError),
+    #[error("certificate rejected by OpenSSL: {0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
+}
+
+/// The public key algorithm of a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyAlgorithm {
+    Rsa,
+    Ec,
+    Dsa,
+    Other,
+}
+
+/// One relative distinguished name component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameAttr {
+    /// OID content octets of the attribute type.
+    pub oid: Vec<u8>,
+    pub value: String,
+}
+
+/// A parsed certificate.
+#[derive(Clone)]
+pub struct Certificate {
+    der: Vec<u8>,
+    x509: X509,
+    serial: Vec<u8>,
+    issuer_der: Vec<u8>,
+    subject_der: Vec<u8>,
+    subject: Vec<NameAttr>,
+    issuer: Vec<NameAttr>,
+    not_before: i64,
+    not_after: i64,
+    key_usage: Option<u8>,
+    is_ca: bool,
+    ski: Option<Vec<u8>>,
+    key_algorithm: KeyAlgorithm,
+    key_bits: u32,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("subject", &self.subject_string())
+            .field("serial", &self.serial_decimal())
+            .finish()
+    }
+}
+
+impl PartialEq for Certificate {
+    fn eq(&self, other: &Self) -> bool {
+        self.der == other.der
+    }
+}
+impl Eq for Certificate {}
+
+impl Certificate {
+    /// Parses a certificate from its DER (BER tolerated).
+    pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
+        let top = parse_exact(der)?.expect(tag::SEQUENCE)?;
+        let mut cert = top.seq()?;
+        let tbs = cert.next(tag::SEQUENCE)?;
+        let mut f = tbs.seq()?;
+        f.optional(tag::ctx_cons(0))?;
+        let serial = f.next(tag::INTEGER)?.uint_bytes()?.to_vec();
+        f.next(tag::SEQUENCE)?;
+        let issuer = f.next(tag::SEQUENCE)?;
+        let mut validity = f.next(tag::SEQUENCE)?.seq()?;
+        let not_before = parse_time(&validity.any()?)?;
+        let not_after = parse_time(&validity.any()?)?;
+        let subject = f.next(tag::SEQUENCE)?;
+        f.next(tag::SEQUENCE)?; // subjectPublicKeyInfo
+        f.optional(tag::ctx_prim(1))?;
+        f.optional(tag::ctx_prim(2))?;
+        let mut key_usage = None;
+        let mut is_ca = false;
+        let mut ski = None;
+        if let Some(exts) = f.optional(tag::ctx_cons(3))? {
+            let list = exts.seq()?.next(tag::SEQUENCE)?;
+            for ext in list.children() {
+                let mut e = ext?.seq()?;
+                let id = e.next(tag::OID)?;
+                e.optional(tag::BOOLEAN)?;
+                let value = e.next(tag::OCTET_STRING)?.octets()?;
+                let inner = parse_exact(&value)?;
+                match id.content {
+                    x if x == oid::EXT_KEY_USAGE => {
+                        let bits = inner.expect(tag::BIT_STRING)?.content;
+                        key_usage = Some(bits.get(1).copied().unwrap_or(0));
+                    }
+                    x if x == oid::EXT_BASIC_CONSTRAINTS => {
+                        let mut bc = inner.seq()?;
+                        if let Some(b) = bc.optional(tag::BOOLEAN)? {
+                            is_ca = b.content.first().is_some_and(|&v| v != 0);
+                        }
+                    }
+                    x if x == oid::EXT_SUBJECT_KEY_ID => {
+                        ski = Some(inner.expect(tag::OCTET_STRING)?.content.to_vec());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let x509 = X509::from_der(der)?;
+        let key = x509.public_key()?;
+        let key_algorithm = match key.id() {
+            Id::RSA | Id::RSA_PSS => KeyAlgorithm::Rsa,
+            Id::EC => KeyAlgorithm::Ec,
+            Id::DSA => KeyAlgorithm::Dsa,
+            _ => KeyAlgorithm::Other,
+        };
+        Ok(Self {
+            der: der.to_vec(),
+            serial,
+            issuer_der: issuer.raw.to_vec(),
+            subject_der: subject.raw.to_vec(),
+            subject: parse_name(&subject)?,
+            issuer: parse_name(&issuer)?,
+            not_before,
+            not_after,
+            key_usage,
+            is_ca,
+            ski,
+            key_algorithm,
+            key_bits: key.bits(),
+            x509,
+        })
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+    pub fn x509(&self) -> &X509 {
+        &self.x509
+    }
+    /// The serial number's magnitude, big-endian.
+    pub fn serial(&self) -> &[u8] {
+        &self.serial
+    }
+    /// The serial number in decimal: the eHealth keystore alias of an ETK key.
+    pub fn serial_decimal(&self) -> String {
+        decimal(&self.serial)
+    }
+    /// The DER of the issuer Name.
+    pub fn issuer_der(&self) -> &[u8] {
+        &self.issuer_der
+    }
+    /// The DER of the subject Name.
+    pub fn subject_der(&self) -> &[u8] {
+        &self.subject_der
+    }
+    /// Subject attributes in encoding order.
+    pub fn subject(&self) -> &[NameAttr] {
+        &self.subject
+    }
+    pub fn issuer(&self) -> &[NameAttr] {
+        &self.issuer
+    }
+    /// Validity bounds, unix seconds.
+    pub fn not_before(&self) -> i64 {
+        self.not_before
+    }
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+    /// First octet of the keyUsage bits, if the extension is present.
+    pub fn key_usage(&self) -> Option<u8> {
+        self.key_usage
+    }
+    /// Whether keyUsage is absent or has any of the bits of `mask`.
+    pub fn allows_any(&self, mask: u8) -> bool {
+        self.key_usage.is_none_or(|ku| ku & mask != 0)
+    }
+    /// Whether keyUsage is absent or has all the bits of `mask`.
+    pub fn allows_all(&self, mask: u8) -> bool {
+        self.key_usage.is_none_or(|ku| ku & mask == mask)
+    }
+    /// basicConstraints cA.
+    pub fn is_ca(&self) -> bool {
+        self.is_ca
+    }
+    pub fn subject_key_identifier(&self) -> Option<&[u8]> {
+        self.ski.as_deref()
+    }
+    pub fn key_algorithm(&self) -> KeyAlgorithm {
+        self.key_algorithm
+    }
+    /// Modulus size (RSA) or field size (EC) in bits.
+    pub fn key_bits(&self) -> u32 {
+        self.key_bits
+    }
+    pub fn public_key(&self) -> Result<PKey<Public>, openssl::error::ErrorStack> {
+        self.x509.public_key()
+    }
+    /// Whether `self` was signed by the key of `issuer`.
+    pub fn is_signed_by(&self, key: &PKey<Public>) -> bool {
+        self.x509.verify(key).unwrap_or(false)
+    }
+    /// Whether the certificate is valid at `t` (unix seconds).
+    pub fn valid_at(&self, t: i64) -> Validity {
+        if t < self.not_before {
+            Validity::NotYetValid
+        } else if t > self.not_after {
+            Validity::Expired
+        } else {
+            Validity::Valid
+        }
+    }
+    /// The subject in the customary `CN=…, OU=…, C=…` order (last RDN first).
+    pub fn subject_string(&self) -> String {
+        name_string(&self.subject)
+    }
+    pub fn issuer_string(&self) -> String {
+        name_string(&self.issuer)
+    }
+    /// The first value of a subject attribute.
+    pub fn subject_attr(&self, oid: &[u8]) -> Option<&str> {
+        self.subject.iter().find(|a| a.oid == oid).map(|a| a.value.as_str())
+    }
+}
+
+/// Where a time falls in a certificate's validity period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validity {
+    Valid,
+    Expired,
+    NotYetValid,
+}
+
+fn name_string(attrs: &[NameAttr]) -> String {
+    attrs
+        .iter()
+        .rev()
+        .map(|a| {
+            let key = match a.oid.as_slice() {
+                x if x == oid::AT_COMMON_NAME => "CN".to_string(),
+                x if x == oid::AT_SERIAL_NUMBER => "SERIALNUMBER".to_string(),
+                x if x == oid::AT_COUNTRY => "C".to_string(),
+                x if x == oid::AT_ORGANIZATION => "O".to_string(),
+                x if x == oid::AT_ORGANIZATIONAL_UNIT => "OU".to_string(),
+                [0x55, 0x04, 0x07] => "L".to_string(),
+                [0x55, 0x04, 0x04] => "SURNAME".to_string(),
+                [0x55, 0x04, 0x2a] => "GIVENNAME".to_string(),
+                other => crate::ber::slice::oid_to_string(other),
+            };
+            let v = &a.value;
+            if v.contains([',', '+', '"', '\\', '<', '>', ';', '=']) {
+                format!("{key}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+            } else {
+                format!("{key}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_name(name: &Tlv<'_>) -> Result<Vec<NameAttr>, BerError> {
+    let mut out = Vec::new();
+    for rdn in name.children() {
+        for atv in rdn?.expect(tag::SET)?.children() {
+            let mut s = atv?.seq()?;
+            let id = s.next(tag::OID)?;
+            let value = s.any()?;
+            out.push(NameAttr { oid: id.content.to_vec(), value: decode_string(&value) });
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes the directory string types; unknown types as lossy UTF-8.
+pub fn decode_string(v: &Tlv<'_>) -> String {
+    match v.tag {
+        tag::BMP_STRING => {
+            let units: Vec<u16> = v.content.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
+            String::from_utf16_lossy(&units)
+        }
+        tag::UNIVERSAL_STRING => v
+            .content
+            .chunks(4)
+            .filter_map(|c| (c.len() == 4).then(|| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))).flatten())
+            .collect(),
+        // T.61 in practice carries Latin-1.
+        tag::T61_STRING => v.content.iter().map(|&b| char::from(b)).collect(),
+        _ => String::from_utf8_lossy(v.content).into_owned(),
+    }
+}
+
+/// Parses UTCTime or GeneralizedTime into unix seconds.
+pub fn parse_time(t: &Tlv<'_>) -> Result<i64, BerError> {
+    let bad = || t.err(BerErrorKind::BadValue("time"));
+    let s = std::str::from_utf8(t.content).map_err(|_| bad())?;
+    let digits = |r: std::ops::Range<usize>| -> Result<i32, BerError> {
+        s.get(r).filter(|d| d.bytes().all(|b| b.is_ascii_digit())).and_then(|d| d.parse().ok()).ok_or_else(bad)
+    };
+    let (year, rest) = match t.tag {
+        tag::UTC_TIME => {
+            let yy = digits(0..2)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
+        }
+        tag::GENERALIZED_TIME => (digits(0..4)?, 4),
+        _ => return Err(bad()),
+    };
+    let month = digits(rest..rest + 2)?;
+    let day = digits(rest + 2..rest + 4)?;
+    let hour = digits(rest + 4..rest + 6)?;
+    let minute = digits(rest + 6..rest + 8)?;
+    // Seconds are optional in UTCTime's BER form.
+    let (second, tail) = match digits(rest + 8..rest + 10) {
+        Ok(sec) => (sec, rest + 10),
+        Err(_) => (0, rest + 8),
+    };
+    let mut tail = &s[tail.min(s.len())..];
+    if let Some(frac) = tail.strip_prefix('.') {
+        tail = frac.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    let offset_secs: i64 = match tail {
+        "Z" | "" => 0,
+        tz if tz.len() == 5 && (tz.starts_with('+') || tz.starts_with('-')) => {
+            let h: i64 = tz[1..3].parse().map_err(|_| bad())?;
+            let m: i64 = tz[3..5].parse().map_err(|_| bad())?;
+            let v = h * 3600 + m * 60;
+            if tz.starts_with('+') {
+                v
+            } else {
+                -v
+            }
+        }
+        _ => return Err(bad()),
+    };
+    let month = time::Month::try_from(u8::try_from(month).map_err(|_| bad())?).map_err(|_| bad())?;
+    let date = time::Date::from_calendar_date(year, month, u8::try_from(day).map_err(|_| bad())?).map_err(|_| bad())?;
+    let tod = time::Time::from_hms(
+        u8::try_from(hour).map_err(|_| bad())?,
+        u8::try_from(minute).map_err(|_| bad())?,
+        u8::try_from(second).map_err(|_| bad())?,
+    )
+    .map_err(|_| bad())?;
+    Ok(time::PrimitiveDateTime::new(date, tod).assume_utc().unix_timestamp() - offset_secs)
+}
+
+/// Big-endian magnitude to decimal (serial numbers can exceed 128 bits).
+pub fn decimal(magnitude: &[u8]) -> String {
+    let mut digits: Vec<u8> = vec![0];
+    for &byte in magnitude {
+        let mut carry = u32::from(byte);
+        for d in digits.iter_mut() {
+            let v = u32::from(*d) * 256 + carry;
+            *d = (v % 10) as u8;
+            carry = v / 10;
+        }
+        while carry > 0 {
+            digits.push((carry % 10) as u8);
+            carry /= 10;
+        }
+    }
+    while digits.len() > 1 && *digits.last().unwrap_or(&1) == 0 {
+        digits.pop();
+    }
+    digits.iter().rev().map(|d| char::from(b'0' + d)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_serials() {
+        assert_eq!(decimal(&[0x31, 0x32, 0x33, 0x31]), "825373489");
+        assert_eq!(decimal(&[]), "0");
+        assert_eq!(decimal(&[0x00, 0x01, 0x00]), "256");
+        assert_eq!(
+            decimal(&hex::decode("af2088ebe8f95c3f8e0e8e1e6c2b3140").unwrap()),
+            u128::from_str_radix("af2088ebe8f95c3f8e0e8e1e6c2b3140", 16).unwrap().to_string()
+        );
+    }
+
+    #[test]
+    fn times() {
+        let utc = crate::ber::slice::parse_exact(b"\x17\x0d261123124946Z").unwrap();
+        assert_eq!(parse_time(&utc).unwrap(), 1_795_438_186);
+        let gen = crate::ber::slice::parse_exact(b"\x18\x0f20261123124946Z").unwrap();
+        assert_eq!(parse_time(&gen).unwrap(), 1_795_438_186);
+        let bad = crate::ber::slice::parse_exact(b"\x17\x0d261323124946Z").unwrap();
+        assert!(parse_time(&bad).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! CMS sealing and unsealing (spec §1, §2).

@@ -1,0 +1,1 @@
+//! ETKs: parsing and the official validation rules (spec §3).

@@ -1,0 +1,1 @@
+//! Identifiers parsed from eHealth certificate DNs (spec §3.3).

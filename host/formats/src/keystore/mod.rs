@@ -1,0 +1,1 @@
+//! eHealth keystores (`.p12`) and the software key provider.

@@ -1,1 +1,20 @@
-//! CMS sealing and unsealing (spec §1, §2).
+//! CMS sealing and unsealing (spec §1, §2): SignedData ∘ EnvelopedData ∘ SignedData.
+//!
+//! Both directions stream: [`seal::seal`] reads the plaintext once and writes the three
+//! layers as it goes; [`unseal::unseal`] parses the outer layer, decrypts the middle one
+//! and verifies the inner one in a single pass, holding only small structures in memory.
+
+pub mod algorithms;
+pub mod seal;
+pub mod signer;
+pub mod unseal;
+
+pub use seal::{seal, Kek, Recipient, SealError, SealOptions};
+pub use unseal::{unseal, unseal_to_vec, ExpectedSigner, Sender, UnsealError, UnsealOptions, Unsealed};
+
+/// Size of the primitive OCTET STRING chunks in our BER output (as the official library).
+pub const CHUNK: usize = 1000;
+
+/// Limit on any one structure held in memory while unsealing (certificate sets,
+/// SignerInfos, RecipientInfos): far above real messages, far below memory trouble.
+pub const MAX_STRUCTURE: u64 = 4 * 1024 * 1024;

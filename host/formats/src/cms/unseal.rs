@@ -1,0 +1,963 @@
+//! Unsealing in one streaming pass, with the official verdict (spec §1.4–§1.6).
+//!
+//! The outer content is hashed while the middle layer is parsed out of it; the ciphertext
+//! is decrypted straight into the inner parser, whose content goes to the caller's writer
+//! as it is verified by hashing. The SignerInfos come after the content in BER, so the
+//! verdict is known only at the end: **content written to the writer is unverified until
+//! [`Unsealed::verdict`] is clean**. [`unseal_to_vec`] and the CLI release content only then.
+//!
+//! Facts are gathered per layer and the verdict is assembled at the end in the official
+//! order: an outer structural fatal hides everything else; outer errors and the
+//! signing-time warning come before a middle fatal; decryption errors before an inner
+//! fatal; inner errors last.
+
+use super::algorithms::{algorithm_identifier, content_cipher, Digest, MultiHasher};
+use super::signer::{self, SignatureCheck, SignerId, SignerInfo};
+use super::MAX_STRUCTURE;
+use crate::ber::slice::{parse_exact, Tlv};
+use crate::ber::stream::{BerStream, ContentFault, Header, ReadError};
+use crate::ber::{tag, BerError, BerErrorKind};
+use crate::cert::{key_usage, Certificate, KeyAlgorithm, Validity};
+use crate::keys::{DecryptionKey, KeyId, KeyRing};
+use crate::oid;
+use crate::trust::TrustAnchors;
+use crate::verdict::{Error as E, Fatal, Verdict, Warning};
+use openssl::hash::{Hasher, MessageDigest};
+use openssl::pkey::{PKey, Public};
+use openssl::symm::{Crypter, Mode};
+use std::fmt;
+use std::io::{self, BufReader, Read, Write};
+use zeroize::Zeroizing;
+
+const OUTER: u8 = 0;
+const MIDDLE: u8 = 1;
+const INNER: u8 = 2;
+
+/// A signer the receiver expects; for WEB_AUTHN messages also the source of the public key.
+#[derive(Clone)]
+pub enum ExpectedSigner {
+    Certificate(Certificate),
+    KeyId { ski: Vec<u8>, public_key: PKey<Public> },
+}
+
+impl fmt::Debug for ExpectedSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Certificate(c) => write!(f, "ExpectedSigner({})", c.subject_string()),
+            Self::KeyId { ski, .. } => write!(f, "ExpectedSigner(key id {})", hex::encode(ski)),
+        }
+    }
+}
+
+/// What the unsealer checks against; the defaults are the official library's.
+#[derive(Clone)]
+pub struct UnsealOptions {
+    pub anchors: TrustAnchors,
+    pub expected_signers: Vec<ExpectedSigner>,
+    /// The KGSS key for an unknown-recipient message; when set, only the KEKRecipientInfo
+    /// is used (as the official library does).
+    pub kek: Option<Zeroizing<Vec<u8>>>,
+    /// Evaluation time, unix seconds; the current time when `None`.
+    pub at: Option<i64>,
+    /// SIGNING_TIME_EXPIRATION: how old a signing time may be (official default 5 min).
+    pub signing_time_expiration: i64,
+    /// CLOCK_SKEW allowed on both sides of the window (official default 300 s).
+    pub clock_skew: i64,
+    /// SIGNING_TIME_TRUST_IMPLICIT: skip the signing-time window check.
+    pub signing_time_trust_implicit: bool,
+}
+
+impl Default for UnsealOptions {
+    fn default() -> Self {
+        Self {
+            anchors: TrustAnchors::default(),
+            expected_signers: Vec::new(),
+            kek: None,
+            at: None,
+            signing_time_expiration: 300,
+            clock_skew: 300,
+            signing_time_trust_implicit: false,
+        }
+    }
+}
+
+impl fmt::Debug for UnsealOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnsealOptions")
+            .field("anchors", &self.anchors.certs().len())
+            .field("expected_signers", &self.expected_signers)
+            .field("kek", &self.kek.as_ref().map(|_| "<secret>"))
+            .field("at", &self.at)
+            .finish()
+    }
+}
+
+/// Who sealed the message: the outer (authentication) signer.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    pub certificate: Option<Certificate>,
+    /// subjectKeyIdentifier for WEB_AUTHN signers.
+    pub key_id: Option<Vec<u8>>,
+}
+
+/// Which key opened the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenedWith {
+    Key(KeyId),
+    Kek,
+}
+
+/// The outcome of unsealing.
+#[derive(Clone, Debug)]
+pub struct Unsealed {
+    pub verdict: Verdict,
+    pub sender: Option<Sender>,
+    /// The outer signing time, when present.
+    pub signing_time: Option<i64>,
+    pub opened_with: Option<OpenedWith>,
+    /// Bytes of content written to the writer (unverified unless the verdict is clean).
+    pub content_len: u64,
+    pub content_sha256: [u8; 32],
+}
+
+/// Unsealing failed for a reason outside the message: reading input or writing output.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsealError {
+    #[error("reading the message: {0}")]
+    Input(io::Error),
+    #[error("writing the content: {0}")]
+    Output(io::Error),
+}
+
+/// Unseals a message held in memory; content is returned only with a clean verdict.
+pub fn unseal_to_vec(message: &[u8], keys: &KeyRing, opts: &UnsealOptions) -> (Unsealed, Option<Vec<u8>>) {
+    let mut content = Vec::new();
+    let result = unseal(message, &mut content, keys, opts).unwrap_or_else(|_| unreachable_io());
+    let clean = result.verdict.is_clean();
+    (result, clean.then_some(content))
+}
+
+fn unreachable_io() -> Unsealed {
+    // Reading a slice and writing a Vec cannot fail; keep a verdict rather than panic.
+    let mut verdict = Verdict::default();
+    verdict.fatal(Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT);
+    Unsealed { verdict, sender: None, signing_time: None, opened_with: None, content_len: 0, content_sha256: [0; 32] }
+}
+
+/// Why processing of a layer stopped.
+enum Stop {
+    Fatal(Fatal),
+    Input(io::Error),
+    Output(io::Error),
+}
+
+/// Maps a read failure at `layer` to a fatal, unless it is a real I/O failure.
+fn classify(e: ReadError, layer: u8) -> Stop {
+    match e {
+        ReadError::Ber(_) => Stop::Fatal(structure_fatal(layer)),
+        ReadError::Io(e) => classify_io(e),
+    }
+}
+
+fn classify_io(e: io::Error) -> Stop {
+    if let Some(fault) = e.get_ref().and_then(|i| i.downcast_ref::<ContentFault>()) {
+        return Stop::Fatal(structure_fatal(fault.layer));
+    }
+    if e.get_ref().is_some_and(|i| i.is::<CipherFault>()) {
+        // A broken ciphertext surfaces inside the inner parser; it is the middle layer's fault.
+        return Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT);
+    }
+    Stop::Input(e)
+}
+
+fn structure_fatal(layer: u8) -> Fatal {
+    match layer {
+        OUTER => Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT,
+        MIDDLE => Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT,
+        _ => Fatal::INNER_SIGNED_DATA_STRUCTURE_INCORRECT,
+    }
+}
+
+/// What one SignedData layer showed.
+#[derive(Default)]
+struct SignedFacts {
+    econtent_type: Vec<u8>,
+    digests: Vec<(Digest, Vec<u8>)>,
+    certs: Vec<Certificate>,
+    signer: Option<SignerInfo>,
+}
+
+/// Everything gathered during the pass.
+#[derive(Default)]
+struct Facts {
+    outer_fatal: Option<Fatal>,
+    outer: SignedFacts,
+    middle_fatal: Option<Fatal>,
+    decryption_errors: Vec<E>,
+    opened_with: Option<OpenedWith>,
+    inner_fatal: Option<Fatal>,
+    inner: SignedFacts,
+    content_len: u64,
+    content_sha256: [u8; 32],
+}
+
+/// Unseals `input`, writing the (unverified) content to `out`; see the module docs.
+pub fn unseal<R: Read, W: Write>(input: R, out: W, keys: &KeyRing, opts: &UnsealOptions) -> Result<Unsealed, UnsealError> {
+    let at = opts.at.unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+    let mut facts = Facts::default();
+    let mut out = out;
+    match run(BufReader::with_capacity(64 * 1024, input), &mut out, keys, opts, &mut facts) {
+        Ok(()) => {}
+        Err(Stop::Fatal(f)) => {
+            facts.outer_fatal.get_or_insert(f);
+        }
+        Err(Stop::Input(e)) => return Err(UnsealError::Input(e)),
+        Err(Stop::Output(e)) => return Err(UnsealError::Output(e)),
+    }
+    out.flush().map_err(UnsealError::Output)?;
+    Ok(assemble(facts, opts, at))
+}
+
+/// The outer pass: header, content (middle and inner within), tail.
+fn run<R: Read, W: Write>(input: R, out: &mut W, keys: &KeyRing, opts: &UnsealOptions, facts: &mut Facts) -> Result<(), Stop> {
+    let mut s0 = BerStream::new(input);
+    let head = signed_data_head(&mut s0).map_err(|e| classify(e, OUTER))?;
+    facts.outer.econtent_type = head.econtent_type.clone();
+    let Some(content_header) = head.content else {
+        return Err(Stop::Fatal(Fatal::OUTER_SIGNED_DATA_CONTENT_MISSING));
+    };
+    {
+        let octets = s0.octet_stream(content_header, OUTER);
+        let mut hashing = HashingReader { inner: octets, hasher: MultiHasher::new(&head.digests) };
+        let mut s1 = BerStream::new(&mut hashing);
+        match middle(&mut s1, out, keys, opts, facts) {
+            Ok(()) => {}
+            Err(Stop::Fatal(f)) if f == Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT => return Err(Stop::Fatal(f)),
+            Err(Stop::Fatal(f)) => {
+                facts.middle_fatal.get_or_insert(f);
+            }
+            Err(other) => return Err(other),
+        }
+        drop(s1);
+        // The rest of the outer content still has to be hashed.
+        if let Err(e) = io::copy(&mut hashing, &mut io::sink()) {
+            return Err(match classify_io(e) {
+                Stop::Fatal(_) => Stop::Fatal(Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT),
+                other => other,
+            });
+        }
+        facts.outer.digests = hashing.hasher.finish();
+    }
+    let tail = signed_data_tail(&mut s0, &head).map_err(|e| classify(e, OUTER))?;
+    let (certs, signer) = tail_facts(&tail, OUTER)?;
+    facts.outer.certs = certs;
+    facts.outer.signer = Some(signer);
+    Ok(())
+}
+
+/// The middle pass: EnvelopedData, key recovery, decryption into the inner pass.
+fn middle<R: Read, W: Write>(s1: &mut BerStream<R>, out: &mut W, keys: &KeyRing, opts: &UnsealOptions, facts: &mut Facts) -> Result<(), Stop> {
+    let env = enveloped_head(s1).map_err(|e| classify(e, MIDDLE))?;
+    let cek = recover_key(&env, keys, opts, facts)?;
+    let Some(cipher) = content_cipher(&env.content_alg) else {
+        // Nothing we can decrypt with: the official library fails here too.
+        return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT));
+    };
+    let iv = env.iv.clone().unwrap_or_default();
+    let octets = s1.octet_stream(env.encrypted_content, MIDDLE);
+    let mut key = cek;
+    key.resize(cipher.key_len(), 0);
+    let crypter = match Crypter::new(cipher, Mode::Decrypt, &key, Some(&iv)) {
+        Ok(c) => c,
+        Err(_) => return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT)),
+    };
+    let mut dec = Decryptor::new(octets, crypter, cipher.block_size());
+    let inner_result = {
+        let mut s2 = BerStream::new(&mut dec);
+        inner(&mut s2, out, facts)
+    };
+    match inner_result {
+        Ok(()) => {}
+        Err(Stop::Fatal(f)) if f == Fatal::INNER_SIGNED_DATA_STRUCTURE_INCORRECT && dec.padding_failed => {
+            facts.decryption_errors.push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_PADDING_UNAUTHORIZED);
+            facts.inner_fatal = Some(f);
+        }
+        Err(Stop::Fatal(f)) if f == Fatal::INNER_SIGNED_DATA_STRUCTURE_INCORRECT || is_inner_fatal(f) => {
+            facts.inner_fatal = Some(f);
+        }
+        Err(other) => return Err(other),
+    }
+    // Finish the ciphertext (padding is checked at its end) and the middle framing.
+    if let Err(e) = io::copy(&mut dec, &mut io::sink()) {
+        match classify_io(e) {
+            Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT) if dec.padding_failed => {
+                facts.decryption_errors.push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_PADDING_UNAUTHORIZED);
+            }
+            other => return Err(other),
+        }
+    }
+    drop(dec);
+    enveloped_tail(s1, &env).map_err(|e| classify(e, MIDDLE))
+}
+
+fn is_inner_fatal(f: Fatal) -> bool {
+    matches!(
+        f,
+        Fatal::INNER_SIGNED_DATA_CONTENT_MISSING
+            | Fatal::MESSAGE_INNER_SIGNED_PART_HAS_NO_SIGNER_INFORMATION
+            | Fatal::MESSAGE_INNER_SIGNED_PART_HAS_MORE_THAN_ONE_SIGNER_INFORMATION
+            | Fatal::MESSAGE_INNER_SIGNED_PART_CONTAINS_INCORRECTLY_ENCODED_CERTIFICATES_SET
+    )
+}
+
+/// The inner pass: SignedData whose content is the plaintext.
+fn inner<R: Read, W: Write>(s2: &mut BerStream<R>, out: &mut W, facts: &mut Facts) -> Result<(), Stop> {
+    let head = signed_data_head(s2).map_err(|e| classify(e, INNER))?;
+    facts.inner.econtent_type = head.econtent_type.clone();
+    let Some(content_header) = head.content else {
+        return Err(Stop::Fatal(Fatal::INNER_SIGNED_DATA_CONTENT_MISSING));
+    };
+    {
+        let mut octets = s2.octet_stream(content_header, INNER);
+        let mut hasher = MultiHasher::new(&head.digests);
+        let mut report = Hasher::new(MessageDigest::sha256()).map_err(|e| Stop::Input(io::Error::other(e)))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match octets.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(classify_io(e)),
+            };
+            hasher.update(&buf[..n]);
+            report.update(&buf[..n]).map_err(|e| Stop::Input(io::Error::other(e)))?;
+            out.write_all(&buf[..n]).map_err(Stop::Output)?;
+            facts.content_len += n as u64;
+        }
+        facts.inner.digests = hasher.finish();
+        if let Ok(d) = report.finish() {
+            facts.content_sha256.copy_from_slice(&d);
+        }
+    }
+    let tail = signed_data_tail(s2, &head).map_err(|e| classify(e, INNER))?;
+    let (certs, signer) = tail_facts(&tail, INNER)?;
+    facts.inner.certs = certs;
+    facts.inner.signer = Some(signer);
+    Ok(())
+}
+
+// ---- structure -------------------------------------------------------------------------
+
+struct SignedDataHead {
+    ci: Header,
+    explicit: Header,
+    sd: Header,
+    digests: Vec<Digest>,
+    eci: Header,
+    econtent_type: Vec<u8>,
+    econtent_explicit: Option<Header>,
+    content: Option<Header>,
+}
+
+fn read_oid<R: Read>(s: &mut BerStream<R>) -> Result<Vec<u8>, ReadError> {
+    let h = s.expect_header(tag::OID)?;
+    let crate::ber::Length::Definite(n) = h.len else {
+        return Err(ReadError::Ber(BerError::new(h.offset, BerErrorKind::BadValue("OID"))));
+    };
+    s.read_bytes(n, 64)
+}
+
+fn wrong_type(at: u64) -> ReadError {
+    ReadError::Ber(BerError::new(at, BerErrorKind::BadValue("content type")))
+}
+
+/// Reads a ContentInfo(SignedData) up to the start of its eContent octets.
+fn signed_data_head<R: Read>(s: &mut BerStream<R>) -> Result<SignedDataHead, ReadError> {
+    let ci = s.expect_header(tag::SEQUENCE)?;
+    let at = s.pos();
+    if read_oid(s)? != oid::SIGNED_DATA {
+        return Err(wrong_type(at));
+    }
+    let explicit = s.expect_header(tag::ctx_cons(0))?;
+    let sd = s.expect_header(tag::SEQUENCE)?;
+    let v = s.expect_header(tag::INTEGER)?;
+    s.read_bytes(v.end().unwrap_or(0).saturating_sub(s.pos()), 8)?;
+    let algs = s.read_element(MAX_STRUCTURE)?;
+    let algs = parse_exact(&algs)?.expect(tag::SET)?;
+    let mut digests = Vec::new();
+    for a in algs.children() {
+        if let Some(d) = Digest::from_oid(algorithm_identifier(&a?)?.0) {
+            digests.push(d);
+        }
+    }
+    let eci = s.expect_header(tag::SEQUENCE)?;
+    let econtent_type = read_oid(s)?;
+    let (econtent_explicit, content) = if s.has_more_in(&eci)? {
+        let x = s.expect_header(tag::ctx_cons(0))?;
+        let h = s.read_header()?;
+        if h.tag != tag::OCTET_STRING && h.tag != tag::OCTET_STRING_CONSTRUCTED {
+            return Err(ReadError::Ber(BerError::new(h.offset, BerErrorKind::UnexpectedTag { expected: tag::OCTET_STRING, found: h.tag })));
+        }
+        (Some(x), Some(h))
+    } else {
+        (None, None)
+    };
+    Ok(SignedDataHead { ci, explicit, sd, digests, eci, econtent_type, econtent_explicit, content })
+}
+
+struct SignedDataTail {
+    certs: Option<Vec<u8>>,
+    signer_infos: Vec<u8>,
+}
+
+/// Reads what follows the eContent: certificates, CRLs, SignerInfos, and the closings.
+fn signed_data_tail<R: Read>(s: &mut BerStream<R>, head: &SignedDataHead) -> Result<SignedDataTail, ReadError> {
+    if let Some(x) = &head.econtent_explicit {
+        s.close(x)?;
+        if s.has_more_in(&head.eci)? {
+            return Err(ReadError::Ber(BerError::new(s.pos(), BerErrorKind::TrailingData)));
+        }
+    }
+    let mut certs = None;
+    let mut signer_infos = None;
+    while s.has_more_in(&head.sd)? {
+        match s.peek_tag()? {
+            Some(0xa0) if certs.is_none() && signer_infos.is_none() => certs = Some(s.read_element(MAX_STRUCTURE)?),
+            Some(0xa1) if signer_infos.is_none() => s.skip_element()?,
+            Some(tag::SET) if signer_infos.is_none() => signer_infos = Some(s.read_element(MAX_STRUCTURE)?),
+            _ => return Err(ReadError::Ber(BerError::new(s.pos(), BerErrorKind::TrailingData))),
+        }
+    }
+    let signer_infos = signer_infos.ok_or(ReadError::Ber(BerError::new(s.pos(), BerErrorKind::BadValue("missing signerInfos"))))?;
+    s.close(&head.explicit)?;
+    s.close(&head.ci)?;
+    Ok(SignedDataTail { certs, signer_infos })
+}
+
+/// Parses the certificates and the single SignerInfo, with the official fatals.
+fn tail_facts(tail: &SignedDataTail, layer: u8) -> Result<(Vec<Certificate>, SignerInfo), Stop> {
+    let outer = layer == OUTER;
+    let structure = Stop::Fatal(structure_fatal(layer));
+    let set = parse_exact(&tail.signer_infos).map_err(|_| Stop::Fatal(structure_fatal(layer)))?;
+    let infos: Vec<Tlv<'_>> = set.children().collect::<Result<_, _>>().map_err(|_| Stop::Fatal(structure_fatal(layer)))?;
+    match infos.len() {
+        0 => {
+            return Err(Stop::Fatal(if outer {
+                Fatal::MESSAGE_OUTER_SIGNED_PART_HAS_NO_SIGNER_INFORMATION
+            } else {
+                Fatal::MESSAGE_INNER_SIGNED_PART_HAS_NO_SIGNER_INFORMATION
+            }))
+        }
+        1 => {}
+        _ => {
+            return Err(Stop::Fatal(if outer {
+                Fatal::MESSAGE_OUTER_SIGNED_PART_HAS_MORE_THAN_ONE_SIGNER_INFORMATION
+            } else {
+                Fatal::MESSAGE_INNER_SIGNED_PART_HAS_MORE_THAN_ONE_SIGNER_INFORMATION
+            }))
+        }
+    }
+    let signer = SignerInfo::parse(&infos[0]).map_err(|_| structure)?;
+    let mut certs = Vec::new();
+    if let Some(raw) = &tail.certs {
+        let bad = || {
+            Stop::Fatal(if outer {
+                Fatal::MESSAGE_OUTER_SIGNED_PART_CONTAINS_INCORRECTLY_ENCODED_CERTIFICATES_SET
+            } else {
+                Fatal::MESSAGE_INNER_SIGNED_PART_CONTAINS_INCORRECTLY_ENCODED_CERTIFICATES_SET
+            })
+        };
+        let set = parse_exact(raw).map_err(|_| bad())?;
+        for c in set.children() {
+            let c = c.map_err(|_| bad())?;
+            if c.tag == tag::SEQUENCE {
+                certs.push(Certificate::from_der(c.raw).map_err(|_| bad())?);
+            }
+        }
+    }
+    Ok((certs, signer))
+}
+
+struct EnvelopedHead {
+    ci: Header,
+    explicit: Header,
+    ed: Header,
+    eci: Header,
+    recipient_infos: Vec<u8>,
+    content_alg: Vec<u8>,
+    iv: Option<Vec<u8>>,
+    encrypted_content: Header,
+}
+
+fn enveloped_head<R: Read>(s: &mut BerStream<R>) -> Result<EnvelopedHead, ReadError> {
+    let ci = s.expect_header(tag::SEQUENCE)?;
+    let at = s.pos();
+    if read_oid(s)? != oid::ENVELOPED_DATA {
+        return Err(wrong_type(at));
+    }
+    let explicit = s.expect_header(tag::ctx_cons(0))?;
+    let ed = s.expect_header(tag::SEQUENCE)?;
+    let v = s.expect_header(tag::INTEGER)?;
+    s.read_bytes(v.end().unwrap_or(0).saturating_sub(s.pos()), 8)?;
+    if s.peek_tag()? == Some(0xa0) {
+        s.skip_element()?; // originatorInfo
+    }
+    let recipient_infos = s.read_element(MAX_STRUCTURE)?;
+    parse_exact(&recipient_infos)?.expect(tag::SET)?;
+    let eci = s.expect_header(tag::SEQUENCE)?;
+    read_oid(s)?;
+    let alg = s.read_element(MAX_STRUCTURE)?;
+    let alg_t = parse_exact(&alg)?;
+    let (content_alg, params) = algorithm_identifier(&alg_t)?;
+    let iv = params.filter(|p| p.tag == tag::OCTET_STRING).map(|p| p.content.to_vec());
+    let content_alg = content_alg.to_vec();
+    let encrypted_content = s.read_header()?;
+    if encrypted_content.tag != 0x80 && encrypted_content.tag != 0xa0 {
+        return Err(ReadError::Ber(BerError::new(encrypted_content.offset, BerErrorKind::BadValue("encryptedContent missing"))));
+    }
+    Ok(EnvelopedHead { ci, explicit, ed, eci, recipient_infos, content_alg, iv, encrypted_content })
+}
+
+fn enveloped_tail<R: Read>(s: &mut BerStream<R>, env: &EnvelopedHead) -> Result<(), ReadError> {
+    s.close_if_constructed(&env.encrypted_content)?;
+    s.close(&env.eci)?;
+    while s.has_more_in(&env.ed)? {
+        s.skip_element()?; // unprotectedAttrs
+    }
+    s.close(&env.explicit)?;
+    s.close(&env.ci)?;
+    Ok(())
+}
+
+// ---- keys ------------------------------------------------------------------------------
+
+enum RecipientRef<'a> {
+    IssuerSerial { issuer: &'a [u8], serial: &'a [u8] },
+    Ski(&'a [u8]),
+}
+
+struct Ktri<'a> {
+    rid: RecipientRef<'a>,
+    alg: &'a [u8],
+    encrypted_key: Vec<u8>,
+}
+
+struct Kekri<'a> {
+    alg: &'a [u8],
+    encrypted_key: Vec<u8>,
+}
+
+fn recipients(raw: &[u8]) -> Result<(Vec<Ktri<'_>>, Vec<Kekri<'_>>), BerError> {
+    let set = parse_exact(raw)?;
+    let mut ktris = Vec::new();
+    let mut kekris = Vec::new();
+    for ri in set.children() {
+        let ri = ri?;
+        match ri.tag {
+            tag::SEQUENCE => {
+                let mut f = ri.seq()?;
+                f.next(tag::INTEGER)?;
+                let rid_t = f.any()?;
+                let rid = match rid_t.tag {
+                    tag::SEQUENCE => {
+                        let mut r = rid_t.seq()?;
+                        let issuer = r.next(tag::SEQUENCE)?.raw;
+                        let serial = r.next(tag::INTEGER)?.uint_bytes()?;
+                        RecipientRef::IssuerSerial { issuer, serial }
+                    }
+                    0x80 => RecipientRef::Ski(rid_t.content),
+                    found => return Err(rid_t.err(BerErrorKind::UnexpectedTag { expected: tag::SEQUENCE, found })),
+                };
+                let alg = algorithm_identifier(&f.next(tag::SEQUENCE)?)?.0;
+                let encrypted_key = f.next(tag::OCTET_STRING)?.octets()?.into_owned();
+                ktris.push(Ktri { rid, alg, encrypted_key });
+            }
+            0xa2 => {
+                let mut f = ri.seq()?;
+                f.next(tag::INTEGER)?;
+                f.next(tag::SEQUENCE)?;
+                let alg = algorithm_identifier(&f.next(tag::SEQUENCE)?)?.0;
+                let encrypted_key = f.next(tag::OCTET_STRING)?.octets()?.into_owned();
+                kekris.push(Kekri { alg, encrypted_key });
+            }
+            _ => {} // KeyAgree, password and other recipient infos are not ETEE's.
+        }
+    }
+    Ok((ktris, kekris))
+}
+
+/// Finds and unwraps the content-encryption key as the official library does, except
+/// that an RSA failure never shows: a random key takes its place (RFC 3218 §2.3), so that
+/// a bad padding cannot be told from a wrong key.
+fn recover_key(env: &EnvelopedHead, keys: &KeyRing, opts: &UnsealOptions, facts: &mut Facts) -> Result<Vec<u8>, Stop> {
+    let (ktris, kekris) = recipients(&env.recipient_infos).map_err(|_| Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT))?;
+    if env.content_alg != oid::AES128_CBC {
+        facts.decryption_errors.push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
+    }
+    if let Some(kek) = &opts.kek {
+        let Some(kekri) = kekris.first() else {
+            return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_CONTAINS_NO_KEKRECIPIENTINFOS));
+        };
+        if kekri.alg != oid::AES128_WRAP {
+            facts.decryption_errors.push(E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
+        }
+        if kek.len() < 16 {
+            facts.decryption_errors.push(E::DECRYPTION_SYMMETRIC_KEY_LENGTH_UNAUTHORIZED);
+        }
+        let cek = unwrap_kek(kek, &kekri.encrypted_key).ok_or(Stop::Fatal(Fatal::SECRET_KEY_CAN_NOT_DECRYPT_KEKRECIPIENTINFOS))?;
+        facts.opened_with = Some(OpenedWith::Kek);
+        return Ok(cek);
+    }
+    if ktris.is_empty() {
+        return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_CONTAINS_NO_KEYTRANSRECIPIENTINFOS));
+    }
+    // The first recipient info for which we hold a key, as in the official library.
+    let found = ktris.iter().find_map(|k| {
+        let c: Vec<&DecryptionKey> = match k.rid {
+            RecipientRef::IssuerSerial { issuer, serial } => keys.candidates_by_serial(issuer, serial),
+            RecipientRef::Ski(ski) => keys.candidates_by_ski(ski),
+        };
+        (!c.is_empty()).then_some((k, c))
+    });
+    let Some((ktri, candidates)) = found else {
+        return Err(Stop::Fatal(Fatal::DECRYPTION_PRIVATE_KEY_NOT_FOUND));
+    };
+    if ktri.alg != oid::RSA_ENCRYPTION {
+        facts.decryption_errors.push(E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
+    }
+    if candidates[0].modulus_bits < 2048 {
+        facts.decryption_errors.push(E::DECRYPTION_ASYMMETRIC_KEY_LENGTH_UNAUTHORIZED);
+    }
+    let wanted = content_cipher(&env.content_alg).map(|c| c.key_len()).unwrap_or(16);
+    for k in &candidates {
+        if let Ok(cek) = k.ops.decrypt_pkcs1v15(&k.key, &ktri.encrypted_key) {
+            if cek.len() == wanted {
+                facts.opened_with = Some(OpenedWith::Key(k.key.clone()));
+                return Ok(cek.to_vec());
+            }
+        }
+    }
+    // No candidate could unwrap it: carry on with a random key, indistinguishably.
+    let mut random = vec![0u8; wanted];
+    let _ = openssl::rand::rand_bytes(&mut random);
+    facts.opened_with = candidates.first().map(|k| OpenedWith::Key(k.key.clone()));
+    Ok(random)
+}
+
+fn unwrap_kek(kek: &[u8], wrapped: &[u8]) -> Option<Vec<u8>> {
+    if wrapped.len() < 24 || wrapped.len() % 8 != 0 {
+        return None;
+    }
+    let key = openssl::aes::AesKey::new_decrypt(kek).ok()?;
+    let mut out = vec![0u8; wrapped.len() - 8];
+    openssl::aes::unwrap_key(&key, None, &mut out, wrapped).ok()?;
+    Some(out)
+}
+
+// ---- stream adapters -------------------------------------------------------------------
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: MultiHasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Payload of the `io::Error` raised when the ciphertext does not decrypt (bad padding,
+/// truncated blocks).
+#[derive(Debug, thiserror::Error)]
+#[error("content decryption failed")]
+struct CipherFault;
+
+/// Decrypts a CBC ciphertext stream.
+struct Decryptor<R> {
+    src: R,
+    crypter: Crypter,
+    block: usize,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    out_pos: usize,
+    out_len: usize,
+    finished: bool,
+    padding_failed: bool,
+}
+
+impl<R: Read> Decryptor<R> {
+    fn new(src: R, mut crypter: Crypter, block: usize) -> Self {
+        crypter.pad(true);
+        Self { src, crypter, block, inbuf: vec![0; 64 * 1024], outbuf: vec![0; 64 * 1024 + 64], out_pos: 0, out_len: 0, finished: false, padding_failed: false }
+    }
+}
+
+impl<R: Read> Read for Decryptor<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.out_pos == self.out_len {
+            if self.finished {
+                return Ok(0);
+            }
+            let n = self.src.read(&mut self.inbuf)?;
+            self.out_pos = 0;
+            if n == 0 {
+                self.finished = true;
+                match self.crypter.finalize(&mut self.outbuf) {
+                    Ok(k) => self.out_len = k,
+                    Err(_) => {
+                        self.padding_failed = true;
+                        self.out_len = 0;
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, CipherFault));
+                    }
+                }
+            } else {
+                self.out_len = self
+                    .crypter
+                    .update(&self.inbuf[..n], &mut self.outbuf)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, CipherFault))?;
+            }
+        }
+        let _ = self.block;
+        let k = (self.out_len - self.out_pos).min(buf.len());
+        buf[..k].copy_from_slice(&self.outbuf[self.out_pos..self.out_pos + k]);
+        self.out_pos += k;
+        Ok(k)
+    }
+}
+
+// ---- verdict ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Policy {
+    EhealthCert,
+    Eid,
+    WebAuthn,
+}
+
+impl Policy {
+    fn min_key_bits(self) -> u32 {
+        match self {
+            Self::Eid => 1024,
+            _ => 2048,
+        }
+    }
+}
+
+/// The signer a layer resolved to.
+struct Resolved {
+    policy: Option<Policy>,
+    cert: Option<Certificate>,
+    ski: Option<Vec<u8>>,
+}
+
+fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
+    let mut v = Verdict::default();
+    let mut sender = None;
+    let mut signing_time = None;
+    let base = |v: Verdict, sender, signing_time, facts: &Facts| Unsealed {
+        verdict: v,
+        sender,
+        signing_time,
+        opened_with: facts.opened_with.clone(),
+        content_len: facts.content_len,
+        content_sha256: facts.content_sha256,
+    };
+    if let Some(f) = facts.outer_fatal {
+        v.fatal(f);
+        return base(v, None, None, &facts);
+    }
+    let mut outer_resolved = None;
+    if let Some(si) = &facts.outer.signer {
+        let r = check_layer(true, &facts.outer, si, None, opts, at, &mut v);
+        signing_time = si.signing_times.first().copied();
+        sender = Some(Sender { certificate: r.cert.clone(), key_id: r.ski.clone() });
+        signing_time_warning(si, opts, at, &mut v);
+        outer_resolved = Some(r);
+    }
+    if let Some(f) = facts.middle_fatal {
+        v.fatal(f);
+        return base(v, sender, signing_time, &facts);
+    }
+    for e in &facts.decryption_errors {
+        v.error(*e);
+    }
+    if let Some(f) = facts.inner_fatal {
+        v.fatal(f);
+        return base(v, sender, signing_time, &facts);
+    }
+    if let (Some(si), Some(outer)) = (&facts.inner.signer, &outer_resolved) {
+        let mut inner_v = Verdict::default();
+        let r = check_layer(false, &facts.inner, si, Some((outer, &facts.outer.certs)), opts, at, &mut inner_v);
+        if !correlated(outer, &r) {
+            v.error(E::MESSAGE_INTEGRITY_INVALID);
+        }
+        for e in inner_v.errors {
+            v.error(e);
+        }
+    }
+    base(v, sender, signing_time, &facts)
+}
+
+/// The checks of spec §1.4 step 2 (outer) or 4 (inner) for one layer.
+fn check_layer(
+    outer: bool,
+    layer: &SignedFacts,
+    si: &SignerInfo,
+    outer_signer: Option<(&Resolved, &Vec<Certificate>)>,
+    opts: &UnsealOptions,
+    at: i64,
+    v: &mut Verdict,
+) -> Resolved {
+    let pick = |o: E, i: E| if outer { o } else { i };
+    let policy = match &si.sid {
+        SignerId::SubjectKeyId(_) => Some(Policy::WebAuthn),
+        SignerId::IssuerSerial { .. } => match si.signature_alg.as_slice() {
+            x if x == oid::RSASSA_PSS => Some(Policy::EhealthCert),
+            x if x == oid::SHA256_WITH_RSA || x == oid::RSA_ENCRYPTION => Some(Policy::Eid),
+            _ => None,
+        },
+    };
+    if policy.is_none() || si.digest_alg != oid::SHA256 {
+        v.error(pick(E::OUTER_SIGNATURE_DIGEST_ALGORITHM_UNAUTHORIZED, E::INNER_SIGNATURE_DIGEST_ALGORITHM_UNAUTHORIZED));
+    }
+    if policy.is_none() {
+        v.error(pick(E::OUTER_SIGNATURE_ALGORITHM_UNAUTHORIZED, E::INNER_SIGNATURE_ALGORITHM_UNAUTHORIZED));
+    }
+    let mut resolved = Resolved { policy, cert: None, ski: None };
+    let key: Option<PKey<Public>> = match &si.sid {
+        SignerId::SubjectKeyId(ski) => {
+            resolved.ski = Some(ski.clone());
+            opts.expected_signers.iter().find_map(|e| match e {
+                ExpectedSigner::KeyId { ski: s, public_key } if s == ski => Some(public_key.clone()),
+                _ => None,
+            })
+        }
+        SignerId::IssuerSerial { issuer, serial } => {
+            let own = layer.certs.iter().find(|c| c.issuer_der() == issuer.as_slice() && c.serial() == serial.as_slice());
+            // An inner layer without certificates is verified with the outer certificate.
+            let cert = match (own, outer_signer) {
+                (Some(c), _) => Some(c.clone()),
+                (None, Some((o, _))) if layer.certs.is_empty() => o.cert.clone(),
+                _ => None,
+            };
+            match cert {
+                Some(c) => {
+                    let k = c.public_key().ok();
+                    resolved.cert = Some(c);
+                    k
+                }
+                None => {
+                    if outer || !layer.certs.is_empty() || outer_signer.is_some_and(|(o, _)| o.ski.is_none()) {
+                        v.error(pick(E::OUTER_CERTIFICATE_EXPECTED_BUT_NOT_PRESENT, E::INNER_CERTIFICATE_EXPECTED_BUT_NOT_PRESENT));
+                    }
+                    None
+                }
+            }
+        }
+    };
+    let Some(key) = key else {
+        if matches!(si.sid, SignerId::SubjectKeyId(_)) {
+            v.error(pick(E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED, E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED));
+        }
+        return resolved;
+    };
+    // BouncyCastle refuses to verify with a certificate not valid at the signing time.
+    let sig_time = si.signing_time();
+    let mut check = signer::verify(si, &key, &layer.digests, &layer.econtent_type);
+    if let (Some(t), Some(c)) = (si.signing_times.first(), &resolved.cert) {
+        if c.valid_at(*t) != Validity::Valid {
+            check = SignatureCheck::CouldNotVerify;
+        }
+    }
+    if si.signing_times.len() > 1 {
+        check = SignatureCheck::CouldNotVerify;
+    }
+    match check {
+        SignatureCheck::Valid => {}
+        SignatureCheck::Mismatch => v.error(pick(
+            E::OUTER_SIGNATURE_DOES_NOT_MATCH_AUTHENTICATION_CERTIFICATE,
+            E::INNER_SIGNATURE_DOES_NOT_MATCH_SIGNATURE_CERTIFICATE,
+        )),
+        SignatureCheck::CouldNotVerify => v.error(pick(E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED, E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED)),
+    }
+    let bits = key.bits();
+    let rsa_or_policy_ok = policy.is_some_and(|p| bits >= p.min_key_bits()) && key.rsa().is_ok();
+    if !rsa_or_policy_ok {
+        v.error(pick(E::OUTER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED, E::INNER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED));
+    }
+    if let Some(cert) = &resolved.cert {
+        if !cert.allows_any(key_usage::DIGITAL_SIGNATURE | key_usage::NON_REPUDIATION) {
+            v.error(pick(E::OUTER_CERTIFICATE_HAS_INVALID_KEYUSAGE, E::INNER_CERTIFICATE_HAS_INVALID_KEYUSAGE));
+        }
+        let when = sig_time.unwrap_or(at);
+        match cert.valid_at(when) {
+            Validity::Valid => {}
+            Validity::Expired => v.error(pick(E::OUTER_CERTIFICATE_EXPIRED, E::INNER_CERTIFICATE_EXPIRED)),
+            Validity::NotYetValid => v.error(pick(E::OUTER_CERTIFICATE_NOT_YET_VALID, E::INNER_CERTIFICATE_NOT_YET_VALID)),
+        }
+        let mut pool: Vec<Certificate> = layer.certs.clone();
+        if let Some((_, outer_certs)) = outer_signer {
+            pool.extend(outer_certs.iter().cloned());
+        }
+        if !opts.anchors.verify(cert, &pool, when) {
+            v.error(pick(E::OUTER_CERTIFICATE_CHAIN_NOT_TRUSTED, E::INNER_CERTIFICATE_CHAIN_NOT_TRUSTED));
+        }
+        if !opts.expected_signers.is_empty() && !opts.expected_signers.iter().any(|e| matches!(e, ExpectedSigner::Certificate(c) if c == cert)) {
+            v.error(pick(E::AUTHENTICATION_CERTIFICATE_NOT_IN_LIST_EXPECTED_SIGNERS, E::SIGNATURE_CERTIFICATE_NOT_IN_LIST_EXPECTED_SIGNERS));
+        }
+    } else if cert_alg_unknown(&key) {
+        v.error(pick(E::OUTER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED, E::INNER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED));
+    }
+    resolved
+}
+
+fn cert_alg_unknown(key: &PKey<Public>) -> bool {
+    key.rsa().is_err()
+}
+
+/// The official signing-time rule (outer layer only).
+fn signing_time_warning(si: &SignerInfo, opts: &UnsealOptions, at: i64, v: &mut Verdict) {
+    if opts.signing_time_trust_implicit {
+        return;
+    }
+    match si.signing_times.first() {
+        None => v.warning(Warning::SIGNING_TIME_MISSING),
+        Some(&t) => {
+            let earliest = at - opts.signing_time_expiration - opts.clock_skew;
+            let latest = at + opts.clock_skew;
+            if !(earliest < t && t < latest) {
+                v.warning(Warning::SIGNING_TIME_EXPIRED);
+            }
+        }
+    }
+}
+
+/// Inner/outer correlation (the authenticated-encryption check of the official library).
+fn correlated(outer: &Resolved, inner: &Resolved) -> bool {
+    if outer.policy.is_some() && inner.policy.is_some() && outer.policy != inner.policy {
+        return false;
+    }
+    match (&outer.ski, &inner.ski, &outer.cert, &inner.cert) {
+        (Some(a), Some(b), _, _) => a == b,
+        (Some(_), None, _, _) | (None, Some(_), _, _) => false,
+        (None, None, Some(a), Some(b)) => {
+            let sa = a.subject_attr(oid::AT_SERIAL_NUMBER);
+            let sb = b.subject_attr(oid::AT_SERIAL_NUMBER);
+            match (sa, sb) {
+                (Some(x), Some(y)) => x == y,
+                (None, None) => a.subject_der() == b.subject_der() || a.subject() == b.subject(),
+                _ => false,
+            }
+        }
+        _ => true,
+    }
+}
+
+// Keep the key algorithm enum in use for future EC recipients.
+#[allow(dead_code)]
+fn is_rsa(c: &Certificate) -> bool {
+    c.key_algorithm() == KeyAlgorithm::Rsa
+}

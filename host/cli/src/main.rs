@@ -1,1 +1,72 @@
-fn main() {}
+//! `etee`: seal and unseal eHealth ETEE messages, verify ETKs.
+//!
+//! Exit codes: 0 success; 1 the message or ETK failed a check (fatal or error); 2 usage,
+//! input/output or key store problems.
+
+mod commands;
+mod inputs;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "etee", version, about = "Belgian eHealth end-to-end encryption (ETEE): seal, unseal, ETKs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Seal a message: sign, encrypt for the recipients, sign again.
+    Seal(commands::seal::Args),
+    /// Unseal a message and report the official verdict.
+    Unseal(commands::unseal::Args),
+    /// ETK (encryption token) operations.
+    Etk {
+        #[command(subcommand)]
+        command: commands::etk::Command,
+    },
+    /// Test PKI for rigs and demos.
+    Pki {
+        #[command(subcommand)]
+        command: commands::pki::Command,
+    },
+}
+
+/// A failure that is not a verdict: bad usage, unreadable files, key store trouble.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: {source}")]
+    File { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("keystore {path}: {source}")]
+    Keystore { path: String, source: etee_formats::keystore::KeystoreError },
+    #[error("ETK {path}: {source}")]
+    Etk { path: String, source: etee_formats::etk::EtkError },
+    #[error("sealing failed: {0}")]
+    Seal(#[from] etee_formats::cms::SealError),
+    #[error("{0}")]
+    Unseal(#[from] etee_formats::cms::UnsealError),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Seal(args) => commands::seal::run(args),
+        Command::Unseal(args) => commands::unseal::run(args),
+        Command::Etk { command } => commands::etk::run(command),
+        Command::Pki { command } => commands::pki::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("etee: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `etee etk verify`.
+
+use crate::{inputs, CliError};
+use etee_formats::etk::Etk;
+use etee_formats::identity;
+use etee_formats::trust::TrustAnchors;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Check an ETK with the official rules and show whose it is.
+    Verify {
+        /// The ETK file (BER or Base64).
+        etk: PathBuf,
+        /// Trust anchors for the authentication certificate's chain.
+        #[arg(long, value_name = "CERT")]
+        trust: Vec<PathBuf>,
+        /// Evaluate at this time (RFC 3339) instead of now.
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+        /// Print the result as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: Command) -> Result<ExitCode, CliError> {
+    let Command::Verify { etk: path, trust, at, json } = command;
+    let etk = Etk::parse(&inputs::read_file(&path)?).map_err(|source| CliError::Etk { path: path.display().to_string(), source })?;
+    let anchors = TrustAnchors::new(inputs::certificates(&trust)?);
+    let at = inputs::evaluation_time(at.as_deref())?;
+    let errors = etk.validate(&anchors, at);
+    let enc = etk.encryption_cert();
+    let auth = etk.authentication_cert();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "errors": errors.iter().map(|e| e.name()).collect::<Vec<_>>(),
+                "identities": identity::identities(auth),
+                "subject": auth.subject_string(),
+                "encryption_serial": enc.serial_decimal(),
+                "not_before": inputs::rfc3339(enc.not_before()),
+                "not_after": inputs::rfc3339(enc.not_after()),
+            })
+        );
+    } else {
+        println!("holder      {}", auth.subject_string());
+        for id in identity::identities(auth) {
+            println!("identifier  {}={}{}", id.id_type, id.value, id.application_id.map(|a| format!(" ({a})")).unwrap_or_default());
+        }
+        println!("serial      {}", enc.serial_decimal());
+        println!("valid       {} .. {}", inputs::rfc3339(enc.not_before()), inputs::rfc3339(enc.not_after()));
+        if errors.is_empty() {
+            println!("verdict     OK");
+        }
+        for e in &errors {
+            println!("error       {e}");
+        }
+    }
+    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

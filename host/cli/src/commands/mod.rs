@@ -1,0 +1,15 @@
+pub mod etk;
+pub mod pki;
+pub mod seal;
+pub mod unseal;
+
+use std::io::Read;
+use std::path::Path;
+
+/// `--in FILE` or standard input.
+pub fn input(path: Option<&Path>) -> Result<Box<dyn Read>, crate::CliError> {
+    Ok(match path {
+        Some(p) => Box::new(std::fs::File::open(p).map_err(|source| crate::CliError::File { path: p.display().to_string(), source })?),
+        None => Box::new(std::io::stdin().lock()),
+    })
+}

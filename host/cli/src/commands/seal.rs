@@ -1,0 +1,88 @@
+//! `etee seal`.
+
+use crate::{inputs, output, CliError};
+use etee_formats::cms::{self, Kek, Recipient, SealOptions};
+use etee_formats::etk::Etk;
+use etee_formats::trust::TrustAnchors;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The sender's eHealth keystore (.p12); its `authentication` key signs.
+    #[arg(long, value_name = "P12")]
+    keystore: PathBuf,
+    /// File holding the keystore password (else ETEE_KEYSTORE_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// A recipient's ETK (repeat for several recipients).
+    #[arg(long = "to", value_name = "ETK")]
+    to: Vec<PathBuf>,
+    /// KGSS key (hex) for unknown recipients; needs --kek-id.
+    #[arg(long, value_name = "HEX", requires = "kek_id")]
+    kek: Option<String>,
+    /// KGSS key identifier (Base64), written in the KEKRecipientInfo.
+    #[arg(long, value_name = "BASE64", requires = "kek")]
+    kek_id: Option<String>,
+    /// Trust anchors for checking the recipients' ETKs before sealing.
+    #[arg(long, value_name = "CERT")]
+    trust: Vec<PathBuf>,
+    /// Seal even for ETKs that fail the official checks.
+    #[arg(long)]
+    skip_etk_check: bool,
+    /// Plaintext (default: standard input).
+    #[arg(long = "in", value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Sealed message (default: standard output).
+    #[arg(long = "out", value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<ExitCode, CliError> {
+    if args.to.is_empty() && args.kek.is_none() {
+        return Err(CliError::Usage("give at least one recipient: --to ETK and/or --kek HEX --kek-id BASE64".into()));
+    }
+    let password = inputs::password(args.password_file.as_ref())?;
+    let store = inputs::keystore(&args.keystore, &password)?;
+    let signer = store
+        .authentication()
+        .ok_or_else(|| CliError::Usage(format!("{}: no `authentication` key in this keystore", args.keystore.display())))?;
+    let anchors = TrustAnchors::new(inputs::certificates(&args.trust)?);
+    let now = inputs::evaluation_time(None)?;
+    let mut recipients = Vec::new();
+    for path in &args.to {
+        let etk = Etk::parse(&inputs::read_file(path)?).map_err(|source| CliError::Etk { path: path.display().to_string(), source })?;
+        if !args.skip_etk_check {
+            let mut errors = etk.validate(&anchors, now);
+            if anchors.is_empty() {
+                // Without anchors the chain cannot be judged; every other check still applies.
+                errors.retain(|e| !e.name().ends_with("STATUS_UNKNOWN") && !e.name().contains("CHAIN"));
+            }
+            if !errors.is_empty() {
+                let names: Vec<&str> = errors.iter().map(|e| e.name()).collect();
+                return Err(CliError::Usage(format!(
+                    "ETK {} fails the official checks: {} (use --skip-etk-check to seal anyway)",
+                    path.display(),
+                    names.join(", ")
+                )));
+            }
+        }
+        recipients.push(Recipient::Certificate(etk.encryption_cert().clone()));
+    }
+    let kek = match (&args.kek, &args.kek_id) {
+        (Some(k), Some(id)) => {
+            use base64::Engine;
+            let id = base64::engine::general_purpose::STANDARD
+                .decode(id.trim())
+                .map_err(|_| CliError::Usage("--kek-id must be Base64".into()))?;
+            Some(Kek::new(&inputs::kek(k)?, &id)?)
+        }
+        _ => None,
+    };
+    let input = super::input(args.input.as_deref())?;
+    output::write_sealed(args.output.as_deref(), |w| {
+        cms::seal(&signer, &recipients, kek.as_ref(), input, w, &SealOptions::default())?;
+        Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

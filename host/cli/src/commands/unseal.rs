@@ -1,0 +1,142 @@
+//! `etee unseal`.
+
+use crate::{inputs, output::Pending, CliError};
+use etee_formats::cms::{self, unseal::OpenedWith, UnsealOptions, Unsealed};
+use etee_formats::identity;
+use etee_formats::keys::KeyRing;
+use etee_formats::trust::TrustAnchors;
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The receiver's eHealth keystore(s); every ETK key in them may open the message.
+    #[arg(long, value_name = "P12")]
+    keystore: Vec<PathBuf>,
+    /// File holding the keystore password (else ETEE_KEYSTORE_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// KGSS key (hex) to open an unknown-recipient message.
+    #[arg(long, value_name = "HEX")]
+    kek: Option<String>,
+    /// Trust anchors (certificate files) for the signers' chains.
+    #[arg(long, value_name = "CERT")]
+    trust: Vec<PathBuf>,
+    /// Evaluate at this time (RFC 3339) instead of now, for reproducible verdicts.
+    #[arg(long, value_name = "RFC3339")]
+    at: Option<String>,
+    /// How old the signing time may be, in seconds (official default 300).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    signing_time_expiration: i64,
+    /// Clock skew allowed, in seconds (official default 300).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    clock_skew: i64,
+    /// Print the verdict as one JSON line on standard output.
+    #[arg(long)]
+    json: bool,
+    /// Sealed message (default: standard input).
+    #[arg(long = "in", value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Where the content goes (default: standard output; with --json, only to --out).
+    #[arg(long = "out", value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<ExitCode, CliError> {
+    if args.keystore.is_empty() && args.kek.is_none() {
+        return Err(CliError::Usage("give --keystore P12 (known recipient) or --kek HEX (unknown recipient)".into()));
+    }
+    let mut ring = KeyRing::new();
+    if !args.keystore.is_empty() {
+        let password = inputs::password(args.password_file.as_ref())?;
+        for path in &args.keystore {
+            ring.extend(inputs::keystore(path, &password)?.decryption_keys());
+        }
+    }
+    let opts = UnsealOptions {
+        anchors: TrustAnchors::new(inputs::certificates(&args.trust)?),
+        kek: args.kek.as_deref().map(inputs::kek).transpose()?,
+        at: Some(inputs::evaluation_time(args.at.as_deref())?),
+        signing_time_expiration: args.signing_time_expiration,
+        clock_skew: args.clock_skew,
+        ..Default::default()
+    };
+    let input = super::input(args.input.as_deref())?;
+    // With --json and no --out, content is not written anywhere (stdout carries the verdict).
+    let mut pending = if args.json && args.output.is_none() { None } else { Some(Pending::new(args.output.as_deref())?) };
+    let result = match pending.as_mut() {
+        Some(p) => {
+            let mut w = p.writer();
+            let r = cms::unseal(input, &mut w, &ring, &opts)?;
+            w.flush()?;
+            r
+        }
+        None => cms::unseal(input, std::io::sink(), &ring, &opts)?,
+    };
+    let clean = result.verdict.is_clean();
+    if clean {
+        if let Some(p) = pending {
+            p.commit()?;
+        }
+    }
+    if args.json {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", report(&result))?;
+    } else {
+        eprint!("{}", human(&result));
+    }
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The one-line JSON verdict.
+pub fn report(r: &Unsealed) -> serde_json::Value {
+    let clean = r.verdict.is_clean();
+    let sender = r.sender.as_ref().map(|s| {
+        use base64::Engine;
+        let cert = s.certificate.as_ref();
+        json!({
+            "subject": cert.map(|c| c.subject_string()),
+            "issuer": cert.map(|c| c.issuer_string()),
+            "serial": cert.map(|c| c.serial_decimal()),
+            "identities": cert.map(identity::identities).unwrap_or_default(),
+            "key_id": s.key_id.as_ref().map(|k| base64::engine::general_purpose::STANDARD.encode(k)),
+        })
+    });
+    json!({
+        "fatal": r.verdict.fatal.map(|f| f.name()),
+        "errors": r.verdict.errors.iter().map(|e| e.name()).collect::<Vec<_>>(),
+        "warnings": r.verdict.warnings.iter().map(|w| w.name()).collect::<Vec<_>>(),
+        "content_len": clean.then_some(r.content_len),
+        "content_sha256": clean.then(|| hex::encode(r.content_sha256)),
+        "sender": sender,
+        "signing_time": r.signing_time.map(inputs::rfc3339),
+        "opened_with": r.opened_with.as_ref().map(|o| match o {
+            OpenedWith::Key(k) => format!("key:{k}"),
+            OpenedWith::Kek => "kek".to_string(),
+        }),
+    })
+}
+
+fn human(r: &Unsealed) -> String {
+    let mut s = String::new();
+    match r.verdict.fatal {
+        Some(f) => s.push_str(&format!("FATAL   {f}\n")),
+        None if r.verdict.errors.is_empty() => s.push_str(&format!("OK      {} bytes of content\n", r.content_len)),
+        None => s.push_str("FAILED  content withheld\n"),
+    }
+    for e in &r.verdict.errors {
+        s.push_str(&format!("error   {e}\n"));
+    }
+    for w in &r.verdict.warnings {
+        s.push_str(&format!("warning {w}\n"));
+    }
+    if let Some(c) = r.sender.as_ref().and_then(|x| x.certificate.as_ref()) {
+        s.push_str(&format!("sender  {}\n", c.subject_string()));
+    }
+    if let Some(t) = r.signing_time {
+        s.push_str(&format!("signed  {}\n", inputs::rfc3339(t)));
+    }
+    s
+}

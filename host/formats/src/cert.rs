@@ -129,12 +129,19 @@ impl Certificate {
             }
         }
         let x509 = X509::from_der(der)?;
-        let key = x509.public_key()?;
-        let key_algorithm = match key.id() {
-            Id::RSA | Id::RSA_PSS => KeyAlgorithm::Rsa,
-            Id::EC => KeyAlgorithm::Ec,
-            Id::DSA => KeyAlgorithm::Dsa,
-            _ => KeyAlgorithm::Other,
+        // A key OpenSSL cannot decode (GOST, say) leaves the certificate usable for the
+        // other checks; the key then counts as unknown and zero bits long.
+        let (key_algorithm, key_bits) = match x509.public_key() {
+            Ok(key) => (
+                match key.id() {
+                    Id::RSA | Id::RSA_PSS => KeyAlgorithm::Rsa,
+                    Id::EC => KeyAlgorithm::Ec,
+                    Id::DSA => KeyAlgorithm::Dsa,
+                    _ => KeyAlgorithm::Other,
+                },
+                key.bits(),
+            ),
+            Err(_) => (KeyAlgorithm::Other, 0),
         };
         Ok(Self {
             der: der.to_vec(),
@@ -149,7 +156,7 @@ impl Certificate {
             is_ca,
             ski,
             key_algorithm,
-            key_bits: key.bits(),
+            key_bits,
             x509,
         })
     }

@@ -7,6 +7,7 @@
 pub mod algorithms;
 pub mod seal;
 pub mod signer;
+pub mod timestamp;
 pub mod unseal;
 
 pub use seal::{seal, Kek, Recipient, SealError, SealOptions};

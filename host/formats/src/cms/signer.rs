@@ -8,7 +8,7 @@ use crate::cert::parse_time;
 use crate::keys::{KeyError, SignerRef, SigningKey};
 use crate::oid;
 use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Public};
+use openssl::pkey::{Id, PKey, Public};
 use openssl::pkey_ctx::PkeyCtx;
 use openssl::rsa::Padding;
 use openssl::sign::RsaPssSaltlen;
@@ -38,6 +38,8 @@ pub struct SignerInfo {
     pub algorithm_protect: Option<Vec<u8>>,
     /// Set when an attribute could not be understood: verification then fails.
     pub attribute_fault: bool,
+    /// The signature timestamp tokens (id-aa-signatureTimeStampToken), DER.
+    pub timestamps: Vec<Vec<u8>>,
 }
 
 impl SignerInfo {
@@ -69,6 +71,7 @@ impl SignerInfo {
             content_type: None,
             algorithm_protect: None,
             attribute_fault: false,
+            timestamps: Vec::new(),
         };
         if let Some(attrs) = s.optional(tag::ctx_cons(0))? {
             info.read_signed_attrs(&attrs)?;
@@ -77,8 +80,18 @@ impl SignerInfo {
         info.signature_alg = alg.to_vec();
         info.signature_params = params.map(|p| p.raw.to_vec());
         info.signature = s.next(tag::OCTET_STRING)?.octets()?.into_owned();
-        // unsignedAttrs [1] (timestamps, revocation values) are not needed for the verdict.
-        s.optional(tag::ctx_cons(1))?;
+        // unsignedAttrs [1]: signature timestamps matter; revocation values are not used
+        // under OCSP policy NONE.
+        if let Some(unsigned) = s.optional(tag::ctx_cons(1))? {
+            for attr in unsigned.children() {
+                let mut a = attr?.seq()?;
+                if a.next(tag::OID)?.content == oid::ATTR_SIGNATURE_TIMESTAMP {
+                    for v in a.next(tag::SET)?.children() {
+                        info.timestamps.push(v?.raw.to_vec());
+                    }
+                }
+            }
+        }
         s.finish()?;
         Ok(info)
     }
@@ -142,15 +155,24 @@ pub enum SignatureCheck {
     /// The signature value is wrong for this key and data.
     Mismatch,
     /// Verification could not be carried out (digest attribute mismatch, unusable
-    /// attributes, unknown algorithm, certificate not valid at the signing time...).
+    /// attributes, a key of the wrong type, certificate not valid at the signing time...).
     CouldNotVerify,
+    /// Algorithms we (and the official library) cannot run at all, such as GOST: the
+    /// algorithm checks report it, the signature check says nothing.
+    Unsupported,
 }
 
 /// Verifies `si` with `key` against the content digests computed while streaming.
 pub fn verify(si: &SignerInfo, key: &PKey<Public>, content_digests: &[(Digest, Vec<u8>)], econtent_type: &[u8]) -> SignatureCheck {
     let Some(digest) = Digest::from_oid(&si.digest_alg) else {
-        return SignatureCheck::CouldNotVerify;
+        return SignatureCheck::Unsupported;
     };
+    let Some(required) = key_type_of(&si.signature_alg) else {
+        return SignatureCheck::Unsupported;
+    };
+    if key.id() != required && !(required == Id::RSA && key.id() == Id::RSA_PSS) {
+        return SignatureCheck::CouldNotVerify;
+    }
     let Some(content_digest) = content_digests.iter().find(|(d, _)| *d == digest).map(|(_, v)| v) else {
         return SignatureCheck::CouldNotVerify;
     };
@@ -213,6 +235,22 @@ fn verify_raw(si: &SignerInfo, key: &PKey<Public>, digest: Digest, hashed: &[u8]
         ctx.set_signature_md(digest.md_ref()).ok()?;
     }
     Some(ctx.verify(hashed, &si.signature).unwrap_or(false))
+}
+
+/// The key type a signature algorithm needs; `None` for algorithms we do not know.
+fn key_type_of(alg: &[u8]) -> Option<Id> {
+    const DSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x03];
+    const DSA_SHA2: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    if alg == oid::RSASSA_PSS || is_rsa_pkcs1(alg) {
+        Some(Id::RSA)
+    } else if alg == DSA_SHA1 || alg.starts_with(DSA_SHA2) {
+        Some(Id::DSA)
+    } else if alg.starts_with(ECDSA) {
+        Some(Id::EC)
+    } else {
+        None
+    }
 }
 
 fn is_rsa_pkcs1(alg: &[u8]) -> bool {

@@ -65,6 +65,9 @@ pub struct UnsealOptions {
     pub clock_skew: i64,
     /// SIGNING_TIME_TRUST_IMPLICIT: skip the signing-time window check.
     pub signing_time_trust_implicit: bool,
+    /// TSA_TRUST_STORE: anchors for signature timestamp authorities (none by default, as
+    /// in the official library, so that timestamps report TIMESTAMPTOKEN_TRUST_FAILED).
+    pub tsa_anchors: TrustAnchors,
 }
 
 impl Default for UnsealOptions {
@@ -77,6 +80,7 @@ impl Default for UnsealOptions {
             signing_time_expiration: 300,
             clock_skew: 300,
             signing_time_trust_implicit: false,
+            tsa_anchors: TrustAnchors::default(),
         }
     }
 }
@@ -827,20 +831,30 @@ fn check_layer(
         v.error(pick(E::OUTER_SIGNATURE_ALGORITHM_UNAUTHORIZED, E::INNER_SIGNATURE_ALGORITHM_UNAUTHORIZED));
     }
     let mut resolved = Resolved { policy, cert: None, ski: None };
+    // An inner layer without certificates borrows the outer signer, and only its
+    // signature (and key usage) is checked: the certificate was judged as the outer one.
+    let mut borrowed = false;
     let key: Option<PKey<Public>> = match &si.sid {
         SignerId::SubjectKeyId(ski) => {
             resolved.ski = Some(ski.clone());
-            opts.expected_signers.iter().find_map(|e| match e {
+            let key = opts.expected_signers.iter().find_map(|e| match e {
                 ExpectedSigner::KeyId { ski: s, public_key } if s == ski => Some(public_key.clone()),
                 _ => None,
-            })
+            });
+            if key.is_none() {
+                v.error(pick(E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED, E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED));
+                return resolved;
+            }
+            key
         }
         SignerId::IssuerSerial { issuer, serial } => {
             let own = layer.certs.iter().find(|c| c.issuer_der() == issuer.as_slice() && c.serial() == serial.as_slice());
-            // An inner layer without certificates is verified with the outer certificate.
             let cert = match (own, outer_signer) {
                 (Some(c), _) => Some(c.clone()),
-                (None, Some((o, _))) if layer.certs.is_empty() => o.cert.clone(),
+                (None, Some((o, _))) if layer.certs.is_empty() => {
+                    borrowed = true;
+                    o.cert.clone()
+                }
                 _ => None,
             };
             match cert {
@@ -850,49 +864,53 @@ fn check_layer(
                     k
                 }
                 None => {
-                    if outer || !layer.certs.is_empty() || outer_signer.is_some_and(|(o, _)| o.ski.is_none()) {
+                    if !borrowed {
                         v.error(pick(E::OUTER_CERTIFICATE_EXPECTED_BUT_NOT_PRESENT, E::INNER_CERTIFICATE_EXPECTED_BUT_NOT_PRESENT));
                     }
-                    None
+                    return resolved;
                 }
             }
         }
     };
-    let Some(key) = key else {
-        if matches!(si.sid, SignerId::SubjectKeyId(_)) {
-            v.error(pick(E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED, E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED));
+    // Validity is judged at the (first) signing time, else at the evaluation time.
+    let when = si.signing_times.first().copied().unwrap_or(at);
+    let check = match &key {
+        None => SignatureCheck::Unsupported,
+        Some(key) => {
+            let mut check = signer::verify(si, key, &layer.digests, &layer.econtent_type);
+            // BouncyCastle refuses to verify with a certificate not valid at the signing
+            // time, and refuses several signing times.
+            let stale = si.signing_times.first().is_some() && resolved.cert.as_ref().is_some_and(|c| c.valid_at(when) != Validity::Valid);
+            if check != SignatureCheck::Unsupported && (stale || si.signing_times.len() > 1) {
+                check = SignatureCheck::CouldNotVerify;
+            }
+            check
         }
-        return resolved;
     };
-    // BouncyCastle refuses to verify with a certificate not valid at the signing time.
-    let sig_time = si.signing_time();
-    let mut check = signer::verify(si, &key, &layer.digests, &layer.econtent_type);
-    if let (Some(t), Some(c)) = (si.signing_times.first(), &resolved.cert) {
-        if c.valid_at(*t) != Validity::Valid {
-            check = SignatureCheck::CouldNotVerify;
-        }
-    }
-    if si.signing_times.len() > 1 {
-        check = SignatureCheck::CouldNotVerify;
-    }
     match check {
-        SignatureCheck::Valid => {}
+        SignatureCheck::Valid | SignatureCheck::Unsupported => {}
         SignatureCheck::Mismatch => v.error(pick(
             E::OUTER_SIGNATURE_DOES_NOT_MATCH_AUTHENTICATION_CERTIFICATE,
             E::INNER_SIGNATURE_DOES_NOT_MATCH_SIGNATURE_CERTIFICATE,
         )),
         SignatureCheck::CouldNotVerify => v.error(pick(E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED, E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED)),
     }
-    let bits = key.bits();
-    let rsa_or_policy_ok = policy.is_some_and(|p| bits >= p.min_key_bits()) && key.rsa().is_ok();
-    if !rsa_or_policy_ok {
-        v.error(pick(E::OUTER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED, E::INNER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED));
-    }
     if let Some(cert) = &resolved.cert {
         if !cert.allows_any(key_usage::DIGITAL_SIGNATURE | key_usage::NON_REPUDIATION) {
             v.error(pick(E::OUTER_CERTIFICATE_HAS_INVALID_KEYUSAGE, E::INNER_CERTIFICATE_HAS_INVALID_KEYUSAGE));
         }
-        let when = sig_time.unwrap_or(at);
+    }
+    if borrowed {
+        return resolved;
+    }
+    let key_ok = match (&key, policy) {
+        (Some(k), Some(p)) => k.rsa().is_ok() && k.bits() >= p.min_key_bits(),
+        _ => false,
+    };
+    if !key_ok {
+        v.error(pick(E::OUTER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED, E::INNER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED));
+    }
+    if let Some(cert) = &resolved.cert {
         match cert.valid_at(when) {
             Validity::Valid => {}
             Validity::Expired => v.error(pick(E::OUTER_CERTIFICATE_EXPIRED, E::INNER_CERTIFICATE_EXPIRED)),
@@ -908,18 +926,20 @@ fn check_layer(
         if !opts.expected_signers.is_empty() && !opts.expected_signers.iter().any(|e| matches!(e, ExpectedSigner::Certificate(c) if c == cert)) {
             v.error(pick(E::AUTHENTICATION_CERTIFICATE_NOT_IN_LIST_EXPECTED_SIGNERS, E::SIGNATURE_CERTIFICATE_NOT_IN_LIST_EXPECTED_SIGNERS));
         }
-    } else if cert_alg_unknown(&key) {
-        v.error(pick(E::OUTER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED, E::INNER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED));
     }
     resolved
 }
 
-fn cert_alg_unknown(key: &PKey<Public>) -> bool {
-    key.rsa().is_err()
-}
-
-/// The official signing-time rule (outer layer only).
+/// The official signing-time rule (outer layer only). A signature timestamp, when
+/// present, stands in for the window check and is judged on its own.
 fn signing_time_warning(si: &SignerInfo, opts: &UnsealOptions, at: i64, v: &mut Verdict) {
+    if let Some(token) = si.timestamps.first() {
+        let checked = super::timestamp::check(token, &si.signature, &opts.tsa_anchors);
+        if let Some(e) = checked.error {
+            v.error(e);
+        }
+        return;
+    }
     if opts.signing_time_trust_implicit {
         return;
     }

@@ -11,7 +11,9 @@ pub mod timestamp;
 pub mod unseal;
 
 pub use seal::{seal, Kek, Recipient, SealError, SealOptions};
-pub use unseal::{unseal, unseal_to_vec, ExpectedSigner, Sender, UnsealError, UnsealOptions, Unsealed};
+pub use unseal::{
+    unseal, unseal_to_vec, ExpectedSigner, Sender, UnsealError, UnsealOptions, Unsealed,
+};
 
 /// Size of the primitive OCTET STRING chunks in our BER output (as the official library).
 pub const CHUNK: usize = 1000;

@@ -28,7 +28,10 @@ pub enum Recipient {
     /// The encryption certificate of the recipient's ETK: KTRI by issuer and serial.
     Certificate(Certificate),
     /// A KeyDepot/WEB_AUTHN public key: KTRI v2 by subjectKeyIdentifier.
-    KeyId { ski: Vec<u8>, public_key: PKey<Public> },
+    KeyId {
+        ski: Vec<u8>,
+        public_key: PKey<Public>,
+    },
 }
 
 impl fmt::Debug for Recipient {
@@ -53,7 +56,10 @@ impl Kek {
         if ![16, 24, 32].contains(&key.len()) {
             return Err(SealError::BadKek(key.len()));
         }
-        Ok(Self { key: Zeroizing::new(key.to_vec()), id: id.to_vec() })
+        Ok(Self {
+            key: Zeroizing::new(key.to_vec()),
+            id: id.to_vec(),
+        })
     }
     pub fn id(&self) -> &[u8] {
         &self.id
@@ -107,7 +113,9 @@ pub fn seal<R: Read, W: Write>(
     if recipients.is_empty() && kek.is_none() {
         return Err(SealError::NoRecipient);
     }
-    let signing_time = opts.signing_time.unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+    let signing_time = opts
+        .signing_time
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
     let mut cek = Zeroizing::new([0u8; 16]);
     openssl::rand::rand_bytes(&mut cek[..])?;
     let mut iv = [0u8; 16];
@@ -204,7 +212,11 @@ fn close_signed_data<W: Write>(
     Ok(())
 }
 
-fn recipient_infos(recipients: &[Recipient], kek: Option<&Kek>, cek: &[u8; 16]) -> Result<Vec<u8>, SealError> {
+fn recipient_infos(
+    recipients: &[Recipient],
+    kek: Option<&Kek>,
+    cek: &[u8; 16],
+) -> Result<Vec<u8>, SealError> {
     let mut infos = Vec::new();
     for r in recipients {
         let (version, rid, key, name) = match r {
@@ -212,9 +224,16 @@ fn recipient_infos(recipients: &[Recipient], kek: Option<&Kek>, cek: &[u8; 16]) 
                 if c.key_algorithm() != KeyAlgorithm::Rsa {
                     return Err(SealError::UnsupportedRecipientKey(c.subject_string()));
                 }
-                (0, seq(&[c.issuer_der(), &uint(c.serial())]), c.public_key()?, c.subject_string())
+                (
+                    0,
+                    seq(&[c.issuer_der(), &uint(c.serial())]),
+                    c.public_key()?,
+                    c.subject_string(),
+                )
             }
-            Recipient::KeyId { ski, public_key } => (2, tlv(0x80, ski), public_key.clone(), hex::encode(ski)),
+            Recipient::KeyId { ski, public_key } => {
+                (2, tlv(0x80, ski), public_key.clone(), hex::encode(ski))
+            }
         };
         if key.rsa().is_err() {
             return Err(SealError::UnsupportedRecipientKey(name));
@@ -224,7 +243,12 @@ fn recipient_infos(recipients: &[Recipient], kek: Option<&Kek>, cek: &[u8; 16]) 
         let mut wrapped = vec![0u8; encrypter.encrypt_len(cek)?];
         let n = encrypter.encrypt(cek, &mut wrapped)?;
         wrapped.truncate(n);
-        infos.push(seq(&[&small_uint(version), &rid, oid::ALG_RSA_ENCRYPTION, &octets(&wrapped)]));
+        infos.push(seq(&[
+            &small_uint(version),
+            &rid,
+            oid::ALG_RSA_ENCRYPTION,
+            &octets(&wrapped),
+        ]));
     }
     if let Some(kek) = kek {
         let aes = AesKey::new_encrypt(kek.key()).map_err(|_| SealError::BadKek(kek.key().len()))?;
@@ -249,7 +273,9 @@ struct Chunker {
 
 impl Chunker {
     fn new() -> Self {
-        Self { buf: Vec::with_capacity(CHUNK) }
+        Self {
+            buf: Vec::with_capacity(CHUNK),
+        }
     }
 
     /// Appends `data`, writing every full chunk to `out`.
@@ -299,7 +325,11 @@ struct InnerContent<'a, W: Write> {
 
 impl<'a, W: Write> InnerContent<'a, W> {
     fn new(out: &'a mut W) -> Self {
-        Self { out, hasher: Hasher::new(MessageDigest::sha256()).expect("SHA-256 is always available"), chunker: Chunker::new() }
+        Self {
+            out,
+            hasher: Hasher::new(MessageDigest::sha256()).expect("SHA-256 is always available"),
+            chunker: Chunker::new(),
+        }
     }
     fn finish(mut self) -> io::Result<[u8; 32]> {
         self.chunker.flush(self.out)?;
@@ -320,7 +350,9 @@ impl<W: Write> Write for InnerContent<'_, W> {
 
 fn finish_sha256(h: &mut Hasher) -> io::Result<[u8; 32]> {
     let d = h.finish().map_err(io::Error::other)?;
-    d.as_ref().try_into().map_err(|_| io::Error::other("SHA-256 digest length"))
+    d.as_ref()
+        .try_into()
+        .map_err(|_| io::Error::other("SHA-256 digest length"))
 }
 
 /// AES-128-CBC over the inner layer, framing the ciphertext as encryptedContent chunks.
@@ -335,7 +367,12 @@ impl<'a, W: Write> Encryptor<'a, W> {
     fn new(out: &'a mut W, key: &[u8; 16], iv: &[u8; 16]) -> Result<Self, SealError> {
         let mut crypter = Crypter::new(Cipher::aes_128_cbc(), Mode::Encrypt, key, Some(iv))?;
         crypter.pad(true);
-        Ok(Self { out, crypter, chunker: Chunker::new(), buf: Vec::new() })
+        Ok(Self {
+            out,
+            crypter,
+            chunker: Chunker::new(),
+            buf: Vec::new(),
+        })
     }
     fn finish(mut self) -> Result<(), SealError> {
         self.buf.resize(32, 0);
@@ -350,7 +387,10 @@ impl<'a, W: Write> Encryptor<'a, W> {
 impl<W: Write> Write for Encryptor<'_, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.resize(data.len() + 16, 0);
-        let n = self.crypter.update(data, &mut self.buf).map_err(io::Error::other)?;
+        let n = self
+            .crypter
+            .update(data, &mut self.buf)
+            .map_err(io::Error::other)?;
         let (buf, chunker, out) = (&self.buf, &mut self.chunker, &mut self.out);
         chunker.push(out, &buf[..n])?;
         Ok(data.len())
@@ -369,7 +409,11 @@ struct OuterContent<W: Write> {
 
 impl<W: Write> OuterContent<W> {
     fn new(out: BerWriter<W>) -> Self {
-        Self { out, hasher: Hasher::new(MessageDigest::sha256()).expect("SHA-256 is always available"), chunker: Chunker::new() }
+        Self {
+            out,
+            hasher: Hasher::new(MessageDigest::sha256()).expect("SHA-256 is always available"),
+            chunker: Chunker::new(),
+        }
     }
     fn finish(mut self) -> io::Result<(BerWriter<W>, [u8; 32])> {
         self.chunker.flush(self.out.get_mut())?;

@@ -56,7 +56,12 @@ impl SignerInfo {
                 SignerId::IssuerSerial { issuer, serial }
             }
             0x80 => SignerId::SubjectKeyId(sid_t.content.to_vec()),
-            found => return Err(sid_t.err(BerErrorKind::UnexpectedTag { expected: tag::SEQUENCE, found })),
+            found => {
+                return Err(sid_t.err(BerErrorKind::UnexpectedTag {
+                    expected: tag::SEQUENCE,
+                    found,
+                }))
+            }
         };
         let digest_alg = algorithm_identifier(&s.next(tag::SEQUENCE)?)?.0.to_vec();
         let mut info = SignerInfo {
@@ -163,7 +168,12 @@ pub enum SignatureCheck {
 }
 
 /// Verifies `si` with `key` against the content digests computed while streaming.
-pub fn verify(si: &SignerInfo, key: &PKey<Public>, content_digests: &[(Digest, Vec<u8>)], econtent_type: &[u8]) -> SignatureCheck {
+pub fn verify(
+    si: &SignerInfo,
+    key: &PKey<Public>,
+    content_digests: &[(Digest, Vec<u8>)],
+    econtent_type: &[u8],
+) -> SignatureCheck {
     let Some(digest) = Digest::from_oid(&si.digest_alg) else {
         return SignatureCheck::Unsupported;
     };
@@ -173,7 +183,11 @@ pub fn verify(si: &SignerInfo, key: &PKey<Public>, content_digests: &[(Digest, V
     if key.id() != required && !(required == Id::RSA && key.id() == Id::RSA_PSS) {
         return SignatureCheck::CouldNotVerify;
     }
-    let Some(content_digest) = content_digests.iter().find(|(d, _)| *d == digest).map(|(_, v)| v) else {
+    let Some(content_digest) = content_digests
+        .iter()
+        .find(|(d, _)| *d == digest)
+        .map(|(_, v)| v)
+    else {
         return SignatureCheck::CouldNotVerify;
     };
     let to_verify = match &si.signed_attrs {
@@ -226,7 +240,8 @@ fn verify_raw(si: &SignerInfo, key: &PKey<Public>, digest: Digest, hashed: &[u8]
         ctx.set_rsa_padding(Padding::PKCS1_PSS).ok()?;
         ctx.set_signature_md(digest.md_ref()).ok()?;
         ctx.set_rsa_mgf1_md(p.mgf1.md_ref()).ok()?;
-        ctx.set_rsa_pss_saltlen(RsaPssSaltlen::custom(p.salt)).ok()?;
+        ctx.set_rsa_pss_saltlen(RsaPssSaltlen::custom(p.salt))
+            .ok()?;
     } else if is_rsa_pkcs1(alg) {
         ctx.set_rsa_padding(Padding::PKCS1).ok()?;
         ctx.set_signature_md(digest.md_ref()).ok()?;
@@ -254,8 +269,15 @@ fn key_type_of(alg: &[u8]) -> Option<Id> {
 }
 
 fn is_rsa_pkcs1(alg: &[u8]) -> bool {
-    [oid::RSA_ENCRYPTION, oid::SHA1_WITH_RSA, oid::SHA224_WITH_RSA, oid::SHA256_WITH_RSA, oid::SHA384_WITH_RSA, oid::SHA512_WITH_RSA]
-        .contains(&alg)
+    [
+        oid::RSA_ENCRYPTION,
+        oid::SHA1_WITH_RSA,
+        oid::SHA224_WITH_RSA,
+        oid::SHA256_WITH_RSA,
+        oid::SHA384_WITH_RSA,
+        oid::SHA512_WITH_RSA,
+    ]
+    .contains(&alg)
 }
 
 struct PssParams {
@@ -266,7 +288,11 @@ struct PssParams {
 
 /// RSASSA-PSS-params with the RFC 4055 defaults (SHA-1, MGF1-SHA-1, salt 20).
 fn pss_params(der: Option<&[u8]>) -> Result<PssParams, BerError> {
-    let mut p = PssParams { hash: Digest::Sha1, mgf1: Digest::Sha1, salt: 20 };
+    let mut p = PssParams {
+        hash: Digest::Sha1,
+        mgf1: Digest::Sha1,
+        salt: 20,
+    };
     let Some(der) = der else { return Ok(p) };
     let t = parse_exact(der)?;
     if t.tag == tag::NULL {
@@ -275,9 +301,12 @@ fn pss_params(der: Option<&[u8]>) -> Result<PssParams, BerError> {
     let unknown = || t.err(BerErrorKind::BadValue("PSS parameters"));
     for field in t.expect(tag::SEQUENCE)?.children() {
         let field = field?;
-        let inner = || -> Result<Tlv<'_>, BerError> { field.children().next().ok_or_else(unknown)? };
+        let inner =
+            || -> Result<Tlv<'_>, BerError> { field.children().next().ok_or_else(unknown)? };
         match field.tag {
-            0xa0 => p.hash = Digest::from_oid(algorithm_identifier(&inner()?)?.0).ok_or_else(unknown)?,
+            0xa0 => {
+                p.hash = Digest::from_oid(algorithm_identifier(&inner()?)?.0).ok_or_else(unknown)?
+            }
             0xa1 => {
                 let (mgf, params) = algorithm_identifier(&inner()?)?;
                 if mgf != oid::MGF1 {
@@ -300,12 +329,26 @@ fn pss_params(der: Option<&[u8]>) -> Result<PssParams, BerError> {
 
 /// Encodes a time as CMS does: UTCTime for 1950–2049, GeneralizedTime otherwise.
 pub fn encode_time(unix: i64) -> Vec<u8> {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let (y, mo, d, h, mi, s) = (t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second());
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (y, mo, d, h, mi, s) = (
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+    );
     if (1950..2050).contains(&y) {
-        tlv(tag::UTC_TIME, format!("{:02}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z", y % 100).as_bytes())
+        tlv(
+            tag::UTC_TIME,
+            format!("{:02}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z", y % 100).as_bytes(),
+        )
     } else {
-        tlv(tag::GENERALIZED_TIME, format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z").as_bytes())
+        tlv(
+            tag::GENERALIZED_TIME,
+            format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}Z").as_bytes(),
+        )
     }
 }
 
@@ -313,7 +356,10 @@ pub fn encode_time(unix: i64) -> Vec<u8> {
 /// contentType, signingTime, messageDigest, cmsAlgorithmProtect.
 pub fn signed_attributes(content_digest: &[u8], signing_time: i64) -> Vec<u8> {
     let attr = |kind: &[u8], value: Vec<u8>| seq(&[&crate::oid::der(kind), &set_of(vec![value])]);
-    let protect = seq(&[oid::ALG_SHA256, &cons(0xa1, &[&oid::ALG_RSASSA_PSS_SHA256[2..]])]);
+    let protect = seq(&[
+        oid::ALG_SHA256,
+        &cons(0xa1, &[&oid::ALG_RSASSA_PSS_SHA256[2..]]),
+    ]);
     set_of(vec![
         attr(oid::ATTR_CONTENT_TYPE, crate::oid::der(oid::DATA)),
         attr(oid::ATTR_SIGNING_TIME, encode_time(signing_time)),
@@ -323,12 +369,19 @@ pub fn signed_attributes(content_digest: &[u8], signing_time: i64) -> Vec<u8> {
 }
 
 /// Builds our SignerInfo: RSA-PSS SHA-256 over the signed attributes.
-pub fn build(signer: &SigningKey, content_digest: &[u8; 32], signing_time: i64) -> Result<Vec<u8>, KeyError> {
+pub fn build(
+    signer: &SigningKey,
+    content_digest: &[u8; 32],
+    signing_time: i64,
+) -> Result<Vec<u8>, KeyError> {
     let attrs = signed_attributes(content_digest, signing_time);
     let hashed: [u8; 32] = openssl::hash::hash(MessageDigest::sha256(), &attrs)
         .ok()
         .and_then(|d| d.as_ref().try_into().ok())
-        .ok_or_else(|| KeyError::SignFailed { key: signer.key.clone(), reason: "SHA-256 unavailable".into() })?;
+        .ok_or_else(|| KeyError::SignFailed {
+            key: signer.key.clone(),
+            reason: "SHA-256 unavailable".into(),
+        })?;
     let signature = signer.ops.sign_pss_sha256(&signer.key, &hashed)?;
     let (version, sid) = match &signer.signer {
         SignerRef::Certificate { cert, .. } => (1, seq(&[cert.issuer_der(), &uint(cert.serial())])),
@@ -337,7 +390,14 @@ pub fn build(signer: &SigningKey, content_digest: &[u8; 32], signing_time: i64) 
     // The signed attributes travel as [0] IMPLICIT.
     let mut attrs_implicit = attrs;
     attrs_implicit[0] = tag::ctx_cons(0);
-    Ok(seq(&[&small_uint(version), &sid, oid::ALG_SHA256, &attrs_implicit, oid::ALG_RSASSA_PSS_SHA256, &octets(&signature)]))
+    Ok(seq(&[
+        &small_uint(version),
+        &sid,
+        oid::ALG_SHA256,
+        &attrs_implicit,
+        oid::ALG_RSASSA_PSS_SHA256,
+        &octets(&signature),
+    ]))
 }
 
 #[cfg(test)]
@@ -348,19 +408,43 @@ mod tests {
     fn signed_attributes_match_the_official_layout() {
         let attrs = signed_attributes(&[0u8; 32], 1_795_438_186);
         let t = parse_exact(&attrs).unwrap();
-        let kinds: Vec<Vec<u8>> = t.children().map(|a| a.unwrap().seq().unwrap().next(tag::OID).unwrap().content.to_vec()).collect();
-        assert_eq!(kinds, vec![oid::ATTR_CONTENT_TYPE.to_vec(), oid::ATTR_SIGNING_TIME.to_vec(), oid::ATTR_MESSAGE_DIGEST.to_vec(), oid::ATTR_CMS_ALGORITHM_PROTECT.to_vec()]);
+        let kinds: Vec<Vec<u8>> = t
+            .children()
+            .map(|a| {
+                a.unwrap()
+                    .seq()
+                    .unwrap()
+                    .next(tag::OID)
+                    .unwrap()
+                    .content
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                oid::ATTR_CONTENT_TYPE.to_vec(),
+                oid::ATTR_SIGNING_TIME.to_vec(),
+                oid::ATTR_MESSAGE_DIGEST.to_vec(),
+                oid::ATTR_CMS_ALGORITHM_PROTECT.to_vec()
+            ]
+        );
         // signingTime as in the official vector: 170d 3236313132333132343934365a.
         assert!(attrs.windows(15).any(|w| w == b"\x17\x0d261123124946Z"));
         // The cmsAlgorithmProtect value of spec §1.2.
         let protect = hex::decode("3052300d06096086480165030402010500a14106092a864886f70d01010a3034a00f300d06096086480165030402010500a11c301a06092a864886f70d010108300d06096086480165030402010500a203020120").unwrap();
-        assert!(attrs.windows(protect.len()).any(|w| w == protect.as_slice()));
+        assert!(attrs
+            .windows(protect.len())
+            .any(|w| w == protect.as_slice()));
     }
 
     #[test]
     fn pss_defaults_and_explicit() {
         let p = pss_params(Some(&oid::ALG_RSASSA_PSS_SHA256[13..])).unwrap();
-        assert_eq!((p.hash, p.mgf1, p.salt), (Digest::Sha256, Digest::Sha256, 32));
+        assert_eq!(
+            (p.hash, p.mgf1, p.salt),
+            (Digest::Sha256, Digest::Sha256, 32)
+        );
         let d = pss_params(None).unwrap();
         assert_eq!((d.hash, d.salt), (Digest::Sha1, 20));
     }

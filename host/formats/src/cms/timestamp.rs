@@ -13,7 +13,9 @@ use crate::trust::TrustAnchors;
 use crate::verdict::Error;
 
 /// id-ct-TSTInfo.
-const TST_INFO: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x01, 0x04];
+const TST_INFO: &[u8] = &[
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x01, 0x04,
+];
 
 /// A checked token: its time, and what was wrong with it, if anything.
 pub struct Checked {
@@ -24,7 +26,10 @@ pub struct Checked {
 /// Checks one token against the outer `signature` value.
 pub fn check(token: &[u8], signature: &[u8], tsa_anchors: &TrustAnchors) -> Checked {
     match parse(token) {
-        Err(_) => Checked { gen_time: None, error: Some(Error::TIMESTAMPTOKEN_INVALID) },
+        Err(_) => Checked {
+            gen_time: None,
+            error: Some(Error::TIMESTAMPTOKEN_INVALID),
+        },
         Ok(t) => {
             let gen_time = Some(t.gen_time);
             let error = if t.imprint_alg.map(|d| d.digest(signature)) != Some(t.imprint.clone()) {
@@ -32,7 +37,9 @@ pub fn check(token: &[u8], signature: &[u8], tsa_anchors: &TrustAnchors) -> Chec
             } else {
                 match verify(&t) {
                     None => Some(Error::TIMESTAMPTOKEN_INVALID),
-                    Some(cert) if !tsa_anchors.verify(&cert, &t.certs, t.gen_time) => Some(Error::TIMESTAMPTOKEN_TRUST_FAILED),
+                    Some(cert) if !tsa_anchors.verify(&cert, &t.certs, t.gen_time) => {
+                        Some(Error::TIMESTAMPTOKEN_TRUST_FAILED)
+                    }
                     Some(_) => None,
                 }
             };
@@ -60,7 +67,12 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
     sd.next(tag::SET)?;
     let mut eci = sd.next(tag::SEQUENCE)?.seq()?;
     let is_tst = eci.next(tag::OID)?.content == TST_INFO;
-    let tst_info = eci.next(tag::ctx_cons(0))?.seq()?.any()?.octets()?.into_owned();
+    let tst_info = eci
+        .next(tag::ctx_cons(0))?
+        .seq()?
+        .any()?
+        .octets()?
+        .into_owned();
     let mut certs = Vec::new();
     if let Some(set) = sd.optional(tag::ctx_cons(0))? {
         for c in set.children() {
@@ -74,7 +86,10 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
     }
     sd.optional(tag::ctx_cons(1))?;
     let infos = sd.next(tag::SET)?;
-    let first = infos.children().next().ok_or_else(|| infos.err(crate::ber::BerErrorKind::BadValue("no signer")))??;
+    let first = infos
+        .children()
+        .next()
+        .ok_or_else(|| infos.err(crate::ber::BerErrorKind::BadValue("no signer")))??;
     let signer = SignerInfo::parse(&first)?;
     let tst = parse_exact(&tst_info)?;
     let mut f = tst.seq()?;
@@ -88,17 +103,27 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
     if !is_tst {
         return Err(tst.err(crate::ber::BerErrorKind::BadValue("not a TSTInfo")));
     }
-    Ok(Token { tst_info, certs, signer, imprint_alg, imprint: imprint_value, gen_time })
+    Ok(Token {
+        tst_info,
+        certs,
+        signer,
+        imprint_alg,
+        imprint: imprint_value,
+        gen_time,
+    })
 }
 
 /// Verifies the token's signature; returns the TSA certificate when it holds.
 fn verify(t: &Token) -> Option<Certificate> {
     let cert = t.certs.iter().find(|c| match &t.signer.sid {
-        SignerId::IssuerSerial { issuer, serial } => c.issuer_der() == issuer.as_slice() && c.serial() == serial.as_slice(),
+        SignerId::IssuerSerial { issuer, serial } => {
+            c.issuer_der() == issuer.as_slice() && c.serial() == serial.as_slice()
+        }
         SignerId::SubjectKeyId(ski) => c.subject_key_identifier() == Some(ski.as_slice()),
     })?;
     let digest = Digest::from_oid(&t.signer.digest_alg)?;
     let digests = [(digest, digest.digest(&t.tst_info))];
     let key = cert.public_key().ok()?;
-    (signer::verify(&t.signer, &key, &digests, TST_INFO) == SignatureCheck::Valid).then(|| cert.clone())
+    (signer::verify(&t.signer, &key, &digests, TST_INFO) == SignatureCheck::Valid)
+        .then(|| cert.clone())
 }

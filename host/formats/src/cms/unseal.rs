@@ -37,7 +37,10 @@ const INNER: u8 = 2;
 #[derive(Clone)]
 pub enum ExpectedSigner {
     Certificate(Certificate),
-    KeyId { ski: Vec<u8>, public_key: PKey<Public> },
+    KeyId {
+        ski: Vec<u8>,
+        public_key: PKey<Public>,
+    },
 }
 
 impl fmt::Debug for ExpectedSigner {
@@ -134,7 +137,11 @@ pub enum UnsealError {
 }
 
 /// Unseals a message held in memory; content is returned only with a clean verdict.
-pub fn unseal_to_vec(message: &[u8], keys: &KeyRing, opts: &UnsealOptions) -> (Unsealed, Option<Vec<u8>>) {
+pub fn unseal_to_vec(
+    message: &[u8],
+    keys: &KeyRing,
+    opts: &UnsealOptions,
+) -> (Unsealed, Option<Vec<u8>>) {
     let mut content = Vec::new();
     let result = unseal(message, &mut content, keys, opts).unwrap_or_else(|_| unreachable_io());
     let clean = result.verdict.is_clean();
@@ -145,7 +152,14 @@ fn unreachable_io() -> Unsealed {
     // Reading a slice and writing a Vec cannot fail; keep a verdict rather than panic.
     let mut verdict = Verdict::default();
     verdict.fatal(Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT);
-    Unsealed { verdict, sender: None, signing_time: None, opened_with: None, content_len: 0, content_sha256: [0; 32] }
+    Unsealed {
+        verdict,
+        sender: None,
+        signing_time: None,
+        opened_with: None,
+        content_len: 0,
+        content_sha256: [0; 32],
+    }
 }
 
 /// Why processing of a layer stopped.
@@ -206,11 +220,24 @@ struct Facts {
 }
 
 /// Unseals `input`, writing the (unverified) content to `out`; see the module docs.
-pub fn unseal<R: Read, W: Write>(input: R, out: W, keys: &KeyRing, opts: &UnsealOptions) -> Result<Unsealed, UnsealError> {
-    let at = opts.at.unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+pub fn unseal<R: Read, W: Write>(
+    input: R,
+    out: W,
+    keys: &KeyRing,
+    opts: &UnsealOptions,
+) -> Result<Unsealed, UnsealError> {
+    let at = opts
+        .at
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
     let mut facts = Facts::default();
     let mut out = out;
-    match run(BufReader::with_capacity(64 * 1024, input), &mut out, keys, opts, &mut facts) {
+    match run(
+        BufReader::with_capacity(64 * 1024, input),
+        &mut out,
+        keys,
+        opts,
+        &mut facts,
+    ) {
         Ok(()) => {}
         Err(Stop::Fatal(f)) => {
             facts.outer_fatal.get_or_insert(f);
@@ -223,7 +250,13 @@ pub fn unseal<R: Read, W: Write>(input: R, out: W, keys: &KeyRing, opts: &Unseal
 }
 
 /// The outer pass: header, content (middle and inner within), tail.
-fn run<R: Read, W: Write>(input: R, out: &mut W, keys: &KeyRing, opts: &UnsealOptions, facts: &mut Facts) -> Result<(), Stop> {
+fn run<R: Read, W: Write>(
+    input: R,
+    out: &mut W,
+    keys: &KeyRing,
+    opts: &UnsealOptions,
+    facts: &mut Facts,
+) -> Result<(), Stop> {
     let mut s0 = BerStream::new(input);
     let head = signed_data_head(&mut s0).map_err(|e| classify(e, OUTER))?;
     facts.outer.econtent_type = head.econtent_type.clone();
@@ -232,11 +265,16 @@ fn run<R: Read, W: Write>(input: R, out: &mut W, keys: &KeyRing, opts: &UnsealOp
     };
     {
         let octets = s0.octet_stream(content_header, OUTER);
-        let mut hashing = HashingReader { inner: octets, hasher: MultiHasher::new(&head.digests) };
+        let mut hashing = HashingReader {
+            inner: octets,
+            hasher: MultiHasher::new(&head.digests),
+        };
         let mut s1 = BerStream::new(&mut hashing);
         match middle(&mut s1, out, keys, opts, facts) {
             Ok(()) => {}
-            Err(Stop::Fatal(f)) if f == Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT => return Err(Stop::Fatal(f)),
+            Err(Stop::Fatal(f)) if f == Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT => {
+                return Err(Stop::Fatal(f))
+            }
             Err(Stop::Fatal(f)) => {
                 facts.middle_fatal.get_or_insert(f);
             }
@@ -260,7 +298,13 @@ fn run<R: Read, W: Write>(input: R, out: &mut W, keys: &KeyRing, opts: &UnsealOp
 }
 
 /// The middle pass: EnvelopedData, key recovery, decryption into the inner pass.
-fn middle<R: Read, W: Write>(s1: &mut BerStream<R>, out: &mut W, keys: &KeyRing, opts: &UnsealOptions, facts: &mut Facts) -> Result<(), Stop> {
+fn middle<R: Read, W: Write>(
+    s1: &mut BerStream<R>,
+    out: &mut W,
+    keys: &KeyRing,
+    opts: &UnsealOptions,
+    facts: &mut Facts,
+) -> Result<(), Stop> {
     let env = enveloped_head(s1).map_err(|e| classify(e, MIDDLE))?;
     let cek = recover_key(&env, keys, opts, facts)?;
     let Some(cipher) = content_cipher(&env.content_alg) else {
@@ -282,11 +326,17 @@ fn middle<R: Read, W: Write>(s1: &mut BerStream<R>, out: &mut W, keys: &KeyRing,
     };
     match inner_result {
         Ok(()) => {}
-        Err(Stop::Fatal(f)) if f == Fatal::INNER_SIGNED_DATA_STRUCTURE_INCORRECT && dec.padding_failed => {
-            facts.decryption_errors.push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_PADDING_UNAUTHORIZED);
+        Err(Stop::Fatal(f))
+            if f == Fatal::INNER_SIGNED_DATA_STRUCTURE_INCORRECT && dec.padding_failed =>
+        {
+            facts
+                .decryption_errors
+                .push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_PADDING_UNAUTHORIZED);
             facts.inner_fatal = Some(f);
         }
-        Err(Stop::Fatal(f)) if f == Fatal::INNER_SIGNED_DATA_STRUCTURE_INCORRECT || is_inner_fatal(f) => {
+        Err(Stop::Fatal(f))
+            if f == Fatal::INNER_SIGNED_DATA_STRUCTURE_INCORRECT || is_inner_fatal(f) =>
+        {
             facts.inner_fatal = Some(f);
         }
         Err(other) => return Err(other),
@@ -295,7 +345,9 @@ fn middle<R: Read, W: Write>(s1: &mut BerStream<R>, out: &mut W, keys: &KeyRing,
     if let Err(e) = io::copy(&mut dec, &mut io::sink()) {
         match classify_io(e) {
             Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT) if dec.padding_failed => {
-                facts.decryption_errors.push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_PADDING_UNAUTHORIZED);
+                facts
+                    .decryption_errors
+                    .push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_PADDING_UNAUTHORIZED);
             }
             other => return Err(other),
         }
@@ -315,7 +367,11 @@ fn is_inner_fatal(f: Fatal) -> bool {
 }
 
 /// The inner pass: SignedData whose content is the plaintext.
-fn inner<R: Read, W: Write>(s2: &mut BerStream<R>, out: &mut W, facts: &mut Facts) -> Result<(), Stop> {
+fn inner<R: Read, W: Write>(
+    s2: &mut BerStream<R>,
+    out: &mut W,
+    facts: &mut Facts,
+) -> Result<(), Stop> {
     let head = signed_data_head(s2).map_err(|e| classify(e, INNER))?;
     facts.inner.econtent_type = head.econtent_type.clone();
     let Some(content_header) = head.content else {
@@ -324,7 +380,8 @@ fn inner<R: Read, W: Write>(s2: &mut BerStream<R>, out: &mut W, facts: &mut Fact
     {
         let mut octets = s2.octet_stream(content_header, INNER);
         let mut hasher = MultiHasher::new(&head.digests);
-        let mut report = Hasher::new(MessageDigest::sha256()).map_err(|e| Stop::Input(io::Error::other(e)))?;
+        let mut report =
+            Hasher::new(MessageDigest::sha256()).map_err(|e| Stop::Input(io::Error::other(e)))?;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match octets.read(&mut buf) {
@@ -334,7 +391,9 @@ fn inner<R: Read, W: Write>(s2: &mut BerStream<R>, out: &mut W, facts: &mut Fact
                 Err(e) => return Err(classify_io(e)),
             };
             hasher.update(&buf[..n]);
-            report.update(&buf[..n]).map_err(|e| Stop::Input(io::Error::other(e)))?;
+            report
+                .update(&buf[..n])
+                .map_err(|e| Stop::Input(io::Error::other(e)))?;
             out.write_all(&buf[..n]).map_err(Stop::Output)?;
             facts.content_len += n as u64;
         }
@@ -366,7 +425,10 @@ struct SignedDataHead {
 fn read_oid<R: Read>(s: &mut BerStream<R>) -> Result<Vec<u8>, ReadError> {
     let h = s.expect_header(tag::OID)?;
     let crate::ber::Length::Definite(n) = h.len else {
-        return Err(ReadError::Ber(BerError::new(h.offset, BerErrorKind::BadValue("OID"))));
+        return Err(ReadError::Ber(BerError::new(
+            h.offset,
+            BerErrorKind::BadValue("OID"),
+        )));
     };
     s.read_bytes(n, 64)
 }
@@ -400,13 +462,28 @@ fn signed_data_head<R: Read>(s: &mut BerStream<R>) -> Result<SignedDataHead, Rea
         let x = s.expect_header(tag::ctx_cons(0))?;
         let h = s.read_header()?;
         if h.tag != tag::OCTET_STRING && h.tag != tag::OCTET_STRING_CONSTRUCTED {
-            return Err(ReadError::Ber(BerError::new(h.offset, BerErrorKind::UnexpectedTag { expected: tag::OCTET_STRING, found: h.tag })));
+            return Err(ReadError::Ber(BerError::new(
+                h.offset,
+                BerErrorKind::UnexpectedTag {
+                    expected: tag::OCTET_STRING,
+                    found: h.tag,
+                },
+            )));
         }
         (Some(x), Some(h))
     } else {
         (None, None)
     };
-    Ok(SignedDataHead { ci, explicit, sd, digests, eci, econtent_type, econtent_explicit, content })
+    Ok(SignedDataHead {
+        ci,
+        explicit,
+        sd,
+        digests,
+        eci,
+        econtent_type,
+        econtent_explicit,
+        content,
+    })
 }
 
 struct SignedDataTail {
@@ -415,27 +492,48 @@ struct SignedDataTail {
 }
 
 /// Reads what follows the eContent: certificates, CRLs, SignerInfos, and the closings.
-fn signed_data_tail<R: Read>(s: &mut BerStream<R>, head: &SignedDataHead) -> Result<SignedDataTail, ReadError> {
+fn signed_data_tail<R: Read>(
+    s: &mut BerStream<R>,
+    head: &SignedDataHead,
+) -> Result<SignedDataTail, ReadError> {
     if let Some(x) = &head.econtent_explicit {
         s.close(x)?;
         if s.has_more_in(&head.eci)? {
-            return Err(ReadError::Ber(BerError::new(s.pos(), BerErrorKind::TrailingData)));
+            return Err(ReadError::Ber(BerError::new(
+                s.pos(),
+                BerErrorKind::TrailingData,
+            )));
         }
     }
     let mut certs = None;
     let mut signer_infos = None;
     while s.has_more_in(&head.sd)? {
         match s.peek_tag()? {
-            Some(0xa0) if certs.is_none() && signer_infos.is_none() => certs = Some(s.read_element(MAX_STRUCTURE)?),
+            Some(0xa0) if certs.is_none() && signer_infos.is_none() => {
+                certs = Some(s.read_element(MAX_STRUCTURE)?)
+            }
             Some(0xa1) if signer_infos.is_none() => s.skip_element()?,
-            Some(tag::SET) if signer_infos.is_none() => signer_infos = Some(s.read_element(MAX_STRUCTURE)?),
-            _ => return Err(ReadError::Ber(BerError::new(s.pos(), BerErrorKind::TrailingData))),
+            Some(tag::SET) if signer_infos.is_none() => {
+                signer_infos = Some(s.read_element(MAX_STRUCTURE)?)
+            }
+            _ => {
+                return Err(ReadError::Ber(BerError::new(
+                    s.pos(),
+                    BerErrorKind::TrailingData,
+                )))
+            }
         }
     }
-    let signer_infos = signer_infos.ok_or(ReadError::Ber(BerError::new(s.pos(), BerErrorKind::BadValue("missing signerInfos"))))?;
+    let signer_infos = signer_infos.ok_or(ReadError::Ber(BerError::new(
+        s.pos(),
+        BerErrorKind::BadValue("missing signerInfos"),
+    )))?;
     s.close(&head.explicit)?;
     s.close(&head.ci)?;
-    Ok(SignedDataTail { certs, signer_infos })
+    Ok(SignedDataTail {
+        certs,
+        signer_infos,
+    })
 }
 
 /// Parses the certificates and the single SignerInfo, with the official fatals.
@@ -443,7 +541,10 @@ fn tail_facts(tail: &SignedDataTail, layer: u8) -> Result<(Vec<Certificate>, Sig
     let outer = layer == OUTER;
     let structure = Stop::Fatal(structure_fatal(layer));
     let set = parse_exact(&tail.signer_infos).map_err(|_| Stop::Fatal(structure_fatal(layer)))?;
-    let infos: Vec<Tlv<'_>> = set.children().collect::<Result<_, _>>().map_err(|_| Stop::Fatal(structure_fatal(layer)))?;
+    let infos: Vec<Tlv<'_>> = set
+        .children()
+        .collect::<Result<_, _>>()
+        .map_err(|_| Stop::Fatal(structure_fatal(layer)))?;
     match infos.len() {
         0 => {
             return Err(Stop::Fatal(if outer {
@@ -513,13 +614,27 @@ fn enveloped_head<R: Read>(s: &mut BerStream<R>) -> Result<EnvelopedHead, ReadEr
     let alg = s.read_element(MAX_STRUCTURE)?;
     let alg_t = parse_exact(&alg)?;
     let (content_alg, params) = algorithm_identifier(&alg_t)?;
-    let iv = params.filter(|p| p.tag == tag::OCTET_STRING).map(|p| p.content.to_vec());
+    let iv = params
+        .filter(|p| p.tag == tag::OCTET_STRING)
+        .map(|p| p.content.to_vec());
     let content_alg = content_alg.to_vec();
     let encrypted_content = s.read_header()?;
     if encrypted_content.tag != 0x80 && encrypted_content.tag != 0xa0 {
-        return Err(ReadError::Ber(BerError::new(encrypted_content.offset, BerErrorKind::BadValue("encryptedContent missing"))));
+        return Err(ReadError::Ber(BerError::new(
+            encrypted_content.offset,
+            BerErrorKind::BadValue("encryptedContent missing"),
+        )));
     }
-    Ok(EnvelopedHead { ci, explicit, ed, eci, recipient_infos, content_alg, iv, encrypted_content })
+    Ok(EnvelopedHead {
+        ci,
+        explicit,
+        ed,
+        eci,
+        recipient_infos,
+        content_alg,
+        iv,
+        encrypted_content,
+    })
 }
 
 fn enveloped_tail<R: Read>(s: &mut BerStream<R>, env: &EnvelopedHead) -> Result<(), ReadError> {
@@ -570,11 +685,20 @@ fn recipients(raw: &[u8]) -> Result<(Vec<Ktri<'_>>, Vec<Kekri<'_>>), BerError> {
                         RecipientRef::IssuerSerial { issuer, serial }
                     }
                     0x80 => RecipientRef::Ski(rid_t.content),
-                    found => return Err(rid_t.err(BerErrorKind::UnexpectedTag { expected: tag::SEQUENCE, found })),
+                    found => {
+                        return Err(rid_t.err(BerErrorKind::UnexpectedTag {
+                            expected: tag::SEQUENCE,
+                            found,
+                        }))
+                    }
                 };
                 let alg = algorithm_identifier(&f.next(tag::SEQUENCE)?)?.0;
                 let encrypted_key = f.next(tag::OCTET_STRING)?.octets()?.into_owned();
-                ktris.push(Ktri { rid, alg, encrypted_key });
+                ktris.push(Ktri {
+                    rid,
+                    alg,
+                    encrypted_key,
+                });
             }
             0xa2 => {
                 let mut f = ri.seq()?;
@@ -593,32 +717,52 @@ fn recipients(raw: &[u8]) -> Result<(Vec<Ktri<'_>>, Vec<Kekri<'_>>), BerError> {
 /// Finds and unwraps the content-encryption key as the official library does, except
 /// that an RSA failure never shows: a random key takes its place (RFC 3218 §2.3), so that
 /// a bad padding cannot be told from a wrong key.
-fn recover_key(env: &EnvelopedHead, keys: &KeyRing, opts: &UnsealOptions, facts: &mut Facts) -> Result<Vec<u8>, Stop> {
-    let (ktris, kekris) = recipients(&env.recipient_infos).map_err(|_| Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT))?;
+fn recover_key(
+    env: &EnvelopedHead,
+    keys: &KeyRing,
+    opts: &UnsealOptions,
+    facts: &mut Facts,
+) -> Result<Vec<u8>, Stop> {
+    let (ktris, kekris) = recipients(&env.recipient_infos)
+        .map_err(|_| Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT))?;
     if env.content_alg != oid::AES128_CBC {
-        facts.decryption_errors.push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
+        facts
+            .decryption_errors
+            .push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
     }
     if let Some(kek) = &opts.kek {
         let Some(kekri) = kekris.first() else {
-            return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_CONTAINS_NO_KEKRECIPIENTINFOS));
+            return Err(Stop::Fatal(
+                Fatal::ENVELOPED_DATA_CONTAINS_NO_KEKRECIPIENTINFOS,
+            ));
         };
         if kekri.alg != oid::AES128_WRAP {
-            facts.decryption_errors.push(E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
+            facts
+                .decryption_errors
+                .push(E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
         }
         if kek.len() < 16 {
-            facts.decryption_errors.push(E::DECRYPTION_SYMMETRIC_KEY_LENGTH_UNAUTHORIZED);
+            facts
+                .decryption_errors
+                .push(E::DECRYPTION_SYMMETRIC_KEY_LENGTH_UNAUTHORIZED);
         }
-        let cek = unwrap_kek(kek, &kekri.encrypted_key).ok_or(Stop::Fatal(Fatal::SECRET_KEY_CAN_NOT_DECRYPT_KEKRECIPIENTINFOS))?;
+        let cek = unwrap_kek(kek, &kekri.encrypted_key).ok_or(Stop::Fatal(
+            Fatal::SECRET_KEY_CAN_NOT_DECRYPT_KEKRECIPIENTINFOS,
+        ))?;
         facts.opened_with = Some(OpenedWith::Kek);
         return Ok(cek);
     }
     if ktris.is_empty() {
-        return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_CONTAINS_NO_KEYTRANSRECIPIENTINFOS));
+        return Err(Stop::Fatal(
+            Fatal::ENVELOPED_DATA_CONTAINS_NO_KEYTRANSRECIPIENTINFOS,
+        ));
     }
     // The first recipient info for which we hold a key, as in the official library.
     let found = ktris.iter().find_map(|k| {
         let c: Vec<&DecryptionKey> = match k.rid {
-            RecipientRef::IssuerSerial { issuer, serial } => keys.candidates_by_serial(issuer, serial),
+            RecipientRef::IssuerSerial { issuer, serial } => {
+                keys.candidates_by_serial(issuer, serial)
+            }
             RecipientRef::Ski(ski) => keys.candidates_by_ski(ski),
         };
         (!c.is_empty()).then_some((k, c))
@@ -627,12 +771,18 @@ fn recover_key(env: &EnvelopedHead, keys: &KeyRing, opts: &UnsealOptions, facts:
         return Err(Stop::Fatal(Fatal::DECRYPTION_PRIVATE_KEY_NOT_FOUND));
     };
     if ktri.alg != oid::RSA_ENCRYPTION {
-        facts.decryption_errors.push(E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
+        facts
+            .decryption_errors
+            .push(E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
     }
     if candidates[0].modulus_bits < 2048 {
-        facts.decryption_errors.push(E::DECRYPTION_ASYMMETRIC_KEY_LENGTH_UNAUTHORIZED);
+        facts
+            .decryption_errors
+            .push(E::DECRYPTION_ASYMMETRIC_KEY_LENGTH_UNAUTHORIZED);
     }
-    let wanted = content_cipher(&env.content_alg).map(|c| c.key_len()).unwrap_or(16);
+    let wanted = content_cipher(&env.content_alg)
+        .map(|c| c.key_len())
+        .unwrap_or(16);
     for k in &candidates {
         if let Ok(cek) = k.ops.decrypt_pkcs1v15(&k.key, &ktri.encrypted_key) {
             if cek.len() == wanted {
@@ -649,7 +799,7 @@ fn recover_key(env: &EnvelopedHead, keys: &KeyRing, opts: &UnsealOptions, facts:
 }
 
 fn unwrap_kek(kek: &[u8], wrapped: &[u8]) -> Option<Vec<u8>> {
-    if wrapped.len() < 24 || wrapped.len() % 8 != 0 {
+    if wrapped.len() < 24 || !wrapped.len().is_multiple_of(8) {
         return None;
     }
     let key = openssl::aes::AesKey::new_decrypt(kek).ok()?;
@@ -695,7 +845,17 @@ struct Decryptor<R> {
 impl<R: Read> Decryptor<R> {
     fn new(src: R, mut crypter: Crypter, block: usize) -> Self {
         crypter.pad(true);
-        Self { src, crypter, block, inbuf: vec![0; 64 * 1024], outbuf: vec![0; 64 * 1024 + 64], out_pos: 0, out_len: 0, finished: false, padding_failed: false }
+        Self {
+            src,
+            crypter,
+            block,
+            inbuf: vec![0; 64 * 1024],
+            outbuf: vec![0; 64 * 1024 + 64],
+            out_pos: 0,
+            out_len: 0,
+            finished: false,
+            padding_failed: false,
+        }
     }
 }
 
@@ -777,7 +937,10 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
     if let Some(si) = &facts.outer.signer {
         let r = check_layer(true, &facts.outer, si, None, opts, at, &mut v);
         signing_time = si.signing_times.first().copied();
-        sender = Some(Sender { certificate: r.cert.clone(), key_id: r.ski.clone() });
+        sender = Some(Sender {
+            certificate: r.cert.clone(),
+            key_id: r.ski.clone(),
+        });
         signing_time_warning(si, opts, at, &mut v);
         outer_resolved = Some(r);
     }
@@ -794,7 +957,15 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
     }
     if let (Some(si), Some(outer)) = (&facts.inner.signer, &outer_resolved) {
         let mut inner_v = Verdict::default();
-        let r = check_layer(false, &facts.inner, si, Some((outer, &facts.outer.certs)), opts, at, &mut inner_v);
+        let r = check_layer(
+            false,
+            &facts.inner,
+            si,
+            Some((outer, &facts.outer.certs)),
+            opts,
+            at,
+            &mut inner_v,
+        );
         if !correlated(outer, &r) {
             v.error(E::MESSAGE_INTEGRITY_INVALID);
         }
@@ -825,12 +996,22 @@ fn check_layer(
         },
     };
     if policy.is_none() || si.digest_alg != oid::SHA256 {
-        v.error(pick(E::OUTER_SIGNATURE_DIGEST_ALGORITHM_UNAUTHORIZED, E::INNER_SIGNATURE_DIGEST_ALGORITHM_UNAUTHORIZED));
+        v.error(pick(
+            E::OUTER_SIGNATURE_DIGEST_ALGORITHM_UNAUTHORIZED,
+            E::INNER_SIGNATURE_DIGEST_ALGORITHM_UNAUTHORIZED,
+        ));
     }
     if policy.is_none() {
-        v.error(pick(E::OUTER_SIGNATURE_ALGORITHM_UNAUTHORIZED, E::INNER_SIGNATURE_ALGORITHM_UNAUTHORIZED));
+        v.error(pick(
+            E::OUTER_SIGNATURE_ALGORITHM_UNAUTHORIZED,
+            E::INNER_SIGNATURE_ALGORITHM_UNAUTHORIZED,
+        ));
     }
-    let mut resolved = Resolved { policy, cert: None, ski: None };
+    let mut resolved = Resolved {
+        policy,
+        cert: None,
+        ski: None,
+    };
     // An inner layer without certificates borrows the outer signer, and only its
     // signature (and key usage) is checked: the certificate was judged as the outer one.
     let mut borrowed = false;
@@ -838,17 +1019,25 @@ fn check_layer(
         SignerId::SubjectKeyId(ski) => {
             resolved.ski = Some(ski.clone());
             let key = opts.expected_signers.iter().find_map(|e| match e {
-                ExpectedSigner::KeyId { ski: s, public_key } if s == ski => Some(public_key.clone()),
+                ExpectedSigner::KeyId { ski: s, public_key } if s == ski => {
+                    Some(public_key.clone())
+                }
                 _ => None,
             });
             if key.is_none() {
-                v.error(pick(E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED, E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED));
+                v.error(pick(
+                    E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED,
+                    E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED,
+                ));
                 return resolved;
             }
             key
         }
         SignerId::IssuerSerial { issuer, serial } => {
-            let own = layer.certs.iter().find(|c| c.issuer_der() == issuer.as_slice() && c.serial() == serial.as_slice());
+            let own = layer
+                .certs
+                .iter()
+                .find(|c| c.issuer_der() == issuer.as_slice() && c.serial() == serial.as_slice());
             let cert = match (own, outer_signer) {
                 (Some(c), _) => Some(c.clone()),
                 (None, Some((o, _))) if layer.certs.is_empty() => {
@@ -865,7 +1054,10 @@ fn check_layer(
                 }
                 None => {
                     if !borrowed {
-                        v.error(pick(E::OUTER_CERTIFICATE_EXPECTED_BUT_NOT_PRESENT, E::INNER_CERTIFICATE_EXPECTED_BUT_NOT_PRESENT));
+                        v.error(pick(
+                            E::OUTER_CERTIFICATE_EXPECTED_BUT_NOT_PRESENT,
+                            E::INNER_CERTIFICATE_EXPECTED_BUT_NOT_PRESENT,
+                        ));
                     }
                     return resolved;
                 }
@@ -880,7 +1072,11 @@ fn check_layer(
             let mut check = signer::verify(si, key, &layer.digests, &layer.econtent_type);
             // BouncyCastle refuses to verify with a certificate not valid at the signing
             // time, and refuses several signing times.
-            let stale = si.signing_times.first().is_some() && resolved.cert.as_ref().is_some_and(|c| c.valid_at(when) != Validity::Valid);
+            let stale = !si.signing_times.is_empty()
+                && resolved
+                    .cert
+                    .as_ref()
+                    .is_some_and(|c| c.valid_at(when) != Validity::Valid);
             if check != SignatureCheck::Unsupported && (stale || si.signing_times.len() > 1) {
                 check = SignatureCheck::CouldNotVerify;
             }
@@ -893,11 +1089,17 @@ fn check_layer(
             E::OUTER_SIGNATURE_DOES_NOT_MATCH_AUTHENTICATION_CERTIFICATE,
             E::INNER_SIGNATURE_DOES_NOT_MATCH_SIGNATURE_CERTIFICATE,
         )),
-        SignatureCheck::CouldNotVerify => v.error(pick(E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED, E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED)),
+        SignatureCheck::CouldNotVerify => v.error(pick(
+            E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED,
+            E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED,
+        )),
     }
     if let Some(cert) = &resolved.cert {
         if !cert.allows_any(key_usage::DIGITAL_SIGNATURE | key_usage::NON_REPUDIATION) {
-            v.error(pick(E::OUTER_CERTIFICATE_HAS_INVALID_KEYUSAGE, E::INNER_CERTIFICATE_HAS_INVALID_KEYUSAGE));
+            v.error(pick(
+                E::OUTER_CERTIFICATE_HAS_INVALID_KEYUSAGE,
+                E::INNER_CERTIFICATE_HAS_INVALID_KEYUSAGE,
+            ));
         }
     }
     if borrowed {
@@ -908,23 +1110,43 @@ fn check_layer(
         _ => false,
     };
     if !key_ok {
-        v.error(pick(E::OUTER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED, E::INNER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED));
+        v.error(pick(
+            E::OUTER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED,
+            E::INNER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED,
+        ));
     }
     if let Some(cert) = &resolved.cert {
         match cert.valid_at(when) {
             Validity::Valid => {}
-            Validity::Expired => v.error(pick(E::OUTER_CERTIFICATE_EXPIRED, E::INNER_CERTIFICATE_EXPIRED)),
-            Validity::NotYetValid => v.error(pick(E::OUTER_CERTIFICATE_NOT_YET_VALID, E::INNER_CERTIFICATE_NOT_YET_VALID)),
+            Validity::Expired => v.error(pick(
+                E::OUTER_CERTIFICATE_EXPIRED,
+                E::INNER_CERTIFICATE_EXPIRED,
+            )),
+            Validity::NotYetValid => v.error(pick(
+                E::OUTER_CERTIFICATE_NOT_YET_VALID,
+                E::INNER_CERTIFICATE_NOT_YET_VALID,
+            )),
         }
         let mut pool: Vec<Certificate> = layer.certs.clone();
         if let Some((_, outer_certs)) = outer_signer {
             pool.extend(outer_certs.iter().cloned());
         }
         if !opts.anchors.verify(cert, &pool, when) {
-            v.error(pick(E::OUTER_CERTIFICATE_CHAIN_NOT_TRUSTED, E::INNER_CERTIFICATE_CHAIN_NOT_TRUSTED));
+            v.error(pick(
+                E::OUTER_CERTIFICATE_CHAIN_NOT_TRUSTED,
+                E::INNER_CERTIFICATE_CHAIN_NOT_TRUSTED,
+            ));
         }
-        if !opts.expected_signers.is_empty() && !opts.expected_signers.iter().any(|e| matches!(e, ExpectedSigner::Certificate(c) if c == cert)) {
-            v.error(pick(E::AUTHENTICATION_CERTIFICATE_NOT_IN_LIST_EXPECTED_SIGNERS, E::SIGNATURE_CERTIFICATE_NOT_IN_LIST_EXPECTED_SIGNERS));
+        if !opts.expected_signers.is_empty()
+            && !opts
+                .expected_signers
+                .iter()
+                .any(|e| matches!(e, ExpectedSigner::Certificate(c) if c == cert))
+        {
+            v.error(pick(
+                E::AUTHENTICATION_CERTIFICATE_NOT_IN_LIST_EXPECTED_SIGNERS,
+                E::SIGNATURE_CERTIFICATE_NOT_IN_LIST_EXPECTED_SIGNERS,
+            ));
         }
     }
     resolved

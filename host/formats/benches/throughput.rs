@@ -1,0 +1,330 @@
+//! Throughput of sealing and unsealing with software keys, each as a ratio to the
+//! primitive that bounds it, measured in the same run on the same machine:
+//! - 1 KiB unseal ops/s ÷ RSA-2048 private-operation rate (one RSA decrypt per unseal);
+//! - 1 KiB seal ops/s ÷ half the RSA-2048 PSS sign rate (two signatures per seal);
+//! - large seal/unseal MiB/s ÷ the serial AES-128-CBC + 2×SHA-256 limit, with peak RSS.
+//!
+//! `cargo bench -p etee-formats --bench throughput` (ETEE_BENCH_MIB sets the large size,
+//! default 256; ETEE_BENCH_SECONDS the time per measurement, default 2).
+
+use etee_formats::cert::Certificate;
+use etee_formats::cms::{seal, unseal, Recipient, SealOptions, UnsealOptions};
+use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
+use etee_formats::keystore::SoftwareKeys;
+use etee_formats::trust::TrustAnchors;
+use etee_testpki::{InstitutionSpec, TestPki};
+use openssl::hash::{Hasher, MessageDigest};
+use openssl::pkey_ctx::PkeyCtx;
+use openssl::symm::{Cipher, Crypter, Mode};
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct World {
+    signer: SigningKey,
+    bob: Certificate,
+    ring: KeyRing,
+    anchors: TrustAnchors,
+    rsa: openssl::pkey::PKey<openssl::pkey::Private>,
+}
+
+fn world() -> World {
+    let pki = TestPki::generate("bench").unwrap();
+    let alice = pki
+        .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Alice"))
+        .unwrap();
+    let bob = pki
+        .institution(&InstitutionSpec::new("NIHII-PHARMACY", "27150201", "Bob"))
+        .unwrap();
+    let c = |x: &openssl::x509::X509| Certificate::from_der(&x.to_der().unwrap()).unwrap();
+    let mut keys = SoftwareKeys::new();
+    keys.insert(KeyId("auth".into()), alice.auth.key.clone());
+    keys.insert(KeyId("bob".into()), bob.etk_key.clone());
+    let ops = Arc::new(keys);
+    let bob_cert = c(&bob.etk_cert);
+    let mut ring = KeyRing::new();
+    ring.add(DecryptionKey {
+        ops: ops.clone(),
+        key: KeyId("bob".into()),
+        serial: bob_cert.serial().to_vec(),
+        cert: Some(bob_cert.clone()),
+        ski: None,
+        modulus_bits: 2048,
+    });
+    World {
+        signer: SigningKey {
+            ops,
+            key: KeyId("auth".into()),
+            signer: SignerRef::Certificate {
+                cert: c(&alice.auth.cert),
+                chain: vec![c(&pki.root.cert)],
+            },
+        },
+        bob: bob_cert,
+        ring,
+        anchors: TrustAnchors::new(vec![c(&pki.root.cert)]),
+        rsa: bob.etk_key,
+    }
+}
+
+/// Runs `f` repeatedly for about `secs`; returns operations per second.
+fn rate(secs: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs_f64(secs) {
+        f();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Bytes per second of `f` over `buf`.
+fn throughput(secs: f64, len: usize, f: impl FnMut()) -> f64 {
+    rate(secs, f) * len as f64
+}
+
+/// A reader producing `n` bytes of a cheap pattern without holding them.
+struct Pattern {
+    left: u64,
+}
+impl Read for Pattern {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = (buf.len() as u64).min(self.left) as usize;
+        for (i, b) in buf[..k].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31);
+        }
+        self.left -= k as u64;
+        Ok(k)
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn mib() -> u64 {
+    std::env::var("ETEE_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+fn secs() -> f64 {
+    std::env::var("ETEE_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0)
+}
+
+/// One large phase in this process (called in a child so that peak RSS is its own).
+fn large_phase(phase: &str, path: &str) {
+    let w = world();
+    let size = mib() << 20;
+    let start = Instant::now();
+    match phase {
+        "seal" => {
+            let out = io::BufWriter::new(std::fs::File::create(path).unwrap());
+            seal(
+                &w.signer,
+                &[Recipient::Certificate(w.bob.clone())],
+                None,
+                Pattern { left: size },
+                out,
+                &SealOptions::default(),
+            )
+            .unwrap();
+        }
+        _ => {
+            let input = std::fs::File::open(path).unwrap();
+            let opts = UnsealOptions {
+                anchors: w.anchors.clone(),
+                ..Default::default()
+            };
+            let r = unseal(input, io::sink(), &w.ring, &opts).unwrap();
+            assert!(r.verdict.is_clean(), "{:?}", r.verdict);
+            assert_eq!(r.content_len, size);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "{} {} {}",
+        size as f64 / elapsed / 1048576.0,
+        peak_rss_mib(),
+        elapsed
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--phase") {
+        large_phase(&args[i + 1], &args[i + 2]);
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        println!("throughput: bench");
+        return;
+    }
+    let secs = secs();
+    let w = world();
+
+    // Primitives.
+    let blob = {
+        let mut ctx = PkeyCtx::new(&w.rsa).unwrap();
+        ctx.encrypt_init().unwrap();
+        ctx.set_rsa_padding(openssl::rsa::Padding::PKCS1).unwrap();
+        let mut out = vec![];
+        ctx.encrypt_to_vec(&[7u8; 16], &mut out).unwrap();
+        out
+    };
+    let rsa_private = rate(secs, || {
+        let mut ctx = PkeyCtx::new(&w.rsa).unwrap();
+        ctx.decrypt_init().unwrap();
+        ctx.set_rsa_padding(openssl::rsa::Padding::PKCS1).unwrap();
+        let mut out = vec![];
+        ctx.decrypt_to_vec(&blob, &mut out).unwrap();
+    });
+    let digest = [1u8; 32];
+    let rsa_sign = rate(secs, || {
+        w.signer
+            .ops
+            .sign_pss_sha256(&w.signer.key, &digest)
+            .unwrap();
+    });
+    let buf = vec![0x5au8; 1 << 20];
+    let mut out = vec![0u8; buf.len() + 32];
+    let aes_enc = throughput(secs, buf.len(), || {
+        let mut c = Crypter::new(
+            Cipher::aes_128_cbc(),
+            Mode::Encrypt,
+            &[1; 16],
+            Some(&[2; 16]),
+        )
+        .unwrap();
+        c.update(&buf, &mut out).unwrap();
+    });
+    let aes_dec = throughput(secs, buf.len(), || {
+        let mut c = Crypter::new(
+            Cipher::aes_128_cbc(),
+            Mode::Decrypt,
+            &[1; 16],
+            Some(&[2; 16]),
+        )
+        .unwrap();
+        c.pad(false);
+        c.update(&buf, &mut out).unwrap();
+    });
+    let sha = throughput(secs, buf.len(), || {
+        let mut h = Hasher::new(MessageDigest::sha256()).unwrap();
+        h.update(&buf).unwrap();
+        h.finish().unwrap();
+    });
+    let seal_limit = 1.0 / (1.0 / aes_enc + 2.0 / sha);
+    let unseal_limit = 1.0 / (1.0 / aes_dec + 2.0 / sha);
+    let m = 1048576.0;
+    println!("primitives (this machine, this run)");
+    println!("  RSA-2048 private op (PKCS#1 v1.5 decrypt)  {rsa_private:9.0} /s");
+    println!("  RSA-2048 PSS sign                          {rsa_sign:9.0} /s");
+    println!(
+        "  AES-128-CBC encrypt / decrypt             {:9.0} / {:.0} MiB/s",
+        aes_enc / m,
+        aes_dec / m
+    );
+    println!(
+        "  SHA-256                                    {:9.0} MiB/s",
+        sha / m
+    );
+    println!(
+        "  serial limit seal (AES enc + 2 SHA)        {:9.0} MiB/s",
+        seal_limit / m
+    );
+    println!(
+        "  serial limit unseal (AES dec + 2 SHA)      {:9.0} MiB/s",
+        unseal_limit / m
+    );
+
+    // 1 KiB messages.
+    let small = vec![0x42u8; 1024];
+    let sealed = {
+        let mut v = Vec::new();
+        seal(
+            &w.signer,
+            &[Recipient::Certificate(w.bob.clone())],
+            None,
+            &small[..],
+            &mut v,
+            &SealOptions::default(),
+        )
+        .unwrap();
+        v
+    };
+    let opts = UnsealOptions {
+        anchors: w.anchors.clone(),
+        ..Default::default()
+    };
+    let seal_rate = rate(secs, || {
+        let mut v = Vec::with_capacity(8192);
+        seal(
+            &w.signer,
+            &[Recipient::Certificate(w.bob.clone())],
+            None,
+            &small[..],
+            &mut v,
+            &SealOptions::default(),
+        )
+        .unwrap();
+    });
+    let unseal_rate = rate(secs, || {
+        let r = unseal(&sealed[..], io::sink(), &w.ring, &opts).unwrap();
+        assert!(r.verdict.is_clean());
+    });
+    println!("1 KiB messages (software keys)");
+    println!(
+        "  seal    {seal_rate:7.0} /s   ratio to RSA sign/2      {:.2}",
+        seal_rate / (rsa_sign / 2.0)
+    );
+    println!(
+        "  unseal  {unseal_rate:7.0} /s   ratio to RSA private op  {:.2}",
+        unseal_rate / rsa_private
+    );
+
+    // Large messages, each phase in its own process for an honest peak RSS.
+    let exe = std::env::current_exe().unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    println!(
+        "{} MiB messages (streamed; file on disk, content to a sink)",
+        mib()
+    );
+    for (phase, limit) in [("seal", seal_limit), ("unseal", unseal_limit)] {
+        let out = std::process::Command::new(&exe)
+            .args(["--phase", phase, &path])
+            .env("ETEE_BENCH_MIB", mib().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        println!(
+            "  {phase:6}  {:7.0} MiB/s   ratio to serial limit  {:.2}   peak RSS {:.1} MiB",
+            v[0],
+            v[0] * m / limit,
+            v[1]
+        );
+    }
+    let _ = io::stdout().flush();
+}

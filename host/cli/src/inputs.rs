@@ -10,39 +10,59 @@ use zeroize::Zeroizing;
 pub const PASSWORD_ENV: &str = "ETEE_KEYSTORE_PASSWORD";
 
 pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path).map_err(|source| CliError::File { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|source| CliError::File {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// The keystore password: `--password-file` (first line), else `ETEE_KEYSTORE_PASSWORD`.
 pub fn password(file: Option<&PathBuf>) -> Result<Zeroizing<String>, CliError> {
     if let Some(path) = file {
         let bytes = Zeroizing::new(read_file(path)?);
-        let text = std::str::from_utf8(&bytes).map_err(|_| CliError::Usage(format!("{}: password file is not UTF-8", path.display())))?;
-        return Ok(Zeroizing::new(text.lines().next().unwrap_or("").to_string()));
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            CliError::Usage(format!("{}: password file is not UTF-8", path.display()))
+        })?;
+        return Ok(Zeroizing::new(
+            text.lines().next().unwrap_or("").to_string(),
+        ));
     }
     match std::env::var(PASSWORD_ENV) {
         Ok(p) => Ok(Zeroizing::new(p)),
-        Err(_) => Err(CliError::Usage(format!("no keystore password: use --password-file FILE or set {PASSWORD_ENV}"))),
+        Err(_) => Err(CliError::Usage(format!(
+            "no keystore password: use --password-file FILE or set {PASSWORD_ENV}"
+        ))),
     }
 }
 
 pub fn keystore(path: &Path, password: &str) -> Result<EhealthKeystore, CliError> {
     let bytes = Zeroizing::new(read_file(path)?);
-    EhealthKeystore::load(&bytes, password).map_err(|source| CliError::Keystore { path: path.display().to_string(), source })
+    EhealthKeystore::load(&bytes, password).map_err(|source| CliError::Keystore {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// A certificate file: DER, PEM or bare Base64.
 pub fn certificate(path: &Path) -> Result<Certificate, CliError> {
     let bytes = read_file(path)?;
-    let bad = |why: String| CliError::Usage(format!("{}: not a certificate: {why}", path.display()));
+    let bad =
+        |why: String| CliError::Usage(format!("{}: not a certificate: {why}", path.display()));
     let der = if bytes.starts_with(b"-----BEGIN") {
-        openssl::x509::X509::from_pem(&bytes).and_then(|x| x.to_der()).map_err(|e| bad(e.to_string()))?
+        openssl::x509::X509::from_pem(&bytes)
+            .and_then(|x| x.to_der())
+            .map_err(|e| bad(e.to_string()))?
     } else if bytes.first() == Some(&0x30) {
         bytes
     } else {
         use base64::Engine;
-        let text: String = String::from_utf8_lossy(&bytes).chars().filter(|c| !c.is_whitespace()).collect();
-        base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| bad(e.to_string()))?
+        let text: String = String::from_utf8_lossy(&bytes)
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| bad(e.to_string()))?
     };
     Certificate::from_der(&der).map_err(|e| bad(e.to_string()))
 }
@@ -63,9 +83,14 @@ pub fn evaluation_time(at: Option<&str>) -> Result<i64, CliError> {
 
 /// A KEK given as hex (16, 24 or 32 bytes).
 pub fn kek(hex_text: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
-    let key = Zeroizing::new(hex::decode(hex_text.trim()).map_err(|_| CliError::Usage("--kek must be hex".into()))?);
+    let key = Zeroizing::new(
+        hex::decode(hex_text.trim()).map_err(|_| CliError::Usage("--kek must be hex".into()))?,
+    );
     if ![16, 24, 32].contains(&key.len()) {
-        return Err(CliError::Usage(format!("--kek must be 16, 24 or 32 bytes, not {}", key.len())));
+        return Err(CliError::Usage(format!(
+            "--kek must be 16, 24 or 32 bytes, not {}",
+            key.len()
+        )));
     }
     Ok(key)
 }
@@ -74,6 +99,9 @@ pub fn kek(hex_text: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
 pub fn rfc3339(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| t.to_string())
 }

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "etee", version, about = "Belgian eHealth end-to-end encryption (ETEE): seal, unseal, ETKs")]
+#[command(
+    name = "etee",
+    version,
+    about = "Belgian eHealth end-to-end encryption (ETEE): seal, unseal, ETKs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,13 +45,22 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("keystore {path}: {source}")]
-    Keystore { path: String, source: etee_formats::keystore::KeystoreError },
+    Keystore {
+        path: String,
+        source: etee_formats::keystore::KeystoreError,
+    },
     #[error("ETK {path}: {source}")]
-    Etk { path: String, source: etee_formats::etk::EtkError },
+    Etk {
+        path: String,
+        source: etee_formats::etk::EtkError,
+    },
     #[error("sealing failed: {0}")]
     Seal(#[from] etee_formats::cms::SealError),
     #[error("{0}")]

@@ -18,15 +18,24 @@ impl Pending {
     pub fn new(out: Option<&Path>) -> Result<Self, CliError> {
         let file = match out {
             Some(path) => {
-                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 tempfile::Builder::new()
                     .prefix(".etee-")
                     .tempfile_in(dir)
-                    .map_err(|source| CliError::File { path: path.display().to_string(), source })?
+                    .map_err(|source| CliError::File {
+                        path: path.display().to_string(),
+                        source,
+                    })?
             }
             None => tempfile::NamedTempFile::new()?,
         };
-        Ok(Self { file, dest: out.map(Path::to_path_buf) })
+        Ok(Self {
+            file,
+            dest: out.map(Path::to_path_buf),
+        })
     }
 
     pub fn writer(&mut self) -> io::BufWriter<&mut std::fs::File> {
@@ -38,7 +47,10 @@ impl Pending {
         match self.dest.take() {
             Some(dest) => {
                 self.file.as_file().sync_all()?;
-                self.file.persist(&dest).map_err(|e| CliError::File { path: dest.display().to_string(), source: e.error })?;
+                self.file.persist(&dest).map_err(|e| CliError::File {
+                    path: dest.display().to_string(),
+                    source: e.error,
+                })?;
                 if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
                     // Make the rename itself durable.
                     if let Ok(d) = std::fs::File::open(dir) {

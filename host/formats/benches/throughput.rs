@@ -90,10 +90,17 @@ struct Pattern {
 }
 impl Read for Pattern {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let k = (buf.len() as u64).min(self.left) as usize;
-        for (i, b) in buf[..k].iter_mut().enumerate() {
-            *b = (i as u8).wrapping_mul(31);
-        }
+        static BLOCK: [u8; 4096] = {
+            let mut b = [0u8; 4096];
+            let mut i = 0;
+            while i < 4096 {
+                b[i] = (i as u8).wrapping_mul(31);
+                i += 1;
+            }
+            b
+        };
+        let k = (buf.len() as u64).min(self.left).min(BLOCK.len() as u64) as usize;
+        buf[..k].copy_from_slice(&BLOCK[..k]);
         self.left -= k as u64;
         Ok(k)
     }
@@ -124,50 +131,13 @@ fn secs() -> f64 {
         .unwrap_or(2.0)
 }
 
-/// One large phase in this process (called in a child so that peak RSS is its own).
-fn large_phase(phase: &str, path: &str) {
-    let w = world();
-    let size = mib() << 20;
-    let start = Instant::now();
-    match phase {
-        "seal" => {
-            let out = io::BufWriter::new(std::fs::File::create(path).unwrap());
-            seal(
-                &w.signer,
-                &[Recipient::Certificate(w.bob.clone())],
-                None,
-                Pattern { left: size },
-                out,
-                &SealOptions::default(),
-            )
-            .unwrap();
-        }
-        _ => {
-            let input = std::fs::File::open(path).unwrap();
-            let opts = UnsealOptions {
-                anchors: w.anchors.clone(),
-                ..Default::default()
-            };
-            let r = unseal(input, io::sink(), &w.ring, &opts).unwrap();
-            assert!(r.verdict.is_clean(), "{:?}", r.verdict);
-            assert_eq!(r.content_len, size);
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    println!(
-        "{} {} {}",
-        size as f64 / elapsed / 1048576.0,
-        peak_rss_mib(),
-        elapsed
-    );
+/// Resets the kernel's peak-RSS counter so the next phase reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--phase") {
-        large_phase(&args[i + 1], &args[i + 2]);
-        return;
-    }
     if args.iter().any(|a| a == "--list") {
         println!("throughput: bench");
         return;
@@ -295,36 +265,40 @@ fn main() {
         unseal_rate / rsa_private
     );
 
-    // Large messages, each phase in its own process for an honest peak RSS.
-    let exe = std::env::current_exe().unwrap();
+    // Large messages: plaintext generated on the fly, sealed message on disk, content to
+    // a sink, so the peak RSS is the sealer's and unsealer's own.
+    let size = mib() << 20;
     let file = tempfile::NamedTempFile::new().unwrap();
-    let path = file.path().to_str().unwrap().to_string();
-    println!(
-        "{} MiB messages (streamed; file on disk, content to a sink)",
-        mib()
-    );
-    for (phase, limit) in [("seal", seal_limit), ("unseal", unseal_limit)] {
-        let out = std::process::Command::new(&exe)
-            .args(["--phase", phase, &path])
-            .env("ETEE_BENCH_MIB", mib().to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: Vec<f64> = text
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        println!(
-            "  {phase:6}  {:7.0} MiB/s   ratio to serial limit  {:.2}   peak RSS {:.1} MiB",
-            v[0],
-            v[0] * m / limit,
-            v[1]
-        );
-    }
+    println!("{} MiB messages (streamed; sealed message on disk)", mib());
+    reset_peak_rss();
+    let start = Instant::now();
+    let out = io::BufWriter::new(std::fs::File::create(file.path()).unwrap());
+    let recipients = [Recipient::Certificate(w.bob.clone())];
+    seal(
+        &w.signer,
+        &recipients,
+        None,
+        Pattern { left: size },
+        out,
+        &SealOptions::default(),
+    )
+    .unwrap();
+    let seal_mibs = size as f64 / start.elapsed().as_secs_f64() / m;
+    let seal_rss = peak_rss_mib();
+    reset_peak_rss();
+    let start = Instant::now();
+    let r = unseal(
+        std::fs::File::open(file.path()).unwrap(),
+        io::sink(),
+        &w.ring,
+        &opts,
+    )
+    .unwrap();
+    assert!(r.verdict.is_clean(), "{:?}", r.verdict);
+    assert_eq!(r.content_len, size);
+    let unseal_mibs = size as f64 / start.elapsed().as_secs_f64() / m;
+    let unseal_rss = peak_rss_mib();
+    println!("  seal    {seal_mibs:7.0} MiB/s   ratio to serial limit  {:.2}   peak RSS {seal_rss:.1} MiB", seal_mibs * m / seal_limit);
+    println!("  unseal  {unseal_mibs:7.0} MiB/s   ratio to serial limit  {:.2}   peak RSS {unseal_rss:.1} MiB", unseal_mibs * m / unseal_limit);
     let _ = io::stdout().flush();
 }

@@ -7,9 +7,11 @@
 use crate::ber::slice::{parse_exact, Tlv};
 use crate::ber::{tag, BerError, BerErrorKind};
 use crate::oid;
-use openssl::pkey::{Id, PKey, Public};
+use openssl::pkey::{PKey, Public};
 use openssl::x509::X509;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Key usage bits as masks of the extension's first octet (Java's `getKeyUsage` order).
 pub mod key_usage {
@@ -46,11 +48,16 @@ pub struct NameAttr {
     pub value: String,
 }
 
-/// A parsed certificate.
+/// A parsed certificate; cheap to clone (shared).
 #[derive(Clone)]
-pub struct Certificate {
+pub struct Certificate(Arc<CertData>);
+
+struct CertData {
     der: Vec<u8>,
-    x509: X509,
+    /// OpenSSL's view, made on first use (chain checks): see [`cached_x509`].
+    x509: OnceLock<Option<X509>>,
+    /// The public key; RSA keys are decoded directly at parse time.
+    key: OnceLock<Option<PKey<Public>>>,
     serial: Vec<u8>,
     issuer_der: Vec<u8>,
     subject_der: Vec<u8>,
@@ -76,7 +83,7 @@ impl fmt::Debug for Certificate {
 
 impl PartialEq for Certificate {
     fn eq(&self, other: &Self) -> bool {
-        self.der == other.der
+        self.0.der == other.0.der
     }
 }
 impl Eq for Certificate {}
@@ -96,7 +103,7 @@ impl Certificate {
         let not_before = parse_time(&validity.any()?)?;
         let not_after = parse_time(&validity.any()?)?;
         let subject = f.next(tag::SEQUENCE)?;
-        f.next(tag::SEQUENCE)?; // subjectPublicKeyInfo
+        let spki = f.next(tag::SEQUENCE)?;
         f.optional(tag::ctx_prim(1))?;
         f.optional(tag::ctx_prim(2))?;
         let mut key_usage = None;
@@ -128,23 +135,17 @@ impl Certificate {
                 }
             }
         }
-        let x509 = X509::from_der(der)?;
-        // A key OpenSSL cannot decode (GOST, say) leaves the certificate usable for the
-        // other checks; the key then counts as unknown and zero bits long.
-        let (key_algorithm, key_bits) = match x509.public_key() {
-            Ok(key) => (
-                match key.id() {
-                    Id::RSA | Id::RSA_PSS => KeyAlgorithm::Rsa,
-                    Id::EC => KeyAlgorithm::Ec,
-                    Id::DSA => KeyAlgorithm::Dsa,
-                    _ => KeyAlgorithm::Other,
-                },
-                key.bits(),
-            ),
-            Err(_) => (KeyAlgorithm::Other, 0),
-        };
-        Ok(Self {
+        let (key_algorithm, fast_key) = read_spki(&spki)?;
+        let key = OnceLock::new();
+        let mut key_bits = 0;
+        if let Some(k) = fast_key {
+            key_bits = k.bits();
+            let _ = key.set(Some(k));
+        }
+        let cert = CertData {
             der: der.to_vec(),
+            x509: OnceLock::new(),
+            key,
             serial,
             issuer_der: issuer.raw.to_vec(),
             subject_der: subject.raw.to_vec(),
@@ -157,84 +158,103 @@ impl Certificate {
             ski,
             key_algorithm,
             key_bits,
-            x509,
-        })
+        };
+        let mut cert = Self(Arc::new(cert));
+        if cert.0.key.get().is_none() {
+            // Other key types go through OpenSSL's decoders, which must at least accept
+            // the certificate; a key they cannot decode (GOST) counts as zero bits.
+            cert.x509()
+                .ok_or_else(|| CertError::OpenSsl(openssl::error::ErrorStack::get()))?;
+            let bits = cert.public_key().map(|k| k.bits()).unwrap_or(0);
+            if let Some(data) = Arc::get_mut(&mut cert.0) {
+                data.key_bits = bits;
+            }
+        }
+        Ok(cert)
     }
 
     pub fn der(&self) -> &[u8] {
-        &self.der
+        &self.0.der
     }
-    pub fn x509(&self) -> &X509 {
-        &self.x509
+    /// OpenSSL's parsed certificate (for chain building), if OpenSSL accepts it.
+    pub fn x509(&self) -> Option<&X509> {
+        self.0
+            .x509
+            .get_or_init(|| cached_x509(&self.0.der))
+            .as_ref()
     }
     /// The serial number's magnitude, big-endian.
     pub fn serial(&self) -> &[u8] {
-        &self.serial
+        &self.0.serial
     }
     /// The serial number in decimal: the eHealth keystore alias of an ETK key.
     pub fn serial_decimal(&self) -> String {
-        decimal(&self.serial)
+        decimal(&self.0.serial)
     }
     /// The DER of the issuer Name.
     pub fn issuer_der(&self) -> &[u8] {
-        &self.issuer_der
+        &self.0.issuer_der
     }
     /// The DER of the subject Name.
     pub fn subject_der(&self) -> &[u8] {
-        &self.subject_der
+        &self.0.subject_der
     }
     /// Subject attributes in encoding order.
     pub fn subject(&self) -> &[NameAttr] {
-        &self.subject
+        &self.0.subject
     }
     pub fn issuer(&self) -> &[NameAttr] {
-        &self.issuer
+        &self.0.issuer
     }
     /// Validity bounds, unix seconds.
     pub fn not_before(&self) -> i64 {
-        self.not_before
+        self.0.not_before
     }
     pub fn not_after(&self) -> i64 {
-        self.not_after
+        self.0.not_after
     }
     /// First octet of the keyUsage bits, if the extension is present.
     pub fn key_usage(&self) -> Option<u8> {
-        self.key_usage
+        self.0.key_usage
     }
     /// Whether keyUsage is absent or has any of the bits of `mask`.
     pub fn allows_any(&self, mask: u8) -> bool {
-        self.key_usage.is_none_or(|ku| ku & mask != 0)
+        self.0.key_usage.is_none_or(|ku| ku & mask != 0)
     }
     /// Whether keyUsage is absent or has all the bits of `mask`.
     pub fn allows_all(&self, mask: u8) -> bool {
-        self.key_usage.is_none_or(|ku| ku & mask == mask)
+        self.0.key_usage.is_none_or(|ku| ku & mask == mask)
     }
     /// basicConstraints cA.
     pub fn is_ca(&self) -> bool {
-        self.is_ca
+        self.0.is_ca
     }
     pub fn subject_key_identifier(&self) -> Option<&[u8]> {
-        self.ski.as_deref()
+        self.0.ski.as_deref()
     }
     pub fn key_algorithm(&self) -> KeyAlgorithm {
-        self.key_algorithm
+        self.0.key_algorithm
     }
     /// Modulus size (RSA) or field size (EC) in bits.
     pub fn key_bits(&self) -> u32 {
-        self.key_bits
+        self.0.key_bits
     }
     pub fn public_key(&self) -> Result<PKey<Public>, openssl::error::ErrorStack> {
-        self.x509.public_key()
+        self.0
+            .key
+            .get_or_init(|| self.x509().and_then(|x| x.public_key().ok()))
+            .clone()
+            .ok_or_else(openssl::error::ErrorStack::get)
     }
     /// Whether `self` was signed by the key of `issuer`.
     pub fn is_signed_by(&self, key: &PKey<Public>) -> bool {
-        self.x509.verify(key).unwrap_or(false)
+        self.x509().is_some_and(|x| x.verify(key).unwrap_or(false))
     }
     /// Whether the certificate is valid at `t` (unix seconds).
     pub fn valid_at(&self, t: i64) -> Validity {
-        if t < self.not_before {
+        if t < self.0.not_before {
             Validity::NotYetValid
-        } else if t > self.not_after {
+        } else if t > self.0.not_after {
             Validity::Expired
         } else {
             Validity::Valid
@@ -242,16 +262,69 @@ impl Certificate {
     }
     /// The subject in the customary `CN=…, OU=…, C=…` order (last RDN first).
     pub fn subject_string(&self) -> String {
-        name_string(&self.subject)
+        name_string(&self.0.subject)
     }
     pub fn issuer_string(&self) -> String {
-        name_string(&self.issuer)
+        name_string(&self.0.issuer)
     }
     /// The first value of a subject attribute.
     pub fn subject_attr(&self, oid: &[u8]) -> Option<&str> {
-        self.subject.iter().find(|a| a.oid == oid).map(|a| a.value.as_str())
+        self.0
+            .subject
+            .iter()
+            .find(|a| a.oid == oid)
+            .map(|a| a.value.as_str())
     }
 }
+
+/// The key algorithm of a SubjectPublicKeyInfo, and the key itself when it is RSA.
+///
+/// RSA keys are decoded directly: OpenSSL 3.0 decodes a certificate's key through its
+/// provider decoders at ~160 µs a certificate, more than the rest of a small unseal.
+fn read_spki(spki: &Tlv<'_>) -> Result<(KeyAlgorithm, Option<PKey<Public>>), BerError> {
+    const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const DSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x01];
+    let mut s = spki.seq()?;
+    let alg = s.next(tag::SEQUENCE)?.seq()?.next(tag::OID)?.content;
+    let bits = s.next(tag::BIT_STRING)?;
+    Ok(match alg {
+        a if a == oid::RSA_ENCRYPTION => {
+            let key = bits
+                .content
+                .get(1..)
+                .and_then(|der| openssl::rsa::Rsa::public_key_from_der_pkcs1(der).ok())
+                .and_then(|rsa| PKey::from_rsa(rsa).ok());
+            (KeyAlgorithm::Rsa, key)
+        }
+        a if a == oid::RSASSA_PSS => (KeyAlgorithm::Rsa, None),
+        EC => (KeyAlgorithm::Ec, None),
+        DSA => (KeyAlgorithm::Dsa, None),
+        _ => (KeyAlgorithm::Other, None),
+    })
+}
+
+/// OpenSSL's parse of a certificate, shared by fingerprint: the same certificates recur in
+/// every message of a sender, and each `d2i_X509` costs ~160 µs on OpenSSL 3.0. Bounded:
+/// the map is cleared when it grows past [`X509_CACHE_LIMIT`] entries.
+pub fn cached_x509(der: &[u8]) -> Option<X509> {
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], X509>>> = OnceLock::new();
+    let fp = openssl::sha::sha256(der);
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(x) = cache.lock().ok().and_then(|c| c.get(&fp).cloned()) {
+        return Some(x);
+    }
+    let x = X509::from_der(der).ok()?;
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= X509_CACHE_LIMIT {
+            c.clear();
+        }
+        c.insert(fp, x.clone());
+    }
+    Some(x)
+}
+
+/// Entries kept by [`cached_x509`].
+pub const X509_CACHE_LIMIT: usize = 1024;
 
 /// Where a time falls in a certificate's validity period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,7 +368,10 @@ fn parse_name(name: &Tlv<'_>) -> Result<Vec<NameAttr>, BerError> {
             let mut s = atv?.seq()?;
             let id = s.next(tag::OID)?;
             let value = s.any()?;
-            out.push(NameAttr { oid: id.content.to_vec(), value: decode_string(&value) });
+            out.push(NameAttr {
+                oid: id.content.to_vec(),
+                value: decode_string(&value),
+            });
         }
     }
     Ok(out)
@@ -305,13 +381,21 @@ fn parse_name(name: &Tlv<'_>) -> Result<Vec<NameAttr>, BerError> {
 pub fn decode_string(v: &Tlv<'_>) -> String {
     match v.tag {
         tag::BMP_STRING => {
-            let units: Vec<u16> = v.content.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
+            let units: Vec<u16> = v
+                .content
+                .chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+                .collect();
             String::from_utf16_lossy(&units)
         }
         tag::UNIVERSAL_STRING => v
             .content
             .chunks(4)
-            .filter_map(|c| (c.len() == 4).then(|| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))).flatten())
+            .filter_map(|c| {
+                (c.len() == 4)
+                    .then(|| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+                    .flatten()
+            })
             .collect(),
         // T.61 in practice carries Latin-1.
         tag::T61_STRING => v.content.iter().map(|&b| char::from(b)).collect(),
@@ -324,7 +408,10 @@ pub fn parse_time(t: &Tlv<'_>) -> Result<i64, BerError> {
     let bad = || t.err(BerErrorKind::BadValue("time"));
     let s = std::str::from_utf8(t.content).map_err(|_| bad())?;
     let digits = |r: std::ops::Range<usize>| -> Result<i32, BerError> {
-        s.get(r).filter(|d| d.bytes().all(|b| b.is_ascii_digit())).and_then(|d| d.parse().ok()).ok_or_else(bad)
+        s.get(r)
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(bad)
     };
     let (year, rest) = match t.tag {
         tag::UTC_TIME => {
@@ -361,15 +448,20 @@ pub fn parse_time(t: &Tlv<'_>) -> Result<i64, BerError> {
         }
         _ => return Err(bad()),
     };
-    let month = time::Month::try_from(u8::try_from(month).map_err(|_| bad())?).map_err(|_| bad())?;
-    let date = time::Date::from_calendar_date(year, month, u8::try_from(day).map_err(|_| bad())?).map_err(|_| bad())?;
+    let month =
+        time::Month::try_from(u8::try_from(month).map_err(|_| bad())?).map_err(|_| bad())?;
+    let date = time::Date::from_calendar_date(year, month, u8::try_from(day).map_err(|_| bad())?)
+        .map_err(|_| bad())?;
     let tod = time::Time::from_hms(
         u8::try_from(hour).map_err(|_| bad())?,
         u8::try_from(minute).map_err(|_| bad())?,
         u8::try_from(second).map_err(|_| bad())?,
     )
     .map_err(|_| bad())?;
-    Ok(time::PrimitiveDateTime::new(date, tod).assume_utc().unix_timestamp() - offset_secs)
+    Ok(time::PrimitiveDateTime::new(date, tod)
+        .assume_utc()
+        .unix_timestamp()
+        - offset_secs)
 }
 
 /// Big-endian magnitude to decimal (serial numbers can exceed 128 bits).
@@ -404,7 +496,9 @@ mod tests {
         assert_eq!(decimal(&[0x00, 0x01, 0x00]), "256");
         assert_eq!(
             decimal(&hex::decode("af2088ebe8f95c3f8e0e8e1e6c2b3140").unwrap()),
-            u128::from_str_radix("af2088ebe8f95c3f8e0e8e1e6c2b3140", 16).unwrap().to_string()
+            u128::from_str_radix("af2088ebe8f95c3f8e0e8e1e6c2b3140", 16)
+                .unwrap()
+                .to_string()
         );
     }
 

@@ -4,21 +4,57 @@
 
 use crate::cert::Certificate;
 use openssl::stack::Stack;
-use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
 use openssl::x509::{X509StoreContext, X509};
+use std::fmt;
+use std::sync::Arc;
 
 /// The certificates a receiver trusts as roots (and, like the official trust store,
-/// intermediate CAs it chooses to trust directly).
-#[derive(Clone, Debug, Default)]
+/// intermediate CAs it chooses to trust directly). Cheap to clone.
+#[derive(Clone, Default)]
 pub struct TrustAnchors {
-    certs: Vec<Certificate>,
+    certs: Arc<Vec<Certificate>>,
+}
+
+impl fmt::Debug for TrustAnchors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.certs.iter().map(|c| c.subject_string()))
+            .finish()
+    }
 }
 
 impl TrustAnchors {
     pub fn new(certs: Vec<Certificate>) -> Self {
-        Self { certs }
+        Self {
+            certs: Arc::new(certs),
+        }
     }
+
+    /// A store for one check: the verification time lives in the store's parameters
+    /// (`None`: validity periods are not checked). Cheap, since the anchors' parsed
+    /// certificates (and decoded keys) are shared.
+    fn store(&self, at: Option<i64>) -> Result<X509Store, openssl::error::ErrorStack> {
+        let mut builder = X509StoreBuilder::new()?;
+        for c in self.certs.iter() {
+            if let Some(x) = c.x509() {
+                // Duplicates are harmless; an anchor OpenSSL rejects just does not count.
+                let _ = builder.add_cert(x.clone());
+            }
+        }
+        let mut param = X509VerifyParam::new()?;
+        // Anchors that are not self-signed count as anchors, as in a Java trust store.
+        let mut flags = X509VerifyFlags::PARTIAL_CHAIN;
+        match at {
+            Some(t) => param.set_time(t as _),
+            None => flags |= X509VerifyFlags::NO_CHECK_TIME,
+        }
+        param.set_flags(flags)?;
+        builder.set_param(&param)?;
+        Ok(builder.build())
+    }
+
     pub fn certs(&self) -> &[Certificate] {
         &self.certs
     }
@@ -29,29 +65,37 @@ impl TrustAnchors {
     /// Whether `leaf` chains to an anchor at time `at` (unix seconds), using `extra` as
     /// untrusted intermediates. Revocation is not checked here (OCSP policy NONE).
     pub fn verify(&self, leaf: &Certificate, extra: &[Certificate], at: i64) -> bool {
-        self.try_verify(leaf, extra, at).unwrap_or(false)
+        self.path(leaf, extra, Some(at)).is_some()
     }
 
-    fn try_verify(&self, leaf: &Certificate, extra: &[Certificate], at: i64) -> Result<bool, openssl::error::ErrorStack> {
+    /// The verified path from `leaf` to an anchor (DER, leaf first), checked at `at`, or
+    /// ignoring validity periods when `at` is `None`.
+    pub fn path(
+        &self,
+        leaf: &Certificate,
+        extra: &[Certificate],
+        at: Option<i64>,
+    ) -> Option<Vec<Vec<u8>>> {
+        let leaf = leaf.x509()?;
         if self.certs.is_empty() {
-            return Ok(false);
+            return None;
         }
-        let mut builder = X509StoreBuilder::new()?;
-        for c in &self.certs {
-            // Duplicates are harmless; an anchor OpenSSL cannot add just does not count.
-            let _ = builder.add_cert(c.x509().clone());
-        }
-        let mut param = X509VerifyParam::new()?;
-        param.set_time(at as _);
-        // Trust anchors that are not self-signed count as anchors, as in a Java trust store.
-        param.set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
-        builder.set_param(&param)?;
-        let store = builder.build();
-        let mut chain: Stack<X509> = Stack::new()?;
+        let store = self.store(at).ok()?;
+        let mut chain: Stack<X509> = Stack::new().ok()?;
         for c in extra {
-            chain.push(c.x509().clone())?;
+            if let Some(x) = c.x509() {
+                chain.push(x.clone()).ok()?;
+            }
         }
-        let mut ctx = X509StoreContext::new()?;
-        ctx.init(&store, leaf.x509(), &chain, |c| c.verify_cert())
+        let mut ctx = X509StoreContext::new().ok()?;
+        ctx.init(&store, leaf, &chain, |c| {
+            if !c.verify_cert()? {
+                return Ok(None);
+            }
+            Ok(c.chain()
+                .map(|p| p.iter().filter_map(|x| x.to_der().ok()).collect()))
+        })
+        .ok()
+        .flatten()
     }
 }

@@ -27,8 +27,16 @@ pub enum Command {
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
-    let Command::Verify { etk: path, trust, at, json } = command;
-    let etk = Etk::parse(&inputs::read_file(&path)?).map_err(|source| CliError::Etk { path: path.display().to_string(), source })?;
+    let Command::Verify {
+        etk: path,
+        trust,
+        at,
+        json,
+    } = command;
+    let etk = Etk::parse(&inputs::read_file(&path)?).map_err(|source| CliError::Etk {
+        path: path.display().to_string(),
+        source,
+    })?;
     let anchors = TrustAnchors::new(inputs::certificates(&trust)?);
     let at = inputs::evaluation_time(at.as_deref())?;
     let errors = etk.validate(&anchors, at);
@@ -49,10 +57,21 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     } else {
         println!("holder      {}", auth.subject_string());
         for id in identity::identities(auth) {
-            println!("identifier  {}={}{}", id.id_type, id.value, id.application_id.map(|a| format!(" ({a})")).unwrap_or_default());
+            println!(
+                "identifier  {}={}{}",
+                id.id_type,
+                id.value,
+                id.application_id
+                    .map(|a| format!(" ({a})"))
+                    .unwrap_or_default()
+            );
         }
         println!("serial      {}", enc.serial_decimal());
-        println!("valid       {} .. {}", inputs::rfc3339(enc.not_before()), inputs::rfc3339(enc.not_after()));
+        println!(
+            "valid       {} .. {}",
+            inputs::rfc3339(enc.not_before()),
+            inputs::rfc3339(enc.not_after())
+        );
         if errors.is_empty() {
             println!("verdict     OK");
         }
@@ -60,5 +79,9 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             println!("error       {e}");
         }
     }
-    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -9,7 +9,12 @@ use std::path::Path;
 /// `--in FILE` or standard input.
 pub fn input(path: Option<&Path>) -> Result<Box<dyn Read>, crate::CliError> {
     Ok(match path {
-        Some(p) => Box::new(std::fs::File::open(p).map_err(|source| crate::CliError::File { path: p.display().to_string(), source })?),
+        Some(p) => Box::new(
+            std::fs::File::open(p).map_err(|source| crate::CliError::File {
+                path: p.display().to_string(),
+                source,
+            })?,
+        ),
         None => Box::new(std::io::stdin().lock()),
     })
 }

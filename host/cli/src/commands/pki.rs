@@ -24,37 +24,84 @@ pub enum Command {
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
-    let Command::Init { dir, institutions, legacy_p12 } = command;
+    let Command::Init {
+        dir,
+        institutions,
+        legacy_p12,
+    } = command;
     let specs = if institutions.is_empty() {
-        vec!["alice:NIHII-HOSPITAL=71000436".to_string(), "bob:NIHII-PHARMACY=27150201".to_string()]
+        vec![
+            "alice:NIHII-HOSPITAL=71000436".to_string(),
+            "bob:NIHII-PHARMACY=27150201".to_string(),
+        ]
     } else {
         institutions
     };
-    std::fs::create_dir_all(&dir).map_err(|source| CliError::File { path: dir.display().to_string(), source })?;
-    let pki = TestPki::generate("etee test world").map_err(|e| CliError::Usage(format!("generating the test CA: {e}")))?;
+    std::fs::create_dir_all(&dir).map_err(|source| CliError::File {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let pki = TestPki::generate("etee test world")
+        .map_err(|e| CliError::Usage(format!("generating the test CA: {e}")))?;
     let password = random_password()?;
     write(&dir, "password", password.as_bytes())?;
-    write(&dir, "ca.pem", &pki.root.cert.to_pem().map_err(openssl_err)?)?;
-    let profile = if legacy_p12 { Profile::Legacy } else { Profile::Modern };
+    write(
+        &dir,
+        "ca.pem",
+        &pki.root.cert.to_pem().map_err(openssl_err)?,
+    )?;
+    let profile = if legacy_p12 {
+        Profile::Legacy
+    } else {
+        Profile::Modern
+    };
     for spec in &specs {
         let (name, id) = spec
             .split_once(':')
             .and_then(|(n, id)| id.split_once('=').map(|(t, v)| (n, (t, v))))
-            .ok_or_else(|| CliError::Usage(format!("--institution {spec:?}: expected NAME:TYPE=VALUE")))?;
+            .ok_or_else(|| {
+                CliError::Usage(format!("--institution {spec:?}: expected NAME:TYPE=VALUE"))
+            })?;
         let inst = pki
             .institution(&InstitutionSpec::new(id.0, id.1, name))
             .map_err(|e| CliError::Usage(format!("issuing {name}: {e}")))?;
         let entries = [
-            PfxEntry { alias: "authentication".into(), key: inst.auth.key.clone(), chain: vec![inst.auth.cert.clone(), pki.root.cert.clone()] },
-            PfxEntry { alias: inst.etk_serial_decimal(), key: inst.etk_key.clone(), chain: vec![inst.etk_cert.clone()] },
+            PfxEntry {
+                alias: "authentication".into(),
+                key: inst.auth.key.clone(),
+                chain: vec![inst.auth.cert.clone(), pki.root.cert.clone()],
+            },
+            PfxEntry {
+                alias: inst.etk_serial_decimal(),
+                key: inst.etk_key.clone(),
+                chain: vec![inst.etk_cert.clone()],
+            },
         ];
-        let p12 = write_pfx(&entries, &password, profile).map_err(|source| CliError::Keystore { path: format!("{name}.p12"), source })?;
+        let p12 = write_pfx(&entries, &password, profile).map_err(|source| CliError::Keystore {
+            path: format!("{name}.p12"),
+            source,
+        })?;
         write(&dir, &format!("{name}.p12"), &p12)?;
         write(&dir, &format!("{name}.etk"), &inst.etk)?;
         // For independent checks with `openssl cms` only; a real ETK key never leaves its store.
-        write(&dir, &format!("{name}-etk-cert.pem"), &inst.etk_cert.to_pem().map_err(openssl_err)?)?;
-        write(&dir, &format!("{name}-etk-key.pem"), &inst.etk_key.private_key_to_pem_pkcs8().map_err(openssl_err)?)?;
-        println!("{name}: {} (ETK serial {})", inst.subject_string(), inst.etk_serial_decimal());
+        write(
+            &dir,
+            &format!("{name}-etk-cert.pem"),
+            &inst.etk_cert.to_pem().map_err(openssl_err)?,
+        )?;
+        write(
+            &dir,
+            &format!("{name}-etk-key.pem"),
+            &inst
+                .etk_key
+                .private_key_to_pem_pkcs8()
+                .map_err(openssl_err)?,
+        )?;
+        println!(
+            "{name}: {} (ETK serial {})",
+            inst.subject_string(),
+            inst.etk_serial_decimal()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -71,11 +118,17 @@ fn random_password() -> Result<String, CliError> {
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CliError> {
     let path = dir.join(name);
-    std::fs::write(&path, bytes).map_err(|source| CliError::File { path: path.display().to_string(), source })?;
+    std::fs::write(&path, bytes).map_err(|source| CliError::File {
+        path: path.display().to_string(),
+        source,
+    })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if name.ends_with(".pem") && name.contains("key") || name == "password" || name.ends_with(".p12") {
+        if name.ends_with(".pem") && name.contains("key")
+            || name == "password"
+            || name.ends_with(".p12")
+        {
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
     }

@@ -40,23 +40,33 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
     if args.to.is_empty() && args.kek.is_none() {
-        return Err(CliError::Usage("give at least one recipient: --to ETK and/or --kek HEX --kek-id BASE64".into()));
+        return Err(CliError::Usage(
+            "give at least one recipient: --to ETK and/or --kek HEX --kek-id BASE64".into(),
+        ));
     }
     let password = inputs::password(args.password_file.as_ref())?;
     let store = inputs::keystore(&args.keystore, &password)?;
-    let signer = store
-        .authentication()
-        .ok_or_else(|| CliError::Usage(format!("{}: no `authentication` key in this keystore", args.keystore.display())))?;
+    let signer = store.authentication().ok_or_else(|| {
+        CliError::Usage(format!(
+            "{}: no `authentication` key in this keystore",
+            args.keystore.display()
+        ))
+    })?;
     let anchors = TrustAnchors::new(inputs::certificates(&args.trust)?);
     let now = inputs::evaluation_time(None)?;
     let mut recipients = Vec::new();
     for path in &args.to {
-        let etk = Etk::parse(&inputs::read_file(path)?).map_err(|source| CliError::Etk { path: path.display().to_string(), source })?;
+        let etk = Etk::parse(&inputs::read_file(path)?).map_err(|source| CliError::Etk {
+            path: path.display().to_string(),
+            source,
+        })?;
         if !args.skip_etk_check {
             let mut errors = etk.validate(&anchors, now);
             if anchors.is_empty() {
                 // Without anchors the chain cannot be judged; every other check still applies.
-                errors.retain(|e| !e.name().ends_with("STATUS_UNKNOWN") && !e.name().contains("CHAIN"));
+                errors.retain(|e| {
+                    !e.name().ends_with("STATUS_UNKNOWN") && !e.name().contains("CHAIN")
+                });
             }
             if !errors.is_empty() {
                 let names: Vec<&str> = errors.iter().map(|e| e.name()).collect();
@@ -81,7 +91,14 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     };
     let input = super::input(args.input.as_deref())?;
     output::write_sealed(args.output.as_deref(), |w| {
-        cms::seal(&signer, &recipients, kek.as_ref(), input, w, &SealOptions::default())?;
+        cms::seal(
+            &signer,
+            &recipients,
+            kek.as_ref(),
+            input,
+            w,
+            &SealOptions::default(),
+        )?;
         Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

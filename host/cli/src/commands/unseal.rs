@@ -46,7 +46,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
     if args.keystore.is_empty() && args.kek.is_none() {
-        return Err(CliError::Usage("give --keystore P12 (known recipient) or --kek HEX (unknown recipient)".into()));
+        return Err(CliError::Usage(
+            "give --keystore P12 (known recipient) or --kek HEX (unknown recipient)".into(),
+        ));
     }
     let mut ring = KeyRing::new();
     if !args.keystore.is_empty() {
@@ -65,7 +67,11 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     };
     let input = super::input(args.input.as_deref())?;
     // With --json and no --out, content is not written anywhere (stdout carries the verdict).
-    let mut pending = if args.json && args.output.is_none() { None } else { Some(Pending::new(args.output.as_deref())?) };
+    let mut pending = if args.json && args.output.is_none() {
+        None
+    } else {
+        Some(Pending::new(args.output.as_deref())?)
+    };
     let result = match pending.as_mut() {
         Some(p) => {
             let mut w = p.writer();
@@ -87,7 +93,11 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     } else {
         eprint!("{}", human(&result));
     }
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The one-line JSON verdict.
@@ -123,7 +133,9 @@ fn human(r: &Unsealed) -> String {
     let mut s = String::new();
     match r.verdict.fatal {
         Some(f) => s.push_str(&format!("FATAL   {f}\n")),
-        None if r.verdict.errors.is_empty() => s.push_str(&format!("OK      {} bytes of content\n", r.content_len)),
+        None if r.verdict.errors.is_empty() => {
+            s.push_str(&format!("OK      {} bytes of content\n", r.content_len))
+        }
         None => s.push_str("FAILED  content withheld\n"),
     }
     for e in &r.verdict.errors {

@@ -40,7 +40,12 @@ impl Header {
     /// End offset of a definite-length element.
     pub fn end(&self) -> Option<u64> {
         match self.len {
-            Length::Definite(n) => Some(self.offset + u64::from(self.header_len) + n),
+            // Saturating: a hostile length cannot wrap; reading then ends in Truncated.
+            Length::Definite(n) => Some(
+                self.offset
+                    .saturating_add(u64::from(self.header_len))
+                    .saturating_add(n),
+            ),
             Length::Indefinite => None,
         }
     }
@@ -65,7 +70,13 @@ impl<R: Read> BerStream<R> {
 
     /// A stream whose first byte is at `offset` (for messages about nested content).
     pub fn with_offset(inner: R, offset: u64) -> Self {
-        Self { inner, buf: vec![0; BUF].into_boxed_slice(), start: 0, end: 0, pos: offset }
+        Self {
+            inner,
+            buf: vec![0; BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            pos: offset,
+        }
     }
 
     /// Offset of the next unread byte.
@@ -132,7 +143,12 @@ impl<R: Read> BerStream<R> {
         self.fill(10)?;
         match decode_header(self.available()) {
             Ok(Some((t, len, hl))) => {
-                let h = Header { tag: t, len, offset: self.pos, header_len: hl as u8 };
+                let h = Header {
+                    tag: t,
+                    len,
+                    offset: self.pos,
+                    header_len: hl as u8,
+                };
                 self.consume(hl);
                 Ok(h)
             }
@@ -148,7 +164,10 @@ impl<R: Read> BerStream<R> {
         if h.tag != expected {
             return Err(ReadError::Ber(BerError::new(
                 offset,
-                BerErrorKind::UnexpectedTag { expected, found: h.tag },
+                BerErrorKind::UnexpectedTag {
+                    expected,
+                    found: h.tag,
+                },
             )));
         }
         Ok(h)
@@ -233,7 +252,12 @@ impl<R: Read> BerStream<R> {
         Ok(out)
     }
 
-    fn copy_element(&mut self, out: &mut Vec<u8>, limit: u64, depth: usize) -> Result<(), ReadError> {
+    fn copy_element(
+        &mut self,
+        out: &mut Vec<u8>,
+        limit: u64,
+        depth: usize,
+    ) -> Result<(), ReadError> {
         if depth > MAX_DEPTH {
             return Err(self.err(BerErrorKind::TooDeep));
         }
@@ -250,7 +274,10 @@ impl<R: Read> BerStream<R> {
             }
             Length::Indefinite => loop {
                 if out.len() as u64 > limit {
-                    return Err(ReadError::Ber(BerError::new(start, BerErrorKind::TooLarge { limit })));
+                    return Err(ReadError::Ber(BerError::new(
+                        start,
+                        BerErrorKind::TooLarge { limit },
+                    )));
                 }
                 if self.at_eoc()? {
                     self.consume(2);
@@ -318,7 +345,13 @@ impl<R: Read> BerStream<R> {
     /// A reader over the octets of the OCTET STRING (or implicitly tagged octet string)
     /// whose header `h` was just read: primitive, or constructed with nested chunks.
     pub fn octet_stream(&mut self, h: Header, layer: u8) -> OctetStream<'_, R> {
-        let mut s = OctetStream { src: self, frames: Vec::new(), remaining: 0, layer, done: false };
+        let mut s = OctetStream {
+            src: self,
+            frames: Vec::new(),
+            remaining: 0,
+            layer,
+            done: false,
+        };
         if tag::is_constructed(h.tag) {
             s.frames.push(h.end());
         } else {
@@ -345,7 +378,13 @@ impl<R: Read> OctetStream<'_, R> {
     fn fault(&self, e: ReadError) -> io::Error {
         match e {
             ReadError::Io(e) => e,
-            ReadError::Ber(error) => io::Error::new(io::ErrorKind::InvalidData, ContentFault { layer: self.layer, error }),
+            ReadError::Ber(error) => io::Error::new(
+                io::ErrorKind::InvalidData,
+                ContentFault {
+                    layer: self.layer,
+                    error,
+                },
+            ),
         }
     }
 
@@ -360,7 +399,9 @@ impl<R: Read> OctetStream<'_, R> {
                     self.frames.pop();
                     continue;
                 }
-                Some(end) if self.src.pos() > end => return Err(self.src.err(BerErrorKind::Overrun)),
+                Some(end) if self.src.pos() > end => {
+                    return Err(self.src.err(BerErrorKind::Overrun))
+                }
                 None if self.src.at_eoc()? => {
                     self.src.consume(2);
                     self.frames.pop();
@@ -374,7 +415,10 @@ impl<R: Read> OctetStream<'_, R> {
                 tag::OCTET_STRING => {
                     if let (Some(end), Some(Some(parent_end))) = (h.end(), self.frames.last()) {
                         if end > *parent_end {
-                            return Err(ReadError::Ber(BerError::new(offset, BerErrorKind::Overrun)));
+                            return Err(ReadError::Ber(BerError::new(
+                                offset,
+                                BerErrorKind::Overrun,
+                            )));
                         }
                     }
                     if let Length::Definite(n) = h.len {
@@ -393,7 +437,10 @@ impl<R: Read> OctetStream<'_, R> {
                 found => {
                     return Err(ReadError::Ber(BerError::new(
                         offset,
-                        BerErrorKind::UnexpectedTag { expected: tag::OCTET_STRING, found },
+                        BerErrorKind::UnexpectedTag {
+                            expected: tag::OCTET_STRING,
+                            found,
+                        },
                     )))
                 }
             }
@@ -445,7 +492,10 @@ mod tests {
 
     #[test]
     fn nested_chunks_stream_in_order() {
-        let ber = [0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x24, 0x04, 0x04, 0x02, b'c', b'd', 0x04, 0x00, 0, 0];
+        let ber = [
+            0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x24, 0x04, 0x04, 0x02, b'c', b'd', 0x04, 0x00, 0,
+            0,
+        ];
         assert_eq!(content_of(&ber).unwrap(), b"abcd");
         assert_eq!(content_of(&[0x04, 0x01, b'x']).unwrap(), b"x");
     }
@@ -453,10 +503,16 @@ mod tests {
     #[test]
     fn broken_chunks_are_content_faults() {
         let e = content_of(&[0x24, 0x80, 0x02, 0x01, 0x00, 0, 0]).unwrap_err();
-        let fault = e.get_ref().and_then(|i| i.downcast_ref::<ContentFault>()).unwrap();
+        let fault = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<ContentFault>())
+            .unwrap();
         assert_eq!(fault.layer, 1);
         let e = content_of(&[0x24, 0x80, 0x04, 0x05, b'a']).unwrap_err();
-        assert!(e.get_ref().and_then(|i| i.downcast_ref::<ContentFault>()).is_some());
+        assert!(e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<ContentFault>())
+            .is_some());
         // A chunk that claims more than its definite parent holds.
         assert!(content_of(&[0x24, 0x03, 0x04, 0x05, b'a', b'b', b'c', b'd', b'e']).is_err());
     }
@@ -469,7 +525,10 @@ mod tests {
         assert_eq!(s.pos(), 7);
         assert!(matches!(
             BerStream::new(&ber[..]).read_element(3),
-            Err(ReadError::Ber(BerError { kind: BerErrorKind::TooLarge { .. }, .. }))
+            Err(ReadError::Ber(BerError {
+                kind: BerErrorKind::TooLarge { .. },
+                ..
+            }))
         ));
     }
 }

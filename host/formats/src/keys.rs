@@ -57,7 +57,10 @@ pub trait PrivateKeyOps: Send + Sync {
 #[derive(Clone, Debug)]
 pub enum SignerRef {
     /// eHealth certificate: issuerAndSerialNumber; the outer layer carries `cert` and `chain`.
-    Certificate { cert: Certificate, chain: Vec<Certificate> },
+    Certificate {
+        cert: Certificate,
+        chain: Vec<Certificate>,
+    },
     /// WEB_AUTHN / KeyDepot key: subjectKeyIdentifier = these bytes; no certificates.
     KeyId(Vec<u8>),
 }
@@ -72,7 +75,10 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("key", &self.key).field("signer", &self.signer).finish()
+        f.debug_struct("SigningKey")
+            .field("key", &self.key)
+            .field("signer", &self.signer)
+            .finish()
     }
 }
 
@@ -146,7 +152,10 @@ impl KeyRing {
 
     /// Candidates for a recipient named by subjectKeyIdentifier.
     pub fn candidates_by_ski(&self, ski: &[u8]) -> Vec<&DecryptionKey> {
-        self.keys.iter().filter(|k| k.ski.as_deref() == Some(ski)).collect()
+        self.keys
+            .iter()
+            .filter(|k| k.ski.as_deref() == Some(ski))
+            .collect()
     }
 }
 

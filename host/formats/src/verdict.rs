@@ -172,7 +172,13 @@ mod tests {
         assert_eq!(Fatal::ALL.len(), 20);
         assert_eq!(Error::ALL.len(), 62);
         assert_eq!(Warning::ALL.len(), 4);
-        assert_eq!(Error::from_name("MESSAGE_INTEGRITY_INVALID"), Some(Error::MESSAGE_INTEGRITY_INVALID));
-        assert_eq!(Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT.to_string(), "OUTER_SIGNED_DATA_STRUCTURE_INCORRECT");
+        assert_eq!(
+            Error::from_name("MESSAGE_INTEGRITY_INVALID"),
+            Some(Error::MESSAGE_INTEGRITY_INVALID)
+        );
+        assert_eq!(
+            Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT.to_string(),
+            "OUTER_SIGNED_DATA_STRUCTURE_INCORRECT"
+        );
     }
 }

@@ -26,7 +26,10 @@ pub fn parse_one(input: &[u8], offset: u64) -> Result<(Tlv<'_>, &[u8]), BerError
 pub fn parse_exact(input: &[u8]) -> Result<Tlv<'_>, BerError> {
     let (tlv, rest) = parse_one(input, 0)?;
     if !rest.is_empty() {
-        return Err(BerError::new(tlv.raw.len() as u64, BerErrorKind::TrailingData));
+        return Err(BerError::new(
+            tlv.raw.len() as u64,
+            BerErrorKind::TrailingData,
+        ));
     }
     Ok(tlv)
 }
@@ -89,7 +92,8 @@ impl<'a> Tlv<'a> {
     }
 
     fn content_offset(&self) -> u64 {
-        self.offset + (self.raw.len() - self.content.len() - if self.indefinite { 2 } else { 0 }) as u64
+        self.offset
+            + (self.raw.len() - self.content.len() - if self.indefinite { 2 } else { 0 }) as u64
     }
 
     /// Fails unless the identifier octet is `expected`.
@@ -97,7 +101,10 @@ impl<'a> Tlv<'a> {
         if self.tag == expected {
             Ok(self)
         } else {
-            Err(self.err(BerErrorKind::UnexpectedTag { expected, found: self.tag }))
+            Err(self.err(BerErrorKind::UnexpectedTag {
+                expected,
+                found: self.tag,
+            }))
         }
     }
 
@@ -108,15 +115,24 @@ impl<'a> Tlv<'a> {
 
     /// The child elements of a constructed element.
     pub fn children(&self) -> Children<'a> {
-        Children { rest: self.content, offset: self.content_offset() }
+        Children {
+            rest: self.content,
+            offset: self.content_offset(),
+        }
     }
 
     /// Children as a sequence reader with expectations on tags.
     pub fn seq(&self) -> Result<Seq<'a>, BerError> {
         if !self.is_constructed() {
-            return Err(self.err(BerErrorKind::BadValue("primitive where constructed expected")));
+            return Err(self.err(BerErrorKind::BadValue(
+                "primitive where constructed expected",
+            )));
         }
-        Ok(Seq { inner: self.children(), peeked: None, parent: *self })
+        Ok(Seq {
+            inner: self.children(),
+            peeked: None,
+            parent: *self,
+        })
     }
 
     /// The octets of an OCTET STRING (or an implicitly tagged one), joining the chunks of a
@@ -274,7 +290,11 @@ pub fn oid_to_string(content: &[u8]) -> String {
             acc = 0;
         }
     }
-    parts.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
+    parts
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 #[cfg(test)]
@@ -284,7 +304,9 @@ mod tests {
     #[test]
     fn definite_and_indefinite_octets_agree() {
         // 24 80 04 02 'ab' 24 80 04 01 'c' 00 00 00 00  ==  "abc"
-        let ber = [0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x24, 0x80, 0x04, 0x01, b'c', 0, 0, 0, 0];
+        let ber = [
+            0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x24, 0x80, 0x04, 0x01, b'c', 0, 0, 0, 0,
+        ];
         let tlv = parse_exact(&ber).unwrap();
         assert!(tlv.indefinite);
         assert_eq!(&*tlv.octets().unwrap(), b"abc");
@@ -294,11 +316,26 @@ mod tests {
 
     #[test]
     fn truncation_and_trailing_data_are_errors() {
-        assert_eq!(parse_exact(&[0x30, 0x03, 0x02, 0x01]).unwrap_err().kind, BerErrorKind::Truncated);
-        assert_eq!(parse_exact(&[0x05, 0x00, 0x00]).unwrap_err().kind, BerErrorKind::TrailingData);
-        assert_eq!(parse_exact(&[0x30, 0x80, 0x05, 0x00]).unwrap_err().kind, BerErrorKind::Truncated);
-        assert_eq!(parse_exact(&[0x04, 0x80, 0, 0]).unwrap_err().kind, BerErrorKind::IndefinitePrimitive);
-        assert_eq!(parse_exact(&[0x1f, 0x01, 0x00]).unwrap_err().kind, BerErrorKind::HighTagNumber);
+        assert_eq!(
+            parse_exact(&[0x30, 0x03, 0x02, 0x01]).unwrap_err().kind,
+            BerErrorKind::Truncated
+        );
+        assert_eq!(
+            parse_exact(&[0x05, 0x00, 0x00]).unwrap_err().kind,
+            BerErrorKind::TrailingData
+        );
+        assert_eq!(
+            parse_exact(&[0x30, 0x80, 0x05, 0x00]).unwrap_err().kind,
+            BerErrorKind::Truncated
+        );
+        assert_eq!(
+            parse_exact(&[0x04, 0x80, 0, 0]).unwrap_err().kind,
+            BerErrorKind::IndefinitePrimitive
+        );
+        assert_eq!(
+            parse_exact(&[0x1f, 0x01, 0x00]).unwrap_err().kind,
+            BerErrorKind::HighTagNumber
+        );
     }
 
     #[test]
@@ -318,14 +355,26 @@ mod tests {
 
     #[test]
     fn oid_strings() {
-        assert_eq!(oid_to_string(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02]), "1.2.840.113549.1.7.2");
-        assert_eq!(oid_to_string(&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01]), "2.16.840.1.101.3.4.2.1");
+        assert_eq!(
+            oid_to_string(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02]),
+            "1.2.840.113549.1.7.2"
+        );
+        assert_eq!(
+            oid_to_string(&[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01]),
+            "2.16.840.1.101.3.4.2.1"
+        );
     }
 
     #[test]
     fn integers() {
         let t = parse_exact(&[0x02, 0x03, 0x00, 0x80, 0x01]).unwrap();
         assert_eq!(t.uint_bytes().unwrap(), &[0x80, 0x01]);
-        assert_eq!(parse_exact(&[0x02, 0x01, 0x20]).unwrap().small_int().unwrap(), 32);
+        assert_eq!(
+            parse_exact(&[0x02, 0x01, 0x20])
+                .unwrap()
+                .small_int()
+                .unwrap(),
+            32
+        );
     }
 }

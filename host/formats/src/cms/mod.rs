@@ -5,6 +5,7 @@
 //! and verifies the inner one in a single pass, holding only small structures in memory.
 
 pub mod algorithms;
+pub mod hashing;
 pub mod seal;
 pub mod signer;
 pub mod timestamp;

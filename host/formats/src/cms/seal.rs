@@ -6,6 +6,8 @@
 //! output. Recipient infos precede the ciphertext, which is fine: the content key is chosen
 //! first. Signatures come last in each SignedData, after their content has gone by.
 
+use super::algorithms::Digest;
+use super::hashing::OffloadHasher;
 use super::{signer, CHUNK};
 use crate::ber::tag;
 use crate::ber::write::{cons, octets, push_tlv, seq, set_of, small_uint, tlv, uint, BerWriter};
@@ -14,7 +16,6 @@ use crate::keys::{KeyError, SignerRef, SigningKey};
 use crate::oid;
 use openssl::aes::{wrap_key, AesKey};
 use openssl::encrypt::Encrypter;
-use openssl::hash::{Hasher, MessageDigest};
 use openssl::pkey::{PKey, Public};
 use openssl::rsa::Padding;
 use openssl::symm::{Cipher, Crypter, Mode};
@@ -145,7 +146,7 @@ pub fn seal<R: Read, W: Write>(
     let mut inner = BerWriter::new(&mut enc);
     open_signed_data(&mut inner, signer_version(signer))?;
     let mut content = InnerContent::new(inner.get_mut());
-    let total = io::copy(&mut input, &mut content)?;
+    let total = copy_large(&mut input, &mut content)?;
     let inner_digest = content.finish()?;
     close_signed_data(&mut inner, signer, &inner_digest, signing_time, false)?;
     enc.finish()?;
@@ -159,6 +160,22 @@ pub fn seal<R: Read, W: Write>(
     close_signed_data(&mut out, signer, &outer_digest, signing_time, true)?;
     out.flush()?;
     Ok(total)
+}
+
+/// `io::copy` with a buffer large enough for the layers below to work in big blocks.
+fn copy_large<R: Read, W: Write>(input: &mut R, out: &mut W) -> io::Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 fn signer_version(signer: &SigningKey) -> u64 {
@@ -269,21 +286,24 @@ fn recipient_infos(
 /// Frames bytes as primitive OCTET STRING chunks of [`CHUNK`] bytes.
 struct Chunker {
     buf: Vec<u8>,
+    /// Reused output buffer: a fresh large allocation per write would page-fault anew.
+    framed: Vec<u8>,
 }
 
 impl Chunker {
     fn new() -> Self {
         Self {
             buf: Vec::with_capacity(CHUNK),
+            framed: Vec::new(),
         }
     }
 
     /// Appends `data`, writing every full chunk to `out`.
     fn push<W: Write>(&mut self, out: &mut W, mut data: &[u8]) -> io::Result<()> {
-        let mut framed = Vec::new();
+        self.framed.clear();
         while !data.is_empty() {
             if self.buf.is_empty() && data.len() >= CHUNK {
-                frame(&mut framed, &data[..CHUNK]);
+                frame(&mut self.framed, &data[..CHUNK]);
                 data = &data[CHUNK..];
                 continue;
             }
@@ -291,22 +311,22 @@ impl Chunker {
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.buf.len() == CHUNK {
-                frame(&mut framed, &self.buf);
+                frame(&mut self.framed, &self.buf);
                 self.buf.clear();
             }
         }
-        if !framed.is_empty() {
-            out.write_all(&framed)?;
+        if !self.framed.is_empty() {
+            out.write_all(&self.framed)?;
         }
         Ok(())
     }
 
     fn flush<W: Write>(&mut self, out: &mut W) -> io::Result<()> {
         if !self.buf.is_empty() {
-            let mut framed = Vec::with_capacity(self.buf.len() + 4);
-            frame(&mut framed, &self.buf);
+            self.framed.clear();
+            frame(&mut self.framed, &self.buf);
             self.buf.clear();
-            out.write_all(&framed)?;
+            out.write_all(&self.framed)?;
         }
         Ok(())
     }
@@ -319,7 +339,7 @@ fn frame(out: &mut Vec<u8>, chunk: &[u8]) {
 /// The inner layer's eContent: hashes the plaintext and frames it.
 struct InnerContent<'a, W: Write> {
     out: &'a mut W,
-    hasher: Hasher,
+    hasher: OffloadHasher,
     chunker: Chunker,
 }
 
@@ -327,19 +347,19 @@ impl<'a, W: Write> InnerContent<'a, W> {
     fn new(out: &'a mut W) -> Self {
         Self {
             out,
-            hasher: Hasher::new(MessageDigest::sha256()).expect("SHA-256 is always available"),
+            hasher: OffloadHasher::new(&[Digest::Sha256]),
             chunker: Chunker::new(),
         }
     }
     fn finish(mut self) -> io::Result<[u8; 32]> {
         self.chunker.flush(self.out)?;
-        finish_sha256(&mut self.hasher)
+        finish_sha256(self.hasher)
     }
 }
 
 impl<W: Write> Write for InnerContent<'_, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.hasher.update(data).map_err(io::Error::other)?;
+        self.hasher.update(data);
         self.chunker.push(self.out, data)?;
         Ok(data.len())
     }
@@ -348,11 +368,9 @@ impl<W: Write> Write for InnerContent<'_, W> {
     }
 }
 
-fn finish_sha256(h: &mut Hasher) -> io::Result<[u8; 32]> {
-    let d = h.finish().map_err(io::Error::other)?;
-    d.as_ref()
-        .try_into()
-        .map_err(|_| io::Error::other("SHA-256 digest length"))
+fn finish_sha256(h: OffloadHasher) -> io::Result<[u8; 32]> {
+    h.finish_sha256()
+        .ok_or_else(|| io::Error::other("content digest unavailable"))
 }
 
 /// AES-128-CBC over the inner layer, framing the ciphertext as encryptedContent chunks.
@@ -403,7 +421,7 @@ impl<W: Write> Write for Encryptor<'_, W> {
 /// The outer layer's eContent: hashes the middle layer and frames it into the output.
 struct OuterContent<W: Write> {
     out: BerWriter<W>,
-    hasher: Hasher,
+    hasher: OffloadHasher,
     chunker: Chunker,
 }
 
@@ -411,20 +429,20 @@ impl<W: Write> OuterContent<W> {
     fn new(out: BerWriter<W>) -> Self {
         Self {
             out,
-            hasher: Hasher::new(MessageDigest::sha256()).expect("SHA-256 is always available"),
+            hasher: OffloadHasher::new(&[Digest::Sha256]),
             chunker: Chunker::new(),
         }
     }
     fn finish(mut self) -> io::Result<(BerWriter<W>, [u8; 32])> {
         self.chunker.flush(self.out.get_mut())?;
-        let d = finish_sha256(&mut self.hasher)?;
+        let d = finish_sha256(self.hasher)?;
         Ok((self.out, d))
     }
 }
 
 impl<W: Write> Write for OuterContent<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.hasher.update(data).map_err(io::Error::other)?;
+        self.hasher.update(data);
         self.chunker.push(self.out.get_mut(), data)?;
         Ok(data.len())
     }

@@ -11,7 +11,8 @@
 //! signing-time warning come before a middle fatal; decryption errors before an inner
 //! fatal; inner errors last.
 
-use super::algorithms::{algorithm_identifier, content_cipher, Digest, MultiHasher};
+use super::algorithms::{algorithm_identifier, content_cipher, Digest};
+use super::hashing::OffloadHasher;
 use super::signer::{self, SignatureCheck, SignerId, SignerInfo};
 use super::MAX_STRUCTURE;
 use crate::ber::slice::{parse_exact, Tlv};
@@ -26,7 +27,7 @@ use openssl::hash::{Hasher, MessageDigest};
 use openssl::pkey::{PKey, Public};
 use openssl::symm::{Crypter, Mode};
 use std::fmt;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use zeroize::Zeroizing;
 
 const OUTER: u8 = 0;
@@ -231,13 +232,7 @@ pub fn unseal<R: Read, W: Write>(
         .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
     let mut facts = Facts::default();
     let mut out = out;
-    match run(
-        BufReader::with_capacity(64 * 1024, input),
-        &mut out,
-        keys,
-        opts,
-        &mut facts,
-    ) {
+    match run(input, &mut out, keys, opts, &mut facts) {
         Ok(()) => {}
         Err(Stop::Fatal(f)) => {
             facts.outer_fatal.get_or_insert(f);
@@ -267,7 +262,7 @@ fn run<R: Read, W: Write>(
         let octets = s0.octet_stream(content_header, OUTER);
         let mut hashing = HashingReader {
             inner: octets,
-            hasher: MultiHasher::new(&head.digests),
+            hasher: OffloadHasher::new(&head.digests),
         };
         let mut s1 = BerStream::new(&mut hashing);
         match middle(&mut s1, out, keys, opts, facts) {
@@ -379,7 +374,7 @@ fn inner<R: Read, W: Write>(
     };
     {
         let mut octets = s2.octet_stream(content_header, INNER);
-        let mut hasher = MultiHasher::new(&head.digests);
+        let mut hasher = OffloadHasher::new(&head.digests);
         let mut report =
             Hasher::new(MessageDigest::sha256()).map_err(|e| Stop::Input(io::Error::other(e)))?;
         let mut buf = vec![0u8; 64 * 1024];
@@ -812,7 +807,7 @@ fn unwrap_kek(kek: &[u8], wrapped: &[u8]) -> Option<Vec<u8>> {
 
 struct HashingReader<R> {
     inner: R,
-    hasher: MultiHasher,
+    hasher: OffloadHasher,
 }
 
 impl<R: Read> Read for HashingReader<R> {

@@ -2,6 +2,7 @@
 
 use crate::CliError;
 use etee_formats::cert::Certificate;
+use etee_formats::cms::ExpectedSigner;
 use etee_formats::keystore::EhealthKeystore;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
@@ -93,6 +94,56 @@ pub fn kek(hex_text: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
         )));
     }
     Ok(key)
+}
+
+/// The KEK from `--kek HEX` or `--kek-file FILE` (hex inside), if either is given.
+pub fn kek_arg(
+    hex_text: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<Zeroizing<Vec<u8>>>, CliError> {
+    match (hex_text, file) {
+        (Some(h), _) => kek(h).map(Some),
+        (None, Some(path)) => {
+            let bytes = Zeroizing::new(read_file(path)?);
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| CliError::Usage(format!("{}: not hex text", path.display())))?;
+            kek(text).map(Some)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Expected signers: certificates, and KeyDepot keys given as `KEYID,FILE` (Base64 key id,
+/// PEM public key or certificate).
+pub fn expected_signers(
+    certs: &[PathBuf],
+    keys: &[String],
+) -> Result<Vec<ExpectedSigner>, CliError> {
+    use base64::Engine;
+    let mut out: Vec<ExpectedSigner> = certificates(certs)?
+        .into_iter()
+        .map(ExpectedSigner::Certificate)
+        .collect();
+    for spec in keys {
+        let (id, file) = spec.split_once(',').ok_or_else(|| {
+            CliError::Usage(format!("--expect-key {spec:?}: expected KEYID,FILE"))
+        })?;
+        let ski = base64::engine::general_purpose::STANDARD
+            .decode(id)
+            .map_err(|_| CliError::Usage(format!("--expect-key: key id {id:?} is not Base64")))?;
+        let path = Path::new(file);
+        let bytes = read_file(path)?;
+        let public_key = openssl::pkey::PKey::public_key_from_pem(&bytes)
+            .or_else(|_| openssl::x509::X509::from_pem(&bytes).and_then(|x| x.public_key()))
+            .map_err(|_| {
+                CliError::Usage(format!(
+                    "{}: not a PEM public key or certificate",
+                    path.display()
+                ))
+            })?;
+        out.push(ExpectedSigner::KeyId { ski, public_key });
+    }
+    Ok(out)
 }
 
 /// RFC 3339 text for unix seconds.

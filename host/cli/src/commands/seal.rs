@@ -18,11 +18,14 @@ pub struct Args {
     /// A recipient's ETK (repeat for several recipients).
     #[arg(long = "to", value_name = "ETK")]
     to: Vec<PathBuf>,
-    /// KGSS key (hex) for unknown recipients; needs --kek-id.
-    #[arg(long, value_name = "HEX", requires = "kek_id")]
+    /// KGSS key (hex) for unknown recipients; needs --kek-id (visible in `ps`: prefer --kek-file).
+    #[arg(long, value_name = "HEX", conflicts_with = "kek_file")]
     kek: Option<String>,
+    /// File holding the KGSS key in hex.
+    #[arg(long, value_name = "FILE")]
+    kek_file: Option<PathBuf>,
     /// KGSS key identifier (Base64), written in the KEKRecipientInfo.
-    #[arg(long, value_name = "BASE64", requires = "kek")]
+    #[arg(long, value_name = "BASE64")]
     kek_id: Option<String>,
     /// Trust anchors for checking the recipients' ETKs before sealing.
     #[arg(long, value_name = "CERT")]
@@ -39,9 +42,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
-    if args.to.is_empty() && args.kek.is_none() {
+    let kek_key = inputs::kek_arg(args.kek.as_deref(), args.kek_file.as_deref())?;
+    if args.to.is_empty() && kek_key.is_none() {
         return Err(CliError::Usage(
-            "give at least one recipient: --to ETK and/or --kek HEX --kek-id BASE64".into(),
+            "give at least one recipient: --to ETK and/or --kek HEX (or --kek-file) with --kek-id BASE64".into(),
+        ));
+    }
+    if kek_key.is_some() != args.kek_id.is_some() {
+        return Err(CliError::Usage(
+            "--kek/--kek-file and --kek-id go together".into(),
         ));
     }
     let password = inputs::password(args.password_file.as_ref())?;
@@ -79,13 +88,13 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         recipients.push(Recipient::Certificate(etk.encryption_cert().clone()));
     }
-    let kek = match (&args.kek, &args.kek_id) {
+    let kek = match (&kek_key, &args.kek_id) {
         (Some(k), Some(id)) => {
             use base64::Engine;
             let id = base64::engine::general_purpose::STANDARD
                 .decode(id.trim())
                 .map_err(|_| CliError::Usage("--kek-id must be Base64".into()))?;
-            Some(Kek::new(&inputs::kek(k)?, &id)?)
+            Some(Kek::new(k, &id)?)
         }
         _ => None,
     };

@@ -18,9 +18,18 @@ pub struct Args {
     /// File holding the keystore password (else ETEE_KEYSTORE_PASSWORD).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
-    /// KGSS key (hex) to open an unknown-recipient message.
-    #[arg(long, value_name = "HEX")]
+    /// KGSS key (hex) to open an unknown-recipient message (visible in `ps`: prefer --kek-file).
+    #[arg(long, value_name = "HEX", conflicts_with = "kek_file")]
     kek: Option<String>,
+    /// File holding the KGSS key in hex.
+    #[arg(long, value_name = "FILE")]
+    kek_file: Option<PathBuf>,
+    /// Only accept messages signed with this certificate (repeatable).
+    #[arg(long, value_name = "CERT")]
+    expect_signer: Vec<PathBuf>,
+    /// A KeyDepot (WEB_AUTHN) signer: its Base64 key id and a PEM public key or certificate.
+    #[arg(long, value_name = "KEYID,FILE")]
+    expect_key: Vec<String>,
     /// Trust anchors (certificate files) for the signers' chains.
     #[arg(long, value_name = "CERT")]
     trust: Vec<PathBuf>,
@@ -45,9 +54,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
-    if args.keystore.is_empty() && args.kek.is_none() {
+    let kek = inputs::kek_arg(args.kek.as_deref(), args.kek_file.as_deref())?;
+    if args.keystore.is_empty() && kek.is_none() {
         return Err(CliError::Usage(
-            "give --keystore P12 (known recipient) or --kek HEX (unknown recipient)".into(),
+            "give --keystore P12 (known recipient) or --kek/--kek-file (unknown recipient)".into(),
         ));
     }
     let mut ring = KeyRing::new();
@@ -59,7 +69,8 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     }
     let opts = UnsealOptions {
         anchors: TrustAnchors::new(inputs::certificates(&args.trust)?),
-        kek: args.kek.as_deref().map(inputs::kek).transpose()?,
+        kek,
+        expected_signers: inputs::expected_signers(&args.expect_signer, &args.expect_key)?,
         at: Some(inputs::evaluation_time(args.at.as_deref())?),
         signing_time_expiration: args.signing_time_expiration,
         clock_skew: args.clock_skew,

@@ -33,10 +33,18 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         at,
         json,
     } = command;
-    let etk = Etk::parse(&inputs::read_file(&path)?).map_err(|source| CliError::Etk {
-        path: path.display().to_string(),
-        source,
-    })?;
+    // An ETK that does not even parse fails the check (exit 1), like one that fails a rule.
+    let etk = match Etk::parse(&inputs::read_file(&path)?) {
+        Ok(etk) => etk,
+        Err(e) => {
+            if json {
+                println!("{}", json!({ "errors": [], "parse_error": e.to_string() }));
+            } else {
+                println!("verdict     not an ETK: {e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
     let anchors = TrustAnchors::new(inputs::certificates(&trust)?);
     let at = inputs::evaluation_time(at.as_deref())?;
     let errors = etk.validate(&anchors, at);

@@ -73,6 +73,10 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             let mut errors = etk.validate(&anchors, now);
             if anchors.is_empty() {
                 // Without anchors the chain cannot be judged; every other check still applies.
+                eprintln!(
+                    "etee: note: no --trust given, the chain of ETK {} was not checked",
+                    path.display()
+                );
                 errors.retain(|e| {
                     !e.name().ends_with("STATUS_UNKNOWN") && !e.name().contains("CHAIN")
                 });

@@ -51,7 +51,9 @@ impl Header {
     }
 }
 
-const BUF: usize = 64 * 1024;
+/// Small on purpose: bulk content reads bypass it (see `read_raw`), so it only holds
+/// headers and small elements, and a small message does not pay for zeroing a large one.
+const BUF: usize = 8 * 1024;
 
 /// Buffered BER pull parser with a byte position.
 pub struct BerStream<R> {

@@ -19,7 +19,7 @@ use crate::ber::slice::{parse_exact, Tlv};
 use crate::ber::stream::{BerStream, ContentFault, Header, ReadError};
 use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::{key_usage, Certificate, KeyAlgorithm, Validity};
-use crate::keys::{DecryptionKey, KeyId, KeyRing};
+use crate::keys::{KeyId, KeyRing};
 use crate::oid;
 use crate::trust::TrustAnchors;
 use crate::verdict::{Error as E, Fatal, Verdict, Warning};
@@ -377,7 +377,7 @@ fn inner<R: Read, W: Write>(
         let mut hasher = OffloadHasher::new(&head.digests);
         let mut report =
             Hasher::new(MessageDigest::sha256()).map_err(|e| Stop::Input(io::Error::other(e)))?;
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 32 * 1024];
         loop {
             let n = match octets.read(&mut buf) {
                 Ok(0) => break,
@@ -752,45 +752,69 @@ fn recover_key(
             Fatal::ENVELOPED_DATA_CONTAINS_NO_KEYTRANSRECIPIENTINFOS,
         ));
     }
-    // The first recipient info for which we hold a key, as in the official library.
-    let found = ktris.iter().find_map(|k| {
-        let c: Vec<&DecryptionKey> = match k.rid {
+    // Every (recipient info, key) pair we could try: exact matches (issuer and serial, or
+    // key id) before serial-only ones, each group in message order. The official library
+    // takes the first recipient info whose decimal serial it holds a key for; trying exact
+    // matches first keeps a shared serial from hiding the right key.
+    let mut exact = Vec::new();
+    let mut loose = Vec::new();
+    for ktri in &ktris {
+        match ktri.rid {
             RecipientRef::IssuerSerial { issuer, serial } => {
-                keys.candidates_by_serial(issuer, serial)
+                for k in keys.candidates_by_serial(issuer, serial) {
+                    let is_exact = k.cert.as_ref().is_some_and(|c| c.issuer_der() == issuer);
+                    if is_exact {
+                        exact.push((ktri, k))
+                    } else {
+                        loose.push((ktri, k))
+                    }
+                }
             }
-            RecipientRef::Ski(ski) => keys.candidates_by_ski(ski),
-        };
-        (!c.is_empty()).then_some((k, c))
-    });
-    let Some((ktri, candidates)) = found else {
+            RecipientRef::Ski(ski) => {
+                exact.extend(keys.candidates_by_ski(ski).into_iter().map(|k| (ktri, k)))
+            }
+        }
+    }
+    exact.extend(loose);
+    let Some(&(first_ri, first_key)) = exact.first() else {
         return Err(Stop::Fatal(Fatal::DECRYPTION_PRIVATE_KEY_NOT_FOUND));
     };
-    if ktri.alg != oid::RSA_ENCRYPTION {
+    let wanted = content_cipher(&env.content_alg)
+        .map(|c| c.key_len())
+        .unwrap_or(16);
+    let opened = exact.iter().find_map(|&(ri, k)| {
+        k.ops
+            .decrypt_pkcs1v15(&k.key, &ri.encrypted_key)
+            .ok()
+            .filter(|cek| cek.len() == wanted)
+            .map(|cek| (ri, k, cek))
+    });
+    // The policy checks concern the pair that opened the message, or the first candidate.
+    let (ri, key) = opened
+        .as_ref()
+        .map(|(ri, k, _)| (*ri, *k))
+        .unwrap_or((first_ri, first_key));
+    if ri.alg != oid::RSA_ENCRYPTION {
         facts
             .decryption_errors
             .push(E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
     }
-    if candidates[0].modulus_bits < 2048 {
+    if key.modulus_bits < 2048 {
         facts
             .decryption_errors
             .push(E::DECRYPTION_ASYMMETRIC_KEY_LENGTH_UNAUTHORIZED);
     }
-    let wanted = content_cipher(&env.content_alg)
-        .map(|c| c.key_len())
-        .unwrap_or(16);
-    for k in &candidates {
-        if let Ok(cek) = k.ops.decrypt_pkcs1v15(&k.key, &ktri.encrypted_key) {
-            if cek.len() == wanted {
-                facts.opened_with = Some(OpenedWith::Key(k.key.clone()));
-                return Ok(cek.to_vec());
-            }
+    facts.opened_with = Some(OpenedWith::Key(key.key.clone()));
+    match opened {
+        Some((_, _, cek)) => Ok(cek.to_vec()),
+        None => {
+            // No candidate could unwrap it: carry on with a random key, indistinguishably
+            // (the verdict and `opened_with` look the same as for a damaged ciphertext).
+            let mut random = vec![0u8; wanted];
+            let _ = openssl::rand::rand_bytes(&mut random);
+            Ok(random)
         }
     }
-    // No candidate could unwrap it: carry on with a random key, indistinguishably.
-    let mut random = vec![0u8; wanted];
-    let _ = openssl::rand::rand_bytes(&mut random);
-    facts.opened_with = candidates.first().map(|k| OpenedWith::Key(k.key.clone()));
-    Ok(random)
 }
 
 fn unwrap_kek(kek: &[u8], wrapped: &[u8]) -> Option<Vec<u8>> {
@@ -844,8 +868,8 @@ impl<R: Read> Decryptor<R> {
             src,
             crypter,
             block,
-            inbuf: vec![0; 64 * 1024],
-            outbuf: vec![0; 64 * 1024 + 64],
+            inbuf: vec![0; 32 * 1024],
+            outbuf: vec![0; 32 * 1024 + 64],
             out_pos: 0,
             out_len: 0,
             finished: false,
@@ -917,10 +941,16 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
     let mut sender = None;
     let mut signing_time = None;
     let base = |v: Verdict, sender, signing_time, facts: &Facts| Unsealed {
+        // Only a message that opened names its key; a fatal (including one that follows a
+        // failed key unwrap) must look the same whatever the cause.
+        opened_with: if v.fatal.is_none() {
+            facts.opened_with.clone()
+        } else {
+            None
+        },
         verdict: v,
         sender,
         signing_time,
-        opened_with: facts.opened_with.clone(),
         content_len: facts.content_len,
         content_sha256: facts.content_sha256,
     };
@@ -930,6 +960,8 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
     }
     let mut outer_resolved = None;
     if let Some(si) = &facts.outer.signer {
+        // The official library reports a signature timestamp's errors before the layer's.
+        timestamp_check(si, opts, &mut v);
         let r = check_layer(true, &facts.outer, si, None, opts, at, &mut v);
         signing_time = si.signing_times.first().copied();
         sender = Some(Sender {
@@ -1150,11 +1182,7 @@ fn check_layer(
 /// The official signing-time rule (outer layer only). A signature timestamp, when
 /// present, stands in for the window check and is judged on its own.
 fn signing_time_warning(si: &SignerInfo, opts: &UnsealOptions, at: i64, v: &mut Verdict) {
-    if let Some(token) = si.timestamps.first() {
-        let checked = super::timestamp::check(token, &si.signature, &opts.tsa_anchors);
-        if let Some(e) = checked.error {
-            v.error(e);
-        }
+    if !si.timestamps.is_empty() {
         return;
     }
     if opts.signing_time_trust_implicit {
@@ -1168,6 +1196,15 @@ fn signing_time_warning(si: &SignerInfo, opts: &UnsealOptions, at: i64, v: &mut 
             if !(earliest < t && t < latest) {
                 v.warning(Warning::SIGNING_TIME_EXPIRED);
             }
+        }
+    }
+}
+
+/// Checks the outer signature timestamp, when there is one.
+fn timestamp_check(si: &SignerInfo, opts: &UnsealOptions, v: &mut Verdict) {
+    if let Some(token) = si.timestamps.first() {
+        if let Some(e) = super::timestamp::check(token, &si.signature, &opts.tsa_anchors).error {
+            v.error(e);
         }
     }
 }

@@ -1,0 +1,729 @@
+//! `etee seal` / `etee unseal` round trips in a world made by `etee pki init`: content,
+//! verdict JSON, recipients (ETKs, KEK, both), failures that must withhold content, the
+//! password channels, exit codes and the signing-time window.
+
+use etee_e2e::{content, etee, now_unix, parse_rfc3339, rfc3339, scratch, sha256_hex, World};
+use serde_json::{json, Value};
+use std::path::Path;
+
+const KEK: &str = "00112233445566778899aabbccddeeff";
+const OTHER_KEK: &str = "ffeeddccbbaa99887766554433221100";
+/// Base64 of the ASCII bytes `etee-e2e-kek-id-0001`.
+const KEK_ID: &str = "ZXRlZS1lMmUta2VrLWlkLTAwMDE=";
+
+fn world() -> &'static World {
+    World::shared()
+}
+
+fn names(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap_or_else(|| panic!("not a string: {x}")))
+        .collect()
+}
+
+#[track_caller]
+fn assert_clean(v: &Value) {
+    assert_eq!(v["fatal"], Value::Null, "verdict {v}");
+    assert_eq!(names(&v["errors"]), Vec::<&str>::new(), "verdict {v}");
+    assert_eq!(names(&v["warnings"]), Vec::<&str>::new(), "verdict {v}");
+}
+
+/// Seals with KEK options (and optionally ETKs) from Alice; file to file.
+fn seal_with_kek(dir: &Path, to: &[&str], plaintext: &[u8]) -> Vec<u8> {
+    let w = world();
+    let input = dir.join("kek-plain");
+    let out = dir.join("kek-sealed");
+    std::fs::write(&input, plaintext).unwrap();
+    let mut cmd = etee(["seal", "--keystore"])
+        .arg(w.p12("alice"))
+        .args(["--kek", KEK, "--kek-id", KEK_ID, "--trust"])
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .password(&w.password);
+    for who in to {
+        cmd = cmd.arg("--to").arg(w.etk(who));
+    }
+    cmd.run().code(0);
+    std::fs::read(out).unwrap()
+}
+
+/// `unseal --kek HEX --json` without any keystore (and without a password).
+fn unseal_with_kek(dir: &Path, sealed: &[u8], kek: &str) -> (etee_e2e::Output, Value, Vec<u8>) {
+    let input = dir.join(format!("kek-in-{}", etee_e2e::unique()));
+    let out = dir.join(format!("kek-out-{}", etee_e2e::unique()));
+    std::fs::write(&input, sealed).unwrap();
+    let run = etee(["unseal", "--json", "--kek", kek, "--trust"])
+        .arg(world().ca())
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .run();
+    let v = run.json();
+    let content = std::fs::read(&out).unwrap_or_default();
+    if run.code != Some(0) {
+        assert!(!out.exists(), "content written despite exit {:?}", run.code);
+    }
+    (run, v, content)
+}
+
+#[test]
+fn seal_for_bob_then_bob_unseals_with_full_verdict() {
+    let w = world();
+    let dir = scratch();
+    let plain = content(5_000, 1);
+    let before = now_unix();
+    let sealed = w.seal(dir.path(), "alice", &["bob"], &plain);
+    let after = now_unix();
+    assert!(sealed.len() > plain.len(), "sealed output is too short");
+
+    let u = w.unseal(dir.path(), "bob", &sealed, &[]);
+    u.run.code(0);
+    assert_eq!(u.content(), plain, "content differs after the round trip");
+
+    let v = &u.verdict;
+    assert_clean(v);
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    for k in [
+        "fatal",
+        "errors",
+        "warnings",
+        "content_len",
+        "content_sha256",
+        "sender",
+        "signing_time",
+    ] {
+        assert!(keys.contains(&k), "JSON lacks {k:?}: {v}");
+    }
+    assert_eq!(v["content_len"].as_u64(), Some(plain.len() as u64), "{v}");
+    let digest = v["content_sha256"].as_str().expect("content_sha256 string");
+    assert_eq!(digest, sha256_hex(&plain));
+    assert!(
+        digest.len() == 64
+            && digest
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    );
+
+    // The sender is Alice, the hospital; not Bob.
+    let sender = &v["sender"];
+    assert!(sender.is_object(), "sender {sender}");
+    assert_eq!(
+        sender["identities"],
+        json!([{"id_type": "NIHII-HOSPITAL", "value": "71000436", "application_id": null}]),
+        "{v}"
+    );
+    let subject = sender["subject"].as_str().expect("subject string");
+    assert!(subject.contains("NIHII-HOSPITAL=71000436") && subject.contains("alice"));
+    assert!(!subject.contains("PHARMACY"), "{subject}");
+    assert!(sender["issuer"].as_str().is_some_and(|s| !s.is_empty()));
+    let serial = sender["serial"].as_str().expect("serial string");
+    assert!(
+        !serial.is_empty() && serial.bytes().all(|c| c.is_ascii_digit()),
+        "{serial}"
+    );
+    assert_eq!(sender["key_id"], Value::Null);
+
+    let st = v["signing_time"].as_str().expect("signing_time string");
+    let t = parse_rfc3339(st).unwrap_or_else(|| panic!("signing_time {st:?} is not RFC 3339"));
+    assert!(
+        (before - 2..=after + 2).contains(&t),
+        "signing time {st} not within the sealing ({}..{})",
+        rfc3339(before),
+        rfc3339(after)
+    );
+    assert_eq!(v["opened_with"], format!("key:{}", w.etk_serial("bob")));
+}
+
+#[test]
+fn stdin_to_stdout_in_both_directions() {
+    let w = world();
+    let plain = content(2_345, 2);
+    let sealed = etee(["seal", "--keystore"])
+        .arg(w.p12("alice"))
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .password(&w.password)
+        .stdin(plain.clone())
+        .run();
+    sealed.code(0);
+    assert!(
+        sealed.stdout.starts_with(&[0x30, 0x80]),
+        "stdout is not a BER message: {:02x?}",
+        &sealed.stdout[..sealed.stdout.len().min(8)]
+    );
+
+    let opened = etee(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .password(&w.password)
+        .stdin(sealed.stdout.clone())
+        .run();
+    opened.code(0);
+    assert_eq!(opened.stdout, plain, "piped content differs");
+    // Without --json the verdict is a human report on stderr.
+    assert!(
+        opened
+            .stderr
+            .contains(&format!("OK      {} bytes", plain.len())),
+        "stderr: {}",
+        opened.stderr
+    );
+
+    // --json with no --out: the verdict alone on stdout, content goes nowhere.
+    let json_only = etee(["unseal", "--json", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .password(&w.password)
+        .stdin(sealed.stdout)
+        .run();
+    json_only.code(0);
+    let v = json_only.json();
+    assert_clean(&v);
+    assert_eq!(v["content_sha256"], sha256_hex(&plain));
+}
+
+#[test]
+fn several_recipients_can_each_open() {
+    let w = world();
+    let dir = scratch();
+    let plain = content(1_500, 3);
+    let sealed = w.seal(dir.path(), "alice", &["bob", "alice"], &plain);
+    for who in ["bob", "alice"] {
+        let u = w.unseal(dir.path(), who, &sealed, &[]);
+        u.run.code(0);
+        assert_clean(&u.verdict);
+        assert_eq!(u.content(), plain, "{who} got different content");
+        assert_eq!(
+            u.verdict["opened_with"],
+            format!("key:{}", w.etk_serial(who)),
+            "{who}"
+        );
+    }
+}
+
+#[test]
+fn kek_only_message_opens_with_the_kek_and_nothing_else() {
+    let w = world();
+    let dir = scratch();
+    let plain = content(3_001, 4);
+    let sealed = seal_with_kek(dir.path(), &[], &plain);
+
+    let (run, v, got) = unseal_with_kek(dir.path(), &sealed, KEK);
+    run.code(0);
+    assert_clean(&v);
+    assert_eq!(got, plain);
+    assert_eq!(v["opened_with"], "kek");
+    assert_eq!(v["sender"]["identities"][0]["id_type"], "NIHII-HOSPITAL");
+
+    // Bob's keystore holds no KEK: the message has no KTRI for it.
+    let u = w.unseal(dir.path(), "bob", &sealed, &[]);
+    u.run.code(1);
+    assert_eq!(
+        u.verdict["fatal"], "ENVELOPED_DATA_CONTAINS_NO_KEYTRANSRECIPIENTINFOS",
+        "{}",
+        u.verdict
+    );
+    assert!(!u.out.exists(), "content written for a fatal verdict");
+
+    // Another KEK cannot unwrap the content key.
+    let (run, v, _) = unseal_with_kek(dir.path(), &sealed, OTHER_KEK);
+    run.code(1);
+    assert_eq!(
+        v["fatal"], "SECRET_KEY_CAN_NOT_DECRYPT_KEKRECIPIENTINFOS",
+        "{v}"
+    );
+    assert_eq!(v["content_len"], Value::Null);
+    assert_eq!(v["content_sha256"], Value::Null);
+}
+
+#[test]
+fn hybrid_message_opens_with_the_etk_key_or_the_kek() {
+    let w = world();
+    let dir = scratch();
+    let plain = content(10, 5);
+    let sealed = seal_with_kek(dir.path(), &["bob"], &plain);
+
+    let u = w.unseal(dir.path(), "bob", &sealed, &[]);
+    u.run.code(0);
+    assert_clean(&u.verdict);
+    assert_eq!(u.content(), plain);
+    assert_eq!(
+        u.verdict["opened_with"],
+        format!("key:{}", w.etk_serial("bob"))
+    );
+
+    let (run, v, got) = unseal_with_kek(dir.path(), &sealed, KEK);
+    run.code(0);
+    assert_clean(&v);
+    assert_eq!(got, plain);
+    assert_eq!(v["opened_with"], "kek");
+
+    // Alice is not a KTRI recipient of it.
+    let u = w.unseal(dir.path(), "alice", &sealed, &[]);
+    u.run.code(1);
+    assert_eq!(u.verdict["fatal"], "DECRYPTION_PRIVATE_KEY_NOT_FOUND");
+}
+
+#[test]
+fn wrong_keystore_is_fatal_and_creates_no_output() {
+    let w = world();
+    let dir = scratch();
+    let sealed = w.seal(dir.path(), "alice", &["bob"], b"for Bob only");
+    let u = w.unseal(dir.path(), "alice", &sealed, &[]);
+    u.run.code(1);
+    let v = &u.verdict;
+    assert_eq!(v["fatal"], "DECRYPTION_PRIVATE_KEY_NOT_FOUND", "{v}");
+    assert_eq!(v["content_len"], Value::Null, "{v}");
+    assert_eq!(v["content_sha256"], Value::Null, "{v}");
+    assert_eq!(v["opened_with"], Value::Null, "{v}");
+    assert!(!u.out.exists(), "an output file was created");
+    // Nor any leftover temporary file next to it.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("seal-") && !n.starts_with("unseal-in-"))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}
+
+#[test]
+fn tampered_messages_are_refused_without_output() {
+    let w = world();
+    let dir = scratch();
+    let plain = content(4_000, 6);
+    let sealed = w.seal(dir.path(), "alice", &["bob"], &plain);
+    let n = sealed.len();
+    // The middle (inside the encrypted content), both quarters, and the outer signature
+    // value near the end (before the six end-of-contents octets).
+    for pos in [n / 4, n / 2, 3 * n / 4, n - 20] {
+        let mut bad = sealed.clone();
+        bad[pos] ^= 0x01;
+        let u = w.unseal(dir.path(), "bob", &bad, &[]);
+        u.run.code(1);
+        let v = &u.verdict;
+        assert!(
+            !v["fatal"].is_null() || !names(&v["errors"]).is_empty(),
+            "byte {pos}: no fatal, no error: {v}"
+        );
+        assert_eq!(v["content_sha256"], Value::Null, "byte {pos}: {v}");
+        assert!(!u.out.exists(), "byte {pos}: output file created");
+
+        // Piped: nothing at all reaches stdout.
+        let piped = etee(["unseal", "--keystore"])
+            .arg(w.p12("bob"))
+            .arg("--trust")
+            .arg(w.ca())
+            .password(&w.password)
+            .stdin(bad)
+            .run();
+        piped.code(1);
+        assert!(
+            piped.stdout.is_empty(),
+            "byte {pos}: content reached stdout"
+        );
+    }
+}
+
+#[test]
+fn refused_message_leaves_an_existing_out_file_untouched() {
+    let w = world();
+    let dir = scratch();
+    let mut sealed = w.seal(dir.path(), "alice", &["bob"], &content(2_000, 7));
+    let mid = sealed.len() / 2;
+    sealed[mid] ^= 0x80;
+    let input = dir.path().join("bad.msg");
+    let out = dir.path().join("existing.txt");
+    std::fs::write(&input, &sealed).unwrap();
+    std::fs::write(&out, b"previous content").unwrap();
+    etee(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .password(&w.password)
+        .run()
+        .code(1);
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous content");
+}
+
+#[test]
+fn untrusted_sender_is_an_error_that_withholds_content() {
+    let w = world();
+    let dir = scratch();
+    let sealed = w.seal(dir.path(), "alice", &["bob"], b"hello");
+    let input = dir.path().join("m");
+    let out = dir.path().join("o");
+    std::fs::write(&input, &sealed).unwrap();
+    // No --trust: the chain cannot be validated.
+    let run = etee(["unseal", "--json", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .password(&w.password)
+        .run();
+    run.code(1);
+    let v = run.json();
+    assert_eq!(v["fatal"], Value::Null, "{v}");
+    assert!(
+        names(&v["errors"]).contains(&"OUTER_CERTIFICATE_CHAIN_NOT_TRUSTED"),
+        "{v}"
+    );
+    assert_eq!(v["content_len"], Value::Null);
+    assert!(!out.exists(), "content released despite an error");
+}
+
+#[test]
+fn password_file_works_for_seal_and_unseal() {
+    let w = world();
+    let dir = scratch();
+    // With a trailing newline, as `echo pw > file` writes it: the first line counts.
+    let pw_file = dir.path().join("pw");
+    std::fs::write(&pw_file, format!("{}\n", w.password)).unwrap();
+    let plain = b"sealed with a password file".to_vec();
+    let input = dir.path().join("p");
+    let sealed = dir.path().join("s");
+    let out = dir.path().join("o");
+    std::fs::write(&input, &plain).unwrap();
+    etee(["seal", "--keystore"])
+        .arg(w.p12("alice"))
+        .arg("--password-file")
+        .arg(&pw_file)
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&sealed)
+        .run()
+        .code(0);
+    etee(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--password-file")
+        .arg(w.password_file()) // pki init's file, no newline
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&sealed)
+        .arg("--out")
+        .arg(&out)
+        .run()
+        .code(0);
+    assert_eq!(std::fs::read(&out).unwrap(), plain);
+}
+
+#[test]
+fn missing_password_is_a_usage_error() {
+    let w = world();
+    let dir = scratch();
+    let input = dir.path().join("p");
+    std::fs::write(&input, b"x").unwrap();
+    let out = dir.path().join("o");
+    let seal = etee(["seal", "--keystore"])
+        .arg(w.p12("alice"))
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .run();
+    seal.code(2);
+    let unseal = etee(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .run();
+    unseal.code(2);
+    for r in [&seal, &unseal] {
+        assert!(
+            r.stderr.contains("password")
+                && r.stderr.contains("--password-file")
+                && r.stderr.contains("ETEE_KEYSTORE_PASSWORD"),
+            "unclear message: {}",
+            r.stderr
+        );
+        assert!(r.stdout.is_empty());
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn wrong_password_is_a_usage_error_naming_the_keystore() {
+    let w = world();
+    let run = etee(["seal", "--keystore"])
+        .arg(w.p12("alice"))
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .password("not-the-password")
+        .stdin(b"x".to_vec())
+        .run();
+    run.code(2);
+    assert!(run.stderr.contains("alice.p12"), "stderr: {}", run.stderr);
+    assert!(
+        run.stdout.is_empty(),
+        "sealed output despite a bad keystore"
+    );
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let w = world();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["unseal".into(), "--bogus".into()], "--bogus"),
+        (vec!["seal".into(), "--frobnicate".into()], "--frobnicate"),
+        (vec!["no-such-command".into()], "no-such-command"),
+        (vec![], "Usage"),
+        // No recipient at all.
+        (
+            vec![
+                "seal".into(),
+                "--keystore".into(),
+                w.p12("alice").display().to_string(),
+            ],
+            "recipient",
+        ),
+        // --kek without --kek-id.
+        (
+            vec![
+                "seal".into(),
+                "--keystore".into(),
+                w.p12("alice").display().to_string(),
+                "--kek".into(),
+                KEK.into(),
+            ],
+            "--kek-id",
+        ),
+        // Neither keystore nor KEK to unseal with.
+        (vec!["unseal".into()], "--keystore"),
+        // A KEK that is not hex / has a bad length.
+        (vec!["unseal".into(), "--kek".into(), "xyz".into()], "hex"),
+        (
+            vec!["unseal".into(), "--kek".into(), "0011".into()],
+            "16, 24 or 32",
+        ),
+        // --at that is not RFC 3339.
+        (
+            vec![
+                "etk".into(),
+                "verify".into(),
+                w.etk("bob").display().to_string(),
+                "--at".into(),
+                "tomorrow".into(),
+            ],
+            "RFC 3339",
+        ),
+    ];
+    for (args, hint) in cases {
+        let r = etee(&args).password(&w.password).run();
+        r.code(2);
+        assert!(
+            r.stderr.contains(hint),
+            "`etee {}`: stderr lacks {hint:?}: {}",
+            args.join(" "),
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn unreadable_input_is_an_io_error() {
+    let w = world();
+    let dir = scratch();
+    let missing = dir.path().join("does-not-exist.msg");
+    let r = etee(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--in")
+        .arg(&missing)
+        .password(&w.password)
+        .run();
+    r.code(2);
+    assert!(r.stderr.contains("does-not-exist.msg"), "{}", r.stderr);
+    let r = etee(["seal", "--keystore"])
+        .arg(dir.path().join("no.p12"))
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .password(&w.password)
+        .stdin(b"x".to_vec())
+        .run();
+    r.code(2);
+    assert!(r.stderr.contains("no.p12"), "{}", r.stderr);
+}
+
+#[test]
+fn far_future_evaluation_warns_but_releases_reproducibly() {
+    let w = world();
+    let dir = scratch();
+    let plain = content(777, 8);
+    let sealed = w.seal(dir.path(), "alice", &["bob"], &plain);
+    let at = ["--at", "2099-01-01T00:00:00Z"];
+    let a = w.unseal(dir.path(), "bob", &sealed, &at);
+    let b = w.unseal(dir.path(), "bob", &sealed, &at);
+    for u in [&a, &b] {
+        u.run.code(0);
+        assert_eq!(u.verdict["fatal"], Value::Null);
+        assert_eq!(
+            names(&u.verdict["errors"]),
+            Vec::<&str>::new(),
+            "{}",
+            u.verdict
+        );
+        assert_eq!(names(&u.verdict["warnings"]), ["SIGNING_TIME_EXPIRED"]);
+        assert_eq!(u.content(), plain, "warnings must not withhold content");
+    }
+    assert_eq!(
+        a.verdict, b.verdict,
+        "same input and --at, different verdicts"
+    );
+    assert_eq!(a.run.stdout, b.run.stdout);
+}
+
+/// The official window: accepted iff `at − 5 min − skew < signingTime < at + skew`, with
+/// the default skew of 5 min; outside it, only a warning.
+#[test]
+fn signing_time_window_edges() {
+    let w = world();
+    let dir = scratch();
+    let sealed = w.seal(dir.path(), "alice", &["bob"], b"timing");
+    let first = w.unseal(dir.path(), "bob", &sealed, &[]);
+    first.run.code(0);
+    let st = parse_rfc3339(first.verdict["signing_time"].as_str().unwrap()).unwrap();
+    let cases = [
+        (st, false),
+        (st + 599, false), // signed 9:59 before evaluation
+        (st + 601, true),  // 10:01 before: too old
+        (st - 299, false), // signed 4:59 in the future: within the skew
+        (st - 301, true),  // 5:01 in the future
+    ];
+    for (at, warned) in cases {
+        let at = rfc3339(at);
+        let u = w.unseal(dir.path(), "bob", &sealed, &["--at", &at]);
+        u.run.code(0);
+        let expected: &[&str] = if warned {
+            &["SIGNING_TIME_EXPIRED"]
+        } else {
+            &[]
+        };
+        assert_eq!(
+            names(&u.verdict["warnings"]),
+            expected,
+            "signed {}, evaluated {at}",
+            rfc3339(st)
+        );
+    }
+    // Options widen the window.
+    let late = rfc3339(st + 3_600);
+    let u = w.unseal(
+        dir.path(),
+        "bob",
+        &sealed,
+        &["--at", &late, "--signing-time-expiration", "3600"],
+    );
+    u.run.code(0);
+    assert_eq!(names(&u.verdict["warnings"]), Vec::<&str>::new());
+}
+
+#[test]
+fn kek_file_for_seal_and_unseal() {
+    let w = world();
+    let dir = scratch();
+    let kek_file = dir.path().join("kek.hex");
+    std::fs::write(&kek_file, format!("{KEK}\n")).unwrap();
+    let plain = content(1_999, 12);
+    let sealed = etee(["seal", "--keystore"])
+        .arg(w.p12("alice"))
+        .arg("--kek-file")
+        .arg(&kek_file)
+        .args(["--kek-id", KEK_ID])
+        .password(&w.password)
+        .stdin(plain.clone())
+        .run();
+    sealed.code(0);
+    // The file and the hex option name the same key.
+    let (run, v, got) = unseal_with_kek(dir.path(), &sealed.stdout, KEK);
+    run.code(0);
+    assert_clean(&v);
+    assert_eq!(got, plain);
+    let opened = etee(["unseal", "--kek-file"])
+        .arg(&kek_file)
+        .arg("--trust")
+        .arg(w.ca())
+        .stdin(sealed.stdout)
+        .run();
+    opened.code(0);
+    assert_eq!(opened.stdout, plain);
+    // Not both.
+    let both = etee(["unseal", "--kek", KEK, "--kek-file"])
+        .arg(&kek_file)
+        .run();
+    both.code(2);
+}
+
+#[test]
+fn expected_signer_is_enforced() {
+    let w = world();
+    let dir = scratch();
+    let plain = content(321, 13);
+    let sealed = w.seal(dir.path(), "alice", &["bob"], &plain);
+    let alice_auth = dir.path().join("alice-auth.pem");
+    std::fs::write(
+        &alice_auth,
+        etee_e2e::outer_certificate_pem(&sealed, "NIHII-HOSPITAL=71000436"),
+    )
+    .unwrap();
+
+    let alice_auth_arg = alice_auth.display().to_string();
+    let u = w.unseal(
+        dir.path(),
+        "bob",
+        &sealed,
+        &["--expect-signer", &alice_auth_arg],
+    );
+    u.run.code(0);
+    assert_clean(&u.verdict);
+    assert_eq!(u.content(), plain);
+
+    // Alice's ETK encryption certificate has the same subject, but it is not the signer.
+    let other = w.etk_cert_pem("alice").display().to_string();
+    let u = w.unseal(dir.path(), "bob", &sealed, &["--expect-signer", &other]);
+    u.run.code(1);
+    assert!(
+        names(&u.verdict["errors"])
+            .contains(&"AUTHENTICATION_CERTIFICATE_NOT_IN_LIST_EXPECTED_SIGNERS"),
+        "{}",
+        u.verdict
+    );
+    assert!(!u.out.exists(), "content released for an unexpected signer");
+
+    // Either of two expected signers will do.
+    let u = w.unseal(
+        dir.path(),
+        "bob",
+        &sealed,
+        &[
+            "--expect-signer",
+            &other,
+            "--expect-signer",
+            &alice_auth_arg,
+        ],
+    );
+    u.run.code(0);
+    assert_clean(&u.verdict);
+}

@@ -306,7 +306,11 @@ fn middle<R: Read, W: Write>(
         // Nothing we can decrypt with: the official library fails here too.
         return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT));
     };
+    // The IV must be exactly one the cipher takes: OpenSSL asserts on a short one.
     let iv = env.iv.clone().unwrap_or_default();
+    if Some(iv.len()) != cipher.iv_len() {
+        return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT));
+    }
     let octets = s1.octet_stream(env.encrypted_content, MIDDLE);
     let mut key = cek;
     key.resize(cipher.key_len(), 0);

@@ -1,0 +1,205 @@
+//! The fuzz targets' bodies, and the key material they share.
+//!
+//! Keys are generated once per process (RSA key generation costs ~0.1 s; libFuzzer runs
+//! the target thousands of times a second). Each body checks more than "no panic":
+//!
+//! - `unseal`: content is released only with a clean verdict; reading the message a few
+//!   bytes at a time gives the verdict and content of reading it at once (unless the
+//!   content key could not be recovered and a random one took its place, RFC 3218).
+//! - `etk`: what parses also validates, names its key alias and identities.
+//! - `ber`: `read_element` returns exactly the bytes it consumed; when the in-memory parser
+//!   reads an OCTET STRING, the stream parser reads the same octets.
+
+use etee_formats::ber::slice::{parse_exact, Tlv};
+use etee_formats::ber::stream::BerStream;
+use etee_formats::cert::Certificate;
+use etee_formats::cms::{unseal as unseal_stream, unseal_to_vec, UnsealOptions};
+use etee_formats::etk::Etk;
+use etee_formats::keys::{DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps};
+use etee_formats::keystore::SoftwareKeys;
+use etee_formats::trust::TrustAnchors;
+use etee_testpki::{InstitutionSpec, TestPki};
+use std::cell::Cell;
+use std::io::Read;
+use std::sync::{Arc, OnceLock};
+use zeroize::Zeroizing;
+
+/// The KEK of the `unseal` target. The seed corpus written by the robustness tests
+/// (`write_fuzz_corpus`) carries a KEKRecipientInfo for it, so that inputs get past key
+/// recovery into the inner layer.
+pub const KEK: &[u8; 16] = b"etee-fuzzing-kek";
+
+struct World {
+    ring: KeyRing,
+    empty: KeyRing,
+    opts: UnsealOptions,
+    kek_opts: UnsealOptions,
+    anchors: TrustAnchors,
+    at: i64,
+}
+
+thread_local! {
+    static RANDOM_KEY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Software keys that note when key transport yields no 16-byte content key.
+struct Witness(SoftwareKeys);
+
+impl PrivateKeyOps for Witness {
+    fn sign_pss_sha256(&self, key: &KeyId, digest: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
+        self.0.sign_pss_sha256(key, digest)
+    }
+    fn decrypt_pkcs1v15(&self, key: &KeyId, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let r = self.0.decrypt_pkcs1v15(key, blob);
+        if !matches!(&r, Ok(k) if k.len() == 16) {
+            RANDOM_KEY.with(|f| f.set(true));
+        }
+        r
+    }
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let pki = TestPki::generate("fuzz").expect("test PKI");
+        let bob = pki
+            .institution(&InstitutionSpec::new("NIHII-PHARMACY", "27150201", "Bob"))
+            .expect("institution");
+        let cert = |x: &openssl::x509::X509| {
+            Certificate::from_der(&x.to_der().expect("DER")).expect("certificate")
+        };
+        let etk_cert = cert(&bob.etk_cert);
+        let mut keys = SoftwareKeys::new();
+        keys.insert(KeyId("bob".into()), bob.etk_key.clone());
+        let ops = Arc::new(Witness(keys));
+        let mut ring = KeyRing::new();
+        ring.add(DecryptionKey {
+            ops: ops.clone(),
+            key: KeyId("bob".into()),
+            serial: etk_cert.serial().to_vec(),
+            cert: Some(etk_cert),
+            ski: None,
+            modulus_bits: 2048,
+        });
+        // The same key by subjectKeyIdentifier (WEB_AUTHN recipients).
+        ring.add(DecryptionKey {
+            ops,
+            key: KeyId("bob".into()),
+            serial: vec![0x01],
+            cert: None,
+            ski: Some(b"bob".to_vec()),
+            modulus_bits: 2048,
+        });
+        let anchors = TrustAnchors::new(vec![cert(&pki.root.cert)]);
+        // Evaluation time fixed at start-up, inside the certificates' validity.
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let opts = UnsealOptions {
+            anchors: anchors.clone(),
+            at: Some(at),
+            ..Default::default()
+        };
+        let kek_opts = UnsealOptions {
+            kek: Some(Zeroizing::new(KEK.to_vec())),
+            ..opts.clone()
+        };
+        World {
+            ring,
+            empty: KeyRing::new(),
+            opts,
+            kek_opts,
+            anchors,
+            at,
+        }
+    })
+}
+
+/// A slice reader that yields 1–8 bytes per call.
+struct Trickle<'a>(&'a [u8], u64);
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.1 = self
+            .1
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        let n = (1 + (self.1 >> 61) as usize)
+            .min(buf.len())
+            .min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+pub fn unseal(data: &[u8]) {
+    let w = world();
+    for (ring, opts) in [(&w.ring, &w.opts), (&w.empty, &w.kek_opts)] {
+        RANDOM_KEY.with(|r| r.set(false));
+        let (u, content) = unseal_to_vec(data, ring, opts);
+        let random = RANDOM_KEY.with(Cell::get);
+        assert_eq!(content.is_some(), u.verdict.is_clean());
+        let mut streamed = Vec::new();
+        let s = unseal_stream(Trickle(data, data.len() as u64), &mut streamed, ring, opts)
+            .expect("reading a slice cannot fail");
+        if !random {
+            assert_eq!(s.verdict, u.verdict, "streamed verdict differs");
+            assert_eq!(
+                s.content_sha256, u.content_sha256,
+                "streamed content differs"
+            );
+        }
+    }
+}
+
+pub fn etk(data: &[u8]) {
+    if let Ok(etk) = Etk::parse(data) {
+        let w = world();
+        let _ = etk.validate(&w.anchors, w.at);
+        let _ = etk.key_alias();
+        let _ = etk.identities();
+    }
+}
+
+pub fn ber(data: &[u8]) {
+    let slice = parse_exact(data);
+    if let Ok(t) = &slice {
+        walk(t, 0);
+    }
+    let mut s = BerStream::new(data);
+    if let Ok(el) = s.read_element(1 << 20) {
+        assert!(
+            data.starts_with(&el),
+            "read_element must return the bytes read"
+        );
+        assert_eq!(s.pos(), el.len() as u64);
+    }
+    let _ = BerStream::new(data).skip_element();
+    let mut s = BerStream::new(data);
+    if let Ok(h) = s.read_header() {
+        if matches!(h.tag, 0x04 | 0x24 | 0x80 | 0xa0) {
+            let mut out = Vec::new();
+            let streamed = s.octet_stream(h, 1).read_to_end(&mut out);
+            assert!(out.len() <= data.len());
+            if let Ok(Ok(octets)) = slice.map(|t| t.octets()) {
+                assert!(
+                    streamed.is_ok(),
+                    "stream refused octets the slice parser read"
+                );
+                assert_eq!(out, octets.as_ref(), "stream and slice octets differ");
+            }
+        }
+    }
+}
+
+fn walk(t: &Tlv<'_>, depth: usize) {
+    let _ = t.octets();
+    let _ = t.uint_bytes();
+    let _ = t.small_int();
+    if t.is_constructed() && depth < 64 {
+        for c in t.children().flatten() {
+            walk(&c, depth + 1);
+        }
+    }
+}

@@ -51,9 +51,12 @@ impl Header {
     }
 }
 
-/// Small on purpose: bulk content reads bypass it (see `read_raw`), so it only holds
-/// headers and small elements, and a small message does not pay for zeroing a large one.
+/// Initial buffer: small, so that a small message does not pay for zeroing a large one.
 const BUF: usize = 8 * 1024;
+/// The buffer grows to this once a stream has been refilled [`GROW_AFTER`] times: it is
+/// carrying bulk content, and fewer, larger reads from the source pay off.
+const BUF_LARGE: usize = 64 * 1024;
+const GROW_AFTER: u32 = 8;
 
 /// Buffered BER pull parser with a byte position.
 pub struct BerStream<R> {
@@ -63,6 +66,8 @@ pub struct BerStream<R> {
     end: usize,
     /// Offset of `buf[start]` in the stream.
     pos: u64,
+    /// Reads from the source so far (the buffer grows after [`GROW_AFTER`]).
+    refills: u32,
 }
 
 impl<R: Read> BerStream<R> {
@@ -78,6 +83,7 @@ impl<R: Read> BerStream<R> {
             start: 0,
             end: 0,
             pos: offset,
+            refills: 0,
         }
     }
 
@@ -98,6 +104,7 @@ impl<R: Read> BerStream<R> {
                 self.end -= self.start;
                 self.start = 0;
             }
+            self.grow_if_bulky();
             let got = loop {
                 match self.inner.read(&mut self.buf[self.end..]) {
                     Ok(k) => break k,
@@ -111,6 +118,15 @@ impl<R: Read> BerStream<R> {
             self.end += got;
         }
         Ok(())
+    }
+
+    fn grow_if_bulky(&mut self) {
+        self.refills = self.refills.saturating_add(1);
+        if self.refills > GROW_AFTER && self.buf.len() < BUF_LARGE {
+            let mut bigger = vec![0; BUF_LARGE].into_boxed_slice();
+            bigger[..self.end].copy_from_slice(&self.buf[..self.end]);
+            self.buf = bigger;
+        }
     }
 
     fn consume(&mut self, n: usize) {
@@ -353,6 +369,7 @@ impl<R: Read> BerStream<R> {
             remaining: 0,
             layer,
             done: false,
+            pending: None,
         };
         if tag::is_constructed(h.tag) {
             s.frames.push(h.end());
@@ -374,6 +391,8 @@ pub struct OctetStream<'a, R> {
     remaining: u64,
     layer: u8,
     done: bool,
+    /// A fault met after some bytes were already returned; reported on the next read.
+    pending: Option<ReadError>,
 }
 
 impl<R: Read> OctetStream<'_, R> {
@@ -456,27 +475,44 @@ impl<R: Read> OctetStream<'_, R> {
 }
 
 impl<R: Read> Read for OctetStream<'_, R> {
+    /// Fills `out` across chunk boundaries (up to the end of the string), so that readers
+    /// above work in large blocks even though BER chunks are 1000 bytes.
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() || self.done {
-            return Ok(0);
+        if let Some(e) = self.pending.take() {
+            self.done = true;
+            return Err(self.fault(e));
         }
-        if self.remaining == 0 {
-            match self.advance() {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.done = true;
-                    return Ok(0);
+        let mut filled = 0;
+        while filled < out.len() && !self.done {
+            if self.remaining == 0 {
+                match self.advance() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.done = true;
+                        break;
+                    }
+                    // Report what was read first; the fault comes again on the next call.
+                    Err(e) if filled > 0 => {
+                        self.pending = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(self.fault(e)),
                 }
-                Err(e) => return Err(self.fault(e)),
             }
+            let want = ((out.len() - filled) as u64).min(self.remaining) as usize;
+            let k = self.src.read_raw(&mut out[filled..filled + want])?;
+            if k == 0 {
+                let e = self.src.err(BerErrorKind::Truncated);
+                if filled > 0 {
+                    self.pending = Some(e);
+                    break;
+                }
+                return Err(self.fault(e));
+            }
+            self.remaining -= k as u64;
+            filled += k;
         }
-        let want = (out.len() as u64).min(self.remaining) as usize;
-        let k = self.src.read_raw(&mut out[..want])?;
-        if k == 0 {
-            return Err(self.fault(self.src.err(BerErrorKind::Truncated)));
-        }
-        self.remaining -= k as u64;
-        Ok(k)
+        Ok(filled)
     }
 }
 

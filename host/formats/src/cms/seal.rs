@@ -162,19 +162,26 @@ pub fn seal<R: Read, W: Write>(
     Ok(total)
 }
 
-/// `io::copy` with a buffer large enough for the layers below to work in big blocks.
+/// Copies `input` to `out` in blocks of 256 KiB, however small the source's reads
+/// (pipes give 64 KiB, some readers less): every stage below pays per call.
 fn copy_large<R: Read, W: Write>(input: &mut R, out: &mut W) -> io::Result<u64> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        out.write_all(&buf[..n])?;
-        total += n as u64;
+        let mut filled = 0;
+        while filled < buf.len() {
+            match input.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        out.write_all(&buf[..filled])?;
+        total += filled as u64;
     }
 }
 

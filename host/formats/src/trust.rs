@@ -7,14 +7,25 @@ use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
 use openssl::x509::{X509StoreContext, X509};
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Paths remembered per anchor set, keyed by the fingerprints of the leaf and the offered
+/// intermediates. Bounded: cleared past [`PATH_CACHE_LIMIT`] entries.
+type PathCache = Mutex<HashMap<Vec<u8>, Option<Vec<Certificate>>>>;
+
+/// Entries kept by the path cache of a [`TrustAnchors`].
+pub const PATH_CACHE_LIMIT: usize = 1024;
 
 /// The certificates a receiver trusts as roots (and, like the official trust store,
 /// intermediate CAs it chooses to trust directly). Cheap to clone.
 #[derive(Clone, Default)]
 pub struct TrustAnchors {
     certs: Arc<Vec<Certificate>>,
+    /// Where paths were found ignoring time: a sender's certificates recur in every
+    /// message, and building a path costs more than the rest of a small unseal.
+    paths: Arc<PathCache>,
 }
 
 impl fmt::Debug for TrustAnchors {
@@ -27,9 +38,7 @@ impl fmt::Debug for TrustAnchors {
 
 impl TrustAnchors {
     pub fn new(certs: Vec<Certificate>) -> Self {
-        Self {
-            certs: Arc::new(certs),
-        }
+        Self { certs: Arc::new(certs), paths: Arc::default() }
     }
 
     /// A store for one check: the verification time lives in the store's parameters
@@ -65,7 +74,35 @@ impl TrustAnchors {
     /// Whether `leaf` chains to an anchor at time `at` (unix seconds), using `extra` as
     /// untrusted intermediates. Revocation is not checked here (OCSP policy NONE).
     pub fn verify(&self, leaf: &Certificate, extra: &[Certificate], at: i64) -> bool {
-        self.path(leaf, extra, Some(at)).is_some()
+        // The path found ignoring time is remembered; at a given time every certificate on
+        // it must be within its validity period, as OpenSSL checks. When that fails, a full
+        // check at that time decides (another path may exist).
+        match self.cached_path(leaf, extra) {
+            Some(path) if path.iter().all(|c| c.valid_at(at) == crate::cert::Validity::Valid) => true,
+            Some(_) => self.path(leaf, extra, Some(at)).is_some(),
+            None => false,
+        }
+    }
+
+    fn cached_path(&self, leaf: &Certificate, extra: &[Certificate]) -> Option<Vec<Certificate>> {
+        let mut key = Vec::with_capacity(32 * (extra.len() + 1));
+        key.extend_from_slice(&openssl::sha::sha256(leaf.der()));
+        for c in extra {
+            key.extend_from_slice(&openssl::sha::sha256(c.der()));
+        }
+        if let Some(hit) = self.paths.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return hit;
+        }
+        let path = self.path(leaf, extra, None).map(|ders| {
+            ders.iter().filter_map(|d| Certificate::from_der(d).ok()).collect::<Vec<_>>()
+        });
+        if let Ok(mut m) = self.paths.lock() {
+            if m.len() >= PATH_CACHE_LIMIT {
+                m.clear();
+            }
+            m.insert(key, path.clone());
+        }
+        path
     }
 
     /// The verified path from `leaf` to an anchor (DER, leaf first), checked at `at`, or

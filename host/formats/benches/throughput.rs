@@ -82,7 +82,12 @@ fn rate(secs: f64, mut f: impl FnMut()) -> f64 {
 /// Rates of a primitive and of our operation measured in alternating rounds, so that a
 /// noisy machine affects both alike: (median primitive rate, median own rate, median of the
 /// per-round ratios, each ratio = own ÷ (primitive × `scale`)).
-fn paired(secs: f64, scale: f64, mut primitive: impl FnMut(), mut ours: impl FnMut()) -> (f64, f64, f64) {
+fn paired(
+    secs: f64,
+    scale: f64,
+    mut primitive: impl FnMut(),
+    mut ours: impl FnMut(),
+) -> (f64, f64, f64) {
     const ROUNDS: usize = 7;
     let each = secs / 2.0;
     let (mut p, mut o, mut r) = (Vec::new(), Vec::new(), Vec::new());
@@ -274,11 +279,22 @@ fn main() {
         ctx.decrypt_to_vec(&blob, &mut out).unwrap();
     };
     let rsa_sign_once = || {
-        w.signer.ops.sign_pss_sha256(&w.signer.key, &digest).unwrap();
+        w.signer
+            .ops
+            .sign_pss_sha256(&w.signer.key, &digest)
+            .unwrap();
     };
     let (sign_p, seal_rate, seal_ratio) = paired(secs, 0.5, rsa_sign_once, || {
         let mut v = Vec::with_capacity(8192);
-        seal(&w.signer, &[Recipient::Certificate(w.bob.clone())], None, &small[..], &mut v, &SealOptions::default()).unwrap();
+        seal(
+            &w.signer,
+            &[Recipient::Certificate(w.bob.clone())],
+            None,
+            &small[..],
+            &mut v,
+            &SealOptions::default(),
+        )
+        .unwrap();
     });
     let (dec_p, unseal_rate, unseal_ratio) = paired(secs, 1.0, rsa_decrypt, || {
         let r = unseal(&sealed[..], io::sink(), &w.ring, &opts).unwrap();

@@ -13,7 +13,18 @@ use std::sync::{Arc, Mutex};
 
 /// Paths remembered per anchor set, keyed by the fingerprints of the leaf and the offered
 /// intermediates. Bounded: cleared past [`PATH_CACHE_LIMIT`] entries.
-type PathCache = Mutex<HashMap<Vec<u8>, Option<Vec<Certificate>>>>;
+type PathCache = Mutex<HashMap<Vec<u8>, CachedPath>>;
+
+/// What a path check ignoring time found.
+#[derive(Clone)]
+enum CachedPath {
+    /// No path to an anchor.
+    None,
+    /// A path, leaf first.
+    Found(Vec<Certificate>),
+    /// A path with a certificate our parser rejects: always check in full.
+    Opaque,
+}
 
 /// Entries kept by the path cache of a [`TrustAnchors`].
 pub const PATH_CACHE_LIMIT: usize = 1024;
@@ -38,7 +49,10 @@ impl fmt::Debug for TrustAnchors {
 
 impl TrustAnchors {
     pub fn new(certs: Vec<Certificate>) -> Self {
-        Self { certs: Arc::new(certs), paths: Arc::default() }
+        Self {
+            certs: Arc::new(certs),
+            paths: Arc::default(),
+        }
     }
 
     /// A store for one check: the verification time lives in the store's parameters
@@ -75,16 +89,23 @@ impl TrustAnchors {
     /// untrusted intermediates. Revocation is not checked here (OCSP policy NONE).
     pub fn verify(&self, leaf: &Certificate, extra: &[Certificate], at: i64) -> bool {
         // The path found ignoring time is remembered; at a given time every certificate on
-        // it must be within its validity period, as OpenSSL checks. When that fails, a full
-        // check at that time decides (another path may exist).
+        // it must be within its validity period, as OpenSSL checks. Otherwise (or when a
+        // path certificate is one we could not read) a full check at that time decides:
+        // another path may exist.
         match self.cached_path(leaf, extra) {
-            Some(path) if path.iter().all(|c| c.valid_at(at) == crate::cert::Validity::Valid) => true,
-            Some(_) => self.path(leaf, extra, Some(at)).is_some(),
-            None => false,
+            CachedPath::None => false,
+            CachedPath::Found(path)
+                if path
+                    .iter()
+                    .all(|c| c.valid_at(at) == crate::cert::Validity::Valid) =>
+            {
+                true
+            }
+            _ => self.path(leaf, extra, Some(at)).is_some(),
         }
     }
 
-    fn cached_path(&self, leaf: &Certificate, extra: &[Certificate]) -> Option<Vec<Certificate>> {
+    fn cached_path(&self, leaf: &Certificate, extra: &[Certificate]) -> CachedPath {
         let mut key = Vec::with_capacity(32 * (extra.len() + 1));
         key.extend_from_slice(&openssl::sha::sha256(leaf.der()));
         for c in extra {
@@ -93,9 +114,17 @@ impl TrustAnchors {
         if let Some(hit) = self.paths.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return hit;
         }
-        let path = self.path(leaf, extra, None).map(|ders| {
-            ders.iter().filter_map(|d| Certificate::from_der(d).ok()).collect::<Vec<_>>()
-        });
+        let path = match self.path(leaf, extra, None) {
+            None => CachedPath::None,
+            Some(ders) => match ders
+                .iter()
+                .map(|d| Certificate::from_der(d).ok())
+                .collect::<Option<Vec<_>>>()
+            {
+                Some(certs) => CachedPath::Found(certs),
+                None => CachedPath::Opaque,
+            },
+        };
         if let Ok(mut m) = self.paths.lock() {
             if m.len() >= PATH_CACHE_LIMIT {
                 m.clear();
@@ -134,5 +163,46 @@ impl TrustAnchors {
         })
         .ok()
         .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etee_testpki::{InstitutionSpec, TestPki, Validity};
+
+    fn cert(x: &openssl::x509::X509) -> Certificate {
+        Certificate::from_der(&x.to_der().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn cached_paths_still_honour_validity_at_each_time() {
+        let pki = TestPki::generate("trust").unwrap();
+        let inst = pki
+            .institution(
+                &InstitutionSpec::new("NIHII", "12345678", "T")
+                    .with_auth_validity(Validity::days_around_now(1, 10)),
+            )
+            .unwrap();
+        let leaf = cert(&inst.auth.cert);
+        let anchors = TrustAnchors::new(vec![cert(&pki.root.cert)]);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let day = 86_400;
+        // The first call builds and caches the path; the others hit the cache.
+        assert!(anchors.verify(&leaf, &[], now));
+        assert!(anchors.verify(&leaf, &[], now + 5 * day));
+        assert!(
+            !anchors.verify(&leaf, &[], now + 20 * day),
+            "expired leaf accepted from the cache"
+        );
+        assert!(
+            !anchors.verify(&leaf, &[], now - 3 * day),
+            "not-yet-valid leaf accepted from the cache"
+        );
+        let other = TestPki::generate("other").unwrap();
+        let stranger = TrustAnchors::new(vec![cert(&other.root.cert)]);
+        assert!(!stranger.verify(&leaf, &[], now));
+        assert!(!stranger.verify(&leaf, &[], now));
+        assert!(!TrustAnchors::default().verify(&leaf, &[], now));
     }
 }

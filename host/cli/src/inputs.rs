@@ -46,26 +46,8 @@ pub fn keystore(path: &Path, password: &str) -> Result<EhealthKeystore, CliError
 
 /// A certificate file: DER, PEM or bare Base64.
 pub fn certificate(path: &Path) -> Result<Certificate, CliError> {
-    let bytes = read_file(path)?;
-    let bad =
-        |why: String| CliError::Usage(format!("{}: not a certificate: {why}", path.display()));
-    let der = if bytes.starts_with(b"-----BEGIN") {
-        openssl::x509::X509::from_pem(&bytes)
-            .and_then(|x| x.to_der())
-            .map_err(|e| bad(e.to_string()))?
-    } else if bytes.first() == Some(&0x30) {
-        bytes
-    } else {
-        use base64::Engine;
-        let text: String = String::from_utf8_lossy(&bytes)
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|e| bad(e.to_string()))?
-    };
-    Certificate::from_der(&der).map_err(|e| bad(e.to_string()))
+    Certificate::from_file_bytes(&read_file(path)?)
+        .map_err(|e| CliError::Usage(format!("{}: not a certificate: {e}", path.display())))
 }
 
 pub fn certificates(paths: &[PathBuf]) -> Result<Vec<Certificate>, CliError> {

@@ -28,6 +28,8 @@ pub enum CertError {
     Encoding(#[from] BerError),
     #[error("certificate rejected by OpenSSL: {0}")]
     OpenSsl(#[from] openssl::error::ErrorStack),
+    #[error("not a certificate file: neither DER, PEM nor Base64")]
+    NotACertificate,
 }
 
 /// The public key algorithm of a certificate.
@@ -171,6 +173,30 @@ impl Certificate {
             }
         }
         Ok(cert)
+    }
+
+    /// Reads a certificate file's bytes: DER, PEM, or bare Base64 (as trust stores and
+    /// eHealth downloads come).
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Self, CertError> {
+        use base64::Engine;
+        if bytes.first() == Some(&tag::SEQUENCE) {
+            return Self::from_der(bytes);
+        }
+        if bytes.starts_with(b"-----BEGIN") {
+            let der = X509::from_pem(bytes)
+                .and_then(|x| x.to_der())
+                .map_err(|_| CertError::NotACertificate)?;
+            return Self::from_der(&der);
+        }
+        let text: Vec<u8> = bytes
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| CertError::NotACertificate)?;
+        Self::from_der(&der)
     }
 
     pub fn der(&self) -> &[u8] {

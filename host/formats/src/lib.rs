@@ -7,6 +7,7 @@
 pub mod ber;
 pub mod cert;
 pub mod cms;
+pub mod digest;
 pub mod etk;
 pub mod identity;
 pub mod keys;

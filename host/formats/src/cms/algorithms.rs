@@ -3,58 +3,10 @@
 use crate::ber::slice::{parse_exact, Tlv};
 use crate::ber::{tag, BerError};
 use crate::oid;
-use openssl::hash::{Hasher, MessageDigest};
+use openssl::hash::Hasher;
 use openssl::symm::Cipher;
 
-/// Digest algorithms we can compute (to verify what others signed, even when the policy
-/// then refuses the algorithm, as the official library does).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Digest {
-    Sha1,
-    Sha224,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl Digest {
-    pub fn from_oid(o: &[u8]) -> Option<Self> {
-        Some(match o {
-            x if x == oid::SHA1 => Self::Sha1,
-            x if x == oid::SHA224 => Self::Sha224,
-            x if x == oid::SHA256 => Self::Sha256,
-            x if x == oid::SHA384 => Self::Sha384,
-            x if x == oid::SHA512 => Self::Sha512,
-            _ => return None,
-        })
-    }
-    pub fn md(self) -> MessageDigest {
-        match self {
-            Self::Sha1 => MessageDigest::sha1(),
-            Self::Sha224 => MessageDigest::sha224(),
-            Self::Sha256 => MessageDigest::sha256(),
-            Self::Sha384 => MessageDigest::sha384(),
-            Self::Sha512 => MessageDigest::sha512(),
-        }
-    }
-    /// The same algorithm for `PkeyCtx` parameters.
-    pub fn md_ref(self) -> &'static openssl::md::MdRef {
-        use openssl::md::Md;
-        match self {
-            Self::Sha1 => Md::sha1(),
-            Self::Sha224 => Md::sha224(),
-            Self::Sha256 => Md::sha256(),
-            Self::Sha384 => Md::sha384(),
-            Self::Sha512 => Md::sha512(),
-        }
-    }
-    /// One-shot digest.
-    pub fn digest(self, data: &[u8]) -> Vec<u8> {
-        openssl::hash::hash(self.md(), data)
-            .map(|d| d.to_vec())
-            .unwrap_or_default()
-    }
-}
+pub use crate::digest::Digest;
 
 /// Parses an AlgorithmIdentifier: (OID content octets, parameters if any).
 pub fn algorithm_identifier<'a>(t: &Tlv<'a>) -> Result<(&'a [u8], Option<Tlv<'a>>), BerError> {

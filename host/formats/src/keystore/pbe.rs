@@ -93,77 +93,17 @@ impl Budget {
     }
 }
 
-/// The digests PKCS#12 MACs and PBKDF2 PRFs use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Digest {
-    Sha1,
-    Sha224,
-    Sha256,
-    Sha384,
-    Sha512,
-}
+pub use crate::digest::Digest;
 
-impl Digest {
-    pub fn md(self) -> MessageDigest {
-        match self {
-            Self::Sha1 => MessageDigest::sha1(),
-            Self::Sha224 => MessageDigest::sha224(),
-            Self::Sha256 => MessageDigest::sha256(),
-            Self::Sha384 => MessageDigest::sha384(),
-            Self::Sha512 => MessageDigest::sha512(),
-        }
-    }
-
-    fn output_len(self) -> usize {
-        match self {
-            Self::Sha1 => 20,
-            Self::Sha224 => 28,
-            Self::Sha256 => 32,
-            Self::Sha384 => 48,
-            Self::Sha512 => 64,
-        }
-    }
-
-    /// Block size `v` of RFC 7292 B.2.
-    fn block_len(self) -> usize {
-        match self {
-            Self::Sha384 | Self::Sha512 => 128,
-            _ => 64,
-        }
-    }
-
-    /// From a digest algorithm OID (the MAC's DigestInfo).
-    pub fn from_oid(o: &[u8]) -> Option<Self> {
-        match o {
-            x if x == oid::SHA1 => Some(Self::Sha1),
-            x if x == oid::SHA224 => Some(Self::Sha224),
-            x if x == oid::SHA256 => Some(Self::Sha256),
-            x if x == oid::SHA384 => Some(Self::Sha384),
-            x if x == oid::SHA512 => Some(Self::Sha512),
-            _ => None,
-        }
-    }
-
-    pub fn oid(self) -> &'static [u8] {
-        match self {
-            Self::Sha1 => oid::SHA1,
-            Self::Sha224 => oid::SHA224,
-            Self::Sha256 => oid::SHA256,
-            Self::Sha384 => oid::SHA384,
-            Self::Sha512 => oid::SHA512,
-        }
-    }
-
-    /// From an HMAC algorithm OID (a PBKDF2 PRF).
-    fn from_hmac_oid(o: &[u8]) -> Option<Self> {
-        match o {
-            HMAC_SHA1 => Some(Self::Sha1),
-            HMAC_SHA224 => Some(Self::Sha224),
-            HMAC_SHA256 => Some(Self::Sha256),
-            HMAC_SHA384 => Some(Self::Sha384),
-            HMAC_SHA512 => Some(Self::Sha512),
-            _ => None,
-        }
+/// The digest of an HMAC algorithm OID (a PBKDF2 PRF).
+fn digest_of_hmac(o: &[u8]) -> Option<Digest> {
+    match o {
+        HMAC_SHA1 => Some(Digest::Sha1),
+        HMAC_SHA224 => Some(Digest::Sha224),
+        HMAC_SHA256 => Some(Digest::Sha256),
+        HMAC_SHA384 => Some(Digest::Sha384),
+        HMAC_SHA512 => Some(Digest::Sha512),
+        _ => None,
     }
 }
 
@@ -424,7 +364,7 @@ pub fn decrypt(
     let prf = match kp.optional(tag::SEQUENCE)? {
         Some(prf) => {
             let prf_id = prf.seq()?.next(tag::OID)?.content;
-            Digest::from_hmac_oid(prf_id).ok_or_else(|| unsupported(prf_id))?
+            digest_of_hmac(prf_id).ok_or_else(|| unsupported(prf_id))?
         }
         None => Digest::Sha1,
     };

@@ -20,25 +20,9 @@ pub fn vectors() -> Option<PathBuf> {
     }
 }
 
-/// Reads a certificate file, PEM or DER.
+/// Reads a certificate file, PEM, DER or Base64.
 pub fn read_cert(path: &std::path::Path) -> etee_formats::cert::Certificate {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let der = if bytes.starts_with(b"-----BEGIN") {
-        openssl::x509::X509::from_pem(&bytes)
-            .and_then(|x| x.to_der())
-            .expect("PEM certificate")
-    } else if bytes.first() == Some(&0x30) {
-        bytes
-    } else {
-        use base64::Engine;
-        let text: String = String::from_utf8_lossy(&bytes)
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .expect("base64 certificate")
-    };
-    etee_formats::cert::Certificate::from_der(&der)
+    etee_formats::cert::Certificate::from_file_bytes(&bytes)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

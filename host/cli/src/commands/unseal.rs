@@ -2,7 +2,6 @@
 
 use crate::{inputs, output::Pending, CliError};
 use etee_formats::cms::{self, unseal::OpenedWith, UnsealOptions, Unsealed};
-use etee_formats::identity;
 use etee_formats::keys::KeyRing;
 use etee_formats::trust::TrustAnchors;
 use serde_json::json;
@@ -121,7 +120,7 @@ pub fn report(r: &Unsealed) -> serde_json::Value {
             "subject": cert.map(|c| c.subject_string()),
             "issuer": cert.map(|c| c.issuer_string()),
             "serial": cert.map(|c| c.serial_decimal()),
-            "identities": cert.map(identity::identities).unwrap_or_default(),
+            "identities": s.identities(),
             "key_id": s.key_id.as_ref().map(|k| base64::engine::general_purpose::STANDARD.encode(k)),
         })
     });

@@ -108,6 +108,16 @@ pub struct Sender {
     pub key_id: Option<Vec<u8>>,
 }
 
+impl Sender {
+    /// The identifiers in the sender's certificate (spec §3.3): type, value, application id.
+    pub fn identities(&self) -> Vec<crate::identity::Identity> {
+        self.certificate
+            .as_ref()
+            .map(crate::identity::identities)
+            .unwrap_or_default()
+    }
+}
+
 /// Which key opened the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpenedWith {

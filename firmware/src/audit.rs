@@ -1,0 +1,310 @@
+//! The audit hash chain: every key use, refusal, unlock and lock, recorded before the result
+//! is released.
+//!
+//! Each [`AuditRecord`] holds the previous record's hash; its own hash is
+//!
+//! ```text
+//! SHA-256( prev_hash ‖ postcard(sequence, time_ms, client, operation, key, input_digest, outcome) )
+//! ```
+//!
+//! so altering, dropping or reordering a record breaks every later link. The chain proves
+//! integrity only up to a head kept elsewhere ([`AuditHead`], from [`crate::wire::Request::AuditHead`]):
+//! whoever can rewrite the whole file can rebuild the chain, and a truncated tail looks like
+//! a shorter chain until it is compared with such an anchor.
+//!
+//! The core writes through an [`AuditSink`] and releases a result only once the sink has
+//! accepted its record; if it cannot, the caller gets
+//! [`Error::AuditUnavailable`] instead (fail closed).
+//! [`verify_chain`] and [`ChainVerifier`] are pure and shared with the host's
+//! `etee audit verify`.
+//!
+//! What is recorded as the input: the SHA-256 of the digest to sign or of the blob to
+//! decrypt, enough to match a record to a message without keeping the message. For `Unlock`
+//! the input digest is all zeros: a hash of a short PIN would give the PIN away.
+
+use crate::config::DIGEST_LEN;
+use crate::id::{ClientId, KeyId};
+use crate::wire::Error;
+use core::borrow::Borrow;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 value.
+pub type Hash = [u8; DIGEST_LEN];
+
+/// What was asked. The postcard encoding is the variant index: append only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Operation {
+    Unlock,
+    Lock,
+    SignPssSha256,
+    DecryptPkcs1v15,
+    /// The administrator reset the wrong-PIN counter.
+    PinReset,
+}
+
+/// What came of it. The postcard encoding is the variant index: append only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The operation succeeded; its result is released once this record is stored.
+    Success,
+    /// Refused or failed. For a failed decryption this holds the token's detailed error,
+    /// which the client never sees (it gets the uniform `DecryptFailed`).
+    Refused(Error),
+}
+
+/// One entry of the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// 0 for the first record, then +1 each.
+    pub sequence: u64,
+    /// The caller's `now`, in milliseconds (the core has no clock).
+    pub time_ms: u64,
+    /// The client for key operations; `None` for unlock, lock and resets.
+    pub client: Option<ClientId>,
+    pub operation: Operation,
+    pub key: Option<KeyId>,
+    /// SHA-256 of the operation's input (zeros where there is none, or it is a PIN).
+    pub input_digest: Hash,
+    pub outcome: Outcome,
+    /// Hash of the previous record ([`AuditHead::GENESIS`]'s hash before the first).
+    pub prev_hash: Hash,
+}
+
+/// The hashed fields, in the order of [`AuditRecord`] (so a record's encoding is this
+/// encoding followed by the 32 bytes of `prev_hash`).
+#[derive(Serialize)]
+struct HashedFields<'a> {
+    sequence: u64,
+    time_ms: u64,
+    client: &'a Option<ClientId>,
+    operation: Operation,
+    key: &'a Option<KeyId>,
+    input_digest: &'a Hash,
+    outcome: Outcome,
+}
+
+impl AuditRecord {
+    /// This record's hash: SHA-256(prev_hash ‖ postcard encoding of the other fields).
+    pub fn hash(&self) -> Hash {
+        let mut hasher = Sha256::new();
+        hasher.update(self.prev_hash);
+        let fields = HashedFields {
+            sequence: self.sequence,
+            time_ms: self.time_ms,
+            client: &self.client,
+            operation: self.operation,
+            key: &self.key,
+            input_digest: &self.input_digest,
+            outcome: self.outcome,
+        };
+        // Cannot fail: the flavor takes every byte, and these field types always serialize.
+        let _ = postcard::serialize_with_flavor(&fields, HashFlavor(&mut hasher));
+        hasher.finalize().into()
+    }
+
+    /// Postcard encoding, at most [`crate::config::MAX_AUDIT_RECORD_LEN`] bytes; `None` if
+    /// `out` is too small. For sinks that store records as bytes.
+    pub fn encode<'a>(&self, out: &'a mut [u8]) -> Option<&'a [u8]> {
+        postcard::to_slice(self, out).ok().map(|b| &*b)
+    }
+
+    /// Decodes a record that takes all of `bytes`.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        match postcard::take_from_bytes(bytes) {
+            Ok((record, [])) => Some(record),
+            _ => None,
+        }
+    }
+}
+
+/// Feeds postcard's output straight into SHA-256 (no buffer, no size limit).
+struct HashFlavor<'a>(&'a mut Sha256);
+
+impl postcard::ser_flavors::Flavor for HashFlavor<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.update(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.update([data]);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the chain stands: the next sequence number and the last record's hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// Records so far (the next record's sequence).
+    pub next_sequence: u64,
+    /// Hash of the last record; all zeros before the first.
+    pub hash: Hash,
+}
+
+impl AuditHead {
+    /// The head of an empty chain.
+    pub const GENESIS: Self = Self {
+        next_sequence: 0,
+        hash: [0; DIGEST_LEN],
+    };
+
+    /// The head after `record` (which must follow this head).
+    pub fn after(record: &AuditRecord) -> Self {
+        Self {
+            next_sequence: record.sequence.saturating_add(1),
+            hash: record.hash(),
+        }
+    }
+}
+
+/// Why a sink could not store a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// No room left.
+    Full,
+    /// The storage failed (I/O error, device gone).
+    Storage,
+}
+
+/// Durable storage for the chain.
+pub trait AuditSink {
+    /// Stores `record` after the previous one. Returns `Ok` only once the record is durable
+    /// (e.g. written and `fsync`ed), and stores either all of it or nothing: the core
+    /// releases the operation's result on `Ok` alone.
+    fn append(&mut self, record: &AuditRecord) -> Result<(), AuditError>;
+}
+
+/// Where and why a chain fails verification. Records before `sequence` are intact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub sequence: u64,
+    pub reason: BreakReason,
+}
+
+/// The kinds of chain breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakReason {
+    /// The record in this position carries another sequence number: a record is missing,
+    /// duplicated or out of order.
+    SequenceMismatch { found: u64 },
+    /// This record's hash is not what the next record (or the expected head) holds as its
+    /// predecessor: the record, or that link, was altered.
+    Altered,
+    /// The first record does not link to the starting head.
+    Unlinked,
+    /// The chain ends before the expected head: records from here on are missing.
+    Truncated,
+    /// The chain goes on past the expected head.
+    BeyondHead,
+}
+
+/// Checks records one at a time (for tooling that streams a file).
+#[derive(Clone, Debug)]
+pub struct ChainVerifier {
+    start: AuditHead,
+    head: AuditHead,
+}
+
+impl ChainVerifier {
+    /// Verifies a chain that continues from `start` ([`AuditHead::GENESIS`] for a whole chain,
+    /// or a trusted checkpoint for a segment).
+    pub const fn new(start: AuditHead) -> Self {
+        Self { start, head: start }
+    }
+
+    /// Takes the next record.
+    pub fn push(&mut self, record: &AuditRecord) -> Result<(), ChainBreak> {
+        let expected = self.head.next_sequence;
+        if record.sequence != expected {
+            return Err(ChainBreak {
+                sequence: expected,
+                reason: BreakReason::SequenceMismatch {
+                    found: record.sequence,
+                },
+            });
+        }
+        if record.prev_hash != self.head.hash {
+            return Err(if expected == self.start.next_sequence {
+                ChainBreak {
+                    sequence: expected,
+                    reason: BreakReason::Unlinked,
+                }
+            } else {
+                ChainBreak {
+                    sequence: expected - 1,
+                    reason: BreakReason::Altered,
+                }
+            });
+        }
+        self.head = AuditHead::after(record);
+        Ok(())
+    }
+
+    /// Where the records so far lead.
+    pub const fn head(&self) -> AuditHead {
+        self.head
+    }
+
+    /// Records taken so far.
+    pub const fn count(&self) -> u64 {
+        self.head.next_sequence - self.start.next_sequence
+    }
+
+    /// Checks that the records end exactly at `expected` (an anchor kept outside the log).
+    pub fn check_head(&self, expected: &AuditHead) -> Result<(), ChainBreak> {
+        let ours = self.head.next_sequence;
+        let fail = |sequence, reason| Err(ChainBreak { sequence, reason });
+        if ours < expected.next_sequence {
+            fail(ours, BreakReason::Truncated)
+        } else if ours > expected.next_sequence {
+            fail(expected.next_sequence, BreakReason::BeyondHead)
+        } else if self.head.hash != expected.hash {
+            match ours.checked_sub(1) {
+                Some(last) if ours > self.start.next_sequence => fail(last, BreakReason::Altered),
+                _ => fail(ours, BreakReason::Unlinked),
+            }
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Verifies a whole chain from the genesis head; returns the number of records and the head.
+pub fn verify_chain<I>(records: I) -> Result<(u64, AuditHead), ChainBreak>
+where
+    I: IntoIterator,
+    I::Item: Borrow<AuditRecord>,
+{
+    let mut verifier = ChainVerifier::new(AuditHead::GENESIS);
+    for record in records {
+        verifier.push(record.borrow())?;
+    }
+    Ok((verifier.count(), verifier.head()))
+}
+
+/// Verifies a whole chain and that it ends exactly at `expected`; returns the record count.
+pub fn verify_chain_to<I>(records: I, expected: &AuditHead) -> Result<u64, ChainBreak>
+where
+    I: IntoIterator,
+    I::Item: Borrow<AuditRecord>,
+{
+    let mut verifier = ChainVerifier::new(AuditHead::GENESIS);
+    for record in records {
+        verifier.push(record.borrow())?;
+    }
+    verifier.check_head(expected)?;
+    Ok(verifier.count())
+}
+
+/// SHA-256 of `data` (the input digest of a record).
+pub fn sha256(data: &[u8]) -> Hash {
+    Sha256::digest(data).into()
+}

@@ -1,0 +1,344 @@
+//! The custody core: frames in, frames out, and the token touched only in between a policy
+//! check and an audit record.
+//!
+//! For a key operation the order is fixed:
+//!
+//! 1. lock state (`Locked` → refused),
+//! 2. policy: a rule for this client, key and operation (default deny),
+//! 3. the key: the token has it and its kind fits (no signing with an ETK key, no decrypting
+//!    with the authentication key),
+//! 4. the client's rate budget for the key,
+//! 5. the token operation,
+//! 6. the audit record of the outcome (refusals at steps 1–4 are recorded too),
+//! 7. the result, released only if step 6 succeeded; otherwise `AuditUnavailable`.
+//!
+//! Steps 2 and 3 come in that order so that a client without a rule for a key learns
+//! nothing about whether the key exists. A failed decryption leaves the core as
+//! [`Error::DecryptFailed`] whatever the token said (the detail is in the audit record):
+//! together with the unsealer carrying on with a random content key, this keeps PKCS#1 v1.5
+//! from becoming a padding oracle.
+//!
+//! `Status` and `AuditHead` read state and are not recorded; malformed frames have no
+//! client to record and are answered with `BadFrame` (the host shell logs them).
+
+use crate::audit::{sha256, AuditHead, AuditRecord, AuditSink, Hash, Operation, Outcome};
+use crate::config::{DIGEST_LEN, MAX_RESPONSE_FRAME};
+use crate::id::{ClientId, KeyId};
+use crate::lock::{Lock, LockState};
+use crate::policy::{Denial, KeyUse, Policy};
+use crate::token::{ckr, KeyKind, Token, TokenError, TokenFunction};
+use crate::wire::{self, Error, Plaintext, Request, Response, Signature, StatusReply};
+
+/// The input digest recorded where there is no input to identify (or it is a PIN).
+const NO_INPUT: Hash = [0; DIGEST_LEN];
+
+/// The custody core over a token `T`, writing its audit chain to `A`.
+pub struct Custody<T: Token, A: AuditSink> {
+    token: T,
+    audit: A,
+    policy: Policy,
+    lock: Lock,
+    head: AuditHead,
+}
+
+impl<T: Token, A: AuditSink> Custody<T, A> {
+    /// A locked core. `head` is where the audit chain in `audit` stands (from
+    /// [`crate::audit::verify_chain`] over the stored records, or [`AuditHead::GENESIS`] for
+    /// a new chain); the next record continues it.
+    pub fn new(token: T, audit: A, policy: Policy, head: AuditHead) -> Self {
+        Self {
+            token,
+            audit,
+            policy,
+            lock: Lock::new(),
+            head,
+        }
+    }
+
+    /// Handles one request frame and writes the response frame into `out`; returns its
+    /// length. Never panics. Returns 0 (and does nothing) only if `out` is shorter than
+    /// [`MAX_RESPONSE_FRAME`].
+    ///
+    /// A decoded PIN is wiped when this returns; `request` itself is the caller's buffer and
+    /// the caller's to wipe.
+    pub fn handle(&mut self, request: &[u8], now_ms: u64, out: &mut [u8]) -> usize {
+        if out.len() < MAX_RESPONSE_FRAME {
+            return 0;
+        }
+        let response = match wire::decode_request(request) {
+            Ok(request) => self.handle_request(&request, now_ms),
+            Err(e) => Response::Error(e.into()),
+        };
+        // Every response fits in MAX_RESPONSE_FRAME (pinned by tests), so this cannot fail.
+        wire::encode_response(&response, out).map_or(0, <[u8]>::len)
+    }
+
+    /// Handles one decoded request.
+    pub fn handle_request(&mut self, request: &Request, now_ms: u64) -> Response {
+        match request {
+            Request::Status => Response::Status(self.status()),
+            Request::AuditHead => Response::AuditHead(self.head),
+            Request::Unlock { pin } => self.unlock(pin.expose(), now_ms),
+            Request::Lock => self.lock(now_ms),
+            Request::SignPssSha256 {
+                client,
+                key,
+                digest,
+            } => self.sign(client, key, digest, now_ms),
+            Request::DecryptPkcs1v15 { client, key, blob } => {
+                self.decrypt(client, key, blob, now_ms)
+            }
+        }
+    }
+
+    /// Administrator reset of the wrong-PIN counter (a local call of the process that owns
+    /// the core, never a wire request). Recorded; not done if it cannot be recorded.
+    pub fn reset_pin_counter(&mut self, now_ms: u64) -> Result<(), Error> {
+        self.record(
+            now_ms,
+            None,
+            Operation::PinReset,
+            None,
+            NO_INPUT,
+            Outcome::Success,
+        )?;
+        self.lock.reset();
+        Ok(())
+    }
+
+    /// Lock state and PIN tries left.
+    pub fn status(&self) -> StatusReply {
+        StatusReply {
+            state: self.lock.state(),
+            pin_tries_left: self.lock.tries_left(),
+        }
+    }
+
+    /// Where the audit chain stands.
+    pub fn audit_head(&self) -> AuditHead {
+        self.head
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The token, read-only: key operations go through requests.
+    pub fn token(&self) -> &T {
+        &self.token
+    }
+
+    /// The audit sink, read-only.
+    pub fn audit_sink(&self) -> &A {
+        &self.audit
+    }
+
+    /// Logs out and hands back the token and the sink.
+    pub fn into_parts(mut self) -> (T, A) {
+        self.token.logout();
+        (self.token, self.audit)
+    }
+
+    // --- Operations ----------------------------------------------------------------------
+
+    fn unlock(&mut self, pin: &[u8], now_ms: u64) -> Response {
+        let result = match self.lock.state() {
+            // Already logged in: the PIN is not tried, so nothing is learnt about it.
+            LockState::Unlocked => Ok(()),
+            LockState::Locked if self.lock.may_try_pin() => match self.token.login(pin) {
+                Ok(()) => {
+                    self.lock.login_succeeded();
+                    Ok(())
+                }
+                Err(e) => {
+                    self.lock.login_failed();
+                    Err(if e.ckr == ckr::PIN_INCORRECT {
+                        Error::PinIncorrect {
+                            tries_left: self.lock.tries_left(),
+                        }
+                    } else {
+                        Error::Token(e)
+                    })
+                }
+            },
+            LockState::Locked | LockState::LockedOut => Err(Error::PinLockedOut),
+        };
+        let recorded = self.record(
+            now_ms,
+            None,
+            Operation::Unlock,
+            None,
+            NO_INPUT,
+            outcome(&result),
+        );
+        match (recorded, result) {
+            (Err(e), _) => {
+                // An unlock that is not on record does not stand.
+                if self.lock.is_unlocked() {
+                    self.token.logout();
+                    self.lock.lock();
+                }
+                Response::Error(e)
+            }
+            (Ok(()), Ok(())) => Response::Unlocked,
+            (Ok(()), Err(e)) => Response::Error(e),
+        }
+    }
+
+    fn lock(&mut self, now_ms: u64) -> Response {
+        // Lock first: locking is the safe state, whether or not it can be recorded.
+        if self.lock.is_unlocked() {
+            self.token.logout();
+        }
+        self.lock.lock();
+        match self.record(
+            now_ms,
+            None,
+            Operation::Lock,
+            None,
+            NO_INPUT,
+            Outcome::Success,
+        ) {
+            Ok(()) => Response::Locked,
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    fn sign(&mut self, client: &ClientId, key: &KeyId, digest: &[u8; 32], now_ms: u64) -> Response {
+        let result = self
+            .admit(client, key, KeyUse::Sign, KeyKind::Authentication, now_ms)
+            .and_then(|()| self.token_sign(key, digest));
+        let recorded = self.record(
+            now_ms,
+            Some(client),
+            Operation::SignPssSha256,
+            Some(key),
+            sha256(digest),
+            outcome(&result),
+        );
+        match (recorded, result) {
+            (Err(e), _) | (Ok(()), Err(e)) => Response::Error(e),
+            (Ok(()), Ok(signature)) => Response::Signature(signature),
+        }
+    }
+
+    fn decrypt(&mut self, client: &ClientId, key: &KeyId, blob: &[u8], now_ms: u64) -> Response {
+        let result = self
+            .admit(client, key, KeyUse::Decrypt, KeyKind::Encryption, now_ms)
+            .and_then(|()| self.token_decrypt(key, blob));
+        // The record keeps the token's detailed error ...
+        let recorded = self.record(
+            now_ms,
+            Some(client),
+            Operation::DecryptPkcs1v15,
+            Some(key),
+            sha256(blob),
+            outcome(&result),
+        );
+        match (recorded, result) {
+            (Err(e), _) => Response::Error(e),
+            (Ok(()), Ok(plaintext)) => Response::Plaintext(plaintext),
+            // ... the client gets one uniform error for every token failure.
+            (Ok(()), Err(Error::Token(_))) => Response::Error(Error::DecryptFailed),
+            (Ok(()), Err(e)) => Response::Error(e),
+        }
+    }
+
+    // --- Steps ---------------------------------------------------------------------------
+
+    /// Steps 1–4: everything that must pass before the token is asked to use a key.
+    fn admit(
+        &mut self,
+        client: &ClientId,
+        key: &KeyId,
+        usage: KeyUse,
+        kind: KeyKind,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        if !self.lock.is_unlocked() {
+            return Err(Error::Locked);
+        }
+        let grant = self.policy.permit(client, key, usage).map_err(denied)?;
+        match self.token.key_kind(key) {
+            None => return Err(Error::UnknownKey),
+            Some(k) if k != kind => return Err(Error::WrongKeyKind),
+            Some(_) => {}
+        }
+        self.policy.spend(grant, now_ms).map_err(denied)
+    }
+
+    fn token_sign(&mut self, key: &KeyId, digest: &[u8; 32]) -> Result<Signature, Error> {
+        let too_long = Error::Token(TokenError::new(TokenFunction::Sign, ckr::BUFFER_TOO_SMALL));
+        let mut signature = Signature::new();
+        signature
+            .resize(signature.capacity(), 0)
+            .map_err(|_| too_long)?;
+        let n = self
+            .token
+            .sign_pss_sha256(key, digest, &mut signature)
+            .map_err(Error::Token)?;
+        if n > signature.len() {
+            return Err(too_long);
+        }
+        signature.truncate(n);
+        Ok(signature)
+    }
+
+    fn token_decrypt(&mut self, key: &KeyId, blob: &[u8]) -> Result<Plaintext, Error> {
+        let token = &mut self.token;
+        Plaintext::fill_with(|buf| {
+            let n = token.decrypt_pkcs1v15(key, blob, buf)?;
+            if n > buf.len() {
+                return Err(TokenError::new(
+                    TokenFunction::Decrypt,
+                    ckr::BUFFER_TOO_SMALL,
+                ));
+            }
+            Ok(n)
+        })
+        .map_err(Error::Token)
+    }
+
+    /// Step 6: appends a record continuing the chain; the head moves only if the sink
+    /// accepted it.
+    fn record(
+        &mut self,
+        now_ms: u64,
+        client: Option<&ClientId>,
+        operation: Operation,
+        key: Option<&KeyId>,
+        input_digest: Hash,
+        outcome: Outcome,
+    ) -> Result<(), Error> {
+        let record = AuditRecord {
+            sequence: self.head.next_sequence,
+            time_ms: now_ms,
+            client: client.cloned(),
+            operation,
+            key: key.cloned(),
+            input_digest,
+            outcome,
+            prev_hash: self.head.hash,
+        };
+        self.audit
+            .append(&record)
+            .map_err(|_| Error::AuditUnavailable)?;
+        self.head = AuditHead::after(&record);
+        Ok(())
+    }
+}
+
+fn outcome<T>(result: &Result<T, Error>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(e) => Outcome::Refused(*e),
+    }
+}
+
+fn denied(denial: Denial) -> Error {
+    match denial {
+        Denial::Denied => Error::PolicyDenied,
+        Denial::RateLimited { retry_after_ms } => Error::RateLimited { retry_after_ms },
+    }
+}

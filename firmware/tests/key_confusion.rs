@@ -1,0 +1,313 @@
+//! Every wrong use of a key is refused — and refused before the token is touched.
+
+mod common;
+use common::*;
+
+use etee_custody::audit::{sha256, Operation, Outcome};
+use etee_custody::insecure::Call;
+use etee_custody::policy::{Budget, Policy};
+use etee_custody::token::{ckr, TokenError, TokenFunction};
+use etee_custody::wire::{Error, Request, Response};
+
+/// Sends `request` to `core` and checks that it is refused with `error`, that no key
+/// operation reached the token, and that the refusal is on record.
+fn refused(core: &mut Core, request: Request, error: Error) {
+    let before = core.audit_sink().records().len();
+    let calls_before = core.token().calls_total();
+    assert_eq!(
+        call(core, &request, 1_000),
+        Response::Error(error),
+        "{request:?}"
+    );
+    assert_eq!(
+        core.token().calls_total(),
+        calls_before,
+        "token touched for {request:?}"
+    );
+    let records = core.audit_sink().records();
+    assert_eq!(records.len(), before + 1);
+    assert_eq!(records[before].outcome, Outcome::Refused(error));
+}
+
+/// A policy that lets the app do anything with every key: only the key kind stands between
+/// it and a misuse.
+fn permissive() -> Policy {
+    let mut p = Policy::deny_all();
+    for k in [auth(), etk(), etk_old(), key("ghost")] {
+        p.allow(rule(app(), k, true, true, GENEROUS)).unwrap();
+    }
+    p
+}
+
+#[test]
+fn allowed_uses_work() {
+    let mut core = unlocked();
+    let digest = [0x42; 32];
+    let Response::Signature(sig) = call(&mut core, &sign(app(), auth(), digest), 1) else {
+        panic!("no signature");
+    };
+    assert_eq!(
+        sig[..],
+        core.token().expected_signature(&auth(), &digest).unwrap()[..]
+    );
+
+    let blob = blob_for(&etk(), b"0123456789abcdef");
+    let Response::Plaintext(pt) = call(&mut core, &decrypt(app(), etk(), &blob), 2) else {
+        panic!("no plaintext");
+    };
+    assert_eq!(pt.expose(), b"0123456789abcdef");
+
+    let blob = blob_for(&etk_old(), b"old content key!");
+    let Response::Plaintext(pt) = call(&mut core, &decrypt(other(), etk_old(), &blob), 3) else {
+        panic!("no plaintext");
+    };
+    assert_eq!(pt.expose(), b"old content key!");
+
+    assert_eq!(
+        key_uses(&core),
+        vec![
+            Call::Sign(auth()),
+            Call::Decrypt(etk()),
+            Call::Decrypt(etk_old())
+        ]
+    );
+    let records = core.audit_sink().records();
+    assert_eq!(records[1].operation, Operation::SignPssSha256);
+    assert_eq!(records[1].client, Some(app()));
+    assert_eq!(records[1].key, Some(auth()));
+    assert_eq!(records[1].input_digest, sha256(&digest));
+    assert_eq!(
+        records[2].input_digest,
+        sha256(&blob_for(&etk(), b"0123456789abcdef"))
+    );
+    assert!(records[1..].iter().all(|r| r.outcome == Outcome::Success));
+}
+
+#[test]
+fn decrypt_with_the_authentication_key() {
+    let mut core = unlocked_with(permissive());
+    refused(
+        &mut core,
+        decrypt(app(), auth(), &[0; 256]),
+        Error::WrongKeyKind,
+    );
+}
+
+#[test]
+fn sign_with_an_encryption_key() {
+    let mut core = unlocked_with(permissive());
+    refused(&mut core, sign(app(), etk(), [0; 32]), Error::WrongKeyKind);
+    refused(
+        &mut core,
+        sign(app(), etk_old(), [0; 32]),
+        Error::WrongKeyKind,
+    );
+}
+
+#[test]
+fn unknown_key() {
+    let mut core = unlocked_with(permissive());
+    refused(
+        &mut core,
+        sign(app(), key("ghost"), [0; 32]),
+        Error::UnknownKey,
+    );
+    refused(
+        &mut core,
+        decrypt(app(), key("ghost"), &[0; 256]),
+        Error::UnknownKey,
+    );
+}
+
+#[test]
+fn without_a_rule_key_existence_is_not_revealed() {
+    let mut core = unlocked();
+    // Same answer for a key that exists and one that does not.
+    refused(
+        &mut core,
+        sign(other(), auth(), [0; 32]),
+        Error::PolicyDenied,
+    );
+    refused(
+        &mut core,
+        sign(other(), key("ghost"), [0; 32]),
+        Error::PolicyDenied,
+    );
+    refused(
+        &mut core,
+        sign(client("stranger"), auth(), [0; 32]),
+        Error::PolicyDenied,
+    );
+}
+
+#[test]
+fn other_clients_key() {
+    let mut core = unlocked();
+    // etk_old belongs to `other`, etk to `app`.
+    let blob = blob_for(&etk_old(), b"not for seal-app");
+    refused(
+        &mut core,
+        decrypt(app(), etk_old(), &blob),
+        Error::PolicyDenied,
+    );
+    let blob = blob_for(&etk(), b"not for archive!");
+    refused(
+        &mut core,
+        decrypt(other(), etk(), &blob),
+        Error::PolicyDenied,
+    );
+}
+
+#[test]
+fn operation_not_allowed_by_the_rule() {
+    // The app's rule for `auth` allows signing only, for `etk` decryption only.
+    let mut core = unlocked();
+    refused(
+        &mut core,
+        decrypt(app(), auth(), &[0; 256]),
+        Error::PolicyDenied,
+    );
+    refused(&mut core, sign(app(), etk(), [0; 32]), Error::PolicyDenied);
+}
+
+#[test]
+fn locked_core() {
+    let mut core = core();
+    refused(&mut core, sign(app(), auth(), [0; 32]), Error::Locked);
+    let blob = blob_for(&etk(), b"0123456789abcdef");
+    refused(&mut core, decrypt(app(), etk(), &blob), Error::Locked);
+
+    // And again after an explicit Lock.
+    let mut core = unlocked();
+    assert_eq!(call(&mut core, &Request::Lock, 5), Response::Locked);
+    assert!(!core.token().is_logged_in());
+    refused(&mut core, sign(app(), auth(), [0; 32]), Error::Locked);
+}
+
+#[test]
+fn over_budget() {
+    let mut p = Policy::deny_all();
+    let budget = Budget {
+        burst: 2,
+        per_second: 1,
+    };
+    p.allow(rule(app(), auth(), true, false, budget)).unwrap();
+    let mut core = unlocked_with(p);
+
+    let t = 10_000;
+    assert!(matches!(
+        call(&mut core, &sign(app(), auth(), [1; 32]), t),
+        Response::Signature(_)
+    ));
+    assert!(matches!(
+        call(&mut core, &sign(app(), auth(), [2; 32]), t),
+        Response::Signature(_)
+    ));
+    assert_eq!(key_uses(&core).len(), 2);
+
+    let before = core.token().calls().len();
+    assert_eq!(
+        call(&mut core, &sign(app(), auth(), [3; 32]), t + 400),
+        Response::Error(Error::RateLimited {
+            retry_after_ms: 600
+        })
+    );
+    assert_eq!(
+        core.token().calls().len(),
+        before,
+        "token touched over budget"
+    );
+    let last = core.audit_sink().records().last().unwrap();
+    assert_eq!(
+        last.outcome,
+        Outcome::Refused(Error::RateLimited {
+            retry_after_ms: 600
+        })
+    );
+
+    // One second later one more use is possible, not two.
+    assert!(matches!(
+        call(&mut core, &sign(app(), auth(), [4; 32]), t + 1_000),
+        Response::Signature(_)
+    ));
+    assert!(matches!(
+        call(&mut core, &sign(app(), auth(), [5; 32]), t + 1_000),
+        Response::Error(Error::RateLimited { .. })
+    ));
+    assert_eq!(key_uses(&core).len(), 3);
+}
+
+#[test]
+fn refusals_do_not_spend_the_budget() {
+    let mut p = Policy::deny_all();
+    let one = Budget {
+        burst: 1,
+        per_second: 0,
+    };
+    p.allow(rule(app(), etk(), true, true, one)).unwrap();
+    let mut core = unlocked_with(p);
+    // Wrong kind, refused before the budget is touched ...
+    refused(&mut core, sign(app(), etk(), [0; 32]), Error::WrongKeyKind);
+    // ... so the single use is still there.
+    let blob = blob_for(&etk(), b"0123456789abcdef");
+    assert!(matches!(
+        call(&mut core, &decrypt(app(), etk(), &blob), 1),
+        Response::Plaintext(_)
+    ));
+    refused(
+        &mut core,
+        decrypt(app(), etk(), &blob),
+        Error::RateLimited {
+            retry_after_ms: u64::MAX,
+        },
+    );
+}
+
+#[test]
+fn decrypt_failures_look_the_same_whatever_the_cause() {
+    let mut core = unlocked();
+    // A blob for another key (the fake "padding" check fails) ...
+    let wrong = blob_for(&etk_old(), b"0123456789abcdef");
+    let frame_a = call_raw(&mut core, &encode(&decrypt(app(), etk(), &wrong)), 1);
+    // ... a blob that is too short ...
+    let frame_b = call_raw(&mut core, &encode(&decrypt(app(), etk(), &[1, 2, 3])), 2);
+    // ... and a device error give the same bytes on the wire.
+    core.token()
+        .fail_next(TokenError::new(TokenFunction::Decrypt, ckr::DEVICE_ERROR));
+    let frame_c = call_raw(&mut core, &encode(&decrypt(app(), etk(), &wrong)), 3);
+    assert_eq!(frame_a, frame_b);
+    assert_eq!(frame_a, frame_c);
+    assert_eq!(
+        etee_custody::wire::decode_response(&frame_a).unwrap(),
+        Response::Error(Error::DecryptFailed)
+    );
+
+    // The audit log keeps the detail for the operator.
+    let records = core.audit_sink().records();
+    let n = records.len();
+    assert_eq!(
+        records[n - 3].outcome,
+        Outcome::Refused(Error::Token(TokenError::new(
+            TokenFunction::Decrypt,
+            ckr::ENCRYPTED_DATA_INVALID
+        )))
+    );
+    assert_eq!(
+        records[n - 1].outcome,
+        Outcome::Refused(Error::Token(TokenError::new(
+            TokenFunction::Decrypt,
+            ckr::DEVICE_ERROR
+        )))
+    );
+}
+
+#[test]
+fn sign_failures_carry_the_pkcs11_function_and_code() {
+    let mut core = unlocked();
+    let e = TokenError::new(TokenFunction::Sign, ckr::SESSION_HANDLE_INVALID);
+    core.token().fail_next(e);
+    assert_eq!(
+        call(&mut core, &sign(app(), auth(), [9; 32]), 1),
+        Response::Error(Error::Token(e))
+    );
+}

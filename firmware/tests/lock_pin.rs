@@ -1,0 +1,147 @@
+//! Unlock, lock and the wrong-PIN counter.
+
+mod common;
+use common::*;
+
+use etee_custody::audit::{Operation, Outcome};
+use etee_custody::config::{MAX_PIN_ATTEMPTS, MAX_PIN_LEN};
+use etee_custody::insecure::Call;
+use etee_custody::lock::LockState;
+use etee_custody::token::{ckr, TokenError, TokenFunction};
+use etee_custody::wire::{request_id, Error, Request, Response, StatusReply};
+
+fn status(core: &mut Core) -> StatusReply {
+    match call(core, &Request::Status, 0) {
+        Response::Status(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn logins(core: &Core) -> usize {
+    core.token()
+        .calls()
+        .iter()
+        .filter(|c| **c == Call::Login)
+        .count()
+}
+
+#[test]
+fn starts_locked_and_unlocks_with_the_pin() {
+    let mut core = core();
+    assert_eq!(
+        status(&mut core),
+        StatusReply {
+            state: LockState::Locked,
+            pin_tries_left: MAX_PIN_ATTEMPTS
+        }
+    );
+    assert_eq!(call(&mut core, &unlock(PIN), 1), Response::Unlocked);
+    assert!(core.token().is_logged_in());
+    assert_eq!(status(&mut core).state, LockState::Unlocked);
+}
+
+#[test]
+fn wrong_pins_count_down_then_lock_out() {
+    let mut core = core();
+    for left in (0..MAX_PIN_ATTEMPTS).rev() {
+        assert_eq!(
+            call(&mut core, &unlock(WRONG_PIN), 1),
+            Response::Error(Error::PinIncorrect { tries_left: left })
+        );
+        assert_eq!(status(&mut core).pin_tries_left, left);
+    }
+    assert_eq!(status(&mut core).state, LockState::LockedOut);
+    assert_eq!(logins(&core), MAX_PIN_ATTEMPTS as usize);
+
+    // Now even the right PIN is not passed to the token.
+    assert_eq!(
+        call(&mut core, &unlock(PIN), 2),
+        Response::Error(Error::PinLockedOut)
+    );
+    assert_eq!(
+        call(&mut core, &unlock(WRONG_PIN), 3),
+        Response::Error(Error::PinLockedOut)
+    );
+    assert_eq!(logins(&core), MAX_PIN_ATTEMPTS as usize);
+    assert!(!core.token().is_logged_in());
+    let last = core.audit_sink().records().last().unwrap();
+    assert_eq!(last.operation, Operation::Unlock);
+    assert_eq!(last.outcome, Outcome::Refused(Error::PinLockedOut));
+
+    // Until the administrator resets the counter (on record).
+    core.reset_pin_counter(4).unwrap();
+    let last = core.audit_sink().records().last().unwrap();
+    assert_eq!(last.operation, Operation::PinReset);
+    assert_eq!(
+        status(&mut core),
+        StatusReply {
+            state: LockState::Locked,
+            pin_tries_left: MAX_PIN_ATTEMPTS
+        }
+    );
+    assert_eq!(call(&mut core, &unlock(PIN), 5), Response::Unlocked);
+}
+
+#[test]
+fn a_right_pin_resets_the_count() {
+    let mut core = core();
+    for _ in 0..MAX_PIN_ATTEMPTS - 1 {
+        call(&mut core, &unlock(WRONG_PIN), 1);
+    }
+    assert_eq!(call(&mut core, &unlock(PIN), 2), Response::Unlocked);
+    assert_eq!(status(&mut core).pin_tries_left, MAX_PIN_ATTEMPTS);
+    assert_eq!(call(&mut core, &Request::Lock, 3), Response::Locked);
+    assert_eq!(
+        call(&mut core, &unlock(WRONG_PIN), 4),
+        Response::Error(Error::PinIncorrect {
+            tries_left: MAX_PIN_ATTEMPTS - 1
+        })
+    );
+}
+
+#[test]
+fn other_login_failures_count_too_and_keep_their_code() {
+    let mut core = core();
+    let e = TokenError::new(TokenFunction::Login, ckr::DEVICE_ERROR);
+    core.token().fail_next(e);
+    assert_eq!(
+        call(&mut core, &unlock(PIN), 1),
+        Response::Error(Error::Token(e))
+    );
+    assert_eq!(status(&mut core).pin_tries_left, MAX_PIN_ATTEMPTS - 1);
+}
+
+#[test]
+fn unlocking_an_unlocked_core_does_not_try_the_pin() {
+    let mut core = unlocked();
+    let before = logins(&core);
+    assert_eq!(call(&mut core, &unlock(WRONG_PIN), 1), Response::Unlocked);
+    assert_eq!(logins(&core), before);
+    assert_eq!(status(&mut core).pin_tries_left, MAX_PIN_ATTEMPTS);
+}
+
+#[test]
+fn lock_logs_out() {
+    let mut core = unlocked();
+    assert_eq!(call(&mut core, &Request::Lock, 1), Response::Locked);
+    assert_eq!(core.token().calls().last(), Some(&Call::Logout));
+    assert_eq!(status(&mut core).state, LockState::Locked);
+    // Locking a locked core is harmless and does not reach the token.
+    let n = core.token().calls_total();
+    assert_eq!(call(&mut core, &Request::Lock, 2), Response::Locked);
+    assert_eq!(core.token().calls_total(), n);
+}
+
+#[test]
+fn an_overlong_pin_is_a_bad_frame_and_is_never_tried() {
+    let mut core = core();
+    let mut frame = vec![0, 1, request_id::UNLOCK, (MAX_PIN_LEN + 1) as u8];
+    frame.extend(std::iter::repeat_n(b'1', MAX_PIN_LEN + 1));
+    assert_eq!(
+        etee_custody::wire::decode_response(&call_raw(&mut core, &frame, 1)).unwrap(),
+        Response::Error(Error::BadFrame)
+    );
+    assert_eq!(logins(&core), 0);
+    assert_eq!(status(&mut core).pin_tries_left, MAX_PIN_ATTEMPTS);
+    assert!(core.audit_sink().records().is_empty());
+}

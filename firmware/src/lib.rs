@@ -23,6 +23,7 @@
 //! | [`token`]   | the HSM trait and PKCS#11 error codes                              |
 //! | [`id`], [`secret`] | bounded key/client ids; wiped, unprintable secrets          |
 //! | `insecure`  | (feature `insecure`) an in-memory token and sink, **tests only**   |
+//! | `file_sink` | (feature `std`) the fsynced, crash-safe audit file of the host      |
 //!
 //! ```
 //! # // The insecure token needs the `insecure` feature, which the crate's tests enable.
@@ -65,6 +66,8 @@
 pub mod audit;
 pub mod config;
 pub mod custody;
+#[cfg(feature = "std")]
+pub mod file_sink;
 pub mod id;
 #[cfg(feature = "insecure")]
 pub mod insecure;

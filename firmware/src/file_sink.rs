@@ -1,0 +1,198 @@
+//! A file-backed audit sink for the host side (feature `std`).
+//!
+//! The file is a sequence of frames: `length: u16 BE`, `check: [u8; 4]` (the first bytes of
+//! SHA-256 over the record bytes), then the record's postcard encoding. An append is written
+//! and `fdatasync`ed before [`AuditSink::append`] returns, so the core releases no result
+//! whose record is not on disk.
+//!
+//! Crash safety: a crash can only leave a partial frame at the end of the file. Opening the
+//! file verifies every record and the chain, cuts such a torn tail (and syncs the cut), and
+//! refuses a file whose damage is anywhere else: that is tampering or media failure, not a
+//! crash, and the core must not run on top of it (fail closed).
+
+extern crate std;
+
+use crate::audit::{
+    sha256, AuditError, AuditHead, AuditRecord, AuditSink, ChainBreak, ChainVerifier,
+};
+use crate::config::MAX_AUDIT_RECORD_LEN;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::vec::Vec;
+
+const FRAME_HEADER: usize = 2 + 4;
+
+/// Why an audit file could not be opened or read.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FileSinkError {
+    Io(io::Error),
+    /// A frame before the end of the file is damaged (bad length, check or encoding).
+    Corrupt {
+        offset: u64,
+    },
+    /// The records decode but do not form a chain.
+    Chain(ChainBreak),
+}
+
+impl core::fmt::Display for FileSinkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "audit file: {e}"),
+            Self::Corrupt { offset } => write!(f, "audit file damaged at byte {offset}"),
+            Self::Chain(b) => write!(
+                f,
+                "audit chain broken at record {}: {:?}",
+                b.sequence, b.reason
+            ),
+        }
+    }
+}
+
+impl std::error::Error for FileSinkError {}
+
+impl From<io::Error> for FileSinkError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// What reading a file found: the intact records' head, and where the intact part ends.
+pub struct Scan {
+    pub head: AuditHead,
+    pub count: u64,
+    /// Bytes of intact frames; a torn tail starts here.
+    pub good_len: u64,
+    /// Whether a torn final frame was found after `good_len`.
+    pub torn_tail: bool,
+}
+
+/// Reads and verifies an audit file, calling `each` for every intact record.
+pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, FileSinkError> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut verifier = ChainVerifier::new(AuditHead::GENESIS);
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let torn = || Scan {
+            head: verifier.head(),
+            count: verifier.count(),
+            good_len: pos as u64,
+            torn_tail: true,
+        };
+        if rest.len() < FRAME_HEADER {
+            return Ok(torn());
+        }
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        if len == 0 || len > MAX_AUDIT_RECORD_LEN {
+            return Err(FileSinkError::Corrupt { offset: pos as u64 });
+        }
+        if rest.len() < FRAME_HEADER + len {
+            return Ok(torn());
+        }
+        let body = &rest[FRAME_HEADER..FRAME_HEADER + len];
+        let last = pos + FRAME_HEADER + len == bytes.len();
+        if sha256(body)[..4] != rest[2..6] {
+            // A bad check on the last frame is a torn write; anywhere else it is damage.
+            if last {
+                return Ok(torn());
+            }
+            return Err(FileSinkError::Corrupt { offset: pos as u64 });
+        }
+        let record =
+            AuditRecord::decode(body).ok_or(FileSinkError::Corrupt { offset: pos as u64 })?;
+        verifier.push(&record).map_err(FileSinkError::Chain)?;
+        each(&record);
+        pos += FRAME_HEADER + len;
+    }
+    Ok(Scan {
+        head: verifier.head(),
+        count: verifier.count(),
+        good_len: pos as u64,
+        torn_tail: false,
+    })
+}
+
+/// An append-only, fsynced audit file.
+pub struct FileAuditSink {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    /// Set after a failed append: the sink refuses more until reopened (fail closed).
+    failed: bool,
+}
+
+impl FileAuditSink {
+    /// Opens (or creates) the file, verifies it, cuts a torn tail, and returns the sink
+    /// with the head to give [`crate::Custody::new`].
+    pub fn open(path: &Path) -> Result<(Self, AuditHead), FileSinkError> {
+        let scan = scan(path, |_| {})?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(path)?;
+        if scan.torn_tail {
+            file.set_len(scan.good_len)?;
+            file.sync_all()?;
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // A new file's directory entry must be durable too.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let sink = Self {
+            file,
+            path: path.to_path_buf(),
+            len: scan.good_len,
+            failed: false,
+        };
+        Ok((sink, scan.head))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write_frame(&mut self, body: &[u8]) -> io::Result<()> {
+        let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
+        frame.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&sha256(body)[..4]);
+        frame.extend_from_slice(body);
+        self.file.seek(SeekFrom::Start(self.len))?;
+        self.file.write_all(&frame)?;
+        self.file.sync_data()?;
+        self.len += frame.len() as u64;
+        Ok(())
+    }
+}
+
+impl AuditSink for FileAuditSink {
+    fn append(&mut self, record: &AuditRecord) -> Result<(), AuditError> {
+        if self.failed {
+            return Err(AuditError::Storage);
+        }
+        let mut buf = [0u8; MAX_AUDIT_RECORD_LEN];
+        let body = record.encode(&mut buf).ok_or(AuditError::Storage)?;
+        if self.write_frame(body).is_err() {
+            // Undo a partial frame if we can; either way, stop until reopened.
+            let _ = self
+                .file
+                .set_len(self.len)
+                .and_then(|_| self.file.sync_all());
+            self.failed = true;
+            return Err(AuditError::Storage);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! The file-backed audit sink: records survive a reopen, a torn final frame (a crash in the
+//! middle of an append) is cut and nothing partial remains, and damage elsewhere is refused.
+
+use etee_custody::audit::{verify_chain_to, AuditHead, AuditRecord};
+use etee_custody::file_sink::{scan, FileAuditSink, FileSinkError};
+use etee_custody::insecure::InsecureMemoryToken;
+use etee_custody::policy::{Budget, Policy, Rule};
+use etee_custody::wire::{Pin, Request, Response};
+use etee_custody::{ClientId, Custody, KeyId, KeyKind};
+use std::path::Path;
+
+fn core_on(path: &Path) -> Custody<InsecureMemoryToken, FileAuditSink> {
+    let auth = KeyId::try_from("auth").unwrap();
+    let app = ClientId::try_from("app").unwrap();
+    let token = InsecureMemoryToken::new(b"1234").unwrap().with_key(
+        &auth,
+        KeyKind::Authentication,
+        b"seed",
+    );
+    let mut policy = Policy::deny_all();
+    let budget = Budget {
+        burst: 1000,
+        per_second: 1000,
+    };
+    policy
+        .allow(Rule {
+            client: app,
+            key: auth,
+            sign: true,
+            decrypt: false,
+            budget,
+        })
+        .unwrap();
+    let (sink, head) = FileAuditSink::open(path).unwrap();
+    Custody::new(token, sink, policy, head)
+}
+
+fn sign(core: &mut Custody<InsecureMemoryToken, FileAuditSink>, n: u8, now: u64) -> Response {
+    let request = Request::SignPssSha256 {
+        client: ClientId::try_from("app").unwrap(),
+        key: KeyId::try_from("auth").unwrap(),
+        digest: [n; 32],
+    };
+    core.handle_request(&request, now)
+}
+
+fn records(path: &Path) -> Vec<AuditRecord> {
+    let mut v = Vec::new();
+    scan(path, |r| v.push(r.clone())).unwrap();
+    v
+}
+
+#[test]
+fn records_survive_a_reopen_and_the_chain_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let head = {
+        let mut core = core_on(&path);
+        let unlock = Request::Unlock {
+            pin: Pin::from_slice(b"1234").unwrap(),
+        };
+        assert_eq!(core.handle_request(&unlock, 1), Response::Unlocked);
+        for i in 0..5 {
+            assert!(matches!(
+                sign(&mut core, i, 10 + u64::from(i)),
+                Response::Signature(_)
+            ));
+        }
+        core.audit_head()
+    };
+    assert_eq!(head.next_sequence, 6);
+    assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(6));
+    // A new core on the same file continues the same chain.
+    let mut core = core_on(&path);
+    assert_eq!(core.audit_head(), head);
+    let unlock = Request::Unlock {
+        pin: Pin::from_slice(b"1234").unwrap(),
+    };
+    assert_eq!(core.handle_request(&unlock, 100), Response::Unlocked);
+    assert!(matches!(sign(&mut core, 9, 101), Response::Signature(_)));
+    assert_eq!(
+        verify_chain_to(records(&path).iter(), &core.audit_head()),
+        Ok(8)
+    );
+}
+
+#[test]
+fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    {
+        let mut core = core_on(&path);
+        let unlock = Request::Unlock {
+            pin: Pin::from_slice(b"1234").unwrap(),
+        };
+        core.handle_request(&unlock, 1);
+        for i in 0..3 {
+            sign(&mut core, i, 10);
+        }
+    }
+    let full = std::fs::read(&path).unwrap();
+    let before_last = {
+        let recs = records(&path);
+        assert_eq!(recs.len(), 4);
+        // Length of the file without its last frame.
+        let mut len = 0;
+        let mut pos = 0usize;
+        for _ in 0..3 {
+            let l = usize::from(u16::from_be_bytes([full[pos], full[pos + 1]]));
+            pos += 6 + l;
+            len = pos;
+        }
+        len
+    };
+    // A crash at every point inside the last append.
+    for cut in before_last + 1..full.len() {
+        std::fs::write(&path, &full[..cut]).unwrap();
+        let (_, head) = FileAuditSink::open(&path).unwrap();
+        assert_eq!(head.next_sequence, 3, "cut at {cut}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len() as usize,
+            before_last,
+            "torn tail not removed (cut at {cut})"
+        );
+        assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(3));
+    }
+    // Garbage in place of the last frame's body counts as torn too (bad check, at the end).
+    let mut garbled = full.clone();
+    let n = garbled.len();
+    garbled[n - 1] ^= 0xff;
+    std::fs::write(&path, &garbled).unwrap();
+    let (_, head) = FileAuditSink::open(&path).unwrap();
+    assert_eq!(head.next_sequence, 3);
+}
+
+#[test]
+fn damage_before_the_end_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    {
+        let mut core = core_on(&path);
+        let unlock = Request::Unlock {
+            pin: Pin::from_slice(b"1234").unwrap(),
+        };
+        core.handle_request(&unlock, 1);
+        for i in 0..3 {
+            sign(&mut core, i, 10);
+        }
+    }
+    let full = std::fs::read(&path).unwrap();
+    // Flip one byte inside the second frame's body: the check catches it.
+    let first_len = 6 + usize::from(u16::from_be_bytes([full[0], full[1]]));
+    let mut bad = full.clone();
+    bad[first_len + 10] ^= 0x01;
+    std::fs::write(&path, &bad).unwrap();
+    match FileAuditSink::open(&path) {
+        Err(FileSinkError::Corrupt { offset }) => assert_eq!(offset as usize, first_len),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a damaged audit file was accepted"),
+    }
+    // Dropping a whole record in the middle (frames intact): the chain breaks there.
+    let second_len = 6 + usize::from(u16::from_be_bytes([full[first_len], full[first_len + 1]]));
+    let mut dropped = full[..first_len].to_vec();
+    dropped.extend_from_slice(&full[first_len + second_len..]);
+    std::fs::write(&path, &dropped).unwrap();
+    match FileAuditSink::open(&path) {
+        Err(FileSinkError::Chain(b)) => assert_eq!(b.sequence, 1),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a chain with a missing record was accepted"),
+    }
+}
+
+#[test]
+fn a_missing_file_starts_a_new_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, head) = FileAuditSink::open(&dir.path().join("new.log")).unwrap();
+    assert_eq!(head, AuditHead::GENESIS);
+}

@@ -1,2 +1,152 @@
-//! PKCS#11 backend (work in progress: see the issue "Key custody in the HSM").
+//! PKCS#11 backend for etee: the institution's private keys live in an HSM (or SoftHSM2)
+//! and never leave it.
+//!
+//! - [`config`]: the `[hsm]` table of the TOML configuration, PIN files, key profiles.
+//! - [`token`]: the PKCS#11 module, loaded and `C_Initialize`d once per process; tokens
+//!   selected by label or serial (never by slot number); `hsm init`.
+//! - [`pool`]: a small pool of logged-in sessions, each on its own thread (cryptoki calls
+//!   block), with recovery from session and device errors.
+//! - [`keys`]: key generation in the token with safe templates, certificates beside the
+//!   keys, CSRs for new authentication keys.
+//! - [`import`]: one-time import of an eHealth `.p12` keystore.
+//! - [`ops`]: [`HsmKeys`], the [`etee_formats::keys::PrivateKeyOps`] over the token.
+//! - [`list`]: what the token holds, with the security attributes of every key.
+//!
+//! [`Hsm`] ties them together: open it from a configuration, then seal and unseal with
+//! [`Hsm::keys`].
+//!
+//! ```no_run
+//! use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (etk, message): (etee_formats::cert::Certificate, Vec<u8>) = todo!();
+//! let config = etee_hsm::Config::load("/etc/etee/institution.toml")?.hsm;
+//! let hsm = etee_hsm::Hsm::open(&config)?; // logs in with the PIN file
+//! for w in hsm.warnings() {
+//!     eprintln!("warning: {w}");
+//! }
+//! // Seal with the token's authentication key...
+//! let sender = hsm.keys().signing_key()?;
+//! let mut sealed = Vec::new();
+//! seal(&sender, &[Recipient::Certificate(etk)], None, &b"hello"[..], &mut sealed, &SealOptions::default())?;
+//! // ...and unseal with every ETK key in the token.
+//! let ring = hsm.keys().key_ring()?;
+//! let (result, content) = unseal_to_vec(&message, &ring, &UnsealOptions::default());
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod config;
+mod error;
+pub mod import;
+pub mod keys;
+pub mod list;
+pub mod ops;
+pub mod pool;
+pub mod token;
+
+pub use config::{Config, HsmConfig, KeyProfile, KeyRole, Pin, PinSource, TokenSelector};
+pub use error::{ckr_name, HsmError, PinKind, Result};
+pub use import::{ImportOptions, ImportReport, ImportedKey};
+pub use keys::GeneratedKey;
+pub use list::{CertificateInfo, Inventory, KeyInfo};
+pub use ops::HsmKeys;
+pub use pool::SessionPool;
+pub use token::{init_token, Module, TokenSummary};
+
+use std::sync::Arc;
+
+/// An opened token: the configuration, a logged-in session pool and what to tell the
+/// operator (PIN file permissions...).
+pub struct Hsm {
+    config: HsmConfig,
+    pool: Arc<SessionPool>,
+    warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hsm")
+            .field("module", &self.config.module)
+            .field("token", &self.config.token)
+            .field("sessions", &self.pool.size())
+            .finish()
+    }
+}
+
+impl Hsm {
+    /// Loads the module (once per process), finds the token, reads the user PIN file and
+    /// logs in. A wrong PIN is [`HsmError::WrongPin`].
+    pub fn open(config: &HsmConfig) -> Result<Self> {
+        let (pin, warning) = config.user_pin()?;
+        let pool = SessionPool::open(config, pin)?;
+        Ok(Self {
+            config: config.clone(),
+            pool: Arc::new(pool),
+            warnings: warning.into_iter().collect(),
+        })
+    }
+
+    /// Things the operator should fix (for example a PIN file readable by others).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn config(&self) -> &HsmConfig {
+        &self.config
+    }
+
+    /// The session pool (for callers that run their own PKCS#11 work on it).
+    pub fn pool(&self) -> &Arc<SessionPool> {
+        &self.pool
+    }
+
+    /// The token's keys as a [`etee_formats::keys::PrivateKeyOps`].
+    pub fn keys(&self) -> HsmKeys {
+        HsmKeys::new(self.pool.clone())
+    }
+
+    /// Everything the token holds, with the security attributes of each key.
+    pub fn list(&self) -> Result<Inventory> {
+        list::inventory(&self.pool)
+    }
+
+    /// Generates a key pair in the token following `profile`.
+    pub fn generate(&self, profile: &KeyProfile) -> Result<GeneratedKey> {
+        keys::generate(&self.pool, profile)
+    }
+
+    /// Installs the certificate (and CA chain) of a key generated in the token; an ETK key
+    /// is renamed to the certificate's decimal serial. Returns the key's final CKA_ID.
+    pub fn install_certificate(
+        &self,
+        key_id: &str,
+        cert: &etee_formats::cert::Certificate,
+        chain: &[etee_formats::cert::Certificate],
+    ) -> Result<String> {
+        keys::install_certificate(&self.pool, key_id, cert, chain)
+    }
+
+    /// A PKCS#10 request for an authentication key, signed in the token (RSASSA-PSS);
+    /// `subject` is a DER Name ([`keys::subject_der`]).
+    pub fn csr(&self, key_id: &str, subject: &[u8]) -> Result<Vec<u8>> {
+        keys::csr(&self.pool, key_id, subject)
+    }
+
+    /// Imports every usable key of an eHealth keystore (see [`import`]).
+    pub fn import(
+        &self,
+        keystore: &etee_formats::keystore::EhealthKeystore,
+        options: &ImportOptions,
+    ) -> Result<ImportReport> {
+        import::import_keystore(&self.pool, keystore, options)
+    }
+}
+
+// The appliance shares these across threads.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Hsm>();
+    shared::<HsmKeys>();
+    shared::<SessionPool>();
+};

@@ -1,0 +1,616 @@
+//! The `[hsm]` table of the etee TOML configuration (example: `hsm-config/institution.toml`).
+//!
+//! ```toml
+//! [hsm]
+//! module = "/usr/lib/softhsm/libsofthsm2.so"   # default when absent
+//! token_label = "etee-institution"             # or token_serial = "..."
+//! pin_file = "user.pin"                        # relative to this file's directory
+//! so_pin_file = "so.pin"                       # only `hsm init` needs it
+//! ```
+//!
+//! Everything else has a safe default: `sessions` (pool size; default from the core count
+//! and the token's session limit), `pin_credential` / `so_pin_credential` (a systemd
+//! credential name instead of a file) and `[hsm.profiles.NAME]` key profiles (built in:
+//! `authentication` and `etk`). Other top-level tables belong to other components and are
+//! ignored here; unknown keys *inside* `[hsm]` are refused, so that a typo does not
+//! silently fall back to a default.
+//!
+//! PINs are read into buffers wiped on drop, never logged and never put on a command line.
+
+use crate::error::{HsmError, Result};
+use cryptoki::mechanism::MechanismType;
+use cryptoki::types::AuthPin;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Where Debian and Ubuntu install SoftHSM2's PKCS#11 module.
+pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// Largest PIN file read (PINs are short; a large file is a mistake).
+const MAX_PIN_FILE: u64 = 1024;
+/// Largest pool the automatic sizing picks.
+const MAX_AUTO_SESSIONS: usize = 8;
+
+/// The configuration file as far as this crate is concerned.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub hsm: HsmConfig,
+}
+
+impl Config {
+    /// Reads a TOML file; relative paths in it are taken from the file's directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| HsmError::Config(format!("reading {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base)
+            .map_err(|e| HsmError::Config(format!("{}: {}", path.display(), strip_prefix(e))))
+    }
+
+    /// Parses TOML text; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
+        let file: RawFile = toml::from_str(text).map_err(|e| HsmError::Config(e.to_string()))?;
+        let raw = file
+            .hsm
+            .ok_or_else(|| HsmError::Config("no [hsm] table".into()))?;
+        Ok(Self {
+            hsm: HsmConfig::from_raw(raw, base)?,
+        })
+    }
+}
+
+fn strip_prefix(e: HsmError) -> String {
+    match e {
+        HsmError::Config(s) => s,
+        other => other.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFile {
+    hsm: Option<RawHsm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHsm {
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    token_serial: Option<String>,
+    pin_file: Option<PathBuf>,
+    pin_credential: Option<String>,
+    so_pin_file: Option<PathBuf>,
+    so_pin_credential: Option<String>,
+    sessions: Option<usize>,
+    #[serde(default)]
+    profiles: BTreeMap<String, RawProfile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    role: KeyRole,
+    id: Option<String>,
+    label: Option<String>,
+    bits: Option<u32>,
+    mechanisms: Option<Vec<String>>,
+}
+
+/// How the token is found: by label, by serial, or both (both must match). Never by slot
+/// number: SoftHSM renumbers slots when tokens are initialised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenSelector {
+    pub label: Option<String>,
+    pub serial: Option<String>,
+}
+
+impl TokenSelector {
+    pub fn label(label: &str) -> Self {
+        Self {
+            label: Some(label.into()),
+            serial: None,
+        }
+    }
+
+    /// Whether a token with this label and serial is the one selected.
+    pub fn matches(&self, label: &str, serial: &str) -> bool {
+        self.label.as_deref().is_none_or(|l| l == label.trim_end())
+            && self
+                .serial
+                .as_deref()
+                .is_none_or(|s| s == serial.trim_end())
+    }
+}
+
+impl fmt::Display for TokenSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.label, &self.serial) {
+            (Some(l), Some(s)) => write!(f, "label {l:?} and serial {s:?}"),
+            (Some(l), None) => write!(f, "label {l:?}"),
+            (None, Some(s)) => write!(f, "serial {s:?}"),
+            (None, None) => f.write_str("(no selector)"),
+        }
+    }
+}
+
+/// A PIN, in a buffer wiped on drop; `Debug` does not show it.
+pub struct Pin(Zeroizing<String>);
+
+impl Pin {
+    pub fn new(pin: Zeroizing<String>) -> Self {
+        Self(pin)
+    }
+
+    /// A cryptoki copy for one call (wiped when dropped).
+    pub(crate) fn auth(&self) -> AuthPin {
+        AuthPin::new(self.0.as_str().to_owned())
+    }
+
+    /// The PIN itself, for callers that must pass it on (never log it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pin(<secret>)")
+    }
+}
+
+/// Where a PIN comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinSource {
+    /// A file holding the PIN (one trailing newline is ignored).
+    File(PathBuf),
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>`.
+    Credential(String),
+}
+
+impl PinSource {
+    /// Reads the PIN into a buffer wiped on drop. The second value is a warning for the
+    /// operator (a file readable by group or others), if any.
+    pub fn read(&self) -> Result<(Pin, Option<String>)> {
+        let path = match self {
+            Self::File(p) => p.clone(),
+            Self::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    HsmError::PinFile {
+                        path: PathBuf::from(name),
+                        reason: "CREDENTIALS_DIRECTORY is not set (not running under systemd with LoadCredential=?)".into(),
+                    }
+                })?;
+                Path::new(&dir).join(name)
+            }
+        };
+        read_pin_file(&path)
+    }
+}
+
+/// Reads a PIN file: at most 1 KiB, UTF-8, trailing CR/LF removed, not empty.
+pub fn read_pin_file(path: &Path) -> Result<(Pin, Option<String>)> {
+    let fail = |reason: String| HsmError::PinFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let warning = permission_warning(path, &file);
+    let mut bytes = Vec::with_capacity(64);
+    let read = file.take(MAX_PIN_FILE + 1).read_to_end(&mut bytes);
+    if let Err(e) = read {
+        bytes.zeroize();
+        return Err(fail(e.to_string()));
+    }
+    if bytes.len() as u64 > MAX_PIN_FILE {
+        bytes.zeroize();
+        return Err(fail(format!("larger than {MAX_PIN_FILE} bytes")));
+    }
+    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+        let last = bytes.len() - 1;
+        bytes[last] = 0;
+        bytes.truncate(last);
+    }
+    if bytes.is_empty() {
+        return Err(fail("empty".into()));
+    }
+    match String::from_utf8(bytes) {
+        Ok(pin) => Ok((Pin(Zeroizing::new(pin)), warning)),
+        Err(e) => {
+            e.into_bytes().zeroize();
+            Err(fail("not UTF-8".into()))
+        }
+    }
+}
+
+#[cfg(unix)]
+fn permission_warning(path: &Path, file: &std::fs::File) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata().ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "PIN file {} is readable or writable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn permission_warning(_: &Path, _: &std::fs::File) -> Option<String> {
+    None
+}
+
+/// What a key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRole {
+    /// The eHealth authentication key: signs both layers of sealed messages (RSA-PSS).
+    Authentication,
+    /// An ETK decryption key: opens key-transport blobs (RSA PKCS#1 v1.5).
+    #[serde(alias = "encryption", alias = "decryption")]
+    Etk,
+}
+
+impl KeyRole {
+    /// The mechanisms a key of this role may ever be allowed.
+    pub fn permitted_mechanisms(self) -> &'static [MechanismType] {
+        match self {
+            Self::Authentication => &[
+                MechanismType::RSA_PKCS_PSS,
+                MechanismType::SHA256_RSA_PKCS_PSS,
+            ],
+            Self::Etk => &[MechanismType::RSA_PKCS],
+        }
+    }
+
+    /// The mechanism the role needs: what [`crate::HsmKeys`] calls.
+    pub fn required_mechanism(self) -> MechanismType {
+        match self {
+            Self::Authentication => MechanismType::RSA_PKCS_PSS,
+            Self::Etk => MechanismType::RSA_PKCS,
+        }
+    }
+}
+
+impl fmt::Display for KeyRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Authentication => "authentication",
+            Self::Etk => "etk",
+        })
+    }
+}
+
+/// How to generate one kind of key. Sensitivity and non-extractability are not
+/// configurable: every key is `CKA_SENSITIVE` and not `CKA_EXTRACTABLE`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyProfile {
+    pub name: String,
+    pub role: KeyRole,
+    /// CKA_ID (UTF-8). `None` for ETK keys: the id becomes the decimal serial of the ETK
+    /// certificate when it is installed; until then a provisional `etk-pending-…` id.
+    pub id: Option<String>,
+    /// CKA_LABEL; defaults to the id.
+    pub label: Option<String>,
+    /// RSA modulus size: 2048 (default), 3072 or 4096.
+    pub bits: u32,
+    /// CKA_ALLOWED_MECHANISMS, `CKM_...` names; a subset of the role's permitted ones that
+    /// holds the required one.
+    pub mechanisms: Vec<String>,
+}
+
+impl KeyProfile {
+    /// The built-in authentication profile: id and label `authentication`, RSA-2048,
+    /// `CKM_RSA_PKCS_PSS` and `CKM_SHA256_RSA_PKCS_PSS`.
+    pub fn authentication() -> Self {
+        Self {
+            name: "authentication".into(),
+            role: KeyRole::Authentication,
+            id: Some(etee_formats::keystore::ehealth::AUTHENTICATION_ALIAS.into()),
+            label: None,
+            bits: 2048,
+            mechanisms: names(KeyRole::Authentication.permitted_mechanisms()),
+        }
+    }
+
+    /// The built-in ETK profile: RSA-2048, `CKM_RSA_PKCS` decryption only, id assigned
+    /// when the certificate is installed.
+    pub fn etk() -> Self {
+        Self {
+            name: "etk".into(),
+            role: KeyRole::Etk,
+            id: None,
+            label: None,
+            bits: 2048,
+            mechanisms: names(KeyRole::Etk.permitted_mechanisms()),
+        }
+    }
+
+    /// CKA_ALLOWED_MECHANISMS as cryptoki values.
+    pub fn mechanism_types(&self) -> Vec<MechanismType> {
+        self.mechanisms
+            .iter()
+            .filter_map(|n| mechanism_by_name(n))
+            .collect()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |why: String| HsmError::Config(format!("profile {:?}: {why}", self.name));
+        if ![2048, 3072, 4096].contains(&self.bits) {
+            return Err(bad(format!("bits = {} (2048, 3072 or 4096)", self.bits)));
+        }
+        let permitted = self.role.permitted_mechanisms();
+        for m in &self.mechanisms {
+            match mechanism_by_name(m) {
+                Some(t) if permitted.contains(&t) => {}
+                _ => {
+                    return Err(bad(format!(
+                        "mechanism {m} is not allowed for {} keys (allowed: {})",
+                        self.role,
+                        names(permitted).join(", ")
+                    )))
+                }
+            }
+        }
+        let required = self.role.required_mechanism();
+        if !self.mechanism_types().contains(&required) {
+            return Err(bad(format!("mechanisms must include {required}")));
+        }
+        if let Some(id) = &self.id {
+            if id.is_empty() || id.len() > 128 {
+                return Err(bad("id must be 1 to 128 bytes".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn names(mechs: &[MechanismType]) -> Vec<String> {
+    mechs.iter().map(|m| m.to_string()).collect()
+}
+
+fn mechanism_by_name(name: &str) -> Option<MechanismType> {
+    [
+        MechanismType::RSA_PKCS_PSS,
+        MechanismType::SHA256_RSA_PKCS_PSS,
+        MechanismType::RSA_PKCS,
+    ]
+    .into_iter()
+    .find(|m| m.to_string() == name)
+}
+
+/// The `[hsm]` table, checked, with paths made absolute.
+#[derive(Clone, Debug)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 library.
+    pub module: PathBuf,
+    pub token: TokenSelector,
+    /// The user PIN.
+    pub pin: PinSource,
+    /// The security officer PIN (`hsm init` only).
+    pub so_pin: Option<PinSource>,
+    /// Pool size; `None` = automatic.
+    pub sessions: Option<usize>,
+    /// Key profiles by name: the built-in `authentication` and `etk`, plus (or replaced
+    /// by) the configured ones.
+    pub profiles: BTreeMap<String, KeyProfile>,
+}
+
+impl HsmConfig {
+    /// A configuration built in code (tests, tools): built-in profiles, automatic pool.
+    pub fn new(module: impl Into<PathBuf>, token: TokenSelector, pin_file: PathBuf) -> Self {
+        Self {
+            module: module.into(),
+            token,
+            pin: PinSource::File(pin_file),
+            so_pin: None,
+            sessions: None,
+            profiles: builtin_profiles(),
+        }
+    }
+
+    fn from_raw(raw: RawHsm, base: &Path) -> Result<Self> {
+        let abs = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let token = TokenSelector {
+            label: raw.token_label,
+            serial: raw.token_serial,
+        };
+        if token.label.is_none() && token.serial.is_none() {
+            return Err(HsmError::Config(
+                "[hsm] needs token_label or token_serial (slots are never selected by number)"
+                    .into(),
+            ));
+        }
+        if let Some(l) = &token.label {
+            if l.is_empty() || l.len() > 32 {
+                return Err(HsmError::Config(
+                    "[hsm] token_label must be 1 to 32 bytes".into(),
+                ));
+            }
+        }
+        let source = |file: Option<PathBuf>, cred: Option<String>, what: &str| match (file, cred) {
+            (Some(_), Some(_)) => Err(HsmError::Config(format!(
+                "[hsm] {what}_file and {what}_credential are exclusive"
+            ))),
+            (Some(f), None) => Ok(Some(PinSource::File(abs(f)))),
+            (None, Some(c)) if c.is_empty() || c.contains('/') || c == ".." => Err(
+                HsmError::Config(format!("[hsm] {what}_credential must be a plain name")),
+            ),
+            (None, Some(c)) => Ok(Some(PinSource::Credential(c))),
+            (None, None) => Ok(None),
+        };
+        let pin = source(raw.pin_file, raw.pin_credential, "pin")?
+            .ok_or_else(|| HsmError::Config("[hsm] needs pin_file".into()))?;
+        let so_pin = source(raw.so_pin_file, raw.so_pin_credential, "so_pin")?;
+        if raw.sessions == Some(0) || raw.sessions.is_some_and(|n| n > 256) {
+            return Err(HsmError::Config("[hsm] sessions must be 1 to 256".into()));
+        }
+        let mut profiles = builtin_profiles();
+        for (name, p) in raw.profiles {
+            let defaults = match p.role {
+                KeyRole::Authentication => KeyProfile::authentication(),
+                KeyRole::Etk => KeyProfile::etk(),
+            };
+            let profile = KeyProfile {
+                name: name.clone(),
+                role: p.role,
+                id: p.id.or(defaults.id),
+                label: p.label,
+                bits: p.bits.unwrap_or(defaults.bits),
+                mechanisms: p.mechanisms.unwrap_or(defaults.mechanisms),
+            };
+            profile.validate()?;
+            profiles.insert(name, profile);
+        }
+        Ok(Self {
+            module: raw.module.map(abs).unwrap_or_else(|| DEFAULT_MODULE.into()),
+            token,
+            pin,
+            so_pin,
+            sessions: raw.sessions,
+            profiles,
+        })
+    }
+
+    /// The user PIN and a permission warning, if any.
+    pub fn user_pin(&self) -> Result<(Pin, Option<String>)> {
+        self.pin.read()
+    }
+
+    /// The SO PIN (for `hsm init`).
+    pub fn so_pin(&self) -> Result<(Pin, Option<String>)> {
+        self.so_pin
+            .as_ref()
+            .ok_or_else(|| {
+                HsmError::Config("[hsm] needs so_pin_file to initialise a token".into())
+            })?
+            .read()
+    }
+
+    /// A profile by name.
+    pub fn profile(&self, name: &str) -> Result<&KeyProfile> {
+        self.profiles.get(name).ok_or_else(|| {
+            HsmError::Config(format!(
+                "no key profile {name:?} (have: {})",
+                self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// The pool size: the configured one, else the core count (at least 2, at most 8),
+    /// capped by the token's session limit.
+    pub fn pool_size(&self, token_max_sessions: Option<u64>) -> usize {
+        let auto = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, MAX_AUTO_SESSIONS);
+        let n = self.sessions.unwrap_or(auto);
+        match token_max_sessions {
+            Some(max) if (max as usize) < n => (max as usize).max(1),
+            _ => n,
+        }
+    }
+}
+
+fn builtin_profiles() -> BTreeMap<String, KeyProfile> {
+    [KeyProfile::authentication(), KeyProfile::etk()]
+        .into_iter()
+        .map(|p| (p.name.clone(), p))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file() {
+        let c = Config::from_toml(
+            "[hsm]\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_file = \"u.pin\"\nso_pin_file = \"/s.pin\"\n[audit]\nwhatever = 1\n",
+            Path::new("/etc/etee"),
+        )
+        .unwrap()
+        .hsm;
+        assert_eq!(c.module, PathBuf::from("/m.so"));
+        assert_eq!(c.token, TokenSelector::label("t"));
+        assert_eq!(c.pin, PinSource::File("/etc/etee/u.pin".into()));
+        assert_eq!(c.so_pin, Some(PinSource::File("/s.pin".into())));
+        assert_eq!(c.profiles.len(), 2);
+        assert_eq!(c.profile("authentication").unwrap().bits, 2048);
+        assert!(c.pool_size(None) >= 2);
+        assert_eq!(c.pool_size(Some(1)), 1);
+    }
+
+    #[test]
+    fn defaults_and_refusals() {
+        let c = Config::from_toml(
+            "[hsm]\ntoken_serial = \"abc\"\npin_file = \"/p\"\n",
+            Path::new("/"),
+        )
+        .unwrap()
+        .hsm;
+        assert_eq!(c.module, PathBuf::from(DEFAULT_MODULE));
+        assert!(c.so_pin.is_none());
+        for bad in [
+            "[hsm]\npin_file = \"/p\"\n",
+            "[hsm]\ntoken_label = \"t\"\n",
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\npin-file = \"/q\"\n",
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.x]\nrole = \"etk\"\nmechanisms = [\"CKM_RSA_PKCS_PSS\"]\n",
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.x]\nrole = \"authentication\"\nbits = 1024\n",
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.x]\nrole = \"etk\"\nextractable = true\n",
+            "[other]\n",
+        ] {
+            assert!(Config::from_toml(bad, Path::new("/")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn example_file_in_hsm_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hsm-config/institution.toml");
+        let c = Config::load(&path).unwrap().hsm;
+        assert_eq!(c.module, PathBuf::from(DEFAULT_MODULE));
+        assert_eq!(c.token.label.as_deref(), Some("etee-institution"));
+        assert!(matches!(&c.pin, PinSource::File(p) if p.ends_with("hsm-config/user.pin")));
+        assert!(c.so_pin.is_some());
+        assert_eq!(
+            c.profile("authentication").unwrap(),
+            &KeyProfile {
+                label: Some("authentication".into()),
+                ..KeyProfile::authentication()
+            }
+        );
+        assert_eq!(c.profile("etk").unwrap(), &KeyProfile::etk());
+    }
+
+    #[test]
+    fn pin_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        std::fs::write(&p, "12 34\r\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let (pin, warning) = read_pin_file(&p).unwrap();
+        assert_eq!(pin.expose(), "12 34");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert!(warning.unwrap().contains("chmod 600"));
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert!(read_pin_file(&p).unwrap().1.is_none());
+        }
+        let _ = warning;
+        std::fs::write(&p, "\n").unwrap();
+        let err = read_pin_file(&p).err().unwrap().to_string();
+        assert!(err.contains("empty"), "{err}");
+        std::fs::write(&p, [0xff, 0xfe]).unwrap();
+        assert!(read_pin_file(&p).is_err());
+        assert!(read_pin_file(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! Errors of the PKCS#11 backend. PINs never appear in them.
+
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, RvError};
+use std::path::PathBuf;
+
+pub type Result<T, E = HsmError> = std::result::Result<T, E>;
+
+/// Which PIN a PIN error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinKind {
+    User,
+    SecurityOfficer,
+}
+
+impl std::fmt::Display for PinKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::User => "user",
+            Self::SecurityOfficer => "security officer (SO)",
+        })
+    }
+}
+
+/// Failure of the PKCS#11 backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HsmError {
+    /// The configuration file is missing, unreadable or wrong.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A PIN file could not be used (the PIN itself is never shown).
+    #[error("PIN file {path}: {reason}")]
+    PinFile { path: PathBuf, reason: String },
+    /// The PKCS#11 library could not be loaded or initialised.
+    #[error("PKCS#11 module {module}: {reason}")]
+    Module { module: PathBuf, reason: String },
+    /// No token answers to the configured label or serial.
+    #[error("no token with {selector} in {module} (tokens present: {present})")]
+    TokenNotFound {
+        selector: String,
+        module: PathBuf,
+        present: String,
+    },
+    /// `hsm init` on a token that is already initialised (it would destroy its keys).
+    #[error("token {0} is already initialised; refusing to initialise it again (that would destroy its keys)")]
+    TokenAlreadyInitialized(String),
+    /// `C_Login` refused the PIN (CKR_PIN_INCORRECT).
+    #[error("wrong {kind} PIN for token {token} (CKR_PIN_INCORRECT)")]
+    WrongPin { kind: PinKind, token: String },
+    /// The PIN is locked after too many failures (CKR_PIN_LOCKED).
+    #[error("the {kind} PIN of token {token} is locked (CKR_PIN_LOCKED)")]
+    PinLocked { kind: PinKind, token: String },
+    /// The token's user PIN was never set (CKR_USER_PIN_NOT_INITIALIZED): run `hsm init`.
+    #[error("token {0} has no user PIN yet (CKR_USER_PIN_NOT_INITIALIZED): run `etee hsm init`")]
+    UserPinNotInitialized(String),
+    /// A PKCS#11 call failed.
+    #[error("{function}: {code}{}", context_suffix(.context))]
+    Pkcs11 {
+        /// `C_Sign`, `C_FindObjectsInit`, ...
+        function: String,
+        /// `CKR_...`, or a description for failures that are not a return value.
+        code: String,
+        /// The return value, when the failure is one.
+        rv: Option<RvError>,
+        context: String,
+    },
+    /// No object with this CKA_ID (or label) in the token.
+    #[error("no {what} {id:?} in the token")]
+    NotFound { what: &'static str, id: String },
+    /// More than one object answers to a CKA_ID that must be unique.
+    #[error("{count} {what} objects have CKA_ID {id:?}; ids must be unique")]
+    Ambiguous {
+        what: &'static str,
+        id: String,
+        count: usize,
+    },
+    /// A key with this CKA_ID is already in the token.
+    #[error("a key with CKA_ID {0:?} is already in the token")]
+    KeyExists(String),
+    /// A keystore could not be read.
+    #[error("keystore: {0}")]
+    Keystore(#[from] etee_formats::keystore::KeystoreError),
+    /// A certificate could not be read or does not fit.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("openssl: {0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
+    /// The session pool was shut down or a worker died.
+    #[error("the PKCS#11 session pool is not running")]
+    PoolStopped,
+    /// A request the backend refuses (bad profile, bad input...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn context_suffix(context: &str) -> String {
+    if context.is_empty() {
+        String::new()
+    } else {
+        format!(" ({context})")
+    }
+}
+
+impl HsmError {
+    /// The PKCS#11 return value behind this error, if any.
+    pub fn rv(&self) -> Option<RvError> {
+        match self {
+            Self::Pkcs11 { rv, .. } => *rv,
+            Self::WrongPin { .. } => Some(RvError::PinIncorrect),
+            Self::PinLocked { .. } => Some(RvError::PinLocked),
+            Self::UserPinNotInitialized(_) => Some(RvError::UserPinNotInitialized),
+            _ => None,
+        }
+    }
+
+    /// The `CKR_...` name of [`Self::rv`].
+    pub fn ckr(&self) -> Option<String> {
+        self.rv().map(ckr_name)
+    }
+
+    pub(crate) fn ck(e: CkError, context: impl Into<String>) -> Self {
+        let context = context.into();
+        match e {
+            CkError::Pkcs11(rv, function) => Self::Pkcs11 {
+                function: function_name(function),
+                code: ckr_name(rv),
+                rv: Some(rv),
+                context,
+            },
+            other => Self::Pkcs11 {
+                function: "cryptoki".into(),
+                code: other.to_string(),
+                rv: None,
+                context,
+            },
+        }
+    }
+}
+
+/// `RvError::PinIncorrect` → `CKR_PIN_INCORRECT`.
+pub fn ckr_name(rv: RvError) -> String {
+    let debug = format!("{rv:?}");
+    let mut out = String::from("CKR");
+    for c in debug.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// `Function::SignInit` → `C_SignInit`.
+pub fn function_name(f: Function) -> String {
+    format!("C_{f:?}")
+}
+
+/// Extension to turn cryptoki results into ours with a short context.
+pub(crate) trait CkContext<T> {
+    fn ctx(self, context: &str) -> Result<T>;
+}
+
+impl<T> CkContext<T> for std::result::Result<T, CkError> {
+    fn ctx(self, context: &str) -> Result<T> {
+        self.map_err(|e| HsmError::ck(e, context))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+        assert_eq!(
+            ckr_name(RvError::CryptokiNotInitialized),
+            "CKR_CRYPTOKI_NOT_INITIALIZED"
+        );
+        assert_eq!(
+            ckr_name(RvError::SessionHandleInvalid),
+            "CKR_SESSION_HANDLE_INVALID"
+        );
+        assert_eq!(function_name(Function::SignInit), "C_SignInit");
+        let e = HsmError::ck(
+            CkError::Pkcs11(RvError::DeviceError, Function::Sign),
+            "key x",
+        );
+        assert_eq!(e.to_string(), "C_Sign: CKR_DEVICE_ERROR (key x)");
+        assert_eq!(e.rv(), Some(RvError::DeviceError));
+    }
+}

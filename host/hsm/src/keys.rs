@@ -1,0 +1,462 @@
+//! Keys in the token: templates, generation, certificates beside keys, CSRs.
+//!
+//! Every private key is `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE` and not
+//! `CKA_EXTRACTABLE`, with `CKA_ALLOWED_MECHANISMS` limited to what its role needs:
+//!
+//! | role | CKA_SIGN | CKA_DECRYPT | CKA_ALLOWED_MECHANISMS |
+//! |---|---|---|---|
+//! | authentication | true | false | `CKM_RSA_PKCS_PSS`, `CKM_SHA256_RSA_PKCS_PSS` |
+//! | ETK | false | true | `CKM_RSA_PKCS` |
+//!
+//! `CKA_UNWRAP`, `CKA_DERIVE`, `CKA_SIGN_RECOVER` are false. Ids follow the eHealth alias
+//! convention: CKA_ID `authentication` for the authentication key, the decimal serial of
+//! the ETK certificate for an ETK key. Certificates are `CKO_CERTIFICATE` objects with the
+//! same CKA_ID as their key; CA certificates get CKA_ID `ca-<first 8 bytes of SHA-256>`.
+
+use crate::config::{KeyProfile, KeyRole};
+use crate::error::{CkContext, HsmError, Result};
+use crate::pool::{Conn, SessionPool};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{
+    Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::Session;
+use cryptoki::types::Ulong;
+use etee_formats::ber::{tag, write};
+use etee_formats::cert::Certificate;
+use etee_formats::oid;
+use openssl::bn::BigNum;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use serde::Serialize;
+
+/// The prefix of provisional ETK ids, until the ETK certificate is installed.
+pub const PENDING_ETK_PREFIX: &str = "etk-pending-";
+/// The authentication key's CKA_ID.
+pub const AUTHENTICATION_ID: &str = etee_formats::keystore::ehealth::AUTHENTICATION_ALIAS;
+
+/// A key pair just generated in the token.
+#[derive(Clone, Debug, Serialize)]
+pub struct GeneratedKey {
+    pub id: String,
+    pub label: String,
+    pub role: KeyRole,
+    pub bits: u32,
+    /// SubjectPublicKeyInfo DER, hex (for registration tools).
+    pub public_key_hex: String,
+}
+
+impl GeneratedKey {
+    /// The SubjectPublicKeyInfo DER.
+    pub fn public_key_der(&self) -> Vec<u8> {
+        hex::decode(&self.public_key_hex).unwrap_or_default()
+    }
+}
+
+/// The private key template for `role` (without key material).
+pub(crate) fn private_template(
+    role: KeyRole,
+    id: &[u8],
+    label: &[u8],
+    mechanisms: Vec<MechanismType>,
+) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(role == KeyRole::Authentication),
+        Attribute::SignRecover(false),
+        Attribute::Decrypt(role == KeyRole::Etk),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(mechanisms),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(label.to_vec()),
+    ]
+}
+
+/// The public key template for `role` (without key material).
+pub(crate) fn public_template(role: KeyRole, id: &[u8], label: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(role == KeyRole::Authentication),
+        Attribute::VerifyRecover(false),
+        Attribute::Encrypt(role == KeyRole::Etk),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(label.to_vec()),
+    ]
+}
+
+/// Generates an RSA key pair in the token following `profile`.
+pub fn generate(pool: &SessionPool, profile: &KeyProfile) -> Result<GeneratedKey> {
+    let id = match &profile.id {
+        Some(id) => id.clone(),
+        None => {
+            let mut r = [0u8; 8];
+            openssl::rand::rand_bytes(&mut r)?;
+            format!("{PENDING_ETK_PREFIX}{}", hex::encode(r))
+        }
+    };
+    let label = profile.label.clone().unwrap_or_else(|| id.clone());
+    let role = profile.role;
+    let bits = profile.bits;
+    let mechanisms = profile.mechanism_types();
+    pool.run(move |conn| {
+        if !conn
+            .find_all(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.as_bytes().to_vec()),
+            ])?
+            .is_empty()
+        {
+            return Err(HsmError::KeyExists(id.clone()));
+        }
+        let mut public = public_template(role, id.as_bytes(), label.as_bytes());
+        public.push(Attribute::ModulusBits(
+            Ulong::try_from(bits as usize).ctx("bits")?,
+        ));
+        public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+        let private = private_template(role, id.as_bytes(), label.as_bytes(), mechanisms.clone());
+        let (_, private_handle) = conn
+            .session()
+            .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
+            .ctx("generating an RSA key pair")?;
+        conn.forget_handles();
+        let spki = public_key_der(conn.session(), private_handle)?;
+        Ok(GeneratedKey {
+            id: id.clone(),
+            label: label.clone(),
+            role,
+            bits,
+            public_key_hex: hex::encode(spki),
+        })
+    })
+}
+
+/// Reads attributes that may be present; absent or sensitive ones are left out.
+pub(crate) fn attributes(
+    session: &Session,
+    object: ObjectHandle,
+    types: &[AttributeType],
+) -> Result<Vec<Attribute>> {
+    session
+        .get_attributes(object, types)
+        .ctx("reading attributes")
+}
+
+pub(crate) fn bytes_attr(
+    session: &Session,
+    object: ObjectHandle,
+    t: AttributeType,
+) -> Result<Option<Vec<u8>>> {
+    Ok(attributes(session, object, &[t])?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Id(v)
+            | Attribute::Label(v)
+            | Attribute::Value(v)
+            | Attribute::Modulus(v)
+            | Attribute::PublicExponent(v)
+            | Attribute::Subject(v) => Some(v),
+            _ => None,
+        }))
+}
+
+/// The SubjectPublicKeyInfo DER of an RSA key object (public or private: CKA_MODULUS
+/// and CKA_PUBLIC_EXPONENT are public attributes).
+pub(crate) fn public_key_der(session: &Session, key: ObjectHandle) -> Result<Vec<u8>> {
+    let attrs = attributes(
+        session,
+        key,
+        &[AttributeType::Modulus, AttributeType::PublicExponent],
+    )?;
+    let (mut n, mut e) = (None, None);
+    for a in attrs {
+        match a {
+            Attribute::Modulus(v) => n = Some(v),
+            Attribute::PublicExponent(v) => e = Some(v),
+            _ => {}
+        }
+    }
+    let (n, e) = n
+        .zip(e)
+        .ok_or_else(|| HsmError::Invalid("the key has no RSA modulus or exponent".into()))?;
+    let rsa = Rsa::from_public_components(BigNum::from_slice(&n)?, BigNum::from_slice(&e)?)?;
+    Ok(PKey::from_rsa(rsa)?.public_key_to_der()?)
+}
+
+/// RSASSA-PSS (SHA-256, MGF1-SHA-256, salt 32) over a SHA-256 digest, in the token.
+pub(crate) fn sign_pss(conn: &mut Conn<'_>, id: &[u8], digest: &[u8; 32]) -> Result<Vec<u8>> {
+    let key = conn.find_object(ObjectClass::PRIVATE_KEY, id)?;
+    let mechanism = Mechanism::RsaPkcsPss(PkcsPssParams {
+        hash_alg: MechanismType::SHA256,
+        mgf: PkcsMgfType::MGF1_SHA256,
+        s_len: Ulong::try_from(32usize).ctx("salt length")?,
+    });
+    conn.session()
+        .sign(&mechanism, key, digest)
+        .ctx("signing (CKM_RSA_PKCS_PSS)")
+}
+
+/// The CKA_ID of a CA certificate.
+pub(crate) fn ca_id(der: &[u8]) -> String {
+    format!("ca-{}", hex::encode(&openssl::sha::sha256(der)[..8]))
+}
+
+/// Stores `cert` under `id`, unless a certificate with that id and the same DER is there
+/// already (a different one is an error).
+pub(crate) fn store_certificate(
+    conn: &mut Conn<'_>,
+    id: &str,
+    label: &str,
+    cert: &Certificate,
+) -> Result<bool> {
+    let existing = conn.find_all(&[
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::Id(id.as_bytes().to_vec()),
+    ])?;
+    if let Some(&h) = existing.first() {
+        if bytes_attr(conn.session(), h, AttributeType::Value)?.as_deref() == Some(cert.der()) {
+            return Ok(false);
+        }
+        return Err(HsmError::Certificate(format!(
+            "another certificate with CKA_ID {id:?} is already in the token"
+        )));
+    }
+    let template = vec![
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::CertificateType(CertificateType::X_509),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Id(id.as_bytes().to_vec()),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Subject(cert.subject_der().to_vec()),
+        Attribute::Issuer(cert.issuer_der().to_vec()),
+        Attribute::SerialNumber(write::uint(cert.serial())),
+        Attribute::Value(cert.der().to_vec()),
+    ];
+    conn.session()
+        .create_object(&template)
+        .ctx("storing a certificate")?;
+    Ok(true)
+}
+
+/// Stores CA certificates (skipping those already there); returns how many were added.
+pub(crate) fn store_chain(conn: &mut Conn<'_>, chain: &[Certificate]) -> Result<usize> {
+    let mut added = 0;
+    for c in chain {
+        let label = format!("CA {}", c.subject_string());
+        let label: String = label.chars().take(96).collect();
+        if store_certificate(conn, &ca_id(c.der()), &label, c)? {
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
+/// Every certificate in the token, with its CKA_ID.
+pub(crate) fn all_certificates(conn: &Conn<'_>) -> Result<Vec<(Vec<u8>, Certificate)>> {
+    let mut out = Vec::new();
+    for h in conn.find_all(&[Attribute::Class(ObjectClass::CERTIFICATE)])? {
+        let attrs = attributes(
+            conn.session(),
+            h,
+            &[AttributeType::Id, AttributeType::Value],
+        )?;
+        let (mut id, mut der) = (Vec::new(), None);
+        for a in attrs {
+            match a {
+                Attribute::Id(v) => id = v,
+                Attribute::Value(v) => der = Some(v),
+                _ => {}
+            }
+        }
+        if let Some(cert) = der.and_then(|d| Certificate::from_der(&d).ok()) {
+            out.push((id, cert));
+        }
+    }
+    Ok(out)
+}
+
+/// The issuers of `leaf` among `certs`, issuer first, as far as they go.
+pub(crate) fn chain_for(leaf: &Certificate, certs: &[Certificate]) -> Vec<Certificate> {
+    let mut chain: Vec<Certificate> = Vec::new();
+    let mut current = leaf.clone();
+    while chain.len() < 8 && current.issuer_der() != current.subject_der() {
+        let Some(issuer) = certs.iter().find(|c| {
+            c.subject_der() == current.issuer_der()
+                && c.der() != current.der()
+                && !chain.iter().any(|x| x.der() == c.der())
+        }) else {
+            break;
+        };
+        chain.push(issuer.clone());
+        current = issuer.clone();
+    }
+    chain
+}
+
+/// Installs the certificate of a key generated in the token (and its CA chain). For an
+/// ETK key the key is renamed to the certificate's decimal serial (CKA_ID and CKA_LABEL of
+/// the private and public key objects), as the eHealth convention wants. Returns the
+/// key's final id.
+pub fn install_certificate(
+    pool: &SessionPool,
+    key_id: &str,
+    cert: &Certificate,
+    chain: &[Certificate],
+) -> Result<String> {
+    let key_id = key_id.to_string();
+    let cert = cert.clone();
+    let chain = chain.to_vec();
+    pool.run(move |conn| {
+        let private = conn.find_object(ObjectClass::PRIVATE_KEY, key_id.as_bytes())?;
+        let key_spki = public_key_der(conn.session(), private)?;
+        let cert_spki = cert
+            .public_key()
+            .and_then(|k| k.public_key_to_der())
+            .map_err(|e| HsmError::Certificate(e.to_string()))?;
+        if key_spki != cert_spki {
+            return Err(HsmError::Certificate(format!(
+                "the certificate ({}) is not for key {key_id:?}",
+                cert.subject_string()
+            )));
+        }
+        let decrypt = attributes(conn.session(), private, &[AttributeType::Decrypt])?
+            .into_iter()
+            .any(|a| matches!(a, Attribute::Decrypt(true)));
+        let id = if decrypt {
+            cert.serial_decimal()
+        } else {
+            key_id.clone()
+        };
+        if id != key_id {
+            if !conn
+                .find_all(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::Id(id.as_bytes().to_vec()),
+                ])?
+                .is_empty()
+            {
+                return Err(HsmError::KeyExists(id.clone()));
+            }
+            let rename = [
+                Attribute::Id(id.as_bytes().to_vec()),
+                Attribute::Label(id.as_bytes().to_vec()),
+            ];
+            let mut objects = vec![private];
+            objects.extend(conn.find_all(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Id(key_id.as_bytes().to_vec()),
+            ])?);
+            for o in objects {
+                conn.session()
+                    .update_attributes(o, &rename)
+                    .ctx("renaming the key to its certificate serial")?;
+            }
+            conn.forget_handles();
+        }
+        store_certificate(conn, &id, &id, &cert)?;
+        store_chain(conn, &chain)?;
+        Ok(id)
+    })
+}
+
+/// A PKCS#10 CertificationRequest for the key `key_id`, signed in the token with
+/// RSASSA-PSS SHA-256 (the only signature an authentication key is allowed). `subject`
+/// is the DER of an X.509 Name (see [`subject_der`]).
+///
+/// ETK keys cannot sign (decryption only), so only authentication keys get a CSR; an ETK
+/// key is registered with its public key ([`GeneratedKey::public_key_der`]).
+pub fn csr(pool: &SessionPool, key_id: &str, subject: &[u8]) -> Result<Vec<u8>> {
+    let key_id = key_id.to_string();
+    let subject = subject.to_vec();
+    pool.run(move |conn| {
+        let private = conn.find_object(ObjectClass::PRIVATE_KEY, key_id.as_bytes())?;
+        let spki = public_key_der(conn.session(), private)?;
+        // CertificationRequestInfo { version 0, subject, subjectPKInfo, attributes [0] {} }
+        let info = write::seq(&[
+            &write::small_uint(0),
+            &subject,
+            &spki,
+            &write::tlv(tag::ctx_cons(0), &[]),
+        ]);
+        let digest = openssl::sha::sha256(&info);
+        let signature = sign_pss(conn, key_id.as_bytes(), &digest)?;
+        let mut bits = Vec::with_capacity(signature.len() + 1);
+        bits.push(0);
+        bits.extend_from_slice(&signature);
+        Ok(write::seq(&[
+            &info,
+            oid::ALG_RSASSA_PSS_SHA256,
+            &write::tlv(tag::BIT_STRING, &bits),
+        ]))
+    })
+}
+
+/// The DER of an X.509 Name from `(attribute, value)` pairs in order, e.g.
+/// `[("C", "BE"), ("O", "Federal Government"), ("CN", "...")]`.
+pub fn subject_der(rdns: &[(&str, &str)]) -> Result<Vec<u8>> {
+    let mut b = openssl::x509::X509NameBuilder::new()?;
+    for (k, v) in rdns {
+        b.append_entry_by_text(k, v)
+            .map_err(|e| HsmError::Invalid(format!("subject attribute {k}={v:?}: {e}")))?;
+    }
+    Ok(b.build().to_der()?)
+}
+
+/// RSA private key object template with key material, for import.
+pub(crate) fn private_import_template(
+    role: KeyRole,
+    id: &[u8],
+    label: &[u8],
+    subject: Option<&[u8]>,
+    rsa: &Rsa<openssl::pkey::Private>,
+) -> Result<Vec<Attribute>> {
+    let missing = || HsmError::Invalid("the RSA key lacks CRT components".into());
+    let mut t = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::RSA),
+    ];
+    t.extend(private_template(role, id, label, role_mechanisms(role)));
+    if let Some(s) = subject {
+        t.push(Attribute::Subject(s.to_vec()));
+    }
+    t.extend([
+        Attribute::Modulus(rsa.n().to_vec()),
+        Attribute::PublicExponent(rsa.e().to_vec()),
+        Attribute::PrivateExponent(rsa.d().to_vec()),
+        Attribute::Prime1(rsa.p().ok_or_else(missing)?.to_vec()),
+        Attribute::Prime2(rsa.q().ok_or_else(missing)?.to_vec()),
+        Attribute::Exponent1(rsa.dmp1().ok_or_else(missing)?.to_vec()),
+        Attribute::Exponent2(rsa.dmq1().ok_or_else(missing)?.to_vec()),
+        Attribute::Coefficient(rsa.iqmp().ok_or_else(missing)?.to_vec()),
+    ]);
+    Ok(t)
+}
+
+/// Overwrites the key material held in a template.
+pub(crate) fn wipe_template(template: &mut [Attribute]) {
+    use zeroize::Zeroize;
+    for a in template.iter_mut() {
+        match a {
+            Attribute::PrivateExponent(v)
+            | Attribute::Prime1(v)
+            | Attribute::Prime2(v)
+            | Attribute::Exponent1(v)
+            | Attribute::Exponent2(v)
+            | Attribute::Coefficient(v) => v.zeroize(),
+            _ => {}
+        }
+    }
+}
+
+/// The full allowed-mechanism set of a role (imports use it).
+pub(crate) fn role_mechanisms(role: KeyRole) -> Vec<MechanismType> {
+    role.permitted_mechanisms().to_vec()
+}

@@ -1,0 +1,307 @@
+//! The PKCS#11 module and its tokens.
+//!
+//! A module is loaded and `C_Initialize`d (OS locking) **once per process**: [`Module::load`]
+//! keeps a process-wide registry by path, because a second `C_Initialize` of the same
+//! library fails and dropping a second handle would `C_Finalize` it under everyone's feet.
+//! Handles are never finalised; after a `CKR_CRYPTOKI_NOT_INITIALIZED` (someone finalised
+//! the library) the pool asks the module to initialise it again.
+//!
+//! Tokens are selected by label and/or serial, never by slot number (SoftHSM renumbers
+//! slots when a token is initialised).
+
+use crate::config::{HsmConfig, Pin, TokenSelector};
+use crate::error::{CkContext, HsmError, PinKind, Result};
+use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::{Slot, TokenInfo};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
+/// Serialises token initialisation in this process (two inits could pick the same slot).
+static INIT: Mutex<()> = Mutex::new(());
+
+/// A loaded, initialised PKCS#11 library.
+pub struct Module {
+    path: PathBuf,
+    state: RwLock<ModuleState>,
+}
+
+struct ModuleState {
+    ctx: Pkcs11,
+    /// Bumped by every re-initialisation; sessions opened under an older generation are
+    /// stale.
+    generation: u64,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module").field("path", &self.path).finish()
+    }
+}
+
+impl Module {
+    /// The module at `path`, loaded and initialised on first use in this process.
+    pub fn load(path: &Path) -> Result<Arc<Module>> {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut modules = MODULES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = modules.get(&key) {
+            return Ok(m.clone());
+        }
+        if !path.exists() {
+            return Err(HsmError::Module {
+                module: path.to_path_buf(),
+                reason: "no such file; install SoftHSM2 (bash hsm-config/setup.sh) or set [hsm] module to your HSM's PKCS#11 library".into(),
+            });
+        }
+        let ctx = open_library(path)?;
+        let module = Arc::new(Module {
+            path: path.to_path_buf(),
+            state: RwLock::new(ModuleState { ctx, generation: 0 }),
+        });
+        modules.insert(key, module.clone());
+        Ok(module)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current cryptoki handle and its generation.
+    pub(crate) fn context(&self) -> (Pkcs11, u64) {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        (st.ctx.clone(), st.generation)
+    }
+
+    /// Initialises the library again after it was finalised behind our back, unless a
+    /// newer generation than `seen` exists already. The old handle is leaked on purpose:
+    /// dropping it would `C_Finalize` the library again.
+    pub(crate) fn reinitialize(&self, seen: u64) -> Result<()> {
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if st.generation != seen {
+            return Ok(());
+        }
+        let ctx = open_library(&self.path)?;
+        let old = std::mem::replace(&mut st.ctx, ctx);
+        std::mem::forget(old);
+        st.generation += 1;
+        Ok(())
+    }
+
+    /// Every token present, initialised or not.
+    pub fn tokens(&self) -> Result<Vec<TokenSummary>> {
+        let (ctx, _) = self.context();
+        let slots = ctx.get_slots_with_token().ctx("listing slots")?;
+        slots
+            .into_iter()
+            .map(|s| {
+                Ok(TokenSummary::new(
+                    s,
+                    &ctx.get_token_info(s).ctx("token info")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The slot holding the initialised token `selector` names; exactly one must match.
+    pub fn find_token(&self, selector: &TokenSelector) -> Result<(Slot, TokenInfo)> {
+        let (ctx, _) = self.context();
+        find_token(&ctx, selector, &self.path)
+    }
+}
+
+fn open_library(path: &Path) -> Result<Pkcs11> {
+    let fail = |reason: String| HsmError::Module {
+        module: path.to_path_buf(),
+        reason,
+    };
+    let ctx = Pkcs11::new(path).map_err(|e| fail(e.to_string()))?;
+    match ctx.initialize(CInitializeArgs::OsThreads) {
+        // Another component of this process initialised it: share it.
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
+        Err(e) => Err(fail(format!(
+            "C_Initialize: {}",
+            HsmError::ck(e, "").ckr().unwrap_or_default()
+        ))),
+    }
+}
+
+pub(crate) fn find_token(
+    ctx: &Pkcs11,
+    selector: &TokenSelector,
+    module: &Path,
+) -> Result<(Slot, TokenInfo)> {
+    let slots = ctx.get_slots_with_token().ctx("listing slots")?;
+    let mut found = Vec::new();
+    let mut present = Vec::new();
+    for slot in slots {
+        let info = ctx.get_token_info(slot).ctx("token info")?;
+        if !info.token_initialized() {
+            continue;
+        }
+        present.push(format!(
+            "{:?} (serial {})",
+            info.label().trim_end(),
+            info.serial_number().trim_end()
+        ));
+        if selector.matches(info.label(), info.serial_number()) {
+            found.push((slot, info));
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(HsmError::TokenNotFound {
+            selector: selector.to_string(),
+            module: module.to_path_buf(),
+            present: if present.is_empty() {
+                "none initialised".into()
+            } else {
+                present.join(", ")
+            },
+        }),
+        n => Err(HsmError::Config(format!(
+            "{n} tokens match {selector}; add token_serial to choose one"
+        ))),
+    }
+}
+
+/// Logs `kind` in; `CKR_USER_ALREADY_LOGGED_IN` is success (login state is shared by all
+/// sessions of the process).
+pub(crate) fn login(session: &Session, kind: PinKind, pin: &Pin, token: &str) -> Result<()> {
+    let user = match kind {
+        PinKind::User => UserType::User,
+        PinKind::SecurityOfficer => UserType::So,
+    };
+    match session.login(user, Some(&pin.auth())) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(HsmError::WrongPin {
+            kind,
+            token: token.into(),
+        }),
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(HsmError::PinLocked {
+            kind,
+            token: token.into(),
+        }),
+        Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) => {
+            Err(HsmError::UserPinNotInitialized(token.into()))
+        }
+        Err(e) => Err(HsmError::ck(e, format!("logging in to {token}"))),
+    }
+}
+
+/// What `etee hsm init` and `etee keys list` say about a token.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TokenSummary {
+    /// Informational only: slot numbers change, tokens are found by label or serial.
+    pub slot: u64,
+    pub label: String,
+    pub serial: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub initialized: bool,
+    pub user_pin_initialized: bool,
+    /// The token reports failed user logins (CKF_USER_PIN_COUNT_LOW).
+    pub user_pin_count_low: bool,
+    pub user_pin_final_try: bool,
+    pub user_pin_locked: bool,
+    pub max_sessions: Option<u64>,
+}
+
+impl TokenSummary {
+    pub(crate) fn new(slot: Slot, t: &TokenInfo) -> Self {
+        Self {
+            slot: slot.id(),
+            label: t.label().trim_end().into(),
+            serial: t.serial_number().trim_end().into(),
+            manufacturer: t.manufacturer_id().trim_end().into(),
+            model: t.model().trim_end().into(),
+            initialized: t.token_initialized(),
+            user_pin_initialized: t.user_pin_initialized(),
+            user_pin_count_low: t.user_pin_count_low(),
+            user_pin_final_try: t.user_pin_final_try(),
+            user_pin_locked: t.user_pin_locked(),
+            max_sessions: t.max_session_count().into(),
+        }
+    }
+
+    /// How a message names the token.
+    pub fn name(&self) -> String {
+        format!("{:?} (serial {})", self.label, self.serial)
+    }
+}
+
+/// `etee hsm init`: initialises a free token with the configured label and SO PIN, then
+/// sets the user PIN. Refuses a token that is already initialised. With `token_serial`,
+/// the uninitialised token with that serial is used; otherwise the first free one
+/// (SoftHSM always offers one).
+pub fn init_token(config: &HsmConfig) -> Result<TokenSummary> {
+    let label = config.token.label.as_deref().ok_or_else(|| {
+        HsmError::Config("[hsm] token_label is needed to initialise a token".into())
+    })?;
+    let (so_pin, _) = config.so_pin()?;
+    let (user_pin, _) = config.user_pin()?;
+    let module = Module::load(&config.module)?;
+    let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    let (ctx, _) = module.context();
+    if find_token(&ctx, &config.token, &config.module).is_ok() {
+        return Err(HsmError::TokenAlreadyInitialized(config.token.to_string()));
+    }
+    let mut free = None;
+    for slot in ctx.get_slots_with_token().ctx("listing slots")? {
+        let info = ctx.get_token_info(slot).ctx("token info")?;
+        let serial_ok = config
+            .token
+            .serial
+            .as_deref()
+            .is_none_or(|s| s == info.serial_number().trim_end());
+        if serial_ok {
+            if info.token_initialized() && config.token.serial.is_some() {
+                return Err(HsmError::TokenAlreadyInitialized(format!(
+                    "serial {:?} (label {:?})",
+                    info.serial_number().trim_end(),
+                    info.label().trim_end()
+                )));
+            }
+            if !info.token_initialized() {
+                free = Some(slot);
+                break;
+            }
+        }
+    }
+    let slot = free.ok_or_else(|| HsmError::TokenNotFound {
+        selector: match &config.token.serial {
+            Some(s) => format!("an uninitialised token with serial {s:?}"),
+            None => "an uninitialised token".into(),
+        },
+        module: config.module.clone(),
+        present: "every token is initialised".into(),
+    })?;
+    ctx.init_token(slot, &so_pin.auth(), label)
+        .map_err(|e| match e {
+            CkError::Pkcs11(RvError::PinIncorrect, _) => HsmError::WrongPin {
+                kind: PinKind::SecurityOfficer,
+                token: label.into(),
+            },
+            e => HsmError::ck(e, format!("initialising token {label:?}")),
+        })?;
+    // The token may have moved to another slot: find it again by label.
+    let selector = TokenSelector::label(label);
+    let (slot, info) = find_token(&ctx, &selector, &config.module)?;
+    let name = TokenSummary::new(slot, &info).name();
+    {
+        let session = ctx.open_rw_session(slot).ctx("opening a session")?;
+        login(&session, PinKind::SecurityOfficer, &so_pin, &name)?;
+        session
+            .init_pin(&user_pin.auth())
+            .ctx("setting the user PIN")?;
+        session.logout().ctx("logging out")?;
+    }
+    let info = ctx.get_token_info(slot).ctx("token info")?;
+    Ok(TokenSummary::new(slot, &info))
+}

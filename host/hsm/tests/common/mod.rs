@@ -1,0 +1,218 @@
+//! The SoftHSM2 rig for the tests: one temporary token directory per test process (from
+//! `hsm-config/softhsm2.conf.template`), `SOFTHSM2_CONF` pointing at it, and a fresh token
+//! per test, initialised through our own `init_token` with PINs from files.
+#![allow(dead_code)]
+
+use etee_hsm::config::PinSource;
+use etee_hsm::{init_token, HsmConfig, TokenSelector};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub const USER_PIN: &str = "user-pin-4321";
+pub const SO_PIN: &str = "so-pin-8765";
+
+pub struct Rig {
+    pub dir: PathBuf,
+    pub module: PathBuf,
+}
+
+/// The module: `SOFTHSM2_MODULE`, else the Debian/Ubuntu path.
+pub fn module_path() -> PathBuf {
+    std::env::var_os("SOFTHSM2_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(etee_hsm::config::DEFAULT_MODULE))
+}
+
+/// The rig of this test process. Fails (does not skip) without SoftHSM2.
+pub fn rig() -> &'static Rig {
+    static RIG: OnceLock<Rig> = OnceLock::new();
+    RIG.get_or_init(|| {
+        let module = module_path();
+        assert!(
+            module.exists(),
+            "SoftHSM2 is not installed ({} is missing): run `bash hsm-config/setup.sh` \
+             (scripts/test does), or set SOFTHSM2_MODULE to libsofthsm2.so",
+            module.display()
+        );
+        remove_old_rigs(Path::new(env!("CARGO_TARGET_TMPDIR")));
+        let dir = tempfile::Builder::new()
+            .prefix("softhsm-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("temporary directory")
+            .keep();
+        let tokens = dir.join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hsm-config/softhsm2.conf.template"),
+        )
+        .expect("hsm-config/softhsm2.conf.template");
+        assert!(template.contains("@TOKENDIR@"));
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            template.replace("@TOKENDIR@", &tokens.display().to_string()),
+        )
+        .unwrap();
+        // Before the module is loaded (SoftHSM reads it in C_Initialize); the tests of one
+        // binary share it, each on its own token.
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        Rig { dir, module }
+    })
+}
+
+/// Token directories of earlier runs (older than an hour: not a run in progress).
+fn remove_old_rigs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 3600);
+        if old && e.file_name().to_string_lossy().starts_with("softhsm-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn write_secret(path: &Path, content: &str) {
+    std::fs::write(path, format!("{content}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// A new token labelled `name` (unique per test), initialised by `etee_hsm::init_token`.
+pub fn new_token(name: &str) -> HsmConfig {
+    let rig = rig();
+    assert!(name.len() <= 32);
+    let user = rig.dir.join(format!("{name}.user.pin"));
+    let so = rig.dir.join(format!("{name}.so.pin"));
+    write_secret(&user, USER_PIN);
+    write_secret(&so, SO_PIN);
+    let mut config = HsmConfig::new(rig.module.clone(), TokenSelector::label(name), user);
+    config.so_pin = Some(PinSource::File(so));
+    config.sessions = Some(2);
+    let summary = init_token(&config).expect("init token");
+    assert_eq!(summary.label, name);
+    assert!(summary.user_pin_initialized);
+    config
+}
+
+/// `pkcs11-tool --list-objects` on the token, logged in; the text output.
+pub fn pkcs11_tool_objects(config: &HsmConfig) -> String {
+    let out = Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(&config.module)
+        .arg("--token-label")
+        .arg(config.token.label.as_deref().unwrap())
+        .args(["--login", "--pin", USER_PIN, "--list-objects"])
+        .output()
+        .expect("pkcs11-tool (OpenSC) not found: run `bash hsm-config/setup.sh`");
+    assert!(
+        out.status.success(),
+        "pkcs11-tool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One object as pkcs11-tool prints it.
+#[derive(Debug, Default)]
+pub struct ToolObject {
+    pub kind: String,
+    pub label: String,
+    pub id_hex: String,
+    pub access: Vec<String>,
+    pub usage: Vec<String>,
+    pub mechanisms: Vec<String>,
+}
+
+/// Parses `pkcs11-tool --list-objects` text: a header line per object (`Private Key
+/// Object; RSA`) followed by indented `name: value` lines.
+pub fn parse_pkcs11_tool(text: &str) -> Vec<ToolObject> {
+    let mut out: Vec<ToolObject> = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if !line.starts_with(' ') && !line.starts_with('\t') {
+            out.push(ToolObject {
+                kind: line.trim().to_string(),
+                ..Default::default()
+            });
+            continue;
+        }
+        let Some(obj) = out.last_mut() else { continue };
+        let Some((k, v)) = line.trim().split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        let list = || {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        match k.trim() {
+            "label" => obj.label = v.to_string(),
+            "ID" => obj.id_hex = v.to_lowercase(),
+            "Access" => obj.access = list(),
+            "Usage" => obj.usage = list(),
+            "Allowed mechanisms" => obj.mechanisms = list(),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The shared vectors: `ETEE_VECTORS`, else `<workspace>/../shared/vectors`; `None` with a
+/// printed message when absent.
+pub fn vectors() -> Option<PathBuf> {
+    let dir = match std::env::var_os("ETEE_VECTORS") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
+    };
+    if dir.join("expected-verdicts.json").is_file() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: ../shared/vectors not found (set ETEE_VECTORS)");
+        None
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` → unix seconds.
+pub fn unix_time(s: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    let (hh, mm, ss) = (n(11..13), n(14..16), n(17..19));
+    // Days from civil (proleptic Gregorian).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    days * 86400 + hh * 3600 + mm * 60 + ss
+}
+
+/// Runs `openssl ARGS`, failing the test with its stderr when it fails.
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl command");
+    assert!(
+        out.status.success(),
+        "openssl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

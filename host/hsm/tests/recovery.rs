@@ -1,0 +1,164 @@
+//! (g) Session recovery: the pool's sessions are lost behind its back and the next
+//! operations still succeed. This test finalises the PKCS#11 library, so it runs alone in
+//! its own test process (its own file) with one test function.
+
+mod common;
+
+use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::session::Session;
+use etee_formats::keys::{KeyId, PrivateKeyOps};
+use etee_hsm::Hsm;
+use openssl::pkey::{PKey, Public};
+use openssl::rsa::Padding;
+
+fn verify_pss(spki: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
+    let key: PKey<Public> = PKey::public_key_from_der(spki).unwrap();
+    let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&key).unwrap();
+    ctx.verify_init().unwrap();
+    ctx.set_rsa_padding(Padding::PKCS1_PSS).unwrap();
+    ctx.set_signature_md(openssl::md::Md::sha256()).unwrap();
+    ctx.set_rsa_mgf1_md(openssl::md::Md::sha256()).unwrap();
+    ctx.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::custom(32))
+        .unwrap();
+    ctx.verify(digest, sig).unwrap_or(false)
+}
+
+/// A session on `label` through a second handle on the same (already initialised)
+/// library: what another component of the process could do.
+fn foreign_session(module: &std::path::Path, label: &str) -> (Pkcs11, Session) {
+    let other = Pkcs11::new(module).unwrap();
+    let slot = other
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| other.get_token_info(*s).unwrap().label().trim_end() == label)
+        .unwrap();
+    let session = other.open_ro_session(slot).unwrap();
+    (other, session)
+}
+
+#[test]
+fn operations_survive_lost_sessions() {
+    let config = common::new_token("recovery");
+    let hsm = Hsm::open(&config).unwrap();
+    let auth = hsm
+        .generate(config.profile("authentication").unwrap())
+        .unwrap();
+    let etk = hsm.generate(config.profile("etk").unwrap()).unwrap();
+    let keys = hsm.keys();
+    let auth_id = KeyId(auth.id.clone());
+    let etk_id = KeyId(etk.id.clone());
+    let blob = {
+        let key: PKey<Public> = PKey::public_key_from_der(&etk.public_key_der()).unwrap();
+        let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&key).unwrap();
+        ctx.encrypt_init().unwrap();
+        ctx.set_rsa_padding(Padding::PKCS1).unwrap();
+        let mut out = Vec::new();
+        ctx.encrypt_to_vec(b"content key 1234", &mut out).unwrap();
+        out
+    };
+    let digest = openssl::sha::sha256(b"recover");
+    let check = |what: &str| {
+        for _ in 0..4 {
+            let sig = keys
+                .sign_pss_sha256(&auth_id, &digest)
+                .unwrap_or_else(|e| panic!("sign after {what}: {e}"));
+            assert!(verify_pss(&auth.public_key_der(), &digest, &sig), "{what}");
+            let plain = keys
+                .decrypt_pkcs1v15(&etk_id, &blob)
+                .unwrap_or_else(|e| panic!("decrypt after {what}: {e}"));
+            assert_eq!(&plain[..], b"content key 1234", "{what}");
+        }
+    };
+    check("start");
+    assert_eq!(hsm.pool().recoveries(), 0);
+
+    // 1. Logged out behind the pool's back (C_Logout logs out every session).
+    let (other, session) = foreign_session(&config.module, "recovery");
+    session.logout().unwrap();
+    drop(session);
+    check("C_Logout from another handle");
+    let log = hsm.pool().recent_recoveries();
+    assert!(!log.is_empty(), "no recovery recorded");
+    // Re-login, or (for a worker whose private-key handle died with the logout, while
+    // another worker had logged in again already) finding the key again.
+    assert!(log.iter().any(|r| r.ends_with("Relogin")), "{log:?}");
+    assert!(
+        log.iter()
+            .all(|r| r.ends_with("Relogin") || r.ends_with("Refind")),
+        "{log:?}"
+    );
+
+    // 1b. The same while several threads are signing.
+    let (second, session) = foreign_session(&config.module, "recovery");
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        let sig = keys.sign_pss_sha256(&auth_id, &digest).unwrap();
+                        assert!(verify_pss(&auth.public_key_der(), &digest, &sig));
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        session.logout().unwrap();
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    drop(session);
+    // Dropping the last clone of a handle finalises the library: not yet.
+    std::mem::forget(second);
+    check("C_Logout under load");
+    assert!(
+        hsm.pool()
+            .recent_recoveries()
+            .iter()
+            .all(|r| r.ends_with("Relogin") || r.ends_with("Refind")),
+        "{:?}",
+        hsm.pool().recent_recoveries()
+    );
+
+    // 2. Every session closed and the library re-initialised by someone else: the pool's
+    //    handles are invalid (CKR_SESSION_HANDLE_INVALID); the token is found again by
+    //    label and the keys by CKA_ID.
+    drop(other); // the last reference to a second handle: C_Finalize
+    let reinit = Pkcs11::new(&config.module).unwrap();
+    reinit.initialize(CInitializeArgs::OsThreads).unwrap();
+    std::mem::forget(reinit); // never finalise again behind the test's back
+    let before = hsm.pool().recoveries();
+    check("C_Finalize + C_Initialize from another handle");
+    assert!(hsm.pool().recoveries() > before);
+    let log = hsm.pool().recent_recoveries();
+    assert!(
+        log.last().unwrap() == "CKR_SESSION_HANDLE_INVALID: Reopen",
+        "{log:?}"
+    );
+
+    // 3. The library finalised and left so (CKR_CRYPTOKI_NOT_INITIALIZED): the pool
+    //    initialises it again.
+    drop(Pkcs11::new(&config.module).unwrap());
+    let before = hsm.pool().recoveries();
+    check("C_Finalize from another handle");
+    assert!(hsm.pool().recoveries() > before);
+    let log = hsm.pool().recent_recoveries();
+    assert!(
+        log.iter()
+            .any(|r| r == "CKR_CRYPTOKI_NOT_INITIALIZED: Reinitialize"),
+        "{log:?}"
+    );
+
+    // Everything else still works after recoveries: listing, a new key.
+    let listed = hsm.list().unwrap();
+    assert_eq!(listed.keys.len(), 2);
+    let mut profile = config.profile("etk").unwrap().clone();
+    profile.id = Some("after-recovery".into());
+    hsm.generate(&profile).unwrap();
+    eprintln!(
+        "recoveries: {} {:?}",
+        hsm.pool().recoveries(),
+        hsm.pool().recent_recoveries()
+    );
+}

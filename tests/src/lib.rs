@@ -151,6 +151,12 @@ impl Etee {
         self
     }
 
+    /// Sets an environment variable of the child (e.g. `SOFTHSM2_CONF`).
+    pub fn env<K: AsRef<OsStr>, V: AsRef<OsStr>>(mut self, key: K, value: V) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
     /// Bytes for standard input.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());

@@ -138,3 +138,13 @@ pub fn rfc3339(t: i64) -> String {
         })
         .unwrap_or_else(|| t.to_string())
 }
+
+/// The token's keys behind the in-process custody core, from an HSM configuration.
+pub fn custody_keys(config: &Path) -> Result<etee_hsm::CustodyKeys, CliError> {
+    let config = etee_hsm::Config::load(config)?;
+    let keys = etee_hsm::CustodyKeys::open(&config.hsm, &config.custody)?;
+    for w in keys.hsm().warnings() {
+        eprintln!("etee: warning: {w}");
+    }
+    Ok(keys)
+}

@@ -1,7 +1,7 @@
-//! `etee`: seal and unseal eHealth ETEE messages, verify ETKs.
+//! `etee`: seal and unseal eHealth ETEE messages, verify ETKs, keep the keys in an HSM.
 //!
-//! Exit codes: 0 success; 1 the message or ETK failed a check (fatal or error); 2 usage,
-//! input/output or key store problems.
+//! Exit codes: 0 success; 1 the message or ETK failed a check (fatal or error), or the
+//! audit chain is broken; 2 usage, input/output, key store or HSM problems.
 
 mod commands;
 mod inputs;
@@ -37,6 +37,21 @@ enum Command {
         #[command(subcommand)]
         command: commands::pki::Command,
     },
+    /// The HSM token (PKCS#11).
+    Hsm {
+        #[command(subcommand)]
+        command: commands::hsm::HsmCommand,
+    },
+    /// The keys in the HSM token.
+    Keys {
+        #[command(subcommand)]
+        command: commands::hsm::KeysCommand,
+    },
+    /// The custody core's audit chain.
+    Audit {
+        #[command(subcommand)]
+        command: commands::audit::Command,
+    },
 }
 
 /// A failure that is not a verdict: bad usage, unreadable files, key store trouble.
@@ -65,6 +80,8 @@ pub enum CliError {
     Seal(#[from] etee_formats::cms::SealError),
     #[error("{0}")]
     Unseal(#[from] etee_formats::cms::UnsealError),
+    #[error("HSM: {0}")]
+    Hsm(#[from] etee_hsm::HsmError),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +91,9 @@ fn main() -> ExitCode {
         Command::Unseal(args) => commands::unseal::run(args),
         Command::Etk { command } => commands::etk::run(command),
         Command::Pki { command } => commands::pki::run(command),
+        Command::Hsm { command } => commands::hsm::run_hsm(command),
+        Command::Keys { command } => commands::hsm::run_keys(command),
+        Command::Audit { command } => commands::audit::run(command),
     };
     match result {
         Ok(code) => code,

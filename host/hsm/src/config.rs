@@ -38,6 +38,56 @@ const MAX_AUTO_SESSIONS: usize = 8;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub hsm: HsmConfig,
+    /// The optional `[custody]` table, with its defaults filled in.
+    pub custody: CustodyConfig,
+}
+
+/// The default client id of the in-process custody core.
+pub const DEFAULT_CUSTODY_CLIENT: &str = "etee-cli";
+
+/// The `[custody]` table: where the in-process custody core keeps its audit chain and
+/// which client id it grants the token's keys to.
+///
+/// ```toml
+/// [custody]
+/// audit_file = "audit.log"   # default: audit-<token label or serial>.log beside the config
+/// client = "etee-cli"        # default
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustodyConfig {
+    /// The audit chain file.
+    pub audit_file: PathBuf,
+    /// The client the default policy lets sign with `authentication` and decrypt with
+    /// every ETK key.
+    pub client: String,
+}
+
+impl CustodyConfig {
+    /// The defaults for a token, with the audit file in `dir`:
+    /// `audit-<token label, else serial>.log` (characters other than ASCII letters,
+    /// digits, `-`, `_` and `.` replaced by `_`).
+    pub fn defaults(hsm: &HsmConfig, dir: &Path) -> Self {
+        let name = hsm
+            .token
+            .label
+            .as_deref()
+            .or(hsm.token.serial.as_deref())
+            .unwrap_or("token");
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Self {
+            audit_file: dir.join(format!("audit-{safe}.log")),
+            client: DEFAULT_CUSTODY_CLIENT.into(),
+        }
+    }
 }
 
 impl Config {
@@ -57,9 +107,22 @@ impl Config {
         let raw = file
             .hsm
             .ok_or_else(|| HsmError::Config("no [hsm] table".into()))?;
-        Ok(Self {
-            hsm: HsmConfig::from_raw(raw, base)?,
-        })
+        let hsm = HsmConfig::from_raw(raw, base)?;
+        let mut custody = CustodyConfig::defaults(&hsm, base);
+        if let Some(c) = file.custody {
+            if let Some(f) = c.audit_file {
+                custody.audit_file = if f.is_relative() { base.join(f) } else { f };
+            }
+            if let Some(client) = c.client {
+                if client.is_empty() || client.len() > 32 {
+                    return Err(HsmError::Config(
+                        "[custody] client must be 1 to 32 bytes".into(),
+                    ));
+                }
+                custody.client = client;
+            }
+        }
+        Ok(Self { hsm, custody })
     }
 }
 
@@ -73,6 +136,14 @@ fn strip_prefix(e: HsmError) -> String {
 #[derive(Deserialize)]
 struct RawFile {
     hsm: Option<RawHsm>,
+    custody: Option<RawCustody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCustody {
+    audit_file: Option<PathBuf>,
+    client: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -584,6 +655,26 @@ mod tests {
             }
         );
         assert_eq!(c.profile("etk").unwrap(), &KeyProfile::etk());
+    }
+
+    #[test]
+    fn custody_table() {
+        let base = Path::new("/etc/etee");
+        let minimal = "[hsm]\ntoken_label = \"lab el/1\"\npin_file = \"user.pin\"\n";
+        let c = Config::from_toml(minimal, base).unwrap();
+        assert_eq!(
+            c.custody.audit_file,
+            PathBuf::from("/etc/etee/audit-lab_el_1.log")
+        );
+        assert_eq!(c.custody.client, DEFAULT_CUSTODY_CLIENT);
+        let full = format!("{minimal}[custody]\naudit_file = \"log/chain\"\nclient = \"app\"\n");
+        let c = Config::from_toml(&full, base).unwrap();
+        assert_eq!(c.custody.audit_file, PathBuf::from("/etc/etee/log/chain"));
+        assert_eq!(c.custody.client, "app");
+        let typo = format!("{minimal}[custody]\naudit = \"x\"\n");
+        assert!(Config::from_toml(&typo, base).is_err());
+        let long = format!("{minimal}[custody]\nclient = \"{}\"\n", "c".repeat(33));
+        assert!(Config::from_toml(&long, base).is_err());
     }
 
     #[test]

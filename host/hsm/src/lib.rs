@@ -11,6 +11,8 @@
 //! - [`import`]: one-time import of an eHealth `.p12` keystore.
 //! - [`ops`]: [`HsmKeys`], the [`etee_formats::keys::PrivateKeyOps`] over the token.
 //! - [`list`]: what the token holds, with the security attributes of every key.
+//! - [`custody`]: the custody core (`etee-custody`) in this process in front of the token:
+//!   [`HsmToken`] and [`CustodyKeys`] (policy check and audit record before every result).
 //!
 //! [`Hsm`] ties them together: open it from a configuration, then seal and unseal with
 //! [`Hsm::keys`].
@@ -37,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod custody;
 mod error;
 pub mod import;
 pub mod keys;
@@ -45,7 +48,10 @@ pub mod ops;
 pub mod pool;
 pub mod token;
 
-pub use config::{Config, HsmConfig, KeyProfile, KeyRole, Pin, PinSource, TokenSelector};
+pub use config::{
+    Config, CustodyConfig, HsmConfig, KeyProfile, KeyRole, Pin, PinSource, TokenSelector,
+};
+pub use custody::{CustodyKeys, HsmToken};
 pub use error::{ckr_name, HsmError, PinKind, Result};
 pub use import::{ImportOptions, ImportReport, ImportedKey};
 pub use keys::GeneratedKey;

@@ -172,7 +172,7 @@ impl PrivateKeyOps for HsmKeys {
 /// may recover from them and retry); everything else becomes one opaque error, never
 /// retried, so that neither the result nor the timing of a retry tells padding errors
 /// from others.
-fn decrypt_error(e: cryptoki::error::Error) -> HsmError {
+pub(crate) fn decrypt_error(e: cryptoki::error::Error) -> HsmError {
     let e = HsmError::ck(e, "decrypting");
     match e.rv() {
         Some(

@@ -1,4 +1,6 @@
+pub mod audit;
 pub mod etk;
+pub mod hsm;
 pub mod pki;
 pub mod seal;
 pub mod unseal;

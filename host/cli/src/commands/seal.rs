@@ -10,8 +10,17 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     /// The sender's eHealth keystore (.p12); its `authentication` key signs.
-    #[arg(long, value_name = "P12")]
-    keystore: PathBuf,
+    #[arg(
+        long,
+        value_name = "P12",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    keystore: Option<PathBuf>,
+    /// HSM configuration (TOML): the token's `authentication` key signs, through the
+    /// custody core (policy and audit chain).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// File holding the keystore password (else ETEE_KEYSTORE_PASSWORD).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -53,14 +62,24 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             "--kek/--kek-file and --kek-id go together".into(),
         ));
     }
-    let password = inputs::password(args.password_file.as_ref())?;
-    let store = inputs::keystore(&args.keystore, &password)?;
-    let signer = store.authentication().ok_or_else(|| {
-        CliError::Usage(format!(
-            "{}: no `authentication` key in this keystore",
-            args.keystore.display()
-        ))
-    })?;
+    let signer = match (&args.keystore, &args.config) {
+        (Some(path), _) => {
+            let password = inputs::password(args.password_file.as_ref())?;
+            let store = inputs::keystore(path, &password)?;
+            store.authentication().ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{}: no `authentication` key in this keystore",
+                    path.display()
+                ))
+            })?
+        }
+        (None, Some(config)) => inputs::custody_keys(config)?.signing_key()?,
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give --keystore P12 or --config FILE".into(),
+            ))
+        }
+    };
     let anchors = TrustAnchors::new(inputs::certificates(&args.trust)?);
     let now = inputs::evaluation_time(None)?;
     let mut recipients = Vec::new();

@@ -12,8 +12,12 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     /// The receiver's eHealth keystore(s); every ETK key in them may open the message.
-    #[arg(long, value_name = "P12")]
+    #[arg(long, value_name = "P12", conflicts_with = "config")]
     keystore: Vec<PathBuf>,
+    /// HSM configuration (TOML): every ETK key in the token may open the message, through
+    /// the custody core (policy and audit chain).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// File holding the keystore password (else ETEE_KEYSTORE_PASSWORD).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -54,9 +58,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
     let kek = inputs::kek_arg(args.kek.as_deref(), args.kek_file.as_deref())?;
-    if args.keystore.is_empty() && kek.is_none() {
+    if args.keystore.is_empty() && args.config.is_none() && kek.is_none() {
         return Err(CliError::Usage(
-            "give --keystore P12 (known recipient) or --kek/--kek-file (unknown recipient)".into(),
+            "give --keystore P12 or --config FILE (known recipient) or --kek/--kek-file (unknown recipient)".into(),
         ));
     }
     let mut ring = KeyRing::new();
@@ -66,6 +70,15 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             ring.extend(inputs::keystore(path, &password)?.decryption_keys());
         }
     }
+    // Keeps the custody core (and its PKCS#11 sessions) open until the message is read.
+    let _custody = match &args.config {
+        Some(config) => {
+            let keys = inputs::custody_keys(config)?;
+            ring.extend(keys.decryption_keys()?);
+            Some(keys)
+        }
+        None => None,
+    };
     let opts = UnsealOptions {
         anchors: TrustAnchors::new(inputs::certificates(&args.trust)?),
         kek,

@@ -1,0 +1,89 @@
+//! `etee audit verify`: walks the custody core's audit chain.
+//!
+//! Exit codes: 0 the chain is intact; 1 it is broken (the first break is reported);
+//! 2 usage or I/O problems.
+
+use crate::CliError;
+use etee_custody::file_sink::{scan, FileSinkError};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Verify the hash chain of the audit file of the configured token.
+    Verify {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print the result as one JSON line on standard output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: Command) -> Result<ExitCode, CliError> {
+    let Command::Verify { config, json } = command;
+    let config = super::hsm::load_config(&config)?;
+    let path = config.custody.audit_file;
+    if !path.is_file() {
+        return Err(CliError::Usage(format!(
+            "{}: no audit file (nothing was done through the custody core yet?)",
+            path.display()
+        )));
+    }
+    let mut intact = 0u64;
+    let result = scan(&path, |_| intact += 1);
+    let file = path.display().to_string();
+    let (report, text, code) = match result {
+        Ok(s) => {
+            let head = hex::encode(s.head.hash);
+            let text = format!(
+                "OK      {} records, head {head}{}",
+                s.count,
+                if s.torn_tail {
+                    " (a torn final record from a crash follows; it is cut when the core next opens the file)"
+                } else {
+                    ""
+                }
+            );
+            let report = json!({
+                "file": file, "intact": true, "records": s.count,
+                "head": head, "torn_tail": s.torn_tail,
+            });
+            (report, text, ExitCode::SUCCESS)
+        }
+        Err(FileSinkError::Io(e)) => {
+            return Err(CliError::File {
+                path: file,
+                source: e,
+            });
+        }
+        Err(FileSinkError::Corrupt { offset }) => {
+            let text = format!(
+                "BROKEN  record {intact} is damaged (byte {offset}); {intact} record(s) before it are intact"
+            );
+            let report = json!({
+                "file": file, "intact": false, "records_intact": intact,
+                "break": { "sequence": intact, "offset": offset, "reason": "damaged record" },
+            });
+            (report, text, ExitCode::from(1))
+        }
+        Err(FileSinkError::Chain(b)) => {
+            let reason = format!("{:?}", b.reason);
+            let text = format!("BROKEN  chain broken at record {}: {reason}", b.sequence);
+            let report = json!({
+                "file": file, "intact": false, "records_intact": b.sequence,
+                "break": { "sequence": b.sequence, "reason": reason },
+            });
+            (report, text, ExitCode::from(1))
+        }
+        Err(e) => return Err(CliError::Usage(format!("{file}: {e}"))),
+    };
+    if json {
+        println!("{report}");
+    } else {
+        eprintln!("{text}");
+        eprintln!("file    {file}");
+    }
+    Ok(code)
+}

@@ -1,0 +1,387 @@
+//! The custody core (`etee-custody`) in the `etee` process, in front of the token.
+//!
+//! - [`HsmToken`]: the core's [`Token`] over the session pool.
+//! - [`CustodyKeys`]: a [`PrivateKeyOps`] that turns each private-key use into a custody
+//!   [`Request`], so that every signature and decryption passes the lock state and the
+//!   policy and is on the audit chain (a [`FileAuditSink`]) before its result is released.
+//!
+//! Login: the pool logs in once with the configured PIN when it opens (PKCS#11 login is
+//! per token, not per session). [`HsmToken::login`] therefore does not call `C_Login`
+//! again (that would answer `CKR_USER_ALREADY_LOGGED_IN` for any PIN); it checks the PIN
+//! the core passes at `Unlock` against the PIN the pool logged in with, in constant time,
+//! and answers `CKR_PIN_INCORRECT` when they differ, so the core's retry counter works as
+//! with a real `C_Login`. [`HsmToken::logout`] only stops key use through the core (the
+//! core is locked); the pool's sessions stay logged in until the pool is dropped.
+//!
+//! The default policy: the configured client (`[custody] client`, default `etee-cli`)
+//! may sign with `authentication` and decrypt with every ETK key found in the token when
+//! the core opens, within a generous budget; everything else is refused and recorded.
+
+use crate::config::{CustodyConfig, HsmConfig};
+use crate::error::{HsmError, Result};
+use crate::keys::{self, AUTHENTICATION_ID};
+use crate::pool::SessionPool;
+use crate::Hsm;
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectClass;
+use etee_custody::file_sink::FileAuditSink;
+use etee_custody::policy::{Budget, Policy, Rule};
+use etee_custody::token::{ckr, TokenError, TokenFunction};
+use etee_custody::wire::{Blob, Pin as WirePin};
+use etee_custody::{ClientId, Custody, Error as CoreError, KeyKind, Request, Response, Token};
+use etee_formats::keys::{DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SigningKey};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
+
+/// The budget of the default rules: bursts of 10 000 uses, refilled at 1 000 per second.
+pub const DEFAULT_BUDGET: Budget = Budget {
+    burst: 10_000,
+    per_second: 1_000,
+};
+
+/// The token as the custody core sees it: the session pool and the kinds of the private
+/// keys found when it was made.
+pub struct HsmToken {
+    pool: Arc<SessionPool>,
+    pin: Zeroizing<Vec<u8>>,
+    kinds: BTreeMap<Vec<u8>, KeyKind>,
+}
+
+impl std::fmt::Debug for HsmToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmToken")
+            .field("token", &self.pool.token_name())
+            .field("keys", &self.kinds.len())
+            .finish()
+    }
+}
+
+impl HsmToken {
+    /// Reads the private keys of the token behind `hsm`: CKA_ID `authentication` with
+    /// CKA_SIGN is the authentication key, keys with CKA_DECRYPT are ETK keys.
+    pub fn new(hsm: &Hsm) -> Result<Self> {
+        let (pin, _) = hsm.config().user_pin()?;
+        let mut kinds = BTreeMap::new();
+        for k in hsm.list()?.keys {
+            let id = hex::decode(&k.id_hex).unwrap_or_default();
+            if id == AUTHENTICATION_ID.as_bytes() && k.sign == Some(true) {
+                kinds.insert(id, KeyKind::Authentication);
+            } else if k.decrypt == Some(true) && k.sign != Some(true) {
+                kinds.insert(id, KeyKind::Encryption);
+            }
+        }
+        Ok(Self {
+            pool: hsm.pool().clone(),
+            pin: Zeroizing::new(pin.expose().as_bytes().to_vec()),
+            kinds,
+        })
+    }
+
+    /// The keys the core may use, with their kinds.
+    pub fn keys(&self) -> impl Iterator<Item = (&[u8], KeyKind)> {
+        self.kinds.iter().map(|(id, kind)| (id.as_slice(), *kind))
+    }
+}
+
+fn ck_code(e: &HsmError) -> u64 {
+    match e.rv() {
+        Some(RvError::PinIncorrect) => ckr::PIN_INCORRECT,
+        Some(RvError::PinLocked) => ckr::PIN_LOCKED,
+        Some(RvError::DataLenRange) => ckr::DATA_LEN_RANGE,
+        Some(RvError::DeviceError) => ckr::DEVICE_ERROR,
+        Some(RvError::EncryptedDataInvalid) => ckr::ENCRYPTED_DATA_INVALID,
+        Some(RvError::EncryptedDataLenRange) => ckr::ENCRYPTED_DATA_LEN_RANGE,
+        Some(RvError::KeyHandleInvalid) => ckr::KEY_HANDLE_INVALID,
+        Some(RvError::KeyFunctionNotPermitted) => ckr::KEY_FUNCTION_NOT_PERMITTED,
+        Some(RvError::SessionHandleInvalid) => ckr::SESSION_HANDLE_INVALID,
+        Some(RvError::UserNotLoggedIn) => ckr::USER_NOT_LOGGED_IN,
+        Some(_) => ckr::FUNCTION_FAILED,
+        None => match e {
+            HsmError::NotFound { .. } => ckr::KEY_HANDLE_INVALID,
+            _ => ckr::GENERAL_ERROR,
+        },
+    }
+}
+
+fn copy_out(function: TokenFunction, data: &[u8], out: &mut [u8]) -> Result<usize, TokenError> {
+    let dest = out
+        .get_mut(..data.len())
+        .ok_or(TokenError::new(function, ckr::BUFFER_TOO_SMALL))?;
+    dest.copy_from_slice(data);
+    Ok(data.len())
+}
+
+impl Token for HsmToken {
+    fn sign_pss_sha256(
+        &mut self,
+        key: &etee_custody::KeyId,
+        digest: &[u8; 32],
+        out: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        let id = key.as_bytes().to_vec();
+        let digest = *digest;
+        let signature = self
+            .pool
+            .run(move |conn| keys::sign_pss(conn, &id, &digest))
+            .map_err(|e| TokenError::new(TokenFunction::Sign, ck_code(&e)))?;
+        copy_out(TokenFunction::Sign, &signature, out)
+    }
+
+    fn decrypt_pkcs1v15(
+        &mut self,
+        key: &etee_custody::KeyId,
+        blob: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        let id = key.as_bytes().to_vec();
+        let blob = blob.to_vec();
+        let plain = self
+            .pool
+            .run(move |conn| {
+                let h = conn.find_object(ObjectClass::PRIVATE_KEY, &id)?;
+                conn.session()
+                    .decrypt(&Mechanism::RsaPkcs, h, &blob)
+                    .map(Zeroizing::new)
+                    .map_err(crate::ops::decrypt_error)
+            })
+            .map_err(|e| TokenError::new(TokenFunction::Decrypt, ck_code(&e)))?;
+        copy_out(TokenFunction::Decrypt, &plain, out)
+    }
+
+    fn login(&mut self, pin: &[u8]) -> Result<(), TokenError> {
+        if openssl::memcmp::eq(&openssl::sha::sha256(pin), &openssl::sha::sha256(&self.pin)) {
+            Ok(())
+        } else {
+            Err(TokenError::new(TokenFunction::Login, ckr::PIN_INCORRECT))
+        }
+    }
+
+    fn logout(&mut self) {}
+
+    fn key_kind(&self, key: &etee_custody::KeyId) -> Option<KeyKind> {
+        self.kinds.get(key.as_bytes()).copied()
+    }
+}
+
+/// The in-process core over the token, writing its chain to a file.
+pub type HsmCustody = Custody<HsmToken, FileAuditSink>;
+
+struct Inner {
+    hsm: Hsm,
+    client: ClientId,
+    core: Mutex<HsmCustody>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Lock (and record it) when the last user goes away.
+        if let Ok(core) = self.core.get_mut() {
+            let _ = core.handle_request(&Request::Lock, now_ms());
+        }
+    }
+}
+
+/// The token's keys through the custody core: a [`PrivateKeyOps`] whose every use is
+/// checked by the policy and recorded on the audit chain first.
+#[derive(Clone)]
+pub struct CustodyKeys {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CustodyKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustodyKeys")
+            .field("hsm", &self.inner.hsm)
+            .field("client", &self.inner.client)
+            .finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn client_id(name: &str) -> Result<ClientId> {
+    ClientId::try_from(name)
+        .map_err(|_| HsmError::Config(format!("[custody] client {name:?}: 1 to 32 bytes")))
+}
+
+/// The default policy: `client` signs with the authentication key and decrypts with every
+/// ETK key of `token`, within [`DEFAULT_BUDGET`].
+pub fn default_policy(token: &HsmToken, client: &ClientId) -> Result<Policy> {
+    let mut policy = Policy::deny_all();
+    for (id, kind) in token.keys() {
+        let Some(key) = etee_custody::KeyId::new(id) else {
+            // Longer than the core's key ids: not usable through the core.
+            continue;
+        };
+        policy
+            .allow(Rule {
+                client: client.clone(),
+                key,
+                sign: kind == KeyKind::Authentication,
+                decrypt: kind == KeyKind::Encryption,
+                budget: DEFAULT_BUDGET,
+            })
+            .map_err(|e| HsmError::Config(format!("custody policy: {e:?}")))?;
+    }
+    Ok(policy)
+}
+
+impl CustodyKeys {
+    /// Opens the token (logging in with the PIN file), the audit file (verifying the chain
+    /// in it), builds the default policy from the keys present and unlocks the core.
+    pub fn open(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Self> {
+        let opened = Hsm::open(hsm)?;
+        let token = HsmToken::new(&opened)?;
+        let client = client_id(&custody.client)?;
+        let policy = default_policy(&token, &client)?;
+        Self::with_policy(opened, token, policy, custody)
+    }
+
+    /// Like [`Self::open`] with an opened token and a policy of the caller's.
+    pub fn with_policy(
+        hsm: Hsm,
+        token: HsmToken,
+        policy: Policy,
+        custody: &CustodyConfig,
+    ) -> Result<Self> {
+        let client = client_id(&custody.client)?;
+        let path = &custody.audit_file;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| HsmError::Config(format!("audit directory {}: {e}", dir.display())))?;
+        }
+        let (sink, head) = FileAuditSink::open(path)
+            .map_err(|e| HsmError::Config(format!("audit file {}: {e}", path.display())))?;
+        let pin = Zeroizing::new(token.pin.clone());
+        let mut core = Custody::new(token, sink, policy, head);
+        let wire_pin = WirePin::from_slice(&pin)
+            .ok_or_else(|| HsmError::Invalid("the user PIN is too long for the core".into()))?;
+        match core.handle_request(&Request::Unlock { pin: wire_pin }, now_ms()) {
+            Response::Unlocked => {}
+            Response::Error(e) => {
+                return Err(HsmError::Invalid(format!(
+                    "unlocking the custody core: {e}"
+                )))
+            }
+            other => {
+                return Err(HsmError::Invalid(format!(
+                    "unlocking the custody core: unexpected {:?}",
+                    other.id()
+                )))
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                hsm,
+                client,
+                core: Mutex::new(core),
+            }),
+        })
+    }
+
+    /// The opened token.
+    pub fn hsm(&self) -> &Hsm {
+        &self.inner.hsm
+    }
+
+    /// Runs one request through the core.
+    pub fn request(&self, request: &Request) -> Response {
+        let mut core = self
+            .inner
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        core.handle_request(request, now_ms())
+    }
+
+    /// Where the audit chain stands.
+    pub fn audit_head(&self) -> etee_custody::AuditHead {
+        match self.request(&Request::AuditHead) {
+            Response::AuditHead(h) => h,
+            _ => etee_custody::AuditHead::GENESIS,
+        }
+    }
+
+    /// The authentication key (its certificate and chain from the token), used through
+    /// the core.
+    pub fn signing_key(&self) -> Result<SigningKey> {
+        let mut key = self.inner.hsm.keys().signing_key()?;
+        key.ops = Arc::new(self.clone());
+        Ok(key)
+    }
+
+    /// Every ETK key whose certificate is in the token, used through the core.
+    pub fn decryption_keys(&self) -> Result<Vec<DecryptionKey>> {
+        let ops: Arc<dyn PrivateKeyOps> = Arc::new(self.clone());
+        let mut keys = self.inner.hsm.keys().decryption_keys()?;
+        for k in &mut keys {
+            k.ops = ops.clone();
+        }
+        Ok(keys)
+    }
+
+    /// [`Self::decryption_keys`] as a [`KeyRing`].
+    pub fn key_ring(&self) -> Result<KeyRing> {
+        let mut ring = KeyRing::new();
+        ring.extend(self.decryption_keys()?);
+        Ok(ring)
+    }
+
+    fn core_key(key: &KeyId) -> Option<etee_custody::KeyId> {
+        etee_custody::KeyId::new(key.0.as_bytes())
+    }
+}
+
+/// A refusal or failure of the core as a [`KeyError`] (decryption failures stay uniform).
+fn key_error(e: CoreError, key: &KeyId) -> KeyError {
+    match e {
+        CoreError::DecryptFailed => KeyError::DecryptFailed,
+        CoreError::AuditUnavailable => KeyError::Unavailable(e.to_string()),
+        CoreError::UnknownKey => KeyError::UnknownKey(key.clone()),
+        CoreError::Token(t) => KeyError::SignFailed {
+            key: key.clone(),
+            reason: t.to_string(),
+        },
+        other => KeyError::Refused(other.to_string()),
+    }
+}
+
+impl PrivateKeyOps for CustodyKeys {
+    fn sign_pss_sha256(&self, key: &KeyId, digest: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
+        let core_key = Self::core_key(key).ok_or_else(|| KeyError::UnknownKey(key.clone()))?;
+        let request = Request::SignPssSha256 {
+            client: self.inner.client.clone(),
+            key: core_key,
+            digest: *digest,
+        };
+        match self.request(&request) {
+            Response::Signature(s) => Ok(s.to_vec()),
+            Response::Error(e) => Err(key_error(e, key)),
+            _ => Err(KeyError::Unavailable("unexpected custody response".into())),
+        }
+    }
+
+    fn decrypt_pkcs1v15(&self, key: &KeyId, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let core_key = Self::core_key(key).ok_or(KeyError::DecryptFailed)?;
+        let blob = Blob::from_slice(blob).map_err(|_| KeyError::DecryptFailed)?;
+        let request = Request::DecryptPkcs1v15 {
+            client: self.inner.client.clone(),
+            key: core_key,
+            blob,
+        };
+        match self.request(&request) {
+            Response::Plaintext(p) => Ok(Zeroizing::new(p.expose().to_vec())),
+            Response::Error(CoreError::Token(_) | CoreError::DecryptFailed) => {
+                Err(KeyError::DecryptFailed)
+            }
+            Response::Error(e) => Err(key_error(e, key)),
+            _ => Err(KeyError::Unavailable("unexpected custody response".into())),
+        }
+    }
+}

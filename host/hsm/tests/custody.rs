@@ -1,0 +1,185 @@
+//! The custody core in front of a real SoftHSM2 token: every private-key use through
+//! [`CustodyKeys`] passes the policy and lands on the audit chain.
+
+mod common;
+
+use common::new_token;
+use etee_custody::audit::{Operation, Outcome};
+use etee_custody::file_sink::scan;
+use etee_custody::{AuditRecord, Error as CoreError};
+use etee_formats::cert::Certificate;
+use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
+use etee_formats::keys::{KeyError, KeyId, PrivateKeyOps};
+use etee_formats::keystore::{write_pfx, EhealthKeystore, PfxEntry, Profile};
+use etee_formats::trust::TrustAnchors;
+use etee_hsm::{CustodyConfig, CustodyKeys, Hsm, ImportOptions};
+use etee_testpki::{InstitutionSpec, TestPki};
+use std::path::Path;
+
+fn cert(x: &openssl::x509::X509) -> Certificate {
+    Certificate::from_der(&x.to_der().unwrap()).unwrap()
+}
+
+fn records(path: &Path) -> Vec<AuditRecord> {
+    let mut out = Vec::new();
+    let s = scan(path, |r| out.push(r.clone())).expect("the audit chain verifies");
+    assert!(!s.torn_tail);
+    assert_eq!(s.count as usize, out.len());
+    out
+}
+
+fn count(records: &[AuditRecord], op: Operation) -> usize {
+    records.iter().filter(|r| r.operation == op).count()
+}
+
+#[test]
+fn seal_unseal_through_custody_is_audited_and_policed() {
+    let pki = TestPki::generate("etee-hsm custody").unwrap();
+    let alice = pki
+        .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Alice"))
+        .unwrap();
+    let entries = vec![
+        PfxEntry {
+            alias: "authentication".into(),
+            key: alice.auth.key.clone(),
+            chain: vec![alice.auth.cert.clone(), pki.root.cert.clone()],
+        },
+        PfxEntry {
+            alias: alice.etk_serial_decimal(),
+            key: alice.etk_key.clone(),
+            chain: vec![alice.etk_cert.clone()],
+        },
+    ];
+    let p12 = write_pfx(&entries, "secret", Profile::Modern).unwrap();
+    let config = new_token("custody");
+    {
+        let hsm = Hsm::open(&config).unwrap();
+        let keystore = EhealthKeystore::load(&p12, "secret").unwrap();
+        hsm.import(&keystore, &ImportOptions::default()).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let custody = CustodyConfig::defaults(&config, dir.path());
+    assert_eq!(custody.audit_file, dir.path().join("audit-custody.log"));
+    assert_eq!(custody.client, "etee-cli");
+
+    let keys = CustodyKeys::open(&config, &custody).unwrap();
+    // Unlocking is on record.
+    let after_unlock = records(&custody.audit_file);
+    assert_eq!(after_unlock.len(), 1);
+    assert_eq!(after_unlock[0].operation, Operation::Unlock);
+    assert_eq!(after_unlock[0].outcome, Outcome::Success);
+
+    // Seal from Alice (through the core) to Alice's own ETK; unseal through the core.
+    let signer = keys.signing_key().unwrap();
+    let plain = b"Through the custody core.\n".repeat(40);
+    let mut sealed = Vec::new();
+    seal(
+        &signer,
+        &[Recipient::Certificate(cert(&alice.etk_cert))],
+        None,
+        &plain[..],
+        &mut sealed,
+        &SealOptions::default(),
+    )
+    .unwrap();
+    let signs = count(&records(&custody.audit_file), Operation::SignPssSha256);
+    assert_eq!(signs, 2, "sealing signs both layers through the core");
+
+    let ring = keys.key_ring().unwrap();
+    assert_eq!(ring.keys().len(), 1);
+    let opts = UnsealOptions {
+        anchors: TrustAnchors::new(vec![cert(&pki.root.cert)]),
+        ..Default::default()
+    };
+    let (result, content) = unseal_to_vec(&sealed, &ring, &opts);
+    assert!(result.verdict.is_clean(), "{:?}", result.verdict);
+    assert_eq!(content.as_deref(), Some(&plain[..]));
+
+    let all = records(&custody.audit_file);
+    assert_eq!(count(&all, Operation::SignPssSha256), signs);
+    assert_eq!(count(&all, Operation::DecryptPkcs1v15), 1);
+    assert_eq!(
+        all.len(),
+        1 + signs + 1,
+        "one record per private-key operation"
+    );
+    assert!(all.iter().all(|r| r.outcome == Outcome::Success));
+    let head = keys.audit_head();
+    assert_eq!(head.next_sequence, all.len() as u64);
+    assert_eq!(head.hash, all.last().unwrap().hash());
+
+    // Decrypting with the authentication key: refused by the policy, and recorded.
+    let err = keys
+        .decrypt_pkcs1v15(&KeyId("authentication".into()), &[0u8; 256])
+        .unwrap_err();
+    assert!(matches!(err, KeyError::Refused(_)), "{err:?}");
+    // Signing with the ETK key: refused too.
+    let etk = KeyId(alice.etk_serial_decimal());
+    let err = keys.sign_pss_sha256(&etk, &[7; 32]).unwrap_err();
+    assert!(matches!(err, KeyError::Refused(_)), "{err:?}");
+    // A bad blob for the ETK key: the uniform decryption error.
+    let err = keys.decrypt_pkcs1v15(&etk, &[1u8; 256]).unwrap_err();
+    assert!(matches!(err, KeyError::DecryptFailed), "{err:?}");
+
+    let all = records(&custody.audit_file);
+    let refused: Vec<_> = all
+        .iter()
+        .filter(|r| r.outcome == Outcome::Refused(CoreError::PolicyDenied))
+        .collect();
+    assert_eq!(refused.len(), 2, "{all:?}");
+    assert_eq!(
+        refused[0].key.as_ref().map(|k| k.as_bytes()),
+        Some(&b"authentication"[..])
+    );
+    assert_eq!(refused[0].operation, Operation::DecryptPkcs1v15);
+    let failed = all.last().unwrap();
+    assert_eq!(failed.operation, Operation::DecryptPkcs1v15);
+    assert!(matches!(
+        failed.outcome,
+        Outcome::Refused(CoreError::Token(_))
+    ));
+
+    // Dropping the keys locks the core, on record; reopening continues the chain.
+    drop((keys, signer, ring));
+    let all = records(&custody.audit_file);
+    assert_eq!(all.last().unwrap().operation, Operation::Lock);
+    let again = CustodyKeys::open(&config, &custody).unwrap();
+    assert_eq!(again.audit_head().next_sequence, all.len() as u64 + 1);
+}
+
+/// The core's `Unlock` checks the PIN against the one the pool logged in with; wrong PINs
+/// move the retry counter and are recorded.
+#[test]
+fn unlock_checks_the_pin_and_counts_failures() {
+    use etee_custody::file_sink::FileAuditSink;
+    use etee_custody::policy::Policy;
+    use etee_custody::wire::Pin;
+    use etee_custody::{AuditHead, Custody, Request, Response};
+    use etee_hsm::HsmToken;
+
+    let config = new_token("custody-pin");
+    let hsm = Hsm::open(&config).unwrap();
+    let token = HsmToken::new(&hsm).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (sink, head) = FileAuditSink::open(&path).unwrap();
+    assert_eq!(head, AuditHead::GENESIS);
+    let mut core = Custody::new(token, sink, Policy::deny_all(), head);
+    let unlock = |pin: &str| Request::Unlock {
+        pin: Pin::from_slice(pin.as_bytes()).unwrap(),
+    };
+    let wrong = core.handle_request(&unlock("0000"), 1);
+    assert_eq!(
+        wrong,
+        Response::Error(CoreError::PinIncorrect { tries_left: 4 })
+    );
+    let right = core.handle_request(&unlock(common::USER_PIN), 2);
+    assert_eq!(right, Response::Unlocked);
+    let all = records(&path);
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        all[0].outcome,
+        Outcome::Refused(CoreError::PinIncorrect { tries_left: 4 })
+    );
+    assert_eq!(all[1].outcome, Outcome::Success);
+}

@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::hsm::KeysCommand,
     },
+    /// The custody core as a separate process.
+    Custody {
+        #[command(subcommand)]
+        command: commands::custody::Command,
+    },
     /// The custody core's audit chain.
     Audit {
         #[command(subcommand)]
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         Command::Pki { command } => commands::pki::run(command),
         Command::Hsm { command } => commands::hsm::run_hsm(command),
         Command::Keys { command } => commands::hsm::run_keys(command),
+        Command::Custody { command } => commands::custody::run(command),
         Command::Audit { command } => commands::audit::run(command),
     };
     match result {

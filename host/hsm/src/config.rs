@@ -52,6 +52,8 @@ pub const DEFAULT_CUSTODY_CLIENT: &str = "etee-cli";
 /// [custody]
 /// audit_file = "audit.log"   # default: audit-<token label or serial>.log beside the config
 /// client = "etee-cli"        # default
+/// mode = "in-process"        # default; or "process": the core runs in `etee custody serve`
+/// socket = "custody.sock"    # the Unix socket of `etee custody serve` (needed for "process")
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CustodyConfig {
@@ -60,6 +62,22 @@ pub struct CustodyConfig {
     /// The client the default policy lets sign with `authentication` and decrypt with
     /// every ETK key.
     pub client: String,
+    /// Where the core runs.
+    pub mode: CustodyMode,
+    /// The Unix socket of the separate custody process.
+    pub socket: Option<PathBuf>,
+}
+
+/// Where the custody core runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CustodyMode {
+    /// Inside the `etee` process, which then logs in with the PIN itself.
+    #[default]
+    InProcess,
+    /// In `etee custody serve`, which alone holds the PIN; `etee` sends it frames over
+    /// the `socket`.
+    Process,
 }
 
 impl CustodyConfig {
@@ -86,6 +104,8 @@ impl CustodyConfig {
         Self {
             audit_file: dir.join(format!("audit-{safe}.log")),
             client: DEFAULT_CUSTODY_CLIENT.into(),
+            mode: CustodyMode::InProcess,
+            socket: None,
         }
     }
 }
@@ -121,6 +141,17 @@ impl Config {
                 }
                 custody.client = client;
             }
+            if let Some(mode) = c.mode {
+                custody.mode = mode;
+            }
+            if let Some(f) = c.socket {
+                custody.socket = Some(if f.is_relative() { base.join(f) } else { f });
+            }
+            if custody.mode == CustodyMode::Process && custody.socket.is_none() {
+                return Err(HsmError::Config(
+                    "[custody] mode = \"process\" needs socket = PATH".into(),
+                ));
+            }
         }
         Ok(Self { hsm, custody })
     }
@@ -144,6 +175,8 @@ struct RawFile {
 struct RawCustody {
     audit_file: Option<PathBuf>,
     client: Option<String>,
+    mode: Option<CustodyMode>,
+    socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -671,6 +704,18 @@ mod tests {
         let c = Config::from_toml(&full, base).unwrap();
         assert_eq!(c.custody.audit_file, PathBuf::from("/etc/etee/log/chain"));
         assert_eq!(c.custody.client, "app");
+        assert_eq!(c.custody.mode, CustodyMode::InProcess);
+        let process = format!("{minimal}[custody]\nmode = \"process\"\nsocket = \"run/c.sock\"\n");
+        let c = Config::from_toml(&process, Path::new("/etc/etee")).unwrap();
+        assert_eq!(c.custody.mode, CustodyMode::Process);
+        assert_eq!(
+            c.custody.socket,
+            Some(PathBuf::from("/etc/etee/run/c.sock"))
+        );
+        let no_socket = format!("{minimal}[custody]\nmode = \"process\"\n");
+        assert!(Config::from_toml(&no_socket, Path::new("/etc/etee")).is_err());
+        let bad_mode = format!("{minimal}[custody]\nmode = \"remote\"\n");
+        assert!(Config::from_toml(&bad_mode, Path::new("/etc/etee")).is_err());
         let typo = format!("{minimal}[custody]\naudit = \"x\"\n");
         assert!(Config::from_toml(&typo, base).is_err());
         let long = format!("{minimal}[custody]\nclient = \"{}\"\n", "c".repeat(33));

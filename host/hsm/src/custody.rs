@@ -205,7 +205,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn client_id(name: &str) -> Result<ClientId> {
+pub(crate) fn client_id(name: &str) -> Result<ClientId> {
     ClientId::try_from(name)
         .map_err(|_| HsmError::Config(format!("[custody] client {name:?}: 1 to 32 bytes")))
 }
@@ -300,6 +300,18 @@ impl CustodyKeys {
         core.handle_request(request, now_ms())
     }
 
+    /// Runs one request frame through the core (as `etee custody serve` does for each frame
+    /// it reads); writes the response frame into `out` and returns its length (0 only if
+    /// `out` is shorter than [`etee_custody::config::MAX_RESPONSE_FRAME`]).
+    pub fn handle_frame(&self, frame: &[u8], out: &mut [u8]) -> usize {
+        let mut core = self
+            .inner
+            .core
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        core.handle(frame, now_ms(), out)
+    }
+
     /// Where the audit chain stands.
     pub fn audit_head(&self) -> etee_custody::AuditHead {
         match self.request(&Request::AuditHead) {
@@ -352,6 +364,31 @@ fn key_error(e: CoreError, key: &KeyId) -> KeyError {
     }
 }
 
+/// The core's answer to a sign request as the result of [`PrivateKeyOps::sign_pss_sha256`].
+pub(crate) fn sign_result(response: Response, key: &KeyId) -> Result<Vec<u8>, KeyError> {
+    match response {
+        Response::Signature(s) => Ok(s.to_vec()),
+        Response::Error(e) => Err(key_error(e, key)),
+        _ => Err(KeyError::Unavailable("unexpected custody response".into())),
+    }
+}
+
+/// The core's answer to a decrypt request as the result of
+/// [`PrivateKeyOps::decrypt_pkcs1v15`] (token failures stay a uniform `DecryptFailed`).
+pub(crate) fn decrypt_result(
+    response: Response,
+    key: &KeyId,
+) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    match response {
+        Response::Plaintext(p) => Ok(Zeroizing::new(p.expose().to_vec())),
+        Response::Error(CoreError::Token(_) | CoreError::DecryptFailed) => {
+            Err(KeyError::DecryptFailed)
+        }
+        Response::Error(e) => Err(key_error(e, key)),
+        _ => Err(KeyError::Unavailable("unexpected custody response".into())),
+    }
+}
+
 impl PrivateKeyOps for CustodyKeys {
     fn sign_pss_sha256(&self, key: &KeyId, digest: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
         let core_key = Self::core_key(key).ok_or_else(|| KeyError::UnknownKey(key.clone()))?;
@@ -360,11 +397,7 @@ impl PrivateKeyOps for CustodyKeys {
             key: core_key,
             digest: *digest,
         };
-        match self.request(&request) {
-            Response::Signature(s) => Ok(s.to_vec()),
-            Response::Error(e) => Err(key_error(e, key)),
-            _ => Err(KeyError::Unavailable("unexpected custody response".into())),
-        }
+        sign_result(self.request(&request), key)
     }
 
     fn decrypt_pkcs1v15(&self, key: &KeyId, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
@@ -375,13 +408,6 @@ impl PrivateKeyOps for CustodyKeys {
             key: core_key,
             blob,
         };
-        match self.request(&request) {
-            Response::Plaintext(p) => Ok(Zeroizing::new(p.expose().to_vec())),
-            Response::Error(CoreError::Token(_) | CoreError::DecryptFailed) => {
-                Err(KeyError::DecryptFailed)
-            }
-            Response::Error(e) => Err(key_error(e, key)),
-            _ => Err(KeyError::Unavailable("unexpected custody response".into())),
-        }
+        decrypt_result(self.request(&request), key)
     }
 }

@@ -13,6 +13,8 @@
 //! - [`list`]: what the token holds, with the security attributes of every key.
 //! - [`custody`]: the custody core (`etee-custody`) in this process in front of the token:
 //!   [`HsmToken`] and [`CustodyKeys`] (policy check and audit record before every result).
+//! - [`remote`]: the same core in a separate process (`etee custody serve`) behind a Unix
+//!   socket, and [`RemoteCustodyKeys`], its client.
 //!
 //! [`Hsm`] ties them together: open it from a configuration, then seal and unseal with
 //! [`Hsm::keys`].
@@ -46,10 +48,12 @@ pub mod keys;
 pub mod list;
 pub mod ops;
 pub mod pool;
+pub mod remote;
 pub mod token;
 
 pub use config::{
-    Config, CustodyConfig, HsmConfig, KeyProfile, KeyRole, Pin, PinSource, TokenSelector,
+    Config, CustodyConfig, CustodyMode, HsmConfig, KeyProfile, KeyRole, Pin, PinSource,
+    TokenSelector,
 };
 pub use custody::{CustodyKeys, HsmToken};
 pub use error::{ckr_name, HsmError, PinKind, Result};
@@ -58,6 +62,7 @@ pub use keys::GeneratedKey;
 pub use list::{CertificateInfo, Inventory, KeyInfo};
 pub use ops::HsmKeys;
 pub use pool::SessionPool;
+pub use remote::RemoteCustodyKeys;
 pub use token::{init_token, Module, TokenSummary};
 
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The custody core in front of a real SoftHSM2 token: every private-key use through
-//! [`CustodyKeys`] passes the policy and lands on the audit chain.
+//! [`CustodyKeys`] (in this process) or [`RemoteCustodyKeys`] (a [`Server`] behind a Unix
+//! socket) passes the policy and lands on the audit chain.
 
 mod common;
 
@@ -9,10 +10,11 @@ use etee_custody::file_sink::scan;
 use etee_custody::{AuditRecord, Error as CoreError};
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
-use etee_formats::keys::{KeyError, KeyId, PrivateKeyOps};
+use etee_formats::keys::{KeyError, KeyId, KeyRing, PrivateKeyOps, SigningKey};
 use etee_formats::keystore::{write_pfx, EhealthKeystore, PfxEntry, Profile};
 use etee_formats::trust::TrustAnchors;
-use etee_hsm::{CustodyConfig, CustodyKeys, Hsm, ImportOptions};
+use etee_hsm::remote::Server;
+use etee_hsm::{CustodyConfig, CustodyKeys, Hsm, HsmConfig, ImportOptions, RemoteCustodyKeys};
 use etee_testpki::{InstitutionSpec, TestPki};
 use std::path::Path;
 
@@ -32,8 +34,66 @@ fn count(records: &[AuditRecord], op: Operation) -> usize {
     records.iter().filter(|r| r.operation == op).count()
 }
 
+/// The two ways to run the core.
+enum Keys {
+    InProcess(CustodyKeys),
+    Process(RemoteCustodyKeys),
+}
+
+impl Keys {
+    fn open(config: &HsmConfig, custody: &CustodyConfig, process: bool, dir: &Path) -> Keys {
+        if !process {
+            return Keys::InProcess(CustodyKeys::open(config, custody).unwrap());
+        }
+        let socket = dir.join("custody.sock");
+        let server = Server::bind(config, custody, &socket).unwrap();
+        std::thread::spawn(move || server.run());
+        Keys::Process(RemoteCustodyKeys::open(config, custody, &socket).unwrap())
+    }
+
+    fn ops(&self) -> &dyn PrivateKeyOps {
+        match self {
+            Keys::InProcess(k) => k,
+            Keys::Process(k) => k,
+        }
+    }
+
+    fn signing_key(&self) -> SigningKey {
+        match self {
+            Keys::InProcess(k) => k.signing_key().unwrap(),
+            Keys::Process(k) => k.signing_key().unwrap(),
+        }
+    }
+
+    fn key_ring(&self) -> KeyRing {
+        match self {
+            Keys::InProcess(k) => k.key_ring().unwrap(),
+            Keys::Process(k) => k.key_ring().unwrap(),
+        }
+    }
+
+    fn audit_head(&self) -> etee_custody::AuditHead {
+        match self {
+            Keys::InProcess(k) => k.audit_head(),
+            Keys::Process(k) => match k.request(&etee_custody::Request::AuditHead).unwrap() {
+                etee_custody::Response::AuditHead(h) => h,
+                other => panic!("{other:?}"),
+            },
+        }
+    }
+}
+
 #[test]
 fn seal_unseal_through_custody_is_audited_and_policed() {
+    seal_unseal_through_custody(false);
+}
+
+#[test]
+fn seal_unseal_through_custody_process_is_audited_and_policed() {
+    seal_unseal_through_custody(true);
+}
+
+fn seal_unseal_through_custody(process: bool) {
     let pki = TestPki::generate("etee-hsm custody").unwrap();
     let alice = pki
         .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Alice"))
@@ -51,7 +111,7 @@ fn seal_unseal_through_custody_is_audited_and_policed() {
         },
     ];
     let p12 = write_pfx(&entries, "secret", Profile::Modern).unwrap();
-    let config = new_token("custody");
+    let config = new_token(if process { "custody-proc" } else { "custody" });
     {
         let hsm = Hsm::open(&config).unwrap();
         let keystore = EhealthKeystore::load(&p12, "secret").unwrap();
@@ -59,10 +119,16 @@ fn seal_unseal_through_custody_is_audited_and_policed() {
     }
     let dir = tempfile::tempdir().unwrap();
     let custody = CustodyConfig::defaults(&config, dir.path());
-    assert_eq!(custody.audit_file, dir.path().join("audit-custody.log"));
+    assert_eq!(
+        custody.audit_file,
+        dir.path().join(format!(
+            "audit-{}.log",
+            config.token.label.as_deref().unwrap()
+        ))
+    );
     assert_eq!(custody.client, "etee-cli");
 
-    let keys = CustodyKeys::open(&config, &custody).unwrap();
+    let keys = Keys::open(&config, &custody, process, dir.path());
     // Unlocking is on record.
     let after_unlock = records(&custody.audit_file);
     assert_eq!(after_unlock.len(), 1);
@@ -70,7 +136,7 @@ fn seal_unseal_through_custody_is_audited_and_policed() {
     assert_eq!(after_unlock[0].outcome, Outcome::Success);
 
     // Seal from Alice (through the core) to Alice's own ETK; unseal through the core.
-    let signer = keys.signing_key().unwrap();
+    let signer = keys.signing_key();
     let plain = b"Through the custody core.\n".repeat(40);
     let mut sealed = Vec::new();
     seal(
@@ -85,7 +151,7 @@ fn seal_unseal_through_custody_is_audited_and_policed() {
     let signs = count(&records(&custody.audit_file), Operation::SignPssSha256);
     assert_eq!(signs, 2, "sealing signs both layers through the core");
 
-    let ring = keys.key_ring().unwrap();
+    let ring = keys.key_ring();
     assert_eq!(ring.keys().len(), 1);
     let opts = UnsealOptions {
         anchors: TrustAnchors::new(vec![cert(&pki.root.cert)]),
@@ -110,15 +176,16 @@ fn seal_unseal_through_custody_is_audited_and_policed() {
 
     // Decrypting with the authentication key: refused by the policy, and recorded.
     let err = keys
+        .ops()
         .decrypt_pkcs1v15(&KeyId("authentication".into()), &[0u8; 256])
         .unwrap_err();
     assert!(matches!(err, KeyError::Refused(_)), "{err:?}");
     // Signing with the ETK key: refused too.
     let etk = KeyId(alice.etk_serial_decimal());
-    let err = keys.sign_pss_sha256(&etk, &[7; 32]).unwrap_err();
+    let err = keys.ops().sign_pss_sha256(&etk, &[7; 32]).unwrap_err();
     assert!(matches!(err, KeyError::Refused(_)), "{err:?}");
     // A bad blob for the ETK key: the uniform decryption error.
-    let err = keys.decrypt_pkcs1v15(&etk, &[1u8; 256]).unwrap_err();
+    let err = keys.ops().decrypt_pkcs1v15(&etk, &[1u8; 256]).unwrap_err();
     assert!(matches!(err, KeyError::DecryptFailed), "{err:?}");
 
     let all = records(&custody.audit_file);
@@ -139,6 +206,10 @@ fn seal_unseal_through_custody_is_audited_and_policed() {
         Outcome::Refused(CoreError::Token(_))
     ));
 
+    if process {
+        // The server keeps running (and unlocked) when its clients go.
+        return;
+    }
     // Dropping the keys locks the core, on record; reopening continues the chain.
     drop((keys, signer, ring));
     let all = records(&custody.audit_file);

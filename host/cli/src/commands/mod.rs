@@ -1,4 +1,5 @@
 pub mod audit;
+pub mod custody;
 pub mod etk;
 pub mod hsm;
 pub mod pki;

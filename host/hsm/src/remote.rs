@@ -1,0 +1,439 @@
+//! The custody core in a separate process: `etee custody serve` holds the PIN and the
+//! PKCS#11 sessions and runs the core; `etee` sends it the core's own frames over a Unix
+//! socket.
+//!
+//! - [`serve`]: the server. It opens the token and the audit file exactly as
+//!   [`CustodyKeys::open`] does, then serves connections. On a connection, each request is
+//!   `u32 big-endian length | request frame` and each response `u32 big-endian length |
+//!   response frame` ([`etee_custody::wire`]); a connection may carry any number of
+//!   requests. Frames go through the one core one at a time (a mutex), whatever the number
+//!   of connections.
+//! - [`RemoteCustodyKeys`]: the client, a [`PrivateKeyOps`] sending those frames, with the
+//!   same error mapping as [`CustodyKeys`]. A broken connection is reopened once per
+//!   request.
+//!
+//! Who may connect: the socket file is created with mode 0600 (bound under a temporary
+//! name, restricted, then renamed into place, so it is never reachable with wider
+//! permissions), so only the server's user (and root) can connect. Put it in a directory of
+//! mode 0700 as well. Peer credentials (`SO_PEERCRED`) are not checked: reading them needs
+//! `unsafe` or a dependency (`nix` with feature `socket`) that the workspace does not have.
+//!
+//! Certificates: the client reads the certificates (public objects: `CKA_PRIVATE` false)
+//! from the token in a read-only session **without logging in**, so it needs the module
+//! and the token selector of the `[hsm]` table but never the PIN. Which ETK keys exist is
+//! taken from the certificates (every certificate with a CKA_ID other than
+//! `authentication` and the `ca-…` ids of CA certificates); a certificate without a key
+//! behind it is refused by the core like any unknown key.
+
+use crate::config::{CustodyConfig, HsmConfig};
+use crate::custody::{client_id, decrypt_result, sign_result, CustodyKeys};
+use crate::error::{CkContext, HsmError, Result};
+use crate::keys::{self, AUTHENTICATION_ID};
+use crate::token::{find_token, Module};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use etee_custody::config::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+use etee_custody::wire::{self, Blob};
+use etee_custody::{ClientId, Request, Response};
+use etee_formats::cert::Certificate;
+use etee_formats::keys::{
+    DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SignerRef, SigningKey,
+};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
+
+/// Writes `u32 BE length | frame`.
+pub fn write_frame(stream: &mut impl Write, frame: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(frame.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?;
+    let mut message = Zeroizing::new(Vec::with_capacity(4 + frame.len()));
+    message.extend_from_slice(&len.to_be_bytes());
+    message.extend_from_slice(frame);
+    stream.write_all(&message)?;
+    stream.flush()
+}
+
+/// Reads `u32 BE length | frame` of at most `max` bytes. `Ok(None)`: the peer closed the
+/// connection between frames.
+pub fn read_frame(stream: &mut impl Read, max: usize) -> io::Result<Option<Zeroizing<Vec<u8>>>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match stream.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes (at most {max})"),
+        ));
+    }
+    let mut frame = Zeroizing::new(vec![0u8; len]);
+    stream.read_exact(&mut frame)?;
+    Ok(Some(frame))
+}
+
+/// Removes a socket file left behind by a server that is gone; refuses to touch anything
+/// else (another file, or a socket a live server answers on).
+fn clear_stale_socket(path: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(HsmError::Config(format!(
+            "{}: exists and is not a socket",
+            path.display()
+        )));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(HsmError::Config(format!(
+            "{}: a custody server is already listening there",
+            path.display()
+        )));
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| HsmError::Config(format!("removing stale {}: {e}", path.display())))
+}
+
+/// Binds `path` with mode 0600: under a temporary name in the same directory, restricted,
+/// then renamed into place.
+fn bind_private(path: &Path) -> Result<UnixListener> {
+    let io = |what: &str, e: io::Error| HsmError::Config(format!("{what} {}: {e}", path.display()));
+    clear_stale_socket(path)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| HsmError::Config(format!("{}: not a file name", path.display())))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| io("binding", e))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("creating socket", e));
+    }
+    Ok(listener)
+}
+
+/// A server, ready to accept: the core open and unlocked, the socket bound.
+pub struct Server {
+    keys: CustodyKeys,
+    listener: UnixListener,
+    socket: PathBuf,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("keys", &self.keys)
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Opens the token (logging in with the PIN file) and the audit file as
+    /// [`CustodyKeys::open`], then binds `socket` (mode 0600; a stale socket file of a dead
+    /// server is replaced).
+    pub fn bind(hsm: &HsmConfig, custody: &CustodyConfig, socket: &Path) -> Result<Self> {
+        let keys = CustodyKeys::open(hsm, custody)?;
+        let listener = bind_private(socket)?;
+        Ok(Self {
+            keys,
+            listener,
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// The core behind the socket.
+    pub fn keys(&self) -> &CustodyKeys {
+        &self.keys
+    }
+
+    /// Serves connections until accepting fails; each connection gets a thread, every
+    /// frame goes through the one core in turn.
+    pub fn run(self) -> Result<()> {
+        for conn in self.listener.incoming() {
+            let stream = match conn {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(HsmError::Invalid(format!("accepting: {e}"))),
+            };
+            let keys = self.keys.clone();
+            std::thread::Builder::new()
+                .name("etee-custody-conn".into())
+                .spawn(move || {
+                    if let Err(e) = serve_connection(&keys, stream) {
+                        eprintln!("etee custody: connection closed: {e}");
+                    }
+                })
+                .map_err(|e| HsmError::Invalid(format!("starting a connection thread: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Answers the frames of one connection until the peer closes it.
+fn serve_connection(keys: &CustodyKeys, mut stream: UnixStream) -> io::Result<()> {
+    let mut out = Zeroizing::new(vec![0u8; MAX_RESPONSE_FRAME]);
+    while let Some(frame) = read_frame(&mut stream, MAX_REQUEST_FRAME)? {
+        let n = keys.handle_frame(&frame, &mut out);
+        drop(frame);
+        write_frame(&mut stream, &out[..n])?;
+    }
+    Ok(())
+}
+
+/// `etee custody serve`: [`Server::bind`] then [`Server::run`].
+pub fn serve(hsm: &HsmConfig, custody: &CustodyConfig, socket: &Path) -> Result<()> {
+    Server::bind(hsm, custody, socket)?.run()
+}
+
+/// The certificates of the token (CKA_ID and certificate), read in a read-only session
+/// without logging in.
+pub fn public_certificates(hsm: &HsmConfig) -> Result<Vec<(Vec<u8>, Certificate)>> {
+    let module = Module::load(&hsm.module)?;
+    let (ctx, _) = module.context();
+    let (slot, _) = find_token(&ctx, &hsm.token, &hsm.module)?;
+    let session = ctx.open_ro_session(slot).ctx("opening a session")?;
+    let handles = session
+        .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
+        .ctx("finding certificates")?;
+    let mut out = Vec::new();
+    for h in handles {
+        let attrs = keys::attributes(&session, h, &[AttributeType::Id, AttributeType::Value])?;
+        let (mut id, mut der) = (Vec::new(), None);
+        for a in attrs {
+            match a {
+                Attribute::Id(v) => id = v,
+                Attribute::Value(v) => der = Some(v),
+                _ => {}
+            }
+        }
+        if let Some(cert) = der.and_then(|d| Certificate::from_der(&d).ok()) {
+            out.push((id, cert));
+        }
+    }
+    Ok(out)
+}
+
+struct RemoteInner {
+    socket: PathBuf,
+    client: ClientId,
+    conn: Mutex<Option<UnixStream>>,
+    certs: Vec<(Vec<u8>, Certificate)>,
+}
+
+/// The token's keys through a custody core in another process (`etee custody serve`).
+#[derive(Clone)]
+pub struct RemoteCustodyKeys {
+    inner: Arc<RemoteInner>,
+}
+
+impl std::fmt::Debug for RemoteCustodyKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteCustodyKeys")
+            .field("socket", &self.inner.socket)
+            .field("client", &self.inner.client)
+            .finish()
+    }
+}
+
+impl RemoteCustodyKeys {
+    /// Reads the token's certificates (no login) and connects to the server at `socket`.
+    pub fn open(hsm: &HsmConfig, custody: &CustodyConfig, socket: &Path) -> Result<Self> {
+        let certs = public_certificates(hsm)?;
+        Self::with_certificates(certs, custody, socket)
+    }
+
+    /// Like [`Self::open`] with certificates of the caller's (CKA_ID, certificate).
+    pub fn with_certificates(
+        certs: Vec<(Vec<u8>, Certificate)>,
+        custody: &CustodyConfig,
+        socket: &Path,
+    ) -> Result<Self> {
+        let stream = UnixStream::connect(socket)
+            .map_err(|e| HsmError::Config(format!("custody socket {}: {e}", socket.display())))?;
+        Ok(Self {
+            inner: Arc::new(RemoteInner {
+                socket: socket.to_path_buf(),
+                client: client_id(&custody.client)?,
+                conn: Mutex::new(Some(stream)),
+                certs,
+            }),
+        })
+    }
+
+    /// Sends one request and reads the response; a broken connection is reopened and the
+    /// request sent again, once.
+    pub fn request(&self, request: &Request) -> Result<Response, KeyError> {
+        let unavailable = |what: String| KeyError::Unavailable(format!("custody process: {what}"));
+        let mut buf = Zeroizing::new(vec![0u8; MAX_REQUEST_FRAME]);
+        let frame =
+            wire::encode_request(request, &mut buf).map_err(|e| unavailable(e.to_string()))?;
+        let mut conn = self
+            .inner
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = None;
+        for _ in 0..2 {
+            let mut stream = match conn.take() {
+                Some(s) => s,
+                None => match UnixStream::connect(&self.inner.socket) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                },
+            };
+            let exchanged = write_frame(&mut stream, frame).and_then(|()| {
+                read_frame(&mut stream, MAX_RESPONSE_FRAME)?
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
+            });
+            match exchanged {
+                Ok(response) => {
+                    *conn = Some(stream);
+                    return wire::decode_response(&response)
+                        .map_err(|e| unavailable(e.to_string()));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(unavailable(format!(
+            "{}: {}",
+            self.inner.socket.display(),
+            last.map_or_else(|| "no connection".into(), |e| e.to_string())
+        )))
+    }
+
+    /// The authentication key (certificate and chain from the token), used through the
+    /// custody process.
+    pub fn signing_key(&self) -> Result<SigningKey> {
+        let certs = &self.inner.certs;
+        let cert = certs
+            .iter()
+            .find(|(id, _)| id == AUTHENTICATION_ID.as_bytes())
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| HsmError::NotFound {
+                what: "certificate",
+                id: AUTHENTICATION_ID.into(),
+            })?;
+        let all: Vec<_> = certs.iter().map(|(_, c)| c.clone()).collect();
+        let chain = keys::chain_for(&cert, &all);
+        Ok(SigningKey {
+            ops: Arc::new(self.clone()),
+            key: KeyId(AUTHENTICATION_ID.into()),
+            signer: SignerRef::Certificate { cert, chain },
+        })
+    }
+
+    /// A decryption key for every ETK certificate in the token, used through the custody
+    /// process.
+    pub fn decryption_keys(&self) -> Result<Vec<DecryptionKey>> {
+        let ops: Arc<dyn PrivateKeyOps> = Arc::new(self.clone());
+        Ok(self
+            .inner
+            .certs
+            .iter()
+            .filter(|(id, cert)| {
+                id.as_slice() != AUTHENTICATION_ID.as_bytes()
+                    && !id.starts_with(b"ca-")
+                    && !cert.is_ca()
+            })
+            .map(|(id, cert)| DecryptionKey {
+                ops: ops.clone(),
+                key: KeyId(String::from_utf8_lossy(id).into_owned()),
+                serial: cert.serial().to_vec(),
+                cert: Some(cert.clone()),
+                ski: None,
+                modulus_bits: cert.key_bits(),
+            })
+            .collect())
+    }
+
+    /// [`Self::decryption_keys`] as a [`KeyRing`].
+    pub fn key_ring(&self) -> Result<KeyRing> {
+        let mut ring = KeyRing::new();
+        ring.extend(self.decryption_keys()?);
+        Ok(ring)
+    }
+}
+
+impl PrivateKeyOps for RemoteCustodyKeys {
+    fn sign_pss_sha256(&self, key: &KeyId, digest: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
+        let core_key = etee_custody::KeyId::new(key.0.as_bytes())
+            .ok_or_else(|| KeyError::UnknownKey(key.clone()))?;
+        let request = Request::SignPssSha256 {
+            client: self.inner.client.clone(),
+            key: core_key,
+            digest: *digest,
+        };
+        sign_result(self.request(&request)?, key)
+    }
+
+    fn decrypt_pkcs1v15(&self, key: &KeyId, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let core_key = etee_custody::KeyId::new(key.0.as_bytes()).ok_or(KeyError::DecryptFailed)?;
+        let blob = Blob::from_slice(blob).map_err(|_| KeyError::DecryptFailed)?;
+        let request = Request::DecryptPkcs1v15 {
+            client: self.inner.client.clone(),
+            key: core_key,
+            blob,
+        };
+        decrypt_result(self.request(&request)?, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_are_bounded() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"abc").unwrap();
+        write_frame(&mut buf, b"").unwrap();
+        assert_eq!(&buf[..7], &[0, 0, 0, 3, b'a', b'b', b'c']);
+        let mut r = &buf[..];
+        assert_eq!(&read_frame(&mut r, 10).unwrap().unwrap()[..], b"abc");
+        assert_eq!(&read_frame(&mut r, 10).unwrap().unwrap()[..], b"");
+        assert!(read_frame(&mut r, 10).unwrap().is_none());
+        // Too long, truncated length, truncated body.
+        assert!(read_frame(&mut &[0, 0, 0, 11][..], 10).is_err());
+        assert!(read_frame(&mut &[0, 0][..], 10).is_err());
+        assert!(read_frame(&mut &[0, 0, 0, 2, 1][..], 10).is_err());
+    }
+
+    #[test]
+    fn socket_is_private_and_stale_sockets_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let listener = bind_private(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A live server: refused.
+        assert!(bind_private(&path).is_err());
+        drop(listener);
+        // Gone: the stale file is replaced.
+        let _listener = bind_private(&path).unwrap();
+        // Not a socket: left alone.
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(bind_private(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
+}

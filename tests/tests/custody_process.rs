@@ -1,0 +1,347 @@
+//! The custody core as a separate process (`etee custody serve`) against a real SoftHSM2
+//! token: `etee seal|unseal --config` with `[custody] mode = "process"` (a configuration
+//! whose PIN file does not even exist: only the server reads the PIN), and the server
+//! SIGKILLed in the middle of a stream of requests, then restarted on the same audit file.
+
+use etee_e2e::{etee, etee_bin, scratch, Etee, World};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const USER_PIN: &str = "e2e-user-1234";
+const SO_PIN: &str = "e2e-so-5678";
+const LABEL: &str = "e2e-custody";
+
+fn module() -> PathBuf {
+    std::env::var_os("SOFTHSM2_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
+}
+
+fn secret(path: &Path, text: &str) {
+    std::fs::write(path, format!("{text}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A token with Bob's keys, a configuration for the server (with the PIN) and one for
+/// the clients (mode "process", no PIN).
+struct Rig {
+    conf: PathBuf,
+    server_config: PathBuf,
+    client_config: PathBuf,
+    socket: PathBuf,
+}
+
+impl Rig {
+    fn new(dir: &Path, w: &World) -> Rig {
+        let module = module();
+        assert!(
+            module.exists(),
+            "SoftHSM2 is not installed ({} is missing): run `bash hsm-config/setup.sh`",
+            module.display()
+        );
+        let tokens = dir.join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-config/softhsm2.conf.template"),
+        )
+        .unwrap();
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            template.replace("@TOKENDIR@", &tokens.display().to_string()),
+        )
+        .unwrap();
+        secret(&dir.join("user.pin"), USER_PIN);
+        secret(&dir.join("so.pin"), SO_PIN);
+        let hsm = format!(
+            "[hsm]\nmodule = {:?}\ntoken_label = {LABEL:?}\n",
+            module.display().to_string()
+        );
+        let server_config = dir.join("server.toml");
+        std::fs::write(
+            &server_config,
+            format!("{hsm}pin_file = \"user.pin\"\nso_pin_file = \"so.pin\"\n[custody]\naudit_file = \"audit.log\"\n"),
+        )
+        .unwrap();
+        let client_config = dir.join("client.toml");
+        std::fs::write(
+            &client_config,
+            format!("{hsm}pin_file = \"no-such.pin\"\n[custody]\naudit_file = \"audit.log\"\nmode = \"process\"\nsocket = \"custody.sock\"\n"),
+        )
+        .unwrap();
+        let rig = Rig {
+            conf,
+            server_config,
+            client_config,
+            socket: dir.join("custody.sock"),
+        };
+        rig.server(["hsm", "init"]).run().code(0);
+        rig.server(["keys", "import"])
+            .arg("--p12")
+            .arg(w.p12("bob"))
+            .arg("--password-file")
+            .arg(w.password_file())
+            .run()
+            .code(0);
+        rig
+    }
+
+    /// `etee ARGS --config server.toml`.
+    fn server<const N: usize>(&self, args: [&str; N]) -> Etee {
+        etee(args)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .arg("--config")
+            .arg(&self.server_config)
+    }
+
+    /// `etee ARGS --config client.toml`.
+    fn client<const N: usize>(&self, args: [&str; N]) -> Etee {
+        etee(args)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .arg("--config")
+            .arg(&self.client_config)
+    }
+
+    /// Starts `etee custody serve` and waits for its socket.
+    fn serve(&self) -> Server {
+        let _ = std::fs::remove_file(&self.socket);
+        let child = Command::new(etee_bin())
+            .args(["custody", "serve", "--config"])
+            .arg(&self.server_config)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning etee custody serve");
+        let mut server = Server { child };
+        let start = Instant::now();
+        while UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("etee custody serve exited: {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no socket after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&self.socket)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+        server
+    }
+
+    /// `etee audit verify --json` (intact, records, torn tail).
+    fn audit(&self) -> (bool, u64, bool) {
+        let run = self.server(["audit", "verify", "--json"]).run();
+        let report = run.json();
+        (
+            report["intact"] == Value::Bool(true),
+            report["records"].as_u64().unwrap_or(0),
+            report["torn_tail"] == Value::Bool(true),
+        )
+    }
+}
+
+/// The server child, SIGKILLed when dropped.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `SignPssSha256` request frame for client `etee-cli` and key `authentication`, built
+/// here from the documented layout (version u16 BE 1 | id 0x10 | postcard body).
+fn sign_frame(digest: [u8; 32]) -> Vec<u8> {
+    let mut f = vec![0, 1, 0x10];
+    for s in ["etee-cli", "authentication"] {
+        f.push(s.len() as u8);
+        f.extend_from_slice(s.as_bytes());
+    }
+    f.extend_from_slice(&digest);
+    f
+}
+
+/// Sends one length-prefixed frame and reads the response frame.
+fn exchange(stream: &mut UnixStream, frame: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(&(frame.len() as u32).to_be_bytes())?;
+    stream.write_all(frame)?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let mut resp = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut resp)?;
+    Ok(resp)
+}
+
+/// A signature response: header `0 1 0x10`, then the signature.
+fn is_signature(resp: &[u8]) -> bool {
+    resp.len() > 200 && resp[..3] == [0, 1, 0x10]
+}
+
+fn seal_with(rig: &Rig, w: &World, dir: &Path, plain: &[u8], name: &str) -> Vec<u8> {
+    let input = dir.join(format!("{name}.plain"));
+    std::fs::write(&input, plain).unwrap();
+    let out = dir.join(format!("{name}.p7"));
+    rig.client(["seal"])
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .run()
+        .code(0);
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn seal_and_unseal_through_the_custody_process() {
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path(), w);
+
+    // Without a server, the client says so (and does not fall back to the token).
+    let run = rig
+        .client(["seal"])
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .stdin(b"x".to_vec())
+        .run();
+    run.code(2);
+    assert!(run.stderr.contains("custody socket"), "{}", run.stderr);
+
+    let server = rig.serve();
+    let plain = b"Sealed by Bob's HSM through the custody process.\n".repeat(20);
+    // The custody process signs; the software path with bob.p12 opens it.
+    let sealed = seal_with(&rig, w, tmp.path(), &plain, "from-hsm");
+    let opened = w.unseal(tmp.path(), "bob", &sealed, &[]);
+    opened.run.code(0);
+    assert_eq!(opened.content(), plain);
+
+    // Alice's keystore seals for Bob's ETK; the custody process decrypts.
+    let sealed = w.seal(tmp.path(), "alice", &["bob"], &plain);
+    let sealed_path = tmp.path().join("for-hsm.p7");
+    std::fs::write(&sealed_path, &sealed).unwrap();
+    let out = tmp.path().join("opened");
+    let run = rig
+        .client(["unseal", "--json"])
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&sealed_path)
+        .arg("--out")
+        .arg(&out)
+        .run();
+    run.code(0);
+    let verdict = run.json();
+    assert_eq!(
+        verdict["opened_with"],
+        Value::String(format!("key:{}", w.etk_serial("bob"))),
+        "{verdict}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), plain);
+
+    // On the chain: the server's unlock, two signatures, one decryption.
+    let (intact, records, torn) = rig.audit();
+    assert!(intact && !torn);
+    assert_eq!(records, 1 + 2 + 1);
+    drop(server);
+}
+
+#[test]
+fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path(), w);
+    let mut server = rig.serve();
+
+    // Two clients send signature requests back to back until the server dies.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..2u8)
+        .map(|c| {
+            let socket = rig.socket.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut stream = UnixStream::connect(&socket).unwrap();
+                let mut signed = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let frame = sign_frame([c.wrapping_add(signed as u8); 32]);
+                    match exchange(&mut stream, &frame) {
+                        Ok(resp) => {
+                            assert!(is_signature(&resp), "{:02x?}", &resp[..resp.len().min(8)]);
+                            signed += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                signed
+            })
+        })
+        .collect();
+    // A random moment, once the stream is flowing.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    std::thread::sleep(Duration::from_millis(150 + u64::from(nanos % 350)));
+    server.kill();
+    let signed: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    stop.store(true, Ordering::Relaxed);
+    assert!(signed > 0, "no request went through before the kill");
+
+    // Intact, no torn record; every released signature is on record (plus the unlock),
+    // and at most one unreleased record per client that was in flight.
+    let (intact, records, torn) = rig.audit();
+    eprintln!("killed after {signed} signatures; {records} records");
+    assert!(intact, "chain broken after SIGKILL");
+    assert!(!torn, "torn record after SIGKILL");
+    assert!(
+        records > signed && records <= 1 + signed + 2,
+        "{records} records for {signed} signatures"
+    );
+
+    // Restarted on the same audit file: requests succeed again, the chain continues.
+    let _server = rig.serve();
+    let mut stream = UnixStream::connect(&rig.socket).unwrap();
+    assert!(is_signature(
+        &exchange(&mut stream, &sign_frame([7; 32])).unwrap()
+    ));
+    let plain = b"after the crash".to_vec();
+    let sealed = seal_with(&rig, w, tmp.path(), &plain, "after");
+    let opened = w.unseal(tmp.path(), "bob", &sealed, &[]);
+    opened.run.code(0);
+    assert_eq!(opened.content(), plain);
+    let (intact, after, torn) = rig.audit();
+    assert!(intact && !torn);
+    assert_eq!(
+        after,
+        records + 1 + 1 + 2,
+        "unlock, one raw signature, a seal"
+    );
+}

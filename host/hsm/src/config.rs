@@ -66,6 +66,9 @@ pub struct CustodyConfig {
     pub mode: CustodyMode,
     /// The Unix socket of the separate custody process.
     pub socket: Option<PathBuf>,
+    /// User ids besides the server's own that may connect to the socket (checked with
+    /// SO_PEERCRED on every connection).
+    pub allowed_uids: Vec<u32>,
 }
 
 /// Where the custody core runs.
@@ -106,6 +109,7 @@ impl CustodyConfig {
             client: DEFAULT_CUSTODY_CLIENT.into(),
             mode: CustodyMode::InProcess,
             socket: None,
+            allowed_uids: Vec::new(),
         }
     }
 }
@@ -144,6 +148,9 @@ impl Config {
             if let Some(mode) = c.mode {
                 custody.mode = mode;
             }
+            if let Some(uids) = c.allowed_uids {
+                custody.allowed_uids = uids;
+            }
             if let Some(f) = c.socket {
                 custody.socket = Some(if f.is_relative() { base.join(f) } else { f });
             }
@@ -177,6 +184,7 @@ struct RawCustody {
     client: Option<String>,
     mode: Option<CustodyMode>,
     socket: Option<PathBuf>,
+    allowed_uids: Option<Vec<u32>>,
 }
 
 #[derive(Deserialize)]

@@ -133,6 +133,8 @@ pub struct Server {
     keys: CustodyKeys,
     listener: UnixListener,
     socket: PathBuf,
+    /// Who may connect: the server's own uid and `[custody] allowed_uids`.
+    allowed_uids: Vec<u32>,
 }
 
 impl std::fmt::Debug for Server {
@@ -151,10 +153,13 @@ impl Server {
     pub fn bind(hsm: &HsmConfig, custody: &CustodyConfig, socket: &Path) -> Result<Self> {
         let keys = CustodyKeys::open(hsm, custody)?;
         let listener = bind_private(socket)?;
+        let mut allowed_uids = custody.allowed_uids.clone();
+        allowed_uids.push(nix::unistd::getuid().as_raw());
         Ok(Self {
             keys,
             listener,
             socket: socket.to_path_buf(),
+            allowed_uids,
         })
     }
 
@@ -172,6 +177,21 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(HsmError::Invalid(format!("accepting: {e}"))),
             };
+            // The socket's 0600 mode is the first gate; the peer's uid, from the kernel, is
+            // the second (a descriptor can be passed on to another user's process).
+            match peer_uid(&stream) {
+                Ok(uid) if self.allowed_uids.contains(&uid) => {}
+                Ok(uid) => {
+                    eprintln!("etee custody: refused a connection from uid {uid} (not in [custody] allowed_uids)");
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "etee custody: refused a connection whose peer cannot be identified: {e}"
+                    );
+                    continue;
+                }
+            }
             let keys = self.keys.clone();
             std::thread::Builder::new()
                 .name("etee-custody-conn".into())
@@ -184,6 +204,12 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The connected peer's user id (SO_PEERCRED).
+fn peer_uid(stream: &UnixStream) -> std::result::Result<u32, nix::Error> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map(|c| c.uid())
 }
 
 /// Answers the frames of one connection until the peer closes it.
@@ -400,6 +426,15 @@ impl PrivateKeyOps for RemoteCustodyKeys {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_peer_uid_comes_from_the_kernel() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        assert_eq!(peer_uid(&a).unwrap(), me);
+        assert_eq!(peer_uid(&b).unwrap(), me);
+    }
+
     use super::*;
 
     #[test]

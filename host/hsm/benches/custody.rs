@@ -23,8 +23,8 @@ use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use cryptoki::types::Ulong;
-use etee_custody::policy::{Budget, Policy, Rule};
-use etee_custody::{ClientId, KeyKind};
+use etee_custody::policy::{Budget, Policy};
+use etee_custody::ClientId;
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal, Recipient, SealOptions, UnsealOptions};
 use etee_formats::keys::{KeyRing, SigningKey};
@@ -299,25 +299,11 @@ impl<B> Trio<'_, B> {
 /// core's cost, not its rate limit (the default allows 1 000 uses a second sustained).
 fn bench_policy(token: &HsmToken, client: &str) -> Policy {
     let client = ClientId::try_from(client).unwrap();
-    let mut policy = Policy::deny_all();
-    for (id, kind) in token.keys() {
-        let Some(key) = etee_custody::KeyId::new(id) else {
-            continue;
-        };
-        policy
-            .allow(Rule {
-                client: client.clone(),
-                key,
-                sign: kind == KeyKind::Authentication,
-                decrypt: kind == KeyKind::Encryption,
-                budget: Budget {
-                    burst: 1_000_000_000,
-                    per_second: 1_000_000,
-                },
-            })
-            .unwrap();
-    }
-    policy
+    let unlimited = Budget {
+        burst: 1_000_000_000,
+        per_second: 1_000_000,
+    };
+    etee_hsm::custody::policy_for(token, &client, unlimited).unwrap()
 }
 
 fn seal_1k(signer: &SigningKey, to: &Certificate, content: &[u8]) -> Vec<u8> {

@@ -213,6 +213,12 @@ pub(crate) fn client_id(name: &str) -> Result<ClientId> {
 /// The default policy: `client` signs with the authentication key and decrypts with every
 /// ETK key of `token`, within [`DEFAULT_BUDGET`].
 pub fn default_policy(token: &HsmToken, client: &ClientId) -> Result<Policy> {
+    policy_for(token, client, DEFAULT_BUDGET)
+}
+
+/// The default policy's rules with another `budget`: `client` signs with the authentication
+/// key and decrypts with every ETK key of `token`.
+pub fn policy_for(token: &HsmToken, client: &ClientId, budget: Budget) -> Result<Policy> {
     let mut policy = Policy::deny_all();
     for (id, kind) in token.keys() {
         let Some(key) = etee_custody::KeyId::new(id) else {
@@ -225,7 +231,7 @@ pub fn default_policy(token: &HsmToken, client: &ClientId) -> Result<Policy> {
                 key,
                 sign: kind == KeyKind::Authentication,
                 decrypt: kind == KeyKind::Encryption,
-                budget: DEFAULT_BUDGET,
+                budget,
             })
             .map_err(|e| HsmError::Config(format!("custody policy: {e:?}")))?;
     }

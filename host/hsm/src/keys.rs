@@ -107,15 +107,7 @@ pub fn generate(pool: &SessionPool, profile: &KeyProfile) -> Result<GeneratedKey
     let bits = profile.bits;
     let mechanisms = profile.mechanism_types();
     pool.run(move |conn| {
-        if !conn
-            .find_all(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::Id(id.as_bytes().to_vec()),
-            ])?
-            .is_empty()
-        {
-            return Err(HsmError::KeyExists(id.clone()));
-        }
+        ensure_id_free(conn, &id)?;
         let mut public = public_template(role, id.as_bytes(), label.as_bytes());
         public.push(Attribute::ModulusBits(
             Ulong::try_from(bits as usize).ctx("bits")?,
@@ -259,15 +251,34 @@ pub(crate) fn store_chain(conn: &mut Conn<'_>, chain: &[Certificate]) -> Result<
     Ok(added)
 }
 
+/// Fails with [`HsmError::KeyExists`] when a private key already carries CKA_ID `id`.
+fn ensure_id_free(conn: &Conn<'_>, id: &str) -> Result<()> {
+    let template = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Id(id.as_bytes().to_vec()),
+    ];
+    if conn.find_all(&template)?.is_empty() {
+        Ok(())
+    } else {
+        Err(HsmError::KeyExists(id.to_string()))
+    }
+}
+
 /// Every certificate in the token, with its CKA_ID.
 pub(crate) fn all_certificates(conn: &Conn<'_>) -> Result<Vec<(Vec<u8>, Certificate)>> {
+    let handles = conn.find_all(&[Attribute::Class(ObjectClass::CERTIFICATE)])?;
+    read_certificates(conn.session(), handles)
+}
+
+/// The CKA_ID and certificate of each of `handles` (certificate objects); values that do
+/// not parse are left out.
+pub(crate) fn read_certificates(
+    session: &Session,
+    handles: Vec<ObjectHandle>,
+) -> Result<Vec<(Vec<u8>, Certificate)>> {
     let mut out = Vec::new();
-    for h in conn.find_all(&[Attribute::Class(ObjectClass::CERTIFICATE)])? {
-        let attrs = attributes(
-            conn.session(),
-            h,
-            &[AttributeType::Id, AttributeType::Value],
-        )?;
+    for h in handles {
+        let attrs = attributes(session, h, &[AttributeType::Id, AttributeType::Value])?;
         let (mut id, mut der) = (Vec::new(), None);
         for a in attrs {
             match a {
@@ -336,15 +347,7 @@ pub fn install_certificate(
             key_id.clone()
         };
         if id != key_id {
-            if !conn
-                .find_all(&[
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::Id(id.as_bytes().to_vec()),
-                ])?
-                .is_empty()
-            {
-                return Err(HsmError::KeyExists(id.clone()));
-            }
+            ensure_id_free(conn, &id)?;
             let rename = [
                 Attribute::Id(id.as_bytes().to_vec()),
                 Attribute::Label(id.as_bytes().to_vec()),

@@ -30,7 +30,7 @@ use crate::custody::{client_id, decrypt_result, sign_result, CustodyKeys};
 use crate::error::{CkContext, HsmError, Result};
 use crate::keys::{self, AUTHENTICATION_ID};
 use crate::token::{find_token, Module};
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::object::{Attribute, ObjectClass};
 use etee_custody::config::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use etee_custody::wire::{self, Blob};
 use etee_custody::{ClientId, Request, Response};
@@ -238,22 +238,7 @@ pub fn public_certificates(hsm: &HsmConfig) -> Result<Vec<(Vec<u8>, Certificate)
     let handles = session
         .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
         .ctx("finding certificates")?;
-    let mut out = Vec::new();
-    for h in handles {
-        let attrs = keys::attributes(&session, h, &[AttributeType::Id, AttributeType::Value])?;
-        let (mut id, mut der) = (Vec::new(), None);
-        for a in attrs {
-            match a {
-                Attribute::Id(v) => id = v,
-                Attribute::Value(v) => der = Some(v),
-                _ => {}
-            }
-        }
-        if let Some(cert) = der.and_then(|d| Certificate::from_der(&d).ok()) {
-            out.push((id, cert));
-        }
-    }
-    Ok(out)
+    keys::read_certificates(&session, handles)
 }
 
 struct RemoteInner {

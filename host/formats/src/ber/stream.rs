@@ -231,15 +231,6 @@ impl<R: Read> BerStream<R> {
         }
     }
 
-    /// Closes a constructed element (see [`Self::close`]); a primitive one needs nothing.
-    pub fn close_if_constructed(&mut self, h: &Header) -> Result<(), ReadError> {
-        if tag::is_constructed(h.tag) {
-            // Its chunks were consumed by an [`OctetStream`], which also took its EOC.
-            return Ok(());
-        }
-        Ok(())
-    }
-
     /// Reads `n` content bytes into memory, refusing more than `limit`.
     pub fn read_bytes(&mut self, n: u64, limit: u64) -> Result<Vec<u8>, ReadError> {
         if n > limit {

@@ -18,7 +18,7 @@ use super::MAX_STRUCTURE;
 use crate::ber::slice::{parse_exact, Tlv};
 use crate::ber::stream::{BerStream, ContentFault, Header, ReadError};
 use crate::ber::{tag, BerError, BerErrorKind};
-use crate::cert::{key_usage, Certificate, KeyAlgorithm, Validity};
+use crate::cert::{key_usage, Certificate, Validity};
 use crate::keys::{KeyId, KeyRing};
 use crate::oid;
 use crate::trust::TrustAnchors;
@@ -328,7 +328,7 @@ fn middle<R: Read, W: Write>(
         Ok(c) => c,
         Err(_) => return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT)),
     };
-    let mut dec = Decryptor::new(octets, crypter, cipher.block_size());
+    let mut dec = Decryptor::new(octets, crypter);
     let inner_result = {
         let mut s2 = BerStream::new(&mut dec);
         inner(&mut s2, out, facts)
@@ -647,7 +647,7 @@ fn enveloped_head<R: Read>(s: &mut BerStream<R>) -> Result<EnvelopedHead, ReadEr
 }
 
 fn enveloped_tail<R: Read>(s: &mut BerStream<R>, env: &EnvelopedHead) -> Result<(), ReadError> {
-    s.close_if_constructed(&env.encrypted_content)?;
+    // The encryptedContent, chunks and end-of-contents alike, was consumed by its OctetStream.
     s.close(&env.eci)?;
     while s.has_more_in(&env.ed)? {
         s.skip_element()?; // unprotectedAttrs
@@ -866,7 +866,6 @@ struct CipherFault;
 struct Decryptor<R> {
     src: R,
     crypter: Crypter,
-    block: usize,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     out_pos: usize,
@@ -876,12 +875,11 @@ struct Decryptor<R> {
 }
 
 impl<R: Read> Decryptor<R> {
-    fn new(src: R, mut crypter: Crypter, block: usize) -> Self {
+    fn new(src: R, mut crypter: Crypter) -> Self {
         crypter.pad(true);
         Self {
             src,
             crypter,
-            block,
             inbuf: vec![0; 32 * 1024],
             outbuf: vec![0; 32 * 1024 + 64],
             out_pos: 0,
@@ -917,7 +915,6 @@ impl<R: Read> Read for Decryptor<R> {
                     .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, CipherFault))?;
             }
         }
-        let _ = self.block;
         let k = (self.out_len - self.out_pos).min(buf.len());
         buf[..k].copy_from_slice(&self.outbuf[self.out_pos..self.out_pos + k]);
         self.out_pos += k;
@@ -1242,10 +1239,4 @@ fn correlated(outer: &Resolved, inner: &Resolved) -> bool {
         }
         _ => true,
     }
-}
-
-// Keep the key algorithm enum in use for future EC recipients.
-#[allow(dead_code)]
-fn is_rsa(c: &Certificate) -> bool {
-    c.key_algorithm() == KeyAlgorithm::Rsa
 }

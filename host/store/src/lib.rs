@@ -1,0 +1,1 @@
+//! Storage for the platform services (ETKDepot, KGSS, KeyDepot): one trait, two backends.

@@ -164,6 +164,38 @@ impl AuditHead {
     }
 }
 
+/// Counts the consecutive failed logins at the end of a chain (since the last successful
+/// unlock or administrator reset), to restore the wrong-PIN counter after a restart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PinHistory {
+    failures: u8,
+}
+
+impl PinHistory {
+    pub const fn new() -> Self {
+        Self { failures: 0 }
+    }
+
+    /// Takes the next record of the chain into account.
+    pub fn observe(&mut self, record: &AuditRecord) {
+        match (record.operation, record.outcome) {
+            (Operation::Unlock, Outcome::Success) | (Operation::PinReset, Outcome::Success) => {
+                self.failures = 0;
+            }
+            // Every failed C_Login counts (see `lock`); a refusal without a login does not.
+            (Operation::Unlock, Outcome::Refused(Error::PinIncorrect { .. } | Error::Token(_))) => {
+                self.failures = self.failures.saturating_add(1)
+            }
+            _ => {}
+        }
+    }
+
+    /// Consecutive failed logins so far.
+    pub const fn failures(&self) -> u8 {
+        self.failures
+    }
+}
+
 /// Why a sink could not store a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -180,6 +212,22 @@ pub trait AuditSink {
     /// (e.g. written and `fsync`ed), and stores either all of it or nothing: the core
     /// releases the operation's result on `Ok` alone.
     fn append(&mut self, record: &AuditRecord) -> Result<(), AuditError>;
+
+    /// Stores `record` after the previous one without waiting for it to be durable, and
+    /// returns a mark: the record is durable once [`AuditSink::wait_durable`] (or the
+    /// sink's own handle for waiting outside the core) returned `Ok` for that mark. A sink
+    /// that can group several records into one sync (`fsync` once for the records of
+    /// concurrent callers) overrides both; the default is [`AuditSink::append`], durable
+    /// at once.
+    fn append_deferred(&mut self, record: &AuditRecord) -> Result<u64, AuditError> {
+        self.append(record).map(|()| 0)
+    }
+
+    /// Waits until every record up to `mark` is durable.
+    fn wait_durable(&self, mark: u64) -> Result<(), AuditError> {
+        let _ = mark;
+        Ok(())
+    }
 }
 
 /// Where and why a chain fails verification. Records before `sequence` are intact.

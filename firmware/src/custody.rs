@@ -18,10 +18,20 @@
 //! together with the unsealer carrying on with a random content key, this keeps PKCS#1 v1.5
 //! from becoming a padding oracle.
 //!
+//! Concurrent callers use the same steps split in three, so that the token operation (the
+//! slow part) runs without holding the core: [`Custody::admit`] (steps 1–4) hands out a
+//! [`Ticket`], [`Ticket::execute`] runs step 5 on a token handle of the caller's, and
+//! [`Custody::conclude`] (step 6) appends the record and returns a [`Concluded`] whose
+//! response is released (step 7) only once the record is durable. The sink may write the
+//! records of several callers with one sync ([`AuditSink::append_deferred`]).
+//! [`Custody::handle_request`] is the same flow in one call.
+//!
 //! `Status` and `AuditHead` read state and are not recorded; malformed frames have no
 //! client to record and are answered with `BadFrame` (the host shell logs them).
 
-use crate::audit::{sha256, AuditHead, AuditRecord, AuditSink, Hash, Operation, Outcome};
+use crate::audit::{
+    sha256, AuditError, AuditHead, AuditRecord, AuditSink, Hash, Operation, Outcome,
+};
 use crate::config::{DIGEST_LEN, MAX_RESPONSE_FRAME};
 use crate::id::{ClientId, KeyId};
 use crate::lock::{Lock, LockState};
@@ -55,6 +65,13 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         }
     }
 
+    /// The same core with the wrong-PIN counter of an earlier run (see
+    /// [`crate::audit::PinHistory`]): locked out at once if the earlier run ended so.
+    pub fn with_pin_failures(mut self, failures: u8) -> Self {
+        self.lock = Lock::after_failures(failures);
+        self
+    }
+
     /// Handles one request frame and writes the response frame into `out`; returns its
     /// length. Never panics. Returns 0 (and does nothing) only if `out` is shorter than
     /// [`MAX_RESPONSE_FRAME`].
@@ -80,15 +97,90 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             Request::AuditHead => Response::AuditHead(self.head),
             Request::Unlock { pin } => self.unlock(pin.expose(), now_ms),
             Request::Lock => self.lock(now_ms),
+            Request::SignPssSha256 { .. } | Request::DecryptPkcs1v15 { .. } => {
+                let concluded = match self.admit(request, now_ms) {
+                    Admission::Answered(concluded) => concluded,
+                    Admission::Admitted(ticket) => {
+                        let executed = ticket.execute(&mut self.token);
+                        self.conclude(executed, now_ms)
+                    }
+                };
+                let durable = self.audit.wait_durable(concluded.mark);
+                concluded.release(durable)
+            }
+        }
+    }
+
+    /// Steps 1–4 of a key request (see the module doc): a [`Ticket`] to execute, or the
+    /// answer (a refusal, already appended to the chain; or the reply to a request that is
+    /// not a key operation, handled in full).
+    pub fn admit<'r>(&mut self, request: &'r Request, now_ms: u64) -> Admission<'r> {
+        let (client, key, operation) = match request {
             Request::SignPssSha256 {
                 client,
                 key,
                 digest,
-            } => self.sign(client, key, digest, now_ms),
+            } => (client, key, KeyOperation::Sign(digest)),
             Request::DecryptPkcs1v15 { client, key, blob } => {
-                self.decrypt(client, key, blob, now_ms)
+                (client, key, KeyOperation::Decrypt(blob))
             }
+            other => {
+                return Admission::Answered(Concluded::at_once(self.handle_request(other, now_ms)))
+            }
+        };
+        let (usage, kind) = match operation {
+            KeyOperation::Sign(_) => (KeyUse::Sign, KeyKind::Authentication),
+            KeyOperation::Decrypt(_) => (KeyUse::Decrypt, KeyKind::Encryption),
+        };
+        let ticket = Ticket {
+            client,
+            key,
+            operation,
+        };
+        match self.check(client, key, usage, kind, now_ms) {
+            Ok(()) => Admission::Admitted(ticket),
+            Err(e) => Admission::Answered(self.conclude(
+                Executed {
+                    ticket,
+                    result: Err(e),
+                },
+                now_ms,
+            )),
         }
+    }
+
+    /// Step 6 (and the response of step 7): appends the record of an executed (or refused)
+    /// request. The response comes out of [`Concluded::release`], given the outcome of
+    /// waiting for the record to be durable.
+    pub fn conclude(&mut self, executed: Executed<'_>, now_ms: u64) -> Concluded {
+        let Executed { ticket, result } = executed;
+        let (operation, input_digest) = match ticket.operation {
+            KeyOperation::Sign(digest) => (Operation::SignPssSha256, sha256(digest)),
+            KeyOperation::Decrypt(blob) => (Operation::DecryptPkcs1v15, sha256(blob)),
+        };
+        // The record keeps the token's detailed error ...
+        let recorded = self.record_deferred(
+            now_ms,
+            Some(ticket.client),
+            operation,
+            Some(ticket.key),
+            input_digest,
+            outcome(&result),
+        );
+        let mark = match recorded {
+            Ok(mark) => mark,
+            Err(e) => return Concluded::at_once(Response::Error(e)),
+        };
+        let response = match result {
+            Ok(KeyOutput::Signature(signature)) => Response::Signature(signature),
+            Ok(KeyOutput::Plaintext(plaintext)) => Response::Plaintext(plaintext),
+            // ... the client gets one uniform error for every failed decryption.
+            Err(Error::Token(_)) if operation == Operation::DecryptPkcs1v15 => {
+                Response::Error(Error::DecryptFailed)
+            }
+            Err(e) => Response::Error(e),
+        };
+        Concluded { response, mark }
     }
 
     /// Administrator reset of the wrong-PIN counter (a local call of the process that owns
@@ -205,50 +297,10 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         }
     }
 
-    fn sign(&mut self, client: &ClientId, key: &KeyId, digest: &[u8; 32], now_ms: u64) -> Response {
-        let result = self
-            .admit(client, key, KeyUse::Sign, KeyKind::Authentication, now_ms)
-            .and_then(|()| self.token_sign(key, digest));
-        let recorded = self.record(
-            now_ms,
-            Some(client),
-            Operation::SignPssSha256,
-            Some(key),
-            sha256(digest),
-            outcome(&result),
-        );
-        match (recorded, result) {
-            (Err(e), _) | (Ok(()), Err(e)) => Response::Error(e),
-            (Ok(()), Ok(signature)) => Response::Signature(signature),
-        }
-    }
-
-    fn decrypt(&mut self, client: &ClientId, key: &KeyId, blob: &[u8], now_ms: u64) -> Response {
-        let result = self
-            .admit(client, key, KeyUse::Decrypt, KeyKind::Encryption, now_ms)
-            .and_then(|()| self.token_decrypt(key, blob));
-        // The record keeps the token's detailed error ...
-        let recorded = self.record(
-            now_ms,
-            Some(client),
-            Operation::DecryptPkcs1v15,
-            Some(key),
-            sha256(blob),
-            outcome(&result),
-        );
-        match (recorded, result) {
-            (Err(e), _) => Response::Error(e),
-            (Ok(()), Ok(plaintext)) => Response::Plaintext(plaintext),
-            // ... the client gets one uniform error for every token failure.
-            (Ok(()), Err(Error::Token(_))) => Response::Error(Error::DecryptFailed),
-            (Ok(()), Err(e)) => Response::Error(e),
-        }
-    }
-
     // --- Steps ---------------------------------------------------------------------------
 
     /// Steps 1–4: everything that must pass before the token is asked to use a key.
-    fn admit(
+    fn check(
         &mut self,
         client: &ClientId,
         key: &KeyId,
@@ -268,40 +320,8 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         self.policy.spend(grant, now_ms).map_err(denied)
     }
 
-    fn token_sign(&mut self, key: &KeyId, digest: &[u8; 32]) -> Result<Signature, Error> {
-        let too_long = Error::Token(TokenError::new(TokenFunction::Sign, ckr::BUFFER_TOO_SMALL));
-        let mut signature = Signature::new();
-        signature
-            .resize(signature.capacity(), 0)
-            .map_err(|_| too_long)?;
-        let n = self
-            .token
-            .sign_pss_sha256(key, digest, &mut signature)
-            .map_err(Error::Token)?;
-        if n > signature.len() {
-            return Err(too_long);
-        }
-        signature.truncate(n);
-        Ok(signature)
-    }
-
-    fn token_decrypt(&mut self, key: &KeyId, blob: &[u8]) -> Result<Plaintext, Error> {
-        let token = &mut self.token;
-        Plaintext::fill_with(|buf| {
-            let n = token.decrypt_pkcs1v15(key, blob, buf)?;
-            if n > buf.len() {
-                return Err(TokenError::new(
-                    TokenFunction::Decrypt,
-                    ckr::BUFFER_TOO_SMALL,
-                ));
-            }
-            Ok(n)
-        })
-        .map_err(Error::Token)
-    }
-
-    /// Step 6: appends a record continuing the chain; the head moves only if the sink
-    /// accepted it.
+    /// Step 6 for requests that are not key operations: appends a record continuing the
+    /// chain and waits until it is durable; the head moves only if the sink accepted it.
     fn record(
         &mut self,
         now_ms: u64,
@@ -311,6 +331,23 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         input_digest: Hash,
         outcome: Outcome,
     ) -> Result<(), Error> {
+        let mark = self.record_deferred(now_ms, client, operation, key, input_digest, outcome)?;
+        self.audit
+            .wait_durable(mark)
+            .map_err(|_| Error::AuditUnavailable)
+    }
+
+    /// Appends a record continuing the chain, durable once the returned mark is; the head
+    /// moves only if the sink accepted it.
+    fn record_deferred(
+        &mut self,
+        now_ms: u64,
+        client: Option<&ClientId>,
+        operation: Operation,
+        key: Option<&KeyId>,
+        input_digest: Hash,
+        outcome: Outcome,
+    ) -> Result<u64, Error> {
         let record = AuditRecord {
             sequence: self.head.next_sequence,
             time_ms: now_ms,
@@ -321,12 +358,130 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             outcome,
             prev_hash: self.head.hash,
         };
-        self.audit
-            .append(&record)
+        let mark = self
+            .audit
+            .append_deferred(&record)
             .map_err(|_| Error::AuditUnavailable)?;
         self.head = AuditHead::after(&record);
-        Ok(())
+        Ok(mark)
     }
+}
+
+/// What [`Custody::admit`] decided.
+// No allocator to box the large variant: the value lives on the stack, once per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Admission<'r> {
+    /// Steps 1–4 passed: execute the ticket, then conclude it.
+    Admitted(Ticket<'r>),
+    /// The request is answered (and recorded where it is recorded).
+    Answered(Concluded),
+}
+
+/// The key operation of an admitted request.
+#[derive(Clone, Copy)]
+enum KeyOperation<'r> {
+    Sign(&'r [u8; 32]),
+    Decrypt(&'r [u8]),
+}
+
+/// A key request that passed the lock state, the policy, the key kind and the budget.
+/// Only [`Custody::admit`] makes one; [`Custody::conclude`] must follow its execution, or
+/// the operation is neither recorded nor released.
+#[must_use = "an admitted request must be executed and concluded"]
+pub struct Ticket<'r> {
+    client: &'r ClientId,
+    key: &'r KeyId,
+    operation: KeyOperation<'r>,
+}
+
+impl<'r> Ticket<'r> {
+    /// Step 5: the token operation, on `token` — the core's token or a handle to the same
+    /// token (another session of it), so that concurrent callers do not wait for each
+    /// other's HSM calls.
+    pub fn execute<T: Token>(self, token: &mut T) -> Executed<'r> {
+        let result = match self.operation {
+            KeyOperation::Sign(digest) => {
+                token_sign(token, self.key, digest).map(KeyOutput::Signature)
+            }
+            KeyOperation::Decrypt(blob) => {
+                token_decrypt(token, self.key, blob).map(KeyOutput::Plaintext)
+            }
+        };
+        Executed {
+            ticket: self,
+            result,
+        }
+    }
+}
+
+/// An executed (or refused) key request, to be concluded.
+#[must_use = "an executed request must be concluded, or its result is lost"]
+pub struct Executed<'r> {
+    ticket: Ticket<'r>,
+    result: Result<KeyOutput, Error>,
+}
+
+enum KeyOutput {
+    Signature(Signature),
+    Plaintext(Plaintext),
+}
+
+/// The response to a request, held back until its audit record is durable.
+#[must_use = "a concluded request is answered by release()"]
+pub struct Concluded {
+    response: Response,
+    mark: u64,
+}
+
+impl Concluded {
+    fn at_once(response: Response) -> Self {
+        Self { response, mark: 0 }
+    }
+
+    /// The audit sink's mark to wait for before [`Concluded::release`].
+    pub fn durable_mark(&self) -> u64 {
+        self.mark
+    }
+
+    /// Step 7: the response if the record is durable (`durable` is the outcome of waiting
+    /// for [`Concluded::durable_mark`]); otherwise `AuditUnavailable`, and the result
+    /// (a signature or a wiped plaintext) is dropped.
+    pub fn release(self, durable: Result<(), AuditError>) -> Response {
+        match durable {
+            Ok(()) => self.response,
+            Err(_) => Response::Error(Error::AuditUnavailable),
+        }
+    }
+}
+
+fn token_sign<T: Token>(token: &mut T, key: &KeyId, digest: &[u8; 32]) -> Result<Signature, Error> {
+    let too_long = Error::Token(TokenError::new(TokenFunction::Sign, ckr::BUFFER_TOO_SMALL));
+    let mut signature = Signature::new();
+    signature
+        .resize(signature.capacity(), 0)
+        .map_err(|_| too_long)?;
+    let n = token
+        .sign_pss_sha256(key, digest, &mut signature)
+        .map_err(Error::Token)?;
+    if n > signature.len() {
+        return Err(too_long);
+    }
+    signature.truncate(n);
+    Ok(signature)
+}
+
+fn token_decrypt<T: Token>(token: &mut T, key: &KeyId, blob: &[u8]) -> Result<Plaintext, Error> {
+    Plaintext::fill_with(|buf| {
+        let n = token.decrypt_pkcs1v15(key, blob, buf)?;
+        if n > buf.len() {
+            return Err(TokenError::new(
+                TokenFunction::Decrypt,
+                ckr::BUFFER_TOO_SMALL,
+            ));
+        }
+        Ok(n)
+    })
+    .map_err(Error::Token)
 }
 
 fn outcome<T>(result: &Result<T, Error>) -> Outcome {

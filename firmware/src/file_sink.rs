@@ -1,9 +1,16 @@
 //! A file-backed audit sink for the host side (feature `std`).
 //!
 //! The file is a sequence of frames: `length: u16 BE`, `check: [u8; 4]` (the first bytes of
-//! SHA-256 over the record bytes), then the record's postcard encoding. An append is written
-//! and `fdatasync`ed before [`AuditSink::append`] returns, so the core releases no result
-//! whose record is not on disk.
+//! SHA-256 over the record bytes), then the record's postcard encoding. A record is durable
+//! once `fdatasync` returned after its write, and the core releases no result before that.
+//!
+//! Group commit: [`AuditSink::append_deferred`] only writes; waiting for durability
+//! ([`GroupSync::wait`], also reachable outside the core through
+//! [`FileAuditSink::group_sync`]) runs one `fdatasync` for every record written so far, and
+//! callers whose records an ongoing sync already covers wait for it instead of starting
+//! their own. With concurrent callers one sync serves several records; a single caller
+//! pays one sync per record, as before. A failed write or sync stops the sink until it is
+//! reopened (fail closed).
 //!
 //! Crash safety: a crash can only leave a partial frame at the end of the file. Opening the
 //! file verifies every record and the chain, cuts such a torn tail (and syncs the cut), and
@@ -13,12 +20,13 @@
 extern crate std;
 
 use crate::audit::{
-    sha256, AuditError, AuditHead, AuditRecord, AuditSink, ChainBreak, ChainVerifier,
+    sha256, AuditError, AuditHead, AuditRecord, AuditSink, ChainBreak, ChainVerifier, PinHistory,
 };
 use crate::config::MAX_AUDIT_RECORD_LEN;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::vec::Vec;
 
 const FRAME_HEADER: usize = 2 + 4;
@@ -66,6 +74,8 @@ pub struct Scan {
     pub good_len: u64,
     /// Whether a torn final frame was found after `good_len`.
     pub torn_tail: bool,
+    /// Consecutive failed logins at the end of the chain.
+    pub pin_failures: u8,
 }
 
 /// Reads and verifies an audit file, calling `each` for every intact record.
@@ -79,6 +89,7 @@ pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, Fil
         Err(e) => return Err(e.into()),
     }
     let mut verifier = ChainVerifier::new(AuditHead::GENESIS);
+    let mut pins = PinHistory::new();
     let mut pos = 0usize;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
@@ -87,6 +98,7 @@ pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, Fil
             count: verifier.count(),
             good_len: pos as u64,
             torn_tail: true,
+            pin_failures: pins.failures(),
         };
         if rest.len() < FRAME_HEADER {
             return Ok(torn());
@@ -110,6 +122,7 @@ pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, Fil
         let record =
             AuditRecord::decode(body).ok_or(FileSinkError::Corrupt { offset: pos as u64 })?;
         verifier.push(&record).map_err(FileSinkError::Chain)?;
+        pins.observe(&record);
         each(&record);
         pos += FRAME_HEADER + len;
     }
@@ -118,6 +131,7 @@ pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, Fil
         count: verifier.count(),
         good_len: pos as u64,
         torn_tail: false,
+        pin_failures: pins.failures(),
     })
 }
 
@@ -126,8 +140,74 @@ pub struct FileAuditSink {
     file: File,
     path: PathBuf,
     len: u64,
-    /// Set after a failed append: the sink refuses more until reopened (fail closed).
+    sync: Arc<GroupSync>,
+    pin_failures: u8,
+}
+
+/// Durability of an audit file's records, shared by the sink and the callers that wait for
+/// their records outside the core (see the module doc). Marks are file lengths.
+pub struct GroupSync {
+    file: File,
+    state: Mutex<SyncState>,
+    synced: Condvar,
+}
+
+struct SyncState {
+    /// Bytes written (not necessarily durable).
+    written: u64,
+    /// Bytes known durable.
+    durable: u64,
+    syncing: bool,
+    /// A write or sync failed: nothing more is accepted or confirmed (fail closed).
     failed: bool,
+    /// Syncs run so far (for metrics and tests: with concurrent callers, fewer than records).
+    syncs: u64,
+}
+
+impl GroupSync {
+    /// Waits until the file is durable up to `mark`, syncing it if no sync under way
+    /// covers the mark.
+    pub fn wait(&self, mark: u64) -> Result<(), AuditError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if state.failed {
+                return Err(AuditError::Storage);
+            }
+            if state.durable >= mark {
+                return Ok(());
+            }
+            if state.syncing {
+                state = self
+                    .synced
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            state.syncing = true;
+            let target = state.written;
+            drop(state);
+            let synced = self.file.sync_data();
+            state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.syncing = false;
+            match synced {
+                Ok(()) => {
+                    state.durable = state.durable.max(target);
+                    state.syncs += 1;
+                }
+                Err(_) => state.failed = true,
+            }
+            self.synced.notify_all();
+        }
+    }
+
+    /// How many syncs ran since the file was opened.
+    pub fn syncs(&self) -> u64 {
+        self.state().syncs
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl FileAuditSink {
@@ -143,25 +223,48 @@ impl FileAuditSink {
             .open(path)?;
         if scan.torn_tail {
             file.set_len(scan.good_len)?;
-            file.sync_all()?;
         }
+        file.sync_all()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // A new file's directory entry must be durable too.
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
             }
         }
+        let sync = Arc::new(GroupSync {
+            file: file.try_clone()?,
+            state: Mutex::new(SyncState {
+                written: scan.good_len,
+                durable: scan.good_len,
+                syncing: false,
+                failed: false,
+                syncs: 0,
+            }),
+            synced: Condvar::new(),
+        });
         let sink = Self {
             file,
             path: path.to_path_buf(),
             len: scan.good_len,
-            failed: false,
+            sync,
+            pin_failures: scan.pin_failures,
         };
         Ok((sink, scan.head))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Consecutive failed logins at the end of the chain when it was opened: give it to
+    /// [`crate::Custody::with_pin_failures`].
+    pub fn pin_failures_at_open(&self) -> u8 {
+        self.pin_failures
+    }
+
+    /// The durability handle, for waiting for a record outside the core's lock.
+    pub fn group_sync(&self) -> Arc<GroupSync> {
+        self.sync.clone()
     }
 
     fn write_frame(&mut self, body: &[u8]) -> io::Result<()> {
@@ -171,7 +274,6 @@ impl FileAuditSink {
         frame.extend_from_slice(body);
         self.file.seek(SeekFrom::Start(self.len))?;
         self.file.write_all(&frame)?;
-        self.file.sync_data()?;
         self.len += frame.len() as u64;
         Ok(())
     }
@@ -179,20 +281,27 @@ impl FileAuditSink {
 
 impl AuditSink for FileAuditSink {
     fn append(&mut self, record: &AuditRecord) -> Result<(), AuditError> {
-        if self.failed {
+        let mark = self.append_deferred(record)?;
+        self.wait_durable(mark)
+    }
+
+    fn append_deferred(&mut self, record: &AuditRecord) -> Result<u64, AuditError> {
+        if self.sync.state().failed {
             return Err(AuditError::Storage);
         }
         let mut buf = [0u8; MAX_AUDIT_RECORD_LEN];
         let body = record.encode(&mut buf).ok_or(AuditError::Storage)?;
         if self.write_frame(body).is_err() {
             // Undo a partial frame if we can; either way, stop until reopened.
-            let _ = self
-                .file
-                .set_len(self.len)
-                .and_then(|_| self.file.sync_all());
-            self.failed = true;
+            let _ = self.file.set_len(self.len);
+            self.sync.state().failed = true;
             return Err(AuditError::Storage);
         }
-        Ok(())
+        self.sync.state().written = self.len;
+        Ok(self.len)
+    }
+
+    fn wait_durable(&self, mark: u64) -> Result<(), AuditError> {
+        self.sync.wait(mark)
     }
 }

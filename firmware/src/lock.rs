@@ -12,10 +12,12 @@
 //! `C_Login` counts, not only `CKR_PIN_INCORRECT`: a flaky device may then need a reset, which
 //! we prefer to a failure mode that lets guesses through uncounted.
 //!
+//! The counter survives restarts through the audit chain: every login attempt is on it, so
+//! the host recounts the failures since the last success or reset when it reopens the
+//! chain ([`crate::audit::PinHistory`]) and starts the core with
+//! [`crate::custody::Custody::with_pin_failures`]. A restart does not buy fresh guesses.
+//!
 //! Limits, on purpose for now:
-//! - The counter lives in memory only: restarting the process that owns the core restarts
-//!   the count. The token's own retry counter (where it has one; SoftHSM2 has none) is the
-//!   backstop; persisting the counter belongs with the persistent audit sink.
 //! - No time-based back-off; only the administrator reset.
 //! - M-of-N shares for administrative operations (key import, key destruction, policy
 //!   change) are out of scope; there are no administrative wire operations yet.
@@ -49,6 +51,24 @@ impl Lock {
         Self {
             state: LockState::Locked,
             failures: 0,
+        }
+    }
+
+    /// A locked core that has seen `failures` consecutive failed logins (from the audit
+    /// chain of an earlier run): locked out if they reach [`MAX_PIN_ATTEMPTS`].
+    pub const fn after_failures(failures: u8) -> Self {
+        let failures = if failures > MAX_PIN_ATTEMPTS {
+            MAX_PIN_ATTEMPTS
+        } else {
+            failures
+        };
+        Self {
+            state: if failures >= MAX_PIN_ATTEMPTS {
+                LockState::LockedOut
+            } else {
+                LockState::Locked
+            },
+            failures,
         }
     }
 

@@ -176,3 +176,127 @@ fn a_missing_file_starts_a_new_chain() {
     let (_, head) = FileAuditSink::open(&dir.path().join("new.log")).unwrap();
     assert_eq!(head, AuditHead::GENESIS);
 }
+
+#[test]
+fn concurrent_callers_share_syncs_and_every_released_result_is_on_file() {
+    use etee_custody::custody::Admission;
+    use etee_custody::Token;
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut core = core_on(&path);
+    let unlock = Request::Unlock {
+        pin: Pin::from_slice(b"1234").unwrap(),
+    };
+    assert_eq!(core.handle_request(&unlock, 1), Response::Unlocked);
+    let sync = core.audit_sink().group_sync();
+    let core = Mutex::new(core);
+    const THREADS: usize = 4;
+    const EACH: usize = 40;
+    let released: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (core, sync) = (&core, &sync);
+                s.spawn(move || {
+                    // Each caller has its own token handle, as the host's callers do.
+                    let mut handle = InsecureMemoryToken::new(b"1234").unwrap().with_key(
+                        &KeyId::try_from("auth").unwrap(),
+                        KeyKind::Authentication,
+                        b"seed",
+                    );
+                    handle.login(b"1234").unwrap();
+                    let mut mine = Vec::new();
+                    for i in 0..EACH {
+                        let request = Request::SignPssSha256 {
+                            client: ClientId::try_from("app").unwrap(),
+                            key: KeyId::try_from("auth").unwrap(),
+                            digest: [(t * EACH + i) as u8; 32],
+                        };
+                        let admission = core.lock().unwrap().admit(&request, 10);
+                        let Admission::Admitted(ticket) = admission else {
+                            panic!("refused")
+                        };
+                        let executed = ticket.execute(&mut handle);
+                        let concluded = core.lock().unwrap().conclude(executed, 11);
+                        let mark = concluded.durable_mark();
+                        let response = concluded.release(sync.wait(mark));
+                        assert!(matches!(response, Response::Signature(_)));
+                        mine.push(mark);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let records = records(&path);
+    let head = core.lock().unwrap().audit_head();
+    assert_eq!(
+        verify_chain_to(records.iter(), &head),
+        Ok((THREADS * EACH + 1) as u64)
+    );
+    // Every released result's mark was durable: within the synced file.
+    let file_len = std::fs::metadata(&path).unwrap().len();
+    assert!(released.iter().flatten().all(|&m| m <= file_len));
+    // At most one sync per record (the unlock's included), usually fewer.
+    let syncs = sync.syncs();
+    assert!(
+        syncs >= 1 && syncs <= (THREADS * EACH + 1) as u64,
+        "{syncs}"
+    );
+    eprintln!("{} records, {syncs} syncs", THREADS * EACH + 1);
+}
+
+#[test]
+fn the_wrong_pin_counter_survives_a_restart() {
+    use etee_custody::lock::LockState;
+    use etee_custody::wire::Error;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let wrong = Request::Unlock {
+        pin: Pin::from_slice(b"0000").unwrap(),
+    };
+    let reopen = || {
+        let core = core_on(&path);
+        let failures = core.audit_sink().pin_failures_at_open();
+        core.with_pin_failures(failures)
+    };
+    {
+        let mut core = reopen();
+        assert_eq!(core.status().pin_tries_left, 5);
+        for left in [4, 3] {
+            assert_eq!(
+                core.handle_request(&wrong, 1),
+                Response::Error(Error::PinIncorrect { tries_left: left })
+            );
+        }
+    }
+    // A restart does not give the guesser fresh tries.
+    let mut core = reopen();
+    assert_eq!(core.status().pin_tries_left, 3);
+    for left in [2, 1, 0] {
+        assert_eq!(
+            core.handle_request(&wrong, 2),
+            Response::Error(Error::PinIncorrect { tries_left: left })
+        );
+    }
+    drop(core);
+    let mut core = reopen();
+    assert_eq!(core.status().state, LockState::LockedOut);
+    let right = Request::Unlock {
+        pin: Pin::from_slice(b"1234").unwrap(),
+    };
+    assert_eq!(
+        core.handle_request(&right, 3),
+        Response::Error(Error::PinLockedOut)
+    );
+    // The administrator's reset is on the chain too, and so survives the next restart.
+    core.reset_pin_counter(4).unwrap();
+    drop(core);
+    let mut core = reopen();
+    assert_eq!(core.status().state, LockState::Locked);
+    assert_eq!(core.status().pin_tries_left, 5);
+    assert_eq!(core.handle_request(&right, 5), Response::Unlocked);
+}

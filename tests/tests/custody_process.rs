@@ -1,7 +1,9 @@
 //! The custody core as a separate process (`etee custody serve`) against a real SoftHSM2
 //! token: `etee seal|unseal --config` with `[custody] mode = "process"` (a configuration
 //! whose PIN file does not even exist: only the server reads the PIN), and the server
-//! SIGKILLed in the middle of a stream of requests, then restarted on the same audit file.
+//! SIGKILLed in the middle of a stream of requests, then restarted on the same audit file;
+//! and stopped with SIGTERM in the middle of a stream: everything under way is answered,
+//! the core is locked on record, the socket removed.
 
 use etee_e2e::{etee, etee_bin, scratch, Etee, World};
 use serde_json::Value;
@@ -344,4 +346,77 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
         records + 1 + 1 + 2,
         "unlock, one raw signature, a seal"
     );
+}
+
+#[test]
+fn custody_process_stops_cleanly_on_sigterm() {
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path(), w);
+    let mut server = rig.serve();
+    let pid = server.child.id().to_string();
+
+    // Two clients send signature requests until the server closes their connection.
+    let clients: Vec<_> = (0..2u8)
+        .map(|c| {
+            let socket = rig.socket.clone();
+            std::thread::spawn(move || {
+                let mut stream = UnixStream::connect(&socket).unwrap();
+                let mut signed = 0u64;
+                loop {
+                    let frame = sign_frame([c.wrapping_add(signed as u8); 32]);
+                    match exchange(&mut stream, &frame) {
+                        Ok(resp) => {
+                            assert!(is_signature(&resp), "{:02x?}", &resp[..resp.len().min(8)]);
+                            signed += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                signed
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still running 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let signed: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(signed > 0, "no request went through before SIGTERM");
+    assert!(!rig.socket.exists(), "socket file left behind");
+
+    // Every request the server read was answered: the chain holds the unlock, exactly the
+    // released signatures, and the lock at the end.
+    let run = rig
+        .server(["audit", "verify", "--json", "--tail", "1"])
+        .run();
+    run.code(0);
+    let report = run.json();
+    assert_eq!(report["intact"], Value::Bool(true), "{report}");
+    assert_eq!(report["records"].as_u64(), Some(1 + signed + 1), "{report}");
+    assert_eq!(report["tail"][0]["operation"], "Lock", "{report}");
+    assert_eq!(report["tail"][0]["outcome"], "success", "{report}");
+
+    // The administrator's reset is recorded (no failures to clear here).
+    let run = rig.server(["custody", "reset-pin"]).run();
+    run.code(0);
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("0 consecutive failure"),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let (intact, records, _) = rig.audit();
+    assert!(intact);
+    assert_eq!(records, 1 + signed + 2);
 }

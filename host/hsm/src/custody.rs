@@ -23,12 +23,12 @@ use crate::keys::{self, AUTHENTICATION_ID};
 use crate::pool::SessionPool;
 use crate::Hsm;
 use cryptoki::error::RvError;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::ObjectClass;
-use etee_custody::file_sink::FileAuditSink;
+use etee_custody::config::MAX_RESPONSE_FRAME;
+use etee_custody::custody::Admission;
+use etee_custody::file_sink::{FileAuditSink, GroupSync};
 use etee_custody::policy::{Budget, Policy, Rule};
 use etee_custody::token::{ckr, TokenError, TokenFunction};
-use etee_custody::wire::{Blob, Pin as WirePin};
+use etee_custody::wire::{self, Blob, Pin as WirePin};
 use etee_custody::{ClientId, Custody, Error as CoreError, KeyKind, Request, Response, Token};
 use etee_formats::keys::{DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SigningKey};
 use std::collections::BTreeMap;
@@ -42,11 +42,13 @@ pub const DEFAULT_BUDGET: Budget = Budget {
 };
 
 /// The token as the custody core sees it: the session pool and the kinds of the private
-/// keys found when it was made.
+/// keys found when it was made. Clones are handles to the same token (each key operation
+/// borrows one of the pool's sessions), one per concurrent caller of the core.
+#[derive(Clone)]
 pub struct HsmToken {
     pool: Arc<SessionPool>,
-    pin: Zeroizing<Vec<u8>>,
-    kinds: BTreeMap<Vec<u8>, KeyKind>,
+    pin: Arc<Zeroizing<Vec<u8>>>,
+    kinds: Arc<BTreeMap<Vec<u8>, KeyKind>>,
 }
 
 impl std::fmt::Debug for HsmToken {
@@ -74,8 +76,8 @@ impl HsmToken {
         }
         Ok(Self {
             pool: hsm.pool().clone(),
-            pin: Zeroizing::new(pin.expose().as_bytes().to_vec()),
-            kinds,
+            pin: Arc::new(Zeroizing::new(pin.expose().as_bytes().to_vec())),
+            kinds: Arc::new(kinds),
         })
     }
 
@@ -120,11 +122,9 @@ impl Token for HsmToken {
         digest: &[u8; 32],
         out: &mut [u8],
     ) -> Result<usize, TokenError> {
-        let id = key.as_bytes().to_vec();
-        let digest = *digest;
         let signature = self
             .pool
-            .run(move |conn| keys::sign_pss(conn, &id, &digest))
+            .run(|conn| keys::sign_pss(conn, key.as_bytes(), digest))
             .map_err(|e| TokenError::new(TokenFunction::Sign, ck_code(&e)))?;
         copy_out(TokenFunction::Sign, &signature, out)
     }
@@ -135,23 +135,18 @@ impl Token for HsmToken {
         blob: &[u8],
         out: &mut [u8],
     ) -> Result<usize, TokenError> {
-        let id = key.as_bytes().to_vec();
-        let blob = blob.to_vec();
         let plain = self
             .pool
-            .run(move |conn| {
-                let h = conn.find_object(ObjectClass::PRIVATE_KEY, &id)?;
-                conn.session()
-                    .decrypt(&Mechanism::RsaPkcs, h, &blob)
-                    .map(Zeroizing::new)
-                    .map_err(crate::ops::decrypt_error)
-            })
+            .run(|conn| keys::decrypt_pkcs1v15(conn, key.as_bytes(), blob))
             .map_err(|e| TokenError::new(TokenFunction::Decrypt, ck_code(&e)))?;
         copy_out(TokenFunction::Decrypt, &plain, out)
     }
 
     fn login(&mut self, pin: &[u8]) -> Result<(), TokenError> {
-        if openssl::memcmp::eq(&openssl::sha::sha256(pin), &openssl::sha::sha256(&self.pin)) {
+        if openssl::memcmp::eq(
+            &openssl::sha::sha256(pin),
+            &openssl::sha::sha256(self.pin.as_slice()),
+        ) {
             Ok(())
         } else {
             Err(TokenError::new(TokenFunction::Login, ckr::PIN_INCORRECT))
@@ -172,6 +167,10 @@ struct Inner {
     hsm: Hsm,
     client: ClientId,
     core: Mutex<HsmCustody>,
+    /// A handle to the core's token, cloned by each caller for its key operation.
+    token: HsmToken,
+    /// Waits for audit records outside the core's lock (group commit).
+    sync: Arc<GroupSync>,
 }
 
 impl Drop for Inner {
@@ -257,19 +256,22 @@ impl CustodyKeys {
         custody: &CustodyConfig,
     ) -> Result<Self> {
         let client = client_id(&custody.client)?;
-        let path = &custody.audit_file;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| HsmError::Config(format!("audit directory {}: {e}", dir.display())))?;
-        }
-        let (sink, head) = FileAuditSink::open(path)
-            .map_err(|e| HsmError::Config(format!("audit file {}: {e}", path.display())))?;
-        let pin = Zeroizing::new(token.pin.clone());
-        let mut core = Custody::new(token, sink, policy, head);
+        let pin = token.pin.clone();
+        let handle = token.clone();
+        let mut core = open_core(token, policy, custody)?;
+        let sync = core.audit_sink().group_sync();
         let wire_pin = WirePin::from_slice(&pin)
             .ok_or_else(|| HsmError::Invalid("the user PIN is too long for the core".into()))?;
         match core.handle_request(&Request::Unlock { pin: wire_pin }, now_ms()) {
             Response::Unlocked => {}
+            Response::Error(CoreError::PinLockedOut) => {
+                return Err(HsmError::Invalid(format!(
+                    "the custody core is locked out after {} wrong PINs (they are on the audit \
+                     chain {}); after investigating, reset it with `etee custody reset-pin`",
+                    etee_custody::config::MAX_PIN_ATTEMPTS,
+                    custody.audit_file.display()
+                )))
+            }
             Response::Error(e) => {
                 return Err(HsmError::Invalid(format!(
                     "unlocking the custody core: {e}"
@@ -287,8 +289,23 @@ impl CustodyKeys {
                 hsm,
                 client,
                 core: Mutex::new(core),
+                token: handle,
+                sync,
             }),
         })
+    }
+
+    /// The administrator's reset of the wrong-PIN counter (after a lock-out): opens the
+    /// token with the configured PIN and the audit chain, and records the reset on it.
+    /// Returns the number of consecutive failures it cleared.
+    pub fn reset_pin_counter(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<u8> {
+        let opened = Hsm::open(hsm)?;
+        let token = HsmToken::new(&opened)?;
+        let mut core = open_core(token, Policy::deny_all(), custody)?;
+        let cleared = core.audit_sink().pin_failures_at_open();
+        core.reset_pin_counter(now_ms())
+            .map_err(|e| HsmError::Invalid(format!("resetting the wrong-PIN counter: {e}")))?;
+        Ok(cleared)
     }
 
     /// The opened token.
@@ -296,26 +313,41 @@ impl CustodyKeys {
         &self.inner.hsm
     }
 
-    /// Runs one request through the core.
+    /// Runs one request through the core. Key operations hold the core only to admit and
+    /// to conclude them: the HSM call runs on this thread with a session of its own, and
+    /// the wait for the audit record's sync is shared with concurrent callers.
     pub fn request(&self, request: &Request) -> Response {
-        let mut core = self
-            .inner
-            .core
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        core.handle_request(request, now_ms())
+        let admission = self.core().admit(request, now_ms());
+        let concluded = match admission {
+            Admission::Answered(concluded) => concluded,
+            Admission::Admitted(ticket) => {
+                let executed = ticket.execute(&mut self.inner.token.clone());
+                self.core().conclude(executed, now_ms())
+            }
+        };
+        let durable = self.inner.sync.wait(concluded.durable_mark());
+        concluded.release(durable)
     }
 
     /// Runs one request frame through the core (as `etee custody serve` does for each frame
     /// it reads); writes the response frame into `out` and returns its length (0 only if
     /// `out` is shorter than [`etee_custody::config::MAX_RESPONSE_FRAME`]).
     pub fn handle_frame(&self, frame: &[u8], out: &mut [u8]) -> usize {
-        let mut core = self
-            .inner
+        if out.len() < MAX_RESPONSE_FRAME {
+            return 0;
+        }
+        let response = match wire::decode_request(frame) {
+            Ok(request) => self.request(&request),
+            Err(e) => Response::Error(e.into()),
+        };
+        wire::encode_response(&response, out).map_or(0, <[u8]>::len)
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, HsmCustody> {
+        self.inner
             .core
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        core.handle(frame, now_ms(), out)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where the audit chain stands.
@@ -354,6 +386,20 @@ impl CustodyKeys {
     fn core_key(key: &KeyId) -> Option<etee_custody::KeyId> {
         etee_custody::KeyId::new(key.0.as_bytes())
     }
+}
+
+/// A locked core over `token`, continuing the audit chain of `custody.audit_file` (created
+/// with its directory if missing), with the wrong-PIN counter the chain ends with.
+fn open_core(token: HsmToken, policy: Policy, custody: &CustodyConfig) -> Result<HsmCustody> {
+    let path = &custody.audit_file;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HsmError::Config(format!("audit directory {}: {e}", dir.display())))?;
+    }
+    let (sink, head) = FileAuditSink::open(path)
+        .map_err(|e| HsmError::Config(format!("audit file {}: {e}", path.display())))?;
+    let failures = sink.pin_failures_at_open();
+    Ok(Custody::new(token, sink, policy, head).with_pin_failures(failures))
 }
 
 /// A refusal or failure of the core as a [`KeyError`] (decryption failures stay uniform).

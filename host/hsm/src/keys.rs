@@ -195,6 +195,21 @@ pub(crate) fn sign_pss(conn: &mut Conn<'_>, id: &[u8], digest: &[u8; 32]) -> Res
         .ctx("signing (CKM_RSA_PKCS_PSS)")
 }
 
+/// RSA PKCS#1 v1.5 decryption (`CKM_RSA_PKCS`) with the private key `id`. Failures that
+/// could depend on the ciphertext come back as one opaque error (see
+/// [`crate::ops::decrypt_error`]).
+pub(crate) fn decrypt_pkcs1v15(
+    conn: &mut Conn<'_>,
+    id: &[u8],
+    blob: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let key = conn.find_object(ObjectClass::PRIVATE_KEY, id)?;
+    conn.session()
+        .decrypt(&Mechanism::RsaPkcs, key, blob)
+        .map(zeroize::Zeroizing::new)
+        .map_err(crate::ops::decrypt_error)
+}
+
 /// The CKA_ID of a CA certificate.
 pub(crate) fn ca_id(der: &[u8]) -> String {
     format!("ca-{}", hex::encode(&openssl::sha::sha256(der)[..8]))

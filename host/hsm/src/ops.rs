@@ -8,7 +8,6 @@ use crate::error::{HsmError, Result};
 use crate::keys::{self, AUTHENTICATION_ID};
 use crate::pool::SessionPool;
 use cryptoki::error::RvError;
-use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use etee_formats::keys::{
     DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SignerRef, SigningKey,
@@ -138,10 +137,8 @@ fn modulus_bits(n: &[u8]) -> u32 {
 
 impl PrivateKeyOps for HsmKeys {
     fn sign_pss_sha256(&self, key: &KeyId, digest: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
-        let id = key.0.clone();
-        let digest = *digest;
         self.pool
-            .run(move |conn| keys::sign_pss(conn, id.as_bytes(), &digest))
+            .run(|conn| keys::sign_pss(conn, key.0.as_bytes(), digest))
             .map_err(|e| match e {
                 HsmError::NotFound { .. } => KeyError::UnknownKey(key.clone()),
                 HsmError::PoolStopped => KeyError::Unavailable(e.to_string()),
@@ -153,16 +150,8 @@ impl PrivateKeyOps for HsmKeys {
     }
 
     fn decrypt_pkcs1v15(&self, key: &KeyId, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let id = key.0.clone();
-        let blob = blob.to_vec();
         self.pool
-            .run(move |conn| {
-                let h = conn.find_object(ObjectClass::PRIVATE_KEY, id.as_bytes())?;
-                match conn.session().decrypt(&Mechanism::RsaPkcs, h, &blob) {
-                    Ok(plain) => Ok(Zeroizing::new(plain)),
-                    Err(e) => Err(decrypt_error(e)),
-                }
-            })
+            .run(|conn| keys::decrypt_pkcs1v15(conn, key.0.as_bytes(), blob))
             // One uniform error, whatever went wrong (no padding oracle).
             .map_err(|_| KeyError::DecryptFailed)
     }

@@ -1,8 +1,13 @@
-//! A small pool of logged-in PKCS#11 sessions, each owned by its own thread.
+//! A small pool of logged-in PKCS#11 sessions, lent to the threads that use them.
 //!
-//! cryptoki calls block (a network HSM may take milliseconds), so they never run on the
-//! caller's thread: [`SessionPool::run`] hands a job to a free worker and waits for its
-//! result. One session serves one operation at a time.
+//! [`SessionPool::run`] borrows a free session (waiting if every session is busy), runs the
+//! job on the calling thread and gives the session back. One session serves one operation
+//! at a time. cryptoki calls block (a network HSM may take milliseconds), so `run` is for
+//! threads that may block: the CLI, the custody server's connection threads, and, from
+//! async code, tokio's blocking pool (`spawn_blocking`) — never an async worker thread.
+//! (An earlier version handed every job to a dedicated thread per session; the hand-off
+//! cost about 0.3 ms per operation on the 2-core VM, a quarter of an RSA decryption,
+//! see `docs/benchmarks-hsm.md`.)
 //!
 //! The user logs in once (login state is shared by every session of the process;
 //! `CKR_USER_ALREADY_LOGGED_IN` is success). When an operation fails with a session or
@@ -26,19 +31,15 @@ use cryptoki::error::RvError;
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState};
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-
-type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// A pool of logged-in sessions on one token. Dropping it closes the sessions.
 pub struct SessionPool {
     shared: Arc<Shared>,
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// The sessions not lent out.
+    idle: Mutex<Vec<Worker>>,
+    returned: Condvar,
     size: usize,
 }
 
@@ -140,7 +141,7 @@ struct Live {
     generation: u64,
 }
 
-/// A worker thread's state.
+/// One session of the pool, with its handle cache.
 pub struct Worker {
     shared: Arc<Shared>,
     live: Option<Live>,
@@ -319,11 +320,9 @@ impl SessionPool {
             login(&session, PinKind::User, &shared.pin, &shared.token_name)?;
             sessions.push(session);
         }
-        let (sender, receiver) = mpsc::channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        let mut workers = Vec::with_capacity(size);
-        for (i, session) in sessions.into_iter().enumerate() {
-            let mut worker = Worker {
+        let idle = sessions
+            .into_iter()
+            .map(|session| Worker {
                 shared: shared.clone(),
                 live: Some(Live {
                     session,
@@ -331,55 +330,46 @@ impl SessionPool {
                     generation,
                 }),
                 cache: HashMap::new(),
-            };
-            let receiver = receiver.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("etee-hsm-{i}"))
-                .spawn(move || loop {
-                    let job = match receiver.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => break,
-                    };
-                    let Ok(job) = job else { break };
-                    // A panicking job drops its reply channel (the caller sees
-                    // PoolStopped); the worker carries on.
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut worker)));
-                })
-                .map_err(|e| HsmError::Invalid(format!("starting a pool thread: {e}")))?;
-            workers.push(handle);
-        }
+            })
+            .collect();
         Ok(Self {
             shared,
-            sender: Mutex::new(Some(sender)),
-            workers: Mutex::new(workers),
+            idle: Mutex::new(idle),
+            returned: Condvar::new(),
             size,
         })
     }
 
-    /// Runs `f` on a worker's session and waits for the result. On a session or device
-    /// error the worker recovers and runs `f` again, once; `f` must tolerate that.
-    /// Blocks the calling thread: from async code, call it through `spawn_blocking`.
-    /// Never call it from inside `f` (the pool could be exhausted).
+    /// Runs `f` on a free session, on the calling thread, waiting for a session if all
+    /// are lent out. On a session or device error the session recovers and `f` runs again,
+    /// once; `f` must tolerate that. Blocks: from async code, call it through
+    /// `spawn_blocking`. Never call it from inside `f` (the pool could be exhausted).
     pub fn run<T, F>(&self, mut f: F) -> Result<T>
     where
-        T: Send + 'static,
-        F: FnMut(&mut Conn<'_>) -> Result<T> + Send + 'static,
+        F: FnMut(&mut Conn<'_>) -> Result<T>,
     {
-        let (reply, result) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |w: &mut Worker| {
-            let _ = reply.send(w.execute(&mut f));
-        });
-        let sender = self
-            .sender
-            .lock()
-            .map_err(|_| HsmError::PoolStopped)?
-            .clone()
-            .ok_or(HsmError::PoolStopped)?;
-        sender.send(job).map_err(|_| HsmError::PoolStopped)?;
-        result.recv().map_err(|_| HsmError::PoolStopped)?
+        let mut lent = Lent {
+            pool: self,
+            worker: Some(self.borrow()),
+        };
+        let worker = lent.worker.as_mut().ok_or(HsmError::PoolStopped)?;
+        worker.execute(&mut f)
     }
 
-    /// Number of sessions (and threads).
+    fn borrow(&self) -> Worker {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(worker) = idle.pop() {
+                return worker;
+            }
+            idle = self
+                .returned
+                .wait(idle)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Number of sessions.
     pub fn size(&self) -> usize {
         self.size
     }
@@ -415,15 +405,28 @@ impl SessionPool {
     }
 }
 
-impl Drop for SessionPool {
+/// A session lent out by [`SessionPool::run`]; given back when dropped, also when the job
+/// panics (then without its session, which may be mid-operation: a new one is opened on
+/// next use).
+struct Lent<'p> {
+    pool: &'p SessionPool,
+    worker: Option<Worker>,
+}
+
+impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.sender.lock() {
-            s.take();
-        }
-        if let Ok(mut workers) = self.workers.lock() {
-            for w in workers.drain(..) {
-                let _ = w.join();
+        if let Some(mut worker) = self.worker.take() {
+            if std::thread::panicking() {
+                worker.forget_session();
             }
+            let mut idle = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            idle.push(worker);
+            drop(idle);
+            self.pool.returned.notify_one();
         }
     }
 }

@@ -3,20 +3,26 @@
 //! socket.
 //!
 //! - [`serve`]: the server. It opens the token and the audit file exactly as
-//!   [`CustodyKeys::open`] does, then serves connections. On a connection, each request is
-//!   `u32 big-endian length | request frame` and each response `u32 big-endian length |
-//!   response frame` ([`etee_custody::wire`]); a connection may carry any number of
-//!   requests. Frames go through the one core one at a time (a mutex), whatever the number
-//!   of connections.
+//!   [`CustodyKeys::open`] does, then serves connections, one thread each. On a connection,
+//!   each request is `u32 big-endian length | request frame` and each response `u32
+//!   big-endian length | response frame` ([`etee_custody::wire`]); a connection may carry
+//!   any number of requests. Frames of different connections go through the one core
+//!   concurrently as in-process callers do ([`CustodyKeys::request`]): the core is held
+//!   only to admit and to conclude, the HSM calls and the audit syncs overlap.
+//!   On SIGTERM or SIGINT it stops accepting, lets every request under way finish and be
+//!   answered, locks the core (recorded), removes the socket file and returns.
 //! - [`RemoteCustodyKeys`]: the client, a [`PrivateKeyOps`] sending those frames, with the
-//!   same error mapping as [`CustodyKeys`]. A broken connection is reopened once per
-//!   request.
+//!   same error mapping as [`CustodyKeys`]. It keeps a few connections so that concurrent
+//!   callers do not wait for each other. An idle connection found broken (the server was
+//!   restarted) is replaced and the request sent again, once; each attempt that reached a
+//!   core is on its audit chain.
 //!
 //! Who may connect: the socket file is created with mode 0600 (bound under a temporary
 //! name, restricted, then renamed into place, so it is never reachable with wider
-//! permissions), so only the server's user (and root) can connect. Put it in a directory of
-//! mode 0700 as well. Peer credentials (`SO_PEERCRED`) are not checked: reading them needs
-//! `unsafe` or a dependency (`nix` with feature `socket`) that the workspace does not have.
+//! permissions), so only the server's user (and root) can connect; put it in a directory
+//! of mode 0700 as well. The kernel's peer credentials (`SO_PEERCRED`) are then checked
+//! against the server's own uid and `[custody] allowed_uids`, since a connected descriptor
+//! can be handed to another user's process.
 //!
 //! Certificates: the client reads the certificates (public objects: `CKA_PRIVATE` false)
 //! from the token in a read-only session **without logging in**, so it needs the module
@@ -42,6 +48,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
@@ -135,6 +142,7 @@ pub struct Server {
     socket: PathBuf,
     /// Who may connect: the server's own uid and `[custody] allowed_uids`.
     allowed_uids: Vec<u32>,
+    stop: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Server {
@@ -146,12 +154,32 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Stops a running [`Server`] from another thread (or a signal handler thread).
+#[derive(Clone, Debug)]
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    socket: PathBuf,
+}
+
+impl StopHandle {
+    /// Asks the server to stop: no new connections, requests under way are answered.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop with a connection of our own.
+        let _ = UnixStream::connect(&self.socket);
+    }
+}
+
 impl Server {
     /// Opens the token (logging in with the PIN file) and the audit file as
     /// [`CustodyKeys::open`], then binds `socket` (mode 0600; a stale socket file of a dead
     /// server is replaced).
     pub fn bind(hsm: &HsmConfig, custody: &CustodyConfig, socket: &Path) -> Result<Self> {
-        let keys = CustodyKeys::open(hsm, custody)?;
+        Self::with_keys(CustodyKeys::open(hsm, custody)?, custody, socket)
+    }
+
+    /// Like [`Self::bind`] with a core opened by the caller (its own policy, say).
+    pub fn with_keys(keys: CustodyKeys, custody: &CustodyConfig, socket: &Path) -> Result<Self> {
         let listener = bind_private(socket)?;
         let mut allowed_uids = custody.allowed_uids.clone();
         allowed_uids.push(nix::unistd::getuid().as_raw());
@@ -160,6 +188,7 @@ impl Server {
             listener,
             socket: socket.to_path_buf(),
             allowed_uids,
+            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -168,10 +197,23 @@ impl Server {
         &self.keys
     }
 
-    /// Serves connections until accepting fails; each connection gets a thread, every
-    /// frame goes through the one core in turn.
+    /// A handle that stops [`Self::run`].
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            stop: self.stop.clone(),
+            socket: self.socket.clone(),
+        }
+    }
+
+    /// Serves connections, each on its own thread, until stopped through a
+    /// [`StopHandle`]; then waits for the requests under way, locks the core (recorded
+    /// once the last user of the core is gone) and removes the socket file.
     pub fn run(self) -> Result<()> {
+        let mut open: Vec<(UnixStream, std::thread::JoinHandle<()>)> = Vec::new();
         for conn in self.listener.incoming() {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
             let stream = match conn {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -192,8 +234,13 @@ impl Server {
                     continue;
                 }
             }
+            // Finished connections are reaped as new ones come.
+            open.retain(|(_, t)| !t.is_finished());
+            let Ok(closer) = stream.try_clone() else {
+                continue;
+            };
             let keys = self.keys.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("etee-custody-conn".into())
                 .spawn(move || {
                     if let Err(e) = serve_connection(&keys, stream) {
@@ -201,7 +248,17 @@ impl Server {
                     }
                 })
                 .map_err(|e| HsmError::Invalid(format!("starting a connection thread: {e}")))?;
+            open.push((closer, thread));
         }
+        // Stopping: a connection's thread ends at its next read, after answering the
+        // request under way.
+        for (closer, _) in &open {
+            let _ = closer.shutdown(std::net::Shutdown::Read);
+        }
+        for (_, thread) in open {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
         Ok(())
     }
 }
@@ -223,9 +280,33 @@ fn serve_connection(keys: &CustodyKeys, mut stream: UnixStream) -> io::Result<()
     Ok(())
 }
 
-/// `etee custody serve`: [`Server::bind`] then [`Server::run`].
+/// `etee custody serve`: [`Server::bind`] then [`Server::run`] until SIGTERM or SIGINT.
 pub fn serve(hsm: &HsmConfig, custody: &CustodyConfig, socket: &Path) -> Result<()> {
-    Server::bind(hsm, custody, socket)?.run()
+    let server = Server::bind(hsm, custody, socket)?;
+    stop_on_signals(server.stop_handle())?;
+    server.run()
+}
+
+/// Turns SIGTERM and SIGINT into [`StopHandle::stop`]: the signals are blocked in this
+/// thread (and so in every thread started after it) and taken by a thread of their own.
+pub fn stop_on_signals(stop: StopHandle) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+        .thread_block()
+        .map_err(|e| HsmError::Invalid(format!("blocking signals: {e}")))?;
+    std::thread::Builder::new()
+        .name("etee-custody-signals".into())
+        .spawn(move || {
+            if let Ok(signal) = signals.wait() {
+                eprintln!("etee custody: {signal}: finishing the requests under way");
+                stop.stop();
+            }
+        })
+        .map_err(|e| HsmError::Invalid(format!("starting the signal thread: {e}")))?;
+    Ok(())
 }
 
 /// The certificates of the token (CKA_ID and certificate), read in a read-only session
@@ -244,9 +325,13 @@ pub fn public_certificates(hsm: &HsmConfig) -> Result<Vec<(Vec<u8>, Certificate)
 struct RemoteInner {
     socket: PathBuf,
     client: ClientId,
-    conn: Mutex<Option<UnixStream>>,
+    /// Idle connections (at most [`IDLE_CONNECTIONS`] kept).
+    idle: Mutex<Vec<UnixStream>>,
     certs: Vec<(Vec<u8>, Certificate)>,
 }
+
+/// Idle connections a client keeps for its next requests.
+const IDLE_CONNECTIONS: usize = 8;
 
 /// The token's keys through a custody core in another process (`etee custody serve`).
 #[derive(Clone)]
@@ -282,35 +367,28 @@ impl RemoteCustodyKeys {
             inner: Arc::new(RemoteInner {
                 socket: socket.to_path_buf(),
                 client: client_id(&custody.client)?,
-                conn: Mutex::new(Some(stream)),
+                idle: Mutex::new(vec![stream]),
                 certs,
             }),
         })
     }
 
-    /// Sends one request and reads the response; a broken connection is reopened and the
-    /// request sent again, once.
+    /// Sends one request and reads the response, on an idle connection or a new one. An
+    /// idle connection found broken (a restarted server) is replaced and the request sent
+    /// again, once; a new connection that fails is not retried.
     pub fn request(&self, request: &Request) -> Result<Response, KeyError> {
         let unavailable = |what: String| KeyError::Unavailable(format!("custody process: {what}"));
         let mut buf = Zeroizing::new(vec![0u8; MAX_REQUEST_FRAME]);
         let frame =
             wire::encode_request(request, &mut buf).map_err(|e| unavailable(e.to_string()))?;
-        let mut conn = self
-            .inner
-            .conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut last = None;
-        for _ in 0..2 {
-            let mut stream = match conn.take() {
-                Some(s) => s,
-                None => match UnixStream::connect(&self.inner.socket) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        last = Some(e);
-                        continue;
-                    }
-                },
+        let failed = |e: io::Error| unavailable(format!("{}: {e}", self.inner.socket.display()));
+        loop {
+            let (mut stream, reused) = match self.idle().pop() {
+                Some(s) => (s, true),
+                None => (
+                    UnixStream::connect(&self.inner.socket).map_err(failed)?,
+                    false,
+                ),
             };
             let exchanged = write_frame(&mut stream, frame).and_then(|()| {
                 read_frame(&mut stream, MAX_RESPONSE_FRAME)?
@@ -318,18 +396,27 @@ impl RemoteCustodyKeys {
             });
             match exchanged {
                 Ok(response) => {
-                    *conn = Some(stream);
+                    let mut idle = self.idle();
+                    if idle.len() < IDLE_CONNECTIONS {
+                        idle.push(stream);
+                    }
+                    drop(idle);
                     return wire::decode_response(&response)
                         .map_err(|e| unavailable(e.to_string()));
                 }
-                Err(e) => last = Some(e),
+                // Every idle connection may be stale after a restart: drop them all, and
+                // send again on a new one.
+                Err(_) if reused => self.idle().clear(),
+                Err(e) => return Err(failed(e)),
             }
         }
-        Err(unavailable(format!(
-            "{}: {}",
-            self.inner.socket.display(),
-            last.map_or_else(|| "no connection".into(), |e| e.to_string())
-        )))
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<UnixStream>> {
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The authentication key (certificate and chain from the token), used through the

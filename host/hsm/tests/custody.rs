@@ -13,7 +13,7 @@ use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptio
 use etee_formats::keys::{KeyError, KeyId, KeyRing, PrivateKeyOps, SigningKey};
 use etee_formats::keystore::{write_pfx, EhealthKeystore, PfxEntry, Profile};
 use etee_formats::trust::TrustAnchors;
-use etee_hsm::remote::Server;
+use etee_hsm::remote::{Server, StopHandle};
 use etee_hsm::{CustodyConfig, CustodyKeys, Hsm, HsmConfig, ImportOptions, RemoteCustodyKeys};
 use etee_testpki::{InstitutionSpec, TestPki};
 use std::path::Path;
@@ -37,7 +37,11 @@ fn count(records: &[AuditRecord], op: Operation) -> usize {
 /// The two ways to run the core.
 enum Keys {
     InProcess(CustodyKeys),
-    Process(RemoteCustodyKeys),
+    Process(
+        RemoteCustodyKeys,
+        StopHandle,
+        std::thread::JoinHandle<etee_hsm::Result<()>>,
+    ),
 }
 
 impl Keys {
@@ -47,35 +51,37 @@ impl Keys {
         }
         let socket = dir.join("custody.sock");
         let server = Server::bind(config, custody, &socket).unwrap();
-        std::thread::spawn(move || server.run());
-        Keys::Process(RemoteCustodyKeys::open(config, custody, &socket).unwrap())
+        let stop = server.stop_handle();
+        let thread = std::thread::spawn(move || server.run());
+        let client = RemoteCustodyKeys::open(config, custody, &socket).unwrap();
+        Keys::Process(client, stop, thread)
     }
 
     fn ops(&self) -> &dyn PrivateKeyOps {
         match self {
             Keys::InProcess(k) => k,
-            Keys::Process(k) => k,
+            Keys::Process(k, ..) => k,
         }
     }
 
     fn signing_key(&self) -> SigningKey {
         match self {
             Keys::InProcess(k) => k.signing_key().unwrap(),
-            Keys::Process(k) => k.signing_key().unwrap(),
+            Keys::Process(k, ..) => k.signing_key().unwrap(),
         }
     }
 
     fn key_ring(&self) -> KeyRing {
         match self {
             Keys::InProcess(k) => k.key_ring().unwrap(),
-            Keys::Process(k) => k.key_ring().unwrap(),
+            Keys::Process(k, ..) => k.key_ring().unwrap(),
         }
     }
 
     fn audit_head(&self) -> etee_custody::AuditHead {
         match self {
             Keys::InProcess(k) => k.audit_head(),
-            Keys::Process(k) => match k.request(&etee_custody::Request::AuditHead).unwrap() {
+            Keys::Process(k, ..) => match k.request(&etee_custody::Request::AuditHead).unwrap() {
                 etee_custody::Response::AuditHead(h) => h,
                 other => panic!("{other:?}"),
             },
@@ -206,14 +212,79 @@ fn seal_unseal_through_custody(process: bool) {
         Outcome::Refused(CoreError::Token(_))
     ));
 
-    if process {
-        // The server keeps running (and unlocked) when its clients go.
-        return;
+    // The PKCS#11 sessions are logged out behind the core's back (C_Logout from another
+    // handle) while two callers seal and unseal: every operation still succeeds, each is
+    // on the chain once.
+    let before = records(&custody.audit_file).len();
+    let (other, session) =
+        common::foreign_session(&config.module, config.token.label.as_deref().unwrap());
+    const EACH: usize = 15;
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..EACH {
+                        let mut sealed = Vec::new();
+                        seal(
+                            &signer,
+                            &[Recipient::Certificate(cert(&alice.etk_cert))],
+                            None,
+                            &plain[..],
+                            &mut sealed,
+                            &SealOptions::default(),
+                        )
+                        .unwrap();
+                        let (result, content) = unseal_to_vec(&sealed, &ring, &opts);
+                        assert!(result.verdict.is_clean(), "{:?}", result.verdict);
+                        assert_eq!(content.as_deref(), Some(&plain[..]));
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        session.logout().unwrap();
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    drop(session);
+    // Dropping the last clone of the second handle would finalise the library: keep it.
+    std::mem::forget(other);
+    if let Keys::InProcess(k) = &keys {
+        assert!(k.hsm().pool().recoveries() > 0, "the logout went unnoticed");
+        eprintln!(
+            "recoveries under load: {:?}",
+            k.hsm().pool().recent_recoveries()
+        );
     }
-    // Dropping the keys locks the core, on record; reopening continues the chain.
-    drop((keys, signer, ring));
+    let all = records(&custody.audit_file);
+    assert_eq!(
+        all.len(),
+        before + 2 * EACH * 3,
+        "two signatures and one decryption each"
+    );
+    assert!(all[before..].iter().all(|r| r.outcome == Outcome::Success));
+    assert_eq!(
+        etee_custody::audit::verify_chain_to(all.iter(), &keys.audit_head()),
+        Ok(all.len() as u64)
+    );
+
+    let socket = dir.path().join("custody.sock");
+    match keys {
+        // Stopping the server (as SIGTERM does) answers what is under way, locks the core
+        // on record and removes the socket.
+        Keys::Process(client, stop, thread) => {
+            drop((client, signer, ring));
+            stop.stop();
+            thread.join().unwrap().unwrap();
+            assert!(!socket.exists(), "socket left behind");
+        }
+        // Dropping the keys locks the core, on record.
+        keys @ Keys::InProcess(_) => drop((keys, signer, ring)),
+    }
     let all = records(&custody.audit_file);
     assert_eq!(all.last().unwrap().operation, Operation::Lock);
+    // Reopening continues the chain.
     let again = CustodyKeys::open(&config, &custody).unwrap();
     assert_eq!(again.audit_head().next_sequence, all.len() as u64 + 1);
 }
@@ -253,4 +324,50 @@ fn unlock_checks_the_pin_and_counts_failures() {
         Outcome::Refused(CoreError::PinIncorrect { tries_left: 4 })
     );
     assert_eq!(all[1].outcome, Outcome::Success);
+}
+
+/// Five wrong PINs lock the core out, a restart does not clear them (they are counted from
+/// the audit chain), and the administrator's reset (recorded) does.
+#[test]
+fn a_pin_lock_out_survives_a_restart_until_reset() {
+    use etee_custody::wire::Pin;
+    use etee_custody::{Request, Response};
+
+    let config = new_token("custody-lockout");
+    let dir = tempfile::tempdir().unwrap();
+    let custody = CustodyConfig::defaults(&config, dir.path());
+    {
+        let keys = CustodyKeys::open(&config, &custody).unwrap();
+        assert_eq!(keys.request(&Request::Lock), Response::Locked);
+        let wrong = Request::Unlock {
+            pin: Pin::from_slice(b"not the pin").unwrap(),
+        };
+        for left in (0..5).rev() {
+            assert_eq!(
+                keys.request(&wrong),
+                Response::Error(CoreError::PinIncorrect { tries_left: left })
+            );
+        }
+    }
+    let err = CustodyKeys::open(&config, &custody)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("locked out") && err.contains("reset-pin"),
+        "{err}"
+    );
+    assert_eq!(
+        CustodyKeys::reset_pin_counter(&config, &custody).unwrap(),
+        5
+    );
+    let keys = CustodyKeys::open(&config, &custody).unwrap();
+    match keys.request(&Request::Status) {
+        Response::Status(s) => {
+            assert_eq!(s.state, etee_custody::lock::LockState::Unlocked);
+            assert_eq!(s.pin_tries_left, 5);
+        }
+        other => panic!("{other:?}"),
+    }
+    let all = records(&custody.audit_file);
+    assert_eq!(count(&all, Operation::PinReset), 1);
 }

@@ -4,8 +4,8 @@
 
 mod common;
 
+use common::foreign_session;
 use cryptoki::context::{CInitializeArgs, Pkcs11};
-use cryptoki::session::Session;
 use etee_formats::keys::{KeyId, PrivateKeyOps};
 use etee_hsm::Hsm;
 use openssl::pkey::{PKey, Public};
@@ -21,20 +21,6 @@ fn verify_pss(spki: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
     ctx.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::custom(32))
         .unwrap();
     ctx.verify(digest, sig).unwrap_or(false)
-}
-
-/// A session on `label` through a second handle on the same (already initialised)
-/// library: what another component of the process could do.
-fn foreign_session(module: &std::path::Path, label: &str) -> (Pkcs11, Session) {
-    let other = Pkcs11::new(module).unwrap();
-    let slot = other
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| other.get_token_info(*s).unwrap().label().trim_end() == label)
-        .unwrap();
-    let session = other.open_ro_session(slot).unwrap();
-    (other, session)
 }
 
 #[test]

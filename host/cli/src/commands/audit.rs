@@ -4,6 +4,7 @@
 //! 2 usage or I/O problems.
 
 use crate::CliError;
+use etee_custody::audit::{AuditRecord, Outcome};
 use etee_custody::file_sink::{scan, FileSinkError};
 use serde_json::json;
 use std::path::PathBuf;
@@ -18,11 +19,32 @@ pub enum Command {
         /// Print the result as one JSON line on standard output.
         #[arg(long)]
         json: bool,
+        /// Also show the last N intact records.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        tail: usize,
     },
 }
 
+/// One record as the operator reads it.
+fn describe(r: &AuditRecord) -> serde_json::Value {
+    let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+    let outcome = match r.outcome {
+        Outcome::Success => "success".to_string(),
+        Outcome::Refused(e) => format!("refused: {e}"),
+    };
+    json!({
+        "sequence": r.sequence,
+        "time_ms": r.time_ms,
+        "client": text(r.client.as_ref().map(|c| c.as_bytes())),
+        "operation": format!("{:?}", r.operation),
+        "key": text(r.key.as_ref().map(|k| k.as_bytes())),
+        "input_sha256": hex::encode(r.input_digest),
+        "outcome": outcome,
+    })
+}
+
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
-    let Command::Verify { config, json } = command;
+    let Command::Verify { config, json, tail } = command;
     let config = super::hsm::load_config(&config)?;
     let path = config.custody.audit_file;
     if !path.is_file() {
@@ -32,7 +54,17 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         )));
     }
     let mut intact = 0u64;
-    let result = scan(&path, |_| intact += 1);
+    let mut last = std::collections::VecDeque::with_capacity(tail);
+    let result = scan(&path, |r| {
+        intact += 1;
+        if tail > 0 {
+            if last.len() == tail {
+                last.pop_front();
+            }
+            last.push_back(describe(r));
+        }
+    });
+    let last: Vec<_> = last.into_iter().collect();
     let file = path.display().to_string();
     let (report, text, code) = match result {
         Ok(s) => {
@@ -49,6 +81,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             let report = json!({
                 "file": file, "intact": true, "records": s.count,
                 "head": head, "torn_tail": s.torn_tail,
+                "pin_failures": s.pin_failures, "tail": last,
             });
             (report, text, ExitCode::SUCCESS)
         }
@@ -84,6 +117,16 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     } else {
         eprintln!("{text}");
         eprintln!("file    {file}");
+        for r in &last {
+            eprintln!(
+                "  #{:<6} {} {:<16} {:<16} {}",
+                r["sequence"],
+                r["operation"].as_str().unwrap_or(""),
+                r["client"].as_str().unwrap_or("-"),
+                r["key"].as_str().unwrap_or("-"),
+                r["outcome"].as_str().unwrap_or("")
+            );
+        }
     }
     Ok(code)
 }

@@ -1,4 +1,5 @@
-//! `etee custody serve`: the custody core in its own process, behind a Unix socket.
+//! `etee custody serve`: the custody core in its own process, behind a Unix socket;
+//! `etee custody reset-pin`: the administrator's reset after a PIN lock-out.
 
 use crate::CliError;
 use clap::{Args as ClapArgs, Subcommand};
@@ -8,10 +9,22 @@ use std::process::ExitCode;
 #[derive(Subcommand)]
 pub enum Command {
     /// Open the token (this process alone reads the PIN and logs in), run the custody core
-    /// with the audit file, and serve its frames on a Unix socket (mode 0600) until killed.
-    /// `etee seal/unseal --config` use it when the configuration says
-    /// `[custody] mode = "process"`.
+    /// with the audit file, and serve its frames on a Unix socket (mode 0600). SIGTERM or
+    /// SIGINT stops it cleanly: requests under way are answered, the core is locked (on
+    /// the audit chain) and the socket removed. `etee seal/unseal --config` use it when
+    /// the configuration says `[custody] mode = "process"`.
     Serve(ServeArgs),
+    /// Clear the core's wrong-PIN counter after a lock-out (5 wrong PINs, counted on the
+    /// audit chain, so that restarting does not clear them). Opens the token with the
+    /// configured PIN and records the reset on the chain. Stop `etee custody serve` first.
+    ResetPin(ResetPinArgs),
+}
+
+#[derive(ClapArgs)]
+pub struct ResetPinArgs {
+    /// HSM configuration (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
 }
 
 #[derive(ClapArgs)]
@@ -25,7 +38,21 @@ pub struct ServeArgs {
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
-    let Command::Serve(args) = command;
+    match command {
+        Command::Serve(args) => serve(args),
+        Command::ResetPin(args) => {
+            let config = super::hsm::load_config(&args.config)?;
+            let cleared = etee_hsm::CustodyKeys::reset_pin_counter(&config.hsm, &config.custody)?;
+            println!(
+                "wrong-PIN counter reset ({cleared} consecutive failure(s) cleared); recorded in {}",
+                config.custody.audit_file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     let config = super::hsm::load_config(&args.config)?;
     let socket = args
         .socket
@@ -39,7 +66,9 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     for w in server.keys().hsm().warnings() {
         eprintln!("etee: warning: {w}");
     }
+    etee_hsm::remote::stop_on_signals(server.stop_handle())?;
     eprintln!("etee: custody core serving on {}", socket.display());
     server.run()?;
+    eprintln!("etee: custody core stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -216,3 +216,21 @@ pub fn openssl(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A session on `label` through a second handle on the same (already initialised)
+/// library: what another component of the process could do behind the pool's back.
+/// Dropping the last clone of the handle finalises the library.
+pub fn foreign_session(
+    module: &std::path::Path,
+    label: &str,
+) -> (cryptoki::context::Pkcs11, cryptoki::session::Session) {
+    let other = cryptoki::context::Pkcs11::new(module).unwrap();
+    let slot = other
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| other.get_token_info(*s).unwrap().label().trim_end() == label)
+        .unwrap();
+    let session = other.open_ro_session(slot).unwrap();
+    (other, session)
+}

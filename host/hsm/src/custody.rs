@@ -350,6 +350,12 @@ impl CustodyKeys {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// How many `fdatasync`s the audit file needed since it was opened (with concurrent
+    /// callers, fewer than records: see [`GroupSync`]).
+    pub fn audit_syncs(&self) -> u64 {
+        self.inner.sync.syncs()
+    }
+
     /// Where the audit chain stands.
     pub fn audit_head(&self) -> etee_custody::AuditHead {
         match self.request(&Request::AuditHead) {

@@ -1,1 +1,297 @@
 //! Storage for the platform services (ETKDepot, KGSS, KeyDepot): one trait, two backends.
+//!
+//! The services see only the [`Store`] trait, a synchronous, `Send + Sync` interface meant to be
+//! shared as `Arc<dyn Store>` and called from `tokio::task::spawn_blocking`. The store holds plain
+//! data: it never parses certificates nor does cryptography (KGSS keys arrive already wrapped by
+//! an HSM key), so both backends stay small and easy to audit.
+//!
+//! - [`EmbeddedStore`] is the default: one file, no server, built on `redb` (an ACID, copy-on-write
+//!   embedded database). Every write is one transaction committed with immediate durability, so a
+//!   call that returned `Ok` survives a crash and a crash before that leaves nothing half-written.
+//! - [`PgStore`] is for deployments where several platform instances share one PostgreSQL
+//!   database. Writes that must be decided once across instances (duplicate ids, replay detection)
+//!   are single statements (`INSERT ... ON CONFLICT`), so they are atomic without locks.
+//!
+//! Both keep a schema-version record and apply numbered migrations in one transaction when
+//! opened; a store written by a newer build is refused with [`Error::SchemaTooNew`] rather than
+//! misread. [`open`] picks the backend from a URL or a path:
+//!
+//! ```no_run
+//! let store = etee_store::open("/var/lib/etee/store.redb")?; // or "postgres://..."
+//! let fresh = store.remember_request(&[0; 32], 1_700_000_300, 1_700_000_000)?;
+//! # let _ = fresh;
+//! # Ok::<(), etee_store::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+mod embedded;
+mod pg;
+
+pub use embedded::EmbeddedStore;
+pub use pg::PgStore;
+
+/// The schema version this build writes and understands (both backends share the numbering).
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Pool size used by [`open`] for PostgreSQL.
+pub const DEFAULT_POOL_SIZE: usize = 8;
+
+/// What can go wrong. Messages never carry key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A record with the same unique key is already stored.
+    #[error("a record with this id already exists")]
+    AlreadyExists,
+    /// The store was written by a newer build; reading it could misinterpret data.
+    #[error("store schema version {found} is newer than this build supports ({supported})")]
+    SchemaTooNew { found: u64, supported: u64 },
+    /// Stored data that does not decode (damaged row, foreign writer).
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+    /// The caller passed a value the store refuses (e.g. a key id of the wrong length).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The database engine failed; the message is the engine's.
+    #[error("storage backend: {0}")]
+    Backend(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An identifier of a holder as ETKDepot looks it up: type ("CBE", "NIHII-PHARMACY", "SSIN",
+/// ...), value (already normalised by the caller) and an optional application id ("KGSS").
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Identifier {
+    pub id_type: String,
+    pub value: String,
+    pub application_id: Option<String>,
+}
+
+impl Identifier {
+    pub fn new(id_type: &str, value: &str, application_id: Option<&str>) -> Self {
+        Identifier {
+            id_type: id_type.to_owned(),
+            value: value.to_owned(),
+            application_id: application_id.map(str::to_owned),
+        }
+    }
+
+    /// Whether this identifier is the holder `(id_type, value)`, restricted to `application_id`
+    /// when one is given.
+    pub fn matches(&self, id_type: &str, value: &str, application_id: Option<&str>) -> bool {
+        self.id_type == id_type
+            && self.value == value
+            && match application_id {
+                None => true,
+                Some(a) => self.application_id.as_deref() == Some(a),
+            }
+    }
+}
+
+/// An ETK registered in the depot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtkRecord {
+    /// SHA-256 of `etk`, computed by the caller; the primary key, so re-putting is idempotent.
+    pub digest: [u8; 32],
+    /// Every identifier in the holder's DN (each with the same application id).
+    pub identifiers: Vec<Identifier>,
+    /// The ETK (CMS SignedData), opaque here.
+    pub etk: Vec<u8>,
+    /// Validity of the encryption certificate, unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub registered_at: i64,
+}
+
+/// A reader condition of a KGSS key: a credential with one of `values` (empty: any value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub namespace: String,
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+/// A KGSS key. `Debug` shows the wrapped key's length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KgssKey {
+    /// Random key id.
+    pub id: [u8; 16],
+    /// The AES key wrapped by an HSM key (opaque here).
+    pub wrapped_key: Vec<u8>,
+    /// Which HSM key wrapped it.
+    pub wrapping_key_label: String,
+    /// The holder that created it (and may delete it).
+    pub creator: Identifier,
+    pub allowed_readers: Vec<Credential>,
+    pub excluded_readers: Vec<Credential>,
+    pub deletion_strategy: Option<String>,
+    pub created_at: i64,
+}
+
+impl fmt::Debug for KgssKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KgssKey")
+            .field("id", &hex::encode(self.id))
+            .field(
+                "wrapped_key",
+                &format_args!("<{} bytes>", self.wrapped_key.len()),
+            )
+            .field("wrapping_key_label", &self.wrapping_key_label)
+            .field("creator", &self.creator)
+            .field("allowed_readers", &self.allowed_readers)
+            .field("excluded_readers", &self.excluded_readers)
+            .field("deletion_strategy", &self.deletion_strategy)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// A public key registered in KeyDepot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKeyRecord {
+    /// Unique, 1..=64 bytes.
+    pub key_id: Vec<u8>,
+    pub holder: Identifier,
+    /// SubjectPublicKeyInfo DER.
+    pub spki_der: Vec<u8>,
+    /// Holder-supplied information.
+    pub info: BTreeMap<String, String>,
+    pub attestation: Option<Vec<u8>>,
+    pub created_at: i64,
+}
+
+/// Longest KeyDepot key id accepted.
+pub const MAX_KEY_ID_LEN: usize = 64;
+
+/// An extra authenticated attribute of a caller (e.g. "recognised pharmacy").
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Attribute {
+    pub namespace: String,
+    pub name: String,
+    pub value: String,
+}
+
+/// A holder and its attributes, as listed for administrators: `(id_type, value, attributes)`.
+pub type AttributeHolder = (String, String, Vec<Attribute>);
+
+/// The storage of the platform services. Every method is one transaction.
+pub trait Store: Send + Sync {
+    /// "embedded" or "postgres", for logs and status pages.
+    fn backend_name(&self) -> &'static str;
+
+    /// Registers an ETK; putting one whose digest is already stored changes nothing.
+    fn put_etk(&self, record: &EtkRecord) -> Result<()>;
+    /// The ETKs of holder `(id_type, value)`: all of them when `application_id` is `None`, else
+    /// only those with that application id. Newest (by `not_before`) first.
+    fn find_etks(
+        &self,
+        id_type: &str,
+        value: &str,
+        application_id: Option<&str>,
+    ) -> Result<Vec<EtkRecord>>;
+    /// Removes an ETK; false when it was not there.
+    fn remove_etk(&self, digest: &[u8; 32]) -> Result<bool>;
+
+    /// Stores a new KGSS key, durably when it returns `Ok`; [`Error::AlreadyExists`] if the id is
+    /// taken.
+    fn insert_kgss_key(&self, key: &KgssKey) -> Result<()>;
+    fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>>;
+    /// Deletes a KGSS key for good; false when it was not there.
+    fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool>;
+
+    /// Stores a new public key; [`Error::AlreadyExists`] on a duplicate key id.
+    fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()>;
+    fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>>;
+    /// The public keys of holder `(id_type, value)`, any application id when `None`; by key id.
+    fn list_public_keys(
+        &self,
+        id_type: &str,
+        value: &str,
+        application_id: Option<&str>,
+    ) -> Result<Vec<PublicKeyRecord>>;
+    /// Merges `info` into the key's information (given entries are set or overwritten); false
+    /// when the key is not there.
+    fn update_public_key_info(
+        &self,
+        key_id: &[u8],
+        info: &BTreeMap<String, String>,
+    ) -> Result<bool>;
+    fn delete_public_key(&self, key_id: &[u8]) -> Result<bool>;
+
+    /// Sets an attribute of holder `(id_type, value)`, replacing the value of the same
+    /// namespace and name.
+    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()>;
+    fn remove_attribute(
+        &self,
+        id_type: &str,
+        value: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool>;
+    /// The holder's attributes, by namespace then name.
+    fn attributes(&self, id_type: &str, value: &str) -> Result<Vec<Attribute>>;
+    /// Every holder with at least one attribute, by holder.
+    fn list_attribute_holders(&self) -> Result<Vec<AttributeHolder>>;
+
+    /// Records a request digest for replay protection: true if it is fresh (not seen, or seen
+    /// but expired at `now`), false if it is a replay. Atomic, also across instances sharing
+    /// one database. An entry is expired when `expires_at <= now`.
+    fn remember_request(&self, digest: &[u8; 32], expires_at: i64, now: i64) -> Result<bool>;
+    /// Forgets the expired request digests; returns how many.
+    fn purge_expired(&self, now: i64) -> Result<u64>;
+}
+
+/// Opens a store: a `postgres://` or `postgresql://` URL connects to PostgreSQL (pool of
+/// [`DEFAULT_POOL_SIZE`]), anything else is the path of an embedded store file.
+pub fn open(url_or_path: &str) -> Result<Arc<dyn Store>> {
+    if url_or_path.starts_with("postgres://") || url_or_path.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url_or_path, DEFAULT_POOL_SIZE)?))
+    } else {
+        Ok(Arc::new(EmbeddedStore::open(Path::new(url_or_path))?))
+    }
+}
+
+fn check_key_id(key_id: &[u8]) -> Result<()> {
+    if key_id.is_empty() || key_id.len() > MAX_KEY_ID_LEN {
+        return Err(Error::Invalid(format!(
+            "key id must be 1..={MAX_KEY_ID_LEN} bytes, got {}",
+            key_id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// An engine error with its chain of causes, as one message.
+fn backend_error(e: &dyn std::error::Error) -> Error {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    Error::Backend(message)
+}
+
+/// Maps any engine, driver or pool error to [`Error::Backend`].
+trait OrBackend<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T, E: std::error::Error> OrBackend<T> for std::result::Result<T, E> {
+    fn db(self) -> Result<T> {
+        self.map_err(|e| backend_error(&e))
+    }
+}

@@ -1,0 +1,604 @@
+//! The embedded backend: one `redb` file, no server.
+//!
+//! Rows are JSON (bytes as hex) keyed by their id, so the on-disk format is explicit and
+//! independent of Rust struct layout; lookups by holder go through index tables kept in the same
+//! transaction as the rows. Every write transaction commits with `Durability::Immediate`: when a
+//! method returns `Ok` the data is on disk, and redb's copy-on-write commit means a crash at any
+//! earlier point leaves the previous state intact.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::{
+    backend_error, check_key_id, Attribute, AttributeHolder, Credential, Error, EtkRecord,
+    Identifier, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
+};
+
+/// `"schema_version"` → the version of the last migration applied.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SCHEMA_KEY: &str = "schema_version";
+
+const ETK: TableDefinition<&[u8], &[u8]> = TableDefinition::new("etk");
+/// `(id_type, value)` → digests of the ETKs with that identifier.
+const ETK_BY_HOLDER: MultimapTableDefinition<(&str, &str), &[u8]> =
+    MultimapTableDefinition::new("etk_by_holder");
+const KGSS_KEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kgss_key");
+const PUBLIC_KEY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("public_key");
+/// `(id_type, value)` → key ids of the holder's public keys.
+const PUBLIC_KEY_BY_HOLDER: MultimapTableDefinition<(&str, &str), &[u8]> =
+    MultimapTableDefinition::new("public_key_by_holder");
+/// `(id_type, value, namespace, name)` → attribute value.
+const ATTRIBUTE: TableDefinition<(&str, &str, &str, &str), &str> =
+    TableDefinition::new("attribute");
+/// Request digest → expiry.
+const SEEN_REQUEST: TableDefinition<&[u8], i64> = TableDefinition::new("seen_request");
+/// `(expiry, digest)`, so purging reads only what is expired.
+const SEEN_BY_EXPIRY: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("seen_by_expiry");
+
+/// Numbered migrations: entry `n` brings the schema from version `n` to `n + 1`.
+const MIGRATIONS: &[fn(&WriteTransaction) -> Result<()>] = &[create_tables_v1];
+const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION);
+
+fn create_tables_v1(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(ETK).db()?;
+    txn.open_multimap_table(ETK_BY_HOLDER).db()?;
+    txn.open_table(KGSS_KEY).db()?;
+    txn.open_table(PUBLIC_KEY).db()?;
+    txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER).db()?;
+    txn.open_table(ATTRIBUTE).db()?;
+    txn.open_table(SEEN_REQUEST).db()?;
+    txn.open_table(SEEN_BY_EXPIRY).db()?;
+    Ok(())
+}
+
+/// The embedded store. Cheap to share: wrap it in an `Arc`.
+pub struct EmbeddedStore {
+    db: Database,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmbeddedStore")
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens the store file, creating it when missing (its directory must exist), and brings
+    /// its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Error::Io(io),
+            other => backend_error(&other),
+        })?;
+        let store = EmbeddedStore { db };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let txn = self.write()?;
+        let found = {
+            let meta = txn.open_table(META).db()?;
+            let found = meta.get(SCHEMA_KEY).db()?.map(|v| v.value());
+            found.unwrap_or(0)
+        };
+        if found > SCHEMA_VERSION {
+            txn.abort().db()?;
+            return Err(Error::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found == SCHEMA_VERSION {
+            return txn.abort().db();
+        }
+        for migration in &MIGRATIONS[found as usize..] {
+            migration(&txn)?;
+        }
+        txn.open_table(META)
+            .db()?
+            .insert(SCHEMA_KEY, SCHEMA_VERSION)
+            .db()?;
+        txn.commit().db()
+    }
+
+    fn write(&self) -> Result<WriteTransaction> {
+        let mut txn = self.db.begin_write().db()?;
+        txn.set_durability(Durability::Immediate);
+        Ok(txn)
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn backend_name(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn put_etk(&self, record: &EtkRecord) -> Result<()> {
+        let txn = self.write()?;
+        {
+            let mut etks = txn.open_table(ETK).db()?;
+            if etks.get(&record.digest[..]).db()?.is_some() {
+                drop(etks);
+                return txn.abort().db();
+            }
+            etks.insert(&record.digest[..], &*encode(&EtkRow::from(record))?)
+                .db()?;
+            let mut index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
+            for id in &record.identifiers {
+                index
+                    .insert((id.id_type.as_str(), id.value.as_str()), &record.digest[..])
+                    .db()?;
+            }
+        }
+        txn.commit().db()
+    }
+
+    fn find_etks(
+        &self,
+        id_type: &str,
+        value: &str,
+        application_id: Option<&str>,
+    ) -> Result<Vec<EtkRecord>> {
+        let txn = self.db.begin_read().db()?;
+        let etks = txn.open_table(ETK).db()?;
+        let index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
+        let mut found = Vec::new();
+        for digest in index.get((id_type, value)).db()? {
+            let digest = digest.db()?;
+            let digest = digest.value();
+            let row = etks
+                .get(digest)
+                .db()?
+                .ok_or_else(|| Error::Corrupt("ETK index names a missing ETK".into()))?;
+            let record = decode::<EtkRow>(row.value())?.into_record(digest)?;
+            if record
+                .identifiers
+                .iter()
+                .any(|i| i.matches(id_type, value, application_id))
+            {
+                found.push(record);
+            }
+        }
+        found.sort_by(|a, b| {
+            b.not_before
+                .cmp(&a.not_before)
+                .then_with(|| a.digest.cmp(&b.digest))
+        });
+        Ok(found)
+    }
+
+    fn remove_etk(&self, digest: &[u8; 32]) -> Result<bool> {
+        let txn = self.write()?;
+        let removed = {
+            let mut etks = txn.open_table(ETK).db()?;
+            let row = etks.remove(&digest[..]).db()?;
+            match row {
+                None => None,
+                Some(row) => Some(decode::<EtkRow>(row.value())?),
+            }
+        };
+        let Some(row) = removed else {
+            txn.abort().db()?;
+            return Ok(false);
+        };
+        {
+            let mut index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
+            for id in &row.identifiers {
+                index
+                    .remove((id.id_type.as_str(), id.value.as_str()), &digest[..])
+                    .db()?;
+            }
+        }
+        txn.commit().db()?;
+        Ok(true)
+    }
+
+    fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
+        let txn = self.write()?;
+        {
+            let mut keys = txn.open_table(KGSS_KEY).db()?;
+            if keys.get(&key.id[..]).db()?.is_some() {
+                drop(keys);
+                txn.abort().db()?;
+                return Err(Error::AlreadyExists);
+            }
+            keys.insert(&key.id[..], &*encode(&KgssRow::from(key))?)
+                .db()?;
+        }
+        txn.commit().db()
+    }
+
+    fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>> {
+        let txn = self.db.begin_read().db()?;
+        let keys = txn.open_table(KGSS_KEY).db()?;
+        let row = keys.get(&id[..]).db()?;
+        row.map(|row| decode::<KgssRow>(row.value())?.into_key(*id))
+            .transpose()
+    }
+
+    fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
+        let txn = self.write()?;
+        let removed = txn
+            .open_table(KGSS_KEY)
+            .db()?
+            .remove(&id[..])
+            .db()?
+            .is_some();
+        commit_if(txn, removed)
+    }
+
+    fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
+        check_key_id(&record.key_id)?;
+        let txn = self.write()?;
+        {
+            let mut keys = txn.open_table(PUBLIC_KEY).db()?;
+            if keys.get(record.key_id.as_slice()).db()?.is_some() {
+                drop(keys);
+                txn.abort().db()?;
+                return Err(Error::AlreadyExists);
+            }
+            keys.insert(
+                record.key_id.as_slice(),
+                &*encode(&PublicKeyRow::from(record))?,
+            )
+            .db()?;
+            let holder = &record.holder;
+            txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER)
+                .db()?
+                .insert(
+                    (holder.id_type.as_str(), holder.value.as_str()),
+                    record.key_id.as_slice(),
+                )
+                .db()?;
+        }
+        txn.commit().db()
+    }
+
+    fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>> {
+        let txn = self.db.begin_read().db()?;
+        let keys = txn.open_table(PUBLIC_KEY).db()?;
+        let row = keys.get(key_id).db()?;
+        row.map(|row| decode::<PublicKeyRow>(row.value())?.into_record(key_id))
+            .transpose()
+    }
+
+    fn list_public_keys(
+        &self,
+        id_type: &str,
+        value: &str,
+        application_id: Option<&str>,
+    ) -> Result<Vec<PublicKeyRecord>> {
+        let txn = self.db.begin_read().db()?;
+        let keys = txn.open_table(PUBLIC_KEY).db()?;
+        let index = txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER).db()?;
+        let mut found = Vec::new();
+        // Multimap values come back in key-id order.
+        for key_id in index.get((id_type, value)).db()? {
+            let key_id = key_id.db()?;
+            let key_id = key_id.value();
+            let row = keys
+                .get(key_id)
+                .db()?
+                .ok_or_else(|| Error::Corrupt("public key index names a missing key".into()))?;
+            let record = decode::<PublicKeyRow>(row.value())?.into_record(key_id)?;
+            if record.holder.matches(id_type, value, application_id) {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
+    fn update_public_key_info(
+        &self,
+        key_id: &[u8],
+        info: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let txn = self.write()?;
+        let updated = {
+            let mut keys = txn.open_table(PUBLIC_KEY).db()?;
+            let row = match keys.get(key_id).db()? {
+                None => None,
+                Some(row) => Some(decode::<PublicKeyRow>(row.value())?),
+            };
+            match row {
+                None => false,
+                Some(mut row) => {
+                    row.info
+                        .extend(info.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    keys.insert(key_id, &*encode(&row)?).db()?;
+                    true
+                }
+            }
+        };
+        commit_if(txn, updated)
+    }
+
+    fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
+        let txn = self.write()?;
+        let removed = {
+            let mut keys = txn.open_table(PUBLIC_KEY).db()?;
+            let row = keys.remove(key_id).db()?;
+            match row {
+                None => None,
+                Some(row) => Some(decode::<PublicKeyRow>(row.value())?),
+            }
+        };
+        if let Some(row) = &removed {
+            txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER)
+                .db()?
+                .remove(
+                    (row.holder.id_type.as_str(), row.holder.value.as_str()),
+                    key_id,
+                )
+                .db()?;
+        }
+        commit_if(txn, removed.is_some())
+    }
+
+    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()> {
+        let txn = self.write()?;
+        txn.open_table(ATTRIBUTE)
+            .db()?
+            .insert(
+                (
+                    id_type,
+                    value,
+                    attribute.namespace.as_str(),
+                    attribute.name.as_str(),
+                ),
+                attribute.value.as_str(),
+            )
+            .db()?;
+        txn.commit().db()
+    }
+
+    fn remove_attribute(
+        &self,
+        id_type: &str,
+        value: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool> {
+        let txn = self.write()?;
+        let removed = txn
+            .open_table(ATTRIBUTE)
+            .db()?
+            .remove((id_type, value, namespace, name))
+            .db()?
+            .is_some();
+        commit_if(txn, removed)
+    }
+
+    fn attributes(&self, id_type: &str, value: &str) -> Result<Vec<Attribute>> {
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(ATTRIBUTE).db()?;
+        let mut found = Vec::new();
+        // Keys sort element by element, so the holder's rows are one contiguous range.
+        for entry in table.range((id_type, value, "", "")..).db()? {
+            let (key, attribute_value) = entry.db()?;
+            let (t, v, namespace, name) = key.value();
+            if (t, v) != (id_type, value) {
+                break;
+            }
+            found.push(Attribute {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                value: attribute_value.value().to_owned(),
+            });
+        }
+        Ok(found)
+    }
+
+    fn list_attribute_holders(&self) -> Result<Vec<AttributeHolder>> {
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(ATTRIBUTE).db()?;
+        let mut holders: Vec<AttributeHolder> = Vec::new();
+        for entry in table.iter().db()? {
+            let (key, attribute_value) = entry.db()?;
+            let (t, v, namespace, name) = key.value();
+            let attribute = Attribute {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                value: attribute_value.value().to_owned(),
+            };
+            match holders.last_mut() {
+                Some((ht, hv, attributes)) if ht == t && hv == v => attributes.push(attribute),
+                _ => holders.push((t.to_owned(), v.to_owned(), vec![attribute])),
+            }
+        }
+        Ok(holders)
+    }
+
+    fn remember_request(&self, digest: &[u8; 32], expires_at: i64, now: i64) -> Result<bool> {
+        // redb runs one write transaction at a time, so check-then-insert is atomic.
+        let txn = self.write()?;
+        let fresh = {
+            let mut seen = txn.open_table(SEEN_REQUEST).db()?;
+            let previous = seen.get(&digest[..]).db()?.map(|v| v.value());
+            match previous {
+                Some(previous) if previous > now => false,
+                _ => {
+                    let mut by_expiry = txn.open_table(SEEN_BY_EXPIRY).db()?;
+                    if let Some(previous) = previous {
+                        by_expiry.remove((previous, &digest[..])).db()?;
+                    }
+                    seen.insert(&digest[..], expires_at).db()?;
+                    by_expiry.insert((expires_at, &digest[..]), ()).db()?;
+                    true
+                }
+            }
+        };
+        commit_if(txn, fresh)?;
+        Ok(fresh)
+    }
+
+    fn purge_expired(&self, now: i64) -> Result<u64> {
+        let txn = self.write()?;
+        let mut purged = 0;
+        {
+            let mut by_expiry = txn.open_table(SEEN_BY_EXPIRY).db()?;
+            let mut seen = txn.open_table(SEEN_REQUEST).db()?;
+            let expired: Vec<(i64, Vec<u8>)> = by_expiry
+                .range(..=(now, &[0xffu8; 33][..]))
+                .db()?
+                .map(|entry| {
+                    let (key, _) = entry.db()?;
+                    let (expiry, digest) = key.value();
+                    Ok((expiry, digest.to_vec()))
+                })
+                .collect::<Result<_>>()?;
+            for (expiry, digest) in expired {
+                by_expiry.remove((expiry, digest.as_slice())).db()?;
+                seen.remove(digest.as_slice()).db()?;
+                purged += 1;
+            }
+        }
+        commit_if(txn, purged > 0)?;
+        Ok(purged)
+    }
+}
+
+/// Commits when something changed, else aborts (which costs no sync).
+fn commit_if(txn: WriteTransaction, changed: bool) -> Result<bool> {
+    if changed {
+        txn.commit().db()?;
+    } else {
+        txn.abort().db()?;
+    }
+    Ok(changed)
+}
+
+fn encode<T: Serialize>(row: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(row).map_err(|e| Error::Corrupt(format!("cannot encode row: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("undecodable row: {e}")))
+}
+
+fn unhex(field: &str, text: &str) -> Result<Vec<u8>> {
+    hex::decode(text).map_err(|_| Error::Corrupt(format!("{field} is not hex")))
+}
+
+fn fixed<const N: usize>(field: &str, bytes: &[u8]) -> Result<[u8; N]> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("{field} is not {N} bytes")))
+}
+
+#[derive(Serialize, Deserialize)]
+struct EtkRow {
+    identifiers: Vec<Identifier>,
+    etk: String,
+    not_before: i64,
+    not_after: i64,
+    registered_at: i64,
+}
+
+impl From<&EtkRecord> for EtkRow {
+    fn from(r: &EtkRecord) -> Self {
+        EtkRow {
+            identifiers: r.identifiers.clone(),
+            etk: hex::encode(&r.etk),
+            not_before: r.not_before,
+            not_after: r.not_after,
+            registered_at: r.registered_at,
+        }
+    }
+}
+
+impl EtkRow {
+    fn into_record(self, digest: &[u8]) -> Result<EtkRecord> {
+        Ok(EtkRecord {
+            digest: fixed("ETK digest", digest)?,
+            identifiers: self.identifiers,
+            etk: unhex("etk", &self.etk)?,
+            not_before: self.not_before,
+            not_after: self.not_after,
+            registered_at: self.registered_at,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct KgssRow {
+    wrapped_key: String,
+    wrapping_key_label: String,
+    creator: Identifier,
+    allowed_readers: Vec<Credential>,
+    excluded_readers: Vec<Credential>,
+    deletion_strategy: Option<String>,
+    created_at: i64,
+}
+
+impl From<&KgssKey> for KgssRow {
+    fn from(k: &KgssKey) -> Self {
+        KgssRow {
+            wrapped_key: hex::encode(&k.wrapped_key),
+            wrapping_key_label: k.wrapping_key_label.clone(),
+            creator: k.creator.clone(),
+            allowed_readers: k.allowed_readers.clone(),
+            excluded_readers: k.excluded_readers.clone(),
+            deletion_strategy: k.deletion_strategy.clone(),
+            created_at: k.created_at,
+        }
+    }
+}
+
+impl KgssRow {
+    fn into_key(self, id: [u8; 16]) -> Result<KgssKey> {
+        Ok(KgssKey {
+            id,
+            wrapped_key: unhex("wrapped key", &self.wrapped_key)?,
+            wrapping_key_label: self.wrapping_key_label,
+            creator: self.creator,
+            allowed_readers: self.allowed_readers,
+            excluded_readers: self.excluded_readers,
+            deletion_strategy: self.deletion_strategy,
+            created_at: self.created_at,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct PublicKeyRow {
+    holder: Identifier,
+    spki_der: String,
+    info: BTreeMap<String, String>,
+    attestation: Option<String>,
+    created_at: i64,
+}
+
+impl From<&PublicKeyRecord> for PublicKeyRow {
+    fn from(r: &PublicKeyRecord) -> Self {
+        PublicKeyRow {
+            holder: r.holder.clone(),
+            spki_der: hex::encode(&r.spki_der),
+            info: r.info.clone(),
+            attestation: r.attestation.as_ref().map(hex::encode),
+            created_at: r.created_at,
+        }
+    }
+}
+
+impl PublicKeyRow {
+    fn into_record(self, key_id: &[u8]) -> Result<PublicKeyRecord> {
+        Ok(PublicKeyRecord {
+            key_id: key_id.to_vec(),
+            holder: self.holder,
+            spki_der: unhex("SPKI", &self.spki_der)?,
+            info: self.info,
+            attestation: self
+                .attestation
+                .map(|a| unhex("attestation", &a))
+                .transpose()?,
+            created_at: self.created_at,
+        })
+    }
+}

@@ -1,0 +1,537 @@
+//! The PostgreSQL backend, for several platform instances sharing one database.
+//!
+//! Writes that must be decided exactly once across instances are single statements
+//! (`INSERT ... ON CONFLICT`), atomic under PostgreSQL's default isolation without explicit
+//! locks. Structured fields (identifiers, reader credentials, key information) are JSONB; keys
+//! and blobs are BYTEA with length checks in the schema. Connections come from a small bounded
+//! pool; no TLS, as the database is expected on loopback or a unix socket.
+
+use std::collections::BTreeMap;
+
+use r2d2_postgres::postgres::types::{FromSql, Json};
+use r2d2_postgres::postgres::{Client, Config, NoTls, Row};
+use r2d2_postgres::{r2d2, PostgresConnectionManager};
+
+use crate::{
+    check_key_id, Attribute, AttributeHolder, Credential, Error, EtkRecord, Identifier, KgssKey,
+    OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
+};
+
+/// Advisory lock key serialising migrations between instances starting at once.
+const MIGRATION_LOCK: i64 = 0x6574_6565_2d73_746f; // "etee-sto"
+
+/// Numbered migrations: entry `n` brings the schema from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE etk (
+    digest BYTEA PRIMARY KEY CHECK (length(digest) = 32),
+    etk BYTEA NOT NULL,
+    not_before BIGINT NOT NULL,
+    not_after BIGINT NOT NULL,
+    registered_at BIGINT NOT NULL
+);
+CREATE TABLE etk_identifier (
+    digest BYTEA NOT NULL REFERENCES etk (digest) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    id_type TEXT NOT NULL,
+    value TEXT NOT NULL,
+    application_id TEXT,
+    PRIMARY KEY (digest, position)
+);
+CREATE INDEX etk_identifier_holder ON etk_identifier (id_type, value, application_id);
+
+CREATE TABLE kgss_key (
+    id BYTEA PRIMARY KEY CHECK (length(id) = 16),
+    wrapped_key BYTEA NOT NULL,
+    wrapping_key_label TEXT NOT NULL,
+    creator JSONB NOT NULL,
+    allowed_readers JSONB NOT NULL,
+    excluded_readers JSONB NOT NULL,
+    deletion_strategy TEXT,
+    created_at BIGINT NOT NULL
+);
+
+CREATE TABLE public_key (
+    key_id BYTEA PRIMARY KEY CHECK (length(key_id) BETWEEN 1 AND 64),
+    holder_type TEXT NOT NULL,
+    holder_value TEXT NOT NULL,
+    holder_application_id TEXT,
+    spki_der BYTEA NOT NULL,
+    info JSONB NOT NULL,
+    attestation BYTEA,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX public_key_holder ON public_key (holder_type, holder_value);
+
+-- "C" collation: byte order, the same listing order as the embedded store.
+CREATE TABLE attribute (
+    holder_type TEXT COLLATE "C" NOT NULL,
+    holder_value TEXT COLLATE "C" NOT NULL,
+    namespace TEXT COLLATE "C" NOT NULL,
+    name TEXT COLLATE "C" NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (holder_type, holder_value, namespace, name)
+);
+
+CREATE TABLE seen_request (
+    digest BYTEA PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX seen_request_expiry ON seen_request (expires_at);
+"#];
+const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION);
+
+/// The PostgreSQL store: a bounded pool of connections to one database.
+pub struct PgStore {
+    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStore")
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`, libpq-style), brings the schema up
+    /// to date and keeps up to `pool_size` connections.
+    pub fn connect(url: &str, pool_size: usize) -> Result<Self> {
+        let config: Config = url
+            .parse()
+            .map_err(|e| Error::Invalid(format!("PostgreSQL URL: {e}")))?;
+        // A direct first connection reports a bad URL or a down server at once, where the
+        // pool would retry until its timeout.
+        let mut client = config.connect(NoTls).db()?;
+        migrate(&mut client)?;
+        drop(client);
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size.clamp(1, u32::MAX as usize) as u32)
+            .min_idle(Some(0))
+            .connection_timeout(std::time::Duration::from_secs(30))
+            .build(PostgresConnectionManager::new(config, NoTls))
+            .db()?;
+        Ok(PgStore { pool })
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+        self.pool.get().db()
+    }
+}
+
+/// Applies the missing migrations in one transaction, under an advisory lock so that
+/// instances starting together apply each migration once.
+fn migrate(client: &mut Client) -> Result<()> {
+    let mut tx = client.transaction().db()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .db()?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS etee_schema (
+             singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
+             version BIGINT NOT NULL
+         )",
+    )
+    .db()?;
+    let found = match tx.query_opt("SELECT version FROM etee_schema", &[]).db()? {
+        None => 0,
+        Some(row) => {
+            let v: i64 = get(&row, 0)?;
+            u64::try_from(v).map_err(|_| Error::Corrupt(format!("schema version {v}")))?
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return tx.commit().db();
+    }
+    for sql in &MIGRATIONS[found as usize..] {
+        tx.batch_execute(sql).db()?;
+    }
+    tx.execute(
+        "INSERT INTO etee_schema (singleton, version) VALUES (TRUE, $1)
+         ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version",
+        &[&(SCHEMA_VERSION as i64)],
+    )
+    .db()?;
+    tx.commit().db()
+}
+
+const ETK_COLUMNS: &str = "e.digest, e.etk, e.not_before, e.not_after, e.registered_at,
+    COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                  'id_type', i.id_type, 'value', i.value, 'application_id', i.application_id)
+                  ORDER BY i.position)
+              FROM etk_identifier i WHERE i.digest = e.digest), '[]'::jsonb)";
+
+const KGSS_COLUMNS: &str = "id, wrapped_key, wrapping_key_label, creator, allowed_readers,
+    excluded_readers, deletion_strategy, created_at";
+
+const PUBLIC_KEY_COLUMNS: &str = "key_id, holder_type, holder_value, holder_application_id,
+    spki_der, info, attestation, created_at";
+
+impl Store for PgStore {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn put_etk(&self, record: &EtkRecord) -> Result<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().db()?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO etk (digest, etk, not_before, not_after, registered_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO NOTHING",
+                &[
+                    &record.digest.as_slice(),
+                    &record.etk,
+                    &record.not_before,
+                    &record.not_after,
+                    &record.registered_at,
+                ],
+            )
+            .db()?;
+        if inserted == 1 {
+            let statement = tx
+                .prepare(
+                    "INSERT INTO etk_identifier (digest, position, id_type, value, application_id)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .db()?;
+            for (position, id) in record.identifiers.iter().enumerate() {
+                let position = i32::try_from(position)
+                    .map_err(|_| Error::Invalid("too many identifiers".into()))?;
+                tx.execute(
+                    &statement,
+                    &[
+                        &record.digest.as_slice(),
+                        &position,
+                        &id.id_type,
+                        &id.value,
+                        &id.application_id,
+                    ],
+                )
+                .db()?;
+            }
+        }
+        tx.commit().db()
+    }
+
+    fn find_etks(
+        &self,
+        id_type: &str,
+        value: &str,
+        application_id: Option<&str>,
+    ) -> Result<Vec<EtkRecord>> {
+        let rows = self
+            .conn()?
+            .query(
+                &format!(
+                    "SELECT {ETK_COLUMNS} FROM etk e
+                     WHERE EXISTS (SELECT 1 FROM etk_identifier i
+                                   WHERE i.digest = e.digest AND i.id_type = $1
+                                     AND i.value = $2
+                                     AND ($3::text IS NULL OR i.application_id = $3))
+                     ORDER BY e.not_before DESC, e.digest"
+                ),
+                &[&id_type, &value, &application_id],
+            )
+            .db()?;
+        rows.iter().map(etk_from_row).collect()
+    }
+
+    fn remove_etk(&self, digest: &[u8; 32]) -> Result<bool> {
+        let n = self
+            .conn()?
+            .execute("DELETE FROM etk WHERE digest = $1", &[&digest.as_slice()])
+            .db()?;
+        Ok(n > 0)
+    }
+
+    fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
+        let n = self
+            .conn()?
+            .execute(
+                &format!(
+                    "INSERT INTO kgss_key ({KGSS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (id) DO NOTHING"
+                ),
+                &[
+                    &key.id.as_slice(),
+                    &key.wrapped_key,
+                    &key.wrapping_key_label,
+                    &Json(&key.creator),
+                    &Json(&key.allowed_readers),
+                    &Json(&key.excluded_readers),
+                    &key.deletion_strategy,
+                    &key.created_at,
+                ],
+            )
+            .db()?;
+        if n == 0 {
+            return Err(Error::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>> {
+        let row = self
+            .conn()?
+            .query_opt(
+                &format!("SELECT {KGSS_COLUMNS} FROM kgss_key WHERE id = $1"),
+                &[&id.as_slice()],
+            )
+            .db()?;
+        row.as_ref().map(kgss_from_row).transpose()
+    }
+
+    fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
+        let n = self
+            .conn()?
+            .execute("DELETE FROM kgss_key WHERE id = $1", &[&id.as_slice()])
+            .db()?;
+        Ok(n > 0)
+    }
+
+    fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
+        check_key_id(&record.key_id)?;
+        let n = self
+            .conn()?
+            .execute(
+                &format!(
+                    "INSERT INTO public_key ({PUBLIC_KEY_COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key_id) DO NOTHING"
+                ),
+                &[
+                    &record.key_id,
+                    &record.holder.id_type,
+                    &record.holder.value,
+                    &record.holder.application_id,
+                    &record.spki_der,
+                    &Json(&record.info),
+                    &record.attestation,
+                    &record.created_at,
+                ],
+            )
+            .db()?;
+        if n == 0 {
+            return Err(Error::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>> {
+        let row = self
+            .conn()?
+            .query_opt(
+                &format!("SELECT {PUBLIC_KEY_COLUMNS} FROM public_key WHERE key_id = $1"),
+                &[&key_id],
+            )
+            .db()?;
+        row.as_ref().map(public_key_from_row).transpose()
+    }
+
+    fn list_public_keys(
+        &self,
+        id_type: &str,
+        value: &str,
+        application_id: Option<&str>,
+    ) -> Result<Vec<PublicKeyRecord>> {
+        let rows = self
+            .conn()?
+            .query(
+                &format!(
+                    "SELECT {PUBLIC_KEY_COLUMNS} FROM public_key
+                     WHERE holder_type = $1 AND holder_value = $2
+                       AND ($3::text IS NULL OR holder_application_id = $3)
+                     ORDER BY key_id"
+                ),
+                &[&id_type, &value, &application_id],
+            )
+            .db()?;
+        rows.iter().map(public_key_from_row).collect()
+    }
+
+    fn update_public_key_info(
+        &self,
+        key_id: &[u8],
+        info: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        // `||` on JSONB objects merges, right-hand entries winning: one atomic statement.
+        let n = self
+            .conn()?
+            .execute(
+                "UPDATE public_key SET info = info || $2 WHERE key_id = $1",
+                &[&key_id, &Json(info)],
+            )
+            .db()?;
+        Ok(n > 0)
+    }
+
+    fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
+        let n = self
+            .conn()?
+            .execute("DELETE FROM public_key WHERE key_id = $1", &[&key_id])
+            .db()?;
+        Ok(n > 0)
+    }
+
+    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()> {
+        self.conn()?
+            .execute(
+                "INSERT INTO attribute (holder_type, holder_value, namespace, name, value)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (holder_type, holder_value, namespace, name)
+                 DO UPDATE SET value = EXCLUDED.value",
+                &[
+                    &id_type,
+                    &value,
+                    &attribute.namespace,
+                    &attribute.name,
+                    &attribute.value,
+                ],
+            )
+            .db()?;
+        Ok(())
+    }
+
+    fn remove_attribute(
+        &self,
+        id_type: &str,
+        value: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool> {
+        let n = self
+            .conn()?
+            .execute(
+                "DELETE FROM attribute WHERE holder_type = $1 AND holder_value = $2
+                   AND namespace = $3 AND name = $4",
+                &[&id_type, &value, &namespace, &name],
+            )
+            .db()?;
+        Ok(n > 0)
+    }
+
+    fn attributes(&self, id_type: &str, value: &str) -> Result<Vec<Attribute>> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT namespace, name, value FROM attribute
+                 WHERE holder_type = $1 AND holder_value = $2 ORDER BY namespace, name",
+                &[&id_type, &value],
+            )
+            .db()?;
+        rows.iter()
+            .map(|row| {
+                Ok(Attribute {
+                    namespace: get(row, 0)?,
+                    name: get(row, 1)?,
+                    value: get(row, 2)?,
+                })
+            })
+            .collect()
+    }
+
+    fn list_attribute_holders(&self) -> Result<Vec<AttributeHolder>> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT holder_type, holder_value, namespace, name, value FROM attribute
+                 ORDER BY holder_type, holder_value, namespace, name",
+                &[],
+            )
+            .db()?;
+        let mut holders: Vec<AttributeHolder> = Vec::new();
+        for row in &rows {
+            let (t, v): (String, String) = (get(row, 0)?, get(row, 1)?);
+            let attribute = Attribute {
+                namespace: get(row, 2)?,
+                name: get(row, 3)?,
+                value: get(row, 4)?,
+            };
+            match holders.last_mut() {
+                Some((ht, hv, attributes)) if *ht == t && *hv == v => attributes.push(attribute),
+                _ => holders.push((t, v, vec![attribute])),
+            }
+        }
+        Ok(holders)
+    }
+
+    fn remember_request(&self, digest: &[u8; 32], expires_at: i64, now: i64) -> Result<bool> {
+        // A concurrent insert of the same digest makes this one wait, then take the conflict
+        // branch and see the winner's unexpired row: exactly one caller gets a row count of 1.
+        let n = self
+            .conn()?
+            .execute(
+                "INSERT INTO seen_request (digest, expires_at) VALUES ($1, $2)
+                 ON CONFLICT (digest) DO UPDATE SET expires_at = EXCLUDED.expires_at
+                 WHERE seen_request.expires_at <= $3",
+                &[&digest.as_slice(), &expires_at, &now],
+            )
+            .db()?;
+        Ok(n == 1)
+    }
+
+    fn purge_expired(&self, now: i64) -> Result<u64> {
+        self.conn()?
+            .execute("DELETE FROM seen_request WHERE expires_at <= $1", &[&now])
+            .db()
+    }
+}
+
+/// A column, with a wrong type or undecodable JSON reported as corruption (never a panic).
+fn get<'a, T: FromSql<'a>>(row: &'a Row, column: usize) -> Result<T> {
+    row.try_get(column)
+        .map_err(|e| Error::Corrupt(format!("column {column}: {e}")))
+}
+
+fn fixed<const N: usize>(field: &str, bytes: Vec<u8>) -> Result<[u8; N]> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("{field} is not {N} bytes")))
+}
+
+fn etk_from_row(row: &Row) -> Result<EtkRecord> {
+    let Json(identifiers): Json<Vec<Identifier>> = get(row, 5)?;
+    Ok(EtkRecord {
+        digest: fixed("ETK digest", get(row, 0)?)?,
+        identifiers,
+        etk: get(row, 1)?,
+        not_before: get(row, 2)?,
+        not_after: get(row, 3)?,
+        registered_at: get(row, 4)?,
+    })
+}
+
+fn kgss_from_row(row: &Row) -> Result<KgssKey> {
+    let Json(creator): Json<Identifier> = get(row, 3)?;
+    let Json(allowed_readers): Json<Vec<Credential>> = get(row, 4)?;
+    let Json(excluded_readers): Json<Vec<Credential>> = get(row, 5)?;
+    Ok(KgssKey {
+        id: fixed("KGSS key id", get(row, 0)?)?,
+        wrapped_key: get(row, 1)?,
+        wrapping_key_label: get(row, 2)?,
+        creator,
+        allowed_readers,
+        excluded_readers,
+        deletion_strategy: get(row, 6)?,
+        created_at: get(row, 7)?,
+    })
+}
+
+fn public_key_from_row(row: &Row) -> Result<PublicKeyRecord> {
+    let Json(info): Json<BTreeMap<String, String>> = get(row, 5)?;
+    Ok(PublicKeyRecord {
+        key_id: get(row, 0)?,
+        holder: Identifier {
+            id_type: get(row, 1)?,
+            value: get(row, 2)?,
+            application_id: get(row, 3)?,
+        },
+        spki_der: get(row, 4)?,
+        info,
+        attestation: get(row, 6)?,
+        created_at: get(row, 7)?,
+    })
+}

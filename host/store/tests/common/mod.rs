@@ -1,0 +1,497 @@
+//! The behaviour every backend must show, written once and run against each of them.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+
+use etee_store::{
+    Attribute, Credential, Error, EtkRecord, Identifier, KgssKey, PublicKeyRecord, Store,
+    SCHEMA_VERSION,
+};
+use sha2::{Digest, Sha256};
+
+/// A fresh, empty store location plus the out-of-band tampering the tests need.
+pub trait Harness {
+    /// Opens (another) handle on the location. The embedded file admits one handle at a time.
+    fn open(&self) -> Arc<dyn Store>;
+    /// What `etee_store::open` takes for this location.
+    fn location(&self) -> String;
+    /// Whether two handles may be open at once (several instances on one database).
+    fn shared(&self) -> bool;
+    /// Writes `version` as the schema version, behind the store's back (no handle open).
+    fn set_schema_version(&self, version: u64);
+    /// Damages the stored row of a KGSS key, behind the store's back (no handle open).
+    fn corrupt_kgss_key(&self, id: &[u8; 16]);
+    fn expected_backend(&self) -> &'static str;
+}
+
+/// Unique small numbers for names.
+pub fn unique() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    (std::process::id() as u64) << 32 ^ nanos << 8 ^ NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn etk(body: &str, ids: &[(&str, &str)], app: Option<&str>, not_before: i64) -> EtkRecord {
+    let etk = body.as_bytes().to_vec();
+    EtkRecord {
+        digest: Sha256::digest(&etk).into(),
+        identifiers: ids
+            .iter()
+            .map(|(t, v)| Identifier::new(t, v, app))
+            .collect(),
+        etk,
+        not_before,
+        not_after: not_before + 3 * 365 * 86400,
+        registered_at: 1_700_000_000,
+    }
+}
+
+pub fn kgss_key(n: u128) -> KgssKey {
+    KgssKey {
+        id: n.to_be_bytes(),
+        wrapped_key: vec![0xA5; 40],
+        wrapping_key_label: "kgss-wrap-1".into(),
+        creator: Identifier::new("NIHII-PHARMACY", "12345678", Some("KGSS")),
+        allowed_readers: vec![
+            Credential {
+                namespace: "urn:be:fgov:certified-namespace:ehealth".into(),
+                name: "urn:be:fgov:person:ssin".into(),
+                values: vec!["85073003328".into()],
+            },
+            Credential {
+                namespace: "urn:be:fgov:identification-namespace".into(),
+                name: "urn:be:fgov:ehealth:1.0:certificateholder:hospital:nihii-number".into(),
+                values: vec![],
+            },
+        ],
+        excluded_readers: vec![],
+        deletion_strategy: Some("creator".into()),
+        created_at: 1_700_000_123,
+    }
+}
+
+pub fn public_key(key_id: &[u8], holder: (&str, &str, Option<&str>)) -> PublicKeyRecord {
+    PublicKeyRecord {
+        key_id: key_id.to_vec(),
+        holder: Identifier::new(holder.0, holder.1, holder.2),
+        spki_der: vec![0x30, 0x59, 0x30, 0x13, 1, 2, 3],
+        info: BTreeMap::from([("name".to_string(), "laptop".to_string())]),
+        attestation: None,
+        created_at: 1_700_000_000,
+    }
+}
+
+fn attr(namespace: &str, name: &str, value: &str) -> Attribute {
+    Attribute {
+        namespace: namespace.into(),
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+pub fn backend_and_open_helper(h: &impl Harness) {
+    let store = h.open();
+    assert_eq!(store.backend_name(), h.expected_backend());
+    drop(store);
+    let store = etee_store::open(&h.location()).unwrap();
+    assert_eq!(store.backend_name(), h.expected_backend());
+}
+
+pub fn etks(h: &impl Harness) {
+    let s = h.open();
+    let old = etk("old", &[("CBE", "0123456789")], None, 100);
+    let new = etk("new", &[("CBE", "0123456789")], None, 200);
+    let kgss = etk(
+        "kgss",
+        &[("CBE", "0123456789"), ("NIHII-PHARMACY", "12345678")],
+        Some("KGSS"),
+        150,
+    );
+    let other = etk("other", &[("CBE", "0999999999")], None, 300);
+    for r in [&old, &new, &kgss, &other] {
+        s.put_etk(r).unwrap();
+    }
+    // Idempotent re-put.
+    s.put_etk(&new).unwrap();
+
+    let all = s.find_etks("CBE", "0123456789", None).unwrap();
+    assert_eq!(
+        all,
+        vec![new.clone(), kgss.clone(), old.clone()],
+        "newest first"
+    );
+    assert_eq!(
+        s.find_etks("CBE", "0123456789", Some("KGSS")).unwrap(),
+        vec![kgss.clone()]
+    );
+    assert!(s
+        .find_etks("CBE", "0123456789", Some("OTHER"))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.find_etks("NIHII-PHARMACY", "12345678", None).unwrap(),
+        vec![kgss.clone()]
+    );
+    assert!(s.find_etks("SSIN", "0123456789", None).unwrap().is_empty());
+    assert!(s.find_etks("CBE", "123456789", None).unwrap().is_empty());
+
+    assert!(s.remove_etk(&kgss.digest).unwrap());
+    assert!(!s.remove_etk(&kgss.digest).unwrap());
+    assert!(s
+        .find_etks("NIHII-PHARMACY", "12345678", None)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.find_etks("CBE", "0123456789", None).unwrap(),
+        vec![new.clone(), old]
+    );
+    // Removed, then registered again.
+    s.put_etk(&kgss).unwrap();
+    assert_eq!(
+        s.find_etks("CBE", "0123456789", Some("KGSS")).unwrap(),
+        vec![kgss]
+    );
+}
+
+pub fn kgss_keys(h: &impl Harness) {
+    let s = h.open();
+    let key = kgss_key(1);
+    assert_eq!(s.get_kgss_key(&key.id).unwrap(), None);
+    s.insert_kgss_key(&key).unwrap();
+    assert_eq!(s.get_kgss_key(&key.id).unwrap(), Some(key.clone()));
+
+    let mut other = kgss_key(1);
+    other.wrapped_key = vec![1; 40];
+    assert!(matches!(
+        s.insert_kgss_key(&other),
+        Err(Error::AlreadyExists)
+    ));
+    assert_eq!(
+        s.get_kgss_key(&key.id).unwrap(),
+        Some(key.clone()),
+        "unchanged"
+    );
+
+    let mut minimal = kgss_key(2);
+    minimal.allowed_readers.clear();
+    minimal.deletion_strategy = None;
+    s.insert_kgss_key(&minimal).unwrap();
+    assert_eq!(s.get_kgss_key(&minimal.id).unwrap(), Some(minimal.clone()));
+
+    assert!(s.delete_kgss_key(&key.id).unwrap());
+    assert_eq!(s.get_kgss_key(&key.id).unwrap(), None);
+    assert!(!s.delete_kgss_key(&key.id).unwrap());
+    assert_eq!(s.get_kgss_key(&minimal.id).unwrap(), Some(minimal));
+    // The id is free again after deletion.
+    s.insert_kgss_key(&key).unwrap();
+
+    let debug = format!("{key:?}");
+    assert!(debug.contains("<40 bytes>"), "{debug}");
+    assert!(
+        !debug.to_lowercase().contains("a5"),
+        "wrapped key leaked: {debug}"
+    );
+}
+
+pub fn public_keys(h: &impl Harness) {
+    let s = h.open();
+    let a = public_key(b"key-a", ("SSIN", "85073003328", None));
+    let mut b = public_key(b"key-b", ("SSIN", "85073003328", Some("KGSS")));
+    b.attestation = Some(vec![9; 70]);
+    let c = public_key(b"key-c", ("SSIN", "99999999999", None));
+    for r in [&b, &a, &c] {
+        s.insert_public_key(r).unwrap();
+    }
+    assert!(matches!(
+        s.insert_public_key(&public_key(b"key-a", ("CBE", "1", None))),
+        Err(Error::AlreadyExists)
+    ));
+    assert!(matches!(
+        s.insert_public_key(&public_key(b"", ("CBE", "1", None))),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        s.insert_public_key(&public_key(&[7; 65], ("CBE", "1", None))),
+        Err(Error::Invalid(_))
+    ));
+    s.insert_public_key(&public_key(&[7; 64], ("CBE", "1", None)))
+        .unwrap();
+
+    assert_eq!(s.get_public_key(b"key-b").unwrap(), Some(b.clone()));
+    assert_eq!(s.get_public_key(b"nope").unwrap(), None);
+    assert_eq!(
+        s.list_public_keys("SSIN", "85073003328", None).unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(
+        s.list_public_keys("SSIN", "85073003328", Some("KGSS"))
+            .unwrap(),
+        vec![b.clone()]
+    );
+    assert!(s
+        .list_public_keys("CBE", "85073003328", None)
+        .unwrap()
+        .is_empty());
+
+    let update = BTreeMap::from([
+        ("name".to_string(), "phone".to_string()),
+        ("os".to_string(), "android".to_string()),
+    ]);
+    assert!(s.update_public_key_info(b"key-a", &update).unwrap());
+    assert!(!s.update_public_key_info(b"nope", &update).unwrap());
+    assert!(s
+        .update_public_key_info(b"key-a", &BTreeMap::from([("x".into(), "1".into())]))
+        .unwrap());
+    let got = s.get_public_key(b"key-a").unwrap().unwrap();
+    assert_eq!(
+        got.info,
+        BTreeMap::from([
+            ("name".to_string(), "phone".to_string()),
+            ("os".to_string(), "android".to_string()),
+            ("x".to_string(), "1".to_string()),
+        ])
+    );
+    assert_eq!(got.spki_der, a.spki_der);
+
+    assert!(s.delete_public_key(b"key-a").unwrap());
+    assert!(!s.delete_public_key(b"key-a").unwrap());
+    assert_eq!(s.get_public_key(b"key-a").unwrap(), None);
+    assert_eq!(
+        s.list_public_keys("SSIN", "85073003328", None).unwrap(),
+        vec![b]
+    );
+    s.insert_public_key(&a).unwrap();
+}
+
+pub fn attributes(h: &impl Harness) {
+    let s = h.open();
+    assert!(s.list_attribute_holders().unwrap().is_empty());
+    let ns = "urn:etee:attributes";
+    s.set_attribute("NIHII-PHARMACY", "12345678", &attr(ns, "recognised", "yes"))
+        .unwrap();
+    s.set_attribute("NIHII-PHARMACY", "12345678", &attr(ns, "chain", "A"))
+        .unwrap();
+    s.set_attribute("NIHII-PHARMACY", "12345678", &attr(ns, "recognised", "no"))
+        .unwrap();
+    s.set_attribute("CBE", "0123456789", &attr("b", "x", "1"))
+        .unwrap();
+    s.set_attribute("CBE", "0123456789", &attr("a", "y", "2"))
+        .unwrap();
+    // A holder whose value extends another's must not leak into it.
+    s.set_attribute("CBE", "01234567890", &attr("a", "z", "3"))
+        .unwrap();
+
+    assert_eq!(
+        s.attributes("NIHII-PHARMACY", "12345678").unwrap(),
+        vec![attr(ns, "chain", "A"), attr(ns, "recognised", "no")]
+    );
+    assert_eq!(
+        s.attributes("CBE", "0123456789").unwrap(),
+        vec![attr("a", "y", "2"), attr("b", "x", "1")]
+    );
+    assert!(s.attributes("CBE", "1").unwrap().is_empty());
+    assert_eq!(
+        s.list_attribute_holders().unwrap(),
+        vec![
+            (
+                "CBE".to_string(),
+                "0123456789".to_string(),
+                vec![attr("a", "y", "2"), attr("b", "x", "1")]
+            ),
+            (
+                "CBE".to_string(),
+                "01234567890".to_string(),
+                vec![attr("a", "z", "3")]
+            ),
+            (
+                "NIHII-PHARMACY".to_string(),
+                "12345678".to_string(),
+                vec![attr(ns, "chain", "A"), attr(ns, "recognised", "no")]
+            ),
+        ]
+    );
+    assert!(s
+        .remove_attribute("NIHII-PHARMACY", "12345678", ns, "chain")
+        .unwrap());
+    assert!(!s
+        .remove_attribute("NIHII-PHARMACY", "12345678", ns, "chain")
+        .unwrap());
+    assert!(!s.remove_attribute("CBE", "0123456789", "a", "z").unwrap());
+    assert_eq!(
+        s.attributes("NIHII-PHARMACY", "12345678").unwrap(),
+        vec![attr(ns, "recognised", "no")]
+    );
+}
+
+pub fn replay(h: &impl Harness) {
+    let s = h.open();
+    let d1 = [1u8; 32];
+    let d2 = [2u8; 32];
+    let d3 = [3u8; 32];
+    assert!(s.remember_request(&d1, 1100, 1000).unwrap(), "fresh");
+    assert!(!s.remember_request(&d1, 1200, 1050).unwrap(), "replay");
+    assert!(!s.remember_request(&d1, 1200, 1099).unwrap(), "replay");
+    assert!(
+        s.remember_request(&d1, 1300, 1100).unwrap(),
+        "expired, so fresh"
+    );
+    assert!(
+        !s.remember_request(&d1, 1400, 1299).unwrap(),
+        "new expiry holds"
+    );
+    assert!(s.remember_request(&d2, 1150, 1000).unwrap());
+    assert!(s.remember_request(&d3, 2000, 1000).unwrap());
+
+    assert_eq!(s.purge_expired(1000).unwrap(), 0);
+    assert_eq!(s.purge_expired(1200).unwrap(), 1, "d2 only");
+    assert_eq!(s.purge_expired(1200).unwrap(), 0);
+    assert!(!s.remember_request(&d1, 1400, 1200).unwrap());
+    assert!(!s.remember_request(&d3, 2100, 1999).unwrap());
+    assert_eq!(s.purge_expired(5000).unwrap(), 2);
+    assert!(s.remember_request(&d3, 6000, 5000).unwrap());
+    assert!(s.remember_request(&d2, 6000, 5000).unwrap());
+}
+
+pub fn persistence(h: &impl Harness) {
+    let s = h.open();
+    let record = etk("persist", &[("SSIN", "85073003328")], None, 5);
+    s.put_etk(&record).unwrap();
+    s.insert_kgss_key(&kgss_key(7)).unwrap();
+    let pk = public_key(b"persist", ("SSIN", "85073003328", None));
+    s.insert_public_key(&pk).unwrap();
+    s.set_attribute("SSIN", "85073003328", &attr("n", "a", "v"))
+        .unwrap();
+    assert!(s.remember_request(&[7; 32], 100, 10).unwrap());
+    drop(s);
+
+    let s = h.open();
+    assert_eq!(
+        s.find_etks("SSIN", "85073003328", None).unwrap(),
+        vec![record]
+    );
+    assert_eq!(s.get_kgss_key(&kgss_key(7).id).unwrap(), Some(kgss_key(7)));
+    assert_eq!(s.get_public_key(b"persist").unwrap(), Some(pk));
+    assert_eq!(
+        s.attributes("SSIN", "85073003328").unwrap(),
+        vec![attr("n", "a", "v")]
+    );
+    assert!(!s.remember_request(&[7; 32], 100, 20).unwrap());
+}
+
+pub fn schema_too_new(h: &impl Harness) {
+    drop(h.open());
+    h.set_schema_version(SCHEMA_VERSION + 1);
+    let err = etee_store::open(&h.location()).err().expect("must refuse");
+    match err {
+        Error::SchemaTooNew { found, supported } => {
+            assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION))
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    // Still refused: opening did not touch the record.
+    assert!(matches!(
+        etee_store::open(&h.location()),
+        Err(Error::SchemaTooNew { .. })
+    ));
+    h.set_schema_version(SCHEMA_VERSION);
+    drop(h.open());
+}
+
+pub fn corrupt_row(h: &impl Harness) {
+    let s = h.open();
+    s.insert_kgss_key(&kgss_key(5)).unwrap();
+    s.insert_kgss_key(&kgss_key(6)).unwrap();
+    drop(s);
+    h.corrupt_kgss_key(&kgss_key(5).id);
+    let s = h.open();
+    match s.get_kgss_key(&kgss_key(5).id) {
+        Err(Error::Corrupt(_)) => {}
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(s.get_kgss_key(&kgss_key(6).id).unwrap(), Some(kgss_key(6)));
+    assert!(
+        s.delete_kgss_key(&kgss_key(5).id).unwrap(),
+        "can be cleared"
+    );
+}
+
+/// Several threads (on two handles when the backend allows it, as two platform instances would
+/// be) race on the same request digests and insert keys concurrently.
+pub fn concurrency(h: &impl Harness) {
+    const THREADS: usize = 8;
+    const ROUNDS: u8 = 10;
+    let first = h.open();
+    let second = if h.shared() { h.open() } else { first.clone() };
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let s = if t % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut wins = Vec::new();
+                for round in 0..ROUNDS {
+                    barrier.wait();
+                    if s.remember_request(&[round; 32], 100, 0).unwrap() {
+                        wins.push(round);
+                    }
+                    let key = kgss_key(1000 + (t as u128) * 100 + round as u128);
+                    s.insert_kgss_key(&key).unwrap();
+                }
+                // Same id from every thread: exactly one insert succeeds.
+                barrier.wait();
+                let won_key = s.insert_kgss_key(&kgss_key(99)).is_ok();
+                (wins, won_key)
+            })
+        })
+        .collect();
+    let mut wins = vec![0; ROUNDS as usize];
+    let mut key_winners = 0;
+    for handle in handles {
+        let (won, won_key) = handle.join().unwrap();
+        for round in won {
+            wins[round as usize] += 1;
+        }
+        key_winners += won_key as usize;
+    }
+    assert_eq!(
+        wins,
+        vec![1; ROUNDS as usize],
+        "exactly one fresh per digest"
+    );
+    assert_eq!(key_winners, 1);
+    for t in 0..THREADS {
+        for round in 0..ROUNDS {
+            let id = kgss_key(1000 + (t as u128) * 100 + round as u128).id;
+            assert!(first.get_kgss_key(&id).unwrap().is_some());
+        }
+    }
+}
+
+/// One `#[test]` per suite function, for a harness made by `$make` (`None`: skipped).
+#[macro_export]
+macro_rules! store_suite {
+    ($make:expr) => {
+        $crate::store_suite!(@tests $make;
+            backend_and_open_helper, etks, kgss_keys, public_keys, attributes, replay,
+            persistence, schema_too_new, corrupt_row, concurrency);
+    };
+    (@tests $make:expr; $($name:ident),*) => {
+        $(
+            #[test]
+            fn $name() {
+                if let Some(harness) = $make {
+                    common::$name(&harness);
+                }
+            }
+        )*
+    };
+}

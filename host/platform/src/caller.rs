@@ -1,0 +1,30 @@
+//! Who is calling: the holder of the TLS client certificate (verified by rustls against
+//! the platform's CA during the handshake), with the identities of its DN (spec §3.3).
+
+use etee_formats::cert::Certificate;
+use etee_formats::identity::{identities, Identity};
+use std::sync::Arc;
+
+/// The authenticated caller of one connection.
+#[derive(Debug)]
+pub struct Caller {
+    pub certificate: Certificate,
+    pub identities: Vec<Identity>,
+}
+
+/// What the routes see: the caller, if the client presented a certificate.
+#[derive(Clone, Debug, Default)]
+pub struct MaybeCaller(pub Option<Arc<Caller>>);
+
+impl Caller {
+    /// The caller behind a verified client certificate chain (leaf first). A leaf our
+    /// parser cannot read gives no caller: the routes that need one refuse the request.
+    pub fn from_chain(chain: &[impl AsRef<[u8]>]) -> Option<Self> {
+        let certificate = Certificate::from_der(chain.first()?.as_ref()).ok()?;
+        let identities = identities(&certificate);
+        Some(Self {
+            certificate,
+            identities,
+        })
+    }
+}

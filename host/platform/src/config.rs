@@ -1,0 +1,174 @@
+//! The platform's configuration (TOML):
+//!
+//! ```toml
+//! [platform]
+//! listen = "127.0.0.1:8443"
+//! store = "/var/lib/etee/platform.redb"     # or "postgres://user@host/db"
+//! tls_certificate = "server-chain.pem"      # the server's certificate chain, leaf first
+//! tls_key = "server-key.pem"                # its private key (PEM, PKCS#8 or RSA)
+//! client_ca = ["ca.pem"]                    # client certificates must chain to these
+//! # optional, with these defaults:
+//! max_body_bytes = 1048576
+//! handshake_timeout_ms = 10000
+//! request_timeout_ms = 30000
+//! max_connections = 1024
+//! environment = "Test"                      # SOA faults' Environment
+//! ```
+//!
+//! Relative paths are relative to the configuration file's directory.
+
+use crate::{PlatformError, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct PlatformConfig {
+    pub listen: SocketAddr,
+    /// A file path (embedded store) or a `postgres://` URL.
+    pub store: String,
+    pub tls_certificate: PathBuf,
+    pub tls_key: PathBuf,
+    pub client_ca: Vec<PathBuf>,
+    pub limits: Limits,
+    pub environment: etee_services::soap::Environment,
+}
+
+/// Bounds on what one caller can make the platform do.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body accepted (SOAP envelope or JSON).
+    pub max_body_bytes: usize,
+    /// Time for a client to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time for a client to send a request (headers and body) and for the answer to be
+    /// made; also the idle time allowed between requests on a kept-alive connection.
+    pub request_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    platform: Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Table {
+    listen: Option<String>,
+    store: String,
+    tls_certificate: PathBuf,
+    tls_key: PathBuf,
+    #[serde(default)]
+    client_ca: Vec<PathBuf>,
+    max_body_bytes: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    environment: Option<String>,
+}
+
+impl PlatformConfig {
+    /// Reads and checks the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlatformError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base)
+    }
+
+    /// Parses a configuration; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
+        let file: File = toml::from_str(text).map_err(|e| PlatformError::Config(e.to_string()))?;
+        let t = file.platform;
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let listen = t.listen.as_deref().unwrap_or("127.0.0.1:8443");
+        let listen = listen
+            .parse()
+            .map_err(|e| PlatformError::Config(format!("listen {listen:?}: {e}")))?;
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_body_bytes: t.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            handshake_timeout: t
+                .handshake_timeout_ms
+                .map_or(defaults.handshake_timeout, Duration::from_millis),
+            request_timeout: t
+                .request_timeout_ms
+                .map_or(defaults.request_timeout, Duration::from_millis),
+            max_connections: t.max_connections.unwrap_or(defaults.max_connections),
+        };
+        if limits.max_body_bytes == 0 || limits.max_connections == 0 {
+            return Err(PlatformError::Config(
+                "max_body_bytes and max_connections must be positive".into(),
+            ));
+        }
+        let environment = match t.environment.as_deref() {
+            None => etee_services::soap::Environment::Test,
+            Some(name) => etee_services::soap::Environment::from_name(name).ok_or_else(|| {
+                PlatformError::Config(format!("environment {name:?}: not an SOA environment"))
+            })?,
+        };
+        let store = if t.store.starts_with("postgres://") || t.store.starts_with("postgresql://") {
+            t.store
+        } else {
+            rel(PathBuf::from(t.store)).display().to_string()
+        };
+        Ok(Self {
+            listen,
+            store,
+            tls_certificate: rel(t.tls_certificate),
+            tls_key: rel(t.tls_key),
+            client_ca: t.client_ca.into_iter().map(rel).collect(),
+            limits,
+            environment,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_defaults_and_relative_paths() {
+        let c = PlatformConfig::from_toml(
+            "[platform]\nstore = \"p.redb\"\ntls_certificate = \"s.pem\"\ntls_key = \"/k.pem\"\n",
+            Path::new("/etc/etee"),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.store, "/etc/etee/p.redb");
+        assert_eq!(c.tls_certificate, Path::new("/etc/etee/s.pem"));
+        assert_eq!(c.tls_key, Path::new("/k.pem"));
+        assert_eq!(c.limits.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let base = Path::new("/");
+        for text in [
+            "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nlisten = \"nowhere\"\n",
+            "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\ncolour = 1\n",
+            "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nenvironment = \"Mars\"\n",
+            "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nmax_connections = 0\n",
+        ] {
+            assert!(PlatformConfig::from_toml(text, base).is_err(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! ETKDepot: which ETKs answer a search, and the SOAP and REST answers built from them.
+//!
+//! The lookup rules (spec §3.4, §4.1):
+//! - each search identifier is normalised first (the zero-padding of its type); an unknown
+//!   type or an impossible value is the caller's error;
+//! - an identifier matches every ETK whose holder DN carries it (any of the DN's
+//!   identifiers); without an application id, ETKs of every application id of the holder
+//!   match; several identifiers in one request add up their matches;
+//! - only ETKs valid now are answered, and of several ETKs of one holder and application
+//!   id (a renewed ETK beside the old one), the newest;
+//! - one ETK left: `ETK`; several (several application ids): `MatchingEtk`, one per ETK,
+//!   with its full identifiers, and the client asks again with one of them; none: an
+//!   `Error` with code [`NOT_FOUND`] (SOAP) or 404 (REST).
+
+use etee_services::etkdepot::rest::EtkJson;
+use etee_services::etkdepot::{
+    EtkDepotError, EtkResult, GetEtkRequest, GetEtkResponse, Identifier, MatchingEtk, Status,
+};
+use etee_store::{EtkRecord, Store};
+
+/// The `Error/Code` of a search without a valid ETK (the real service's codes are not
+/// known, spec §10).
+pub const NOT_FOUND: &str = "ETK_NOT_FOUND";
+
+/// Why a search could not be answered with ETKs.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The criteria are not ETKDepot criteria (unknown type, impossible value).
+    #[error("unknown search criteria: {0}")]
+    Criteria(String),
+    #[error(transparent)]
+    Store(#[from] etee_store::Error),
+}
+
+/// The ETKs answering `criteria` at time `now`: at most one per application id, newest
+/// first.
+pub fn lookup(
+    store: &dyn Store,
+    criteria: &[Identifier],
+    now: i64,
+) -> Result<Vec<EtkRecord>, LookupError> {
+    if criteria.is_empty() {
+        return Err(LookupError::Criteria("no identifier".into()));
+    }
+    let mut found: Vec<EtkRecord> = Vec::new();
+    for criterion in criteria {
+        let c = criterion
+            .normalized()
+            .map_err(|e| LookupError::Criteria(e.to_string()))?;
+        for record in store.find_etks(&c.id_type, &c.value, c.application_id.as_deref())? {
+            let valid = record.not_before <= now && now < record.not_after;
+            if valid && !found.iter().any(|f| f.digest == record.digest) {
+                found.push(record);
+            }
+        }
+    }
+    // Newest first, then keep the first of each application id.
+    found.sort_by_key(|r| std::cmp::Reverse(r.not_before));
+    let mut seen = Vec::new();
+    found.retain(|r| {
+        let app = application_id(r);
+        if seen.contains(&app) {
+            false
+        } else {
+            seen.push(app);
+            true
+        }
+    });
+    Ok(found)
+}
+
+fn application_id(record: &EtkRecord) -> Option<String> {
+    record
+        .identifiers
+        .first()
+        .and_then(|i| i.application_id.clone())
+}
+
+fn identifiers(record: &EtkRecord) -> Vec<Identifier> {
+    record
+        .identifiers
+        .iter()
+        .map(|i| Identifier::new(&i.id_type, &i.value, i.application_id.as_deref()))
+        .collect()
+}
+
+/// The SOAP answer to `request` (a lookup error other than bad criteria is the caller's
+/// to turn into a fault).
+pub fn get_etk(
+    store: &dyn Store,
+    request: &GetEtkRequest,
+    now: i64,
+) -> Result<GetEtkResponse, LookupError> {
+    let found = lookup(store, &request.identifiers, now)?;
+    let result = match found.as_slice() {
+        [] => EtkResult::Errors(vec![EtkDepotError {
+            code: NOT_FOUND.into(),
+            message: "There exists no ETK matching your search criteria".into(),
+        }]),
+        [one] => EtkResult::Etk(one.etk.clone()),
+        several => EtkResult::MatchingEtk(
+            several
+                .iter()
+                .map(|r| MatchingEtk {
+                    identifiers: identifiers(r),
+                })
+                .collect(),
+        ),
+    };
+    Ok(GetEtkResponse {
+        id: Some(response_id()),
+        status: Status::ok(),
+        given_search_criteria: Some(request.identifiers.clone()),
+        result,
+    })
+}
+
+/// The REST answer: every ETK found (an empty list is the caller's 404).
+pub fn etks_json(found: &[EtkRecord]) -> Vec<EtkJson> {
+    found
+        .iter()
+        .map(|r| EtkJson {
+            identifiers: identifiers(r).iter().map(Into::into).collect(),
+            etk: r.etk.clone(),
+            not_before: r.not_before,
+            not_after: r.not_after,
+        })
+        .collect()
+}
+
+/// A fresh `Id` for a response.
+pub fn response_id() -> String {
+    let mut id = [0u8; 12];
+    let _ = openssl::rand::rand_bytes(&mut id);
+    format!("etee-{}", hex::encode(id))
+}
+
+/// Registers `etk` in the depot under every identifier of its holder's DN, after checking
+/// it as the official checker does (spec §3.2) against `anchors` at `now`. Returns the
+/// stored record.
+pub fn register(
+    store: &dyn Store,
+    etk: &[u8],
+    anchors: &etee_formats::trust::TrustAnchors,
+    now: i64,
+) -> Result<EtkRecord, RegisterError> {
+    let parsed =
+        etee_formats::etk::Etk::parse(etk).map_err(|e| RegisterError::Invalid(e.to_string()))?;
+    let problems = parsed.validate(anchors, now);
+    if !problems.is_empty() {
+        let names: Vec<String> = problems.iter().map(|n| format!("{n:?}")).collect();
+        return Err(RegisterError::Invalid(names.join(", ")));
+    }
+    let identities = parsed.identities();
+    if identities.is_empty() {
+        return Err(RegisterError::Invalid(
+            "the holder's DN carries no ETKDepot identifier".into(),
+        ));
+    }
+    let enc = parsed.encryption_cert();
+    let record = EtkRecord {
+        digest: openssl::sha::sha256(parsed.der()),
+        identifiers: identities
+            .iter()
+            .map(|i| {
+                let value = etee_formats::identity::normalize_value(&i.id_type, &i.value)
+                    .unwrap_or_else(|_| i.value.clone());
+                etee_store::Identifier::new(&i.id_type, &value, i.application_id.as_deref())
+            })
+            .collect(),
+        etk: parsed.der().to_vec(),
+        not_before: enc.not_before(),
+        not_after: enc.not_after(),
+        registered_at: now,
+    };
+    store.put_etk(&record)?;
+    Ok(record)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("not a valid ETK: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] etee_store::Error),
+}

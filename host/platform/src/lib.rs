@@ -1,0 +1,60 @@
+//! The ETEE platform services as network services: ETKDepot (SOAP and REST), KGSS and
+//! KeyDepot, served over TLS on real sockets, with storage behind [`etee_store::Store`].
+//!
+//! | module       | what                                                              |
+//! |--------------|-------------------------------------------------------------------|
+//! | [`config`]   | the platform's TOML configuration and its defaults                 |
+//! | [`tls`]      | rustls server configuration, optional client certificates          |
+//! | [`server`]   | the accept loop: TLS handshake, HTTP/1.1, limits and timeouts      |
+//! | [`caller`]   | who is calling: identities from the TLS client certificate         |
+//! | [`etkdepot`] | ETKDepot: the lookup rules, SOAP `GetEtk`, REST `/etee/v1/etks`, JWKS |
+//! | [`routes`]   | the HTTP routes and how errors become SOA faults / problem details |
+//!
+//! The services' logic is synchronous (the store is) and runs on tokio's blocking pool;
+//! the async side only moves bytes.
+#![forbid(unsafe_code)]
+
+pub mod caller;
+pub mod config;
+pub mod etkdepot;
+pub mod routes;
+pub mod server;
+pub mod tls;
+
+use std::sync::Arc;
+
+pub use config::PlatformConfig;
+
+/// What the services share: the store and the configuration they need at run time.
+pub struct Platform {
+    pub store: Arc<dyn etee_store::Store>,
+    pub config: PlatformConfig,
+}
+
+/// Errors of setting up or running the platform (not of single requests: those are
+/// answered, see [`routes`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("store: {0}")]
+    Store(#[from] etee_store::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = PlatformError> = std::result::Result<T, E>;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

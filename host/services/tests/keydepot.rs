@@ -1,0 +1,250 @@
+//! KeyDepot JSON, proof of possession and attestation (§6, etee's design).
+
+use etee_formats::cert::Certificate;
+use etee_services::etkdepot::rest::IdentifierJson;
+use etee_services::etkdepot::Identifier;
+use etee_services::keydepot::*;
+use etee_services::Error;
+use etee_testpki::{rsa_key, InstitutionSpec, TestPki};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+
+fn register(key: &PKey<openssl::pkey::Private>, id: &[u8]) -> RegisterKeyRequest {
+    let spki = key.public_key_to_der().unwrap();
+    let key_id = KeyId::new(id.to_vec()).unwrap();
+    let pop = sign(key, &pop_challenge(&key_id, &spki)).unwrap();
+    RegisterKeyRequest {
+        key_id,
+        public_key: spki,
+        proof_of_possession: pop,
+        info: KeyInfo {
+            label: Some("laptop".into()),
+            key_use: Some(KeyUse::Enc),
+            ..Default::default()
+        },
+        attestation: None,
+    }
+}
+
+#[test]
+fn proof_of_possession_rsa_and_ec() {
+    let rsa = rsa_key(2048).unwrap();
+    let ec = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::SECP384R1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    for key in [rsa, ec] {
+        let r = register(&key, b"S5939101711206266190");
+        let json = r.to_json();
+        let back = RegisterKeyRequest::parse(&json).unwrap();
+        assert_eq!(back, r);
+        back.verify_proof_of_possession().unwrap();
+
+        // Another key id, or another signature, fails.
+        let mut other = back.clone();
+        other.key_id = KeyId::new(b"other".to_vec()).unwrap();
+        assert!(matches!(
+            other.verify_proof_of_possession(),
+            Err(Error::Verification(_))
+        ));
+        let mut other = back.clone();
+        other.proof_of_possession[5] ^= 1;
+        assert!(other.verify_proof_of_possession().is_err());
+        other.proof_of_possession.clear();
+        assert!(other.verify_proof_of_possession().is_err());
+    }
+    // Small RSA keys are refused at parse.
+    let small = rsa_key(1024).unwrap();
+    let r = register_unchecked(&small);
+    assert!(matches!(RegisterKeyRequest::parse(&r), Err(Error::Key(_))));
+}
+
+fn register_unchecked(key: &PKey<openssl::pkey::Private>) -> Vec<u8> {
+    let spki = key.public_key_to_der().unwrap();
+    format!(
+        r#"{{"keyId":"AQ","publicKey":"{}","proofOfPossession":"AA=="}}"#,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, spki)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn key_id_forms() {
+    // The web-auth.cms vector: SKI "S5939101711206266190", LIB220 keyId in standard base64.
+    let k = KeyId::from_lib_string("UzU5MzkxMDE3MTEyMDYyNjYxOTA=").unwrap();
+    assert_eq!(k.as_bytes(), b"S5939101711206266190");
+    assert_eq!(k.to_lib_string(), "UzU5MzkxMDE3MTEyMDYyNjYxOTA=");
+    assert_eq!(k.to_url_string(), "UzU5MzkxMDE3MTEyMDYyNjYxOTA");
+    assert!(KeyId::new(vec![]).is_err());
+    assert!(KeyId::new(vec![0; 65]).is_err());
+    assert!(
+        RegisterKeyRequest::parse(br#"{"keyId":"","publicKey":"","proofOfPossession":""}"#)
+            .is_err()
+    );
+}
+
+#[test]
+fn pop_challenge_layout() {
+    let k = KeyId::new(b"ab".to_vec()).unwrap();
+    let c = pop_challenge(&k, b"spki");
+    assert!(c.starts_with(b"etee-keydepot-register-v1\0\0\0\0\x02ab"));
+    assert_eq!(&c[c.len() - 32..], &openssl::sha::sha256(b"spki"));
+}
+
+fn holder() -> HolderInfo {
+    HolderInfo {
+        identifiers: vec![IdentifierJson {
+            id_type: "SSIN".into(),
+            value: "76120902527".into(),
+            application_identifier: None,
+        }],
+        name: Some("Fred".into()),
+    }
+}
+
+#[test]
+fn json_types_round_trip() {
+    let rec = KeyRecord {
+        key_id: KeyId::new(vec![1, 2, 3]).unwrap(),
+        public_key: vec![4, 5],
+        holder: holder(),
+        info: KeyInfo::default(),
+        attested: true,
+        status: KeyStatus::Active,
+        created_at: 1_700_000_000,
+    };
+    let list = KeyListResponse {
+        holder: holder(),
+        keys: vec![rec.clone()],
+    };
+    assert_eq!(KeyListResponse::parse(&list.to_json()).unwrap(), list);
+    let resp = RegisterKeyResponse { key: rec.clone() };
+    let s = String::from_utf8(resp.to_json()).unwrap();
+    assert!(s.contains("\"keyId\":\"AQID\""), "{s}");
+    assert!(s.contains("\"createdAt\":\"2023-11-14T22:13:20Z\""), "{s}");
+    assert_eq!(RegisterKeyResponse::parse(s.as_bytes()).unwrap(), resp);
+
+    let mut info = KeyInfo {
+        label: Some("a".into()),
+        ..Default::default()
+    };
+    let add = AddInfoRequest {
+        info: KeyInfo {
+            application_id: Some("APP".into()),
+            properties: [("k".to_owned(), "v".to_owned())].into(),
+            ..Default::default()
+        },
+    };
+    let add = AddInfoRequest::parse(&add.to_json()).unwrap();
+    info.merge(&add.info);
+    assert_eq!(info.label.as_deref(), Some("a"));
+    assert_eq!(info.application_id.as_deref(), Some("APP"));
+    assert_eq!(HolderInfo::parse(&holder().to_json()).unwrap(), holder());
+    assert!(matches!(HolderInfo::parse(b"{"), Err(Error::Json(_))));
+}
+
+fn token() -> TokenInfo {
+    TokenInfo {
+        label: "etee".into(),
+        serial: "0001".into(),
+        manufacturer: "SoftHSM project".into(),
+        model: "SoftHSM v2".into(),
+    }
+}
+
+const NON_EXPORTABLE: KeyAttributes = KeyAttributes {
+    sensitive: true,
+    extractable: false,
+    never_extractable: true,
+    local: true,
+};
+
+#[test]
+fn attestation() {
+    let pki = TestPki::generate("att").unwrap();
+    let inst = pki
+        .institution(&InstitutionSpec::new("SSIN", "76120902527", "Fred"))
+        .unwrap();
+    let cert = |x: &openssl::x509::X509| Certificate::from_der(&x.to_der().unwrap()).unwrap();
+    let auth = cert(&inst.auth.cert);
+    let chain: Vec<Certificate> = inst.chain.iter().map(cert).collect();
+
+    let key = rsa_key(2048).unwrap();
+    let spki = key.public_key_to_der().unwrap();
+    let key_id = KeyId::new(b"key-1".to_vec()).unwrap();
+    let st = AttestationStatement::new(
+        key_id.clone(),
+        &spki,
+        token(),
+        NON_EXPORTABLE,
+        1_700_000_000,
+    );
+    let bytes = st.to_be_signed().unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    assert!(text.starts_with(r#"{"attributes":{"extractable":false,"local":true,"neverExtractable":true,"sensitive":true},"format":"etee-hsm-attestation-v1","issuedAt":"2023-11-14T22:13:20Z","keyId":"a2V5LTE","spkiSha256":""#), "{text}");
+
+    let signed = SignedAttestation::sign(&st, &inst.auth.key, &auth, &chain).unwrap();
+    let signed = SignedAttestation::parse(&signed.to_json()).unwrap();
+    let holder = Identifier::new("SSIN", "76120902527", None);
+    let v = signed.verify(&key_id, &spki, &holder).unwrap();
+    assert_eq!(v.statement, st);
+    assert_eq!(v.signer, auth);
+    assert_eq!(v.chain, chain);
+
+    // Wrong holder, key, key id.
+    let e = signed.verify(
+        &key_id,
+        &spki,
+        &Identifier::new("SSIN", "71715100070", None),
+    );
+    assert!(matches!(e, Err(Error::Verification(_))));
+    let other = rsa_key(2048).unwrap().public_key_to_der().unwrap();
+    assert!(signed.verify(&key_id, &other, &holder).is_err());
+    assert!(signed
+        .verify(&KeyId::new(b"x".to_vec()).unwrap(), &spki, &holder)
+        .is_err());
+
+    // Tampered statement.
+    let mut t = signed.clone();
+    t.statement = String::from_utf8(t.statement)
+        .unwrap()
+        .replace("true", "false")
+        .into_bytes();
+    assert!(matches!(
+        t.verify(&key_id, &spki, &holder),
+        Err(Error::Verification(_))
+    ));
+
+    // Non-canonical bytes, even correctly signed, are refused.
+    let pretty = serde_json::to_vec_pretty(&st).unwrap();
+    let mut nc = signed.clone();
+    nc.signature = sign(&inst.auth.key, &pretty).unwrap();
+    nc.statement = pretty;
+    assert!(nc.verify(&key_id, &spki, &holder).is_err());
+
+    // Exportable key.
+    let exportable = AttestationStatement {
+        attributes: KeyAttributes {
+            extractable: true,
+            ..NON_EXPORTABLE
+        },
+        ..st.clone()
+    };
+    let s = SignedAttestation::sign(&exportable, &inst.auth.key, &auth, &chain).unwrap();
+    assert!(s.verify(&key_id, &spki, &holder).is_err());
+
+    // Broken chain (chain not issuing the signer), and no certificate.
+    let other_pki = TestPki::generate("other").unwrap();
+    let s =
+        SignedAttestation::sign(&st, &inst.auth.key, &auth, &[cert(&other_pki.root.cert)]).unwrap();
+    assert!(s.verify(&key_id, &spki, &holder).is_err());
+    let mut s = signed.clone();
+    s.x5c.clear();
+    assert!(s.verify(&key_id, &spki, &holder).is_err());
+
+    // The attestation travels in the registration request.
+    let mut r = register(&key, b"key-1");
+    r.attestation = Some(signed);
+    assert_eq!(RegisterKeyRequest::parse(&r.to_json()).unwrap(), r);
+}

@@ -1,0 +1,116 @@
+//! SOA faults (§7).
+
+use etee_services::soap::{
+    self, Environment, ErrorKind, Fault, FaultCode, LangString, SoaCode, SoaError,
+};
+use etee_services::Error;
+
+#[test]
+fn codes() {
+    assert_eq!(SoaCode::ALL.len(), 12);
+    for c in SoaCode::ALL {
+        assert_eq!(SoaCode::from_code(c.code()), Some(*c));
+    }
+    let retry: Vec<_> = SoaCode::ALL
+        .iter()
+        .filter(|c| c.is_retryable())
+        .map(|c| c.code())
+        .collect();
+    assert_eq!(retry, ["SOA-00001", "SOA-01001", "SOA-01002", "SOA-02001"]);
+    assert_eq!(SoaCode::MalformedMessage.message(), "Malformed message");
+    assert_eq!(SoaCode::MustBeSoap.message(), "Message must be SOAP");
+}
+
+#[test]
+fn fault_round_trip() {
+    let f = Fault::from_code(SoaCode::XsdCompliance, Some(Environment::Acceptation));
+    assert_eq!(f.fault_code, FaultCode::Client);
+    let x = f.to_xml();
+    let s = String::from_utf8(x.clone()).unwrap();
+    assert!(s.contains("<faultcode>soap:Client</faultcode>"), "{s}");
+    assert!(s.contains("xml:lang=\"en\""), "{s}");
+    assert_eq!(Fault::parse(&x).unwrap(), f);
+    assert_eq!(f.soa_code(), Some(SoaCode::XsdCompliance));
+
+    let server = Fault::from_code(SoaCode::ServiceUnavailable, None);
+    assert_eq!(server.fault_code, FaultCode::Server);
+    assert_eq!(Fault::parse(&server.to_xml()).unwrap(), server);
+
+    let business = Fault {
+        fault_code: FaultCode::Client,
+        fault_string: "denied".into(),
+        detail: Some(SoaError {
+            kind: ErrorKind::BusinessError,
+            id: Some("err-1".into()),
+            origin: "Server".into(),
+            code: "KGSS-ACCESS".into(),
+            messages: vec![
+                LangString {
+                    lang: Some("en".into()),
+                    text: "no".into(),
+                },
+                LangString {
+                    lang: Some("fr".into()),
+                    text: "non".into(),
+                },
+            ],
+            retry: Some(false),
+            contact: Some("servicedesk".into()),
+            environment: Some(Environment::Production),
+        }),
+    };
+    assert_eq!(Fault::parse(&business.to_xml()).unwrap(), business);
+}
+
+#[test]
+fn fault_from_error() {
+    let e = Error::MalformedXml("boom".into());
+    let f = Fault::from_error(&e, None);
+    assert_eq!(f.soa_code(), Some(SoaCode::MalformedMessage));
+    assert!(f.detail.unwrap().messages[0].text.contains("boom"));
+}
+
+#[test]
+fn hand_written_fault_with_other_prefix() {
+    let doc = br#"<S:Envelope xmlns:S="http://schemas.xmlsoap.org/soap/envelope/">
+ <S:Body>
+  <S:Fault>
+   <faultcode>S:Server</faultcode>
+   <faultstring>SOA-02001</faultstring>
+   <detail>
+    <ns4:SystemError xmlns:ns4="urn:be:fgov:ehealth:errors:soa:v1" Id="UNIQUE_ID">
+     <Origin>Server</Origin><Code>SOA-02001</Code>
+     <Message xml:lang="en">Service not available. Please contact service desk</Message>
+     <Environment>Production</Environment>
+    </ns4:SystemError>
+   </detail>
+  </S:Fault>
+ </S:Body>
+</S:Envelope>"#;
+    let f = Fault::parse(doc).unwrap();
+    assert_eq!(f.fault_code, FaultCode::Server);
+    assert_eq!(f.soa_code(), Some(SoaCode::ServiceUnavailable));
+    assert!(f.soa_code().unwrap().is_retryable());
+    let d = f.detail.unwrap();
+    assert_eq!(d.id.as_deref(), Some("UNIQUE_ID"));
+    assert_eq!(d.retry, None);
+
+    // A faultcode prefix that is not bound is a schema error.
+    let bad = String::from_utf8_lossy(doc).replace("S:Server</faultcode>", "x:Server</faultcode>");
+    assert!(matches!(
+        Fault::parse(bad.as_bytes()),
+        Err(Error::Schema(_))
+    ));
+    // An unknown environment too.
+    let bad = String::from_utf8_lossy(doc).replace(">Production<", ">Prod<");
+    assert!(matches!(
+        Fault::parse(bad.as_bytes()),
+        Err(Error::Schema(_))
+    ));
+    // A body that is not a fault.
+    let e = Fault::from_element(
+        &soap::parse_envelope(&soap::envelope(etee_services::xml::Element::new(None, "x")))
+            .unwrap(),
+    );
+    assert!(matches!(e, Err(Error::Schema(_))));
+}

@@ -1,0 +1,272 @@
+//! Hostile and malformed XML: every case is a typed error, nothing is expanded, no panic.
+
+use etee_services::etkdepot::GetEtkRequest;
+use etee_services::soap::{self, SoaCode};
+use etee_services::xml::{self, Limits};
+use etee_services::Error;
+
+const P: &str = "urn:be:fgov:ehealth:etkdepot:1_0:protocol";
+
+#[test]
+fn billion_laughs_is_refused_before_expansion() {
+    let doc = br#"<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+]>
+<lolz>&lol2;</lolz>"#;
+    let e = xml::parse(doc).unwrap_err();
+    assert!(matches!(e, Error::ForbiddenXml(_)), "{e:?}");
+    assert_eq!(e.soa_code(), SoaCode::MalformedMessage);
+}
+
+#[test]
+fn external_entity_is_refused() {
+    let doc = br#"<?xml version="1.0"?><!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><foo>&xxe;</foo>"#;
+    let e = xml::parse(doc).unwrap_err();
+    assert!(matches!(e, Error::ForbiddenXml(_)), "{e:?}");
+    assert!(!e.to_string().contains("root:"));
+    // Inside a SOAP envelope too.
+    let env = br#"<!DOCTYPE s:Envelope SYSTEM "http://evil/x.dtd"><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body/></s:Envelope>"#;
+    assert!(matches!(
+        soap::parse_envelope(env),
+        Err(Error::ForbiddenXml(_))
+    ));
+}
+
+#[test]
+fn undeclared_entities_are_malformed() {
+    let e = xml::parse(b"<a>&xxe;</a>").unwrap_err();
+    assert!(matches!(e, Error::MalformedXml(_)), "{e:?}");
+    let ok = xml::parse(b"<a b='&quot;&#x41;'>&lt;&gt;&amp;&apos;&quot;&#65;&#x42;</a>").unwrap();
+    assert_eq!(ok.text, "<>&'\"AB");
+    assert_eq!(ok.attr(None, "b"), Some("\"A"));
+}
+
+#[test]
+fn processing_instructions_are_refused() {
+    let e = xml::parse(b"<?xml version='1.0'?><?xml-stylesheet href='x'?><a/>").unwrap_err();
+    assert!(matches!(e, Error::ForbiddenXml(_)), "{e:?}");
+    let e = xml::parse(b"<a><?php echo 1; ?></a>").unwrap_err();
+    assert!(matches!(e, Error::ForbiddenXml(_)), "{e:?}");
+    // The declaration is fine only first, and only in UTF-8.
+    assert!(xml::parse(b"<?xml version='1.0' encoding='UTF-8'?><a/>").is_ok());
+    assert!(matches!(
+        xml::parse(b"<?xml version='1.0' encoding='ISO-8859-1'?><a/>"),
+        Err(Error::MalformedXml(_))
+    ));
+    assert!(xml::parse(b"\xEF\xBB\xBF<a/>").is_ok());
+}
+
+#[test]
+fn limits() {
+    let deep = "<a>".repeat(40) + &"</a>".repeat(40);
+    assert!(matches!(
+        xml::parse(deep.as_bytes()),
+        Err(Error::TooLarge {
+            what: "element depth",
+            ..
+        })
+    ));
+    let very_deep = "<a>".repeat(100_000);
+    assert!(matches!(
+        xml::parse(very_deep.as_bytes()),
+        Err(Error::TooLarge { .. })
+    ));
+
+    let big = format!("<a>{}</a>", "x".repeat(2 * 1024 * 1024));
+    let e = xml::parse(big.as_bytes()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLarge {
+                what: "document size",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.soa_code(), SoaCode::MalformedMessage);
+    assert_eq!(e.http_status(), 413);
+
+    let small = Limits {
+        max_text: 10,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        xml::parse_with(b"<a>01234567890</a>", &small),
+        Err(Error::TooLarge {
+            what: "element text",
+            ..
+        })
+    ));
+    let attr = format!("<a b='{}'/>", "y".repeat(11));
+    assert!(matches!(
+        xml::parse_with(attr.as_bytes(), &small),
+        Err(Error::TooLarge {
+            what: "attribute value",
+            ..
+        })
+    ));
+    let many = format!("<r>{}</r>", "<a/>".repeat(20_000));
+    assert!(matches!(
+        xml::parse(many.as_bytes()),
+        Err(Error::TooLarge {
+            what: "element count",
+            ..
+        })
+    ));
+    let attrs: String = (0..40).map(|i| format!(" a{i}='1'")).collect();
+    assert!(matches!(
+        xml::parse(format!("<r{attrs}/>").as_bytes()),
+        Err(Error::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn malformed_documents() {
+    for doc in [
+        &b""[..],
+        b"   ",
+        b"<a>",
+        b"<a><b></a>",
+        b"<a></b>",
+        b"<a/><b/>",
+        b"text<a/>",
+        b"<a/>trailing",
+        b"<p:a/>",
+        b"<a x='1' x='2'/>",
+        b"<a \xff/>",
+        b"<a>\xc3\x28</a>",
+        b"<a><![CDATA[x</a>",
+        b"<a><!-- x",
+        b"<a b=c/>",
+    ] {
+        match xml::parse(doc) {
+            Err(Error::MalformedXml(_)) => {}
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(doc)),
+        }
+    }
+}
+
+#[test]
+fn namespace_prefixes_do_not_matter() {
+    let a = xml::parse(format!("<x:R xmlns:x='{P}'><x:C/></x:R>").as_bytes()).unwrap();
+    let b = xml::parse(format!("<R xmlns='{P}'><C/></R>").as_bytes()).unwrap();
+    let c = xml::parse(format!("<y:R xmlns:y='{P}'><C xmlns='{P}'/></y:R>").as_bytes()).unwrap();
+    for e in [&a, &b, &c] {
+        assert!(e.is(Some(P), "R"));
+        assert!(e.children[0].is(Some(P), "C"));
+    }
+    // Unqualified under an undeclared default namespace.
+    let d = xml::parse(format!("<x:R xmlns:x='{P}'><C/></x:R>").as_bytes()).unwrap();
+    assert!(d.children[0].is(None, "C"));
+    // xmlns="" undeclares.
+    let e = xml::parse(format!("<R xmlns='{P}'><C xmlns=''/></R>").as_bytes()).unwrap();
+    assert!(e.children[0].is(None, "C"));
+}
+
+#[test]
+fn writer_escapes() {
+    let e = xml::Element::leaf(None, "a", "<&>\"'\r\u{1}").with_attr(None, "b", "\"<&>\t\n");
+    let doc = e.to_document(&[]);
+    let back = xml::parse(&doc).unwrap();
+    assert_eq!(back.text, "<&>\"'\r\u{FFFD}");
+    assert_eq!(back.attr(None, "b"), Some("\"<&>\t\n"));
+}
+
+fn env(body: &str) -> Vec<u8> {
+    format!("<s:Envelope xmlns:s='http://schemas.xmlsoap.org/soap/envelope/'>{body}</s:Envelope>")
+        .into_bytes()
+}
+
+#[test]
+fn soap_envelope_errors() {
+    let soap12 = br#"<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope"><env:Body><a/></env:Body></env:Envelope>"#;
+    let e = soap::parse_envelope(soap12).unwrap_err();
+    assert!(matches!(e, Error::NotSoap(_)), "{e:?}");
+    assert_eq!(e.soa_code(), SoaCode::MustBeSoap);
+    assert!(e.to_string().contains("Message must be SOAP"));
+
+    let e = soap::parse_envelope(b"<GetEtkRequest/>").unwrap_err();
+    assert!(matches!(e, Error::NotSoap(_)));
+
+    let e = soap::parse_envelope(&env("<s:Header/>")).unwrap_err();
+    assert_eq!(e, Error::MissingBody);
+    assert_eq!(e.soa_code(), SoaCode::MissingBody);
+
+    let e = soap::parse_envelope(&env("<s:Body><a/><b/></s:Body>")).unwrap_err();
+    assert_eq!(e, Error::BodyChildren(2));
+    assert_eq!(e.soa_code(), SoaCode::WsiCompliance);
+    assert_eq!(
+        soap::parse_envelope(&env("<s:Body/>")).unwrap_err(),
+        Error::BodyChildren(0)
+    );
+
+    let e = soap::parse_envelope(&env("<s:Body><a/></s:Body><s:Body><a/></s:Body>")).unwrap_err();
+    assert!(matches!(e, Error::Schema(_)));
+    let e = soap::parse_envelope(&env("<s:Body><a/></s:Body><s:Header/>")).unwrap_err();
+    assert!(matches!(e, Error::Schema(_)));
+
+    // Header blocks are accepted and ignored.
+    let ok = soap::parse_envelope(&env(
+        "<s:Header><w:Security xmlns:w='urn:x'><w:T>1</w:T></w:Security></s:Header><s:Body><a/></s:Body>",
+    ))
+    .unwrap();
+    assert!(ok.is(None, "a"));
+    // ... but must be well-formed.
+    assert!(matches!(
+        soap::parse_envelope(&env("<s:Header><w:X/></s:Header><s:Body><a/></s:Body>")),
+        Err(Error::MalformedXml(_))
+    ));
+}
+
+#[test]
+fn wrong_namespace_is_a_schema_error() {
+    let doc = env("<s:Body><GetEtkRequest xmlns='urn:be:fgov:ehealth:etkdepot:1_1:protocol'><SearchCriteria><Identifier><Type>CBE</Type><Value>1</Value></Identifier></SearchCriteria></GetEtkRequest></s:Body>");
+    let e = GetEtkRequest::parse(&doc).unwrap_err();
+    assert!(matches!(e, Error::Schema(_)), "{e:?}");
+    assert_eq!(e.soa_code(), SoaCode::XsdCompliance);
+}
+
+#[test]
+fn every_truncation_of_a_valid_message_is_a_typed_error() {
+    use etee_services::etkdepot::Identifier;
+    let full = GetEtkRequest {
+        identifiers: vec![Identifier::new("CBE", "0809394427", Some("KGSS"))],
+    }
+    .to_xml();
+    assert!(GetEtkRequest::parse(&full).is_ok());
+    for n in 0..full.len() - 1 {
+        let e = GetEtkRequest::parse(&full[..n]).unwrap_err();
+        assert!(matches!(e, Error::MalformedXml(_)), "cut at {n}: {e:?}");
+    }
+}
+
+#[test]
+fn error_mapping() {
+    let cases = [
+        (Error::MalformedXml(String::new()), "SOA-03001", 400),
+        (Error::ForbiddenXml(String::new()), "SOA-03001", 400),
+        (
+            Error::TooLarge {
+                what: "x",
+                limit: 1,
+            },
+            "SOA-03001",
+            413,
+        ),
+        (Error::NotSoap(String::new()), "SOA-03002", 400),
+        (Error::MissingBody, "SOA-03003", 400),
+        (Error::BodyChildren(2), "SOA-03004", 400),
+        (Error::Schema(String::new()), "SOA-03006", 400),
+        (Error::Json(String::new()), "SOA-03006", 400),
+        (Error::Content(String::new()), "SOA-03007", 422),
+        (Error::Verification(String::new()), "SOA-03007", 422),
+    ];
+    for (e, code, status) in cases {
+        assert_eq!(e.soa_code().code(), code, "{e:?}");
+        assert_eq!(e.http_status(), status, "{e:?}");
+    }
+}

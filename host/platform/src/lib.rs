@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod caller;
+pub mod client;
 pub mod config;
 pub mod etkdepot;
 pub mod routes;

@@ -111,3 +111,60 @@ pub async fn serve(
     .await;
     Ok(())
 }
+
+/// A platform serving on a socket, started by [`start`].
+pub struct Running {
+    /// Where it listens (the real port when the configuration asked for port 0).
+    pub addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets the requests under way finish, and returns.
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+/// Binds `platform.config.listen` and serves the platform's routes on it (in a task of the
+/// current tokio runtime).
+pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
+    let c = &platform.config;
+    let tls = crate::tls::server_config(&c.tls_certificate, &c.tls_key, &c.client_ca)?;
+    let listener = TcpListener::bind(c.listen).await?;
+    let addr = listener.local_addr()?;
+    let limits = c.limits;
+    let routes = crate::routes::router(platform.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, tls, routes, limits, async {
+        let _ = stopped.await;
+    }));
+    Ok(Running { addr, stop, task })
+}
+
+/// `etee platform serve`: opens the store, serves until SIGTERM or SIGINT, then stops
+/// cleanly (requests under way are answered).
+pub fn run(config: crate::PlatformConfig) -> crate::Result<()> {
+    let store = etee_store::open(&config.store)?;
+    let platform = Arc::new(crate::Platform { store, config });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("etee-platform")
+        .build()?;
+    runtime.block_on(async {
+        let running = start(platform).await?;
+        eprintln!("etee platform: serving on https://{}", running.addr);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("etee platform: stopping (answering the requests under way)");
+        running.stop().await?;
+        Ok(())
+    })
+}

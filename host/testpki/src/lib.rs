@@ -27,7 +27,8 @@ use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::stack::Stack;
 use openssl::x509::extension::{
-    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+    SubjectKeyIdentifier,
 };
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::{X509Builder, X509Name, X509NameRef, X509Ref, X509};
@@ -527,6 +528,44 @@ impl TestPki {
             etk_key,
             etk,
             chain: vec![self.root.cert.clone()],
+        })
+    }
+
+    /// A TLS server certificate issued by the root for `names` (DNS names, or IP
+    /// addresses such as `127.0.0.1`), with extendedKeyUsage serverAuth. Costs one RSA-2048
+    /// key generation.
+    pub fn tls_server(&self, names: &[&str]) -> Result<Issued, Error> {
+        let first = names
+            .first()
+            .ok_or_else(|| Error::InvalidSpec("a TLS server needs a name".into()))?;
+        let key = rsa_key(2048)?;
+        let subject = build_name(&[("C", "BE"), ("O", "etee test"), ("CN", first)])?;
+        let validity = Validity::days_around_now(1, 2 * 365);
+        let mut b = cert_builder(&subject, self.root.cert.subject_name(), &key, validity)?;
+        b.append_extension(BasicConstraints::new().build()?)?;
+        KeyUsageSpec {
+            critical: true,
+            digital_signature: true,
+            key_encipherment: true,
+            ..KeyUsageSpec::default()
+        }
+        .apply(&mut b)?;
+        b.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
+        let mut san = SubjectAlternativeName::new();
+        for name in names {
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                san.ip(name);
+            } else {
+                san.dns(name);
+            }
+        }
+        let san = san.build(&b.x509v3_context(Some(&self.root.cert), None))?;
+        b.append_extension(san)?;
+        add_key_ids(&mut b, Some(&self.root.cert))?;
+        b.sign(&self.root.key, MessageDigest::sha256())?;
+        Ok(Issued {
+            cert: b.build(),
+            key,
         })
     }
 

@@ -1,0 +1,238 @@
+//! A platform on loopback for the tests: a generated PKI (shared by the tests of a binary),
+//! a TLS server certificate for `localhost`, an embedded store in a temporary directory
+//! with the ETKs of the world registered, and clients.
+#![allow(dead_code)] // each test file uses a different part
+
+use etee_formats::cert::Certificate;
+use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
+use etee_formats::keystore::SoftwareKeys;
+use etee_formats::trust::TrustAnchors;
+use etee_platform::client::{client_config, Connection};
+use etee_platform::server::{start, Running};
+use etee_platform::{Platform, PlatformConfig};
+use etee_testpki::{Institution, InstitutionSpec, TestPki};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+/// Bob's NIHII-PHARMACY number.
+pub const PHARMACY: &str = "27150201";
+
+/// What every test of a binary shares: keys are slow to make.
+pub struct Pki {
+    pub pki: TestPki,
+    pub server: etee_testpki::Issued,
+    pub alice: Institution,
+    pub bob: Institution,
+    pub kgss: Institution,
+    pub app_a: Institution,
+    pub app_b: Institution,
+}
+
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let pki = TestPki::generate("platform").unwrap();
+        let inst = |spec: InstitutionSpec| pki.institution(&spec).unwrap();
+        Pki {
+            server: pki.tls_server(&["localhost", "127.0.0.1"]).unwrap(),
+            alice: inst(InstitutionSpec::new(
+                "NIHII-HOSPITAL",
+                "71000436",
+                "Alice Hospital",
+            )),
+            bob: inst(InstitutionSpec::new(
+                "NIHII-PHARMACY",
+                PHARMACY,
+                "Bob Pharmacy",
+            )),
+            kgss: inst(
+                InstitutionSpec::new("CBE", "0809394427", "KGSS").with_application_id("KGSS"),
+            ),
+            app_a: inst(
+                InstitutionSpec::new("CBE", "0406798006", "Two Apps").with_application_id("APP-A"),
+            ),
+            app_b: inst(
+                InstitutionSpec::new("CBE", "0406798006", "Two Apps").with_application_id("APP-B"),
+            ),
+            pki,
+        }
+    })
+}
+
+/// An institution of another CA (its certificate must not be accepted).
+pub fn foreign_institution() -> Institution {
+    static FOREIGN: OnceLock<Institution> = OnceLock::new();
+    FOREIGN
+        .get_or_init(|| {
+            let other = TestPki::generate("elsewhere").unwrap();
+            other
+                .institution(&InstitutionSpec::new(
+                    "NIHII-PHARMACY",
+                    "12345678",
+                    "Stranger",
+                ))
+                .unwrap()
+        })
+        .clone()
+}
+
+pub fn cert(x: &openssl::x509::X509) -> Certificate {
+    Certificate::from_der(&x.to_der().unwrap()).unwrap()
+}
+
+/// One platform serving on loopback, and what the tests check it with.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub running: Option<Running>,
+    pub platform: Arc<Platform>,
+    pub anchors: TrustAnchors,
+    pub alice: Institution,
+    pub bob: Institution,
+    pub kgss: Institution,
+    pub app_b: Institution,
+}
+
+fn write_pem(path: &Path, certs: &[&openssl::x509::X509]) {
+    let mut pem = Vec::new();
+    for c in certs {
+        pem.extend(c.to_pem().unwrap());
+    }
+    std::fs::write(path, pem).unwrap();
+}
+
+impl World {
+    /// A platform with an embedded store holding the ETKs of Bob, KGSS and the holder with
+    /// two application ids, serving on 127.0.0.1 (a free port).
+    pub async fn new(name: &str) -> World {
+        let p = pki();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("platform-{name}-"))
+            .tempdir()
+            .unwrap();
+        write_pem(
+            &dir.path().join("server.pem"),
+            &[&p.server.cert, &p.pki.root.cert],
+        );
+        std::fs::write(
+            dir.path().join("server.key"),
+            p.server.key.private_key_to_pem_pkcs8().unwrap(),
+        )
+        .unwrap();
+        write_pem(&dir.path().join("ca.pem"), &[&p.pki.root.cert]);
+        let config = PlatformConfig::from_toml(
+            "[platform]\nlisten = \"127.0.0.1:0\"\nstore = \"platform.redb\"\n\
+             tls_certificate = \"server.pem\"\ntls_key = \"server.key\"\nclient_ca = [\"ca.pem\"]\n\
+             max_body_bytes = 65536\nhandshake_timeout_ms = 1000\nrequest_timeout_ms = 1000\n",
+            dir.path(),
+        )
+        .unwrap();
+        let store = etee_store::open(&config.store).unwrap();
+        let anchors = TrustAnchors::new(vec![cert(&p.pki.root.cert)]);
+        let now = etee_platform::unix_now();
+        for inst in [&p.bob, &p.kgss, &p.app_a, &p.app_b] {
+            etee_platform::etkdepot::register(store.as_ref(), &inst.etk, &anchors, now).unwrap();
+        }
+        let platform = Arc::new(Platform { store, config });
+        let running = start(platform.clone()).await.unwrap();
+        World {
+            addr: running.addr,
+            running: Some(running),
+            dir,
+            platform,
+            anchors,
+            alice: p.alice.clone(),
+            bob: p.bob.clone(),
+            kgss: p.kgss.clone(),
+            app_b: p.app_b.clone(),
+        }
+    }
+
+    /// A TLS client trusting the platform's CA, with `who`'s authentication certificate
+    /// and key as client identity if given.
+    pub fn client_config(&self, who: Option<&Institution>) -> Arc<rustls::ClientConfig> {
+        let root = CertificateDer::from(pki().pki.root.cert.to_der().unwrap());
+        let identity = who.map(|i| {
+            let chain = vec![CertificateDer::from(i.auth.cert.to_der().unwrap())];
+            let key = PrivateKeyDer::try_from(i.auth.key.private_key_to_pkcs8().unwrap()).unwrap();
+            (chain, key)
+        });
+        client_config(&[root], identity).unwrap()
+    }
+
+    pub async fn try_connect(
+        &self,
+        who: Option<&Institution>,
+    ) -> etee_platform::Result<Connection> {
+        Connection::open(self.addr, "localhost", self.client_config(who)).await
+    }
+
+    pub async fn connect(&self, who: Option<&Institution>) -> Connection {
+        self.try_connect(who).await.unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+    }
+
+    /// Alice's authentication key as a signer (software keys: the platform tests are about
+    /// the services, the HSM path is tested elsewhere).
+    pub fn alice_signer(&self) -> SigningKey {
+        let mut keys = SoftwareKeys::new();
+        keys.insert(KeyId("authentication".into()), self.alice.auth.key.clone());
+        SigningKey {
+            ops: Arc::new(keys),
+            key: KeyId("authentication".into()),
+            signer: SignerRef::Certificate {
+                cert: cert(&self.alice.auth.cert),
+                chain: vec![cert(&pki().pki.root.cert)],
+            },
+        }
+    }
+
+    /// Bob's ETK key as a key ring.
+    pub fn bob_ring(&self) -> KeyRing {
+        ring_of(&self.bob)
+    }
+
+    /// `openssl cms -verify` accepts the ETK: its RA signature chains to the platform's CA.
+    pub fn openssl_accepts(&self, etk: &[u8]) {
+        let path = self.dir.path().join("check.etk");
+        std::fs::write(&path, etk).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["cms", "-verify", "-inform", "DER", "-purpose", "any", "-in"])
+            .arg(&path)
+            .arg("-CAfile")
+            .arg(self.dir.path().join("ca.pem"))
+            .args(["-out", "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl cms -verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// An institution's ETK key as a key ring (software keys).
+pub fn ring_of(inst: &Institution) -> KeyRing {
+    let mut keys = SoftwareKeys::new();
+    let id = KeyId(inst.etk_serial_decimal());
+    keys.insert(id.clone(), inst.etk_key.clone());
+    let etk_cert = cert(&inst.etk_cert);
+    let mut ring = KeyRing::new();
+    ring.add(DecryptionKey {
+        ops: Arc::new(keys),
+        key: id,
+        serial: etk_cert.serial().to_vec(),
+        cert: Some(etk_cert),
+        ski: None,
+        modulus_bits: inst.etk_key.bits(),
+    });
+    ring
+}

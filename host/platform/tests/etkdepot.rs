@@ -1,0 +1,317 @@
+//! ETKDepot over real sockets on loopback, TLS, with the embedded store: SOAP `GetEtk`
+//! and REST lookups return ETKs that our unsealer and `openssl cms` accept; bad input gets
+//! the right SOA fault or problem; slow clients are cut off; the server stops cleanly.
+
+mod common;
+
+use common::{World, PHARMACY};
+use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
+use etee_formats::etk::Etk;
+use etee_services::etkdepot::jwks::JwkSet;
+use etee_services::etkdepot::rest::{EtkJson, Problem};
+use etee_services::etkdepot::{EtkResult, GetEtkRequest, GetEtkResponse, Identifier};
+use etee_services::soap::{self, Fault};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn get_etk(ids: &[Identifier]) -> Vec<u8> {
+    GetEtkRequest {
+        identifiers: ids.to_vec(),
+    }
+    .to_xml()
+}
+
+fn fault_code(body: &[u8]) -> String {
+    let fault = Fault::parse(body)
+        .unwrap_or_else(|e| panic!("not a fault ({e}): {}", String::from_utf8_lossy(body)));
+    fault.detail.expect("SOA detail").code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soap_get_etk_answers_etk_matching_and_errors() {
+    let w = World::new("soap").await;
+    let mut c = w.connect(None).await;
+
+    // One ETK: Bob's, by his NIHII-PHARMACY number; the answer seals to Bob.
+    let a = c
+        .soap(
+            "/EtkDepot/v1",
+            get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert!(a.content_type.starts_with("text/xml"), "{}", a.content_type);
+    let r = GetEtkResponse::parse(&a.body).unwrap();
+    assert!(r.status.is_ok());
+    let EtkResult::Etk(etk) = r.result else {
+        panic!("{:?}", r.result)
+    };
+    assert_eq!(etk, w.bob.etk);
+    w.check_etk_opens(&etk);
+
+    // The KGSS ETK by CBE and application id, the value given without its leading zero.
+    let r = GetEtkResponse::parse(
+        &c.soap(
+            "/EtkDepot/v1",
+            get_etk(&[Identifier::new("CBE", "809394427", Some("KGSS"))]),
+        )
+        .await
+        .unwrap()
+        .body,
+    )
+    .unwrap();
+    assert_eq!(r.result, EtkResult::Etk(w.kgss.etk.clone()));
+
+    // A holder with two application ids: MatchingEtk, each with its application id; asking
+    // again with one of them gives that ETK.
+    let r = GetEtkResponse::parse(
+        &c.soap(
+            "/EtkDepot/v1",
+            get_etk(&[Identifier::new("CBE", "0406798006", None)]),
+        )
+        .await
+        .unwrap()
+        .body,
+    )
+    .unwrap();
+    let EtkResult::MatchingEtk(matching) = r.result else {
+        panic!("{:?}", r.result)
+    };
+    let mut apps: Vec<_> = matching
+        .iter()
+        .map(|m| m.identifiers[0].application_id.clone().unwrap())
+        .collect();
+    apps.sort();
+    assert_eq!(apps, ["APP-A", "APP-B"]);
+    let r = GetEtkResponse::parse(
+        &c.soap(
+            "/EtkDepot/v1",
+            get_etk(&[Identifier::new("CBE", "0406798006", Some("APP-B"))]),
+        )
+        .await
+        .unwrap()
+        .body,
+    )
+    .unwrap();
+    assert_eq!(r.result, EtkResult::Etk(w.app_b.etk.clone()));
+
+    // Nobody: status 200 with an Error.
+    let r = GetEtkResponse::parse(
+        &c.soap(
+            "/EtkDepot/v1",
+            get_etk(&[Identifier::new("NIHII-PHARMACY", "99999999", None)]),
+        )
+        .await
+        .unwrap()
+        .body,
+    )
+    .unwrap();
+    assert!(r.status.is_ok());
+    assert!(
+        matches!(r.result, EtkResult::Errors(ref e) if e[0].code == "ETK_NOT_FOUND"),
+        "{:?}",
+        r.result
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soap_bad_input_gets_soa_faults() {
+    let w = World::new("faults").await;
+    let mut c = w.connect(None).await;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "unknown identifier type",
+            get_etk(&[Identifier::new("PLANET", "1", None)]),
+            "SOA-03007",
+        ),
+        ("not XML", b"GET me an ETK".to_vec(), "SOA-03001"),
+        (
+            "entity expansion",
+            br#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]><x>&b;</x>"#.to_vec(),
+            "SOA-03001",
+        ),
+        (
+            "external entity",
+            br#"<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>"#.to_vec(),
+            "SOA-03001",
+        ),
+        (
+            "SOAP 1.2",
+            br#"<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body/></e:Envelope>"#.to_vec(),
+            "SOA-03002",
+        ),
+        (
+            "no body",
+            br#"<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"/>"#.to_vec(),
+            "SOA-03003",
+        ),
+        (
+            "wrong operation",
+            soap::envelope(etee_services::xml::Element::new(Some("urn:other"), "GetPizza")),
+            "SOA-03006",
+        ),
+        ("oversized body", vec![b' '; 70 * 1024], "SOA-03001"),
+    ];
+    for (what, body, code) in cases {
+        let a = c.soap("/EtkDepot/v1", body).await.unwrap();
+        assert_eq!(a.status, 500, "{what}");
+        assert_eq!(fault_code(&a.body), code, "{what}");
+    }
+    // The connection is still usable after all of that.
+    let a = c
+        .soap(
+            "/EtkDepot/v1",
+            get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_etks_and_jwks() {
+    let w = World::new("rest").await;
+    let mut c = w.connect(None).await;
+
+    let a = c
+        .get(&format!(
+            "/etee/v1/etks?identifier={PHARMACY}&type=nihii-pharmacy"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.content_type, "application/json");
+    let list = EtkJson::parse_list(&a.body).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].etk, w.bob.etk);
+    assert!(list[0]
+        .identifiers
+        .iter()
+        .any(|i| i.id_type == "NIHII-PHARMACY" && i.value == PHARMACY));
+    w.check_etk_opens(&list[0].etk);
+
+    // Two application ids: both, in one list.
+    let a = c
+        .get("/etee/v1/etks?identifier=0406798006&type=CBE")
+        .await
+        .unwrap();
+    assert_eq!(EtkJson::parse_list(&a.body).unwrap().len(), 2);
+
+    // 404 for nobody, 400 for unknown criteria; problem+json each time.
+    for (query, status) in [
+        ("identifier=99999999&type=NIHII-PHARMACY", 404),
+        ("identifier=1&type=PLANET", 400),
+        ("type=CBE", 400),
+        ("identifier=0406798006", 400),
+        ("identifier=0406798006&type=CBE&colour=blue", 400),
+    ] {
+        let a = c.get(&format!("/etee/v1/etks?{query}")).await.unwrap();
+        assert_eq!(a.status, status, "{query}");
+        assert_eq!(a.content_type, "application/problem+json", "{query}");
+        let p = Problem::parse(&a.body).unwrap();
+        assert_eq!(p.status, Some(status), "{query}");
+    }
+
+    // JWKS: the encryption key for use=enc, the authentication key for use=sig.
+    for (use_, cert) in [("enc", &w.bob.etk_cert), ("sig", &w.bob.auth.cert)] {
+        let a = c
+            .get(&format!(
+                "/etee/v1/pubKeys/cacerts/jwks?identifier={PHARMACY}&type=NIHII-PHARMACY&use={use_}"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        let set = JwkSet::parse(&a.body).unwrap();
+        assert_eq!(set.keys.len(), 1, "{use_}");
+        let key = set.keys[0].public_key().unwrap();
+        assert!(key.public_eq(&cert.public_key().unwrap()), "{use_}");
+    }
+    let a = c
+        .get(&format!(
+            "/etee/v1/pubKeys/cacerts/jwks?identifier={PHARMACY}&type=NIHII-PHARMACY&use=both"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400);
+    let a = c.get("/no/such/thing").await.unwrap();
+    assert_eq!(a.status, 404);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_cut_off() {
+    let w = World::new("slow").await;
+    // Silent: TCP connected, no TLS handshake.
+    let mut silent = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the server kept a silent client longer than its handshake timeout");
+    assert!(matches!(n, Ok(0) | Err(_)));
+
+    // Slow: TLS done, then half a request line and nothing more.
+    let config = w.client_config(None);
+    let tcp = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /health HT").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept a slow client longer than its request timeout"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_from_the_platform_ca_are_accepted() {
+    let w = World::new("mtls").await;
+    // A client certificate of the platform's CA: the handshake succeeds.
+    let mut c = w.connect(Some(&w.bob)).await;
+    assert_eq!(c.get("/health").await.unwrap().status, 200);
+    // One from another CA: refused during the handshake (nothing is answered).
+    let stranger = common::foreign_institution();
+    let refused = match w.try_connect(Some(&stranger)).await {
+        Err(_) => true,
+        Ok(mut c) => c.get("/health").await.is_err(),
+    };
+    assert!(refused, "a client certificate of a foreign CA was accepted");
+    w.stop().await;
+}
+
+/// Our unsealer opens a message sealed to the ETK (with Bob's key) and `openssl cms`
+/// verifies the ETK's RA signature and decrypts the middle layer.
+impl World {
+    fn check_etk_opens(&self, etk: &[u8]) {
+        let etk = Etk::parse(etk).unwrap();
+        assert!(etk
+            .validate(&self.anchors, etee_platform::unix_now())
+            .is_empty());
+        let mut sealed = Vec::new();
+        let plain = b"for the pharmacy found in the depot";
+        seal(
+            &self.alice_signer(),
+            &[Recipient::Certificate(etk.encryption_cert().clone())],
+            None,
+            &plain[..],
+            &mut sealed,
+            &SealOptions::default(),
+        )
+        .unwrap();
+        let opts = UnsealOptions {
+            anchors: self.anchors.clone(),
+            ..Default::default()
+        };
+        let (result, content) = unseal_to_vec(&sealed, &self.bob_ring(), &opts);
+        assert!(result.verdict.is_clean(), "{:?}", result.verdict);
+        assert_eq!(content.as_deref(), Some(&plain[..]));
+        self.openssl_accepts(etk.der());
+    }
+}

@@ -8,6 +8,8 @@
 //! | [`server`]   | the accept loop: TLS handshake, HTTP/1.1, limits and timeouts      |
 //! | [`caller`]   | who is calling: identities from the TLS client certificate         |
 //! | [`etkdepot`] | ETKDepot: the lookup rules, SOAP `GetEtk`, REST `/etee/v1/etks`, JWKS |
+//! | [`kgss`]     | KGSS: `GetNewKey`, `GetKey`, delete; reader conditions; key wrapping |
+//! | [`client`]   | a small HTTPS client (tests, load client)                           |
 //! | [`routes`]   | the HTTP routes and how errors become SOA faults / problem details |
 //!
 //! The services' logic is synchronous (the store is) and runs on tokio's blocking pool;
@@ -18,6 +20,7 @@ pub mod caller;
 pub mod client;
 pub mod config;
 pub mod etkdepot;
+pub mod kgss;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -26,10 +29,43 @@ use std::sync::Arc;
 
 pub use config::PlatformConfig;
 
-/// What the services share: the store and the configuration they need at run time.
+/// What the services share: the store, the configuration, the CA that callers'
+/// certificates chain to, and KGSS (when this platform runs it).
 pub struct Platform {
     pub store: Arc<dyn etee_store::Store>,
     pub config: PlatformConfig,
+    /// The platform's CA (`client_ca`), for the signatures of sealed requests.
+    pub anchors: etee_formats::trust::TrustAnchors,
+    pub kgss: Option<kgss::Kgss>,
+}
+
+impl Platform {
+    /// Opens the store and reads the CA certificates of `config`; `kgss` is the KGSS
+    /// service with its keys, if this platform runs it.
+    pub fn open(config: PlatformConfig, kgss: Option<kgss::Kgss>) -> Result<Self> {
+        let store = etee_store::open(&config.store)?;
+        let anchors = anchors(&config.client_ca)?;
+        Ok(Self {
+            store,
+            config,
+            anchors,
+            kgss,
+        })
+    }
+}
+
+/// The certificates of PEM files as trust anchors.
+pub fn anchors(files: &[std::path::PathBuf]) -> Result<etee_formats::trust::TrustAnchors> {
+    let mut certs = Vec::new();
+    for path in files {
+        for der in tls::certificates(path)? {
+            certs.push(
+                etee_formats::cert::Certificate::from_der(&der)
+                    .map_err(|e| PlatformError::Tls(format!("{}: {e}", path.display())))?,
+            );
+        }
+    }
+    Ok(etee_formats::trust::TrustAnchors::new(certs))
 }
 
 /// Errors of setting up or running the platform (not of single requests: those are

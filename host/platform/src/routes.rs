@@ -6,7 +6,15 @@
 //! | `POST /EtkDepot/v1`                    | ETKDepot SOAP `GetEtk`                   |
 //! | `GET /etee/v1/etks`                    | ETKDepot REST: ETKs of a holder          |
 //! | `GET /etee/v1/pubKeys/cacerts/jwks`    | ETKDepot REST: the holder's keys as JWKS |
+//! | `POST /Kgss/v1`                        | KGSS SOAP `GetNewKey`, `GetKey`          |
+//! | `POST /etee/v1/kgss/keys`              | KGSS REST: a new key (sealed request)    |
+//! | `POST /etee/v1/kgss/keys/retrieve`     | KGSS REST: a key (sealed request)        |
+//! | `DELETE /etee/v1/kgss/keys/{keyId}`    | KGSS REST: the holder deletes a key      |
 //! | `GET /health`                          | liveness                                 |
+//!
+//! KGSS REST bodies are JSON: `{"sealedRequest": base64}` in, `{"keyId": base64,
+//! "sealedResponse": base64}` out; the key itself only ever travels sealed. `keyId` in a
+//! path is base64url without padding. See `docs/openapi/platform.json`.
 
 use crate::etkdepot::{self, LookupError};
 use crate::{unix_now, Platform};
@@ -33,6 +41,13 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/EtkDepot/v1", post(etkdepot_soap))
         .route("/etee/v1/etks", get(etks_rest))
         .route("/etee/v1/pubKeys/cacerts/jwks", get(jwks_rest))
+        .route("/Kgss/v1", post(kgss_soap))
+        .route("/etee/v1/kgss/keys", post(kgss_new_key_rest))
+        .route("/etee/v1/kgss/keys/retrieve", post(kgss_get_key_rest))
+        .route(
+            "/etee/v1/kgss/keys/{key_id}",
+            axum::routing::delete(kgss_delete_rest),
+        )
         .route("/health", get(|| async { "ok\n" }))
         .fallback(|| async { problem(Problem::new(404, "No such resource", None)) })
         .with_state(platform)
@@ -243,4 +258,225 @@ async fn jwks_rest(
         }
     }
     json(JwkSet { keys: sets }.to_json())
+}
+
+// --- KGSS ---------------------------------------------------------------------------------
+
+use crate::caller::MaybeCaller;
+use crate::kgss::{Kgss, KgssError};
+use base64::Engine as _;
+use etee_services::kgss::{EteeError, EteeStatus, KgssRequest, KgssResponse, Operation};
+use etee_services::soap::LangString;
+
+fn kgss_of(platform: &Platform) -> Option<&Kgss> {
+    platform.kgss.as_ref()
+}
+
+fn log_kgss_error(e: &KgssError) {
+    match e {
+        KgssError::Custody(_) | KgssError::Store(_) => tracing::error!("KGSS: {e}"),
+        _ => tracing::info!("KGSS refused: {e}"),
+    }
+}
+
+/// A KGSS SOAP answer for a refused request: the status carries the HTTP-like code, the
+/// `Error` the business code.
+fn kgss_refusal(operation: Operation, e: &KgssError) -> KgssResponse {
+    log_kgss_error(e);
+    KgssResponse {
+        operation,
+        id: Some(etkdepot::response_id()),
+        status: EteeStatus {
+            code: e.http_status().to_string(),
+            message: Some(e.public_message()),
+        },
+        errors: vec![EteeError {
+            code: e.code().into(),
+            messages: vec![LangString {
+                lang: Some("EN".into()),
+                text: e.public_message(),
+            }],
+        }],
+        sealed_content: None,
+    }
+}
+
+async fn kgss_soap(State(platform): State<Arc<Platform>>, body: Body) -> Response {
+    if platform.kgss.is_none() {
+        return code_fault(&platform, SoaCode::ServiceUnavailable);
+    }
+    let bytes = match read_body(body, platform.config.limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return message_fault(&platform, &e),
+    };
+    let request = match KgssRequest::parse(&bytes) {
+        Ok(r) => r,
+        Err(e) => return message_fault(&platform, &e),
+    };
+    let p = platform.clone();
+    let answered = blocking(move || {
+        let kgss = kgss_of(&p).expect("checked above");
+        let now = unix_now();
+        let op = request.operation;
+        let result = match op {
+            Operation::GetNewKey => kgss
+                .get_new_key(p.store.as_ref(), &request.sealed_content, now)
+                .map(|k| k.sealed_response),
+            Operation::GetKey => kgss.get_key(p.store.as_ref(), &request.sealed_content, now),
+        };
+        match result {
+            Ok(sealed) => {
+                let mut r = KgssResponse::ok(op, sealed);
+                r.id = Some(etkdepot::response_id());
+                r
+            }
+            Err(e) => kgss_refusal(op, &e),
+        }
+    })
+    .await;
+    match answered {
+        Some(response) => soap_ok(soap::envelope(response.to_element())),
+        None => code_fault(&platform, SoaCode::ServiceError),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SealedRequestJson {
+    sealed_request: String,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SealedResponseJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    sealed_response: String,
+}
+
+fn kgss_problem(e: &KgssError) -> Response {
+    log_kgss_error(e);
+    problem(Problem::new(
+        e.http_status(),
+        e.code(),
+        Some(e.public_message()),
+    ))
+}
+
+/// Reads `{"sealedRequest": base64}`.
+async fn sealed_request(platform: &Platform, body: Body) -> Result<Vec<u8>, Response> {
+    let bytes = read_body(body, platform.config.limits.max_body_bytes)
+        .await
+        .map_err(|e| {
+            problem(Problem::new(
+                e.http_status(),
+                "Invalid request",
+                Some(e.to_string()),
+            ))
+        })?;
+    let parsed: SealedRequestJson = serde_json::from_slice(&bytes).map_err(|e| {
+        problem(Problem::new(
+            400,
+            "Invalid request",
+            Some(format!("JSON: {e}")),
+        ))
+    })?;
+    base64::engine::general_purpose::STANDARD
+        .decode(parsed.sealed_request.as_bytes())
+        .map_err(|e| {
+            problem(Problem::new(
+                400,
+                "Invalid request",
+                Some(format!("sealedRequest: {e}")),
+            ))
+        })
+}
+
+fn sealed_json(status: StatusCode, key_id: Option<&[u8]>, sealed: &[u8]) -> Response {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = SealedResponseJson {
+        key_id: key_id.map(|k| b64.encode(k)),
+        sealed_response: b64.encode(sealed),
+    };
+    (status, json(serde_json::to_vec(&body).unwrap_or_default())).into_response()
+}
+
+fn no_kgss() -> Response {
+    problem(Problem::new(
+        503,
+        "KGSS is not served by this platform",
+        None,
+    ))
+}
+
+async fn kgss_new_key_rest(State(platform): State<Arc<Platform>>, body: Body) -> Response {
+    if platform.kgss.is_none() {
+        return no_kgss();
+    }
+    let sealed = match sealed_request(&platform, body).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let p = platform.clone();
+    let r = blocking(move || {
+        kgss_of(&p)
+            .expect("checked above")
+            .get_new_key(p.store.as_ref(), &sealed, unix_now())
+    })
+    .await;
+    match r {
+        Some(Ok(k)) => sealed_json(StatusCode::CREATED, Some(&k.key_id), &k.sealed_response),
+        Some(Err(e)) => kgss_problem(&e),
+        None => problem(Problem::new(500, "Service error", None)),
+    }
+}
+
+async fn kgss_get_key_rest(State(platform): State<Arc<Platform>>, body: Body) -> Response {
+    if platform.kgss.is_none() {
+        return no_kgss();
+    }
+    let sealed = match sealed_request(&platform, body).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let p = platform.clone();
+    let r = blocking(move || {
+        kgss_of(&p)
+            .expect("checked above")
+            .get_key(p.store.as_ref(), &sealed, unix_now())
+    })
+    .await;
+    match r {
+        Some(Ok(sealed)) => sealed_json(StatusCode::OK, None, &sealed),
+        Some(Err(e)) => kgss_problem(&e),
+        None => problem(Problem::new(500, "Service error", None)),
+    }
+}
+
+async fn kgss_delete_rest(
+    State(platform): State<Arc<Platform>>,
+    axum::extract::Path(key_id): axum::extract::Path<String>,
+    axum::Extension(caller): axum::Extension<MaybeCaller>,
+) -> Response {
+    if platform.kgss.is_none() {
+        return no_kgss();
+    }
+    let Some(caller) = caller.0 else {
+        return kgss_problem(&KgssError::Unauthenticated);
+    };
+    let Ok(id) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key_id.as_bytes()) else {
+        return kgss_problem(&KgssError::UnknownKey);
+    };
+    let p = platform.clone();
+    let r = blocking(move || {
+        kgss_of(&p)
+            .expect("checked above")
+            .delete_key(p.store.as_ref(), &caller.identities, &id)
+    })
+    .await;
+    match r {
+        Some(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Some(Err(e)) => kgss_problem(&e),
+        None => problem(Problem::new(500, "Service error", None)),
+    }
 }

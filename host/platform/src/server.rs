@@ -149,8 +149,7 @@ pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
 /// `etee platform serve`: opens the store, serves until SIGTERM or SIGINT, then stops
 /// cleanly (requests under way are answered).
 pub fn run(config: crate::PlatformConfig) -> crate::Result<()> {
-    let store = etee_store::open(&config.store)?;
-    let platform = Arc::new(crate::Platform { store, config });
+    let platform = Arc::new(crate::Platform::open(config, None)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("etee-platform")

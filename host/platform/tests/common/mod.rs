@@ -8,8 +8,10 @@ use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
 use etee_formats::keystore::SoftwareKeys;
 use etee_formats::trust::TrustAnchors;
 use etee_platform::client::{client_config, Connection};
+use etee_platform::kgss::{InsecureMemoryWrapper, Kgss};
 use etee_platform::server::{start, Running};
 use etee_platform::{Platform, PlatformConfig};
+use etee_services::kgss::vocabulary;
 use etee_testpki::{Institution, InstitutionSpec, TestPki};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
@@ -28,6 +30,8 @@ pub struct Pki {
     pub kgss: Institution,
     pub app_a: Institution,
     pub app_b: Institution,
+    /// A doctor (NIHII11), registered as such, so not a recognised pharmacy.
+    pub doctor: Institution,
 }
 
 pub fn pki() -> &'static Pki {
@@ -56,6 +60,7 @@ pub fn pki() -> &'static Pki {
             app_b: inst(
                 InstitutionSpec::new("CBE", "0406798006", "Two Apps").with_application_id("APP-B"),
             ),
+            doctor: inst(InstitutionSpec::new("NIHII11", "10203040506", "Dr Dirk")),
             pki,
         }
     })
@@ -93,6 +98,7 @@ pub struct World {
     pub bob: Institution,
     pub kgss: Institution,
     pub app_b: Institution,
+    pub doctor: Institution,
 }
 
 fn write_pem(path: &Path, certs: &[&openssl::x509::X509]) {
@@ -135,7 +141,44 @@ impl World {
         for inst in [&p.bob, &p.kgss, &p.app_a, &p.app_b] {
             etee_platform::etkdepot::register(store.as_ref(), &inst.etk, &anchors, now).unwrap();
         }
-        let platform = Arc::new(Platform { store, config });
+        for inst in [&p.alice, &p.doctor] {
+            etee_platform::etkdepot::register(store.as_ref(), &inst.etk, &anchors, now).unwrap();
+        }
+        // The attribute registry: Bob is a recognised pharmacy, Dirk a doctor.
+        store
+            .set_attribute(
+                "NIHII-PHARMACY",
+                PHARMACY,
+                &etee_store::Attribute {
+                    namespace: vocabulary::CERTIFIED_NS.into(),
+                    name: vocabulary::RECOGNISED_PHARMACY.into(),
+                    value: "true".into(),
+                },
+            )
+            .unwrap();
+        store
+            .set_attribute(
+                "NIHII11",
+                "10203040506",
+                &etee_store::Attribute {
+                    namespace: vocabulary::CERTIFIED_NS.into(),
+                    name: vocabulary::DOCTOR_NIHII11.into(),
+                    value: "10203040506".into(),
+                },
+            )
+            .unwrap();
+        let kgss = Kgss {
+            signer: signer_of(&p.kgss),
+            ring: ring_of(&p.kgss),
+            wrapper: Arc::new(InsecureMemoryWrapper::new_random()),
+            anchors: anchors.clone(),
+        };
+        let platform = Arc::new(Platform {
+            store,
+            config,
+            anchors: anchors.clone(),
+            kgss: Some(kgss),
+        });
         let running = start(platform.clone()).await.unwrap();
         World {
             addr: running.addr,
@@ -147,6 +190,7 @@ impl World {
             bob: p.bob.clone(),
             kgss: p.kgss.clone(),
             app_b: p.app_b.clone(),
+            doctor: p.doctor.clone(),
         }
     }
 
@@ -179,19 +223,9 @@ impl World {
         }
     }
 
-    /// Alice's authentication key as a signer (software keys: the platform tests are about
-    /// the services, the HSM path is tested elsewhere).
+    /// Alice's authentication key as a signer.
     pub fn alice_signer(&self) -> SigningKey {
-        let mut keys = SoftwareKeys::new();
-        keys.insert(KeyId("authentication".into()), self.alice.auth.key.clone());
-        SigningKey {
-            ops: Arc::new(keys),
-            key: KeyId("authentication".into()),
-            signer: SignerRef::Certificate {
-                cert: cert(&self.alice.auth.cert),
-                chain: vec![cert(&pki().pki.root.cert)],
-            },
-        }
+        signer_of(&self.alice)
     }
 
     /// Bob's ETK key as a key ring.
@@ -235,4 +269,19 @@ pub fn ring_of(inst: &Institution) -> KeyRing {
         modulus_bits: inst.etk_key.bits(),
     });
     ring
+}
+
+/// An institution's authentication key as a signer (software keys: the platform tests are
+/// about the services; the HSM path has its own tests).
+pub fn signer_of(inst: &Institution) -> SigningKey {
+    let mut keys = SoftwareKeys::new();
+    keys.insert(KeyId("authentication".into()), inst.auth.key.clone());
+    SigningKey {
+        ops: Arc::new(keys),
+        key: KeyId("authentication".into()),
+        signer: SignerRef::Certificate {
+            cert: cert(&inst.auth.cert),
+            chain: inst.chain.iter().map(cert).collect(),
+        },
+    }
 }

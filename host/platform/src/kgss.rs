@@ -1,0 +1,477 @@
+//! KGSS: keys for unknown recipients, released only to readers meeting the creator's
+//! conditions (spec §5).
+//!
+//! Requests are sealed (sign → encrypt → sign) to KGSS's ETK by the caller; the caller is
+//! the signer of the sealed request, verified against the platform's CA. So:
+//!
+//! - `GetNewKey`: the content names the readers (`AllowedReader`, `ExludedReader`) and the
+//!   requester's ETK. KGSS makes a 128-bit key and a 16-byte random key id, has the key
+//!   wrapped by its HSM-resident AES key ([`KeyWrapper`]: `CKM_AES_KEY_WRAP` through the
+//!   custody core), stores the wrapped key in one durable transaction, and only then
+//!   answers, sealed to the requester's ETK. A crash before the store commits leaves
+//!   nothing; after it, a key nobody was told about.
+//! - `GetKey`: the content names the key and how to answer (the requester's ETK, or a
+//!   one-off KEK). The caller's attributes — from the platform's attribute registry (e.g.
+//!   "recognised pharmacy"), plus what its certificate proves (its SSIN) — are evaluated
+//!   against the creator's conditions; the key is unwrapped in the HSM and sealed back.
+//! - Delete: the holder (the creator) only; the row is removed.
+//!
+//! Where ours differs from the real KGSS: the real `GetKey` authenticates the caller with
+//! a SAML holder-of-key token and reads its attributes from it; here the caller is the
+//! signer of the sealed request and the attributes come from the registry the platform
+//! keeps. A SAML attribute source would plug in at [`Kgss::caller_attributes`].
+//!
+//! Every sealed request is remembered (by its SHA-256) for [`REPLAY_WINDOW`] and refused if
+//! it comes again; older requests are refused by their signing time.
+
+use etee_formats::cms::{seal, unseal_to_vec, Kek, Recipient, SealOptions, UnsealOptions};
+use etee_formats::etk::Etk;
+use etee_formats::identity::{normalize_value, Identity};
+use etee_formats::keys::{KeyRing, SigningKey};
+use etee_formats::trust::TrustAnchors;
+use etee_services::kgss::{
+    evaluate, implicit_attributes, Attribute, Credential, GetKeyRequestContent,
+    GetKeyResponseContent, GetNewKeyRequestContent, GetNewKeyResponseContent, ReplyTo,
+};
+use etee_services::secret::SecretBytes;
+use etee_store::{KgssKey, Store};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// How long a sealed request is remembered against replays, and how old its signing time
+/// may be, in seconds.
+pub const REPLAY_WINDOW: i64 = 600;
+
+/// Length of the keys KGSS makes (AES-128, as the real one).
+pub const KEY_LEN: usize = 16;
+
+/// The HSM-resident AES key that wraps the stored keys.
+pub trait KeyWrapper: Send + Sync {
+    /// The wrapping key's label (stored beside each wrapped key).
+    fn label(&self) -> &str;
+    /// RFC 3394 AES key wrap of `secret`.
+    fn wrap(&self, secret: &[u8]) -> Result<Vec<u8>, KgssError>;
+    /// The reverse; any failure is one opaque error.
+    fn unwrap(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KgssError>;
+}
+
+/// **INSECURE, tests only**: the wrapping key in process memory, so that the service logic
+/// can be tested without an HSM. The platform never uses it; the same behaviour is tested
+/// with the HSM-backed wrapper against SoftHSM.
+pub struct InsecureMemoryWrapper {
+    key: Zeroizing<Vec<u8>>,
+}
+
+impl InsecureMemoryWrapper {
+    pub fn new_random() -> Self {
+        let mut key = Zeroizing::new(vec![0u8; 32]);
+        openssl::rand::rand_bytes(&mut key).expect("random bytes");
+        Self { key }
+    }
+}
+
+impl KeyWrapper for InsecureMemoryWrapper {
+    fn label(&self) -> &str {
+        "insecure-memory"
+    }
+
+    fn wrap(&self, secret: &[u8]) -> Result<Vec<u8>, KgssError> {
+        let key = openssl::aes::AesKey::new_encrypt(&self.key)
+            .map_err(|_| KgssError::Custody("wrapping".into()))?;
+        let mut out = vec![0u8; secret.len() + 8];
+        openssl::aes::wrap_key(&key, None, &mut out, secret)
+            .map_err(|_| KgssError::Custody("wrapping".into()))?;
+        Ok(out)
+    }
+
+    fn unwrap(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KgssError> {
+        let fail = || KgssError::Custody("unwrapping".into());
+        let key = openssl::aes::AesKey::new_decrypt(&self.key).map_err(|_| fail())?;
+        let n = wrapped
+            .len()
+            .checked_sub(8)
+            .filter(|n| *n >= 16)
+            .ok_or_else(fail)?;
+        let mut out = Zeroizing::new(vec![0u8; n]);
+        openssl::aes::unwrap_key(&key, None, &mut out, wrapped).map_err(|_| fail())?;
+        Ok(out)
+    }
+}
+
+/// Why a KGSS request was not served. Each has a business code for the SOAP `Error` and an
+/// HTTP status for REST.
+#[derive(Debug, thiserror::Error)]
+pub enum KgssError {
+    /// The sealed request does not open cleanly (not for KGSS, bad signature, unknown CA…).
+    #[error("the sealed request was refused: {0}")]
+    Seal(String),
+    /// The inner content is not what the operation expects.
+    #[error("invalid request content: {0}")]
+    Content(String),
+    #[error("the caller does not meet the key's reader conditions")]
+    AccessDenied,
+    #[error("no such key")]
+    UnknownKey,
+    #[error("this sealed request was already served")]
+    Replay,
+    #[error("a request needs an authenticated caller")]
+    Unauthenticated,
+    /// The HSM (through the custody core) refused or failed.
+    #[error("key custody: {0}")]
+    Custody(String),
+    #[error("store: {0}")]
+    Store(#[from] etee_store::Error),
+}
+
+impl KgssError {
+    /// The `Error/Code` of a SOAP answer (the real service's codes are not known, §10).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Seal(_) => "KGSS_INVALID_SEAL",
+            Self::Content(_) => "KGSS_INVALID_REQUEST",
+            Self::AccessDenied => "KGSS_ACCESS_DENIED",
+            Self::UnknownKey => "KGSS_UNKNOWN_KEY",
+            Self::Replay => "KGSS_REPLAYED_REQUEST",
+            Self::Unauthenticated => "KGSS_NOT_AUTHENTICATED",
+            Self::Custody(_) | Self::Store(_) => "KGSS_SERVICE_ERROR",
+        }
+    }
+
+    /// The HTTP status of a REST answer (and the `Status/Code` of a SOAP one).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::Seal(_) | Self::Content(_) => 400,
+            Self::Unauthenticated => 401,
+            Self::AccessDenied => 403,
+            Self::UnknownKey => 404,
+            Self::Replay => 409,
+            Self::Custody(_) | Self::Store(_) => 500,
+        }
+    }
+
+    /// What the caller is told: the detail of a service error stays in the logs.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Custody(_) | Self::Store(_) => "service error".into(),
+            e => e.to_string(),
+        }
+    }
+}
+
+/// A verified request: its content and who sent it.
+struct Opened {
+    content: Zeroizing<Vec<u8>>,
+    identities: Vec<Identity>,
+}
+
+/// A new key's answer.
+pub struct NewKey {
+    pub key_id: [u8; 16],
+    /// `GetNewKeyResponseContent`, sealed to the requester's ETK.
+    pub sealed_response: Vec<u8>,
+}
+
+/// The service: KGSS's own keys (in the HSM, through the custody core) and the wrapper.
+pub struct Kgss {
+    /// KGSS's authentication key: signs the answers.
+    pub signer: SigningKey,
+    /// KGSS's ETK keys: open the requests.
+    pub ring: KeyRing,
+    pub wrapper: Arc<dyn KeyWrapper>,
+    /// The CA(s) callers' certificates chain to.
+    pub anchors: TrustAnchors,
+}
+
+impl Kgss {
+    fn open(&self, store: &dyn Store, sealed: &[u8], now: i64) -> Result<Opened, KgssError> {
+        let opts = UnsealOptions {
+            anchors: self.anchors.clone(),
+            at: Some(now),
+            signing_time_expiration: REPLAY_WINDOW,
+            ..Default::default()
+        };
+        let (result, content) = unseal_to_vec(sealed, &self.ring, &opts);
+        let content = match content {
+            Some(c) if result.verdict.is_clean() => Zeroizing::new(c),
+            _ => {
+                let v = &result.verdict;
+                let mut why: Vec<String> = v.fatal.iter().map(|f| format!("{f:?}")).collect();
+                why.extend(v.errors.iter().map(|e| format!("{e:?}")));
+                return Err(KgssError::Seal(why.join(", ")));
+            }
+        };
+        let identities = result
+            .sender
+            .as_ref()
+            .map(|s| s.identities())
+            .unwrap_or_default();
+        if identities.is_empty() {
+            return Err(KgssError::Seal(
+                "the signer's certificate names no eHealth identity".into(),
+            ));
+        }
+        if !store.remember_request(&openssl::sha::sha256(sealed), now + REPLAY_WINDOW, now)? {
+            return Err(KgssError::Replay);
+        }
+        Ok(Opened {
+            content,
+            identities,
+        })
+    }
+
+    /// An ETK of the caller's own (to seal the answer to), valid now.
+    fn callers_etk(&self, etk: &[u8], caller: &[Identity], now: i64) -> Result<Etk, KgssError> {
+        let etk = Etk::parse(etk).map_err(|e| KgssError::Content(format!("ETK: {e}")))?;
+        let problems = etk.validate(&self.anchors, now);
+        if !problems.is_empty() {
+            return Err(KgssError::Content(format!("ETK: {problems:?}")));
+        }
+        let holder = etk.identities();
+        if !holder
+            .iter()
+            .any(|h| caller.iter().any(|c| same_holder(h, c)))
+        {
+            return Err(KgssError::Content(
+                "the ETK is not the signer's: KGSS answers only to the requester".into(),
+            ));
+        }
+        Ok(etk)
+    }
+
+    fn seal_to(
+        &self,
+        content: &[u8],
+        recipient: Option<&Etk>,
+        kek: Option<&Kek>,
+    ) -> Result<Vec<u8>, KgssError> {
+        let recipients: Vec<Recipient> = recipient
+            .map(|e| Recipient::Certificate(e.encryption_cert().clone()))
+            .into_iter()
+            .collect();
+        let mut out = Vec::with_capacity(content.len() + 8192);
+        seal(
+            &self.signer,
+            &recipients,
+            kek,
+            content,
+            &mut out,
+            &SealOptions::default(),
+        )
+        .map_err(|e| KgssError::Custody(format!("sealing the answer: {e}")))?;
+        Ok(out)
+    }
+
+    /// `GetNewKey`.
+    pub fn get_new_key(
+        &self,
+        store: &dyn Store,
+        sealed: &[u8],
+        now: i64,
+    ) -> Result<NewKey, KgssError> {
+        let opened = self.open(store, sealed, now)?;
+        let request = GetNewKeyRequestContent::parse(&opened.content)
+            .map_err(|e| KgssError::Content(e.to_string()))?;
+        let etk = self.callers_etk(&request.etk, &opened.identities, now)?;
+        let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
+        openssl::rand::rand_bytes(&mut key).map_err(|e| KgssError::Custody(e.to_string()))?;
+        let wrapped = self.wrapper.wrap(&key)?;
+        let creator = &opened.identities[0];
+        let mut record = KgssKey {
+            id: [0; 16],
+            wrapped_key: wrapped,
+            wrapping_key_label: self.wrapper.label().to_owned(),
+            creator: store_identifier(creator),
+            allowed_readers: request
+                .allowed_readers
+                .iter()
+                .map(store_credential)
+                .collect(),
+            excluded_readers: request
+                .excluded_readers
+                .iter()
+                .map(store_credential)
+                .collect(),
+            deletion_strategy: request.deletion_strategy.then(|| "holder".to_owned()),
+            created_at: now,
+        };
+        // A clash of 128-bit random ids means a broken generator; try once more anyway.
+        let mut stored = Err(KgssError::Custody("no key id".into()));
+        for _ in 0..2 {
+            openssl::rand::rand_bytes(&mut record.id)
+                .map_err(|e| KgssError::Custody(e.to_string()))?;
+            match store.insert_kgss_key(&record) {
+                Ok(()) => {
+                    stored = Ok(());
+                    break;
+                }
+                Err(etee_store::Error::AlreadyExists) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        stored?;
+        tracing::info!(
+            target: "etee::audit",
+            operation = "kgss.new_key",
+            key_id = %hex::encode(record.id),
+            creator = %creator,
+            "KGSS key created"
+        );
+        let answer = GetNewKeyResponseContent {
+            new_key_identifier: record.id.to_vec(),
+            new_key: SecretBytes::from_slice(&key),
+        }
+        .to_xml();
+        Ok(NewKey {
+            key_id: record.id,
+            sealed_response: self.seal_to(&answer, Some(&etk), None)?,
+        })
+    }
+
+    /// `GetKey`.
+    pub fn get_key(
+        &self,
+        store: &dyn Store,
+        sealed: &[u8],
+        now: i64,
+    ) -> Result<Vec<u8>, KgssError> {
+        let opened = self.open(store, sealed, now)?;
+        let request = GetKeyRequestContent::parse(&opened.content)
+            .map_err(|e| KgssError::Content(e.to_string()))?;
+        let id: [u8; 16] = request
+            .key_identifier
+            .as_slice()
+            .try_into()
+            .map_err(|_| KgssError::UnknownKey)?;
+        let record = store.get_kgss_key(&id)?.ok_or(KgssError::UnknownKey)?;
+        let attributes = self.caller_attributes(store, &opened.identities)?;
+        let allowed: Vec<Credential> = record
+            .allowed_readers
+            .iter()
+            .map(service_credential)
+            .collect();
+        let excluded: Vec<Credential> = record
+            .excluded_readers
+            .iter()
+            .map(service_credential)
+            .collect();
+        let decision = evaluate(&allowed, &excluded, &attributes);
+        tracing::info!(
+            target: "etee::audit",
+            operation = "kgss.get_key",
+            key_id = %hex::encode(id),
+            caller = %opened.identities[0],
+            decision = ?decision,
+            "KGSS key requested"
+        );
+        if !decision.is_allowed() {
+            return Err(KgssError::AccessDenied);
+        }
+        let key = self.wrapper.unwrap(&record.wrapped_key)?;
+        let answer = GetKeyResponseContent {
+            key: SecretBytes::from_slice(&key),
+        }
+        .to_xml();
+        match &request.reply_to {
+            ReplyTo::Etk(etk) => {
+                let etk = self.callers_etk(etk, &opened.identities, now)?;
+                self.seal_to(&answer, Some(&etk), None)
+            }
+            ReplyTo::Kek {
+                key,
+                key_identifier,
+            } => {
+                let id = match key_identifier {
+                    Some(id) => id.clone(),
+                    None => {
+                        let mut id = vec![0u8; 16];
+                        openssl::rand::rand_bytes(&mut id)
+                            .map_err(|e| KgssError::Custody(e.to_string()))?;
+                        id
+                    }
+                };
+                let kek = Kek::new(key.expose(), &id)
+                    .map_err(|e| KgssError::Content(format!("KeyEncryptionKey: {e}")))?;
+                self.seal_to(&answer, None, Some(&kek))
+            }
+        }
+    }
+
+    /// Deletes a key for its holder (`caller` are the identities of the TLS client
+    /// certificate).
+    pub fn delete_key(
+        &self,
+        store: &dyn Store,
+        caller: &[Identity],
+        id: &[u8],
+    ) -> Result<(), KgssError> {
+        if caller.is_empty() {
+            return Err(KgssError::Unauthenticated);
+        }
+        let id: [u8; 16] = id.try_into().map_err(|_| KgssError::UnknownKey)?;
+        let record = store.get_kgss_key(&id)?.ok_or(KgssError::UnknownKey)?;
+        let creator = Identity {
+            id_type: record.creator.id_type.clone(),
+            value: record.creator.value.clone(),
+            application_id: None,
+        };
+        if !caller.iter().any(|c| same_holder(c, &creator)) {
+            tracing::info!(target: "etee::audit", operation = "kgss.delete", key_id = %hex::encode(id), caller = %caller[0], "refused: not the holder");
+            return Err(KgssError::AccessDenied);
+        }
+        if !store.delete_kgss_key(&id)? {
+            return Err(KgssError::UnknownKey);
+        }
+        tracing::info!(target: "etee::audit", operation = "kgss.delete", key_id = %hex::encode(id), caller = %caller[0], "KGSS key deleted");
+        Ok(())
+    }
+
+    /// The caller's attributes: those the registry holds for any of its identities, and
+    /// those its certificate proves (its SSIN).
+    pub fn caller_attributes(
+        &self,
+        store: &dyn Store,
+        identities: &[Identity],
+    ) -> Result<Vec<Attribute>, KgssError> {
+        let mut out = implicit_attributes(identities);
+        for id in identities {
+            let value =
+                normalize_value(&id.id_type, &id.value).unwrap_or_else(|_| id.value.clone());
+            for a in store.attributes(&id.id_type, &value)? {
+                let a = Attribute::new(&a.namespace, &a.name, &a.value);
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Same holder: same identifier type and the same value once zero-padded (application
+/// ids aside: one holder, several applications).
+pub fn same_holder(a: &Identity, b: &Identity) -> bool {
+    let norm =
+        |i: &Identity| normalize_value(&i.id_type, &i.value).unwrap_or_else(|_| i.value.clone());
+    a.id_type.eq_ignore_ascii_case(&b.id_type) && norm(a) == norm(b)
+}
+
+fn store_identifier(i: &Identity) -> etee_store::Identifier {
+    let value = normalize_value(&i.id_type, &i.value).unwrap_or_else(|_| i.value.clone());
+    etee_store::Identifier::new(&i.id_type, &value, i.application_id.as_deref())
+}
+
+fn store_credential(c: &Credential) -> etee_store::Credential {
+    etee_store::Credential {
+        namespace: c.namespace.clone(),
+        name: c.name.clone(),
+        values: c.values.clone(),
+    }
+}
+
+fn service_credential(c: &etee_store::Credential) -> Credential {
+    Credential {
+        namespace: c.namespace.clone(),
+        name: c.name.clone(),
+        values: c.values.clone(),
+    }
+}

@@ -1,0 +1,364 @@
+//! KGSS over TLS on loopback, SOAP and REST: a hospital creates a key for "any recognised
+//! pharmacy"; the pharmacy gets it (answer sealed to its ETK, or with a one-off KEK); a
+//! doctor is refused; replays, foreign signers, misaddressed seals and borrowed ETKs are
+//! refused; the holder deletes the key and then nobody gets it. The wrapping key here is
+//! the insecure in-memory one; the HSM-backed wrapper is tested against SoftHSM in the
+//! end-to-end tests.
+
+mod common;
+
+use base64::Engine as _;
+use common::{ring_of, signer_of, World};
+use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
+use etee_services::kgss::{
+    vocabulary, GetKeyRequestContent, GetKeyResponseContent, GetNewKeyRequestContent,
+    GetNewKeyResponseContent, KgssRequest, KgssResponse, Operation, ReplyTo,
+};
+use etee_services::secret::SecretBytes;
+use etee_testpki::Institution;
+
+/// `content` sealed by `from` to `to`'s ETK.
+fn seal_for(w: &World, from: &Institution, to: &Institution, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    seal(
+        &signer_of(from),
+        &[Recipient::Certificate(common::cert(&to.etk_cert))],
+        None,
+        content,
+        &mut out,
+        &SealOptions::default(),
+    )
+    .unwrap();
+    let _ = w;
+    out
+}
+
+/// Opens an answer of KGSS with `to`'s ETK key (or a KEK), checking it is signed by KGSS.
+fn open_answer(w: &World, to: Option<&Institution>, kek: Option<&[u8]>, sealed: &[u8]) -> Vec<u8> {
+    let opts = UnsealOptions {
+        anchors: w.anchors.clone(),
+        kek: kek.map(|k| zeroize::Zeroizing::new(k.to_vec())),
+        ..Default::default()
+    };
+    let ring = to.map(ring_of).unwrap_or_default();
+    let (result, content) = unseal_to_vec(sealed, &ring, &opts);
+    assert!(result.verdict.is_clean(), "{:?}", result.verdict);
+    let sender = result.sender.unwrap().certificate.unwrap();
+    assert_eq!(
+        sender.der(),
+        common::cert(&w.kgss.auth.cert).der(),
+        "not signed by KGSS"
+    );
+    content.unwrap()
+}
+
+fn new_key_request(w: &World, from: &Institution, etk_of: &Institution) -> Vec<u8> {
+    let content = GetNewKeyRequestContent {
+        allowed_readers: vec![vocabulary::recognised_pharmacy()],
+        excluded_readers: vec![],
+        etk: etk_of.etk.clone(),
+        deletion_strategy: true,
+    }
+    .to_xml();
+    seal_for(w, from, &w.kgss, &content)
+}
+
+fn get_key_request(w: &World, from: &Institution, key_id: &[u8], reply_to: ReplyTo) -> Vec<u8> {
+    let content = GetKeyRequestContent {
+        key_identifier: key_id.to_vec(),
+        reply_to,
+    }
+    .to_xml();
+    seal_for(w, from, &w.kgss, &content)
+}
+
+fn soap(operation: Operation, sealed: Vec<u8>) -> Vec<u8> {
+    KgssRequest {
+        operation,
+        sealed_content: sealed,
+    }
+    .to_xml()
+}
+
+async fn call(
+    c: &mut etee_platform::client::Connection,
+    operation: Operation,
+    sealed: Vec<u8>,
+) -> KgssResponse {
+    let a = c.soap("/Kgss/v1", soap(operation, sealed)).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    KgssResponse::parse(&a.body).unwrap()
+}
+
+fn refusal_code(r: &KgssResponse) -> &str {
+    assert!(!r.is_success(), "served: {r:?}");
+    assert!(r.sealed_content.is_none());
+    &r.errors[0].code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soap_new_key_for_recognised_pharmacies() {
+    let w = World::new("kgss-soap").await;
+    let mut c = w.connect(None).await;
+
+    // Alice (a hospital) asks for a key any recognised pharmacy may read.
+    let r = call(
+        &mut c,
+        Operation::GetNewKey,
+        new_key_request(&w, &w.alice, &w.alice),
+    )
+    .await;
+    assert!(r.is_success(), "{r:?}");
+    let answer = open_answer(&w, Some(&w.alice), None, r.sealed_content.as_ref().unwrap());
+    let new = GetNewKeyResponseContent::parse(&answer).unwrap();
+    assert_eq!(new.new_key_identifier.len(), 16);
+    assert_eq!(new.new_key.len(), 16);
+    let id = new.new_key_identifier.clone();
+
+    // At rest the key is wrapped, never in clear.
+    let stored = w
+        .platform
+        .store
+        .get_kgss_key(&id.clone().try_into().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.wrapped_key.len(), 24);
+    assert!(!stored
+        .wrapped_key
+        .windows(16)
+        .any(|x| x == new.new_key.expose()));
+
+    // Bob (a recognised pharmacy) gets it, sealed to his ETK ...
+    let r = call(
+        &mut c,
+        Operation::GetKey,
+        get_key_request(&w, &w.bob, &id, ReplyTo::Etk(w.bob.etk.clone())),
+    )
+    .await;
+    assert!(r.is_success(), "{r:?}");
+    let got = GetKeyResponseContent::parse(&open_answer(
+        &w,
+        Some(&w.bob),
+        None,
+        r.sealed_content.as_ref().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(got.key.expose(), new.new_key.expose());
+
+    // ... or with a one-off KEK of his.
+    let kek = [0x5au8; 16];
+    let reply = ReplyTo::Kek {
+        key: SecretBytes::from_slice(&kek),
+        key_identifier: Some(b"bob-one-off-kek".to_vec()),
+    };
+    let r = call(
+        &mut c,
+        Operation::GetKey,
+        get_key_request(&w, &w.bob, &id, reply),
+    )
+    .await;
+    let got = GetKeyResponseContent::parse(&open_answer(
+        &w,
+        None,
+        Some(&kek),
+        r.sealed_content.as_ref().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(got.key.expose(), new.new_key.expose());
+
+    // A doctor is not a recognised pharmacy.
+    let r = call(
+        &mut c,
+        Operation::GetKey,
+        get_key_request(&w, &w.doctor, &id, ReplyTo::Etk(w.doctor.etk.clone())),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_ACCESS_DENIED");
+    assert_eq!(r.status.code, "403");
+
+    // The same sealed request twice: the second is a replay.
+    let once = get_key_request(&w, &w.bob, &id, ReplyTo::Etk(w.bob.etk.clone()));
+    assert!(call(&mut c, Operation::GetKey, once.clone())
+        .await
+        .is_success());
+    assert_eq!(
+        refusal_code(&call(&mut c, Operation::GetKey, once).await),
+        "KGSS_REPLAYED_REQUEST"
+    );
+
+    // Unknown key.
+    let r = call(
+        &mut c,
+        Operation::GetKey,
+        get_key_request(&w, &w.bob, &[9; 16], ReplyTo::Etk(w.bob.etk.clone())),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_UNKNOWN_KEY");
+
+    // Signed by a stranger (another CA), sealed to the wrong recipient, or asking KGSS to
+    // answer to somebody else's ETK: refused.
+    let stranger = common::foreign_institution();
+    let content = GetNewKeyRequestContent {
+        allowed_readers: vec![vocabulary::any_doctor()],
+        excluded_readers: vec![],
+        etk: w.alice.etk.clone(),
+        deletion_strategy: false,
+    }
+    .to_xml();
+    let r = call(
+        &mut c,
+        Operation::GetNewKey,
+        seal_for(&w, &stranger, &w.kgss, &content),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_INVALID_SEAL");
+    let r = call(
+        &mut c,
+        Operation::GetNewKey,
+        seal_for(&w, &w.alice, &w.bob, &content),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_INVALID_SEAL");
+    let r = call(
+        &mut c,
+        Operation::GetNewKey,
+        new_key_request(&w, &w.alice, &w.bob),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_INVALID_REQUEST");
+    // Garbage inside a good seal.
+    let r = call(
+        &mut c,
+        Operation::GetKey,
+        seal_for(&w, &w.bob, &w.kgss, b"<not/>"),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_INVALID_REQUEST");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_create_get_and_delete_by_the_holder() {
+    let w = World::new("kgss-rest").await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = |sealed: &[u8]| {
+        serde_json::to_vec(&serde_json::json!({ "sealedRequest": b64.encode(sealed) })).unwrap()
+    };
+    let sealed_of = |answer: &[u8]| -> Vec<u8> {
+        let v: serde_json::Value = serde_json::from_slice(answer).unwrap();
+        b64.decode(v["sealedResponse"].as_str().unwrap()).unwrap()
+    };
+
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let a = alice
+        .send(
+            "POST",
+            "/etee/v1/kgss/keys",
+            Some("application/json"),
+            body(&new_key_request(&w, &w.alice, &w.alice)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let new = GetNewKeyResponseContent::parse(&open_answer(
+        &w,
+        Some(&w.alice),
+        None,
+        &sealed_of(&a.body),
+    ))
+    .unwrap();
+    let key_id = new.new_key_identifier.clone();
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(b64.decode(v["keyId"].as_str().unwrap()).unwrap(), key_id);
+    // The key never appears in the JSON, only sealed.
+    assert!(!a.body.windows(16).any(|x| x == new.new_key.expose()));
+
+    let mut bob = w.connect(Some(&w.bob)).await;
+    let get = |who: &Institution| {
+        body(&get_key_request(
+            &w,
+            who,
+            &key_id,
+            ReplyTo::Etk(who.etk.clone()),
+        ))
+    };
+    let a = bob
+        .send(
+            "POST",
+            "/etee/v1/kgss/keys/retrieve",
+            Some("application/json"),
+            get(&w.bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let got =
+        GetKeyResponseContent::parse(&open_answer(&w, Some(&w.bob), None, &sealed_of(&a.body)))
+            .unwrap();
+    assert_eq!(got.key.expose(), new.new_key.expose());
+
+    let path = format!(
+        "/etee/v1/kgss/keys/{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key_id)
+    );
+    // Only the holder deletes: not Bob, not an anonymous caller.
+    let a = bob.send("DELETE", &path, None, vec![]).await.unwrap();
+    assert_eq!(a.status, 403);
+    let mut anonymous = w.connect(None).await;
+    assert_eq!(
+        anonymous
+            .send("DELETE", &path, None, vec![])
+            .await
+            .unwrap()
+            .status,
+        401
+    );
+    assert_eq!(
+        alice
+            .send("DELETE", &path, None, vec![])
+            .await
+            .unwrap()
+            .status,
+        204
+    );
+    // Deleted for real: nobody gets it, and it is not in the store.
+    let a = bob
+        .send(
+            "POST",
+            "/etee/v1/kgss/keys/retrieve",
+            Some("application/json"),
+            get(&w.bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 404);
+    assert!(w
+        .platform
+        .store
+        .get_kgss_key(&key_id.clone().try_into().unwrap())
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        alice
+            .send("DELETE", &path, None, vec![])
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+
+    // Bad JSON and bad base64: 400 problems.
+    for bad in [
+        b"{".to_vec(),
+        br#"{"sealedRequest":"***"}"#.to_vec(),
+        br#"{"other":1}"#.to_vec(),
+    ] {
+        let a = bob
+            .send("POST", "/etee/v1/kgss/keys", Some("application/json"), bad)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 400);
+        assert_eq!(a.content_type, "application/problem+json");
+    }
+    w.stop().await;
+}

@@ -21,6 +21,13 @@
 //! What is recorded as the input: the SHA-256 of the digest to sign or of the blob to
 //! decrypt, enough to match a record to a message without keeping the message. For `Unlock`
 //! the input digest is all zeros: a hash of a short PIN would give the PIN away.
+//!
+//! Key wrap: for `UnwrapSecret` it is the SHA-256 of the wrapped blob, the fingerprint of
+//! the stored object. For `WrapSecret` it is the SHA-256 of the wrapped *output* (the
+//! record is written after the token operation), the same fingerprint, so that a wrap and
+//! every later unwrap of its blob carry the same digest; all zeros when the wrap was
+//! refused or failed. Never a hash of the secret itself: the log must not be able to
+//! confirm a guess of a key.
 
 use crate::config::DIGEST_LEN;
 use crate::id::{ClientId, KeyId};
@@ -41,6 +48,11 @@ pub enum Operation {
     DecryptPkcs1v15,
     /// The administrator reset the wrong-PIN counter.
     PinReset,
+    /// A secret wrapped with a wrapping key. The record's `input_digest` is the SHA-256 of
+    /// the wrapped output (zeros if none came out), not of the secret: see the module doc.
+    WrapSecret,
+    /// A wrapped secret unwrapped; `input_digest` is the SHA-256 of the wrapped blob.
+    UnwrapSecret,
 }
 
 /// What came of it. The postcard encoding is the variant index: append only.

@@ -36,6 +36,25 @@ pub const MAX_SIGNATURE_LEN: usize = MAX_RSA_LEN;
 /// we round up to the modulus length rather than tie the buffer to the padding rule).
 pub const MAX_PLAINTEXT_LEN: usize = MAX_RSA_LEN;
 
+/// Shortest secret `WrapSecret` takes: an AES-128 key. RFC 3394 needs at least two 64-bit
+/// blocks.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Longest secret `WrapSecret` takes and `UnwrapSecret` returns: an AES-256 key.
+pub const MAX_SECRET_LEN: usize = 32;
+
+/// Bytes AES key wrap (RFC 3394) adds: the 64-bit integrity check value.
+pub const KEY_WRAP_OVERHEAD: usize = 8;
+
+/// Longest wrapped secret (`UnwrapSecret` input, `WrapSecret` output).
+pub const MAX_WRAPPED_LEN: usize = MAX_SECRET_LEN + KEY_WRAP_OVERHEAD;
+
+/// Whether `len` is a secret length `WrapSecret` takes: 16, 24 or 32 bytes (AES-128, -192,
+/// -256 keys; RFC 3394 works on whole 64-bit blocks).
+pub const fn secret_len_ok(len: usize) -> bool {
+    len >= MIN_SECRET_LEN && len <= MAX_SECRET_LEN && len.is_multiple_of(KEY_WRAP_OVERHEAD)
+}
+
 /// Size of the policy table (one rule per client and key).
 pub const MAX_POLICY_RULES: usize = 32;
 
@@ -76,7 +95,8 @@ const MAX_OPT_KEY_LEN: usize = 1 + bytes_len(MAX_KEY_ID_LEN);
 /// `RateLimited { retry_after_ms }`; the enum tag and `function` are single bytes.
 pub const MAX_ERROR_LEN: usize = 1 + 1 + MAX_U64_LEN;
 
-/// Largest request frame: `DecryptPkcs1v15` with the longest client id, key id and blob.
+/// Largest request frame: `DecryptPkcs1v15` with the longest client id, key id and blob
+/// (`WrapSecret` and `UnwrapSecret` carry at most [`MAX_WRAPPED_LEN`] bytes: smaller).
 pub const MAX_REQUEST_FRAME: usize = FRAME_HEADER_LEN
     + bytes_len(MAX_CLIENT_ID_LEN)
     + bytes_len(MAX_KEY_ID_LEN)

@@ -3,23 +3,26 @@
 //!
 //! For a key operation the order is fixed:
 //!
+//! 0. for key wrap, the lengths (a secret of 16, 24 or 32 bytes, a wrapped secret 8 more;
+//!    else `InvalidLength`: lengths say nothing about keys),
 //! 1. lock state (`Locked` → refused),
 //! 2. policy: a rule for this client, key and operation (default deny),
 //! 3. the key: the token has it and its kind fits (no signing with an ETK key, no decrypting
-//!    with the authentication key),
+//!    with the authentication key, wrapping keys wrap and unwrap and do nothing else),
 //! 4. the client's rate budget for the key,
 //! 5. the token operation,
-//! 6. the audit record of the outcome (refusals at steps 1–4 are recorded too),
+//! 6. the audit record of the outcome (refusals at steps 0–4 are recorded too),
 //! 7. the result, released only if step 6 succeeded; otherwise `AuditUnavailable`.
 //!
 //! Steps 2 and 3 come in that order so that a client without a rule for a key learns
 //! nothing about whether the key exists. A failed decryption leaves the core as
 //! [`Error::DecryptFailed`] whatever the token said (the detail is in the audit record):
 //! together with the unsealer carrying on with a random content key, this keeps PKCS#1 v1.5
-//! from becoming a padding oracle.
+//! from becoming a padding oracle. A failed unwrap likewise leaves as [`Error::UnwrapFailed`],
+//! whatever the token said.
 //!
 //! Concurrent callers use the same steps split in three, so that the token operation (the
-//! slow part) runs without holding the core: [`Custody::admit`] (steps 1–4) hands out a
+//! slow part) runs without holding the core: [`Custody::admit`] (steps 0–4) hands out a
 //! [`Ticket`], [`Ticket::execute`] runs step 5 on a token handle of the caller's, and
 //! [`Custody::conclude`] (step 6) appends the record and returns a [`Concluded`] whose
 //! response is released (step 7) only once the record is durable. The sink may write the
@@ -32,12 +35,14 @@
 use crate::audit::{
     sha256, AuditError, AuditHead, AuditRecord, AuditSink, Hash, Operation, Outcome,
 };
-use crate::config::{DIGEST_LEN, MAX_RESPONSE_FRAME};
+use crate::config::{secret_len_ok, DIGEST_LEN, KEY_WRAP_OVERHEAD, MAX_RESPONSE_FRAME};
 use crate::id::{ClientId, KeyId};
 use crate::lock::{Lock, LockState};
 use crate::policy::{Denial, KeyUse, Policy};
 use crate::token::{ckr, KeyKind, Token, TokenError, TokenFunction};
-use crate::wire::{self, Error, Plaintext, Request, Response, Signature, StatusReply};
+use crate::wire::{
+    self, Error, Plaintext, Request, Response, Signature, StatusReply, WrapSecret, Wrapped,
+};
 
 /// The input digest recorded where there is no input to identify (or it is a PIN).
 const NO_INPUT: Hash = [0; DIGEST_LEN];
@@ -97,7 +102,10 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             Request::AuditHead => Response::AuditHead(self.head),
             Request::Unlock { pin } => self.unlock(pin.expose(), now_ms),
             Request::Lock => self.lock(now_ms),
-            Request::SignPssSha256 { .. } | Request::DecryptPkcs1v15 { .. } => {
+            Request::SignPssSha256 { .. }
+            | Request::DecryptPkcs1v15 { .. }
+            | Request::WrapSecret { .. }
+            | Request::UnwrapSecret { .. } => {
                 let concluded = match self.admit(request, now_ms) {
                     Admission::Answered(concluded) => concluded,
                     Admission::Admitted(ticket) => {
@@ -111,7 +119,7 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         }
     }
 
-    /// Steps 1–4 of a key request (see the module doc): a [`Ticket`] to execute, or the
+    /// Steps 0–4 of a key request (see the module doc): a [`Ticket`] to execute, or the
     /// answer (a refusal, already appended to the chain; or the reply to a request that is
     /// not a key operation, handled in full).
     pub fn admit<'r>(&mut self, request: &'r Request, now_ms: u64) -> Admission<'r> {
@@ -124,6 +132,16 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             Request::DecryptPkcs1v15 { client, key, blob } => {
                 (client, key, KeyOperation::Decrypt(blob))
             }
+            Request::WrapSecret {
+                client,
+                key,
+                secret,
+            } => (client, key, KeyOperation::Wrap(secret)),
+            Request::UnwrapSecret {
+                client,
+                key,
+                wrapped,
+            } => (client, key, KeyOperation::Unwrap(wrapped)),
             other => {
                 return Admission::Answered(Concluded::at_once(self.handle_request(other, now_ms)))
             }
@@ -131,13 +149,20 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         let (usage, kind) = match operation {
             KeyOperation::Sign(_) => (KeyUse::Sign, KeyKind::Authentication),
             KeyOperation::Decrypt(_) => (KeyUse::Decrypt, KeyKind::Encryption),
+            KeyOperation::Wrap(_) => (KeyUse::Wrap, KeyKind::Wrapping),
+            KeyOperation::Unwrap(_) => (KeyUse::Unwrap, KeyKind::Wrapping),
         };
         let ticket = Ticket {
             client,
             key,
             operation,
         };
-        match self.check(client, key, usage, kind, now_ms) {
+        let checked = operation
+            .lengths_ok()
+            .then_some(())
+            .ok_or(Error::InvalidLength)
+            .and_then(|()| self.check(client, key, usage, kind, now_ms));
+        match checked {
             Ok(()) => Admission::Admitted(ticket),
             Err(e) => Admission::Answered(self.conclude(
                 Executed {
@@ -157,6 +182,12 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         let (operation, input_digest) = match ticket.operation {
             KeyOperation::Sign(digest) => (Operation::SignPssSha256, sha256(digest)),
             KeyOperation::Decrypt(blob) => (Operation::DecryptPkcs1v15, sha256(blob)),
+            // The wrapped output's fingerprint, never a hash of the secret (see `audit`).
+            KeyOperation::Wrap(_) => match &result {
+                Ok(KeyOutput::Wrapped(wrapped)) => (Operation::WrapSecret, sha256(wrapped)),
+                _ => (Operation::WrapSecret, NO_INPUT),
+            },
+            KeyOperation::Unwrap(wrapped) => (Operation::UnwrapSecret, sha256(wrapped)),
         };
         // The record keeps the token's detailed error ...
         let recorded = self.record_deferred(
@@ -174,9 +205,14 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         let response = match result {
             Ok(KeyOutput::Signature(signature)) => Response::Signature(signature),
             Ok(KeyOutput::Plaintext(plaintext)) => Response::Plaintext(plaintext),
-            // ... the client gets one uniform error for every failed decryption.
+            Ok(KeyOutput::Wrapped(wrapped)) => Response::Wrapped(wrapped),
+            Ok(KeyOutput::Unwrapped(secret)) => Response::Unwrapped(secret),
+            // ... the client gets one uniform error for every failed decryption or unwrap.
             Err(Error::Token(_)) if operation == Operation::DecryptPkcs1v15 => {
                 Response::Error(Error::DecryptFailed)
+            }
+            Err(Error::Token(_)) if operation == Operation::UnwrapSecret => {
+                Response::Error(Error::UnwrapFailed)
             }
             Err(e) => Response::Error(e),
         };
@@ -371,7 +407,7 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
 // No allocator to box the large variant: the value lives on the stack, once per request.
 #[allow(clippy::large_enum_variant)]
 pub enum Admission<'r> {
-    /// Steps 1–4 passed: execute the ticket, then conclude it.
+    /// Steps 0–4 passed: execute the ticket, then conclude it.
     Admitted(Ticket<'r>),
     /// The request is answered (and recorded where it is recorded).
     Answered(Concluded),
@@ -382,6 +418,23 @@ pub enum Admission<'r> {
 enum KeyOperation<'r> {
     Sign(&'r [u8; 32]),
     Decrypt(&'r [u8]),
+    Wrap(&'r WrapSecret),
+    Unwrap(&'r [u8]),
+}
+
+impl KeyOperation<'_> {
+    /// Step 0: key wrap works on whole AES keys only (RFC 3394: 64-bit blocks, at least
+    /// two); the token is not asked to guess what else could be meant.
+    fn lengths_ok(&self) -> bool {
+        match self {
+            Self::Sign(_) | Self::Decrypt(_) => true,
+            Self::Wrap(secret) => secret_len_ok(secret.len()),
+            Self::Unwrap(wrapped) => wrapped
+                .len()
+                .checked_sub(KEY_WRAP_OVERHEAD)
+                .is_some_and(secret_len_ok),
+        }
+    }
 }
 
 /// A key request that passed the lock state, the policy, the key kind and the budget.
@@ -406,6 +459,12 @@ impl<'r> Ticket<'r> {
             KeyOperation::Decrypt(blob) => {
                 token_decrypt(token, self.key, blob).map(KeyOutput::Plaintext)
             }
+            KeyOperation::Wrap(secret) => {
+                token_wrap(token, self.key, secret).map(KeyOutput::Wrapped)
+            }
+            KeyOperation::Unwrap(wrapped) => {
+                token_unwrap(token, self.key, wrapped).map(KeyOutput::Unwrapped)
+            }
         };
         Executed {
             ticket: self,
@@ -424,6 +483,8 @@ pub struct Executed<'r> {
 enum KeyOutput {
     Signature(Signature),
     Plaintext(Plaintext),
+    Wrapped(Wrapped),
+    Unwrapped(WrapSecret),
 }
 
 /// The response to a request, held back until its audit record is durable.
@@ -477,6 +538,40 @@ fn token_decrypt<T: Token>(token: &mut T, key: &KeyId, blob: &[u8]) -> Result<Pl
             return Err(TokenError::new(
                 TokenFunction::Decrypt,
                 ckr::BUFFER_TOO_SMALL,
+            ));
+        }
+        Ok(n)
+    })
+    .map_err(Error::Token)
+}
+
+/// Wraps `secret` (whose length step 0 checked); the token must return exactly 8 bytes
+/// more, anything else is its failure.
+fn token_wrap<T: Token>(token: &mut T, key: &KeyId, secret: &WrapSecret) -> Result<Wrapped, Error> {
+    let failed = |ckr| Error::Token(TokenError::new(TokenFunction::WrapKey, ckr));
+    let mut wrapped = Wrapped::new();
+    wrapped
+        .resize(wrapped.capacity(), 0)
+        .map_err(|_| failed(ckr::BUFFER_TOO_SMALL))?;
+    let n = token
+        .wrap_aes_kw(key, secret.expose(), &mut wrapped)
+        .map_err(Error::Token)?;
+    if n != secret.len() + KEY_WRAP_OVERHEAD {
+        return Err(failed(ckr::FUNCTION_FAILED));
+    }
+    wrapped.truncate(n);
+    Ok(wrapped)
+}
+
+/// Unwraps `wrapped` (whose length step 0 checked) into a wiped buffer; a length other than
+/// 8 bytes less is the token's failure (and the partial result is wiped).
+fn token_unwrap<T: Token>(token: &mut T, key: &KeyId, wrapped: &[u8]) -> Result<WrapSecret, Error> {
+    WrapSecret::fill_with(|buf| {
+        let n = token.unwrap_aes_kw(key, wrapped, buf)?;
+        if Some(n) != wrapped.len().checked_sub(KEY_WRAP_OVERHEAD) {
+            return Err(TokenError::new(
+                TokenFunction::UnwrapKey,
+                ckr::WRAPPED_KEY_INVALID,
             ));
         }
         Ok(n)

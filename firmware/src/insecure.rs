@@ -1,8 +1,9 @@
 //! **INSECURE — for tests only.** An in-memory token and audit sink.
 //!
 //! [`InsecureMemoryToken`] keeps its "private keys" as plain bytes in memory and does no RSA
-//! at all: its signatures and decryptions are deterministic functions of SHA-256, good only
-//! for telling keys and operations apart. It records every call, so that tests can assert
+//! at all: its signatures, decryptions and key wraps are deterministic functions of SHA-256,
+//! good only for telling keys and operations apart (no AES either: its "key wrap" has the
+//! lengths and the integrity check of RFC 3394, not its output). It records every call, so that tests can assert
 //! that a refused request never reached the token. [`InsecureMemoryAuditSink`] keeps the chain in
 //! memory, where it is lost with the process: it is no audit log.
 //!
@@ -34,6 +35,8 @@ pub enum Call {
     Logout,
     Sign(KeyId),
     Decrypt(KeyId),
+    Wrap(KeyId),
+    Unwrap(KeyId),
 }
 
 struct FakeKey {
@@ -102,12 +105,10 @@ impl InsecureMemoryToken {
         self.calls_total
     }
 
-    /// Number of sign and decrypt calls so far (within the first [`MAX_CALLS`]).
+    /// Number of sign, decrypt, wrap and unwrap calls so far (within the first
+    /// [`MAX_CALLS`]).
     pub fn key_uses(&self) -> usize {
-        self.calls
-            .iter()
-            .filter(|c| matches!(c, Call::Sign(_) | Call::Decrypt(_)))
-            .count()
+        self.calls.iter().filter(|c| c.is_key_use()).count()
     }
 
     /// Forgets the calls so far.
@@ -143,6 +144,13 @@ impl InsecureMemoryToken {
         body.iter_mut().zip(plaintext).for_each(|(b, p)| *b ^= p);
         tag.copy_from_slice(&fake_tag(&k.secret, plaintext));
         Some(n)
+    }
+
+    /// Fake-wraps `secret` for `key` as [`Token::wrap_aes_kw`] does, without a login (to
+    /// make blobs for tests). Writes `secret.len() + 8` bytes into `out`.
+    pub fn fake_wrap(&self, key: &KeyId, secret: &[u8], out: &mut [u8]) -> Option<usize> {
+        let k = self.find(key)?;
+        fake_kw(&k.secret, secret, out).ok()
     }
 
     fn find(&self, key: &KeyId) -> Option<&FakeKey> {
@@ -217,6 +225,42 @@ impl Token for InsecureMemoryToken {
         Ok(n)
     }
 
+    fn wrap_aes_kw(
+        &mut self,
+        key: &KeyId,
+        secret: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        self.log(Call::Wrap(key.clone()));
+        let k = self.usable(key, KeyKind::Wrapping, TokenFunction::WrapKey)?;
+        fake_kw(&k, secret, out)
+    }
+
+    fn unwrap_aes_kw(
+        &mut self,
+        key: &KeyId,
+        wrapped: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        self.log(Call::Unwrap(key.clone()));
+        let k = self.usable(key, KeyKind::Wrapping, TokenFunction::UnwrapKey)?;
+        let error = |ckr| TokenError::new(TokenFunction::UnwrapKey, ckr);
+        let n = wrapped
+            .len()
+            .checked_sub(KW_CHECK_LEN)
+            .filter(|&n| n >= 16 && n.is_multiple_of(8))
+            .ok_or(error(ckr::WRAPPED_KEY_LEN_RANGE))?;
+        let (check, body) = wrapped.split_at(KW_CHECK_LEN);
+        let out = out.get_mut(..n).ok_or(error(ckr::BUFFER_TOO_SMALL))?;
+        keystream(&k, b"key wrap", check, out);
+        out.iter_mut().zip(body).for_each(|(o, b)| *o ^= b);
+        if kw_check(&k, out) != check {
+            out.fill(0);
+            return Err(error(ckr::WRAPPED_KEY_INVALID));
+        }
+        Ok(n)
+    }
+
     fn login(&mut self, pin: &[u8]) -> Result<(), TokenError> {
         self.log(Call::Login);
         if let Some(e) = self.fail_next.take() {
@@ -238,6 +282,44 @@ impl Token for InsecureMemoryToken {
     fn key_kind(&self, key: &KeyId) -> Option<KeyKind> {
         self.find(key).map(|k| k.kind)
     }
+}
+
+impl Call {
+    /// Whether the call used a key (as opposed to logging in or out).
+    pub fn is_key_use(&self) -> bool {
+        matches!(
+            self,
+            Call::Sign(_) | Call::Decrypt(_) | Call::Wrap(_) | Call::Unwrap(_)
+        )
+    }
+}
+
+/// Bytes of the fake key wrap's integrity check (as RFC 3394's).
+const KW_CHECK_LEN: usize = 8;
+
+/// The fake key wrap: an 8-byte check value derived from the secret, then the secret
+/// masked by a keystream that depends on that check. Unwrapping with another key or a
+/// changed blob fails the check.
+fn fake_kw(key: &[u8; 32], secret: &[u8], out: &mut [u8]) -> Result<usize, TokenError> {
+    let error = |ckr| TokenError::new(TokenFunction::WrapKey, ckr);
+    if secret.len() < 16 || !secret.len().is_multiple_of(8) {
+        return Err(error(ckr::KEY_SIZE_RANGE));
+    }
+    let n = secret.len() + KW_CHECK_LEN;
+    let (check, body) = out
+        .get_mut(..n)
+        .ok_or(error(ckr::BUFFER_TOO_SMALL))?
+        .split_at_mut(KW_CHECK_LEN);
+    check.copy_from_slice(&kw_check(key, secret));
+    keystream(key, b"key wrap", check, body);
+    body.iter_mut().zip(secret).for_each(|(b, s)| *b ^= s);
+    Ok(n)
+}
+
+fn kw_check(key: &[u8; 32], secret: &[u8]) -> [u8; KW_CHECK_LEN] {
+    let mut check = [0u8; KW_CHECK_LEN];
+    keystream(key, b"key wrap check", secret, &mut check);
+    check
 }
 
 /// SHA-256 in counter mode over (secret, label, input), filling `out`.

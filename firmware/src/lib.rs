@@ -1,9 +1,9 @@
-//! The etee custody core: the only code that asks the HSM to use a private key.
+//! The etee custody core: the only code that asks the HSM to use a private or wrapping key.
 //!
 //! It sits between the host (`etee serve`: HTTP, TLS, XML, CMS — everything that parses
 //! untrusted input) and the token, and takes small typed requests over a [`wire`] protocol:
 //! "sign this 32-byte digest with key K for client C", "decrypt this key-transport blob with
-//! ETK key K". For each it checks the [`lock`] state and the [`policy`], appends a record to
+//! ETK key K", "wrap (or unwrap) this AES key with wrapping key K". For each it checks the [`lock`] state and the [`policy`], appends a record to
 //! the [`audit`] hash chain, and only then releases the result (see [`custody`] for the exact
 //! order). It runs inside the `etee` process, or as a separate process that alone holds the
 //! PIN and the PKCS#11 session, with the same frames.
@@ -40,8 +40,11 @@
 //!     .with_key(&auth, KeyKind::Authentication, b"seed");
 //! let mut policy = Policy::deny_all();
 //! let budget = Budget { burst: 10, per_second: 5 };
-//! policy.allow(Rule { client: app.clone(), key: auth.clone(), sign: true, decrypt: false, budget })
-//!     .unwrap();
+//! let rule = Rule {
+//!     client: app.clone(), key: auth.clone(), sign: true, decrypt: false, wrap: false,
+//!     unwrap: false, budget,
+//! };
+//! policy.allow(rule).unwrap();
 //! let sink = InsecureMemoryAuditSink::<16>::new();
 //! let mut core = Custody::new(token, sink, policy, AuditHead::GENESIS);
 //!

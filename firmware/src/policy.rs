@@ -17,11 +17,15 @@ use crate::id::{ClientId, KeyId};
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
-/// A private-key operation, as the policy sees it.
+/// A key operation, as the policy sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeyUse {
     Sign,
     Decrypt,
+    /// Wrap a secret (AES key wrap) with a wrapping key.
+    Wrap,
+    /// Unwrap a wrapped secret with a wrapping key.
+    Unwrap,
 }
 
 /// A rate budget: up to `burst` uses at once, refilled at `per_second` uses per second.
@@ -39,6 +43,10 @@ pub struct Rule {
     pub key: KeyId,
     pub sign: bool,
     pub decrypt: bool,
+    /// May wrap secrets with the key. Separate from `unwrap`: a service that only stores
+    /// new keys never needs to get one back in clear.
+    pub wrap: bool,
+    pub unwrap: bool,
     pub budget: Budget,
 }
 
@@ -47,6 +55,8 @@ impl Rule {
         match usage {
             KeyUse::Sign => self.sign,
             KeyUse::Decrypt => self.decrypt,
+            KeyUse::Wrap => self.wrap,
+            KeyUse::Unwrap => self.unwrap,
         }
     }
 }

@@ -1,24 +1,30 @@
-//! The HSM as the core sees it: a [`Token`] that logs in and uses private keys by id.
+//! The HSM as the core sees it: a [`Token`] that logs in and uses keys by id.
 //!
 //! The host implements it over PKCS#11 (cryptoki: session pool, re-login, re-finding keys
 //! by `CKA_ID` after device errors); tests use `insecure::InsecureMemoryToken`
 //! (feature `insecure`).
 //! The core calls the key-using methods only after the lock state, the policy and the key
 //! kind allowed the request, so an implementation may assume that — but a real token also
-//! enforces `CKA_SIGN`/`CKA_DECRYPT` itself, which is the second line.
+//! enforces `CKA_SIGN`/`CKA_DECRYPT`/`CKA_WRAP`/`CKA_UNWRAP` itself, which is the second
+//! line.
 
 use crate::id::KeyId;
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
-/// What a private key is for. eHealth keeps the two apart: the authentication key signs
-/// (and never decrypts), ETK keys decrypt (and never sign).
+/// What a key is for. eHealth keeps the two apart: the authentication key signs (and never
+/// decrypts), ETK keys decrypt (and never sign); a wrapping key does neither.
+///
+/// The postcard encoding is the variant index: append new kinds at the end only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeyKind {
     /// The authentication key: RSA-PSS SHA-256 signatures only.
     Authentication,
     /// An ETK key (current or old): PKCS#1 v1.5 key-transport decryption only.
     Encryption,
+    /// An AES key that wraps and unwraps secrets (AES key wrap, RFC 3394) only, e.g. the
+    /// key under which the KGSS service stores its keys.
+    Wrapping,
 }
 
 /// A PKCS#11 function, as carried in errors up to the wire and the audit log.
@@ -42,6 +48,10 @@ pub enum TokenFunction {
     Sign,
     DecryptInit,
     Decrypt,
+    WrapKey,
+    UnwrapKey,
+    CreateObject,
+    DestroyObject,
 }
 
 impl TokenFunction {
@@ -63,6 +73,10 @@ impl TokenFunction {
             Self::Sign => "C_Sign",
             Self::DecryptInit => "C_DecryptInit",
             Self::Decrypt => "C_Decrypt",
+            Self::WrapKey => "C_WrapKey",
+            Self::UnwrapKey => "C_UnwrapKey",
+            Self::CreateObject => "C_CreateObject",
+            Self::DestroyObject => "C_DestroyObject",
         }
     }
 }
@@ -95,6 +109,7 @@ pub mod ckr {
     pub const ENCRYPTED_DATA_INVALID: u64 = 0x40;
     pub const ENCRYPTED_DATA_LEN_RANGE: u64 = 0x41;
     pub const KEY_HANDLE_INVALID: u64 = 0x60;
+    pub const KEY_SIZE_RANGE: u64 = 0x62;
     pub const KEY_FUNCTION_NOT_PERMITTED: u64 = 0x68;
     pub const PIN_INCORRECT: u64 = 0xA0;
     pub const PIN_INVALID: u64 = 0xA1;
@@ -103,13 +118,16 @@ pub mod ckr {
     pub const SESSION_HANDLE_INVALID: u64 = 0xB3;
     pub const USER_ALREADY_LOGGED_IN: u64 = 0x100;
     pub const USER_NOT_LOGGED_IN: u64 = 0x101;
+    pub const WRAPPED_KEY_INVALID: u64 = 0x110;
+    pub const WRAPPED_KEY_LEN_RANGE: u64 = 0x112;
     pub const BUFFER_TOO_SMALL: u64 = 0x150;
 }
 
-/// The private-key operations of one HSM token.
+/// The key operations of one HSM token.
 ///
 /// Implementations write results into `out` (sized by the core from
-/// [`crate::config::MAX_RSA_LEN`]) and return the length written.
+/// [`crate::config::MAX_RSA_LEN`], or [`crate::config::MAX_WRAPPED_LEN`] and
+/// [`crate::config::MAX_SECRET_LEN`] for key wrap) and return the length written.
 pub trait Token {
     /// RSASSA-PSS, SHA-256, MGF1-SHA-256, salt 32, over a precomputed SHA-256 `digest`
     /// (PKCS#11 `CKM_RSA_PKCS_PSS`).
@@ -129,13 +147,33 @@ pub trait Token {
         out: &mut [u8],
     ) -> Result<usize, TokenError>;
 
+    /// AES key wrap (RFC 3394, `CKM_AES_KEY_WRAP`) of `secret` (16, 24 or 32 bytes: an AES
+    /// key) under the wrapping key `key`; writes `secret.len() + 8` bytes. The secret is
+    /// only ever in `secret` and the token: implementations must not keep or log it.
+    fn wrap_aes_kw(
+        &mut self,
+        key: &KeyId,
+        secret: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TokenError>;
+
+    /// The inverse of [`Token::wrap_aes_kw`]: checks the RFC 3394 integrity value and writes
+    /// the secret (`wrapped.len() - 8` bytes). Like decryption, every failure reaches the
+    /// client as one uniform wire error, whatever the CKR.
+    fn unwrap_aes_kw(
+        &mut self,
+        key: &KeyId,
+        wrapped: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TokenError>;
+
     /// `C_Login` as the user. `CKR_USER_ALREADY_LOGGED_IN` must be reported as success.
     fn login(&mut self, pin: &[u8]) -> Result<(), TokenError>;
 
     /// `C_Logout`; errors are ignored (the core is locked afterwards either way).
     fn logout(&mut self);
 
-    /// The kind of `key`, or `None` if the token has no such private key. Called before any
+    /// The kind of `key`, or `None` if the token has no such key. Called before any
     /// key use; should answer from metadata found at start-up, without a key operation.
     fn key_kind(&self, key: &KeyId) -> Option<KeyKind>;
 }

@@ -19,8 +19,8 @@
 
 use crate::audit::AuditHead;
 use crate::config::{
-    self, FRAME_HEADER_LEN, MAX_BLOB_LEN, MAX_PIN_LEN, MAX_PLAINTEXT_LEN, MAX_SIGNATURE_LEN,
-    PROTOCOL_VERSION,
+    self, FRAME_HEADER_LEN, MAX_BLOB_LEN, MAX_PIN_LEN, MAX_PLAINTEXT_LEN, MAX_SECRET_LEN,
+    MAX_SIGNATURE_LEN, MAX_WRAPPED_LEN, PROTOCOL_VERSION,
 };
 use crate::id::{ClientId, KeyId};
 use crate::lock::LockState;
@@ -38,6 +38,12 @@ pub type Plaintext = Secret<MAX_PLAINTEXT_LEN>;
 pub type Blob = Vec<u8, MAX_BLOB_LEN>;
 /// An RSA signature.
 pub type Signature = Vec<u8, MAX_SIGNATURE_LEN>;
+/// A secret to wrap or just unwrapped (an AES key of 16, 24 or 32 bytes): wiped on drop,
+/// never printed.
+pub type WrapSecret = Secret<MAX_SECRET_LEN>;
+/// A secret wrapped with AES key wrap (RFC 3394): the secret's length plus 8 bytes. Not
+/// secret itself (that is the point of wrapping it), so a plain vector.
+pub type Wrapped = Vec<u8, MAX_WRAPPED_LEN>;
 
 /// Numeric ids of requests. Never reuse a retired id.
 pub mod request_id {
@@ -47,14 +53,18 @@ pub mod request_id {
     pub const AUDIT_HEAD: u8 = 0x04;
     pub const SIGN_PSS_SHA256: u8 = 0x10;
     pub const DECRYPT_PKCS1V15: u8 = 0x11;
+    pub const WRAP_SECRET: u8 = 0x12;
+    pub const UNWRAP_SECRET: u8 = 0x13;
     /// Every request id, for the duplicate check.
-    pub const ALL: [u8; 6] = [
+    pub const ALL: [u8; 8] = [
         STATUS,
         UNLOCK,
         LOCK,
         AUDIT_HEAD,
         SIGN_PSS_SHA256,
         DECRYPT_PKCS1V15,
+        WRAP_SECRET,
+        UNWRAP_SECRET,
     ];
 }
 
@@ -67,10 +77,12 @@ pub mod response_id {
     pub const AUDIT_HEAD: u8 = rq::AUDIT_HEAD;
     pub const SIGNATURE: u8 = rq::SIGN_PSS_SHA256;
     pub const PLAINTEXT: u8 = rq::DECRYPT_PKCS1V15;
+    pub const WRAPPED: u8 = rq::WRAP_SECRET;
+    pub const UNWRAPPED: u8 = rq::UNWRAP_SECRET;
     pub const ERROR: u8 = 0xFF;
     /// Every response id, for the duplicate check.
-    pub const ALL: [u8; 7] = [
-        STATUS, UNLOCKED, LOCKED, AUDIT_HEAD, SIGNATURE, PLAINTEXT, ERROR,
+    pub const ALL: [u8; 9] = [
+        STATUS, UNLOCKED, LOCKED, AUDIT_HEAD, SIGNATURE, PLAINTEXT, WRAPPED, UNWRAPPED, ERROR,
     ];
 }
 
@@ -118,6 +130,19 @@ pub enum Request {
         key: KeyId,
         blob: Blob,
     },
+    /// Wrap a secret (an AES key: 16, 24 or 32 bytes) with a wrapping key (AES key wrap,
+    /// RFC 3394), so that it can be stored without being in clear at rest.
+    WrapSecret {
+        client: ClientId,
+        key: KeyId,
+        secret: WrapSecret,
+    },
+    /// Unwrap a secret wrapped by `WrapSecret` with the same key.
+    UnwrapSecret {
+        client: ClientId,
+        key: KeyId,
+        wrapped: Wrapped,
+    },
 }
 
 impl Request {
@@ -130,6 +155,8 @@ impl Request {
             Self::AuditHead => request_id::AUDIT_HEAD,
             Self::SignPssSha256 { .. } => request_id::SIGN_PSS_SHA256,
             Self::DecryptPkcs1v15 { .. } => request_id::DECRYPT_PKCS1V15,
+            Self::WrapSecret { .. } => request_id::WRAP_SECRET,
+            Self::UnwrapSecret { .. } => request_id::UNWRAP_SECRET,
         }
     }
 }
@@ -152,6 +179,8 @@ pub enum Response {
     AuditHead(AuditHead),
     Signature(Signature),
     Plaintext(Plaintext),
+    Wrapped(Wrapped),
+    Unwrapped(WrapSecret),
     Error(Error),
 }
 
@@ -165,6 +194,8 @@ impl Response {
             Self::AuditHead(_) => response_id::AUDIT_HEAD,
             Self::Signature(_) => response_id::SIGNATURE,
             Self::Plaintext(_) => response_id::PLAINTEXT,
+            Self::Wrapped(_) => response_id::WRAPPED,
+            Self::Unwrapped(_) => response_id::UNWRAPPED,
             Self::Error(_) => response_id::ERROR,
         }
     }
@@ -202,6 +233,11 @@ pub enum Error {
     AuditUnavailable,
     /// A PKCS#11 call failed.
     Token(TokenError),
+    /// Unwrapping failed (integrity check, length, token error). One uniform error, as for
+    /// [`Error::DecryptFailed`]; the detail goes to the audit log only.
+    UnwrapFailed,
+    /// A secret to wrap is not 16, 24 or 32 bytes long, or a wrapped secret not 8 more.
+    InvalidLength,
 }
 
 impl fmt::Display for Error {
@@ -230,6 +266,10 @@ impl fmt::Display for Error {
             Self::DecryptFailed => f.write_str("key transport decryption failed"),
             Self::AuditUnavailable => f.write_str("audit log unavailable; result withheld"),
             Self::Token(e) => fmt::Display::fmt(e, f),
+            Self::UnwrapFailed => f.write_str("unwrapping the secret failed"),
+            Self::InvalidLength => {
+                f.write_str("a secret must be 16, 24 or 32 bytes (wrapped: 8 bytes more)")
+            }
         }
     }
 }
@@ -282,6 +322,16 @@ pub fn encode_request<'a>(request: &Request, out: &'a mut [u8]) -> Result<&'a [u
                 digest,
             } => put(&(client, key, digest), body)?,
             Request::DecryptPkcs1v15 { client, key, blob } => put(&(client, key, blob), body)?,
+            Request::WrapSecret {
+                client,
+                key,
+                secret,
+            } => put(&(client, key, secret), body)?,
+            Request::UnwrapSecret {
+                client,
+                key,
+                wrapped,
+            } => put(&(client, key, wrapped), body)?,
         }
     };
     finish(out, request.id(), body_len)
@@ -297,6 +347,8 @@ pub fn encode_response<'a>(response: &Response, out: &'a mut [u8]) -> Result<&'a
             Response::AuditHead(h) => put(h, body)?,
             Response::Signature(s) => put(s, body)?,
             Response::Plaintext(p) => put(p, body)?,
+            Response::Wrapped(w) => put(w, body)?,
+            Response::Unwrapped(s) => put(s, body)?,
             Response::Error(e) => put(e, body)?,
         }
     };
@@ -346,6 +398,22 @@ pub fn decode_request(frame: &[u8]) -> Result<Request, FrameError> {
             let (client, key, blob) = exact(body)?;
             Request::DecryptPkcs1v15 { client, key, blob }
         }
+        request_id::WRAP_SECRET => {
+            let (client, key, secret) = exact(body)?;
+            Request::WrapSecret {
+                client,
+                key,
+                secret,
+            }
+        }
+        request_id::UNWRAP_SECRET => {
+            let (client, key, wrapped) = exact(body)?;
+            Request::UnwrapSecret {
+                client,
+                key,
+                wrapped,
+            }
+        }
         _ => return Err(FrameError::BadFrame),
     })
 }
@@ -360,6 +428,8 @@ pub fn decode_response(frame: &[u8]) -> Result<Response, FrameError> {
         response_id::AUDIT_HEAD => Response::AuditHead(exact(body)?),
         response_id::SIGNATURE => Response::Signature(exact(body)?),
         response_id::PLAINTEXT => Response::Plaintext(exact(body)?),
+        response_id::WRAPPED => Response::Wrapped(exact(body)?),
+        response_id::UNWRAPPED => Response::Unwrapped(exact(body)?),
         response_id::ERROR => Response::Error(exact(body)?),
         _ => return Err(FrameError::BadFrame),
     })

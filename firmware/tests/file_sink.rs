@@ -28,6 +28,8 @@ fn core_on(path: &Path) -> Custody<InsecureMemoryToken, FileAuditSink> {
             key: auth,
             sign: true,
             decrypt: false,
+            wrap: false,
+            unwrap: false,
             budget,
         })
         .unwrap();

@@ -7,7 +7,9 @@ use common::*;
 use etee_custody::audit::{AuditRecord, Operation, Outcome};
 use etee_custody::config::*;
 use etee_custody::token::{TokenError, TokenFunction};
-use etee_custody::wire::{self, Error, Plaintext, Request, Response, Signature};
+use etee_custody::wire::{
+    self, Error, Plaintext, Request, Response, Signature, WrapSecret, Wrapped,
+};
 use etee_custody::{ClientId, KeyId};
 
 #[test]
@@ -19,6 +21,9 @@ fn pinned_bounds() {
     assert_eq!(MAX_BLOB_LEN, 512);
     assert_eq!(MAX_SIGNATURE_LEN, 512);
     assert_eq!(MAX_PLAINTEXT_LEN, 512);
+    assert_eq!(MIN_SECRET_LEN, 16);
+    assert_eq!(MAX_SECRET_LEN, 32);
+    assert_eq!(MAX_WRAPPED_LEN, 40);
     assert_eq!(MAX_POLICY_RULES, 32);
     assert_eq!(MAX_PIN_ATTEMPTS, 5);
 
@@ -66,6 +71,8 @@ fn largest_request_is_exactly_the_bound() {
     let others = [
         unlock(&[b'9'; MAX_PIN_LEN]),
         sign(long_client(), long_key(), [0xFF; 32]),
+        wrap(long_client(), long_key(), &[0xFF; MAX_SECRET_LEN]),
+        unwrap(long_client(), long_key(), &[0xFF; MAX_WRAPPED_LEN]),
         Request::Status,
         Request::Lock,
         Request::AuditHead,
@@ -100,6 +107,12 @@ fn largest_response_is_exactly_the_bound() {
         wire::encode_response(&worst_error, &mut buf).unwrap().len(),
         FRAME_HEADER_LEN + MAX_ERROR_LEN
     );
+    for small in [
+        Response::Wrapped(Wrapped::from_slice(&[1; MAX_WRAPPED_LEN]).unwrap()),
+        Response::Unwrapped(WrapSecret::from_slice(&[1; MAX_SECRET_LEN]).unwrap()),
+    ] {
+        assert!(wire::encode_response(&small, &mut buf).unwrap().len() < MAX_RESPONSE_FRAME);
+    }
     let slow = Response::Error(Error::RateLimited {
         retry_after_ms: u64::MAX,
     });

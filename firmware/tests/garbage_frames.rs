@@ -22,6 +22,8 @@ fn seeds() -> Vec<Vec<u8>> {
         )),
         encode(&etee_custody::Request::Status),
         encode(&etee_custody::Request::AuditHead),
+        encode(&wrap(app(), kgss(), &[4; 32])),
+        encode(&unwrap(app(), kgss(), &wrapped_for(&kgss(), &[4; 32]))),
     ]
 }
 

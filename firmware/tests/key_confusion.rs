@@ -4,10 +4,11 @@ mod common;
 use common::*;
 
 use etee_custody::audit::{sha256, Operation, Outcome};
-use etee_custody::insecure::Call;
+use etee_custody::insecure::{Call, InsecureMemoryToken};
 use etee_custody::policy::{Budget, Policy};
 use etee_custody::token::{ckr, TokenError, TokenFunction};
 use etee_custody::wire::{Error, Request, Response};
+use etee_custody::KeyKind;
 
 /// Sends `request` to `core` and checks that it is refused with `error`, that no key
 /// operation reached the token, and that the refusal is on record.
@@ -33,8 +34,8 @@ fn refused(core: &mut Core, request: Request, error: Error) {
 /// it and a misuse.
 fn permissive() -> Policy {
     let mut p = Policy::deny_all();
-    for k in [auth(), etk(), etk_old(), key("ghost")] {
-        p.allow(rule(app(), k, true, true, GENEROUS)).unwrap();
+    for k in [auth(), etk(), etk_old(), kgss(), key("ghost")] {
+        p.allow(any_rule(app(), k, GENEROUS)).unwrap();
     }
     p
 }
@@ -310,4 +311,215 @@ fn sign_failures_carry_the_pkcs11_function_and_code() {
         call(&mut core, &sign(app(), auth(), [9; 32]), 1),
         Response::Error(Error::Token(e))
     );
+}
+
+#[test]
+fn wrap_and_unwrap_round_trip() {
+    let mut core = unlocked();
+    for secret in [&[0x11u8; 16][..], &[0x22; 24], &[0x33; 32]] {
+        let Response::Wrapped(wrapped) = call(&mut core, &wrap(app(), kgss(), secret), 1) else {
+            panic!("no wrapped secret");
+        };
+        assert_eq!(wrapped.len(), secret.len() + 8);
+        assert_eq!(wrapped[..], wrapped_for(&kgss(), secret)[..]);
+        let Response::Unwrapped(back) = call(&mut core, &unwrap(app(), kgss(), &wrapped), 2) else {
+            panic!("no unwrapped secret");
+        };
+        assert_eq!(back.expose(), secret);
+        // Both on record: the wrap with the wrapped output's fingerprint (not the secret's),
+        // the unwrap with the blob's: the same digest.
+        let records = core.audit_sink().records();
+        let (w, u) = (&records[records.len() - 2], &records[records.len() - 1]);
+        assert_eq!(w.operation, Operation::WrapSecret);
+        assert_eq!(u.operation, Operation::UnwrapSecret);
+        assert_eq!(w.input_digest, sha256(&wrapped));
+        assert_eq!(u.input_digest, sha256(&wrapped));
+        assert_ne!(w.input_digest, sha256(secret));
+        assert_eq!(
+            (w.client.as_ref(), w.key.as_ref()),
+            (Some(&app()), Some(&kgss()))
+        );
+        assert!(w.outcome == Outcome::Success && u.outcome == Outcome::Success);
+    }
+    assert_eq!(
+        key_uses(&core),
+        (0..3)
+            .flat_map(|_| [Call::Wrap(kgss()), Call::Unwrap(kgss())])
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn unwrapped_secrets_are_never_printed() {
+    let mut core = unlocked();
+    let wrapped = wrapped_for(&kgss(), &[0xAB; 16]);
+    let response = call(&mut core, &unwrap(app(), kgss(), &wrapped), 1);
+    let printed = format!("{response:?} {:?}", wrap(app(), kgss(), &[0xAB; 16]));
+    assert!(!printed.contains("171"), "{printed}");
+    assert!(printed.contains("redacted"), "{printed}");
+}
+
+#[test]
+fn sign_or_decrypt_with_the_wrapping_key() {
+    let mut core = unlocked_with(permissive());
+    refused(&mut core, sign(app(), kgss(), [0; 32]), Error::WrongKeyKind);
+    refused(
+        &mut core,
+        decrypt(app(), kgss(), &[0; 256]),
+        Error::WrongKeyKind,
+    );
+}
+
+#[test]
+fn wrap_or_unwrap_with_rsa_keys() {
+    let mut core = unlocked_with(permissive());
+    for k in [auth(), etk(), etk_old()] {
+        refused(
+            &mut core,
+            wrap(app(), k.clone(), &[1; 32]),
+            Error::WrongKeyKind,
+        );
+        let wrapped = wrapped_for(&kgss(), &[1; 32]);
+        refused(&mut core, unwrap(app(), k, &wrapped), Error::WrongKeyKind);
+    }
+    refused(
+        &mut core,
+        wrap(app(), key("ghost"), &[1; 16]),
+        Error::UnknownKey,
+    );
+}
+
+#[test]
+fn wrap_permissions_are_separate() {
+    let mut p = Policy::deny_all();
+    p.allow(wrap_rule(app(), kgss(), true, false, GENEROUS))
+        .unwrap();
+    p.allow(wrap_rule(other(), kgss(), false, true, GENEROUS))
+        .unwrap();
+    p.allow(rule(client("signer"), kgss(), true, true, GENEROUS))
+        .unwrap();
+    let mut core = unlocked_with(p);
+    let wrapped = wrapped_for(&kgss(), &[5; 16]);
+    refused(
+        &mut core,
+        unwrap(app(), kgss(), &wrapped),
+        Error::PolicyDenied,
+    );
+    refused(
+        &mut core,
+        wrap(other(), kgss(), &[5; 16]),
+        Error::PolicyDenied,
+    );
+    // Sign and decrypt rights give no wrap or unwrap rights.
+    refused(
+        &mut core,
+        wrap(client("signer"), kgss(), &[5; 16]),
+        Error::PolicyDenied,
+    );
+    refused(
+        &mut core,
+        unwrap(client("signer"), kgss(), &wrapped),
+        Error::PolicyDenied,
+    );
+    assert!(matches!(
+        call(&mut core, &wrap(app(), kgss(), &[5; 16]), 1),
+        Response::Wrapped(_)
+    ));
+    assert!(matches!(
+        call(&mut core, &unwrap(other(), kgss(), &wrapped), 2),
+        Response::Unwrapped(_)
+    ));
+}
+
+#[test]
+fn wrap_lengths_are_checked_before_the_token() {
+    let mut core = unlocked();
+    for len in [0, 8, 15, 17, 20, 31] {
+        refused(
+            &mut core,
+            wrap(app(), kgss(), &vec![7; len]),
+            Error::InvalidLength,
+        );
+    }
+    for len in [0, 8, 16, 23, 25, 39] {
+        refused(
+            &mut core,
+            unwrap(app(), kgss(), &vec![7; len]),
+            Error::InvalidLength,
+        );
+    }
+    // On record without a digest of the secret.
+    let mut core = unlocked();
+    refused(
+        &mut core,
+        wrap(app(), kgss(), &[7; 20]),
+        Error::InvalidLength,
+    );
+    let last = core.audit_sink().records().last().unwrap().clone();
+    assert_eq!(last.operation, Operation::WrapSecret);
+    assert_eq!(last.input_digest, [0; 32]);
+}
+
+#[test]
+fn unwrap_failures_look_the_same_whatever_the_cause() {
+    let mut core = unlocked();
+    let good = wrapped_for(&kgss(), &[9; 32]);
+    // A flipped bit (integrity check) ...
+    let mut flipped = good.clone();
+    flipped[20] ^= 1;
+    let frame_a = call_raw(&mut core, &encode(&unwrap(app(), kgss(), &flipped)), 1);
+    // ... a blob for another key ...
+    let mut other_key = [0u8; 40];
+    let n = InsecureMemoryToken::new(PIN)
+        .unwrap()
+        .with_key(&kgss(), KeyKind::Wrapping, b"another key")
+        .fake_wrap(&kgss(), &[9; 32], &mut other_key)
+        .unwrap();
+    let frame_b = call_raw(
+        &mut core,
+        &encode(&unwrap(app(), kgss(), &other_key[..n])),
+        2,
+    );
+    // ... and a device error give the same bytes on the wire.
+    core.token()
+        .fail_next(TokenError::new(TokenFunction::UnwrapKey, ckr::DEVICE_ERROR));
+    let frame_c = call_raw(&mut core, &encode(&unwrap(app(), kgss(), &good)), 3);
+    assert_eq!(frame_a, frame_b);
+    assert_eq!(frame_a, frame_c);
+    assert_eq!(
+        etee_custody::wire::decode_response(&frame_a).unwrap(),
+        Response::Error(Error::UnwrapFailed)
+    );
+    // The audit log keeps the detail, and the blob's fingerprint.
+    let records = core.audit_sink().records();
+    let n = records.len();
+    assert_eq!(
+        records[n - 3].outcome,
+        Outcome::Refused(Error::Token(TokenError::new(
+            TokenFunction::UnwrapKey,
+            ckr::WRAPPED_KEY_INVALID
+        )))
+    );
+    assert_eq!(records[n - 3].input_digest, sha256(&flipped));
+    assert_eq!(
+        records[n - 1].outcome,
+        Outcome::Refused(Error::Token(TokenError::new(
+            TokenFunction::UnwrapKey,
+            ckr::DEVICE_ERROR
+        )))
+    );
+}
+
+#[test]
+fn wrap_failures_carry_the_pkcs11_function_and_code() {
+    let mut core = unlocked();
+    let e = TokenError::new(TokenFunction::WrapKey, ckr::DEVICE_ERROR);
+    core.token().fail_next(e);
+    assert_eq!(
+        call(&mut core, &wrap(app(), kgss(), &[3; 16]), 1),
+        Response::Error(Error::Token(e))
+    );
+    let last = core.audit_sink().records().last().unwrap();
+    assert_eq!(last.outcome, Outcome::Refused(Error::Token(e)));
+    assert_eq!(last.input_digest, [0; 32]);
 }

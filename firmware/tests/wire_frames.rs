@@ -22,6 +22,8 @@ fn every_request() -> Vec<Request> {
         Request::AuditHead,
         sign(app(), auth(), [7; 32]),
         decrypt(app(), etk(), &[1, 2, 3]),
+        wrap(app(), kgss(), &[4; 16]),
+        unwrap(app(), kgss(), &[5; 24]),
     ];
     for r in &all {
         match r {
@@ -30,7 +32,9 @@ fn every_request() -> Vec<Request> {
             | Request::Lock
             | Request::AuditHead
             | Request::SignPssSha256 { .. }
-            | Request::DecryptPkcs1v15 { .. } => {}
+            | Request::DecryptPkcs1v15 { .. }
+            | Request::WrapSecret { .. }
+            | Request::UnwrapSecret { .. } => {}
         }
     }
     all
@@ -50,6 +54,8 @@ fn every_response() -> Vec<Response> {
         }),
         Response::Signature(Signature::from_slice(&[5; 256]).unwrap()),
         Response::Plaintext(Plaintext::from_slice(&[6; 16]).unwrap()),
+        Response::Wrapped(wire::Wrapped::from_slice(&[7; 40]).unwrap()),
+        Response::Unwrapped(wire::WrapSecret::from_slice(&[8; 32]).unwrap()),
         Response::Error(Error::Token(TokenError::new(TokenFunction::Sign, 0x30))),
     ];
     for r in &all {
@@ -60,6 +66,8 @@ fn every_response() -> Vec<Response> {
             | Response::AuditHead(_)
             | Response::Signature(_)
             | Response::Plaintext(_)
+            | Response::Wrapped(_)
+            | Response::Unwrapped(_)
             | Response::Error(_) => {}
         }
     }
@@ -151,6 +159,30 @@ fn pinned_bytes() {
         encode(&unlock(b"1234")),
         [0, 1, 0x02, 4, b'1', b'2', b'3', b'4']
     );
+    let mut expected = vec![0x00, 0x01, 0x12, 0x08];
+    expected.extend_from_slice(b"seal-app");
+    expected.push(0x09);
+    expected.extend_from_slice(b"kgss-wrap");
+    expected.push(16);
+    expected.extend_from_slice(&[0x3C; 16]);
+    assert_eq!(encode(&wrap(app(), kgss(), &[0x3C; 16])), expected);
+
+    let mut expected = vec![0x00, 0x01, 0x13, 0x08];
+    expected.extend_from_slice(b"seal-app");
+    expected.push(0x09);
+    expected.extend_from_slice(b"kgss-wrap");
+    expected.push(40);
+    expected.extend_from_slice(&[0xC3; 40]);
+    assert_eq!(encode(&unwrap(app(), kgss(), &[0xC3; 40])), expected);
+    let wrapped = Response::Wrapped(wire::Wrapped::from_slice(&[1; 24]).unwrap());
+    let mut expected = vec![0x00, 0x01, 0x12, 24];
+    expected.extend_from_slice(&[1; 24]);
+    assert_eq!(encode_resp(&wrapped), expected);
+    let unwrapped = Response::Unwrapped(wire::WrapSecret::from_slice(&[2; 16]).unwrap());
+    let mut expected = vec![0x00, 0x01, 0x13, 16];
+    expected.extend_from_slice(&[2; 16]);
+    assert_eq!(encode_resp(&unwrapped), expected);
+
     assert_eq!(encode(&Request::Status), [0, 1, 0x01]);
     assert_eq!(encode(&Request::Lock), [0, 1, 0x03]);
     assert_eq!(encode(&Request::AuditHead), [0, 1, 0x04]);
@@ -198,6 +230,8 @@ fn every_error() -> Vec<Error> {
         Error::DecryptFailed,
         Error::AuditUnavailable,
         Error::Token(TokenError::new(TokenFunction::Login, 0xA0)),
+        Error::UnwrapFailed,
+        Error::InvalidLength,
     ]
 }
 
@@ -209,7 +243,7 @@ fn error_variant_order_is_stable() {
         .map(|e| encode_resp(&Response::Error(e)))
         .collect();
     let tags: Vec<u8> = frames.iter().map(|f| f[3]).collect();
-    assert_eq!(tags, (0..12).collect::<Vec<u8>>());
+    assert_eq!(tags, (0..14).collect::<Vec<u8>>());
     assert_eq!(frames[1], [0, 1, 0xFF, 1, 1, 2]);
     assert_eq!(frames[3], [0, 1, 0xFF, 3, 3]);
     assert_eq!(frames[6], [0, 1, 0xFF, 6, 0xDC, 0x0B]);
@@ -235,6 +269,10 @@ fn token_function_order_is_stable() {
         Sign,
         DecryptInit,
         Decrypt,
+        WrapKey,
+        UnwrapKey,
+        CreateObject,
+        DestroyObject,
     ];
     for (i, f) in all.into_iter().enumerate() {
         let frame = encode_resp(&Response::Error(Error::Token(TokenError::new(f, 0))));

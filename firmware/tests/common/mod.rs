@@ -1,5 +1,5 @@
-//! Shared set-up: an insecure in-memory token with one authentication key and two ETK keys,
-//! and a policy for two clients.
+//! Shared set-up: an insecure in-memory token with one authentication key, two ETK keys and
+//! a wrapping key, and a policy for two clients.
 #![allow(dead_code)] // each test file uses a different part
 
 use etee_custody::audit::AuditHead;
@@ -34,6 +34,10 @@ pub fn etk() -> KeyId {
 pub fn etk_old() -> KeyId {
     key("etk-2019")
 }
+/// The KGSS wrapping key (wrap and unwrap only).
+pub fn kgss() -> KeyId {
+    key("kgss-wrap")
+}
 /// The sealing application: may sign with `auth` and decrypt with `etk`.
 pub fn app() -> ClientId {
     client("seal-app")
@@ -54,6 +58,30 @@ pub fn rule(client: ClientId, key: KeyId, sign: bool, decrypt: bool, budget: Bud
         key,
         sign,
         decrypt,
+        wrap: false,
+        unwrap: false,
+        budget,
+    }
+}
+
+/// A rule for wrapping and/or unwrapping only.
+pub fn wrap_rule(client: ClientId, key: KeyId, wrap: bool, unwrap: bool, budget: Budget) -> Rule {
+    Rule {
+        wrap,
+        unwrap,
+        ..rule(client, key, false, false, budget)
+    }
+}
+
+/// A rule for everything (only the key kind stands between the client and a misuse).
+pub fn any_rule(client: ClientId, key: KeyId, budget: Budget) -> Rule {
+    Rule {
+        client,
+        key,
+        sign: true,
+        decrypt: true,
+        wrap: true,
+        unwrap: true,
         budget,
     }
 }
@@ -64,6 +92,7 @@ pub fn token() -> InsecureMemoryToken {
         .with_key(&auth(), KeyKind::Authentication, b"auth")
         .with_key(&etk(), KeyKind::Encryption, b"etk-2024")
         .with_key(&etk_old(), KeyKind::Encryption, b"etk-2019")
+        .with_key(&kgss(), KeyKind::Wrapping, b"kgss-wrap")
 }
 
 pub fn policy() -> Policy {
@@ -71,6 +100,8 @@ pub fn policy() -> Policy {
     p.allow(rule(app(), auth(), true, false, GENEROUS)).unwrap();
     p.allow(rule(app(), etk(), false, true, GENEROUS)).unwrap();
     p.allow(rule(other(), etk_old(), false, true, GENEROUS))
+        .unwrap();
+    p.allow(wrap_rule(app(), kgss(), true, true, GENEROUS))
         .unwrap();
     p
 }
@@ -122,6 +153,29 @@ pub fn decrypt(client: ClientId, key: KeyId, blob: &[u8]) -> Request {
     }
 }
 
+pub fn wrap(client: ClientId, key: KeyId, secret: &[u8]) -> Request {
+    Request::WrapSecret {
+        client,
+        key,
+        secret: wire::WrapSecret::from_slice(secret).unwrap(),
+    }
+}
+
+pub fn unwrap(client: ClientId, key: KeyId, wrapped: &[u8]) -> Request {
+    Request::UnwrapSecret {
+        client,
+        key,
+        wrapped: wire::Wrapped::from_slice(wrapped).unwrap(),
+    }
+}
+
+/// A wrapped secret that `key` of the standard token unwraps to `secret`.
+pub fn wrapped_for(key: &KeyId, secret: &[u8]) -> std::vec::Vec<u8> {
+    let mut out = [0u8; 40];
+    let n = token().fake_wrap(key, secret, &mut out).unwrap();
+    out[..n].to_vec()
+}
+
 /// A blob that `key` of the standard token decrypts to `plaintext`.
 pub fn blob_for(key: &KeyId, plaintext: &[u8]) -> std::vec::Vec<u8> {
     let mut out = [0u8; 512];
@@ -147,12 +201,12 @@ pub fn encode(request: &Request) -> std::vec::Vec<u8> {
     wire::encode_request(request, &mut buf).unwrap().to_vec()
 }
 
-/// Sign and decrypt calls that reached the token.
+/// Key uses (sign, decrypt, wrap, unwrap) that reached the token.
 pub fn key_uses(core: &Core) -> std::vec::Vec<Call> {
     core.token()
         .calls()
         .iter()
-        .filter(|c| matches!(c, Call::Sign(_) | Call::Decrypt(_)))
+        .filter(|c| c.is_key_use())
         .cloned()
         .collect()
 }

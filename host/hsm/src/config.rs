@@ -11,7 +11,7 @@
 //! Everything else has a safe default: `sessions` (pool size; default from the core count
 //! and the token's session limit), `pin_credential` / `so_pin_credential` (a systemd
 //! credential name instead of a file) and `[hsm.profiles.NAME]` key profiles (built in:
-//! `authentication` and `etk`). Other top-level tables belong to other components and are
+//! `authentication`, `etk` and `kgss-wrap`). Other top-level tables belong to other components and are
 //! ignored here; unknown keys *inside* `[hsm]` are refused, so that a typo does not
 //! silently fall back to a default.
 //!
@@ -42,6 +42,9 @@ pub struct Config {
     pub custody: CustodyConfig,
 }
 
+/// The CKA_ID (and profile name) of the KGSS service's wrapping key.
+pub const KGSS_WRAP_ID: &str = "kgss-wrap";
+
 /// The default client id of the in-process custody core.
 pub const DEFAULT_CUSTODY_CLIENT: &str = "etee-cli";
 
@@ -59,8 +62,8 @@ pub const DEFAULT_CUSTODY_CLIENT: &str = "etee-cli";
 pub struct CustodyConfig {
     /// The audit chain file.
     pub audit_file: PathBuf,
-    /// The client the default policy lets sign with `authentication` and decrypt with
-    /// every ETK key.
+    /// The client the default policy lets sign with `authentication`, decrypt with every
+    /// ETK key and wrap and unwrap with every wrapping key.
     pub client: String,
     /// Where the core runs.
     pub mode: CustodyMode,
@@ -365,6 +368,9 @@ pub enum KeyRole {
     /// An ETK decryption key: opens key-transport blobs (RSA PKCS#1 v1.5).
     #[serde(alias = "encryption", alias = "decryption")]
     Etk,
+    /// An AES key that wraps and unwraps secrets (`CKM_AES_KEY_WRAP`, RFC 3394): the KGSS
+    /// service stores its keys wrapped under it. A secret key, not a key pair.
+    Wrapping,
 }
 
 impl KeyRole {
@@ -376,6 +382,7 @@ impl KeyRole {
                 MechanismType::SHA256_RSA_PKCS_PSS,
             ],
             Self::Etk => &[MechanismType::RSA_PKCS],
+            Self::Wrapping => &[MechanismType::AES_KEY_WRAP],
         }
     }
 
@@ -384,6 +391,7 @@ impl KeyRole {
         match self {
             Self::Authentication => MechanismType::RSA_PKCS_PSS,
             Self::Etk => MechanismType::RSA_PKCS,
+            Self::Wrapping => MechanismType::AES_KEY_WRAP,
         }
     }
 }
@@ -393,6 +401,7 @@ impl fmt::Display for KeyRole {
         f.write_str(match self {
             Self::Authentication => "authentication",
             Self::Etk => "etk",
+            Self::Wrapping => "wrapping",
         })
     }
 }
@@ -408,7 +417,8 @@ pub struct KeyProfile {
     pub id: Option<String>,
     /// CKA_LABEL; defaults to the id.
     pub label: Option<String>,
-    /// RSA modulus size: 2048 (default), 3072 or 4096.
+    /// RSA modulus size: 2048 (default), 3072 or 4096; for wrapping keys the AES key size:
+    /// 128, 192 or 256 (default).
     pub bits: u32,
     /// CKA_ALLOWED_MECHANISMS, `CKM_...` names; a subset of the role's permitted ones that
     /// holds the required one.
@@ -442,6 +452,19 @@ impl KeyProfile {
         }
     }
 
+    /// The built-in KGSS wrapping key profile: id and label `kgss-wrap`, AES-256,
+    /// `CKM_AES_KEY_WRAP` only (wrap and unwrap; no encrypt, decrypt, sign or derive).
+    pub fn kgss_wrap() -> Self {
+        Self {
+            name: KGSS_WRAP_ID.into(),
+            role: KeyRole::Wrapping,
+            id: Some(KGSS_WRAP_ID.into()),
+            label: None,
+            bits: 256,
+            mechanisms: names(KeyRole::Wrapping.permitted_mechanisms()),
+        }
+    }
+
     /// CKA_ALLOWED_MECHANISMS as cryptoki values.
     pub fn mechanism_types(&self) -> Vec<MechanismType> {
         self.mechanisms
@@ -452,8 +475,15 @@ impl KeyProfile {
 
     fn validate(&self) -> Result<()> {
         let bad = |why: String| HsmError::Config(format!("profile {:?}: {why}", self.name));
-        if ![2048, 3072, 4096].contains(&self.bits) {
-            return Err(bad(format!("bits = {} (2048, 3072 or 4096)", self.bits)));
+        let (sizes, what) = match self.role {
+            KeyRole::Wrapping => (&[128, 192, 256], "128, 192 or 256"),
+            KeyRole::Authentication | KeyRole::Etk => (&[2048, 3072, 4096], "2048, 3072 or 4096"),
+        };
+        if !sizes.contains(&self.bits) {
+            return Err(bad(format!("bits = {} ({what})", self.bits)));
+        }
+        if self.role == KeyRole::Wrapping && self.id.is_none() {
+            return Err(bad("a wrapping key needs an id".into()));
         }
         let permitted = self.role.permitted_mechanisms();
         for m in &self.mechanisms {
@@ -490,6 +520,7 @@ fn mechanism_by_name(name: &str) -> Option<MechanismType> {
         MechanismType::RSA_PKCS_PSS,
         MechanismType::SHA256_RSA_PKCS_PSS,
         MechanismType::RSA_PKCS,
+        MechanismType::AES_KEY_WRAP,
     ]
     .into_iter()
     .find(|m| m.to_string() == name)
@@ -566,6 +597,7 @@ impl HsmConfig {
             let defaults = match p.role {
                 KeyRole::Authentication => KeyProfile::authentication(),
                 KeyRole::Etk => KeyProfile::etk(),
+                KeyRole::Wrapping => KeyProfile::kgss_wrap(),
             };
             let profile = KeyProfile {
                 name: name.clone(),
@@ -629,10 +661,14 @@ impl HsmConfig {
 }
 
 fn builtin_profiles() -> BTreeMap<String, KeyProfile> {
-    [KeyProfile::authentication(), KeyProfile::etk()]
-        .into_iter()
-        .map(|p| (p.name.clone(), p))
-        .collect()
+    [
+        KeyProfile::authentication(),
+        KeyProfile::etk(),
+        KeyProfile::kgss_wrap(),
+    ]
+    .into_iter()
+    .map(|p| (p.name.clone(), p))
+    .collect()
 }
 
 #[cfg(test)]
@@ -651,7 +687,8 @@ mod tests {
         assert_eq!(c.token, TokenSelector::label("t"));
         assert_eq!(c.pin, PinSource::File("/etc/etee/u.pin".into()));
         assert_eq!(c.so_pin, Some(PinSource::File("/s.pin".into())));
-        assert_eq!(c.profiles.len(), 2);
+        assert_eq!(c.profiles.len(), 3);
+        assert_eq!(c.profile("kgss-wrap").unwrap(), &KeyProfile::kgss_wrap());
         assert_eq!(c.profile("authentication").unwrap().bits, 2048);
         assert!(c.pool_size(None) >= 2);
         assert_eq!(c.pool_size(Some(1)), 1);
@@ -674,6 +711,9 @@ mod tests {
             "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.x]\nrole = \"etk\"\nmechanisms = [\"CKM_RSA_PKCS_PSS\"]\n",
             "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.x]\nrole = \"authentication\"\nbits = 1024\n",
             "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.x]\nrole = \"etk\"\nextractable = true\n",
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.x]\nrole = \"wrapping\"\nbits = 2048\n",
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.x]\nrole = \"wrapping\"\nmechanisms = [\"CKM_RSA_PKCS\"]\n",
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.x]\nrole = \"etk\"\nmechanisms = [\"CKM_AES_KEY_WRAP\"]\n",
             "[other]\n",
         ] {
             assert!(Config::from_toml(bad, Path::new("/")).is_err(), "{bad}");
@@ -696,6 +736,20 @@ mod tests {
             }
         );
         assert_eq!(c.profile("etk").unwrap(), &KeyProfile::etk());
+        assert_eq!(c.profile("kgss-wrap").unwrap(), &KeyProfile::kgss_wrap());
+    }
+
+    #[test]
+    fn wrapping_profiles() {
+        let c = Config::from_toml(
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[hsm.profiles.kw128]\nrole = \"wrapping\"\nid = \"kw128\"\nbits = 128\n",
+            Path::new("/"),
+        )
+        .unwrap()
+        .hsm;
+        let p = c.profile("kw128").unwrap();
+        assert_eq!((p.role, p.bits), (KeyRole::Wrapping, 128));
+        assert_eq!(p.mechanism_types(), [MechanismType::AES_KEY_WRAP]);
     }
 
     #[test]

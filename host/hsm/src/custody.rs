@@ -3,7 +3,9 @@
 //! - [`HsmToken`]: the core's [`Token`] over the session pool.
 //! - [`CustodyKeys`]: a [`PrivateKeyOps`] that turns each private-key use into a custody
 //!   [`Request`], so that every signature and decryption passes the lock state and the
-//!   policy and is on the audit chain (a [`FileAuditSink`]) before its result is released.
+//!   policy and is on the audit chain (a [`FileAuditSink`]) before its result is released;
+//!   and the same for the wrapping key ([`CustodyKeys::wrap_secret`],
+//!   [`CustodyKeys::unwrap_secret`]).
 //!
 //! Login: the pool logs in once with the configured PIN when it opens (PKCS#11 login is
 //! per token, not per session). [`HsmToken::login`] therefore does not call `C_Login`
@@ -14,12 +16,14 @@
 //! core is locked); the pool's sessions stay logged in until the pool is dropped.
 //!
 //! The default policy: the configured client (`[custody] client`, default `etee-cli`)
-//! may sign with `authentication` and decrypt with every ETK key found in the token when
-//! the core opens, within a generous budget; everything else is refused and recorded.
+//! may sign with `authentication`, decrypt with every ETK key and wrap and unwrap with every
+//! wrapping key found in the token when the core opens, within a generous budget;
+//! everything else is refused and recorded.
 
 use crate::config::{CustodyConfig, HsmConfig};
 use crate::error::{HsmError, Result};
 use crate::keys::{self, AUTHENTICATION_ID};
+use crate::list::KeyClass;
 use crate::pool::SessionPool;
 use crate::Hsm;
 use cryptoki::error::RvError;
@@ -28,7 +32,7 @@ use etee_custody::custody::Admission;
 use etee_custody::file_sink::{FileAuditSink, GroupSync};
 use etee_custody::policy::{Budget, Policy, Rule};
 use etee_custody::token::{ckr, TokenError, TokenFunction};
-use etee_custody::wire::{self, Blob, Pin as WirePin};
+use etee_custody::wire::{self, Blob, Pin as WirePin, WrapSecret, Wrapped};
 use etee_custody::{ClientId, Custody, Error as CoreError, KeyKind, Request, Response, Token};
 use etee_formats::keys::{DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SigningKey};
 use std::collections::BTreeMap;
@@ -61,18 +65,35 @@ impl std::fmt::Debug for HsmToken {
 }
 
 impl HsmToken {
-    /// Reads the private keys of the token behind `hsm`: CKA_ID `authentication` with
-    /// CKA_SIGN is the authentication key, keys with CKA_DECRYPT are ETK keys.
+    /// Reads the keys of the token behind `hsm`: the private key with CKA_ID
+    /// `authentication` and CKA_SIGN is the authentication key, private keys with
+    /// CKA_DECRYPT are ETK keys, secret keys with CKA_WRAP and CKA_UNWRAP (and neither
+    /// CKA_SIGN nor CKA_DECRYPT) are wrapping keys.
     pub fn new(hsm: &Hsm) -> Result<Self> {
         let (pin, _) = hsm.config().user_pin()?;
         let mut kinds = BTreeMap::new();
         for k in hsm.list()?.keys {
             let id = hex::decode(&k.id_hex).unwrap_or_default();
-            if id == AUTHENTICATION_ID.as_bytes() && k.sign == Some(true) {
-                kinds.insert(id, KeyKind::Authentication);
-            } else if k.decrypt == Some(true) && k.sign != Some(true) {
-                kinds.insert(id, KeyKind::Encryption);
-            }
+            let kind = match k.class {
+                KeyClass::PrivateKey
+                    if id == AUTHENTICATION_ID.as_bytes() && k.sign == Some(true) =>
+                {
+                    KeyKind::Authentication
+                }
+                KeyClass::PrivateKey if k.decrypt == Some(true) && k.sign != Some(true) => {
+                    KeyKind::Encryption
+                }
+                KeyClass::SecretKey
+                    if k.wrap == Some(true)
+                        && k.unwrap == Some(true)
+                        && k.sign != Some(true)
+                        && k.decrypt != Some(true) =>
+                {
+                    KeyKind::Wrapping
+                }
+                _ => continue,
+            };
+            kinds.insert(id, kind);
         }
         Ok(Self {
             pool: hsm.pool().clone(),
@@ -88,7 +109,15 @@ impl HsmToken {
 }
 
 fn ck_code(e: &HsmError) -> u64 {
-    match e.rv() {
+    let rv = match e {
+        HsmError::UnwrapFailed(rv) => Some(*rv),
+        _ => e.rv(),
+    };
+    match rv {
+        Some(RvError::GeneralError) => ckr::GENERAL_ERROR,
+        Some(RvError::KeySizeRange) => ckr::KEY_SIZE_RANGE,
+        Some(RvError::WrappedKeyInvalid) => ckr::WRAPPED_KEY_INVALID,
+        Some(RvError::WrappedKeyLenRange) => ckr::WRAPPED_KEY_LEN_RANGE,
         Some(RvError::PinIncorrect) => ckr::PIN_INCORRECT,
         Some(RvError::PinLocked) => ckr::PIN_LOCKED,
         Some(RvError::DataLenRange) => ckr::DATA_LEN_RANGE,
@@ -104,6 +133,23 @@ fn ck_code(e: &HsmError) -> u64 {
             HsmError::NotFound { .. } => ckr::KEY_HANDLE_INVALID,
             _ => ckr::GENERAL_ERROR,
         },
+    }
+}
+
+/// The failed PKCS#11 function of `e` when it is one of the steps of a key wrap (which
+/// takes several calls), else `default`.
+fn wrap_step(e: &HsmError, default: TokenFunction) -> TokenFunction {
+    match e {
+        HsmError::Pkcs11 { function, .. } => match function.as_str() {
+            "C_CreateObject" => TokenFunction::CreateObject,
+            "C_DestroyObject" => TokenFunction::DestroyObject,
+            "C_GetAttributeValue" => TokenFunction::GetAttributeValue,
+            "C_FindObjectsInit" => TokenFunction::FindObjectsInit,
+            "C_FindObjects" => TokenFunction::FindObjects,
+            "C_FindObjectsFinal" => TokenFunction::FindObjectsFinal,
+            _ => default,
+        },
+        _ => default,
     }
 }
 
@@ -140,6 +186,32 @@ impl Token for HsmToken {
             .run(|conn| keys::decrypt_pkcs1v15(conn, key.as_bytes(), blob))
             .map_err(|e| TokenError::new(TokenFunction::Decrypt, ck_code(&e)))?;
         copy_out(TokenFunction::Decrypt, &plain, out)
+    }
+
+    fn wrap_aes_kw(
+        &mut self,
+        key: &etee_custody::KeyId,
+        secret: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        let wrapped = self
+            .pool
+            .run(|conn| keys::wrap_aes_kw(conn, key.as_bytes(), secret))
+            .map_err(|e| TokenError::new(wrap_step(&e, TokenFunction::WrapKey), ck_code(&e)))?;
+        copy_out(TokenFunction::WrapKey, &wrapped, out)
+    }
+
+    fn unwrap_aes_kw(
+        &mut self,
+        key: &etee_custody::KeyId,
+        wrapped: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        let secret = self
+            .pool
+            .run(|conn| keys::unwrap_aes_kw(conn, key.as_bytes(), wrapped))
+            .map_err(|e| TokenError::new(wrap_step(&e, TokenFunction::UnwrapKey), ck_code(&e)))?;
+        copy_out(TokenFunction::UnwrapKey, &secret, out)
     }
 
     fn login(&mut self, pin: &[u8]) -> Result<(), TokenError> {
@@ -209,14 +281,16 @@ pub(crate) fn client_id(name: &str) -> Result<ClientId> {
         .map_err(|_| HsmError::Config(format!("[custody] client {name:?}: 1 to 32 bytes")))
 }
 
-/// The default policy: `client` signs with the authentication key and decrypts with every
-/// ETK key of `token`, within [`DEFAULT_BUDGET`].
+/// The default policy: `client` signs with the authentication key, decrypts with every
+/// ETK key and wraps and unwraps with every wrapping key of `token`, within
+/// [`DEFAULT_BUDGET`].
 pub fn default_policy(token: &HsmToken, client: &ClientId) -> Result<Policy> {
     policy_for(token, client, DEFAULT_BUDGET)
 }
 
 /// The default policy's rules with another `budget`: `client` signs with the authentication
-/// key and decrypts with every ETK key of `token`.
+/// key, decrypts with every ETK key and wraps and unwraps with every wrapping key of
+/// `token`.
 pub fn policy_for(token: &HsmToken, client: &ClientId, budget: Budget) -> Result<Policy> {
     let mut policy = Policy::deny_all();
     for (id, kind) in token.keys() {
@@ -230,6 +304,8 @@ pub fn policy_for(token: &HsmToken, client: &ClientId, budget: Budget) -> Result
                 key,
                 sign: kind == KeyKind::Authentication,
                 decrypt: kind == KeyKind::Encryption,
+                wrap: kind == KeyKind::Wrapping,
+                unwrap: kind == KeyKind::Wrapping,
                 budget,
             })
             .map_err(|e| HsmError::Config(format!("custody policy: {e:?}")))?;
@@ -392,6 +468,88 @@ impl CustodyKeys {
     fn core_key(key: &KeyId) -> Option<etee_custody::KeyId> {
         etee_custody::KeyId::new(key.0.as_bytes())
     }
+
+    /// Wraps `secret` (an AES key: 16, 24 or 32 bytes) with the wrapping key `key_id`
+    /// (`CKM_AES_KEY_WRAP`, RFC 3394) through the core: policy, then the audit record, then
+    /// the wrapped secret (`secret.len() + 8` bytes), safe to store.
+    pub fn wrap_secret(&self, key_id: &str, secret: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let request = wrap_request(self.inner.client.clone(), key_id, secret)?;
+        wrap_result(self.request(&request), key_id)
+    }
+
+    /// Unwraps a secret wrapped by [`Self::wrap_secret`] with the same key, through the
+    /// core. Every failure of the blob (integrity check, wrong key) is the one uniform
+    /// [`KeyError::DecryptFailed`]; the token's detail is on the audit record only.
+    pub fn unwrap_secret(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let request = unwrap_request(self.inner.client.clone(), key_id, wrapped)?;
+        unwrap_result(self.request(&request), key_id)
+    }
+}
+
+/// A `WrapSecret` request; lengths are left to the core (which records a wrong one).
+pub(crate) fn wrap_request(
+    client: ClientId,
+    key_id: &str,
+    secret: &[u8],
+) -> Result<Request, KeyError> {
+    let key = etee_custody::KeyId::new(key_id.as_bytes())
+        .ok_or_else(|| KeyError::UnknownKey(KeyId(key_id.into())))?;
+    let secret = WrapSecret::from_slice(secret)
+        .ok_or_else(|| KeyError::Refused(CoreError::InvalidLength.to_string()))?;
+    Ok(Request::WrapSecret {
+        client,
+        key,
+        secret,
+    })
+}
+
+/// An `UnwrapSecret` request; a blob too long for any secret is refused here already.
+pub(crate) fn unwrap_request(
+    client: ClientId,
+    key_id: &str,
+    wrapped: &[u8],
+) -> Result<Request, KeyError> {
+    let key = etee_custody::KeyId::new(key_id.as_bytes())
+        .ok_or_else(|| KeyError::UnknownKey(KeyId(key_id.into())))?;
+    let wrapped = Wrapped::from_slice(wrapped)
+        .map_err(|_| KeyError::Refused(CoreError::InvalidLength.to_string()))?;
+    Ok(Request::UnwrapSecret {
+        client,
+        key,
+        wrapped,
+    })
+}
+
+/// The core's answer to a `WrapSecret` request.
+pub(crate) fn wrap_result(response: Response, key_id: &str) -> Result<Vec<u8>, KeyError> {
+    match response {
+        Response::Wrapped(w) => Ok(w.to_vec()),
+        // Not a signature: say what failed (wrapping reveals nothing of a blob).
+        Response::Error(CoreError::Token(t)) => Err(KeyError::Unavailable(format!(
+            "wrapping with {key_id:?}: {t}"
+        ))),
+        Response::Error(e) => Err(key_error(e, &KeyId(key_id.into()))),
+        _ => Err(KeyError::Unavailable("unexpected custody response".into())),
+    }
+}
+
+/// The core's answer to an `UnwrapSecret` request (failures of the blob stay uniform).
+pub(crate) fn unwrap_result(
+    response: Response,
+    key_id: &str,
+) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    match response {
+        Response::Unwrapped(s) => Ok(Zeroizing::new(s.expose().to_vec())),
+        Response::Error(CoreError::Token(_) | CoreError::UnwrapFailed) => {
+            Err(KeyError::DecryptFailed)
+        }
+        Response::Error(e) => Err(key_error(e, &KeyId(key_id.into()))),
+        _ => Err(KeyError::Unavailable("unexpected custody response".into())),
+    }
 }
 
 /// A locked core over `token`, continuing the audit chain of `custody.audit_file` (created
@@ -408,10 +566,11 @@ fn open_core(token: HsmToken, policy: Policy, custody: &CustodyConfig) -> Result
     Ok(Custody::new(token, sink, policy, head).with_pin_failures(failures))
 }
 
-/// A refusal or failure of the core as a [`KeyError`] (decryption failures stay uniform).
+/// A refusal or failure of the core as a [`KeyError`] (decryption and unwrap failures stay
+/// uniform).
 fn key_error(e: CoreError, key: &KeyId) -> KeyError {
     match e {
-        CoreError::DecryptFailed => KeyError::DecryptFailed,
+        CoreError::DecryptFailed | CoreError::UnwrapFailed => KeyError::DecryptFailed,
         CoreError::AuditUnavailable => KeyError::Unavailable(e.to_string()),
         CoreError::UnknownKey => KeyError::UnknownKey(key.clone()),
         CoreError::Token(t) => KeyError::SignFailed {

@@ -75,6 +75,11 @@ pub enum HsmError {
         id: String,
         count: usize,
     },
+    /// `C_UnwrapKey` failed for a reason that may depend on the wrapped blob (integrity
+    /// check, length). Final: the pool does not retry it, so that neither the answer nor
+    /// its timing tells one cause from another; the return value is for the audit record.
+    #[error("C_UnwrapKey: {} (the wrapped secret was not accepted)", ckr_name(*.0))]
+    UnwrapFailed(RvError),
     /// A key with this CKA_ID is already in the token.
     #[error("a key with CKA_ID {0:?} is already in the token")]
     KeyExists(String),
@@ -110,6 +115,8 @@ impl HsmError {
             Self::WrongPin { .. } => Some(RvError::PinIncorrect),
             Self::PinLocked { .. } => Some(RvError::PinLocked),
             Self::UserPinNotInitialized(_) => Some(RvError::UserPinNotInitialized),
+            // Final by design (see the variant): no return value the pool would recover from.
+            Self::UnwrapFailed(_) => None,
             _ => None,
         }
     }

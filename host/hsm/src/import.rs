@@ -110,6 +110,8 @@ pub fn import_keystore(
                     continue;
                 }
             },
+            // Keystores hold RSA key pairs only; wrapping keys are generated in the token.
+            KeyRole::Wrapping => continue,
         };
         if used_ids.contains(&id) {
             report.skipped.push((

@@ -8,7 +8,17 @@
 //! | authentication | true | false | `CKM_RSA_PKCS_PSS`, `CKM_SHA256_RSA_PKCS_PSS` |
 //! | ETK | false | true | `CKM_RSA_PKCS` |
 //!
-//! `CKA_UNWRAP`, `CKA_DERIVE`, `CKA_SIGN_RECOVER` are false. Ids follow the eHealth alias
+//! `CKA_UNWRAP`, `CKA_DERIVE`, `CKA_SIGN_RECOVER` are false.
+//!
+//! A wrapping key (role `wrapping`, built-in profile `kgss-wrap`) is an AES secret key
+//! (`CKM_AES_KEY_GEN`), equally `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE` and not
+//! `CKA_EXTRACTABLE`, with `CKA_WRAP` and `CKA_UNWRAP` true, `CKA_ENCRYPT`, `CKA_DECRYPT`,
+//! `CKA_SIGN`, `CKA_VERIFY`, `CKA_DERIVE` false and `CKA_ALLOWED_MECHANISMS` =
+//! `CKM_AES_KEY_WRAP`. Secrets are wrapped with `C_WrapKey` (SoftHSM 2.6 does not offer
+//! `CKM_AES_KEY_WRAP` to `C_Encrypt`), so each one passes through a short-lived session
+//! object (`wrap_aes_kw`, `unwrap_aes_kw`).
+//!
+//! Ids follow the eHealth alias
 //! convention: CKA_ID `authentication` for the authentication key, the decimal serial of
 //! the ETK certificate for an ETK key. Certificates are `CKO_CERTIFICATE` objects with the
 //! same CKA_ID as their key; CA certificates get CKA_ID `ca-<first 8 bytes of SHA-256>`.
@@ -36,14 +46,16 @@ pub const PENDING_ETK_PREFIX: &str = "etk-pending-";
 /// The authentication key's CKA_ID.
 pub const AUTHENTICATION_ID: &str = etee_formats::keystore::ehealth::AUTHENTICATION_ALIAS;
 
-/// A key pair just generated in the token.
+/// A key pair (or, for a wrapping key, a secret key) just generated in the token.
 #[derive(Clone, Debug, Serialize)]
 pub struct GeneratedKey {
     pub id: String,
     pub label: String,
     pub role: KeyRole,
+    /// RSA modulus or AES key size.
     pub bits: u32,
-    /// SubjectPublicKeyInfo DER, hex (for registration tools).
+    /// SubjectPublicKeyInfo DER, hex (for registration tools); empty for a wrapping key,
+    /// which has no public half.
     pub public_key_hex: String,
 }
 
@@ -92,8 +104,12 @@ pub(crate) fn public_template(role: KeyRole, id: &[u8], label: &[u8]) -> Vec<Att
     ]
 }
 
-/// Generates an RSA key pair in the token following `profile`.
+/// Generates a key in the token following `profile`: an RSA key pair, or an AES secret key
+/// for a wrapping key.
 pub fn generate(pool: &SessionPool, profile: &KeyProfile) -> Result<GeneratedKey> {
+    if profile.role == KeyRole::Wrapping {
+        return generate_wrapping(pool, profile);
+    }
     let id = match &profile.id {
         Some(id) => id.clone(),
         None => {
@@ -128,6 +144,167 @@ pub fn generate(pool: &SessionPool, profile: &KeyProfile) -> Result<GeneratedKey
             public_key_hex: hex::encode(spki),
         })
     })
+}
+
+/// The template of a wrapping key (without key material): see the module doc.
+pub(crate) fn wrapping_template(
+    id: &[u8],
+    label: &[u8],
+    bytes: usize,
+    mechanisms: Vec<MechanismType>,
+) -> Result<Vec<Attribute>> {
+    Ok(vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(Ulong::try_from(bytes).ctx("key size")?),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(mechanisms),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(label.to_vec()),
+    ])
+}
+
+/// Generates the AES wrapping key of `profile` (which has an id: checked by the config).
+fn generate_wrapping(pool: &SessionPool, profile: &KeyProfile) -> Result<GeneratedKey> {
+    let id = profile
+        .id
+        .clone()
+        .ok_or_else(|| HsmError::Config(format!("profile {:?}: no id", profile.name)))?;
+    let label = profile.label.clone().unwrap_or_else(|| id.clone());
+    let bits = profile.bits;
+    let template = wrapping_template(
+        id.as_bytes(),
+        label.as_bytes(),
+        bits as usize / 8,
+        profile.mechanism_types(),
+    )?;
+    pool.run(|conn| {
+        ensure_id_free(conn, &id)?;
+        conn.session()
+            .generate_key(&Mechanism::AesKeyGen, &template)
+            .ctx("generating an AES wrapping key")?;
+        conn.forget_handles();
+        Ok(GeneratedKey {
+            id: id.clone(),
+            label: label.clone(),
+            role: KeyRole::Wrapping,
+            bits,
+            public_key_hex: String::new(),
+        })
+    })
+}
+
+/// The attributes of the short-lived session objects that carry a secret into `C_WrapKey`
+/// or out of `C_UnwrapKey`: AES, not on the token, readable (that is their purpose), good
+/// for nothing else.
+fn transit_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ]
+}
+
+/// AES key wrap (RFC 3394) of `secret` with the wrapping key `id`: the secret becomes a
+/// session object, `C_WrapKey` wraps it, and the object is destroyed whatever happened (a
+/// failed `C_DestroyObject` fails the call; the object dies with its session at the latest).
+pub(crate) fn wrap_aes_kw(conn: &mut Conn<'_>, id: &[u8], secret: &[u8]) -> Result<Vec<u8>> {
+    let wrapping_key = conn.find_object(ObjectClass::SECRET_KEY, id)?;
+    let mut template = transit_template();
+    template.push(Attribute::Value(secret.to_vec()));
+    let created = conn.session().create_object(&template);
+    wipe_template(&mut template);
+    let transit = created.ctx("creating the session key to wrap")?;
+    let wrapped = conn
+        .session()
+        .wrap_key(&Mechanism::AesKeyWrap, wrapping_key, transit)
+        .ctx("wrapping (CKM_AES_KEY_WRAP)");
+    let destroyed = conn
+        .session()
+        .destroy_object(transit)
+        .ctx("destroying the session key after wrapping");
+    let wrapped = wrapped?;
+    destroyed?;
+    Ok(wrapped)
+}
+
+/// The inverse of [`wrap_aes_kw`]: `C_UnwrapKey` into a session object, its CKA_VALUE read
+/// into a wiped buffer, the object destroyed whatever happened. Failures that may depend on
+/// the blob (integrity check, length) become [`HsmError::UnwrapFailed`], which the pool does
+/// not retry.
+pub(crate) fn unwrap_aes_kw(
+    conn: &mut Conn<'_>,
+    id: &[u8],
+    wrapped: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let wrapping_key = conn.find_object(ObjectClass::SECRET_KEY, id)?;
+    let transit = conn
+        .session()
+        .unwrap_key(
+            &Mechanism::AesKeyWrap,
+            wrapping_key,
+            wrapped,
+            &transit_template(),
+        )
+        .map_err(unwrap_error)?;
+    let value = conn
+        .session()
+        .get_attributes(transit, &[AttributeType::Value])
+        .ctx("reading the unwrapped secret")
+        .map(|attrs| {
+            attrs.into_iter().find_map(|a| match a {
+                Attribute::Value(v) => Some(zeroize::Zeroizing::new(v)),
+                _ => None,
+            })
+        });
+    let destroyed = conn
+        .session()
+        .destroy_object(transit)
+        .ctx("destroying the session key after unwrapping");
+    let value = value?.ok_or_else(|| HsmError::Invalid("the unwrapped key has no value".into()))?;
+    destroyed?;
+    Ok(value)
+}
+
+/// Passes on the failures that cannot depend on the blob (so that the pool may recover and
+/// retry); every other one is final, with its return value kept for the audit record.
+fn unwrap_error(e: cryptoki::error::Error) -> HsmError {
+    use cryptoki::error::RvError::*;
+    let e = HsmError::ck(e, "unwrapping (CKM_AES_KEY_WRAP)");
+    match e.rv() {
+        Some(
+            SessionHandleInvalid
+            | SessionClosed
+            | CryptokiNotInitialized
+            | UserNotLoggedIn
+            | KeyHandleInvalid
+            | ObjectHandleInvalid
+            | TokenNotPresent
+            | DeviceRemoved,
+        )
+        | None => e,
+        Some(rv) => HsmError::UnwrapFailed(rv),
+    }
 }
 
 /// Reads attributes that may be present; absent or sensitive ones are left out.
@@ -266,17 +443,19 @@ pub(crate) fn store_chain(conn: &mut Conn<'_>, chain: &[Certificate]) -> Result<
     Ok(added)
 }
 
-/// Fails with [`HsmError::KeyExists`] when a private key already carries CKA_ID `id`.
+/// Fails with [`HsmError::KeyExists`] when a private or secret key already carries CKA_ID
+/// `id`.
 fn ensure_id_free(conn: &Conn<'_>, id: &str) -> Result<()> {
-    let template = [
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::Id(id.as_bytes().to_vec()),
-    ];
-    if conn.find_all(&template)?.is_empty() {
-        Ok(())
-    } else {
-        Err(HsmError::KeyExists(id.to_string()))
+    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY] {
+        let template = [
+            Attribute::Class(class),
+            Attribute::Id(id.as_bytes().to_vec()),
+        ];
+        if !conn.find_all(&template)?.is_empty() {
+            return Err(HsmError::KeyExists(id.to_string()));
+        }
     }
+    Ok(())
 }
 
 /// Every certificate in the token, with its CKA_ID.
@@ -458,7 +637,7 @@ pub(crate) fn private_import_template(
     Ok(t)
 }
 
-/// Overwrites the key material held in a template.
+/// Overwrites the key material held in a template (RSA private components, CKA_VALUE).
 pub(crate) fn wipe_template(template: &mut [Attribute]) {
     use zeroize::Zeroize;
     for a in template.iter_mut() {
@@ -468,7 +647,8 @@ pub(crate) fn wipe_template(template: &mut [Attribute]) {
             | Attribute::Prime2(v)
             | Attribute::Exponent1(v)
             | Attribute::Exponent2(v)
-            | Attribute::Coefficient(v) => v.zeroize(),
+            | Attribute::Coefficient(v)
+            | Attribute::Value(v) => v.zeroize(),
             _ => {}
         }
     }

@@ -12,7 +12,8 @@
 //! - [`ops`]: [`HsmKeys`], the [`etee_formats::keys::PrivateKeyOps`] over the token.
 //! - [`list`]: what the token holds, with the security attributes of every key.
 //! - [`custody`]: the custody core (`etee-custody`) in this process in front of the token:
-//!   [`HsmToken`] and [`CustodyKeys`] (policy check and audit record before every result).
+//!   [`HsmToken`] and [`CustodyKeys`] (policy check and audit record before every result,
+//!   including wrapping and unwrapping secrets with a wrapping key).
 //! - [`remote`]: the same core in a separate process (`etee custody serve`) behind a Unix
 //!   socket, and [`RemoteCustodyKeys`], its client.
 //!
@@ -59,7 +60,7 @@ pub use custody::{CustodyKeys, HsmToken};
 pub use error::{ckr_name, HsmError, PinKind, Result};
 pub use import::{ImportOptions, ImportReport, ImportedKey};
 pub use keys::GeneratedKey;
-pub use list::{CertificateInfo, Inventory, KeyInfo};
+pub use list::{CertificateInfo, Inventory, KeyClass, KeyInfo};
 pub use ops::HsmKeys;
 pub use pool::SessionPool;
 pub use remote::RemoteCustodyKeys;
@@ -122,7 +123,7 @@ impl Hsm {
         list::inventory(&self.pool)
     }
 
-    /// Generates a key pair in the token following `profile`.
+    /// Generates a key pair (or a wrapping key) in the token following `profile`.
     pub fn generate(&self, profile: &KeyProfile) -> Result<GeneratedKey> {
         keys::generate(&self.pool, profile)
     }

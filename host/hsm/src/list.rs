@@ -1,5 +1,6 @@
-//! What the token holds (`etee keys list`): every private key with its security
-//! attributes as PKCS#11 reports them, its certificate, and the CA certificates.
+//! What the token holds (`etee keys list`): every private key and every AES secret key
+//! (wrapping keys) with its security attributes as PKCS#11 reports them, its certificate,
+//! and the CA certificates.
 
 use crate::config::KeyRole;
 use crate::error::Result;
@@ -14,22 +15,41 @@ use serde::Serialize;
 #[derive(Clone, Debug, Serialize)]
 pub struct Inventory {
     pub token: TokenSummary,
+    /// Private keys and secret keys, by id.
     pub keys: Vec<KeyInfo>,
     /// Certificates that belong to no private key (CA chains).
     pub other_certificates: Vec<CertificateInfo>,
 }
 
-/// One private key. The booleans are `None` when the token does not report them.
+/// What kind of key object a [`KeyInfo`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyClass {
+    /// `CKO_PRIVATE_KEY` (RSA: authentication and ETK keys).
+    PrivateKey,
+    /// `CKO_SECRET_KEY` (AES: wrapping keys).
+    SecretKey,
+}
+
+/// One private or secret key. The booleans are `None` when the token does not report them.
 #[derive(Clone, Debug, Serialize)]
 pub struct KeyInfo {
     /// CKA_ID as text (hex when it is not UTF-8).
     pub id: String,
     pub id_hex: String,
     pub label: String,
+    pub class: KeyClass,
+    /// CKA_KEY_TYPE, e.g. `CKK_RSA`, `CKK_AES`.
+    pub key_type: String,
     pub role: Option<KeyRole>,
+    /// RSA modulus size; 0 for secret keys (see `key_bits`).
     pub modulus_bits: u32,
+    /// The key size whatever the type: RSA modulus bits, or CKA_VALUE_LEN × 8.
+    pub key_bits: u32,
     pub sign: Option<bool>,
     pub decrypt: Option<bool>,
+    pub wrap: Option<bool>,
+    pub unwrap: Option<bool>,
     pub sensitive: Option<bool>,
     pub extractable: Option<bool>,
     pub always_sensitive: Option<bool>,
@@ -78,16 +98,29 @@ pub fn inventory(pool: &SessionPool) -> Result<Inventory> {
     let (keys, other) = pool.run(|conn| {
         let mut certs = crate::keys::all_certificates(conn)?;
         let mut keys = Vec::new();
-        for h in conn.find_all(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])? {
+        let private = conn.find_all(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])?;
+        let secret = conn.find_all(&[Attribute::Class(ObjectClass::SECRET_KEY)])?;
+        let objects = private
+            .into_iter()
+            .map(|h| (KeyClass::PrivateKey, h))
+            .chain(secret.into_iter().map(|h| (KeyClass::SecretKey, h)));
+        for (class, h) in objects {
+            let modulus_or_len = match class {
+                KeyClass::PrivateKey => AttributeType::Modulus,
+                KeyClass::SecretKey => AttributeType::ValueLen,
+            };
             let attrs = attributes(
                 conn.session(),
                 h,
                 &[
                     AttributeType::Id,
                     AttributeType::Label,
-                    AttributeType::Modulus,
+                    AttributeType::KeyType,
+                    modulus_or_len,
                     AttributeType::Sign,
                     AttributeType::Decrypt,
+                    AttributeType::Wrap,
+                    AttributeType::Unwrap,
                     AttributeType::Sensitive,
                     AttributeType::Extractable,
                     AttributeType::AlwaysSensitive,
@@ -100,10 +133,15 @@ pub fn inventory(pool: &SessionPool) -> Result<Inventory> {
                 id: String::new(),
                 id_hex: String::new(),
                 label: String::new(),
+                class,
+                key_type: String::new(),
                 role: None,
                 modulus_bits: 0,
+                key_bits: 0,
                 sign: None,
                 decrypt: None,
+                wrap: None,
+                unwrap: None,
                 sensitive: None,
                 extractable: None,
                 always_sensitive: None,
@@ -123,8 +161,14 @@ pub fn inventory(pool: &SessionPool) -> Result<Inventory> {
                             .get(skip)
                             .map_or(0, |f| (v.len() - skip) as u32 * 8 - f.leading_zeros());
                     }
+                    Attribute::ValueLen(n) => {
+                        k.key_bits = u32::try_from(usize::from(n).saturating_mul(8)).unwrap_or(0)
+                    }
+                    Attribute::KeyType(t) => k.key_type = t.to_string(),
                     Attribute::Sign(b) => k.sign = Some(b),
                     Attribute::Decrypt(b) => k.decrypt = Some(b),
+                    Attribute::Wrap(b) => k.wrap = Some(b),
+                    Attribute::Unwrap(b) => k.unwrap = Some(b),
                     Attribute::Sensitive(b) => k.sensitive = Some(b),
                     Attribute::Extractable(b) => k.extractable = Some(b),
                     Attribute::AlwaysSensitive(b) => k.always_sensitive = Some(b),
@@ -136,11 +180,17 @@ pub fn inventory(pool: &SessionPool) -> Result<Inventory> {
                     _ => {}
                 }
             }
-            k.role = match (k.sign, k.decrypt) {
-                (Some(true), _) => Some(KeyRole::Authentication),
-                (_, Some(true)) => Some(KeyRole::Etk),
+            k.role = match (class, k.sign, k.decrypt) {
+                (KeyClass::PrivateKey, Some(true), _) => Some(KeyRole::Authentication),
+                (KeyClass::PrivateKey, _, Some(true)) => Some(KeyRole::Etk),
+                (KeyClass::SecretKey, _, _) if k.wrap == Some(true) && k.unwrap == Some(true) => {
+                    Some(KeyRole::Wrapping)
+                }
                 _ => None,
             };
+            if class == KeyClass::PrivateKey {
+                k.key_bits = k.modulus_bits;
+            }
             k.id = id_text(&id);
             k.id_hex = hex::encode(&id);
             if let Some(pos) = certs.iter().position(|(cid, _)| *cid == id) {

@@ -128,6 +128,8 @@ pub(crate) fn class_name(class: ObjectClass) -> &'static str {
         "private key"
     } else if class == ObjectClass::PUBLIC_KEY {
         "public key"
+    } else if class == ObjectClass::SECRET_KEY {
+        "secret key"
     } else if class == ObjectClass::CERTIFICATE {
         "certificate"
     } else {

@@ -32,7 +32,10 @@
 //! behind it is refused by the core like any unknown key.
 
 use crate::config::{CustodyConfig, HsmConfig};
-use crate::custody::{client_id, decrypt_result, sign_result, CustodyKeys};
+use crate::custody::{
+    client_id, decrypt_result, sign_result, unwrap_request, unwrap_result, wrap_request,
+    wrap_result, CustodyKeys,
+};
 use crate::error::{CkContext, HsmError, Result};
 use crate::keys::{self, AUTHENTICATION_ID};
 use crate::token::{find_token, Module};
@@ -410,6 +413,23 @@ impl RemoteCustodyKeys {
                 Err(e) => return Err(failed(e)),
             }
         }
+    }
+
+    /// [`CustodyKeys::wrap_secret`] through the custody process.
+    pub fn wrap_secret(&self, key_id: &str, secret: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let request = wrap_request(self.inner.client.clone(), key_id, secret)?;
+        wrap_result(self.request(&request)?, key_id)
+    }
+
+    /// [`CustodyKeys::unwrap_secret`] through the custody process (the same uniform
+    /// [`KeyError::DecryptFailed`] for every failure of the blob).
+    pub fn unwrap_secret(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let request = unwrap_request(self.inner.client.clone(), key_id, wrapped)?;
+        unwrap_result(self.request(&request)?, key_id)
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<UnixStream>> {

@@ -4,6 +4,14 @@
 
 mod common;
 
+on_both_stores!(
+    soap_get_etk_answers_etk_matching_and_errors,
+    soap_bad_input_gets_soa_faults,
+    rest_etks_and_jwks,
+    slow_and_silent_clients_are_cut_off,
+    client_certificates_from_the_platform_ca_are_accepted
+);
+
 use common::{World, PHARMACY};
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
 use etee_formats::etk::Etk;
@@ -27,9 +35,7 @@ fn fault_code(body: &[u8]) -> String {
     fault.detail.expect("SOA detail").code
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soap_get_etk_answers_etk_matching_and_errors() {
-    let w = World::new("soap").await;
+async fn soap_get_etk_answers_etk_matching_and_errors(w: World) {
     let mut c = w.connect(None).await;
 
     // One ETK: Bob's, by his NIHII-PHARMACY number; the answer seals to Bob.
@@ -116,9 +122,7 @@ async fn soap_get_etk_answers_etk_matching_and_errors() {
     w.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soap_bad_input_gets_soa_faults() {
-    let w = World::new("faults").await;
+async fn soap_bad_input_gets_soa_faults(w: World) {
     let mut c = w.connect(None).await;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
@@ -171,9 +175,7 @@ async fn soap_bad_input_gets_soa_faults() {
     w.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rest_etks_and_jwks() {
-    let w = World::new("rest").await;
+async fn rest_etks_and_jwks(w: World) {
     let mut c = w.connect(None).await;
 
     let a = c
@@ -241,9 +243,13 @@ async fn rest_etks_and_jwks() {
     w.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_and_silent_clients_are_cut_off() {
-    let w = World::new("slow").await;
+async fn slow_and_silent_clients_are_cut_off(mut w: World) {
+    w.restart_with(etee_platform::config::Limits {
+        handshake_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
     // Silent: TCP connected, no TLS handshake.
     let mut silent = tokio::net::TcpStream::connect(w.addr).await.unwrap();
     let mut buf = [0u8; 16];
@@ -270,9 +276,7 @@ async fn slow_and_silent_clients_are_cut_off() {
     w.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificates_from_the_platform_ca_are_accepted() {
-    let w = World::new("mtls").await;
+async fn client_certificates_from_the_platform_ca_are_accepted(w: World) {
     // A client certificate of the platform's CA: the handshake succeeds.
     let mut c = w.connect(Some(&w.bob)).await;
     assert_eq!(c.get("/health").await.unwrap().status, 200);

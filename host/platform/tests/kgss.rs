@@ -7,6 +7,11 @@
 
 mod common;
 
+on_both_stores!(
+    soap_new_key_for_recognised_pharmacies,
+    rest_create_get_and_delete_by_the_holder
+);
+
 use base64::Engine as _;
 use common::{ring_of, signer_of, World};
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
@@ -96,9 +101,7 @@ fn refusal_code(r: &KgssResponse) -> &str {
     &r.errors[0].code
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soap_new_key_for_recognised_pharmacies() {
-    let w = World::new("kgss-soap").await;
+async fn soap_new_key_for_recognised_pharmacies(w: World) {
     let mut c = w.connect(None).await;
 
     // Alice (a hospital) asks for a key any recognised pharmacy may read.
@@ -116,12 +119,8 @@ async fn soap_new_key_for_recognised_pharmacies() {
     let id = new.new_key_identifier.clone();
 
     // At rest the key is wrapped, never in clear.
-    let stored = w
-        .platform
-        .store
-        .get_kgss_key(&id.clone().try_into().unwrap())
-        .unwrap()
-        .unwrap();
+    let key_id: [u8; 16] = id.clone().try_into().unwrap();
+    let stored = w.store(move |s| s.get_kgss_key(&key_id)).unwrap().unwrap();
     assert_eq!(stored.wrapped_key.len(), 24);
     assert!(!stored
         .wrapped_key
@@ -237,9 +236,7 @@ async fn soap_new_key_for_recognised_pharmacies() {
     w.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rest_create_get_and_delete_by_the_holder() {
-    let w = World::new("kgss-rest").await;
+async fn rest_create_get_and_delete_by_the_holder(w: World) {
     let b64 = base64::engine::general_purpose::STANDARD;
     let body = |sealed: &[u8]| {
         serde_json::to_vec(&serde_json::json!({ "sealedRequest": b64.encode(sealed) })).unwrap()
@@ -332,12 +329,8 @@ async fn rest_create_get_and_delete_by_the_holder() {
         .await
         .unwrap();
     assert_eq!(a.status, 404);
-    assert!(w
-        .platform
-        .store
-        .get_kgss_key(&key_id.clone().try_into().unwrap())
-        .unwrap()
-        .is_none());
+    let id: [u8; 16] = key_id.clone().try_into().unwrap();
+    assert!(w.store(move |s| s.get_kgss_key(&id)).unwrap().is_none());
     assert_eq!(
         alice
             .send("DELETE", &path, None, vec![])

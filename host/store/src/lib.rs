@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 mod embedded;
 mod pg;
+pub mod scratch;
 
 pub use embedded::EmbeddedStore;
 pub use pg::PgStore;

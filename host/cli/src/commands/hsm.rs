@@ -158,11 +158,12 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             println!("token {}", inventory.token.name());
             for k in &inventory.keys {
                 println!(
-                    "key  {:?} label {:?} role {} {} bits sensitive={} extractable={} mechanisms={}",
+                    "key  {:?} label {:?} role {} {} {} bits sensitive={} extractable={} mechanisms={}",
                     k.id,
                     k.label,
                     k.role.map_or("?".to_string(), |r| r.to_string()),
-                    k.modulus_bits,
+                    k.key_type,
+                    k.key_bits,
                     flag(k.sensitive),
                     flag(k.extractable),
                     k.allowed_mechanisms.join(",")

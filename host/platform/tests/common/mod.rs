@@ -87,9 +87,48 @@ pub fn cert(x: &openssl::x509::X509) -> Certificate {
     Certificate::from_der(&x.to_der().unwrap()).unwrap()
 }
 
+/// Where a [`World`] keeps its data.
+pub enum Backend {
+    /// A file in the world's temporary directory.
+    Embedded,
+    /// A scratch database on the test PostgreSQL server.
+    Postgres(etee_store::scratch::ScratchDatabase),
+}
+
+impl Backend {
+    /// A scratch PostgreSQL database, or `None` (the test is skipped, with a message) when
+    /// no test server is configured.
+    pub fn postgres() -> Option<Self> {
+        etee_store::scratch::ScratchDatabase::for_tests().map(Backend::Postgres)
+    }
+}
+
+/// Runs a scenario `async fn name(w: World)` as two tests, `name::embedded` and
+/// `name::postgres` (skipped without a test PostgreSQL server).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                let w = $crate::common::World::new(stringify!($name), $crate::common::Backend::Embedded).await;
+                super::$name(w).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(backend) = $crate::common::Backend::postgres() else { return };
+                let w = $crate::common::World::new(stringify!($name), backend).await;
+                super::$name(w).await;
+            }
+        }
+    )*};
+}
+
 /// One platform serving on loopback, and what the tests check it with.
 pub struct World {
     pub dir: tempfile::TempDir,
+    /// Kept until the world is dropped (a scratch database is dropped with it).
+    pub backend: Backend,
     pub addr: SocketAddr,
     pub running: Option<Running>,
     pub platform: Arc<Platform>,
@@ -112,7 +151,7 @@ fn write_pem(path: &Path, certs: &[&openssl::x509::X509]) {
 impl World {
     /// A platform with an embedded store holding the ETKs of Bob, KGSS and the holder with
     /// two application ids, serving on 127.0.0.1 (a free port).
-    pub async fn new(name: &str) -> World {
+    pub async fn new(name: &str, backend: Backend) -> World {
         let p = pki();
         let dir = tempfile::Builder::new()
             .prefix(&format!("platform-{name}-"))
@@ -128,45 +167,65 @@ impl World {
         )
         .unwrap();
         write_pem(&dir.path().join("ca.pem"), &[&p.pki.root.cert]);
+        let store = match &backend {
+            Backend::Embedded => "platform.redb".to_owned(),
+            Backend::Postgres(db) => db.url().to_owned(),
+        };
         let config = PlatformConfig::from_toml(
-            "[platform]\nlisten = \"127.0.0.1:0\"\nstore = \"platform.redb\"\n\
-             tls_certificate = \"server.pem\"\ntls_key = \"server.key\"\nclient_ca = [\"ca.pem\"]\n\
-             max_body_bytes = 65536\nhandshake_timeout_ms = 1000\nrequest_timeout_ms = 1000\n",
+            &format!(
+                "[platform]\nlisten = \"127.0.0.1:0\"\nstore = \"{store}\"\n\
+                 tls_certificate = \"server.pem\"\ntls_key = \"server.key\"\nclient_ca = [\"ca.pem\"]\n\
+                 max_body_bytes = 65536\n"
+            ),
             dir.path(),
         )
         .unwrap();
-        let store = etee_store::open(&config.store).unwrap();
+        // The store is synchronous (PostgreSQL's client runs a runtime of its own): set it
+        // up off the async worker, as the platform does for every request.
+        let location = config.store.clone();
+        let store = tokio::task::spawn_blocking(move || etee_store::open(&location).unwrap())
+            .await
+            .unwrap();
         let anchors = TrustAnchors::new(vec![cert(&p.pki.root.cert)]);
-        let now = etee_platform::unix_now();
-        for inst in [&p.bob, &p.kgss, &p.app_a, &p.app_b] {
-            etee_platform::etkdepot::register(store.as_ref(), &inst.etk, &anchors, now).unwrap();
-        }
-        for inst in [&p.alice, &p.doctor] {
-            etee_platform::etkdepot::register(store.as_ref(), &inst.etk, &anchors, now).unwrap();
-        }
-        // The attribute registry: Bob is a recognised pharmacy, Dirk a doctor.
-        store
-            .set_attribute(
-                "NIHII-PHARMACY",
-                PHARMACY,
-                &etee_store::Attribute {
-                    namespace: vocabulary::CERTIFIED_NS.into(),
-                    name: vocabulary::RECOGNISED_PHARMACY.into(),
-                    value: "true".into(),
-                },
-            )
-            .unwrap();
-        store
-            .set_attribute(
-                "NIHII11",
-                "10203040506",
-                &etee_store::Attribute {
-                    namespace: vocabulary::CERTIFIED_NS.into(),
-                    name: vocabulary::DOCTOR_NIHII11.into(),
-                    value: "10203040506".into(),
-                },
-            )
-            .unwrap();
+        let (store, anchors_for_setup) = (store.clone(), anchors.clone());
+        let store = tokio::task::spawn_blocking(move || {
+            let anchors = anchors_for_setup;
+            let now = etee_platform::unix_now();
+            for inst in [&p.bob, &p.kgss, &p.app_a, &p.app_b] {
+                etee_platform::etkdepot::register(store.as_ref(), &inst.etk, &anchors, now)
+                    .unwrap();
+            }
+            for inst in [&p.alice, &p.doctor] {
+                etee_platform::etkdepot::register(store.as_ref(), &inst.etk, &anchors, now)
+                    .unwrap();
+            }
+            // The attribute registry: Bob is a recognised pharmacy, Dirk a doctor.
+            store
+                .set_attribute(
+                    "NIHII-PHARMACY",
+                    PHARMACY,
+                    &etee_store::Attribute {
+                        namespace: vocabulary::CERTIFIED_NS.into(),
+                        name: vocabulary::RECOGNISED_PHARMACY.into(),
+                        value: "true".into(),
+                    },
+                )
+                .unwrap();
+            store
+                .set_attribute(
+                    "NIHII11",
+                    "10203040506",
+                    &etee_store::Attribute {
+                        namespace: vocabulary::CERTIFIED_NS.into(),
+                        name: vocabulary::DOCTOR_NIHII11.into(),
+                        value: "10203040506".into(),
+                    },
+                )
+                .unwrap();
+            store
+        })
+        .await
+        .unwrap();
         let kgss = Kgss {
             signer: signer_of(&p.kgss),
             ring: ring_of(&p.kgss),
@@ -184,6 +243,7 @@ impl World {
             addr: running.addr,
             running: Some(running),
             dir,
+            backend,
             platform,
             anchors,
             alice: p.alice.clone(),
@@ -217,10 +277,40 @@ impl World {
         self.try_connect(who).await.unwrap()
     }
 
+    /// Runs `f` on the platform's store, off the async workers (the store is synchronous).
+    pub fn store<T>(&self, f: impl FnOnce(&dyn etee_store::Store) -> T) -> T {
+        tokio::task::block_in_place(|| f(self.platform.store.as_ref()))
+    }
+
+    /// Serves the same platform again with other limits (e.g. short timeouts).
+    pub async fn restart_with(&mut self, limits: etee_platform::config::Limits) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+        let mut config = self.platform.config.clone();
+        config.limits = limits;
+        config.listen = self.addr;
+        let platform = Arc::new(Platform {
+            store: self.platform.store.clone(),
+            config,
+            anchors: self.platform.anchors.clone(),
+            kgss: None,
+        });
+        let running = start(platform).await.unwrap();
+        self.addr = running.addr;
+        self.running = Some(running);
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await.unwrap();
         }
+        // The platform's store (a PostgreSQL pool) must be dropped off the async workers.
+        let platform = self.platform.clone();
+        drop(self);
+        tokio::task::spawn_blocking(move || drop(platform))
+            .await
+            .unwrap();
     }
 
     /// Alice's authentication key as a signer.

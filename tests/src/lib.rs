@@ -897,3 +897,88 @@ mod tests {
         assert!(seen.iter().all(|s| *s));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// SoftHSM rigs
+// ---------------------------------------------------------------------------------------
+
+/// The SoftHSM2 module: `SOFTHSM2_MODULE`, else Debian's path.
+pub fn softhsm_module() -> PathBuf {
+    std::env::var_os("SOFTHSM2_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
+}
+
+/// A file readable by its owner only, holding `text` and a newline (PIN files).
+pub fn secret_file(path: &Path, text: &str) {
+    std::fs::write(path, format!("{text}\n")).expect("writing a secret file");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .expect("restricting a secret file");
+}
+
+/// A private SoftHSM2 configuration (its own token directory) in a test's directory;
+/// every `etee` run through [`SoftHsm::etee`] gets it as `SOFTHSM2_CONF`.
+pub struct SoftHsm {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+}
+
+impl SoftHsm {
+    pub fn new(dir: &Path) -> SoftHsm {
+        let module = softhsm_module();
+        assert!(
+            module.exists(),
+            "SoftHSM2 is not installed ({} is missing): run `bash hsm-config/setup.sh`",
+            module.display()
+        );
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).expect("token directory");
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-config/softhsm2.conf.template"),
+        )
+        .expect("hsm-config/softhsm2.conf.template");
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            template.replace("@TOKENDIR@", &tokens.display().to_string()),
+        )
+        .expect("writing softhsm2.conf");
+        SoftHsm {
+            dir: dir.to_path_buf(),
+            conf,
+        }
+    }
+
+    /// An `etee` HSM configuration `NAME.toml` for a token labelled `label`, with its own
+    /// PIN files and `extra` TOML appended (e.g. a `[custody]` table); returns its path.
+    pub fn token_config(&self, name: &str, label: &str, extra: &str) -> PathBuf {
+        secret_file(
+            &self.dir.join(format!("{name}-user.pin")),
+            &format!("{name}-user-1234"),
+        );
+        secret_file(
+            &self.dir.join(format!("{name}-so.pin")),
+            &format!("{name}-so-5678"),
+        );
+        let path = self.dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[hsm]\nmodule = {:?}\ntoken_label = {label:?}\npin_file = \"{name}-user.pin\"\nso_pin_file = \"{name}-so.pin\"\n{extra}",
+                softhsm_module().display().to_string()
+            ),
+        )
+        .expect("writing the HSM configuration");
+        path
+    }
+
+    /// `etee ARGS` with this rig's `SOFTHSM2_CONF`.
+    pub fn etee<I, S>(&self, args: I) -> Etee
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        etee(args).env("SOFTHSM2_CONF", &self.conf)
+    }
+}

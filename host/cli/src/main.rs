@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::audit::Command,
     },
+    /// The ETEE platform services: ETKDepot, KGSS, KeyDepot.
+    Platform {
+        #[command(subcommand)]
+        command: commands::platform::Command,
+    },
 }
 
 /// A failure that is not a verdict: bad usage, unreadable files, key store trouble.
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
         Command::Keys { command } => commands::hsm::run_keys(command),
         Command::Custody { command } => commands::custody::run(command),
         Command::Audit { command } => commands::audit::run(command),
+        Command::Platform { command } => commands::platform::run(command),
     };
     match result {
         Ok(code) => code,

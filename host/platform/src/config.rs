@@ -13,6 +13,10 @@
 //! request_timeout_ms = 30000
 //! max_connections = 1024
 //! environment = "Test"                      # SOA faults' Environment
+//!
+//! [kgss]                                    # optional: serve KGSS
+//! hsm = "kgss-hsm.toml"                     # etee HSM configuration of KGSS's token
+//! wrapping_key = "kgss-wrap"                # CKA_ID of its AES wrapping key (default)
 //! ```
 //!
 //! Relative paths are relative to the configuration file's directory.
@@ -33,6 +37,15 @@ pub struct PlatformConfig {
     pub client_ca: Vec<PathBuf>,
     pub limits: Limits,
     pub environment: etee_services::soap::Environment,
+    pub kgss: Option<KgssConfig>,
+}
+
+/// The `[kgss]` table.
+#[derive(Clone, Debug)]
+pub struct KgssConfig {
+    /// The `etee` HSM configuration of KGSS's token.
+    pub hsm: PathBuf,
+    pub wrapping_key: String,
 }
 
 /// Bounds on what one caller can make the platform do.
@@ -64,6 +77,14 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 struct File {
     platform: Table,
+    kgss: Option<KgssTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KgssTable {
+    hsm: PathBuf,
+    wrapping_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,7 +117,7 @@ impl PlatformConfig {
     /// Parses a configuration; relative paths are taken from `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
         let file: File = toml::from_str(text).map_err(|e| PlatformError::Config(e.to_string()))?;
-        let t = file.platform;
+        let File { platform: t, kgss } = file;
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let listen = t.listen.as_deref().unwrap_or("127.0.0.1:8443");
         let listen = listen
@@ -137,6 +158,12 @@ impl PlatformConfig {
             client_ca: t.client_ca.into_iter().map(rel).collect(),
             limits,
             environment,
+            kgss: kgss.map(|k| KgssConfig {
+                hsm: rel(k.hsm),
+                wrapping_key: k
+                    .wrapping_key
+                    .unwrap_or_else(|| etee_hsm::config::KGSS_WRAP_ID.to_owned()),
+            }),
         })
     }
 }

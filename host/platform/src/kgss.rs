@@ -98,6 +98,66 @@ impl KeyWrapper for InsecureMemoryWrapper {
     }
 }
 
+/// The wrapping key in KGSS's HSM token, used through the custody core (policy and audit
+/// record for every wrap and unwrap).
+pub struct CustodyWrapper {
+    pub keys: etee_hsm::CustodyKeys,
+    /// The CKA_ID of the AES wrapping key.
+    pub key_id: String,
+}
+
+impl KeyWrapper for CustodyWrapper {
+    fn label(&self) -> &str {
+        &self.key_id
+    }
+
+    fn wrap(&self, secret: &[u8]) -> Result<Vec<u8>, KgssError> {
+        self.keys
+            .wrap_secret(&self.key_id, secret)
+            .map_err(|e| KgssError::Custody(format!("wrapping: {e}")))
+    }
+
+    fn unwrap(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KgssError> {
+        self.keys
+            .unwrap_secret(&self.key_id, wrapped)
+            .map_err(|e| KgssError::Custody(format!("unwrapping: {e}")))
+    }
+}
+
+impl Kgss {
+    /// KGSS with its keys in the HSM token of the `etee` HSM configuration at `hsm_config`
+    /// (the authentication key, the ETK key(s) and the AES key `wrapping_key`), all used
+    /// through the in-process custody core, whose audit chain records every use.
+    pub fn from_hsm(
+        hsm_config: &std::path::Path,
+        wrapping_key: &str,
+        anchors: TrustAnchors,
+    ) -> Result<Self, KgssError> {
+        let config =
+            etee_hsm::Config::load(hsm_config).map_err(|e| KgssError::Custody(e.to_string()))?;
+        let keys = etee_hsm::CustodyKeys::open(&config.hsm, &config.custody)
+            .map_err(|e| KgssError::Custody(e.to_string()))?;
+        let signer = keys
+            .signing_key()
+            .map_err(|e| KgssError::Custody(format!("KGSS authentication key: {e}")))?;
+        let ring = keys
+            .key_ring()
+            .map_err(|e| KgssError::Custody(format!("KGSS ETK keys: {e}")))?;
+        if ring.keys().is_empty() {
+            return Err(KgssError::Custody("the KGSS token holds no ETK key".into()));
+        }
+        Ok(Self {
+            signer,
+            ring,
+            wrapper: Arc::new(CustodyWrapper {
+                keys,
+                key_id: wrapping_key.to_owned(),
+            }),
+            anchors,
+        })
+    }
+}
+
 /// Why a KGSS request was not served. Each has a business code for the SOAP `Error` and an
 /// HTTP status for REST.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@
 //! | `POST /etee/v1/kgss/keys/retrieve`     | KGSS REST: a key (sealed request)        |
 //! | `DELETE /etee/v1/kgss/keys/{keyId}`    | KGSS REST: the holder deletes a key      |
 //! | `GET /health`                          | liveness                                 |
+//! | `GET /openapi.json`                    | the OpenAPI description of the REST side |
 //!
 //! KGSS REST bodies are JSON: `{"sealedRequest": base64}` in, `{"keyId": base64,
 //! "sealedResponse": base64}` out; the key itself only ever travels sealed. `keyId` in a
@@ -35,6 +36,9 @@ use std::sync::Arc;
 
 const SOAP_CONTENT_TYPE: &str = "text/xml; charset=utf-8";
 
+/// The OpenAPI description of the REST services (`docs/openapi/platform.json`).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi/platform.json");
+
 /// The platform's routes over `platform`.
 pub fn router(platform: Arc<Platform>) -> Router {
     Router::new()
@@ -49,6 +53,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
             axum::routing::delete(kgss_delete_rest),
         )
         .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/openapi.json",
+            get(|| async { json(OPENAPI.as_bytes().to_vec()) }),
+        )
         .fallback(|| async { problem(Problem::new(404, "No such resource", None)) })
         .with_state(platform)
 }

@@ -3,6 +3,7 @@ pub mod custody;
 pub mod etk;
 pub mod hsm;
 pub mod pki;
+pub mod platform;
 pub mod seal;
 pub mod unseal;
 

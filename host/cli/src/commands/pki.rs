@@ -13,10 +13,15 @@ pub enum Command {
     /// Create a test world in DIR: ca.pem, <name>.p12, <name>.etk, password.
     Init {
         dir: PathBuf,
-        /// An institution as NAME:TYPE=VALUE (repeatable); default: alice:NIHII-HOSPITAL=71000436
-        /// and bob:NIHII-PHARMACY=27150201.
-        #[arg(long = "institution", value_name = "NAME:TYPE=VALUE")]
+        /// An institution as NAME:TYPE=VALUE[/APPLICATION] (repeatable), e.g.
+        /// kgss:CBE=0809394427/KGSS; default: alice:NIHII-HOSPITAL=71000436 and
+        /// bob:NIHII-PHARMACY=27150201.
+        #[arg(long = "institution", value_name = "NAME:TYPE=VALUE[/APPLICATION]")]
         institutions: Vec<String>,
+        /// Also a TLS server certificate for these names (DNS names or IP addresses), for a
+        /// local platform: tls-server.pem (chain) and tls-server-key.pem.
+        #[arg(long = "tls-server", value_name = "NAME")]
+        tls_server: Vec<String>,
         /// Write keystores with the legacy algorithms (3DES/RC2-40) older Java tools expect.
         #[arg(long)]
         legacy_p12: bool,
@@ -27,6 +32,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let Command::Init {
         dir,
         institutions,
+        tls_server,
         legacy_p12,
     } = command;
     let specs = if institutions.is_empty() {
@@ -60,10 +66,20 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             .split_once(':')
             .and_then(|(n, id)| id.split_once('=').map(|(t, v)| (n, (t, v))))
             .ok_or_else(|| {
-                CliError::Usage(format!("--institution {spec:?}: expected NAME:TYPE=VALUE"))
+                CliError::Usage(format!(
+                    "--institution {spec:?}: expected NAME:TYPE=VALUE[/APPLICATION]"
+                ))
             })?;
+        let (value, application) = match id.1.split_once('/') {
+            Some((v, app)) => (v, Some(app)),
+            None => (id.1, None),
+        };
+        let mut inst_spec = InstitutionSpec::new(id.0, value, name);
+        if let Some(app) = application {
+            inst_spec = inst_spec.with_application_id(app);
+        }
         let inst = pki
-            .institution(&InstitutionSpec::new(id.0, id.1, name))
+            .institution(&inst_spec)
             .map_err(|e| CliError::Usage(format!("issuing {name}: {e}")))?;
         let entries = [
             PfxEntry {
@@ -102,6 +118,21 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             inst.subject_string(),
             inst.etk_serial_decimal()
         );
+    }
+    if !tls_server.is_empty() {
+        let names: Vec<&str> = tls_server.iter().map(String::as_str).collect();
+        let server = pki
+            .tls_server(&names)
+            .map_err(|e| CliError::Usage(format!("issuing the TLS server certificate: {e}")))?;
+        let mut chain = server.cert.to_pem().map_err(openssl_err)?;
+        chain.extend(pki.root.cert.to_pem().map_err(openssl_err)?);
+        write(&dir, "tls-server.pem", &chain)?;
+        write(
+            &dir,
+            "tls-server-key.pem",
+            &server.key.private_key_to_pem_pkcs8().map_err(openssl_err)?,
+        )?;
+        println!("TLS server: {}", names.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,267 @@
+//! `etee platform`: the ETEE platform services (ETKDepot, KGSS, KeyDepot) and their
+//! administration (registering ETKs, the attribute registry).
+
+use crate::CliError;
+use clap::{Args as ClapArgs, Subcommand};
+use etee_platform::PlatformConfig;
+use etee_services::kgss::vocabulary;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the platform (HTTPS, SOAP and REST) until SIGTERM or SIGINT.
+    Serve(ConfigArg),
+    /// ETKDepot administration.
+    Etk {
+        #[command(subcommand)]
+        command: EtkCommand,
+    },
+    /// The attribute registry: certified attributes of holders (recognised pharmacy,
+    /// doctor, ...) that KGSS evaluates reader conditions against.
+    Attributes {
+        #[command(subcommand)]
+        command: AttributesCommand,
+    },
+}
+
+#[derive(ClapArgs)]
+pub struct ConfigArg {
+    /// Platform configuration (TOML, see docs/platform.md).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum EtkCommand {
+    /// Check ETKs as the official checker does (against the platform's CA) and publish them
+    /// under every identifier of their holder's DN.
+    Register {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// ETK files (DER or base64).
+        #[arg(required = true, value_name = "ETK")]
+        etks: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AttributesCommand {
+    /// Give a holder an attribute (replacing its value if the holder has it).
+    Set {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        holder: HolderArg,
+        /// The holder is a recognised pharmacy.
+        #[arg(long, conflicts_with_all = ["doctor", "attribute"])]
+        recognised_pharmacy: bool,
+        /// The holder is a doctor (the value is its NIHII11 number).
+        #[arg(long, conflicts_with = "attribute")]
+        doctor: bool,
+        /// Any attribute: namespace, name, value.
+        #[arg(long, num_args = 3, value_names = ["NAMESPACE", "NAME", "VALUE"])]
+        attribute: Option<Vec<String>>,
+    },
+    /// Take an attribute away from a holder.
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        holder: HolderArg,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Every holder with attributes.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON document on standard output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(ClapArgs)]
+pub struct HolderArg {
+    /// The holder, as TYPE=VALUE (e.g. NIHII-PHARMACY=27150201); the value is zero-padded
+    /// as its type requires.
+    #[arg(long, value_name = "TYPE=VALUE")]
+    holder: String,
+}
+
+impl HolderArg {
+    fn parse(&self) -> Result<(String, String), CliError> {
+        let (t, v) = self.holder.split_once('=').ok_or_else(|| {
+            CliError::Usage(format!("--holder {:?}: expected TYPE=VALUE", self.holder))
+        })?;
+        let t = t.trim().to_ascii_uppercase();
+        let v = etee_formats::identity::normalize_value(&t, v.trim())
+            .map_err(|e| CliError::Usage(format!("--holder {:?}: {e}", self.holder)))?;
+        Ok((t, v))
+    }
+}
+
+fn load(c: &ConfigArg) -> Result<PlatformConfig, CliError> {
+    PlatformConfig::load(&c.config).map_err(platform_error)
+}
+
+fn platform_error(e: etee_platform::PlatformError) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+fn store(config: &PlatformConfig) -> Result<std::sync::Arc<dyn etee_store::Store>, CliError> {
+    etee_store::open(&config.store)
+        .map_err(|e| CliError::Usage(format!("store {}: {e}", config.store)))
+}
+
+pub fn run(command: Command) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Serve(c) => {
+            etee_platform::server::run(load(&c)?).map_err(platform_error)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Etk {
+            command: EtkCommand::Register { config, etks },
+        } => {
+            let config = load(&config)?;
+            let anchors = etee_platform::anchors(&config.client_ca).map_err(platform_error)?;
+            if anchors.is_empty() {
+                return Err(CliError::Usage(
+                    "the configuration names no client_ca: ETKs cannot be checked".into(),
+                ));
+            }
+            let store = store(&config)?;
+            let mut failed = false;
+            for path in etks {
+                let bytes = std::fs::read(&path).map_err(|source| CliError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                match etee_platform::etkdepot::register(
+                    store.as_ref(),
+                    &bytes,
+                    &anchors,
+                    etee_platform::unix_now(),
+                ) {
+                    Ok(record) => {
+                        let ids: Vec<String> = record
+                            .identifiers
+                            .iter()
+                            .map(|i| match &i.application_id {
+                                Some(a) => format!("{}={} ({a})", i.id_type, i.value),
+                                None => format!("{}={}", i.id_type, i.value),
+                            })
+                            .collect();
+                        println!("registered {}: {}", path.display(), ids.join(", "));
+                    }
+                    Err(e) => {
+                        eprintln!("etee: {}: {e}", path.display());
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Attributes { command } => attributes(command),
+    }
+}
+
+fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
+    match command {
+        AttributesCommand::Set {
+            config,
+            holder,
+            recognised_pharmacy,
+            doctor,
+            attribute,
+        } => {
+            let config = load(&config)?;
+            let (t, v) = holder.parse()?;
+            let attribute = if recognised_pharmacy {
+                etee_store::Attribute {
+                    namespace: vocabulary::CERTIFIED_NS.into(),
+                    name: vocabulary::RECOGNISED_PHARMACY.into(),
+                    value: "true".into(),
+                }
+            } else if doctor {
+                etee_store::Attribute {
+                    namespace: vocabulary::CERTIFIED_NS.into(),
+                    name: vocabulary::DOCTOR_NIHII11.into(),
+                    value: v.clone(),
+                }
+            } else if let Some(a) = attribute {
+                etee_store::Attribute {
+                    namespace: a[0].clone(),
+                    name: a[1].clone(),
+                    value: a[2].clone(),
+                }
+            } else {
+                return Err(CliError::Usage(
+                    "give --recognised-pharmacy, --doctor or --attribute NAMESPACE NAME VALUE"
+                        .into(),
+                ));
+            };
+            store(&config)?
+                .set_attribute(&t, &v, &attribute)
+                .map_err(|e| CliError::Usage(format!("store: {e}")))?;
+            println!(
+                "{t}={v}: {} {} = {}",
+                attribute.namespace, attribute.name, attribute.value
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AttributesCommand::Remove {
+            config,
+            holder,
+            namespace,
+            name,
+        } => {
+            let config = load(&config)?;
+            let (t, v) = holder.parse()?;
+            let removed = store(&config)?
+                .remove_attribute(&t, &v, &namespace, &name)
+                .map_err(|e| CliError::Usage(format!("store: {e}")))?;
+            if removed {
+                println!("{t}={v}: removed {namespace} {name}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("etee: {t}={v} has no attribute {namespace} {name}");
+                Ok(ExitCode::from(1))
+            }
+        }
+        AttributesCommand::List { config, json } => {
+            let config = load(&config)?;
+            let holders = store(&config)?
+                .list_attribute_holders()
+                .map_err(|e| CliError::Usage(format!("store: {e}")))?;
+            if json {
+                let list: Vec<_> = holders
+                    .iter()
+                    .map(|(t, v, attrs)| {
+                        serde_json::json!({
+                            "type": t, "value": v,
+                            "attributes": attrs.iter().map(|a| serde_json::json!({
+                                "namespace": a.namespace, "name": a.name, "value": a.value
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                for (t, v, attrs) in &holders {
+                    for a in attrs {
+                        println!("{t}={v}\t{} {} = {}", a.namespace, a.name, a.value);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

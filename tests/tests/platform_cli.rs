@@ -1,0 +1,486 @@
+//! `etee platform serve` as a real process, black-box: a world from `etee pki init`, KGSS
+//! with its keys (authentication, ETK, AES wrapping key) in a SoftHSM token, ETKs
+//! registered and attributes set with `etee platform ...`, requests sealed and answers
+//! opened with `etee seal` / `etee unseal`, HTTPS with curl.
+//!
+//! The flows: ETKDepot (SOAP and REST) finds Bob's ETK; Alice creates a key for "any
+//! recognised pharmacy"; Bob (a recognised pharmacy) gets it, a doctor does not; Alice
+//! (the holder) deletes it and then nobody gets it; every wrap and unwrap is on the KGSS
+//! token's custody audit chain. Then the platform is killed (SIGKILL) in the middle of a
+//! stream of key creations and restarted: every key whose creation was acknowledged is
+//! still there.
+
+use base64::Engine as _;
+use etee_e2e::{scratch, Output, SoftHsm};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+struct Platform {
+    child: Child,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Rig {
+    dir: PathBuf,
+    hsm: SoftHsm,
+    kgss_hsm: PathBuf,
+    config: PathBuf,
+    port: u16,
+    password: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Rig {
+    fn new(dir: &Path) -> Rig {
+        let hsm = SoftHsm::new(dir);
+        let world = dir.join("world");
+        hsm.etee(["pki", "init"])
+            .arg(&world)
+            .args([
+                "--institution",
+                "alice:NIHII-HOSPITAL=71000436",
+                "--institution",
+                "bob:NIHII-PHARMACY=27150201",
+                "--institution",
+                "doctor:NIHII11=10203040506",
+                "--institution",
+                "kgss:CBE=0809394427/KGSS",
+                "--tls-server",
+                "localhost",
+            ])
+            .run()
+            .code(0);
+        let password = std::fs::read_to_string(world.join("password"))
+            .unwrap()
+            .trim()
+            .to_string();
+
+        // KGSS's token: its keystore imported, the wrapping key generated in the token.
+        let kgss_hsm = hsm.token_config(
+            "kgss",
+            "e2e-kgss",
+            "[custody]\naudit_file = \"kgss-audit.log\"\n",
+        );
+        hsm.etee(["hsm", "init", "--config"])
+            .arg(&kgss_hsm)
+            .run()
+            .code(0);
+        hsm.etee(["keys", "import", "--config"])
+            .arg(&kgss_hsm)
+            .arg("--p12")
+            .arg(world.join("kgss.p12"))
+            .arg("--password-file")
+            .arg(world.join("password"))
+            .run()
+            .code(0);
+        hsm.etee(["keys", "generate", "--profile", "kgss-wrap", "--config"])
+            .arg(&kgss_hsm)
+            .run()
+            .code(0);
+
+        let port = free_port();
+        let config = dir.join("platform.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[platform]\nlisten = \"127.0.0.1:{port}\"\nstore = \"platform.redb\"\n\
+                 tls_certificate = \"world/tls-server.pem\"\ntls_key = \"world/tls-server-key.pem\"\n\
+                 client_ca = [\"world/ca.pem\"]\n\n[kgss]\nhsm = \"kgss.toml\"\n"
+            ),
+        )
+        .unwrap();
+        let rig = Rig {
+            dir: dir.to_path_buf(),
+            hsm,
+            kgss_hsm,
+            config,
+            port,
+            password,
+        };
+        let etks: Vec<PathBuf> = ["alice", "bob", "doctor", "kgss"]
+            .iter()
+            .map(|n| rig.world(&format!("{n}.etk")))
+            .collect();
+        rig.platform(["etk", "register"]).args(&etks).run().code(0);
+        rig.platform([
+            "attributes",
+            "set",
+            "--holder",
+            "NIHII-PHARMACY=27150201",
+            "--recognised-pharmacy",
+        ])
+        .run()
+        .code(0);
+        rig.platform([
+            "attributes",
+            "set",
+            "--holder",
+            "NIHII11=10203040506",
+            "--doctor",
+        ])
+        .run()
+        .code(0);
+        rig
+    }
+
+    fn world(&self, name: &str) -> PathBuf {
+        self.dir.join("world").join(name)
+    }
+
+    /// `etee platform ARGS --config platform.toml`.
+    fn platform<const N: usize>(&self, args: [&str; N]) -> etee_e2e::Etee {
+        self.hsm
+            .etee(["platform"])
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+    }
+
+    fn serve(&self) -> Platform {
+        let child = Command::new(etee_e2e::etee_bin())
+            .args(["platform", "serve", "--config"])
+            .arg(&self.config)
+            .env("SOFTHSM2_CONF", &self.hsm.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut p = Platform { child };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("etee platform serve exited: {status}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no platform after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    /// curl over HTTPS to the platform, trusting the world's CA; `as_` presents that
+    /// institution's keystore as client certificate. Returns (status, body); status 0 when
+    /// curl got no answer (connection refused or cut).
+    fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        as_: Option<&str>,
+    ) -> (u16, Vec<u8>) {
+        let out_file = self.dir.join(format!("curl-{}.out", etee_e2e::unique()));
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method, "--cacert"])
+            .arg(self.world("ca.pem"))
+            .args(["-o"])
+            .arg(&out_file)
+            .args(["-w", "%{http_code}"]);
+        if let Some(who) = as_ {
+            cmd.args(["--cert-type", "P12", "--cert"]).arg(format!(
+                "{}:{}",
+                self.world(&format!("{who}.p12")).display(),
+                self.password
+            ));
+        }
+        if let Some((content_type, bytes)) = body {
+            let body_file = self.dir.join(format!("curl-{}.in", etee_e2e::unique()));
+            std::fs::write(&body_file, bytes).unwrap();
+            cmd.args([
+                "-H",
+                &format!("content-type: {content_type}"),
+                "--data-binary",
+            ])
+            .arg(format!("@{}", body_file.display()));
+        }
+        cmd.arg(format!("https://localhost:{}{path}", self.port));
+        let out = cmd.output().expect("curl");
+        if !out.status.success() {
+            eprintln!("curl: {}", String::from_utf8_lossy(&out.stderr).trim());
+            return (0, Vec::new());
+        }
+        let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        (status, std::fs::read(&out_file).unwrap_or_default())
+    }
+
+    /// `content` sealed by `from` (its keystore) to `to`'s ETK with `etee seal`.
+    fn seal(&self, from: &str, to: &str, content: &[u8]) -> Vec<u8> {
+        let n = etee_e2e::unique();
+        let input = self.dir.join(format!("seal-{n}.in"));
+        let out = self.dir.join(format!("seal-{n}.p7"));
+        std::fs::write(&input, content).unwrap();
+        self.hsm
+            .etee(["seal", "--keystore"])
+            .arg(self.world(&format!("{from}.p12")))
+            .arg("--password-file")
+            .arg(self.world("password"))
+            .arg("--to")
+            .arg(self.world(&format!("{to}.etk")))
+            .arg("--in")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .run()
+            .code(0);
+        std::fs::read(out).unwrap()
+    }
+
+    /// An answer of KGSS opened with `etee unseal` by `who`, checking it comes from KGSS.
+    fn unseal(&self, who: &str, sealed: &[u8]) -> String {
+        let n = etee_e2e::unique();
+        let input = self.dir.join(format!("unseal-{n}.p7"));
+        let out = self.dir.join(format!("unseal-{n}.out"));
+        std::fs::write(&input, sealed).unwrap();
+        let run: Output = self
+            .hsm
+            .etee(["unseal", "--json", "--keystore"])
+            .arg(self.world(&format!("{who}.p12")))
+            .arg("--password-file")
+            .arg(self.world("password"))
+            .arg("--trust")
+            .arg(self.world("ca.pem"))
+            .arg("--in")
+            .arg(&input)
+            .arg("--out")
+            .arg(&out)
+            .run();
+        run.code(0);
+        let sender = &run.json()["sender"]["identities"];
+        assert!(
+            sender
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["id_type"] == "CBE" && i["value"] == "0809394427"),
+            "not from KGSS: {sender}"
+        );
+        String::from_utf8(std::fs::read(out).unwrap()).unwrap()
+    }
+
+    /// REST `POST path` with `{"sealedRequest": ...}`; returns (status, JSON).
+    fn kgss_rest(&self, path: &str, sealed: &[u8], as_: Option<&str>) -> (u16, Value) {
+        let body = serde_json::json!({ "sealedRequest": B64.encode(sealed) }).to_string();
+        let (status, answer) = self.curl(
+            "POST",
+            path,
+            Some(("application/json", body.as_bytes())),
+            as_,
+        );
+        (
+            status,
+            serde_json::from_slice(&answer).unwrap_or(Value::Null),
+        )
+    }
+
+    fn new_key(&self, from: &str) -> (u16, Value) {
+        let content = format!(
+            r#"<GetNewKeyRequestContent xmlns="urn:be:fgov:ehealth:etee:kgss:1_0:protocol"><AllowedReader><Namespace>urn:be:fgov:certified-namespace:ehealth</Namespace><Name>urn:be:fgov:ehealth:1.0:pharmacy:nihii-number:recognisedpharmacy:boolean</Name><Value>true</Value></AllowedReader><ETK>{}</ETK></GetNewKeyRequestContent>"#,
+            B64.encode(std::fs::read(self.world(&format!("{from}.etk"))).unwrap())
+        );
+        self.kgss_rest(
+            "/etee/v1/kgss/keys",
+            &self.seal(from, "kgss", content.as_bytes()),
+            None,
+        )
+    }
+
+    fn get_key(&self, who: &str, key_id: &str) -> (u16, Value) {
+        let content = format!(
+            r#"<GetKeyRequestContent xmlns="urn:be:fgov:ehealth:etee:kgss:1_0:protocol"><KeyIdentifier>{key_id}</KeyIdentifier><ETK>{}</ETK></GetKeyRequestContent>"#,
+            B64.encode(std::fs::read(self.world(&format!("{who}.etk"))).unwrap())
+        );
+        self.kgss_rest(
+            "/etee/v1/kgss/keys/retrieve",
+            &self.seal(who, "kgss", content.as_bytes()),
+            None,
+        )
+    }
+}
+
+/// The text of the first `<name>` element (the contents are small, known XML).
+fn element(xml: &str, name: &str) -> String {
+    let start = xml
+        .find(&format!("{name}>"))
+        .unwrap_or_else(|| panic!("no {name} in {xml}"))
+        + name.len()
+        + 1;
+    let end = start + xml[start..].find('<').unwrap();
+    xml[start..end].to_string()
+}
+
+fn sealed_response(v: &Value) -> Vec<u8> {
+    B64.decode(v["sealedResponse"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn platform_serves_etkdepot_and_kgss_with_keys_in_softhsm() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    let platform = rig.serve();
+
+    // ETKDepot, SOAP and REST: Bob's ETK, byte for byte.
+    let soap = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><GetEtkRequest xmlns="urn:be:fgov:ehealth:etkdepot:1_0:protocol"><SearchCriteria><Identifier><Type>NIHII-PHARMACY</Type><Value>27150201</Value></Identifier></SearchCriteria></GetEtkRequest></s:Body></s:Envelope>"#;
+    let (status, body) = rig.curl(
+        "POST",
+        "/EtkDepot/v1",
+        Some(("text/xml; charset=utf-8", soap.as_bytes())),
+        None,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let body = String::from_utf8(body).unwrap();
+    let etk = B64
+        .decode(element(&body, "ETK").replace(['\n', '\r', ' '], ""))
+        .unwrap();
+    assert_eq!(etk, std::fs::read(rig.world("bob.etk")).unwrap());
+    let (status, body) = rig.curl(
+        "GET",
+        "/etee/v1/etks?identifier=27150201&type=NIHII-PHARMACY",
+        None,
+        None,
+    );
+    assert_eq!(status, 200);
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(B64.decode(list[0]["etk"].as_str().unwrap()).unwrap(), etk);
+    let (status, body) = rig.curl("GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    let api: Value = serde_json::from_slice(&body).unwrap();
+    assert!(api["paths"]["/etee/v1/kgss/keys"].is_object());
+
+    // KGSS: Alice's key for recognised pharmacies.
+    let (status, created) = rig.new_key("alice");
+    assert_eq!(status, 201, "{created}");
+    let answer = rig.unseal("alice", &sealed_response(&created));
+    let key_id = element(&answer, "NewKeyIdentifier");
+    let key = element(&answer, "NewKey");
+    assert_eq!(B64.decode(&key).unwrap().len(), 16);
+    assert_eq!(created["keyId"].as_str().unwrap(), key_id);
+
+    // Bob gets it; the doctor does not.
+    let (status, got) = rig.get_key("bob", &key_id);
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        element(&rig.unseal("bob", &sealed_response(&got)), "Key"),
+        key
+    );
+    let (status, refused) = rig.get_key("doctor", &key_id);
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["title"], "KGSS_ACCESS_DENIED");
+
+    // Only the holder deletes (authenticated by its TLS client certificate); then the key
+    // is gone for everybody.
+    let path = format!(
+        "/etee/v1/kgss/keys/{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(B64.decode(&key_id).unwrap())
+    );
+    assert_eq!(rig.curl("DELETE", &path, None, Some("bob")).0, 403);
+    assert_eq!(rig.curl("DELETE", &path, None, None).0, 401);
+    assert_eq!(rig.curl("DELETE", &path, None, Some("alice")).0, 204);
+    assert_eq!(rig.get_key("bob", &key_id).0, 404);
+
+    // Stopped with SIGTERM: a clean exit.
+    let mut platform = platform;
+    Command::new("kill")
+        .args(["-TERM", &platform.child.id().to_string()])
+        .status()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = platform.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still serving after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+
+    // Every wrap and unwrap went through the KGSS token's custody core, on its chain.
+    let run = rig
+        .hsm
+        .etee(["audit", "verify", "--json", "--tail", "20", "--config"])
+        .arg(&rig.kgss_hsm)
+        .run();
+    run.code(0);
+    let report = run.json();
+    assert_eq!(report["intact"], Value::Bool(true));
+    let ops: Vec<&str> = report["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
+    assert!(ops.contains(&"WrapSecret"), "{ops:?}");
+    assert!(ops.contains(&"UnwrapSecret"), "{ops:?}");
+    assert!(ops.contains(&"DecryptPkcs1v15"), "{ops:?}");
+    assert!(ops.contains(&"SignPssSha256"), "{ops:?}");
+}
+
+#[test]
+fn platform_killed_during_key_creation_loses_no_acknowledged_key() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    // Requests sealed beforehand, so that the stream is as dense as the platform allows.
+    let mut platform = rig.serve();
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            for _ in 0..200 {
+                let (status, created) = rig.new_key("alice");
+                if status != 201 {
+                    break;
+                }
+                acknowledged
+                    .lock()
+                    .unwrap()
+                    .push(created["keyId"].as_str().unwrap().to_owned());
+            }
+        });
+        // Kill once a few keys went through.
+        let start = Instant::now();
+        while acknowledged.lock().unwrap().len() < 3 {
+            assert!(start.elapsed() < Duration::from_secs(60), "no key created");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = platform.child.kill(); // SIGKILL
+        let _ = platform.child.wait();
+        worker.join().unwrap();
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    eprintln!("{} keys acknowledged before the kill", acknowledged.len());
+
+    // Restarted: every acknowledged key is served (Bob may read them all).
+    let _platform = rig.serve();
+    for key_id in &acknowledged {
+        let (status, got) = rig.get_key("bob", key_id);
+        assert_eq!(status, 200, "acknowledged key {key_id} lost: {got}");
+    }
+    // The custody chain of the KGSS token survived too.
+    let run = rig
+        .hsm
+        .etee(["audit", "verify", "--json", "--config"])
+        .arg(&rig.kgss_hsm)
+        .run();
+    run.code(0);
+    assert_eq!(run.json()["intact"], Value::Bool(true));
+}

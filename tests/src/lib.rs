@@ -847,57 +847,6 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_round_trip() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2026-11-23T13:54:40Z"), Some(1_795_442_080));
-        assert_eq!(
-            parse_rfc3339("2026-11-23T14:54:40+01:00"),
-            Some(1_795_442_080)
-        );
-        assert_eq!(
-            parse_rfc3339("2026-11-23T13:54:40.25Z"),
-            Some(1_795_442_080)
-        );
-        assert_eq!(parse_rfc3339("2026-11-23 13:54:40"), None);
-        assert_eq!(parse_rfc3339("not a time at all!!"), None);
-        for t in [0, 951_782_400, 1_795_442_080, 4_102_444_800] {
-            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
-        }
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn ber_reader() {
-        // 30 80 { 04 01 aa, 24 80 { 04 02 bb cc } 00 00 } 00 00
-        let data = [
-            0x30, 0x80, 0x04, 0x01, 0xaa, 0x24, 0x80, 0x04, 0x02, 0xbb, 0xcc, 0, 0, 0, 0,
-        ];
-        let t = ber(&data).unwrap();
-        assert!(t.indefinite && t.constructed());
-        assert_eq!(t.children.len(), 2);
-        assert_eq!(t.child(0).value, [0xaa]);
-        assert_eq!(t.child(1).child(0).value, [0xbb, 0xcc]);
-        assert_eq!(t.child(1).raw.len(), 8);
-        assert!(ber(&data[..14]).is_err());
-        assert!(ber(&[0x04, 0x80, 0, 0]).is_err());
-    }
-
-    #[test]
-    fn content_is_deterministic_and_varied() {
-        assert_eq!(content(100, 1), content(100, 1));
-        assert_ne!(content(100, 1), content(100, 2));
-        let c = content(100_000, 3);
-        let mut seen = [false; 256];
-        c.iter().for_each(|b| seen[*b as usize] = true);
-        assert!(seen.iter().all(|s| *s));
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // SoftHSM rigs
 // ---------------------------------------------------------------------------------------
@@ -980,5 +929,56 @@ impl SoftHsm {
         S: AsRef<OsStr>,
     {
         etee(args).env("SOFTHSM2_CONF", &self.conf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trip() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2026-11-23T13:54:40Z"), Some(1_795_442_080));
+        assert_eq!(
+            parse_rfc3339("2026-11-23T14:54:40+01:00"),
+            Some(1_795_442_080)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-23T13:54:40.25Z"),
+            Some(1_795_442_080)
+        );
+        assert_eq!(parse_rfc3339("2026-11-23 13:54:40"), None);
+        assert_eq!(parse_rfc3339("not a time at all!!"), None);
+        for t in [0, 951_782_400, 1_795_442_080, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        }
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn ber_reader() {
+        // 30 80 { 04 01 aa, 24 80 { 04 02 bb cc } 00 00 } 00 00
+        let data = [
+            0x30, 0x80, 0x04, 0x01, 0xaa, 0x24, 0x80, 0x04, 0x02, 0xbb, 0xcc, 0, 0, 0, 0,
+        ];
+        let t = ber(&data).unwrap();
+        assert!(t.indefinite && t.constructed());
+        assert_eq!(t.children.len(), 2);
+        assert_eq!(t.child(0).value, [0xaa]);
+        assert_eq!(t.child(1).child(0).value, [0xbb, 0xcc]);
+        assert_eq!(t.child(1).raw.len(), 8);
+        assert!(ber(&data[..14]).is_err());
+        assert!(ber(&[0x04, 0x80, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn content_is_deterministic_and_varied() {
+        assert_eq!(content(100, 1), content(100, 1));
+        assert_ne!(content(100, 1), content(100, 2));
+        let c = content(100_000, 3);
+        let mut seen = [false; 256];
+        c.iter().for_each(|b| seen[*b as usize] = true);
+        assert!(seen.iter().all(|s| *s));
     }
 }

@@ -54,6 +54,9 @@ const SLOTS: usize = 5 * 4 * ROUNDS;
 /// Set in the environment of the bench re-run as the separate custody process: the
 /// directory of the bench's token configuration.
 const SERVER_ENV: &str = "ETEE_BENCH_CUSTODY_SERVER";
+/// Where the separate custody process keeps its audit file (beside the in-process core's,
+/// so that ETEE_BENCH_AUDIT_DIR applies to both).
+const SERVER_AUDIT_ENV: &str = "ETEE_BENCH_CUSTODY_SERVER_AUDIT";
 
 fn total_seconds() -> f64 {
     std::env::var("ETEE_BENCH_SECONDS")
@@ -134,7 +137,9 @@ fn custody_keys(config: &HsmConfig, audit_dir: &Path) -> (CustodyKeys, CustodyCo
 /// SIGTERM.
 fn run_custody_server(dir: &Path) {
     let config = token_config(dir);
-    let audit_dir = dir.join("server-audit");
+    let audit_dir = std::env::var_os(SERVER_AUDIT_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("server-audit"));
     std::fs::create_dir_all(&audit_dir).unwrap();
     let (keys, custody_config) = custody_keys(&config, &audit_dir);
     let server =
@@ -150,10 +155,16 @@ struct CustodyProcess {
 }
 
 impl CustodyProcess {
-    fn start(dir: &Path, config: &HsmConfig, custody: &CustodyConfig) -> (Self, RemoteCustodyKeys) {
+    fn start(
+        dir: &Path,
+        audit_dir: &Path,
+        config: &HsmConfig,
+        custody: &CustodyConfig,
+    ) -> (Self, RemoteCustodyKeys) {
         let socket = dir.join("custody.sock");
         let child = std::process::Command::new(std::env::current_exe().unwrap())
             .env(SERVER_ENV, dir)
+            .env(SERVER_AUDIT_ENV, audit_dir.join("server"))
             .stdin(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -426,7 +437,8 @@ fn main() {
         .map(|d| tempfile::tempdir_in(d).unwrap())
         .unwrap_or_else(|| tempfile::tempdir_in(dir.path()).unwrap());
     let (custody, custody_config) = custody_keys(&w.config, audit_dir.path());
-    let (_process, remote) = CustodyProcess::start(dir.path(), &w.config, &custody_config);
+    let (_process, remote) =
+        CustodyProcess::start(dir.path(), audit_dir.path(), &w.config, &custody_config);
     let bare = Bare::new(&w.config);
 
     let direct_signer = direct.signing_key().unwrap();

@@ -35,7 +35,7 @@
 use crate::audit::{
     sha256, AuditError, AuditHead, AuditRecord, AuditSink, Hash, Operation, Outcome,
 };
-use crate::config::{secret_len_ok, DIGEST_LEN, KEY_WRAP_OVERHEAD, MAX_RESPONSE_FRAME};
+use crate::config::{secret_len_ok, DIGEST_LEN, KEY_WRAP_OVERHEAD};
 use crate::id::{ClientId, KeyId};
 use crate::lock::{Lock, LockState};
 use crate::policy::{Denial, KeyUse, Policy};
@@ -84,15 +84,7 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
     /// A decoded PIN is wiped when this returns; `request` itself is the caller's buffer and
     /// the caller's to wipe.
     pub fn handle(&mut self, request: &[u8], now_ms: u64, out: &mut [u8]) -> usize {
-        if out.len() < MAX_RESPONSE_FRAME {
-            return 0;
-        }
-        let response = match wire::decode_request(request) {
-            Ok(request) => self.handle_request(&request, now_ms),
-            Err(e) => Response::Error(e.into()),
-        };
-        // Every response fits in MAX_RESPONSE_FRAME (pinned by tests), so this cannot fail.
-        wire::encode_response(&response, out).map_or(0, <[u8]>::len)
+        wire::answer_frame(request, out, |r| self.handle_request(r, now_ms))
     }
 
     /// Handles one decoded request.

@@ -378,6 +378,26 @@ fn finish(out: &mut [u8], id: u8, body_len: usize) -> Result<&[u8], FrameError> 
 
 // --- Decoding --------------------------------------------------------------------------------
 
+/// Answers one request frame: decodes it, has `answer` respond to the request (an
+/// undecodable frame is answered with its decoding error), and writes the response frame
+/// into `out`. Returns its length; 0 (and nothing done) only if `out` is shorter than
+/// [`crate::config::MAX_RESPONSE_FRAME`].
+pub fn answer_frame(
+    frame: &[u8],
+    out: &mut [u8],
+    answer: impl FnOnce(&Request) -> Response,
+) -> usize {
+    if out.len() < crate::config::MAX_RESPONSE_FRAME {
+        return 0;
+    }
+    let response = match decode_request(frame) {
+        Ok(request) => answer(&request),
+        Err(e) => Response::Error(e.into()),
+    };
+    // Every response fits in MAX_RESPONSE_FRAME (pinned by tests), so this cannot fail.
+    encode_response(&response, out).map_or(0, <[u8]>::len)
+}
+
 /// Decodes a request frame. Never panics, whatever the bytes.
 pub fn decode_request(frame: &[u8]) -> Result<Request, FrameError> {
     let (id, body) = header(frame, config::MAX_REQUEST_FRAME)?;

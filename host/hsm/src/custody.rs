@@ -27,7 +27,6 @@ use crate::list::KeyClass;
 use crate::pool::SessionPool;
 use crate::Hsm;
 use cryptoki::error::RvError;
-use etee_custody::config::MAX_RESPONSE_FRAME;
 use etee_custody::custody::Admission;
 use etee_custody::file_sink::{FileAuditSink, GroupSync};
 use etee_custody::policy::{Budget, Policy, Rule};
@@ -409,14 +408,7 @@ impl CustodyKeys {
     /// it reads); writes the response frame into `out` and returns its length (0 only if
     /// `out` is shorter than [`etee_custody::config::MAX_RESPONSE_FRAME`]).
     pub fn handle_frame(&self, frame: &[u8], out: &mut [u8]) -> usize {
-        if out.len() < MAX_RESPONSE_FRAME {
-            return 0;
-        }
-        let response = match wire::decode_request(frame) {
-            Ok(request) => self.request(&request),
-            Err(e) => Response::Error(e.into()),
-        };
-        wire::encode_response(&response, out).map_or(0, <[u8]>::len)
+        wire::answer_frame(frame, out, |r| self.request(r))
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, HsmCustody> {

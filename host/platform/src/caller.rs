@@ -28,3 +28,19 @@ impl Caller {
         })
     }
 }
+
+/// An identity's value as the platform stores and compares it: zero-padded as its type
+/// requires (spec §3.4); a value of an unknown type as written.
+pub fn stored_value(identity: &Identity) -> String {
+    etee_formats::identity::normalize_value(&identity.id_type, &identity.value)
+        .unwrap_or_else(|_| identity.value.clone())
+}
+
+/// An identity as the store keeps it.
+pub fn store_identifier(identity: &Identity) -> etee_store::Identifier {
+    etee_store::Identifier::new(
+        &identity.id_type,
+        &stored_value(identity),
+        identity.application_id.as_deref(),
+    )
+}

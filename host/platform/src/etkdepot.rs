@@ -12,6 +12,7 @@
 //!   with its full identifiers, and the client asks again with one of them; none: an
 //!   `Error` with code [`NOT_FOUND`] (SOAP) or 404 (REST).
 
+use crate::caller::store_identifier;
 use etee_services::etkdepot::rest::EtkJson;
 use etee_services::etkdepot::{
     EtkDepotError, EtkResult, GetEtkRequest, GetEtkResponse, Identifier, MatchingEtk, Status,
@@ -160,14 +161,7 @@ pub fn register(
     let enc = parsed.encryption_cert();
     let record = EtkRecord {
         digest: openssl::sha::sha256(parsed.der()),
-        identifiers: identities
-            .iter()
-            .map(|i| {
-                let value = etee_formats::identity::normalize_value(&i.id_type, &i.value)
-                    .unwrap_or_else(|_| i.value.clone());
-                etee_store::Identifier::new(&i.id_type, &value, i.application_id.as_deref())
-            })
-            .collect(),
+        identifiers: identities.iter().map(store_identifier).collect(),
         etk: parsed.der().to_vec(),
         not_before: enc.not_before(),
         not_after: enc.not_after(),

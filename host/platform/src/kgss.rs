@@ -24,9 +24,10 @@
 //! Every sealed request is remembered (by its SHA-256) for [`REPLAY_WINDOW`] and refused if
 //! it comes again; older requests are refused by their signing time.
 
+use crate::caller::{store_identifier, stored_value};
 use etee_formats::cms::{seal, unseal_to_vec, Kek, Recipient, SealOptions, UnsealOptions};
 use etee_formats::etk::Etk;
-use etee_formats::identity::{normalize_value, Identity};
+use etee_formats::identity::Identity;
 use etee_formats::keys::{KeyRing, SigningKey};
 use etee_formats::trust::TrustAnchors;
 use etee_services::kgss::{
@@ -494,9 +495,7 @@ impl Kgss {
     ) -> Result<Vec<Attribute>, KgssError> {
         let mut out = implicit_attributes(identities);
         for id in identities {
-            let value =
-                normalize_value(&id.id_type, &id.value).unwrap_or_else(|_| id.value.clone());
-            for a in store.attributes(&id.id_type, &value)? {
+            for a in store.attributes(&id.id_type, &stored_value(id))? {
                 let a = Attribute::new(&a.namespace, &a.name, &a.value);
                 if !out.contains(&a) {
                     out.push(a);
@@ -510,14 +509,7 @@ impl Kgss {
 /// Same holder: same identifier type and the same value once zero-padded (application
 /// ids aside: one holder, several applications).
 pub fn same_holder(a: &Identity, b: &Identity) -> bool {
-    let norm =
-        |i: &Identity| normalize_value(&i.id_type, &i.value).unwrap_or_else(|_| i.value.clone());
-    a.id_type.eq_ignore_ascii_case(&b.id_type) && norm(a) == norm(b)
-}
-
-fn store_identifier(i: &Identity) -> etee_store::Identifier {
-    let value = normalize_value(&i.id_type, &i.value).unwrap_or_else(|_| i.value.clone());
-    etee_store::Identifier::new(&i.id_type, &value, i.application_id.as_deref())
+    a.id_type.eq_ignore_ascii_case(&b.id_type) && stored_value(a) == stored_value(b)
 }
 
 fn store_credential(c: &Credential) -> etee_store::Credential {

@@ -276,10 +276,6 @@ use base64::Engine as _;
 use etee_services::kgss::{EteeError, EteeStatus, KgssRequest, KgssResponse, Operation};
 use etee_services::soap::LangString;
 
-fn kgss_of(platform: &Platform) -> Option<&Kgss> {
-    platform.kgss.as_ref()
-}
-
 fn log_kgss_error(e: &KgssError) {
     match e {
         KgssError::Custody(_) | KgssError::Store(_) => tracing::error!("KGSS: {e}"),
@@ -323,7 +319,7 @@ async fn kgss_soap(State(platform): State<Arc<Platform>>, body: Body) -> Respons
     };
     let p = platform.clone();
     let answered = blocking(move || {
-        let kgss = kgss_of(&p).expect("checked above");
+        let kgss = p.kgss.as_ref()?;
         let now = unix_now();
         let op = request.operation;
         let result = match op {
@@ -332,18 +328,19 @@ async fn kgss_soap(State(platform): State<Arc<Platform>>, body: Body) -> Respons
                 .map(|k| k.sealed_response),
             Operation::GetKey => kgss.get_key(p.store.as_ref(), &request.sealed_content, now),
         };
-        match result {
+        Some(match result {
             Ok(sealed) => {
                 let mut r = KgssResponse::ok(op, sealed);
                 r.id = Some(etkdepot::response_id());
                 r
             }
             Err(e) => kgss_refusal(op, &e),
-        }
+        })
     })
     .await;
     match answered {
-        Some(response) => soap_ok(soap::envelope(response.to_element())),
+        Some(Some(response)) => soap_ok(soap::envelope(response.to_element())),
+        Some(None) => code_fault(&platform, SoaCode::ServiceUnavailable),
         None => code_fault(&platform, SoaCode::ServiceError),
     }
 }
@@ -417,6 +414,20 @@ fn no_kgss() -> Response {
     ))
 }
 
+/// Runs KGSS logic on the blocking pool; a refusal becomes its problem answer.
+async fn with_kgss<T: Send + 'static>(
+    platform: &Arc<Platform>,
+    f: impl FnOnce(&Kgss, &dyn etee_store::Store) -> Result<T, KgssError> + Send + 'static,
+) -> Result<T, Response> {
+    let p = platform.clone();
+    match blocking(move || p.kgss.as_ref().map(|k| f(k, p.store.as_ref()))).await {
+        Some(Some(Ok(v))) => Ok(v),
+        Some(Some(Err(e))) => Err(kgss_problem(&e)),
+        Some(None) => Err(no_kgss()),
+        None => Err(problem(Problem::new(500, "Service error", None))),
+    }
+}
+
 async fn kgss_new_key_rest(State(platform): State<Arc<Platform>>, body: Body) -> Response {
     if platform.kgss.is_none() {
         return no_kgss();
@@ -425,17 +436,13 @@ async fn kgss_new_key_rest(State(platform): State<Arc<Platform>>, body: Body) ->
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    let p = platform.clone();
-    let r = blocking(move || {
-        kgss_of(&p)
-            .expect("checked above")
-            .get_new_key(p.store.as_ref(), &sealed, unix_now())
+    match with_kgss(&platform, move |k, store| {
+        k.get_new_key(store, &sealed, unix_now())
     })
-    .await;
-    match r {
-        Some(Ok(k)) => sealed_json(StatusCode::CREATED, Some(&k.key_id), &k.sealed_response),
-        Some(Err(e)) => kgss_problem(&e),
-        None => problem(Problem::new(500, "Service error", None)),
+    .await
+    {
+        Ok(k) => sealed_json(StatusCode::CREATED, Some(&k.key_id), &k.sealed_response),
+        Err(answer) => answer,
     }
 }
 
@@ -447,17 +454,13 @@ async fn kgss_get_key_rest(State(platform): State<Arc<Platform>>, body: Body) ->
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    let p = platform.clone();
-    let r = blocking(move || {
-        kgss_of(&p)
-            .expect("checked above")
-            .get_key(p.store.as_ref(), &sealed, unix_now())
+    match with_kgss(&platform, move |k, store| {
+        k.get_key(store, &sealed, unix_now())
     })
-    .await;
-    match r {
-        Some(Ok(sealed)) => sealed_json(StatusCode::OK, None, &sealed),
-        Some(Err(e)) => kgss_problem(&e),
-        None => problem(Problem::new(500, "Service error", None)),
+    .await
+    {
+        Ok(sealed) => sealed_json(StatusCode::OK, None, &sealed),
+        Err(answer) => answer,
     }
 }
 
@@ -475,16 +478,12 @@ async fn kgss_delete_rest(
     let Ok(id) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key_id.as_bytes()) else {
         return kgss_problem(&KgssError::UnknownKey);
     };
-    let p = platform.clone();
-    let r = blocking(move || {
-        kgss_of(&p)
-            .expect("checked above")
-            .delete_key(p.store.as_ref(), &caller.identities, &id)
+    match with_kgss(&platform, move |k, store| {
+        k.delete_key(store, &caller.identities, &id)
     })
-    .await;
-    match r {
-        Some(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Some(Err(e)) => kgss_problem(&e),
-        None => problem(Problem::new(500, "Service error", None)),
+    .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(answer) => answer,
     }
 }

@@ -29,6 +29,25 @@ fn get_etk(ids: &[Identifier]) -> Vec<u8> {
     .to_xml()
 }
 
+/// `GetEtk` for one identifier over SOAP; the answer must be HTTP 200.
+async fn ask(
+    c: &mut etee_platform::client::Connection,
+    id_type: &str,
+    value: &str,
+    application_id: Option<&str>,
+) -> GetEtkResponse {
+    let a = c
+        .soap(
+            "/EtkDepot/v1",
+            get_etk(&[Identifier::new(id_type, value, application_id)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert!(a.content_type.starts_with("text/xml"), "{}", a.content_type);
+    GetEtkResponse::parse(&a.body).unwrap()
+}
+
 fn fault_code(body: &[u8]) -> String {
     let fault = Fault::parse(body)
         .unwrap_or_else(|e| panic!("not a fault ({e}): {}", String::from_utf8_lossy(body)));
@@ -39,16 +58,7 @@ async fn soap_get_etk_answers_etk_matching_and_errors(w: World) {
     let mut c = w.connect(None).await;
 
     // One ETK: Bob's, by his NIHII-PHARMACY number; the answer seals to Bob.
-    let a = c
-        .soap(
-            "/EtkDepot/v1",
-            get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]),
-        )
-        .await
-        .unwrap();
-    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
-    assert!(a.content_type.starts_with("text/xml"), "{}", a.content_type);
-    let r = GetEtkResponse::parse(&a.body).unwrap();
+    let r = ask(&mut c, "NIHII-PHARMACY", PHARMACY, None).await;
     assert!(r.status.is_ok());
     let EtkResult::Etk(etk) = r.result else {
         panic!("{:?}", r.result)
@@ -57,30 +67,12 @@ async fn soap_get_etk_answers_etk_matching_and_errors(w: World) {
     w.check_etk_opens(&etk);
 
     // The KGSS ETK by CBE and application id, the value given without its leading zero.
-    let r = GetEtkResponse::parse(
-        &c.soap(
-            "/EtkDepot/v1",
-            get_etk(&[Identifier::new("CBE", "809394427", Some("KGSS"))]),
-        )
-        .await
-        .unwrap()
-        .body,
-    )
-    .unwrap();
+    let r = ask(&mut c, "CBE", "809394427", Some("KGSS")).await;
     assert_eq!(r.result, EtkResult::Etk(w.kgss.etk.clone()));
 
     // A holder with two application ids: MatchingEtk, each with its application id; asking
     // again with one of them gives that ETK.
-    let r = GetEtkResponse::parse(
-        &c.soap(
-            "/EtkDepot/v1",
-            get_etk(&[Identifier::new("CBE", "0406798006", None)]),
-        )
-        .await
-        .unwrap()
-        .body,
-    )
-    .unwrap();
+    let r = ask(&mut c, "CBE", "0406798006", None).await;
     let EtkResult::MatchingEtk(matching) = r.result else {
         panic!("{:?}", r.result)
     };
@@ -90,29 +82,11 @@ async fn soap_get_etk_answers_etk_matching_and_errors(w: World) {
         .collect();
     apps.sort();
     assert_eq!(apps, ["APP-A", "APP-B"]);
-    let r = GetEtkResponse::parse(
-        &c.soap(
-            "/EtkDepot/v1",
-            get_etk(&[Identifier::new("CBE", "0406798006", Some("APP-B"))]),
-        )
-        .await
-        .unwrap()
-        .body,
-    )
-    .unwrap();
+    let r = ask(&mut c, "CBE", "0406798006", Some("APP-B")).await;
     assert_eq!(r.result, EtkResult::Etk(w.app_b.etk.clone()));
 
     // Nobody: status 200 with an Error.
-    let r = GetEtkResponse::parse(
-        &c.soap(
-            "/EtkDepot/v1",
-            get_etk(&[Identifier::new("NIHII-PHARMACY", "99999999", None)]),
-        )
-        .await
-        .unwrap()
-        .body,
-    )
-    .unwrap();
+    let r = ask(&mut c, "NIHII-PHARMACY", "99999999", None).await;
     assert!(r.status.is_ok());
     assert!(
         matches!(r.result, EtkResult::Errors(ref e) if e[0].code == "ETK_NOT_FOUND"),

@@ -5,7 +5,7 @@
 //! and stopped with SIGTERM in the middle of a stream: everything under way is answered,
 //! the core is locked on record, the socket removed.
 
-use etee_e2e::{etee, etee_bin, scratch, Etee, World};
+use etee_e2e::{etee_bin, scratch, softhsm_module, Etee, SoftHsm, World};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -15,26 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const USER_PIN: &str = "e2e-user-1234";
-const SO_PIN: &str = "e2e-so-5678";
 const LABEL: &str = "e2e-custody";
-
-fn module() -> PathBuf {
-    std::env::var_os("SOFTHSM2_MODULE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
-}
-
-fn secret(path: &Path, text: &str) {
-    std::fs::write(path, format!("{text}\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
 
 /// A token with Bob's keys, a configuration for the server (with the PIN) and one for
 /// the clients (mode "process", no PIN).
 struct Rig {
-    conf: PathBuf,
+    hsm: SoftHsm,
     server_config: PathBuf,
     client_config: PathBuf,
     socket: PathBuf,
@@ -42,44 +28,21 @@ struct Rig {
 
 impl Rig {
     fn new(dir: &Path, w: &World) -> Rig {
-        let module = module();
-        assert!(
-            module.exists(),
-            "SoftHSM2 is not installed ({} is missing): run `bash hsm-config/setup.sh`",
-            module.display()
-        );
-        let tokens = dir.join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let template = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-config/softhsm2.conf.template"),
-        )
-        .unwrap();
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            template.replace("@TOKENDIR@", &tokens.display().to_string()),
-        )
-        .unwrap();
-        secret(&dir.join("user.pin"), USER_PIN);
-        secret(&dir.join("so.pin"), SO_PIN);
-        let hsm = format!(
-            "[hsm]\nmodule = {:?}\ntoken_label = {LABEL:?}\n",
-            module.display().to_string()
-        );
-        let server_config = dir.join("server.toml");
-        std::fs::write(
-            &server_config,
-            format!("{hsm}pin_file = \"user.pin\"\nso_pin_file = \"so.pin\"\n[custody]\naudit_file = \"audit.log\"\n"),
-        )
-        .unwrap();
+        let hsm = SoftHsm::new(dir);
+        let server_config =
+            hsm.token_config("server", LABEL, "[custody]\naudit_file = \"audit.log\"\n");
         let client_config = dir.join("client.toml");
         std::fs::write(
             &client_config,
-            format!("{hsm}pin_file = \"no-such.pin\"\n[custody]\naudit_file = \"audit.log\"\nmode = \"process\"\nsocket = \"custody.sock\"\n"),
+            format!(
+                "[hsm]\nmodule = {:?}\ntoken_label = {LABEL:?}\npin_file = \"no-such.pin\"\n\
+                 [custody]\naudit_file = \"audit.log\"\nmode = \"process\"\nsocket = \"custody.sock\"\n",
+                softhsm_module().display().to_string()
+            ),
         )
         .unwrap();
         let rig = Rig {
-            conf,
+            hsm,
             server_config,
             client_config,
             socket: dir.join("custody.sock"),
@@ -97,18 +60,12 @@ impl Rig {
 
     /// `etee ARGS --config server.toml`.
     fn server<const N: usize>(&self, args: [&str; N]) -> Etee {
-        etee(args)
-            .env("SOFTHSM2_CONF", &self.conf)
-            .arg("--config")
-            .arg(&self.server_config)
+        self.hsm.etee(args).arg("--config").arg(&self.server_config)
     }
 
     /// `etee ARGS --config client.toml`.
     fn client<const N: usize>(&self, args: [&str; N]) -> Etee {
-        etee(args)
-            .env("SOFTHSM2_CONF", &self.conf)
-            .arg("--config")
-            .arg(&self.client_config)
+        self.hsm.etee(args).arg("--config").arg(&self.client_config)
     }
 
     /// Starts `etee custody serve` and waits for its socket.
@@ -119,7 +76,7 @@ impl Rig {
             .arg(&self.server_config)
             .arg("--socket")
             .arg(&self.socket)
-            .env("SOFTHSM2_CONF", &self.conf)
+            .env("SOFTHSM2_CONF", &self.hsm.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -2,75 +2,31 @@
 //! `etee audit verify` against a real SoftHSM2 token in a temporary `SOFTHSM2_CONF`
 //! (passed to each child process), with the keystores of `etee pki init`.
 
-use etee_e2e::{etee, scratch, Etee, World};
+use etee_e2e::{etee, scratch, Etee, SoftHsm, World};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-const USER_PIN: &str = "e2e-user-1234";
-const SO_PIN: &str = "e2e-so-5678";
 const LABEL: &str = "e2e-bob";
 
-fn module() -> PathBuf {
-    std::env::var_os("SOFTHSM2_MODULE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
-}
-
-fn secret(path: &Path, text: &str) {
-    std::fs::write(path, format!("{text}\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 struct Rig {
-    conf: PathBuf,
+    hsm: SoftHsm,
     config: PathBuf,
     dir: PathBuf,
 }
 
 impl Rig {
     fn new(dir: &Path) -> Rig {
-        let module = module();
-        assert!(
-            module.exists(),
-            "SoftHSM2 is not installed ({} is missing): run `bash hsm-config/setup.sh`",
-            module.display()
-        );
-        let tokens = dir.join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let template = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-config/softhsm2.conf.template"),
-        )
-        .unwrap();
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            template.replace("@TOKENDIR@", &tokens.display().to_string()),
-        )
-        .unwrap();
-        secret(&dir.join("user.pin"), USER_PIN);
-        secret(&dir.join("so.pin"), SO_PIN);
-        let config = dir.join("institution.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[hsm]\nmodule = {:?}\ntoken_label = {LABEL:?}\npin_file = \"user.pin\"\nso_pin_file = \"so.pin\"\n",
-                module.display().to_string()
-            ),
-        )
-        .unwrap();
+        let hsm = SoftHsm::new(dir);
+        let config = hsm.token_config("institution", LABEL, "");
         Rig {
-            conf,
+            hsm,
             config,
             dir: dir.to_path_buf(),
         }
     }
 
     fn etee<const N: usize>(&self, args: [&str; N]) -> Etee {
-        etee(args)
-            .env("SOFTHSM2_CONF", &self.conf)
-            .arg("--config")
-            .arg(&self.config)
+        self.hsm.etee(args).arg("--config").arg(&self.config)
     }
 
     fn audit_file(&self) -> PathBuf {

@@ -40,11 +40,19 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Opens the store and reads the CA certificates of `config`; `kgss` is the KGSS
-    /// service with its keys, if this platform runs it.
-    pub fn open(config: PlatformConfig, kgss: Option<kgss::Kgss>) -> Result<Self> {
-        let store = etee_store::open(&config.store)?;
+    /// Opens the store, reads the CA certificates of `config` and, when it has a `[kgss]`
+    /// table, opens KGSS's token through the custody core.
+    pub fn open(config: PlatformConfig) -> Result<Self> {
         let anchors = anchors(&config.client_ca)?;
+        let kgss = match &config.kgss {
+            None => None,
+            Some(k) => Some(
+                kgss::Kgss::from_hsm(&k.hsm, &k.wrapping_key, anchors.clone()).map_err(|e| {
+                    PlatformError::Config(format!("[kgss] {}: {e}", k.hsm.display()))
+                })?,
+            ),
+        };
+        let store = etee_store::open(&config.store)?;
         Ok(Self {
             store,
             config,

@@ -149,18 +149,7 @@ pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
 /// `etee platform serve`: opens the store, serves until SIGTERM or SIGINT, then stops
 /// cleanly (requests under way are answered).
 pub fn run(config: crate::PlatformConfig) -> crate::Result<()> {
-    let kgss = match &config.kgss {
-        None => None,
-        Some(k) => {
-            let anchors = crate::anchors(&config.client_ca)?;
-            Some(
-                crate::kgss::Kgss::from_hsm(&k.hsm, &k.wrapping_key, anchors).map_err(|e| {
-                    crate::PlatformError::Config(format!("[kgss] {}: {e}", k.hsm.display()))
-                })?,
-            )
-        }
-    };
-    let platform = Arc::new(crate::Platform::open(config, kgss)?);
+    let platform = Arc::new(crate::Platform::open(config)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("etee-platform")

@@ -46,6 +46,21 @@ fn sign(core: &mut Custody<InsecureMemoryToken, FileAuditSink>, n: u8, now: u64)
     core.handle_request(&request, now)
 }
 
+fn unlock(pin: &[u8]) -> Request {
+    Request::Unlock {
+        pin: Pin::from_slice(pin).unwrap(),
+    }
+}
+
+/// A chain of four records in `path`: an unlock and three signatures.
+fn write_unlock_and_three_signatures(path: &Path) {
+    let mut core = core_on(path);
+    core.handle_request(&unlock(b"1234"), 1);
+    for i in 0..3 {
+        sign(&mut core, i, 10);
+    }
+}
+
 fn records(path: &Path) -> Vec<AuditRecord> {
     let mut v = Vec::new();
     scan(path, |r| v.push(r.clone())).unwrap();
@@ -58,9 +73,7 @@ fn records_survive_a_reopen_and_the_chain_continues() {
     let path = dir.path().join("audit.log");
     let head = {
         let mut core = core_on(&path);
-        let unlock = Request::Unlock {
-            pin: Pin::from_slice(b"1234").unwrap(),
-        };
+        let unlock = unlock(b"1234");
         assert_eq!(core.handle_request(&unlock, 1), Response::Unlocked);
         for i in 0..5 {
             assert!(matches!(
@@ -75,9 +88,7 @@ fn records_survive_a_reopen_and_the_chain_continues() {
     // A new core on the same file continues the same chain.
     let mut core = core_on(&path);
     assert_eq!(core.audit_head(), head);
-    let unlock = Request::Unlock {
-        pin: Pin::from_slice(b"1234").unwrap(),
-    };
+    let unlock = unlock(b"1234");
     assert_eq!(core.handle_request(&unlock, 100), Response::Unlocked);
     assert!(matches!(sign(&mut core, 9, 101), Response::Signature(_)));
     assert_eq!(
@@ -90,16 +101,7 @@ fn records_survive_a_reopen_and_the_chain_continues() {
 fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    {
-        let mut core = core_on(&path);
-        let unlock = Request::Unlock {
-            pin: Pin::from_slice(b"1234").unwrap(),
-        };
-        core.handle_request(&unlock, 1);
-        for i in 0..3 {
-            sign(&mut core, i, 10);
-        }
-    }
+    write_unlock_and_three_signatures(&path);
     let full = std::fs::read(&path).unwrap();
     let before_last = {
         let recs = records(&path);
@@ -139,16 +141,7 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
 fn damage_before_the_end_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    {
-        let mut core = core_on(&path);
-        let unlock = Request::Unlock {
-            pin: Pin::from_slice(b"1234").unwrap(),
-        };
-        core.handle_request(&unlock, 1);
-        for i in 0..3 {
-            sign(&mut core, i, 10);
-        }
-    }
+    write_unlock_and_three_signatures(&path);
     let full = std::fs::read(&path).unwrap();
     // Flip one byte inside the second frame's body: the check catches it.
     let first_len = 6 + usize::from(u16::from_be_bytes([full[0], full[1]]));
@@ -188,9 +181,7 @@ fn concurrent_callers_share_syncs_and_every_released_result_is_on_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let mut core = core_on(&path);
-    let unlock = Request::Unlock {
-        pin: Pin::from_slice(b"1234").unwrap(),
-    };
+    let unlock = unlock(b"1234");
     assert_eq!(core.handle_request(&unlock, 1), Response::Unlocked);
     let sync = core.audit_sink().group_sync();
     let core = Mutex::new(core);
@@ -257,9 +248,7 @@ fn the_wrong_pin_counter_survives_a_restart() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let wrong = Request::Unlock {
-        pin: Pin::from_slice(b"0000").unwrap(),
-    };
+    let wrong = unlock(b"0000");
     let reopen = || {
         let core = core_on(&path);
         let failures = core.audit_sink().pin_failures_at_open();
@@ -287,9 +276,7 @@ fn the_wrong_pin_counter_survives_a_restart() {
     drop(core);
     let mut core = reopen();
     assert_eq!(core.status().state, LockState::LockedOut);
-    let right = Request::Unlock {
-        pin: Pin::from_slice(b"1234").unwrap(),
-    };
+    let right = unlock(b"1234");
     assert_eq!(
         core.handle_request(&right, 3),
         Response::Error(Error::PinLockedOut)

@@ -23,7 +23,7 @@ use etee_services::secret::SecretBytes;
 use etee_testpki::Institution;
 
 /// `content` sealed by `from` to `to`'s ETK.
-fn seal_for(w: &World, from: &Institution, to: &Institution, content: &[u8]) -> Vec<u8> {
+fn seal_for(from: &Institution, to: &Institution, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     seal(
         &signer_of(from),
@@ -34,7 +34,6 @@ fn seal_for(w: &World, from: &Institution, to: &Institution, content: &[u8]) -> 
         &SealOptions::default(),
     )
     .unwrap();
-    let _ = w;
     out
 }
 
@@ -65,7 +64,7 @@ fn new_key_request(w: &World, from: &Institution, etk_of: &Institution) -> Vec<u
         deletion_strategy: true,
     }
     .to_xml();
-    seal_for(w, from, &w.kgss, &content)
+    seal_for(from, &w.kgss, &content)
 }
 
 fn get_key_request(w: &World, from: &Institution, key_id: &[u8], reply_to: ReplyTo) -> Vec<u8> {
@@ -74,7 +73,7 @@ fn get_key_request(w: &World, from: &Institution, key_id: &[u8], reply_to: Reply
         reply_to,
     }
     .to_xml();
-    seal_for(w, from, &w.kgss, &content)
+    seal_for(from, &w.kgss, &content)
 }
 
 fn soap(operation: Operation, sealed: Vec<u8>) -> Vec<u8> {
@@ -207,14 +206,14 @@ async fn soap_new_key_for_recognised_pharmacies(w: World) {
     let r = call(
         &mut c,
         Operation::GetNewKey,
-        seal_for(&w, &stranger, &w.kgss, &content),
+        seal_for(&stranger, &w.kgss, &content),
     )
     .await;
     assert_eq!(refusal_code(&r), "KGSS_INVALID_SEAL");
     let r = call(
         &mut c,
         Operation::GetNewKey,
-        seal_for(&w, &w.alice, &w.bob, &content),
+        seal_for(&w.alice, &w.bob, &content),
     )
     .await;
     assert_eq!(refusal_code(&r), "KGSS_INVALID_SEAL");
@@ -229,7 +228,7 @@ async fn soap_new_key_for_recognised_pharmacies(w: World) {
     let r = call(
         &mut c,
         Operation::GetKey,
-        seal_for(&w, &w.bob, &w.kgss, b"<not/>"),
+        seal_for(&w.bob, &w.kgss, b"<not/>"),
     )
     .await;
     assert_eq!(refusal_code(&r), "KGSS_INVALID_REQUEST");

@@ -4,8 +4,8 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use etee_formats::cert::Certificate;
-use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
-use etee_formats::keystore::SoftwareKeys;
+use etee_formats::keys::{KeyRing, SigningKey};
+use etee_formats::keystore::{EhealthKeystore, PfxEntry};
 use etee_formats::trust::TrustAnchors;
 use etee_platform::client::{client_config, Connection};
 use etee_platform::kgss::{InsecureMemoryWrapper, Kgss};
@@ -343,35 +343,34 @@ impl World {
     }
 }
 
-/// An institution's ETK key as a key ring (software keys).
-pub fn ring_of(inst: &Institution) -> KeyRing {
-    let mut keys = SoftwareKeys::new();
-    let id = KeyId(inst.etk_serial_decimal());
-    keys.insert(id.clone(), inst.etk_key.clone());
-    let etk_cert = cert(&inst.etk_cert);
-    let mut ring = KeyRing::new();
-    ring.add(DecryptionKey {
-        ops: Arc::new(keys),
-        key: id,
-        serial: etk_cert.serial().to_vec(),
-        cert: Some(etk_cert),
-        ski: None,
-        modulus_bits: inst.etk_key.bits(),
-    });
-    ring
+/// An institution's keys as its eHealth keystore holds them (the alias convention of
+/// `EhealthKeystore`, software keys: the platform tests are about the services; the HSM
+/// path has its own tests).
+pub fn keystore_of(inst: &Institution) -> EhealthKeystore {
+    EhealthKeystore::from_entries(vec![
+        PfxEntry {
+            alias: "authentication".into(),
+            key: inst.auth.key.clone(),
+            chain: std::iter::once(&inst.auth.cert)
+                .chain(&inst.chain)
+                .cloned()
+                .collect(),
+        },
+        PfxEntry {
+            alias: inst.etk_serial_decimal(),
+            key: inst.etk_key.clone(),
+            chain: vec![inst.etk_cert.clone()],
+        },
+    ])
+    .unwrap()
 }
 
-/// An institution's authentication key as a signer (software keys: the platform tests are
-/// about the services; the HSM path has its own tests).
+/// An institution's authentication key as a signer.
 pub fn signer_of(inst: &Institution) -> SigningKey {
-    let mut keys = SoftwareKeys::new();
-    keys.insert(KeyId("authentication".into()), inst.auth.key.clone());
-    SigningKey {
-        ops: Arc::new(keys),
-        key: KeyId("authentication".into()),
-        signer: SignerRef::Certificate {
-            cert: cert(&inst.auth.cert),
-            chain: inst.chain.iter().map(cert).collect(),
-        },
-    }
+    keystore_of(inst).authentication().unwrap()
+}
+
+/// An institution's ETK key as a key ring.
+pub fn ring_of(inst: &Institution) -> KeyRing {
+    keystore_of(inst).key_ring()
 }

@@ -7,10 +7,12 @@
 
 /// Version of the frame format. The first two bytes of every frame (big-endian), before
 /// anything else, so that a peer of another version is recognised whatever follows.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// Longest key id: a PKCS#11 `CKA_ID` or label as the host names the key.
-pub const MAX_KEY_ID_LEN: usize = 32;
+/// Longest key id: a PKCS#11 `CKA_ID` or label as the host names the key. An ETK key is
+/// named by its certificate's decimal serial (RFC 5280: up to 20 octets, 49 digits); version
+/// 1 of the protocol allowed 32 bytes, which real ETKs exceed (e.g. 39 digits).
+pub const MAX_KEY_ID_LEN: usize = 64;
 
 /// Longest client id: the name under which the host authenticated the calling application.
 pub const MAX_CLIENT_ID_LEN: usize = 32;

@@ -42,6 +42,8 @@ pub enum FileSinkError {
     },
     /// The records decode but do not form a chain.
     Chain(ChainBreak),
+    /// Another process (or another core in this one) has the file open for appending.
+    InUse,
 }
 
 impl core::fmt::Display for FileSinkError {
@@ -53,6 +55,11 @@ impl core::fmt::Display for FileSinkError {
                 f,
                 "audit chain broken at record {}: {:?}",
                 b.sequence, b.reason
+            ),
+            Self::InUse => write!(
+                f,
+                "audit file is in use by another custody core (an `etee custody serve`, or \
+                 another etee process using this token in-process); one core appends at a time"
             ),
         }
     }
@@ -210,17 +217,49 @@ impl GroupSync {
     }
 }
 
+/// How long [`FileAuditSink::open`] waits for another core to release the file: long
+/// enough for a short `etee seal` in another process to finish.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn lock_exclusive(file: &File, wait: std::time::Duration) -> Result<(), FileSinkError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(FileSinkError::InUse),
+            Err(std::fs::TryLockError::Error(e)) => return Err(FileSinkError::Io(e)),
+        }
+    }
+}
+
 impl FileAuditSink {
     /// Opens (or creates) the file, verifies it, cuts a torn tail, and returns the sink
     /// with the head to give [`crate::Custody::new`].
+    ///
+    /// The file is locked (`flock`, exclusive) for as long as the sink lives: two cores
+    /// appending to one chain would fork it. A lock held elsewhere is waited for up to
+    /// [`LOCK_WAIT`], then [`FileSinkError::InUse`].
     pub fn open(path: &Path) -> Result<(Self, AuditHead), FileSinkError> {
-        let scan = scan(path, |_| {})?;
+        Self::open_waiting(path, LOCK_WAIT)
+    }
+
+    /// [`Self::open`], waiting at most `wait` for the lock.
+    pub fn open_waiting(
+        path: &Path,
+        wait: std::time::Duration,
+    ) -> Result<(Self, AuditHead), FileSinkError> {
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .write(true)
             .truncate(false)
             .open(path)?;
+        lock_exclusive(&file, wait)?;
+        // Scanned under the lock, so the head is the one this sink appends after.
+        let scan = scan(path, |_| {})?;
         if scan.torn_tail {
             file.set_len(scan.good_len)?;
         }

@@ -173,6 +173,26 @@ fn a_missing_file_starts_a_new_chain() {
 }
 
 #[test]
+fn one_core_at_a_time_appends_to_a_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_unlock_and_three_signatures(&path);
+    let (first, head) = FileAuditSink::open(&path).unwrap();
+    let second = FileAuditSink::open_waiting(&path, std::time::Duration::ZERO);
+    assert!(
+        matches!(second, Err(FileSinkError::InUse)),
+        "a second sink opened"
+    );
+    // A waiting opener gets the file once the first sink is gone, at the same head.
+    let waiter = std::thread::spawn(move || {
+        FileAuditSink::open_waiting(&path, std::time::Duration::from_secs(5)).map(|(_, h)| h)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(first);
+    assert_eq!(waiter.join().unwrap().unwrap(), head);
+}
+
+#[test]
 fn concurrent_callers_share_syncs_and_every_released_result_is_on_file() {
     use etee_custody::custody::Admission;
     use etee_custody::Token;

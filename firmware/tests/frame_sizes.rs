@@ -14,8 +14,8 @@ use etee_custody::{ClientId, KeyId};
 
 #[test]
 fn pinned_bounds() {
-    assert_eq!(PROTOCOL_VERSION, 1);
-    assert_eq!(MAX_KEY_ID_LEN, 32);
+    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(MAX_KEY_ID_LEN, 64);
     assert_eq!(MAX_CLIENT_ID_LEN, 32);
     assert_eq!(MAX_PIN_LEN, 64);
     assert_eq!(MAX_BLOB_LEN, 512);
@@ -27,11 +27,11 @@ fn pinned_bounds() {
     assert_eq!(MAX_POLICY_RULES, 32);
     assert_eq!(MAX_PIN_ATTEMPTS, 5);
 
-    assert_eq!(MAX_REQUEST_FRAME, 583);
+    assert_eq!(MAX_REQUEST_FRAME, 615);
     assert_eq!(MAX_RESPONSE_FRAME, 517);
     assert_eq!(MAX_ERROR_LEN, 12);
-    assert_eq!(MAX_AUDIT_FIELDS_LEN, 134);
-    assert_eq!(MAX_AUDIT_RECORD_LEN, 166);
+    assert_eq!(MAX_AUDIT_FIELDS_LEN, 166);
+    assert_eq!(MAX_AUDIT_RECORD_LEN, 198);
 }
 
 /// In-memory sizes on 64-bit hosts (what a request, a response or a record costs on the
@@ -40,10 +40,10 @@ fn pinned_bounds() {
 #[cfg(target_pointer_width = "64")]
 fn pinned_memory_sizes() {
     use core::mem::size_of;
-    assert!(size_of::<Request>() <= 608, "{}", size_of::<Request>());
+    assert!(size_of::<Request>() <= 640, "{}", size_of::<Request>());
     assert!(size_of::<Response>() <= 528, "{}", size_of::<Response>());
     assert!(
-        size_of::<AuditRecord>() <= 200,
+        size_of::<AuditRecord>() <= 232,
         "{}",
         size_of::<AuditRecord>()
     );

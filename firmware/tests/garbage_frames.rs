@@ -145,11 +145,11 @@ fn truncations_and_extensions_are_bad_frames() {
 fn huge_declared_lengths_are_refused_without_reading_them() {
     let mut core = unlocked();
     // A blob claiming 2^63 bytes.
-    let mut f = vec![0, 1, request_id::DECRYPT_PKCS1V15, 1, b'a', 1, b'k'];
+    let mut f = vec![0, 2, request_id::DECRYPT_PKCS1V15, 1, b'a', 1, b'k'];
     f.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
     assert_eq!(answer(&mut core, &f), Response::Error(Error::BadFrame));
     // A varint that never ends.
-    let mut f = vec![0, 1, request_id::UNLOCK];
+    let mut f = vec![0, 2, request_id::UNLOCK];
     f.extend_from_slice(&[0x80; 20]);
     assert_eq!(answer(&mut core, &f), Response::Error(Error::BadFrame));
 }

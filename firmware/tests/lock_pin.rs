@@ -135,7 +135,7 @@ fn lock_logs_out() {
 #[test]
 fn an_overlong_pin_is_a_bad_frame_and_is_never_tried() {
     let mut core = core();
-    let mut frame = vec![0, 1, request_id::UNLOCK, (MAX_PIN_LEN + 1) as u8];
+    let mut frame = vec![0, 2, request_id::UNLOCK, (MAX_PIN_LEN + 1) as u8];
     frame.extend(std::iter::repeat_n(b'1', MAX_PIN_LEN + 1));
     assert_eq!(
         etee_custody::wire::decode_response(&call_raw(&mut core, &frame, 1)).unwrap(),

@@ -140,14 +140,14 @@ fn frame_header_is_version_then_id() {
 /// this code: change the protocol version, or undo the change.
 #[test]
 fn pinned_bytes() {
-    let mut expected = vec![0x00, 0x01, 0x10, 0x08];
+    let mut expected = vec![0x00, 0x02, 0x10, 0x08];
     expected.extend_from_slice(b"seal-app");
     expected.push(0x04);
     expected.extend_from_slice(b"auth");
     expected.extend_from_slice(&[0xAB; 32]);
     assert_eq!(encode(&sign(app(), auth(), [0xAB; 32])), expected);
 
-    let mut expected = vec![0x00, 0x01, 0x11, 0x08];
+    let mut expected = vec![0x00, 0x02, 0x11, 0x08];
     expected.extend_from_slice(b"seal-app");
     expected.push(0x08);
     expected.extend_from_slice(b"etk-2024");
@@ -157,9 +157,9 @@ fn pinned_bytes() {
 
     assert_eq!(
         encode(&unlock(b"1234")),
-        [0, 1, 0x02, 4, b'1', b'2', b'3', b'4']
+        [0, 2, 0x02, 4, b'1', b'2', b'3', b'4']
     );
-    let mut expected = vec![0x00, 0x01, 0x12, 0x08];
+    let mut expected = vec![0x00, 0x02, 0x12, 0x08];
     expected.extend_from_slice(b"seal-app");
     expected.push(0x09);
     expected.extend_from_slice(b"kgss-wrap");
@@ -167,7 +167,7 @@ fn pinned_bytes() {
     expected.extend_from_slice(&[0x3C; 16]);
     assert_eq!(encode(&wrap(app(), kgss(), &[0x3C; 16])), expected);
 
-    let mut expected = vec![0x00, 0x01, 0x13, 0x08];
+    let mut expected = vec![0x00, 0x02, 0x13, 0x08];
     expected.extend_from_slice(b"seal-app");
     expected.push(0x09);
     expected.extend_from_slice(b"kgss-wrap");
@@ -175,28 +175,28 @@ fn pinned_bytes() {
     expected.extend_from_slice(&[0xC3; 40]);
     assert_eq!(encode(&unwrap(app(), kgss(), &[0xC3; 40])), expected);
     let wrapped = Response::Wrapped(wire::Wrapped::from_slice(&[1; 24]).unwrap());
-    let mut expected = vec![0x00, 0x01, 0x12, 24];
+    let mut expected = vec![0x00, 0x02, 0x12, 24];
     expected.extend_from_slice(&[1; 24]);
     assert_eq!(encode_resp(&wrapped), expected);
     let unwrapped = Response::Unwrapped(wire::WrapSecret::from_slice(&[2; 16]).unwrap());
-    let mut expected = vec![0x00, 0x01, 0x13, 16];
+    let mut expected = vec![0x00, 0x02, 0x13, 16];
     expected.extend_from_slice(&[2; 16]);
     assert_eq!(encode_resp(&unwrapped), expected);
 
-    assert_eq!(encode(&Request::Status), [0, 1, 0x01]);
-    assert_eq!(encode(&Request::Lock), [0, 1, 0x03]);
-    assert_eq!(encode(&Request::AuditHead), [0, 1, 0x04]);
+    assert_eq!(encode(&Request::Status), [0, 2, 0x01]);
+    assert_eq!(encode(&Request::Lock), [0, 2, 0x03]);
+    assert_eq!(encode(&Request::AuditHead), [0, 2, 0x04]);
 
-    assert_eq!(encode_resp(&Response::Unlocked), [0, 1, 0x02]);
-    assert_eq!(encode_resp(&Response::Locked), [0, 1, 0x03]);
+    assert_eq!(encode_resp(&Response::Unlocked), [0, 2, 0x02]);
+    assert_eq!(encode_resp(&Response::Locked), [0, 2, 0x03]);
     assert_eq!(
         encode_resp(&Response::Status(StatusReply {
             state: LockState::Unlocked,
             pin_tries_left: 5
         })),
-        [0, 1, 0x01, 1, 5]
+        [0, 2, 0x01, 1, 5]
     );
-    let mut head = vec![0, 1, 0x04, 0xAC, 0x02]; // 300, varint
+    let mut head = vec![0, 2, 0x04, 0xAC, 0x02]; // 300, varint
     head.extend_from_slice(&[0x11; 32]);
     assert_eq!(
         encode_resp(&Response::AuditHead(AuditHead {
@@ -207,7 +207,7 @@ fn pinned_bytes() {
     );
     assert_eq!(
         encode_resp(&Response::Plaintext(Plaintext::from_slice(b"key").unwrap())),
-        [0, 1, 0x11, 3, b'k', b'e', b'y']
+        [0, 2, 0x11, 3, b'k', b'e', b'y']
     );
 }
 
@@ -244,10 +244,10 @@ fn error_variant_order_is_stable() {
         .collect();
     let tags: Vec<u8> = frames.iter().map(|f| f[3]).collect();
     assert_eq!(tags, (0..14).collect::<Vec<u8>>());
-    assert_eq!(frames[1], [0, 1, 0xFF, 1, 1, 2]);
-    assert_eq!(frames[3], [0, 1, 0xFF, 3, 3]);
-    assert_eq!(frames[6], [0, 1, 0xFF, 6, 0xDC, 0x0B]);
-    assert_eq!(frames[11], [0, 1, 0xFF, 11, 5, 0xA0, 0x01]);
+    assert_eq!(frames[1], [0, 2, 0xFF, 1, 1, 2]);
+    assert_eq!(frames[3], [0, 2, 0xFF, 3, 3]);
+    assert_eq!(frames[6], [0, 2, 0xFF, 6, 0xDC, 0x0B]);
+    assert_eq!(frames[11], [0, 2, 0xFF, 11, 5, 0xA0, 0x01]);
 }
 
 #[test]
@@ -302,10 +302,10 @@ fn lock_state_order_is_stable() {
 #[test]
 fn other_versions_are_recognised_before_anything_else() {
     let mut frame = encode(&Request::Status);
-    frame[..2].copy_from_slice(&2u16.to_be_bytes());
+    frame[..2].copy_from_slice(&1u16.to_be_bytes());
     assert_eq!(
         wire::decode_request(&frame),
-        Err(FrameError::VersionMismatch { got: 2 })
+        Err(FrameError::VersionMismatch { got: 1 })
     );
     // Whatever follows the version, even nothing.
     assert_eq!(
@@ -344,12 +344,12 @@ fn exact_frames_only() {
     assert_eq!(wire::decode_request(&longer), Err(FrameError::BadFrame));
     // Body-less requests take no body.
     assert_eq!(
-        wire::decode_request(&[0, 1, request_id::STATUS, 0]),
+        wire::decode_request(&[0, 2, request_id::STATUS, 0]),
         Err(FrameError::BadFrame)
     );
     // Unknown ids.
     assert_eq!(
-        wire::decode_request(&[0, 1, 0x7E]),
+        wire::decode_request(&[0, 2, 0x7E]),
         Err(FrameError::BadFrame)
     );
 }
@@ -390,6 +390,6 @@ fn ids_print_readably() {
         format!("{:?}", etee_custody::KeyId::new(&[0, 0xFF]).unwrap()),
         "KeyId(0x00ff)"
     );
-    assert!(etee_custody::KeyId::new(&[0; 33]).is_none());
+    assert!(etee_custody::KeyId::new(&[0; 65]).is_none());
     assert!(etee_custody::ClientId::try_from("x".repeat(33).as_str()).is_err());
 }

@@ -1,5 +1,5 @@
-//! `etee platform serve` as a real process, black-box: a world from `etee pki init`, KGSS
-//! with its keys (authentication, ETK, AES wrapping key) in a SoftHSM token, ETKs
+//! `etee platform serve` as a real process, black-box: a world from `etee platform pki`,
+//! KGSS with its keys (authentication and ETK born in a SoftHSM token, AES wrapping key), ETKs
 //! registered and attributes set with `etee platform ...`, requests sealed and answers
 //! opened with `etee seal` / `etee unseal`, HTTPS with curl.
 //!
@@ -51,7 +51,18 @@ impl Rig {
     fn new(dir: &Path) -> Rig {
         let hsm = SoftHsm::new(dir);
         let world = dir.join("world");
-        hsm.etee(["pki", "init"])
+        // KGSS's token: its authentication and ETK keys are born in it (`platform pki
+        // --hsm`), then the wrapping key.
+        let kgss_hsm = hsm.token_config(
+            "kgss",
+            "e2e-kgss",
+            "[custody]\naudit_file = \"kgss-audit.log\"\n",
+        );
+        hsm.etee(["hsm", "init", "--config"])
+            .arg(&kgss_hsm)
+            .run()
+            .code(0);
+        hsm.etee(["platform", "pki"])
             .arg(&world)
             .args([
                 "--institution",
@@ -64,32 +75,19 @@ impl Rig {
                 "kgss:CBE=0809394427/KGSS",
                 "--tls-server",
                 "localhost",
+                "--hsm",
             ])
+            .arg(format!("kgss={}", kgss_hsm.display()))
             .run()
             .code(0);
+        assert!(
+            !world.join("kgss.p12").exists(),
+            "KGSS's keys were written to a file"
+        );
         let password = std::fs::read_to_string(world.join("password"))
             .unwrap()
             .trim()
             .to_string();
-
-        // KGSS's token: its keystore imported, the wrapping key generated in the token.
-        let kgss_hsm = hsm.token_config(
-            "kgss",
-            "e2e-kgss",
-            "[custody]\naudit_file = \"kgss-audit.log\"\n",
-        );
-        hsm.etee(["hsm", "init", "--config"])
-            .arg(&kgss_hsm)
-            .run()
-            .code(0);
-        hsm.etee(["keys", "import", "--config"])
-            .arg(&kgss_hsm)
-            .arg("--p12")
-            .arg(world.join("kgss.p12"))
-            .arg("--password-file")
-            .arg(world.join("password"))
-            .run()
-            .code(0);
         hsm.etee(["keys", "generate", "--profile", "kgss-wrap", "--config"])
             .arg(&kgss_hsm)
             .run()

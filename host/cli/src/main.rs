@@ -32,7 +32,7 @@ enum Command {
         #[command(subcommand)]
         command: commands::etk::Command,
     },
-    /// Test PKI for rigs and demos.
+    /// Test PKI for rigs and demos (`pki init` is `platform pki`).
     Pki {
         #[command(subcommand)]
         command: commands::pki::Command,

@@ -46,6 +46,7 @@ pub mod ber;
 pub mod cert;
 pub mod cms;
 pub mod digest;
+pub mod enc_cert;
 pub mod etk;
 pub mod identity;
 pub mod keys;

@@ -23,7 +23,7 @@ use openssl::bn::{BigNum, MsbOption};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
+use openssl::pkey::{HasPublic, PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
 use openssl::stack::Stack;
 use openssl::x509::extension::{
@@ -395,10 +395,10 @@ pub fn rsa_key(bits: u32) -> Result<PKey<Private>, Error> {
 }
 
 /// Starts a v3 certificate with everything but extensions and signature.
-fn cert_builder(
+fn cert_builder<T: HasPublic>(
     subject: &X509NameRef,
     issuer: &X509NameRef,
-    key: &PKey<Private>,
+    key: &PKeyRef<T>,
     validity: Validity,
 ) -> Result<X509Builder, Error> {
     if validity.not_after < validity.not_before {
@@ -531,6 +531,25 @@ impl TestPki {
         })
     }
 
+    /// An institution's authentication certificate, issued by the root as in
+    /// [`TestPki::institution`], for a key generated elsewhere (an HSM): only its public
+    /// half is needed. The encryption certificate must then be signed where the
+    /// authentication key is (see `etee_formats::enc_cert`).
+    pub fn authentication_certificate<T: HasPublic>(
+        &self,
+        spec: &InstitutionSpec,
+        public_key: &PKeyRef<T>,
+    ) -> Result<X509, Error> {
+        let subject = build_name(&spec.subject_rdns())?;
+        end_entity_certificate(
+            &self.root,
+            &subject,
+            public_key,
+            spec.auth_validity,
+            spec.auth_key_usage,
+        )
+    }
+
     /// A TLS server certificate issued by the root for `names` (DNS names, or IP
     /// addresses such as `127.0.0.1`), with extendedKeyUsage serverAuth. Costs one RSA-2048
     /// key generation.
@@ -603,15 +622,26 @@ fn issue_end_entity(
     validity: Validity,
     usage: KeyUsageSpec,
 ) -> Result<Issued, Error> {
-    let mut b = cert_builder(subject, issuer.cert.subject_name(), &key, validity)?;
+    Ok(Issued {
+        cert: end_entity_certificate(issuer, subject, &key, validity, usage)?,
+        key,
+    })
+}
+
+/// The certificate of [`issue_end_entity`] for a public key whose private half is elsewhere.
+fn end_entity_certificate<T: HasPublic>(
+    issuer: &Issued,
+    subject: &X509NameRef,
+    key: &PKeyRef<T>,
+    validity: Validity,
+    usage: KeyUsageSpec,
+) -> Result<X509, Error> {
+    let mut b = cert_builder(subject, issuer.cert.subject_name(), key, validity)?;
     b.append_extension(BasicConstraints::new().build()?)?;
     usage.apply(&mut b)?;
     add_key_ids(&mut b, Some(&issuer.cert))?;
     b.sign(&issuer.key, MessageDigest::sha256())?;
-    Ok(Issued {
-        cert: b.build(),
-        key,
-    })
+    Ok(b.build())
 }
 
 /// Everything issued for one institution.

@@ -1,134 +1,130 @@
-//! `etee pki init`: a self-contained test world (CA, ETK registration authority, and
-//! institutions with an authentication key, an ETK and an eHealth-style keystore).
-//! For test rigs and the demo only: real institutions get their keys from eHealth.
+//! `etee platform pki` (alias `etee pki init`): a local ETEE world — the CA, the ETK
+//! registration authority, a TLS server certificate for the platform, and institutions
+//! with an authentication certificate and an ETK.
+//!
+//! An institution's keys are either born in an HSM token (`--hsm NAME=CONFIG`: generated
+//! in the token, the CA certifies the authentication key, the encryption certificate is
+//! signed by that key through the custody core, nothing secret is written) or generated in
+//! software and written as an eHealth-style `.p12` for legacy clients.
+//!
+//! The CA and RA keys stay in DIR (mode 0600) so that a second run adds institutions to the
+//! same world. For test rigs, private deployments and the demo: institutions of the real
+//! platform get their certificates from eHealth.
 
 use crate::CliError;
+use etee_formats::cert::Certificate;
+use etee_formats::enc_cert::{self, EncryptionCertSpec};
+use etee_formats::etk::Etk;
+use etee_formats::keys::{KeyId, PrivateKeyOps};
 use etee_formats::keystore::{write_pfx, PfxEntry, Profile};
-use etee_testpki::{InstitutionSpec, TestPki};
+use etee_formats::trust::TrustAnchors;
+use etee_testpki::{InstitutionSpec, Issued, TestPki};
+use openssl::pkey::PKey;
+use openssl::x509::X509;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Create a test world in DIR: ca.pem, <name>.p12, <name>.etk, password.
-    Init {
-        dir: PathBuf,
-        /// An institution as NAME:TYPE=VALUE[/APPLICATION] (repeatable), e.g.
-        /// kgss:CBE=0809394427/KGSS; default: alice:NIHII-HOSPITAL=71000436 and
-        /// bob:NIHII-PHARMACY=27150201.
-        #[arg(long = "institution", value_name = "NAME:TYPE=VALUE[/APPLICATION]")]
-        institutions: Vec<String>,
-        /// Also a TLS server certificate for these names (DNS names or IP addresses), for a
-        /// local platform: tls-server.pem (chain) and tls-server-key.pem.
-        #[arg(long = "tls-server", value_name = "NAME")]
-        tls_server: Vec<String>,
-        /// Write keystores with the legacy algorithms (3DES/RC2-40) older Java tools expect.
-        #[arg(long)]
-        legacy_p12: bool,
-    },
+    /// Same as `etee platform pki`.
+    Init(WorldArgs),
+}
+
+#[derive(clap::Args)]
+pub struct WorldArgs {
+    /// The world's directory: ca.pem (+ ca-key.pem, ra.pem, ra-key.pem), <name>.etk,
+    /// <name>.p12 and password for software institutions. An existing world is extended.
+    dir: PathBuf,
+    /// An institution as NAME:TYPE=VALUE[/APPLICATION] (repeatable), e.g.
+    /// kgss:CBE=0809394427/KGSS; default (in a new world): alice:NIHII-HOSPITAL=71000436
+    /// and bob:NIHII-PHARMACY=27150201.
+    #[arg(long = "institution", value_name = "NAME:TYPE=VALUE[/APPLICATION]")]
+    institutions: Vec<String>,
+    /// Generate institution NAME's keys in the token of this etee HSM configuration
+    /// (initialised with `etee hsm init`, holding no authentication key yet) instead of
+    /// writing a .p12 (repeatable).
+    #[arg(long = "hsm", value_name = "NAME=CONFIG")]
+    hsm: Vec<String>,
+    /// Also a TLS server certificate for these names (DNS names or IP addresses), for a
+    /// local platform: tls-server.pem (chain) and tls-server-key.pem.
+    #[arg(long = "tls-server", value_name = "NAME")]
+    tls_server: Vec<String>,
+    /// Write keystores with the legacy algorithms (3DES/RC2-40) older Java tools expect.
+    #[arg(long)]
+    legacy_p12: bool,
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
-    let Command::Init {
-        dir,
-        institutions,
-        tls_server,
-        legacy_p12,
-    } = command;
-    let specs = if institutions.is_empty() {
-        vec![
-            "alice:NIHII-HOSPITAL=71000436".to_string(),
-            "bob:NIHII-PHARMACY=27150201".to_string(),
-        ]
-    } else {
-        institutions
-    };
-    std::fs::create_dir_all(&dir).map_err(|source| CliError::File {
-        path: dir.display().to_string(),
+    let Command::Init(args) = command;
+    make_world(args)
+}
+
+/// One institution to issue.
+struct Wanted {
+    name: String,
+    spec: InstitutionSpec,
+    /// Its HSM configuration, when its keys are born in a token.
+    hsm: Option<PathBuf>,
+}
+
+pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
+    std::fs::create_dir_all(&args.dir).map_err(|source| CliError::File {
+        path: args.dir.display().to_string(),
         source,
     })?;
-    let pki = TestPki::generate("etee test world")
-        .map_err(|e| CliError::Usage(format!("generating the test CA: {e}")))?;
-    let password = random_password()?;
-    write(&dir, "password", password.as_bytes())?;
-    write(
-        &dir,
-        "ca.pem",
-        &pki.root.cert.to_pem().map_err(openssl_err)?,
-    )?;
-    let profile = if legacy_p12 {
+    let (pki, created) = open_or_create_ca(&args.dir)?;
+    let anchors = TrustAnchors::new(vec![certificate(&pki.root.cert)?]);
+    let wanted = wanted(&args, created)?;
+    let profile = if args.legacy_p12 {
         Profile::Legacy
     } else {
         Profile::Modern
     };
-    for spec in &specs {
-        let (name, id) = spec
-            .split_once(':')
-            .and_then(|(n, id)| id.split_once('=').map(|(t, v)| (n, (t, v))))
-            .ok_or_else(|| {
-                CliError::Usage(format!(
-                    "--institution {spec:?}: expected NAME:TYPE=VALUE[/APPLICATION]"
-                ))
-            })?;
-        let (value, application) = match id.1.split_once('/') {
-            Some((v, app)) => (v, Some(app)),
-            None => (id.1, None),
+    let mut password = None;
+    for w in &wanted {
+        let etk = match &w.hsm {
+            Some(config) => hsm_institution(&pki, w, config)?,
+            None => {
+                let password = match &password {
+                    Some(p) => p,
+                    None => password.insert(keystore_password(&args.dir)?),
+                };
+                software_institution(&pki, w, &args.dir, password, profile)?
+            }
         };
-        let mut inst_spec = InstitutionSpec::new(id.0, value, name);
-        if let Some(app) = application {
-            inst_spec = inst_spec.with_application_id(app);
-        }
-        let inst = pki
-            .institution(&inst_spec)
-            .map_err(|e| CliError::Usage(format!("issuing {name}: {e}")))?;
-        let entries = [
-            PfxEntry {
-                alias: "authentication".into(),
-                key: inst.auth.key.clone(),
-                chain: vec![inst.auth.cert.clone(), pki.root.cert.clone()],
-            },
-            PfxEntry {
-                alias: inst.etk_serial_decimal(),
-                key: inst.etk_key.clone(),
-                chain: vec![inst.etk_cert.clone()],
-            },
-        ];
-        let p12 = write_pfx(&entries, &password, profile).map_err(|source| CliError::Keystore {
-            path: format!("{name}.p12"),
+        // What the depot and every sender will check (spec §3.2): refuse to hand out an
+        // ETK that fails it.
+        let parsed = Etk::parse(&etk).map_err(|source| CliError::Etk {
+            path: format!("{}.etk", w.name),
             source,
         })?;
-        write(&dir, &format!("{name}.p12"), &p12)?;
-        write(&dir, &format!("{name}.etk"), &inst.etk)?;
-        // For independent checks with `openssl cms` only; a real ETK key never leaves its store.
-        write(
-            &dir,
-            &format!("{name}-etk-cert.pem"),
-            &inst.etk_cert.to_pem().map_err(openssl_err)?,
-        )?;
-        write(
-            &dir,
-            &format!("{name}-etk-key.pem"),
-            &inst
-                .etk_key
-                .private_key_to_pem_pkcs8()
-                .map_err(openssl_err)?,
-        )?;
+        let problems = parsed.validate(&anchors, etee_platform::unix_now());
+        if !problems.is_empty() {
+            return Err(CliError::Usage(format!(
+                "the ETK issued for {} fails the ETK checks: {problems:?}",
+                w.name
+            )));
+        }
+        write(&args.dir, &format!("{}.etk", w.name), &etk)?;
+        // The form tools parse: "NAME: SUBJECT (ETK serial N)".
         println!(
-            "{name}: {} (ETK serial {})",
-            inst.subject_string(),
-            inst.etk_serial_decimal()
+            "{}: {} (ETK serial {})",
+            w.name,
+            parsed.authentication_cert().subject_string(),
+            parsed.key_alias()
         );
     }
-    if !tls_server.is_empty() {
-        let names: Vec<&str> = tls_server.iter().map(String::as_str).collect();
+    if !args.tls_server.is_empty() {
+        let names: Vec<&str> = args.tls_server.iter().map(String::as_str).collect();
         let server = pki
             .tls_server(&names)
             .map_err(|e| CliError::Usage(format!("issuing the TLS server certificate: {e}")))?;
         let mut chain = server.cert.to_pem().map_err(openssl_err)?;
         chain.extend(pki.root.cert.to_pem().map_err(openssl_err)?);
-        write(&dir, "tls-server.pem", &chain)?;
+        write(&args.dir, "tls-server.pem", &chain)?;
         write(
-            &dir,
+            &args.dir,
             "tls-server-key.pem",
             &server.key.private_key_to_pem_pkcs8().map_err(openssl_err)?,
         )?;
@@ -137,31 +133,294 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The institutions of the command line, with their `--hsm` configurations.
+fn wanted(args: &WorldArgs, new_world: bool) -> Result<Vec<Wanted>, CliError> {
+    let mut hsm: BTreeMap<&str, PathBuf> = BTreeMap::new();
+    for h in &args.hsm {
+        let (name, config) = h
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--hsm {h:?}: expected NAME=CONFIG")))?;
+        if hsm.insert(name, PathBuf::from(config)).is_some() {
+            return Err(CliError::Usage(format!("--hsm {name}: given twice")));
+        }
+    }
+    let defaults = [
+        "alice:NIHII-HOSPITAL=71000436".to_string(),
+        "bob:NIHII-PHARMACY=27150201".to_string(),
+    ];
+    let specs: &[String] = if args.institutions.is_empty() && new_world {
+        &defaults
+    } else {
+        &args.institutions
+    };
+    let mut out = Vec::new();
+    for spec in specs {
+        let (name, id) = spec
+            .split_once(':')
+            .and_then(|(n, id)| id.split_once('=').map(|(t, v)| (n, (t, v))))
+            .filter(|(n, _)| is_file_name(n))
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--institution {spec:?}: expected NAME:TYPE=VALUE[/APPLICATION] (NAME: \
+                     letters, digits, '-' and '_')"
+                ))
+            })?;
+        let (value, application) = match id.1.split_once('/') {
+            Some((v, app)) => (v, Some(app)),
+            None => (id.1, None),
+        };
+        let mut inst = InstitutionSpec::new(id.0, value, name);
+        if let Some(app) = application {
+            inst = inst.with_application_id(app);
+        }
+        if out.iter().any(|w: &Wanted| w.name == name) {
+            return Err(CliError::Usage(format!(
+                "--institution {name}: given twice"
+            )));
+        }
+        out.push(Wanted {
+            name: name.to_string(),
+            spec: inst,
+            hsm: hsm.remove(name),
+        });
+    }
+    if let Some(name) = hsm.keys().next() {
+        return Err(CliError::Usage(format!(
+            "--hsm {name}=...: no --institution {name}:TYPE=VALUE"
+        )));
+    }
+    Ok(out)
+}
+
+fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The world's CA and RA: read from DIR when it has them, else generated and written.
+fn open_or_create_ca(dir: &Path) -> Result<(TestPki, bool), CliError> {
+    let files = ["ca.pem", "ca-key.pem", "ra.pem", "ra-key.pem"];
+    let present = files.iter().filter(|f| dir.join(f).is_file()).count();
+    if present == files.len() {
+        let issued = |cert: &str, key: &str| -> Result<Issued, CliError> {
+            let cert = X509::from_pem(&read(dir, cert)?)
+                .map_err(|e| CliError::Usage(format!("{cert}: {e}")))?;
+            let key = PKey::private_key_from_pem(&read(dir, key)?)
+                .map_err(|e| CliError::Usage(format!("{key}: {e}")))?;
+            Ok(Issued { cert, key })
+        };
+        let pki = TestPki {
+            root: issued("ca.pem", "ca-key.pem")?,
+            ra: issued("ra.pem", "ra-key.pem")?,
+        };
+        return Ok((pki, false));
+    }
+    if present > 0 {
+        return Err(CliError::Usage(format!(
+            "{}: has only some of {} — restore the others or use an empty directory",
+            dir.display(),
+            files.join(", ")
+        )));
+    }
+    let pki = TestPki::generate("etee test world")
+        .map_err(|e| CliError::Usage(format!("generating the test CA: {e}")))?;
+    let pem = |i: &Issued| -> Result<(Vec<u8>, Vec<u8>), CliError> {
+        Ok((
+            i.cert.to_pem().map_err(openssl_err)?,
+            i.key.private_key_to_pem_pkcs8().map_err(openssl_err)?,
+        ))
+    };
+    let (ra, ra_key) = pem(&pki.ra)?;
+    let (ca, ca_key) = pem(&pki.root)?;
+    // Keys first: a world with ca.pem is complete.
+    write(dir, "ra-key.pem", &ra_key)?;
+    write(dir, "ra.pem", &ra)?;
+    write(dir, "ca-key.pem", &ca_key)?;
+    write(dir, "ca.pem", &ca)?;
+    Ok((pki, true))
+}
+
+/// The keystore password of the world (file `password`), made on first use.
+fn keystore_password(dir: &Path) -> Result<String, CliError> {
+    if dir.join("password").is_file() {
+        let p = String::from_utf8(read(dir, "password")?)
+            .map_err(|_| CliError::Usage("password: not UTF-8".into()))?;
+        return Ok(p.trim_end_matches('\n').to_string());
+    }
+    let mut b = [0u8; 12];
+    openssl::rand::rand_bytes(&mut b).map_err(openssl_err)?;
+    let p = hex::encode(b);
+    write(dir, "password", p.as_bytes())?;
+    Ok(p)
+}
+
+/// Keys generated in software, written as `<name>.p12` (aliases `authentication` and the
+/// ETK serial), plus the ETK key and certificate as PEM for independent checks with
+/// `openssl cms`. Returns the ETK.
+fn software_institution(
+    pki: &TestPki,
+    w: &Wanted,
+    dir: &Path,
+    password: &str,
+    profile: Profile,
+) -> Result<Vec<u8>, CliError> {
+    let inst = pki
+        .institution(&w.spec)
+        .map_err(|e| CliError::Usage(format!("issuing {}: {e}", w.name)))?;
+    let entries = [
+        PfxEntry {
+            alias: "authentication".into(),
+            key: inst.auth.key.clone(),
+            chain: vec![inst.auth.cert.clone(), pki.root.cert.clone()],
+        },
+        PfxEntry {
+            alias: inst.etk_serial_decimal(),
+            key: inst.etk_key.clone(),
+            chain: vec![inst.etk_cert.clone()],
+        },
+    ];
+    let p12 = write_pfx(&entries, password, profile).map_err(|source| CliError::Keystore {
+        path: format!("{}.p12", w.name),
+        source,
+    })?;
+    write(dir, &format!("{}.p12", w.name), &p12)?;
+    write(
+        dir,
+        &format!("{}-etk-cert.pem", w.name),
+        &inst.etk_cert.to_pem().map_err(openssl_err)?,
+    )?;
+    write(
+        dir,
+        &format!("{}-etk-key.pem", w.name),
+        &inst
+            .etk_key
+            .private_key_to_pem_pkcs8()
+            .map_err(openssl_err)?,
+    )?;
+    Ok(inst.etk)
+}
+
+/// Keys born in the token of `config`: an authentication key certified by the CA, and an
+/// ETK key whose encryption certificate the authentication key signs through the custody
+/// core (so the signature is on the token's audit chain). Returns the ETK.
+fn hsm_institution(pki: &TestPki, w: &Wanted, config: &Path) -> Result<Vec<u8>, CliError> {
+    let config = super::hsm::load_config(config)?;
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        CliError::Usage(format!(
+            "{} ({}): {what}: {e}",
+            w.name,
+            config_name(&config)
+        ))
+    };
+    let auth_profile = config.hsm.profile("authentication")?.clone();
+    let etk_profile = config.hsm.profile("etk")?.clone();
+    let (auth_id, auth_cert, etk_id, etk_spki) = {
+        let hsm = etee_hsm::Hsm::open(&config.hsm)?;
+        let auth_key_id = auth_profile.id.as_deref().unwrap_or("authentication");
+        if hsm.list()?.keys.iter().any(|k| k.id == auth_key_id) {
+            return Err(CliError::Usage(format!(
+                "{}: the token {} already holds an authentication key ({:?}); new keys go \
+                 into a token without one (`etee hsm init` a new token, or import existing \
+                 keys with `etee keys import`)",
+                w.name,
+                config_name(&config),
+                auth_key_id
+            )));
+        }
+        let auth = hsm.generate(&auth_profile)?;
+        let etk = hsm.generate(&etk_profile)?;
+        let auth_public = PKey::public_key_from_der(&auth.public_key_der())
+            .map_err(|e| fail("the generated authentication key", &e))?;
+        let auth_cert = pki
+            .authentication_certificate(&w.spec, &auth_public)
+            .map_err(|e| fail("certifying the authentication key", &e))?;
+        hsm.install_certificate(
+            &auth.id,
+            &certificate(&auth_cert)?,
+            &[certificate(&pki.root.cert)?],
+        )?;
+        let etk_spki = etk.public_key_der();
+        (auth.id, auth_cert, etk.id, etk_spki)
+    }; // the token's first session closes here; the custody core opens its own
+
+    let custody = etee_hsm::CustodyKeys::open(&config.hsm, &config.custody)?;
+    let mut serial = [0u8; 16];
+    openssl::rand::rand_bytes(&mut serial).map_err(openssl_err)?;
+    serial[0] = (serial[0] & 0x7f) | 0x40; // positive, 16 significant bytes
+    let holder_name = auth_cert.subject_name().to_der().map_err(openssl_err)?;
+    let validity = w.spec.etk_validity;
+    let tbs = enc_cert::tbs_certificate(&EncryptionCertSpec {
+        holder_name: &holder_name,
+        spki: &etk_spki,
+        serial: &serial,
+        not_before: validity.not_before,
+        not_after: validity.not_after,
+    })
+    .map_err(|e| fail("the encryption certificate", &e))?;
+    let signature = custody
+        .sign_pss_sha256(&KeyId(auth_id), &openssl::sha::sha256(&tbs))
+        .map_err(|e| fail("signing the encryption certificate in the HSM", &e))?;
+    let enc_der = enc_cert::certificate(&tbs, &signature);
+    let enc_cert = X509::from_der(&enc_der).map_err(|e| fail("the encryption certificate", &e))?;
+    let installed = custody
+        .hsm()
+        .install_certificate(&etk_id, &certificate(&enc_cert)?, &[])?;
+    eprintln!(
+        "etee: {}: keys generated in token {}: \"authentication\" and ETK key {installed:?}",
+        w.name,
+        config_name(&config)
+    );
+    pki.sign_etk(&enc_cert, &auth_cert)
+        .map_err(|e| fail("signing the ETK", &e))
+}
+
+fn config_name(config: &etee_hsm::Config) -> String {
+    config.hsm.token.to_string()
+}
+
+fn certificate(x: &X509) -> Result<Certificate, CliError> {
+    Certificate::from_der(&x.to_der().map_err(openssl_err)?)
+        .map_err(|e| CliError::Usage(format!("certificate: {e}")))
+}
+
 fn openssl_err(e: openssl::error::ErrorStack) -> CliError {
     CliError::Usage(format!("openssl: {e}"))
 }
 
-fn random_password() -> Result<String, CliError> {
-    let mut b = [0u8; 12];
-    openssl::rand::rand_bytes(&mut b).map_err(openssl_err)?;
-    Ok(hex::encode(b))
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CliError> {
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>, CliError> {
     let path = dir.join(name);
-    std::fs::write(&path, bytes).map_err(|source| CliError::File {
+    std::fs::read(&path).map_err(|source| CliError::File {
         path: path.display().to_string(),
         source,
-    })?;
+    })
+}
+
+/// Writes a file of the world; private keys, keystores and the password are created
+/// readable by the owner only (never world-readable, not even for a moment).
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let path = dir.join(name);
+    let secret = name.ends_with(".pem") && name.contains("key")
+        || name == "password"
+        || name.ends_with(".p12");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        if name.ends_with(".pem") && name.contains("key")
-            || name == "password"
-            || name.ends_with(".p12")
-        {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(if secret { 0o600 } else { 0o644 });
+        if secret && path.exists() {
+            // An existing file keeps its mode on open: tighten it before writing.
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
     }
-    Ok(())
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|source| CliError::File {
+            path: path.display().to_string(),
+            source,
+        })
 }

@@ -12,6 +12,10 @@ use std::process::ExitCode;
 pub enum Command {
     /// Serve the platform (HTTPS, SOAP and REST) until SIGTERM or SIGINT.
     Serve(ConfigArg),
+    /// Create or extend a local world: the CA, the ETK registration authority, a TLS
+    /// server certificate, and institutions with keys born in an HSM token (--hsm) or in
+    /// a .p12.
+    Pki(super::pki::WorldArgs),
     /// ETKDepot administration.
     Etk {
         #[command(subcommand)]
@@ -179,6 +183,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             })
         }
         Command::Attributes { command } => attributes(command),
+        Command::Pki(args) => super::pki::make_world(args),
     }
 }
 

@@ -432,6 +432,37 @@ fn platform_serves_etkdepot_and_kgss_with_keys_in_softhsm() {
     assert!(ops.contains(&"UnwrapSecret"), "{ops:?}");
     assert!(ops.contains(&"DecryptPkcs1v15"), "{ops:?}");
     assert!(ops.contains(&"SignPssSha256"), "{ops:?}");
+
+    // The platform's own chain (in its store): who created, read, was refused, deleted.
+    let run = rig.platform(["audit", "--json", "--tail", "10"]).run();
+    run.code(0);
+    let report = run.json();
+    assert_eq!(report["intact"], Value::Bool(true), "{report}");
+    let hex_id = hex::encode(B64.decode(&key_id).unwrap());
+    let seen: Vec<(String, String)> = report["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["subject"] == hex_id.as_str())
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("kgss.create", "created"),
+        ("kgss.read", "granted"),
+        ("kgss.read", "denied"),
+        ("kgss.delete", "denied"),
+        ("kgss.delete", "deleted"),
+    ];
+    assert_eq!(
+        seen,
+        expected.map(|(a, o)| (a.to_string(), o.to_string())),
+        "{report}"
+    );
 }
 
 #[test]

@@ -184,6 +184,39 @@ pub enum KgssError {
     Store(#[from] etee_store::Error),
 }
 
+/// Appends an event to the platform's audit chain in the store and mirrors it as an
+/// `etee::audit` log event. Key bytes never appear: the key id, the caller, the decision.
+fn audit(
+    store: &dyn Store,
+    at: i64,
+    action: &str,
+    actor: &Identity,
+    key_id: &[u8; 16],
+    outcome: &str,
+    detail: Option<String>,
+) -> Result<(), KgssError> {
+    let event = etee_store::AuditEvent {
+        at,
+        action: action.into(),
+        actor: actor.to_string(),
+        subject: hex::encode(key_id),
+        outcome: outcome.into(),
+        detail,
+    };
+    let sequence = store.append_event(&event)?;
+    tracing::info!(
+        target: "etee::audit",
+        sequence,
+        action,
+        key_id = %event.subject,
+        actor = %event.actor,
+        outcome,
+        detail = event.detail.as_deref().unwrap_or(""),
+        "KGSS"
+    );
+    Ok(())
+}
+
 impl KgssError {
     /// The `Error/Code` of a SOAP answer (the real service's codes are not known, §10).
     pub fn code(&self) -> &'static str {
@@ -370,13 +403,17 @@ impl Kgss {
             }
         }
         stored?;
-        tracing::info!(
-            target: "etee::audit",
-            operation = "kgss.new_key",
-            key_id = %hex::encode(record.id),
-            creator = %creator,
-            "KGSS key created"
-        );
+        // After the commit: an event never names a key that was not stored. A failure here
+        // answers an error (the key then exists unannounced, as after a crash).
+        audit(
+            store,
+            now,
+            "kgss.create",
+            creator,
+            &record.id,
+            "created",
+            None,
+        )?;
         let answer = GetNewKeyResponseContent {
             new_key_identifier: record.id.to_vec(),
             new_key: SecretBytes::from_slice(&key),
@@ -416,14 +453,22 @@ impl Kgss {
             .map(service_credential)
             .collect();
         let decision = evaluate(&allowed, &excluded, &attributes);
-        tracing::info!(
-            target: "etee::audit",
-            operation = "kgss.get_key",
-            key_id = %hex::encode(id),
-            caller = %opened.identities[0],
-            decision = ?decision,
-            "KGSS key requested"
-        );
+        // Recorded before anything is released, refusals too; no record, no key.
+        let outcome = if decision.is_allowed() {
+            "granted"
+        } else {
+            "denied"
+        };
+        let detail = format!("{decision:?}");
+        audit(
+            store,
+            now,
+            "kgss.read",
+            &opened.identities[0],
+            &id,
+            outcome,
+            Some(detail),
+        )?;
         if !decision.is_allowed() {
             return Err(KgssError::AccessDenied);
         }
@@ -475,14 +520,16 @@ impl Kgss {
             value: record.creator.value.clone(),
             application_id: None,
         };
+        let now = crate::unix_now();
         if !caller.iter().any(|c| same_holder(c, &creator)) {
-            tracing::info!(target: "etee::audit", operation = "kgss.delete", key_id = %hex::encode(id), caller = %caller[0], "refused: not the holder");
+            audit(store, now, "kgss.delete", &caller[0], &id, "denied", None)?;
             return Err(KgssError::AccessDenied);
         }
+        // Recorded first: a deletion that is not on the log does not happen.
+        audit(store, now, "kgss.delete", &caller[0], &id, "deleted", None)?;
         if !store.delete_kgss_key(&id)? {
             return Err(KgssError::UnknownKey);
         }
-        tracing::info!(target: "etee::audit", operation = "kgss.delete", key_id = %hex::encode(id), caller = %caller[0], "KGSS key deleted");
         Ok(())
     }
 

@@ -339,6 +339,35 @@ async fn rest_create_get_and_delete_by_the_holder(w: World) {
         404
     );
 
+    // The audit chain in the store: create, read, refused delete, delete; no key bytes.
+    let events = w.store(|s| s.events(0, 100)).unwrap();
+    etee_store::audit::verify(0, etee_store::audit::GENESIS, &events).unwrap();
+    let hex_id = hex::encode(&key_id);
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .filter(|e| e.event.subject == hex_id)
+        .map(|e| {
+            (
+                e.event.action.as_str(),
+                e.event.actor.as_str(),
+                e.event.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("kgss.create", "NIHII-HOSPITAL=71000436", "created"),
+            ("kgss.read", "NIHII-PHARMACY=27150201", "granted"),
+            ("kgss.delete", "NIHII-PHARMACY=27150201", "denied"),
+            ("kgss.delete", "NIHII-HOSPITAL=71000436", "deleted"),
+        ]
+    );
+    let key_hex = hex::encode(new.new_key.expose());
+    assert!(events
+        .iter()
+        .all(|e| !format!("{:?}", e.event).contains(&key_hex)));
+
     // Bad JSON and bad base64: 400 problems.
     for bad in [
         b"{".to_vec(),

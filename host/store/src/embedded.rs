@@ -14,6 +14,7 @@ use redb::{
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
     backend_error, check_key_id, Attribute, AttributeHolder, Credential, Error, EtkRecord,
     Identifier, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
@@ -39,9 +40,11 @@ const ATTRIBUTE: TableDefinition<(&str, &str, &str, &str), &str> =
 const SEEN_REQUEST: TableDefinition<&[u8], i64> = TableDefinition::new("seen_request");
 /// `(expiry, digest)`, so purging reads only what is expired.
 const SEEN_BY_EXPIRY: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("seen_by_expiry");
+/// Audit sequence → `{"event": .., "hash": hex}` (schema 2).
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_event");
 
 /// Numbered migrations: entry `n` brings the schema from version `n` to `n + 1`.
-const MIGRATIONS: &[fn(&WriteTransaction) -> Result<()>] = &[create_tables_v1];
+const MIGRATIONS: &[fn(&WriteTransaction) -> Result<()>] = &[create_tables_v1, audit_table_v2];
 const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION);
 
 fn create_tables_v1(txn: &WriteTransaction) -> Result<()> {
@@ -54,6 +57,17 @@ fn create_tables_v1(txn: &WriteTransaction) -> Result<()> {
     txn.open_table(SEEN_REQUEST).db()?;
     txn.open_table(SEEN_BY_EXPIRY).db()?;
     Ok(())
+}
+
+fn audit_table_v2(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(AUDIT).db()?;
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct AuditRow {
+    event: AuditEvent,
+    hash: String,
 }
 
 /// The embedded store. Cheap to share: wrap it in an `Arc`.
@@ -461,6 +475,54 @@ impl Store for EmbeddedStore {
         }
         commit_if(txn, purged > 0)?;
         Ok(purged)
+    }
+
+    fn append_event(&self, event: &AuditEvent) -> Result<u64> {
+        // redb has one writer at a time: reading the head and appending are atomic.
+        let txn = self.write()?;
+        let sequence = {
+            let mut table = txn.open_table(AUDIT).db()?;
+            let (last, previous) = match table.last().db()? {
+                None => (0, audit::GENESIS),
+                Some((k, v)) => {
+                    let row: AuditRow = decode(v.value())?;
+                    (
+                        k.value(),
+                        fixed("audit hash", &unhex("audit hash", &row.hash)?)?,
+                    )
+                }
+            };
+            let sequence = last + 1;
+            let hash = audit::chain_hash(&previous, sequence, &audit::event_bytes(event));
+            let row = AuditRow {
+                event: event.clone(),
+                hash: hex::encode(hash),
+            };
+            table.insert(sequence, &*encode(&row)?).db()?;
+            sequence
+        };
+        txn.commit().db()?;
+        Ok(sequence)
+    }
+
+    fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(AUDIT).db()?;
+        let start = after.saturating_add(1);
+        table
+            .range(start..)
+            .db()?
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry.db()?;
+                let row: AuditRow = decode(v.value())?;
+                Ok(StoredEvent {
+                    sequence: k.value(),
+                    event: row.event,
+                    hash: fixed("audit hash", &unhex("audit hash", &row.hash)?)?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -31,15 +31,17 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub mod audit;
 mod embedded;
 mod pg;
 pub mod scratch;
 
+pub use audit::{AuditEvent, StoredEvent};
 pub use embedded::EmbeddedStore;
 pub use pg::PgStore;
 
 /// The schema version this build writes and understands (both backends share the numbering).
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Pool size used by [`open`] for PostgreSQL.
 pub const DEFAULT_POOL_SIZE: usize = 8;
@@ -249,6 +251,13 @@ pub trait Store: Send + Sync {
     fn remember_request(&self, digest: &[u8; 32], expires_at: i64, now: i64) -> Result<bool>;
     /// Forgets the expired request digests; returns how many.
     fn purge_expired(&self, now: i64) -> Result<u64>;
+
+    /// Appends `event` to the audit chain (see [`audit`]), durably when it returns `Ok`;
+    /// returns its sequence number. Appends from instances sharing one database are
+    /// serialised.
+    fn append_event(&self, event: &AuditEvent) -> Result<u64>;
+    /// The audit events after sequence `after` (0: from the start), at most `limit`, in order.
+    fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
 }
 
 /// Opens a store: a `postgres://` or `postgresql://` URL connects to PostgreSQL (pool of

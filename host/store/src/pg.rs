@@ -12,6 +12,7 @@ use r2d2_postgres::postgres::types::{FromSql, Json};
 use r2d2_postgres::postgres::{Client, Config, NoTls, Row};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 
+use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
     check_key_id, Attribute, AttributeHolder, Credential, Error, EtkRecord, Identifier, KgssKey,
     OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
@@ -19,9 +20,12 @@ use crate::{
 
 /// Advisory lock key serialising migrations between instances starting at once.
 const MIGRATION_LOCK: i64 = 0x6574_6565_2d73_746f; // "etee-sto"
+/// Advisory lock key serialising audit appends (read the head, insert after it).
+const AUDIT_LOCK: i64 = 0x6574_6565_2d61_7564; // "etee-aud"
 
 /// Numbered migrations: entry `n` brings the schema from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE etk (
     digest BYTEA PRIMARY KEY CHECK (length(digest) = 32),
     etk BYTEA NOT NULL,
@@ -77,7 +81,15 @@ CREATE TABLE seen_request (
     expires_at BIGINT NOT NULL
 );
 CREATE INDEX seen_request_expiry ON seen_request (expires_at);
-"#];
+"#,
+    r#"
+CREATE TABLE audit_event (
+    seq BIGINT PRIMARY KEY CHECK (seq > 0),
+    event BYTEA NOT NULL,
+    hash BYTEA NOT NULL CHECK (length(hash) = 32)
+);
+"#,
+];
 const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION);
 
 /// The PostgreSQL store: a bounded pool of connections to one database.
@@ -477,6 +489,67 @@ impl Store for PgStore {
         self.conn()?
             .execute("DELETE FROM seen_request WHERE expires_at <= $1", &[&now])
             .db()
+    }
+
+    fn append_event(&self, event: &AuditEvent) -> Result<u64> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().db()?;
+        // Held to commit: the head read below is the one this event follows, also across
+        // instances sharing the database.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+            .db()?;
+        let (last, previous) = match tx
+            .query_opt(
+                "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .db()?
+        {
+            None => (0u64, audit::GENESIS),
+            Some(row) => {
+                let seq: i64 = get(&row, 0)?;
+                let seq = u64::try_from(seq)
+                    .map_err(|_| Error::Corrupt(format!("audit sequence {seq}")))?;
+                (seq, fixed("audit hash", get(&row, 1)?)?)
+            }
+        };
+        let sequence = last + 1;
+        let json = audit::event_bytes(event);
+        let hash = audit::chain_hash(&previous, sequence, &json);
+        let seq =
+            i64::try_from(sequence).map_err(|_| Error::Invalid("the audit log is full".into()))?;
+        tx.execute(
+            "INSERT INTO audit_event (seq, event, hash) VALUES ($1, $2, $3)",
+            &[&seq, &json, &hash.as_slice()],
+        )
+        .db()?;
+        tx.commit().db()?;
+        Ok(sequence)
+    }
+
+    fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT seq, event, hash FROM audit_event WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &limit],
+            )
+            .db()?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = get(row, 0)?;
+                let json: Vec<u8> = get(row, 1)?;
+                Ok(StoredEvent {
+                    sequence: u64::try_from(seq)
+                        .map_err(|_| Error::Corrupt(format!("audit sequence {seq}")))?,
+                    event: serde_json::from_slice(&json)
+                        .map_err(|e| Error::Corrupt(format!("audit event {seq}: {e}")))?,
+                    hash: fixed("audit hash", get(row, 2)?)?,
+                })
+            })
+            .collect()
     }
 }
 

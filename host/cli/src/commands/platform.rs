@@ -12,6 +12,18 @@ use std::process::ExitCode;
 pub enum Command {
     /// Serve the platform (HTTPS, SOAP and REST) until SIGTERM or SIGINT.
     Serve(ConfigArg),
+    /// The platform's audit chain of KGSS key creations, reads and deletions (in its
+    /// store): walk and verify it, show the last events.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Show the last N events (default 10; 0 for none).
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        tail: usize,
+        /// One JSON document on standard output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or extend a local world: the CA, the ETK registration authority, a TLS
     /// server certificate, and institutions with keys born in an HSM token (--hsm) or in
     /// a .p12.
@@ -184,7 +196,86 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         }
         Command::Attributes { command } => attributes(command),
         Command::Pki(args) => super::pki::make_world(args),
+        Command::Audit { config, tail, json } => audit(&load(&config)?, tail, json),
     }
+}
+
+/// Walks the whole chain page by page (constant memory), keeping the last `tail` events.
+fn audit(config: &PlatformConfig, tail: usize, json: bool) -> Result<ExitCode, CliError> {
+    use etee_store::audit::{self, GENESIS};
+    const PAGE: usize = 1000;
+    let store = store(config)?;
+    let (mut seq, mut hash) = (0u64, GENESIS);
+    let mut last = std::collections::VecDeque::with_capacity(tail);
+    let mut broken = None;
+    loop {
+        let page = store
+            .events(seq, PAGE)
+            .map_err(|e| CliError::Usage(format!("store: {e}")))?;
+        if page.is_empty() {
+            break;
+        }
+        match audit::verify(seq, hash, &page) {
+            Ok(head) => (seq, hash) = head,
+            Err(e) => {
+                broken = Some(e.to_string());
+                break;
+            }
+        }
+        for e in page {
+            if tail > 0 {
+                if last.len() == tail {
+                    last.pop_front();
+                }
+                last.push_back(e);
+            }
+        }
+    }
+    if json {
+        let events: Vec<_> = last
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "sequence": e.sequence, "at": e.event.at, "action": e.event.action,
+                    "actor": e.event.actor, "subject": e.event.subject,
+                    "outcome": e.event.outcome, "detail": e.event.detail,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "intact": broken.is_none(), "events": seq, "head": hex::encode(hash),
+                "break": broken, "tail": events,
+            })
+        );
+    } else {
+        match &broken {
+            None => println!("OK      {seq} events, head {}", hex::encode(hash)),
+            Some(b) => println!("BROKEN  after event {seq}: {b}"),
+        }
+        for e in &last {
+            println!(
+                "  #{} {} {:<12} {:<9} {} {}{}",
+                e.sequence,
+                crate::inputs::rfc3339(e.event.at),
+                e.event.action,
+                e.event.outcome,
+                e.event.subject,
+                e.event.actor,
+                e.event
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(" [{d}]"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(if broken.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {

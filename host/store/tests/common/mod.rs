@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
 use etee_store::{
-    Attribute, Credential, Error, EtkRecord, Identifier, KgssKey, PublicKeyRecord, Store,
-    SCHEMA_VERSION,
+    audit, Attribute, AuditEvent, Credential, Error, EtkRecord, Identifier, KgssKey,
+    PublicKeyRecord, Store, SCHEMA_VERSION,
 };
 use sha2::{Digest, Sha256};
 
@@ -476,13 +476,89 @@ pub fn concurrency(h: &impl Harness) {
     }
 }
 
+pub fn audit_event(n: u32, outcome: &str) -> AuditEvent {
+    AuditEvent {
+        at: 1_700_000_000 + i64::from(n),
+        action: "kgss.read".into(),
+        actor: "NIHII-PHARMACY=27150201".into(),
+        subject: format!("{n:032x}"),
+        outcome: outcome.into(),
+        detail: (n % 2 == 0).then(|| "reader conditions: recognised pharmacy".into()),
+    }
+}
+
+pub fn audit_chain(h: &impl Harness) {
+    let s = h.open();
+    assert_eq!(s.events(0, 10).unwrap(), vec![]);
+    for n in 1..=5 {
+        assert_eq!(
+            s.append_event(&audit_event(n, "granted")).unwrap(),
+            u64::from(n)
+        );
+    }
+    let all = s.events(0, 100).unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[2].event, audit_event(3, "granted"));
+    let (last, head) = audit::verify(0, audit::GENESIS, &all).unwrap();
+    assert_eq!((last, head), (5, all[4].hash));
+    // Pages continue the chain.
+    let page = s.events(2, 2).unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    audit::verify(2, all[1].hash, &page).unwrap();
+    // It survives a reopen and goes on from the head.
+    drop(s);
+    let s = h.open();
+    assert_eq!(s.append_event(&audit_event(6, "denied")).unwrap(), 6);
+    audit::verify(0, audit::GENESIS, &s.events(0, 100).unwrap()).unwrap();
+}
+
+pub fn concurrent_audit_appends(h: &impl Harness) {
+    const THREADS: u32 = 6;
+    const EACH: u32 = 10;
+    let first = h.open();
+    let second = if h.shared() { h.open() } else { first.clone() };
+    let barrier = Arc::new(Barrier::new(THREADS as usize));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let s = if t % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..EACH)
+                    .map(|i| {
+                        s.append_event(&audit_event(t * 100 + i, "granted"))
+                            .unwrap()
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut sequences: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    sequences.sort_unstable();
+    let n = u64::from(THREADS * EACH);
+    assert_eq!(sequences, (1..=n).collect::<Vec<_>>(), "gaps or duplicates");
+    let all = first.events(0, 1000).unwrap();
+    assert_eq!(audit::verify(0, audit::GENESIS, &all).unwrap().0, n);
+}
+
 /// One `#[test]` per suite function, for a harness made by `$make` (`None`: skipped).
 #[macro_export]
 macro_rules! store_suite {
     ($make:expr) => {
         $crate::store_suite!(@tests $make;
             backend_and_open_helper, etks, kgss_keys, public_keys, attributes, replay,
-            persistence, schema_too_new, corrupt_row, concurrency);
+            persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
+            concurrent_audit_appends);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

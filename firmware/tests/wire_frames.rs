@@ -390,6 +390,8 @@ fn ids_print_readably() {
         format!("{:?}", etee_custody::KeyId::new(&[0, 0xFF]).unwrap()),
         "KeyId(0x00ff)"
     );
+    // An ETK key is named by its certificate's decimal serial: 20 octets make 49 digits.
+    assert!(etee_custody::KeyId::new(&[b'9'; 49]).is_some());
     assert!(etee_custody::KeyId::new(&[0; 65]).is_none());
     assert!(etee_custody::ClientId::try_from("x".repeat(33).as_str()).is_err());
 }

@@ -133,10 +133,14 @@ impl Drop for Server {
     }
 }
 
+/// The custody frame protocol's version (u16 BE), as documented in firmware/README.md.
+const PROTOCOL_VERSION: [u8; 2] = [0, 2];
+
 /// A `SignPssSha256` request frame for client `etee-cli` and key `authentication`, built
-/// here from the documented layout (version u16 BE 1 | id 0x10 | postcard body).
+/// here from the documented layout (version | id 0x10 | postcard body).
 fn sign_frame(digest: [u8; 32]) -> Vec<u8> {
-    let mut f = vec![0, 1, 0x10];
+    let mut f = PROTOCOL_VERSION.to_vec();
+    f.push(0x10);
     for s in ["etee-cli", "authentication"] {
         f.push(s.len() as u8);
         f.extend_from_slice(s.as_bytes());
@@ -158,7 +162,7 @@ fn exchange(stream: &mut UnixStream, frame: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// A signature response: header `0 1 0x10`, then the signature.
 fn is_signature(resp: &[u8]) -> bool {
-    resp.len() > 200 && resp[..3] == [0, 1, 0x10]
+    resp.len() > 200 && resp[..2] == PROTOCOL_VERSION && resp[2] == 0x10
 }
 
 fn seal_with(rig: &Rig, w: &World, dir: &Path, plain: &[u8], name: &str) -> Vec<u8> {

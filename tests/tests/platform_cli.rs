@@ -513,3 +513,111 @@ fn platform_killed_during_key_creation_loses_no_acknowledged_key() {
     run.code(0);
     assert_eq!(run.json()["intact"], Value::Bool(true));
 }
+
+/// KeyDepot with a key born in an HSM: Alice's token holds her imported authentication
+/// key and a signing key generated in it; `etee keys attest` proves possession and attests
+/// the key through the custody core; the platform registers it as attested and serves the
+/// attestation back. An imported (once extractable) key's attestation, and Alice's
+/// attestation presented by Bob, are refused.
+#[test]
+fn keydepot_registers_a_key_born_in_the_hsm_with_its_attestation() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    let alice = rig.hsm.token_config(
+        "alice",
+        "e2e-alice",
+        "[hsm.profiles.keydepot]\nrole = \"authentication\"\nid = \"keydepot-1\"\n",
+    );
+    rig.hsm
+        .etee(["hsm", "init", "--config"])
+        .arg(&alice)
+        .run()
+        .code(0);
+    rig.hsm
+        .etee(["keys", "import", "--config"])
+        .arg(&alice)
+        .arg("--p12")
+        .arg(rig.world("alice.p12"))
+        .arg("--password-file")
+        .arg(rig.world("password"))
+        .run()
+        .code(0);
+    rig.hsm
+        .etee(["keys", "generate", "--profile", "keydepot", "--config"])
+        .arg(&alice)
+        .run()
+        .code(0);
+    let attest = |key: &str| {
+        let out = rig
+            .hsm
+            .etee([
+                "keys",
+                "attest",
+                "--key",
+                key,
+                "--label",
+                "e-prescriptions",
+                "--config",
+            ])
+            .arg(&alice)
+            .run();
+        out.code(0);
+        out.stdout.clone()
+    };
+    let request = attest("keydepot-1");
+    let sent: Value = serde_json::from_slice(&request).unwrap();
+    let key_id = sent["keyId"].as_str().unwrap().to_string();
+
+    let _platform = rig.serve();
+    let json = Some(("application/json", request.as_slice()));
+    let (status, body) = rig.curl("POST", "/etee/v1/keydepot/keys", json, Some("alice"));
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let registered: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(registered["key"]["keyId"], key_id.as_str());
+    assert_eq!(registered["key"]["attested"], true);
+    assert_eq!(registered["key"]["info"]["label"], "e-prescriptions");
+
+    // Anyone reads the key and its attestation, served as registered.
+    let path = format!("/etee/v1/keydepot/keys/{key_id}");
+    let (status, body) = rig.curl("GET", &format!("{path}/attestation"), None, None);
+    assert_eq!(status, 200);
+    let served: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(served, sent["attestation"]);
+    let statement: Value =
+        serde_json::from_slice(&B64.decode(served["statement"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(statement["token"]["label"], "e2e-alice");
+    assert_eq!(statement["attributes"]["neverExtractable"], true);
+    assert_eq!(statement["attributes"]["local"], true);
+
+    // The same attestation presented by Bob: he is not the key's holder (checked before the
+    // duplicate key id).
+    let (status, body) = rig.curl("POST", "/etee/v1/keydepot/keys", json, Some("bob"));
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    // The imported authentication key was extractable once: not attestable.
+    let imported = attest("authentication");
+    let (status, body) = rig.curl(
+        "POST",
+        "/etee/v1/keydepot/keys",
+        Some(("application/json", imported.as_slice())),
+        Some("alice"),
+    );
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["title"], "KEYDEPOT_INVALID_ATTESTATION");
+
+    // Both proofs were signed through Alice's custody core: on her token's chain.
+    let run = rig
+        .hsm
+        .etee(["audit", "verify", "--json", "--tail", "10", "--config"])
+        .arg(&alice)
+        .run();
+    run.code(0);
+    let signatures = run.json()["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"] == "SignPssSha256")
+        .count();
+    assert_eq!(signatures, 4, "two proofs and two attestations");
+}

@@ -22,7 +22,7 @@
 
 use crate::config::{CustodyConfig, HsmConfig};
 use crate::error::{HsmError, Result};
-use crate::keys::{self, AUTHENTICATION_ID};
+use crate::keys;
 use crate::list::KeyClass;
 use crate::pool::SessionPool;
 use crate::Hsm;
@@ -64,8 +64,9 @@ impl std::fmt::Debug for HsmToken {
 }
 
 impl HsmToken {
-    /// Reads the keys of the token behind `hsm`: the private key with CKA_ID
-    /// `authentication` and CKA_SIGN is the authentication key, private keys with
+    /// Reads the keys of the token behind `hsm`: private keys with CKA_SIGN (and not
+    /// CKA_DECRYPT) are signing keys — the eHealth authentication key (CKA_ID
+    /// `authentication`) and others, such as KeyDepot keys —, private keys with
     /// CKA_DECRYPT are ETK keys, secret keys with CKA_WRAP and CKA_UNWRAP (and neither
     /// CKA_SIGN nor CKA_DECRYPT) are wrapping keys.
     pub fn new(hsm: &Hsm) -> Result<Self> {
@@ -74,9 +75,7 @@ impl HsmToken {
         for k in hsm.list()?.keys {
             let id = hex::decode(&k.id_hex).unwrap_or_default();
             let kind = match k.class {
-                KeyClass::PrivateKey
-                    if id == AUTHENTICATION_ID.as_bytes() && k.sign == Some(true) =>
-                {
+                KeyClass::PrivateKey if k.sign == Some(true) && k.decrypt != Some(true) => {
                     KeyKind::Authentication
                 }
                 KeyClass::PrivateKey if k.decrypt == Some(true) && k.sign != Some(true) => {
@@ -280,15 +279,16 @@ pub(crate) fn client_id(name: &str) -> Result<ClientId> {
         .map_err(|_| HsmError::Config(format!("[custody] client {name:?}: 1 to 32 bytes")))
 }
 
-/// The default policy: `client` signs with the authentication key, decrypts with every
+/// The default policy: `client` signs with the signing keys (the authentication key and
+/// any other key with CKA_SIGN), decrypts with every
 /// ETK key and wraps and unwraps with every wrapping key of `token`, within
 /// [`DEFAULT_BUDGET`].
 pub fn default_policy(token: &HsmToken, client: &ClientId) -> Result<Policy> {
     policy_for(token, client, DEFAULT_BUDGET)
 }
 
-/// The default policy's rules with another `budget`: `client` signs with the authentication
-/// key, decrypts with every ETK key and wraps and unwraps with every wrapping key of
+/// The default policy's rules with another `budget`: `client` signs with the signing keys,
+/// decrypts with every ETK key and wraps and unwraps with every wrapping key of
 /// `token`.
 pub fn policy_for(token: &HsmToken, client: &ClientId, budget: Budget) -> Result<Policy> {
     let mut policy = Policy::deny_all();

@@ -139,6 +139,17 @@ impl Hsm {
         keys::install_certificate(&self.pool, key_id, cert, chain)
     }
 
+    /// The DER SubjectPublicKeyInfo of the private key `key_id` (from its modulus and
+    /// exponent, so a key whose public object is missing still has one).
+    pub fn public_key_der(&self, key_id: &str) -> Result<Vec<u8>> {
+        let key_id = key_id.to_string();
+        self.pool.run(move |conn| {
+            let private =
+                conn.find_object(cryptoki::object::ObjectClass::PRIVATE_KEY, key_id.as_bytes())?;
+            keys::public_key_der(conn.session(), private)
+        })
+    }
+
     /// A PKCS#10 request for an authentication key, signed in the token (RSASSA-PSS);
     /// `subject` is a DER Name ([`keys::subject_der`]).
     pub fn csr(&self, key_id: &str, subject: &[u8]) -> Result<Vec<u8>> {

@@ -85,6 +85,19 @@ impl Connection {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Result<Answer> {
+        self.send_bytes(method, path, content_type, Bytes::from(body))
+            .await
+    }
+
+    /// [`Self::send`] with a shared body: the load client sends the same bytes many times
+    /// without copying them.
+    pub async fn send_bytes(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Answer> {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -93,7 +106,7 @@ impl Connection {
             request = request.header(hyper::header::CONTENT_TYPE, ct);
         }
         let request = request
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| PlatformError::Config(e.to_string()))?;
         self.sender
             .ready()

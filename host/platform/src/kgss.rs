@@ -184,8 +184,7 @@ pub enum KgssError {
     Store(#[from] etee_store::Error),
 }
 
-/// Appends an event to the platform's audit chain in the store and mirrors it as an
-/// `etee::audit` log event. Key bytes never appear: the key id, the caller, the decision.
+/// A KGSS event on the platform's audit chain ([`crate::audit`]).
 fn audit(
     store: &dyn Store,
     at: i64,
@@ -195,25 +194,15 @@ fn audit(
     outcome: &str,
     detail: Option<String>,
 ) -> Result<(), KgssError> {
-    let event = etee_store::AuditEvent {
+    crate::audit::record(
+        store,
         at,
-        action: action.into(),
-        actor: actor.to_string(),
-        subject: hex::encode(key_id),
-        outcome: outcome.into(),
-        detail,
-    };
-    let sequence = store.append_event(&event)?;
-    tracing::info!(
-        target: "etee::audit",
-        sequence,
         action,
-        key_id = %event.subject,
-        actor = %event.actor,
+        actor,
+        hex::encode(key_id),
         outcome,
-        detail = event.detail.as_deref().unwrap_or(""),
-        "KGSS"
-    );
+        detail,
+    )?;
     Ok(())
 }
 

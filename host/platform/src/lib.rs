@@ -6,21 +6,27 @@
 //! | [`config`]   | the platform's TOML configuration and its defaults                 |
 //! | [`tls`]      | rustls server configuration, optional client certificates          |
 //! | [`server`]   | the accept loop: TLS handshake, HTTP/1.1, limits and timeouts      |
+//! | [`audit`]    | the audit chain of KGSS and KeyDepot actions, in the store         |
 //! | [`caller`]   | who is calling: identities from the TLS client certificate         |
 //! | [`etkdepot`] | ETKDepot: the lookup rules, SOAP `GetEtk`, REST `/etee/v1/etks`, JWKS |
 //! | [`kgss`]     | KGSS: `GetNewKey`, `GetKey`, delete; reader conditions; key wrapping |
+//! | [`keydepot`] | KeyDepot: registration (proof of possession, attestation), reads, info, delete |
 //! | [`client`]   | a small HTTPS client (tests, load client)                           |
+//! | [`load`]     | a bounded load driver (loopback only): rate, p50/p99, errors        |
 //! | [`routes`]   | the HTTP routes and how errors become SOA faults / problem details |
 //!
 //! The services' logic is synchronous (the store is) and runs on tokio's blocking pool;
 //! the async side only moves bytes.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod caller;
 pub mod client;
 pub mod config;
 pub mod etkdepot;
+pub mod keydepot;
 pub mod kgss;
+pub mod load;
 pub mod routes;
 pub mod server;
 pub mod tls;

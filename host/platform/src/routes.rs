@@ -1,21 +1,33 @@
 //! The HTTP routes, and the one place where failures become answers: SOA faults (HTTP 500,
 //! spec §7) for the SOAP services, RFC 7807 problem details for REST.
 //!
-//! | method and path                        | service                                  |
-//! |----------------------------------------|------------------------------------------|
-//! | `POST /EtkDepot/v1`                    | ETKDepot SOAP `GetEtk`                   |
-//! | `GET /etee/v1/etks`                    | ETKDepot REST: ETKs of a holder          |
-//! | `GET /etee/v1/pubKeys/cacerts/jwks`    | ETKDepot REST: the holder's keys as JWKS |
-//! | `POST /Kgss/v1`                        | KGSS SOAP `GetNewKey`, `GetKey`          |
-//! | `POST /etee/v1/kgss/keys`              | KGSS REST: a new key (sealed request)    |
-//! | `POST /etee/v1/kgss/keys/retrieve`     | KGSS REST: a key (sealed request)        |
-//! | `DELETE /etee/v1/kgss/keys/{keyId}`    | KGSS REST: the holder deletes a key      |
-//! | `GET /health`                          | liveness                                 |
-//! | `GET /openapi.json`                    | the OpenAPI description of the REST side |
+//! | method and path                                     | service                                  |
+//! |-----------------------------------------------------|------------------------------------------|
+//! | `POST /EtkDepot/v1`                                 | ETKDepot SOAP `GetEtk`                   |
+//! | `GET /etee/v1/etks`                                 | ETKDepot REST: ETKs of a holder          |
+//! | `GET /etee/v1/pubKeys/cacerts/jwks`                 | ETKDepot REST: the holder's keys as JWKS |
+//! | `POST /Kgss/v1`                                     | KGSS SOAP `GetNewKey`, `GetKey`          |
+//! | `POST /etee/v1/kgss/keys`                           | KGSS REST: a new key (sealed request)    |
+//! | `POST /etee/v1/kgss/keys/retrieve`                  | KGSS REST: a key (sealed request)        |
+//! | `DELETE /etee/v1/kgss/keys/{keyId}`                 | KGSS REST: the holder deletes a key      |
+//! | `POST /etee/v1/keydepot/keys`                       | KeyDepot: register a key (writer)        |
+//! | `GET /etee/v1/keydepot/keys/{keyId}`                | KeyDepot: one key                        |
+//! | `PATCH /etee/v1/keydepot/keys/{keyId}/info`         | KeyDepot: add info (holder)              |
+//! | `DELETE /etee/v1/keydepot/keys/{keyId}`             | KeyDepot: delete a key (holder)          |
+//! | `GET /etee/v1/keydepot/keys/{keyId}/attestation`    | KeyDepot: the attestation                |
+//! | `GET /etee/v1/keydepot/keys/{keyId}/holder`         | KeyDepot: the key's holder               |
+//! | `GET /etee/v1/keydepot/holders/{type}/{value}/keys` | KeyDepot: a holder's keys                |
+//! | `GET /health`                                       | liveness                                 |
+//! | `GET /openapi.json`                                 | the OpenAPI description of the REST side |
 //!
 //! KGSS REST bodies are JSON: `{"sealedRequest": base64}` in, `{"keyId": base64,
 //! "sealedResponse": base64}` out; the key itself only ever travels sealed. `keyId` in a
 //! path is base64url without padding. See `docs/openapi/platform.json`.
+//!
+//! KeyDepot REST bodies are the JSON of `etee_services::keydepot` (`keyId` base64url without
+//! padding, in paths too). Reads are open to any TLS client; writes need a client
+//! certificate (401 without). Errors are problems titled `KEYDEPOT_*` (see
+//! [`crate::keydepot::KeyDepotError`]).
 
 use crate::etkdepot::{self, LookupError};
 use crate::{unix_now, Platform};
@@ -51,6 +63,27 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route(
             "/etee/v1/kgss/keys/{key_id}",
             axum::routing::delete(kgss_delete_rest),
+        )
+        .route("/etee/v1/keydepot/keys", post(keydepot_register_rest))
+        .route(
+            "/etee/v1/keydepot/keys/{key_id}",
+            get(keydepot_get_rest).delete(keydepot_delete_rest),
+        )
+        .route(
+            "/etee/v1/keydepot/keys/{key_id}/info",
+            axum::routing::patch(keydepot_add_info_rest),
+        )
+        .route(
+            "/etee/v1/keydepot/keys/{key_id}/attestation",
+            get(keydepot_attestation_rest),
+        )
+        .route(
+            "/etee/v1/keydepot/keys/{key_id}/holder",
+            get(keydepot_holder_rest),
+        )
+        .route(
+            "/etee/v1/keydepot/holders/{id_type}/{value}/keys",
+            get(keydepot_list_rest),
         )
         .route("/health", get(|| async { "ok\n" }))
         .route(
@@ -484,6 +517,239 @@ async fn kgss_delete_rest(
     .await
     {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(answer) => answer,
+    }
+}
+
+// --- KeyDepot -----------------------------------------------------------------------------
+
+use crate::keydepot::{self, KeyDepotError};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::Path;
+use axum::Extension;
+use etee_services::keydepot::{AddInfoRequest, KeyId, RegisterKeyRequest, RegisterKeyResponse};
+
+fn keydepot_problem(e: &KeyDepotError) -> Response {
+    match e {
+        KeyDepotError::Store(_) => tracing::error!("KeyDepot: {e}"),
+        _ => tracing::info!("KeyDepot refused: {e}"),
+    }
+    problem(Problem::new(
+        e.http_status(),
+        e.code(),
+        Some(e.public_message()),
+    ))
+}
+
+fn json_status(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, json(body)).into_response()
+}
+
+/// A `{keyId}` path segment as a key id; anything else (bad percent-encoding, bad base64,
+/// wrong length) is a 400 problem.
+fn path_key_id(path: Result<Path<String>, PathRejection>) -> Result<KeyId, KeyDepotError> {
+    let Path(s) = path.map_err(|e| KeyDepotError::invalid(e.body_text()))?;
+    KeyId::from_url_string(&s).map_err(KeyDepotError::invalid)
+}
+
+/// The identities of an authenticated caller; writes refuse anybody else.
+fn writer(caller: MaybeCaller) -> Result<Arc<crate::caller::Caller>, KeyDepotError> {
+    caller.0.ok_or(KeyDepotError::Unauthenticated)
+}
+
+/// A JSON body, bounded by the configured limit.
+async fn keydepot_body(platform: &Platform, body: Body) -> Result<Bytes, Response> {
+    read_body(body, platform.config.limits.max_body_bytes)
+        .await
+        .map_err(|e| {
+            problem(Problem::new(
+                e.http_status(),
+                "KEYDEPOT_INVALID_REQUEST",
+                Some(e.to_string()),
+            ))
+        })
+}
+
+/// Runs KeyDepot logic (the store, the proofs) on the blocking pool; a refusal becomes its
+/// problem answer.
+async fn with_keydepot<T: Send + 'static>(
+    platform: &Arc<Platform>,
+    f: impl FnOnce(&Platform) -> Result<T, KeyDepotError> + Send + 'static,
+) -> Result<T, Response> {
+    let p = platform.clone();
+    match blocking(move || f(&p)).await {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(keydepot_problem(&e)),
+        None => Err(problem(Problem::new(500, "KEYDEPOT_SERVICE_ERROR", None))),
+    }
+}
+
+async fn keydepot_register_rest(
+    State(platform): State<Arc<Platform>>,
+    Extension(caller): Extension<MaybeCaller>,
+    body: Body,
+) -> Response {
+    let caller = match writer(caller) {
+        Ok(c) => c,
+        Err(e) => return keydepot_problem(&e),
+    };
+    let bytes = match keydepot_body(&platform, body).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
+    };
+    let request = match RegisterKeyRequest::parse(&bytes) {
+        Ok(r) => r,
+        Err(e) => return keydepot_problem(&KeyDepotError::invalid(e)),
+    };
+    match with_keydepot(&platform, move |p| {
+        keydepot::register(
+            p.store.as_ref(),
+            &p.anchors,
+            &caller.identities,
+            &request,
+            unix_now(),
+        )
+    })
+    .await
+    {
+        Ok(key) => json_status(StatusCode::CREATED, RegisterKeyResponse { key }.to_json()),
+        Err(answer) => answer,
+    }
+}
+
+/// A KeyDepot read of the key named in the path, answered as JSON by `render`.
+async fn keydepot_read<T: Send + 'static>(
+    platform: &Arc<Platform>,
+    key_id: Result<Path<String>, PathRejection>,
+    read: fn(&dyn etee_store::Store, &KeyId) -> Result<T, KeyDepotError>,
+    render: fn(T) -> Vec<u8>,
+) -> Response {
+    let key_id = match path_key_id(key_id) {
+        Ok(k) => k,
+        Err(e) => return keydepot_problem(&e),
+    };
+    match with_keydepot(platform, move |p| read(p.store.as_ref(), &key_id)).await {
+        Ok(value) => json(render(value)),
+        Err(answer) => answer,
+    }
+}
+
+async fn keydepot_get_rest(
+    State(platform): State<Arc<Platform>>,
+    key_id: Result<Path<String>, PathRejection>,
+) -> Response {
+    keydepot_read(&platform, key_id, keydepot::get, |k| k.to_json()).await
+}
+
+async fn keydepot_add_info_rest(
+    State(platform): State<Arc<Platform>>,
+    key_id: Result<Path<String>, PathRejection>,
+    Extension(caller): Extension<MaybeCaller>,
+    body: Body,
+) -> Response {
+    let caller = match writer(caller) {
+        Ok(c) => c,
+        Err(e) => return keydepot_problem(&e),
+    };
+    let key_id = match path_key_id(key_id) {
+        Ok(k) => k,
+        Err(e) => return keydepot_problem(&e),
+    };
+    let bytes = match keydepot_body(&platform, body).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
+    };
+    let request = match AddInfoRequest::parse(&bytes) {
+        Ok(r) => r,
+        Err(e) => return keydepot_problem(&KeyDepotError::invalid(e)),
+    };
+    match with_keydepot(&platform, move |p| {
+        keydepot::add_info(
+            p.store.as_ref(),
+            &caller.identities,
+            &key_id,
+            &request.info,
+            unix_now(),
+        )
+    })
+    .await
+    {
+        Ok(key) => json(key.to_json()),
+        Err(answer) => answer,
+    }
+}
+
+async fn keydepot_delete_rest(
+    State(platform): State<Arc<Platform>>,
+    key_id: Result<Path<String>, PathRejection>,
+    Extension(caller): Extension<MaybeCaller>,
+) -> Response {
+    let caller = match writer(caller) {
+        Ok(c) => c,
+        Err(e) => return keydepot_problem(&e),
+    };
+    let key_id = match path_key_id(key_id) {
+        Ok(k) => k,
+        Err(e) => return keydepot_problem(&e),
+    };
+    match with_keydepot(&platform, move |p| {
+        keydepot::delete(p.store.as_ref(), &caller.identities, &key_id, unix_now())
+    })
+    .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(answer) => answer,
+    }
+}
+
+async fn keydepot_attestation_rest(
+    State(platform): State<Arc<Platform>>,
+    key_id: Result<Path<String>, PathRejection>,
+) -> Response {
+    // Served as stored: the bytes the holder's attestation was registered as.
+    keydepot_read(&platform, key_id, keydepot::attestation, |stored| stored).await
+}
+
+async fn keydepot_holder_rest(
+    State(platform): State<Arc<Platform>>,
+    key_id: Result<Path<String>, PathRejection>,
+) -> Response {
+    keydepot_read(&platform, key_id, keydepot::holder, |h| h.to_json()).await
+}
+
+async fn keydepot_list_rest(
+    State(platform): State<Arc<Platform>>,
+    holder: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Response {
+    let invalid = |e: String| keydepot_problem(&KeyDepotError::Invalid(e));
+    let (id_type, value) = match holder {
+        Ok(Path(h)) => h,
+        Err(e) => return invalid(e.body_text()),
+    };
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return invalid(e.body_text()),
+    };
+    if let Some(k) = query.keys().find(|k| *k != "applicationIdentifier") {
+        return invalid(format!("unknown parameter {k:?}"));
+    }
+    // An empty application id is no restriction, as an absent one.
+    let application_id = query
+        .get("applicationIdentifier")
+        .filter(|a| !a.is_empty())
+        .cloned();
+    match with_keydepot(&platform, move |p| {
+        keydepot::list(
+            p.store.as_ref(),
+            &id_type,
+            &value,
+            application_id.as_deref(),
+        )
+    })
+    .await
+    {
+        Ok(list) => json(list.to_json()),
         Err(answer) => answer,
     }
 }

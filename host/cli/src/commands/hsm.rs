@@ -36,6 +36,21 @@ pub enum KeysCommand {
         #[arg(long, value_name = "NAME")]
         profile: String,
     },
+    /// A KeyDepot registration request for a signing key generated in the token: the
+    /// public key, its key id (the RFC 5280 SHA-1 key identifier, usable as a CMS
+    /// subjectKeyIdentifier), a proof of possession signed by the key and an attestation
+    /// (token, non-exportability) signed by the token's authentication key, both through
+    /// the custody core. JSON on standard output, for `POST /etee/v1/keydepot/keys`.
+    Attest {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// CKA_ID of the key to register (a signing key: a profile with role authentication).
+        #[arg(long, value_name = "ID")]
+        key: String,
+        /// A label for the key in KeyDepot.
+        #[arg(long)]
+        label: Option<String>,
+    },
     /// List the token's keys, certificates and their security attributes.
     List {
         #[arg(long, value_name = "FILE")]
@@ -140,6 +155,12 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                 "etee: generated {} key {:?} ({} bits) in the token",
                 key.role, key.id, key.bits
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Attest { config, key, label } => {
+            let config = load_config(&config)?;
+            let request = super::attest::registration_request(&config, &key, label)?;
+            println!("{}", String::from_utf8_lossy(&request.to_json()));
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::List { config, json } => {

@@ -374,3 +374,21 @@ pub fn signer_of(inst: &Institution) -> SigningKey {
 pub fn ring_of(inst: &Institution) -> KeyRing {
     keystore_of(inst).key_ring()
 }
+
+/// An institution with Alice's identity (NIHII-HOSPITAL 71000436) issued by another CA: its
+/// certificate names the right holder but must not be trusted.
+pub fn foreign_alice() -> Institution {
+    static IMPOSTOR: OnceLock<Institution> = OnceLock::new();
+    IMPOSTOR
+        .get_or_init(|| {
+            let other = TestPki::generate("impostors").unwrap();
+            other
+                .institution(&InstitutionSpec::new(
+                    "NIHII-HOSPITAL",
+                    "71000436",
+                    "Alice Hospital",
+                ))
+                .unwrap()
+        })
+        .clone()
+}

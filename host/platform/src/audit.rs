@@ -1,0 +1,43 @@
+//! The platform's audit trail: every KGSS key creation, read (granted or denied) and
+//! deletion, and every KeyDepot registration, change and deletion, appended to the hash
+//! chain in the store (`etee_store::audit`) and mirrored as an `etee::audit` log event.
+//! `etee platform audit` walks and verifies the chain.
+//!
+//! The services record before they act (a read's key is released, a deletion happens, only
+//! once its event is stored) or, for creations, right after the commit, so that an event
+//! never names something that was not stored. Events never carry key material.
+
+use etee_formats::identity::Identity;
+use etee_store::{AuditEvent, Store};
+
+/// Appends one event; `subject` is what it is about (a key id).
+pub fn record(
+    store: &dyn Store,
+    at: i64,
+    action: &str,
+    actor: &Identity,
+    subject: String,
+    outcome: &str,
+    detail: Option<String>,
+) -> Result<u64, etee_store::Error> {
+    let event = AuditEvent {
+        at,
+        action: action.into(),
+        actor: actor.to_string(),
+        subject,
+        outcome: outcome.into(),
+        detail,
+    };
+    let sequence = store.append_event(&event)?;
+    tracing::info!(
+        target: "etee::audit",
+        sequence,
+        action,
+        subject = %event.subject,
+        actor = %event.actor,
+        outcome,
+        detail = event.detail.as_deref().unwrap_or(""),
+        "audit"
+    );
+    Ok(sequence)
+}

@@ -1,0 +1,600 @@
+//! KeyDepot REST over TLS on loopback: a hospital registers RSA and EC keys with a proof of
+//! possession, anyone reads and lists them, the holder adds information and deletes them;
+//! wrong proofs, duplicates, other institutions and anonymous writers are refused; an HSM
+//! attestation signed by the holder under the platform's CA is kept and served back, any
+//! other is refused; malformed requests get 400 problems.
+
+mod common;
+
+on_both_stores!(
+    register_read_list_and_add_info,
+    proofs_of_possession_and_duplicates,
+    only_the_holder_writes,
+    attestations,
+    malformed_requests_are_problems,
+);
+
+use common::{cert, World};
+use etee_formats::cert::Certificate;
+use etee_platform::client::{Answer, Connection};
+use etee_services::etkdepot::rest::IdentifierJson;
+use etee_services::keydepot::{
+    pop_challenge, sign, AttestationStatement, HolderInfo, KeyAttributes, KeyId, KeyInfo,
+    KeyListResponse, KeyRecord, KeyStatus, KeyUse, RegisterKeyRequest, RegisterKeyResponse,
+    SignedAttestation, TokenInfo,
+};
+use etee_testpki::{rsa_key, Institution};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use serde_json::Value;
+
+const KEYS: &str = "/etee/v1/keydepot/keys";
+const JSON: Option<&str> = Some("application/json");
+
+fn rsa() -> PKey<Private> {
+    rsa_key(2048).unwrap()
+}
+
+fn ec_p256() -> PKey<Private> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+}
+
+fn key_id(id: &[u8]) -> KeyId {
+    KeyId::new(id.to_vec()).unwrap()
+}
+
+/// A registration of `key` as `id` with a valid proof of possession.
+fn request(key: &PKey<Private>, id: &[u8]) -> RegisterKeyRequest {
+    let spki = key.public_key_to_der().unwrap();
+    let id = key_id(id);
+    RegisterKeyRequest {
+        proof_of_possession: sign(key, &pop_challenge(&id, &spki)).unwrap(),
+        key_id: id,
+        public_key: spki,
+        info: KeyInfo {
+            label: Some("laptop".into()),
+            key_use: Some(KeyUse::Enc),
+            properties: [("os".to_owned(), "linux".to_owned())].into(),
+            ..Default::default()
+        },
+        attestation: None,
+    }
+}
+
+fn key_path(id: &[u8]) -> String {
+    format!("{KEYS}/{}", key_id(id).to_url_string())
+}
+
+async fn register(c: &mut Connection, r: &RegisterKeyRequest) -> Answer {
+    c.send("POST", KEYS, JSON, r.to_json()).await.unwrap()
+}
+
+async fn add_info(c: &mut Connection, id: &[u8], body: &str) -> Answer {
+    c.send(
+        "PATCH",
+        &format!("{}/info", key_path(id)),
+        JSON,
+        body.as_bytes().to_vec(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn delete(c: &mut Connection, id: &[u8]) -> Answer {
+    c.send("DELETE", &key_path(id), None, vec![]).await.unwrap()
+}
+
+/// A JSON answer with `status`.
+fn assert_json(a: &Answer, status: u16) -> &[u8] {
+    assert_eq!(a.status, status, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.content_type, "application/json");
+    &a.body
+}
+
+/// An RFC 7807 answer with `status` and `title`; its detail.
+fn assert_problem(a: &Answer, status: u16, title: &str) -> String {
+    assert_eq!(a.status, status, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.content_type, "application/problem+json");
+    let p: Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(p["status"], status, "{p}");
+    assert_eq!(p["title"], title, "{p}");
+    p["detail"].as_str().unwrap_or_default().to_owned()
+}
+
+fn identifier(id_type: &str, value: &str, app: Option<&str>) -> IdentifierJson {
+    IdentifierJson {
+        id_type: id_type.into(),
+        value: value.into(),
+        application_identifier: app.map(Into::into),
+    }
+}
+
+fn alice_holder() -> HolderInfo {
+    HolderInfo {
+        identifiers: vec![identifier("NIHII-HOSPITAL", "71000436", None)],
+        name: None,
+    }
+}
+
+async fn register_read_list_and_add_info(w: World) {
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let mut anonymous = w.connect(None).await;
+    let before = etee_platform::unix_now();
+
+    // Alice registers an RSA and an EC P-256 key.
+    let mut registered = Vec::new();
+    for (key, id) in [(rsa(), &b"alice-rsa"[..]), (ec_p256(), &b"alice-ec"[..])] {
+        let r = request(&key, id);
+        let a = register(&mut alice, &r).await;
+        let key = RegisterKeyResponse::parse(assert_json(&a, 201))
+            .unwrap()
+            .key;
+        assert_eq!(key.key_id, r.key_id);
+        assert_eq!(key.public_key, r.public_key);
+        assert_eq!(key.holder, alice_holder());
+        assert_eq!(key.info, r.info);
+        assert!(!key.attested);
+        assert_eq!(key.status, KeyStatus::Active);
+        assert!(key.created_at >= before && key.created_at <= etee_platform::unix_now());
+        registered.push(key);
+    }
+
+    // Anyone reads them, with or without a client certificate.
+    for c in [&mut anonymous, &mut alice] {
+        let a = c.get(&key_path(b"alice-rsa")).await.unwrap();
+        assert_eq!(
+            KeyRecord::parse(assert_json(&a, 200)).unwrap(),
+            registered[0]
+        );
+    }
+    let a = anonymous
+        .get(&format!("{}/holder", key_path(b"alice-ec")))
+        .await
+        .unwrap();
+    assert_eq!(
+        HolderInfo::parse(assert_json(&a, 200)).unwrap(),
+        alice_holder()
+    );
+    let a = anonymous
+        .get(&format!("{}/attestation", key_path(b"alice-ec")))
+        .await
+        .unwrap();
+    assert_problem(&a, 404, "KEYDEPOT_NO_ATTESTATION");
+    let a = anonymous.get(&key_path(b"nobody's")).await.unwrap();
+    assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
+
+    // The list: type case-insensitive, value zero-padded as ETKDepot does; by key id.
+    let a = anonymous
+        .get("/etee/v1/keydepot/holders/nihii-hospital/0071000436/keys")
+        .await
+        .unwrap();
+    let list = KeyListResponse::parse(assert_json(&a, 200)).unwrap();
+    assert_eq!(list.holder, alice_holder());
+    assert_eq!(
+        list.keys,
+        vec![registered[1].clone(), registered[0].clone()]
+    );
+
+    // Alice adds information: given fields replace, properties add up.
+    let a = add_info(
+        &mut alice,
+        b"alice-rsa",
+        r#"{"info":{"label":"desk","properties":{"room":"12"}}}"#,
+    )
+    .await;
+    let changed = KeyRecord::parse(assert_json(&a, 200)).unwrap();
+    let mut want = registered[0].info.clone();
+    want.label = Some("desk".into());
+    want.properties.insert("room".into(), "12".into());
+    assert_eq!(changed.info, want);
+    assert_eq!(changed.info.key_use, Some(KeyUse::Enc));
+    assert_eq!(
+        KeyRecord {
+            info: registered[0].info.clone(),
+            ..changed.clone()
+        },
+        registered[0],
+        "only the information changed"
+    );
+    let a = anonymous.get(&key_path(b"alice-rsa")).await.unwrap();
+    assert_eq!(KeyRecord::parse(assert_json(&a, 200)).unwrap(), changed);
+
+    // A holder with two application ids: the list can be restricted to one.
+    let mut app_b = w.connect(Some(&w.app_b)).await;
+    let a = register(&mut app_b, &request(&ec_p256(), b"app-b-key")).await;
+    let key = RegisterKeyResponse::parse(assert_json(&a, 201))
+        .unwrap()
+        .key;
+    let app_b_holder = HolderInfo {
+        identifiers: vec![identifier("CBE", "0406798006", Some("APP-B"))],
+        name: None,
+    };
+    assert_eq!(key.holder, app_b_holder);
+    let holder_keys = "/etee/v1/keydepot/holders/CBE/406798006/keys";
+    for (query, found) in [
+        ("", 1),
+        ("?applicationIdentifier=APP-B", 1),
+        ("?applicationIdentifier=APP-A", 0),
+    ] {
+        let a = anonymous
+            .get(&format!("{holder_keys}{query}"))
+            .await
+            .unwrap();
+        let list = KeyListResponse::parse(assert_json(&a, 200)).unwrap();
+        assert_eq!(list.keys.len(), found, "{query}");
+        assert_eq!(list.holder.identifiers[0].value, "0406798006");
+    }
+
+    // A holder without keys: an empty list. An unknown type: 400.
+    let a = anonymous
+        .get(&format!(
+            "/etee/v1/keydepot/holders/NIHII-PHARMACY/{}/keys",
+            common::PHARMACY
+        ))
+        .await
+        .unwrap();
+    let list = KeyListResponse::parse(assert_json(&a, 200)).unwrap();
+    assert!(list.keys.is_empty());
+    assert_eq!(
+        list.holder.identifiers,
+        vec![identifier("NIHII-PHARMACY", common::PHARMACY, None)]
+    );
+    let a = anonymous
+        .get("/etee/v1/keydepot/holders/PLANET/42/keys")
+        .await
+        .unwrap();
+    assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+    w.stop().await;
+}
+
+async fn proofs_of_possession_and_duplicates(w: World) {
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let key = rsa();
+
+    // Signed by another key.
+    let mut r = request(&key, b"pop");
+    r.proof_of_possession = sign(&ec_p256(), &pop_challenge(&r.key_id, &r.public_key)).unwrap();
+    let a = register(&mut alice, &r).await;
+    assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
+    // A proof made for another key id (replayed for this one).
+    let mut r = request(&key, b"pop");
+    r.proof_of_possession = sign(&key, &pop_challenge(&key_id(b"other"), &r.public_key)).unwrap();
+    let a = register(&mut alice, &r).await;
+    assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
+    // A tampered signature.
+    let mut r = request(&ec_p256(), b"pop");
+    let last = r.proof_of_possession.len() - 1;
+    r.proof_of_possession[last] ^= 1;
+    let a = register(&mut alice, &r).await;
+    assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
+    // Nothing was stored.
+    let a = alice.get(&key_path(b"pop")).await.unwrap();
+    assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
+
+    // The right proof registers; the same key id again, by anyone, is a conflict.
+    let r = request(&key, b"pop");
+    assert_json(&register(&mut alice, &r).await, 201);
+    let a = register(&mut alice, &r).await;
+    assert_problem(&a, 409, "KEYDEPOT_DUPLICATE_KEY_ID");
+    let mut bob = w.connect(Some(&w.bob)).await;
+    let a = register(&mut bob, &request(&ec_p256(), b"pop")).await;
+    assert_problem(&a, 409, "KEYDEPOT_DUPLICATE_KEY_ID");
+    // Still Alice's key.
+    let a = bob.get(&key_path(b"pop")).await.unwrap();
+    let stored = KeyRecord::parse(assert_json(&a, 200)).unwrap();
+    assert_eq!(stored.public_key, r.public_key);
+    assert_eq!(stored.holder, alice_holder());
+    w.stop().await;
+}
+
+async fn only_the_holder_writes(w: World) {
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let mut bob = w.connect(Some(&w.bob)).await;
+    let mut anonymous = w.connect(None).await;
+    let id = b"alice-only";
+    let a = register(&mut alice, &request(&rsa(), id)).await;
+    let registered = RegisterKeyResponse::parse(assert_json(&a, 201))
+        .unwrap()
+        .key;
+
+    // Another institution may neither add information nor delete.
+    let info = r#"{"info":{"label":"bob was here"}}"#;
+    assert_problem(
+        &add_info(&mut bob, id, info).await,
+        403,
+        "KEYDEPOT_ACCESS_DENIED",
+    );
+    assert_problem(&delete(&mut bob, id).await, 403, "KEYDEPOT_ACCESS_DENIED");
+    // Nobody writes without a client certificate.
+    let a = register(&mut anonymous, &request(&ec_p256(), b"anonymous")).await;
+    assert_problem(&a, 401, "KEYDEPOT_NOT_AUTHENTICATED");
+    let a = add_info(&mut anonymous, id, info).await;
+    assert_problem(&a, 401, "KEYDEPOT_NOT_AUTHENTICATED");
+    assert_problem(
+        &delete(&mut anonymous, id).await,
+        401,
+        "KEYDEPOT_NOT_AUTHENTICATED",
+    );
+    // Unchanged.
+    let a = anonymous.get(&key_path(id)).await.unwrap();
+    assert_eq!(KeyRecord::parse(assert_json(&a, 200)).unwrap(), registered);
+    let a = anonymous.get(&key_path(b"anonymous")).await.unwrap();
+    assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
+
+    // The holder deletes, for real.
+    let a = delete(&mut alice, id).await;
+    assert_eq!(a.status, 204);
+    assert!(a.body.is_empty());
+    let a = anonymous.get(&key_path(id)).await.unwrap();
+    assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
+    assert!(w.store(|s| s.get_public_key(id)).unwrap().is_none());
+    assert_problem(&delete(&mut alice, id).await, 404, "KEYDEPOT_UNKNOWN_KEY");
+    assert_problem(
+        &add_info(&mut alice, id, info).await,
+        404,
+        "KEYDEPOT_UNKNOWN_KEY",
+    );
+    // The key id is free again.
+    assert_json(&register(&mut alice, &request(&ec_p256(), id)).await, 201);
+
+    // Every write and refusal is on the platform's audit chain, in order.
+    let events = w.store(|s| s.events(0, 100)).unwrap();
+    etee_store::audit::verify(0, etee_store::audit::GENESIS, &events).unwrap();
+    let subject = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, id);
+    let seen: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e.event.subject == subject)
+        .map(|e| (e.event.action.as_str(), e.event.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("keydepot.register", "registered"),
+            ("keydepot.add_info", "denied"),
+            ("keydepot.delete", "denied"),
+            ("keydepot.delete", "deleted"),
+            ("keydepot.register", "registered"),
+        ]
+    );
+    w.stop().await;
+}
+
+const NON_EXPORTABLE: KeyAttributes = KeyAttributes {
+    sensitive: true,
+    extractable: false,
+    never_extractable: true,
+    local: true,
+};
+
+/// An attestation of `r`'s key signed by `signer`'s authentication key, with its chain.
+fn attestation(
+    r: &RegisterKeyRequest,
+    signer: &Institution,
+    attributes: KeyAttributes,
+) -> SignedAttestation {
+    let statement = AttestationStatement::new(
+        r.key_id.clone(),
+        &r.public_key,
+        TokenInfo {
+            label: "etee".into(),
+            serial: "0001".into(),
+            manufacturer: "SoftHSM project".into(),
+            model: "SoftHSM v2".into(),
+        },
+        attributes,
+        etee_platform::unix_now(),
+    );
+    let chain: Vec<Certificate> = signer.chain.iter().map(cert).collect();
+    SignedAttestation::sign(
+        &statement,
+        &signer.auth.key,
+        &cert(&signer.auth.cert),
+        &chain,
+    )
+    .unwrap()
+}
+
+async fn attestations(w: World) {
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let mut anonymous = w.connect(None).await;
+
+    // Signed by Alice's authentication key under the platform's CA: attested, and served
+    // back as given.
+    let mut r = request(&rsa(), b"attested");
+    let signed = attestation(&r, &w.alice, NON_EXPORTABLE);
+    r.attestation = Some(signed.clone());
+    let a = register(&mut alice, &r).await;
+    let key = RegisterKeyResponse::parse(assert_json(&a, 201))
+        .unwrap()
+        .key;
+    assert!(key.attested);
+    let a = anonymous
+        .get(&format!("{}/attestation", key_path(b"attested")))
+        .await
+        .unwrap();
+    assert_eq!(assert_json(&a, 200), &signed.to_json()[..]);
+    let back = SignedAttestation::parse(&a.body).unwrap();
+    assert_eq!(back, signed);
+    back.verify(
+        &r.key_id,
+        &r.public_key,
+        &etee_services::etkdepot::Identifier::new("NIHII-HOSPITAL", "71000436", None),
+    )
+    .unwrap();
+    let a = anonymous.get(&key_path(b"attested")).await.unwrap();
+    assert!(KeyRecord::parse(assert_json(&a, 200)).unwrap().attested);
+
+    // Refused: signed by another institution (of the platform's CA, or not), by an
+    // impostor of Alice under a foreign CA, about an exportable key, or about another key.
+    let impostor = common::foreign_alice();
+    let stranger = common::foreign_institution();
+    let key = ec_p256();
+    let cases: Vec<(&str, SignedAttestation, &str)> = vec![
+        (
+            "bob",
+            attestation(&request(&key, b"refused"), &w.bob, NON_EXPORTABLE),
+            "holder",
+        ),
+        (
+            "stranger",
+            attestation(&request(&key, b"refused"), &stranger, NON_EXPORTABLE),
+            "holder",
+        ),
+        (
+            "impostor",
+            attestation(&request(&key, b"refused"), &impostor, NON_EXPORTABLE),
+            "CA",
+        ),
+        (
+            "exportable",
+            attestation(
+                &request(&key, b"refused"),
+                &w.alice,
+                KeyAttributes {
+                    extractable: true,
+                    never_extractable: false,
+                    ..NON_EXPORTABLE
+                },
+            ),
+            "exportable",
+        ),
+        (
+            "other key",
+            attestation(&request(&rsa(), b"refused"), &w.alice, NON_EXPORTABLE),
+            "key",
+        ),
+        (
+            "other key id",
+            attestation(&request(&key, b"other"), &w.alice, NON_EXPORTABLE),
+            "key id",
+        ),
+    ];
+    for (case, signed, why) in cases {
+        let mut r = request(&key, b"refused");
+        r.attestation = Some(signed);
+        let a = register(&mut alice, &r).await;
+        let detail = assert_problem(&a, 422, "KEYDEPOT_INVALID_ATTESTATION");
+        assert!(detail.contains(why), "{case}: {detail}");
+        let a = anonymous.get(&key_path(b"refused")).await.unwrap();
+        assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
+    }
+    // The impostor's attestation passes every check but the chain's: the anchors decide.
+    let mut r = request(&key, b"refused");
+    let forged = attestation(&r, &impostor, NON_EXPORTABLE);
+    forged
+        .verify(
+            &r.key_id,
+            &r.public_key,
+            &etee_services::etkdepot::Identifier::new("NIHII-HOSPITAL", "71000436", None),
+        )
+        .unwrap();
+    r.attestation = Some(forged);
+    assert_problem(
+        &register(&mut alice, &r).await,
+        422,
+        "KEYDEPOT_INVALID_ATTESTATION",
+    );
+    w.stop().await;
+}
+
+async fn malformed_requests_are_problems(w: World) {
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let good = request(&rsa(), b"good");
+    let good_json: Value = serde_json::from_slice(&good.to_json()).unwrap();
+    let with = |field: &str, value: Value| {
+        let mut v = good_json.clone();
+        v[field] = value;
+        serde_json::to_vec(&v).unwrap()
+    };
+    let small = rsa_key(1024).unwrap();
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("not JSON", b"{".to_vec()),
+        ("empty", vec![]),
+        ("an array", b"[]".to_vec()),
+        ("no key", br#"{"keyId":"AQ"}"#.to_vec()),
+        ("bad base64", with("publicKey", "***".into())),
+        ("not a key", with("publicKey", "AAAA".into())),
+        (
+            "small RSA key",
+            with(
+                "publicKey",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    small.public_key_to_der().unwrap(),
+                )
+                .into(),
+            ),
+        ),
+        ("bad key id", with("keyId", "a+b/".into())),
+        ("empty key id", with("keyId", "".into())),
+        ("long key id", with("keyId", "A".repeat(90).into())),
+        ("bad proof", with("proofOfPossession", 5.into())),
+        ("bad info", with("info", "x".into())),
+    ];
+    for (case, body) in bodies {
+        let a = alice.send("POST", KEYS, JSON, body).await.unwrap();
+        let detail = assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+        assert!(!detail.is_empty(), "{case}");
+    }
+    // Too large for the configured limit (64 KiB in the tests).
+    let mut big = w.connect(Some(&w.alice)).await;
+    let a = big
+        .send("POST", KEYS, JSON, vec![b' '; 70_000])
+        .await
+        .unwrap();
+    assert_problem(&a, 413, "KEYDEPOT_INVALID_REQUEST");
+
+    // Bad key ids in paths: bad base64, too long, not UTF-8 once percent-decoded.
+    let long = "A".repeat(90);
+    for bad in ["***", long.as_str(), "%FF%FE"] {
+        let path = format!("{KEYS}/{bad}");
+        let a = alice.get(&path).await.unwrap();
+        assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+        for sub in ["attestation", "holder"] {
+            let a = alice.get(&format!("{path}/{sub}")).await.unwrap();
+            assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+        }
+        let a = alice.send("DELETE", &path, None, vec![]).await.unwrap();
+        assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+        let a = alice
+            .send(
+                "PATCH",
+                &format!("{path}/info"),
+                JSON,
+                br#"{"info":{}}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+    }
+
+    // Bad add-info bodies, on a key that exists.
+    assert_json(&register(&mut alice, &good).await, 201);
+    for body in [
+        "{",
+        r#"{"info":5}"#,
+        r#"{"label":"x"}"#,
+        r#"{"info":{"use":"both"}}"#,
+    ] {
+        let a = add_info(&mut alice, b"good", body).await;
+        assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+    }
+    let a = alice.get(&key_path(b"good")).await.unwrap();
+    assert_eq!(
+        KeyRecord::parse(assert_json(&a, 200)).unwrap().info,
+        good.info
+    );
+
+    // Bad list criteria: an impossible value, an unknown parameter.
+    for path in [
+        "/etee/v1/keydepot/holders/NIHII-HOSPITAL/abc/keys",
+        "/etee/v1/keydepot/holders/NIHII-HOSPITAL/123456789012345/keys",
+        "/etee/v1/keydepot/holders/NIHII-HOSPITAL/71000436/keys?identifier=1",
+    ] {
+        let a = alice.get(path).await.unwrap();
+        assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+    }
+    w.stop().await;
+}

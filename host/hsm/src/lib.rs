@@ -144,8 +144,10 @@ impl Hsm {
     pub fn public_key_der(&self, key_id: &str) -> Result<Vec<u8>> {
         let key_id = key_id.to_string();
         self.pool.run(move |conn| {
-            let private =
-                conn.find_object(cryptoki::object::ObjectClass::PRIVATE_KEY, key_id.as_bytes())?;
+            let private = conn.find_object(
+                cryptoki::object::ObjectClass::PRIVATE_KEY,
+                key_id.as_bytes(),
+            )?;
             keys::public_key_der(conn.session(), private)
         })
     }

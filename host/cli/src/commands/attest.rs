@@ -47,8 +47,8 @@ pub fn registration_request(
         )));
     }
     let spki = hsm.public_key_der(key)?;
-    let key_id = keydepot::KeyId::new(key_identifier(&spki)?)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let key_id =
+        keydepot::KeyId::new(key_identifier(&spki)?).map_err(|e| CliError::Usage(e.to_string()))?;
     let sign = |with: &KeyId, message: &[u8]| {
         custody
             .sign_pss_sha256(with, &openssl::sha::sha256(message))

@@ -483,7 +483,9 @@ pub fn audit_event(n: u32, outcome: &str) -> AuditEvent {
         actor: "NIHII-PHARMACY=27150201".into(),
         subject: format!("{n:032x}"),
         outcome: outcome.into(),
-        detail: n.is_multiple_of(2).then(|| "reader conditions: recognised pharmacy".into()),
+        detail: n
+            .is_multiple_of(2)
+            .then(|| "reader conditions: recognised pharmacy".into()),
     }
 }
 

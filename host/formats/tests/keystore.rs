@@ -3,7 +3,8 @@
 
 use etee_formats::keys::{KeyError, KeyId, SignerRef};
 use etee_formats::keystore::{
-    read_pfx, write_pfx, EhealthKeystore, KeyRole, KeystoreError, PfxEntry, Profile,
+    ehealth_entries, read_pfx, write_pfx, EhealthKeystore, KeyRole, KeystoreError, PfxEntry,
+    Profile,
 };
 use etee_testpki::{Institution, InstitutionSpec, TestPki};
 use openssl::hash::MessageDigest;
@@ -46,6 +47,27 @@ fn fixture() -> &'static (TestPki, Institution) {
             .expect("institution");
         (pki, inst)
     })
+}
+
+#[test]
+fn ehealth_entries_follow_the_alias_convention() {
+    let (_, inst) = fixture();
+    let made = ehealth_entries(
+        inst.auth.key.clone(),
+        vec![inst.auth.cert.clone()],
+        inst.etk_key.clone(),
+        inst.etk_cert.clone(),
+    )
+    .unwrap();
+    let by_hand = entries(inst);
+    assert_eq!(made.len(), 2);
+    for (m, h) in made.iter().zip(&by_hand) {
+        assert_eq!(m.alias, h.alias);
+        assert!(m.key.public_eq(&h.key));
+        assert_eq!(m.chain[0].to_der().unwrap(), h.chain[0].to_der().unwrap());
+    }
+    assert_eq!(made[0].alias, "authentication");
+    assert_eq!(made[1].alias, inst.etk_serial_decimal());
 }
 
 fn entries(inst: &Institution) -> Vec<PfxEntry> {

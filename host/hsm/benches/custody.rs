@@ -30,7 +30,7 @@ use etee_custody::ClientId;
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal, Recipient, SealOptions, UnsealOptions};
 use etee_formats::keys::{KeyRing, SigningKey};
-use etee_formats::keystore::{write_pfx, EhealthKeystore, PfxEntry, Profile};
+use etee_formats::keystore::{ehealth_entries, write_pfx, EhealthKeystore, Profile};
 use etee_formats::trust::TrustAnchors;
 use etee_hsm::config::PinSource;
 use etee_hsm::{
@@ -211,18 +211,13 @@ fn world(dir: &Path) -> World {
         .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Bench"))
         .unwrap();
     let etk_id = inst.etk_serial_decimal();
-    let entries = vec![
-        PfxEntry {
-            alias: "authentication".into(),
-            key: inst.auth.key.clone(),
-            chain: vec![inst.auth.cert.clone(), pki.root.cert.clone()],
-        },
-        PfxEntry {
-            alias: etk_id.clone(),
-            key: inst.etk_key.clone(),
-            chain: vec![inst.etk_cert.clone()],
-        },
-    ];
+    let entries = ehealth_entries(
+        inst.auth.key.clone(),
+        vec![inst.auth.cert.clone(), pki.root.cert.clone()],
+        inst.etk_key.clone(),
+        inst.etk_cert.clone(),
+    )
+    .unwrap();
     let p12 = write_pfx(&entries, "bench", Profile::Modern).unwrap();
     let keystore = EhealthKeystore::load(&p12, "bench").unwrap();
     Hsm::open(&config)

@@ -11,7 +11,7 @@ use etee_custody::{AuditRecord, Error as CoreError};
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
 use etee_formats::keys::{KeyError, KeyId, KeyRing, PrivateKeyOps, SigningKey};
-use etee_formats::keystore::{write_pfx, EhealthKeystore, PfxEntry, Profile};
+use etee_formats::keystore::{ehealth_entries, write_pfx, EhealthKeystore, Profile};
 use etee_formats::trust::TrustAnchors;
 use etee_hsm::remote::{Server, StopHandle};
 use etee_hsm::{CustodyConfig, CustodyKeys, Hsm, HsmConfig, ImportOptions, RemoteCustodyKeys};
@@ -127,18 +127,13 @@ fn seal_unseal_through_custody(process: bool) {
     let alice = pki
         .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Alice"))
         .unwrap();
-    let entries = vec![
-        PfxEntry {
-            alias: "authentication".into(),
-            key: alice.auth.key.clone(),
-            chain: vec![alice.auth.cert.clone(), pki.root.cert.clone()],
-        },
-        PfxEntry {
-            alias: alice.etk_serial_decimal(),
-            key: alice.etk_key.clone(),
-            chain: vec![alice.etk_cert.clone()],
-        },
-    ];
+    let entries = ehealth_entries(
+        alice.auth.key.clone(),
+        vec![alice.auth.cert.clone(), pki.root.cert.clone()],
+        alice.etk_key.clone(),
+        alice.etk_cert.clone(),
+    )
+    .unwrap();
     let p12 = write_pfx(&entries, "secret", Profile::Modern).unwrap();
     let config = new_token(if process { "custody-proc" } else { "custody" });
     {

@@ -8,7 +8,7 @@ use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
 use etee_formats::keys::{KeyError, KeyId, PrivateKeyOps};
-use etee_formats::keystore::{write_pfx, EhealthKeystore, PfxEntry, Profile};
+use etee_formats::keystore::{ehealth_entries, write_pfx, EhealthKeystore, Profile};
 use etee_formats::trust::TrustAnchors;
 use etee_hsm::config::PinSource;
 use etee_hsm::keys::{csr, install_certificate, subject_der};
@@ -50,18 +50,13 @@ fn world() -> &'static World {
 
 /// An eHealth keystore (`authentication` + ETK key by decimal serial) of an institution.
 fn keystore_p12(pki: &TestPki, who: &etee_testpki::Institution) -> Vec<u8> {
-    let entries = vec![
-        PfxEntry {
-            alias: "authentication".into(),
-            key: who.auth.key.clone(),
-            chain: vec![who.auth.cert.clone(), pki.root.cert.clone()],
-        },
-        PfxEntry {
-            alias: who.etk_serial_decimal(),
-            key: who.etk_key.clone(),
-            chain: vec![who.etk_cert.clone()],
-        },
-    ];
+    let entries = ehealth_entries(
+        who.auth.key.clone(),
+        vec![who.auth.cert.clone(), pki.root.cert.clone()],
+        who.etk_key.clone(),
+        who.etk_cert.clone(),
+    )
+    .unwrap();
     write_pfx(&entries, "secret", Profile::Modern).unwrap()
 }
 

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
 use etee_formats::keys::{KeyRing, SigningKey};
-use etee_formats::keystore::{write_pfx, EhealthKeystore, PfxEntry, Profile};
+use etee_formats::keystore::{ehealth_entries, write_pfx, EhealthKeystore, PfxEntry, Profile};
 use etee_formats::trust::TrustAnchors;
 use etee_platform::client::{client_config, Answer, Connection};
 use etee_platform::load::{self, LoadReport, LoadRequest, LoadSpec};
@@ -92,24 +92,22 @@ fn secret_file(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
+/// The entries of an institution's eHealth keystore (software keys).
+fn keystore_entries(inst: &Institution) -> Vec<PfxEntry> {
+    let auth_chain = std::iter::once(&inst.auth.cert).chain(&inst.chain).cloned();
+    ehealth_entries(
+        inst.auth.key.clone(),
+        auth_chain.collect(),
+        inst.etk_key.clone(),
+        inst.etk_cert.clone(),
+    )
+    .expect("the keystore entries of a generated institution")
+}
+
 /// An institution's keys as its eHealth keystore holds them (software keys).
 fn keystore_of(inst: &Institution) -> EhealthKeystore {
-    EhealthKeystore::from_entries(vec![
-        PfxEntry {
-            alias: "authentication".into(),
-            key: inst.auth.key.clone(),
-            chain: std::iter::once(&inst.auth.cert)
-                .chain(&inst.chain)
-                .cloned()
-                .collect(),
-        },
-        PfxEntry {
-            alias: inst.etk_serial_decimal(),
-            key: inst.etk_key.clone(),
-            chain: vec![inst.etk_cert.clone()],
-        },
-    ])
-    .expect("a keystore of a generated institution")
+    EhealthKeystore::from_entries(keystore_entries(inst))
+        .expect("a keystore of a generated institution")
 }
 
 /// The generated world: a CA, the TLS server certificate and the institutions.
@@ -227,22 +225,7 @@ fn kgss_token(dir: &Path, w: &World) -> PathBuf {
     .expect("kgss.toml");
     let config = etee_hsm::Config::load(&path).expect("kgss.toml").hsm;
     etee_hsm::init_token(&config).expect("initialising the token");
-    let k = &w.kgss;
-    let entries = vec![
-        PfxEntry {
-            alias: "authentication".into(),
-            key: k.auth.key.clone(),
-            chain: std::iter::once(&k.auth.cert)
-                .chain(&k.chain)
-                .cloned()
-                .collect(),
-        },
-        PfxEntry {
-            alias: k.etk_serial_decimal(),
-            key: k.etk_key.clone(),
-            chain: vec![k.etk_cert.clone()],
-        },
-    ];
+    let entries = keystore_entries(&w.kgss);
     let p12 = write_pfx(&entries, PEM_PASSWORD, Profile::Modern).expect("writing the .p12");
     let keystore = EhealthKeystore::load(&p12, PEM_PASSWORD).expect("reading the .p12");
     let hsm = etee_hsm::Hsm::open(&config).expect("opening the token");

@@ -16,7 +16,7 @@ use etee_formats::cert::Certificate;
 use etee_formats::enc_cert::{self, EncryptionCertSpec};
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyId, PrivateKeyOps};
-use etee_formats::keystore::{write_pfx, PfxEntry, Profile};
+use etee_formats::keystore::{ehealth_entries, write_pfx, Profile};
 use etee_formats::trust::TrustAnchors;
 use etee_testpki::{InstitutionSpec, Issued, TestPki};
 use openssl::pkey::PKey;
@@ -269,22 +269,18 @@ fn software_institution(
     let inst = pki
         .institution(&w.spec)
         .map_err(|e| CliError::Usage(format!("issuing {}: {e}", w.name)))?;
-    let entries = [
-        PfxEntry {
-            alias: "authentication".into(),
-            key: inst.auth.key.clone(),
-            chain: vec![inst.auth.cert.clone(), pki.root.cert.clone()],
-        },
-        PfxEntry {
-            alias: inst.etk_serial_decimal(),
-            key: inst.etk_key.clone(),
-            chain: vec![inst.etk_cert.clone()],
-        },
-    ];
-    let p12 = write_pfx(&entries, password, profile).map_err(|source| CliError::Keystore {
+    let keystore_error = |source| CliError::Keystore {
         path: format!("{}.p12", w.name),
         source,
-    })?;
+    };
+    let entries = ehealth_entries(
+        inst.auth.key.clone(),
+        vec![inst.auth.cert.clone(), pki.root.cert.clone()],
+        inst.etk_key.clone(),
+        inst.etk_cert.clone(),
+    )
+    .map_err(keystore_error)?;
+    let p12 = write_pfx(&entries, password, profile).map_err(keystore_error)?;
     write(dir, &format!("{}.p12", w.name), &p12)?;
     write(
         dir,

@@ -22,6 +22,31 @@ pub const AUTHENTICATION_ALIAS: &str = "authentication";
 /// Largest keystore file read; real ones are a few KiB.
 const MAX_FILE_SIZE: u64 = 16 << 20;
 
+/// The two entries of an institution's eHealth keystore, named by the convention above:
+/// the authentication key under [`AUTHENTICATION_ALIAS`] with `auth_chain` (its certificate
+/// first), and the ETK key under its encryption certificate's decimal serial. For
+/// [`super::write_pfx`] and [`EhealthKeystore::from_entries`].
+pub fn ehealth_entries(
+    auth_key: openssl::pkey::PKey<openssl::pkey::Private>,
+    auth_chain: Vec<openssl::x509::X509>,
+    etk_key: openssl::pkey::PKey<openssl::pkey::Private>,
+    etk_cert: openssl::x509::X509,
+) -> Result<Vec<PfxEntry>, KeystoreError> {
+    let serial = etk_cert.serial_number().to_bn()?.to_dec_str()?.to_string();
+    Ok(vec![
+        PfxEntry {
+            alias: AUTHENTICATION_ALIAS.into(),
+            key: auth_key,
+            chain: auth_chain,
+        },
+        PfxEntry {
+            alias: serial,
+            key: etk_key,
+            chain: vec![etk_cert],
+        },
+    ])
+}
+
 /// What a key is for, by its alias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyRole {

@@ -13,7 +13,7 @@ mod pbe;
 pub mod pkcs12;
 pub mod software;
 
-pub use ehealth::{EhealthKeystore, KeyRole, KeystoreEntry};
+pub use ehealth::{ehealth_entries, EhealthKeystore, KeyRole, KeystoreEntry};
 pub use pkcs12::{read_pfx, write_pfx, CertBag, KeyBag, PfxContents, PfxEntry, Profile};
 pub use software::SoftwareKeys;
 

@@ -5,7 +5,7 @@
 
 use etee_formats::cert::Certificate;
 use etee_formats::keys::{KeyRing, SigningKey};
-use etee_formats::keystore::{EhealthKeystore, PfxEntry};
+use etee_formats::keystore::{ehealth_entries, EhealthKeystore};
 use etee_formats::trust::TrustAnchors;
 use etee_platform::client::{client_config, Connection};
 use etee_platform::kgss::{InsecureMemoryWrapper, Kgss};
@@ -347,22 +347,14 @@ impl World {
 /// `EhealthKeystore`, software keys: the platform tests are about the services; the HSM
 /// path has its own tests).
 pub fn keystore_of(inst: &Institution) -> EhealthKeystore {
-    EhealthKeystore::from_entries(vec![
-        PfxEntry {
-            alias: "authentication".into(),
-            key: inst.auth.key.clone(),
-            chain: std::iter::once(&inst.auth.cert)
-                .chain(&inst.chain)
-                .cloned()
-                .collect(),
-        },
-        PfxEntry {
-            alias: inst.etk_serial_decimal(),
-            key: inst.etk_key.clone(),
-            chain: vec![inst.etk_cert.clone()],
-        },
-    ])
-    .unwrap()
+    let auth_chain = std::iter::once(&inst.auth.cert).chain(&inst.chain).cloned();
+    let entries = ehealth_entries(
+        inst.auth.key.clone(),
+        auth_chain.collect(),
+        inst.etk_key.clone(),
+        inst.etk_cert.clone(),
+    );
+    EhealthKeystore::from_entries(entries.unwrap()).unwrap()
 }
 
 /// An institution's authentication key as a signer.

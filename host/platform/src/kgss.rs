@@ -498,6 +498,7 @@ impl Kgss {
         store: &dyn Store,
         caller: &[Identity],
         id: &[u8],
+        now: i64,
     ) -> Result<(), KgssError> {
         if caller.is_empty() {
             return Err(KgssError::Unauthenticated);
@@ -509,7 +510,6 @@ impl Kgss {
             value: record.creator.value.clone(),
             application_id: None,
         };
-        let now = crate::unix_now();
         if !caller.iter().any(|c| same_holder(c, &creator)) {
             audit(store, now, "kgss.delete", &caller[0], &id, "denied", None)?;
             return Err(KgssError::AccessDenied);

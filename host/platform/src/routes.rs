@@ -512,7 +512,7 @@ async fn kgss_delete_rest(
         return kgss_problem(&KgssError::UnknownKey);
     };
     match with_kgss(&platform, move |k, store| {
-        k.delete_key(store, &caller.identities, &id)
+        k.delete_key(store, &caller.identities, &id, unix_now())
     })
     .await
     {
@@ -558,8 +558,13 @@ fn writer(caller: MaybeCaller) -> Result<Arc<crate::caller::Caller>, KeyDepotErr
 }
 
 /// A JSON body, bounded by the configured limit.
-async fn keydepot_body(platform: &Platform, body: Body) -> Result<Bytes, Response> {
-    read_body(body, platform.config.limits.max_body_bytes)
+/// A KeyDepot request body, bounded by `max_body_bytes` and parsed by `parse`.
+async fn keydepot_body<R>(
+    platform: &Platform,
+    body: Body,
+    parse: fn(&[u8]) -> Result<R, MessageError>,
+) -> Result<R, Response> {
+    let bytes = read_body(body, platform.config.limits.max_body_bytes)
         .await
         .map_err(|e| {
             problem(Problem::new(
@@ -567,7 +572,8 @@ async fn keydepot_body(platform: &Platform, body: Body) -> Result<Bytes, Respons
                 "KEYDEPOT_INVALID_REQUEST",
                 Some(e.to_string()),
             ))
-        })
+        })?;
+    parse(&bytes).map_err(|e| keydepot_problem(&KeyDepotError::invalid(e)))
 }
 
 /// Runs KeyDepot logic (the store, the proofs) on the blocking pool; a refusal becomes its
@@ -593,13 +599,9 @@ async fn keydepot_register_rest(
         Ok(c) => c,
         Err(e) => return keydepot_problem(&e),
     };
-    let bytes = match keydepot_body(&platform, body).await {
-        Ok(b) => b,
-        Err(answer) => return answer,
-    };
-    let request = match RegisterKeyRequest::parse(&bytes) {
+    let request = match keydepot_body(&platform, body, RegisterKeyRequest::parse).await {
         Ok(r) => r,
-        Err(e) => return keydepot_problem(&KeyDepotError::invalid(e)),
+        Err(answer) => return answer,
     };
     match with_keydepot(&platform, move |p| {
         keydepot::register(
@@ -655,13 +657,9 @@ async fn keydepot_add_info_rest(
         Ok(k) => k,
         Err(e) => return keydepot_problem(&e),
     };
-    let bytes = match keydepot_body(&platform, body).await {
-        Ok(b) => b,
-        Err(answer) => return answer,
-    };
-    let request = match AddInfoRequest::parse(&bytes) {
+    let request = match keydepot_body(&platform, body, AddInfoRequest::parse).await {
         Ok(r) => r,
-        Err(e) => return keydepot_problem(&KeyDepotError::invalid(e)),
+        Err(answer) => return answer,
     };
     match with_keydepot(&platform, move |p| {
         keydepot::add_info(

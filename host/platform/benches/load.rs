@@ -68,12 +68,6 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-fn module_path() -> PathBuf {
-    std::env::var_os("SOFTHSM2_MODULE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(etee_hsm::config::DEFAULT_MODULE))
-}
-
 fn cert(x: &openssl::x509::X509) -> Certificate {
     Certificate::from_der(&x.to_der().expect("certificate DER")).expect("our own certificate")
 }
@@ -84,12 +78,6 @@ fn write_pem(path: &Path, certs: &[&openssl::x509::X509]) {
         pem.extend(c.to_pem().expect("PEM"));
     }
     std::fs::write(path, pem).expect("writing a PEM file");
-}
-
-fn secret_file(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("{text}\n")).expect("writing a PIN file");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
 /// The entries of an institution's eHealth keystore (software keys).
@@ -198,31 +186,14 @@ fn world() -> World {
 /// module is loaded), KGSS's keys imported from a `.p12`, the wrapping key generated in the
 /// token. Returns the path of the `etee` HSM configuration for `Kgss::from_hsm`.
 fn kgss_token(dir: &Path, w: &World) -> PathBuf {
-    let tokens = dir.join("tokens");
-    std::fs::create_dir(&tokens).expect("token directory");
-    let template = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hsm-config/softhsm2.conf.template"),
-    )
-    .expect("hsm-config/softhsm2.conf.template");
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        template.replace("@TOKENDIR@", &tokens.display().to_string()),
-    )
-    .expect("softhsm2.conf");
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    secret_file(&dir.join("user.pin"), "load-user-1234");
-    secret_file(&dir.join("so.pin"), "load-so-5678");
-    let path = dir.join("kgss.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[hsm]\nmodule = \"{}\"\ntoken_label = \"{TOKEN_LABEL}\"\npin_file = \"user.pin\"\n\
-             so_pin_file = \"so.pin\"\n\n[custody]\naudit_file = \"kgss-audit.log\"\n",
-            module_path().display()
-        ),
-    )
-    .expect("kgss.toml");
+    // The project's SoftHSM rig (tests/src/lib.rs): its own token directory and PIN files.
+    let rig = etee_e2e::SoftHsm::new(dir);
+    std::env::set_var("SOFTHSM2_CONF", &rig.conf);
+    let path = rig.token_config(
+        "kgss",
+        TOKEN_LABEL,
+        "\n[custody]\naudit_file = \"kgss-audit.log\"\n",
+    );
     let config = etee_hsm::Config::load(&path).expect("kgss.toml").hsm;
     etee_hsm::init_token(&config).expect("initialising the token");
     let entries = keystore_entries(&w.kgss);
@@ -446,7 +417,7 @@ fn main() {
         parent.display()
     );
     let w = world();
-    let module = module_path();
+    let module = etee_e2e::softhsm_module();
     let kgss_hsm = if module.exists() {
         Some(kgss_token(dir.path(), &w))
     } else {

@@ -12,8 +12,8 @@
 
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{
-    seal, unseal, unseal_to_vec, ExpectedSigner, Kek, Recipient, SealOptions, UnsealOptions,
-    Unsealed,
+    addressees, seal, unseal, unseal_to_vec, AddresseeRef, ExpectedSigner, Kek, Recipient,
+    SealOptions, UnsealOptions, Unsealed,
 };
 use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
 use etee_formats::keystore::SoftwareKeys;
@@ -460,4 +460,42 @@ proptest! {
         prop_assert!(again.verdict.is_clean() && again.verdict.warnings.is_empty());
         prop_assert_eq!(content.len(), len);
     }
+}
+
+/// `addressees` reads whom a message is for from its head alone: the key-transport
+/// recipients (issuer and serial, or key id) and the KGSS key id of a KEK recipient; a
+/// receiver's ring is recognised, another's is not; garbage is the unsealer's fatal.
+#[test]
+fn addressees_are_read_from_the_head() {
+    let w = world();
+    let both = seal_vec(
+        &w.alice,
+        &[w.bob.recipient.clone(), w.bob_web_recipient.clone()],
+        Some(&w.kek),
+        b"for Bob and for KGSS readers",
+    );
+    let a = addressees(&both[..]).expect("head parses");
+    assert_eq!(a.kek_ids, vec![b"kgss-key-id-1".to_vec()]);
+    assert_eq!(a.key_transport.len(), 2);
+    assert!(a
+        .key_transport
+        .iter()
+        .any(|r| matches!(r, AddresseeRef::Ski(ski) if ski == BOB_KEY_ID)));
+    assert!(a.has_key_in(&w.bob.ring));
+    assert!(a.has_key_in(&w.bob_web_ring));
+    assert!(!a.has_key_in(&w.carol.ring));
+
+    let kek_only = seal_vec(&w.alice, &[], Some(&w.kek), b"unknown recipient");
+    let a = addressees(&kek_only[..]).expect("head parses");
+    assert!(a.key_transport.is_empty());
+    assert_eq!(a.kek_ids.len(), 1);
+    assert!(!a.has_key_in(&w.bob.ring));
+
+    // Only the head is read: a message cut after its recipient infos still answers.
+    let head_only = &both[..both.len() / 2];
+    assert_eq!(addressees(head_only).expect("head parses").kek_ids.len(), 1);
+    assert_eq!(
+        addressees(&b"not a CMS message"[..]),
+        Err(Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT)
+    );
 }

@@ -235,7 +235,6 @@ pub type HsmCustody = Custody<HsmToken, FileAuditSink>;
 
 struct Inner {
     hsm: Hsm,
-    client: ClientId,
     core: Mutex<HsmCustody>,
     /// A handle to the core's token, cloned by each caller for its key operation.
     token: HsmToken,
@@ -254,16 +253,20 @@ impl Drop for Inner {
 
 /// The token's keys through the custody core: a [`PrivateKeyOps`] whose every use is
 /// checked by the policy and recorded on the audit chain first.
+///
+/// Each handle speaks for one client id ([`Self::for_client`] makes another handle on the
+/// same core): the policy decides per client, and the client is on every audit record.
 #[derive(Clone)]
 pub struct CustodyKeys {
     inner: Arc<Inner>,
+    client: ClientId,
 }
 
 impl std::fmt::Debug for CustodyKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CustodyKeys")
             .field("hsm", &self.inner.hsm)
-            .field("client", &self.inner.client)
+            .field("client", &self.client)
             .finish()
     }
 }
@@ -362,11 +365,11 @@ impl CustodyKeys {
         Ok(Self {
             inner: Arc::new(Inner {
                 hsm,
-                client,
                 core: Mutex::new(core),
                 token: handle,
                 sync,
             }),
+            client,
         })
     }
 
@@ -381,6 +384,27 @@ impl CustodyKeys {
         core.reset_pin_counter(now_ms())
             .map_err(|e| HsmError::Invalid(format!("resetting the wrong-PIN counter: {e}")))?;
         Ok(cleared)
+    }
+
+    /// A handle on the same core (token, policy, audit chain) that speaks for `client`:
+    /// what it may do is what the policy grants that client id, and its requests are
+    /// recorded under it. The appliance makes one per caller of its API.
+    pub fn for_client(&self, client: &str) -> Result<Self> {
+        Ok(Self {
+            inner: self.inner.clone(),
+            client: client_id(client)?,
+        })
+    }
+
+    /// The client id this handle speaks for.
+    pub fn client(&self) -> &ClientId {
+        &self.client
+    }
+
+    /// The core's token handle (which keys it holds, of which kind), for building a
+    /// policy of one's own.
+    pub fn token(&self) -> &HsmToken {
+        &self.inner.token
     }
 
     /// The opened token.
@@ -465,7 +489,7 @@ impl CustodyKeys {
     /// (`CKM_AES_KEY_WRAP`, RFC 3394) through the core: policy, then the audit record, then
     /// the wrapped secret (`secret.len() + 8` bytes), safe to store.
     pub fn wrap_secret(&self, key_id: &str, secret: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let request = wrap_request(self.inner.client.clone(), key_id, secret)?;
+        let request = wrap_request(self.client.clone(), key_id, secret)?;
         wrap_result(self.request(&request), key_id)
     }
 
@@ -477,7 +501,7 @@ impl CustodyKeys {
         key_id: &str,
         wrapped: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let request = unwrap_request(self.inner.client.clone(), key_id, wrapped)?;
+        let request = unwrap_request(self.client.clone(), key_id, wrapped)?;
         unwrap_result(self.request(&request), key_id)
     }
 }
@@ -602,7 +626,7 @@ impl PrivateKeyOps for CustodyKeys {
     fn sign_pss_sha256(&self, key: &KeyId, digest: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
         let core_key = Self::core_key(key).ok_or_else(|| KeyError::UnknownKey(key.clone()))?;
         let request = Request::SignPssSha256 {
-            client: self.inner.client.clone(),
+            client: self.client.clone(),
             key: core_key,
             digest: *digest,
         };
@@ -613,7 +637,7 @@ impl PrivateKeyOps for CustodyKeys {
         let core_key = Self::core_key(key).ok_or(KeyError::DecryptFailed)?;
         let blob = Blob::from_slice(blob).map_err(|_| KeyError::DecryptFailed)?;
         let request = Request::DecryptPkcs1v15 {
-            client: self.inner.client.clone(),
+            client: self.client.clone(),
             key: core_key,
             blob,
         };

@@ -13,7 +13,8 @@ pub mod unseal;
 
 pub use seal::{seal, Kek, Recipient, SealError, SealOptions};
 pub use unseal::{
-    unseal, unseal_to_vec, ExpectedSigner, Sender, UnsealError, UnsealOptions, Unsealed,
+    addressees, unseal, unseal_to_vec, AddresseeRef, Addressees, ExpectedSigner, Sender,
+    UnsealError, UnsealOptions, Unsealed,
 };
 
 /// Size of the primitive OCTET STRING chunks in our BER output (as the official library).

@@ -723,6 +723,85 @@ fn recipients(raw: &[u8]) -> Result<(Vec<Ktri<'_>>, Vec<Kekri<'_>>), BerError> {
     Ok((ktris, kekris))
 }
 
+/// A key-transport recipient named in a message (issuer and serial, or a KeyDepot key id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddresseeRef {
+    IssuerSerial { issuer: Vec<u8>, serial: Vec<u8> },
+    Ski(Vec<u8>),
+}
+
+/// Whom a message is for, as its head says: the key-transport recipients and the key
+/// identifiers of its KEK recipients (the KGSS key ids of unknown-recipient messages).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addressees {
+    pub key_transport: Vec<AddresseeRef>,
+    pub kek_ids: Vec<Vec<u8>>,
+}
+
+impl Addressees {
+    /// Whether some key of `keys` answers to one of the key-transport recipients.
+    pub fn has_key_in(&self, keys: &KeyRing) -> bool {
+        self.key_transport.iter().any(|r| match r {
+            AddresseeRef::IssuerSerial { issuer, serial } => {
+                !keys.candidates_by_serial(issuer, serial).is_empty()
+            }
+            AddresseeRef::Ski(ski) => !keys.candidates_by_ski(ski).is_empty(),
+        })
+    }
+}
+
+/// Reads the head of a sealed message (the outer SignedData up to the EnvelopedData's
+/// recipient infos; nothing is decrypted or verified) and says whom it is addressed to,
+/// so that a receiver can fetch a KGSS key before unsealing. A message whose head does
+/// not parse gives the fatal that [`unseal`] would report; reading stops at the recipient
+/// infos, so a caller that keeps the bytes it fed can replay them into [`unseal`].
+pub fn addressees<R: Read>(input: R) -> Result<Addressees, Fatal> {
+    let fatal = |stop: Stop| match stop {
+        Stop::Fatal(f) => f,
+        Stop::Input(_) | Stop::Output(_) => Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT,
+    };
+    let mut s0 = BerStream::new(input);
+    let head = signed_data_head(&mut s0).map_err(|e| fatal(classify(e, OUTER)))?;
+    let content = head
+        .content
+        .ok_or(Fatal::OUTER_SIGNED_DATA_CONTENT_MISSING)?;
+    let octets = s0.octet_stream(content, OUTER);
+    let mut s1 = BerStream::new(octets);
+    let env = enveloped_head(&mut s1).map_err(|e| fatal(classify(e, MIDDLE)))?;
+    let structure = |_| Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT;
+    let (ktris, _) = recipients(&env.recipient_infos).map_err(structure)?;
+    let key_transport = ktris
+        .iter()
+        .map(|k| match k.rid {
+            RecipientRef::IssuerSerial { issuer, serial } => AddresseeRef::IssuerSerial {
+                issuer: issuer.to_vec(),
+                serial: serial.to_vec(),
+            },
+            RecipientRef::Ski(ski) => AddresseeRef::Ski(ski.to_vec()),
+        })
+        .collect();
+    let kek_ids = kek_identifiers(&env.recipient_infos).map_err(structure)?;
+    Ok(Addressees {
+        key_transport,
+        kek_ids,
+    })
+}
+
+/// The `kekid.keyIdentifier` of every KEKRecipientInfo.
+fn kek_identifiers(raw: &[u8]) -> Result<Vec<Vec<u8>>, BerError> {
+    let mut ids = Vec::new();
+    for ri in parse_exact(raw)?.children() {
+        let ri = ri?;
+        if ri.tag == 0xa2 {
+            let mut f = ri.seq()?;
+            f.next(tag::INTEGER)?;
+            let mut kekid = f.next(tag::SEQUENCE)?.seq()?;
+            ids.push(kekid.next(tag::OCTET_STRING)?.octets()?.into_owned());
+        }
+    }
+    Ok(ids)
+}
+
 /// Finds and unwraps the content-encryption key as the official library does, except
 /// that an RSA failure never shows: a random key takes its place (RFC 3218 §2.3), so that
 /// a bad padding cannot be told from a wrong key.

@@ -57,6 +57,8 @@ enum Command {
         #[command(subcommand)]
         command: commands::audit::Command,
     },
+    /// The appliance: the local API for medical software (HTTPS and a Unix socket).
+    Serve(commands::serve::Args),
     /// The ETEE platform services: ETKDepot, KGSS, KeyDepot.
     Platform {
         #[command(subcommand)]
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Custody { command } => commands::custody::run(command),
         Command::Audit { command } => commands::audit::run(command),
         Command::Platform { command } => commands::platform::run(command),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,7 +4,6 @@
 //! 2 usage or I/O problems.
 
 use crate::CliError;
-use etee_custody::audit::{AuditRecord, Outcome};
 use etee_custody::file_sink::{scan, FileSinkError};
 use serde_json::json;
 use std::path::PathBuf;
@@ -25,23 +24,7 @@ pub enum Command {
     },
 }
 
-/// One record as the operator reads it.
-fn describe(r: &AuditRecord) -> serde_json::Value {
-    let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-    let outcome = match r.outcome {
-        Outcome::Success => "success".to_string(),
-        Outcome::Refused(e) => format!("refused: {e}"),
-    };
-    json!({
-        "sequence": r.sequence,
-        "time_ms": r.time_ms,
-        "client": text(r.client.as_ref().map(|c| c.as_bytes())),
-        "operation": format!("{:?}", r.operation),
-        "key": text(r.key.as_ref().map(|k| k.as_bytes())),
-        "input_sha256": hex::encode(r.input_digest),
-        "outcome": outcome,
-    })
-}
+use etee_appliance::report::audit_record as describe;
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let Command::Verify { config, json, tail } = command;

@@ -6,6 +6,7 @@ pub mod hsm;
 pub mod pki;
 pub mod platform;
 pub mod seal;
+pub mod serve;
 pub mod unseal;
 
 use std::io::Read;

@@ -138,13 +138,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Serve(c) => {
             // Structured logs on standard error: warnings and the `etee::audit` events of
             // KGSS (creations, reads, deletions) by default; RUST_LOG overrides.
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,etee::audit=info"));
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .try_init();
+            super::serve::init_logs("warn,etee::audit=info");
             etee_platform::server::run(load(&c)?).map_err(platform_error)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1,10 +1,9 @@
 //! `etee unseal`.
 
 use crate::{inputs, output::Pending, CliError};
-use etee_formats::cms::{self, unseal::OpenedWith, UnsealOptions, Unsealed};
+use etee_formats::cms::{self, UnsealOptions, Unsealed};
 use etee_formats::keys::KeyRing;
 use etee_formats::trust::TrustAnchors;
-use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,33 +122,9 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     })
 }
 
-/// The one-line JSON verdict.
+/// The one-line JSON verdict (the appliance's API answers the same).
 pub fn report(r: &Unsealed) -> serde_json::Value {
-    let clean = r.verdict.is_clean();
-    let sender = r.sender.as_ref().map(|s| {
-        use base64::Engine;
-        let cert = s.certificate.as_ref();
-        json!({
-            "subject": cert.map(|c| c.subject_string()),
-            "issuer": cert.map(|c| c.issuer_string()),
-            "serial": cert.map(|c| c.serial_decimal()),
-            "identities": s.identities(),
-            "key_id": s.key_id.as_ref().map(|k| base64::engine::general_purpose::STANDARD.encode(k)),
-        })
-    });
-    json!({
-        "fatal": r.verdict.fatal.map(|f| f.name()),
-        "errors": r.verdict.errors.iter().map(|e| e.name()).collect::<Vec<_>>(),
-        "warnings": r.verdict.warnings.iter().map(|w| w.name()).collect::<Vec<_>>(),
-        "content_len": clean.then_some(r.content_len),
-        "content_sha256": clean.then(|| hex::encode(r.content_sha256)),
-        "sender": sender,
-        "signing_time": r.signing_time.map(inputs::rfc3339),
-        "opened_with": r.opened_with.as_ref().map(|o| match o {
-            OpenedWith::Key(k) => format!("key:{k}"),
-            OpenedWith::Kek => "kek".to_string(),
-        }),
-    })
+    etee_appliance::report::unseal_report(r)
 }
 
 fn human(r: &Unsealed) -> String {

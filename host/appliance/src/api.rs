@@ -1,0 +1,686 @@
+//! The HTTP API for medical software (described in `docs/openapi/appliance.json`, served
+//! at `/openapi.json`). Each handler: who is calling (the [`Peer`] the listener put in the
+//! request), may it (the configured operations), then the service; errors become RFC 7807
+//! problems whose `title` is the code of [`ServiceError::code`]. Bodies stream in both
+//! directions; nothing of a message's content or keys is logged.
+
+use crate::config::Operation;
+use crate::policy::{Client, Peer};
+use crate::service::{Appliance, Opened, SealRequest, Sealed, ServiceError};
+use crate::spool::SpoolReader;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::Engine;
+use etee_services::etkdepot::Identifier;
+use etee_services::kgss::{vocabulary, Credential};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi/appliance.json");
+
+/// Content type of sealed messages.
+pub const SEALED_TYPE: &str = "application/pkcs7-mime";
+
+pub fn router(app: Arc<Appliance>) -> Router {
+    Router::new()
+        .route("/v1/seal", post(seal))
+        .route("/v1/unseal", post(unseal))
+        .route("/v1/etks", get(etks))
+        .route("/v1/kgss/keys", post(kgss_new_key))
+        .route("/v1/kgss/keys/{key_id}", get(kgss_get_key).delete(kgss_delete))
+        .route(
+            "/v1/keydepot/keys/{key_id}",
+            get(keydepot_get).delete(keydepot_delete),
+        )
+        .route(
+            "/v1/keydepot/holders/{id_type}/{value}/keys",
+            get(keydepot_list),
+        )
+        .route("/v1/audit", get(audit))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .with_state(app)
+}
+
+type Answer = Result<Response, ServiceError>;
+
+/// Status of each error.
+fn status(e: &ServiceError) -> StatusCode {
+    use crate::policy::Refusal;
+    match e {
+        ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ServiceError::Refused(Refusal::UnknownCaller(_)) => StatusCode::FORBIDDEN,
+        ServiceError::Refused(Refusal::NotAllowed { .. }) => StatusCode::FORBIDDEN,
+        ServiceError::CustodyRefused(_)
+        | ServiceError::KgssAccessDenied(_)
+        | ServiceError::PlatformRefused(_) => StatusCode::FORBIDDEN,
+        ServiceError::HsmUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::UnknownRecipient(_)
+        | ServiceError::KgssUnknownKey(_)
+        | ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServiceError::Platform(_) => StatusCode::BAD_GATEWAY,
+        ServiceError::TooLarge(_) | ServiceError::ContentTooLargeForJson { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An error as `application/problem+json`.
+pub fn problem(e: &ServiceError) -> Response {
+    let status = status(e);
+    let body = json!({
+        "type": "about:blank",
+        "title": e.code(),
+        "status": status.as_u16(),
+        "detail": e.to_string(),
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// Records the request in the metrics and the log, and turns an error into a problem.
+fn finish(
+    app: &Appliance,
+    operation: &'static str,
+    peer: &Peer,
+    started: Instant,
+    answer: Answer,
+) -> Response {
+    let elapsed = started.elapsed();
+    let (outcome, response) = match answer {
+        Ok(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => ("rejected", r),
+        Ok(r) => ("ok", r),
+        Err(e) => {
+            let outcome = match status(&e) {
+                StatusCode::FORBIDDEN => "refused",
+                s if s.is_client_error() => "invalid",
+                _ => "failed",
+            };
+            tracing::info!(%peer, operation, outcome, code = e.code(), error = %e, "request failed");
+            (outcome, problem(&e))
+        }
+    };
+    tracing::debug!(%peer, operation, outcome, ms = elapsed.as_millis() as u64, "request");
+    app.metrics.request(operation, outcome, elapsed);
+    response
+}
+
+/// The request body as a blocking reader (for the blocking pool).
+fn body_reader(body: Body) -> impl Read + Send + 'static {
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))
+}
+
+/// A spool as a streamed response body (read on the blocking pool, 256 KiB at a time).
+fn spool_body(app: Arc<Appliance>, mut spool: SpoolReader) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    tokio::task::spawn_blocking(move || loop {
+        let mut chunk = vec![0u8; 256 * 1024];
+        match spool.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                chunk.truncate(n);
+                app.metrics.bytes(0, n as u64);
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    break; // the caller went away
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                break;
+            }
+        }
+    });
+    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"))
+}
+
+/// JSON with every non-ASCII character escaped, fit for an HTTP header.
+fn header_json(value: &Value) -> HeaderValue {
+    let mut out = String::new();
+    for c in value.to_string().chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("{}"))
+}
+
+fn read_all(spool: &mut SpoolReader, max: u64) -> Result<Vec<u8>, ServiceError> {
+    if spool.len() > max {
+        return Err(ServiceError::ContentTooLargeForJson {
+            len: spool.len(),
+            max,
+        });
+    }
+    let mut v = Vec::with_capacity(spool.len() as usize);
+    spool
+        .read_to_end(&mut v)
+        .map_err(|e| ServiceError::Io(e.to_string()))?;
+    Ok(v)
+}
+
+// ---- reader conditions and recipients ----------------------------------------------------
+
+/// A reader condition: `doctor`, `recognised-pharmacy`, `patient:SSIN`, or
+/// `NAMESPACE|NAME[|VALUE]` (a SAML attribute as KGSS evaluates it, spec §5.1).
+pub fn credential(spec: &str) -> Result<Credential, ServiceError> {
+    let spec = spec.trim();
+    Ok(match spec {
+        "doctor" => vocabulary::any_doctor(),
+        "recognised-pharmacy" | "recognized-pharmacy" => vocabulary::recognised_pharmacy(),
+        _ => {
+            if let Some(ssin) = spec.strip_prefix("patient:") {
+                if ssin.len() != 11 || !ssin.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ServiceError::BadRequest(format!(
+                        "reader {spec:?}: a patient's SSIN is 11 digits"
+                    )));
+                }
+                vocabulary::patient(ssin)
+            } else {
+                let parts: Vec<&str> = spec.split('|').collect();
+                match parts.as_slice() {
+                    [ns, name] if !ns.is_empty() && !name.is_empty() => {
+                        Credential::new(ns, name, &[])
+                    }
+                    [ns, name, value] if !ns.is_empty() && !name.is_empty() => {
+                        Credential::new(ns, name, &[value])
+                    }
+                    _ => {
+                        return Err(ServiceError::BadRequest(format!(
+                            "reader {spec:?}: doctor, recognised-pharmacy, patient:SSIN or \
+                             NAMESPACE|NAME[|VALUE]"
+                        )))
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A recipient: `TYPE:VALUE[:APPLICATION]` (for example `NIHII-PHARMACY:27150201`).
+pub fn recipient(spec: &str) -> Result<Identifier, ServiceError> {
+    let parts: Vec<&str> = spec.trim().splitn(3, ':').collect();
+    match parts.as_slice() {
+        [t, v] if !t.is_empty() && !v.is_empty() => Ok(Identifier::new(t, v, None)),
+        [t, v, app] if !t.is_empty() && !v.is_empty() && !app.is_empty() => {
+            Ok(Identifier::new(t, v, Some(app)))
+        }
+        _ => Err(ServiceError::BadRequest(format!(
+            "recipient {spec:?}: TYPE:VALUE[:APPLICATION], e.g. NIHII-PHARMACY:27150201"
+        ))),
+    }
+}
+
+/// `to=…&allow=…&exclude=…` of `POST /v1/seal`.
+pub fn seal_request(query: &str) -> Result<SealRequest, ServiceError> {
+    let mut r = SealRequest::default();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "to" => r.to.push(recipient(&v)?),
+            "allow" => r.allowed.push(credential(&v)?),
+            "exclude" => r.excluded.push(credential(&v)?),
+            other => {
+                return Err(ServiceError::BadRequest(format!(
+                    "unknown parameter {other:?} (to, allow, exclude)"
+                )))
+            }
+        }
+    }
+    if r.allowed.is_empty() && !r.excluded.is_empty() {
+        return Err(ServiceError::BadRequest(
+            "exclude needs at least one allow".into(),
+        ));
+    }
+    Ok(r)
+}
+
+// ---- handlers ----------------------------------------------------------------------------
+
+fn authorise(
+    app: &Appliance,
+    peer: &Peer,
+    operation: Operation,
+) -> Result<Arc<Client>, ServiceError> {
+    Ok(app.authorise(peer, operation)?)
+}
+
+async fn seal(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let _in_flight = app.metrics.start();
+    let answer = async {
+        let client = authorise(&app, &peer, Operation::Seal)?;
+        let request = seal_request(query.as_deref().unwrap_or(""))?;
+        let Sealed {
+            mut message,
+            recipients,
+            kgss_key_id,
+            content_len,
+        } = app.seal(&client, request, body_reader(body)).await?;
+        app.metrics.bytes(content_len, 0);
+        let key_id = kgss_key_id.as_deref().map(|k| B64.encode(k));
+        if wants_json(&headers) {
+            let sealed = read_all(&mut message, app.config().limits.max_json_content_bytes)?;
+            app.metrics.bytes(0, sealed.len() as u64);
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "sealed": B64.encode(sealed),
+                    "recipients": recipients,
+                    "kgssKeyId": key_id,
+                }),
+            ));
+        }
+        let mut response = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, SEALED_TYPE)
+            .header(header::CONTENT_LENGTH, message.len())
+            .header("etee-recipients", recipients.len());
+        if let Some(id) = key_id {
+            response = response.header("etee-kgss-key-id", id);
+        }
+        response
+            .body(spool_body(app.clone(), message))
+            .map_err(|e| ServiceError::Io(e.to_string()))
+    }
+    .await;
+    finish(&app, "seal", &peer, started, answer)
+}
+
+async fn unseal(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let _in_flight = app.metrics.start();
+    let answer = async {
+        let client = authorise(&app, &peer, Operation::Unseal)?;
+        let Opened {
+            unsealed,
+            content,
+            kgss_key_id,
+        } = app.unseal(&client, body_reader(body)).await?;
+        let mut report = crate::report::unseal_report(&unsealed);
+        report["kgss_key_id"] = json!(kgss_key_id.map(|k| B64.encode(k)));
+        let Some(mut content) = content else {
+            // Not clean: the verdict, and no content.
+            return Ok(json_response(StatusCode::UNPROCESSABLE_ENTITY, &report));
+        };
+        if wants_json(&headers) {
+            let bytes = read_all(&mut content, app.config().limits.max_json_content_bytes)?;
+            app.metrics.bytes(0, bytes.len() as u64);
+            report["content"] = json!(B64.encode(bytes));
+            return Ok(json_response(StatusCode::OK, &report));
+        }
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, content.len())
+            .header("etee-verdict", header_json(&report))
+            .body(spool_body(app.clone(), content))
+            .map_err(|e| ServiceError::Io(e.to_string()))
+    }
+    .await;
+    finish(&app, "unseal", &peer, started, answer)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EtkQuery {
+    #[serde(rename = "type")]
+    id_type: String,
+    identifier: String,
+    application_identifier: Option<String>,
+}
+
+async fn etks(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        authorise(&app, &peer, Operation::Etk)?;
+        let q: EtkQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
+        let id = Identifier::new(
+            &q.id_type,
+            &q.identifier,
+            q.application_identifier.as_deref(),
+        );
+        let etks = app.etks(&id).await?;
+        let list: Vec<Value> = etks
+            .iter()
+            .map(|etk| {
+                let c = etk.encryption_cert();
+                json!({
+                    "subject": c.subject_string(),
+                    "serial": c.serial_decimal(),
+                    "notAfter": crate::report::rfc3339(c.not_after()),
+                    "identities": etk.identities(),
+                    "etk": B64.encode(etk.der()),
+                })
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, &Value::Array(list)))
+    }
+    .await;
+    finish(&app, "etk", &peer, started, answer)
+}
+
+/// A query string into a struct (unknown or missing parameters are a bad request).
+fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, ServiceError> {
+    let map: serde_json::Map<String, Value> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    serde_json::from_value(Value::Object(map))
+        .map_err(|e| ServiceError::BadRequest(format!("query: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeyBody {
+    allowed: Vec<String>,
+    #[serde(default)]
+    excluded: Vec<String>,
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ServiceError> {
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|e| ServiceError::BadRequest(format!("body: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| ServiceError::BadRequest(format!("JSON: {e}")))
+}
+
+fn key_id_param(key_id: &str) -> Result<Vec<u8>, ServiceError> {
+    let id = B64URL
+        .decode(key_id)
+        .map_err(|_| ServiceError::BadRequest("keyId: base64url without padding".into()))?;
+    if id.is_empty() || id.len() > 64 {
+        return Err(ServiceError::BadRequest("keyId: 1 to 64 bytes".into()));
+    }
+    Ok(id)
+}
+
+async fn kgss_new_key(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        let client = authorise(&app, &peer, Operation::Kgss)?;
+        let b: NewKeyBody = json_body(body).await?;
+        let allowed = b
+            .allowed
+            .iter()
+            .map(|s| credential(s))
+            .collect::<Result<_, _>>()?;
+        let excluded = b
+            .excluded
+            .iter()
+            .map(|s| credential(s))
+            .collect::<Result<_, _>>()?;
+        let key = app.kgss_new_key(&client, allowed, excluded).await?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({ "keyId": B64URL.encode(&key.id), "key": B64.encode(&key.key) }),
+        ))
+    }
+    .await;
+    finish(&app, "kgss-new-key", &peer, started, answer)
+}
+
+async fn kgss_get_key(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    Path(key_id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        let client = authorise(&app, &peer, Operation::Kgss)?;
+        let id = key_id_param(&key_id)?;
+        let key = app.kgss_get_key(&client, &id).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({ "keyId": B64URL.encode(&id), "key": B64.encode(&*key) }),
+        ))
+    }
+    .await;
+    finish(&app, "kgss-get-key", &peer, started, answer)
+}
+
+async fn kgss_delete(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    Path(key_id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        authorise(&app, &peer, Operation::Kgss)?;
+        let id = key_id_param(&key_id)?;
+        app.kgss_delete(&id).await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    finish(&app, "kgss-delete", &peer, started, answer)
+}
+
+fn keydepot_error(e: etee_protocol::ProtocolError) -> ServiceError {
+    use etee_protocol::ProtocolError as P;
+    match e {
+        P::NotFound | P::UnknownKey => ServiceError::NotFound(e.to_string()),
+        P::AccessDenied(_) | P::NotAuthenticated(_) => ServiceError::PlatformRefused(e.to_string()),
+        other => ServiceError::Platform(other.to_string()),
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ServiceError> {
+    serde_json::to_value(v).map_err(|e| ServiceError::Io(e.to_string()))
+}
+
+async fn keydepot_get(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    Path(key_id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        authorise(&app, &peer, Operation::KeyDepot)?;
+        let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let record = app.keydepot()?.get(&id).await.map_err(keydepot_error)?;
+        Ok(json_response(StatusCode::OK, &to_json(&record)?))
+    }
+    .await;
+    finish(&app, "keydepot-get", &peer, started, answer)
+}
+
+async fn keydepot_delete(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    Path(key_id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        authorise(&app, &peer, Operation::KeyDepot)?;
+        let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        app.keydepot()?.delete(&id).await.map_err(keydepot_error)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    finish(&app, "keydepot-delete", &peer, started, answer)
+}
+
+async fn keydepot_list(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    Path((id_type, value)): Path<(String, String)>,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        authorise(&app, &peer, Operation::KeyDepot)?;
+        let list = app
+            .keydepot()?
+            .list(&id_type, &value, None)
+            .await
+            .map_err(keydepot_error)?;
+        Ok(json_response(StatusCode::OK, &to_json(&list)?))
+    }
+    .await;
+    finish(&app, "keydepot-list", &peer, started, answer)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+async fn audit(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        authorise(&app, &peer, Operation::Audit)?;
+        let q: AuditQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
+        let number = |s: Option<String>, default: u64| {
+            s.map_or(Ok(default), |s| {
+                s.parse::<u64>()
+                    .map_err(|_| ServiceError::BadRequest(format!("{s:?} is not a number")))
+            })
+        };
+        let after = number(q.after, 0)?;
+        let limit = number(q.limit, 1000)?.min(10_000) as usize;
+        let path = app.audit_file();
+        let export =
+            tokio::task::spawn_blocking(move || crate::report::audit_export(&path, after, limit))
+                .await
+                .map_err(|e| ServiceError::Io(e.to_string()))?
+                .map_err(|e| ServiceError::Io(e.to_string()))?;
+        Ok(json_response(StatusCode::OK, &export))
+    }
+    .await;
+    finish(&app, "audit", &peer, started, answer)
+}
+
+async fn health(State(app): State<Arc<Appliance>>) -> Response {
+    let snapshot = app.snapshot();
+    json_response(
+        StatusCode::OK,
+        &json!({ "status": "ok", "auditSequence": snapshot.custody_audit_sequence }),
+    )
+}
+
+async fn metrics(State(app): State<Arc<Appliance>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(app.snapshot()),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_parameters() {
+        let r = seal_request(
+            "to=NIHII-PHARMACY:27150201&to=CBE:0406798006:APP-A&allow=recognised-pharmacy\
+             &exclude=patient:12345678901",
+        )
+        .unwrap();
+        assert_eq!(r.to.len(), 2);
+        assert_eq!(r.to[1].application_id.as_deref(), Some("APP-A"));
+        assert_eq!(r.allowed, vec![vocabulary::recognised_pharmacy()]);
+        assert_eq!(r.excluded, vec![vocabulary::patient("12345678901")]);
+        let generic = credential("urn:ns|urn:name|v").unwrap();
+        assert_eq!(generic, Credential::new("urn:ns", "urn:name", &["v"]));
+        for bad in [
+            "to=NIHII-PHARMACY",
+            "to=:1",
+            "allow=nobody",
+            "allow=patient:123",
+            "exclude=doctor",
+            "colour=blue",
+        ] {
+            assert!(
+                matches!(seal_request(bad), Err(ServiceError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_carry_any_subject_as_ascii_json() {
+        let v = json!({ "subject": "CN=Pharmacie Élise, O=Bénédicte 😀" });
+        let h = header_json(&v);
+        let back: Value = serde_json::from_str(h.to_str().unwrap()).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn errors_are_problems_with_a_status_and_a_code() {
+        let r = problem(&ServiceError::TooLarge(10));
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let r = problem(&ServiceError::KgssAccessDenied("no".into()));
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+}

@@ -1,0 +1,510 @@
+//! The appliance's configuration (TOML), with safe defaults:
+//!
+//! ```toml
+//! [appliance]
+//! hsm = "alice-hsm.toml"             # the institution's token: an etee HSM configuration
+//! trust = ["ca.pem"]                 # anchors for senders' certificates and for ETKs
+//! socket = "/run/etee/appliance.sock" # the API on a Unix socket (callers known by uid)
+//! listen = "127.0.0.1:9443"          # and/or the API over HTTPS (callers known by certificate)
+//! tls_certificate = "appliance.pem"  # needed with `listen`: chain, leaf first
+//! tls_key = "appliance-key.pem"      #   its key (the API's TLS key, not an eHealth key)
+//! client_ca = ["clients-ca.pem"]     #   API callers' certificates chain to these
+//! # optional, with these defaults:
+//! etk = "alice.etk"                  # the institution's own ETK (default: looked up in ETKDepot)
+//! spool_dir = "/var/tmp"             # large bodies are spooled here (default: the temp dir)
+//! max_body_bytes = 4294967296        # 4 GiB
+//! max_json_content_bytes = 16777216  # content returned inside a JSON answer
+//! handshake_timeout_ms = 10000
+//! request_timeout_ms = 600000        # a large message takes time
+//! max_connections = 256
+//!
+//! [platform]                         # where ETKDepot, KGSS and KeyDepot are
+//! url = "https://127.0.0.1:8443"     # one base for all (a local platform), or:
+//! # soap_url = "https://services-acpt.ehealth.fgov.be"
+//! # rest_url = "https://api-acpt.ehealth.fgov.be"
+//! # environment = "acceptance"       # or "production": the eHealth URLs of the spec
+//! protocol = "soap"                  # or "rest" (KeyDepot and KGSS deletion are REST only)
+//! ca = ["ca.pem"]                    # the platform's TLS roots
+//! timeout_ms = 10000
+//! retries = 2
+//! etk_cache_seconds = 3600
+//!
+//! [[client]]                         # who may call the API, and for what
+//! name = "his"                       # the custody core's client id (1 to 32 bytes)
+//! operations = ["seal", "unseal", "etk", "kgss", "keydepot", "audit"]
+//! unix_uid = 1000                    # a caller on the socket with this uid
+//! certificate_sha256 = "hex"         # a caller over HTTPS presenting this certificate
+//! ```
+//!
+//! Relative paths are relative to the configuration file. Unknown keys are refused.
+
+use crate::{ApplianceError, Result};
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What a caller of the API may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// Seal for known recipients and/or readers (signs with the authentication key).
+    Seal,
+    /// Unseal with the ETK keys, or with a KGSS key (decrypts; signs the KGSS request).
+    Unseal,
+    /// ETK lookups.
+    Etk,
+    /// KGSS keys: create, get, delete (signs requests, decrypts answers).
+    Kgss,
+    /// KeyDepot: register (attested) keys of the token, read, delete.
+    KeyDepot,
+    /// Read the custody core's audit chain.
+    Audit,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Seal => "seal",
+            Self::Unseal => "unseal",
+            Self::Etk => "etk",
+            Self::Kgss => "kgss",
+            Self::KeyDepot => "keydepot",
+            Self::Audit => "audit",
+        }
+    }
+
+    /// Whether the operation needs the authentication key's signature.
+    pub fn signs(self) -> bool {
+        matches!(self, Self::Seal | Self::Unseal | Self::Kgss | Self::KeyDepot)
+    }
+
+    /// Whether the operation needs the ETK keys' decryption.
+    pub fn decrypts(self) -> bool {
+        matches!(self, Self::Unseal | Self::Kgss)
+    }
+}
+
+/// One caller of the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub name: String,
+    pub operations: BTreeSet<Operation>,
+    pub unix_uid: Option<u32>,
+    pub certificate_sha256: Option<[u8; 32]>,
+}
+
+/// Bounds on what one caller can make the appliance do.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body (a message to seal or to unseal).
+    pub max_body_bytes: u64,
+    /// Largest content returned inside a JSON answer (larger: ask for the raw content).
+    pub max_json_content_bytes: u64,
+    pub handshake_timeout: Duration,
+    /// Time to send a request and receive its answer; also the idle time of a connection.
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 30,
+            max_json_content_bytes: 16 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(600),
+            max_connections: 256,
+        }
+    }
+}
+
+/// Which wire protocol the appliance speaks to ETKDepot and KGSS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Soap,
+    Rest,
+}
+
+/// The `[platform]` table.
+#[derive(Clone, Debug)]
+pub struct PlatformConfig {
+    pub soap_url: String,
+    pub rest_url: String,
+    pub protocol: Protocol,
+    /// TLS roots of the platform; empty means the system's (`/etc/ssl/certs`).
+    pub ca: Vec<PathBuf>,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub etk_cache: Duration,
+}
+
+/// The HTTPS side of the API.
+#[derive(Clone, Debug)]
+pub struct TlsApi {
+    pub listen: SocketAddr,
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApplianceConfig {
+    /// The etee HSM configuration of the institution's token.
+    pub hsm: PathBuf,
+    pub trust: Vec<PathBuf>,
+    pub tls: Option<TlsApi>,
+    pub socket: Option<PathBuf>,
+    pub etk: Option<PathBuf>,
+    pub spool_dir: PathBuf,
+    pub limits: Limits,
+    pub platform: PlatformConfig,
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    appliance: Table,
+    platform: PlatformTable,
+    #[serde(default)]
+    client: Vec<ClientTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Table {
+    hsm: PathBuf,
+    #[serde(default)]
+    trust: Vec<PathBuf>,
+    listen: Option<String>,
+    tls_certificate: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    client_ca: Vec<PathBuf>,
+    socket: Option<PathBuf>,
+    etk: Option<PathBuf>,
+    spool_dir: Option<PathBuf>,
+    max_body_bytes: Option<u64>,
+    max_json_content_bytes: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlatformTable {
+    url: Option<String>,
+    soap_url: Option<String>,
+    rest_url: Option<String>,
+    environment: Option<String>,
+    #[serde(default)]
+    protocol: Protocol,
+    #[serde(default)]
+    ca: Vec<PathBuf>,
+    timeout_ms: Option<u64>,
+    retries: Option<u32>,
+    etk_cache_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientTable {
+    name: String,
+    operations: BTreeSet<Operation>,
+    unix_uid: Option<u32>,
+    certificate_sha256: Option<String>,
+}
+
+/// The eHealth endpoints of spec §4.1/§4.2/§5.1: (SOAP base, REST base).
+fn environment_urls(name: &str) -> Option<(&'static str, &'static str)> {
+    match name {
+        "acceptance" => Some((
+            "https://services-acpt.ehealth.fgov.be",
+            "https://api-acpt.ehealth.fgov.be",
+        )),
+        "production" => Some((
+            "https://services.ehealth.fgov.be",
+            "https://api.ehealth.fgov.be",
+        )),
+        _ => None,
+    }
+}
+
+fn config_error(message: impl Into<String>) -> ApplianceError {
+    ApplianceError::Config(message.into())
+}
+
+impl ApplianceConfig {
+    /// Reads and checks the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| config_error(format!("reading {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base)
+            .map_err(|e| config_error(format!("{}: {}", path.display(), e.detail())))
+    }
+
+    /// Parses a configuration; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
+        let file: File = toml::from_str(text).map_err(|e| config_error(e.to_string()))?;
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let t = file.appliance;
+        let tls = match (t.listen, t.tls_certificate, t.tls_key) {
+            (None, None, None) => None,
+            (Some(listen), Some(certificate), Some(key)) => Some(TlsApi {
+                listen: listen
+                    .parse()
+                    .map_err(|e| config_error(format!("listen {listen:?}: {e}")))?,
+                certificate: rel(certificate),
+                key: rel(key),
+                client_ca: t.client_ca.into_iter().map(rel).collect(),
+            }),
+            _ => {
+                return Err(config_error(
+                    "listen, tls_certificate and tls_key go together (the HTTPS API)",
+                ))
+            }
+        };
+        if let Some(tls) = &tls {
+            if tls.client_ca.is_empty() {
+                return Err(config_error(
+                    "the HTTPS API needs client_ca: its callers are known by their certificates",
+                ));
+            }
+        }
+        let socket = t.socket.map(rel);
+        if tls.is_none() && socket.is_none() {
+            return Err(config_error(
+                "no API: give `socket` and/or `listen` (with tls_certificate and tls_key)",
+            ));
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_body_bytes: t.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_json_content_bytes: t
+                .max_json_content_bytes
+                .unwrap_or(defaults.max_json_content_bytes),
+            handshake_timeout: t
+                .handshake_timeout_ms
+                .map_or(defaults.handshake_timeout, Duration::from_millis),
+            request_timeout: t
+                .request_timeout_ms
+                .map_or(defaults.request_timeout, Duration::from_millis),
+            max_connections: t.max_connections.unwrap_or(defaults.max_connections),
+        };
+        if limits.max_body_bytes == 0 || limits.max_connections == 0 {
+            return Err(config_error(
+                "max_body_bytes and max_connections must be positive",
+            ));
+        }
+        let platform = platform_config(file.platform, &rel)?;
+        let clients = file
+            .client
+            .into_iter()
+            .map(client_config)
+            .collect::<Result<Vec<_>>>()?;
+        let mut names = BTreeSet::new();
+        for c in &clients {
+            if !names.insert(c.name.as_str()) {
+                return Err(config_error(format!("client {:?} is given twice", c.name)));
+            }
+        }
+        if t.trust.is_empty() {
+            return Err(config_error(
+                "trust: give the CA certificates that senders' certificates and ETKs chain to",
+            ));
+        }
+        Ok(Self {
+            hsm: rel(t.hsm),
+            trust: t.trust.into_iter().map(rel).collect(),
+            tls,
+            socket,
+            etk: t.etk.map(rel),
+            spool_dir: t.spool_dir.map(rel).unwrap_or_else(std::env::temp_dir),
+            limits,
+            platform,
+            clients,
+        })
+    }
+}
+
+fn platform_config(p: PlatformTable, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<PlatformConfig> {
+    let (soap_url, rest_url) = match (p.url, p.environment.as_deref()) {
+        (Some(url), None) => (
+            p.soap_url.unwrap_or_else(|| url.clone()),
+            p.rest_url.unwrap_or(url),
+        ),
+        (None, Some(env)) => {
+            let (soap, rest) = environment_urls(env).ok_or_else(|| {
+                config_error(format!(
+                    "[platform] environment {env:?}: \"acceptance\" or \"production\""
+                ))
+            })?;
+            (
+                p.soap_url.unwrap_or_else(|| soap.to_owned()),
+                p.rest_url.unwrap_or_else(|| rest.to_owned()),
+            )
+        }
+        (None, None) => match (p.soap_url, p.rest_url) {
+            (Some(soap), Some(rest)) => (soap, rest),
+            _ => {
+                return Err(config_error(
+                    "[platform]: give url (one base for all services), environment, or both \
+                     soap_url and rest_url",
+                ))
+            }
+        },
+        (Some(_), Some(_)) => {
+            return Err(config_error(
+                "[platform]: url and environment are alternatives",
+            ))
+        }
+    };
+    for url in [&soap_url, &rest_url] {
+        if !url.starts_with("https://") {
+            return Err(config_error(format!(
+                "[platform] {url:?}: the platform is reached over https only"
+            )));
+        }
+    }
+    Ok(PlatformConfig {
+        soap_url,
+        rest_url,
+        protocol: p.protocol,
+        ca: p.ca.into_iter().map(rel).collect(),
+        timeout: Duration::from_millis(p.timeout_ms.unwrap_or(10_000)),
+        retries: p.retries.unwrap_or(2).min(10),
+        etk_cache: Duration::from_secs(p.etk_cache_seconds.unwrap_or(3600)),
+    })
+}
+
+fn client_config(c: ClientTable) -> Result<ClientConfig> {
+    if c.name.is_empty() || c.name.len() > etee_custody::config::MAX_CLIENT_ID_LEN {
+        return Err(config_error(format!(
+            "client {:?}: a name of 1 to {} bytes (it is the custody core's client id)",
+            c.name,
+            etee_custody::config::MAX_CLIENT_ID_LEN
+        )));
+    }
+    if c.name == crate::policy::APPLIANCE_CLIENT {
+        return Err(config_error(format!(
+            "client {:?}: the name is the appliance's own",
+            c.name
+        )));
+    }
+    let certificate_sha256 = match c.certificate_sha256 {
+        None => None,
+        Some(hex_text) => {
+            let bytes = hex::decode(hex_text.replace(':', "")).ok();
+            Some(
+                bytes
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| {
+                        config_error(format!(
+                            "client {:?}: certificate_sha256 is 32 bytes in hex",
+                            c.name
+                        ))
+                    })?,
+            )
+        }
+    };
+    if c.unix_uid.is_none() && certificate_sha256.is_none() {
+        return Err(config_error(format!(
+            "client {:?}: give unix_uid and/or certificate_sha256 (how the caller is known)",
+            c.name
+        )));
+    }
+    Ok(ClientConfig {
+        name: c.name,
+        operations: c.operations,
+        unix_uid: c.unix_uid,
+        certificate_sha256,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[appliance]\nhsm = \"hsm.toml\"\ntrust = [\"ca.pem\"]\n\
+        socket = \"a.sock\"\n[platform]\nurl = \"https://127.0.0.1:8443\"\n";
+
+    #[test]
+    fn minimal_file_gets_defaults_and_relative_paths() {
+        let c = ApplianceConfig::from_toml(MINIMAL, Path::new("/etc/etee")).unwrap();
+        assert_eq!(c.hsm, Path::new("/etc/etee/hsm.toml"));
+        assert_eq!(c.socket.as_deref(), Some(Path::new("/etc/etee/a.sock")));
+        assert!(c.tls.is_none());
+        assert_eq!(c.platform.soap_url, "https://127.0.0.1:8443");
+        assert_eq!(c.platform.rest_url, "https://127.0.0.1:8443");
+        assert_eq!(c.platform.protocol, Protocol::Soap);
+        assert_eq!(c.platform.retries, 2);
+        assert_eq!(c.limits.max_body_bytes, 4 << 30);
+        assert!(c.clients.is_empty());
+    }
+
+    #[test]
+    fn clients_and_environments() {
+        let text = "[appliance]\nhsm = \"h\"\ntrust = [\"ca.pem\"]\nsocket = \"s\"\n\
+            [platform]\nenvironment = \"acceptance\"\nprotocol = \"rest\"\n\
+            [[client]]\nname = \"his\"\noperations = [\"seal\", \"unseal\"]\nunix_uid = 1000\n\
+            [[client]]\nname = \"lab\"\noperations = [\"etk\"]\n\
+            certificate_sha256 = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n";
+        let c = ApplianceConfig::from_toml(text, Path::new("/")).unwrap();
+        assert_eq!(c.platform.soap_url, "https://services-acpt.ehealth.fgov.be");
+        assert_eq!(c.platform.rest_url, "https://api-acpt.ehealth.fgov.be");
+        assert_eq!(c.platform.protocol, Protocol::Rest);
+        assert_eq!(c.clients.len(), 2);
+        assert!(c.clients[0].operations.contains(&Operation::Unseal));
+        assert_eq!(c.clients[1].certificate_sha256.unwrap()[1], 0x11);
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_a_reason() {
+        let base = Path::new("/");
+        let platform = "[platform]\nurl = \"https://p\"\n";
+        for (text, says) in [
+            ("[appliance]\nhsm = \"h\"\ntrust = [\"c\"]\n".to_owned() + platform, "no API"),
+            (
+                "[appliance]\nhsm = \"h\"\ntrust = [\"c\"]\nlisten = \"127.0.0.1:1\"\nsocket = \"s\"\n"
+                    .to_owned()
+                    + platform,
+                "go together",
+            ),
+            ("[appliance]\nhsm = \"h\"\nsocket = \"s\"\n".to_owned() + platform, "trust"),
+            (
+                MINIMAL.replace("https://127.0.0.1:8443", "http://127.0.0.1:8443"),
+                "https only",
+            ),
+            (MINIMAL.to_owned() + "colour = 1\n", "unknown field"),
+            (
+                MINIMAL.to_owned() + "[[client]]\nname = \"x\"\noperations = [\"seal\"]\n",
+                "how the caller is known",
+            ),
+            (
+                MINIMAL.to_owned()
+                    + "[[client]]\nname = \"x\"\noperations = [\"fly\"]\nunix_uid = 1\n",
+                "unknown variant",
+            ),
+            (
+                MINIMAL.to_owned()
+                    + "[[client]]\nname = \"x\"\noperations = []\nunix_uid = 1\n\
+                       [[client]]\nname = \"x\"\noperations = []\nunix_uid = 2\n",
+                "twice",
+            ),
+            (
+                MINIMAL.to_owned()
+                    + "[[client]]\nname = \"x\"\noperations = []\ncertificate_sha256 = \"ab\"\n",
+                "32 bytes",
+            ),
+        ] {
+            let e = ApplianceConfig::from_toml(&text, base).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}\n→ {e}");
+        }
+    }
+}

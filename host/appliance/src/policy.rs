@@ -1,0 +1,239 @@
+//! Who may call the API and what the custody core lets each caller do.
+//!
+//! Two gates, both default-deny:
+//! - the API knows a caller by the Unix uid of its socket peer or by the SHA-256 of its TLS
+//!   client certificate, and lets it ask only for the operations listed for it;
+//! - the custody core gets one rule per caller and key, derived from those operations
+//!   (signing with the authentication key for sealing, KGSS and KeyDepot requests;
+//!   decrypting with the ETK keys for unsealing and KGSS answers). Every key use is made
+//!   under the caller's own client id, so the core refuses what the rules do not grant
+//!   even if the API layer were wrong, and the audit chain names the caller.
+//!
+//! The appliance itself has a client id too ([`APPLIANCE_CLIENT`]): it signs the TLS
+//! handshakes with the platform (client authentication with the key in the HSM).
+
+use crate::config::{ClientConfig, Operation};
+use etee_custody::policy::{Policy, Rule};
+use etee_custody::{ClientId, KeyKind};
+use etee_hsm::custody::DEFAULT_BUDGET;
+use etee_hsm::HsmToken;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// The custody client id of the appliance's own key uses (TLS client authentication).
+pub const APPLIANCE_CLIENT: &str = "etee-appliance";
+
+/// How a caller reached the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// The Unix socket, with the peer's credentials from the kernel.
+    Unix { uid: u32, pid: Option<i32> },
+    /// HTTPS, with the SHA-256 of the client certificate when one was presented.
+    Tls {
+        certificate_sha256: Option<[u8; 32]>,
+        addr: std::net::SocketAddr,
+    },
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix { uid, pid } => match pid {
+                Some(pid) => write!(f, "unix uid {uid} pid {pid}"),
+                None => write!(f, "unix uid {uid}"),
+            },
+            Self::Tls {
+                certificate_sha256: Some(h),
+                addr,
+            } => write!(f, "tls {addr} certificate {}", hex::encode(&h[..8])),
+            Self::Tls { addr, .. } => write!(f, "tls {addr} without certificate"),
+        }
+    }
+}
+
+/// A caller the configuration knows.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub name: String,
+    pub operations: BTreeSet<Operation>,
+}
+
+/// Why the API refuses a caller before anything else happens.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("no client is configured for {0}")]
+    UnknownCaller(String),
+    #[error("client {client:?} may not {operation}")]
+    NotAllowed { client: String, operation: String },
+}
+
+/// The configured callers.
+#[derive(Clone, Debug, Default)]
+pub struct Clients {
+    clients: Vec<(ClientConfig, Arc<Client>)>,
+}
+
+impl Clients {
+    pub fn new(configs: &[ClientConfig]) -> Self {
+        Self {
+            clients: configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.clone(),
+                        Arc::new(Client {
+                            name: c.name.clone(),
+                            operations: c.operations.clone(),
+                        }),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The client a peer is, if any.
+    pub fn identify(&self, peer: &Peer) -> Result<Arc<Client>, Refusal> {
+        self.clients
+            .iter()
+            .find(|(c, _)| match peer {
+                Peer::Unix { uid, .. } => c.unix_uid == Some(*uid),
+                Peer::Tls {
+                    certificate_sha256: Some(h),
+                    ..
+                } => c.certificate_sha256.as_ref() == Some(h),
+                Peer::Tls { .. } => false,
+            })
+            .map(|(_, client)| client.clone())
+            .ok_or_else(|| Refusal::UnknownCaller(peer.to_string()))
+    }
+
+    /// [`Self::identify`], then whether the client may ask for `operation`.
+    pub fn authorise(&self, peer: &Peer, operation: Operation) -> Result<Arc<Client>, Refusal> {
+        let client = self.identify(peer)?;
+        if client.operations.contains(&operation) {
+            Ok(client)
+        } else {
+            Err(Refusal::NotAllowed {
+                client: client.name.clone(),
+                operation: operation.name().into(),
+            })
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Client>> {
+        self.clients.iter().map(|(_, c)| c)
+    }
+}
+
+/// Why the custody policy could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("custody policy: {0}")]
+pub struct PolicyError(String);
+
+/// The custody core's policy for the appliance: per caller and key, what its operations
+/// need; for the appliance itself, signing with the authentication key.
+pub fn custody_policy(token: &HsmToken, clients: &Clients) -> Result<Policy, PolicyError> {
+    let mut policy = Policy::deny_all();
+    let mut grants: Vec<(String, bool, bool)> = clients
+        .iter()
+        .map(|c| {
+            let signs = c.operations.iter().any(|o| o.signs());
+            let decrypts = c.operations.iter().any(|o| o.decrypts());
+            (c.name.clone(), signs, decrypts)
+        })
+        .collect();
+    grants.push((APPLIANCE_CLIENT.to_owned(), true, false));
+    for (name, signs, decrypts) in grants {
+        let client = ClientId::try_from(name.as_str())
+            .map_err(|_| PolicyError(format!("client {name:?}: 1 to 32 bytes")))?;
+        for (id, kind) in token.keys() {
+            let Some(key) = etee_custody::KeyId::new(id) else {
+                continue;
+            };
+            let sign = signs && kind == KeyKind::Authentication;
+            let decrypt = decrypts && kind == KeyKind::Encryption;
+            if !(sign || decrypt) {
+                continue;
+            }
+            policy
+                .allow(Rule {
+                    client: client.clone(),
+                    key,
+                    sign,
+                    decrypt,
+                    wrap: false,
+                    unwrap: false,
+                    budget: DEFAULT_BUDGET,
+                })
+                .map_err(|e| {
+                    PolicyError(format!(
+                        "{e:?}: at most {} rules (one per client and key); fewer clients or \
+                         keys",
+                        etee_custody::config::MAX_POLICY_RULES
+                    ))
+                })?;
+        }
+    }
+    Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients() -> Clients {
+        Clients::new(&[
+            ClientConfig {
+                name: "his".into(),
+                operations: [Operation::Seal, Operation::Unseal].into(),
+                unix_uid: Some(1000),
+                certificate_sha256: Some([7; 32]),
+            },
+            ClientConfig {
+                name: "lookup".into(),
+                operations: [Operation::Etk].into(),
+                unix_uid: Some(1001),
+                certificate_sha256: None,
+            },
+        ])
+    }
+
+    fn tls(h: Option<[u8; 32]>) -> Peer {
+        Peer::Tls {
+            certificate_sha256: h,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn callers_are_known_by_uid_or_certificate_and_nothing_else() {
+        let c = clients();
+        let unix = |uid| Peer::Unix { uid, pid: None };
+        assert_eq!(c.identify(&unix(1000)).unwrap().name, "his");
+        assert_eq!(c.identify(&unix(1001)).unwrap().name, "lookup");
+        assert_eq!(c.identify(&tls(Some([7; 32]))).unwrap().name, "his");
+        for peer in [unix(0), unix(1002), tls(Some([8; 32])), tls(None)] {
+            assert!(matches!(
+                c.identify(&peer),
+                Err(Refusal::UnknownCaller(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn operations_not_listed_are_refused() {
+        let c = clients();
+        let lookup = Peer::Unix {
+            uid: 1001,
+            pid: Some(4),
+        };
+        assert!(c.authorise(&lookup, Operation::Etk).is_ok());
+        assert_eq!(
+            c.authorise(&lookup, Operation::Seal).unwrap_err(),
+            Refusal::NotAllowed {
+                client: "lookup".into(),
+                operation: "seal".into()
+            }
+        );
+    }
+}

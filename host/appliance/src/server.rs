@@ -1,0 +1,368 @@
+//! The listeners: HTTPS with client certificates (required, verified against
+//! `client_ca`) and a Unix socket (the kernel's peer credentials). Each connection is
+//! served HTTP/1.1 with the API's routes; the caller is put in every request as a [`Peer`].
+//! A semaphore bounds the connections served at once; stopping lets the requests under way
+//! finish.
+
+use crate::config::{Limits, TlsApi};
+use crate::policy::Peer;
+use crate::{ApplianceError, Result};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::Service;
+
+/// The socket file's mode: the owner and its group (put the medical software's user in
+/// the appliance's group); who may do what is then decided per uid by the configuration.
+pub const SOCKET_MODE: u32 = 0o660;
+
+fn tls_error(what: impl std::fmt::Display) -> ApplianceError {
+    ApplianceError::Config(format!("API TLS: {what}"))
+}
+
+/// The HTTPS API's TLS configuration: the server's chain and key, and client
+/// certificates required and verified against `client_ca`.
+pub fn tls_config(api: &TlsApi) -> Result<Arc<ServerConfig>> {
+    let certs = crate::certificates(&api.certificate)?;
+    let key_pem = std::fs::read(&api.key)
+        .map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?;
+    let mut roots = RootCertStore::empty();
+    for path in &api.client_ca {
+        for cert in crate::certificates(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| tls_error(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(tls_error)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(tls_error)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// SHA-256 of a DER certificate (how the configuration names TLS callers).
+pub fn certificate_sha256(der: &CertificateDer<'_>) -> [u8; 32] {
+    openssl::sha::sha256(der.as_ref())
+}
+
+/// Binds the Unix socket at `path` with [`SOCKET_MODE`]: a stale socket file left by a
+/// crash is replaced, a live one (another appliance) or any other file is an error.
+pub fn bind_unix(path: &Path) -> Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ApplianceError::Config(format!(
+                "socket {}: exists and is not a socket",
+                path.display()
+            )));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ApplianceError::Config(format!(
+                "socket {}: another process is serving on it",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)?;
+    }
+    // Bound under a private name, restricted, then renamed into place: never reachable
+    // with wider permissions.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary: PathBuf = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    let listener = std::os::unix::net::UnixListener::bind(&temporary)
+        .map_err(|e| ApplianceError::Config(format!("socket {}: {e}", path.display())))?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    std::fs::rename(&temporary, path)?;
+    listener.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(listener)?)
+}
+
+/// Serves one connection until it closes or `closing` says stop.
+async fn connection<I>(
+    io: I,
+    peer: Peer,
+    routes: Router,
+    limits: Limits,
+    mut closing: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(
+        move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer.clone());
+            let mut routes = routes.clone();
+            async move {
+                match tokio::time::timeout(limits.request_timeout, routes.call(request)).await {
+                    Ok(response) => response,
+                    Err(_) => Ok(crate::api::problem(&crate::service::ServiceError::Io(
+                        "the request took too long".into(),
+                    ))),
+                }
+            }
+        },
+    );
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        r = connection.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("connection: {e}");
+            }
+        }
+        _ = closing.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.request_timeout, connection).await;
+        }
+    }
+}
+
+/// What a listener accepts.
+enum Listener {
+    Tls(TcpListener, TlsAcceptor),
+    Unix(UnixListener),
+}
+
+/// Accepts on `listener` until `stop` says so; connections under way then get
+/// `limits.request_timeout` to finish.
+async fn accept_loop(
+    listener: Listener,
+    routes: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing_tx, closing_rx) = watch::channel(false);
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let routes = routes.clone();
+        let closing = closing_rx.clone();
+        match &listener {
+            Listener::Tls(tcp, acceptor) => {
+                let accepted = tokio::select! {
+                    _ = stop.changed() => break,
+                    a = tcp.accept() => a,
+                };
+                let (stream, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let tls = match tokio::time::timeout(
+                        limits.handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%addr, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%addr, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let certificate_sha256 = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(certificate_sha256);
+                    let peer = Peer::Tls {
+                        certificate_sha256,
+                        addr,
+                    };
+                    connection(tls, peer, routes, limits, closing).await;
+                });
+            }
+            Listener::Unix(unix) => {
+                let accepted = tokio::select! {
+                    _ = stop.changed() => break,
+                    a = unix.accept() => a,
+                };
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let peer = match stream.peer_cred() {
+                    Ok(cred) => Peer::Unix {
+                        uid: cred.uid(),
+                        pid: cred.pid(),
+                    },
+                    Err(e) => {
+                        tracing::warn!("peer credentials: {e}");
+                        continue;
+                    }
+                };
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    connection(stream, peer, routes, limits, closing).await;
+                });
+            }
+        }
+    }
+    let _ = closing_tx.send(true);
+    let _ = tokio::time::timeout(
+        limits.request_timeout,
+        permits.acquire_many(limits.max_connections as u32),
+    )
+    .await;
+}
+
+/// The appliance serving: where it listens, and how to stop it.
+pub struct Running {
+    /// The HTTPS address (the real port when the configuration asked for port 0).
+    pub addr: Option<std::net::SocketAddr>,
+    pub socket: Option<PathBuf>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets the requests under way finish, removes the socket file.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Binds the configured listeners and serves the API on them (tasks of the current
+/// runtime).
+pub async fn start(app: Arc<crate::Appliance>) -> Result<Running> {
+    let config = app.config().clone();
+    let routes = crate::api::router(app.clone());
+    let limits = config.limits;
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut addr = None;
+    if let Some(api) = &config.tls {
+        let tls = tls_config(api)?;
+        let tcp = TcpListener::bind(api.listen).await?;
+        addr = Some(tcp.local_addr()?);
+        tasks.push(tokio::spawn(accept_loop(
+            Listener::Tls(tcp, TlsAcceptor::from(tls)),
+            routes.clone(),
+            limits,
+            stopped.clone(),
+        )));
+    }
+    if let Some(path) = &config.socket {
+        let unix = bind_unix(path)?;
+        tasks.push(tokio::spawn(accept_loop(
+            Listener::Unix(unix),
+            routes.clone(),
+            limits,
+            stopped.clone(),
+        )));
+    }
+    Ok(Running {
+        addr,
+        socket: config.socket.clone(),
+        stop,
+        tasks,
+    })
+}
+
+/// `etee serve`: opens the appliance, serves until SIGTERM or SIGINT, then stops cleanly.
+pub fn run(config: crate::ApplianceConfig) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("etee-appliance")
+        .build()?;
+    runtime.block_on(async {
+        // Opening logs in to the token and builds the platform clients: blocking work.
+        let app = tokio::task::spawn_blocking(move || crate::Appliance::open(config))
+            .await
+            .map_err(|e| ApplianceError::Config(e.to_string()))??;
+        let app = Arc::new(app);
+        let running = start(app).await?;
+        if let Some(addr) = running.addr {
+            eprintln!("etee serve: HTTPS API on https://{addr}");
+        }
+        if let Some(path) = &running.socket {
+            eprintln!("etee serve: API on unix:{}", path.display());
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("etee serve: stopping (answering the requests under way)");
+        running.stop().await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let live = bind_unix(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SOCKET_MODE);
+        let e = bind_unix(&path).unwrap_err().to_string();
+        assert!(e.contains("another process"), "{e}");
+        drop(live);
+        // The file stays after the listener is gone: a stale socket.
+        assert!(path.exists());
+        let _again = bind_unix(&path).unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let e = bind_unix(&file).unwrap_err().to_string();
+        assert!(e.contains("not a socket"), "{e}");
+    }
+}

@@ -1,0 +1,628 @@
+//! What the appliance does for a caller: seal, unseal, ETK lookups, KGSS and KeyDepot
+//! operations. Every private-key use is made through the custody core under the caller's
+//! client id (see [`crate::policy`]); the protocol clients of `etee-protocol` reach the
+//! platform.
+//!
+//! Bodies are [`Read`]ers and results go to spools ([`crate::spool`]): these functions
+//! block (HSM calls, CMS processing) and run on tokio's blocking pool; the platform calls
+//! they need are made from there with the runtime's handle.
+
+use crate::config::{ApplianceConfig, Operation};
+use crate::metrics::{Metrics, Snapshot};
+use crate::policy::{custody_policy, Client, Clients, Peer, Refusal, APPLIANCE_CLIENT};
+use crate::spool::{SpoolReader, SpoolWriter};
+use crate::ApplianceError;
+use etee_formats::cert::Certificate;
+use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unsealed};
+use etee_formats::etk::Etk;
+use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
+use etee_formats::trust::TrustAnchors;
+use etee_hsm::{CustodyKeys, HsmToken};
+use etee_protocol::{EtkCache, KeyDepotClient, KeyReply, KgssCaller, KgssClient, ProtocolError};
+use etee_services::etkdepot::Identifier;
+use etee_services::kgss::Credential;
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// Largest message head read to learn whom a message is for (see [`cms::addressees`]).
+const MAX_HEAD: usize = 8 << 20;
+
+/// KGSS's ETK identifier (spec §5.1).
+fn kgss_identifier() -> Identifier {
+    Identifier::new(
+        etee_services::kgss::KGSS_ETK_TYPE,
+        etee_services::kgss::KGSS_ETK_VALUE,
+        Some(etee_services::kgss::KGSS_ETK_APPLICATION_ID),
+    )
+}
+
+/// Why an operation failed; each maps to one HTTP status and code in the API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("the custody core refused: {0}")]
+    CustodyRefused(String),
+    #[error("the HSM is unavailable: {0}")]
+    HsmUnavailable(String),
+    #[error("no valid ETK for {0}")]
+    UnknownRecipient(String),
+    #[error("KGSS refused access to the key: {0}")]
+    KgssAccessDenied(String),
+    #[error("KGSS does not know the key: {0}")]
+    KgssUnknownKey(String),
+    #[error("the platform: {0}")]
+    Platform(String),
+    #[error("the platform refused: {0}")]
+    PlatformRefused(String),
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("the content is {len} bytes, more than a JSON answer carries ({max}); ask for the raw content")]
+    ContentTooLargeForJson { len: u64, max: u64 },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("I/O: {0}")]
+    Io(String),
+}
+
+impl ServiceError {
+    /// The code the API reports (`title` of the problem).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "APPLIANCE_BAD_REQUEST",
+            Self::Refused(Refusal::UnknownCaller(_)) => "APPLIANCE_UNKNOWN_CLIENT",
+            Self::Refused(Refusal::NotAllowed { .. }) => "APPLIANCE_OPERATION_NOT_ALLOWED",
+            Self::CustodyRefused(_) => "CUSTODY_REFUSED",
+            Self::HsmUnavailable(_) => "HSM_UNAVAILABLE",
+            Self::UnknownRecipient(_) => "UNKNOWN_RECIPIENT",
+            Self::KgssAccessDenied(_) => "KGSS_ACCESS_DENIED",
+            Self::KgssUnknownKey(_) => "KGSS_UNKNOWN_KEY",
+            Self::Platform(_) => "PLATFORM_UNAVAILABLE",
+            Self::PlatformRefused(_) => "PLATFORM_REFUSED",
+            Self::TooLarge(_) => "APPLIANCE_BODY_TOO_LARGE",
+            Self::ContentTooLargeForJson { .. } => "APPLIANCE_CONTENT_TOO_LARGE_FOR_JSON",
+            Self::NotFound(_) => "APPLIANCE_NOT_FOUND",
+            Self::Io(_) => "APPLIANCE_IO",
+        }
+    }
+
+    /// A key operation's failure: refusals by the core are the caller's problem, the rest
+    /// the HSM's.
+    fn from_key(e: KeyError) -> Self {
+        match e {
+            KeyError::Refused(r) => Self::CustodyRefused(r),
+            other => Self::HsmUnavailable(other.to_string()),
+        }
+    }
+
+    fn from_protocol(e: ProtocolError) -> Self {
+        match e {
+            ProtocolError::AccessDenied(_) => Self::KgssAccessDenied(e.to_string()),
+            ProtocolError::UnknownKey => Self::KgssUnknownKey(e.to_string()),
+            ProtocolError::NotFound
+            | ProtocolError::NoValidEtk { .. }
+            | ProtocolError::EtkExpired { .. }
+            | ProtocolError::EtkInvalid { .. } => Self::UnknownRecipient(e.to_string()),
+            ProtocolError::InvalidRequest(r) => Self::BadRequest(r),
+            other => Self::Platform(other.to_string()),
+        }
+    }
+
+    fn from_io(e: io::Error) -> Self {
+        match e.get_ref().and_then(|i| i.downcast_ref::<TooLarge>()) {
+            Some(t) => Self::TooLarge(t.0),
+            None => Self::Io(e.to_string()),
+        }
+    }
+}
+
+/// The marker error of [`Limited`].
+#[derive(Debug, thiserror::Error)]
+#[error("the body is larger than {0} bytes")]
+struct TooLarge(u64);
+
+/// A reader that fails once more than `max` bytes came through.
+pub struct Limited<R> {
+    inner: R,
+    max: u64,
+    seen: u64,
+}
+
+impl<R: Read> Limited<R> {
+    pub fn new(inner: R, max: u64) -> Self {
+        Self {
+            inner,
+            max,
+            seen: 0,
+        }
+    }
+
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen += n as u64;
+        if self.seen > self.max {
+            return Err(io::Error::other(TooLarge(self.max)));
+        }
+        Ok(n)
+    }
+}
+
+/// Keeps a copy of what is read, up to a bound, so that a message's head can be read
+/// twice (once to learn its addressees, once to unseal).
+struct Recording<'a, R> {
+    inner: &'a mut R,
+    copy: Vec<u8>,
+}
+
+impl<R: Read> Read for Recording<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.copy.len() >= MAX_HEAD {
+            return Err(io::Error::other("the message head is too large"));
+        }
+        let room = (MAX_HEAD - self.copy.len()).min(buf.len());
+        let n = self.inner.read(&mut buf[..room])?;
+        self.copy.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// What to seal for.
+#[derive(Clone, Debug, Default)]
+pub struct SealRequest {
+    /// Known recipients, by identifier.
+    pub to: Vec<Identifier>,
+    /// Unknown recipients: a KGSS key is made for these readers.
+    pub allowed: Vec<Credential>,
+    pub excluded: Vec<Credential>,
+}
+
+/// A sealed message in its spool.
+#[derive(Debug)]
+pub struct Sealed {
+    pub message: SpoolReader,
+    /// The recipients' ETK holders (subjects of their encryption certificates).
+    pub recipients: Vec<String>,
+    /// The KGSS key id, when sealed for unknown recipients.
+    pub kgss_key_id: Option<Vec<u8>>,
+    pub content_len: u64,
+}
+
+/// An unsealed message: the verdict, and the content only when the verdict is clean.
+#[derive(Debug)]
+pub struct Opened {
+    pub unsealed: Unsealed,
+    pub content: Option<SpoolReader>,
+    /// The KGSS key id used, for a message opened with a KGSS key.
+    pub kgss_key_id: Option<Vec<u8>>,
+}
+
+/// A KGSS key handed to a caller.
+pub struct KgssKey {
+    pub id: Vec<u8>,
+    pub key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for KgssKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KgssKey(id {})", hex::encode(&self.id))
+    }
+}
+
+/// A caller's keys, through the custody core under its client id.
+struct CallerKeys {
+    signer: SigningKey,
+    ring: KeyRing,
+}
+
+/// The protocol clients.
+pub struct PlatformClients {
+    pub etks: EtkCache,
+    pub kgss: KgssClient,
+    pub keydepot: Option<KeyDepotClient>,
+}
+
+/// The appliance: the custody core in front of the institution's token, the callers,
+/// the platform clients.
+pub struct Appliance {
+    config: ApplianceConfig,
+    custody: CustodyKeys,
+    clients: Clients,
+    keys: HashMap<String, CallerKeys>,
+    anchors: TrustAnchors,
+    platform: PlatformClients,
+    own_etk: tokio::sync::OnceCell<Arc<Etk>>,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Appliance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appliance")
+            .field("custody", &self.custody)
+            .field("clients", &self.clients)
+            .finish()
+    }
+}
+
+impl Appliance {
+    /// Opens the token behind the custody core with the appliance's policy, loads the
+    /// callers' keys, and builds the platform clients (which authenticate with the
+    /// token's authentication key).
+    pub fn open(config: ApplianceConfig) -> crate::Result<Self> {
+        let hsm_config = etee_hsm::Config::load(&config.hsm)?;
+        if hsm_config.custody.mode != etee_hsm::CustodyMode::InProcess {
+            return Err(ApplianceError::Config(format!(
+                "{}: the appliance runs the custody core itself ([custody] mode = \
+                 \"in-process\"); `etee custody serve` is not supported behind it yet",
+                config.hsm.display()
+            )));
+        }
+        let clients = Clients::new(&config.clients);
+        let hsm = etee_hsm::Hsm::open(&hsm_config.hsm)?;
+        let token = HsmToken::new(&hsm)?;
+        let policy =
+            custody_policy(&token, &clients).map_err(|e| ApplianceError::Config(e.to_string()))?;
+        let mut custody_config = hsm_config.custody.clone();
+        custody_config.client = APPLIANCE_CLIENT.into();
+        let custody = CustodyKeys::with_policy(hsm, token, policy, &custody_config)?;
+        let mut keys = HashMap::new();
+        for c in clients.iter() {
+            let handle = custody.for_client(&c.name)?;
+            keys.insert(
+                c.name.clone(),
+                CallerKeys {
+                    signer: handle.signing_key()?,
+                    ring: handle.key_ring()?,
+                },
+            );
+        }
+        let anchors = crate::anchors(&config.trust)?;
+        let platform = crate::platform_clients(&config, &custody.signing_key()?, &anchors)?;
+        let own_etk = tokio::sync::OnceCell::new();
+        if let Some(path) = &config.etk {
+            let der = std::fs::read(path)
+                .map_err(|e| ApplianceError::Config(format!("etk {}: {e}", path.display())))?;
+            let etk = Etk::parse(&der)
+                .map_err(|e| ApplianceError::Config(format!("etk {}: {e}", path.display())))?;
+            let _ = own_etk.set(Arc::new(etk));
+        }
+        Ok(Self {
+            config,
+            custody,
+            clients,
+            keys,
+            anchors,
+            platform,
+            own_etk,
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn config(&self) -> &ApplianceConfig {
+        &self.config
+    }
+
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    /// The caller `peer` is, if it may ask for `operation`.
+    pub fn authorise(&self, peer: &Peer, operation: Operation) -> Result<Arc<Client>, Refusal> {
+        self.clients.authorise(peer, operation)
+    }
+
+    fn keys_of(&self, client: &Client) -> Result<&CallerKeys, ServiceError> {
+        self.keys.get(&client.name).ok_or_else(|| {
+            ServiceError::Refused(Refusal::UnknownCaller(client.name.clone()))
+        })
+    }
+
+    /// The counters and gauges of `/metrics`.
+    pub fn snapshot(&self) -> Snapshot {
+        let etks = self.platform.etks.stats();
+        Snapshot {
+            etk_cache_hits: etks.hits,
+            etk_cache_misses: etks.misses,
+            custody_audit_syncs: self.custody.audit_syncs(),
+            custody_audit_sequence: self.custody.audit_head().next_sequence.saturating_sub(1),
+        }
+    }
+
+    /// The custody core's audit file.
+    pub fn audit_file(&self) -> std::path::PathBuf {
+        etee_hsm::Config::load(&self.config.hsm)
+            .map(|c| c.custody.audit_file)
+            .unwrap_or_default()
+    }
+
+    /// The valid ETKs of `id` (cached; the MatchingEtk rule of spec §4.1 applied).
+    pub async fn etks(&self, id: &Identifier) -> Result<Vec<Arc<Etk>>, ServiceError> {
+        let normalized = id
+            .normalized()
+            .map_err(|e| ServiceError::BadRequest(format!("identifier: {e}")))?;
+        match self.platform.etks.get(&normalized).await {
+            Ok(etks) if !etks.is_empty() => Ok(etks.into_iter().map(Arc::new).collect()),
+            Ok(_) => Err(ServiceError::UnknownRecipient(describe(&normalized))),
+            Err(e) => Err(ServiceError::from_protocol(e)),
+        }
+    }
+
+    /// The institution's own ETK: configured, or looked up by the identity of the
+    /// authentication certificate (the one whose key is in the token).
+    async fn own_etk(&self, keys: &CallerKeys) -> Result<Arc<Etk>, ServiceError> {
+        self.own_etk
+            .get_or_try_init(|| async {
+                let SignerRef::Certificate { cert, .. } = &keys.signer.signer else {
+                    return Err(ServiceError::BadRequest(
+                        "the token's signing key has no certificate".into(),
+                    ));
+                };
+                let identity = etee_formats::identity::identities(cert)
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| {
+                        ServiceError::BadRequest(
+                            "the authentication certificate names no eHealth identity".into(),
+                        )
+                    })?;
+                let candidates = self.etks(&Identifier::from(identity)).await?;
+                candidates
+                    .into_iter()
+                    .find(|etk| {
+                        let c = etk.encryption_cert();
+                        !keys.ring.candidates_by_serial(c.issuer_der(), c.serial()).is_empty()
+                    })
+                    .ok_or_else(|| {
+                        ServiceError::UnknownRecipient(
+                            "ETKDepot has no ETK of this institution whose key is in the token"
+                                .into(),
+                        )
+                    })
+            })
+            .await
+            .cloned()
+    }
+
+    /// `client` as KGSS sees it: the institution, signing with its authentication key
+    /// under the client's id, answered to its own ETK.
+    async fn kgss_caller(&self, client: &Client) -> Result<KgssCaller, ServiceError> {
+        let keys = self.keys_of(client)?;
+        let own = self.own_etk(keys).await?;
+        Ok(KgssCaller {
+            signer: keys.signer.clone(),
+            own_etk: own.der().to_vec(),
+            ring: keys.ring.clone(),
+            anchors: self.anchors.clone(),
+        })
+    }
+
+    async fn kgss_etk(&self) -> Result<Arc<Etk>, ServiceError> {
+        self.etks(&kgss_identifier())
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ServiceError::UnknownRecipient("KGSS".into()))
+    }
+
+    /// A new KGSS key for `allowed` (minus `excluded`) readers, held by this institution.
+    pub async fn kgss_new_key(
+        &self,
+        client: &Client,
+        allowed: Vec<Credential>,
+        excluded: Vec<Credential>,
+    ) -> Result<KgssKey, ServiceError> {
+        if allowed.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "a KGSS key needs at least one allowed reader".into(),
+            ));
+        }
+        let caller = self.kgss_caller(client).await?;
+        let kgss = self.kgss_etk().await?;
+        let key = self
+            .platform
+            .kgss
+            .new_key(&caller, &kgss, allowed, excluded)
+            .await
+            .map_err(ServiceError::from_protocol)?;
+        Ok(KgssKey {
+            id: key.id.clone(),
+            key: key.key.clone(),
+        })
+    }
+
+    /// The KGSS key `key_id`, if KGSS finds this institution among its readers.
+    pub async fn kgss_get_key(
+        &self,
+        client: &Client,
+        key_id: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ServiceError> {
+        let caller = self.kgss_caller(client).await?;
+        let kgss = self.kgss_etk().await?;
+        self.platform
+            .kgss
+            .get_key(&caller, &kgss, key_id, KeyReply::Etk)
+            .await
+            .map_err(ServiceError::from_protocol)
+    }
+
+    /// Deletes a KGSS key this institution holds.
+    pub async fn kgss_delete(&self, key_id: &[u8]) -> Result<(), ServiceError> {
+        self.platform
+            .kgss
+            .delete_key(key_id)
+            .await
+            .map_err(ServiceError::from_protocol)
+    }
+
+    /// The KeyDepot client (there is none without a REST endpoint).
+    pub fn keydepot(&self) -> Result<&KeyDepotClient, ServiceError> {
+        self.platform
+            .keydepot
+            .as_ref()
+            .ok_or_else(|| ServiceError::Platform("no KeyDepot (REST) endpoint".into()))
+    }
+
+    /// Seals `body` for `request`: ETKs looked up first, a KGSS key made for readers, then
+    /// sign → encrypt → sign with the caller's view of the authentication key, into a spool.
+    pub async fn seal(
+        self: &Arc<Self>,
+        client: &Client,
+        request: SealRequest,
+        body: impl Read + Send + 'static,
+    ) -> Result<Sealed, ServiceError> {
+        if request.to.is_empty() && request.allowed.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "no recipient: give `to` (known recipients) and/or `allow` (readers for a KGSS \
+                 key)"
+                    .into(),
+            ));
+        }
+        let mut recipients = Vec::new();
+        let mut names = Vec::new();
+        for id in &request.to {
+            for etk in self.etks(id).await? {
+                names.push(etk.encryption_cert().subject_string());
+                recipients.push(Recipient::Certificate(etk.encryption_cert().clone()));
+            }
+        }
+        let kek = if request.allowed.is_empty() {
+            None
+        } else {
+            let key = self
+                .kgss_new_key(client, request.allowed, request.excluded)
+                .await?;
+            Some(
+                Kek::new(&key.key, &key.id)
+                    .map_err(|e| ServiceError::Platform(format!("KGSS key: {e}")))?,
+            )
+        };
+        let kgss_key_id = kek.as_ref().map(|k| k.id().to_vec());
+        let signer = self.keys_of(client)?.signer.clone();
+        let spool_dir = self.config.spool_dir.clone();
+        let max = self.config.limits.max_body_bytes;
+        let (spool, content_len) = blocking(move || {
+            let mut input = Limited::new(body, max);
+            let mut spool = SpoolWriter::new(&spool_dir).map_err(ServiceError::from_io)?;
+            let n = cms::seal(
+                &signer,
+                &recipients,
+                kek.as_ref(),
+                &mut input,
+                &mut spool,
+                &SealOptions::default(),
+            )
+            .map_err(|e| match e {
+                cms::SealError::Key(k) => ServiceError::from_key(k),
+                cms::SealError::Io(io) => ServiceError::from_io(io),
+                other => ServiceError::Io(other.to_string()),
+            })?;
+            let spool = spool.finish().map_err(ServiceError::from_io)?;
+            Ok((spool, n))
+        })
+        .await?;
+        Ok(Sealed {
+            message: spool,
+            recipients: names,
+            kgss_key_id,
+            content_len,
+        })
+    }
+
+    /// Unseals `body`: with the ETK keys in the token when the message names one of them,
+    /// else with the KGSS key it names (fetched under the caller's identity); the content
+    /// waits in a spool and is handed out only with a clean verdict.
+    pub async fn unseal(
+        self: &Arc<Self>,
+        client: &Client,
+        body: impl Read + Send + 'static,
+    ) -> Result<Opened, ServiceError> {
+        let this = self.clone();
+        let client = Arc::new(client.clone());
+        let handle = tokio::runtime::Handle::current();
+        blocking(move || {
+            let keys = this.keys_of(&client)?;
+            let mut input = Limited::new(body, this.config.limits.max_body_bytes);
+            let mut head = Recording {
+                inner: &mut input,
+                copy: Vec::new(),
+            };
+            let addressees = cms::addressees(&mut head);
+            let head = head.copy;
+            let mut options = UnsealOptions {
+                anchors: this.anchors.clone(),
+                ..UnsealOptions::default()
+            };
+            let mut kgss_key_id = None;
+            if let Ok(a) = &addressees {
+                if !a.has_key_in(&keys.ring) {
+                    if let Some(id) = a.kek_ids.first() {
+                        let key = handle.block_on(this.kgss_get_key(&client, id))?;
+                        options.kek = Some(key);
+                        kgss_key_id = Some(id.clone());
+                    }
+                }
+            }
+            let mut spool = SpoolWriter::new(&this.config.spool_dir).map_err(ServiceError::from_io)?;
+            let unsealed = cms::unseal(
+                io::Cursor::new(head).chain(&mut input),
+                &mut spool,
+                &keys.ring,
+                &options,
+            )
+            .map_err(|e| match e {
+                cms::UnsealError::Input(io) => ServiceError::from_io(io),
+                cms::UnsealError::Output(io) => ServiceError::Io(io.to_string()),
+            })?;
+            let content = if unsealed.verdict.is_clean() {
+                Some(spool.finish().map_err(ServiceError::from_io)?)
+            } else {
+                None
+            };
+            Ok(Opened {
+                unsealed,
+                content,
+                kgss_key_id,
+            })
+        })
+        .await
+    }
+
+    /// The certificate chain of the authentication key (for the `/v1/identity` answer).
+    pub fn identity(&self) -> Option<Certificate> {
+        self.keys.values().next().and_then(|k| match &k.signer.signer {
+            SignerRef::Certificate { cert, .. } => Some(cert.clone()),
+            SignerRef::KeyId(_) => None,
+        })
+    }
+}
+
+fn describe(id: &Identifier) -> String {
+    match &id.application_id {
+        Some(app) => format!("{} {} ({app})", id.id_type, id.value),
+        None => format!("{} {}", id.id_type, id.value),
+    }
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Runs blocking work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Io(format!("worker: {e}")))?
+}

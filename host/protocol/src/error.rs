@@ -1,0 +1,126 @@
+//! The one error type of the clients. Each variant is a decision a caller can act on (retry
+//! later, ask somebody else, fix the request, distrust the platform) rather than a
+//! transport detail, and none carries secret material.
+
+use etee_services::etkdepot::Problem;
+use std::time::Duration;
+
+/// The result of every client call.
+pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;
+
+/// Why a call to a platform service failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The endpoint URL is not `https://host[:port][/prefix]`, or the client is not
+    /// configured for this service.
+    #[error("endpoint: {0}")]
+    Endpoint(String),
+    /// No connection could be made (DNS, TCP, or the TLS handshake): nothing was sent.
+    #[error("connecting to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    /// Connecting or answering took longer than configured.
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    /// The TLS configuration (roots, client identity) is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The exchange broke after the request was (possibly) sent.
+    #[error("HTTP exchange: {0}")]
+    Io(String),
+    /// An HTTP status the service does not answer with on success, with its RFC 7807
+    /// problem when it gave one.
+    #[error("HTTP {status}{}", problem_text(.problem))]
+    Http {
+        status: u16,
+        problem: Option<Problem>,
+    },
+    /// A SOAP fault (spec §7): `code` is the SOA code of its detail (`SOA-02001`) or,
+    /// without one, the `faultcode`.
+    #[error("SOAP fault {code}: {message}")]
+    SoapFault { code: String, message: String },
+    /// The answer does not parse or does not follow the protocol.
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    /// The answer body exceeds the client's limit.
+    #[error("answer larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The request could not be built (e.g. an identifier of an unknown type).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Sealing the request failed (the key provider refused, no recipient...).
+    #[error("sealing the request: {0}")]
+    Seal(String),
+    /// The sealed answer did not open cleanly (the official verdict's findings), or was not
+    /// sealed by whom it should be.
+    #[error("unsealing the answer: {0}")]
+    Unseal(String),
+    /// The service knows nothing matching the request.
+    #[error("not found")]
+    NotFound,
+    /// The caller is not allowed to do this (KGSS reader conditions, not the holder).
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// The caller must authenticate (a TLS client certificate, a signed request).
+    #[error("not authenticated: {0}")]
+    NotAuthenticated(String),
+    /// KGSS or KeyDepot knows no such key.
+    #[error("unknown key")]
+    UnknownKey,
+    /// Any other KGSS business error (`KGSS_REPLAYED_REQUEST`, `KGSS_INVALID_SEAL`, ...).
+    #[error("KGSS {code}: {message}")]
+    Kgss { code: String, message: String },
+    /// Any other KeyDepot business error (`KEYDEPOT_DUPLICATE_KEY_ID`, ...).
+    #[error("KeyDepot {code} (HTTP {status}): {message}")]
+    KeyDepot {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// An ETKDepot error answer other than "not found".
+    #[error("ETKDepot {code}: {message}")]
+    EtkDepot { code: String, message: String },
+    /// Every ETK found for `identifier` is outside its validity at the evaluation time.
+    #[error("the ETK of {identifier} is expired or not yet valid")]
+    EtkExpired { identifier: String },
+    /// An ETK found for `identifier` fails the official checks (spec §3.2).
+    #[error("the ETK of {identifier} is invalid: {}", problems.join(", "))]
+    EtkInvalid {
+        identifier: String,
+        problems: Vec<String>,
+    },
+    /// ETKs were found but none belongs to the holder asked for (spec §4.1 choice rule).
+    #[error("no valid ETK of {identifier}")]
+    NoValidEtk { identifier: String },
+    /// The operation does not exist in this flavour or configuration.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+fn problem_text(p: &Option<Problem>) -> String {
+    match p {
+        Some(p) => format!(
+            ": {}{}",
+            p.title.as_deref().unwrap_or("problem"),
+            p.detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        ),
+        None => String::new(),
+    }
+}
+
+impl ProtocolError {
+    /// Whether nothing reached the service (so any request may be sent again).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            ProtocolError::Connect { .. }
+                | ProtocolError::Timeout {
+                    what: "connect",
+                    ..
+                }
+        )
+    }
+}

@@ -1,0 +1,396 @@
+//! The ETKs of recipients, looked up in ETKDepot, checked, chosen and cached.
+//!
+//! Sealing for a recipient needs its ETK for every message, and ETKDepot answers are
+//! stable for hours, so lookups are cached per (type, zero-padded value, application id).
+//! What the cache never does is hand out an ETK that must not be used:
+//!
+//! - every ETK passes the official checks (`Etk::validate`, spec §3.2) at the evaluation
+//!   time before it is cached, and is refused on any finding: [`ProtocolError::EtkExpired`]
+//!   when a certificate is outside its validity (the other findings then follow from it),
+//!   [`ProtocolError::EtkInvalid`] otherwise;
+//! - an entry expires at the earliest of its encryption certificates' `notAfter` and the
+//!   fetch time plus a TTL (default one hour, so that a replaced ETK is seen), and is checked
+//!   again for validity when served;
+//! - the choice rule of spec §4.1: without an application id, when ETKDepot answers
+//!   several `MatchingEtk`, each is fetched separately and kept if its authentication
+//!   certificate names the holder asked for (type and value; an SSIN is accepted for a
+//!   NIHII query, as the official connector does); with an application id, only the ETK of
+//!   that application. The result is every ETK kept: one or more recipients.
+//!
+//! Concurrent misses for the same key are not coalesced (each fetches; the last one
+//! stored wins), which keeps the cache a plain map under a mutex held only briefly.
+
+use crate::error::{ProtocolError, Result};
+use crate::etkdepot::{EtkAnswer, EtkDepotClient};
+use etee_formats::etk::Etk;
+use etee_formats::identity::{normalize_value, Identity};
+use etee_formats::trust::TrustAnchors;
+use etee_services::etkdepot::Identifier;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The default time an answer is kept.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// Counters for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Entries currently held (expired ones included until they are next asked for).
+    pub entries: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    id_type: String,
+    value: String,
+    application_id: Option<String>,
+}
+
+struct Entry {
+    etks: Vec<Etk>,
+    expires_at: i64,
+}
+
+/// A caching, checking ETK lookup.
+pub struct EtkCache {
+    depot: EtkDepotClient,
+    anchors: TrustAnchors,
+    ttl: i64,
+    entries: Mutex<HashMap<CacheKey, Entry>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for EtkCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtkCache")
+            .field("depot", &self.depot)
+            .field("ttl", &self.ttl)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl EtkCache {
+    /// A cache over `depot`, checking ETK chains against `anchors`, with [`DEFAULT_TTL`].
+    pub fn new(depot: EtkDepotClient, anchors: TrustAnchors) -> Self {
+        Self {
+            depot,
+            anchors,
+            ttl: DEFAULT_TTL.as_secs() as i64,
+            entries: Mutex::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The same with another TTL.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// The usable ETKs of `id`, now.
+    pub async fn get(&self, id: &Identifier) -> Result<Vec<Etk>> {
+        self.get_at(id, now()).await
+    }
+
+    /// The usable ETKs of `id` at `now` (unix seconds): validity and the entries' expiry
+    /// are evaluated at that instant.
+    pub async fn get_at(&self, id: &Identifier, now: i64) -> Result<Vec<Etk>> {
+        let wanted = id
+            .normalized()
+            .map_err(|e| ProtocolError::InvalidRequest(e.to_string()))?;
+        let key = CacheKey {
+            id_type: wanted.id_type.clone(),
+            value: wanted.value.clone(),
+            application_id: wanted.application_id.clone(),
+        };
+        if let Some(etks) = self.cached(&key, now) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(etks);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let etks = self.fetch(&wanted, now).await?;
+        let expires_at = etks
+            .iter()
+            .map(|e| e.encryption_cert().not_after())
+            .fold(now.saturating_add(self.ttl), i64::min);
+        self.lock().insert(
+            key,
+            Entry {
+                etks: etks.clone(),
+                expires_at,
+            },
+        );
+        Ok(etks)
+    }
+
+    /// Forgets what is cached for `id`.
+    pub fn invalidate(&self, id: &Identifier) {
+        if let Ok(n) = id.normalized() {
+            self.lock().remove(&CacheKey {
+                id_type: n.id_type,
+                value: n.value,
+                application_id: n.application_id,
+            });
+        }
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self.lock().len(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live entry's ETKs, if still valid at `now`; a dead entry is removed.
+    fn cached(&self, key: &CacheKey, now: i64) -> Option<Vec<Etk>> {
+        let mut entries = self.lock();
+        let entry = entries.get(key)?;
+        let live = now < entry.expires_at
+            && entry.etks.iter().all(|e| {
+                e.encryption_cert().valid_at(now) == etee_formats::cert::Validity::Valid
+                    && e.authentication_cert().valid_at(now) == etee_formats::cert::Validity::Valid
+            });
+        if live {
+            Some(entry.etks.clone())
+        } else {
+            entries.remove(key);
+            None
+        }
+    }
+
+    /// Looks `wanted` up and applies the checks and the choice rule.
+    async fn fetch(&self, wanted: &Identifier, now: i64) -> Result<Vec<Etk>> {
+        let name = describe(wanted);
+        let candidates: Vec<Vec<u8>> = match self.depot.get_etk(wanted).await? {
+            EtkAnswer::NotFound => return Err(ProtocolError::NotFound),
+            EtkAnswer::Found(der) => vec![der],
+            EtkAnswer::Matching(list) => {
+                let mut ders = Vec::new();
+                for ids in choose_matching(wanted, &list) {
+                    match self.depot.get_etk(&ids).await? {
+                        EtkAnswer::Found(der) => ders.push(der),
+                        // A MatchingEtk that is gone or ambiguous on its own is skipped.
+                        EtkAnswer::NotFound | EtkAnswer::Matching(_) => {}
+                    }
+                }
+                ders
+            }
+        };
+        let mut kept = Vec::new();
+        let mut refusal = None;
+        for der in candidates {
+            match self.check(wanted, &der, now) {
+                Ok(Some(etk)) => kept.push(etk),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("ETK of {name} refused: {e}");
+                    refusal.get_or_insert(e);
+                }
+            }
+        }
+        if kept.is_empty() {
+            return Err(refusal.unwrap_or(ProtocolError::NoValidEtk { identifier: name }));
+        }
+        Ok(kept)
+    }
+
+    /// One candidate: parsed, checked; `None` when it is not the holder asked for.
+    fn check(&self, wanted: &Identifier, der: &[u8], now: i64) -> Result<Option<Etk>> {
+        let name = describe(wanted);
+        let etk = Etk::parse(der).map_err(|e| ProtocolError::EtkInvalid {
+            identifier: name.clone(),
+            problems: vec![format!("unreadable: {e}")],
+        })?;
+        if !holder_matches(wanted, &etk.identities()) {
+            return Ok(None);
+        }
+        check_findings(&name, &etk.validate(&self.anchors, now))?;
+        Ok(Some(etk))
+    }
+}
+
+/// `TYPE=value (app)` for messages.
+fn describe(id: &Identifier) -> String {
+    match &id.application_id {
+        Some(app) => format!("{}={} ({app})", id.id_type, id.value),
+        None => format!("{}={}", id.id_type, id.value),
+    }
+}
+
+/// The official findings of an ETK as a refusal, if there are any (pure).
+pub fn check_findings(identifier: &str, findings: &[etee_formats::verdict::Error]) -> Result<()> {
+    if findings.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = findings.iter().map(|n| n.name().to_owned()).collect();
+    if names
+        .iter()
+        .any(|n| n.ends_with("_CERT_EXPIRED") || n.ends_with("_CERT_NOT_YET_VALID"))
+    {
+        return Err(ProtocolError::EtkExpired {
+            identifier: identifier.to_owned(),
+        });
+    }
+    Err(ProtocolError::EtkInvalid {
+        identifier: identifier.to_owned(),
+        problems: names,
+    })
+}
+
+/// Which `MatchingEtk` entries to fetch for `wanted` (pure): with an application id, the
+/// entries of exactly that application; without, all of them. Each is looked up by the
+/// identifier of the entry of the wanted type (or its first), with its application id.
+pub fn choose_matching(wanted: &Identifier, matching: &[Vec<Identifier>]) -> Vec<Identifier> {
+    matching
+        .iter()
+        .filter_map(|ids| {
+            let pick = ids
+                .iter()
+                .find(|i| i.id_type.eq_ignore_ascii_case(&wanted.id_type))
+                .or_else(|| ids.first())?;
+            match &wanted.application_id {
+                Some(app) if pick.application_id.as_deref() != Some(app.as_str()) => None,
+                _ => Some(pick.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Whether an ETK whose authentication certificate names `holder` belongs to `wanted`
+/// (pure): same type and zero-padded value (or an SSIN for a NIHII query), and the same
+/// application id when one is asked for.
+pub fn holder_matches(wanted: &Identifier, holder: &[Identity]) -> bool {
+    holder.iter().any(|h| {
+        let same_id = h.id_type.eq_ignore_ascii_case(&wanted.id_type)
+            && normalize_value(&h.id_type, &h.value)
+                .map(|v| v == wanted.value)
+                .unwrap_or(false);
+        let ssin_for_nihii = wanted.id_type.to_ascii_uppercase().starts_with("NIHII")
+            && h.id_type.eq_ignore_ascii_case("SSIN");
+        let same_app = match &wanted.application_id {
+            Some(app) => h.application_id.as_deref() == Some(app.as_str()),
+            None => true,
+        };
+        (same_id || ssin_for_nihii) && same_app
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etee_formats::verdict::Error as Finding;
+
+    fn id(t: &str, v: &str, app: Option<&str>) -> Identifier {
+        Identifier::new(t, v, app)
+    }
+    fn holder(t: &str, v: &str, app: Option<&str>) -> Identity {
+        Identity {
+            id_type: t.into(),
+            value: v.into(),
+            application_id: app.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn holders() {
+        let cbe = id("CBE", "0406798006", None);
+        assert!(holder_matches(
+            &cbe,
+            &[holder("CBE", "406798006", Some("A"))]
+        ));
+        assert!(!holder_matches(&cbe, &[holder("CBE", "0809394427", None)]));
+        assert!(!holder_matches(&cbe, &[holder("EHP", "0406798006", None)]));
+        let with_app = id("CBE", "0406798006", Some("A"));
+        assert!(holder_matches(
+            &with_app,
+            &[holder("CBE", "0406798006", Some("A"))]
+        ));
+        assert!(!holder_matches(
+            &with_app,
+            &[holder("CBE", "0406798006", Some("B"))]
+        ));
+        assert!(!holder_matches(
+            &with_app,
+            &[holder("CBE", "0406798006", None)]
+        ));
+        let nihii = id("NIHII11", "10203040506", None);
+        assert!(holder_matches(
+            &nihii,
+            &[holder("SSIN", "85010112345", None)]
+        ));
+        assert!(!holder_matches(
+            &cbe,
+            &[holder("SSIN", "85010112345", None)]
+        ));
+        assert!(!holder_matches(&cbe, &[]));
+    }
+
+    #[test]
+    fn matching_choice() {
+        let m = vec![
+            vec![id("CBE", "0406798006", Some("APP-A"))],
+            vec![
+                id("EHP", "1", Some("APP-B")),
+                id("CBE", "0406798006", Some("APP-B")),
+            ],
+            vec![],
+        ];
+        assert_eq!(
+            choose_matching(&id("CBE", "0406798006", None), &m),
+            vec![
+                id("CBE", "0406798006", Some("APP-A")),
+                id("CBE", "0406798006", Some("APP-B"))
+            ]
+        );
+        assert_eq!(
+            choose_matching(&id("CBE", "0406798006", Some("APP-B")), &m),
+            vec![id("CBE", "0406798006", Some("APP-B"))]
+        );
+        assert!(choose_matching(&id("CBE", "0406798006", Some("APP-C")), &m).is_empty());
+    }
+
+    #[test]
+    fn findings() {
+        assert!(check_findings("x", &[]).is_ok());
+        assert!(matches!(
+            check_findings(
+                "x",
+                &[
+                    Finding::ETK_ENCRYPTION_CERT_EXPIRED,
+                    Finding::ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN
+                ]
+            ),
+            Err(ProtocolError::EtkExpired { .. })
+        ));
+        match check_findings("x", &[Finding::ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN]) {
+            Err(ProtocolError::EtkInvalid { problems, .. }) => {
+                assert_eq!(problems, ["ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN"])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! ETKDepot lookups against the platform on loopback, SOAP and REST, and the ETK cache on
+//! top of them: found, the MatchingEtk rule (one holder, two application ids), not found,
+//! an unknown type; cache hits, expiry at a far-future instant, ETKs failing the checks.
+
+#[path = "../../platform/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use common::{foreign_institution, Backend, World};
+use etee_formats::trust::TrustAnchors;
+use etee_protocol::{EtkAnswer, EtkCache, Flavour, ProtocolError};
+use etee_services::etkdepot::Identifier;
+
+const BOTH: [Flavour; 2] = [Flavour::Soap, Flavour::Rest];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_in_both_flavours() {
+    let w = World::new("protocol-lookups", Backend::Embedded).await;
+    for flavour in BOTH {
+        let depot = support::depot(&w, flavour);
+        // Found.
+        let bob = Identifier::new("NIHII-PHARMACY", common::PHARMACY, None);
+        assert_eq!(
+            depot.get_etk(&bob).await.unwrap(),
+            EtkAnswer::Found(w.bob.etk.clone()),
+            "{flavour:?}"
+        );
+        let kgss = depot
+            .get_etk(&etee_protocol::kgss_identifier())
+            .await
+            .unwrap();
+        assert_eq!(kgss, EtkAnswer::Found(w.kgss.etk.clone()), "{flavour:?}");
+
+        // One holder with two application ids: the identifiers of both.
+        let two = Identifier::new("CBE", "406798006", None);
+        match depot.get_etk(&two).await.unwrap() {
+            EtkAnswer::Matching(list) => {
+                let mut apps: Vec<_> = list
+                    .iter()
+                    .map(|ids| ids[0].application_id.clone().unwrap())
+                    .collect();
+                apps.sort();
+                assert_eq!(apps, ["APP-A", "APP-B"], "{flavour:?}");
+            }
+            other => panic!("{flavour:?}: {other:?}"),
+        }
+        let b = Identifier::new("CBE", "0406798006", Some("APP-B"));
+        assert_eq!(
+            depot.get_etk(&b).await.unwrap(),
+            EtkAnswer::Found(w.app_b.etk.clone())
+        );
+
+        // Nobody.
+        let nobody = Identifier::new("NIHII-PHARMACY", "99999999", None);
+        assert_eq!(depot.get_etk(&nobody).await.unwrap(), EtkAnswer::NotFound);
+
+        // An unknown type is the service's error.
+        let unknown = Identifier::new("NOT-A-TYPE", "1", None);
+        match (flavour, depot.get_etk(&unknown).await) {
+            (Flavour::Soap, Err(ProtocolError::SoapFault { code, .. })) => {
+                assert_eq!(code, "SOA-03007")
+            }
+            (
+                Flavour::Rest,
+                Err(ProtocolError::Http {
+                    status: 400,
+                    problem: Some(p),
+                }),
+            ) => assert_eq!(p.title.as_deref(), Some("Unknown search criteria")),
+            (f, other) => panic!("{f:?}: {other:?}"),
+        }
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_checks_chooses_and_counts() {
+    let w = World::new("protocol-cache", Backend::Embedded).await;
+    for flavour in BOTH {
+        let cache = support::cache(&w, flavour);
+        let bob = Identifier::new("NIHII-PHARMACY", common::PHARMACY, None);
+        let first = cache.get(&bob).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].der(), w.bob.etk.as_slice());
+        let second = cache.get(&bob).await.unwrap();
+        assert_eq!(second[0].der(), first[0].der());
+        assert_eq!((cache.stats().hits, cache.stats().misses), (1, 1));
+
+        // The MatchingEtk rule: without an application id, both ETKs of the holder, each
+        // fetched separately; with one, exactly that one. The value is zero-padded for the
+        // cache key, so the unpadded and padded forms are one entry.
+        let unpadded = cache
+            .get(&Identifier::new("CBE", "406798006", None))
+            .await
+            .unwrap();
+        let both = cache
+            .get(&Identifier::new("CBE", "0406798006", None))
+            .await
+            .unwrap();
+        assert_eq!(both.len(), 2, "{flavour:?}");
+        assert_eq!(unpadded.len(), 2);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (2, 2, 2));
+        let mut apps: Vec<_> = both
+            .iter()
+            .map(|e| e.identities()[0].application_id.clone().unwrap())
+            .collect();
+        apps.sort();
+        assert_eq!(apps, ["APP-A", "APP-B"]);
+        let b = cache
+            .get(&Identifier::new("CBE", "0406798006", Some("APP-B")))
+            .await
+            .unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].der(), w.app_b.etk.as_slice());
+
+        // KGSS's ETK, as the KGSS client needs it.
+        let kgss = cache.get(&etee_protocol::kgss_identifier()).await.unwrap();
+        assert_eq!(kgss[0].der(), w.kgss.etk.as_slice());
+
+        // Nobody; an unknown type is refused before asking.
+        assert!(matches!(
+            cache
+                .get(&Identifier::new("NIHII-PHARMACY", "99999999", None))
+                .await,
+            Err(ProtocolError::NotFound)
+        ));
+        assert!(matches!(
+            cache.get(&Identifier::new("NOT-A-TYPE", "1", None)).await,
+            Err(ProtocolError::InvalidRequest(_))
+        ));
+
+        // Far in the future the cached entry has expired, and the ETK ETKDepot still
+        // serves is not valid then: refused, never returned.
+        let later = etee_platform::unix_now() + 50 * 365 * 24 * 3600;
+        let misses = cache.stats().misses;
+        assert!(matches!(
+            cache.get_at(&bob, later).await,
+            Err(ProtocolError::EtkExpired { .. })
+        ));
+        assert_eq!(
+            cache.stats().misses,
+            misses + 1,
+            "an expired entry is a miss"
+        );
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etks_failing_the_official_checks_are_refused() {
+    let w = World::new("protocol-cache-checks", Backend::Embedded).await;
+    // Trusting another CA: the ETKs of this world do not chain to it.
+    let foreign = foreign_institution();
+    let anchors = TrustAnchors::new(vec![common::cert(foreign.chain.last().unwrap())]);
+    let cache = EtkCache::new(support::depot(&w, Flavour::Rest), anchors);
+    match cache
+        .get(&Identifier::new("NIHII-PHARMACY", common::PHARMACY, None))
+        .await
+    {
+        Err(ProtocolError::EtkInvalid { problems, .. }) => {
+            assert_eq!(problems, ["ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN"])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cache.stats().entries, 0, "a refused ETK is not cached");
+
+    // A short TTL: the entry is fetched again once it has passed.
+    let cache = support::cache(&w, Flavour::Soap).with_ttl(std::time::Duration::from_secs(60));
+    let bob = Identifier::new("NIHII-PHARMACY", common::PHARMACY, None);
+    let now = etee_platform::unix_now();
+    cache.get_at(&bob, now).await.unwrap();
+    cache.get_at(&bob, now + 30).await.unwrap();
+    cache.get_at(&bob, now + 61).await.unwrap();
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses), (1, 2));
+    w.stop().await;
+}

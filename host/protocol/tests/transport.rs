@@ -1,0 +1,293 @@
+//! The HTTP layer against fake servers on loopback: retries on a retryable SOA fault and on
+//! 503 (bounded), none on a non-retryable fault; a KGSS request resealed for each attempt
+//! and served by the real platform behind a flaky proxy; kept-alive connections reused;
+//! timeouts (mute server, silent TLS server) within their bound; refused connections;
+//! oversized answers.
+
+#[path = "../../platform/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use common::{Backend, World};
+use etee_protocol::http::{HttpConfig, Request};
+use etee_protocol::{EtkAnswer, EtkDepotClient, Flavour, KgssClient, ProtocolError};
+use etee_services::etkdepot::{EtkJson, GetEtkResponse, Identifier};
+use etee_services::soap::{Fault, SoaCode};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{fake_server, Answer};
+
+fn fault(code: SoaCode) -> Answer {
+    (
+        500,
+        "text/xml; charset=utf-8".into(),
+        Fault::from_code(code, None).to_xml(),
+    )
+}
+
+fn bob() -> Identifier {
+    Identifier::new("NIHII-PHARMACY", common::PHARMACY, None)
+}
+
+fn bob_etk() -> Vec<u8> {
+    common::pki().bob.etk.clone()
+}
+
+#[tokio::test]
+async fn a_retryable_fault_is_retried_once_then_served() {
+    let fake = fake_server(Arc::new(|n, _| {
+        Box::pin(async move {
+            if n == 0 {
+                fault(SoaCode::ServiceUnavailable)
+            } else {
+                let ok = GetEtkResponse::found(vec![bob()], bob_etk()).to_xml();
+                (200, "text/xml".into(), ok)
+            }
+        })
+    }))
+    .await;
+    let depot = EtkDepotClient::new(
+        support::http(fake.addr, None, support::quick()),
+        Flavour::Soap,
+    );
+    assert_eq!(
+        depot.get_etk(&bob()).await.unwrap(),
+        EtkAnswer::Found(bob_etk())
+    );
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 2, "one retry");
+}
+
+#[tokio::test]
+async fn a_non_retryable_fault_is_not_retried() {
+    let fake = fake_server(Arc::new(|_, _| {
+        Box::pin(async { fault(SoaCode::MalformedMessage) })
+    }))
+    .await;
+    let depot = EtkDepotClient::new(
+        support::http(fake.addr, None, support::quick()),
+        Flavour::Soap,
+    );
+    match depot.get_etk(&bob()).await {
+        Err(ProtocolError::SoapFault { code, .. }) => assert_eq!(code, "SOA-03001"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn service_unavailable_is_retried_up_to_the_bound() {
+    let handler: support::Handler = Arc::new(|n, _| {
+        Box::pin(async move {
+            if n < 2 {
+                (503, "text/plain".into(), b"busy".to_vec())
+            } else {
+                let etk = etee_formats::etk::Etk::parse(&bob_etk()).unwrap();
+                let list = EtkJson::list_to_json(&[EtkJson::from_etk(&etk)]);
+                (200, "application/json".into(), list)
+            }
+        })
+    });
+    // Two retries: the third attempt is served.
+    let fake = fake_server(handler.clone()).await;
+    let depot = EtkDepotClient::new(
+        support::http(fake.addr, None, support::quick()),
+        Flavour::Rest,
+    );
+    assert_eq!(
+        depot.get_etk(&bob()).await.unwrap(),
+        EtkAnswer::Found(bob_etk())
+    );
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        fake.connections.load(Ordering::SeqCst),
+        1,
+        "the connection is kept alive across attempts"
+    );
+
+    // One retry only: the last answer, a 503, is the error.
+    let fake = fake_server(handler).await;
+    let config = HttpConfig {
+        retries: 1,
+        ..support::quick()
+    };
+    let depot = EtkDepotClient::new(support::http(fake.addr, None, config), Flavour::Rest);
+    assert!(matches!(
+        depot.get_etk(&bob()).await,
+        Err(ProtocolError::Http {
+            status: 503,
+            problem: None
+        })
+    ));
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kgss_requests_are_sealed_afresh_for_each_attempt() {
+    let w = World::new("protocol-retry-kgss", Backend::Embedded).await;
+    // A proxy answering SOA-00001 first, then passing requests to the platform.
+    let (addr, tls) = (w.addr, w.client_config(None));
+    let fake = fake_server(Arc::new(move |n, body| {
+        let tls = tls.clone();
+        Box::pin(async move {
+            if n == 0 {
+                return fault(SoaCode::ServiceError);
+            }
+            let mut c = etee_platform::client::Connection::open(addr, "localhost", tls)
+                .await
+                .unwrap();
+            let a = c.soap("/Kgss/v1", body.to_vec()).await.unwrap();
+            (a.status, a.content_type, a.body.to_vec())
+        })
+    }))
+    .await;
+    let kgss_etk = etee_formats::etk::Etk::parse(&w.kgss.etk).unwrap();
+    let c = KgssClient::new(
+        Flavour::Soap,
+        Some(support::http(fake.addr, None, support::quick())),
+        None,
+    )
+    .unwrap();
+    let alice = support::caller(&w, &w.alice);
+    let new = c
+        .new_key(
+            &alice,
+            &kgss_etk,
+            vec![etee_services::kgss::vocabulary::recognised_pharmacy()],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(new.key.len(), 16);
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 2);
+    let bodies = fake.bodies.lock().unwrap().clone();
+    assert_ne!(bodies[0], bodies[1], "each attempt is sealed afresh");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn connections_are_reused() {
+    let fake = fake_server(Arc::new(|_, _| {
+        Box::pin(async { (200, "text/plain".into(), b"ok".to_vec()) })
+    }))
+    .await;
+    let http = support::http(fake.addr, None, support::quick());
+    for _ in 0..3 {
+        let r = http.send(Request::get("/health")).await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+    }
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(fake.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_mute_server_times_out_at_connect() {
+    let addr = support::mute_server().await;
+    let config = HttpConfig {
+        connect_timeout: Duration::from_millis(300),
+        timeout: Duration::from_millis(300),
+        retries: 0,
+        ..support::quick()
+    };
+    let http = support::http(addr, None, config);
+    let start = Instant::now();
+    match http.send(Request::get("/")).await {
+        Err(ProtocolError::Timeout { what, .. }) => assert_eq!(what, "connect"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_and_is_not_retried() {
+    let addr = support::silent_tls_server().await;
+    let config = HttpConfig {
+        timeout: Duration::from_millis(400),
+        retries: 2,
+        ..support::quick()
+    };
+    let http = support::http(addr, None, config);
+    let start = Instant::now();
+    match http.send(Request::get("/")).await {
+        Err(ProtocolError::Timeout { what, after }) => {
+            assert_eq!((what, after), ("request", Duration::from_millis(400)))
+        }
+        other => panic!("{other:?}"),
+    }
+    // One attempt: the request may have been served, so it is not sent again.
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn refused_connections_are_retried_then_reported() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let http = support::http(port, None, support::quick());
+    let start = Instant::now();
+    assert!(matches!(
+        http.send(Request::get("/")).await,
+        Err(ProtocolError::Connect { .. })
+    ));
+    // Two retries after 20 ms and 40 ms.
+    assert!(start.elapsed() >= Duration::from_millis(60));
+}
+
+#[tokio::test]
+async fn answers_are_bounded() {
+    let fake = fake_server(Arc::new(|_, _| {
+        Box::pin(async { (200, "application/json".into(), vec![b' '; 64 * 1024]) })
+    }))
+    .await;
+    let config = HttpConfig {
+        max_body: 16 * 1024,
+        ..support::quick()
+    };
+    let depot = EtkDepotClient::new(support::http(fake.addr, None, config), Flavour::Rest);
+    assert!(matches!(
+        depot.get_etk(&bob()).await,
+        Err(ProtocolError::TooLarge { limit: 16384 })
+    ));
+}
+
+#[tokio::test]
+async fn hostile_answers_are_errors() {
+    let fake = fake_server(Arc::new(|n, _| {
+        Box::pin(async move {
+            match n {
+                0 => (
+                    200,
+                    "text/xml".into(),
+                    b"<!DOCTYPE x [<!ENTITY a 'b'>]><x>&a;</x>".to_vec(),
+                ),
+                1 => (200, "application/json".into(), b"[{\"etk\": 5}]".to_vec()),
+                _ => (200, "text/xml".into(), vec![0xff; 100]),
+            }
+        })
+    }))
+    .await;
+    let http = support::http(fake.addr, None, support::quick());
+    let soap = EtkDepotClient::new(http.clone(), Flavour::Soap);
+    let rest = EtkDepotClient::new(http, Flavour::Rest);
+    assert!(matches!(
+        soap.get_etk(&bob()).await,
+        Err(ProtocolError::Malformed(_))
+    ));
+    assert!(matches!(
+        rest.get_etk(&bob()).await,
+        Err(ProtocolError::Malformed(_))
+    ));
+    assert!(matches!(
+        soap.get_etk(&bob()).await,
+        Err(ProtocolError::Malformed(_))
+    ));
+}

@@ -37,7 +37,10 @@ pub fn router(app: Arc<Appliance>) -> Router {
         .route("/v1/unseal", post(unseal))
         .route("/v1/etks", get(etks))
         .route("/v1/kgss/keys", post(kgss_new_key))
-        .route("/v1/kgss/keys/{key_id}", get(kgss_get_key).delete(kgss_delete))
+        .route(
+            "/v1/kgss/keys/{key_id}",
+            get(kgss_get_key).delete(kgss_delete),
+        )
         .route(
             "/v1/keydepot/keys/{key_id}",
             get(keydepot_get).delete(keydepot_delete),
@@ -116,7 +119,10 @@ fn finish(
 ) -> Response {
     let elapsed = started.elapsed();
     let (outcome, response) = match answer {
-        Ok(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => ("rejected", r),
+        Ok(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => {
+            tracing::info!(%peer, operation, outcome = "rejected", "the message failed the checks; no content released");
+            ("rejected", r)
+        }
         Ok(r) => ("ok", r),
         Err(e) => {
             let outcome = match status(&e) {

@@ -77,7 +77,10 @@ impl Operation {
 
     /// Whether the operation needs the authentication key's signature.
     pub fn signs(self) -> bool {
-        matches!(self, Self::Seal | Self::Unseal | Self::Kgss | Self::KeyDepot)
+        matches!(
+            self,
+            Self::Seal | Self::Unseal | Self::Kgss | Self::KeyDepot
+        )
     }
 
     /// Whether the operation needs the ETK keys' decryption.

@@ -10,6 +10,7 @@
 //! | [`api`] | the HTTP/JSON routes (OpenAPI in `docs/openapi/appliance.json`) |
 //! | [`server`] | the listeners: HTTPS with client certificates, and a Unix socket |
 //! | [`report`] | verdicts and audit records as JSON |
+//! | [`client`] | a client of the API over its Unix socket (`etee demo`, tests, benchmark) |
 //! | [`metrics`] | Prometheus counters |
 //!
 //! The protocol clients (ETKDepot, KGSS, KeyDepot, the ETK cache) are `etee-protocol`'s;
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod policy;
@@ -86,9 +88,8 @@ pub fn anchors(files: &[std::path::PathBuf]) -> Result<TrustAnchors> {
     for path in files {
         for der in certificates(path)? {
             certs.push(
-                etee_formats::cert::Certificate::from_der(&der).map_err(|e| {
-                    ApplianceError::Config(format!("{}: {e}", path.display()))
-                })?,
+                etee_formats::cert::Certificate::from_der(&der)
+                    .map_err(|e| ApplianceError::Config(format!("{}: {e}", path.display())))?,
             );
         }
     }

@@ -112,7 +112,10 @@ impl Metrics {
             );
         }
         let mut counter = |name: &str, help: &str, kind: &str, value: String| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         counter(
             "etee_appliance_bytes_received_total",

@@ -213,10 +213,7 @@ mod tests {
         assert_eq!(c.identify(&unix(1001)).unwrap().name, "lookup");
         assert_eq!(c.identify(&tls(Some([7; 32]))).unwrap().name, "his");
         for peer in [unix(0), unix(1002), tls(Some([8; 32])), tls(None)] {
-            assert!(matches!(
-                c.identify(&peer),
-                Err(Refusal::UnknownCaller(_))
-            ));
+            assert!(matches!(c.identify(&peer), Err(Refusal::UnknownCaller(_))));
         }
     }
 

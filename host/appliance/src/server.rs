@@ -34,8 +34,8 @@ fn tls_error(what: impl std::fmt::Display) -> ApplianceError {
 /// certificates required and verified against `client_ca`.
 pub fn tls_config(api: &TlsApi) -> Result<Arc<ServerConfig>> {
     let certs = crate::certificates(&api.certificate)?;
-    let key_pem = std::fs::read(&api.key)
-        .map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?;
+    let key_pem =
+        std::fs::read(&api.key).map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?;
     let mut roots = RootCertStore::empty();
@@ -110,8 +110,8 @@ async fn connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(
-        move |mut request: hyper::Request<hyper::body::Incoming>| {
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(peer.clone());
             let mut routes = routes.clone();
             async move {
@@ -122,8 +122,7 @@ async fn connection<I>(
                     ))),
                 }
             }
-        },
-    );
+        });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.request_timeout)

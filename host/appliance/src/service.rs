@@ -322,9 +322,9 @@ impl Appliance {
     }
 
     fn keys_of(&self, client: &Client) -> Result<&CallerKeys, ServiceError> {
-        self.keys.get(&client.name).ok_or_else(|| {
-            ServiceError::Refused(Refusal::UnknownCaller(client.name.clone()))
-        })
+        self.keys
+            .get(&client.name)
+            .ok_or_else(|| ServiceError::Refused(Refusal::UnknownCaller(client.name.clone())))
     }
 
     /// The counters and gauges of `/metrics`.
@@ -380,7 +380,10 @@ impl Appliance {
                     .into_iter()
                     .find(|etk| {
                         let c = etk.encryption_cert();
-                        !keys.ring.candidates_by_serial(c.issuer_der(), c.serial()).is_empty()
+                        !keys
+                            .ring
+                            .candidates_by_serial(c.issuer_der(), c.serial())
+                            .is_empty()
                     })
                     .ok_or_else(|| {
                         ServiceError::UnknownRecipient(
@@ -572,7 +575,8 @@ impl Appliance {
                     }
                 }
             }
-            let mut spool = SpoolWriter::new(&this.config.spool_dir).map_err(ServiceError::from_io)?;
+            let mut spool =
+                SpoolWriter::new(&this.config.spool_dir).map_err(ServiceError::from_io)?;
             let unsealed = cms::unseal(
                 io::Cursor::new(head).chain(&mut input),
                 &mut spool,
@@ -599,10 +603,13 @@ impl Appliance {
 
     /// The certificate chain of the authentication key (for the `/v1/identity` answer).
     pub fn identity(&self) -> Option<Certificate> {
-        self.keys.values().next().and_then(|k| match &k.signer.signer {
-            SignerRef::Certificate { cert, .. } => Some(cert.clone()),
-            SignerRef::KeyId(_) => None,
-        })
+        self.keys
+            .values()
+            .next()
+            .and_then(|k| match &k.signer.signer {
+                SignerRef::Certificate { cert, .. } => Some(cert.clone()),
+                SignerRef::KeyId(_) => None,
+            })
     }
 }
 

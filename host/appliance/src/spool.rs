@@ -34,7 +34,9 @@ pub struct SpoolWriter {
 
 impl std::fmt::Debug for SpoolWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpoolWriter").field("len", &self.len).finish()
+        f.debug_struct("SpoolWriter")
+            .field("len", &self.len)
+            .finish()
     }
 }
 

@@ -59,6 +59,8 @@ enum Command {
     },
     /// The appliance: the local API for medical software (HTTPS and a Unix socket).
     Serve(commands::serve::Args),
+    /// A whole local ETEE world on SoftHSM, end to end: platform, appliances, flows.
+    Demo(commands::demo::Args),
     /// The ETEE platform services: ETKDepot, KGSS, KeyDepot.
     Platform {
         #[command(subcommand)]
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::Audit { command } => commands::audit::run(command),
         Command::Platform { command } => commands::platform::run(command),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Demo(args) => commands::demo::run(args),
     };
     match result {
         Ok(code) => code,

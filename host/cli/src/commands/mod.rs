@@ -1,6 +1,7 @@
 pub mod attest;
 pub mod audit;
 pub mod custody;
+pub mod demo;
 pub mod etk;
 pub mod hsm;
 pub mod pki;

@@ -1,0 +1,670 @@
+//! `etee demo`: a whole local ETEE world on SoftHSM, end to end, in one command.
+//!
+//! It provisions SoftHSM tokens for a hospital (Alice), a pharmacy (Bob), a doctor and
+//! the platform's KGSS (keys born in the tokens), starts `etee platform serve` and one
+//! `etee serve` appliance per institution on loopback (real processes of this binary, real
+//! sockets), then plays the flows through the appliances' API, as medical software would:
+//!
+//! 1. Alice seals a message for the pharmacy by its NIHII (ETKDepot lookup); Bob opens it;
+//! 2. Alice seals a prescription for "any recognised pharmacy" (a KGSS key); Bob opens it;
+//! 3. the doctor's appliance is refused the prescription's key by KGSS;
+//! 4. a tampered copy of the first message is rejected with the official notification;
+//!
+//! and prints each verdict, the tail of the audit chains (Bob's custody core, the
+//! platform's), stops everything and removes the world (unless `--keep DIR`). Exit 0 only
+//! when every step went as it should.
+
+use crate::CliError;
+use etee_appliance::client::{Answer, UnixClient};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Build the world in DIR and keep it (default: a temporary directory, removed).
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    /// Speak REST to ETKDepot and KGSS (default: SOAP, as the official connector).
+    #[arg(long)]
+    rest: bool,
+    /// Only provision the world (tokens, PKI, configurations) in the `--keep` directory,
+    /// and say how to start it; start nothing.
+    #[arg(long, requires = "keep")]
+    setup_only: bool,
+}
+
+const SOFTHSM_TEMPLATE: &str = include_str!("../../../../hsm-config/softhsm2.conf.template");
+const PHARMACY: &str = "27150201";
+const STEPS: usize = 10;
+
+/// The institutions of the world: (name, identity, token label).
+const INSTITUTIONS: [(&str, &str); 4] = [
+    ("alice", "NIHII-HOSPITAL=71000436"),
+    ("bob", "NIHII-PHARMACY=27150201"),
+    ("doctor", "NIHII11=10203040506"),
+    ("kgss", "CBE=0809394427/KGSS"),
+];
+
+/// The appliances (one per institution but KGSS).
+const APPLIANCES: [&str; 3] = ["alice", "bob", "doctor"];
+
+/// Children stopped (SIGTERM, then SIGKILL) when the demo ends, however it ends.
+struct Children(Vec<(String, Child)>);
+
+impl Children {
+    fn stop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        for (name, child) in &mut self.0 {
+            let started = Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if started.elapsed() < Duration::from_secs(10) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        eprintln!("   {name} did not stop in 10 s: killed");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Demo {
+    dir: PathBuf,
+    conf: PathBuf,
+    started: Instant,
+    step: usize,
+    failures: Vec<String>,
+}
+
+fn exe() -> Result<PathBuf, CliError> {
+    std::env::current_exe().map_err(CliError::Io)
+}
+
+fn random_hex(bytes: usize) -> Result<String, CliError> {
+    let mut b = vec![0u8; bytes];
+    openssl::rand::rand_bytes(&mut b).map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(hex::encode(b))
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| CliError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), CliError> {
+    std::fs::write(path, text).map_err(|source| CliError::File {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl Demo {
+    fn progress(&mut self, what: &str) {
+        self.step += 1;
+        println!(
+            "[{}/{STEPS}] {what} ({:.1} s)",
+            self.step,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn check(&mut self, ok: bool, what: &str) {
+        if ok {
+            println!("      ok: {what}");
+        } else {
+            println!("      FAILED: {what}");
+            self.failures.push(what.to_owned());
+        }
+    }
+
+    /// `etee ARGS` with the world's SoftHSM, from the world's directory; its output goes
+    /// to `setup.log`, shown when it fails.
+    fn etee(&self, args: &[&str]) -> Result<(), CliError> {
+        let log = self.dir.join("setup.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let status = Command::new(exe()?)
+            .args(args)
+            .current_dir(&self.dir)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .status()?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(CliError::Usage(format!(
+                "`etee {}` failed ({status}):\n{}",
+                args.join(" "),
+                tail(&text, 15)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts `etee ARGS` in the background, its output in `NAME.log`.
+    fn spawn(&self, name: &str, args: &[&str]) -> Result<Child, CliError> {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        Ok(Command::new(exe()?)
+            .args(args)
+            .current_dir(&self.dir)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .env("RUST_LOG", "warn,etee_appliance=info,etee::audit=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?)
+    }
+
+    /// Waits until `ready` holds, failing early if `child` exits.
+    fn wait_for(
+        &self,
+        name: &str,
+        child: &mut Child,
+        ready: impl Fn() -> bool,
+    ) -> Result<(), CliError> {
+        let started = Instant::now();
+        while !ready() {
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(self.dir.join(format!("{name}.log")))
+                    .unwrap_or_default();
+                return Err(CliError::Usage(format!(
+                    "{name} exited ({status}):\n{}",
+                    tail(&log, 15)
+                )));
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(CliError::Usage(format!("{name} not ready after 30 s")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn free_port() -> Result<u16, CliError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub fn run(args: Args) -> Result<ExitCode, CliError> {
+    let module = std::env::var_os("SOFTHSM2_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(etee_hsm::config::DEFAULT_MODULE));
+    if !module.exists() {
+        return Err(CliError::Usage(format!(
+            "SoftHSM2 is not installed ({} is missing): run hsm-config/setup.sh, or \
+             ./scripts/demo which does",
+            module.display()
+        )));
+    }
+    let temporary;
+    let dir = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            if std::fs::read_dir(d)?.next().is_some() {
+                return Err(CliError::Usage(format!(
+                    "--keep {}: the directory is not empty",
+                    d.display()
+                )));
+            }
+            std::fs::canonicalize(d)?
+        }
+        None => {
+            temporary = tempfile::Builder::new().prefix("etee-demo-").tempdir()?;
+            temporary.path().to_path_buf()
+        }
+    };
+    println!("etee demo: a local ETEE world in {}", dir.display());
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let conf = dir.join("softhsm2.conf");
+    write(
+        &conf,
+        &SOFTHSM_TEMPLATE.replace("@TOKENDIR@", &tokens.display().to_string()),
+    )?;
+    let mut demo = Demo {
+        dir: dir.clone(),
+        conf,
+        started: Instant::now(),
+        step: 0,
+        failures: Vec::new(),
+    };
+    let mut children = Children(Vec::new());
+    let result = world(&mut demo, &module, &mut children, &args);
+    children.stop();
+    match result {
+        Ok(()) if demo.failures.is_empty() => {
+            println!(
+                "etee demo: every step went as it should ({:.1} s){}",
+                demo.started.elapsed().as_secs_f64(),
+                match &args.keep {
+                    Some(d) => format!("; the world is kept in {}", d.display()),
+                    None => "; the world is removed".into(),
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(()) => {
+            eprintln!(
+                "etee demo: {} step(s) failed: {}; logs in {}",
+                demo.failures.len(),
+                demo.failures.join("; "),
+                if args.keep.is_some() {
+                    dir.display().to_string()
+                } else {
+                    "the removed world (rerun with --keep DIR)".into()
+                }
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn world(
+    demo: &mut Demo,
+    module: &Path,
+    children: &mut Children,
+    args: &Args,
+) -> Result<(), CliError> {
+    demo.progress("SoftHSM tokens for Alice (hospital), Bob (pharmacy), a doctor and KGSS");
+    for (name, _) in INSTITUTIONS {
+        write_secret(&demo.dir.join(format!("{name}-user.pin")), &random_hex(8)?)?;
+        write_secret(&demo.dir.join(format!("{name}-so.pin")), &random_hex(8)?)?;
+        write(
+            &demo.dir.join(format!("{name}-hsm.toml")),
+            &format!(
+                "[hsm]\nmodule = {:?}\ntoken_label = \"demo-{name}\"\n\
+                 pin_file = \"{name}-user.pin\"\nso_pin_file = \"{name}-so.pin\"\n\n\
+                 [custody]\naudit_file = \"{name}-audit.log\"\n",
+                module.display().to_string()
+            ),
+        )?;
+        demo.etee(&["hsm", "init", "--config", &format!("{name}-hsm.toml")])?;
+    }
+
+    demo.progress("the world's CA, ETK registration authority, and keys born in the tokens");
+    let mut pki: Vec<String> = vec!["platform".into(), "pki".into(), "world".into()];
+    for (name, identity) in INSTITUTIONS {
+        pki.extend([
+            "--institution".into(),
+            format!("{name}:{identity}"),
+            "--hsm".into(),
+            format!("{name}={name}-hsm.toml"),
+        ]);
+    }
+    pki.extend(["--tls-server".into(), "127.0.0.1".into()]);
+    let pki: Vec<&str> = pki.iter().map(String::as_str).collect();
+    demo.etee(&pki)?;
+    demo.etee(&[
+        "keys",
+        "generate",
+        "--profile",
+        "kgss-wrap",
+        "--config",
+        "kgss-hsm.toml",
+    ])?;
+    let private_files = std::fs::read_dir(demo.dir.join("world"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.ends_with(".p12")
+                || (n.ends_with("-key.pem")
+                    && !n.starts_with("tls-")
+                    && !n.starts_with("ca-")
+                    && !n.starts_with("ra-"))
+        })
+        .count();
+    demo.check(
+        private_files == 0,
+        "no institution key was written to a file: they live in the tokens",
+    );
+
+    demo.progress("the platform: ETKDepot, KGSS, KeyDepot on loopback");
+    let port = free_port()?;
+    write(
+        &demo.dir.join("platform.toml"),
+        &format!(
+            "[platform]\nlisten = \"127.0.0.1:{port}\"\nstore = \"platform.redb\"\n\
+             tls_certificate = \"world/tls-server.pem\"\ntls_key = \"world/tls-server-key.pem\"\n\
+             client_ca = [\"world/ca.pem\"]\n\n[kgss]\nhsm = \"kgss-hsm.toml\"\n"
+        ),
+    )?;
+    let etks: Vec<String> = INSTITUTIONS
+        .iter()
+        .map(|(n, _)| format!("world/{n}.etk"))
+        .collect();
+    let mut register = vec!["platform", "etk", "register", "--config", "platform.toml"];
+    register.extend(etks.iter().map(String::as_str));
+    demo.etee(&register)?;
+    demo.etee(&[
+        "platform",
+        "attributes",
+        "set",
+        "--config",
+        "platform.toml",
+        "--holder",
+        &format!("NIHII-PHARMACY={PHARMACY}"),
+        "--recognised-pharmacy",
+    ])?;
+    demo.etee(&[
+        "platform",
+        "attributes",
+        "set",
+        "--config",
+        "platform.toml",
+        "--holder",
+        "NIHII11=10203040506",
+        "--doctor",
+    ])?;
+    if args.setup_only {
+        println!("      platform.toml (port {port})");
+    } else {
+        start_platform(demo, children, port)?;
+    }
+
+    demo.progress("one appliance per institution (`etee serve`, API on a Unix socket)");
+    appliances(demo, children, args, port)?;
+    if args.setup_only {
+        let dir = demo.dir.display().to_string();
+        println!(
+            "etee demo: the world is ready in {dir}; start it with\n  \
+             export SOFTHSM2_CONF={dir}/softhsm2.conf; cd {dir}\n  \
+             etee platform serve --config platform.toml &\n  \
+             etee serve --config alice-appliance.toml &   # and bob-, doctor-appliance.toml\n  \
+             curl --unix-socket alice.sock -X POST --data-binary @FILE \
+             'http://appliance/v1/seal?to=NIHII-PHARMACY:{PHARMACY}'"
+        );
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(flows(demo))?;
+
+    demo.progress("stopping the appliances and the platform; the platform's audit chain");
+    children.stop();
+    platform_audit(demo)
+}
+
+/// Starts `etee platform serve` and waits for its port.
+fn start_platform(demo: &mut Demo, children: &mut Children, port: u16) -> Result<(), CliError> {
+    let mut platform = demo.spawn(
+        "platform",
+        &["platform", "serve", "--config", "platform.toml"],
+    )?;
+    demo.wait_for("platform", &mut platform, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })?;
+    children.0.push(("platform".into(), platform));
+    println!("      https://127.0.0.1:{port}");
+    Ok(())
+}
+
+/// Writes each institution's appliance configuration and, unless only setting up,
+/// starts `etee serve` with it and waits for its socket.
+fn appliances(
+    demo: &mut Demo,
+    children: &mut Children,
+    args: &Args,
+    port: u16,
+) -> Result<(), CliError> {
+    let uid = nix::unistd::getuid().as_raw();
+    for name in APPLIANCES {
+        write(
+            &demo.dir.join(format!("{name}-appliance.toml")),
+            &format!(
+                "[appliance]\nhsm = \"{name}-hsm.toml\"\ntrust = [\"world/ca.pem\"]\n\
+                 socket = \"{name}.sock\"\n\n\
+                 [platform]\nurl = \"https://127.0.0.1:{port}\"\nprotocol = \"{}\"\n\
+                 ca = [\"world/ca.pem\"]\n\n\
+                 [[client]]\nname = \"medical-software\"\n\
+                 operations = [\"seal\", \"unseal\", \"etk\", \"kgss\", \"keydepot\", \"audit\"]\n\
+                 unix_uid = {uid}\n",
+                if args.rest { "rest" } else { "soap" }
+            ),
+        )?;
+        if args.setup_only {
+            continue;
+        }
+        let config = format!("{name}-appliance.toml");
+        let mut child = demo.spawn(name, &["serve", "--config", &config])?;
+        let socket = demo.dir.join(format!("{name}.sock"));
+        demo.wait_for(name, &mut child, || socket.exists())?;
+        children.0.push((name.into(), child));
+        println!("      {name}: unix:{}", socket.display());
+    }
+    Ok(())
+}
+
+/// The platform's audit chain, verified and its tail shown (the platform is stopped:
+/// the embedded store is one process's).
+fn platform_audit(demo: &mut Demo) -> Result<(), CliError> {
+    let out = Command::new(exe()?)
+        .args([
+            "platform",
+            "audit",
+            "--config",
+            "platform.toml",
+            "--tail",
+            "6",
+        ])
+        .current_dir(&demo.dir)
+        .env("SOFTHSM2_CONF", &demo.conf)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in text.lines() {
+        println!("      {line}");
+    }
+    demo.check(out.status.success(), "the platform's audit chain verifies");
+    Ok(())
+}
+
+async fn client(demo: &Demo, name: &str) -> Result<UnixClient, CliError> {
+    Ok(UnixClient::connect(&demo.dir.join(format!("{name}.sock"))).await?)
+}
+
+/// One line about an unseal answer: the official verdict and the sender.
+fn verdict_line(answer: &Answer) -> String {
+    let v = answer.json();
+    let names = |k: &str| {
+        v[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let sender = v["sender"]["identities"]
+        .as_array()
+        .and_then(|a| a.first())
+        .map(|i| {
+            format!(
+                "{} {}",
+                i["id_type"].as_str().unwrap_or("?"),
+                i["value"].as_str().unwrap_or("?")
+            )
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "HTTP {} · fatal: {} · errors: [{}] · warnings: [{}] · sender: {sender}",
+        answer.status,
+        v["fatal"].as_str().unwrap_or("none"),
+        names("errors"),
+        names("warnings"),
+    )
+}
+
+async fn flows(demo: &mut Demo) -> Result<(), CliError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut alice = client(demo, "alice").await?;
+    let mut bob = client(demo, "bob").await?;
+    let mut doctor = client(demo, "doctor").await?;
+
+    demo.progress("Alice seals a message for pharmacy NIHII 27150201; Bob opens it");
+    let message =
+        b"Medication schedule for patient 85073003328: amoxicillin 500 mg, 3x/day, 7 days.";
+    let sealed = alice
+        .call(
+            "POST",
+            &format!("/v1/seal?to=NIHII-PHARMACY:{PHARMACY}"),
+            &message[..],
+            false,
+        )
+        .await?;
+    demo.check(
+        sealed.status == 200,
+        &format!(
+            "Alice's appliance looked up Bob's ETK in ETKDepot and sealed {} bytes (HTTP {})",
+            sealed.body.len(),
+            sealed.status
+        ),
+    );
+    let opened = bob
+        .call("POST", "/v1/unseal", sealed.body.clone(), true)
+        .await?;
+    println!("      Bob: {}", verdict_line(&opened));
+    let content = opened.json()["content"]
+        .as_str()
+        .and_then(|c| b64.decode(c).ok());
+    demo.check(
+        opened.status == 200 && content.as_deref() == Some(&message[..]),
+        "Bob's appliance opened it with the ETK key in Bob's token: same content, clean verdict",
+    );
+
+    demo.progress("Alice seals a prescription for any recognised pharmacy (KGSS); Bob opens it");
+    let prescription = b"Rx: paracetamol 1 g, max 4x/day. Dr. A. Hospital, NIHII 71000436.";
+    let sealed_rx = alice
+        .call(
+            "POST",
+            "/v1/seal?allow=recognised-pharmacy",
+            &prescription[..],
+            false,
+        )
+        .await?;
+    let key_id = sealed_rx
+        .header("etee-kgss-key-id")
+        .unwrap_or("none")
+        .to_owned();
+    demo.check(
+        sealed_rx.status == 200 && key_id != "none",
+        &format!(
+            "Alice's appliance got a new KGSS key ({key_id}) and sealed for it (HTTP {})",
+            sealed_rx.status
+        ),
+    );
+    let opened_rx = bob
+        .call("POST", "/v1/unseal", sealed_rx.body.clone(), true)
+        .await?;
+    println!("      Bob: {}", verdict_line(&opened_rx));
+    let content = opened_rx.json()["content"]
+        .as_str()
+        .and_then(|c| b64.decode(c).ok());
+    demo.check(
+        opened_rx.status == 200 && content.as_deref() == Some(&prescription[..]),
+        "KGSS released the key to Bob (a recognised pharmacy) and the prescription opened",
+    );
+
+    demo.progress("the doctor's appliance asks for the prescription's key");
+    let refused = doctor
+        .call("POST", "/v1/unseal", sealed_rx.body.clone(), true)
+        .await?;
+    let v = refused.json();
+    println!(
+        "      doctor: HTTP {} {} — {}",
+        refused.status,
+        v["title"].as_str().unwrap_or(""),
+        v["detail"].as_str().unwrap_or("")
+    );
+    demo.check(
+        refused.status == 403 && v["title"] == "KGSS_ACCESS_DENIED",
+        "KGSS refused the key to a doctor (not a recognised pharmacy); no content released",
+    );
+
+    demo.progress("a tampered copy of Alice's message reaches Bob");
+    let mut tampered = sealed.body.to_vec();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    let rejected = bob.call("POST", "/v1/unseal", tampered, true).await?;
+    println!("      Bob: {}", verdict_line(&rejected));
+    let v = rejected.json();
+    demo.check(
+        rejected.status == 422
+            && (v["fatal"].is_string() || v["errors"].as_array().is_some_and(|e| !e.is_empty()))
+            && v.get("content").is_none(),
+        "rejected with the official notification; no content released",
+    );
+
+    demo.progress("the tail of Bob's custody audit chain (every key use, before its result)");
+    let audit = bob
+        .call("GET", "/v1/audit?limit=100000", Vec::new(), true)
+        .await?;
+    let v = audit.json();
+    let entries = v["entries"].as_array().cloned().unwrap_or_default();
+    for e in &entries[entries.len().saturating_sub(6)..] {
+        println!(
+            "      #{:<4} {:<16} {:<18} key {:<14} {}",
+            e["sequence"],
+            e["operation"].as_str().unwrap_or(""),
+            e["client"].as_str().unwrap_or("-"),
+            e["key"]
+                .as_str()
+                .map(|k| if k.len() > 14 { &k[..14] } else { k })
+                .unwrap_or("-"),
+            e["outcome"].as_str().unwrap_or("")
+        );
+    }
+    demo.check(
+        audit.status == 200 && v["intact"] == true && !entries.is_empty(),
+        &format!(
+            "Bob's chain verifies: {} records",
+            v["records"].as_u64().unwrap_or(0)
+        ),
+    );
+    Ok(())
+}

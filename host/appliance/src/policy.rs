@@ -130,9 +130,19 @@ impl Clients {
 #[error("custody policy: {0}")]
 pub struct PolicyError(String);
 
-/// The custody core's policy for the appliance: per caller and key, what its operations
-/// need; for the appliance itself, signing with the authentication key.
+/// The custody core's policy for the appliance over the keys of `token`.
 pub fn custody_policy(token: &HsmToken, clients: &Clients) -> Result<Policy, PolicyError> {
+    let keys: Vec<(&[u8], KeyKind)> = token.keys().collect();
+    policy_over(keys.into_iter(), clients)
+}
+
+/// The policy over `keys` (CKA_ID and kind): per caller and key, what its operations need
+/// (signing with authentication keys, decrypting with ETK keys, nothing else); for the
+/// appliance itself, signing with the authentication keys.
+pub fn policy_over<'a>(
+    keys: impl Iterator<Item = (&'a [u8], KeyKind)> + Clone,
+    clients: &Clients,
+) -> Result<Policy, PolicyError> {
     let mut policy = Policy::deny_all();
     let mut grants: Vec<(String, bool, bool)> = clients
         .iter()
@@ -146,7 +156,7 @@ pub fn custody_policy(token: &HsmToken, clients: &Clients) -> Result<Policy, Pol
     for (name, signs, decrypts) in grants {
         let client = ClientId::try_from(name.as_str())
             .map_err(|_| PolicyError(format!("client {name:?}: 1 to 32 bytes")))?;
-        for (id, kind) in token.keys() {
+        for (id, kind) in keys.clone() {
             let Some(key) = etee_custody::KeyId::new(id) else {
                 continue;
             };
@@ -215,6 +225,86 @@ mod tests {
         for peer in [unix(0), unix(1002), tls(Some([8; 32])), tls(None)] {
             assert!(matches!(c.identify(&peer), Err(Refusal::UnknownCaller(_))));
         }
+    }
+
+    /// What the custody core will grant each caller, whatever the API layer lets through:
+    /// signing only with the authentication key and only for callers whose operations
+    /// sign; decrypting only with ETK keys and only for unsealing or KGSS; never the
+    /// wrapping key; nothing for a lookup-only caller; the appliance itself signs only.
+    #[test]
+    fn the_custody_rules_follow_the_operations() {
+        use etee_custody::policy::KeyUse;
+        let keys: Vec<(&[u8], KeyKind)> = vec![
+            (b"authentication", KeyKind::Authentication),
+            (b"1234567890", KeyKind::Encryption),
+            (b"kgss-wrap", KeyKind::Wrapping),
+        ];
+        let mut configs = vec![
+            ClientConfig {
+                name: "sealer".into(),
+                operations: [Operation::Seal].into(),
+                unix_uid: Some(1),
+                certificate_sha256: None,
+            },
+            ClientConfig {
+                name: "opener".into(),
+                operations: [Operation::Unseal].into(),
+                unix_uid: Some(2),
+                certificate_sha256: None,
+            },
+        ];
+        configs.extend([ClientConfig {
+            name: "lookup".into(),
+            operations: [Operation::Etk, Operation::Audit].into(),
+            unix_uid: Some(3),
+            certificate_sha256: None,
+        }]);
+        let policy =
+            policy_over(keys.iter().map(|(k, v)| (*k, *v)), &Clients::new(&configs)).unwrap();
+        let can = |client: &str, key: &[u8], usage: KeyUse| {
+            policy
+                .permit(
+                    &ClientId::try_from(client).unwrap(),
+                    &etee_custody::KeyId::new(key).unwrap(),
+                    usage,
+                )
+                .is_ok()
+        };
+        assert!(can("sealer", b"authentication", KeyUse::Sign));
+        assert!(!can("sealer", b"1234567890", KeyUse::Decrypt));
+        assert!(can("opener", b"1234567890", KeyUse::Decrypt));
+        assert!(can("opener", b"authentication", KeyUse::Sign)); // KGSS requests
+        assert!(can(APPLIANCE_CLIENT, b"authentication", KeyUse::Sign));
+        assert!(!can(APPLIANCE_CLIENT, b"1234567890", KeyUse::Decrypt));
+        for client in ["sealer", "opener", "lookup", APPLIANCE_CLIENT, "stranger"] {
+            assert!(!can(client, b"kgss-wrap", KeyUse::Wrap), "{client}");
+            assert!(!can(client, b"kgss-wrap", KeyUse::Unwrap), "{client}");
+            assert!(!can(client, b"1234567890", KeyUse::Sign), "{client}");
+        }
+        assert!(!can("lookup", b"authentication", KeyUse::Sign));
+        assert!(!can("lookup", b"1234567890", KeyUse::Decrypt));
+        assert!(!can("stranger", b"authentication", KeyUse::Sign));
+    }
+
+    #[test]
+    fn too_many_rules_are_a_clear_error() {
+        let keys: Vec<(Vec<u8>, KeyKind)> = (0..12)
+            .map(|i| (format!("etk-{i}").into_bytes(), KeyKind::Encryption))
+            .collect();
+        let configs: Vec<ClientConfig> = (0..3)
+            .map(|i| ClientConfig {
+                name: format!("c{i}"),
+                operations: [Operation::Unseal].into(),
+                unix_uid: Some(i),
+                certificate_sha256: None,
+            })
+            .collect();
+        let e = policy_over(
+            keys.iter().map(|(k, v)| (k.as_slice(), *v)),
+            &Clients::new(&configs),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at most 32 rules"), "{e}");
     }
 
     #[test]

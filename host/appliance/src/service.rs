@@ -316,6 +316,12 @@ impl Appliance {
         &self.clients
     }
 
+    /// The custody core as `client` uses it (for measuring the core's own rate beside
+    /// the API's in the benchmark).
+    pub fn custody_for(&self, client: &str) -> crate::Result<CustodyKeys> {
+        Ok(self.custody.for_client(client)?)
+    }
+
     /// The caller `peer` is, if it may ask for `operation`.
     pub fn authorise(&self, peer: &Peer, operation: Operation) -> Result<Arc<Client>, Refusal> {
         self.clients.authorise(peer, operation)

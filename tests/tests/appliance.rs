@@ -658,3 +658,94 @@ fn a_gibibyte_goes_through_the_api_in_bounded_memory() {
         );
     }
 }
+
+/// KeyDepot through the appliance: a signing key generated in Alice's token is registered
+/// with its proof of possession and the token's attestation (both signed in the token
+/// through the custody core), read back as attested, listed under Alice, and deleted.
+#[test]
+fn keydepot_registers_a_key_of_the_token_through_the_api() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    let mut hsm = std::fs::read_to_string(w.path("alice-hsm.toml")).unwrap();
+    hsm.push_str("\n[hsm.profiles.keydepot]\nrole = \"authentication\"\nid = \"keydepot-1\"\n");
+    std::fs::write(w.path("alice-hsm.toml"), hsm).unwrap();
+    etee_e2e::etee(["keys", "generate", "--profile", "keydepot", "--config"])
+        .arg(w.path("alice-hsm.toml"))
+        .env("SOFTHSM2_CONF", w.path("softhsm2.conf"))
+        .run()
+        .code(0);
+    let _platform = w.platform();
+    let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
+    let socket = w.path("alice.sock");
+    let (status, body) = curl_unix(
+        &socket,
+        "POST",
+        "/v1/keydepot/keys",
+        Some(br#"{"key": "keydepot-1", "label": "signing key of the lab robot"}"#),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let registered = json(&body);
+    assert_eq!(registered["key"]["attested"], true, "{registered}");
+    let key_id = registered["key"]["keyId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no keyId in {registered}"))
+        .to_owned();
+    let (status, body) = curl_unix(&socket, "GET", &format!("/v1/keydepot/keys/{key_id}"), None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let record = json(&body);
+    assert!(record.to_string().contains("attested"), "{record}");
+    assert!(
+        record.to_string().contains("signing key of the lab robot"),
+        "{record}"
+    );
+    let (status, body) = curl_unix(
+        &socket,
+        "GET",
+        "/v1/keydepot/holders/NIHII-HOSPITAL/71000436/keys",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains(&key_id));
+    // Registering the same key again is the platform's conflict.
+    let (status, _) = curl_unix(
+        &socket,
+        "POST",
+        "/v1/keydepot/keys",
+        Some(br#"{"key": "keydepot-1"}"#),
+    );
+    assert_eq!(status, 502);
+    let (status, body) = curl_unix(
+        &socket,
+        "POST",
+        "/v1/keydepot/keys",
+        Some(br#"{"key": "no-such-key"}"#),
+    );
+    assert_eq!(
+        (status, json(&body)["title"].clone()),
+        (400, "APPLIANCE_BAD_REQUEST".into())
+    );
+    let (status, _) = curl_unix(
+        &socket,
+        "DELETE",
+        &format!("/v1/keydepot/keys/{key_id}"),
+        None,
+    );
+    assert_eq!(status, 204);
+    let (status, body) = curl_unix(&socket, "GET", &format!("/v1/keydepot/keys/{key_id}"), None);
+    assert_eq!(
+        (status, json(&body)["title"].clone()),
+        (404, "APPLIANCE_NOT_FOUND".into())
+    );
+    // The proof of possession and the attestation were signed in the token for the caller.
+    let chain = w.audit_verify("alice-hsm.toml");
+    let tail = chain["tail"].as_array().unwrap();
+    assert!(
+        tail.iter().any(|r| r["client"] == "medical-software"
+            && r["key"] == "keydepot-1"
+            && r["operation"] == "SignPssSha256"
+            && r["outcome"] == "success"),
+        "{chain}"
+    );
+}

@@ -41,6 +41,7 @@ pub fn router(app: Arc<Appliance>) -> Router {
             "/v1/kgss/keys/{key_id}",
             get(kgss_get_key).delete(kgss_delete),
         )
+        .route("/v1/keydepot/keys", post(keydepot_register))
         .route(
             "/v1/keydepot/keys/{key_id}",
             get(keydepot_get).delete(keydepot_delete),
@@ -51,6 +52,18 @@ pub fn router(app: Arc<Appliance>) -> Router {
         )
         .route("/v1/audit", get(audit))
         .route("/health", get(health))
+        .fallback(|| async {
+            problem(&ServiceError::NotFound(
+                "no such route (see /openapi.json)".into(),
+            ))
+        })
+        .method_not_allowed_fallback(|| async {
+            let mut r = problem(&ServiceError::BadRequest(
+                "this method is not allowed on this route (see /openapi.json)".into(),
+            ));
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            r
+        })
         .route("/metrics", get(metrics))
         .route(
             "/openapi.json",
@@ -354,7 +367,9 @@ async fn unseal(
             unsealed,
             content,
             kgss_key_id,
+            message_len,
         } = app.unseal(&client, body_reader(body)).await?;
+        app.metrics.bytes(message_len, 0);
         let mut report = crate::report::unseal_report(&unsealed);
         report["kgss_key_id"] = json!(kgss_key_id.map(|k| B64.encode(k)));
         let Some(mut content) = content else {
@@ -446,10 +461,14 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Serv
     serde_json::from_slice(&bytes).map_err(|e| ServiceError::BadRequest(format!("JSON: {e}")))
 }
 
+/// A key id in a path: base64url (padding optional) or standard base64 (as in the
+/// `etee-kgss-key-id` header and the JSON bodies; percent-encode its `/` and `+`).
 fn key_id_param(key_id: &str) -> Result<Vec<u8>, ServiceError> {
+    let url_safe = key_id.trim_end_matches('=');
     let id = B64URL
-        .decode(key_id)
-        .map_err(|_| ServiceError::BadRequest("keyId: base64url without padding".into()))?;
+        .decode(url_safe)
+        .or_else(|_| B64.decode(key_id))
+        .map_err(|_| ServiceError::BadRequest("keyId: base64url or base64".into()))?;
     if id.is_empty() || id.len() > 64 {
         return Err(ServiceError::BadRequest("keyId: 1 to 64 bytes".into()));
     }
@@ -478,7 +497,7 @@ async fn kgss_new_key(
         let key = app.kgss_new_key(&client, allowed, excluded).await?;
         Ok(json_response(
             StatusCode::CREATED,
-            &json!({ "keyId": B64URL.encode(&key.id), "key": B64.encode(&key.key) }),
+            &json!({ "keyId": B64.encode(&key.id), "key": B64.encode(&key.key) }),
         ))
     }
     .await;
@@ -497,7 +516,7 @@ async fn kgss_get_key(
         let key = app.kgss_get_key(&client, &id).await?;
         Ok(json_response(
             StatusCode::OK,
-            &json!({ "keyId": B64URL.encode(&id), "key": B64.encode(&*key) }),
+            &json!({ "keyId": B64.encode(&id), "key": B64.encode(&*key) }),
         ))
     }
     .await;
@@ -531,6 +550,30 @@ fn keydepot_error(e: etee_protocol::ProtocolError) -> ServiceError {
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ServiceError> {
     serde_json::to_value(v).map_err(|e| ServiceError::Io(e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    /// The CKA_ID of the key in the institution's token.
+    key: String,
+    label: Option<String>,
+}
+
+async fn keydepot_register(
+    State(app): State<Arc<Appliance>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let answer = async {
+        let client = authorise(&app, &peer, Operation::KeyDepot)?;
+        let b: RegisterBody = json_body(body).await?;
+        let registered = app.keydepot_register(&client, b.key, b.label).await?;
+        Ok(json_response(StatusCode::CREATED, &to_json(&registered)?))
+    }
+    .await;
+    finish(&app, "keydepot-register", &peer, started, answer)
 }
 
 async fn keydepot_get(
@@ -608,11 +651,15 @@ async fn audit(
                     .map_err(|_| ServiceError::BadRequest(format!("{s:?} is not a number")))
             })
         };
-        let after = number(q.after, 0)?;
+        // Records after sequence `after`; without it, from the first (sequence 0).
+        let from = match q.after {
+            Some(a) => number(Some(a), 0)?.saturating_add(1),
+            None => 0,
+        };
         let limit = number(q.limit, 1000)?.min(10_000) as usize;
         let path = app.audit_file();
         let export =
-            tokio::task::spawn_blocking(move || crate::report::audit_export(&path, after, limit))
+            tokio::task::spawn_blocking(move || crate::report::audit_export(&path, from, limit))
                 .await
                 .map_err(|e| ServiceError::Io(e.to_string()))?
                 .map_err(|e| ServiceError::Io(e.to_string()))?;
@@ -676,6 +723,64 @@ mod tests {
         let h = header_json(&v);
         let back: Value = serde_json::from_str(h.to_str().unwrap()).unwrap();
         assert_eq!(back, v);
+    }
+
+    /// A path with its parameters' names blanked: `/v1/kgss/keys/{}`.
+    fn shape(path: &str) -> String {
+        let mut out = String::new();
+        let mut in_param = false;
+        for c in path.chars() {
+            match c {
+                '{' => {
+                    in_param = true;
+                    out.push_str("{}");
+                }
+                '}' => in_param = false,
+                c if !in_param => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Every route of [`router`] is in the OpenAPI description, and nothing else is.
+    #[test]
+    fn the_openapi_description_covers_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("docs/openapi/appliance.json");
+        let described: std::collections::BTreeSet<String> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .map(|p| shape(p))
+            .collect();
+        let source = include_str!("api.rs");
+        let router_source = &source[..source.find("#[cfg(test)]").expect("the tests")];
+        let routed: std::collections::BTreeSet<String> = router_source
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"'))
+            .filter_map(|rest| rest.split('"').next())
+            .map(shape)
+            .collect();
+        assert!(
+            routed.contains("/v1/seal") && routed.len() > 10,
+            "{routed:?}"
+        );
+        assert_eq!(routed, described);
+    }
+
+    #[test]
+    fn key_ids_in_paths_take_either_base64() {
+        let id = [0xfbu8, 0xff, 0x3e, 0x01, 0x02];
+        for text in [
+            B64URL.encode(id),
+            format!("{}=", B64URL.encode(id)),
+            B64.encode(id),
+        ] {
+            assert_eq!(key_id_param(&text).unwrap(), id, "{text}");
+        }
+        assert!(key_id_param("not base64!").is_err());
+        assert!(key_id_param("").is_err());
     }
 
     #[test]

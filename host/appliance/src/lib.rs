@@ -6,6 +6,7 @@
 //! | [`config`] | the TOML configuration and its defaults |
 //! | [`policy`] | who may call (Unix uid, TLS certificate), for what; the custody core's rules per caller |
 //! | [`service`] | seal, unseal, ETK lookups, KGSS and KeyDepot operations, through the custody core |
+//! | [`keydepot`] | registration requests for keys born in the token (proof of possession, attestation) |
 //! | [`spool`] | encrypted, anonymous spool files: large bodies in bounded memory |
 //! | [`api`] | the HTTP/JSON routes (OpenAPI in `docs/openapi/appliance.json`) |
 //! | [`server`] | the listeners: HTTPS with client certificates, and a Unix socket |
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod keydepot;
 pub mod metrics;
 pub mod policy;
 pub mod report;

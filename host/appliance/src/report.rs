@@ -68,12 +68,13 @@ pub fn audit_record(r: &AuditRecord) -> Value {
     })
 }
 
-/// The audit chain at `path` from record `after + 1`, at most `limit` records, with the
-/// result of verifying the whole chain: `{"intact", "records", "head", "records_out"}`.
-pub fn audit_export(path: &Path, after: u64, limit: usize) -> Result<Value, FileSinkError> {
+/// The audit chain at `path` from record `from` (a sequence number), at most `limit`
+/// records, with the result of verifying the whole chain: `{"intact", "records", "head",
+/// "torn_tail", "entries"}` (or `{"intact": false, "break", "entries"}`).
+pub fn audit_export(path: &Path, from: u64, limit: usize) -> Result<Value, FileSinkError> {
     let mut out = Vec::new();
     let scanned = scan(path, |r| {
-        if r.sequence > after && out.len() < limit {
+        if r.sequence >= from && out.len() < limit {
             out.push(audit_record(r));
         }
     });

@@ -12,7 +12,6 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::policy::{custody_policy, Client, Clients, Peer, Refusal, APPLIANCE_CLIENT};
 use crate::spool::{SpoolReader, SpoolWriter};
 use crate::ApplianceError;
-use etee_formats::cert::Certificate;
 use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unsealed};
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
@@ -50,7 +49,7 @@ pub enum ServiceError {
     CustodyRefused(String),
     #[error("the HSM is unavailable: {0}")]
     HsmUnavailable(String),
-    #[error("no valid ETK for {0}")]
+    #[error("unknown recipient: {0}")]
     UnknownRecipient(String),
     #[error("KGSS refused access to the key: {0}")]
     KgssAccessDenied(String),
@@ -205,6 +204,8 @@ pub struct Opened {
     pub content: Option<SpoolReader>,
     /// The KGSS key id used, for a message opened with a KGSS key.
     pub kgss_key_id: Option<Vec<u8>>,
+    /// Bytes of the sealed message read.
+    pub message_len: u64,
 }
 
 /// A KGSS key handed to a caller.
@@ -358,8 +359,16 @@ impl Appliance {
             .map_err(|e| ServiceError::BadRequest(format!("identifier: {e}")))?;
         match self.platform.etks.get(&normalized).await {
             Ok(etks) if !etks.is_empty() => Ok(etks.into_iter().map(Arc::new).collect()),
-            Ok(_) => Err(ServiceError::UnknownRecipient(describe(&normalized))),
-            Err(e) => Err(ServiceError::from_protocol(e)),
+            Ok(_) => Err(ServiceError::UnknownRecipient(format!(
+                "{}: no valid ETK",
+                describe(&normalized)
+            ))),
+            Err(e) => Err(match ServiceError::from_protocol(e) {
+                ServiceError::UnknownRecipient(why) => {
+                    ServiceError::UnknownRecipient(format!("{}: {why}", describe(&normalized)))
+                }
+                other => other,
+            }),
         }
     }
 
@@ -479,6 +488,39 @@ impl Appliance {
             .keydepot
             .as_ref()
             .ok_or_else(|| ServiceError::Platform("no KeyDepot (REST) endpoint".into()))
+    }
+
+    /// Registers the key `key` of the token in KeyDepot, with its proof of possession and
+    /// the token's attestation, both signed through the custody core for `client`.
+    pub async fn keydepot_register(
+        self: &Arc<Self>,
+        client: &Client,
+        key: String,
+        label: Option<String>,
+    ) -> Result<etee_services::keydepot::RegisterKeyResponse, ServiceError> {
+        let custody = self
+            .custody
+            .for_client(&client.name)
+            .map_err(|e| ServiceError::HsmUnavailable(e.to_string()))?;
+        let request = blocking(move || {
+            crate::keydepot::registration_request(&custody, &key, label).map_err(|e| {
+                if e.0.contains("refused") {
+                    ServiceError::CustodyRefused(e.0)
+                } else {
+                    ServiceError::BadRequest(e.0)
+                }
+            })
+        })
+        .await?;
+        self.keydepot()?
+            .register(&request)
+            .await
+            .map_err(|e| match e {
+                ProtocolError::AccessDenied(_) | ProtocolError::NotAuthenticated(_) => {
+                    ServiceError::PlatformRefused(e.to_string())
+                }
+                other => ServiceError::Platform(other.to_string()),
+            })
     }
 
     /// Seals `body` for `request`: ETKs looked up first, a KGSS key made for readers, then
@@ -602,20 +644,10 @@ impl Appliance {
                 unsealed,
                 content,
                 kgss_key_id,
+                message_len: input.seen(),
             })
         })
         .await
-    }
-
-    /// The certificate chain of the authentication key (for the `/v1/identity` answer).
-    pub fn identity(&self) -> Option<Certificate> {
-        self.keys
-            .values()
-            .next()
-            .and_then(|k| match &k.signer.signer {
-                SignerRef::Certificate { cert, .. } => Some(cert.clone()),
-                SignerRef::KeyId(_) => None,
-            })
     }
 }
 

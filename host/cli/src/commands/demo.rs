@@ -252,6 +252,11 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             temporary.path().to_path_buf()
         }
     };
+    // Tokens, PIN files and audit chains: for this user only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     println!("etee demo: a local ETEE world in {}", dir.display());
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens)?;

@@ -749,3 +749,67 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
         "{chain}"
     );
 }
+
+/// An ETK that expires while the appliance runs: sealing for its holder works while it is
+/// valid and is refused (404 `UNKNOWN_RECIPIENT`) once it has expired, although the
+/// appliance had it cached (the cache never serves an ETK past its notAfter).
+#[test]
+fn sealing_for_an_expired_etk_is_refused() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    // A pharmacy whose ETK expires 12 s from now (software keys: only its ETK matters).
+    let out = etee_e2e::etee(["platform", "pki"])
+        .arg(w.path("world"))
+        .args([
+            "--institution",
+            "carol:NIHII-PHARMACY=27150299",
+            "--etk-valid-for",
+            "12",
+        ])
+        .run();
+    out.code(0);
+    let issued = Instant::now();
+    etee_e2e::etee(["platform", "etk", "register", "--config"])
+        .arg(w.path("platform.toml"))
+        .arg(w.path("world/carol.etk"))
+        .env("SOFTHSM2_CONF", w.path("softhsm2.conf"))
+        .run()
+        .code(0);
+    let _platform = w.platform();
+    let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
+    let socket = w.path("alice.sock");
+    let seal = || {
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/seal?to=NIHII-PHARMACY:27150299",
+            Some(b"for Carol"),
+        )
+    };
+    let (status, body) = seal();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = curl_unix(
+        &socket,
+        "GET",
+        "/v1/etks?type=NIHII-PHARMACY&identifier=27150299",
+        None,
+    );
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_secs(13).saturating_sub(issued.elapsed()));
+    let (status, body) = seal();
+    let problem = json(&body);
+    assert_eq!(
+        (status, problem["title"].clone()),
+        (404, "UNKNOWN_RECIPIENT".into()),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("27150299"),
+        "{problem}"
+    );
+}

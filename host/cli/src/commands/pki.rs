@@ -53,6 +53,10 @@ pub struct WorldArgs {
     /// Write keystores with the legacy algorithms (3DES/RC2-40) older Java tools expect.
     #[arg(long)]
     legacy_p12: bool,
+    /// The new institutions' encryption certificates (ETKs) expire this many seconds from
+    /// now (default: two years), e.g. to see ETK expiry handled on a test rig.
+    #[arg(long, value_name = "SECONDS")]
+    etk_valid_for: Option<u32>,
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
@@ -172,6 +176,13 @@ fn wanted(args: &WorldArgs, new_world: bool) -> Result<Vec<Wanted>, CliError> {
         let mut inst = InstitutionSpec::new(id.0, value, name);
         if let Some(app) = application {
             inst = inst.with_application_id(app);
+        }
+        if let Some(seconds) = args.etk_valid_for {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            inst = inst.with_etk_validity(etee_testpki::Validity {
+                not_before: now - 24 * 60 * 60,
+                not_after: now + i64::from(seconds),
+            });
         }
         if out.iter().any(|w: &Wanted| w.name == name) {
             return Err(CliError::Usage(format!(

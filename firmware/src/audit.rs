@@ -13,8 +13,17 @@
 //! a shorter chain until it is compared with such an anchor.
 //!
 //! The core writes through an [`AuditSink`] and releases a result only once the sink has
-//! accepted its record; if it cannot, the caller gets
+//! accepted its records; if it cannot, the caller gets
 //! [`Error::AuditUnavailable`] instead (fail closed).
+//!
+//! A key use that passes the checks takes two records: [`Outcome::Admitted`] before the
+//! token is asked (the *use* record: who, which key, what for, the input's digest), and the
+//! outcome after it. The use record must be durable before the result is released; the
+//! outcome record must be written (it survives a crash of the process) and becomes durable
+//! with the next sync. So the sync overlaps the token operation instead of following it, and
+//! a power cut can cost at most the outcome of the last uses, never the fact of a use. A
+//! chain whose use record has no outcome after it ([`AuditRecord::concludes`]) shows a use
+//! whose end was not recorded: the process or the machine stopped while the token worked.
 //! [`verify_chain`] and [`ChainVerifier`] are pure and shared with the host's
 //! `etee audit verify`.
 //!
@@ -63,6 +72,11 @@ pub enum Outcome {
     /// Refused or failed. For a failed decryption this holds the token's detailed error,
     /// which the client never sees (it gets the uniform `DecryptFailed`).
     Refused(Error),
+    /// The request passed the checks and goes to the token: the use record, written (and
+    /// made durable while the token works) before the token is asked. Its outcome follows
+    /// in a later record ([`AuditRecord::concludes`]). For `WrapSecret` the input digest
+    /// of the use record is all zeros (the wrapped output does not exist yet).
+    Admitted,
 }
 
 /// One entry of the chain.
@@ -119,6 +133,21 @@ impl AuditRecord {
     /// `out` is too small. For sinks that store records as bytes.
     pub fn encode<'a>(&self, out: &'a mut [u8]) -> Option<&'a [u8]> {
         postcard::to_slice(self, out).ok().map(|b| &*b)
+    }
+
+    /// Whether this record is the outcome of the use record `admitted` (an
+    /// [`Outcome::Admitted`] record before it): same client, operation and key, and the
+    /// same input digest except for `WrapSecret`, whose outcome carries the wrapped
+    /// output's digest.
+    pub fn concludes(&self, admitted: &AuditRecord) -> bool {
+        admitted.outcome == Outcome::Admitted
+            && self.outcome != Outcome::Admitted
+            && self.sequence > admitted.sequence
+            && self.client == admitted.client
+            && self.operation == admitted.operation
+            && self.key == admitted.key
+            && (self.operation == Operation::WrapSecret
+                || self.input_digest == admitted.input_digest)
     }
 
     /// Decodes a record that takes all of `bytes`.

@@ -10,9 +10,15 @@
 //! 3. the key: the token has it and its kind fits (no signing with an ETK key, no decrypting
 //!    with the authentication key, wrapping keys wrap and unwrap and do nothing else),
 //! 4. the client's rate budget for the key,
-//! 5. the token operation,
-//! 6. the audit record of the outcome (refusals at steps 0–4 are recorded too),
-//! 7. the result, released only if step 6 succeeded; otherwise `AuditUnavailable`.
+//! 5. the use record ([`Outcome::Admitted`]: client, key, operation, input digest) appended
+//!    to the audit chain; if it cannot be, `AuditUnavailable` and the token is not asked,
+//! 6. the token operation,
+//! 7. the record of the outcome (refusals at steps 0–4 are recorded too, as one record),
+//! 8. the result, released only if the use record is durable and the outcome record
+//!    written; otherwise `AuditUnavailable`.
+//!
+//! The use record's sync may run while the token works (see [`crate::audit`]): a caller
+//! that can wait in parallel starts it with [`Ticket::durable_mark`] before executing.
 //!
 //! Steps 2 and 3 come in that order so that a client without a rule for a key learns
 //! nothing about whether the key exists. A failed decryption leaves the core as
@@ -22,11 +28,11 @@
 //! whatever the token said.
 //!
 //! Concurrent callers use the same steps split in three, so that the token operation (the
-//! slow part) runs without holding the core: [`Custody::admit`] (steps 0–4) hands out a
-//! [`Ticket`], [`Ticket::execute`] runs step 5 on a token handle of the caller's, and
-//! [`Custody::conclude`] (step 6) appends the record and returns a [`Concluded`] whose
-//! response is released (step 7) only once the record is durable. The sink may write the
-//! records of several callers with one sync ([`AuditSink::append_deferred`]).
+//! slow part) runs without holding the core: [`Custody::admit`] (steps 0–5) hands out a
+//! [`Ticket`], [`Ticket::execute`] runs step 6 on a token handle of the caller's, and
+//! [`Custody::conclude`] (step 7) appends the outcome record and returns a [`Concluded`]
+//! whose response is released (step 8) only once the use record is durable. The sink may
+//! write the records of several callers with one sync ([`AuditSink::append_deferred`]).
 //! [`Custody::handle_request`] is the same flow in one call.
 //!
 //! `Status` and `AuditHead` read state and are not recorded; malformed frames have no
@@ -111,7 +117,7 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         }
     }
 
-    /// Steps 0–4 of a key request (see the module doc): a [`Ticket`] to execute, or the
+    /// Steps 0–5 of a key request (see the module doc): a [`Ticket`] to execute, or the
     /// answer (a refusal, already appended to the chain; or the reply to a request that is
     /// not a key operation, handled in full).
     pub fn admit<'r>(&mut self, request: &'r Request, now_ms: u64) -> Admission<'r> {
@@ -144,10 +150,11 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             KeyOperation::Wrap(_) => (KeyUse::Wrap, KeyKind::Wrapping),
             KeyOperation::Unwrap(_) => (KeyUse::Unwrap, KeyKind::Wrapping),
         };
-        let ticket = Ticket {
+        let mut ticket = Ticket {
             client,
             key,
             operation,
+            use_mark: None,
         };
         let checked = operation
             .lengths_ok()
@@ -155,7 +162,24 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             .ok_or(Error::InvalidLength)
             .and_then(|()| self.check(client, key, usage, kind, now_ms));
         match checked {
-            Ok(()) => Admission::Admitted(ticket),
+            Ok(()) => {
+                // Step 5: no use of a key that is not on record.
+                let (operation, input_digest) = operation.recorded(None);
+                match self.record_deferred(
+                    now_ms,
+                    Some(client),
+                    operation,
+                    Some(key),
+                    input_digest,
+                    Outcome::Admitted,
+                ) {
+                    Ok(mark) => {
+                        ticket.use_mark = Some(mark);
+                        Admission::Admitted(ticket)
+                    }
+                    Err(e) => Admission::Answered(Concluded::at_once(Response::Error(e))),
+                }
+            }
             Err(e) => Admission::Answered(self.conclude(
                 Executed {
                     ticket,
@@ -166,21 +190,17 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         }
     }
 
-    /// Step 6 (and the response of step 7): appends the record of an executed (or refused)
-    /// request. The response comes out of [`Concluded::release`], given the outcome of
-    /// waiting for the record to be durable.
+    /// Step 7 (and the response of step 8): appends the outcome record of an executed (or
+    /// refused) request. The response comes out of [`Concluded::release`], given the
+    /// outcome of waiting for [`Concluded::durable_mark`]: the use record of an executed
+    /// request, the only record of a refused one.
     pub fn conclude(&mut self, executed: Executed<'_>, now_ms: u64) -> Concluded {
         let Executed { ticket, result } = executed;
-        let (operation, input_digest) = match ticket.operation {
-            KeyOperation::Sign(digest) => (Operation::SignPssSha256, sha256(digest)),
-            KeyOperation::Decrypt(blob) => (Operation::DecryptPkcs1v15, sha256(blob)),
-            // The wrapped output's fingerprint, never a hash of the secret (see `audit`).
-            KeyOperation::Wrap(_) => match &result {
-                Ok(KeyOutput::Wrapped(wrapped)) => (Operation::WrapSecret, sha256(wrapped)),
-                _ => (Operation::WrapSecret, NO_INPUT),
-            },
-            KeyOperation::Unwrap(wrapped) => (Operation::UnwrapSecret, sha256(wrapped)),
+        let wrapped = match &result {
+            Ok(KeyOutput::Wrapped(wrapped)) => Some(&wrapped[..]),
+            _ => None,
         };
+        let (operation, input_digest) = ticket.operation.recorded(wrapped);
         // The record keeps the token's detailed error ...
         let recorded = self.record_deferred(
             now_ms,
@@ -190,9 +210,12 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             input_digest,
             outcome(&result),
         );
-        let mark = match recorded {
-            Ok(mark) => mark,
-            Err(e) => return Concluded::at_once(Response::Error(e)),
+        // Written is enough for the outcome of a use whose use record is durable (see
+        // `audit`); a refusal is its only record, so it waits for its own.
+        let mark = match (recorded, ticket.use_mark) {
+            (Ok(_), Some(use_mark)) => use_mark,
+            (Ok(mark), None) => mark,
+            (Err(e), _) => return Concluded::at_once(Response::Error(e)),
         };
         let response = match result {
             Ok(KeyOutput::Signature(signature)) => Response::Signature(signature),
@@ -348,7 +371,7 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         self.policy.spend(grant, now_ms).map_err(denied)
     }
 
-    /// Step 6 for requests that are not key operations: appends a record continuing the
+    /// The record of a request that is not a key operation: appends a record continuing the
     /// chain and waits until it is durable; the head moves only if the sink accepted it.
     fn record(
         &mut self,
@@ -399,7 +422,7 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
 // No allocator to box the large variant: the value lives on the stack, once per request.
 #[allow(clippy::large_enum_variant)]
 pub enum Admission<'r> {
-    /// Steps 0–4 passed: execute the ticket, then conclude it.
+    /// Steps 0–5 passed (the use is on record): execute the ticket, then conclude it.
     Admitted(Ticket<'r>),
     /// The request is answered (and recorded where it is recorded).
     Answered(Concluded),
@@ -415,6 +438,17 @@ enum KeyOperation<'r> {
 }
 
 impl KeyOperation<'_> {
+    /// The operation and input digest its records carry; `wrapped` is a wrap's output, if
+    /// there is one yet: its fingerprint, never a hash of the secret (see `audit`).
+    fn recorded(&self, wrapped: Option<&[u8]>) -> (Operation, Hash) {
+        match self {
+            Self::Sign(digest) => (Operation::SignPssSha256, sha256(&digest[..])),
+            Self::Decrypt(blob) => (Operation::DecryptPkcs1v15, sha256(blob)),
+            Self::Wrap(_) => (Operation::WrapSecret, wrapped.map_or(NO_INPUT, sha256)),
+            Self::Unwrap(wrapped) => (Operation::UnwrapSecret, sha256(wrapped)),
+        }
+    }
+
     /// Step 0: key wrap works on whole AES keys only (RFC 3394: 64-bit blocks, at least
     /// two); the token is not asked to guess what else could be meant.
     fn lengths_ok(&self) -> bool {
@@ -429,18 +463,27 @@ impl KeyOperation<'_> {
     }
 }
 
-/// A key request that passed the lock state, the policy, the key kind and the budget.
-/// Only [`Custody::admit`] makes one; [`Custody::conclude`] must follow its execution, or
-/// the operation is neither recorded nor released.
+/// A key request that passed the lock state, the policy, the key kind and the budget, and
+/// whose use record is appended. Only [`Custody::admit`] makes one; [`Custody::conclude`]
+/// must follow its execution, or the outcome is neither recorded nor released.
 #[must_use = "an admitted request must be executed and concluded"]
 pub struct Ticket<'r> {
     client: &'r ClientId,
     key: &'r KeyId,
     operation: KeyOperation<'r>,
+    /// The audit sink's mark of the use record (`None` for a refusal, which has none).
+    use_mark: Option<u64>,
 }
 
 impl<'r> Ticket<'r> {
-    /// Step 5: the token operation, on `token` — the core's token or a handle to the same
+    /// The audit sink's mark of this use's record. A caller that can sync in parallel
+    /// starts making the record durable now, so that the sync overlaps the token
+    /// operation; [`Concluded::durable_mark`] waits for the same mark.
+    pub fn durable_mark(&self) -> u64 {
+        self.use_mark.unwrap_or(0)
+    }
+
+    /// Step 6: the token operation, on `token` — the core's token or a handle to the same
     /// token (another session of it), so that concurrent callers do not wait for each
     /// other's HSM calls.
     pub fn execute<T: Token>(self, token: &mut T) -> Executed<'r> {
@@ -496,7 +539,7 @@ impl Concluded {
         self.mark
     }
 
-    /// Step 7: the response if the record is durable (`durable` is the outcome of waiting
+    /// Step 8: the response if the record is durable (`durable` is the outcome of waiting
     /// for [`Concluded::durable_mark`]); otherwise `AuditUnavailable`, and the result
     /// (a signature or a wiped plaintext) is dropped.
     pub fn release(self, durable: Result<(), AuditError>) -> Response {

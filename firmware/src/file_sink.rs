@@ -8,9 +8,11 @@
 //! ([`GroupSync::wait`], also reachable outside the core through
 //! [`FileAuditSink::group_sync`]) runs one `fdatasync` for every record written so far, and
 //! callers whose records an ongoing sync already covers wait for it instead of starting
-//! their own. With concurrent callers one sync serves several records; a single caller
-//! pays one sync per record, as before. A failed write or sync stops the sink until it is
-//! reopened (fail closed).
+//! their own. With concurrent callers one sync serves several records. [`GroupSync::start`]
+//! hands a mark to a background syncer thread without waiting, so that a key use's record
+//! becomes durable while the token works (see [`crate::audit`]); waiting for it afterwards
+//! usually finds it durable. A failed write or sync stops the sink until it is reopened
+//! (fail closed).
 //!
 //! Crash safety: a crash can only leave a partial frame at the end of the file. Opening the
 //! file verifies every record and the chain, cuts such a torn tail (and syncs the cut), and
@@ -20,7 +22,8 @@
 extern crate std;
 
 use crate::audit::{
-    sha256, AuditError, AuditHead, AuditRecord, AuditSink, ChainBreak, ChainVerifier, PinHistory,
+    sha256, AuditError, AuditHead, AuditRecord, AuditSink, ChainBreak, ChainVerifier, Outcome,
+    PinHistory,
 };
 use crate::config::MAX_AUDIT_RECORD_LEN;
 use std::fs::{File, OpenOptions};
@@ -83,6 +86,10 @@ pub struct Scan {
     pub torn_tail: bool,
     /// Consecutive failed logins at the end of the chain.
     pub pin_failures: u8,
+    /// Sequences of the use records ([`crate::audit::Outcome::Admitted`]) that no outcome
+    /// record follows: uses whose end the chain does not show (the process or the machine
+    /// stopped while the token worked; the key may have been used).
+    pub unconcluded: Vec<u64>,
 }
 
 /// Reads and verifies an audit file, calling `each` for every intact record.
@@ -97,6 +104,9 @@ pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, Fil
     }
     let mut verifier = ChainVerifier::new(AuditHead::GENESIS);
     let mut pins = PinHistory::new();
+    // Use records waiting for their outcome: as many as uses were in flight.
+    let mut open_uses: Vec<AuditRecord> = Vec::new();
+    let unconcluded = |open: &[AuditRecord]| open.iter().map(|r| r.sequence).collect();
     let mut pos = 0usize;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
@@ -106,6 +116,7 @@ pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, Fil
             good_len: pos as u64,
             torn_tail: true,
             pin_failures: pins.failures(),
+            unconcluded: unconcluded(&open_uses),
         };
         if rest.len() < FRAME_HEADER {
             return Ok(torn());
@@ -130,6 +141,11 @@ pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, Fil
             AuditRecord::decode(body).ok_or(FileSinkError::Corrupt { offset: pos as u64 })?;
         verifier.push(&record).map_err(FileSinkError::Chain)?;
         pins.observe(&record);
+        if record.outcome == Outcome::Admitted {
+            open_uses.push(record.clone());
+        } else if let Some(i) = open_uses.iter().position(|u| record.concludes(u)) {
+            open_uses.remove(i);
+        }
         each(&record);
         pos += FRAME_HEADER + len;
     }
@@ -139,6 +155,7 @@ pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, Fil
         good_len: pos as u64,
         torn_tail: false,
         pin_failures: pins.failures(),
+        unconcluded: unconcluded(&open_uses),
     })
 }
 
@@ -156,7 +173,10 @@ pub struct FileAuditSink {
 pub struct GroupSync {
     file: File,
     state: Mutex<SyncState>,
+    /// Signalled when a sync ends.
     synced: Condvar,
+    /// Signalled when the syncer thread has work (a mark to make durable) or must stop.
+    work: Condvar,
 }
 
 struct SyncState {
@@ -169,13 +189,21 @@ struct SyncState {
     failed: bool,
     /// Syncs run so far (for metrics and tests: with concurrent callers, fewer than records).
     syncs: u64,
+    /// The highest mark handed to the syncer thread.
+    requested: u64,
+    /// The syncer thread runs (started by the first [`GroupSync::start`]).
+    syncer: bool,
+    /// The sink is gone: the syncer thread ends.
+    closed: bool,
 }
+
+type StateGuard<'a> = std::sync::MutexGuard<'a, SyncState>;
 
 impl GroupSync {
     /// Waits until the file is durable up to `mark`, syncing it if no sync under way
     /// covers the mark.
     pub fn wait(&self, mark: u64) -> Result<(), AuditError> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state();
         loop {
             if state.failed {
                 return Err(AuditError::Storage);
@@ -183,28 +211,78 @@ impl GroupSync {
             if state.durable >= mark {
                 return Ok(());
             }
-            if state.syncing {
-                state = self
-                    .synced
+            state = if state.syncing {
+                self.synced
                     .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            state.syncing = true;
-            let target = state.written;
-            drop(state);
-            let synced = self.file.sync_data();
-            state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.syncing = false;
-            match synced {
-                Ok(()) => {
-                    state.durable = state.durable.max(target);
-                    state.syncs += 1;
-                }
-                Err(_) => state.failed = true,
-            }
-            self.synced.notify_all();
+                    .unwrap_or_else(PoisonError::into_inner)
+            } else {
+                self.sync_now(state)
+            };
         }
+    }
+
+    /// Starts making the file durable up to `mark` on the syncer thread, without waiting
+    /// (a later [`Self::wait`] for the mark collects the outcome). The thread is started
+    /// on first use and ends with the sink.
+    pub fn start(self: &Arc<Self>, mark: u64) {
+        let mut state = self.state();
+        if state.failed || state.closed || state.durable >= mark {
+            return;
+        }
+        state.requested = state.requested.max(mark);
+        if !state.syncer {
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("audit-sync".into())
+                .spawn(move || me.run_syncer());
+            // Without the thread, `wait` syncs on the caller's thread as before.
+            state.syncer = spawned.is_ok();
+        }
+        self.work.notify_one();
+    }
+
+    fn run_syncer(&self) {
+        let mut state = self.state();
+        loop {
+            if state.closed {
+                state.syncer = false;
+                return;
+            }
+            state = if state.requested > state.durable && !state.syncing && !state.failed {
+                self.sync_now(state)
+            } else {
+                self.work
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner)
+            };
+        }
+    }
+
+    /// Runs one sync of everything written so far (the lock is released meanwhile).
+    fn sync_now<'a>(&'a self, mut state: StateGuard<'a>) -> StateGuard<'a> {
+        state.syncing = true;
+        let target = state.written;
+        drop(state);
+        let synced = self.file.sync_data();
+        let mut state = self.state();
+        state.syncing = false;
+        match synced {
+            Ok(()) => {
+                state.durable = state.durable.max(target);
+                state.syncs += 1;
+            }
+            Err(_) => state.failed = true,
+        }
+        self.synced.notify_all();
+        // A mark requested during this sync may need the syncer again.
+        self.work.notify_one();
+        state
+    }
+
+    /// Stops the syncer thread (when the sink goes).
+    fn close(&self) {
+        self.state().closed = true;
+        self.work.notify_all();
     }
 
     /// How many syncs ran since the file was opened.
@@ -212,8 +290,14 @@ impl GroupSync {
         self.state().syncs
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
+    fn state(&self) -> StateGuard<'_> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for FileAuditSink {
+    fn drop(&mut self) {
+        self.sync.close();
     }
 }
 
@@ -278,8 +362,12 @@ impl FileAuditSink {
                 syncing: false,
                 failed: false,
                 syncs: 0,
+                requested: 0,
+                syncer: false,
+                closed: false,
             }),
             synced: Condvar::new(),
+            work: Condvar::new(),
         });
         let sink = Self {
             file,

@@ -4,7 +4,8 @@
 //! untrusted input) and the token, and takes small typed requests over a [`wire`] protocol:
 //! "sign this 32-byte digest with key K for client C", "decrypt this key-transport blob with
 //! ETK key K", "wrap (or unwrap) this AES key with wrapping key K". For each it checks the [`lock`] state and the [`policy`], appends a record to
-//! the [`audit`] hash chain, and only then releases the result (see [`custody`] for the exact
+//! the [`audit`] hash chain before the token is asked and another with the outcome, and
+//! only then releases the result (see [`custody`] for the exact
 //! order). It runs inside the `etee` process, or as a separate process that alone holds the
 //! PIN and the PKCS#11 session, with the same frames.
 //!
@@ -60,8 +61,9 @@
 //! let sign = Request::SignPssSha256 { client: app, key: auth, digest: [0x42; 32] };
 //! assert!(matches!(send(&mut core, &sign, 1), Response::Signature(_)));
 //!
-//! // Both requests are on record, and the chain ends where the core says it does.
-//! assert_eq!(verify_chain_to(core.audit_sink().records(), &core.audit_head()), Ok(2));
+//! // Both requests are on record (the signature as its use record, then its outcome), and
+//! // the chain ends where the core says it does.
+//! assert_eq!(verify_chain_to(core.audit_sink().records(), &core.audit_head()), Ok(3));
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]

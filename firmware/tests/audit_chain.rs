@@ -13,22 +13,23 @@ use etee_custody::lock::LockState;
 use etee_custody::wire::{Error, Request, Response};
 use etee_custody::Custody;
 
-/// A core that has done a bit of everything: 10 records.
+/// A core that has done a bit of everything: 13 records (a key use that reaches the token
+/// takes two: its use record, then its outcome).
 fn busy_core() -> Core {
     let mut core = core();
     call(&mut core, &unlock(WRONG_PIN), 1); // 0
     call(&mut core, &unlock(PIN), 2); // 1
-    call(&mut core, &sign(app(), auth(), [1; 32]), 3); // 2
-    call(&mut core, &sign(other(), auth(), [2; 32]), 4); // 3 (denied)
+    call(&mut core, &sign(app(), auth(), [1; 32]), 3); // 2 (admitted), 3
+    call(&mut core, &sign(other(), auth(), [2; 32]), 4); // 4 (denied)
     let blob = blob_for(&etk(), b"0123456789abcdef");
-    call(&mut core, &decrypt(app(), etk(), &blob), 5); // 4
-    call(&mut core, &decrypt(app(), etk(), &[0; 40]), 6); // 5 (fails)
+    call(&mut core, &decrypt(app(), etk(), &blob), 5); // 5 (admitted), 6
+    call(&mut core, &decrypt(app(), etk(), &[0; 40]), 6); // 7 (admitted), 8 (fails)
     call(&mut core, &Request::Status, 7); // not recorded
     call(&mut core, &Request::AuditHead, 7); // not recorded
-    call(&mut core, &sign(app(), etk(), [3; 32]), 8); // 6 (wrong kind)
-    call(&mut core, &Request::Lock, 9); // 7
-    call(&mut core, &sign(app(), auth(), [4; 32]), 10); // 8 (locked)
-    call(&mut core, &unlock(PIN), 11); // 9
+    call(&mut core, &sign(app(), etk(), [3; 32]), 8); // 9 (no rule to sign with an ETK key)
+    call(&mut core, &Request::Lock, 9); // 10
+    call(&mut core, &sign(app(), auth(), [4; 32]), 10); // 11 (locked)
+    call(&mut core, &unlock(PIN), 11); // 12
     core
 }
 
@@ -40,11 +41,11 @@ fn records(core: &Core) -> Vec<AuditRecord> {
 fn the_chain_verifies_and_ends_at_the_core_head() {
     let core = busy_core();
     let recs = records(&core);
-    assert_eq!(recs.len(), 10);
+    assert_eq!(recs.len(), 13);
     let (count, head) = verify_chain(&recs).unwrap();
-    assert_eq!(count, 10);
+    assert_eq!(count, 13);
     assert_eq!(head, core.audit_head());
-    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(10));
+    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(13));
     assert_eq!(
         verify_chain(std::iter::empty::<AuditRecord>()),
         Ok((0, AuditHead::GENESIS))
@@ -57,25 +58,36 @@ fn the_chain_verifies_and_ends_at_the_core_head() {
     );
 
     // What each record says.
-    let ops: Vec<Operation> = recs.iter().map(|r| r.operation).collect();
+    let ops: Vec<(Operation, Outcome)> = recs.iter().map(|r| (r.operation, r.outcome)).collect();
     use Operation::*;
+    use Outcome::*;
+    let token_failure = recs[8].outcome;
+    assert!(matches!(token_failure, Refused(Error::Token(_))));
     assert_eq!(
         ops,
         [
-            Unlock,
-            Unlock,
-            SignPssSha256,
-            SignPssSha256,
-            DecryptPkcs1v15,
-            DecryptPkcs1v15,
-            SignPssSha256,
-            Lock,
-            SignPssSha256,
-            Unlock
+            (Unlock, Refused(Error::PinIncorrect { tries_left: 4 })),
+            (Unlock, Success),
+            (SignPssSha256, Admitted),
+            (SignPssSha256, Success),
+            (SignPssSha256, Refused(Error::PolicyDenied)),
+            (DecryptPkcs1v15, Admitted),
+            (DecryptPkcs1v15, Success),
+            (DecryptPkcs1v15, Admitted),
+            (DecryptPkcs1v15, token_failure),
+            (SignPssSha256, Refused(Error::PolicyDenied)),
+            (Lock, Success),
+            (SignPssSha256, Refused(Error::Locked)),
+            (Unlock, Success),
         ]
     );
-    assert_eq!(recs[3].outcome, Outcome::Refused(Error::PolicyDenied));
-    assert_eq!(recs[8].outcome, Outcome::Refused(Error::Locked));
+    // Each outcome names the use it ends.
+    for (admitted, outcome) in [(2, 3), (5, 6), (7, 8)] {
+        assert!(recs[outcome].concludes(&recs[admitted]), "{outcome}");
+        assert_eq!(recs[outcome].input_digest, recs[admitted].input_digest);
+    }
+    assert!(!recs[6].concludes(&recs[2]));
+    assert!(!recs[4].concludes(&recs[2]), "a refusal of another client");
     assert!(recs.iter().enumerate().all(|(i, r)| r.sequence == i as u64));
     assert_eq!(recs[2].time_ms, 3);
     // Unlocks record neither a client nor anything derived from the PIN.
@@ -148,12 +160,12 @@ fn a_missing_record_is_found() {
 fn reordered_and_duplicated_records_are_found() {
     let recs = records(&busy_core());
     let mut bad = recs.clone();
-    bad.swap(6, 7);
+    bad.swap(9, 10);
     assert_eq!(
         verify_chain(&bad),
         Err(ChainBreak {
-            sequence: 6,
-            reason: BreakReason::SequenceMismatch { found: 7 }
+            sequence: 9,
+            reason: BreakReason::SequenceMismatch { found: 10 }
         })
     );
     let mut bad = recs.clone();
@@ -186,12 +198,12 @@ fn truncation_and_rewrites_need_the_anchor() {
     let head = verify_chain(&recs).unwrap().1;
 
     // Dropping the tail leaves a valid, shorter chain ...
-    assert!(verify_chain(&recs[..7]).is_ok());
+    assert!(verify_chain(&recs[..10]).is_ok());
     // ... which the anchored head exposes.
     assert_eq!(
-        verify_chain_to(&recs[..7], &head),
+        verify_chain_to(&recs[..10], &head),
         Err(ChainBreak {
-            sequence: 7,
+            sequence: 10,
             reason: BreakReason::Truncated
         })
     );
@@ -199,15 +211,15 @@ fn truncation_and_rewrites_need_the_anchor() {
     // Someone who rewrites a record and recomputes every later link gets a valid chain,
     // but not the anchored head.
     let mut forged = recs.clone();
-    forged[5].outcome = Outcome::Success;
-    for i in 6..forged.len() {
+    forged[8].outcome = Outcome::Success;
+    for i in 9..forged.len() {
         forged[i].prev_hash = forged[i - 1].hash();
     }
     assert!(verify_chain(&forged).is_ok());
     assert_eq!(
         verify_chain_to(&forged, &head),
         Err(ChainBreak {
-            sequence: 9,
+            sequence: 12,
             reason: BreakReason::Altered
         })
     );
@@ -231,7 +243,7 @@ fn segments_verify_from_a_checkpoint() {
     for r in &recs[4..] {
         v.push(r).unwrap();
     }
-    assert_eq!(v.count(), 6);
+    assert_eq!(v.count(), 9);
     assert_eq!(v.head(), verify_chain(&recs).unwrap().1);
     // The wrong checkpoint.
     let mut v = ChainVerifier::new(verify_chain(&recs[..3]).unwrap().1);
@@ -249,12 +261,12 @@ fn the_chain_continues_across_restarts() {
     let core = busy_core();
     let (token, sink) = core.into_parts();
     let (count, head) = verify_chain(sink.records()).unwrap();
-    assert_eq!(count, 10);
+    assert_eq!(count, 13);
     let mut core = Custody::new(token, sink, policy(), head);
     call(&mut core, &unlock(PIN), 20);
     call(&mut core, &sign(app(), auth(), [5; 32]), 21);
     let recs = records(&core);
-    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(12));
+    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(16));
 }
 
 #[test]
@@ -316,8 +328,14 @@ fn a_result_that_cannot_be_recorded_is_withheld() {
         call(&mut core, &sign(other(), auth(), [1; 32]), 3),
         Response::Error(Error::AuditUnavailable)
     );
-    // The head has not moved: the chain has no gap.
+    // The head has not moved: the chain has no gap. And the token was not asked: no use
+    // of a key without its use record.
     assert_eq!(core.audit_head(), head);
+    assert!(!core
+        .token()
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Sign(_) | Call::Decrypt(_))));
 
     core.audit_sink().set_failing(false);
     assert!(matches!(
@@ -325,7 +343,7 @@ fn a_result_that_cannot_be_recorded_is_withheld() {
         Response::Signature(_)
     ));
     let recs = records(&core);
-    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(2));
+    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(3));
 }
 
 #[test]
@@ -355,7 +373,8 @@ fn a_lock_that_cannot_be_recorded_still_locks() {
 
 #[test]
 fn a_full_sink_fails_closed() {
-    let mut core: Custody<_, etee_custody::insecure::InsecureMemoryAuditSink<2>> = Custody::new(
+    // Room for the unlock, one whole use (2 records) and one more use record.
+    let mut core: Custody<_, etee_custody::insecure::InsecureMemoryAuditSink<4>> = Custody::new(
         token(),
         etee_custody::insecure::InsecureMemoryAuditSink::new(),
         policy(),
@@ -371,8 +390,19 @@ fn a_full_sink_fails_closed() {
         send(&mut core, &sign(app(), auth(), [0; 32])),
         Response::Signature(_)
     ));
+    // The use record fits, its outcome does not: the signature is withheld (the use
+    // record shows the key was used).
     assert_eq!(
-        send(&mut core, &sign(app(), auth(), [0; 32])),
+        send(&mut core, &sign(app(), auth(), [1; 32])),
         Response::Error(Error::AuditUnavailable)
     );
+    assert_eq!(core.audit_sink().records().len(), 4);
+    assert_eq!(core.audit_sink().records()[3].outcome, Outcome::Admitted);
+    // No room for a use record: the token is not asked.
+    let before = core.token().key_uses();
+    assert_eq!(
+        send(&mut core, &sign(app(), auth(), [2; 32])),
+        Response::Error(Error::AuditUnavailable)
+    );
+    assert_eq!(core.token().key_uses(), before);
 }

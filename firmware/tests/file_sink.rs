@@ -52,7 +52,8 @@ fn unlock(pin: &[u8]) -> Request {
     }
 }
 
-/// A chain of four records in `path`: an unlock and three signatures.
+/// A chain of seven records in `path`: an unlock and three signatures (a use record and an
+/// outcome each).
 fn write_unlock_and_three_signatures(path: &Path) {
     let mut core = core_on(path);
     core.handle_request(&unlock(b"1234"), 1);
@@ -83,8 +84,9 @@ fn records_survive_a_reopen_and_the_chain_continues() {
         }
         core.audit_head()
     };
-    assert_eq!(head.next_sequence, 6);
-    assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(6));
+    // The unlock, and a use record and an outcome for each signature.
+    assert_eq!(head.next_sequence, 11);
+    assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(11));
     // A new core on the same file continues the same chain.
     let mut core = core_on(&path);
     assert_eq!(core.audit_head(), head);
@@ -93,8 +95,9 @@ fn records_survive_a_reopen_and_the_chain_continues() {
     assert!(matches!(sign(&mut core, 9, 101), Response::Signature(_)));
     assert_eq!(
         verify_chain_to(records(&path).iter(), &core.audit_head()),
-        Ok(8)
+        Ok(14)
     );
+    assert!(scan(&path, |_| {}).unwrap().unconcluded.is_empty());
 }
 
 #[test]
@@ -105,11 +108,11 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
     let full = std::fs::read(&path).unwrap();
     let before_last = {
         let recs = records(&path);
-        assert_eq!(recs.len(), 4);
+        assert_eq!(recs.len(), 7);
         // Length of the file without its last frame.
         let mut len = 0;
         let mut pos = 0usize;
-        for _ in 0..3 {
+        for _ in 0..6 {
             let l = usize::from(u16::from_be_bytes([full[pos], full[pos + 1]]));
             pos += 6 + l;
             len = pos;
@@ -120,13 +123,15 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
     for cut in before_last + 1..full.len() {
         std::fs::write(&path, &full[..cut]).unwrap();
         let (_, head) = FileAuditSink::open(&path).unwrap();
-        assert_eq!(head.next_sequence, 3, "cut at {cut}");
+        assert_eq!(head.next_sequence, 6, "cut at {cut}");
         assert_eq!(
             std::fs::metadata(&path).unwrap().len() as usize,
             before_last,
             "torn tail not removed (cut at {cut})"
         );
-        assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(3));
+        assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(6));
+        // The last signature's outcome is lost with the torn frame: its use shows.
+        assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [5]);
     }
     // Garbage in place of the last frame's body counts as torn too (bad check, at the end).
     let mut garbled = full.clone();
@@ -134,7 +139,7 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
     garbled[n - 1] ^= 0xff;
     std::fs::write(&path, &garbled).unwrap();
     let (_, head) = FileAuditSink::open(&path).unwrap();
-    assert_eq!(head.next_sequence, 3);
+    assert_eq!(head.next_sequence, 6);
 }
 
 #[test]
@@ -230,6 +235,8 @@ fn concurrent_callers_share_syncs_and_every_released_result_is_on_file() {
                         let Admission::Admitted(ticket) = admission else {
                             panic!("refused")
                         };
+                        // As the host does: the use record syncs while the token works.
+                        sync.start(ticket.durable_mark());
                         let executed = ticket.execute(&mut handle);
                         let concluded = core.lock().unwrap().conclude(executed, 11);
                         let mark = concluded.durable_mark();
@@ -245,20 +252,46 @@ fn concurrent_callers_share_syncs_and_every_released_result_is_on_file() {
     });
     let records = records(&path);
     let head = core.lock().unwrap().audit_head();
-    assert_eq!(
-        verify_chain_to(records.iter(), &head),
-        Ok((THREADS * EACH + 1) as u64)
-    );
+    let total = (2 * THREADS * EACH + 1) as u64;
+    assert_eq!(verify_chain_to(records.iter(), &head), Ok(total));
+    assert!(scan(&path, |_| {}).unwrap().unconcluded.is_empty());
     // Every released result's mark was durable: within the synced file.
     let file_len = std::fs::metadata(&path).unwrap().len();
     assert!(released.iter().flatten().all(|&m| m <= file_len));
     // At most one sync per record (the unlock's included), usually fewer.
     let syncs = sync.syncs();
-    assert!(
-        syncs >= 1 && syncs <= (THREADS * EACH + 1) as u64,
-        "{syncs}"
-    );
-    eprintln!("{} records, {syncs} syncs", THREADS * EACH + 1);
+    assert!(syncs >= 1 && syncs <= total, "{syncs}");
+    eprintln!("{total} records, {syncs} syncs");
+}
+
+#[test]
+fn a_use_whose_outcome_was_never_written_shows_in_the_scan() {
+    use etee_custody::audit::Outcome;
+    use etee_custody::custody::Admission;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut core = core_on(&path);
+    core.handle_request(&unlock(b"1234"), 1);
+    assert!(matches!(sign(&mut core, 1, 2), Response::Signature(_)));
+    let request = Request::SignPssSha256 {
+        client: ClientId::try_from("app").unwrap(),
+        key: KeyId::try_from("auth").unwrap(),
+        digest: [2; 32],
+    };
+    // Admitted, then the process "stops" before the outcome is recorded.
+    let Admission::Admitted(ticket) = core.admit(&request, 3) else {
+        panic!("refused")
+    };
+    let mark = ticket.durable_mark();
+    core.audit_sink().group_sync().wait(mark).unwrap();
+    drop(ticket);
+    drop(core);
+    let recs = records(&path);
+    assert_eq!(recs.len(), 4);
+    assert_eq!(recs[3].outcome, Outcome::Admitted);
+    assert_eq!(recs[3].input_digest, etee_custody::audit::sha256(&[2; 32]));
+    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [3]);
 }
 
 #[test]

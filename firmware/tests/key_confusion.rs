@@ -72,16 +72,23 @@ fn allowed_uses_work() {
             Call::Decrypt(etk_old())
         ]
     );
+    // Each use: its use record before the token was asked, then its outcome, alike.
     let records = core.audit_sink().records();
+    assert_eq!(records.len(), 7);
+    for (admitted, outcome) in [(1, 2), (3, 4), (5, 6)] {
+        assert_eq!(records[admitted].outcome, Outcome::Admitted);
+        assert_eq!(records[outcome].outcome, Outcome::Success);
+        assert!(records[outcome].concludes(&records[admitted]));
+    }
     assert_eq!(records[1].operation, Operation::SignPssSha256);
     assert_eq!(records[1].client, Some(app()));
     assert_eq!(records[1].key, Some(auth()));
     assert_eq!(records[1].input_digest, sha256(&digest));
     assert_eq!(
-        records[2].input_digest,
+        records[3].input_digest,
         sha256(&blob_for(&etk(), b"0123456789abcdef"))
     );
-    assert!(records[1..].iter().all(|r| r.outcome == Outcome::Success));
+    assert_eq!(records[5].client, Some(other()));
 }
 
 #[test]
@@ -284,10 +291,11 @@ fn decrypt_failures_look_the_same_whatever_the_cause() {
     );
 
     // The audit log keeps the detail for the operator.
+    // (Three uses, two records each: the outcomes are every second record.)
     let records = core.audit_sink().records();
     let n = records.len();
     assert_eq!(
-        records[n - 3].outcome,
+        records[n - 5].outcome,
         Outcome::Refused(Error::Token(TokenError::new(
             TokenFunction::Decrypt,
             ckr::ENCRYPTED_DATA_INVALID
@@ -328,8 +336,12 @@ fn wrap_and_unwrap_round_trip() {
         assert_eq!(back.expose(), secret);
         // Both on record: the wrap with the wrapped output's fingerprint (not the secret's),
         // the unwrap with the blob's: the same digest.
+        // (Each with its use record before it; the wrap's has no digest yet.)
         let records = core.audit_sink().records();
-        let (w, u) = (&records[records.len() - 2], &records[records.len() - 1]);
+        let (w, u) = (&records[records.len() - 3], &records[records.len() - 1]);
+        assert_eq!(records[records.len() - 4].input_digest, [0; 32]);
+        assert!(w.concludes(&records[records.len() - 4]));
+        assert!(u.concludes(&records[records.len() - 2]));
         assert_eq!(w.operation, Operation::WrapSecret);
         assert_eq!(u.operation, Operation::UnwrapSecret);
         assert_eq!(w.input_digest, sha256(&wrapped));
@@ -491,16 +503,17 @@ fn unwrap_failures_look_the_same_whatever_the_cause() {
         Response::Error(Error::UnwrapFailed)
     );
     // The audit log keeps the detail, and the blob's fingerprint.
+    // (Three uses, two records each: the outcomes are every second record.)
     let records = core.audit_sink().records();
     let n = records.len();
     assert_eq!(
-        records[n - 3].outcome,
+        records[n - 5].outcome,
         Outcome::Refused(Error::Token(TokenError::new(
             TokenFunction::UnwrapKey,
             ckr::WRAPPED_KEY_INVALID
         )))
     );
-    assert_eq!(records[n - 3].input_digest, sha256(&flipped));
+    assert_eq!(records[n - 5].input_digest, sha256(&flipped));
     assert_eq!(
         records[n - 1].outcome,
         Outcome::Refused(Error::Token(TokenError::new(

@@ -105,13 +105,16 @@ impl Rig {
 
     /// `etee audit verify --json` (intact, records, torn tail).
     fn audit(&self) -> (bool, u64, bool) {
-        let run = self.server(["audit", "verify", "--json"]).run();
-        let report = run.json();
+        let report = self.audit_report();
         (
             report["intact"] == Value::Bool(true),
             report["records"].as_u64().unwrap_or(0),
             report["torn_tail"] == Value::Bool(true),
         )
+    }
+
+    fn audit_report(&self) -> Value {
+        self.server(["audit", "verify", "--json"]).run().json()
     }
 }
 
@@ -230,10 +233,11 @@ fn seal_and_unseal_through_the_custody_process() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), plain);
 
-    // On the chain: the server's unlock, two signatures, one decryption.
+    // On the chain: the server's unlock, two signatures, one decryption (a use record and
+    // an outcome each).
     let (intact, records, torn) = rig.audit();
     assert!(intact && !torn);
-    assert_eq!(records, 1 + 2 + 1);
+    assert_eq!(records, 1 + (2 + 1) * 2);
     drop(server);
 }
 
@@ -278,16 +282,21 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     stop.store(true, Ordering::Relaxed);
     assert!(signed > 0, "no request went through before the kill");
 
-    // Intact, no torn record; every released signature is on record (plus the unlock),
-    // and at most one unreleased record per client that was in flight.
+    // Intact, no torn record; every released signature is on record with its use record
+    // and its outcome (plus the unlock), and at most the two records of one unreleased
+    // use per client that was in flight; a use cut off before its outcome shows as such.
     let (intact, records, torn) = rig.audit();
-    eprintln!("killed after {signed} signatures; {records} records");
+    let unconcluded = rig.audit_report()["unconcluded"]
+        .as_array()
+        .map_or(usize::MAX, Vec::len);
+    eprintln!("killed after {signed} signatures; {records} records, {unconcluded} unconcluded");
     assert!(intact, "chain broken after SIGKILL");
     assert!(!torn, "torn record after SIGKILL");
     assert!(
-        records > signed && records <= 1 + signed + 2,
+        records > 2 * signed && records <= 1 + 2 * signed + 2 * 2,
         "{records} records for {signed} signatures"
     );
+    assert!(unconcluded <= 2, "{unconcluded} uses without an outcome");
 
     // Restarted on the same audit file: requests succeed again, the chain continues.
     let _server = rig.serve();
@@ -304,8 +313,8 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     assert!(intact && !torn);
     assert_eq!(
         after,
-        records + 1 + 1 + 2,
-        "unlock, one raw signature, a seal"
+        records + 1 + 2 + 2 * 2,
+        "unlock, one raw signature, a seal (two records a signature)"
     );
 }
 
@@ -365,7 +374,12 @@ fn custody_process_stops_cleanly_on_sigterm() {
     run.code(0);
     let report = run.json();
     assert_eq!(report["intact"], Value::Bool(true), "{report}");
-    assert_eq!(report["records"].as_u64(), Some(1 + signed + 1), "{report}");
+    assert_eq!(
+        report["records"].as_u64(),
+        Some(1 + 2 * signed + 1),
+        "{report}"
+    );
+    assert_eq!(report["unconcluded"], serde_json::json!([]), "{report}");
     assert_eq!(report["tail"][0]["operation"], "Lock", "{report}");
     assert_eq!(report["tail"][0]["outcome"], "success", "{report}");
 
@@ -379,5 +393,5 @@ fn custody_process_stops_cleanly_on_sigterm() {
     );
     let (intact, records, _) = rig.audit();
     assert!(intact);
-    assert_eq!(records, 1 + signed + 2);
+    assert_eq!(records, 1 + 2 * signed + 2);
 }

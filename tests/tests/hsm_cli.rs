@@ -120,15 +120,16 @@ fn hsm_token_seals_unseals_and_audits() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), plain);
 
-    // The chain verifies: per run an unlock, the key operations and a lock (seal: two
-    // signatures, one per layer; unseal: one decryption).
+    // The chain verifies: per run an unlock, the key operations (a use record and an
+    // outcome each) and a lock (seal: two signatures, one per layer; unseal: one
+    // decryption).
     assert!(rig.audit_file().is_file());
     let run = rig.etee(["audit", "verify", "--json"]).run();
     run.code(0);
     let report = run.json();
     assert_eq!(report["intact"], Value::Bool(true), "{report}");
     let records = report["records"].as_u64().unwrap();
-    assert_eq!(records, (1 + 2 + 1) + (1 + 1 + 1), "{report}");
+    assert_eq!(records, (1 + 2 * 2 + 1) + (1 + 2 + 1), "{report}");
     rig.etee(["audit", "verify"]).run().code(0);
 
     // A damaged byte in the middle: exit 1, naming the first broken record.

@@ -609,7 +609,7 @@ fn keydepot_registers_a_key_born_in_the_hsm_with_its_attestation() {
     // Both proofs were signed through Alice's custody core: on her token's chain.
     let run = rig
         .hsm
-        .etee(["audit", "verify", "--json", "--tail", "10", "--config"])
+        .etee(["audit", "verify", "--json", "--tail", "20", "--config"])
         .arg(&alice)
         .run();
     run.code(0);
@@ -617,7 +617,7 @@ fn keydepot_registers_a_key_born_in_the_hsm_with_its_attestation() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["operation"] == "SignPssSha256")
+        .filter(|r| r["operation"] == "SignPssSha256" && r["outcome"] == "success")
         .count();
     assert_eq!(signatures, 4, "two proofs and two attestations");
 }

@@ -56,6 +56,7 @@ pub fn audit_record(r: &AuditRecord) -> Value {
     let outcome = match r.outcome {
         Outcome::Success => "success".to_string(),
         Outcome::Refused(e) => format!("refused: {e}"),
+        Outcome::Admitted => "admitted".to_string(),
     };
     json!({
         "sequence": r.sequence,
@@ -84,6 +85,7 @@ pub fn audit_export(path: &Path, from: u64, limit: usize) -> Result<Value, FileS
             "records": s.count,
             "head": hex::encode(s.head.hash),
             "torn_tail": s.torn_tail,
+            "unconcluded": s.unconcluded,
             "entries": out,
         }),
         Err(FileSinkError::Io(e)) => return Err(FileSinkError::Io(e)),

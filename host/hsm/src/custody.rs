@@ -413,13 +413,16 @@ impl CustodyKeys {
     }
 
     /// Runs one request through the core. Key operations hold the core only to admit and
-    /// to conclude them: the HSM call runs on this thread with a session of its own, and
-    /// the wait for the audit record's sync is shared with concurrent callers.
+    /// to conclude them: the HSM call runs on this thread with a session of its own while
+    /// the syncer thread makes the use record durable, and syncs are shared with
+    /// concurrent callers.
     pub fn request(&self, request: &Request) -> Response {
         let admission = self.core().admit(request, now_ms());
         let concluded = match admission {
             Admission::Answered(concluded) => concluded,
             Admission::Admitted(ticket) => {
+                // The use record's sync runs while the token works.
+                self.inner.sync.start(ticket.durable_mark());
                 let executed = ticket.execute(&mut self.inner.token.clone());
                 self.core().conclude(executed, now_ms())
             }

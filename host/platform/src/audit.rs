@@ -20,24 +20,42 @@ pub fn record(
     outcome: &str,
     detail: Option<String>,
 ) -> Result<u64, etee_store::Error> {
-    let event = AuditEvent {
+    let event = event(at, action, actor, subject, outcome, detail);
+    let sequence = store.append_event(&event)?;
+    log(sequence, &event);
+    Ok(sequence)
+}
+
+/// The event [`record`] appends, for a caller that appends it together with something else
+/// in one store transaction (KGSS GetKey's replay check); then [`log`] it.
+pub fn event(
+    at: i64,
+    action: &str,
+    actor: &Identity,
+    subject: String,
+    outcome: &str,
+    detail: Option<String>,
+) -> AuditEvent {
+    AuditEvent {
         at,
         action: action.into(),
         actor: actor.to_string(),
         subject,
         outcome: outcome.into(),
         detail,
-    };
-    let sequence = store.append_event(&event)?;
+    }
+}
+
+/// The `etee::audit` log line mirroring an appended event.
+pub fn log(sequence: u64, event: &AuditEvent) {
     tracing::info!(
         target: "etee::audit",
         sequence,
-        action,
+        action = event.action.as_str(),
         subject = %event.subject,
         actor = %event.actor,
-        outcome,
+        outcome = event.outcome.as_str(),
         detail = event.detail.as_deref().unwrap_or(""),
         "audit"
     );
-    Ok(sequence)
 }

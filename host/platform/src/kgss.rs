@@ -22,7 +22,9 @@
 //! keeps. A SAML attribute source would plug in at [`Kgss::caller_attributes`].
 //!
 //! Every sealed request is remembered (by its SHA-256) for [`REPLAY_WINDOW`] and refused if
-//! it comes again; older requests are refused by their signing time.
+//! it comes again; older requests are refused by their signing time. `GetNewKey` remembers
+//! it as soon as the seal opens; `GetKey` once the decision is made, in the same store
+//! transaction as its audit event (one durable commit, not two).
 
 use crate::caller::{store_identifier, stored_value};
 use etee_formats::cms::{seal, unseal_to_vec, Kek, Recipient, SealOptions, UnsealOptions};
@@ -241,10 +243,12 @@ impl KgssError {
     }
 }
 
-/// A verified request: its content and who sent it.
+/// A verified request: its content, who sent it, and its digest for the replay table (not
+/// remembered yet: each operation does that where it fits).
 struct Opened {
     content: Zeroizing<Vec<u8>>,
     identities: Vec<Identity>,
+    digest: [u8; 32],
 }
 
 /// A new key's answer.
@@ -266,7 +270,7 @@ pub struct Kgss {
 }
 
 impl Kgss {
-    fn open(&self, store: &dyn Store, sealed: &[u8], now: i64) -> Result<Opened, KgssError> {
+    fn open(&self, sealed: &[u8], now: i64) -> Result<Opened, KgssError> {
         let opts = UnsealOptions {
             anchors: self.anchors.clone(),
             at: Some(now),
@@ -293,12 +297,10 @@ impl Kgss {
                 "the signer's certificate names no eHealth identity".into(),
             ));
         }
-        if !store.remember_request(&openssl::sha::sha256(sealed), now + REPLAY_WINDOW, now)? {
-            return Err(KgssError::Replay);
-        }
         Ok(Opened {
             content,
             identities,
+            digest: openssl::sha::sha256(sealed),
         })
     }
 
@@ -351,7 +353,10 @@ impl Kgss {
         sealed: &[u8],
         now: i64,
     ) -> Result<NewKey, KgssError> {
-        let opened = self.open(store, sealed, now)?;
+        let opened = self.open(sealed, now)?;
+        if !store.remember_request(&opened.digest, now + REPLAY_WINDOW, now)? {
+            return Err(KgssError::Replay);
+        }
         let request = GetNewKeyRequestContent::parse(&opened.content)
             .map_err(|e| KgssError::Content(e.to_string()))?;
         let etk = self.callers_etk(&request.etk, &opened.identities, now)?;
@@ -421,7 +426,10 @@ impl Kgss {
         sealed: &[u8],
         now: i64,
     ) -> Result<Vec<u8>, KgssError> {
-        let opened = self.open(store, sealed, now)?;
+        // Not remembered here but with the audit event below: a request whose content is
+        // malformed or names an unknown key is not in the replay table, and may come again
+        // to the same answer; nothing is released to it.
+        let opened = self.open(sealed, now)?;
         let request = GetKeyRequestContent::parse(&opened.content)
             .map_err(|e| KgssError::Content(e.to_string()))?;
         let id: [u8; 16] = request
@@ -442,22 +450,26 @@ impl Kgss {
             .map(service_credential)
             .collect();
         let decision = evaluate(&allowed, &excluded, &attributes);
-        // Recorded before anything is released, refusals too; no record, no key.
+        // Recorded before anything is released, refusals too; no record, no key. The replay
+        // check is in the same transaction: a replay is refused with no event, a fresh
+        // request is remembered together with its event.
         let outcome = if decision.is_allowed() {
             "granted"
         } else {
             "denied"
         };
-        let detail = format!("{decision:?}");
-        audit(
-            store,
+        let event = crate::audit::event(
             now,
             "kgss.read",
             &opened.identities[0],
-            &id,
+            hex::encode(id),
             outcome,
-            Some(detail),
-        )?;
+            Some(format!("{decision:?}")),
+        );
+        let sequence = store
+            .remember_request_with_event(&opened.digest, now + REPLAY_WINDOW, now, &event)?
+            .ok_or(KgssError::Replay)?;
+        crate::audit::log(sequence, &event);
         if !decision.is_allowed() {
             return Err(KgssError::AccessDenied);
         }
@@ -561,5 +573,152 @@ fn service_credential(c: &etee_store::Credential) -> Credential {
         namespace: c.namespace.clone(),
         name: c.name.clone(),
         values: c.values.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etee_formats::cert::Certificate;
+    use etee_formats::keystore::{ehealth_entries, EhealthKeystore};
+    use etee_services::kgss::vocabulary;
+    use etee_store::EmbeddedStore;
+    use etee_testpki::{Institution, InstitutionSpec, TestPki};
+
+    fn keystore(inst: &Institution) -> EhealthKeystore {
+        let chain = std::iter::once(&inst.auth.cert).chain(&inst.chain).cloned();
+        let entries = ehealth_entries(
+            inst.auth.key.clone(),
+            chain.collect(),
+            inst.etk_key.clone(),
+            inst.etk_cert.clone(),
+        );
+        EhealthKeystore::from_entries(entries.unwrap()).unwrap()
+    }
+
+    fn seal_for(from: &Institution, to: &Institution, content: &[u8]) -> Vec<u8> {
+        let to = Certificate::from_der(&to.etk_cert.to_der().unwrap()).unwrap();
+        let mut out = Vec::new();
+        let signer = keystore(from).authentication().unwrap();
+        seal(
+            &signer,
+            &[Recipient::Certificate(to)],
+            None,
+            content,
+            &mut out,
+            &SealOptions::default(),
+        )
+        .unwrap();
+        out
+    }
+
+    fn reads(store: &dyn Store) -> Vec<String> {
+        let events = store.events(0, 100).unwrap();
+        etee_store::audit::verify(0, etee_store::audit::GENESIS, &events).unwrap();
+        events
+            .into_iter()
+            .filter(|e| e.event.action == "kgss.read")
+            .map(|e| e.event.outcome)
+            .collect()
+    }
+
+    /// GetKey remembers the request with its audit event: a replay (of a granted or a
+    /// denied read) is refused and leaves no `kgss.read` event; a request that names no key
+    /// is not remembered.
+    #[test]
+    fn get_key_replays_are_refused_without_an_event() {
+        let pki = TestPki::generate("kgss-unit").unwrap();
+        let kgss_spec =
+            InstitutionSpec::new("CBE", "0809394427", "KGSS").with_application_id("KGSS");
+        let kgss_inst = pki.institution(&kgss_spec).unwrap();
+        let bob = pki
+            .institution(&InstitutionSpec::new(
+                "NIHII-PHARMACY",
+                "27150201",
+                "Bob Pharmacy",
+            ))
+            .unwrap();
+        let kgss = Kgss {
+            signer: keystore(&kgss_inst).authentication().unwrap(),
+            ring: keystore(&kgss_inst).key_ring(),
+            wrapper: Arc::new(InsecureMemoryWrapper::new_random()),
+            anchors: TrustAnchors::new(vec![Certificate::from_der(
+                &pki.root.cert.to_der().unwrap(),
+            )
+            .unwrap()]),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let recognised = etee_store::Attribute {
+            namespace: vocabulary::CERTIFIED_NS.into(),
+            name: vocabulary::RECOGNISED_PHARMACY.into(),
+            value: "true".into(),
+        };
+        store
+            .set_attribute("NIHII-PHARMACY", "27150201", &recognised)
+            .unwrap();
+        let now = crate::unix_now();
+
+        let new_key = seal_for(
+            &bob,
+            &kgss_inst,
+            &GetNewKeyRequestContent {
+                allowed_readers: vec![vocabulary::recognised_pharmacy()],
+                excluded_readers: vec![],
+                etk: bob.etk.clone(),
+                deletion_strategy: false,
+            }
+            .to_xml(),
+        );
+        let id = kgss.get_new_key(&store, &new_key, now).unwrap().key_id;
+        assert!(matches!(
+            kgss.get_new_key(&store, &new_key, now),
+            Err(KgssError::Replay)
+        ));
+
+        let get_key = |key_id: &[u8]| {
+            let content = GetKeyRequestContent {
+                key_identifier: key_id.to_vec(),
+                reply_to: ReplyTo::Etk(bob.etk.clone()),
+            };
+            seal_for(&bob, &kgss_inst, &content.to_xml())
+        };
+        let granted = get_key(&id);
+        kgss.get_key(&store, &granted, now).unwrap();
+        assert_eq!(reads(&store), ["granted"]);
+        assert!(matches!(
+            kgss.get_key(&store, &granted, now),
+            Err(KgssError::Replay)
+        ));
+        assert_eq!(reads(&store), ["granted"], "a replay leaves no event");
+
+        store
+            .remove_attribute(
+                "NIHII-PHARMACY",
+                "27150201",
+                vocabulary::CERTIFIED_NS,
+                vocabulary::RECOGNISED_PHARMACY,
+            )
+            .unwrap();
+        let denied = get_key(&id);
+        assert!(matches!(
+            kgss.get_key(&store, &denied, now),
+            Err(KgssError::AccessDenied)
+        ));
+        assert!(matches!(
+            kgss.get_key(&store, &denied, now),
+            Err(KgssError::Replay)
+        ));
+        assert_eq!(reads(&store), ["granted", "denied"]);
+
+        // Names no key: nothing released, nothing remembered, so the same answer again.
+        let unknown = get_key(&[9; 16]);
+        for _ in 0..2 {
+            assert!(matches!(
+                kgss.get_key(&store, &unknown, now),
+                Err(KgssError::UnknownKey)
+            ));
+        }
+        assert_eq!(reads(&store), ["granted", "denied"]);
     }
 }

@@ -430,26 +430,9 @@ impl Store for EmbeddedStore {
     }
 
     fn remember_request(&self, digest: &[u8; 32], expires_at: i64, now: i64) -> Result<bool> {
-        // redb runs one write transaction at a time, so check-then-insert is atomic.
         let txn = self.write()?;
-        let fresh = {
-            let mut seen = txn.open_table(SEEN_REQUEST).db()?;
-            let previous = seen.get(&digest[..]).db()?.map(|v| v.value());
-            match previous {
-                Some(previous) if previous > now => false,
-                _ => {
-                    let mut by_expiry = txn.open_table(SEEN_BY_EXPIRY).db()?;
-                    if let Some(previous) = previous {
-                        by_expiry.remove((previous, &digest[..])).db()?;
-                    }
-                    seen.insert(&digest[..], expires_at).db()?;
-                    by_expiry.insert((expires_at, &digest[..]), ()).db()?;
-                    true
-                }
-            }
-        };
-        commit_if(txn, fresh)?;
-        Ok(fresh)
+        let fresh = remember_in(&txn, digest, expires_at, now)?;
+        commit_if(txn, fresh)
     }
 
     fn purge_expired(&self, now: i64) -> Result<u64> {
@@ -478,31 +461,27 @@ impl Store for EmbeddedStore {
     }
 
     fn append_event(&self, event: &AuditEvent) -> Result<u64> {
-        // redb has one writer at a time: reading the head and appending are atomic.
         let txn = self.write()?;
-        let sequence = {
-            let mut table = txn.open_table(AUDIT).db()?;
-            let (last, previous) = match table.last().db()? {
-                None => (0, audit::GENESIS),
-                Some((k, v)) => {
-                    let row: AuditRow = decode(v.value())?;
-                    (
-                        k.value(),
-                        fixed("audit hash", &unhex("audit hash", &row.hash)?)?,
-                    )
-                }
-            };
-            let sequence = last + 1;
-            let hash = audit::chain_hash(&previous, sequence, &audit::event_bytes(event));
-            let row = AuditRow {
-                event: event.clone(),
-                hash: hex::encode(hash),
-            };
-            table.insert(sequence, &*encode(&row)?).db()?;
-            sequence
-        };
+        let sequence = append_in(&txn, event)?;
         txn.commit().db()?;
         Ok(sequence)
+    }
+
+    fn remember_request_with_event(
+        &self,
+        digest: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>> {
+        let txn = self.write()?;
+        if !remember_in(&txn, digest, expires_at, now)? {
+            txn.abort().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&txn, event)?;
+        txn.commit().db()?;
+        Ok(Some(sequence))
     }
 
     fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
@@ -524,6 +503,52 @@ impl Store for EmbeddedStore {
             })
             .collect()
     }
+}
+
+/// Records `digest` in `txn` unless it is there unexpired; true when it was fresh.
+/// redb runs one write transaction at a time, so check-then-insert is atomic.
+fn remember_in(
+    txn: &WriteTransaction,
+    digest: &[u8; 32],
+    expires_at: i64,
+    now: i64,
+) -> Result<bool> {
+    let mut seen = txn.open_table(SEEN_REQUEST).db()?;
+    let previous = seen.get(&digest[..]).db()?.map(|v| v.value());
+    if previous.is_some_and(|previous| previous > now) {
+        return Ok(false);
+    }
+    let mut by_expiry = txn.open_table(SEEN_BY_EXPIRY).db()?;
+    if let Some(previous) = previous {
+        by_expiry.remove((previous, &digest[..])).db()?;
+    }
+    seen.insert(&digest[..], expires_at).db()?;
+    by_expiry.insert((expires_at, &digest[..]), ()).db()?;
+    Ok(true)
+}
+
+/// Appends `event` after the chain head, in `txn`; returns its sequence. redb has one writer
+/// at a time: reading the head and appending are atomic.
+fn append_in(txn: &WriteTransaction, event: &AuditEvent) -> Result<u64> {
+    let mut table = txn.open_table(AUDIT).db()?;
+    let (last, previous) = match table.last().db()? {
+        None => (0, audit::GENESIS),
+        Some((k, v)) => {
+            let row: AuditRow = decode(v.value())?;
+            (
+                k.value(),
+                fixed("audit hash", &unhex("audit hash", &row.hash)?)?,
+            )
+        }
+    };
+    let sequence = last + 1;
+    let hash = audit::chain_hash(&previous, sequence, &audit::event_bytes(event));
+    let row = AuditRow {
+        event: event.clone(),
+        hash: hex::encode(hash),
+    };
+    table.insert(sequence, &*encode(&row)?).db()?;
+    Ok(sequence)
 }
 
 /// Commits when something changed, else aborts (which costs no sync).

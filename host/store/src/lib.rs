@@ -256,6 +256,18 @@ pub trait Store: Send + Sync {
     /// returns its sequence number. Appends from instances sharing one database are
     /// serialised.
     fn append_event(&self, event: &AuditEvent) -> Result<u64>;
+    /// [`remember_request`](Store::remember_request) and [`append_event`](Store::append_event)
+    /// in one transaction (one durable commit instead of two, for KGSS `GetKey`): a fresh
+    /// `digest` is recorded and `event` appended together, returning the event's sequence; a
+    /// replay returns `None` and writes nothing, neither the digest nor the event. Same replay
+    /// semantics (expiry included) and the same chaining and serialisation as the two methods.
+    fn remember_request_with_event(
+        &self,
+        digest: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>>;
     /// The audit events after sequence `after` (0: from the start), at most `limit`, in order.
     fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use r2d2_postgres::postgres::types::{FromSql, Json};
-use r2d2_postgres::postgres::{Client, Config, NoTls, Row};
+use r2d2_postgres::postgres::{Client, Config, GenericClient, NoTls, Row, Transaction};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 
 use crate::audit::{self, AuditEvent, StoredEvent};
@@ -471,18 +471,8 @@ impl Store for PgStore {
     }
 
     fn remember_request(&self, digest: &[u8; 32], expires_at: i64, now: i64) -> Result<bool> {
-        // A concurrent insert of the same digest makes this one wait, then take the conflict
-        // branch and see the winner's unexpired row: exactly one caller gets a row count of 1.
-        let n = self
-            .conn()?
-            .execute(
-                "INSERT INTO seen_request (digest, expires_at) VALUES ($1, $2)
-                 ON CONFLICT (digest) DO UPDATE SET expires_at = EXCLUDED.expires_at
-                 WHERE seen_request.expires_at <= $3",
-                &[&digest.as_slice(), &expires_at, &now],
-            )
-            .db()?;
-        Ok(n == 1)
+        // On the connection itself: one autocommitted statement, no BEGIN/COMMIT round trips.
+        remember_in(&mut *self.conn()?, digest, expires_at, now)
     }
 
     fn purge_expired(&self, now: i64) -> Result<u64> {
@@ -494,37 +484,32 @@ impl Store for PgStore {
     fn append_event(&self, event: &AuditEvent) -> Result<u64> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().db()?;
-        // Held to commit: the head read below is the one this event follows, also across
-        // instances sharing the database.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-            .db()?;
-        let (last, previous) = match tx
-            .query_opt(
-                "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1",
-                &[],
-            )
-            .db()?
-        {
-            None => (0u64, audit::GENESIS),
-            Some(row) => {
-                let seq: i64 = get(&row, 0)?;
-                let seq = u64::try_from(seq)
-                    .map_err(|_| Error::Corrupt(format!("audit sequence {seq}")))?;
-                (seq, fixed("audit hash", get(&row, 1)?)?)
-            }
-        };
-        let sequence = last + 1;
-        let json = audit::event_bytes(event);
-        let hash = audit::chain_hash(&previous, sequence, &json);
-        let seq =
-            i64::try_from(sequence).map_err(|_| Error::Invalid("the audit log is full".into()))?;
-        tx.execute(
-            "INSERT INTO audit_event (seq, event, hash) VALUES ($1, $2, $3)",
-            &[&seq, &json, &hash.as_slice()],
-        )
-        .db()?;
+        let sequence = append_in(&mut tx, event)?;
         tx.commit().db()?;
         Ok(sequence)
+    }
+
+    fn remember_request_with_event(
+        &self,
+        digest: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().db()?;
+        // The digest first: a replay leaves without touching the audit lock, and every
+        // transaction takes its row lock before the advisory lock (append_event takes only
+        // the latter), so the two cannot deadlock. A concurrent same-digest request waits on
+        // the uncommitted row and sees it as a replay once this commits (nothing, if it
+        // rolls back).
+        if !remember_in(&mut tx, digest, expires_at, now)? {
+            tx.rollback().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&mut tx, event)?;
+        tx.commit().db()?;
+        Ok(Some(sequence))
     }
 
     fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
@@ -551,6 +536,60 @@ impl Store for PgStore {
             })
             .collect()
     }
+}
+
+/// Records `digest` unless it is there unexpired; true when it was fresh. One statement: a
+/// concurrent insert of the same digest makes this one wait, then take the conflict branch
+/// and see the winner's unexpired row, so exactly one caller gets a row count of 1.
+fn remember_in(
+    client: &mut impl GenericClient,
+    digest: &[u8; 32],
+    expires_at: i64,
+    now: i64,
+) -> Result<bool> {
+    let n = client
+        .execute(
+            "INSERT INTO seen_request (digest, expires_at) VALUES ($1, $2)
+             ON CONFLICT (digest) DO UPDATE SET expires_at = EXCLUDED.expires_at
+             WHERE seen_request.expires_at <= $3",
+            &[&digest.as_slice(), &expires_at, &now],
+        )
+        .db()?;
+    Ok(n == 1)
+}
+
+/// Appends `event` after the chain head within `tx`; returns its sequence. The advisory lock
+/// is held to commit: the head read is the one this event follows, also across instances
+/// sharing the database.
+fn append_in(tx: &mut Transaction, event: &AuditEvent) -> Result<u64> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+        .db()?;
+    let (last, previous) = match tx
+        .query_opt(
+            "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .db()?
+    {
+        None => (0u64, audit::GENESIS),
+        Some(row) => {
+            let seq: i64 = get(&row, 0)?;
+            let seq =
+                u64::try_from(seq).map_err(|_| Error::Corrupt(format!("audit sequence {seq}")))?;
+            (seq, fixed("audit hash", get(&row, 1)?)?)
+        }
+    };
+    let sequence = last + 1;
+    let json = audit::event_bytes(event);
+    let hash = audit::chain_hash(&previous, sequence, &json);
+    let seq =
+        i64::try_from(sequence).map_err(|_| Error::Invalid("the audit log is full".into()))?;
+    tx.execute(
+        "INSERT INTO audit_event (seq, event, hash) VALUES ($1, $2, $3)",
+        &[&seq, &json, &hash.as_slice()],
+    )
+    .db()?;
+    Ok(sequence)
 }
 
 /// A column, with a wrong type or undecodable JSON reported as corruption (never a panic).

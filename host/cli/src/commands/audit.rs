@@ -52,7 +52,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let (report, text, code) = match result {
         Ok(s) => {
             let head = hex::encode(s.head.hash);
-            let text = format!(
+            let mut text = format!(
                 "OK      {} records, head {head}{}",
                 s.count,
                 if s.torn_tail {
@@ -61,10 +61,20 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                     ""
                 }
             );
+            if !s.unconcluded.is_empty() {
+                let seqs: Vec<String> = s.unconcluded.iter().map(|q| format!("#{q}")).collect();
+                text.push_str(&format!(
+                    "\nNOTE    {} key use(s) admitted without a recorded outcome (the core stopped \
+                     while the token worked; the key may have been used): {}",
+                    s.unconcluded.len(),
+                    seqs.join(" ")
+                ));
+            }
             let report = json!({
                 "file": file, "intact": true, "records": s.count,
                 "head": head, "torn_tail": s.torn_tail,
-                "pin_failures": s.pin_failures, "tail": last,
+                "pin_failures": s.pin_failures, "unconcluded": s.unconcluded,
+                "tail": last,
             });
             (report, text, ExitCode::SUCCESS)
         }

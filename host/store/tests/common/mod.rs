@@ -553,6 +553,106 @@ pub fn concurrent_audit_appends(h: &impl Harness) {
     assert_eq!(audit::verify(0, audit::GENESIS, &all).unwrap().0, n);
 }
 
+/// The replay check and an audit event in one transaction: both written, or (a replay)
+/// neither.
+pub fn remember_with_event(h: &impl Harness) {
+    let s = h.open();
+    let d = [4u8; 32];
+    assert_eq!(s.append_event(&audit_event(1, "granted")).unwrap(), 1);
+    let fresh = |s: &dyn Store, expires_at, now, n| {
+        s.remember_request_with_event(&d, expires_at, now, &audit_event(n, "granted"))
+            .unwrap()
+    };
+    assert_eq!(
+        fresh(&*s, 1100, 1000, 2),
+        Some(2),
+        "fresh: remembered, event 2"
+    );
+    assert_eq!(fresh(&*s, 1200, 1050, 3), None, "replay");
+    assert_eq!(fresh(&*s, 1200, 1099, 3), None, "replay");
+    let all = s.events(0, 100).unwrap();
+    assert_eq!(all.len(), 2, "a replay appends nothing");
+    assert_eq!(all[1].event, audit_event(2, "granted"));
+    audit::verify(0, audit::GENESIS, &all).unwrap();
+    // The same replay table as remember_request, both ways.
+    assert!(!s.remember_request(&d, 1200, 1099).unwrap());
+    assert!(s.remember_request(&[5; 32], 1100, 1000).unwrap());
+    assert_eq!(
+        s.remember_request_with_event(&[5; 32], 1100, 1000, &audit_event(3, "denied"))
+            .unwrap(),
+        None
+    );
+    // Expired at `now` (expires_at <= now): fresh again, and the new expiry holds.
+    assert_eq!(fresh(&*s, 1300, 1100, 3), Some(3), "expired, so fresh");
+    assert_eq!(fresh(&*s, 1400, 1299, 4), None, "new expiry holds");
+    assert!(!s.remember_request(&d, 1400, 1299).unwrap());
+    // A purged entry is fresh.
+    assert_eq!(s.purge_expired(1300).unwrap(), 2);
+    assert_eq!(fresh(&*s, 1400, 1300, 4), Some(4));
+    // Durable, and the chain goes on from the head.
+    drop(s);
+    let s = h.open();
+    assert_eq!(fresh(&*s, 1500, 1399, 5), None);
+    assert_eq!(s.append_event(&audit_event(5, "granted")).unwrap(), 5);
+    let all = s.events(0, 100).unwrap();
+    assert_eq!(audit::verify(0, audit::GENESIS, &all).unwrap().0, 5);
+    assert_eq!(all[3].event, audit_event(4, "granted"));
+}
+
+/// Threads (on two handles when allowed) race on the same digests with
+/// `remember_request_with_event` while also appending plain events: one winner per digest,
+/// one event per win, and an unbroken chain.
+pub fn concurrent_remember_with_event(h: &impl Harness) {
+    const THREADS: u32 = 6;
+    const ROUNDS: u8 = 8;
+    let first = h.open();
+    let second = if h.shared() { h.open() } else { first.clone() };
+    let barrier = Arc::new(Barrier::new(THREADS as usize));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let s = if t % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut wins = Vec::new();
+                for round in 0..ROUNDS {
+                    barrier.wait();
+                    let event = audit_event(t * 100 + u32::from(round), "granted");
+                    if let Some(seq) = s
+                        .remember_request_with_event(&[round; 32], 100, 0, &event)
+                        .unwrap()
+                    {
+                        wins.push((round, seq));
+                    }
+                    s.append_event(&audit_event(10_000 + t * 100 + u32::from(round), "denied"))
+                        .unwrap();
+                }
+                wins
+            })
+        })
+        .collect();
+    let wins: Vec<(u8, u64)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let mut rounds: Vec<u8> = wins.iter().map(|w| w.0).collect();
+    rounds.sort_unstable();
+    assert_eq!(
+        rounds,
+        (0..ROUNDS).collect::<Vec<_>>(),
+        "one winner per digest"
+    );
+    let all = first.events(0, 1000).unwrap();
+    let n = u64::from(ROUNDS) + u64::from(THREADS) * u64::from(ROUNDS);
+    assert_eq!(audit::verify(0, audit::GENESIS, &all).unwrap().0, n);
+    for (_, seq) in wins {
+        assert_eq!(all[seq as usize - 1].event.outcome, "granted");
+    }
+}
+
 /// One `#[test]` per suite function, for a harness made by `$make` (`None`: skipped).
 #[macro_export]
 macro_rules! store_suite {
@@ -560,7 +660,7 @@ macro_rules! store_suite {
         $crate::store_suite!(@tests $make;
             backend_and_open_helper, etks, kgss_keys, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
-            concurrent_audit_appends);
+            concurrent_audit_appends, remember_with_event, concurrent_remember_with_event);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

@@ -30,6 +30,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 const FRAME_HEADER: usize = 2 + 4;
@@ -191,6 +192,11 @@ struct SyncState {
     syncs: u64,
     /// The highest mark handed to the syncer thread.
     requested: u64,
+    /// When the syncer should start syncing the marks handed to it: the earliest time one of
+    /// them is needed, less a sync's duration (see [`GroupSync::start`]).
+    sync_at: Option<Instant>,
+    /// How long a sync takes, averaged (microseconds).
+    sync_micros: u64,
     /// The syncer thread runs (started by the first [`GroupSync::start`]).
     syncer: bool,
     /// The sink is gone: the syncer thread ends.
@@ -198,6 +204,11 @@ struct SyncState {
 }
 
 type StateGuard<'a> = std::sync::MutexGuard<'a, SyncState>;
+
+/// Time the syncer allows itself to wake up before a sync it planned.
+const SYNC_WAKE_MARGIN: Duration = Duration::from_micros(150);
+/// A sync that took longer than this (a stall) counts as this long in the average.
+const MAX_SYNC_ESTIMATE_MICROS: u64 = 20_000;
 
 impl GroupSync {
     /// Waits until the file is durable up to `mark`, syncing it if no sync under way
@@ -224,12 +235,23 @@ impl GroupSync {
     /// Starts making the file durable up to `mark` on the syncer thread, without waiting
     /// (a later [`Self::wait`] for the mark collects the outcome). The thread is started
     /// on first use and ends with the sink.
-    pub fn start(self: &Arc<Self>, mark: u64) {
+    ///
+    /// `needed_in` is when the caller expects to wait for the mark (how long its token
+    /// operation usually takes; zero if unknown). The syncer starts the sync that much
+    /// later, less a sync's usual duration, so that the records of other callers written
+    /// meanwhile share it: fewer syncs when the machine is busy. A caller that waits for a
+    /// mark not yet durable syncs at once itself ([`Self::wait`]), so a wrong guess costs
+    /// a shared sync, never a longer wait than without the syncer.
+    pub fn start(self: &Arc<Self>, mark: u64, needed_in: Duration) {
         let mut state = self.state();
         if state.failed || state.closed || state.durable >= mark {
             return;
         }
         state.requested = state.requested.max(mark);
+        // Start early enough: a sync's usual duration, and a margin for waking up.
+        let lead = Duration::from_micros(state.sync_micros) + SYNC_WAKE_MARGIN;
+        let at = Instant::now() + needed_in.saturating_sub(lead);
+        state.sync_at = Some(state.sync_at.map_or(at, |t| t.min(at)));
         if !state.syncer {
             let me = self.clone();
             let spawned = std::thread::Builder::new()
@@ -248,12 +270,20 @@ impl GroupSync {
                 state.syncer = false;
                 return;
             }
-            state = if state.requested > state.durable && !state.syncing && !state.failed {
-                self.sync_now(state)
-            } else {
-                self.work
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner)
+            let due = state.sync_at.map(|at| at.saturating_duration_since(Instant::now()));
+            state = match due {
+                _ if state.requested <= state.durable || state.syncing || state.failed => {
+                    self.work
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner)
+                }
+                Some(wait) if !wait.is_zero() => {
+                    self.work
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                _ => self.sync_now(state),
             };
         }
     }
@@ -263,13 +293,20 @@ impl GroupSync {
         state.syncing = true;
         let target = state.written;
         drop(state);
+        let began = Instant::now();
         let synced = self.file.sync_data();
+        let took = began.elapsed().as_micros().min(u128::from(MAX_SYNC_ESTIMATE_MICROS)) as u64;
         let mut state = self.state();
         state.syncing = false;
+        if state.requested <= target {
+            state.sync_at = None;
+        }
         match synced {
             Ok(()) => {
                 state.durable = state.durable.max(target);
                 state.syncs += 1;
+                // Moving average, 1/8 per sync.
+                state.sync_micros = (state.sync_micros * 7 + took) / 8;
             }
             Err(_) => state.failed = true,
         }
@@ -363,6 +400,8 @@ impl FileAuditSink {
                 failed: false,
                 syncs: 0,
                 requested: 0,
+                sync_at: None,
+                sync_micros: 0,
                 syncer: false,
                 closed: false,
             }),

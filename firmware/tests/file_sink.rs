@@ -236,7 +236,7 @@ fn concurrent_callers_share_syncs_and_every_released_result_is_on_file() {
                             panic!("refused")
                         };
                         // As the host does: the use record syncs while the token works.
-                        sync.start(ticket.durable_mark());
+                        sync.start(ticket.durable_mark(), std::time::Duration::from_micros(200));
                         let executed = ticket.execute(&mut handle);
                         let concluded = core.lock().unwrap().conclude(executed, 11);
                         let mark = concluded.durable_mark();
@@ -341,4 +341,49 @@ fn the_wrong_pin_counter_survives_a_restart() {
     assert_eq!(core.status().state, LockState::Locked);
     assert_eq!(core.status().pin_tries_left, 5);
     assert_eq!(core.handle_request(&right, 5), Response::Unlocked);
+}
+
+#[test]
+fn the_syncer_syncs_on_its_own_and_a_waiter_never_waits_for_its_plan() {
+    use etee_custody::custody::Admission;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut core = core_on(&path);
+    core.handle_request(&unlock(b"1234"), 1);
+    let sync = core.audit_sink().group_sync();
+    let request = |n: u8| Request::SignPssSha256 {
+        client: ClientId::try_from("app").unwrap(),
+        key: KeyId::try_from("auth").unwrap(),
+        digest: [n; 32],
+    };
+
+    // Needed at once: the syncer thread makes the use record durable without a waiter.
+    let first = request(1);
+    let Admission::Admitted(ticket) = core.admit(&first, 2) else {
+        panic!("refused")
+    };
+    let before = sync.syncs();
+    sync.start(ticket.durable_mark(), Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sync.syncs() == before {
+        assert!(Instant::now() < deadline, "the syncer did not sync");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(ticket);
+
+    // Planned for much later: a caller that needs it now syncs at once, not at the plan.
+    let second = request(2);
+    let Admission::Admitted(ticket) = core.admit(&second, 3) else {
+        panic!("refused")
+    };
+    let mark = ticket.durable_mark();
+    sync.start(mark, Duration::from_secs(30));
+    let began = Instant::now();
+    sync.wait(mark).unwrap();
+    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    drop(ticket);
+    // Both use records are on file, without outcomes (never executed).
+    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [1, 2]);
 }

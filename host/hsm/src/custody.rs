@@ -35,7 +35,9 @@ use etee_custody::wire::{self, Blob, Pin as WirePin, WrapSecret, Wrapped};
 use etee_custody::{ClientId, Custody, Error as CoreError, KeyKind, Request, Response, Token};
 use etee_formats::keys::{DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SigningKey};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// The budget of the default rules: bursts of 10 000 uses, refilled at 1 000 per second.
@@ -240,6 +242,22 @@ struct Inner {
     token: HsmToken,
     /// Waits for audit records outside the core's lock (group commit).
     sync: Arc<GroupSync>,
+    /// How long the token usually takes, per kind of key use ([`usual_slot`]), in
+    /// microseconds: when the syncer must have a use record durable.
+    usual_micros: [AtomicU64; 4],
+}
+
+/// A token operation that took longer than this (a stall) counts as this long.
+const MAX_USUAL_MICROS: u128 = 100_000;
+
+/// The slot of [`Inner::usual_micros`] for a key request.
+fn usual_slot(request: &Request) -> usize {
+    match request {
+        Request::SignPssSha256 { .. } => 0,
+        Request::DecryptPkcs1v15 { .. } => 1,
+        Request::WrapSecret { .. } => 2,
+        _ => 3,
+    }
 }
 
 impl Drop for Inner {
@@ -368,6 +386,7 @@ impl CustodyKeys {
                 core: Mutex::new(core),
                 token: handle,
                 sync,
+                usual_micros: Default::default(),
             }),
             client,
         })
@@ -421,9 +440,17 @@ impl CustodyKeys {
         let concluded = match admission {
             Admission::Answered(concluded) => concluded,
             Admission::Admitted(ticket) => {
-                // The use record's sync runs while the token works.
-                self.inner.sync.start(ticket.durable_mark());
+                // The use record's sync runs while the token works, planned for when the
+                // token usually answers this kind of request.
+                let usual = &self.inner.usual_micros[usual_slot(request)];
+                let needed_in = Duration::from_micros(usual.load(Ordering::Relaxed));
+                self.inner.sync.start(ticket.durable_mark(), needed_in);
+                let began = Instant::now();
                 let executed = ticket.execute(&mut self.inner.token.clone());
+                let took = began.elapsed().as_micros().min(MAX_USUAL_MICROS) as u64;
+                // Moving average, 1/8 per use (racy updates only blur it).
+                let old = usual.load(Ordering::Relaxed);
+                usual.store((old * 7 + took) / 8, Ordering::Relaxed);
                 self.core().conclude(executed, now_ms())
             }
         };

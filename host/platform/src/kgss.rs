@@ -466,19 +466,48 @@ impl Kgss {
             outcome,
             Some(format!("{decision:?}")),
         );
-        let sequence = store
-            .remember_request_with_event(&opened.digest, now + REPLAY_WINDOW, now, &event)?
-            .ok_or(KgssError::Replay)?;
-        crate::audit::log(sequence, &event);
+        let remember =
+            || store.remember_request_with_event(&opened.digest, now + REPLAY_WINDOW, now, &event);
         if !decision.is_allowed() {
+            let sequence = remember()?.ok_or(KgssError::Replay)?;
+            crate::audit::log(sequence, &event);
             return Err(KgssError::AccessDenied);
         }
+        // A replay is refused before any key work (a read). Then the record is committed
+        // while the key is unwrapped and the answer sealed, and the answer leaves only once
+        // the record is durable: no record, no key. The commit alone decides between
+        // concurrent copies of one request; the loser's answer is dropped.
+        if store.request_seen(&opened.digest, now)? {
+            return Err(KgssError::Replay);
+        }
+        let (recorded, answer) = std::thread::scope(|scope| {
+            let commit = scope.spawn(remember);
+            let answer = self.get_key_answer(&record, &request.reply_to, &opened, now);
+            let recorded = commit
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (recorded, answer)
+        });
+        let sequence = recorded?.ok_or(KgssError::Replay)?;
+        crate::audit::log(sequence, &event);
+        answer
+    }
+
+    /// The sealed `GetKey` answer: the stored key unwrapped (in the HSM, through the custody
+    /// core) and sealed to the caller's ETK or one-off KEK.
+    fn get_key_answer(
+        &self,
+        record: &KgssKey,
+        reply_to: &ReplyTo,
+        opened: &Opened,
+        now: i64,
+    ) -> Result<Vec<u8>, KgssError> {
         let key = self.wrapper.unwrap(&record.wrapped_key)?;
         let answer = GetKeyResponseContent {
             key: SecretBytes::from_slice(&key),
         }
         .to_xml();
-        match &request.reply_to {
+        match reply_to {
             ReplyTo::Etk(etk) => {
                 let etk = self.callers_etk(etk, &opened.identities, now)?;
                 self.seal_to(&answer, Some(&etk), None)

@@ -435,6 +435,13 @@ impl Store for EmbeddedStore {
         commit_if(txn, fresh)
     }
 
+    fn request_seen(&self, digest: &[u8; 32], now: i64) -> Result<bool> {
+        let txn = self.db.begin_read().db()?;
+        let seen = txn.open_table(SEEN_REQUEST).db()?;
+        let expires_at = seen.get(&digest[..]).db()?.map(|v| v.value());
+        Ok(expires_at.is_some_and(|expires_at| expires_at > now))
+    }
+
     fn purge_expired(&self, now: i64) -> Result<u64> {
         let txn = self.write()?;
         let mut purged = 0;

@@ -249,6 +249,10 @@ pub trait Store: Send + Sync {
     /// but expired at `now`), false if it is a replay. Atomic, also across instances sharing
     /// one database. An entry is expired when `expires_at <= now`.
     fn remember_request(&self, digest: &[u8; 32], expires_at: i64, now: i64) -> Result<bool>;
+    /// Whether `digest` is remembered and not expired at `now`: a read, no write. For
+    /// refusing a replay before costly work; only [`remember_request`](Store::remember_request)
+    /// and [`remember_request_with_event`](Store::remember_request_with_event) decide.
+    fn request_seen(&self, digest: &[u8; 32], now: i64) -> Result<bool>;
     /// Forgets the expired request digests; returns how many.
     fn purge_expired(&self, now: i64) -> Result<u64>;
 

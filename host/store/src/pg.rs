@@ -475,6 +475,17 @@ impl Store for PgStore {
         remember_in(&mut *self.conn()?, digest, expires_at, now)
     }
 
+    fn request_seen(&self, digest: &[u8; 32], now: i64) -> Result<bool> {
+        let row = self
+            .conn()?
+            .query_opt(
+                "SELECT 1 FROM seen_request WHERE digest = $1 AND expires_at > $2",
+                &[&digest.as_slice(), &now],
+            )
+            .db()?;
+        Ok(row.is_some())
+    }
+
     fn purge_expired(&self, now: i64) -> Result<u64> {
         self.conn()?
             .execute("DELETE FROM seen_request WHERE expires_at <= $1", &[&now])

@@ -333,7 +333,11 @@ pub fn replay(h: &impl Harness) {
     let d1 = [1u8; 32];
     let d2 = [2u8; 32];
     let d3 = [3u8; 32];
+    assert!(!s.request_seen(&d1, 1000).unwrap(), "not yet");
     assert!(s.remember_request(&d1, 1100, 1000).unwrap(), "fresh");
+    assert!(s.request_seen(&d1, 1099).unwrap(), "remembered");
+    assert!(!s.request_seen(&d1, 1100).unwrap(), "expired at its expiry");
+    assert!(!s.request_seen(&d2, 1000).unwrap(), "another digest");
     assert!(!s.remember_request(&d1, 1200, 1050).unwrap(), "replay");
     assert!(!s.remember_request(&d1, 1200, 1099).unwrap(), "replay");
     assert!(

@@ -270,13 +270,14 @@ impl GroupSync {
                 state.syncer = false;
                 return;
             }
-            let due = state.sync_at.map(|at| at.saturating_duration_since(Instant::now()));
+            let due = state
+                .sync_at
+                .map(|at| at.saturating_duration_since(Instant::now()));
             state = match due {
-                _ if state.requested <= state.durable || state.syncing || state.failed => {
-                    self.work
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner)
-                }
+                _ if state.requested <= state.durable || state.syncing || state.failed => self
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
                 Some(wait) if !wait.is_zero() => {
                     self.work
                         .wait_timeout(state, wait)
@@ -295,7 +296,10 @@ impl GroupSync {
         drop(state);
         let began = Instant::now();
         let synced = self.file.sync_data();
-        let took = began.elapsed().as_micros().min(u128::from(MAX_SYNC_ESTIMATE_MICROS)) as u64;
+        let took = began
+            .elapsed()
+            .as_micros()
+            .min(u128::from(MAX_SYNC_ESTIMATE_MICROS)) as u64;
         let mut state = self.state();
         state.syncing = false;
         if state.requested <= target {

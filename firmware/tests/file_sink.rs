@@ -382,7 +382,11 @@ fn the_syncer_syncs_on_its_own_and_a_waiter_never_waits_for_its_plan() {
     sync.start(mark, Duration::from_secs(30));
     let began = Instant::now();
     sync.wait(mark).unwrap();
-    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
     drop(ticket);
     // Both use records are on file, without outcomes (never executed).
     assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [1, 2]);

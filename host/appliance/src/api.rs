@@ -530,7 +530,7 @@ async fn kgss_delete(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        authorise(&app, &peer, Operation::Kgss)?;
+        authorise(&app, &peer, Operation::KgssDelete)?;
         let id = key_id_param(&key_id)?;
         app.kgss_delete(&id).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -600,7 +600,7 @@ async fn keydepot_delete(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        authorise(&app, &peer, Operation::KeyDepot)?;
+        authorise(&app, &peer, Operation::KeyDepotDelete)?;
         let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         app.keydepot()?.delete(&id).await.map_err(keydepot_error)?;

@@ -32,6 +32,7 @@
 //! [[client]]                         # who may call the API, and for what
 //! name = "his"                       # the custody core's client id (1 to 32 bytes)
 //! operations = ["seal", "unseal", "etk", "kgss", "keydepot", "audit"]
+//! # deletions are granted on their own: "kgss-delete", "keydepot-delete"
 //! unix_uid = 1000                    # a caller on the socket with this uid
 //! certificate_sha256 = "hex"         # a caller over HTTPS presenting this certificate
 //! ```
@@ -55,12 +56,18 @@ pub enum Operation {
     Unseal,
     /// ETK lookups.
     Etk,
-    /// KGSS keys: create, get, delete (signs requests, decrypts answers).
+    /// KGSS keys: create and get (signs requests, decrypts answers).
     Kgss,
-    /// KeyDepot: register (attested) keys of the token, read, delete.
+    /// KeyDepot: register (attested) keys of the token, read.
     KeyDepot,
     /// Read the custody core's audit chain.
     Audit,
+    /// Delete a KGSS key the institution holds: destructive, so granted on its own.
+    #[serde(rename = "kgss-delete")]
+    KgssDelete,
+    /// Delete a KeyDepot key the institution holds: destructive, so granted on its own.
+    #[serde(rename = "keydepot-delete")]
+    KeyDepotDelete,
 }
 
 impl Operation {
@@ -72,6 +79,8 @@ impl Operation {
             Self::Kgss => "kgss",
             Self::KeyDepot => "keydepot",
             Self::Audit => "audit",
+            Self::KgssDelete => "kgss-delete",
+            Self::KeyDepotDelete => "keydepot-delete",
         }
     }
 
@@ -456,7 +465,7 @@ mod tests {
         let text = "[appliance]\nhsm = \"h\"\ntrust = [\"ca.pem\"]\nsocket = \"s\"\n\
             [platform]\nenvironment = \"acceptance\"\nprotocol = \"rest\"\n\
             [[client]]\nname = \"his\"\noperations = [\"seal\", \"unseal\"]\nunix_uid = 1000\n\
-            [[client]]\nname = \"lab\"\noperations = [\"etk\"]\n\
+            [[client]]\nname = \"lab\"\noperations = [\"etk\", \"kgss-delete\", \"keydepot-delete\"]\n\
             certificate_sha256 = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\n";
         let c = ApplianceConfig::from_toml(text, Path::new("/")).unwrap();
         assert_eq!(c.platform.soap_url, "https://services-acpt.ehealth.fgov.be");
@@ -464,6 +473,9 @@ mod tests {
         assert_eq!(c.platform.protocol, Protocol::Rest);
         assert_eq!(c.clients.len(), 2);
         assert!(c.clients[0].operations.contains(&Operation::Unseal));
+        assert!(c.clients[1].operations.contains(&Operation::KgssDelete));
+        assert!(c.clients[1].operations.contains(&Operation::KeyDepotDelete));
+        assert_eq!(Operation::KgssDelete.name(), "kgss-delete");
         assert_eq!(c.clients[1].certificate_sha256.unwrap()[1], 0x11);
     }
 

@@ -323,4 +323,30 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn deletions_are_never_implied() {
+        let configs = [ClientConfig {
+            name: "keys".into(),
+            operations: [Operation::Kgss, Operation::KeyDepot].into(),
+            unix_uid: Some(7),
+            certificate_sha256: None,
+        }];
+        let c = Clients::new(&configs);
+        let peer = Peer::Unix { uid: 7, pid: None };
+        assert!(c.authorise(&peer, Operation::Kgss).is_ok());
+        assert!(c.authorise(&peer, Operation::KeyDepot).is_ok());
+        for (op, name) in [
+            (Operation::KgssDelete, "kgss-delete"),
+            (Operation::KeyDepotDelete, "keydepot-delete"),
+        ] {
+            assert_eq!(
+                c.authorise(&peer, op).unwrap_err(),
+                Refusal::NotAllowed {
+                    client: "keys".into(),
+                    operation: name.into()
+                }
+            );
+        }
+    }
 }

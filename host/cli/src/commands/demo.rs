@@ -462,7 +462,7 @@ fn appliances(
                  [platform]\nurl = \"https://127.0.0.1:{port}\"\nprotocol = \"{}\"\n\
                  ca = [\"world/ca.pem\"]\n\n\
                  [[client]]\nname = \"medical-software\"\n\
-                 operations = [\"seal\", \"unseal\", \"etk\", \"kgss\", \"keydepot\", \"audit\"]\n\
+                 operations = [\"seal\", \"unseal\", \"etk\", \"kgss\", \"keydepot\", \"audit\", \"kgss-delete\", \"keydepot-delete\"]\n\
                  unix_uid = {uid}\n",
                 if args.rest { "rest" } else { "soap" }
             ),

@@ -15,6 +15,7 @@
 //! max_body_bytes = 4294967296        # 4 GiB
 //! max_json_content_bytes = 16777216  # content returned inside a JSON answer
 //! handshake_timeout_ms = 10000
+//! header_timeout_ms = 30000          # a request's headers, from a slow sender
 //! request_timeout_ms = 600000        # a large message takes time
 //! max_connections = 256
 //!
@@ -115,7 +116,9 @@ pub struct Limits {
     /// Largest content returned inside a JSON answer (larger: ask for the raw content).
     pub max_json_content_bytes: u64,
     pub handshake_timeout: Duration,
-    /// Time to send a request and receive its answer; also the idle time of a connection.
+    /// Time to send a request's headers (a slow sender is cut off; a large body is not).
+    pub header_timeout: Duration,
+    /// Time to send a request and receive its answer.
     pub request_timeout: Duration,
     pub max_connections: usize,
 }
@@ -126,6 +129,7 @@ impl Default for Limits {
             max_body_bytes: 4 << 30,
             max_json_content_bytes: 16 << 20,
             handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(600),
             max_connections: 256,
         }
@@ -203,6 +207,7 @@ struct Table {
     max_body_bytes: Option<u64>,
     max_json_content_bytes: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+    header_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
 }
@@ -304,6 +309,9 @@ impl ApplianceConfig {
             handshake_timeout: t
                 .handshake_timeout_ms
                 .map_or(defaults.handshake_timeout, Duration::from_millis),
+            header_timeout: t
+                .header_timeout_ms
+                .map_or(defaults.header_timeout, Duration::from_millis),
             request_timeout: t
                 .request_timeout_ms
                 .map_or(defaults.request_timeout, Duration::from_millis),

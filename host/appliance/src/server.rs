@@ -125,7 +125,7 @@ async fn connection<I>(
         });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.request_timeout)
+        .header_read_timeout(limits.header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -345,6 +345,7 @@ pub fn run(config: crate::ApplianceConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {
@@ -363,5 +364,57 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let e = bind_unix(&file).unwrap_err().to_string();
         assert!(e.contains("not a socket"), "{e}");
+    }
+
+    /// A caller that never finishes its headers is cut off after `header_timeout`; one
+    /// that sends a whole request is answered.
+    #[tokio::test]
+    async fn slow_headers_are_cut_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let routes = Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+        let limits = Limits {
+            header_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (_closing_tx, closing) = watch::channel(false);
+        let peer = Peer::Unix { uid: 1, pid: None };
+
+        let (mut client, server) = tokio::io::duplex(4096);
+        let served = tokio::spawn(connection(
+            server,
+            peer.clone(),
+            routes.clone(),
+            limits,
+            closing.clone(),
+        ));
+        client
+            .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = client.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+
+        let (mut slow, server) = tokio::io::duplex(4096);
+        let cut = tokio::spawn(connection(server, peer, routes, limits, closing));
+        slow.write_all(b"GET /ping HTTP/1.1\r\nHost:")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), cut)
+            .await
+            .expect("the connection was not cut off")
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(client);
+        served.await.unwrap();
     }
 }

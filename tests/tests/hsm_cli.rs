@@ -197,3 +197,194 @@ fn keys_generate_and_list() {
     );
     assert!(text.contains("\"authentication\""), "{text}");
 }
+
+/// Keys born in the token get their certificates: a CSR signed in the token through the
+/// custody core (checked and certified by `openssl`), then the issued certificates
+/// installed; the ETK key takes its certificate's serial as its id.
+#[test]
+fn keys_born_in_the_token_get_a_csr_and_their_certificates() {
+    if !etee_e2e::openssl_cli() {
+        return;
+    }
+    let tmp = scratch();
+    let dir = tmp.path();
+    let rig = Rig::new(dir);
+    rig.etee(["hsm", "init"]).run().code(0);
+    let generate = |profile: &str| {
+        let run = rig.etee(["keys", "generate", "--profile", profile]).run();
+        run.code(0);
+        run.json()
+    };
+    generate("authentication");
+    let etk = generate("etk");
+    let pending = etk["id"].as_str().unwrap().to_string();
+    assert!(pending.starts_with("etk-pending-"), "{etk}");
+
+    // The CSR, written to a file and to standard output; openssl verifies its signature.
+    let csr = dir.join("auth.csr");
+    rig.etee(["keys", "csr", "--key", "authentication"])
+        .args(["--subject", r"C=BE,O=Test\, Hospital,CN=HOSPITAL=71000436"])
+        .arg("--out")
+        .arg(&csr)
+        .run()
+        .code(0);
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    etee_e2e::openssl(["req", "-verify", "-noout", "-in", &path(&csr)]);
+    let run = rig
+        .etee([
+            "keys",
+            "csr",
+            "--key",
+            "authentication",
+            "--subject",
+            "CN=again",
+        ])
+        .run();
+    run.code(0);
+    assert!(
+        String::from_utf8_lossy(&run.stdout).starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    // An ETK key cannot sign, so it has no CSR; a bad subject is a usage error.
+    rig.etee(["keys", "csr", "--key", &pending, "--subject", "CN=x"])
+        .run()
+        .code(2);
+    rig.etee(["keys", "csr", "--key", "authentication", "--subject", "CN"])
+        .run()
+        .code(2);
+
+    // A CA certifies the CSR, and the ETK key's public key (taken from `keys generate`).
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    etee_e2e::openssl([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Test CA",
+        "-keyout",
+        &path(&ca_key),
+        "-out",
+        &path(&ca),
+    ]);
+    let auth_cert = dir.join("auth.pem");
+    etee_e2e::openssl([
+        "x509",
+        "-req",
+        "-in",
+        &path(&csr),
+        "-CA",
+        &path(&ca),
+        "-CAkey",
+        &path(&ca_key),
+        "-set_serial",
+        "1001",
+        "-days",
+        "1",
+        "-out",
+        &path(&auth_cert),
+    ]);
+    let etk_pub = dir.join("etk-pub.der");
+    std::fs::write(
+        &etk_pub,
+        hex::decode(etk["public_key_hex"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let etk_pub_pem = dir.join("etk-pub.pem");
+    etee_e2e::openssl([
+        "pkey",
+        "-pubin",
+        "-inform",
+        "DER",
+        "-in",
+        &path(&etk_pub),
+        "-out",
+        &path(&etk_pub_pem),
+    ]);
+    let etk_cert = dir.join("etk.pem");
+    etee_e2e::openssl([
+        "x509",
+        "-req",
+        "-in",
+        &path(&csr),
+        "-force_pubkey",
+        &path(&etk_pub_pem),
+        "-CA",
+        &path(&ca),
+        "-CAkey",
+        &path(&ca_key),
+        "-set_serial",
+        "424242",
+        "-days",
+        "1",
+        "-out",
+        &path(&etk_cert),
+    ]);
+
+    // A certificate for another key is refused; the right ones are installed.
+    rig.etee(["keys", "install-cert", "--key", "authentication"])
+        .arg("--cert")
+        .arg(&etk_cert)
+        .run()
+        .code(2);
+    rig.etee(["keys", "install-cert", "--key", "authentication"])
+        .arg("--cert")
+        .arg(&auth_cert)
+        .arg("--chain")
+        .arg(&ca)
+        .run()
+        .code(0);
+    let run = rig
+        .etee(["keys", "install-cert", "--key", &pending])
+        .arg("--cert")
+        .arg(&etk_cert)
+        .run();
+    run.code(0);
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("\"424242\""),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+
+    let run = rig.etee(["keys", "list", "--json"]).run();
+    run.code(0);
+    let inv = run.json();
+    let ids: Vec<&str> = inv["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"authentication") && ids.contains(&"424242"),
+        "{inv}"
+    );
+    assert!(
+        !ids.iter().any(|id| id.starts_with("etk-pending-")),
+        "{inv}"
+    );
+    let text = inv.to_string();
+    assert!(text.contains("HOSPITAL=71000436"), "{inv}");
+
+    // The CSRs' signatures are on the audit chain, under the CLI's client.
+    let run = rig
+        .etee(["audit", "verify", "--json", "--tail", "10"])
+        .run();
+    run.code(0);
+    let report = run.json();
+    let signed = report["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["operation"] == "SignPssSha256"
+                && r["key"] == "authentication"
+                && r["outcome"] == "success"
+        })
+        .count();
+    assert_eq!(signed, 2, "{report}");
+}

@@ -576,24 +576,34 @@ pub fn csr(pool: &SessionPool, key_id: &str, subject: &[u8]) -> Result<Vec<u8>> 
     pool.run(move |conn| {
         let private = conn.find_object(ObjectClass::PRIVATE_KEY, key_id.as_bytes())?;
         let spki = public_key_der(conn.session(), private)?;
-        // CertificationRequestInfo { version 0, subject, subjectPKInfo, attributes [0] {} }
-        let info = write::seq(&[
-            &write::small_uint(0),
-            &subject,
-            &spki,
-            &write::tlv(tag::ctx_cons(0), &[]),
-        ]);
-        let digest = openssl::sha::sha256(&info);
-        let signature = sign_pss(conn, key_id.as_bytes(), &digest)?;
-        let mut bits = Vec::with_capacity(signature.len() + 1);
-        bits.push(0);
-        bits.extend_from_slice(&signature);
-        Ok(write::seq(&[
-            &info,
-            oid::ALG_RSASSA_PSS_SHA256,
-            &write::tlv(tag::BIT_STRING, &bits),
-        ]))
+        let info = csr_info(&subject, &spki);
+        let signature = sign_pss(conn, key_id.as_bytes(), &openssl::sha::sha256(&info))?;
+        Ok(csr_with_signature(&info, &signature))
     })
+}
+
+/// The CertificationRequestInfo to sign for a CSR: `{ version 0, subject, subjectPKInfo,
+/// attributes [0] {} }` (`subject` a DER Name, `spki` a DER SubjectPublicKeyInfo).
+pub fn csr_info(subject: &[u8], spki: &[u8]) -> Vec<u8> {
+    write::seq(&[
+        &write::small_uint(0),
+        subject,
+        spki,
+        &write::tlv(tag::ctx_cons(0), &[]),
+    ])
+}
+
+/// The DER CSR from [`csr_info`] and its RSASSA-PSS SHA-256 signature (made wherever the
+/// key is: the token directly, or through the custody core).
+pub fn csr_with_signature(info: &[u8], signature: &[u8]) -> Vec<u8> {
+    let mut bits = Vec::with_capacity(signature.len() + 1);
+    bits.push(0);
+    bits.extend_from_slice(signature);
+    write::seq(&[
+        info,
+        oid::ALG_RSASSA_PSS_SHA256,
+        &write::tlv(tag::BIT_STRING, &bits),
+    ])
 }
 
 /// The DER of an X.509 Name from `(attribute, value)` pairs in order, e.g.

@@ -36,6 +36,41 @@ pub enum KeysCommand {
         #[arg(long, value_name = "NAME")]
         profile: String,
     },
+    /// A certificate signing request (PKCS#10, PEM) for a signing key generated in the
+    /// token, signed with the key through the custody core (RSASSA-PSS SHA-256, on the
+    /// audit chain): what the CA (eHealth's, for an authentication certificate) needs.
+    Csr {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// CKA_ID of the key (e.g. `authentication`).
+        #[arg(long, value_name = "ID")]
+        key: String,
+        /// The subject, `ATTR=VALUE` pairs separated by commas, most significant first
+        /// (`\,` for a comma inside a value), e.g.
+        /// `C=BE,O=Federal Government,OU=eHealth-platform Belgium,CN=...`.
+        #[arg(long)]
+        subject: String,
+        /// Write the CSR here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Install the certificate a CA issued for a key generated in the token (and the
+    /// certificates of its chain). An ETK key is renamed to its certificate's decimal
+    /// serial, as eHealth keystores name them.
+    InstallCert {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// CKA_ID of the key (`authentication`, or the `etk-pending-…` id `keys generate`
+        /// printed).
+        #[arg(long, value_name = "ID")]
+        key: String,
+        /// The certificate (PEM, DER or Base64).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// A CA certificate of its chain (repeatable), stored beside it.
+        #[arg(long, value_name = "FILE")]
+        chain: Vec<PathBuf>,
+    },
     /// A KeyDepot registration request for a signing key generated in the token: the
     /// public key, its key id (the RFC 5280 SHA-1 key identifier, usable as a CMS
     /// subjectKeyIdentifier), a proof of possession signed by the key and an attestation
@@ -157,6 +192,48 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        KeysCommand::Csr {
+            config,
+            key,
+            subject,
+            out,
+        } => {
+            let config = load_config(&config)?;
+            let pem = csr_through_custody(&config, &key, &subject)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, &pem).map_err(|source| CliError::File {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    eprintln!("etee: CSR for key {key:?} written to {}", path.display());
+                }
+                None => print!("{}", String::from_utf8_lossy(&pem)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::InstallCert {
+            config,
+            key,
+            cert,
+            chain,
+        } => {
+            let config = load_config(&config)?;
+            let certificate = inputs::certificate(&cert)?;
+            let chain = inputs::certificates(&chain)?;
+            let hsm = open(&config)?;
+            let id = hsm.install_certificate(&key, &certificate, &chain)?;
+            println!(
+                "installed {} for key {id:?}{}",
+                certificate.subject_string(),
+                if id == key {
+                    String::new()
+                } else {
+                    format!(" (renamed from {key:?})")
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         KeysCommand::Attest { config, key, label } => {
             let config = load_config(&config)?;
             let request = super::attest::registration_request(&config, &key, label)?;
@@ -197,6 +274,84 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                 println!("cert {:?} {} (serial {})", c.id, c.subject, c.serial);
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A PEM CSR for `key`, its signature made through the custody core (so it is on the
+/// audit chain like every other use of the key).
+fn csr_through_custody(config: &Config, key: &str, subject: &str) -> Result<Vec<u8>, CliError> {
+    use etee_formats::keys::PrivateKeyOps;
+    let pairs = subject_pairs(subject)?;
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let subject = etee_hsm::keys::subject_der(&pairs)?;
+    let custody = etee_hsm::CustodyKeys::open(&config.hsm, &config.custody)?;
+    let spki = custody.hsm().public_key_der(key)?;
+    let info = etee_hsm::keys::csr_info(&subject, &spki);
+    let signature = custody
+        .sign_pss_sha256(
+            &etee_formats::keys::KeyId(key.to_string()),
+            &openssl::sha::sha256(&info),
+        )
+        .map_err(|e| CliError::Usage(format!("signing the CSR with key {key:?}: {e}")))?;
+    let der = etee_hsm::keys::csr_with_signature(&info, &signature);
+    let request = openssl::x509::X509Req::from_der(&der)
+        .and_then(|r| r.to_pem())
+        .map_err(|e| CliError::Usage(format!("the CSR: {e}")))?;
+    Ok(request)
+}
+
+/// `C=BE,O=Federal Government,CN=x` → `[("C","BE"), …]`; `\,` is a comma in a value.
+fn subject_pairs(text: &str) -> Result<Vec<(String, String)>, CliError> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(next) => parts.last_mut().expect("one part").push(next),
+                None => return Err(CliError::Usage("--subject ends with a lone \\".into())),
+            },
+            ',' => parts.push(String::new()),
+            c => parts.last_mut().expect("one part").push(c),
+        }
+    }
+    parts
+        .into_iter()
+        .map(|part| {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| CliError::Usage(format!("--subject: {part:?} is not ATTR=VALUE")))?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() || v.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "--subject: {part:?} is not ATTR=VALUE"
+                )));
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_pairs;
+
+    #[test]
+    fn subjects_split_on_unescaped_commas() {
+        let pairs = subject_pairs(r"C=BE, O=Federal Government\, FPS ,CN=a=b").unwrap();
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [("C", "BE"), ("O", "Federal Government, FPS"), ("CN", "a=b")]
+        );
+        for bad in ["", "C=BE,", "CN", "=x", "C=", r"C=BE\"] {
+            assert!(subject_pairs(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -388,3 +388,108 @@ fn keys_born_in_the_token_get_a_csr_and_their_certificates() {
         .count();
     assert_eq!(signed, 2, "{report}");
 }
+
+/// A renewed keystore: its authentication key is skipped by a plain import and replaces
+/// the token's with `--replace-authentication`; the previous key is kept, renamed and no
+/// longer allowed to sign; messages are then signed with the new one.
+#[test]
+fn a_renewed_keystore_replaces_the_authentication_key() {
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    rig.etee(["hsm", "init"]).run().code(0);
+    let import = |who: &str, replace: bool| {
+        let mut cmd = rig
+            .etee(["keys", "import"])
+            .arg("--p12")
+            .arg(w.p12(who))
+            .arg("--password-file")
+            .arg(w.password_file());
+        if replace {
+            cmd = cmd.arg("--replace-authentication");
+        }
+        let run = cmd.run();
+        run.code(0);
+        run
+    };
+    let keys = || {
+        let run = rig.etee(["keys", "list", "--json"]).run();
+        run.code(0);
+        run.json()["keys"].as_array().unwrap().clone()
+    };
+    let authentication = |keys: &[Value], id: &str| {
+        keys.iter()
+            .find(|k| k["id"] == id)
+            .unwrap_or_else(|| panic!("no key {id:?} in {keys:?}"))
+            .clone()
+    };
+    import("bob", false);
+    let bob_subject = authentication(&keys(), "authentication")["certificate"]["subject"].clone();
+    // "alice" plays Bob's renewed keystore: another authentication key.
+    let run = import("alice", false);
+    assert!(
+        run.stderr.contains("--replace-authentication"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        authentication(&keys(), "authentication")["certificate"]["subject"],
+        bob_subject
+    );
+    let run = import("alice", true);
+    let stdout = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(stdout.contains("retired"), "{stdout}");
+
+    let now = keys();
+    let current = authentication(&now, "authentication");
+    assert_ne!(current["certificate"]["subject"], bob_subject, "{current}");
+    assert_eq!(current["sign"], Value::Bool(true), "{current}");
+    let retired: Vec<&Value> = now
+        .iter()
+        .filter(|k| {
+            k["id"]
+                .as_str()
+                .unwrap()
+                .starts_with("authentication-retired-")
+        })
+        .collect();
+    assert_eq!(retired.len(), 1, "{now:?}");
+    assert_eq!(retired[0]["sign"], Value::Bool(false), "{}", retired[0]);
+    assert_eq!(retired[0]["certificate"]["subject"], bob_subject);
+    assert_eq!(retired[0]["extractable"], Value::Bool(false));
+    // Both keystores' ETK keys stay.
+    for who in ["alice", "bob"] {
+        authentication(&now, w.etk_serial(who));
+    }
+
+    // The token now signs as the renewed keystore's holder.
+    let input = tmp.path().join("plain");
+    std::fs::write(&input, b"after the renewal").unwrap();
+    let sealed_path = tmp.path().join("renewed.p7");
+    rig.etee(["seal"])
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&sealed_path)
+        .run()
+        .code(0);
+    let opened = w.unseal(
+        tmp.path(),
+        "bob",
+        &std::fs::read(&sealed_path).unwrap(),
+        &[],
+    );
+    opened.run.code(0);
+    assert_eq!(
+        opened.verdict["sender"]["subject"], current["certificate"]["subject"],
+        "{}",
+        opened.verdict
+    );
+    // Importing the renewed keystore again changes nothing.
+    let run = import("alice", true);
+    assert!(!String::from_utf8_lossy(&run.stdout).contains("retired"));
+}

@@ -23,8 +23,9 @@ use crate::keys::{
     private_import_template, public_template, store_certificate, store_chain, wipe_template,
     AUTHENTICATION_ID,
 };
-use crate::pool::SessionPool;
+use crate::pool::{Conn, SessionPool};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use etee_formats::cert::Certificate;
 use etee_formats::keystore::{EhealthKeystore, KeyRole as AliasRole};
 use openssl::pkey::{Id, PKey};
 use serde::Serialize;
@@ -38,6 +39,11 @@ pub struct ImportOptions {
     /// Import the authentication key (default: yes). Turn it off to add the ETK keys of
     /// another keystore (old keys) to a token that has its authentication key already.
     pub authentication: bool,
+    /// When the token holds another authentication key: retire it (rename it to
+    /// `authentication-retired-<its certificate's serial>`, CKA_SIGN off, kept for the
+    /// record) and import the keystore's (default: no, the keystore's is skipped). For a
+    /// renewed eHealth keystore.
+    pub replace_authentication: bool,
 }
 
 impl Default for ImportOptions {
@@ -45,6 +51,7 @@ impl Default for ImportOptions {
         Self {
             ca_certificates: true,
             authentication: true,
+            replace_authentication: false,
         }
     }
 }
@@ -73,6 +80,9 @@ pub struct ImportReport {
     pub ca_certificates_added: usize,
     /// The keystore's own warnings (alias convention).
     pub warnings: Vec<String>,
+    /// The id the previous authentication key was retired to
+    /// ([`ImportOptions::replace_authentication`]).
+    pub retired_authentication: Option<String>,
 }
 
 /// Imports every usable key of `keystore`.
@@ -137,50 +147,54 @@ pub fn import_keystore(
         };
         let cert = entry.cert.clone();
         let job_id = id.clone();
-        let already_present = pool.run(move |conn| {
+        let replace = options.replace_authentication && role == KeyRole::Authentication;
+        let outcome = pool.run(move |conn| {
             let rsa = PKey::private_key_from_pkcs8(&pkcs8)?.rsa()?;
             // Already there?
             let existing = conn.find_all(&[
                 Attribute::Class(ObjectClass::PRIVATE_KEY),
                 Attribute::Id(job_id.as_bytes().to_vec()),
             ])?;
+            let mut retired = None;
             if let Some(&h) = existing.first() {
                 let modulus = crate::keys::bytes_attr(conn.session(), h, AttributeType::Modulus)?;
-                if modulus.as_deref() != Some(rsa.n().to_vec().as_slice()) {
+                if modulus.as_deref() == Some(rsa.n().to_vec().as_slice()) {
+                    if let Some(c) = &cert {
+                        store_certificate(conn, &job_id, &label, c)?;
+                    }
+                    return Ok((true, None));
+                }
+                if !replace {
                     return Err(HsmError::KeyExists(job_id.clone()));
                 }
-                if let Some(c) = &cert {
-                    store_certificate(conn, &job_id, &label, c)?;
+                retired = Some(retire(conn, &job_id)?);
+            }
+            let created = create_key_objects(conn, role, &job_id, &label, cert.as_ref(), &rsa);
+            match (created, retired) {
+                (Ok(()), retired) => Ok((false, retired)),
+                (Err(e), Some(retired)) => {
+                    // Put the previous key back rather than leave no authentication key.
+                    if let Err(undo) = rename_key(conn, &retired, &job_id, true) {
+                        return Err(HsmError::Invalid(format!(
+                            "importing the new authentication key failed ({e}), and \
+                             restoring the previous one from {retired:?} failed too \
+                             ({undo}): rename it back with the HSM's tools"
+                        )));
+                    }
+                    Err(e)
                 }
-                return Ok(true);
+                (Err(e), None) => Err(e),
             }
-            let subject = cert.as_ref().map(|c| c.subject_der().to_vec());
-            let mut template = private_import_template(
-                role,
-                job_id.as_bytes(),
-                label.as_bytes(),
-                subject.as_deref(),
-                &rsa,
-            )?;
-            let created = conn.session().create_object(&template);
-            wipe_template(&mut template);
-            created.ctx("importing a private key")?;
-            let mut public = vec![
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-                Attribute::KeyType(KeyType::RSA),
-                Attribute::Modulus(rsa.n().to_vec()),
-                Attribute::PublicExponent(rsa.e().to_vec()),
-            ];
-            public.extend(public_template(role, job_id.as_bytes(), label.as_bytes()));
-            conn.session()
-                .create_object(&public)
-                .ctx("importing a public key")?;
-            if let Some(c) = &cert {
-                store_certificate(conn, &job_id, &label, c)?;
-            }
-            conn.forget_handles();
-            Ok(false)
         });
+        let already_present = match outcome {
+            Ok((present, retired)) => {
+                if retired.is_some() {
+                    report.retired_authentication = retired;
+                }
+                Ok(present)
+            }
+            Err(e) => Err(e),
+        };
         let already_present = match already_present {
             Ok(v) => v,
             Err(HsmError::KeyExists(id)) => {
@@ -208,4 +222,114 @@ pub fn import_keystore(
         });
     }
     Ok(report)
+}
+
+/// Creates the private and public key objects (and the certificate) of an imported key;
+/// on failure, destroys what it created, so that nothing half-imported stays.
+fn create_key_objects(
+    conn: &mut Conn<'_>,
+    role: KeyRole,
+    id: &str,
+    label: &str,
+    cert: Option<&Certificate>,
+    rsa: &openssl::rsa::Rsa<openssl::pkey::Private>,
+) -> Result<()> {
+    let subject = cert.map(|c| c.subject_der().to_vec());
+    let mut template = private_import_template(
+        role,
+        id.as_bytes(),
+        label.as_bytes(),
+        subject.as_deref(),
+        rsa,
+    )?;
+    let created = conn.session().create_object(&template);
+    wipe_template(&mut template);
+    let private = created.ctx("importing a private key")?;
+    let mut public = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Modulus(rsa.n().to_vec()),
+        Attribute::PublicExponent(rsa.e().to_vec()),
+    ];
+    public.extend(public_template(role, id.as_bytes(), label.as_bytes()));
+    let rest = conn
+        .session()
+        .create_object(&public)
+        .ctx("importing a public key")
+        .and_then(|public| match cert {
+            Some(c) => store_certificate(conn, id, label, c)
+                .map(|_| ())
+                .inspect_err(|_| {
+                    let _ = conn.session().destroy_object(public);
+                }),
+            None => Ok(()),
+        });
+    if rest.is_err() {
+        let _ = conn.session().destroy_object(private);
+    }
+    conn.forget_handles();
+    rest
+}
+
+/// Moves the authentication key `id` aside: renamed to `authentication-retired-<serial of
+/// its certificate>` (or of a digest of its modulus when it has none), with CKA_SIGN off,
+/// so that nothing signs with it any more; returns the new id.
+fn retire(conn: &mut Conn<'_>, id: &str) -> Result<String> {
+    let certs = conn.find_all(&[
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::Id(id.as_bytes().to_vec()),
+    ])?;
+    let serial = match certs.first() {
+        Some(&h) => crate::keys::bytes_attr(conn.session(), h, AttributeType::Value)?
+            .and_then(|der| Certificate::from_der(&der).ok())
+            .map(|c| c.serial_decimal()),
+        None => None,
+    };
+    let serial = match serial {
+        Some(s) => s,
+        None => {
+            let private = conn.find_all(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.as_bytes().to_vec()),
+            ])?;
+            let modulus = match private.first() {
+                Some(&h) => crate::keys::bytes_attr(conn.session(), h, AttributeType::Modulus)?,
+                None => None,
+            };
+            hex::encode(&openssl::sha::sha256(&modulus.unwrap_or_default())[..8])
+        }
+    };
+    let retired = format!("{id}-retired-{serial}");
+    crate::keys::ensure_id_free(conn, &retired)?;
+    rename_key(conn, id, &retired, false)?;
+    Ok(retired)
+}
+
+/// Renames the key objects and certificates with CKA_ID `from` to `to` (CKA_ID and
+/// CKA_LABEL) and sets CKA_SIGN of the private key to `sign`.
+fn rename_key(conn: &mut Conn<'_>, from: &str, to: &str, sign: bool) -> Result<()> {
+    let rename = [
+        Attribute::Id(to.as_bytes().to_vec()),
+        Attribute::Label(to.as_bytes().to_vec()),
+    ];
+    for class in [
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::PUBLIC_KEY,
+        ObjectClass::CERTIFICATE,
+    ] {
+        for h in conn.find_all(&[
+            Attribute::Class(class),
+            Attribute::Id(from.as_bytes().to_vec()),
+        ])? {
+            let mut update = rename.to_vec();
+            if class == ObjectClass::PRIVATE_KEY {
+                update.push(Attribute::Sign(sign));
+            }
+            conn.session()
+                .update_attributes(h, &update)
+                .ctx("renaming a key")?;
+        }
+    }
+    conn.forget_handles();
+    Ok(())
 }

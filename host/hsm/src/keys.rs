@@ -445,7 +445,7 @@ pub(crate) fn store_chain(conn: &mut Conn<'_>, chain: &[Certificate]) -> Result<
 
 /// Fails with [`HsmError::KeyExists`] when a private or secret key already carries CKA_ID
 /// `id`.
-fn ensure_id_free(conn: &Conn<'_>, id: &str) -> Result<()> {
+pub(crate) fn ensure_id_free(conn: &Conn<'_>, id: &str) -> Result<()> {
     for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY] {
         let template = [
             Attribute::Class(class),

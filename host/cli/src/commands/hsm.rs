@@ -27,6 +27,11 @@ pub enum KeysCommand {
         /// File holding the keystore password (else ETEE_KEYSTORE_PASSWORD).
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
+        /// A renewed keystore: when the token holds another authentication key, retire it
+        /// (renamed `authentication-retired-<serial>`, no longer allowed to sign, kept)
+        /// and import this keystore's. Restart what uses the token afterwards.
+        #[arg(long)]
+        replace_authentication: bool,
     },
     /// Generate a key pair in the token following a profile of the configuration.
     Generate {
@@ -134,12 +139,22 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             config,
             p12,
             password_file,
+            replace_authentication,
         } => {
             let config = load_config(&config)?;
             let password = inputs::password(password_file.as_ref())?;
             let keystore = inputs::keystore(&p12, &password)?;
             let hsm = open(&config)?;
-            let report = hsm.import(&keystore, &ImportOptions::default())?;
+            let options = ImportOptions {
+                replace_authentication,
+                ..ImportOptions::default()
+            };
+            let report = hsm.import(&keystore, &options)?;
+            if let Some(retired) = &report.retired_authentication {
+                println!(
+                    "retired  the previous authentication key as {retired:?} (can no longer sign)"
+                );
+            }
             for w in &report.warnings {
                 eprintln!("etee: warning: {w}");
             }
@@ -162,6 +177,12 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             }
             for (alias, why) in &report.skipped {
                 eprintln!("etee: skipped {alias:?}: {why}");
+                if why.contains("\"authentication\"") {
+                    eprintln!(
+                        "etee: (a renewed keystore? --replace-authentication retires the token's \
+                         authentication key and imports this one)"
+                    );
+                }
             }
             if report.ca_certificates_added > 0 {
                 println!("{} CA certificate(s) added", report.ca_certificates_added);

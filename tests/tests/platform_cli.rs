@@ -463,6 +463,22 @@ fn platform_serves_etkdepot_and_kgss_with_keys_in_softhsm() {
         expected.map(|(a, o)| (a.to_string(), o.to_string())),
         "{report}"
     );
+    // The administrative commands of the set-up are on the chain too, with who ran them.
+    let run = rig.platform(["audit", "--json", "--tail", "1000"]).run();
+    run.code(0);
+    let report = run.json();
+    let admin = |action: &str| {
+        report["tail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["action"] == action && e["actor"].as_str().unwrap_or("").starts_with("admin uid ")
+            })
+            .count()
+    };
+    assert_eq!(admin("etkdepot.register"), 4, "{report}");
+    assert_eq!(admin("attributes.set"), 2, "{report}");
 }
 
 #[test]

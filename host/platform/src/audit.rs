@@ -1,5 +1,6 @@
 //! The platform's audit trail: every KGSS key creation, read (granted or denied) and
-//! deletion, and every KeyDepot registration, change and deletion, appended to the hash
+//! deletion, every KeyDepot registration, change and deletion, and the administrative
+//! commands (ETK registrations, attribute registry changes), appended to the hash
 //! chain in the store (`etee_store::audit`) and mirrored as an `etee::audit` log event.
 //! `etee platform audit` walks and verifies the chain.
 //!
@@ -21,6 +22,31 @@ pub fn record(
     detail: Option<String>,
 ) -> Result<u64, etee_store::Error> {
     let event = event(at, action, actor, subject, outcome, detail);
+    let sequence = store.append_event(&event)?;
+    log(sequence, &event);
+    Ok(sequence)
+}
+
+/// Appends an event of an administrative command (an ETK registration, a change to the
+/// attribute registry): `actor` names who ran it (e.g. `admin uid 0`), as no eHealth
+/// identity did.
+pub fn record_admin(
+    store: &dyn Store,
+    at: i64,
+    action: &str,
+    actor: &str,
+    subject: String,
+    outcome: &str,
+    detail: Option<String>,
+) -> Result<u64, etee_store::Error> {
+    let event = AuditEvent {
+        at,
+        action: action.into(),
+        actor: actor.into(),
+        subject,
+        outcome: outcome.into(),
+        detail,
+    };
     let sequence = store.append_event(&event)?;
     log(sequence, &event);
     Ok(sequence)

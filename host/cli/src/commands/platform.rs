@@ -174,6 +174,12 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                                 None => format!("{}={}", i.id_type, i.value),
                             })
                             .collect();
+                        admin_event(
+                            store.as_ref(),
+                            "etkdepot.register",
+                            hex::encode(record.digest),
+                            Some(ids.join(", ")),
+                        )?;
                         println!("registered {}: {}", path.display(), ids.join(", "));
                     }
                     Err(e) => {
@@ -307,9 +313,19 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
                         .into(),
                 ));
             };
-            store(&config)?
+            let store = store(&config)?;
+            store
                 .set_attribute(&t, &v, &attribute)
                 .map_err(|e| CliError::Usage(format!("store: {e}")))?;
+            admin_event(
+                store.as_ref(),
+                "attributes.set",
+                format!("{t}={v}"),
+                Some(format!(
+                    "{} {} = {}",
+                    attribute.namespace, attribute.name, attribute.value
+                )),
+            )?;
             println!(
                 "{t}={v}: {} {} = {}",
                 attribute.namespace, attribute.name, attribute.value
@@ -324,10 +340,17 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
         } => {
             let config = load(&config)?;
             let (t, v) = holder.parse()?;
-            let removed = store(&config)?
+            let store = store(&config)?;
+            let removed = store
                 .remove_attribute(&t, &v, &namespace, &name)
                 .map_err(|e| CliError::Usage(format!("store: {e}")))?;
             if removed {
+                admin_event(
+                    store.as_ref(),
+                    "attributes.remove",
+                    format!("{t}={v}"),
+                    Some(format!("{namespace} {name}")),
+                )?;
                 println!("{t}={v}: removed {namespace} {name}");
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -363,4 +386,26 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Puts an administrative command on the platform's audit chain, after the change it
+/// records (the change is committed; the event says who made it).
+fn admin_event(
+    store: &dyn etee_store::Store,
+    action: &str,
+    subject: String,
+    detail: Option<String>,
+) -> Result<(), CliError> {
+    let actor = format!("admin uid {}", nix::unistd::getuid().as_raw());
+    etee_platform::audit::record_admin(
+        store,
+        etee_platform::unix_now(),
+        action,
+        &actor,
+        subject,
+        "done",
+        detail,
+    )
+    .map(|_| ())
+    .map_err(|e| CliError::Usage(format!("store (audit chain): {e}")))
 }

@@ -391,57 +391,61 @@ fn keys_born_in_the_token_get_a_csr_and_their_certificates() {
 
 /// A renewed keystore: its authentication key is skipped by a plain import and replaces
 /// the token's with `--replace-authentication`; the previous key is kept, renamed and no
-/// longer allowed to sign; messages are then signed with the new one.
+/// longer allowed to sign; messages are then signed with the new one; an older keystore
+/// cannot replace a newer key.
 #[test]
 fn a_renewed_keystore_replaces_the_authentication_key() {
     let w = World::shared();
     let tmp = scratch();
     let rig = Rig::new(tmp.path());
     rig.etee(["hsm", "init"]).run().code(0);
-    let import = |who: &str, replace: bool| {
+    let import = |world: &World, who: &str, replace: bool| {
         let mut cmd = rig
             .etee(["keys", "import"])
             .arg("--p12")
-            .arg(w.p12(who))
+            .arg(world.p12(who))
             .arg("--password-file")
-            .arg(w.password_file());
+            .arg(world.password_file());
         if replace {
             cmd = cmd.arg("--replace-authentication");
         }
-        let run = cmd.run();
-        run.code(0);
-        run
+        cmd.run()
     };
     let keys = || {
         let run = rig.etee(["keys", "list", "--json"]).run();
         run.code(0);
         run.json()["keys"].as_array().unwrap().clone()
     };
-    let authentication = |keys: &[Value], id: &str| {
+    let key = |keys: &[Value], id: &str| {
         keys.iter()
             .find(|k| k["id"] == id)
             .unwrap_or_else(|| panic!("no key {id:?} in {keys:?}"))
             .clone()
     };
-    import("bob", false);
-    let bob_subject = authentication(&keys(), "authentication")["certificate"]["subject"].clone();
-    // "alice" plays Bob's renewed keystore: another authentication key.
-    let run = import("alice", false);
+    import(w, "bob", false).code(0);
+    let bob_subject = key(&keys(), "authentication")["certificate"]["subject"].clone();
+    // The renewal: a keystore issued later (its certificates end later), from another
+    // world made a second after the shared one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let renewed = World::create();
+    let run = import(&renewed, "alice", false);
+    run.code(0);
     assert!(
         run.stderr.contains("--replace-authentication"),
         "{}",
         run.stderr
     );
     assert_eq!(
-        authentication(&keys(), "authentication")["certificate"]["subject"],
+        key(&keys(), "authentication")["certificate"]["subject"],
         bob_subject
     );
-    let run = import("alice", true);
+    let run = import(&renewed, "alice", true);
+    run.code(0);
     let stdout = String::from_utf8_lossy(&run.stdout).to_string();
     assert!(stdout.contains("retired"), "{stdout}");
 
     let now = keys();
-    let current = authentication(&now, "authentication");
+    let current = key(&now, "authentication");
     assert_ne!(current["certificate"]["subject"], bob_subject, "{current}");
     assert_eq!(current["sign"], Value::Bool(true), "{current}");
     let retired: Vec<&Value> = now
@@ -458,9 +462,17 @@ fn a_renewed_keystore_replaces_the_authentication_key() {
     assert_eq!(retired[0]["certificate"]["subject"], bob_subject);
     assert_eq!(retired[0]["extractable"], Value::Bool(false));
     // Both keystores' ETK keys stay.
-    for who in ["alice", "bob"] {
-        authentication(&now, w.etk_serial(who));
-    }
+    key(&now, w.etk_serial("bob"));
+    key(&now, renewed.etk_serial("alice"));
+
+    // An older keystore does not replace the newer key.
+    let run = import(w, "alice", true);
+    run.code(2);
+    assert!(run.stderr.contains("not newer"), "{}", run.stderr);
+    assert_eq!(
+        key(&keys(), "authentication")["certificate"],
+        current["certificate"]
+    );
 
     // The token now signs as the renewed keystore's holder.
     let input = tmp.path().join("plain");
@@ -477,11 +489,12 @@ fn a_renewed_keystore_replaces_the_authentication_key() {
         .arg(&sealed_path)
         .run()
         .code(0);
+    let renewed_ca = renewed.ca().to_str().unwrap().to_string();
     let opened = w.unseal(
         tmp.path(),
         "bob",
         &std::fs::read(&sealed_path).unwrap(),
-        &[],
+        &["--trust", &renewed_ca],
     );
     opened.run.code(0);
     assert_eq!(
@@ -490,6 +503,7 @@ fn a_renewed_keystore_replaces_the_authentication_key() {
         opened.verdict
     );
     // Importing the renewed keystore again changes nothing.
-    let run = import("alice", true);
+    let run = import(&renewed, "alice", true);
+    run.code(0);
     assert!(!String::from_utf8_lossy(&run.stdout).contains("retired"));
 }

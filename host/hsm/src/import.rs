@@ -167,6 +167,7 @@ pub fn import_keystore(
                 if !replace {
                     return Err(HsmError::KeyExists(job_id.clone()));
                 }
+                ensure_renewal(conn, &job_id, cert.as_ref())?;
                 retired = Some(retire(conn, &job_id)?);
             }
             let created = create_key_objects(conn, role, &job_id, &label, cert.as_ref(), &rsa);
@@ -332,4 +333,36 @@ fn rename_key(conn: &mut Conn<'_>, from: &str, to: &str, sign: bool) -> Result<(
     }
     conn.forget_handles();
     Ok(())
+}
+
+/// A replacement authentication key must come with its certificate, valid longer than the
+/// token's: importing an older keystore by mistake must not retire a good key.
+fn ensure_renewal(conn: &mut Conn<'_>, id: &str, new: Option<&Certificate>) -> Result<()> {
+    let new = new.ok_or_else(|| {
+        HsmError::Invalid(
+            "the keystore's authentication key has no certificate: it cannot replace the \
+             token's"
+                .into(),
+        )
+    })?;
+    let current = conn.find_all(&[
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::Id(id.as_bytes().to_vec()),
+    ])?;
+    let current = match current.first() {
+        Some(&h) => crate::keys::bytes_attr(conn.session(), h, AttributeType::Value)?
+            .and_then(|der| Certificate::from_der(&der).ok()),
+        None => None,
+    };
+    match current {
+        Some(current) if new.not_after() <= current.not_after() => Err(HsmError::Invalid(format!(
+            "the keystore's authentication certificate ({}, valid until {}) is not newer than \
+             the token's ({}, valid until {}): not replaced",
+            new.subject_string(),
+            new.not_after(),
+            current.subject_string(),
+            current.not_after()
+        ))),
+        _ => Ok(()),
+    }
 }

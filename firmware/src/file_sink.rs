@@ -293,6 +293,9 @@ impl GroupSync {
     fn sync_now<'a>(&'a self, mut state: StateGuard<'a>) -> StateGuard<'a> {
         state.syncing = true;
         let target = state.written;
+        // This sync covers every plan made so far; marks handed over from now on (written
+        // after it began) plan the next one afresh.
+        state.sync_at = None;
         drop(state);
         let began = Instant::now();
         let synced = self.file.sync_data();
@@ -302,9 +305,6 @@ impl GroupSync {
             .min(u128::from(MAX_SYNC_ESTIMATE_MICROS)) as u64;
         let mut state = self.state();
         state.syncing = false;
-        if state.requested <= target {
-            state.sync_at = None;
-        }
         match synced {
             Ok(()) => {
                 state.durable = state.durable.max(target);

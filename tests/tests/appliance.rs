@@ -813,3 +813,121 @@ fn sealing_for_an_expired_etk_is_refused() {
         "{problem}"
     );
 }
+
+/// The appliance with the custody core in its own process (`[custody] mode = "process"`,
+/// `etee custody serve --appliance`): the appliance's token configuration names a PIN
+/// file that does not exist, so it cannot have logged in; sealing at Alice's and opening
+/// at Bob's work, each use is on the custody process's chain under the caller's name,
+/// KeyDepot registration says it needs the core in process, and `/health` says when the
+/// custody process is gone.
+#[test]
+fn the_appliance_works_with_the_custody_core_in_its_own_process() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    let custody_section = "mode = \"process\"\nsocket = \"alice-custody.sock\"\n";
+    // The custody process's configuration: the demo's, with the core in its own process.
+    let hsm = std::fs::read_to_string(w.path("alice-hsm.toml")).unwrap();
+    assert!(
+        hsm.trim_end().ends_with("audit_file = \"alice-audit.log\""),
+        "{hsm}"
+    );
+    std::fs::write(w.path("alice-hsm.toml"), format!("{hsm}{custody_section}")).unwrap();
+    // The appliance's: the same token, but no PIN it could read.
+    let no_pin = hsm.replace(
+        "pin_file = \"alice-user.pin\"",
+        "pin_file = \"no-such.pin\"",
+    );
+    assert_ne!(no_pin, hsm);
+    std::fs::write(
+        w.path("alice-hsm-nopin.toml"),
+        format!("{no_pin}{custody_section}"),
+    )
+    .unwrap();
+    let appliance = std::fs::read_to_string(w.path("alice-appliance.toml")).unwrap();
+    std::fs::write(
+        w.path("alice-appliance-remote.toml"),
+        appliance.replace("hsm = \"alice-hsm.toml\"", "hsm = \"alice-hsm-nopin.toml\""),
+    )
+    .unwrap();
+
+    let _platform = w.platform();
+    let _bob = w.appliance("bob", "bob-appliance.toml", "bob.sock");
+    let mut custody = w.spawn(
+        "alice-custody",
+        &[
+            "custody",
+            "serve",
+            "--config",
+            "alice-hsm.toml",
+            "--appliance",
+            "alice-appliance-remote.toml",
+        ],
+    );
+    let custody_socket = w.path("alice-custody.sock");
+    w.wait(&mut custody, || custody_socket.exists());
+    let _alice = w.appliance("alice", "alice-appliance-remote.toml", "alice.sock");
+
+    let alice = w.path("alice.sock");
+    let (status, body) = curl_unix(&alice, "GET", "/health", None);
+    assert_eq!((status, json(&body)["status"].clone()), (200, "ok".into()));
+    let plain = b"Sealed by an appliance without the PIN.".to_vec();
+    let (status, sealed) = curl_unix(
+        &alice,
+        "POST",
+        "/v1/seal?to=NIHII-PHARMACY:27150201",
+        Some(&plain),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&sealed));
+    let (status, opened) = curl_unix(&w.path("bob.sock"), "POST", "/v1/unseal", Some(&sealed));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&opened));
+    assert_eq!(opened, plain);
+    // KeyDepot registration reads the token's attributes: not from here.
+    let (status, body) = curl_unix(
+        &alice,
+        "POST",
+        "/v1/keydepot/keys",
+        Some(br#"{"key": "authentication"}"#),
+    );
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        json(&body)["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("in-process"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    // The custody process's chain: the seal's two signatures for the caller, and the
+    // TLS handshake's for the appliance itself.
+    let chain = w.audit_verify("alice-hsm.toml");
+    let tail = chain["tail"].as_array().unwrap();
+    let signed_for = |client: &str| {
+        tail.iter()
+            .filter(|r| {
+                r["client"] == client
+                    && r["operation"] == "SignPssSha256"
+                    && r["outcome"] == "success"
+            })
+            .count()
+    };
+    assert_eq!(signed_for("medical-software"), 2, "{chain}");
+    assert!(signed_for("etee-appliance") >= 1, "{chain}");
+
+    // The custody process gone: the appliance says so, and sealing fails cleanly.
+    drop(custody);
+    let (status, body) = curl_unix(&alice, "GET", "/health", None);
+    assert_eq!(
+        (status, json(&body)["status"].clone()),
+        (503, "custody-unavailable".into())
+    );
+    let (status, body) = curl_unix(
+        &alice,
+        "POST",
+        "/v1/seal?to=NIHII-PHARMACY:27150201",
+        Some(&plain),
+    );
+    assert!(status >= 500, "{status} {}", String::from_utf8_lossy(&body));
+}

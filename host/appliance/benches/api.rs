@@ -1106,7 +1106,11 @@ fn main() {
     );
     let audit = |a: &Appliance| {
         let snap = a.snapshot();
-        (snap.custody_audit_sequence, snap.custody_audit_syncs)
+        // The bench runs the cores in process: both figures are known.
+        (
+            snap.custody_audit_sequence.unwrap_or(0),
+            snap.custody_audit_syncs.unwrap_or(0),
+        )
     };
     let (a0, b0) = (audit(&alice), audit(&bob));
     let api = client_rt.block_on(api_round_trips(

@@ -670,11 +670,17 @@ async fn audit(
 }
 
 async fn health(State(app): State<Arc<Appliance>>) -> Response {
-    let snapshot = app.snapshot();
-    json_response(
-        StatusCode::OK,
-        &json!({ "status": "ok", "auditSequence": snapshot.custody_audit_sequence }),
-    )
+    match app.snapshot().custody_audit_sequence {
+        Some(sequence) => json_response(
+            StatusCode::OK,
+            &json!({ "status": "ok", "auditSequence": sequence }),
+        ),
+        // A custody process that does not answer: nothing can be sealed or opened.
+        None => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "custody-unavailable" }),
+        ),
+    }
 }
 
 async fn metrics(State(app): State<Arc<Appliance>>) -> Response {

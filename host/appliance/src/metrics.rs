@@ -34,8 +34,10 @@ impl std::fmt::Debug for Metrics {
 pub struct Snapshot {
     pub etk_cache_hits: u64,
     pub etk_cache_misses: u64,
-    pub custody_audit_syncs: u64,
-    pub custody_audit_sequence: u64,
+    /// Known when the custody core runs in the appliance's process.
+    pub custody_audit_syncs: Option<u64>,
+    /// `None` when the custody process does not answer.
+    pub custody_audit_sequence: Option<u64>,
 }
 
 /// Counts a request in flight until dropped.
@@ -147,18 +149,22 @@ impl Metrics {
             "counter",
             extra.etk_cache_misses.to_string(),
         );
-        counter(
-            "etee_appliance_custody_audit_syncs_total",
-            "fdatasyncs of the custody audit chain since the appliance started.",
-            "counter",
-            extra.custody_audit_syncs.to_string(),
-        );
-        counter(
-            "etee_appliance_custody_audit_sequence",
-            "Sequence number of the last record on the custody audit chain.",
-            "gauge",
-            extra.custody_audit_sequence.to_string(),
-        );
+        if let Some(syncs) = extra.custody_audit_syncs {
+            counter(
+                "etee_appliance_custody_audit_syncs_total",
+                "fdatasyncs of the custody audit chain since the appliance started.",
+                "counter",
+                syncs.to_string(),
+            );
+        }
+        if let Some(sequence) = extra.custody_audit_sequence {
+            counter(
+                "etee_appliance_custody_audit_sequence",
+                "Sequence number of the last record on the custody audit chain.",
+                "gauge",
+                sequence.to_string(),
+            );
+        }
         s
     }
 }

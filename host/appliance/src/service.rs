@@ -16,7 +16,7 @@ use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unseal
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
 use etee_formats::trust::TrustAnchors;
-use etee_hsm::{CustodyKeys, HsmToken};
+use etee_hsm::{CustodyKeys, HsmToken, RemoteCustodyKeys};
 use etee_protocol::{EtkCache, KeyDepotClient, KeyReply, KgssCaller, KgssClient, ProtocolError};
 use etee_services::etkdepot::Identifier;
 use etee_services::kgss::Credential;
@@ -220,6 +220,60 @@ impl std::fmt::Debug for KgssKey {
     }
 }
 
+/// The custody core the appliance uses: in this process, or `etee custody serve` behind
+/// its socket, which alone holds the PIN (`[custody] mode = "process"`; that server must
+/// run with this appliance's policy: `etee custody serve --appliance FILE`).
+#[derive(Clone, Debug)]
+enum Core {
+    InProcess(CustodyKeys),
+    Process(RemoteCustodyKeys),
+}
+
+impl Core {
+    fn for_client(&self, client: &str) -> etee_hsm::Result<Core> {
+        Ok(match self {
+            Self::InProcess(k) => Self::InProcess(k.for_client(client)?),
+            Self::Process(k) => Self::Process(k.for_client(client)?),
+        })
+    }
+
+    fn signing_key(&self) -> etee_hsm::Result<SigningKey> {
+        match self {
+            Self::InProcess(k) => k.signing_key(),
+            Self::Process(k) => k.signing_key(),
+        }
+    }
+
+    fn key_ring(&self) -> etee_hsm::Result<KeyRing> {
+        match self {
+            Self::InProcess(k) => k.key_ring(),
+            Self::Process(k) => k.key_ring(),
+        }
+    }
+
+    /// The syncs of the audit file, known only when the core runs here.
+    fn audit_syncs(&self) -> Option<u64> {
+        match self {
+            Self::InProcess(k) => Some(k.audit_syncs()),
+            Self::Process(_) => None,
+        }
+    }
+
+    fn audit_head(&self) -> Option<etee_custody::AuditHead> {
+        match self {
+            Self::InProcess(k) => Some(k.audit_head()),
+            Self::Process(k) => k.audit_head().ok(),
+        }
+    }
+
+    fn in_process(&self) -> Option<&CustodyKeys> {
+        match self {
+            Self::InProcess(k) => Some(k),
+            Self::Process(_) => None,
+        }
+    }
+}
+
 /// A caller's keys, through the custody core under its client id.
 struct CallerKeys {
     signer: SigningKey,
@@ -237,7 +291,7 @@ pub struct PlatformClients {
 /// the platform clients.
 pub struct Appliance {
     config: ApplianceConfig,
-    custody: CustodyKeys,
+    custody: Core,
     clients: Clients,
     keys: HashMap<String, CallerKeys>,
     anchors: TrustAnchors,
@@ -256,26 +310,33 @@ impl std::fmt::Debug for Appliance {
 }
 
 impl Appliance {
-    /// Opens the token behind the custody core with the appliance's policy, loads the
-    /// callers' keys, and builds the platform clients (which authenticate with the
-    /// token's authentication key).
+    /// Opens the custody core with the appliance's policy — in this process (logging in to
+    /// the token), or connecting to `etee custody serve` (`[custody] mode = "process"`;
+    /// only the token's certificates are read here, without a PIN) —, loads the callers'
+    /// keys, and builds the platform clients (which authenticate with the token's
+    /// authentication key).
     pub fn open(config: ApplianceConfig) -> crate::Result<Self> {
         let hsm_config = etee_hsm::Config::load(&config.hsm)?;
-        if hsm_config.custody.mode != etee_hsm::CustodyMode::InProcess {
-            return Err(ApplianceError::Config(format!(
-                "{}: the appliance runs the custody core itself ([custody] mode = \
-                 \"in-process\"); `etee custody serve` is not supported behind it yet",
-                config.hsm.display()
-            )));
-        }
         let clients = Clients::new(&config.clients);
-        let hsm = etee_hsm::Hsm::open(&hsm_config.hsm)?;
-        let token = HsmToken::new(&hsm)?;
-        let policy =
-            custody_policy(&token, &clients).map_err(|e| ApplianceError::Config(e.to_string()))?;
         let mut custody_config = hsm_config.custody.clone();
         custody_config.client = APPLIANCE_CLIENT.into();
-        let custody = CustodyKeys::with_policy(hsm, token, policy, &custody_config)?;
+        let custody = match (hsm_config.custody.mode, &hsm_config.custody.socket) {
+            (etee_hsm::CustodyMode::Process, Some(socket)) => Core::Process(
+                RemoteCustodyKeys::open(&hsm_config.hsm, &custody_config, socket)?,
+            ),
+            _ => {
+                let hsm = etee_hsm::Hsm::open(&hsm_config.hsm)?;
+                let token = HsmToken::new(&hsm)?;
+                let policy = custody_policy(&token, &clients)
+                    .map_err(|e| ApplianceError::Config(e.to_string()))?;
+                Core::InProcess(CustodyKeys::with_policy(
+                    hsm,
+                    token,
+                    policy,
+                    &custody_config,
+                )?)
+            }
+        };
         let mut keys = HashMap::new();
         for c in clients.iter() {
             let handle = custody.for_client(&c.name)?;
@@ -318,9 +379,12 @@ impl Appliance {
     }
 
     /// The custody core as `client` uses it (for measuring the core's own rate beside
-    /// the API's in the benchmark).
+    /// the API's in the benchmark); only when it runs in this process.
     pub fn custody_for(&self, client: &str) -> crate::Result<CustodyKeys> {
-        Ok(self.custody.for_client(client)?)
+        let core = self.custody.in_process().ok_or_else(|| {
+            ApplianceError::Config("the custody core runs in another process".into())
+        })?;
+        Ok(core.for_client(client)?)
     }
 
     /// The caller `peer` is, if it may ask for `operation`.
@@ -341,7 +405,10 @@ impl Appliance {
             etk_cache_hits: etks.hits,
             etk_cache_misses: etks.misses,
             custody_audit_syncs: self.custody.audit_syncs(),
-            custody_audit_sequence: self.custody.audit_head().next_sequence.saturating_sub(1),
+            custody_audit_sequence: self
+                .custody
+                .audit_head()
+                .map(|h| h.next_sequence.saturating_sub(1)),
         }
     }
 
@@ -500,6 +567,14 @@ impl Appliance {
     ) -> Result<etee_services::keydepot::RegisterKeyResponse, ServiceError> {
         let custody = self
             .custody
+            .in_process()
+            .ok_or_else(|| {
+                ServiceError::HsmUnavailable(
+                    "KeyDepot registration reads the key's attributes in the token, which \
+                     needs the custody core in this process ([custody] mode = \"in-process\")"
+                        .into(),
+                )
+            })?
             .for_client(&client.name)
             .map_err(|e| ServiceError::HsmUnavailable(e.to_string()))?;
         let request = blocking(move || {

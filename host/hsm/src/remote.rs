@@ -20,9 +20,11 @@
 //! Who may connect: the socket file is created with mode 0600 (bound under a temporary
 //! name, restricted, then renamed into place, so it is never reachable with wider
 //! permissions), so only the server's user (and root) can connect; put it in a directory
-//! of mode 0700 as well. The kernel's peer credentials (`SO_PEERCRED`) are then checked
-//! against the server's own uid and `[custody] allowed_uids`, since a connected descriptor
-//! can be handed to another user's process.
+//! of mode 0700 as well. When `[custody] allowed_uids` names other users (the appliance's,
+//! say), the mode is 0660: put those users in the server's group and the directory at
+//! 0750. The kernel's peer credentials (`SO_PEERCRED`) are then checked against the
+//! server's own uid and `[custody] allowed_uids`, since a group member or a connected
+//! descriptor handed on could be another user.
 //!
 //! Certificates: the client reads the certificates (public objects: `CKA_PRIVATE` false)
 //! from the token in a read-only session **without logging in**, so it needs the module
@@ -114,9 +116,20 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
         .map_err(|e| HsmError::Config(format!("removing stale {}: {e}", path.display())))
 }
 
-/// Binds `path` with mode 0600: under a temporary name in the same directory, restricted,
-/// then renamed into place.
-fn bind_private(path: &Path) -> Result<UnixListener> {
+/// The socket's mode: the server's user only, or also its group when other uids are
+/// allowed (`[custody] allowed_uids`: another user, such as the appliance's, in the
+/// server's group). The peer uid check applies either way.
+fn socket_mode(allowed_uids: &[u32]) -> u32 {
+    if allowed_uids.is_empty() {
+        0o600
+    } else {
+        0o660
+    }
+}
+
+/// Binds `path` with `mode` (0600 or 0660): under a temporary name in the same directory,
+/// restricted, then renamed into place.
+fn bind_private(path: &Path, mode: u32) -> Result<UnixListener> {
     let io = |what: &str, e: io::Error| HsmError::Config(format!("{what} {}: {e}", path.display()));
     clear_stale_socket(path)?;
     let name = path
@@ -129,7 +142,7 @@ fn bind_private(path: &Path) -> Result<UnixListener> {
     ));
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).map_err(|e| io("binding", e))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
         .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
@@ -175,7 +188,8 @@ impl StopHandle {
 
 impl Server {
     /// Opens the token (logging in with the PIN file) and the audit file as
-    /// [`CustodyKeys::open`], then binds `socket` (mode 0600; a stale socket file of a dead
+    /// [`CustodyKeys::open`], then binds `socket` (mode 0600, 0660 when `allowed_uids` names
+    /// other users; a stale socket file of a dead
     /// server is replaced).
     pub fn bind(hsm: &HsmConfig, custody: &CustodyConfig, socket: &Path) -> Result<Self> {
         Self::with_keys(CustodyKeys::open(hsm, custody)?, custody, socket)
@@ -183,7 +197,7 @@ impl Server {
 
     /// Like [`Self::bind`] with a core opened by the caller (its own policy, say).
     pub fn with_keys(keys: CustodyKeys, custody: &CustodyConfig, socket: &Path) -> Result<Self> {
-        let listener = bind_private(socket)?;
+        let listener = bind_private(socket, socket_mode(&custody.allowed_uids))?;
         let mut allowed_uids = custody.allowed_uids.clone();
         allowed_uids.push(nix::unistd::getuid().as_raw());
         Ok(Self {
@@ -222,7 +236,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(HsmError::Invalid(format!("accepting: {e}"))),
             };
-            // The socket's 0600 mode is the first gate; the peer's uid, from the kernel, is
+            // The socket's mode is the first gate; the peer's uid, from the kernel, is
             // the second (a descriptor can be passed on to another user's process).
             match peer_uid(&stream) {
                 Ok(uid) if self.allowed_uids.contains(&uid) => {}
@@ -327,7 +341,6 @@ pub fn public_certificates(hsm: &HsmConfig) -> Result<Vec<(Vec<u8>, Certificate)
 
 struct RemoteInner {
     socket: PathBuf,
-    client: ClientId,
     /// Idle connections (at most [`IDLE_CONNECTIONS`] kept).
     idle: Mutex<Vec<UnixStream>>,
     certs: Vec<(Vec<u8>, Certificate)>,
@@ -337,16 +350,21 @@ struct RemoteInner {
 const IDLE_CONNECTIONS: usize = 8;
 
 /// The token's keys through a custody core in another process (`etee custody serve`).
+///
+/// Each handle speaks for one client id ([`Self::for_client`] makes another handle on the
+/// same connections): the server's policy decides per client, and the client is on every
+/// audit record.
 #[derive(Clone)]
 pub struct RemoteCustodyKeys {
     inner: Arc<RemoteInner>,
+    client: ClientId,
 }
 
 impl std::fmt::Debug for RemoteCustodyKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteCustodyKeys")
             .field("socket", &self.inner.socket)
-            .field("client", &self.inner.client)
+            .field("client", &self.client)
             .finish()
     }
 }
@@ -369,11 +387,35 @@ impl RemoteCustodyKeys {
         Ok(Self {
             inner: Arc::new(RemoteInner {
                 socket: socket.to_path_buf(),
-                client: client_id(&custody.client)?,
                 idle: Mutex::new(vec![stream]),
                 certs,
             }),
+            client: client_id(&custody.client)?,
         })
+    }
+
+    /// A handle on the same custody process that speaks for `client` (see
+    /// [`CustodyKeys::for_client`]).
+    pub fn for_client(&self, client: &str) -> Result<Self> {
+        Ok(Self {
+            inner: self.inner.clone(),
+            client: client_id(client)?,
+        })
+    }
+
+    /// The client id this handle speaks for.
+    pub fn client(&self) -> &ClientId {
+        &self.client
+    }
+
+    /// Where the custody process's audit chain stands.
+    pub fn audit_head(&self) -> Result<etee_custody::AuditHead, KeyError> {
+        match self.request(&Request::AuditHead)? {
+            Response::AuditHead(head) => Ok(head),
+            _ => Err(KeyError::Unavailable(
+                "custody process: unexpected answer to AuditHead".into(),
+            )),
+        }
     }
 
     /// Sends one request and reads the response, on an idle connection or a new one. An
@@ -417,7 +459,7 @@ impl RemoteCustodyKeys {
 
     /// [`CustodyKeys::wrap_secret`] through the custody process.
     pub fn wrap_secret(&self, key_id: &str, secret: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let request = wrap_request(self.inner.client.clone(), key_id, secret)?;
+        let request = wrap_request(self.client.clone(), key_id, secret)?;
         wrap_result(self.request(&request)?, key_id)
     }
 
@@ -428,7 +470,7 @@ impl RemoteCustodyKeys {
         key_id: &str,
         wrapped: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let request = unwrap_request(self.inner.client.clone(), key_id, wrapped)?;
+        let request = unwrap_request(self.client.clone(), key_id, wrapped)?;
         unwrap_result(self.request(&request)?, key_id)
     }
 
@@ -497,7 +539,7 @@ impl PrivateKeyOps for RemoteCustodyKeys {
         let core_key = etee_custody::KeyId::new(key.0.as_bytes())
             .ok_or_else(|| KeyError::UnknownKey(key.clone()))?;
         let request = Request::SignPssSha256 {
-            client: self.inner.client.clone(),
+            client: self.client.clone(),
             key: core_key,
             digest: *digest,
         };
@@ -508,7 +550,7 @@ impl PrivateKeyOps for RemoteCustodyKeys {
         let core_key = etee_custody::KeyId::new(key.0.as_bytes()).ok_or(KeyError::DecryptFailed)?;
         let blob = Blob::from_slice(blob).map_err(|_| KeyError::DecryptFailed)?;
         let request = Request::DecryptPkcs1v15 {
-            client: self.inner.client.clone(),
+            client: self.client.clone(),
             key: core_key,
             blob,
         };
@@ -549,18 +591,20 @@ mod tests {
     fn socket_is_private_and_stale_sockets_are_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
-        let listener = bind_private(&path).unwrap();
+        let listener = bind_private(&path, socket_mode(&[])).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         // A live server: refused.
-        assert!(bind_private(&path).is_err());
+        assert!(bind_private(&path, 0o600).is_err());
         drop(listener);
-        // Gone: the stale file is replaced.
-        let _listener = bind_private(&path).unwrap();
+        // Gone: the stale file is replaced; with other uids allowed, the group may connect.
+        let _listener = bind_private(&path, socket_mode(&[1234])).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
         // Not a socket: left alone.
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        assert!(bind_private(&file).is_err());
+        assert!(bind_private(&file, 0o600).is_err());
         assert_eq!(std::fs::read(&file).unwrap(), b"x");
     }
 }

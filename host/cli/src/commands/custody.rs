@@ -9,7 +9,8 @@ use std::process::ExitCode;
 #[derive(Subcommand)]
 pub enum Command {
     /// Open the token (this process alone reads the PIN and logs in), run the custody core
-    /// with the audit file, and serve its frames on a Unix socket (mode 0600). SIGTERM or
+    /// with the audit file, and serve its frames on a Unix socket (mode 0600; 0660 when
+    /// `[custody] allowed_uids` names other users, each checked by uid). SIGTERM or
     /// SIGINT stops it cleanly: requests under way are answered, the core is locked (on
     /// the audit chain) and the socket removed. `etee seal/unseal --config` use it when
     /// the configuration says `[custody] mode = "process"`.
@@ -35,6 +36,11 @@ pub struct ServeArgs {
     /// The socket to listen on (default: `[custody] socket` of the configuration).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Serve an appliance (`etee serve` with this configuration and `[custody] mode =
+    /// "process"`): the core takes the appliance's per-client rules instead of the
+    /// default policy.
+    #[arg(long, value_name = "FILE")]
+    appliance: Option<PathBuf>,
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
@@ -62,7 +68,27 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
                 "give --socket PATH or set [custody] socket in the configuration".into(),
             )
         })?;
-    let server = etee_hsm::remote::Server::bind(&config.hsm, &config.custody, &socket)?;
+    let server = match &args.appliance {
+        None => etee_hsm::remote::Server::bind(&config.hsm, &config.custody, &socket)?,
+        Some(path) => {
+            let appliance = etee_appliance::ApplianceConfig::load(path)
+                .map_err(|e| CliError::Usage(format!("{}: {}", path.display(), e.detail())))?;
+            let clients = etee_appliance::policy::Clients::new(&appliance.clients);
+            let hsm = etee_hsm::Hsm::open(&config.hsm)?;
+            let token = etee_hsm::HsmToken::new(&hsm)?;
+            let policy = etee_appliance::policy::custody_policy(&token, &clients)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            let mut custody = config.custody.clone();
+            custody.client = etee_appliance::policy::APPLIANCE_CLIENT.into();
+            let keys = etee_hsm::CustodyKeys::with_policy(hsm, token, policy, &custody)?;
+            eprintln!(
+                "etee: custody rules of the appliance {} ({} client(s))",
+                path.display(),
+                appliance.clients.len()
+            );
+            etee_hsm::remote::Server::with_keys(keys, &custody, &socket)?
+        }
+    };
     for w in server.keys().hsm().warnings() {
         eprintln!("etee: warning: {w}");
     }

@@ -930,4 +930,31 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
         Some(&plain),
     );
     assert!(status >= 500, "{status} {}", String::from_utf8_lossy(&body));
+
+    // Restarted: the appliance reconnects by itself, and the chain goes on intact.
+    let mut custody = w.spawn(
+        "alice-custody-2",
+        &[
+            "custody",
+            "serve",
+            "--config",
+            "alice-hsm.toml",
+            "--appliance",
+            "alice-appliance-remote.toml",
+        ],
+    );
+    w.wait(&mut custody, || {
+        curl_unix(&alice, "GET", "/health", None).0 == 200
+    });
+    let (status, sealed) = curl_unix(
+        &alice,
+        "POST",
+        "/v1/seal?to=NIHII-PHARMACY:27150201",
+        Some(&plain),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&sealed));
+    let (status, opened) = curl_unix(&w.path("bob.sock"), "POST", "/v1/unseal", Some(&sealed));
+    assert_eq!((status, opened), (200, plain));
+    let chain = w.audit_verify("alice-hsm.toml");
+    assert_eq!(chain["intact"], Value::Bool(true), "{chain}");
 }

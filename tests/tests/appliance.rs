@@ -816,8 +816,9 @@ fn sealing_for_an_expired_etk_is_refused() {
 
 /// The appliance with the custody core in its own process (`[custody] mode = "process"`,
 /// `etee custody serve --appliance`): the appliance's token configuration names a PIN
-/// file that does not exist, so it cannot have logged in; sealing at Alice's and opening
-/// at Bob's work, each use is on the custody process's chain under the caller's name,
+/// file that does not exist, so it cannot have logged in; KGSS's keys are behind a
+/// custody process too; sealing at Alice's and opening at Bob's work (by ETK and through
+/// KGSS), each use is on the custody process's chain under the caller's name,
 /// KeyDepot registration says it needs the core in process, and `/health` says when the
 /// custody process is gone.
 #[test]
@@ -851,6 +852,24 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
         appliance.replace("hsm = \"alice-hsm.toml\"", "hsm = \"alice-hsm-nopin.toml\""),
     )
     .unwrap();
+
+    // KGSS's keys behind a custody process too (the default policy: the platform's client).
+    let kgss = std::fs::read_to_string(w.path("kgss-hsm.toml")).unwrap();
+    assert!(
+        kgss.trim_end().ends_with("audit_file = \"kgss-audit.log\""),
+        "{kgss}"
+    );
+    std::fs::write(
+        w.path("kgss-hsm.toml"),
+        format!("{kgss}mode = \"process\"\nsocket = \"kgss-custody.sock\"\n"),
+    )
+    .unwrap();
+    let mut kgss_custody = w.spawn(
+        "kgss-custody",
+        &["custody", "serve", "--config", "kgss-hsm.toml"],
+    );
+    let kgss_socket = w.path("kgss-custody.sock");
+    w.wait(&mut kgss_custody, || kgss_socket.exists());
 
     let _platform = w.platform();
     let _bob = w.appliance("bob", "bob-appliance.toml", "bob.sock");
@@ -915,6 +934,35 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
     };
     assert_eq!(signed_for("medical-software"), 2, "{chain}");
     assert!(signed_for("etee-appliance") >= 1, "{chain}");
+
+    // For any recognised pharmacy: KGSS creates the key (wrapped in its custody process)
+    // and hands it to Bob (unwrapped there).
+    let (status, sealed) = curl_unix(
+        &alice,
+        "POST",
+        "/v1/seal?allow=recognised-pharmacy",
+        Some(&plain),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&sealed));
+    let (status, opened) = curl_unix(&w.path("bob.sock"), "POST", "/v1/unseal", Some(&sealed));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&opened));
+    assert_eq!(opened, plain);
+    let kgss_chain = w.audit_verify("kgss-hsm.toml");
+    let kgss_ops: Vec<&str> = kgss_chain["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "success")
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
+    for op in [
+        "WrapSecret",
+        "UnwrapSecret",
+        "DecryptPkcs1v15",
+        "SignPssSha256",
+    ] {
+        assert!(kgss_ops.contains(&op), "{op} missing: {kgss_chain}");
+    }
 
     // The custody process gone: the appliance says so, and sealing fails cleanly.
     drop(custody);

@@ -17,7 +17,7 @@
 //! |---|---|
 //! | `CKR_CRYPTOKI_NOT_INITIALIZED` | `C_Initialize` again, new sessions, log in |
 //! | `CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED`, `CKR_DEVICE_ERROR`, `CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`, `CKR_TOKEN_NOT_RECOGNIZED`, `CKR_SLOT_ID_INVALID`, `CKR_GENERAL_ERROR` | find the token again by label/serial, new sessions, log in |
-//! | `CKR_USER_NOT_LOGGED_IN` (or a key not found in a public session) | log in again |
+//! | `CKR_USER_NOT_LOGGED_IN`, or any failure while the session shows as logged out | log in again |
 //! | `CKR_KEY_HANDLE_INVALID`, `CKR_OBJECT_HANDLE_INVALID` | find the keys again by CKA_ID/label |
 //!
 //! Sessions that may be dead are *forgotten*, not closed: after a library reset the same
@@ -189,12 +189,12 @@ impl Worker {
             if retried {
                 return Err(err);
             }
-            let recovery = recovery_for(&err);
-            let candidate = recovery.is_some() || matches!(err, HsmError::NotFound { .. });
-            // Private keys are invisible (key not found, handle invalid) in a public
-            // session: someone logged us out, log in again.
-            let recovery = match recovery {
-                _ if candidate && self.logged_out() => Recovery::Relogin,
+            // Logged out behind our back (private keys invisible, an operation cut short):
+            // whatever the call answered, log in again and retry. Asked after every
+            // failure alike, and answered by the session's state alone, so that it says
+            // nothing about a ciphertext (decryption failures stay opaque otherwise).
+            let recovery = match recovery_for(&err) {
+                _ if self.logged_out() => Recovery::Relogin,
                 Some(r) => r,
                 None => return Err(err),
             };

@@ -23,6 +23,15 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
 /// Serialises token initialisation in this process (two inits could pick the same slot).
 static INIT: Mutex<()> = Mutex::new(());
+/// Serialises slot listing and token creation in this process: SoftHSM 2.6 refreshes its
+/// slot table from the token directory on `C_GetSlotList`, and two threads doing it while
+/// a new token appears can insert the same slot twice (an assertion in
+/// `SlotManager::insertToken`, or memory corruption).
+static SLOTS: Mutex<()> = Mutex::new(());
+
+fn slots_guard() -> std::sync::MutexGuard<'static, ()> {
+    SLOTS.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A loaded, initialised PKCS#11 library.
 pub struct Module {
@@ -97,6 +106,7 @@ impl Module {
     /// Every token present, initialised or not.
     pub fn tokens(&self) -> Result<Vec<TokenSummary>> {
         let (ctx, _) = self.context();
+        let _slots = slots_guard();
         let slots = ctx.get_slots_with_token().ctx("listing slots")?;
         slots
             .into_iter()
@@ -122,6 +132,8 @@ fn open_library(path: &Path) -> Result<Pkcs11> {
         reason,
     };
     let ctx = Pkcs11::new(path).map_err(|e| fail(e.to_string()))?;
+    // SoftHSM builds its slot table in C_Initialize: not while another thread lists slots.
+    let _listing = slots_guard();
     match ctx.initialize(CInitializeArgs::OsThreads) {
         // Another component of this process initialised it: share it.
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
@@ -137,6 +149,7 @@ pub(crate) fn find_token(
     selector: &TokenSelector,
     module: &Path,
 ) -> Result<(Slot, TokenInfo)> {
+    let _listing = slots_guard();
     let slots = ctx.get_slots_with_token().ctx("listing slots")?;
     let mut found = Vec::new();
     let mut present = Vec::new();
@@ -253,6 +266,7 @@ pub fn init_token(config: &HsmConfig) -> Result<TokenSummary> {
         return Err(HsmError::TokenAlreadyInitialized(config.token.to_string()));
     }
     let mut free = None;
+    let creating = slots_guard();
     for slot in ctx.get_slots_with_token().ctx("listing slots")? {
         let info = ctx.get_token_info(slot).ctx("token info")?;
         let serial_ok = config
@@ -290,6 +304,7 @@ pub fn init_token(config: &HsmConfig) -> Result<TokenSummary> {
             },
             e => HsmError::ck(e, format!("initialising token {label:?}")),
         })?;
+    drop(creating);
     // The token may have moved to another slot: find it again by label.
     let selector = TokenSelector::label(label);
     let (slot, info) = find_token(&ctx, &selector, &config.module)?;

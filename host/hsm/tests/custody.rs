@@ -149,7 +149,11 @@ fn seal_unseal_through_custody(process: bool) {
     )
     .unwrap();
     let p12 = write_pfx(&entries, "secret", Profile::Modern).unwrap();
-    let config = new_token(if process { "custody-proc" } else { "custody" });
+    let config = new_token(if process {
+        "custody-proc"
+    } else {
+        "custody-inproc"
+    });
     {
         let hsm = Hsm::open(&config).unwrap();
         let keystore = EhealthKeystore::load(&p12, "secret").unwrap();
@@ -453,7 +457,7 @@ fn wrap_unwrap_through_custody(process: bool) {
     use etee_custody::token::TokenFunction;
     use etee_hsm::{KeyClass, KeyProfile, KeyRole};
 
-    let config = new_token(if process { "kgss-proc" } else { "kgss" });
+    let config = new_token(if process { "kgss-proc" } else { "kgss-inproc" });
     let known_kek = random(32);
     {
         let hsm = Hsm::open(&config).unwrap();

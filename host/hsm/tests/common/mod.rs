@@ -89,6 +89,9 @@ fn write_secret(path: &Path, content: &str) {
 }
 
 /// A new token labelled `name` (unique per test), initialised by `etee_hsm::init_token`.
+///
+/// Labels must not be prefixes of each other: `pkcs11-tool --token-label` (OpenSC) picks a
+/// token whose label merely starts with the one given, so `kgss` could find `kgss-proc`.
 pub fn new_token(name: &str) -> HsmConfig {
     let rig = rig();
     assert!(name.len() <= 32);

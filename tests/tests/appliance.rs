@@ -873,17 +873,21 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
 
     let _platform = w.platform();
     let _bob = w.appliance("bob", "bob-appliance.toml", "bob.sock");
-    let mut custody = w.spawn(
-        "alice-custody",
-        &[
-            "custody",
-            "serve",
-            "--config",
-            "alice-hsm.toml",
-            "--appliance",
-            "alice-appliance-remote.toml",
-        ],
-    );
+    // Alice's custody process, with her appliance's rules.
+    let alice_custody = |name: &str| {
+        w.spawn(
+            name,
+            &[
+                "custody",
+                "serve",
+                "--config",
+                "alice-hsm.toml",
+                "--appliance",
+                "alice-appliance-remote.toml",
+            ],
+        )
+    };
+    let mut custody = alice_custody("alice-custody");
     let custody_socket = w.path("alice-custody.sock");
     w.wait(&mut custody, || custody_socket.exists());
     let _alice = w.appliance("alice", "alice-appliance-remote.toml", "alice.sock");
@@ -980,17 +984,7 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
     assert!(status >= 500, "{status} {}", String::from_utf8_lossy(&body));
 
     // Restarted: the appliance reconnects by itself, and the chain goes on intact.
-    let mut custody = w.spawn(
-        "alice-custody-2",
-        &[
-            "custody",
-            "serve",
-            "--config",
-            "alice-hsm.toml",
-            "--appliance",
-            "alice-appliance-remote.toml",
-        ],
-    );
+    let mut custody = alice_custody("alice-custody-2");
     w.wait(&mut custody, || {
         curl_unix(&alice, "GET", "/health", None).0 == 200
     });

@@ -16,7 +16,7 @@ use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unseal
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
 use etee_formats::trust::TrustAnchors;
-use etee_hsm::{CustodyKeys, HsmToken, RemoteCustodyKeys};
+use etee_hsm::{CustodyHandle, CustodyKeys, HsmToken};
 use etee_protocol::{EtkCache, KeyDepotClient, KeyReply, KgssCaller, KgssClient, ProtocolError};
 use etee_services::etkdepot::Identifier;
 use etee_services::kgss::Credential;
@@ -220,58 +220,20 @@ impl std::fmt::Debug for KgssKey {
     }
 }
 
-/// The custody core the appliance uses: in this process, or `etee custody serve` behind
-/// its socket, which alone holds the PIN (`[custody] mode = "process"`; that server must
-/// run with this appliance's policy: `etee custody serve --appliance FILE`).
-#[derive(Clone, Debug)]
-enum Core {
-    InProcess(CustodyKeys),
-    Process(RemoteCustodyKeys),
-}
-
-impl Core {
-    fn for_client(&self, client: &str) -> etee_hsm::Result<Core> {
-        Ok(match self {
-            Self::InProcess(k) => Self::InProcess(k.for_client(client)?),
-            Self::Process(k) => Self::Process(k.for_client(client)?),
-        })
-    }
-
-    fn signing_key(&self) -> etee_hsm::Result<SigningKey> {
-        match self {
-            Self::InProcess(k) => k.signing_key(),
-            Self::Process(k) => k.signing_key(),
-        }
-    }
-
-    fn key_ring(&self) -> etee_hsm::Result<KeyRing> {
-        match self {
-            Self::InProcess(k) => k.key_ring(),
-            Self::Process(k) => k.key_ring(),
-        }
-    }
-
-    /// The syncs of the audit file, known only when the core runs here.
-    fn audit_syncs(&self) -> Option<u64> {
-        match self {
-            Self::InProcess(k) => Some(k.audit_syncs()),
-            Self::Process(_) => None,
-        }
-    }
-
-    fn audit_head(&self) -> Option<etee_custody::AuditHead> {
-        match self {
-            Self::InProcess(k) => Some(k.audit_head()),
-            Self::Process(k) => k.audit_head().ok(),
-        }
-    }
-
-    fn in_process(&self) -> Option<&CustodyKeys> {
-        match self {
-            Self::InProcess(k) => Some(k),
-            Self::Process(_) => None,
-        }
-    }
+/// The custody core over the token of `hsm_config` with the appliance's rules for
+/// `clients` ([`custody_policy`]), speaking for the appliance itself: what `etee serve`
+/// runs in process, and what `etee custody serve --appliance` serves to it.
+pub fn open_custody_core(
+    hsm_config: &etee_hsm::Config,
+    clients: &Clients,
+) -> crate::Result<CustodyKeys> {
+    let hsm = etee_hsm::Hsm::open(&hsm_config.hsm)?;
+    let token = HsmToken::new(&hsm)?;
+    let policy =
+        custody_policy(&token, clients).map_err(|e| ApplianceError::Config(e.to_string()))?;
+    let mut custody = hsm_config.custody.clone();
+    custody.client = APPLIANCE_CLIENT.into();
+    Ok(CustodyKeys::with_policy(hsm, token, policy, &custody)?)
 }
 
 /// A caller's keys, through the custody core under its client id.
@@ -291,7 +253,10 @@ pub struct PlatformClients {
 /// the platform clients.
 pub struct Appliance {
     config: ApplianceConfig,
-    custody: Core,
+    /// In this process, or `etee custody serve` behind its socket, which alone holds the
+    /// PIN (`[custody] mode = "process"`; that server must run with this appliance's
+    /// policy: `etee custody serve --appliance FILE`).
+    custody: CustodyHandle,
     clients: Clients,
     keys: HashMap<String, CallerKeys>,
     anchors: TrustAnchors,
@@ -316,25 +281,15 @@ impl Appliance {
     /// keys, and builds the platform clients (which authenticate with the token's
     /// authentication key).
     pub fn open(config: ApplianceConfig) -> crate::Result<Self> {
-        let hsm_config = etee_hsm::Config::load(&config.hsm)?;
+        let mut hsm_config = etee_hsm::Config::load(&config.hsm)?;
         let clients = Clients::new(&config.clients);
-        let mut custody_config = hsm_config.custody.clone();
-        custody_config.client = APPLIANCE_CLIENT.into();
-        let custody = match (hsm_config.custody.mode, &hsm_config.custody.socket) {
-            (etee_hsm::CustodyMode::Process, Some(socket)) => Core::Process(
-                RemoteCustodyKeys::open(&hsm_config.hsm, &custody_config, socket)?,
-            ),
-            _ => {
-                let hsm = etee_hsm::Hsm::open(&hsm_config.hsm)?;
-                let token = HsmToken::new(&hsm)?;
-                let policy = custody_policy(&token, &clients)
-                    .map_err(|e| ApplianceError::Config(e.to_string()))?;
-                Core::InProcess(CustodyKeys::with_policy(
-                    hsm,
-                    token,
-                    policy,
-                    &custody_config,
-                )?)
+        let custody = match hsm_config.custody.mode {
+            etee_hsm::CustodyMode::Process => {
+                hsm_config.custody.client = APPLIANCE_CLIENT.into();
+                CustodyHandle::open(&hsm_config)?
+            }
+            etee_hsm::CustodyMode::InProcess => {
+                CustodyHandle::InProcess(open_custody_core(&hsm_config, &clients)?)
             }
         };
         let mut keys = HashMap::new();
@@ -404,7 +359,7 @@ impl Appliance {
         Snapshot {
             etk_cache_hits: etks.hits,
             etk_cache_misses: etks.misses,
-            custody_audit_syncs: self.custody.audit_syncs(),
+            custody_audit_syncs: self.custody.in_process().map(CustodyKeys::audit_syncs),
             custody_audit_sequence: self
                 .custody
                 .audit_head()

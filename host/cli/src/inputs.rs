@@ -139,44 +139,15 @@ pub fn rfc3339(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-/// The token's keys behind the custody core: in this process, or in `etee custody serve`
-/// when the configuration says `[custody] mode = "process"`.
-pub enum Custody {
-    InProcess(etee_hsm::CustodyKeys),
-    Process(etee_hsm::RemoteCustodyKeys),
-}
-
-impl Custody {
-    /// The authentication key, used through the core.
-    pub fn signing_key(&self) -> Result<etee_formats::keys::SigningKey, CliError> {
-        Ok(match self {
-            Self::InProcess(k) => k.signing_key()?,
-            Self::Process(k) => k.signing_key()?,
-        })
-    }
-
-    /// The ETK keys, used through the core.
-    pub fn decryption_keys(&self) -> Result<Vec<etee_formats::keys::DecryptionKey>, CliError> {
-        Ok(match self {
-            Self::InProcess(k) => k.decryption_keys()?,
-            Self::Process(k) => k.decryption_keys()?,
-        })
-    }
-}
-
-/// The token's keys behind the custody core, from an HSM configuration.
-pub fn custody_keys(config: &Path) -> Result<Custody, CliError> {
+/// The token's keys behind the custody core (in this process, or in `etee custody serve`
+/// when the configuration says `[custody] mode = "process"`), from an HSM configuration.
+pub fn custody_keys(config: &Path) -> Result<etee_hsm::CustodyHandle, CliError> {
     let config = etee_hsm::Config::load(config)?;
-    match (config.custody.mode, &config.custody.socket) {
-        (etee_hsm::CustodyMode::Process, Some(socket)) => Ok(Custody::Process(
-            etee_hsm::RemoteCustodyKeys::open(&config.hsm, &config.custody, socket)?,
-        )),
-        _ => {
-            let keys = etee_hsm::CustodyKeys::open(&config.hsm, &config.custody)?;
-            for w in keys.hsm().warnings() {
-                eprintln!("etee: warning: {w}");
-            }
-            Ok(Custody::InProcess(keys))
+    let keys = etee_hsm::CustodyHandle::open(&config)?;
+    if let Some(k) = keys.in_process() {
+        for w in k.hsm().warnings() {
+            eprintln!("etee: warning: {w}");
         }
     }
+    Ok(keys)
 }

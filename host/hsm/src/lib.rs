@@ -44,6 +44,7 @@
 pub mod config;
 pub mod custody;
 mod error;
+pub mod handle;
 pub mod import;
 pub mod keys;
 pub mod list;
@@ -58,6 +59,7 @@ pub use config::{
 };
 pub use custody::{CustodyKeys, HsmToken};
 pub use error::{ckr_name, HsmError, PinKind, Result};
+pub use handle::CustodyHandle;
 pub use import::{ImportOptions, ImportReport, ImportedKey};
 pub use keys::GeneratedKey;
 pub use list::{CertificateInfo, Inventory, KeyClass, KeyInfo};

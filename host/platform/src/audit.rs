@@ -21,10 +21,8 @@ pub fn record(
     outcome: &str,
     detail: Option<String>,
 ) -> Result<u64, etee_store::Error> {
-    let event = event(at, action, actor, subject, outcome, detail);
-    let sequence = store.append_event(&event)?;
-    log(sequence, &event);
-    Ok(sequence)
+    let actor = actor.to_string();
+    append(store, &event(at, action, &actor, subject, outcome, detail))
 }
 
 /// Appends an event of an administrative command (an ETK registration, a change to the
@@ -39,25 +37,16 @@ pub fn record_admin(
     outcome: &str,
     detail: Option<String>,
 ) -> Result<u64, etee_store::Error> {
-    let event = AuditEvent {
-        at,
-        action: action.into(),
-        actor: actor.into(),
-        subject,
-        outcome: outcome.into(),
-        detail,
-    };
-    let sequence = store.append_event(&event)?;
-    log(sequence, &event);
-    Ok(sequence)
+    append(store, &event(at, action, actor, subject, outcome, detail))
 }
 
-/// The event [`record`] appends, for a caller that appends it together with something else
-/// in one store transaction (KGSS GetKey's replay check); then [`log`] it.
+/// The event [`record`] appends (`actor` an identity's text), for a caller that appends it
+/// together with something else in one store transaction (KGSS GetKey's replay check);
+/// then [`log`] it.
 pub fn event(
     at: i64,
     action: &str,
-    actor: &Identity,
+    actor: &str,
     subject: String,
     outcome: &str,
     detail: Option<String>,
@@ -65,11 +54,18 @@ pub fn event(
     AuditEvent {
         at,
         action: action.into(),
-        actor: actor.to_string(),
+        actor: actor.into(),
         subject,
         outcome: outcome.into(),
         detail,
     }
+}
+
+/// Appends `event` and mirrors it in the log.
+fn append(store: &dyn Store, event: &AuditEvent) -> Result<u64, etee_store::Error> {
+    let sequence = store.append_event(event)?;
+    log(sequence, event);
+    Ok(sequence)
 }
 
 /// The `etee::audit` log line mirroring an appended event.

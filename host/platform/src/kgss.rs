@@ -101,17 +101,11 @@ impl KeyWrapper for InsecureMemoryWrapper {
     }
 }
 
-/// The custody core KGSS's keys are used through: in this process, or `etee custody
-/// serve` (`[custody] mode = "process"`), which alone holds the PIN.
-pub enum CustodyCore {
-    InProcess(etee_hsm::CustodyKeys),
-    Process(etee_hsm::RemoteCustodyKeys),
-}
-
 /// The wrapping key in KGSS's HSM token, used through the custody core (policy and audit
 /// record for every wrap and unwrap).
 pub struct CustodyWrapper {
-    pub keys: CustodyCore,
+    /// In this process, or `etee custody serve` (`[custody] mode = "process"`).
+    pub keys: etee_hsm::CustodyHandle,
     /// The CKA_ID of the AES wrapping key.
     pub key_id: String,
 }
@@ -122,19 +116,15 @@ impl KeyWrapper for CustodyWrapper {
     }
 
     fn wrap(&self, secret: &[u8]) -> Result<Vec<u8>, KgssError> {
-        match &self.keys {
-            CustodyCore::InProcess(k) => k.wrap_secret(&self.key_id, secret),
-            CustodyCore::Process(k) => k.wrap_secret(&self.key_id, secret),
-        }
-        .map_err(|e| KgssError::Custody(format!("wrapping: {e}")))
+        self.keys
+            .wrap_secret(&self.key_id, secret)
+            .map_err(|e| KgssError::Custody(format!("wrapping: {e}")))
     }
 
     fn unwrap(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KgssError> {
-        match &self.keys {
-            CustodyCore::InProcess(k) => k.unwrap_secret(&self.key_id, wrapped),
-            CustodyCore::Process(k) => k.unwrap_secret(&self.key_id, wrapped),
-        }
-        .map_err(|e| KgssError::Custody(format!("unwrapping: {e}")))
+        self.keys
+            .unwrap_secret(&self.key_id, wrapped)
+            .map_err(|e| KgssError::Custody(format!("unwrapping: {e}")))
     }
 }
 
@@ -148,24 +138,15 @@ impl Kgss {
         wrapping_key: &str,
         anchors: TrustAnchors,
     ) -> Result<Self, KgssError> {
-        let custody = |e: etee_hsm::HsmError| KgssError::Custody(e.to_string());
-        let config = etee_hsm::Config::load(hsm_config).map_err(custody)?;
-        let keys = match (config.custody.mode, &config.custody.socket) {
-            (etee_hsm::CustodyMode::Process, Some(socket)) => CustodyCore::Process(
-                etee_hsm::RemoteCustodyKeys::open(&config.hsm, &config.custody, socket)
-                    .map_err(custody)?,
-            ),
-            _ => CustodyCore::InProcess(
-                etee_hsm::CustodyKeys::open(&config.hsm, &config.custody).map_err(custody)?,
-            ),
-        };
-        let (signer, ring) = match &keys {
-            CustodyCore::InProcess(k) => (k.signing_key(), k.key_ring()),
-            CustodyCore::Process(k) => (k.signing_key(), k.key_ring()),
-        };
-        let signer =
-            signer.map_err(|e| KgssError::Custody(format!("KGSS authentication key: {e}")))?;
-        let ring = ring.map_err(|e| KgssError::Custody(format!("KGSS ETK keys: {e}")))?;
+        let keys = etee_hsm::Config::load(hsm_config)
+            .and_then(|c| etee_hsm::CustodyHandle::open(&c))
+            .map_err(|e| KgssError::Custody(e.to_string()))?;
+        let signer = keys
+            .signing_key()
+            .map_err(|e| KgssError::Custody(format!("KGSS authentication key: {e}")))?;
+        let ring = keys
+            .key_ring()
+            .map_err(|e| KgssError::Custody(format!("KGSS ETK keys: {e}")))?;
         if ring.keys().is_empty() {
             return Err(KgssError::Custody("the KGSS token holds no ETK key".into()));
         }
@@ -481,7 +462,7 @@ impl Kgss {
         let event = crate::audit::event(
             now,
             "kgss.read",
-            &opened.identities[0],
+            &opened.identities[0].to_string(),
             hex::encode(id),
             outcome,
             Some(format!("{decision:?}")),

@@ -74,19 +74,18 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
             let appliance = etee_appliance::ApplianceConfig::load(path)
                 .map_err(|e| CliError::Usage(format!("{}: {}", path.display(), e.detail())))?;
             let clients = etee_appliance::policy::Clients::new(&appliance.clients);
-            let hsm = etee_hsm::Hsm::open(&config.hsm)?;
-            let token = etee_hsm::HsmToken::new(&hsm)?;
-            let policy = etee_appliance::policy::custody_policy(&token, &clients)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-            let mut custody = config.custody.clone();
-            custody.client = etee_appliance::policy::APPLIANCE_CLIENT.into();
-            let keys = etee_hsm::CustodyKeys::with_policy(hsm, token, policy, &custody)?;
+            let keys = etee_appliance::service::open_custody_core(&config, &clients).map_err(
+                |e| match e {
+                    etee_appliance::ApplianceError::Hsm(e) => CliError::Hsm(e),
+                    e => CliError::Usage(format!("{}: {}", path.display(), e.detail())),
+                },
+            )?;
             eprintln!(
                 "etee: custody rules of the appliance {} ({} client(s))",
                 path.display(),
                 appliance.clients.len()
             );
-            etee_hsm::remote::Server::with_keys(keys, &custody, &socket)?
+            etee_hsm::remote::Server::with_keys(keys, &config.custody, &socket)?
         }
     };
     for w in server.keys().hsm().warnings() {

@@ -159,10 +159,19 @@ fn body_reader(body: Body) -> impl Read + Send + 'static {
 }
 
 /// A spool as a streamed response body (read on the blocking pool, 256 KiB at a time).
-fn spool_body(app: Arc<Appliance>, mut spool: SpoolReader) -> Body {
+fn spool_body(app: Arc<Appliance>, spool: SpoolReader) -> Body {
+    // A spool still in memory is the whole body, read without I/O.
+    let mut spool = match spool.into_memory() {
+        Ok(bytes) => {
+            app.metrics.bytes(0, bytes.len() as u64);
+            return Body::from(bytes);
+        }
+        Err(on_disk) => on_disk,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
     tokio::task::spawn_blocking(move || loop {
-        let mut chunk = vec![0u8; 256 * 1024];
+        let left = usize::try_from(spool.len()).unwrap_or(usize::MAX);
+        let mut chunk = vec![0u8; left.clamp(1, 256 * 1024)];
         match spool.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {

@@ -92,7 +92,29 @@ impl Eq for Certificate {}
 
 impl Certificate {
     /// Parses a certificate from its DER (BER tolerated).
+    ///
+    /// Parses are shared by fingerprint (bounded: the map is cleared past
+    /// [`CERT_CACHE_LIMIT`] entries): a sender's certificates recur in every message, and
+    /// a shared certificate keeps its decoded public key, whose Montgomery context OpenSSL
+    /// computes on the first verification only.
     pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
+        static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Certificate>>> = OnceLock::new();
+        let fp = openssl::sha::sha256(der);
+        let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some(c) = cache.lock().ok().and_then(|c| c.get(&fp).cloned()) {
+            return Ok(c);
+        }
+        let cert = Self::parse_der(der)?;
+        if let Ok(mut c) = cache.lock() {
+            if c.len() >= CERT_CACHE_LIMIT {
+                c.clear();
+            }
+            c.insert(fp, cert.clone());
+        }
+        Ok(cert)
+    }
+
+    fn parse_der(der: &[u8]) -> Result<Self, CertError> {
         let top = parse_exact(der)?.expect(tag::SEQUENCE)?;
         let mut cert = top.seq()?;
         let tbs = cert.next(tag::SEQUENCE)?;
@@ -349,6 +371,9 @@ pub fn cached_x509(der: &[u8]) -> Option<X509> {
     Some(x)
 }
 
+/// Entries kept by the cache of [`Certificate::from_der`].
+pub const CERT_CACHE_LIMIT: usize = 1024;
+
 /// Entries kept by [`cached_x509`].
 pub const X509_CACHE_LIMIT: usize = 1024;
 
@@ -514,6 +539,22 @@ pub fn decimal(magnitude: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_parsed_twice_is_shared_with_its_decoded_key() {
+        let pki = etee_testpki::TestPki::generate("cert-cache").unwrap();
+        let der = pki.root.cert.to_der().unwrap();
+        let a = Certificate::from_der(&der).unwrap();
+        let b = Certificate::from_der(&der).unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0), "the second parse was not shared");
+        let key = a.public_key().unwrap();
+        assert!(key.public_eq(&b.public_key().unwrap()));
+        // Other bytes, another certificate; bad bytes are still refused.
+        let other = etee_testpki::TestPki::generate("cert-cache-2").unwrap();
+        let c = Certificate::from_der(&other.root.cert.to_der().unwrap()).unwrap();
+        assert!(!Arc::ptr_eq(&a.0, &c.0) && a != c);
+        assert!(Certificate::from_der(&der[..der.len() - 1]).is_err());
+    }
 
     #[test]
     fn decimal_serials() {

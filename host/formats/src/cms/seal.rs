@@ -165,9 +165,16 @@ pub fn seal<R: Read, W: Write>(
 /// Copies `input` to `out` in blocks of 256 KiB, however small the source's reads
 /// (pipes give 64 KiB, some readers less): every stage below pays per call.
 fn copy_large<R: Read, W: Write>(input: &mut R, out: &mut W) -> io::Result<u64> {
-    let mut buf = vec![0u8; 256 * 1024];
+    const LARGE: usize = 256 * 1024;
+    // A small block first: most messages are small, and zeroing 256 KiB would cost more
+    // than sealing one. A block is written only once full (or at the end), so a second
+    // block means a large message.
+    let mut buf = vec![0u8; 16 * 1024];
     let mut total = 0u64;
     loop {
+        if total > 0 && buf.len() < LARGE {
+            buf = vec![0u8; LARGE];
+        }
         let mut filled = 0;
         while filled < buf.len() {
             match input.read(&mut buf[filled..]) {

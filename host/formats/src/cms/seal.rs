@@ -167,14 +167,10 @@ pub fn seal<R: Read, W: Write>(
 fn copy_large<R: Read, W: Write>(input: &mut R, out: &mut W) -> io::Result<u64> {
     const LARGE: usize = 256 * 1024;
     // A small block first: most messages are small, and zeroing 256 KiB would cost more
-    // than sealing one. A block is written only once full (or at the end), so a second
-    // block means a large message.
+    // than sealing one. Only a source that fills it gets the large block.
     let mut buf = vec![0u8; 16 * 1024];
     let mut total = 0u64;
     loop {
-        if total > 0 && buf.len() < LARGE {
-            buf = vec![0u8; LARGE];
-        }
         let mut filled = 0;
         while filled < buf.len() {
             match input.read(&mut buf[filled..]) {
@@ -184,11 +180,15 @@ fn copy_large<R: Read, W: Write>(input: &mut R, out: &mut W) -> io::Result<u64> 
                 Err(e) => return Err(e),
             }
         }
-        if filled == 0 {
-            return Ok(total);
-        }
         out.write_all(&buf[..filled])?;
         total += filled as u64;
+        if filled < buf.len() {
+            // The source ended.
+            return Ok(total);
+        }
+        if buf.len() < LARGE {
+            buf = vec![0u8; LARGE];
+        }
     }
 }
 

@@ -21,8 +21,9 @@
 //!    in the same run.
 //!
 //! `cargo bench -p etee-appliance --bench api`. Environment: ETEE_BENCH_REQUESTS (round
-//! trips, default 600), ETEE_BENCH_CONCURRENCY (clients and reference threads, default
-//! twice the cores), ETEE_BENCH_SECONDS (time limit of the round trips, default 120),
+//! trips, default 3000), ETEE_BENCH_CONCURRENCY (clients and reference threads, default
+//! four times the cores: enough callers to keep the cores busy while some wait for their
+//! audit record's sync, on both sides of the ratio), ETEE_BENCH_SECONDS (time limit of the round trips, default 120),
 //! ETEE_BENCH_LARGE_MIB (the large message, default 256), ETEE_BENCH_DIR (where the world
 //! goes; default the target directory's disk), SOFTHSM2_MODULE (default the Debian path;
 //! the bench is skipped without it). See docs/benchmarks-appliance.md.
@@ -994,8 +995,8 @@ fn main() {
         return;
     }
     let s = Settings {
-        requests: env_number("ETEE_BENCH_REQUESTS", 600),
-        concurrency: env_number("ETEE_BENCH_CONCURRENCY", 2 * cores()),
+        requests: env_number("ETEE_BENCH_REQUESTS", 3000),
+        concurrency: env_number("ETEE_BENCH_CONCURRENCY", 4 * cores()),
         time_limit: Duration::from_secs_f64(env_number("ETEE_BENCH_SECONDS", 120.0)),
         large_mib: env_number("ETEE_BENCH_LARGE_MIB", 256),
     };

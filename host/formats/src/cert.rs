@@ -60,6 +60,9 @@ struct CertData {
     x509: OnceLock<Option<X509>>,
     /// The public key; RSA keys are decoded directly at parse time.
     key: OnceLock<Option<PKey<Public>>>,
+    /// The last [`Certificate::is_signed_by`] answer: the key's DER and the verdict. An
+    /// ETK's encryption certificate is checked against the same key at every use.
+    signed_by: Mutex<Option<(Vec<u8>, bool)>>,
     serial: Vec<u8>,
     issuer_der: Vec<u8>,
     subject_der: Vec<u8>,
@@ -170,6 +173,7 @@ impl Certificate {
             der: der.to_vec(),
             x509: OnceLock::new(),
             key,
+            signed_by: Mutex::new(None),
             serial,
             issuer_der: issuer.raw.to_vec(),
             subject_der: subject.raw.to_vec(),
@@ -294,9 +298,24 @@ impl Certificate {
             .clone()
             .ok_or_else(openssl::error::ErrorStack::get)
     }
-    /// Whether `self` was signed by the key of `issuer`.
+    /// Whether `self` was signed by the key of `issuer` (the answer for the last key asked
+    /// about is remembered: a signature check is an RSA operation).
     pub fn is_signed_by(&self, key: &PKey<Public>) -> bool {
-        self.x509().is_some_and(|x| x.verify(key).unwrap_or(false))
+        let Ok(key_der) = key.public_key_to_der() else {
+            return false;
+        };
+        if let Ok(memo) = self.0.signed_by.lock() {
+            if let Some((der, verdict)) = memo.as_ref() {
+                if *der == key_der {
+                    return *verdict;
+                }
+            }
+        }
+        let verdict = self.x509().is_some_and(|x| x.verify(key).unwrap_or(false));
+        if let Ok(mut memo) = self.0.signed_by.lock() {
+            *memo = Some((key_der, verdict));
+        }
+        verdict
     }
     /// Whether the certificate is valid at `t` (unix seconds).
     pub fn valid_at(&self, t: i64) -> Validity {
@@ -554,6 +573,26 @@ mod tests {
         let c = Certificate::from_der(&other.root.cert.to_der().unwrap()).unwrap();
         assert!(!Arc::ptr_eq(&a.0, &c.0) && a != c);
         assert!(Certificate::from_der(&der[..der.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn signature_checks_are_remembered_per_key_and_stay_right() {
+        let pki = etee_testpki::TestPki::generate("signed-by").unwrap();
+        let other = etee_testpki::TestPki::generate("signed-by-2").unwrap();
+        let leaf = pki
+            .institution(&etee_testpki::InstitutionSpec::new(
+                "NIHII", "12345678", "T",
+            ))
+            .unwrap();
+        let cert = Certificate::from_der(&leaf.auth.cert.to_der().unwrap()).unwrap();
+        let key_of = |x: &openssl::x509::X509| x.public_key().unwrap();
+        let (issuer, stranger) = (key_of(&pki.root.cert), key_of(&other.root.cert));
+        for _ in 0..2 {
+            assert!(cert.is_signed_by(&issuer));
+            assert!(cert.is_signed_by(&issuer));
+            assert!(!cert.is_signed_by(&stranger));
+            assert!(!cert.is_signed_by(&stranger));
+        }
     }
 
     #[test]

@@ -794,7 +794,7 @@ fn kgss_get_key(
 
     // Every GetKey must be a distinct sealed request (replays are refused); sealing costs
     // the client RSA operations, so all are made before the clock starts.
-    let phases = [2usize, 4];
+    let phases = [2usize, 4, 8];
     // Per phase: the GetKeys over the network, then as many called in process.
     let in_process = s.kgss_requests;
     let total = (s.kgss_requests + in_process) * phases.len() + BREAKDOWN_REQUESTS;

@@ -144,6 +144,24 @@ impl Drop for PlatformChild {
     }
 }
 
+/// Sets the custody budget of a token configuration out of reach: at the default (1 000
+/// uses a second sustained, bursts of 10 000) the reference and the round trips of one
+/// run use most of the burst on this VM, and a faster machine would be refused by its
+/// own rate limit. The figures are the service's cost, not its rate limit.
+fn budget_out_of_reach(path: &Path) {
+    let text = std::fs::read_to_string(path).expect("the world's token configuration");
+    let mut config: toml::Table = toml::from_str(&text).expect("a TOML token configuration");
+    let custody = config
+        .entry("custody")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("[custody] is a table");
+    for key in ["budget_burst", "budget_per_second"] {
+        custody.insert(key.into(), toml::Value::Integer(i64::from(u32::MAX)));
+    }
+    std::fs::write(path, toml::to_string(&config).expect("TOML")).expect("rewriting it");
+}
+
 /// Opens the appliance of `config` (logs in to the token: blocking) on `rt`'s blocking
 /// pool, as `etee serve` does.
 fn open_appliance(rt: &tokio::runtime::Runtime, config: PathBuf) -> Arc<Appliance> {
@@ -1064,6 +1082,9 @@ fn main() {
         String::from_utf8_lossy(&demo.stderr)
     );
     std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
+    for name in ["alice", "bob"] {
+        budget_out_of_reach(&dir.join(format!("{name}-hsm.toml")));
+    }
     let platform = PlatformChild::start(&dir);
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

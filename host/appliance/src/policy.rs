@@ -13,9 +13,8 @@
 //! handshakes with the platform (client authentication with the key in the HSM).
 
 use crate::config::{ClientConfig, Operation};
-use etee_custody::policy::{Policy, Rule};
+use etee_custody::policy::{Budget, Policy, Rule};
 use etee_custody::{ClientId, KeyKind};
-use etee_hsm::custody::DEFAULT_BUDGET;
 use etee_hsm::HsmToken;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -130,10 +129,15 @@ impl Clients {
 #[error("custody policy: {0}")]
 pub struct PolicyError(String);
 
-/// The custody core's policy for the appliance over the keys of `token`.
-pub fn custody_policy(token: &HsmToken, clients: &Clients) -> Result<Policy, PolicyError> {
+/// The custody core's policy for the appliance over the keys of `token`, every rule with
+/// `budget` (the token configuration's `[custody]` budget).
+pub fn custody_policy(
+    token: &HsmToken,
+    clients: &Clients,
+    budget: Budget,
+) -> Result<Policy, PolicyError> {
     let keys: Vec<(&[u8], KeyKind)> = token.keys().collect();
-    policy_over(keys.into_iter(), clients)
+    policy_over(keys.into_iter(), clients, budget)
 }
 
 /// The policy over `keys` (CKA_ID and kind): per caller and key, what its operations need
@@ -142,6 +146,7 @@ pub fn custody_policy(token: &HsmToken, clients: &Clients) -> Result<Policy, Pol
 pub fn policy_over<'a>(
     keys: impl Iterator<Item = (&'a [u8], KeyKind)> + Clone,
     clients: &Clients,
+    budget: Budget,
 ) -> Result<Policy, PolicyError> {
     let mut policy = Policy::deny_all();
     let mut grants: Vec<(String, bool, bool)> = clients
@@ -173,7 +178,7 @@ pub fn policy_over<'a>(
                     decrypt,
                     wrap: false,
                     unwrap: false,
-                    budget: DEFAULT_BUDGET,
+                    budget,
                 })
                 .map_err(|e| {
                     PolicyError(format!(
@@ -259,8 +264,16 @@ mod tests {
             unix_uid: Some(3),
             certificate_sha256: None,
         }]);
-        let policy =
-            policy_over(keys.iter().map(|(k, v)| (*k, *v)), &Clients::new(&configs)).unwrap();
+        let budget = Budget {
+            burst: 2,
+            per_second: 1,
+        };
+        let mut policy = policy_over(
+            keys.iter().map(|(k, v)| (*k, *v)),
+            &Clients::new(&configs),
+            budget,
+        )
+        .unwrap();
         let can = |client: &str, key: &[u8], usage: KeyUse| {
             policy
                 .permit(
@@ -284,6 +297,19 @@ mod tests {
         assert!(!can("lookup", b"authentication", KeyUse::Sign));
         assert!(!can("lookup", b"1234567890", KeyUse::Decrypt));
         assert!(!can("stranger", b"authentication", KeyUse::Sign));
+        // Every rule has the configured budget: two uses at once, then a refusal.
+        let mut spend = || {
+            let grant = policy
+                .permit(
+                    &ClientId::try_from("sealer").unwrap(),
+                    &etee_custody::KeyId::new(b"authentication").unwrap(),
+                    KeyUse::Sign,
+                )
+                .unwrap();
+            policy.spend(grant, 1_000).is_ok()
+        };
+        assert!(spend() && spend());
+        assert!(!spend(), "a third use at once is over the budget of 2");
     }
 
     #[test]
@@ -302,6 +328,7 @@ mod tests {
         let e = policy_over(
             keys.iter().map(|(k, v)| (k.as_slice(), *v)),
             &Clients::new(&configs),
+            etee_hsm::custody::DEFAULT_BUDGET,
         )
         .unwrap_err();
         assert!(e.to_string().contains("at most 32 rules"), "{e}");

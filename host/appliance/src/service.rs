@@ -229,8 +229,8 @@ pub fn open_custody_core(
 ) -> crate::Result<CustodyKeys> {
     let hsm = etee_hsm::Hsm::open(&hsm_config.hsm)?;
     let token = HsmToken::new(&hsm)?;
-    let policy =
-        custody_policy(&token, clients).map_err(|e| ApplianceError::Config(e.to_string()))?;
+    let policy = custody_policy(&token, clients, hsm_config.custody.budget)
+        .map_err(|e| ApplianceError::Config(e.to_string()))?;
     let mut custody = hsm_config.custody.clone();
     custody.client = APPLIANCE_CLIENT.into();
     Ok(CustodyKeys::with_policy(hsm, token, policy, &custody)?)

@@ -72,6 +72,9 @@ pub struct CustodyConfig {
     /// User ids besides the server's own that may connect to the socket (checked with
     /// SO_PEERCRED on every connection).
     pub allowed_uids: Vec<u32>,
+    /// The rate budget of every rule of the default policy (and of the appliance's
+    /// per-client rules): `budget_burst` uses at once, refilled at `budget_per_second`.
+    pub budget: etee_custody::policy::Budget,
 }
 
 /// Where the custody core runs.
@@ -113,6 +116,7 @@ impl CustodyConfig {
             mode: CustodyMode::InProcess,
             socket: None,
             allowed_uids: Vec::new(),
+            budget: crate::custody::DEFAULT_BUDGET,
         }
     }
 }
@@ -157,6 +161,17 @@ impl Config {
             if let Some(f) = c.socket {
                 custody.socket = Some(if f.is_relative() { base.join(f) } else { f });
             }
+            if let Some(burst) = c.budget_burst {
+                custody.budget.burst = burst;
+            }
+            if let Some(rate) = c.budget_per_second {
+                custody.budget.per_second = rate;
+            }
+            if custody.budget.burst == 0 || custody.budget.per_second == 0 {
+                return Err(HsmError::Config(
+                    "[custody] budget_burst and budget_per_second must be at least 1".into(),
+                ));
+            }
             if custody.mode == CustodyMode::Process && custody.socket.is_none() {
                 return Err(HsmError::Config(
                     "[custody] mode = \"process\" needs socket = PATH".into(),
@@ -188,6 +203,8 @@ struct RawCustody {
     mode: Option<CustodyMode>,
     socket: Option<PathBuf>,
     allowed_uids: Option<Vec<u32>>,
+    budget_burst: Option<u32>,
+    budget_per_second: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -782,6 +799,23 @@ mod tests {
         assert!(Config::from_toml(&typo, base).is_err());
         let long = format!("{minimal}[custody]\nclient = \"{}\"\n", "c".repeat(33));
         assert!(Config::from_toml(&long, base).is_err());
+        // The budget: the default, one value changed, and nonsense refused.
+        let c = Config::from_toml(minimal, base).unwrap();
+        assert_eq!(c.custody.budget, crate::custody::DEFAULT_BUDGET);
+        let faster = format!("{minimal}[custody]\nbudget_per_second = 20000\n");
+        let c = Config::from_toml(&faster, base).unwrap();
+        assert_eq!(
+            (c.custody.budget.burst, c.custody.budget.per_second),
+            (crate::custody::DEFAULT_BUDGET.burst, 20_000)
+        );
+        for bad in [
+            "budget_burst = 0",
+            "budget_per_second = 0",
+            "budget_burst = -1",
+        ] {
+            let text = format!("{minimal}[custody]\n{bad}\n");
+            assert!(Config::from_toml(&text, base).is_err(), "{bad}");
+        }
     }
 
     #[test]

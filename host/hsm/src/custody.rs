@@ -335,12 +335,13 @@ pub fn policy_for(token: &HsmToken, client: &ClientId, budget: Budget) -> Result
 
 impl CustodyKeys {
     /// Opens the token (logging in with the PIN file), the audit file (verifying the chain
-    /// in it), builds the default policy from the keys present and unlocks the core.
+    /// in it), builds the default policy from the keys present (with the configured
+    /// budget) and unlocks the core.
     pub fn open(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Self> {
         let opened = Hsm::open(hsm)?;
         let token = HsmToken::new(&opened)?;
         let client = client_id(&custody.client)?;
-        let policy = default_policy(&token, &client)?;
+        let policy = policy_for(&token, &client, custody.budget)?;
         Self::with_policy(opened, token, policy, custody)
     }
 

@@ -715,3 +715,47 @@ fn wrapping_and_rsa_keys_are_not_interchangeable() {
         &[9; 32]
     );
 }
+
+/// `[custody] budget_burst` / `budget_per_second` bound the default policy's rules: with a
+/// burst of 3 and one use a second refilled, a fourth use at once is refused (and
+/// recorded), in process and through a custody process alike.
+#[test]
+fn the_configured_budget_bounds_the_default_rules() {
+    for process in [false, true] {
+        let config = new_token(if process {
+            "budget-proc"
+        } else {
+            "budget-inproc"
+        });
+        {
+            let hsm = Hsm::open(&config).unwrap();
+            known_wrapping_key(&hsm, "kek", &random(32));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut custody = CustodyConfig::defaults(&config, dir.path());
+        custody.budget = etee_custody::policy::Budget {
+            burst: 3,
+            per_second: 1,
+        };
+        let keys = Keys::open(&config, &custody, process, dir.path());
+        for _ in 0..3 {
+            keys.wrap("kek", &random(16)).unwrap();
+        }
+        let err = keys.wrap("kek", &random(16)).unwrap_err().to_string();
+        assert!(err.contains("rate limit"), "a fourth use at once: {err}");
+        keys.close();
+        let all = records(&custody.audit_file);
+        assert_eq!(
+            count(&all, Operation::WrapSecret),
+            4,
+            "the refusal is on record too"
+        );
+        assert_eq!(
+            all.iter()
+                .filter(|r| r.operation == Operation::WrapSecret
+                    && !matches!(r.outcome, Outcome::Success | Outcome::Admitted))
+                .count(),
+            1
+        );
+    }
+}

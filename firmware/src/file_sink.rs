@@ -27,7 +27,7 @@ use crate::audit::{
 };
 use crate::config::MAX_AUDIT_RECORD_LEN;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -93,53 +93,48 @@ pub struct Scan {
     pub unconcluded: Vec<u64>,
 }
 
-/// Reads and verifies an audit file, calling `each` for every intact record.
+/// Reads and verifies an audit file, calling `each` for every intact record. The file is
+/// read frame by frame (memory stays bounded whatever its size).
 pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, FileSinkError> {
-    let mut bytes = Vec::new();
-    match File::open(path) {
-        Ok(mut f) => {
-            f.read_to_end(&mut bytes)?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+    let file = match File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e.into()),
-    }
+    };
+    let mut input = file.map(|f| io::BufReader::with_capacity(64 * 1024, f));
     let mut verifier = ChainVerifier::new(AuditHead::GENESIS);
     let mut pins = PinHistory::new();
     // Use records waiting for their outcome: as many as uses were in flight.
     let mut open_uses: Vec<AuditRecord> = Vec::new();
-    let unconcluded = |open: &[AuditRecord]| open.iter().map(|r| r.sequence).collect();
-    let mut pos = 0usize;
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        let torn = || Scan {
-            head: verifier.head(),
-            count: verifier.count(),
-            good_len: pos as u64,
-            torn_tail: true,
-            pin_failures: pins.failures(),
-            unconcluded: unconcluded(&open_uses),
+    let mut pos = 0u64;
+    let mut frame = [0u8; FRAME_HEADER + MAX_AUDIT_RECORD_LEN];
+    let torn_tail = loop {
+        let Some(input) = input.as_mut() else {
+            break false;
         };
-        if rest.len() < FRAME_HEADER {
-            return Ok(torn());
+        let header = read_up_to(input, &mut frame[..FRAME_HEADER])?;
+        if header == 0 {
+            break false;
         }
-        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        if header < FRAME_HEADER {
+            break true;
+        }
+        let len = usize::from(u16::from_be_bytes([frame[0], frame[1]]));
         if len == 0 || len > MAX_AUDIT_RECORD_LEN {
-            return Err(FileSinkError::Corrupt { offset: pos as u64 });
+            return Err(FileSinkError::Corrupt { offset: pos });
         }
-        if rest.len() < FRAME_HEADER + len {
-            return Ok(torn());
+        if read_up_to(input, &mut frame[FRAME_HEADER..FRAME_HEADER + len])? < len {
+            break true;
         }
-        let body = &rest[FRAME_HEADER..FRAME_HEADER + len];
-        let last = pos + FRAME_HEADER + len == bytes.len();
-        if sha256(body)[..4] != rest[2..6] {
+        let body = &frame[FRAME_HEADER..FRAME_HEADER + len];
+        if sha256(body)[..4] != frame[2..6] {
             // A bad check on the last frame is a torn write; anywhere else it is damage.
-            if last {
-                return Ok(torn());
+            if input.fill_buf()?.is_empty() {
+                break true;
             }
-            return Err(FileSinkError::Corrupt { offset: pos as u64 });
+            return Err(FileSinkError::Corrupt { offset: pos });
         }
-        let record =
-            AuditRecord::decode(body).ok_or(FileSinkError::Corrupt { offset: pos as u64 })?;
+        let record = AuditRecord::decode(body).ok_or(FileSinkError::Corrupt { offset: pos })?;
         verifier.push(&record).map_err(FileSinkError::Chain)?;
         pins.observe(&record);
         if record.outcome == Outcome::Admitted {
@@ -148,16 +143,31 @@ pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, Fil
             open_uses.remove(i);
         }
         each(&record);
-        pos += FRAME_HEADER + len;
-    }
+        pos += (FRAME_HEADER + len) as u64;
+    };
     Ok(Scan {
         head: verifier.head(),
         count: verifier.count(),
-        good_len: pos as u64,
-        torn_tail: false,
+        good_len: pos,
+        torn_tail,
         pin_failures: pins.failures(),
-        unconcluded: unconcluded(&open_uses),
+        unconcluded: open_uses.iter().map(|r| r.sequence).collect(),
     })
+}
+
+/// Fills `buf` as far as the input goes; returns how many bytes were read (less than
+/// `buf.len()` only at the end of the input).
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// An append-only, fsynced audit file.

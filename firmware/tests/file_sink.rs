@@ -391,3 +391,34 @@ fn the_syncer_syncs_on_its_own_and_a_waiter_never_waits_for_its_plan() {
     // Both use records are on file, without outcomes (never executed).
     assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [1, 2]);
 }
+
+/// A file of many frames, larger than the scanner's read buffer (frames straddle its
+/// refills), scans and reopens whole; a torn tail after it is still cut.
+#[test]
+fn a_long_chain_scans_frame_by_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    {
+        let mut core = core_on(&path);
+        core.handle_request(&unlock(b"1234"), 1);
+        for i in 0..900u32 {
+            let r = sign(&mut core, i as u8, 2 + u64::from(i));
+            assert!(matches!(r, Response::Signature(_)), "{r:?}");
+        }
+    }
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > 2 * 64 * 1024, "only {len} bytes");
+    let mut seen = 0u64;
+    let s = scan(&path, |_| seen += 1).unwrap();
+    assert_eq!((s.count, seen, s.good_len), (1801, 1801, len));
+    assert!(!s.torn_tail && s.unconcluded.is_empty());
+    // Half a frame more at the end: torn, cut at the reopen, the chain intact.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(&bytes[..20].to_vec());
+    std::fs::write(&path, &bytes).unwrap();
+    let s = scan(&path, |_| {}).unwrap();
+    assert!(s.torn_tail && s.good_len == len);
+    let (_, head) = FileAuditSink::open(&path).unwrap();
+    assert_eq!(head.next_sequence, 1801);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+}

@@ -217,6 +217,11 @@ impl PinHistory {
         Self { failures: 0 }
     }
 
+    /// A count that continues from `failures` (a segment's checkpoint).
+    pub const fn continuing(failures: u8) -> Self {
+        Self { failures }
+    }
+
     /// Takes the next record of the chain into account.
     pub fn observe(&mut self, record: &AuditRecord) {
         match (record.operation, record.outcome) {

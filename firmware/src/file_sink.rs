@@ -18,12 +18,24 @@
 //! file verifies every record and the chain, cuts such a torn tail (and syncs the cut), and
 //! refuses a file whose damage is anywhere else: that is tampering or media failure, not a
 //! crash, and the core must not run on top of it (fail closed).
+//!
+//! Segments: with a size limit ([`FileAuditSink::with_segment_limit`]) the sink closes the
+//! file once it has reached the limit, before the next record: everything in it made
+//! durable, it is renamed `<file>.<next sequence, 20 digits>` (an archived segment, never
+//! written again) and a new file starts with a checkpoint frame (a zero length, magic
+//! `SEG1`, the chain's head and the wrong-PIN count so far, a check) followed by the next
+//! records. Opening reads only the current file and trusts its checkpoint; [`scan`] walks
+//! the archived segments and the current file in order and checks that each checkpoint is
+//! where the previous segment ends. A crash during the switch leaves the current file
+//! missing, empty or with a torn checkpoint: opening then continues from the last archived
+//! segment. Old segments may be moved away: [`scan`] then starts at the oldest one present
+//! and says where (`Scan::first_sequence`).
 
 extern crate std;
 
 use crate::audit::{
-    sha256, AuditError, AuditHead, AuditRecord, AuditSink, ChainBreak, ChainVerifier, Outcome,
-    PinHistory,
+    sha256, AuditError, AuditHead, AuditRecord, AuditSink, BreakReason, ChainBreak, ChainVerifier,
+    Outcome, PinHistory,
 };
 use crate::config::MAX_AUDIT_RECORD_LEN;
 use std::fs::{File, OpenOptions};
@@ -42,6 +54,8 @@ pub enum FileSinkError {
     Io(io::Error),
     /// A frame before the end of the file is damaged (bad length, check or encoding).
     Corrupt {
+        /// The file (the current one, or an archived segment).
+        file: PathBuf,
         offset: u64,
     },
     /// The records decode but do not form a chain.
@@ -54,7 +68,9 @@ impl core::fmt::Display for FileSinkError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Io(e) => write!(f, "audit file: {e}"),
-            Self::Corrupt { offset } => write!(f, "audit file damaged at byte {offset}"),
+            Self::Corrupt { file, offset } => {
+                write!(f, "audit file {} damaged at byte {offset}", file.display())
+            }
             Self::Chain(b) => write!(
                 f,
                 "audit chain broken at record {}: {:?}",
@@ -91,68 +107,280 @@ pub struct Scan {
     /// record follows: uses whose end the chain does not show (the process or the machine
     /// stopped while the token worked; the key may have been used).
     pub unconcluded: Vec<u64>,
+    /// Archived segments read before the current file.
+    pub segments: usize,
+    /// The sequence verification started at: 0, or the checkpoint of the oldest segment
+    /// present when older ones were moved away (trusted, not verified).
+    pub first_sequence: u64,
 }
 
-/// Reads and verifies an audit file, calling `each` for every intact record. The file is
-/// read frame by frame (memory stays bounded whatever its size).
+/// Reads and verifies the audit chain at `path`: its archived segments in order, then the
+/// file itself, calling `each` for every intact record. Files are read frame by frame
+/// (memory stays bounded whatever their size).
 pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, FileSinkError> {
-    let file = match File::open(path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+    let archived = segments(path)?;
+    let mut walker = Walker::new();
+    for segment in &archived {
+        walker.file(segment, false, &mut each)?;
+    }
+    let end = walker.file(path, true, &mut each)?;
+    Ok(walker.scan(end, archived.len()))
+}
+
+/// The archived segments of the audit file at `path`, oldest first.
+pub fn segments(path: &Path) -> Result<Vec<PathBuf>, FileSinkError> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    let mut input = file.map(|f| io::BufReader::with_capacity(64 * 1024, f));
-    let mut verifier = ChainVerifier::new(AuditHead::GENESIS);
-    let mut pins = PinHistory::new();
-    // Use records waiting for their outcome: as many as uses were in flight.
-    let mut open_uses: Vec<AuditRecord> = Vec::new();
-    let mut pos = 0u64;
-    let mut frame = [0u8; FRAME_HEADER + MAX_AUDIT_RECORD_LEN];
-    let torn_tail = loop {
-        let Some(input) = input.as_mut() else {
-            break false;
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(suffix) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(name))
+            .and_then(|n| n.strip_prefix('.'))
+        else {
+            continue;
         };
-        let header = read_up_to(input, &mut frame[..FRAME_HEADER])?;
-        if header == 0 {
-            break false;
-        }
-        if header < FRAME_HEADER {
-            break true;
-        }
-        let len = usize::from(u16::from_be_bytes([frame[0], frame[1]]));
-        if len == 0 || len > MAX_AUDIT_RECORD_LEN {
-            return Err(FileSinkError::Corrupt { offset: pos });
-        }
-        if read_up_to(input, &mut frame[FRAME_HEADER..FRAME_HEADER + len])? < len {
-            break true;
-        }
-        let body = &frame[FRAME_HEADER..FRAME_HEADER + len];
-        if sha256(body)[..4] != frame[2..6] {
-            // A bad check on the last frame is a torn write; anywhere else it is damage.
-            if input.fill_buf()?.is_empty() {
-                break true;
+        if suffix.len() == SEGMENT_DIGITS && suffix.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = suffix.parse() {
+                found.push((n, entry.path()));
             }
-            return Err(FileSinkError::Corrupt { offset: pos });
         }
-        let record = AuditRecord::decode(body).ok_or(FileSinkError::Corrupt { offset: pos })?;
-        verifier.push(&record).map_err(FileSinkError::Chain)?;
-        pins.observe(&record);
-        if record.outcome == Outcome::Admitted {
-            open_uses.push(record.clone());
-        } else if let Some(i) = open_uses.iter().position(|u| record.concludes(u)) {
-            open_uses.remove(i);
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Digits of an archived segment's suffix (the chain's next sequence when it was closed).
+const SEGMENT_DIGITS: usize = 20;
+
+fn archive_name(path: &Path, next_sequence: u64) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(std::format!(
+        ".{next_sequence:0width$}",
+        width = SEGMENT_DIGITS
+    ));
+    path.with_file_name(name)
+}
+
+/// The frame a segment after the first starts with: where the chain stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Checkpoint {
+    head: AuditHead,
+    pin_failures: u8,
+}
+
+/// A zero length (never a record's frame), then `SEG1`.
+const CHECKPOINT_MAGIC: [u8; 6] = [0, 0, b'S', b'E', b'G', b'1'];
+/// Magic, next sequence (u64 BE), hash, wrong-PIN count, check (SHA-256 of what precedes).
+const CHECKPOINT_LEN: usize = 6 + 8 + 32 + 1 + 4;
+
+impl Checkpoint {
+    fn encode(&self) -> [u8; CHECKPOINT_LEN] {
+        let mut out = [0u8; CHECKPOINT_LEN];
+        out[..6].copy_from_slice(&CHECKPOINT_MAGIC);
+        out[6..14].copy_from_slice(&self.head.next_sequence.to_be_bytes());
+        out[14..46].copy_from_slice(&self.head.hash);
+        out[46] = self.pin_failures;
+        let check = sha256(&out[..47]);
+        out[47..].copy_from_slice(&check[..4]);
+        out
+    }
+
+    fn decode(bytes: &[u8; CHECKPOINT_LEN]) -> Option<Self> {
+        if bytes[..6] != CHECKPOINT_MAGIC || sha256(&bytes[..47])[..4] != bytes[47..] {
+            return None;
         }
-        each(&record);
-        pos += (FRAME_HEADER + len) as u64;
-    };
-    Ok(Scan {
-        head: verifier.head(),
-        count: verifier.count(),
-        good_len: pos,
-        torn_tail,
-        pin_failures: pins.failures(),
-        unconcluded: open_uses.iter().map(|r| r.sequence).collect(),
-    })
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&bytes[14..46]);
+        Some(Self {
+            head: AuditHead {
+                next_sequence: u64::from_be_bytes(bytes[6..14].try_into().ok()?),
+                hash,
+            },
+            pin_failures: bytes[46],
+        })
+    }
+}
+
+/// How a file of the chain ended.
+struct FileEnd {
+    /// Bytes of intact frames (and checkpoint); a torn tail starts here.
+    good_len: u64,
+    torn_tail: bool,
+}
+
+/// Verification carried across the files of a chain.
+struct Walker {
+    verifier: ChainVerifier,
+    pins: PinHistory,
+    /// Use records waiting for their outcome: as many as uses were in flight.
+    open_uses: Vec<AuditRecord>,
+    started: bool,
+    first_sequence: u64,
+}
+
+impl Walker {
+    fn new() -> Self {
+        Self {
+            verifier: ChainVerifier::new(AuditHead::GENESIS),
+            pins: PinHistory::new(),
+            open_uses: Vec::new(),
+            started: false,
+            first_sequence: 0,
+        }
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            head: self.verifier.head(),
+            pin_failures: self.pins.failures(),
+        }
+    }
+
+    fn scan(self, end: FileEnd, segments: usize) -> Scan {
+        Scan {
+            head: self.verifier.head(),
+            count: self.verifier.count(),
+            good_len: end.good_len,
+            torn_tail: end.torn_tail,
+            pin_failures: self.pins.failures(),
+            unconcluded: self.open_uses.iter().map(|r| r.sequence).collect(),
+            segments,
+            first_sequence: self.first_sequence,
+        }
+    }
+
+    /// Reads one file of the chain. Only the `current` file may end torn (a crash); a
+    /// missing current file is an empty one.
+    fn file(
+        &mut self,
+        path: &Path,
+        current: bool,
+        each: &mut impl FnMut(&AuditRecord),
+    ) -> Result<FileEnd, FileSinkError> {
+        let corrupt = |offset: u64| FileSinkError::Corrupt {
+            file: path.to_path_buf(),
+            offset,
+        };
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if current && e.kind() == io::ErrorKind::NotFound => {
+                return Ok(FileEnd {
+                    good_len: 0,
+                    torn_tail: false,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut input = io::BufReader::with_capacity(64 * 1024, file);
+        let mut frame = [0u8; FRAME_HEADER + MAX_AUDIT_RECORD_LEN];
+        let torn = |good_len: u64| {
+            if current {
+                Ok(FileEnd {
+                    good_len,
+                    torn_tail: true,
+                })
+            } else {
+                Err(corrupt(good_len))
+            }
+        };
+        let mut pos = 0u64;
+        // A checkpoint first, or the chain's first records.
+        let got = read_up_to(&mut input, &mut frame[..CHECKPOINT_MAGIC.len()])?;
+        if got == 0 {
+            return Ok(FileEnd {
+                good_len: 0,
+                torn_tail: false,
+            });
+        }
+        let mut pending = got;
+        if frame[..2] == [0, 0] {
+            let mut raw = [0u8; CHECKPOINT_LEN];
+            raw[..got].copy_from_slice(&frame[..got]);
+            let n = got + read_up_to(&mut input, &mut raw[got..])?;
+            let checkpoint = (n == CHECKPOINT_LEN)
+                .then(|| Checkpoint::decode(&raw))
+                .flatten();
+            let Some(checkpoint) = checkpoint else {
+                // A checkpoint cut by a crash while the segments were switched.
+                return if input.fill_buf()?.is_empty() {
+                    torn(0)
+                } else {
+                    Err(corrupt(0))
+                };
+            };
+            if !self.started {
+                self.verifier = ChainVerifier::new(checkpoint.head);
+                self.pins = PinHistory::continuing(checkpoint.pin_failures);
+                self.first_sequence = checkpoint.head.next_sequence;
+            } else if checkpoint != self.checkpoint() {
+                return Err(FileSinkError::Chain(ChainBreak {
+                    sequence: self.verifier.head().next_sequence,
+                    reason: BreakReason::Unlinked,
+                }));
+            }
+            pos = CHECKPOINT_LEN as u64;
+            pending = 0;
+        } else if self.started {
+            // A segment after another must say where it continues from.
+            return Err(FileSinkError::Chain(ChainBreak {
+                sequence: self.verifier.head().next_sequence,
+                reason: BreakReason::Unlinked,
+            }));
+        }
+        self.started = true;
+        loop {
+            // `pending` header bytes were already read into `frame`.
+            let header = pending + read_up_to(&mut input, &mut frame[pending..FRAME_HEADER])?;
+            pending = 0;
+            if header == 0 {
+                return Ok(FileEnd {
+                    good_len: pos,
+                    torn_tail: false,
+                });
+            }
+            if header < FRAME_HEADER {
+                return torn(pos);
+            }
+            let len = usize::from(u16::from_be_bytes([frame[0], frame[1]]));
+            if len == 0 || len > MAX_AUDIT_RECORD_LEN {
+                return Err(corrupt(pos));
+            }
+            if read_up_to(&mut input, &mut frame[FRAME_HEADER..FRAME_HEADER + len])? < len {
+                return torn(pos);
+            }
+            let body = &frame[FRAME_HEADER..FRAME_HEADER + len];
+            if sha256(body)[..4] != frame[2..6] {
+                // A bad check on the last frame is a torn write; anywhere else it is damage.
+                if input.fill_buf()?.is_empty() {
+                    return torn(pos);
+                }
+                return Err(corrupt(pos));
+            }
+            let record = AuditRecord::decode(body).ok_or_else(|| corrupt(pos))?;
+            self.verifier.push(&record).map_err(FileSinkError::Chain)?;
+            self.pins.observe(&record);
+            if record.outcome == Outcome::Admitted {
+                self.open_uses.push(record.clone());
+            } else if let Some(i) = self.open_uses.iter().position(|u| record.concludes(u)) {
+                self.open_uses.remove(i);
+            }
+            each(&record);
+            pos += (FRAME_HEADER + len) as u64;
+        }
+    }
 }
 
 /// Fills `buf` as far as the input goes; returns how many bytes were read (less than
@@ -174,7 +402,16 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 pub struct FileAuditSink {
     file: File,
     path: PathBuf,
+    /// Bytes in the current file.
     len: u64,
+    /// Bytes of the files this sink closed before the current one: marks are `base + len`,
+    /// so that they keep growing across segments.
+    base: u64,
+    /// Close the file for a new segment once it holds this many bytes.
+    segment_limit: Option<u64>,
+    /// Where the chain stands after the last record written, for the next checkpoint.
+    head: AuditHead,
+    pins: PinHistory,
     sync: Arc<GroupSync>,
     pin_failures: u8,
 }
@@ -182,7 +419,6 @@ pub struct FileAuditSink {
 /// Durability of an audit file's records, shared by the sink and the callers that wait for
 /// their records outside the core (see the module doc). Marks are file lengths.
 pub struct GroupSync {
-    file: File,
     state: Mutex<SyncState>,
     /// Signalled when a sync ends.
     synced: Condvar,
@@ -191,6 +427,8 @@ pub struct GroupSync {
 }
 
 struct SyncState {
+    /// The file being appended to (replaced when a new segment starts).
+    file: Arc<File>,
     /// Bytes written (not necessarily durable).
     written: u64,
     /// Bytes known durable.
@@ -306,9 +544,10 @@ impl GroupSync {
         // This sync covers every plan made so far; marks handed over from now on (written
         // after it began) plan the next one afresh.
         state.sync_at = None;
+        let file = state.file.clone();
         drop(state);
         let began = Instant::now();
-        let synced = self.file.sync_data();
+        let synced = file.sync_data();
         let took = began
             .elapsed()
             .as_micros()
@@ -328,6 +567,14 @@ impl GroupSync {
         // A mark requested during this sync may need the syncer again.
         self.work.notify_one();
         state
+    }
+
+    /// Continues in `file` (a new segment), everything up to `mark` durable.
+    fn switch(&self, file: File, mark: u64) {
+        let mut state = self.state();
+        state.file = Arc::new(file);
+        state.written = mark;
+        state.durable = mark;
     }
 
     /// Stops the syncer thread (when the sink goes).
@@ -370,6 +617,53 @@ fn lock_exclusive(file: &File, wait: std::time::Duration) -> Result<(), FileSink
     }
 }
 
+/// Opens (or creates) the audit file and locks it. A file renamed while we waited for its
+/// lock (a new segment started by the core that held it) is not ours to append to: open
+/// the path again.
+fn open_locked(path: &Path, wait: std::time::Duration) -> Result<File, FileSinkError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(path)?;
+        lock_exclusive(&file, deadline.saturating_duration_since(Instant::now()))?;
+        if same_file(&file, path)? {
+            return Ok(file);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn same_file(file: &File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        file.metadata()?,
+        match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        },
+    );
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &File, path: &Path) -> io::Result<bool> {
+    Ok(path.exists())
+}
+
+/// Makes a directory entry change in `path`'s directory durable (best effort).
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
 impl FileAuditSink {
     /// Opens (or creates) the file, verifies it, cuts a torn tail, and returns the sink
     /// with the head to give [`crate::Custody::new`].
@@ -386,30 +680,45 @@ impl FileAuditSink {
         path: &Path,
         wait: std::time::Duration,
     ) -> Result<(Self, AuditHead), FileSinkError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(path)?;
-        lock_exclusive(&file, wait)?;
-        // Scanned under the lock, so the head is the one this sink appends after.
-        let scan = scan(path, |_| {})?;
-        if scan.torn_tail {
-            file.set_len(scan.good_len)?;
-        }
-        file.sync_all()?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // A new file's directory entry must be durable too.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
+        let file = open_locked(path, wait)?;
+        // Read under the lock, so the head is the one this sink appends after. Only the
+        // current file: its checkpoint says where the archived segments ended.
+        let mut walker = Walker::new();
+        let end = walker.file(path, true, &mut |_| {})?;
+        if end.good_len == 0 {
+            // Empty, or a checkpoint cut by a crash while the segments were switched: the
+            // chain continues from the last archived segment, if there is one.
+            if let Some(last) = segments(path)?.last() {
+                walker = Walker::new();
+                walker.file(last, false, &mut |_| {})?;
+                let checkpoint = walker.checkpoint().encode();
+                file.set_len(0)?;
+                (&file).write_all(&checkpoint)?;
+                walker.file(path, true, &mut |_| {})?;
+                return Self::finish_open(path, file, walker, CHECKPOINT_LEN as u64);
             }
         }
+        if end.torn_tail {
+            file.set_len(end.good_len)?;
+        }
+        Self::finish_open(path, file, walker, end.good_len)
+    }
+
+    fn finish_open(
+        path: &Path,
+        file: File,
+        walker: Walker,
+        len: u64,
+    ) -> Result<(Self, AuditHead), FileSinkError> {
+        file.sync_all()?;
+        // A new file's directory entry must be durable too.
+        sync_dir(path);
+        let head = walker.verifier.head();
         let sync = Arc::new(GroupSync {
-            file: file.try_clone()?,
             state: Mutex::new(SyncState {
-                written: scan.good_len,
-                durable: scan.good_len,
+                file: Arc::new(file.try_clone()?),
+                written: len,
+                durable: len,
                 syncing: false,
                 failed: false,
                 syncs: 0,
@@ -425,11 +734,22 @@ impl FileAuditSink {
         let sink = Self {
             file,
             path: path.to_path_buf(),
-            len: scan.good_len,
+            len,
+            base: 0,
+            segment_limit: None,
+            head,
+            pins: walker.pins,
             sync,
-            pin_failures: scan.pin_failures,
+            pin_failures: walker.pins.failures(),
         };
-        Ok((sink, scan.head))
+        Ok((sink, head))
+    }
+
+    /// Starts a new segment whenever the current file has reached `bytes` (checked before
+    /// each record; `None`: one file for ever). See the module doc.
+    pub fn with_segment_limit(mut self, bytes: Option<u64>) -> Self {
+        self.segment_limit = bytes.filter(|&b| b > 0);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -445,6 +765,39 @@ impl FileAuditSink {
     /// The durability handle, for waiting for a record outside the core's lock.
     pub fn group_sync(&self) -> Arc<GroupSync> {
         self.sync.clone()
+    }
+
+    /// Closes the current file as an archived segment and continues in a new one that
+    /// starts with a checkpoint (see the module doc). Nothing is written to the new file
+    /// before its checkpoint and its directory entry are durable.
+    fn next_segment(&mut self) -> io::Result<()> {
+        self.sync
+            .wait(self.base + self.len)
+            .map_err(|_| io::Error::other("the audit file could not be synced"))?;
+        let archived = archive_name(&self.path, self.head.next_sequence);
+        std::fs::rename(&self.path, &archived)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&self.path)?;
+        // Ours at once: nobody else can have it open yet; a process waiting for the old
+        // file's lock finds it renamed (see `open_locked`).
+        file.try_lock()
+            .map_err(|_| io::Error::other("locking the new audit file"))?;
+        let checkpoint = Checkpoint {
+            head: self.head,
+            pin_failures: self.pins.failures(),
+        };
+        (&file).write_all(&checkpoint.encode())?;
+        file.sync_all()?;
+        sync_dir(&self.path);
+        self.base += self.len;
+        self.len = CHECKPOINT_LEN as u64;
+        self.sync.switch(file.try_clone()?, self.base + self.len);
+        // The archived segment's handle (and its lock) goes.
+        self.file = file;
+        Ok(())
     }
 
     fn write_frame(&mut self, body: &[u8]) -> io::Result<()> {
@@ -471,14 +824,23 @@ impl AuditSink for FileAuditSink {
         }
         let mut buf = [0u8; MAX_AUDIT_RECORD_LEN];
         let body = record.encode(&mut buf).ok_or(AuditError::Storage)?;
+        if self.segment_limit.is_some_and(|limit| self.len >= limit) && self.next_segment().is_err()
+        {
+            // Nothing of this record written; stop until reopened (which finishes the
+            // switch if it was half done).
+            self.sync.state().failed = true;
+            return Err(AuditError::Storage);
+        }
         if self.write_frame(body).is_err() {
             // Undo a partial frame if we can; either way, stop until reopened.
             let _ = self.file.set_len(self.len);
             self.sync.state().failed = true;
             return Err(AuditError::Storage);
         }
-        self.sync.state().written = self.len;
-        Ok(self.len)
+        self.head = AuditHead::after(record);
+        self.pins.observe(record);
+        self.sync.state().written = self.base + self.len;
+        Ok(self.base + self.len)
     }
 
     fn wait_durable(&self, mark: u64) -> Result<(), AuditError> {

@@ -2,7 +2,7 @@
 //! middle of an append) is cut and nothing partial remains, and damage elsewhere is refused.
 
 use etee_custody::audit::{verify_chain_to, AuditHead, AuditRecord};
-use etee_custody::file_sink::{scan, FileAuditSink, FileSinkError};
+use etee_custody::file_sink::{scan, segments, FileAuditSink, FileSinkError};
 use etee_custody::insecure::InsecureMemoryToken;
 use etee_custody::policy::{Budget, Policy, Rule};
 use etee_custody::wire::{Pin, Request, Response};
@@ -10,6 +10,23 @@ use etee_custody::{ClientId, Custody, KeyId, KeyKind};
 use std::path::Path;
 
 fn core_on(path: &Path) -> Custody<InsecureMemoryToken, FileAuditSink> {
+    core_with_segments(path, None)
+}
+
+/// A core whose audit file starts a new segment past `limit` bytes.
+fn core_with_segments(
+    path: &Path,
+    limit: Option<u64>,
+) -> Custody<InsecureMemoryToken, FileAuditSink> {
+    let (sink, head) = FileAuditSink::open(path).unwrap();
+    core_on_sink(sink.with_segment_limit(limit), head)
+}
+
+/// The test core (key `auth`, client `app`) over an opened sink.
+fn core_on_sink(
+    sink: FileAuditSink,
+    head: AuditHead,
+) -> Custody<InsecureMemoryToken, FileAuditSink> {
     let auth = KeyId::try_from("auth").unwrap();
     let app = ClientId::try_from("app").unwrap();
     let token = InsecureMemoryToken::new(b"1234").unwrap().with_key(
@@ -33,8 +50,8 @@ fn core_on(path: &Path) -> Custody<InsecureMemoryToken, FileAuditSink> {
             budget,
         })
         .unwrap();
-    let (sink, head) = FileAuditSink::open(path).unwrap();
-    Custody::new(token, sink, policy, head)
+    let failures = sink.pin_failures_at_open();
+    Custody::new(token, sink, policy, head).with_pin_failures(failures)
 }
 
 fn sign(core: &mut Custody<InsecureMemoryToken, FileAuditSink>, n: u8, now: u64) -> Response {
@@ -154,7 +171,9 @@ fn damage_before_the_end_is_refused() {
     bad[first_len + 10] ^= 0x01;
     std::fs::write(&path, &bad).unwrap();
     match FileAuditSink::open(&path) {
-        Err(FileSinkError::Corrupt { offset }) => assert_eq!(offset as usize, first_len),
+        Err(FileSinkError::Corrupt { offset, file }) => {
+            assert_eq!((offset as usize, file), (first_len, path.clone()))
+        }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a damaged audit file was accepted"),
     }
@@ -199,13 +218,32 @@ fn one_core_at_a_time_appends_to_a_chain() {
 
 #[test]
 fn concurrent_callers_share_syncs_and_every_released_result_is_on_file() {
+    concurrent_callers(None);
+}
+
+#[test]
+fn concurrent_callers_across_segment_switches() {
+    concurrent_callers(Some(700));
+}
+
+/// Bytes of the chain at `path`: its archived segments and the current file.
+fn chain_bytes(path: &Path) -> u64 {
+    let archived: u64 = segments(path)
+        .unwrap()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    archived + std::fs::metadata(path).unwrap().len()
+}
+
+fn concurrent_callers(limit: Option<u64>) {
     use etee_custody::custody::Admission;
     use etee_custody::Token;
     use std::sync::Mutex;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let mut core = core_on(&path);
+    let mut core = core_with_segments(&path, limit);
     let unlock = unlock(b"1234");
     assert_eq!(core.handle_request(&unlock, 1), Response::Unlocked);
     let sync = core.audit_sink().group_sync();
@@ -255,9 +293,13 @@ fn concurrent_callers_share_syncs_and_every_released_result_is_on_file() {
     let total = (2 * THREADS * EACH + 1) as u64;
     assert_eq!(verify_chain_to(records.iter(), &head), Ok(total));
     assert!(scan(&path, |_| {}).unwrap().unconcluded.is_empty());
-    // Every released result's mark was durable: within the synced file.
-    let file_len = std::fs::metadata(&path).unwrap().len();
+    // Every released result's mark was durable: within the synced files. (Marks count
+    // the bytes of every file the sink wrote, checkpoints included.)
+    let file_len = chain_bytes(&path);
     assert!(released.iter().flatten().all(|&m| m <= file_len));
+    if limit.is_some() {
+        assert!(segments(&path).unwrap().len() >= 3);
+    }
     // At most one sync per record (the unlock's included), usually fewer.
     let syncs = sync.syncs();
     assert!(syncs >= 1 && syncs <= total, "{syncs}");
@@ -421,4 +463,220 @@ fn a_long_chain_scans_frame_by_frame() {
     let (_, head) = FileAuditSink::open(&path).unwrap();
     assert_eq!(head.next_sequence, 1801);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+}
+
+/// A chain of segments: an unlock and `n` signatures with the file switched past `limit`
+/// bytes; returns the head.
+fn segmented_chain(path: &Path, limit: u64, n: u32) -> AuditHead {
+    let mut core = core_with_segments(path, Some(limit));
+    assert_eq!(core.handle_request(&unlock(b"1234"), 1), Response::Unlocked);
+    for i in 0..n {
+        let r = sign(&mut core, i as u8, 2 + u64::from(i));
+        assert!(matches!(r, Response::Signature(_)), "{r:?}");
+    }
+    core.audit_head()
+}
+
+#[test]
+fn segments_switch_and_the_chain_reads_across_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let head = segmented_chain(&path, 600, 60);
+    assert_eq!(head.next_sequence, 121);
+    let archived = segments(&path).unwrap();
+    assert!(archived.len() >= 5, "{archived:?}");
+    // Named by the next sequence when closed, oldest first; each ends at a record
+    // boundary (no file is over the limit by more than one record).
+    let mut last_suffix = 0;
+    for a in &archived {
+        let name = a.file_name().unwrap().to_str().unwrap();
+        let suffix: u64 = name.strip_prefix("audit.log.").unwrap().parse().unwrap();
+        assert!(suffix > last_suffix);
+        last_suffix = suffix;
+        assert!(std::fs::metadata(a).unwrap().len() < 600 + 200);
+    }
+    // The current file starts with a checkpoint.
+    assert_eq!(
+        &std::fs::read(&path).unwrap()[..6],
+        &[0, 0, b'S', b'E', b'G', b'1']
+    );
+    let all = records(&path);
+    assert_eq!(verify_chain_to(all.iter(), &head), Ok(121));
+    let s = scan(&path, |_| {}).unwrap();
+    assert_eq!(
+        (s.count, s.segments, s.first_sequence),
+        (121, archived.len(), 0)
+    );
+    assert!(s.unconcluded.is_empty() && !s.torn_tail);
+    // A reopened core continues the chain in the current file.
+    let mut core = core_with_segments(&path, Some(600));
+    assert_eq!(core.audit_head(), head);
+    assert_eq!(
+        core.handle_request(&unlock(b"1234"), 500),
+        Response::Unlocked
+    );
+    assert!(matches!(sign(&mut core, 1, 501), Response::Signature(_)));
+    drop(core);
+    assert_eq!(scan(&path, |_| {}).unwrap().count, 124);
+}
+
+#[test]
+fn a_crash_while_switching_segments_continues_from_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let head = segmented_chain(&path, 600, 30);
+    let current = std::fs::read(&path).unwrap();
+    // The crash points of a switch: the file renamed and no new one yet; the new one
+    // created and empty; its checkpoint half written. Opening finishes the switch and the
+    // chain goes on from the last archived segment (the current file's records are lost
+    // in this simulation, so the head is the last segment's).
+    let last = segments(&path).unwrap().pop().unwrap();
+    let last_head = {
+        let mut all = Vec::new();
+        let s = scan(&last, |r| all.push(r.clone())).unwrap();
+        let _ = s;
+        etee_custody::audit::AuditHead::after(all.last().unwrap())
+    };
+    assert!(last_head.next_sequence <= head.next_sequence);
+    for crash in ["renamed", "empty", "torn checkpoint"] {
+        match crash {
+            "renamed" => std::fs::remove_file(&path).unwrap(),
+            "empty" => std::fs::write(&path, b"").unwrap(),
+            _ => std::fs::write(&path, &current[..20]).unwrap(),
+        }
+        let (_, reopened) = FileAuditSink::open(&path).unwrap();
+        assert_eq!(reopened, last_head, "after a crash ({crash})");
+        let s = scan(&path, |_| {}).unwrap();
+        assert_eq!(s.head, last_head, "{crash}");
+        assert!(!s.torn_tail);
+    }
+    // The chain goes on from there.
+    let mut core = core_with_segments(&path, Some(600));
+    assert_eq!(core.audit_head(), last_head);
+    assert_eq!(
+        core.handle_request(&unlock(b"1234"), 900),
+        Response::Unlocked
+    );
+    drop(core);
+    assert_eq!(
+        scan(&path, |_| {}).unwrap().head.next_sequence,
+        last_head.next_sequence + 1
+    );
+}
+
+#[test]
+fn a_damaged_or_missing_segment_is_refused_and_old_ones_may_be_moved_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let head = segmented_chain(&path, 600, 40);
+    let archived = segments(&path).unwrap();
+    assert!(archived.len() >= 4);
+    // A byte flipped inside a middle segment: damage, named with its file.
+    let middle = &archived[archived.len() / 2];
+    let original = std::fs::read(middle).unwrap();
+    let mut bad = original.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 0x01;
+    std::fs::write(middle, &bad).unwrap();
+    match scan(&path, |_| {}) {
+        Err(FileSinkError::Corrupt { file, .. }) => assert_eq!(&file, middle),
+        Err(FileSinkError::Chain(_)) => {}
+        other => panic!(
+            "a damaged segment was accepted: {:?}",
+            other.map(|s| s.count)
+        ),
+    }
+    // A segment cut short (its last record gone): the next checkpoint no longer links.
+    std::fs::write(middle, &original[..original.len() - 1]).unwrap();
+    assert!(scan(&path, |_| {}).is_err());
+    // A middle segment missing: the next one's checkpoint does not link.
+    std::fs::write(middle, &original).unwrap();
+    assert!(scan(&path, |_| {}).is_ok());
+    let aside = dir.path().join("aside");
+    std::fs::rename(middle, &aside).unwrap();
+    match scan(&path, |_| {}) {
+        Err(FileSinkError::Chain(b)) => {
+            assert_eq!(b.reason, etee_custody::audit::BreakReason::Unlinked)
+        }
+        other => panic!(
+            "a gap between segments was accepted: {:?}",
+            other.map(|s| s.count)
+        ),
+    }
+    std::fs::rename(&aside, middle).unwrap();
+    // The oldest segments moved away (archived elsewhere): verification starts at the
+    // oldest checkpoint present, and says so.
+    for old in &archived[..2] {
+        std::fs::rename(
+            old,
+            dir.path()
+                .join(old.file_name().unwrap())
+                .with_extension("moved"),
+        )
+        .unwrap();
+    }
+    let s = scan(&path, |_| {}).unwrap();
+    assert!(s.first_sequence > 0);
+    assert_eq!(s.head, head);
+    assert_eq!(s.count, head.next_sequence - s.first_sequence);
+    assert_eq!(s.segments, archived.len() - 2);
+}
+
+#[test]
+fn the_wrong_pin_count_survives_a_segment_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    {
+        // Small segments: every record or two starts a new file.
+        let mut core = core_with_segments(&path, Some(100));
+        for now in 1..=3 {
+            let r = core.handle_request(&unlock(b"wrong"), now);
+            assert!(matches!(r, Response::Error(_)), "{r:?}");
+        }
+    }
+    assert!(!segments(&path).unwrap().is_empty());
+    let (sink, _) = FileAuditSink::open(&path).unwrap();
+    assert_eq!(sink.pin_failures_at_open(), 3);
+    assert_eq!(scan(&path, |_| {}).unwrap().pin_failures, 3);
+}
+
+/// A second core waiting for the file's lock while the first switches segments must not
+/// end up appending to the archived segment: it opens the path again and waits for the new
+/// file.
+#[test]
+fn a_core_waiting_for_the_lock_follows_a_segment_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut first = core_with_segments(&path, Some(600));
+    assert_eq!(
+        first.handle_request(&unlock(b"1234"), 1),
+        Response::Unlocked
+    );
+    assert!(segments(&path).unwrap().is_empty());
+    let waiting = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            FileAuditSink::open_waiting(&path, std::time::Duration::from_secs(20))
+        })
+    };
+    // The second core has opened the file and waits for its lock.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for i in 0..10 {
+        assert!(matches!(sign(&mut first, i, 10), Response::Signature(_)));
+    }
+    assert!(!segments(&path).unwrap().is_empty(), "no switch happened");
+    let head = first.audit_head();
+    drop(first);
+    let (sink, seen) = waiting.join().unwrap().unwrap();
+    assert_eq!(seen, head);
+    // Its records go to the current file, after the first core's.
+    let mut second = core_on_sink(sink, seen);
+    assert_eq!(
+        second.handle_request(&unlock(b"1234"), 50),
+        Response::Unlocked
+    );
+    assert!(matches!(sign(&mut second, 99, 51), Response::Signature(_)));
+    drop(second);
+    let s = scan(&path, |_| {}).unwrap();
+    assert_eq!(s.head.next_sequence, head.next_sequence + 3);
 }

@@ -83,6 +83,8 @@ pub fn audit_export(path: &Path, from: u64, limit: usize) -> Result<Value, FileS
         Ok(s) => json!({
             "intact": true,
             "records": s.count,
+            "segments": s.segments,
+            "first_sequence": s.first_sequence,
             "head": hex::encode(s.head.hash),
             "torn_tail": s.torn_tail,
             "unconcluded": s.unconcluded,

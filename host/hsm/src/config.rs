@@ -75,7 +75,16 @@ pub struct CustodyConfig {
     /// The rate budget of every rule of the default policy (and of the appliance's
     /// per-client rules): `budget_burst` uses at once, refilled at `budget_per_second`.
     pub budget: etee_custody::policy::Budget,
+    /// The audit file starts a new segment once it holds this many bytes (the old one is
+    /// kept as `<audit_file>.<next sequence>`); `None`: one file for ever.
+    pub audit_segment_bytes: Option<u64>,
 }
+
+/// The default size at which the custody audit file starts a new segment: 64 MiB, about
+/// 300 000 key uses; opening the core reads the current segment only.
+pub const DEFAULT_AUDIT_SEGMENT_BYTES: u64 = 64 << 20;
+/// The smallest `audit_segment_bytes` accepted.
+pub const MIN_AUDIT_SEGMENT_BYTES: u64 = 4096;
 
 /// Where the custody core runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -117,6 +126,7 @@ impl CustodyConfig {
             socket: None,
             allowed_uids: Vec::new(),
             budget: crate::custody::DEFAULT_BUDGET,
+            audit_segment_bytes: Some(DEFAULT_AUDIT_SEGMENT_BYTES),
         }
     }
 }
@@ -160,6 +170,15 @@ impl Config {
             }
             if let Some(f) = c.socket {
                 custody.socket = Some(if f.is_relative() { base.join(f) } else { f });
+            }
+            if let Some(bytes) = c.audit_segment_bytes {
+                if bytes != 0 && bytes < MIN_AUDIT_SEGMENT_BYTES {
+                    return Err(HsmError::Config(format!(
+                        "[custody] audit_segment_bytes: at least {MIN_AUDIT_SEGMENT_BYTES} \
+                         (or 0: never start a new segment)"
+                    )));
+                }
+                custody.audit_segment_bytes = (bytes != 0).then_some(bytes);
             }
             if let Some(burst) = c.budget_burst {
                 custody.budget.burst = burst;
@@ -205,6 +224,7 @@ struct RawCustody {
     allowed_uids: Option<Vec<u32>>,
     budget_burst: Option<u32>,
     budget_per_second: Option<u32>,
+    audit_segment_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -808,7 +828,28 @@ mod tests {
             (c.custody.budget.burst, c.custody.budget.per_second),
             (crate::custody::DEFAULT_BUDGET.burst, 20_000)
         );
+        assert_eq!(
+            c.custody.audit_segment_bytes,
+            Some(DEFAULT_AUDIT_SEGMENT_BYTES)
+        );
+        let one = format!("{minimal}[custody]\naudit_segment_bytes = 0\n");
+        assert_eq!(
+            Config::from_toml(&one, base)
+                .unwrap()
+                .custody
+                .audit_segment_bytes,
+            None
+        );
+        let small = format!("{minimal}[custody]\naudit_segment_bytes = 1048576\n");
+        assert_eq!(
+            Config::from_toml(&small, base)
+                .unwrap()
+                .custody
+                .audit_segment_bytes,
+            Some(1 << 20)
+        );
         for bad in [
+            "audit_segment_bytes = 100",
             "budget_burst = 0",
             "budget_per_second = 0",
             "budget_burst = -1",

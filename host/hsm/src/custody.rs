@@ -610,6 +610,7 @@ fn open_core(token: HsmToken, policy: Policy, custody: &CustodyConfig) -> Result
     let (sink, head) = FileAuditSink::open(path)
         .map_err(|e| HsmError::Config(format!("audit file {}: {e}", path.display())))?;
     let failures = sink.pin_failures_at_open();
+    let sink = sink.with_segment_limit(custody.audit_segment_bytes);
     Ok(Custody::new(token, sink, policy, head).with_pin_failures(failures))
 }
 

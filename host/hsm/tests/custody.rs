@@ -759,3 +759,38 @@ fn the_configured_budget_bounds_the_default_rules() {
         );
     }
 }
+
+/// `[custody] audit_segment_bytes`: the SoftHSM-backed core starts new segments as its
+/// audit file grows, the whole chain verifies across them, and a reopened core continues
+/// it, in process and through a custody process alike.
+#[test]
+fn the_audit_file_starts_new_segments_as_it_grows() {
+    for process in [false, true] {
+        let config = new_token(if process {
+            "segments-proc"
+        } else {
+            "segments-inproc"
+        });
+        {
+            let hsm = Hsm::open(&config).unwrap();
+            known_wrapping_key(&hsm, "kek", &random(32));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut custody = CustodyConfig::defaults(&config, dir.path());
+        custody.audit_segment_bytes = Some(4096);
+        for round in 0..2 {
+            let keys = Keys::open(&config, &custody, process, dir.path());
+            for _ in 0..60 {
+                keys.wrap("kek", &random(16)).unwrap();
+            }
+            keys.close();
+            let archived = etee_custody::file_sink::segments(&custody.audit_file).unwrap();
+            assert!(archived.len() >= 2 * (round + 1), "{archived:?}");
+            let s = scan(&custody.audit_file, |_| {}).expect("the chain verifies across segments");
+            assert_eq!((s.segments, s.first_sequence), (archived.len(), 0));
+            let all = records(&custody.audit_file);
+            assert!(all_succeeded(&all));
+            assert_eq!(count(&all, Operation::WrapSecret), 60 * (round + 1));
+        }
+    }
+}

@@ -30,16 +30,20 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let Command::Verify { config, json, tail } = command;
     let config = super::hsm::load_config(&config)?;
     let path = config.custody.audit_file;
-    if !path.is_file() {
+    let segments = etee_custody::file_sink::segments(&path).unwrap_or_default();
+    if !path.is_file() && segments.is_empty() {
         return Err(CliError::Usage(format!(
             "{}: no audit file (nothing was done through the custody core yet?)",
             path.display()
         )));
     }
     let mut intact = 0u64;
+    // The sequence after the last intact record (where a break is).
+    let mut next = 0u64;
     let mut last = std::collections::VecDeque::with_capacity(tail);
     let result = scan(&path, |r| {
         intact += 1;
+        next = r.sequence + 1;
         if tail > 0 {
             if last.len() == tail {
                 last.pop_front();
@@ -53,8 +57,17 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         Ok(s) => {
             let head = hex::encode(s.head.hash);
             let mut text = format!(
-                "OK      {} records, head {head}{}",
+                "OK      {} records{}, head {head}{}",
                 s.count,
+                match (s.segments, s.first_sequence) {
+                    (0, _) => String::new(),
+                    (n, 0) => format!(" in {} files ({n} archived segments)", n + 1),
+                    (n, first) => format!(
+                        " in {} files ({n} archived segments), from record #{first} (older \
+                         segments are not here: the first checkpoint is trusted)",
+                        n + 1
+                    ),
+                },
                 if s.torn_tail {
                     " (a torn final record from a crash follows; it is cut when the core next opens the file)"
                 } else {
@@ -72,6 +85,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             }
             let report = json!({
                 "file": file, "intact": true, "records": s.count,
+                "segments": s.segments, "first_sequence": s.first_sequence,
                 "head": head, "torn_tail": s.torn_tail,
                 "pin_failures": s.pin_failures, "unconcluded": s.unconcluded,
                 "tail": last,
@@ -84,13 +98,17 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                 source: e,
             });
         }
-        Err(FileSinkError::Corrupt { offset }) => {
+        Err(FileSinkError::Corrupt {
+            file: damaged,
+            offset,
+        }) => {
+            let damaged = damaged.display().to_string();
             let text = format!(
-                "BROKEN  record {intact} is damaged (byte {offset}); {intact} record(s) before it are intact"
+                "BROKEN  record {next} is damaged ({damaged}, byte {offset}); {intact} record(s) before it are intact"
             );
             let report = json!({
                 "file": file, "intact": false, "records_intact": intact,
-                "break": { "sequence": intact, "offset": offset, "reason": "damaged record" },
+                "break": { "sequence": next, "file": damaged, "offset": offset, "reason": "damaged record" },
             });
             (report, text, ExitCode::from(1))
         }

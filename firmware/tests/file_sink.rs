@@ -456,7 +456,8 @@ fn a_long_chain_scans_frame_by_frame() {
     assert!(!s.torn_tail && s.unconcluded.is_empty());
     // Half a frame more at the end: torn, cut at the reopen, the chain intact.
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes.extend_from_slice(&bytes[..20].to_vec());
+    let half_frame = bytes[..20].to_vec();
+    bytes.extend_from_slice(&half_frame);
     std::fs::write(&path, &bytes).unwrap();
     let s = scan(&path, |_| {}).unwrap();
     assert!(s.torn_tail && s.good_len == len);

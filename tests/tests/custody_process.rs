@@ -3,7 +3,8 @@
 //! whose PIN file does not even exist: only the server reads the PIN), and the server
 //! SIGKILLed in the middle of a stream of requests, then restarted on the same audit file;
 //! and stopped with SIGTERM in the middle of a stream: everything under way is answered,
-//! the core is locked on record, the socket removed.
+//! the core is locked on record, the socket removed. The server's audit file switches to a
+//! new segment every 4 KiB, so the chain is checked across segments.
 
 use etee_e2e::{etee_bin, scratch, softhsm_module, Etee, SoftHsm, World};
 use serde_json::Value;
@@ -29,8 +30,13 @@ struct Rig {
 impl Rig {
     fn new(dir: &Path, w: &World) -> Rig {
         let hsm = SoftHsm::new(dir);
-        let server_config =
-            hsm.token_config("server", LABEL, "[custody]\naudit_file = \"audit.log\"\n");
+        // Small audit segments: a stream of requests switches files many times, so that a
+        // kill may land in a switch too.
+        let server_config = hsm.token_config(
+            "server",
+            LABEL,
+            "[custody]\naudit_file = \"audit.log\"\naudit_segment_bytes = 4096\n",
+        );
         let client_config = dir.join("client.toml");
         std::fs::write(
             &client_config,
@@ -297,6 +303,8 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
         "{records} records for {signed} signatures"
     );
     assert!(unconcluded <= 2, "{unconcluded} uses without an outcome");
+    let segments = rig.audit_report()["segments"].as_u64().unwrap_or(0);
+    assert!(segments >= 2, "only {segments} archived segments");
 
     // Restarted on the same audit file: requests succeed again, the chain continues.
     let _server = rig.serve();

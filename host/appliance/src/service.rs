@@ -281,6 +281,14 @@ impl Appliance {
     /// keys, and builds the platform clients (which authenticate with the token's
     /// authentication key).
     pub fn open(config: ApplianceConfig) -> crate::Result<Self> {
+        // Small bodies never reach the spool directory: check it now rather than at the
+        // first large message.
+        crate::spool::check_dir(&config.spool_dir).map_err(|e| {
+            ApplianceError::Config(format!(
+                "spool_dir {}: {e} (bodies past 64 KiB are spooled there)",
+                config.spool_dir.display()
+            ))
+        })?;
         let mut hsm_config = etee_hsm::Config::load(&config.hsm)?;
         let clients = Clients::new(&config.clients);
         let custody = match hsm_config.custody.mode {

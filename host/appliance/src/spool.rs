@@ -29,6 +29,11 @@ fn crypter(key: &[u8], iv: &[u8], mode: Mode) -> io::Result<Crypter> {
     Crypter::new(Cipher::aes_128_ctr(), mode, key, Some(iv)).map_err(io::Error::other)
 }
 
+/// Whether spool files can be made in `dir` (one is created and dropped).
+pub fn check_dir(dir: &Path) -> io::Result<()> {
+    tempfile::tempfile_in(dir).map(drop)
+}
+
 /// The encrypted file of a spool that outgrew [`MEMORY_LIMIT`].
 struct SpillFile {
     out: BufWriter<File>,
@@ -331,6 +336,23 @@ mod tests {
         let mut back = Vec::new();
         r.read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn an_unusable_spool_directory_is_found_before_any_body() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_dir(dir.path()).is_ok());
+        assert!(check_dir(&dir.path().join("missing")).is_err());
+        // A directory we cannot write (unless root, who can).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let ro = dir.path().join("ro");
+            std::fs::create_dir(&ro).unwrap();
+            std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+            let root = nix::unistd::Uid::effective().is_root();
+            assert_eq!(check_dir(&ro).is_err(), !root);
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - large seal/unseal MiB/s ÷ the serial AES-128-CBC + 2×SHA-256 limit, with peak RSS.
 //!
 //! `cargo bench -p etee-formats --bench throughput` (ETEE_BENCH_MIB sets the large size,
-//! default 256; ETEE_BENCH_SECONDS the time per measurement, default 2).
+//! default 256, measured once, or as the best of five passes below 64 MiB;
+//! ETEE_BENCH_SECONDS the time per measurement, default 2).
 
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal, Recipient, SealOptions, UnsealOptions};
@@ -301,34 +302,44 @@ fn main() {
         "{} MiB messages (streamed from a generator, sealed message in a tmpfs file)",
         mib()
     );
-    reset_peak_rss();
-    let start = Instant::now();
-    let out = io::BufWriter::new(std::fs::File::create(file.path()).unwrap());
+    // One pass for a large message; below 64 MiB a single pass is dominated by one-off
+    // costs (a new file, the first hashing threads), so the best of several is shown.
+    let passes = if size >= 64 << 20 { 1 } else { 5 };
     let recipients = [Recipient::Certificate(w.bob.clone())];
-    seal(
-        &w.signer,
-        &recipients,
-        None,
-        Pattern { left: size },
-        out,
-        &SealOptions::default(),
-    )
-    .unwrap();
-    let seal_mibs = size as f64 / start.elapsed().as_secs_f64() / m;
-    let seal_rss = peak_rss_mib();
-    reset_peak_rss();
-    let start = Instant::now();
-    let r = unseal(
-        std::fs::File::open(file.path()).unwrap(),
-        io::sink(),
-        &w.ring,
-        &opts,
-    )
-    .unwrap();
-    assert!(r.verdict.is_clean(), "{:?}", r.verdict);
-    assert_eq!(r.content_len, size);
-    let unseal_mibs = size as f64 / start.elapsed().as_secs_f64() / m;
-    let unseal_rss = peak_rss_mib();
+    let (mut seal_mibs, mut unseal_mibs) = (0f64, 0f64);
+    let (mut seal_rss, mut unseal_rss) = (0f64, 0f64);
+    for _ in 0..passes {
+        reset_peak_rss();
+        let start = Instant::now();
+        let out = io::BufWriter::new(std::fs::File::create(file.path()).unwrap());
+        seal(
+            &w.signer,
+            &recipients,
+            None,
+            Pattern { left: size },
+            out,
+            &SealOptions::default(),
+        )
+        .unwrap();
+        seal_mibs = seal_mibs.max(size as f64 / start.elapsed().as_secs_f64() / m);
+        seal_rss = seal_rss.max(peak_rss_mib());
+        reset_peak_rss();
+        let start = Instant::now();
+        let r = unseal(
+            std::fs::File::open(file.path()).unwrap(),
+            io::sink(),
+            &w.ring,
+            &opts,
+        )
+        .unwrap();
+        assert!(r.verdict.is_clean(), "{:?}", r.verdict);
+        assert_eq!(r.content_len, size);
+        unseal_mibs = unseal_mibs.max(size as f64 / start.elapsed().as_secs_f64() / m);
+        unseal_rss = unseal_rss.max(peak_rss_mib());
+    }
+    if passes > 1 {
+        println!("  (best of {passes} passes; peak RSS the highest)");
+    }
     println!("  seal    {seal_mibs:7.0} MiB/s   ratio to serial limit  {:.2}   peak RSS {seal_rss:.1} MiB", seal_mibs * m / seal_limit);
     println!("  unseal  {unseal_mibs:7.0} MiB/s   ratio to serial limit  {:.2}   peak RSS {unseal_rss:.1} MiB", unseal_mibs * m / unseal_limit);
     let _ = io::stdout().flush();

@@ -56,7 +56,7 @@ pub struct Certificate(Arc<CertData>);
 
 struct CertData {
     der: Vec<u8>,
-    /// OpenSSL's view, made on first use (chain checks): see [`cached_x509`].
+    /// OpenSSL's view, made on first use (chain checks); kept with the shared parse.
     x509: OnceLock<Option<X509>>,
     /// The public key; RSA keys are decoded directly at parse time.
     key: OnceLock<Option<PKey<Public>>>,
@@ -98,8 +98,9 @@ impl Certificate {
     ///
     /// Parses are shared by fingerprint (bounded: the map is cleared past
     /// [`CERT_CACHE_LIMIT`] entries): a sender's certificates recur in every message, and
-    /// a shared certificate keeps its decoded public key, whose Montgomery context OpenSSL
-    /// computes on the first verification only.
+    /// a shared certificate keeps its decoded public key (whose Montgomery context OpenSSL
+    /// computes on the first verification only) and OpenSSL's parse for chain checks (a
+    /// `d2i_X509` costs ~160 µs on OpenSSL 3.0).
     pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
         static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Certificate>>> = OnceLock::new();
         let fp = openssl::sha::sha256(der);
@@ -232,7 +233,7 @@ impl Certificate {
     pub fn x509(&self) -> Option<&X509> {
         self.0
             .x509
-            .get_or_init(|| cached_x509(&self.0.der))
+            .get_or_init(|| X509::from_der(&self.0.der).ok())
             .as_ref()
     }
     /// The serial number's magnitude, big-endian.
@@ -370,31 +371,8 @@ fn read_spki(spki: &Tlv<'_>) -> Result<(KeyAlgorithm, Option<PKey<Public>>), Ber
     })
 }
 
-/// OpenSSL's parse of a certificate, shared by fingerprint: the same certificates recur in
-/// every message of a sender, and each `d2i_X509` costs ~160 µs on OpenSSL 3.0. Bounded:
-/// the map is cleared when it grows past [`X509_CACHE_LIMIT`] entries.
-pub fn cached_x509(der: &[u8]) -> Option<X509> {
-    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], X509>>> = OnceLock::new();
-    let fp = openssl::sha::sha256(der);
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(x) = cache.lock().ok().and_then(|c| c.get(&fp).cloned()) {
-        return Some(x);
-    }
-    let x = X509::from_der(der).ok()?;
-    if let Ok(mut c) = cache.lock() {
-        if c.len() >= X509_CACHE_LIMIT {
-            c.clear();
-        }
-        c.insert(fp, x.clone());
-    }
-    Some(x)
-}
-
 /// Entries kept by the cache of [`Certificate::from_der`].
 pub const CERT_CACHE_LIMIT: usize = 1024;
-
-/// Entries kept by [`cached_x509`].
-pub const X509_CACHE_LIMIT: usize = 1024;
 
 /// Where a time falls in a certificate's validity period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

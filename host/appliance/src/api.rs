@@ -170,8 +170,7 @@ fn spool_body(app: Arc<Appliance>, spool: SpoolReader) -> Body {
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
     tokio::task::spawn_blocking(move || loop {
-        let left = usize::try_from(spool.len()).unwrap_or(usize::MAX);
-        let mut chunk = vec![0u8; left.clamp(1, 256 * 1024)];
+        let mut chunk = vec![0u8; 256 * 1024];
         match spool.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {

@@ -601,7 +601,7 @@ impl Appliance {
         let max = self.config.limits.max_body_bytes;
         let (spool, content_len) = blocking(move || {
             let mut input = Limited::new(body, max);
-            let mut spool = SpoolWriter::new(&spool_dir).map_err(ServiceError::from_io)?;
+            let mut spool = SpoolWriter::new(&spool_dir);
             let n = cms::seal(
                 &signer,
                 &recipients,
@@ -661,8 +661,7 @@ impl Appliance {
                     }
                 }
             }
-            let mut spool =
-                SpoolWriter::new(&this.config.spool_dir).map_err(ServiceError::from_io)?;
+            let mut spool = SpoolWriter::new(&this.config.spool_dir);
             let unsealed = cms::unseal(
                 io::Cursor::new(head).chain(&mut input),
                 &mut spool,

@@ -90,14 +90,15 @@ impl std::fmt::Debug for SpoolWriter {
 
 impl SpoolWriter {
     /// A spool that spills to an anonymous file in `dir` if it outgrows memory (the
-    /// directory is used only then).
-    pub fn new(dir: &Path) -> io::Result<Self> {
-        Ok(Self {
+    /// directory is used only then: a failure to create the file surfaces as a write
+    /// error; [`check_dir`] finds an unusable directory beforehand).
+    pub fn new(dir: &Path) -> Self {
+        Self {
             dir: dir.to_path_buf(),
             memory: Zeroizing::new(Vec::new()),
             file: None,
             len: 0,
-        })
+        }
     }
 
     /// Bytes written so far.
@@ -269,7 +270,7 @@ mod tests {
     #[test]
     fn what_goes_in_comes_out_and_the_disk_never_sees_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SpoolWriter::new(dir.path()).unwrap();
+        let mut w = SpoolWriter::new(dir.path());
         let data: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
         for chunk in data.chunks(7919) {
             w.write_all(chunk).unwrap();
@@ -309,21 +310,21 @@ mod tests {
             .map(|i| (i % 253) as u8)
             .collect();
         // Exactly the limit: memory only, handed out whole without I/O.
-        let mut w = SpoolWriter::new(dir.path()).unwrap();
+        let mut w = SpoolWriter::new(dir.path());
         w.write_all(&data[..MEMORY_LIMIT]).unwrap();
         assert!(w.file.is_none());
         let r = w.finish().unwrap();
         assert_eq!(r.len(), MEMORY_LIMIT as u64);
         assert_eq!(r.into_memory().unwrap(), &data[..MEMORY_LIMIT]);
         // Partly read, then taken: the rest.
-        let mut w = SpoolWriter::new(dir.path()).unwrap();
+        let mut w = SpoolWriter::new(dir.path());
         w.write_all(&data[..100]).unwrap();
         let mut r = w.finish().unwrap();
         let mut first = [0u8; 30];
         r.read_exact(&mut first).unwrap();
         assert_eq!(r.into_memory().unwrap(), &data[30..100]);
         // One byte past the limit, in odd pieces: spilled, and read back the same.
-        let mut w = SpoolWriter::new(dir.path()).unwrap();
+        let mut w = SpoolWriter::new(dir.path());
         for chunk in data[..MEMORY_LIMIT + 1].chunks(3001) {
             w.write_all(chunk).unwrap();
         }
@@ -358,7 +359,7 @@ mod tests {
     #[test]
     fn an_empty_spool_reads_as_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let w = SpoolWriter::new(dir.path()).unwrap();
+        let w = SpoolWriter::new(dir.path());
         assert!(w.is_empty());
         let mut r = w.finish().unwrap();
         let mut back = Vec::new();

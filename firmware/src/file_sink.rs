@@ -221,6 +221,16 @@ struct FileEnd {
     torn_tail: bool,
 }
 
+impl FileEnd {
+    /// The file ends after `good_len` bytes of intact frames.
+    fn whole(good_len: u64) -> Self {
+        Self {
+            good_len,
+            torn_tail: false,
+        }
+    }
+}
+
 /// Verification carried across the files of a chain.
 struct Walker {
     verifier: ChainVerifier,
@@ -277,10 +287,7 @@ impl Walker {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if current && e.kind() == io::ErrorKind::NotFound => {
-                return Ok(FileEnd {
-                    good_len: 0,
-                    torn_tail: false,
-                })
+                return Ok(FileEnd::whole(0))
             }
             Err(e) => return Err(e.into()),
         };
@@ -300,10 +307,7 @@ impl Walker {
         // A checkpoint first, or the chain's first records.
         let got = read_up_to(&mut input, &mut frame[..CHECKPOINT_MAGIC.len()])?;
         if got == 0 {
-            return Ok(FileEnd {
-                good_len: 0,
-                torn_tail: false,
-            });
+            return Ok(FileEnd::whole(0));
         }
         let mut pending = got;
         if frame[..2] == [0, 0] {
@@ -346,10 +350,7 @@ impl Walker {
             let header = pending + read_up_to(&mut input, &mut frame[pending..FRAME_HEADER])?;
             pending = 0;
             if header == 0 {
-                return Ok(FileEnd {
-                    good_len: pos,
-                    torn_tail: false,
-                });
+                return Ok(FileEnd::whole(pos));
             }
             if header < FRAME_HEADER {
                 return torn(pos);

@@ -716,23 +716,27 @@ fn wrapping_and_rsa_keys_are_not_interchangeable() {
     );
 }
 
+/// A fresh token `<name>-proc` or `<name>-inproc` holding the wrapping key `kek`, and the
+/// default custody configuration with its audit file in a new directory.
+fn token_with_kek(name: &str, process: bool) -> (HsmConfig, tempfile::TempDir, CustodyConfig) {
+    let label = format!("{name}-{}", if process { "proc" } else { "inproc" });
+    let config = new_token(&label);
+    {
+        let hsm = Hsm::open(&config).unwrap();
+        known_wrapping_key(&hsm, "kek", &random(32));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let custody = CustodyConfig::defaults(&config, dir.path());
+    (config, dir, custody)
+}
+
 /// `[custody] budget_burst` / `budget_per_second` bound the default policy's rules: with a
 /// burst of 3 and one use a second refilled, a fourth use at once is refused (and
 /// recorded), in process and through a custody process alike.
 #[test]
 fn the_configured_budget_bounds_the_default_rules() {
     for process in [false, true] {
-        let config = new_token(if process {
-            "budget-proc"
-        } else {
-            "budget-inproc"
-        });
-        {
-            let hsm = Hsm::open(&config).unwrap();
-            known_wrapping_key(&hsm, "kek", &random(32));
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mut custody = CustodyConfig::defaults(&config, dir.path());
+        let (config, dir, mut custody) = token_with_kek("budget", process);
         custody.budget = etee_custody::policy::Budget {
             burst: 3,
             per_second: 1,
@@ -766,17 +770,7 @@ fn the_configured_budget_bounds_the_default_rules() {
 #[test]
 fn the_audit_file_starts_new_segments_as_it_grows() {
     for process in [false, true] {
-        let config = new_token(if process {
-            "segments-proc"
-        } else {
-            "segments-inproc"
-        });
-        {
-            let hsm = Hsm::open(&config).unwrap();
-            known_wrapping_key(&hsm, "kek", &random(32));
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mut custody = CustodyConfig::defaults(&config, dir.path());
+        let (config, dir, mut custody) = token_with_kek("segments", process);
         custody.audit_segment_bytes = Some(4096);
         for round in 0..2 {
             let keys = Keys::open(&config, &custody, process, dir.path());

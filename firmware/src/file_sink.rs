@@ -145,21 +145,33 @@ pub fn segments(path: &Path) -> Result<Vec<PathBuf>, FileSinkError> {
     for entry in entries {
         let entry = entry?;
         let file_name = entry.file_name();
-        let Some(suffix) = file_name
+        let next = file_name
             .to_str()
             .and_then(|n| n.strip_prefix(name))
-            .and_then(|n| n.strip_prefix('.'))
-        else {
-            continue;
-        };
-        if suffix.len() == SEGMENT_DIGITS && suffix.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = suffix.parse() {
-                found.push((n, entry.path()));
-            }
+            .and_then(archived_suffix);
+        if let Some(next) = next {
+            found.push((next, entry.path()));
         }
     }
     found.sort();
     Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The sequence an archived segment (a path from [`segments`]) was closed at: the first
+/// record of the segment after it.
+pub fn segment_end(segment: &Path) -> Option<u64> {
+    let name = segment.file_name()?.to_str()?;
+    archived_suffix(&name[name.rfind('.')?..])
+}
+
+/// `.` and [`SEGMENT_DIGITS`] digits: the suffix of an archived segment's name.
+fn archived_suffix(suffix: &str) -> Option<u64> {
+    let digits = suffix.strip_prefix('.')?;
+    if digits.len() == SEGMENT_DIGITS && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// Digits of an archived segment's suffix (the chain's next sequence when it was closed).

@@ -2,7 +2,7 @@
 //! middle of an append) is cut and nothing partial remains, and damage elsewhere is refused.
 
 use etee_custody::audit::{verify_chain_to, AuditHead, AuditRecord};
-use etee_custody::file_sink::{scan, segments, FileAuditSink, FileSinkError};
+use etee_custody::file_sink::{scan, segment_end, segments, FileAuditSink, FileSinkError};
 use etee_custody::insecure::InsecureMemoryToken;
 use etee_custody::policy::{Budget, Policy, Rule};
 use etee_custody::wire::{Pin, Request, Response};
@@ -493,9 +493,11 @@ fn segments_switch_and_the_chain_reads_across_them() {
         let name = a.file_name().unwrap().to_str().unwrap();
         let suffix: u64 = name.strip_prefix("audit.log.").unwrap().parse().unwrap();
         assert!(suffix > last_suffix);
+        assert_eq!(segment_end(a), Some(suffix));
         last_suffix = suffix;
         assert!(std::fs::metadata(a).unwrap().len() < 600 + 200);
     }
+    assert_eq!(segment_end(&path), None, "the current file is not archived");
     // The current file starts with a checkpoint.
     assert_eq!(
         &std::fs::read(&path).unwrap()[..6],

@@ -6,8 +6,10 @@
 use crate::CliError;
 use etee_custody::file_sink::{scan, FileSinkError};
 use serde_json::json;
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -41,9 +43,11 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     // The sequence after the last intact record (where a break is).
     let mut next = 0u64;
     let mut last = std::collections::VecDeque::with_capacity(tail);
+    let mut progress = Progress::new(&segments, std::io::stderr().is_terminal());
     let result = scan(&path, |r| {
         intact += 1;
         next = r.sequence + 1;
+        progress.record(r.sequence, intact);
         if tail > 0 {
             if last.len() == tail {
                 last.pop_front();
@@ -51,6 +55,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             last.push_back(describe(r));
         }
     });
+    progress.finish();
     let last: Vec<_> = last.into_iter().collect();
     let file = path.display().to_string();
     let (report, text, code) = match result {
@@ -140,4 +145,93 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         }
     }
     Ok(code)
+}
+
+/// A progress line on a terminal while a long chain is verified (a chain kept for years
+/// spans many segments and takes a while to hash): refreshed at most once a second, and
+/// only after the first second, so short runs print nothing.
+struct Progress {
+    /// The first sequence of each segment after the first, from the archived names.
+    boundaries: Vec<u64>,
+    started: Instant,
+    shown_at: Option<Instant>,
+    enabled: bool,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn new(segments: &[PathBuf], enabled: bool) -> Self {
+        Self {
+            boundaries: segments
+                .iter()
+                .filter_map(|s| etee_custody::file_sink::segment_end(Path::new(s)))
+                .collect(),
+            started: Instant::now(),
+            shown_at: None,
+            enabled,
+        }
+    }
+
+    fn record(&mut self, sequence: u64, verified: u64) {
+        // Looking at the clock every 4096 records keeps the cost out of the hash loop.
+        if !self.enabled || verified % 4096 != 0 {
+            return;
+        }
+        let since = self.shown_at.unwrap_or(self.started);
+        if since.elapsed() < Self::EVERY {
+            return;
+        }
+        self.shown_at = Some(Instant::now());
+        eprint!("\r\x1b[K{}", self.line(sequence, verified));
+    }
+
+    /// What the line says: records so far, which segment, and the rate.
+    fn line(&self, sequence: u64, verified: u64) -> String {
+        let segment = self.boundaries.partition_point(|&b| b <= sequence) + 1;
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        format!(
+            "verifying: {verified} records, segment {segment} of {}, {:.0} records/s",
+            self.boundaries.len() + 1,
+            verified as f64 / seconds
+        )
+    }
+
+    fn finish(&self) {
+        if self.shown_at.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_names_the_segment_from_the_archived_names() {
+        let segments: Vec<PathBuf> = [
+            "audit.log.00000000000000000100",
+            "audit.log.00000000000000000250",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let progress = Progress::new(&segments, true);
+        assert_eq!(progress.boundaries, [100, 250]);
+        assert!(progress.line(0, 1).contains("segment 1 of 3"));
+        assert!(progress.line(99, 100).contains("segment 1 of 3"));
+        assert!(progress.line(100, 101).contains("segment 2 of 3"));
+        assert!(progress.line(300, 301).contains("segment 3 of 3"));
+    }
+
+    #[test]
+    fn short_runs_and_pipes_print_no_progress() {
+        let mut progress = Progress::new(&[], false);
+        progress.record(4095, 4096);
+        assert!(progress.shown_at.is_none());
+        let mut progress = Progress::new(&[], true);
+        progress.record(4095, 4096);
+        assert!(progress.shown_at.is_none(), "nothing in the first second");
+    }
 }

@@ -455,12 +455,15 @@ pub fn decode_string(v: &Tlv<'_>) -> String {
 pub fn parse_time(t: &Tlv<'_>) -> Result<i64, BerError> {
     let bad = || t.err(BerErrorKind::BadValue("time"));
     let s = std::str::from_utf8(t.content).map_err(|_| bad())?;
-    let digits = |r: std::ops::Range<usize>| -> Result<i32, BerError> {
+    // Only ASCII digits, taken with `get`: a range that splits a multi-byte character
+    // (hostile input) is an error, not a panic.
+    let digits_in = |s: &str, r: std::ops::Range<usize>| -> Result<i32, BerError> {
         s.get(r)
             .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|d| d.parse().ok())
             .ok_or_else(bad)
     };
+    let digits = |r: std::ops::Range<usize>| digits_in(s, r);
     let (year, rest) = match t.tag {
         tag::UTC_TIME => {
             let yy = digits(0..2)?;
@@ -485,9 +488,7 @@ pub fn parse_time(t: &Tlv<'_>) -> Result<i64, BerError> {
     let offset_secs: i64 = match tail {
         "Z" | "" => 0,
         tz if tz.len() == 5 && (tz.starts_with('+') || tz.starts_with('-')) => {
-            let h: i64 = tz[1..3].parse().map_err(|_| bad())?;
-            let m: i64 = tz[3..5].parse().map_err(|_| bad())?;
-            let v = h * 3600 + m * 60;
+            let v = i64::from(digits_in(tz, 1..3)?) * 3600 + i64::from(digits_in(tz, 3..5)?) * 60;
             if tz.starts_with('+') {
                 v
             } else {
@@ -594,5 +595,16 @@ mod tests {
         assert_eq!(parse_time(&gen).unwrap(), 1_795_438_186);
         let bad = crate::ber::slice::parse_exact(b"\x17\x0d261323124946Z").unwrap();
         assert!(parse_time(&bad).is_err());
+        // Offsets: digits only; a multi-byte character inside the zone is refused, not a
+        // panic on a char boundary (found by review: reachable from any signingTime).
+        let east = crate::ber::slice::parse_exact(b"\x17\x0f2611231249+0130").unwrap();
+        assert_eq!(parse_time(&east).unwrap(), 1_795_438_140 - 5400);
+        for zone in [&b"+0\xc3\xa90"[..], b"+-130", b"+01+0", b"-0a30"] {
+            let mut der = vec![0x17, 10 + zone.len() as u8];
+            der.extend_from_slice(b"2611231249");
+            der.extend_from_slice(zone);
+            let t = crate::ber::slice::parse_exact(&der).unwrap();
+            assert!(parse_time(&t).is_err(), "{zone:?}");
+        }
     }
 }

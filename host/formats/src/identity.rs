@@ -67,13 +67,16 @@ pub fn identities_from_name(subject: &[NameAttr]) -> Vec<Identity> {
         .map(str::to_owned);
 
     let mut out: Vec<Identity> = Vec::new();
+    // A set for the duplicates: a hostile certificate may carry a great many OUs, and a
+    // scan of `out` for each would make this quadratic.
+    let mut seen = std::collections::HashSet::new();
     let mut push = |id_type: &str, value: &str, app: Option<String>| {
         let id = Identity {
             id_type: id_type.to_owned(),
             value: value.to_owned(),
             application_id: app,
         };
-        if !out.contains(&id) {
+        if seen.insert(id.clone()) {
             out.push(id);
         }
     };
@@ -330,6 +333,24 @@ mod tests {
             identities_from_name(&n),
             vec![id("CBE", "0809394427", Some("KGSS"))]
         );
+    }
+
+    #[test]
+    fn many_ous_keep_their_order_and_lose_their_duplicates() {
+        // Each identifier twice: the first occurrence stays, in encoding order.
+        let mut n = name(&[("C", "BE"), ("CN", "x")]);
+        for _ in 0..2 {
+            for i in 0..20_000 {
+                n.push(NameAttr {
+                    oid: oid::AT_ORGANIZATIONAL_UNIT.to_vec(),
+                    value: format!("NIHII={}", i * 7),
+                });
+            }
+        }
+        let ids = identities_from_name(&n);
+        assert_eq!(ids.len(), 20_000);
+        assert_eq!(ids[0], id("NIHII", "0", None));
+        assert_eq!(ids[19_999], id("NIHII", "139993", None));
     }
 
     #[test]

@@ -141,6 +141,8 @@ thread_local! {
     /// that the unsealer went on with a random one (and the verdict may vary from run to
     /// run: RFC 3218 §2.3).
     static RANDOM_KEY: Cell<bool> = const { Cell::new(false) };
+    /// Key-transport decryptions asked of a [`Witness`] on this thread.
+    static DECRYPTS: Cell<usize> = const { Cell::new(0) };
 }
 
 /// [`SoftwareKeys`] that note in [`RANDOM_KEY`] when decryption yields no 16-byte key.
@@ -159,6 +161,7 @@ impl etee_formats::keys::PrivateKeyOps for Witness {
         key: &KeyId,
         blob: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, etee_formats::keys::KeyError> {
+        DECRYPTS.with(|n| n.set(n.get() + 1));
         let r = self.0.decrypt_pkcs1v15(key, blob);
         if !matches!(&r, Ok(k) if k.len() == 16) {
             RANDOM_KEY.with(|f| f.set(true));
@@ -789,6 +792,53 @@ fn bit_flips_in_the_official_message() {
 }
 
 // ---- (c) re-ordered structures ---------------------------------------------------------
+
+#[test]
+fn many_recipient_infos_for_our_key_cost_one_decryption() {
+    // Thousands of KeyTransRecipientInfos naming Bob's ETK, garbage blobs but for the
+    // last, re-signed: every one would be a private-key operation (in the HSM, through the
+    // custody core) before any signature is checked. Each key is tried once, with the
+    // first recipient info naming it, as the official library takes the first.
+    let w = world();
+    let parts = Parts::of(&w.small);
+    let env = enveloped_layout(&parts.middle);
+    let set = parse_exact(&parts.middle[env.recipient_infos.clone()]).unwrap();
+    let ktri = set
+        .children()
+        .map(Result::unwrap)
+        .find(|ri| ri.tag == tag::SEQUENCE)
+        .unwrap();
+    let blob = range_in(ktri.raw, &parts.middle[env.ktri_encrypted_key.clone()]);
+    let mut garbage = ktri.raw.to_vec();
+    garbage[blob].fill(0x5a);
+    let mut infos = garbage.repeat(3000);
+    infos.extend_from_slice(ktri.raw);
+    let mut set_bytes = Vec::new();
+    push_tlv(&mut set_bytes, tag::SET, &infos);
+    let msg = parts.with_middle(&splice(&parts.middle, env.recipient_infos.clone(), &set_bytes));
+
+    DECRYPTS.with(|n| n.set(0));
+    let (u, content) = open(&msg, &w.bob_ring, &opts(w));
+    assert_eq!(DECRYPTS.with(Cell::get), 1, "one try for one key");
+    assert!(
+        content.is_none() && !u.verdict.is_clean(),
+        "{:?}",
+        u.verdict
+    );
+    assert!(etee_formats::cms::unseal::MAX_KEY_ATTEMPTS < 16);
+
+    // The same message with the good recipient info first opens cleanly, with one try.
+    let mut infos = ktri.raw.to_vec();
+    infos.extend_from_slice(&garbage.repeat(3000));
+    let mut set_bytes = Vec::new();
+    push_tlv(&mut set_bytes, tag::SET, &infos);
+    let msg = parts.with_middle(&splice(&parts.middle, env.recipient_infos, &set_bytes));
+    DECRYPTS.with(|n| n.set(0));
+    let (u, content) = open(&msg, &w.bob_ring, &opts(w));
+    assert_eq!(DECRYPTS.with(Cell::get), 1);
+    assert!(u.verdict.is_clean(), "{:?}", u.verdict);
+    assert_eq!(content.as_deref(), Some(&w.small_plain[..]));
+}
 
 #[test]
 fn reordered_structures_are_rejected() {

@@ -30,6 +30,11 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use zeroize::Zeroizing;
 
+/// The most keys one message makes us try to unwrap its content key with (each try is a
+/// private-key operation). More than any real key ring needs: an institution's current
+/// and old ETK keys.
+pub const MAX_KEY_ATTEMPTS: usize = 8;
+
 const OUTER: u8 = 0;
 const MIDDLE: u8 = 1;
 const INNER: u8 = 2;
@@ -869,6 +874,18 @@ fn recover_key(
         }
     }
     exact.extend(loose);
+    // Each key is tried once, with the first recipient info that names it, and at most
+    // MAX_KEY_ATTEMPTS keys: a message may list thousands of recipient infos naming our
+    // key, and each try is a private-key operation in the HSM (custody budget, audit
+    // records) made before any signature is checked.
+    let mut tried = Vec::new();
+    exact.retain(|&(_, k)| {
+        let new = tried.len() < MAX_KEY_ATTEMPTS && !tried.iter().any(|t| std::ptr::eq(*t, k));
+        if new {
+            tried.push(k);
+        }
+        new
+    });
     let Some(&(first_ri, first_key)) = exact.first() else {
         return Err(Stop::Fatal(Fatal::DECRYPTION_PRIVATE_KEY_NOT_FOUND));
     };

@@ -97,7 +97,8 @@ impl Certificate {
     /// Parses a certificate from its DER (BER tolerated).
     ///
     /// Parses are shared by fingerprint (bounded: the map is cleared past
-    /// [`CERT_CACHE_LIMIT`] entries): a sender's certificates recur in every message, and
+    /// [`CERT_CACHE_LIMIT`] entries, and certificates over [`CERT_CACHE_MAX_DER`] bytes
+    /// are not kept, so that hostile messages cannot fill memory with it): a sender's certificates recur in every message, and
     /// a shared certificate keeps its decoded public key (whose Montgomery context OpenSSL
     /// computes on the first verification only) and OpenSSL's parse for chain checks (a
     /// `d2i_X509` costs ~160 µs on OpenSSL 3.0).
@@ -109,6 +110,9 @@ impl Certificate {
             return Ok(c);
         }
         let cert = Self::parse_der(der)?;
+        if der.len() > CERT_CACHE_MAX_DER {
+            return Ok(cert);
+        }
         if let Ok(mut c) = cache.lock() {
             if c.len() >= CERT_CACHE_LIMIT {
                 c.clear();
@@ -374,6 +378,10 @@ fn read_spki(spki: &Tlv<'_>) -> Result<(KeyAlgorithm, Option<PKey<Public>>), Ber
 /// Entries kept by the cache of [`Certificate::from_der`].
 pub const CERT_CACHE_LIMIT: usize = 1024;
 
+/// The largest certificate the cache keeps (real ones are 1–2 KiB): the cache then holds
+/// at most 16 MiB of DER, with their parsed names, whatever messages come in.
+pub const CERT_CACHE_MAX_DER: usize = 16 * 1024;
+
 /// Where a time falls in a certificate's validity period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Validity {
@@ -584,6 +592,46 @@ mod tests {
             u128::from_str_radix("af2088ebe8f95c3f8e0e8e1e6c2b3140", 16)
                 .unwrap()
                 .to_string()
+        );
+    }
+
+    #[test]
+    fn only_certificates_of_a_sane_size_are_cached() {
+        use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509};
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let make = |ous: usize| {
+            let mut name = x509::X509NameBuilder::new().unwrap();
+            name.append_entry_by_text("CN", "cache").unwrap();
+            for i in 0..ous {
+                name.append_entry_by_text("OU", &format!("organisational unit {i:06}"))
+                    .unwrap();
+            }
+            let name = name.build();
+            let mut b = x509::X509Builder::new().unwrap();
+            b.set_subject_name(&name).unwrap();
+            b.set_issuer_name(&name).unwrap();
+            b.set_pubkey(&key).unwrap();
+            b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+                .unwrap();
+            b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+                .unwrap();
+            b.sign(&key, MessageDigest::sha256()).unwrap();
+            b.build().to_der().unwrap()
+        };
+        let (small, large) = (make(1), make(1000));
+        assert!(small.len() < CERT_CACHE_MAX_DER && large.len() > CERT_CACHE_MAX_DER);
+        let same = |der: &[u8]| {
+            let (a, b) = (
+                Certificate::from_der(der).unwrap(),
+                Certificate::from_der(der).unwrap(),
+            );
+            assert_eq!(a, b);
+            Arc::ptr_eq(&a.0, &b.0)
+        };
+        assert!(same(&small), "a usual certificate is parsed once");
+        assert!(
+            !same(&large),
+            "an oversized one is parsed each time, not kept"
         );
     }
 

@@ -815,7 +815,11 @@ fn many_recipient_infos_for_our_key_cost_one_decryption() {
     infos.extend_from_slice(ktri.raw);
     let mut set_bytes = Vec::new();
     push_tlv(&mut set_bytes, tag::SET, &infos);
-    let msg = parts.with_middle(&splice(&parts.middle, env.recipient_infos.clone(), &set_bytes));
+    let msg = parts.with_middle(&splice(
+        &parts.middle,
+        env.recipient_infos.clone(),
+        &set_bytes,
+    ));
 
     DECRYPTS.with(|n| n.set(0));
     let (u, content) = open(&msg, &w.bob_ring, &opts(w));

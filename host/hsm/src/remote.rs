@@ -158,8 +158,15 @@ pub struct Server {
     socket: PathBuf,
     /// Who may connect: the server's own uid and `[custody] allowed_uids`.
     allowed_uids: Vec<u32>,
+    /// Connections served at once; more are refused (closed at once, and said on stderr).
+    max_connections: usize,
     stop: Arc<AtomicBool>,
 }
+
+/// The default of [`Server::with_connection_limit`]: far more than its clients open (one
+/// connection per caller working at the same time), and a bound on the threads a
+/// misbehaving client of an allowed uid can make the server start.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,8 +212,15 @@ impl Server {
             listener,
             socket: socket.to_path_buf(),
             allowed_uids,
+            max_connections: MAX_CONNECTIONS,
             stop: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Serves at most `n` connections at once (at least 1; default [`MAX_CONNECTIONS`]).
+    pub fn with_connection_limit(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
     }
 
     /// The core behind the socket.
@@ -234,6 +248,13 @@ impl Server {
             let stream = match conn {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if accept_error_is_transient(&e) => {
+                    // Out of descriptors or memory, or a peer gone before it was accepted:
+                    // the connections under way go on; try again shortly.
+                    eprintln!("etee custody: accepting a connection: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    continue;
+                }
                 Err(e) => return Err(HsmError::Invalid(format!("accepting: {e}"))),
             };
             // The socket's mode is the first gate; the peer's uid, from the kernel, is
@@ -253,6 +274,13 @@ impl Server {
             }
             // Finished connections are reaped as new ones come.
             open.retain(|(_, t)| !t.is_finished());
+            if open.len() >= self.max_connections {
+                eprintln!(
+                    "etee custody: refused a connection: {} connections already open (the limit)",
+                    open.len()
+                );
+                continue;
+            }
             let Ok(closer) = stream.try_clone() else {
                 continue;
             };
@@ -263,9 +291,12 @@ impl Server {
                     if let Err(e) = serve_connection(&keys, stream) {
                         eprintln!("etee custody: connection closed: {e}");
                     }
-                })
-                .map_err(|e| HsmError::Invalid(format!("starting a connection thread: {e}")))?;
-            open.push((closer, thread));
+                });
+            match thread {
+                Ok(thread) => open.push((closer, thread)),
+                // The connection is dropped; the server and its other connections go on.
+                Err(e) => eprintln!("etee custody: refused a connection: no thread for it: {e}"),
+            }
         }
         // Stopping: a connection's thread ends at its next read, after answering the
         // request under way.
@@ -278,6 +309,24 @@ impl Server {
         let _ = std::fs::remove_file(&self.socket);
         Ok(())
     }
+}
+
+/// Accept errors that concern one connection or a passing shortage, not the listener.
+fn accept_error_is_transient(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::WouldBlock
+    ) || e.raw_os_error().is_some_and(|code| {
+        [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOBUFS,
+            Errno::ENOMEM,
+            Errno::EPROTO,
+        ]
+        .contains(&Errno::from_raw(code))
+    })
 }
 
 /// The connected peer's user id (SO_PEERCRED).

@@ -788,3 +788,55 @@ fn the_audit_file_starts_new_segments_as_it_grows() {
         }
     }
 }
+
+/// The custody process serves a bounded number of connections at once: one more is closed
+/// at once (the others go on), and a place freed is taken again.
+#[test]
+fn the_custody_process_bounds_its_connections() {
+    use etee_custody::config::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+    use etee_custody::wire::{decode_response, encode_request};
+    use etee_custody::{Request, Response};
+    use etee_hsm::remote::{read_frame, write_frame};
+    use std::os::unix::net::UnixStream;
+
+    let (config, dir, custody) = token_with_kek("connections", true);
+    let socket = dir.path().join("custody.sock");
+    let server = Server::bind(&config, &custody, &socket)
+        .unwrap()
+        .with_connection_limit(2);
+    let stop = server.stop_handle();
+    let thread = std::thread::spawn(move || server.run());
+    // A status request; None when the server closed the connection instead of answering.
+    let status = |stream: &mut UnixStream| -> Option<Response> {
+        let mut buf = vec![0u8; MAX_REQUEST_FRAME];
+        let frame = encode_request(&Request::Status, &mut buf).unwrap();
+        write_frame(stream, frame).ok()?;
+        let answer = read_frame(stream, MAX_RESPONSE_FRAME).ok()??;
+        Some(decode_response(&answer).unwrap())
+    };
+    let connect = || UnixStream::connect(&socket).unwrap();
+    let (mut a, mut b) = (connect(), connect());
+    assert!(matches!(status(&mut a), Some(Response::Status(_))));
+    assert!(matches!(status(&mut b), Some(Response::Status(_))));
+    let mut third = connect();
+    assert_eq!(status(&mut third), None, "a third connection is refused");
+    assert!(
+        matches!(status(&mut a), Some(Response::Status(_))),
+        "the others go on"
+    );
+    // A closed connection frees its place (reaped as the next one comes).
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answered = loop {
+        let mut again = connect();
+        if let Some(r) = status(&mut again) {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place was freed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(matches!(answered, Response::Status(_)));
+    drop(b);
+    stop.stop();
+    thread.join().unwrap().unwrap();
+}

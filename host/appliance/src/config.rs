@@ -108,6 +108,10 @@ pub struct ClientConfig {
     pub certificate_sha256: Option<[u8; 32]>,
 }
 
+/// The most connections the appliance may be configured for: a bound on descriptors, and
+/// on the shutdown's drain (which waits for every permit).
+pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+
 /// Bounds on what one caller can make the appliance do.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -322,6 +326,12 @@ impl ApplianceConfig {
                 "max_body_bytes and max_connections must be positive",
             ));
         }
+        if limits.max_connections > MAX_CONNECTIONS_LIMIT {
+            return Err(config_error(format!(
+                "max_connections = {}: at most {MAX_CONNECTIONS_LIMIT}",
+                limits.max_connections
+            )));
+        }
         let platform = platform_config(file.platform, &rel)?;
         let clients = file
             .client
@@ -505,6 +515,14 @@ mod tests {
                 "https only",
             ),
             (MINIMAL.to_owned() + "colour = 1\n", "unknown field"),
+            (
+                MINIMAL.replace("socket", "max_connections = 4294967296\nsocket"),
+                "at most 65536",
+            ),
+            (
+                MINIMAL.replace("socket", "max_connections = 0\nsocket"),
+                "must be positive",
+            ),
             (
                 MINIMAL.to_owned() + "[[client]]\nname = \"x\"\noperations = [\"seal\"]\n",
                 "how the caller is known",

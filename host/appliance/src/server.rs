@@ -156,7 +156,12 @@ async fn accept_loop(
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Bounded (the configuration checks it too), so that the drain below can ask for
+    // every permit at once.
+    let capacity = limits
+        .max_connections
+        .clamp(1, crate::config::MAX_CONNECTIONS_LIMIT);
+    let permits = Arc::new(Semaphore::new(capacity));
     let (closing_tx, closing_rx) = watch::channel(false);
     loop {
         let permit = tokio::select! {
@@ -248,7 +253,7 @@ async fn accept_loop(
     let _ = closing_tx.send(true);
     let _ = tokio::time::timeout(
         limits.request_timeout,
-        permits.acquire_many(limits.max_connections as u32),
+        permits.acquire_many(capacity as u32),
     )
     .await;
 }

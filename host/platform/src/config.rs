@@ -40,6 +40,10 @@ pub struct PlatformConfig {
     pub kgss: Option<KgssConfig>,
 }
 
+/// The most connections a server may be configured for: a bound on descriptors, and on the
+/// shutdown's drain (which waits for every permit).
+pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+
 /// The `[kgss]` table.
 #[derive(Clone, Debug)]
 pub struct KgssConfig {
@@ -139,6 +143,12 @@ impl PlatformConfig {
                 "max_body_bytes and max_connections must be positive".into(),
             ));
         }
+        if limits.max_connections > MAX_CONNECTIONS_LIMIT {
+            return Err(PlatformError::Config(format!(
+                "max_connections = {}: at most {MAX_CONNECTIONS_LIMIT}",
+                limits.max_connections
+            )));
+        }
         let environment = match t.environment.as_deref() {
             None => etee_services::soap::Environment::Test,
             Some(name) => etee_services::soap::Environment::from_name(name).ok_or_else(|| {
@@ -194,6 +204,7 @@ mod tests {
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\ncolour = 1\n",
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nenvironment = \"Mars\"\n",
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nmax_connections = 0\n",
+            "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nmax_connections = 4294967296\n",
         ] {
             assert!(PlatformConfig::from_toml(text, base).is_err(), "{text}");
         }

@@ -24,7 +24,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Bounded (the configuration checks it too), so that the drain below can ask for
+    // every permit at once.
+    let capacity = limits
+        .max_connections
+        .clamp(1, crate::config::MAX_CONNECTIONS_LIMIT);
+    let permits = Arc::new(Semaphore::new(capacity));
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -106,7 +111,7 @@ pub async fn serve(
     let _ = closing_tx.send(true);
     let _ = tokio::time::timeout(
         limits.request_timeout,
-        permits.acquire_many(limits.max_connections as u32),
+        permits.acquire_many(capacity as u32),
     )
     .await;
     Ok(())

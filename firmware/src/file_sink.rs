@@ -387,7 +387,10 @@ impl Walker {
             self.pins.observe(&record);
             if record.outcome == Outcome::Admitted {
                 self.open_uses.push(record.clone());
-            } else if let Some(i) = self.open_uses.iter().position(|u| record.concludes(u)) {
+            } else if let Some(i) = self.open_uses.iter().rposition(|u| record.concludes(u)) {
+                // The latest matching use: an older one with the same client, key and
+                // input is a use a crash left without an outcome, not this one's (and
+                // searching from the end keeps the walk linear however many there are).
                 self.open_uses.remove(i);
             }
             each(&record);

@@ -117,6 +117,37 @@ fn records_survive_a_reopen_and_the_chain_continues() {
     assert!(scan(&path, |_| {}).unwrap().unconcluded.is_empty());
 }
 
+/// A use left without an outcome by a crash stays the unconcluded one when the same use
+/// (same client, key and input) is made again and concluded after the restart.
+#[test]
+fn an_outcome_concludes_the_latest_matching_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_unlock_and_three_signatures(&path);
+    let full = std::fs::read(&path).unwrap();
+    // The last frame (the third signature's outcome, sequence 6) lost in a crash.
+    let last_len = {
+        let mut pos = 0usize;
+        let mut starts = Vec::new();
+        while pos < full.len() {
+            starts.push(pos);
+            pos += 6 + usize::from(u16::from_be_bytes([full[pos], full[pos + 1]]));
+        }
+        full.len() - starts[starts.len() - 1]
+    };
+    std::fs::write(&path, &full[..full.len() - last_len]).unwrap();
+    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [5]);
+    let mut core = core_on(&path);
+    assert_eq!(
+        core.handle_request(&unlock(b"1234"), 20),
+        Response::Unlocked
+    );
+    assert!(matches!(sign(&mut core, 2, 21), Response::Signature(_)));
+    drop(core);
+    assert_eq!(records(&path).len(), 9);
+    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [5]);
+}
+
 #[test]
 fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@
 //! so a noisy machine affects them alike.
 //!
 //! `cargo bench -p etee-hsm --bench custody` (ETEE_BENCH_SECONDS: the approximate total
-//! measuring time, default 90; ETEE_BENCH_AUDIT_DIR: where the audit file goes, default
+//! measuring time, default 100; ETEE_BENCH_AUDIT_DIR: where the audit file goes, default
 //! the target directory's disk; SOFTHSM2_MODULE: the module, default the Debian path).
 
 use cryptoki::context::Pkcs11;

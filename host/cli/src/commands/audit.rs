@@ -175,7 +175,7 @@ impl Progress {
 
     fn record(&mut self, sequence: u64, verified: u64) {
         // Looking at the clock every 4096 records keeps the cost out of the hash loop.
-        if !self.enabled || verified % 4096 != 0 {
+        if !self.enabled || !verified.is_multiple_of(4096) {
             return;
         }
         let since = self.shown_at.unwrap_or(self.started);

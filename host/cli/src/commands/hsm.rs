@@ -37,7 +37,8 @@ pub enum KeysCommand {
     Generate {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// `authentication`, `etk`, or a `[hsm.profiles.NAME]` of the configuration.
+        /// `authentication`, `etk`, `kgss-wrap`, or a `[hsm.profiles.NAME]` of the
+        /// configuration.
         #[arg(long, value_name = "NAME")]
         profile: String,
     },

@@ -12,8 +12,10 @@ use std::process::ExitCode;
 pub enum Command {
     /// Serve the platform (HTTPS, SOAP and REST) until SIGTERM or SIGINT.
     Serve(ConfigArg),
-    /// The platform's audit chain of KGSS key creations, reads and deletions (in its
-    /// store): walk and verify it, show the last events.
+    /// The platform's audit chain (in its store): KGSS key creations, reads and
+    /// deletions, KeyDepot registrations, added information and deletions, and the
+    /// administrative commands (ETK registrations, attribute changes). Walk and verify
+    /// it, show the last events.
     Audit {
         #[command(flatten)]
         config: ConfigArg,

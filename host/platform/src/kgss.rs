@@ -41,9 +41,17 @@ use etee_store::{KgssKey, Store};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-/// How long a sealed request is remembered against replays, and how old its signing time
-/// may be, in seconds.
-pub const REPLAY_WINDOW: i64 = 600;
+/// How old a request's signing time may be, in seconds (and [`CLOCK_SKEW`] more).
+pub const SIGNING_TIME_WINDOW: i64 = 300;
+
+/// How far the callers' clocks may be from the service's, either way, in seconds.
+pub const CLOCK_SKEW: i64 = 150;
+
+/// How long a sealed request is remembered against replays, in seconds. A request signed
+/// at `t` is accepted between `t - CLOCK_SKEW` and `t + SIGNING_TIME_WINDOW + CLOCK_SKEW`:
+/// it is remembered at least that long after it was first served, so that no copy comes
+/// after the table has forgotten it and is still fresh.
+pub const REPLAY_WINDOW: i64 = SIGNING_TIME_WINDOW + 2 * CLOCK_SKEW;
 
 /// Length of the keys KGSS makes (AES-128, as the real one).
 pub const KEY_LEN: usize = 16;
@@ -162,6 +170,10 @@ impl Kgss {
     }
 }
 
+/// The whole of what a caller learns of a refused seal (see [`KgssError::public_message`]).
+pub const SEAL_REFUSED: &str = "the sealed request was refused: it does not open and verify \
+     as a request to KGSS from a known caller (the reason is in the service's log)";
+
 /// Why a KGSS request was not served. Each has a business code for the SOAP `Error` and an
 /// HTTP status for REST.
 #[derive(Debug, thiserror::Error)]
@@ -235,10 +247,15 @@ impl KgssError {
         }
     }
 
-    /// What the caller is told: the detail of a service error stays in the logs.
+    /// What the caller is told: the detail of a service error stays in the logs, and so
+    /// does why a seal was refused. The verdict of an unseal tells a bad CBC padding from
+    /// a good one (`DECRYPTION_SYMMETRIC_KEY_ALGORITHM_PADDING_UNAUTHORIZED`, or which
+    /// inner structure failed); given to anyone who can send a request, it would be a
+    /// padding oracle on captured requests, whose content may carry a reply KEK.
     pub fn public_message(&self) -> String {
         match self {
             Self::Custody(_) | Self::Store(_) => "service error".into(),
+            Self::Seal(_) => SEAL_REFUSED.into(),
             e => e.to_string(),
         }
     }
@@ -275,7 +292,8 @@ impl Kgss {
         let opts = UnsealOptions {
             anchors: self.anchors.clone(),
             at: Some(now),
-            signing_time_expiration: REPLAY_WINDOW,
+            signing_time_expiration: SIGNING_TIME_WINDOW,
+            clock_skew: CLOCK_SKEW,
             ..Default::default()
         };
         let (result, content) = unseal_to_vec(sealed, &self.ring, &opts);
@@ -288,6 +306,17 @@ impl Kgss {
                 return Err(KgssError::Seal(why.join(", ")));
             }
         };
+        // The verdict only warns of a stale or missing signing time (and a timestamp
+        // stands in for it); KGSS needs it fresh, or the replay table could have
+        // forgotten the request, and the signer's certificate was judged at that time.
+        let fresh = |t: i64| now - SIGNING_TIME_WINDOW - CLOCK_SKEW < t && t < now + CLOCK_SKEW;
+        if !result.signing_time.is_some_and(fresh) {
+            return Err(KgssError::Seal(format!(
+                "signing time {:?} is not within {SIGNING_TIME_WINDOW} s (± {CLOCK_SKEW} s) \
+                 of the service's clock ({now})",
+                result.signing_time
+            )));
+        }
         let identities = result
             .sender
             .as_ref()

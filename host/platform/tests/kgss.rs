@@ -24,6 +24,16 @@ use etee_testpki::Institution;
 
 /// `content` sealed by `from` to `to`'s ETK.
 fn seal_for(from: &Institution, to: &Institution, content: &[u8]) -> Vec<u8> {
+    seal_signed_at(from, to, content, None)
+}
+
+/// [`seal_for`] with the given signing time (now when `None`).
+fn seal_signed_at(
+    from: &Institution,
+    to: &Institution,
+    content: &[u8],
+    signing_time: Option<i64>,
+) -> Vec<u8> {
     let mut out = Vec::new();
     seal(
         &signer_of(from),
@@ -31,7 +41,7 @@ fn seal_for(from: &Institution, to: &Institution, content: &[u8]) -> Vec<u8> {
         None,
         content,
         &mut out,
-        &SealOptions::default(),
+        &SealOptions { signing_time },
     )
     .unwrap();
     out
@@ -92,6 +102,16 @@ async fn call(
     let a = c.soap("/Kgss/v1", soap(operation, sealed)).await.unwrap();
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     KgssResponse::parse(&a.body).unwrap()
+}
+
+/// A refused seal's message is the fixed text, with no verdict in it.
+fn assert_opaque(r: &KgssResponse) {
+    let text: Vec<&str> = r.errors[0]
+        .messages
+        .iter()
+        .map(|m| m.text.as_str())
+        .collect();
+    assert_eq!(text, [etee_platform::kgss::SEAL_REFUSED], "{r:?}");
 }
 
 fn refusal_code(r: &KgssResponse) -> &str {
@@ -210,6 +230,46 @@ async fn soap_new_key_for_recognised_pharmacies(w: World) {
     )
     .await;
     assert_eq!(refusal_code(&r), "KGSS_INVALID_SEAL");
+    assert_opaque(&r);
+    // Signed too long ago (a captured request, replayed once the replay table has
+    // forgotten it) or in the future: refused, whatever the unseal's verdict (which only
+    // warns). A few seconds old is fine.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let stale = etee_platform::kgss::SIGNING_TIME_WINDOW + etee_platform::kgss::CLOCK_SKEW + 5;
+    for (signed, refused) in [(now - stale, true), (now + 3600, true), (now - 5, false)] {
+        let r = call(
+            &mut c,
+            Operation::GetNewKey,
+            seal_signed_at(&w.alice, &w.kgss, &content, Some(signed)),
+        )
+        .await;
+        if refused {
+            assert_eq!(refusal_code(&r), "KGSS_INVALID_SEAL", "signed at {signed}");
+            assert_opaque(&r);
+        } else {
+            assert!(r.is_success(), "signed 5 s ago: {r:?}");
+        }
+    }
+
+    // Damaged anywhere (ciphertext, padding, signatures, certificates), a request gets
+    // the same fixed text: the verdict, which tells a good CBC padding from a bad one, is
+    // not given (it would be a padding oracle on captured requests).
+    let good = seal_for(&w.alice, &w.kgss, &content);
+    for at in [
+        good.len() / 3,
+        good.len() / 2,
+        good.len() * 2 / 3,
+        good.len() - 40,
+    ] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x01;
+        let r = call(&mut c, Operation::GetNewKey, bad).await;
+        assert_eq!(refusal_code(&r), "KGSS_INVALID_SEAL", "byte {at}");
+        assert_opaque(&r);
+    }
     let r = call(
         &mut c,
         Operation::GetNewKey,

@@ -140,6 +140,54 @@ fn seal_for_bob_then_bob_unseals_with_full_verdict() {
     assert_eq!(v["opened_with"], format!("key:{}", w.etk_serial("bob")));
 }
 
+/// Content past the 64 KiB the output spool keeps in memory waits in an anonymous,
+/// encrypted file until the verdict: it comes out whole to standard output and to a file,
+/// and nothing is left in the spool's directory (the temporary one, or the file's).
+#[test]
+fn large_content_waits_in_an_encrypted_spool_and_leaves_nothing_behind() {
+    let w = world();
+    let scratch = etee_e2e::scratch();
+    let tmp = scratch.path().join("tmp");
+    let out_dir = scratch.path().join("out");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let plain = content(300_000, 7);
+    let sealed = w.seal(scratch.path(), "alice", &["bob"], &plain);
+    let unseal = || {
+        etee(["unseal", "--keystore"])
+            .arg(w.p12("bob"))
+            .arg("--trust")
+            .arg(w.ca())
+            .password(&w.password)
+            .env("TMPDIR", &tmp)
+    };
+    let piped = unseal().stdin(sealed.clone()).run();
+    piped.code(0);
+    assert!(piped.stdout == plain, "piped content differs");
+    let file = out_dir.join("plain.bin");
+    unseal()
+        .arg("--out")
+        .arg(&file)
+        .stdin(sealed.clone())
+        .run()
+        .code(0);
+    assert!(
+        std::fs::read(&file).unwrap() == plain,
+        "written content differs"
+    );
+    // Refused (a byte of the ciphertext changed): no output, nothing left anywhere.
+    let mut bad = sealed.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 1;
+    let refused = out_dir.join("refused.bin");
+    let r = unseal().arg("--out").arg(&refused).stdin(bad).run();
+    r.code(1);
+    assert!(!refused.exists());
+    let left = |d: &std::path::Path| std::fs::read_dir(d).unwrap().count();
+    assert_eq!(left(&tmp), 0, "files left in TMPDIR");
+    assert_eq!(left(&out_dir), 1, "only the written file");
+}
+
 #[test]
 fn stdin_to_stdout_in_both_directions() {
     let w = world();

@@ -147,6 +147,15 @@ impl Write for SpoolWriter {
         match &mut self.file {
             Some(file) => file.write_all(data)?,
             None if self.memory.len() + data.len() <= MEMORY_LIMIT => {
+                let need = self.memory.len() + data.len();
+                if need > self.memory.capacity() {
+                    // Grown by hand: a reallocation would leave the old buffer's bytes in
+                    // freed memory; replaced, the old buffer is wiped as it drops.
+                    let capacity = need.next_power_of_two().min(MEMORY_LIMIT);
+                    let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
+                    grown.extend_from_slice(&self.memory);
+                    self.memory = grown;
+                }
                 self.memory.extend_from_slice(data)
             }
             None => {
@@ -154,9 +163,8 @@ impl Write for SpoolWriter {
                 let mut file = SpillFile::new(&self.dir)?;
                 file.write_all(&self.memory)?;
                 file.write_all(data)?;
-                self.memory.iter_mut().for_each(|b| *b = 0);
-                self.memory.clear();
-                self.memory.shrink_to_fit();
+                // Wiped as it drops.
+                self.memory = Zeroizing::new(Vec::new());
                 self.file = Some(file);
             }
         }

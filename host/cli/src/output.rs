@@ -2,70 +2,78 @@
 //! only once the verdict allows it.
 
 use crate::CliError;
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// Content being produced; invisible to readers of the destination until [`Pending::commit`].
+///
+/// It waits in a spool: in memory, past 64 KiB in an anonymous file encrypted under a key
+/// only this process holds (`etee_appliance::spool`). So unverified content reaches
+/// neither a pipe nor, in clear, the disk, and a killed process leaves nothing behind.
 pub struct Pending {
-    file: tempfile::NamedTempFile,
+    spool: etee_appliance::spool::SpoolWriter,
+    /// `--out FILE`; standard output when `None`.
     dest: Option<PathBuf>,
 }
 
 impl Pending {
-    /// For `--out FILE`: a temporary file beside it, renamed over it on commit. For
-    /// standard output: an anonymous temporary file copied out on commit (so unverified
-    /// content never reaches a pipe).
+    /// For `--out FILE` the spool is in the file's directory (the same file system), else
+    /// in the temporary directory.
     pub fn new(out: Option<&Path>) -> Result<Self, CliError> {
-        let file = match out {
-            Some(path) => {
-                let dir = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                tempfile::Builder::new()
-                    .prefix(".etee-")
-                    .tempfile_in(dir)
-                    .map_err(|source| CliError::File {
-                        path: path.display().to_string(),
-                        source,
-                    })?
-            }
-            None => tempfile::NamedTempFile::new()?,
+        let dir = match out {
+            Some(path) => path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            None => std::env::temp_dir(),
         };
+        etee_appliance::spool::check_dir(&dir).map_err(|source| CliError::File {
+            path: dir.display().to_string(),
+            source,
+        })?;
         Ok(Self {
-            file,
+            spool: etee_appliance::spool::SpoolWriter::new(&dir),
             dest: out.map(Path::to_path_buf),
         })
     }
 
-    pub fn writer(&mut self) -> io::BufWriter<&mut std::fs::File> {
-        io::BufWriter::with_capacity(256 * 1024, self.file.as_file_mut())
+    pub fn writer(&mut self) -> io::BufWriter<&mut etee_appliance::spool::SpoolWriter> {
+        io::BufWriter::with_capacity(256 * 1024, &mut self.spool)
     }
 
-    /// Makes the content visible: durable rename for a file, copy for standard output.
-    pub fn commit(mut self) -> Result<(), CliError> {
-        match self.dest.take() {
-            Some(dest) => {
-                self.file.as_file().sync_all()?;
-                self.file.persist(&dest).map_err(|e| CliError::File {
-                    path: dest.display().to_string(),
-                    source: e.error,
-                })?;
-                if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    // Make the rename itself durable.
-                    if let Ok(d) = std::fs::File::open(dir) {
-                        let _ = d.sync_all();
-                    }
-                }
-            }
-            None => {
-                let f = self.file.as_file_mut();
-                f.rewind()?;
-                let stdout = io::stdout();
-                let mut lock = stdout.lock();
-                io::copy(f, &mut lock)?;
-                lock.flush()?;
-            }
+    /// Makes the content visible: to standard output, or to a temporary file beside the
+    /// destination (mode 0600) made durable and renamed over it.
+    pub fn commit(self) -> Result<(), CliError> {
+        let mut content = self.spool.finish()?;
+        let Some(dest) = self.dest else {
+            let stdout = io::stdout();
+            let mut lock = stdout.lock();
+            io::copy(&mut content, &mut lock)?;
+            lock.flush()?;
+            return Ok(());
+        };
+        let failed = |source| CliError::File {
+            path: dest.display().to_string(),
+            source,
+        };
+        let dir = dest
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut file = tempfile::Builder::new()
+            .prefix(".etee-")
+            .tempfile_in(dir)
+            .map_err(failed)?;
+        let mut w = io::BufWriter::with_capacity(256 * 1024, file.as_file_mut());
+        io::copy(&mut content, &mut w).map_err(failed)?;
+        w.flush().map_err(failed)?;
+        drop(w);
+        file.as_file().sync_all().map_err(failed)?;
+        file.persist(&dest).map_err(|e| failed(e.error))?;
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
         }
         Ok(())
     }
@@ -95,4 +103,36 @@ where
             Ok(())
         }
     }
+}
+
+/// Writes a whole file atomically: a temporary file in the same directory, created with
+/// its final mode (0600 for a `secret`: never readable by others, not even for a moment),
+/// made durable, then renamed over `path` and the rename made durable. A crash leaves the
+/// old file or the new one, never a truncated one; a symbolic link at `path` is replaced,
+/// not followed.
+pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CliError> {
+    let failed = |source| CliError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".etee-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if secret { 0o600 } else { 0o644 };
+        builder.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    let mut file = builder.tempfile_in(dir).map_err(failed)?;
+    file.write_all(bytes).map_err(failed)?;
+    file.as_file().sync_all().map_err(failed)?;
+    file.persist(path).map_err(|e| failed(e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }

@@ -123,6 +123,8 @@ struct World {
     bob_recipient: Recipient,
     /// Carol's ETK key, presenting itself as Bob's: same certificate, same serial.
     impostor_ring: KeyRing,
+    impostor_key: openssl::pkey::PKey<openssl::pkey::Private>,
+    bob_etk: Certificate,
     kek: Kek,
     /// Alice → Bob + KEK, 2500 bytes: several chunks in every layer.
     chunked: Vec<u8>,
@@ -225,6 +227,8 @@ fn world() -> &'static World {
             },
             bob_ring: ring_with(&bob.etk_key, &bob_etk),
             impostor_ring: ring_with(&carol.etk_key, &bob_etk),
+            impostor_key: carol.etk_key.clone(),
+            bob_etk: bob_etk.clone(),
             bob_recipient: Recipient::Certificate(bob_etk),
             bob,
             kek: Kek::new(KEK, b"kek-id").unwrap(),
@@ -829,7 +833,29 @@ fn many_recipient_infos_for_our_key_cost_one_decryption() {
         "{:?}",
         u.verdict
     );
-    assert!(etee_formats::cms::unseal::MAX_KEY_ATTEMPTS < 16);
+
+    // A ring with more keys claiming Bob's certificate than the cap (all wrong): each is
+    // a private-key operation, and no more than MAX_KEY_ATTEMPTS are made.
+    let mut crowd = KeyRing::new();
+    for i in 0..12 {
+        let mut keys = SoftwareKeys::new();
+        keys.insert(KeyId(format!("etk-{i}")), w.impostor_key.clone());
+        crowd.add(DecryptionKey {
+            ops: Arc::new(Witness(keys)),
+            key: KeyId(format!("etk-{i}")),
+            serial: w.bob_etk.serial().to_vec(),
+            cert: Some(w.bob_etk.clone()),
+            ski: None,
+            modulus_bits: 2048,
+        });
+    }
+    DECRYPTS.with(|n| n.set(0));
+    let (u, content) = open(&w.small, &crowd, &opts(w));
+    assert!(content.is_none() && !u.verdict.is_clean());
+    assert_eq!(
+        DECRYPTS.with(Cell::get),
+        etee_formats::cms::unseal::MAX_KEY_ATTEMPTS
+    );
 
     // The same message with the good recipient info first opens cleanly, with one try.
     let mut infos = ktri.raw.to_vec();

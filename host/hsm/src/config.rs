@@ -351,7 +351,9 @@ pub fn read_pin_file(path: &Path) -> Result<(Pin, Option<String>)> {
     };
     let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
     let warning = permission_warning(path, &file);
-    let mut bytes = Vec::with_capacity(64);
+    // Room for the largest accepted file and one byte more from the start: growing
+    // would reallocate and leave copies of the PIN in freed memory.
+    let mut bytes = Vec::with_capacity(MAX_PIN_FILE as usize + 1);
     let read = file.take(MAX_PIN_FILE + 1).read_to_end(&mut bytes);
     if let Err(e) = read {
         bytes.zeroize();

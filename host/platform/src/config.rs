@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PlatformConfig {
     pub listen: SocketAddr,
     /// A file path (embedded store) or a `postgres://` URL.
@@ -38,6 +38,36 @@ pub struct PlatformConfig {
     pub limits: Limits,
     pub environment: etee_services::soap::Environment,
     pub kgss: Option<KgssConfig>,
+}
+
+impl std::fmt::Debug for PlatformConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlatformConfig")
+            .field("listen", &self.listen)
+            .field("store", &redacted_store(&self.store))
+            .field("tls_certificate", &self.tls_certificate)
+            .field("tls_key", &self.tls_key)
+            .field("client_ca", &self.client_ca)
+            .field("limits", &self.limits)
+            .field("environment", &self.environment)
+            .field("kgss", &self.kgss)
+            .finish()
+    }
+}
+
+/// The store's location with the password of a `postgres://user:password@…` URL hidden.
+pub fn redacted_store(store: &str) -> String {
+    let Some((scheme, rest)) = store.split_once("://") else {
+        return store.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+            None => store.to_owned(),
+        },
+        None => store.to_owned(),
+    }
 }
 
 /// The most connections a server may be configured for: a bound on descriptors, and on the
@@ -194,6 +224,32 @@ mod tests {
         assert_eq!(c.tls_certificate, Path::new("/etc/etee/s.pem"));
         assert_eq!(c.tls_key, Path::new("/k.pem"));
         assert_eq!(c.limits.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_store_password_stays_out_of_debug() {
+        for (url, shown) in [
+            (
+                "postgres://etee:s3cr%40t@db:5432/etee",
+                "postgres://etee:***@db:5432/etee",
+            ),
+            (
+                "postgresql://etee@db/etee?sslmode=disable",
+                "postgresql://etee@db/etee?sslmode=disable",
+            ),
+            ("postgres://db/etee?user=a@b", "postgres://db/etee?user=a@b"),
+            ("/var/lib/etee/platform.redb", "/var/lib/etee/platform.redb"),
+        ] {
+            assert_eq!(redacted_store(url), shown);
+        }
+        let text = "[platform]\nstore = \"postgres://etee:hunter2@db/etee\"\n\
+                    tls_certificate = \"c\"\ntls_key = \"k\"\n";
+        let c = PlatformConfig::from_toml(text, Path::new("/")).unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("etee:***@db"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -16,7 +16,6 @@
 
 use crate::CliError;
 use etee_appliance::client::{Answer, UnixClient};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -105,26 +104,11 @@ fn random_hex(bytes: usize) -> Result<String, CliError> {
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), CliError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| CliError::File {
-            path: path.display().to_string(),
-            source,
-        })?;
-    writeln!(f, "{text}")?;
-    Ok(())
+    crate::output::write_file(path, format!("{text}\n").as_bytes(), true)
 }
 
 fn write(path: &Path, text: &str) -> Result<(), CliError> {
-    std::fs::write(path, text).map_err(|source| CliError::File {
-        path: path.display().to_string(),
-        source,
-    })
+    crate::output::write_file(path, text.as_bytes(), false)
 }
 
 impl Demo {

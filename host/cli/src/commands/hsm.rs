@@ -224,10 +224,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             let pem = csr_through_custody(&config, &key, &subject)?;
             match out {
                 Some(path) => {
-                    std::fs::write(&path, &pem).map_err(|source| CliError::File {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
+                    crate::output::write_file(&path, &pem, false)?;
                     eprintln!("etee: CSR for key {key:?} written to {}", path.display());
                 }
                 None => print!("{}", String::from_utf8_lossy(&pem)),

@@ -24,6 +24,7 @@ use openssl::x509::X509;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use zeroize::Zeroizing;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -254,15 +255,24 @@ fn open_or_create_ca(dir: &Path) -> Result<(TestPki, bool), CliError> {
 }
 
 /// The keystore password of the world (file `password`), made on first use.
-fn keystore_password(dir: &Path) -> Result<String, CliError> {
+fn keystore_password(dir: &Path) -> Result<Zeroizing<String>, CliError> {
     if dir.join("password").is_file() {
-        let p = String::from_utf8(read(dir, "password")?)
+        let bytes = Zeroizing::new(read(dir, "password")?);
+        let text = std::str::from_utf8(&bytes)
             .map_err(|_| CliError::Usage("password: not UTF-8".into()))?;
-        return Ok(p.trim_end_matches('\n').to_string());
+        let p = Zeroizing::new(text.trim_end_matches('\n').to_string());
+        if p.is_empty() {
+            // Keystores under an empty password would protect nothing.
+            return Err(CliError::Usage(format!(
+                "{}: the keystore password is empty",
+                dir.join("password").display()
+            )));
+        }
+        return Ok(p);
     }
-    let mut b = [0u8; 12];
-    openssl::rand::rand_bytes(&mut b).map_err(openssl_err)?;
-    let p = hex::encode(b);
+    let mut b = Zeroizing::new([0u8; 12]);
+    openssl::rand::rand_bytes(b.as_mut()).map_err(openssl_err)?;
+    let p = Zeroizing::new(hex::encode(b.as_ref()));
     write(dir, "password", p.as_bytes())?;
     Ok(p)
 }
@@ -404,30 +414,11 @@ fn read(dir: &Path, name: &str) -> Result<Vec<u8>, CliError> {
     })
 }
 
-/// Writes a file of the world; private keys, keystores and the password are created
-/// readable by the owner only (never world-readable, not even for a moment).
+/// Writes a file of the world atomically; private keys, keystores and the password are
+/// created readable by the owner only (see [`crate::output::write_file`]).
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CliError> {
-    use std::io::Write as _;
-    let path = dir.join(name);
     let secret = name.ends_with(".pem") && name.contains("key")
         || name == "password"
         || name.ends_with(".p12");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        options.mode(if secret { 0o600 } else { 0o644 });
-        if secret && path.exists() {
-            // An existing file keeps its mode on open: tighten it before writing.
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
-    }
-    options
-        .open(&path)
-        .and_then(|mut f| f.write_all(bytes))
-        .map_err(|source| CliError::File {
-            path: path.display().to_string(),
-            source,
-        })
+    crate::output::write_file(&dir.join(name), bytes, secret)
 }

@@ -70,6 +70,44 @@ pub fn redacted_store(store: &str) -> String {
     }
 }
 
+/// A warning when the store is a PostgreSQL server on another machine reached without
+/// `sslmode=require`: its connections could then go in clear (access attributes, audit
+/// events, wrapped keys), or to a server whose certificate nobody checked.
+pub fn store_transport_warning(store: &str) -> Option<String> {
+    let (scheme, rest) = store.split_once("://")?;
+    if !scheme.starts_with("postgres") {
+        return None;
+    }
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if query.split('&').any(|p| p == "sslmode=require") {
+        return None;
+    }
+    let authority = location.split('/').next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    let host = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("host="))
+        .unwrap_or(host);
+    let local = host.is_empty()
+        || host.starts_with('/')
+        || host.starts_with("%2F")
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!local).then(|| {
+        format!(
+            "store: PostgreSQL on {host} without sslmode=require: the connection may go in \
+             clear, and the server's certificate is not checked (add ?sslmode=require, and \
+             sslrootcert=PATH for a private CA)"
+        )
+    })
+}
+
 /// The most connections a server may be configured for: a bound on descriptors, and on the
 /// shutdown's drain (which waits for every permit).
 pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
@@ -224,6 +262,28 @@ mod tests {
         assert_eq!(c.tls_certificate, Path::new("/etc/etee/s.pem"));
         assert_eq!(c.tls_key, Path::new("/k.pem"));
         assert_eq!(c.limits.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_remote_store_without_required_tls_is_warned_about() {
+        for (store, warned) in [
+            ("/var/lib/etee/platform.redb", false),
+            ("postgres://etee@127.0.0.1:5432/etee", false),
+            ("postgres://etee@localhost/etee", false),
+            ("postgres://etee@[::1]:5432/etee", false),
+            ("postgresql://etee@%2Fvar%2Frun%2Fpostgresql/etee", false),
+            ("postgres://etee@db.example:5432/etee", true),
+            ("postgres://etee@10.0.0.5/etee?sslmode=prefer", true),
+            ("postgres://etee@db.example/etee?sslmode=require", false),
+            (
+                "postgres://etee@db.example/etee?sslmode=require&sslrootcert=/etc/ca.pem",
+                false,
+            ),
+            ("postgres:///etee?host=db.example", true),
+            ("postgres:///etee?host=/var/run/postgresql", false),
+        ] {
+            assert_eq!(store_transport_warning(store).is_some(), warned, "{store}");
+        }
     }
 
     #[test]

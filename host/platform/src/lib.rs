@@ -58,6 +58,9 @@ impl Platform {
                 })?,
             ),
         };
+        if let Some(warning) = config::store_transport_warning(&config.store) {
+            tracing::warn!("{warning}");
+        }
         let store = etee_store::open(&config.store)?;
         Ok(Self {
             store,

@@ -4,12 +4,21 @@
 //! (`INSERT ... ON CONFLICT`), atomic under PostgreSQL's default isolation without explicit
 //! locks. Structured fields (identifiers, reader credentials, key information) are JSONB; keys
 //! and blobs are BYTEA with length checks in the schema. Connections come from a small bounded
-//! pool; no TLS, as the database is expected on loopback or a unix socket.
+//! pool.
+//!
+//! TLS: the URL's `sslmode` decides, as with libpq: `disable`; `prefer` (the default): TLS
+//! when the server offers it, its certificate not verified (as libpq; against passive
+//! listeners only); `require`: TLS or no connection, and the server's certificate verified,
+//! chain and host name, against the system's trust store or the PEM file of
+//! `sslrootcert=PATH` (a libpq parameter this store reads itself; given, it makes `prefer`
+//! verify too). For a database on another machine use `sslmode=require`.
 
 use std::collections::BTreeMap;
 
+use postgres_openssl::MakeTlsConnector;
+use r2d2_postgres::postgres::config::SslMode;
 use r2d2_postgres::postgres::types::{FromSql, Json};
-use r2d2_postgres::postgres::{Client, Config, GenericClient, NoTls, Row, Transaction};
+use r2d2_postgres::postgres::{Client, Config, GenericClient, Row, Transaction};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
 
 use crate::audit::{self, AuditEvent, StoredEvent};
@@ -94,7 +103,7 @@ const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION);
 
 /// The PostgreSQL store: a bounded pool of connections to one database.
 pub struct PgStore {
-    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pool: r2d2::Pool<PostgresConnectionManager<MakeTlsConnector>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -107,26 +116,109 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`, libpq-style), brings the schema up
     /// to date and keeps up to `pool_size` connections.
     pub fn connect(url: &str, pool_size: usize) -> Result<Self> {
+        let (url, root) = take_root_cert(url);
         let config: Config = url
             .parse()
             .map_err(|e| Error::Invalid(format!("PostgreSQL URL: {e}")))?;
-        // A direct first connection reports a bad URL or a down server at once, where the
-        // pool would retry until its timeout.
-        let mut client = config.connect(NoTls).db()?;
+        let verify = root.is_some() || config.get_ssl_mode() == SslMode::Require;
+        let tls = tls_connector(root.as_deref(), verify)?;
+        // A direct first connection reports a bad URL, a down server or a refused
+        // certificate at once, where the pool would retry until its timeout.
+        let mut client = config.connect(tls.clone()).db()?;
         migrate(&mut client)?;
         drop(client);
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.clamp(1, u32::MAX as usize) as u32)
             .min_idle(Some(0))
             .connection_timeout(std::time::Duration::from_secs(30))
-            .build(PostgresConnectionManager::new(config, NoTls))
+            .build(PostgresConnectionManager::new(config, tls))
             .db()?;
         Ok(PgStore { pool })
     }
 
-    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    /// Whether this store's connections to the server are encrypted (what an operator
+    /// wants to see at start when the database is on another machine).
+    pub fn uses_tls(&self) -> Result<bool> {
+        let row = self
+            .conn()?
+            .query_one(
+                "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                &[],
+            )
+            .db()?;
+        get(&row, 0)
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<MakeTlsConnector>>> {
         self.pool.get().db()
     }
+}
+
+/// The URL without its `sslrootcert` parameter, and that parameter's value (a path; the
+/// client library would refuse the parameter).
+fn take_root_cert(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut root = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| match p.strip_prefix("sslrootcert=") {
+            Some(path) => {
+                root = Some(path.to_owned());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    match kept.is_empty() {
+        true => (base.to_owned(), root),
+        false => (format!("{base}?{}", kept.join("&")), root),
+    }
+}
+
+/// OpenSSL, minimum TLS 1.2; with `verify`, checking the server's chain (system trust
+/// store, or only `root` when given) and its host name.
+fn tls_connector(root: Option<&str>, verify: bool) -> Result<MakeTlsConnector> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+    let failed = |what: &str, e: openssl::error::ErrorStack| {
+        Error::Invalid(format!("PostgreSQL TLS: {what}: {e}"))
+    };
+    let mut builder =
+        SslConnector::builder(SslMethod::tls_client()).map_err(|e| failed("OpenSSL", e))?;
+    builder
+        .set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(|e| failed("OpenSSL", e))?;
+    if let Some(path) = root {
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Invalid(format!("PostgreSQL TLS: sslrootcert {path}: {e}")))?;
+        let mut store =
+            openssl::x509::store::X509StoreBuilder::new().map_err(|e| failed("OpenSSL", e))?;
+        let certs = openssl::x509::X509::stack_from_pem(&pem)
+            .map_err(|e| failed(&format!("sslrootcert {path}"), e))?;
+        if certs.is_empty() {
+            return Err(Error::Invalid(format!(
+                "PostgreSQL TLS: sslrootcert {path}: no PEM certificate"
+            )));
+        }
+        for cert in certs {
+            store.add_cert(cert).map_err(|e| failed("sslrootcert", e))?;
+        }
+        builder
+            .set_verify_cert_store(store.build())
+            .map_err(|e| failed("sslrootcert", e))?;
+    }
+    if !verify {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    if !verify {
+        connector.set_callback(|c, _| {
+            c.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(connector)
 }
 
 /// Applies the missing migrations in one transaction, under an advisory lock so that

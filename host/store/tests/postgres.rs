@@ -82,3 +82,66 @@ fn unreachable_server_is_a_backend_error() {
     let err = PgStore::connect("postgres://postgres@127.0.0.1:1/none", 1).unwrap_err();
     assert!(matches!(err, etee_store::Error::Backend(_)), "{err:?}");
 }
+
+/// TLS to the server: `sslmode=require` with the server's certificate as `sslrootcert`
+/// connects encrypted; with another root, or with the system's roots (the test server's
+/// certificate is self-signed), it is refused; `sslmode=disable` goes in clear. Needs
+/// `ETEE_TEST_POSTGRES_CA` (the certificate `scripts/postgres` gives its server).
+#[test]
+fn tls_is_verified_when_required() {
+    let Some(h) = Pg::new() else { return };
+    let Ok(ca) = std::env::var("ETEE_TEST_POSTGRES_CA") else {
+        eprintln!("skipped: ETEE_TEST_POSTGRES_CA is not set (scripts/test sets it)");
+        return;
+    };
+    let with = |params: &str| {
+        let sep = if h.db.url().contains('?') { '&' } else { '?' };
+        format!("{}{sep}{params}", h.db.url())
+    };
+    let store = PgStore::connect(&with(&format!("sslmode=require&sslrootcert={ca}")), 2)
+        .expect("TLS with the server's certificate as root");
+    assert!(store.uses_tls().unwrap(), "the connection is encrypted");
+
+    // Another root: the chain does not verify.
+    let other = tempfile::NamedTempFile::new().unwrap();
+    let stranger = {
+        let key =
+            openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "127.0.0.1").unwrap();
+        let name = name.build();
+        let mut b = openssl::x509::X509Builder::new().unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        b.build().to_pem().unwrap()
+    };
+    std::fs::write(other.path(), stranger).unwrap();
+    let refused = PgStore::connect(
+        &with(&format!(
+            "sslmode=require&sslrootcert={}",
+            other.path().display()
+        )),
+        2,
+    );
+    assert!(refused.is_err(), "a server certificate from another root");
+    // The system's roots do not know the test server's self-signed certificate.
+    assert!(PgStore::connect(&with("sslmode=require"), 2).is_err());
+    // An unreadable root file is a clear configuration error.
+    let missing = PgStore::connect(&with("sslmode=require&sslrootcert=/nonexistent/ca.pem"), 2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("sslrootcert /nonexistent/ca.pem"),
+        "{missing}"
+    );
+
+    let clear = PgStore::connect(&with("sslmode=disable"), 2).unwrap();
+    assert!(!clear.uses_tls().unwrap());
+}

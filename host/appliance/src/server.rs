@@ -13,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -83,19 +83,9 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    // Bound under a private name, restricted, then renamed into place: never reachable
-    // with wider permissions.
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary: PathBuf = dir.join(format!(".{name}.{}", std::process::id()));
-    let _ = std::fs::remove_file(&temporary);
-    let listener = std::os::unix::net::UnixListener::bind(&temporary)
+    // Never reachable with wider permissions (bound in a private directory first).
+    let listener = etee_hsm::remote::bind_restricted(path, SOCKET_MODE)
         .map_err(|e| ApplianceError::Config(format!("socket {}: {e}", path.display())))?;
-    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(SOCKET_MODE))?;
-    std::fs::rename(&temporary, path)?;
     listener.set_nonblocking(true)?;
     Ok(UnixListener::from_std(listener)?)
 }
@@ -350,6 +340,7 @@ pub fn run(config: crate::ApplianceConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     #[tokio::test]

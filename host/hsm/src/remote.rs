@@ -127,28 +127,39 @@ fn socket_mode(allowed_uids: &[u32]) -> u32 {
     }
 }
 
-/// Binds `path` with `mode` (0600 or 0660): under a temporary name in the same directory,
-/// restricted, then renamed into place.
+/// Binds `path` with `mode` (0600 or 0660), replacing a stale socket file.
 fn bind_private(path: &Path, mode: u32) -> Result<UnixListener> {
-    let io = |what: &str, e: io::Error| HsmError::Config(format!("{what} {}: {e}", path.display()));
     clear_stale_socket(path)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| HsmError::Config(format!("{}: not a file name", path.display())))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
+    bind_restricted(path, mode)
+        .map_err(|e| HsmError::Config(format!("creating socket {}: {e}", path.display())))
+}
+
+/// Binds a Unix socket at `path` (which must not exist) that is never reachable with a
+/// wider mode than `mode`, whatever the umask: it is bound inside a fresh directory only
+/// its owner may enter (0700, beside `path`), given `mode`, then renamed into place.
+pub fn bind_restricted(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket path has no file name",
+        )
+    })?;
+    let private = path.with_file_name(format!(
+        ".{}.{}.d",
         name.to_string_lossy(),
         std::process::id()
     ));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(|e| io("binding", e))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("creating socket", e));
-    }
-    Ok(listener)
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let tmp = private.join("socket");
+    let placed = UnixListener::bind(&tmp).and_then(|listener| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    placed
 }
 
 /// A server, ready to accept: the core open and unlocked, the socket bound.
@@ -655,5 +666,12 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         assert!(bind_private(&file, 0o600).is_err());
         assert_eq!(std::fs::read(&file).unwrap(), b"x");
+        // The private directory the socket was bound in is gone.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["c.sock", "f"]);
     }
 }

@@ -360,7 +360,12 @@ impl Fault {
                 e = e.with_child(Element::leaf(None, "Contact", c));
             }
             if let Some(env) = d.environment {
-                e = e.with_child(Element::leaf(None, "Environment", env.name()));
+                // Declared by the SOA schema itself (qualified), unlike the core fields.
+                e = e.with_child(Element::leaf(
+                    Some(SOA_ERRORS_NS),
+                    "Environment",
+                    env.name(),
+                ));
             }
             f = f.with_child(Element::new(None, "detail").with_child(e));
         }
@@ -455,8 +460,11 @@ fn parse_soa_error(e: &Element) -> Result<SoaError, Error> {
         .optional(None, "Contact")
         .map(|r| r.leaf_text().map(str::to_owned))
         .transpose()?;
+    // Qualified as the SOA schema declares it (what eHealth sends); unqualified too, as
+    // our own platform wrote it before.
     let environment = c
-        .optional(None, "Environment")
+        .optional(Some(SOA_ERRORS_NS), "Environment")
+        .or_else(|| c.optional(None, "Environment"))
         .map(|r| {
             let t = r.leaf_text()?;
             Environment::from_name(t).ok_or_else(|| schema(format!("unknown Environment {t:?}")))

@@ -28,6 +28,17 @@ fn fault_round_trip() {
     let x = f.to_xml();
     let s = String::from_utf8(x.clone()).unwrap();
     assert!(s.contains("<faultcode>soap:Client</faultcode>"), "{s}");
+    // Environment is declared by the SOA schema (qualified, elementFormDefault
+    // qualified); the core fields (Origin, Code, Message) are not.
+    let doc = element_names(&s);
+    assert!(
+        doc.contains(&(
+            "urn:be:fgov:ehealth:errors:soa:v1".to_owned(),
+            "Environment".to_owned()
+        )),
+        "{s}"
+    );
+    assert!(doc.contains(&(String::new(), "Code".to_owned())), "{s}");
     assert!(s.contains("xml:lang=\"en\""), "{s}");
     assert_eq!(Fault::parse(&x).unwrap(), f);
     assert_eq!(f.soa_code(), Some(SoaCode::XsdCompliance));
@@ -68,6 +79,36 @@ fn fault_from_error() {
     let f = Fault::from_error(&e, None);
     assert_eq!(f.soa_code(), Some(SoaCode::MalformedMessage));
     assert!(f.detail.unwrap().messages[0].text.contains("boom"));
+}
+
+/// (namespace, local name) of every element of `xml`, read with our own parser.
+fn element_names(xml: &str) -> Vec<(String, String)> {
+    fn walk(e: &etee_services::xml::Element, out: &mut Vec<(String, String)>) {
+        out.push((e.ns.clone().unwrap_or_default(), e.name.clone()));
+        for c in &e.children {
+            walk(c, out);
+        }
+    }
+    let root = etee_services::xml::parse(xml.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    walk(&root, &mut out);
+    out
+}
+
+/// A fault as eHealth's services write it: `Environment` qualified in the SOA namespace
+/// (the unqualified form, which our platform wrote before, is read too).
+#[test]
+fn a_qualified_environment_is_read() {
+    let doc = br#"<S:Envelope xmlns:S="http://schemas.xmlsoap.org/soap/envelope/"><S:Body>
+  <S:Fault><faultcode>S:Server</faultcode><faultstring>SOA-02001</faultstring><detail>
+    <ns4:SystemError xmlns:ns4="urn:be:fgov:ehealth:errors:soa:v1" Id="X">
+     <Origin>Server</Origin><Code>SOA-02001</Code>
+     <Message xml:lang="en">Service not available. Please contact service desk</Message>
+     <ns4:Environment>Production</ns4:Environment>
+    </ns4:SystemError></detail></S:Fault></S:Body></S:Envelope>"#;
+    let f = Fault::parse(doc).unwrap();
+    assert_eq!(f.soa_code(), Some(SoaCode::ServiceUnavailable));
+    assert_eq!(f.detail.unwrap().environment, Some(Environment::Production));
 }
 
 #[test]

@@ -227,12 +227,12 @@ pub fn open_custody_core(
     hsm_config: &etee_hsm::Config,
     clients: &Clients,
 ) -> crate::Result<CustodyKeys> {
-    let hsm = etee_hsm::Hsm::open(&hsm_config.hsm)?;
+    let mut custody = hsm_config.custody.clone();
+    custody.client = APPLIANCE_CLIENT.into();
+    let hsm = CustodyKeys::open_token(&hsm_config.hsm, &custody)?;
     let token = HsmToken::new(&hsm)?;
     let policy = custody_policy(&token, clients, hsm_config.custody.budget)
         .map_err(|e| ApplianceError::Config(e.to_string()))?;
-    let mut custody = hsm_config.custody.clone();
-    custody.client = APPLIANCE_CLIENT.into();
     Ok(CustodyKeys::with_policy(hsm, token, policy, &custody)?)
 }
 

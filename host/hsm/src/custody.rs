@@ -21,7 +21,7 @@
 //! everything else is refused and recorded.
 
 use crate::config::{CustodyConfig, HsmConfig};
-use crate::error::{HsmError, Result};
+use crate::error::{HsmError, PinKind, Result};
 use crate::keys;
 use crate::list::KeyClass;
 use crate::pool::SessionPool;
@@ -337,12 +337,36 @@ impl CustodyKeys {
     /// Opens the token (logging in with the PIN file), the audit file (verifying the chain
     /// in it), builds the default policy from the keys present (with the configured
     /// budget) and unlocks the core.
+    ///
+    /// The login counts as the core's unlock: after [`MAX_PIN_ATTEMPTS`] wrong PINs on the
+    /// chain the token is not even asked (its own retry counter is spared), and a PIN the
+    /// token refuses is recorded on the chain as a failed unlock, so that restarts with a
+    /// wrong PIN file lock the core out as wrong `Unlock` requests do.
+    ///
+    /// [`MAX_PIN_ATTEMPTS`]: etee_custody::config::MAX_PIN_ATTEMPTS
     pub fn open(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Self> {
-        let opened = Hsm::open(hsm)?;
+        let opened = Self::open_token(hsm, custody)?;
         let token = HsmToken::new(&opened)?;
         let client = client_id(&custody.client)?;
         let policy = policy_for(&token, &client, custody.budget)?;
         Self::with_policy(opened, token, policy, custody)
+    }
+
+    /// [`Hsm::open`] (the login with the configured PIN) as the core's unlock: refused
+    /// without asking the token when the chain ends locked out, and a PIN the token
+    /// refuses recorded on the chain as a failed unlock (see [`Self::open`]). For callers
+    /// that open the token themselves before [`Self::with_policy`].
+    pub fn open_token(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Hsm> {
+        refuse_when_locked_out(custody)?;
+        match Hsm::open(hsm) {
+            Err(
+                e @ HsmError::WrongPin {
+                    kind: PinKind::User,
+                    ..
+                },
+            ) => Err(count_wrong_pin(custody, e)),
+            other => other,
+        }
     }
 
     /// Like [`Self::open`] with an opened token and a policy of the caller's.
@@ -361,14 +385,7 @@ impl CustodyKeys {
             .ok_or_else(|| HsmError::Invalid("the user PIN is too long for the core".into()))?;
         match core.handle_request(&Request::Unlock { pin: wire_pin }, now_ms()) {
             Response::Unlocked => {}
-            Response::Error(CoreError::PinLockedOut) => {
-                return Err(HsmError::Invalid(format!(
-                    "the custody core is locked out after {} wrong PINs (they are on the audit \
-                     chain {}); after investigating, reset it with `etee custody reset-pin`",
-                    etee_custody::config::MAX_PIN_ATTEMPTS,
-                    custody.audit_file.display()
-                )))
-            }
+            Response::Error(CoreError::PinLockedOut) => return Err(locked_out(custody)),
             Response::Error(e) => {
                 return Err(HsmError::Invalid(format!(
                     "unlocking the custody core: {e}"
@@ -599,9 +616,122 @@ pub(crate) fn unwrap_result(
     }
 }
 
+/// The refusal of a core locked out by wrong PINs.
+fn locked_out(custody: &CustodyConfig) -> HsmError {
+    HsmError::Invalid(format!(
+        "the custody core is locked out after {} wrong PINs (they are on the audit chain {}); \
+         the token was not asked. Check the PIN file, then, after investigating, reset the \
+         count with `etee custody reset-pin`",
+        etee_custody::config::MAX_PIN_ATTEMPTS,
+        custody.audit_file.display()
+    ))
+}
+
+/// Refuses, before the token is asked for a login, when the chain ends locked out.
+fn refuse_when_locked_out(custody: &CustodyConfig) -> Result<()> {
+    let core = open_core(
+        RefusedLogin(ckr::USER_NOT_LOGGED_IN),
+        Policy::deny_all(),
+        custody,
+    )?;
+    if core.status().state == etee_custody::lock::LockState::LockedOut {
+        return Err(locked_out(custody));
+    }
+    Ok(())
+}
+
+/// Records the token's refusal of the configured PIN as a failed unlock on the chain, and
+/// says how many tries the core has left.
+fn count_wrong_pin(custody: &CustodyConfig, refused: HsmError) -> HsmError {
+    let counted = open_core(
+        RefusedLogin(ckr::PIN_INCORRECT),
+        Policy::deny_all(),
+        custody,
+    )
+    .map(|mut core| {
+        // The token already refused the PIN: `RefusedLogin` answers so, whatever it is.
+        let pin = WirePin::from_slice(b"-").expect("a one-byte PIN fits");
+        core.handle_request(&Request::Unlock { pin }, now_ms())
+    });
+    match counted {
+        Ok(Response::Error(CoreError::PinIncorrect { tries_left: 0 })) => locked_out(custody),
+        Ok(Response::Error(CoreError::PinIncorrect { tries_left })) => HsmError::Invalid(format!(
+            "{refused}; counted on the custody audit chain {}: {tries_left} more wrong PIN(s) \
+             and the core locks out (the token keeps its own count too)",
+            custody.audit_file.display()
+        )),
+        Ok(Response::Error(CoreError::PinLockedOut)) => locked_out(custody),
+        Ok(other) => HsmError::Invalid(format!("{refused}; recording it: unexpected {other:?}")),
+        Err(e) => HsmError::Invalid(format!("{refused}; it could not be recorded: {e}")),
+    }
+}
+
+/// The token as it stands when `C_Login` refused the configured PIN before the core
+/// opened: the core's `Unlock` gets that refusal (and counts and records it like any wrong
+/// PIN); no key can be used.
+struct RefusedLogin(u64);
+
+impl Token for RefusedLogin {
+    fn sign_pss_sha256(
+        &mut self,
+        _: &etee_custody::KeyId,
+        _: &[u8; 32],
+        _: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        Err(TokenError::new(
+            TokenFunction::Sign,
+            ckr::USER_NOT_LOGGED_IN,
+        ))
+    }
+    fn decrypt_pkcs1v15(
+        &mut self,
+        _: &etee_custody::KeyId,
+        _: &[u8],
+        _: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        Err(TokenError::new(
+            TokenFunction::Decrypt,
+            ckr::USER_NOT_LOGGED_IN,
+        ))
+    }
+    fn wrap_aes_kw(
+        &mut self,
+        _: &etee_custody::KeyId,
+        _: &[u8],
+        _: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        Err(TokenError::new(
+            TokenFunction::WrapKey,
+            ckr::USER_NOT_LOGGED_IN,
+        ))
+    }
+    fn unwrap_aes_kw(
+        &mut self,
+        _: &etee_custody::KeyId,
+        _: &[u8],
+        _: &mut [u8],
+    ) -> Result<usize, TokenError> {
+        Err(TokenError::new(
+            TokenFunction::UnwrapKey,
+            ckr::USER_NOT_LOGGED_IN,
+        ))
+    }
+    fn login(&mut self, _: &[u8]) -> Result<(), TokenError> {
+        Err(TokenError::new(TokenFunction::Login, self.0))
+    }
+    fn logout(&mut self) {}
+    fn key_kind(&self, _: &etee_custody::KeyId) -> Option<KeyKind> {
+        None
+    }
+}
+
 /// A locked core over `token`, continuing the audit chain of `custody.audit_file` (created
 /// with its directory if missing), with the wrong-PIN counter the chain ends with.
-fn open_core(token: HsmToken, policy: Policy, custody: &CustodyConfig) -> Result<HsmCustody> {
+fn open_core<T: Token>(
+    token: T,
+    policy: Policy,
+    custody: &CustodyConfig,
+) -> Result<Custody<T, FileAuditSink>> {
     let path = &custody.audit_file;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)

@@ -840,3 +840,46 @@ fn the_custody_process_bounds_its_connections() {
     stop.stop();
     thread.join().unwrap().unwrap();
 }
+
+/// A wrong PIN in the PIN file counts like a wrong `Unlock`: each refused start is on the
+/// audit chain and says how many tries are left, the fifth locks the core out, and then the
+/// token is not asked at all (not even with the right PIN) until the administrator's reset.
+#[test]
+fn wrong_pin_files_are_counted_and_lock_the_core_out() {
+    let config = new_token("pin-file-count");
+    let dir = tempfile::tempdir().unwrap();
+    let custody = CustodyConfig::defaults(&config, dir.path());
+    let wrong_pin = dir.path().join("wrong.pin");
+    std::fs::write(&wrong_pin, "0000\n").unwrap();
+    let mut wrong = config.clone();
+    wrong.pin = etee_hsm::config::PinSource::File(wrong_pin);
+    let max = etee_custody::config::MAX_PIN_ATTEMPTS;
+    for attempt in 1..max {
+        let e = CustodyKeys::open(&wrong, &custody).unwrap_err().to_string();
+        assert!(e.contains("CKR_PIN_INCORRECT"), "{e}");
+        assert!(
+            e.contains(&format!("{} more wrong PIN(s)", max - attempt)),
+            "attempt {attempt}: {e}"
+        );
+    }
+    let e = CustodyKeys::open(&wrong, &custody).unwrap_err().to_string();
+    assert!(e.contains("locked out"), "{e}");
+    // Locked out: even the right PIN is not tried.
+    let e = CustodyKeys::open(&config, &custody)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("locked out") && e.contains("not asked"), "{e}");
+    let all = records(&custody.audit_file);
+    let refused: Vec<_> = all
+        .iter()
+        .filter(|r| r.operation == Operation::Unlock && r.outcome != Outcome::Success)
+        .collect();
+    assert_eq!(refused.len(), usize::from(max), "one record per wrong PIN");
+    // The administrator's reset (on record) lets the right PIN in again.
+    assert_eq!(
+        CustodyKeys::reset_pin_counter(&config, &custody).unwrap(),
+        max
+    );
+    let keys = CustodyKeys::open(&config, &custody).unwrap();
+    drop(keys);
+}

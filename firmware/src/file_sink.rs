@@ -430,6 +430,39 @@ pub struct FileAuditSink {
     pins: PinHistory,
     sync: Arc<GroupSync>,
     pin_failures: u8,
+    cut: Option<CutTail>,
+}
+
+/// A torn tail cut when the file was opened: where, how long, and the file its bytes were
+/// kept in (`<audit file>.torn-<offset>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutTail {
+    pub offset: u64,
+    pub bytes: u64,
+    pub kept: PathBuf,
+}
+
+/// Copies the bytes of `file` from `offset` to its end (at most one frame) into
+/// `<path>.torn-<offset>`, durably.
+fn keep_torn_tail(path: &Path, file: &File, offset: u64) -> Result<CutTail, FileSinkError> {
+    let mut tail = Vec::new();
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    reader
+        .take((FRAME_HEADER + MAX_AUDIT_RECORD_LEN) as u64)
+        .read_to_end(&mut tail)?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(std::format!(".torn-{offset}"));
+    let kept = path.with_file_name(name);
+    let mut out = File::create(&kept)?;
+    out.write_all(&tail)?;
+    out.sync_all()?;
+    sync_dir(&kept);
+    Ok(CutTail {
+        offset,
+        bytes: tail.len() as u64,
+        kept,
+    })
 }
 
 /// Durability of an audit file's records, shared by the sink and the callers that wait for
@@ -714,10 +747,21 @@ impl FileAuditSink {
                 return Self::finish_open(path, file, walker, CHECKPOINT_LEN as u64);
             }
         }
+        let mut cut = None;
         if end.torn_tail {
+            // A crash leaves a partial last record, but an altered last record looks the
+            // same: its bytes are kept beside the file before the cut, for whoever looks.
+            cut = Some(keep_torn_tail(path, &file, end.good_len)?);
             file.set_len(end.good_len)?;
         }
-        Self::finish_open(path, file, walker, end.good_len)
+        let (mut sink, head) = Self::finish_open(path, file, walker, end.good_len)?;
+        sink.cut = cut;
+        Ok((sink, head))
+    }
+
+    /// The torn tail this sink cut when it opened the file, if it did (see [`CutTail`]).
+    pub fn cut_at_open(&self) -> Option<&CutTail> {
+        self.cut.as_ref()
     }
 
     fn finish_open(
@@ -757,6 +801,7 @@ impl FileAuditSink {
             pins: walker.pins,
             sync,
             pin_failures: walker.pins.failures(),
+            cut: None,
         };
         Ok((sink, head))
     }

@@ -170,8 +170,17 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
     // A crash at every point inside the last append.
     for cut in before_last + 1..full.len() {
         std::fs::write(&path, &full[..cut]).unwrap();
-        let (_, head) = FileAuditSink::open(&path).unwrap();
+        let (sink, head) = FileAuditSink::open(&path).unwrap();
         assert_eq!(head.next_sequence, 6, "cut at {cut}");
+        // The cut bytes are kept beside the file, and the sink says so.
+        let kept = dir.path().join(format!("audit.log.torn-{before_last}"));
+        let reported = sink.cut_at_open().expect("a cut is reported").clone();
+        assert_eq!(
+            (reported.offset, reported.bytes, &reported.kept),
+            (before_last as u64, (cut - before_last) as u64, &kept)
+        );
+        assert_eq!(std::fs::read(&kept).unwrap(), &full[before_last..cut]);
+        drop(sink);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len() as usize,
             before_last,
@@ -181,6 +190,10 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
         // The last signature's outcome is lost with the torn frame: its use shows.
         assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [5]);
     }
+    // Opened again, the file (cut and synced) has nothing more to cut.
+    let (sink, _) = FileAuditSink::open(&path).unwrap();
+    assert_eq!(sink.cut_at_open(), None);
+    drop(sink);
     // Garbage in place of the last frame's body counts as torn too (bad check, at the end).
     let mut garbled = full.clone();
     let n = garbled.len();

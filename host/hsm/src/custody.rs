@@ -737,8 +737,25 @@ fn open_core<T: Token>(
         std::fs::create_dir_all(dir)
             .map_err(|e| HsmError::Config(format!("audit directory {}: {e}", dir.display())))?;
     }
-    let (sink, head) = FileAuditSink::open(path)
-        .map_err(|e| HsmError::Config(format!("audit file {}: {e}", path.display())))?;
+    let (sink, head) = FileAuditSink::open(path).map_err(|e| match e {
+        etee_custody::file_sink::FileSinkError::Corrupt { .. }
+        | etee_custody::file_sink::FileSinkError::Chain(_) => HsmError::Audit(format!(
+            "{e}. The core does not run on a damaged chain: keep the file as evidence, run \
+             `etee audit verify`, and follow \"A damaged audit chain\" in docs/operations.md"
+        )),
+        e => HsmError::Audit(format!("{}: {e}", path.display())),
+    })?;
+    if let Some(cut) = sink.cut_at_open() {
+        eprintln!(
+            "etee: warning: the audit chain {} ended in an incomplete or damaged record ({} \
+             bytes at byte {}): cut, as after a crash while it was written; its bytes are \
+             kept in {}. If no crash explains it, investigate (see operations.md).",
+            path.display(),
+            cut.bytes,
+            cut.offset,
+            cut.kept.display()
+        );
+    }
     let failures = sink.pin_failures_at_open();
     let sink = sink.with_segment_limit(custody.audit_segment_bytes);
     Ok(Custody::new(token, sink, policy, head).with_pin_failures(failures))

@@ -97,6 +97,12 @@ pub enum HsmError {
     /// A request the backend refuses (bad profile, bad input...).
     #[error("{0}")]
     Invalid(String),
+    /// The custody core's audit chain cannot be used (damaged, in use, unwritable).
+    #[error("custody audit chain: {0}")]
+    Audit(String),
+    /// The custody process (`etee custody serve`) cannot be reached.
+    #[error("custody process not reachable at {socket}: {reason} (is `etee custody serve --config FILE` running, with this [custody] socket?)")]
+    CustodyUnreachable { socket: PathBuf, reason: String },
 }
 
 fn context_suffix(context: &str) -> String {

@@ -442,8 +442,10 @@ impl RemoteCustodyKeys {
         custody: &CustodyConfig,
         socket: &Path,
     ) -> Result<Self> {
-        let stream = UnixStream::connect(socket)
-            .map_err(|e| HsmError::Config(format!("custody socket {}: {e}", socket.display())))?;
+        let stream = UnixStream::connect(socket).map_err(|e| HsmError::CustodyUnreachable {
+            socket: socket.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             inner: Arc::new(RemoteInner {
                 socket: socket.to_path_buf(),

@@ -208,7 +208,10 @@ fn strip_prefix(e: HsmError) -> String {
     }
 }
 
+/// Unknown tables are refused as unknown keys are: a misspelt `[custody]` would otherwise
+/// drop the custody settings silently (a separate process, the audit file) for defaults.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawFile {
     hsm: Option<RawHsm>,
     custody: Option<RawCustody>,
@@ -717,7 +720,7 @@ mod tests {
     #[test]
     fn minimal_file() {
         let c = Config::from_toml(
-            "[hsm]\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_file = \"u.pin\"\nso_pin_file = \"/s.pin\"\n[audit]\nwhatever = 1\n",
+            "[hsm]\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_file = \"u.pin\"\nso_pin_file = \"/s.pin\"\n",
             Path::new("/etc/etee"),
         )
         .unwrap()
@@ -757,6 +760,15 @@ mod tests {
         ] {
             assert!(Config::from_toml(bad, Path::new("/")).is_err(), "{bad}");
         }
+        // A misspelt table is refused, not ignored (its settings would fall back to
+        // defaults: here the custody core in process instead of a separate one).
+        let e = Config::from_toml(
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n[custdy]\nmode = \"process\"\n",
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("custdy") && e.contains("custody"), "{e}");
     }
 
     #[test]

@@ -36,11 +36,13 @@ pub enum HsmError {
     #[error("PKCS#11 module {module}: {reason}")]
     Module { module: PathBuf, reason: String },
     /// No token answers to the configured label or serial.
-    #[error("no token with {selector} in {module} (tokens present: {present})")]
+    #[error("no token with {selector} in {module} (tokens present: {present}){hint}")]
     TokenNotFound {
         selector: String,
         module: PathBuf,
         present: String,
+        /// Where the module looks for tokens, when we know (SoftHSM's `SOFTHSM2_CONF`).
+        hint: String,
     },
     /// `hsm init` on a token that is already initialised (it would destroy its keys).
     #[error("token {0} is already initialised; refusing to initialise it again (that would destroy its keys)")]

@@ -131,17 +131,65 @@ fn open_library(path: &Path) -> Result<Pkcs11> {
         module: path.to_path_buf(),
         reason,
     };
-    let ctx = Pkcs11::new(path).map_err(|e| fail(e.to_string()))?;
+    // cryptoki panics (in cryptoki-sys) on a library without C_GetFunctionList, such as a
+    // wrong `.so` given as the module: look for the symbol's name first (every PKCS#11
+    // module exports it, so it is in the file's dynamic string table), and catch the panic
+    // should a file name the symbol without exporting it.
+    let not_pkcs11 = || {
+        fail(
+            "not a PKCS#11 module (it does not export C_GetFunctionList): set [hsm] module to \
+             your HSM's PKCS#11 library"
+                .into(),
+        )
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    if !bytes
+        .windows(b"C_GetFunctionList\0".len())
+        .any(|w| w == b"C_GetFunctionList\0")
+    {
+        return Err(not_pkcs11());
+    }
+    drop(bytes);
+    let ctx = std::panic::catch_unwind(|| Pkcs11::new(path))
+        .map_err(|_| not_pkcs11())?
+        .map_err(|e| fail(e.to_string()))?;
     // SoftHSM builds its slot table in C_Initialize: not while another thread lists slots.
     let _listing = slots_guard();
     match ctx.initialize(CInitializeArgs::OsThreads) {
         // Another component of this process initialised it: share it.
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
         Err(e) => Err(fail(format!(
-            "C_Initialize: {}",
-            HsmError::ck(e, "").ckr().unwrap_or_default()
+            "C_Initialize: {}{}",
+            HsmError::ck(e, "").ckr().unwrap_or_default(),
+            softhsm_hint(path)
         ))),
     }
+}
+
+/// For SoftHSM2, which reads its token directory from the file named by `SOFTHSM2_CONF`
+/// (else `/etc/softhsm/softhsm2.conf`): which file that is and whether it exists, the
+/// usual cause of "no token" and of a failed `C_Initialize` on a test rig. Empty for other
+/// modules.
+pub(crate) fn softhsm_hint(module: &Path) -> String {
+    if !module.to_string_lossy().contains("softhsm") {
+        return String::new();
+    }
+    let (conf, how) = match std::env::var_os("SOFTHSM2_CONF") {
+        Some(c) => (std::path::PathBuf::from(c), "SOFTHSM2_CONF"),
+        None => (
+            std::path::PathBuf::from("/etc/softhsm/softhsm2.conf"),
+            "SOFTHSM2_CONF unset, the default",
+        ),
+    };
+    let state = if conf.is_file() {
+        ""
+    } else {
+        ", which does not exist"
+    };
+    format!(
+        "; SoftHSM2 reads its tokens from the directory named in {} ({how}{state})",
+        conf.display()
+    )
 }
 
 pub(crate) fn find_token(
@@ -177,6 +225,7 @@ pub(crate) fn find_token(
             } else {
                 present.join(", ")
             },
+            hint: softhsm_hint(module),
         }),
         n => Err(HsmError::Config(format!(
             "{n} tokens match {selector}; add token_serial to choose one"
@@ -295,6 +344,7 @@ pub fn init_token(config: &HsmConfig) -> Result<TokenSummary> {
         },
         module: config.module.clone(),
         present: "every token is initialised".into(),
+        hint: softhsm_hint(&config.module),
     })?;
     ctx.init_token(slot, &so_pin.auth(), label)
         .map_err(|e| match e {

@@ -384,6 +384,12 @@ fn wrong_pin_is_a_clear_error() {
         err.to_string().contains("wrong-pin"),
         "lists present tokens: {err}"
     );
+    // And, for SoftHSM, says where it looked for tokens.
+    let conf = std::env::var("SOFTHSM2_CONF").unwrap();
+    assert!(
+        err.to_string().contains(&conf) && err.to_string().contains("SOFTHSM2_CONF"),
+        "names the SoftHSM configuration: {err}"
+    );
     let mut no_module = config.clone();
     no_module.module = "/nonexistent/libpkcs11.so".into();
     let err = Hsm::open(&no_module).unwrap_err().to_string();
@@ -768,4 +774,34 @@ fn bob_vectors_unseal_through_the_token() {
         "{compared} compared, {opened} opened"
     );
     let _ = USER_PIN;
+}
+
+/// A module path that names the wrong library is a clear error, not a panic: a shared
+/// library that is not a PKCS#11 module (the C library this test runs with), and a file
+/// that is no library at all.
+#[test]
+fn a_library_that_is_not_a_pkcs11_module_is_a_clear_error() {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+        })
+        .expect("the C library is mapped");
+    let e = match etee_hsm::Module::load(Path::new(libc)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("{libc} loaded as a PKCS#11 module"),
+    };
+    assert!(e.contains("not a PKCS#11 module"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("module.so");
+    std::fs::write(&text, b"not a library").unwrap();
+    let e = match etee_hsm::Module::load(&text) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a text file loaded"),
+    };
+    assert!(e.contains("module.so"), "{e}");
 }

@@ -775,3 +775,309 @@ fn expected_signer_is_enforced() {
     u.run.code(0);
     assert_clean(&u.verdict);
 }
+
+/// A pipe whose reader is already gone, for a child's standard output: every write to it
+/// fails with EPIPE, deterministically. (Its read end belonged to a child that has exited:
+/// `etee --version`, which does not read its standard input.)
+fn closed_pipe() -> std::process::Stdio {
+    let mut reader = std::process::Command::new(etee_e2e::etee_bin())
+        .arg("--version")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning etee --version");
+    let write_end = reader.stdin.take().expect("stdin pipe");
+    assert!(reader.wait().unwrap().success());
+    std::process::Stdio::from(write_end)
+}
+
+/// Runs etee with `stdout`, returning its exit code and standard error.
+fn run_with_stdout(
+    args: &[&std::ffi::OsStr],
+    stdout: std::process::Stdio,
+    password: Option<&str>,
+) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(etee_e2e::etee_bin());
+    cmd.args(args)
+        .env_remove(etee_e2e::PASSWORD_ENV)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped());
+    if let Some(p) = password {
+        cmd.env(etee_e2e::PASSWORD_ENV, p);
+    }
+    let out = cmd.spawn().unwrap().wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn assert_quiet_stop(what: &str, code: Option<i32>, stderr: &str, expected: i32) {
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{what}: {stderr}"
+    );
+    assert_ne!(code, Some(101), "{what} panicked: {stderr}");
+    assert_eq!(code, Some(expected), "{what}: {stderr}");
+}
+
+/// `etee ... | head -1`: a reader that goes away ends the command quietly with 141 (what a
+/// shell reports for a writer killed by SIGPIPE), never println!'s panic (exit 101).
+#[test]
+fn a_closed_standard_output_ends_commands_quietly() {
+    let w = world();
+    let dir = scratch();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let ca = w.ca().into_os_string();
+    let bob_etk = w.etk("bob").into_os_string();
+    let sealed = w.seal(dir.path(), "alice", &["bob"], b"for a reader that left");
+    let sealed_path = dir.path().join("sealed");
+    std::fs::write(&sealed_path, &sealed).unwrap();
+    let input = dir.path().join("plain");
+    std::fs::write(&input, b"plain").unwrap();
+    let cases: Vec<(Vec<std::ffi::OsString>, i32)> = vec![
+        // clap prints help itself and swallows the error: exit 0.
+        (vec![os("--help")], 0),
+        (
+            vec![
+                os("etk"),
+                os("verify"),
+                bob_etk.clone(),
+                os("--trust"),
+                ca.clone(),
+            ],
+            141,
+        ),
+        (
+            vec![
+                os("etk"),
+                os("verify"),
+                os("--json"),
+                bob_etk.clone(),
+                os("--trust"),
+                ca.clone(),
+            ],
+            141,
+        ),
+        (
+            vec![
+                os("unseal"),
+                os("--json"),
+                os("--keystore"),
+                w.p12("bob").into_os_string(),
+                os("--trust"),
+                ca.clone(),
+                os("--in"),
+                sealed_path.clone().into_os_string(),
+            ],
+            141,
+        ),
+        (
+            vec![
+                os("unseal"),
+                os("--keystore"),
+                w.p12("bob").into_os_string(),
+                os("--trust"),
+                ca.clone(),
+                os("--in"),
+                sealed_path.clone().into_os_string(),
+            ],
+            141,
+        ),
+        (
+            vec![
+                os("seal"),
+                os("--keystore"),
+                w.p12("alice").into_os_string(),
+                os("--to"),
+                bob_etk.clone(),
+                os("--trust"),
+                ca.clone(),
+                os("--in"),
+                input.into_os_string(),
+            ],
+            141,
+        ),
+        (
+            vec![
+                os("pki"),
+                os("init"),
+                dir.path().join("world").into_os_string(),
+                os("--institution"),
+                os("carol:NIHII-HOSPITAL=71000535"),
+            ],
+            141,
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let (code, stderr) = run_with_stdout(&args, closed_pipe(), Some(&w.password));
+        assert_quiet_stop(&format!("{args:?}"), code, &stderr, expected);
+    }
+
+    // A reader that reads one line, then closes: a 1 MiB unsealed text (more than a pipe
+    // holds) is cut short without a word.
+    let text: Vec<u8> = (0..20_000)
+        .flat_map(|i| {
+            format!("line {i:06} of a long unsealed text, for a short reader\n").into_bytes()
+        })
+        .collect();
+    assert!(text.len() > 1 << 20);
+    let sealed = w.seal(dir.path(), "alice", &["bob"], &text);
+    std::fs::write(&sealed_path, &sealed).unwrap();
+    let mut child = std::process::Command::new(etee_e2e::etee_bin())
+        .args(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&sealed_path)
+        .env(etee_e2e::PASSWORD_ENV, &w.password)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(
+            first,
+            "line 000000 of a long unsealed text, for a short reader\n"
+        );
+    } // the read end closes here
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_quiet_stop("unseal | head -1", out.status.code(), &stderr, 141);
+}
+
+/// `seal` refuses an ETK that fails the checks with exit 1 (a check's outcome, like
+/// `etk verify`), and a hint that fits the problem, the override last.
+#[test]
+fn seal_refusals_say_what_to_check() {
+    let w = world();
+    let dir = scratch();
+    let seal = |etk: &Path, trust: &Path| {
+        etee(["seal", "--keystore"])
+            .arg(w.p12("alice"))
+            .arg("--to")
+            .arg(etk)
+            .arg("--trust")
+            .arg(trust)
+            .arg("--out")
+            .arg(dir.path().join("refused"))
+            .password(&w.password)
+            .stdin(b"x".to_vec())
+            .run()
+    };
+    // A chain problem: a --trust that does not anchor Bob's ETK.
+    let r = seal(&w.etk("bob"), &w.etk_cert_pem("alice"));
+    r.code(1);
+    let e = &r.stderr;
+    assert!(e.contains("ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN"), "{e}");
+    assert!(e.contains("check that --trust"), "{e}");
+    assert!(e.contains("substituted key"), "{e}");
+    let skip = e.find("--skip-etk-check").expect("the override is named");
+    assert!(e.find("--trust").unwrap() < skip, "{e}");
+    assert!(e.find("substituted").unwrap() < skip, "{e}");
+    assert!(!e.contains("expired or not yet valid"), "{e}");
+    assert!(!dir.path().join("refused").exists());
+
+    // An expired ETK (the chain is fine): get a current one.
+    let other = dir.path().join("world");
+    etee(["pki", "init"])
+        .arg(&other)
+        .args(["--institution", "carol:NIHII-HOSPITAL=71000535"])
+        .args(["--etk-valid-for", "1"])
+        .run()
+        .code(0);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = seal(&other.join("carol.etk"), &other.join("ca.pem"));
+    r.code(1);
+    let e = &r.stderr;
+    assert!(e.contains("ETK_ENCRYPTION_CERT_EXPIRED"), "{e}");
+    assert!(e.contains("current ETK"), "{e}");
+    assert!(!e.contains("check that --trust"), "{e}");
+    assert!(
+        e.contains("substituted key") && e.contains("--skip-etk-check"),
+        "{e}"
+    );
+    assert!(!dir.path().join("refused").exists());
+}
+
+/// Without --trust no sender can be trusted: the human verdict says why (not --json).
+#[test]
+fn unseal_without_trust_says_so() {
+    let w = world();
+    let dir = scratch();
+    let sealed = w.seal(dir.path(), "alice", &["bob"], b"who sent this?");
+    let input = dir.path().join("sealed");
+    std::fs::write(&input, &sealed).unwrap();
+    let unseal = |extra: &[&str]| {
+        etee(["unseal", "--keystore"])
+            .arg(w.p12("bob"))
+            .arg("--in")
+            .arg(&input)
+            .args(extra)
+            .password(&w.password)
+            .run()
+    };
+    let r = unseal(&[]);
+    r.code(1);
+    assert!(
+        r.stderr.contains("OUTER_CERTIFICATE_CHAIN_NOT_TRUSTED"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("note: no --trust given"), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "content released");
+
+    let r = unseal(&["--json"]);
+    r.code(1);
+    assert!(!r.stderr.contains("--trust"), "{}", r.stderr);
+    assert_eq!(
+        names(&r.json()["errors"]),
+        ["OUTER_CERTIFICATE_CHAIN_NOT_TRUSTED"]
+    );
+
+    let ca = w.ca().display().to_string();
+    let r = unseal(&["--trust", &ca]);
+    r.code(0);
+    assert!(!r.stderr.contains("note:"), "{}", r.stderr);
+}
+
+/// A password file that is missing or empty is named as such (not "wrong password").
+#[test]
+fn password_file_problems_name_the_password_file() {
+    let w = world();
+    let dir = scratch();
+    let empty = dir.path().join("empty.pass");
+    std::fs::write(&empty, b"\n").unwrap();
+    let missing = dir.path().join("missing.pass");
+    for (file, expected) in [
+        (&missing, "keystore password file"),
+        (&empty, "the password file is empty"),
+    ] {
+        let r = etee(["seal", "--keystore"])
+            .arg(w.p12("alice"))
+            .arg("--password-file")
+            .arg(file)
+            .arg("--to")
+            .arg(w.etk("bob"))
+            .stdin(b"x".to_vec())
+            .run();
+        r.code(2);
+        assert!(
+            r.stderr.contains(expected) && r.stderr.contains(&file.display().to_string()),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("wrong"), "{}", r.stderr);
+        assert!(r.stdout.is_empty());
+    }
+}

@@ -20,13 +20,27 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
 /// The keystore password: `--password-file` (first line), else `ETEE_KEYSTORE_PASSWORD`.
 pub fn password(file: Option<&PathBuf>) -> Result<Zeroizing<String>, CliError> {
     if let Some(path) = file {
-        let bytes = Zeroizing::new(read_file(path)?);
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| CliError::File {
+            path: format!("keystore password file {}", path.display()),
+            source,
+        })?);
         let text = std::str::from_utf8(&bytes).map_err(|_| {
-            CliError::Usage(format!("{}: password file is not UTF-8", path.display()))
+            CliError::Usage(format!(
+                "keystore password file {}: not UTF-8",
+                path.display()
+            ))
         })?;
-        return Ok(Zeroizing::new(
-            text.lines().next().unwrap_or("").to_string(),
-        ));
+        let first = Zeroizing::new(text.lines().next().unwrap_or("").to_string());
+        if first.is_empty() {
+            // Else the keystore would say "wrong password", which sends one looking in
+            // the wrong place.
+            return Err(CliError::Usage(format!(
+                "keystore password file {}: the password file is empty (the password is its \
+                 first line)",
+                path.display()
+            )));
+        }
+        return Ok(first);
     }
     match std::env::var(PASSWORD_ENV) {
         Ok(p) => Ok(Zeroizing::new(p)),

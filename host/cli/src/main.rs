@@ -1,7 +1,30 @@
 //! `etee`: seal and unseal eHealth ETEE messages, verify ETKs, keep the keys in an HSM.
 //!
-//! Exit codes: 0 success; 1 the message or ETK failed a check (fatal or error), or the
-//! audit chain is broken; 2 usage, input/output, key store or HSM problems.
+//! Exit codes: 0 success; 1 the message or ETK failed a check (fatal or error), `seal`
+//! refused a recipient ETK that fails the checks, or the audit chain is broken; 2 usage,
+//! input/output, key store or HSM problems; 141 standard output was closed by its reader
+//! (`etee keys list | head -1`): the command stopped writing and exited quietly (see
+//! [`STDOUT_CLOSED_EXIT`]).
+
+// Standard output goes through `outln!`/`out!` (a closed pipe ends the command quietly).
+#![deny(clippy::print_stdout)]
+
+/// `println!` for what a command reports on standard output, as a `Result<(), CliError>`
+/// to use with `?`: a reader that went away gives [`CliError::StdoutClosed`] (a quiet exit)
+/// where `println!` would panic. Every command prints its standard output through this or
+/// through [`output`]; nothing in this crate uses `println!`/`print!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!($($arg)*))
+    };
+}
 
 mod commands;
 mod inputs;
@@ -96,7 +119,26 @@ pub enum CliError {
     Unseal(#[from] etee_formats::cms::UnsealError),
     #[error("HSM: {0}")]
     Hsm(#[from] etee_hsm::HsmError),
+    /// A refusal that is a check's outcome, not a usage problem (exit 1): `seal` and a
+    /// recipient ETK that fails the official checks.
+    #[error("{0}")]
+    Refused(String),
+    /// Standard output was closed by its reader (`etee keys list | head -1`, a consumer
+    /// that crashed). Not reported: the reader chose to stop, as with any Unix filter.
+    #[error("standard output closed")]
+    StdoutClosed,
 }
+
+/// The exit code of a command whose standard output was closed: 141 = 128 + SIGPIPE, what
+/// a shell reports for a writer killed by SIGPIPE (the default for `cat`, `ls`, ...), so
+/// `set -o pipefail` scripts see the same as with those tools, and it cannot be taken for
+/// "everything was written" (0) or a verdict (1). The process does not die of SIGPIPE:
+/// Rust ignores the signal, and it must stay ignored in this binary, which also runs the
+/// network servers (`etee serve`, `etee platform serve`, `etee custody serve`), where a
+/// peer closing a connection would kill the process. Writes to a closed pipe fail with
+/// `EPIPE` instead, turned into [`CliError::StdoutClosed`] by [`output::print`] and the
+/// other writers of [`output`].
+const STDOUT_CLOSED_EXIT: u8 = 141;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -115,6 +157,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(CliError::StdoutClosed) => ExitCode::from(STDOUT_CLOSED_EXIT),
+        Err(e @ CliError::Refused(_)) => {
+            eprintln!("etee: {e}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("etee: {e}");
             ExitCode::from(2)

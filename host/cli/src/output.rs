@@ -1,9 +1,72 @@
 //! Where content goes: a file replaced atomically, or standard output; in both cases
-//! only once the verdict allows it.
+//! only once the verdict allows it. And standard output itself: every write to it goes
+//! through here (or [`outln!`]/[`out!`]), so a reader that goes away (`| head -1`) ends
+//! the command quietly with [`CliError::StdoutClosed`] instead of a panic.
 
 use crate::CliError;
+use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+/// Writes to standard output (what [`outln!`] and [`out!`] call).
+pub fn print(args: fmt::Arguments<'_>) -> Result<(), CliError> {
+    io::stdout().lock().write_fmt(args).map_err(stdout_error)
+}
+
+/// An error writing to standard output: [`CliError::StdoutClosed`] when the reader went
+/// away (`EPIPE`), else an I/O error.
+pub fn stdout_error(e: io::Error) -> CliError {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        CliError::StdoutClosed
+    } else {
+        CliError::Io(e)
+    }
+}
+
+/// Standard output that remembers whether its reader went away, for producers whose
+/// errors come back wrapped in their own types (`cms::seal`'s `SealError::Io`).
+struct Stdout<'a> {
+    inner: io::StdoutLock<'a>,
+    closed: bool,
+}
+
+impl Stdout<'_> {
+    fn new() -> Self {
+        Self {
+            inner: io::stdout().lock(),
+            closed: false,
+        }
+    }
+
+    fn note<T>(&mut self, r: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &r {
+            self.closed |= e.kind() == io::ErrorKind::BrokenPipe;
+        }
+        r
+    }
+
+    /// The outcome of writing: [`CliError::StdoutClosed`] when the reader went away,
+    /// whatever error the producer made of it.
+    fn outcome(&self, r: Result<(), CliError>) -> Result<(), CliError> {
+        if self.closed {
+            Err(CliError::StdoutClosed)
+        } else {
+            r
+        }
+    }
+}
+
+impl Write for Stdout<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r)
+    }
+}
 
 /// Content being produced; invisible to readers of the destination until [`Pending::commit`].
 ///
@@ -47,11 +110,11 @@ impl Pending {
     pub fn commit(self) -> Result<(), CliError> {
         let mut content = self.spool.finish()?;
         let Some(dest) = self.dest else {
-            let stdout = io::stdout();
-            let mut lock = stdout.lock();
-            io::copy(&mut content, &mut lock)?;
-            lock.flush()?;
-            return Ok(());
+            let mut stdout = Stdout::new();
+            let r = io::copy(&mut content, &mut stdout)
+                .and_then(|_| stdout.flush())
+                .map_err(CliError::Io);
+            return stdout.outcome(r);
         };
         let failed = |source| CliError::File {
             path: dest.display().to_string(),
@@ -96,11 +159,9 @@ where
             pending.commit()
         }
         None => {
-            let stdout = io::stdout();
-            let mut w = io::BufWriter::with_capacity(256 * 1024, stdout.lock());
-            produce(&mut w)?;
-            w.flush()?;
-            Ok(())
+            let mut w = io::BufWriter::with_capacity(256 * 1024, Stdout::new());
+            let r = produce(&mut w).and_then(|()| w.flush().map_err(CliError::Io));
+            w.get_ref().outcome(r)
         }
     }
 }

@@ -222,25 +222,16 @@ impl IdentifierType {
             .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
-    /// Left-pads `value` with zeros to [`digits`](Self::digits).
+    /// Left-pads `value` with zeros to [`digits`](Self::digits), losslessly: surplus
+    /// *leading zeros* are dropped, and a value with more significant digits than the type
+    /// allows is an error ([`IdentityError::TooLong`]).
     ///
-    /// The official `formatIdentifierValue` truncates values that are too long; here only
-    /// surplus *leading zeros* are dropped (lossless), and a value with more significant
-    /// digits than the type allows is an error, so that a lookup never silently targets a
-    /// different identifier.
+    /// This is the form for *comparing* identities (a caller's certificate against a key's
+    /// creator, a KGSS reader attribute, ...), where two different values must never
+    /// become equal. An ETKDepot *lookup* formats its value as the official connector does,
+    /// truncating: [`format_value`](Self::format_value).
     pub fn normalize(self, value: &str) -> Result<String, IdentityError> {
-        let v = value.trim();
-        if v.is_empty() {
-            return Err(IdentityError::Empty {
-                id_type: self.name(),
-            });
-        }
-        if !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(IdentityError::NotDigits {
-                id_type: self.name(),
-                value: v.to_owned(),
-            });
-        }
+        let v = self.digits_of(value)?;
         let n = self.digits();
         if v.len() <= n {
             return Ok(format!("{v:0>n$}"));
@@ -255,6 +246,43 @@ impl IdentifierType {
                 digits: n,
             })
         }
+    }
+
+    /// The value of an ETKDepot lookup, formatted as the official connector formats it
+    /// (spec §3.4; CONN402 `IdentifierType.formatIdentifierValue`, reached through
+    /// `getEtkSet(type, Long value, ...)`): the number without its leading zeros, then
+    /// left-padded with zeros to [`digits`](Self::digits), or, when it has more digits
+    /// than that, its first [`digits`](Self::digits) digits (`substring(0, length)`).
+    ///
+    /// So `NIHII` `10203040506` (a NIHII-11) is looked up as `10203040`, as the connector
+    /// does. Values that are at most [`digits`](Self::digits) long give the same result
+    /// as [`normalize`](Self::normalize). Empty and non-digit values are errors.
+    pub fn format_value(self, value: &str) -> Result<String, IdentityError> {
+        let v = self.digits_of(value)?;
+        let n = self.digits();
+        let significant = v.trim_start_matches('0');
+        if significant.len() > n {
+            Ok(significant[..n].to_owned())
+        } else {
+            Ok(format!("{significant:0>n$}"))
+        }
+    }
+
+    /// `value` trimmed, if it is a non-empty string of ASCII digits.
+    fn digits_of(self, value: &str) -> Result<&str, IdentityError> {
+        let v = value.trim();
+        if v.is_empty() {
+            return Err(IdentityError::Empty {
+                id_type: self.name(),
+            });
+        }
+        if !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(IdentityError::NotDigits {
+                id_type: self.name(),
+                value: v.to_owned(),
+            });
+        }
+        Ok(v)
     }
 }
 
@@ -277,11 +305,29 @@ impl std::str::FromStr for IdentifierType {
     }
 }
 
-/// Normalises an identifier value for an ETKDepot lookup: left-pads it with zeros to the
+/// Normalises an identifier value for comparing identities: left-pads it with zeros to the
 /// digit length of `id_type` (spec §3.4; `HUB` = `EHP`). Unknown types, empty or non-digit
-/// values and values with too many significant digits are errors.
+/// values and values with too many significant digits are errors
+/// ([`IdentifierType::normalize`]; lookups use [`lookup_identifier`]).
 pub fn normalize_value(id_type: &str, value: &str) -> Result<String, IdentityError> {
     id_type.parse::<IdentifierType>()?.normalize(value)
+}
+
+/// The canonical ETKDepot name of an identifier type as given (ASCII case-insensitive,
+/// `HUB` = `EHP`), e.g. `cbe` → `CBE`; `None` for an unknown type.
+pub fn canonical_type(id_type: &str) -> Option<&'static str> {
+    IdentifierType::from_name(id_type).map(IdentifierType::name)
+}
+
+/// The `(type, value)` an ETKDepot lookup uses: the canonical type name (spec §3.4's table,
+/// `HUB` = `EHP`, any case) and the value formatted as the official connector does
+/// ([`IdentifierType::format_value`]: zero-padded, or truncated to the type's length).
+pub fn lookup_identifier(
+    id_type: &str,
+    value: &str,
+) -> Result<(&'static str, String), IdentityError> {
+    let t = id_type.parse::<IdentifierType>()?;
+    Ok((t.name(), t.format_value(value)?))
 }
 
 #[cfg(test)]
@@ -518,6 +564,89 @@ mod tests {
             normalize_value("FOO", "1"),
             Err(IdentityError::UnknownType(_))
         ));
+    }
+
+    #[test]
+    fn lookup_values_are_formatted_as_the_connector_does() {
+        // Short values: zero-padded, as normalize does.
+        assert_eq!(
+            lookup_identifier("CBE", "809394427").unwrap(),
+            ("CBE", "0809394427".to_owned())
+        );
+        assert_eq!(
+            lookup_identifier("NIHII", "1234").unwrap(),
+            ("NIHII", "00001234".to_owned())
+        );
+        assert_eq!(
+            lookup_identifier("SITE", "0").unwrap(),
+            ("SITE", "0000".to_owned())
+        );
+        // Too long: the first digits of the number (connector: Long value, then
+        // substring(0, length)); a NIHII-11 asked for as NIHII gives its NIHII-8.
+        assert_eq!(
+            lookup_identifier("NIHII", "10203040506").unwrap(),
+            ("NIHII", "10203040".to_owned())
+        );
+        assert_eq!(
+            lookup_identifier("CBE", "08093944271").unwrap(),
+            ("CBE", "8093944271".to_owned())
+        );
+        assert_eq!(
+            lookup_identifier("SSIN", "760120902527").unwrap(),
+            ("SSIN", "76012090252".to_owned())
+        );
+        // Leading zeros are not digits of the number (Long.toString drops them).
+        assert_eq!(
+            lookup_identifier("NIHII", "0012345678").unwrap(),
+            ("NIHII", "12345678".to_owned())
+        );
+        assert_eq!(
+            lookup_identifier("NIHII", "00123456789").unwrap(),
+            ("NIHII", "12345678".to_owned())
+        );
+        // Canonical type names, whatever the case; HUB is EHP.
+        assert_eq!(
+            lookup_identifier("cbe", "1").unwrap(),
+            ("CBE", "0000000001".to_owned())
+        );
+        assert_eq!(
+            lookup_identifier("Hub", "1990001916").unwrap(),
+            ("EHP", "1990001916".to_owned())
+        );
+        assert_eq!(
+            lookup_identifier(" nihii-pharmacy ", "27150201").unwrap(),
+            ("NIHII-PHARMACY", "27150201".to_owned())
+        );
+        // Formatting is idempotent.
+        for (t, v) in [
+            ("NIHII", "10203040506"),
+            ("CBE", "809394427"),
+            ("SITE", "0"),
+        ] {
+            let (t1, v1) = lookup_identifier(t, v).unwrap();
+            assert_eq!(lookup_identifier(t1, &v1).unwrap(), (t1, v1));
+        }
+        // Still errors: unknown type, empty or non-digit value.
+        assert!(matches!(
+            lookup_identifier("FOO", "1"),
+            Err(IdentityError::UnknownType(_))
+        ));
+        assert!(matches!(
+            lookup_identifier("CBE", " "),
+            Err(IdentityError::Empty { .. })
+        ));
+        assert!(matches!(
+            lookup_identifier("CBE", "12-4"),
+            Err(IdentityError::NotDigits { .. })
+        ));
+        // Comparing identities stays lossless.
+        assert!(matches!(
+            normalize_value("CBE", "08093944271"),
+            Err(IdentityError::TooLong { digits: 10, .. })
+        ));
+        assert_eq!(canonical_type("hub"), Some("EHP"));
+        assert_eq!(canonical_type("cbe-treat_center"), Some("CBE-TREAT_CENTER"));
+        assert_eq!(canonical_type("PLANET"), None);
     }
 
     #[test]

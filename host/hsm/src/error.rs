@@ -51,7 +51,7 @@ pub enum HsmError {
     #[error("wrong {kind} PIN for token {token} (CKR_PIN_INCORRECT)")]
     WrongPin { kind: PinKind, token: String },
     /// The PIN is locked after too many failures (CKR_PIN_LOCKED).
-    #[error("the {kind} PIN of token {token} is locked (CKR_PIN_LOCKED)")]
+    #[error("the {kind} PIN of token {token} is locked (CKR_PIN_LOCKED): the token refuses every login until its security officer sets the PIN again (for example `pkcs11-tool --module MODULE --login --login-type so --init-pin`); `etee custody reset-pin` clears only the custody core's own count")]
     PinLocked { kind: PinKind, token: String },
     /// The token's user PIN was never set (CKR_USER_PIN_NOT_INITIALIZED): run `hsm init`.
     #[error("token {0} has no user PIN yet (CKR_USER_PIN_NOT_INITIALIZED): run `etee hsm init`")]

@@ -1,18 +1,26 @@
 //! ETKDepot: which ETKs answer a search, and the SOAP and REST answers built from them.
 //!
 //! The lookup rules (spec §3.4, §4.1):
-//! - each search identifier is normalised first (the zero-padding of its type); an unknown
-//!   type or an impossible value is the caller's error;
+//! - each search identifier is normalised first: the canonical type name (`cbe` → `CBE`,
+//!   `HUB` → `EHP`) and the value formatted as the official connector does (zero-padded,
+//!   or cut to the type's length); an unknown type or an impossible value is the caller's
+//!   error;
 //! - an identifier matches every ETK whose holder DN carries it (any of the DN's
-//!   identifiers); without an application id, ETKs of every application id of the holder
-//!   match; several identifiers in one request add up their matches;
+//!   identifiers); without an application id (no `ApplicationID`), ETKs of every
+//!   application id of the holder match, the one without an application id included; with
+//!   an *empty* application id (`<ApplicationID/>`, `applicationIdentifier=`), only the
+//!   holder's ETK(s) without one (etee's own convention, `docs/platform.md`); with an
+//!   application id, only that application's; several identifiers in one request add up
+//!   their matches;
 //! - only ETKs valid now are answered, and of several ETKs of one holder and application
 //!   id (a renewed ETK beside the old one), the newest;
 //! - one ETK left: `ETK`; several (several application ids): `MatchingEtk`, one per ETK,
-//!   with its full identifiers, and the client asks again with one of them; none: an
-//!   `Error` with code [`NOT_FOUND`] (SOAP) or 404 (REST).
+//!   with its full identifiers, an ETK without application id carrying an empty
+//!   `ApplicationID`, so that asking again with any of its identifiers answers exactly that
+//!   ETK; none: an `Error` with code [`NOT_FOUND`] (SOAP) or 404 (REST).
 
 use crate::caller::store_identifier;
+use etee_formats::identity::canonical_type;
 use etee_services::etkdepot::rest::EtkJson;
 use etee_services::etkdepot::{
     EtkDepotError, EtkResult, GetEtkRequest, GetEtkResponse, Identifier, MatchingEtk, Status,
@@ -77,11 +85,20 @@ fn application_id(record: &EtkRecord) -> Option<String> {
         .and_then(|i| i.application_id.clone())
 }
 
+/// The identifiers of an ETK as an answer gives them: an ETK without application id has an
+/// empty one, which asks for exactly that ETK when sent back (an absent one would ask for
+/// all the holder's ETKs again).
 fn identifiers(record: &EtkRecord) -> Vec<Identifier> {
     record
         .identifiers
         .iter()
-        .map(|i| Identifier::new(&i.id_type, &i.value, i.application_id.as_deref()))
+        .map(|i| {
+            Identifier::new(
+                &i.id_type,
+                &i.value,
+                Some(i.application_id.as_deref().unwrap_or("")),
+            )
+        })
         .collect()
 }
 
@@ -161,7 +178,17 @@ pub fn register(
     let enc = parsed.encryption_cert();
     let record = EtkRecord {
         digest: openssl::sha::sha256(parsed.der()),
-        identifiers: identities.iter().map(store_identifier).collect(),
+        // Stored under the canonical type name, which lookups use (`HUB` is `EHP`).
+        identifiers: identities
+            .iter()
+            .map(|i| {
+                let mut id = store_identifier(i);
+                if let Some(t) = canonical_type(&id.id_type) {
+                    id.id_type = t.to_owned();
+                }
+                id
+            })
+            .collect(),
         etk: parsed.der().to_vec(),
         not_before: enc.not_before(),
         not_after: enc.not_after(),

@@ -12,10 +12,19 @@
 //!   fetch time plus a TTL (default one hour, so that a replaced ETK is seen), and is checked
 //!   again for validity when served;
 //! - the choice rule of spec §4.1: without an application id, when ETKDepot answers
-//!   several `MatchingEtk`, each is fetched separately and kept if its authentication
-//!   certificate names the holder asked for (type and value; an SSIN is accepted for a
-//!   NIHII query, as the official connector does); with an application id, only the ETK of
-//!   that application. The result is every ETK kept: one or more recipients.
+//!   several `MatchingEtk`, each is fetched separately, as the official connector does,
+//!   by the entry's own identifier, and kept if its authentication certificate names the
+//!   holder asked for (type and value; an SSIN is accepted for a NIHII query, as the
+//!   official connector does); with an application id, only the ETK of that application;
+//!   with an empty one (`Some("")`), only the ETK without application id. An entry without
+//!   application id carries an empty `ApplicationID` (etee's convention, `docs/platform.md`),
+//!   so asking again with it answers exactly that ETK; an entry from a service that leaves
+//!   the element out is asked for with an empty one too (re-asking without one would only
+//!   repeat the list). The result is every ETK kept: one or more recipients.
+//!
+//! Lookups are keyed and sent as [`Identifier::normalized`] gives them: the canonical type
+//! name (`cbe` → `CBE`, `HUB` → `EHP`), the value formatted as the connector does, and the
+//! application id, an empty one kept apart from an absent one.
 //!
 //! Concurrent misses for the same key are not coalesced (each fetches; the last one
 //! stored wins), which keeps the cache a plain map under a mutex held only briefly.
@@ -23,7 +32,7 @@
 use crate::error::{ProtocolError, Result};
 use crate::etkdepot::{EtkAnswer, EtkDepotClient};
 use etee_formats::etk::Etk;
-use etee_formats::identity::{normalize_value, Identity};
+use etee_formats::identity::{canonical_type, normalize_value, Identity};
 use etee_formats::trust::TrustAnchors;
 use etee_services::etkdepot::Identifier;
 use std::collections::HashMap;
@@ -190,11 +199,28 @@ impl EtkCache {
             EtkAnswer::Found(der) => vec![der],
             EtkAnswer::Matching(list) => {
                 let mut ders = Vec::new();
-                for ids in choose_matching(wanted, &list) {
-                    match self.depot.get_etk(&ids).await? {
-                        EtkAnswer::Found(der) => ders.push(der),
-                        // A MatchingEtk that is gone or ambiguous on its own is skipped.
-                        EtkAnswer::NotFound | EtkAnswer::Matching(_) => {}
+                for entry in choose_matching(wanted, &list) {
+                    let query = requery_identifier(&entry);
+                    match self.depot.get_etk(&query).await {
+                        Ok(EtkAnswer::Found(der)) => ders.push(der),
+                        // A MatchingEtk that is gone on its own is skipped.
+                        Ok(EtkAnswer::NotFound) => {}
+                        Ok(EtkAnswer::Matching(_)) => {
+                            tracing::warn!(
+                                "ETK of {name}: ETKDepot answered {} with a list again; skipped",
+                                describe(&query)
+                            );
+                        }
+                        // The empty ApplicationID is our convention: a service that does
+                        // not know it may refuse it. That entry is then skipped, as it
+                        // would have been without it.
+                        Err(e) if entry.application_id.is_none() => {
+                            tracing::warn!(
+                                "ETK of {name}: ETKDepot refused {}: {e}; skipped",
+                                describe(&query)
+                            );
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
                 ders
@@ -235,9 +261,28 @@ impl EtkCache {
 
 /// `TYPE=value (app)` for messages.
 fn describe(id: &Identifier) -> String {
-    match &id.application_id {
+    match id.application_id.as_deref() {
+        Some("") => format!("{}={} (no application id)", id.id_type, id.value),
         Some(app) => format!("{}={} ({app})", id.id_type, id.value),
         None => format!("{}={}", id.id_type, id.value),
+    }
+}
+
+/// Whether two identifier type names are the same type (canonical names: `cbe` is `CBE`,
+/// `HUB` is `EHP`; unknown names compared case-insensitively).
+fn same_type(a: &str, b: &str) -> bool {
+    match (canonical_type(a), canonical_type(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a.trim().eq_ignore_ascii_case(b.trim()),
+    }
+}
+
+/// Whether an application id (absent meaning none) answers `wanted`: `None` any,
+/// `Some("")` none, `Some(app)` exactly `app`.
+fn application_matches(wanted: Option<&str>, has: Option<&str>) -> bool {
+    match wanted {
+        None => true,
+        Some(app) => has.unwrap_or("") == app,
     }
 }
 
@@ -262,39 +307,52 @@ pub fn check_findings(identifier: &str, findings: &[etee_formats::verdict::Error
 }
 
 /// Which `MatchingEtk` entries to fetch for `wanted` (pure): with an application id, the
-/// entries of exactly that application; without, all of them. Each is looked up by the
-/// identifier of the entry of the wanted type (or its first), with its application id.
+/// entries of exactly that application (with an empty one, the entries without application
+/// id); without, all of them. Each is given by the identifier of the entry of the wanted
+/// type (or its first), as the entry has it; [`requery_identifier`] makes the lookup.
 pub fn choose_matching(wanted: &Identifier, matching: &[Vec<Identifier>]) -> Vec<Identifier> {
     matching
         .iter()
         .filter_map(|ids| {
             let pick = ids
                 .iter()
-                .find(|i| i.id_type.eq_ignore_ascii_case(&wanted.id_type))
+                .find(|i| same_type(&i.id_type, &wanted.id_type))
                 .or_else(|| ids.first())?;
-            match &wanted.application_id {
-                Some(app) if pick.application_id.as_deref() != Some(app.as_str()) => None,
-                _ => Some(pick.clone()),
-            }
+            application_matches(
+                wanted.application_id.as_deref(),
+                pick.application_id.as_deref(),
+            )
+            .then(|| pick.clone())
         })
         .collect()
 }
 
+/// The lookup for one `MatchingEtk` entry (pure): its identifier, with an empty application
+/// id when it has none, so that it asks for exactly that ETK and not for the list again.
+pub fn requery_identifier(entry: &Identifier) -> Identifier {
+    Identifier {
+        application_id: Some(entry.application_id.clone().unwrap_or_default()),
+        ..entry.clone()
+    }
+}
+
 /// Whether an ETK whose authentication certificate names `holder` belongs to `wanted`
-/// (pure): same type and zero-padded value (or an SSIN for a NIHII query), and the same
-/// application id when one is asked for.
+/// (pure): same type (canonical names) and zero-padded value (or an SSIN for a NIHII
+/// query), and the application id asked for: any when none is, none when it is empty,
+/// else exactly that one.
 pub fn holder_matches(wanted: &Identifier, holder: &[Identity]) -> bool {
+    let wanted_type = canonical_type(&wanted.id_type).unwrap_or(&wanted.id_type);
     holder.iter().any(|h| {
-        let same_id = h.id_type.eq_ignore_ascii_case(&wanted.id_type)
+        let same_id = same_type(&h.id_type, &wanted.id_type)
             && normalize_value(&h.id_type, &h.value)
                 .map(|v| v == wanted.value)
                 .unwrap_or(false);
-        let ssin_for_nihii = wanted.id_type.to_ascii_uppercase().starts_with("NIHII")
-            && h.id_type.eq_ignore_ascii_case("SSIN");
-        let same_app = match &wanted.application_id {
-            Some(app) => h.application_id.as_deref() == Some(app.as_str()),
-            None => true,
-        };
+        let ssin_for_nihii =
+            wanted_type.to_ascii_uppercase().starts_with("NIHII") && same_type(&h.id_type, "SSIN");
+        let same_app = application_matches(
+            wanted.application_id.as_deref(),
+            h.application_id.as_deref(),
+        );
         (same_id || ssin_for_nihii) && same_app
     })
 }
@@ -371,6 +429,72 @@ mod tests {
             vec![id("CBE", "0406798006", Some("APP-B"))]
         );
         assert!(choose_matching(&id("CBE", "0406798006", Some("APP-C")), &m).is_empty());
+    }
+
+    #[test]
+    fn holders_without_application_id_and_canonical_types() {
+        let default = id("CBE", "0406798006", Some(""));
+        assert!(holder_matches(
+            &default,
+            &[holder("CBE", "0406798006", None)]
+        ));
+        assert!(!holder_matches(
+            &default,
+            &[holder("CBE", "0406798006", Some("APP-A"))]
+        ));
+        // Types by their canonical names: HUB is EHP, any case.
+        let ehp = id("EHP", "1990001916", None);
+        assert!(holder_matches(&ehp, &[holder("HUB", "1990001916", None)]));
+        let cbe = id("CBE", "0406798006", None);
+        assert!(holder_matches(&cbe, &[holder("cbe", "406798006", None)]));
+    }
+
+    #[test]
+    fn matching_entries_without_application_id() {
+        // As etee's ETKDepot answers: the default ETK's identifiers have an empty
+        // ApplicationID; as another service might: none at all.
+        let ours = vec![
+            vec![id("CBE", "0406798006", Some(""))],
+            vec![id("CBE", "0406798006", Some("APP-A"))],
+        ];
+        let theirs = vec![
+            vec![id("CBE", "0406798006", None)],
+            vec![id("CBE", "0406798006", Some("APP-A"))],
+        ];
+        for m in [&ours, &theirs] {
+            let all = choose_matching(&id("cbe", "0406798006", None), m);
+            assert_eq!(all.len(), 2);
+            // Every entry is asked for by itself: the default one with an empty
+            // application id, never with none (that would give the list again).
+            let queries: Vec<_> = all.iter().map(requery_identifier).collect();
+            assert_eq!(
+                queries,
+                vec![
+                    id("CBE", "0406798006", Some("")),
+                    id("CBE", "0406798006", Some("APP-A"))
+                ]
+            );
+            assert_eq!(
+                choose_matching(&id("CBE", "0406798006", Some("")), m)
+                    .iter()
+                    .map(requery_identifier)
+                    .collect::<Vec<_>>(),
+                vec![id("CBE", "0406798006", Some(""))]
+            );
+            assert_eq!(
+                choose_matching(&id("CBE", "0406798006", Some("APP-A")), m),
+                vec![id("CBE", "0406798006", Some("APP-A"))]
+            );
+        }
+        // The entry of the wanted type is picked by canonical name (HUB is EHP).
+        let m = vec![vec![
+            id("CBE", "0406798006", Some("X")),
+            id("EHP", "1990001916", Some("X")),
+        ]];
+        assert_eq!(
+            choose_matching(&id("HUB", "1990001916", None), &m),
+            vec![id("EHP", "1990001916", Some("X"))]
+        );
     }
 
     #[test]

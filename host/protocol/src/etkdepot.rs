@@ -197,6 +197,11 @@ mod tests {
             rest_path(&Identifier::new("CBE", "0809394427", Some("KGSS"))),
             "/etee/v1/etks?identifier=0809394427&type=CBE&applicationIdentifier=KGSS"
         );
+        // An empty application id is sent, empty: the ETK without application id.
+        assert_eq!(
+            rest_path(&Identifier::new("CBE", "0406798006", Some(""))),
+            "/etee/v1/etks?identifier=0406798006&type=CBE&applicationIdentifier="
+        );
         assert_eq!(
             rest_path(&Identifier::new("X Y", "1&2", None)),
             "/etee/v1/etks?identifier=1%262&type=X%20Y"
@@ -222,6 +227,26 @@ mod tests {
         assert_eq!(
             parse_soap_answer(&answer(200, "text/xml", matching.to_xml())).unwrap(),
             EtkAnswer::Matching(vec![vec![id.clone()]])
+        );
+        // A MatchingEtk entry of an ETK without application id keeps its empty one.
+        let default = Identifier::new("CBE", "0406798006", Some(""));
+        let app = Identifier::new("CBE", "0406798006", Some("APP-A"));
+        let two = GetEtkResponse {
+            id: None,
+            status: Status::ok(),
+            given_search_criteria: Some(vec![Identifier::new("CBE", "0406798006", None)]),
+            result: EtkResult::MatchingEtk(vec![
+                MatchingEtk {
+                    identifiers: vec![default.clone()],
+                },
+                MatchingEtk {
+                    identifiers: vec![app.clone()],
+                },
+            ]),
+        };
+        assert_eq!(
+            parse_soap_answer(&answer(200, "text/xml", two.to_xml())).unwrap(),
+            EtkAnswer::Matching(vec![vec![default], vec![app]])
         );
         let fault = Fault::from_code(SoaCode::ContentValidation, None).to_xml();
         assert!(matches!(

@@ -85,6 +85,107 @@ fn identifier_normalisation() {
     ));
 }
 
+#[test]
+fn identifier_type_names_are_canonical() {
+    // SOAP sends the type as the caller wrote it: the lookup uses the §3.4 name.
+    for (given, canonical) in [
+        ("cbe", "CBE"),
+        ("Nihii-Pharmacy", "NIHII-PHARMACY"),
+        ("HUB", "EHP"),
+        ("hub", "EHP"),
+        (" SSIN ", "SSIN"),
+    ] {
+        let n = Identifier::new(given, "1", None).normalized().unwrap();
+        assert_eq!(n.id_type, canonical, "{given}");
+    }
+    let hub = Identifier::new("HUB", "1990001916", Some("X"))
+        .normalized()
+        .unwrap();
+    assert_eq!(hub, Identifier::new("EHP", "1990001916", Some("X")));
+    // Values too long for the type are cut as the official connector cuts them.
+    assert_eq!(
+        Identifier::new("NIHII", "10203040506", None)
+            .normalized()
+            .unwrap()
+            .value,
+        "10203040"
+    );
+}
+
+#[test]
+fn empty_application_id_is_not_an_absent_one() {
+    let default = Identifier::new("CBE", "0406798006", Some(""));
+    let any = Identifier::new("CBE", "0406798006", None);
+    assert!(default.wants_no_application() && !any.wants_no_application());
+    assert_ne!(default, any);
+    // Normalisation keeps the difference.
+    assert_eq!(
+        Identifier::new("cbe", "406798006", Some(""))
+            .normalized()
+            .unwrap(),
+        default
+    );
+    assert_eq!(
+        Identifier::new("cbe", "406798006", None)
+            .normalized()
+            .unwrap(),
+        any
+    );
+
+    // XML: written as an empty element, read back as Some(""); absent stays None.
+    let r = GetEtkRequest {
+        identifiers: vec![default.clone(), any.clone()],
+    };
+    let x = r.to_xml();
+    let text = String::from_utf8_lossy(&x);
+    assert!(
+        text.contains("ApplicationID/>") || text.contains("ApplicationID></"),
+        "{text}"
+    );
+    assert_eq!(GetEtkRequest::parse(&x).unwrap(), r);
+    let m = response(EtkResult::MatchingEtk(vec![
+        MatchingEtk {
+            identifiers: vec![default.clone()],
+        },
+        MatchingEtk {
+            identifiers: vec![Identifier::new("CBE", "0406798006", Some("APP-A"))],
+        },
+    ]));
+    assert_eq!(GetEtkResponse::parse(&m.to_xml()).unwrap(), m);
+
+    // By hand, as another client would write it: `<ApplicationID/>`, and a blank one.
+    for app in ["<ApplicationID/>", "<ApplicationID> </ApplicationID>"] {
+        let doc = format!(
+            "<GetEtkRequest xmlns='urn:be:fgov:ehealth:etkdepot:1_0:protocol'><SearchCriteria>\
+             <Identifier><Type>CBE</Type><Value>0406798006</Value>{app}</Identifier>\
+             </SearchCriteria></GetEtkRequest>"
+        );
+        let r = GetEtkRequest::from_element(&xml::parse(doc.as_bytes()).unwrap()).unwrap();
+        assert_eq!(r.identifiers, vec![default.clone()], "{app}");
+    }
+
+    // JSON: "applicationIdentifier": "" both ways; absent stays absent.
+    let j = IdentifierJson::from(&default);
+    assert_eq!(j.application_identifier.as_deref(), Some(""));
+    let e = EtkJson {
+        identifiers: vec![j, IdentifierJson::from(&any)],
+        etk: vec![1],
+        not_before: 0,
+        not_after: 1,
+    };
+    let bytes = EtkJson::list_to_json(std::slice::from_ref(&e));
+    let s = String::from_utf8(bytes.clone()).unwrap();
+    assert_eq!(
+        s.matches("\"applicationIdentifier\":\"\"").count(),
+        1,
+        "{s}"
+    );
+    let back = EtkJson::parse_list(&bytes).unwrap();
+    assert_eq!(back, vec![e]);
+    assert_eq!(Identifier::from(&back[0].identifiers[0]), default);
+    assert_eq!(Identifier::from(&back[0].identifiers[1]), any);
+}
+
 fn response(result: EtkResult) -> GetEtkResponse {
     GetEtkResponse {
         id: Some("id-1".into()),

@@ -128,6 +128,24 @@ impl EmbeddedStore {
     }
 }
 
+/// Whether a stored ETK identifier answers an ETK lookup: the holder `(id_type, value)`,
+/// and then any application id (`None`), none (`Some("")`: an ETK without application id,
+/// as PostgreSQL's `application_id IS NULL`) or exactly `application_id`.
+fn etk_identifier_matches(
+    i: &Identifier,
+    id_type: &str,
+    value: &str,
+    application_id: Option<&str>,
+) -> bool {
+    i.id_type == id_type
+        && i.value == value
+        && match application_id {
+            None => true,
+            Some("") => i.application_id.as_deref().unwrap_or("").is_empty(),
+            Some(a) => i.application_id.as_deref() == Some(a),
+        }
+}
+
 impl Store for EmbeddedStore {
     fn backend_name(&self) -> &'static str {
         "embedded"
@@ -174,7 +192,7 @@ impl Store for EmbeddedStore {
             if record
                 .identifiers
                 .iter()
-                .any(|i| i.matches(id_type, value, application_id))
+                .any(|i| etk_identifier_matches(i, id_type, value, application_id))
             {
                 found.push(record);
             }

@@ -335,7 +335,8 @@ impl Store for PgStore {
                      WHERE EXISTS (SELECT 1 FROM etk_identifier i
                                    WHERE i.digest = e.digest AND i.id_type = $1
                                      AND i.value = $2
-                                     AND ($3::text IS NULL OR i.application_id = $3))
+                                     AND ($3::text IS NULL OR i.application_id = $3
+                                          OR ($3 = '' AND i.application_id IS NULL)))
                      ORDER BY e.not_before DESC, e.digest"
                 ),
                 &[&id_type, &value, &application_id],

@@ -1,5 +1,8 @@
 //! `etee audit verify`: walks the custody core's audit chain.
 //!
+//! The result (text, or one JSON line with `--json`) is on standard output; a progress
+//! line is on standard error, only on a terminal.
+//!
 //! Exit codes: 0 the chain is intact; 1 it is broken (the first break is reported);
 //! 2 usage or I/O problems.
 
@@ -13,7 +16,8 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Verify the hash chain of the audit file of the configured token.
+    /// Verify the hash chain of the audit file of the configured token. The result, with
+    /// the head to record with each backup, is on standard output.
     Verify {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
@@ -128,20 +132,23 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         }
         Err(e) => return Err(CliError::Usage(format!("{file}: {e}"))),
     };
+    // The result goes to standard output, text or JSON, so that `etee audit verify
+    // --config F > head.txt` keeps the head to record with a backup; only the progress
+    // line (on a terminal) is on standard error.
     if json {
-        println!("{report}");
+        outln!("{report}")?;
     } else {
-        eprintln!("{text}");
-        eprintln!("file    {file}");
+        outln!("{text}")?;
+        outln!("file    {file}")?;
         for r in &last {
-            eprintln!(
+            outln!(
                 "  #{:<6} {} {:<16} {:<16} {}",
                 r["sequence"],
                 r["operation"].as_str().unwrap_or(""),
                 r["client"].as_str().unwrap_or("-"),
                 r["key"].as_str().unwrap_or("-"),
                 r["outcome"].as_str().unwrap_or("")
-            );
+            )?;
         }
     }
     Ok(code)

@@ -49,10 +49,10 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::ResetPin(args) => {
             let config = super::hsm::load_config(&args.config)?;
             let cleared = etee_hsm::CustodyKeys::reset_pin_counter(&config.hsm, &config.custody)?;
-            println!(
+            outln!(
                 "wrong-PIN counter reset ({cleared} consecutive failure(s) cleared); recorded in {}",
                 config.custody.audit_file.display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -112,21 +112,21 @@ fn write(path: &Path, text: &str) -> Result<(), CliError> {
 }
 
 impl Demo {
-    fn progress(&mut self, what: &str) {
+    fn progress(&mut self, what: &str) -> Result<(), CliError> {
         self.step += 1;
-        println!(
+        outln!(
             "[{}/{STEPS}] {what} ({:.1} s)",
             self.step,
             self.started.elapsed().as_secs_f64()
-        );
+        )
     }
 
-    fn check(&mut self, ok: bool, what: &str) {
+    fn check(&mut self, ok: bool, what: &str) -> Result<(), CliError> {
         if ok {
-            println!("      ok: {what}");
+            outln!("      ok: {what}")
         } else {
-            println!("      FAILED: {what}");
             self.failures.push(what.to_owned());
+            outln!("      FAILED: {what}")
         }
     }
 
@@ -241,7 +241,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    println!("etee demo: a local ETEE world in {}", dir.display());
+    outln!("etee demo: a local ETEE world in {}", dir.display())?;
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens)?;
     let conf = dir.join("softhsm2.conf");
@@ -261,14 +261,14 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     children.stop();
     match result {
         Ok(()) if demo.failures.is_empty() => {
-            println!(
+            outln!(
                 "etee demo: every step went as it should ({:.1} s){}",
                 demo.started.elapsed().as_secs_f64(),
                 match &args.keep {
                     Some(d) => format!("; the world is kept in {}", d.display()),
                     None => "; the world is removed".into(),
                 }
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(()) => {
@@ -294,7 +294,7 @@ fn world(
     children: &mut Children,
     args: &Args,
 ) -> Result<(), CliError> {
-    demo.progress("SoftHSM tokens for Alice (hospital), Bob (pharmacy), a doctor and KGSS");
+    demo.progress("SoftHSM tokens for Alice (hospital), Bob (pharmacy), a doctor and KGSS")?;
     for (name, _) in INSTITUTIONS {
         write_secret(&demo.dir.join(format!("{name}-user.pin")), &random_hex(8)?)?;
         write_secret(&demo.dir.join(format!("{name}-so.pin")), &random_hex(8)?)?;
@@ -310,7 +310,7 @@ fn world(
         demo.etee(&["hsm", "init", "--config", &format!("{name}-hsm.toml")])?;
     }
 
-    demo.progress("the world's CA, ETK registration authority, and keys born in the tokens");
+    demo.progress("the world's CA, ETK registration authority, and keys born in the tokens")?;
     let mut pki: Vec<String> = vec!["platform".into(), "pki".into(), "world".into()];
     for (name, identity) in INSTITUTIONS {
         pki.extend([
@@ -345,9 +345,9 @@ fn world(
     demo.check(
         private_files == 0,
         "no institution key was written to a file: they live in the tokens",
-    );
+    )?;
 
-    demo.progress("the platform: ETKDepot, KGSS, KeyDepot on loopback");
+    demo.progress("the platform: ETKDepot, KGSS, KeyDepot on loopback")?;
     let port = free_port()?;
     write(
         &demo.dir.join("platform.toml"),
@@ -385,23 +385,23 @@ fn world(
         "--doctor",
     ])?;
     if args.setup_only {
-        println!("      platform.toml (port {port})");
+        outln!("      platform.toml (port {port})")?;
     } else {
         start_platform(demo, children, port)?;
     }
 
-    demo.progress("one appliance per institution (`etee serve`, API on a Unix socket)");
+    demo.progress("one appliance per institution (`etee serve`, API on a Unix socket)")?;
     appliances(demo, children, args, port)?;
     if args.setup_only {
         let dir = demo.dir.display().to_string();
-        println!(
+        outln!(
             "etee demo: the world is ready in {dir}; start it with\n  \
              export SOFTHSM2_CONF={dir}/softhsm2.conf; cd {dir}\n  \
              etee platform serve --config platform.toml &\n  \
              etee serve --config alice-appliance.toml &   # and bob-, doctor-appliance.toml\n  \
              curl --unix-socket alice.sock -X POST --data-binary @FILE \
              'http://appliance/v1/seal?to=NIHII-PHARMACY:{PHARMACY}'"
-        );
+        )?;
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -409,7 +409,7 @@ fn world(
         .build()?;
     runtime.block_on(flows(demo))?;
 
-    demo.progress("stopping the appliances and the platform; the platform's audit chain");
+    demo.progress("stopping the appliances and the platform; the platform's audit chain")?;
     children.stop();
     platform_audit(demo)
 }
@@ -424,7 +424,7 @@ fn start_platform(demo: &mut Demo, children: &mut Children, port: u16) -> Result
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })?;
     children.0.push(("platform".into(), platform));
-    println!("      https://127.0.0.1:{port}");
+    outln!("      https://127.0.0.1:{port}")?;
     Ok(())
 }
 
@@ -459,7 +459,7 @@ fn appliances(
         let socket = demo.dir.join(format!("{name}.sock"));
         demo.wait_for(name, &mut child, || socket.exists())?;
         children.0.push((name.into(), child));
-        println!("      {name}: unix:{}", socket.display());
+        outln!("      {name}: unix:{}", socket.display())?;
     }
     Ok(())
 }
@@ -485,9 +485,9 @@ fn platform_audit(demo: &mut Demo) -> Result<(), CliError> {
         String::from_utf8_lossy(&out.stderr)
     );
     for line in text.lines() {
-        println!("      {line}");
+        outln!("      {line}")?;
     }
-    demo.check(out.status.success(), "the platform's audit chain verifies");
+    demo.check(out.status.success(), "the platform's audit chain verifies")?;
     Ok(())
 }
 
@@ -535,7 +535,7 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
     let mut bob = client(demo, "bob").await?;
     let mut doctor = client(demo, "doctor").await?;
 
-    demo.progress("Alice seals a message for pharmacy NIHII 27150201; Bob opens it");
+    demo.progress("Alice seals a message for pharmacy NIHII 27150201; Bob opens it")?;
     let message =
         b"Medication schedule for patient 85073003328: amoxicillin 500 mg, 3x/day, 7 days.";
     let sealed = alice
@@ -553,20 +553,20 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
             sealed.body.len(),
             sealed.status
         ),
-    );
+    )?;
     let opened = bob
         .call("POST", "/v1/unseal", sealed.body.clone(), true)
         .await?;
-    println!("      Bob: {}", verdict_line(&opened));
+    outln!("      Bob: {}", verdict_line(&opened))?;
     let content = opened.json()["content"]
         .as_str()
         .and_then(|c| b64.decode(c).ok());
     demo.check(
         opened.status == 200 && content.as_deref() == Some(&message[..]),
         "Bob's appliance opened it with the ETK key in Bob's token: same content, clean verdict",
-    );
+    )?;
 
-    demo.progress("Alice seals a prescription for any recognised pharmacy (KGSS); Bob opens it");
+    demo.progress("Alice seals a prescription for any recognised pharmacy (KGSS); Bob opens it")?;
     let prescription = b"Rx: paracetamol 1 g, max 4x/day. Dr. A. Hospital, NIHII 71000436.";
     let sealed_rx = alice
         .call(
@@ -586,57 +586,57 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
             "Alice's appliance got a new KGSS key ({key_id}) and sealed for it (HTTP {})",
             sealed_rx.status
         ),
-    );
+    )?;
     let opened_rx = bob
         .call("POST", "/v1/unseal", sealed_rx.body.clone(), true)
         .await?;
-    println!("      Bob: {}", verdict_line(&opened_rx));
+    outln!("      Bob: {}", verdict_line(&opened_rx))?;
     let content = opened_rx.json()["content"]
         .as_str()
         .and_then(|c| b64.decode(c).ok());
     demo.check(
         opened_rx.status == 200 && content.as_deref() == Some(&prescription[..]),
         "KGSS released the key to Bob (a recognised pharmacy) and the prescription opened",
-    );
+    )?;
 
-    demo.progress("the doctor's appliance asks for the prescription's key");
+    demo.progress("the doctor's appliance asks for the prescription's key")?;
     let refused = doctor
         .call("POST", "/v1/unseal", sealed_rx.body.clone(), true)
         .await?;
     let v = refused.json();
-    println!(
+    outln!(
         "      doctor: HTTP {} {} — {}",
         refused.status,
         v["title"].as_str().unwrap_or(""),
         v["detail"].as_str().unwrap_or("")
-    );
+    )?;
     demo.check(
         refused.status == 403 && v["title"] == "KGSS_ACCESS_DENIED",
         "KGSS refused the key to a doctor (not a recognised pharmacy); no content released",
-    );
+    )?;
 
-    demo.progress("a tampered copy of Alice's message reaches Bob");
+    demo.progress("a tampered copy of Alice's message reaches Bob")?;
     let mut tampered = sealed.body.to_vec();
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0x01;
     let rejected = bob.call("POST", "/v1/unseal", tampered, true).await?;
-    println!("      Bob: {}", verdict_line(&rejected));
+    outln!("      Bob: {}", verdict_line(&rejected))?;
     let v = rejected.json();
     demo.check(
         rejected.status == 422
             && (v["fatal"].is_string() || v["errors"].as_array().is_some_and(|e| !e.is_empty()))
             && v.get("content").is_none(),
         "rejected with the official notification; no content released",
-    );
+    )?;
 
-    demo.progress("the tail of Bob's custody audit chain (every key use, before its result)");
+    demo.progress("the tail of Bob's custody audit chain (every key use, before its result)")?;
     let audit = bob
         .call("GET", "/v1/audit?limit=100000", Vec::new(), true)
         .await?;
     let v = audit.json();
     let entries = v["entries"].as_array().cloned().unwrap_or_default();
     for e in &entries[entries.len().saturating_sub(6)..] {
-        println!(
+        outln!(
             "      #{:<4} {:<16} {:<18} key {:<14} {}",
             e["sequence"],
             e["operation"].as_str().unwrap_or(""),
@@ -646,7 +646,7 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
                 .map(|k| if k.len() > 14 { &k[..14] } else { k })
                 .unwrap_or("-"),
             e["outcome"].as_str().unwrap_or("")
-        );
+        )?;
     }
     demo.check(
         audit.status == 200 && v["intact"] == true && !entries.is_empty(),
@@ -654,6 +654,6 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
             "Bob's chain verifies: {} records",
             v["records"].as_u64().unwrap_or(0)
         ),
-    );
+    )?;
     Ok(())
 }

@@ -38,9 +38,9 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         Ok(etk) => etk,
         Err(e) => {
             if json {
-                println!("{}", json!({ "errors": [], "parse_error": e.to_string() }));
+                outln!("{}", json!({ "errors": [], "parse_error": e.to_string() }))?;
             } else {
-                println!("verdict     not an ETK: {e}");
+                outln!("verdict     not an ETK: {e}")?;
             }
             return Ok(ExitCode::from(1));
         }
@@ -51,7 +51,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let enc = etk.encryption_cert();
     let auth = etk.authentication_cert();
     if json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "errors": errors.iter().map(|e| e.name()).collect::<Vec<_>>(),
@@ -61,30 +61,30 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                 "not_before": inputs::rfc3339(enc.not_before()),
                 "not_after": inputs::rfc3339(enc.not_after()),
             })
-        );
+        )?;
     } else {
-        println!("holder      {}", auth.subject_string());
+        outln!("holder      {}", auth.subject_string())?;
         for id in identity::identities(auth) {
-            println!(
+            outln!(
                 "identifier  {}={}{}",
                 id.id_type,
                 id.value,
                 id.application_id
                     .map(|a| format!(" ({a})"))
                     .unwrap_or_default()
-            );
+            )?;
         }
-        println!("serial      {}", enc.serial_decimal());
-        println!(
+        outln!("serial      {}", enc.serial_decimal())?;
+        outln!(
             "valid       {} .. {}",
             inputs::rfc3339(enc.not_before()),
             inputs::rfc3339(enc.not_after())
-        );
+        )?;
         if errors.is_empty() {
-            println!("verdict     OK");
+            outln!("verdict     OK")?;
         }
         for e in &errors {
-            println!("error       {e}");
+            outln!("error       {e}")?;
         }
     }
     Ok(if errors.is_empty() {

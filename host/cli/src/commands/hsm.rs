@@ -116,7 +116,7 @@ fn open(config: &Config) -> Result<Hsm, CliError> {
 
 fn json_line(value: &impl serde::Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string(value).map_err(|e| CliError::Usage(e.to_string()))?;
-    println!("{text}");
+    outln!("{text}")?;
     Ok(())
 }
 
@@ -124,13 +124,13 @@ pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
     let HsmCommand::Init { config } = command;
     let config = load_config(&config)?;
     let summary = etee_hsm::init_token(&config.hsm)?;
-    println!(
+    outln!(
         "initialised token {} in slot {} ({} {})",
         summary.name(),
         summary.slot,
         summary.manufacturer,
         summary.model
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -152,9 +152,9 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             };
             let report = hsm.import(&keystore, &options)?;
             if let Some(retired) = &report.retired_authentication {
-                println!(
+                outln!(
                     "retired  the previous authentication key as {retired:?} (can no longer sign)"
-                );
+                )?;
             }
             for w in &report.warnings {
                 eprintln!("etee: warning: {w}");
@@ -165,7 +165,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                 } else {
                     "imported"
                 };
-                println!(
+                outln!(
                     "{state} {} {:?} ({} bits){}",
                     k.role,
                     k.id,
@@ -174,7 +174,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                         .as_deref()
                         .map(|s| format!(" {s}"))
                         .unwrap_or_default()
-                );
+                )?;
             }
             for (alias, why) in &report.skipped {
                 eprintln!("etee: skipped {alias:?}: {why}");
@@ -186,7 +186,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                 }
             }
             if report.ca_certificates_added > 0 {
-                println!("{} CA certificate(s) added", report.ca_certificates_added);
+                outln!("{} CA certificate(s) added", report.ca_certificates_added)?;
             }
             if report.keys.is_empty() {
                 return Err(CliError::Usage(format!(
@@ -227,7 +227,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                     crate::output::write_file(&path, &pem, false)?;
                     eprintln!("etee: CSR for key {key:?} written to {}", path.display());
                 }
-                None => print!("{}", String::from_utf8_lossy(&pem)),
+                None => out!("{}", String::from_utf8_lossy(&pem))?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -242,7 +242,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             let chain = inputs::certificates(&chain)?;
             let hsm = open(&config)?;
             let id = hsm.install_certificate(&key, &certificate, &chain)?;
-            println!(
+            outln!(
                 "installed {} for key {id:?}{}",
                 certificate.subject_string(),
                 if id == key {
@@ -250,13 +250,13 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                 } else {
                     format!(" (renamed from {key:?})")
                 }
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Attest { config, key, label } => {
             let config = load_config(&config)?;
             let request = super::attest::registration_request(&config, &key, label)?;
-            println!("{}", String::from_utf8_lossy(&request.to_json()));
+            outln!("{}", String::from_utf8_lossy(&request.to_json()))?;
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::List { config, json } => {
@@ -272,9 +272,9 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                 Some(false) => "no",
                 None => "?",
             };
-            println!("token {}", inventory.token.name());
+            outln!("token {}", inventory.token.name())?;
             for k in &inventory.keys {
-                println!(
+                outln!(
                     "key  {:?} label {:?} role {} {} {} bits sensitive={} extractable={} mechanisms={}",
                     k.id,
                     k.label,
@@ -284,13 +284,13 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                     flag(k.sensitive),
                     flag(k.extractable),
                     k.allowed_mechanisms.join(",")
-                );
+                )?;
                 if let Some(c) = &k.certificate {
-                    println!("     cert {} (serial {})", c.subject, c.serial);
+                    outln!("     cert {} (serial {})", c.subject, c.serial)?;
                 }
             }
             for c in &inventory.other_certificates {
-                println!("cert {:?} {} (serial {})", c.id, c.subject, c.serial);
+                outln!("cert {:?} {} (serial {})", c.id, c.subject, c.serial)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -34,8 +34,14 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct WorldArgs {
-    /// The world's directory: ca.pem (+ ca-key.pem, ra.pem, ra-key.pem), <name>.etk,
-    /// <name>.p12 and password for software institutions. An existing world is extended.
+    /// The world's directory; an existing world is extended. It gets: ca.pem, ra.pem (the
+    /// CA and the ETK RA); <name>.etk for every institution; for an institution without
+    /// --hsm, <name>.p12 (its keystore, encrypted under the password in `password`) and
+    /// <name>-etk-cert.pem; with --tls-server, tls-server.pem. In clear, readable by the
+    /// owner only (a test PKI only, never for real keys): the private keys ca-key.pem,
+    /// ra-key.pem, <name>-etk-key.pem (the ETK key unencrypted, for `openssl cms`
+    /// interop; not with --hsm) and tls-server-key.pem, and the keystore password in
+    /// `password`.
     dir: PathBuf,
     /// An institution as NAME:TYPE=VALUE[/APPLICATION] (repeatable), e.g.
     /// kgss:CBE=0809394427/KGSS; default (in a new world): alice:NIHII-HOSPITAL=71000436
@@ -113,12 +119,12 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
         }
         write(&args.dir, &format!("{}.etk", w.name), &etk)?;
         // The form tools parse: "NAME: SUBJECT (ETK serial N)".
-        println!(
+        outln!(
             "{}: {} (ETK serial {})",
             w.name,
             parsed.authentication_cert().subject_string(),
             parsed.key_alias()
-        );
+        )?;
     }
     if !args.tls_server.is_empty() {
         let names: Vec<&str> = args.tls_server.iter().map(String::as_str).collect();
@@ -133,7 +139,7 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
             "tls-server-key.pem",
             &server.key.private_key_to_pem_pkcs8().map_err(openssl_err)?,
         )?;
-        println!("TLS server: {}", names.join(", "));
+        outln!("TLS server: {}", names.join(", "))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -182,7 +182,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                             hex::encode(record.digest),
                             Some(ids.join(", ")),
                         )?;
-                        println!("registered {}: {}", path.display(), ids.join(", "));
+                        outln!("registered {}: {}", path.display(), ids.join(", "))?;
                     }
                     Err(e) => {
                         eprintln!("etee: {}: {e}", path.display());
@@ -244,20 +244,20 @@ fn audit(config: &PlatformConfig, tail: usize, json: bool) -> Result<ExitCode, C
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "intact": broken.is_none(), "events": seq, "head": hex::encode(hash),
                 "break": broken, "tail": events,
             })
-        );
+        )?;
     } else {
         match &broken {
-            None => println!("OK      {seq} events, head {}", hex::encode(hash)),
-            Some(b) => println!("BROKEN  after event {seq}: {b}"),
+            None => outln!("OK      {seq} events, head {}", hex::encode(hash))?,
+            Some(b) => outln!("BROKEN  after event {seq}: {b}")?,
         }
         for e in &last {
-            println!(
+            outln!(
                 "  #{} {} {:<12} {:<9} {} {}{}",
                 e.sequence,
                 crate::inputs::rfc3339(e.event.at),
@@ -270,7 +270,7 @@ fn audit(config: &PlatformConfig, tail: usize, json: bool) -> Result<ExitCode, C
                     .as_deref()
                     .map(|d| format!(" [{d}]"))
                     .unwrap_or_default()
-            );
+            )?;
         }
     }
     Ok(if broken.is_none() {
@@ -328,10 +328,12 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
                     attribute.namespace, attribute.name, attribute.value
                 )),
             )?;
-            println!(
+            outln!(
                 "{t}={v}: {} {} = {}",
-                attribute.namespace, attribute.name, attribute.value
-            );
+                attribute.namespace,
+                attribute.name,
+                attribute.value
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         AttributesCommand::Remove {
@@ -353,7 +355,7 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
                     format!("{t}={v}"),
                     Some(format!("{namespace} {name}")),
                 )?;
-                println!("{t}={v}: removed {namespace} {name}");
+                outln!("{t}={v}: removed {namespace} {name}")?;
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("etee: {t}={v} has no attribute {namespace} {name}");
@@ -377,11 +379,11 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(list));
+                outln!("{}", serde_json::Value::Array(list))?;
             } else {
                 for (t, v, attrs) in &holders {
                     for a in attrs {
-                        println!("{t}={v}\t{} {} = {}", a.namespace, a.name, a.value);
+                        outln!("{t}={v}\t{} {} = {}", a.namespace, a.name, a.value)?;
                     }
                 }
             }

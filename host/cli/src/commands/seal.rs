@@ -1,4 +1,7 @@
 //! `etee seal`.
+//!
+//! Exit codes: 0 sealed; 1 a recipient's ETK fails the official checks (refused, nothing
+//! written); 2 usage, I/O, key store or HSM problems.
 
 use crate::{inputs, output, CliError};
 use etee_formats::cms::{self, Kek, Recipient, SealOptions};
@@ -39,7 +42,8 @@ pub struct Args {
     /// Trust anchors for checking the recipients' ETKs before sealing.
     #[arg(long, value_name = "CERT")]
     trust: Vec<PathBuf>,
-    /// Seal even for ETKs that fail the official checks.
+    /// Seal even for ETKs that fail the official checks (without it such an ETK is
+    /// refused, exit 1).
     #[arg(long)]
     skip_etk_check: bool,
     /// Plaintext (default: standard input).
@@ -102,10 +106,9 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             }
             if !errors.is_empty() {
                 let names: Vec<&str> = errors.iter().map(|e| e.name()).collect();
-                return Err(CliError::Usage(format!(
-                    "ETK {} fails the official checks: {} (use --skip-etk-check to seal anyway)",
-                    path.display(),
-                    names.join(", ")
+                return Err(CliError::Refused(etk_refusal(
+                    &path.display().to_string(),
+                    &names,
                 )));
             }
         }
@@ -134,4 +137,78 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why a recipient's ETK is refused, with what to do about it: the failed checks, a hint
+/// per kind of problem, that a failing ETK may be a substituted key, and last the
+/// deliberate override.
+fn etk_refusal(path: &str, names: &[&str]) -> String {
+    let mut text = format!("ETK {path} fails the official checks: {}", names.join(", "));
+    let chain = names
+        .iter()
+        .any(|n| n.ends_with("STATUS_UNKNOWN") || n.ends_with("REVOKED") || n.contains("CHAIN"));
+    let dates = names
+        .iter()
+        .any(|n| n.ends_with("EXPIRED") || n.ends_with("NOT_YET_VALID"));
+    let other = names.iter().any(|n| {
+        !(n.ends_with("STATUS_UNKNOWN")
+            || n.ends_with("REVOKED")
+            || n.contains("CHAIN")
+            || n.ends_with("EXPIRED")
+            || n.ends_with("NOT_YET_VALID"))
+    });
+    if chain {
+        text.push_str(
+            "\n  - its certificate does not chain to a --trust anchor: check that --trust names \
+             the CA the recipient's ETK must chain to",
+        );
+    }
+    if dates {
+        text.push_str(
+            "\n  - it is expired or not yet valid: get the recipient's current ETK (e.g. from \
+             ETKDepot), and check this machine's clock",
+        );
+    }
+    if other {
+        text.push_str("\n  - it is malformed, or its certificates do not belong together");
+    }
+    text.push_str(
+        "\n  - an ETK that fails its checks may be a substituted key (someone else's, under \
+         the recipient's name): do not seal for it before knowing why it fails\n  \
+         (--skip-etk-check seals anyway, as a deliberate override)",
+    );
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etk_refusal;
+
+    #[test]
+    fn the_refusal_fits_the_problem_and_ends_with_the_override() {
+        let chain = etk_refusal("bob.etk", &["ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN"]);
+        assert!(chain.contains("--trust"), "{chain}");
+        assert!(chain.contains("substituted"), "{chain}");
+        assert!(!chain.contains("expired"), "{chain}");
+        assert!(
+            chain.trim_end().ends_with("deliberate override)"),
+            "{chain}"
+        );
+        assert!(
+            chain.find("--trust").unwrap() < chain.find("--skip-etk-check").unwrap(),
+            "{chain}"
+        );
+
+        let expired = etk_refusal("bob.etk", &["ETK_ENCRYPTION_CERT_EXPIRED"]);
+        assert!(expired.contains("current ETK"), "{expired}");
+        assert!(!expired.contains("--trust"), "{expired}");
+        assert!(expired.contains("--skip-etk-check"), "{expired}");
+
+        let bad = etk_refusal("bob.etk", &["ETK_CERTS_DO_NOT_MATCH"]);
+        assert!(bad.contains("malformed"), "{bad}");
+        assert!(
+            !bad.contains("--trust") && !bad.contains("current ETK"),
+            "{bad}"
+        );
+    }
 }

@@ -110,10 +110,14 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
     }
     if args.json {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{}", report(&result))?;
+        outln!("{}", report(&result))?;
     } else {
         eprint!("{}", human(&result));
+        if args.trust.is_empty() {
+            if let Some(note) = no_trust_note(&result) {
+                eprintln!("{note}");
+            }
+        }
     }
     Ok(if clean {
         ExitCode::SUCCESS
@@ -125,6 +129,25 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
 /// The one-line JSON verdict (the appliance's API answers the same).
 pub fn report(r: &Unsealed) -> serde_json::Value {
     etee_appliance::report::unseal_report(r)
+}
+
+/// Without `--trust` no certificate chain can be trusted: a hint when the verdict says so
+/// (`seal` says the same of the ETKs it could not check).
+fn no_trust_note(r: &Unsealed) -> Option<String> {
+    let untrusted: Vec<&str> = r
+        .verdict
+        .errors
+        .iter()
+        .map(|e| e.name())
+        .filter(|n| n.ends_with("CHAIN_NOT_TRUSTED"))
+        .collect();
+    (!untrusted.is_empty()).then(|| {
+        format!(
+            "etee: note: no --trust given, so no certificate chain can be trusted ({}): give \
+             --trust CERT, the CA the sender's certificate must chain to",
+            untrusted.join(", ")
+        )
+    })
 }
 
 fn human(r: &Unsealed) -> String {

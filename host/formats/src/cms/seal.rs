@@ -134,7 +134,7 @@ pub fn seal<R: Read, W: Write>(
     middle.raw(&oid::der(oid::ENVELOPED_DATA))?;
     middle.open(tag::ctx_cons(0))?;
     middle.open(tag::SEQUENCE)?;
-    middle.raw(&small_uint(if kek.is_some() { 2 } else { 0 }))?;
+    middle.raw(&small_uint(enveloped_data_version(recipients, kek)))?;
     middle.raw(&recipient_infos)?;
     middle.open(tag::SEQUENCE)?;
     middle.raw(&oid::der(oid::DATA))?;
@@ -243,6 +243,42 @@ fn close_signed_data<W: Write>(
     Ok(())
 }
 
+/// The EnvelopedData version (RFC 5652 §6.1; no originatorInfo, no unprotectedAttrs, no
+/// pwri or ori here): 0 when every recipient info is version 0 (KTRIs by issuer and
+/// serial), else 2: a KTRI by subjectKeyIdentifier is version 2, a KEKRecipientInfo
+/// version 4. The official library writes 2 with a KEK (spec §2).
+fn enveloped_data_version(recipients: &[Recipient], kek: Option<&Kek>) -> u64 {
+    let all_v0 = recipients
+        .iter()
+        .all(|r| matches!(r, Recipient::Certificate(_)));
+    if all_v0 && kek.is_none() {
+        0
+    } else {
+        2
+    }
+}
+
+/// `AlgorithmIdentifier { id-aes192-wrap (2.16.840.1.101.3.4.1.25) }`, parameters absent.
+const ALG_AES192_WRAP: &[u8] = &[
+    0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x19,
+];
+/// `AlgorithmIdentifier { id-aes256-wrap (2.16.840.1.101.3.4.1.45) }`, parameters absent.
+const ALG_AES256_WRAP: &[u8] = &[
+    0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2d,
+];
+
+/// The key-encryption algorithm of a KEKRecipientInfo for a KEK of `len` bytes: the
+/// RFC 3394 AES key wrap of that key size (RFC 3565 §2.3.2), parameters absent, as
+/// BouncyCastle's `JceKEKRecipientInfoGenerator` labels it.
+fn kek_wrap_algorithm(len: usize) -> Result<&'static [u8], SealError> {
+    match len {
+        16 => Ok(oid::ALG_AES128_WRAP),
+        24 => Ok(ALG_AES192_WRAP),
+        32 => Ok(ALG_AES256_WRAP),
+        other => Err(SealError::BadKek(other)),
+    }
+}
+
 fn recipient_infos(
     recipients: &[Recipient],
     kek: Option<&Kek>,
@@ -288,7 +324,7 @@ fn recipient_infos(
         let mut body = Vec::new();
         body.extend_from_slice(&small_uint(4));
         body.extend_from_slice(&seq(&[&octets(kek.id())]));
-        body.extend_from_slice(oid::ALG_AES128_WRAP);
+        body.extend_from_slice(kek_wrap_algorithm(kek.key().len())?);
         body.extend_from_slice(&octets(&wrapped));
         let mut kekri = Vec::new();
         push_tlv(&mut kekri, tag::ctx_cons(2), &body);
@@ -462,5 +498,46 @@ impl<W: Write> Write for OuterContent<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_algorithm_follows_the_kek_length() {
+        let oid_of = |alg: &[u8]| alg[4..].to_vec();
+        assert_eq!(kek_wrap_algorithm(16).unwrap(), oid::ALG_AES128_WRAP);
+        assert_eq!(oid_of(kek_wrap_algorithm(16).unwrap()), oid::AES128_WRAP);
+        // 2.16.840.1.101.3.4.1.25 and .45.
+        assert_eq!(
+            oid_of(kek_wrap_algorithm(24).unwrap()),
+            [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 25]
+        );
+        assert_eq!(
+            oid_of(kek_wrap_algorithm(32).unwrap()),
+            [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 45]
+        );
+        assert!(matches!(kek_wrap_algorithm(20), Err(SealError::BadKek(20))));
+    }
+
+    #[test]
+    fn enveloped_data_version_per_rfc_5652() {
+        let key = PKey::public_key_from_der(
+            &openssl::rsa::Rsa::generate(1024)
+                .unwrap()
+                .public_key_to_der()
+                .unwrap(),
+        )
+        .unwrap();
+        let by_ski = Recipient::KeyId {
+            ski: b"k".to_vec(),
+            public_key: key,
+        };
+        let kek = Kek::new(&[7; 16], b"id").unwrap();
+        assert_eq!(enveloped_data_version(&[], Some(&kek)), 2);
+        assert_eq!(enveloped_data_version(std::slice::from_ref(&by_ski), None), 2);
+        assert_eq!(enveloped_data_version(&[by_ski], Some(&kek)), 2);
     }
 }

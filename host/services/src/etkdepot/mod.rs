@@ -9,7 +9,7 @@ pub use rest::{EtkJson, Problem};
 use crate::error::{schema, Error};
 use crate::soap::{self, LangString};
 use crate::xml::{self, base64_leaf, nonempty_leaf, Element};
-use etee_formats::identity::{normalize_value, Identity};
+use etee_formats::identity::{lookup_identifier, Identity};
 
 /// The ETKDepot protocol namespace (elements qualified).
 pub const PROTOCOL_NS: &str = "urn:be:fgov:ehealth:etkdepot:1_0:protocol";
@@ -21,6 +21,11 @@ pub const STATUS_OK: &str = "200";
 const P: Option<&str> = Some(PROTOCOL_NS);
 
 /// One search criterion / matching identifier: `Type`, `Value`, optional `ApplicationID`.
+///
+/// The application id has three states, kept apart everywhere (XML, JSON, normalisation,
+/// the store): `None` (no `ApplicationID` element: every ETK of the holder), `Some("")`
+/// (an empty `<ApplicationID/>`: exactly the holder's ETK(s) *without* an application id;
+/// etee's own convention, see `docs/platform.md`), and `Some(app)` (the ETK(s) of `app`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Identifier {
     /// An identifier type of spec §3.4 (`CBE`, `SSIN`, `NIHII-PHARMACY`, ...).
@@ -38,15 +43,24 @@ impl Identifier {
         }
     }
 
-    /// The identifier with its value zero-padded as ETKDepot stores it (§3.4); an unknown
-    /// type or an impossible value is a content error.
+    /// The identifier as ETKDepot looks it up (§3.4): the canonical type name (`cbe` →
+    /// `CBE`, `HUB` → `EHP`) and the value formatted as the official connector does
+    /// (zero-padded, or cut to the type's length). The application id is kept as it is, an
+    /// empty one included. An unknown type or an impossible value is a content error.
     pub fn normalized(&self) -> Result<Self, Error> {
-        let value = normalize_value(&self.id_type, &self.value)
+        let (id_type, value) = lookup_identifier(&self.id_type, &self.value)
             .map_err(|e| Error::Content(e.to_string()))?;
         Ok(Identifier {
+            id_type: id_type.to_owned(),
             value,
-            ..self.clone()
+            application_id: self.application_id.clone(),
         })
+    }
+
+    /// Whether this identifier asks for the ETK(s) without an application id (an empty
+    /// `ApplicationID`).
+    pub fn wants_no_application(&self) -> bool {
+        self.application_id.as_deref() == Some("")
     }
 
     fn to_element(&self) -> Element {
@@ -54,6 +68,7 @@ impl Identifier {
             .with_child(Element::leaf(P, "Type", &self.id_type))
             .with_child(Element::leaf(P, "Value", &self.value));
         if let Some(app) = &self.application_id {
+            // Written even when empty: `<ApplicationID/>` is not an absent one.
             e = e.with_child(Element::leaf(P, "ApplicationID", app));
         }
         e
@@ -63,9 +78,10 @@ impl Identifier {
         let mut c = e.children_in_order()?;
         let id_type = nonempty_leaf(c.required(P, "Type")?)?.to_owned();
         let value = nonempty_leaf(c.required(P, "Value")?)?.to_owned();
+        // An empty (or blank) ApplicationID is kept as `Some("")`.
         let application_id = c
             .optional(P, "ApplicationID")
-            .map(|a| nonempty_leaf(a).map(str::to_owned))
+            .map(|a| a.leaf_text().map(|t| trim_xml_space(t).to_owned()))
             .transpose()?;
         c.finish()?;
         Ok(Identifier {
@@ -74,6 +90,11 @@ impl Identifier {
             application_id,
         })
     }
+}
+
+/// `t` without leading and trailing XML white space.
+fn trim_xml_space(t: &str) -> &str {
+    t.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
 }
 
 impl From<Identity> for Identifier {

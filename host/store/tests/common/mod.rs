@@ -158,6 +158,53 @@ pub fn etks(h: &impl Harness) {
     );
 }
 
+/// An empty application id asks for the ETKs *without* an application id (PostgreSQL:
+/// `application_id IS NULL`); an absent one for all of them.
+pub fn etks_without_application_id(h: &impl Harness) {
+    let s = h.open();
+    let default = etk("default", &[("CBE", "0406798006")], None, 100);
+    let renewed = etk("default-renewed", &[("CBE", "0406798006")], None, 200);
+    let app_a = etk("app-a", &[("CBE", "0406798006")], Some("APP-A"), 150);
+    let app_b = etk(
+        "app-b",
+        &[("CBE", "0406798006"), ("EHP", "1990001916")],
+        Some("APP-B"),
+        300,
+    );
+    let other = etk("other", &[("CBE", "0999999999")], None, 400);
+    for r in [&default, &renewed, &app_a, &app_b, &other] {
+        s.put_etk(r).unwrap();
+    }
+    assert_eq!(
+        s.find_etks("CBE", "0406798006", None).unwrap(),
+        vec![
+            app_b.clone(),
+            renewed.clone(),
+            app_a.clone(),
+            default.clone()
+        ]
+    );
+    assert_eq!(
+        s.find_etks("CBE", "0406798006", Some("")).unwrap(),
+        vec![renewed, default],
+        "only the ETKs without application id, newest first"
+    );
+    assert_eq!(
+        s.find_etks("CBE", "0406798006", Some("APP-A")).unwrap(),
+        vec![app_a]
+    );
+    // A holder with application ids only has no ETK without one.
+    assert!(s
+        .find_etks("EHP", "1990001916", Some(""))
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.find_etks("EHP", "1990001916", None).unwrap(), vec![app_b]);
+    assert!(s
+        .find_etks("CBE", "0123456789", Some(""))
+        .unwrap()
+        .is_empty());
+}
+
 pub fn kgss_keys(h: &impl Harness) {
     let s = h.open();
     let key = kgss_key(1);
@@ -662,7 +709,7 @@ pub fn concurrent_remember_with_event(h: &impl Harness) {
 macro_rules! store_suite {
     ($make:expr) => {
         $crate::store_suite!(@tests $make;
-            backend_and_open_helper, etks, kgss_keys, public_keys, attributes, replay,
+            backend_and_open_helper, etks, etks_without_application_id, kgss_keys, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
             concurrent_audit_appends, remember_with_event, concurrent_remember_with_event);
     };

@@ -797,6 +797,63 @@ fn bit_flips_in_the_official_message() {
 
 // ---- (c) re-ordered structures ---------------------------------------------------------
 
+/// A WEB_AUTHN signer (subjectKeyIdentifier) accepts RSASSA-PSS only, as the official
+/// library (spec §1.2): the same message with its outer signatureAlgorithm changed to
+/// sha256WithRSAEncryption is refused for the algorithm, not only for the signature.
+#[test]
+fn a_web_authn_signer_must_use_pss() {
+    let w = world();
+    let ski = b"robustness-web-key".to_vec();
+    let mut keys = SoftwareKeys::new();
+    keys.insert(KeyId("web".into()), w.bob.auth.key.clone());
+    let signer = SigningKey {
+        ops: Arc::new(keys),
+        key: KeyId("web".into()),
+        signer: SignerRef::KeyId(ski.clone()),
+    };
+    let mut msg = Vec::new();
+    seal(
+        &signer,
+        std::slice::from_ref(&w.bob_recipient),
+        None,
+        &w.small_plain[..],
+        &mut msg,
+        &SealOptions {
+            signing_time: Some(w.now),
+        },
+    )
+    .unwrap();
+    let public =
+        openssl::pkey::PKey::public_key_from_der(&w.bob.auth.key.public_key_to_der().unwrap())
+            .unwrap();
+    let o = UnsealOptions {
+        expected_signers: vec![etee_formats::cms::ExpectedSigner::KeyId {
+            ski,
+            public_key: public,
+        }],
+        ..opts(w)
+    };
+    let (u, content) = open(&msg, &w.bob_ring, &o);
+    assert!(u.verdict.is_clean(), "{:?}", u.verdict);
+    assert!(content.is_some());
+    // The outer signatureAlgorithm is the last id-RSASSA-PSS OID in the clear (the one
+    // in cmsAlgorithmProtect, inside the signed attributes, comes before it).
+    let pss = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a,
+    ];
+    let at = msg.windows(pss.len()).rposition(|x| x == pss).unwrap();
+    msg[at + pss.len() - 1] = 0x0b; // sha256WithRSAEncryption
+    let (u, content) = open(&msg, &w.bob_ring, &o);
+    assert!(content.is_none());
+    assert!(
+        u.verdict
+            .errors
+            .contains(&E::OUTER_SIGNATURE_ALGORITHM_UNAUTHORIZED),
+        "{:?}",
+        u.verdict
+    );
+}
+
 #[test]
 fn many_recipient_infos_for_our_key_cost_one_decryption() {
     // Thousands of KeyTransRecipientInfos naming Bob's ETK, garbage blobs but for the

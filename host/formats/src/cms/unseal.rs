@@ -1122,7 +1122,10 @@ fn check_layer(
 ) -> Resolved {
     let pick = |o: E, i: E| if outer { o } else { i };
     let policy = match &si.sid {
-        SignerId::SubjectKeyId(_) => Some(Policy::WebAuthn),
+        // WEB_AUTHN accepts RSASSA-PSS only (spec §1.2).
+        SignerId::SubjectKeyId(_) => {
+            (si.signature_alg.as_slice() == oid::RSASSA_PSS).then_some(Policy::WebAuthn)
+        }
         SignerId::IssuerSerial { .. } => match si.signature_alg.as_slice() {
             x if x == oid::RSASSA_PSS => Some(Policy::EhealthCert),
             x if x == oid::SHA256_WITH_RSA || x == oid::RSA_ENCRYPTION => Some(Policy::Eid),

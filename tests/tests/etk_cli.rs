@@ -5,7 +5,7 @@
 //! judge the authentication certificate's chain and reports exactly
 //! `ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN` (exit 1), every other check still applies;
 //! `seal` without `--trust` drops that chain verdict and seals (exit 0), while `seal` with
-//! a `--trust` that does not anchor the ETK refuses (exit 2) unless `--skip-etk-check`.
+//! a `--trust` that does not anchor the ETK refuses (exit 1) unless `--skip-etk-check`.
 
 use etee_e2e::{etee, now_unix, parse_rfc3339, rfc3339, scratch, Output, World};
 use serde_json::{json, Value};
@@ -239,7 +239,7 @@ fn seal_checks_the_recipient_etk() {
     // An anchor that does not vouch for Bob's ETK: refused, nothing written.
     let foreign = w.etk_cert_pem("alice");
     let r = seal(Some(&foreign), false, "refused");
-    r.code(2);
+    r.code(1);
     assert!(
         r.stderr.contains("fails the official checks")
             && r.stderr.contains("ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN")

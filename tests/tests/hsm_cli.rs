@@ -130,7 +130,18 @@ fn hsm_token_seals_unseals_and_audits() {
     assert_eq!(report["intact"], Value::Bool(true), "{report}");
     let records = report["records"].as_u64().unwrap();
     assert_eq!(records, (1 + 2 * 2 + 1) + (1 + 2 + 1), "{report}");
-    rig.etee(["audit", "verify"]).run().code(0);
+    // The text result is on standard output (`etee audit verify > head.txt` keeps the
+    // head to record with a backup).
+    let run = rig.etee(["audit", "verify"]).run();
+    run.code(0);
+    let text = String::from_utf8(run.stdout).unwrap();
+    let head = report["head"].as_str().unwrap();
+    assert!(
+        text.starts_with("OK ") && text.contains(&format!("head {head}")),
+        "{text} (stderr: {})",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(head), "{}", run.stderr);
 
     // A damaged byte in the middle: exit 1, naming the first broken record.
     let mut bytes = std::fs::read(rig.audit_file()).unwrap();
@@ -145,9 +156,10 @@ fn hsm_token_seals_unseals_and_audits() {
     assert!(sequence > 0 && sequence < records, "{report}");
     let run = rig.etee(["audit", "verify"]).run();
     run.code(1);
+    let text = String::from_utf8_lossy(&run.stdout);
     assert!(
-        run.stderr.contains(&format!("record {sequence}")),
-        "{}",
+        text.starts_with("BROKEN ") && text.contains(&format!("record {sequence}")),
+        "{text} (stderr: {})",
         run.stderr
     );
     // The custody core refuses to run on a damaged chain (fail closed).
@@ -506,4 +518,43 @@ fn a_renewed_keystore_replaces_the_authentication_key() {
     let run = import(&renewed, "alice", true);
     run.code(0);
     assert!(!String::from_utf8_lossy(&run.stdout).contains("retired"));
+}
+
+/// `etee keys list | head -1`: the reader goes away after the first line; the command
+/// stops writing and exits quietly (141, as a writer killed by SIGPIPE), no panic.
+#[test]
+fn keys_list_into_a_closed_pipe_is_quiet() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    rig.etee(["hsm", "init"]).run().code(0);
+    for profile in ["authentication", "etk"] {
+        rig.etee(["keys", "generate"])
+            .args(["--profile", profile])
+            .run()
+            .code(0);
+    }
+    // A pipe whose reader has already exited (`etee --version` does not read its input).
+    let mut reader = std::process::Command::new(etee_e2e::etee_bin())
+        .arg("--version")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let closed = reader.stdin.take().unwrap();
+    assert!(reader.wait().unwrap().success());
+    let out = std::process::Command::new(etee_e2e::etee_bin())
+        .args(["keys", "list", "--config"])
+        .arg(&rig.config)
+        .env("SOFTHSM2_CONF", &rig.hsm.conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(closed)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
 }

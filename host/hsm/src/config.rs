@@ -629,7 +629,9 @@ impl HsmConfig {
             (None, None) => Ok(None),
         };
         let pin = source(raw.pin_file, raw.pin_credential, "pin")?
-            .ok_or_else(|| HsmError::Config("[hsm] needs pin_file".into()))?;
+            .ok_or_else(|| HsmError::Config(
+                "[hsm] needs pin_file (a file holding the user PIN) or pin_credential (a systemd credential)".into(),
+            ))?;
         let so_pin = source(raw.so_pin_file, raw.so_pin_credential, "so_pin")?;
         if raw.sessions == Some(0) || raw.sessions.is_some_and(|n| n > 256) {
             return Err(HsmError::Config("[hsm] sessions must be 1 to 256".into()));

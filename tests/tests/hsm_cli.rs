@@ -143,6 +143,18 @@ fn hsm_token_seals_unseals_and_audits() {
     );
     assert!(!run.stderr.contains(head), "{}", run.stderr);
 
+    // An incomplete last record (a crash, or an alteration): still exit 0, with a warning.
+    let whole = std::fs::read(rig.audit_file()).unwrap();
+    std::fs::write(rig.audit_file(), &whole[..whole.len() - 3]).unwrap();
+    let run = rig.etee(["audit", "verify"]).run();
+    run.code(0);
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        text.contains("WARNING the last record is incomplete or damaged"),
+        "{text}"
+    );
+    std::fs::write(rig.audit_file(), &whole).unwrap();
+
     // A damaged byte in the middle: exit 1, naming the first broken record.
     let mut bytes = std::fs::read(rig.audit_file()).unwrap();
     let middle = bytes.len() / 2;
@@ -162,14 +174,22 @@ fn hsm_token_seals_unseals_and_audits() {
         "{text} (stderr: {})",
         run.stderr
     );
-    // The custody core refuses to run on a damaged chain (fail closed).
-    rig.etee(["seal"])
+    // The custody core refuses to run on a damaged chain (fail closed), and says so.
+    let refused = rig
+        .etee(["seal"])
         .arg("--to")
         .arg(w.etk("bob"))
         .arg("--in")
         .arg(&input)
-        .run()
-        .code(2);
+        .run();
+    refused.code(2);
+    assert!(
+        refused.stderr.contains("custody audit chain")
+            && refused.stderr.contains("damaged")
+            && refused.stderr.contains("A damaged audit chain"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[test]

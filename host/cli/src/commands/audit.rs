@@ -78,7 +78,10 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                     ),
                 },
                 if s.torn_tail {
-                    " (a torn final record from a crash follows; it is cut when the core next opens the file)"
+                    "\nWARNING the last record is incomplete or damaged: a crash while it was written, \
+                     or an alteration (they look alike). The core cuts it when it next opens the \
+                     file and keeps its bytes in <file>.torn-<offset>; with no crash to explain \
+                     it, compare the head with one recorded elsewhere"
                 } else {
                     ""
                 }

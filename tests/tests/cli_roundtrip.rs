@@ -188,6 +188,44 @@ fn large_content_waits_in_an_encrypted_spool_and_leaves_nothing_behind() {
     assert_eq!(left(&out_dir), 1, "only the written file");
 }
 
+/// `--out` naming something that is not a regular file (a FIFO here; `/dev/null` or
+/// `/dev/stdout` alike) is written in place: the atomic rename used for files would replace
+/// it with a regular file.
+#[test]
+fn out_to_a_fifo_writes_into_it_and_leaves_it_a_fifo() {
+    use std::os::unix::fs::FileTypeExt;
+    let w = world();
+    let scratch = etee_e2e::scratch();
+    let fifo = scratch.path().join("content.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let plain = content(5_000, 3);
+    let sealed = w.seal(scratch.path(), "alice", &["bob"], &plain);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    etee(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--out")
+        .arg(&fifo)
+        .password(&w.password)
+        .stdin(sealed)
+        .run()
+        .code(0);
+    assert!(
+        reader.join().unwrap() == plain,
+        "the FIFO's reader got the content"
+    );
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "still a FIFO: {kind:?}");
+}
+
 #[test]
 fn stdin_to_stdout_in_both_directions() {
     let w = world();

@@ -84,12 +84,12 @@ impl Pending {
     /// in the temporary directory.
     pub fn new(out: Option<&Path>) -> Result<Self, CliError> {
         let dir = match out {
-            Some(path) => path
+            Some(path) if !is_special(path) => path
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."))
                 .to_path_buf(),
-            None => std::env::temp_dir(),
+            _ => std::env::temp_dir(),
         };
         etee_appliance::spool::check_dir(&dir).map_err(|source| CliError::File {
             path: dir.display().to_string(),
@@ -120,6 +120,14 @@ impl Pending {
             path: dest.display().to_string(),
             source,
         };
+        if is_special(&dest) {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&dest)
+                .map_err(failed)?;
+            io::copy(&mut content, &mut out).map_err(failed)?;
+            return out.flush().map_err(failed);
+        }
         let dir = dest
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -140,6 +148,14 @@ impl Pending {
         }
         Ok(())
     }
+}
+
+/// Whether `path` exists and is not a regular file: a device (`/dev/null`, `/dev/stdout`),
+/// a FIFO, a directory. Such a destination is written in place (or refused by the system,
+/// for a directory): renaming a new file over it would replace it, and for `/dev/null` that
+/// breaks the whole machine.
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file())
 }
 
 /// Writes a sealed message: atomically to a file, or straight to standard output
@@ -176,6 +192,13 @@ pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CliErro
         path: path.display().to_string(),
         source,
     };
+    if is_special(path) {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(failed)?;
+        return out.write_all(bytes).map_err(failed);
+    }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -196,4 +219,40 @@ pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CliErro
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_file_replaces_files_atomically_and_writes_into_fifos() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key.pem");
+        std::fs::write(&file, b"old").unwrap();
+        write_file(&file, b"new", true).unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+
+        let fifo = dir.path().join("out.fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        write_file(&fifo, b"through the pipe", false).unwrap();
+        assert_eq!(reader.join().unwrap(), b"through the pipe");
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
 }

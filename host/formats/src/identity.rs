@@ -641,9 +641,13 @@ mod tests {
         ));
         // Comparing identities stays lossless.
         assert!(matches!(
-            normalize_value("CBE", "08093944271"),
+            normalize_value("CBE", "18093944271"),
             Err(IdentityError::TooLong { digits: 10, .. })
         ));
+        assert_eq!(
+            lookup_identifier("CBE", "18093944271").unwrap().1,
+            "1809394427"
+        );
         assert_eq!(canonical_type("hub"), Some("EHP"));
         assert_eq!(canonical_type("cbe-treat_center"), Some("CBE-TREAT_CENTER"));
         assert_eq!(canonical_type("PLANET"), None);

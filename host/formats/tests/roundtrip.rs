@@ -499,3 +499,213 @@ fn addressees_are_read_from_the_head() {
         Err(Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT)
     );
 }
+
+/// The middle layer of a sealed message: the BER of its ContentInfo(EnvelopedData), the
+/// EnvelopedData version, and the keyEncryptionAlgorithm OID (content octets) of each
+/// KEKRecipientInfo.
+fn middle_layer(msg: &[u8]) -> (Vec<u8>, i64, Vec<Vec<u8>>) {
+    use etee_formats::ber::slice::parse_exact;
+    use etee_formats::ber::tag;
+    let outer = parse_exact(msg).unwrap();
+    let mut ci = outer.seq().unwrap();
+    ci.next(tag::OID).unwrap();
+    let signed = ci
+        .next(tag::ctx_cons(0))
+        .unwrap()
+        .seq()
+        .unwrap()
+        .any()
+        .unwrap();
+    let mut sd = signed.seq().unwrap();
+    sd.next(tag::INTEGER).unwrap();
+    sd.next(tag::SET).unwrap();
+    let mut encap = sd.next(tag::SEQUENCE).unwrap().seq().unwrap();
+    encap.next(tag::OID).unwrap();
+    let econtent = encap
+        .next(tag::ctx_cons(0))
+        .unwrap()
+        .seq()
+        .unwrap()
+        .any()
+        .unwrap();
+    let middle = econtent.octets().unwrap().into_owned();
+
+    let ci = parse_exact(&middle).unwrap();
+    let mut ci = ci.seq().unwrap();
+    ci.next(tag::OID).unwrap();
+    let env = ci
+        .next(tag::ctx_cons(0))
+        .unwrap()
+        .seq()
+        .unwrap()
+        .any()
+        .unwrap();
+    let mut env = env.seq().unwrap();
+    let version = env.next(tag::INTEGER).unwrap().small_int().unwrap();
+    let infos = env.next(tag::SET).unwrap();
+    let mut wraps = Vec::new();
+    for ri in infos.children() {
+        let ri = ri.unwrap();
+        if ri.tag == tag::ctx_cons(2) {
+            let mut kekri = ri.seq().unwrap();
+            assert_eq!(kekri.next(tag::INTEGER).unwrap().small_int().unwrap(), 4);
+            kekri.next(tag::SEQUENCE).unwrap();
+            let mut alg = kekri.next(tag::SEQUENCE).unwrap().seq().unwrap();
+            wraps.push(alg.next(tag::OID).unwrap().content.to_vec());
+            assert!(!alg.has_more().unwrap(), "wrap parameters must be absent");
+        }
+    }
+    (middle, version, wraps)
+}
+
+/// Whether the `openssl` command is there (tests using it are skipped otherwise).
+fn openssl_cli() -> bool {
+    let there = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok();
+    if !there {
+        eprintln!("skipping: openssl not on PATH");
+    }
+    there
+}
+
+/// A KEK of 16, 24 or 32 bytes: the KEKRecipientInfo names the AES key wrap of that size
+/// (id-aes128/192/256-wrap, as BouncyCastle labels it); the EnvelopedData is version 2; the
+/// KEK opens the message; `openssl cms -decrypt -secretkey` decrypts the middle layer.
+#[test]
+fn kek_of_each_size_is_labelled_with_its_wrap() {
+    let w = world();
+    let data = payload(2500, 7);
+    let key_id = b"kgss-key-id-sizes";
+    for (len, last_arc) in [(16usize, 5u8), (24, 25), (32, 45)] {
+        let key: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(37) ^ 0x5a).collect();
+        let kek = Kek::new(&key, key_id).unwrap();
+        for recipients in [vec![], vec![w.bob.recipient.clone()]] {
+            let who = format!("{len}-byte KEK, {} KTRI", recipients.len());
+            let msg = seal_vec(&w.alice, &recipients, Some(&kek), &data);
+            let (middle, version, wraps) = middle_layer(&msg);
+            assert_eq!(version, 2, "{who}");
+            assert_eq!(
+                wraps,
+                vec![vec![
+                    0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, last_arc
+                ]],
+                "{who}"
+            );
+
+            // Our unsealer unwraps with every size. The official policy (LIB220
+            // UNKNOWN_RECIPIENT) authorises id-aes128-wrap only, so the larger wraps are
+            // reported as it reports them, and the content is then withheld.
+            let mut opts = unseal_options(w);
+            opts.kek = Some(Zeroizing::new(key.clone()));
+            let result = unseal_to_vec(&msg, &KeyRing::new(), &opts);
+            if len == 16 {
+                assert_opens(&result, &data, &who);
+            } else {
+                let (u, _) = &result;
+                assert_eq!(u.verdict.fatal, None, "{who}: {:?}", u.verdict);
+                assert_eq!(
+                    u.verdict.errors,
+                    vec![E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED],
+                    "{who}"
+                );
+                assert_eq!(u.content_sha256, sha256(&data), "{who}: decrypted content");
+            }
+            // A wrong KEK of the same size does not open it.
+            let mut wrong = key.clone();
+            wrong[0] ^= 1;
+            opts.kek = Some(Zeroizing::new(wrong));
+            let (u, content) = unseal_to_vec(&msg, &KeyRing::new(), &opts);
+            assert_eq!(
+                u.verdict.fatal,
+                Some(Fatal::SECRET_KEY_CAN_NOT_DECRYPT_KEKRECIPIENTINFOS),
+                "{who}"
+            );
+            assert!(content.is_none());
+
+            if !openssl_cli() {
+                continue;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let (input, output) = (dir.path().join("middle.der"), dir.path().join("inner.der"));
+            std::fs::write(&input, &middle).unwrap();
+            let out = std::process::Command::new("openssl")
+                .args(["cms", "-decrypt", "-binary", "-inform", "DER", "-in"])
+                .arg(&input)
+                .args(["-secretkey", &hex::encode(&key)])
+                .args(["-secretkeyid", &hex::encode(key_id)])
+                .arg("-out")
+                .arg(&output)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{who}: openssl cms -decrypt failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // What openssl decrypted is the inner SignedData, holding the plaintext.
+            let inner = std::fs::read(&output).unwrap();
+            let ci = etee_formats::ber::slice::parse_exact(&inner).unwrap();
+            let mut ci = ci.seq().unwrap();
+            ci.next(etee_formats::ber::tag::OID).unwrap();
+            let sd = ci
+                .next(etee_formats::ber::tag::ctx_cons(0))
+                .unwrap()
+                .seq()
+                .unwrap()
+                .any()
+                .unwrap();
+            let mut sd = sd.seq().unwrap();
+            sd.any().unwrap();
+            sd.any().unwrap();
+            let mut encap = sd.any().unwrap().seq().unwrap();
+            encap.any().unwrap();
+            let econtent = encap.any().unwrap().seq().unwrap().any().unwrap();
+            assert_eq!(econtent.octets().unwrap().as_ref(), &data[..], "{who}");
+        }
+    }
+}
+
+/// RFC 5652 §6.1: EnvelopedData version 0 only when every recipient info is version 0
+/// (KTRIs by issuer and serial); a KTRI by subjectKeyIdentifier (version 2) or a KEK
+/// recipient makes it 2. Every form opens cleanly for its recipient.
+#[test]
+fn enveloped_data_version_follows_the_recipient_infos() {
+    let w = world();
+    let data = b"versions";
+    let cases: Vec<(&str, Vec<Recipient>, Option<&Kek>, i64)> = vec![
+        (
+            "certificates",
+            vec![w.bob.recipient.clone(), w.carol.recipient.clone()],
+            None,
+            0,
+        ),
+        ("key id", vec![w.bob_web_recipient.clone()], None, 2),
+        (
+            "certificate and key id",
+            vec![w.bob.recipient.clone(), w.bob_web_recipient.clone()],
+            None,
+            2,
+        ),
+        (
+            "certificate and KEK",
+            vec![w.bob.recipient.clone()],
+            Some(&w.kek),
+            2,
+        ),
+        ("KEK", vec![], Some(&w.kek), 2),
+    ];
+    for (what, recipients, kek, expected) in cases {
+        let msg = seal_vec(&w.alice, &recipients, kek, data);
+        assert_eq!(middle_layer(&msg).1, expected, "{what}");
+        let result = if recipients.is_empty() {
+            open(w, &msg, Opener::Kek)
+        } else if matches!(recipients[0], Recipient::KeyId { .. }) {
+            unseal_to_vec(&msg, &w.bob_web_ring, &unseal_options(w))
+        } else {
+            open(w, &msg, Opener::Bob)
+        };
+        assert_opens(&result, data, what);
+    }
+}

@@ -9,7 +9,9 @@ on_both_stores!(
     soap_bad_input_gets_soa_faults,
     rest_etks_and_jwks,
     slow_and_silent_clients_are_cut_off,
-    client_certificates_from_the_platform_ca_are_accepted
+    client_certificates_from_the_platform_ca_are_accepted,
+    default_etk_beside_application_etks,
+    identifier_types_and_values_are_normalised
 );
 
 use common::{World, PHARMACY};
@@ -292,4 +294,167 @@ impl World {
         assert_eq!(content.as_deref(), Some(&plain[..]));
         self.openssl_accepts(etk.der());
     }
+}
+
+/// More holders, registered by the tests that need them: the holder with two application
+/// ids (CBE 0406798006) also gets an ETK without application id; an EHP holder; a holder
+/// whose certificate names its type `HUB`.
+struct Extra {
+    default: etee_testpki::Institution,
+    ehp: etee_testpki::Institution,
+    hub: etee_testpki::Institution,
+}
+
+fn extra() -> &'static Extra {
+    static EXTRA: std::sync::OnceLock<Extra> = std::sync::OnceLock::new();
+    EXTRA.get_or_init(|| {
+        let pki = &common::pki().pki;
+        let inst = |t: &str, v: &str, name: &str| {
+            pki.institution(&etee_testpki::InstitutionSpec::new(t, v, name))
+                .unwrap()
+        };
+        Extra {
+            default: inst("CBE", "0406798006", "Two Apps"),
+            ehp: inst("EHP", "1990001916", "A Hub"),
+            hub: inst("HUB", "1990001917", "Another Hub"),
+        }
+    })
+}
+
+impl World {
+    fn register(&self, etk: &[u8]) {
+        let now = etee_platform::unix_now();
+        self.store(|s| etee_platform::etkdepot::register(s, etk, &self.anchors, now))
+            .unwrap();
+    }
+}
+
+/// A holder with an ETK without application id beside two application ETKs: no
+/// ApplicationID gives the three as MatchingEtk, the default one with an empty
+/// ApplicationID; asking again with each entry's first identifier, as the official
+/// connector does, gives each ETK, the default one included; an empty ApplicationID
+/// (`applicationIdentifier=` in REST) gives exactly the default one.
+async fn default_etk_beside_application_etks(w: World) {
+    let x = extra();
+    w.register(&x.default.etk);
+    let (app_a, app_b) = (&common::pki().app_a.etk, &w.app_b.etk);
+    let mut c = w.connect(None).await;
+
+    let r = ask(&mut c, "CBE", "0406798006", None).await;
+    let EtkResult::MatchingEtk(matching) = r.result else {
+        panic!("{:?}", r.result)
+    };
+    let mut apps: Vec<_> = matching
+        .iter()
+        .map(|m| m.identifiers[0].application_id.clone())
+        .collect();
+    apps.sort();
+    assert_eq!(
+        apps,
+        [Some("".into()), Some("APP-A".into()), Some("APP-B".into())]
+    );
+    let mut found = Vec::new();
+    for m in &matching {
+        let first = &m.identifiers[0];
+        let r = ask(
+            &mut c,
+            &first.id_type,
+            &first.value,
+            first.application_id.as_deref(),
+        )
+        .await;
+        let EtkResult::Etk(etk) = r.result else {
+            panic!("{first:?}: {:?}", r.result)
+        };
+        found.push(etk);
+    }
+    found.sort();
+    let mut expected = vec![x.default.etk.clone(), app_a.clone(), app_b.clone()];
+    expected.sort();
+    assert_eq!(found, expected, "every ETK reachable from its entry");
+
+    // The empty ApplicationID on its own, written by hand as another client would.
+    let body = br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>
+<GetEtkRequest xmlns="urn:be:fgov:ehealth:etkdepot:1_0:protocol"><SearchCriteria>
+<Identifier><Type>CBE</Type><Value>406798006</Value><ApplicationID/></Identifier>
+</SearchCriteria></GetEtkRequest></s:Body></s:Envelope>"#;
+    let a = c.soap("/EtkDepot/v1", body.to_vec()).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let r = GetEtkResponse::parse(&a.body).unwrap();
+    assert_eq!(r.result, EtkResult::Etk(x.default.etk.clone()));
+    // A holder without such an ETK: not found.
+    let r = ask(&mut c, "CBE", "0809394427", Some("")).await;
+    assert!(
+        matches!(r.result, EtkResult::Errors(ref e) if e[0].code == "ETK_NOT_FOUND"),
+        "{:?}",
+        r.result
+    );
+
+    // REST: the same rule.
+    let a = c
+        .get("/etee/v1/etks?identifier=0406798006&type=CBE")
+        .await
+        .unwrap();
+    let list = EtkJson::parse_list(&a.body).unwrap();
+    assert_eq!(list.len(), 3);
+    let default = list
+        .iter()
+        .find(|e| e.etk == x.default.etk)
+        .expect("the default ETK is listed");
+    assert_eq!(
+        default.identifiers[0].application_identifier.as_deref(),
+        Some("")
+    );
+    let a = c
+        .get("/etee/v1/etks?identifier=0406798006&type=CBE&applicationIdentifier=")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let list = EtkJson::parse_list(&a.body).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].etk, x.default.etk);
+    let a = c
+        .get("/etee/v1/etks?identifier=0809394427&type=CBE&applicationIdentifier=")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 404);
+    w.stop().await;
+}
+
+/// SOAP types are looked up by their canonical name (any case; `HUB` is `EHP`), as REST
+/// already did; a value longer than its type is cut as the official connector cuts it.
+async fn identifier_types_and_values_are_normalised(w: World) {
+    let x = extra();
+    w.register(&x.ehp.etk);
+    w.register(&x.hub.etk);
+    let mut c = w.connect(None).await;
+
+    let r = ask(&mut c, "cbe", "809394427", Some("KGSS")).await;
+    assert_eq!(r.result, EtkResult::Etk(w.kgss.etk.clone()));
+    let r = ask(&mut c, "nihii-pharmacy", PHARMACY, None).await;
+    assert_eq!(r.result, EtkResult::Etk(w.bob.etk.clone()));
+    // HUB is EHP: an EHP holder found as HUB, and a certificate saying HUB found as EHP.
+    let r = ask(&mut c, "HUB", "1990001916", None).await;
+    assert_eq!(r.result, EtkResult::Etk(x.ehp.etk.clone()));
+    let r = ask(&mut c, "hub", "1990001916", None).await;
+    assert_eq!(r.result, EtkResult::Etk(x.ehp.etk.clone()));
+    let r = ask(&mut c, "EHP", "1990001917", None).await;
+    assert_eq!(r.result, EtkResult::Etk(x.hub.etk.clone()));
+    let r = ask(&mut c, "HUB", "1990001917", None).await;
+    assert_eq!(r.result, EtkResult::Etk(x.hub.etk.clone()));
+    // Too long: the first 8 digits (the connector's substring(0, 8)).
+    let r = ask(&mut c, "NIHII-PHARMACY", &format!("{PHARMACY}9"), None).await;
+    assert_eq!(r.result, EtkResult::Etk(w.bob.etk.clone()));
+
+    for query in [
+        "identifier=1990001916&type=hub",
+        "identifier=1990001916&type=EHP",
+    ] {
+        let a = c.get(&format!("/etee/v1/etks?{query}")).await.unwrap();
+        assert_eq!(a.status, 200, "{query}");
+        let list = EtkJson::parse_list(&a.body).unwrap();
+        assert_eq!(list.len(), 1, "{query}");
+        assert_eq!(list[0].etk, x.ehp.etk, "{query}");
+    }
+    w.stop().await;
 }

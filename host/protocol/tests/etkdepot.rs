@@ -176,3 +176,89 @@ async fn etks_failing_the_official_checks_are_refused() {
     assert_eq!((s.hits, s.misses), (1, 2));
     w.stop().await;
 }
+
+/// A holder with an ETK without application id beside two application ETKs: the lookup
+/// without application id gives all three (the default one reached again through its
+/// entry's empty ApplicationID), in both flavours; an empty application id gives exactly
+/// the default one, and is a cache entry of its own. Type names are canonical in the cache
+/// keys (`cbe` and `CBE` are one entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_etk_is_reached_beside_application_etks() {
+    let w = World::new("protocol-default-etk", Backend::Embedded).await;
+    let p = common::pki();
+    let default = p
+        .pki
+        .institution(&etee_testpki::InstitutionSpec::new(
+            "CBE",
+            "0406798006",
+            "Two Apps",
+        ))
+        .unwrap();
+    let now = etee_platform::unix_now();
+    w.store(|s| etee_platform::etkdepot::register(s, &default.etk, &w.anchors, now))
+        .unwrap();
+    let mut expected = vec![
+        default.etk.clone(),
+        p.app_a.etk.clone(),
+        p.app_b.etk.clone(),
+    ];
+    expected.sort();
+
+    for flavour in BOTH {
+        // The depot's answer: the default ETK's entry has an empty application id, and
+        // asking with it gives that ETK.
+        let depot = support::depot(&w, flavour);
+        let EtkAnswer::Matching(list) = depot
+            .get_etk(&Identifier::new("CBE", "0406798006", None))
+            .await
+            .unwrap()
+        else {
+            panic!("{flavour:?}: not a list")
+        };
+        let entry = list
+            .iter()
+            .map(|ids| ids[0].clone())
+            .find(|i| i.application_id.as_deref() == Some(""))
+            .unwrap_or_else(|| panic!("{flavour:?}: {list:?}"));
+        assert_eq!(
+            depot.get_etk(&entry).await.unwrap(),
+            EtkAnswer::Found(default.etk.clone()),
+            "{flavour:?}"
+        );
+
+        let cache = support::cache(&w, flavour);
+        let all = cache
+            .get(&Identifier::new("CBE", "0406798006", None))
+            .await
+            .unwrap();
+        let mut ders: Vec<_> = all.iter().map(|e| e.der().to_vec()).collect();
+        ders.sort();
+        assert_eq!(ders, expected, "{flavour:?}: every ETK of the holder");
+
+        let only = cache
+            .get(&Identifier::new("CBE", "406798006", Some("")))
+            .await
+            .unwrap();
+        assert_eq!(only.len(), 1, "{flavour:?}");
+        assert_eq!(only[0].der(), default.etk.as_slice(), "{flavour:?}");
+        assert_eq!(
+            cache.stats().entries,
+            2,
+            "{flavour:?}: Some(\"\") is not None"
+        );
+
+        // The same lookups with the type in lower case are cache hits.
+        let hits = cache.stats().hits;
+        cache
+            .get(&Identifier::new("cbe", "0406798006", None))
+            .await
+            .unwrap();
+        cache
+            .get(&Identifier::new("Cbe", "0406798006", Some("")))
+            .await
+            .unwrap();
+        let s = cache.stats();
+        assert_eq!((s.hits, s.entries), (hits + 2, 2), "{flavour:?}");
+    }
+    w.stop().await;
+}

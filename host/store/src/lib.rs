@@ -95,6 +95,8 @@ impl Identifier {
             && self.value == value
             && match application_id {
                 None => true,
+                // Empty: the ETK without an application id (see `Store::find_etks`).
+                Some("") => self.application_id.as_deref().is_none_or(str::is_empty),
                 Some(a) => self.application_id.as_deref() == Some(a),
             }
     }
@@ -193,8 +195,9 @@ pub trait Store: Send + Sync {
 
     /// Registers an ETK; putting one whose digest is already stored changes nothing.
     fn put_etk(&self, record: &EtkRecord) -> Result<()>;
-    /// The ETKs of holder `(id_type, value)`: all of them when `application_id` is `None`, else
-    /// only those with that application id. Newest (by `not_before`) first.
+    /// The ETKs of holder `(id_type, value)`: all of them when `application_id` is `None`,
+    /// only those without an application id when it is `Some("")` (the holder's default
+    /// ETK), else only those with that application id. Newest (by `not_before`) first.
     fn find_etks(
         &self,
         id_type: &str,

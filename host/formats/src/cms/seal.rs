@@ -537,7 +537,10 @@ mod tests {
         };
         let kek = Kek::new(&[7; 16], b"id").unwrap();
         assert_eq!(enveloped_data_version(&[], Some(&kek)), 2);
-        assert_eq!(enveloped_data_version(std::slice::from_ref(&by_ski), None), 2);
+        assert_eq!(
+            enveloped_data_version(std::slice::from_ref(&by_ski), None),
+            2
+        );
         assert_eq!(enveloped_data_version(&[by_ski], Some(&kek)), 2);
     }
 }

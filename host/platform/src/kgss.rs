@@ -21,7 +21,8 @@
 //! signer of the sealed request and the attributes come from the registry the platform
 //! keeps. A SAML attribute source would plug in at [`Kgss::caller_attributes`].
 //!
-//! Every sealed request is remembered (by its SHA-256) for [`REPLAY_WINDOW`] and refused if
+//! Every sealed request is remembered (by the SHA-256 of its outer signature, whatever its
+//! encoding) for [`REPLAY_WINDOW`] and refused if
 //! it comes again; older requests are refused by their signing time. `GetNewKey` remembers
 //! it as soon as the seal opens; `GetKey` once the decision is made, in the same store
 //! transaction as its audit event (one durable commit, not two).
@@ -261,8 +262,8 @@ impl KgssError {
     }
 }
 
-/// A verified request: its content, who sent it, and its digest for the replay table (not
-/// remembered yet: each operation does that where it fits).
+/// A verified request: its content, who sent it, and its digest for the replay table (of
+/// its outer signature; not remembered yet: each operation does that where it fits).
 struct Opened {
     content: Zeroizing<Vec<u8>>,
     identities: Vec<Identity>,
@@ -327,10 +328,18 @@ impl Kgss {
                 "the signer's certificate names no eHealth identity".into(),
             ));
         }
+        // The replay table remembers the outer signature, not the bytes received: the same
+        // request re-encoded (BER has many forms) or with bytes appended opens just as
+        // cleanly, and would otherwise be a new request. Only the signer can make another
+        // signature (RSASSA-PSS is randomised: two sealings never share one).
+        let signature = result
+            .outer_signature
+            .as_deref()
+            .ok_or_else(|| KgssError::Seal("a clean seal without an outer signature".into()))?;
         Ok(Opened {
             content,
             identities,
-            digest: openssl::sha::sha256(sealed),
+            digest: openssl::sha::sha256(signature),
         })
     }
 

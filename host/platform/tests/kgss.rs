@@ -200,9 +200,32 @@ async fn soap_new_key_for_recognised_pharmacies(w: World) {
         .await
         .is_success());
     assert_eq!(
-        refusal_code(&call(&mut c, Operation::GetKey, once).await),
+        refusal_code(&call(&mut c, Operation::GetKey, once.clone()).await),
         "KGSS_REPLAYED_REQUEST"
     );
+    // The same request with bytes appended, or with its outer SEQUENCE's indefinite length
+    // made definite, still opens cleanly: it is the same request, and a replay.
+    let mut appended = once.clone();
+    appended.push(0);
+    let definite = {
+        assert_eq!(
+            &once[..2],
+            &[0x30, 0x80],
+            "sealed with an indefinite outer length"
+        );
+        assert_eq!(&once[once.len() - 2..], &[0, 0]);
+        let body = &once[2..once.len() - 2];
+        let mut der = vec![0x30, 0x83];
+        der.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        der.extend_from_slice(body);
+        der
+    };
+    for copy in [appended, definite] {
+        assert_eq!(
+            refusal_code(&call(&mut c, Operation::GetKey, copy).await),
+            "KGSS_REPLAYED_REQUEST"
+        );
+    }
 
     // Unknown key.
     let r = call(

@@ -141,6 +141,10 @@ pub struct Unsealed {
     /// Bytes of content written to the writer (unverified unless the verdict is clean).
     pub content_len: u64,
     pub content_sha256: [u8; 32],
+    /// The outer SignerInfo's signature value, when there is one. It identifies a message
+    /// whatever its encoding (BER allows many for the same message, and trailing bytes are
+    /// ignored): what a replay check should remember, not the bytes as received.
+    pub outer_signature: Option<Vec<u8>>,
 }
 
 /// Unsealing failed for a reason outside the message: reading input or writing output.
@@ -175,6 +179,7 @@ fn unreachable_io() -> Unsealed {
         opened_with: None,
         content_len: 0,
         content_sha256: [0; 32],
+        outer_signature: None,
     }
 }
 
@@ -1060,6 +1065,7 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
         signing_time,
         content_len: facts.content_len,
         content_sha256: facts.content_sha256,
+        outer_signature: facts.outer.signer.as_ref().map(|si| si.signature.clone()),
     };
     if let Some(f) = facts.outer_fatal {
         v.fatal(f);

@@ -34,7 +34,7 @@ use etee_formats::identity::Identity;
 use etee_formats::keys::{KeyRing, SigningKey};
 use etee_formats::trust::TrustAnchors;
 use etee_services::kgss::{
-    evaluate, implicit_attributes, Attribute, Credential, GetKeyRequestContent,
+    evaluate, implicit_attributes, vocabulary, Attribute, Credential, GetKeyRequestContent,
     GetKeyResponseContent, GetNewKeyRequestContent, GetNewKeyResponseContent, ReplyTo,
 };
 use etee_services::secret::SecretBytes;
@@ -262,6 +262,27 @@ impl KgssError {
     }
 }
 
+/// Reader conditions as they are compared later: no empty value (it would match nobody, and
+/// an exclusion would silently not apply), and a person's SSIN in its 11-digit form (a
+/// value without its leading zeros would not match the certificate's SSIN either).
+fn normalize_credential(c: &mut Credential) -> Result<(), KgssError> {
+    let bad = |why: String| KgssError::Content(format!("reader {} {}: {why}", c.namespace, c.name));
+    if c.values.iter().any(|v| v.is_empty()) {
+        return Err(bad("an empty Value matches nobody".into()));
+    }
+    if c.namespace == vocabulary::IDENTIFICATION_NS && c.name == vocabulary::PERSON_SSIN {
+        let mut values = Vec::with_capacity(c.values.len());
+        for v in &c.values {
+            values.push(
+                etee_formats::identity::normalize_value("SSIN", v)
+                    .map_err(|e| bad(format!("{v:?} is not an SSIN: {e}")))?,
+            );
+        }
+        c.values = values;
+    }
+    Ok(())
+}
+
 /// A verified request: its content, who sent it, and its digest for the replay table (of
 /// its outer signature; not remembered yet: each operation does that where it fits).
 struct Opened {
@@ -396,8 +417,15 @@ impl Kgss {
         if !store.remember_request(&opened.digest, now + REPLAY_WINDOW, now)? {
             return Err(KgssError::Replay);
         }
-        let request = GetNewKeyRequestContent::parse(&opened.content)
+        let mut request = GetNewKeyRequestContent::parse(&opened.content)
             .map_err(|e| KgssError::Content(e.to_string()))?;
+        for c in request
+            .allowed_readers
+            .iter_mut()
+            .chain(request.excluded_readers.iter_mut())
+        {
+            normalize_credential(c)?;
+        }
         let etk = self.callers_etk(&request.etk, &opened.identities, now)?;
         let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
         openssl::rand::rand_bytes(&mut key).map_err(|e| KgssError::Custody(e.to_string()))?;
@@ -649,7 +677,6 @@ mod tests {
     use super::*;
     use etee_formats::cert::Certificate;
     use etee_formats::keystore::{ehealth_entries, EhealthKeystore};
-    use etee_services::kgss::vocabulary;
     use etee_store::EmbeddedStore;
     use etee_testpki::{Institution, InstitutionSpec, TestPki};
 
@@ -693,6 +720,32 @@ mod tests {
     /// GetKey remembers the request with its audit event: a replay (of a granted or a
     /// denied read) is refused and leaves no `kgss.read` event; a request that names no key
     /// is not remembered.
+    #[test]
+    fn reader_conditions_are_normalised_or_refused() {
+        let ssin =
+            |v: &[&str]| Credential::new(vocabulary::IDENTIFICATION_NS, vocabulary::PERSON_SSIN, v);
+        // A patient's SSIN without its leading zeros is padded, so that it matches.
+        let mut c = ssin(&["1234567890"]);
+        normalize_credential(&mut c).unwrap();
+        assert_eq!(c.values, ["01234567890"]);
+        // Not an SSIN, or an empty value (which would match nobody, so an exclusion would
+        // silently not apply): refused.
+        for bad in [ssin(&["12345678901234"]), ssin(&["abc"]), ssin(&[""])] {
+            let mut c = bad.clone();
+            assert!(
+                matches!(normalize_credential(&mut c), Err(KgssError::Content(_))),
+                "{bad:?}"
+            );
+        }
+        let mut empty = vocabulary::recognised_pharmacy();
+        empty.values = vec![String::new()];
+        assert!(normalize_credential(&mut empty).is_err());
+        // Other credentials are left as they are.
+        let mut doctor = vocabulary::any_doctor();
+        normalize_credential(&mut doctor).unwrap();
+        assert_eq!(doctor, vocabulary::any_doctor());
+    }
+
     #[test]
     fn get_key_replays_are_refused_without_an_event() {
         let pki = TestPki::generate("kgss-unit").unwrap();

@@ -508,8 +508,19 @@ async fn kgss_delete_rest(
     let Some(caller) = caller.0 else {
         return kgss_problem(&KgssError::Unauthenticated);
     };
-    let Ok(id) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key_id.as_bytes()) else {
-        return kgss_problem(&KgssError::UnknownKey);
+    // The id as create returns it (standard base64) or in the URL-safe form; anything else
+    // is a bad request, not an unknown key (which would read as "already deleted").
+    let id = {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+        URL_SAFE_NO_PAD
+            .decode(key_id.as_bytes())
+            .or_else(|_| URL_SAFE.decode(key_id.as_bytes()))
+            .or_else(|_| STANDARD.decode(key_id.as_bytes()))
+    };
+    let Ok(id) = id else {
+        return kgss_problem(&KgssError::Content(format!(
+            "key id {key_id:?}: not base64 (standard or URL-safe)"
+        )));
     };
     match with_kgss(&platform, move |k, store| {
         k.delete_key(store, &caller.identities, &id, unix_now())

@@ -376,12 +376,34 @@ async fn rest_create_get_and_delete_by_the_holder(w: World) {
             .unwrap();
     assert_eq!(got.key.expose(), new.new_key.expose());
 
+    // The id exactly as create returned it (standard base64, percent-encoded for the path),
+    // and the URL-safe form, name the same key; a malformed id is a bad request.
+    let returned = v["keyId"].as_str().unwrap().to_owned();
     let path = format!(
+        "/etee/v1/kgss/keys/{}",
+        returned
+            .replace('/', "%2F")
+            .replace('+', "%2B")
+            .replace('=', "%3D")
+    );
+    assert_eq!(
+        alice
+            .send("DELETE", "/etee/v1/kgss/keys/not*base64", None, vec![])
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    let url_safe_path = format!(
         "/etee/v1/kgss/keys/{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key_id)
     );
-    // Only the holder deletes: not Bob, not an anonymous caller.
-    let a = bob.send("DELETE", &path, None, vec![]).await.unwrap();
+    // Only the holder deletes: not Bob (asking with the URL-safe form, which names the
+    // same key), not an anonymous caller.
+    let a = bob
+        .send("DELETE", &url_safe_path, None, vec![])
+        .await
+        .unwrap();
     assert_eq!(a.status, 403);
     let mut anonymous = w.connect(None).await;
     assert_eq!(

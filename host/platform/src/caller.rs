@@ -36,10 +36,18 @@ pub fn stored_value(identity: &Identity) -> String {
         .unwrap_or_else(|_| identity.value.clone())
 }
 
-/// An identity as the store keeps it.
+/// An identity's type as the platform stores and compares it: the canonical name of spec
+/// §3.4 (any case; `HUB` is `EHP`); an unknown type as written.
+pub fn stored_type(identity: &Identity) -> String {
+    etee_formats::identity::canonical_type(&identity.id_type)
+        .map(str::to_owned)
+        .unwrap_or_else(|| identity.id_type.clone())
+}
+
+/// An identity as the store keeps it: [`stored_type`] and [`stored_value`].
 pub fn store_identifier(identity: &Identity) -> etee_store::Identifier {
     etee_store::Identifier::new(
-        &identity.id_type,
+        &stored_type(identity),
         &stored_value(identity),
         identity.application_id.as_deref(),
     )

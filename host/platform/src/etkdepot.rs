@@ -20,7 +20,6 @@
 //!   ETK; none: an `Error` with code [`NOT_FOUND`] (SOAP) or 404 (REST).
 
 use crate::caller::store_identifier;
-use etee_formats::identity::canonical_type;
 use etee_services::etkdepot::rest::EtkJson;
 use etee_services::etkdepot::{
     EtkDepotError, EtkResult, GetEtkRequest, GetEtkResponse, Identifier, MatchingEtk, Status,
@@ -179,16 +178,7 @@ pub fn register(
     let record = EtkRecord {
         digest: openssl::sha::sha256(parsed.der()),
         // Stored under the canonical type name, which lookups use (`HUB` is `EHP`).
-        identifiers: identities
-            .iter()
-            .map(|i| {
-                let mut id = store_identifier(i);
-                if let Some(t) = canonical_type(&id.id_type) {
-                    id.id_type = t.to_owned();
-                }
-                id
-            })
-            .collect(),
+        identifiers: identities.iter().map(store_identifier).collect(),
         etk: parsed.der().to_vec(),
         not_before: enc.not_before(),
         not_after: enc.not_after(),

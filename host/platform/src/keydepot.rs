@@ -290,10 +290,11 @@ pub fn list(
     value: &str,
     application_id: Option<&str>,
 ) -> Result<KeyListResponse, KeyDepotError> {
-    let id_type = id_type.trim().to_ascii_uppercase();
-    let value = normalize_value(&id_type, value).map_err(KeyDepotError::invalid)?;
-    let found = store.list_public_keys(&id_type, &value, application_id)?;
-    let holder = etee_store::Identifier::new(&id_type, &value, application_id);
+    let id_type = etee_formats::identity::canonical_type(id_type.trim())
+        .ok_or_else(|| KeyDepotError::invalid(format!("unknown identifier type {id_type:?}")))?;
+    let value = normalize_value(id_type, value).map_err(KeyDepotError::invalid)?;
+    let found = store.list_public_keys(id_type, &value, application_id)?;
+    let holder = etee_store::Identifier::new(id_type, &value, application_id);
     Ok(KeyListResponse {
         holder: holder_info(&holder),
         keys: found.iter().map(key_record).collect::<Result<_, _>>()?,

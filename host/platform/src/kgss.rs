@@ -27,7 +27,7 @@
 //! it as soon as the seal opens; `GetKey` once the decision is made, in the same store
 //! transaction as its audit event (one durable commit, not two).
 
-use crate::caller::{store_identifier, stored_value};
+use crate::caller::{store_identifier, stored_type, stored_value};
 use etee_formats::cms::{seal, unseal_to_vec, Kek, Recipient, SealOptions, UnsealOptions};
 use etee_formats::etk::Etk;
 use etee_formats::identity::Identity;
@@ -653,7 +653,7 @@ impl Kgss {
 /// Same holder: same identifier type and the same value once zero-padded (application
 /// ids aside: one holder, several applications).
 pub fn same_holder(a: &Identity, b: &Identity) -> bool {
-    a.id_type.eq_ignore_ascii_case(&b.id_type) && stored_value(a) == stored_value(b)
+    stored_type(a) == stored_type(b) && stored_value(a) == stored_value(b)
 }
 
 fn store_credential(c: &Credential) -> etee_store::Credential {

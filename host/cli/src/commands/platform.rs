@@ -115,10 +115,17 @@ impl HolderArg {
         let (t, v) = self.holder.split_once('=').ok_or_else(|| {
             CliError::Usage(format!("--holder {:?}: expected TYPE=VALUE", self.holder))
         })?;
-        let t = t.trim().to_ascii_uppercase();
-        let v = etee_formats::identity::normalize_value(&t, v.trim())
+        // Stored as the platform stores identities: canonical type (`HUB` is `EHP`),
+        // zero-padded value.
+        let t = etee_formats::identity::canonical_type(t.trim()).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--holder {:?}: unknown identifier type",
+                self.holder
+            ))
+        })?;
+        let v = etee_formats::identity::normalize_value(t, v.trim())
             .map_err(|e| CliError::Usage(format!("--holder {:?}: {e}", self.holder)))?;
-        Ok((t, v))
+        Ok((t.to_owned(), v))
     }
 }
 

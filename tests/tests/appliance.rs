@@ -968,6 +968,43 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
         assert!(kgss_ops.contains(&op), "{op} missing: {kgss_chain}");
     }
 
+    // The custody process stopped (SIGSTOP: there, but not answering): `/health` says so
+    // within its bound, several at once (more than the runtime's workers), and the other
+    // routes go on answering meanwhile.
+    let pid = custody.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let probes: Vec<_> = (0..4)
+        .map(|_| {
+            let alice = alice.clone();
+            std::thread::spawn(move || curl_unix(&alice, "GET", "/health", None).0)
+        })
+        .collect();
+    let (status, _) = curl_unix(&alice, "GET", "/openapi.json", None);
+    assert_eq!(
+        status, 200,
+        "other routes answer while the custody process is stopped"
+    );
+    for probe in probes {
+        assert_eq!(probe.join().unwrap(), 503);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    signal("-CONT");
+    w.wait(&mut custody, || {
+        curl_unix(&alice, "GET", "/health", None).0 == 200
+    });
+
     // The custody process gone: the appliance says so, and sealing fails cleanly.
     drop(custody);
     let (status, body) = curl_unix(&alice, "GET", "/health", None);

@@ -678,7 +678,7 @@ async fn audit(
 }
 
 async fn health(State(app): State<Arc<Appliance>>) -> Response {
-    match app.snapshot().custody_audit_sequence {
+    match app.snapshot_bounded().await.custody_audit_sequence {
         Some(sequence) => json_response(
             StatusCode::OK,
             &json!({ "status": "ok", "auditSequence": sequence }),
@@ -694,7 +694,7 @@ async fn health(State(app): State<Arc<Appliance>>) -> Response {
 async fn metrics(State(app): State<Arc<Appliance>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(app.snapshot()),
+        app.metrics.render(app.snapshot_bounded().await),
     )
         .into_response()
 }

@@ -220,6 +220,9 @@ impl std::fmt::Debug for KgssKey {
     }
 }
 
+/// How long `/health` and `/metrics` wait for the custody core's audit head.
+pub const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The custody core over the token of `hsm_config` with the appliance's rules for
 /// `clients` ([`custody_policy`]), speaking for the appliance itself: what `etee serve`
 /// runs in process, and what `etee custody serve --appliance` serves to it.
@@ -372,6 +375,27 @@ impl Appliance {
                 .custody
                 .audit_head()
                 .map(|h| h.next_sequence.saturating_sub(1)),
+        }
+    }
+
+    /// [`Self::snapshot`] off the async workers (asking the custody core for its head may
+    /// block: a socket round trip to the custody process, or the audit file's lock), and
+    /// given at most [`SNAPSHOT_WAIT`]: a custody core that does not answer in time shows
+    /// as unavailable, and `/health` and `/metrics` stay answerable whatever it does.
+    pub async fn snapshot_bounded(self: &Arc<Self>) -> Snapshot {
+        let app = self.clone();
+        let task = tokio::task::spawn_blocking(move || app.snapshot());
+        match tokio::time::timeout(SNAPSHOT_WAIT, task).await {
+            Ok(Ok(snapshot)) => snapshot,
+            _ => {
+                let etks = self.platform.etks.stats();
+                Snapshot {
+                    etk_cache_hits: etks.hits,
+                    etk_cache_misses: etks.misses,
+                    custody_audit_syncs: None,
+                    custody_audit_sequence: None,
+                }
+            }
         }
     }
 

@@ -322,6 +322,20 @@ impl Server {
     }
 }
 
+/// How long a client waits for the custody process to take or answer one request before
+/// giving up on the connection: far beyond any key use (milliseconds, an audit sync), so
+/// that only a stopped or wedged process reaches it, and its callers get an error instead
+/// of waiting for ever.
+pub const CUSTODY_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A connection to the custody process with [`CUSTODY_IO_TIMEOUT`] on reads and writes.
+fn connect_bounded(socket: &Path) -> io::Result<UnixStream> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(CUSTODY_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(CUSTODY_IO_TIMEOUT))?;
+    Ok(stream)
+}
+
 /// Accept errors that concern one connection or a passing shortage, not the listener.
 fn accept_error_is_transient(e: &io::Error) -> bool {
     use nix::errno::Errno;
@@ -442,7 +456,7 @@ impl RemoteCustodyKeys {
         custody: &CustodyConfig,
         socket: &Path,
     ) -> Result<Self> {
-        let stream = UnixStream::connect(socket).map_err(|e| HsmError::CustodyUnreachable {
+        let stream = connect_bounded(socket).map_err(|e| HsmError::CustodyUnreachable {
             socket: socket.to_path_buf(),
             reason: e.to_string(),
         })?;
@@ -492,10 +506,7 @@ impl RemoteCustodyKeys {
         loop {
             let (mut stream, reused) = match self.idle().pop() {
                 Some(s) => (s, true),
-                None => (
-                    UnixStream::connect(&self.inner.socket).map_err(failed)?,
-                    false,
-                ),
+                None => (connect_bounded(&self.inner.socket).map_err(failed)?, false),
             };
             let exchanged = write_frame(&mut stream, frame).and_then(|()| {
                 read_frame(&mut stream, MAX_RESPONSE_FRAME)?
@@ -512,8 +523,17 @@ impl RemoteCustodyKeys {
                         .map_err(|e| unavailable(e.to_string()));
                 }
                 // Every idle connection may be stale after a restart: drop them all, and
-                // send again on a new one.
-                Err(_) if reused => self.idle().clear(),
+                // send again on a new one. Not after a timeout: the process is there but
+                // does not answer, and the request may yet be served.
+                Err(e)
+                    if reused
+                        && !matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    self.idle().clear()
+                }
                 Err(e) => return Err(failed(e)),
             }
         }

@@ -143,7 +143,8 @@ fn finish(
                 s if s.is_client_error() => "invalid",
                 _ => "failed",
             };
-            tracing::info!(%peer, operation, outcome, code = e.code(), error = %e, "request failed");
+            let error = etee_services::log::LogSafe(&e);
+            tracing::info!(%peer, operation, outcome, code = e.code(), %error, "request failed");
             (outcome, problem(&e))
         }
     };

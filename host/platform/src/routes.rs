@@ -40,6 +40,7 @@ use axum::Router;
 use etee_services::etkdepot::jwks::{JwkSet, KeyUse};
 use etee_services::etkdepot::rest::{EtkJson, Problem, PROBLEM_CONTENT_TYPE};
 use etee_services::etkdepot::{GetEtkRequest, Identifier};
+use etee_services::log::LogSafe;
 use etee_services::soap::{self, Fault, SoaCode};
 use etee_services::Error as MessageError;
 use http_body_util::BodyExt;
@@ -199,7 +200,7 @@ async fn etkdepot_soap(State(platform): State<Arc<Platform>>, body: Body) -> Res
         Some(Ok(response)) => soap_ok(soap::envelope(response.to_element())),
         Some(Err(LookupError::Criteria(e))) => message_fault(&platform, &MessageError::Content(e)),
         Some(Err(LookupError::Store(e))) => {
-            tracing::error!("ETKDepot store: {e}");
+            tracing::error!("ETKDepot store: {}", LogSafe(&e));
             code_fault(&platform, SoaCode::ServiceError)
         }
         None => code_fault(&platform, SoaCode::ServiceError),
@@ -247,7 +248,7 @@ async fn lookup_rest(
             Err(problem(Problem::unknown_search_criteria(Some(e))))
         }
         Some(Err(LookupError::Store(e))) => {
-            tracing::error!("ETKDepot store: {e}");
+            tracing::error!("ETKDepot store: {}", LogSafe(&e));
             Err(problem(Problem::new(500, "Service error", None)))
         }
         None => Err(problem(Problem::new(500, "Service error", None))),
@@ -293,7 +294,7 @@ async fn jwks_rest(
             if key_use.is_none_or(|k| k == u) {
                 match JwkSet::from_certificates(std::slice::from_ref(cert), u) {
                     Ok(set) => sets.extend(set.keys),
-                    Err(e) => tracing::warn!("JWKS: {e}"),
+                    Err(e) => tracing::warn!("JWKS: {}", LogSafe(&e)),
                 }
             }
         }
@@ -311,8 +312,8 @@ use etee_services::soap::LangString;
 
 fn log_kgss_error(e: &KgssError) {
     match e {
-        KgssError::Custody(_) | KgssError::Store(_) => tracing::error!("KGSS: {e}"),
-        _ => tracing::info!("KGSS refused: {e}"),
+        KgssError::Custody(_) | KgssError::Store(_) => tracing::error!("KGSS: {}", LogSafe(&e)),
+        _ => tracing::info!("KGSS refused: {}", LogSafe(&e)),
     }
 }
 
@@ -542,8 +543,8 @@ use etee_services::keydepot::{AddInfoRequest, KeyId, RegisterKeyRequest, Registe
 
 fn keydepot_problem(e: &KeyDepotError) -> Response {
     match e {
-        KeyDepotError::Store(_) => tracing::error!("KeyDepot: {e}"),
-        _ => tracing::info!("KeyDepot refused: {e}"),
+        KeyDepotError::Store(_) => tracing::error!("KeyDepot: {}", LogSafe(&e)),
+        _ => tracing::info!("KeyDepot refused: {}", LogSafe(&e)),
     }
     problem(Problem::new(
         e.http_status(),

@@ -41,6 +41,7 @@ pub mod etkdepot;
 pub mod json;
 pub mod keydepot;
 pub mod kgss;
+pub mod log;
 pub mod secret;
 pub mod soap;
 pub mod xml;

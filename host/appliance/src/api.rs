@@ -153,6 +153,19 @@ fn finish(
     response
 }
 
+/// A body whose Content-Length is over `max_body_bytes` is refused before it is read (413
+/// at once, not when the limit is reached, nor a timeout for a sender that never sends it).
+fn declared_length_fits(max: u64, headers: &HeaderMap) -> Result<(), ServiceError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max => Err(ServiceError::TooLarge(max)),
+        _ => Ok(()),
+    }
+}
+
 /// The request body as a blocking reader (for the blocking pool).
 fn body_reader(body: Body) -> impl Read + Send + 'static {
     let stream = body.into_data_stream().map_err(std::io::Error::other);
@@ -325,6 +338,7 @@ async fn seal(
     let _in_flight = app.metrics.start();
     let answer = async {
         let client = authorise(&app, &peer, Operation::Seal)?;
+        declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
         let request = seal_request(query.as_deref().unwrap_or(""))?;
         let Sealed {
             mut message,
@@ -372,6 +386,7 @@ async fn unseal(
     let _in_flight = app.metrics.start();
     let answer = async {
         let client = authorise(&app, &peer, Operation::Unseal)?;
+        declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
         let Opened {
             unsealed,
             content,
@@ -800,6 +815,18 @@ mod tests {
 
     #[test]
     fn errors_are_problems_with_a_status_and_a_code() {
+        let mut headers = HeaderMap::new();
+        assert!(
+            declared_length_fits(100, &headers).is_ok(),
+            "no length: streamed"
+        );
+        headers.insert(header::CONTENT_LENGTH, "100".parse().unwrap());
+        assert!(declared_length_fits(100, &headers).is_ok());
+        headers.insert(header::CONTENT_LENGTH, "5000000000".parse().unwrap());
+        assert!(matches!(
+            declared_length_fits(100, &headers),
+            Err(ServiceError::TooLarge(100))
+        ));
         let r = problem(&ServiceError::TooLarge(10));
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let r = problem(&ServiceError::KgssAccessDenied("no".into()));

@@ -107,17 +107,34 @@ async fn connection<I>(
             async move {
                 match tokio::time::timeout(limits.request_timeout, routes.call(request)).await {
                     Ok(response) => response,
-                    Err(_) => Ok(crate::api::problem(&crate::service::ServiceError::Io(
-                        "the request took too long".into(),
-                    ))),
+                    Err(_) => {
+                        tracing::warn!(
+                            timeout_s = limits.request_timeout.as_secs(),
+                            "a request took too long: answered 500 and the connection closed"
+                        );
+                        let mut response = crate::api::problem(&crate::service::ServiceError::Io(
+                            "the request took too long".into(),
+                        ));
+                        // What is left of its body is not read: the connection ends here.
+                        response.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                        Ok(response)
+                    }
                 }
             }
         });
+    // A peer that stops reading its answers (or pipelines requests and never reads) would
+    // hold its connection slot for ever: a write that makes no progress for
+    // `header_timeout` ends the connection.
+    let mut io = tokio_io_timeout::TimeoutStream::new(io);
+    io.set_write_timeout(Some(limits.header_timeout));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(Box::pin(io)), service);
     tokio::pin!(connection);
     tokio::select! {
         r = connection.as_mut() => {
@@ -412,5 +429,40 @@ mod tests {
         );
         drop(client);
         served.await.unwrap();
+    }
+
+    /// A caller that pipelines requests and never reads the answers is cut off once the
+    /// answers stop going out for `header_timeout`, instead of holding its slot for ever.
+    #[tokio::test]
+    async fn a_caller_that_never_reads_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let big = "x".repeat(64 * 1024);
+        let routes = Router::new().route(
+            "/big",
+            axum::routing::get(move || {
+                let big = big.clone();
+                async move { big }
+            }),
+        );
+        let limits = Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (_closing_tx, closing) = watch::channel(false);
+        let peer = Peer::Unix { uid: 1, pid: None };
+        // A small pipe: the answers fill it at once.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let served = tokio::spawn(connection(server, peer, routes, limits, closing));
+        for _ in 0..20 {
+            client
+                .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the connection was not cut off")
+            .unwrap();
+        drop(client);
     }
 }

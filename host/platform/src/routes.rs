@@ -97,11 +97,18 @@ pub fn router(platform: Arc<Platform>) -> Router {
 
 /// The answer when a request took longer than the configured request timeout.
 pub fn timeout_response() -> Response {
-    problem(Problem::new(
+    tracing::warn!("a request took too long: answered 408 and the connection closed");
+    let mut response = problem(Problem::new(
         408,
         "Request timeout",
         Some("the request was not received and answered in time".into()),
-    ))
+    ));
+    // What is left of its body is not read: the connection ends here.
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 // --- Answers ------------------------------------------------------------------------------

@@ -88,11 +88,15 @@ pub async fn serve(
                     }
                 },
             );
+            // A peer that stops reading its answers would hold its slot for ever: a write
+            // that makes no progress for `request_timeout` ends the connection.
+            let mut io = tokio_io_timeout::TimeoutStream::new(tls);
+            io.set_write_timeout(Some(limits.request_timeout));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.request_timeout)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(tls), service);
+                .serve_connection(TokioIo::new(Box::pin(io)), service);
             tokio::pin!(connection);
             tokio::select! {
                 r = connection.as_mut() => {

@@ -116,6 +116,8 @@ pub fn registration_request(
             key_use: Some(KeyUse::Sig),
             ..KeyInfo::default()
         },
-        attestation: Some(attestation),
+        // Only a key generated in the token and unable to leave it is attested; another
+        // (imported from a keystore) is registered without a statement it cannot make.
+        attestation: attributes.is_attestable().then_some(attestation),
     })
 }

@@ -338,6 +338,12 @@ impl KeyAttributes {
     pub fn is_non_exportable(&self) -> bool {
         self.sensitive && !self.extractable && self.never_extractable
     }
+
+    /// What an attestation states: generated in the HSM (`CKA_LOCAL`) and unable to leave
+    /// it. A key imported into a token (from a `.p12`, say) existed outside it once.
+    pub fn is_attestable(&self) -> bool {
+        self.local && self.is_non_exportable()
+    }
 }
 
 /// etee's HSM attestation statement (etee's own format, not WebAuthn). Signed as its
@@ -473,6 +479,9 @@ impl SignedAttestation {
         }
         if !statement.attributes.is_non_exportable() {
             return fail("key is exportable");
+        }
+        if !statement.attributes.local {
+            return fail("key was not generated in the HSM (CKA_LOCAL is false: imported)");
         }
         let want = holder_key(&holder.id_type, &holder.value);
         if !identities(&signer)

@@ -234,6 +234,19 @@ fn attestation() {
     let s = SignedAttestation::sign(&exportable, &inst.auth.key, &auth, &chain).unwrap();
     assert!(s.verify(&key_id, &spki, &holder).is_err());
 
+    // Imported (not generated in the HSM): not attestable either.
+    let imported = AttestationStatement {
+        attributes: KeyAttributes {
+            local: false,
+            ..NON_EXPORTABLE
+        },
+        ..st.clone()
+    };
+    assert!(!imported.attributes.is_attestable() && NON_EXPORTABLE.is_attestable());
+    let s = SignedAttestation::sign(&imported, &inst.auth.key, &auth, &chain).unwrap();
+    let e = s.verify(&key_id, &spki, &holder).unwrap_err().to_string();
+    assert!(e.contains("CKA_LOCAL"), "{e}");
+
     // Broken chain (chain not issuing the signer), and no certificate.
     let other_pki = TestPki::generate("other").unwrap();
     let s =

@@ -557,6 +557,20 @@ impl Kgss {
         });
         let sequence = recorded?.ok_or(KgssError::Replay)?;
         crate::audit::log(sequence, &event);
+        if let Err(e) = &answer {
+            // The grant is on the chain, but nothing was released: say so after it (a
+            // failure to record this as well leaves the grant alone, which errs on the
+            // side of reporting a release).
+            let _ = audit(
+                store,
+                now,
+                "kgss.read",
+                &opened.identities[0],
+                &id,
+                "failed",
+                Some(format!("nothing released: {}", e.public_message())),
+            );
+        }
         answer
     }
 
@@ -813,6 +827,23 @@ mod tests {
         ));
         assert_eq!(reads(&store), ["granted"], "a replay leaves no event");
 
+        // Granted, but the answer cannot be made (the reply ETK is not Bob's): the chain
+        // says that nothing was released after all.
+        let not_his = seal_for(
+            &bob,
+            &kgss_inst,
+            &GetKeyRequestContent {
+                key_identifier: id.to_vec(),
+                reply_to: ReplyTo::Etk(kgss_inst.etk.clone()),
+            }
+            .to_xml(),
+        );
+        assert!(matches!(
+            kgss.get_key(&store, &not_his, now),
+            Err(KgssError::Content(_))
+        ));
+        assert_eq!(reads(&store), ["granted", "granted", "failed"]);
+
         store
             .remove_attribute(
                 "NIHII-PHARMACY",
@@ -830,7 +861,7 @@ mod tests {
             kgss.get_key(&store, &denied, now),
             Err(KgssError::Replay)
         ));
-        assert_eq!(reads(&store), ["granted", "denied"]);
+        assert_eq!(reads(&store), ["granted", "granted", "failed", "denied"]);
 
         // Names no key: nothing released, nothing remembered, so the same answer again.
         let unknown = get_key(&[9; 16]);
@@ -840,6 +871,6 @@ mod tests {
                 Err(KgssError::UnknownKey)
             ));
         }
-        assert_eq!(reads(&store), ["granted", "denied"]);
+        assert_eq!(reads(&store), ["granted", "granted", "failed", "denied"]);
     }
 }

@@ -336,8 +336,13 @@ async fn only_the_holder_writes(w: World) {
         404,
         "KEYDEPOT_UNKNOWN_KEY",
     );
-    // The key id is free again.
-    assert_json(&register(&mut alice, &request(&ec_p256(), id)).await, 201);
+    // The key id is retired, not free again: a sender holding it must never reach another
+    // key under it, the holder's or anybody's.
+    assert_problem(
+        &register(&mut alice, &request(&ec_p256(), id)).await,
+        409,
+        "KEYDEPOT_DUPLICATE_KEY_ID",
+    );
 
     // Every write and refusal is on the platform's audit chain, in order.
     let events = w.store(|s| s.events(0, 100)).unwrap();
@@ -355,7 +360,6 @@ async fn only_the_holder_writes(w: World) {
             ("keydepot.add_info", "denied"),
             ("keydepot.delete", "denied"),
             ("keydepot.delete", "deleted"),
-            ("keydepot.register", "registered"),
         ]
     );
     w.stop().await;

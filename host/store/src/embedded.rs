@@ -42,9 +42,12 @@ const SEEN_REQUEST: TableDefinition<&[u8], i64> = TableDefinition::new("seen_req
 const SEEN_BY_EXPIRY: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("seen_by_expiry");
 /// Audit sequence → `{"event": .., "hash": hex}` (schema 2).
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_event");
+/// Key ids of deleted public keys (never given out again), with their deletion time.
+const RETIRED_KEY_ID: TableDefinition<&[u8], i64> = TableDefinition::new("retired_key_id");
 
 /// Numbered migrations: entry `n` brings the schema from version `n` to `n + 1`.
-const MIGRATIONS: &[fn(&WriteTransaction) -> Result<()>] = &[create_tables_v1, audit_table_v2];
+const MIGRATIONS: &[fn(&WriteTransaction) -> Result<()>] =
+    &[create_tables_v1, audit_table_v2, retired_key_ids_v3];
 const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION);
 
 fn create_tables_v1(txn: &WriteTransaction) -> Result<()> {
@@ -61,6 +64,11 @@ fn create_tables_v1(txn: &WriteTransaction) -> Result<()> {
 
 fn audit_table_v2(txn: &WriteTransaction) -> Result<()> {
     txn.open_table(AUDIT).db()?;
+    Ok(())
+}
+
+fn retired_key_ids_v3(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(RETIRED_KEY_ID).db()?;
     Ok(())
 }
 
@@ -270,7 +278,13 @@ impl Store for EmbeddedStore {
         let txn = self.write()?;
         {
             let mut keys = txn.open_table(PUBLIC_KEY).db()?;
-            if keys.get(record.key_id.as_slice()).db()?.is_some() {
+            let retired = txn
+                .open_table(RETIRED_KEY_ID)
+                .db()?
+                .get(record.key_id.as_slice())
+                .db()?
+                .is_some();
+            if retired || keys.get(record.key_id.as_slice()).db()?.is_some() {
                 drop(keys);
                 txn.abort().db()?;
                 return Err(Error::AlreadyExists);
@@ -368,6 +382,10 @@ impl Store for EmbeddedStore {
                     (row.holder.id_type.as_str(), row.holder.value.as_str()),
                     key_id,
                 )
+                .db()?;
+            txn.open_table(RETIRED_KEY_ID)
+                .db()?
+                .insert(key_id, now_unix())
                 .db()?;
         }
         commit_if(txn, removed.is_some())
@@ -713,4 +731,11 @@ impl PublicKeyRow {
             created_at: self.created_at,
         })
     }
+}
+
+/// Seconds since the epoch (0 if the clock is before it).
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

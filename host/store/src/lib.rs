@@ -41,7 +41,7 @@ pub use embedded::EmbeddedStore;
 pub use pg::PgStore;
 
 /// The schema version this build writes and understands (both backends share the numbering).
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Pool size used by [`open`] for PostgreSQL.
 pub const DEFAULT_POOL_SIZE: usize = 8;
@@ -214,7 +214,8 @@ pub trait Store: Send + Sync {
     /// Deletes a KGSS key for good; false when it was not there.
     fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool>;
 
-    /// Stores a new public key; [`Error::AlreadyExists`] on a duplicate key id.
+    /// Stores a new public key; [`Error::AlreadyExists`] on a key id that is taken, or was
+    /// ever taken (see [`Store::delete_public_key`]).
     fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()>;
     fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>>;
     /// The public keys of holder `(id_type, value)`, any application id when `None`; by key id.
@@ -231,6 +232,9 @@ pub trait Store: Send + Sync {
         key_id: &[u8],
         info: &BTreeMap<String, String>,
     ) -> Result<bool>;
+    /// Deletes a public key for good (false when it was not there) and retires its key id
+    /// in the same transaction: a key id names one key for ever, so that a sender holding
+    /// an old id can never reach somebody else's key registered under it later.
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool>;
 
     /// Sets an attribute of holder `(id_type, value)`, replacing the value of the same

@@ -98,6 +98,12 @@ CREATE TABLE audit_event (
     hash BYTEA NOT NULL CHECK (length(hash) = 32)
 );
 "#,
+    r#"
+CREATE TABLE retired_key_id (
+    key_id BYTEA PRIMARY KEY CHECK (length(key_id) BETWEEN 1 AND 64),
+    retired_at BIGINT NOT NULL
+);
+"#,
 ];
 const _: () = assert!(MIGRATIONS.len() as u64 == SCHEMA_VERSION);
 
@@ -405,7 +411,9 @@ impl Store for PgStore {
             .execute(
                 &format!(
                     "INSERT INTO public_key ({PUBLIC_KEY_COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key_id) DO NOTHING"
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8
+                     WHERE NOT EXISTS (SELECT 1 FROM retired_key_id WHERE key_id = $1)
+                     ON CONFLICT (key_id) DO NOTHING"
                 ),
                 &[
                     &record.key_id,
@@ -474,9 +482,16 @@ impl Store for PgStore {
     }
 
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
+        // One statement: the key goes and its id is retired together.
         let n = self
             .conn()?
-            .execute("DELETE FROM public_key WHERE key_id = $1", &[&key_id])
+            .execute(
+                "WITH gone AS (DELETE FROM public_key WHERE key_id = $1 RETURNING key_id)
+                 INSERT INTO retired_key_id (key_id, retired_at)
+                 SELECT key_id, extract(epoch FROM now())::bigint FROM gone
+                 ON CONFLICT (key_id) DO NOTHING",
+                &[&key_id],
+            )
             .db()?;
         Ok(n > 0)
     }

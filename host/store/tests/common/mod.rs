@@ -310,9 +310,20 @@ pub fn public_keys(h: &impl Harness) {
     assert_eq!(s.get_public_key(b"key-a").unwrap(), None);
     assert_eq!(
         s.list_public_keys("SSIN", "85073003328", None).unwrap(),
-        vec![b]
+        vec![b.clone()]
     );
-    s.insert_public_key(&a).unwrap();
+    // A deleted key's id is retired: not given out again, to its holder or anybody else
+    // (a sender holding the old id must never reach another key under it).
+    assert!(matches!(s.insert_public_key(&a), Err(Error::AlreadyExists)));
+    let mut someone_else = b.clone();
+    someone_else.key_id = b"key-a".to_vec();
+    assert!(matches!(
+        s.insert_public_key(&someone_else),
+        Err(Error::AlreadyExists)
+    ));
+    let mut fresh = a.clone();
+    fresh.key_id = b"key-a2".to_vec();
+    s.insert_public_key(&fresh).unwrap();
 }
 
 pub fn attributes(h: &impl Harness) {

@@ -12,6 +12,17 @@ pub fn registration_request(
     label: Option<String>,
 ) -> Result<RegisterKeyRequest, CliError> {
     let custody = CustodyKeys::open(&config.hsm, &config.custody)?;
-    etee_appliance::keydepot::registration_request(&custody, key, label)
-        .map_err(|e| CliError::Usage(e.to_string()))
+    let request = etee_appliance::keydepot::registration_request(&custody, key, label)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    // The request leaves the attestation out for a key that cannot have one; this command
+    // is asked for one.
+    if request.attestation.is_none() {
+        return Err(CliError::Usage(format!(
+            "key {key:?} cannot be attested: it was not generated in the token (CKA_LOCAL is \
+             false: imported from a keystore) or it could leave it (extractable or not \
+             sensitive); register it without an attestation through the appliance, or \
+             generate a key in the token (`etee keys generate`)"
+        )));
+    }
+    Ok(request)
 }

@@ -25,7 +25,7 @@ use etee_services::etkdepot::Identifier;
 use etee_services::keydepot::{
     HolderInfo, KeyId, KeyInfo, KeyListResponse, KeyRecord, KeyStatus, KeyUse, RegisterKeyRequest,
 };
-use etee_store::{PublicKeyRecord, Store};
+use etee_store::{Deletion, PublicKeyRecord, Store};
 use std::collections::BTreeMap;
 
 /// How far in the future an attestation's `issuedAt` may be (clock skew), in seconds.
@@ -301,34 +301,30 @@ pub fn list(
     })
 }
 
-/// Lets a write to `key_id` through only for its holder, with the decision on the audit
-/// chain first: `denied`, or `outcome` for the write about to happen.
-fn holders_write(
+/// The caller's identity when it holds `key_id`; otherwise the refusal, on the audit
+/// chain.
+fn holder_or_denied<'c>(
     store: &dyn Store,
-    caller: &[Identity],
+    caller: &'c [Identity],
     key_id: &KeyId,
     action: &str,
-    outcome: &str,
     now: i64,
-) -> Result<(), KeyDepotError> {
+) -> Result<&'c Identity, KeyDepotError> {
     let identity = caller_identity(caller)?;
     let record = stored(store, key_id)?;
-    let allowed = is_holder(caller, &record.holder);
-    let outcome = if allowed { outcome } else { "denied" };
+    if is_holder(caller, &record.holder) {
+        return Ok(identity);
+    }
     crate::audit::record(
         store,
         now,
         action,
         identity,
         key_id.to_url_string(),
-        outcome,
+        "denied",
         None,
     )?;
-    if allowed {
-        Ok(())
-    } else {
-        Err(KeyDepotError::NotHolder)
-    }
+    Err(KeyDepotError::NotHolder)
 }
 
 /// Adds information to a key (fields given replace those stored), for its holder.
@@ -339,7 +335,16 @@ pub fn add_info(
     info: &KeyInfo,
     now: i64,
 ) -> Result<KeyRecord, KeyDepotError> {
-    holders_write(store, caller, key_id, "keydepot.add_info", "updated", now)?;
+    let identity = holder_or_denied(store, caller, key_id, "keydepot.add_info", now)?;
+    crate::audit::record(
+        store,
+        now,
+        "keydepot.add_info",
+        identity,
+        key_id.to_url_string(),
+        "updated",
+        None,
+    )?;
     if !store.update_public_key_info(key_id.as_bytes(), &info_to_map(info))? {
         return Err(KeyDepotError::UnknownKey);
     }
@@ -366,11 +371,21 @@ pub fn delete(
     key_id: &KeyId,
     now: i64,
 ) -> Result<(), KeyDepotError> {
-    // Recorded first: a deletion that is not on the chain does not happen.
-    holders_write(store, caller, key_id, "keydepot.delete", "deleted", now)?;
-    if !store.delete_public_key(key_id.as_bytes())? {
-        return Err(KeyDepotError::UnknownKey);
-    }
+    let identity = holder_or_denied(store, caller, key_id, "keydepot.delete", now)?;
+    // The deletion and its event in one transaction: the chain shows it exactly when it
+    // happened.
+    let event = crate::audit::event(
+        now,
+        "keydepot.delete",
+        &identity.to_string(),
+        key_id.to_url_string(),
+        "deleted",
+        None,
+    );
+    let sequence = store
+        .delete_with_event(Deletion::PublicKey(key_id.as_bytes()), &event)?
+        .ok_or(KeyDepotError::UnknownKey)?;
+    crate::audit::log(sequence, &event);
     Ok(())
 }
 

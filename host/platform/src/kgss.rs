@@ -636,11 +636,20 @@ impl Kgss {
             audit(store, now, "kgss.delete", &caller[0], &id, "denied", None)?;
             return Err(KgssError::AccessDenied);
         }
-        // Recorded first: a deletion that is not on the log does not happen.
-        audit(store, now, "kgss.delete", &caller[0], &id, "deleted", None)?;
-        if !store.delete_kgss_key(&id)? {
-            return Err(KgssError::UnknownKey);
-        }
+        // The deletion and its event in one transaction: the chain shows it exactly when
+        // it happened.
+        let event = crate::audit::event(
+            now,
+            "kgss.delete",
+            &caller[0].to_string(),
+            hex::encode(id),
+            "deleted",
+            None,
+        );
+        let sequence = store
+            .delete_with_event(etee_store::Deletion::KgssKey(&id), &event)?
+            .ok_or(KgssError::UnknownKey)?;
+        crate::audit::log(sequence, &event);
         Ok(())
     }
 

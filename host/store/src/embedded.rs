@@ -16,8 +16,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
-    backend_error, check_key_id, Attribute, AttributeHolder, Credential, Error, EtkRecord,
-    Identifier, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
+    backend_error, check_key_id, Attribute, AttributeHolder, Credential, Deletion, Error,
+    EtkRecord, Identifier, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
 };
 
 /// `"schema_version"` → the version of the last migration applied.
@@ -264,12 +264,7 @@ impl Store for EmbeddedStore {
 
     fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
         let txn = self.write()?;
-        let removed = txn
-            .open_table(KGSS_KEY)
-            .db()?
-            .remove(&id[..])
-            .db()?
-            .is_some();
+        let removed = delete_in(&txn, Deletion::KgssKey(id))?;
         commit_if(txn, removed)
     }
 
@@ -367,28 +362,8 @@ impl Store for EmbeddedStore {
 
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
         let txn = self.write()?;
-        let removed = {
-            let mut keys = txn.open_table(PUBLIC_KEY).db()?;
-            let row = keys.remove(key_id).db()?;
-            match row {
-                None => None,
-                Some(row) => Some(decode::<PublicKeyRow>(row.value())?),
-            }
-        };
-        if let Some(row) = &removed {
-            txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER)
-                .db()?
-                .remove(
-                    (row.holder.id_type.as_str(), row.holder.value.as_str()),
-                    key_id,
-                )
-                .db()?;
-            txn.open_table(RETIRED_KEY_ID)
-                .db()?
-                .insert(key_id, now_unix())
-                .db()?;
-        }
-        commit_if(txn, removed.is_some())
+        let removed = delete_in(&txn, Deletion::PublicKey(key_id))?;
+        commit_if(txn, removed)
     }
 
     fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()> {
@@ -510,6 +485,17 @@ impl Store for EmbeddedStore {
         Ok(sequence)
     }
 
+    fn delete_with_event(&self, target: Deletion<'_>, event: &AuditEvent) -> Result<Option<u64>> {
+        let txn = self.write()?;
+        if !delete_in(&txn, target)? {
+            txn.abort().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&txn, event)?;
+        txn.commit().db()?;
+        Ok(Some(sequence))
+    }
+
     fn remember_request_with_event(
         &self,
         digest: &[u8; 32],
@@ -592,6 +578,44 @@ fn append_in(txn: &WriteTransaction, event: &AuditEvent) -> Result<u64> {
     };
     table.insert(sequence, &*encode(&row)?).db()?;
     Ok(sequence)
+}
+
+/// Deletes `target` inside `txn`; false when it was not there. A public key's id is
+/// retired with it.
+fn delete_in(txn: &WriteTransaction, target: Deletion<'_>) -> Result<bool> {
+    match target {
+        Deletion::KgssKey(id) => Ok(txn
+            .open_table(KGSS_KEY)
+            .db()?
+            .remove(&id[..])
+            .db()?
+            .is_some()),
+        Deletion::PublicKey(key_id) => {
+            let removed = {
+                let mut keys = txn.open_table(PUBLIC_KEY).db()?;
+                let row = keys.remove(key_id).db()?;
+                match row {
+                    None => None,
+                    Some(row) => Some(decode::<PublicKeyRow>(row.value())?),
+                }
+            };
+            let Some(row) = removed else {
+                return Ok(false);
+            };
+            txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER)
+                .db()?
+                .remove(
+                    (row.holder.id_type.as_str(), row.holder.value.as_str()),
+                    key_id,
+                )
+                .db()?;
+            txn.open_table(RETIRED_KEY_ID)
+                .db()?
+                .insert(key_id, now_unix())
+                .db()?;
+            Ok(true)
+        }
+    }
 }
 
 /// Commits when something changed, else aborts (which costs no sync).

@@ -279,8 +279,21 @@ pub trait Store: Send + Sync {
         now: i64,
         event: &AuditEvent,
     ) -> Result<Option<u64>>;
+    /// Deletes `target` and appends `event` in one transaction, or neither: the audit
+    /// chain shows a deletion exactly when it happened (a crash between two writes could
+    /// otherwise leave an event for a key still served). `None`, and no event, when there
+    /// was nothing to delete.
+    fn delete_with_event(&self, target: Deletion<'_>, event: &AuditEvent) -> Result<Option<u64>>;
     /// The audit events after sequence `after` (0: from the start), at most `limit`, in order.
     fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+}
+
+/// What [`Store::delete_with_event`] deletes.
+#[derive(Clone, Copy, Debug)]
+pub enum Deletion<'a> {
+    KgssKey(&'a [u8; 16]),
+    /// A public key; its id is retired with it (see [`Store::delete_public_key`]).
+    PublicKey(&'a [u8]),
 }
 
 /// Opens a store: a `postgres://` or `postgresql://` URL connects to PostgreSQL (pool of

@@ -23,8 +23,8 @@ use r2d2_postgres::{r2d2, PostgresConnectionManager};
 
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
-    check_key_id, Attribute, AttributeHolder, Credential, Error, EtkRecord, Identifier, KgssKey,
-    OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
+    check_key_id, Attribute, AttributeHolder, Credential, Deletion, Error, EtkRecord, Identifier,
+    KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
 };
 
 /// Advisory lock key serialising migrations between instances starting at once.
@@ -397,11 +397,7 @@ impl Store for PgStore {
     }
 
     fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
-        let n = self
-            .conn()?
-            .execute("DELETE FROM kgss_key WHERE id = $1", &[&id.as_slice()])
-            .db()?;
-        Ok(n > 0)
+        delete_in(&mut *self.conn()?, Deletion::KgssKey(id))
     }
 
     fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
@@ -482,18 +478,7 @@ impl Store for PgStore {
     }
 
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
-        // One statement: the key goes and its id is retired together.
-        let n = self
-            .conn()?
-            .execute(
-                "WITH gone AS (DELETE FROM public_key WHERE key_id = $1 RETURNING key_id)
-                 INSERT INTO retired_key_id (key_id, retired_at)
-                 SELECT key_id, extract(epoch FROM now())::bigint FROM gone
-                 ON CONFLICT (key_id) DO NOTHING",
-                &[&key_id],
-            )
-            .db()?;
-        Ok(n > 0)
+        delete_in(&mut *self.conn()?, Deletion::PublicKey(key_id))
     }
 
     fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()> {
@@ -608,6 +593,18 @@ impl Store for PgStore {
         Ok(sequence)
     }
 
+    fn delete_with_event(&self, target: Deletion<'_>, event: &AuditEvent) -> Result<Option<u64>> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().db()?;
+        if !delete_in(&mut tx, target)? {
+            tx.rollback().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&mut tx, event)?;
+        tx.commit().db()?;
+        Ok(Some(sequence))
+    }
+
     fn remember_request_with_event(
         &self,
         digest: &[u8; 32],
@@ -680,6 +677,26 @@ fn remember_in(
 /// Appends `event` after the chain head within `tx`; returns its sequence. The advisory lock
 /// is held to commit: the head read is the one this event follows, also across instances
 /// sharing the database.
+/// Deletes `target` (one statement each); false when it was not there. A public key's id
+/// is retired in the same statement.
+fn delete_in(client: &mut impl GenericClient, target: Deletion<'_>) -> Result<bool> {
+    let n = match target {
+        Deletion::KgssKey(id) => client
+            .execute("DELETE FROM kgss_key WHERE id = $1", &[&id.as_slice()])
+            .db()?,
+        Deletion::PublicKey(key_id) => client
+            .execute(
+                "WITH gone AS (DELETE FROM public_key WHERE key_id = $1 RETURNING key_id)
+                 INSERT INTO retired_key_id (key_id, retired_at)
+                 SELECT key_id, extract(epoch FROM now())::bigint FROM gone
+                 ON CONFLICT (key_id) DO NOTHING",
+                &[&key_id],
+            )
+            .db()?,
+    };
+    Ok(n > 0)
+}
+
 fn append_in(tx: &mut Transaction, event: &AuditEvent) -> Result<u64> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
         .db()?;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
 use etee_store::{
-    audit, Attribute, AuditEvent, Credential, Error, EtkRecord, Identifier, KgssKey,
+    audit, Attribute, AuditEvent, Credential, Deletion, Error, EtkRecord, Identifier, KgssKey,
     PublicKeyRecord, Store, SCHEMA_VERSION,
 };
 use sha2::{Digest, Sha256};
@@ -617,6 +617,46 @@ pub fn concurrent_audit_appends(h: &impl Harness) {
 
 /// The replay check and an audit event in one transaction: both written, or (a replay)
 /// neither.
+/// A deletion and its event go together: both, or (nothing to delete) neither.
+pub fn delete_with_event(h: &impl Harness) {
+    let s = h.open();
+    let key = kgss_key(7);
+    s.insert_kgss_key(&key).unwrap();
+    let pk = public_key(b"key-d", ("SSIN", "85073003328", None));
+    s.insert_public_key(&pk).unwrap();
+    assert_eq!(
+        s.delete_with_event(Deletion::KgssKey(&key.id), &audit_event(1, "deleted"))
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(s.get_kgss_key(&key.id).unwrap(), None);
+    assert_eq!(
+        s.delete_with_event(Deletion::PublicKey(b"key-d"), &audit_event(2, "deleted"))
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(s.get_public_key(b"key-d").unwrap(), None);
+    // The public key's id is retired with it.
+    assert!(matches!(
+        s.insert_public_key(&pk),
+        Err(Error::AlreadyExists)
+    ));
+    // Nothing (left) to delete: no event.
+    assert_eq!(
+        s.delete_with_event(Deletion::KgssKey(&key.id), &audit_event(3, "deleted"))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.delete_with_event(Deletion::PublicKey(b"never"), &audit_event(3, "deleted"))
+            .unwrap(),
+        None
+    );
+    let all = s.events(0, 100).unwrap();
+    assert_eq!(all.len(), 2);
+    audit::verify(0, audit::GENESIS, &all).unwrap();
+}
+
 pub fn remember_with_event(h: &impl Harness) {
     let s = h.open();
     let d = [4u8; 32];
@@ -722,7 +762,8 @@ macro_rules! store_suite {
         $crate::store_suite!(@tests $make;
             backend_and_open_helper, etks, etks_without_application_id, kgss_keys, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
-            concurrent_audit_appends, remember_with_event, concurrent_remember_with_event);
+            concurrent_audit_appends, remember_with_event, concurrent_remember_with_event,
+            delete_with_event);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

@@ -58,11 +58,9 @@ pub fn router(app: Arc<Appliance>) -> Router {
             ))
         })
         .method_not_allowed_fallback(|| async {
-            let mut r = problem(&ServiceError::BadRequest(
+            problem(&ServiceError::MethodNotAllowed(
                 "this method is not allowed on this route (see /openapi.json)".into(),
-            ));
-            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-            r
+            ))
         })
         .route("/metrics", get(metrics))
         .route(
@@ -89,6 +87,7 @@ fn status(e: &ServiceError) -> StatusCode {
         | ServiceError::KgssUnknownKey(_)
         | ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Platform(_) => StatusCode::BAD_GATEWAY,
+        ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ServiceError::TooLarge(_) | ServiceError::ContentTooLargeForJson { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
         }
@@ -827,6 +826,8 @@ mod tests {
             declared_length_fits(100, &headers),
             Err(ServiceError::TooLarge(100))
         ));
+        let r = problem(&ServiceError::MethodNotAllowed("x".into()));
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let r = problem(&ServiceError::TooLarge(10));
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let r = problem(&ServiceError::KgssAccessDenied("no".into()));

@@ -65,6 +65,8 @@ pub enum ServiceError {
     ContentTooLargeForJson { len: u64, max: u64 },
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
     #[error("I/O: {0}")]
     Io(String),
 }
@@ -86,6 +88,7 @@ impl ServiceError {
             Self::TooLarge(_) => "APPLIANCE_BODY_TOO_LARGE",
             Self::ContentTooLargeForJson { .. } => "APPLIANCE_CONTENT_TOO_LARGE_FOR_JSON",
             Self::NotFound(_) => "APPLIANCE_NOT_FOUND",
+            Self::MethodNotAllowed(_) => "APPLIANCE_METHOD_NOT_ALLOWED",
             Self::Io(_) => "APPLIANCE_IO",
         }
     }

@@ -268,6 +268,8 @@ pub struct Appliance {
     anchors: TrustAnchors,
     platform: PlatformClients,
     own_etk: tokio::sync::OnceCell<Arc<Etk>>,
+    /// The custody core's audit file, from the HSM configuration read at start.
+    audit_file: std::path::PathBuf,
     pub metrics: Metrics,
 }
 
@@ -335,6 +337,7 @@ impl Appliance {
             anchors,
             platform,
             own_etk,
+            audit_file: hsm_config.custody.audit_file.clone(),
             metrics: Metrics::default(),
         })
     }
@@ -402,11 +405,9 @@ impl Appliance {
         }
     }
 
-    /// The custody core's audit file.
+    /// The custody core's audit file (as configured when the appliance started).
     pub fn audit_file(&self) -> std::path::PathBuf {
-        etee_hsm::Config::load(&self.config.hsm)
-            .map(|c| c.custody.audit_file)
-            .unwrap_or_default()
+        self.audit_file.clone()
     }
 
     /// The valid ETKs of `id` (cached; the MatchingEtk rule of spec §4.1 applied).

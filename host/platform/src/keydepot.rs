@@ -25,7 +25,7 @@ use etee_services::etkdepot::Identifier;
 use etee_services::keydepot::{
     HolderInfo, KeyId, KeyInfo, KeyListResponse, KeyRecord, KeyStatus, KeyUse, RegisterKeyRequest,
 };
-use etee_store::{Deletion, PublicKeyRecord, Store};
+use etee_store::{Change, PublicKeyRecord, Store};
 use std::collections::BTreeMap;
 
 /// How far in the future an attestation's `issuedAt` may be (clock skew), in seconds.
@@ -245,17 +245,11 @@ pub fn register(
         attestation,
         created_at: now,
     };
-    match store.insert_public_key(&record) {
-        Ok(()) => {}
-        Err(etee_store::Error::AlreadyExists) => return Err(KeyDepotError::Duplicate),
-        Err(e) => return Err(e.into()),
-    }
-    // After the commit: the event never names a key that was not stored.
-    crate::audit::record(
-        store,
+    // The key and its event in one transaction.
+    let event = crate::audit::event(
         now,
         "keydepot.register",
-        identity,
+        &identity.to_string(),
         request.key_id.to_url_string(),
         "registered",
         Some(
@@ -266,7 +260,17 @@ pub fn register(
             }
             .into(),
         ),
-    )?;
+    );
+    match store.apply_with_event(Change::InsertPublicKey(&record), &event) {
+        Ok(Some(sequence)) => crate::audit::log(sequence, &event),
+        Ok(None) => {
+            return Err(KeyDepotError::Store(etee_store::Error::Invalid(
+                "the key was not stored".into(),
+            )))
+        }
+        Err(etee_store::Error::AlreadyExists) => return Err(KeyDepotError::Duplicate),
+        Err(e) => return Err(e.into()),
+    }
     key_record(&record)
 }
 
@@ -336,18 +340,24 @@ pub fn add_info(
     now: i64,
 ) -> Result<KeyRecord, KeyDepotError> {
     let identity = holder_or_denied(store, caller, key_id, "keydepot.add_info", now)?;
-    crate::audit::record(
-        store,
+    // The change and its event in one transaction.
+    let event = crate::audit::event(
         now,
         "keydepot.add_info",
-        identity,
+        &identity.to_string(),
         key_id.to_url_string(),
         "updated",
         None,
-    )?;
-    if !store.update_public_key_info(key_id.as_bytes(), &info_to_map(info))? {
-        return Err(KeyDepotError::UnknownKey);
-    }
+    );
+    let info = info_to_map(info);
+    let change = Change::UpdatePublicKeyInfo {
+        key_id: key_id.as_bytes(),
+        info: &info,
+    };
+    let sequence = store
+        .apply_with_event(change, &event)?
+        .ok_or(KeyDepotError::UnknownKey)?;
+    crate::audit::log(sequence, &event);
     get(store, key_id)
 }
 
@@ -383,7 +393,7 @@ pub fn delete(
         None,
     );
     let sequence = store
-        .delete_with_event(Deletion::PublicKey(key_id.as_bytes()), &event)?
+        .apply_with_event(Change::DeletePublicKey(key_id.as_bytes()), &event)?
         .ok_or(KeyDepotError::UnknownKey)?;
     crate::audit::log(sequence, &event);
     Ok(())

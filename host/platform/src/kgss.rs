@@ -647,7 +647,7 @@ impl Kgss {
             None,
         );
         let sequence = store
-            .delete_with_event(etee_store::Deletion::KgssKey(&id), &event)?
+            .apply_with_event(etee_store::Change::DeleteKgssKey(&id), &event)?
             .ok_or(KgssError::UnknownKey)?;
         crate::audit::log(sequence, &event);
         Ok(())

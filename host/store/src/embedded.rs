@@ -16,8 +16,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
-    backend_error, check_key_id, Attribute, AttributeHolder, Credential, Deletion, Error,
-    EtkRecord, Identifier, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
+    backend_error, check_key_id, Attribute, AttributeHolder, Change, Credential, Error, EtkRecord,
+    Identifier, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
 };
 
 /// `"schema_version"` → the version of the last migration applied.
@@ -127,6 +127,13 @@ impl EmbeddedStore {
             .insert(SCHEMA_KEY, SCHEMA_VERSION)
             .db()?;
         txn.commit().db()
+    }
+
+    /// [`apply_in`] in a transaction of its own, committed when it changed something.
+    fn apply(&self, change: Change<'_>) -> Result<bool> {
+        let txn = self.write()?;
+        let changed = apply_in(&txn, change)?;
+        commit_if(txn, changed)
     }
 
     fn write(&self) -> Result<WriteTransaction> {
@@ -263,42 +270,11 @@ impl Store for EmbeddedStore {
     }
 
     fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
-        let txn = self.write()?;
-        let removed = delete_in(&txn, Deletion::KgssKey(id))?;
-        commit_if(txn, removed)
+        self.apply(Change::DeleteKgssKey(id))
     }
 
     fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
-        check_key_id(&record.key_id)?;
-        let txn = self.write()?;
-        {
-            let mut keys = txn.open_table(PUBLIC_KEY).db()?;
-            let retired = txn
-                .open_table(RETIRED_KEY_ID)
-                .db()?
-                .get(record.key_id.as_slice())
-                .db()?
-                .is_some();
-            if retired || keys.get(record.key_id.as_slice()).db()?.is_some() {
-                drop(keys);
-                txn.abort().db()?;
-                return Err(Error::AlreadyExists);
-            }
-            keys.insert(
-                record.key_id.as_slice(),
-                &*encode(&PublicKeyRow::from(record))?,
-            )
-            .db()?;
-            let holder = &record.holder;
-            txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER)
-                .db()?
-                .insert(
-                    (holder.id_type.as_str(), holder.value.as_str()),
-                    record.key_id.as_slice(),
-                )
-                .db()?;
-        }
-        txn.commit().db()
+        self.apply(Change::InsertPublicKey(record)).map(drop)
     }
 
     fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>> {
@@ -340,30 +316,11 @@ impl Store for EmbeddedStore {
         key_id: &[u8],
         info: &BTreeMap<String, String>,
     ) -> Result<bool> {
-        let txn = self.write()?;
-        let updated = {
-            let mut keys = txn.open_table(PUBLIC_KEY).db()?;
-            let row = match keys.get(key_id).db()? {
-                None => None,
-                Some(row) => Some(decode::<PublicKeyRow>(row.value())?),
-            };
-            match row {
-                None => false,
-                Some(mut row) => {
-                    row.info
-                        .extend(info.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    keys.insert(key_id, &*encode(&row)?).db()?;
-                    true
-                }
-            }
-        };
-        commit_if(txn, updated)
+        self.apply(Change::UpdatePublicKeyInfo { key_id, info })
     }
 
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
-        let txn = self.write()?;
-        let removed = delete_in(&txn, Deletion::PublicKey(key_id))?;
-        commit_if(txn, removed)
+        self.apply(Change::DeletePublicKey(key_id))
     }
 
     fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()> {
@@ -485,9 +442,9 @@ impl Store for EmbeddedStore {
         Ok(sequence)
     }
 
-    fn delete_with_event(&self, target: Deletion<'_>, event: &AuditEvent) -> Result<Option<u64>> {
+    fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>> {
         let txn = self.write()?;
-        if !delete_in(&txn, target)? {
+        if !apply_in(&txn, change)? {
             txn.abort().db()?;
             return Ok(None);
         }
@@ -580,17 +537,17 @@ fn append_in(txn: &WriteTransaction, event: &AuditEvent) -> Result<u64> {
     Ok(sequence)
 }
 
-/// Deletes `target` inside `txn`; false when it was not there. A public key's id is
-/// retired with it.
-fn delete_in(txn: &WriteTransaction, target: Deletion<'_>) -> Result<bool> {
-    match target {
-        Deletion::KgssKey(id) => Ok(txn
+/// Makes `change` inside `txn`: true when it changed something, false when it found
+/// nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`.
+fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
+    match change {
+        Change::DeleteKgssKey(id) => Ok(txn
             .open_table(KGSS_KEY)
             .db()?
             .remove(&id[..])
             .db()?
             .is_some()),
-        Deletion::PublicKey(key_id) => {
+        Change::DeletePublicKey(key_id) => {
             let removed = {
                 let mut keys = txn.open_table(PUBLIC_KEY).db()?;
                 let row = keys.remove(key_id).db()?;
@@ -614,6 +571,49 @@ fn delete_in(txn: &WriteTransaction, target: Deletion<'_>) -> Result<bool> {
                 .insert(key_id, now_unix())
                 .db()?;
             Ok(true)
+        }
+        Change::InsertPublicKey(record) => {
+            check_key_id(&record.key_id)?;
+            let mut keys = txn.open_table(PUBLIC_KEY).db()?;
+            let retired = txn
+                .open_table(RETIRED_KEY_ID)
+                .db()?
+                .get(record.key_id.as_slice())
+                .db()?
+                .is_some();
+            if retired || keys.get(record.key_id.as_slice()).db()?.is_some() {
+                return Err(Error::AlreadyExists);
+            }
+            keys.insert(
+                record.key_id.as_slice(),
+                &*encode(&PublicKeyRow::from(record))?,
+            )
+            .db()?;
+            let holder = &record.holder;
+            txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER)
+                .db()?
+                .insert(
+                    (holder.id_type.as_str(), holder.value.as_str()),
+                    record.key_id.as_slice(),
+                )
+                .db()?;
+            Ok(true)
+        }
+        Change::UpdatePublicKeyInfo { key_id, info } => {
+            let mut keys = txn.open_table(PUBLIC_KEY).db()?;
+            let row = match keys.get(key_id).db()? {
+                None => None,
+                Some(row) => Some(decode::<PublicKeyRow>(row.value())?),
+            };
+            match row {
+                None => Ok(false),
+                Some(mut row) => {
+                    row.info
+                        .extend(info.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    keys.insert(key_id, &*encode(&row)?).db()?;
+                    Ok(true)
+                }
+            }
         }
     }
 }

@@ -279,21 +279,29 @@ pub trait Store: Send + Sync {
         now: i64,
         event: &AuditEvent,
     ) -> Result<Option<u64>>;
-    /// Deletes `target` and appends `event` in one transaction, or neither: the audit
-    /// chain shows a deletion exactly when it happened (a crash between two writes could
-    /// otherwise leave an event for a key still served). `None`, and no event, when there
-    /// was nothing to delete.
-    fn delete_with_event(&self, target: Deletion<'_>, event: &AuditEvent) -> Result<Option<u64>>;
+    /// Applies `change` and appends `event` in one transaction, or neither: the audit chain
+    /// shows a change exactly when it happened (a crash between two writes could otherwise
+    /// leave an event for a key still served, or a key without its event). `None`, and no
+    /// event, when the change found nothing to act on (a deletion or an update of a key
+    /// that is not there); an insertion of a taken (or retired) key id is
+    /// [`Error::AlreadyExists`], with no event either.
+    fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>>;
     /// The audit events after sequence `after` (0: from the start), at most `limit`, in order.
     fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
 }
 
-/// What [`Store::delete_with_event`] deletes.
+/// A change [`Store::apply_with_event`] makes together with its audit event; each is what
+/// the store method of the same name does.
 #[derive(Clone, Copy, Debug)]
-pub enum Deletion<'a> {
-    KgssKey(&'a [u8; 16]),
-    /// A public key; its id is retired with it (see [`Store::delete_public_key`]).
-    PublicKey(&'a [u8]),
+pub enum Change<'a> {
+    DeleteKgssKey(&'a [u8; 16]),
+    /// Its id is retired with it (see [`Store::delete_public_key`]).
+    DeletePublicKey(&'a [u8]),
+    InsertPublicKey(&'a PublicKeyRecord),
+    UpdatePublicKeyInfo {
+        key_id: &'a [u8],
+        info: &'a BTreeMap<String, String>,
+    },
 }
 
 /// Opens a store: a `postgres://` or `postgresql://` URL connects to PostgreSQL (pool of

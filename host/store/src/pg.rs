@@ -23,7 +23,7 @@ use r2d2_postgres::{r2d2, PostgresConnectionManager};
 
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
-    check_key_id, Attribute, AttributeHolder, Credential, Deletion, Error, EtkRecord, Identifier,
+    check_key_id, Attribute, AttributeHolder, Change, Credential, Error, EtkRecord, Identifier,
     KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
 };
 
@@ -397,36 +397,11 @@ impl Store for PgStore {
     }
 
     fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
-        delete_in(&mut *self.conn()?, Deletion::KgssKey(id))
+        apply_in(&mut *self.conn()?, Change::DeleteKgssKey(id))
     }
 
     fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
-        check_key_id(&record.key_id)?;
-        let n = self
-            .conn()?
-            .execute(
-                &format!(
-                    "INSERT INTO public_key ({PUBLIC_KEY_COLUMNS})
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8
-                     WHERE NOT EXISTS (SELECT 1 FROM retired_key_id WHERE key_id = $1)
-                     ON CONFLICT (key_id) DO NOTHING"
-                ),
-                &[
-                    &record.key_id,
-                    &record.holder.id_type,
-                    &record.holder.value,
-                    &record.holder.application_id,
-                    &record.spki_der,
-                    &Json(&record.info),
-                    &record.attestation,
-                    &record.created_at,
-                ],
-            )
-            .db()?;
-        if n == 0 {
-            return Err(Error::AlreadyExists);
-        }
-        Ok(())
+        apply_in(&mut *self.conn()?, Change::InsertPublicKey(record)).map(drop)
     }
 
     fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>> {
@@ -466,19 +441,14 @@ impl Store for PgStore {
         key_id: &[u8],
         info: &BTreeMap<String, String>,
     ) -> Result<bool> {
-        // `||` on JSONB objects merges, right-hand entries winning: one atomic statement.
-        let n = self
-            .conn()?
-            .execute(
-                "UPDATE public_key SET info = info || $2 WHERE key_id = $1",
-                &[&key_id, &Json(info)],
-            )
-            .db()?;
-        Ok(n > 0)
+        apply_in(
+            &mut *self.conn()?,
+            Change::UpdatePublicKeyInfo { key_id, info },
+        )
     }
 
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
-        delete_in(&mut *self.conn()?, Deletion::PublicKey(key_id))
+        apply_in(&mut *self.conn()?, Change::DeletePublicKey(key_id))
     }
 
     fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()> {
@@ -593,10 +563,12 @@ impl Store for PgStore {
         Ok(sequence)
     }
 
-    fn delete_with_event(&self, target: Deletion<'_>, event: &AuditEvent) -> Result<Option<u64>> {
+    fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().db()?;
-        if !delete_in(&mut tx, target)? {
+        // The change first (its row locks), then the audit lock, as in
+        // remember_request_with_event.
+        if !apply_in(&mut tx, change)? {
             tx.rollback().db()?;
             return Ok(None);
         }
@@ -677,20 +649,55 @@ fn remember_in(
 /// Appends `event` after the chain head within `tx`; returns its sequence. The advisory lock
 /// is held to commit: the head read is the one this event follows, also across instances
 /// sharing the database.
-/// Deletes `target` (one statement each); false when it was not there. A public key's id
-/// is retired in the same statement.
-fn delete_in(client: &mut impl GenericClient, target: Deletion<'_>) -> Result<bool> {
-    let n = match target {
-        Deletion::KgssKey(id) => client
+/// Makes `change` (one statement each): true when it changed something, false when it
+/// found nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`.
+/// A public key's deletion retires its id in the same statement.
+fn apply_in(client: &mut impl GenericClient, change: Change<'_>) -> Result<bool> {
+    let n = match change {
+        Change::DeleteKgssKey(id) => client
             .execute("DELETE FROM kgss_key WHERE id = $1", &[&id.as_slice()])
             .db()?,
-        Deletion::PublicKey(key_id) => client
+        Change::DeletePublicKey(key_id) => client
             .execute(
                 "WITH gone AS (DELETE FROM public_key WHERE key_id = $1 RETURNING key_id)
                  INSERT INTO retired_key_id (key_id, retired_at)
                  SELECT key_id, extract(epoch FROM now())::bigint FROM gone
                  ON CONFLICT (key_id) DO NOTHING",
                 &[&key_id],
+            )
+            .db()?,
+        Change::InsertPublicKey(record) => {
+            check_key_id(&record.key_id)?;
+            let n = client
+                .execute(
+                    &format!(
+                        "INSERT INTO public_key ({PUBLIC_KEY_COLUMNS})
+                         SELECT $1, $2, $3, $4, $5, $6, $7, $8
+                         WHERE NOT EXISTS (SELECT 1 FROM retired_key_id WHERE key_id = $1)
+                         ON CONFLICT (key_id) DO NOTHING"
+                    ),
+                    &[
+                        &record.key_id,
+                        &record.holder.id_type,
+                        &record.holder.value,
+                        &record.holder.application_id,
+                        &record.spki_der,
+                        &Json(&record.info),
+                        &record.attestation,
+                        &record.created_at,
+                    ],
+                )
+                .db()?;
+            if n == 0 {
+                return Err(Error::AlreadyExists);
+            }
+            n
+        }
+        // `||` on JSONB objects merges, right-hand entries winning: one atomic statement.
+        Change::UpdatePublicKeyInfo { key_id, info } => client
+            .execute(
+                "UPDATE public_key SET info = info || $2 WHERE key_id = $1",
+                &[&key_id, &Json(info)],
             )
             .db()?,
     };

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
 use etee_store::{
-    audit, Attribute, AuditEvent, Credential, Deletion, Error, EtkRecord, Identifier, KgssKey,
+    audit, Attribute, AuditEvent, Change, Credential, Error, EtkRecord, Identifier, KgssKey,
     PublicKeyRecord, Store, SCHEMA_VERSION,
 };
 use sha2::{Digest, Sha256};
@@ -617,22 +617,25 @@ pub fn concurrent_audit_appends(h: &impl Harness) {
 
 /// The replay check and an audit event in one transaction: both written, or (a replay)
 /// neither.
-/// A deletion and its event go together: both, or (nothing to delete) neither.
-pub fn delete_with_event(h: &impl Harness) {
+/// A change and its event go together: both, or (nothing to act on, a taken id) neither.
+pub fn apply_with_event(h: &impl Harness) {
     let s = h.open();
     let key = kgss_key(7);
     s.insert_kgss_key(&key).unwrap();
     let pk = public_key(b"key-d", ("SSIN", "85073003328", None));
     s.insert_public_key(&pk).unwrap();
     assert_eq!(
-        s.delete_with_event(Deletion::KgssKey(&key.id), &audit_event(1, "deleted"))
+        s.apply_with_event(Change::DeleteKgssKey(&key.id), &audit_event(1, "deleted"))
             .unwrap(),
         Some(1)
     );
     assert_eq!(s.get_kgss_key(&key.id).unwrap(), None);
     assert_eq!(
-        s.delete_with_event(Deletion::PublicKey(b"key-d"), &audit_event(2, "deleted"))
-            .unwrap(),
+        s.apply_with_event(
+            Change::DeletePublicKey(b"key-d"),
+            &audit_event(2, "deleted")
+        )
+        .unwrap(),
         Some(2)
     );
     assert_eq!(s.get_public_key(b"key-d").unwrap(), None);
@@ -643,17 +646,60 @@ pub fn delete_with_event(h: &impl Harness) {
     ));
     // Nothing (left) to delete: no event.
     assert_eq!(
-        s.delete_with_event(Deletion::KgssKey(&key.id), &audit_event(3, "deleted"))
+        s.apply_with_event(Change::DeleteKgssKey(&key.id), &audit_event(3, "deleted"))
             .unwrap(),
         None
     );
     assert_eq!(
-        s.delete_with_event(Deletion::PublicKey(b"never"), &audit_event(3, "deleted"))
+        s.apply_with_event(
+            Change::DeletePublicKey(b"never"),
+            &audit_event(3, "deleted")
+        )
+        .unwrap(),
+        None
+    );
+    // Insertion and update with their events; a taken id is refused with no event.
+    let fresh = public_key(b"key-e", ("SSIN", "85073003328", None));
+    assert_eq!(
+        s.apply_with_event(
+            Change::InsertPublicKey(&fresh),
+            &audit_event(3, "registered")
+        )
+        .unwrap(),
+        Some(3)
+    );
+    assert!(matches!(
+        s.apply_with_event(
+            Change::InsertPublicKey(&fresh),
+            &audit_event(4, "registered")
+        ),
+        Err(Error::AlreadyExists)
+    ));
+    let info = BTreeMap::from([("label".to_string(), "x".to_string())]);
+    let update = |key_id: &'static [u8]| Change::UpdatePublicKeyInfo {
+        key_id,
+        info: &info,
+    };
+    assert_eq!(
+        s.apply_with_event(update(b"key-e"), &audit_event(4, "updated"))
+            .unwrap(),
+        Some(4)
+    );
+    assert_eq!(
+        s.get_public_key(b"key-e")
+            .unwrap()
+            .unwrap()
+            .info
+            .get("label"),
+        Some(&"x".to_string())
+    );
+    assert_eq!(
+        s.apply_with_event(update(b"never"), &audit_event(5, "updated"))
             .unwrap(),
         None
     );
     let all = s.events(0, 100).unwrap();
-    assert_eq!(all.len(), 2);
+    assert_eq!(all.len(), 4);
     audit::verify(0, audit::GENESIS, &all).unwrap();
 }
 
@@ -763,7 +809,7 @@ macro_rules! store_suite {
             backend_and_open_helper, etks, etks_without_application_id, kgss_keys, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
             concurrent_audit_appends, remember_with_event, concurrent_remember_with_event,
-            delete_with_event);
+            apply_with_event);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

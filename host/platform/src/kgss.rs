@@ -449,32 +449,33 @@ impl Kgss {
             deletion_strategy: request.deletion_strategy.then(|| "holder".to_owned()),
             created_at: now,
         };
-        // A clash of 128-bit random ids means a broken generator; try once more anyway.
+        // The key and its event in one transaction: the chain names every stored key, and
+        // only those. A clash of 128-bit random ids means a broken generator; try once more
+        // anyway.
         let mut stored = Err(KgssError::Custody("no key id".into()));
         for _ in 0..2 {
             openssl::rand::rand_bytes(&mut record.id)
                 .map_err(|e| KgssError::Custody(e.to_string()))?;
-            match store.insert_kgss_key(&record) {
-                Ok(()) => {
+            let event = crate::audit::event(
+                now,
+                "kgss.create",
+                &creator.to_string(),
+                hex::encode(record.id),
+                "created",
+                None,
+            );
+            match store.apply_with_event(etee_store::Change::InsertKgssKey(&record), &event) {
+                Ok(Some(sequence)) => {
+                    crate::audit::log(sequence, &event);
                     stored = Ok(());
                     break;
                 }
+                Ok(None) => return Err(KgssError::Custody("the key was not stored".into())),
                 Err(etee_store::Error::AlreadyExists) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         stored?;
-        // After the commit: an event never names a key that was not stored. A failure here
-        // answers an error (the key then exists unannounced, as after a crash).
-        audit(
-            store,
-            now,
-            "kgss.create",
-            creator,
-            &record.id,
-            "created",
-            None,
-        )?;
         let answer = GetNewKeyResponseContent {
             new_key_identifier: record.id.to_vec(),
             new_key: SecretBytes::from_slice(&key),

@@ -247,18 +247,7 @@ impl Store for EmbeddedStore {
     }
 
     fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
-        let txn = self.write()?;
-        {
-            let mut keys = txn.open_table(KGSS_KEY).db()?;
-            if keys.get(&key.id[..]).db()?.is_some() {
-                drop(keys);
-                txn.abort().db()?;
-                return Err(Error::AlreadyExists);
-            }
-            keys.insert(&key.id[..], &*encode(&KgssRow::from(key))?)
-                .db()?;
-        }
-        txn.commit().db()
+        self.apply(Change::InsertKgssKey(key)).map(drop)
     }
 
     fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>> {
@@ -541,6 +530,15 @@ fn append_in(txn: &WriteTransaction, event: &AuditEvent) -> Result<u64> {
 /// nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`.
 fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
     match change {
+        Change::InsertKgssKey(key) => {
+            let mut keys = txn.open_table(KGSS_KEY).db()?;
+            if keys.get(&key.id[..]).db()?.is_some() {
+                return Err(Error::AlreadyExists);
+            }
+            keys.insert(&key.id[..], &*encode(&KgssRow::from(key))?)
+                .db()?;
+            Ok(true)
+        }
         Change::DeleteKgssKey(id) => Ok(txn
             .open_table(KGSS_KEY)
             .db()?

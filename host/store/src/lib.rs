@@ -294,6 +294,7 @@ pub trait Store: Send + Sync {
 /// the store method of the same name does.
 #[derive(Clone, Copy, Debug)]
 pub enum Change<'a> {
+    InsertKgssKey(&'a KgssKey),
     DeleteKgssKey(&'a [u8; 16]),
     /// Its id is retired with it (see [`Store::delete_public_key`]).
     DeletePublicKey(&'a [u8]),

@@ -360,29 +360,7 @@ impl Store for PgStore {
     }
 
     fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
-        let n = self
-            .conn()?
-            .execute(
-                &format!(
-                    "INSERT INTO kgss_key ({KGSS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (id) DO NOTHING"
-                ),
-                &[
-                    &key.id.as_slice(),
-                    &key.wrapped_key,
-                    &key.wrapping_key_label,
-                    &Json(&key.creator),
-                    &Json(&key.allowed_readers),
-                    &Json(&key.excluded_readers),
-                    &key.deletion_strategy,
-                    &key.created_at,
-                ],
-            )
-            .db()?;
-        if n == 0 {
-            return Err(Error::AlreadyExists);
-        }
-        Ok(())
+        apply_in(&mut *self.conn()?, Change::InsertKgssKey(key)).map(drop)
     }
 
     fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>> {
@@ -654,6 +632,30 @@ fn remember_in(
 /// A public key's deletion retires its id in the same statement.
 fn apply_in(client: &mut impl GenericClient, change: Change<'_>) -> Result<bool> {
     let n = match change {
+        Change::InsertKgssKey(key) => {
+            let n = client
+                .execute(
+                    &format!(
+                        "INSERT INTO kgss_key ({KGSS_COLUMNS})
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+                    ),
+                    &[
+                        &key.id.as_slice(),
+                        &key.wrapped_key,
+                        &key.wrapping_key_label,
+                        &Json(&key.creator),
+                        &Json(&key.allowed_readers),
+                        &Json(&key.excluded_readers),
+                        &key.deletion_strategy,
+                        &key.created_at,
+                    ],
+                )
+                .db()?;
+            if n == 0 {
+                return Err(Error::AlreadyExists);
+            }
+            n
+        }
         Change::DeleteKgssKey(id) => client
             .execute("DELETE FROM kgss_key WHERE id = $1", &[&id.as_slice()])
             .db()?,

@@ -621,13 +621,21 @@ pub fn concurrent_audit_appends(h: &impl Harness) {
 pub fn apply_with_event(h: &impl Harness) {
     let s = h.open();
     let key = kgss_key(7);
-    s.insert_kgss_key(&key).unwrap();
+    assert_eq!(
+        s.apply_with_event(Change::InsertKgssKey(&key), &audit_event(0, "created"))
+            .unwrap(),
+        Some(1)
+    );
+    assert!(matches!(
+        s.apply_with_event(Change::InsertKgssKey(&key), &audit_event(0, "created")),
+        Err(Error::AlreadyExists)
+    ));
     let pk = public_key(b"key-d", ("SSIN", "85073003328", None));
     s.insert_public_key(&pk).unwrap();
     assert_eq!(
         s.apply_with_event(Change::DeleteKgssKey(&key.id), &audit_event(1, "deleted"))
             .unwrap(),
-        Some(1)
+        Some(2)
     );
     assert_eq!(s.get_kgss_key(&key.id).unwrap(), None);
     assert_eq!(
@@ -636,7 +644,7 @@ pub fn apply_with_event(h: &impl Harness) {
             &audit_event(2, "deleted")
         )
         .unwrap(),
-        Some(2)
+        Some(3)
     );
     assert_eq!(s.get_public_key(b"key-d").unwrap(), None);
     // The public key's id is retired with it.
@@ -666,7 +674,7 @@ pub fn apply_with_event(h: &impl Harness) {
             &audit_event(3, "registered")
         )
         .unwrap(),
-        Some(3)
+        Some(4)
     );
     assert!(matches!(
         s.apply_with_event(
@@ -683,7 +691,7 @@ pub fn apply_with_event(h: &impl Harness) {
     assert_eq!(
         s.apply_with_event(update(b"key-e"), &audit_event(4, "updated"))
             .unwrap(),
-        Some(4)
+        Some(5)
     );
     assert_eq!(
         s.get_public_key(b"key-e")
@@ -699,7 +707,7 @@ pub fn apply_with_event(h: &impl Harness) {
         None
     );
     let all = s.events(0, 100).unwrap();
-    assert_eq!(all.len(), 4);
+    assert_eq!(all.len(), 5);
     audit::verify(0, audit::GENESIS, &all).unwrap();
 }
 

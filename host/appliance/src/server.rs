@@ -65,6 +65,22 @@ pub fn certificate_sha256(der: &CertificateDer<'_>) -> [u8; 32] {
     openssl::sha::sha256(der.as_ref())
 }
 
+/// The earliest notAfter (Unix seconds) of a verified client chain; `None` when no
+/// certificate of it can be read (rustls accepted it, so its own check stands alone).
+fn chain_valid_until(chain: &[CertificateDer<'_>]) -> Option<i64> {
+    chain
+        .iter()
+        .filter_map(|c| etee_formats::cert::Certificate::from_der(c.as_ref()).ok())
+        .map(|c| c.not_after())
+        .min()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Binds the Unix socket at `path` with [`SOCKET_MODE`]: a stale socket file left by a
 /// crash is replaced, a live one (another appliance) or any other file is an error.
 pub fn bind_unix(path: &Path) -> Result<UnixListener> {
@@ -94,6 +110,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener> {
 async fn connection<I>(
     io: I,
     peer: Peer,
+    valid_until: Option<i64>,
     routes: Router,
     limits: Limits,
     mut closing: watch::Receiver<bool>,
@@ -102,10 +119,38 @@ async fn connection<I>(
 {
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(peer.clone());
+            // rustls verified the client's chain at the handshake only. Once a certificate
+            // of it has expired, a kept-alive connection no longer identifies a client:
+            // this request is served as from an unknown caller, and the connection ends
+            // with it so that the next handshake meets the verifier again.
+            let expired = valid_until.is_some_and(|t| unix_now() > t);
+            let peer = match &peer {
+                Peer::Tls { addr, .. } if expired => {
+                    tracing::info!(
+                        %addr,
+                        "a client certificate expired during its connection: the request is \
+                         served as unidentified and the connection closed"
+                    );
+                    Peer::Tls {
+                        certificate_sha256: None,
+                        addr: *addr,
+                    }
+                }
+                p => p.clone(),
+            };
+            request.extensions_mut().insert(peer);
             let mut routes = routes.clone();
             async move {
-                match tokio::time::timeout(limits.request_timeout, routes.call(request)).await {
+                let answer =
+                    tokio::time::timeout(limits.request_timeout, routes.call(request)).await;
+                match answer {
+                    Ok(Ok(mut response)) if expired => {
+                        response.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                        Ok(response)
+                    }
                     Ok(response) => response,
                     Err(_) => {
                         tracing::warn!(
@@ -214,17 +259,14 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let certificate_sha256 = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(certificate_sha256);
+                    let chain = tls.get_ref().1.peer_certificates();
+                    let certificate_sha256 = chain.and_then(|c| c.first()).map(certificate_sha256);
+                    let valid_until = chain.and_then(chain_valid_until);
                     let peer = Peer::Tls {
                         certificate_sha256,
                         addr,
                     };
-                    connection(tls, peer, routes, limits, closing).await;
+                    connection(tls, peer, valid_until, routes, limits, closing).await;
                 });
             }
             Listener::Unix(unix) => {
@@ -252,7 +294,7 @@ async fn accept_loop(
                 };
                 tokio::spawn(async move {
                     let _permit = permit;
-                    connection(stream, peer, routes, limits, closing).await;
+                    connection(stream, peer, None, routes, limits, closing).await;
                 });
             }
         }
@@ -396,6 +438,7 @@ mod tests {
         let served = tokio::spawn(connection(
             server,
             peer.clone(),
+            None,
             routes.clone(),
             limits,
             closing.clone(),
@@ -413,7 +456,7 @@ mod tests {
         );
 
         let (mut slow, server) = tokio::io::duplex(4096);
-        let cut = tokio::spawn(connection(server, peer, routes, limits, closing));
+        let cut = tokio::spawn(connection(server, peer, None, routes, limits, closing));
         slow.write_all(b"GET /ping HTTP/1.1\r\nHost:")
             .await
             .unwrap();
@@ -452,7 +495,7 @@ mod tests {
         let peer = Peer::Unix { uid: 1, pid: None };
         // A small pipe: the answers fill it at once.
         let (mut client, server) = tokio::io::duplex(1024);
-        let served = tokio::spawn(connection(server, peer, routes, limits, closing));
+        let served = tokio::spawn(connection(server, peer, None, routes, limits, closing));
         for _ in 0..20 {
             client
                 .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -464,5 +507,60 @@ mod tests {
             .expect("the connection was not cut off")
             .unwrap();
         drop(client);
+    }
+
+    /// A client whose certificate has expired since the handshake is no longer identified
+    /// by it, and its connection ends with that answer; one still valid is served as usual.
+    #[tokio::test]
+    async fn an_expired_client_certificate_stops_identifying_its_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let routes = Router::new().route(
+            "/who",
+            axum::routing::get(|axum::Extension(peer): axum::Extension<Peer>| async move {
+                match peer {
+                    Peer::Tls {
+                        certificate_sha256: Some(_),
+                        ..
+                    } => "certificate",
+                    _ => "nobody",
+                }
+            }),
+        );
+        let (_closing_tx, closing) = watch::channel(false);
+        let peer = Peer::Tls {
+            certificate_sha256: Some([7; 32]),
+            addr: "127.0.0.1:9".parse().unwrap(),
+        };
+        let ask = |valid_until: i64| {
+            let (routes, closing, peer) = (routes.clone(), closing.clone(), peer.clone());
+            async move {
+                let (mut client, server) = tokio::io::duplex(4096);
+                let served = tokio::spawn(connection(
+                    server,
+                    peer,
+                    Some(valid_until),
+                    routes,
+                    Limits::default(),
+                    closing,
+                ));
+                client
+                    .write_all(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut answer = vec![0u8; 1024];
+                let n = client.read(&mut answer).await.unwrap();
+                drop(client);
+                served.await.unwrap();
+                String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase()
+            }
+        };
+        let now = unix_now();
+        let valid = ask(now + 3600).await;
+        assert!(valid.starts_with("http/1.1 200"), "{valid}");
+        assert!(valid.ends_with("certificate"), "{valid}");
+        assert!(!valid.contains("connection: close"), "{valid}");
+        let expired = ask(now - 1).await;
+        assert!(expired.ends_with("nobody"), "{expired}");
+        assert!(expired.contains("connection: close"), "{expired}");
     }
 }

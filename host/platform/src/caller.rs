@@ -10,6 +10,10 @@ use std::sync::Arc;
 pub struct Caller {
     pub certificate: Certificate,
     pub identities: Vec<Identity>,
+    /// The earliest notAfter (Unix seconds) of the chain the client presented. rustls checks
+    /// the chain once, at the handshake; a kept-alive connection outlives that check, so
+    /// each request compares the time with this ([`Caller::is_valid_at`]).
+    pub valid_until: i64,
 }
 
 /// What the routes see: the caller, if the client presented a certificate.
@@ -22,10 +26,24 @@ impl Caller {
     pub fn from_chain(chain: &[impl AsRef<[u8]>]) -> Option<Self> {
         let certificate = Certificate::from_der(chain.first()?.as_ref()).ok()?;
         let identities = identities(&certificate);
+        // The rest of the chain was verified too; a certificate we cannot parse here
+        // does not shorten the period (the leaf's bound always applies).
+        let valid_until = chain[1..]
+            .iter()
+            .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
+            .map(|c| c.not_after())
+            .fold(certificate.not_after(), i64::min);
         Some(Self {
             certificate,
             identities,
+            valid_until,
         })
+    }
+
+    /// Whether the presented chain is still within its validity at `now` (Unix seconds;
+    /// notAfter itself included, as RFC 5280 has it).
+    pub fn is_valid_at(&self, now: i64) -> bool {
+        now <= self.valid_until
     }
 }
 

@@ -76,15 +76,43 @@ pub async fn serve(
             );
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(caller.clone());
+                    // A certificate that expired while the connection was kept alive no
+                    // longer authenticates: this request is served as anonymous (routes
+                    // that need a caller refuse it) and the connection ends with it, so
+                    // that the client's next handshake meets the verifier again.
+                    let expired = caller
+                        .0
+                        .as_ref()
+                        .is_some_and(|c| !c.is_valid_at(crate::unix_now()));
+                    if expired {
+                        tracing::info!(
+                            "a client certificate expired during its connection: the request \
+                             is served without a caller and the connection closed"
+                        );
+                        request.extensions_mut().insert(MaybeCaller(None));
+                    } else {
+                        request.extensions_mut().insert(caller.clone());
+                    }
                     let mut routes = routes.clone();
                     async move {
-                        match tokio::time::timeout(limits.request_timeout, routes.call(request))
-                            .await
+                        let mut response = match tokio::time::timeout(
+                            limits.request_timeout,
+                            routes.call(request),
+                        )
+                        .await
                         {
                             Ok(response) => response,
                             Err(_) => Ok(crate::routes::timeout_response()),
+                        };
+                        if expired {
+                            if let Ok(r) = &mut response {
+                                r.headers_mut().insert(
+                                    axum::http::header::CONNECTION,
+                                    axum::http::HeaderValue::from_static("close"),
+                                );
+                            }
                         }
+                        response
                     }
                 },
             );

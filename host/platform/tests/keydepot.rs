@@ -503,6 +503,52 @@ async fn attestations(w: World) {
     w.stop().await;
 }
 
+/// rustls checks the client's chain at the handshake only; a certificate that expires
+/// while its connection is kept alive must stop authenticating there and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_expires_during_a_connection_stops_authenticating() {
+    let w = World::new("expiring", common::Backend::Embedded).await;
+    // Valid for a few seconds from now (key generation included).
+    let now = etee_platform::unix_now();
+    let validity = etee_testpki::Validity {
+        not_before: now - 60,
+        not_after: now + 6,
+    };
+    let short = common::pki()
+        .pki
+        .institution(
+            &etee_testpki::InstitutionSpec::new("NIHII-HOSPITAL", "71000535", "Short Lived")
+                .with_auth_validity(validity),
+        )
+        .unwrap();
+    let mut c = w.connect(Some(&short)).await;
+    // Authenticated: an unknown key is a 404, not a 401.
+    assert_problem(
+        &delete(&mut c, b"nothing").await,
+        404,
+        "KEYDEPOT_UNKNOWN_KEY",
+    );
+
+    // Past notAfter (a second's margin: the check is by the second), same connection.
+    let wait = validity.not_after + 2 - etee_platform::unix_now();
+    tokio::time::sleep(std::time::Duration::from_secs(wait.max(0) as u64)).await;
+    let a = delete(&mut c, b"nothing").await;
+    assert_problem(&a, 401, "KEYDEPOT_NOT_AUTHENTICATED");
+    // That answer closed the connection.
+    assert!(c.get("/health").await.is_err());
+    // A new connection with the expired certificate is refused by the handshake's verifier
+    // (with TLS 1.3 the client learns it at its first read).
+    let refused = match w.try_connect(Some(&short)).await {
+        Err(_) => true,
+        Ok(mut c) => c.get("/health").await.is_err(),
+    };
+    assert!(refused, "an expired client certificate was accepted");
+    // Anonymous reads go on as before.
+    let mut anonymous = w.connect(None).await;
+    assert_eq!(anonymous.get("/health").await.unwrap().status, 200);
+    w.stop().await;
+}
+
 async fn malformed_requests_are_problems(w: World) {
     let mut alice = w.connect(Some(&w.alice)).await;
     let good = request(&rsa(), b"good");

@@ -60,6 +60,12 @@ pub const fn secret_len_ok(len: usize) -> bool {
 /// Size of the policy table (one rule per client and key).
 pub const MAX_POLICY_RULES: usize = 32;
 
+/// Longest secret split into M-of-N shares ([`crate::shares`]): a PIN of up to 64 bytes.
+pub const MAX_SHARED_SECRET_LEN: usize = 64;
+
+/// Most shares one split makes (and so the largest quorum).
+pub const MAX_SHARES: usize = 16;
+
 /// Consecutive wrong PINs after which `Unlock` is refused until an administrator resets the
 /// counter. Keep it below the token's own retry limit, so that a guessing client locks out
 /// the custody core, not the HSM's user PIN.

@@ -23,6 +23,7 @@
 //! | [`lock`]    | lock state and the wrong-PIN counter                               |
 //! | [`token`]   | the HSM trait and PKCS#11 error codes                              |
 //! | [`id`], [`secret`] | bounded key/client ids; wiped, unprintable secrets          |
+//! | [`shares`]  | M-of-N secret sharing (the security officer's PIN)                 |
 //! | `insecure`  | (feature `insecure`) an in-memory token and sink, **tests only**   |
 //! | `file_sink` | (feature `std`) the fsynced, crash-safe audit file of the host      |
 //!
@@ -79,6 +80,7 @@ pub mod insecure;
 pub mod lock;
 pub mod policy;
 pub mod secret;
+pub mod shares;
 pub mod token;
 pub mod wire;
 

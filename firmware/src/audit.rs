@@ -62,6 +62,9 @@ pub enum Operation {
     WrapSecret,
     /// A wrapped secret unwrapped; `input_digest` is the SHA-256 of the wrapped blob.
     UnwrapSecret,
+    /// The token's security officer set the user PIN (`etee hsm init-pin`); the wrong-PIN
+    /// count starts again, as after [`Operation::PinReset`].
+    UserPinSet,
 }
 
 /// What came of it. The postcard encoding is the variant index: append only.
@@ -225,7 +228,7 @@ impl PinHistory {
     /// Takes the next record of the chain into account.
     pub fn observe(&mut self, record: &AuditRecord) {
         match (record.operation, record.outcome) {
-            (Operation::Unlock, Outcome::Success) | (Operation::PinReset, Outcome::Success) => {
+            (Operation::Unlock | Operation::PinReset | Operation::UserPinSet, Outcome::Success) => {
                 self.failures = 0;
             }
             // Every failed C_Login counts (see `lock`); a refusal without a login does not.

@@ -249,6 +249,22 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         Ok(())
     }
 
+    /// Records that the token's security officer set the user PIN (a local call, after
+    /// the host did it with the SO PIN); the wrong-PIN count starts again, since the PIN
+    /// it counted against is gone. Not counted as done if it cannot be recorded.
+    pub fn user_pin_set(&mut self, now_ms: u64) -> Result<(), Error> {
+        self.record(
+            now_ms,
+            None,
+            Operation::UserPinSet,
+            None,
+            NO_INPUT,
+            Outcome::Success,
+        )?;
+        self.lock.reset();
+        Ok(())
+    }
+
     /// Lock state and PIN tries left.
     pub fn status(&self) -> StatusReply {
         StatusReply {

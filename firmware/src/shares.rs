@@ -214,10 +214,9 @@ pub fn split(
 /// Rebuilds the secret from at least `threshold` shares of one split (extra shares are
 /// checked for belonging to the split, then left out).
 pub fn combine(shares: &[Share]) -> Result<SharedSecret, ShareError> {
-    let first = shares.first().ok_or(ShareError::NotEnough {
-        needed: 2,
-        got: 0,
-    })?;
+    let first = shares
+        .first()
+        .ok_or(ShareError::NotEnough { needed: 2, got: 0 })?;
     for (n, s) in shares.iter().enumerate() {
         if s.format != first.format
             || s.set != first.set
@@ -236,10 +235,12 @@ pub fn combine(shares: &[Share]) -> Result<SharedSecret, ShareError> {
         }
     }
     check_parameters(first.threshold, first.count)?;
-    let used = &shares.get(..usize::from(first.threshold)).ok_or(ShareError::NotEnough {
-        needed: first.threshold,
-        got: shares.len(),
-    })?;
+    let used = &shares
+        .get(..usize::from(first.threshold))
+        .ok_or(ShareError::NotEnough {
+            needed: first.threshold,
+            got: shares.len(),
+        })?;
     // Lagrange interpolation at x = 0: secret = Σ y_i · Π_{j≠i} x_j / (x_j − x_i), where
     // subtraction is XOR in GF(2^8).
     let secret = Secret::fill_with(|buf| {

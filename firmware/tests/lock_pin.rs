@@ -145,3 +145,45 @@ fn an_overlong_pin_is_a_bad_frame_and_is_never_tried() {
     assert_eq!(status(&mut core).pin_tries_left, MAX_PIN_ATTEMPTS);
     assert!(core.audit_sink().records().is_empty());
 }
+
+/// The security officer setting the user PIN (`etee hsm init-pin`) ends a lock-out, on
+/// record, and a restart that recounts the chain agrees.
+#[test]
+fn the_officer_setting_the_user_pin_ends_a_lock_out_on_record() {
+    use etee_custody::audit::PinHistory;
+    let mut core = core();
+    for t in 0..MAX_PIN_ATTEMPTS {
+        call(&mut core, &unlock(WRONG_PIN), u64::from(t));
+    }
+    assert_eq!(status(&mut core).state, LockState::LockedOut);
+    let recount = |core: &Core| {
+        let mut h = PinHistory::new();
+        core.audit_sink()
+            .records()
+            .iter()
+            .for_each(|r| h.observe(r));
+        h.failures()
+    };
+    assert_eq!(recount(&core), MAX_PIN_ATTEMPTS);
+
+    core.user_pin_set(10).unwrap();
+    let last = core.audit_sink().records().last().unwrap();
+    assert_eq!(last.operation, Operation::UserPinSet);
+    assert_eq!(last.outcome, Outcome::Success);
+    assert_eq!(last.client, None);
+    assert_eq!(
+        status(&mut core),
+        StatusReply {
+            state: LockState::Locked,
+            pin_tries_left: MAX_PIN_ATTEMPTS
+        }
+    );
+    assert_eq!(recount(&core), 0);
+    assert_eq!(call(&mut core, &unlock(PIN), 11), Response::Unlocked);
+    // Appended after the others: the postcard index on the chain is 7.
+    let mut buf = [0u8; 4];
+    assert_eq!(
+        postcard::to_slice(&Operation::UserPinSet, &mut buf).unwrap(),
+        &[7]
+    );
+}

@@ -161,7 +161,10 @@ fn the_encoding_is_exact_and_bounded() {
     }
     let mut future = encoded.clone();
     future[0] = 2;
-    assert_eq!(Share::decode(&future), Err(ShareError::UnsupportedFormat(2)));
+    assert_eq!(
+        Share::decode(&future),
+        Err(ShareError::UnsupportedFormat(2))
+    );
     // Threshold above count, as a damaged file might say.
     let mut bad = encoded.clone();
     bad[9] = 3;
@@ -173,5 +176,8 @@ fn debug_shows_no_share_bytes() {
     let shares = shares_of(b"\x01\x02\x03 secret secret", 2, 3, 5);
     let shown = format!("{:?}", shares[1]);
     assert!(shown.contains("2 of 3 (any 2)"), "{shown}");
-    assert!(!shown.contains(&format!("{:?}", shares[1].value.expose())), "{shown}");
+    assert!(
+        !shown.contains(&format!("{:?}", shares[1].value.expose())),
+        "{shown}"
+    );
 }

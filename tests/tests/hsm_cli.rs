@@ -578,3 +578,121 @@ fn keys_list_into_a_closed_pipe_is_quiet() {
     );
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 }
+
+/// `hsm init --so-pin-shares 2/3`: the SO PIN exists only as three share files; two of
+/// them let `hsm init-pin` set the user PIN again, one does not; the share files are new
+/// files, private to their owner, never overwritten.
+#[test]
+fn the_so_pin_as_shares_and_init_pin() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = scratch();
+    let label = "e2e-quorum";
+    let hsm = SoftHsm::new(tmp.path());
+    let config = hsm.token_config("quorum", label, "");
+    let shares = tmp.path().join("shares");
+    std::fs::create_dir(&shares).unwrap();
+    let init = |args: &[&str]| {
+        hsm.etee(["hsm", "init", "--config"])
+            .arg(&config)
+            .args(args)
+            .run()
+    };
+
+    // With so_pin_file still configured: refused before anything is written.
+    let run = init(&["--so-pin-shares", "2/3", "--shares-dir", "shares"]);
+    run.code(2);
+    assert!(run.stderr.contains("remove so_pin_file"), "{}", run.stderr);
+    assert_eq!(std::fs::read_dir(&shares).unwrap().count(), 0);
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without_so_pin: String = text
+        .lines()
+        .filter(|l| !l.starts_with("so_pin_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, without_so_pin).unwrap();
+    // A quorum that is not one.
+    init(&["--so-pin-shares", "1/3", "--shares-dir"]).code(2);
+    let run = init(&[
+        "--so-pin-shares",
+        "1/3",
+        "--shares-dir",
+        shares.to_str().unwrap(),
+    ]);
+    run.code(2);
+    assert!(run.stderr.contains("at least 2"), "{}", run.stderr);
+
+    let run = init(&[
+        "--so-pin-shares",
+        "2/3",
+        "--shares-dir",
+        shares.to_str().unwrap(),
+    ]);
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.contains("any 2 of which"), "{out}");
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|i| shares.join(format!("{label}-so-pin-share-{i}-of-3.txt")))
+        .collect();
+    for f in &files {
+        assert!(out.contains(&f.display().to_string()), "{out}");
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+        let share = std::fs::read_to_string(f).unwrap();
+        assert!(share.contains("etee-share-v1 "), "{share}");
+    }
+    hsm.etee(["keys", "list", "--config"])
+        .arg(&config)
+        .run()
+        .code(0);
+    // Not again into the same files.
+    let run = init(&[
+        "--so-pin-shares",
+        "2/3",
+        "--shares-dir",
+        shares.to_str().unwrap(),
+    ]);
+    run.code(2);
+    assert!(
+        run.stderr.contains("refusing to overwrite"),
+        "{}",
+        run.stderr
+    );
+
+    // The user PIN file now says something else: the token refuses it until the officers
+    // set it with two shares.
+    std::fs::write(tmp.path().join("quorum-user.pin"), "a-renewed-user-pin\n").unwrap();
+    let run = hsm.etee(["keys", "list", "--config"]).arg(&config).run();
+    run.code(2);
+    assert!(run.stderr.contains("wrong user PIN"), "{}", run.stderr);
+    let init_pin = |shares: &[&PathBuf]| {
+        let mut e = hsm.etee(["hsm", "init-pin", "--config"]).arg(&config);
+        for s in shares {
+            e = e.arg("--so-pin-share").arg(s);
+        }
+        e.run()
+    };
+    let run = init_pin(&[&files[1]]);
+    run.code(2);
+    assert!(run.stderr.contains("needs 2"), "{}", run.stderr);
+    let run = init_pin(&[]);
+    run.code(2);
+    assert!(run.stderr.contains("--so-pin-share"), "{}", run.stderr);
+    let run = init_pin(&[&files[2], &files[0]]);
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.contains("user PIN of token"), "{out}");
+    assert!(out.contains("recorded on the audit chain"), "{out}");
+    hsm.etee(["keys", "list", "--config"])
+        .arg(&config)
+        .run()
+        .code(0);
+    // On the chain, which verifies.
+    let run = hsm
+        .etee(["audit", "verify", "--tail", "1", "--config"])
+        .arg(&config)
+        .run();
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.contains("UserPinSet"), "{out}");
+}

@@ -423,6 +423,17 @@ impl CustodyKeys {
         Ok(cleared)
     }
 
+    /// Records on the audit chain that the security officer set the user PIN (`etee hsm
+    /// init-pin`, done just before with the SO PIN), which also clears the core's
+    /// wrong-PIN count. Opens the token with the (new) configured PIN.
+    pub fn record_user_pin_set(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<()> {
+        let opened = Hsm::open(hsm)?;
+        let token = HsmToken::new(&opened)?;
+        let mut core = open_core(token, Policy::deny_all(), custody)?;
+        core.user_pin_set(now_ms())
+            .map_err(|e| HsmError::Invalid(format!("recording the new user PIN: {e}")))
+    }
+
     /// A handle on the same core (token, policy, audit chain) that speaks for `client`:
     /// what it may do is what the policy grants that client id, and its requests are
     /// recorded under it. The appliance makes one per caller of its API.

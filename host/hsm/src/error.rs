@@ -32,6 +32,12 @@ pub enum HsmError {
     /// A PIN file could not be used (the PIN itself is never shown).
     #[error("PIN file {path}: {reason}")]
     PinFile { path: PathBuf, reason: String },
+    /// A share file of the SO PIN could not be used (its content is never shown).
+    #[error("SO PIN share {path}: {reason}")]
+    Share { path: PathBuf, reason: String },
+    /// The SO PIN shares do not combine (too few, of different splits, damaged).
+    #[error("SO PIN shares: {0}")]
+    Shares(String),
     /// The PKCS#11 library could not be loaded or initialised.
     #[error("PKCS#11 module {module}: {reason}")]
     Module { module: PathBuf, reason: String },
@@ -51,7 +57,7 @@ pub enum HsmError {
     #[error("wrong {kind} PIN for token {token} (CKR_PIN_INCORRECT)")]
     WrongPin { kind: PinKind, token: String },
     /// The PIN is locked after too many failures (CKR_PIN_LOCKED).
-    #[error("the {kind} PIN of token {token} is locked (CKR_PIN_LOCKED): the token refuses every login until its security officer sets the PIN again (for example `pkcs11-tool --module MODULE --login --login-type so --init-pin`); `etee custody reset-pin` clears only the custody core's own count")]
+    #[error("the {kind} PIN of token {token} is locked (CKR_PIN_LOCKED): the token refuses every login until its security officer sets the PIN again (`etee hsm init-pin --config FILE`, with the SO PIN file or its shares); `etee custody reset-pin` clears only the custody core's own count")]
     PinLocked { kind: PinKind, token: String },
     /// The token's user PIN was never set (CKR_USER_PIN_NOT_INITIALIZED): run `hsm init`.
     #[error("token {0} has no user PIN yet (CKR_USER_PIN_NOT_INITIALIZED): run `etee hsm init`")]

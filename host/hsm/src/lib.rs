@@ -51,6 +51,7 @@ pub mod list;
 pub mod ops;
 pub mod pool;
 pub mod remote;
+pub mod so_shares;
 pub mod token;
 
 pub use config::{
@@ -66,7 +67,7 @@ pub use list::{CertificateInfo, Inventory, KeyClass, KeyInfo};
 pub use ops::HsmKeys;
 pub use pool::SessionPool;
 pub use remote::RemoteCustodyKeys;
-pub use token::{init_token, Module, TokenSummary};
+pub use token::{init_token, init_token_with, init_user_pin, Module, TokenSummary};
 
 use std::sync::Arc;
 

@@ -303,10 +303,16 @@ impl TokenSummary {
 /// the uninitialised token with that serial is used; otherwise the first free one
 /// (SoftHSM always offers one).
 pub fn init_token(config: &HsmConfig) -> Result<TokenSummary> {
+    let (so_pin, _) = config.so_pin()?;
+    init_token_with(config, &so_pin)
+}
+
+/// [`init_token`] with an SO PIN from elsewhere than the configuration (a new random one
+/// whose shares are handed out: [`crate::so_shares`]).
+pub fn init_token_with(config: &HsmConfig, so_pin: &Pin) -> Result<TokenSummary> {
     let label = config.token.label.as_deref().ok_or_else(|| {
         HsmError::Config("[hsm] token_label is needed to initialise a token".into())
     })?;
-    let (so_pin, _) = config.so_pin()?;
     let (user_pin, _) = config.user_pin()?;
     let module = Module::load(&config.module)?;
     let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
@@ -361,11 +367,33 @@ pub fn init_token(config: &HsmConfig) -> Result<TokenSummary> {
     let name = TokenSummary::new(slot, &info).name();
     {
         let session = ctx.open_rw_session(slot).ctx("opening a session")?;
-        login(&session, PinKind::SecurityOfficer, &so_pin, &name)?;
+        login(&session, PinKind::SecurityOfficer, so_pin, &name)?;
         session
             .init_pin(&user_pin.auth())
             .ctx("setting the user PIN")?;
         session.logout().ctx("logging out")?;
+    }
+    let info = ctx.get_token_info(slot).ctx("token info")?;
+    Ok(TokenSummary::new(slot, &info))
+}
+
+/// `etee hsm init-pin`: the security officer sets the token's user PIN to the configured
+/// one (`C_InitPIN`): after a lock-out (CKR_PIN_LOCKED), or to change a PIN nobody knows
+/// any more. The token's keys are untouched.
+pub fn init_user_pin(config: &HsmConfig, so_pin: &Pin) -> Result<TokenSummary> {
+    let (user_pin, _) = config.user_pin()?;
+    let module = Module::load(&config.module)?;
+    let (ctx, _) = module.context();
+    let (slot, info) = find_token(&ctx, &config.token, &config.module)?;
+    let name = TokenSummary::new(slot, &info).name();
+    {
+        let session = ctx.open_rw_session(slot).ctx("opening a session")?;
+        login(&session, PinKind::SecurityOfficer, so_pin, &name)?;
+        let set = session
+            .init_pin(&user_pin.auth())
+            .ctx("setting the user PIN");
+        let _ = session.logout();
+        set?;
     }
     let info = ctx.get_token_info(slot).ctx("token info")?;
     Ok(TokenSummary::new(slot, &info))

@@ -805,3 +805,89 @@ fn a_library_that_is_not_a_pkcs11_module_is_a_clear_error() {
     };
     assert!(e.contains("module.so"), "{e}");
 }
+
+/// The SO PIN as M-of-N shares only: a token initialised with a random SO PIN that is
+/// written nowhere, whose user PIN two of three share holders can set again, while one
+/// share alone, or a complete set of another split, cannot.
+#[test]
+fn the_so_pin_can_exist_only_as_shares() {
+    use etee_hsm::so_shares::{new_so_pin, share_file_text, so_pin_from_share_files};
+    let rig = common::rig();
+    let name = "so-shares";
+    let user = rig.dir.join(format!("{name}.user.pin"));
+    common::write_secret(&user, USER_PIN);
+    let config = etee_hsm::HsmConfig::new(
+        rig.module.clone(),
+        etee_hsm::TokenSelector::label(name),
+        user,
+    );
+    assert!(config.so_pin.is_none());
+    let (so_pin, shares) = new_so_pin(2, 3).unwrap();
+    let files: Vec<_> = shares
+        .iter()
+        .map(|s| {
+            let path = rig.dir.join(format!("{name}.share-{}", s.index));
+            common::write_secret(&path, &share_file_text(s, name).unwrap());
+            path
+        })
+        .collect();
+    let summary = etee_hsm::init_token_with(&config, &so_pin).unwrap();
+    assert!(summary.user_pin_initialized);
+    Hsm::open(&config).unwrap();
+    let expected_so_pin = so_pin.expose().to_owned();
+    drop(so_pin);
+    // Nothing the rig wrote holds the SO PIN.
+    for entry in std::fs::read_dir(&rig.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            assert!(!text.contains(&expected_so_pin), "{}", path.display());
+        }
+    }
+
+    // Shares 1 and 3 set a new user PIN; the old one stops working.
+    let mut renewed = config.clone();
+    let new_pin = rig.dir.join(format!("{name}.new-user.pin"));
+    common::write_secret(&new_pin, "a-new-user-pin");
+    renewed.pin = PinSource::File(new_pin);
+    let rebuilt = so_pin_from_share_files(&[&files[0], &files[2]]).unwrap();
+    assert_eq!(rebuilt.expose(), expected_so_pin);
+    etee_hsm::init_user_pin(&renewed, &rebuilt).unwrap();
+    Hsm::open(&renewed).unwrap();
+    let err = Hsm::open(&config).unwrap_err();
+    assert!(matches!(err, HsmError::WrongPin { .. }), "{err:?}");
+
+    // One share is not enough, and the token is not asked.
+    let err = so_pin_from_share_files(&[&files[1]]).unwrap_err();
+    assert!(matches!(err, HsmError::Shares(_)), "{err:?}");
+    assert!(err.to_string().contains("needs 2"), "{err}");
+    // A complete quorum of another split is a wrong SO PIN for this token.
+    let (_, others) = new_so_pin(2, 2).unwrap();
+    let other_files: Vec<_> = others
+        .iter()
+        .map(|s| {
+            let path = rig.dir.join(format!("{name}.other-{}", s.index));
+            common::write_secret(&path, &share_file_text(s, "elsewhere").unwrap());
+            path
+        })
+        .collect();
+    let wrong = so_pin_from_share_files(&other_files).unwrap();
+    let err = etee_hsm::init_user_pin(&config, &wrong).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HsmError::WrongPin {
+                kind: PinKind::SecurityOfficer,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Mixing them with this token's shares is refused before the token is asked.
+    let err = so_pin_from_share_files(&[&files[0], &other_files[1]]).unwrap_err();
+    assert!(
+        err.to_string().contains("not all of the same split"),
+        "{err}"
+    );
+    // The renewed PIN still works.
+    Hsm::open(&renewed).unwrap();
+}

@@ -12,6 +12,24 @@ pub enum HsmCommand {
         /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Instead of so_pin_file: make a random SO PIN and keep it only as N share files,
+        /// any M of which rebuild it (e.g. `2/3`), for `hsm init-pin --so-pin-share`.
+        #[arg(long, value_name = "M/N", requires = "shares_dir")]
+        so_pin_shares: Option<String>,
+        /// Where the share files are written (new files, mode 0600); hand each to a
+        /// different officer and remove them from this machine.
+        #[arg(long, value_name = "DIR", requires = "so_pin_shares")]
+        shares_dir: Option<PathBuf>,
+    },
+    /// The security officer sets the token's user PIN to the one of pin_file (after a
+    /// lock-out, CKR_PIN_LOCKED, or to change it); the keys are untouched. The SO PIN comes
+    /// from so_pin_file, or from share files given with --so-pin-share.
+    InitPin {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// A share file of the SO PIN (repeat: as many as the quorum needs).
+        #[arg(long = "so-pin-share", value_name = "FILE")]
+        so_pin_shares: Vec<PathBuf>,
     },
 }
 
@@ -121,15 +139,127 @@ fn json_line(value: &impl serde::Serialize) -> Result<(), CliError> {
 }
 
 pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
-    let HsmCommand::Init { config } = command;
-    let config = load_config(&config)?;
-    let summary = etee_hsm::init_token(&config.hsm)?;
+    match command {
+        HsmCommand::Init {
+            config,
+            so_pin_shares: Some(quorum),
+            shares_dir: Some(dir),
+        } => init_with_shares(&config, &quorum, &dir),
+        HsmCommand::Init { config, .. } => {
+            let config = load_config(&config)?;
+            let summary = etee_hsm::init_token(&config.hsm)?;
+            outln!(
+                "initialised token {} in slot {} ({} {})",
+                summary.name(),
+                summary.slot,
+                summary.manufacturer,
+                summary.model
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        HsmCommand::InitPin {
+            config,
+            so_pin_shares,
+        } => {
+            let config = load_config(&config)?;
+            let so_pin = if so_pin_shares.is_empty() {
+                let (pin, warning) = config.hsm.so_pin().map_err(|_| {
+                    CliError::Usage(
+                        "the SO PIN is needed: so_pin_file in [hsm], or --so-pin-share FILE \
+                         for each share of a quorum"
+                            .into(),
+                    )
+                })?;
+                if let Some(w) = warning {
+                    eprintln!("etee: warning: {w}");
+                }
+                pin
+            } else {
+                etee_hsm::so_shares::so_pin_from_share_files(&so_pin_shares)?
+            };
+            let summary = etee_hsm::init_user_pin(&config.hsm, &so_pin)?;
+            drop(so_pin);
+            outln!(
+                "the user PIN of token {} is now the one of pin_file",
+                summary.name()
+            )?;
+            // On the custody core's audit chain, which also ends a lock-out of the core.
+            match etee_hsm::CustodyKeys::record_user_pin_set(&config.hsm, &config.custody) {
+                Ok(()) => {
+                    outln!("recorded on the audit chain; the custody core's wrong-PIN count is cleared")?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "etee: the PIN is set, but it could not be recorded on the audit chain: \
+                         {e}\netee: hint: stop what holds the chain (etee serve) and run \
+                         `etee custody reset-pin --config FILE`, which records a reset"
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
+/// `hsm init --so-pin-shares M/N --shares-dir DIR`: the share files are written (and
+/// synced) before the token is initialised, so that no token is ever left with an SO PIN
+/// nobody has; they are removed again if the initialisation fails.
+fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode, CliError> {
+    let (threshold, count) = etee_hsm::so_shares::parse_quorum(quorum)?;
+    let config = load_config(config)?;
+    if config.hsm.so_pin.is_some() {
+        return Err(CliError::Usage(
+            "--so-pin-shares makes a new SO PIN: remove so_pin_file (or so_pin_credential) \
+             from [hsm], so that the configuration does not name a PIN the token does not have"
+                .into(),
+        ));
+    }
+    let label = config.hsm.token.label.clone().ok_or_else(|| {
+        CliError::Usage("[hsm] token_label is needed to initialise a token".into())
+    })?;
+    let paths: Vec<PathBuf> = (1..=count)
+        .map(|i| dir.join(format!("{label}-so-pin-share-{i}-of-{count}.txt")))
+        .collect();
+    if let Some(existing) = paths.iter().find(|p| p.exists()) {
+        return Err(CliError::Usage(format!(
+            "{} exists: refusing to overwrite a share file (choose another --shares-dir)",
+            existing.display()
+        )));
+    }
+    let (so_pin, shares) = etee_hsm::so_shares::new_so_pin(threshold, count)?;
+    let mut written = Vec::new();
+    let result = (|| {
+        for (share, path) in shares.iter().zip(&paths) {
+            let text = etee_hsm::so_shares::share_file_text(share, &label)?;
+            crate::output::write_file(path, text.as_bytes(), true)?;
+            written.push(path.clone());
+        }
+        Ok::<_, CliError>(etee_hsm::init_token_with(&config.hsm, &so_pin)?)
+    })();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            for path in &written {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
     outln!(
         "initialised token {} in slot {} ({} {})",
         summary.name(),
         summary.slot,
         summary.manufacturer,
         summary.model
+    )?;
+    outln!("its SO PIN exists only as {count} shares, any {threshold} of which rebuild it:")?;
+    for path in &paths {
+        outln!("  {}", path.display())?;
+    }
+    outln!(
+        "give each to a different officer and remove them from this machine; \
+         `etee hsm init-pin --config FILE --so-pin-share FILE ...` uses {threshold} of them"
     )?;
     Ok(ExitCode::SUCCESS)
 }

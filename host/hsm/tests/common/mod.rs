@@ -79,7 +79,7 @@ fn remove_old_rigs(tmp: &Path) {
     }
 }
 
-fn write_secret(path: &Path, content: &str) {
+pub fn write_secret(path: &Path, content: &str) {
     std::fs::write(path, format!("{content}\n")).unwrap();
     #[cfg(unix)]
     {

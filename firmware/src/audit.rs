@@ -65,6 +65,10 @@ pub enum Operation {
     /// The token's security officer set the user PIN (`etee hsm init-pin`); the wrong-PIN
     /// count starts again, as after [`Operation::PinReset`].
     UserPinSet,
+    /// An administrator destroyed a key and the token's other objects with its id
+    /// (`etee keys destroy`): a use record (`Admitted`) made durable before the token is
+    /// asked, then the outcome.
+    KeyDestroy,
 }
 
 /// What came of it. The postcard encoding is the variant index: append only.

@@ -265,6 +265,38 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         Ok(())
     }
 
+    /// An administrator destroys a key and the token's other objects with its id (a local
+    /// call of the process that owns the core, never a wire request; the host decides
+    /// which keys may go). The use is made durable on the chain before the token is asked,
+    /// and the outcome follows; refused while the core is locked.
+    pub fn destroy_key(&mut self, key: &KeyId, now_ms: u64) -> Result<usize, Error> {
+        if self.lock.state() != LockState::Unlocked {
+            return Err(Error::Locked);
+        }
+        self.record(
+            now_ms,
+            None,
+            Operation::KeyDestroy,
+            Some(key),
+            NO_INPUT,
+            Outcome::Admitted,
+        )?;
+        let destroyed = self.token.destroy_key(key);
+        let outcome = match destroyed {
+            Ok(_) => Outcome::Success,
+            Err(e) => Outcome::Refused(Error::Token(e)),
+        };
+        self.record(
+            now_ms,
+            None,
+            Operation::KeyDestroy,
+            Some(key),
+            NO_INPUT,
+            outcome,
+        )?;
+        destroyed.map_err(Error::Token)
+    }
+
     /// Lock state and PIN tries left.
     pub fn status(&self) -> StatusReply {
         StatusReply {

@@ -37,6 +37,7 @@ pub enum Call {
     Decrypt(KeyId),
     Wrap(KeyId),
     Unwrap(KeyId),
+    Destroy(KeyId),
 }
 
 struct FakeKey {
@@ -281,6 +282,30 @@ impl Token for InsecureMemoryToken {
 
     fn key_kind(&self, key: &KeyId) -> Option<KeyKind> {
         self.find(key).map(|k| k.kind)
+    }
+
+    fn destroy_key(&mut self, key: &KeyId) -> Result<usize, TokenError> {
+        self.log(Call::Destroy(key.clone()));
+        if let Some(e) = self.fail_next.take() {
+            return Err(e);
+        }
+        if !self.logged_in {
+            return Err(TokenError::new(
+                TokenFunction::DestroyObject,
+                ckr::USER_NOT_LOGGED_IN,
+            ));
+        }
+        let at = self
+            .keys
+            .iter()
+            .position(|k| &k.id == key)
+            .ok_or(TokenError::new(
+                TokenFunction::DestroyObject,
+                ckr::KEY_HANDLE_INVALID,
+            ))?;
+        let mut gone = self.keys.swap_remove(at);
+        gone.secret.fill(0);
+        Ok(1)
     }
 }
 

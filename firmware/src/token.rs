@@ -176,4 +176,10 @@ pub trait Token {
     /// The kind of `key`, or `None` if the token has no such key. Called before any
     /// key use; should answer from metadata found at start-up, without a key operation.
     fn key_kind(&self, key: &KeyId) -> Option<KeyKind>;
+
+    /// Destroys every object of the token whose id is `key` (the key, its public key, its
+    /// certificate) and returns how many there were; an error with
+    /// [`ckr::KEY_HANDLE_INVALID`] when there is none. Asked only by
+    /// [`crate::custody::Custody::destroy_key`], an administrator's local call.
+    fn destroy_key(&mut self, key: &KeyId) -> Result<usize, TokenError>;
 }

@@ -696,3 +696,68 @@ fn the_so_pin_as_shares_and_init_pin() {
     let out = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(out.contains("UserPinSet"), "{out}");
 }
+
+/// `keys destroy`: says what would go and does nothing without `--yes`; refuses the
+/// active authentication key; destroys an ETK key (with a warning) on the audit chain.
+#[test]
+fn keys_destroy_asks_first_and_destroys_on_record() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    rig.etee(["hsm", "init"]).run().code(0);
+    rig.etee(["keys", "generate", "--profile", "authentication"])
+        .run()
+        .code(0);
+    let run = rig.etee(["keys", "generate", "--profile", "etk"]).run();
+    run.code(0);
+    let etk = run.json()["id"].as_str().unwrap().to_owned();
+    let listed = |id: &str| {
+        let run = rig.etee(["keys", "list", "--json"]).run();
+        run.code(0);
+        run.json()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["id"] == id)
+    };
+
+    let run = rig
+        .etee(["keys", "destroy", "--yes", "--key", "authentication"])
+        .run();
+    run.code(2);
+    assert!(
+        run.stderr.contains("active authentication key"),
+        "{}",
+        run.stderr
+    );
+    assert!(listed("authentication"));
+
+    let run = rig.etee(["keys", "destroy", "--key", &etk]).run();
+    run.code(2);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        out.contains("would destroy") && out.contains("--yes"),
+        "{out}"
+    );
+    assert!(
+        run.stderr.contains("can no longer be opened"),
+        "{}",
+        run.stderr
+    );
+    assert!(listed(&etk), "nothing destroyed without --yes");
+
+    let run = rig.etee(["keys", "destroy", "--yes", "--key", &etk]).run();
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        out.contains("destroyed") && out.contains("audit chain"),
+        "{out}"
+    );
+    assert!(!listed(&etk));
+    assert!(listed("authentication"));
+
+    let run = rig.etee(["audit", "verify", "--tail", "3"]).run();
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    // The use and its outcome (then the Lock of the closing core).
+    assert_eq!(out.matches("KeyDestroy").count(), 2, "{out}");
+}

@@ -230,6 +230,17 @@ impl Token for HsmToken {
     fn key_kind(&self, key: &etee_custody::KeyId) -> Option<KeyKind> {
         self.kinds.get(key.as_bytes()).copied()
     }
+
+    fn destroy_key(&mut self, key: &etee_custody::KeyId) -> Result<usize, TokenError> {
+        let destroyed = self
+            .pool
+            .run(|conn| keys::destroy_with_id(conn, key.as_bytes()))
+            .map_err(|e| TokenError::new(TokenFunction::DestroyObject, ck_code(&e)))?;
+        // This handle's view; the others were made before and serve no more requests
+        // (destruction is a ceremony, with the service stopped).
+        Arc::make_mut(&mut self.kinds).remove(key.as_bytes());
+        Ok(destroyed)
+    }
 }
 
 /// The in-process core over the token, writing its chain to a file.
@@ -432,6 +443,26 @@ impl CustodyKeys {
         let mut core = open_core(token, Policy::deny_all(), custody)?;
         core.user_pin_set(now_ms())
             .map_err(|e| HsmError::Invalid(format!("recording the new user PIN: {e}")))
+    }
+
+    /// Destroys the key with CKA_ID `id` and the token's other objects with that id,
+    /// through the core: on the audit chain (`KeyDestroy`) before the token is asked, then
+    /// its outcome. Which keys may go is [`crate::destroy_plan`]'s decision; call it first.
+    pub fn destroy_key(&self, id: &str) -> Result<usize> {
+        let key = etee_custody::KeyId::new(id.as_bytes())
+            .ok_or_else(|| HsmError::Invalid(format!("key id {id:?} is too long")))?;
+        let mut core = self
+            .inner
+            .core
+            .lock()
+            .map_err(|_| HsmError::Invalid("the custody core is unusable".into()))?;
+        core.destroy_key(&key, now_ms()).map_err(|e| match e {
+            CoreError::Token(t) if t.ckr == ckr::KEY_HANDLE_INVALID => HsmError::NotFound {
+                what: "object with CKA_ID",
+                id: id.into(),
+            },
+            e => HsmError::Invalid(format!("destroying key {id:?}: {e}")),
+        })
     }
 
     /// A handle on the same core (token, policy, audit chain) that speaks for `client`:
@@ -733,6 +764,12 @@ impl Token for RefusedLogin {
     fn logout(&mut self) {}
     fn key_kind(&self, _: &etee_custody::KeyId) -> Option<KeyKind> {
         None
+    }
+    fn destroy_key(&mut self, _: &etee_custody::KeyId) -> Result<usize, TokenError> {
+        Err(TokenError::new(
+            TokenFunction::DestroyObject,
+            ckr::USER_NOT_LOGGED_IN,
+        ))
     }
 }
 

@@ -458,6 +458,33 @@ pub(crate) fn ensure_id_free(conn: &Conn<'_>, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Destroys every key, public key and certificate with CKA_ID `id`; how many there were.
+/// [`HsmError::NotFound`] when there is none.
+pub(crate) fn destroy_with_id(conn: &mut Conn<'_>, id: &[u8]) -> Result<usize> {
+    let mut destroyed = 0;
+    for class in [
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::SECRET_KEY,
+        ObjectClass::PUBLIC_KEY,
+        ObjectClass::CERTIFICATE,
+    ] {
+        for h in conn.find_all(&[Attribute::Class(class), Attribute::Id(id.to_vec())])? {
+            conn.session()
+                .destroy_object(h)
+                .ctx("destroying an object")?;
+            destroyed += 1;
+        }
+    }
+    conn.forget_handles();
+    if destroyed == 0 {
+        return Err(HsmError::NotFound {
+            what: "object with CKA_ID",
+            id: String::from_utf8_lossy(id).into_owned(),
+        });
+    }
+    Ok(destroyed)
+}
+
 /// Every certificate in the token, with its CKA_ID.
 pub(crate) fn all_certificates(conn: &Conn<'_>) -> Result<Vec<(Vec<u8>, Certificate)>> {
     let handles = conn.find_all(&[Attribute::Class(ObjectClass::CERTIFICATE)])?;

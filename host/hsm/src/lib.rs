@@ -43,6 +43,7 @@
 
 pub mod config;
 pub mod custody;
+pub mod destroy;
 mod error;
 pub mod handle;
 pub mod import;
@@ -59,6 +60,7 @@ pub use config::{
     TokenSelector,
 };
 pub use custody::{CustodyKeys, HsmToken};
+pub use destroy::{destroy_plan, DestroyPlan};
 pub use error::{ckr_name, HsmError, PinKind, Result};
 pub use handle::CustodyHandle;
 pub use import::{ImportOptions, ImportReport, ImportedKey};

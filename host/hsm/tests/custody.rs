@@ -883,3 +883,90 @@ fn wrong_pin_files_are_counted_and_lock_the_core_out() {
     let keys = CustodyKeys::open(&config, &custody).unwrap();
     drop(keys);
 }
+
+/// `keys destroy` below the CLI: the plan refuses the active authentication key and
+/// wrapping keys; an ETK key goes with a warning, through the core, with its public key,
+/// on the audit chain (use, then outcome); pkcs11-tool no longer sees any of its objects.
+#[test]
+fn keys_are_destroyed_through_the_core_on_record() {
+    use common::{parse_pkcs11_tool, pkcs11_tool_objects};
+    let config = new_token("destroy-keys");
+    let (etk_id, etk_hex) = {
+        let hsm = Hsm::open(&config).unwrap();
+        hsm.generate(&etee_hsm::KeyProfile::authentication())
+            .unwrap();
+        known_wrapping_key(&hsm, "kek", &random(32));
+        let etk = hsm.generate(&etee_hsm::KeyProfile::etk()).unwrap();
+        (etk.id.clone(), hex::encode(etk.id.as_bytes()))
+    };
+    let objects_with = |id_hex: &str| {
+        parse_pkcs11_tool(&pkcs11_tool_objects(&config))
+            .into_iter()
+            .filter(|o| o.id_hex == id_hex)
+            .count()
+    };
+    assert_eq!(objects_with(&etk_hex), 2, "private and public key");
+
+    let dir = tempfile::tempdir().unwrap();
+    let custody = CustodyConfig::defaults(&config, dir.path());
+    let keys = CustodyKeys::open(&config, &custody).unwrap();
+    let inventory = keys.hsm().list().unwrap();
+    let refused = |id: &str| {
+        etee_hsm::destroy_plan(&inventory, id)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(refused("authentication").contains("active authentication key"));
+    assert!(refused("kek").contains("wrapping key"));
+    assert!(refused("nothing-of-that-name").contains("no key with CKA_ID"));
+    let plan = etee_hsm::destroy_plan(&inventory, &etk_id).unwrap();
+    assert!(
+        plan.warning
+            .as_deref()
+            .unwrap_or("")
+            .contains("can no longer be opened"),
+        "{plan:?}"
+    );
+
+    assert_eq!(keys.destroy_key(&etk_id).unwrap(), 2);
+    assert_eq!(objects_with(&etk_hex), 0);
+    assert!(keys
+        .hsm()
+        .list()
+        .unwrap()
+        .keys
+        .iter()
+        .all(|k| k.id != etk_id));
+    let err = keys.destroy_key(&etk_id).unwrap_err();
+    assert!(
+        matches!(err, etee_hsm::HsmError::NotFound { .. }),
+        "{err:?}"
+    );
+    // The others are untouched and still work.
+    let left: Vec<String> = keys
+        .hsm()
+        .list()
+        .unwrap()
+        .keys
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert!(left.contains(&"authentication".to_string()), "{left:?}");
+    assert_eq!(keys.wrap_secret("kek", &random(16)).unwrap().len(), 24);
+    drop(keys);
+
+    let all = records(&custody.audit_file);
+    let destroys: Vec<&AuditRecord> = all
+        .iter()
+        .filter(|r| r.operation == Operation::KeyDestroy)
+        .collect();
+    assert_eq!(destroys.len(), 4, "use and outcome, twice");
+    assert_eq!(destroys[0].outcome, Outcome::Admitted);
+    assert_eq!(destroys[1].outcome, Outcome::Success);
+    assert!(destroys[1].concludes(destroys[0]));
+    assert_eq!(
+        destroys[0].key.as_ref().map(|k| k.as_bytes().to_vec()),
+        Some(etk_id.as_bytes().to_vec())
+    );
+    assert!(matches!(destroys[3].outcome, Outcome::Refused(_)));
+}

@@ -110,6 +110,20 @@ pub enum KeysCommand {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Destroy a key and the token's other objects with its id (public key, certificate),
+    /// on the audit chain. Not the active authentication key, not a wrapping key; an ETK
+    /// key only knowing that messages sealed for it can no longer be opened. Run with the
+    /// service stopped (the audit chain is locked while it runs).
+    Destroy {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// CKA_ID of the key (as `keys list` shows it).
+        #[arg(long, value_name = "ID")]
+        key: String,
+        /// Destroy it; without this flag, only say what would be destroyed.
+        #[arg(long)]
+        yes: bool,
+    },
     /// List the token's keys, certificates and their security attributes.
     List {
         #[arg(long, value_name = "FILE")]
@@ -389,6 +403,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             outln!("{}", String::from_utf8_lossy(&request.to_json()))?;
             Ok(ExitCode::SUCCESS)
         }
+        KeysCommand::Destroy { config, key, yes } => destroy(&config, &key, yes),
         KeysCommand::List { config, json } => {
             let config = load_config(&config)?;
             let hsm = open(&config)?;
@@ -503,4 +518,32 @@ mod tests {
             assert!(subject_pairs(bad).is_err(), "{bad:?}");
         }
     }
+}
+
+/// `keys destroy`: the plan (what goes, what the operator must know), then, with `--yes`,
+/// the destruction through the custody core.
+fn destroy(config: &Path, key: &str, yes: bool) -> Result<ExitCode, CliError> {
+    let config = load_config(config)?;
+    let custody = etee_hsm::CustodyKeys::open(&config.hsm, &config.custody)?;
+    let plan = etee_hsm::destroy_plan(&custody.hsm().list()?, key)?;
+    let what = match &plan.key.certificate {
+        Some(c) => format!(
+            "key {:?} ({}) with its public key and its certificate (serial {}, {})",
+            plan.id, plan.key.key_type, c.serial, c.subject
+        ),
+        None => format!(
+            "key {:?} ({}) with its public key",
+            plan.id, plan.key.key_type
+        ),
+    };
+    if let Some(w) = &plan.warning {
+        eprintln!("etee: warning: {w}");
+    }
+    if !yes {
+        outln!("would destroy {what}; run again with --yes to destroy it")?;
+        return Ok(ExitCode::from(2));
+    }
+    let objects = custody.destroy_key(&plan.id)?;
+    outln!("destroyed {what}: {objects} object(s), recorded on the audit chain")?;
+    Ok(ExitCode::SUCCESS)
 }

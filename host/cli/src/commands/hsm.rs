@@ -499,27 +499,6 @@ fn subject_pairs(text: &str) -> Result<Vec<(String, String)>, CliError> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::subject_pairs;
-
-    #[test]
-    fn subjects_split_on_unescaped_commas() {
-        let pairs = subject_pairs(r"C=BE, O=Federal Government\, FPS ,CN=a=b").unwrap();
-        let pairs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(
-            pairs,
-            [("C", "BE"), ("O", "Federal Government, FPS"), ("CN", "a=b")]
-        );
-        for bad in ["", "C=BE,", "CN", "=x", "C=", r"C=BE\"] {
-            assert!(subject_pairs(bad).is_err(), "{bad:?}");
-        }
-    }
-}
-
 /// `keys destroy`: the plan (what goes, what the operator must know), then, with `--yes`,
 /// the destruction through the custody core.
 fn destroy(config: &Path, key: &str, yes: bool) -> Result<ExitCode, CliError> {
@@ -546,4 +525,25 @@ fn destroy(config: &Path, key: &str, yes: bool) -> Result<ExitCode, CliError> {
     let objects = custody.destroy_key(&plan.id)?;
     outln!("destroyed {what}: {objects} object(s), recorded on the audit chain")?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_pairs;
+
+    #[test]
+    fn subjects_split_on_unescaped_commas() {
+        let pairs = subject_pairs(r"C=BE, O=Federal Government\, FPS ,CN=a=b").unwrap();
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [("C", "BE"), ("O", "Federal Government, FPS"), ("CN", "a=b")]
+        );
+        for bad in ["", "C=BE,", "CN", "=x", "C=", r"C=BE\"] {
+            assert!(subject_pairs(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -563,4 +563,36 @@ mod tests {
         assert!(expired.ends_with("nobody"), "{expired}");
         assert!(expired.contains("connection: close"), "{expired}");
     }
+
+    /// The period of a presented chain ends with its earliest notAfter (the leaf's or an
+    /// intermediate's); certificates that cannot be read do not shorten it.
+    #[test]
+    fn a_chain_is_valid_until_its_earliest_not_after() {
+        use etee_testpki::{InstitutionSpec, TestPki, Validity};
+        let pki = TestPki::generate("chain-validity").unwrap();
+        let now = unix_now();
+        let leaf = pki
+            .institution(
+                &InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Short").with_auth_validity(
+                    Validity {
+                        not_before: now - 60,
+                        not_after: now + 600,
+                    },
+                ),
+            )
+            .unwrap();
+        let der = |x: &openssl::x509::X509| CertificateDer::from(x.to_der().unwrap());
+        let leaf_der = der(&leaf.auth.cert);
+        let root_der = der(&pki.root.cert);
+        let root_end = etee_formats::cert::Certificate::from_der(root_der.as_ref())
+            .unwrap()
+            .not_after();
+        assert!(root_end > now + 600);
+        let until = chain_valid_until(&[leaf_der.clone(), root_der.clone()]).unwrap();
+        assert!((now + 599..=now + 601).contains(&until), "{until} vs {now}");
+        assert_eq!(chain_valid_until(&[root_der.clone()]), Some(root_end));
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        assert_eq!(chain_valid_until(&[junk.clone(), root_der]), Some(root_end));
+        assert_eq!(chain_valid_until(&[junk]), None);
+    }
 }

@@ -588,9 +588,12 @@ mod tests {
             .unwrap()
             .not_after();
         assert!(root_end > now + 600);
-        let until = chain_valid_until(&[leaf_der.clone(), root_der.clone()]).unwrap();
+        let until = chain_valid_until(&[leaf_der, root_der.clone()]).unwrap();
         assert!((now + 599..=now + 601).contains(&until), "{until} vs {now}");
-        assert_eq!(chain_valid_until(&[root_der.clone()]), Some(root_end));
+        assert_eq!(
+            chain_valid_until(std::slice::from_ref(&root_der)),
+            Some(root_end)
+        );
         let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
         assert_eq!(chain_valid_until(&[junk.clone(), root_der]), Some(root_end));
         assert_eq!(chain_valid_until(&[junk]), None);

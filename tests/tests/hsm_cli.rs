@@ -589,8 +589,8 @@ fn the_so_pin_as_shares_and_init_pin() {
     let label = "e2e-quorum";
     let hsm = SoftHsm::new(tmp.path());
     let config = hsm.token_config("quorum", label, "");
+    // Made by `hsm init`, private to its owner.
     let shares = tmp.path().join("shares");
-    std::fs::create_dir(&shares).unwrap();
     let init = |args: &[&str]| {
         hsm.etee(["hsm", "init", "--config"])
             .arg(&config)
@@ -602,7 +602,7 @@ fn the_so_pin_as_shares_and_init_pin() {
     let run = init(&["--so-pin-shares", "2/3", "--shares-dir", "shares"]);
     run.code(2);
     assert!(run.stderr.contains("remove so_pin_file"), "{}", run.stderr);
-    assert_eq!(std::fs::read_dir(&shares).unwrap().count(), 0);
+    assert!(!shares.exists());
 
     let text = std::fs::read_to_string(&config).unwrap();
     let without_so_pin: String = text
@@ -631,6 +631,8 @@ fn the_so_pin_as_shares_and_init_pin() {
     run.code(0);
     let out = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(out.contains("any 2 of which"), "{out}");
+    let mode = std::fs::metadata(&shares).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
     let files: Vec<PathBuf> = (1..=3)
         .map(|i| shares.join(format!("{label}-so-pin-share-{i}-of-3.txt")))
         .collect();

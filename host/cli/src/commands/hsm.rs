@@ -16,8 +16,9 @@ pub enum HsmCommand {
         /// any M of which rebuild it (e.g. `2/3`), for `hsm init-pin --so-pin-share`.
         #[arg(long, value_name = "M/N", requires = "shares_dir")]
         so_pin_shares: Option<String>,
-        /// Where the share files are written (new files, mode 0600); hand each to a
-        /// different officer and remove them from this machine.
+        /// Where the share files are written (new files, mode 0600; the directory is made,
+        /// mode 0700, if missing); hand each to a different officer and remove them from
+        /// this machine.
         #[arg(long, value_name = "DIR", requires = "so_pin_shares")]
         shares_dir: Option<PathBuf>,
     },
@@ -232,6 +233,17 @@ fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode,
     let label = config.hsm.token.label.clone().ok_or_else(|| {
         CliError::Usage("[hsm] token_label is needed to initialise a token".into())
     })?;
+    if !dir.exists() {
+        // A new directory only its owner can enter: the shares are secrets.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|source| CliError::File {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
     let paths: Vec<PathBuf> = (1..=count)
         .map(|i| dir.join(format!("{label}-so-pin-share-{i}-of-{count}.txt")))
         .collect();

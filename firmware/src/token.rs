@@ -177,8 +177,8 @@ pub trait Token {
     /// key use; should answer from metadata found at start-up, without a key operation.
     fn key_kind(&self, key: &KeyId) -> Option<KeyKind>;
 
-    /// Destroys every object of the token whose id is `key` (the key, its public key, its
-    /// certificate) and returns how many there were; an error with
+    /// Destroys the key `key` with the token's other objects of its id (its public key,
+    /// its certificate) and returns how many there were; an error with
     /// [`ckr::KEY_HANDLE_INVALID`] when there is none. Asked only by
     /// [`crate::custody::Custody::destroy_key`], an administrator's local call.
     fn destroy_key(&mut self, key: &KeyId) -> Result<usize, TokenError>;

@@ -48,6 +48,10 @@ fn a_destroyed_key_is_on_record_and_gone() {
     );
     assert_eq!(core.token().calls_total(), calls);
     // The other keys are still there.
+    use etee_custody::Token;
+    assert!(core.token().key_kind(&auth()).is_none());
+    assert!(core.token().key_kind(&etk()).is_some());
+    assert!(core.token().key_kind(&kgss()).is_some());
     let head = core.audit_head();
     assert_eq!(
         verify_chain_to(core.audit_sink().records(), &head),

@@ -622,6 +622,29 @@ fn the_so_pin_as_shares_and_init_pin() {
     run.code(2);
     assert!(run.stderr.contains("at least 2"), "{}", run.stderr);
 
+    // A user PIN the token would refuse (SoftHSM takes 4 to 255 characters): refused
+    // before the token is initialised, so the new shares are removed again.
+    let user_pin = tmp.path().join("quorum-user.pin");
+    let good_pin = std::fs::read(&user_pin).unwrap();
+    std::fs::write(&user_pin, "12\n").unwrap();
+    let run = init(&[
+        "--so-pin-shares",
+        "2/3",
+        "--shares-dir",
+        shares.to_str().unwrap(),
+    ]);
+    run.code(2);
+    assert!(
+        run.stderr.contains("user PIN has 2 characters"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_dir(&shares).unwrap().count(), 0);
+    let run = hsm.etee(["keys", "list", "--config"]).arg(&config).run();
+    run.code(2);
+    assert!(run.stderr.contains("no token with"), "{}", run.stderr);
+    std::fs::write(&user_pin, good_pin).unwrap();
+
     let run = init(&[
         "--so-pin-shares",
         "2/3",
@@ -663,7 +686,7 @@ fn the_so_pin_as_shares_and_init_pin() {
 
     // The user PIN file now says something else: the token refuses it until the officers
     // set it with two shares.
-    std::fs::write(tmp.path().join("quorum-user.pin"), "a-renewed-user-pin\n").unwrap();
+    std::fs::write(&user_pin, "a-renewed-user-pin\n").unwrap();
     let run = hsm.etee(["keys", "list", "--config"]).arg(&config).run();
     run.code(2);
     assert!(run.stderr.contains("wrong user PIN"), "{}", run.stderr);

@@ -65,14 +65,27 @@ pub fn certificate_sha256(der: &CertificateDer<'_>) -> [u8; 32] {
     openssl::sha::sha256(der.as_ref())
 }
 
-/// The earliest notAfter (Unix seconds) of a verified client chain; `None` when no
-/// certificate of it can be read (rustls accepted it, so its own check stands alone).
-fn chain_valid_until(chain: &[CertificateDer<'_>]) -> Option<i64> {
-    chain
+/// When a verified client chain stops being valid (Unix seconds): the earliest notAfter
+/// of the leaf and of the other certificates still valid at the handshake (`now`);
+/// those already expired then cannot be on the path rustls accepted (clients may send
+/// extra ones). `None` when no certificate can be read (rustls's own check stands alone).
+fn chain_valid_until(chain: &[CertificateDer<'_>], now: i64) -> Option<i64> {
+    let end = |c: &CertificateDer<'_>| {
+        etee_formats::cert::Certificate::from_der(c.as_ref())
+            .ok()
+            .map(|c| c.not_after())
+    };
+    let leaf = chain.first().and_then(end);
+    let others = chain
         .iter()
-        .filter_map(|c| etee_formats::cert::Certificate::from_der(c.as_ref()).ok())
-        .map(|c| c.not_after())
-        .min()
+        .skip(1)
+        .filter_map(end)
+        .filter(|&t| t >= now)
+        .min();
+    match (leaf, others) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn unix_now() -> i64 {
@@ -261,7 +274,7 @@ async fn accept_loop(
                     };
                     let chain = tls.get_ref().1.peer_certificates();
                     let certificate_sha256 = chain.and_then(|c| c.first()).map(certificate_sha256);
-                    let valid_until = chain.and_then(chain_valid_until);
+                    let valid_until = chain.and_then(|c| chain_valid_until(c, unix_now()));
                     let peer = Peer::Tls {
                         certificate_sha256,
                         addr,
@@ -588,14 +601,33 @@ mod tests {
             .unwrap()
             .not_after();
         assert!(root_end > now + 600);
-        let until = chain_valid_until(&[leaf_der, root_der.clone()]).unwrap();
+        let until = chain_valid_until(&[leaf_der.clone(), root_der.clone()], now).unwrap();
         assert!((now + 599..=now + 601).contains(&until), "{until} vs {now}");
         assert_eq!(
-            chain_valid_until(std::slice::from_ref(&root_der)),
+            chain_valid_until(std::slice::from_ref(&root_der), now),
             Some(root_end)
         );
         let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
-        assert_eq!(chain_valid_until(&[junk.clone(), root_der]), Some(root_end));
-        assert_eq!(chain_valid_until(&[junk]), None);
+        assert_eq!(
+            chain_valid_until(&[junk.clone(), root_der.clone()], now),
+            Some(root_end)
+        );
+        assert_eq!(chain_valid_until(std::slice::from_ref(&junk), now), None);
+        // An extra certificate that had expired before the handshake is not on the path.
+        let expired = pki
+            .institution(
+                &InstitutionSpec::new("NIHII-HOSPITAL", "71000535", "Old").with_auth_validity(
+                    Validity {
+                        not_before: now - 7200,
+                        not_after: now - 60,
+                    },
+                ),
+            )
+            .unwrap();
+        let until = chain_valid_until(&[leaf_der, der(&expired.auth.cert), root_der], now);
+        assert!(
+            until.is_some_and(|t| (now + 599..=now + 601).contains(&t)),
+            "{until:?} vs {now}"
+        );
     }
 }

@@ -434,22 +434,38 @@ impl CustodyKeys {
         Ok(cleared)
     }
 
-    /// Records on the audit chain that the security officer set the user PIN (`etee hsm
-    /// init-pin`, done just before with the SO PIN), which also clears the core's
-    /// wrong-PIN count. Opens the token with the (new) configured PIN.
-    pub fn record_user_pin_set(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<()> {
-        let opened = Hsm::open(hsm)?;
-        let token = HsmToken::new(&opened)?;
-        let mut core = open_core(token, Policy::deny_all(), custody)?;
-        core.user_pin_set(now_ms())
-            .map_err(|e| HsmError::Invalid(format!("recording the new user PIN: {e}")))
+    /// `etee hsm init-pin`: the security officer sets the token's user PIN to the
+    /// configured one ([`crate::init_user_pin`]) and the change is recorded on the audit
+    /// chain (`UserPinSet`, which also clears the core's wrong-PIN count). The chain is
+    /// opened first (locked against other processes, verified), so that a chain in use or
+    /// damaged stops the change before it happens; the core asks no key of the token
+    /// (the user PIN may not work yet).
+    pub fn set_user_pin(
+        hsm: &HsmConfig,
+        custody: &CustodyConfig,
+        so_pin: &crate::Pin,
+    ) -> Result<crate::TokenSummary> {
+        let mut core = open_core(
+            RefusedLogin(ckr::USER_NOT_LOGGED_IN),
+            Policy::deny_all(),
+            custody,
+        )?;
+        let summary = crate::init_user_pin(hsm, so_pin)?;
+        core.user_pin_set(now_ms()).map_err(|e| {
+            HsmError::Audit(format!(
+                "the user PIN of token {} was set, but recording it failed: {e}",
+                summary.name()
+            ))
+        })?;
+        Ok(summary)
     }
 
-    /// Destroys the key with CKA_ID `id` and the token's other objects with that id,
-    /// through the core: on the audit chain (`KeyDestroy`) before the token is asked, then
-    /// its outcome. Which keys may go is [`crate::destroy_plan`]'s decision; call it first.
-    pub fn destroy_key(&self, id: &str) -> Result<usize> {
-        let key = etee_custody::KeyId::new(id.as_bytes())
+    /// Destroys the key of `plan` ([`crate::destroy_plan`], which decides which keys may
+    /// go) with its public key and certificates, through the core: on the audit chain
+    /// (`KeyDestroy`) before the token is asked, then its outcome.
+    pub fn destroy_key(&self, plan: &crate::DestroyPlan) -> Result<usize> {
+        let id = plan.id.as_str();
+        let key = etee_custody::KeyId::new(&plan.id_bytes)
             .ok_or_else(|| HsmError::Invalid(format!("key id {id:?} is too long")))?;
         let mut core = self
             .inner

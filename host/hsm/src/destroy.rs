@@ -5,7 +5,8 @@
 //! keystore retires it first) and wrapping keys (every secret wrapped under them, such as
 //! KGSS's stored keys, would be lost for good). Allowed: retired authentication keys,
 //! other signing keys (e.g. KeyDepot keys) and ETK keys — the last with a warning, since
-//! messages sealed for that ETK can then no longer be opened.
+//! messages sealed for that ETK can then no longer be opened. Destroyed are the key, its
+//! public key and its certificates: the objects with its CKA_ID.
 
 use crate::error::{HsmError, Result};
 use crate::list::{Inventory, KeyClass, KeyInfo};
@@ -14,8 +15,10 @@ use etee_formats::keystore::ehealth::AUTHENTICATION_ALIAS;
 /// What a destruction would remove.
 #[derive(Debug)]
 pub struct DestroyPlan {
-    /// The CKA_ID.
+    /// The CKA_ID as `keys list` shows it (hex when it is not text).
     pub id: String,
+    /// The CKA_ID itself.
+    pub id_bytes: Vec<u8>,
     /// The key (with its certificate, when the token has one under the same id).
     pub key: KeyInfo,
     /// What the operator must know before going on.
@@ -24,15 +27,13 @@ pub struct DestroyPlan {
 
 /// The plan for destroying the key `id` of `inventory`, or why it is refused.
 pub fn destroy_plan(inventory: &Inventory, id: &str) -> Result<DestroyPlan> {
-    let key = inventory
-        .keys
-        .iter()
-        .find(|k| k.id == id)
-        .cloned()
-        .ok_or_else(|| HsmError::NotFound {
+    let with_id: Vec<&KeyInfo> = inventory.keys.iter().filter(|k| k.id == id).collect();
+    if with_id.is_empty() {
+        return Err(HsmError::NotFound {
             what: "key with CKA_ID",
             id: id.into(),
-        })?;
+        });
+    }
     if id == AUTHENTICATION_ALIAS {
         return Err(HsmError::Invalid(format!(
             "{id:?} is the active authentication key: the service signs with it. Import the \
@@ -40,12 +41,17 @@ pub fn destroy_plan(inventory: &Inventory, id: &str) -> Result<DestroyPlan> {
              key is then kept as `authentication-retired-<serial>`, which may be destroyed"
         )));
     }
-    if key.class == KeyClass::SecretKey {
+    // A wrapping key under the same id (tokens filled by other tools may have one) is
+    // refused as well: the id names both.
+    if with_id.iter().any(|k| k.class == KeyClass::SecretKey) {
         return Err(HsmError::Invalid(format!(
             "{id:?} is a wrapping key: every secret wrapped under it (KGSS's stored keys) \
              would be lost for good; etee does not destroy wrapping keys"
         )));
     }
+    let key = with_id[0].clone();
+    let id_bytes = hex::decode(&key.id_hex)
+        .map_err(|_| HsmError::Invalid(format!("key {id:?}: its CKA_ID is not readable")))?;
     let warning = (key.decrypt == Some(true)).then(|| {
         let serial = key
             .certificate
@@ -59,6 +65,7 @@ pub fn destroy_plan(inventory: &Inventory, id: &str) -> Result<DestroyPlan> {
     });
     Ok(DestroyPlan {
         id: id.into(),
+        id_bytes,
         key,
         warning,
     })

@@ -458,24 +458,36 @@ pub(crate) fn ensure_id_free(conn: &Conn<'_>, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Destroys every key, public key and certificate with CKA_ID `id`; how many there were.
+/// Destroys the certificates, public keys and private key with CKA_ID `id`, the private
+/// key last (a failure on the way leaves the key in place, which the outcome then says);
+/// how many objects there were. Secret (wrapping) keys are never destroyed here.
 /// [`HsmError::NotFound`] when there is none.
 pub(crate) fn destroy_with_id(conn: &mut Conn<'_>, id: &[u8]) -> Result<usize> {
     let mut destroyed = 0;
-    for class in [
-        ObjectClass::PRIVATE_KEY,
-        ObjectClass::SECRET_KEY,
-        ObjectClass::PUBLIC_KEY,
+    let mut result = Ok(());
+    'classes: for class in [
         ObjectClass::CERTIFICATE,
+        ObjectClass::PUBLIC_KEY,
+        ObjectClass::PRIVATE_KEY,
     ] {
-        for h in conn.find_all(&[Attribute::Class(class), Attribute::Id(id.to_vec())])? {
-            conn.session()
-                .destroy_object(h)
-                .ctx("destroying an object")?;
+        let handles = match conn.find_all(&[Attribute::Class(class), Attribute::Id(id.to_vec())]) {
+            Ok(h) => h,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        for h in handles {
+            if let Err(e) = conn.session().destroy_object(h).ctx("destroying an object") {
+                result = Err(e);
+                break 'classes;
+            }
             destroyed += 1;
         }
     }
+    // Handles of destroyed objects must not be used again, whatever happened.
     conn.forget_handles();
+    result?;
     if destroyed == 0 {
         return Err(HsmError::NotFound {
             what: "object with CKA_ID",

@@ -43,34 +43,42 @@ pub fn new_so_pin(threshold: u8, count: u8) -> Result<(Pin, Vec<Share>)> {
     ]);
     openssl::rand::rand_bytes(&mut pool)?;
     let mut used = 0;
+    let mut short = false;
     let mut random = |buf: &mut [u8]| {
         let end = (used + buf.len()).min(pool.len());
         let n = end - used;
         buf[..n].copy_from_slice(&pool[used..end]);
-        // Never reached: the pool is sized for the split; zeros would still be no panic.
+        short |= n < buf.len();
         buf[n..].fill(0);
         used = end;
     };
     let shares = shares::split(pin.as_bytes(), threshold, count, &mut random)
         .map_err(|e| HsmError::Invalid(format!("SO PIN shares: {e}")))?;
+    // The pool is sized for the split; a shortfall would have meant zero coefficients.
+    if short {
+        return Err(HsmError::Invalid(
+            "SO PIN shares: not enough random bytes were drawn".into(),
+        ));
+    }
     Ok((Pin::new(pin), shares.into_iter().collect()))
 }
 
-/// The text of a share file for the token named `token`.
-pub fn share_file_text(share: &Share, token: &str) -> Result<String> {
-    let mut buf = [0u8; MAX_SHARE_ENCODED_LEN];
+/// The text of a share file for the token named `token` (wiped when dropped).
+pub fn share_file_text(share: &Share, token: &str) -> Result<Zeroizing<String>> {
+    let mut buf = Zeroizing::new([0u8; MAX_SHARE_ENCODED_LEN]);
     let encoded = share
-        .encode(&mut buf)
+        .encode(buf.as_mut())
         .map_err(|e| HsmError::Invalid(format!("SO PIN share: {e}")))?;
-    Ok(format!(
+    let hex_text = Zeroizing::new(hex::encode(encoded));
+    Ok(Zeroizing::new(format!(
         "# etee: share {} of {} of the security officer PIN of token {token:?}; any {} open it.\n\
          # Keep it apart from the other shares; `etee hsm init-pin --so-pin-share FILE ...` uses it.\n\
          {SHARE_LINE_PREFIX}{}\n",
         share.index,
         share.count,
         share.threshold,
-        hex::encode(encoded)
-    ))
+        hex_text.as_str()
+    )))
 }
 
 /// Reads one share file.

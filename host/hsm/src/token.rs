@@ -338,12 +338,12 @@ pub fn init_token_with(config: &HsmConfig, so_pin: &Pin) -> Result<TokenSummary>
                 )));
             }
             if !info.token_initialized() {
-                free = Some(slot);
+                free = Some((slot, info.min_pin_length(), info.max_pin_length()));
                 break;
             }
         }
     }
-    let slot = free.ok_or_else(|| HsmError::TokenNotFound {
+    let (slot, min_pin, max_pin) = free.ok_or_else(|| HsmError::TokenNotFound {
         selector: match &config.token.serial {
             Some(s) => format!("an uninitialised token with serial {s:?}"),
             None => "an uninitialised token".into(),
@@ -352,6 +352,19 @@ pub fn init_token_with(config: &HsmConfig, so_pin: &Pin) -> Result<TokenSummary>
         present: "every token is initialised".into(),
         hint: softhsm_hint(&config.module),
     })?;
+    // Both PINs must fit the token before it is initialised: a user PIN it refuses after
+    // `C_InitToken` would leave an initialised token without one.
+    for (kind, pin) in [
+        (PinKind::SecurityOfficer, so_pin),
+        (PinKind::User, &user_pin),
+    ] {
+        let len = pin.expose().len();
+        if len < min_pin || (max_pin > 0 && len > max_pin) {
+            return Err(HsmError::Invalid(format!(
+                "the {kind} PIN has {len} characters; this token takes {min_pin} to {max_pin}"
+            )));
+        }
+    }
     ctx.init_token(slot, &so_pin.auth(), label)
         .map_err(|e| match e {
             CkError::Pkcs11(RvError::PinIncorrect, _) => HsmError::WrongPin {

@@ -928,7 +928,7 @@ fn keys_are_destroyed_through_the_core_on_record() {
         "{plan:?}"
     );
 
-    assert_eq!(keys.destroy_key(&etk_id).unwrap(), 2);
+    assert_eq!(keys.destroy_key(&plan).unwrap(), 2);
     assert_eq!(objects_with(&etk_hex), 0);
     assert!(keys
         .hsm()
@@ -937,7 +937,7 @@ fn keys_are_destroyed_through_the_core_on_record() {
         .keys
         .iter()
         .all(|k| k.id != etk_id));
-    let err = keys.destroy_key(&etk_id).unwrap_err();
+    let err = keys.destroy_key(&plan).unwrap_err();
     assert!(
         matches!(err, etee_hsm::HsmError::NotFound { .. }),
         "{err:?}"
@@ -969,4 +969,33 @@ fn keys_are_destroyed_through_the_core_on_record() {
         Some(etk_id.as_bytes().to_vec())
     );
     assert!(matches!(destroys[3].outcome, Outcome::Refused(_)));
+}
+
+/// `hsm init-pin` below the CLI: the audit chain is opened before the PIN changes, so a
+/// chain that cannot be used stops the change; a usable one records `UserPinSet`.
+#[test]
+fn the_user_pin_is_set_only_when_it_can_be_recorded() {
+    let config = new_token("pin-recorded");
+    let dir = tempfile::tempdir().unwrap();
+    let mut custody = CustodyConfig::defaults(&config, dir.path());
+    let so_pin = config.so_pin().unwrap().0;
+    let mut renewed = config.clone();
+    let new_pin = dir.path().join("new-user.pin");
+    std::fs::write(&new_pin, "a-new-user-pin\n").unwrap();
+    renewed.pin = etee_hsm::config::PinSource::File(new_pin);
+
+    // An audit "file" that is a directory: nothing changes.
+    let unusable = dir.path().join("audit-is-a-directory");
+    std::fs::create_dir(&unusable).unwrap();
+    custody.audit_file = unusable;
+    let err = CustodyKeys::set_user_pin(&renewed, &custody, &so_pin).unwrap_err();
+    assert!(matches!(err, etee_hsm::HsmError::Audit(_)), "{err:?}");
+    Hsm::open(&config).unwrap();
+    assert!(Hsm::open(&renewed).is_err(), "the PIN changed unrecorded");
+
+    custody.audit_file = dir.path().join("audit.log");
+    CustodyKeys::set_user_pin(&renewed, &custody, &so_pin).unwrap();
+    Hsm::open(&renewed).unwrap();
+    let all = records(&custody.audit_file);
+    assert_eq!(count(&all, Operation::UserPinSet), 1);
 }

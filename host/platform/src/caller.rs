@@ -24,14 +24,22 @@ impl Caller {
     /// The caller behind a verified client certificate chain (leaf first). A leaf our
     /// parser cannot read gives no caller: the routes that need one refuse the request.
     pub fn from_chain(chain: &[impl AsRef<[u8]>]) -> Option<Self> {
+        Self::from_chain_at(chain, crate::unix_now())
+    }
+
+    /// [`Self::from_chain`] at the handshake time `now` (Unix seconds).
+    pub fn from_chain_at(chain: &[impl AsRef<[u8]>], now: i64) -> Option<Self> {
         let certificate = Certificate::from_der(chain.first()?.as_ref()).ok()?;
         let identities = identities(&certificate);
-        // The rest of the chain was verified too; a certificate we cannot parse here
-        // does not shorten the period (the leaf's bound always applies).
+        // The leaf's end always applies. Of the other certificates the client sent, those
+        // already expired at the handshake cannot be on the path the verifier accepted
+        // (clients may send extra ones, e.g. an old cross-signed root), and those that
+        // cannot be read here are left out; the others end the period with the leaf's.
         let valid_until = chain[1..]
             .iter()
             .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
             .map(|c| c.not_after())
+            .filter(|&end| end >= now)
             .fold(certificate.not_after(), i64::min);
         Some(Self {
             certificate,
@@ -69,4 +77,45 @@ pub fn store_identifier(identity: &Identity) -> etee_store::Identifier {
         &stored_value(identity),
         identity.application_id.as_deref(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etee_testpki::{InstitutionSpec, TestPki, Validity};
+
+    /// The period ends with the earliest notAfter of the leaf and of the certificates
+    /// still valid at the handshake; expired extras and unreadable ones do not count.
+    #[test]
+    fn a_caller_is_valid_until_the_end_of_its_verified_chain() {
+        let pki = TestPki::generate("caller-validity").unwrap();
+        let now = crate::unix_now();
+        let leaf_of = |value: &str, not_after: i64| {
+            let spec = InstitutionSpec::new("NIHII-HOSPITAL", value, "Leaf").with_auth_validity(
+                Validity {
+                    not_before: now - 3600,
+                    not_after,
+                },
+            );
+            pki.institution(&spec).unwrap().auth.cert.to_der().unwrap()
+        };
+        let root = pki.root.cert.to_der().unwrap();
+        let root_end = Certificate::from_der(&root).unwrap().not_after();
+        let short = leaf_of("71000436", now + 600);
+        // An intermediate-like certificate that ends before the leaf.
+        let earlier = leaf_of("71000535", now + 300);
+        let expired = leaf_of("71000634", now - 60);
+        let junk = vec![0x30, 0x03, 0x02, 0x01, 0x01];
+
+        let at = |chain: &[&Vec<u8>]| Caller::from_chain_at(chain, now).unwrap().valid_until;
+        assert_eq!(at(&[&short, &root]), now + 600);
+        assert_eq!(at(&[&root]), root_end);
+        assert_eq!(at(&[&short, &earlier, &root]), now + 300);
+        assert_eq!(at(&[&short, &expired, &root]), now + 600);
+        assert_eq!(at(&[&short, &junk]), now + 600);
+        let caller = Caller::from_chain_at(&[&short], now).unwrap();
+        assert!(caller.is_valid_at(now + 600));
+        assert!(!caller.is_valid_at(now + 601));
+        assert!(Caller::from_chain_at(&[&junk], now).is_none());
+    }
 }

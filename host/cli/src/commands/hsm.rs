@@ -178,13 +178,14 @@ pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
         } => {
             let config = load_config(&config)?;
             let so_pin = if so_pin_shares.is_empty() {
-                let (pin, warning) = config.hsm.so_pin().map_err(|_| {
-                    CliError::Usage(
+                if config.hsm.so_pin.is_none() {
+                    return Err(CliError::Usage(
                         "the SO PIN is needed: so_pin_file in [hsm], or --so-pin-share FILE \
                          for each share of a quorum"
                             .into(),
-                    )
-                })?;
+                    ));
+                }
+                let (pin, warning) = config.hsm.so_pin()?;
                 if let Some(w) = warning {
                     eprintln!("etee: warning: {w}");
                 }
@@ -192,27 +193,17 @@ pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
             } else {
                 etee_hsm::so_shares::so_pin_from_share_files(&so_pin_shares)?
             };
-            let summary = etee_hsm::init_user_pin(&config.hsm, &so_pin)?;
+            // The audit chain is opened (locked, verified) before the PIN changes, so that
+            // the change cannot happen unrecorded.
+            let summary =
+                etee_hsm::CustodyKeys::set_user_pin(&config.hsm, &config.custody, &so_pin)?;
             drop(so_pin);
             outln!(
-                "the user PIN of token {} is now the one of pin_file",
+                "the user PIN of token {} is now the one of pin_file; recorded on the audit \
+                 chain, and the custody core's wrong-PIN count is cleared",
                 summary.name()
             )?;
-            // On the custody core's audit chain, which also ends a lock-out of the core.
-            match etee_hsm::CustodyKeys::record_user_pin_set(&config.hsm, &config.custody) {
-                Ok(()) => {
-                    outln!("recorded on the audit chain; the custody core's wrong-PIN count is cleared")?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!(
-                        "etee: the PIN is set, but it could not be recorded on the audit chain: \
-                         {e}\netee: hint: stop what holds the chain (etee serve) and run \
-                         `etee custody reset-pin --config FILE`, which records a reset"
-                    );
-                    Ok(ExitCode::from(1))
-                }
-            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -243,9 +234,26 @@ fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode,
             path: dir.display().to_string(),
             source,
         })?;
+        // The new directory's entry, durable like the files in it.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
     }
+    // The label names the files: anything but a plain name character becomes `_`.
+    let file_label: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let paths: Vec<PathBuf> = (1..=count)
-        .map(|i| dir.join(format!("{label}-so-pin-share-{i}-of-{count}.txt")))
+        .map(|i| dir.join(format!("{file_label}-so-pin-share-{i}-of-{count}.txt")))
         .collect();
     if let Some(existing) = paths.iter().find(|p| p.exists()) {
         return Err(CliError::Usage(format!(
@@ -265,6 +273,16 @@ fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode,
     })();
     let summary = match result {
         Ok(s) => s,
+        // A token with the label now may have been given this SO PIN (`C_InitToken`
+        // passed, a later step failed): its shares are all there is of it.
+        Err(e) if labelled_token_exists(&config.hsm, &label) => {
+            return Err(CliError::Usage(format!(
+                "{e}\nthe token {label:?} may already be initialised with the new SO PIN: its \
+                 share files are kept ({}); with {threshold} of them, `etee hsm init-pin` sets \
+                 the user PIN",
+                dir.display()
+            )));
+        }
         Err(e) => {
             for path in &written {
                 let _ = std::fs::remove_file(path);
@@ -511,6 +529,14 @@ fn subject_pairs(text: &str) -> Result<Vec<(String, String)>, CliError> {
         .collect()
 }
 
+/// Whether the module has a token labelled `label` (an error counts as yes: the caller
+/// then keeps what it would otherwise throw away).
+fn labelled_token_exists(hsm: &etee_hsm::HsmConfig, label: &str) -> bool {
+    etee_hsm::Module::load(&hsm.module)
+        .and_then(|m| m.tokens())
+        .map_or(true, |tokens| tokens.iter().any(|t| t.label == label))
+}
+
 /// `keys destroy`: the plan (what goes, what the operator must know), then, with `--yes`,
 /// the destruction through the custody core.
 fn destroy(config: &Path, key: &str, yes: bool) -> Result<ExitCode, CliError> {
@@ -534,7 +560,7 @@ fn destroy(config: &Path, key: &str, yes: bool) -> Result<ExitCode, CliError> {
         outln!("would destroy {what}; run again with --yes to destroy it")?;
         return Ok(ExitCode::from(2));
     }
-    let objects = custody.destroy_key(&plan.id)?;
+    let objects = custody.destroy_key(&plan)?;
     outln!("destroyed {what}: {objects} object(s), recorded on the audit chain")?;
     Ok(ExitCode::SUCCESS)
 }

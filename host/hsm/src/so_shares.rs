@@ -201,7 +201,7 @@ mod tests {
             let e = parse_share_text(text).unwrap_err();
             assert!(e.contains(says), "{text:?}: {e}");
         }
-        let twice = format!("{good}{}", good.lines().last().unwrap());
+        let twice = format!("{}{}", good.as_str(), good.lines().last().unwrap());
         assert!(parse_share_text(&twice)
             .unwrap_err()
             .contains("more than one"));

@@ -211,8 +211,9 @@ pub fn split(
     Ok(shares)
 }
 
-/// Rebuilds the secret from at least `threshold` shares of one split (extra shares are
-/// checked for belonging to the split, then left out).
+/// Rebuilds the secret from at least `threshold` shares of one split. With more than
+/// that, a damaged share is passed over: the first `threshold`-subset whose result
+/// matches the split's check value wins.
 pub fn combine(shares: &[Share]) -> Result<SharedSecret, ShareError> {
     let first = shares
         .first()
@@ -235,16 +236,39 @@ pub fn combine(shares: &[Share]) -> Result<SharedSecret, ShareError> {
         }
     }
     check_parameters(first.threshold, first.count)?;
-    let used = &shares
-        .get(..usize::from(first.threshold))
-        .ok_or(ShareError::NotEnough {
+    let threshold = usize::from(first.threshold);
+    if shares.len() < threshold {
+        return Err(ShareError::NotEnough {
             needed: first.threshold,
             got: shares.len(),
-        })?;
-    // Lagrange interpolation at x = 0: secret = Σ y_i · Π_{j≠i} x_j / (x_j − x_i), where
-    // subtraction is XOR in GF(2^8).
-    let secret = Secret::fill_with(|buf| {
-        let len = first.value.len();
+        });
+    }
+    // Every `threshold`-subset in turn (the first one when all shares are sound): a damaged
+    // share among more than enough does not stop the others. At most 2^16 masks.
+    for mask in 0u32..(1 << shares.len()) {
+        if mask.count_ones() as usize != threshold {
+            continue;
+        }
+        let mut chosen: Vec<&Share, MAX_SHARES> = Vec::new();
+        for (i, share) in shares.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                // `shares.len()` ≤ count ≤ MAX_SHARES: distinct indices within the split.
+                chosen.push(share).map_err(|_| ShareError::MixedSplits)?;
+            }
+        }
+        let secret = interpolate(&chosen, first.value.len());
+        if check_value(&first.set, secret.expose()) == first.check {
+            return Ok(secret);
+        }
+    }
+    Err(ShareError::CheckFailed)
+}
+
+/// Lagrange interpolation at x = 0 of `used` (distinct indices): secret =
+/// Σ y_i · Π_{j≠i} x_j / (x_j − x_i), where subtraction is XOR in GF(2^8).
+fn interpolate(used: &[&Share], len: usize) -> SharedSecret {
+    let filled = Secret::fill_with(|buf| {
+        let len = len.min(buf.len());
         buf[..len].fill(0);
         for (i, si) in used.iter().enumerate() {
             let mut basis = 1u8;
@@ -257,13 +281,12 @@ pub fn combine(shares: &[Share]) -> Result<SharedSecret, ShareError> {
                 *out ^= gf_mul(y, basis);
             }
         }
-        Ok::<_, ()>(len)
-    })
-    .map_err(|()| ShareError::BadEncoding)?;
-    if check_value(&first.set, secret.expose()) != first.check {
-        return Err(ShareError::CheckFailed);
+        Ok::<_, core::convert::Infallible>(len)
+    });
+    match filled {
+        Ok(secret) => secret,
+        Err(never) => match never {},
     }
-    Ok(secret)
 }
 
 /// The check value of a split: 8 bytes of SHA-256 over a label, the split id and the secret.

@@ -187,3 +187,22 @@ fn debug_shows_no_share_bytes() {
         .to_ascii_lowercase();
     assert!(!bare.contains(&hex[..8]), "{shown}");
 }
+
+/// With more shares than the threshold, a damaged one is passed over; with too many
+/// damaged ones nothing wrong comes out.
+#[test]
+fn a_damaged_share_among_more_than_enough_is_passed_over() {
+    let secret = b"fedcba9876543210fedcba9876543210";
+    let shares = shares_of(secret, 2, 4, 21);
+    let damage = |s: &Share| {
+        let mut d = copy(s);
+        let mut bytes = d.value.expose().to_vec();
+        bytes[0] ^= 0x80;
+        d.value = etee_custody::shares::SharedSecret::from_slice(&bytes).unwrap();
+        d
+    };
+    let given = [damage(&shares[0]), copy(&shares[1]), copy(&shares[3])];
+    assert_eq!(combine(&given).unwrap().expose(), secret);
+    let given = [damage(&shares[0]), damage(&shares[1]), copy(&shares[3])];
+    assert_eq!(combine(&given).unwrap_err(), ShareError::CheckFailed);
+}

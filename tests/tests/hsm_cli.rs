@@ -786,3 +786,60 @@ fn keys_destroy_asks_first_and_destroys_on_record() {
     // The use and its outcome (then the Lock of the closing core).
     assert_eq!(out.matches("KeyDestroy").count(), 2, "{out}");
 }
+
+/// `custody status`: fine after a normal start; after five wrong PIN files (counted on the
+/// chain by commands that open the core) it says the core is locked out and how to clear
+/// it, exit 1; after `custody reset-pin` fine again.
+#[test]
+fn custody_status_tells_a_lock_out_and_its_remedy() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    rig.etee(["hsm", "init"]).run().code(0);
+    rig.etee(["keys", "generate", "--profile", "authentication"])
+        .run()
+        .code(0);
+    // A command that opens the core makes the chain.
+    rig.etee(["keys", "destroy", "--key", "nothing"])
+        .run()
+        .code(2);
+    let run = rig.etee(["custody", "status"]).run();
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.contains("user PIN ok"), "{out}");
+    assert!(out.contains("0 wrong PIN(s)"), "{out}");
+
+    let pin_file = tmp.path().join("institution-user.pin");
+    let good = std::fs::read(&pin_file).unwrap();
+    std::fs::write(&pin_file, "not-the-pin\n").unwrap();
+    for _ in 0..5 {
+        rig.etee(["keys", "destroy", "--key", "nothing"])
+            .run()
+            .code(2);
+    }
+    let run = rig.etee(["custody", "status", "--json"]).run();
+    run.code(1);
+    let report = run.json();
+    assert_eq!(report["wrong_pins"], 5, "{report}");
+    assert_eq!(report["core_locked_out"], true, "{report}");
+    assert!(
+        report["advice"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("etee custody reset-pin"),
+        "{report}"
+    );
+    assert!(
+        report["audit"]["records"].as_u64().unwrap() >= 7,
+        "{report}"
+    );
+
+    std::fs::write(&pin_file, good).unwrap();
+    rig.etee(["custody", "reset-pin"]).run().code(0);
+    let run = rig.etee(["custody", "status"]).run();
+    run.code(0);
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("0 wrong PIN(s)"),
+        "{:?}",
+        run.stdout
+    );
+}

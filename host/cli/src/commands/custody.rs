@@ -1,5 +1,6 @@
 //! `etee custody serve`: the custody core in its own process, behind a Unix socket;
-//! `etee custody reset-pin`: the administrator's reset after a PIN lock-out.
+//! `etee custody reset-pin`: the administrator's reset after a PIN lock-out;
+//! `etee custody status`: the token's PIN flags and the core's state on the chain.
 
 use crate::CliError;
 use clap::{Args as ClapArgs, Subcommand};
@@ -19,6 +20,21 @@ pub enum Command {
     /// audit chain, so that restarting does not clear them). Opens the token with the
     /// configured PIN and records the reset on the chain. Stop `etee custody serve` first.
     ResetPin(ResetPinArgs),
+    /// What an operator checks first after a refusal: the token's PIN flags (asked without
+    /// logging in), and from the audit chain (read, not locked: the service may run) its
+    /// length and head, the wrong PINs at its end (5 lock the core out) and uses whose
+    /// outcome it does not show. Says which command clears a lock-out.
+    Status(StatusArgs),
+}
+
+#[derive(ClapArgs)]
+pub struct StatusArgs {
+    /// HSM configuration (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Print JSON on standard output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(ClapArgs)]
@@ -46,6 +62,7 @@ pub struct ServeArgs {
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Serve(args) => serve(args),
+        Command::Status(args) => status(args),
         Command::ResetPin(args) => {
             let config = super::hsm::load_config(&args.config)?;
             let cleared = etee_hsm::CustodyKeys::reset_pin_counter(&config.hsm, &config.custody)?;
@@ -96,4 +113,133 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     server.run()?;
     eprintln!("etee: custody core stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `etee custody status`. Exit 0 when keys can be used, 1 when the token or the core
+/// refuses logins (locked), 2 when the status cannot be read.
+fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
+    use etee_custody::config::MAX_PIN_ATTEMPTS;
+    let config = super::hsm::load_config(&args.config)?;
+    let selector = &config.hsm.token;
+    let token = etee_hsm::Module::load(&config.hsm.module)?
+        .tokens()?
+        .into_iter()
+        .find(|t| {
+            selector.label.as_deref().is_none_or(|l| l == t.label)
+                && selector.serial.as_deref().is_none_or(|s| s == t.serial)
+        });
+    let path = &config.custody.audit_file;
+    let chain = if path.is_file() {
+        Some(
+            etee_custody::file_sink::scan(path, |_| {})
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
+        )
+    } else {
+        None
+    };
+    let token_locked = token.as_ref().is_some_and(|t| t.user_pin_locked);
+    let failures = chain.as_ref().map_or(0, |c| c.pin_failures);
+    let core_locked_out = failures >= MAX_PIN_ATTEMPTS;
+    let mut advice = Vec::new();
+    match &token {
+        None => advice.push(format!(
+            "no token {selector} in {}: `etee hsm init` creates it",
+            config.hsm.module.display()
+        )),
+        Some(t) if !t.user_pin_initialized => {
+            advice.push("the token has no user PIN: `etee hsm init-pin`".to_string())
+        }
+        Some(_) if token_locked => advice.push(
+            "the token locked its user PIN: its officers set it again with `etee hsm init-pin` \
+             (which also clears the core's count)"
+                .to_string(),
+        ),
+        Some(_) => {}
+    }
+    if core_locked_out && !token_locked {
+        advice.push(
+            "the custody core is locked out: check pin_file, then `etee custody reset-pin` \
+             (with the service stopped)"
+                .to_string(),
+        );
+    }
+    if args.json {
+        let report = serde_json::json!({
+            "token": token,
+            "audit": {
+                "file": path.display().to_string(),
+                "present": chain.is_some(),
+                "records": chain.as_ref().map(|c| c.count),
+                "head": chain.as_ref().map(|c| hex::encode(c.head.hash)),
+                "torn_tail": chain.as_ref().map(|c| c.torn_tail),
+                "unconcluded_uses": chain.as_ref().map(|c| c.unconcluded.clone()),
+            },
+            "wrong_pins": failures,
+            "max_wrong_pins": MAX_PIN_ATTEMPTS,
+            "core_locked_out": core_locked_out,
+            "advice": advice,
+        });
+        outln!("{report}")?;
+    } else {
+        match &token {
+            Some(t) => {
+                let pin = if !t.user_pin_initialized {
+                    "not set"
+                } else if t.user_pin_locked {
+                    "LOCKED by the token"
+                } else if t.user_pin_final_try {
+                    "one try left (the token's count)"
+                } else if t.user_pin_count_low {
+                    "wrong PINs counted by the token"
+                } else {
+                    "ok"
+                };
+                outln!(
+                    "token    {} {} {}: user PIN {pin}",
+                    t.name(),
+                    t.manufacturer,
+                    t.model
+                )?;
+            }
+            None => outln!("token    {selector}: not found")?,
+        }
+        match &chain {
+            Some(c) => {
+                outln!(
+                    "audit    {}: {} records, head {}{}",
+                    path.display(),
+                    c.count,
+                    hex::encode(c.head.hash),
+                    if c.torn_tail {
+                        " (the last record is incomplete: being written, or cut when a core next opens the chain)"
+                    } else {
+                        ""
+                    }
+                )?;
+                outln!(
+                    "core     {failures} wrong PIN(s) at the end of the chain (locks out at {MAX_PIN_ATTEMPTS}){}",
+                    if core_locked_out { ": LOCKED OUT" } else { "" }
+                )?;
+                if !c.unconcluded.is_empty() {
+                    outln!(
+                        "         {} use(s) without an outcome on the chain (sequences {:?}): the process stopped while the token worked",
+                        c.unconcluded.len(),
+                        c.unconcluded
+                    )?;
+                }
+            }
+            None => outln!(
+                "audit    {}: no chain yet (the first key use makes it)",
+                path.display()
+            )?,
+        }
+        for a in &advice {
+            outln!("advice   {a}")?;
+        }
+    }
+    Ok(if token.is_none() || token_locked || core_locked_out {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -70,7 +70,7 @@ enum Command {
         #[command(subcommand)]
         command: commands::hsm::KeysCommand,
     },
-    /// The custody core as a separate process.
+    /// The custody core: as a separate process, its PIN lock-out and status.
     Custody {
         #[command(subcommand)]
         command: commands::custody::Command,

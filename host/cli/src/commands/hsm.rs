@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 #[derive(clap::Subcommand)]
 pub enum HsmCommand {
-    /// Initialise the configured token (label, SO PIN and user PIN from the PIN files).
+    /// Initialise the configured token (label, SO PIN and user PIN from the PIN files, or
+    /// a new SO PIN kept only as M-of-N share files with --so-pin-shares).
     Init {
         /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
@@ -26,6 +27,7 @@ pub enum HsmCommand {
     /// lock-out, CKR_PIN_LOCKED, or to change it); the keys are untouched. The SO PIN comes
     /// from so_pin_file, or from share files given with --so-pin-share.
     InitPin {
+        /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// A share file of the SO PIN (repeat: as many as the quorum needs).

@@ -843,3 +843,72 @@ fn custody_status_tells_a_lock_out_and_its_remedy() {
         run.stdout
     );
 }
+
+/// `audit verify --expect-head`: a head recorded earlier (the `anchor`) is found in the
+/// grown chain; a chain restored from an older copy is reported cut, a head that does not
+/// match is reported altered (both exit 1); a malformed anchor is a usage error.
+#[test]
+fn audit_verify_checks_a_recorded_head() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    rig.etee(["hsm", "init"]).run().code(0);
+    rig.etee(["keys", "generate", "--profile", "authentication"])
+        .run()
+        .code(0);
+    // Each command that opens the core adds records (unlock, lock).
+    rig.etee(["keys", "destroy", "--key", "nothing"])
+        .run()
+        .code(2);
+    let run = rig.etee(["audit", "verify", "--json"]).run();
+    run.code(0);
+    let anchor = run.json()["anchor"].as_str().unwrap().to_owned();
+    let older = tmp.path().join("audit-copy.log");
+    std::fs::copy(rig.audit_file(), &older).unwrap();
+
+    rig.etee(["keys", "destroy", "--key", "nothing"])
+        .run()
+        .code(2);
+    let run = rig
+        .etee(["audit", "verify", "--expect-head", &anchor])
+        .run();
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.contains("still holds the recorded head"), "{out}");
+    assert!(out.contains("anchor  "), "{out}");
+    let later = out
+        .lines()
+        .find_map(|l| l.strip_prefix("anchor  "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert_ne!(later, anchor);
+
+    // The same length with another hash: rewritten.
+    let (n, hash) = anchor.split_once(':').unwrap();
+    let flipped = format!(
+        "{n}:{}{}",
+        if hash.starts_with('0') { '1' } else { '0' },
+        &hash[1..]
+    );
+    let run = rig
+        .etee(["audit", "verify", "--json", "--expect-head", &flipped])
+        .run();
+    run.code(1);
+    assert_eq!(run.json()["expected_head"]["verdict"], "differs");
+
+    // An older copy put back: the later head is missing.
+    std::fs::copy(&older, rig.audit_file()).unwrap();
+    let run = rig.etee(["audit", "verify", "--expect-head", &later]).run();
+    run.code(1);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        out.contains("CUT") && out.contains("records were removed"),
+        "{out}"
+    );
+
+    let run = rig
+        .etee(["audit", "verify", "--expect-head", "12:nothex"])
+        .run();
+    run.code(2);
+    assert!(run.stderr.contains("RECORDS:HASH"), "{}", run.stderr);
+}

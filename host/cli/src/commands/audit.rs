@@ -19,6 +19,7 @@ pub enum Command {
     /// Verify the hash chain of the audit file of the configured token. The result, with
     /// the head to record with each backup, is on standard output.
     Verify {
+        /// The TOML configuration (its audit file).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// Print the result as one JSON line on standard output.
@@ -27,13 +28,57 @@ pub enum Command {
         /// Also show the last N intact records.
         #[arg(long, value_name = "N", default_value_t = 0)]
         tail: usize,
+        /// A head recorded earlier (the `anchor` line of an earlier run, RECORDS:HASH):
+        /// the chain must still contain it, else it was cut or rewritten since (exit 1).
+        #[arg(long, value_name = "RECORDS:HASH")]
+        expect_head: Option<String>,
     },
+}
+
+/// An `--expect-head` value: the head after `RECORDS` records.
+fn parse_anchor(text: &str) -> Result<etee_custody::AuditHead, CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--expect-head {text:?}: expected RECORDS:HASH (the `anchor` line of `etee audit \
+             verify`, e.g. 1042:5f3a…, 64 hex digits after the colon)"
+        ))
+    };
+    let (records, hash) = text.trim().split_once(':').ok_or_else(bad)?;
+    let next_sequence: u64 = records.parse().map_err(|_| bad())?;
+    let hash: [u8; 32] = hex::decode(hash)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(bad)?;
+    Ok(etee_custody::AuditHead {
+        next_sequence,
+        hash,
+    })
+}
+
+/// What the chain says about a recorded head.
+enum AnchorCheck {
+    /// The chain passes through it.
+    Found,
+    /// The record at that place hashes differently: the chain was rewritten.
+    Differs,
+    /// The chain ends before it: records were removed.
+    Cut { records: u64 },
+    /// It lies in archived segments no longer present.
+    Unavailable { first: u64 },
 }
 
 use etee_appliance::report::audit_record as describe;
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
-    let Command::Verify { config, json, tail } = command;
+    let Command::Verify {
+        config,
+        json,
+        tail,
+        expect_head,
+    } = command;
+    let expected = expect_head.as_deref().map(parse_anchor).transpose()?;
+    // Whether the record that ends the expected head hashes as recorded (None: not seen).
+    let mut anchor_matches: Option<bool> = None;
     let config = super::hsm::load_config(&config)?;
     let path = config.custody.audit_file;
     let segments = etee_custody::file_sink::segments(&path).unwrap_or_default();
@@ -51,6 +96,11 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let result = scan(&path, |r| {
         intact += 1;
         next = r.sequence + 1;
+        if let Some(e) = &expected {
+            if r.sequence + 1 == e.next_sequence {
+                anchor_matches = Some(r.hash() == e.hash);
+            }
+        }
         progress.record(r.sequence, intact);
         if tail > 0 {
             if last.len() == tail {
@@ -95,14 +145,72 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                     seqs.join(" ")
                 ));
             }
+            let anchor = format!("{}:{head}", s.head.next_sequence);
+            text.push_str(&format!(
+                "\nanchor  {anchor} (keep it on another system; `--expect-head {anchor}` checks a \
+                 later chain against it)"
+            ));
+            let check = expected.map(|e| match anchor_matches {
+                _ if e.next_sequence == 0 => AnchorCheck::Found,
+                Some(true) => AnchorCheck::Found,
+                Some(false) => AnchorCheck::Differs,
+                None if e.next_sequence > s.head.next_sequence => AnchorCheck::Cut {
+                    records: s.head.next_sequence,
+                },
+                None => AnchorCheck::Unavailable {
+                    first: s.first_sequence,
+                },
+            });
+            let (expected_json, code) = match (&check, &expected) {
+                (Some(c), Some(e)) => {
+                    let recorded = format!("{}:{}", e.next_sequence, hex::encode(e.hash));
+                    let (verdict, line) = match c {
+                        AnchorCheck::Found => (
+                            "found",
+                            format!("HEAD    the chain still holds the recorded head {recorded}"),
+                        ),
+                        AnchorCheck::Differs => (
+                            "differs",
+                            format!(
+                                "ALTERED record #{} does not hash to the recorded head {recorded}: \
+                                 the chain was rewritten since it was recorded",
+                                e.next_sequence - 1
+                            ),
+                        ),
+                        AnchorCheck::Cut { records } => (
+                            "cut",
+                            format!(
+                                "CUT     the chain ends after {records} records, before the \
+                                 recorded head {recorded}: records were removed"
+                            ),
+                        ),
+                        AnchorCheck::Unavailable { first } => (
+                            "unavailable",
+                            format!(
+                                "UNKNOWN the recorded head {recorded} lies before record #{first}, \
+                                 in archived segments that are not here: restore them to check it"
+                            ),
+                        ),
+                    };
+                    text.push('\n');
+                    text.push_str(&line);
+                    let code = if matches!(c, AnchorCheck::Found) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    };
+                    (json!({ "head": recorded, "verdict": verdict }), code)
+                }
+                _ => (serde_json::Value::Null, ExitCode::SUCCESS),
+            };
             let report = json!({
                 "file": file, "intact": true, "records": s.count,
                 "segments": s.segments, "first_sequence": s.first_sequence,
-                "head": head, "torn_tail": s.torn_tail,
+                "head": head, "anchor": anchor, "torn_tail": s.torn_tail,
                 "pin_failures": s.pin_failures, "unconcluded": s.unconcluded,
-                "tail": last,
+                "tail": last, "expected_head": expected_json,
             });
-            (report, text, ExitCode::SUCCESS)
+            (report, text, code)
         }
         Err(FileSinkError::Io(e)) => {
             return Err(CliError::File {

@@ -25,6 +25,9 @@ use heapless::Vec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+// `combine` walks the subsets of the shares given with a `u32` mask.
+const _: () = assert!(MAX_SHARES < 32);
+
 /// Version of the share encoding, its first byte.
 pub const SHARE_FORMAT: u8 = 1;
 
@@ -212,8 +215,9 @@ pub fn split(
 }
 
 /// Rebuilds the secret from at least `threshold` shares of one split. With more than
-/// that, a damaged share is passed over: the first `threshold`-subset whose result
-/// matches the split's check value wins.
+/// that, a share whose value is damaged is passed over: the first `threshold`-subset
+/// whose result matches the split's check value wins. (A share whose other fields are
+/// damaged is refused with the error that names it.)
 pub fn combine(shares: &[Share]) -> Result<SharedSecret, ShareError> {
     let first = shares
         .first()

@@ -835,6 +835,31 @@ fn custody_status_tells_a_lock_out_and_its_remedy() {
 
     std::fs::write(&pin_file, good).unwrap();
     rig.etee(["custody", "reset-pin"]).run().code(0);
+    // The anchor it prints is the one `audit verify` checks.
+    let run = rig.etee(["custody", "status", "--json"]).run();
+    run.code(0);
+    let anchor = run.json()["audit"]["anchor"].as_str().unwrap().to_owned();
+    rig.etee(["audit", "verify", "--expect-head", &anchor])
+        .run()
+        .code(0);
+    // A configuration naming no token: said, exit 1.
+    let missing = tmp.path().join("missing.toml");
+    let text = std::fs::read_to_string(&rig.config).unwrap().replace(
+        "token_label = \"e2e-bob\"",
+        "token_label = \"no-such-token\"",
+    );
+    std::fs::write(&missing, text).unwrap();
+    let run = rig
+        .hsm
+        .etee(["custody", "status", "--config"])
+        .arg(&missing)
+        .run();
+    run.code(1);
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("not found"),
+        "{:?}",
+        run.stdout
+    );
     let run = rig.etee(["custody", "status"]).run();
     run.code(0);
     assert!(
@@ -905,6 +930,16 @@ fn audit_verify_checks_a_recorded_head() {
         out.contains("CUT") && out.contains("records were removed"),
         "{out}"
     );
+
+    // The empty chain's head is all zeros; any other hash after 0 records is not it.
+    let zeros = format!("0:{}", "0".repeat(64));
+    rig.etee(["audit", "verify", "--expect-head", &zeros])
+        .run()
+        .code(0);
+    let ones = format!("0:{}", "1".repeat(64));
+    rig.etee(["audit", "verify", "--expect-head", &ones])
+        .run()
+        .code(1);
 
     let run = rig
         .etee(["audit", "verify", "--expect-head", "12:nothex"])

@@ -71,7 +71,7 @@ pub fn audit_record(r: &AuditRecord) -> Value {
 
 /// The audit chain at `path` from record `from` (a sequence number), at most `limit`
 /// records, with the result of verifying the whole chain: `{"intact", "records", "head",
-/// "torn_tail", "entries"}` (or `{"intact": false, "break", "entries"}`).
+/// "anchor", "torn_tail", "entries"}` (or `{"intact": false, "break", "entries"}`).
 pub fn audit_export(path: &Path, from: u64, limit: usize) -> Result<Value, FileSinkError> {
     let mut out = Vec::new();
     let scanned = scan(path, |r| {
@@ -86,6 +86,7 @@ pub fn audit_export(path: &Path, from: u64, limit: usize) -> Result<Value, FileS
             "segments": s.segments,
             "first_sequence": s.first_sequence,
             "head": hex::encode(s.head.hash),
+            "anchor": format!("{}:{}", s.head.next_sequence, hex::encode(s.head.hash)),
             "torn_tail": s.torn_tail,
             "unconcluded": s.unconcluded,
             "entries": out,

@@ -298,6 +298,14 @@ impl TokenSummary {
     }
 }
 
+/// The configured token's summary (flags, PIN state), found as every command finds it
+/// (initialised, by label and/or serial, unambiguous), without logging in.
+pub fn token_summary(config: &HsmConfig) -> Result<TokenSummary> {
+    let module = Module::load(&config.module)?;
+    let (slot, info) = module.find_token(&config.token)?;
+    Ok(TokenSummary::new(slot, &info))
+}
+
 /// `etee hsm init`: initialises a free token with the configured label and SO PIN, then
 /// sets the user PIN. Refuses a token that is already initialised. With `token_serial`,
 /// the uninitialised token with that serial is used; otherwise the first free one

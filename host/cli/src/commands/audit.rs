@@ -95,9 +95,9 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let mut progress = Progress::new(&segments, std::io::stderr().is_terminal());
     let result = scan(&path, |r| {
         intact += 1;
-        next = r.sequence + 1;
+        next = r.sequence.saturating_add(1);
         if let Some(e) = &expected {
-            if r.sequence + 1 == e.next_sequence {
+            if r.sequence.saturating_add(1) == e.next_sequence {
                 anchor_matches = Some(r.hash() == e.hash);
             }
         }
@@ -151,7 +151,10 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                  later chain against it)"
             ));
             let check = expected.map(|e| match anchor_matches {
-                _ if e.next_sequence == 0 => AnchorCheck::Found,
+                _ if e.next_sequence == 0 && e.hash == etee_custody::AuditHead::GENESIS.hash => {
+                    AnchorCheck::Found
+                }
+                _ if e.next_sequence == 0 => AnchorCheck::Differs,
                 Some(true) => AnchorCheck::Found,
                 Some(false) => AnchorCheck::Differs,
                 None if e.next_sequence > s.head.next_sequence => AnchorCheck::Cut {
@@ -174,7 +177,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                             format!(
                                 "ALTERED record #{} does not hash to the recorded head {recorded}: \
                                  the chain was rewritten since it was recorded",
-                                e.next_sequence - 1
+                                e.next_sequence.saturating_sub(1)
                             ),
                         ),
                         AnchorCheck::Cut { records } => (

@@ -115,29 +115,23 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `etee custody status`. Exit 0 when keys can be used, 1 when the token or the core
-/// refuses logins (locked), 2 when the status cannot be read.
+/// `etee custody status`. Exit 0 when keys can be used; 1 when the token is missing, has
+/// no user PIN or locked it, or the core is locked out; 2 when the status cannot be read.
 fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
     use etee_custody::config::MAX_PIN_ATTEMPTS;
     let config = super::hsm::load_config(&args.config)?;
     let selector = &config.hsm.token;
-    let token = etee_hsm::Module::load(&config.hsm.module)?
-        .tokens()?
-        .into_iter()
-        .find(|t| {
-            selector.label.as_deref().is_none_or(|l| l == t.label)
-                && selector.serial.as_deref().is_none_or(|s| s == t.serial)
-        });
-    let path = &config.custody.audit_file;
-    let chain = if path.is_file() {
-        Some(
-            etee_custody::file_sink::scan(path, |_| {})
-                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
-        )
-    } else {
-        None
+    // Found as every other command finds it; only its absence is a status to report.
+    let token = match etee_hsm::token_summary(&config.hsm) {
+        Ok(t) => Some(t),
+        Err(etee_hsm::HsmError::TokenNotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
     };
-    let token_locked = token.as_ref().is_some_and(|t| t.user_pin_locked);
+    let path = &config.custody.audit_file;
+    let chain = read_chain(path)?;
+    let token_locked = token
+        .as_ref()
+        .is_some_and(|t| t.user_pin_locked || !t.user_pin_initialized);
     let failures = chain.as_ref().map_or(0, |c| c.pin_failures);
     let core_locked_out = failures >= MAX_PIN_ATTEMPTS;
     let mut advice = Vec::new();
@@ -171,6 +165,7 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
                 "present": chain.is_some(),
                 "records": chain.as_ref().map(|c| c.count),
                 "head": chain.as_ref().map(|c| hex::encode(c.head.hash)),
+                "anchor": chain.as_ref().map(anchor),
                 "torn_tail": chain.as_ref().map(|c| c.torn_tail),
                 "unconcluded_uses": chain.as_ref().map(|c| c.unconcluded.clone()),
             },
@@ -206,10 +201,10 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
         match &chain {
             Some(c) => {
                 outln!(
-                    "audit    {}: {} records, head {}{}",
+                    "audit    {}: {} records, anchor {}{}",
                     path.display(),
                     c.count,
-                    hex::encode(c.head.hash),
+                    anchor(c),
                     if c.torn_tail {
                         " (the last record is incomplete: being written, or cut when a core next opens the chain)"
                     } else {
@@ -242,4 +237,35 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `NEXT_SEQUENCE:HEAD`, as `etee audit verify` prints and checks it.
+fn anchor(scan: &etee_custody::file_sink::Scan) -> String {
+    format!(
+        "{}:{}",
+        scan.head.next_sequence,
+        hex::encode(scan.head.hash)
+    )
+}
+
+/// The chain at `path` (its archived segments and the current file), or `None` when there
+/// is none yet. Read while the service may write: a segment switch between listing the
+/// segments and reading the new file looks like a break, so a scan that fails while the
+/// list of segments changed is made again (a few times).
+fn read_chain(path: &std::path::Path) -> Result<Option<etee_custody::file_sink::Scan>, CliError> {
+    use etee_custody::file_sink::{scan, segments};
+    let failed = |e: &dyn std::fmt::Display| CliError::Usage(format!("{}: {e}", path.display()));
+    for _ in 0..3 {
+        let before = segments(path).map_err(|e| failed(&e))?;
+        if !path.is_file() && before.is_empty() {
+            return Ok(None);
+        }
+        match scan(path, |_| {}) {
+            Ok(s) => return Ok(Some(s)),
+            // The service switched segments meanwhile: read again.
+            Err(_) if segments(path).ok().as_ref() != Some(&before) => continue,
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    scan(path, |_| {}).map(Some).map_err(|e| failed(&e))
 }

@@ -309,7 +309,8 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
         format!(
             "[appliance]\nhsm = \"alice-hsm.toml\"\ntrust = [\"world/ca.pem\"]\nsocket = \"alice-api.sock\"\n\
              listen = \"127.0.0.1:{api_port}\"\ntls_certificate = \"world/tls-server.pem\"\n\
-             tls_key = \"world/tls-server-key.pem\"\nclient_ca = [\"api-ca.pem\"]\n\n{platform_table}\
+             tls_key = \"world/tls-server-key.pem\"\nclient_ca = [\"api-ca.pem\"]\n\
+             audit_anchor_log_seconds = 1\n\n{platform_table}\
              [[client]]\nname = \"lookup-only\"\noperations = [\"etk\"]\nunix_uid = {}\n\n\
              [[client]]\nname = \"his\"\noperations = [\"seal\", \"etk\"]\ncertificate_sha256 = \"{his_sha}\"\n",
             uid()
@@ -454,6 +455,39 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
     assert_eq!(signs("his"), 2, "{chain}");
     assert!(signs("etee-appliance") >= 1, "{chain}");
     assert_eq!(signs("lookup-only"), 0, "{chain}");
+
+    // The appliance logs the chain's anchor (here every second): the latest one logged is
+    // a head that `audit verify --expect-head` finds in the chain.
+    let logged = |w: &World| {
+        std::fs::read_to_string(w.path("alice.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("custody audit chain anchor"))
+            .filter_map(|l| l.split("anchor=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .collect::<Vec<String>>()
+    };
+    let start = Instant::now();
+    let count = |anchor: &str| -> u64 { anchor.split(':').next().unwrap().parse().unwrap() };
+    let verified = count(chain["anchor"].as_str().unwrap());
+    // The anchor logged at start, and one at least as recent as the verification.
+    while logged(&w).last().is_none_or(|a| count(a) < verified) || logged(&w).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no logged anchor as recent as {verified} records: {:?}",
+            logged(&w)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let anchors = logged(&w);
+    for anchor in &anchors {
+        let out = etee_e2e::etee(["audit", "verify", "--expect-head", anchor, "--config"])
+            .arg(w.path("alice-hsm.toml"))
+            .env("SOFTHSM2_CONF", w.path("softhsm2.conf"))
+            .run();
+        out.code(0);
+    }
 }
 
 /// An appliance killed (SIGKILL) in the middle of traffic and restarted: every message

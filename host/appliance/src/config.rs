@@ -18,6 +18,7 @@
 //! header_timeout_ms = 30000          # a request's headers, from a slow sender
 //! request_timeout_ms = 600000        # a large message takes time
 //! max_connections = 256
+//! audit_anchor_log_seconds = 3600    # the audit chain's anchor in the log this often (0: never)
 //!
 //! [platform]                         # where ETKDepot, KGSS and KeyDepot are
 //! url = "https://127.0.0.1:8443"     # one base for all (a local platform), or:
@@ -181,9 +182,15 @@ pub struct ApplianceConfig {
     pub etk: Option<PathBuf>,
     pub spool_dir: PathBuf,
     pub limits: Limits,
+    /// How often the custody audit chain's anchor (`NEXT_SEQUENCE:HEAD`) is logged, so
+    /// that a log shipped elsewhere keeps heads to check the chain against; `None`: never.
+    pub audit_anchor_log: Option<Duration>,
     pub platform: PlatformConfig,
     pub clients: Vec<ClientConfig>,
 }
+
+/// Default of `audit_anchor_log_seconds`: an anchor in the log every hour.
+pub const DEFAULT_AUDIT_ANCHOR_LOG_SECONDS: u64 = 3600;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +221,7 @@ struct Table {
     header_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    audit_anchor_log_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -357,6 +365,13 @@ impl ApplianceConfig {
             etk: t.etk.map(rel),
             spool_dir: t.spool_dir.map(rel).unwrap_or_else(std::env::temp_dir),
             limits,
+            audit_anchor_log: match t
+                .audit_anchor_log_seconds
+                .unwrap_or(DEFAULT_AUDIT_ANCHOR_LOG_SECONDS)
+            {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
             platform,
             clients,
         })
@@ -476,6 +491,10 @@ mod tests {
         assert_eq!(c.platform.retries, 2);
         assert_eq!(c.limits.max_body_bytes, 4 << 30);
         assert!(c.clients.is_empty());
+        assert_eq!(c.audit_anchor_log, Some(Duration::from_secs(3600)));
+        let never = MINIMAL.replace("socket", "audit_anchor_log_seconds = 0\nsocket");
+        let c = ApplianceConfig::from_toml(&never, Path::new("/etc/etee")).unwrap();
+        assert_eq!(c.audit_anchor_log, None);
     }
 
     #[test]

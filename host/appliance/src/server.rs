@@ -362,6 +362,13 @@ pub async fn start(app: Arc<crate::Appliance>) -> Result<Running> {
             stopped.clone(),
         )));
     }
+    if let Some(every) = config.audit_anchor_log {
+        tasks.push(tokio::spawn(log_audit_anchors(
+            app.clone(),
+            every,
+            stopped.clone(),
+        )));
+    }
     if let Some(path) = &config.socket {
         let unix = bind_unix(path)?;
         tasks.push(tokio::spawn(accept_loop(
@@ -377,6 +384,36 @@ pub async fn start(app: Arc<crate::Appliance>) -> Result<Running> {
         stop,
         tasks,
     })
+}
+
+/// Logs the custody audit chain's anchor at start and then every `every`, until `stop`:
+/// shipped with the logs to another system, the anchors are the heads kept elsewhere that
+/// `etee audit verify --expect-head` checks the chain against.
+async fn log_audit_anchors(
+    app: Arc<crate::Appliance>,
+    every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        match app.audit_anchor().await {
+            // An idle chain is not logged again.
+            Some(anchor) if last.as_ref() != Some(&anchor) => {
+                tracing::info!(
+                    anchor = %anchor,
+                    "custody audit chain anchor (keep it elsewhere; `etee audit verify \
+                     --expect-head ANCHOR` checks the chain still holds it)"
+                );
+                last = Some(anchor);
+            }
+            Some(_) => {}
+            None => tracing::warn!("custody audit chain anchor: the custody core did not answer"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// `etee serve`: opens the appliance, serves until SIGTERM or SIGINT, then stops cleanly.

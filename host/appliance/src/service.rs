@@ -405,6 +405,18 @@ impl Appliance {
         }
     }
 
+    /// The custody audit chain's anchor, `NEXT_SEQUENCE:HEAD` (what `etee audit verify
+    /// --expect-head` checks), off the async workers and within [`SNAPSHOT_WAIT`]; `None`
+    /// when the custody core does not answer in time.
+    pub async fn audit_anchor(self: &Arc<Self>) -> Option<String> {
+        let app = self.clone();
+        let task = tokio::task::spawn_blocking(move || app.custody.audit_head());
+        match tokio::time::timeout(SNAPSHOT_WAIT, task).await {
+            Ok(Ok(Some(h))) => Some(format!("{}:{}", h.next_sequence, hex::encode(h.hash))),
+            _ => None,
+        }
+    }
+
     /// The custody core's audit file (as configured when the appliance started).
     pub fn audit_file(&self) -> std::path::PathBuf {
         self.audit_file.clone()

@@ -760,7 +760,26 @@ fn bob_vectors_unseal_through_the_token() {
         };
         let (hw, hw_content) = unseal_to_vec(&bytes, &ring, &opts);
         let (sw, sw_content) = unseal_to_vec(&bytes, &software, &opts);
-        assert_eq!(hw.verdict, sw.verdict, "{m}");
+        if hw.opened_with.is_none() && sw.opened_with.is_none() {
+            // No key of Bob's opens it, but one has the recipient's serial: the failed key
+            // transport goes on with a random content key (no padding oracle), and whether
+            // the garbage it decrypts reaches the CBC padding check before the inner
+            // structure fails is chance (about 1 in 300 does not). Everything else agrees.
+            use etee_formats::verdict::Error as E;
+            let without_padding = |v: &etee_formats::verdict::Verdict| {
+                let mut v = v.clone();
+                v.errors
+                    .retain(|e| *e != E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_PADDING_UNAUTHORIZED);
+                v
+            };
+            assert_eq!(
+                without_padding(&hw.verdict),
+                without_padding(&sw.verdict),
+                "{m}"
+            );
+        } else {
+            assert_eq!(hw.verdict, sw.verdict, "{m}");
+        }
         assert_eq!(hw_content, sw_content, "{m}");
         assert_eq!(hw.content_sha256, sw.content_sha256, "{m}");
         compared += 1;

@@ -112,6 +112,9 @@ pub struct Scan {
     /// The sequence verification started at: 0, or the checkpoint of the oldest segment
     /// present when older ones were moved away (trusted, not verified).
     pub first_sequence: u64,
+    /// The head the verification started from: [`AuditHead::GENESIS`], or the checkpoint
+    /// of the oldest segment present (its `next_sequence` is `first_sequence`).
+    pub first_head: AuditHead,
 }
 
 /// Reads and verifies the audit chain at `path`: its archived segments in order, then the
@@ -250,7 +253,7 @@ struct Walker {
     /// Use records waiting for their outcome: as many as uses were in flight.
     open_uses: Vec<AuditRecord>,
     started: bool,
-    first_sequence: u64,
+    first_head: AuditHead,
 }
 
 impl Walker {
@@ -260,7 +263,7 @@ impl Walker {
             pins: PinHistory::new(),
             open_uses: Vec::new(),
             started: false,
-            first_sequence: 0,
+            first_head: AuditHead::GENESIS,
         }
     }
 
@@ -280,7 +283,8 @@ impl Walker {
             pin_failures: self.pins.failures(),
             unconcluded: self.open_uses.iter().map(|r| r.sequence).collect(),
             segments,
-            first_sequence: self.first_sequence,
+            first_sequence: self.first_head.next_sequence,
+            first_head: self.first_head,
         }
     }
 
@@ -340,7 +344,7 @@ impl Walker {
             if !self.started {
                 self.verifier = ChainVerifier::new(checkpoint.head);
                 self.pins = PinHistory::continuing(checkpoint.pin_failures);
-                self.first_sequence = checkpoint.head.next_sequence;
+                self.first_head = checkpoint.head;
             } else if checkpoint != self.checkpoint() {
                 return Err(FileSinkError::Chain(ChainBreak {
                     sequence: self.verifier.head().next_sequence,

@@ -651,6 +651,13 @@ fn a_damaged_or_missing_segment_is_refused_and_old_ones_may_be_moved_away() {
         ),
     }
     std::fs::rename(&aside, middle).unwrap();
+    // The head after each record, while every segment is present.
+    let mut heads = std::collections::BTreeMap::new();
+    scan(&path, |r| {
+        let h = etee_custody::AuditHead::after(r);
+        heads.insert(h.next_sequence, h);
+    })
+    .unwrap();
     // The oldest segments moved away (archived elsewhere): verification starts at the
     // oldest checkpoint present, and says so.
     for old in &archived[..2] {
@@ -667,6 +674,9 @@ fn a_damaged_or_missing_segment_is_refused_and_old_ones_may_be_moved_away() {
     assert_eq!(s.head, head);
     assert_eq!(s.count, head.next_sequence - s.first_sequence);
     assert_eq!(s.segments, archived.len() - 2);
+    // It starts from the head the chain had there (the checkpoint links to it).
+    assert_eq!(s.first_head.next_sequence, s.first_sequence);
+    assert_eq!(Some(&s.first_head), heads.get(&s.first_sequence));
 }
 
 #[test]

@@ -160,6 +160,14 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                 None if e.next_sequence > s.head.next_sequence => AnchorCheck::Cut {
                     records: s.head.next_sequence,
                 },
+                // The head the oldest segment present starts from (its checkpoint).
+                None if e.next_sequence == s.first_head.next_sequence => {
+                    if e.hash == s.first_head.hash {
+                        AnchorCheck::Found
+                    } else {
+                        AnchorCheck::Differs
+                    }
+                }
                 None => AnchorCheck::Unavailable {
                     first: s.first_sequence,
                 },

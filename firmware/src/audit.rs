@@ -210,6 +210,42 @@ impl AuditHead {
             hash: record.hash(),
         }
     }
+
+    /// The head as an anchor to keep outside the chain, `NEXT_SEQUENCE:HASH` (decimal,
+    /// then 64 lowercase hex digits): what `etee audit verify` prints and checks with
+    /// `--expect-head`, the appliance's `/v1/audit` returns and logs.
+    pub fn anchor(&self) -> Anchor<'_> {
+        Anchor(self)
+    }
+
+    /// The head of an anchor ([`Self::anchor`]); `None` for anything else.
+    pub fn from_anchor(text: &str) -> Option<Self> {
+        let (records, hex) = text.trim().split_once(':')?;
+        let next_sequence = records.parse().ok()?;
+        let hex = hex.as_bytes();
+        if hex.len() != 2 * DIGEST_LEN {
+            return None;
+        }
+        let mut hash = [0u8; DIGEST_LEN];
+        for (byte, pair) in hash.iter_mut().zip(hex.chunks_exact(2)) {
+            let digit = |c: u8| (c as char).to_digit(16);
+            *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Some(Self {
+            next_sequence,
+            hash,
+        })
+    }
+}
+
+/// [`AuditHead::anchor`]: displays as `NEXT_SEQUENCE:HASH`.
+pub struct Anchor<'a>(&'a AuditHead);
+
+impl core::fmt::Display for Anchor<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}:", self.0.next_sequence)?;
+        self.0.hash.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }
 
 /// Counts the consecutive failed logins at the end of a chain (since the last successful

@@ -406,3 +406,40 @@ fn a_full_sink_fails_closed() {
     );
     assert_eq!(core.token().key_uses(), before);
 }
+
+/// An anchor is `NEXT_SEQUENCE:HASH` and reads back as the same head; anything else is
+/// refused.
+#[test]
+fn anchors_read_back_as_their_head() {
+    use etee_custody::AuditHead;
+    let head = AuditHead {
+        next_sequence: 1042,
+        hash: core::array::from_fn(|i| i as u8 * 7),
+    };
+    let text = head.anchor().to_string();
+    assert_eq!(
+        text,
+        "1042:00070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d9"
+    );
+    assert_eq!(AuditHead::from_anchor(&text), Some(head));
+    assert_eq!(
+        AuditHead::from_anchor(&format!(" {} ", text.to_uppercase())),
+        Some(head)
+    );
+    assert_eq!(
+        AuditHead::GENESIS.anchor().to_string(),
+        format!("0:{}", "0".repeat(64))
+    );
+    for bad in [
+        "",
+        "1042",
+        ":00",
+        "x:00070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d9",
+        "1042:00070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d",
+        "1042:00070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d9aa",
+        "1042:zz070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d9",
+        "1042:12:nothex",
+    ] {
+        assert_eq!(AuditHead::from_anchor(bad), None, "{bad:?}");
+    }
+}

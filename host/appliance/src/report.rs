@@ -86,7 +86,7 @@ pub fn audit_export(path: &Path, from: u64, limit: usize) -> Result<Value, FileS
             "segments": s.segments,
             "first_sequence": s.first_sequence,
             "head": hex::encode(s.head.hash),
-            "anchor": format!("{}:{}", s.head.next_sequence, hex::encode(s.head.hash)),
+            "anchor": s.head.anchor().to_string(),
             "torn_tail": s.torn_tail,
             "unconcluded": s.unconcluded,
             "entries": out,

@@ -412,7 +412,7 @@ impl Appliance {
         let app = self.clone();
         let task = tokio::task::spawn_blocking(move || app.custody.audit_head());
         match tokio::time::timeout(SNAPSHOT_WAIT, task).await {
-            Ok(Ok(Some(h))) => Some(format!("{}:{}", h.next_sequence, hex::encode(h.hash))),
+            Ok(Ok(Some(h))) => Some(h.anchor().to_string()),
             _ => None,
         }
     }

@@ -37,21 +37,11 @@ pub enum Command {
 
 /// An `--expect-head` value: the head after `RECORDS` records.
 fn parse_anchor(text: &str) -> Result<etee_custody::AuditHead, CliError> {
-    let bad = || {
+    etee_custody::AuditHead::from_anchor(text).ok_or_else(|| {
         CliError::Usage(format!(
             "--expect-head {text:?}: expected RECORDS:HASH (the `anchor` line of `etee audit \
              verify`, e.g. 1042:5f3a…, 64 hex digits after the colon)"
         ))
-    };
-    let (records, hash) = text.trim().split_once(':').ok_or_else(bad)?;
-    let next_sequence: u64 = records.parse().map_err(|_| bad())?;
-    let hash: [u8; 32] = hex::decode(hash)
-        .ok()
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(bad)?;
-    Ok(etee_custody::AuditHead {
-        next_sequence,
-        hash,
     })
 }
 
@@ -145,7 +135,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                     seqs.join(" ")
                 ));
             }
-            let anchor = format!("{}:{head}", s.head.next_sequence);
+            let anchor = s.head.anchor().to_string();
             text.push_str(&format!(
                 "\nanchor  {anchor} (keep it on another system; `--expect-head {anchor}` checks a \
                  later chain against it)"
@@ -174,7 +164,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             });
             let (expected_json, code) = match (&check, &expected) {
                 (Some(c), Some(e)) => {
-                    let recorded = format!("{}:{}", e.next_sequence, hex::encode(e.hash));
+                    let recorded = e.anchor().to_string();
                     let (verdict, line) = match c {
                         AnchorCheck::Found => (
                             "found",

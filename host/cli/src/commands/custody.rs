@@ -165,7 +165,7 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
                 "present": chain.is_some(),
                 "records": chain.as_ref().map(|c| c.count),
                 "head": chain.as_ref().map(|c| hex::encode(c.head.hash)),
-                "anchor": chain.as_ref().map(anchor),
+                "anchor": chain.as_ref().map(|c| c.head.anchor().to_string()),
                 "torn_tail": chain.as_ref().map(|c| c.torn_tail),
                 "unconcluded_uses": chain.as_ref().map(|c| c.unconcluded.clone()),
             },
@@ -204,7 +204,7 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
                     "audit    {}: {} records, anchor {}{}",
                     path.display(),
                     c.count,
-                    anchor(c),
+                    c.head.anchor(),
                     if c.torn_tail {
                         " (the last record is incomplete: being written, or cut when a core next opens the chain)"
                     } else {
@@ -237,15 +237,6 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// `NEXT_SEQUENCE:HEAD`, as `etee audit verify` prints and checks it.
-fn anchor(scan: &etee_custody::file_sink::Scan) -> String {
-    format!(
-        "{}:{}",
-        scan.head.next_sequence,
-        hex::encode(scan.head.hash)
-    )
 }
 
 /// The chain at `path` (its archived segments and the current file), or `None` when there

@@ -65,35 +65,6 @@ pub fn certificate_sha256(der: &CertificateDer<'_>) -> [u8; 32] {
     openssl::sha::sha256(der.as_ref())
 }
 
-/// When a verified client chain stops being valid (Unix seconds): the earliest notAfter
-/// of the leaf and of the other certificates still valid at the handshake (`now`);
-/// those already expired then cannot be on the path rustls accepted (clients may send
-/// extra ones). `None` when no certificate can be read (rustls's own check stands alone).
-fn chain_valid_until(chain: &[CertificateDer<'_>], now: i64) -> Option<i64> {
-    let end = |c: &CertificateDer<'_>| {
-        etee_formats::cert::Certificate::from_der(c.as_ref())
-            .ok()
-            .map(|c| c.not_after())
-    };
-    let leaf = chain.first().and_then(end);
-    let others = chain
-        .iter()
-        .skip(1)
-        .filter_map(end)
-        .filter(|&t| t >= now)
-        .min();
-    match (leaf, others) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Binds the Unix socket at `path` with [`SOCKET_MODE`]: a stale socket file left by a
 /// crash is replaced, a live one (another appliance) or any other file is an error.
 pub fn bind_unix(path: &Path) -> Result<UnixListener> {
@@ -136,7 +107,7 @@ async fn connection<I>(
             // of it has expired, a kept-alive connection no longer identifies a client:
             // this request is served as from an unknown caller, and the connection ends
             // with it so that the next handshake meets the verifier again.
-            let expired = valid_until.is_some_and(|t| unix_now() > t);
+            let expired = valid_until.is_some_and(|t| crate::service::now() > t);
             let peer = match &peer {
                 Peer::Tls { addr, .. } if expired => {
                     tracing::info!(
@@ -274,7 +245,9 @@ async fn accept_loop(
                     };
                     let chain = tls.get_ref().1.peer_certificates();
                     let certificate_sha256 = chain.and_then(|c| c.first()).map(certificate_sha256);
-                    let valid_until = chain.and_then(|c| chain_valid_until(c, unix_now()));
+                    let valid_until = chain.and_then(|c| {
+                        etee_formats::cert::chain_valid_until(c, crate::service::now())
+                    });
                     let peer = Peer::Tls {
                         certificate_sha256,
                         addr,
@@ -604,7 +577,7 @@ mod tests {
                 String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase()
             }
         };
-        let now = unix_now();
+        let now = crate::service::now();
         let valid = ask(now + 3600).await;
         assert!(valid.starts_with("http/1.1 200"), "{valid}");
         assert!(valid.ends_with("certificate"), "{valid}");
@@ -618,9 +591,10 @@ mod tests {
     /// intermediate's); certificates that cannot be read do not shorten it.
     #[test]
     fn a_chain_is_valid_until_its_earliest_not_after() {
+        use etee_formats::cert::chain_valid_until;
         use etee_testpki::{InstitutionSpec, TestPki, Validity};
         let pki = TestPki::generate("chain-validity").unwrap();
-        let now = unix_now();
+        let now = crate::service::now();
         let leaf = pki
             .institution(
                 &InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Short").with_auth_validity(

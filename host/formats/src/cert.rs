@@ -433,6 +433,26 @@ fn parse_name(name: &Tlv<'_>) -> Result<Vec<NameAttr>, BerError> {
     Ok(out)
 }
 
+/// When a client's verified TLS chain (leaf first, as presented) stops being valid, in
+/// Unix seconds: the earliest notAfter of the leaf and of the other certificates still
+/// valid at the handshake time `now`. Those already expired then cannot be on the path
+/// the verifier accepted (clients may send extra ones, e.g. an old cross-signed root);
+/// certificates that cannot be read are left out. `None` when none can be read.
+pub fn chain_valid_until(chain: &[impl AsRef<[u8]>], now: i64) -> Option<i64> {
+    let end = |der: &[u8]| Certificate::from_der(der).ok().map(|c| c.not_after());
+    let leaf = chain.first().and_then(|c| end(c.as_ref()));
+    let others = chain
+        .iter()
+        .skip(1)
+        .filter_map(|c| end(c.as_ref()))
+        .filter(|&t| t >= now)
+        .min();
+    match (leaf, others) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Decodes the directory string types; unknown types as lossy UTF-8.
 pub fn decode_string(v: &Tlv<'_>) -> String {
     match v.tag {

@@ -31,16 +31,9 @@ impl Caller {
     pub fn from_chain_at(chain: &[impl AsRef<[u8]>], now: i64) -> Option<Self> {
         let certificate = Certificate::from_der(chain.first()?.as_ref()).ok()?;
         let identities = identities(&certificate);
-        // The leaf's end always applies. Of the other certificates the client sent, those
-        // already expired at the handshake cannot be on the path the verifier accepted
-        // (clients may send extra ones, e.g. an old cross-signed root), and those that
-        // cannot be read here are left out; the others end the period with the leaf's.
-        let valid_until = chain[1..]
-            .iter()
-            .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
-            .map(|c| c.not_after())
-            .filter(|&end| end >= now)
-            .fold(certificate.not_after(), i64::min);
+        // The leaf is readable, so the chain has an end.
+        let valid_until = etee_formats::cert::chain_valid_until(chain, now)
+            .unwrap_or_else(|| certificate.not_after());
         Some(Self {
             certificate,
             identities,

@@ -237,30 +237,20 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
     /// Administrator reset of the wrong-PIN counter (a local call of the process that owns
     /// the core, never a wire request). Recorded; not done if it cannot be recorded.
     pub fn reset_pin_counter(&mut self, now_ms: u64) -> Result<(), Error> {
-        self.record(
-            now_ms,
-            None,
-            Operation::PinReset,
-            None,
-            NO_INPUT,
-            Outcome::Success,
-        )?;
-        self.lock.reset();
-        Ok(())
+        self.restart_pin_count(Operation::PinReset, now_ms)
     }
 
     /// Records that the token's security officer set the user PIN (a local call, after
     /// the host did it with the SO PIN); the wrong-PIN count starts again, since the PIN
     /// it counted against is gone. Not counted as done if it cannot be recorded.
     pub fn user_pin_set(&mut self, now_ms: u64) -> Result<(), Error> {
-        self.record(
-            now_ms,
-            None,
-            Operation::UserPinSet,
-            None,
-            NO_INPUT,
-            Outcome::Success,
-        )?;
+        self.restart_pin_count(Operation::UserPinSet, now_ms)
+    }
+
+    /// Records `operation` (an administrator's, with no client, key or input) and then
+    /// clears the wrong-PIN count; nothing is cleared if the record cannot be written.
+    fn restart_pin_count(&mut self, operation: Operation, now_ms: u64) -> Result<(), Error> {
+        self.record(now_ms, None, operation, None, NO_INPUT, Outcome::Success)?;
         self.lock.reset();
         Ok(())
     }

@@ -154,7 +154,9 @@ impl Share {
     }
 }
 
-fn check_parameters(threshold: u8, count: u8) -> Result<(), ShareError> {
+/// Whether a split of `count` shares with quorum `threshold` can be made: `threshold` at
+/// least 2 and at most `count`, `count` at most [`MAX_SHARES`].
+pub fn check_parameters(threshold: u8, count: u8) -> Result<(), ShareError> {
     if threshold < 2 || threshold > count || usize::from(count) > MAX_SHARES {
         return Err(ShareError::BadParameters { threshold, count });
     }

@@ -25,6 +25,16 @@ impl Rig {
         }
     }
 
+    /// A rig whose token is initialised and holds an authentication key born in it.
+    fn with_authentication_key(dir: &Path) -> Rig {
+        let rig = Rig::new(dir);
+        rig.etee(["hsm", "init"]).run().code(0);
+        rig.etee(["keys", "generate", "--profile", "authentication"])
+            .run()
+            .code(0);
+        rig
+    }
+
     fn etee<const N: usize>(&self, args: [&str; N]) -> Etee {
         self.hsm.etee(args).arg("--config").arg(&self.config)
     }
@@ -727,11 +737,7 @@ fn the_so_pin_as_shares_and_init_pin() {
 #[test]
 fn keys_destroy_asks_first_and_destroys_on_record() {
     let tmp = scratch();
-    let rig = Rig::new(tmp.path());
-    rig.etee(["hsm", "init"]).run().code(0);
-    rig.etee(["keys", "generate", "--profile", "authentication"])
-        .run()
-        .code(0);
+    let rig = Rig::with_authentication_key(tmp.path());
     let run = rig.etee(["keys", "generate", "--profile", "etk"]).run();
     run.code(0);
     let etk = run.json()["id"].as_str().unwrap().to_owned();
@@ -793,11 +799,7 @@ fn keys_destroy_asks_first_and_destroys_on_record() {
 #[test]
 fn custody_status_tells_a_lock_out_and_its_remedy() {
     let tmp = scratch();
-    let rig = Rig::new(tmp.path());
-    rig.etee(["hsm", "init"]).run().code(0);
-    rig.etee(["keys", "generate", "--profile", "authentication"])
-        .run()
-        .code(0);
+    let rig = Rig::with_authentication_key(tmp.path());
     // A command that opens the core makes the chain.
     rig.etee(["keys", "destroy", "--key", "nothing"])
         .run()
@@ -875,11 +877,7 @@ fn custody_status_tells_a_lock_out_and_its_remedy() {
 #[test]
 fn audit_verify_checks_a_recorded_head() {
     let tmp = scratch();
-    let rig = Rig::new(tmp.path());
-    rig.etee(["hsm", "init"]).run().code(0);
-    rig.etee(["keys", "generate", "--profile", "authentication"])
-        .run()
-        .code(0);
+    let rig = Rig::with_authentication_key(tmp.path());
     // Each command that opens the core adds records (unlock, lock).
     rig.etee(["keys", "destroy", "--key", "nothing"])
         .run()

@@ -736,10 +736,7 @@ impl Token for RefusedLogin {
         _: &[u8; 32],
         _: &mut [u8],
     ) -> Result<usize, TokenError> {
-        Err(TokenError::new(
-            TokenFunction::Sign,
-            ckr::USER_NOT_LOGGED_IN,
-        ))
+        not_logged_in(TokenFunction::Sign)
     }
     fn decrypt_pkcs1v15(
         &mut self,
@@ -747,10 +744,7 @@ impl Token for RefusedLogin {
         _: &[u8],
         _: &mut [u8],
     ) -> Result<usize, TokenError> {
-        Err(TokenError::new(
-            TokenFunction::Decrypt,
-            ckr::USER_NOT_LOGGED_IN,
-        ))
+        not_logged_in(TokenFunction::Decrypt)
     }
     fn wrap_aes_kw(
         &mut self,
@@ -758,10 +752,7 @@ impl Token for RefusedLogin {
         _: &[u8],
         _: &mut [u8],
     ) -> Result<usize, TokenError> {
-        Err(TokenError::new(
-            TokenFunction::WrapKey,
-            ckr::USER_NOT_LOGGED_IN,
-        ))
+        not_logged_in(TokenFunction::WrapKey)
     }
     fn unwrap_aes_kw(
         &mut self,
@@ -769,10 +760,7 @@ impl Token for RefusedLogin {
         _: &[u8],
         _: &mut [u8],
     ) -> Result<usize, TokenError> {
-        Err(TokenError::new(
-            TokenFunction::UnwrapKey,
-            ckr::USER_NOT_LOGGED_IN,
-        ))
+        not_logged_in(TokenFunction::UnwrapKey)
     }
     fn login(&mut self, _: &[u8]) -> Result<(), TokenError> {
         Err(TokenError::new(TokenFunction::Login, self.0))
@@ -782,11 +770,13 @@ impl Token for RefusedLogin {
         None
     }
     fn destroy_key(&mut self, _: &etee_custody::KeyId) -> Result<usize, TokenError> {
-        Err(TokenError::new(
-            TokenFunction::DestroyObject,
-            ckr::USER_NOT_LOGGED_IN,
-        ))
+        not_logged_in(TokenFunction::DestroyObject)
     }
+}
+
+/// What every key operation of [`RefusedLogin`] answers.
+fn not_logged_in<T>(function: TokenFunction) -> Result<T, TokenError> {
+    Err(TokenError::new(function, ckr::USER_NOT_LOGGED_IN))
 }
 
 /// A locked core over `token`, continuing the audit chain of `custody.audit_file` (created

@@ -165,13 +165,7 @@ pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
         HsmCommand::Init { config, .. } => {
             let config = load_config(&config)?;
             let summary = etee_hsm::init_token(&config.hsm)?;
-            outln!(
-                "initialised token {} in slot {} ({} {})",
-                summary.name(),
-                summary.slot,
-                summary.manufacturer,
-                summary.model
-            )?;
+            print_initialised(&summary)?;
             Ok(ExitCode::SUCCESS)
         }
         HsmCommand::InitPin {
@@ -208,6 +202,18 @@ pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The line `hsm init` prints for the token it initialised.
+fn print_initialised(summary: &etee_hsm::TokenSummary) -> Result<(), CliError> {
+    outln!(
+        "initialised token {} in slot {} ({} {})",
+        summary.name(),
+        summary.slot,
+        summary.manufacturer,
+        summary.model
+    )?;
+    Ok(())
 }
 
 /// `hsm init --so-pin-shares M/N --shares-dir DIR`: the share files are written (and
@@ -292,13 +298,7 @@ fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode,
             return Err(e);
         }
     };
-    outln!(
-        "initialised token {} in slot {} ({} {})",
-        summary.name(),
-        summary.slot,
-        summary.manufacturer,
-        summary.model
-    )?;
+    print_initialised(&summary)?;
     outln!("its SO PIN exists only as {count} shares, any {threshold} of which rebuild it:")?;
     for path in &paths {
         outln!("  {}", path.display())?;

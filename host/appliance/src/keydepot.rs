@@ -87,7 +87,7 @@ pub fn registration_request(
             model: token.model.clone(),
         },
         attributes,
-        crate::service::now(),
+        etee_formats::unix_now(),
     );
     let signer = custody.signing_key().map_err(hsm_error)?;
     let SignerRef::Certificate { cert, chain } = &signer.signer else {

@@ -107,7 +107,7 @@ async fn connection<I>(
             // of it has expired, a kept-alive connection no longer identifies a client:
             // this request is served as from an unknown caller, and the connection ends
             // with it so that the next handshake meets the verifier again.
-            let expired = valid_until.is_some_and(|t| crate::service::now() > t);
+            let expired = valid_until.is_some_and(|t| etee_formats::unix_now() > t);
             let peer = match &peer {
                 Peer::Tls { addr, .. } if expired => {
                     tracing::info!(
@@ -246,7 +246,7 @@ async fn accept_loop(
                     let chain = tls.get_ref().1.peer_certificates();
                     let certificate_sha256 = chain.and_then(|c| c.first()).map(certificate_sha256);
                     let valid_until = chain.and_then(|c| {
-                        etee_formats::cert::chain_valid_until(c, crate::service::now())
+                        etee_formats::cert::chain_valid_until(c, etee_formats::unix_now())
                     });
                     let peer = Peer::Tls {
                         certificate_sha256,
@@ -577,7 +577,7 @@ mod tests {
                 String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase()
             }
         };
-        let now = crate::service::now();
+        let now = etee_formats::unix_now();
         let valid = ask(now + 3600).await;
         assert!(valid.starts_with("http/1.1 200"), "{valid}");
         assert!(valid.ends_with("certificate"), "{valid}");
@@ -594,7 +594,7 @@ mod tests {
         use etee_formats::cert::chain_valid_until;
         use etee_testpki::{InstitutionSpec, TestPki, Validity};
         let pki = TestPki::generate("chain-validity").unwrap();
-        let now = crate::service::now();
+        let now = etee_formats::unix_now();
         let leaf = pki
             .institution(
                 &InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Short").with_auth_validity(

@@ -735,11 +735,6 @@ fn describe(id: &Identifier) -> String {
     }
 }
 
-/// Unix seconds now.
-pub fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 /// Runs blocking work on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,

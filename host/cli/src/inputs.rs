@@ -71,7 +71,7 @@ pub fn certificates(paths: &[PathBuf]) -> Result<Vec<Certificate>, CliError> {
 /// `--at` as unix seconds; now when absent.
 pub fn evaluation_time(at: Option<&str>) -> Result<i64, CliError> {
     match at {
-        None => Ok(time::OffsetDateTime::now_utc().unix_timestamp()),
+        None => Ok(etee_formats::unix_now()),
         Some(s) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map(|t| t.unix_timestamp())
             .map_err(|e| CliError::Usage(format!("--at {s:?}: not an RFC 3339 time ({e})"))),

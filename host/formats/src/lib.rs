@@ -54,3 +54,8 @@ pub mod keystore;
 pub mod oid;
 pub mod trust;
 pub mod verdict;
+
+/// Unix seconds now: the one clock the etee crates read for validity and signing times.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

@@ -84,13 +84,6 @@ impl std::fmt::Debug for EtkCache {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl EtkCache {
     /// A cache over `depot`, checking ETK chains against `anchors`, with [`DEFAULT_TTL`].
     pub fn new(depot: EtkDepotClient, anchors: TrustAnchors) -> Self {
@@ -112,7 +105,7 @@ impl EtkCache {
 
     /// The usable ETKs of `id`, now.
     pub async fn get(&self, id: &Identifier) -> Result<Vec<Etk>> {
-        self.get_at(id, now()).await
+        self.get_at(id, etee_formats::unix_now()).await
     }
 
     /// The usable ETKs of `id` at `now` (unix seconds): validity and the entries' expiry

@@ -185,7 +185,7 @@ fn wanted(args: &WorldArgs, new_world: bool) -> Result<Vec<Wanted>, CliError> {
             inst = inst.with_application_id(app);
         }
         if let Some(seconds) = args.etk_valid_for {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let now = etee_formats::unix_now();
             inst = inst.with_etk_validity(etee_testpki::Validity {
                 not_before: now - 24 * 60 * 60,
                 not_after: now + i64::from(seconds),

@@ -114,9 +114,7 @@ pub fn seal<R: Read, W: Write>(
     if recipients.is_empty() && kek.is_none() {
         return Err(SealError::NoRecipient);
     }
-    let signing_time = opts
-        .signing_time
-        .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+    let signing_time = opts.signing_time.unwrap_or_else(crate::unix_now);
     let mut cek = Zeroizing::new([0u8; 16]);
     openssl::rand::rand_bytes(&mut cek[..])?;
     let mut iv = [0u8; 16];

@@ -247,9 +247,7 @@ pub fn unseal<R: Read, W: Write>(
     keys: &KeyRing,
     opts: &UnsealOptions,
 ) -> Result<Unsealed, UnsealError> {
-    let at = opts
-        .at
-        .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+    let at = opts.at.unwrap_or_else(crate::unix_now);
     let mut facts = Facts::default();
     let mut out = out;
     match run(input, &mut out, keys, opts, &mut facts) {

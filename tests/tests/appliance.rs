@@ -310,9 +310,10 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
             "[appliance]\nhsm = \"alice-hsm.toml\"\ntrust = [\"world/ca.pem\"]\nsocket = \"alice-api.sock\"\n\
              listen = \"127.0.0.1:{api_port}\"\ntls_certificate = \"world/tls-server.pem\"\n\
              tls_key = \"world/tls-server-key.pem\"\nclient_ca = [\"api-ca.pem\"]\n\
-             audit_anchor_log_seconds = 1\n\n{platform_table}\
+             audit_anchor_log_seconds = 1\nqueue_timeout_ms = 300\n\n{platform_table}\
              [[client]]\nname = \"lookup-only\"\noperations = [\"etk\"]\nunix_uid = {}\n\n\
-             [[client]]\nname = \"his\"\noperations = [\"seal\", \"etk\"]\ncertificate_sha256 = \"{his_sha}\"\n",
+             [[client]]\nname = \"his\"\noperations = [\"seal\", \"etk\"]\ncertificate_sha256 = \"{his_sha}\"\n\
+             max_concurrent = 1\n",
             uid()
         ),
     )
@@ -488,6 +489,95 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
             .run();
         out.code(0);
     }
+
+    // "his" may run one operation at once (max_concurrent = 1). While a seal of its own
+    // still receives its body, a second one waits queue_timeout_ms (300) for the slot and
+    // is refused with 429; another client is served meanwhile; once the first seal ends,
+    // "his" is served again.
+    let in_flight = || -> u64 {
+        let (_, body) = curl_unix(&socket, "GET", "/metrics", None);
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("etee_appliance_requests_in_flight "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let held_out = w.path("held-seal.out");
+    let mut held = Command::new("curl")
+        .args(["-sS", "-X", "POST", "-T", "-", "-H", "Expect:", "--cacert"])
+        .arg(w.path("world/ca.pem"))
+        .arg("--cert")
+        .arg(w.path("his.pem"))
+        .arg("--key")
+        .arg(w.path("his-key.pem"))
+        .arg("-o")
+        .arg(&held_out)
+        .args(["-w", "%{http_code}"])
+        .arg(format!(
+            "https://127.0.0.1:{api_port}/v1/seal?to=NIHII-PHARMACY:27150201"
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut held_body = held.stdin.take().unwrap();
+    use std::io::Write;
+    held_body.write_all(b"a body sent slowly, ").unwrap();
+    held_body.flush().unwrap();
+    let start = Instant::now();
+    while in_flight() < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the held seal never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    let (status, body) = https(
+        Some("his"),
+        "POST",
+        "/v1/seal?to=NIHII-PHARMACY:27150201",
+        Some(b"a second seal at once"),
+    );
+    assert_eq!(
+        (status, json(&body)["title"].clone()),
+        (429, "APPLIANCE_BUSY".into()),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "refused before the queue timeout"
+    );
+    let (status, _) = curl_unix(
+        &socket,
+        "GET",
+        "/v1/etks?type=NIHII-PHARMACY&identifier=27150201",
+        None,
+    );
+    assert_eq!(status, 200, "another client is not held up by his");
+    held_body.write_all(b"and its end").unwrap();
+    drop(held_body);
+    let finished = held.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&finished.stdout), "200");
+    let sealed = std::fs::read(&held_out).unwrap();
+    let (status, body) = curl_unix(&w.path("bob.sock"), "POST", "/v1/unseal", Some(&sealed));
+    assert_eq!(
+        (status, body),
+        (200, b"a body sent slowly, and its end".to_vec())
+    );
+    let (status, body) = https(
+        Some("his"),
+        "POST",
+        "/v1/seal?to=NIHII-PHARMACY:27150201",
+        Some(b"after the first"),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (_, body) = curl_unix(&socket, "GET", "/metrics", None);
+    let metrics = String::from_utf8_lossy(&body);
+    let busy = "etee_appliance_requests_total{operation=\"seal\",outcome=\"busy\"} 1";
+    assert!(metrics.contains(busy), "{busy} missing:\n{metrics}");
 }
 
 /// An appliance killed (SIGKILL) in the middle of traffic and restarted: every message

@@ -5,7 +5,7 @@
 //! directions; nothing of a message's content or keys is logged.
 
 use crate::config::Operation;
-use crate::policy::{Client, Peer};
+use crate::policy::Peer;
 use crate::service::{Appliance, Opened, SealRequest, Sealed, ServiceError};
 use crate::spool::SpoolReader;
 use axum::body::Body;
@@ -88,6 +88,7 @@ fn status(e: &ServiceError) -> StatusCode {
         | ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Platform(_) => StatusCode::BAD_GATEWAY,
         ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        ServiceError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         ServiceError::TooLarge(_) | ServiceError::ContentTooLargeForJson { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
         }
@@ -104,12 +105,19 @@ pub fn problem(e: &ServiceError) -> Response {
         "status": status.as_u16(),
         "detail": e.to_string(),
     });
-    (
+    let mut response = (
         status,
         [(header::CONTENT_TYPE, "application/problem+json")],
         body.to_string(),
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // The client's own operations free its slots; one second is a fair first retry.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
@@ -139,6 +147,7 @@ fn finish(
         Err(e) => {
             let outcome = match status(&e) {
                 StatusCode::FORBIDDEN => "refused",
+                StatusCode::TOO_MANY_REQUESTS => "busy",
                 s if s.is_client_error() => "invalid",
                 _ => "failed",
             };
@@ -318,14 +327,6 @@ pub fn seal_request(query: &str) -> Result<SealRequest, ServiceError> {
 
 // ---- handlers ----------------------------------------------------------------------------
 
-fn authorise(
-    app: &Appliance,
-    peer: &Peer,
-    operation: Operation,
-) -> Result<Arc<Client>, ServiceError> {
-    Ok(app.authorise(peer, operation)?)
-}
-
 async fn seal(
     State(app): State<Arc<Appliance>>,
     Extension(peer): Extension<Peer>,
@@ -336,7 +337,7 @@ async fn seal(
     let started = Instant::now();
     let _in_flight = app.metrics.start();
     let answer = async {
-        let client = authorise(&app, &peer, Operation::Seal)?;
+        let client = app.admit(&peer, Operation::Seal).await?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
         let request = seal_request(query.as_deref().unwrap_or(""))?;
         let Sealed {
@@ -384,7 +385,7 @@ async fn unseal(
     let started = Instant::now();
     let _in_flight = app.metrics.start();
     let answer = async {
-        let client = authorise(&app, &peer, Operation::Unseal)?;
+        let client = app.admit(&peer, Operation::Unseal).await?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
         let Opened {
             unsealed,
@@ -433,7 +434,7 @@ async fn etks(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        authorise(&app, &peer, Operation::Etk)?;
+        let _admitted = app.admit(&peer, Operation::Etk).await?;
         let q: EtkQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
         let id = Identifier::new(
             &q.id_type,
@@ -505,7 +506,7 @@ async fn kgss_new_key(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let client = authorise(&app, &peer, Operation::Kgss)?;
+        let client = app.admit(&peer, Operation::Kgss).await?;
         let b: NewKeyBody = json_body(body).await?;
         let allowed = b
             .allowed
@@ -534,7 +535,7 @@ async fn kgss_get_key(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let client = authorise(&app, &peer, Operation::Kgss)?;
+        let client = app.admit(&peer, Operation::Kgss).await?;
         let id = key_id_param(&key_id)?;
         let key = app.kgss_get_key(&client, &id).await?;
         Ok(json_response(
@@ -553,7 +554,7 @@ async fn kgss_delete(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        authorise(&app, &peer, Operation::KgssDelete)?;
+        let _admitted = app.admit(&peer, Operation::KgssDelete).await?;
         let id = key_id_param(&key_id)?;
         app.kgss_delete(&id).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -590,7 +591,7 @@ async fn keydepot_register(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let client = authorise(&app, &peer, Operation::KeyDepot)?;
+        let client = app.admit(&peer, Operation::KeyDepot).await?;
         let b: RegisterBody = json_body(body).await?;
         let registered = app.keydepot_register(&client, b.key, b.label).await?;
         Ok(json_response(StatusCode::CREATED, &to_json(&registered)?))
@@ -606,7 +607,7 @@ async fn keydepot_get(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        authorise(&app, &peer, Operation::KeyDepot)?;
+        let _admitted = app.admit(&peer, Operation::KeyDepot).await?;
         let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let record = app.keydepot()?.get(&id).await.map_err(keydepot_error)?;
@@ -623,7 +624,7 @@ async fn keydepot_delete(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        authorise(&app, &peer, Operation::KeyDepotDelete)?;
+        let _admitted = app.admit(&peer, Operation::KeyDepotDelete).await?;
         let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         app.keydepot()?.delete(&id).await.map_err(keydepot_error)?;
@@ -640,7 +641,7 @@ async fn keydepot_list(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        authorise(&app, &peer, Operation::KeyDepot)?;
+        let _admitted = app.admit(&peer, Operation::KeyDepot).await?;
         let list = app
             .keydepot()?
             .list(&id_type, &value, None)
@@ -666,7 +667,7 @@ async fn audit(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        authorise(&app, &peer, Operation::Audit)?;
+        let _admitted = app.admit(&peer, Operation::Audit).await?;
         let q: AuditQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
         let number = |s: Option<String>, default: u64| {
             s.map_or(Ok(default), |s| {
@@ -836,5 +837,12 @@ mod tests {
             r.headers()[header::CONTENT_TYPE],
             "application/problem+json"
         );
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        let r = problem(&ServiceError::Busy {
+            client: "his".into(),
+            limit: 1,
+        });
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -18,6 +18,7 @@
 //! header_timeout_ms = 30000          # a request's headers, from a slow sender
 //! request_timeout_ms = 600000        # a large message takes time
 //! max_connections = 256
+//! queue_timeout_ms = 2000            # a request waits this long for a slot of its client
 //! audit_anchor_log_seconds = 3600    # the audit chain's anchor in the log this often (0: never)
 //!
 //! [platform]                         # where ETKDepot, KGSS and KeyDepot are
@@ -37,6 +38,7 @@
 //! # deletions are granted on their own: "kgss-delete", "keydepot-delete"
 //! unix_uid = 1000                    # a caller on the socket with this uid
 //! certificate_sha256 = "hex"         # a caller over HTTPS presenting this certificate
+//! max_concurrent = 16                # its operations at once (more wait, then 429)
 //! ```
 //!
 //! Relative paths are relative to the configuration file. Unknown keys are refused.
@@ -107,7 +109,17 @@ pub struct ClientConfig {
     pub operations: BTreeSet<Operation>,
     pub unix_uid: Option<u32>,
     pub certificate_sha256: Option<[u8; 32]>,
+    /// How many of its operations run at once; more wait up to
+    /// [`Limits::queue_timeout`], then are refused (429).
+    pub max_concurrent: usize,
 }
+
+/// Default of a client's `max_concurrent`: enough for a busy hospital system, while
+/// bounding what one client holds (each unseal may buffer a message head of up to 8 MiB).
+pub const DEFAULT_CLIENT_CONCURRENCY: usize = 16;
+
+/// The most a client's `max_concurrent` may be.
+pub const MAX_CLIENT_CONCURRENCY: usize = 4096;
 
 /// The most connections the appliance may be configured for: a bound on descriptors, and
 /// on the shutdown's drain (which waits for every permit).
@@ -126,6 +138,9 @@ pub struct Limits {
     /// Time to send a request and receive its answer.
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// How long a request waits for one of its client's `max_concurrent` slots before it
+    /// is refused with 429.
+    pub queue_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -137,6 +152,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(600),
             max_connections: 256,
+            queue_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -221,6 +237,7 @@ struct Table {
     header_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    queue_timeout_ms: Option<u64>,
     audit_anchor_log_seconds: Option<u64>,
 }
 
@@ -247,6 +264,7 @@ struct ClientTable {
     operations: BTreeSet<Operation>,
     unix_uid: Option<u32>,
     certificate_sha256: Option<String>,
+    max_concurrent: Option<usize>,
 }
 
 /// The eHealth endpoints of spec §4.1/§4.2/§5.1: (SOAP base, REST base).
@@ -328,6 +346,9 @@ impl ApplianceConfig {
                 .request_timeout_ms
                 .map_or(defaults.request_timeout, Duration::from_millis),
             max_connections: t.max_connections.unwrap_or(defaults.max_connections),
+            queue_timeout: t
+                .queue_timeout_ms
+                .map_or(defaults.queue_timeout, Duration::from_millis),
         };
         if limits.max_body_bytes == 0 || limits.max_connections == 0 {
             return Err(config_error(
@@ -464,11 +485,19 @@ fn client_config(c: ClientTable) -> Result<ClientConfig> {
             c.name
         )));
     }
+    let max_concurrent = c.max_concurrent.unwrap_or(DEFAULT_CLIENT_CONCURRENCY);
+    if !(1..=MAX_CLIENT_CONCURRENCY).contains(&max_concurrent) {
+        return Err(config_error(format!(
+            "client {:?}: max_concurrent = {max_concurrent}: 1 to {MAX_CLIENT_CONCURRENCY}",
+            c.name
+        )));
+    }
     Ok(ClientConfig {
         name: c.name,
         operations: c.operations,
         unix_uid: c.unix_uid,
         certificate_sha256,
+        max_concurrent,
     })
 }
 
@@ -492,6 +521,7 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 4 << 30);
         assert!(c.clients.is_empty());
         assert_eq!(c.audit_anchor_log, Some(Duration::from_secs(3600)));
+        assert_eq!(c.limits.queue_timeout, Duration::from_secs(2));
         let never = MINIMAL.replace("socket", "audit_anchor_log_seconds = 0\nsocket");
         let c = ApplianceConfig::from_toml(&never, Path::new("/etc/etee")).unwrap();
         assert_eq!(c.audit_anchor_log, None);
@@ -514,6 +544,10 @@ mod tests {
         assert!(c.clients[1].operations.contains(&Operation::KeyDepotDelete));
         assert_eq!(Operation::KgssDelete.name(), "kgss-delete");
         assert_eq!(c.clients[1].certificate_sha256.unwrap()[1], 0x11);
+        assert_eq!(c.clients[0].max_concurrent, DEFAULT_CLIENT_CONCURRENCY);
+        let one = text.replace("unix_uid = 1000\n", "unix_uid = 1000\nmax_concurrent = 1\n");
+        let c = ApplianceConfig::from_toml(&one, Path::new("/")).unwrap();
+        assert_eq!(c.clients[0].max_concurrent, 1);
     }
 
     #[test]
@@ -561,6 +595,11 @@ mod tests {
                 MINIMAL.to_owned()
                     + "[[client]]\nname = \"x\"\noperations = []\ncertificate_sha256 = \"ab\"\n",
                 "32 bytes",
+            ),
+            (
+                MINIMAL.to_owned()
+                    + "[[client]]\nname = \"x\"\noperations = []\nunix_uid = 1\nmax_concurrent = 0\n",
+                "max_concurrent = 0: 1 to 4096",
             ),
         ] {
             let e = ApplianceConfig::from_toml(&text, base).unwrap_err().to_string();

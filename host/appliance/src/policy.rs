@@ -55,6 +55,32 @@ impl std::fmt::Display for Peer {
 pub struct Client {
     pub name: String,
     pub operations: BTreeSet<Operation>,
+    /// Its operations running now: `max_concurrent` permits ([`Self::slot`]).
+    slots: Arc<tokio::sync::Semaphore>,
+    max_concurrent: usize,
+}
+
+/// A slot of a client's `max_concurrent`, held while one of its operations runs.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Client {
+    /// Waits up to `wait` for one of this client's slots; `None` when all stayed taken.
+    pub async fn slot(&self, wait: std::time::Duration) -> Option<Slot> {
+        let acquire = self.slots.clone().acquire_owned();
+        match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(permit)) => Some(Slot { _permit: permit }),
+            // The semaphore is never closed; a timeout is the only way here.
+            _ => None,
+        }
+    }
+
+    /// The most operations this client may have running at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent
+    }
 }
 
 /// Why the API refuses a caller before anything else happens.
@@ -83,6 +109,8 @@ impl Clients {
                         Arc::new(Client {
                             name: c.name.clone(),
                             operations: c.operations.clone(),
+                            slots: Arc::new(tokio::sync::Semaphore::new(c.max_concurrent)),
+                            max_concurrent: c.max_concurrent,
                         }),
                     )
                 })
@@ -203,12 +231,14 @@ mod tests {
                 operations: [Operation::Seal, Operation::Unseal].into(),
                 unix_uid: Some(1000),
                 certificate_sha256: Some([7; 32]),
+                max_concurrent: 2,
             },
             ClientConfig {
                 name: "lookup".into(),
                 operations: [Operation::Etk].into(),
                 unix_uid: Some(1001),
                 certificate_sha256: None,
+                max_concurrent: 2,
             },
         ])
     }
@@ -250,12 +280,14 @@ mod tests {
                 operations: [Operation::Seal].into(),
                 unix_uid: Some(1),
                 certificate_sha256: None,
+                max_concurrent: 2,
             },
             ClientConfig {
                 name: "opener".into(),
                 operations: [Operation::Unseal].into(),
                 unix_uid: Some(2),
                 certificate_sha256: None,
+                max_concurrent: 2,
             },
         ];
         configs.extend([ClientConfig {
@@ -263,6 +295,7 @@ mod tests {
             operations: [Operation::Etk, Operation::Audit].into(),
             unix_uid: Some(3),
             certificate_sha256: None,
+            max_concurrent: 2,
         }]);
         let budget = Budget {
             burst: 2,
@@ -323,6 +356,7 @@ mod tests {
                 operations: [Operation::Unseal].into(),
                 unix_uid: Some(i),
                 certificate_sha256: None,
+                max_concurrent: 2,
             })
             .collect();
         let e = policy_over(
@@ -332,6 +366,42 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("at most 32 rules"), "{e}");
+    }
+
+    /// A client's operations beyond its `max_concurrent` wait for a slot and get none
+    /// while all stay taken; a slot given back serves the next; other clients have their
+    /// own slots.
+    #[tokio::test]
+    async fn a_client_has_its_own_bounded_slots() {
+        let c = clients();
+        let his = c
+            .identify(&Peer::Unix {
+                uid: 1000,
+                pid: None,
+            })
+            .unwrap();
+        let lookup = c
+            .identify(&Peer::Unix {
+                uid: 1001,
+                pid: None,
+            })
+            .unwrap();
+        let wait = std::time::Duration::from_millis(50);
+        assert_eq!(his.max_concurrent(), 2);
+        let first = his.slot(wait).await.expect("a first slot");
+        let _second = his.slot(wait).await.expect("a second slot");
+        let started = std::time::Instant::now();
+        assert!(his.slot(wait).await.is_none(), "a third slot beyond 2");
+        assert!(started.elapsed() >= wait, "refused only after waiting");
+        assert!(lookup.slot(wait).await.is_some(), "another client's slots");
+        // A waiter gets the slot given back while it waits.
+        let waiter = tokio::spawn({
+            let his = his.clone();
+            async move { his.slot(std::time::Duration::from_secs(10)).await.is_some() }
+        });
+        tokio::time::sleep(wait).await;
+        drop(first);
+        assert!(waiter.await.unwrap(), "the freed slot");
     }
 
     #[test]
@@ -358,6 +428,7 @@ mod tests {
             operations: [Operation::Kgss, Operation::KeyDepot].into(),
             unix_uid: Some(7),
             certificate_sha256: None,
+            max_concurrent: 2,
         }];
         let c = Clients::new(&configs);
         let peer = Peer::Unix { uid: 7, pid: None };

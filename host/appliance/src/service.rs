@@ -9,7 +9,7 @@
 
 use crate::config::{ApplianceConfig, Operation};
 use crate::metrics::{Metrics, Snapshot};
-use crate::policy::{custody_policy, Client, Clients, Peer, Refusal, APPLIANCE_CLIENT};
+use crate::policy::{custody_policy, Client, Clients, Peer, Refusal, Slot, APPLIANCE_CLIENT};
 use crate::spool::{SpoolReader, SpoolWriter};
 use crate::ApplianceError;
 use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unsealed};
@@ -67,6 +67,8 @@ pub enum ServiceError {
     NotFound(String),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(String),
+    #[error("client {client:?} already has {limit} operations running (its max_concurrent); retry later")]
+    Busy { client: String, limit: usize },
     #[error("I/O: {0}")]
     Io(String),
 }
@@ -89,6 +91,7 @@ impl ServiceError {
             Self::ContentTooLargeForJson { .. } => "APPLIANCE_CONTENT_TOO_LARGE_FOR_JSON",
             Self::NotFound(_) => "APPLIANCE_NOT_FOUND",
             Self::MethodNotAllowed(_) => "APPLIANCE_METHOD_NOT_ALLOWED",
+            Self::Busy { .. } => "APPLIANCE_BUSY",
             Self::Io(_) => "APPLIANCE_IO",
         }
     }
@@ -242,6 +245,21 @@ pub fn open_custody_core(
     Ok(CustodyKeys::with_policy(hsm, token, policy, &custody)?)
 }
 
+/// An admitted caller ([`Appliance::admit`]): the client, and its slot until dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    pub client: Arc<Client>,
+    _slot: Slot,
+}
+
+impl std::ops::Deref for Admitted {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 /// A caller's keys, through the custody core under its client id.
 struct CallerKeys {
     signer: SigningKey,
@@ -362,6 +380,25 @@ impl Appliance {
     /// The caller `peer` is, if it may ask for `operation`.
     pub fn authorise(&self, peer: &Peer, operation: Operation) -> Result<Arc<Client>, Refusal> {
         self.clients.authorise(peer, operation)
+    }
+
+    /// [`Self::authorise`], then one of the client's `max_concurrent` slots, waited for
+    /// up to the configured `queue_timeout` ([`ServiceError::Busy`] after it): what each
+    /// API operation holds while it runs, so that one client cannot take all the
+    /// appliance's workers and memory.
+    pub async fn admit(&self, peer: &Peer, operation: Operation) -> Result<Admitted, ServiceError> {
+        let client = self.authorise(peer, operation)?;
+        let slot = client
+            .slot(self.config.limits.queue_timeout)
+            .await
+            .ok_or_else(|| ServiceError::Busy {
+                client: client.name.clone(),
+                limit: client.max_concurrent(),
+            })?;
+        Ok(Admitted {
+            client,
+            _slot: slot,
+        })
     }
 
     fn keys_of(&self, client: &Client) -> Result<&CallerKeys, ServiceError> {

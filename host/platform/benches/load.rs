@@ -253,12 +253,7 @@ fn platform(dir: &Path, w: &World, kgss_hsm: Option<&Path>) -> Arc<Platform> {
         etee_platform::kgss::Kgss::from_hsm(path, etee_hsm::config::KGSS_WRAP_ID, anchors.clone())
             .expect("KGSS from the token")
     });
-    Arc::new(Platform {
-        store,
-        config,
-        anchors,
-        kgss,
-    })
+    Arc::new(Platform::new(store, config, anchors, kgss))
 }
 
 /// One row of the final table.

@@ -44,6 +44,8 @@ pub fn client_config(
 pub struct Answer {
     pub status: u16,
     pub content_type: String,
+    /// `Retry-After`, when the platform said when to retry (a busy 503).
+    pub retry_after: Option<String>,
     pub body: Bytes,
 }
 
@@ -124,6 +126,11 @@ impl Connection {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let retry_after = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response
             .into_body()
             .collect()
@@ -133,6 +140,7 @@ impl Connection {
         Ok(Answer {
             status,
             content_type,
+            retry_after,
             body,
         })
     }

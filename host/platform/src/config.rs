@@ -12,6 +12,8 @@
 //! handshake_timeout_ms = 10000
 //! request_timeout_ms = 30000
 //! max_connections = 1024
+//! max_concurrent_work = 64                  # store/KGSS/KeyDepot operations at once
+//! queue_timeout_ms = 2000                   # wait for a turn, then 503 / SOA-02001
 //! environment = "Test"                      # SOA faults' Environment
 //!
 //! [kgss]                                    # optional: serve KGSS
@@ -112,6 +114,10 @@ pub fn store_transport_warning(store: &str) -> Option<String> {
 /// shutdown's drain (which waits for every permit).
 pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
+/// The most `max_concurrent_work` may be (each is a thread of the blocking pool, which
+/// has 512).
+pub const MAX_CONCURRENT_WORK_LIMIT: usize = 512;
+
 /// The `[kgss]` table.
 #[derive(Clone, Debug)]
 pub struct KgssConfig {
@@ -132,6 +138,11 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Blocking operations (store, KGSS, KeyDepot) under way at once, counting those whose
+    /// request was abandoned ([`crate::work`]).
+    pub max_concurrent_work: usize,
+    /// How long a request waits for a turn of blocking work before it is refused as busy.
+    pub queue_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -141,6 +152,8 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_concurrent_work: 64,
+            queue_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -172,6 +185,8 @@ struct Table {
     handshake_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_concurrent_work: Option<usize>,
+    queue_timeout_ms: Option<u64>,
     environment: Option<String>,
 }
 
@@ -205,11 +220,26 @@ impl PlatformConfig {
                 .request_timeout_ms
                 .map_or(defaults.request_timeout, Duration::from_millis),
             max_connections: t.max_connections.unwrap_or(defaults.max_connections),
+            max_concurrent_work: t
+                .max_concurrent_work
+                .unwrap_or(defaults.max_concurrent_work),
+            queue_timeout: t
+                .queue_timeout_ms
+                .map_or(defaults.queue_timeout, Duration::from_millis),
         };
-        if limits.max_body_bytes == 0 || limits.max_connections == 0 {
+        if limits.max_body_bytes == 0
+            || limits.max_connections == 0
+            || limits.max_concurrent_work == 0
+        {
             return Err(PlatformError::Config(
-                "max_body_bytes and max_connections must be positive".into(),
+                "max_body_bytes, max_connections and max_concurrent_work must be positive".into(),
             ));
+        }
+        if limits.max_concurrent_work > MAX_CONCURRENT_WORK_LIMIT {
+            return Err(PlatformError::Config(format!(
+                "max_concurrent_work = {}: at most {MAX_CONCURRENT_WORK_LIMIT}",
+                limits.max_concurrent_work
+            )));
         }
         if limits.max_connections > MAX_CONNECTIONS_LIMIT {
             return Err(PlatformError::Config(format!(
@@ -262,6 +292,26 @@ mod tests {
         assert_eq!(c.tls_certificate, Path::new("/etc/etee/s.pem"));
         assert_eq!(c.tls_key, Path::new("/k.pem"));
         assert_eq!(c.limits.max_body_bytes, 1 << 20);
+        assert_eq!(c.limits.max_concurrent_work, 64);
+        assert_eq!(c.limits.queue_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_bound_on_blocking_work_is_checked() {
+        let base =
+            "[platform]\nstore = \"p.redb\"\ntls_certificate = \"s.pem\"\ntls_key = \"k.pem\"\n";
+        let with =
+            |extra: &str| PlatformConfig::from_toml(&format!("{base}{extra}"), Path::new("/"));
+        let c = with("max_concurrent_work = 8\nqueue_timeout_ms = 250\n").unwrap();
+        assert_eq!(c.limits.max_concurrent_work, 8);
+        assert_eq!(c.limits.queue_timeout, Duration::from_millis(250));
+        for (extra, says) in [
+            ("max_concurrent_work = 0\n", "must be positive"),
+            ("max_concurrent_work = 513\n", "at most 512"),
+        ] {
+            let e = with(extra).unwrap_err().to_string();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod load;
 pub mod routes;
 pub mod server;
 pub mod tls;
+pub mod work;
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub struct Platform {
     /// The platform's CA (`client_ca`), for the signatures of sealed requests.
     pub anchors: etee_formats::trust::TrustAnchors,
     pub kgss: Option<kgss::Kgss>,
+    /// The bound on blocking work, from `config.limits`.
+    pub work: work::WorkLimit,
 }
 
 impl Platform {
@@ -62,12 +65,28 @@ impl Platform {
             tracing::warn!("{warning}");
         }
         let store = etee_store::open(&config.store)?;
-        Ok(Self {
+        Ok(Self::new(store, config, anchors, kgss))
+    }
+
+    /// A platform over an opened store (and KGSS); the bound on its blocking work comes
+    /// from `config.limits`.
+    pub fn new(
+        store: Arc<dyn etee_store::Store>,
+        config: PlatformConfig,
+        anchors: etee_formats::trust::TrustAnchors,
+        kgss: Option<kgss::Kgss>,
+    ) -> Self {
+        let work = work::WorkLimit::new(
+            config.limits.max_concurrent_work,
+            config.limits.queue_timeout,
+        );
+        Self {
             store,
             config,
             anchors,
             kgss,
-        })
+            work,
+        }
     }
 }
 

@@ -30,6 +30,7 @@
 //! [`crate::keydepot::KeyDepotError`]).
 
 use crate::etkdepot::{self, LookupError};
+use crate::work::WorkError;
 use crate::{unix_now, Platform};
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
@@ -184,9 +185,41 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, MessageError> {
     }
 }
 
-/// Runs blocking service logic (the store) off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(f).await.ok()
+/// The REST answer when blocking work got no turn (503, retryable) or failed (500).
+fn work_problem(e: &WorkError) -> Response {
+    match e {
+        WorkError::Busy { .. } => {
+            tracing::warn!("{e}: a request refused (503)");
+            let mut response = problem(Problem::new(
+                503,
+                "Service busy",
+                Some(format!("{e}; retry later")),
+            ));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+            response
+        }
+        WorkError::Failed(_) => {
+            tracing::error!("{e}");
+            problem(Problem::new(500, "Service error", None))
+        }
+    }
+}
+
+/// The SOAP answer when blocking work got no turn (SOA-02001, retryable) or failed.
+fn work_fault(platform: &Platform, e: &WorkError) -> Response {
+    match e {
+        WorkError::Busy { .. } => {
+            tracing::warn!("{e}: a request refused (SOA-02001)");
+            code_fault(platform, SoaCode::ServiceUnavailable)
+        }
+        WorkError::Failed(_) => {
+            tracing::error!("{e}");
+            code_fault(platform, SoaCode::ServiceError)
+        }
+    }
 }
 
 // --- ETKDepot -----------------------------------------------------------------------------
@@ -201,16 +234,18 @@ async fn etkdepot_soap(State(platform): State<Arc<Platform>>, body: Body) -> Res
         Err(e) => return message_fault(&platform, &e),
     };
     let p = platform.clone();
-    let answered =
-        blocking(move || etkdepot::get_etk(p.store.as_ref(), &request, unix_now())).await;
+    let answered = platform
+        .work
+        .run(move || etkdepot::get_etk(p.store.as_ref(), &request, unix_now()))
+        .await;
     match answered {
-        Some(Ok(response)) => soap_ok(soap::envelope(response.to_element())),
-        Some(Err(LookupError::Criteria(e))) => message_fault(&platform, &MessageError::Content(e)),
-        Some(Err(LookupError::Store(e))) => {
+        Ok(Ok(response)) => soap_ok(soap::envelope(response.to_element())),
+        Ok(Err(LookupError::Criteria(e))) => message_fault(&platform, &MessageError::Content(e)),
+        Ok(Err(LookupError::Store(e))) => {
             tracing::error!("ETKDepot store: {}", LogSafe(&e));
             code_fault(&platform, SoaCode::ServiceError)
         }
-        None => code_fault(&platform, SoaCode::ServiceError),
+        Err(e) => work_fault(&platform, &e),
     }
 }
 
@@ -248,17 +283,21 @@ async fn lookup_rest(
 ) -> Result<Vec<etee_store::EtkRecord>, Response> {
     let criterion = criteria(query, allowed_extra).map_err(problem)?;
     let p = platform.clone();
-    match blocking(move || etkdepot::lookup(p.store.as_ref(), &[criterion], unix_now())).await {
-        Some(Ok(found)) if found.is_empty() => Err(problem(Problem::no_matching_etk())),
-        Some(Ok(found)) => Ok(found),
-        Some(Err(LookupError::Criteria(e))) => {
+    let found = platform
+        .work
+        .run(move || etkdepot::lookup(p.store.as_ref(), &[criterion], unix_now()))
+        .await;
+    match found {
+        Ok(Ok(found)) if found.is_empty() => Err(problem(Problem::no_matching_etk())),
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(LookupError::Criteria(e))) => {
             Err(problem(Problem::unknown_search_criteria(Some(e))))
         }
-        Some(Err(LookupError::Store(e))) => {
+        Ok(Err(LookupError::Store(e))) => {
             tracing::error!("ETKDepot store: {}", LogSafe(&e));
             Err(problem(Problem::new(500, "Service error", None)))
         }
-        None => Err(problem(Problem::new(500, "Service error", None))),
+        Err(e) => Err(work_problem(&e)),
     }
 }
 
@@ -359,30 +398,32 @@ async fn kgss_soap(State(platform): State<Arc<Platform>>, body: Body) -> Respons
         Err(e) => return message_fault(&platform, &e),
     };
     let p = platform.clone();
-    let answered = blocking(move || {
-        let kgss = p.kgss.as_ref()?;
-        let now = unix_now();
-        let op = request.operation;
-        let result = match op {
-            Operation::GetNewKey => kgss
-                .get_new_key(p.store.as_ref(), &request.sealed_content, now)
-                .map(|k| k.sealed_response),
-            Operation::GetKey => kgss.get_key(p.store.as_ref(), &request.sealed_content, now),
-        };
-        Some(match result {
-            Ok(sealed) => {
-                let mut r = KgssResponse::ok(op, sealed);
-                r.id = Some(etkdepot::response_id());
-                r
-            }
-            Err(e) => kgss_refusal(op, &e),
+    let answered = platform
+        .work
+        .run(move || {
+            let kgss = p.kgss.as_ref()?;
+            let now = unix_now();
+            let op = request.operation;
+            let result = match op {
+                Operation::GetNewKey => kgss
+                    .get_new_key(p.store.as_ref(), &request.sealed_content, now)
+                    .map(|k| k.sealed_response),
+                Operation::GetKey => kgss.get_key(p.store.as_ref(), &request.sealed_content, now),
+            };
+            Some(match result {
+                Ok(sealed) => {
+                    let mut r = KgssResponse::ok(op, sealed);
+                    r.id = Some(etkdepot::response_id());
+                    r
+                }
+                Err(e) => kgss_refusal(op, &e),
+            })
         })
-    })
-    .await;
+        .await;
     match answered {
-        Some(Some(response)) => soap_ok(soap::envelope(response.to_element())),
-        Some(None) => code_fault(&platform, SoaCode::ServiceUnavailable),
-        None => code_fault(&platform, SoaCode::ServiceError),
+        Ok(Some(response)) => soap_ok(soap::envelope(response.to_element())),
+        Ok(None) => code_fault(&platform, SoaCode::ServiceUnavailable),
+        Err(e) => work_fault(&platform, &e),
     }
 }
 
@@ -461,11 +502,15 @@ async fn with_kgss<T: Send + 'static>(
     f: impl FnOnce(&Kgss, &dyn etee_store::Store) -> Result<T, KgssError> + Send + 'static,
 ) -> Result<T, Response> {
     let p = platform.clone();
-    match blocking(move || p.kgss.as_ref().map(|k| f(k, p.store.as_ref()))).await {
-        Some(Some(Ok(v))) => Ok(v),
-        Some(Some(Err(e))) => Err(kgss_problem(&e)),
-        Some(None) => Err(no_kgss()),
-        None => Err(problem(Problem::new(500, "Service error", None))),
+    let answered = platform
+        .work
+        .run(move || p.kgss.as_ref().map(|k| f(k, p.store.as_ref())))
+        .await;
+    match answered {
+        Ok(Some(Ok(v))) => Ok(v),
+        Ok(Some(Err(e))) => Err(kgss_problem(&e)),
+        Ok(None) => Err(no_kgss()),
+        Err(e) => Err(work_problem(&e)),
     }
 }
 
@@ -602,10 +647,14 @@ async fn with_keydepot<T: Send + 'static>(
     f: impl FnOnce(&Platform) -> Result<T, KeyDepotError> + Send + 'static,
 ) -> Result<T, Response> {
     let p = platform.clone();
-    match blocking(move || f(&p)).await {
-        Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => Err(keydepot_problem(&e)),
-        None => Err(problem(Problem::new(500, "KEYDEPOT_SERVICE_ERROR", None))),
+    match platform.work.run(move || f(&p)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(keydepot_problem(&e)),
+        Err(e @ WorkError::Busy { .. }) => Err(work_problem(&e)),
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(problem(Problem::new(500, "KEYDEPOT_SERVICE_ERROR", None)))
+        }
     }
 }
 

@@ -11,7 +11,8 @@ on_both_stores!(
     slow_and_silent_clients_are_cut_off,
     client_certificates_from_the_platform_ca_are_accepted,
     default_etk_beside_application_etks,
-    identifier_types_and_values_are_normalised
+    identifier_types_and_values_are_normalised,
+    a_busy_platform_sheds_lookups_retryably
 );
 
 use common::{World, PHARMACY};
@@ -456,5 +457,48 @@ async fn identifier_types_and_values_are_normalised(w: World) {
         assert_eq!(list.len(), 1, "{query}");
         assert_eq!(list[0].etk, x.ehp.etk, "{query}");
     }
+    w.stop().await;
+}
+
+/// With every turn of blocking work taken (by slow requests, or by abandoned ones whose
+/// work still runs: here the test holds the one turn), lookups wait `queue_timeout` and
+/// are refused retryably — REST 503 with `Retry-After`, SOAP `SOA-02001` — and are served
+/// again on the same connection once the turn is free.
+async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
+    let platform = w
+        .restart_with(etee_platform::config::Limits {
+            max_concurrent_work: 1,
+            queue_timeout: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await;
+    let mut c = w.connect(None).await;
+    let path = format!("/etee/v1/etks?identifier={PHARMACY}&type=nihii-pharmacy");
+    let held = platform.work.permit().await.unwrap();
+    let asked = std::time::Instant::now();
+    let a = c.get(&path).await.unwrap();
+    assert_eq!(a.status, 503, "{}", String::from_utf8_lossy(&a.body));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(100),
+        "refused before the queue timeout"
+    );
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
+    assert_eq!(
+        Problem::parse(&a.body).unwrap().title.as_deref(),
+        Some("Service busy")
+    );
+    let a = c
+        .soap(
+            "/EtkDepot/v1",
+            get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fault_code(&a.body), "SOA-02001");
+    drop(held);
+    let a = c.get(&path).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(EtkJson::parse_list(&a.body).unwrap()[0].etk, w.bob.etk);
+    assert_eq!(platform.work.in_use(), 0);
     w.stop().await;
 }

@@ -232,12 +232,7 @@ impl World {
             wrapper: Arc::new(InsecureMemoryWrapper::new_random()),
             anchors: anchors.clone(),
         };
-        let platform = Arc::new(Platform {
-            store,
-            config,
-            anchors: anchors.clone(),
-            kgss: Some(kgss),
-        });
+        let platform = Arc::new(Platform::new(store, config, anchors.clone(), Some(kgss)));
         let running = start(platform.clone()).await.unwrap();
         World {
             addr: running.addr,
@@ -282,23 +277,25 @@ impl World {
         tokio::task::block_in_place(|| f(self.platform.store.as_ref()))
     }
 
-    /// Serves the same platform again with other limits (e.g. short timeouts).
-    pub async fn restart_with(&mut self, limits: etee_platform::config::Limits) {
+    /// Serves the same platform again with other limits (e.g. short timeouts); returns
+    /// the platform now served.
+    pub async fn restart_with(&mut self, limits: etee_platform::config::Limits) -> Arc<Platform> {
         if let Some(r) = self.running.take() {
             r.stop().await.unwrap();
         }
         let mut config = self.platform.config.clone();
         config.limits = limits;
         config.listen = self.addr;
-        let platform = Arc::new(Platform {
-            store: self.platform.store.clone(),
+        let platform = Arc::new(Platform::new(
+            self.platform.store.clone(),
             config,
-            anchors: self.platform.anchors.clone(),
-            kgss: None,
-        });
-        let running = start(platform).await.unwrap();
+            self.platform.anchors.clone(),
+            None,
+        ));
+        let running = start(platform.clone()).await.unwrap();
         self.addr = running.addr;
         self.running = Some(running);
+        platform
     }
 
     pub async fn stop(mut self) {

@@ -1,0 +1,144 @@
+//! The bound on the platform's blocking work: the store, KGSS and KeyDepot logic run on
+//! tokio's blocking pool, at most `max_concurrent_work` at once.
+//!
+//! A request's permit moves into its blocking task and is given back when that work ends,
+//! not when the request is abandoned (its timeout answered 408, its connection closed):
+//! work left behind by abandoned requests still counts. An overloaded platform therefore
+//! sheds new requests after `queue_timeout_ms` (REST 503 with `Retry-After`, SOAP
+//! `SOA-02001`, both retryable) instead of queueing work that nobody waits for any more.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why blocking work did not give its result.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WorkError {
+    /// Every permit stayed taken for the queue timeout.
+    #[error("the platform is busy: {max} operations under way")]
+    Busy { max: usize },
+    /// The work panicked (a bug); the request gets a service error.
+    #[error("the work failed: {0}")]
+    Failed(String),
+}
+
+/// At most `max` blocking operations at once; a request waits up to `queue_timeout` for
+/// its turn.
+#[derive(Clone, Debug)]
+pub struct WorkLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+    queue_timeout: Duration,
+}
+
+/// A turn of blocking work; given back when dropped.
+#[derive(Debug)]
+pub struct WorkPermit {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl WorkLimit {
+    pub fn new(max: usize, queue_timeout: Duration) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            queue_timeout,
+        }
+    }
+
+    /// Waits up to the queue timeout for a turn.
+    pub async fn permit(&self) -> Result<WorkPermit, WorkError> {
+        let acquire = self.permits.clone().acquire_owned();
+        match tokio::time::timeout(self.queue_timeout, acquire).await {
+            Ok(Ok(permit)) => Ok(WorkPermit { _permit: permit }),
+            // The semaphore is never closed: only the timeout ends here.
+            _ => Err(WorkError::Busy { max: self.max }),
+        }
+    }
+
+    /// Runs `f` on the blocking pool in its turn; the turn ends when `f` returns, even if
+    /// the caller has stopped waiting for it.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, WorkError> {
+        let permit = self.permit().await?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = permit;
+            f()
+        })
+        .await
+        .map_err(|e| WorkError::Failed(e.to_string()))
+    }
+
+    /// Operations under way now.
+    pub fn in_use(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Work whose request was abandoned (here: its future dropped by a timeout, as the
+    /// server's request timeout does) keeps its turn until it ends, so a new request is
+    /// refused as busy meanwhile and served once it has ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_work_keeps_its_turn_until_it_ends() {
+        let limit = WorkLimit::new(1, Duration::from_millis(50));
+        let (release, gate) = mpsc::channel::<()>();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let abandoned = tokio::spawn({
+            let limit = limit.clone();
+            async move {
+                let slow = limit.run(move || {
+                    let _ = started_tx.send(());
+                    gate.recv().ok();
+                    "slow"
+                });
+                tokio::time::timeout(Duration::from_millis(100), slow)
+                    .await
+                    .is_err()
+            }
+        });
+        started.await.unwrap();
+        assert!(abandoned.await.unwrap(), "the request timed out");
+        assert_eq!(limit.in_use(), 1, "its work still runs");
+        assert_eq!(
+            limit.run(|| "fast").await,
+            Err(WorkError::Busy { max: 1 }),
+            "no turn while the abandoned work runs"
+        );
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while limit.in_use() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the turn came back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(limit.run(|| "fast").await, Ok("fast"));
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_a_turn_given_back_within_the_queue_timeout() {
+        let limit = WorkLimit::new(1, Duration::from_secs(5));
+        let held = limit.permit().await.unwrap();
+        let waiting = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.run(|| 7).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "it waits");
+        drop(held);
+        assert_eq!(waiting.await.unwrap(), Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_failure_not_a_lost_turn() {
+        let limit = WorkLimit::new(1, Duration::from_millis(10));
+        let failed = limit.run(|| -> u8 { panic!("a bug") }).await;
+        assert!(matches!(failed, Err(WorkError::Failed(_))), "{failed:?}");
+        assert_eq!(limit.run(|| 1).await, Ok(1));
+    }
+}

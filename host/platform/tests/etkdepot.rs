@@ -500,5 +500,9 @@ async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(EtkJson::parse_list(&a.body).unwrap()[0].etk, w.bob.etk);
     assert_eq!(platform.work.in_use(), 0);
+    // A PostgreSQL store must not be dropped on an async worker (see World::stop).
+    tokio::task::spawn_blocking(move || drop(platform))
+        .await
+        .unwrap();
     w.stop().await;
 }

@@ -27,6 +27,7 @@ pub mod etkdepot;
 pub mod keydepot;
 pub mod kgss;
 pub mod load;
+pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -46,6 +47,8 @@ pub struct Platform {
     pub kgss: Option<kgss::Kgss>,
     /// The bound on blocking work, from `config.limits`.
     pub work: work::WorkLimit,
+    /// Requests by service and status ([`metrics`]).
+    pub requests: etee_services::metrics::Requests,
 }
 
 impl Platform {
@@ -86,6 +89,7 @@ impl Platform {
             anchors,
             kgss,
             work,
+            requests: Default::default(),
         }
     }
 }

@@ -18,6 +18,8 @@
 //! | `GET /etee/v1/keydepot/keys/{keyId}/holder`         | KeyDepot: the key's holder               |
 //! | `GET /etee/v1/keydepot/holders/{type}/{value}/keys` | KeyDepot: a holder's keys                |
 //! | `GET /health`                                       | liveness                                 |
+//! | `GET /ready`                                        | readiness: the store answers             |
+//! | `GET /metrics`                                      | Prometheus text ([`crate::metrics`])     |
 //! | `GET /openapi.json`                                 | the OpenAPI description of the REST side |
 //!
 //! KGSS REST bodies are JSON: `{"sealedRequest": base64}` in, `{"keyId": base64,
@@ -88,12 +90,60 @@ pub fn router(platform: Arc<Platform>) -> Router {
             get(keydepot_list_rest),
         )
         .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route(
+            "/metrics",
+            get(|State(p): State<Arc<Platform>>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4"),
+                    )],
+                    crate::metrics::render(&p),
+                )
+            }),
+        )
         .route(
             "/openapi.json",
             get(|| async { json(OPENAPI.as_bytes().to_vec()) }),
         )
         .fallback(|| async { problem(Problem::new(404, "No such resource", None)) })
+        .layer(axum::middleware::from_fn_with_state(
+            platform.clone(),
+            crate::metrics::track,
+        ))
         .with_state(platform)
+}
+
+/// `GET /ready`: 200 when the store answers a read in a turn of blocking work, else 503
+/// (`store-unavailable`, the error in the log; or `busy`). For load balancers, beside the
+/// bare liveness of `/health`.
+async fn ready(State(platform): State<Arc<Platform>>) -> Response {
+    let p = platform.clone();
+    let checked = platform
+        .work
+        .run(move || p.store.request_seen(&[0; 32], unix_now()))
+        .await;
+    let (status, state) = match checked {
+        Ok(Ok(_)) => (StatusCode::OK, "ready"),
+        Ok(Err(e)) => {
+            tracing::error!("readiness: the store: {}", LogSafe(&e));
+            (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable")
+        }
+        Err(WorkError::Busy { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        Err(e) => {
+            tracing::error!("readiness: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "failed")
+        }
+    };
+    let body = serde_json::json!({
+        "status": state,
+        "store": platform.store.backend_name(),
+        "kgss": platform.kgss.is_some(),
+        "workInUse": platform.work.in_use(),
+        "workLimit": platform.work.max(),
+    });
+    (status, json(body.to_string().into_bytes())).into_response()
 }
 
 /// The answer when a request took longer than the configured request timeout.

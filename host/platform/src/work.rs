@@ -7,6 +7,7 @@
 //! sheds new requests after `queue_timeout_ms` (REST 503 with `Retry-After`, SOAP
 //! `SOA-02001`, both retryable) instead of queueing work that nobody waits for any more.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,6 +30,8 @@ pub struct WorkLimit {
     permits: Arc<Semaphore>,
     max: usize,
     queue_timeout: Duration,
+    /// Requests refused for want of a turn, since the start.
+    busy: Arc<AtomicU64>,
 }
 
 /// A turn of blocking work; given back when dropped.
@@ -43,6 +46,7 @@ impl WorkLimit {
             permits: Arc::new(Semaphore::new(max)),
             max,
             queue_timeout,
+            busy: Arc::default(),
         }
     }
 
@@ -52,7 +56,10 @@ impl WorkLimit {
         match tokio::time::timeout(self.queue_timeout, acquire).await {
             Ok(Ok(permit)) => Ok(WorkPermit { _permit: permit }),
             // The semaphore is never closed: only the timeout ends here.
-            _ => Err(WorkError::Busy { max: self.max }),
+            _ => {
+                self.busy.fetch_add(1, Ordering::Relaxed);
+                Err(WorkError::Busy { max: self.max })
+            }
         }
     }
 
@@ -74,6 +81,16 @@ impl WorkLimit {
     /// Operations under way now.
     pub fn in_use(&self) -> usize {
         self.max - self.permits.available_permits()
+    }
+
+    /// The most operations at once (`max_concurrent_work`).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Requests refused for want of a turn since the start.
+    pub fn refused(&self) -> u64 {
+        self.busy.load(Ordering::Relaxed)
     }
 }
 
@@ -118,6 +135,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(limit.run(|| "fast").await, Ok("fast"));
+        assert_eq!(limit.refused(), 1);
     }
 
     #[tokio::test]

@@ -495,11 +495,62 @@ async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
         .await
         .unwrap();
     assert_eq!(fault_code(&a.body), "SOA-02001");
+    let ready = |a: &etee_platform::client::Answer| {
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        (a.status, v["status"].as_str().unwrap_or("").to_owned())
+    };
+    assert_eq!(ready(&c.get("/ready").await.unwrap()), (503, "busy".into()));
     drop(held);
     let a = c.get(&path).await.unwrap();
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(EtkJson::parse_list(&a.body).unwrap()[0].etk, w.bob.etk);
     assert_eq!(platform.work.in_use(), 0);
+    assert_eq!(
+        ready(&c.get("/ready").await.unwrap()),
+        (200, "ready".into())
+    );
+
+    // What the operator sees: each answer by service and status, the refusals.
+    let metrics = c.get("/metrics").await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    for line in [
+        "etee_platform_requests_total{service=\"etkdepot\",status=\"200\"} 1\n",
+        "etee_platform_requests_total{service=\"etkdepot\",status=\"503\"} 1\n",
+        // The SOAP fault (HTTP 500).
+        "etee_platform_requests_total{service=\"etkdepot\",status=\"500\"} 1\n",
+        "etee_platform_requests_total{service=\"platform\",status=\"503\"} 1\n",
+        "etee_platform_requests_total{service=\"platform\",status=\"200\"} 1\n",
+        "etee_platform_request_seconds_count{service=\"etkdepot\"} 3\n",
+        "etee_platform_work_refused_total 3\n",
+        "etee_platform_work_limit 1\n",
+        "etee_platform_work_in_use 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
+    // A request whose time runs out while it waits for a turn: 408, counted as abandoned.
+    tokio::task::spawn_blocking(move || drop(platform))
+        .await
+        .unwrap();
+    let platform = w
+        .restart_with(etee_platform::config::Limits {
+            max_concurrent_work: 1,
+            queue_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .await;
+    let held = platform.work.permit().await.unwrap();
+    let a = w.connect(None).await.get(&path).await.unwrap();
+    assert_eq!(a.status, 408, "{}", String::from_utf8_lossy(&a.body));
+    drop(held);
+    let metrics = w.connect(None).await.get("/metrics").await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let abandoned = "etee_platform_requests_total{service=\"etkdepot\",status=\"abandoned\"} 1\n";
+    assert!(
+        metrics.contains(abandoned),
+        "{abandoned} missing from\n{metrics}"
+    );
     // A PostgreSQL store must not be dropped on an async worker (see World::stop).
     tokio::task::spawn_blocking(move || drop(platform))
         .await

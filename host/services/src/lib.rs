@@ -42,6 +42,7 @@ pub mod json;
 pub mod keydepot;
 pub mod kgss;
 pub mod log;
+pub mod metrics;
 pub mod secret;
 pub mod soap;
 pub mod xml;

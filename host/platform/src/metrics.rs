@@ -1,8 +1,8 @@
 //! What the platform tells its operator: `GET /metrics` (Prometheus text) and
 //! `GET /ready` (whether the store answers), beside the bare liveness of `GET /health`.
 //!
-//! Every request is counted by service and HTTP status, and timed; a request abandoned
-//! before its answer (its `request_timeout_ms` ran out and 408 was sent, or the client
+//! Every request is counted by service and HTTP status (`soap-fault` for SOAP faults,
+//! which are HTTP 500 whoever erred), and timed; a request abandoned before its answer (its `request_timeout_ms` ran out and 408 was sent, or the client
 //! went away) is counted with the status `abandoned`. Labels hold fixed names only.
 
 use crate::Platform;
@@ -29,7 +29,23 @@ pub fn service_of(path: &str) -> &'static str {
     }
 }
 
-/// The `status` label: the code for those the platform answers, else its class.
+/// The `status` label of an answer: `soap-fault` for a SOAP fault (HTTP 500 with an XML
+/// body: the caller's error as often as ours), else the code for those the platform
+/// answers, else its class.
+pub fn answer_label(response: &Response) -> &'static str {
+    let xml = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/xml"));
+    if xml && response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        "soap-fault"
+    } else {
+        status_label(response.status())
+    }
+}
+
+/// The `status` label of a status: the code for those the platform answers, else its
+/// class.
 pub fn status_label(status: StatusCode) -> &'static str {
     match status.as_u16() {
         200 => "200",
@@ -85,7 +101,7 @@ pub async fn track(
         status: None,
     };
     let response = next.run(request).await;
-    tracked.status = Some(status_label(response.status()));
+    tracked.status = Some(answer_label(&response));
     response
 }
 
@@ -139,5 +155,17 @@ mod tests {
         assert_eq!(status_label(StatusCode::IM_A_TEAPOT), "other-4xx");
         assert_eq!(status_label(StatusCode::BAD_GATEWAY), "other-5xx");
         assert_eq!(status_label(StatusCode::FOUND), "other-2xx-3xx");
+        let answer = |status: u16, content_type: &str| {
+            let mut r = Response::new(axum::body::Body::empty());
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            r.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                content_type.parse().unwrap(),
+            );
+            answer_label(&r)
+        };
+        assert_eq!(answer(500, "text/xml; charset=utf-8"), "soap-fault");
+        assert_eq!(answer(500, "application/problem+json"), "500");
+        assert_eq!(answer(200, "text/xml; charset=utf-8"), "200");
     }
 }

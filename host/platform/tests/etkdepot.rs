@@ -516,8 +516,8 @@ async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
     for line in [
         "etee_platform_requests_total{service=\"etkdepot\",status=\"200\"} 1\n",
         "etee_platform_requests_total{service=\"etkdepot\",status=\"503\"} 1\n",
-        // The SOAP fault (HTTP 500).
-        "etee_platform_requests_total{service=\"etkdepot\",status=\"500\"} 1\n",
+        // The SOAP fault (HTTP 500, told apart).
+        "etee_platform_requests_total{service=\"etkdepot\",status=\"soap-fault\"} 1\n",
         "etee_platform_requests_total{service=\"platform\",status=\"503\"} 1\n",
         "etee_platform_requests_total{service=\"platform\",status=\"200\"} 1\n",
         "etee_platform_request_seconds_count{service=\"etkdepot\"} 3\n",

@@ -14,6 +14,7 @@
 //! max_connections = 1024
 //! max_concurrent_work = 64                  # store/KGSS/KeyDepot operations at once
 //! queue_timeout_ms = 2000                   # wait for a turn, then 503 / SOA-02001
+//! max_requests_per_caller = 32              # one caller's requests at once (certificate or address)
 //! environment = "Test"                      # SOA faults' Environment
 //!
 //! [kgss]                                    # optional: serve KGSS
@@ -141,8 +142,12 @@ pub struct Limits {
     /// Blocking operations (store, KGSS, KeyDepot) under way at once, counting those whose
     /// request was abandoned ([`crate::work`]).
     pub max_concurrent_work: usize,
-    /// How long a request waits for a turn of blocking work before it is refused as busy.
+    /// How long a request waits for a turn of blocking work, or for a place in its
+    /// caller's share, before it is refused as busy.
     pub queue_timeout: Duration,
+    /// Requests of one caller (client certificate, else address) answered at once
+    /// ([`crate::share`]).
+    pub max_requests_per_caller: usize,
 }
 
 impl Default for Limits {
@@ -154,6 +159,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_concurrent_work: 64,
             queue_timeout: Duration::from_secs(2),
+            max_requests_per_caller: 32,
         }
     }
 }
@@ -187,6 +193,7 @@ struct Table {
     max_connections: Option<usize>,
     max_concurrent_work: Option<usize>,
     queue_timeout_ms: Option<u64>,
+    max_requests_per_caller: Option<usize>,
     environment: Option<String>,
 }
 
@@ -226,13 +233,19 @@ impl PlatformConfig {
             queue_timeout: t
                 .queue_timeout_ms
                 .map_or(defaults.queue_timeout, Duration::from_millis),
+            max_requests_per_caller: t
+                .max_requests_per_caller
+                .unwrap_or(defaults.max_requests_per_caller),
         };
         if limits.max_body_bytes == 0
             || limits.max_connections == 0
             || limits.max_concurrent_work == 0
+            || limits.max_requests_per_caller == 0
         {
             return Err(PlatformError::Config(
-                "max_body_bytes, max_connections and max_concurrent_work must be positive".into(),
+                "max_body_bytes, max_connections, max_concurrent_work and \
+                 max_requests_per_caller must be positive"
+                    .into(),
             ));
         }
         if limits.max_concurrent_work > MAX_CONCURRENT_WORK_LIMIT {
@@ -294,6 +307,7 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 1 << 20);
         assert_eq!(c.limits.max_concurrent_work, 64);
         assert_eq!(c.limits.queue_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_requests_per_caller, 32);
     }
 
     #[test]
@@ -308,6 +322,7 @@ mod tests {
         for (extra, says) in [
             ("max_concurrent_work = 0\n", "must be positive"),
             ("max_concurrent_work = 513\n", "at most 512"),
+            ("max_requests_per_caller = 0\n", "must be positive"),
         ] {
             let e = with(extra).unwrap_err().to_string();
             assert!(e.contains(says), "{extra}: {e}");

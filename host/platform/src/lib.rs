@@ -30,6 +30,7 @@ pub mod load;
 pub mod metrics;
 pub mod routes;
 pub mod server;
+pub mod share;
 pub mod tls;
 pub mod work;
 
@@ -49,6 +50,8 @@ pub struct Platform {
     pub work: work::WorkLimit,
     /// Requests by service and status ([`metrics`]).
     pub requests: etee_services::metrics::Requests,
+    /// Each caller's share of the requests answered at once, from `config.limits`.
+    pub shares: Arc<share::Shares>,
 }
 
 impl Platform {
@@ -83,6 +86,10 @@ impl Platform {
             config.limits.max_concurrent_work,
             config.limits.queue_timeout,
         );
+        let shares = share::Shares::new(
+            config.limits.max_requests_per_caller,
+            config.limits.queue_timeout,
+        );
         Self {
             store,
             config,
@@ -90,6 +97,7 @@ impl Platform {
             kgss,
             work,
             requests: Default::default(),
+            shares,
         }
     }
 }

@@ -133,6 +133,20 @@ pub fn render(platform: &Platform) -> String {
         "counter",
         platform.work.refused(),
     );
+    single(
+        &mut s,
+        "etee_platform_callers",
+        "Callers (client certificates, else addresses) with requests under way.",
+        "gauge",
+        platform.shares.callers(),
+    );
+    single(
+        &mut s,
+        "etee_platform_caller_refused_total",
+        "Requests refused as busy because their caller had max_requests_per_caller under way.",
+        "counter",
+        platform.shares.refused(),
+    );
     s
 }
 

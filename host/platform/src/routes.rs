@@ -108,11 +108,47 @@ pub fn router(platform: Arc<Platform>) -> Router {
             get(|| async { json(OPENAPI.as_bytes().to_vec()) }),
         )
         .fallback(|| async { problem(Problem::new(404, "No such resource", None)) })
+        // Outermost last: the metrics count what the shares refuse.
+        .layer(axum::middleware::from_fn_with_state(
+            platform.clone(),
+            within_share,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             platform.clone(),
             crate::metrics::track,
         ))
         .with_state(platform)
+}
+
+/// Answers a request only within its caller's share ([`crate::share`]); the platform's
+/// own routes (`/health`, `/ready`, `/metrics`, `/openapi.json`) are not counted.
+async fn within_share(
+    State(platform): State<Arc<Platform>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let key = request
+        .extensions()
+        .get::<crate::share::CallerKey>()
+        .cloned();
+    let Some(key) = key.filter(|_| crate::metrics::service_of(path) != "platform") else {
+        return next.run(request).await;
+    };
+    let soap = matches!(path, "/EtkDepot/v1" | "/Kgss/v1");
+    match platform.shares.enter(key).await {
+        Some(_share) => next.run(request).await,
+        None => {
+            let busy = WorkError::CallerBusy {
+                max: platform.shares.per_caller(),
+            };
+            if soap {
+                work_fault(&platform, &busy)
+            } else {
+                work_problem(&busy)
+            }
+        }
+    }
 }
 
 /// `GET /ready`: 200 when the store answers a read in a turn of blocking work, else 503
@@ -238,7 +274,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, MessageError> {
 /// The REST answer when blocking work got no turn (503, retryable) or failed (500).
 fn work_problem(e: &WorkError) -> Response {
     match e {
-        WorkError::Busy { .. } => {
+        WorkError::Busy { .. } | WorkError::CallerBusy { .. } => {
             tracing::warn!("{e}: a request refused (503)");
             let mut response = problem(Problem::new(
                 503,
@@ -261,7 +297,7 @@ fn work_problem(e: &WorkError) -> Response {
 /// The SOAP answer when blocking work got no turn (SOA-02001, retryable) or failed.
 fn work_fault(platform: &Platform, e: &WorkError) -> Response {
     match e {
-        WorkError::Busy { .. } => {
+        WorkError::Busy { .. } | WorkError::CallerBusy { .. } => {
             tracing::warn!("{e}: a request refused (SOA-02001)");
             code_fault(platform, SoaCode::ServiceUnavailable)
         }
@@ -700,7 +736,7 @@ async fn with_keydepot<T: Send + 'static>(
     match platform.work.run(move || f(&p)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(keydepot_problem(&e)),
-        Err(e @ WorkError::Busy { .. }) => Err(work_problem(&e)),
+        Err(e @ (WorkError::Busy { .. } | WorkError::CallerBusy { .. })) => Err(work_problem(&e)),
         Err(e) => {
             tracing::error!("{e}");
             Err(problem(Problem::new(500, "KEYDEPOT_SERVICE_ERROR", None)))

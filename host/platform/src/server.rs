@@ -37,7 +37,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -67,12 +67,11 @@ pub async fn serve(
                         return;
                     }
                 };
-            let caller = MaybeCaller(
-                tls.get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(Caller::from_chain)
-                    .map(Arc::new),
+            let chain = tls.get_ref().1.peer_certificates();
+            let caller = MaybeCaller(chain.and_then(Caller::from_chain).map(Arc::new));
+            let share_key = crate::share::CallerKey::of(
+                chain.and_then(|c| c.first()).map(|c| c.as_ref()),
+                peer.ip(),
             );
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
@@ -93,6 +92,7 @@ pub async fn serve(
                     } else {
                         request.extensions_mut().insert(caller.clone());
                     }
+                    request.extensions_mut().insert(share_key.clone());
                     let mut routes = routes.clone();
                     async move {
                         let mut response = match tokio::time::timeout(

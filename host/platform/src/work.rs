@@ -18,6 +18,9 @@ pub enum WorkError {
     /// Every permit stayed taken for the queue timeout.
     #[error("the platform is busy: {max} operations under way")]
     Busy { max: usize },
+    /// The caller's share stayed full for the queue timeout ([`crate::share`]).
+    #[error("this caller already has {max} requests under way")]
+    CallerBusy { max: usize },
     /// The work panicked (a bug); the request gets a service error.
     #[error("the work failed: {0}")]
     Failed(String),

@@ -12,7 +12,8 @@ on_both_stores!(
     client_certificates_from_the_platform_ca_are_accepted,
     default_etk_beside_application_etks,
     identifier_types_and_values_are_normalised,
-    a_busy_platform_sheds_lookups_retryably
+    a_busy_platform_sheds_lookups_retryably,
+    one_caller_cannot_take_every_turn
 );
 
 use common::{World, PHARMACY};
@@ -552,6 +553,76 @@ async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
         "{abandoned} missing from\n{metrics}"
     );
     // A PostgreSQL store must not be dropped on an async worker (see World::stop).
+    tokio::task::spawn_blocking(move || drop(platform))
+        .await
+        .unwrap();
+    w.stop().await;
+}
+
+/// A caller (here: anonymous, known by its address) with `max_requests_per_caller` (1)
+/// requests under way — a SOAP request whose body is still coming — gets its next one
+/// refused retryably after `queue_timeout`, while another caller (a client certificate)
+/// is served; once its first request ends, it is served again.
+async fn one_caller_cannot_take_every_turn(mut w: World) {
+    let platform = w
+        .restart_with(etee_platform::config::Limits {
+            max_requests_per_caller: 1,
+            queue_timeout: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await;
+    let body = get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]);
+    let tcp = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut slow = tokio_rustls::TlsConnector::from(w.client_config(None))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /EtkDepot/v1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: text/xml\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..10]).await.unwrap();
+    slow.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while platform.shares.callers() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let path = format!("/etee/v1/etks?identifier={PHARMACY}&type=nihii-pharmacy");
+    let a = w.connect(None).await.get(&path).await.unwrap();
+    assert_eq!(a.status, 503, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
+    let a = w.connect(Some(&w.alice)).await.get(&path).await.unwrap();
+    assert_eq!(a.status, 200, "another caller is served");
+
+    slow.write_all(&body[10..]).await.unwrap();
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).await.ok();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let a = w.connect(None).await.get(&path).await.unwrap();
+    assert_eq!(a.status, 200, "served again once its request ended");
+    assert_eq!(platform.shares.refused(), 1);
+    let metrics = w.connect(None).await.get("/metrics").await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    for line in [
+        "etee_platform_caller_refused_total 1\n",
+        "etee_platform_callers 0\n",
+        "etee_platform_requests_total{service=\"etkdepot\",status=\"503\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     tokio::task::spawn_blocking(move || drop(platform))
         .await
         .unwrap();

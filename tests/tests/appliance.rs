@@ -550,6 +550,12 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
         asked.elapsed() >= Duration::from_millis(300),
         "refused before the queue timeout"
     );
+    // A request that can never succeed is told so at once, not asked to retry.
+    let (status, body) = https(Some("his"), "POST", "/v1/seal?colour=red", Some(b"x"));
+    assert_eq!(
+        (status, json(&body)["title"].clone()),
+        (400, "APPLIANCE_BAD_REQUEST".into())
+    );
     let (status, _) = curl_unix(
         &socket,
         "GET",

@@ -337,9 +337,10 @@ async fn seal(
     let started = Instant::now();
     let _in_flight = app.metrics.start();
     let answer = async {
-        let client = app.admit(&peer, Operation::Seal).await?;
+        let client = app.authorise(&peer, Operation::Seal)?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
         let request = seal_request(query.as_deref().unwrap_or(""))?;
+        let client = app.take_slot(client).await?;
         let Sealed {
             mut message,
             recipients,
@@ -385,8 +386,9 @@ async fn unseal(
     let started = Instant::now();
     let _in_flight = app.metrics.start();
     let answer = async {
-        let client = app.admit(&peer, Operation::Unseal).await?;
+        let client = app.authorise(&peer, Operation::Unseal)?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
+        let client = app.take_slot(client).await?;
         let Opened {
             unsealed,
             content,
@@ -434,8 +436,9 @@ async fn etks(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let _admitted = app.admit(&peer, Operation::Etk).await?;
+        let client = app.authorise(&peer, Operation::Etk)?;
         let q: EtkQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
+        let _admitted = app.take_slot(client).await?;
         let id = Identifier::new(
             &q.id_type,
             &q.identifier,
@@ -535,8 +538,9 @@ async fn kgss_get_key(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let client = app.admit(&peer, Operation::Kgss).await?;
+        let client = app.authorise(&peer, Operation::Kgss)?;
         let id = key_id_param(&key_id)?;
+        let client = app.take_slot(client).await?;
         let key = app.kgss_get_key(&client, &id).await?;
         Ok(json_response(
             StatusCode::OK,
@@ -554,8 +558,9 @@ async fn kgss_delete(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let _admitted = app.admit(&peer, Operation::KgssDelete).await?;
+        let client = app.authorise(&peer, Operation::KgssDelete)?;
         let id = key_id_param(&key_id)?;
+        let _admitted = app.take_slot(client).await?;
         app.kgss_delete(&id).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
@@ -607,9 +612,10 @@ async fn keydepot_get(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let _admitted = app.admit(&peer, Operation::KeyDepot).await?;
+        let client = app.authorise(&peer, Operation::KeyDepot)?;
         let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let _admitted = app.take_slot(client).await?;
         let record = app.keydepot()?.get(&id).await.map_err(keydepot_error)?;
         Ok(json_response(StatusCode::OK, &to_json(&record)?))
     }
@@ -624,9 +630,10 @@ async fn keydepot_delete(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let _admitted = app.admit(&peer, Operation::KeyDepotDelete).await?;
+        let client = app.authorise(&peer, Operation::KeyDepotDelete)?;
         let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let _admitted = app.take_slot(client).await?;
         app.keydepot()?.delete(&id).await.map_err(keydepot_error)?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
@@ -667,8 +674,9 @@ async fn audit(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let _admitted = app.admit(&peer, Operation::Audit).await?;
+        let client = app.authorise(&peer, Operation::Audit)?;
         let q: AuditQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
+        let _admitted = app.take_slot(client).await?;
         let number = |s: Option<String>, default: u64| {
             s.map_or(Ok(default), |s| {
                 s.parse::<u64>()

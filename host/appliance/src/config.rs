@@ -355,6 +355,14 @@ impl ApplianceConfig {
                 "max_body_bytes and max_connections must be positive",
             ));
         }
+        if limits.queue_timeout >= limits.request_timeout {
+            // A busy client would then never get 429, only the request timeout.
+            return Err(config_error(format!(
+                "queue_timeout_ms ({}) must be shorter than request_timeout_ms ({})",
+                limits.queue_timeout.as_millis(),
+                limits.request_timeout.as_millis()
+            )));
+        }
         if limits.max_connections > MAX_CONNECTIONS_LIMIT {
             return Err(config_error(format!(
                 "max_connections = {}: at most {MAX_CONNECTIONS_LIMIT}",
@@ -575,6 +583,10 @@ mod tests {
             (
                 MINIMAL.replace("socket", "max_connections = 0\nsocket"),
                 "must be positive",
+            ),
+            (
+                MINIMAL.replace("socket", "queue_timeout_ms = 9000\nrequest_timeout_ms = 9000\nsocket"),
+                "must be shorter than request_timeout_ms",
             ),
             (
                 MINIMAL.to_owned() + "[[client]]\nname = \"x\"\noperations = [\"seal\"]\n",

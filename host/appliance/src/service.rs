@@ -382,12 +382,17 @@ impl Appliance {
         self.clients.authorise(peer, operation)
     }
 
-    /// [`Self::authorise`], then one of the client's `max_concurrent` slots, waited for
-    /// up to the configured `queue_timeout` ([`ServiceError::Busy`] after it): what each
-    /// API operation holds while it runs, so that one client cannot take all the
-    /// appliance's workers and memory.
+    /// [`Self::authorise`], then [`Self::take_slot`].
     pub async fn admit(&self, peer: &Peer, operation: Operation) -> Result<Admitted, ServiceError> {
-        let client = self.authorise(peer, operation)?;
+        self.take_slot(self.authorise(peer, operation)?).await
+    }
+
+    /// One of `client`'s `max_concurrent` slots, waited for up to the configured
+    /// `queue_timeout` ([`ServiceError::Busy`] after it): what each API operation holds
+    /// while it runs, so that one client's operations, and what they hold, stay bounded.
+    /// Handlers take it after the checks that need no work (a declared length, a query),
+    /// so that a request that can never succeed gets its 4xx rather than a 429.
+    pub async fn take_slot(&self, client: Arc<Client>) -> Result<Admitted, ServiceError> {
         let slot = client
             .slot(self.config.limits.queue_timeout)
             .await

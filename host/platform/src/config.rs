@@ -248,6 +248,14 @@ impl PlatformConfig {
                     .into(),
             ));
         }
+        if limits.queue_timeout >= limits.request_timeout {
+            // A busy platform would then never answer 503, only 408 when time runs out.
+            return Err(PlatformError::Config(format!(
+                "queue_timeout_ms ({}) must be shorter than request_timeout_ms ({})",
+                limits.queue_timeout.as_millis(),
+                limits.request_timeout.as_millis()
+            )));
+        }
         if limits.max_concurrent_work > MAX_CONCURRENT_WORK_LIMIT {
             return Err(PlatformError::Config(format!(
                 "max_concurrent_work = {}: at most {MAX_CONCURRENT_WORK_LIMIT}",
@@ -323,6 +331,10 @@ mod tests {
             ("max_concurrent_work = 0\n", "must be positive"),
             ("max_concurrent_work = 513\n", "at most 512"),
             ("max_requests_per_caller = 0\n", "must be positive"),
+            (
+                "queue_timeout_ms = 5000\nrequest_timeout_ms = 5000\n",
+                "must be shorter than request_timeout_ms",
+            ),
         ] {
             let e = with(extra).unwrap_err().to_string();
             assert!(e.contains(says), "{extra}: {e}");

@@ -52,6 +52,8 @@ pub struct Platform {
     pub requests: etee_services::metrics::Requests,
     /// Each caller's share of the requests answered at once, from `config.limits`.
     pub shares: Arc<share::Shares>,
+    /// `GET /ready`'s store check: one at a time, outside the work limit.
+    pub(crate) ready_probe: Arc<tokio::sync::Semaphore>,
 }
 
 impl Platform {
@@ -82,10 +84,18 @@ impl Platform {
         anchors: etee_formats::trust::TrustAnchors,
         kgss: Option<kgss::Kgss>,
     ) -> Self {
-        let work = work::WorkLimit::new(
-            config.limits.max_concurrent_work,
-            config.limits.queue_timeout,
-        );
+        // Turns beyond the store's own bound (a PostgreSQL pool) would wait inside the
+        // store, out of reach of the queue timeout, instead of being refused as busy.
+        let mut max_work = config.limits.max_concurrent_work;
+        if let Some(store_bound) = store.concurrency().filter(|&n| n < max_work) {
+            tracing::info!(
+                "max_concurrent_work = {max_work} lowered to {store_bound}: the {} store's \
+                 connections",
+                store.backend_name()
+            );
+            max_work = store_bound.max(1);
+        }
+        let work = work::WorkLimit::new(max_work, config.limits.queue_timeout);
         let shares = share::Shares::new(
             config.limits.max_requests_per_caller,
             config.limits.queue_timeout,
@@ -98,6 +108,7 @@ impl Platform {
             work,
             requests: Default::default(),
             shares,
+            ready_probe: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }

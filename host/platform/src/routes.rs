@@ -151,31 +151,51 @@ async fn within_share(
     }
 }
 
-/// `GET /ready`: 200 when the store answers a read in a turn of blocking work, else 503
-/// (`store-unavailable`, the error in the log; or `busy`). For load balancers, beside the
-/// bare liveness of `/health`.
+/// How long `GET /ready` waits for the store's answer.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /ready`: 200 when the store answers a read within [`READY_TIMEOUT`], else 503
+/// `store-unavailable` (the error in the log). For load balancers, beside the bare
+/// liveness of `/health`. The check runs outside the work limit, one at a time: a busy
+/// platform is still ready (`busy` says so in the body, with the work figures), and a
+/// probe never takes a turn from requests nor counts as a refusal.
 async fn ready(State(platform): State<Arc<Platform>>) -> Response {
-    let p = platform.clone();
-    let checked = platform
-        .work
-        .run(move || p.store.request_seen(&[0; 32], unix_now()))
-        .await;
-    let (status, state) = match checked {
-        Ok(Ok(_)) => (StatusCode::OK, "ready"),
-        Ok(Err(e)) => {
-            tracing::error!("readiness: the store: {}", LogSafe(&e));
-            (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable")
+    let store_answers = match platform.ready_probe.clone().try_acquire_owned() {
+        // The previous check has not returned: the store hangs.
+        Err(_) => false,
+        Ok(probe) => {
+            let store = platform.store.clone();
+            let check = tokio::task::spawn_blocking(move || {
+                let _probe = probe;
+                store.request_seen(&[0; 32], unix_now())
+            });
+            match tokio::time::timeout(READY_TIMEOUT, check).await {
+                Ok(Ok(Ok(_))) => true,
+                Ok(Ok(Err(e))) => {
+                    tracing::error!("readiness: the store: {}", LogSafe(&e));
+                    false
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("readiness: the check failed: {e}");
+                    false
+                }
+                Err(_) => {
+                    tracing::error!("readiness: the store did not answer in {READY_TIMEOUT:?}");
+                    false
+                }
+            }
         }
-        Err(WorkError::Busy { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-        Err(e) => {
-            tracing::error!("readiness: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, "failed")
-        }
+    };
+    let (status, state) = if store_answers {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable")
     };
     let body = serde_json::json!({
         "status": state,
         "store": platform.store.backend_name(),
         "kgss": platform.kgss.is_some(),
+        "busy": platform.work.in_use() >= platform.work.max(),
         "workInUse": platform.work.in_use(),
         "workLimit": platform.work.max(),
     });

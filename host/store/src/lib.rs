@@ -193,6 +193,12 @@ pub trait Store: Send + Sync {
     /// "embedded" or "postgres", for logs and status pages.
     fn backend_name(&self) -> &'static str;
 
+    /// How many callers the store serves at once, when it has a bound (a connection
+    /// pool): more wait inside the store. `None`: no bound of its own.
+    fn concurrency(&self) -> Option<usize> {
+        None
+    }
+
     /// Registers an ETK; putting one whose digest is already stored changes nothing.
     fn put_etk(&self, record: &EtkRecord) -> Result<()>;
     /// The ETKs of holder `(id_type, value)`: all of them when `application_id` is `None`,

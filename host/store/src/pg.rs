@@ -285,6 +285,10 @@ impl Store for PgStore {
         "postgres"
     }
 
+    fn concurrency(&self) -> Option<usize> {
+        Some(self.pool.max_size() as usize)
+    }
+
     fn put_etk(&self, record: &EtkRecord) -> Result<()> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().db()?;

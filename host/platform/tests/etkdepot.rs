@@ -13,7 +13,8 @@ on_both_stores!(
     default_etk_beside_application_etks,
     identifier_types_and_values_are_normalised,
     a_busy_platform_sheds_lookups_retryably,
-    one_caller_cannot_take_every_turn
+    one_caller_cannot_take_every_turn,
+    readiness_follows_the_store
 );
 
 use common::{World, PHARMACY};
@@ -641,5 +642,74 @@ async fn one_caller_cannot_take_every_turn(mut w: World) {
     tokio::task::spawn_blocking(move || drop(platform))
         .await
         .unwrap();
+    w.stop().await;
+}
+
+/// `GET /ready` says whether the store answers: ready on both stores; with PostgreSQL, a
+/// store that fails its read (here its replay table renamed away with `psql`) makes the
+/// platform unready (503 `store-unavailable`) until it is back.
+async fn readiness_follows_the_store(w: World) {
+    let mut c = w.connect(None).await;
+    let ready = |a: etee_platform::client::Answer| {
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        (
+            a.status,
+            v["status"].as_str().unwrap_or("").to_owned(),
+            v["store"].clone(),
+        )
+    };
+    let store = w.platform.store.backend_name();
+    assert_eq!(
+        ready(c.get("/ready").await.unwrap()),
+        (200, "ready".into(), store.into())
+    );
+    if let common::Backend::Postgres(db) = &w.backend {
+        let url = db.url().to_owned();
+        let psql = move |sql: &'static str| {
+            let url = url.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    std::process::Command::new("psql")
+                        .arg(&url)
+                        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+                        .output()
+                })
+                .await
+                .unwrap()
+            }
+        };
+        match psql("SELECT 1").await {
+            Ok(out) if out.status.success() => {}
+            other => {
+                eprintln!("skipped the unready half: psql is not usable here ({other:?})");
+                w.stop().await;
+                return;
+            }
+        }
+        let out = psql("ALTER TABLE seen_request RENAME TO seen_request_away")
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            ready(c.get("/ready").await.unwrap()),
+            (503, "store-unavailable".into(), store.into())
+        );
+        let out = psql("ALTER TABLE seen_request_away RENAME TO seen_request")
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            ready(c.get("/ready").await.unwrap()),
+            (200, "ready".into(), store.into())
+        );
+    }
     w.stop().await;
 }

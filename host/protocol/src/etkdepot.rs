@@ -187,6 +187,7 @@ mod tests {
         Response {
             status,
             content_type: ct.into(),
+            retry_after: None,
             body: body.into(),
         }
     }

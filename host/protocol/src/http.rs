@@ -12,7 +12,9 @@
 //! - SOAP faults whose SOA code is retryable (SOA-00001, 01001, 01002, 02001).
 //!
 //! Anything else, a timeout while waiting for the answer in particular, is not retried: the
-//! request may have been served. Retries wait `backoff × 2^n` and stop after `retries`.
+//! request may have been served. Retries wait `backoff × 2^n`, or the server's
+//! `Retry-After` (seconds, at most [`MAX_RETRY_AFTER`]) when that is longer, and stop
+//! after `retries`.
 //! Requests are rebuilt for each attempt by the caller's closure, since a KGSS request is
 //! sealed with a signing time and the platform refuses a replayed one.
 
@@ -118,7 +120,29 @@ impl Request {
 pub struct Response {
     pub status: u16,
     pub content_type: String,
+    /// `Retry-After` in seconds, when the server said when to retry (a busy 503).
+    pub retry_after: Option<Duration>,
     pub body: Bytes,
+}
+
+/// The longest `Retry-After` honoured: a server asking for more gets this (the caller
+/// waits for its answer meanwhile).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// How long to wait before the next attempt: the backoff, or the server's `Retry-After`
+/// (bounded by [`MAX_RETRY_AFTER`]) when that is longer (pure).
+pub fn retry_wait(backoff: Duration, retry_after: Option<Duration>) -> Duration {
+    backoff.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+}
+
+/// A `Retry-After` value in seconds (the HTTP-date form is not used by the platform and
+/// is ignored).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse::<u64>().ok().map(Duration::from_secs)
 }
 
 impl Response {
@@ -280,18 +304,19 @@ impl HttpClient {
         let mut attempt: u32 = 0;
         loop {
             let request = build().await?;
-            let (reason, last) = match self.attempt(request).await {
+            let (reason, retry_after, last) = match self.attempt(request).await {
                 Attempt::Answered(response) => match retry_reason(&response) {
-                    Some(reason) => (reason, Ok(response)),
+                    Some(reason) => (reason, response.retry_after, Ok(response)),
                     None => return Ok(response),
                 },
-                Attempt::NotSent(e) => (e.to_string(), Err(e)),
+                Attempt::NotSent(e) => (e.to_string(), None, Err(e)),
                 Attempt::Failed(e) => return Err(e),
             };
             if attempt >= config.retries {
                 return last;
             }
-            let wait = config.backoff.saturating_mul(1u32 << attempt.min(16));
+            let backoff = config.backoff.saturating_mul(1u32 << attempt.min(16));
+            let wait = retry_wait(backoff, retry_after);
             attempt += 1;
             tracing::debug!(
                 base = ?self.inner.base,
@@ -387,6 +412,11 @@ impl HttpClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let retry_after = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
         let limit = self.inner.config.max_body;
         let body = match Limited::new(response.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
@@ -398,6 +428,7 @@ impl HttpClient {
         Ok(Response {
             status,
             content_type,
+            retry_after,
             body,
         })
     }
@@ -495,8 +526,31 @@ mod tests {
         Response {
             status,
             content_type: "text/xml".into(),
+            retry_after: None,
             body: body.into(),
         }
+    }
+
+    #[test]
+    fn a_server_asking_for_a_longer_wait_gets_it_within_a_bound() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_retry_after(" 1 "), Some(Duration::from_secs(1)));
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
+        assert_eq!(retry_wait(ms(100), None), ms(100));
+        assert_eq!(retry_wait(ms(100), Some(ms(1000))), ms(1000));
+        assert_eq!(retry_wait(ms(400), Some(ms(0))), ms(400));
+        assert_eq!(
+            retry_wait(ms(100), Some(Duration::from_secs(3600))),
+            MAX_RETRY_AFTER
+        );
     }
 
     #[test]

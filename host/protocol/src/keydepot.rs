@@ -178,6 +178,7 @@ mod tests {
         Response {
             status,
             content_type: "application/problem+json".into(),
+            retry_after: None,
             body: Problem::new(status, title, Some("why".into()))
                 .to_json()
                 .into(),
@@ -216,6 +217,7 @@ mod tests {
         let plain = Response {
             status: 502,
             content_type: "text/html".into(),
+            retry_after: None,
             body: "<html>".into(),
         };
         assert!(matches!(

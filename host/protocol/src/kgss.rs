@@ -496,6 +496,7 @@ mod tests {
         Response {
             status,
             content_type: ct.into(),
+            retry_after: None,
             body: body.into(),
         }
     }

@@ -680,6 +680,11 @@ async fn service_round_trips(
                 let content = small_content(i as u64);
                 let t0 = Instant::now();
                 let outcome = async {
+                    // Each operation in one of the client's slots, as the API takes it.
+                    let sealer = alice
+                        .take_slot(sealer.clone())
+                        .await
+                        .map_err(|e| format!("Appliance::take_slot: {}", e.code()))?;
                     let sealed = alice
                         .seal(
                             &sealer,
@@ -690,6 +695,10 @@ async fn service_round_trips(
                         .map_err(|e| format!("Appliance::seal: {}", e.code()))?;
                     let message = read_spool(sealed.message).await?;
                     let t1 = Instant::now();
+                    let opener = bob
+                        .take_slot(opener.clone())
+                        .await
+                        .map_err(|e| format!("Appliance::take_slot: {}", e.code()))?;
                     let opened = bob
                         .unseal(&opener, std::io::Cursor::new(message))
                         .await

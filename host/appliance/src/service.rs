@@ -249,7 +249,15 @@ pub fn open_custody_core(
 #[derive(Debug)]
 pub struct Admitted {
     pub client: Arc<Client>,
-    _slot: Slot,
+    slot: Arc<Slot>,
+}
+
+impl Admitted {
+    /// The slot, for blocking work to hold: it is given back when the last holder ends,
+    /// so work that goes on after its request was abandoned still counts.
+    fn slot(&self) -> Arc<Slot> {
+        self.slot.clone()
+    }
 }
 
 impl std::ops::Deref for Admitted {
@@ -402,7 +410,7 @@ impl Appliance {
             })?;
         Ok(Admitted {
             client,
-            _slot: slot,
+            slot: Arc::new(slot),
         })
     }
 
@@ -606,7 +614,7 @@ impl Appliance {
     /// the token's attestation, both signed through the custody core for `client`.
     pub async fn keydepot_register(
         self: &Arc<Self>,
-        client: &Client,
+        client: &Admitted,
         key: String,
         label: Option<String>,
     ) -> Result<etee_services::keydepot::RegisterKeyResponse, ServiceError> {
@@ -622,7 +630,9 @@ impl Appliance {
             })?
             .for_client(&client.name)
             .map_err(|e| ServiceError::HsmUnavailable(e.to_string()))?;
+        let slot = client.slot();
         let request = blocking(move || {
+            let _slot = slot;
             crate::keydepot::registration_request(&custody, &key, label).map_err(|e| {
                 if e.0.contains("refused") {
                     ServiceError::CustodyRefused(e.0)
@@ -647,7 +657,7 @@ impl Appliance {
     /// sign → encrypt → sign with the caller's view of the authentication key, into a spool.
     pub async fn seal(
         self: &Arc<Self>,
-        client: &Client,
+        client: &Admitted,
         request: SealRequest,
         body: impl Read + Send + 'static,
     ) -> Result<Sealed, ServiceError> {
@@ -681,7 +691,9 @@ impl Appliance {
         let signer = self.keys_of(client)?.signer.clone();
         let spool_dir = self.config.spool_dir.clone();
         let max = self.config.limits.max_body_bytes;
+        let slot = client.slot();
         let (spool, content_len) = blocking(move || {
+            let _slot = slot;
             let mut input = Limited::new(body, max);
             let mut spool = SpoolWriter::new(&spool_dir);
             let n = cms::seal(
@@ -714,13 +726,15 @@ impl Appliance {
     /// waits in a spool and is handed out only with a clean verdict.
     pub async fn unseal(
         self: &Arc<Self>,
-        client: &Client,
+        client: &Admitted,
         body: impl Read + Send + 'static,
     ) -> Result<Opened, ServiceError> {
         let this = self.clone();
-        let client = Arc::new(client.clone());
+        let slot = client.slot();
+        let client = client.client.clone();
         let handle = tokio::runtime::Handle::current();
         blocking(move || {
+            let _slot = slot;
             let keys = this.keys_of(&client)?;
             let mut input = Limited::new(body, this.config.limits.max_body_bytes);
             let mut head = Recording {

@@ -152,7 +152,14 @@ fn finish(
                 _ => "failed",
             };
             let error = etee_services::log::LogSafe(&e);
-            tracing::info!(%peer, operation, outcome, code = e.code(), %error, "request failed");
+            // A client over its share repeats this as fast as it retries: once a second
+            // (the metrics count every one).
+            static BUSY: etee_services::log::Throttle = etee_services::log::Throttle::new();
+            if outcome != "busy" {
+                tracing::info!(%peer, operation, outcome, code = e.code(), %error, "request failed");
+            } else if let Some(held_back) = BUSY.allow(etee_formats::unix_now()) {
+                tracing::info!(%peer, operation, outcome, code = e.code(), %error, held_back, "request failed");
+            }
             (outcome, problem(&e))
         }
     };

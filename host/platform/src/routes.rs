@@ -43,7 +43,7 @@ use axum::Router;
 use etee_services::etkdepot::jwks::{JwkSet, KeyUse};
 use etee_services::etkdepot::rest::{EtkJson, Problem, PROBLEM_CONTENT_TYPE};
 use etee_services::etkdepot::{GetEtkRequest, Identifier};
-use etee_services::log::LogSafe;
+use etee_services::log::{LogSafe, Throttle};
 use etee_services::soap::{self, Fault, SoaCode};
 use etee_services::Error as MessageError;
 use http_body_util::BodyExt;
@@ -204,7 +204,13 @@ async fn ready(State(platform): State<Arc<Platform>>) -> Response {
 
 /// The answer when a request took longer than the configured request timeout.
 pub fn timeout_response() -> Response {
-    tracing::warn!("a request took too long: answered 408 and the connection closed");
+    static TIMEOUTS: Throttle = Throttle::new();
+    if let Some(held_back) = TIMEOUTS.allow(unix_now()) {
+        tracing::warn!(
+            held_back,
+            "a request took too long: answered 408 and the connection closed"
+        );
+    }
     let mut response = problem(Problem::new(
         408,
         "Request timeout",
@@ -291,11 +297,21 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, MessageError> {
     }
 }
 
+/// Logs a busy refusal, at most once a second (overload would repeat it thousands of
+/// times; `etee_platform_work_refused_total` and `etee_platform_caller_refused_total`
+/// count them all).
+fn warn_busy(e: &WorkError, answer: &str) {
+    static BUSY: Throttle = Throttle::new();
+    if let Some(held_back) = BUSY.allow(unix_now()) {
+        tracing::warn!(held_back, "{e}: a request refused ({answer})");
+    }
+}
+
 /// The REST answer when blocking work got no turn (503, retryable) or failed (500).
 fn work_problem(e: &WorkError) -> Response {
     match e {
         WorkError::Busy { .. } | WorkError::CallerBusy { .. } => {
-            tracing::warn!("{e}: a request refused (503)");
+            warn_busy(e, "503");
             let mut response = problem(Problem::new(
                 503,
                 "Service busy",
@@ -318,7 +334,7 @@ fn work_problem(e: &WorkError) -> Response {
 fn work_fault(platform: &Platform, e: &WorkError) -> Response {
     match e {
         WorkError::Busy { .. } | WorkError::CallerBusy { .. } => {
-            tracing::warn!("{e}: a request refused (SOA-02001)");
+            warn_busy(e, "SOA-02001");
             code_fault(platform, SoaCode::ServiceUnavailable)
         }
         WorkError::Failed(_) => {

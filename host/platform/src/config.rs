@@ -15,6 +15,7 @@
 //! max_concurrent_work = 64                  # store/KGSS/KeyDepot operations at once
 //! queue_timeout_ms = 2000                   # wait for a turn, then 503 / SOA-02001
 //! max_requests_per_caller = 32              # one caller's requests at once (certificate or address)
+//! store_connections = 8                     # PostgreSQL: connections for requests (one more for /ready)
 //! environment = "Test"                      # SOA faults' Environment
 //!
 //! [kgss]                                    # optional: serve KGSS
@@ -115,6 +116,9 @@ pub fn store_transport_warning(store: &str) -> Option<String> {
 /// shutdown's drain (which waits for every permit).
 pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
+/// The most `store_connections` may be.
+pub const MAX_STORE_CONNECTIONS: usize = 1024;
+
 /// The most `max_concurrent_work` may be (each is a thread of the blocking pool, which
 /// has 512).
 pub const MAX_CONCURRENT_WORK_LIMIT: usize = 512;
@@ -148,6 +152,9 @@ pub struct Limits {
     /// Requests of one caller (client certificate, else address) answered at once
     /// ([`crate::share`]).
     pub max_requests_per_caller: usize,
+    /// PostgreSQL: the pool's connections for requests (it has one more, for `/ready`);
+    /// the work limit is at most this.
+    pub store_connections: usize,
 }
 
 impl Default for Limits {
@@ -160,6 +167,7 @@ impl Default for Limits {
             max_concurrent_work: 64,
             queue_timeout: Duration::from_secs(2),
             max_requests_per_caller: 32,
+            store_connections: etee_store::DEFAULT_POOL_SIZE,
         }
     }
 }
@@ -194,6 +202,7 @@ struct Table {
     max_concurrent_work: Option<usize>,
     queue_timeout_ms: Option<u64>,
     max_requests_per_caller: Option<usize>,
+    store_connections: Option<usize>,
     environment: Option<String>,
 }
 
@@ -236,24 +245,33 @@ impl PlatformConfig {
             max_requests_per_caller: t
                 .max_requests_per_caller
                 .unwrap_or(defaults.max_requests_per_caller),
+            store_connections: t.store_connections.unwrap_or(defaults.store_connections),
         };
         if limits.max_body_bytes == 0
             || limits.max_connections == 0
             || limits.max_concurrent_work == 0
             || limits.max_requests_per_caller == 0
+            || limits.store_connections == 0
         {
             return Err(PlatformError::Config(
-                "max_body_bytes, max_connections, max_concurrent_work and \
-                 max_requests_per_caller must be positive"
+                "max_body_bytes, max_connections, max_concurrent_work, \
+                 max_requests_per_caller and store_connections must be positive"
                     .into(),
             ));
         }
-        if limits.queue_timeout >= limits.request_timeout {
-            // A busy platform would then never answer 503, only 408 when time runs out.
+        if limits.queue_timeout.saturating_mul(2) >= limits.request_timeout {
+            // A request may wait twice (its caller's share, then a turn of work): a busy
+            // platform must answer 503 before its request time runs out (408).
             return Err(PlatformError::Config(format!(
-                "queue_timeout_ms ({}) must be shorter than request_timeout_ms ({})",
+                "queue_timeout_ms ({}) must be less than half of request_timeout_ms ({})",
                 limits.queue_timeout.as_millis(),
                 limits.request_timeout.as_millis()
+            )));
+        }
+        if limits.store_connections > MAX_STORE_CONNECTIONS {
+            return Err(PlatformError::Config(format!(
+                "store_connections = {}: at most {MAX_STORE_CONNECTIONS}",
+                limits.store_connections
             )));
         }
         if limits.max_concurrent_work > MAX_CONCURRENT_WORK_LIMIT {
@@ -332,8 +350,8 @@ mod tests {
             ("max_concurrent_work = 513\n", "at most 512"),
             ("max_requests_per_caller = 0\n", "must be positive"),
             (
-                "queue_timeout_ms = 5000\nrequest_timeout_ms = 5000\n",
-                "must be shorter than request_timeout_ms",
+                "queue_timeout_ms = 2500\nrequest_timeout_ms = 5000\n",
+                "must be less than half of request_timeout_ms",
             ),
         ] {
             let e = with(extra).unwrap_err().to_string();

@@ -52,8 +52,8 @@ pub struct Platform {
     pub requests: etee_services::metrics::Requests,
     /// Each caller's share of the requests answered at once, from `config.limits`.
     pub shares: Arc<share::Shares>,
-    /// `GET /ready`'s store check: one at a time, outside the work limit.
-    pub(crate) ready_probe: Arc<tokio::sync::Semaphore>,
+    /// `GET /ready`'s store checks, outside the work limit.
+    pub(crate) readiness: routes::Readiness,
 }
 
 impl Platform {
@@ -72,7 +72,8 @@ impl Platform {
         if let Some(warning) = config::store_transport_warning(&config.store) {
             tracing::warn!("{warning}");
         }
-        let store = etee_store::open(&config.store)?;
+        // One connection beyond the requests' for `/ready`'s check.
+        let store = etee_store::open_with(&config.store, config.limits.store_connections + 1)?;
         Ok(Self::new(store, config, anchors, kgss))
     }
 
@@ -86,20 +87,29 @@ impl Platform {
     ) -> Self {
         // Turns beyond the store's own bound (a PostgreSQL pool) would wait inside the
         // store, out of reach of the queue timeout, instead of being refused as busy.
+        // One connection of the pool is left to `/ready`.
         let mut max_work = config.limits.max_concurrent_work;
-        if let Some(store_bound) = store.concurrency().filter(|&n| n < max_work) {
+        let store_bound = store.concurrency().map(|n| n.saturating_sub(1).max(1));
+        if let Some(store_bound) = store_bound.filter(|&n| n < max_work) {
             tracing::info!(
                 "max_concurrent_work = {max_work} lowered to {store_bound}: the {} store's \
-                 connections",
+                 connections for requests (store_connections)",
                 store.backend_name()
             );
-            max_work = store_bound.max(1);
+            max_work = store_bound;
         }
         let work = work::WorkLimit::new(max_work, config.limits.queue_timeout);
-        let shares = share::Shares::new(
-            config.limits.max_requests_per_caller,
-            config.limits.queue_timeout,
-        );
+        // A caller's share below the work limit, so that one caller cannot take it all.
+        let mut per_caller = config.limits.max_requests_per_caller;
+        let share_bound = (max_work / 2).max(1);
+        if per_caller > share_bound && max_work > 1 {
+            tracing::info!(
+                "max_requests_per_caller = {per_caller} lowered to {share_bound}: half of \
+                 the work limit ({max_work})"
+            );
+            per_caller = share_bound;
+        }
+        let shares = share::Shares::new(per_caller, config.limits.queue_timeout);
         Self {
             store,
             config,
@@ -108,7 +118,7 @@ impl Platform {
             work,
             requests: Default::default(),
             shares,
-            ready_probe: Arc::new(tokio::sync::Semaphore::new(1)),
+            readiness: routes::Readiness::default(),
         }
     }
 }

@@ -137,7 +137,8 @@ async fn within_share(
     };
     let soap = matches!(path, "/EtkDepot/v1" | "/Kgss/v1");
     match platform.shares.enter(key).await {
-        Some(_share) => next.run(request).await,
+        // The work the request starts holds the share too (see `WorkLimit::run`).
+        Some(share) => crate::share::scope(share, next.run(request)).await,
         None => {
             let busy = WorkError::CallerBusy {
                 max: platform.shares.per_caller(),
@@ -154,39 +155,83 @@ async fn within_share(
 /// How long `GET /ready` waits for the store's answer.
 pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// `GET /ready`: 200 when the store answers a read within [`READY_TIMEOUT`], else 503
-/// `store-unavailable` (the error in the log). For load balancers, beside the bare
-/// liveness of `/health`. The check runs outside the work limit, one at a time: a busy
-/// platform is still ready (`busy` says so in the body, with the work figures), and a
-/// probe never takes a turn from requests nor counts as a refusal.
-async fn ready(State(platform): State<Arc<Platform>>) -> Response {
-    let store_answers = match platform.ready_probe.clone().try_acquire_owned() {
-        // The previous check has not returned: the store hangs.
-        Err(_) => false,
-        Ok(probe) => {
-            let store = platform.store.clone();
-            let check = tokio::task::spawn_blocking(move || {
-                let _probe = probe;
-                store.request_seen(&[0; 32], unix_now())
-            });
-            match tokio::time::timeout(READY_TIMEOUT, check).await {
-                Ok(Ok(Ok(_))) => true,
-                Ok(Ok(Err(e))) => {
-                    tracing::error!("readiness: the store: {}", LogSafe(&e));
-                    false
-                }
-                Ok(Err(e)) => {
-                    tracing::error!("readiness: the check failed: {e}");
-                    false
-                }
-                Err(_) => {
-                    tracing::error!("readiness: the store did not answer in {READY_TIMEOUT:?}");
-                    false
-                }
+/// How long a check's result answers `GET /ready` again (probes of several load balancers,
+/// or a caller asking in a loop, cost one store read a second).
+pub const READY_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// At most this many store checks run at once: one whose store call hangs keeps its place
+/// until the call returns, and once this many hang the platform is unready without asking.
+pub const READY_CHECKS: usize = 3;
+
+/// `GET /ready`'s store checks: outside the work limit, a result reused for
+/// [`READY_REUSE`], at most [`READY_CHECKS`] at once.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a running check until dropped (also when its store call panics).
+struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Readiness {
+    /// Whether the store answers a read (within [`READY_TIMEOUT`]).
+    async fn store_answers(&self, store: &Arc<dyn etee_store::Store>) -> bool {
+        use std::sync::atomic::Ordering;
+        let lock = || {
+            self.last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((at, answered)) = *lock() {
+            if at.elapsed() < READY_REUSE {
+                return answered;
             }
         }
-    };
-    let (status, state) = if store_answers {
+        if self.running.fetch_add(1, Ordering::Relaxed) >= READY_CHECKS {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("readiness: {READY_CHECKS} store checks have not returned");
+            return false;
+        }
+        let running = Running(self.running.clone());
+        let store = store.clone();
+        let check = tokio::task::spawn_blocking(move || {
+            let _running = running;
+            store.request_seen(&[0; 32], unix_now())
+        });
+        let answered = match tokio::time::timeout(READY_TIMEOUT, check).await {
+            Ok(Ok(Ok(_))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::error!("readiness: the store: {}", LogSafe(&e));
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::error!("readiness: the check failed: {e}");
+                false
+            }
+            Err(_) => {
+                tracing::error!("readiness: the store did not answer in {READY_TIMEOUT:?}");
+                false
+            }
+        };
+        *lock() = Some((std::time::Instant::now(), answered));
+        answered
+    }
+}
+
+/// `GET /ready`: 200 when the store answers a read ([`Readiness`]), else 503
+/// `store-unavailable` (the error in the log). For load balancers, beside the bare
+/// liveness of `/health`. A busy platform is still ready (`busy` says so in the body,
+/// with the work figures), and a probe never takes a turn from requests nor counts as a
+/// refusal.
+async fn ready(State(platform): State<Arc<Platform>>) -> Response {
+    let (status, state) = if platform.readiness.store_answers(&platform.store).await {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable")
@@ -335,7 +380,13 @@ fn work_fault(platform: &Platform, e: &WorkError) -> Response {
     match e {
         WorkError::Busy { .. } | WorkError::CallerBusy { .. } => {
             warn_busy(e, "SOA-02001");
-            code_fault(platform, SoaCode::ServiceUnavailable)
+            let mut response = code_fault(platform, SoaCode::ServiceUnavailable);
+            // As on the REST side: when to ask again.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+            response
         }
         WorkError::Failed(_) => {
             tracing::error!("{e}");

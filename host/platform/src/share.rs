@@ -64,6 +64,13 @@ impl Shares {
     /// Waits up to the queue timeout for a place in `key`'s share; `None` when the caller
     /// kept all its places that long.
     pub async fn enter(self: &Arc<Self>, key: CallerKey) -> Option<Share> {
+        // Declared first, dropped last: on every way out — a place, a refusal, or this
+        // future dropped while it waits (its request abandoned) — after the semaphore's
+        // reference held by the wait, the entry is forgotten if nobody else needs it.
+        let _forget = ForgetIfIdle {
+            shares: self,
+            key: key.clone(),
+        };
         let semaphore = self
             .lock()
             .entry(key.clone())
@@ -78,7 +85,6 @@ impl Shares {
             }),
             _ => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
-                self.forget_if_idle(&key);
                 None
             }
         }
@@ -115,6 +121,36 @@ impl Shares {
         if idle {
             callers.remove(key);
         }
+    }
+}
+
+tokio::task_local! {
+    /// The share of the request this task answers ([`scope`]).
+    static CURRENT: Arc<Share>;
+}
+
+/// Runs `request` (a request's answer) holding `share`, reachable through [`current`] by
+/// the work it starts.
+pub async fn scope<F: std::future::Future>(share: Share, request: F) -> F::Output {
+    CURRENT.scope(Arc::new(share), request).await
+}
+
+/// The share of the request the current task answers, if any: blocking work holds it too
+/// ([`crate::work::WorkLimit::run`]), so that work left running after its request was
+/// abandoned still counts against its caller.
+pub fn current() -> Option<Arc<Share>> {
+    CURRENT.try_with(Arc::clone).ok()
+}
+
+/// Forgets its caller, if idle, when dropped ([`Shares::enter`]).
+struct ForgetIfIdle<'a> {
+    shares: &'a Shares,
+    key: CallerKey,
+}
+
+impl Drop for ForgetIfIdle<'_> {
+    fn drop(&mut self) {
+        self.shares.forget_if_idle(&self.key);
     }
 }
 
@@ -168,5 +204,31 @@ mod tests {
         );
         drop(held);
         assert_eq!(shares.callers(), 0, "nothing kept once every request ended");
+    }
+
+    /// A waiter whose request is abandoned (its future dropped) after the place it waited
+    /// for was handed to it, but before it ran again, leaves nothing behind.
+    #[tokio::test]
+    async fn an_abandoned_waiter_is_forgotten_too() {
+        let shares = Shares::new(1, Duration::from_secs(10));
+        let key = CallerKey::of(None, [10, 0, 0, 9].into());
+        let held = shares.enter(key.clone()).await.unwrap();
+        let mut waiter = Box::pin(shares.enter(key.clone()));
+        // Polled once: it now waits in the semaphore's queue.
+        assert!(futures_poll_once(&mut waiter).await.is_none());
+        drop(held); // the place goes to the waiter
+        drop(waiter); // which is abandoned before it runs again
+        assert_eq!(shares.callers(), 0);
+    }
+
+    /// Polls `f` once; `Some` if it was ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

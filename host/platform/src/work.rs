@@ -67,14 +67,17 @@ impl WorkLimit {
     }
 
     /// Runs `f` on the blocking pool in its turn; the turn ends when `f` returns, even if
-    /// the caller has stopped waiting for it.
+    /// the caller has stopped waiting for it. So does the place of the request's caller in
+    /// its share ([`crate::share::current`]), when there is one.
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, WorkError> {
         let permit = self.permit().await?;
+        let share = crate::share::current();
         tokio::task::spawn_blocking(move || {
             let _turn = permit;
+            let _share = share;
             f()
         })
         .await
@@ -139,6 +142,42 @@ mod tests {
         }
         assert_eq!(limit.run(|| "fast").await, Ok("fast"));
         assert_eq!(limit.refused(), 1);
+    }
+
+    /// The caller's place in its share goes with the work too: a caller whose abandoned
+    /// request's work still runs keeps that place until the work ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_work_keeps_its_callers_place() {
+        use crate::share::{self, CallerKey, Shares};
+        let limit = WorkLimit::new(4, Duration::from_millis(50));
+        let shares = Shares::new(1, Duration::from_millis(50));
+        let caller = CallerKey::of(None, [10, 0, 0, 1].into());
+        let (release, gate) = mpsc::channel::<()>();
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let place = shares.enter(caller.clone()).await.unwrap();
+        let request = tokio::spawn({
+            let limit = limit.clone();
+            share::scope(place, async move {
+                let slow = limit.run(move || {
+                    let _ = started_tx.send(());
+                    gate.recv().ok();
+                });
+                tokio::time::timeout(Duration::from_millis(100), slow).await
+            })
+        });
+        started.await.unwrap();
+        assert!(request.await.unwrap().is_err(), "the request was abandoned");
+        assert!(
+            shares.enter(caller.clone()).await.is_none(),
+            "its work still holds the caller's one place"
+        );
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while shares.callers() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the place came back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(shares.enter(caller).await.is_some());
     }
 
     #[tokio::test]

@@ -581,10 +581,11 @@ async fn one_caller_cannot_take_every_turn(mut w: World) {
         })
         .await;
     // The work limit (64 by default) never exceeds the store's own bound: with
-    // PostgreSQL, its pool of connections.
+    // PostgreSQL, its pool of connections less one.
     let expected_work_limit = match w.backend {
         common::Backend::Embedded => 64,
-        common::Backend::Postgres(_) => etee_store::DEFAULT_POOL_SIZE,
+        // One of the pool's connections is left to /ready.
+        common::Backend::Postgres(_) => etee_store::DEFAULT_POOL_SIZE - 1,
     };
     assert_eq!(platform.work.max(), expected_work_limit);
     let body = get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]);
@@ -663,6 +664,19 @@ async fn readiness_follows_the_store(w: World) {
         ready(c.get("/ready").await.unwrap()),
         (200, "ready".into(), store.into())
     );
+    // Probes at once (several load balancers) all get the store's answer.
+    let reuse = etee_platform::routes::READY_REUSE + Duration::from_millis(100);
+    tokio::time::sleep(reuse).await;
+    let mut probes = Vec::new();
+    for _ in 0..8 {
+        let mut c = w.connect(None).await;
+        probes.push(tokio::spawn(async move {
+            c.get("/ready").await.unwrap().status
+        }));
+    }
+    for p in probes {
+        assert_eq!(p.await.unwrap(), 200);
+    }
     if let common::Backend::Postgres(db) = &w.backend {
         let url = db.url().to_owned();
         let psql = move |sql: &'static str| {
@@ -694,6 +708,8 @@ async fn readiness_follows_the_store(w: World) {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // A check's result answers for READY_REUSE: ask after it.
+        tokio::time::sleep(reuse).await;
         assert_eq!(
             ready(c.get("/ready").await.unwrap()),
             (503, "store-unavailable".into(), store.into())
@@ -706,6 +722,7 @@ async fn readiness_follows_the_store(w: World) {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        tokio::time::sleep(reuse).await;
         assert_eq!(
             ready(c.get("/ready").await.unwrap()),
             (200, "ready".into(), store.into())

@@ -293,9 +293,9 @@ async fn hostile_answers_are_errors() {
 }
 
 /// The real platform, busy (its one turn of work held for 800 ms): the client's first
-/// lookup is refused with 503 and `Retry-After: 1`; the client waits that second (not its
-/// 20 ms backoff, after which the platform would still be busy: three quick attempts end
-/// within 500 ms) and is served.
+/// lookup is refused with `Retry-After: 1` (REST 503, then SOAP SOA-02001); the client
+/// waits that second (not its 20 ms backoff, after which the platform would still be
+/// busy: three quick attempts end within 500 ms) and is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_platform_is_asked_again_after_its_retry_after() {
     let mut w = World::new("protocol-retry-after", Backend::Embedded).await;
@@ -306,23 +306,29 @@ async fn a_busy_platform_is_asked_again_after_its_retry_after() {
             ..Default::default()
         })
         .await;
-    let held = platform.work.permit().await.unwrap();
-    let started = Instant::now();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        drop(held);
-    });
-    let depot = EtkDepotClient::new(support::http(w.addr, None, support::quick()), Flavour::Rest);
-    assert_eq!(
-        depot.get_etk(&bob()).await.unwrap(),
-        EtkAnswer::Found(bob_etk())
-    );
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "served after {:?}: the Retry-After was not waited for",
-        started.elapsed()
-    );
-    assert_eq!(platform.work.refused(), 1, "one refusal, then served");
+    for (refusals, flavour) in [(1, Flavour::Rest), (2, Flavour::Soap)] {
+        let held = platform.work.permit().await.unwrap();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            drop(held);
+        });
+        let depot = EtkDepotClient::new(support::http(w.addr, None, support::quick()), flavour);
+        assert_eq!(
+            depot.get_etk(&bob()).await.unwrap(),
+            EtkAnswer::Found(bob_etk())
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{flavour:?} served after {:?}: the Retry-After was not waited for",
+            started.elapsed()
+        );
+        assert_eq!(
+            platform.work.refused(),
+            refusals,
+            "one refusal, then served"
+        );
+    }
     drop(platform);
     w.stop().await;
 }

@@ -314,8 +314,14 @@ pub enum Change<'a> {
 /// Opens a store: a `postgres://` or `postgresql://` URL connects to PostgreSQL (pool of
 /// [`DEFAULT_POOL_SIZE`]), anything else is the path of an embedded store file.
 pub fn open(url_or_path: &str) -> Result<Arc<dyn Store>> {
+    open_with(url_or_path, DEFAULT_POOL_SIZE)
+}
+
+/// [`open`] with a PostgreSQL pool of `pool_size` connections (ignored for an embedded
+/// store).
+pub fn open_with(url_or_path: &str, pool_size: usize) -> Result<Arc<dyn Store>> {
     if url_or_path.starts_with("postgres://") || url_or_path.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(url_or_path, DEFAULT_POOL_SIZE)?))
+        Ok(Arc::new(PgStore::connect(url_or_path, pool_size)?))
     } else {
         Ok(Arc::new(EmbeddedStore::open(Path::new(url_or_path))?))
     }

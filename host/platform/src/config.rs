@@ -349,6 +349,7 @@ mod tests {
             ("max_concurrent_work = 0\n", "must be positive"),
             ("max_concurrent_work = 513\n", "at most 512"),
             ("max_requests_per_caller = 0\n", "must be positive"),
+            ("store_connections = 1025\n", "at most 1024"),
             (
                 "queue_timeout_ms = 2500\nrequest_timeout_ms = 5000\n",
                 "must be less than half of request_timeout_ms",

@@ -20,6 +20,10 @@ pub struct Caller {
 #[derive(Clone, Debug, Default)]
 pub struct MaybeCaller(pub Option<Arc<Caller>>);
 
+/// The address the client connects from (a request extension, set per connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
 impl Caller {
     /// The caller behind a verified client certificate chain (leaf first). A leaf our
     /// parser cannot read gives no caller: the routes that need one refuse the request.

@@ -17,6 +17,7 @@
 //! max_requests_per_caller = 32              # one caller's requests at once (certificate or address)
 //! store_connections = 8                     # PostgreSQL: connections for requests (one more for /ready)
 //! environment = "Test"                      # SOA faults' Environment
+//! status_access = "any"                     # /ready and /metrics: "any", "loopback" or "certificate"
 //!
 //! [kgss]                                    # optional: serve KGSS
 //! hsm = "kgss-hsm.toml"                     # etee HSM configuration of KGSS's token
@@ -41,7 +42,35 @@ pub struct PlatformConfig {
     pub client_ca: Vec<PathBuf>,
     pub limits: Limits,
     pub environment: etee_services::soap::Environment,
+    /// Who may read `/ready` and `/metrics`.
+    pub status_access: StatusAccess,
     pub kgss: Option<KgssConfig>,
+}
+
+/// Who may read the platform's status (`GET /ready`, `GET /metrics`); `/health` and
+/// `/openapi.json` answer anyone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusAccess {
+    /// Any TLS client (load balancers probe without a certificate).
+    #[default]
+    Any,
+    /// Clients connecting from a loopback address (a scraper or probe on the host).
+    Loopback,
+    /// Clients presenting a certificate of the platform's CA.
+    Certificate,
+}
+
+impl StatusAccess {
+    /// Whether a client from `peer` (unknown: `None`), `certified` or not, may read the
+    /// status.
+    pub fn allows(self, peer: Option<std::net::IpAddr>, certified: bool) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Loopback => peer.is_some_and(|p| p.is_loopback()),
+            Self::Certificate => certified,
+        }
+    }
 }
 
 impl std::fmt::Debug for PlatformConfig {
@@ -54,6 +83,7 @@ impl std::fmt::Debug for PlatformConfig {
             .field("client_ca", &self.client_ca)
             .field("limits", &self.limits)
             .field("environment", &self.environment)
+            .field("status_access", &self.status_access)
             .field("kgss", &self.kgss)
             .finish()
     }
@@ -204,6 +234,8 @@ struct Table {
     max_requests_per_caller: Option<usize>,
     store_connections: Option<usize>,
     environment: Option<String>,
+    #[serde(default)]
+    status_access: StatusAccess,
 }
 
 impl PlatformConfig {
@@ -305,6 +337,7 @@ impl PlatformConfig {
             client_ca: t.client_ca.into_iter().map(rel).collect(),
             limits,
             environment,
+            status_access: t.status_access,
             kgss: kgss.map(|k| KgssConfig {
                 hsm: rel(k.hsm),
                 wrapping_key: k
@@ -334,6 +367,35 @@ mod tests {
         assert_eq!(c.limits.max_concurrent_work, 64);
         assert_eq!(c.limits.queue_timeout, Duration::from_secs(2));
         assert_eq!(c.limits.max_requests_per_caller, 32);
+    }
+
+    #[test]
+    fn status_access_follows_the_setting() {
+        let local = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+        let remote = Some(std::net::IpAddr::from([192, 0, 2, 7]));
+        let v6_local = Some(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        assert!(StatusAccess::Any.allows(remote, false));
+        assert!(StatusAccess::Loopback.allows(local, false));
+        assert!(StatusAccess::Loopback.allows(v6_local, false));
+        assert!(!StatusAccess::Loopback.allows(remote, true));
+        assert!(!StatusAccess::Loopback.allows(None, true));
+        assert!(StatusAccess::Certificate.allows(remote, true));
+        assert!(!StatusAccess::Certificate.allows(local, false));
+        let base =
+            "[platform]\nstore = \"p.redb\"\ntls_certificate = \"s.pem\"\ntls_key = \"k.pem\"\n";
+        let c = PlatformConfig::from_toml(base, Path::new("/")).unwrap();
+        assert_eq!(c.status_access, StatusAccess::Any);
+        let c = PlatformConfig::from_toml(
+            &format!("{base}status_access = \"loopback\"\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.status_access, StatusAccess::Loopback);
+        assert!(PlatformConfig::from_toml(
+            &format!("{base}status_access = \"lan\"\n"),
+            Path::new("/")
+        )
+        .is_err());
     }
 
     #[test]

@@ -91,18 +91,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         )
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
-        .route(
-            "/metrics",
-            get(|State(p): State<Arc<Platform>>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4"),
-                    )],
-                    crate::metrics::render(&p),
-                )
-            }),
-        )
+        .route("/metrics", get(metrics))
         .route(
             "/openapi.json",
             get(|| async { json(OPENAPI.as_bytes().to_vec()) }),
@@ -225,12 +214,51 @@ impl Readiness {
     }
 }
 
+/// Whether the client may read `/ready` and `/metrics` (`status_access`); a refusal is
+/// 403. A request without the connection's extensions (the router called directly) is
+/// treated as a remote client without a certificate.
+fn status_refused(platform: &Platform, extensions: &axum::http::Extensions) -> Option<Response> {
+    let peer = extensions.get::<crate::caller::PeerAddr>().map(|p| p.0);
+    let certified = extensions
+        .get::<MaybeCaller>()
+        .is_some_and(|c| c.0.is_some());
+    let allowed = platform.config.status_access.allows(peer, certified);
+    (!allowed).then(|| {
+        problem(Problem::new(
+            403,
+            "Forbidden",
+            Some("the platform's status is restricted (status_access)".into()),
+        ))
+    })
+}
+
+/// `GET /metrics` ([`crate::metrics::render`]), for the clients `status_access` allows.
+async fn metrics(
+    State(platform): State<Arc<Platform>>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Some(refused) = status_refused(&platform, request.extensions()) {
+        return refused;
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        crate::metrics::render(&platform),
+    )
+        .into_response()
+}
+
 /// `GET /ready`: 200 when the store answers a read ([`Readiness`]), else 503
 /// `store-unavailable` (the error in the log). For load balancers, beside the bare
 /// liveness of `/health`. A busy platform is still ready (`busy` says so in the body,
 /// with the work figures), and a probe never takes a turn from requests nor counts as a
 /// refusal.
-async fn ready(State(platform): State<Arc<Platform>>) -> Response {
+async fn ready(State(platform): State<Arc<Platform>>, request: axum::extract::Request) -> Response {
+    if let Some(refused) = status_refused(&platform, request.extensions()) {
+        return refused;
+    }
     let (status, state) = if platform.readiness.store_answers(&platform.store).await {
         (StatusCode::OK, "ready")
     } else {

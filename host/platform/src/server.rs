@@ -93,6 +93,9 @@ pub async fn serve(
                         request.extensions_mut().insert(caller.clone());
                     }
                     request.extensions_mut().insert(share_key.clone());
+                    request
+                        .extensions_mut()
+                        .insert(crate::caller::PeerAddr(peer.ip()));
                     let mut routes = routes.clone();
                     async move {
                         let mut response = match tokio::time::timeout(

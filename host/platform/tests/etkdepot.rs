@@ -14,7 +14,8 @@ on_both_stores!(
     identifier_types_and_values_are_normalised,
     a_busy_platform_sheds_lookups_retryably,
     one_caller_cannot_take_every_turn,
-    readiness_follows_the_store
+    readiness_follows_the_store,
+    the_status_can_be_kept_to_the_host_or_to_certified_callers
 );
 
 use common::{World, PHARMACY};
@@ -728,5 +729,38 @@ async fn readiness_follows_the_store(w: World) {
             (200, "ready".into(), store.into())
         );
     }
+    w.stop().await;
+}
+
+/// `status_access` keeps `/ready` and `/metrics` to loopback clients (here every client
+/// is on loopback: served) or to clients with a certificate (anonymous: 403); `/health`
+/// answers anyone.
+async fn the_status_can_be_kept_to_the_host_or_to_certified_callers(mut w: World) {
+    use etee_platform::config::StatusAccess;
+    let status = |a: etee_platform::client::Answer| a.status;
+    let platform = w
+        .restart_configured(|c| c.status_access = StatusAccess::Loopback)
+        .await;
+    let mut anonymous = w.connect(None).await;
+    assert_eq!(status(anonymous.get("/metrics").await.unwrap()), 200);
+    assert_eq!(status(anonymous.get("/ready").await.unwrap()), 200);
+    tokio::task::spawn_blocking(move || drop(platform))
+        .await
+        .unwrap();
+
+    let platform = w
+        .restart_configured(|c| c.status_access = StatusAccess::Certificate)
+        .await;
+    let mut anonymous = w.connect(None).await;
+    let a = anonymous.get("/metrics").await.unwrap();
+    assert_eq!(a.status, 403, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(status(anonymous.get("/ready").await.unwrap()), 403);
+    assert_eq!(status(anonymous.get("/health").await.unwrap()), 200);
+    let mut alice = w.connect(Some(&w.alice)).await;
+    assert_eq!(status(alice.get("/metrics").await.unwrap()), 200);
+    assert_eq!(status(alice.get("/ready").await.unwrap()), 200);
+    tokio::task::spawn_blocking(move || drop(platform))
+        .await
+        .unwrap();
     w.stop().await;
 }

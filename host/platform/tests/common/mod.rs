@@ -280,11 +280,20 @@ impl World {
     /// Serves the same platform again with other limits (e.g. short timeouts); returns
     /// the platform now served.
     pub async fn restart_with(&mut self, limits: etee_platform::config::Limits) -> Arc<Platform> {
+        self.restart_configured(|c| c.limits = limits).await
+    }
+
+    /// Serves the same platform again with its configuration changed by `change`;
+    /// returns the platform now served.
+    pub async fn restart_configured(
+        &mut self,
+        change: impl FnOnce(&mut etee_platform::config::PlatformConfig),
+    ) -> Arc<Platform> {
         if let Some(r) = self.running.take() {
             r.stop().await.unwrap();
         }
         let mut config = self.platform.config.clone();
-        config.limits = limits;
+        change(&mut config);
         config.listen = self.addr;
         let platform = Arc::new(Platform::new(
             self.platform.store.clone(),

@@ -67,7 +67,8 @@ impl StatusAccess {
     pub fn allows(self, peer: Option<std::net::IpAddr>, certified: bool) -> bool {
         match self {
             Self::Any => true,
-            Self::Loopback => peer.is_some_and(|p| p.is_loopback()),
+            // A dual-stack socket sees 127.0.0.1 as ::ffff:127.0.0.1.
+            Self::Loopback => peer.is_some_and(|p| p.to_canonical().is_loopback()),
             Self::Certificate => certified,
         }
     }
@@ -146,12 +147,16 @@ pub fn store_transport_warning(store: &str) -> Option<String> {
 /// shutdown's drain (which waits for every permit).
 pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
+/// `max_requests_per_caller` when not configured (then lowered to half the work limit
+/// when above it).
+pub const DEFAULT_REQUESTS_PER_CALLER: usize = 32;
+
 /// The most `store_connections` may be.
 pub const MAX_STORE_CONNECTIONS: usize = 1024;
 
-/// The most `max_concurrent_work` may be (each is a thread of the blocking pool, which
-/// has 512).
-pub const MAX_CONCURRENT_WORK_LIMIT: usize = 512;
+/// The most `max_concurrent_work` may be: each is a thread of tokio's blocking pool,
+/// which has 512, and `/ready`'s checks need some too.
+pub const MAX_CONCURRENT_WORK_LIMIT: usize = 500;
 
 /// The `[kgss]` table.
 #[derive(Clone, Debug)]
@@ -180,8 +185,9 @@ pub struct Limits {
     /// caller's share, before it is refused as busy.
     pub queue_timeout: Duration,
     /// Requests of one caller (client certificate, else address) answered at once
-    /// ([`crate::share`]).
-    pub max_requests_per_caller: usize,
+    /// ([`crate::share`]); `None`: [`DEFAULT_REQUESTS_PER_CALLER`], lowered to half the
+    /// work limit when above it (an explicit value is kept).
+    pub max_requests_per_caller: Option<usize>,
     /// PostgreSQL: the pool's connections for requests (it has one more, for `/ready`);
     /// the work limit is at most this.
     pub store_connections: usize,
@@ -196,7 +202,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_concurrent_work: 64,
             queue_timeout: Duration::from_secs(2),
-            max_requests_per_caller: 32,
+            max_requests_per_caller: None,
             store_connections: etee_store::DEFAULT_POOL_SIZE,
         }
     }
@@ -274,15 +280,13 @@ impl PlatformConfig {
             queue_timeout: t
                 .queue_timeout_ms
                 .map_or(defaults.queue_timeout, Duration::from_millis),
-            max_requests_per_caller: t
-                .max_requests_per_caller
-                .unwrap_or(defaults.max_requests_per_caller),
+            max_requests_per_caller: t.max_requests_per_caller,
             store_connections: t.store_connections.unwrap_or(defaults.store_connections),
         };
         if limits.max_body_bytes == 0
             || limits.max_connections == 0
             || limits.max_concurrent_work == 0
-            || limits.max_requests_per_caller == 0
+            || limits.max_requests_per_caller == Some(0)
             || limits.store_connections == 0
         {
             return Err(PlatformError::Config(
@@ -317,6 +321,13 @@ impl PlatformConfig {
                 "max_connections = {}: at most {MAX_CONNECTIONS_LIMIT}",
                 limits.max_connections
             )));
+        }
+        if t.status_access == StatusAccess::Certificate && t.client_ca.is_empty() {
+            return Err(PlatformError::Config(
+                "status_access = \"certificate\" needs client_ca: without it no client presents \
+                 a certificate"
+                    .into(),
+            ));
         }
         let environment = match t.environment.as_deref() {
             None => etee_services::soap::Environment::Test,
@@ -366,7 +377,7 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 1 << 20);
         assert_eq!(c.limits.max_concurrent_work, 64);
         assert_eq!(c.limits.queue_timeout, Duration::from_secs(2));
-        assert_eq!(c.limits.max_requests_per_caller, 32);
+        assert_eq!(c.limits.max_requests_per_caller, None);
     }
 
     #[test]
@@ -377,6 +388,8 @@ mod tests {
         assert!(StatusAccess::Any.allows(remote, false));
         assert!(StatusAccess::Loopback.allows(local, false));
         assert!(StatusAccess::Loopback.allows(v6_local, false));
+        let mapped = "::ffff:127.0.0.1".parse::<std::net::IpAddr>().ok();
+        assert!(StatusAccess::Loopback.allows(mapped, false));
         assert!(!StatusAccess::Loopback.allows(remote, true));
         assert!(!StatusAccess::Loopback.allows(None, true));
         assert!(StatusAccess::Certificate.allows(remote, true));
@@ -396,6 +409,13 @@ mod tests {
             Path::new("/")
         )
         .is_err());
+        let certificate = format!("{base}status_access = \"certificate\"\n");
+        let e = PlatformConfig::from_toml(&certificate, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs client_ca"), "{e}");
+        let with_ca = certificate.replace("tls_key", "client_ca = [\"ca.pem\"]\ntls_key");
+        assert!(PlatformConfig::from_toml(&with_ca, Path::new("/")).is_ok());
     }
 
     #[test]
@@ -409,7 +429,7 @@ mod tests {
         assert_eq!(c.limits.queue_timeout, Duration::from_millis(250));
         for (extra, says) in [
             ("max_concurrent_work = 0\n", "must be positive"),
-            ("max_concurrent_work = 513\n", "at most 512"),
+            ("max_concurrent_work = 501\n", "at most 500"),
             ("max_requests_per_caller = 0\n", "must be positive"),
             ("store_connections = 1025\n", "at most 1024"),
             (

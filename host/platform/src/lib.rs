@@ -72,8 +72,11 @@ impl Platform {
         if let Some(warning) = config::store_transport_warning(&config.store) {
             tracing::warn!("{warning}");
         }
-        // One connection beyond the requests' for `/ready`'s check.
-        let store = etee_store::open_with(&config.store, config.limits.store_connections + 1)?;
+        // Beyond the requests' connections, one for each of `/ready`'s checks.
+        let store = etee_store::open_with(
+            &config.store,
+            config.limits.store_connections + routes::READY_CHECKS,
+        )?;
         Ok(Self::new(store, config, anchors, kgss))
     }
 
@@ -87,9 +90,11 @@ impl Platform {
     ) -> Self {
         // Turns beyond the store's own bound (a PostgreSQL pool) would wait inside the
         // store, out of reach of the queue timeout, instead of being refused as busy.
-        // One connection of the pool is left to `/ready`.
+        // Connections of the pool are left to `/ready`'s checks.
         let mut max_work = config.limits.max_concurrent_work;
-        let store_bound = store.concurrency().map(|n| n.saturating_sub(1).max(1));
+        let store_bound = store
+            .concurrency()
+            .map(|n| n.saturating_sub(routes::READY_CHECKS).max(1));
         if let Some(store_bound) = store_bound.filter(|&n| n < max_work) {
             tracing::info!(
                 "max_concurrent_work = {max_work} lowered to {store_bound}: the {} store's \
@@ -99,16 +104,21 @@ impl Platform {
             max_work = store_bound;
         }
         let work = work::WorkLimit::new(max_work, config.limits.queue_timeout);
-        // A caller's share below the work limit, so that one caller cannot take it all.
-        let mut per_caller = config.limits.max_requests_per_caller;
-        let share_bound = (max_work / 2).max(1);
-        if per_caller > share_bound && max_work > 1 {
-            tracing::info!(
-                "max_requests_per_caller = {per_caller} lowered to {share_bound}: half of \
-                 the work limit ({max_work})"
-            );
-            per_caller = share_bound;
-        }
+        // By default a caller's share stays below the work limit, so that one caller
+        // cannot take it all; a configured value is kept (with a warning when it allows
+        // that).
+        let per_caller = match config.limits.max_requests_per_caller {
+            Some(n) => {
+                if n >= max_work {
+                    tracing::warn!(
+                        "max_requests_per_caller = {n} is not below the work limit \
+                         ({max_work}): one caller can take every turn"
+                    );
+                }
+                n
+            }
+            None => config::DEFAULT_REQUESTS_PER_CALLER.min((max_work / 2).max(1)),
+        };
         let shares = share::Shares::new(per_caller, config.limits.queue_timeout);
         Self {
             store,

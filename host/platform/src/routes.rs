@@ -148,15 +148,20 @@ pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2)
 /// or a caller asking in a loop, cost one store read a second).
 pub const READY_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// At most this many store checks run at once: one whose store call hangs keeps its place
-/// until the call returns, and once this many hang the platform is unready without asking.
+/// At most this many store calls of checks outstanding: one that hangs keeps its place
+/// (and its connection) until it returns, and once this many hang the platform is
+/// unready without asking. The PostgreSQL pool has a connection for each.
 pub const READY_CHECKS: usize = 3;
 
-/// `GET /ready`'s store checks: outside the work limit, a result reused for
-/// [`READY_REUSE`], at most [`READY_CHECKS`] at once.
+/// `GET /ready`'s store checks: outside the work limit, one awaited at a time (probes that
+/// arrive meanwhile wait for its answer), a result reused for [`READY_REUSE`] after it
+/// came, and at most [`READY_CHECKS`] store calls outstanding (the pool has a connection
+/// for each).
 #[derive(Debug, Default)]
 pub struct Readiness {
-    last: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// The last check: when it ended, and whether the store answered.
+    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// Store calls of checks that have not returned (abandoned ones included).
     running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -170,22 +175,24 @@ impl Drop for Running {
 }
 
 impl Readiness {
-    /// Whether the store answers a read (within [`READY_TIMEOUT`]).
+    /// Whether the store answers a read, within [`READY_TIMEOUT`] of the question.
     async fn store_answers(&self, store: &Arc<dyn etee_store::Store>) -> bool {
         use std::sync::atomic::Ordering;
-        let lock = || {
-            self.last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        use std::time::Instant;
+        let asked = Instant::now();
+        // A check under way ends within READY_TIMEOUT of its start, before ours ends.
+        let Ok(mut last) = tokio::time::timeout(READY_TIMEOUT, self.last.lock()).await else {
+            return false;
         };
-        if let Some((at, answered)) = *lock() {
-            if at.elapsed() < READY_REUSE {
+        if let Some((ended, answered)) = *last {
+            if ended.elapsed() < READY_REUSE {
                 return answered;
             }
         }
         if self.running.fetch_add(1, Ordering::Relaxed) >= READY_CHECKS {
             self.running.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("readiness: {READY_CHECKS} store checks have not returned");
+            *last = Some((Instant::now(), false));
             return false;
         }
         let running = Running(self.running.clone());
@@ -194,7 +201,8 @@ impl Readiness {
             let _running = running;
             store.request_seen(&[0; 32], unix_now())
         });
-        let answered = match tokio::time::timeout(READY_TIMEOUT, check).await {
+        let left = READY_TIMEOUT.saturating_sub(asked.elapsed());
+        let answered = match tokio::time::timeout(left, check).await {
             Ok(Ok(Ok(_))) => true,
             Ok(Ok(Err(e))) => {
                 tracing::error!("readiness: the store: {}", LogSafe(&e));
@@ -209,7 +217,7 @@ impl Readiness {
                 false
             }
         };
-        *lock() = Some((std::time::Instant::now(), answered));
+        *last = Some((Instant::now(), answered));
         answered
     }
 }

@@ -576,17 +576,19 @@ async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
 async fn one_caller_cannot_take_every_turn(mut w: World) {
     let platform = w
         .restart_with(etee_platform::config::Limits {
-            max_requests_per_caller: 1,
+            max_requests_per_caller: Some(1),
             queue_timeout: Duration::from_millis(100),
             ..Default::default()
         })
         .await;
     // The work limit (64 by default) never exceeds the store's own bound: with
-    // PostgreSQL, its pool of connections less one.
+    // PostgreSQL, its pool of connections less those of /ready.
     let expected_work_limit = match w.backend {
         common::Backend::Embedded => 64,
-        // One of the pool's connections is left to /ready.
-        common::Backend::Postgres(_) => etee_store::DEFAULT_POOL_SIZE - 1,
+        // Connections of the pool are left to /ready's checks.
+        common::Backend::Postgres(_) => {
+            etee_store::DEFAULT_POOL_SIZE - etee_platform::routes::READY_CHECKS
+        }
     };
     assert_eq!(platform.work.max(), expected_work_limit);
     let body = get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]);
@@ -701,6 +703,31 @@ async fn readiness_follows_the_store(w: World) {
                 return;
             }
         }
+        // A slow store (its replay table locked for 0.6 s): probes at once wait for the
+        // one check under way and all get its answer, ready.
+        tokio::time::sleep(reuse).await;
+        let lock = tokio::spawn(psql(
+            "BEGIN; LOCK TABLE seen_request IN ACCESS EXCLUSIVE MODE; \
+             SELECT pg_sleep(0.6); COMMIT;",
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let asked = std::time::Instant::now();
+        let mut probes = Vec::new();
+        for _ in 0..8 {
+            let mut c = w.connect(None).await;
+            probes.push(tokio::spawn(async move {
+                c.get("/ready").await.unwrap().status
+            }));
+        }
+        for p in probes {
+            assert_eq!(p.await.unwrap(), 200, "a probe while the store is slow");
+        }
+        assert!(
+            asked.elapsed() >= Duration::from_millis(200),
+            "the probes did not wait for the slow store ({:?})",
+            asked.elapsed()
+        );
+        assert!(lock.await.unwrap().unwrap().status.success());
         let out = psql("ALTER TABLE seen_request RENAME TO seen_request_away")
             .await
             .unwrap();

@@ -683,7 +683,6 @@ async fn audit(
     let answer = async {
         let client = app.authorise(&peer, Operation::Audit)?;
         let q: AuditQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
-        let _admitted = app.take_slot(client).await?;
         let number = |s: Option<String>, default: u64| {
             s.map_or(Ok(default), |s| {
                 s.parse::<u64>()
@@ -696,12 +695,17 @@ async fn audit(
             None => 0,
         };
         let limit = number(q.limit, 1000)?.min(10_000) as usize;
+        let admitted = app.take_slot(client).await?;
         let path = app.audit_file();
-        let export =
-            tokio::task::spawn_blocking(move || crate::report::audit_export(&path, from, limit))
-                .await
-                .map_err(|e| ServiceError::Io(e.to_string()))?
-                .map_err(|e| ServiceError::Io(e.to_string()))?;
+        // The scan holds the client's slot until it ends, even if the caller goes away.
+        let slot = admitted.slot();
+        let export = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            crate::report::audit_export(&path, from, limit)
+        })
+        .await
+        .map_err(|e| ServiceError::Io(e.to_string()))?
+        .map_err(|e| ServiceError::Io(e.to_string()))?;
         Ok(json_response(StatusCode::OK, &export))
     }
     .await;

@@ -255,7 +255,7 @@ pub struct Admitted {
 impl Admitted {
     /// The slot, for blocking work to hold: it is given back when the last holder ends,
     /// so work that goes on after its request was abandoned still counts.
-    fn slot(&self) -> Arc<Slot> {
+    pub(crate) fn slot(&self) -> Arc<Slot> {
         self.slot.clone()
     }
 }

@@ -388,21 +388,25 @@ fn warn_busy(e: &WorkError, answer: &str) {
     }
 }
 
+/// A busy answer (REST or SOAP) with when to ask again: `Retry-After: 1`.
+fn retry_in_a_second(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    );
+    response
+}
+
 /// The REST answer when blocking work got no turn (503, retryable) or failed (500).
 fn work_problem(e: &WorkError) -> Response {
     match e {
         WorkError::Busy { .. } | WorkError::CallerBusy { .. } => {
             warn_busy(e, "503");
-            let mut response = problem(Problem::new(
+            retry_in_a_second(problem(Problem::new(
                 503,
                 "Service busy",
                 Some(format!("{e}; retry later")),
-            ));
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("1"),
-            );
-            response
+            )))
         }
         WorkError::Failed(_) => {
             tracing::error!("{e}");
@@ -416,13 +420,7 @@ fn work_fault(platform: &Platform, e: &WorkError) -> Response {
     match e {
         WorkError::Busy { .. } | WorkError::CallerBusy { .. } => {
             warn_busy(e, "SOA-02001");
-            let mut response = code_fault(platform, SoaCode::ServiceUnavailable);
-            // As on the REST side: when to ask again.
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("1"),
-            );
-            response
+            retry_in_a_second(code_fault(platform, SoaCode::ServiceUnavailable))
         }
         WorkError::Failed(_) => {
             tracing::error!("{e}");

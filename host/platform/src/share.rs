@@ -67,9 +67,9 @@ impl Shares {
         // Declared first, dropped last: on every way out — a place, a refusal, or this
         // future dropped while it waits (its request abandoned) — after the semaphore's
         // reference held by the wait, the entry is forgotten if nobody else needs it.
-        let _forget = ForgetIfIdle {
+        let mut forget = ForgetIfIdle {
             shares: self,
-            key: key.clone(),
+            key: Some(key.clone()),
         };
         let semaphore = self
             .lock()
@@ -78,11 +78,15 @@ impl Shares {
             .clone();
         let acquired = tokio::time::timeout(self.wait, semaphore.acquire_owned()).await;
         match acquired {
-            Ok(Ok(permit)) => Some(Share {
-                shares: self.clone(),
-                key,
-                permit: Some(permit),
-            }),
+            Ok(Ok(permit)) => {
+                // Its permit keeps the entry: nothing to forget (and no second lock).
+                forget.key = None;
+                Some(Share {
+                    shares: self.clone(),
+                    key,
+                    permit: Some(permit),
+                })
+            }
             _ => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 None
@@ -145,12 +149,15 @@ pub fn current() -> Option<Arc<Share>> {
 /// Forgets its caller, if idle, when dropped ([`Shares::enter`]).
 struct ForgetIfIdle<'a> {
     shares: &'a Shares,
-    key: CallerKey,
+    /// `None` once the caller got its place.
+    key: Option<CallerKey>,
 }
 
 impl Drop for ForgetIfIdle<'_> {
     fn drop(&mut self) {
-        self.shares.forget_if_idle(&self.key);
+        if let Some(key) = &self.key {
+            self.shares.forget_if_idle(key);
+        }
     }
 }
 

@@ -105,6 +105,15 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    /// Waits until `done` holds, failing with `what` after 5 s.
+    async fn within_5_s(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Work whose request was abandoned (here: its future dropped by a timeout, as the
     /// server's request timeout does) keeps its turn until it ends, so a new request is
     /// refused as busy meanwhile and served once it has ended.
@@ -135,11 +144,7 @@ mod tests {
             "no turn while the abandoned work runs"
         );
         release.send(()).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while limit.in_use() > 0 {
-            assert!(std::time::Instant::now() < deadline, "the turn came back");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        within_5_s("the turn came back", || limit.in_use() == 0).await;
         assert_eq!(limit.run(|| "fast").await, Ok("fast"));
         assert_eq!(limit.refused(), 1);
     }
@@ -172,11 +177,7 @@ mod tests {
             "its work still holds the caller's one place"
         );
         release.send(()).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while shares.callers() > 0 {
-            assert!(std::time::Instant::now() < deadline, "the place came back");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        within_5_s("the place came back", || shares.callers() == 0).await;
         assert!(shares.enter(caller).await.is_some());
     }
 

@@ -468,13 +468,7 @@ async fn identifier_types_and_values_are_normalised(w: World) {
 /// are refused retryably — REST 503 with `Retry-After`, SOAP `SOA-02001` — and are served
 /// again on the same connection once the turn is free.
 async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
-    let platform = w
-        .restart_with(etee_platform::config::Limits {
-            max_concurrent_work: 1,
-            queue_timeout: Duration::from_millis(100),
-            ..Default::default()
-        })
-        .await;
+    let platform = w.restart_with_one_turn().await;
     let mut c = w.connect(None).await;
     let path = format!("/etee/v1/etks?identifier={PHARMACY}&type=nihii-pharmacy");
     let held = platform.work.permit().await.unwrap();
@@ -523,9 +517,7 @@ async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
     );
 
     // What the operator sees: each answer by service and status, the refusals.
-    let metrics = c.get("/metrics").await.unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
-    for line in [
+    w.metrics_have(&[
         "etee_platform_requests_total{service=\"etkdepot\",status=\"200\"} 1\n",
         "etee_platform_requests_total{service=\"etkdepot\",status=\"503\"} 1\n",
         // The SOAP fault (HTTP 500, told apart).
@@ -535,14 +527,11 @@ async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
         "etee_platform_work_refused_total 2\n",
         "etee_platform_work_limit 1\n",
         "etee_platform_work_in_use 0\n",
-    ] {
-        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
-    }
+    ])
+    .await;
 
     // A request whose time runs out while it waits for a turn: 408, counted as abandoned.
-    tokio::task::spawn_blocking(move || drop(platform))
-        .await
-        .unwrap();
+    common::drop_platform(platform).await;
     let platform = w
         .restart_with(etee_platform::config::Limits {
             max_concurrent_work: 1,
@@ -555,17 +544,11 @@ async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
     let a = w.connect(None).await.get(&path).await.unwrap();
     assert_eq!(a.status, 408, "{}", String::from_utf8_lossy(&a.body));
     drop(held);
-    let metrics = w.connect(None).await.get("/metrics").await.unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
-    let abandoned = "etee_platform_requests_total{service=\"etkdepot\",status=\"abandoned\"} 1\n";
-    assert!(
-        metrics.contains(abandoned),
-        "{abandoned} missing from\n{metrics}"
-    );
-    // A PostgreSQL store must not be dropped on an async worker (see World::stop).
-    tokio::task::spawn_blocking(move || drop(platform))
-        .await
-        .unwrap();
+    w.metrics_have(&[
+        "etee_platform_requests_total{service=\"etkdepot\",status=\"abandoned\"} 1\n",
+    ])
+    .await;
+    common::drop_platform(platform).await;
     w.stop().await;
 }
 
@@ -634,19 +617,30 @@ async fn one_caller_cannot_take_every_turn(mut w: World) {
     let a = w.connect(None).await.get(&path).await.unwrap();
     assert_eq!(a.status, 200, "served again once its request ended");
     assert_eq!(platform.shares.refused(), 1);
-    let metrics = w.connect(None).await.get("/metrics").await.unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
-    for line in [
+    w.metrics_have(&[
         "etee_platform_caller_refused_total 1\n",
         "etee_platform_callers 0\n",
         "etee_platform_requests_total{service=\"etkdepot\",status=\"503\"} 1\n",
-    ] {
-        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
-    }
-    tokio::task::spawn_blocking(move || drop(platform))
-        .await
-        .unwrap();
+    ])
+    .await;
+    common::drop_platform(platform).await;
     w.stop().await;
+}
+
+/// The statuses of `n` `GET /ready` sent at once, each on a connection of its own.
+async fn ready_at_once(w: &World, n: usize) -> Vec<u16> {
+    let mut probes = Vec::new();
+    for _ in 0..n {
+        let mut c = w.connect(None).await;
+        probes.push(tokio::spawn(async move {
+            c.get("/ready").await.unwrap().status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for p in probes {
+        statuses.push(p.await.unwrap());
+    }
+    statuses
 }
 
 /// `GET /ready` says whether the store answers: ready on both stores; with PostgreSQL, a
@@ -670,16 +664,7 @@ async fn readiness_follows_the_store(w: World) {
     // Probes at once (several load balancers) all get the store's answer.
     let reuse = etee_platform::routes::READY_REUSE + Duration::from_millis(100);
     tokio::time::sleep(reuse).await;
-    let mut probes = Vec::new();
-    for _ in 0..8 {
-        let mut c = w.connect(None).await;
-        probes.push(tokio::spawn(async move {
-            c.get("/ready").await.unwrap().status
-        }));
-    }
-    for p in probes {
-        assert_eq!(p.await.unwrap(), 200);
-    }
+    assert_eq!(ready_at_once(&w, 8).await, [200; 8]);
     if let common::Backend::Postgres(db) = &w.backend {
         let url = db.url().to_owned();
         let psql = move |sql: &'static str| {
@@ -712,44 +697,33 @@ async fn readiness_follows_the_store(w: World) {
         ));
         tokio::time::sleep(Duration::from_millis(200)).await;
         let asked = std::time::Instant::now();
-        let mut probes = Vec::new();
-        for _ in 0..8 {
-            let mut c = w.connect(None).await;
-            probes.push(tokio::spawn(async move {
-                c.get("/ready").await.unwrap().status
-            }));
-        }
-        for p in probes {
-            assert_eq!(p.await.unwrap(), 200, "a probe while the store is slow");
-        }
+        assert_eq!(
+            ready_at_once(&w, 8).await,
+            [200; 8],
+            "probes while the store is slow"
+        );
         assert!(
             asked.elapsed() >= Duration::from_millis(200),
             "the probes did not wait for the slow store ({:?})",
             asked.elapsed()
         );
-        assert!(lock.await.unwrap().unwrap().status.success());
-        let out = psql("ALTER TABLE seen_request RENAME TO seen_request_away")
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let succeeded = |out: std::io::Result<std::process::Output>| {
+            let out = out.unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        succeeded(lock.await.unwrap());
+        succeeded(psql("ALTER TABLE seen_request RENAME TO seen_request_away").await);
         // A check's result answers for READY_REUSE: ask after it.
         tokio::time::sleep(reuse).await;
         assert_eq!(
             ready(c.get("/ready").await.unwrap()),
             (503, "store-unavailable".into(), store.into())
         );
-        let out = psql("ALTER TABLE seen_request_away RENAME TO seen_request")
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(psql("ALTER TABLE seen_request_away RENAME TO seen_request").await);
         tokio::time::sleep(reuse).await;
         assert_eq!(
             ready(c.get("/ready").await.unwrap()),
@@ -771,9 +745,7 @@ async fn the_status_can_be_kept_to_the_host_or_to_certified_callers(mut w: World
     let mut anonymous = w.connect(None).await;
     assert_eq!(status(anonymous.get("/metrics").await.unwrap()), 200);
     assert_eq!(status(anonymous.get("/ready").await.unwrap()), 200);
-    tokio::task::spawn_blocking(move || drop(platform))
-        .await
-        .unwrap();
+    common::drop_platform(platform).await;
 
     let platform = w
         .restart_configured(|c| c.status_access = StatusAccess::Certificate)
@@ -786,8 +758,6 @@ async fn the_status_can_be_kept_to_the_host_or_to_certified_callers(mut w: World
     let mut alice = w.connect(Some(&w.alice)).await;
     assert_eq!(status(alice.get("/metrics").await.unwrap()), 200);
     assert_eq!(status(alice.get("/ready").await.unwrap()), 200);
-    tokio::task::spawn_blocking(move || drop(platform))
-        .await
-        .unwrap();
+    common::drop_platform(platform).await;
     w.stop().await;
 }

@@ -299,13 +299,7 @@ async fn hostile_answers_are_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_platform_is_asked_again_after_its_retry_after() {
     let mut w = World::new("protocol-retry-after", Backend::Embedded).await;
-    let platform = w
-        .restart_with(etee_platform::config::Limits {
-            max_concurrent_work: 1,
-            queue_timeout: Duration::from_millis(100),
-            ..Default::default()
-        })
-        .await;
+    let platform = w.restart_with_one_turn().await;
     for (refusals, flavour) in [(1, Flavour::Rest), (2, Flavour::Soap)] {
         let held = platform.work.permit().await.unwrap();
         let started = Instant::now();

@@ -283,6 +283,17 @@ impl World {
         self.restart_configured(|c| c.limits = limits).await
     }
 
+    /// Serves the same platform again with one turn of blocking work and a 100 ms queue
+    /// timeout: a test holding that turn (`platform.work.permit()`) makes it busy.
+    pub async fn restart_with_one_turn(&mut self) -> Arc<Platform> {
+        self.restart_with(etee_platform::config::Limits {
+            max_concurrent_work: 1,
+            queue_timeout: std::time::Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Serves the same platform again with its configuration changed by `change`;
     /// returns the platform now served.
     pub async fn restart_configured(
@@ -305,6 +316,16 @@ impl World {
         self.addr = running.addr;
         self.running = Some(running);
         platform
+    }
+
+    /// Asserts that the platform's `/metrics` (read on a connection of its own) has every
+    /// one of `lines`.
+    pub async fn metrics_have(&self, lines: &[&str]) {
+        let answer = self.connect(None).await.get("/metrics").await.unwrap();
+        let metrics = String::from_utf8_lossy(&answer.body);
+        for line in lines {
+            assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+        }
     }
 
     pub async fn stop(mut self) {
@@ -401,4 +422,12 @@ impl Drop for World {
             std::mem::forget(self.platform.store.clone());
         }
     }
+}
+
+/// Drops a platform the test held (one `restart_with` returned) off the async workers: a
+/// PostgreSQL store must not be dropped on one (see [`World::stop`]).
+pub async fn drop_platform(platform: Arc<Platform>) {
+    tokio::task::spawn_blocking(move || drop(platform))
+        .await
+        .unwrap();
 }

@@ -14,7 +14,7 @@ use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::{self, key_usage, CertError, Certificate, KeyAlgorithm, Validity};
 use crate::identity::{self, Identity};
 use crate::oid;
-use crate::trust::TrustAnchors;
+use crate::trust::{PathCheck, TrustAnchors};
 use crate::verdict::Error as Notification;
 use base64::Engine as _;
 use openssl::hash::MessageDigest;
@@ -215,8 +215,9 @@ impl Etk {
     ///    intermediates, must lead to one of `anchors` at `at`. See [`Etk::chain_errors`]
     ///    for how failures map onto `ETK_AUTHENTICATION_CERT_{EXPIRED,STATUS_UNKNOWN}`.
     ///
-    /// Revocation (OCSP) is not checked, as with OCSP policy NONE, so
-    /// `ETK_AUTHENTICATION_CERT_REVOKED` is never reported. The ETK-RA's signature is not
+    /// Revocation is checked only when `anchors` carry revocation lists
+    /// ([`TrustAnchors::with_revocation`]); by default it is not, as with OCSP policy NONE,
+    /// and `ETK_AUTHENTICATION_CERT_REVOKED` is never reported. The ETK-RA's signature is not
     /// checked either, exactly like the official library (see [`Etk::ra_signature_valid`]).
     pub fn validate(&self, anchors: &TrustAnchors, at: i64) -> Vec<Notification> {
         let mut out: Vec<Notification> = Vec::new();
@@ -282,11 +283,18 @@ impl Etk {
     ///
     /// Hence `kgss.etk` today: `ETK_ENCRYPTION_CERT_EXPIRED`, `ETK_AUTHENTICATION_CERT_EXPIRED`
     /// (step 2) and `ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN` (untrusted TRAIL root).
-    /// Revocation is not checked, so `REVOKED` is never reported. With no anchors at all
-    /// the status is unknown.
+    /// With revocation lists ([`TrustAnchors::with_revocation`]), a sound path with a
+    /// revoked certificate gives `REVOKED`, and one whose status no current list gives
+    /// `STATUS_UNKNOWN` under the mandatory policy. With no anchors at all the status is
+    /// unknown.
     pub fn chain_errors(&self, anchors: &TrustAnchors, at: i64) -> Vec<Notification> {
-        if anchors.verify(&self.authentication, &self.ca_chain, at) {
-            return Vec::new();
+        match anchors.check(&self.authentication, &self.ca_chain, at, at) {
+            PathCheck::Trusted => return Vec::new(),
+            PathCheck::Revoked => return vec![Notification::ETK_AUTHENTICATION_CERT_REVOKED],
+            PathCheck::StatusUnknown => {
+                return vec![Notification::ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN]
+            }
+            PathCheck::Untrusted => {}
         }
         let mut out = Vec::new();
         if let Some(path) = path_ignoring_time(anchors, &self.authentication, &self.ca_chain) {

@@ -52,6 +52,7 @@ pub mod identity;
 pub mod keys;
 pub mod keystore;
 pub mod oid;
+pub mod revocation;
 pub mod trust;
 pub mod verdict;
 

@@ -3,6 +3,7 @@
 //! library does.
 
 use crate::cert::Certificate;
+use crate::revocation::{CertStatus, Revocation, RevocationPolicy};
 use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
@@ -37,12 +38,36 @@ pub struct TrustAnchors {
     /// Where paths were found ignoring time: a sender's certificates recur in every
     /// message, and building a path costs more than the rest of a small unseal.
     paths: Arc<PathCache>,
+    /// The CAs' revocation lists and how they are used (not checked by default).
+    revocation: Revocation,
+}
+
+/// What [`TrustAnchors::check`] found for a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathCheck {
+    /// It chains to an anchor, and revocation (when checked) found nothing against it.
+    Trusted,
+    /// No path to an anchor at that time.
+    Untrusted,
+    /// A certificate on the path is revoked.
+    Revoked,
+    /// The policy is mandatory and no current list gives the status of a certificate on
+    /// the path.
+    StatusUnknown,
 }
 
 impl fmt::Debug for TrustAnchors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.certs.iter().map(|c| c.subject_string()))
+        f.debug_struct("TrustAnchors")
+            .field(
+                "anchors",
+                &self
+                    .certs
+                    .iter()
+                    .map(|c| c.subject_string())
+                    .collect::<Vec<_>>(),
+            )
+            .field("revocation", &self.revocation)
             .finish()
     }
 }
@@ -52,7 +77,17 @@ impl TrustAnchors {
         Self {
             certs: Arc::new(certs),
             paths: Arc::default(),
+            revocation: Revocation::default(),
         }
+    }
+
+    /// The same anchors, checking revocation with these lists.
+    pub fn with_revocation(mut self, revocation: Revocation) -> Self {
+        self.revocation = revocation;
+        self
+    }
+    pub fn revocation(&self) -> &Revocation {
+        &self.revocation
     }
 
     /// A store for one check: the verification time lives in the store's parameters
@@ -102,6 +137,52 @@ impl TrustAnchors {
                 true
             }
             _ => self.path(leaf, extra, Some(at)).is_some(),
+        }
+    }
+
+    /// Whether `leaf` chains to an anchor at `at` (as [`TrustAnchors::verify`]) and, under
+    /// the revocation policy, whether the lists revoke a certificate on that path at
+    /// `revoked_at` (the evaluation time: see [`crate::revocation`]).
+    pub fn check(
+        &self,
+        leaf: &Certificate,
+        extra: &[Certificate],
+        at: i64,
+        revoked_at: i64,
+    ) -> PathCheck {
+        let policy = self.revocation.policy();
+        if policy == RevocationPolicy::None {
+            return match self.verify(leaf, extra, at) {
+                true => PathCheck::Trusted,
+                false => PathCheck::Untrusted,
+            };
+        }
+        let status = match self.cached_path(leaf, extra) {
+            CachedPath::None => return PathCheck::Untrusted,
+            CachedPath::Found(path)
+                if path
+                    .iter()
+                    .all(|c| c.valid_at(at) == crate::cert::Validity::Valid) =>
+            {
+                self.revocation.path_status(&path, revoked_at)
+            }
+            _ => match self.path(leaf, extra, Some(at)) {
+                None => return PathCheck::Untrusted,
+                Some(ders) => match ders
+                    .iter()
+                    .map(|d| Certificate::from_der(d).ok())
+                    .collect::<Option<Vec<_>>>()
+                {
+                    Some(path) => self.revocation.path_status(&path, revoked_at),
+                    // A certificate on the path that we cannot read: nothing to look up.
+                    None => CertStatus::Unknown,
+                },
+            },
+        };
+        match (status, policy) {
+            (CertStatus::Revoked, _) => PathCheck::Revoked,
+            (CertStatus::Unknown, RevocationPolicy::Mandatory) => PathCheck::StatusUnknown,
+            _ => PathCheck::Trusted,
         }
     }
 

@@ -18,7 +18,7 @@
 //! each [`Institution`] two more. Tests should share a `TestPki` (for example
 //! through a `std::sync::OnceLock`) rather than build one per test.
 
-use openssl::asn1::{Asn1Integer, Asn1Time};
+use openssl::asn1::{Asn1Integer, Asn1IntegerRef, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::error::ErrorStack;
@@ -27,11 +27,13 @@ use openssl::pkey::{HasPublic, PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
 use openssl::stack::Stack;
 use openssl::x509::extension::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
-    SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, CrlNumber, ExtendedKeyUsage, KeyUsage,
+    SubjectAlternativeName, SubjectKeyIdentifier,
 };
 use openssl::x509::store::{X509Store, X509StoreBuilder};
-use openssl::x509::{X509Builder, X509Name, X509NameRef, X509Ref, X509};
+use openssl::x509::{
+    X509Builder, X509Crl, X509CrlBuilder, X509Name, X509NameRef, X509Ref, X509RevokedBuilder, X509,
+};
 
 /// Errors from building the test PKI.
 #[derive(Debug, thiserror::Error)]
@@ -389,6 +391,10 @@ pub fn random_serial() -> Result<Asn1Integer, Error> {
     }
 }
 
+fn unix_time(t: i64) -> Result<Asn1Time, Error> {
+    Ok(Asn1Time::from_unix(t as _)?)
+}
+
 /// Generates an RSA key of `bits` bits (public exponent 65537).
 pub fn rsa_key(bits: u32) -> Result<PKey<Private>, Error> {
     Ok(PKey::from_rsa(Rsa::generate(bits)?)?)
@@ -484,6 +490,41 @@ impl TestPki {
         )?;
 
         Ok(TestPki { root, ra })
+    }
+
+    /// A revocation list (CRL v2) of the root: `revoked` holds the serials it revokes with
+    /// their revocation times (unix seconds); `number` is its CRL number, which a CA raises
+    /// at every list. Signed with SHA-256, with the root's key id (AKI), as RFC 5280 wants.
+    pub fn crl(
+        &self,
+        revoked: &[(&Asn1IntegerRef, i64)],
+        number: u64,
+        this_update: i64,
+        next_update: i64,
+    ) -> Result<X509Crl, Error> {
+        let mut b = X509CrlBuilder::new()?;
+        b.set_issuer_name(self.root.cert.subject_name())?;
+        let (this_update, next_update) = (unix_time(this_update)?, unix_time(next_update)?);
+        b.set_last_update(&this_update)?;
+        b.set_next_update(&next_update)?;
+        for (serial, at) in revoked {
+            let mut r = X509RevokedBuilder::new()?;
+            r.set_serial_number(serial)?;
+            let at = unix_time(*at)?;
+            r.set_revocation_date(&at)?;
+            b.add_revoked(r.build())?;
+        }
+        // The AKI is made the way a certificate's is: from a context naming the issuer.
+        let ctx_holder = X509Builder::new()?;
+        let aki = AuthorityKeyIdentifier::new()
+            .keyid(true)
+            .build(&ctx_holder.x509v3_context(Some(&self.root.cert), None))?;
+        b.append_extension(aki)?;
+        let number = BigNum::from_dec_str(&number.to_string())?;
+        b.append_extension(CrlNumber::new(number)?.build()?)?;
+        b.sort()?;
+        b.sign(&self.root.key, MessageDigest::sha256())?;
+        Ok(b.build()?)
     }
 
     /// A certificate store trusting this PKI's root, for chain verification.

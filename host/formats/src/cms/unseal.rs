@@ -21,7 +21,7 @@ use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::{key_usage, Certificate, Validity};
 use crate::keys::{KeyId, KeyRing};
 use crate::oid;
-use crate::trust::TrustAnchors;
+use crate::trust::{PathCheck, TrustAnchors};
 use crate::verdict::{Error as E, Fatal, Verdict, Warning};
 use openssl::hash::{Hasher, MessageDigest};
 use openssl::pkey::{PKey, Public};
@@ -1272,11 +1272,21 @@ fn check_layer(
         if let Some((_, outer_certs)) = outer_signer {
             pool.extend(outer_certs.iter().cloned());
         }
-        if !opts.anchors.verify(cert, &pool, when) {
-            v.error(pick(
+        // The path at the signing time; revocation at the evaluation time.
+        match opts.anchors.check(cert, &pool, when, at) {
+            PathCheck::Trusted => {}
+            PathCheck::Untrusted => v.error(pick(
                 E::OUTER_CERTIFICATE_CHAIN_NOT_TRUSTED,
                 E::INNER_CERTIFICATE_CHAIN_NOT_TRUSTED,
-            ));
+            )),
+            PathCheck::Revoked => v.error(pick(
+                E::OUTER_CERTIFICATE_REVOKED,
+                E::INNER_CERTIFICATE_REVOKED,
+            )),
+            PathCheck::StatusUnknown => v.error(pick(
+                E::OUTER_CERTIFICATE_STATUS_UNKNOWN,
+                E::INNER_CERTIFICATE_STATUS_UNKNOWN,
+            )),
         }
         if !opts.expected_signers.is_empty()
             && !opts

@@ -1,0 +1,203 @@
+//! Certificate revocation from the CAs' revocation lists (X.509 CRLs, RFC 5280 §5).
+//!
+//! The official library asks OCSP responders (spec §1.6, `OCSPPolicy`); a receiver here
+//! gives the CRLs of the CAs it trusts instead (downloaded by its operator, or made by
+//! `etee pki revoke` for a local world). What a list says is reported with the official
+//! notifications: `{INNER,OUTER}_CERTIFICATE_REVOKED` / `_STATUS_UNKNOWN` for a message's
+//! signers, `ETK_AUTHENTICATION_CERT_REVOKED` / `_STATUS_UNKNOWN` for an ETK.
+//!
+//! A certificate's status is judged at the evaluation time (now unless `--at`), not at the
+//! signing time, as an OCSP check at unsealing is: the signing time is the signer's own
+//! claim, and a stolen key's holder could set it before the revocation.
+
+use crate::cert::Certificate;
+use openssl::x509::{CrlStatus, X509Crl, X509Ref};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// How revocation is checked; `None` is the default (and the official verdicts of record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RevocationPolicy {
+    /// Not checked.
+    #[default]
+    None,
+    /// A certificate on a current list is refused; one whose CA has no current list passes.
+    Optional,
+    /// Also a certificate whose status no current list gives is refused (`STATUS_UNKNOWN`).
+    Mandatory,
+}
+
+impl FromStr for RevocationPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "optional" => Ok(Self::Optional),
+            "mandatory" => Ok(Self::Mandatory),
+            other => Err(format!(
+                "unknown revocation policy {other:?}: none, optional or mandatory"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RevocationPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Optional => "optional",
+            Self::Mandatory => "mandatory",
+        })
+    }
+}
+
+/// Why a revocation list could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    #[error("not a certificate revocation list (neither DER nor PEM X509 CRL)")]
+    NotACrl,
+    #[error("revocation list without a thisUpdate time OpenSSL can read")]
+    BadTime,
+}
+
+/// What the lists say of one certificate at one time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CertStatus {
+    /// A current list of its issuer, with a valid signature, does not list it.
+    Good,
+    /// No current, validly signed list of its issuer is known.
+    Unknown,
+    /// A validly signed list of its issuer lists it as revoked at or before that time.
+    Revoked,
+}
+
+struct Crl {
+    crl: X509Crl,
+    this_update: i64,
+    next_update: Option<i64>,
+}
+
+/// The revocation lists a receiver knows, and how it uses them. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Revocation {
+    crls: Arc<Vec<Crl>>,
+    policy: RevocationPolicy,
+}
+
+impl fmt::Debug for Revocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Revocation")
+            .field("policy", &self.policy)
+            .field("lists", &self.crls.len())
+            .finish()
+    }
+}
+
+/// A list's update time as unix seconds.
+fn unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let d = epoch.diff(t).ok()?;
+    Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+}
+
+impl Revocation {
+    /// Reads lists from files' bytes: each a DER CRL or one or more PEM `X509 CRL` blocks.
+    pub fn new(files: &[Vec<u8>], policy: RevocationPolicy) -> Result<Self, RevocationError> {
+        let mut crls = Vec::new();
+        for bytes in files {
+            for crl in parse(bytes)? {
+                let this_update = unix(crl.last_update()).ok_or(RevocationError::BadTime)?;
+                let next_update = match crl.next_update() {
+                    Some(t) => Some(unix(t).ok_or(RevocationError::BadTime)?),
+                    None => None,
+                };
+                crls.push(Crl {
+                    crl,
+                    this_update,
+                    next_update,
+                });
+            }
+        }
+        Ok(Self {
+            crls: Arc::new(crls),
+            policy,
+        })
+    }
+
+    pub fn policy(&self) -> RevocationPolicy {
+        self.policy
+    }
+    /// How many lists were read.
+    pub fn lists(&self) -> usize {
+        self.crls.len()
+    }
+
+    /// The status of `cert`, issued by `issuer`, at `at` (unix seconds). A list counts only
+    /// when `issuer`'s key signed it (indirect CRLs are not supported); it speaks for `at`
+    /// when `at` lies between its thisUpdate and nextUpdate (a list without nextUpdate
+    /// never goes stale), but lists a revocation whatever its age.
+    pub fn status(&self, cert: &X509Ref, issuer: &X509Ref, at: i64) -> CertStatus {
+        let Ok(issuer_key) = issuer.public_key() else {
+            return CertStatus::Unknown;
+        };
+        let mut status = CertStatus::Unknown;
+        for c in self.crls.iter() {
+            let same_issuer = c
+                .crl
+                .issuer_name()
+                .try_cmp(cert.issuer_name())
+                .is_ok_and(|o| o.is_eq());
+            if !same_issuer || !c.crl.verify(&issuer_key).unwrap_or(false) {
+                continue;
+            }
+            if let CrlStatus::Revoked(entry) = c.crl.get_by_cert(&cert.to_owned()) {
+                // A revocation dated after `at` did not exist then (`--at` in the past).
+                if unix(entry.revocation_date()).is_some_and(|d| d <= at) {
+                    return CertStatus::Revoked;
+                }
+            }
+            if c.this_update <= at && c.next_update.is_none_or(|n| at <= n) {
+                status = CertStatus::Good;
+            }
+        }
+        status
+    }
+
+    /// The worst status along a verified path (leaf first, anchor last): every certificate
+    /// but the anchor is checked against the next one as its issuer.
+    pub fn path_status(&self, path: &[Certificate], at: i64) -> CertStatus {
+        let mut worst = CertStatus::Good;
+        for pair in path.windows(2) {
+            let status = match (pair[0].x509(), pair[1].x509()) {
+                (Some(cert), Some(issuer)) => self.status(cert, issuer, at),
+                _ => CertStatus::Unknown,
+            };
+            worst = worst.max(status);
+        }
+        worst
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<Vec<X509Crl>, RevocationError> {
+    if let Ok(crl) = X509Crl::from_der(bytes) {
+        return Ok(vec![crl]);
+    }
+    // PEM: every `X509 CRL` block in the file, as a CA bundle might hold several.
+    let text = std::str::from_utf8(bytes).map_err(|_| RevocationError::NotACrl)?;
+    const BEGIN: &str = "-----BEGIN X509 CRL-----";
+    const END: &str = "-----END X509 CRL-----";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let end = rest[start..].find(END).ok_or(RevocationError::NotACrl)? + start + END.len();
+        let crl = X509Crl::from_pem(&rest.as_bytes()[start..end])
+            .map_err(|_| RevocationError::NotACrl)?;
+        out.push(crl);
+        rest = &rest[end..];
+    }
+    if out.is_empty() {
+        return Err(RevocationError::NotACrl);
+    }
+    Ok(out)
+}

@@ -1,0 +1,292 @@
+//! Revocation lists (CRLs) against messages' signers and ETKs: what each policy reports,
+//! and which lists count (signed by the issuer's key, current at the evaluation time).
+
+use etee_formats::cert::Certificate;
+use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
+use etee_formats::etk::Etk;
+use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
+use etee_formats::keystore::SoftwareKeys;
+use etee_formats::revocation::{CertStatus, Revocation, RevocationError, RevocationPolicy};
+use etee_formats::trust::{PathCheck, TrustAnchors};
+use etee_formats::verdict::Error as E;
+use etee_testpki::{Institution, InstitutionSpec, TestPki};
+use openssl::x509::X509Crl;
+use std::sync::{Arc, OnceLock};
+
+const HOUR: i64 = 3600;
+
+struct World {
+    now: i64,
+    pki: TestPki,
+    /// Same root name as `pki`, another key: its lists must not count.
+    impostor: TestPki,
+    alice: Institution,
+    dave: Institution,
+    bob: Institution,
+    /// Bob's ETK key.
+    ring: KeyRing,
+    /// Alice's message to Bob, and Dave's.
+    from_alice: Vec<u8>,
+    from_dave: Vec<u8>,
+}
+
+fn cert(x: &openssl::x509::X509) -> Certificate {
+    Certificate::from_der(&x.to_der().expect("DER")).expect("certificate")
+}
+
+fn sealed_by(inst: &Institution, to: &Institution, now: i64) -> Vec<u8> {
+    let mut keys = SoftwareKeys::new();
+    keys.insert(KeyId("auth".into()), inst.auth.key.clone());
+    let signer = SigningKey {
+        ops: Arc::new(keys),
+        key: KeyId("auth".into()),
+        signer: SignerRef::Certificate {
+            cert: cert(&inst.auth.cert),
+            chain: vec![],
+        },
+    };
+    let mut out = Vec::new();
+    seal(
+        &signer,
+        &[Recipient::Certificate(cert(&to.etk_cert))],
+        None,
+        &b"revocation test"[..],
+        &mut out,
+        &SealOptions {
+            signing_time: Some(now),
+        },
+    )
+    .expect("seal");
+    out
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let pki = TestPki::generate("revocation").expect("PKI");
+        let impostor = TestPki::generate("revocation").expect("PKI");
+        let inst = |id: &str, name: &str| {
+            pki.institution(&InstitutionSpec::new("NIHII-HOSPITAL", id, name))
+                .expect("institution")
+        };
+        let (alice, dave, bob) = (
+            inst("71000436", "Alice"),
+            inst("71000535", "Dave"),
+            inst("27150201", "Bob"),
+        );
+        let mut keys = SoftwareKeys::new();
+        keys.insert(KeyId("bob-etk".into()), bob.etk_key.clone());
+        let etk_cert = cert(&bob.etk_cert);
+        let mut ring = KeyRing::new();
+        ring.add(DecryptionKey {
+            ops: Arc::new(keys),
+            key: KeyId("bob-etk".into()),
+            serial: etk_cert.serial().to_vec(),
+            cert: Some(etk_cert),
+            ski: None,
+            modulus_bits: bob.etk_key.bits(),
+        });
+        World {
+            from_alice: sealed_by(&alice, &bob, now),
+            from_dave: sealed_by(&dave, &bob, now),
+            now,
+            pki,
+            impostor,
+            alice,
+            dave,
+            bob,
+            ring,
+        }
+    })
+}
+
+/// A list of `pki`'s root revoking Alice's authentication certificate an hour ago,
+/// current from two hours ago until `next_update`.
+fn alice_revoked_by(pki: &TestPki, next_update: i64) -> Vec<u8> {
+    let w = world();
+    let serial = w.alice.auth.cert.serial_number();
+    pki.crl(&[(serial, w.now - HOUR)], 1, w.now - 2 * HOUR, next_update)
+        .expect("CRL")
+        .to_der()
+        .expect("DER")
+}
+
+fn anchors(lists: &[Vec<u8>], policy: RevocationPolicy) -> TrustAnchors {
+    let w = world();
+    TrustAnchors::new(vec![cert(&w.pki.root.cert)])
+        .with_revocation(Revocation::new(lists, policy).expect("lists"))
+}
+
+fn errors(msg: &[u8], anchors: TrustAnchors) -> (Vec<E>, bool) {
+    let w = world();
+    let opts = UnsealOptions {
+        anchors,
+        at: Some(w.now),
+        ..Default::default()
+    };
+    let (result, content) = unseal_to_vec(msg, &w.ring, &opts);
+    assert!(result.verdict.fatal.is_none(), "{:?}", result.verdict);
+    (result.verdict.errors, content.is_some())
+}
+
+#[test]
+fn a_revoked_sender_is_refused_under_either_policy_and_the_others_open() {
+    let w = world();
+    let list = vec![alice_revoked_by(&w.pki, w.now + HOUR)];
+    for policy in [RevocationPolicy::Optional, RevocationPolicy::Mandatory] {
+        let (errs, released) = errors(&w.from_alice, anchors(&list, policy));
+        assert_eq!(errs, vec![E::OUTER_CERTIFICATE_REVOKED], "{policy}");
+        assert!(!released, "content of a revoked sender released ({policy})");
+        let (errs, released) = errors(&w.from_dave, anchors(&list, policy));
+        assert_eq!(errs, vec![], "{policy}");
+        assert!(released);
+    }
+    // Without a policy the lists are not looked at (the official verdicts of record).
+    let (errs, released) = errors(&w.from_alice, anchors(&list, RevocationPolicy::None));
+    assert_eq!(errs, vec![]);
+    assert!(released);
+}
+
+#[test]
+fn mandatory_needs_a_current_list_signed_by_the_issuer() {
+    let w = world();
+    let mandatory = |lists: &[Vec<u8>]| anchors(lists, RevocationPolicy::Mandatory);
+    // No list at all: nobody's status is known.
+    assert_eq!(
+        errors(&w.from_dave, mandatory(&[])).0,
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    // A list under the root's name but signed by another key: ignored, so Alice is not
+    // revoked by it and her status stays unknown.
+    let forged = vec![alice_revoked_by(&w.impostor, w.now + HOUR)];
+    assert_eq!(
+        errors(&w.from_alice, mandatory(&forged)).0,
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    // The optional policy lets unknown statuses pass.
+    let optional = anchors(&forged, RevocationPolicy::Optional);
+    assert_eq!(errors(&w.from_alice, optional).0, vec![]);
+    // A stale list (nextUpdate passed) says nothing of Dave now, but still lists Alice.
+    let stale = vec![alice_revoked_by(&w.pki, w.now - 60)];
+    assert_eq!(
+        errors(&w.from_dave, mandatory(&stale)).0,
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    assert_eq!(
+        errors(&w.from_alice, mandatory(&stale)).0,
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+}
+
+#[test]
+fn statuses_follow_the_evaluation_time() {
+    let w = world();
+    let list = vec![alice_revoked_by(&w.pki, w.now + HOUR)];
+    let revocation = Revocation::new(&list, RevocationPolicy::Mandatory).unwrap();
+    let (alice, root) = (&w.alice.auth.cert, &w.pki.root.cert);
+    assert_eq!(revocation.status(alice, root, w.now), CertStatus::Revoked);
+    // Before the revocation (the list was current from two hours ago): good.
+    assert_eq!(
+        revocation.status(alice, root, w.now - 90 * 60),
+        CertStatus::Good
+    );
+    // Before the list: it cannot speak for that time.
+    assert_eq!(
+        revocation.status(alice, root, w.now - 3 * HOUR),
+        CertStatus::Unknown
+    );
+    // After its nextUpdate: stale for Dave, Alice stays revoked.
+    let dave = &w.dave.auth.cert;
+    assert_eq!(revocation.status(dave, root, w.now), CertStatus::Good);
+    assert_eq!(
+        revocation.status(dave, root, w.now + 2 * HOUR),
+        CertStatus::Unknown
+    );
+    assert_eq!(
+        revocation.status(alice, root, w.now + 2 * HOUR),
+        CertStatus::Revoked
+    );
+    // The path check: the leaf against the root; an untrusted leaf is not looked up.
+    let anchors = TrustAnchors::new(vec![cert(root)]).with_revocation(revocation);
+    assert_eq!(
+        anchors.check(&cert(alice), &[], w.now, w.now),
+        PathCheck::Revoked
+    );
+    assert_eq!(
+        anchors.check(&cert(dave), &[], w.now, w.now),
+        PathCheck::Trusted
+    );
+    let stranger = w
+        .impostor
+        .institution(&InstitutionSpec::new("SSIN", "12345678901", "X"));
+    let stranger = cert(&stranger.expect("institution").auth.cert);
+    assert_eq!(
+        anchors.check(&stranger, &[], w.now, w.now),
+        PathCheck::Untrusted
+    );
+}
+
+#[test]
+fn an_etk_with_a_revoked_authentication_certificate_is_refused() {
+    let w = world();
+    let list = vec![alice_revoked_by(&w.pki, w.now + HOUR)];
+    let etk = Etk::parse(&w.alice.etk).expect("ETK");
+    let none = TrustAnchors::new(vec![cert(&w.pki.root.cert)]);
+    assert_eq!(etk.validate(&none, w.now), vec![]);
+    assert_eq!(
+        etk.validate(&anchors(&list, RevocationPolicy::Optional), w.now),
+        vec![E::ETK_AUTHENTICATION_CERT_REVOKED]
+    );
+    let bob = Etk::parse(&w.bob.etk).expect("ETK");
+    assert_eq!(
+        bob.validate(&anchors(&list, RevocationPolicy::Mandatory), w.now),
+        vec![]
+    );
+    assert_eq!(
+        bob.validate(&anchors(&[], RevocationPolicy::Mandatory), w.now),
+        vec![E::ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN]
+    );
+}
+
+#[test]
+fn lists_are_read_from_der_and_pem_and_garbage_is_refused() {
+    let w = world();
+    let der = alice_revoked_by(&w.pki, w.now + HOUR);
+    let pem = X509Crl::from_der(&der).unwrap().to_pem().unwrap();
+    let mut two = pem.clone();
+    two.extend_from_slice(&X509Crl::from_der(&der).unwrap().to_pem().unwrap());
+    assert_eq!(
+        Revocation::new(std::slice::from_ref(&der), RevocationPolicy::Optional)
+            .unwrap()
+            .lists(),
+        1
+    );
+    assert_eq!(
+        Revocation::new(&[pem, two], RevocationPolicy::Optional)
+            .unwrap()
+            .lists(),
+        3
+    );
+    for bad in [
+        b"".to_vec(),
+        b"not a list".to_vec(),
+        der[..der.len() / 2].to_vec(),
+        b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n".to_vec(),
+        b"-----BEGIN X509 CRL-----\nno end".to_vec(),
+        w.pki.root.cert.to_pem().unwrap(),
+    ] {
+        assert!(
+            matches!(
+                Revocation::new(&[bad], RevocationPolicy::Optional),
+                Err(RevocationError::NotACrl)
+            ),
+            "accepted as a list"
+        );
+    }
+    assert_eq!(
+        "mandatory".parse::<RevocationPolicy>(),
+        Ok(RevocationPolicy::Mandatory)
+    );
+    assert!("sometimes".parse::<RevocationPolicy>().is_err());
+}

@@ -4,6 +4,8 @@ use crate::CliError;
 use etee_formats::cert::Certificate;
 use etee_formats::cms::ExpectedSigner;
 use etee_formats::keystore::EhealthKeystore;
+use etee_formats::revocation::{Revocation, RevocationPolicy};
+use etee_formats::trust::TrustAnchors;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -66,6 +68,66 @@ pub fn certificate(path: &Path) -> Result<Certificate, CliError> {
 
 pub fn certificates(paths: &[PathBuf]) -> Result<Vec<Certificate>, CliError> {
     paths.iter().map(|p| certificate(p)).collect()
+}
+
+/// Revocation lists and how to use them: flattened into the commands that check chains.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RevocationArgs {
+    /// A CA's certificate revocation list (DER or PEM, repeatable): a signer or ETK whose
+    /// certificate it lists is refused (…_CERTIFICATE_REVOKED).
+    #[arg(long = "crl", value_name = "FILE")]
+    pub crl: Vec<PathBuf>,
+    /// none, optional or mandatory (every certificate's status must be given by a current
+    /// list of its CA, else …_STATUS_UNKNOWN). Default: optional with --crl, else none.
+    #[arg(long, value_name = "POLICY")]
+    pub revocation: Option<RevocationPolicy>,
+}
+
+/// The trust anchors of `--trust`, with the revocation lists of `--crl`.
+/// `at` is the evaluation time, for the note on stale lists.
+pub fn anchors(
+    trust: &[PathBuf],
+    revocation: &RevocationArgs,
+    at: i64,
+) -> Result<TrustAnchors, CliError> {
+    let anchors = TrustAnchors::new(certificates(trust)?);
+    let policy = match revocation.revocation {
+        Some(policy) => policy,
+        None if revocation.crl.is_empty() => RevocationPolicy::None,
+        None => RevocationPolicy::Optional,
+    };
+    if policy == RevocationPolicy::None && !revocation.crl.is_empty() {
+        return Err(CliError::Usage(
+            "--crl with --revocation none: the lists would not be used".into(),
+        ));
+    }
+    if policy == RevocationPolicy::Mandatory && revocation.crl.is_empty() {
+        return Err(CliError::Usage(
+            "--revocation mandatory needs the CAs' lists (--crl FILE): without one no status \
+             can be known"
+                .into(),
+        ));
+    }
+    let mut lists = Vec::with_capacity(revocation.crl.len());
+    for path in &revocation.crl {
+        let bytes = read_file(path)?;
+        // Each file on its own, so that the error names the one that is wrong.
+        Revocation::new(std::slice::from_ref(&bytes), policy)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+        lists.push(bytes);
+    }
+    let revocation = Revocation::new(&lists, policy)
+        .map_err(|e| CliError::Usage(format!("revocation lists: {e}")))?;
+    revocation
+        .check_against(anchors.certs())
+        .map_err(|e| CliError::Usage(format!("--crl: {e}")))?;
+    for issuer in revocation.stale_at(at) {
+        eprintln!(
+            "etee: note: the revocation list of {issuer} is past its nextUpdate: it gives no \
+             status now (only its revocations count); get a current one"
+        );
+    }
+    Ok(anchors.with_revocation(revocation))
 }
 
 /// `--at` as unix seconds; now when absent.

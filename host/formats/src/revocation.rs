@@ -11,7 +11,7 @@
 //! claim, and a stolen key's holder could set it before the revocation.
 
 use crate::cert::Certificate;
-use openssl::x509::{CrlStatus, X509Crl, X509Ref};
+use openssl::x509::{CrlStatus, X509Crl, X509NameRef, X509Ref};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -59,6 +59,8 @@ pub enum RevocationError {
     NotACrl,
     #[error("revocation list without a thisUpdate time OpenSSL can read")]
     BadTime,
+    #[error("the revocation list of {issuer} is not signed by that trust anchor's key")]
+    NotSignedByAnchor { issuer: String },
 }
 
 /// What the lists say of one certificate at one time.
@@ -94,8 +96,8 @@ impl fmt::Debug for Revocation {
     }
 }
 
-/// A list's update time as unix seconds.
-fn unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
+/// An ASN.1 time (a list's update times, a revocation date) as unix seconds.
+pub fn unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
     let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
     let d = epoch.diff(t).ok()?;
     Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
@@ -164,6 +166,45 @@ impl Revocation {
         status
     }
 
+    /// Checks the lists issued under a trust anchor's name against that anchor's key, so
+    /// that a damaged or forged list is reported when it is loaded rather than ignored at
+    /// each use. Lists of other CAs (intermediates) are checked at use, against the issuer
+    /// on the path.
+    pub fn check_against(&self, anchors: &[Certificate]) -> Result<(), RevocationError> {
+        for c in self.crls.iter() {
+            let named: Vec<&X509Ref> = anchors
+                .iter()
+                .filter_map(|a| a.x509())
+                .filter(|a| {
+                    a.subject_name()
+                        .try_cmp(c.crl.issuer_name())
+                        .is_ok_and(|o| o.is_eq())
+                })
+                .map(|a| a.as_ref())
+                .collect();
+            let signed = named.iter().any(|a| {
+                a.public_key()
+                    .is_ok_and(|k| c.crl.verify(&k).unwrap_or(false))
+            });
+            if !named.is_empty() && !signed {
+                return Err(RevocationError::NotSignedByAnchor {
+                    issuer: name_text(c.crl.issuer_name()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The issuers (as text) of lists whose nextUpdate has passed at `at`: they still
+    /// list revocations, but give no status for that time.
+    pub fn stale_at(&self, at: i64) -> Vec<String> {
+        self.crls
+            .iter()
+            .filter(|c| c.next_update.is_some_and(|n| n < at))
+            .map(|c| name_text(c.crl.issuer_name()))
+            .collect()
+    }
+
     /// The worst status along a verified path (leaf first, anchor last): every certificate
     /// but the anchor is checked against the next one as its issuer.
     pub fn path_status(&self, path: &[Certificate], at: i64) -> CertStatus {
@@ -177,6 +218,19 @@ impl Revocation {
         }
         worst
     }
+}
+
+/// A name for messages, `CN=…, O=…` (last RDN first, as certificates are shown here).
+fn name_text(name: &X509NameRef) -> String {
+    let parts: Vec<String> = name
+        .entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?");
+            let value = e.data().to_string().unwrap_or_default();
+            format!("{key}={value}")
+        })
+        .collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join(", ")
 }
 
 fn parse(bytes: &[u8]) -> Result<Vec<X509Crl>, RevocationError> {

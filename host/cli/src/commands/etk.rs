@@ -3,7 +3,6 @@
 use crate::{inputs, CliError};
 use etee_formats::etk::Etk;
 use etee_formats::identity;
-use etee_formats::trust::TrustAnchors;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +16,8 @@ pub enum Command {
         /// Trust anchors for the authentication certificate's chain.
         #[arg(long, value_name = "CERT")]
         trust: Vec<PathBuf>,
+        #[command(flatten)]
+        revocation: inputs::RevocationArgs,
         /// Evaluate at this time (RFC 3339) instead of now.
         #[arg(long, value_name = "RFC3339")]
         at: Option<String>,
@@ -30,6 +31,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let Command::Verify {
         etk: path,
         trust,
+        revocation,
         at,
         json,
     } = command;
@@ -45,8 +47,8 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(1));
         }
     };
-    let anchors = TrustAnchors::new(inputs::certificates(&trust)?);
     let at = inputs::evaluation_time(at.as_deref())?;
+    let anchors = inputs::anchors(&trust, &revocation, at)?;
     let errors = etk.validate(&anchors, at);
     let enc = etk.encryption_cert();
     let auth = etk.authentication_cert();

@@ -30,6 +30,28 @@ use zeroize::Zeroizing;
 pub enum Command {
     /// Same as `etee platform pki`.
     Init(WorldArgs),
+    /// Revoke institutions' authentication certificates: (re)issue the world CA's
+    /// revocation list, ca.crl (DER) and ca-crl.pem, for `--crl` of seal, unseal and
+    /// `etk verify`. Without --name or --cert, the list is issued again with a new
+    /// nextUpdate (a list must be reissued before it goes stale).
+    Revoke(RevokeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RevokeArgs {
+    /// The world's directory (made by `etee pki init`).
+    dir: PathBuf,
+    /// An institution of the world whose authentication certificate (the one in
+    /// <NAME>.etk) is revoked (repeatable).
+    #[arg(long = "name", value_name = "NAME")]
+    names: Vec<String>,
+    /// A certificate issued by the world's CA to revoke (repeatable).
+    #[arg(long = "cert", value_name = "FILE")]
+    certs: Vec<PathBuf>,
+    /// How long the list is current: its nextUpdate is this many seconds from now (default
+    /// seven days).
+    #[arg(long, value_name = "SECONDS", default_value_t = 7 * 24 * 60 * 60)]
+    valid_for: u32,
 }
 
 #[derive(clap::Args)]
@@ -67,8 +89,128 @@ pub struct WorldArgs {
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
-    let Command::Init(args) = command;
-    make_world(args)
+    match command {
+        Command::Init(args) => make_world(args),
+        Command::Revoke(args) => revoke(args),
+    }
+}
+
+/// Adds the named certificates to the world CA's list and signs it anew (CRL number one
+/// higher), keeping what it revoked before.
+fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
+    if !args.dir.join("ca.pem").is_file() {
+        return Err(CliError::Usage(format!(
+            "{}: not a world (no ca.pem): make one with `etee pki init`",
+            args.dir.display()
+        )));
+    }
+    let (pki, _) = open_or_create_ca(&args.dir)?;
+    let mut targets: Vec<(String, X509)> = Vec::new();
+    for name in &args.names {
+        if !is_file_name(name) {
+            return Err(CliError::Usage(format!(
+                "--name {name:?}: not an institution name"
+            )));
+        }
+        let file = format!("{name}.etk");
+        let etk = Etk::parse(&read(&args.dir, &file)?).map_err(|source| CliError::Etk {
+            path: file.clone(),
+            source,
+        })?;
+        let x = X509::from_der(etk.authentication_cert().der()).map_err(openssl_err)?;
+        targets.push((name.clone(), x));
+    }
+    for path in &args.certs {
+        let x = crate::inputs::certificate(path)?
+            .x509()
+            .cloned()
+            .ok_or_else(|| CliError::Usage(format!("{}: unreadable by OpenSSL", path.display())))?;
+        targets.push((path.display().to_string(), x));
+    }
+    for (what, x) in &targets {
+        let issued_here = x
+            .issuer_name()
+            .try_cmp(pki.root.cert.subject_name())
+            .is_ok_and(|o| o.is_eq())
+            && x.verify(&pki.root.key).unwrap_or(false);
+        if !issued_here {
+            return Err(CliError::Usage(format!(
+                "{what}: its certificate was not issued by this world's CA"
+            )));
+        }
+    }
+    let now = etee_platform::unix_now();
+    let (mut entries, number) = current_list(&args.dir, &pki)?;
+    for (what, x) in &targets {
+        let serial = x.serial_number().to_owned().map_err(openssl_err)?;
+        let listed = entries.iter().any(|(s, _)| {
+            s.to_bn()
+                .ok()
+                .zip(serial.to_bn().ok())
+                .is_some_and(|(a, b)| a == b)
+        });
+        let decimal = serial
+            .to_bn()
+            .and_then(|b| b.to_dec_str().map(|d| d.to_string()))
+            .map_err(openssl_err)?;
+        if listed {
+            outln!("{what}: already revoked (serial {decimal})")?;
+        } else {
+            outln!("{what}: revoked (serial {decimal})")?;
+            entries.push((serial, now));
+        }
+    }
+    let next_update = now + i64::from(args.valid_for);
+    let refs: Vec<_> = entries.iter().map(|(s, t)| (s.as_ref(), *t)).collect();
+    let crl = pki
+        .crl(&refs, number + 1, now, next_update)
+        .map_err(|e| CliError::Usage(format!("issuing the revocation list: {e}")))?;
+    write(&args.dir, "ca-crl.pem", &crl.to_pem().map_err(openssl_err)?)?;
+    write(&args.dir, "ca.crl", &crl.to_der().map_err(openssl_err)?)?;
+    outln!(
+        "ca.crl: number {}, {} revoked, current until {}",
+        number + 1,
+        entries.len(),
+        time::OffsetDateTime::from_unix_timestamp(next_update)
+            .ok()
+            .and_then(|t| t
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok())
+            .unwrap_or_else(|| next_update.to_string())
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The entries and CRL number of the world's current list (none, 0 without one). A list
+/// that the CA did not sign is refused rather than replaced.
+#[allow(clippy::type_complexity)]
+fn current_list(
+    dir: &Path,
+    pki: &TestPki,
+) -> Result<(Vec<(openssl::asn1::Asn1Integer, i64)>, u64), CliError> {
+    if !dir.join("ca.crl").is_file() {
+        return Ok((Vec::new(), 0));
+    }
+    let bad = |why: &str| CliError::Usage(format!("{}: {why}", dir.join("ca.crl").display()));
+    let crl = openssl::x509::X509Crl::from_der(&read(dir, "ca.crl")?)
+        .map_err(|_| bad("not a revocation list"))?;
+    if !crl.verify(&pki.root.key).unwrap_or(false) {
+        return Err(bad("not signed by this world's CA"));
+    }
+    let number = crl
+        .extension::<openssl::x509::extension::CrlNumber>()
+        .ok()
+        .flatten()
+        .and_then(|(_, n)| n.to_bn().ok())
+        .and_then(|n| n.to_dec_str().ok().and_then(|d| d.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let mut entries = Vec::new();
+    for r in crl.get_revoked().into_iter().flatten() {
+        let at = etee_formats::revocation::unix(r.revocation_date())
+            .ok_or_else(|| bad("a revocation date OpenSSL cannot read"))?;
+        entries.push((r.serial_number().to_owned().map_err(openssl_err)?, at));
+    }
+    Ok((entries, number))
 }
 
 /// One institution to issue.

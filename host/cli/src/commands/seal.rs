@@ -6,7 +6,6 @@
 use crate::{inputs, output, CliError};
 use etee_formats::cms::{self, Kek, Recipient, SealOptions};
 use etee_formats::etk::Etk;
-use etee_formats::trust::TrustAnchors;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,6 +41,8 @@ pub struct Args {
     /// Trust anchors for checking the recipients' ETKs before sealing.
     #[arg(long, value_name = "CERT")]
     trust: Vec<PathBuf>,
+    #[command(flatten)]
+    revocation: inputs::RevocationArgs,
     /// Seal even for ETKs that fail the official checks (without it such an ETK is
     /// refused, exit 1).
     #[arg(long)]
@@ -84,8 +85,8 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             ))
         }
     };
-    let anchors = TrustAnchors::new(inputs::certificates(&args.trust)?);
     let now = inputs::evaluation_time(None)?;
+    let anchors = inputs::anchors(&args.trust, &args.revocation, now)?;
     let mut recipients = Vec::new();
     for path in &args.to {
         let etk = Etk::parse(&inputs::read_file(path)?).map_err(|source| CliError::Etk {
@@ -146,7 +147,8 @@ fn etk_refusal(path: &str, names: &[&str]) -> String {
     let mut text = format!("ETK {path} fails the official checks: {}", names.join(", "));
     let chain = names
         .iter()
-        .any(|n| n.ends_with("STATUS_UNKNOWN") || n.ends_with("REVOKED") || n.contains("CHAIN"));
+        .any(|n| n.ends_with("STATUS_UNKNOWN") || n.contains("CHAIN"));
+    let revoked = names.iter().any(|n| n.ends_with("REVOKED"));
     let dates = names
         .iter()
         .any(|n| n.ends_with("EXPIRED") || n.ends_with("NOT_YET_VALID"));
@@ -159,8 +161,15 @@ fn etk_refusal(path: &str, names: &[&str]) -> String {
     });
     if chain {
         text.push_str(
-            "\n  - its certificate does not chain to a --trust anchor: check that --trust names \
-             the CA the recipient's ETK must chain to",
+            "\n  - its certificate does not chain to a --trust anchor (or, with --revocation \
+             mandatory, no current --crl gives its status): check that --trust names the CA \
+             the recipient's ETK must chain to",
+        );
+    }
+    if revoked {
+        text.push_str(
+            "\n  - its CA has revoked the recipient's certificate (--crl): do not seal to this \
+             key; ask the recipient for its current ETK",
         );
     }
     if dates {
@@ -203,6 +212,11 @@ mod tests {
         assert!(expired.contains("current ETK"), "{expired}");
         assert!(!expired.contains("--trust"), "{expired}");
         assert!(expired.contains("--skip-etk-check"), "{expired}");
+
+        let revoked = etk_refusal("bob.etk", &["ETK_AUTHENTICATION_CERT_REVOKED"]);
+        assert!(revoked.contains("revoked"), "{revoked}");
+        assert!(!revoked.contains("--trust anchor"), "{revoked}");
+        assert!(!revoked.contains("malformed"), "{revoked}");
 
         let bad = etk_refusal("bob.etk", &["ETK_CERTS_DO_NOT_MATCH"]);
         assert!(bad.contains("malformed"), "{bad}");

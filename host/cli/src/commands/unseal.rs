@@ -3,7 +3,6 @@
 use crate::{inputs, output::Pending, CliError};
 use etee_formats::cms::{self, UnsealOptions, Unsealed};
 use etee_formats::keys::KeyRing;
-use etee_formats::trust::TrustAnchors;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +34,8 @@ pub struct Args {
     /// Trust anchors (certificate files) for the signers' chains.
     #[arg(long, value_name = "CERT")]
     trust: Vec<PathBuf>,
+    #[command(flatten)]
+    revocation: inputs::RevocationArgs,
     /// Evaluate at this time (RFC 3339) instead of now, for reproducible verdicts.
     #[arg(long, value_name = "RFC3339")]
     at: Option<String>,
@@ -78,11 +79,12 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         None => None,
     };
+    let at = inputs::evaluation_time(args.at.as_deref())?;
     let opts = UnsealOptions {
-        anchors: TrustAnchors::new(inputs::certificates(&args.trust)?),
+        anchors: inputs::anchors(&args.trust, &args.revocation, at)?,
         kek,
         expected_signers: inputs::expected_signers(&args.expect_signer, &args.expect_key)?,
-        at: Some(inputs::evaluation_time(args.at.as_deref())?),
+        at: Some(at),
         signing_time_expiration: args.signing_time_expiration,
         clock_skew: args.clock_skew,
         ..Default::default()

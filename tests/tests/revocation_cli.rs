@@ -1,0 +1,245 @@
+//! Revocation with the world CA's list: `etee pki revoke` issues it (OpenSSL agrees on
+//! its signature and on what it revokes), and `--crl` makes `unseal`, `seal` and
+//! `etk verify` refuse the revoked institution, under the optional and the mandatory
+//! policy, while the others go on; a damaged list is refused when loaded.
+
+use etee_e2e::{etee, openssl_cli, outer_certificate_pem, scratch, World};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn errors(v: &Value) -> Vec<String> {
+    v["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors array: {v}"))
+        .iter()
+        .map(|e| e.as_str().expect("name").to_string())
+        .collect()
+}
+
+/// `openssl` with these arguments: its exit code and everything it printed.
+fn openssl_says(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("running openssl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_revoked_institution_is_refused_by_every_receiver_that_has_the_list() {
+    let w = World::create();
+    let dir = scratch();
+    let from_alice = w.seal(dir.path(), "alice", &["bob"], b"for Bob");
+    let from_bob = w.seal(dir.path(), "bob", &["alice"], b"for Alice");
+    let crl = w.path("ca.crl");
+    let crl_arg = crl.to_str().unwrap();
+
+    let out = etee(["pki", "revoke"])
+        .arg(w.dir())
+        .args(["--name", "alice"])
+        .run();
+    out.code(0);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(report.contains("alice: revoked (serial "), "{report}");
+    assert!(report.contains("number 1, 1 revoked"), "{report}");
+    assert!(w.path("ca-crl.pem").is_file());
+
+    // OpenSSL, independently: the list is the CA's, Alice's certificate is revoked by it,
+    // Bob's is not.
+    if openssl_cli() {
+        let pem = |sealed: &[u8], needle: &str, name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, outer_certificate_pem(sealed, needle)).unwrap();
+            path
+        };
+        let alice = pem(&from_alice, "alice", "alice-auth.pem");
+        let bob = pem(&from_bob, "bob", "bob-auth.pem");
+        let (_, text) = openssl_says(&[
+            "crl".as_ref(),
+            "-inform".as_ref(),
+            "DER".as_ref(),
+            "-in".as_ref(),
+            crl.as_os_str(),
+            "-CAfile".as_ref(),
+            w.ca().as_os_str(),
+            "-noout".as_ref(),
+        ]);
+        assert!(text.contains("verify OK"), "{text}");
+        let verify = |cert: &Path| {
+            openssl_says(&[
+                "verify".as_ref(),
+                "-crl_check".as_ref(),
+                "-CRLfile".as_ref(),
+                w.path("ca-crl.pem").as_os_str(),
+                "-CAfile".as_ref(),
+                w.ca().as_os_str(),
+                cert.as_os_str(),
+            ])
+        };
+        let (ok, text) = verify(&alice);
+        assert!(!ok && text.contains("certificate revoked"), "{text}");
+        let (ok, text) = verify(&bob);
+        assert!(ok && text.contains("OK"), "{text}");
+    }
+
+    // Bob with the list: Alice's message is refused, under either policy.
+    for extra in [
+        vec!["--crl", crl_arg],
+        vec!["--crl", crl_arg, "--revocation", "mandatory"],
+    ] {
+        let r = w.unseal(dir.path(), "bob", &from_alice, &extra);
+        r.run.code(1);
+        assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
+        assert!(!r.out.exists(), "content of a revoked sender released");
+    }
+    // Without it, the default policy (none): as before the revocation.
+    let r = w.unseal(dir.path(), "bob", &from_alice, &[]);
+    r.run.code(0);
+    assert_eq!(r.content(), b"for Bob");
+    // Alice (still holding her keys) opens Bob's message with the list, also mandatory:
+    // the list gives Bob's status.
+    let r = w.unseal(
+        dir.path(),
+        "alice",
+        &from_bob,
+        &["--crl", crl_arg, "--revocation", "mandatory"],
+    );
+    r.run.code(0);
+    assert_eq!(r.content(), b"for Alice");
+
+    // Sealing to Alice's ETK with the list is refused, saying why; `etk verify` agrees.
+    let out = etee(["seal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--to")
+        .arg(w.etk("alice"))
+        .arg("--trust")
+        .arg(w.ca())
+        .args(["--crl", crl_arg])
+        .password(&w.password)
+        .stdin(b"x".to_vec())
+        .run();
+    out.code(1);
+    assert!(
+        out.stderr.contains("ETK_AUTHENTICATION_CERT_REVOKED") && out.stderr.contains("revoked"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "a message was written");
+    let verify = etee(["etk", "verify", "--json", "--trust"])
+        .arg(w.ca())
+        .args(["--crl", crl_arg])
+        .arg(w.etk("alice"))
+        .run();
+    verify.code(1);
+    assert_eq!(
+        errors(&verify.json()),
+        vec!["ETK_AUTHENTICATION_CERT_REVOKED"]
+    );
+    let verify = etee(["etk", "verify", "--json", "--trust"])
+        .arg(w.ca())
+        .args(["--crl", crl_arg, "--revocation", "mandatory"])
+        .arg(w.etk("bob"))
+        .run();
+    verify.code(0);
+    assert_eq!(errors(&verify.json()), Vec::<String>::new());
+
+    // Issued again (no name): the number rises, Alice stays on it.
+    let out = etee(["pki", "revoke"]).arg(w.dir()).run();
+    out.code(0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("number 2, 1 revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = w.unseal(dir.path(), "bob", &from_alice, &["--crl", crl_arg]);
+    assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
+}
+
+/// `etee unseal` as Bob that is expected to stop before reading the message.
+fn refused_unseal(w: &World, extra: &[&str]) -> etee_e2e::Output {
+    let out = etee(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .args(extra)
+        .password(&w.password)
+        .stdin(b"unread".to_vec())
+        .run();
+    out.code(2);
+    assert!(out.stdout.is_empty(), "content written");
+    out
+}
+
+#[test]
+fn bad_lists_and_policies_are_usage_errors() {
+    let w = World::shared();
+    let dir = scratch();
+    let out = etee(["pki", "revoke"]).arg(dir.path()).run();
+    out.code(2);
+    assert!(out.stderr.contains("not a world"), "{}", out.stderr);
+
+    let garbage = dir.path().join("garbage.crl");
+    std::fs::write(&garbage, b"not a list").unwrap();
+    let out = refused_unseal(w, &["--crl", garbage.to_str().unwrap()]);
+    assert!(
+        out.stderr.contains("garbage.crl")
+            && out.stderr.contains("not a certificate revocation list"),
+        "{}",
+        out.stderr
+    );
+    // Mandatory without any list could never pass: refused up front.
+    let out = refused_unseal(w, &["--revocation", "mandatory"]);
+    assert!(out.stderr.contains("--crl"), "{}", out.stderr);
+    let out = refused_unseal(w, &["--revocation", "often"]);
+    assert!(out.stderr.contains("mandatory"), "{}", out.stderr);
+}
+
+#[test]
+fn a_damaged_list_of_a_trusted_ca_is_refused_when_loaded() {
+    let w = World::create();
+    let dir = scratch();
+    let from_alice = w.seal(dir.path(), "alice", &["bob"], b"x");
+    etee(["pki", "revoke"])
+        .arg(w.dir())
+        .args(["--name", "alice"])
+        .run()
+        .code(0);
+    let mut bytes = std::fs::read(w.path("ca.crl")).unwrap();
+    let last = bytes.len() - 5;
+    bytes[last] ^= 1;
+    let damaged = dir.path().join("damaged.crl");
+    std::fs::write(&damaged, &bytes).unwrap();
+    // Ignoring it would let Alice's message through under the optional policy.
+    let out = refused_unseal(&w, &["--crl", damaged.to_str().unwrap()]);
+    assert!(
+        out.stderr.contains("not signed by that trust anchor"),
+        "{}",
+        out.stderr
+    );
+    // Intact, the same list refuses Alice's message.
+    let r = w.unseal(
+        dir.path(),
+        "bob",
+        &from_alice,
+        &["--crl", w.path("ca.crl").to_str().unwrap()],
+    );
+    assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
+    // `pki revoke` refuses to extend a list its CA did not sign.
+    std::fs::write(w.path("ca.crl"), &bytes).unwrap();
+    let out = etee(["pki", "revoke"])
+        .arg(w.dir())
+        .args(["--name", "bob"])
+        .run();
+    out.code(2);
+    assert!(
+        out.stderr.contains("not signed by this world's CA"),
+        "{}",
+        out.stderr
+    );
+}

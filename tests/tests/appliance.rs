@@ -1167,3 +1167,104 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
     let chain = w.audit_verify("alice-hsm.toml");
     assert_eq!(chain["intact"], Value::Bool(true), "{chain}");
 }
+
+/// Revocation at Bob's appliance (`crl`, re-read when the file changes): Alice's message
+/// opens while the world CA's list is empty; once `etee pki revoke --name alice` replaces
+/// the list, without a restart, the same message is refused with
+/// `OUTER_CERTIFICATE_REVOKED` and sealing to Alice's ETK is refused too, while Bob's
+/// other correspondents are unaffected.
+#[test]
+fn a_running_appliance_follows_its_revocation_lists() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    etee_e2e::etee(["pki", "revoke"])
+        .arg(w.path("world"))
+        .run()
+        .code(0);
+    let config = w.path("bob-appliance.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[appliance]\n",
+        "[appliance]\ncrl = [\"world/ca.crl\"]\ncrl_check_seconds = 1\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let _platform = w.platform();
+    let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
+    let _bob = w.appliance("bob", "bob-appliance.toml", "bob.sock");
+    let (alice, bob) = (w.path("alice.sock"), w.path("bob.sock"));
+
+    let (status, sealed) = curl_unix(
+        &alice,
+        "POST",
+        "/v1/seal?to=NIHII-PHARMACY:27150201",
+        Some(b"for Bob"),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&sealed));
+    let unseal = || curl_unix(&bob, "POST", "/v1/unseal", Some(&sealed));
+    let (status, content) = unseal();
+    assert_eq!(
+        (status, content.as_slice()),
+        (200, &b"for Bob"[..]),
+        "{}",
+        String::from_utf8_lossy(&content)
+    );
+    let to_alice = || {
+        curl_unix(
+            &bob,
+            "POST",
+            "/v1/seal?to=NIHII-HOSPITAL:71000436",
+            Some(b"for Alice"),
+        )
+    };
+    assert_eq!(to_alice().0, 200);
+
+    etee_e2e::etee(["pki", "revoke"])
+        .arg(w.path("world"))
+        .args(["--name", "alice"])
+        .run()
+        .code(0);
+    let start = Instant::now();
+    let refused = loop {
+        let (status, body) = unseal();
+        if status != 200 {
+            break (status, json(&body));
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still opened 15 s after the list changed:\n{}",
+            std::fs::read_to_string(w.path("bob.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(refused.0, 422, "{}", refused.1);
+    assert_eq!(
+        refused.1["errors"],
+        serde_json::json!(["OUTER_CERTIFICATE_REVOKED"]),
+        "{}",
+        refused.1
+    );
+    let (status, body) = to_alice();
+    let problem = json(&body);
+    assert_eq!(status, 404, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ETK_AUTHENTICATION_CERT_REVOKED"),
+        "{problem}"
+    );
+    // Bob himself is not revoked: Alice still seals to him, and he opens it.
+    let (status, again) = curl_unix(
+        &alice,
+        "POST",
+        "/v1/seal?to=NIHII-PHARMACY:27150201",
+        Some(b"again"),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&again));
+    let (status, _) = curl_unix(&bob, "POST", "/v1/unseal", Some(&again));
+    assert_eq!(status, 422, "Alice's new message is refused too");
+    let log = std::fs::read_to_string(w.path("bob.log")).unwrap_or_default();
+    assert!(log.contains("revocation lists read again"), "{log}");
+}

@@ -4,6 +4,9 @@
 //! [appliance]
 //! hsm = "alice-hsm.toml"             # the institution's token: an etee HSM configuration
 //! trust = ["ca.pem"]                 # anchors for senders' certificates and for ETKs
+//! crl = ["ca.crl"]                   # the CAs' revocation lists (DER or PEM; default none)
+//! revocation = "optional"            # none | optional | mandatory (default: optional with crl)
+//! crl_check_seconds = 60             # the crl files are read again when they change
 //! socket = "/run/etee/appliance.sock" # the API on a Unix socket (callers known by uid)
 //! listen = "127.0.0.1:9443"          # and/or the API over HTTPS (callers known by certificate)
 //! tls_certificate = "appliance.pem"  # needed with `listen`: chain, leaf first
@@ -44,6 +47,7 @@
 //! Relative paths are relative to the configuration file. Unknown keys are refused.
 
 use crate::{ApplianceError, Result};
+use etee_formats::revocation::RevocationPolicy;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -193,6 +197,11 @@ pub struct ApplianceConfig {
     /// The etee HSM configuration of the institution's token.
     pub hsm: PathBuf,
     pub trust: Vec<PathBuf>,
+    /// Revocation lists, re-read when the files change (checked every `crl_check`).
+    pub crl: Vec<PathBuf>,
+    /// The configured policy (`None`: the default for the lists given).
+    pub revocation: Option<RevocationPolicy>,
+    pub crl_check: Duration,
     pub tls: Option<TlsApi>,
     pub socket: Option<PathBuf>,
     pub etk: Option<PathBuf>,
@@ -204,6 +213,9 @@ pub struct ApplianceConfig {
     pub platform: PlatformConfig,
     pub clients: Vec<ClientConfig>,
 }
+
+/// Default of `crl_check_seconds`: a replaced list is in use within a minute.
+pub const DEFAULT_CRL_CHECK_SECONDS: u64 = 60;
 
 /// Default of `audit_anchor_log_seconds`: an anchor in the log every hour.
 pub const DEFAULT_AUDIT_ANCHOR_LOG_SECONDS: u64 = 3600;
@@ -223,6 +235,10 @@ struct Table {
     hsm: PathBuf,
     #[serde(default)]
     trust: Vec<PathBuf>,
+    #[serde(default)]
+    crl: Vec<PathBuf>,
+    revocation: Option<String>,
+    crl_check_seconds: Option<u64>,
     listen: Option<String>,
     tls_certificate: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -386,9 +402,23 @@ impl ApplianceConfig {
                 "trust: give the CA certificates that senders' certificates and ETKs chain to",
             ));
         }
+        let revocation = t
+            .revocation
+            .as_deref()
+            .map(str::parse::<RevocationPolicy>)
+            .transpose()
+            .map_err(|e| config_error(format!("revocation: {e}")))?;
+        RevocationPolicy::effective(revocation, t.crl.len()).map_err(config_error)?;
+        let crl_check = match t.crl_check_seconds.unwrap_or(DEFAULT_CRL_CHECK_SECONDS) {
+            0 => return Err(config_error("crl_check_seconds: at least 1")),
+            s => Duration::from_secs(s),
+        };
         Ok(Self {
             hsm: rel(t.hsm),
             trust: t.trust.into_iter().map(rel).collect(),
+            crl: t.crl.into_iter().map(rel).collect(),
+            revocation,
+            crl_check,
             tls,
             socket,
             etk: t.etk.map(rel),
@@ -533,6 +563,17 @@ mod tests {
         let never = MINIMAL.replace("socket", "audit_anchor_log_seconds = 0\nsocket");
         let c = ApplianceConfig::from_toml(&never, Path::new("/etc/etee")).unwrap();
         assert_eq!(c.audit_anchor_log, None);
+        assert!(c.crl.is_empty());
+        assert_eq!(c.revocation, None);
+        assert_eq!(c.crl_check, Duration::from_secs(60));
+        let lists = MINIMAL.replace(
+            "socket",
+            "crl = [\"ca.crl\"]\nrevocation = \"mandatory\"\ncrl_check_seconds = 5\nsocket",
+        );
+        let c = ApplianceConfig::from_toml(&lists, Path::new("/etc/etee")).unwrap();
+        assert_eq!(c.crl, vec![PathBuf::from("/etc/etee/ca.crl")]);
+        assert_eq!(c.revocation, Some(RevocationPolicy::Mandatory));
+        assert_eq!(c.crl_check, Duration::from_secs(5));
     }
 
     #[test]
@@ -576,6 +617,22 @@ mod tests {
                 "https only",
             ),
             (MINIMAL.to_owned() + "colour = 1\n", "unknown field"),
+            (
+                MINIMAL.replace("socket", "revocation = \"sometimes\"\nsocket"),
+                "none, optional or mandatory",
+            ),
+            (
+                MINIMAL.replace("socket", "revocation = \"mandatory\"\nsocket"),
+                "needs the CAs' lists",
+            ),
+            (
+                MINIMAL.replace("socket", "crl = [\"c\"]\nrevocation = \"none\"\nsocket"),
+                "would not be used",
+            ),
+            (
+                MINIMAL.replace("socket", "crl_check_seconds = 0\nsocket"),
+                "at least 1",
+            ),
             (
                 MINIMAL.replace("socket", "max_connections = 4294967296\nsocket"),
                 "at most 65536",

@@ -292,6 +292,8 @@ pub struct Appliance {
     clients: Clients,
     keys: HashMap<String, CallerKeys>,
     anchors: TrustAnchors,
+    /// The revocation lists' files, read again when they change (`server`'s task).
+    crl_files: etee_services::revocation::CrlFiles,
     platform: PlatformClients,
     own_etk: tokio::sync::OnceCell<Arc<Etk>>,
     /// The custody core's audit file, from the HSM configuration read at start.
@@ -345,7 +347,10 @@ impl Appliance {
                 },
             );
         }
-        let anchors = crate::anchors(&config.trust)?;
+        let crl_files = etee_services::revocation::CrlFiles::new(config.crl.clone());
+        let anchors = crl_files
+            .load(crate::anchors(&config.trust)?, config.revocation)
+            .map_err(|e| ApplianceError::Config(e.to_string()))?;
         let platform = crate::platform_clients(&config, &custody.signing_key()?, &anchors)?;
         let own_etk = tokio::sync::OnceCell::new();
         if let Some(path) = &config.etk {
@@ -361,6 +366,7 @@ impl Appliance {
             clients,
             keys,
             anchors,
+            crl_files,
             platform,
             own_etk,
             audit_file: hsm_config.custody.audit_file.clone(),
@@ -370,6 +376,19 @@ impl Appliance {
 
     pub fn config(&self) -> &ApplianceConfig {
         &self.config
+    }
+
+    /// Reads the revocation lists again if their files changed (blocking: file reads and
+    /// a signature check per list). See [`etee_services::revocation::CrlFiles::refresh`].
+    pub fn refresh_revocation_lists(
+        &self,
+    ) -> std::result::Result<Option<usize>, etee_services::revocation::CrlFileError> {
+        self.crl_files.refresh(&self.anchors)
+    }
+
+    /// The issuers of revocation lists past their nextUpdate at `at`.
+    pub fn stale_revocation_lists(&self, at: i64) -> Vec<String> {
+        self.anchors.revocation().stale_at(at)
     }
 
     pub fn clients(&self) -> &Clients {

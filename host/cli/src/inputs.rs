@@ -91,23 +91,8 @@ pub fn anchors(
     at: i64,
 ) -> Result<TrustAnchors, CliError> {
     let anchors = TrustAnchors::new(certificates(trust)?);
-    let policy = match revocation.revocation {
-        Some(policy) => policy,
-        None if revocation.crl.is_empty() => RevocationPolicy::None,
-        None => RevocationPolicy::Optional,
-    };
-    if policy == RevocationPolicy::None && !revocation.crl.is_empty() {
-        return Err(CliError::Usage(
-            "--crl with --revocation none: the lists would not be used".into(),
-        ));
-    }
-    if policy == RevocationPolicy::Mandatory && revocation.crl.is_empty() {
-        return Err(CliError::Usage(
-            "--revocation mandatory needs the CAs' lists (--crl FILE): without one no status \
-             can be known"
-                .into(),
-        ));
-    }
+    let policy = RevocationPolicy::effective(revocation.revocation, revocation.crl.len())
+        .map_err(|e| CliError::Usage(format!("--crl/--revocation: {e}")))?;
     let mut lists = Vec::with_capacity(revocation.crl.len());
     for path in &revocation.crl {
         let bytes = read_file(path)?;

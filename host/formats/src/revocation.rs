@@ -11,10 +11,11 @@
 //! claim, and a stolen key's holder could set it before the revocation.
 
 use crate::cert::Certificate;
+use openssl::pkey::{PKeyRef, Public};
 use openssl::x509::{CrlStatus, X509Crl, X509NameRef, X509Ref};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// How revocation is checked; `None` is the default (and the official verdicts of record).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,6 +39,27 @@ impl FromStr for RevocationPolicy {
             other => Err(format!(
                 "unknown revocation policy {other:?}: none, optional or mandatory"
             )),
+        }
+    }
+}
+
+impl RevocationPolicy {
+    /// The policy in force when `given` (or nothing) is configured beside `lists` files:
+    /// by default optional with lists and none without. Refused: lists that would not be
+    /// used (none), and mandatory without a list (no status could ever be known).
+    pub fn effective(given: Option<Self>, lists: usize) -> Result<Self, String> {
+        match (given, lists) {
+            (None, 0) => Ok(Self::None),
+            (None, _) => Ok(Self::Optional),
+            (Some(Self::None), n) if n > 0 => {
+                Err("revocation lists with the policy none: they would not be used".into())
+            }
+            (Some(Self::Mandatory), 0) => Err(
+                "the mandatory revocation policy needs the CAs' lists: without one no status \
+                 can be known"
+                    .into(),
+            ),
+            (Some(p), _) => Ok(p),
         }
     }
 }
@@ -78,12 +100,34 @@ struct Crl {
     crl: X509Crl,
     this_update: i64,
     next_update: Option<i64>,
+    /// The last signature check: the issuer key's DER and the answer. Every unseal asks
+    /// again, and a list is signed by one key.
+    checked: Mutex<Option<(Vec<u8>, bool)>>,
 }
 
-/// The revocation lists a receiver knows, and how it uses them. Cheap to clone.
+impl Crl {
+    fn signed_by(&self, key: &PKeyRef<Public>) -> bool {
+        let Ok(der) = key.public_key_to_der() else {
+            return false;
+        };
+        let mut last = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, answer)) = last.as_ref() {
+            if *k == der {
+                return *answer;
+            }
+        }
+        let answer = self.crl.verify(key).unwrap_or(false);
+        *last = Some((der, answer));
+        answer
+    }
+}
+
+/// The revocation lists a receiver knows, and how it uses them. Cheap to clone; clones
+/// share the lists, so that [`Revocation::replace`] (a long-running service re-reading
+/// its files) reaches every holder at once.
 #[derive(Clone, Default)]
 pub struct Revocation {
-    crls: Arc<Vec<Crl>>,
+    crls: Arc<RwLock<Arc<Vec<Crl>>>>,
     policy: RevocationPolicy,
 }
 
@@ -91,7 +135,7 @@ impl fmt::Debug for Revocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Revocation")
             .field("policy", &self.policy)
-            .field("lists", &self.crls.len())
+            .field("lists", &self.lists())
             .finish()
     }
 }
@@ -106,25 +150,29 @@ pub fn unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
 impl Revocation {
     /// Reads lists from files' bytes: each a DER CRL or one or more PEM `X509 CRL` blocks.
     pub fn new(files: &[Vec<u8>], policy: RevocationPolicy) -> Result<Self, RevocationError> {
-        let mut crls = Vec::new();
-        for bytes in files {
-            for crl in parse(bytes)? {
-                let this_update = unix(crl.last_update()).ok_or(RevocationError::BadTime)?;
-                let next_update = match crl.next_update() {
-                    Some(t) => Some(unix(t).ok_or(RevocationError::BadTime)?),
-                    None => None,
-                };
-                crls.push(Crl {
-                    crl,
-                    this_update,
-                    next_update,
-                });
-            }
-        }
         Ok(Self {
-            crls: Arc::new(crls),
+            crls: Arc::new(RwLock::new(Arc::new(read_all(files)?))),
             policy,
         })
+    }
+
+    /// Replaces the lists (for this value and every clone) with those of `files`, checked
+    /// as [`Revocation::check_against`] does; on an error the lists in use stay.
+    /// Returns how many lists are now in use.
+    pub fn replace(
+        &self,
+        files: &[Vec<u8>],
+        anchors: &[Certificate],
+    ) -> Result<usize, RevocationError> {
+        let fresh = read_all(files)?;
+        check_signed(&fresh, anchors)?;
+        let n = fresh.len();
+        *self.crls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(n)
+    }
+
+    fn current(&self) -> Arc<Vec<Crl>> {
+        self.crls.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn policy(&self) -> RevocationPolicy {
@@ -132,7 +180,7 @@ impl Revocation {
     }
     /// How many lists were read.
     pub fn lists(&self) -> usize {
-        self.crls.len()
+        self.current().len()
     }
 
     /// The status of `cert`, issued by `issuer`, at `at` (unix seconds). A list counts only
@@ -144,13 +192,13 @@ impl Revocation {
             return CertStatus::Unknown;
         };
         let mut status = CertStatus::Unknown;
-        for c in self.crls.iter() {
+        for c in self.current().iter() {
             let same_issuer = c
                 .crl
                 .issuer_name()
                 .try_cmp(cert.issuer_name())
                 .is_ok_and(|o| o.is_eq());
-            if !same_issuer || !c.crl.verify(&issuer_key).unwrap_or(false) {
+            if !same_issuer || !c.signed_by(&issuer_key) {
                 continue;
             }
             if let CrlStatus::Revoked(entry) = c.crl.get_by_cert(&cert.to_owned()) {
@@ -171,34 +219,13 @@ impl Revocation {
     /// each use. Lists of other CAs (intermediates) are checked at use, against the issuer
     /// on the path.
     pub fn check_against(&self, anchors: &[Certificate]) -> Result<(), RevocationError> {
-        for c in self.crls.iter() {
-            let named: Vec<&X509Ref> = anchors
-                .iter()
-                .filter_map(|a| a.x509())
-                .filter(|a| {
-                    a.subject_name()
-                        .try_cmp(c.crl.issuer_name())
-                        .is_ok_and(|o| o.is_eq())
-                })
-                .map(|a| a.as_ref())
-                .collect();
-            let signed = named.iter().any(|a| {
-                a.public_key()
-                    .is_ok_and(|k| c.crl.verify(&k).unwrap_or(false))
-            });
-            if !named.is_empty() && !signed {
-                return Err(RevocationError::NotSignedByAnchor {
-                    issuer: name_text(c.crl.issuer_name()),
-                });
-            }
-        }
-        Ok(())
+        check_signed(&self.current(), anchors)
     }
 
     /// The issuers (as text) of lists whose nextUpdate has passed at `at`: they still
     /// list revocations, but give no status for that time.
     pub fn stale_at(&self, at: i64) -> Vec<String> {
-        self.crls
+        self.current()
             .iter()
             .filter(|c| c.next_update.is_some_and(|n| n < at))
             .map(|c| name_text(c.crl.issuer_name()))
@@ -231,6 +258,50 @@ fn name_text(name: &X509NameRef) -> String {
         })
         .collect();
     parts.into_iter().rev().collect::<Vec<_>>().join(", ")
+}
+
+fn check_signed(crls: &[Crl], anchors: &[Certificate]) -> Result<(), RevocationError> {
+    for c in crls {
+        let named: Vec<&X509Ref> = anchors
+            .iter()
+            .filter_map(|a| a.x509())
+            .filter(|a| {
+                a.subject_name()
+                    .try_cmp(c.crl.issuer_name())
+                    .is_ok_and(|o| o.is_eq())
+            })
+            .map(|a| a.as_ref())
+            .collect();
+        let signed = named
+            .iter()
+            .any(|a| a.public_key().is_ok_and(|k| c.signed_by(&k)));
+        if !named.is_empty() && !signed {
+            return Err(RevocationError::NotSignedByAnchor {
+                issuer: name_text(c.crl.issuer_name()),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn read_all(files: &[Vec<u8>]) -> Result<Vec<Crl>, RevocationError> {
+    let mut crls = Vec::new();
+    for bytes in files {
+        for crl in parse(bytes)? {
+            let this_update = unix(crl.last_update()).ok_or(RevocationError::BadTime)?;
+            let next_update = match crl.next_update() {
+                Some(t) => Some(unix(t).ok_or(RevocationError::BadTime)?),
+                None => None,
+            };
+            crls.push(Crl {
+                crl,
+                this_update,
+                next_update,
+                checked: Mutex::new(None),
+            });
+        }
+    }
+    Ok(crls)
 }
 
 fn parse(bytes: &[u8]) -> Result<Vec<X509Crl>, RevocationError> {

@@ -290,3 +290,41 @@ fn lists_are_read_from_der_and_pem_and_garbage_is_refused() {
     );
     assert!("sometimes".parse::<RevocationPolicy>().is_err());
 }
+
+#[test]
+fn replaced_lists_reach_every_clone_and_a_bad_replacement_changes_nothing() {
+    let w = world();
+    let anchors = anchors(&[], RevocationPolicy::Optional);
+    let held_elsewhere = anchors.clone();
+    assert_eq!(errors(&w.from_alice, held_elsewhere.clone()).0, vec![]);
+    let list = alice_revoked_by(&w.pki, w.now + HOUR);
+    assert_eq!(
+        anchors
+            .revocation()
+            .replace(std::slice::from_ref(&list), anchors.certs())
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        errors(&w.from_alice, held_elsewhere.clone()).0,
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+    // A list under the root's name that its key did not sign, or garbage: refused, and
+    // the list in use stays.
+    let forged = alice_revoked_by(&w.impostor, w.now + HOUR);
+    for bad in [forged, b"garbage".to_vec()] {
+        assert!(anchors
+            .revocation()
+            .replace(&[bad], anchors.certs())
+            .is_err());
+        assert_eq!(
+            errors(&w.from_alice, held_elsewhere.clone()).0,
+            vec![E::OUTER_CERTIFICATE_REVOKED]
+        );
+    }
+    assert_eq!(
+        anchors.revocation().replace(&[], anchors.certs()).unwrap(),
+        0
+    );
+    assert_eq!(errors(&w.from_alice, held_elsewhere).0, vec![]);
+}

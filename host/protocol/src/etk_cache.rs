@@ -10,7 +10,8 @@
 //!   [`ProtocolError::EtkInvalid`] otherwise;
 //! - an entry expires at the earliest of its encryption certificates' `notAfter` and the
 //!   fetch time plus a TTL (default one hour, so that a replaced ETK is seen), and is checked
-//!   again for validity when served;
+//!   again for validity when served (and, with revocation lists, for revocation: the lists
+//!   may have been replaced since);
 //! - the choice rule of spec §4.1: without an application id, when ETKDepot answers
 //!   several `MatchingEtk`, each is fetched separately, as the official connector does,
 //!   by the entry's own identifier, and kept if its authentication certificate names the
@@ -33,6 +34,7 @@ use crate::error::{ProtocolError, Result};
 use crate::etkdepot::{EtkAnswer, EtkDepotClient};
 use etee_formats::etk::Etk;
 use etee_formats::identity::{canonical_type, normalize_value, Identity};
+use etee_formats::revocation::RevocationPolicy;
 use etee_formats::trust::TrustAnchors;
 use etee_services::etkdepot::Identifier;
 use std::collections::HashMap;
@@ -171,10 +173,14 @@ impl EtkCache {
     fn cached(&self, key: &CacheKey, now: i64) -> Option<Vec<Etk>> {
         let mut entries = self.lock();
         let entry = entries.get(key)?;
+        // Revocation lists may have been replaced since the fetch (a service re-reading
+        // its files): a cached ETK is checked against the lists in use.
+        let revocation = self.anchors.revocation().policy() != RevocationPolicy::None;
         let live = now < entry.expires_at
             && entry.etks.iter().all(|e| {
                 e.encryption_cert().valid_at(now) == etee_formats::cert::Validity::Valid
                     && e.authentication_cert().valid_at(now) == etee_formats::cert::Validity::Valid
+                    && (!revocation || e.chain_errors(&self.anchors, now).is_empty())
             });
         if live {
             Some(entry.etks.clone())

@@ -43,6 +43,7 @@ pub mod keydepot;
 pub mod kgss;
 pub mod log;
 pub mod metrics;
+pub mod revocation;
 pub mod secret;
 pub mod soap;
 pub mod xml;

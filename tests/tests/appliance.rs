@@ -76,7 +76,10 @@ impl World {
             .args(args)
             .current_dir(self.dir.path())
             .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
-            .env("RUST_LOG", "warn,etee_appliance=debug")
+            .env(
+                "RUST_LOG",
+                "warn,etee_appliance=debug,etee_services::revocation=info",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -1171,8 +1174,8 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
 /// Revocation at Bob's appliance (`crl`, re-read when the file changes): Alice's message
 /// opens while the world CA's list is empty; once `etee pki revoke --name alice` replaces
 /// the list, without a restart, the same message is refused with
-/// `OUTER_CERTIFICATE_REVOKED` and sealing to Alice's ETK is refused too, while Bob's
-/// other correspondents are unaffected.
+/// `OUTER_CERTIFICATE_REVOKED` and sealing to Alice's ETK is refused too; the platform,
+/// following the same list, no longer serves KGSS to Alice.
 #[test]
 fn a_running_appliance_follows_its_revocation_lists() {
     if !softhsm_available() {
@@ -1190,10 +1193,28 @@ fn a_running_appliance_follows_its_revocation_lists() {
         1,
     );
     std::fs::write(&config, text).unwrap();
+    // The platform (`etee platform serve`) follows the same list.
+    let platform_config = w.path("platform.toml");
+    let text = std::fs::read_to_string(&platform_config).unwrap().replacen(
+        "[platform]\n",
+        "[platform]\ncrl = [\"world/ca.crl\"]\ncrl_check_seconds = 1\n",
+        1,
+    );
+    std::fs::write(&platform_config, text).unwrap();
     let _platform = w.platform();
     let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
     let _bob = w.appliance("bob", "bob-appliance.toml", "bob.sock");
     let (alice, bob) = (w.path("alice.sock"), w.path("bob.sock"));
+    let for_pharmacies = || {
+        curl_unix(
+            &alice,
+            "POST",
+            "/v1/seal?allow=recognised-pharmacy",
+            Some(b"prescription"),
+        )
+    };
+    let (status, body) = for_pharmacies();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 
     let (status, sealed) = curl_unix(
         &alice,
@@ -1265,6 +1286,15 @@ fn a_running_appliance_follows_its_revocation_lists() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&again));
     let (status, _) = curl_unix(&bob, "POST", "/v1/unseal", Some(&again));
     assert_eq!(status, 422, "Alice's new message is refused too");
+    // At the platform, Alice's certificate no longer authenticates her: KGSS creates no
+    // key for her.
+    let (status, body) = for_pharmacies();
+    assert_ne!(status, 200, "{}", String::from_utf8_lossy(&body));
     let log = std::fs::read_to_string(w.path("bob.log")).unwrap_or_default();
     assert!(log.contains("revocation lists read again"), "{log}");
+    let log = std::fs::read_to_string(w.path("platform.log")).unwrap_or_default();
+    assert!(
+        log.contains("revocation lists read again") && log.contains("is revoked by its CA's list"),
+        "{log}"
+    );
 }

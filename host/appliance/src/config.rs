@@ -47,7 +47,7 @@
 //! Relative paths are relative to the configuration file. Unknown keys are refused.
 
 use crate::{ApplianceError, Result};
-use etee_formats::revocation::RevocationPolicy;
+use etee_services::revocation::RevocationConfig;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -197,11 +197,8 @@ pub struct ApplianceConfig {
     /// The etee HSM configuration of the institution's token.
     pub hsm: PathBuf,
     pub trust: Vec<PathBuf>,
-    /// Revocation lists, re-read when the files change (checked every `crl_check`).
-    pub crl: Vec<PathBuf>,
-    /// The configured policy (`None`: the default for the lists given).
-    pub revocation: Option<RevocationPolicy>,
-    pub crl_check: Duration,
+    /// Revocation lists, re-read when their files change.
+    pub revocation: RevocationConfig,
     pub tls: Option<TlsApi>,
     pub socket: Option<PathBuf>,
     pub etk: Option<PathBuf>,
@@ -213,9 +210,6 @@ pub struct ApplianceConfig {
     pub platform: PlatformConfig,
     pub clients: Vec<ClientConfig>,
 }
-
-/// Default of `crl_check_seconds`: a replaced list is in use within a minute.
-pub const DEFAULT_CRL_CHECK_SECONDS: u64 = 60;
 
 /// Default of `audit_anchor_log_seconds`: an anchor in the log every hour.
 pub const DEFAULT_AUDIT_ANCHOR_LOG_SECONDS: u64 = 3600;
@@ -402,23 +396,16 @@ impl ApplianceConfig {
                 "trust: give the CA certificates that senders' certificates and ETKs chain to",
             ));
         }
-        let revocation = t
-            .revocation
-            .as_deref()
-            .map(str::parse::<RevocationPolicy>)
-            .transpose()
-            .map_err(|e| config_error(format!("revocation: {e}")))?;
-        RevocationPolicy::effective(revocation, t.crl.len()).map_err(config_error)?;
-        let crl_check = match t.crl_check_seconds.unwrap_or(DEFAULT_CRL_CHECK_SECONDS) {
-            0 => return Err(config_error("crl_check_seconds: at least 1")),
-            s => Duration::from_secs(s),
-        };
+        let revocation = RevocationConfig::from_keys(
+            t.crl.into_iter().map(rel).collect(),
+            t.revocation.as_deref(),
+            t.crl_check_seconds,
+        )
+        .map_err(config_error)?;
         Ok(Self {
             hsm: rel(t.hsm),
             trust: t.trust.into_iter().map(rel).collect(),
-            crl: t.crl.into_iter().map(rel).collect(),
             revocation,
-            crl_check,
             tls,
             socket,
             etk: t.etk.map(rel),
@@ -563,17 +550,18 @@ mod tests {
         let never = MINIMAL.replace("socket", "audit_anchor_log_seconds = 0\nsocket");
         let c = ApplianceConfig::from_toml(&never, Path::new("/etc/etee")).unwrap();
         assert_eq!(c.audit_anchor_log, None);
-        assert!(c.crl.is_empty());
-        assert_eq!(c.revocation, None);
-        assert_eq!(c.crl_check, Duration::from_secs(60));
+        assert_eq!(c.revocation, RevocationConfig::default());
         let lists = MINIMAL.replace(
             "socket",
             "crl = [\"ca.crl\"]\nrevocation = \"mandatory\"\ncrl_check_seconds = 5\nsocket",
         );
         let c = ApplianceConfig::from_toml(&lists, Path::new("/etc/etee")).unwrap();
-        assert_eq!(c.crl, vec![PathBuf::from("/etc/etee/ca.crl")]);
-        assert_eq!(c.revocation, Some(RevocationPolicy::Mandatory));
-        assert_eq!(c.crl_check, Duration::from_secs(5));
+        assert_eq!(c.revocation.crl, vec![PathBuf::from("/etc/etee/ca.crl")]);
+        assert_eq!(
+            c.revocation.policy,
+            Some(etee_formats::revocation::RevocationPolicy::Mandatory)
+        );
+        assert_eq!(c.revocation.check_every, Duration::from_secs(5));
     }
 
     #[test]

@@ -342,13 +342,6 @@ pub async fn start(app: Arc<crate::Appliance>) -> Result<Running> {
             stopped.clone(),
         )));
     }
-    if !config.crl.is_empty() {
-        tasks.push(tokio::spawn(follow_revocation_lists(
-            app.clone(),
-            config.crl_check,
-            stopped.clone(),
-        )));
-    }
     if let Some(path) = &config.socket {
         let unix = bind_unix(path)?;
         tasks.push(tokio::spawn(accept_loop(
@@ -388,49 +381,6 @@ async fn log_audit_anchors(
             }
             Some(_) => {}
             None => tracing::warn!("custody audit chain anchor: the custody core did not answer"),
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
-}
-
-/// Reads the revocation lists again when their files change, every `every` until `stop`,
-/// and warns (once per list and reading) when a list in use is past its nextUpdate: under
-/// the mandatory policy every status from it is then unknown, under the optional one its
-/// CA's certificates pass unchecked.
-async fn follow_revocation_lists(
-    app: Arc<crate::Appliance>,
-    every: std::time::Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut warned: Vec<String> = Vec::new();
-    loop {
-        let checked = app.clone();
-        match tokio::task::spawn_blocking(move || checked.refresh_revocation_lists()).await {
-            Ok(Ok(Some(n))) => {
-                tracing::info!(
-                    lists = n,
-                    "revocation lists read again (their files changed)"
-                );
-                warned.clear();
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(
-                "{e}; the lists read before stay in use (the files are read again in {} s)",
-                every.as_secs()
-            ),
-            Err(e) => tracing::warn!("revocation lists: the check failed: {e}"),
-        }
-        for issuer in app.stale_revocation_lists(etee_formats::unix_now()) {
-            if !warned.contains(&issuer) {
-                tracing::warn!(
-                    "the revocation list of {issuer} is past its nextUpdate: it gives no status \
-                     any more; put a current one in its file"
-                );
-                warned.push(issuer);
-            }
         }
         tokio::select! {
             _ = stop.changed() => return,

@@ -292,8 +292,9 @@ pub struct Appliance {
     clients: Clients,
     keys: HashMap<String, CallerKeys>,
     anchors: TrustAnchors,
-    /// The revocation lists' files, read again when they change (`server`'s task).
-    crl_files: etee_services::revocation::CrlFiles,
+    /// Reads the revocation lists' files again when they change, while the appliance
+    /// lives (none without `crl`).
+    _crl_following: Option<etee_services::revocation::Following>,
     platform: PlatformClients,
     own_etk: tokio::sync::OnceCell<Arc<Etk>>,
     /// The custody core's audit file, from the HSM configuration read at start.
@@ -347,9 +348,9 @@ impl Appliance {
                 },
             );
         }
-        let crl_files = etee_services::revocation::CrlFiles::new(config.crl.clone());
-        let anchors = crl_files
-            .load(crate::anchors(&config.trust)?, config.revocation)
+        let (anchors, crl_following) = config
+            .revocation
+            .start(crate::anchors(&config.trust)?)
             .map_err(|e| ApplianceError::Config(e.to_string()))?;
         let platform = crate::platform_clients(&config, &custody.signing_key()?, &anchors)?;
         let own_etk = tokio::sync::OnceCell::new();
@@ -366,7 +367,7 @@ impl Appliance {
             clients,
             keys,
             anchors,
-            crl_files,
+            _crl_following: crl_following,
             platform,
             own_etk,
             audit_file: hsm_config.custody.audit_file.clone(),
@@ -376,19 +377,6 @@ impl Appliance {
 
     pub fn config(&self) -> &ApplianceConfig {
         &self.config
-    }
-
-    /// Reads the revocation lists again if their files changed (blocking: file reads and
-    /// a signature check per list). See [`etee_services::revocation::CrlFiles::refresh`].
-    pub fn refresh_revocation_lists(
-        &self,
-    ) -> std::result::Result<Option<usize>, etee_services::revocation::CrlFileError> {
-        self.crl_files.refresh(&self.anchors)
-    }
-
-    /// The issuers of revocation lists past their nextUpdate at `at`.
-    pub fn stale_revocation_lists(&self, at: i64) -> Vec<String> {
-        self.anchors.revocation().stale_at(at)
     }
 
     pub fn clients(&self) -> &Clients {

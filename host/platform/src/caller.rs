@@ -3,12 +3,17 @@
 
 use etee_formats::cert::Certificate;
 use etee_formats::identity::{identities, Identity};
+use etee_formats::revocation::RevocationPolicy;
+use etee_formats::trust::{PathCheck, TrustAnchors};
 use std::sync::Arc;
 
 /// The authenticated caller of one connection.
 #[derive(Debug)]
 pub struct Caller {
     pub certificate: Certificate,
+    /// The other certificates the client presented (CAs above the leaf), for the
+    /// revocation check of each request.
+    pub chain: Vec<Certificate>,
     pub identities: Vec<Identity>,
     /// The earliest notAfter (Unix seconds) of the chain the client presented. rustls checks
     /// the chain once, at the handshake; a kept-alive connection outlives that check, so
@@ -38,8 +43,13 @@ impl Caller {
         // The leaf is readable, so the chain has an end.
         let valid_until = etee_formats::cert::chain_valid_until(chain, now)
             .unwrap_or_else(|| certificate.not_after());
+        let chain = chain[1..]
+            .iter()
+            .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
+            .collect();
         Some(Self {
             certificate,
+            chain,
             identities,
             valid_until,
         })
@@ -49,6 +59,18 @@ impl Caller {
     /// notAfter itself included, as RFC 5280 has it).
     pub fn is_valid_at(&self, now: i64) -> bool {
         now <= self.valid_until
+    }
+
+    /// Whether the revocation lists in use (none: never) revoke the caller's certificate or
+    /// a CA above it at `now`, or, under the mandatory policy, give no status for one. The
+    /// lists can change while a connection is kept alive, so each request asks. A chain
+    /// without a path to `anchors` is not judged here: rustls checked it at the handshake.
+    pub fn is_revoked_at(&self, anchors: &TrustAnchors, now: i64) -> bool {
+        anchors.revocation().policy() != RevocationPolicy::None
+            && matches!(
+                anchors.check(&self.certificate, &self.chain, now, now),
+                PathCheck::Revoked | PathCheck::StatusUnknown
+            )
     }
 }
 

@@ -8,6 +8,9 @@
 //! tls_key = "server-key.pem"                # its private key (PEM, PKCS#8 or RSA)
 //! client_ca = ["ca.pem"]                    # client certificates must chain to these
 //! # optional, with these defaults:
+//! crl = []                                  # the CAs' revocation lists (DER or PEM)
+//! revocation = "optional"                   # none | optional | mandatory (optional with crl)
+//! crl_check_seconds = 60                    # the crl files are read again when they change
 //! max_body_bytes = 1048576
 //! handshake_timeout_ms = 10000
 //! request_timeout_ms = 30000
@@ -27,6 +30,7 @@
 //! Relative paths are relative to the configuration file's directory.
 
 use crate::{PlatformError, Result};
+use etee_services::revocation::RevocationConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +44,8 @@ pub struct PlatformConfig {
     pub tls_certificate: PathBuf,
     pub tls_key: PathBuf,
     pub client_ca: Vec<PathBuf>,
+    /// Revocation lists for callers' certificates, sealed requests and ETKs.
+    pub revocation: RevocationConfig,
     pub limits: Limits,
     pub environment: etee_services::soap::Environment,
     /// Who may read `/ready` and `/metrics`.
@@ -231,6 +237,10 @@ struct Table {
     tls_key: PathBuf,
     #[serde(default)]
     client_ca: Vec<PathBuf>,
+    #[serde(default)]
+    crl: Vec<PathBuf>,
+    revocation: Option<String>,
+    crl_check_seconds: Option<u64>,
     max_body_bytes: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
@@ -335,6 +345,18 @@ impl PlatformConfig {
                 PlatformError::Config(format!("environment {name:?}: not an SOA environment"))
             })?,
         };
+        let revocation = RevocationConfig::from_keys(
+            t.crl.into_iter().map(&rel).collect(),
+            t.revocation.as_deref(),
+            t.crl_check_seconds,
+        )
+        .map_err(PlatformError::Config)?;
+        if !revocation.crl.is_empty() && t.client_ca.is_empty() {
+            return Err(PlatformError::Config(
+                "crl needs client_ca: the lists are of the CAs callers' certificates chain to"
+                    .into(),
+            ));
+        }
         let store = if t.store.starts_with("postgres://") || t.store.starts_with("postgresql://") {
             t.store
         } else {
@@ -346,6 +368,7 @@ impl PlatformConfig {
             tls_certificate: rel(t.tls_certificate),
             tls_key: rel(t.tls_key),
             client_ca: t.client_ca.into_iter().map(rel).collect(),
+            revocation,
             limits,
             environment,
             status_access: t.status_access,
@@ -416,6 +439,45 @@ mod tests {
         assert!(e.contains("needs client_ca"), "{e}");
         let with_ca = certificate.replace("tls_key", "client_ca = [\"ca.pem\"]\ntls_key");
         assert!(PlatformConfig::from_toml(&with_ca, Path::new("/")).is_ok());
+    }
+
+    #[test]
+    fn revocation_lists_need_the_callers_ca_and_a_sound_policy() {
+        let base =
+            "[platform]\nstore = \"p.redb\"\ntls_certificate = \"s.pem\"\ntls_key = \"k.pem\"\n";
+        let c = PlatformConfig::from_toml(base, Path::new("/")).unwrap();
+        assert_eq!(c.revocation, RevocationConfig::default());
+        let with_ca = format!("{base}client_ca = [\"ca.pem\"]\n");
+        let c = PlatformConfig::from_toml(
+            &format!("{with_ca}crl = [\"ca.crl\"]\ncrl_check_seconds = 5\n"),
+            Path::new("/etc/etee"),
+        )
+        .unwrap();
+        assert_eq!(c.revocation.crl, vec![PathBuf::from("/etc/etee/ca.crl")]);
+        assert_eq!(c.revocation.policy, None);
+        assert_eq!(c.revocation.check_every, Duration::from_secs(5));
+        for (text, says) in [
+            (format!("{base}crl = [\"ca.crl\"]\n"), "needs client_ca"),
+            (
+                format!("{with_ca}revocation = \"mandatory\"\n"),
+                "needs the CAs' lists",
+            ),
+            (
+                format!("{with_ca}revocation = \"maybe\"\n"),
+                "none, optional or mandatory",
+            ),
+            (
+                format!("{with_ca}crl = [\"c\"]\nrevocation = \"none\"\n"),
+                "would not be used",
+            ),
+            (format!("{with_ca}crl_check_seconds = 0\n"), "at least 1"),
+        ] {
+            let e = PlatformConfig::from_toml(&text, Path::new("/"))
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {text}"))
+                .to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub use config::PlatformConfig;
 pub struct Platform {
     pub store: Arc<dyn etee_store::Store>,
     pub config: PlatformConfig,
-    /// The platform's CA (`client_ca`), for the signatures of sealed requests.
+    /// The platform's CA (`client_ca`) and its revocation lists (`crl`), for callers'
+    /// certificates, the signatures of sealed requests and ETKs.
     pub anchors: etee_formats::trust::TrustAnchors,
     pub kgss: Option<kgss::Kgss>,
     /// The bound on blocking work, from `config.limits`.
@@ -54,13 +55,18 @@ pub struct Platform {
     pub shares: Arc<share::Shares>,
     /// `GET /ready`'s store checks, outside the work limit.
     pub(crate) readiness: routes::Readiness,
+    /// Reads the revocation lists' files again when they change (none without `crl`).
+    crl_following: Option<etee_services::revocation::Following>,
 }
 
 impl Platform {
     /// Opens the store, reads the CA certificates of `config` and, when it has a `[kgss]`
     /// table, opens KGSS's token through the custody core.
     pub fn open(config: PlatformConfig) -> Result<Self> {
-        let anchors = anchors(&config.client_ca)?;
+        let (anchors, crl_following) = config
+            .revocation
+            .start(anchors(&config.client_ca)?)
+            .map_err(|e| PlatformError::Config(e.to_string()))?;
         let kgss = match &config.kgss {
             None => None,
             Some(k) => Some(
@@ -77,7 +83,9 @@ impl Platform {
             &config.store,
             config.limits.store_connections + routes::READY_CHECKS,
         )?;
-        Ok(Self::new(store, config, anchors, kgss))
+        let mut platform = Self::new(store, config, anchors, kgss);
+        platform.crl_following = crl_following;
+        Ok(platform)
     }
 
     /// A platform over an opened store (and KGSS); the bound on its blocking work comes
@@ -129,6 +137,7 @@ impl Platform {
             requests: Default::default(),
             shares,
             readiness: routes::Readiness::default(),
+            crl_following: None,
         }
     }
 }

@@ -5,6 +5,8 @@
 use crate::caller::{Caller, MaybeCaller};
 use crate::config::Limits;
 use axum::Router;
+use etee_formats::trust::TrustAnchors;
+use etee_services::log::{LogSafe, Throttle};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use std::future::Future;
@@ -16,11 +18,14 @@ use tower::Service;
 
 /// Serves `routes` on `listener` until `shutdown` completes; connections under way are
 /// then given `limits.request_timeout` to finish.
+/// Callers' certificates are checked against the revocation lists of `anchors` at each
+/// request.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     routes: Router,
     limits: Limits,
+    anchors: TrustAnchors,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
@@ -52,6 +57,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let routes = routes.clone();
+        let anchors = anchors.clone();
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -79,11 +85,35 @@ pub async fn serve(
                     // longer authenticates: this request is served as anonymous (routes
                     // that need a caller refuse it) and the connection ends with it, so
                     // that the client's next handshake meets the verifier again.
-                    let expired = caller
-                        .0
-                        .as_ref()
-                        .is_some_and(|c| !c.is_valid_at(crate::unix_now()));
-                    if expired {
+                    let now = crate::unix_now();
+                    let expired = caller.0.as_ref().is_some_and(|c| !c.is_valid_at(now));
+                    // Likewise a certificate revoked since (or before) the handshake: the
+                    // lists are re-read while the platform runs.
+                    let revoked = !expired
+                        && caller
+                            .0
+                            .as_ref()
+                            .is_some_and(|c| c.is_revoked_at(&anchors, now));
+                    let expired = expired || revoked;
+                    if revoked {
+                        static REVOKED: Throttle = Throttle::new();
+                        if let Some(held_back) = REVOKED.allow(now) {
+                            let subject = caller
+                                .0
+                                .as_ref()
+                                .map(|c| c.certificate.subject_string())
+                                .unwrap_or_default();
+                            // A revoked certificate in use is worth an operator's look.
+                            tracing::warn!(
+                                held_back,
+                                "a client certificate is revoked by its CA's list (or, under the \
+                                 mandatory policy, no current list gives its status): {}; the \
+                                 request is served without a caller and the connection closed",
+                                LogSafe(subject)
+                            );
+                        }
+                        request.extensions_mut().insert(MaybeCaller(None));
+                    } else if expired {
                         tracing::info!(
                             "a client certificate expired during its connection: the request \
                              is served without a caller and the connection closed"
@@ -180,7 +210,8 @@ pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
     let limits = c.limits;
     let routes = crate::routes::router(platform.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, tls, routes, limits, async {
+    let anchors = platform.anchors.clone();
+    let task = tokio::spawn(serve(listener, tls, routes, limits, anchors, async {
         let _ = stopped.await;
     }));
     Ok(Running { addr, stop, task })

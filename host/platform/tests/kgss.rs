@@ -488,3 +488,118 @@ async fn rest_create_get_and_delete_by_the_holder(w: World) {
     }
     w.stop().await;
 }
+
+async fn retrieve(
+    c: &mut etee_platform::client::Connection,
+    body: Vec<u8>,
+) -> etee_platform::Result<etee_platform::client::Answer> {
+    c.send(
+        "POST",
+        "/etee/v1/kgss/keys/retrieve",
+        Some("application/json"),
+        body,
+    )
+    .await
+}
+
+/// Revocation lists in use by the platform (`crl`; replaced here as the platform's file
+/// follower would): Bob gets a key while his certificate is good; once the list revokes
+/// it, his kept-alive connection's next request is served without a caller (401) and that
+/// connection is closed, a new connection fares no better, and a GetKey he sealed is
+/// refused (its signer is revoked) even on Alice's connection; Alice is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
+    use etee_formats::revocation::{Revocation, RevocationPolicy};
+    let mut w = World::new("revoked-caller", common::Backend::Embedded).await;
+    let pki = &common::pki().pki;
+    let now = etee_platform::unix_now();
+    let list = |revoked: &[&Institution], number: u64| {
+        let entries: Vec<_> = revoked
+            .iter()
+            .map(|i| (i.auth.cert.serial_number(), now - 10))
+            .collect();
+        pki.crl(&entries, number, now - 60, now + 3600)
+            .unwrap()
+            .to_der()
+            .unwrap()
+    };
+    let revocation = Revocation::new(&[list(&[], 1)], RevocationPolicy::Optional).unwrap();
+    w.restart_with_anchors(w.anchors.clone().with_revocation(revocation.clone()))
+        .await;
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = |sealed: &[u8]| {
+        serde_json::to_vec(&serde_json::json!({ "sealedRequest": b64.encode(sealed) })).unwrap()
+    };
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let a = alice
+        .send(
+            "POST",
+            "/etee/v1/kgss/keys",
+            Some("application/json"),
+            body(&new_key_request(&w, &w.alice, &w.alice)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    let key_id = b64.decode(v["keyId"].as_str().unwrap()).unwrap();
+    let get = |who: &Institution| {
+        body(&get_key_request(
+            &w,
+            who,
+            &key_id,
+            ReplyTo::Etk(who.etk.clone()),
+        ))
+    };
+    let mut bob = w.connect(Some(&w.bob)).await;
+    let a = retrieve(&mut bob, get(&w.bob)).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+
+    let certs = w.anchors.certs().to_vec();
+    revocation.replace(&[list(&[&w.bob], 2)], &certs).unwrap();
+    // Deleting Alice's key: as Bob that would be 403 (not the holder); served without a
+    // caller, it is 401.
+    let delete = format!(
+        "/etee/v1/kgss/keys/{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key_id)
+    );
+    let a = bob.send("DELETE", &delete, None, vec![]).await.unwrap();
+    assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+    assert!(
+        String::from_utf8_lossy(&a.body).contains("KGSS_NOT_AUTHENTICATED"),
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert!(
+        retrieve(&mut bob, get(&w.bob)).await.is_err(),
+        "the connection of a revoked caller stays open"
+    );
+    let mut again = w.connect(Some(&w.bob)).await;
+    let a = again.send("DELETE", &delete, None, vec![]).await.unwrap();
+    assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+    // His GetKey is refused whoever carries it: its signer is revoked.
+    for c in [&mut w.connect(Some(&w.bob)).await, &mut alice] {
+        let a = retrieve(c, get(&w.bob)).await.unwrap();
+        assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+    }
+    // Alice herself goes on.
+    let a = retrieve(&mut alice, get(&w.alice)).await.unwrap();
+    assert_eq!(
+        a.status,
+        403,
+        "Alice is not a pharmacy: {}",
+        String::from_utf8_lossy(&a.body)
+    );
+    let a = alice
+        .send(
+            "POST",
+            "/etee/v1/kgss/keys",
+            Some("application/json"),
+            body(&new_key_request(&w, &w.alice, &w.alice)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    w.stop().await;
+}

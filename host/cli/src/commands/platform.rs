@@ -146,8 +146,9 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Serve(c) => {
             // Structured logs on standard error: warnings and the `etee::audit` events of
-            // KGSS (creations, reads, deletions) by default; RUST_LOG overrides.
-            super::serve::init_logs("warn,etee::audit=info");
+            // KGSS (creations, reads, deletions) and the revocation lists read again by
+            // default; RUST_LOG overrides.
+            super::serve::init_logs("warn,etee::audit=info,etee_services::revocation=info");
             etee_platform::server::run(load(&c)?).map_err(platform_error)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -155,7 +156,11 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             command: EtkCommand::Register { config, etks },
         } => {
             let config = load(&config)?;
-            let anchors = etee_platform::anchors(&config.client_ca).map_err(platform_error)?;
+            // The platform's revocation lists too: a revoked holder's ETK is not taken.
+            let anchors = config
+                .revocation
+                .load(etee_platform::anchors(&config.client_ca).map_err(platform_error)?)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
             if anchors.is_empty() {
                 return Err(CliError::Usage(
                     "the configuration names no client_ca: ETKs cannot be checked".into(),

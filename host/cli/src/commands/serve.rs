@@ -13,7 +13,8 @@ pub struct Args {
 }
 
 /// Structured logs on standard error (`tracing`): warnings and refused or failed requests
-/// by default; RUST_LOG overrides (`etee_appliance=debug` logs every request). Neither
+/// by default, and the revocation lists read again; RUST_LOG overrides
+/// (`etee_appliance=debug` logs every request). Neither
 /// content nor keys are ever logged.
 pub fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -26,7 +27,7 @@ pub fn init_logs(default: &str) {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
-    init_logs("warn,etee_appliance=info");
+    init_logs("warn,etee_appliance=info,etee_services::revocation=info");
     let config = etee_appliance::ApplianceConfig::load(&args.config)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     etee_appliance::server::run(config).map_err(|e| CliError::Usage(e.to_string()))?;

@@ -318,6 +318,35 @@ impl World {
         platform
     }
 
+    /// Serves the same store again with other anchors (e.g. with revocation lists) for
+    /// the platform and for a new KGSS (a new in-memory wrapping key: keys made before
+    /// are lost); the world's platform and anchors become these.
+    pub async fn restart_with_anchors(&mut self, anchors: TrustAnchors) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+        let mut config = self.platform.config.clone();
+        config.listen = self.addr;
+        let kgss = Kgss {
+            signer: signer_of(&self.kgss),
+            ring: ring_of(&self.kgss),
+            wrapper: Arc::new(InsecureMemoryWrapper::new_random()),
+            anchors: anchors.clone(),
+        };
+        let platform = Arc::new(Platform::new(
+            self.platform.store.clone(),
+            config,
+            anchors.clone(),
+            Some(kgss),
+        ));
+        let running = start(platform.clone()).await.unwrap();
+        self.addr = running.addr;
+        self.running = Some(running);
+        let old = std::mem::replace(&mut self.platform, platform);
+        drop_platform(old).await;
+        self.anchors = anchors;
+    }
+
     /// Asserts that the platform's `/metrics` (read on a connection of its own) has every
     /// one of `lines`.
     pub async fn metrics_have(&self, lines: &[&str]) {

@@ -1,6 +1,7 @@
 //! Trust anchors and certificate path checks at a chosen time, so that verdicts are
 //! reproducible (`--at`) and old messages are judged at their signing time as the official
-//! library does.
+//! library does; with revocation lists ([`crate::revocation`]), the path's certificates are
+//! also looked up in them ([`TrustAnchors::check`]).
 
 use crate::cert::Certificate;
 use crate::revocation::{CertStatus, Revocation, RevocationPolicy};

@@ -1,6 +1,7 @@
 //! Throughput of sealing and unsealing with software keys, each as a ratio to the
 //! primitive that bounds it, measured in the same run on the same machine:
-//! - 1 KiB unseal ops/s ÷ RSA-2048 private-operation rate (one RSA decrypt per unseal);
+//! - 1 KiB unseal ops/s ÷ RSA-2048 private-operation rate (one RSA decrypt per unseal),
+//!   also with a revocation list of 10 000 entries checked (what `--crl` costs);
 //! - 1 KiB seal ops/s ÷ half the RSA-2048 PSS sign rate (two signatures per seal);
 //! - large seal/unseal MiB/s ÷ the serial AES-128-CBC + 2×SHA-256 limit, with peak RSS.
 //!
@@ -12,6 +13,7 @@ use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal, Recipient, SealOptions, UnsealOptions};
 use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
 use etee_formats::keystore::SoftwareKeys;
+use etee_formats::revocation::{Revocation, RevocationPolicy};
 use etee_formats::trust::TrustAnchors;
 use etee_testpki::{InstitutionSpec, TestPki};
 use openssl::hash::{Hasher, MessageDigest};
@@ -26,8 +28,13 @@ struct World {
     bob: Certificate,
     ring: KeyRing,
     anchors: TrustAnchors,
+    /// The same anchors with a list of [`REVOKED`] other certificates, policy optional.
+    anchors_with_crl: TrustAnchors,
     rsa: openssl::pkey::PKey<openssl::pkey::Private>,
 }
+
+/// Entries of the benchmark's revocation list (a large CA's list is of this order).
+const REVOKED: usize = 10_000;
 
 fn world() -> World {
     let pki = TestPki::generate("bench").unwrap();
@@ -52,6 +59,20 @@ fn world() -> World {
         ski: None,
         modulus_bits: 2048,
     });
+    let anchors = TrustAnchors::new(vec![c(&pki.root.cert)]);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let serials: Vec<_> = (0..REVOKED)
+        .map(|_| etee_testpki::random_serial().unwrap())
+        .collect();
+    let entries: Vec<_> = serials.iter().map(|s| (s.as_ref(), now - 60)).collect();
+    let crl = pki
+        .crl(&entries, 1, now - 60, now + 3600)
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let anchors_with_crl = anchors
+        .clone()
+        .with_revocation(Revocation::new(&[crl], RevocationPolicy::Optional).unwrap());
     World {
         signer: SigningKey {
             ops,
@@ -63,7 +84,8 @@ fn world() -> World {
         },
         bob: bob_cert,
         ring,
-        anchors: TrustAnchors::new(vec![c(&pki.root.cert)]),
+        anchors,
+        anchors_with_crl,
         rsa: bob.etk_key,
     }
 }
@@ -283,9 +305,18 @@ fn main() {
         let r = unseal(&sealed[..], io::sink(), &w.ring, &opts).unwrap();
         assert!(r.verdict.is_clean());
     });
+    let opts_crl = UnsealOptions {
+        anchors: w.anchors_with_crl.clone(),
+        ..Default::default()
+    };
+    let (crl_p, crl_rate, crl_ratio) = paired(secs, 1.0, rsa_decrypt, || {
+        let r = unseal(&sealed[..], io::sink(), &w.ring, &opts_crl).unwrap();
+        assert!(r.verdict.is_clean());
+    });
     println!("1 KiB messages (software keys; medians of 7 alternating rounds)");
     println!("  seal    {seal_rate:7.0} /s   ratio to RSA sign/2      {seal_ratio:.2}   (sign {sign_p:.0}/s)");
     println!("  unseal  {unseal_rate:7.0} /s   ratio to RSA private op  {unseal_ratio:.2}   (private op {dec_p:.0}/s)");
+    println!("  unseal, {REVOKED}-entry CRL checked  {crl_rate:7.0} /s   ratio {crl_ratio:.2}   (private op {crl_p:.0}/s)");
 
     // Large messages: plaintext generated on the fly, sealed message on disk, content to
     // a sink, so the peak RSS is the sealer's and unsealer's own.

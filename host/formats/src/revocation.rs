@@ -11,7 +11,7 @@
 //! claim, and a stolen key's holder could set it before the revocation.
 
 use crate::cert::Certificate;
-use openssl::pkey::{PKeyRef, Public};
+use openssl::pkey::{PKey, PKeyRef, Public};
 use openssl::x509::{CrlStatus, X509Crl, X509NameRef, X509Ref};
 use std::fmt;
 use std::str::FromStr;
@@ -100,24 +100,22 @@ struct Crl {
     crl: X509Crl,
     this_update: i64,
     next_update: Option<i64>,
-    /// The last signature check: the issuer key's DER and the answer. Every unseal asks
-    /// again, and a list is signed by one key.
-    checked: Mutex<Option<(Vec<u8>, bool)>>,
+    /// The last signature check: the issuer's key and the answer. Every unseal asks
+    /// again, and a list is signed by one key. (Compared with `EVP_PKEY_eq`: encoding a
+    /// key to DER costs OpenSSL 3.0 more than the rest of the check.)
+    checked: Mutex<Option<(PKey<Public>, bool)>>,
 }
 
 impl Crl {
     fn signed_by(&self, key: &PKeyRef<Public>) -> bool {
-        let Ok(der) = key.public_key_to_der() else {
-            return false;
-        };
         let mut last = self.checked.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, answer)) = last.as_ref() {
-            if *k == der {
+            if k.public_eq(key) {
                 return *answer;
             }
         }
         let answer = self.crl.verify(key).unwrap_or(false);
-        *last = Some((der, answer));
+        *last = Some((key.to_owned(), answer));
         answer
     }
 }

@@ -60,9 +60,9 @@ struct CertData {
     x509: OnceLock<Option<X509>>,
     /// The public key; RSA keys are decoded directly at parse time.
     key: OnceLock<Option<PKey<Public>>>,
-    /// The last [`Certificate::is_signed_by`] answer: the key's DER and the verdict. An
-    /// ETK's encryption certificate is checked against the same key at every use.
-    signed_by: Mutex<Option<(Vec<u8>, bool)>>,
+    /// The last [`Certificate::is_signed_by`] answer: the key and the verdict. An ETK's
+    /// encryption certificate is checked against the same key at every use.
+    signed_by: Mutex<Option<(PKey<Public>, bool)>>,
     serial: Vec<u8>,
     issuer_der: Vec<u8>,
     subject_der: Vec<u8>,
@@ -306,19 +306,18 @@ impl Certificate {
     /// Whether `self` was signed by the key of `issuer` (the answer for the last key asked
     /// about is remembered: a signature check is an RSA operation).
     pub fn is_signed_by(&self, key: &PKey<Public>) -> bool {
-        let Ok(key_der) = key.public_key_to_der() else {
-            return false;
-        };
+        // The key is compared with `EVP_PKEY_eq`: encoding it to DER to compare costs
+        // OpenSSL 3.0's provider encoders more than a lookup should.
         if let Ok(memo) = self.0.signed_by.lock() {
-            if let Some((der, verdict)) = memo.as_ref() {
-                if *der == key_der {
+            if let Some((k, verdict)) = memo.as_ref() {
+                if k.public_eq(key) {
                     return *verdict;
                 }
             }
         }
         let verdict = self.x509().is_some_and(|x| x.verify(key).unwrap_or(false));
         if let Ok(mut memo) = self.0.signed_by.lock() {
-            *memo = Some((key_der, verdict));
+            *memo = Some((key.clone(), verdict));
         }
         verdict
     }

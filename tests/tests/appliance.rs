@@ -1182,25 +1182,16 @@ fn a_running_appliance_follows_its_revocation_lists() {
         return;
     }
     let w = World::new();
-    etee_e2e::etee(["pki", "revoke"])
-        .arg(w.path("world"))
-        .run()
-        .code(0);
-    let config = w.path("bob-appliance.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[appliance]\n",
-        "[appliance]\ncrl = [\"world/ca.crl\"]\ncrl_check_seconds = 1\n",
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
-    // The platform (`etee platform serve`) follows the same list.
-    let platform_config = w.path("platform.toml");
-    let text = std::fs::read_to_string(&platform_config).unwrap().replacen(
-        "[platform]\n",
-        "[platform]\ncrl = [\"world/ca.crl\"]\ncrl_check_seconds = 1\n",
-        1,
-    );
-    std::fs::write(&platform_config, text).unwrap();
+    // `etee demo --setup-only` issues the world CA's (empty) list and configures the
+    // platform and every appliance with it, checked every second.
+    assert!(w.path("world/ca.crl").is_file());
+    for config in ["platform.toml", "bob-appliance.toml"] {
+        let text = std::fs::read_to_string(w.path(config)).unwrap();
+        assert!(
+            text.contains("crl = [\"world/ca.crl\"]\ncrl_check_seconds = 1\n"),
+            "{config}: {text}"
+        );
+    }
     let _platform = w.platform();
     let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
     let _bob = w.appliance("bob", "bob-appliance.toml", "bob.sock");

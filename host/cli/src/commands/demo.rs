@@ -36,7 +36,7 @@ pub struct Args {
 
 const SOFTHSM_TEMPLATE: &str = include_str!("../../../../hsm-config/softhsm2.conf.template");
 const PHARMACY: &str = "27150201";
-const STEPS: usize = 10;
+const STEPS: usize = 11;
 
 /// The institutions of the world: (name, identity, token label).
 const INSTITUTIONS: [(&str, &str); 4] = [
@@ -323,6 +323,9 @@ fn world(
     pki.extend(["--tls-server".into(), "127.0.0.1".into()]);
     let pki: Vec<&str> = pki.iter().map(String::as_str).collect();
     demo.etee(&pki)?;
+    // The CA's revocation list (empty for now), followed by the platform and the
+    // appliances (`crl`).
+    demo.etee(&["pki", "revoke", "world"])?;
     demo.etee(&[
         "keys",
         "generate",
@@ -354,7 +357,8 @@ fn world(
         &format!(
             "[platform]\nlisten = \"127.0.0.1:{port}\"\nstore = \"platform.redb\"\n\
              tls_certificate = \"world/tls-server.pem\"\ntls_key = \"world/tls-server-key.pem\"\n\
-             client_ca = [\"world/ca.pem\"]\n\n[kgss]\nhsm = \"kgss-hsm.toml\"\n"
+             client_ca = [\"world/ca.pem\"]\ncrl = [\"world/ca.crl\"]\ncrl_check_seconds = 1\n\n\
+             [kgss]\nhsm = \"kgss-hsm.toml\"\n"
         ),
     )?;
     let etks: Vec<String> = INSTITUTIONS
@@ -442,6 +446,7 @@ fn appliances(
             &demo.dir.join(format!("{name}-appliance.toml")),
             &format!(
                 "[appliance]\nhsm = \"{name}-hsm.toml\"\ntrust = [\"world/ca.pem\"]\n\
+                 crl = [\"world/ca.crl\"]\ncrl_check_seconds = 1\n\
                  socket = \"{name}.sock\"\n\n\
                  [platform]\nurl = \"https://127.0.0.1:{port}\"\nprotocol = \"{}\"\n\
                  ca = [\"world/ca.pem\"]\n\n\
@@ -627,6 +632,50 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
             && (v["fatal"].is_string() || v["errors"].as_array().is_some_and(|e| !e.is_empty()))
             && v.get("content").is_none(),
         "rejected with the official notification; no content released",
+    )?;
+
+    demo.progress("the world's CA revokes the doctor's certificate; Bob's appliance follows")?;
+    let referral = b"Referral: patient 85073003328, please check the dosage with the hospital.";
+    let from_doctor = doctor
+        .call(
+            "POST",
+            &format!("/v1/seal?to=NIHII-PHARMACY:{PHARMACY}"),
+            &referral[..],
+            false,
+        )
+        .await?;
+    let before = bob
+        .call("POST", "/v1/unseal", from_doctor.body.clone(), true)
+        .await?;
+    demo.check(
+        from_doctor.status == 200 && before.status == 200,
+        "Bob opens the doctor's message while the doctor's certificate is good",
+    )?;
+    demo.etee(&["pki", "revoke", "world", "--name", "doctor"])?;
+    let changed = Instant::now();
+    // The appliance looks at its list file every second (`crl_check_seconds = 1`).
+    let after = loop {
+        let answer = bob
+            .call("POST", "/v1/unseal", from_doctor.body.clone(), true)
+            .await?;
+        if answer.status != 200 || changed.elapsed() > Duration::from_secs(10) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    outln!("      Bob: {}", verdict_line(&after))?;
+    let v = after.json();
+    demo.check(
+        after.status == 422
+            && v["errors"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|n| n == "OUTER_CERTIFICATE_REVOKED"))
+            && v.get("content").is_none(),
+        &format!(
+            "{:.1} s after the list changed, without a restart, Bob's appliance refuses the \
+             same message: OUTER_CERTIFICATE_REVOKED, no content released",
+            changed.elapsed().as_secs_f64()
+        ),
     )?;
 
     demo.progress("the tail of Bob's custody audit chain (every key use, before its result)")?;

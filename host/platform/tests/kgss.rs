@@ -318,27 +318,40 @@ async fn soap_new_key_for_recognised_pharmacies(w: World) {
     w.stop().await;
 }
 
+/// The REST body carrying a sealed KGSS request.
+fn rest_body(sealed: &[u8]) -> Vec<u8> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    serde_json::to_vec(&serde_json::json!({ "sealedRequest": b64.encode(sealed) })).unwrap()
+}
+
+/// Alice creates a key for recognised pharmacies over REST on `c`; the 201 answer.
+async fn rest_create(
+    w: &World,
+    c: &mut etee_platform::client::Connection,
+) -> etee_platform::client::Answer {
+    let a = c
+        .send(
+            "POST",
+            "/etee/v1/kgss/keys",
+            Some("application/json"),
+            rest_body(&new_key_request(w, &w.alice, &w.alice)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    a
+}
+
 async fn rest_create_get_and_delete_by_the_holder(w: World) {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let body = |sealed: &[u8]| {
-        serde_json::to_vec(&serde_json::json!({ "sealedRequest": b64.encode(sealed) })).unwrap()
-    };
+    let body = rest_body;
     let sealed_of = |answer: &[u8]| -> Vec<u8> {
         let v: serde_json::Value = serde_json::from_slice(answer).unwrap();
         b64.decode(v["sealedResponse"].as_str().unwrap()).unwrap()
     };
 
     let mut alice = w.connect(Some(&w.alice)).await;
-    let a = alice
-        .send(
-            "POST",
-            "/etee/v1/kgss/keys",
-            Some("application/json"),
-            body(&new_key_request(&w, &w.alice, &w.alice)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let a = rest_create(&w, &mut alice).await;
     let new = GetNewKeyResponseContent::parse(&open_answer(
         &w,
         Some(&w.alice),
@@ -528,20 +541,9 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
         .await;
 
     let b64 = base64::engine::general_purpose::STANDARD;
-    let body = |sealed: &[u8]| {
-        serde_json::to_vec(&serde_json::json!({ "sealedRequest": b64.encode(sealed) })).unwrap()
-    };
+    let body = rest_body;
     let mut alice = w.connect(Some(&w.alice)).await;
-    let a = alice
-        .send(
-            "POST",
-            "/etee/v1/kgss/keys",
-            Some("application/json"),
-            body(&new_key_request(&w, &w.alice, &w.alice)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let a = rest_create(&w, &mut alice).await;
     let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
     let key_id = b64.decode(v["keyId"].as_str().unwrap()).unwrap();
     let get = |who: &Institution| {
@@ -591,15 +593,6 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
         "Alice is not a pharmacy: {}",
         String::from_utf8_lossy(&a.body)
     );
-    let a = alice
-        .send(
-            "POST",
-            "/etee/v1/kgss/keys",
-            Some("application/json"),
-            body(&new_key_request(&w, &w.alice, &w.alice)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    rest_create(&w, &mut alice).await;
     w.stop().await;
 }

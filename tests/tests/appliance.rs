@@ -1275,8 +1275,12 @@ fn a_running_appliance_follows_its_revocation_lists() {
         Some(b"again"),
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&again));
-    let (status, _) = curl_unix(&bob, "POST", "/v1/unseal", Some(&again));
-    assert_eq!(status, 422, "Alice's new message is refused too");
+    let (status, body) = curl_unix(&bob, "POST", "/v1/unseal", Some(&again));
+    assert_eq!(
+        (status, json(&body)["errors"].clone()),
+        (422, serde_json::json!(["OUTER_CERTIFICATE_REVOKED"])),
+        "Alice's new message is refused too"
+    );
     // At the platform, Alice's certificate no longer authenticates her: KGSS creates no
     // key for her.
     let (status, body) = for_pharmacies();
@@ -1285,7 +1289,8 @@ fn a_running_appliance_follows_its_revocation_lists() {
     assert!(log.contains("revocation lists read again"), "{log}");
     let log = std::fs::read_to_string(w.path("platform.log")).unwrap_or_default();
     assert!(
-        log.contains("revocation lists read again") && log.contains("is revoked by its CA's list"),
+        log.contains("revocation lists read again")
+            && log.contains("a client certificate is revoked by its CA's list"),
         "{log}"
     );
 }

@@ -112,6 +112,13 @@ pub fn anchors(
              status now (only its revocations count); get a current one"
         );
     }
+    for issuer in revocation.incomplete() {
+        eprintln!(
+            "etee: note: the revocation list of {issuer} is partial (a delta list, one limited \
+             to some certificates or reasons, or one with a critical extension etee does not \
+             know): its revocations count, but it gives no certificate's status"
+        );
+    }
     Ok(anchors.with_revocation(revocation))
 }
 

@@ -10,6 +10,8 @@
 //! signing time, as an OCSP check at unsealing is: the signing time is the signer's own
 //! claim, and a stolen key's holder could set it before the revocation.
 
+use crate::ber::slice::parse_exact;
+use crate::ber::tag;
 use crate::cert::Certificate;
 use openssl::pkey::{PKey, PKeyRef, Public};
 use openssl::x509::{CrlStatus, X509Crl, X509NameRef, X509Ref};
@@ -46,7 +48,7 @@ impl FromStr for RevocationPolicy {
 impl RevocationPolicy {
     /// The policy in force when `given` (or nothing) is configured beside `lists` files:
     /// by default optional with lists and none without. Refused: lists that would not be
-    /// used (none), and mandatory without a list (no status could ever be known).
+    /// used (none), and a policy without a list (nothing could be checked).
     pub fn effective(given: Option<Self>, lists: usize) -> Result<Self, String> {
         match (given, lists) {
             (None, 0) => Ok(Self::None),
@@ -57,6 +59,11 @@ impl RevocationPolicy {
             (Some(Self::Mandatory), 0) => Err(
                 "the mandatory revocation policy needs the CAs' lists: without one no status \
                  can be known"
+                    .into(),
+            ),
+            (Some(Self::Optional), 0) => Err(
+                "the optional revocation policy needs the CAs' lists: without one nothing \
+                 would be checked"
                     .into(),
             ),
             (Some(p), _) => Ok(p),
@@ -79,7 +86,7 @@ impl fmt::Display for RevocationPolicy {
 pub enum RevocationError {
     #[error("not a certificate revocation list (neither DER nor PEM X509 CRL)")]
     NotACrl,
-    #[error("revocation list without a thisUpdate time OpenSSL can read")]
+    #[error("revocation list with a thisUpdate or nextUpdate time OpenSSL cannot read")]
     BadTime,
     #[error("the revocation list of {issuer} is not signed by that trust anchor's key")]
     NotSignedByAnchor { issuer: String },
@@ -100,25 +107,51 @@ struct Crl {
     crl: X509Crl,
     this_update: i64,
     next_update: Option<i64>,
-    /// The last signature check: the issuer's key and the answer. Every unseal asks
-    /// again, and a list is signed by one key. (Compared with `EVP_PKEY_eq`: encoding a
-    /// key to DER costs OpenSSL 3.0 more than the rest of the check.)
-    checked: Mutex<Option<(PKey<Public>, bool)>>,
+    /// Whether the list covers every certificate of its issuer, so that not being on it
+    /// means good: not a delta list, not limited by an issuingDistributionPoint (to CA or
+    /// user certificates, some reasons, one partition), no critical extension we do not
+    /// know (RFC 5280 §5.2). A list that is not complete still counts for what it revokes.
+    complete: bool,
+    /// expiredCertsOnCRL (RFC 5280 §5.2.7): revoked certificates stay on the list after
+    /// they expire. Without it a CA may drop an expired certificate from its list, so the
+    /// list does not give the status of an expired certificate.
+    keeps_expired: bool,
+    /// The last signature checks: issuer keys and the answers (a few, for a CA's key
+    /// rollover). Every unseal asks again, and a list is signed by one key. (Keys are
+    /// compared with `EVP_PKEY_eq`: encoding one to DER costs OpenSSL 3.0 more than the
+    /// rest of the check.)
+    checked: Mutex<Vec<(PKey<Public>, bool)>>,
 }
+
+/// Signature answers remembered per list.
+const CHECKED_KEYS: usize = 4;
 
 impl Crl {
     fn signed_by(&self, key: &PKeyRef<Public>) -> bool {
-        let mut last = self.checked.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, answer)) = last.as_ref() {
-            if k.public_eq(key) {
-                return *answer;
-            }
+        if let Some(answer) = self
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(k, _)| k.public_eq(key))
+            .map(|(_, a)| *a)
+        {
+            return answer;
         }
+        // Verified outside the lock: a large list takes a while.
         let answer = self.crl.verify(key).unwrap_or(false);
-        *last = Some((key.to_owned(), answer));
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if checked.len() >= CHECKED_KEYS {
+            checked.remove(0);
+        }
+        checked.push((key.to_owned(), answer));
         answer
     }
 }
+
+/// Clock skew allowed between a CA and this machine (as the official CLOCK_SKEW, 300 s):
+/// a list issued "in the future" and a revocation dated a little ahead still count.
+pub const CLOCK_SKEW: i64 = 300;
 
 /// The revocation lists a receiver knows, and how it uses them. Cheap to clone; clones
 /// share the lists, so that [`Revocation::replace`] (a long-running service re-reading
@@ -182,13 +215,17 @@ impl Revocation {
     }
 
     /// The status of `cert`, issued by `issuer`, at `at` (unix seconds). A list counts only
-    /// when `issuer`'s key signed it (indirect CRLs are not supported); it speaks for `at`
-    /// when `at` lies between its thisUpdate and nextUpdate (a list without nextUpdate
-    /// never goes stale), but lists a revocation whatever its age.
+    /// when `issuer`'s key signed it (indirect CRLs are not supported). Any such list that
+    /// names the certificate revokes it (from its revocation date, or at once when that
+    /// date cannot be read). Good needs a complete list ([`Crl::complete`]) that speaks for
+    /// `at` (between its thisUpdate and nextUpdate; without nextUpdate it never goes stale)
+    /// and, for a certificate expired at `at`, one that keeps expired certificates. Times
+    /// allow [`CLOCK_SKEW`].
     pub fn status(&self, cert: &X509Ref, issuer: &X509Ref, at: i64) -> CertStatus {
         let Ok(issuer_key) = issuer.public_key() else {
             return CertStatus::Unknown;
         };
+        let expired = unix(cert.not_after()).is_none_or(|not_after| at > not_after);
         let mut status = CertStatus::Unknown;
         for c in self.current().iter() {
             let same_issuer = c
@@ -201,11 +238,12 @@ impl Revocation {
             }
             if let CrlStatus::Revoked(entry) = c.crl.get_by_cert(&cert.to_owned()) {
                 // A revocation dated after `at` did not exist then (`--at` in the past).
-                if unix(entry.revocation_date()).is_some_and(|d| d <= at) {
+                if unix(entry.revocation_date()).is_none_or(|d| d <= at + CLOCK_SKEW) {
                     return CertStatus::Revoked;
                 }
             }
-            if c.this_update <= at && c.next_update.is_none_or(|n| at <= n) {
+            let current = c.this_update <= at + CLOCK_SKEW && c.next_update.is_none_or(|n| at <= n);
+            if c.complete && current && (!expired || c.keeps_expired) {
                 status = CertStatus::Good;
             }
         }
@@ -226,6 +264,16 @@ impl Revocation {
         self.current()
             .iter()
             .filter(|c| c.next_update.is_some_and(|n| n < at))
+            .map(|c| name_text(c.crl.issuer_name()))
+            .collect()
+    }
+
+    /// The issuers (as text) of lists that are not complete (delta, partitioned, or with
+    /// an unknown critical extension): they revoke, but never say a certificate is good.
+    pub fn incomplete(&self) -> Vec<String> {
+        self.current()
+            .iter()
+            .filter(|c| !c.complete)
             .map(|c| name_text(c.crl.issuer_name()))
             .collect()
     }
@@ -282,6 +330,63 @@ fn check_signed(crls: &[Crl], anchors: &[Certificate]) -> Result<(), RevocationE
     Ok(())
 }
 
+/// What a list's extensions say of its scope.
+struct Scope {
+    complete: bool,
+    keeps_expired: bool,
+}
+
+impl Scope {
+    /// Reads the crlExtensions of a CertificateList's DER (RFC 5280 §5.1).
+    fn of(der: &[u8]) -> Result<Self, RevocationError> {
+        // id-ce 2.5.29.x: the extensions a complete list may carry, and the others.
+        const CRL_NUMBER: &[u8] = &[0x55, 0x1d, 0x14];
+        const AUTHORITY_KEY_ID: &[u8] = &[0x55, 0x1d, 0x23];
+        const ISSUER_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x12];
+        const FRESHEST_CRL: &[u8] = &[0x55, 0x1d, 0x2e];
+        const EXPIRED_CERTS_ON_CRL: &[u8] = &[0x55, 0x1d, 0x3c];
+        const DELTA_CRL_INDICATOR: &[u8] = &[0x55, 0x1d, 0x1b];
+        const ISSUING_DISTRIBUTION_POINT: &[u8] = &[0x55, 0x1d, 0x1c];
+        const AUTHORITY_INFO_ACCESS: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x01];
+        let bad = |_| RevocationError::NotACrl;
+        let list = parse_exact(der).map_err(bad)?;
+        let tbs = list.seq().map_err(bad)?.next(tag::SEQUENCE).map_err(bad)?;
+        let mut scope = Scope {
+            complete: true,
+            keeps_expired: false,
+        };
+        let Some(extensions) = tbs
+            .children()
+            .filter_map(Result::ok)
+            .find(|c| c.tag == tag::ctx_cons(0))
+        else {
+            return Ok(scope);
+        };
+        let mut outer = extensions.seq().map_err(bad)?;
+        let mut each = outer.next(tag::SEQUENCE).map_err(bad)?.seq().map_err(bad)?;
+        while each.has_more().map_err(bad)? {
+            let mut ext = each.next(tag::SEQUENCE).map_err(bad)?.seq().map_err(bad)?;
+            let oid = ext.next(tag::OID).map_err(bad)?.content;
+            let critical = ext
+                .optional(tag::BOOLEAN)
+                .map_err(bad)?
+                .is_some_and(|b| b.content.first().is_some_and(|&v| v != 0));
+            match oid {
+                DELTA_CRL_INDICATOR | ISSUING_DISTRIBUTION_POINT => scope.complete = false,
+                EXPIRED_CERTS_ON_CRL => scope.keeps_expired = true,
+                CRL_NUMBER
+                | AUTHORITY_KEY_ID
+                | ISSUER_ALT_NAME
+                | FRESHEST_CRL
+                | AUTHORITY_INFO_ACCESS => {}
+                _ if critical => scope.complete = false,
+                _ => {}
+            }
+        }
+        Ok(scope)
+    }
+}
+
 fn read_all(files: &[Vec<u8>]) -> Result<Vec<Crl>, RevocationError> {
     let mut crls = Vec::new();
     for bytes in files {
@@ -291,11 +396,14 @@ fn read_all(files: &[Vec<u8>]) -> Result<Vec<Crl>, RevocationError> {
                 Some(t) => Some(unix(t).ok_or(RevocationError::BadTime)?),
                 None => None,
             };
+            let scope = Scope::of(&crl.to_der().map_err(|_| RevocationError::NotACrl)?)?;
             crls.push(Crl {
                 crl,
                 this_update,
                 next_update,
-                checked: Mutex::new(None),
+                complete: scope.complete,
+                keeps_expired: scope.keeps_expired,
+                checked: Mutex::new(Vec::new()),
             });
         }
     }

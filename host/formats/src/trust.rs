@@ -165,7 +165,8 @@ impl TrustAnchors {
                     .iter()
                     .all(|c| c.valid_at(at) == crate::cert::Validity::Valid) =>
             {
-                self.revocation.path_status(&path, revoked_at)
+                self.revocation
+                    .path_status(&self.up_to_a_root(path), revoked_at)
             }
             _ => match self.path(leaf, extra, Some(at)) {
                 None => return PathCheck::Untrusted,
@@ -174,7 +175,9 @@ impl TrustAnchors {
                     .map(|d| Certificate::from_der(d).ok())
                     .collect::<Option<Vec<_>>>()
                 {
-                    Some(path) => self.revocation.path_status(&path, revoked_at),
+                    Some(path) => self
+                        .revocation
+                        .path_status(&self.up_to_a_root(path), revoked_at),
                     // A certificate on the path that we cannot read: nothing to look up.
                     None => CertStatus::Unknown,
                 },
@@ -185,6 +188,28 @@ impl TrustAnchors {
             (CertStatus::Unknown, RevocationPolicy::Mandatory) => PathCheck::StatusUnknown,
             _ => PathCheck::Trusted,
         }
+    }
+
+    /// `path` (leaf first) continued above its last certificate through the anchors that
+    /// issued it, up to a self-signed one. OpenSSL stops a path at the first trusted
+    /// certificate, but an anchor that is an intermediate CA (trusted directly, as in a
+    /// Java trust store) can itself be revoked by its issuer's list.
+    fn up_to_a_root(&self, mut path: Vec<Certificate>) -> Vec<Certificate> {
+        while let Some(last) = path.last() {
+            if last.subject_der() == last.issuer_der() {
+                break;
+            }
+            let issuer = self.certs.iter().find(|a| {
+                a.subject_der() == last.issuer_der()
+                    && !path.contains(a)
+                    && a.public_key().is_ok_and(|k| last.is_signed_by(&k))
+            });
+            match issuer {
+                Some(a) => path.push(a.clone()),
+                None => break,
+            }
+        }
+        path
     }
 
     fn cached_path(&self, leaf: &Certificate, extra: &[Certificate]) -> CachedPath {

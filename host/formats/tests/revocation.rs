@@ -328,3 +328,229 @@ fn replaced_lists_reach_every_clone_and_a_bad_replacement_changes_nothing() {
     );
     assert_eq!(errors(&w.from_alice, held_elsewhere).0, vec![]);
 }
+
+/// An institution under an intermediate CA, its message to Bob carrying the intermediate,
+/// and the root's and the intermediate's lists.
+struct Below {
+    intermediate: TestPki,
+    carol: Institution,
+    message: Vec<u8>,
+}
+
+fn below() -> &'static Below {
+    static B: OnceLock<Below> = OnceLock::new();
+    B.get_or_init(|| {
+        let w = world();
+        let intermediate = w.pki.subordinate("revocation").expect("intermediate");
+        let carol = intermediate
+            .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000634", "Carol"))
+            .expect("institution");
+        let mut keys = SoftwareKeys::new();
+        keys.insert(KeyId("auth".into()), carol.auth.key.clone());
+        let signer = SigningKey {
+            ops: Arc::new(keys),
+            key: KeyId("auth".into()),
+            signer: SignerRef::Certificate {
+                cert: cert(&carol.auth.cert),
+                chain: vec![cert(&intermediate.root.cert)],
+            },
+        };
+        let mut message = Vec::new();
+        seal(
+            &signer,
+            &[Recipient::Certificate(cert(&w.bob.etk_cert))],
+            None,
+            &b"from below"[..],
+            &mut message,
+            &SealOptions {
+                signing_time: Some(w.now),
+            },
+        )
+        .expect("seal");
+        Below {
+            intermediate,
+            carol,
+            message,
+        }
+    })
+}
+
+/// A current list of `ca` revoking `revoked` (serials) an hour ago.
+fn list_of(ca: &TestPki, revoked: &[&openssl::x509::X509]) -> Vec<u8> {
+    let w = world();
+    let entries: Vec<_> = revoked
+        .iter()
+        .map(|x| (x.serial_number(), w.now - HOUR))
+        .collect();
+    ca.crl(&entries, 1, w.now - 2 * HOUR, w.now + HOUR)
+        .unwrap()
+        .to_der()
+        .unwrap()
+}
+
+#[test]
+fn every_ca_on_the_path_is_looked_up_also_one_trusted_directly() {
+    let (w, b) = (world(), below());
+    let root = cert(&w.pki.root.cert);
+    let inter = cert(&b.intermediate.root.cert);
+    let with = |anchors: Vec<Certificate>, lists: &[Vec<u8>], policy| {
+        TrustAnchors::new(anchors).with_revocation(Revocation::new(lists, policy).unwrap())
+    };
+    let good_root = list_of(&w.pki, &[]);
+    let good_inter = list_of(&b.intermediate, &[]);
+    let inter_revoked = list_of(&w.pki, &[&b.intermediate.root.cert]);
+    let carol_revoked = list_of(&b.intermediate, &[&b.carol.auth.cert]);
+    let mandatory = RevocationPolicy::Mandatory;
+    // Both lists current and empty: good, under either set of anchors.
+    for anchors in [vec![root.clone()], vec![root.clone(), inter.clone()]] {
+        let a = with(anchors, &[good_root.clone(), good_inter.clone()], mandatory);
+        assert_eq!(errors(&b.message, a).0, vec![]);
+    }
+    // The leaf revoked by the intermediate's list.
+    let a = with(
+        vec![root.clone()],
+        &[good_root.clone(), carol_revoked],
+        mandatory,
+    );
+    assert_eq!(errors(&b.message, a).0, vec![E::OUTER_CERTIFICATE_REVOKED]);
+    // The intermediate revoked by the root's list: also when the intermediate is itself
+    // an anchor (OpenSSL's path then stops at it).
+    for anchors in [vec![root.clone()], vec![root.clone(), inter.clone()]] {
+        let a = with(
+            anchors,
+            &[inter_revoked.clone(), good_inter.clone()],
+            RevocationPolicy::Optional,
+        );
+        assert_eq!(errors(&b.message, a).0, vec![E::OUTER_CERTIFICATE_REVOKED]);
+    }
+    // Mandatory without the intermediate's list: the leaf's status is unknown.
+    let a = with(vec![root], &[good_root], mandatory);
+    assert_eq!(
+        errors(&b.message, a).0,
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+}
+
+#[test]
+fn a_partial_list_revokes_but_never_vouches() {
+    use openssl::asn1::{Asn1Object, Asn1OctetString};
+    use openssl::x509::X509Extension;
+    let w = world();
+    let ext = |oid: &str, critical: bool, der: &[u8]| {
+        X509Extension::new_from_der(
+            &Asn1Object::from_str(oid).unwrap(),
+            critical,
+            &Asn1OctetString::new_from_bytes(der).unwrap(),
+        )
+        .unwrap()
+    };
+    let partial = |revoked: &[&Institution], e: X509Extension| {
+        let entries: Vec<_> = revoked
+            .iter()
+            .map(|i| (i.auth.cert.serial_number(), w.now - HOUR))
+            .collect();
+        w.pki
+            .crl_with(&entries, 2, w.now - 2 * HOUR, w.now + HOUR, vec![e])
+            .unwrap()
+            .to_der()
+            .unwrap()
+    };
+    let kinds = [
+        // deltaCRLIndicator (base CRL number 1)
+        || ("2.5.29.27", true, vec![0x02, 0x01, 0x01]),
+        // issuingDistributionPoint: onlyContainsCACerts
+        || ("2.5.29.28", true, vec![0x30, 0x03, 0x82, 0x01, 0xff]),
+        // an extension nobody knows, critical
+        || ("1.3.6.1.4.1.99999.1", true, vec![0x05, 0x00]),
+    ];
+    for kind in kinds {
+        let (oid, critical, der) = kind();
+        let list = vec![partial(&[&w.alice], ext(oid, critical, &der))];
+        let a = anchors(&list, RevocationPolicy::Mandatory);
+        assert_eq!(a.revocation().incomplete().len(), 1, "{oid}");
+        assert_eq!(
+            errors(&w.from_alice, a.clone()).0,
+            vec![E::OUTER_CERTIFICATE_REVOKED],
+            "{oid}"
+        );
+        assert_eq!(
+            errors(&w.from_dave, a).0,
+            vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN],
+            "{oid}: a partial list said good"
+        );
+    }
+    // A non-critical unknown extension changes nothing.
+    let list = vec![partial(
+        &[],
+        ext("1.3.6.1.4.1.99999.1", false, &[0x05, 0x00]),
+    )];
+    let a = anchors(&list, RevocationPolicy::Mandatory);
+    assert!(a.revocation().incomplete().is_empty());
+    assert_eq!(errors(&w.from_dave, a).0, vec![]);
+}
+
+#[test]
+fn an_expired_certificate_needs_a_list_that_keeps_expired_ones() {
+    use openssl::asn1::{Asn1Object, Asn1OctetString};
+    use openssl::x509::X509Extension;
+    let w = world();
+    let expired = w
+        .pki
+        .institution(
+            &InstitutionSpec::new("NIHII-HOSPITAL", "71000832", "Eve").with_auth_validity(
+                etee_testpki::Validity {
+                    not_before: w.now - 30 * 24 * HOUR,
+                    not_after: w.now - 24 * HOUR,
+                },
+            ),
+        )
+        .unwrap();
+    let (leaf, root) = (&expired.auth.cert, &w.pki.root.cert);
+    let plain = Revocation::new(&[list_of(&w.pki, &[])], RevocationPolicy::Mandatory).unwrap();
+    // A CA may drop an expired certificate from its list: not listed says nothing.
+    assert_eq!(plain.status(leaf, root, w.now), CertStatus::Unknown);
+    let keeps = w
+        .pki
+        .crl_with(
+            &[],
+            2,
+            w.now - 2 * HOUR,
+            w.now + HOUR,
+            vec![X509Extension::new_from_der(
+                &Asn1Object::from_str("2.5.29.60").unwrap(),
+                false,
+                // GeneralizedTime 20200101000000Z
+                &Asn1OctetString::new_from_bytes(b"\x18\x0f20200101000000Z").unwrap(),
+            )
+            .unwrap()],
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let keeps = Revocation::new(&[keeps], RevocationPolicy::Mandatory).unwrap();
+    assert_eq!(keeps.status(leaf, root, w.now), CertStatus::Good);
+}
+
+#[test]
+fn times_allow_the_official_clock_skew() {
+    let w = world();
+    let (alice, root) = (&w.alice.auth.cert, &w.pki.root.cert);
+    let serial = alice.serial_number();
+    // Issued two minutes "in the future" by a CA whose clock runs ahead, revoking Alice
+    // one minute ahead: both count now.
+    let ahead = w
+        .pki
+        .crl(&[(serial, w.now + 60)], 1, w.now + 120, w.now + HOUR)
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let r = Revocation::new(&[ahead], RevocationPolicy::Mandatory).unwrap();
+    assert_eq!(r.status(alice, root, w.now), CertStatus::Revoked);
+    assert_eq!(r.status(&w.dave.auth.cert, root, w.now), CertStatus::Good);
+    // Beyond the skew they do not.
+    assert_eq!(
+        r.status(alice, root, w.now - 3600),
+        CertStatus::Unknown,
+        "a list from the future vouched"
+    );
+}

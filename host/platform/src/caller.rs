@@ -61,16 +61,27 @@ impl Caller {
         now <= self.valid_until
     }
 
-    /// Whether the revocation lists in use (none: never) revoke the caller's certificate or
-    /// a CA above it at `now`, or, under the mandatory policy, give no status for one. The
-    /// lists can change while a connection is kept alive, so each request asks. A chain
-    /// without a path to `anchors` is not judged here: rustls checked it at the handshake.
-    pub fn is_revoked_at(&self, anchors: &TrustAnchors, now: i64) -> bool {
-        anchors.revocation().policy() != RevocationPolicy::None
-            && matches!(
-                anchors.check(&self.certificate, &self.chain, now, now),
-                PathCheck::Revoked | PathCheck::StatusUnknown
-            )
+    /// Why the revocation lists in use refuse the caller's certificate at `now`, if they
+    /// do: it or a CA above it is revoked; or, under the mandatory policy, no current list
+    /// gives its status, or no path to the anchors along which to look them up is found
+    /// (rustls and OpenSSL may build paths differently). The lists can change while a
+    /// connection is kept alive, so each request asks. No lists: never.
+    pub fn revocation_refusal(&self, anchors: &TrustAnchors, now: i64) -> Option<&'static str> {
+        let policy = anchors.revocation().policy();
+        if policy == RevocationPolicy::None {
+            return None;
+        }
+        match anchors.check(&self.certificate, &self.chain, now, now) {
+            PathCheck::Trusted => None,
+            PathCheck::Revoked => Some("revoked by its CA's list"),
+            PathCheck::StatusUnknown => {
+                Some("of unknown status: no current list of its CA gives it (mandatory policy)")
+            }
+            PathCheck::Untrusted if policy == RevocationPolicy::Mandatory => Some(
+                "of unknown status: no path to client_ca to look it up along (mandatory policy)",
+            ),
+            PathCheck::Untrusted => None,
+        }
     }
 }
 
@@ -102,6 +113,60 @@ pub fn store_identifier(identity: &Identity) -> etee_store::Identifier {
 mod tests {
     use super::*;
     use etee_testpki::{InstitutionSpec, TestPki, Validity};
+
+    /// What the lists say of a caller under each policy, and a caller whose path the
+    /// anchors do not give: refused only under the mandatory policy.
+    #[test]
+    fn a_caller_is_refused_as_its_ca_list_and_the_policy_say() {
+        use etee_formats::revocation::Revocation;
+        let pki = TestPki::generate("caller-revocation").unwrap();
+        let stranger = TestPki::generate("caller-revocation, elsewhere").unwrap();
+        let now = crate::unix_now();
+        let issue = |pki: &TestPki, value: &str| {
+            pki.institution(&InstitutionSpec::new("NIHII-HOSPITAL", value, "Caller"))
+                .unwrap()
+        };
+        let (revoked, good, foreign) = (
+            issue(&pki, "71000436"),
+            issue(&pki, "71000535"),
+            issue(&stranger, "71000634"),
+        );
+        let caller = |i: &etee_testpki::Institution| {
+            Caller::from_chain(&[i.auth.cert.to_der().unwrap()]).unwrap()
+        };
+        let list = pki
+            .crl(
+                &[(revoked.auth.cert.serial_number(), now - 60)],
+                1,
+                now - 120,
+                now + 3600,
+            )
+            .unwrap()
+            .to_der()
+            .unwrap();
+        let root = Certificate::from_der(&pki.root.cert.to_der().unwrap()).unwrap();
+        let anchors = |policy| {
+            TrustAnchors::new(vec![root.clone()])
+                .with_revocation(Revocation::new(std::slice::from_ref(&list), policy).unwrap())
+        };
+        for policy in [RevocationPolicy::Optional, RevocationPolicy::Mandatory] {
+            let a = anchors(policy);
+            assert_eq!(
+                caller(&revoked).revocation_refusal(&a, now),
+                Some("revoked by its CA's list")
+            );
+            assert_eq!(caller(&good).revocation_refusal(&a, now), None);
+        }
+        assert_eq!(
+            caller(&foreign).revocation_refusal(&anchors(RevocationPolicy::Optional), now),
+            None
+        );
+        assert!(caller(&foreign)
+            .revocation_refusal(&anchors(RevocationPolicy::Mandatory), now)
+            .is_some_and(|why| why.contains("no path")));
+        let none = TrustAnchors::new(vec![root.clone()]);
+        assert_eq!(caller(&revoked).revocation_refusal(&none, now), None);
+    }
 
     /// The period ends with the earliest notAfter of the leaf and of the certificates
     /// still valid at the handshake; expired extras and unreadable ones do not count.

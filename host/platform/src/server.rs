@@ -89,15 +89,14 @@ pub async fn serve(
                     let expired = caller.0.as_ref().is_some_and(|c| !c.is_valid_at(now));
                     // Likewise a certificate revoked since (or before) the handshake: the
                     // lists are re-read while the platform runs.
-                    let revoked = !expired
-                        && caller
-                            .0
-                            .as_ref()
-                            .is_some_and(|c| c.is_revoked_at(&anchors, now));
-                    let expired = expired || revoked;
-                    if revoked {
-                        static REVOKED: Throttle = Throttle::new();
-                        if let Some(held_back) = REVOKED.allow(now) {
+                    let refusal = match &caller.0 {
+                        Some(c) if !expired => c.revocation_refusal(&anchors, now),
+                        _ => None,
+                    };
+                    let expired = expired || refusal.is_some();
+                    if let Some(why) = refusal {
+                        static REFUSED: Throttle = Throttle::new();
+                        if let Some(held_back) = REFUSED.allow(now) {
                             let subject = caller
                                 .0
                                 .as_ref()
@@ -106,9 +105,8 @@ pub async fn serve(
                             // A revoked certificate in use is worth an operator's look.
                             tracing::warn!(
                                 held_back,
-                                "a client certificate is revoked by its CA's list (or, under the \
-                                 mandatory policy, no current list gives its status): {}; the \
-                                 request is served without a caller and the connection closed",
+                                "a client certificate is {why}: {}; the request is served \
+                                 without a caller and the connection closed",
                                 LogSafe(subject)
                             );
                         }

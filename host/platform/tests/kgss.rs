@@ -580,11 +580,23 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
     let mut again = w.connect(Some(&w.bob)).await;
     let a = again.send("DELETE", &delete, None, vec![]).await.unwrap();
     assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
-    // His GetKey is refused whoever carries it: its signer is revoked.
+    // His GetKey is refused whoever carries it: its signer is revoked (the refusal of a
+    // seal says no more than that, by design).
     for c in [&mut w.connect(Some(&w.bob)).await, &mut alice] {
         let a = retrieve(c, get(&w.bob)).await.unwrap();
         assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+        assert!(
+            String::from_utf8_lossy(&a.body).contains("KGSS_INVALID_SEAL"),
+            "{}",
+            String::from_utf8_lossy(&a.body)
+        );
     }
+    // The same request with the lists emptied again is served: the refusal was the list's.
+    revocation.replace(&[list(&[], 3)], &certs).unwrap();
+    let mut bob = w.connect(Some(&w.bob)).await;
+    let a = retrieve(&mut bob, get(&w.bob)).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    revocation.replace(&[list(&[&w.bob], 4)], &certs).unwrap();
     // Alice herself goes on.
     let a = retrieve(&mut alice, get(&w.alice)).await.unwrap();
     assert_eq!(

@@ -94,20 +94,40 @@ impl RevocationConfig {
     }
 }
 
-/// What identifies a version of a file without reading it.
-type Stamp = (i64, i64, u64, u64);
+/// What identifies a version of a file without reading it: modification and change
+/// times (a chmod that makes it readable changes the latter), size and inode.
+type Stamp = (i64, i64, i64, i64, u64, u64);
 
-/// The files, and the versions of them last read.
+/// One file: the version last looked at, and the content last found good.
+#[derive(Clone, Debug, Default)]
+struct FileState {
+    stamp: Option<Stamp>,
+    good: Option<Vec<u8>>,
+}
+
+/// What [`CrlFiles::refresh`] did.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// Lists in use now.
+    pub lists: usize,
+    /// Whether new lists were put in use.
+    pub replaced: bool,
+    /// Files that changed but could not be used: their previous content stays in use
+    /// (each is tried again when it changes again).
+    pub problems: Vec<CrlFileError>,
+}
+
+/// The files, and what was last read of each.
 #[derive(Debug)]
 pub struct CrlFiles {
     paths: Vec<PathBuf>,
-    read: Mutex<Vec<Option<Stamp>>>,
+    state: Mutex<Vec<FileState>>,
 }
 
 impl CrlFiles {
     pub fn new(paths: Vec<PathBuf>) -> Self {
-        let read = Mutex::new(vec![None; paths.len()]);
-        Self { paths, read }
+        let state = Mutex::new(vec![FileState::default(); paths.len()]);
+        Self { paths, state }
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -124,78 +144,114 @@ impl CrlFiles {
     ) -> Result<TrustAnchors, CrlFileError> {
         let policy =
             RevocationPolicy::effective(policy, self.paths.len()).map_err(CrlFileError::Policy)?;
-        let (files, stamps) = self.read_all()?;
+        let mut state = Vec::with_capacity(self.paths.len());
+        for path in &self.paths {
+            // The stamp before the read: a file replaced during the read is read again.
+            let stamp = stamp(path);
+            let bytes = read_one(path, &anchors)?;
+            state.push(FileState {
+                stamp,
+                good: Some(bytes),
+            });
+        }
+        let files: Vec<Vec<u8>> = state.iter().filter_map(|f| f.good.clone()).collect();
         let revocation = Revocation::new(&files, policy).map_err(|source| CrlFileError::List {
             path: self.joined(),
             source,
         })?;
-        revocation
-            .check_against(anchors.certs())
-            .map_err(|source| CrlFileError::List {
-                path: self.joined(),
-                source,
-            })?;
-        *self.read.lock().unwrap_or_else(|e| e.into_inner()) = stamps;
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
         Ok(anchors.with_revocation(revocation))
     }
 
-    /// Reads the files again if one of them changed since the last read, and puts their
-    /// lists in use for every holder of `anchors`' revocation. `Ok(None)`: nothing changed;
-    /// `Ok(Some(n))`: `n` lists now in use; an error leaves the lists in use as they were
-    /// (and the files are read again at the next call).
-    pub fn refresh(&self, anchors: &TrustAnchors) -> Result<Option<usize>, CrlFileError> {
-        if self.paths.is_empty() {
-            return Ok(None);
+    /// Reads again the files that changed since they were last looked at, and puts the
+    /// lists in use for every holder of `anchors`' revocation. `Ok(None)`: nothing changed.
+    /// A changed file that cannot be used (unreadable, not lists, not signed by its
+    /// anchor) is reported in [`Refreshed::problems`] and its previous content stays in
+    /// use, without holding back the other files' new lists.
+    pub fn refresh(&self, anchors: &TrustAnchors) -> Result<Option<Refreshed>, CrlFileError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut problems = Vec::new();
+        let mut changed = false;
+        for (path, file) in self.paths.iter().zip(state.iter_mut()) {
+            let now = stamp(path);
+            if now == file.stamp {
+                continue;
+            }
+            file.stamp = now;
+            match read_one(path, anchors) {
+                Ok(bytes) => {
+                    file.good = Some(bytes);
+                    changed = true;
+                }
+                Err(e) => problems.push(e),
+            }
         }
-        let now: Vec<Option<Stamp>> = self.paths.iter().map(|p| stamp(p)).collect();
-        if *self.read.lock().unwrap_or_else(|e| e.into_inner()) == now {
-            return Ok(None);
+        if !changed {
+            *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+            if problems.is_empty() {
+                return Ok(None);
+            }
+            return Ok(Some(Refreshed {
+                lists: anchors.revocation().lists(),
+                replaced: false,
+                problems,
+            }));
         }
-        let (files, stamps) = self.read_all()?;
-        let n = anchors
+        let files: Vec<Vec<u8>> = state.iter().filter_map(|f| f.good.clone()).collect();
+        let lists = anchors
             .revocation()
             .replace(&files, anchors.certs())
             .map_err(|source| CrlFileError::List {
                 path: self.joined(),
                 source,
             })?;
-        *self.read.lock().unwrap_or_else(|e| e.into_inner()) = stamps;
-        Ok(Some(n))
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        Ok(Some(Refreshed {
+            lists,
+            replaced: true,
+            problems,
+        }))
     }
 
-    /// A thread that calls [`CrlFiles::refresh`] every `every` and logs what happened: a
-    /// list read again (info), a file that cannot be read (warning; the lists in use
-    /// stay), a list in use past its nextUpdate (a warning once per list and reading:
-    /// under the mandatory policy every status it gave is then unknown, under the optional
-    /// one its CA's certificates pass unchecked). It stops when the [`Following`] is
-    /// dropped.
+    /// A thread that calls [`CrlFiles::refresh`] every `every` and logs what happened: the
+    /// lists read again (info), a changed file that cannot be used (a warning, once per
+    /// version of the file; its previous content stays in use), a list in use past its
+    /// nextUpdate and a partial list (a warning once per list and reading). It stops when
+    /// the [`Following`] is dropped.
     pub fn follow(self: Arc<Self>, anchors: TrustAnchors, every: Duration) -> Following {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("etee-crl".into())
             .spawn(move || {
                 let mut warned: Vec<String> = Vec::new();
+                warn_partial(&anchors);
                 loop {
                     match self.refresh(&anchors) {
-                        Ok(Some(n)) => {
-                            tracing::info!(
-                                lists = n,
-                                "revocation lists read again (their files changed)"
-                            );
-                            warned.clear();
+                        Ok(Some(r)) => {
+                            for e in &r.problems {
+                                tracing::warn!(
+                                    "{e}; its previous content stays in use (it is read again \
+                                     when it changes)"
+                                );
+                            }
+                            if r.replaced {
+                                tracing::info!(
+                                    lists = r.lists,
+                                    "revocation lists read again (their files changed)"
+                                );
+                                warned.clear();
+                                warn_partial(&anchors);
+                            }
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::warn!(
-                            "{e}; the lists read before stay in use (the files are read again in \
-                             {} s)",
-                            every.as_secs()
-                        ),
+                        Err(e) => tracing::warn!("{e}; the lists read before stay in use"),
                     }
                     for issuer in anchors.revocation().stale_at(etee_formats::unix_now()) {
                         if !warned.contains(&issuer) {
                             tracing::warn!(
                                 "the revocation list of {issuer} is past its nextUpdate: it \
-                                 gives no status any more; put a current one in its file"
+                                 still revokes what it lists, but gives no other status; put a \
+                                 current one in its file"
                             );
                             warned.push(issuer);
                         }
@@ -217,29 +273,6 @@ impl CrlFiles {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn read_all(&self) -> Result<(Vec<Vec<u8>>, Vec<Option<Stamp>>), CrlFileError> {
-        let mut files = Vec::with_capacity(self.paths.len());
-        let mut stamps = Vec::with_capacity(self.paths.len());
-        for path in &self.paths {
-            // The stamp before the read: a file replaced during the read is read again.
-            stamps.push(stamp(path));
-            let bytes = std::fs::read(path).map_err(|source| CrlFileError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-            // Each file on its own first, so that an error names it.
-            Revocation::new(std::slice::from_ref(&bytes), RevocationPolicy::Optional).map_err(
-                |source| CrlFileError::List {
-                    path: path.display().to_string(),
-                    source,
-                },
-            )?;
-            files.push(bytes);
-        }
-        Ok((files, stamps))
-    }
-
     fn joined(&self) -> String {
         self.paths
             .iter()
@@ -247,6 +280,33 @@ impl CrlFiles {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+fn warn_partial(anchors: &TrustAnchors) {
+    for issuer in anchors.revocation().incomplete() {
+        tracing::warn!(
+            "the revocation list of {issuer} is partial (a delta list, one limited to some \
+             certificates or reasons, or one with a critical extension etee does not know): \
+             what it lists is revoked, but it never gives a certificate's status"
+        );
+    }
+}
+
+/// A file's bytes, if they are revocation lists and those of a trust anchor are signed by
+/// it.
+fn read_one(path: &Path, anchors: &TrustAnchors) -> Result<Vec<u8>, CrlFileError> {
+    let shown = || path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| CrlFileError::Read {
+        path: shown(),
+        source,
+    })?;
+    Revocation::new(std::slice::from_ref(&bytes), RevocationPolicy::Optional)
+        .and_then(|r| r.check_against(anchors.certs()))
+        .map_err(|source| CrlFileError::List {
+            path: shown(),
+            source,
+        })?;
+    Ok(bytes)
 }
 
 /// The thread of [`CrlFiles::follow`]; dropping it stops the thread (and waits for it).
@@ -267,7 +327,14 @@ impl Drop for Following {
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
-    Some((m.mtime(), m.mtime_nsec(), m.len(), m.ino()))
+    Some((
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.len(),
+        m.ino(),
+    ))
 }
 
 #[cfg(test)]
@@ -307,31 +374,82 @@ mod tests {
         assert_eq!(anchors.revocation().policy(), RevocationPolicy::Optional);
         let check = || anchors.check(&leaf, &[], now, now);
         assert_eq!(check(), etee_formats::trust::PathCheck::Trusted);
-        assert_eq!(files.refresh(&anchors).unwrap(), None, "nothing changed");
+        assert!(
+            files.refresh(&anchors).unwrap().is_none(),
+            "nothing changed"
+        );
+        let replaced = |r: Option<Refreshed>| {
+            let r = r.expect("a change");
+            assert!(r.problems.is_empty(), "{:?}", r.problems);
+            (r.replaced, r.lists)
+        };
 
         // Replaced (as an operator's job would: a new file renamed over the old one).
         let next = dir.path().join("ca.crl.new");
         std::fs::write(&next, list(true, 2)).unwrap();
         std::fs::rename(&next, &path).unwrap();
-        assert_eq!(files.refresh(&anchors).unwrap(), Some(1));
+        assert_eq!(replaced(files.refresh(&anchors).unwrap()), (true, 1));
         assert_eq!(check(), etee_formats::trust::PathCheck::Revoked);
 
-        // A broken replacement: an error naming the file, the list in use stays, and it is
-        // tried again at the next refresh.
+        // A broken replacement: a problem naming the file, reported once; the list in use
+        // stays.
         std::fs::write(&path, b"truncated").unwrap();
-        let e = files.refresh(&anchors).unwrap_err().to_string();
+        let r = files.refresh(&anchors).unwrap().expect("a change");
+        assert!(!r.replaced);
+        let e = r.problems[0].to_string();
         assert!(e.contains("ca.crl"), "{e}");
         assert_eq!(check(), etee_formats::trust::PathCheck::Revoked);
-        assert!(files.refresh(&anchors).is_err());
+        assert!(files.refresh(&anchors).unwrap().is_none(), "reported again");
         // A missing file likewise.
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(
-            files.refresh(&anchors),
-            Err(CrlFileError::Read { .. })
-        ));
+        let r = files.refresh(&anchors).unwrap().expect("a change");
+        assert!(matches!(r.problems[..], [CrlFileError::Read { .. }]));
         std::fs::write(&path, list(false, 3)).unwrap();
-        assert_eq!(files.refresh(&anchors).unwrap(), Some(1));
+        assert_eq!(replaced(files.refresh(&anchors).unwrap()), (true, 1));
         assert_eq!(check(), etee_formats::trust::PathCheck::Trusted);
+
+        // Two files: a broken one does not hold back the other's new list.
+        let other = TestPki::generate("crl files, other CA").unwrap();
+        let other_list = |number: u64| {
+            other
+                .crl(&[], number, now - 60, now + 3600)
+                .unwrap()
+                .to_der()
+                .unwrap()
+        };
+        let path2 = dir.path().join("other.crl");
+        std::fs::write(&path2, other_list(1)).unwrap();
+        let two = CrlFiles::new(vec![path.clone(), path2.clone()]);
+        let anchors2 = two
+            .load(
+                TrustAnchors::new(vec![cert(&pki.root.cert), cert(&other.root.cert)]),
+                None,
+            )
+            .unwrap();
+        std::fs::write(&path2, b"half a list").unwrap();
+        std::fs::write(&path, list(true, 5)).unwrap();
+        let r = two.refresh(&anchors2).unwrap().expect("a change");
+        assert!(r.replaced && r.lists == 2, "{r:?}");
+        assert_eq!(r.problems.len(), 1);
+        assert!(r.problems[0].to_string().contains("other.crl"));
+        assert_eq!(
+            anchors2.check(&leaf, &[], now, now),
+            etee_formats::trust::PathCheck::Revoked
+        );
+        // A file made readable again (chmod only) is read again.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&path2, other_list(2)).unwrap();
+        std::fs::set_permissions(&path2, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let unreadable = two.refresh(&anchors2).unwrap();
+        std::fs::set_permissions(&path2, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if unreadable.is_some_and(|r| !r.problems.is_empty()) {
+            // (Not as root, who reads it anyway.)
+            let r = two
+                .refresh(&anchors2)
+                .unwrap()
+                .expect("read again after chmod");
+            assert!(r.replaced && r.problems.is_empty(), "{r:?}");
+        }
 
         // Followed by a thread: a change is in use within a few intervals, and dropping
         // the thread's handle stops it.

@@ -32,7 +32,8 @@ use openssl::x509::extension::{
 };
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::{
-    X509Builder, X509Crl, X509CrlBuilder, X509Name, X509NameRef, X509Ref, X509RevokedBuilder, X509,
+    X509Builder, X509Crl, X509CrlBuilder, X509Extension, X509Name, X509NameRef, X509Ref,
+    X509RevokedBuilder, X509,
 };
 
 /// Errors from building the test PKI.
@@ -492,6 +493,42 @@ impl TestPki {
         Ok(TestPki { root, ra })
     }
 
+    /// An intermediate CA `CN=etee Test Intermediate CA <name>` issued by this root, as a
+    /// `TestPki` whose `root` is the intermediate (its institutions and lists are the
+    /// intermediate's; their `chain` holds only the intermediate) and whose RA is this
+    /// one's. Costs one RSA-2048 key generation.
+    pub fn subordinate(&self, name: &str) -> Result<TestPki, Error> {
+        let key = rsa_key(2048)?;
+        let subject = build_name(&[
+            ("C", "BE"),
+            ("O", "etee test"),
+            ("CN", &format!("etee Test Intermediate CA {name}")),
+        ])?;
+        let mut b = cert_builder(
+            &subject,
+            self.root.cert.subject_name(),
+            &key,
+            Validity::days_around_now(1, 5 * 365),
+        )?;
+        b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+        KeyUsageSpec {
+            critical: true,
+            key_cert_sign: true,
+            crl_sign: true,
+            ..KeyUsageSpec::default()
+        }
+        .apply(&mut b)?;
+        add_key_ids(&mut b, Some(&self.root.cert))?;
+        b.sign(&self.root.key, MessageDigest::sha256())?;
+        Ok(TestPki {
+            root: Issued {
+                cert: b.build(),
+                key,
+            },
+            ra: self.ra.clone(),
+        })
+    }
+
     /// A revocation list (CRL v2) of the root: `revoked` holds the serials it revokes with
     /// their revocation times (unix seconds); `number` is its CRL number, which a CA raises
     /// at every list. Signed with SHA-256, with the root's key id (AKI), as RFC 5280 wants.
@@ -502,7 +539,23 @@ impl TestPki {
         this_update: i64,
         next_update: i64,
     ) -> Result<X509Crl, Error> {
+        self.crl_with(revoked, number, this_update, next_update, Vec::new())
+    }
+
+    /// [`TestPki::crl`] with more extensions (a delta indicator, an issuing distribution
+    /// point, ...), for tests of lists that do not cover everything.
+    pub fn crl_with(
+        &self,
+        revoked: &[(&Asn1IntegerRef, i64)],
+        number: u64,
+        this_update: i64,
+        next_update: i64,
+        extensions: Vec<X509Extension>,
+    ) -> Result<X509Crl, Error> {
         let mut b = X509CrlBuilder::new()?;
+        for e in extensions {
+            b.append_extension(e)?;
+        }
         b.set_issuer_name(self.root.cert.subject_name())?;
         let (this_update, next_update) = (unix_time(this_update)?, unix_time(next_update)?);
         b.set_last_update(&this_update)?;

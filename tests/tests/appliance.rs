@@ -190,7 +190,8 @@ fn json(body: &[u8]) -> Value {
 /// `etee demo` (SOAP and REST) plays every flow of the main job and exits 0: the pharmacy
 /// opens the message sealed for it by NIHII and the prescription sealed for recognised
 /// pharmacies, the doctor is refused the prescription's key, the tampered copy is
-/// rejected with official notifications, the audit chains verify.
+/// rejected with official notifications, the doctor's message is refused once the CA has
+/// revoked the doctor, the audit chains verify.
 #[test]
 fn the_demo_plays_every_flow() {
     if !softhsm_available() {
@@ -201,10 +202,11 @@ fn the_demo_plays_every_flow() {
         out.code(0);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(!text.contains("FAILED"), "{text}");
-        assert_eq!(text.matches("      ok: ").count(), 9, "{text}");
+        assert_eq!(text.matches("      ok: ").count(), 11, "{text}");
         for expected in [
             "sender: NIHII-HOSPITAL 71000436",
             "KGSS_ACCESS_DENIED",
+            "errors: [OUTER_CERTIFICATE_REVOKED] · warnings: [] · sender: NIHII11 10203040506",
             "kgss.read    denied",
             "every step went as it should",
         ] {

@@ -425,6 +425,29 @@ fn cert_builder<T: HasPublic>(
     Ok(b)
 }
 
+/// A CA `C=BE, O=etee test, CN=<cn>` with a new RSA-2048 key: self-signed without an
+/// issuer, else issued by it.
+fn ca(cn: &str, issuer: Option<&Issued>, validity: Validity) -> Result<Issued, Error> {
+    let key = rsa_key(2048)?;
+    let subject = build_name(&[("C", "BE"), ("O", "etee test"), ("CN", cn)])?;
+    let issuer_name = issuer.map_or(subject.as_ref(), |i| i.cert.subject_name());
+    let mut b = cert_builder(&subject, issuer_name, &key, validity)?;
+    b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+    KeyUsageSpec {
+        critical: true,
+        key_cert_sign: true,
+        crl_sign: true,
+        ..KeyUsageSpec::default()
+    }
+    .apply(&mut b)?;
+    add_key_ids(&mut b, issuer.map(|i| i.cert.as_ref()))?;
+    b.sign(issuer.map_or(&key, |i| &i.key), MessageDigest::sha256())?;
+    Ok(Issued {
+        cert: b.build(),
+        key,
+    })
+}
+
 /// Adds SKI (and AKI when an issuer certificate is given) to `b`.
 fn add_key_ids(b: &mut X509Builder, issuer: Option<&X509Ref>) -> Result<(), Error> {
     let ski = SubjectKeyIdentifier::new().build(&b.x509v3_context(issuer, None))?;
@@ -454,27 +477,7 @@ impl TestPki {
     pub fn generate(name: &str) -> Result<TestPki, Error> {
         let validity = Validity::days_around_now(1, 10 * 365);
 
-        let root_key = rsa_key(2048)?;
-        let root_name = build_name(&[
-            ("C", "BE"),
-            ("O", "etee test"),
-            ("CN", &format!("etee Test Root CA {name}")),
-        ])?;
-        let mut b = cert_builder(&root_name, &root_name, &root_key, validity)?;
-        b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
-        KeyUsageSpec {
-            critical: true,
-            key_cert_sign: true,
-            crl_sign: true,
-            ..KeyUsageSpec::default()
-        }
-        .apply(&mut b)?;
-        add_key_ids(&mut b, None)?;
-        b.sign(&root_key, MessageDigest::sha256())?;
-        let root = Issued {
-            cert: b.build(),
-            key: root_key,
-        };
+        let root = ca(&format!("etee Test Root CA {name}"), None, validity)?;
 
         let ra_key = rsa_key(2048)?;
         let ra_name = build_name(&[
@@ -498,33 +501,13 @@ impl TestPki {
     /// intermediate's; their `chain` holds only the intermediate) and whose RA is this
     /// one's. Costs one RSA-2048 key generation.
     pub fn subordinate(&self, name: &str) -> Result<TestPki, Error> {
-        let key = rsa_key(2048)?;
-        let subject = build_name(&[
-            ("C", "BE"),
-            ("O", "etee test"),
-            ("CN", &format!("etee Test Intermediate CA {name}")),
-        ])?;
-        let mut b = cert_builder(
-            &subject,
-            self.root.cert.subject_name(),
-            &key,
+        let root = ca(
+            &format!("etee Test Intermediate CA {name}"),
+            Some(&self.root),
             Validity::days_around_now(1, 5 * 365),
         )?;
-        b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
-        KeyUsageSpec {
-            critical: true,
-            key_cert_sign: true,
-            crl_sign: true,
-            ..KeyUsageSpec::default()
-        }
-        .apply(&mut b)?;
-        add_key_ids(&mut b, Some(&self.root.cert))?;
-        b.sign(&self.root.key, MessageDigest::sha256())?;
         Ok(TestPki {
-            root: Issued {
-                cert: b.build(),
-                key,
-            },
+            root,
             ra: self.ra.clone(),
         })
     }

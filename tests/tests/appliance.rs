@@ -1289,6 +1289,16 @@ fn a_running_appliance_follows_its_revocation_lists() {
     assert_ne!(status, 200, "{}", String::from_utf8_lossy(&body));
     let log = std::fs::read_to_string(w.path("bob.log")).unwrap_or_default();
     assert!(log.contains("revocation lists read again"), "{log}");
+    let (status, metrics) = curl_unix(&bob, "GET", "/metrics", None);
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(status, 200);
+    for line in [
+        "etee_appliance_revocation_lists 1\n",
+        "etee_appliance_revocation_lists_stale 0\n",
+        "etee_appliance_revocation_next_update_seconds ",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing from\n{metrics}");
+    }
     let log = std::fs::read_to_string(w.path("platform.log")).unwrap_or_default();
     assert!(
         log.contains("revocation lists read again")

@@ -727,11 +727,14 @@ async fn health(State(app): State<Arc<Appliance>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<Appliance>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(app.snapshot_bounded().await),
-    )
-        .into_response()
+    let mut text = app.metrics.render(app.snapshot_bounded().await);
+    etee_services::revocation::render_metrics(
+        &mut text,
+        "etee_appliance",
+        app.anchors(),
+        etee_formats::unix_now(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[cfg(test)]

@@ -379,6 +379,11 @@ impl Appliance {
         &self.config
     }
 
+    /// The trust anchors, with the revocation lists in use.
+    pub fn anchors(&self) -> &TrustAnchors {
+        &self.anchors
+    }
+
     pub fn clients(&self) -> &Clients {
         &self.clients
     }

@@ -268,6 +268,12 @@ impl Revocation {
             .collect()
     }
 
+    /// The earliest nextUpdate (unix seconds) of the lists in use: when the first of them
+    /// goes stale unless its file is replaced.
+    pub fn earliest_next_update(&self) -> Option<i64> {
+        self.current().iter().filter_map(|c| c.next_update).min()
+    }
+
     /// The issuers (as text) of lists that are not complete (delta, partitioned, or with
     /// an unknown critical extension): they revoke, but never say a certificate is good.
     pub fn incomplete(&self) -> Vec<String> {

@@ -147,6 +147,12 @@ pub fn render(platform: &Platform) -> String {
         "counter",
         platform.shares.refused(),
     );
+    etee_services::revocation::render_metrics(
+        &mut s,
+        "etee_platform",
+        &platform.anchors,
+        crate::unix_now(),
+    );
     s
 }
 

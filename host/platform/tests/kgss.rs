@@ -558,6 +558,15 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
     let a = retrieve(&mut bob, get(&w.bob)).await.unwrap();
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
 
+    w.metrics_have(&[
+        "etee_platform_revocation_lists 1\n",
+        "etee_platform_revocation_lists_stale 0\n",
+        &format!(
+            "etee_platform_revocation_next_update_seconds {}\n",
+            now + 3600
+        ),
+    ])
+    .await;
     let certs = w.anchors.certs().to_vec();
     revocation.replace(&[list(&[&w.bob], 2)], &certs).unwrap();
     // Deleting Alice's key: as Bob that would be 403 (not the holder); served without a

@@ -309,6 +309,41 @@ fn read_one(path: &Path, anchors: &TrustAnchors) -> Result<Vec<u8>, CrlFileError
     Ok(bytes)
 }
 
+/// Writes the revocation lists' gauges for `GET /metrics` (nothing when revocation is not
+/// checked): `{prefix}_revocation_lists` (in use), `{prefix}_revocation_lists_stale` (past
+/// their nextUpdate at `now`) and `{prefix}_revocation_next_update_seconds` (the earliest
+/// nextUpdate, unix seconds: alert well before it, since a list must be replaced by then).
+pub fn render_metrics(out: &mut String, prefix: &str, anchors: &TrustAnchors, now: i64) {
+    use crate::metrics::single;
+    let revocation = anchors.revocation();
+    if revocation.policy() == RevocationPolicy::None {
+        return;
+    }
+    single(
+        out,
+        &format!("{prefix}_revocation_lists"),
+        "Certificate revocation lists in use.",
+        "gauge",
+        revocation.lists(),
+    );
+    single(
+        out,
+        &format!("{prefix}_revocation_lists_stale"),
+        "Revocation lists in use past their nextUpdate: replace their files.",
+        "gauge",
+        revocation.stale_at(now).len(),
+    );
+    if let Some(next) = revocation.earliest_next_update() {
+        single(
+            out,
+            &format!("{prefix}_revocation_next_update_seconds"),
+            "The earliest nextUpdate of the revocation lists in use (unix seconds).",
+            "gauge",
+            next,
+        );
+    }
+}
+
 /// The thread of [`CrlFiles::follow`]; dropping it stops the thread (and waits for it).
 #[derive(Debug)]
 pub struct Following {
@@ -342,6 +377,37 @@ mod tests {
     use super::*;
     use etee_formats::cert::Certificate;
     use etee_testpki::{InstitutionSpec, TestPki};
+
+    #[test]
+    fn the_lists_gauges_say_how_many_are_in_use_and_when_the_first_goes_stale() {
+        let pki = TestPki::generate("crl gauges").unwrap();
+        let now = etee_formats::unix_now();
+        let root = Certificate::from_der(&pki.root.cert.to_der().unwrap()).unwrap();
+        let list = |next_update: i64| {
+            pki.crl(&[], 1, now - 60, next_update)
+                .unwrap()
+                .to_der()
+                .unwrap()
+        };
+        let mut out = String::new();
+        render_metrics(&mut out, "x", &TrustAnchors::new(vec![root.clone()]), now);
+        assert_eq!(out, "", "no gauges without revocation");
+        let anchors = TrustAnchors::new(vec![root]).with_revocation(
+            Revocation::new(
+                &[list(now + 3600), list(now - 10)],
+                RevocationPolicy::Optional,
+            )
+            .unwrap(),
+        );
+        render_metrics(&mut out, "x", &anchors, now);
+        for line in [
+            "x_revocation_lists 2\n".to_string(),
+            "x_revocation_lists_stale 1\n".to_string(),
+            format!("x_revocation_next_update_seconds {}\n", now - 10),
+        ] {
+            assert!(out.contains(&line), "{line:?} missing from\n{out}");
+        }
+    }
 
     #[test]
     fn lists_are_followed_when_their_files_change() {

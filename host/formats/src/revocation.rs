@@ -17,6 +17,7 @@ use openssl::pkey::{PKey, PKeyRef, Public};
 use openssl::x509::{CrlStatus, X509Crl, X509NameRef, X509Ref};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// How revocation is checked; `None` is the default (and the official verdicts of record).
@@ -90,6 +91,12 @@ pub enum RevocationError {
     BadTime,
     #[error("the revocation list of {issuer} is not signed by that trust anchor's key")]
     NotSignedByAnchor { issuer: String },
+    #[error(
+        "the revocation list of {issuer} is older (an earlier thisUpdate) than the one in \
+         use: refused, as it would undo revocations made since (restart to go back \
+         deliberately)"
+    )]
+    Older { issuer: String },
 }
 
 /// What the lists say of one certificate at one time.
@@ -121,6 +128,10 @@ struct Crl {
     /// compared with `EVP_PKEY_eq`: encoding one to DER costs OpenSSL 3.0 more than the
     /// rest of the check.)
     checked: Mutex<Vec<(PKey<Public>, bool)>>,
+    /// Set when a certificate's issuer of this list's name did not verify it: a damaged
+    /// list, or one of another CA under the same name (reported by
+    /// [`Revocation::unverified`]).
+    failed_check: AtomicBool,
 }
 
 /// Signature answers remembered per list.
@@ -233,17 +244,28 @@ impl Revocation {
                 .issuer_name()
                 .try_cmp(cert.issuer_name())
                 .is_ok_and(|o| o.is_eq());
-            if !same_issuer || !c.signed_by(&issuer_key) {
+            if !same_issuer {
                 continue;
             }
-            if let CrlStatus::Revoked(entry) = c.crl.get_by_cert(&cert.to_owned()) {
-                // A revocation dated after `at` did not exist then (`--at` in the past).
-                if unix(entry.revocation_date()).is_none_or(|d| d <= at + CLOCK_SKEW) {
-                    return CertStatus::Revoked;
-                }
+            if !c.signed_by(&issuer_key) {
+                c.failed_check.store(true, Ordering::Relaxed);
+                continue;
             }
+            // A list that names the certificate never vouches for it: a revocation dated
+            // after `at` (`--at` in the past) did not exist then, but the list is no proof
+            // of good standing either; nor is a removeFromCRL entry outside a delta list.
+            let named = match c.crl.get_by_cert(&cert.to_owned()) {
+                CrlStatus::Revoked(entry) => {
+                    if unix(entry.revocation_date()).is_none_or(|d| d <= at + CLOCK_SKEW) {
+                        return CertStatus::Revoked;
+                    }
+                    true
+                }
+                CrlStatus::RemoveFromCrl(_) => true,
+                CrlStatus::NotRevoked => false,
+            };
             let current = c.this_update <= at + CLOCK_SKEW && c.next_update.is_none_or(|n| at <= n);
-            if c.complete && current && (!expired || c.keeps_expired) {
+            if c.complete && current && !named && (!expired || c.keeps_expired) {
                 status = CertStatus::Good;
             }
         }
@@ -272,6 +294,39 @@ impl Revocation {
     /// goes stale unless its file is replaced.
     pub fn earliest_next_update(&self) -> Option<i64> {
         self.current().iter().filter_map(|c| c.next_update).min()
+    }
+
+    /// The issuer (as text) of a list of `candidate` older (an earlier thisUpdate) than a
+    /// list of the same issuer in use here, if any: replacing the lists with it would bring
+    /// back an earlier state, in which certificates revoked since are not yet revoked (a
+    /// replayed download).
+    pub fn older_than_in_use(&self, candidate: &Revocation) -> Option<String> {
+        let in_use = self.current();
+        candidate.current().iter().find_map(|new| {
+            in_use
+                .iter()
+                .any(|old| {
+                    old.this_update > new.this_update
+                        && old
+                            .crl
+                            .issuer_name()
+                            .try_cmp(new.crl.issuer_name())
+                            .is_ok_and(|o| o.is_eq())
+                })
+                .then(|| name_text(new.crl.issuer_name()))
+        })
+    }
+
+    /// The issuers (as text) of lists that a certificate's issuer of the same name did not
+    /// verify since they were read: damaged, or another CA's under the same name. Such a
+    /// list is never used; the anchors' lists are checked when read, an intermediate's
+    /// only at use.
+    pub fn unverified(&self) -> Vec<String> {
+        self.current()
+            .iter()
+            .filter(|c| c.failed_check.load(Ordering::Relaxed))
+            .map(|c| name_text(c.crl.issuer_name()))
+            .collect()
     }
 
     /// The issuers (as text) of lists that are not complete (delta, partitioned, or with
@@ -343,7 +398,8 @@ struct Scope {
 }
 
 impl Scope {
-    /// Reads the crlExtensions of a CertificateList's DER (RFC 5280 §5.1).
+    /// Reads the extensions of a CertificateList's DER (RFC 5280 §5.1): the list's own
+    /// (crlExtensions) and its entries' (crlEntryExtensions, §5.3).
     fn of(der: &[u8]) -> Result<Self, RevocationError> {
         // id-ce 2.5.29.x: the extensions a complete list may carry, and the others.
         const CRL_NUMBER: &[u8] = &[0x55, 0x1d, 0x14];
@@ -354,6 +410,11 @@ impl Scope {
         const DELTA_CRL_INDICATOR: &[u8] = &[0x55, 0x1d, 0x1b];
         const ISSUING_DISTRIBUTION_POINT: &[u8] = &[0x55, 0x1d, 0x1c];
         const AUTHORITY_INFO_ACCESS: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x01];
+        // Entry extensions understood here; certificateIssuer (2.5.29.29) is not: it makes
+        // an indirect list, whose entries belong to other issuers.
+        const REASON_CODE: &[u8] = &[0x55, 0x1d, 0x15];
+        const HOLD_INSTRUCTION: &[u8] = &[0x55, 0x1d, 0x17];
+        const INVALIDITY_DATE: &[u8] = &[0x55, 0x1d, 0x18];
         let bad = |_| RevocationError::NotACrl;
         let list = parse_exact(der).map_err(bad)?;
         let tbs = list.seq().map_err(bad)?.next(tag::SEQUENCE).map_err(bad)?;
@@ -361,36 +422,71 @@ impl Scope {
             complete: true,
             keeps_expired: false,
         };
-        let Some(extensions) = tbs
-            .children()
-            .filter_map(Result::ok)
-            .find(|c| c.tag == tag::ctx_cons(0))
-        else {
-            return Ok(scope);
-        };
-        let mut outer = extensions.seq().map_err(bad)?;
-        let mut each = outer.next(tag::SEQUENCE).map_err(bad)?.seq().map_err(bad)?;
-        while each.has_more().map_err(bad)? {
-            let mut ext = each.next(tag::SEQUENCE).map_err(bad)?.seq().map_err(bad)?;
-            let oid = ext.next(tag::OID).map_err(bad)?.content;
-            let critical = ext
-                .optional(tag::BOOLEAN)
-                .map_err(bad)?
-                .is_some_and(|b| b.content.first().is_some_and(|&v| v != 0));
-            match oid {
-                DELTA_CRL_INDICATOR | ISSUING_DISTRIBUTION_POINT => scope.complete = false,
-                EXPIRED_CERTS_ON_CRL => scope.keeps_expired = true,
-                CRL_NUMBER
-                | AUTHORITY_KEY_ID
-                | ISSUER_ALT_NAME
-                | FRESHEST_CRL
-                | AUTHORITY_INFO_ACCESS => {}
-                _ if critical => scope.complete = false,
-                _ => {}
+        // version, signature, issuer, thisUpdate; then nextUpdate, revokedCertificates and
+        // [0] crlExtensions, each optional.
+        let mut fields = tbs.seq().map_err(bad)?;
+        fields.optional(tag::INTEGER).map_err(bad)?;
+        fields.next(tag::SEQUENCE).map_err(bad)?;
+        fields.next(tag::SEQUENCE).map_err(bad)?;
+        fields.any().map_err(bad)?;
+        while fields.has_more().map_err(bad)? {
+            let field = fields.any().map_err(bad)?;
+            if field.tag == tag::SEQUENCE {
+                let mut entries = field.seq().map_err(bad)?;
+                while entries.has_more().map_err(bad)? {
+                    let mut entry = entries
+                        .next(tag::SEQUENCE)
+                        .map_err(bad)?
+                        .seq()
+                        .map_err(bad)?;
+                    entry.next(tag::INTEGER).map_err(bad)?;
+                    entry.any().map_err(bad)?;
+                    if let Some(exts) = entry.optional(tag::SEQUENCE).map_err(bad)? {
+                        for (oid, critical) in extensions(&exts).map_err(bad)? {
+                            match oid {
+                                REASON_CODE | HOLD_INSTRUCTION | INVALIDITY_DATE => {}
+                                _ if critical => scope.complete = false,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            } else if field.tag == tag::ctx_cons(0) {
+                let exts = field.seq().map_err(bad)?.next(tag::SEQUENCE).map_err(bad)?;
+                for (oid, critical) in extensions(&exts).map_err(bad)? {
+                    match oid {
+                        DELTA_CRL_INDICATOR | ISSUING_DISTRIBUTION_POINT => scope.complete = false,
+                        EXPIRED_CERTS_ON_CRL => scope.keeps_expired = true,
+                        CRL_NUMBER
+                        | AUTHORITY_KEY_ID
+                        | ISSUER_ALT_NAME
+                        | FRESHEST_CRL
+                        | AUTHORITY_INFO_ACCESS => {}
+                        _ if critical => scope.complete = false,
+                        _ => {}
+                    }
+                }
             }
         }
         Ok(scope)
     }
+}
+
+/// The (OID content, critical) pairs of an Extensions SEQUENCE.
+fn extensions<'a>(
+    seq: &crate::ber::slice::Tlv<'a>,
+) -> Result<Vec<(&'a [u8], bool)>, crate::ber::BerError> {
+    let mut out = Vec::new();
+    let mut each = seq.seq()?;
+    while each.has_more()? {
+        let mut ext = each.next(tag::SEQUENCE)?.seq()?;
+        let oid = ext.next(tag::OID)?.content;
+        let critical = ext
+            .optional(tag::BOOLEAN)?
+            .is_some_and(|b| b.content.first().is_some_and(|&v| v != 0));
+        out.push((oid, critical));
+    }
+    Ok(out)
 }
 
 fn read_all(files: &[Vec<u8>]) -> Result<Vec<Crl>, RevocationError> {
@@ -410,6 +506,7 @@ fn read_all(files: &[Vec<u8>]) -> Result<Vec<Crl>, RevocationError> {
                 complete: scope.complete,
                 keeps_expired: scope.keeps_expired,
                 checked: Mutex::new(Vec::new()),
+                failed_check: AtomicBool::new(false),
             });
         }
     }

@@ -160,9 +160,16 @@ fn mandatory_needs_a_current_list_signed_by_the_issuer() {
     // A list under the root's name but signed by another key: ignored, so Alice is not
     // revoked by it and her status stays unknown.
     let forged = vec![alice_revoked_by(&w.impostor, w.now + HOUR)];
+    let forged_anchors = mandatory(&forged);
+    assert!(forged_anchors.revocation().unverified().is_empty());
     assert_eq!(
-        errors(&w.from_alice, mandatory(&forged)).0,
+        errors(&w.from_alice, forged_anchors.clone()).0,
         vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    assert_eq!(
+        forged_anchors.revocation().unverified().len(),
+        1,
+        "the failed check is reported"
     );
     // The optional policy lets unknown statuses pass.
     let optional = anchors(&forged, RevocationPolicy::Optional);
@@ -186,9 +193,15 @@ fn statuses_follow_the_evaluation_time() {
     let revocation = Revocation::new(&list, RevocationPolicy::Mandatory).unwrap();
     let (alice, root) = (&w.alice.auth.cert, &w.pki.root.cert);
     assert_eq!(revocation.status(alice, root, w.now), CertStatus::Revoked);
-    // Before the revocation (the list was current from two hours ago): good.
+    // Before the revocation (the list was current from two hours ago): not revoked yet,
+    // but a list that names her is no proof of good standing: unknown. Dave, whom it does
+    // not name, was good then.
     assert_eq!(
         revocation.status(alice, root, w.now - 90 * 60),
+        CertStatus::Unknown
+    );
+    assert_eq!(
+        revocation.status(&w.dave.auth.cert, root, w.now - 90 * 60),
         CertStatus::Good
     );
     // Before the list: it cannot speak for that time.
@@ -479,6 +492,20 @@ fn a_partial_list_revokes_but_never_vouches() {
             "{oid}: a partial list said good"
         );
     }
+    // Delta and partitioned lists are partial also when not marked critical.
+    for (oid, der) in [
+        ("2.5.29.27", vec![0x02, 0x01, 0x01]),
+        ("2.5.29.28", vec![0x30, 0x03, 0x82, 0x01, 0xff]),
+    ] {
+        let list = vec![partial(&[&w.alice], ext(oid, false, &der))];
+        let a = anchors(&list, RevocationPolicy::Mandatory);
+        assert_eq!(a.revocation().incomplete().len(), 1, "{oid} non-critical");
+        assert_eq!(
+            errors(&w.from_dave, a).0,
+            vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN],
+            "{oid} non-critical: a partial list said good"
+        );
+    }
     // A non-critical unknown extension changes nothing.
     let list = vec![partial(
         &[],
@@ -553,4 +580,135 @@ fn times_allow_the_official_clock_skew() {
         CertStatus::Unknown,
         "a list from the future vouched"
     );
+}
+
+/// One DER element (definite length).
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|&b| b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A list of the root, made and signed here, whose one entry (Alice's certificate,
+/// revoked an hour ago) carries `entry_extension` (an Extension's DER): the test PKI's
+/// builder cannot add entry extensions.
+fn list_with_entry_extension(entry_extension: &[u8]) -> Vec<u8> {
+    use openssl::hash::MessageDigest;
+    use openssl::sign::Signer;
+    let w = world();
+    let time = |t: i64| {
+        let s = time::OffsetDateTime::from_unix_timestamp(t)
+            .unwrap()
+            .format(&time::macros::format_description!(
+                "[year repr:last_two][month][day][hour][minute][second]Z"
+            ))
+            .unwrap();
+        der(0x17, s.as_bytes())
+    };
+    // sha256WithRSAEncryption with NULL parameters.
+    let alg = der(
+        0x30,
+        &[
+            der(
+                0x06,
+                &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b],
+            ),
+            vec![0x05, 0x00],
+        ]
+        .concat(),
+    );
+    let serial = w.alice.auth.cert.serial_number().to_bn().unwrap().to_vec();
+    let serial = if serial[0] & 0x80 != 0 {
+        [vec![0], serial].concat()
+    } else {
+        serial
+    };
+    let entry = der(
+        0x30,
+        &[
+            der(0x02, &serial),
+            time(w.now - HOUR),
+            der(0x30, entry_extension),
+        ]
+        .concat(),
+    );
+    let tbs = der(
+        0x30,
+        &[
+            der(0x02, &[1]),
+            alg.clone(),
+            w.pki.root.cert.subject_name().to_der().unwrap(),
+            time(w.now - 2 * HOUR),
+            time(w.now + HOUR),
+            der(0x30, &entry),
+        ]
+        .concat(),
+    );
+    let mut signer = Signer::new(MessageDigest::sha256(), &w.pki.root.key).unwrap();
+    signer.update(&tbs).unwrap();
+    let signature = signer.sign_to_vec().unwrap();
+    der(
+        0x30,
+        &[tbs, alg, der(0x03, &[vec![0], signature].concat())].concat(),
+    )
+}
+
+#[test]
+fn a_list_with_an_entry_extension_it_does_not_know_is_partial() {
+    let w = world();
+    // An unknown critical entry extension (RFC 5280 §5.3: the list must not be used to
+    // say a certificate is good); its revocation still counts.
+    let unknown = der(
+        0x30,
+        &[
+            der(
+                0x06,
+                &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x86, 0x8d, 0x1f, 0x02],
+            ),
+            der(0x01, &[0xff]),
+            der(0x04, &[0x05, 0x00]),
+        ]
+        .concat(),
+    );
+    let list = vec![list_with_entry_extension(&unknown)];
+    let a = anchors(&list, RevocationPolicy::Mandatory);
+    assert_eq!(a.revocation().incomplete().len(), 1);
+    assert_eq!(
+        errors(&w.from_alice, a.clone()).0,
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+    assert_eq!(
+        errors(&w.from_dave, a).0,
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    // A reason code (keyCompromise), critical or not, is understood: the list is complete.
+    let reason = der(
+        0x30,
+        &[
+            der(0x06, &[0x55, 0x1d, 0x15]),
+            der(0x01, &[0xff]),
+            der(0x04, &der(0x0a, &[1])),
+        ]
+        .concat(),
+    );
+    let list = vec![list_with_entry_extension(&reason)];
+    let a = anchors(&list, RevocationPolicy::Mandatory);
+    assert!(a.revocation().incomplete().is_empty());
+    assert_eq!(
+        errors(&w.from_alice, a.clone()).0,
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+    assert_eq!(errors(&w.from_dave, a).0, vec![]);
 }

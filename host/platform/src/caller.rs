@@ -43,10 +43,12 @@ impl Caller {
         // The leaf is readable, so the chain has an end.
         let valid_until = etee_formats::cert::chain_valid_until(chain, now)
             .unwrap_or_else(|| certificate.not_after());
-        let chain = chain[1..]
+        let presented: Vec<Certificate> = chain[1..]
             .iter()
+            .take(MAX_PRESENTED)
             .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
             .collect();
+        let chain = issuing_chain(&certificate, presented);
         Some(Self {
             certificate,
             chain,
@@ -62,10 +64,11 @@ impl Caller {
     }
 
     /// Why the revocation lists in use refuse the caller's certificate at `now`, if they
-    /// do: it or a CA above it is revoked; or, under the mandatory policy, no current list
-    /// gives its status, or no path to the anchors along which to look them up is found
-    /// (rustls and OpenSSL may build paths differently). The lists can change while a
-    /// connection is kept alive, so each request asks. No lists: never.
+    /// do: it or a CA above it is revoked; or no path to the anchors along which to look
+    /// them up is found (rustls found one at the handshake, so the two disagree: refused
+    /// under either policy rather than let the certificate through unchecked); or, under
+    /// the mandatory policy, no current list gives its status. The lists can change while
+    /// a connection is kept alive, so each request asks. No lists: never.
     pub fn revocation_refusal(&self, anchors: &TrustAnchors, now: i64) -> Option<&'static str> {
         let policy = anchors.revocation().policy();
         if policy == RevocationPolicy::None {
@@ -77,12 +80,38 @@ impl Caller {
             PathCheck::StatusUnknown => {
                 Some("of unknown status: no current list of its CA gives it (mandatory policy)")
             }
-            PathCheck::Untrusted if policy == RevocationPolicy::Mandatory => Some(
-                "of unknown status: no path to client_ca to look it up along (mandatory policy)",
-            ),
-            PathCheck::Untrusted => None,
+            PathCheck::Untrusted => {
+                Some("of unknown status: no path to client_ca was found to look it up along")
+            }
         }
     }
+}
+
+/// Certificates of a presented chain considered beyond the leaf.
+const MAX_PRESENTED: usize = 8;
+
+/// The presented certificates that issued the leaf, the one that issued it, and so on (in
+/// whatever order they came): the name matches and the signature verifies. Others are
+/// left out: a decoy that only bears an issuer's name could lead OpenSSL's path building
+/// astray (it does not try another candidate), where rustls found the real path.
+fn issuing_chain(leaf: &Certificate, mut presented: Vec<Certificate>) -> Vec<Certificate> {
+    let issued = |child: &Certificate, parent: &Certificate| {
+        let (Some(c), Some(p)) = (child.x509(), parent.x509()) else {
+            return false;
+        };
+        c.issuer_name()
+            .try_cmp(p.subject_name())
+            .is_ok_and(|o| o.is_eq())
+            && parent.public_key().is_ok_and(|k| child.is_signed_by(&k))
+    };
+    let mut chain = Vec::new();
+    let mut below = leaf.clone();
+    while let Some(i) = presented.iter().position(|c| issued(&below, c)) {
+        let parent = presented.swap_remove(i);
+        below = parent.clone();
+        chain.push(parent);
+    }
+    chain
 }
 
 /// An identity's value as the platform stores and compares it: zero-padded as its type
@@ -157,15 +186,39 @@ mod tests {
             );
             assert_eq!(caller(&good).revocation_refusal(&a, now), None);
         }
-        assert_eq!(
-            caller(&foreign).revocation_refusal(&anchors(RevocationPolicy::Optional), now),
-            None
-        );
-        assert!(caller(&foreign)
-            .revocation_refusal(&anchors(RevocationPolicy::Mandatory), now)
-            .is_some_and(|why| why.contains("no path")));
+        for policy in [RevocationPolicy::Optional, RevocationPolicy::Mandatory] {
+            assert!(caller(&foreign)
+                .revocation_refusal(&anchors(policy), now)
+                .is_some_and(|why| why.contains("no path")));
+        }
         let none = TrustAnchors::new(vec![root.clone()]);
         assert_eq!(caller(&revoked).revocation_refusal(&none, now), None);
+    }
+
+    /// Of a presented chain only the certificates that issued the one below are kept, in
+    /// issuing order whatever the order presented; a decoy under an issuer's name is not.
+    #[test]
+    fn a_presented_chain_keeps_only_its_issuers() {
+        let pki = TestPki::generate("caller-chain").unwrap();
+        let intermediate = pki.subordinate("caller-chain").unwrap();
+        let decoy = pki.subordinate("caller-chain").unwrap();
+        let leaf = intermediate
+            .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Leaf"))
+            .unwrap();
+        let der = |x: &openssl::x509::X509| x.to_der().unwrap();
+        let caller = Caller::from_chain(&[
+            der(&leaf.auth.cert),
+            der(&pki.root.cert),
+            der(&decoy.root.cert),
+            der(&intermediate.root.cert),
+        ])
+        .unwrap();
+        let kept: Vec<Vec<u8>> = caller.chain.iter().map(|c| c.der().to_vec()).collect();
+        assert_eq!(
+            kept,
+            vec![der(&intermediate.root.cert), der(&pki.root.cert)],
+            "the decoy (same name, another key) was kept, or the order is wrong"
+        );
     }
 
     /// The period ends with the earliest notAfter of the leaf and of the certificates

@@ -19,7 +19,7 @@
 
 use crate::caller::{store_identifier, stored_value};
 use etee_formats::identity::{normalize_value, Identity};
-use etee_formats::trust::TrustAnchors;
+use etee_formats::trust::{PathCheck, TrustAnchors};
 use etee_services::etkdepot::rest::IdentifierJson;
 use etee_services::etkdepot::Identifier;
 use etee_services::keydepot::{
@@ -223,11 +223,27 @@ pub fn register(
             let verified = a
                 .verify(&request.key_id, &request.public_key, &as_identifier)
                 .map_err(|e| KeyDepotError::Attestation(e.to_string()))?;
-            // verify() checks the chain links, not whom it leads to: that is ours to decide.
-            if !anchors.verify(&verified.signer, &verified.chain, now) {
-                return Err(KeyDepotError::Attestation(
-                    "the signer's certificate does not chain to the platform's CA".into(),
-                ));
+            // verify() checks the chain links, not whom it leads to: that is ours to decide,
+            // with the platform's revocation lists when it has them.
+            match anchors.check(&verified.signer, &verified.chain, now, now) {
+                PathCheck::Trusted => {}
+                PathCheck::Untrusted => {
+                    return Err(KeyDepotError::Attestation(
+                        "the signer's certificate does not chain to the platform's CA".into(),
+                    ))
+                }
+                PathCheck::Revoked => {
+                    return Err(KeyDepotError::Attestation(
+                        "the signer's certificate is revoked by its CA's list".into(),
+                    ))
+                }
+                PathCheck::StatusUnknown => {
+                    return Err(KeyDepotError::Attestation(
+                        "no current revocation list gives the status of the signer's \
+                         certificate (mandatory policy)"
+                            .into(),
+                    ))
+                }
             }
             if verified.statement.issued_at > now + MAX_CLOCK_SKEW {
                 return Err(KeyDepotError::Attestation(

@@ -648,3 +648,38 @@ async fn malformed_requests_are_problems(w: World) {
     }
     w.stop().await;
 }
+
+/// An attestation is refused when the platform's revocation lists revoke its signer (the
+/// same key that authenticates the caller over TLS, here looked at on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attestation_by_a_revoked_key_is_refused() {
+    use etee_formats::revocation::{Revocation, RevocationPolicy};
+    let w = World::new("attestation-revoked", common::Backend::Embedded).await;
+    let pki = &common::pki().pki;
+    let now = etee_platform::unix_now();
+    let list = |revoked: &[&Institution]| {
+        let entries: Vec<_> = revoked
+            .iter()
+            .map(|i| (i.auth.cert.serial_number(), now - 10))
+            .collect();
+        pki.crl(&entries, 1, now - 60, now + 3600)
+            .unwrap()
+            .to_der()
+            .unwrap()
+    };
+    let identities = etee_formats::identity::identities(&cert(&w.alice.auth.cert));
+    let register = |revoked: &[&Institution], id: &[u8]| {
+        let anchors = w.anchors.clone().with_revocation(
+            Revocation::new(&[list(revoked)], RevocationPolicy::Optional).unwrap(),
+        );
+        let mut r = request(&rsa(), id);
+        r.attestation = Some(attestation(&r, &w.alice, NON_EXPORTABLE));
+        w.store(|s| etee_platform::keydepot::register(s, &anchors, &identities, &r, now))
+    };
+    assert!(register(&[&w.bob], b"good signer").is_ok());
+    let e = register(&[&w.alice], b"revoked signer")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("revoked"), "{e}");
+    w.stop().await;
+}

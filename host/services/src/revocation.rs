@@ -246,6 +246,17 @@ impl CrlFiles {
                         Ok(None) => {}
                         Err(e) => tracing::warn!("{e}; the lists read before stay in use"),
                     }
+                    for issuer in anchors.revocation().unverified() {
+                        let key = format!("unverified {issuer}");
+                        if !warned.contains(&key) {
+                            tracing::warn!(
+                                "the revocation list of {issuer} is not signed by the \
+                                 certificate's issuer of that name it was checked against \
+                                 (damaged, or another CA's): it is not used"
+                            );
+                            warned.push(key);
+                        }
+                    }
                     for issuer in anchors.revocation().stale_at(etee_formats::unix_now()) {
                         if !warned.contains(&issuer) {
                             tracing::warn!(
@@ -292,8 +303,8 @@ fn warn_partial(anchors: &TrustAnchors) {
     }
 }
 
-/// A file's bytes, if they are revocation lists and those of a trust anchor are signed by
-/// it.
+/// A file's bytes, if they are revocation lists, those of a trust anchor are signed by
+/// it, and none is older than a list of the same issuer in use (at start there is none).
 fn read_one(path: &Path, anchors: &TrustAnchors) -> Result<Vec<u8>, CrlFileError> {
     let shown = || path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| CrlFileError::Read {
@@ -301,7 +312,13 @@ fn read_one(path: &Path, anchors: &TrustAnchors) -> Result<Vec<u8>, CrlFileError
         source,
     })?;
     Revocation::new(std::slice::from_ref(&bytes), RevocationPolicy::Optional)
-        .and_then(|r| r.check_against(anchors.certs()))
+        .and_then(|r| {
+            r.check_against(anchors.certs())?;
+            match anchors.revocation().older_than_in_use(&r) {
+                Some(issuer) => Err(RevocationError::Older { issuer }),
+                None => Ok(()),
+            }
+        })
         .map_err(|source| CrlFileError::List {
             path: shown(),
             source,
@@ -474,6 +491,28 @@ mod tests {
         assert_eq!(replaced(files.refresh(&anchors).unwrap()), (true, 1));
         assert_eq!(check(), etee_formats::trust::PathCheck::Trusted);
 
+        // A replayed older list (an earlier thisUpdate) would undo the revocation: refused,
+        // the list in use stays.
+        std::fs::write(&path, list(true, 6)).unwrap();
+        assert_eq!(replaced(files.refresh(&anchors).unwrap()), (true, 1));
+        let older = pki
+            .crl(&[], 1, now - 7200, now + 3600)
+            .unwrap()
+            .to_der()
+            .unwrap();
+        std::fs::write(&path, older).unwrap();
+        let r = files.refresh(&anchors).unwrap().expect("a change");
+        assert!(!r.replaced);
+        assert!(
+            r.problems[0].to_string().contains("older"),
+            "{:?}",
+            r.problems
+        );
+        assert_eq!(check(), etee_formats::trust::PathCheck::Revoked);
+        std::fs::write(&path, list(false, 7)).unwrap();
+        assert_eq!(replaced(files.refresh(&anchors).unwrap()), (true, 1));
+        assert_eq!(check(), etee_formats::trust::PathCheck::Trusted);
+
         // Two files: a broken one does not hold back the other's new list.
         let other = TestPki::generate("crl files, other CA").unwrap();
         let other_list = |number: u64| {
@@ -502,20 +541,13 @@ mod tests {
             anchors2.check(&leaf, &[], now, now),
             etee_formats::trust::PathCheck::Revoked
         );
-        // A file made readable again (chmod only) is read again.
+        // A chmod alone (which can make an unreadable file readable) changes the stamp,
+        // so such a file is read again.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::write(&path2, other_list(2)).unwrap();
-        std::fs::set_permissions(&path2, std::fs::Permissions::from_mode(0o000)).unwrap();
-        let unreadable = two.refresh(&anchors2).unwrap();
-        std::fs::set_permissions(&path2, std::fs::Permissions::from_mode(0o600)).unwrap();
-        if unreadable.is_some_and(|r| !r.problems.is_empty()) {
-            // (Not as root, who reads it anyway.)
-            let r = two
-                .refresh(&anchors2)
-                .unwrap()
-                .expect("read again after chmod");
-            assert!(r.replaced && r.problems.is_empty(), "{r:?}");
-        }
+        let before = stamp(&path2);
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::set_permissions(&path2, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_ne!(stamp(&path2), before, "a chmod went unnoticed");
 
         // Followed by a thread: a change is in use within a few intervals, and dropping
         // the thread's handle stops it.

@@ -197,13 +197,15 @@ fn current_list(
     if !crl.verify(&pki.root.key).unwrap_or(false) {
         return Err(bad("not signed by this world's CA"));
     }
+    // The number must rise with every list: one that cannot be read is an error rather
+    // than a new count from 1.
     let number = crl
         .extension::<openssl::x509::extension::CrlNumber>()
         .ok()
         .flatten()
         .and_then(|(_, n)| n.to_bn().ok())
         .and_then(|n| n.to_dec_str().ok().and_then(|d| d.parse::<u64>().ok()))
-        .unwrap_or(0);
+        .ok_or_else(|| bad("no CRL number etee can read (the next list's must be higher)"))?;
     let mut entries = Vec::new();
     for r in crl.get_revoked().into_iter().flatten() {
         let at = etee_formats::revocation::unix(r.revocation_date())

@@ -37,7 +37,7 @@ pub enum KeyDepotError {
     /// The body, a key id or an identifier is not what the operation expects.
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("a write needs a TLS client certificate")]
+    #[error("a write needs a TLS client certificate of the platform's CA, valid and not revoked")]
     Unauthenticated,
     #[error("the client certificate names no eHealth identity")]
     NoIdentity,

@@ -191,7 +191,7 @@ pub enum KgssError {
     UnknownKey,
     #[error("this sealed request was already served")]
     Replay,
-    #[error("a request needs an authenticated caller")]
+    #[error("a request needs an authenticated caller: a TLS client certificate of the platform's CA, valid and not revoked")]
     Unauthenticated,
     /// The HSM (through the custody core) refused or failed.
     #[error("key custody: {0}")]

@@ -432,6 +432,12 @@ fn parse_name(name: &Tlv<'_>) -> Result<Vec<NameAttr>, BerError> {
     Ok(out)
 }
 
+/// Whether two names are equal as OpenSSL compares them (its canonical form), not byte
+/// for byte: how issuers are matched to subjects.
+pub fn same_name(a: &openssl::x509::X509NameRef, b: &openssl::x509::X509NameRef) -> bool {
+    a.try_cmp(b).is_ok_and(|o| o.is_eq())
+}
+
 /// When a client's verified TLS chain (leaf first, as presented) stops being valid, in
 /// Unix seconds: the earliest notAfter of the leaf and of the other certificates still
 /// valid at the handshake time `now`. Those already expired then cannot be on the path

@@ -12,7 +12,7 @@
 
 use crate::ber::slice::parse_exact;
 use crate::ber::tag;
-use crate::cert::Certificate;
+use crate::cert::{same_name, Certificate};
 use openssl::pkey::{PKey, PKeyRef, Public};
 use openssl::x509::{CrlStatus, X509Crl, X509NameRef, X509Ref};
 use std::fmt;
@@ -239,12 +239,7 @@ impl Revocation {
         let expired = unix(cert.not_after()).is_none_or(|not_after| at > not_after);
         let mut status = CertStatus::Unknown;
         for c in self.current().iter() {
-            let same_issuer = c
-                .crl
-                .issuer_name()
-                .try_cmp(cert.issuer_name())
-                .is_ok_and(|o| o.is_eq());
-            if !same_issuer {
+            if !same_name(c.crl.issuer_name(), cert.issuer_name()) {
                 continue;
             }
             if !c.signed_by(&issuer_key) {
@@ -307,11 +302,7 @@ impl Revocation {
                 .iter()
                 .any(|old| {
                     old.this_update > new.this_update
-                        && old
-                            .crl
-                            .issuer_name()
-                            .try_cmp(new.crl.issuer_name())
-                            .is_ok_and(|o| o.is_eq())
+                        && same_name(old.crl.issuer_name(), new.crl.issuer_name())
                 })
                 .then(|| name_text(new.crl.issuer_name()))
         })
@@ -372,11 +363,7 @@ fn check_signed(crls: &[Crl], anchors: &[Certificate]) -> Result<(), RevocationE
         let named: Vec<&X509Ref> = anchors
             .iter()
             .filter_map(|a| a.x509())
-            .filter(|a| {
-                a.subject_name()
-                    .try_cmp(c.crl.issuer_name())
-                    .is_ok_and(|o| o.is_eq())
-            })
+            .filter(|a| same_name(a.subject_name(), c.crl.issuer_name()))
             .map(|a| a.as_ref())
             .collect();
         let signed = named

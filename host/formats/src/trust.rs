@@ -3,7 +3,7 @@
 //! library does; with revocation lists ([`crate::revocation`]), the path's certificates are
 //! also looked up in them ([`TrustAnchors::check`]).
 
-use crate::cert::Certificate;
+use crate::cert::{same_name, Certificate};
 use crate::revocation::{CertStatus, Revocation, RevocationPolicy};
 use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
@@ -195,18 +195,14 @@ impl TrustAnchors {
     /// certificate, but an anchor that is an intermediate CA (trusted directly, as in a
     /// Java trust store) can itself be revoked by its issuer's list.
     fn up_to_a_root(&self, mut path: Vec<Certificate>) -> Vec<Certificate> {
-        // Names compared as OpenSSL compares them (its canonical form), not byte for byte.
-        let names_equal = |a: &openssl::x509::X509NameRef, b: &openssl::x509::X509NameRef| {
-            a.try_cmp(b).is_ok_and(|o| o.is_eq())
-        };
         while let Some(last) = path.last() {
             let Some(last_x) = last.x509() else { break };
-            if names_equal(last_x.subject_name(), last_x.issuer_name()) {
+            if same_name(last_x.subject_name(), last_x.issuer_name()) {
                 break;
             }
             let issuer = self.certs.iter().find(|a| {
                 a.x509()
-                    .is_some_and(|ax| names_equal(ax.subject_name(), last_x.issuer_name()))
+                    .is_some_and(|ax| same_name(ax.subject_name(), last_x.issuer_name()))
                     && !path.contains(a)
                     && a.public_key().is_ok_and(|k| last.is_signed_by(&k))
             });

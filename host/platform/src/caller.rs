@@ -99,9 +99,7 @@ fn issuing_chain(leaf: &Certificate, mut presented: Vec<Certificate>) -> Vec<Cer
         let (Some(c), Some(p)) = (child.x509(), parent.x509()) else {
             return false;
         };
-        c.issuer_name()
-            .try_cmp(p.subject_name())
-            .is_ok_and(|o| o.is_eq())
+        etee_formats::cert::same_name(c.issuer_name(), p.subject_name())
             && parent.public_key().is_ok_and(|k| child.is_signed_by(&k))
     };
     let mut chain = Vec::new();

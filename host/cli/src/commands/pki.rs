@@ -128,11 +128,9 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
         targets.push((path.display().to_string(), x));
     }
     for (what, x) in &targets {
-        let issued_here = x
-            .issuer_name()
-            .try_cmp(pki.root.cert.subject_name())
-            .is_ok_and(|o| o.is_eq())
-            && x.verify(&pki.root.key).unwrap_or(false);
+        let issued_here =
+            etee_formats::cert::same_name(x.issuer_name(), pki.root.cert.subject_name())
+                && x.verify(&pki.root.key).unwrap_or(false);
         if !issued_here {
             return Err(CliError::Usage(format!(
                 "{what}: its certificate was not issued by this world's CA"

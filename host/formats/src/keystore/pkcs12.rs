@@ -11,11 +11,10 @@ use super::pbe::{self, Budget, Digest, Password, Scheme};
 use super::KeystoreError;
 use crate::ber::slice::{oid_to_string, parse_exact, Tlv};
 use crate::ber::{tag, write};
-use crate::cert::decode_string;
+use crate::cert::{decode_string, same_name};
 use crate::oid;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
-use std::cmp::Ordering;
 use std::fmt;
 use zeroize::Zeroizing;
 
@@ -479,10 +478,6 @@ impl PfxContents {
         }
         Ok(out)
     }
-}
-
-fn same_name(a: &openssl::x509::X509NameRef, b: &openssl::x509::X509NameRef) -> bool {
-    a.try_cmp(b).is_ok_and(|o| o == Ordering::Equal)
 }
 
 fn build_chain(leaf: usize, certs: &[X509]) -> Vec<X509> {

@@ -195,22 +195,16 @@ impl TrustAnchors {
     /// certificate, but an anchor that is an intermediate CA (trusted directly, as in a
     /// Java trust store) can itself be revoked by its issuer's list.
     fn up_to_a_root(&self, mut path: Vec<Certificate>) -> Vec<Certificate> {
-        while let Some(last) = path.last() {
-            let Some(last_x) = last.x509() else { break };
-            if same_name(last_x.subject_name(), last_x.issuer_name()) {
-                break;
-            }
-            let issuer = self.certs.iter().find(|a| {
-                a.x509()
-                    .is_some_and(|ax| same_name(ax.subject_name(), last_x.issuer_name()))
-                    && !path.contains(a)
-                    && a.public_key().is_ok_and(|k| last.is_signed_by(&k))
-            });
-            match issuer {
-                Some(a) => path.push(a.clone()),
-                None => break,
-            }
-        }
+        let Some(last) = path.last().cloned() else {
+            return path;
+        };
+        let pool = self
+            .certs
+            .iter()
+            .filter(|a| !path.contains(a))
+            .cloned()
+            .collect();
+        path.extend(issuers_of(&last, pool));
         path
     }
 
@@ -273,6 +267,34 @@ impl TrustAnchors {
         .ok()
         .flatten()
     }
+}
+
+/// The certificates of `pool` that issued `start`, the one that issued that, and so on,
+/// in that order: each bears the name of the one below's issuer and its key verifies the
+/// one below; each is used once. It stops at a self-issued certificate, or where none of
+/// `pool` issued the last one.
+pub fn issuers_of(start: &Certificate, mut pool: Vec<Certificate>) -> Vec<Certificate> {
+    let issued = |child: &Certificate, parent: &Certificate| match (child.x509(), parent.x509()) {
+        (Some(c), Some(p)) => {
+            same_name(c.issuer_name(), p.subject_name())
+                && parent.public_key().is_ok_and(|k| child.is_signed_by(&k))
+        }
+        _ => false,
+    };
+    let mut issuers = Vec::new();
+    let mut below = start.clone();
+    while let Some(b) = below.x509() {
+        if same_name(b.subject_name(), b.issuer_name()) {
+            break;
+        }
+        let Some(i) = pool.iter().position(|c| issued(&below, c)) else {
+            break;
+        };
+        let parent = pool.swap_remove(i);
+        below = parent.clone();
+        issuers.push(parent);
+    }
+    issuers
 }
 
 #[cfg(test)]

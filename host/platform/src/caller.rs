@@ -48,7 +48,11 @@ impl Caller {
             .take(MAX_PRESENTED)
             .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
             .collect();
-        let chain = issuing_chain(&certificate, presented);
+        // Only the presented certificates that issued the leaf, the one that issued it, and
+        // so on (in whatever order they came): a decoy that only bears an issuer's name
+        // could lead OpenSSL's path building astray (it does not try another candidate),
+        // where rustls found the real path.
+        let chain = etee_formats::trust::issuers_of(&certificate, presented);
         Some(Self {
             certificate,
             chain,
@@ -89,28 +93,6 @@ impl Caller {
 
 /// Certificates of a presented chain considered beyond the leaf.
 const MAX_PRESENTED: usize = 8;
-
-/// The presented certificates that issued the leaf, the one that issued it, and so on (in
-/// whatever order they came): the name matches and the signature verifies. Others are
-/// left out: a decoy that only bears an issuer's name could lead OpenSSL's path building
-/// astray (it does not try another candidate), where rustls found the real path.
-fn issuing_chain(leaf: &Certificate, mut presented: Vec<Certificate>) -> Vec<Certificate> {
-    let issued = |child: &Certificate, parent: &Certificate| {
-        let (Some(c), Some(p)) = (child.x509(), parent.x509()) else {
-            return false;
-        };
-        etee_formats::cert::same_name(c.issuer_name(), p.subject_name())
-            && parent.public_key().is_ok_and(|k| child.is_signed_by(&k))
-    };
-    let mut chain = Vec::new();
-    let mut below = leaf.clone();
-    while let Some(i) = presented.iter().position(|c| issued(&below, c)) {
-        let parent = presented.swap_remove(i);
-        below = parent.clone();
-        chain.push(parent);
-    }
-    chain
-}
 
 /// An identity's value as the platform stores and compares it: zero-padded as its type
 /// requires (spec §3.4); a value of an unknown type as written.

@@ -4,8 +4,9 @@ use crate::CliError;
 use etee_formats::cert::Certificate;
 use etee_formats::cms::ExpectedSigner;
 use etee_formats::keystore::EhealthKeystore;
-use etee_formats::revocation::{Revocation, RevocationPolicy};
+use etee_formats::revocation::RevocationPolicy;
 use etee_formats::trust::TrustAnchors;
+use etee_services::revocation::CrlFileError;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -90,22 +91,19 @@ pub fn anchors(
     revocation: &RevocationArgs,
     at: i64,
 ) -> Result<TrustAnchors, CliError> {
-    let anchors = TrustAnchors::new(certificates(trust)?);
-    let policy = RevocationPolicy::effective(revocation.revocation, revocation.crl.len())
-        .map_err(|e| CliError::Usage(format!("--crl/--revocation: {e}")))?;
-    let mut lists = Vec::with_capacity(revocation.crl.len());
-    for path in &revocation.crl {
-        let bytes = read_file(path)?;
-        // Each file on its own, so that the error names the one that is wrong.
-        Revocation::new(std::slice::from_ref(&bytes), policy)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-        lists.push(bytes);
-    }
-    let revocation = Revocation::new(&lists, policy)
-        .map_err(|e| CliError::Usage(format!("revocation lists: {e}")))?;
-    revocation
-        .check_against(anchors.certs())
-        .map_err(|e| CliError::Usage(format!("--crl: {e}")))?;
+    let config = etee_services::revocation::RevocationConfig {
+        crl: revocation.crl.clone(),
+        policy: revocation.revocation,
+        ..Default::default()
+    };
+    // Each file read once, its lists checked against the anchors; errors name the file.
+    let anchors = config
+        .load(TrustAnchors::new(certificates(trust)?))
+        .map_err(|e| match e {
+            CrlFileError::Policy(e) => CliError::Usage(format!("--crl/--revocation: {e}")),
+            e => CliError::Usage(format!("--crl: {e}")),
+        })?;
+    let revocation = anchors.revocation();
     for issuer in revocation.stale_at(at) {
         eprintln!(
             "etee: note: the revocation list of {issuer} is past its nextUpdate: it gives no \
@@ -119,7 +117,7 @@ pub fn anchors(
              know): its revocations count, but it gives no certificate's status"
         );
     }
-    Ok(anchors.with_revocation(revocation))
+    Ok(anchors)
 }
 
 /// `--at` as unix seconds; now when absent.

@@ -166,10 +166,12 @@ pub const CLOCK_SKEW: i64 = 300;
 
 /// The revocation lists a receiver knows, and how it uses them. Cheap to clone; clones
 /// share the lists, so that [`Revocation::replace`] (a long-running service re-reading
-/// its files) reaches every holder at once.
+/// its files) reaches every holder at once. Each list is shared too, so that lists read
+/// once can be combined ([`Revocation::combined`], [`Revocation::replace_with`]) without
+/// being parsed or their signatures checked again.
 #[derive(Clone, Default)]
 pub struct Revocation {
-    crls: Arc<RwLock<Arc<Vec<Crl>>>>,
+    crls: Arc<RwLock<Arc<Vec<Arc<Crl>>>>>,
     policy: RevocationPolicy,
 }
 
@@ -198,6 +200,14 @@ impl Revocation {
         })
     }
 
+    /// The lists of `parts` (read and checked before) under `policy`, shared with them.
+    pub fn combined(parts: &[Revocation], policy: RevocationPolicy) -> Self {
+        Self {
+            crls: Arc::new(RwLock::new(Arc::new(Self::lists_of(parts)))),
+            policy,
+        }
+    }
+
     /// Replaces the lists (for this value and every clone) with those of `files`, checked
     /// as [`Revocation::check_against`] does; on an error the lists in use stay.
     /// Returns how many lists are now in use.
@@ -206,14 +216,28 @@ impl Revocation {
         files: &[Vec<u8>],
         anchors: &[Certificate],
     ) -> Result<usize, RevocationError> {
-        let fresh = read_all(files)?;
-        check_signed(&fresh, anchors)?;
-        let n = fresh.len();
-        *self.crls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
-        Ok(n)
+        let fresh = Self::new(files, self.policy)?;
+        fresh.check_against(anchors)?;
+        Ok(self.replace_with(&[fresh]))
     }
 
-    fn current(&self) -> Arc<Vec<Crl>> {
+    /// Replaces the lists (for this value and every clone) with those of `parts`, read
+    /// and checked before. Returns how many lists are now in use.
+    pub fn replace_with(&self, parts: &[Revocation]) -> usize {
+        let lists = Self::lists_of(parts);
+        let n = lists.len();
+        *self.crls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(lists);
+        n
+    }
+
+    fn lists_of(parts: &[Revocation]) -> Vec<Arc<Crl>> {
+        parts
+            .iter()
+            .flat_map(|p| p.current().iter().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn current(&self) -> Arc<Vec<Arc<Crl>>> {
         self.crls.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -358,7 +382,7 @@ fn name_text(name: &X509NameRef) -> String {
     parts.into_iter().rev().collect::<Vec<_>>().join(", ")
 }
 
-fn check_signed(crls: &[Crl], anchors: &[Certificate]) -> Result<(), RevocationError> {
+fn check_signed(crls: &[Arc<Crl>], anchors: &[Certificate]) -> Result<(), RevocationError> {
     for c in crls {
         let named: Vec<&X509Ref> = anchors
             .iter()
@@ -476,7 +500,7 @@ fn extensions<'a>(
     Ok(out)
 }
 
-fn read_all(files: &[Vec<u8>]) -> Result<Vec<Crl>, RevocationError> {
+fn read_all(files: &[Vec<u8>]) -> Result<Vec<Arc<Crl>>, RevocationError> {
     let mut crls = Vec::new();
     for bytes in files {
         for crl in parse(bytes)? {
@@ -486,7 +510,7 @@ fn read_all(files: &[Vec<u8>]) -> Result<Vec<Crl>, RevocationError> {
                 None => None,
             };
             let scope = Scope::of(&crl.to_der().map_err(|_| RevocationError::NotACrl)?)?;
-            crls.push(Crl {
+            crls.push(Arc::new(Crl {
                 crl,
                 this_update,
                 next_update,
@@ -494,7 +518,7 @@ fn read_all(files: &[Vec<u8>]) -> Result<Vec<Crl>, RevocationError> {
                 keeps_expired: scope.keeps_expired,
                 checked: Mutex::new(Vec::new()),
                 failed_check: AtomicBool::new(false),
-            });
+            }));
         }
     }
     Ok(crls)

@@ -98,11 +98,12 @@ impl RevocationConfig {
 /// times (a chmod that makes it readable changes the latter), size and inode.
 type Stamp = (i64, i64, i64, i64, u64, u64);
 
-/// One file: the version last looked at, and the content last found good.
+/// One file: the version last looked at, and the lists last found good in it (read and
+/// checked once; cheap to clone).
 #[derive(Clone, Debug, Default)]
 struct FileState {
     stamp: Option<Stamp>,
-    good: Option<Vec<u8>>,
+    good: Option<Revocation>,
 }
 
 /// What [`CrlFiles::refresh`] did.
@@ -148,17 +149,13 @@ impl CrlFiles {
         for path in &self.paths {
             // The stamp before the read: a file replaced during the read is read again.
             let stamp = stamp(path);
-            let bytes = read_one(path, &anchors)?;
+            let lists = read_one(path, &anchors)?;
             state.push(FileState {
                 stamp,
-                good: Some(bytes),
+                good: Some(lists),
             });
         }
-        let files: Vec<Vec<u8>> = state.iter().filter_map(|f| f.good.clone()).collect();
-        let revocation = Revocation::new(&files, policy).map_err(|source| CrlFileError::List {
-            path: self.joined(),
-            source,
-        })?;
+        let revocation = Revocation::combined(&good_lists(&state), policy);
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
         Ok(anchors.with_revocation(revocation))
     }
@@ -168,7 +165,7 @@ impl CrlFiles {
     /// A changed file that cannot be used (unreadable, not lists, not signed by its
     /// anchor) is reported in [`Refreshed::problems`] and its previous content stays in
     /// use, without holding back the other files' new lists.
-    pub fn refresh(&self, anchors: &TrustAnchors) -> Result<Option<Refreshed>, CrlFileError> {
+    pub fn refresh(&self, anchors: &TrustAnchors) -> Option<Refreshed> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut problems = Vec::new();
         let mut changed = false;
@@ -179,8 +176,8 @@ impl CrlFiles {
             }
             file.stamp = now;
             match read_one(path, anchors) {
-                Ok(bytes) => {
-                    file.good = Some(bytes);
+                Ok(lists) => {
+                    file.good = Some(lists);
                     changed = true;
                 }
                 Err(e) => problems.push(e),
@@ -189,28 +186,21 @@ impl CrlFiles {
         if !changed {
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
             if problems.is_empty() {
-                return Ok(None);
+                return None;
             }
-            return Ok(Some(Refreshed {
+            return Some(Refreshed {
                 lists: anchors.revocation().lists(),
                 replaced: false,
                 problems,
-            }));
+            });
         }
-        let files: Vec<Vec<u8>> = state.iter().filter_map(|f| f.good.clone()).collect();
-        let lists = anchors
-            .revocation()
-            .replace(&files, anchors.certs())
-            .map_err(|source| CrlFileError::List {
-                path: self.joined(),
-                source,
-            })?;
+        let lists = anchors.revocation().replace_with(&good_lists(&state));
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
-        Ok(Some(Refreshed {
+        Some(Refreshed {
             lists,
             replaced: true,
             problems,
-        }))
+        })
     }
 
     /// A thread that calls [`CrlFiles::refresh`] every `every` and logs what happened: the
@@ -226,25 +216,21 @@ impl CrlFiles {
                 let mut warned: Vec<String> = Vec::new();
                 warn_partial(&anchors);
                 loop {
-                    match self.refresh(&anchors) {
-                        Ok(Some(r)) => {
-                            for e in &r.problems {
-                                tracing::warn!(
-                                    "{e}; its previous content stays in use (it is read again \
-                                     when it changes)"
-                                );
-                            }
-                            if r.replaced {
-                                tracing::info!(
-                                    lists = r.lists,
-                                    "revocation lists read again (their files changed)"
-                                );
-                                warned.clear();
-                                warn_partial(&anchors);
-                            }
+                    if let Some(r) = self.refresh(&anchors) {
+                        for e in &r.problems {
+                            tracing::warn!(
+                                "{e}; its previous content stays in use (it is read again \
+                                 when it changes)"
+                            );
                         }
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!("{e}; the lists read before stay in use"),
+                        if r.replaced {
+                            tracing::info!(
+                                lists = r.lists,
+                                "revocation lists read again (their files changed)"
+                            );
+                            warned.clear();
+                            warn_partial(&anchors);
+                        }
                     }
                     for issuer in anchors.revocation().unverified() {
                         let key = format!("unverified {issuer}");
@@ -283,14 +269,11 @@ impl CrlFiles {
             thread,
         }
     }
+}
 
-    fn joined(&self) -> String {
-        self.paths
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
+/// The lists of the files last found good, in the files' order.
+fn good_lists(state: &[FileState]) -> Vec<Revocation> {
+    state.iter().filter_map(|f| f.good.clone()).collect()
 }
 
 fn warn_partial(anchors: &TrustAnchors) {
@@ -303,27 +286,28 @@ fn warn_partial(anchors: &TrustAnchors) {
     }
 }
 
-/// A file's bytes, if they are revocation lists, those of a trust anchor are signed by
-/// it, and none is older than a list of the same issuer in use (at start there is none).
-fn read_one(path: &Path, anchors: &TrustAnchors) -> Result<Vec<u8>, CrlFileError> {
+/// A file's lists, if it holds revocation lists, those of a trust anchor are signed by it,
+/// and none is older than a list of the same issuer in use (at start there is none).
+fn read_one(path: &Path, anchors: &TrustAnchors) -> Result<Revocation, CrlFileError> {
     let shown = || path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| CrlFileError::Read {
         path: shown(),
         source,
     })?;
+    // The policy of the parts is not used: the lists are put in use by
+    // `Revocation::combined` / `replace_with`, under the service's policy.
     Revocation::new(std::slice::from_ref(&bytes), RevocationPolicy::Optional)
         .and_then(|r| {
             r.check_against(anchors.certs())?;
             match anchors.revocation().older_than_in_use(&r) {
                 Some(issuer) => Err(RevocationError::Older { issuer }),
-                None => Ok(()),
+                None => Ok(r),
             }
         })
         .map_err(|source| CrlFileError::List {
             path: shown(),
             source,
-        })?;
-    Ok(bytes)
+        })
 }
 
 /// Writes the revocation lists' gauges for `GET /metrics` (nothing when revocation is not
@@ -457,10 +441,7 @@ mod tests {
         assert_eq!(anchors.revocation().policy(), RevocationPolicy::Optional);
         let check = || anchors.check(&leaf, &[], now, now);
         assert_eq!(check(), etee_formats::trust::PathCheck::Trusted);
-        assert!(
-            files.refresh(&anchors).unwrap().is_none(),
-            "nothing changed"
-        );
+        assert!(files.refresh(&anchors).is_none(), "nothing changed");
         let replaced = |r: Option<Refreshed>| {
             let r = r.expect("a change");
             assert!(r.problems.is_empty(), "{:?}", r.problems);
@@ -471,37 +452,37 @@ mod tests {
         let next = dir.path().join("ca.crl.new");
         std::fs::write(&next, list(true, 2)).unwrap();
         std::fs::rename(&next, &path).unwrap();
-        assert_eq!(replaced(files.refresh(&anchors).unwrap()), (true, 1));
+        assert_eq!(replaced(files.refresh(&anchors)), (true, 1));
         assert_eq!(check(), etee_formats::trust::PathCheck::Revoked);
 
         // A broken replacement: a problem naming the file, reported once; the list in use
         // stays.
         std::fs::write(&path, b"truncated").unwrap();
-        let r = files.refresh(&anchors).unwrap().expect("a change");
+        let r = files.refresh(&anchors).expect("a change");
         assert!(!r.replaced);
         let e = r.problems[0].to_string();
         assert!(e.contains("ca.crl"), "{e}");
         assert_eq!(check(), etee_formats::trust::PathCheck::Revoked);
-        assert!(files.refresh(&anchors).unwrap().is_none(), "reported again");
+        assert!(files.refresh(&anchors).is_none(), "reported again");
         // A missing file likewise.
         std::fs::remove_file(&path).unwrap();
-        let r = files.refresh(&anchors).unwrap().expect("a change");
+        let r = files.refresh(&anchors).expect("a change");
         assert!(matches!(r.problems[..], [CrlFileError::Read { .. }]));
         std::fs::write(&path, list(false, 3)).unwrap();
-        assert_eq!(replaced(files.refresh(&anchors).unwrap()), (true, 1));
+        assert_eq!(replaced(files.refresh(&anchors)), (true, 1));
         assert_eq!(check(), etee_formats::trust::PathCheck::Trusted);
 
         // A replayed older list (an earlier thisUpdate) would undo the revocation: refused,
         // the list in use stays.
         std::fs::write(&path, list(true, 6)).unwrap();
-        assert_eq!(replaced(files.refresh(&anchors).unwrap()), (true, 1));
+        assert_eq!(replaced(files.refresh(&anchors)), (true, 1));
         let older = pki
             .crl(&[], 1, now - 7200, now + 3600)
             .unwrap()
             .to_der()
             .unwrap();
         std::fs::write(&path, older).unwrap();
-        let r = files.refresh(&anchors).unwrap().expect("a change");
+        let r = files.refresh(&anchors).expect("a change");
         assert!(!r.replaced);
         assert!(
             r.problems[0].to_string().contains("older"),
@@ -510,7 +491,7 @@ mod tests {
         );
         assert_eq!(check(), etee_formats::trust::PathCheck::Revoked);
         std::fs::write(&path, list(false, 7)).unwrap();
-        assert_eq!(replaced(files.refresh(&anchors).unwrap()), (true, 1));
+        assert_eq!(replaced(files.refresh(&anchors)), (true, 1));
         assert_eq!(check(), etee_formats::trust::PathCheck::Trusted);
 
         // Two files: a broken one does not hold back the other's new list.
@@ -533,7 +514,7 @@ mod tests {
             .unwrap();
         std::fs::write(&path2, b"half a list").unwrap();
         std::fs::write(&path, list(true, 5)).unwrap();
-        let r = two.refresh(&anchors2).unwrap().expect("a change");
+        let r = two.refresh(&anchors2).expect("a change");
         assert!(r.replaced && r.lists == 2, "{r:?}");
         assert_eq!(r.problems.len(), 1);
         assert!(r.problems[0].to_string().contains("other.crl"));

@@ -34,7 +34,15 @@ fn cert(x: &openssl::x509::X509) -> Certificate {
     Certificate::from_der(&x.to_der().expect("DER")).expect("certificate")
 }
 
-fn sealed_by(inst: &Institution, to: &Institution, now: i64) -> Vec<u8> {
+/// `content` sealed by `inst` (its certificate and the CA certificates `chain` in the
+/// message) to `to`'s ETK, signed at `now`.
+fn sealed_by(
+    inst: &Institution,
+    chain: Vec<Certificate>,
+    to: &Institution,
+    content: &[u8],
+    now: i64,
+) -> Vec<u8> {
     let mut keys = SoftwareKeys::new();
     keys.insert(KeyId("auth".into()), inst.auth.key.clone());
     let signer = SigningKey {
@@ -42,7 +50,7 @@ fn sealed_by(inst: &Institution, to: &Institution, now: i64) -> Vec<u8> {
         key: KeyId("auth".into()),
         signer: SignerRef::Certificate {
             cert: cert(&inst.auth.cert),
-            chain: vec![],
+            chain,
         },
     };
     let mut out = Vec::new();
@@ -50,7 +58,7 @@ fn sealed_by(inst: &Institution, to: &Institution, now: i64) -> Vec<u8> {
         &signer,
         &[Recipient::Certificate(cert(&to.etk_cert))],
         None,
-        &b"revocation test"[..],
+        content,
         &mut out,
         &SealOptions {
             signing_time: Some(now),
@@ -88,8 +96,8 @@ fn world() -> &'static World {
             modulus_bits: bob.etk_key.bits(),
         });
         World {
-            from_alice: sealed_by(&alice, &bob, now),
-            from_dave: sealed_by(&dave, &bob, now),
+            from_alice: sealed_by(&alice, vec![], &bob, b"revocation test", now),
+            from_dave: sealed_by(&dave, vec![], &bob, b"revocation test", now),
             now,
             pki,
             impostor,
@@ -358,28 +366,13 @@ fn below() -> &'static Below {
         let carol = intermediate
             .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000634", "Carol"))
             .expect("institution");
-        let mut keys = SoftwareKeys::new();
-        keys.insert(KeyId("auth".into()), carol.auth.key.clone());
-        let signer = SigningKey {
-            ops: Arc::new(keys),
-            key: KeyId("auth".into()),
-            signer: SignerRef::Certificate {
-                cert: cert(&carol.auth.cert),
-                chain: vec![cert(&intermediate.root.cert)],
-            },
-        };
-        let mut message = Vec::new();
-        seal(
-            &signer,
-            &[Recipient::Certificate(cert(&w.bob.etk_cert))],
-            None,
-            &b"from below"[..],
-            &mut message,
-            &SealOptions {
-                signing_time: Some(w.now),
-            },
-        )
-        .expect("seal");
+        let message = sealed_by(
+            &carol,
+            vec![cert(&intermediate.root.cert)],
+            &w.bob,
+            b"from below",
+            w.now,
+        );
         Below {
             intermediate,
             carol,

@@ -43,6 +43,15 @@ pub struct TrustAnchors {
     revocation: Revocation,
 }
 
+/// A path to an anchor at a given time, as [`TrustAnchors::path_at`] found it.
+enum PathAt {
+    None,
+    /// The remembered path, valid at that time.
+    Cached(Vec<Certificate>),
+    /// Found anew at that time (DER, leaf first).
+    Found(Vec<Vec<u8>>),
+}
+
 /// What [`TrustAnchors::check`] found for a certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathCheck {
@@ -122,22 +131,29 @@ impl TrustAnchors {
     }
 
     /// Whether `leaf` chains to an anchor at time `at` (unix seconds), using `extra` as
-    /// untrusted intermediates. Revocation is not checked here (OCSP policy NONE).
+    /// untrusted intermediates. Revocation is not checked here: see [`TrustAnchors::check`].
     pub fn verify(&self, leaf: &Certificate, extra: &[Certificate], at: i64) -> bool {
-        // The path found ignoring time is remembered; at a given time every certificate on
-        // it must be within its validity period, as OpenSSL checks. Otherwise (or when a
-        // path certificate is one we could not read) a full check at that time decides:
-        // another path may exist.
+        !matches!(self.path_at(leaf, extra, at), PathAt::None)
+    }
+
+    /// The path from `leaf` to an anchor valid at `at`. The path found ignoring time is
+    /// remembered; at a given time every certificate on it must be within its validity
+    /// period, as OpenSSL checks. Otherwise (or when a path certificate is one we could not
+    /// read) a full check at that time decides: another path may exist.
+    fn path_at(&self, leaf: &Certificate, extra: &[Certificate], at: i64) -> PathAt {
         match self.cached_path(leaf, extra) {
-            CachedPath::None => false,
+            CachedPath::None => PathAt::None,
             CachedPath::Found(path)
                 if path
                     .iter()
                     .all(|c| c.valid_at(at) == crate::cert::Validity::Valid) =>
             {
-                true
+                PathAt::Cached(path)
             }
-            _ => self.path(leaf, extra, Some(at)).is_some(),
+            _ => match self.path(leaf, extra, Some(at)) {
+                None => PathAt::None,
+                Some(ders) => PathAt::Found(ders),
+            },
         }
     }
 
@@ -152,36 +168,21 @@ impl TrustAnchors {
         revoked_at: i64,
     ) -> PathCheck {
         let policy = self.revocation.policy();
-        if policy == RevocationPolicy::None {
-            return match self.verify(leaf, extra, at) {
-                true => PathCheck::Trusted,
-                false => PathCheck::Untrusted,
-            };
-        }
-        let status = match self.cached_path(leaf, extra) {
-            CachedPath::None => return PathCheck::Untrusted,
-            CachedPath::Found(path)
-                if path
-                    .iter()
-                    .all(|c| c.valid_at(at) == crate::cert::Validity::Valid) =>
-            {
-                self.revocation
-                    .path_status(&self.up_to_a_root(path), revoked_at)
-            }
-            _ => match self.path(leaf, extra, Some(at)) {
-                None => return PathCheck::Untrusted,
-                Some(ders) => match ders
-                    .iter()
-                    .map(|d| Certificate::from_der(d).ok())
-                    .collect::<Option<Vec<_>>>()
-                {
-                    Some(path) => self
-                        .revocation
-                        .path_status(&self.up_to_a_root(path), revoked_at),
-                    // A certificate on the path that we cannot read: nothing to look up.
-                    None => CertStatus::Unknown,
-                },
-            },
+        let path = match self.path_at(leaf, extra, at) {
+            PathAt::None => return PathCheck::Untrusted,
+            _ if policy == RevocationPolicy::None => return PathCheck::Trusted,
+            PathAt::Cached(path) => Some(path),
+            PathAt::Found(ders) => ders
+                .iter()
+                .map(|d| Certificate::from_der(d).ok())
+                .collect::<Option<Vec<_>>>(),
+        };
+        let status = match path {
+            Some(path) => self
+                .revocation
+                .path_status(&self.up_to_a_root(path), revoked_at),
+            // A certificate on the path that we cannot read: nothing to look up.
+            None => CertStatus::Unknown,
         };
         match (status, policy) {
             (CertStatus::Revoked, _) => PathCheck::Revoked,

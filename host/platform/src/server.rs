@@ -93,7 +93,6 @@ pub async fn serve(
                         Some(c) if !expired => c.revocation_refusal(&anchors, now),
                         _ => None,
                     };
-                    let expired = expired || refusal.is_some();
                     if let Some(why) = refusal {
                         static REFUSED: Throttle = Throttle::new();
                         if let Some(held_back) = REFUSED.allow(now) {
@@ -110,16 +109,18 @@ pub async fn serve(
                                 LogSafe(subject)
                             );
                         }
-                        request.extensions_mut().insert(MaybeCaller(None));
                     } else if expired {
                         tracing::info!(
                             "a client certificate expired during its connection: the request \
                              is served without a caller and the connection closed"
                         );
-                        request.extensions_mut().insert(MaybeCaller(None));
-                    } else {
-                        request.extensions_mut().insert(caller.clone());
                     }
+                    let without_caller = expired || refusal.is_some();
+                    request.extensions_mut().insert(if without_caller {
+                        MaybeCaller(None)
+                    } else {
+                        caller.clone()
+                    });
                     request.extensions_mut().insert(share_key.clone());
                     request
                         .extensions_mut()
@@ -135,7 +136,7 @@ pub async fn serve(
                             Ok(response) => response,
                             Err(_) => Ok(crate::routes::timeout_response()),
                         };
-                        if expired {
+                        if without_caller {
                             if let Ok(r) = &mut response {
                                 r.headers_mut().insert(
                                     axum::http::header::CONNECTION,

@@ -131,10 +131,6 @@ impl CrlFiles {
         Self { paths, state }
     }
 
-    pub fn paths(&self) -> &[PathBuf] {
-        &self.paths
-    }
-
     /// `anchors` with the lists of the files under `policy` (the configured one, or none:
     /// see [`RevocationPolicy::effective`]). Every error is returned: at start a service
     /// must not run without the lists it was given.

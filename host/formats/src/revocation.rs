@@ -302,11 +302,7 @@ impl Revocation {
     /// The issuers (as text) of lists whose nextUpdate has passed at `at`: they still
     /// list revocations, but give no status for that time.
     pub fn stale_at(&self, at: i64) -> Vec<String> {
-        self.current()
-            .iter()
-            .filter(|c| c.next_update.is_some_and(|n| n < at))
-            .map(|c| name_text(c.crl.issuer_name()))
-            .collect()
+        self.issuers_where(|c| c.next_update.is_some_and(|n| n < at))
     }
 
     /// The earliest nextUpdate (unix seconds) of the lists in use: when the first of them
@@ -337,19 +333,20 @@ impl Revocation {
     /// list is never used; the anchors' lists are checked when read, an intermediate's
     /// only at use.
     pub fn unverified(&self) -> Vec<String> {
-        self.current()
-            .iter()
-            .filter(|c| c.failed_check.load(Ordering::Relaxed))
-            .map(|c| name_text(c.crl.issuer_name()))
-            .collect()
+        self.issuers_where(|c| c.failed_check.load(Ordering::Relaxed))
     }
 
     /// The issuers (as text) of lists that are not complete (delta, partitioned, or with
     /// an unknown critical extension): they revoke, but never say a certificate is good.
     pub fn incomplete(&self) -> Vec<String> {
+        self.issuers_where(|c| !c.complete)
+    }
+
+    /// The issuers (as text) of the lists in use that `pick` picks, for messages.
+    fn issuers_where(&self, pick: impl Fn(&Crl) -> bool) -> Vec<String> {
         self.current()
             .iter()
-            .filter(|c| !c.complete)
+            .filter(|c| pick(c))
             .map(|c| name_text(c.crl.issuer_name()))
             .collect()
     }

@@ -324,6 +324,16 @@ fn rest_body(sealed: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "sealedRequest": b64.encode(sealed) })).unwrap()
 }
 
+/// The REST body of `who`'s GetKey for `key_id`, the answer sealed to its ETK.
+fn rest_get(w: &World, who: &Institution, key_id: &[u8]) -> Vec<u8> {
+    rest_body(&get_key_request(
+        w,
+        who,
+        key_id,
+        ReplyTo::Etk(who.etk.clone()),
+    ))
+}
+
 /// Alice creates a key for recognised pharmacies over REST on `c`; the 201 answer.
 async fn rest_create(
     w: &World,
@@ -344,7 +354,6 @@ async fn rest_create(
 
 async fn rest_create_get_and_delete_by_the_holder(w: World) {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let body = rest_body;
     let sealed_of = |answer: &[u8]| -> Vec<u8> {
         let v: serde_json::Value = serde_json::from_slice(answer).unwrap();
         b64.decode(v["sealedResponse"].as_str().unwrap()).unwrap()
@@ -366,14 +375,7 @@ async fn rest_create_get_and_delete_by_the_holder(w: World) {
     assert!(!a.body.windows(16).any(|x| x == new.new_key.expose()));
 
     let mut bob = w.connect(Some(&w.bob)).await;
-    let get = |who: &Institution| {
-        body(&get_key_request(
-            &w,
-            who,
-            &key_id,
-            ReplyTo::Etk(who.etk.clone()),
-        ))
-    };
+    let get = |who: &Institution| rest_get(&w, who, &key_id);
     let a = bob
         .send(
             "POST",
@@ -541,19 +543,11 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
         .await;
 
     let b64 = base64::engine::general_purpose::STANDARD;
-    let body = rest_body;
     let mut alice = w.connect(Some(&w.alice)).await;
     let a = rest_create(&w, &mut alice).await;
     let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
     let key_id = b64.decode(v["keyId"].as_str().unwrap()).unwrap();
-    let get = |who: &Institution| {
-        body(&get_key_request(
-            &w,
-            who,
-            &key_id,
-            ReplyTo::Etk(who.etk.clone()),
-        ))
-    };
+    let get = |who: &Institution| rest_get(&w, who, &key_id);
     let mut bob = w.connect(Some(&w.bob)).await;
     let a = retrieve(&mut bob, get(&w.bob)).await.unwrap();
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));

@@ -5,8 +5,9 @@
 //! hsm = "alice-hsm.toml"             # the institution's token: an etee HSM configuration
 //! trust = ["ca.pem"]                 # anchors for senders' certificates and for ETKs
 //! crl = ["ca.crl"]                   # the CAs' revocation lists (DER or PEM; default none)
-//! revocation = "optional"            # none | optional | mandatory (default: optional with crl)
+//! revocation = "optional"            # none | optional | mandatory (default: optional with crl or ocsp)
 //! crl_check_seconds = 60             # the crl files are read again when they change
+//! ocsp = "auto"                      # ask OCSP (default: not): each certificate's responder, or "http://…"
 //! socket = "/run/etee/appliance.sock" # the API on a Unix socket (callers known by uid)
 //! listen = "127.0.0.1:9443"          # and/or the API over HTTPS (callers known by certificate)
 //! tls_certificate = "appliance.pem"  # needed with `listen`: chain, leaf first
@@ -233,6 +234,7 @@ struct Table {
     crl: Vec<PathBuf>,
     revocation: Option<String>,
     crl_check_seconds: Option<u64>,
+    ocsp: Option<String>,
     listen: Option<String>,
     tls_certificate: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -400,6 +402,7 @@ impl ApplianceConfig {
             t.crl.into_iter().map(rel).collect(),
             t.revocation.as_deref(),
             t.crl_check_seconds,
+            t.ocsp.as_deref(),
         )
         .map_err(config_error)?;
         Ok(Self {

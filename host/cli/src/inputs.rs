@@ -4,6 +4,7 @@ use crate::CliError;
 use etee_formats::cert::Certificate;
 use etee_formats::cms::ExpectedSigner;
 use etee_formats::keystore::EhealthKeystore;
+use etee_formats::ocsp::Responder;
 use etee_formats::revocation::RevocationPolicy;
 use etee_formats::trust::TrustAnchors;
 use etee_services::revocation::CrlFileError;
@@ -82,6 +83,11 @@ pub struct RevocationArgs {
     /// list of its CA, else …_STATUS_UNKNOWN). Default: optional with --crl, else none.
     #[arg(long, value_name = "POLICY")]
     pub revocation: Option<RevocationPolicy>,
+    /// Ask OCSP when neither the message nor a list gives a certificate's status: `auto`
+    /// (the responder each certificate names) or an http:// address. `seal` then also
+    /// embeds its own certificate's answer in the message, as the official library does.
+    #[arg(long, value_name = "RESPONDER")]
+    pub ocsp: Option<Responder>,
 }
 
 /// The trust anchors of `--trust`, with the revocation lists of `--crl`.
@@ -94,13 +100,14 @@ pub fn anchors(
     let config = etee_services::revocation::RevocationConfig {
         crl: revocation.crl.clone(),
         policy: revocation.revocation,
+        ocsp: revocation.ocsp.clone(),
         ..Default::default()
     };
     // Each file read once, its lists checked against the anchors; errors name the file.
     let anchors = config
         .load(TrustAnchors::new(certificates(trust)?))
         .map_err(|e| match e {
-            CrlFileError::Policy(e) => CliError::Usage(format!("--crl/--revocation: {e}")),
+            CrlFileError::Policy(e) => CliError::Usage(format!("--crl/--ocsp/--revocation: {e}")),
             e => CliError::Usage(format!("--crl: {e}")),
         })?;
     let revocation = anchors.revocation();

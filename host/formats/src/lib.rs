@@ -51,6 +51,7 @@ pub mod etk;
 pub mod identity;
 pub mod keys;
 pub mod keystore;
+pub mod ocsp;
 pub mod oid;
 pub mod revocation;
 pub mod trust;

@@ -1,10 +1,10 @@
-//! Certificate revocation from the CAs' revocation lists (X.509 CRLs, RFC 5280 §5).
-//!
-//! The official library asks OCSP responders (spec §1.6, `OCSPPolicy`); a receiver here
-//! gives the CRLs of the CAs it trusts instead (downloaded by its operator, or made by
-//! `etee pki revoke` for a local world). What a list says is reported with the official
-//! notifications: `{INNER,OUTER}_CERTIFICATE_REVOKED` / `_STATUS_UNKNOWN` for a message's
-//! signers, `ETK_AUTHENTICATION_CERT_REVOKED` / `_STATUS_UNKNOWN` for an ETK.
+//! Certificate revocation: from the OCSP answers a message carries (its outer signer's
+//! `revocationValues`, spec §1.2), the CAs' revocation lists (X.509 CRLs, RFC 5280 §5;
+//! downloaded by the operator, or made by `etee pki revoke` for a local world) and an
+//! OCSP responder asked online ([`crate::ocsp`]; spec §1.6, `OCSPPolicy`), in that order.
+//! What they say is reported with the official notifications:
+//! `{INNER,OUTER}_CERTIFICATE_REVOKED` / `_STATUS_UNKNOWN` for a message's signers,
+//! `ETK_AUTHENTICATION_CERT_REVOKED` / `_STATUS_UNKNOWN` for an ETK.
 //!
 //! A certificate's status is judged at the evaluation time (now unless `--at`), not at the
 //! signing time, as an OCSP check at unsealing is: the signing time is the signer's own
@@ -13,6 +13,7 @@
 use crate::ber::slice::parse_exact;
 use crate::ber::tag;
 use crate::cert::{same_name, Certificate};
+use crate::ocsp::{Online, RevocationValues};
 use openssl::pkey::{PKey, PKeyRef, Public};
 use openssl::x509::{CrlStatus, X509Crl, X509NameRef, X509Ref};
 use std::fmt;
@@ -26,9 +27,10 @@ pub enum RevocationPolicy {
     /// Not checked.
     #[default]
     None,
-    /// A certificate on a current list is refused; one whose CA has no current list passes.
+    /// A certificate revoked by a current list or an OCSP answer is refused; one whose
+    /// status nothing gives passes.
     Optional,
-    /// Also a certificate whose status no current list gives is refused (`STATUS_UNKNOWN`).
+    /// Also a certificate whose status nothing gives is refused (`STATUS_UNKNOWN`).
     Mandatory,
 }
 
@@ -47,27 +49,31 @@ impl FromStr for RevocationPolicy {
 }
 
 impl RevocationPolicy {
-    /// The policy in force when `given` (or nothing) is configured beside `lists` files:
-    /// by default optional with lists and none without. Refused: lists that would not be
-    /// used (none), and a policy without a list (nothing could be checked).
-    pub fn effective(given: Option<Self>, lists: usize) -> Result<Self, String> {
-        match (given, lists) {
-            (None, 0) => Ok(Self::None),
-            (None, _) => Ok(Self::Optional),
-            (Some(Self::None), n) if n > 0 => {
-                Err("revocation lists with the policy none: they would not be used".into())
-            }
-            (Some(Self::Mandatory), 0) => Err(
-                "the mandatory revocation policy needs the CAs' lists: without one no status \
-                 can be known"
+    /// The policy in force when `given` (or nothing) is configured beside `lists` files
+    /// and, when `online`, an OCSP responder: by default optional with either and none
+    /// without. Refused: sources that would not be used (none), and a policy without a
+    /// source (nothing could be checked).
+    pub fn effective(given: Option<Self>, lists: usize, online: bool) -> Result<Self, String> {
+        let sources = lists > 0 || online;
+        match (given, sources) {
+            (None | Some(Self::None), false) => Ok(Self::None),
+            (None, true) => Ok(Self::Optional),
+            (Some(Self::None), true) => Err(
+                "revocation lists or an OCSP responder with the policy none: they would not \
+                 be used"
                     .into(),
             ),
-            (Some(Self::Optional), 0) => Err(
-                "the optional revocation policy needs the CAs' lists: without one nothing \
-                 would be checked"
+            (Some(Self::Mandatory), false) => Err(
+                "the mandatory revocation policy needs the CAs' lists or an OCSP responder: \
+                 without one no status can be known"
                     .into(),
             ),
-            (Some(p), _) => Ok(p),
+            (Some(Self::Optional), false) => Err(
+                "the optional revocation policy needs the CAs' lists or an OCSP responder: \
+                 without one nothing would be checked"
+                    .into(),
+            ),
+            (Some(p), true) => Ok(p),
         }
     }
 }
@@ -99,14 +105,16 @@ pub enum RevocationError {
     Older { issuer: String },
 }
 
-/// What the lists say of one certificate at one time.
+/// What the lists and OCSP answers say of one certificate at one time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CertStatus {
-    /// A current list of its issuer, with a valid signature, does not list it.
+    /// A current list of its issuer, with a valid signature, does not list it, or a
+    /// current OCSP answer says good.
     Good,
-    /// No current, validly signed list of its issuer is known.
+    /// Neither is known.
     Unknown,
-    /// A validly signed list of its issuer lists it as revoked at or before that time.
+    /// A validly signed list of its issuer or OCSP answer says it is revoked at or before
+    /// that time.
     Revoked,
 }
 
@@ -173,6 +181,8 @@ pub const CLOCK_SKEW: i64 = 300;
 pub struct Revocation {
     crls: Arc<RwLock<Arc<Vec<Arc<Crl>>>>>,
     policy: RevocationPolicy,
+    /// The OCSP responder asked when nothing else gives a status.
+    online: Option<Arc<Online>>,
 }
 
 impl fmt::Debug for Revocation {
@@ -180,7 +190,52 @@ impl fmt::Debug for Revocation {
         f.debug_struct("Revocation")
             .field("policy", &self.policy)
             .field("lists", &self.lists())
+            .field(
+                "ocsp",
+                &self.online.as_ref().map(|o| o.responder().to_string()),
+            )
             .finish()
+    }
+}
+
+/// What a message brings for its signers' revocation checks: the outer SignerInfo's
+/// `revocationValues` (OCSP answers and lists its sender fetched when sealing), and the
+/// signing time, before which an answer must not have been produced (spec §1.6).
+#[derive(Clone, Default)]
+pub struct Evidence {
+    ocsp: Vec<Vec<u8>>,
+    crls: Vec<Arc<Crl>>,
+    signed_at: Option<i64>,
+}
+
+impl fmt::Debug for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Evidence")
+            .field("ocsp", &self.ocsp.len())
+            .field("crls", &self.crls.len())
+            .finish()
+    }
+}
+
+impl Evidence {
+    /// The evidence of `values` for a message signed at `signed_at`. A list that cannot be
+    /// read is left out: evidence only ever adds to what the receiver knows.
+    pub fn new(values: &RevocationValues, signed_at: Option<i64>) -> Self {
+        let crls = values
+            .crls
+            .iter()
+            .filter_map(|der| read_all(std::slice::from_ref(der)).ok())
+            .flatten()
+            .collect();
+        Self {
+            ocsp: values.ocsp.clone(),
+            crls,
+            signed_at,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ocsp.is_empty() && self.crls.is_empty()
     }
 }
 
@@ -197,6 +252,7 @@ impl Revocation {
         Ok(Self {
             crls: Arc::new(RwLock::new(Arc::new(read_all(files)?))),
             policy,
+            online: None,
         })
     }
 
@@ -205,7 +261,17 @@ impl Revocation {
         Self {
             crls: Arc::new(RwLock::new(Arc::new(Self::lists_of(parts)))),
             policy,
+            online: None,
         }
+    }
+
+    /// The same, asking `online` about certificates whose status nothing else gives.
+    pub fn with_online(mut self, online: Online) -> Self {
+        self.online = Some(Arc::new(online));
+        self
+    }
+    pub fn online(&self) -> Option<&Online> {
+        self.online.as_deref()
     }
 
     /// Replaces the lists (for this value and every clone) with those of `files`, checked
@@ -249,20 +315,77 @@ impl Revocation {
         self.current().len()
     }
 
-    /// The status of `cert`, issued by `issuer`, at `at` (unix seconds). A list counts only
-    /// when `issuer`'s key signed it (indirect CRLs are not supported). Any such list that
-    /// names the certificate revokes it (from its revocation date, or at once when that
-    /// date cannot be read). Good needs a complete list ([`Crl::complete`]) that speaks for
-    /// `at` (between its thisUpdate and nextUpdate; without nextUpdate it never goes stale)
+    /// The status of `cert`, issued by `issuer`, at `at` (unix seconds), from the lists
+    /// alone ([`Revocation::status_with`] asks the other sources too).
+    pub fn status(&self, cert: &X509Ref, issuer: &X509Ref, at: i64) -> CertStatus {
+        self.lists_status(cert, issuer, at, &[])
+    }
+
+    /// The status of `cert`, issued by `issuer`, at `at`: a revocation found anywhere
+    /// revokes. The message's OCSP answers first (each checked as [`crate::ocsp::judge`]
+    /// does, and not produced before the signing time), then the lists (the receiver's
+    /// and the message's); only when neither gives good, the OCSP responder, if one is
+    /// configured (a failure there leaves the status unknown).
+    pub fn status_with(
+        &self,
+        cert: &X509Ref,
+        issuer: &X509Ref,
+        at: i64,
+        evidence: &Evidence,
+    ) -> CertStatus {
+        let mut status = CertStatus::Unknown;
+        for basic in &evidence.ocsp {
+            let Ok(answer) = crate::ocsp::judge(basic, cert, issuer, at) else {
+                continue;
+            };
+            if evidence
+                .signed_at
+                .is_some_and(|t| answer.produced_at < t - CLOCK_SKEW)
+            {
+                continue;
+            }
+            match answer.status_at(at) {
+                CertStatus::Revoked => return CertStatus::Revoked,
+                CertStatus::Good => status = CertStatus::Good,
+                CertStatus::Unknown => {}
+            }
+        }
+        match self.lists_status(cert, issuer, at, &evidence.crls) {
+            CertStatus::Revoked => return CertStatus::Revoked,
+            CertStatus::Good => status = CertStatus::Good,
+            CertStatus::Unknown => {}
+        }
+        if status == CertStatus::Good {
+            return status;
+        }
+        match &self.online {
+            Some(online) => online
+                .answer(cert, issuer, at, crate::unix_now())
+                .map_or(CertStatus::Unknown, |a| a.status_at(at)),
+            None => CertStatus::Unknown,
+        }
+    }
+
+    /// The status from the lists in use and `more`. A list counts only when `issuer`'s
+    /// key signed it (indirect CRLs are not supported). Any such list that names the
+    /// certificate revokes it (from its revocation date, or at once when that date cannot
+    /// be read). Good needs a complete list ([`Crl::complete`]) that speaks for `at`
+    /// (between its thisUpdate and nextUpdate; without nextUpdate it never goes stale)
     /// and, for a certificate expired at `at`, one that keeps expired certificates. Times
     /// allow [`CLOCK_SKEW`].
-    pub fn status(&self, cert: &X509Ref, issuer: &X509Ref, at: i64) -> CertStatus {
+    fn lists_status(
+        &self,
+        cert: &X509Ref,
+        issuer: &X509Ref,
+        at: i64,
+        more: &[Arc<Crl>],
+    ) -> CertStatus {
         let Ok(issuer_key) = issuer.public_key() else {
             return CertStatus::Unknown;
         };
         let expired = unix(cert.not_after()).is_none_or(|not_after| at > not_after);
         let mut status = CertStatus::Unknown;
-        for c in self.current().iter() {
+        for c in self.current().iter().chain(more) {
             if !same_name(c.crl.issuer_name(), cert.issuer_name()) {
                 continue;
             }
@@ -353,11 +476,11 @@ impl Revocation {
 
     /// The worst status along a verified path (leaf first, anchor last): every certificate
     /// but the anchor is checked against the next one as its issuer.
-    pub fn path_status(&self, path: &[Certificate], at: i64) -> CertStatus {
+    pub fn path_status(&self, path: &[Certificate], at: i64, evidence: &Evidence) -> CertStatus {
         let mut worst = CertStatus::Good;
         for pair in path.windows(2) {
             let status = match (pair[0].x509(), pair[1].x509()) {
-                (Some(cert), Some(issuer)) => self.status(cert, issuer, at),
+                (Some(cert), Some(issuer)) => self.status_with(cert, issuer, at, evidence),
                 _ => CertStatus::Unknown,
             };
             worst = worst.max(status);

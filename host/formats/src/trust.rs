@@ -4,7 +4,7 @@
 //! also looked up in them ([`TrustAnchors::check`]).
 
 use crate::cert::{same_name, Certificate};
-use crate::revocation::{CertStatus, Revocation, RevocationPolicy};
+use crate::revocation::{CertStatus, Evidence, Revocation, RevocationPolicy};
 use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
@@ -158,14 +158,27 @@ impl TrustAnchors {
     }
 
     /// Whether `leaf` chains to an anchor at `at` (as [`TrustAnchors::verify`]) and, under
-    /// the revocation policy, whether the lists revoke a certificate on that path at
-    /// `revoked_at` (the evaluation time: see [`crate::revocation`]).
+    /// the revocation policy, whether the lists or OCSP revoke a certificate on that path
+    /// at `revoked_at` (the evaluation time: see [`crate::revocation`]).
     pub fn check(
         &self,
         leaf: &Certificate,
         extra: &[Certificate],
         at: i64,
         revoked_at: i64,
+    ) -> PathCheck {
+        self.check_with(leaf, extra, at, revoked_at, &Evidence::default())
+    }
+
+    /// [`TrustAnchors::check`] with what a message brings for it (its OCSP answers and
+    /// lists), used first.
+    pub fn check_with(
+        &self,
+        leaf: &Certificate,
+        extra: &[Certificate],
+        at: i64,
+        revoked_at: i64,
+        evidence: &Evidence,
     ) -> PathCheck {
         let policy = self.revocation.policy();
         let path = match self.path_at(leaf, extra, at) {
@@ -178,9 +191,10 @@ impl TrustAnchors {
                 .collect::<Option<Vec<_>>>(),
         };
         let status = match path {
-            Some(path) => self
-                .revocation
-                .path_status(&self.up_to_a_root(path), revoked_at),
+            Some(path) => {
+                self.revocation
+                    .path_status(&self.up_to_a_root(path), revoked_at, evidence)
+            }
             // A certificate on the path that we cannot read: nothing to look up.
             None => CertStatus::Unknown,
         };

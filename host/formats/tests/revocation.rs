@@ -62,6 +62,7 @@ fn sealed_by(
         &mut out,
         &SealOptions {
             signing_time: Some(now),
+            ..Default::default()
         },
     )
     .expect("seal");

@@ -251,6 +251,7 @@ fn seal_for(w: &World, data: &[u8], with_kek: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let opts = SealOptions {
         signing_time: Some(w.now),
+        ..Default::default()
     };
     let kek = with_kek.then_some(&w.kek);
     seal(
@@ -453,7 +454,7 @@ fn framed(t: u8, content: &[u8]) -> Vec<u8> {
 fn signed_data(econtent: &[u8], content: &[u8], certs: Option<&[u8]>) -> Vec<u8> {
     let w = world();
     let digest = openssl::sha::sha256(content);
-    let si = signer::build(&w.alice, &digest, w.now).unwrap();
+    let si = signer::build(&w.alice, &digest, w.now, None).unwrap();
     let mut out = vec![0x30, 0x80];
     out.extend(oid::der(oid::SIGNED_DATA));
     out.extend([0xa0, 0x80, 0x30, 0x80]);
@@ -820,6 +821,7 @@ fn a_web_authn_signer_must_use_pss() {
         &mut msg,
         &SealOptions {
             signing_time: Some(w.now),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -1868,6 +1870,7 @@ fn write_fuzz_corpus() {
             let mut out = Vec::new();
             let o = SealOptions {
                 signing_time: Some(w.now),
+                ..Default::default()
             };
             seal(&w.alice, &[], Some(&w.kek), &b"kek only"[..], &mut out, &o).unwrap();
             out

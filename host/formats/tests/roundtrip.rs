@@ -168,6 +168,7 @@ fn length(max: usize) -> impl Strategy<Value = usize> {
 fn seal_options(w: &World) -> SealOptions {
     SealOptions {
         signing_time: Some(w.now),
+        ..Default::default()
     }
 }
 

@@ -9,8 +9,9 @@
 //! client_ca = ["ca.pem"]                    # client certificates must chain to these
 //! # optional, with these defaults:
 //! crl = []                                  # the CAs' revocation lists (DER or PEM)
-//! revocation = "optional"                   # none | optional | mandatory (optional with crl)
+//! revocation = "optional"                   # none | optional | mandatory (optional with crl or ocsp)
 //! crl_check_seconds = 60                    # the crl files are read again when they change
+//! ocsp = "auto"                             # (default none) ask OCSP: each certificate's responder, or "http://…"
 //! max_body_bytes = 1048576
 //! handshake_timeout_ms = 10000
 //! request_timeout_ms = 30000
@@ -241,6 +242,7 @@ struct Table {
     crl: Vec<PathBuf>,
     revocation: Option<String>,
     crl_check_seconds: Option<u64>,
+    ocsp: Option<String>,
     max_body_bytes: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
@@ -349,6 +351,7 @@ impl PlatformConfig {
             t.crl.into_iter().map(&rel).collect(),
             t.revocation.as_deref(),
             t.crl_check_seconds,
+            t.ocsp.as_deref(),
         )
         .map_err(PlatformError::Config)?;
         if !revocation.crl.is_empty() && t.client_ca.is_empty() {

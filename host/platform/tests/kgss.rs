@@ -41,7 +41,10 @@ fn seal_signed_at(
         None,
         content,
         &mut out,
-        &SealOptions { signing_time },
+        &SealOptions {
+            signing_time,
+            ..Default::default()
+        },
     )
     .unwrap();
     out

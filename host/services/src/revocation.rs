@@ -1,9 +1,11 @@
-//! Revocation lists that a long-running service (the appliance, the platform) reads from
-//! files at start and reads again when they change: an operator's job (or cron) replaces
-//! the files with the CAs' current lists, and the service follows without a restart
-//! ([`CrlFiles::follow`]). The one module of this crate that does I/O: both services need
-//! it, and neither needs it differently.
+//! Revocation sources that do I/O: lists that a long-running service (the appliance, the
+//! platform) reads from files at start and reads again when they change (an operator's
+//! job, or cron, replaces the files with the CAs' current lists, and the service follows
+//! without a restart: [`CrlFiles::follow`]), and the HTTP transport of OCSP requests
+//! ([`HttpOcsp`]). The one module of this crate that does I/O: the services and the
+//! command line need it, and none needs it differently.
 
+use etee_formats::ocsp::{OcspTransport, Online, Responder};
 use etee_formats::revocation::{Revocation, RevocationError, RevocationPolicy};
 use etee_formats::trust::TrustAnchors;
 use std::os::unix::fs::MetadataExt;
@@ -31,15 +33,18 @@ pub enum CrlFileError {
 /// Default of `crl_check_seconds`: a replaced list is in use within a minute.
 pub const DEFAULT_CRL_CHECK_SECONDS: u64 = 60;
 
-/// The `crl`, `revocation` and `crl_check_seconds` keys of a service's configuration.
+/// The `crl`, `revocation`, `crl_check_seconds` and `ocsp` keys of a service's
+/// configuration (and the command line's `--crl`, `--revocation` and `--ocsp`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RevocationConfig {
     /// The lists' files (already made absolute by the caller).
     pub crl: Vec<PathBuf>,
-    /// The configured policy; `None`: the default for the lists given.
+    /// The configured policy; `None`: the default for the sources given.
     pub policy: Option<RevocationPolicy>,
     /// How often the files are looked at.
     pub check_every: Duration,
+    /// The OCSP responder asked when neither the message nor a list gives a status.
+    pub ocsp: Option<Responder>,
 }
 
 impl Default for RevocationConfig {
@@ -48,6 +53,7 @@ impl Default for RevocationConfig {
             crl: Vec::new(),
             policy: None,
             check_every: Duration::from_secs(DEFAULT_CRL_CHECK_SECONDS),
+            ocsp: None,
         }
     }
 }
@@ -58,12 +64,17 @@ impl RevocationConfig {
         crl: Vec<PathBuf>,
         revocation: Option<&str>,
         crl_check_seconds: Option<u64>,
+        ocsp: Option<&str>,
     ) -> Result<Self, String> {
         let policy = revocation
             .map(str::parse::<RevocationPolicy>)
             .transpose()
             .map_err(|e| format!("revocation: {e}"))?;
-        RevocationPolicy::effective(policy, crl.len())?;
+        let ocsp = ocsp
+            .map(str::parse::<Responder>)
+            .transpose()
+            .map_err(|e| format!("ocsp: {e}"))?;
+        RevocationPolicy::effective(policy, crl.len(), ocsp.is_some())?;
         let check_every = match crl_check_seconds.unwrap_or(DEFAULT_CRL_CHECK_SECONDS) {
             0 => return Err("crl_check_seconds: at least 1".into()),
             s => Duration::from_secs(s),
@@ -72,25 +83,92 @@ impl RevocationConfig {
             crl,
             policy,
             check_every,
+            ocsp,
         })
     }
 
-    /// `anchors` with the lists as they are now (for a one-off command).
-    pub fn load(&self, anchors: TrustAnchors) -> Result<TrustAnchors, CrlFileError> {
-        CrlFiles::new(self.crl.clone()).load(anchors, self.policy)
+    /// The policy in force (see [`RevocationPolicy::effective`]).
+    pub fn effective_policy(&self) -> Result<RevocationPolicy, CrlFileError> {
+        RevocationPolicy::effective(self.policy, self.crl.len(), self.ocsp.is_some())
+            .map_err(CrlFileError::Policy)
     }
 
-    /// `anchors` with the lists, and the thread that follows their files (none without
-    /// lists): what a service keeps while it runs.
+    /// `anchors` with the lists as they are now and the OCSP responder (for a one-off
+    /// command).
+    pub fn load(&self, anchors: TrustAnchors) -> Result<TrustAnchors, CrlFileError> {
+        let anchors = CrlFiles::new(self.crl.clone()).load(anchors, self.effective_policy()?)?;
+        Ok(self.with_online(anchors))
+    }
+
+    /// `anchors` with the lists and the OCSP responder, and the thread that follows the
+    /// lists' files (none without lists): what a service keeps while it runs.
     pub fn start(
         &self,
         anchors: TrustAnchors,
     ) -> Result<(TrustAnchors, Option<Following>), CrlFileError> {
         let files = Arc::new(CrlFiles::new(self.crl.clone()));
-        let anchors = files.load(anchors, self.policy)?;
+        let anchors = self.with_online(files.load(anchors, self.effective_policy()?)?);
         let following =
             (!self.crl.is_empty()).then(|| files.follow(anchors.clone(), self.check_every));
         Ok((anchors, following))
+    }
+
+    fn with_online(&self, anchors: TrustAnchors) -> TrustAnchors {
+        match &self.ocsp {
+            Some(responder) => {
+                let revocation = anchors.revocation().clone().with_online(Online::new(
+                    responder.clone(),
+                    Box::new(HttpOcsp::default()),
+                ));
+                anchors.with_revocation(revocation)
+            }
+            None => anchors,
+        }
+    }
+}
+
+/// OCSP over HTTP (RFC 6960 appendix A.1): a POST of the DER request, with the official
+/// library's timeouts (3 s to connect, 3 s to read; spec §1.6) and a bound on the answer.
+#[derive(Clone, Debug)]
+pub struct HttpOcsp {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// The largest answer read (bytes): an OCSP response for one certificate, with its
+    /// responder's certificate, is a few kilobytes.
+    pub max_answer: u64,
+}
+
+impl Default for HttpOcsp {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            read_timeout: Duration::from_secs(3),
+            max_answer: 64 * 1024,
+        }
+    }
+}
+
+impl OcspTransport for HttpOcsp {
+    fn post(&self, url: &str, request: &[u8]) -> Result<Vec<u8>, String> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(self.connect_timeout))
+            .timeout_recv_response(Some(self.read_timeout))
+            .timeout_recv_body(Some(self.read_timeout))
+            .max_redirects(0)
+            .build()
+            .into();
+        let mut answer = agent
+            .post(url)
+            .header("Content-Type", "application/ocsp-request")
+            .header("Accept", "application/ocsp-response")
+            .send(request)
+            .map_err(|e| e.to_string())?;
+        answer
+            .body_mut()
+            .with_config()
+            .limit(self.max_answer)
+            .read_to_vec()
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -131,16 +209,13 @@ impl CrlFiles {
         Self { paths, state }
     }
 
-    /// `anchors` with the lists of the files under `policy` (the configured one, or none:
-    /// see [`RevocationPolicy::effective`]). Every error is returned: at start a service
-    /// must not run without the lists it was given.
+    /// `anchors` with the lists of the files under `policy`. Every error is returned: at
+    /// start a service must not run without the lists it was given.
     pub fn load(
         &self,
         anchors: TrustAnchors,
-        policy: Option<RevocationPolicy>,
+        policy: RevocationPolicy,
     ) -> Result<TrustAnchors, CrlFileError> {
-        let policy =
-            RevocationPolicy::effective(policy, self.paths.len()).map_err(CrlFileError::Policy)?;
         let mut state = Vec::with_capacity(self.paths.len());
         for path in &self.paths {
             // The stamp before the read: a file replaced during the read is read again.
@@ -432,7 +507,10 @@ mod tests {
         std::fs::write(&path, list(false, 1)).unwrap();
         let files = CrlFiles::new(vec![path.clone()]);
         let anchors = files
-            .load(TrustAnchors::new(vec![cert(&pki.root.cert)]), None)
+            .load(
+                TrustAnchors::new(vec![cert(&pki.root.cert)]),
+                RevocationPolicy::Optional,
+            )
             .unwrap();
         assert_eq!(anchors.revocation().policy(), RevocationPolicy::Optional);
         let check = || anchors.check(&leaf, &[], now, now);
@@ -505,7 +583,7 @@ mod tests {
         let anchors2 = two
             .load(
                 TrustAnchors::new(vec![cert(&pki.root.cert), cert(&other.root.cert)]),
-                None,
+                RevocationPolicy::Optional,
             )
             .unwrap();
         std::fs::write(&path2, b"half a list").unwrap();
@@ -531,7 +609,10 @@ mod tests {
         let following = Arc::new(CrlFiles::new(vec![path.clone()]));
         let anchors = following
             .clone()
-            .load(TrustAnchors::new(vec![cert(&pki.root.cert)]), None)
+            .load(
+                TrustAnchors::new(vec![cert(&pki.root.cert)]),
+                RevocationPolicy::Optional,
+            )
             .unwrap();
         let thread = following.follow(anchors.clone(), Duration::from_millis(20));
         std::fs::write(&path, list(true, 4)).unwrap();
@@ -552,12 +633,18 @@ mod tests {
 
         // At start, every problem is an error.
         assert!(matches!(
-            CrlFiles::new(vec![dir.path().join("absent")])
-                .load(TrustAnchors::new(vec![cert(&pki.root.cert)]), None),
+            CrlFiles::new(vec![dir.path().join("absent")]).load(
+                TrustAnchors::new(vec![cert(&pki.root.cert)]),
+                RevocationPolicy::Optional
+            ),
             Err(CrlFileError::Read { .. })
         ));
         assert!(matches!(
-            CrlFiles::new(vec![]).load(TrustAnchors::default(), Some(RevocationPolicy::Mandatory)),
+            RevocationConfig {
+                policy: Some(RevocationPolicy::Mandatory),
+                ..Default::default()
+            }
+            .load(TrustAnchors::default()),
             Err(CrlFileError::Policy(_))
         ));
     }

@@ -36,6 +36,9 @@ use openssl::x509::{
     X509RevokedBuilder, X509,
 };
 
+pub mod ocsp;
+pub use ocsp::{OcspAnswer, OcspStatus};
+
 /// Errors from building the test PKI.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

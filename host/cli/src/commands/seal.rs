@@ -1,7 +1,8 @@
 //! `etee seal`.
 //!
-//! Exit codes: 0 sealed; 1 a recipient's ETK fails the official checks (refused, nothing
-//! written); 2 usage, I/O, key store or HSM problems.
+//! Exit codes: 0 sealed; 1 a recipient's ETK fails the official checks, or (with `--ocsp`)
+//! the OCSP responder does not say the sender's certificate is good (refused, nothing
+//! written); 2 usage, I/O (also no OCSP answer), key store or HSM problems.
 
 use crate::{inputs, output, CliError};
 use etee_formats::cms::{self, Kek, Recipient, SealOptions};
@@ -53,6 +54,39 @@ pub struct Args {
     /// Sealed message (default: standard output).
     #[arg(long = "out", value_name = "FILE")]
     output: Option<PathBuf>,
+}
+
+/// With an OCSP responder, the answers for the sender's own certificate path (its issuers
+/// from the keystore's chain and the trust anchors), to embed; the official sealer refuses
+/// to seal when they do not say good.
+fn own_ocsp_answers(
+    signer: &etee_formats::keys::SigningKey,
+    anchors: &etee_formats::trust::TrustAnchors,
+    now: i64,
+) -> Result<Option<etee_formats::ocsp::RevocationValues>, CliError> {
+    let Some(online) = anchors.revocation().online() else {
+        return Ok(None);
+    };
+    let etee_formats::keys::SignerRef::Certificate { cert, chain } = &signer.signer else {
+        return Err(CliError::Usage(
+            "--ocsp: the signing key has no certificate to ask about".into(),
+        ));
+    };
+    let pool = chain.iter().chain(anchors.certs()).cloned().collect();
+    let mut path = vec![cert.clone()];
+    path.extend(etee_formats::trust::issuers_of(cert, pool));
+    use etee_formats::ocsp::SealingStatus;
+    online
+        .values_for(&path, now)
+        .map(Some)
+        .map_err(|e| match e {
+            SealingStatus::Revoked(_) | SealingStatus::Unknown(_) => {
+                CliError::Refused(format!("not sealed: {e}"))
+            }
+            SealingStatus::NoAnswer(..) | SealingStatus::NoIssuer(_) => {
+                CliError::Usage(format!("--ocsp: not sealed: {e}"))
+            }
+        })
 }
 
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
@@ -125,16 +159,13 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         _ => None,
     };
+    let opts = SealOptions {
+        revocation_values: own_ocsp_answers(&signer, &anchors, now)?,
+        ..Default::default()
+    };
     let input = super::input(args.input.as_deref())?;
     output::write_sealed(args.output.as_deref(), |w| {
-        cms::seal(
-            &signer,
-            &recipients,
-            kek.as_ref(),
-            input,
-            w,
-            &SealOptions::default(),
-        )?;
+        cms::seal(&signer, &recipients, kek.as_ref(), input, w, &opts)?;
         Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -13,6 +13,7 @@ use crate::ber::tag;
 use crate::ber::write::{cons, octets, push_tlv, seq, set_of, small_uint, tlv, uint, BerWriter};
 use crate::cert::{Certificate, KeyAlgorithm};
 use crate::keys::{KeyError, SignerRef, SigningKey};
+use crate::ocsp::RevocationValues;
 use crate::oid;
 use openssl::aes::{wrap_key, AesKey};
 use openssl::encrypt::Encrypter;
@@ -81,6 +82,10 @@ impl fmt::Debug for Kek {
 pub struct SealOptions {
     /// signingTime of both layers (unix seconds); the current time when `None`.
     pub signing_time: Option<i64>,
+    /// The signer's OCSP answers, embedded in the outer SignerInfo (where the certificates
+    /// are) as revocationValues, as the official library does under an OCSP policy other
+    /// than NONE (spec §1.2, §1.6).
+    pub revocation_values: Option<RevocationValues>,
 }
 
 /// Why sealing failed.
@@ -146,7 +151,13 @@ pub fn seal<R: Read, W: Write>(
     let mut content = InnerContent::new(inner.get_mut());
     let total = copy_large(&mut input, &mut content)?;
     let inner_digest = content.finish()?;
-    close_signed_data(&mut inner, signer, &inner_digest, signing_time, false)?;
+    close_signed_data(
+        &mut inner,
+        signer,
+        &inner_digest,
+        signing_time,
+        Layer::Inner,
+    )?;
     enc.finish()?;
 
     // Close the middle layer: [0] encryptedContent, EncryptedContentInfo, EnvelopedData, [0], ContentInfo.
@@ -155,7 +166,13 @@ pub fn seal<R: Read, W: Write>(
     }
     let (out, outer_digest) = outer.finish()?;
     let mut out = out;
-    close_signed_data(&mut out, signer, &outer_digest, signing_time, true)?;
+    close_signed_data(
+        &mut out,
+        signer,
+        &outer_digest,
+        signing_time,
+        Layer::Outer(opts.revocation_values.as_ref()),
+    )?;
     out.flush()?;
     Ok(total)
 }
@@ -211,18 +228,26 @@ fn open_signed_data<W: Write>(w: &mut BerWriter<W>, version: u64) -> io::Result<
     w.open(tag::OCTET_STRING_CONSTRUCTED)
 }
 
-/// Closes the content, writes certificates (outer layer only) and the SignerInfo.
+/// Which signed layer is closed.
+enum Layer<'a> {
+    Inner,
+    /// The outer layer, which alone carries the certificates and, when given, the
+    /// revocation values.
+    Outer(Option<&'a RevocationValues>),
+}
+
+/// Closes the content, writes certificates (outer layer) and the SignerInfo.
 fn close_signed_data<W: Write>(
     w: &mut BerWriter<W>,
     signer: &SigningKey,
     digest: &[u8; 32],
     signing_time: i64,
-    with_certs: bool,
+    layer: Layer<'_>,
 ) -> Result<(), SealError> {
     w.close()?; // OCTET STRING
     w.close()?; // [0]
     w.close()?; // EncapsulatedContentInfo
-    if with_certs {
+    if matches!(layer, Layer::Outer(_)) {
         if let SignerRef::Certificate { cert, chain } = &signer.signer {
             let mut certs: Vec<&[u8]> = vec![cert.der()];
             for c in chain {
@@ -233,7 +258,11 @@ fn close_signed_data<W: Write>(
             w.raw(&cons(tag::ctx_cons(0), &certs))?;
         }
     }
-    let signer_info = signer::build(signer, digest, signing_time)?;
+    let revocation = match layer {
+        Layer::Outer(values) => values,
+        Layer::Inner => None,
+    };
+    let signer_info = signer::build(signer, digest, signing_time, revocation)?;
     w.raw(&tlv(tag::SET, &signer_info))?;
     w.close()?; // SignedData
     w.close()?; // [0]

@@ -6,6 +6,7 @@ use crate::ber::write::{cons, octets, push_tlv, seq, set_of, small_uint, tlv, ui
 use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::parse_time;
 use crate::keys::{KeyError, SignerRef, SigningKey};
+use crate::ocsp::{RevocationValues, ATTR_REVOCATION_VALUES};
 use crate::oid;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{Id, PKey, Public};
@@ -40,6 +41,9 @@ pub struct SignerInfo {
     pub attribute_fault: bool,
     /// The signature timestamp tokens (id-aa-signatureTimeStampToken), DER.
     pub timestamps: Vec<Vec<u8>>,
+    /// The OCSP answers and lists of id-aa-ets-revocationValues (unsigned: they are
+    /// evidence, each checked on its own signature, and a malformed one is left out).
+    pub revocation_values: RevocationValues,
 }
 
 impl SignerInfo {
@@ -77,6 +81,7 @@ impl SignerInfo {
             algorithm_protect: None,
             attribute_fault: false,
             timestamps: Vec::new(),
+            revocation_values: RevocationValues::default(),
         };
         if let Some(attrs) = s.optional(tag::ctx_cons(0))? {
             info.read_signed_attrs(&attrs)?;
@@ -85,14 +90,22 @@ impl SignerInfo {
         info.signature_alg = alg.to_vec();
         info.signature_params = params.map(|p| p.raw.to_vec());
         info.signature = s.next(tag::OCTET_STRING)?.octets()?.into_owned();
-        // unsignedAttrs [1]: signature timestamps matter; revocation values are not used
-        // under OCSP policy NONE.
+        // unsignedAttrs [1]: signature timestamps, and revocation values (used when
+        // revocation is checked).
         if let Some(unsigned) = s.optional(tag::ctx_cons(1))? {
             for attr in unsigned.children() {
                 let mut a = attr?.seq()?;
-                if a.next(tag::OID)?.content == oid::ATTR_SIGNATURE_TIMESTAMP {
+                let kind = a.next(tag::OID)?.content;
+                if kind == oid::ATTR_SIGNATURE_TIMESTAMP {
                     for v in a.next(tag::SET)?.children() {
                         info.timestamps.push(v?.raw.to_vec());
+                    }
+                } else if kind == ATTR_REVOCATION_VALUES {
+                    for v in a.next(tag::SET)?.children() {
+                        if let Ok(values) = RevocationValues::parse(v?.raw) {
+                            info.revocation_values.crls.extend(values.crls);
+                            info.revocation_values.ocsp.extend(values.ocsp);
+                        }
                     }
                 }
             }
@@ -368,11 +381,13 @@ pub fn signed_attributes(content_digest: &[u8], signing_time: i64) -> Vec<u8> {
     ])
 }
 
-/// Builds our SignerInfo: RSA-PSS SHA-256 over the signed attributes.
+/// Builds our SignerInfo: RSA-PSS SHA-256 over the signed attributes, with `revocation`
+/// (the signer's OCSP answers) as the unsigned attribute revocationValues when given.
 pub fn build(
     signer: &SigningKey,
     content_digest: &[u8; 32],
     signing_time: i64,
+    revocation: Option<&RevocationValues>,
 ) -> Result<Vec<u8>, KeyError> {
     let attrs = signed_attributes(content_digest, signing_time);
     let hashed: [u8; 32] = openssl::hash::hash(MessageDigest::sha256(), &attrs)
@@ -390,14 +405,26 @@ pub fn build(
     // The signed attributes travel as [0] IMPLICIT.
     let mut attrs_implicit = attrs;
     attrs_implicit[0] = tag::ctx_cons(0);
-    Ok(seq(&[
-        &small_uint(version),
+    let signature = octets(&signature);
+    let version = small_uint(version);
+    let mut fields: Vec<&[u8]> = vec![
+        &version,
         &sid,
         oid::ALG_SHA256,
         &attrs_implicit,
         oid::ALG_RSASSA_PSS_SHA256,
-        &octets(&signature),
-    ]))
+        &signature,
+    ];
+    // unsignedAttrs [1] IMPLICIT SET OF Attribute.
+    let unsigned = revocation.filter(|r| !r.is_empty()).map(|r| {
+        let mut set = set_of(vec![r.attribute()]);
+        set[0] = tag::ctx_cons(1);
+        set
+    });
+    if let Some(u) = &unsigned {
+        fields.push(u);
+    }
+    Ok(seq(&fields))
 }
 
 #[cfg(test)]

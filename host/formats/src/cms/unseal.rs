@@ -21,6 +21,7 @@ use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::{key_usage, Certificate, Validity};
 use crate::keys::{KeyId, KeyRing};
 use crate::oid;
+use crate::revocation::{Evidence, RevocationPolicy};
 use crate::trust::{PathCheck, TrustAnchors};
 use crate::verdict::{Error as E, Fatal, Verdict, Warning};
 use openssl::hash::{Hasher, MessageDigest};
@@ -1272,8 +1273,13 @@ fn check_layer(
         if let Some((_, outer_certs)) = outer_signer {
             pool.extend(outer_certs.iter().cloned());
         }
-        // The path at the signing time; revocation at the evaluation time.
-        match opts.anchors.check(cert, &pool, when, at) {
+        // The path at the signing time; revocation at the evaluation time, with the OCSP
+        // answers and lists this layer carries first.
+        let evidence = match opts.anchors.revocation().policy() {
+            RevocationPolicy::None => Evidence::default(),
+            _ => Evidence::new(&si.revocation_values, si.signing_times.first().copied()),
+        };
+        match opts.anchors.check_with(cert, &pool, when, at, &evidence) {
             PathCheck::Trusted => {}
             PathCheck::Untrusted => v.error(pick(
                 E::OUTER_CERTIFICATE_CHAIN_NOT_TRUSTED,

@@ -1,0 +1,657 @@
+//! OCSP (RFC 6960): the requests a receiver sends, and what a responder's signed answer
+//! says of one certificate.
+//!
+//! The official library asks an OCSP responder for each signer (spec §1.6, `OCSPPolicy`)
+//! and embeds the answers in the outer SignerInfo as `id-aa-ets-revocationValues` when it
+//! seals (spec §1.2); a receiver uses those first. Both sides are here: [`request`] (with a
+//! nonce), [`judge`] (signature by the certificate's issuer or by a responder it
+//! authorised, OpenSSL's `OCSP_basic_verify`; the answer read for that certificate), the
+//! `revocationValues` attribute ([`RevocationValues`]) and an online client with its cache
+//! ([`Online`]), whose transport (HTTP) the caller supplies. How answers combine with
+//! revocation lists is in [`crate::revocation`].
+
+use crate::ber::slice::{parse_exact, Tlv};
+use crate::ber::tag;
+use crate::ber::write::{cons, octets, seq, set_of, tlv, uint};
+use crate::cert::parse_time;
+use crate::revocation::{CertStatus, CLOCK_SKEW};
+use openssl::hash::{hash, MessageDigest};
+use openssl::ocsp::{OcspFlag, OcspResponse};
+use openssl::stack::Stack;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
+use openssl::x509::{X509Ref, X509};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+
+/// id-pkix-ocsp-basic (1.3.6.1.5.5.7.48.1.1).
+pub const OID_OCSP_BASIC: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
+/// id-pkix-ocsp-nonce (1.3.6.1.5.5.7.48.1.2).
+pub const OID_OCSP_NONCE: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x02];
+/// id-aa-ets-revocationValues (1.2.840.113549.1.9.16.2.24), an unsigned attribute.
+pub const ATTR_REVOCATION_VALUES: &[u8] = &[
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x02, 0x18,
+];
+
+const ENUMERATED: u8 = 0x0a;
+
+/// Why an OCSP exchange or answer is of no use.
+#[derive(Debug, thiserror::Error)]
+pub enum OcspError {
+    #[error("not an OCSP response (malformed DER)")]
+    Malformed,
+    #[error("the OCSP responder answered {0}")]
+    NotSuccessful(&'static str),
+    #[error("the OCSP response is not a basic response")]
+    NotBasic,
+    #[error(
+        "the OCSP response is not signed by the certificate's issuer or by a responder \
+         that issuer authorised (id-kp-OCSPSigning)"
+    )]
+    NotTrusted,
+    #[error("the OCSP response does not speak of the certificate asked about")]
+    NotAbout,
+    #[error("the OCSP response carries another nonce than the request (a replayed answer)")]
+    NonceMismatch,
+    #[error("no OCSP responder: the certificate names none (authorityInfoAccess) and none is configured")]
+    NoResponder,
+    #[error("OCSP request to {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+}
+
+/// Why a sender's own certificates could not be vouched for when sealing.
+#[derive(Debug, thiserror::Error)]
+pub enum SealingStatus {
+    #[error("the OCSP responder says the signing certificate {0} is revoked")]
+    Revoked(String),
+    #[error("the OCSP responder does not say that {0} is good (status unknown, or an answer not current)")]
+    Unknown(String),
+    #[error("no OCSP answer for {0}: {1}")]
+    NoAnswer(String, OcspError),
+    #[error("the issuer of the signing certificate {0} is not known (give its CA certificate)")]
+    NoIssuer(String),
+}
+
+/// A certificate as OCSP names it (CertID): hashes of its issuer's name and key, and its
+/// serial number.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CertId {
+    /// The hash algorithm's OID content.
+    alg: &'static [u8],
+    name_hash: Vec<u8>,
+    key_hash: Vec<u8>,
+    serial: Vec<u8>,
+}
+
+impl fmt::Debug for CertId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertId(serial {})", hex::encode(&self.serial))
+    }
+}
+
+impl CertId {
+    /// The CertID of `cert` issued by `issuer`, with SHA-1 (what requests use, RFC 6960
+    /// §4.3 and every responder understands).
+    pub fn of(cert: &X509Ref, issuer: &X509Ref) -> Result<Self, OcspError> {
+        Self::with(crate::oid::SHA1, cert, issuer)
+    }
+
+    fn with(alg: &'static [u8], cert: &X509Ref, issuer: &X509Ref) -> Result<Self, OcspError> {
+        let md = match alg {
+            a if a == crate::oid::SHA1 => MessageDigest::sha1(),
+            a if a == crate::oid::SHA256 => MessageDigest::sha256(),
+            a if a == crate::oid::SHA384 => MessageDigest::sha384(),
+            a if a == crate::oid::SHA512 => MessageDigest::sha512(),
+            _ => return Err(OcspError::NotAbout),
+        };
+        let bad = |_| OcspError::Malformed;
+        let name = issuer.subject_name().to_der().map_err(bad)?;
+        let spki = issuer
+            .public_key()
+            .and_then(|k| k.public_key_to_der())
+            .map_err(bad)?;
+        // The hash of the subjectPublicKey BIT STRING's value, without its unused-bits octet.
+        let key_bits = {
+            let t = parse_exact(&spki).map_err(|_| OcspError::Malformed)?;
+            let mut s = t.seq().map_err(|_| OcspError::Malformed)?;
+            s.next(tag::SEQUENCE).map_err(|_| OcspError::Malformed)?;
+            let bits = s.next(tag::BIT_STRING).map_err(|_| OcspError::Malformed)?;
+            bits.content.get(1..).unwrap_or_default().to_vec()
+        };
+        let serial = cert.serial_number().to_bn().map_err(bad)?.to_vec();
+        Ok(Self {
+            alg,
+            name_hash: hash(md, &name).map_err(bad)?.to_vec(),
+            key_hash: hash(md, &key_bits).map_err(bad)?.to_vec(),
+            serial,
+        })
+    }
+
+    /// `CertID ::= SEQUENCE { hashAlgorithm, issuerNameHash, issuerKeyHash, serialNumber }`.
+    pub fn der(&self) -> Vec<u8> {
+        seq(&[
+            &seq(&[&crate::oid::der(self.alg), &tlv(tag::NULL, &[])]),
+            &octets(&self.name_hash),
+            &octets(&self.key_hash),
+            &uint(&self.serial),
+        ])
+    }
+}
+
+/// An OCSPRequest (DER) for one certificate, with `nonce` in the id-pkix-ocsp-nonce
+/// extension (RFC 8954: its value an OCTET STRING), unsigned.
+pub fn request(id: &CertId, nonce: &[u8]) -> Vec<u8> {
+    let nonce_ext = seq(&[&crate::oid::der(OID_OCSP_NONCE), &octets(&octets(nonce))]);
+    let request_list = seq(&[&seq(&[&id.der()])]);
+    let extensions = cons(tag::ctx_cons(2), &[&seq(&[&nonce_ext])]);
+    seq(&[&seq(&[&request_list, &extensions])])
+}
+
+/// The BasicOCSPResponse (DER) inside an OCSPResponse; an error for any status but
+/// successful, or another response type.
+pub fn basic_of(response: &[u8]) -> Result<Vec<u8>, OcspError> {
+    let m = |_| OcspError::Malformed;
+    let t = parse_exact(response).map_err(m)?;
+    let mut s = t.seq().map_err(m)?;
+    let status = s.next(ENUMERATED).map_err(m)?;
+    let status = match status.content {
+        [0] => None,
+        [1] => Some("malformedRequest"),
+        [2] => Some("internalError"),
+        [3] => Some("tryLater"),
+        [5] => Some("sigRequired"),
+        [6] => Some("unauthorized"),
+        _ => Some("an unknown status"),
+    };
+    if let Some(status) = status {
+        return Err(OcspError::NotSuccessful(status));
+    }
+    let bytes = s.next(tag::ctx_cons(0)).map_err(m)?;
+    let mut rb = bytes
+        .seq()
+        .map_err(m)?
+        .next(tag::SEQUENCE)
+        .map_err(m)?
+        .seq()
+        .map_err(m)?;
+    if rb.next(tag::OID).map_err(m)?.content != OID_OCSP_BASIC {
+        return Err(OcspError::NotBasic);
+    }
+    Ok(rb
+        .next(tag::OCTET_STRING)
+        .map_err(m)?
+        .octets()
+        .map_err(m)?
+        .into_owned())
+}
+
+/// A successful OCSPResponse (DER) carrying `basic`: how OpenSSL takes it in.
+fn wrap(basic: &[u8]) -> Vec<u8> {
+    seq(&[
+        &tlv(ENUMERATED, &[0]),
+        &cons(
+            tag::ctx_cons(0),
+            &[&seq(&[&crate::oid::der(OID_OCSP_BASIC), &octets(basic)])],
+        ),
+    ])
+}
+
+/// What a responder said of a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Said {
+    Good,
+    /// Revoked since that time (unix seconds; `None` when the time cannot be read).
+    Revoked(Option<i64>),
+    /// The responder does not know the certificate.
+    Unknown,
+}
+
+/// A verified answer about one certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub said: Said,
+    pub this_update: i64,
+    pub next_update: Option<i64>,
+    pub produced_at: i64,
+    /// The nonce of the response's extensions, if any.
+    pub nonce: Option<Vec<u8>>,
+}
+
+impl Answer {
+    /// The status this answer gives at `at`: a revocation dated at or before it (with
+    /// [`CLOCK_SKEW`]) revokes; good counts while the answer is current: from its
+    /// thisUpdate to its nextUpdate, or, without nextUpdate, for [`CLOCK_SKEW`] after
+    /// thisUpdate (a responder that says nothing of the next update speaks only of now).
+    pub fn status_at(&self, at: i64) -> CertStatus {
+        match self.said {
+            Said::Revoked(when) if when.is_none_or(|w| w <= at + CLOCK_SKEW) => CertStatus::Revoked,
+            Said::Good if self.current_at(at) => CertStatus::Good,
+            _ => CertStatus::Unknown,
+        }
+    }
+
+    fn current_at(&self, at: i64) -> bool {
+        let until = self.next_update.unwrap_or(self.this_update + CLOCK_SKEW);
+        self.this_update <= at + CLOCK_SKEW && at <= until
+    }
+}
+
+/// Checks `basic` (a BasicOCSPResponse, DER) and reads what it says of `cert`, issued by
+/// `issuer`: it must be signed by `issuer` or by a certificate `issuer` issued for OCSP
+/// signing (id-kp-OCSPSigning), valid at `at`, and hold a SingleResponse for `cert`.
+pub fn judge(basic: &[u8], cert: &X509Ref, issuer: &X509Ref, at: i64) -> Result<Answer, OcspError> {
+    let parsed = Parsed::of(basic).map_err(|_| OcspError::Malformed)?;
+    let response = OcspResponse::from_der(&wrap(basic)).map_err(|_| OcspError::Malformed)?;
+    let basic_response = response.basic().map_err(|_| OcspError::Malformed)?;
+    let trusted = (|| -> Result<(), openssl::error::ErrorStack> {
+        let mut store = X509StoreBuilder::new()?;
+        store.add_cert(issuer.to_owned())?;
+        let mut param = X509VerifyParam::new()?;
+        // The issuer is the anchor here, whether or not it is a root.
+        param.set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
+        param.set_time(at as _);
+        store.set_param(&param)?;
+        let store = store.build();
+        let mut certs: Stack<X509> = Stack::new()?;
+        certs.push(issuer.to_owned())?;
+        basic_response.verify(&certs, &store, OcspFlag::empty())
+    })();
+    if trusted.is_err() {
+        return Err(OcspError::NotTrusted);
+    }
+    for single in &parsed.responses {
+        let alg = [
+            crate::oid::SHA1,
+            crate::oid::SHA256,
+            crate::oid::SHA384,
+            crate::oid::SHA512,
+        ]
+        .into_iter()
+        .find(|a| *a == single.alg.as_slice());
+        let Some(alg) = alg else { continue };
+        let id = CertId::with(alg, cert, issuer)?;
+        if id.name_hash == single.name_hash
+            && id.key_hash == single.key_hash
+            && id.serial == single.serial
+        {
+            return Ok(Answer {
+                said: single.said,
+                this_update: single.this_update,
+                next_update: single.next_update,
+                produced_at: parsed.produced_at,
+                nonce: parsed.nonce.clone(),
+            });
+        }
+    }
+    Err(OcspError::NotAbout)
+}
+
+/// The fields of a BasicOCSPResponse read here (the signature is OpenSSL's to check).
+struct Parsed {
+    produced_at: i64,
+    nonce: Option<Vec<u8>>,
+    responses: Vec<Single>,
+}
+
+struct Single {
+    alg: Vec<u8>,
+    name_hash: Vec<u8>,
+    key_hash: Vec<u8>,
+    serial: Vec<u8>,
+    said: Said,
+    this_update: i64,
+    next_update: Option<i64>,
+}
+
+impl Parsed {
+    fn of(basic: &[u8]) -> Result<Self, crate::ber::BerError> {
+        let t = parse_exact(basic)?;
+        let data = t.seq()?.next(tag::SEQUENCE)?;
+        let mut d = data.seq()?;
+        d.optional(tag::ctx_cons(0))?; // version
+        d.any()?; // responderID
+        let produced_at = parse_time(&d.next(tag::GENERALIZED_TIME)?)?;
+        let list = d.next(tag::SEQUENCE)?;
+        let mut responses = Vec::new();
+        for single in list.children() {
+            responses.push(Single::of(&single?)?);
+        }
+        let mut nonce = None;
+        if let Some(exts) = d.optional(tag::ctx_cons(1))? {
+            for ext in exts.seq()?.next(tag::SEQUENCE)?.children() {
+                let ext = ext?;
+                let mut e = ext.seq()?;
+                let id = e.next(tag::OID)?.content;
+                e.optional(tag::BOOLEAN)?;
+                let value = e.next(tag::OCTET_STRING)?.octets()?;
+                if id == OID_OCSP_NONCE {
+                    // RFC 8954: an OCTET STRING inside; older responders put the raw bytes.
+                    let inner = parse_exact(&value)
+                        .ok()
+                        .filter(|v| v.tag == tag::OCTET_STRING)
+                        .map(|v| v.content.to_vec());
+                    nonce = Some(inner.unwrap_or_else(|| value.to_vec()));
+                }
+            }
+        }
+        Ok(Self {
+            produced_at,
+            nonce,
+            responses,
+        })
+    }
+}
+
+impl Single {
+    fn of(t: &Tlv<'_>) -> Result<Self, crate::ber::BerError> {
+        let mut s = t.seq()?;
+        let mut id = s.next(tag::SEQUENCE)?.seq()?;
+        let alg = id
+            .next(tag::SEQUENCE)?
+            .seq()?
+            .next(tag::OID)?
+            .content
+            .to_vec();
+        let name_hash = id.next(tag::OCTET_STRING)?.content.to_vec();
+        let key_hash = id.next(tag::OCTET_STRING)?.content.to_vec();
+        let serial = id.next(tag::INTEGER)?.uint_bytes()?.to_vec();
+        let status = s.any()?;
+        let said = match status.tag {
+            t if t == tag::ctx_prim(0) => Said::Good,
+            t if t == tag::ctx_cons(1) => {
+                let when = status
+                    .seq()
+                    .and_then(|mut r| r.next(tag::GENERALIZED_TIME))
+                    .and_then(|t| parse_time(&t))
+                    .ok();
+                Said::Revoked(when)
+            }
+            _ => Said::Unknown,
+        };
+        let this_update = parse_time(&s.next(tag::GENERALIZED_TIME)?)?;
+        let next_update = match s.optional(tag::ctx_cons(0))? {
+            Some(n) => Some(parse_time(&n.seq()?.next(tag::GENERALIZED_TIME)?)?),
+            None => None,
+        };
+        Ok(Self {
+            alg,
+            name_hash,
+            key_hash,
+            serial,
+            said,
+            this_update,
+            next_update,
+        })
+    }
+}
+
+/// The `RevocationValues` of an `id-aa-ets-revocationValues` attribute (ETSI TS 101 733):
+/// `SEQUENCE { crlVals [0] SEQUENCE OF CertificateList OPTIONAL, ocspVals [1] SEQUENCE OF
+/// BasicOCSPResponse OPTIONAL, otherRevVals [2] OPTIONAL }`, each value as DER.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevocationValues {
+    pub crls: Vec<Vec<u8>>,
+    pub ocsp: Vec<Vec<u8>>,
+}
+
+impl RevocationValues {
+    /// Reads the attribute value (the RevocationValues SEQUENCE, DER or BER).
+    pub fn parse(value: &[u8]) -> Result<Self, crate::ber::BerError> {
+        let t = parse_exact(value)?;
+        let mut out = Self::default();
+        let mut s = t.seq()?;
+        while s.has_more()? {
+            let field = s.any()?;
+            let list = if field.tag == tag::ctx_cons(0) {
+                &mut out.crls
+            } else if field.tag == tag::ctx_cons(1) {
+                &mut out.ocsp
+            } else {
+                continue;
+            };
+            for v in field.seq()?.next(tag::SEQUENCE)?.children() {
+                list.push(v?.raw.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The DER of the whole unsigned attribute: `Attribute { revocationValues, SET {
+    /// RevocationValues } }`, with the OCSP answers (and lists, if any).
+    pub fn attribute(&self) -> Vec<u8> {
+        let mut fields = Vec::new();
+        if !self.crls.is_empty() {
+            let all: Vec<&[u8]> = self.crls.iter().map(|c| c.as_slice()).collect();
+            fields.push(cons(tag::ctx_cons(0), &[&seq(&all)]));
+        }
+        if !self.ocsp.is_empty() {
+            let all: Vec<&[u8]> = self.ocsp.iter().map(|c| c.as_slice()).collect();
+            fields.push(cons(tag::ctx_cons(1), &[&seq(&all)]));
+        }
+        let refs: Vec<&[u8]> = fields.iter().map(|f| f.as_slice()).collect();
+        seq(&[
+            &crate::oid::der(ATTR_REVOCATION_VALUES),
+            &set_of(vec![seq(&refs)]),
+        ])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.crls.is_empty() && self.ocsp.is_empty()
+    }
+}
+
+/// How an OCSPRequest reaches a responder: an HTTP POST (RFC 6960 appendix A) in the
+/// services, a canned answer in tests.
+pub trait OcspTransport: Send + Sync {
+    /// Sends `request` (DER) to `url` and returns the body of the answer (DER).
+    fn post(&self, url: &str, request: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// Where requests go: each certificate's own responder (its authorityInfoAccess), or one
+/// responder for all (the official `OCSP_URI` option).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Responder {
+    FromCertificate,
+    Url(String),
+}
+
+impl std::str::FromStr for Responder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::FromCertificate),
+            url if url.starts_with("http://") => Ok(Self::Url(url.to_string())),
+            other => Err(format!(
+                "OCSP responder {other:?}: \"auto\" (each certificate's authorityInfoAccess) \
+                 or an http:// address"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FromCertificate => f.write_str("auto"),
+            Self::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+/// How long a responder that could not be reached is not asked again (seconds): a
+/// receiver unsealing many messages would otherwise wait for its timeout at each one.
+pub const UNREACHABLE_BACKOFF: i64 = 30;
+/// Answers remembered (cleared when full).
+pub const CACHE_LIMIT: usize = 4096;
+
+/// An online OCSP client: asks the responder, checks the answer (signature, nonce,
+/// certificate) and remembers it while it is current, so that a certificate seen in
+/// every message is not asked about at each one.
+pub struct Online {
+    responder: Responder,
+    transport: Box<dyn OcspTransport>,
+    cache: Mutex<HashMap<CertId, Answer>>,
+    unreachable: Mutex<HashMap<String, i64>>,
+}
+
+impl fmt::Debug for Online {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Online")
+            .field("responder", &self.responder)
+            .finish()
+    }
+}
+
+impl Online {
+    pub fn new(responder: Responder, transport: Box<dyn OcspTransport>) -> Self {
+        Self {
+            responder,
+            transport,
+            cache: Mutex::default(),
+            unreachable: Mutex::default(),
+        }
+    }
+
+    pub fn responder(&self) -> &Responder {
+        &self.responder
+    }
+
+    /// The address to ask about `cert`.
+    pub fn url_for(&self, cert: &X509Ref) -> Result<String, OcspError> {
+        match &self.responder {
+            Responder::Url(u) => Ok(u.clone()),
+            Responder::FromCertificate => cert
+                .ocsp_responders()
+                .ok()
+                .and_then(|list| {
+                    list.iter()
+                        .map(|u| u.to_string())
+                        .find(|u| u.starts_with("http://"))
+                })
+                .ok_or(OcspError::NoResponder),
+        }
+    }
+
+    /// A verified answer about `cert` (issued by `issuer`), current at `at`: the one
+    /// remembered, or a fresh one (`now` is the clock's time, for the back-off).
+    pub fn answer(
+        &self,
+        cert: &X509Ref,
+        issuer: &X509Ref,
+        at: i64,
+        now: i64,
+    ) -> Result<Answer, OcspError> {
+        let id = CertId::of(cert, issuer)?;
+        if let Some(hit) = self.lock_cache().get(&id).cloned() {
+            if hit.status_at(at) != CertStatus::Unknown {
+                return Ok(hit);
+            }
+        }
+        let url = self.url_for(cert)?;
+        if self
+            .lock_unreachable()
+            .get(&url)
+            .is_some_and(|until| now < *until)
+        {
+            return Err(OcspError::Transport {
+                url,
+                reason: format!(
+                    "unreachable a moment ago (not asked again for {UNREACHABLE_BACKOFF} s)"
+                ),
+            });
+        }
+        let answer = match self.ask(&id, url.clone(), cert, issuer, at) {
+            Ok((_, answer)) => answer,
+            Err(e @ OcspError::Transport { .. }) => {
+                self.lock_unreachable()
+                    .insert(url, now + UNREACHABLE_BACKOFF);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        self.lock_unreachable().remove(&url);
+        let mut cache = self.lock_cache();
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(id, answer.clone());
+        Ok(answer)
+    }
+
+    /// A fresh OCSPResponse's BasicOCSPResponse for `cert`, for embedding at sealing
+    /// (never from the cache: the receiver judges it by its own times), with its answer.
+    pub fn fetch(
+        &self,
+        cert: &X509Ref,
+        issuer: &X509Ref,
+        at: i64,
+    ) -> Result<(Vec<u8>, Answer), OcspError> {
+        let id = CertId::of(cert, issuer)?;
+        self.ask(&id, self.url_for(cert)?, cert, issuer, at)
+    }
+
+    /// One exchange: a request with a fresh nonce, the answer checked.
+    fn ask(
+        &self,
+        id: &CertId,
+        url: String,
+        cert: &X509Ref,
+        issuer: &X509Ref,
+        at: i64,
+    ) -> Result<(Vec<u8>, Answer), OcspError> {
+        let mut nonce = [0u8; 16];
+        openssl::rand::rand_bytes(&mut nonce).map_err(|_| OcspError::Malformed)?;
+        let body = self
+            .transport
+            .post(&url, &request(id, &nonce))
+            .map_err(|reason| OcspError::Transport { url, reason })?;
+        let basic = basic_of(&body)?;
+        let answer = judge(&basic, cert, issuer, at)?;
+        // A responder may leave the nonce out (pre-produced answers, RFC 5019); one that
+        // echoes another is replaying.
+        if answer.nonce.as_deref().is_some_and(|n| n != nonce) {
+            return Err(OcspError::NonceMismatch);
+        }
+        Ok((basic, answer))
+    }
+
+    /// The answers to embed when sealing with `path` (the signer's certificate first,
+    /// then its issuers as far as they are known): one fresh answer for each certificate
+    /// issued by the next, each of which must say good at `at` (the official sealer
+    /// refuses to seal otherwise, spec §1.2).
+    pub fn values_for(
+        &self,
+        path: &[crate::cert::Certificate],
+        at: i64,
+    ) -> Result<RevocationValues, SealingStatus> {
+        let mut values = RevocationValues::default();
+        for pair in path.windows(2) {
+            let (Some(cert), Some(issuer)) = (pair[0].x509(), pair[1].x509()) else {
+                continue;
+            };
+            let subject = pair[0].subject_string();
+            let (basic, answer) = self
+                .fetch(cert, issuer, at)
+                .map_err(|e| SealingStatus::NoAnswer(subject.clone(), e))?;
+            match answer.status_at(at) {
+                CertStatus::Good => values.ocsp.push(basic),
+                CertStatus::Revoked => return Err(SealingStatus::Revoked(subject)),
+                CertStatus::Unknown => return Err(SealingStatus::Unknown(subject)),
+            }
+        }
+        if path.len() < 2 {
+            return Err(SealingStatus::NoIssuer(
+                path.first().map(|c| c.subject_string()).unwrap_or_default(),
+            ));
+        }
+        Ok(values)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<CertId, Answer>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn lock_unreachable(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.unreachable.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,567 @@
+//! OCSP: the answers a receiver accepts (signed by the issuer or a responder it
+//! authorised, about the certificate asked, current), the answers a message carries
+//! (revocationValues, used first), and the online client (nonce, cache, back-off), with
+//! answers made by the test PKI and a transport in memory. Over a real socket against an
+//! independent responder (`openssl ocsp`): tests/tests/ocsp_cli.rs.
+
+use etee_formats::cert::Certificate;
+use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
+use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
+use etee_formats::keystore::SoftwareKeys;
+use etee_formats::ocsp::{
+    self, CertId, OcspError, OcspTransport, Online, Responder, RevocationValues, Said,
+    SealingStatus,
+};
+use etee_formats::revocation::{CertStatus, Revocation, RevocationPolicy, CLOCK_SKEW};
+use etee_formats::trust::TrustAnchors;
+use etee_formats::verdict::Error as E;
+use etee_testpki::{Institution, InstitutionSpec, Issued, OcspAnswer, OcspStatus, TestPki};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+const HOUR: i64 = 3600;
+
+struct World {
+    now: i64,
+    pki: TestPki,
+    /// Same root name as `pki`, another key.
+    impostor: TestPki,
+    responder: Issued,
+    unauthorised: Issued,
+    alice: Institution,
+    bob: Institution,
+    ring: KeyRing,
+}
+
+fn cert(x: &openssl::x509::X509) -> Certificate {
+    Certificate::from_der(&x.to_der().expect("DER")).expect("certificate")
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let now = etee_formats::unix_now();
+        let pki = TestPki::generate("ocsp").expect("PKI");
+        let impostor = TestPki::generate("ocsp").expect("PKI");
+        let inst = |id: &str, name: &str| {
+            pki.institution(&InstitutionSpec::new("NIHII-HOSPITAL", id, name))
+                .expect("institution")
+        };
+        let (alice, bob) = (inst("71000436", "Alice"), inst("27150201", "Bob"));
+        let mut keys = SoftwareKeys::new();
+        keys.insert(KeyId("bob-etk".into()), bob.etk_key.clone());
+        let etk_cert = cert(&bob.etk_cert);
+        let mut ring = KeyRing::new();
+        ring.add(DecryptionKey {
+            ops: Arc::new(keys),
+            key: KeyId("bob-etk".into()),
+            serial: etk_cert.serial().to_vec(),
+            cert: Some(etk_cert),
+            ski: None,
+            modulus_bits: bob.etk_key.bits(),
+        });
+        World {
+            now,
+            responder: pki.ocsp_responder().expect("responder"),
+            unauthorised: pki.ocsp_impostor().expect("impostor"),
+            pki,
+            impostor,
+            alice,
+            bob,
+            ring,
+        }
+    })
+}
+
+fn alice_signer(w: &World) -> SigningKey {
+    let mut keys = SoftwareKeys::new();
+    keys.insert(KeyId("auth".into()), w.alice.auth.key.clone());
+    SigningKey {
+        ops: Arc::new(keys),
+        key: KeyId("auth".into()),
+        signer: SignerRef::Certificate {
+            cert: cert(&w.alice.auth.cert),
+            chain: vec![cert(&w.pki.root.cert)],
+        },
+    }
+}
+
+/// Alice's message to Bob signed at `signed_at`, carrying `values`.
+fn sealed(values: Option<RevocationValues>, signed_at: i64) -> Vec<u8> {
+    let w = world();
+    let mut out = Vec::new();
+    seal(
+        &alice_signer(w),
+        &[Recipient::Certificate(cert(&w.bob.etk_cert))],
+        None,
+        &b"ocsp test"[..],
+        &mut out,
+        &SealOptions {
+            signing_time: Some(signed_at),
+            revocation_values: values,
+        },
+    )
+    .expect("seal");
+    out
+}
+
+fn basic(answer: &OcspAnswer<'_>) -> Vec<u8> {
+    let w = world();
+    w.pki
+        .ocsp_basic(&w.alice.auth.cert, answer)
+        .expect("answer")
+}
+
+fn judge(answer: &OcspAnswer<'_>) -> Result<ocsp::Answer, OcspError> {
+    let w = world();
+    ocsp::judge(&basic(answer), &w.alice.auth.cert, &w.pki.root.cert, w.now)
+}
+
+#[test]
+fn answers_signed_by_the_issuer_or_its_responder_are_read() {
+    let w = world();
+    let good = judge(&OcspAnswer::at(OcspStatus::Good, w.now)).expect("CA-signed answer");
+    assert_eq!(good.said, Said::Good);
+    assert_eq!(good.status_at(w.now), CertStatus::Good);
+    assert_eq!(good.next_update, Some(w.now + HOUR));
+
+    let delegated = OcspAnswer {
+        signer: Some(&w.responder),
+        ..OcspAnswer::at(OcspStatus::Revoked(w.now - HOUR), w.now)
+    };
+    let revoked = judge(&delegated).expect("answer of an authorised responder");
+    assert_eq!(revoked.said, Said::Revoked(Some(w.now - HOUR)));
+    assert_eq!(revoked.status_at(w.now), CertStatus::Revoked);
+    // A revocation after the evaluation time did not exist then, and vouches for nothing.
+    assert_eq!(revoked.status_at(w.now - 2 * HOUR), CertStatus::Unknown);
+
+    let unknown = judge(&OcspAnswer::at(OcspStatus::Unknown, w.now)).unwrap();
+    assert_eq!(unknown.status_at(w.now), CertStatus::Unknown);
+}
+
+#[test]
+fn answers_from_anyone_else_are_refused() {
+    let w = world();
+    // A certificate of the CA without id-kp-OCSPSigning.
+    let unauthorised = OcspAnswer {
+        signer: Some(&w.unauthorised),
+        ..OcspAnswer::at(OcspStatus::Good, w.now)
+    };
+    assert!(matches!(judge(&unauthorised), Err(OcspError::NotTrusted)));
+    // Another CA under the same name (its answer names Alice's issuer by name only).
+    let forged = w
+        .impostor
+        .ocsp_basic(&w.alice.auth.cert, &OcspAnswer::at(OcspStatus::Good, w.now))
+        .unwrap();
+    assert!(matches!(
+        ocsp::judge(&forged, &w.alice.auth.cert, &w.pki.root.cert, w.now),
+        Err(OcspError::NotTrusted)
+    ));
+    // A valid answer about another certificate.
+    let about_bob = w
+        .pki
+        .ocsp_basic(&w.bob.auth.cert, &OcspAnswer::at(OcspStatus::Good, w.now))
+        .unwrap();
+    assert!(matches!(
+        ocsp::judge(&about_bob, &w.alice.auth.cert, &w.pki.root.cert, w.now),
+        Err(OcspError::NotAbout)
+    ));
+    // A damaged signature.
+    let mut damaged = basic(&OcspAnswer::at(OcspStatus::Good, w.now));
+    let n = damaged.len();
+    damaged[n - 5] ^= 1;
+    assert!(matches!(
+        ocsp::judge(&damaged, &w.alice.auth.cert, &w.pki.root.cert, w.now),
+        Err(OcspError::NotTrusted)
+    ));
+    // Not DER at all, truncated: an error, not a panic.
+    let good = basic(&OcspAnswer::at(OcspStatus::Good, w.now));
+    for cut in [0, 1, 10, good.len() / 2, good.len() - 1] {
+        assert!(ocsp::judge(&good[..cut], &w.alice.auth.cert, &w.pki.root.cert, w.now).is_err());
+    }
+}
+
+#[test]
+fn good_counts_only_while_the_answer_is_current() {
+    let w = world();
+    let stale = OcspAnswer {
+        this_update: w.now - 3 * HOUR,
+        next_update: Some(w.now - HOUR),
+        produced_at: w.now - 3 * HOUR,
+        ..OcspAnswer::at(OcspStatus::Good, w.now)
+    };
+    assert_eq!(judge(&stale).unwrap().status_at(w.now), CertStatus::Unknown);
+    // Without nextUpdate an answer speaks of its thisUpdate, give or take the clock skew.
+    let undated = OcspAnswer {
+        next_update: None,
+        ..OcspAnswer::at(OcspStatus::Good, w.now)
+    };
+    let a = judge(&undated).unwrap();
+    assert_eq!(a.status_at(w.now + CLOCK_SKEW), CertStatus::Good);
+    assert_eq!(a.status_at(w.now + CLOCK_SKEW + 1), CertStatus::Unknown);
+    // Issued in the future beyond the skew.
+    let ahead = OcspAnswer::at(OcspStatus::Good, w.now + CLOCK_SKEW + 60);
+    assert_eq!(judge(&ahead).unwrap().status_at(w.now), CertStatus::Unknown);
+}
+
+#[test]
+fn revocation_values_round_trip_and_travel_in_the_outer_signer_info() {
+    let w = world();
+    let values = RevocationValues {
+        crls: vec![],
+        ocsp: vec![basic(&OcspAnswer::at(OcspStatus::Good, w.now))],
+    };
+    let attr = values.attribute();
+    // Attribute { revocationValues OID, SET { RevocationValues } }: the value is the
+    // last element; parsing it gives the answers back.
+    let value_at = attr
+        .windows(ocsp::ATTR_REVOCATION_VALUES.len())
+        .position(|win| win == ocsp::ATTR_REVOCATION_VALUES)
+        .unwrap()
+        + ocsp::ATTR_REVOCATION_VALUES.len();
+    let parsed = RevocationValues::parse(strip_set(&attr[value_at..]));
+    assert_eq!(parsed.expect("RevocationValues"), values);
+
+    let msg = sealed(Some(values.clone()), w.now);
+    assert!(
+        msg.windows(values.ocsp[0].len())
+            .any(|win| win == values.ocsp[0].as_slice()),
+        "the answer is in the message"
+    );
+    // Without the answer, the same message layout (no empty attribute).
+    let plain = sealed(None, w.now);
+    assert!(!plain
+        .windows(ocsp::ATTR_REVOCATION_VALUES.len())
+        .any(|win| win == ocsp::ATTR_REVOCATION_VALUES));
+}
+
+/// The content of a DER SET (tag 0x31), for a value of any length.
+fn strip_set(set: &[u8]) -> &[u8] {
+    assert_eq!(set[0], 0x31);
+    let (len, head) = match set[1] {
+        l if l < 0x80 => (l as usize, 2),
+        l => {
+            let n = (l & 0x7f) as usize;
+            let len = set[2..2 + n]
+                .iter()
+                .fold(0usize, |a, b| a << 8 | *b as usize);
+            (len, 2 + n)
+        }
+    };
+    &set[head..head + len]
+}
+
+fn unseal_errors(msg: &[u8], anchors: TrustAnchors) -> Vec<E> {
+    let w = world();
+    let opts = UnsealOptions {
+        anchors,
+        at: Some(w.now),
+        ..Default::default()
+    };
+    let (result, content) = unseal_to_vec(msg, &w.ring, &opts);
+    let errors = result.verdict.errors.clone();
+    if errors.is_empty() {
+        assert_eq!(content.as_deref(), Some(&b"ocsp test"[..]));
+    }
+    errors
+}
+
+fn mandatory(online: Option<Online>) -> TrustAnchors {
+    let w = world();
+    let mut revocation = Revocation::new(&[], RevocationPolicy::Mandatory).unwrap();
+    if let Some(online) = online {
+        revocation = revocation.with_online(online);
+    }
+    TrustAnchors::new(vec![cert(&w.pki.root.cert)]).with_revocation(revocation)
+}
+
+#[test]
+fn a_message_s_own_answers_are_used_first() {
+    let w = world();
+    let with = |answer: &OcspAnswer<'_>| {
+        sealed(
+            Some(RevocationValues {
+                crls: vec![],
+                ocsp: vec![basic(answer)],
+            }),
+            w.now,
+        )
+    };
+    // Mandatory, no list, no responder: the message's good answer gives the status.
+    let good = with(&OcspAnswer::at(OcspStatus::Good, w.now));
+    assert_eq!(unseal_errors(&good, mandatory(None)), vec![]);
+    // Without it, nothing does.
+    assert_eq!(
+        unseal_errors(&sealed(None, w.now), mandatory(None)),
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    // A revoked answer in the message revokes (under optional too).
+    let revoked = with(&OcspAnswer::at(OcspStatus::Revoked(w.now - HOUR), w.now));
+    assert_eq!(
+        unseal_errors(&revoked, mandatory(None)),
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+    let optional = TrustAnchors::new(vec![cert(&w.pki.root.cert)])
+        .with_revocation(Revocation::new(&[], RevocationPolicy::Optional).unwrap());
+    assert_eq!(
+        unseal_errors(&revoked, optional),
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+    // Policy none (the default): the message's answers are not looked at.
+    let none = TrustAnchors::new(vec![cert(&w.pki.root.cert)]);
+    assert_eq!(unseal_errors(&revoked, none), vec![]);
+    // An answer produced before the signing time (less the skew) is not used (spec §1.6).
+    let early = OcspAnswer {
+        produced_at: w.now - CLOCK_SKEW - 60,
+        this_update: w.now - CLOCK_SKEW - 60,
+        ..OcspAnswer::at(OcspStatus::Good, w.now)
+    };
+    assert_eq!(
+        unseal_errors(&with(&early), mandatory(None)),
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    // A forged answer in the message is evidence of nothing.
+    let forged = sealed(
+        Some(RevocationValues {
+            crls: vec![],
+            ocsp: vec![w
+                .impostor
+                .ocsp_basic(&w.alice.auth.cert, &OcspAnswer::at(OcspStatus::Good, w.now))
+                .unwrap()],
+        }),
+        w.now,
+    );
+    assert_eq!(
+        unseal_errors(&forged, mandatory(None)),
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    // Lists the message carries count as the receiver's own.
+    let list = w
+        .pki
+        .crl(
+            &[(w.alice.auth.cert.serial_number(), w.now - HOUR)],
+            1,
+            w.now - 2 * HOUR,
+            w.now + HOUR,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let listed = sealed(
+        Some(RevocationValues {
+            crls: vec![list],
+            ocsp: vec![],
+        }),
+        w.now,
+    );
+    assert_eq!(
+        unseal_errors(&listed, mandatory(None)),
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+}
+
+/// A responder in memory: answers with what `answer` makes of the request's nonce, and
+/// counts the requests.
+type Answering = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+struct Canned {
+    answer: Answering,
+    asked: Arc<AtomicUsize>,
+    last_url: Arc<Mutex<String>>,
+}
+
+impl OcspTransport for Canned {
+    fn post(&self, url: &str, request: &[u8]) -> Result<Vec<u8>, String> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        *self.last_url.lock().unwrap() = url.to_string();
+        // The request must be a well-formed OCSPRequest for OpenSSL too.
+        openssl::ocsp::OcspRequest::from_der(request).map_err(|e| e.to_string())?;
+        // The nonce is the last 16 bytes (the extension ends the request).
+        (self.answer)(&request[request.len() - 16..])
+    }
+}
+
+fn canned(
+    answer: impl Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static,
+) -> (Online, Arc<AtomicUsize>, Arc<Mutex<String>>) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let last_url = Arc::new(Mutex::new(String::new()));
+    let online = Online::new(
+        Responder::Url("http://ocsp.test/".into()),
+        Box::new(Canned {
+            answer: Box::new(answer),
+            asked: asked.clone(),
+            last_url: last_url.clone(),
+        }),
+    );
+    (online, asked, last_url)
+}
+
+fn answering(status: OcspStatus, echo_nonce: bool) -> impl Fn(&[u8]) -> Result<Vec<u8>, String> {
+    move |nonce: &[u8]| {
+        let w = world();
+        let answer = OcspAnswer {
+            nonce: echo_nonce.then(|| nonce.to_vec()),
+            ..OcspAnswer::at(status, etee_formats::unix_now())
+        };
+        w.pki
+            .ocsp_response(&w.alice.auth.cert, &answer)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn the_responder_is_asked_when_nothing_else_tells_and_its_answer_is_remembered() {
+    let w = world();
+    let (online, asked, url) = canned(answering(OcspStatus::Good, true));
+    let anchors = mandatory(Some(online));
+    let msg = sealed(None, w.now);
+    assert_eq!(unseal_errors(&msg, anchors.clone()), vec![]);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!(*url.lock().unwrap(), "http://ocsp.test/");
+    // The answer is current for an hour: not asked again.
+    assert_eq!(unseal_errors(&msg, anchors.clone()), vec![]);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+    let (online, _, _) = canned(answering(OcspStatus::Revoked(w.now - HOUR), true));
+    assert_eq!(
+        unseal_errors(&msg, mandatory(Some(online))),
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+    // A message's own good answer spares the question.
+    let (online, asked, _) = canned(answering(OcspStatus::Good, true));
+    let carried = sealed(
+        Some(RevocationValues {
+            crls: vec![],
+            ocsp: vec![basic(&OcspAnswer::at(OcspStatus::Good, w.now))],
+        }),
+        w.now,
+    );
+    assert_eq!(unseal_errors(&carried, mandatory(Some(online))), vec![]);
+    assert_eq!(asked.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_replayed_or_unreachable_answer_leaves_the_status_unknown() {
+    let w = world();
+    let msg = sealed(None, w.now);
+    // Another request's nonce: a replay.
+    let (online, _, _) = canned(|_nonce| answering(OcspStatus::Good, true)(&[7u8; 16]));
+    assert!(matches!(
+        online.answer(&w.alice.auth.cert, &w.pki.root.cert, w.now, w.now),
+        Err(OcspError::NonceMismatch)
+    ));
+    assert_eq!(
+        unseal_errors(&msg, mandatory(Some(online))),
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    // No nonce in the answer (a pre-produced answer) is accepted.
+    let (online, _, _) = canned(answering(OcspStatus::Good, false));
+    assert_eq!(unseal_errors(&msg, mandatory(Some(online))), vec![]);
+    // A responder that cannot be reached is not asked again for a while.
+    let (online, asked, _) = canned(|_| Err("connection refused".into()));
+    let anchors = mandatory(Some(online));
+    assert_eq!(
+        unseal_errors(&msg, anchors.clone()),
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    assert_eq!(
+        unseal_errors(&msg, anchors.clone()),
+        vec![E::OUTER_CERTIFICATE_STATUS_UNKNOWN]
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "asked again during the back-off"
+    );
+    // Under optional the same failure lets the message through.
+    let (online, _, _) = canned(|_| Err("connection refused".into()));
+    let optional = TrustAnchors::new(vec![cert(&w.pki.root.cert)]).with_revocation(
+        Revocation::new(&[], RevocationPolicy::Optional)
+            .unwrap()
+            .with_online(online),
+    );
+    assert_eq!(unseal_errors(&msg, optional), vec![]);
+    // A responder that answers an error status.
+    let (online, _, _) = canned(|_| Ok(vec![0x30, 0x03, 0x0a, 0x01, 0x03]));
+    assert!(matches!(
+        online.answer(&w.alice.auth.cert, &w.pki.root.cert, w.now, w.now),
+        Err(OcspError::NotSuccessful("tryLater"))
+    ));
+}
+
+#[test]
+fn a_sealer_embeds_its_good_answers_and_refuses_to_seal_otherwise() {
+    let w = world();
+    let path = [cert(&w.alice.auth.cert), cert(&w.pki.root.cert)];
+    let (online, asked, _) = canned(answering(OcspStatus::Good, true));
+    let values = online.values_for(&path, w.now).expect("good answers");
+    assert_eq!(
+        values.ocsp.len(),
+        1,
+        "one answer: the root is not asked about"
+    );
+    // Fresh at each seal, never from the cache.
+    online.values_for(&path, w.now).unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    // The message carries it; a receiver with no other source accepts it.
+    let msg = sealed(Some(values), w.now);
+    assert_eq!(unseal_errors(&msg, mandatory(None)), vec![]);
+
+    let (online, _, _) = canned(answering(OcspStatus::Revoked(w.now - HOUR), true));
+    assert!(matches!(
+        online.values_for(&path, w.now),
+        Err(SealingStatus::Revoked(_))
+    ));
+    let (online, _, _) = canned(answering(OcspStatus::Unknown, true));
+    assert!(matches!(
+        online.values_for(&path, w.now),
+        Err(SealingStatus::Unknown(_))
+    ));
+    let (online, _, _) = canned(|_| Err("timed out".into()));
+    assert!(matches!(
+        online.values_for(&path, w.now),
+        Err(SealingStatus::NoAnswer(_, OcspError::Transport { .. }))
+    ));
+    assert!(matches!(
+        online.values_for(&path[..1], w.now),
+        Err(SealingStatus::NoIssuer(_))
+    ));
+}
+
+#[test]
+fn requests_name_the_certificate_as_openssl_does() {
+    let w = world();
+    let id = CertId::of(&w.alice.auth.cert, &w.pki.root.cert).unwrap();
+    let ours = ocsp::request(&id, &[1u8; 16]);
+    let theirs = openssl::ocsp::OcspCertId::from_cert(
+        openssl::hash::MessageDigest::sha1(),
+        &w.alice.auth.cert,
+        &w.pki.root.cert,
+    )
+    .unwrap();
+    let mut req = openssl::ocsp::OcspRequest::new().unwrap();
+    req.add_id(theirs).unwrap();
+    let theirs = req.to_der().unwrap();
+    // OpenSSL's request without a nonce holds the same CertID as ours.
+    assert!(theirs
+        .windows(id.der().len())
+        .any(|win| win == id.der().as_slice()));
+    assert!(ours.ends_with(&[1u8; 16]));
+    openssl::ocsp::OcspRequest::from_der(&ours).expect("OpenSSL reads our request");
+}
+
+#[test]
+fn the_policy_needs_a_source_and_a_source_needs_a_policy() {
+    use RevocationPolicy as P;
+    assert_eq!(P::effective(None, 0, true), Ok(P::Optional));
+    assert_eq!(P::effective(Some(P::Mandatory), 0, true), Ok(P::Mandatory));
+    assert!(P::effective(Some(P::None), 0, true).is_err());
+    assert!(P::effective(Some(P::Mandatory), 0, false)
+        .unwrap_err()
+        .contains("OCSP"));
+    assert_eq!(P::effective(None, 0, false), Ok(P::None));
+    assert_eq!("auto".parse::<Responder>(), Ok(Responder::FromCertificate));
+    assert!("https://x".parse::<Responder>().is_err());
+    assert!("ldap://x".parse::<Responder>().is_err());
+}

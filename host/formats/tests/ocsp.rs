@@ -565,3 +565,79 @@ fn the_policy_needs_a_source_and_a_source_needs_a_policy() {
     assert!("https://x".parse::<Responder>().is_err());
     assert!("ldap://x".parse::<Responder>().is_err());
 }
+
+mod support;
+
+/// A real message with embedded revocation values: `LT_eHTSA.msg` (made by the .NET
+/// library in 2014, signed with a Belgian eID; it carries the eID OCSP responder's answer
+/// and the CAs' lists). Its answer verifies with its own certificates; trusting the root
+/// it carries and judging at its signing time, with no list and no responder of ours, its
+/// evidence alone gives every status on the outer signer's path; a day later the answer
+/// is no longer current and the status is unknown.
+#[test]
+fn a_real_message_s_embedded_ocsp_answer_and_lists_are_read() {
+    let Some(dir) = support::vectors() else {
+        return;
+    };
+    let msg = std::fs::read(dir.join("egelke-etee/etee-crypto-test/msg/LT_eHTSA.msg")).unwrap();
+    let p7 = openssl::pkcs7::Pkcs7::from_der(&msg).expect("SignedData");
+    let certs: Vec<openssl::x509::X509> = p7
+        .signed()
+        .and_then(|s| s.certificates())
+        .expect("certificates")
+        .iter()
+        .map(|c| c.to_owned())
+        .collect();
+    let attr = msg
+        .windows(ocsp::ATTR_REVOCATION_VALUES.len())
+        .position(|win| win == ocsp::ATTR_REVOCATION_VALUES)
+        .expect("revocationValues")
+        + ocsp::ATTR_REVOCATION_VALUES.len();
+    let values = RevocationValues::parse(strip_set(&msg[attr..])).expect("RevocationValues");
+    assert!(!values.ocsp.is_empty() && !values.crls.is_empty(), "{values:?}");
+    let signed_at = 1_396_274_600; // 2014-03-31T14:03:20Z, beside its timestamp's genTime
+    let issued_by = |c: &openssl::x509::X509, i: &openssl::x509::X509| {
+        i.public_key().is_ok_and(|k| c.verify(&k).unwrap_or(false))
+    };
+    let mut good = Vec::new();
+    for basic in &values.ocsp {
+        for c in &certs {
+            for i in certs.iter().filter(|i| issued_by(c, i)) {
+                if let Ok(answer) = ocsp::judge(basic, c, i, signed_at) {
+                    if answer.status_at(signed_at) == CertStatus::Good {
+                        good.push(format!("{:?}", c.subject_name()));
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(good.len(), 1, "one certificate vouched for by the eID responder: {good:?}");
+
+    let roots: Vec<Certificate> = certs
+        .iter()
+        .filter(|c| etee_formats::cert::same_name(c.subject_name(), c.issuer_name()))
+        .map(|c| Certificate::from_der(&c.to_der().unwrap()).unwrap())
+        .collect();
+    let outer_errors = |at: i64| {
+        let opts = UnsealOptions {
+            anchors: TrustAnchors::new(roots.clone())
+                .with_revocation(Revocation::new(&[], RevocationPolicy::Mandatory).unwrap()),
+            at: Some(at),
+            ..Default::default()
+        };
+        // No key of Bob's here: only the outer layer is judged, which is what carries them.
+        let (result, _) = unseal_to_vec(&msg, &KeyRing::new(), &opts);
+        result
+            .verdict
+            .errors
+            .iter()
+            .map(|e| e.name())
+            .filter(|n| n.starts_with("OUTER_CERTIFICATE"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outer_errors(signed_at), Vec::<&str>::new());
+    assert_eq!(
+        outer_errors(signed_at + 86_400),
+        vec!["OUTER_CERTIFICATE_STATUS_UNKNOWN"]
+    );
+}

@@ -105,7 +105,11 @@ fn index(dir: &Path, alice: &Path, revoked: bool) -> PathBuf {
     } else {
         format!("V\t{expiry}\t\t{serial}\tunknown\t/CN=alice\n")
     };
-    let path = dir.join(if revoked { "index-revoked.txt" } else { "index-valid.txt" });
+    let path = dir.join(if revoked {
+        "index-revoked.txt"
+    } else {
+        "index-valid.txt"
+    });
     std::fs::write(&path, line).unwrap();
     path
 }
@@ -207,7 +211,11 @@ fn receivers_ask_an_openssl_responder_and_senders_embed_its_answer() {
         middle.as_os_str(),
     ]);
     let response = dir.path().join("embedded-response.der");
-    std::fs::write(&response, ocsp_response_of(&embedded_basic_response(&sealed))).unwrap();
+    std::fs::write(
+        &response,
+        ocsp_response_of(&embedded_basic_response(&sealed)),
+    )
+    .unwrap();
     let out = Command::new("openssl")
         .args(["ocsp", "-respin"])
         .arg(&response)
@@ -330,7 +338,9 @@ fn length(der: &[u8]) -> (usize, usize) {
         l if l < 0x80 => (l as usize, 2),
         l => {
             let n = (l & 0x7f) as usize;
-            let len = der[2..2 + n].iter().fold(0usize, |a, b| a << 8 | *b as usize);
+            let len = der[2..2 + n]
+                .iter()
+                .fold(0usize, |a, b| a << 8 | *b as usize);
             (len, 2 + n)
         }
     }
@@ -354,4 +364,103 @@ fn ocsp_response_of(basic: &[u8]) -> Vec<u8> {
     const BASIC: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
     let bytes = tlv(0x30, &[tlv(0x06, BASIC), tlv(0x04, basic)].concat());
     tlv(0x30, &[tlv(0x0a, &[0]), tlv(0xa0, &bytes)].concat())
+}
+
+/// `etee pki ocsp` on a free loopback port; killed on drop.
+struct OwnResponder {
+    child: Child,
+    url: String,
+}
+
+impl OwnResponder {
+    fn start(world: &Path) -> OwnResponder {
+        let mut child = Command::new(etee_e2e::etee_bin())
+            .args(["pki", "ocsp"])
+            .arg(world)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("etee pki ocsp");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a first line").unwrap();
+        let url = first
+            .rsplit_once(" on ")
+            .map(|(_, u)| u.to_string())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        // Keep reading (the responder logs each answer) so that it never blocks.
+        std::thread::spawn(move || for _ in lines {});
+        OwnResponder { child, url }
+    }
+}
+
+impl Drop for OwnResponder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `openssl ocsp` asking `url` about `cert`: what it printed.
+fn openssl_asks(w: &World, url: &str, cert: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["ocsp", "-url", url, "-issuer"])
+        .arg(w.ca())
+        .arg("-cert")
+        .arg(cert)
+        .arg("-CAfile")
+        .arg(w.ca())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn etee_s_own_responder_answers_openssl_and_follows_the_list() {
+    if !openssl_cli() {
+        return;
+    }
+    let w = World::create();
+    let dir = scratch();
+    let from_alice = w.seal(dir.path(), "alice", &["bob"], b"for Bob");
+    let alice = alice_cert(dir.path(), &from_alice);
+    let responder = OwnResponder::start(w.dir());
+
+    // OpenSSL's client, independently: the answer is the CA's, with its nonce, good.
+    let text = openssl_asks(&w, &responder.url, &alice);
+    assert!(
+        text.contains("Response verify OK") && text.contains(": good") && !text.contains("WARNING"),
+        "{text}"
+    );
+    let r = w.unseal(
+        dir.path(),
+        "bob",
+        &from_alice,
+        &["--ocsp", &responder.url, "--revocation", "mandatory"],
+    );
+    r.run.code(0);
+    assert_eq!(r.content(), b"for Bob");
+
+    // The CA revokes Alice: the running responder says so at once.
+    etee(["pki", "revoke"])
+        .arg(w.dir())
+        .args(["--name", "alice"])
+        .run()
+        .code(0);
+    let text = openssl_asks(&w, &responder.url, &alice);
+    assert!(
+        text.contains("Response verify OK") && text.contains(": revoked"),
+        "{text}"
+    );
+    let r = w.unseal(dir.path(), "bob", &from_alice, &["--ocsp", &responder.url]);
+    r.run.code(1);
+    assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
+    // Not a world: a usage error.
+    let out = etee(["pki", "ocsp"]).arg(dir.path()).run();
+    out.code(2);
+    assert!(out.stderr.contains("not a world"), "{}", out.stderr);
 }

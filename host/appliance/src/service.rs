@@ -15,6 +15,7 @@ use crate::ApplianceError;
 use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unsealed};
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
+use etee_formats::ocsp::SealingStatus;
 use etee_formats::trust::TrustAnchors;
 use etee_hsm::{CustodyHandle, CustodyKeys, HsmToken};
 use etee_protocol::{EtkCache, KeyDepotClient, KeyReply, KgssCaller, KgssClient, ProtocolError};
@@ -71,6 +72,11 @@ pub enum ServiceError {
     Busy { client: String, limit: usize },
     #[error("I/O: {0}")]
     Io(String),
+    /// With an OCSP responder configured, the institution's own certificate is not
+    /// vouched for: nothing is sealed, as the official sealer does. `answered`: the
+    /// responder said revoked or unknown (else it could not be asked).
+    #[error("not sealed: {text}")]
+    OwnCertificate { text: String, answered: bool },
 }
 
 impl ServiceError {
@@ -93,6 +99,10 @@ impl ServiceError {
             Self::MethodNotAllowed(_) => "APPLIANCE_METHOD_NOT_ALLOWED",
             Self::Busy { .. } => "APPLIANCE_BUSY",
             Self::Io(_) => "APPLIANCE_IO",
+            Self::OwnCertificate { answered: true, .. } => "OWN_CERTIFICATE_NOT_GOOD",
+            Self::OwnCertificate {
+                answered: false, ..
+            } => "OCSP_UNAVAILABLE",
         }
     }
 
@@ -701,11 +711,32 @@ impl Appliance {
         };
         let kgss_key_id = kek.as_ref().map(|k| k.id().to_vec());
         let signer = self.keys_of(client)?.signer.clone();
+        let anchors = self.anchors.clone();
         let spool_dir = self.config.spool_dir.clone();
         let max = self.config.limits.max_body_bytes;
         let slot = client.slot();
         let (spool, content_len) = blocking(move || {
             let _slot = slot;
+            // With an OCSP responder, the official sealer's rule: its own certificate's
+            // answers travel in the message, and nothing is sealed unless they say good.
+            let revocation_values = match anchors.revocation().online() {
+                Some(online) => Some(
+                    online
+                        .values_for_signer(
+                            &signer.signer,
+                            anchors.certs(),
+                            etee_formats::unix_now(),
+                        )
+                        .map_err(|e| ServiceError::OwnCertificate {
+                            answered: matches!(
+                                e,
+                                SealingStatus::Revoked(_) | SealingStatus::Unknown(_)
+                            ),
+                            text: e.to_string(),
+                        })?,
+                ),
+                None => None,
+            };
             let mut input = Limited::new(body, max);
             let mut spool = SpoolWriter::new(&spool_dir);
             let n = cms::seal(
@@ -714,7 +745,10 @@ impl Appliance {
                 kek.as_ref(),
                 &mut input,
                 &mut spool,
-                &SealOptions::default(),
+                &SealOptions {
+                    revocation_values,
+                    ..Default::default()
+                },
             )
             .map_err(|e| match e {
                 cms::SealError::Key(k) => ServiceError::from_key(k),

@@ -71,6 +71,8 @@ pub enum SealingStatus {
     NoAnswer(String, OcspError),
     #[error("the issuer of the signing certificate {0} is not known (give its CA certificate)")]
     NoIssuer(String),
+    #[error("the signing key has no certificate to ask about (a key-id signer)")]
+    NoCertificate,
 }
 
 /// A certificate as OCSP names it (CertID): hashes of its issuer's name and key, and its
@@ -492,6 +494,8 @@ pub struct Online {
     responder: Responder,
     transport: Box<dyn OcspTransport>,
     cache: Mutex<HashMap<CertId, Answer>>,
+    /// Answers fetched for embedding, with their DER.
+    for_sealing: Mutex<HashMap<CertId, (Vec<u8>, Answer)>>,
     unreachable: Mutex<HashMap<String, i64>>,
 }
 
@@ -509,6 +513,7 @@ impl Online {
             responder,
             transport,
             cache: Mutex::default(),
+            for_sealing: Mutex::default(),
             unreachable: Mutex::default(),
         }
     }
@@ -579,8 +584,11 @@ impl Online {
         Ok(answer)
     }
 
-    /// A fresh OCSPResponse's BasicOCSPResponse for `cert`, for embedding at sealing
-    /// (never from the cache: the receiver judges it by its own times), with its answer.
+    /// A BasicOCSPResponse about `cert` to embed when sealing at `at`, with its answer:
+    /// the one fetched before while it stays current for [`CLOCK_SKEW`] more (the time a
+    /// receiver may take, as the signing-time rule allows), else a fresh one. An answer
+    /// without nextUpdate is current only around its thisUpdate, so it is fetched anew
+    /// for every seal.
     pub fn fetch(
         &self,
         cert: &X509Ref,
@@ -588,7 +596,36 @@ impl Online {
         at: i64,
     ) -> Result<(Vec<u8>, Answer), OcspError> {
         let id = CertId::of(cert, issuer)?;
-        self.ask(&id, self.url_for(cert)?, cert, issuer, at)
+        let lock = || self.for_sealing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = lock().get(&id) {
+            if hit.1.said == Said::Good && hit.1.status_at(at + CLOCK_SKEW) == CertStatus::Good {
+                return Ok(hit.clone());
+            }
+        }
+        let fresh = self.ask(&id, self.url_for(cert)?, cert, issuer, at)?;
+        let mut kept = lock();
+        if kept.len() >= CACHE_LIMIT {
+            kept.clear();
+        }
+        kept.insert(id, fresh.clone());
+        Ok(fresh)
+    }
+
+    /// [`Online::values_for`] the path of `signer`: its certificate and the issuers
+    /// found among its chain and `anchors`.
+    pub fn values_for_signer(
+        &self,
+        signer: &crate::keys::SignerRef,
+        anchors: &[crate::cert::Certificate],
+        at: i64,
+    ) -> Result<RevocationValues, SealingStatus> {
+        let crate::keys::SignerRef::Certificate { cert, chain } = signer else {
+            return Err(SealingStatus::NoCertificate);
+        };
+        let pool = chain.iter().chain(anchors).cloned().collect();
+        let mut path = vec![cert.clone()];
+        path.extend(crate::trust::issuers_of(cert, pool));
+        self.values_for(&path, at)
     }
 
     /// One exchange: a request with a fresh nonce, the answer checked.
@@ -617,9 +654,9 @@ impl Online {
     }
 
     /// The answers to embed when sealing with `path` (the signer's certificate first,
-    /// then its issuers as far as they are known): one fresh answer for each certificate
-    /// issued by the next, each of which must say good at `at` (the official sealer
-    /// refuses to seal otherwise, spec §1.2).
+    /// then its issuers as far as they are known): one answer ([`Online::fetch`]) for each
+    /// certificate issued by the next, each of which must say good at `at` (the official
+    /// sealer refuses to seal otherwise, spec §1.2).
     pub fn values_for(
         &self,
         path: &[crate::cert::Certificate],

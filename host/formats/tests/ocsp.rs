@@ -501,8 +501,28 @@ fn a_sealer_embeds_its_good_answers_and_refuses_to_seal_otherwise() {
         1,
         "one answer: the root is not asked about"
     );
-    // Fresh at each seal, never from the cache.
-    online.values_for(&path, w.now).unwrap();
+    // Reused while it stays current long enough for a receiver (an hour here)...
+    assert_eq!(online.values_for(&path, w.now).unwrap(), values);
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    // ...and not once it would not.
+    online.values_for(&path, w.now + HOUR - 60).unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    // An answer without nextUpdate speaks only of its moment: asked at every seal.
+    let (undated, asked, _) = canned(|nonce: &[u8]| {
+        let w = world();
+        let answer = OcspAnswer {
+            nonce: Some(nonce.to_vec()),
+            next_update: None,
+            ..OcspAnswer::at(OcspStatus::Good, etee_formats::unix_now())
+        };
+        w.pki
+            .ocsp_response(&w.alice.auth.cert, &answer)
+            .map_err(|e| e.to_string())
+    });
+    // (A few seconds after the answers' thisUpdate, as any seal after the first is.)
+    let later = etee_formats::unix_now() + 5;
+    undated.values_for(&path, later).unwrap();
+    undated.values_for(&path, later).unwrap();
     assert_eq!(asked.load(Ordering::SeqCst), 2);
     // The message carries it; a receiver with no other source accepts it.
     let msg = sealed(Some(values), w.now);
@@ -526,6 +546,16 @@ fn a_sealer_embeds_its_good_answers_and_refuses_to_seal_otherwise() {
     assert!(matches!(
         online.values_for(&path[..1], w.now),
         Err(SealingStatus::NoIssuer(_))
+    ));
+    // The signer's own path, found from its chain.
+    let (online, _, _) = canned(answering(OcspStatus::Good, true));
+    let values = online
+        .values_for_signer(&alice_signer(w).signer, &[], w.now)
+        .unwrap();
+    assert_eq!(values.ocsp.len(), 1);
+    assert!(matches!(
+        online.values_for_signer(&SignerRef::KeyId(vec![1; 20]), &[], w.now),
+        Err(SealingStatus::NoCertificate)
     ));
 }
 
@@ -594,7 +624,10 @@ fn a_real_message_s_embedded_ocsp_answer_and_lists_are_read() {
         .expect("revocationValues")
         + ocsp::ATTR_REVOCATION_VALUES.len();
     let values = RevocationValues::parse(strip_set(&msg[attr..])).expect("RevocationValues");
-    assert!(!values.ocsp.is_empty() && !values.crls.is_empty(), "{values:?}");
+    assert!(
+        !values.ocsp.is_empty() && !values.crls.is_empty(),
+        "{values:?}"
+    );
     let signed_at = 1_396_274_600; // 2014-03-31T14:03:20Z, beside its timestamp's genTime
     let issued_by = |c: &openssl::x509::X509, i: &openssl::x509::X509| {
         i.public_key().is_ok_and(|k| c.verify(&k).unwrap_or(false))
@@ -611,7 +644,11 @@ fn a_real_message_s_embedded_ocsp_answer_and_lists_are_read() {
             }
         }
     }
-    assert_eq!(good.len(), 1, "one certificate vouched for by the eID responder: {good:?}");
+    assert_eq!(
+        good.len(),
+        1,
+        "one certificate vouched for by the eID responder: {good:?}"
+    );
 
     let roots: Vec<Certificate> = certs
         .iter()

@@ -37,7 +37,7 @@ use openssl::x509::{
 };
 
 pub mod ocsp;
-pub use ocsp::{OcspAnswer, OcspStatus};
+pub use ocsp::{ocsp_successful, ocsp_unsuccessful, OcspAnswer, OcspStatus};
 
 /// Errors from building the test PKI.
 #[derive(Debug, thiserror::Error)]

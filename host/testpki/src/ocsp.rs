@@ -97,45 +97,59 @@ impl TestPki {
     /// A successful OCSPResponse (DER) about `cert` (issued by this PKI's root), with a
     /// SHA-1 CertID, signed with SHA-256 and RSA.
     pub fn ocsp_response(&self, cert: &X509Ref, answer: &OcspAnswer<'_>) -> Result<Vec<u8>, Error> {
-        let basic = self.ocsp_basic(cert, answer)?;
-        Ok(seq(&[
-            &tlv(0x0a, &[0]),
-            &tlv(
-                0xa0,
-                &seq(&[&tlv(0x06, OID_OCSP_BASIC), &tlv(0x04, &basic)]),
-            ),
-        ]))
+        Ok(ocsp_successful(&self.ocsp_basic(cert, answer)?))
     }
 
     /// The BasicOCSPResponse (DER) of [`TestPki::ocsp_response`], as a message's
     /// revocationValues carry it.
     pub fn ocsp_basic(&self, cert: &X509Ref, answer: &OcspAnswer<'_>) -> Result<Vec<u8>, Error> {
+        let cert_id = self.ocsp_cert_id(&cert.serial_number().to_bn()?.to_vec())?;
+        self.ocsp_basic_for(&[(cert_id, answer.status)], answer)
+    }
+
+    /// The SHA-1 CertID (DER) of this root's certificate with serial number `serial`
+    /// (big-endian magnitude).
+    pub fn ocsp_cert_id(&self, serial: &[u8]) -> Result<Vec<u8>, Error> {
         let issuer = &self.root.cert;
         let sha1 =
             |d: &[u8]| -> Result<Vec<u8>, Error> { Ok(hash(MessageDigest::sha1(), d)?.to_vec()) };
         let key_bits = issuer.public_key()?.rsa()?.public_key_to_der_pkcs1()?;
-        let serial = cert.serial_number().to_bn()?.to_vec();
-        let cert_id = seq(&[
+        Ok(seq(&[
             &seq(&[&tlv(0x06, OID_SHA1), &tlv(0x05, &[])]),
             &tlv(0x04, &sha1(&issuer.subject_name().to_der()?)?),
             &tlv(0x04, &sha1(&key_bits)?),
-            &integer(&serial),
-        ]);
-        let status = match answer.status {
-            OcspStatus::Good => tlv(0x80, &[]),
-            OcspStatus::Revoked(at) => tlv(0xa1, &time(at)?),
-            OcspStatus::Unknown => tlv(0x82, &[]),
-        };
-        let mut single = vec![cert_id, status, time(answer.this_update)?];
-        if let Some(next) = answer.next_update {
-            single.push(tlv(0xa0, &time(next)?));
+            &integer(serial),
+        ]))
+    }
+
+    /// A BasicOCSPResponse (DER) with one SingleResponse per `(CertID DER, status)` (the
+    /// CertIDs as a request gave them), and the times, nonce and signer of `answer` (its
+    /// `status` is not used).
+    pub fn ocsp_basic_for(
+        &self,
+        singles: &[(Vec<u8>, OcspStatus)],
+        answer: &OcspAnswer<'_>,
+    ) -> Result<Vec<u8>, Error> {
+        let mut responses = Vec::new();
+        for (cert_id, status) in singles {
+            let status = match status {
+                OcspStatus::Good => tlv(0x80, &[]),
+                OcspStatus::Revoked(at) => tlv(0xa1, &time(*at)?),
+                OcspStatus::Unknown => tlv(0x82, &[]),
+            };
+            let mut single = vec![cert_id.clone(), status, time(answer.this_update)?];
+            if let Some(next) = answer.next_update {
+                single.push(tlv(0xa0, &time(next)?));
+            }
+            let single: Vec<&[u8]> = single.iter().map(|v| v.as_slice()).collect();
+            responses.push(seq(&single));
         }
-        let single: Vec<&[u8]> = single.iter().map(|v| v.as_slice()).collect();
+        let responses: Vec<&[u8]> = responses.iter().map(|v| v.as_slice()).collect();
         let signer = answer.signer.unwrap_or(&self.root);
         let mut data = vec![
             tlv(0xa1, &signer.cert.subject_name().to_der()?),
             time(answer.produced_at)?,
-            seq(&[&seq(&single)]),
+            seq(&responses),
         ];
         if let Some(nonce) = &answer.nonce {
             let ext = seq(&[&tlv(0x06, OID_OCSP_NONCE), &tlv(0x04, &tlv(0x04, nonce))]);
@@ -155,6 +169,20 @@ impl TestPki {
         let basic: Vec<&[u8]> = basic.iter().map(|v| v.as_slice()).collect();
         Ok(seq(&basic))
     }
+}
+
+/// A successful OCSPResponse (DER) carrying `basic` (a BasicOCSPResponse).
+pub fn ocsp_successful(basic: &[u8]) -> Vec<u8> {
+    seq(&[
+        &tlv(0x0a, &[0]),
+        &tlv(0xa0, &seq(&[&tlv(0x06, OID_OCSP_BASIC), &tlv(0x04, basic)])),
+    ])
+}
+
+/// An unsuccessful OCSPResponse (DER): `status` 1 malformedRequest, 2 internalError,
+/// 3 tryLater, 5 sigRequired or 6 unauthorized (RFC 6960 §4.2.1).
+pub fn ocsp_unsuccessful(status: u8) -> Vec<u8> {
+    seq(&[&tlv(0x0a, &[status])])
 }
 
 const OID_OCSP_BASIC: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod etk;
 pub mod hsm;
 pub mod pki;
+pub mod pki_ocsp;
 pub mod platform;
 pub mod seal;
 pub mod serve;

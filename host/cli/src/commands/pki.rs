@@ -30,6 +30,9 @@ use zeroize::Zeroizing;
 pub enum Command {
     /// Same as `etee platform pki`.
     Init(WorldArgs),
+    /// Answer OCSP requests about the world CA's certificates (from its revocation list,
+    /// ca.crl), over HTTP on --listen, until stopped.
+    Ocsp(super::pki_ocsp::OcspArgs),
     /// Revoke institutions' authentication certificates: (re)issue the world CA's
     /// revocation list, ca.crl (DER) and ca-crl.pem, for `--crl` of seal, unseal and
     /// `etk verify`. Without --name or --cert, the list is issued again with a new
@@ -92,19 +95,14 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Init(args) => make_world(args),
         Command::Revoke(args) => revoke(args),
+        Command::Ocsp(args) => super::pki_ocsp::run(args),
     }
 }
 
 /// Adds the named certificates to the world CA's list and signs it anew (CRL number one
 /// higher), keeping what it revoked before.
 fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
-    if !args.dir.join("ca.pem").is_file() {
-        return Err(CliError::Usage(format!(
-            "{}: not a world (no ca.pem): make one with `etee pki init`",
-            args.dir.display()
-        )));
-    }
-    let (pki, _) = open_or_create_ca(&args.dir)?;
+    let pki = open_ca(&args.dir)?;
     let mut targets: Vec<(String, X509)> = Vec::new();
     for name in &args.names {
         if !is_file_name(name) {
@@ -179,10 +177,21 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The CA of an existing world.
+pub(crate) fn open_ca(dir: &Path) -> Result<TestPki, CliError> {
+    if !dir.join("ca.pem").is_file() {
+        return Err(CliError::Usage(format!(
+            "{}: not a world (no ca.pem): make one with `etee pki init`",
+            dir.display()
+        )));
+    }
+    Ok(open_or_create_ca(dir)?.0)
+}
+
 /// The entries and CRL number of the world's current list (none, 0 without one). A list
 /// that the CA did not sign is refused rather than replaced.
 #[allow(clippy::type_complexity)]
-fn current_list(
+pub(crate) fn current_list(
     dir: &Path,
     pki: &TestPki,
 ) -> Result<(Vec<(openssl::asn1::Asn1Integer, i64)>, u64), CliError> {

@@ -67,25 +67,17 @@ fn own_ocsp_answers(
     let Some(online) = anchors.revocation().online() else {
         return Ok(None);
     };
-    let etee_formats::keys::SignerRef::Certificate { cert, chain } = &signer.signer else {
-        return Err(CliError::Usage(
-            "--ocsp: the signing key has no certificate to ask about".into(),
-        ));
-    };
-    let pool = chain.iter().chain(anchors.certs()).cloned().collect();
-    let mut path = vec![cert.clone()];
-    path.extend(etee_formats::trust::issuers_of(cert, pool));
     use etee_formats::ocsp::SealingStatus;
     online
-        .values_for(&path, now)
+        .values_for_signer(&signer.signer, anchors.certs(), now)
         .map(Some)
         .map_err(|e| match e {
             SealingStatus::Revoked(_) | SealingStatus::Unknown(_) => {
                 CliError::Refused(format!("not sealed: {e}"))
             }
-            SealingStatus::NoAnswer(..) | SealingStatus::NoIssuer(_) => {
-                CliError::Usage(format!("--ocsp: not sealed: {e}"))
-            }
+            SealingStatus::NoAnswer(..)
+            | SealingStatus::NoIssuer(_)
+            | SealingStatus::NoCertificate => CliError::Usage(format!("--ocsp: not sealed: {e}")),
         })
 }
 

@@ -1,0 +1,384 @@
+//! `etee pki ocsp DIR --listen ADDR`: an OCSP responder (RFC 6960) for a local world's
+//! CA, over HTTP POST (appendix A.1), so that senders can embed answers and receivers ask
+//! (`--ocsp`, `ocsp = "http://…"`) as the official library does with eHealth's
+//! responders.
+//!
+//! It answers from the CA's revocation list (`ca.crl`, made by `etee pki revoke`, read
+//! again when it changes): a certificate on it is revoked from its revocation date, any
+//! other serial of this CA is good (RFC 6960 §2.2: no certificate with that serial within
+//! its validity is revoked). Answers are signed by the CA's key, carry the request's nonce
+//! and a nextUpdate `--valid-for` seconds ahead. A list that cannot be read, or that the
+//! CA did not sign, gets `internalError` answers, never a good one; a request about
+//! another CA's certificates gets `unauthorized`.
+
+use super::pki::{current_list, open_ca};
+use crate::CliError;
+use etee_formats::ber::slice::parse_exact;
+use etee_formats::ber::tag;
+use etee_testpki::{ocsp_successful, ocsp_unsuccessful, OcspAnswer, OcspStatus, TestPki};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+#[derive(clap::Args)]
+pub struct OcspArgs {
+    /// The world's directory (made by `etee pki init`).
+    dir: PathBuf,
+    /// Where to listen (port 0: any free port; the address is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: String,
+    /// How long an answer is current: its nextUpdate is this many seconds ahead.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    valid_for: u32,
+}
+
+/// The largest request read (one certificate's request is about 100 bytes).
+const MAX_REQUEST: usize = 16 * 1024;
+/// Certificates asked about in one request.
+const MAX_CERT_IDS: usize = 32;
+
+/// OCSPResponseStatus values (RFC 6960 §4.2.1).
+const MALFORMED_REQUEST: u8 = 1;
+const INTERNAL_ERROR: u8 = 2;
+const UNAUTHORIZED: u8 = 6;
+
+pub fn run(args: OcspArgs) -> Result<ExitCode, CliError> {
+    let pki = open_ca(&args.dir)?;
+    let responder = Arc::new(Responder {
+        pki,
+        dir: args.dir.clone(),
+        valid_for: i64::from(args.valid_for),
+        list: Mutex::new(None),
+    });
+    // A first reading, so that a bad list is reported at start.
+    if let Err(e) = responder.revoked() {
+        eprintln!("etee pki ocsp: {e}: answering internalError until it is fixed");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| CliError::Usage(format!("--listen {}: {e}", args.listen)))?;
+        outln!(
+            "etee pki ocsp: answering for the CA of {} on http://{}",
+            args.dir.display(),
+            listener.local_addr()?
+        )?;
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("etee pki ocsp: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let responder = responder.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let responder = responder.clone();
+                    async move { Ok::<_, std::convert::Infallible>(responder.http(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// Revoked serials (magnitude) and their revocation times.
+type Revoked = Vec<(Vec<u8>, i64)>;
+
+/// The list file as last seen: (modification time, size), or absent.
+type Stamp = Option<(SystemTime, u64)>;
+
+struct Responder {
+    pki: TestPki,
+    dir: PathBuf,
+    valid_for: i64,
+    /// The list as last read, and the file's stamp then.
+    list: Mutex<Option<(Stamp, Revoked)>>,
+}
+
+impl Responder {
+    async fn http(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::POST {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "POST an OCSP request\n");
+        }
+        let body = match Limited::new(req.into_body(), MAX_REQUEST).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request too large\n"),
+        };
+        let (answer, said) = self.answer(&body, etee_formats::unix_now());
+        // One line per answer (a closed standard output does not stop the responder).
+        let _ = outln!("etee pki ocsp: {said}");
+        let mut response = Response::new(Full::new(Bytes::from(answer)));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/ocsp-response"),
+        );
+        response
+    }
+
+    /// The revoked serials of the world's list, read again when its file changed.
+    fn revoked(&self) -> Result<Revoked, CliError> {
+        let path = self.dir.join("ca.crl");
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, entries)) = list.as_ref() {
+            if *seen == stamp {
+                return Ok(entries.clone());
+            }
+        }
+        let (entries, _) = current_list(&self.dir, &self.pki)?;
+        let entries: Revoked = entries
+            .iter()
+            .filter_map(|(serial, at)| Some((serial.to_bn().ok()?.to_vec(), *at)))
+            .collect();
+        *list = Some((stamp, entries.clone()));
+        Ok(entries)
+    }
+
+    /// The OCSPResponse (DER) to `request`, and a line saying what was answered.
+    fn answer(&self, request: &[u8], now: i64) -> (Vec<u8>, String) {
+        let Some(asked) = Asked::parse(request) else {
+            return (
+                ocsp_unsuccessful(MALFORMED_REQUEST),
+                "malformed request".into(),
+            );
+        };
+        if asked.ids.iter().all(|id| !self.is_ours(id)) {
+            return (
+                ocsp_unsuccessful(UNAUTHORIZED),
+                "unauthorized (no certificate of this CA asked about)".into(),
+            );
+        }
+        let revoked = match self.revoked() {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    ocsp_unsuccessful(INTERNAL_ERROR),
+                    format!("internalError ({e})"),
+                )
+            }
+        };
+        let mut singles = Vec::new();
+        let mut said = Vec::new();
+        for id in &asked.ids {
+            if !self.is_ours(id) {
+                singles.push((id.der.clone(), OcspStatus::Unknown));
+                said.push(format!(
+                    "serial {} unknown (another CA)",
+                    hex::encode(&id.serial)
+                ));
+                continue;
+            }
+            let status = match revoked.iter().find(|(s, _)| *s == id.serial) {
+                Some((_, at)) => OcspStatus::Revoked(*at),
+                None => OcspStatus::Good,
+            };
+            said.push(format!(
+                "serial {} {}",
+                hex::encode(&id.serial),
+                if status == OcspStatus::Good {
+                    "good"
+                } else {
+                    "revoked"
+                }
+            ));
+            singles.push((id.der.clone(), status));
+        }
+        let answer = OcspAnswer {
+            nonce: asked.nonce,
+            next_update: Some(now + self.valid_for),
+            ..OcspAnswer::at(OcspStatus::Good, now)
+        };
+        match self.pki.ocsp_basic_for(&singles, &answer) {
+            Ok(basic) => (ocsp_successful(&basic), said.join(", ")),
+            Err(e) => (
+                ocsp_unsuccessful(INTERNAL_ERROR),
+                format!("internalError (signing: {e})"),
+            ),
+        }
+    }
+
+    /// Whether a CertID names this CA as the issuer (hashes of its name and key, with
+    /// the CertID's hash algorithm).
+    fn is_ours(&self, id: &AskedId) -> bool {
+        let md = match id.alg.as_slice() {
+            a if a == etee_formats::oid::SHA1 => openssl::hash::MessageDigest::sha1(),
+            a if a == etee_formats::oid::SHA256 => openssl::hash::MessageDigest::sha256(),
+            _ => return false,
+        };
+        let root = &self.pki.root.cert;
+        let name = root.subject_name().to_der().ok();
+        let key = root
+            .public_key()
+            .and_then(|k| k.rsa())
+            .and_then(|r| r.public_key_to_der_pkcs1())
+            .ok();
+        let hash = |d: &[u8]| openssl::hash::hash(md, d).ok().map(|h| h.to_vec());
+        name.and_then(|n| hash(&n)) == Some(id.name_hash.clone())
+            && key.and_then(|k| hash(&k)) == Some(id.key_hash.clone())
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+/// What a request asks.
+struct Asked {
+    ids: Vec<AskedId>,
+    /// The nonce extension's value (the OCTET STRING's content inside it).
+    nonce: Option<Vec<u8>>,
+}
+
+struct AskedId {
+    /// The CertID as sent, echoed in the answer.
+    der: Vec<u8>,
+    alg: Vec<u8>,
+    name_hash: Vec<u8>,
+    key_hash: Vec<u8>,
+    /// Serial number magnitude, without leading zeros.
+    serial: Vec<u8>,
+}
+
+impl Asked {
+    /// `OCSPRequest { tbsRequest { [0] version?, [1] requestorName?, requestList,
+    /// [2] requestExtensions? }, [0] optionalSignature? }`; `None` when malformed.
+    fn parse(der: &[u8]) -> Option<Self> {
+        let t = parse_exact(der).ok()?;
+        let mut request = t.seq().ok()?;
+        let mut tbs = request.next(tag::SEQUENCE).ok()?.seq().ok()?;
+        tbs.optional(tag::ctx_cons(0)).ok()?;
+        tbs.optional(tag::ctx_cons(1)).ok()?;
+        let list = tbs.next(tag::SEQUENCE).ok()?;
+        let mut ids = Vec::new();
+        for r in list.children() {
+            let mut r = r.ok()?.seq().ok()?;
+            let id = r.next(tag::SEQUENCE).ok()?;
+            let mut f = id.seq().ok()?;
+            let alg = f
+                .next(tag::SEQUENCE)
+                .ok()?
+                .seq()
+                .ok()?
+                .next(tag::OID)
+                .ok()?;
+            let name_hash = f.next(tag::OCTET_STRING).ok()?.content.to_vec();
+            let key_hash = f.next(tag::OCTET_STRING).ok()?.content.to_vec();
+            let serial = f.next(tag::INTEGER).ok()?.uint_bytes().ok()?;
+            ids.push(AskedId {
+                der: id.raw.to_vec(),
+                alg: alg.content.to_vec(),
+                name_hash,
+                key_hash,
+                serial: serial.iter().copied().skip_while(|b| *b == 0).collect(),
+            });
+        }
+        if ids.is_empty() || ids.len() > MAX_CERT_IDS {
+            return None;
+        }
+        let mut nonce = None;
+        if let Some(exts) = tbs.optional(tag::ctx_cons(2)).ok()? {
+            for ext in exts.seq().ok()?.next(tag::SEQUENCE).ok()?.children() {
+                let ext = ext.ok()?;
+                let mut e = ext.seq().ok()?;
+                let oid = e.next(tag::OID).ok()?.content;
+                e.optional(tag::BOOLEAN).ok()?;
+                let value = e.next(tag::OCTET_STRING).ok()?;
+                if oid == etee_formats::ocsp::OID_OCSP_NONCE {
+                    let inner = parse_exact(value.content).ok()?;
+                    nonce = Some(inner.content.to_vec());
+                }
+            }
+        }
+        Some(Self { ids, nonce })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etee_formats::ocsp::{self, CertId, Said};
+    use etee_testpki::InstitutionSpec;
+
+    fn responder(dir: &std::path::Path) -> (Responder, etee_testpki::Institution) {
+        let pki = TestPki::generate("responder").unwrap();
+        std::fs::write(dir.join("ca.pem"), pki.root.cert.to_pem().unwrap()).unwrap();
+        let inst = pki
+            .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "A"))
+            .unwrap();
+        (
+            Responder {
+                pki,
+                dir: dir.to_path_buf(),
+                valid_for: 300,
+                list: Mutex::new(None),
+            },
+            inst,
+        )
+    }
+
+    #[test]
+    fn answers_follow_the_list_and_bad_requests_get_an_error_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, alice) = responder(dir.path());
+        let (cert, issuer) = (&alice.auth.cert, &r.pki.root.cert);
+        let now = etee_formats::unix_now();
+        let ask = |r: &Responder| {
+            let id = CertId::of(cert, issuer).unwrap();
+            let (answer, _) = r.answer(&ocsp::request(&id, &[9; 16]), now);
+            ocsp::basic_of(&answer).and_then(|b| ocsp::judge(&b, cert, issuer, now))
+        };
+        let good = ask(&r).expect("an answer");
+        assert_eq!(good.said, Said::Good);
+        assert_eq!(good.nonce.as_deref(), Some(&[9u8; 16][..]));
+        assert_eq!(good.next_update, Some(now + 300));
+
+        // Revoked on the list: revoked, read again because the file changed.
+        let crl = r
+            .pki
+            .crl(&[(cert.serial_number(), now - 60)], 1, now - 60, now + 3600)
+            .unwrap();
+        std::fs::write(dir.path().join("ca.crl"), crl.to_der().unwrap()).unwrap();
+        assert_eq!(ask(&r).unwrap().said, Said::Revoked(Some(now - 60)));
+
+        // A damaged list: never good.
+        std::fs::write(dir.path().join("ca.crl"), b"damaged list").unwrap();
+        assert!(matches!(
+            ask(&r),
+            Err(ocsp::OcspError::NotSuccessful("internalError"))
+        ));
+
+        // Another CA's certificate; garbage.
+        let other = TestPki::generate("other").unwrap();
+        let id = CertId::of(&other.ra.cert, &other.root.cert).unwrap();
+        let (answer, _) = r.answer(&ocsp::request(&id, &[1; 16]), now);
+        assert!(matches!(
+            ocsp::basic_of(&answer),
+            Err(ocsp::OcspError::NotSuccessful("unauthorized"))
+        ));
+        for junk in [&b""[..], b"\x30\x00", b"not DER at all"] {
+            let (answer, _) = r.answer(junk, now);
+            assert!(matches!(
+                ocsp::basic_of(&answer),
+                Err(ocsp::OcspError::NotSuccessful("malformedRequest"))
+            ));
+        }
+    }
+}

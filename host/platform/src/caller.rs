@@ -80,14 +80,36 @@ impl Caller {
         }
         match anchors.check(&self.certificate, &self.chain, now, now) {
             PathCheck::Trusted => None,
-            PathCheck::Revoked => Some("revoked by its CA's list"),
-            PathCheck::StatusUnknown => {
-                Some("of unknown status: no current list of its CA gives it (mandatory policy)")
-            }
+            PathCheck::Revoked => Some("revoked (by its CA's list or OCSP responder)"),
+            PathCheck::StatusUnknown => Some(
+                "of unknown status: neither a current list of its CA nor an OCSP answer \
+                 gives it (mandatory policy)",
+            ),
             PathCheck::Untrusted => {
                 Some("of unknown status: no path to client_ca was found to look it up along")
             }
         }
+    }
+}
+
+impl Caller {
+    /// [`Caller::revocation_refusal`] from async code: on the blocking pool when the
+    /// check may ask an OCSP responder (a network exchange, up to its timeouts), so that
+    /// no async worker waits for it; a check that did not finish refuses.
+    pub async fn revocation_refusal_async(
+        self: &std::sync::Arc<Self>,
+        anchors: &TrustAnchors,
+        now: i64,
+    ) -> Option<&'static str> {
+        if anchors.revocation().online().is_none() {
+            return self.revocation_refusal(anchors, now);
+        }
+        let (caller, anchors) = (self.clone(), anchors.clone());
+        tokio::task::spawn_blocking(move || caller.revocation_refusal(&anchors, now))
+            .await
+            .unwrap_or(Some(
+                "of unknown status: its revocation check did not finish",
+            ))
     }
 }
 
@@ -162,7 +184,7 @@ mod tests {
             let a = anchors(policy);
             assert_eq!(
                 caller(&revoked).revocation_refusal(&a, now),
-                Some("revoked by its CA's list")
+                Some("revoked (by its CA's list or OCSP responder)")
             );
             assert_eq!(caller(&good).revocation_refusal(&a, now), None);
         }

@@ -234,13 +234,15 @@ pub fn register(
                 }
                 PathCheck::Revoked => {
                     return Err(KeyDepotError::Attestation(
-                        "the signer's certificate is revoked by its CA's list".into(),
+                        "the signer's certificate is revoked (by its CA's list or OCSP \
+                         responder)"
+                            .into(),
                     ))
                 }
                 PathCheck::StatusUnknown => {
                     return Err(KeyDepotError::Attestation(
-                        "no current revocation list gives the status of the signer's \
-                         certificate (mandatory policy)"
+                        "neither a current revocation list nor an OCSP answer gives the \
+                         status of the signer's certificate (mandatory policy)"
                             .into(),
                     ))
                 }

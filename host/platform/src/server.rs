@@ -87,46 +87,49 @@ pub async fn serve(
                     // that the client's next handshake meets the verifier again.
                     let now = crate::unix_now();
                     let expired = caller.0.as_ref().is_some_and(|c| !c.is_valid_at(now));
-                    // Likewise a certificate revoked since (or before) the handshake: the
-                    // lists are re-read while the platform runs.
-                    let refusal = match &caller.0 {
-                        Some(c) if !expired => c.revocation_refusal(&anchors, now),
-                        _ => None,
-                    };
-                    if let Some(why) = refusal {
-                        static REFUSED: Throttle = Throttle::new();
-                        if let Some(held_back) = REFUSED.allow(now) {
-                            let subject = caller
-                                .0
-                                .as_ref()
-                                .map(|c| c.certificate.subject_string())
-                                .unwrap_or_default();
-                            // A revoked certificate in use is worth an operator's look.
-                            tracing::warn!(
-                                held_back,
-                                "a client certificate is {why}: {}; the request is served \
-                                 without a caller and the connection closed",
-                                LogSafe(subject)
-                            );
-                        }
-                    } else if expired {
-                        tracing::info!(
-                            "a client certificate expired during its connection: the request \
-                             is served without a caller and the connection closed"
-                        );
-                    }
-                    let without_caller = expired || refusal.is_some();
-                    request.extensions_mut().insert(if without_caller {
-                        MaybeCaller(None)
-                    } else {
-                        caller.clone()
-                    });
-                    request.extensions_mut().insert(share_key.clone());
-                    request
-                        .extensions_mut()
-                        .insert(crate::caller::PeerAddr(peer.ip()));
+                    let (caller, anchors, share_key) =
+                        (caller.clone(), anchors.clone(), share_key.clone());
                     let mut routes = routes.clone();
                     async move {
+                        // Likewise a certificate revoked since (or before) the handshake:
+                        // the lists are re-read while the platform runs, OCSP answers
+                        // expire.
+                        let refusal = match &caller.0 {
+                            Some(c) if !expired => c.revocation_refusal_async(&anchors, now).await,
+                            _ => None,
+                        };
+                        if let Some(why) = refusal {
+                            static REFUSED: Throttle = Throttle::new();
+                            if let Some(held_back) = REFUSED.allow(now) {
+                                let subject = caller
+                                    .0
+                                    .as_ref()
+                                    .map(|c| c.certificate.subject_string())
+                                    .unwrap_or_default();
+                                // A revoked certificate in use is worth an operator's look.
+                                tracing::warn!(
+                                    held_back,
+                                    "a client certificate is {why}: {}; the request is \
+                                     served without a caller and the connection closed",
+                                    LogSafe(subject)
+                                );
+                            }
+                        } else if expired {
+                            tracing::info!(
+                                "a client certificate expired during its connection: the \
+                                 request is served without a caller and the connection closed"
+                            );
+                        }
+                        let without_caller = expired || refusal.is_some();
+                        request.extensions_mut().insert(if without_caller {
+                            MaybeCaller(None)
+                        } else {
+                            caller.clone()
+                        });
+                        request.extensions_mut().insert(share_key.clone());
+                        request
+                            .extensions_mut()
+                            .insert(crate::caller::PeerAddr(peer.ip()));
                         let mut response = match tokio::time::timeout(
                             limits.request_timeout,
                             routes.call(request),

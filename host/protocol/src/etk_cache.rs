@@ -121,7 +121,7 @@ impl EtkCache {
             value: wanted.value.clone(),
             application_id: wanted.application_id.clone(),
         };
-        if let Some(etks) = self.cached(&key, now) {
+        if let Some(etks) = self.cached(&key, now).await {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(etks);
         }
@@ -170,22 +170,33 @@ impl EtkCache {
     }
 
     /// A live entry's ETKs, if still valid at `now`; a dead entry is removed.
-    fn cached(&self, key: &CacheKey, now: i64) -> Option<Vec<Etk>> {
-        let mut entries = self.lock();
-        let entry = entries.get(key)?;
+    async fn cached(&self, key: &CacheKey, now: i64) -> Option<Vec<Etk>> {
+        let (etks, expires_at) = {
+            let entries = self.lock();
+            let entry = entries.get(key)?;
+            (entry.etks.clone(), entry.expires_at)
+        };
         // Revocation lists may have been replaced since the fetch (a service re-reading
-        // its files): a cached ETK is checked against the lists in use.
-        let revocation = self.anchors.revocation().policy() != RevocationPolicy::None;
-        let live = now < entry.expires_at
-            && entry.etks.iter().all(|e| {
-                e.encryption_cert().valid_at(now) == etee_formats::cert::Validity::Valid
-                    && e.authentication_cert().valid_at(now) == etee_formats::cert::Validity::Valid
-                    && (!revocation || e.chain_errors(&self.anchors, now).is_empty())
-            });
+        // its files), an OCSP answer may have changed: a cached ETK is checked again.
+        // Outside the lock: with an OCSP responder the check may wait for it.
+        let anchors = self.anchors.clone();
+        let checked = etks.clone();
+        let live = now < expires_at
+            && off_the_workers(&self.anchors, move || {
+                let revocation = anchors.revocation().policy() != RevocationPolicy::None;
+                checked.iter().all(|e| {
+                    e.encryption_cert().valid_at(now) == etee_formats::cert::Validity::Valid
+                        && e.authentication_cert().valid_at(now)
+                            == etee_formats::cert::Validity::Valid
+                        && (!revocation || e.chain_errors(&anchors, now).is_empty())
+                })
+            })
+            .await
+            .unwrap_or(false);
         if live {
-            Some(entry.etks.clone())
+            Some(etks)
         } else {
-            entries.remove(key);
+            self.lock().remove(key);
             None
         }
     }
@@ -228,7 +239,18 @@ impl EtkCache {
         let mut kept = Vec::new();
         let mut refusal = None;
         for der in candidates {
-            match self.check(wanted, &der, now) {
+            let (anchors, wanted) = (self.anchors.clone(), wanted.clone());
+            let checked = off_the_workers(&self.anchors, move || {
+                check_candidate(&anchors, &wanted, &der, now)
+            })
+            .await
+            .unwrap_or_else(|| {
+                Err(ProtocolError::EtkInvalid {
+                    identifier: name.clone(),
+                    problems: vec!["its check did not finish".into()],
+                })
+            });
+            match checked {
                 Ok(Some(etk)) => kept.push(etk),
                 Ok(None) => {}
                 Err(e) => {
@@ -242,20 +264,38 @@ impl EtkCache {
         }
         Ok(kept)
     }
+}
 
-    /// One candidate: parsed, checked; `None` when it is not the holder asked for.
-    fn check(&self, wanted: &Identifier, der: &[u8], now: i64) -> Result<Option<Etk>> {
-        let name = describe(wanted);
-        let etk = Etk::parse(der).map_err(|e| ProtocolError::EtkInvalid {
-            identifier: name.clone(),
-            problems: vec![format!("unreadable: {e}")],
-        })?;
-        if !holder_matches(wanted, &etk.identities()) {
-            return Ok(None);
-        }
-        check_findings(&name, &etk.validate(&self.anchors, now))?;
-        Ok(Some(etk))
+/// One candidate: parsed, checked; `None` when it is not the holder asked for.
+fn check_candidate(
+    anchors: &TrustAnchors,
+    wanted: &Identifier,
+    der: &[u8],
+    now: i64,
+) -> Result<Option<Etk>> {
+    let name = describe(wanted);
+    let etk = Etk::parse(der).map_err(|e| ProtocolError::EtkInvalid {
+        identifier: name.clone(),
+        problems: vec![format!("unreadable: {e}")],
+    })?;
+    if !holder_matches(wanted, &etk.identities()) {
+        return Ok(None);
     }
+    check_findings(&name, &etk.validate(anchors, now))?;
+    Ok(Some(etk))
+}
+
+/// Runs `check` (a certificate check under `anchors`) here, or, when `anchors` may ask an
+/// OCSP responder (a blocking network exchange, up to its timeouts), on the blocking
+/// pool so that no async worker waits for it. `None` if the check panicked.
+pub async fn off_the_workers<T: Send + 'static>(
+    anchors: &TrustAnchors,
+    check: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if anchors.revocation().online().is_none() {
+        return Some(check());
+    }
+    tokio::task::spawn_blocking(check).await.ok()
 }
 
 /// `TYPE=value (app)` for messages.

@@ -45,6 +45,9 @@ impl Drop for Process {
 struct World {
     dir: tempfile::TempDir,
     port: u16,
+    /// The world CA's OCSP responder (`etee pki ocsp`), which the appliances ask when they
+    /// seal.
+    ocsp: Option<Process>,
 }
 
 impl World {
@@ -63,7 +66,24 @@ impl World {
             .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
             .and_then(|p| p.trim_end_matches('"').parse().ok())
             .expect("the platform's port");
-        World { dir, port }
+        let appliance = std::fs::read_to_string(dir.path().join("alice-appliance.toml")).unwrap();
+        let ocsp_port: u16 = appliance
+            .lines()
+            .find_map(|l| l.strip_prefix("ocsp = \"http://127.0.0.1:"))
+            .and_then(|p| p.trim_end_matches('"').parse().ok())
+            .expect("the OCSP responder's port");
+        let mut w = World {
+            dir,
+            port,
+            ocsp: None,
+        };
+        let listen = format!("127.0.0.1:{ocsp_port}");
+        let mut ocsp = w.spawn("ocsp", &["pki", "ocsp", "world", "--listen", &listen]);
+        w.wait(&mut ocsp, || {
+            std::net::TcpStream::connect(("127.0.0.1", ocsp_port)).is_ok()
+        });
+        w.ocsp = Some(ocsp);
+        w
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -190,8 +210,9 @@ fn json(body: &[u8]) -> Value {
 /// `etee demo` (SOAP and REST) plays every flow of the main job and exits 0: the pharmacy
 /// opens the message sealed for it by NIHII and the prescription sealed for recognised
 /// pharmacies, the doctor is refused the prescription's key, the tampered copy is
-/// rejected with official notifications, the doctor's message is refused once the CA has
-/// revoked the doctor, the audit chains verify.
+/// rejected with official notifications, the messages carry the CA's OCSP answer for
+/// their sender, the doctor's message is refused once the CA has revoked the doctor and
+/// the doctor's appliance no longer seals, the audit chains verify.
 #[test]
 fn the_demo_plays_every_flow() {
     if !softhsm_available() {
@@ -202,11 +223,13 @@ fn the_demo_plays_every_flow() {
         out.code(0);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(!text.contains("FAILED"), "{text}");
-        assert_eq!(text.matches("      ok: ").count(), 11, "{text}");
+        assert_eq!(text.matches("      ok: ").count(), 13, "{text}");
         for expected in [
             "sender: NIHII-HOSPITAL 71000436",
             "KGSS_ACCESS_DENIED",
             "errors: [OUTER_CERTIFICATE_REVOKED] · warnings: [] · sender: NIHII11 10203040506",
+            "the message carries the CA's OCSP answer for Alice's certificate",
+            "doctor: HTTP 409 OWN_CERTIFICATE_NOT_GOOD",
             "kgss.read    denied",
             "every step went as it should",
         ] {
@@ -1269,19 +1292,24 @@ fn a_running_appliance_follows_its_revocation_lists() {
             .contains("ETK_AUTHENTICATION_CERT_REVOKED"),
         "{problem}"
     );
-    // Bob himself is not revoked: Alice still seals to him, and he opens it.
+    // Alice's own appliance no longer seals: the CA's OCSP responder (asked at every seal
+    // for the answer the message carries) says her certificate is revoked, and the
+    // official sealer refuses then.
     let (status, again) = curl_unix(
         &alice,
         "POST",
         "/v1/seal?to=NIHII-PHARMACY:27150201",
         Some(b"again"),
     );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&again));
-    let (status, body) = curl_unix(&bob, "POST", "/v1/unseal", Some(&again));
+    let problem = json(&again);
     assert_eq!(
-        (status, json(&body)["errors"].clone()),
-        (422, serde_json::json!(["OUTER_CERTIFICATE_REVOKED"])),
-        "Alice's new message is refused too"
+        (status, problem["title"].as_str()),
+        (409, Some("OWN_CERTIFICATE_NOT_GOOD")),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap_or("").contains("revoked"),
+        "{problem}"
     );
     // At the platform, Alice's certificate no longer authenticates her: KGSS creates no
     // key for her.

@@ -9,6 +9,10 @@
 //! 2. Alice seals a prescription for "any recognised pharmacy" (a KGSS key); Bob opens it;
 //! 3. the doctor's appliance is refused the prescription's key by KGSS;
 //! 4. a tampered copy of the first message is rejected with the official notification;
+//! 5. the world's CA revokes the doctor: Bob's appliance refuses the doctor's message (it
+//!    follows the CA's list), and the doctor's appliance no longer seals (the CA's OCSP
+//!    responder, `etee pki ocsp`, says its certificate is revoked; every seal embeds the
+//!    responder's answer for the sender, as the official library does);
 //!
 //! and prints each verdict, the tail of the audit chains (Bob's custody core, the
 //! platform's), stops everything and removes the world (unless `--keep DIR`). Exit 0 only
@@ -197,6 +201,12 @@ impl Demo {
     }
 }
 
+/// Whether a sealed message carries a revocationValues attribute (its DER OID).
+fn carries_ocsp_answer(sealed: &[u8]) -> bool {
+    let oid = etee_formats::oid::der(etee_formats::ocsp::ATTR_REVOCATION_VALUES);
+    sealed.windows(oid.len()).any(|w| w == oid.as_slice())
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -324,8 +334,23 @@ fn world(
     let pki: Vec<&str> = pki.iter().map(String::as_str).collect();
     demo.etee(&pki)?;
     // The CA's revocation list (empty for now), followed by the platform and the
-    // appliances (`crl`).
+    // appliances (`crl`), and its OCSP responder, asked by the appliances when they seal
+    // (their answer travels in the message) and when nothing else gives a status.
     demo.etee(&["pki", "revoke", "world"])?;
+    let ocsp_port = free_port()?;
+    if args.setup_only {
+        outln!(
+            "      the CA's OCSP responder: etee pki ocsp world --listen 127.0.0.1:{ocsp_port}"
+        )?;
+    } else {
+        let listen = format!("127.0.0.1:{ocsp_port}");
+        let mut ocsp = demo.spawn("ocsp", &["pki", "ocsp", "world", "--listen", &listen])?;
+        demo.wait_for("ocsp", &mut ocsp, || {
+            std::net::TcpStream::connect(("127.0.0.1", ocsp_port)).is_ok()
+        })?;
+        children.0.push(("ocsp".into(), ocsp));
+        outln!("      the CA's OCSP responder: http://{listen}")?;
+    }
     demo.etee(&[
         "keys",
         "generate",
@@ -395,12 +420,13 @@ fn world(
     }
 
     demo.progress("one appliance per institution (`etee serve`, API on a Unix socket)")?;
-    appliances(demo, children, args, port)?;
+    appliances(demo, children, args, port, ocsp_port)?;
     if args.setup_only {
         let dir = demo.dir.display().to_string();
         outln!(
             "etee demo: the world is ready in {dir}; start it with\n  \
              export SOFTHSM2_CONF={dir}/softhsm2.conf; cd {dir}\n  \
+             etee pki ocsp world --listen 127.0.0.1:{ocsp_port} &\n  \
              etee platform serve --config platform.toml &\n  \
              etee serve --config alice-appliance.toml &   # and bob-, doctor-appliance.toml\n  \
              curl --unix-socket alice.sock -X POST --data-binary @FILE \
@@ -439,6 +465,7 @@ fn appliances(
     children: &mut Children,
     args: &Args,
     port: u16,
+    ocsp_port: u16,
 ) -> Result<(), CliError> {
     let uid = nix::unistd::getuid().as_raw();
     for name in APPLIANCES {
@@ -447,6 +474,7 @@ fn appliances(
             &format!(
                 "[appliance]\nhsm = \"{name}-hsm.toml\"\ntrust = [\"world/ca.pem\"]\n\
                  crl = [\"world/ca.crl\"]\ncrl_check_seconds = 1\n\
+                 ocsp = \"http://127.0.0.1:{ocsp_port}\"\n\
                  socket = \"{name}.sock\"\n\n\
                  [platform]\nurl = \"https://127.0.0.1:{port}\"\nprotocol = \"{}\"\n\
                  ca = [\"world/ca.pem\"]\n\n\
@@ -559,6 +587,11 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
             sealed.status
         ),
     )?;
+    demo.check(
+        carries_ocsp_answer(&sealed.body),
+        "the message carries the CA's OCSP answer for Alice's certificate (revocationValues, \
+         as the official library embeds it)",
+    )?;
     let opened = bob
         .call("POST", "/v1/unseal", sealed.body.clone(), true)
         .await?;
@@ -634,7 +667,9 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
         "rejected with the official notification; no content released",
     )?;
 
-    demo.progress("the world's CA revokes the doctor's certificate; Bob's appliance follows")?;
+    demo.progress(
+        "the world's CA revokes the doctor's certificate; Bob's appliance and the doctor's follow",
+    )?;
     let referral = b"Referral: patient 85073003328, please check the dosage with the hospital.";
     let from_doctor = doctor
         .call(
@@ -676,6 +711,26 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
              same message: OUTER_CERTIFICATE_REVOKED, no content released",
             changed.elapsed().as_secs_f64()
         ),
+    )?;
+    let refused = doctor
+        .call(
+            "POST",
+            &format!("/v1/seal?to=NIHII-PHARMACY:{PHARMACY}"),
+            &referral[..],
+            false,
+        )
+        .await?;
+    let v = refused.json();
+    outln!(
+        "      doctor: HTTP {} {} — {}",
+        refused.status,
+        v["title"].as_str().unwrap_or(""),
+        v["detail"].as_str().unwrap_or("")
+    )?;
+    demo.check(
+        refused.status == 409 && v["title"] == "OWN_CERTIFICATE_NOT_GOOD",
+        "the doctor's appliance no longer seals: the CA's OCSP responder says its certificate \
+         is revoked",
     )?;
 
     demo.progress("the tail of Bob's custody audit chain (every key use, before its result)")?;

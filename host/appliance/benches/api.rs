@@ -162,6 +162,18 @@ fn budget_out_of_reach(path: &Path) {
     std::fs::write(path, toml::to_string(&config).expect("TOML")).expect("rewriting it");
 }
 
+/// Takes the world's OCSP responder out of an appliance configuration: the bench measures
+/// the appliance against its custody core, and the demo's responder (not started here)
+/// would add an exchange with it to every seal.
+fn without_ocsp(path: &Path) {
+    let text = std::fs::read_to_string(path).expect("the appliance's configuration");
+    let mut config: toml::Table = toml::from_str(&text).expect("a TOML configuration");
+    if let Some(appliance) = config.get_mut("appliance").and_then(|a| a.as_table_mut()) {
+        appliance.remove("ocsp");
+    }
+    std::fs::write(path, toml::to_string(&config).expect("TOML")).expect("rewriting it");
+}
+
 /// Opens the appliance of `config` (logs in to the token: blocking) on `rt`'s blocking
 /// pool, as `etee serve` does.
 fn open_appliance(rt: &tokio::runtime::Runtime, config: PathBuf) -> Arc<Appliance> {
@@ -1093,6 +1105,7 @@ fn main() {
     std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
     for name in ["alice", "bob"] {
         budget_out_of_reach(&dir.join(format!("{name}-hsm.toml")));
+        without_ocsp(&dir.join(format!("{name}-appliance.toml")));
     }
     let platform = PlatformChild::start(&dir);
     let server_rt = tokio::runtime::Builder::new_multi_thread()

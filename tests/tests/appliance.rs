@@ -1311,6 +1311,13 @@ fn a_running_appliance_follows_its_revocation_lists() {
         problem["detail"].as_str().unwrap_or("").contains("revoked"),
         "{problem}"
     );
+    let (_, metrics) = curl_unix(&alice, "GET", "/metrics", None);
+    let metrics = String::from_utf8_lossy(&metrics);
+    let asked = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("etee_appliance_ocsp_asked_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(asked.is_some_and(|n| n >= 2), "{metrics}");
     // At the platform, Alice's certificate no longer authenticates her: KGSS creates no
     // key for her.
     let (status, body) = for_pharmacies();

@@ -23,6 +23,7 @@ use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
 use openssl::x509::{X509Ref, X509};
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// id-pkix-ocsp-basic (1.3.6.1.5.5.7.48.1.1).
@@ -497,6 +498,27 @@ pub struct Online {
     /// Answers fetched for embedding, with their DER.
     for_sealing: Mutex<HashMap<CertId, (Vec<u8>, Answer)>>,
     unreachable: Mutex<HashMap<String, i64>>,
+    counts: Counts,
+}
+
+/// What an [`Online`] client did since it was made (for metrics).
+#[derive(Debug, Default)]
+struct Counts {
+    asked: AtomicU64,
+    failed: AtomicU64,
+    remembered: AtomicU64,
+}
+
+/// A snapshot of an [`Online`] client's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OnlineStats {
+    /// Requests sent to a responder.
+    pub asked: u64,
+    /// Exchanges that gave no usable answer (unreachable, an error status, an answer that
+    /// failed its checks), and questions not asked during a back-off.
+    pub failed: u64,
+    /// Questions answered from the remembered answers.
+    pub remembered: u64,
 }
 
 impl fmt::Debug for Online {
@@ -515,11 +537,20 @@ impl Online {
             cache: Mutex::default(),
             for_sealing: Mutex::default(),
             unreachable: Mutex::default(),
+            counts: Counts::default(),
         }
     }
 
     pub fn responder(&self) -> &Responder {
         &self.responder
+    }
+
+    pub fn stats(&self) -> OnlineStats {
+        OnlineStats {
+            asked: self.counts.asked.load(Ordering::Relaxed),
+            failed: self.counts.failed.load(Ordering::Relaxed),
+            remembered: self.counts.remembered.load(Ordering::Relaxed),
+        }
     }
 
     /// The address to ask about `cert`.
@@ -550,6 +581,7 @@ impl Online {
         let id = CertId::of(cert, issuer)?;
         if let Some(hit) = self.lock_cache().get(&id).cloned() {
             if hit.status_at(at) != CertStatus::Unknown {
+                self.counts.remembered.fetch_add(1, Ordering::Relaxed);
                 return Ok(hit);
             }
         }
@@ -559,6 +591,7 @@ impl Online {
             .get(&url)
             .is_some_and(|until| now < *until)
         {
+            self.counts.failed.fetch_add(1, Ordering::Relaxed);
             return Err(OcspError::Transport {
                 url,
                 reason: format!(
@@ -637,20 +670,31 @@ impl Online {
         issuer: &X509Ref,
         at: i64,
     ) -> Result<(Vec<u8>, Answer), OcspError> {
-        let mut nonce = [0u8; 16];
-        openssl::rand::rand_bytes(&mut nonce).map_err(|_| OcspError::Malformed)?;
-        let body = self
-            .transport
-            .post(&url, &request(id, &nonce))
-            .map_err(|reason| OcspError::Transport { url, reason })?;
-        let basic = basic_of(&body)?;
-        let answer = judge(&basic, cert, issuer, at)?;
-        // A responder may leave the nonce out (pre-produced answers, RFC 5019); one that
-        // echoes another is replaying.
-        if answer.nonce.as_deref().is_some_and(|n| n != nonce) {
-            return Err(OcspError::NonceMismatch);
+        self.counts.asked.fetch_add(1, Ordering::Relaxed);
+        let exchange = || {
+            let mut nonce = [0u8; 16];
+            openssl::rand::rand_bytes(&mut nonce).map_err(|_| OcspError::Malformed)?;
+            let body = self
+                .transport
+                .post(&url, &request(id, &nonce))
+                .map_err(|reason| OcspError::Transport {
+                    url: url.clone(),
+                    reason,
+                })?;
+            let basic = basic_of(&body)?;
+            let answer = judge(&basic, cert, issuer, at)?;
+            // A responder may leave the nonce out (pre-produced answers, RFC 5019); one
+            // that echoes another is replaying.
+            if answer.nonce.as_deref().is_some_and(|n| n != nonce) {
+                return Err(OcspError::NonceMismatch);
+            }
+            Ok((basic, answer))
+        };
+        let result = exchange();
+        if result.is_err() {
+            self.counts.failed.fetch_add(1, Ordering::Relaxed);
         }
-        Ok((basic, answer))
+        result
     }
 
     /// The answers to embed when sealing with `path` (the signer's certificate first,

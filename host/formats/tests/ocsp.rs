@@ -422,6 +422,8 @@ fn the_responder_is_asked_when_nothing_else_tells_and_its_answer_is_remembered()
     // The answer is current for an hour: not asked again.
     assert_eq!(unseal_errors(&msg, anchors.clone()), vec![]);
     assert_eq!(asked.load(Ordering::SeqCst), 1);
+    let stats = anchors.revocation().online().unwrap().stats();
+    assert_eq!((stats.asked, stats.remembered, stats.failed), (1, 1, 0));
 
     let (online, _, _) = canned(answering(OcspStatus::Revoked(w.now - HOUR), true));
     assert_eq!(
@@ -474,6 +476,8 @@ fn a_replayed_or_unreachable_answer_leaves_the_status_unknown() {
         1,
         "asked again during the back-off"
     );
+    let stats = anchors.revocation().online().unwrap().stats();
+    assert_eq!((stats.asked, stats.failed), (1, 2));
     // Under optional the same failure lets the message through.
     let (online, _, _) = canned(|_| Err("connection refused".into()));
     let optional = TrustAnchors::new(vec![cert(&w.pki.root.cert)]).with_revocation(

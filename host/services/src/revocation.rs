@@ -414,6 +414,31 @@ pub fn render_metrics(out: &mut String, prefix: &str, anchors: &TrustAnchors, no
             next,
         );
     }
+    if let Some(online) = revocation.online() {
+        let stats = online.stats();
+        for (name, help, value) in [
+            ("asked", "Requests sent to the OCSP responder.", stats.asked),
+            (
+                "failed",
+                "OCSP questions without a usable answer (unreachable, error status, an \
+                 answer that failed its checks, or not asked during a back-off).",
+                stats.failed,
+            ),
+            (
+                "remembered",
+                "OCSP questions answered from remembered, still current answers.",
+                stats.remembered,
+            ),
+        ] {
+            single(
+                out,
+                &format!("{prefix}_ocsp_{name}_total"),
+                help,
+                "counter",
+                value,
+            );
+        }
+    }
 }
 
 /// The thread of [`CrlFiles::follow`]; dropping it stops the thread (and waits for it).

@@ -618,10 +618,11 @@ impl Online {
     }
 
     /// A BasicOCSPResponse about `cert` to embed when sealing at `at`, with its answer:
-    /// the one fetched before while it stays current for [`CLOCK_SKEW`] more (the time a
-    /// receiver may take, as the signing-time rule allows), else a fresh one. An answer
-    /// without nextUpdate is current only around its thisUpdate, so it is fetched anew
-    /// for every seal.
+    /// the one fetched before while its nextUpdate is more than [`CLOCK_SKEW`] away (the
+    /// time a receiver may take, as the signing-time rule allows), else a fresh one. An
+    /// answer without nextUpdate, or one current for 300 s or less (as `etee pki ocsp`
+    /// gives by default), is fetched anew for every seal: a revocation then reaches the
+    /// sender at once.
     pub fn fetch(
         &self,
         cert: &X509Ref,
@@ -631,7 +632,11 @@ impl Online {
         let id = CertId::of(cert, issuer)?;
         let lock = || self.for_sealing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(hit) = lock().get(&id) {
-            if hit.1.said == Said::Good && hit.1.status_at(at + CLOCK_SKEW) == CertStatus::Good {
+            let answer = &hit.1;
+            let lasts = answer
+                .next_update
+                .is_some_and(|next| next - at > CLOCK_SKEW);
+            if answer.said == Said::Good && answer.status_at(at) == CertStatus::Good && lasts {
                 return Ok(hit.clone());
             }
         }

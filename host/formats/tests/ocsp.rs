@@ -498,36 +498,41 @@ fn a_replayed_or_unreachable_answer_leaves_the_status_unknown() {
 fn a_sealer_embeds_its_good_answers_and_refuses_to_seal_otherwise() {
     let w = world();
     let path = [cert(&w.alice.auth.cert), cert(&w.pki.root.cert)];
+    let now = etee_formats::unix_now();
     let (online, asked, _) = canned(answering(OcspStatus::Good, true));
-    let values = online.values_for(&path, w.now).expect("good answers");
+    let values = online.values_for(&path, now).expect("good answers");
     assert_eq!(
         values.ocsp.len(),
         1,
         "one answer: the root is not asked about"
     );
-    // Reused while it stays current long enough for a receiver (an hour here)...
-    assert_eq!(online.values_for(&path, w.now).unwrap(), values);
+    // Reused while its nextUpdate (an hour here) is more than 300 s away...
+    assert_eq!(online.values_for(&path, now).unwrap(), values);
     assert_eq!(asked.load(Ordering::SeqCst), 1);
-    // ...and not once it would not.
-    online.values_for(&path, w.now + HOUR - 60).unwrap();
+    // ...and not once it is not.
+    online.values_for(&path, now + HOUR - 60).unwrap();
     assert_eq!(asked.load(Ordering::SeqCst), 2);
-    // An answer without nextUpdate speaks only of its moment: asked at every seal.
-    let (undated, asked, _) = canned(|nonce: &[u8]| {
-        let w = world();
-        let answer = OcspAnswer {
-            nonce: Some(nonce.to_vec()),
-            next_update: None,
-            ..OcspAnswer::at(OcspStatus::Good, etee_formats::unix_now())
-        };
-        w.pki
-            .ocsp_response(&w.alice.auth.cert, &answer)
-            .map_err(|e| e.to_string())
-    });
-    // (A few seconds after the answers' thisUpdate, as any seal after the first is.)
-    let later = etee_formats::unix_now() + 5;
-    undated.values_for(&path, later).unwrap();
-    undated.values_for(&path, later).unwrap();
-    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    // Answers current for 300 s or less (`etee pki ocsp`'s default) or without nextUpdate
+    // are asked for at every seal, even within the same second: a revocation stops the
+    // sender at once.
+    for next_update in [Some(300), None] {
+        let (short, asked, _) = canned(move |nonce: &[u8]| {
+            let w = world();
+            let t = etee_formats::unix_now();
+            let answer = OcspAnswer {
+                nonce: Some(nonce.to_vec()),
+                next_update: next_update.map(|d| t + d),
+                ..OcspAnswer::at(OcspStatus::Good, t)
+            };
+            w.pki
+                .ocsp_response(&w.alice.auth.cert, &answer)
+                .map_err(|e| e.to_string())
+        });
+        let at = etee_formats::unix_now();
+        short.values_for(&path, at).unwrap();
+        short.values_for(&path, at).unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "{next_update:?}");
+    }
     // The message carries it; a receiver with no other source accepts it.
     let msg = sealed(Some(values), w.now);
     assert_eq!(unseal_errors(&msg, mandatory(None)), vec![]);

@@ -201,6 +201,17 @@ impl Demo {
     }
 }
 
+/// A refusal as `HTTP status TITLE — detail`.
+fn problem_line(answer: &Answer) -> String {
+    let v = answer.json();
+    format!(
+        "HTTP {} {} — {}",
+        answer.status,
+        v["title"].as_str().unwrap_or(""),
+        v["detail"].as_str().unwrap_or("")
+    )
+}
+
 /// Whether a sealed message carries a revocationValues attribute (its DER OID).
 fn carries_ocsp_answer(sealed: &[u8]) -> bool {
     let oid = etee_formats::oid::der(etee_formats::ocsp::ATTR_REVOCATION_VALUES);
@@ -642,12 +653,7 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
         .call("POST", "/v1/unseal", sealed_rx.body.clone(), true)
         .await?;
     let v = refused.json();
-    outln!(
-        "      doctor: HTTP {} {} — {}",
-        refused.status,
-        v["title"].as_str().unwrap_or(""),
-        v["detail"].as_str().unwrap_or("")
-    )?;
+    outln!("      doctor: {}", problem_line(&refused))?;
     demo.check(
         refused.status == 403 && v["title"] == "KGSS_ACCESS_DENIED",
         "KGSS refused the key to a doctor (not a recognised pharmacy); no content released",
@@ -721,12 +727,7 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
         )
         .await?;
     let v = refused.json();
-    outln!(
-        "      doctor: HTTP {} {} — {}",
-        refused.status,
-        v["title"].as_str().unwrap_or(""),
-        v["detail"].as_str().unwrap_or("")
-    )?;
+    outln!("      doctor: {}", problem_line(&refused))?;
     demo.check(
         refused.status == 409 && v["title"] == "OWN_CERTIFICATE_NOT_GOOD",
         "the doctor's appliance no longer seals: the CA's OCSP responder says its certificate \

@@ -87,12 +87,13 @@ fn status(e: &ServiceError) -> StatusCode {
         | ServiceError::KgssUnknownKey(_)
         | ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Platform(_) => StatusCode::BAD_GATEWAY,
-        // The sender's own certificate: said not good (a state to fix, not to retry), or
-        // no answer (retry later).
-        ServiceError::OwnCertificate { answered: true, .. } => StatusCode::CONFLICT,
-        ServiceError::OwnCertificate {
-            answered: false, ..
-        } => StatusCode::SERVICE_UNAVAILABLE,
+        // The sender's own certificate: said not good (a state to fix, not to retry), no
+        // answer (retry later), or a configuration to fix.
+        ServiceError::OwnCertificate { why, .. } => match why {
+            crate::service::NotVouched::NotGood => StatusCode::CONFLICT,
+            crate::service::NotVouched::NoAnswer => StatusCode::SERVICE_UNAVAILABLE,
+            crate::service::NotVouched::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
+        },
         ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ServiceError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         ServiceError::TooLarge(_) | ServiceError::ContentTooLargeForJson { .. } => {

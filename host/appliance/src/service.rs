@@ -73,10 +73,21 @@ pub enum ServiceError {
     #[error("I/O: {0}")]
     Io(String),
     /// With an OCSP responder configured, the institution's own certificate is not
-    /// vouched for: nothing is sealed, as the official sealer does. `answered`: the
-    /// responder said revoked or unknown (else it could not be asked).
+    /// vouched for: nothing is sealed, as the official sealer does.
     #[error("not sealed: {text}")]
-    OwnCertificate { text: String, answered: bool },
+    OwnCertificate { text: String, why: NotVouched },
+}
+
+/// Why the institution's own certificate was not vouched for when sealing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotVouched {
+    /// The responder says revoked or unknown: a state to fix (a new certificate).
+    NotGood,
+    /// No usable answer: retry later.
+    NoAnswer,
+    /// The certificate's issuer is not among the trust anchors, or the signing key has no
+    /// certificate: the configuration is to fix.
+    Misconfigured,
 }
 
 impl ServiceError {
@@ -99,10 +110,11 @@ impl ServiceError {
             Self::MethodNotAllowed(_) => "APPLIANCE_METHOD_NOT_ALLOWED",
             Self::Busy { .. } => "APPLIANCE_BUSY",
             Self::Io(_) => "APPLIANCE_IO",
-            Self::OwnCertificate { answered: true, .. } => "OWN_CERTIFICATE_NOT_GOOD",
-            Self::OwnCertificate {
-                answered: false, ..
-            } => "OCSP_UNAVAILABLE",
+            Self::OwnCertificate { why, .. } => match why {
+                NotVouched::NotGood => "OWN_CERTIFICATE_NOT_GOOD",
+                NotVouched::NoAnswer => "OCSP_UNAVAILABLE",
+                NotVouched::Misconfigured => "OCSP_MISCONFIGURED",
+            },
         }
     }
 
@@ -728,10 +740,15 @@ impl Appliance {
                             etee_formats::unix_now(),
                         )
                         .map_err(|e| ServiceError::OwnCertificate {
-                            answered: matches!(
-                                e,
-                                SealingStatus::Revoked(_) | SealingStatus::Unknown(_)
-                            ),
+                            why: match e {
+                                SealingStatus::Revoked(_) | SealingStatus::Unknown(_) => {
+                                    NotVouched::NotGood
+                                }
+                                SealingStatus::NoAnswer(..) => NotVouched::NoAnswer,
+                                SealingStatus::NoIssuer(_) | SealingStatus::NoCertificate => {
+                                    NotVouched::Misconfigured
+                                }
+                            },
                             text: e.to_string(),
                         })?,
                 ),

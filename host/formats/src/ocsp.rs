@@ -21,10 +21,11 @@ use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::{X509VerifyFlags, X509VerifyParam};
 use openssl::x509::{X509Ref, X509};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 /// id-pkix-ocsp-basic (1.3.6.1.5.5.7.48.1.1).
 pub const OID_OCSP_BASIC: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
@@ -57,6 +58,10 @@ pub enum OcspError {
     NonceMismatch,
     #[error("no OCSP responder: the certificate names none (authorityInfoAccess) and none is configured")]
     NoResponder,
+    #[error(
+        "the certificate has a negative serial number (RFC 5280 forbids it): OCSP cannot name it"
+    )]
+    NegativeSerial,
     #[error("OCSP request to {url} failed: {reason}")]
     Transport { url: String, reason: String },
 }
@@ -122,7 +127,11 @@ impl CertId {
             let bits = s.next(tag::BIT_STRING).map_err(|_| OcspError::Malformed)?;
             bits.content.get(1..).unwrap_or_default().to_vec()
         };
-        let serial = cert.serial_number().to_bn().map_err(bad)?.to_vec();
+        let serial = cert.serial_number().to_bn().map_err(bad)?;
+        if serial.is_negative() {
+            return Err(OcspError::NegativeSerial);
+        }
+        let serial = serial.to_vec();
         Ok(Self {
             alg,
             name_hash: hash(md, &name).map_err(bad)?.to_vec(),
@@ -245,6 +254,29 @@ impl Answer {
 /// signing (id-kp-OCSPSigning), valid at `at`, and hold a SingleResponse for `cert`.
 pub fn judge(basic: &[u8], cert: &X509Ref, issuer: &X509Ref, at: i64) -> Result<Answer, OcspError> {
     let parsed = Parsed::of(basic).map_err(|_| OcspError::Malformed)?;
+    // The answer about this certificate, found by reading alone: the signature (the
+    // costly part) is checked only for an answer that speaks of it.
+    let mut found = None;
+    for single in &parsed.responses {
+        let alg = [
+            crate::oid::SHA1,
+            crate::oid::SHA256,
+            crate::oid::SHA384,
+            crate::oid::SHA512,
+        ]
+        .into_iter()
+        .find(|a| *a == single.alg.as_slice());
+        let Some(alg) = alg else { continue };
+        let id = CertId::with(alg, cert, issuer)?;
+        if id.name_hash == single.name_hash
+            && id.key_hash == single.key_hash
+            && single.serial.as_ref() == Some(&id.serial)
+        {
+            found = Some(single);
+            break;
+        }
+    }
+    let single = found.ok_or(OcspError::NotAbout)?;
     let response = OcspResponse::from_der(&wrap(basic)).map_err(|_| OcspError::Malformed)?;
     let basic_response = response.basic().map_err(|_| OcspError::Malformed)?;
     let trusted = (|| -> Result<(), openssl::error::ErrorStack> {
@@ -263,31 +295,13 @@ pub fn judge(basic: &[u8], cert: &X509Ref, issuer: &X509Ref, at: i64) -> Result<
     if trusted.is_err() {
         return Err(OcspError::NotTrusted);
     }
-    for single in &parsed.responses {
-        let alg = [
-            crate::oid::SHA1,
-            crate::oid::SHA256,
-            crate::oid::SHA384,
-            crate::oid::SHA512,
-        ]
-        .into_iter()
-        .find(|a| *a == single.alg.as_slice());
-        let Some(alg) = alg else { continue };
-        let id = CertId::with(alg, cert, issuer)?;
-        if id.name_hash == single.name_hash
-            && id.key_hash == single.key_hash
-            && id.serial == single.serial
-        {
-            return Ok(Answer {
-                said: single.said,
-                this_update: single.this_update,
-                next_update: single.next_update,
-                produced_at: parsed.produced_at,
-                nonce: parsed.nonce.clone(),
-            });
-        }
-    }
-    Err(OcspError::NotAbout)
+    Ok(Answer {
+        said: single.said,
+        this_update: single.this_update,
+        next_update: single.next_update,
+        produced_at: parsed.produced_at,
+        nonce: parsed.nonce.clone(),
+    })
 }
 
 /// The fields of a BasicOCSPResponse read here (the signature is OpenSSL's to check).
@@ -301,7 +315,7 @@ struct Single {
     alg: Vec<u8>,
     name_hash: Vec<u8>,
     key_hash: Vec<u8>,
-    serial: Vec<u8>,
+    serial: Option<Vec<u8>>,
     said: Said,
     this_update: i64,
     next_update: Option<i64>,
@@ -358,7 +372,20 @@ impl Single {
             .to_vec();
         let name_hash = id.next(tag::OCTET_STRING)?.content.to_vec();
         let key_hash = id.next(tag::OCTET_STRING)?.content.to_vec();
-        let serial = id.next(tag::INTEGER)?.uint_bytes()?.to_vec();
+        // The serial as a magnitude, or `None` for a negative INTEGER (it names no
+        // certificate we ask about: a sign dropped here would make −N match N).
+        let serial = id.next(tag::INTEGER)?;
+        let serial = match serial.content.first() {
+            Some(b) if b & 0x80 != 0 => None,
+            _ => Some(
+                serial
+                    .content
+                    .iter()
+                    .copied()
+                    .skip_while(|b| *b == 0)
+                    .collect::<Vec<u8>>(),
+            ),
+        };
         let status = s.any()?;
         let said = match status.tag {
             t if t == tag::ctx_prim(0) => Said::Good,
@@ -414,7 +441,9 @@ impl RevocationValues {
                 continue;
             };
             for v in field.seq()?.next(tag::SEQUENCE)?.children() {
-                list.push(v?.raw.to_vec());
+                if list.len() < MAX_EMBEDDED {
+                    list.push(v?.raw.to_vec());
+                }
             }
         }
         Ok(out)
@@ -442,7 +471,20 @@ impl RevocationValues {
     pub fn is_empty(&self) -> bool {
         self.crls.is_empty() && self.ocsp.is_empty()
     }
+
+    /// Adds `more`, keeping at most [`MAX_EMBEDDED`] of each kind (the rest is left out:
+    /// each answer kept costs a signature check at every unseal).
+    pub fn add(&mut self, more: RevocationValues) {
+        for (mine, theirs) in [(&mut self.crls, more.crls), (&mut self.ocsp, more.ocsp)] {
+            let room = MAX_EMBEDDED.saturating_sub(mine.len());
+            mine.extend(theirs.into_iter().take(room));
+        }
+    }
 }
+
+/// OCSP answers, and lists, read from one signer's revocationValues (a real signer's path
+/// has a few certificates; a message with more is not given more of our time).
+pub const MAX_EMBEDDED: usize = 16;
 
 /// How an OCSPRequest reaches a responder: an HTTP POST (RFC 6960 appendix A) in the
 /// services, a canned answer in tests.
@@ -482,6 +524,9 @@ impl fmt::Display for Responder {
     }
 }
 
+/// How long (seconds) a sender reuses an answer for the messages it seals, at most.
+pub const SEALING_REUSE: i64 = 60;
+
 /// How long a responder that could not be reached is not asked again (seconds): a
 /// receiver unsealing many messages would otherwise wait for its timeout at each one.
 pub const UNREACHABLE_BACKOFF: i64 = 30;
@@ -498,7 +543,32 @@ pub struct Online {
     /// Answers fetched for embedding, with their DER.
     for_sealing: Mutex<HashMap<CertId, (Vec<u8>, Answer)>>,
     unreachable: Mutex<HashMap<String, i64>>,
+    /// Certificates being asked about now, and the signal that one question ended.
+    in_flight: Mutex<HashSet<CertId>>,
+    landed: Condvar,
     counts: Counts,
+}
+
+/// How long a question waits for another one about the same certificate (longer than a
+/// transport's timeouts: the other one ends first).
+const FLIGHT_WAIT: Duration = Duration::from_secs(10);
+
+/// A question under way about one certificate; its end wakes those waiting for it.
+struct Flight<'a> {
+    online: &'a Online,
+    id: CertId,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut flying = self
+            .online
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        flying.remove(&self.id);
+        self.online.landed.notify_all();
+    }
 }
 
 /// What an [`Online`] client did since it was made (for metrics).
@@ -537,6 +607,8 @@ impl Online {
             cache: Mutex::default(),
             for_sealing: Mutex::default(),
             unreachable: Mutex::default(),
+            in_flight: Mutex::default(),
+            landed: Condvar::new(),
             counts: Counts::default(),
         }
     }
@@ -569,6 +641,16 @@ impl Online {
         }
     }
 
+    /// The answer remembered about `cert` that still speaks for `at`, if any: no
+    /// question is sent.
+    pub fn remembered(&self, cert: &X509Ref, issuer: &X509Ref, at: i64) -> Option<Answer> {
+        let id = CertId::of(cert, issuer).ok()?;
+        self.lock_cache()
+            .get(&id)
+            .filter(|a| a.status_at(at) != CertStatus::Unknown)
+            .cloned()
+    }
+
     /// A verified answer about `cert` (issued by `issuer`), current at `at`: the one
     /// remembered, or a fresh one (`now` is the clock's time, for the back-off).
     pub fn answer(
@@ -579,26 +661,32 @@ impl Online {
         now: i64,
     ) -> Result<Answer, OcspError> {
         let id = CertId::of(cert, issuer)?;
-        if let Some(hit) = self.lock_cache().get(&id).cloned() {
-            if hit.status_at(at) != CertStatus::Unknown {
+        let url = self.url_for(cert)?;
+        let mut waited = false;
+        // One question per certificate at a time: the others wait for its answer.
+        let _flight = loop {
+            if let Some(hit) = self.remembered(cert, issuer, at) {
                 self.counts.remembered.fetch_add(1, Ordering::Relaxed);
                 return Ok(hit);
             }
-        }
-        let url = self.url_for(cert)?;
-        if self
-            .lock_unreachable()
-            .get(&url)
-            .is_some_and(|until| now < *until)
-        {
-            self.counts.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(OcspError::Transport {
-                url,
-                reason: format!(
-                    "unreachable a moment ago (not asked again for {UNREACHABLE_BACKOFF} s)"
-                ),
-            });
-        }
+            if self
+                .lock_unreachable()
+                .get(&url)
+                .is_some_and(|until| now < *until)
+            {
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(OcspError::Transport {
+                    url,
+                    reason: format!(
+                        "unreachable a moment ago (not asked again for {UNREACHABLE_BACKOFF} s)"
+                    ),
+                });
+            }
+            match self.take_flight(&id, waited) {
+                Some(flight) => break flight,
+                None => waited = true,
+            }
+        };
         let answer = match self.ask(&id, url.clone(), cert, issuer, at) {
             Ok((_, answer)) => answer,
             Err(e @ OcspError::Transport { .. }) => {
@@ -618,11 +706,12 @@ impl Online {
     }
 
     /// A BasicOCSPResponse about `cert` to embed when sealing at `at`, with its answer:
-    /// the one fetched before while its nextUpdate is more than [`CLOCK_SKEW`] away (the
-    /// time a receiver may take, as the signing-time rule allows), else a fresh one. An
-    /// answer without nextUpdate, or one current for 300 s or less (as `etee pki ocsp`
-    /// gives by default), is fetched anew for every seal: a revocation then reaches the
-    /// sender at once.
+    /// the one fetched before while it was produced at most [`SEALING_REUSE`] ago (a
+    /// receiver ignores an answer produced more than [`CLOCK_SKEW`] before the signing
+    /// time, spec §1.6) and its nextUpdate is more than [`CLOCK_SKEW`] away (the time a
+    /// receiver may take), else a fresh one. An answer without nextUpdate, or one current
+    /// for 300 s or less (as `etee pki ocsp` gives by default), is fetched anew for every
+    /// seal: a revocation then reaches the sender at once.
     pub fn fetch(
         &self,
         cert: &X509Ref,
@@ -633,10 +722,15 @@ impl Online {
         let lock = || self.for_sealing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(hit) = lock().get(&id) {
             let answer = &hit.1;
+            let young = at - answer.produced_at <= SEALING_REUSE;
             let lasts = answer
                 .next_update
                 .is_some_and(|next| next - at > CLOCK_SKEW);
-            if answer.said == Said::Good && answer.status_at(at) == CertStatus::Good && lasts {
+            if answer.said == Said::Good
+                && answer.status_at(at) == CertStatus::Good
+                && young
+                && lasts
+            {
                 return Ok(hit.clone());
             }
         }
@@ -732,6 +826,26 @@ impl Online {
             ));
         }
         Ok(values)
+    }
+
+    /// The right to ask about `id`: `None` after waiting (up to [`FLIGHT_WAIT`]) for
+    /// another thread's question about it to end, so that the caller looks for its answer
+    /// first. Once `waited`, the right is taken even if that question is still under way.
+    fn take_flight(&self, id: &CertId, waited: bool) -> Option<Flight<'_>> {
+        let mut flying = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if flying.contains(id) && !waited {
+            let (flying, _) = self
+                .landed
+                .wait_timeout_while(flying, FLIGHT_WAIT, |f| f.contains(id))
+                .unwrap_or_else(|e| e.into_inner());
+            drop(flying);
+            return None;
+        }
+        flying.insert(id.clone());
+        Some(Flight {
+            online: self,
+            id: id.clone(),
+        })
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<CertId, Answer>> {

@@ -356,6 +356,15 @@ impl Revocation {
             CertStatus::Unknown => {}
         }
         if status == CertStatus::Good {
+            // What the message or a list vouches for does not undo a revocation this
+            // receiver has already heard of from its responder (no question is sent).
+            let heard = self
+                .online
+                .as_ref()
+                .and_then(|o| o.remembered(cert, issuer, at));
+            if heard.is_some_and(|a| a.status_at(at) == CertStatus::Revoked) {
+                return CertStatus::Revoked;
+            }
             return status;
         }
         match &self.online {
@@ -484,6 +493,9 @@ impl Revocation {
                 _ => CertStatus::Unknown,
             };
             worst = worst.max(status);
+            if worst == CertStatus::Revoked {
+                break;
+            }
         }
         worst
     }

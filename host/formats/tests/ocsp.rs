@@ -148,10 +148,24 @@ fn answers_from_anyone_else_are_refused() {
         ..OcspAnswer::at(OcspStatus::Good, w.now)
     };
     assert!(matches!(judge(&unauthorised), Err(OcspError::NotTrusted)));
-    // Another CA under the same name (its answer names Alice's issuer by name only).
+    // Another CA under the same name: its own CertID does not name Alice's issuer's key;
+    // copying the right CertID into its answer, its signature does not verify.
     let forged = w
         .impostor
         .ocsp_basic(&w.alice.auth.cert, &OcspAnswer::at(OcspStatus::Good, w.now))
+        .unwrap();
+    assert!(matches!(
+        ocsp::judge(&forged, &w.alice.auth.cert, &w.pki.root.cert, w.now),
+        Err(OcspError::NotAbout)
+    ));
+    let serial = w.alice.auth.cert.serial_number().to_bn().unwrap().to_vec();
+    let copied_id = w.pki.ocsp_cert_id(&serial).unwrap();
+    let forged = w
+        .impostor
+        .ocsp_basic_for(
+            &[(copied_id, OcspStatus::Good)],
+            &OcspAnswer::at(OcspStatus::Good, w.now),
+        )
         .unwrap();
     assert!(matches!(
         ocsp::judge(&forged, &w.alice.auth.cert, &w.pki.root.cert, w.now),
@@ -252,10 +266,14 @@ fn strip_set(set: &[u8]) -> &[u8] {
 }
 
 fn unseal_errors(msg: &[u8], anchors: TrustAnchors) -> Vec<E> {
+    unseal_errors_at(msg, anchors, world().now)
+}
+
+fn unseal_errors_at(msg: &[u8], anchors: TrustAnchors, at: i64) -> Vec<E> {
     let w = world();
     let opts = UnsealOptions {
         anchors,
-        at: Some(w.now),
+        at: Some(at),
         ..Default::default()
     };
     let (result, content) = unseal_to_vec(msg, &w.ring, &opts);
@@ -509,9 +527,21 @@ fn a_sealer_embeds_its_good_answers_and_refuses_to_seal_otherwise() {
     // Reused while its nextUpdate (an hour here) is more than 300 s away...
     assert_eq!(online.values_for(&path, now).unwrap(), values);
     assert_eq!(asked.load(Ordering::SeqCst), 1);
-    // ...and not once it is not.
-    online.values_for(&path, now + HOUR - 60).unwrap();
+    // A message sealed half a minute later with the reused answer is accepted by a
+    // receiver with nothing else to go by (the answer was produced less than 300 s before
+    // its signing time, spec §1.6).
+    let reused = online.values_for(&path, now + 30).unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        unseal_errors_at(&sealed(Some(reused), now + 30), mandatory(None), now + 40),
+        vec![]
+    );
+    // ...and not once it was produced more than a minute ago (a receiver would soon
+    // ignore it), nor when its nextUpdate comes within 300 s.
+    online.values_for(&path, now + 61).unwrap();
     assert_eq!(asked.load(Ordering::SeqCst), 2);
+    online.values_for(&path, now + HOUR - 60).unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
     // Answers current for 300 s or less (`etee pki ocsp`'s default) or without nextUpdate
     // are asked for at every seal, even within the same second: a revocation stops the
     // sender at once.
@@ -686,4 +716,113 @@ fn a_real_message_s_embedded_ocsp_answer_and_lists_are_read() {
         outer_errors(signed_at + 86_400),
         vec!["OUTER_CERTIFICATE_STATUS_UNKNOWN"]
     );
+}
+
+#[test]
+fn one_question_per_certificate_at_a_time() {
+    let w = world();
+    let (online, asked, _) = canned(|nonce: &[u8]| {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        answering(OcspStatus::Good, true)(nonce)
+    });
+    let online = Arc::new(online);
+    let now = etee_formats::unix_now();
+    let answers: Vec<_> = (0..8)
+        .map(|_| {
+            let online = online.clone();
+            std::thread::spawn(move || {
+                let w = world();
+                online.answer(&w.alice.auth.cert, &w.pki.root.cert, now, now)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(answers
+        .iter()
+        .all(|a| a.as_ref().is_ok_and(|a| a.said == Said::Good)));
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "asked more than once at the same time"
+    );
+    assert_eq!(online.stats().remembered, 7);
+    let _ = w;
+}
+
+#[test]
+fn a_revocation_heard_from_the_responder_outweighs_a_message_s_good_answer() {
+    let w = world();
+    let (online, _, _) = canned(answering(OcspStatus::Revoked(w.now - HOUR), true));
+    let anchors = mandatory(Some(online));
+    assert_eq!(
+        unseal_errors(&sealed(None, w.now), anchors.clone()),
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+    // Alice (or a thief with her key) brings an older good answer: still revoked.
+    let carried = sealed(
+        Some(RevocationValues {
+            crls: vec![],
+            ocsp: vec![basic(&OcspAnswer::at(OcspStatus::Good, w.now))],
+        }),
+        w.now,
+    );
+    assert_eq!(
+        unseal_errors(&carried, anchors),
+        vec![E::OUTER_CERTIFICATE_REVOKED]
+    );
+}
+
+#[test]
+fn negative_serials_and_floods_of_answers_are_not_taken() {
+    let w = world();
+    // A certificate with serial -0x1234 (RFC 5280 forbids it; OpenSSL makes it): OCSP
+    // cannot name it, and an answer for +0x1234 does not speak of it.
+    let key = etee_testpki::rsa_key(2048).unwrap();
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let serial = openssl::bn::BigNum::from_dec_str("-4660").unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(w.alice.auth.cert.subject_name())
+        .unwrap();
+    b.set_issuer_name(w.pki.root.cert.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(w.alice.auth.cert.not_before()).unwrap();
+    b.set_not_after(w.alice.auth.cert.not_after()).unwrap();
+    b.sign(&w.pki.root.key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let negative = b.build();
+    assert!(matches!(
+        CertId::of(&negative, &w.pki.root.cert),
+        Err(OcspError::NegativeSerial)
+    ));
+    let positive_id = w.pki.ocsp_cert_id(&[0x12, 0x34]).unwrap();
+    let good_for_positive = w
+        .pki
+        .ocsp_basic_for(
+            &[(positive_id, OcspStatus::Good)],
+            &OcspAnswer::at(OcspStatus::Good, w.now),
+        )
+        .unwrap();
+    assert!(ocsp::judge(&good_for_positive, &negative, &w.pki.root.cert, w.now).is_err());
+
+    // Forty answers in one attribute: sixteen are kept.
+    let one = basic(&OcspAnswer::at(OcspStatus::Good, w.now));
+    let many = RevocationValues {
+        crls: vec![],
+        ocsp: vec![one; 40],
+    };
+    let attr = many.attribute();
+    let at = attr
+        .windows(ocsp::ATTR_REVOCATION_VALUES.len())
+        .position(|win| win == ocsp::ATTR_REVOCATION_VALUES)
+        .unwrap()
+        + ocsp::ATTR_REVOCATION_VALUES.len();
+    let parsed = RevocationValues::parse(strip_set(&attr[at..])).unwrap();
+    assert_eq!(parsed.ocsp.len(), ocsp::MAX_EMBEDDED);
+    let mut merged = parsed.clone();
+    merged.add(parsed);
+    assert_eq!(merged.ocsp.len(), ocsp::MAX_EMBEDDED);
 }

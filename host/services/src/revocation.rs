@@ -151,6 +151,10 @@ impl Default for HttpOcsp {
 impl OcspTransport for HttpOcsp {
     fn post(&self, url: &str, request: &[u8]) -> Result<Vec<u8>, String> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            // Name resolution and connection, then the answer; and the whole exchange
+            // bounded by their sum, whatever stalls.
+            .timeout_global(Some(self.connect_timeout + self.read_timeout))
+            .timeout_resolve(Some(self.connect_timeout))
             .timeout_connect(Some(self.connect_timeout))
             .timeout_recv_response(Some(self.read_timeout))
             .timeout_recv_body(Some(self.read_timeout))

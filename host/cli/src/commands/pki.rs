@@ -136,7 +136,7 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
         }
     }
     let now = etee_platform::unix_now();
-    let (mut entries, number) = current_list(&args.dir, &pki)?;
+    let (mut entries, number, _) = current_list(&args.dir, &pki)?;
     for (what, x) in &targets {
         let serial = x.serial_number().to_owned().map_err(openssl_err)?;
         let listed = entries.iter().any(|(s, _)| {
@@ -188,15 +188,15 @@ pub(crate) fn open_ca(dir: &Path) -> Result<TestPki, CliError> {
     Ok(open_or_create_ca(dir)?.0)
 }
 
-/// The entries and CRL number of the world's current list (none, 0 without one). A list
-/// that the CA did not sign is refused rather than replaced.
+/// The entries, CRL number and nextUpdate of the world's current list (none, 0 and none
+/// without one). A list that the CA did not sign is refused rather than replaced.
 #[allow(clippy::type_complexity)]
 pub(crate) fn current_list(
     dir: &Path,
     pki: &TestPki,
-) -> Result<(Vec<(openssl::asn1::Asn1Integer, i64)>, u64), CliError> {
+) -> Result<(Vec<(openssl::asn1::Asn1Integer, i64)>, u64, Option<i64>), CliError> {
     if !dir.join("ca.crl").is_file() {
-        return Ok((Vec::new(), 0));
+        return Ok((Vec::new(), 0, None));
     }
     let bad = |why: &str| CliError::Usage(format!("{}: {why}", dir.join("ca.crl").display()));
     let crl = openssl::x509::X509Crl::from_der(&read(dir, "ca.crl")?)
@@ -219,7 +219,14 @@ pub(crate) fn current_list(
             .ok_or_else(|| bad("a revocation date OpenSSL cannot read"))?;
         entries.push((r.serial_number().to_owned().map_err(openssl_err)?, at));
     }
-    Ok((entries, number))
+    let next_update = match crl.next_update() {
+        Some(t) => Some(
+            etee_formats::revocation::unix(t)
+                .ok_or_else(|| bad("a nextUpdate OpenSSL cannot read"))?,
+        ),
+        None => None,
+    };
+    Ok((entries, number, next_update))
 }
 
 /// One institution to issue.

@@ -7,9 +7,10 @@
 //! again when it changes): a certificate on it is revoked from its revocation date, any
 //! other serial of this CA is good (RFC 6960 §2.2: no certificate with that serial within
 //! its validity is revoked). Answers are signed by the CA's key, carry the request's nonce
-//! and a nextUpdate `--valid-for` seconds ahead. A list that cannot be read, or that the
-//! CA did not sign, gets `internalError` answers, never a good one; a request about
-//! another CA's certificates gets `unauthorized`.
+//! and a nextUpdate `--valid-for` seconds ahead. No list, a list that cannot be read, that
+//! the CA did not sign or that is past its nextUpdate gets `internalError` answers, never
+//! a good one; a request about another CA's certificates gets `unauthorized`, one with a
+//! negative serial number `unknown` for it.
 
 use super::pki::{current_list, open_ca};
 use crate::CliError;
@@ -55,7 +56,7 @@ pub fn run(args: OcspArgs) -> Result<ExitCode, CliError> {
         list: Mutex::new(None),
     });
     // A first reading, so that a bad list is reported at start.
-    if let Err(e) = responder.revoked() {
+    if let Err(e) = responder.revoked(etee_formats::unix_now()) {
         eprintln!("etee pki ocsp: {e}: answering internalError until it is fixed");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -105,8 +106,19 @@ struct Responder {
     pki: TestPki,
     dir: PathBuf,
     valid_for: i64,
-    /// The list as last read, and the file's stamp then.
-    list: Mutex<Option<(Stamp, Revoked)>>,
+    /// The list as last read (the file's stamp then, the entries, the list's nextUpdate).
+    list: Mutex<Option<(Stamp, Revoked, Option<i64>)>>,
+}
+
+/// `entries` if their list is still current at `now`.
+fn current(entries: &Revoked, next_update: Option<i64>, now: i64) -> Result<Revoked, CliError> {
+    match next_update {
+        Some(next) if next < now => Err(CliError::Usage(format!(
+            "the CA's list is past its nextUpdate ({next}): issue it again with `etee pki \
+             revoke DIR`"
+        ))),
+        _ => Ok(entries.clone()),
+    }
 }
 
 impl Responder {
@@ -129,25 +141,33 @@ impl Responder {
         response
     }
 
-    /// The revoked serials of the world's list, read again when its file changed.
-    fn revoked(&self) -> Result<Revoked, CliError> {
+    /// The revoked serials of the world's list, read again when its file changed. No
+    /// list, or one past its nextUpdate, is an error: nothing is known then.
+    fn revoked(&self, now: i64) -> Result<Revoked, CliError> {
         let path = self.dir.join("ca.crl");
-        let stamp = std::fs::metadata(&path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            CliError::Usage(format!(
+                "{}: {e} (issue the CA's list with `etee pki revoke DIR`)",
+                path.display()
+            ))
+        })?;
+        let stamp = Some((
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        ));
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((seen, entries)) = list.as_ref() {
+        if let Some((seen, entries, next_update)) = list.as_ref() {
             if *seen == stamp {
-                return Ok(entries.clone());
+                return current(entries, *next_update, now);
             }
         }
-        let (entries, _) = current_list(&self.dir, &self.pki)?;
+        let (entries, _, next_update) = current_list(&self.dir, &self.pki)?;
         let entries: Revoked = entries
             .iter()
             .filter_map(|(serial, at)| Some((serial.to_bn().ok()?.to_vec(), *at)))
             .collect();
-        *list = Some((stamp, entries.clone()));
-        Ok(entries)
+        *list = Some((stamp, entries.clone(), next_update));
+        current(&entries, next_update, now)
     }
 
     /// The OCSPResponse (DER) to `request`, and a line saying what was answered.
@@ -164,7 +184,7 @@ impl Responder {
                 "unauthorized (no certificate of this CA asked about)".into(),
             );
         }
-        let revoked = match self.revoked() {
+        let revoked = match self.revoked(now) {
             Ok(r) => r,
             Err(e) => {
                 return (
@@ -176,21 +196,18 @@ impl Responder {
         let mut singles = Vec::new();
         let mut said = Vec::new();
         for id in &asked.ids {
-            if !self.is_ours(id) {
+            let Some(serial) = id.serial.as_ref().filter(|_| self.is_ours(id)) else {
                 singles.push((id.der.clone(), OcspStatus::Unknown));
-                said.push(format!(
-                    "serial {} unknown (another CA)",
-                    hex::encode(&id.serial)
-                ));
+                said.push("a serial unknown here (another CA's, or negative)".into());
                 continue;
-            }
-            let status = match revoked.iter().find(|(s, _)| *s == id.serial) {
+            };
+            let status = match revoked.iter().find(|(s, _)| s == serial) {
                 Some((_, at)) => OcspStatus::Revoked(*at),
                 None => OcspStatus::Good,
             };
             said.push(format!(
                 "serial {} {}",
-                hex::encode(&id.serial),
+                hex::encode(serial),
                 if status == OcspStatus::Good {
                     "good"
                 } else {
@@ -253,8 +270,8 @@ struct AskedId {
     alg: Vec<u8>,
     name_hash: Vec<u8>,
     key_hash: Vec<u8>,
-    /// Serial number magnitude, without leading zeros.
-    serial: Vec<u8>,
+    /// Serial number magnitude, without leading zeros; `None` when negative.
+    serial: Option<Vec<u8>>,
 }
 
 impl Asked {
@@ -281,13 +298,18 @@ impl Asked {
                 .ok()?;
             let name_hash = f.next(tag::OCTET_STRING).ok()?.content.to_vec();
             let key_hash = f.next(tag::OCTET_STRING).ok()?.content.to_vec();
-            let serial = f.next(tag::INTEGER).ok()?.uint_bytes().ok()?;
+            let serial = f.next(tag::INTEGER).ok()?.content;
             ids.push(AskedId {
                 der: id.raw.to_vec(),
                 alg: alg.content.to_vec(),
                 name_hash,
                 key_hash,
-                serial: serial.iter().copied().skip_while(|b| *b == 0).collect(),
+                // A negative INTEGER names no certificate of ours (dropping the sign would
+                // make −N match N).
+                serial: match serial.first() {
+                    Some(b) if b & 0x80 != 0 => None,
+                    _ => Some(serial.iter().copied().skip_while(|b| *b == 0).collect()),
+                },
             });
         }
         if ids.is_empty() || ids.len() > MAX_CERT_IDS {
@@ -345,6 +367,13 @@ mod tests {
             let (answer, _) = r.answer(&ocsp::request(&id, &[9; 16]), now);
             ocsp::basic_of(&answer).and_then(|b| ocsp::judge(&b, cert, issuer, now))
         };
+        // No list yet: nothing is known, and nothing is said good.
+        assert!(matches!(
+            ask(&r),
+            Err(ocsp::OcspError::NotSuccessful("internalError"))
+        ));
+        let empty = r.pki.crl(&[], 1, now - 60, now + 3600).unwrap();
+        std::fs::write(dir.path().join("ca.crl"), empty.to_der().unwrap()).unwrap();
         let good = ask(&r).expect("an answer");
         assert_eq!(good.said, Said::Good);
         assert_eq!(good.nonce.as_deref(), Some(&[9u8; 16][..]));
@@ -358,8 +387,22 @@ mod tests {
         std::fs::write(dir.path().join("ca.crl"), crl.to_der().unwrap()).unwrap();
         assert_eq!(ask(&r).unwrap().said, Said::Revoked(Some(now - 60)));
 
-        // A damaged list: never good.
-        std::fs::write(dir.path().join("ca.crl"), b"damaged list").unwrap();
+        // A damaged list, a list past its nextUpdate, no list: never good.
+        let stale = r.pki.crl(&[], 2, now - 7200, now - 3600).unwrap();
+        for (bytes, what) in [
+            (b"damaged list".to_vec(), "damaged"),
+            (stale.to_der().unwrap(), "stale"),
+        ] {
+            std::fs::write(dir.path().join("ca.crl"), bytes).unwrap();
+            assert!(
+                matches!(
+                    ask(&r),
+                    Err(ocsp::OcspError::NotSuccessful("internalError"))
+                ),
+                "{what}"
+            );
+        }
+        std::fs::remove_file(dir.path().join("ca.crl")).unwrap();
         assert!(matches!(
             ask(&r),
             Err(ocsp::OcspError::NotSuccessful("internalError"))

@@ -101,10 +101,12 @@ impl SignerInfo {
                         info.timestamps.push(v?.raw.to_vec());
                     }
                 } else if kind == ATTR_REVOCATION_VALUES {
-                    for v in a.next(tag::SET)?.children() {
-                        if let Ok(values) = RevocationValues::parse(v?.raw) {
-                            info.revocation_values.crls.extend(values.crls);
-                            info.revocation_values.ocsp.extend(values.ocsp);
+                    // Unsigned, so anyone on the way may add one: a malformed value is left
+                    // out rather than failing the SignerInfo.
+                    let values = a.next(tag::SET).ok();
+                    for v in values.iter().flat_map(|set| set.children()).flatten() {
+                        if let Ok(values) = RevocationValues::parse(v.raw) {
+                            info.revocation_values.add(values);
                         }
                     }
                 }

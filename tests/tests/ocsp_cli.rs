@@ -374,9 +374,14 @@ struct OwnResponder {
 
 impl OwnResponder {
     fn start(world: &Path) -> OwnResponder {
+        Self::start_on(world, "127.0.0.1:0")
+    }
+
+    fn start_on(world: &Path, listen: &str) -> OwnResponder {
         let mut child = Command::new(etee_e2e::etee_bin())
             .args(["pki", "ocsp"])
             .arg(world)
+            .args(["--listen", listen])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -428,6 +433,12 @@ fn etee_s_own_responder_answers_openssl_and_follows_the_list() {
     let dir = scratch();
     let from_alice = w.seal(dir.path(), "alice", &["bob"], b"for Bob");
     let alice = alice_cert(dir.path(), &from_alice);
+    // Without the CA's list the responder knows nothing, and says so (never "good").
+    let responder = OwnResponder::start(w.dir());
+    let text = openssl_asks(&w, &responder.url, &alice);
+    assert!(text.contains("internalerror"), "{text}");
+    drop(responder);
+    etee(["pki", "revoke"]).arg(w.dir()).run().code(0);
     let responder = OwnResponder::start(w.dir());
 
     // OpenSSL's client, independently: the answer is the CA's, with its nonce, good.
@@ -463,4 +474,74 @@ fn etee_s_own_responder_answers_openssl_and_follows_the_list() {
     let out = etee(["pki", "ocsp"]).arg(dir.path()).run();
     out.code(2);
     assert!(out.stderr.contains("not a world"), "{}", out.stderr);
+}
+
+#[test]
+fn with_auto_each_certificate_names_its_responder() {
+    if !openssl_cli() {
+        return;
+    }
+    let dir = scratch();
+    let world = dir.path().join("world");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    etee(["pki", "init"])
+        .arg(&world)
+        .args(["--ocsp-url", &url])
+        .run()
+        .code(0);
+    etee(["pki", "revoke"]).arg(&world).run().code(0);
+    let _responder = OwnResponder::start_on(&world, &format!("127.0.0.1:{port}"));
+    let password = std::fs::read_to_string(world.join("password")).unwrap();
+    let password = password.trim_end();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"asked where the certificate says").unwrap();
+    let sealed = dir.path().join("sealed");
+    etee(["seal", "--keystore"])
+        .arg(world.join("alice.p12"))
+        .arg("--trust")
+        .arg(world.join("ca.pem"))
+        .args(["--ocsp", "auto", "--to"])
+        .arg(world.join("bob.etk"))
+        .arg("--in")
+        .arg(&plain)
+        .arg("--out")
+        .arg(&sealed)
+        .password(password)
+        .run()
+        .code(0);
+    let bytes = std::fs::read(&sealed).unwrap();
+    // OpenSSL reads the responder's address in Alice's certificate.
+    let alice = alice_cert(dir.path(), &bytes);
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ocsp_uri", "-in"])
+        .arg(&alice)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), url);
+    embedded_basic_response(&bytes);
+    let out = etee(["unseal", "--json", "--keystore"])
+        .arg(world.join("bob.p12"))
+        .arg("--trust")
+        .arg(world.join("ca.pem"))
+        .args(["--ocsp", "auto", "--revocation", "mandatory", "--in"])
+        .arg(&sealed)
+        .password(password)
+        .run();
+    out.code(0);
+    // A certificate that names no responder: nothing to ask, unknown under mandatory.
+    let w = World::shared();
+    let from_alice = w.seal(dir.path(), "alice", &["bob"], b"for Bob");
+    let r = w.unseal(
+        dir.path(),
+        "bob",
+        &from_alice,
+        &["--ocsp", "auto", "--revocation", "mandatory"],
+    );
+    r.run.code(1);
+    assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_STATUS_UNKNOWN"]);
 }

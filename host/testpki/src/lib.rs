@@ -220,6 +220,9 @@ pub struct InstitutionSpec {
     /// authentication certificate's subject. Fields are OpenSSL short or long
     /// names (`C`, `O`, `OU`, `CN`, ...).
     pub etk_subject_override: Option<Vec<(String, String)>>,
+    /// When set, the authentication certificate names this OCSP responder in its
+    /// authorityInfoAccess (as eHealth's certificates name theirs).
+    pub ocsp_url: Option<String>,
 }
 
 impl InstitutionSpec {
@@ -238,6 +241,7 @@ impl InstitutionSpec {
             auth_key_usage: KeyUsageSpec::authentication(),
             etk_key_usage: KeyUsageSpec::encryption(),
             etk_subject_override: None,
+            ocsp_url: None,
         }
     }
 
@@ -285,6 +289,11 @@ impl InstitutionSpec {
 
     /// Gives the encryption certificate its own subject/issuer RDN list
     /// (see [`InstitutionSpec::etk_subject_override`]).
+    pub fn with_ocsp_url(mut self, url: &str) -> Self {
+        self.ocsp_url = Some(url.to_string());
+        self
+    }
+
     pub fn with_etk_subject(mut self, rdns: &[(&str, &str)]) -> Self {
         self.etk_subject_override = Some(
             rdns.iter()
@@ -580,13 +589,17 @@ impl TestPki {
         // Authentication certificate: issued by the root.
         let auth_key = rsa_key(spec.auth_key_bits)?;
         let subject = build_name(&spec.subject_rdns())?;
-        let auth = issue_end_entity(
-            &self.root,
-            &subject,
-            auth_key,
-            spec.auth_validity,
-            spec.auth_key_usage,
-        )?;
+        let auth = Issued {
+            cert: end_entity_certificate(
+                &self.root,
+                &subject,
+                &auth_key,
+                spec.auth_validity,
+                spec.auth_key_usage,
+                spec.ocsp_url.as_deref(),
+            )?,
+            key: auth_key,
+        };
 
         // Encryption certificate: signed by the authentication key, so its
         // issuer is the holder itself; keyUsage is its only extension.
@@ -627,6 +640,7 @@ impl TestPki {
             public_key,
             spec.auth_validity,
             spec.auth_key_usage,
+            spec.ocsp_url.as_deref(),
         )
     }
 
@@ -703,7 +717,7 @@ fn issue_end_entity(
     usage: KeyUsageSpec,
 ) -> Result<Issued, Error> {
     Ok(Issued {
-        cert: end_entity_certificate(issuer, subject, &key, validity, usage)?,
+        cert: end_entity_certificate(issuer, subject, &key, validity, usage, None)?,
         key,
     })
 }
@@ -715,11 +729,24 @@ fn end_entity_certificate<T: HasPublic>(
     key: &PKeyRef<T>,
     validity: Validity,
     usage: KeyUsageSpec,
+    ocsp_url: Option<&str>,
 ) -> Result<X509, Error> {
     let mut b = cert_builder(subject, issuer.cert.subject_name(), key, validity)?;
     b.append_extension(BasicConstraints::new().build()?)?;
     usage.apply(&mut b)?;
     add_key_ids(&mut b, Some(&issuer.cert))?;
+    if let Some(url) = ocsp_url {
+        // authorityInfoAccess with an id-ad-ocsp access description. (The openssl crate
+        // has no typed builder for it; the config-string form is the one it offers.)
+        #[allow(deprecated)]
+        let aia = X509Extension::new_nid(
+            None,
+            Some(&b.x509v3_context(Some(&issuer.cert), None)),
+            openssl::nid::Nid::INFO_ACCESS,
+            &format!("OCSP;URI:{url}"),
+        )?;
+        b.append_extension(aia)?;
+    }
     b.sign(&issuer.key, MessageDigest::sha256())?;
     Ok(b.build())
 }

@@ -89,6 +89,11 @@ pub struct WorldArgs {
     /// now (default: two years), e.g. to see ETK expiry handled on a test rig.
     #[arg(long, value_name = "SECONDS")]
     etk_valid_for: Option<u32>,
+    /// The new institutions' authentication certificates name this OCSP responder
+    /// (authorityInfoAccess), for `--ocsp auto` / `ocsp = "auto"`: e.g. the address `etee
+    /// pki ocsp DIR --listen` will serve.
+    #[arg(long, value_name = "http://HOST:PORT", value_parser = http_url)]
+    ocsp_url: Option<String>,
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
@@ -175,6 +180,14 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
             .unwrap_or_else(|| next_update.to_string())
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An `http://` address (OCSP is requested over plain HTTP, RFC 6960 appendix A).
+fn http_url(text: &str) -> Result<String, String> {
+    match text.parse::<etee_formats::ocsp::Responder>() {
+        Ok(etee_formats::ocsp::Responder::Url(url)) => Ok(url),
+        _ => Err(format!("{text:?}: an http:// address")),
+    }
 }
 
 /// The CA of an existing world.
@@ -341,6 +354,9 @@ fn wanted(args: &WorldArgs, new_world: bool) -> Result<Vec<Wanted>, CliError> {
         let mut inst = InstitutionSpec::new(id.0, value, name);
         if let Some(app) = application {
             inst = inst.with_application_id(app);
+        }
+        if let Some(url) = &args.ocsp_url {
+            inst = inst.with_ocsp_url(url);
         }
         if let Some(seconds) = args.etk_valid_for {
             let now = etee_formats::unix_now();

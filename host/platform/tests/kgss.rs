@@ -614,3 +614,81 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
     rest_create(&w, &mut alice).await;
     w.stop().await;
 }
+
+/// An OCSP responder in memory for the platform's tests: answers with the test PKI's CA
+/// about whichever institution the request names, revoked for those in `revoked`.
+struct Answering {
+    known: Vec<Institution>,
+    revoked: Vec<Vec<u8>>,
+}
+
+impl etee_formats::ocsp::OcspTransport for Answering {
+    fn post(&self, _url: &str, request: &[u8]) -> Result<Vec<u8>, String> {
+        let pki = &common::pki().pki;
+        let now = etee_platform::unix_now();
+        let names = |i: &&Institution| {
+            let id = etee_formats::ocsp::CertId::of(&i.auth.cert, &pki.root.cert).unwrap();
+            request.windows(id.der().len()).any(|w| w == id.der())
+        };
+        let inst = self.known.iter().find(names).ok_or("not asked about")?;
+        let der = inst.auth.cert.to_der().unwrap();
+        let status = if self.revoked.contains(&der) {
+            etee_testpki::OcspStatus::Revoked(now - 60)
+        } else {
+            etee_testpki::OcspStatus::Good
+        };
+        let answer = etee_testpki::OcspAnswer {
+            nonce: Some(request[request.len() - 16..].to_vec()),
+            ..etee_testpki::OcspAnswer::at(status, now)
+        };
+        pki.ocsp_response(&inst.auth.cert, &answer)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Callers checked by OCSP alone (no list): the revoked one is served without a caller
+/// (the check runs off the async workers), the other goes on, and the metrics count the
+/// questions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_revoked_by_its_ocsp_responder_is_refused() {
+    use etee_formats::ocsp::{Online, Responder};
+    use etee_formats::revocation::{Revocation, RevocationPolicy};
+    let mut w = World::new("ocsp-caller", common::Backend::Embedded).await;
+    let online = Online::new(
+        Responder::Url("http://ocsp.test/".into()),
+        Box::new(Answering {
+            known: vec![w.alice.clone(), w.bob.clone()],
+            revoked: vec![w.bob.auth.cert.to_der().unwrap()],
+        }),
+    );
+    let revocation = Revocation::new(&[], RevocationPolicy::Mandatory)
+        .unwrap()
+        .with_online(online);
+    w.restart_with_anchors(w.anchors.clone().with_revocation(revocation))
+        .await;
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let a = rest_create(&w, &mut alice).await;
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    let key_id = b64.decode(v["keyId"].as_str().unwrap()).unwrap();
+    let delete = format!(
+        "/etee/v1/kgss/keys/{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key_id)
+    );
+    let mut bob = w.connect(Some(&w.bob)).await;
+    let a = bob.send("DELETE", &delete, None, vec![]).await.unwrap();
+    assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+    // Alice, good, deletes her key.
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let a = alice.send("DELETE", &delete, None, vec![]).await.unwrap();
+    assert!(
+        (200..300).contains(&a.status),
+        "{}: {}",
+        a.status,
+        String::from_utf8_lossy(&a.body)
+    );
+    w.metrics_have(&["etee_platform_ocsp_asked_total 2\n"])
+        .await;
+    w.stop().await;
+}

@@ -1,7 +1,9 @@
 //! Throughput of sealing and unsealing with software keys, each as a ratio to the
 //! primitive that bounds it, measured in the same run on the same machine:
 //! - 1 KiB unseal ops/s ÷ RSA-2048 private-operation rate (one RSA decrypt per unseal),
-//!   also with a revocation list of 10 000 entries checked (what `--crl` costs);
+//!   also with a revocation list of 10 000 entries checked (what `--crl` costs), and
+//!   with the sender's OCSP answer carried in the message and checked under the
+//!   mandatory policy (what an OCSP-embedding sender costs its receivers);
 //! - 1 KiB seal ops/s ÷ half the RSA-2048 PSS sign rate (two signatures per seal);
 //! - large seal/unseal MiB/s ÷ the serial AES-128-CBC + 2×SHA-256 limit, with peak RSS.
 //!
@@ -30,6 +32,10 @@ struct World {
     anchors: TrustAnchors,
     /// The same anchors with a list of [`REVOKED`] other certificates, policy optional.
     anchors_with_crl: TrustAnchors,
+    /// The same anchors, policy mandatory, no list: only a message's OCSP answer tells.
+    anchors_mandatory: TrustAnchors,
+    /// Alice's OCSP answer (good for an hour), as a sealer embeds it.
+    alice_ocsp: etee_formats::ocsp::RevocationValues,
     rsa: openssl::pkey::PKey<openssl::pkey::Private>,
 }
 
@@ -73,7 +79,21 @@ fn world() -> World {
     let anchors_with_crl = anchors
         .clone()
         .with_revocation(Revocation::new(&[crl], RevocationPolicy::Optional).unwrap());
+    let alice_ocsp = etee_formats::ocsp::RevocationValues {
+        crls: vec![],
+        ocsp: vec![pki
+            .ocsp_basic(
+                &alice.auth.cert,
+                &etee_testpki::OcspAnswer::at(etee_testpki::OcspStatus::Good, now),
+            )
+            .unwrap()],
+    };
+    let anchors_mandatory = anchors
+        .clone()
+        .with_revocation(Revocation::new(&[], RevocationPolicy::Mandatory).unwrap());
     World {
+        alice_ocsp,
+        anchors_mandatory,
         signer: SigningKey {
             ops,
             key: KeyId("auth".into()),
@@ -313,10 +333,32 @@ fn main() {
         let r = unseal(&sealed[..], io::sink(), &w.ring, &opts_crl).unwrap();
         assert!(r.verdict.is_clean());
     });
+    let mut with_ocsp = Vec::new();
+    seal(
+        &w.signer,
+        &[Recipient::Certificate(w.bob.clone())],
+        None,
+        &small[..],
+        &mut with_ocsp,
+        &SealOptions {
+            revocation_values: Some(w.alice_ocsp.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let opts_ocsp = UnsealOptions {
+        anchors: w.anchors_mandatory.clone(),
+        ..Default::default()
+    };
+    let (ocsp_p, ocsp_rate, ocsp_ratio) = paired(secs, 1.0, rsa_decrypt, || {
+        let r = unseal(&with_ocsp[..], io::sink(), &w.ring, &opts_ocsp).unwrap();
+        assert!(r.verdict.is_clean(), "{:?}", r.verdict);
+    });
     println!("1 KiB messages (software keys; medians of 7 alternating rounds)");
     println!("  seal    {seal_rate:7.0} /s   ratio to RSA sign/2      {seal_ratio:.2}   (sign {sign_p:.0}/s)");
     println!("  unseal  {unseal_rate:7.0} /s   ratio to RSA private op  {unseal_ratio:.2}   (private op {dec_p:.0}/s)");
     println!("  unseal, {REVOKED}-entry CRL checked  {crl_rate:7.0} /s   ratio {crl_ratio:.2}   (private op {crl_p:.0}/s)");
+    println!("  unseal, embedded OCSP answer, mandatory  {ocsp_rate:7.0} /s   ratio {ocsp_ratio:.2}   (private op {ocsp_p:.0}/s)");
 
     // Large messages: plaintext generated on the fly, sealed message on disk, content to
     // a sink, so the peak RSS is the sealer's and unsealer's own.

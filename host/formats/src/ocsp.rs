@@ -115,18 +115,12 @@ impl CertId {
         };
         let bad = |_| OcspError::Malformed;
         let name = issuer.subject_name().to_der().map_err(bad)?;
-        let spki = issuer
-            .public_key()
-            .and_then(|k| k.public_key_to_der())
-            .map_err(bad)?;
-        // The hash of the subjectPublicKey BIT STRING's value, without its unused-bits octet.
-        let key_bits = {
-            let t = parse_exact(&spki).map_err(|_| OcspError::Malformed)?;
-            let mut s = t.seq().map_err(|_| OcspError::Malformed)?;
-            s.next(tag::SEQUENCE).map_err(|_| OcspError::Malformed)?;
-            let bits = s.next(tag::BIT_STRING).map_err(|_| OcspError::Malformed)?;
-            bits.content.get(1..).unwrap_or_default().to_vec()
-        };
+        // The hash of the subjectPublicKey BIT STRING's value, without its unused-bits
+        // octet, read from the certificate's own encoding: re-encoding a decoded key goes
+        // through OpenSSL 3.0's provider encoders, which cost more than the rest of an
+        // unseal.
+        let key_bits =
+            subject_public_key(&issuer.to_der().map_err(bad)?).ok_or(OcspError::Malformed)?;
         let serial = cert.serial_number().to_bn().map_err(bad)?;
         if serial.is_negative() {
             return Err(OcspError::NegativeSerial);
@@ -149,6 +143,22 @@ impl CertId {
             &uint(&self.serial),
         ])
     }
+}
+
+/// The subjectPublicKey bits of a certificate (DER): `Certificate { tbsCertificate {
+/// [0] version?, serialNumber, signature, issuer, validity, subject,
+/// subjectPublicKeyInfo { algorithm, subjectPublicKey } … } … }`.
+fn subject_public_key(cert: &[u8]) -> Option<Vec<u8>> {
+    let t = parse_exact(cert).ok()?;
+    let mut tbs = t.seq().ok()?.next(tag::SEQUENCE).ok()?.seq().ok()?;
+    tbs.optional(tag::ctx_cons(0)).ok()?;
+    for _ in 0..5 {
+        tbs.any().ok()?;
+    }
+    let mut spki = tbs.next(tag::SEQUENCE).ok()?.seq().ok()?;
+    spki.next(tag::SEQUENCE).ok()?;
+    let bits = spki.next(tag::BIT_STRING).ok()?;
+    Some(bits.content.get(1..)?.to_vec())
 }
 
 /// An OCSPRequest (DER) for one certificate, with `nonce` in the id-pkix-ocsp-nonce
@@ -277,6 +287,27 @@ pub fn judge(basic: &[u8], cert: &X509Ref, issuer: &X509Ref, at: i64) -> Result<
         }
     }
     let single = found.ok_or(OcspError::NotAbout)?;
+    let answer = Answer {
+        said: single.said,
+        this_update: single.this_update,
+        next_update: single.next_update,
+        produced_at: parsed.produced_at,
+        nonce: parsed.nonce.clone(),
+    };
+    // The same answer recurs in every message of a sender (and a cached one at every
+    // question): its signature check is remembered, for the time all the certificates it
+    // involves are valid (the only part of the check that depends on the time).
+    let key = verified_key(basic, issuer);
+    if let Some(key) = &key {
+        if verified()
+            .lock()
+            .ok()
+            .and_then(|v| v.get(key).copied())
+            .is_some_and(|(from, until)| from <= at && at <= until)
+        {
+            return Ok(answer);
+        }
+    }
     let response = OcspResponse::from_der(&wrap(basic)).map_err(|_| OcspError::Malformed)?;
     let basic_response = response.basic().map_err(|_| OcspError::Malformed)?;
     let trusted = (|| -> Result<(), openssl::error::ErrorStack> {
@@ -295,13 +326,53 @@ pub fn judge(basic: &[u8], cert: &X509Ref, issuer: &X509Ref, at: i64) -> Result<
     if trusted.is_err() {
         return Err(OcspError::NotTrusted);
     }
-    Ok(Answer {
-        said: single.said,
-        this_update: single.this_update,
-        next_update: single.next_update,
-        produced_at: parsed.produced_at,
-        nonce: parsed.nonce.clone(),
-    })
+    if let (Some(key), Some(window)) = (key, validity_window(issuer, &parsed.certs)) {
+        if let Ok(mut v) = verified().lock() {
+            if v.len() >= VERIFIED_LIMIT {
+                v.clear();
+            }
+            v.insert(key, window);
+        }
+    }
+    Ok(answer)
+}
+
+/// Answers whose signature was found good: (answer, issuer) digest → the time window in
+/// which that holds.
+type Verified = Mutex<HashMap<[u8; 32], (i64, i64)>>;
+
+/// Entries remembered by [`verified`] (cleared when full).
+const VERIFIED_LIMIT: usize = 4096;
+
+fn verified() -> &'static Verified {
+    static VERIFIED: std::sync::OnceLock<Verified> = std::sync::OnceLock::new();
+    VERIFIED.get_or_init(Verified::default)
+}
+
+/// SHA-256 over the answer and the issuer's certificate.
+fn verified_key(basic: &[u8], issuer: &X509Ref) -> Option<[u8; 32]> {
+    let mut h = openssl::sha::Sha256::new();
+    h.update(&(basic.len() as u64).to_be_bytes());
+    h.update(basic);
+    h.update(&issuer.to_der().ok()?);
+    Some(h.finish())
+}
+
+/// The times at which the issuer and every certificate an answer carries (its responder's)
+/// are all within their validity; `None` if one cannot be read.
+fn validity_window(issuer: &X509Ref, carried: &[Vec<u8>]) -> Option<(i64, i64)> {
+    let mut window = (i64::MIN, i64::MAX);
+    let mut narrow = |c: &X509Ref| -> Option<()> {
+        window.0 = window.0.max(crate::revocation::unix(c.not_before())?);
+        window.1 = window.1.min(crate::revocation::unix(c.not_after())?);
+        Some(())
+    };
+    narrow(issuer)?;
+    for der in carried {
+        let cert = X509::from_der(der).ok()?;
+        narrow(&cert)?;
+    }
+    Some(window)
 }
 
 /// The fields of a BasicOCSPResponse read here (the signature is OpenSSL's to check).
@@ -309,6 +380,8 @@ struct Parsed {
     produced_at: i64,
     nonce: Option<Vec<u8>>,
     responses: Vec<Single>,
+    /// The certificates the answer carries (DER): its responder's, when delegated.
+    certs: Vec<Vec<u8>>,
 }
 
 struct Single {
@@ -324,7 +397,17 @@ struct Single {
 impl Parsed {
     fn of(basic: &[u8]) -> Result<Self, crate::ber::BerError> {
         let t = parse_exact(basic)?;
-        let data = t.seq()?.next(tag::SEQUENCE)?;
+        let mut top = t.seq()?;
+        let data = top.next(tag::SEQUENCE)?;
+        // signatureAlgorithm, signature, then [0] EXPLICIT SEQUENCE OF Certificate.
+        top.next(tag::SEQUENCE)?;
+        top.next(tag::BIT_STRING)?;
+        let mut certs = Vec::new();
+        if let Some(carried) = top.optional(tag::ctx_cons(0))? {
+            for c in carried.seq()?.next(tag::SEQUENCE)?.children() {
+                certs.push(c?.raw.to_vec());
+            }
+        }
         let mut d = data.seq()?;
         d.optional(tag::ctx_cons(0))?; // version
         d.any()?; // responderID
@@ -356,6 +439,7 @@ impl Parsed {
             produced_at,
             nonce,
             responses,
+            certs,
         })
     }
 }

@@ -130,6 +130,15 @@ fn answers_signed_by_the_issuer_or_its_responder_are_read() {
         ..OcspAnswer::at(OcspStatus::Revoked(w.now - HOUR), w.now)
     };
     let revoked = judge(&delegated).expect("answer of an authorised responder");
+    // Checked once, remembered: but not beyond its responder certificate's validity (a
+    // year).
+    let again = basic(&delegated);
+    let issuer = &w.pki.root.cert;
+    assert!(ocsp::judge(&again, &w.alice.auth.cert, issuer, w.now).is_ok());
+    assert!(matches!(
+        ocsp::judge(&again, &w.alice.auth.cert, issuer, w.now + 400 * 86_400),
+        Err(OcspError::NotTrusted)
+    ));
     assert_eq!(revoked.said, Said::Revoked(Some(w.now - HOUR)));
     assert_eq!(revoked.status_at(w.now), CertStatus::Revoked);
     // A revocation after the evaluation time did not exist then, and vouches for nothing.

@@ -15,7 +15,7 @@ use crate::ApplianceError;
 use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unsealed};
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
-use etee_formats::ocsp::SealingStatus;
+use etee_formats::ocsp::{OcspError, SealingStatus};
 use etee_formats::trust::TrustAnchors;
 use etee_hsm::{CustodyHandle, CustodyKeys, HsmToken};
 use etee_protocol::{EtkCache, KeyDepotClient, KeyReply, KgssCaller, KgssClient, ProtocolError};
@@ -744,6 +744,17 @@ impl Appliance {
                                 SealingStatus::Revoked(_) | SealingStatus::Unknown(_) => {
                                     NotVouched::NotGood
                                 }
+                                // The responder named nowhere, a certificate OCSP
+                                // cannot name, answers from an unauthorised signer:
+                                // configuration; the rest may pass.
+                                SealingStatus::NoAnswer(
+                                    _,
+                                    OcspError::NoResponder
+                                    | OcspError::NegativeSerial
+                                    | OcspError::NotTrusted
+                                    | OcspError::NotAbout
+                                    | OcspError::NotBasic,
+                                ) => NotVouched::Misconfigured,
                                 SealingStatus::NoAnswer(..) => NotVouched::NoAnswer,
                                 SealingStatus::NoIssuer(_) | SealingStatus::NoCertificate => {
                                     NotVouched::Misconfigured

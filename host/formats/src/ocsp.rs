@@ -62,6 +62,13 @@ pub enum OcspError {
         "the certificate has a negative serial number (RFC 5280 forbids it): OCSP cannot name it"
     )]
     NegativeSerial,
+    #[error("asked a moment ago without a usable answer (not asked again for 30 s)")]
+    Recently,
+    #[error(
+        "the responder's answer was produced too long ago for a receiver to use it \
+         (pre-produced answers, or the responder's clock behind)"
+    )]
+    TooOld,
     #[error("OCSP request to {url} failed: {reason}")]
     Transport { url: String, reason: String },
 }
@@ -114,7 +121,8 @@ impl CertId {
             _ => return Err(OcspError::NotAbout),
         };
         let bad = |_| OcspError::Malformed;
-        let name = issuer.subject_name().to_der().map_err(bad)?;
+        // RFC 6960 §4.1.1: the hash of the issuer's name as the certificate carries it.
+        let name = cert.issuer_name().to_der().map_err(bad)?;
         // The hash of the subjectPublicKey BIT STRING's value, without its unused-bits
         // octet, read from the certificate's own encoding: re-encoding a decoded key goes
         // through OpenSSL 3.0's provider encoders, which cost more than the rest of an
@@ -265,8 +273,10 @@ impl Answer {
 pub fn judge(basic: &[u8], cert: &X509Ref, issuer: &X509Ref, at: i64) -> Result<Answer, OcspError> {
     let parsed = Parsed::of(basic).map_err(|_| OcspError::Malformed)?;
     // The answer about this certificate, found by reading alone: the signature (the
-    // costly part) is checked only for an answer that speaks of it.
+    // costly part) is checked only for an answer that speaks of it. The certificate's
+    // CertID is computed once per hash algorithm the answer uses.
     let mut found = None;
+    let mut ids: Vec<CertId> = Vec::new();
     for single in &parsed.responses {
         let alg = [
             crate::oid::SHA1,
@@ -277,7 +287,13 @@ pub fn judge(basic: &[u8], cert: &X509Ref, issuer: &X509Ref, at: i64) -> Result<
         .into_iter()
         .find(|a| *a == single.alg.as_slice());
         let Some(alg) = alg else { continue };
-        let id = CertId::with(alg, cert, issuer)?;
+        let id = match ids.iter().find(|i| i.alg == alg) {
+            Some(id) => id,
+            None => {
+                ids.push(CertId::with(alg, cert, issuer)?);
+                &ids[ids.len() - 1]
+            }
+        };
         if id.name_hash == single.name_hash
             && id.key_hash == single.key_hash
             && single.serial.as_ref() == Some(&id.serial)
@@ -415,6 +431,11 @@ impl Parsed {
         let list = d.next(tag::SEQUENCE)?;
         let mut responses = Vec::new();
         for single in list.children() {
+            if responses.len() == MAX_SINGLES {
+                return Err(single?.err(crate::ber::BerErrorKind::BadValue(
+                    "more SingleResponses than an OCSP answer about a few certificates has",
+                )));
+            }
             responses.push(Single::of(&single?)?);
         }
         let mut nonce = None;
@@ -566,6 +587,10 @@ impl RevocationValues {
     }
 }
 
+/// SingleResponses read from one answer (a responder answers about the certificates asked
+/// for; a request names one).
+pub const MAX_SINGLES: usize = 64;
+
 /// OCSP answers, and lists, read from one signer's revocationValues (a real signer's path
 /// has a few certificates; a message with more is not given more of our time).
 pub const MAX_EMBEDDED: usize = 16;
@@ -627,6 +652,9 @@ pub struct Online {
     /// Answers fetched for embedding, with their DER.
     for_sealing: Mutex<HashMap<CertId, (Vec<u8>, Answer)>>,
     unreachable: Mutex<HashMap<String, i64>>,
+    /// Certificates that got no usable answer (an error status, an answer that failed its
+    /// checks, unknown), until when they are not asked about again.
+    failed_recently: Mutex<HashMap<CertId, i64>>,
     /// Certificates being asked about now, and the signal that one question ended.
     in_flight: Mutex<HashSet<CertId>>,
     landed: Condvar,
@@ -634,7 +662,7 @@ pub struct Online {
 }
 
 /// How long a question waits for another one about the same certificate (longer than a
-/// transport's timeouts: the other one ends first).
+/// transport's timeouts: the other one ends first; if not, the waiting one gives up).
 const FLIGHT_WAIT: Duration = Duration::from_secs(10);
 
 /// A question under way about one certificate; its end wakes those waiting for it.
@@ -691,6 +719,7 @@ impl Online {
             cache: Mutex::default(),
             for_sealing: Mutex::default(),
             unreachable: Mutex::default(),
+            failed_recently: Mutex::default(),
             in_flight: Mutex::default(),
             landed: Condvar::new(),
             counts: Counts::default(),
@@ -746,47 +775,119 @@ impl Online {
     ) -> Result<Answer, OcspError> {
         let id = CertId::of(cert, issuer)?;
         let url = self.url_for(cert)?;
+        self.question(
+            &id,
+            &url,
+            now,
+            || self.remembered(cert, issuer, at),
+            || {
+                let (_, answer) = self.ask(&id, url.clone(), cert, issuer, at)?;
+                let mut cache = self.lock_cache();
+                if cache.len() >= CACHE_LIMIT {
+                    cache.clear();
+                }
+                cache.insert(id.clone(), answer.clone());
+                Ok(answer)
+            },
+            |answer| answer.status_at(at) != CertStatus::Unknown,
+        )
+    }
+
+    /// Asks about `id` at `url` (with `ask`, which also remembers what it got), unless
+    /// `known` has the answer already, the responder could not be reached or this
+    /// certificate got no usable answer a moment ago (back-offs of
+    /// [`UNREACHABLE_BACKOFF`]), or another question about it is under way: then this
+    /// one waits for it (up to [`FLIGHT_WAIT`]) and looks again. `usable` tells an answer
+    /// that gives a status from one that does not (which backs off like a failure).
+    fn question<T>(
+        &self,
+        id: &CertId,
+        url: &str,
+        now: i64,
+        known: impl Fn() -> Option<T>,
+        ask: impl FnOnce() -> Result<T, OcspError>,
+        usable: impl Fn(&T) -> bool,
+    ) -> Result<T, OcspError> {
         let mut waited = false;
-        // One question per certificate at a time: the others wait for its answer.
         let _flight = loop {
-            if let Some(hit) = self.remembered(cert, issuer, at) {
+            if let Some(hit) = known() {
                 self.counts.remembered.fetch_add(1, Ordering::Relaxed);
                 return Ok(hit);
             }
-            if self
-                .lock_unreachable()
-                .get(&url)
-                .is_some_and(|until| now < *until)
-            {
+            if let Some(why) = self.backing_off(id, url, now) {
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(why);
+            }
+            let mut flying = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if !flying.contains(id) {
+                flying.insert(id.clone());
+                break Flight {
+                    online: self,
+                    id: id.clone(),
+                };
+            }
+            if waited {
                 self.counts.failed.fetch_add(1, Ordering::Relaxed);
                 return Err(OcspError::Transport {
-                    url,
-                    reason: format!(
-                        "unreachable a moment ago (not asked again for {UNREACHABLE_BACKOFF} s)"
-                    ),
+                    url: url.to_string(),
+                    reason: "another question about this certificate is still under way".into(),
                 });
             }
-            match self.take_flight(&id, waited) {
-                Some(flight) => break flight,
-                None => waited = true,
-            }
+            let (flying, _) = self
+                .landed
+                .wait_timeout_while(flying, FLIGHT_WAIT, |f| f.contains(id))
+                .unwrap_or_else(|e| e.into_inner());
+            drop(flying);
+            waited = true;
         };
-        let answer = match self.ask(&id, url.clone(), cert, issuer, at) {
-            Ok((_, answer)) => answer,
-            Err(e @ OcspError::Transport { .. }) => {
+        let result = ask();
+        let lock_failed = || {
+            self.failed_recently
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        match &result {
+            Err(OcspError::Transport { .. }) => {
                 self.lock_unreachable()
-                    .insert(url, now + UNREACHABLE_BACKOFF);
-                return Err(e);
+                    .insert(url.to_string(), now + UNREACHABLE_BACKOFF);
             }
-            Err(e) => return Err(e),
-        };
-        self.lock_unreachable().remove(&url);
-        let mut cache = self.lock_cache();
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
+            Ok(t) if usable(t) => {
+                self.lock_unreachable().remove(url);
+                lock_failed().remove(id);
+            }
+            _ => {
+                let mut failed = lock_failed();
+                if failed.len() >= CACHE_LIMIT {
+                    failed.clear();
+                }
+                failed.insert(id.clone(), now + UNREACHABLE_BACKOFF);
+            }
         }
-        cache.insert(id, answer.clone());
-        Ok(answer)
+        result
+    }
+
+    /// Why not to ask about `id` at `url` now, if so.
+    fn backing_off(&self, id: &CertId, url: &str, now: i64) -> Option<OcspError> {
+        if self
+            .lock_unreachable()
+            .get(url)
+            .is_some_and(|until| now < *until)
+        {
+            return Some(OcspError::Transport {
+                url: url.to_string(),
+                reason: format!(
+                    "unreachable a moment ago (not asked again for {UNREACHABLE_BACKOFF} s)"
+                ),
+            });
+        }
+        let failed = self
+            .failed_recently
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failed
+            .get(id)
+            .is_some_and(|until| now < *until)
+            .then_some(OcspError::Recently)
     }
 
     /// A BasicOCSPResponse about `cert` to embed when sealing at `at`, with its answer:
@@ -803,28 +904,43 @@ impl Online {
         at: i64,
     ) -> Result<(Vec<u8>, Answer), OcspError> {
         let id = CertId::of(cert, issuer)?;
+        let url = self.url_for(cert)?;
         let lock = || self.for_sealing.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(hit) = lock().get(&id) {
-            let answer = &hit.1;
+        let known = || {
+            let kept = lock();
+            let (basic, answer) = kept.get(&id)?;
             let young = at - answer.produced_at <= SEALING_REUSE;
             let lasts = answer
                 .next_update
                 .is_some_and(|next| next - at > CLOCK_SKEW);
-            if answer.said == Said::Good
+            (answer.said == Said::Good
                 && answer.status_at(at) == CertStatus::Good
                 && young
-                && lasts
-            {
-                return Ok(hit.clone());
-            }
-        }
-        let fresh = self.ask(&id, self.url_for(cert)?, cert, issuer, at)?;
-        let mut kept = lock();
-        if kept.len() >= CACHE_LIMIT {
-            kept.clear();
-        }
-        kept.insert(id, fresh.clone());
-        Ok(fresh)
+                && lasts)
+                .then(|| (basic.clone(), answer.clone()))
+        };
+        self.question(
+            &id,
+            &url,
+            at,
+            known,
+            || {
+                let fresh = self.ask(&id, url.clone(), cert, issuer, at)?;
+                // A receiver ignores an answer produced more than the skew before the
+                // signing time (spec §1.6): an old one (pre-produced, or a responder's
+                // clock behind) would be embedded for nothing.
+                if at - fresh.1.produced_at > CLOCK_SKEW - SEALING_REUSE {
+                    return Err(OcspError::TooOld);
+                }
+                let mut kept = lock();
+                if kept.len() >= CACHE_LIMIT {
+                    kept.clear();
+                }
+                kept.insert(id.clone(), fresh.clone());
+                Ok(fresh)
+            },
+            |(_, answer)| answer.status_at(at) != CertStatus::Unknown,
+        )
     }
 
     /// [`Online::values_for`] the path of `signer`: its certificate and the issuers
@@ -910,26 +1026,6 @@ impl Online {
             ));
         }
         Ok(values)
-    }
-
-    /// The right to ask about `id`: `None` after waiting (up to [`FLIGHT_WAIT`]) for
-    /// another thread's question about it to end, so that the caller looks for its answer
-    /// first. Once `waited`, the right is taken even if that question is still under way.
-    fn take_flight(&self, id: &CertId, waited: bool) -> Option<Flight<'_>> {
-        let mut flying = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if flying.contains(id) && !waited {
-            let (flying, _) = self
-                .landed
-                .wait_timeout_while(flying, FLIGHT_WAIT, |f| f.contains(id))
-                .unwrap_or_else(|e| e.into_inner());
-            drop(flying);
-            return None;
-        }
-        flying.insert(id.clone());
-        Some(Flight {
-            online: self,
-            id: id.clone(),
-        })
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<CertId, Answer>> {

@@ -549,8 +549,21 @@ fn a_sealer_embeds_its_good_answers_and_refuses_to_seal_otherwise() {
     // ignore it), nor when its nextUpdate comes within 300 s.
     online.values_for(&path, now + 61).unwrap();
     assert_eq!(asked.load(Ordering::SeqCst), 2);
-    online.values_for(&path, now + HOUR - 60).unwrap();
-    assert_eq!(asked.load(Ordering::SeqCst), 3);
+    let (closing, asked, _) = canned(|nonce: &[u8]| {
+        let w = world();
+        let t = etee_formats::unix_now();
+        let answer = OcspAnswer {
+            nonce: Some(nonce.to_vec()),
+            next_update: Some(t + 320),
+            ..OcspAnswer::at(OcspStatus::Good, t)
+        };
+        w.pki
+            .ocsp_response(&w.alice.auth.cert, &answer)
+            .map_err(|e| e.to_string())
+    });
+    closing.values_for(&path, now).unwrap();
+    closing.values_for(&path, now + 30).unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
     // Answers current for 300 s or less (`etee pki ocsp`'s default) or without nextUpdate
     // are asked for at every seal, even within the same second: a revocation stops the
     // sender at once.
@@ -834,4 +847,134 @@ fn negative_serials_and_floods_of_answers_are_not_taken() {
     let mut merged = parsed.clone();
     merged.add(parsed);
     assert_eq!(merged.ocsp.len(), ocsp::MAX_EMBEDDED);
+}
+
+#[test]
+fn failed_questions_are_not_repeated_at_once() {
+    let w = world();
+    let now = etee_formats::unix_now();
+    // Eight at once, the responder slow and then "tryLater": one request.
+    let (online, asked, _) = canned(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(vec![0x30, 0x03, 0x0a, 0x01, 0x03])
+    });
+    let online = Arc::new(online);
+    let outcomes: Vec<_> = (0..8)
+        .map(|_| {
+            let online = online.clone();
+            std::thread::spawn(move || {
+                let w = world();
+                online.answer(&w.alice.auth.cert, &w.pki.root.cert, now, now)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(outcomes.iter().all(|o| o.is_err()));
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "asked again after a failure"
+    );
+    // Nor right after: the certificate backs off.
+    assert!(matches!(
+        online.answer(&w.alice.auth.cert, &w.pki.root.cert, now, now),
+        Err(OcspError::Recently)
+    ));
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    // An "unknown" answer likewise.
+    let (online, asked, _) = canned(answering(OcspStatus::Unknown, true));
+    for _ in 0..5 {
+        let _ = online.answer(&w.alice.auth.cert, &w.pki.root.cert, now, now);
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    // A sealer does not embed an answer produced too long ago for a receiver to use.
+    let (old, _, _) = canned(|nonce: &[u8]| {
+        let w = world();
+        let t = etee_formats::unix_now();
+        let answer = OcspAnswer {
+            nonce: Some(nonce.to_vec()),
+            produced_at: t - 400,
+            this_update: t - 400,
+            ..OcspAnswer::at(OcspStatus::Good, t)
+        };
+        w.pki
+            .ocsp_response(&w.alice.auth.cert, &answer)
+            .map_err(|e| e.to_string())
+    });
+    let path = [cert(&w.alice.auth.cert), cert(&w.pki.root.cert)];
+    assert!(matches!(
+        old.values_for(&path, now),
+        Err(SealingStatus::NoAnswer(_, OcspError::TooOld))
+    ));
+}
+
+#[test]
+fn an_answer_about_a_negative_serial_or_too_many_certificates_is_not_taken() {
+    use etee_formats::ber::write::{octets, seq, tlv};
+    let w = world();
+    // A certificate with serial +0xEDCC, and an answer about the INTEGER −0x1234, whose
+    // two's-complement bytes are ED CC.
+    let key = etee_testpki::rsa_key(2048).unwrap();
+    let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let serial = openssl::bn::BigNum::from_u32(0xedcc).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(w.alice.auth.cert.subject_name())
+        .unwrap();
+    b.set_issuer_name(w.pki.root.cert.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(w.alice.auth.cert.not_before()).unwrap();
+    b.set_not_after(w.alice.auth.cert.not_after()).unwrap();
+    b.sign(&w.pki.root.key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let positive = b.build();
+    let sha1 = |d: &[u8]| openssl::sha::sha1(d).to_vec();
+    let key_bits = w
+        .pki
+        .root
+        .cert
+        .public_key()
+        .unwrap()
+        .rsa()
+        .unwrap()
+        .public_key_to_der_pkcs1()
+        .unwrap();
+    let negative_id = seq(&[
+        &seq(&[
+            &etee_formats::oid::der(etee_formats::oid::SHA1),
+            &tlv(0x05, &[]),
+        ]),
+        &octets(&sha1(&w.pki.root.cert.subject_name().to_der().unwrap())),
+        &octets(&sha1(&key_bits)),
+        &tlv(0x02, &[0xed, 0xcc]),
+    ]);
+    let answer = OcspAnswer::at(OcspStatus::Good, w.now);
+    let about_negative = w
+        .pki
+        .ocsp_basic_for(&[(negative_id, OcspStatus::Good)], &answer)
+        .unwrap();
+    assert!(matches!(
+        ocsp::judge(&about_negative, &positive, &w.pki.root.cert, w.now),
+        Err(OcspError::NotAbout)
+    ));
+    // The same certificate named rightly is answered for.
+    let right = w.pki.ocsp_basic(&positive, &answer).unwrap();
+    assert!(ocsp::judge(&right, &positive, &w.pki.root.cert, w.now).is_ok());
+
+    // An answer with more SingleResponses than any responder gives is refused unread.
+    let id = w
+        .pki
+        .ocsp_cert_id(&w.alice.auth.cert.serial_number().to_bn().unwrap().to_vec())
+        .unwrap();
+    let many: Vec<_> = (0..ocsp::MAX_SINGLES + 1)
+        .map(|_| (id.clone(), OcspStatus::Good))
+        .collect();
+    let flood = w.pki.ocsp_basic_for(&many, &answer).unwrap();
+    assert!(matches!(
+        ocsp::judge(&flood, &w.alice.auth.cert, &w.pki.root.cert, w.now),
+        Err(OcspError::Malformed)
+    ));
 }

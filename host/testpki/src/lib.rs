@@ -287,13 +287,15 @@ impl InstitutionSpec {
         self
     }
 
-    /// Gives the encryption certificate its own subject/issuer RDN list
-    /// (see [`InstitutionSpec::etk_subject_override`]).
+    /// Names an OCSP responder in the authentication certificate (see
+    /// [`InstitutionSpec::ocsp_url`]).
     pub fn with_ocsp_url(mut self, url: &str) -> Self {
         self.ocsp_url = Some(url.to_string());
         self
     }
 
+    /// Gives the encryption certificate its own subject/issuer RDN list
+    /// (see [`InstitutionSpec::etk_subject_override`]).
     pub fn with_etk_subject(mut self, rdns: &[(&str, &str)]) -> Self {
         self.etk_subject_override = Some(
             rdns.iter()

@@ -141,7 +141,7 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
         }
     }
     let now = etee_platform::unix_now();
-    let (mut entries, number, _) = current_list(&args.dir, &pki)?;
+    let (mut entries, number, _) = current_list(&args.dir, &pki, true)?;
     for (what, x) in &targets {
         let serial = x.serial_number().to_owned().map_err(openssl_err)?;
         let listed = entries.iter().any(|(s, _)| {
@@ -202,13 +202,15 @@ pub(crate) fn open_ca(dir: &Path) -> Result<TestPki, CliError> {
 }
 
 /// The entries, CRL number and nextUpdate of the world's current list (none, 0 and none
-/// without one). A list that the CA did not sign is refused rather than replaced.
+/// without one when `missing_ok`, else an error). A list that the CA did not sign is
+/// refused rather than replaced.
 #[allow(clippy::type_complexity)]
 pub(crate) fn current_list(
     dir: &Path,
     pki: &TestPki,
+    missing_ok: bool,
 ) -> Result<(Vec<(openssl::asn1::Asn1Integer, i64)>, u64, Option<i64>), CliError> {
-    if !dir.join("ca.crl").is_file() {
+    if missing_ok && !dir.join("ca.crl").is_file() {
         return Ok((Vec::new(), 0, None));
     }
     let bad = |why: &str| CliError::Usage(format!("{}: {why}", dir.join("ca.crl").display()));

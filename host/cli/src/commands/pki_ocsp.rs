@@ -161,7 +161,7 @@ impl Responder {
                 return current(entries, *next_update, now);
             }
         }
-        let (entries, _, next_update) = current_list(&self.dir, &self.pki)?;
+        let (entries, _, next_update) = current_list(&self.dir, &self.pki, false)?;
         let entries: Revoked = entries
             .iter()
             .filter_map(|(serial, at)| Some((serial.to_bn().ok()?.to_vec(), *at)))
@@ -416,6 +416,41 @@ mod tests {
             ocsp::basic_of(&answer),
             Err(ocsp::OcspError::NotSuccessful("unauthorized"))
         ));
+        // A negative serial of this CA: unknown, whatever the list says.
+        std::fs::write(
+            dir.path().join("ca.crl"),
+            r.pki
+                .crl(&[], 3, now - 60, now + 3600)
+                .unwrap()
+                .to_der()
+                .unwrap(),
+        )
+        .unwrap();
+        {
+            use etee_formats::ber::write::{octets, seq, tlv};
+            let sha1 = |d: &[u8]| openssl::sha::sha1(d).to_vec();
+            let root = &r.pki.root.cert;
+            let key = root.public_key().unwrap().rsa().unwrap();
+            let cert_id = seq(&[
+                &seq(&[
+                    &etee_formats::oid::der(etee_formats::oid::SHA1),
+                    &tlv(0x05, &[]),
+                ]),
+                &octets(&sha1(&root.subject_name().to_der().unwrap())),
+                &octets(&sha1(&key.public_key_to_der_pkcs1().unwrap())),
+                &tlv(0x02, &[0xed, 0xcc]),
+            ]);
+            let request = seq(&[&seq(&[&seq(&[&seq(&[&cert_id])])])]);
+            let (answer, said) = r.answer(&request, now);
+            let basic = ocsp::basic_of(&answer).expect("an answer");
+            let unknown = [cert_id.as_slice(), &[0x82, 0x00]].concat();
+            assert!(
+                basic
+                    .windows(unknown.len())
+                    .any(|w| w == unknown.as_slice()),
+                "{said}"
+            );
+        }
         for junk in [&b""[..], b"\x30\x00", b"not DER at all"] {
             let (answer, _) = r.answer(junk, now);
             assert!(matches!(

@@ -437,6 +437,41 @@ fn answering(status: OcspStatus, echo_nonce: bool) -> impl Fn(&[u8]) -> Result<V
     }
 }
 
+/// A responder answering good about Alice at the real time, echoing the nonce, with
+/// `adjust` applied to the answer (given that time).
+fn answering_adjusted(
+    adjust: impl Fn(&mut OcspAnswer<'static>, i64) + Send + Sync + 'static,
+) -> impl Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync + 'static {
+    move |nonce: &[u8]| {
+        let w = world();
+        let t = etee_formats::unix_now();
+        let mut answer = OcspAnswer {
+            nonce: Some(nonce.to_vec()),
+            ..OcspAnswer::at(OcspStatus::Good, t)
+        };
+        adjust(&mut answer, t);
+        w.pki
+            .ocsp_response(&w.alice.auth.cert, &answer)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Eight threads asking `online` about Alice at once.
+fn eight_at_once(online: &Arc<Online>, now: i64) -> Vec<Result<ocsp::Answer, OcspError>> {
+    (0..8)
+        .map(|_| {
+            let online = online.clone();
+            std::thread::spawn(move || {
+                let w = world();
+                online.answer(&w.alice.auth.cert, &w.pki.root.cert, now, now)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect()
+}
+
 #[test]
 fn the_responder_is_asked_when_nothing_else_tells_and_its_answer_is_remembered() {
     let w = world();
@@ -549,18 +584,7 @@ fn a_sealer_embeds_its_good_answers_and_refuses_to_seal_otherwise() {
     // ignore it), nor when its nextUpdate comes within 300 s.
     online.values_for(&path, now + 61).unwrap();
     assert_eq!(asked.load(Ordering::SeqCst), 2);
-    let (closing, asked, _) = canned(|nonce: &[u8]| {
-        let w = world();
-        let t = etee_formats::unix_now();
-        let answer = OcspAnswer {
-            nonce: Some(nonce.to_vec()),
-            next_update: Some(t + 320),
-            ..OcspAnswer::at(OcspStatus::Good, t)
-        };
-        w.pki
-            .ocsp_response(&w.alice.auth.cert, &answer)
-            .map_err(|e| e.to_string())
-    });
+    let (closing, asked, _) = canned(answering_adjusted(|a, t| a.next_update = Some(t + 320)));
     closing.values_for(&path, now).unwrap();
     closing.values_for(&path, now + 30).unwrap();
     assert_eq!(asked.load(Ordering::SeqCst), 2);
@@ -568,18 +592,9 @@ fn a_sealer_embeds_its_good_answers_and_refuses_to_seal_otherwise() {
     // are asked for at every seal, even within the same second: a revocation stops the
     // sender at once.
     for next_update in [Some(300), None] {
-        let (short, asked, _) = canned(move |nonce: &[u8]| {
-            let w = world();
-            let t = etee_formats::unix_now();
-            let answer = OcspAnswer {
-                nonce: Some(nonce.to_vec()),
-                next_update: next_update.map(|d| t + d),
-                ..OcspAnswer::at(OcspStatus::Good, t)
-            };
-            w.pki
-                .ocsp_response(&w.alice.auth.cert, &answer)
-                .map_err(|e| e.to_string())
-        });
+        let (short, asked, _) = canned(answering_adjusted(move |a, t| {
+            a.next_update = next_update.map(|d| t + d)
+        }));
         let at = etee_formats::unix_now();
         short.values_for(&path, at).unwrap();
         short.values_for(&path, at).unwrap();
@@ -749,18 +764,7 @@ fn one_question_per_certificate_at_a_time() {
     });
     let online = Arc::new(online);
     let now = etee_formats::unix_now();
-    let answers: Vec<_> = (0..8)
-        .map(|_| {
-            let online = online.clone();
-            std::thread::spawn(move || {
-                let w = world();
-                online.answer(&w.alice.auth.cert, &w.pki.root.cert, now, now)
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .collect();
+    let answers = eight_at_once(&online, now);
     assert!(answers
         .iter()
         .all(|a| a.as_ref().is_ok_and(|a| a.said == Said::Good)));
@@ -796,15 +800,12 @@ fn a_revocation_heard_from_the_responder_outweighs_a_message_s_good_answer() {
     );
 }
 
-#[test]
-fn negative_serials_and_floods_of_answers_are_not_taken() {
+/// A certificate of the CA like Alice's, with this serial number (and a new key).
+fn alice_like_with_serial(serial: &openssl::bn::BigNumRef) -> openssl::x509::X509 {
     let w = world();
-    // A certificate with serial -0x1234 (RFC 5280 forbids it; OpenSSL makes it): OCSP
-    // cannot name it, and an answer for +0x1234 does not speak of it.
     let key = etee_testpki::rsa_key(2048).unwrap();
     let mut b = openssl::x509::X509Builder::new().unwrap();
     b.set_version(2).unwrap();
-    let serial = openssl::bn::BigNum::from_dec_str("-4660").unwrap();
     b.set_serial_number(&serial.to_asn1_integer().unwrap())
         .unwrap();
     b.set_subject_name(w.alice.auth.cert.subject_name())
@@ -815,7 +816,15 @@ fn negative_serials_and_floods_of_answers_are_not_taken() {
     b.set_not_after(w.alice.auth.cert.not_after()).unwrap();
     b.sign(&w.pki.root.key, openssl::hash::MessageDigest::sha256())
         .unwrap();
-    let negative = b.build();
+    b.build()
+}
+
+#[test]
+fn negative_serials_and_floods_of_answers_are_not_taken() {
+    let w = world();
+    // A certificate with serial -0x1234 (RFC 5280 forbids it; OpenSSL makes it): OCSP
+    // cannot name it, and an answer for +0x1234 does not speak of it.
+    let negative = alice_like_with_serial(&openssl::bn::BigNum::from_dec_str("-4660").unwrap());
     assert!(matches!(
         CertId::of(&negative, &w.pki.root.cert),
         Err(OcspError::NegativeSerial)
@@ -859,18 +868,7 @@ fn failed_questions_are_not_repeated_at_once() {
         Ok(vec![0x30, 0x03, 0x0a, 0x01, 0x03])
     });
     let online = Arc::new(online);
-    let outcomes: Vec<_> = (0..8)
-        .map(|_| {
-            let online = online.clone();
-            std::thread::spawn(move || {
-                let w = world();
-                online.answer(&w.alice.auth.cert, &w.pki.root.cert, now, now)
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .collect();
+    let outcomes = eight_at_once(&online, now);
     assert!(outcomes.iter().all(|o| o.is_err()));
     assert_eq!(
         asked.load(Ordering::SeqCst),
@@ -890,19 +888,10 @@ fn failed_questions_are_not_repeated_at_once() {
     }
     assert_eq!(asked.load(Ordering::SeqCst), 1);
     // A sealer does not embed an answer produced too long ago for a receiver to use.
-    let (old, _, _) = canned(|nonce: &[u8]| {
-        let w = world();
-        let t = etee_formats::unix_now();
-        let answer = OcspAnswer {
-            nonce: Some(nonce.to_vec()),
-            produced_at: t - 400,
-            this_update: t - 400,
-            ..OcspAnswer::at(OcspStatus::Good, t)
-        };
-        w.pki
-            .ocsp_response(&w.alice.auth.cert, &answer)
-            .map_err(|e| e.to_string())
-    });
+    let (old, _, _) = canned(answering_adjusted(|a, t| {
+        a.produced_at = t - 400;
+        a.this_update = t - 400;
+    }));
     let path = [cert(&w.alice.auth.cert), cert(&w.pki.root.cert)];
     assert!(matches!(
         old.values_for(&path, now),
@@ -916,21 +905,7 @@ fn an_answer_about_a_negative_serial_or_too_many_certificates_is_not_taken() {
     let w = world();
     // A certificate with serial +0xEDCC, and an answer about the INTEGER −0x1234, whose
     // two's-complement bytes are ED CC.
-    let key = etee_testpki::rsa_key(2048).unwrap();
-    let mut b = openssl::x509::X509Builder::new().unwrap();
-    b.set_version(2).unwrap();
-    let serial = openssl::bn::BigNum::from_u32(0xedcc).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(w.alice.auth.cert.subject_name())
-        .unwrap();
-    b.set_issuer_name(w.pki.root.cert.subject_name()).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(w.alice.auth.cert.not_before()).unwrap();
-    b.set_not_after(w.alice.auth.cert.not_after()).unwrap();
-    b.sign(&w.pki.root.key, openssl::hash::MessageDigest::sha256())
-        .unwrap();
-    let positive = b.build();
+    let positive = alice_like_with_serial(&openssl::bn::BigNum::from_u32(0xedcc).unwrap());
     let sha1 = |d: &[u8]| openssl::sha::sha1(d).to_vec();
     let key_bits = w
         .pki

@@ -677,14 +677,8 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
         "the world's CA revokes the doctor's certificate; Bob's appliance and the doctor's follow",
     )?;
     let referral = b"Referral: patient 85073003328, please check the dosage with the hospital.";
-    let from_doctor = doctor
-        .call(
-            "POST",
-            &format!("/v1/seal?to=NIHII-PHARMACY:{PHARMACY}"),
-            &referral[..],
-            false,
-        )
-        .await?;
+    let to_bob = format!("/v1/seal?to=NIHII-PHARMACY:{PHARMACY}");
+    let from_doctor = doctor.call("POST", &to_bob, &referral[..], false).await?;
     let before = bob
         .call("POST", "/v1/unseal", from_doctor.body.clone(), true)
         .await?;
@@ -718,14 +712,7 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
             changed.elapsed().as_secs_f64()
         ),
     )?;
-    let refused = doctor
-        .call(
-            "POST",
-            &format!("/v1/seal?to=NIHII-PHARMACY:{PHARMACY}"),
-            &referral[..],
-            false,
-        )
-        .await?;
+    let refused = doctor.call("POST", &to_bob, &referral[..], false).await?;
     let v = refused.json();
     outln!("      doctor: {}", problem_line(&refused))?;
     demo.check(

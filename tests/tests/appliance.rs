@@ -1206,7 +1206,7 @@ fn a_running_appliance_follows_its_revocation_lists() {
     if !softhsm_available() {
         return;
     }
-    let w = World::new();
+    let mut w = World::new();
     // `etee demo --setup-only` issues the world CA's (empty) list and configures the
     // platform and every appliance with it, checked every second.
     assert!(w.path("world/ca.crl").is_file());
@@ -1338,6 +1338,26 @@ fn a_running_appliance_follows_its_revocation_lists() {
     assert!(
         log.contains("revocation lists read again")
             && log.contains("a client certificate is revoked (by its CA's list or OCSP responder)"),
+        "{log}"
+    );
+    // The CA's responder stops: Bob's appliance cannot vouch for its own certificate, so it
+    // does not seal (503, retry later), and its log says why.
+    drop(w.ocsp.take());
+    let (status, body) = curl_unix(
+        &bob,
+        "POST",
+        "/v1/seal?to=NIHII-PHARMACY:27150201",
+        Some(b"to myself"),
+    );
+    let problem = json(&body);
+    assert_eq!(
+        (status, problem["title"].as_str()),
+        (503, Some("OCSP_UNAVAILABLE")),
+        "{problem}"
+    );
+    let log = std::fs::read_to_string(w.path("bob.log")).unwrap_or_default();
+    assert!(
+        log.contains("OCSP: OCSP request to http://127.0.0.1:"),
         "{log}"
     );
 }

@@ -659,7 +659,12 @@ pub struct Online {
     in_flight: Mutex<HashSet<CertId>>,
     landed: Condvar,
     counts: Counts,
+    /// Told of every question that got no usable answer (a service logs them).
+    observer: Option<Box<Observer>>,
 }
+
+/// What [`Online::with_observer`] takes: the responder's address and what went wrong.
+pub type Observer = dyn Fn(&str, &OcspError) + Send + Sync;
 
 /// How long a question waits for another one about the same certificate (longer than a
 /// transport's timeouts: the other one ends first; if not, the waiting one gives up).
@@ -723,7 +728,19 @@ impl Online {
             in_flight: Mutex::default(),
             landed: Condvar::new(),
             counts: Counts::default(),
+            observer: None,
         }
+    }
+
+    /// The same client, telling `observer` of each question that got no usable answer
+    /// (not of those skipped during a back-off: at most one a certificate, or a responder,
+    /// every [`UNREACHABLE_BACKOFF`] seconds).
+    pub fn with_observer(
+        mut self,
+        observer: impl Fn(&str, &OcspError) + Send + Sync + 'static,
+    ) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
     }
 
     pub fn responder(&self) -> &Responder {
@@ -846,6 +863,9 @@ impl Online {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
         };
+        if let (Err(e), Some(observer)) = (&result, &self.observer) {
+            observer(url, e);
+        }
         match &result {
             Err(OcspError::Transport { .. }) => {
                 self.lock_unreachable()

@@ -867,7 +867,13 @@ fn failed_questions_are_not_repeated_at_once() {
         std::thread::sleep(std::time::Duration::from_millis(300));
         Ok(vec![0x30, 0x03, 0x0a, 0x01, 0x03])
     });
-    let online = Arc::new(online);
+    let told = Arc::new(AtomicUsize::new(0));
+    let counted = told.clone();
+    let online = Arc::new(online.with_observer(move |url, e| {
+        assert_eq!(url, "http://ocsp.test/");
+        assert!(matches!(e, OcspError::NotSuccessful("tryLater")), "{e}");
+        counted.fetch_add(1, Ordering::SeqCst);
+    }));
     let outcomes = eight_at_once(&online, now);
     assert!(outcomes.iter().all(|o| o.is_err()));
     assert_eq!(
@@ -880,6 +886,11 @@ fn failed_questions_are_not_repeated_at_once() {
         online.answer(&w.alice.auth.cert, &w.pki.root.cert, now, now),
         Err(OcspError::Recently)
     ));
+    assert_eq!(
+        told.load(Ordering::SeqCst),
+        1,
+        "the observer hears of each failure once"
+    );
     assert_eq!(asked.load(Ordering::SeqCst), 1);
     // An "unknown" answer likewise.
     let (online, asked, _) = canned(answering(OcspStatus::Unknown, true));

@@ -116,10 +116,17 @@ impl RevocationConfig {
     fn with_online(&self, anchors: TrustAnchors) -> TrustAnchors {
         match &self.ocsp {
             Some(responder) => {
-                let revocation = anchors.revocation().clone().with_online(Online::new(
-                    responder.clone(),
-                    Box::new(HttpOcsp::default()),
-                ));
+                let online = Online::new(responder.clone(), Box::new(HttpOcsp::default()))
+                    .with_observer(|url, e| {
+                        // At most one line a certificate (or responder) every 30 s: the
+                        // client backs off after each failure.
+                        tracing::warn!(
+                            responder = url,
+                            "OCSP: {e}; the status it was asked for is unknown meanwhile \
+                             (refused under the mandatory policy)"
+                        );
+                    });
+                let revocation = anchors.revocation().clone().with_online(online);
                 anchors.with_revocation(revocation)
             }
             None => anchors,

@@ -3,11 +3,11 @@
 //! The official libraries write BER with indefinite lengths and chunked, sometimes nested,
 //! constructed OCTET STRINGs (spec §1.3), so everything that reads messages must accept BER.
 //! Three pieces:
-//! - [`slice`]: a zero-copy parser for small elements held in memory (certificates,
+//! - [`slice`](mod@slice): a zero-copy parser for small elements held in memory (certificates,
 //!   SignerInfos, RecipientInfos, attributes);
 //! - [`stream`]: a pull parser over `io::Read` for the large parts, so that a 1 GiB message
 //!   never has to sit in memory;
-//! - [`write`]: DER for small elements and the BER framing we emit around streamed content.
+//! - [`write`](mod@write): DER for small elements and the BER framing we emit around streamed content.
 //!
 //! Only low tag numbers (< 31) occur in CMS; high tag numbers are rejected as malformed.
 

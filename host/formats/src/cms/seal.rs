@@ -1,8 +1,8 @@
 //! Sealing: inner SignedData → EnvelopedData → outer SignedData, streamed (spec §1–§2).
 //!
 //! The plaintext is read once. Each layer is a `Write` stage feeding the next:
-//! [`InnerContent`] hashes and frames the plaintext, [`Encryptor`] encrypts the inner layer
-//! and frames the ciphertext, [`OuterContent`] hashes and frames the middle layer into the
+//! `InnerContent` hashes and frames the plaintext, `Encryptor` encrypts the inner layer
+//! and frames the ciphertext, `OuterContent` hashes and frames the middle layer into the
 //! output. Recipient infos precede the ciphertext, which is fine: the content key is chosen
 //! first. Signatures come last in each SignedData, after their content has gone by.
 

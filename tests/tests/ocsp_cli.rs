@@ -162,6 +162,12 @@ fn receivers_ask_an_openssl_responder_and_senders_embed_its_answer() {
     );
     r.run.code(1);
     assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_STATUS_UNKNOWN"]);
+    // Standard error says why.
+    assert!(
+        r.run.stderr.contains("etee: note: OCSP (") && r.run.stderr.contains("failed"),
+        "{}",
+        r.run.stderr
+    );
     let r = w.unseal(dir.path(), "bob", &from_alice, &["--ocsp", &closed]);
     r.run.code(0);
 

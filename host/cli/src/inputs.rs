@@ -105,7 +105,9 @@ pub fn anchors(
     };
     // Each file read once, its lists checked against the anchors; errors name the file.
     let anchors = config
-        .load(TrustAnchors::new(certificates(trust)?))
+        .load_noting(TrustAnchors::new(certificates(trust)?), |line| {
+            eprintln!("etee: note: {line}")
+        })
         .map_err(|e| match e {
             CrlFileError::Policy(e) => CliError::Usage(format!("--crl/--ocsp/--revocation: {e}")),
             e => CliError::Usage(format!("--crl: {e}")),

@@ -97,7 +97,18 @@ impl RevocationConfig {
     /// command).
     pub fn load(&self, anchors: TrustAnchors) -> Result<TrustAnchors, CrlFileError> {
         let anchors = CrlFiles::new(self.crl.clone()).load(anchors, self.effective_policy()?)?;
-        Ok(self.with_online(anchors))
+        Ok(self.with_online(anchors, log_ocsp_failure))
+    }
+
+    /// [`RevocationConfig::load`], telling `note` (a line of text) of each OCSP question
+    /// that got no usable answer, instead of logging it: what a command prints.
+    pub fn load_noting(
+        &self,
+        anchors: TrustAnchors,
+        note: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Result<TrustAnchors, CrlFileError> {
+        let anchors = CrlFiles::new(self.crl.clone()).load(anchors, self.effective_policy()?)?;
+        Ok(self.with_online(anchors, move |url, e| note(&format!("OCSP ({url}): {e}"))))
     }
 
     /// `anchors` with the lists and the OCSP responder, and the thread that follows the
@@ -107,31 +118,42 @@ impl RevocationConfig {
         anchors: TrustAnchors,
     ) -> Result<(TrustAnchors, Option<Following>), CrlFileError> {
         let files = Arc::new(CrlFiles::new(self.crl.clone()));
-        let anchors = self.with_online(files.load(anchors, self.effective_policy()?)?);
+        let anchors = self.with_online(
+            files.load(anchors, self.effective_policy()?)?,
+            log_ocsp_failure,
+        );
         let following =
             (!self.crl.is_empty()).then(|| files.follow(anchors.clone(), self.check_every));
         Ok((anchors, following))
     }
 
-    fn with_online(&self, anchors: TrustAnchors) -> TrustAnchors {
+    /// `anchors` asking the configured responder, if any, whose failed questions go to
+    /// `observer`.
+    fn with_online(
+        &self,
+        anchors: TrustAnchors,
+        observer: impl Fn(&str, &etee_formats::ocsp::OcspError) + Send + Sync + 'static,
+    ) -> TrustAnchors {
         match &self.ocsp {
             Some(responder) => {
                 let online = Online::new(responder.clone(), Box::new(HttpOcsp::default()))
-                    .with_observer(|url, e| {
-                        // At most one line a certificate (or responder) every 30 s: the
-                        // client backs off after each failure.
-                        tracing::warn!(
-                            responder = url,
-                            "OCSP: {e}; the status it was asked for is unknown meanwhile \
-                             (refused under the mandatory policy)"
-                        );
-                    });
+                    .with_observer(observer);
                 let revocation = anchors.revocation().clone().with_online(online);
                 anchors.with_revocation(revocation)
             }
             None => anchors,
         }
     }
+}
+
+/// A service's log line for an OCSP question that got no usable answer (at most one a
+/// certificate, or responder, every 30 s: the client backs off after each failure).
+fn log_ocsp_failure(url: &str, e: &etee_formats::ocsp::OcspError) {
+    tracing::warn!(
+        responder = url,
+        "OCSP: {e}; the status it was asked for is unknown meanwhile (refused under the \
+         mandatory policy)"
+    );
 }
 
 /// OCSP over HTTP (RFC 6960 appendix A.1): a POST of the DER request, with the official

@@ -113,22 +113,11 @@ impl CertId {
     }
 
     fn with(alg: &'static [u8], cert: &X509Ref, issuer: &X509Ref) -> Result<Self, OcspError> {
-        let md = match alg {
-            a if a == crate::oid::SHA1 => MessageDigest::sha1(),
-            a if a == crate::oid::SHA256 => MessageDigest::sha256(),
-            a if a == crate::oid::SHA384 => MessageDigest::sha384(),
-            a if a == crate::oid::SHA512 => MessageDigest::sha512(),
-            _ => return Err(OcspError::NotAbout),
-        };
+        let md = digest(alg).ok_or(OcspError::NotAbout)?;
         let bad = |_| OcspError::Malformed;
         // RFC 6960 §4.1.1: the hash of the issuer's name as the certificate carries it.
         let name = cert.issuer_name().to_der().map_err(bad)?;
-        // The hash of the subjectPublicKey BIT STRING's value, without its unused-bits
-        // octet, read from the certificate's own encoding: re-encoding a decoded key goes
-        // through OpenSSL 3.0's provider encoders, which cost more than the rest of an
-        // unseal.
-        let key_bits =
-            subject_public_key(&issuer.to_der().map_err(bad)?).ok_or(OcspError::Malformed)?;
+        let key_hash = issuer_key_hash(md, issuer).ok_or(OcspError::Malformed)?;
         let serial = cert.serial_number().to_bn().map_err(bad)?;
         if serial.is_negative() {
             return Err(OcspError::NegativeSerial);
@@ -137,7 +126,7 @@ impl CertId {
         Ok(Self {
             alg,
             name_hash: hash(md, &name).map_err(bad)?.to_vec(),
-            key_hash: hash(md, &key_bits).map_err(bad)?.to_vec(),
+            key_hash,
             serial,
         })
     }
@@ -150,6 +139,76 @@ impl CertId {
             &octets(&self.key_hash),
             &uint(&self.serial),
         ])
+    }
+}
+
+/// The digest a CertID's hash algorithm (OID content) names, among SHA-1, -256, -384 and
+/// -512.
+fn digest(alg: &[u8]) -> Option<MessageDigest> {
+    match alg {
+        a if a == crate::oid::SHA1 => Some(MessageDigest::sha1()),
+        a if a == crate::oid::SHA256 => Some(MessageDigest::sha256()),
+        a if a == crate::oid::SHA384 => Some(MessageDigest::sha384()),
+        a if a == crate::oid::SHA512 => Some(MessageDigest::sha512()),
+        _ => None,
+    }
+}
+
+/// The hash of `issuer`'s subjectPublicKey BIT STRING value (without its unused-bits
+/// octet), read from the certificate's own encoding: re-encoding a decoded key goes
+/// through OpenSSL 3.0's provider encoders, which cost more than the rest of an unseal.
+fn issuer_key_hash(md: MessageDigest, issuer: &X509Ref) -> Option<Vec<u8>> {
+    let bits = subject_public_key(&issuer.to_der().ok()?)?;
+    Some(hash(md, &bits).ok()?.to_vec())
+}
+
+/// The (name, key) hashes by which a CertID with hash algorithm `alg` (OID content) names
+/// `issuer` as the issuer (RFC 6960 §4.1.1, of the issuer's own subject name): what a
+/// responder compares a request's CertID with. `None` for an algorithm not known here.
+pub fn issuer_hashes(alg: &[u8], issuer: &X509Ref) -> Option<(Vec<u8>, Vec<u8>)> {
+    let md = digest(alg)?;
+    let name = hash(md, &issuer.subject_name().to_der().ok()?)
+        .ok()?
+        .to_vec();
+    Some((name, issuer_key_hash(md, issuer)?))
+}
+
+/// A CertID as read from a request or an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadCertId {
+    /// The hash algorithm's OID content.
+    pub alg: Vec<u8>,
+    pub name_hash: Vec<u8>,
+    pub key_hash: Vec<u8>,
+    /// The serial as a magnitude (no leading zeros), or `None` for a negative INTEGER: it
+    /// names no certificate (dropping the sign would make −N match N).
+    pub serial: Option<Vec<u8>>,
+}
+
+impl ReadCertId {
+    /// Reads `CertID ::= SEQUENCE { hashAlgorithm, issuerNameHash, issuerKeyHash,
+    /// serialNumber }`.
+    pub fn read(t: &Tlv<'_>) -> Result<Self, crate::ber::BerError> {
+        let mut id = t.seq()?;
+        let alg = id
+            .next(tag::SEQUENCE)?
+            .seq()?
+            .next(tag::OID)?
+            .content
+            .to_vec();
+        let name_hash = id.next(tag::OCTET_STRING)?.content.to_vec();
+        let key_hash = id.next(tag::OCTET_STRING)?.content.to_vec();
+        let serial = id.next(tag::INTEGER)?.content;
+        let serial = match serial.first() {
+            Some(b) if b & 0x80 != 0 => None,
+            _ => Some(serial.iter().copied().skip_while(|b| *b == 0).collect()),
+        };
+        Ok(Self {
+            alg,
+            name_hash,
+            key_hash,
+            serial,
+        })
     }
 }
 
@@ -285,7 +344,7 @@ pub fn judge(basic: &[u8], cert: &X509Ref, issuer: &X509Ref, at: i64) -> Result<
             crate::oid::SHA512,
         ]
         .into_iter()
-        .find(|a| *a == single.alg.as_slice());
+        .find(|a| *a == single.id.alg.as_slice());
         let Some(alg) = alg else { continue };
         let id = match ids.iter().find(|i| i.alg == alg) {
             Some(id) => id,
@@ -294,9 +353,9 @@ pub fn judge(basic: &[u8], cert: &X509Ref, issuer: &X509Ref, at: i64) -> Result<
                 &ids[ids.len() - 1]
             }
         };
-        if id.name_hash == single.name_hash
-            && id.key_hash == single.key_hash
-            && single.serial.as_ref() == Some(&id.serial)
+        if id.name_hash == single.id.name_hash
+            && id.key_hash == single.id.key_hash
+            && single.id.serial.as_ref() == Some(&id.serial)
         {
             found = Some(single);
             break;
@@ -401,10 +460,7 @@ struct Parsed {
 }
 
 struct Single {
-    alg: Vec<u8>,
-    name_hash: Vec<u8>,
-    key_hash: Vec<u8>,
-    serial: Option<Vec<u8>>,
+    id: ReadCertId,
     said: Said,
     this_update: i64,
     next_update: Option<i64>,
@@ -468,29 +524,7 @@ impl Parsed {
 impl Single {
     fn of(t: &Tlv<'_>) -> Result<Self, crate::ber::BerError> {
         let mut s = t.seq()?;
-        let mut id = s.next(tag::SEQUENCE)?.seq()?;
-        let alg = id
-            .next(tag::SEQUENCE)?
-            .seq()?
-            .next(tag::OID)?
-            .content
-            .to_vec();
-        let name_hash = id.next(tag::OCTET_STRING)?.content.to_vec();
-        let key_hash = id.next(tag::OCTET_STRING)?.content.to_vec();
-        // The serial as a magnitude, or `None` for a negative INTEGER (it names no
-        // certificate we ask about: a sign dropped here would make −N match N).
-        let serial = id.next(tag::INTEGER)?;
-        let serial = match serial.content.first() {
-            Some(b) if b & 0x80 != 0 => None,
-            _ => Some(
-                serial
-                    .content
-                    .iter()
-                    .copied()
-                    .skip_while(|b| *b == 0)
-                    .collect::<Vec<u8>>(),
-            ),
-        };
+        let id = ReadCertId::read(&s.next(tag::SEQUENCE)?)?;
         let status = s.any()?;
         let said = match status.tag {
             t if t == tag::ctx_prim(0) => Said::Good,
@@ -510,10 +544,7 @@ impl Single {
             None => None,
         };
         Ok(Self {
-            alg,
-            name_hash,
-            key_hash,
-            serial,
+            id,
             said,
             this_update,
             next_update,

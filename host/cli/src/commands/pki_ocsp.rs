@@ -16,6 +16,7 @@ use super::pki::{current_list, open_ca};
 use crate::CliError;
 use etee_formats::ber::slice::parse_exact;
 use etee_formats::ber::tag;
+use etee_formats::ocsp::ReadCertId;
 use etee_testpki::{ocsp_successful, ocsp_unsuccessful, OcspAnswer, OcspStatus, TestPki};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -49,12 +50,11 @@ const UNAUTHORIZED: u8 = 6;
 
 pub fn run(args: OcspArgs) -> Result<ExitCode, CliError> {
     let pki = open_ca(&args.dir)?;
-    let responder = Arc::new(Responder {
+    let responder = Arc::new(Responder::new(
         pki,
-        dir: args.dir.clone(),
-        valid_for: i64::from(args.valid_for),
-        list: Mutex::new(None),
-    });
+        args.dir.clone(),
+        i64::from(args.valid_for),
+    ));
     // A first reading, so that a bad list is reported at start.
     if let Err(e) = responder.revoked(etee_formats::unix_now()) {
         eprintln!("etee pki ocsp: {e}: answering internalError until it is fixed");
@@ -104,6 +104,9 @@ type Stamp = Option<(SystemTime, u64)>;
 
 struct Responder {
     pki: TestPki,
+    /// How a CertID names this CA: (hash algorithm OID content, name hash, key hash),
+    /// for SHA-1 and SHA-256.
+    names: Vec<(&'static [u8], Vec<u8>, Vec<u8>)>,
     dir: PathBuf,
     valid_for: i64,
     /// The list as last read (the file's stamp then, the entries, the list's nextUpdate).
@@ -122,6 +125,23 @@ fn current(entries: &Revoked, next_update: Option<i64>, now: i64) -> Result<Revo
 }
 
 impl Responder {
+    fn new(pki: TestPki, dir: PathBuf, valid_for: i64) -> Self {
+        let names = [etee_formats::oid::SHA1, etee_formats::oid::SHA256]
+            .into_iter()
+            .filter_map(|alg| {
+                let (name, key) = etee_formats::ocsp::issuer_hashes(alg, &pki.root.cert)?;
+                Some((alg, name, key))
+            })
+            .collect();
+        Self {
+            pki,
+            names,
+            dir,
+            valid_for,
+            list: Mutex::new(None),
+        }
+    }
+
     async fn http(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::POST {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "POST an OCSP request\n");
@@ -196,7 +216,7 @@ impl Responder {
         let mut singles = Vec::new();
         let mut said = Vec::new();
         for id in &asked.ids {
-            let Some(serial) = id.serial.as_ref().filter(|_| self.is_ours(id)) else {
+            let Some(serial) = id.id.serial.as_ref().filter(|_| self.is_ours(id)) else {
                 singles.push((id.der.clone(), OcspStatus::Unknown));
                 said.push("a serial unknown here (another CA's, or negative)".into());
                 continue;
@@ -233,21 +253,10 @@ impl Responder {
     /// Whether a CertID names this CA as the issuer (hashes of its name and key, with
     /// the CertID's hash algorithm).
     fn is_ours(&self, id: &AskedId) -> bool {
-        let md = match id.alg.as_slice() {
-            a if a == etee_formats::oid::SHA1 => openssl::hash::MessageDigest::sha1(),
-            a if a == etee_formats::oid::SHA256 => openssl::hash::MessageDigest::sha256(),
-            _ => return false,
-        };
-        let root = &self.pki.root.cert;
-        let name = root.subject_name().to_der().ok();
-        let key = root
-            .public_key()
-            .and_then(|k| k.rsa())
-            .and_then(|r| r.public_key_to_der_pkcs1())
-            .ok();
-        let hash = |d: &[u8]| openssl::hash::hash(md, d).ok().map(|h| h.to_vec());
-        name.and_then(|n| hash(&n)) == Some(id.name_hash.clone())
-            && key.and_then(|k| hash(&k)) == Some(id.key_hash.clone())
+        let id = &id.id;
+        self.names
+            .iter()
+            .any(|(alg, name, key)| id.alg == *alg && id.name_hash == *name && id.key_hash == *key)
     }
 }
 
@@ -267,11 +276,7 @@ struct Asked {
 struct AskedId {
     /// The CertID as sent, echoed in the answer.
     der: Vec<u8>,
-    alg: Vec<u8>,
-    name_hash: Vec<u8>,
-    key_hash: Vec<u8>,
-    /// Serial number magnitude, without leading zeros; `None` when negative.
-    serial: Option<Vec<u8>>,
+    id: ReadCertId,
 }
 
 impl Asked {
@@ -288,28 +293,9 @@ impl Asked {
         for r in list.children() {
             let mut r = r.ok()?.seq().ok()?;
             let id = r.next(tag::SEQUENCE).ok()?;
-            let mut f = id.seq().ok()?;
-            let alg = f
-                .next(tag::SEQUENCE)
-                .ok()?
-                .seq()
-                .ok()?
-                .next(tag::OID)
-                .ok()?;
-            let name_hash = f.next(tag::OCTET_STRING).ok()?.content.to_vec();
-            let key_hash = f.next(tag::OCTET_STRING).ok()?.content.to_vec();
-            let serial = f.next(tag::INTEGER).ok()?.content;
             ids.push(AskedId {
                 der: id.raw.to_vec(),
-                alg: alg.content.to_vec(),
-                name_hash,
-                key_hash,
-                // A negative INTEGER names no certificate of ours (dropping the sign would
-                // make −N match N).
-                serial: match serial.first() {
-                    Some(b) if b & 0x80 != 0 => None,
-                    _ => Some(serial.iter().copied().skip_while(|b| *b == 0).collect()),
-                },
+                id: ReadCertId::read(&id).ok()?,
             });
         }
         if ids.is_empty() || ids.len() > MAX_CERT_IDS {
@@ -345,15 +331,7 @@ mod tests {
         let inst = pki
             .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "A"))
             .unwrap();
-        (
-            Responder {
-                pki,
-                dir: dir.to_path_buf(),
-                valid_for: 300,
-                list: Mutex::new(None),
-            },
-            inst,
-        )
+        (Responder::new(pki, dir.to_path_buf(), 300), inst)
     }
 
     #[test]

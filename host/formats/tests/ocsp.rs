@@ -4,9 +4,11 @@
 //! answers made by the test PKI and a transport in memory. Over a real socket against an
 //! independent responder (`openssl ocsp`): tests/tests/ocsp_cli.rs.
 
+mod support;
+
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
-use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
+use etee_formats::keys::{KeyId, KeyRing, SignerRef, SigningKey};
 use etee_formats::keystore::SoftwareKeys;
 use etee_formats::ocsp::{
     self, CertId, OcspError, OcspTransport, Online, Responder, RevocationValues, Said,
@@ -48,18 +50,7 @@ fn world() -> &'static World {
                 .expect("institution")
         };
         let (alice, bob) = (inst("71000436", "Alice"), inst("27150201", "Bob"));
-        let mut keys = SoftwareKeys::new();
-        keys.insert(KeyId("bob-etk".into()), bob.etk_key.clone());
-        let etk_cert = cert(&bob.etk_cert);
-        let mut ring = KeyRing::new();
-        ring.add(DecryptionKey {
-            ops: Arc::new(keys),
-            key: KeyId("bob-etk".into()),
-            serial: etk_cert.serial().to_vec(),
-            cert: Some(etk_cert),
-            ski: None,
-            modulus_bits: bob.etk_key.bits(),
-        });
+        let ring = support::etk_ring(&bob);
         World {
             now,
             responder: pki.ocsp_responder().expect("responder"),
@@ -671,8 +662,6 @@ fn the_policy_needs_a_source_and_a_source_needs_a_policy() {
     assert!("https://x".parse::<Responder>().is_err());
     assert!("ldap://x".parse::<Responder>().is_err());
 }
-
-mod support;
 
 /// A real message with embedded revocation values: `LT_eHTSA.msg` (made by the .NET
 /// library in 2014, signed with a Belgian eID; it carries the eID OCSP responder's answer

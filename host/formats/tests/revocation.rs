@@ -1,10 +1,14 @@
 //! Revocation lists (CRLs) against messages' signers and ETKs: what each policy reports,
 //! and which lists count (signed by the issuer's key, current at the evaluation time).
 
+mod support;
+
+use etee_formats::ber::write::tlv as der;
+
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
 use etee_formats::etk::Etk;
-use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
+use etee_formats::keys::{KeyId, KeyRing, SignerRef, SigningKey};
 use etee_formats::keystore::SoftwareKeys;
 use etee_formats::revocation::{CertStatus, Revocation, RevocationError, RevocationPolicy};
 use etee_formats::trust::{PathCheck, TrustAnchors};
@@ -84,18 +88,7 @@ fn world() -> &'static World {
             inst("71000535", "Dave"),
             inst("27150201", "Bob"),
         );
-        let mut keys = SoftwareKeys::new();
-        keys.insert(KeyId("bob-etk".into()), bob.etk_key.clone());
-        let etk_cert = cert(&bob.etk_cert);
-        let mut ring = KeyRing::new();
-        ring.add(DecryptionKey {
-            ops: Arc::new(keys),
-            key: KeyId("bob-etk".into()),
-            serial: etk_cert.serial().to_vec(),
-            cert: Some(etk_cert),
-            ski: None,
-            modulus_bits: bob.etk_key.bits(),
-        });
+        let ring = support::etk_ring(&bob);
         World {
             from_alice: sealed_by(&alice, vec![], &bob, b"revocation test", now),
             from_dave: sealed_by(&dave, vec![], &bob, b"revocation test", now),
@@ -574,25 +567,6 @@ fn times_allow_the_official_clock_skew() {
         CertStatus::Unknown,
         "a list from the future vouched"
     );
-}
-
-/// One DER element (definite length).
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|&b| b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
 }
 
 /// A list of the root, made and signed here, whose one entry (Alice's certificate,

@@ -26,3 +26,22 @@ pub fn read_cert(path: &std::path::Path) -> etee_formats::cert::Certificate {
     etee_formats::cert::Certificate::from_file_bytes(&bytes)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// A key ring holding `inst`'s ETK key (software), under the id `bob-etk`.
+pub fn etk_ring(inst: &etee_testpki::Institution) -> etee_formats::keys::KeyRing {
+    use etee_formats::keys::{DecryptionKey, KeyId, KeyRing};
+    let mut keys = etee_formats::keystore::SoftwareKeys::new();
+    keys.insert(KeyId("bob-etk".into()), inst.etk_key.clone());
+    let etk_cert = etee_formats::cert::Certificate::from_der(&inst.etk_cert.to_der().expect("DER"))
+        .expect("certificate");
+    let mut ring = KeyRing::new();
+    ring.add(DecryptionKey {
+        ops: std::sync::Arc::new(keys),
+        key: KeyId("bob-etk".into()),
+        serial: etk_cert.serial().to_vec(),
+        cert: Some(etk_cert),
+        ski: None,
+        modulus_bits: inst.etk_key.bits(),
+    });
+    ring
+}

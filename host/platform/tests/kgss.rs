@@ -338,6 +338,22 @@ fn rest_get(w: &World, who: &Institution, key_id: &[u8]) -> Vec<u8> {
 }
 
 /// Alice creates a key for recognised pharmacies over REST on `c`; the 201 answer.
+/// The key id (decoded) of a create answer.
+fn created_key_id(created: &etee_platform::client::Answer) -> Vec<u8> {
+    let v: serde_json::Value = serde_json::from_slice(&created.body).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .decode(v["keyId"].as_str().unwrap())
+        .unwrap()
+}
+
+/// The REST path of a KGSS key, its id in the URL-safe form.
+fn key_path(key_id: &[u8]) -> String {
+    format!(
+        "/etee/v1/kgss/keys/{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key_id)
+    )
+}
+
 async fn rest_create(
     w: &World,
     c: &mut etee_platform::client::Connection,
@@ -412,10 +428,7 @@ async fn rest_create_get_and_delete_by_the_holder(w: World) {
             .status,
         400
     );
-    let url_safe_path = format!(
-        "/etee/v1/kgss/keys/{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key_id)
-    );
+    let url_safe_path = key_path(&key_id);
     // Only the holder deletes: not Bob (asking with the URL-safe form, which names the
     // same key), not an anonymous caller.
     let a = bob
@@ -545,11 +558,8 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
     w.restart_with_anchors(w.anchors.clone().with_revocation(revocation.clone()))
         .await;
 
-    let b64 = base64::engine::general_purpose::STANDARD;
     let mut alice = w.connect(Some(&w.alice)).await;
-    let a = rest_create(&w, &mut alice).await;
-    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
-    let key_id = b64.decode(v["keyId"].as_str().unwrap()).unwrap();
+    let key_id = created_key_id(&rest_create(&w, &mut alice).await);
     let get = |who: &Institution| rest_get(&w, who, &key_id);
     let mut bob = w.connect(Some(&w.bob)).await;
     let a = retrieve(&mut bob, get(&w.bob)).await.unwrap();
@@ -568,10 +578,7 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
     revocation.replace(&[list(&[&w.bob], 2)], &certs).unwrap();
     // Deleting Alice's key: as Bob that would be 403 (not the holder); served without a
     // caller, it is 401.
-    let delete = format!(
-        "/etee/v1/kgss/keys/{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key_id)
-    );
+    let delete = key_path(&key_id);
     let a = bob.send("DELETE", &delete, None, vec![]).await.unwrap();
     assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
     assert!(
@@ -667,15 +674,9 @@ async fn a_caller_revoked_by_its_ocsp_responder_is_refused() {
     w.restart_with_anchors(w.anchors.clone().with_revocation(revocation))
         .await;
 
-    let b64 = base64::engine::general_purpose::STANDARD;
     let mut alice = w.connect(Some(&w.alice)).await;
-    let a = rest_create(&w, &mut alice).await;
-    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
-    let key_id = b64.decode(v["keyId"].as_str().unwrap()).unwrap();
-    let delete = format!(
-        "/etee/v1/kgss/keys/{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key_id)
-    );
+    let key_id = created_key_id(&rest_create(&w, &mut alice).await);
+    let delete = key_path(&key_id);
     let mut bob = w.connect(Some(&w.bob)).await;
     let a = bob.send("DELETE", &delete, None, vec![]).await.unwrap();
     assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));

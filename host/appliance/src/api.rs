@@ -90,9 +90,9 @@ fn status(e: &ServiceError) -> StatusCode {
         // The sender's own certificate: said not good (a state to fix, not to retry), no
         // answer (retry later), or a configuration to fix.
         ServiceError::OwnCertificate { why, .. } => match why {
-            crate::service::NotVouched::NotGood => StatusCode::CONFLICT,
-            crate::service::NotVouched::NoAnswer => StatusCode::SERVICE_UNAVAILABLE,
-            crate::service::NotVouched::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
+            etee_formats::ocsp::NotVouched::NotGood => StatusCode::CONFLICT,
+            etee_formats::ocsp::NotVouched::NoAnswer => StatusCode::SERVICE_UNAVAILABLE,
+            etee_formats::ocsp::NotVouched::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ServiceError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,

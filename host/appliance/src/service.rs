@@ -15,7 +15,7 @@ use crate::ApplianceError;
 use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unsealed};
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
-use etee_formats::ocsp::{OcspError, SealingStatus};
+use etee_formats::ocsp::NotVouched;
 use etee_formats::trust::TrustAnchors;
 use etee_hsm::{CustodyHandle, CustodyKeys, HsmToken};
 use etee_protocol::{EtkCache, KeyDepotClient, KeyReply, KgssCaller, KgssClient, ProtocolError};
@@ -76,18 +76,6 @@ pub enum ServiceError {
     /// vouched for: nothing is sealed, as the official sealer does.
     #[error("not sealed: {text}")]
     OwnCertificate { text: String, why: NotVouched },
-}
-
-/// Why the institution's own certificate was not vouched for when sealing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NotVouched {
-    /// The responder says revoked or unknown: a state to fix (a new certificate).
-    NotGood,
-    /// No usable answer: retry later.
-    NoAnswer,
-    /// The certificate's issuer is not among the trust anchors, or the signing key has no
-    /// certificate: the configuration is to fix.
-    Misconfigured,
 }
 
 impl ServiceError {
@@ -740,26 +728,7 @@ impl Appliance {
                             etee_formats::unix_now(),
                         )
                         .map_err(|e| ServiceError::OwnCertificate {
-                            why: match e {
-                                SealingStatus::Revoked(_) | SealingStatus::Unknown(_) => {
-                                    NotVouched::NotGood
-                                }
-                                // The responder named nowhere, a certificate OCSP
-                                // cannot name, answers from an unauthorised signer:
-                                // configuration; the rest may pass.
-                                SealingStatus::NoAnswer(
-                                    _,
-                                    OcspError::NoResponder
-                                    | OcspError::NegativeSerial
-                                    | OcspError::NotTrusted
-                                    | OcspError::NotAbout
-                                    | OcspError::NotBasic,
-                                ) => NotVouched::Misconfigured,
-                                SealingStatus::NoAnswer(..) => NotVouched::NoAnswer,
-                                SealingStatus::NoIssuer(_) | SealingStatus::NoCertificate => {
-                                    NotVouched::Misconfigured
-                                }
-                            },
+                            why: e.kind(),
                             text: e.to_string(),
                         })?,
                 ),

@@ -88,6 +88,37 @@ pub enum SealingStatus {
     NoCertificate,
 }
 
+/// What a sender can do about a [`SealingStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotVouched {
+    /// The responder says revoked or unknown: a state to fix (a new certificate).
+    NotGood,
+    /// No usable answer: retry later.
+    NoAnswer,
+    /// The responder is named nowhere, OCSP cannot name the certificate, answers come
+    /// from a signer the issuer did not authorise, the issuer is not among the trust
+    /// anchors, or the signing key has no certificate: the configuration is to fix.
+    Misconfigured,
+}
+
+impl SealingStatus {
+    pub fn kind(&self) -> NotVouched {
+        match self {
+            Self::Revoked(_) | Self::Unknown(_) => NotVouched::NotGood,
+            Self::NoAnswer(
+                _,
+                OcspError::NoResponder
+                | OcspError::NegativeSerial
+                | OcspError::NotTrusted
+                | OcspError::NotAbout
+                | OcspError::NotBasic,
+            ) => NotVouched::Misconfigured,
+            Self::NoAnswer(..) => NotVouched::NoAnswer,
+            Self::NoIssuer(_) | Self::NoCertificate => NotVouched::Misconfigured,
+        }
+    }
+}
+
 /// A certificate as OCSP names it (CertID): hashes of its issuer's name and key, and its
 /// serial number.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -67,17 +67,14 @@ fn own_ocsp_answers(
     let Some(online) = anchors.revocation().online() else {
         return Ok(None);
     };
-    use etee_formats::ocsp::SealingStatus;
     online
         .values_for_signer(&signer.signer, anchors.certs(), now)
         .map(Some)
-        .map_err(|e| match e {
-            SealingStatus::Revoked(_) | SealingStatus::Unknown(_) => {
+        .map_err(|e| match e.kind() {
+            etee_formats::ocsp::NotVouched::NotGood => {
                 CliError::Refused(format!("not sealed: {e}"))
             }
-            SealingStatus::NoAnswer(..)
-            | SealingStatus::NoIssuer(_)
-            | SealingStatus::NoCertificate => CliError::Usage(format!("--ocsp: not sealed: {e}")),
+            _ => CliError::Usage(format!("--ocsp: not sealed: {e}")),
         })
 }
 

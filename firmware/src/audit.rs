@@ -69,6 +69,9 @@ pub enum Operation {
     /// (`etee keys destroy`): a use record (`Admitted`) made durable before the token is
     /// asked, then the outcome.
     KeyDestroy,
+    /// A client asked what the token says about a key's custody (`DescribeKey`): one
+    /// record, with the outcome; nothing used.
+    DescribeKey,
 }
 
 /// What came of it. The postcard encoding is the variant index: append only.

@@ -100,6 +100,7 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             Request::AuditHead => Response::AuditHead(self.head),
             Request::Unlock { pin } => self.unlock(pin.expose(), now_ms),
             Request::Lock => self.lock(now_ms),
+            Request::DescribeKey { client, key } => self.describe_key(client, key, now_ms),
             Request::SignPssSha256 { .. }
             | Request::DecryptPkcs1v15 { .. }
             | Request::WrapSecret { .. }
@@ -405,6 +406,45 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             None => return Err(Error::UnknownKey),
             Some(k) if k != kind => return Err(Error::WrongKeyKind),
             Some(_) => {}
+        }
+        self.policy.spend(grant, now_ms).map_err(denied)
+    }
+
+    /// `DescribeKey`: the lock state, a rule for this client and key (any use; one use of
+    /// its budget), the key known (so that a client without a rule learns nothing about
+    /// it); then the token's facts, released once their record is durable. Refusals are
+    /// recorded too.
+    fn describe_key(&mut self, client: &ClientId, key: &KeyId, now_ms: u64) -> Response {
+        let facts = self
+            .check_any(client, key, now_ms)
+            .and_then(|()| self.token.key_facts(key).map_err(Error::Token));
+        let outcome = match &facts {
+            Ok(_) => Outcome::Success,
+            Err(e) => Outcome::Refused(*e),
+        };
+        let recorded = self.record(
+            now_ms,
+            Some(client),
+            Operation::DescribeKey,
+            Some(key),
+            NO_INPUT,
+            outcome,
+        );
+        match (recorded, facts) {
+            (Err(e), _) | (Ok(()), Err(e)) => Response::Error(e),
+            (Ok(()), Ok(facts)) => Response::KeyFacts(facts),
+        }
+    }
+
+    /// [`Self::check`] for a request about a key rather than a use of it: any rule for
+    /// the client and key will do, and the key may be of any kind.
+    fn check_any(&mut self, client: &ClientId, key: &KeyId, now_ms: u64) -> Result<(), Error> {
+        if !self.lock.is_unlocked() {
+            return Err(Error::Locked);
+        }
+        let grant = self.policy.permit_any(client, key).map_err(denied)?;
+        if self.token.key_kind(key).is_none() {
+            return Err(Error::UnknownKey);
         }
         self.policy.spend(grant, now_ms).map_err(denied)
     }

@@ -87,5 +87,5 @@ pub mod wire;
 pub use audit::{AuditHead, AuditRecord, AuditSink};
 pub use custody::Custody;
 pub use id::{ClientId, KeyId};
-pub use token::{KeyKind, Token, TokenError, TokenFunction};
+pub use token::{KeyFacts, KeyKind, Token, TokenError, TokenFunction};
 pub use wire::{Error, Request, Response};

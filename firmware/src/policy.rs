@@ -139,6 +139,16 @@ impl Policy {
             .ok_or(Denial::Denied)
     }
 
+    /// Whether a rule lets `client` use `key` at all (for any use): what asking about the
+    /// key needs. Spends nothing.
+    pub fn permit_any(&self, client: &ClientId, key: &KeyId) -> Result<Grant, Denial> {
+        self.rules
+            .iter()
+            .position(|(r, _)| &r.client == client && &r.key == key)
+            .map(|index| Grant { index })
+            .ok_or(Denial::Denied)
+    }
+
     /// Step 3: takes one use from the granted rule's budget at time `now_ms`.
     pub fn spend(&mut self, grant: Grant, now_ms: u64) -> Result<(), Denial> {
         let (rule, bucket) = self.rules.get_mut(grant.index).ok_or(Denial::Denied)?;

@@ -128,6 +128,19 @@ pub mod ckr {
 /// Implementations write results into `out` (sized by the core from
 /// [`crate::config::MAX_RSA_LEN`], or [`crate::config::MAX_WRAPPED_LEN`] and
 /// [`crate::config::MAX_SECRET_LEN`] for key wrap) and return the length written.
+/// What the token says about a key's custody, read from its PKCS#11 attributes
+/// (`CKA_SENSITIVE`, `CKA_EXTRACTABLE`, `CKA_NEVER_EXTRACTABLE`, `CKA_LOCAL`): the facts an
+/// attestation states. `None` where the token did not say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyFacts {
+    pub kind: KeyKind,
+    pub sensitive: Option<bool>,
+    pub extractable: Option<bool>,
+    pub never_extractable: Option<bool>,
+    /// Generated in the token (not imported).
+    pub local: Option<bool>,
+}
+
 pub trait Token {
     /// RSASSA-PSS, SHA-256, MGF1-SHA-256, salt 32, over a precomputed SHA-256 `digest`
     /// (PKCS#11 `CKM_RSA_PKCS_PSS`).
@@ -182,4 +195,8 @@ pub trait Token {
     /// [`ckr::KEY_HANDLE_INVALID`] when there is none. Asked only by
     /// [`crate::custody::Custody::destroy_key`], an administrator's local call.
     fn destroy_key(&mut self, key: &KeyId) -> Result<usize, TokenError>;
+
+    /// The custody attributes of `key` ([`KeyFacts`]); reads them, uses nothing. Asked
+    /// only for a key of a known kind, after the policy check.
+    fn key_facts(&mut self, key: &KeyId) -> Result<KeyFacts, TokenError>;
 }

@@ -25,7 +25,7 @@ use crate::config::{
 use crate::id::{ClientId, KeyId};
 use crate::lock::LockState;
 use crate::secret::Secret;
-use crate::token::TokenError;
+use crate::token::{KeyFacts, TokenError};
 use core::fmt;
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
@@ -55,8 +55,9 @@ pub mod request_id {
     pub const DECRYPT_PKCS1V15: u8 = 0x11;
     pub const WRAP_SECRET: u8 = 0x12;
     pub const UNWRAP_SECRET: u8 = 0x13;
+    pub const DESCRIBE_KEY: u8 = 0x14;
     /// Every request id, for the duplicate check.
-    pub const ALL: [u8; 8] = [
+    pub const ALL: [u8; 9] = [
         STATUS,
         UNLOCK,
         LOCK,
@@ -65,6 +66,7 @@ pub mod request_id {
         DECRYPT_PKCS1V15,
         WRAP_SECRET,
         UNWRAP_SECRET,
+        DESCRIBE_KEY,
     ];
 }
 
@@ -79,10 +81,12 @@ pub mod response_id {
     pub const PLAINTEXT: u8 = rq::DECRYPT_PKCS1V15;
     pub const WRAPPED: u8 = rq::WRAP_SECRET;
     pub const UNWRAPPED: u8 = rq::UNWRAP_SECRET;
+    pub const KEY_FACTS: u8 = rq::DESCRIBE_KEY;
     pub const ERROR: u8 = 0xFF;
     /// Every response id, for the duplicate check.
-    pub const ALL: [u8; 9] = [
-        STATUS, UNLOCKED, LOCKED, AUDIT_HEAD, SIGNATURE, PLAINTEXT, WRAPPED, UNWRAPPED, ERROR,
+    pub const ALL: [u8; 10] = [
+        STATUS, UNLOCKED, LOCKED, AUDIT_HEAD, SIGNATURE, PLAINTEXT, WRAPPED, UNWRAPPED, KEY_FACTS,
+        ERROR,
     ];
 }
 
@@ -143,6 +147,10 @@ pub enum Request {
         key: KeyId,
         wrapped: Wrapped,
     },
+    /// What the token says about a key's custody ([`KeyFacts`]: sensitive, extractable,
+    /// generated in the token), for an attestation. Uses no key; needs a policy rule for
+    /// the client and key (any use) and spends one use of its budget; recorded.
+    DescribeKey { client: ClientId, key: KeyId },
 }
 
 impl Request {
@@ -157,6 +165,7 @@ impl Request {
             Self::DecryptPkcs1v15 { .. } => request_id::DECRYPT_PKCS1V15,
             Self::WrapSecret { .. } => request_id::WRAP_SECRET,
             Self::UnwrapSecret { .. } => request_id::UNWRAP_SECRET,
+            Self::DescribeKey { .. } => request_id::DESCRIBE_KEY,
         }
     }
 }
@@ -181,6 +190,7 @@ pub enum Response {
     Plaintext(Plaintext),
     Wrapped(Wrapped),
     Unwrapped(WrapSecret),
+    KeyFacts(KeyFacts),
     Error(Error),
 }
 
@@ -196,6 +206,7 @@ impl Response {
             Self::Plaintext(_) => response_id::PLAINTEXT,
             Self::Wrapped(_) => response_id::WRAPPED,
             Self::Unwrapped(_) => response_id::UNWRAPPED,
+            Self::KeyFacts(_) => response_id::KEY_FACTS,
             Self::Error(_) => response_id::ERROR,
         }
     }
@@ -332,6 +343,7 @@ pub fn encode_request<'a>(request: &Request, out: &'a mut [u8]) -> Result<&'a [u
                 key,
                 wrapped,
             } => put(&(client, key, wrapped), body)?,
+            Request::DescribeKey { client, key } => put(&(client, key), body)?,
         }
     };
     finish(out, request.id(), body_len)
@@ -349,6 +361,7 @@ pub fn encode_response<'a>(response: &Response, out: &'a mut [u8]) -> Result<&'a
             Response::Plaintext(p) => put(p, body)?,
             Response::Wrapped(w) => put(w, body)?,
             Response::Unwrapped(s) => put(s, body)?,
+            Response::KeyFacts(f) => put(f, body)?,
             Response::Error(e) => put(e, body)?,
         }
     };
@@ -434,6 +447,10 @@ pub fn decode_request(frame: &[u8]) -> Result<Request, FrameError> {
                 wrapped,
             }
         }
+        request_id::DESCRIBE_KEY => {
+            let (client, key) = exact(body)?;
+            Request::DescribeKey { client, key }
+        }
         _ => return Err(FrameError::BadFrame),
     })
 }
@@ -450,6 +467,7 @@ pub fn decode_response(frame: &[u8]) -> Result<Response, FrameError> {
         response_id::PLAINTEXT => Response::Plaintext(exact(body)?),
         response_id::WRAPPED => Response::Wrapped(exact(body)?),
         response_id::UNWRAPPED => Response::Unwrapped(exact(body)?),
+        response_id::KEY_FACTS => Response::KeyFacts(exact(body)?),
         response_id::ERROR => Response::Error(exact(body)?),
         _ => return Err(FrameError::BadFrame),
     })

@@ -6,7 +6,7 @@ use common::*;
 use etee_custody::audit::AuditHead;
 use etee_custody::config::{MAX_RESPONSE_FRAME, PROTOCOL_VERSION};
 use etee_custody::lock::LockState;
-use etee_custody::token::{TokenError, TokenFunction};
+use etee_custody::token::{KeyFacts, KeyKind, TokenError, TokenFunction};
 use etee_custody::wire::{
     self, all_distinct, request_id, response_id, Error, FrameError, Plaintext, Request, Response,
     Signature, StatusReply,
@@ -24,6 +24,10 @@ fn every_request() -> Vec<Request> {
         decrypt(app(), etk(), &[1, 2, 3]),
         wrap(app(), kgss(), &[4; 16]),
         unwrap(app(), kgss(), &[5; 24]),
+        Request::DescribeKey {
+            client: app(),
+            key: auth(),
+        },
     ];
     for r in &all {
         match r {
@@ -34,7 +38,8 @@ fn every_request() -> Vec<Request> {
             | Request::SignPssSha256 { .. }
             | Request::DecryptPkcs1v15 { .. }
             | Request::WrapSecret { .. }
-            | Request::UnwrapSecret { .. } => {}
+            | Request::UnwrapSecret { .. }
+            | Request::DescribeKey { .. } => {}
         }
     }
     all
@@ -56,6 +61,7 @@ fn every_response() -> Vec<Response> {
         Response::Plaintext(Plaintext::from_slice(&[6; 16]).unwrap()),
         Response::Wrapped(wire::Wrapped::from_slice(&[7; 40]).unwrap()),
         Response::Unwrapped(wire::WrapSecret::from_slice(&[8; 32]).unwrap()),
+        Response::KeyFacts(facts()),
         Response::Error(Error::Token(TokenError::new(TokenFunction::Sign, 0x30))),
     ];
     for r in &all {
@@ -68,10 +74,22 @@ fn every_response() -> Vec<Response> {
             | Response::Plaintext(_)
             | Response::Wrapped(_)
             | Response::Unwrapped(_)
+            | Response::KeyFacts(_)
             | Response::Error(_) => {}
         }
     }
     all
+}
+
+/// A key's facts as a token reports them, one attribute unknown.
+fn facts() -> KeyFacts {
+    KeyFacts {
+        kind: KeyKind::Authentication,
+        sensitive: Some(true),
+        extractable: Some(false),
+        never_extractable: None,
+        local: Some(true),
+    }
 }
 
 fn encode_resp(response: &Response) -> Vec<u8> {
@@ -182,6 +200,23 @@ fn pinned_bytes() {
     let mut expected = vec![0x00, 0x02, 0x13, 16];
     expected.extend_from_slice(&[2; 16]);
     assert_eq!(encode_resp(&unwrapped), expected);
+
+    let mut expected = vec![0x00, 0x02, 0x14, 0x08];
+    expected.extend_from_slice(b"seal-app");
+    expected.push(0x04);
+    expected.extend_from_slice(b"auth");
+    assert_eq!(
+        encode(&Request::DescribeKey {
+            client: app(),
+            key: auth()
+        }),
+        expected
+    );
+    // Kind (variant index), then each attribute: 0 unknown, or 1 and the boolean.
+    assert_eq!(
+        encode_resp(&Response::KeyFacts(facts())),
+        [0, 2, 0x14, 0, 1, 1, 1, 0, 0, 1, 1]
+    );
 
     assert_eq!(encode(&Request::Status), [0, 2, 0x01]);
     assert_eq!(encode(&Request::Lock), [0, 2, 0x03]);

@@ -977,8 +977,9 @@ fn sealing_for_an_expired_etk_is_refused() {
 /// file that does not exist, so it cannot have logged in; KGSS's keys are behind a
 /// custody process too; sealing at Alice's and opening at Bob's work (by ETK and through
 /// KGSS), each use is on the custody process's chain under the caller's name,
-/// KeyDepot registration says it needs the core in process, and `/health` says when the
-/// custody process is gone.
+/// KeyDepot registration of a key generated in the token is attested (the key's
+/// attributes asked of the custody process, which alone is logged in), and `/health` says
+/// when the custody process is gone.
 #[test]
 fn the_appliance_works_with_the_custody_core_in_its_own_process() {
     if !softhsm_available() {
@@ -1031,6 +1032,16 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
 
     let _platform = w.platform();
     let _bob = w.appliance("bob", "bob-appliance.toml", "bob.sock");
+    // A signing key for KeyDepot, generated in Alice's token before her custody process
+    // starts (it grants the keys it finds then).
+    let mut hsm = std::fs::read_to_string(w.path("alice-hsm.toml")).unwrap();
+    hsm.push_str("\n[hsm.profiles.keydepot]\nrole = \"authentication\"\nid = \"keydepot-1\"\n");
+    std::fs::write(w.path("alice-hsm.toml"), hsm).unwrap();
+    etee_e2e::etee(["keys", "generate", "--profile", "keydepot", "--config"])
+        .arg(w.path("alice-hsm.toml"))
+        .env("SOFTHSM2_CONF", w.path("softhsm2.conf"))
+        .run()
+        .code(0);
     // Alice's custody process, with her appliance's rules.
     let alice_custody = |name: &str| {
         w.spawn(
@@ -1064,19 +1075,30 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
     let (status, opened) = curl_unix(&w.path("bob.sock"), "POST", "/v1/unseal", Some(&sealed));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&opened));
     assert_eq!(opened, plain);
-    // KeyDepot registration reads the token's attributes: not from here.
+    // KeyDepot registration: the key's attributes come from the custody process (the
+    // appliance has no PIN), and the key generated in the token is attested.
     let (status, body) = curl_unix(
         &alice,
         "POST",
         "/v1/keydepot/keys",
-        Some(br#"{"key": "authentication"}"#),
+        Some(br#"{"key": "keydepot-1"}"#),
     );
-    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
-    assert!(
-        json(&body)["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("in-process"),
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        json(&body)["key"]["attested"],
+        true,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, body) = curl_unix(
+        &alice,
+        "POST",
+        "/v1/keydepot/keys",
+        Some(br#"{"key": "no-such-key"}"#),
+    );
+    assert_eq!(
+        (status, json(&body)["title"].clone()),
+        (400, "APPLIANCE_BAD_REQUEST".into()),
         "{}",
         String::from_utf8_lossy(&body)
     );
@@ -1094,7 +1116,29 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
             })
             .count()
     };
-    assert_eq!(signed_for("medical-software"), 2, "{chain}");
+    // Two for the seal, two for the registration (proof of possession and attestation).
+    assert_eq!(signed_for("medical-software"), 4, "{chain}");
+    let described: Vec<_> = tail
+        .iter()
+        .filter(|r| r["operation"] == "DescribeKey")
+        .map(|r| (r["client"].clone(), r["key"].clone(), r["outcome"].clone()))
+        .collect();
+    assert_eq!(
+        described,
+        [
+            (
+                "medical-software".into(),
+                "keydepot-1".into(),
+                "success".into()
+            ),
+            (
+                "medical-software".into(),
+                "no-such-key".into(),
+                "refused: refused by policy".into()
+            ),
+        ],
+        "{chain}"
+    );
     assert!(signed_for("etee-appliance") >= 1, "{chain}");
 
     // For any recognised pharmacy: KGSS creates the key (wrapped in its custody process)

@@ -3,12 +3,17 @@
 //!
 //! Every private-key use goes through the custody core (policy check, audit record): the
 //! proof of possession is signed by the registered key itself, the attestation statement by
-//! the token's authentication key, whose certificate names the holder.
+//! the token's authentication key, whose certificate names the holder. What the statement
+//! says of the key (sensitive, never extractable, generated in the token) is asked of the
+//! core too (`DescribeKey`), so that it works where the core alone is logged in to the
+//! token (`[custody] mode = "process"`); the public key and the token's description are
+//! public and read directly.
 
+use etee_custody::{Error as CoreError, KeyKind};
 use etee_formats::ber::slice::parse_exact;
 use etee_formats::ber::tag;
-use etee_formats::keys::{KeyId, PrivateKeyOps, SignerRef};
-use etee_hsm::{CustodyKeys, KeyClass};
+use etee_formats::keys::{KeyError, KeyId, PrivateKeyOps, SignerRef};
+use etee_hsm::CustodyHandle;
 use etee_services::keydepot::{
     self, AttestationStatement, KeyAttributes, KeyInfo, KeyUse, RegisterKeyRequest,
     SignedAttestation, TokenInfo,
@@ -16,16 +21,26 @@ use etee_services::keydepot::{
 
 /// Why a registration request could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyDepotError(pub String);
+pub enum KeyDepotError {
+    /// The key asked for cannot be registered: not in the token (or not one the caller may
+    /// use), not a signing key, an unreadable public key.
+    #[error("{0}")]
+    Invalid(String),
+    /// The custody core refused a use of the key (locked, budget spent).
+    #[error("{0}")]
+    Refused(String),
+    /// The token or the custody process failed or could not be reached.
+    #[error("{0}")]
+    Unavailable(String),
+}
 
 fn hsm_error(e: etee_hsm::HsmError) -> KeyDepotError {
-    KeyDepotError(format!("HSM: {e}"))
+    KeyDepotError::Unavailable(format!("HSM: {e}"))
 }
 
 /// The RFC 5280 §4.2.1.2 (method 1) key identifier: SHA-1 of the subjectPublicKey bits.
 pub fn key_identifier(spki: &[u8]) -> Result<Vec<u8>, KeyDepotError> {
-    let bad = |e: &dyn std::fmt::Display| KeyDepotError(format!("the public key: {e}"));
+    let bad = |e: &dyn std::fmt::Display| KeyDepotError::Invalid(format!("the public key: {e}"));
     let spki = parse_exact(spki).map_err(|e| bad(&e))?;
     let mut fields = spki.seq().map_err(|e| bad(&e))?;
     fields.any().map_err(|e| bad(&e))?;
@@ -36,32 +51,50 @@ pub fn key_identifier(spki: &[u8]) -> Result<Vec<u8>, KeyDepotError> {
 }
 
 /// Builds the registration request for key `key` of the token behind `custody`: every
-/// signature is made through the core under `custody`'s client id.
+/// signature is made, and the key's attributes asked, through the core under `custody`'s
+/// client id.
 pub fn registration_request(
-    custody: &CustodyKeys,
+    custody: &CustodyHandle,
     key: &str,
     label: Option<String>,
 ) -> Result<RegisterKeyRequest, KeyDepotError> {
-    let hsm = custody.hsm();
-    let inventory = hsm.list().map_err(hsm_error)?;
-    let info = inventory
-        .keys
-        .iter()
-        .find(|k| k.id == key && k.class == KeyClass::PrivateKey)
-        .ok_or_else(|| KeyDepotError(format!("the token has no private key {key:?}")))?;
-    if info.sign != Some(true) {
-        return Err(KeyDepotError(format!(
+    let no_such_key = || {
+        KeyDepotError::Invalid(format!(
+            "the token has no signing key {key:?} for this client (KeyDepot registers signing \
+             keys: generate one with a profile whose role is authentication; the custody \
+             policy grants a KeyDepot client the token's authentication keys)"
+        ))
+    };
+    let facts = custody.describe_key(key).map_err(|e| match e {
+        KeyError::UnknownKey(_) => no_such_key(),
+        // Without a rule for the key, the core says nothing about whether it exists; the
+        // policy gives KeyDepot's callers every authentication key of the token, so the
+        // key is not one KeyDepot could register.
+        KeyError::Refused(why) if why == CoreError::PolicyDenied.to_string() => no_such_key(),
+        KeyError::Refused(why) => KeyDepotError::Refused(why),
+        other => {
+            KeyDepotError::Unavailable(format!("asking the custody core about {key:?}: {other}"))
+        }
+    })?;
+    if facts.kind != KeyKind::Authentication {
+        return Err(KeyDepotError::Invalid(format!(
             "key {key:?} cannot sign, so it cannot prove possession (KeyDepot registers \
              signing keys: generate one with a profile whose role is authentication)"
         )));
     }
-    let spki = hsm.public_key_der(key).map_err(hsm_error)?;
-    let key_id =
-        keydepot::KeyId::new(key_identifier(&spki)?).map_err(|e| KeyDepotError(e.to_string()))?;
+    let spki = custody.public_key_der(key).map_err(hsm_error)?;
+    let key_id = keydepot::KeyId::new(key_identifier(&spki)?)
+        .map_err(|e| KeyDepotError::Invalid(e.to_string()))?;
     let sign = |with: &KeyId, message: &[u8]| {
         custody
             .sign_pss_sha256(with, &openssl::sha::sha256(message))
-            .map_err(|e| KeyDepotError(format!("signing with {:?}: {e}", with.0)))
+            .map_err(|e| {
+                let why = format!("signing with {:?}: {e}", with.0);
+                match e {
+                    KeyError::Refused(_) => KeyDepotError::Refused(why),
+                    _ => KeyDepotError::Unavailable(why),
+                }
+            })
     };
     let proof = sign(
         &KeyId(key.to_string()),
@@ -71,12 +104,12 @@ pub fn registration_request(
     // Unknown attributes count against the key: an attestation claims only what the token
     // reported.
     let attributes = KeyAttributes {
-        sensitive: info.sensitive == Some(true),
-        extractable: info.extractable != Some(false),
-        never_extractable: info.never_extractable == Some(true),
-        local: info.local == Some(true),
+        sensitive: facts.sensitive == Some(true),
+        extractable: facts.extractable != Some(false),
+        never_extractable: facts.never_extractable == Some(true),
+        local: facts.local == Some(true),
     };
-    let token = &inventory.token;
+    let token = custody.token_summary().map_err(hsm_error)?;
     let statement = AttestationStatement::new(
         key_id.clone(),
         &spki,
@@ -91,13 +124,13 @@ pub fn registration_request(
     );
     let signer = custody.signing_key().map_err(hsm_error)?;
     let SignerRef::Certificate { cert, chain } = &signer.signer else {
-        return Err(KeyDepotError(
+        return Err(KeyDepotError::Unavailable(
             "the authentication key has no certificate in the token".into(),
         ));
     };
     let bytes = statement
         .to_be_signed()
-        .map_err(|e| KeyDepotError(e.to_string()))?;
+        .map_err(|e| KeyDepotError::Invalid(e.to_string()))?;
     let b64 = |der: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
     let attestation = SignedAttestation {
         signature: sign(&signer.key, &bytes)?,

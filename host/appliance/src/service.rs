@@ -8,6 +8,7 @@
 //! they need are made from there with the runtime's handle.
 
 use crate::config::{ApplianceConfig, Operation};
+use crate::keydepot::KeyDepotError;
 use crate::metrics::{Metrics, Snapshot};
 use crate::policy::{custody_policy, Client, Clients, Peer, Refusal, Slot, APPLIANCE_CLIENT};
 use crate::spool::{SpoolReader, SpoolWriter};
@@ -642,25 +643,15 @@ impl Appliance {
     ) -> Result<etee_services::keydepot::RegisterKeyResponse, ServiceError> {
         let custody = self
             .custody
-            .in_process()
-            .ok_or_else(|| {
-                ServiceError::HsmUnavailable(
-                    "KeyDepot registration reads the key's attributes in the token, which \
-                     needs the custody core in this process ([custody] mode = \"in-process\")"
-                        .into(),
-                )
-            })?
             .for_client(&client.name)
             .map_err(|e| ServiceError::HsmUnavailable(e.to_string()))?;
         let slot = client.slot();
         let request = blocking(move || {
             let _slot = slot;
-            crate::keydepot::registration_request(&custody, &key, label).map_err(|e| {
-                if e.0.contains("refused") {
-                    ServiceError::CustodyRefused(e.0)
-                } else {
-                    ServiceError::BadRequest(e.0)
-                }
+            crate::keydepot::registration_request(&custody, &key, label).map_err(|e| match e {
+                KeyDepotError::Invalid(why) => ServiceError::BadRequest(why),
+                KeyDepotError::Refused(why) => ServiceError::CustodyRefused(why),
+                KeyDepotError::Unavailable(why) => ServiceError::HsmUnavailable(why),
             })
         })
         .await?;

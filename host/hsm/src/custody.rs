@@ -32,7 +32,9 @@ use etee_custody::file_sink::{FileAuditSink, GroupSync};
 use etee_custody::policy::{Budget, Policy, Rule};
 use etee_custody::token::{ckr, TokenError, TokenFunction};
 use etee_custody::wire::{self, Blob, Pin as WirePin, WrapSecret, Wrapped};
-use etee_custody::{ClientId, Custody, Error as CoreError, KeyKind, Request, Response, Token};
+use etee_custody::{
+    ClientId, Custody, Error as CoreError, KeyFacts, KeyKind, Request, Response, Token,
+};
 use etee_formats::keys::{DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SigningKey};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -229,6 +231,24 @@ impl Token for HsmToken {
 
     fn key_kind(&self, key: &etee_custody::KeyId) -> Option<KeyKind> {
         self.kinds.get(key.as_bytes()).copied()
+    }
+
+    fn key_facts(&mut self, key: &etee_custody::KeyId) -> Result<KeyFacts, TokenError> {
+        let kind = self.key_kind(key).ok_or(TokenError::new(
+            TokenFunction::FindObjects,
+            ckr::KEY_HANDLE_INVALID,
+        ))?;
+        let [sensitive, extractable, never_extractable, local] = self
+            .pool
+            .run(|conn| keys::custody_attributes(conn, key.as_bytes(), kind == KeyKind::Wrapping))
+            .map_err(|e| TokenError::new(TokenFunction::GetAttributeValue, ck_code(&e)))?;
+        Ok(KeyFacts {
+            kind,
+            sensitive,
+            extractable,
+            never_extractable,
+            local,
+        })
     }
 
     fn destroy_key(&mut self, key: &etee_custody::KeyId) -> Result<usize, TokenError> {
@@ -591,6 +611,14 @@ impl CustodyKeys {
         etee_custody::KeyId::new(key.0.as_bytes())
     }
 
+    /// What the token says about the custody of key `key_id` (sensitive, extractable,
+    /// generated in the token), asked through the core: it needs a policy rule for this
+    /// client and the key, and is recorded.
+    pub fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KeyError> {
+        let request = describe_request(self.client.clone(), key_id)?;
+        describe_result(self.request(&request), key_id)
+    }
+
     /// Wraps `secret` (an AES key: 16, 24 or 32 bytes) with the wrapping key `key_id`
     /// (`CKM_AES_KEY_WRAP`, RFC 3394) through the core: policy, then the audit record, then
     /// the wrapped secret (`secret.len() + 8` bytes), safe to store.
@@ -609,6 +637,31 @@ impl CustodyKeys {
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         let request = unwrap_request(self.client.clone(), key_id, wrapped)?;
         unwrap_result(self.request(&request), key_id)
+    }
+}
+
+/// A `DescribeKey` request.
+pub(crate) fn describe_request(client: ClientId, key_id: &str) -> Result<Request, KeyError> {
+    let key = etee_custody::KeyId::new(key_id.as_bytes())
+        .ok_or_else(|| KeyError::UnknownKey(KeyId(key_id.into())))?;
+    Ok(Request::DescribeKey { client, key })
+}
+
+/// The core's answer to a `DescribeKey` request.
+pub(crate) fn describe_result(response: Response, key_id: &str) -> Result<KeyFacts, KeyError> {
+    match response {
+        Response::KeyFacts(facts) => Ok(facts),
+        // A core older than the request reads an unknown frame id.
+        Response::Error(CoreError::BadFrame) => Err(KeyError::Unavailable(
+            "the custody core does not know DescribeKey (a custody process of an older \
+             etee?)"
+                .into(),
+        )),
+        Response::Error(CoreError::Token(t)) => Err(KeyError::Unavailable(format!(
+            "reading the attributes of {key_id:?}: {t}"
+        ))),
+        Response::Error(e) => Err(key_error(e, &KeyId(key_id.into()))),
+        _ => Err(KeyError::Unavailable("unexpected custody response".into())),
     }
 }
 
@@ -771,6 +824,9 @@ impl Token for RefusedLogin {
     }
     fn destroy_key(&mut self, _: &etee_custody::KeyId) -> Result<usize, TokenError> {
         not_logged_in(TokenFunction::DestroyObject)
+    }
+    fn key_facts(&mut self, _: &etee_custody::KeyId) -> Result<KeyFacts, TokenError> {
+        not_logged_in(TokenFunction::GetAttributeValue)
     }
 }
 

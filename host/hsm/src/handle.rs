@@ -6,7 +6,8 @@
 use crate::config::{Config, CustodyMode};
 use crate::error::Result;
 use crate::{CustodyKeys, RemoteCustodyKeys};
-use etee_formats::keys::{DecryptionKey, KeyError, KeyRing, SigningKey};
+use etee_custody::KeyFacts;
+use etee_formats::keys::{DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SigningKey};
 use zeroize::Zeroizing;
 
 /// A handle on the custody core, in this process or in another.
@@ -92,11 +93,54 @@ impl CustodyHandle {
         }
     }
 
+    /// What the token says about the custody of key `key_id`, asked through the core
+    /// ([`CustodyKeys::describe_key`]).
+    pub fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KeyError> {
+        match self {
+            Self::InProcess(k) => k.describe_key(key_id),
+            Self::Process(k) => k.describe_key(key_id),
+        }
+    }
+
+    /// The public key (SubjectPublicKeyInfo DER) of key `key_id`: read from the token
+    /// (without logging in when the core runs in another process).
+    pub fn public_key_der(&self, key_id: &str) -> Result<Vec<u8>> {
+        match self {
+            Self::InProcess(k) => k.hsm().public_key_der(key_id),
+            Self::Process(k) => k.public_key_der(key_id),
+        }
+    }
+
+    /// The token as it is now.
+    pub fn token_summary(&self) -> Result<crate::TokenSummary> {
+        match self {
+            Self::InProcess(k) => k.hsm().pool().token(),
+            Self::Process(k) => k.token_summary(),
+        }
+    }
+
     /// Where the audit chain stands; `None` when the custody process does not answer.
     pub fn audit_head(&self) -> Option<etee_custody::AuditHead> {
         match self {
             Self::InProcess(k) => Some(k.audit_head()),
             Self::Process(k) => k.audit_head().ok(),
+        }
+    }
+}
+
+/// Each use goes to the core this handle names, under its client id.
+impl PrivateKeyOps for CustodyHandle {
+    fn sign_pss_sha256(&self, key: &KeyId, digest: &[u8; 32]) -> Result<Vec<u8>, KeyError> {
+        match self {
+            Self::InProcess(k) => k.sign_pss_sha256(key, digest),
+            Self::Process(k) => k.sign_pss_sha256(key, digest),
+        }
+    }
+
+    fn decrypt_pkcs1v15(&self, key: &KeyId, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        match self {
+            Self::InProcess(k) => k.decrypt_pkcs1v15(key, blob),
+            Self::Process(k) => k.decrypt_pkcs1v15(key, blob),
         }
     }
 }

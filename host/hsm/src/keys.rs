@@ -462,6 +462,42 @@ pub(crate) fn ensure_id_free(conn: &Conn<'_>, id: &str) -> Result<()> {
 /// key last (a failure on the way leaves the key in place, which the outcome then says);
 /// how many objects there were. Secret (wrapping) keys are never destroyed here.
 /// [`HsmError::NotFound`] when there is none.
+/// The custody attributes of the key `id` (a private key, else a secret key) as the token
+/// reports them: sensitive, extractable, never extractable, generated in the token.
+pub(crate) fn custody_attributes(
+    conn: &mut Conn<'_>,
+    id: &[u8],
+    wrapping: bool,
+) -> Result<[Option<bool>; 4]> {
+    let class = if wrapping {
+        ObjectClass::SECRET_KEY
+    } else {
+        ObjectClass::PRIVATE_KEY
+    };
+    let key = conn.find_object(class, id)?;
+    let attrs = attributes(
+        conn.session(),
+        key,
+        &[
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+            AttributeType::NeverExtractable,
+            AttributeType::Local,
+        ],
+    )?;
+    let mut facts = [None; 4];
+    for a in attrs {
+        match a {
+            Attribute::Sensitive(b) => facts[0] = Some(b),
+            Attribute::Extractable(b) => facts[1] = Some(b),
+            Attribute::NeverExtractable(b) => facts[2] = Some(b),
+            Attribute::Local(b) => facts[3] = Some(b),
+            _ => {}
+        }
+    }
+    Ok(facts)
+}
+
 pub(crate) fn destroy_with_id(conn: &mut Conn<'_>, id: &[u8]) -> Result<usize> {
     let mut destroyed = 0;
     let mut result = Ok(());

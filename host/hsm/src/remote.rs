@@ -35,8 +35,8 @@
 
 use crate::config::{CustodyConfig, HsmConfig};
 use crate::custody::{
-    client_id, decrypt_result, sign_result, unwrap_request, unwrap_result, wrap_request,
-    wrap_result, CustodyKeys,
+    client_id, decrypt_result, describe_request, describe_result, sign_result, unwrap_request,
+    unwrap_result, wrap_request, wrap_result, CustodyKeys,
 };
 use crate::error::{CkContext, HsmError, Result};
 use crate::keys::{self, AUTHENTICATION_ID};
@@ -44,7 +44,7 @@ use crate::token::{find_token, Module};
 use cryptoki::object::{Attribute, ObjectClass};
 use etee_custody::config::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use etee_custody::wire::{self, Blob};
-use etee_custody::{ClientId, Request, Response};
+use etee_custody::{ClientId, KeyFacts, Request, Response};
 use etee_formats::cert::Certificate;
 use etee_formats::keys::{
     DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SignerRef, SigningKey,
@@ -418,6 +418,9 @@ struct RemoteInner {
     /// Idle connections (at most [`IDLE_CONNECTIONS`] kept).
     idle: Mutex<Vec<UnixStream>>,
     certs: Vec<(Vec<u8>, Certificate)>,
+    /// The token, for what is read without logging in (`None` from
+    /// [`RemoteCustodyKeys::with_certificates`]).
+    hsm: Option<HsmConfig>,
 }
 
 /// Idle connections a client keeps for its next requests.
@@ -447,7 +450,11 @@ impl RemoteCustodyKeys {
     /// Reads the token's certificates (no login) and connects to the server at `socket`.
     pub fn open(hsm: &HsmConfig, custody: &CustodyConfig, socket: &Path) -> Result<Self> {
         let certs = public_certificates(hsm)?;
-        Self::with_certificates(certs, custody, socket)
+        let mut keys = Self::with_certificates(certs, custody, socket)?;
+        if let Some(inner) = Arc::get_mut(&mut keys.inner) {
+            inner.hsm = Some(hsm.clone());
+        }
+        Ok(keys)
     }
 
     /// Like [`Self::open`] with certificates of the caller's (CKA_ID, certificate).
@@ -465,6 +472,7 @@ impl RemoteCustodyKeys {
                 socket: socket.to_path_buf(),
                 idle: Mutex::new(vec![stream]),
                 certs,
+                hsm: None,
             }),
             client: client_id(&custody.client)?,
         })
@@ -537,6 +545,58 @@ impl RemoteCustodyKeys {
                 Err(e) => return Err(failed(e)),
             }
         }
+    }
+
+    /// [`CustodyKeys::describe_key`] through the custody process.
+    pub fn describe_key(&self, key_id: &str) -> Result<KeyFacts, KeyError> {
+        let request = describe_request(self.client.clone(), key_id)?;
+        describe_result(self.request(&request)?, key_id)
+    }
+
+    /// The public key (SubjectPublicKeyInfo DER) of key `key_id`, read without logging in:
+    /// from the token's public key object with that CKA_ID (or label), else from its
+    /// certificate.
+    pub fn public_key_der(&self, key_id: &str) -> Result<Vec<u8>> {
+        let hsm = self.hsm()?;
+        let module = Module::load(&hsm.module)?;
+        let (ctx, _) = module.context();
+        let (slot, _) = find_token(&ctx, &hsm.token, &hsm.module)?;
+        let session = ctx.open_ro_session(slot).ctx("opening a session")?;
+        for by in [
+            Attribute::Id(key_id.as_bytes().to_vec()),
+            Attribute::Label(key_id.as_bytes().to_vec()),
+        ] {
+            let found = session
+                .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), by])
+                .ctx("finding a public key")?;
+            if let Some(handle) = found.first() {
+                return keys::public_key_der(&session, *handle);
+            }
+        }
+        let cert = self
+            .inner
+            .certs
+            .iter()
+            .find(|(id, _)| id.as_slice() == key_id.as_bytes())
+            .map(|(_, c)| c)
+            .ok_or_else(|| {
+                HsmError::Invalid(format!(
+                    "the token has no public key or certificate {key_id:?} readable without \
+                     logging in"
+                ))
+            })?;
+        Ok(cert.public_key()?.public_key_to_der()?)
+    }
+
+    /// The token as it is now (`C_GetTokenInfo`, no login).
+    pub fn token_summary(&self) -> Result<crate::TokenSummary> {
+        crate::token_summary(self.hsm()?)
+    }
+
+    fn hsm(&self) -> Result<&HsmConfig> {
+        self.inner.hsm.as_ref().ok_or_else(|| {
+            HsmError::Config("this custody client was made without the [hsm] table".into())
+        })
     }
 
     /// [`CustodyKeys::wrap_secret`] through the custody process.

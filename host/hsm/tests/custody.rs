@@ -999,3 +999,101 @@ fn the_user_pin_is_set_only_when_it_can_be_recorded() {
     let all = records(&custody.audit_file);
     assert_eq!(count(&all, Operation::UserPinSet), 1);
 }
+
+#[test]
+fn keys_are_described_through_the_core() {
+    keys_are_described(false);
+}
+
+#[test]
+fn keys_are_described_through_the_custody_process() {
+    keys_are_described(true);
+}
+
+/// `DescribeKey` against SoftHSM: a key generated in the token is sensitive, never
+/// extractable and local; a key created from a known value is none of those; the answer
+/// is the same in both modes, and so are the public key (read without logging in when the
+/// core runs in another process) and the token's description. Each question is recorded.
+fn keys_are_described(process: bool) {
+    let config = new_token(if process {
+        "describe-proc"
+    } else {
+        "describe-inproc"
+    });
+    let generated = {
+        let hsm = Hsm::open(&config).unwrap();
+        known_wrapping_key(&hsm, "kek", &random(32));
+        let auth = hsm
+            .generate(&etee_hsm::KeyProfile::authentication())
+            .unwrap();
+        assert_eq!(auth.id, "authentication");
+        hsm.public_key_der("authentication").unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let custody = CustodyConfig::defaults(&config, dir.path());
+    let keys = Keys::open(&config, &custody, process, dir.path());
+    let handle = match &keys {
+        Keys::InProcess(k) => etee_hsm::CustodyHandle::InProcess(k.clone()),
+        Keys::Process(k, ..) => etee_hsm::CustodyHandle::Process(k.clone()),
+    };
+
+    let facts = handle.describe_key("authentication").unwrap();
+    assert_eq!(facts.kind, etee_custody::KeyKind::Authentication);
+    assert_eq!(
+        (
+            facts.sensitive,
+            facts.extractable,
+            facts.never_extractable,
+            facts.local
+        ),
+        (Some(true), Some(false), Some(true), Some(true)),
+        "{facts:?}"
+    );
+    let facts = handle.describe_key("kek").unwrap();
+    assert_eq!(facts.kind, etee_custody::KeyKind::Wrapping);
+    assert_eq!(
+        (
+            facts.sensitive,
+            facts.extractable,
+            facts.never_extractable,
+            facts.local
+        ),
+        (Some(false), Some(true), Some(false), Some(false)),
+        "{facts:?}"
+    );
+    // No rule for a key the token does not have: nothing said about it.
+    let refused = handle.describe_key("no-such-key").unwrap_err();
+    assert!(
+        matches!(&refused, KeyError::Refused(why) if *why == CoreError::PolicyDenied.to_string()),
+        "{refused:?}"
+    );
+    assert_eq!(handle.public_key_der("authentication").unwrap(), generated);
+    assert_eq!(
+        handle.token_summary().unwrap().label,
+        config.token.label.clone().unwrap()
+    );
+    keys.close();
+
+    let all = records(&custody.audit_file);
+    let described: Vec<(String, Outcome)> = all
+        .iter()
+        .filter(|r| r.operation == Operation::DescribeKey)
+        .map(|r| {
+            (
+                String::from_utf8_lossy(r.key.as_ref().unwrap().as_bytes()).into_owned(),
+                r.outcome,
+            )
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            ("authentication".to_string(), Outcome::Success),
+            ("kek".to_string(), Outcome::Success),
+            (
+                "no-such-key".to_string(),
+                Outcome::Refused(CoreError::PolicyDenied)
+            ),
+        ]
+    );
+}

@@ -2,16 +2,17 @@
 //! (the request is built by `etee_appliance::keydepot`, which the appliance's API uses too).
 
 use crate::CliError;
-use etee_hsm::{Config, CustodyKeys};
+use etee_hsm::{Config, CustodyHandle};
 use etee_services::keydepot::RegisterKeyRequest;
 
-/// Builds the registration request for key `key` of the token of `config`.
+/// Builds the registration request for key `key` of the token of `config`, through its
+/// custody core wherever it runs (`[custody] mode`).
 pub fn registration_request(
     config: &Config,
     key: &str,
     label: Option<String>,
 ) -> Result<RegisterKeyRequest, CliError> {
-    let custody = CustodyKeys::open(&config.hsm, &config.custody)?;
+    let custody = CustodyHandle::open(config)?;
     let request = etee_appliance::keydepot::registration_request(&custody, key, label)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     // The request leaves the attestation out for a key that cannot have one; this command

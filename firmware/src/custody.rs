@@ -22,8 +22,10 @@
 //!
 //! Steps 2 and 3 come in that order so that a client without a rule for a key learns
 //! nothing about whether the key exists. A failed decryption leaves the core as
-//! [`Error::DecryptFailed`] whatever the token said (the detail is in the audit record):
-//! together with the unsealer carrying on with a random content key, this keeps PKCS#1 v1.5
+//! [`Error::DecryptFailed`] whatever the token said (the detail is in the audit record),
+//! unless the token says it could not try at all (the key, session or device gone:
+//! [`ckr::token_unavailable`], which no ciphertext causes), which is passed on. Together
+//! with the unsealer carrying on with a random content key, this keeps PKCS#1 v1.5
 //! from becoming a padding oracle. A failed unwrap likewise leaves as [`Error::UnwrapFailed`],
 //! whatever the token said.
 //!
@@ -223,8 +225,11 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             Ok(KeyOutput::Plaintext(plaintext)) => Response::Plaintext(plaintext),
             Ok(KeyOutput::Wrapped(wrapped)) => Response::Wrapped(wrapped),
             Ok(KeyOutput::Unwrapped(secret)) => Response::Unwrapped(secret),
-            // ... the client gets one uniform error for every failed decryption or unwrap.
-            Err(Error::Token(_)) if operation == Operation::DecryptPkcs1v15 => {
+            // ... the client gets one uniform error for every failed decryption or unwrap
+            // (a token that could not try at all is not a failed decryption).
+            Err(Error::Token(t))
+                if operation == Operation::DecryptPkcs1v15 && !ckr::token_unavailable(t.ckr) =>
+            {
                 Response::Error(Error::DecryptFailed)
             }
             Err(Error::Token(_)) if operation == Operation::UnwrapSecret => {

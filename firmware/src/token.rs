@@ -106,21 +106,45 @@ pub mod ckr {
     pub const FUNCTION_FAILED: u64 = 0x06;
     pub const DATA_LEN_RANGE: u64 = 0x21;
     pub const DEVICE_ERROR: u64 = 0x30;
+    pub const DEVICE_REMOVED: u64 = 0x32;
     pub const ENCRYPTED_DATA_INVALID: u64 = 0x40;
     pub const ENCRYPTED_DATA_LEN_RANGE: u64 = 0x41;
     pub const KEY_HANDLE_INVALID: u64 = 0x60;
     pub const KEY_SIZE_RANGE: u64 = 0x62;
     pub const KEY_FUNCTION_NOT_PERMITTED: u64 = 0x68;
+    pub const OBJECT_HANDLE_INVALID: u64 = 0x82;
     pub const PIN_INCORRECT: u64 = 0xA0;
     pub const PIN_INVALID: u64 = 0xA1;
     pub const PIN_LEN_RANGE: u64 = 0xA2;
     pub const PIN_LOCKED: u64 = 0xA4;
+    pub const SESSION_CLOSED: u64 = 0xB0;
     pub const SESSION_HANDLE_INVALID: u64 = 0xB3;
+    pub const TOKEN_NOT_PRESENT: u64 = 0xE0;
     pub const USER_ALREADY_LOGGED_IN: u64 = 0x100;
     pub const USER_NOT_LOGGED_IN: u64 = 0x101;
     pub const WRAPPED_KEY_INVALID: u64 = 0x110;
     pub const WRAPPED_KEY_LEN_RANGE: u64 = 0x112;
     pub const BUFFER_TOO_SMALL: u64 = 0x150;
+    pub const CRYPTOKI_NOT_INITIALIZED: u64 = 0x190;
+
+    /// Whether `ckr` says that the token could not try the operation at all: the key,
+    /// the session, the login or the device is gone. No input causes these, so a
+    /// decryption that fails with one is passed on as the token's error (the caller learns
+    /// that the token is unavailable, not that a message is bad); any other failure of a
+    /// decryption stays the one uniform `DecryptFailed`.
+    pub const fn token_unavailable(ckr: u64) -> bool {
+        matches!(
+            ckr,
+            KEY_HANDLE_INVALID
+                | OBJECT_HANDLE_INVALID
+                | SESSION_HANDLE_INVALID
+                | SESSION_CLOSED
+                | USER_NOT_LOGGED_IN
+                | DEVICE_REMOVED
+                | TOKEN_NOT_PRESENT
+                | CRYPTOKI_NOT_INITIALIZED
+        )
+    }
 }
 
 /// The key operations of one HSM token.
@@ -152,7 +176,9 @@ pub trait Token {
     ) -> Result<usize, TokenError>;
 
     /// RSA PKCS#1 v1.5 decryption of a key-transport blob (`CKM_RSA_PKCS`). The core turns
-    /// every failure into one uniform wire error, whatever the CKR.
+    /// every failure into one uniform wire error, except those that say the token could not
+    /// try ([`ckr::token_unavailable`]): implementations must report a failure that the
+    /// blob may have caused with another code.
     fn decrypt_pkcs1v15(
         &mut self,
         key: &KeyId,

@@ -310,6 +310,50 @@ fn decrypt_failures_look_the_same_whatever_the_cause() {
     );
 }
 
+/// A token that could not try (the key, session or device gone) is not a failed decryption:
+/// no ciphertext causes those codes, so they are passed on for the host to say that the
+/// token is unavailable instead of judging the message; every other code stays uniform.
+#[test]
+fn a_token_that_could_not_try_is_not_a_failed_decryption() {
+    let blob = blob_for(&etk(), b"0123456789abcdef");
+    for code in [
+        ckr::KEY_HANDLE_INVALID,
+        ckr::OBJECT_HANDLE_INVALID,
+        ckr::SESSION_HANDLE_INVALID,
+        ckr::SESSION_CLOSED,
+        ckr::USER_NOT_LOGGED_IN,
+        ckr::DEVICE_REMOVED,
+        ckr::TOKEN_NOT_PRESENT,
+        ckr::CRYPTOKI_NOT_INITIALIZED,
+    ] {
+        assert!(ckr::token_unavailable(code));
+        let mut core = unlocked();
+        let e = TokenError::new(TokenFunction::Decrypt, code);
+        core.token().fail_next(e);
+        assert_eq!(
+            call(&mut core, &decrypt(app(), etk(), &blob), 1),
+            Response::Error(Error::Token(e))
+        );
+    }
+    for code in [
+        ckr::GENERAL_ERROR,
+        ckr::FUNCTION_FAILED,
+        ckr::DEVICE_ERROR,
+        ckr::DATA_LEN_RANGE,
+        ckr::ENCRYPTED_DATA_INVALID,
+        ckr::ENCRYPTED_DATA_LEN_RANGE,
+    ] {
+        assert!(!ckr::token_unavailable(code));
+        let mut core = unlocked();
+        core.token()
+            .fail_next(TokenError::new(TokenFunction::Decrypt, code));
+        assert_eq!(
+            call(&mut core, &decrypt(app(), etk(), &blob), 1),
+            Response::Error(Error::DecryptFailed)
+        );
+    }
+}
+
 #[test]
 fn sign_failures_carry_the_pkcs11_function_and_code() {
     let mut core = unlocked();

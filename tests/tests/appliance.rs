@@ -1207,20 +1207,42 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
         curl_unix(&alice, "GET", "/health", None).0 == 200
     });
 
-    // The custody process gone: the appliance says so, and sealing fails cleanly.
+    // A message for Alice, sealed by Bob while her custody process is there.
+    let (status, for_alice) = curl_unix(
+        &w.path("bob.sock"),
+        "POST",
+        "/v1/seal?to=NIHII-HOSPITAL:71000436",
+        Some(&plain),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&for_alice));
+
+    // The custody process gone: the appliance says so. Opening a message is 503
+    // HSM_UNAVAILABLE, never a verdict on the message (it is not the sender's fault);
+    // sealing too, for a known recipient (signing) as for a new one (the platform's TLS
+    // handshake, signed with the key in the custody process, is not the platform's fault).
     drop(custody);
     let (status, body) = curl_unix(&alice, "GET", "/health", None);
     assert_eq!(
         (status, json(&body)["status"].clone()),
         (503, "custody-unavailable".into())
     );
-    let (status, body) = curl_unix(
-        &alice,
-        "POST",
-        "/v1/seal?to=NIHII-PHARMACY:27150201",
-        Some(&plain),
-    );
-    assert!(status >= 500, "{status} {}", String::from_utf8_lossy(&body));
+    let unavailable = |(status, body): (u16, Vec<u8>)| {
+        assert_eq!(
+            (status, json(&body)["title"].clone()),
+            (503, "HSM_UNAVAILABLE".into()),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    };
+    unavailable(curl_unix(&alice, "POST", "/v1/unseal", Some(&for_alice)));
+    for to in ["NIHII-PHARMACY:27150201", "NIHII-HOSPITAL:71000436"] {
+        unavailable(curl_unix(
+            &alice,
+            "POST",
+            &format!("/v1/seal?to={to}"),
+            Some(&plain),
+        ));
+    }
 
     // Restarted: the appliance reconnects by itself, and the chain goes on intact.
     let mut custody = alice_custody("alice-custody-2");
@@ -1235,6 +1257,9 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&sealed));
     let (status, opened) = curl_unix(&w.path("bob.sock"), "POST", "/v1/unseal", Some(&sealed));
+    assert_eq!((status, opened), (200, plain.clone()));
+    // And the message the appliance could not open then opens now.
+    let (status, opened) = curl_unix(&alice, "POST", "/v1/unseal", Some(&for_alice));
     assert_eq!((status, opened), (200, plain));
     let chain = w.audit_verify("alice-hsm.toml");
     assert_eq!(chain["intact"], Value::Bool(true), "{chain}");

@@ -125,6 +125,7 @@ impl ServiceError {
             | ProtocolError::EtkExpired { .. }
             | ProtocolError::EtkInvalid { .. } => Self::UnknownRecipient(e.to_string()),
             ProtocolError::InvalidRequest(r) => Self::BadRequest(r),
+            ProtocolError::Key(k) => Self::from_key(k),
             other => Self::Platform(other.to_string()),
         }
     }
@@ -801,6 +802,9 @@ impl Appliance {
             .map_err(|e| match e {
                 cms::UnsealError::Input(io) => ServiceError::from_io(io),
                 cms::UnsealError::Output(io) => ServiceError::Io(io.to_string()),
+                // The custody core refused, or it or the token is unavailable: 403 / 503,
+                // never a verdict on the message.
+                cms::UnsealError::Key(k) => ServiceError::from_key(k),
             })?;
             let content = if unsealed.verdict.is_clean() {
                 Some(spool.finish().map_err(ServiceError::from_io)?)

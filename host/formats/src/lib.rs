@@ -36,7 +36,7 @@
 //! let mut ring = KeyRing::new();
 //! ring.add(DecryptionKey { ops: keys, key: KeyId("etk".into()), serial: etk.serial().to_vec(), cert: Some(etk), ski: None, modulus_bits: 2048 });
 //! let opts = UnsealOptions { anchors: TrustAnchors::new(vec![cert(&pki.root.cert)]), ..Default::default() };
-//! let (result, content) = unseal_to_vec(&sealed, &ring, &opts);
+//! let (result, content) = unseal_to_vec(&sealed, &ring, &opts).unwrap();
 //! assert!(result.verdict.is_clean());
 //! assert_eq!(content.as_deref(), Some(&b"prescription"[..]));
 //! ```

@@ -93,7 +93,7 @@ fn official_verdicts_are_reproduced() {
         .unwrap();
         opts.at = Some(at.unix_timestamp());
         let message = std::fs::read(dir.join(msg)).unwrap();
-        let (res, content) = unseal_to_vec(&message, &ring, &opts);
+        let (res, content) = unseal_to_vec(&message, &ring, &opts).unwrap();
         let got_fatal = res.verdict.fatal.map(|f| f.name().to_string());
         let want_fatal = e["fatal"].as_str().map(String::from);
         let got_errors: BTreeSet<String> = res

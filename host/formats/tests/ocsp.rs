@@ -276,7 +276,7 @@ fn unseal_errors_at(msg: &[u8], anchors: TrustAnchors, at: i64) -> Vec<E> {
         at: Some(at),
         ..Default::default()
     };
-    let (result, content) = unseal_to_vec(msg, &w.ring, &opts);
+    let (result, content) = unseal_to_vec(msg, &w.ring, &opts).unwrap();
     let errors = result.verdict.errors.clone();
     if errors.is_empty() {
         assert_eq!(content.as_deref(), Some(&b"ocsp test"[..]));
@@ -728,7 +728,7 @@ fn a_real_message_s_embedded_ocsp_answer_and_lists_are_read() {
             ..Default::default()
         };
         // No key of Bob's here: only the outer layer is judged, which is what carries them.
-        let (result, _) = unseal_to_vec(&msg, &KeyRing::new(), &opts);
+        let (result, _) = unseal_to_vec(&msg, &KeyRing::new(), &opts).unwrap();
         result
             .verdict
             .errors

@@ -127,7 +127,7 @@ fn errors(msg: &[u8], anchors: TrustAnchors) -> (Vec<E>, bool) {
         at: Some(w.now),
         ..Default::default()
     };
-    let (result, content) = unseal_to_vec(msg, &w.ring, &opts);
+    let (result, content) = unseal_to_vec(msg, &w.ring, &opts).unwrap();
     assert!(result.verdict.fatal.is_none(), "{:?}", result.verdict);
     (result.verdict.errors, content.is_some())
 }

@@ -556,7 +556,7 @@ fn duplicate(bytes: &[u8], r: &Range<usize>) -> Vec<u8> {
 // ---- verdict helpers ---------------------------------------------------------------------
 
 fn open(msg: &[u8], ring: &KeyRing, o: &UnsealOptions) -> (Unsealed, Option<Vec<u8>>) {
-    unseal_to_vec(msg, ring, o)
+    unseal_to_vec(msg, ring, o).unwrap()
 }
 
 /// Unseals with every opener: never clean, never content.
@@ -1455,7 +1455,7 @@ fn length_near_u64_max_is_fatal() {
     // EncapsulatedContentInfo claiming 2^64 - 1 bytes.
     m.extend([0x30, 0x88, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
     m.extend(oid::der(oid::DATA));
-    let (u, content) = unseal_to_vec(&m, &KeyRing::new(), &UnsealOptions::default());
+    let (u, content) = unseal_to_vec(&m, &KeyRing::new(), &UnsealOptions::default()).unwrap();
     assert_eq!(
         u.verdict.fatal,
         Some(Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT)
@@ -1475,7 +1475,7 @@ fn content_iv_shorter_than_the_block_is_fatal() {
     // AlgorithmIdentifier { aes128-CBC } without parameters: 30 0b 06 09 60 86 48 01 65 03 04 01 02.
     let no_iv = tlv(tag::SEQUENCE, &oid::der(oid::AES128_CBC));
     let msg = parts.with_middle(&splice(&parts.middle, env.content_alg, &no_iv));
-    let (u, content) = unseal_to_vec(&msg, &w.bob_ring, &opts(w));
+    let (u, content) = unseal_to_vec(&msg, &w.bob_ring, &opts(w)).unwrap();
     assert_eq!(
         u.verdict.fatal,
         Some(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT)
@@ -1511,7 +1511,8 @@ mod entry {
         openers(w)
             .iter()
             .map(|(name, ring, o)| {
-                let ((u, content), random) = noting_random_key(|| unseal_to_vec(data, ring, o));
+                let ((u, content), random) =
+                    noting_random_key(|| unseal_to_vec(data, ring, o).unwrap());
                 assert_eq!(content.is_some(), u.verdict.is_clean(), "{name}");
                 let mut streamed = Vec::new();
                 let s = unseal(Trickle(data, data.len() as u64), &mut streamed, ring, o)

@@ -247,7 +247,7 @@ fn open(w: &World, msg: &[u8], opener: Opener) -> (Unsealed, Option<Vec<u8>>) {
             EMPTY.get_or_init(KeyRing::new)
         }
     };
-    unseal_to_vec(msg, ring, &opts)
+    unseal_to_vec(msg, ring, &opts).unwrap()
 }
 
 /// `cases` by default (the suite stays a few seconds in debug builds); `PROPTEST_CASES`
@@ -331,7 +331,7 @@ proptest! {
             ..unseal_options(w)
         };
 
-        let good = unseal_to_vec(&msg, &w.bob_web_ring, &expect(ALICE_KEY_ID, &w.alice_public));
+        let good = unseal_to_vec(&msg, &w.bob_web_ring, &expect(ALICE_KEY_ID, &w.alice_public)).unwrap();
         assert_opens(&good, &data, "expected key id");
         let sender = good.0.sender.as_ref().expect("sender");
         prop_assert_eq!(sender.key_id.as_deref(), Some(ALICE_KEY_ID));
@@ -339,20 +339,20 @@ proptest! {
 
         // A wrong key id: the signature cannot be verified, as in the official library.
         let (u, content) =
-            unseal_to_vec(&msg, &w.bob_web_ring, &expect(b"mallory-key", &w.alice_public));
+            unseal_to_vec(&msg, &w.bob_web_ring, &expect(b"mallory-key", &w.alice_public)).unwrap();
         prop_assert_eq!(u.verdict.fatal, None);
         prop_assert!(u.verdict.errors.contains(&E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED), "{:?}", u.verdict);
         prop_assert!(u.verdict.errors.contains(&E::INNER_SIGNATURE_COULD_NOT_BE_VERIFIED), "{:?}", u.verdict);
         prop_assert!(content.is_none());
 
         // No expected signer at all: same.
-        let (u, content) = unseal_to_vec(&msg, &w.bob_web_ring, &unseal_options(w));
+        let (u, content) = unseal_to_vec(&msg, &w.bob_web_ring, &unseal_options(w)).unwrap();
         prop_assert!(u.verdict.errors.contains(&E::OUTER_SIGNATURE_COULD_NOT_BE_VERIFIED), "{:?}", u.verdict);
         prop_assert!(content.is_none());
 
         // The right key id with someone else's public key: the signature does not match.
         let (u, content) =
-            unseal_to_vec(&msg, &w.bob_web_ring, &expect(ALICE_KEY_ID, &w.carol_auth_public));
+            unseal_to_vec(&msg, &w.bob_web_ring, &expect(ALICE_KEY_ID, &w.carol_auth_public)).unwrap();
         prop_assert!(
             u.verdict.errors.contains(&E::OUTER_SIGNATURE_DOES_NOT_MATCH_AUTHENTICATION_CERTIFICATE),
             "{:?}", u.verdict
@@ -360,7 +360,7 @@ proptest! {
         prop_assert!(content.is_none());
 
         // Bob's certificate-addressed key does not answer to a key id.
-        let result = unseal_to_vec(&msg, &w.bob.ring, &expect(ALICE_KEY_ID, &w.alice_public));
+        let result = unseal_to_vec(&msg, &w.bob.ring, &expect(ALICE_KEY_ID, &w.alice_public)).unwrap();
         assert_fatal(&result, Fatal::DECRYPTION_PRIVATE_KEY_NOT_FOUND, "serial-only ring");
     }
 }
@@ -600,7 +600,7 @@ fn kek_of_each_size_is_labelled_with_its_wrap() {
             // reported as it reports them, and the content is then withheld.
             let mut opts = unseal_options(w);
             opts.kek = Some(Zeroizing::new(key.clone()));
-            let result = unseal_to_vec(&msg, &KeyRing::new(), &opts);
+            let result = unseal_to_vec(&msg, &KeyRing::new(), &opts).unwrap();
             if len == 16 {
                 assert_opens(&result, &data, &who);
             } else {
@@ -617,7 +617,7 @@ fn kek_of_each_size_is_labelled_with_its_wrap() {
             let mut wrong = key.clone();
             wrong[0] ^= 1;
             opts.kek = Some(Zeroizing::new(wrong));
-            let (u, content) = unseal_to_vec(&msg, &KeyRing::new(), &opts);
+            let (u, content) = unseal_to_vec(&msg, &KeyRing::new(), &opts).unwrap();
             assert_eq!(
                 u.verdict.fatal,
                 Some(Fatal::SECRET_KEY_CAN_NOT_DECRYPT_KEKRECIPIENTINFOS),
@@ -703,7 +703,7 @@ fn enveloped_data_version_follows_the_recipient_infos() {
         let result = if recipients.is_empty() {
             open(w, &msg, Opener::Kek)
         } else if matches!(recipients[0], Recipient::KeyId { .. }) {
-            unseal_to_vec(&msg, &w.bob_web_ring, &unseal_options(w))
+            unseal_to_vec(&msg, &w.bob_web_ring, &unseal_options(w)).unwrap()
         } else {
             open(w, &msg, Opener::Bob)
         };

@@ -110,6 +110,21 @@ impl HsmToken {
     }
 }
 
+/// The code of a failed decryption, as the core reads it ([`ckr::token_unavailable`]):
+/// what the ciphertext may have caused ([`HsmError::DecryptFailed`]) never says the token
+/// is unavailable; every other failure happened before or around the token's decryption
+/// (no token, no session, the key not found, the pool stopped) and says so, with the
+/// token's own code when it is one of those, else `CKR_TOKEN_NOT_PRESENT`.
+fn decrypt_code(e: &HsmError) -> u64 {
+    match e {
+        HsmError::DecryptFailed => ckr::ENCRYPTED_DATA_INVALID,
+        other => match ck_code(other) {
+            code if ckr::token_unavailable(code) => code,
+            _ => ckr::TOKEN_NOT_PRESENT,
+        },
+    }
+}
+
 fn ck_code(e: &HsmError) -> u64 {
     let rv = match e {
         HsmError::UnwrapFailed(rv) => Some(*rv),
@@ -130,6 +145,11 @@ fn ck_code(e: &HsmError) -> u64 {
         Some(RvError::KeyFunctionNotPermitted) => ckr::KEY_FUNCTION_NOT_PERMITTED,
         Some(RvError::SessionHandleInvalid) => ckr::SESSION_HANDLE_INVALID,
         Some(RvError::UserNotLoggedIn) => ckr::USER_NOT_LOGGED_IN,
+        Some(RvError::ObjectHandleInvalid) => ckr::OBJECT_HANDLE_INVALID,
+        Some(RvError::SessionClosed) => ckr::SESSION_CLOSED,
+        Some(RvError::DeviceRemoved) => ckr::DEVICE_REMOVED,
+        Some(RvError::TokenNotPresent) => ckr::TOKEN_NOT_PRESENT,
+        Some(RvError::CryptokiNotInitialized) => ckr::CRYPTOKI_NOT_INITIALIZED,
         Some(_) => ckr::FUNCTION_FAILED,
         None => match e {
             HsmError::NotFound { .. } => ckr::KEY_HANDLE_INVALID,
@@ -186,7 +206,7 @@ impl Token for HsmToken {
         let plain = self
             .pool
             .run(|conn| keys::decrypt_pkcs1v15(conn, key.as_bytes(), blob))
-            .map_err(|e| TokenError::new(TokenFunction::Decrypt, ck_code(&e)))?;
+            .map_err(|e| TokenError::new(TokenFunction::Decrypt, decrypt_code(&e)))?;
         copy_out(TokenFunction::Decrypt, &plain, out)
     }
 
@@ -903,9 +923,13 @@ pub(crate) fn decrypt_result(
 ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     match response {
         Response::Plaintext(p) => Ok(Zeroizing::new(p.expose().to_vec())),
-        Response::Error(CoreError::Token(_) | CoreError::DecryptFailed) => {
-            Err(KeyError::DecryptFailed)
-        }
+        Response::Error(CoreError::DecryptFailed) => Err(KeyError::DecryptFailed),
+        // The core passes on only what says the token could not try (no ciphertext causes
+        // it): the token is unavailable, the message is not judged.
+        Response::Error(CoreError::Token(t)) => Err(KeyError::Unavailable(format!(
+            "decrypting with {}: {t}",
+            key.0
+        ))),
         Response::Error(e) => Err(key_error(e, key)),
         _ => Err(KeyError::Unavailable("unexpected custody response".into())),
     }

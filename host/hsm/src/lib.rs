@@ -35,7 +35,7 @@
 //! seal(&sender, &[Recipient::Certificate(etk)], None, &b"hello"[..], &mut sealed, &SealOptions::default())?;
 //! // ...and unseal with every ETK key in the token.
 //! let ring = hsm.keys().key_ring()?;
-//! let (result, content) = unseal_to_vec(&message, &ring, &UnsealOptions::default());
+//! let (result, content) = unseal_to_vec(&message, &ring, &UnsealOptions::default()).unwrap();
 //! # Ok(())
 //! # }
 //! ```

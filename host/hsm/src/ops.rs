@@ -152,8 +152,13 @@ impl PrivateKeyOps for HsmKeys {
     fn decrypt_pkcs1v15(&self, key: &KeyId, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         self.pool
             .run(|conn| keys::decrypt_pkcs1v15(conn, key.0.as_bytes(), blob))
-            // One uniform error, whatever went wrong (no padding oracle).
-            .map_err(|_| KeyError::DecryptFailed)
+            // One uniform error for whatever the ciphertext may have caused (no padding
+            // oracle); a token that could not try is unavailable, not a failed decryption.
+            .map_err(|e| match e {
+                HsmError::DecryptFailed => KeyError::DecryptFailed,
+                HsmError::NotFound { .. } => KeyError::UnknownKey(key.clone()),
+                other => KeyError::Unavailable(format!("decrypting with {}: {other}", key.0)),
+            })
     }
 }
 
@@ -174,7 +179,7 @@ pub(crate) fn decrypt_error(e: cryptoki::error::Error) -> HsmError {
             | RvError::TokenNotPresent
             | RvError::DeviceRemoved,
         ) => e,
-        _ => HsmError::Invalid("decryption failed".into()),
+        _ => HsmError::DecryptFailed,
     }
 }
 

@@ -199,7 +199,7 @@ fn seal_unseal_through_custody(process: bool) {
         anchors: TrustAnchors::new(vec![cert(&pki.root.cert)]),
         ..Default::default()
     };
-    let (result, content) = unseal_to_vec(&sealed, &ring, &opts);
+    let (result, content) = unseal_to_vec(&sealed, &ring, &opts).unwrap();
     assert!(result.verdict.is_clean(), "{:?}", result.verdict);
     assert_eq!(content.as_deref(), Some(&plain[..]));
 
@@ -270,7 +270,7 @@ fn seal_unseal_through_custody(process: bool) {
                             &SealOptions::default(),
                         )
                         .unwrap();
-                        let (result, content) = unseal_to_vec(&sealed, &ring, &opts);
+                        let (result, content) = unseal_to_vec(&sealed, &ring, &opts).unwrap();
                         assert!(result.verdict.is_clean(), "{:?}", result.verdict);
                         assert_eq!(content.as_deref(), Some(&plain[..]));
                     }
@@ -303,6 +303,48 @@ fn seal_unseal_through_custody(process: bool) {
     assert_eq!(
         etee_custody::audit::verify_chain_to(all.iter(), &keys.audit_head()),
         Ok(all.len() as u64)
+    );
+
+    // The ETK key destroyed behind the core's back (another handle on the token): a
+    // message for it is the key provider's error, not a verdict on the message (the
+    // sender did nothing wrong), and the record keeps what the token said.
+    {
+        let other = Hsm::open(&config).unwrap();
+        let id = alice.etk_serial_decimal();
+        other
+            .pool()
+            .run(|conn| {
+                let key =
+                    conn.find_object(cryptoki::object::ObjectClass::PRIVATE_KEY, id.as_bytes())?;
+                conn.session()
+                    .destroy_object(key)
+                    .map_err(|e| etee_hsm::HsmError::Invalid(e.to_string()))
+            })
+            .unwrap();
+    }
+    let mut sealed = Vec::new();
+    seal(
+        &signer,
+        &[Recipient::Certificate(cert(&alice.etk_cert))],
+        None,
+        &plain[..],
+        &mut sealed,
+        &SealOptions::default(),
+    )
+    .unwrap();
+    match unseal_to_vec(&sealed, &ring, &opts) {
+        Err(etee_formats::cms::UnsealError::Key(KeyError::Unavailable(why))) => {
+            assert!(why.contains("C_Decrypt"), "{why}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok((result, _)) => panic!("a verdict: {:?}", result.verdict),
+    }
+    let failed = records(&custody.audit_file).pop().unwrap();
+    assert_eq!(failed.operation, Operation::DecryptPkcs1v15);
+    assert!(
+        matches!(failed.outcome, Outcome::Refused(CoreError::Token(t))
+            if t.ckr == etee_custody::token::ckr::KEY_HANDLE_INVALID),
+        "{failed:?}"
     );
 
     let socket = dir.path().join("custody.sock");

@@ -723,7 +723,7 @@ fn open_answer(w: &World, ring: &KeyRing, sealed: &[u8]) -> Vec<u8> {
         anchors: TrustAnchors::new(vec![cert(&w.pki.root.cert)]),
         ..Default::default()
     };
-    let (result, content) = unseal_to_vec(sealed, ring, &opts);
+    let (result, content) = unseal_to_vec(sealed, ring, &opts).unwrap();
     assert!(result.verdict.is_clean(), "{:?}", result.verdict);
     let sender = result.sender.and_then(|s| s.certificate).expect("a signer");
     assert_eq!(
@@ -1064,7 +1064,7 @@ fn breakdown_steps(
                 signing_time_expiration: REPLAY_WINDOW,
                 ..Default::default()
             };
-            let (result, c) = unseal_to_vec(&sealed, &kgss.ring, &opts);
+            let (result, c) = unseal_to_vec(&sealed, &kgss.ring, &opts).unwrap();
             assert!(result.verdict.is_clean(), "{:?}", result.verdict);
             content = c;
         });

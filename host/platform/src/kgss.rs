@@ -318,7 +318,9 @@ impl Kgss {
             clock_skew: CLOCK_SKEW,
             ..Default::default()
         };
-        let (result, content) = unseal_to_vec(sealed, &self.ring, &opts);
+        // KGSS's ETK key could not be used (custody process, token): not the caller's fault.
+        let (result, content) = unseal_to_vec(sealed, &self.ring, &opts)
+            .map_err(|e| KgssError::Custody(e.to_string()))?;
         let content = match content {
             Some(c) if result.verdict.is_clean() => Zeroizing::new(c),
             _ => {

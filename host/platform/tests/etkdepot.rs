@@ -286,7 +286,7 @@ impl World {
             anchors: self.anchors.clone(),
             ..Default::default()
         };
-        let (result, content) = unseal_to_vec(&sealed, &self.bob_ring(), &opts);
+        let (result, content) = unseal_to_vec(&sealed, &self.bob_ring(), &opts).unwrap();
         assert!(result.verdict.is_clean(), "{:?}", result.verdict);
         assert_eq!(content.as_deref(), Some(&plain[..]));
         self.openssl_accepts(etk.der());

@@ -58,7 +58,7 @@ fn open_answer(w: &World, to: Option<&Institution>, kek: Option<&[u8]>, sealed: 
         ..Default::default()
     };
     let ring = to.map(ring_of).unwrap_or_default();
-    let (result, content) = unseal_to_vec(sealed, &ring, &opts);
+    let (result, content) = unseal_to_vec(sealed, &ring, &opts).unwrap();
     assert!(result.verdict.is_clean(), "{:?}", result.verdict);
     let sender = result.sender.unwrap().certificate.unwrap();
     assert_eq!(

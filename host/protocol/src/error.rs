@@ -55,6 +55,10 @@ pub enum ProtocolError {
     /// sealed by whom it should be.
     #[error("unsealing the answer: {0}")]
     Unseal(String),
+    /// The institution's own private key could not be used (the custody core refused, its
+    /// process or the token is unavailable): nothing is known about the answer.
+    #[error("the institution's key: {0}")]
+    Key(etee_formats::keys::KeyError),
     /// The service knows nothing matching the request.
     #[error("not found")]
     NotFound,

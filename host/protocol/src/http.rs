@@ -491,7 +491,10 @@ impl HttpClient {
             .connector
             .connect(inner.server_name.clone(), tcp)
             .await
-            .map_err(|e| failed(format!("TLS handshake: {e}")))?;
+            .map_err(|e| match crate::tls::key_failure(&e) {
+                Some(key) => ProtocolError::Key(key),
+                None => failed(format!("TLS handshake: {e}")),
+            })?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| failed(format!("HTTP handshake: {e}")))?;

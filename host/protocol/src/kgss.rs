@@ -27,7 +27,7 @@ use crate::etkdepot::{fault_error, http_error};
 use crate::http::{HttpClient, Request, Response};
 use crate::Flavour;
 use base64::Engine as _;
-use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
+use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealError, UnsealOptions};
 use etee_formats::etk::Etk;
 use etee_formats::identity::{normalize_value, Identity};
 use etee_formats::keys::{KeyRing, SigningKey};
@@ -333,7 +333,10 @@ async fn open(
     };
     let kgss = kgss_etk.identities();
     blocking(move || {
-        let (result, content) = unseal_to_vec(&sealed, &ring, &opts);
+        let (result, content) = unseal_to_vec(&sealed, &ring, &opts).map_err(|e| match e {
+            UnsealError::Key(k) => ProtocolError::Key(k),
+            other => ProtocolError::Unseal(other.to_string()),
+        })?;
         let content = content.map(Zeroizing::new);
         let v = &result.verdict;
         let content = match content {

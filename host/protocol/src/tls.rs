@@ -14,7 +14,7 @@
 //! only that handshake, which the connect timeout bounds.
 
 use crate::error::{ProtocolError, Result};
-use etee_formats::keys::{KeyId, PrivateKeyOps, SignerRef, SigningKey};
+use etee_formats::keys::{KeyError, KeyId, PrivateKeyOps, SignerRef, SigningKey};
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -95,6 +95,18 @@ impl rustls::sign::SigningKey for ProviderKey {
     }
 }
 
+/// Why a TLS handshake failed, when it was the client authentication key (the custody core
+/// refused or is unavailable) rather than the network or the server.
+pub(crate) fn key_failure(e: &std::io::Error) -> Option<KeyError> {
+    let rustls::Error::Other(other) = e.get_ref()?.downcast_ref::<rustls::Error>()? else {
+        return None;
+    };
+    Some(match other.0.downcast_ref::<KeyError>()? {
+        KeyError::Refused(why) => KeyError::Refused(format!("client authentication key: {why}")),
+        failed => KeyError::Unavailable(format!("client authentication key: {failed}")),
+    })
+}
+
 struct ProviderSigner {
     ops: Arc<dyn PrivateKeyOps>,
     key: KeyId,
@@ -113,9 +125,11 @@ impl rustls::sign::Signer for ProviderSigner {
     /// documentation).
     fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
         let digest: [u8; 32] = Sha256::digest(message).into();
+        // The key's own error, so that the handshake's failure can say the key (not the
+        // server) failed: see [`key_failure`].
         self.ops
             .sign_pss_sha256(&self.key, &digest)
-            .map_err(|e| rustls::Error::General(format!("client authentication key: {e}")))
+            .map_err(|e| rustls::Error::Other(rustls::OtherError(Arc::new(e))))
     }
 
     fn scheme(&self) -> SignatureScheme {

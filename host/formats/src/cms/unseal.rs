@@ -19,7 +19,7 @@ use crate::ber::slice::{parse_exact, Tlv};
 use crate::ber::stream::{BerStream, ContentFault, Header, ReadError};
 use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::{key_usage, Certificate, Validity};
-use crate::keys::{KeyId, KeyRing};
+use crate::keys::{KeyError, KeyId, KeyRing};
 use crate::oid;
 use crate::revocation::{Evidence, RevocationPolicy};
 use crate::trust::{PathCheck, TrustAnchors};
@@ -148,40 +148,33 @@ pub struct Unsealed {
     pub outer_signature: Option<Vec<u8>>,
 }
 
-/// Unsealing failed for a reason outside the message: reading input or writing output.
+/// Unsealing failed for a reason outside the message: reading input, writing output, or a
+/// private key that could not be used at all.
 #[derive(Debug, thiserror::Error)]
 pub enum UnsealError {
     #[error("reading the message: {0}")]
     Input(io::Error),
     #[error("writing the content: {0}")]
     Output(io::Error),
+    /// The key provider could not try the decryption (unreachable, refused by policy, the
+    /// key gone): nothing is known about the message. Never a failed decryption, which
+    /// carries on with a random key as every other failure of the message does.
+    #[error("the private key could not be used: {0}")]
+    Key(KeyError),
 }
 
-/// Unseals a message held in memory; content is returned only with a clean verdict.
+/// Unseals a message held in memory; content is returned only with a clean verdict. The
+/// error is a private key that could not be used ([`UnsealError::Key`]): reading a slice
+/// and writing a vector do not fail.
 pub fn unseal_to_vec(
     message: &[u8],
     keys: &KeyRing,
     opts: &UnsealOptions,
-) -> (Unsealed, Option<Vec<u8>>) {
+) -> Result<(Unsealed, Option<Vec<u8>>), UnsealError> {
     let mut content = Vec::new();
-    let result = unseal(message, &mut content, keys, opts).unwrap_or_else(|_| unreachable_io());
+    let result = unseal(message, &mut content, keys, opts)?;
     let clean = result.verdict.is_clean();
-    (result, clean.then_some(content))
-}
-
-fn unreachable_io() -> Unsealed {
-    // Reading a slice and writing a Vec cannot fail; keep a verdict rather than panic.
-    let mut verdict = Verdict::default();
-    verdict.fatal(Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT);
-    Unsealed {
-        verdict,
-        sender: None,
-        signing_time: None,
-        opened_with: None,
-        content_len: 0,
-        content_sha256: [0; 32],
-        outer_signature: None,
-    }
+    Ok((result, clean.then_some(content)))
 }
 
 /// Why processing of a layer stopped.
@@ -189,6 +182,7 @@ enum Stop {
     Fatal(Fatal),
     Input(io::Error),
     Output(io::Error),
+    Key(KeyError),
 }
 
 /// Maps a read failure at `layer` to a fatal, unless it is a real I/O failure.
@@ -258,6 +252,7 @@ pub fn unseal<R: Read, W: Write>(
         }
         Err(Stop::Input(e)) => return Err(UnsealError::Input(e)),
         Err(Stop::Output(e)) => return Err(UnsealError::Output(e)),
+        Err(Stop::Key(e)) => return Err(UnsealError::Key(e)),
     }
     out.flush().map_err(UnsealError::Output)?;
     Ok(assemble(facts, opts, at))
@@ -767,7 +762,10 @@ impl Addressees {
 pub fn addressees<R: Read>(input: R) -> Result<Addressees, Fatal> {
     let fatal = |stop: Stop| match stop {
         Stop::Fatal(f) => f,
-        Stop::Input(_) | Stop::Output(_) => Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT,
+        // Nothing is decrypted here, so no key is asked (`Key` cannot happen).
+        Stop::Input(_) | Stop::Output(_) | Stop::Key(_) => {
+            Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT
+        }
     };
     let mut s0 = BerStream::new(input);
     let head = signed_data_head(&mut s0).map_err(|e| fatal(classify(e, OUTER)))?;
@@ -896,13 +894,19 @@ fn recover_key(
     let wanted = content_cipher(&env.content_alg)
         .map(|c| c.key_len())
         .unwrap_or(16);
-    let opened = exact.iter().find_map(|&(ri, k)| {
-        k.ops
-            .decrypt_pkcs1v15(&k.key, &ri.encrypted_key)
-            .ok()
-            .filter(|cek| cek.len() == wanted)
-            .map(|cek| (ri, k, cek))
-    });
+    let mut opened = None;
+    for &(ri, k) in &exact {
+        match k.ops.decrypt_pkcs1v15(&k.key, &ri.encrypted_key) {
+            Ok(cek) if cek.len() == wanted => {
+                opened = Some((ri, k, cek));
+                break;
+            }
+            Ok(_) | Err(KeyError::DecryptFailed) => {}
+            // The provider could not try (unreachable, a refusal, the key gone): nothing
+            // the message caused, and no verdict on it; the caller reports it.
+            Err(e) => return Err(Stop::Key(e)),
+        }
+    }
     // The policy checks concern the pair that opened the message, or the first candidate.
     let (ri, key) = opened
         .as_ref()

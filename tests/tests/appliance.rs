@@ -153,6 +153,90 @@ impl World {
         p
     }
 
+    /// `openssl ARGS` in the world's directory; panics with its error output if it fails.
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A TLS client certificate `WHO.pem` (key `WHO-key.pem`, CN=WHO) issued by the CA
+    /// `ca` with key `ca_key`; returns the SHA-256 (hex) of its DER, what an appliance
+    /// client's `certificate_sha256` names.
+    fn client_certificate(&self, who: &str, ca: &str, ca_key: &str) -> String {
+        // A v3 client certificate (webpki refuses v1 ones).
+        std::fs::write(
+            self.path("client.ext"),
+            "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = clientAuth\n",
+        )
+        .unwrap();
+        let (key, csr, pem) = (
+            format!("{who}-key.pem"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+        );
+        let subject = format!("/CN={who}");
+        self.openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+            &subject,
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-extfile",
+            "client.ext",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+        ]);
+        let pem = std::fs::read(self.path(&pem)).unwrap();
+        let der = openssl::x509::X509::from_pem(&pem)
+            .unwrap()
+            .to_der()
+            .unwrap();
+        hex::encode(openssl::sha::sha256(&der))
+    }
+
+    /// A request to an appliance's HTTPS API on `port`, as the client certificate `who`
+    /// (see [`Self::client_certificate`]) or without one.
+    fn https(
+        &self,
+        port: u16,
+        who: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, Vec<u8>) {
+        let ca = self.path("world/ca.pem").display().to_string();
+        let cert = who.map(|x| self.path(&format!("{x}.pem")).display().to_string());
+        let key = who.map(|x| self.path(&format!("{x}-key.pem")).display().to_string());
+        let mut extra = vec!["--cacert", &ca];
+        if let (Some(c), Some(k)) = (&cert, &key) {
+            extra.extend(["--cert", c.as_str(), "--key", k.as_str()]);
+        }
+        curl(
+            &extra,
+            method,
+            &format!("https://127.0.0.1:{port}{path}"),
+            body,
+        )
+    }
+
     fn audit_verify(&self, hsm: &str) -> Value {
         let out = etee_e2e::etee(["audit", "verify", "--json", "--tail", "1000", "--config"])
             .arg(self.path(hsm))
@@ -252,19 +336,7 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
     let _bob = w.appliance("bob", "bob-appliance.toml", "bob.sock");
 
     // The API's own client CA and two client certificates, only one of them configured.
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(w.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
+    w.openssl(&[
         "req",
         "-x509",
         "-newkey",
@@ -279,51 +351,8 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
         "-days",
         "2",
     ]);
-    // A v3 client certificate (webpki refuses v1 ones).
-    std::fs::write(
-        w.path("client.ext"),
-        "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = clientAuth\n",
-    )
-    .unwrap();
-    for who in ["his", "stranger"] {
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{who}-key.pem"),
-            "-out",
-            &format!("{who}.csr"),
-            "-subj",
-            &format!("/CN={who}"),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{who}.csr"),
-            "-CA",
-            "api-ca.pem",
-            "-CAkey",
-            "api-ca-key.pem",
-            "-CAcreateserial",
-            "-extfile",
-            "client.ext",
-            "-out",
-            &format!("{who}.pem"),
-            "-days",
-            "2",
-        ]);
-    }
-    let his_der = {
-        let pem = std::fs::read(w.path("his.pem")).unwrap();
-        openssl::x509::X509::from_pem(&pem)
-            .unwrap()
-            .to_der()
-            .unwrap()
-    };
-    let his_sha = hex::encode(openssl::sha::sha256(&his_der));
+    let his_sha = w.client_certificate("his", "api-ca.pem", "api-ca-key.pem");
+    w.client_certificate("stranger", "api-ca.pem", "api-ca-key.pem");
     let api_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -393,19 +422,7 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
 
     // Over HTTPS: "his" by its certificate.
     let https = |who: Option<&str>, method: &str, path: &str, body: Option<&[u8]>| {
-        let ca = w.path("world/ca.pem").display().to_string();
-        let cert = who.map(|x| w.path(&format!("{x}.pem")).display().to_string());
-        let key = who.map(|x| w.path(&format!("{x}-key.pem")).display().to_string());
-        let mut extra = vec!["--cacert", &ca];
-        if let (Some(c), Some(k)) = (&cert, &key) {
-            extra.extend(["--cert", c.as_str(), "--key", k.as_str()]);
-        }
-        curl(
-            &extra,
-            method,
-            &format!("https://127.0.0.1:{api_port}{path}"),
-            body,
-        )
+        w.https(api_port, who, method, path, body)
     };
     let content = b"sealed over HTTPS by a known caller".to_vec();
     let (status, sealed) = https(
@@ -1286,10 +1303,46 @@ fn a_running_appliance_follows_its_revocation_lists() {
             "{config}: {text}"
         );
     }
+    // Bob's appliance also serves HTTPS, to a caller whose certificate the world CA
+    // issued: the same lists apply to it.
+    let his_sha = w.client_certificate("his", "world/ca.pem", "world/ca-key.pem");
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bob_config = std::fs::read_to_string(w.path("bob-appliance.toml")).unwrap();
+    std::fs::write(
+        w.path("bob-appliance.toml"),
+        bob_config.replacen(
+            "[appliance]\n",
+            &format!(
+                "[appliance]\nlisten = \"127.0.0.1:{api_port}\"\n\
+                 tls_certificate = \"world/tls-server.pem\"\n\
+                 tls_key = \"world/tls-server-key.pem\"\nclient_ca = [\"world/ca.pem\"]\n"
+            ),
+            1,
+        ) + &format!(
+            "\n[[client]]\nname = \"his\"\noperations = [\"etk\"]\n\
+             certificate_sha256 = \"{his_sha}\"\n"
+        ),
+    )
+    .unwrap();
+    let his_lookup = || {
+        w.https(
+            api_port,
+            Some("his"),
+            "GET",
+            "/v1/etks?type=NIHII-PHARMACY&identifier=27150201",
+            None,
+        )
+    };
     let _platform = w.platform();
     let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
     let _bob = w.appliance("bob", "bob-appliance.toml", "bob.sock");
     let (alice, bob) = (w.path("alice.sock"), w.path("bob.sock"));
+    let (status, body) = his_lookup();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let for_pharmacies = || {
         curl_unix(
             &alice,
@@ -1393,6 +1446,38 @@ fn a_running_appliance_follows_its_revocation_lists() {
     assert_ne!(status, 200, "{}", String::from_utf8_lossy(&body));
     let log = std::fs::read_to_string(w.path("bob.log")).unwrap_or_default();
     assert!(log.contains("revocation lists read again"), "{log}");
+
+    // The HTTPS caller's certificate revoked: without a restart, and although its
+    // connection may be kept alive, the appliance no longer knows the caller.
+    etee_e2e::etee(["pki", "revoke"])
+        .arg(w.path("world"))
+        .args(["--cert"])
+        .arg(w.path("his.pem"))
+        .run()
+        .code(0);
+    let start = Instant::now();
+    let refused = loop {
+        let (status, body) = his_lookup();
+        if status != 200 {
+            break (status, json(&body));
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still served 15 s after its certificate was revoked"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (refused.0, refused.1["title"].as_str()),
+        (403, Some("APPLIANCE_UNKNOWN_CLIENT")),
+        "{}",
+        refused.1
+    );
+    let log = std::fs::read_to_string(w.path("bob.log")).unwrap_or_default();
+    assert!(
+        log.contains("a client certificate is revoked (by its CA's list or OCSP responder)"),
+        "{log}"
+    );
     let (status, metrics) = curl_unix(&bob, "GET", "/metrics", None);
     let metrics = String::from_utf8_lossy(&metrics);
     assert_eq!(status, 200);

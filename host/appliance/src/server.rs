@@ -8,6 +8,11 @@ use crate::config::{Limits, TlsApi};
 use crate::policy::Peer;
 use crate::{ApplianceError, Result};
 use axum::Router;
+use etee_formats::cert::Certificate;
+use etee_formats::revocation::{Revocation, RevocationPolicy};
+use etee_formats::trust::TrustAnchors;
+use etee_services::log::Throttle;
+use etee_services::revocation::client_refusal;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -90,11 +95,91 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener> {
     Ok(UnixListener::from_std(listener)?)
 }
 
+/// The chain an HTTPS caller presented, parsed for its revocation check.
+struct Presented {
+    leaf: Certificate,
+    chain: Vec<Certificate>,
+}
+
+/// Certificates of a presented chain considered beyond the leaf.
+const MAX_PRESENTED: usize = 8;
+
+impl Presented {
+    /// `None` when a certificate rustls accepted does not parse here: such a caller is
+    /// served as unidentified rather than left unchecked.
+    fn parse(chain: &[CertificateDer<'_>]) -> Option<Self> {
+        let (leaf, rest) = chain.split_first()?;
+        Some(Self {
+            leaf: Certificate::from_der(leaf).ok()?,
+            chain: rest
+                .iter()
+                .take(MAX_PRESENTED)
+                .map(|c| Certificate::from_der(c).ok())
+                .collect::<Option<_>>()?,
+        })
+    }
+}
+
+/// The HTTPS API's callers checked for revocation at each request (a list can change
+/// while a connection is kept alive): their chains against `client_ca`, with the
+/// appliance's lists (`crl`) and OCSP responder (`ocsp`), under its `revocation` policy.
+/// A refused caller is served as unidentified and its connection closed, as the platform
+/// does with its own callers.
+#[derive(Clone)]
+struct CallerRevocation {
+    anchors: TrustAnchors,
+}
+
+impl CallerRevocation {
+    /// `None` under the policy none (no lists, no responder).
+    fn new(api: &TlsApi, revocation: &Revocation) -> Result<Option<Self>> {
+        if revocation.policy() == RevocationPolicy::None {
+            return Ok(None);
+        }
+        let mut certs = Vec::new();
+        for path in &api.client_ca {
+            for der in crate::certificates(path)? {
+                certs.push(
+                    Certificate::from_der(&der)
+                        .map_err(|e| tls_error(format!("{}: {e}", path.display())))?,
+                );
+            }
+        }
+        Ok(Some(Self {
+            anchors: TrustAnchors::new(certs).with_revocation(revocation.clone()),
+        }))
+    }
+
+    /// Why the caller is refused now, if it is: off the async workers when the check may
+    /// ask an OCSP responder; a check that did not finish refuses.
+    async fn refusal(&self, presented: Option<&Arc<Presented>>) -> Option<&'static str> {
+        let Some(presented) = presented else {
+            return Some("unreadable here (the TLS layer accepted it)");
+        };
+        let now = etee_formats::unix_now();
+        if self.anchors.revocation().online().is_none() {
+            return client_refusal(&self.anchors, &presented.leaf, &presented.chain, now);
+        }
+        let (anchors, presented) = (self.anchors.clone(), presented.clone());
+        tokio::task::spawn_blocking(move || {
+            client_refusal(&anchors, &presented.leaf, &presented.chain, now)
+        })
+        .await
+        .unwrap_or(Some(
+            "of unknown status: its revocation check did not finish",
+        ))
+    }
+}
+
+/// An HTTPS caller's revocation check: the appliance's, and the chain it presented.
+type CallerCheck = (CallerRevocation, Option<Arc<Presented>>);
+
 /// Serves one connection until it closes or `closing` says stop.
 async fn connection<I>(
     io: I,
     peer: Peer,
     valid_until: Option<i64>,
+    check: Option<CallerCheck>,
     routes: Router,
     limits: Limits,
     mut closing: watch::Receiver<bool>,
@@ -104,31 +189,55 @@ async fn connection<I>(
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             // rustls verified the client's chain at the handshake only. Once a certificate
-            // of it has expired, a kept-alive connection no longer identifies a client:
-            // this request is served as from an unknown caller, and the connection ends
-            // with it so that the next handshake meets the verifier again.
+            // of it has expired, or been revoked, a kept-alive connection no longer
+            // identifies a client: this request is served as from an unknown caller, and
+            // the connection ends with it so that the next handshake meets the verifier
+            // again.
             let expired = valid_until.is_some_and(|t| etee_formats::unix_now() > t);
-            let peer = match &peer {
-                Peer::Tls { addr, .. } if expired => {
-                    tracing::info!(
-                        %addr,
-                        "a client certificate expired during its connection: the request is \
-                         served as unidentified and the connection closed"
-                    );
-                    Peer::Tls {
-                        certificate_sha256: None,
-                        addr: *addr,
-                    }
-                }
-                p => p.clone(),
-            };
-            request.extensions_mut().insert(peer);
+            let peer = peer.clone();
+            let check = check.clone();
             let mut routes = routes.clone();
             async move {
+                let refused = match &check {
+                    Some((revocation, presented)) if !expired => {
+                        revocation.refusal(presented.as_ref()).await
+                    }
+                    _ => None,
+                };
+                let unidentified = expired || refused.is_some();
+                let peer = match peer {
+                    Peer::Tls { addr, .. } if unidentified => {
+                        match refused {
+                            Some(why) => {
+                                static REFUSED: Throttle = Throttle::new();
+                                if let Some(held_back) = REFUSED.allow(etee_formats::unix_now()) {
+                                    // A revoked certificate in use is worth an operator's look.
+                                    tracing::warn!(
+                                        %addr,
+                                        held_back,
+                                        "a client certificate is {why}: the request is served \
+                                         as unidentified and the connection closed"
+                                    );
+                                }
+                            }
+                            None => tracing::info!(
+                                %addr,
+                                "a client certificate expired during its connection: the \
+                                 request is served as unidentified and the connection closed"
+                            ),
+                        }
+                        Peer::Tls {
+                            certificate_sha256: None,
+                            addr,
+                        }
+                    }
+                    p => p,
+                };
+                request.extensions_mut().insert(peer);
                 let answer =
                     tokio::time::timeout(limits.request_timeout, routes.call(request)).await;
                 match answer {
-                    Ok(Ok(mut response)) if expired => {
+                    Ok(Ok(mut response)) if unidentified => {
                         response.headers_mut().insert(
                             hyper::header::CONNECTION,
                             hyper::header::HeaderValue::from_static("close"),
@@ -190,6 +299,7 @@ async fn accept_loop(
     listener: Listener,
     routes: Router,
     limits: Limits,
+    revocation: Option<CallerRevocation>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Bounded (the configuration checks it too), so that the drain below can ask for
@@ -225,6 +335,7 @@ async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
+                let revocation = revocation.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let tls = match tokio::time::timeout(
@@ -248,11 +359,15 @@ async fn accept_loop(
                     let valid_until = chain.and_then(|c| {
                         etee_formats::cert::chain_valid_until(c, etee_formats::unix_now())
                     });
+                    let check = revocation.map(|r| {
+                        let presented = chain.and_then(Presented::parse).map(Arc::new);
+                        (r, presented)
+                    });
                     let peer = Peer::Tls {
                         certificate_sha256,
                         addr,
                     };
-                    connection(tls, peer, valid_until, routes, limits, closing).await;
+                    connection(tls, peer, valid_until, check, routes, limits, closing).await;
                 });
             }
             Listener::Unix(unix) => {
@@ -280,7 +395,7 @@ async fn accept_loop(
                 };
                 tokio::spawn(async move {
                     let _permit = permit;
-                    connection(stream, peer, None, routes, limits, closing).await;
+                    connection(stream, peer, None, None, routes, limits, closing).await;
                 });
             }
         }
@@ -326,12 +441,14 @@ pub async fn start(app: Arc<crate::Appliance>) -> Result<Running> {
     let mut addr = None;
     if let Some(api) = &config.tls {
         let tls = tls_config(api)?;
+        let revocation = CallerRevocation::new(api, app.anchors().revocation())?;
         let tcp = TcpListener::bind(api.listen).await?;
         addr = Some(tcp.local_addr()?);
         tasks.push(tokio::spawn(accept_loop(
             Listener::Tls(tcp, TlsAcceptor::from(tls)),
             routes.clone(),
             limits,
+            revocation,
             stopped.clone(),
         )));
     }
@@ -348,6 +465,7 @@ pub async fn start(app: Arc<crate::Appliance>) -> Result<Running> {
             Listener::Unix(unix),
             routes.clone(),
             limits,
+            None,
             stopped.clone(),
         )));
     }
@@ -462,6 +580,7 @@ mod tests {
             server,
             peer.clone(),
             None,
+            None,
             routes.clone(),
             limits,
             closing.clone(),
@@ -479,7 +598,9 @@ mod tests {
         );
 
         let (mut slow, server) = tokio::io::duplex(4096);
-        let cut = tokio::spawn(connection(server, peer, None, routes, limits, closing));
+        let cut = tokio::spawn(connection(
+            server, peer, None, None, routes, limits, closing,
+        ));
         slow.write_all(b"GET /ping HTTP/1.1\r\nHost:")
             .await
             .unwrap();
@@ -518,7 +639,9 @@ mod tests {
         let peer = Peer::Unix { uid: 1, pid: None };
         // A small pipe: the answers fill it at once.
         let (mut client, server) = tokio::io::duplex(1024);
-        let served = tokio::spawn(connection(server, peer, None, routes, limits, closing));
+        let served = tokio::spawn(connection(
+            server, peer, None, None, routes, limits, closing,
+        ));
         for _ in 0..20 {
             client
                 .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -562,6 +685,7 @@ mod tests {
                     server,
                     peer,
                     Some(valid_until),
+                    None,
                     routes,
                     Limits::default(),
                     closing,

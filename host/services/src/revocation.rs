@@ -502,6 +502,36 @@ fn stamp(path: &Path) -> Option<Stamp> {
     ))
 }
 
+/// Why the revocation sources of `anchors` refuse a TLS client's certificate `leaf`
+/// (presented with `chain`) at `now`, if they do: it or a CA above it is revoked; or no
+/// path to the anchors along which to look them up is found (the TLS verifier found one at
+/// the handshake, so the two disagree: refused under either policy rather than let the
+/// certificate through unchecked); or, under the mandatory policy, nothing gives its
+/// status. Lists change while a connection is kept alive, so services ask at each
+/// request. Policy none: never. May ask an OCSP responder (blocking).
+pub fn client_refusal(
+    anchors: &TrustAnchors,
+    leaf: &etee_formats::cert::Certificate,
+    chain: &[etee_formats::cert::Certificate],
+    now: i64,
+) -> Option<&'static str> {
+    use etee_formats::trust::PathCheck;
+    if anchors.revocation().policy() == RevocationPolicy::None {
+        return None;
+    }
+    match anchors.check(leaf, chain, now, now) {
+        PathCheck::Trusted => None,
+        PathCheck::Revoked => Some("revoked (by its CA's list or OCSP responder)"),
+        PathCheck::StatusUnknown => Some(
+            "of unknown status: neither a current list of its CA nor an OCSP answer gives it \
+             (mandatory policy)",
+        ),
+        PathCheck::Untrusted => {
+            Some("of unknown status: no path to client_ca was found to look it up along")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -883,14 +883,25 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
     );
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains(&key_id));
-    // Registering the same key again is the platform's conflict.
-    let (status, _) = curl_unix(
+    // Registering the same key again is the caller's conflict; so is an identifier type
+    // KeyDepot does not know a caller's error.
+    let (status, body) = curl_unix(
         &socket,
         "POST",
         "/v1/keydepot/keys",
         Some(br#"{"key": "keydepot-1"}"#),
     );
-    assert_eq!(status, 502);
+    assert_eq!(
+        (status, json(&body)["title"].clone()),
+        (409, "KEYDEPOT_KEY_EXISTS".into())
+    );
+    let (status, body) = curl_unix(&socket, "GET", "/v1/keydepot/holders/FOO/1/keys", None);
+    assert_eq!(
+        (status, json(&body)["title"].clone()),
+        (400, "APPLIANCE_BAD_REQUEST".into()),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let (status, body) = curl_unix(
         &socket,
         "POST",
@@ -922,6 +933,75 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
             && r["operation"] == "SignPssSha256"
             && r["outcome"] == "success"),
         "{chain}"
+    );
+}
+
+/// What a caller gets wrong is answered as its error, not the appliance's: a request
+/// body cut short or badly framed (400, not 500), recipients and reader conditions
+/// repeated thousands of times (counted once: one recipient info, one condition) or too
+/// many of them (400 before anything is looked up).
+#[test]
+fn broken_and_abusive_requests_are_the_callers_fault() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    let _platform = w.platform();
+    let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
+    let socket = w.path("alice.sock");
+    // Raw HTTP over the socket: what curl does not send.
+    let raw = |request: &[u8], close_write: bool| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(request).unwrap();
+        if close_write {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let seal = "POST /v1/seal?to=NIHII-PHARMACY:27150201 HTTP/1.1\r\nHost: a\r\n";
+    for (what, request, close_write) in [
+        (
+            "a broken chunk",
+            format!("{seal}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"),
+            false,
+        ),
+        (
+            "a body shorter than its Content-Length",
+            format!("{seal}Content-Length: 100\r\n\r\nonly this"),
+            true,
+        ),
+        (
+            "no last chunk",
+            format!("{seal}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"),
+            true,
+        ),
+    ] {
+        let answer = raw(request.as_bytes(), close_write);
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("APPLIANCE_BAD_REQUEST"),
+            "{what}: {answer}"
+        );
+    }
+
+    let to = vec!["to=NIHII-PHARMACY:27150201"; 2000].join("&");
+    let (status, sealed) = curl_unix(&socket, "POST", &format!("/v1/seal?{to}"), Some(b"x"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&sealed));
+    assert!(sealed.len() < 20_000, "{} bytes", sealed.len());
+    let allow = vec!["allow=doctor"; 3000].join("&");
+    let (status, body) = curl_unix(&socket, "POST", &format!("/v1/seal?{allow}"), Some(b"x"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let readers: Vec<String> = (0..65).map(|i| format!("patient:{i:011}")).collect();
+    let body = serde_json::json!({ "allowed": readers }).to_string();
+    let (status, answer) = curl_unix(&socket, "POST", "/v1/kgss/keys", Some(body.as_bytes()));
+    assert_eq!(
+        (status, json(&answer)["title"].clone()),
+        (400, "APPLIANCE_BAD_REQUEST".into()),
+        "{}",
+        String::from_utf8_lossy(&answer)
     );
 }
 

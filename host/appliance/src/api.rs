@@ -95,6 +95,7 @@ fn status(e: &ServiceError) -> StatusCode {
             etee_formats::ocsp::NotVouched::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        ServiceError::Conflict(_) => StatusCode::CONFLICT,
         ServiceError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         ServiceError::TooLarge(_) | ServiceError::ContentTooLargeForJson { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
@@ -316,14 +317,76 @@ pub fn recipient(spec: &str) -> Result<Identifier, ServiceError> {
     }
 }
 
-/// `to=…&allow=…&exclude=…` of `POST /v1/seal`.
+/// Most recipients (`to`) one seal takes: each is an ETK lookup and a recipient info.
+pub const MAX_RECIPIENTS: usize = 256;
+
+/// Most reader conditions (`allow` and `exclude` together) of one KGSS key: KGSS takes
+/// them in one sealed request of bounded size.
+pub const MAX_READER_CONDITIONS: usize = 64;
+
+/// Adds `item` to `list` unless it is there already (a repeated recipient or condition
+/// means nothing more); refuses more than `max` different ones.
+fn push_once<T: PartialEq>(
+    list: &mut Vec<T>,
+    item: T,
+    max: usize,
+    what: &str,
+) -> Result<(), ServiceError> {
+    if list.contains(&item) {
+        return Ok(());
+    }
+    if list.len() >= max {
+        return Err(ServiceError::BadRequest(format!(
+            "more than {max} different {what}"
+        )));
+    }
+    list.push(item);
+    Ok(())
+}
+
+/// The reader conditions of a KGSS key: each parsed ([`credential`]), repeats dropped, at
+/// most [`MAX_READER_CONDITIONS`] in `allowed` and `excluded` together.
+pub fn reader_conditions(
+    allowed: &[impl AsRef<str>],
+    excluded: &[impl AsRef<str>],
+) -> Result<(Vec<Credential>, Vec<Credential>), ServiceError> {
+    let (mut a, mut e) = (Vec::new(), Vec::new());
+    for s in allowed {
+        push_once(
+            &mut a,
+            credential(s.as_ref())?,
+            MAX_READER_CONDITIONS,
+            "reader conditions",
+        )?;
+    }
+    for s in excluded {
+        let max = MAX_READER_CONDITIONS.saturating_sub(a.len());
+        push_once(&mut e, credential(s.as_ref())?, max, "reader conditions")?;
+    }
+    Ok((a, e))
+}
+
+/// `to=…&allow=…&exclude=…` of `POST /v1/seal`. A repeated recipient or condition counts
+/// once.
 pub fn seal_request(query: &str) -> Result<SealRequest, ServiceError> {
     let mut r = SealRequest::default();
+    let (mut allowed, mut excluded) = (Vec::new(), Vec::new());
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
-            "to" => r.to.push(recipient(&v)?),
-            "allow" => r.allowed.push(credential(&v)?),
-            "exclude" => r.excluded.push(credential(&v)?),
+            "to" => push_once(&mut r.to, recipient(&v)?, MAX_RECIPIENTS, "recipients")?,
+            // Bounded as written (before parsing): thousands of conditions stop here.
+            "allow" => push_once(
+                &mut allowed,
+                v.into_owned(),
+                MAX_READER_CONDITIONS,
+                "reader conditions",
+            )?,
+            "exclude" => push_once(
+                &mut excluded,
+                v.into_owned(),
+                MAX_READER_CONDITIONS,
+                "reader conditions",
+            )?,
             other => {
                 return Err(ServiceError::BadRequest(format!(
                     "unknown parameter {other:?} (to, allow, exclude)"
@@ -331,6 +394,7 @@ pub fn seal_request(query: &str) -> Result<SealRequest, ServiceError> {
             }
         }
     }
+    (r.allowed, r.excluded) = reader_conditions(&allowed, &excluded)?;
     if r.allowed.is_empty() && !r.excluded.is_empty() {
         return Err(ServiceError::BadRequest(
             "exclude needs at least one allow".into(),
@@ -525,16 +589,7 @@ async fn kgss_new_key(
     let answer = async {
         let client = app.admit(&peer, Operation::Kgss).await?;
         let b: NewKeyBody = json_body(body).await?;
-        let allowed = b
-            .allowed
-            .iter()
-            .map(|s| credential(s))
-            .collect::<Result<_, _>>()?;
-        let excluded = b
-            .excluded
-            .iter()
-            .map(|s| credential(s))
-            .collect::<Result<_, _>>()?;
+        let (allowed, excluded) = reader_conditions(&b.allowed, &b.excluded)?;
         let key = app.kgss_new_key(&client, allowed, excluded).await?;
         Ok(json_response(
             StatusCode::CREATED,
@@ -582,15 +637,6 @@ async fn kgss_delete(
     finish(&app, "kgss-delete", &peer, started, answer)
 }
 
-fn keydepot_error(e: etee_protocol::ProtocolError) -> ServiceError {
-    use etee_protocol::ProtocolError as P;
-    match e {
-        P::NotFound | P::UnknownKey => ServiceError::NotFound(e.to_string()),
-        P::AccessDenied(_) | P::NotAuthenticated(_) => ServiceError::PlatformRefused(e.to_string()),
-        other => ServiceError::Platform(other.to_string()),
-    }
-}
-
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ServiceError> {
     serde_json::to_value(v).map_err(|e| ServiceError::Io(e.to_string()))
 }
@@ -630,7 +676,11 @@ async fn keydepot_get(
         let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let _admitted = app.take_slot(client).await?;
-        let record = app.keydepot()?.get(&id).await.map_err(keydepot_error)?;
+        let record = app
+            .keydepot()?
+            .get(&id)
+            .await
+            .map_err(ServiceError::from_keydepot)?;
         Ok(json_response(StatusCode::OK, &to_json(&record)?))
     }
     .await;
@@ -648,7 +698,10 @@ async fn keydepot_delete(
         let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let _admitted = app.take_slot(client).await?;
-        app.keydepot()?.delete(&id).await.map_err(keydepot_error)?;
+        app.keydepot()?
+            .delete(&id)
+            .await
+            .map_err(ServiceError::from_keydepot)?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
     .await;
@@ -667,7 +720,7 @@ async fn keydepot_list(
             .keydepot()?
             .list(&id_type, &value, None)
             .await
-            .map_err(keydepot_error)?;
+            .map_err(ServiceError::from_keydepot)?;
         Ok(json_response(StatusCode::OK, &to_json(&list)?))
     }
     .await;
@@ -747,6 +800,62 @@ async fn metrics(State(app): State<Arc<Appliance>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Repeats count once (one recipient info, one reader condition); more different ones
+    /// than the bounds are the caller's error, before anything is looked up.
+    #[test]
+    fn repeated_recipients_and_readers_count_once_and_are_bounded() {
+        let many = |key: &str, value: &dyn Fn(usize) -> String, n: usize| {
+            (0..n)
+                .map(|i| format!("{key}={}", value(i)))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let same_to = many("to", &|_| "NIHII-PHARMACY:27150201".into(), 2000);
+        let same_allow = many("allow", &|_| "doctor".into(), 5000);
+        let r = seal_request(&format!("{same_to}&{same_allow}")).unwrap();
+        assert_eq!(r.to.len(), 1);
+        assert_eq!(r.allowed, vec![vocabulary::any_doctor()]);
+        // Written differently, the same condition: once as well.
+        let r = seal_request("allow=doctor&allow=%20doctor%20").unwrap();
+        assert_eq!(r.allowed.len(), 1);
+
+        let recipient = |i: usize| format!("NIHII-PHARMACY:{:08}", i);
+        assert_eq!(
+            seal_request(&many("to", &recipient, MAX_RECIPIENTS))
+                .unwrap()
+                .to
+                .len(),
+            MAX_RECIPIENTS
+        );
+        let reader = |i: usize| format!("patient:{:011}", i);
+        assert_eq!(
+            seal_request(&many("allow", &reader, MAX_READER_CONDITIONS))
+                .unwrap()
+                .allowed
+                .len(),
+            MAX_READER_CONDITIONS
+        );
+        let too_many = [
+            many("to", &recipient, MAX_RECIPIENTS + 1),
+            many("allow", &reader, MAX_READER_CONDITIONS + 1),
+            // Together: allowed and excluded share the bound.
+            format!(
+                "{}&{}",
+                many("allow", &reader, MAX_READER_CONDITIONS),
+                many("exclude", &|i| reader(i + 1000), 1)
+            ),
+        ];
+        for query in too_many {
+            match seal_request(&query) {
+                Err(ServiceError::BadRequest(why)) => assert!(why.contains("more than"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let (allowed, excluded) =
+            reader_conditions(&["doctor"; 3000], &["patient:12345678901"; 2]).unwrap();
+        assert_eq!((allowed.len(), excluded.len()), (1, 1));
+    }
 
     #[test]
     fn seal_parameters() {

@@ -69,6 +69,9 @@ pub enum ServiceError {
     NotFound(String),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(String),
+    /// What the caller asked for exists already (a key KeyDepot has registered).
+    #[error("{0}")]
+    Conflict(String),
     #[error("client {client:?} already has {limit} operations running (its max_concurrent); retry later")]
     Busy { client: String, limit: usize },
     #[error("I/O: {0}")]
@@ -97,6 +100,7 @@ impl ServiceError {
             Self::ContentTooLargeForJson { .. } => "APPLIANCE_CONTENT_TOO_LARGE_FOR_JSON",
             Self::NotFound(_) => "APPLIANCE_NOT_FOUND",
             Self::MethodNotAllowed(_) => "APPLIANCE_METHOD_NOT_ALLOWED",
+            Self::Conflict(_) => "KEYDEPOT_KEY_EXISTS",
             Self::Busy { .. } => "APPLIANCE_BUSY",
             Self::Io(_) => "APPLIANCE_IO",
             Self::OwnCertificate { why, .. } => match why {
@@ -116,6 +120,21 @@ impl ServiceError {
         }
     }
 
+    /// KeyDepot's refusals of what the caller asked for are the caller's (400, 404, 409);
+    /// a proof or attestation it does not accept is the appliance's (it made them: 502).
+    pub(crate) fn from_keydepot(e: ProtocolError) -> Self {
+        use ProtocolError as P;
+        match e {
+            P::NotFound | P::UnknownKey => Self::NotFound(e.to_string()),
+            P::AccessDenied(_) | P::NotAuthenticated(_) => Self::PlatformRefused(e.to_string()),
+            P::KeyDepot { status: 400, .. } => Self::BadRequest(e.to_string()),
+            P::KeyDepot { status: 404, .. } => Self::NotFound(e.to_string()),
+            P::KeyDepot { status: 409, .. } => Self::Conflict(e.to_string()),
+            P::Key(k) => Self::from_key(k),
+            other => Self::Platform(other.to_string()),
+        }
+    }
+
     fn from_protocol(e: ProtocolError) -> Self {
         match e {
             ProtocolError::AccessDenied(_) => Self::KgssAccessDenied(e.to_string()),
@@ -131,8 +150,11 @@ impl ServiceError {
     }
 
     fn from_io(e: io::Error) -> Self {
-        match e.get_ref().and_then(|i| i.downcast_ref::<TooLarge>()) {
-            Some(t) => Self::TooLarge(t.0),
+        if let Some(t) = e.get_ref().and_then(|i| i.downcast_ref::<TooLarge>()) {
+            return Self::TooLarge(t.0);
+        }
+        match e.get_ref().and_then(|i| i.downcast_ref::<BodyUnreadable>()) {
+            Some(b) => Self::BadRequest(b.to_string()),
             None => Self::Io(e.to_string()),
         }
     }
@@ -142,6 +164,12 @@ impl ServiceError {
 #[derive(Debug, thiserror::Error)]
 #[error("the body is larger than {0} bytes")]
 struct TooLarge(u64);
+
+/// The other marker error of [`Limited`]: the request body itself could not be read (cut
+/// short, a broken chunked encoding), the caller's fault rather than the appliance's.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read (cut short or badly framed): {0}")]
+struct BodyUnreadable(String);
 
 /// A reader that fails once more than `max` bytes came through.
 pub struct Limited<R> {
@@ -166,7 +194,10 @@ impl<R: Read> Limited<R> {
 
 impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::Interrupted => e,
+            kind => io::Error::new(kind, BodyUnreadable(e.to_string())),
+        })?;
         self.seen += n as u64;
         if self.seen > self.max {
             return Err(io::Error::other(TooLarge(self.max)));
@@ -659,12 +690,7 @@ impl Appliance {
         self.keydepot()?
             .register(&request)
             .await
-            .map_err(|e| match e {
-                ProtocolError::AccessDenied(_) | ProtocolError::NotAuthenticated(_) => {
-                    ServiceError::PlatformRefused(e.to_string())
-                }
-                other => ServiceError::Platform(other.to_string()),
-            })
+            .map_err(ServiceError::from_keydepot)
     }
 
     /// Seals `body` for `request`: ETKs looked up first, a KGSS key made for readers, then
@@ -684,11 +710,24 @@ impl Appliance {
         }
         let mut recipients = Vec::new();
         let mut names = Vec::new();
-        for id in &request.to {
-            for etk in self.etks(id).await? {
-                names.push(etk.encryption_cert().subject_string());
-                recipients.push(Recipient::Certificate(etk.encryption_cert().clone()));
+        let mut sealed_for: Vec<&[u8]> = Vec::new();
+        let etks: Vec<_> = {
+            let mut all = Vec::new();
+            for id in &request.to {
+                all.extend(self.etks(id).await?);
             }
+            all
+        };
+        for etk in &etks {
+            // Two identifiers of the same holder (or the same one written twice) give the
+            // same ETK: one recipient info for it.
+            let cert = etk.encryption_cert();
+            if sealed_for.contains(&cert.der()) {
+                continue;
+            }
+            sealed_for.push(cert.der());
+            names.push(cert.subject_string());
+            recipients.push(Recipient::Certificate(cert.clone()));
         }
         let kek = if request.allowed.is_empty() {
             None

@@ -97,10 +97,14 @@ pub fn router(platform: Arc<Platform>) -> Router {
             get(|| async { json(OPENAPI.as_bytes().to_vec()) }),
         )
         .fallback(|| async { problem(Problem::new(404, "No such resource", None)) })
-        // Outermost last: the metrics count what the shares refuse.
+        // Outermost last: the metrics count what the shares and the size check refuse.
         .layer(axum::middleware::from_fn_with_state(
             platform.clone(),
             within_share,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            platform.clone(),
+            refuse_declared_oversize,
         ))
         .layer(axum::middleware::from_fn_with_state(
             platform.clone(),
@@ -124,7 +128,7 @@ async fn within_share(
     let Some(key) = key.filter(|_| crate::metrics::service_of(path) != "platform") else {
         return next.run(request).await;
     };
-    let soap = matches!(path, "/EtkDepot/v1" | "/Kgss/v1");
+    let soap = is_soap(path);
     match platform.shares.enter(key).await {
         // The work the request starts holds the share too (see `WorkLimit::run`).
         Some(share) => crate::share::scope(share, next.run(request)).await,
@@ -139,6 +143,80 @@ async fn within_share(
             }
         }
     }
+}
+
+/// Whether `path` is a SOAP service's: its errors are SOAP faults, not problems.
+fn is_soap(path: &str) -> bool {
+    matches!(path, "/EtkDepot/v1" | "/Kgss/v1")
+}
+
+/// How long a refused body is still read and discarded after the refusal, and how much
+/// of it at most: closing on a client still sending resets the connection, which can
+/// destroy the answer before the client reads it (RFC 9112 §9.6).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
+
+/// Reads and drops what comes of `body` within [`LINGER`] and [`LINGER_BYTES`].
+async fn discard(mut body: Body) {
+    let mut read = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while read <= LINGER_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// Refuses a request whose declared `Content-Length` is over `max_body_bytes` before
+/// reading any of its body: waiting for a body that would be refused anyway holds the
+/// client until the request timeout. SOAP routes answer the fault of an oversized body
+/// (SOA-03001), REST routes 413, and the connection is closed. What the client already
+/// sends is discarded for a moment ([`discard`]); one that waits for `100 Continue`
+/// sends nothing, and reading would invite the body.
+async fn refuse_declared_oversize(
+    State(platform): State<Arc<Platform>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = platform.config.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_none_or(|n| n <= limit as u64) {
+        return next.run(request).await;
+    }
+    let e = MessageError::TooLarge {
+        what: "request body",
+        limit,
+    };
+    let (parts, body) = request.into_parts();
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects_continue {
+        tokio::spawn(discard(body));
+    }
+    let path = parts.uri.path();
+    let mut response = if is_soap(path) {
+        message_fault(&platform, &e)
+    } else {
+        let title = if crate::metrics::service_of(path) == "keydepot" {
+            "KEYDEPOT_INVALID_REQUEST"
+        } else {
+            "Invalid request"
+        };
+        problem(Problem::new(e.http_status(), title, Some(e.to_string())))
+    };
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// How long `GET /ready` waits for the store's answer.

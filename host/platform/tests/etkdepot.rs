@@ -15,7 +15,8 @@ on_both_stores!(
     a_busy_platform_sheds_lookups_retryably,
     one_caller_cannot_take_every_turn,
     readiness_follows_the_store,
-    the_status_can_be_kept_to_the_host_or_to_certified_callers
+    the_status_can_be_kept_to_the_host_or_to_certified_callers,
+    a_body_declared_too_large_is_refused_before_it_comes
 );
 
 use common::{World, PHARMACY};
@@ -136,7 +137,6 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
             soap::envelope(etee_services::xml::Element::new(Some("urn:other"), "GetPizza")),
             "SOA-03006",
         ),
-        ("oversized body", vec![b' '; 70 * 1024], "SOA-03001"),
     ];
     for (what, body, code) in cases {
         let a = c.soap("/EtkDepot/v1", body).await.unwrap();
@@ -145,6 +145,14 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
     }
     // The connection is still usable after all of that.
     ask(&mut c, "NIHII-PHARMACY", PHARMACY, None).await;
+    // An oversized body is refused too, and its connection closed (the body is not read).
+    let mut big = w.connect(None).await;
+    let a = big
+        .soap("/EtkDepot/v1", vec![b' '; 70 * 1024])
+        .await
+        .unwrap();
+    assert_eq!(a.status, 500);
+    assert_eq!(fault_code(&a.body), "SOA-03001");
     w.stop().await;
 }
 
@@ -752,5 +760,58 @@ async fn the_status_can_be_kept_to_the_host_or_to_certified_callers(mut w: World
     assert_eq!(status(alice.get("/metrics").await.unwrap()), 200);
     assert_eq!(status(alice.get("/ready").await.unwrap()), 200);
     common::drop_platform(platform).await;
+    w.stop().await;
+}
+
+/// A request whose `Content-Length` is over `max_body_bytes` (64 KiB here) is answered at
+/// once, before any of its body is sent: the SOAP services with the fault of an oversized
+/// message, REST with 413; the connection is then closed (the body is not read).
+async fn a_body_declared_too_large_is_refused_before_it_comes(w: World) {
+    let cases = [
+        ("/EtkDepot/v1", None),
+        ("/Kgss/v1", None),
+        ("/etee/v1/kgss/keys", Some("Invalid request")),
+        ("/etee/v1/kgss/keys/retrieve", Some("Invalid request")),
+        ("/etee/v1/keydepot/keys", Some("KEYDEPOT_INVALID_REQUEST")),
+    ];
+    for (path, title) in cases {
+        let a = w
+            .raw_head(&format!(
+                "POST {path} HTTP/1.1\r\nContent-Type: text/xml\r\nContent-Length: 2000000"
+            ))
+            .await;
+        // The request timeout is 30 s: an answer this soon did not wait for the body.
+        assert!(a.elapsed < Duration::from_secs(5), "{path}: {a:?}");
+        assert_eq!(a.connection.as_deref(), Some("close"), "{path}");
+        match title {
+            None => {
+                assert_eq!(a.status, 500, "{path}");
+                assert!(a.content_type.starts_with("text/xml"), "{path}: {a:?}");
+                assert_eq!(fault_code(&a.body), "SOA-03001", "{path}");
+            }
+            Some(title) => {
+                assert_eq!(a.status, 413, "{path}");
+                assert_eq!(a.content_type, "application/problem+json", "{path}");
+                let p = Problem::parse(&a.body).unwrap();
+                assert_eq!(p.title.as_deref(), Some(title), "{path}");
+                assert_eq!(p.status, Some(413), "{path}");
+            }
+        }
+    }
+    // A client waiting for `100 Continue` is not invited to send the body.
+    let a = w
+        .raw_head(
+            "POST /etee/v1/kgss/keys HTTP/1.1\r\nContent-Length: 2000000\r\nExpect: 100-continue",
+        )
+        .await;
+    assert_eq!(a.status, 413, "{a:?}");
+    // A declared length within the limit is served as before.
+    let mut c = w.connect(None).await;
+    ask(&mut c, "NIHII-PHARMACY", PHARMACY, None).await;
+    w.metrics_have(&[
+        "etee_platform_requests_total{service=\"kgss\",status=\"413\"} 3\n",
+        "etee_platform_requests_total{service=\"keydepot\",status=\"413\"} 1\n",
+    ])
+    .await;
     w.stop().await;
 }

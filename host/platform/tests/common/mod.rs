@@ -272,6 +272,51 @@ impl World {
         self.try_connect(who).await.unwrap()
     }
 
+    /// Sends `head` (a request line and headers, without the blank line that ends them) and
+    /// nothing more on a connection of its own, and reads until the platform closes it:
+    /// what a client whose body is still to come gets, and how soon.
+    pub async fn raw_head(&self, head: &str) -> RawAnswer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(self.client_config(None))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        tls.write_all(format!("{head}\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        // A peer closing without close_notify is an error after the bytes read: keep those.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tls.read_to_end(&mut bytes),
+        )
+        .await
+        .expect("the platform kept the connection open for 10 s");
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        let header = |name: &str| {
+            head.lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_owned())
+        };
+        RawAnswer {
+            status,
+            content_type: header("content-type").unwrap_or_default(),
+            connection: header("connection"),
+            body: body.as_bytes().to_vec(),
+            elapsed: started.elapsed(),
+        }
+    }
+
     /// Runs `f` on the platform's store, off the async workers (the store is synchronous).
     pub fn store<T>(&self, f: impl FnOnce(&dyn etee_store::Store) -> T) -> T {
         tokio::task::block_in_place(|| f(self.platform.store.as_ref()))
@@ -397,6 +442,17 @@ impl World {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// What [`World::raw_head`] read.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub connection: Option<String>,
+    pub body: Vec<u8>,
+    /// From the request's sending to the connection's end.
+    pub elapsed: std::time::Duration,
 }
 
 /// An institution's keys as its eHealth keystore holds them (the alias convention of

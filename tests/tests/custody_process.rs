@@ -244,11 +244,11 @@ fn seal_and_unseal_through_the_custody_process() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), plain);
 
-    // On the chain: the server's unlock, two signatures, one decryption (a use record and
-    // an outcome each).
+    // On the chain: the login of `keys import`, the server's unlock, two signatures, one
+    // decryption (a use record and an outcome each).
     let (intact, records, torn) = rig.audit();
     assert!(intact && !torn);
-    assert_eq!(records, 1 + (2 + 1) * 2);
+    assert_eq!(records, 2 + (2 + 1) * 2);
     drop(server);
 }
 
@@ -294,7 +294,7 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     assert!(signed > 0, "no request went through before the kill");
 
     // Intact, no torn record; every released signature is on record with its use record
-    // and its outcome (plus the unlock), and at most the two records of one unreleased
+    // and its outcome (plus the logins of `keys import` and the server), and at most the two records of one unreleased
     // use per client that was in flight; a use cut off before its outcome shows as such.
     let (intact, records, torn) = rig.audit();
     let unconcluded = rig.audit_report()["unconcluded"]
@@ -304,7 +304,7 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     assert!(intact, "chain broken after SIGKILL");
     assert!(!torn, "torn record after SIGKILL");
     assert!(
-        records > 2 * signed && records <= 1 + 2 * signed + 2 * 2,
+        records > 2 * signed && records <= 2 + 2 * signed + 2 * 2,
         "{records} records for {signed} signatures"
     );
     assert!(unconcluded <= 2, "{unconcluded} uses without an outcome");
@@ -379,8 +379,9 @@ fn custody_process_stops_cleanly_on_sigterm() {
     assert!(signed > 0, "no request went through before SIGTERM");
     assert!(!rig.socket.exists(), "socket file left behind");
 
-    // Every request the server read was answered: the chain holds the unlock, exactly the
-    // released signatures, and the lock at the end.
+    // Every request the server read was answered: the chain holds the logins (`keys
+    // import`, the server's unlock), exactly the released signatures, and the lock at the
+    // end.
     let run = rig
         .server(["audit", "verify", "--json", "--tail", "1"])
         .run();
@@ -389,7 +390,7 @@ fn custody_process_stops_cleanly_on_sigterm() {
     assert_eq!(report["intact"], Value::Bool(true), "{report}");
     assert_eq!(
         report["records"].as_u64(),
-        Some(1 + 2 * signed + 1),
+        Some(2 + 2 * signed + 1),
         "{report}"
     );
     assert_eq!(report["unconcluded"], serde_json::json!([]), "{report}");
@@ -406,5 +407,5 @@ fn custody_process_stops_cleanly_on_sigterm() {
     );
     let (intact, records, _) = rig.audit();
     assert!(intact);
-    assert_eq!(records, 1 + 2 * signed + 2);
+    assert_eq!(records, 2 + 2 * signed + 2);
 }

@@ -130,16 +130,16 @@ fn hsm_token_seals_unseals_and_audits() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), plain);
 
-    // The chain verifies: per run an unlock, the key operations (a use record and an
-    // outcome each) and a lock (seal: two signatures, one per layer; unseal: one
-    // decryption).
+    // The chain verifies: the logins of `keys import` and `keys list`, then per run an
+    // unlock, the key operations (a use record and an outcome each) and a lock (seal: two
+    // signatures, one per layer; unseal: one decryption).
     assert!(rig.audit_file().is_file());
     let run = rig.etee(["audit", "verify", "--json"]).run();
     run.code(0);
     let report = run.json();
     assert_eq!(report["intact"], Value::Bool(true), "{report}");
     let records = report["records"].as_u64().unwrap();
-    assert_eq!(records, (1 + 2 * 2 + 1) + (1 + 2 + 1), "{report}");
+    assert_eq!(records, 2 + (1 + 2 * 2 + 1) + (1 + 2 + 1), "{report}");
     // The text result is on standard output (`etee audit verify > head.txt` keeps the
     // head to record with a backup).
     let run = rig.etee(["audit", "verify"]).run();
@@ -414,7 +414,7 @@ fn keys_born_in_the_token_get_a_csr_and_their_certificates() {
 
     // The CSRs' signatures are on the audit chain, under the CLI's client.
     let run = rig
-        .etee(["audit", "verify", "--json", "--tail", "10"])
+        .etee(["audit", "verify", "--json", "--tail", "100"])
         .run();
     run.code(0);
     let report = run.json();
@@ -722,9 +722,9 @@ fn the_so_pin_as_shares_and_init_pin() {
         .arg(&config)
         .run()
         .code(0);
-    // On the chain, which verifies.
+    // On the chain (before the login of `keys list`), which verifies.
     let run = hsm
-        .etee(["audit", "verify", "--tail", "1", "--config"])
+        .etee(["audit", "verify", "--tail", "2", "--config"])
         .arg(&config)
         .run();
     run.code(0);
@@ -786,10 +786,10 @@ fn keys_destroy_asks_first_and_destroys_on_record() {
     assert!(!listed(&etk));
     assert!(listed("authentication"));
 
-    let run = rig.etee(["audit", "verify", "--tail", "3"]).run();
+    let run = rig.etee(["audit", "verify", "--tail", "100"]).run();
     run.code(0);
     let out = String::from_utf8_lossy(&run.stdout).into_owned();
-    // The use and its outcome (then the Lock of the closing core).
+    // The use and its outcome.
     assert_eq!(out.matches("KeyDestroy").count(), 2, "{out}");
 }
 
@@ -869,6 +869,117 @@ fn custody_status_tells_a_lock_out_and_its_remedy() {
         "{:?}",
         run.stdout
     );
+}
+
+/// A rig's configuration with another user PIN file (holding `pin`), as `NAME.toml`.
+fn config_with_pin(rig: &Rig, name: &str, pin: &str) -> PathBuf {
+    let pin_file = rig.dir.join(format!("{name}.pin"));
+    etee_e2e::secret_file(&pin_file, pin);
+    let config = rig.dir.join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&rig.config)
+        .unwrap()
+        .replace("institution-user.pin", &format!("{name}.pin"));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// The outcomes of the `Unlock` records on the chain (every login with the user PIN).
+fn unlocks(rig: &Rig) -> Vec<String> {
+    let run = rig
+        .etee(["audit", "verify", "--json", "--tail", "1000"])
+        .run();
+    run.code(0);
+    run.json()["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"] == "Unlock")
+        .map(|r| r["outcome"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every command that logs in with the user PIN follows the custody core's rule: wrong
+/// PINs are counted on the chain whichever command tried them, and once the chain ends
+/// locked out, `keys list`, `keys generate` and `keys import` are refused without asking
+/// the token, even with the right PIN file, adding nothing to the chain.
+/// `custody reset-pin` with a wrong PIN file resets without trying it; the next wrong PIN
+/// counts again and the right one works.
+#[test]
+fn a_lock_out_stops_every_login_with_the_user_pin() {
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::with_authentication_key(tmp.path());
+    let bad = config_with_pin(&rig, "bad", "not-the-pin");
+    let with = |config: &Path, args: &[&str]| rig.hsm.etee(args).arg("--config").arg(config).run();
+    assert_eq!(
+        unlocks(&rig),
+        ["success"],
+        "`keys generate` logged in on record"
+    );
+
+    for _ in 0..5 {
+        with(
+            &bad,
+            &[
+                "keys",
+                "csr",
+                "--key",
+                "authentication",
+                "--subject",
+                "CN=x",
+            ],
+        )
+        .code(2);
+    }
+    // `keys list` with a wrong PIN counts too: refused at once now.
+    let before = unlocks(&rig);
+    assert_eq!(before.len(), 6, "{before:?}");
+    let (p12, password) = (w.p12("bob"), w.password_file());
+    let import = [
+        "keys",
+        "import",
+        "--p12",
+        p12.to_str().unwrap(),
+        "--password-file",
+        password.to_str().unwrap(),
+    ];
+    for (config, args) in [
+        (&bad, &["keys", "list"][..]),
+        (&bad, &["keys", "generate", "--profile", "etk"][..]),
+        (&rig.config, &["keys", "list"][..]),
+        (&rig.config, &["keys", "generate", "--profile", "etk"][..]),
+        (&rig.config, &import[..]),
+    ] {
+        let run = with(config, args);
+        run.code(2);
+        assert!(
+            run.stderr.contains("locked out") && run.stderr.contains("not asked"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(unlocks(&rig), before, "refused before any login");
+    with(&rig.config, &["custody", "status"]).code(1);
+
+    // The reset does not try the (wrong) PIN of its configuration.
+    let run = with(&bad, &["custody", "reset-pin"]);
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.contains("5 consecutive failure(s) cleared"), "{out}");
+    assert!(out.contains("not tried"), "{out}");
+    assert_eq!(unlocks(&rig), before, "no login by the reset");
+    // Counted again from zero; the right PIN is let in again.
+    let run = with(&bad, &["keys", "list"]);
+    run.code(2);
+    assert!(run.stderr.contains("4 more wrong PIN(s)"), "{}", run.stderr);
+    with(&rig.config, &["keys", "generate", "--profile", "etk"]).code(0);
+    let run = with(&rig.config, &["keys", "list", "--json"]);
+    run.code(0);
+    assert_eq!(run.json()["keys"].as_array().unwrap().len(), 2);
+    let after = unlocks(&rig);
+    assert_eq!(after.len(), before.len() + 3, "{after:?}");
+    assert!(after.last().unwrap() == "success", "{after:?}");
+    with(&rig.config, &["custody", "status"]).code(0);
 }
 
 /// `audit verify --expect-head`: a head recorded earlier (the `anchor`) is found in the

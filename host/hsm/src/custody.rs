@@ -406,18 +406,18 @@ impl CustodyKeys {
     /// [`Hsm::open`] (the login with the configured PIN) as the core's unlock: refused
     /// without asking the token when the chain ends locked out, and a PIN the token
     /// refuses recorded on the chain as a failed unlock (see [`Self::open`]). For callers
-    /// that open the token themselves before [`Self::with_policy`].
+    /// that open the token themselves before [`Self::with_policy`] (whose `Unlock` records
+    /// the success).
     pub fn open_token(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Hsm> {
-        refuse_when_locked_out(custody)?;
-        match Hsm::open(hsm) {
-            Err(
-                e @ HsmError::WrongPin {
-                    kind: PinKind::User,
-                    ..
-                },
-            ) => Err(count_wrong_pin(custody, e)),
-            other => other,
-        }
+        login_on_record(hsm, custody, false)
+    }
+
+    /// [`Self::open_token`] for commands that use the token without the core (`etee keys
+    /// list`, `generate`, `import`, `install-cert`): the accepted login is recorded too
+    /// (an `Unlock`, which ends a run of wrong PINs), so that every login with the user
+    /// PIN is on the chain.
+    pub fn open_token_recorded(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Hsm> {
+        login_on_record(hsm, custody, true)
     }
 
     /// Like [`Self::open`] with an opened token and a policy of the caller's.
@@ -461,13 +461,24 @@ impl CustodyKeys {
         })
     }
 
-    /// The administrator's reset of the wrong-PIN counter (after a lock-out): opens the
-    /// token with the configured PIN and the audit chain, and records the reset on it.
-    /// Returns the number of consecutive failures it cleared.
+    /// The administrator's reset of the wrong-PIN counter (after a lock-out), recorded on
+    /// the audit chain (`PinReset`). The PIN is not tried here: a login could only be an
+    /// uncounted guess (or, counted, would keep the core locked out), and the right to
+    /// reset is the right to append to the chain, which the service's user has anyway.
+    /// The next login with the PIN file is counted as usual. Returns the number of
+    /// consecutive failures it cleared.
     pub fn reset_pin_counter(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<u8> {
-        let opened = Hsm::open(hsm)?;
-        let token = HsmToken::new(&opened)?;
-        let mut core = open_core(token, Policy::deny_all(), custody)?;
+        // The configuration must name a token; the chain must exist (nothing to reset else).
+        crate::token_summary(hsm)?;
+        let path = &custody.audit_file;
+        let archived = etee_custody::file_sink::segments(path).unwrap_or_default();
+        if !path.is_file() && archived.is_empty() {
+            return Err(HsmError::Invalid(format!(
+                "no audit chain at {}: no wrong PIN was counted, nothing to reset",
+                path.display()
+            )));
+        }
+        let mut core = open_core(LoginOnly::never(), Policy::deny_all(), custody)?;
         let cleared = core.audit_sink().pin_failures_at_open();
         core.reset_pin_counter(now_ms())
             .map_err(|e| HsmError::Invalid(format!("resetting the wrong-PIN counter: {e}")))?;
@@ -485,11 +496,9 @@ impl CustodyKeys {
         custody: &CustodyConfig,
         so_pin: &crate::Pin,
     ) -> Result<crate::TokenSummary> {
-        let mut core = open_core(
-            RefusedLogin(ckr::USER_NOT_LOGGED_IN),
-            Policy::deny_all(),
-            custody,
-        )?;
+        // The token first: a configuration naming none leaves no audit file behind.
+        crate::token_summary(hsm)?;
+        let mut core = open_core(LoginOnly::never(), Policy::deny_all(), custody)?;
         let summary = crate::init_user_pin(hsm, so_pin)?;
         core.user_pin_set(now_ms()).map_err(|e| {
             HsmError::Audit(format!(
@@ -758,51 +767,108 @@ fn locked_out(custody: &CustodyConfig) -> HsmError {
     ))
 }
 
-/// Refuses, before the token is asked for a login, when the chain ends locked out.
-fn refuse_when_locked_out(custody: &CustodyConfig) -> Result<()> {
-    let core = open_core(
-        RefusedLogin(ckr::USER_NOT_LOGGED_IN),
-        Policy::deny_all(),
-        custody,
-    )?;
+/// The login with the configured user PIN ([`Hsm::open`], `C_Login`) under the rule of
+/// the core's `Unlock`. The token is found first (a configuration naming none leaves no
+/// audit file), then the chain is taken (locked, so that no other core appends meanwhile)
+/// for the time of the login: when it ends locked out the token is not asked at all
+/// (sparing a real HSM's own retry counter); a `C_Login` the token refuses is recorded as
+/// a failed unlock and counted; with `record_success`, an accepted one is recorded too.
+fn login_on_record(hsm: &HsmConfig, custody: &CustodyConfig, record_success: bool) -> Result<Hsm> {
+    crate::token_summary(hsm)?;
+    let answer = Arc::new(AtomicU64::new(ckr::USER_NOT_LOGGED_IN));
+    let mut core = open_core(LoginOnly(answer.clone()), Policy::deny_all(), custody)?;
     if core.status().state == etee_custody::lock::LockState::LockedOut {
         return Err(locked_out(custody));
     }
-    Ok(())
-}
-
-/// Records the token's refusal of the configured PIN as a failed unlock on the chain, and
-/// says how many tries the core has left.
-fn count_wrong_pin(custody: &CustodyConfig, refused: HsmError) -> HsmError {
-    let counted = open_core(
-        RefusedLogin(ckr::PIN_INCORRECT),
-        Policy::deny_all(),
-        custody,
-    )
-    .map(|mut core| {
-        // The token already refused the PIN: `RefusedLogin` answers so, whatever it is.
-        let pin = WirePin::from_slice(b"-").expect("a one-byte PIN fits");
-        core.handle_request(&Request::Unlock { pin }, now_ms())
-    });
-    match counted {
-        Ok(Response::Error(CoreError::PinIncorrect { tries_left: 0 })) => locked_out(custody),
-        Ok(Response::Error(CoreError::PinIncorrect { tries_left })) => HsmError::Invalid(format!(
-            "{refused}; counted on the custody audit chain {}: {tries_left} more wrong PIN(s) \
-             and the core locks out (the token keeps its own count too)",
-            custody.audit_file.display()
-        )),
-        Ok(Response::Error(CoreError::PinLockedOut)) => locked_out(custody),
-        Ok(other) => HsmError::Invalid(format!("{refused}; recording it: unexpected {other:?}")),
-        Err(e) => HsmError::Invalid(format!("{refused}; it could not be recorded: {e}")),
+    let opened = Hsm::open(hsm);
+    let code = match &opened {
+        Ok(_) if record_success => CKR_OK,
+        Ok(_) => return opened,
+        Err(e) => match login_refusal(e) {
+            Some(code) => code,
+            // No PIN reached the token (no PIN file, no token, no session...).
+            None => return opened,
+        },
+    };
+    answer.store(code, Ordering::Relaxed);
+    // The PIN stays with the pool: `LoginOnly` answers what the token answered.
+    let pin = WirePin::from_slice(b"-").expect("a one-byte PIN fits");
+    let response = core.handle_request(&Request::Unlock { pin }, now_ms());
+    match (opened, response) {
+        (Ok(opened), Response::Unlocked) => Ok(opened),
+        // A login that is not on record does not stand.
+        (Ok(_), other) => Err(HsmError::Audit(format!(
+            "{}: the login could not be recorded ({}); the token is not used",
+            custody.audit_file.display(),
+            response_text(&other)
+        ))),
+        (Err(refused), response) => Err(counted(custody, refused, response)),
     }
 }
 
-/// The token as it stands when `C_Login` refused the configured PIN before the core
-/// opened: the core's `Unlock` gets that refusal (and counts and records it like any wrong
-/// PIN); no key can be used.
-struct RefusedLogin(u64);
+/// `CKR_OK`: what [`LoginOnly`] answers for an accepted login.
+const CKR_OK: u64 = 0;
 
-impl Token for RefusedLogin {
+/// The return value of a `C_Login` the token refused, as the core records it; `None` when
+/// the error did not come from a `C_Login` that tried the user PIN.
+fn login_refusal(e: &HsmError) -> Option<u64> {
+    match e {
+        HsmError::WrongPin {
+            kind: PinKind::User,
+            ..
+        } => Some(ckr::PIN_INCORRECT),
+        HsmError::PinLocked {
+            kind: PinKind::User,
+            ..
+        } => Some(ckr::PIN_LOCKED),
+        HsmError::Pkcs11 { function, .. } if function == "C_Login" => Some(ck_code(e)),
+        _ => None,
+    }
+}
+
+/// A response of the core, for a message.
+fn response_text(response: &Response) -> String {
+    match response {
+        Response::Error(e) => e.to_string(),
+        other => format!("unexpected response {:#04x}", other.id()),
+    }
+}
+
+/// The error for a login the token refused, once the core recorded (and counted) it.
+fn counted(custody: &CustodyConfig, refused: HsmError, response: Response) -> HsmError {
+    let chain = custody.audit_file.display();
+    match response {
+        Response::Error(CoreError::PinIncorrect { tries_left: 0 }) => locked_out(custody),
+        Response::Error(CoreError::PinIncorrect { tries_left }) => HsmError::Invalid(format!(
+            "{refused}; counted on the custody audit chain {chain}: {tries_left} more wrong \
+             PIN(s) and the core locks out (the token keeps its own count too)"
+        )),
+        // A refusal other than a wrong PIN (the token locked its PIN...): counted as well.
+        Response::Error(CoreError::Token(_)) => HsmError::Invalid(format!(
+            "{refused}; counted as a failed login on the custody audit chain {chain}"
+        )),
+        Response::Error(CoreError::PinLockedOut) => locked_out(custody),
+        other => HsmError::Invalid(format!(
+            "{refused}; it could not be recorded on {chain}: {}",
+            response_text(&other)
+        )),
+    }
+}
+
+/// The token as the core sees it around a login made by the host (`C_Login` through the
+/// session pool, with the configured PIN): its `login` answers what the token answered
+/// (`CKR_OK`, or the refusal), so that the core's `Unlock` counts and records it like any
+/// login; no key can be used through it.
+struct LoginOnly(Arc<AtomicU64>);
+
+impl LoginOnly {
+    /// For a core that only records an administrator's act (no login is made).
+    fn never() -> Self {
+        Self(Arc::new(AtomicU64::new(ckr::USER_NOT_LOGGED_IN)))
+    }
+}
+
+impl Token for LoginOnly {
     fn sign_pss_sha256(
         &mut self,
         _: &etee_custody::KeyId,
@@ -836,7 +902,10 @@ impl Token for RefusedLogin {
         not_logged_in(TokenFunction::UnwrapKey)
     }
     fn login(&mut self, _: &[u8]) -> Result<(), TokenError> {
-        Err(TokenError::new(TokenFunction::Login, self.0))
+        match self.0.load(Ordering::Relaxed) {
+            CKR_OK => Ok(()),
+            code => Err(TokenError::new(TokenFunction::Login, code)),
+        }
     }
     fn logout(&mut self) {}
     fn key_kind(&self, _: &etee_custody::KeyId) -> Option<KeyKind> {
@@ -850,7 +919,7 @@ impl Token for RefusedLogin {
     }
 }
 
-/// What every key operation of [`RefusedLogin`] answers.
+/// What every key operation of [`LoginOnly`] answers.
 fn not_logged_in<T>(function: TokenFunction) -> Result<T, TokenError> {
     Err(TokenError::new(function, ckr::USER_NOT_LOGGED_IN))
 }

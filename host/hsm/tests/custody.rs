@@ -926,6 +926,87 @@ fn wrong_pin_files_are_counted_and_lock_the_core_out() {
     drop(keys);
 }
 
+/// Commands that use the token without the core (`keys list`, `generate`, ...) log in
+/// through [`CustodyKeys::open_token_recorded`]: each login is on the chain (a wrong PIN
+/// counted, an accepted one recorded), and a chain that ends locked out stops them before
+/// the token is asked, whatever the PIN. The administrator's reset does not try the PIN
+/// (no login on record), so that it is no uncounted guess.
+#[test]
+fn every_login_with_the_user_pin_is_on_the_chain() {
+    let config = new_token("login-gate");
+    let dir = tempfile::tempdir().unwrap();
+    let custody = CustodyConfig::defaults(&config, dir.path());
+    let wrong_pin = dir.path().join("wrong.pin");
+    std::fs::write(&wrong_pin, "0000\n").unwrap();
+    let mut wrong = config.clone();
+    wrong.pin = etee_hsm::config::PinSource::File(wrong_pin);
+    let unlocks = || {
+        records(&custody.audit_file)
+            .iter()
+            .filter(|r| r.operation == Operation::Unlock)
+            .map(|r| r.outcome == Outcome::Success)
+            .collect::<Vec<_>>()
+    };
+
+    let hsm = CustodyKeys::open_token_recorded(&config, &custody).unwrap();
+    assert!(hsm.list().is_ok());
+    drop(hsm);
+    assert_eq!(unlocks(), [true], "the accepted login is on record");
+    let max = etee_custody::config::MAX_PIN_ATTEMPTS;
+    for attempt in 1..max {
+        let e = CustodyKeys::open_token_recorded(&wrong, &custody)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CKR_PIN_INCORRECT"), "attempt {attempt}: {e}");
+    }
+    let e = CustodyKeys::open_token_recorded(&wrong, &custody)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("locked out"), "{e}");
+    assert_eq!(
+        unlocks().len(),
+        1 + usize::from(max),
+        "each wrong PIN counted"
+    );
+    // Locked out: neither a wrong PIN nor the right one reaches the token, and nothing
+    // more is appended.
+    for c in [&wrong, &config] {
+        let e = CustodyKeys::open_token_recorded(c, &custody)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("locked out") && e.contains("not asked"), "{e}");
+    }
+    assert_eq!(unlocks().len(), 1 + usize::from(max));
+
+    // The reset with a configuration whose PIN is wrong: recorded, no login tried.
+    assert_eq!(
+        CustodyKeys::reset_pin_counter(&wrong, &custody).unwrap(),
+        max
+    );
+    let all = records(&custody.audit_file);
+    assert_eq!(all.last().unwrap().operation, Operation::PinReset);
+    assert_eq!(
+        unlocks().len(),
+        1 + usize::from(max),
+        "the reset tried no PIN"
+    );
+    // The count starts again: a wrong PIN is counted, the right one is accepted again.
+    let e = CustodyKeys::open_token_recorded(&wrong, &custody)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("{} more wrong PIN(s)", max - 1)), "{e}");
+    drop(CustodyKeys::open_token_recorded(&config, &custody).unwrap());
+    assert_eq!(unlocks().last(), Some(&true));
+
+    // No chain, nothing to reset: said, and no audit file made.
+    let elsewhere = CustodyConfig::defaults(&config, &dir.path().join("none"));
+    let e = CustodyKeys::reset_pin_counter(&config, &elsewhere)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nothing to reset"), "{e}");
+    assert!(!elsewhere.audit_file.exists());
+}
+
 /// `keys destroy` below the CLI: the plan refuses the active authentication key and
 /// wrapping keys; an ETK key goes with a warning, through the core, with its public key,
 /// on the audit chain (use, then outcome); pkcs11-tool no longer sees any of its objects.

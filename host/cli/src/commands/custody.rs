@@ -17,8 +17,9 @@ pub enum Command {
     /// the configuration says `[custody] mode = "process"`.
     Serve(ServeArgs),
     /// Clear the core's wrong-PIN counter after a lock-out (5 wrong PINs, counted on the
-    /// audit chain, so that restarting does not clear them). Opens the token with the
-    /// configured PIN and records the reset on the chain. Stop `etee custody serve` first.
+    /// audit chain, so that restarting does not clear them), recorded on the chain. The PIN
+    /// is not tried here: the next login with pin_file is, and counted as usual. Stop the
+    /// service first (the chain is locked while the reset is appended).
     ResetPin(ResetPinArgs),
     /// What an operator checks first after a refusal: the token's PIN flags (asked without
     /// logging in), and from the audit chain (read, not locked: the service may run) its
@@ -67,7 +68,8 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             let config = super::hsm::load_config(&args.config)?;
             let cleared = etee_hsm::CustodyKeys::reset_pin_counter(&config.hsm, &config.custody)?;
             outln!(
-                "wrong-PIN counter reset ({cleared} consecutive failure(s) cleared); recorded in {}",
+                "wrong-PIN counter reset ({cleared} consecutive failure(s) cleared); recorded in {}. \
+                 The PIN was not tried: the next login with pin_file is, and a wrong one counts again",
                 config.custody.audit_file.display()
             )?;
             Ok(ExitCode::SUCCESS)

@@ -141,8 +141,11 @@ pub fn load_config(path: &Path) -> Result<Config, CliError> {
     Ok(Config::load(path)?)
 }
 
+/// The token, logged in with the user PIN under the custody core's rule (refused without
+/// asking the token once the audit chain ends locked out; the login recorded, a wrong PIN
+/// counted), for the commands that use the token without the core.
 fn open(config: &Config) -> Result<Hsm, CliError> {
-    let hsm = Hsm::open(&config.hsm)?;
+    let hsm = etee_hsm::CustodyKeys::open_token_recorded(&config.hsm, &config.custody)?;
     for w in hsm.warnings() {
         eprintln!("etee: warning: {w}");
     }

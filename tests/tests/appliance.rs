@@ -939,7 +939,9 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
 /// What a caller gets wrong is answered as its error, not the appliance's: a request
 /// body cut short or badly framed (400, not 500), recipients and reader conditions
 /// repeated thousands of times (counted once: one recipient info, one condition) or too
-/// many of them (400 before anything is looked up).
+/// many of them (400 before anything is looked up); query parameters given twice or to a
+/// route that takes none, a path that does not decode, an audit page over its bound (400
+/// problems, never plain text).
 #[test]
 fn broken_and_abusive_requests_are_the_callers_fault() {
     if !softhsm_available() {
@@ -994,6 +996,29 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
     let allow = vec!["allow=doctor"; 3000].join("&");
     let (status, body) = curl_unix(&socket, "POST", &format!("/v1/seal?{allow}"), Some(b"x"));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    for path in [
+        "/v1/kgss/keys/AAAAAAAAAAAAAAAAAAAAAA?x=1",
+        "/v1/keydepot/keys/AAAA?x=1",
+        "/v1/keydepot/holders/NIHII-HOSPITAL/71000436/keys?zzz=1",
+        "/v1/kgss/keys/%ff",
+        "/v1/keydepot/keys/%ff",
+        "/v1/keydepot/holders/%ff/1/keys",
+        "/v1/etks?type=NIHII-PHARMACY&identifier=27150201&identifier=1",
+        "/v1/audit?limit=1&limit=2",
+        "/v1/audit?limit=10001",
+    ] {
+        let (status, body) = curl_unix(&socket, "GET", path, None);
+        assert_eq!(
+            (status, json(&body)["title"].clone()),
+            (400, "APPLIANCE_BAD_REQUEST".into()),
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let (status, body) = curl_unix(&socket, "GET", "/v1/audit?limit=0", None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["entries"], serde_json::json!([]));
+
     let readers: Vec<String> = (0..65).map(|i| format!("patient:{i:011}")).collect();
     let body = serde_json::json!({ "allowed": readers }).to_string();
     let (status, answer) = curl_unix(&socket, "POST", "/v1/kgss/keys", Some(body.as_bytes()));

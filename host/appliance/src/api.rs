@@ -9,6 +9,7 @@ use crate::policy::Peer;
 use crate::service::{Appliance, Opened, SealRequest, Sealed, ServiceError};
 use crate::spool::SpoolReader;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -544,11 +545,37 @@ async fn etks(
 
 /// A query string into a struct (unknown or missing parameters are a bad request).
 fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, ServiceError> {
-    let map: serde_json::Map<String, Value> = form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-        .collect();
+    let mut map = serde_json::Map::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        // Which of two values was meant is anyone's guess: refused rather than picked.
+        if map
+            .insert(k.clone().into_owned(), Value::String(v.into_owned()))
+            .is_some()
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "query: parameter {k:?} given more than once"
+            )));
+        }
+    }
     serde_json::from_value(Value::Object(map))
         .map_err(|e| ServiceError::BadRequest(format!("query: {e}")))
+}
+
+/// The parameters of a route that takes them in its path only: a path that does not
+/// decode is the caller's error (as a problem, without the router's internal names), and
+/// so is any query parameter.
+fn path_param<T>(
+    path: Result<Path<T>, PathRejection>,
+    query: Option<String>,
+) -> Result<T, ServiceError> {
+    if query.is_some_and(|q| !q.is_empty()) {
+        return Err(ServiceError::BadRequest(
+            "this route takes no query parameters".into(),
+        ));
+    }
+    path.map(|Path(p)| p).map_err(|_| {
+        ServiceError::BadRequest("the path does not decode (percent-encoded UTF-8 expected)".into())
+    })
 }
 
 #[derive(Deserialize)]
@@ -603,12 +630,13 @@ async fn kgss_new_key(
 async fn kgss_get_key(
     State(app): State<Arc<Appliance>>,
     Extension(peer): Extension<Peer>,
-    Path(key_id): Path<String>,
+    key_id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let answer = async {
         let client = app.authorise(&peer, Operation::Kgss)?;
-        let id = key_id_param(&key_id)?;
+        let id = key_id_param(&path_param(key_id, query)?)?;
         let client = app.take_slot(client).await?;
         let key = app.kgss_get_key(&client, &id).await?;
         Ok(json_response(
@@ -623,12 +651,13 @@ async fn kgss_get_key(
 async fn kgss_delete(
     State(app): State<Arc<Appliance>>,
     Extension(peer): Extension<Peer>,
-    Path(key_id): Path<String>,
+    key_id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let answer = async {
         let client = app.authorise(&peer, Operation::KgssDelete)?;
-        let id = key_id_param(&key_id)?;
+        let id = key_id_param(&path_param(key_id, query)?)?;
         let _admitted = app.take_slot(client).await?;
         app.kgss_delete(&id).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -668,12 +697,13 @@ async fn keydepot_register(
 async fn keydepot_get(
     State(app): State<Arc<Appliance>>,
     Extension(peer): Extension<Peer>,
-    Path(key_id): Path<String>,
+    key_id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let answer = async {
         let client = app.authorise(&peer, Operation::KeyDepot)?;
-        let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
+        let id = etee_services::keydepot::KeyId::new(key_id_param(&path_param(key_id, query)?)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let _admitted = app.take_slot(client).await?;
         let record = app
@@ -690,12 +720,13 @@ async fn keydepot_get(
 async fn keydepot_delete(
     State(app): State<Arc<Appliance>>,
     Extension(peer): Extension<Peer>,
-    Path(key_id): Path<String>,
+    key_id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let answer = async {
         let client = app.authorise(&peer, Operation::KeyDepotDelete)?;
-        let id = etee_services::keydepot::KeyId::new(key_id_param(&key_id)?)
+        let id = etee_services::keydepot::KeyId::new(key_id_param(&path_param(key_id, query)?)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         let _admitted = app.take_slot(client).await?;
         app.keydepot()?
@@ -711,10 +742,12 @@ async fn keydepot_delete(
 async fn keydepot_list(
     State(app): State<Arc<Appliance>>,
     Extension(peer): Extension<Peer>,
-    Path((id_type, value)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let started = Instant::now();
     let answer = async {
+        let (id_type, value) = path_param(path, query)?;
         let _admitted = app.admit(&peer, Operation::KeyDepot).await?;
         let list = app
             .keydepot()?
@@ -754,7 +787,15 @@ async fn audit(
             Some(a) => number(Some(a), 0)?.saturating_add(1),
             None => 0,
         };
-        let limit = number(q.limit, 1000)?.min(10_000) as usize;
+        let limit = match number(q.limit, 1000)? {
+            // 0: the chain's verification alone.
+            n @ 0..=10_000 => n as usize,
+            n => {
+                return Err(ServiceError::BadRequest(format!(
+                    "limit {n}: at most 10000 records a call"
+                )))
+            }
+        };
         let admitted = app.take_slot(client).await?;
         let path = app.audit_file();
         // The scan holds the client's slot until it ends, even if the caller goes away.

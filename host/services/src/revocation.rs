@@ -96,8 +96,9 @@ impl RevocationConfig {
     /// `anchors` with the lists as they are now and the OCSP responder (for a one-off
     /// command).
     pub fn load(&self, anchors: TrustAnchors) -> Result<TrustAnchors, CrlFileError> {
-        let anchors = CrlFiles::new(self.crl.clone()).load(anchors, self.effective_policy()?)?;
-        Ok(self.with_online(anchors, log_ocsp_failure))
+        let policy = self.effective_policy()?;
+        let anchors = CrlFiles::new(self.crl.clone()).load(anchors, policy)?;
+        Ok(self.with_online(anchors, move |url, e| log_ocsp_failure(url, e, policy)))
     }
 
     /// [`RevocationConfig::load`], telling `note` (a line of text) of each OCSP question
@@ -118,10 +119,10 @@ impl RevocationConfig {
         anchors: TrustAnchors,
     ) -> Result<(TrustAnchors, Option<Following>), CrlFileError> {
         let files = Arc::new(CrlFiles::new(self.crl.clone()));
-        let anchors = self.with_online(
-            files.load(anchors, self.effective_policy()?)?,
-            log_ocsp_failure,
-        );
+        let policy = self.effective_policy()?;
+        let anchors = self.with_online(files.load(anchors, policy)?, move |url, e| {
+            log_ocsp_failure(url, e, policy)
+        });
         let following =
             (!self.crl.is_empty()).then(|| files.follow(anchors.clone(), self.check_every));
         Ok((anchors, following))
@@ -147,12 +148,19 @@ impl RevocationConfig {
 }
 
 /// A service's log line for an OCSP question that got no usable answer (at most one a
-/// certificate, or responder, every 30 s: the client backs off after each failure).
-fn log_ocsp_failure(url: &str, e: &etee_formats::ocsp::OcspError) {
+/// certificate, or responder, every 30 s: the client backs off after each failure), with
+/// what that means under the `policy` in force.
+fn log_ocsp_failure(url: &str, e: &etee_formats::ocsp::OcspError, policy: RevocationPolicy) {
+    let meaning = match policy {
+        RevocationPolicy::Mandatory => "what needs it is refused (mandatory policy)",
+        _ => {
+            "the lists decide alone meanwhile (optional policy); a seal, which must carry a \
+             good answer for its own certificate, is refused"
+        }
+    };
     tracing::warn!(
         responder = url,
-        "OCSP: {e}; the status it was asked for is unknown meanwhile (refused under the \
-         mandatory policy)"
+        "OCSP: {e}; the status it was asked for is unknown: {meaning}"
     );
 }
 

@@ -262,6 +262,17 @@ impl KgssError {
     }
 }
 
+/// A key id as KGSS makes them (16 bytes). Another length names no key that could
+/// exist: a bad request, not an unknown key (which would read as "already deleted").
+fn key_id(id: &[u8]) -> Result<[u8; 16], KgssError> {
+    id.try_into().map_err(|_| {
+        KgssError::Content(format!(
+            "a key id is 16 bytes, this one is {} bytes",
+            id.len()
+        ))
+    })
+}
+
 /// Reader conditions as they are compared later: no empty value (it would match nobody, and
 /// an exclusion would silently not apply), and a person's SSIN in its 11-digit form (a
 /// value without its leading zeros would not match the certificate's SSIN either).
@@ -502,11 +513,7 @@ impl Kgss {
         let opened = self.open(sealed, now)?;
         let request = GetKeyRequestContent::parse(&opened.content)
             .map_err(|e| KgssError::Content(e.to_string()))?;
-        let id: [u8; 16] = request
-            .key_identifier
-            .as_slice()
-            .try_into()
-            .map_err(|_| KgssError::UnknownKey)?;
+        let id = key_id(&request.key_identifier)?;
         let record = store.get_kgss_key(&id)?.ok_or(KgssError::UnknownKey)?;
         let attributes = self.caller_attributes(store, &opened.identities)?;
         let allowed: Vec<Credential> = record
@@ -628,7 +635,7 @@ impl Kgss {
         if caller.is_empty() {
             return Err(KgssError::Unauthenticated);
         }
-        let id: [u8; 16] = id.try_into().map_err(|_| KgssError::UnknownKey)?;
+        let id = key_id(id)?;
         let record = store.get_kgss_key(&id)?.ok_or(KgssError::UnknownKey)?;
         let creator = Identity {
             id_type: record.creator.id_type.clone(),

@@ -35,11 +35,12 @@ use crate::etkdepot::{self, LookupError};
 use crate::work::WorkError;
 use crate::{unix_now, Platform};
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use etee_services::etkdepot::jwks::{JwkSet, KeyUse};
 use etee_services::etkdepot::rest::{EtkJson, Problem, PROBLEM_CONTENT_TYPE};
 use etee_services::etkdepot::{GetEtkRequest, Identifier};
@@ -97,6 +98,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
             get(|| async { json(OPENAPI.as_bytes().to_vec()) }),
         )
         .fallback(|| async { problem(Problem::new(404, "No such resource", None)) })
+        // After the routes: it applies to those registered before it.
+        .method_not_allowed_fallback(|| async {
+            problem(Problem::new(405, "Method not allowed", None))
+        })
         // Outermost last: the metrics count what the shares and the size check refuse.
         .layer(axum::middleware::from_fn_with_state(
             platform.clone(),
@@ -385,6 +390,23 @@ pub fn timeout_response() -> Response {
 
 // --- Answers ------------------------------------------------------------------------------
 
+/// Why a query string could not be read (axum's own text names the handler's types).
+const QUERY_UNREADABLE: &str = "the query string cannot be read as name=value pairs";
+
+/// Why the path parameters `what` could not be read, in the client's terms: axum's own text
+/// names the handler's variables.
+fn path_unreadable(e: &PathRejection, what: &str) -> String {
+    use axum::extract::path::ErrorKind;
+    match e {
+        PathRejection::FailedToDeserializePathParams(e)
+            if matches!(e.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+        {
+            format!("{what}: not UTF-8 once percent-decoded")
+        }
+        _ => format!("{what}: cannot be read from the path"),
+    }
+}
+
 fn problem(p: Problem) -> Response {
     let status = p
         .status
@@ -586,10 +608,23 @@ async fn lookup_rest(
     }
 }
 
+/// The query string of an ETKDepot REST lookup; one that cannot be read is a 400 problem.
+fn search_query(
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+) -> Result<BTreeMap<String, String>, Problem> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|_| Problem::unknown_search_criteria(Some(QUERY_UNREADABLE.into())))
+}
+
 async fn etks_rest(
     State(platform): State<Arc<Platform>>,
-    Query(query): Query<BTreeMap<String, String>>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Response {
+    let query = match search_query(query) {
+        Ok(q) => q,
+        Err(p) => return problem(p),
+    };
     match lookup_rest(&platform, &query, &[]).await {
         Ok(found) => json(EtkJson::list_to_json(&etkdepot::etks_json(&found))),
         Err(answer) => answer,
@@ -598,8 +633,12 @@ async fn etks_rest(
 
 async fn jwks_rest(
     State(platform): State<Arc<Platform>>,
-    Query(query): Query<BTreeMap<String, String>>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Response {
+    let query = match search_query(query) {
+        Ok(q) => q,
+        Err(p) => return problem(p),
+    };
     let key_use = match query.get("use").map(|u| KeyUse::from_name(u)) {
         None => None,
         Some(Some(u)) => Some(u),
@@ -837,14 +876,18 @@ async fn kgss_get_key_rest(State(platform): State<Arc<Platform>>, body: Body) ->
 
 async fn kgss_delete_rest(
     State(platform): State<Arc<Platform>>,
-    axum::extract::Path(key_id): axum::extract::Path<String>,
-    axum::Extension(caller): axum::Extension<MaybeCaller>,
+    key_id: Result<Path<String>, PathRejection>,
+    Extension(caller): Extension<MaybeCaller>,
 ) -> Response {
     if platform.kgss.is_none() {
         return no_kgss();
     }
     let Some(caller) = caller.0 else {
         return kgss_problem(&KgssError::Unauthenticated);
+    };
+    let key_id = match key_id {
+        Ok(Path(k)) => k,
+        Err(e) => return kgss_problem(&KgssError::Content(path_unreadable(&e, "the key id"))),
     };
     // The id as create returns it (standard base64) or in the URL-safe form; anything else
     // is a bad request, not an unknown key (which would read as "already deleted").
@@ -873,9 +916,6 @@ async fn kgss_delete_rest(
 // --- KeyDepot -----------------------------------------------------------------------------
 
 use crate::keydepot::{self, KeyDepotError};
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::Path;
-use axum::Extension;
 use etee_services::keydepot::{AddInfoRequest, KeyId, RegisterKeyRequest, RegisterKeyResponse};
 
 fn keydepot_problem(e: &KeyDepotError) -> Response {
@@ -897,7 +937,7 @@ fn json_status(status: StatusCode, body: Vec<u8>) -> Response {
 /// A `{keyId}` path segment as a key id; anything else (bad percent-encoding, bad base64,
 /// wrong length) is a 400 problem.
 fn path_key_id(path: Result<Path<String>, PathRejection>) -> Result<KeyId, KeyDepotError> {
-    let Path(s) = path.map_err(|e| KeyDepotError::invalid(e.body_text()))?;
+    let Path(s) = path.map_err(|e| KeyDepotError::invalid(path_unreadable(&e, "the key id")))?;
     KeyId::from_url_string(&s).map_err(KeyDepotError::invalid)
 }
 
@@ -1076,11 +1116,11 @@ async fn keydepot_list_rest(
     let invalid = |e: String| keydepot_problem(&KeyDepotError::Invalid(e));
     let (id_type, value) = match holder {
         Ok(Path(h)) => h,
-        Err(e) => return invalid(e.body_text()),
+        Err(e) => return invalid(path_unreadable(&e, "the holder's type or value")),
     };
     let query = match query {
         Ok(Query(q)) => q,
-        Err(e) => return invalid(e.body_text()),
+        Err(_) => return invalid(QUERY_UNREADABLE.into()),
     };
     if let Some(k) = query.keys().find(|k| *k != "applicationIdentifier") {
         return invalid(format!("unknown parameter {k:?}"));

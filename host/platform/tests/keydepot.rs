@@ -596,12 +596,17 @@ async fn malformed_requests_are_problems(w: World) {
         .unwrap();
     assert_problem(&a, 413, "KEYDEPOT_INVALID_REQUEST");
 
-    // Bad key ids in paths: bad base64, too long, not UTF-8 once percent-decoded.
+    // Bad key ids in paths: bad base64, too long, not UTF-8 once percent-decoded; the
+    // detail names nothing of the platform's code.
     let long = "A".repeat(90);
     for bad in ["***", long.as_str(), "%FF%FE"] {
         let path = format!("{KEYS}/{bad}");
         let a = alice.get(&path).await.unwrap();
-        assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+        let detail = assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+        assert!(
+            !detail.contains("key_id") && !detail.contains('`'),
+            "{detail}"
+        );
         for sub in ["attestation", "holder"] {
             let a = alice.get(&format!("{path}/{sub}")).await.unwrap();
             assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
@@ -637,15 +642,23 @@ async fn malformed_requests_are_problems(w: World) {
         good.info
     );
 
-    // Bad list criteria: an impossible value, an unknown parameter.
+    // Bad list criteria: an impossible value, an unknown parameter, not UTF-8.
     for path in [
         "/etee/v1/keydepot/holders/NIHII-HOSPITAL/abc/keys",
         "/etee/v1/keydepot/holders/NIHII-HOSPITAL/123456789012345/keys",
         "/etee/v1/keydepot/holders/NIHII-HOSPITAL/71000436/keys?identifier=1",
+        "/etee/v1/keydepot/holders/%ff/71000436/keys",
     ] {
         let a = alice.get(path).await.unwrap();
-        assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+        let detail = assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+        assert!(
+            !detail.contains("id_type") && !detail.contains('`'),
+            "{detail}"
+        );
     }
+    // A method a route does not serve: a problem too.
+    let a = alice.send("PUT", KEYS, JSON, b"{}".to_vec()).await.unwrap();
+    assert_problem(&a, 405, "Method not allowed");
     w.stop().await;
 }
 

@@ -9,7 +9,8 @@ mod common;
 
 on_both_stores!(
     soap_new_key_for_recognised_pharmacies,
-    rest_create_get_and_delete_by_the_holder
+    rest_create_get_and_delete_by_the_holder,
+    rest_bad_key_ids_and_methods_are_problems
 );
 
 use base64::Engine as _;
@@ -691,5 +692,65 @@ async fn a_caller_revoked_by_its_ocsp_responder_is_refused() {
     );
     w.metrics_have(&["etee_platform_ocsp_asked_total 2\n"])
         .await;
+    w.stop().await;
+}
+
+/// A problem answer (RFC 7807) with `status` and `title`: its detail, which names nothing
+/// of the platform's code (axum's own rejections name the handler's variables).
+fn problem_detail(a: &etee_platform::client::Answer, status: u16, title: &str) -> String {
+    assert_eq!(a.status, status, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.content_type, "application/problem+json");
+    let p: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(p["status"], status, "{p}");
+    assert_eq!(p["title"], title, "{p}");
+    let detail = p["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !detail.contains("key_id") && !detail.contains('`'),
+        "{detail}"
+    );
+    detail
+}
+
+/// Key ids that cannot be KGSS's (not UTF-8 in the path, not base64, not 16 bytes) are 400
+/// problems, in the path of a delete as in a sealed GetKey; an unknown 16-byte id is 404;
+/// a method a route does not serve is a 405 problem.
+async fn rest_bad_key_ids_and_methods_are_problems(w: World) {
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let long = b64.encode([7u8; 225]);
+    for (path, why) in [
+        ("/etee/v1/kgss/keys/%ff".to_owned(), "not UTF-8"),
+        ("/etee/v1/kgss/keys/%FF%FE".to_owned(), "not UTF-8"),
+        ("/etee/v1/kgss/keys/***".to_owned(), "not base64"),
+        (format!("/etee/v1/kgss/keys/{long}"), "16 bytes"),
+        (key_path(&[7; 15]), "16 bytes"),
+    ] {
+        let a = alice.send("DELETE", &path, None, vec![]).await.unwrap();
+        let detail = problem_detail(&a, 400, "KGSS_INVALID_REQUEST");
+        assert!(detail.contains(why), "{path}: {detail}");
+    }
+    let a = alice
+        .send("DELETE", &key_path(&[7; 16]), None, vec![])
+        .await
+        .unwrap();
+    problem_detail(&a, 404, "KGSS_UNKNOWN_KEY");
+
+    // The same ids in a sealed GetKey: refused as a bad request too.
+    let mut bob = w.connect(None).await;
+    for id in [&[9u8; 8][..], &[9; 225]] {
+        let a = retrieve(&mut bob, rest_get(&w, &w.bob, id)).await.unwrap();
+        let detail = problem_detail(&a, 400, "KGSS_INVALID_REQUEST");
+        assert!(detail.contains("16 bytes"), "{detail}");
+    }
+
+    for (method, path) in [
+        ("GET", "/etee/v1/kgss/keys"),
+        ("PUT", "/etee/v1/kgss/keys/retrieve"),
+        ("GET", &key_path(&[7; 16])),
+        ("GET", "/Kgss/v1"),
+    ] {
+        let a = alice.send(method, path, None, vec![]).await.unwrap();
+        problem_detail(&a, 405, "Method not allowed");
+    }
     w.stop().await;
 }

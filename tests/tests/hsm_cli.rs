@@ -917,21 +917,27 @@ fn a_lock_out_stops_every_login_with_the_user_pin() {
         "`keys generate` logged in on record"
     );
 
-    for _ in 0..5 {
-        with(
-            &bad,
-            &[
-                "keys",
-                "csr",
-                "--key",
-                "authentication",
-                "--subject",
-                "CN=x",
-            ],
-        )
-        .code(2);
+    let csr = [
+        "keys",
+        "csr",
+        "--key",
+        "authentication",
+        "--subject",
+        "CN=x",
+    ];
+    for attempt in 1..=5 {
+        let run = with(&bad, &csr);
+        run.code(2);
+        // Each try reached the token, the fifth too (which says the next ones won't).
+        assert!(run.stderr.contains("CKR_PIN_INCORRECT"), "{}", run.stderr);
+        assert!(!run.stderr.contains("not asked"), "{}", run.stderr);
+        assert_eq!(
+            run.stderr.contains("now locked out"),
+            attempt == 5,
+            "{}",
+            run.stderr
+        );
     }
-    // `keys list` with a wrong PIN counts too: refused at once now.
     let before = unlocks(&rig);
     assert_eq!(before.len(), 6, "{before:?}");
     let (p12, password) = (w.p12("bob"), w.password_file());

@@ -802,7 +802,10 @@ fn login_on_record(hsm: &HsmConfig, custody: &CustodyConfig, record_success: boo
             custody.audit_file.display(),
             response_text(&other)
         ))),
-        (Err(refused), response) => Err(counted(custody, refused, response)),
+        (Err(refused), response) => {
+            let tries_left = core.status().pin_tries_left;
+            Err(counted(custody, refused, response, tries_left))
+        }
     }
 }
 
@@ -834,18 +837,36 @@ fn response_text(response: &Response) -> String {
     }
 }
 
-/// The error for a login the token refused, once the core recorded (and counted) it.
-fn counted(custody: &CustodyConfig, refused: HsmError, response: Response) -> HsmError {
+/// The error for a login the token refused, once the core recorded (and counted) it;
+/// `tries_left`: the core's count after it.
+fn counted(
+    custody: &CustodyConfig,
+    refused: HsmError,
+    response: Response,
+    tries_left: u8,
+) -> HsmError {
     let chain = custody.audit_file.display();
     match response {
-        Response::Error(CoreError::PinIncorrect { tries_left: 0 }) => locked_out(custody),
+        // This try reached the token; the next ones will not.
+        Response::Error(CoreError::PinIncorrect { .. } | CoreError::Token(_))
+            if tries_left == 0 =>
+        {
+            HsmError::Invalid(format!(
+                "{refused}; counted on the custody audit chain {chain}: that was the {}th \
+                 failed login in a row, so the custody core is now locked out: the token will \
+                 not be asked again, whatever the PIN file holds, until `etee custody \
+                 reset-pin` (check the PIN file first)",
+                etee_custody::config::MAX_PIN_ATTEMPTS
+            ))
+        }
         Response::Error(CoreError::PinIncorrect { tries_left }) => HsmError::Invalid(format!(
             "{refused}; counted on the custody audit chain {chain}: {tries_left} more wrong \
              PIN(s) and the core locks out (the token keeps its own count too)"
         )),
         // A refusal other than a wrong PIN (the token locked its PIN...): counted as well.
         Response::Error(CoreError::Token(_)) => HsmError::Invalid(format!(
-            "{refused}; counted as a failed login on the custody audit chain {chain}"
+            "{refused}; counted as a failed login on the custody audit chain {chain}: \
+             {tries_left} more and the core locks out"
         )),
         Response::Error(CoreError::PinLockedOut) => locked_out(custody),
         other => HsmError::Invalid(format!(

@@ -905,7 +905,11 @@ fn wrong_pin_files_are_counted_and_lock_the_core_out() {
         );
     }
     let e = CustodyKeys::open(&wrong, &custody).unwrap_err().to_string();
-    assert!(e.contains("locked out"), "{e}");
+    assert!(
+        e.contains("CKR_PIN_INCORRECT") && e.contains("now locked out"),
+        "{e}"
+    );
+    assert!(!e.contains("not asked"), "{e}");
     // Locked out: even the right PIN is not tried.
     let e = CustodyKeys::open(&config, &custody)
         .unwrap_err()
@@ -959,10 +963,15 @@ fn every_login_with_the_user_pin_is_on_the_chain() {
             .to_string();
         assert!(e.contains("CKR_PIN_INCORRECT"), "attempt {attempt}: {e}");
     }
+    // The fifth try reached the token: said so, and that the next ones will not.
     let e = CustodyKeys::open_token_recorded(&wrong, &custody)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("locked out"), "{e}");
+    assert!(
+        e.contains("CKR_PIN_INCORRECT") && e.contains("now locked out"),
+        "{e}"
+    );
+    assert!(!e.contains("not asked"), "{e}");
     assert_eq!(
         unlocks().len(),
         1 + usize::from(max),

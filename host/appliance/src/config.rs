@@ -22,6 +22,7 @@
 //! header_timeout_ms = 30000          # a request's headers, from a slow sender
 //! request_timeout_ms = 600000        # a large message takes time
 //! max_connections = 256
+//! max_connections_per_peer = 64       # per IP address or uid (default: a quarter)
 //! queue_timeout_ms = 2000            # a request waits this long for a slot of its client
 //! audit_anchor_log_seconds = 3600    # the audit chain's anchor in the log this often (0: never)
 //!
@@ -143,6 +144,10 @@ pub struct Limits {
     /// Time to send a request and receive its answer.
     pub request_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one peer (an IP address; a uid on the socket) may hold at once, so
+    /// that one peer stalling its connections (in the TLS handshake, or sending headers
+    /// slowly) cannot take every one of `max_connections`.
+    pub max_connections_per_peer: usize,
     /// How long a request waits for one of its client's `max_concurrent` slots before it
     /// is refused with 429.
     pub queue_timeout: Duration,
@@ -157,6 +162,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(600),
             max_connections: 256,
+            max_connections_per_peer: 64,
             queue_timeout: Duration::from_secs(2),
         }
     }
@@ -249,6 +255,7 @@ struct Table {
     header_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
     queue_timeout_ms: Option<u64>,
     audit_anchor_log_seconds: Option<u64>,
 }
@@ -358,13 +365,20 @@ impl ApplianceConfig {
                 .request_timeout_ms
                 .map_or(defaults.request_timeout, Duration::from_millis),
             max_connections: t.max_connections.unwrap_or(defaults.max_connections),
+            // Default: a quarter of the listener's connections.
+            max_connections_per_peer: t.max_connections_per_peer.unwrap_or_else(|| {
+                (t.max_connections.unwrap_or(defaults.max_connections) / 4).max(1)
+            }),
             queue_timeout: t
                 .queue_timeout_ms
                 .map_or(defaults.queue_timeout, Duration::from_millis),
         };
-        if limits.max_body_bytes == 0 || limits.max_connections == 0 {
+        if limits.max_body_bytes == 0
+            || limits.max_connections == 0
+            || limits.max_connections_per_peer == 0
+        {
             return Err(config_error(
-                "max_body_bytes and max_connections must be positive",
+                "max_body_bytes, max_connections and max_connections_per_peer must be positive",
             ));
         }
         if limits.queue_timeout >= limits.request_timeout {

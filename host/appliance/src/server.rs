@@ -287,6 +287,80 @@ async fn connection<I>(
     }
 }
 
+/// Who holds a connection, for [`PeerConnections`]: an IP address (whatever its port) or
+/// a uid on the socket.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum PeerKey {
+    Ip(std::net::IpAddr),
+    Uid(u32),
+}
+
+/// The connections each peer holds, bounded by `max_connections_per_peer`: a peer that
+/// stalls its connections (never finishing the TLS handshake, sending headers slowly)
+/// takes at most that many of the listener's `max_connections`.
+#[derive(Clone)]
+struct PeerConnections {
+    held: Arc<std::sync::Mutex<std::collections::HashMap<PeerKey, usize>>>,
+    max: usize,
+}
+
+/// One connection counted for its peer until dropped.
+struct PeerSlot {
+    connections: PeerConnections,
+    key: PeerKey,
+}
+
+impl PeerConnections {
+    fn new(max: usize) -> Self {
+        Self {
+            held: Arc::default(),
+            max,
+        }
+    }
+
+    /// A slot for one more connection of `key`; `None` when it holds `max` already.
+    fn take(&self, key: PeerKey) -> Option<PeerSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(key.clone()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            connections: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .connections
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Logs (at most once a second) a connection refused for its peer's bound.
+fn refused_for_peer(peer: &dyn std::fmt::Display, max: usize) {
+    static REFUSED: Throttle = Throttle::new();
+    if let Some(held_back) = REFUSED.allow(etee_formats::unix_now()) {
+        tracing::warn!(
+            held_back,
+            "{peer} already holds {max} connections (max_connections_per_peer): one more \
+             closed at once"
+        );
+    }
+}
+
 /// What a listener accepts.
 enum Listener {
     Tls(TcpListener, TlsAcceptor),
@@ -308,6 +382,7 @@ async fn accept_loop(
         .max_connections
         .clamp(1, crate::config::MAX_CONNECTIONS_LIMIT);
     let permits = Arc::new(Semaphore::new(capacity));
+    let per_peer = PeerConnections::new(limits.max_connections_per_peer);
     let (closing_tx, closing_rx) = watch::channel(false);
     loop {
         let permit = tokio::select! {
@@ -333,11 +408,16 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                let Some(peer_slot) = per_peer.take(PeerKey::Ip(addr.ip())) else {
+                    refused_for_peer(&addr.ip(), per_peer.max);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let revocation = revocation.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let _peer_slot = peer_slot;
                     let tls = match tokio::time::timeout(
                         limits.handshake_timeout,
                         acceptor.accept(stream),
@@ -383,18 +463,25 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let peer = match stream.peer_cred() {
-                    Ok(cred) => Peer::Unix {
-                        uid: cred.uid(),
-                        pid: cred.pid(),
-                    },
+                let cred = match stream.peer_cred() {
+                    Ok(cred) => cred,
                     Err(e) => {
                         tracing::warn!("peer credentials: {e}");
                         continue;
                     }
                 };
+                let uid = cred.uid();
+                let peer = Peer::Unix {
+                    uid,
+                    pid: cred.pid(),
+                };
+                let Some(peer_slot) = per_peer.take(PeerKey::Uid(uid)) else {
+                    refused_for_peer(&format!("uid {uid}"), per_peer.max);
+                    continue;
+                };
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let _peer_slot = peer_slot;
                     connection(stream, peer, None, None, routes, limits, closing).await;
                 });
             }
@@ -560,6 +647,63 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let e = bind_unix(&file).unwrap_err().to_string();
         assert!(e.contains("not a socket"), "{e}");
+    }
+
+    /// One peer holds at most `max_connections_per_peer` connections: the next one is
+    /// closed at once while the others stall, and served again once one of them ends.
+    #[tokio::test]
+    async fn a_peer_holds_at_most_its_share_of_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = bind_unix(&path).unwrap();
+        let routes = Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+        let limits = Limits {
+            max_connections_per_peer: 2,
+            ..Limits::default()
+        };
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(accept_loop(
+            Listener::Unix(listener),
+            routes,
+            limits,
+            None,
+            stop,
+        ));
+        let ping = |path: PathBuf| async move {
+            let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+            // A closed connection may refuse the write or answer nothing.
+            let _ = s
+                .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+                .await
+                .expect("an answer or a close, at once");
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        // Two stalled connections (this process's uid) ...
+        let first = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let _second = tokio::net::UnixStream::connect(&path).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ... and the third is closed without an answer.
+        assert_eq!(ping(path.clone()).await, "");
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(ping(path.clone()).await.ends_with("pong"));
+    }
+
+    #[test]
+    fn peer_slots_are_counted_per_peer_and_given_back() {
+        let held = PeerConnections::new(2);
+        let a = PeerKey::Ip("192.0.2.1".parse().unwrap());
+        let b = PeerKey::Uid(1000);
+        let a1 = held.take(a.clone()).unwrap();
+        let _a2 = held.take(a.clone()).unwrap();
+        assert!(held.take(a.clone()).is_none());
+        let _b1 = held.take(b).unwrap();
+        drop(a1);
+        assert!(held.take(a).is_some());
     }
 
     /// A caller that never finishes its headers is cut off after `header_timeout`; one

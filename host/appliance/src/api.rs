@@ -97,6 +97,7 @@ fn status(e: &ServiceError) -> StatusCode {
         },
         ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ServiceError::Conflict(_) => StatusCode::CONFLICT,
+        ServiceError::AuditUnreadable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         ServiceError::TooLarge(_) | ServiceError::ContentTooLargeForJson { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
@@ -806,7 +807,21 @@ async fn audit(
         })
         .await
         .map_err(|e| ServiceError::Io(e.to_string()))?
-        .map_err(|e| ServiceError::Io(e.to_string()))?;
+        .map_err(|e| match e {
+            // The custody process's own file (`[custody] mode = "process"`), kept from
+            // the appliance's user on purpose.
+            etee_custody::file_sink::FileSinkError::Io(io)
+                if io.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                ServiceError::AuditUnreadable(
+                    "the custody audit file is not readable by the appliance's user (with the \
+                     custody core in its own process, that is its file): verify the chain \
+                     with `etee audit verify` where the custody process runs"
+                        .into(),
+                )
+            }
+            other => ServiceError::Io(other.to_string()),
+        })?;
         Ok(json_response(StatusCode::OK, &export))
     }
     .await;

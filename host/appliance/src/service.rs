@@ -72,6 +72,9 @@ pub enum ServiceError {
     /// What the caller asked for exists already (a key KeyDepot has registered).
     #[error("{0}")]
     Conflict(String),
+    /// The custody audit file cannot be read from here.
+    #[error("{0}")]
+    AuditUnreadable(String),
     #[error("client {client:?} already has {limit} operations running (its max_concurrent); retry later")]
     Busy { client: String, limit: usize },
     #[error("I/O: {0}")]
@@ -101,6 +104,7 @@ impl ServiceError {
             Self::NotFound(_) => "APPLIANCE_NOT_FOUND",
             Self::MethodNotAllowed(_) => "APPLIANCE_METHOD_NOT_ALLOWED",
             Self::Conflict(_) => "KEYDEPOT_KEY_EXISTS",
+            Self::AuditUnreadable(_) => "AUDIT_UNREADABLE",
             Self::Busy { .. } => "APPLIANCE_BUSY",
             Self::Io(_) => "APPLIANCE_IO",
             Self::OwnCertificate { why, .. } => match why {

@@ -287,6 +287,16 @@ fn curl(extra: &[&str], method: &str, url: &str, body: Option<&[u8]>) -> (u16, V
     (status, std::fs::read(&out_file).unwrap_or_default())
 }
 
+/// Asserts that an answer is the problem `title` with `status`.
+fn assert_problem((status, body): (u16, Vec<u8>), want_status: u16, title: &str) {
+    assert_eq!(
+        (status, json(&body)["title"].as_str()),
+        (want_status, Some(title)),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
 fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or(Value::Null)
 }
@@ -392,32 +402,30 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
         etks[0]["subject"].as_str().unwrap().contains("27150201"),
         "{etks}"
     );
-    let (status, body) = curl_unix(
-        &socket,
-        "POST",
-        "/v1/seal?to=NIHII-PHARMACY:27150201",
-        Some(b"x"),
+    assert_problem(
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/seal?to=NIHII-PHARMACY:27150201",
+            Some(b"x"),
+        ),
+        403,
+        "APPLIANCE_OPERATION_NOT_ALLOWED",
     );
-    assert_eq!(
-        (status, json(&body)["title"].clone()),
-        (403, "APPLIANCE_OPERATION_NOT_ALLOWED".into())
+    assert_problem(
+        curl_unix(
+            &socket,
+            "GET",
+            "/v1/etks?type=NIHII-PHARMACY&identifier=99999999",
+            None,
+        ),
+        404,
+        "UNKNOWN_RECIPIENT",
     );
-    let (status, body) = curl_unix(
-        &socket,
-        "GET",
-        "/v1/etks?type=NIHII-PHARMACY&identifier=99999999",
-        None,
-    );
-    assert_eq!(
-        (status, json(&body)["title"].clone()),
-        (404, "UNKNOWN_RECIPIENT".into()),
-        "{}",
-        String::from_utf8_lossy(&body)
-    );
-    let (status, body) = curl_unix(&socket, "GET", "/v1/etks?type=MARS&identifier=1", None);
-    assert_eq!(
-        (status, json(&body)["title"].clone()),
-        (400, "APPLIANCE_BAD_REQUEST".into())
+    assert_problem(
+        curl_unix(&socket, "GET", "/v1/etks?type=MARS&identifier=1", None),
+        400,
+        "APPLIANCE_BAD_REQUEST",
     );
 
     // Over HTTPS: "his" by its certificate.
@@ -885,32 +893,30 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
     assert!(String::from_utf8_lossy(&body).contains(&key_id));
     // Registering the same key again is the caller's conflict; so is an identifier type
     // KeyDepot does not know a caller's error.
-    let (status, body) = curl_unix(
-        &socket,
-        "POST",
-        "/v1/keydepot/keys",
-        Some(br#"{"key": "keydepot-1"}"#),
+    assert_problem(
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/keydepot/keys",
+            Some(br#"{"key": "keydepot-1"}"#),
+        ),
+        409,
+        "KEYDEPOT_KEY_EXISTS",
     );
-    assert_eq!(
-        (status, json(&body)["title"].clone()),
-        (409, "KEYDEPOT_KEY_EXISTS".into())
+    assert_problem(
+        curl_unix(&socket, "GET", "/v1/keydepot/holders/FOO/1/keys", None),
+        400,
+        "APPLIANCE_BAD_REQUEST",
     );
-    let (status, body) = curl_unix(&socket, "GET", "/v1/keydepot/holders/FOO/1/keys", None);
-    assert_eq!(
-        (status, json(&body)["title"].clone()),
-        (400, "APPLIANCE_BAD_REQUEST".into()),
-        "{}",
-        String::from_utf8_lossy(&body)
-    );
-    let (status, body) = curl_unix(
-        &socket,
-        "POST",
-        "/v1/keydepot/keys",
-        Some(br#"{"key": "no-such-key"}"#),
-    );
-    assert_eq!(
-        (status, json(&body)["title"].clone()),
-        (400, "APPLIANCE_BAD_REQUEST".into())
+    assert_problem(
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/keydepot/keys",
+            Some(br#"{"key": "no-such-key"}"#),
+        ),
+        400,
+        "APPLIANCE_BAD_REQUEST",
     );
     let (status, _) = curl_unix(
         &socket,
@@ -919,10 +925,10 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
         None,
     );
     assert_eq!(status, 204);
-    let (status, body) = curl_unix(&socket, "GET", &format!("/v1/keydepot/keys/{key_id}"), None);
-    assert_eq!(
-        (status, json(&body)["title"].clone()),
-        (404, "APPLIANCE_NOT_FOUND".into())
+    assert_problem(
+        curl_unix(&socket, "GET", &format!("/v1/keydepot/keys/{key_id}"), None),
+        404,
+        "APPLIANCE_NOT_FOUND",
     );
     // The proof of possession and the attestation were signed in the token for the caller.
     let chain = w.audit_verify("alice-hsm.toml");
@@ -1021,12 +1027,10 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
 
     let readers: Vec<String> = (0..65).map(|i| format!("patient:{i:011}")).collect();
     let body = serde_json::json!({ "allowed": readers }).to_string();
-    let (status, answer) = curl_unix(&socket, "POST", "/v1/kgss/keys", Some(body.as_bytes()));
-    assert_eq!(
-        (status, json(&answer)["title"].clone()),
-        (400, "APPLIANCE_BAD_REQUEST".into()),
-        "{}",
-        String::from_utf8_lossy(&answer)
+    assert_problem(
+        curl_unix(&socket, "POST", "/v1/kgss/keys", Some(body.as_bytes())),
+        400,
+        "APPLIANCE_BAD_REQUEST",
     );
 }
 
@@ -1212,17 +1216,15 @@ fn the_appliance_works_with_the_custody_core_in_its_own_process() {
         "{}",
         String::from_utf8_lossy(&body)
     );
-    let (status, body) = curl_unix(
-        &alice,
-        "POST",
-        "/v1/keydepot/keys",
-        Some(br#"{"key": "no-such-key"}"#),
-    );
-    assert_eq!(
-        (status, json(&body)["title"].clone()),
-        (400, "APPLIANCE_BAD_REQUEST".into()),
-        "{}",
-        String::from_utf8_lossy(&body)
+    assert_problem(
+        curl_unix(
+            &alice,
+            "POST",
+            "/v1/keydepot/keys",
+            Some(br#"{"key": "no-such-key"}"#),
+        ),
+        400,
+        "APPLIANCE_BAD_REQUEST",
     );
 
     // The custody process's chain: the seal's two signatures for the caller, and the

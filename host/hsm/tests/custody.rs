@@ -1169,30 +1169,24 @@ fn keys_are_described(process: bool) {
         Keys::Process(k, ..) => etee_hsm::CustodyHandle::Process(k.clone()),
     };
 
-    let facts = handle.describe_key("authentication").unwrap();
-    assert_eq!(facts.kind, etee_custody::KeyKind::Authentication);
-    assert_eq!(
+    // (kind, sensitive, extractable, never extractable, local)
+    let described = |key: &str| {
+        let f = handle.describe_key(key).unwrap();
         (
-            facts.sensitive,
-            facts.extractable,
-            facts.never_extractable,
-            facts.local
-        ),
-        (Some(true), Some(false), Some(true), Some(true)),
-        "{facts:?}"
-    );
-    let facts = handle.describe_key("kek").unwrap();
-    assert_eq!(facts.kind, etee_custody::KeyKind::Wrapping);
+            f.kind,
+            f.sensitive,
+            f.extractable,
+            f.never_extractable,
+            f.local,
+        )
+    };
+    use etee_custody::KeyKind;
+    let (yes, no) = (Some(true), Some(false));
     assert_eq!(
-        (
-            facts.sensitive,
-            facts.extractable,
-            facts.never_extractable,
-            facts.local
-        ),
-        (Some(false), Some(true), Some(false), Some(false)),
-        "{facts:?}"
+        described("authentication"),
+        (KeyKind::Authentication, yes, no, yes, yes)
     );
+    assert_eq!(described("kek"), (KeyKind::Wrapping, no, yes, no, no));
     // No rule for a key the token does not have: nothing said about it.
     let refused = handle.describe_key("no-such-key").unwrap_err();
     assert!(

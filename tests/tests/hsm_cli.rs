@@ -633,7 +633,7 @@ fn the_so_pin_as_shares_and_init_pin() {
     assert!(run.stderr.contains("at least 2"), "{}", run.stderr);
 
     // A user PIN the token would refuse (SoftHSM takes 4 to 255 characters): refused
-    // before the token is initialised, so the new shares are removed again.
+    // before any share is written.
     let user_pin = tmp.path().join("quorum-user.pin");
     let good_pin = std::fs::read(&user_pin).unwrap();
     std::fs::write(&user_pin, "12\n").unwrap();
@@ -649,11 +649,34 @@ fn the_so_pin_as_shares_and_init_pin() {
         "{}",
         run.stderr
     );
-    assert_eq!(std::fs::read_dir(&shares).unwrap().count(), 0);
+    assert!(!shares.exists());
     let run = hsm.etee(["keys", "list", "--config"]).arg(&config).run();
     run.code(2);
     assert!(run.stderr.contains("no token with"), "{}", run.stderr);
     std::fs::write(&user_pin, good_pin).unwrap();
+    // A share file of an earlier split in the way: not overwritten, nothing else written.
+    std::fs::create_dir(&shares).unwrap();
+    let stray = shares.join(format!("{label}-so-pin-share-2-of-3.txt"));
+    std::fs::write(&stray, "an earlier share\n").unwrap();
+    let run = init(&[
+        "--so-pin-shares",
+        "2/3",
+        "--shares-dir",
+        shares.to_str().unwrap(),
+    ]);
+    run.code(2);
+    assert!(
+        run.stderr.contains("refusing to overwrite"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&stray).unwrap(),
+        "an earlier share\n"
+    );
+    assert_eq!(std::fs::read_dir(&shares).unwrap().count(), 1);
+    std::fs::remove_file(&stray).unwrap();
+    std::fs::set_permissions(&shares, std::fs::Permissions::from_mode(0o700)).unwrap();
 
     let run = init(&[
         "--so-pin-shares",
@@ -680,19 +703,30 @@ fn the_so_pin_as_shares_and_init_pin() {
         .arg(&config)
         .run()
         .code(0);
-    // Not again into the same files.
-    let run = init(&[
-        "--so-pin-shares",
-        "2/3",
-        "--shares-dir",
-        shares.to_str().unwrap(),
-    ]);
-    run.code(2);
-    assert!(
-        run.stderr.contains("refusing to overwrite"),
-        "{}",
-        run.stderr
-    );
+    // The token is initialised: a second init is refused for that reason, into another
+    // directory before any share is written (no claim about new shares), and into the
+    // same one before the existing shares are looked at.
+    let other = tmp.path().join("other-shares");
+    for dir in [&other, &shares] {
+        let run = init(&[
+            "--so-pin-shares",
+            "2/3",
+            "--shares-dir",
+            dir.to_str().unwrap(),
+        ]);
+        run.code(2);
+        assert!(run.stderr.contains("already initialised"), "{}", run.stderr);
+        assert!(
+            !run.stderr.contains("share files are kept")
+                && !run.stderr.contains("refusing to overwrite"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(!other.exists());
+    for f in &files {
+        assert!(f.is_file(), "{}", f.display());
+    }
 
     // The user PIN file now says something else: the token refuses it until the officers
     // set it with two shares.

@@ -69,7 +69,10 @@ pub use list::{CertificateInfo, Inventory, KeyClass, KeyInfo};
 pub use ops::HsmKeys;
 pub use pool::SessionPool;
 pub use remote::RemoteCustodyKeys;
-pub use token::{init_token, init_token_with, init_user_pin, token_summary, Module, TokenSummary};
+pub use token::{
+    check_init, init_token, init_token_reporting, init_token_with, init_user_pin, token_summary,
+    InitError, Module, TokenSummary,
+};
 
 use std::sync::Arc;
 

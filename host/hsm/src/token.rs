@@ -318,18 +318,103 @@ pub fn init_token(config: &HsmConfig) -> Result<TokenSummary> {
 /// [`init_token`] with an SO PIN from elsewhere than the configuration (a new random one
 /// whose shares are handed out: [`crate::so_shares`]).
 pub fn init_token_with(config: &HsmConfig, so_pin: &Pin) -> Result<TokenSummary> {
-    let label = config.token.label.as_deref().ok_or_else(|| {
-        HsmError::Config("[hsm] token_label is needed to initialise a token".into())
-    })?;
+    init_token_reporting(config, so_pin).map_err(|e| e.error)
+}
+
+/// Why `hsm init` failed, and whether the token was initialised (`C_InitToken` with the
+/// new SO PIN) before it did: only then is that SO PIN worth keeping.
+#[derive(Debug)]
+pub struct InitError {
+    pub error: HsmError,
+    /// `C_InitToken` succeeded (the token now has the new label and SO PIN) and a later
+    /// step failed.
+    pub token_initialised: bool,
+}
+
+/// Checks, without changing anything, that [`init_token_with`] could initialise a token
+/// with `so_pin` now: a label, a readable user PIN, no initialised token with the
+/// configured label or serial, a free token, both PINs of a length the token takes. Run
+/// it before writing anything that is only worth having if the token is initialised.
+pub fn check_init(config: &HsmConfig, so_pin: &Pin) -> Result<()> {
+    init_label(config)?;
     let (user_pin, _) = config.user_pin()?;
     let module = Module::load(&config.module)?;
     let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
     let (ctx, _) = module.context();
-    if find_token(&ctx, &config.token, &config.module).is_ok() {
+    free_slot(&ctx, config, so_pin, &user_pin).map(|_| ())
+}
+
+/// [`init_token_with`], saying whether a failure came before or after `C_InitToken`.
+pub fn init_token_reporting(
+    config: &HsmConfig,
+    so_pin: &Pin,
+) -> std::result::Result<TokenSummary, InitError> {
+    let before = |error| InitError {
+        error,
+        token_initialised: false,
+    };
+    let label = init_label(config).map_err(before)?;
+    let (user_pin, _) = config.user_pin().map_err(before)?;
+    let module = Module::load(&config.module).map_err(before)?;
+    let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    let (ctx, _) = module.context();
+    let (slot, creating) = free_slot(&ctx, config, so_pin, &user_pin).map_err(before)?;
+    ctx.init_token(slot, &so_pin.auth(), label)
+        .map_err(|e| match e {
+            CkError::Pkcs11(RvError::PinIncorrect, _) => HsmError::WrongPin {
+                kind: PinKind::SecurityOfficer,
+                token: label.into(),
+            },
+            e => HsmError::ck(e, format!("initialising token {label:?}")),
+        })
+        .map_err(before)?;
+    drop(creating);
+    let after = |error| InitError {
+        error,
+        token_initialised: true,
+    };
+    // The token may have moved to another slot: find it again by label.
+    let selector = TokenSelector::label(label);
+    let (slot, info) = find_token(&ctx, &selector, &config.module).map_err(after)?;
+    let name = TokenSummary::new(slot, &info).name();
+    (|| {
+        let session = ctx.open_rw_session(slot).ctx("opening a session")?;
+        login(&session, PinKind::SecurityOfficer, so_pin, &name)?;
+        session
+            .init_pin(&user_pin.auth())
+            .ctx("setting the user PIN")?;
+        session.logout().ctx("logging out")?;
+        let info = ctx.get_token_info(slot).ctx("token info")?;
+        Ok(TokenSummary::new(slot, &info))
+    })()
+    .map_err(after)
+}
+
+/// The label `hsm init` gives the token.
+fn init_label(config: &HsmConfig) -> Result<&str> {
+    config
+        .token
+        .label
+        .as_deref()
+        .ok_or_else(|| HsmError::Config("[hsm] token_label is needed to initialise a token".into()))
+}
+
+/// The slot of the free token `hsm init` would initialise: refused when a token with the
+/// configured label or serial is already initialised (that would destroy its keys), when
+/// none is free, or when a PIN does not fit the token's lengths (a user PIN it refuses
+/// after `C_InitToken` would leave an initialised token without one). The slot listing
+/// stays serialised (the guard returned) until the token is created.
+fn free_slot(
+    ctx: &Pkcs11,
+    config: &HsmConfig,
+    so_pin: &Pin,
+    user_pin: &Pin,
+) -> Result<(Slot, std::sync::MutexGuard<'static, ()>)> {
+    if find_token(ctx, &config.token, &config.module).is_ok() {
         return Err(HsmError::TokenAlreadyInitialized(config.token.to_string()));
     }
+    let listing = slots_guard();
     let mut free = None;
-    let creating = slots_guard();
     for slot in ctx.get_slots_with_token().ctx("listing slots")? {
         let info = ctx.get_token_info(slot).ctx("token info")?;
         let serial_ok = config
@@ -360,11 +445,9 @@ pub fn init_token_with(config: &HsmConfig, so_pin: &Pin) -> Result<TokenSummary>
         present: "every token is initialised".into(),
         hint: softhsm_hint(&config.module),
     })?;
-    // Both PINs must fit the token before it is initialised: a user PIN it refuses after
-    // `C_InitToken` would leave an initialised token without one.
     for (kind, pin) in [
         (PinKind::SecurityOfficer, so_pin),
-        (PinKind::User, &user_pin),
+        (PinKind::User, user_pin),
     ] {
         let len = pin.expose().len();
         if len < min_pin || (max_pin > 0 && len > max_pin) {
@@ -373,29 +456,7 @@ pub fn init_token_with(config: &HsmConfig, so_pin: &Pin) -> Result<TokenSummary>
             )));
         }
     }
-    ctx.init_token(slot, &so_pin.auth(), label)
-        .map_err(|e| match e {
-            CkError::Pkcs11(RvError::PinIncorrect, _) => HsmError::WrongPin {
-                kind: PinKind::SecurityOfficer,
-                token: label.into(),
-            },
-            e => HsmError::ck(e, format!("initialising token {label:?}")),
-        })?;
-    drop(creating);
-    // The token may have moved to another slot: find it again by label.
-    let selector = TokenSelector::label(label);
-    let (slot, info) = find_token(&ctx, &selector, &config.module)?;
-    let name = TokenSummary::new(slot, &info).name();
-    {
-        let session = ctx.open_rw_session(slot).ctx("opening a session")?;
-        login(&session, PinKind::SecurityOfficer, so_pin, &name)?;
-        session
-            .init_pin(&user_pin.auth())
-            .ctx("setting the user PIN")?;
-        session.logout().ctx("logging out")?;
-    }
-    let info = ctx.get_token_info(slot).ctx("token info")?;
-    Ok(TokenSummary::new(slot, &info))
+    Ok((slot, listing))
 }
 
 /// `etee hsm init-pin`: the security officer sets the token's user PIN to the configured

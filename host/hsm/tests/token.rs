@@ -376,6 +376,19 @@ fn wrong_pin_is_a_clear_error() {
         etee_hsm::init_token(&config),
         Err(HsmError::TokenAlreadyInitialized(_))
     ));
+    // An initialised label is refused by the check made before anything is written, and
+    // an initialisation refused for it says the token was not touched.
+    let (so_pin, _) = config.so_pin().unwrap();
+    assert!(matches!(
+        etee_hsm::check_init(&config, &so_pin),
+        Err(HsmError::TokenAlreadyInitialized(_))
+    ));
+    let refused = etee_hsm::init_token_reporting(&config, &so_pin).unwrap_err();
+    assert!(!refused.token_initialised, "{refused:?}");
+    assert!(matches!(
+        refused.error,
+        HsmError::TokenAlreadyInitialized(_)
+    ));
     let mut missing = config.clone();
     missing.token = etee_hsm::TokenSelector::label("no-such-token");
     let err = Hsm::open(&missing).unwrap_err();
@@ -848,6 +861,8 @@ fn the_so_pin_can_exist_only_as_shares() {
     );
     assert!(config.so_pin.is_none());
     let (so_pin, shares) = new_so_pin(2, 3).unwrap();
+    // The check made before the shares are written lets a free token through.
+    etee_hsm::check_init(&config, &so_pin).unwrap();
     let files: Vec<_> = shares
         .iter()
         .map(|s| {

@@ -219,9 +219,12 @@ fn print_initialised(summary: &etee_hsm::TokenSummary) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `hsm init --so-pin-shares M/N --shares-dir DIR`: the share files are written (and
-/// synced) before the token is initialised, so that no token is ever left with an SO PIN
-/// nobody has; they are removed again if the initialisation fails.
+/// `hsm init --so-pin-shares M/N --shares-dir DIR`: everything that can refuse without
+/// touching the token (a token with the label already initialised, no free token, PIN
+/// lengths) is checked before any share file is written; the share files are then written
+/// (and synced) before the token is initialised, so that no token is ever left with an SO
+/// PIN nobody has; they are removed again if the initialisation fails before
+/// `C_InitToken` did anything.
 fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode, CliError> {
     let (threshold, count) = etee_hsm::so_shares::parse_quorum(quorum)?;
     let config = load_config(config)?;
@@ -235,6 +238,8 @@ fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode,
     let label = config.hsm.token.label.clone().ok_or_else(|| {
         CliError::Usage("[hsm] token_label is needed to initialise a token".into())
     })?;
+    let (so_pin, shares) = etee_hsm::so_shares::new_so_pin(threshold, count)?;
+    etee_hsm::check_init(&config.hsm, &so_pin)?;
     if !dir.exists() {
         // A new directory only its owner can enter: the shares are secrets.
         let mut builder = std::fs::DirBuilder::new();
@@ -268,37 +273,57 @@ fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode,
         .collect();
     if let Some(existing) = paths.iter().find(|p| p.exists()) {
         return Err(CliError::Usage(format!(
-            "{} exists: refusing to overwrite a share file (choose another --shares-dir)",
+            "{} exists (the share of an earlier split?): refusing to overwrite a share file; \
+             choose another --shares-dir",
             existing.display()
         )));
     }
-    let (so_pin, shares) = etee_hsm::so_shares::new_so_pin(threshold, count)?;
     let mut written = Vec::new();
-    let result = (|| {
-        for (share, path) in shares.iter().zip(&paths) {
-            let text = etee_hsm::so_shares::share_file_text(share, &label)?;
-            crate::output::write_file(path, text.as_bytes(), true)?;
-            written.push(path.clone());
+    let remove_written = |written: &[PathBuf]| {
+        for path in written {
+            let _ = std::fs::remove_file(path);
         }
-        Ok::<_, CliError>(etee_hsm::init_token_with(&config.hsm, &so_pin)?)
-    })();
-    let summary = match result {
+    };
+    for (share, path) in shares.iter().zip(&paths) {
+        let wrote = etee_hsm::so_shares::share_file_text(share, &label)
+            .map_err(CliError::from)
+            .and_then(|text| crate::output::write_file(path, text.as_bytes(), true));
+        if let Err(e) = wrote {
+            remove_written(&written);
+            return Err(e);
+        }
+        written.push(path.clone());
+    }
+    let kept = |e: &etee_hsm::HsmError, why: &str| {
+        CliError::Usage(format!(
+            "{e}\n{why}: its share files are kept ({}); with {threshold} of them, `etee hsm \
+             init-pin` sets the user PIN",
+            dir.display()
+        ))
+    };
+    let summary = match etee_hsm::init_token_reporting(&config.hsm, &so_pin) {
         Ok(s) => s,
-        // A token with the label now may have been given this SO PIN (`C_InitToken`
-        // passed, a later step failed): its shares are all there is of it.
+        Err(e) if e.token_initialised => {
+            return Err(kept(
+                &e.error,
+                &format!(
+                    "the token {label:?} was initialised with the new SO PIN before this failure"
+                ),
+            ));
+        }
+        // It was not there before (checked above): a failed `C_InitToken` may have made it.
         Err(e) if labelled_token_exists(&config.hsm, &label) => {
-            return Err(CliError::Usage(format!(
-                "{e}\nthe token {label:?} may already be initialised with the new SO PIN: its \
-                 share files are kept ({}); with {threshold} of them, `etee hsm init-pin` sets \
-                 the user PIN",
-                dir.display()
-            )));
+            return Err(kept(
+                &e.error,
+                &format!(
+                    "a token {label:?} is listed now (or the list could not be read), which was \
+                     not before: it may have the new SO PIN"
+                ),
+            ));
         }
         Err(e) => {
-            for path in &written {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(e);
+            remove_written(&written);
+            return Err(e.error.into());
         }
     };
     print_initialised(&summary)?;

@@ -173,7 +173,8 @@ impl Kgss {
 
 /// The whole of what a caller learns of a refused seal (see [`KgssError::public_message`]).
 pub const SEAL_REFUSED: &str = "the sealed request was refused: it does not open and verify \
-     as a request to KGSS from a known caller (the reason is in the service's log)";
+     as a request to KGSS from a known caller (the reason is in the service's log, under \
+     this answer's id)";
 
 /// Why a KGSS request was not served. Each has a business code for the SOAP `Error` and an
 /// HTTP status for REST.

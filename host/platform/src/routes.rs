@@ -680,20 +680,59 @@ use base64::Engine as _;
 use etee_services::kgss::{EteeError, EteeStatus, KgssRequest, KgssResponse, Operation};
 use etee_services::soap::LangString;
 
-fn log_kgss_error(e: &KgssError) {
+/// At most this many refused seals a second are logged with their reason: the caller is
+/// told the reason is in the log, and a bad seal costs its sender nothing to make.
+const SEAL_LOGS_PER_SECOND: u32 = 20;
+
+/// Lets [`SEAL_LOGS_PER_SECOND`] lines a second through; `Some(n)` for one let through,
+/// `n` being how many were held back since the last one.
+fn seal_log_allowed(now: i64) -> Option<u64> {
+    // (second, lines let through in it, held back since the last line let through)
+    static STATE: std::sync::Mutex<(i64, u32, u64)> = std::sync::Mutex::new((i64::MIN, 0, 0));
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    if state.0 != now {
+        state.0 = now;
+        state.1 = 0;
+    }
+    if state.1 < SEAL_LOGS_PER_SECOND {
+        state.1 += 1;
+        Some(std::mem::take(&mut state.2))
+    } else {
+        state.2 += 1;
+        None
+    }
+}
+
+/// Logs a KGSS refusal; `answer` is the id the caller got with it (the SOAP answer's `Id`,
+/// the problem's `instance`), by which an operator finds the line.
+fn log_kgss_error(e: &KgssError, answer: &str) {
     match e {
-        KgssError::Custody(_) | KgssError::Store(_) => tracing::error!("KGSS: {}", LogSafe(&e)),
-        _ => tracing::info!("KGSS refused: {}", LogSafe(&e)),
+        KgssError::Custody(_) | KgssError::Store(_) => {
+            tracing::error!(answer, "KGSS: {}", LogSafe(&e))
+        }
+        // The caller was told its reason is in the log: at warn, which the default filter
+        // keeps. The reason is the unseal's verdict codes, never content or keys.
+        KgssError::Seal(_) => {
+            match seal_log_allowed(unix_now()) {
+                Some(held_back) => {
+                    tracing::warn!(answer, held_back, "KGSS refused: {}", LogSafe(&e))
+                }
+                // A flood: counted in the next warning, the reason kept at info.
+                None => tracing::info!(answer, "KGSS refused: {}", LogSafe(&e)),
+            }
+        }
+        _ => tracing::info!(answer, "KGSS refused: {}", LogSafe(&e)),
     }
 }
 
 /// A KGSS SOAP answer for a refused request: the status carries the HTTP-like code, the
 /// `Error` the business code.
 fn kgss_refusal(operation: Operation, e: &KgssError) -> KgssResponse {
-    log_kgss_error(e);
+    let id = etkdepot::response_id();
+    log_kgss_error(e, &id);
     KgssResponse {
         operation,
-        id: Some(etkdepot::response_id()),
+        id: Some(id),
         status: EteeStatus {
             code: e.http_status().to_string(),
             message: Some(e.public_message()),
@@ -766,12 +805,11 @@ struct SealedResponseJson {
 }
 
 fn kgss_problem(e: &KgssError) -> Response {
-    log_kgss_error(e);
-    problem(Problem::new(
-        e.http_status(),
-        e.code(),
-        Some(e.public_message()),
-    ))
+    let id = etkdepot::response_id();
+    log_kgss_error(e, &id);
+    let mut p = Problem::new(e.http_status(), e.code(), Some(e.public_message()));
+    p.instance = Some(id);
+    problem(p)
 }
 
 /// Reads `{"sealedRequest": base64}`.
@@ -1142,5 +1180,22 @@ async fn keydepot_list_rest(
     {
         Ok(list) => json(list.to_json()),
         Err(answer) => answer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_seals_are_logged_twenty_a_second_and_the_rest_counted() {
+        let second = 1_000_000;
+        for _ in 0..SEAL_LOGS_PER_SECOND {
+            assert_eq!(seal_log_allowed(second), Some(0));
+        }
+        assert_eq!(seal_log_allowed(second), None);
+        assert_eq!(seal_log_allowed(second), None);
+        assert_eq!(seal_log_allowed(second + 1), Some(2));
+        assert_eq!(seal_log_allowed(second + 1), Some(0));
     }
 }

@@ -10,7 +10,8 @@ mod common;
 on_both_stores!(
     soap_new_key_for_recognised_pharmacies,
     rest_create_get_and_delete_by_the_holder,
-    rest_bad_key_ids_and_methods_are_problems
+    rest_bad_key_ids_and_methods_are_problems,
+    a_refused_seals_reason_is_logged_where_the_caller_is_told
 );
 
 use base64::Engine as _;
@@ -751,6 +752,63 @@ async fn rest_bad_key_ids_and_methods_are_problems(w: World) {
     ] {
         let a = alice.send(method, path, None, vec![]).await.unwrap();
         problem_detail(&a, 405, "Method not allowed");
+    }
+    w.stop().await;
+}
+
+/// A refused seal's answer says the reason is in the service's log, under the answer's id:
+/// it is, at a level the default filter (`warn,…`) keeps, with the unseal's verdict and
+/// nothing of the request.
+async fn a_refused_seals_reason_is_logged_where_the_caller_is_told(w: World) {
+    common::capture_logs();
+    let content = GetNewKeyRequestContent {
+        allowed_readers: vec![vocabulary::recognised_pharmacy()],
+        excluded_readers: vec![],
+        etk: w.alice.etk.clone(),
+        deletion_strategy: false,
+    }
+    .to_xml();
+    // Sealed to Bob, not to KGSS: KGSS cannot open it.
+    let misaddressed = seal_for(&w.alice, &w.bob, &content);
+    let mut c = w.connect(None).await;
+    let r = call(&mut c, Operation::GetNewKey, misaddressed.clone()).await;
+    assert_eq!(refusal_code(&r), "KGSS_INVALID_SEAL");
+    assert_opaque(&r);
+    let soap_id = r.id.clone().expect("the answer's id");
+    let a = c
+        .send(
+            "POST",
+            "/etee/v1/kgss/keys",
+            Some("application/json"),
+            rest_body(&misaddressed),
+        )
+        .await
+        .unwrap();
+    let p: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(p["title"], "KGSS_INVALID_SEAL", "{p}");
+    assert_eq!(p["detail"], etee_platform::kgss::SEAL_REFUSED, "{p}");
+    let rest_id = p["instance"]
+        .as_str()
+        .expect("the problem's instance")
+        .to_owned();
+    assert_ne!(rest_id, soap_id);
+
+    for id in [soap_id, rest_id] {
+        let logged = common::logged();
+        let line = logged
+            .iter()
+            .find(|l| l.text.contains(&id))
+            .unwrap_or_else(|| panic!("nothing logged under {id}: {logged:?}"));
+        assert!(line.level <= tracing::Level::WARN, "{line:?}");
+        // The verdict is there (a code of the unseal, not the public text), the request's
+        // content is not.
+        assert!(line.text.contains("KGSS refused"), "{line:?}");
+        assert!(!line.text.contains("does not open and verify"), "{line:?}");
+        assert!(
+            line.text.chars().any(|c| c.is_ascii_uppercase()),
+            "{line:?}"
+        );
+        assert!(!line.text.contains("RecognisedPharmacy"), "{line:?}");
     }
     w.stop().await;
 }

@@ -516,3 +516,60 @@ pub async fn drop_platform(platform: Arc<Platform>) {
         .await
         .unwrap();
 }
+
+/// An event the platform logged (targets `etee…`): its level and its text (message and
+/// fields, `name=value`).
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub level: tracing::Level,
+    pub text: String,
+}
+
+/// Every event logged in this test binary from the first call on (a global subscriber:
+/// the platform logs from tokio's workers and blocking pool, not the test's thread).
+pub fn logged() -> Vec<Logged> {
+    logs().lock().unwrap().clone()
+}
+
+fn logs() -> &'static std::sync::Mutex<Vec<Logged>> {
+    use tracing::field::{Field, Visit};
+    use tracing::span;
+    static LOGS: OnceLock<&'static std::sync::Mutex<Vec<Logged>>> = OnceLock::new();
+    struct Capture(&'static std::sync::Mutex<Vec<Logged>>);
+    struct Text(String);
+    impl Visit for Text {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+            m.target().starts_with("etee")
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            self.0.lock().unwrap().push(Logged {
+                level: *event.metadata().level(),
+                text: text.0,
+            });
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+    LOGS.get_or_init(|| {
+        let logs = Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        tracing::subscriber::set_global_default(Capture(logs)).unwrap();
+        logs
+    })
+}
+
+/// Starts capturing for [`logged`].
+pub fn capture_logs() {
+    logs();
+}

@@ -52,9 +52,13 @@ pub fn lookup(
     }
     let mut found: Vec<EtkRecord> = Vec::new();
     for criterion in criteria {
-        let c = criterion
-            .normalized()
-            .map_err(|e| LookupError::Criteria(e.to_string()))?;
+        // The reason alone: the answer (fault or problem) says what kind of error it is.
+        let c = criterion.normalized().map_err(|e| {
+            LookupError::Criteria(match e {
+                etee_services::Error::Content(why) => why,
+                e => e.to_string(),
+            })
+        })?;
         for record in store.find_etks(&c.id_type, &c.value, c.application_id.as_deref())? {
             let valid = record.not_before <= now && now < record.not_after;
             if valid && !found.iter().any(|f| f.digest == record.digest) {

@@ -142,6 +142,18 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
         let a = c.soap("/EtkDepot/v1", body).await.unwrap();
         assert_eq!(a.status, 500, "{what}");
         assert_eq!(fault_code(&a.body), code, "{what}");
+        // The code's message is said once, then the reason.
+        let detail = Fault::parse(&a.body).unwrap().detail.unwrap();
+        let text = detail.messages[0].text.to_lowercase();
+        let said = etee_services::soap::SoaCode::from_code(code)
+            .unwrap()
+            .message()
+            .to_lowercase();
+        assert_eq!(text.matches(&said).count(), 1, "{what}: {text}");
+        assert!(
+            text.len() > said.len() || code == "SOA-03003",
+            "{what}: {text}"
+        );
     }
     // The connection is still usable after all of that.
     ask(&mut c, "NIHII-PHARMACY", PHARMACY, None).await;

@@ -316,7 +316,16 @@ impl Fault {
     pub fn from_error(err: &Error, environment: Option<Environment>) -> Self {
         let mut f = Fault::from_code(err.soa_code(), environment);
         if let Some(d) = &mut f.detail {
-            d.messages[0].text = format!("{}: {err}", err.soa_code().message());
+            let code = err.soa_code().message();
+            let text = err.to_string();
+            // Many errors' texts start with their code's message ("XSD compliance
+            // failure: …"): said once.
+            d.messages[0].text = match text.get(..code.len()) {
+                Some(head) if head.eq_ignore_ascii_case(code) => {
+                    format!("{code}{}", &text[code.len()..])
+                }
+                _ => format!("{code}: {text}"),
+            };
         }
         f
     }

@@ -252,6 +252,87 @@ fn seal_and_unseal_through_the_custody_process() {
     drop(server);
 }
 
+/// `keys csr` with `mode = "process"`: the CSR is signed by the custody process (no PIN,
+/// no audit file of its own here); without it, said at once; an ETK key has none.
+#[test]
+fn keys_csr_is_signed_by_the_custody_process() {
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path(), w);
+    let csr = [
+        "keys",
+        "csr",
+        "--key",
+        "authentication",
+        "--subject",
+        "C=BE,CN=bob",
+    ];
+    let started = Instant::now();
+    let run = rig.client(csr).run();
+    run.code(2);
+    assert!(
+        run.stderr.contains("custody process not reachable"),
+        "{}",
+        run.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "not at once");
+
+    let _server = rig.serve();
+    let (_, before, _) = rig.audit();
+    let run = rig.client(csr).run();
+    run.code(0);
+    let pem = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{pem}"
+    );
+    if etee_e2e::openssl_cli() {
+        let file = tmp.path().join("bob.csr");
+        std::fs::write(&file, &pem).unwrap();
+        etee_e2e::openssl(["req", "-verify", "-noout", "-in", file.to_str().unwrap()]);
+    }
+    let run = rig
+        .client([
+            "keys",
+            "csr",
+            "--key",
+            w.etk_serial("bob"),
+            "--subject",
+            "CN=x",
+        ])
+        .run();
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("CSRs are for authentication (signing) keys"),
+        "{}",
+        run.stderr
+    );
+    // On the custody process's chain: the signature (use and outcome), the refusal, and
+    // the question that explained it.
+    let report = rig
+        .server(["audit", "verify", "--json", "--tail", "4"])
+        .run()
+        .json();
+    assert_eq!(report["records"].as_u64(), Some(before + 4), "{report}");
+    let tail: Vec<(&str, &str)> = report["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(tail[0], ("SignPssSha256", "admitted"), "{report}");
+    assert_eq!(tail[1], ("SignPssSha256", "success"), "{report}");
+    assert_eq!(tail[2].0, "SignPssSha256", "{report}");
+    assert_ne!(tail[2].1, "success", "{report}");
+    assert_eq!(tail[3], ("DescribeKey", "success"), "{report}");
+}
+
 #[test]
 fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     let w = World::shared();

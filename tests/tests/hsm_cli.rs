@@ -288,13 +288,41 @@ fn keys_born_in_the_token_get_a_csr_and_their_certificates() {
         "{}",
         String::from_utf8_lossy(&run.stdout)
     );
-    // An ETK key cannot sign, so it has no CSR; a bad subject is a usage error.
-    rig.etee(["keys", "csr", "--key", &pending, "--subject", "CN=x"])
-        .run()
-        .code(2);
+    // An ETK key cannot sign, so it has no CSR (said so); a bad subject is a usage error
+    // that names what is wrong, without OpenSSL's raw error stack.
+    let run = rig
+        .etee(["keys", "csr", "--key", &pending, "--subject", "CN=x"])
+        .run();
+    run.code(2);
+    assert!(
+        run.stderr.contains("ETK (decryption) key")
+            && run
+                .stderr
+                .contains("CSRs are for authentication (signing) keys"),
+        "{}",
+        run.stderr
+    );
     rig.etee(["keys", "csr", "--key", "authentication", "--subject", "CN"])
         .run()
         .code(2);
+    for (subject, says) in [
+        ("C=BE,XX=foo", "\"XX\" is unknown"),
+        ("C=BEL,CN=x", "C=\"BEL\" is not accepted"),
+    ] {
+        let run = rig
+            .etee([
+                "keys",
+                "csr",
+                "--key",
+                "authentication",
+                "--subject",
+                subject,
+            ])
+            .run();
+        run.code(2);
+        assert!(run.stderr.contains(says), "{}", run.stderr);
+        assert!(!run.stderr.contains("error:"), "{}", run.stderr);
+    }
 
     // A CA certifies the CSR, and the ETK key's public key (taken from `keys generate`).
     let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));

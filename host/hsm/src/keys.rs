@@ -686,8 +686,28 @@ pub fn csr_with_signature(info: &[u8], signature: &[u8]) -> Vec<u8> {
 pub fn subject_der(rdns: &[(&str, &str)]) -> Result<Vec<u8>> {
     let mut b = openssl::x509::X509NameBuilder::new()?;
     for (k, v) in rdns {
-        b.append_entry_by_text(k, v)
-            .map_err(|e| HsmError::Invalid(format!("subject attribute {k}={v:?}: {e}")))?;
+        // Checked apart so that the error names the attribute (OpenSSL's is a raw stack).
+        if openssl::asn1::Asn1Object::from_str(k).is_err() {
+            return Err(HsmError::Invalid(format!(
+                "subject attribute {k:?} is unknown: use a name such as C, ST, L, O, OU, CN, \
+                 serialNumber, emailAddress, or a dotted OID"
+            )));
+        }
+        b.append_entry_by_text(k, v).map_err(|e| {
+            let why = e
+                .errors()
+                .iter()
+                .find_map(|e| e.reason())
+                .unwrap_or("refused by OpenSSL");
+            let hint = if k.eq_ignore_ascii_case("C") || k.eq_ignore_ascii_case("countryName") {
+                " (a country is two letters, e.g. BE)"
+            } else {
+                ""
+            };
+            HsmError::Invalid(format!(
+                "subject attribute {k}={v:?} is not accepted: {why}{hint}"
+            ))
+        })?;
     }
     Ok(b.build().to_der()?)
 }
@@ -742,4 +762,26 @@ pub(crate) fn wipe_template(template: &mut [Attribute]) {
 /// The full allowed-mechanism set of a role (imports use it).
 pub(crate) fn role_mechanisms(role: KeyRole) -> Vec<MechanismType> {
     role.permitted_mechanisms().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_der;
+
+    #[test]
+    fn bad_subjects_name_the_attribute() {
+        assert!(subject_der(&[("C", "BE"), ("O", "Federal Government"), ("CN", "x")]).is_ok());
+        assert!(subject_der(&[("2.5.4.5", "123")]).is_ok());
+        let e = subject_der(&[("C", "BE"), ("XX", "foo")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"XX\" is unknown"), "{e}");
+        assert!(!e.contains("error:"), "no raw OpenSSL stack: {e}");
+        let e = subject_der(&[("C", "BEL")]).unwrap_err().to_string();
+        assert!(
+            e.contains("C=\"BEL\" is not accepted") && e.contains("two letters"),
+            "{e}"
+        );
+        assert!(!e.contains("error:"), "no raw OpenSSL stack: {e}");
+    }
 }

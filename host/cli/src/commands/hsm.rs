@@ -65,7 +65,9 @@ pub enum KeysCommand {
     },
     /// A certificate signing request (PKCS#10, PEM) for a signing key generated in the
     /// token, signed with the key through the custody core (RSASSA-PSS SHA-256, on the
-    /// audit chain): what the CA (eHealth's, for an authentication certificate) needs.
+    /// audit chain; in `etee custody serve` with `[custody] mode = "process"`): what the CA
+    /// (eHealth's, for an authentication certificate) needs. ETK keys cannot sign: they
+    /// have no CSR.
     Csr {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
@@ -503,29 +505,56 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
 }
 
 /// A PEM CSR for `key`, its signature made through the custody core (so it is on the
-/// audit chain like every other use of the key).
+/// audit chain like every other use of the key), where the configuration says it runs: in
+/// this process, or in `etee custody serve` (`[custody] mode = "process"`).
 fn csr_through_custody(config: &Config, key: &str, subject: &str) -> Result<Vec<u8>, CliError> {
-    use etee_formats::keys::PrivateKeyOps;
+    use etee_formats::keys::{KeyError, PrivateKeyOps};
     let pairs = subject_pairs(subject)?;
     let pairs: Vec<(&str, &str)> = pairs
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let subject = etee_hsm::keys::subject_der(&pairs)?;
-    let custody = etee_hsm::CustodyKeys::open(&config.hsm, &config.custody)?;
-    let spki = custody.hsm().public_key_der(key)?;
+    let subject = etee_hsm::keys::subject_der(&pairs)
+        .map_err(|e| CliError::Usage(format!("--subject: {e}")))?;
+    let custody = etee_hsm::CustodyHandle::open(config)?;
+    let spki = custody.public_key_der(key)?;
     let info = etee_hsm::keys::csr_info(&subject, &spki);
     let signature = custody
         .sign_pss_sha256(
             &etee_formats::keys::KeyId(key.to_string()),
             &openssl::sha::sha256(&info),
         )
-        .map_err(|e| CliError::Usage(format!("signing the CSR with key {key:?}: {e}")))?;
+        .map_err(|e| match e {
+            KeyError::Refused(_) => not_a_signing_key(&custody, config, key),
+            e => CliError::Usage(format!("signing the CSR with key {key:?}: {e}")),
+        })?;
     let der = etee_hsm::keys::csr_with_signature(&info, &signature);
     let request = openssl::x509::X509Req::from_der(&der)
         .and_then(|r| r.to_pem())
         .map_err(|e| CliError::Usage(format!("the CSR: {e}")))?;
     Ok(request)
+}
+
+/// Why the core refused to sign a CSR with `key`: asked of the core itself (the key's kind
+/// is what the token says, and the question is recorded like the refusal).
+fn not_a_signing_key(custody: &etee_hsm::CustodyHandle, config: &Config, key: &str) -> CliError {
+    use etee_custody::KeyKind;
+    let what = match custody.describe_key(key).map(|facts| facts.kind) {
+        Ok(KeyKind::Encryption) => "an ETK (decryption) key",
+        Ok(KeyKind::Wrapping) => "a wrapping (AES) key",
+        _ => {
+            return CliError::Usage(format!(
+                "the custody core refused to sign the CSR with key {key:?}: its policy gives \
+                 client {:?} no signing with that key",
+                config.custody.client
+            ))
+        }
+    };
+    CliError::Usage(format!(
+        "key {key:?} is {what}, which cannot sign: a CSR is signed by the key it certifies, \
+         so CSRs are for authentication (signing) keys. An ETK key's certificate is issued \
+         for its public key (`keys generate` prints it) and installed with `keys install-cert`"
+    ))
 }
 
 /// `C=BE,O=Federal Government,CN=x` → `[("C","BE"), …]`; `\,` is a comma in a value.

@@ -333,6 +333,39 @@ fn keys_csr_is_signed_by_the_custody_process() {
     assert_eq!(tail[3], ("DescribeKey", "success"), "{report}");
 }
 
+/// `custody status` with `mode = "process"`: keys can be used only through the custody
+/// process, so without it the status says so and exits 1; with it, 0.
+#[test]
+fn custody_status_asks_the_custody_process() {
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path(), w);
+    let run = rig.client(["custody", "status"]).run();
+    run.code(1);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.contains("user PIN ok"), "{out}");
+    assert!(out.contains("DOES NOT ANSWER"), "{out}");
+    assert!(out.contains("etee custody serve"), "{out}");
+    let run = rig.client(["custody", "status", "--json"]).run();
+    run.code(1);
+    assert_eq!(run.json()["process"]["answers"], false, "{:?}", run.json());
+
+    let _server = rig.serve();
+    let run = rig.client(["custody", "status"]).run();
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.contains("answers, core unlocked"), "{out}");
+    let run = rig.client(["custody", "status", "--json"]).run();
+    run.code(0);
+    let report = run.json();
+    assert_eq!(report["process"]["answers"], true, "{report}");
+    assert_eq!(report["process"]["state"], "Unlocked", "{report}");
+    // The server's own configuration (in-process) does not ask.
+    let run = rig.server(["custody", "status", "--json"]).run();
+    run.code(0);
+    assert!(run.json()["process"].is_null());
+}
+
 #[test]
 fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     let w = World::shared();

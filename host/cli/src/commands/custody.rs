@@ -4,6 +4,7 @@
 
 use crate::CliError;
 use clap::{Args as ClapArgs, Subcommand};
+use etee_custody::lock::LockState;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,7 +25,9 @@ pub enum Command {
     /// What an operator checks first after a refusal: the token's PIN flags (asked without
     /// logging in), and from the audit chain (read, not locked: the service may run) its
     /// length and head, the wrong PINs at its end (5 lock the core out) and uses whose
-    /// outcome it does not show. Says which command clears a lock-out.
+    /// outcome it does not show; with `[custody] mode = "process"`, whether the custody
+    /// process answers (a Status request). Says which command clears a lock-out. Exit 0
+    /// when keys can be used.
     Status(StatusArgs),
 }
 
@@ -118,7 +121,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
 }
 
 /// `etee custody status`. Exit 0 when keys can be used; 1 when the token is missing, has
-/// no user PIN or locked it, or the core is locked out; 2 when the status cannot be read.
+/// no user PIN or locked it, the core is locked out, or (`mode = "process"`) the custody
+/// process does not answer or its core is not unlocked; 2 when the status cannot be read.
 fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
     use etee_custody::config::MAX_PIN_ATTEMPTS;
     let config = super::hsm::load_config(&args.config)?;
@@ -136,6 +140,16 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
         .is_some_and(|t| t.user_pin_locked || !t.user_pin_initialized);
     let failures = chain.as_ref().map_or(0, |c| c.pin_failures);
     let core_locked_out = failures >= MAX_PIN_ATTEMPTS;
+    // With the core in its own process, keys can be used only if that process answers.
+    let process = match (config.custody.mode, &config.custody.socket) {
+        (etee_hsm::CustodyMode::Process, Some(socket)) => {
+            Some((socket, ask_custody_process(&config.custody, socket)))
+        }
+        _ => None,
+    };
+    let process_ready = process
+        .as_ref()
+        .is_none_or(|(_, answer)| matches!(answer, Ok(s) if s.state == LockState::Unlocked));
     let mut advice = Vec::new();
     match &token {
         None => advice.push(format!(
@@ -159,6 +173,19 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
                 .to_string(),
         );
     }
+    match &process {
+        Some((_, Err(_))) => advice.push(
+            "the custody process does not answer: start it (`etee custody serve --config \
+             FILE`, or its service) with the same [custody] socket"
+                .to_string(),
+        ),
+        Some((_, Ok(s))) if s.state != LockState::Unlocked => advice.push(
+            "the custody process answers but its core is not unlocked: restart it (its log \
+             says why)"
+                .to_string(),
+        ),
+        _ => {}
+    }
     if args.json {
         let report = serde_json::json!({
             "token": token,
@@ -171,6 +198,13 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
                 "torn_tail": chain.as_ref().map(|c| c.torn_tail),
                 "unconcluded_uses": chain.as_ref().map(|c| c.unconcluded.clone()),
             },
+            "process": process.as_ref().map(|(socket, answer)| serde_json::json!({
+                "socket": socket.display().to_string(),
+                "answers": answer.is_ok(),
+                "state": answer.as_ref().ok().map(|s| format!("{:?}", s.state)),
+                "pin_tries_left": answer.as_ref().ok().map(|s| s.pin_tries_left),
+                "error": answer.as_ref().err(),
+            })),
             "wrong_pins": failures,
             "max_wrong_pins": MAX_PIN_ATTEMPTS,
             "core_locked_out": core_locked_out,
@@ -230,15 +264,47 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
                 path.display()
             )?,
         }
+        match &process {
+            Some((socket, Ok(s))) => outln!(
+                "process  {}: answers, core {}",
+                socket.display(),
+                match s.state {
+                    LockState::Unlocked => "unlocked",
+                    LockState::Locked => "LOCKED",
+                    LockState::LockedOut => "LOCKED OUT",
+                }
+            )?,
+            Some((socket, Err(e))) => {
+                outln!("process  {}: DOES NOT ANSWER ({e})", socket.display())?
+            }
+            None => {}
+        }
         for a in &advice {
             outln!("advice   {a}")?;
         }
     }
-    Ok(if token.is_none() || token_locked || core_locked_out {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if token.is_none() || token_locked || core_locked_out || !process_ready {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
+}
+
+/// The custody process's answer to a `Status` request (read-only, not recorded), or why
+/// there is none.
+fn ask_custody_process(
+    custody: &etee_hsm::CustodyConfig,
+    socket: &std::path::Path,
+) -> Result<etee_custody::wire::StatusReply, String> {
+    let keys = etee_hsm::RemoteCustodyKeys::with_certificates(Vec::new(), custody, socket)
+        .map_err(|e| e.to_string())?;
+    match keys.request(&etee_custody::Request::Status) {
+        Ok(etee_custody::Response::Status(s)) => Ok(s),
+        Ok(other) => Err(format!("unexpected answer {:#04x}", other.id())),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The chain at `path` (its archived segments and the current file), or `None` when there

@@ -462,6 +462,23 @@ fn message_fault(platform: &Platform, e: &MessageError) -> Response {
     fault(Fault::from_error(e, Some(platform.config.environment)))
 }
 
+/// A SOAP request's body element read by `read`; a header block the request says must be
+/// understood is refused first (the services understand none), as SOAP 1.1 §4.2.3 asks.
+/// The error is the fault to answer.
+fn soap_request<R>(
+    platform: &Platform,
+    bytes: &[u8],
+    read: fn(&etee_services::xml::Element) -> Result<R, MessageError>,
+) -> Result<R, Box<Fault>> {
+    let environment = Some(platform.config.environment);
+    let refused = |e: MessageError| Box::new(Fault::from_error(&e, environment));
+    let request = soap::parse_request(bytes).map_err(refused)?;
+    if let Some(header) = request.not_understood {
+        return Err(Box::new(Fault::must_understand(&header, environment)));
+    }
+    read(&request.payload).map_err(refused)
+}
+
 fn code_fault(platform: &Platform, code: SoaCode) -> Response {
     fault(Fault::from_code(code, Some(platform.config.environment)))
 }
@@ -536,9 +553,9 @@ async fn etkdepot_soap(State(platform): State<Arc<Platform>>, body: Body) -> Res
         Ok(b) => b,
         Err(e) => return message_fault(&platform, &e),
     };
-    let request = match GetEtkRequest::parse(&bytes) {
+    let request = match soap_request(&platform, &bytes, GetEtkRequest::from_element) {
         Ok(r) => r,
-        Err(e) => return message_fault(&platform, &e),
+        Err(f) => return fault(*f),
     };
     let p = platform.clone();
     let answered = platform
@@ -756,9 +773,9 @@ async fn kgss_soap(State(platform): State<Arc<Platform>>, body: Body) -> Respons
         Ok(b) => b,
         Err(e) => return message_fault(&platform, &e),
     };
-    let request = match KgssRequest::parse(&bytes) {
+    let request = match soap_request(&platform, &bytes, KgssRequest::from_element) {
         Ok(r) => r,
-        Err(e) => return message_fault(&platform, &e),
+        Err(f) => return fault(*f),
     };
     let p = platform.clone();
     let answered = platform

@@ -157,6 +157,52 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
     }
     // The connection is still usable after all of that.
     ask(&mut c, "NIHII-PHARMACY", PHARMACY, None).await;
+
+    // A header block the sender says must be understood: the services understand none,
+    // and refuse it with a MustUnderstand fault rather than serve without it. One marked
+    // optional, or for another actor, is ignored.
+    let get = get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]);
+    let with_header = |header: &str| -> Vec<u8> {
+        let envelope = String::from_utf8(get.clone()).unwrap();
+        let at = envelope.find("<soap:Body").expect("the envelope's body");
+        format!(
+            "{}<soap:Header>{header}</soap:Header>{}",
+            &envelope[..at],
+            &envelope[at..]
+        )
+        .into_bytes()
+    };
+    let wsse = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
+    for path in ["/EtkDepot/v1", "/Kgss/v1"] {
+        for must in ["1", "true"] {
+            let header = format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="{must}"/>"#);
+            let a = c.soap(path, with_header(&header)).await.unwrap();
+            assert_eq!(a.status, 500, "{path}");
+            let fault = Fault::parse(&a.body).unwrap();
+            assert_eq!(fault.fault_code, soap::FaultCode::MustUnderstand, "{path}");
+            assert!(fault.fault_string.contains("Security"), "{fault:?}");
+            assert_eq!(fault.detail.unwrap().code, "SOA-03005", "{path}");
+        }
+        let a = c
+            .soap(
+                path,
+                with_header(r#"<h:Note xmlns:h="urn:x" soap:mustUnderstand="maybe"/>"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(fault_code(&a.body), "SOA-03006", "{path}");
+    }
+    for header in [
+        format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="0"/>"#),
+        format!(
+            r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="1" soap:actor="urn:a-gateway"/>"#
+        ),
+        r#"<h:Note xmlns:h="urn:x" soap:actor="http://schemas.xmlsoap.org/soap/actor/next">hi</h:Note>"#.to_owned(),
+    ] {
+        let a = c.soap("/EtkDepot/v1", with_header(&header)).await.unwrap();
+        assert_eq!(a.status, 200, "{header}: {}", String::from_utf8_lossy(&a.body));
+    }
+
     // An oversized body is refused too, and its connection closed (the body is not read).
     let mut big = w.connect(None).await;
     let a = big

@@ -1,8 +1,9 @@
 //! SOAP 1.1 envelopes and eHealth SOA faults (spec §7).
 //!
 //! All platform SOAP services are SOAP 1.1, document/literal: the body holds exactly one
-//! element. Header blocks are accepted (they must be well-formed) and ignored: none of the
-//! services handled here read WS-Security from this layer.
+//! element. The services understand no header block (none read WS-Security from this
+//! layer): [`parse_request`] finds one its sender marked `mustUnderstand`, which a service
+//! refuses with [`Fault::must_understand`] (SOAP 1.1 §4.2.3); others are ignored.
 
 use crate::error::{schema, Error};
 use crate::xml::{self, nonempty_leaf, Element, Limits, XML_NS};
@@ -34,6 +35,53 @@ pub fn parse_envelope(input: &[u8]) -> Result<Element, Error> {
 
 /// [`parse_envelope`] with caller-set limits.
 pub fn parse_envelope_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
+    parse_parts(input, limits).map(|(_, payload)| payload)
+}
+
+/// The SOAP 1.1 actor of the next receiver: a header block for it is for the service.
+pub const ACTOR_NEXT: &str = "http://schemas.xmlsoap.org/soap/actor/next";
+
+/// A request envelope as a service that understands no header block reads it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The single body element.
+    pub payload: Element,
+    /// The first header block addressed to the service (no `actor`, or [`ACTOR_NEXT`])
+    /// that its sender marked `mustUnderstand="1"`, as `{ns}name`: the service must refuse
+    /// the request ([`Fault::must_understand`]) instead of serving it without it.
+    pub not_understood: Option<String>,
+}
+
+/// Parses a SOAP 1.1 request envelope (as [`parse_envelope`]) and looks at its header
+/// blocks: a `mustUnderstand` that is not a boolean (`1`, `0`) is a schema error.
+pub fn parse_request(input: &[u8]) -> Result<Request, Error> {
+    let (header, payload) = parse_parts(input, &Limits::default())?;
+    let mut not_understood = None;
+    for block in header.iter().flat_map(|h| &h.children) {
+        let must = match block.attr(Some(SOAP11_NS), "mustUnderstand") {
+            Some(v) => parse_bool(v).map_err(|_| {
+                schema(format!(
+                    "mustUnderstand of header {} must be 1 or 0",
+                    block.qname()
+                ))
+            })?,
+            None => false,
+        };
+        let ours = block
+            .attr(Some(SOAP11_NS), "actor")
+            .is_none_or(|a| a.trim() == ACTOR_NEXT);
+        if must && ours && not_understood.is_none() {
+            not_understood = Some(block.qname());
+        }
+    }
+    Ok(Request {
+        payload,
+        not_understood,
+    })
+}
+
+/// The envelope's `Header` (if any) and its single body element.
+fn parse_parts(input: &[u8], limits: &Limits) -> Result<(Option<Element>, Element), Error> {
     let mut env = xml::parse_with(input, limits)?;
     if env.name == "Envelope" && env.ns.as_deref() == Some(SOAP12_NS) {
         return Err(Error::NotSoap(
@@ -64,6 +112,11 @@ pub fn parse_envelope_with(input: &[u8], limits: &Limits) -> Result<Element, Err
     }
     let body_index = body_index.ok_or(Error::MissingBody)?;
     let mut body = env.children.swap_remove(body_index);
+    // What is left is the header, if there was one.
+    let header = env
+        .children
+        .pop()
+        .filter(|h| h.is(Some(SOAP11_NS), "Header"));
     if !xml::is_xml_whitespace(&body.text) {
         return Err(schema("text directly inside the SOAP Body"));
     }
@@ -76,7 +129,7 @@ pub fn parse_envelope_with(input: &[u8], limits: &Limits) -> Result<Element, Err
     decls.extend(body.ns_decls.iter().cloned());
     decls.append(&mut payload.ns_decls);
     payload.ns_decls = decls;
-    Ok(payload)
+    Ok((header, payload))
 }
 
 /// Wraps one body element in a SOAP 1.1 envelope (no header) and serialises it.
@@ -326,6 +379,24 @@ impl Fault {
                 }
                 _ => format!("{code}: {text}"),
             };
+        }
+        f
+    }
+
+    /// The fault for a request with a header block the service must understand and does
+    /// not (`header` as `{ns}name`): `soap:MustUnderstand`, with the SOA detail of a
+    /// WSDL compliance failure (the service's WSDL declares no such header).
+    pub fn must_understand(header: &str, environment: Option<Environment>) -> Self {
+        let mut f = Fault::from_code(SoaCode::WsdlCompliance, environment);
+        f.fault_code = FaultCode::MustUnderstand;
+        // The name is the sender's: bounded, as it is written back.
+        let name: String = header.chars().take(200).collect();
+        f.fault_string = format!(
+            "the SOAP header {name} must be understood, and this service does not understand it"
+        );
+        if let Some(d) = &mut f.detail {
+            d.messages[0].text =
+                format!("{}: {}", SoaCode::WsdlCompliance.message(), f.fault_string);
         }
         f
     }

@@ -366,6 +366,41 @@ fn custody_status_asks_the_custody_process() {
     assert!(run.json()["process"].is_null());
 }
 
+/// A second core on the chain the custody process holds (`keys list` with the server's
+/// configuration logs in on that chain) says at once, on standard error, that it waits.
+#[test]
+fn a_second_core_says_at_once_that_it_waits_for_the_chain() {
+    use std::io::BufRead;
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path(), w);
+    let _server = rig.serve();
+    let mut child = Command::new(etee_bin())
+        .args(["keys", "list", "--config"])
+        .arg(&rig.server_config)
+        .env("SOFTHSM2_CONF", &rig.hsm.conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(3));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("nothing on standard error within 3 s");
+    assert!(
+        line.contains("in use by another custody core") && line.contains("waiting up to 10 s"),
+        "{line}"
+    );
+}
+
 #[test]
 fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     let w = World::shared();

@@ -957,11 +957,31 @@ fn open_core<T: Token>(
         std::fs::create_dir_all(dir)
             .map_err(|e| HsmError::Config(format!("audit directory {}: {e}", dir.display())))?;
     }
-    let (sink, head) = FileAuditSink::open(path).map_err(|e| match e {
-        etee_custody::file_sink::FileSinkError::Corrupt { .. }
-        | etee_custody::file_sink::FileSinkError::Chain(_) => HsmError::Audit(format!(
+    use etee_custody::file_sink::{FileSinkError, LOCK_WAIT};
+    // Another core holds the chain (a service, or a short command that will be done soon):
+    // say at once that we wait, rather than seem to hang.
+    let opened = match FileAuditSink::open_waiting(path, Duration::ZERO) {
+        Err(FileSinkError::InUse) => {
+            eprintln!(
+                "etee: the audit chain {} is in use by another custody core (`etee custody \
+                 serve`, `etee serve`, or another etee command on this token); waiting up to \
+                 {} s for it",
+                path.display(),
+                LOCK_WAIT.as_secs()
+            );
+            FileAuditSink::open(path)
+        }
+        other => other,
+    };
+    let (sink, head) = opened.map_err(|e| match e {
+        FileSinkError::Corrupt { .. } | FileSinkError::Chain(_) => HsmError::Audit(format!(
             "{e}. The core does not run on a damaged chain: keep the file as evidence, run \
              `etee audit verify`, and follow \"A damaged audit chain\" in docs/operations.md"
+        )),
+        FileSinkError::InUse => HsmError::Audit(format!(
+            "{}: {e} (waited {} s)",
+            path.display(),
+            LOCK_WAIT.as_secs()
         )),
         e => HsmError::Audit(format!("{}: {e}", path.display())),
     })?;

@@ -1050,6 +1050,60 @@ fn a_lock_out_stops_every_login_with_the_user_pin() {
     with(&rig.config, &["custody", "status"]).code(0);
 }
 
+/// A configuration naming no token: `seal`, `keys list` and the other commands that would
+/// open the core fail without making an audit file; `audit verify` on an audit file with
+/// no record at all says so (exit 2) instead of "OK", and checks a recorded head against
+/// it (cut).
+#[test]
+fn no_token_no_audit_file_and_an_empty_chain_is_not_ok() {
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::with_authentication_key(tmp.path());
+    let missing = tmp.path().join("nolabel.toml");
+    let text = std::fs::read_to_string(&rig.config).unwrap().replace(
+        "token_label = \"e2e-bob\"",
+        "token_label = \"no-such-token\"",
+    );
+    std::fs::write(&missing, text).unwrap();
+    let audit = tmp.path().join("audit-no-such-token.log");
+    let with = |args: &[&str]| rig.hsm.etee(args).arg("--config").arg(&missing);
+    let etk = w.etk("bob");
+    for args in [
+        &["seal", "--to", etk.to_str().unwrap()][..],
+        &["keys", "list"][..],
+        &["keys", "destroy", "--key", "x", "--yes"][..],
+        &["custody", "reset-pin"][..],
+    ] {
+        let run = with(args).stdin(b"x".to_vec()).run();
+        run.code(2);
+        assert!(
+            run.stderr.contains("no token with"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!audit.exists(), "{args:?} made {}", audit.display());
+    }
+    let run = with(&["audit", "verify"]).run();
+    run.code(2);
+    assert!(run.stderr.contains("no audit file"), "{}", run.stderr);
+
+    // An empty audit file (left by an older etee, or emptied): not a verified chain.
+    std::fs::write(&audit, b"").unwrap();
+    let run = with(&["audit", "verify"]).run();
+    run.code(2);
+    assert!(run.stderr.contains("no record at all"), "{}", run.stderr);
+    assert!(!String::from_utf8_lossy(&run.stdout).contains("OK"));
+    // A head recorded elsewhere: the records it covers are gone.
+    let anchor = rig.etee(["audit", "verify", "--json"]).run().json()["anchor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = with(&["audit", "verify", "--expect-head", &anchor]).run();
+    run.code(1);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.starts_with("EMPTY") && out.contains("CUT"), "{out}");
+}
+
 /// `audit verify --expect-head`: a head recorded earlier (the `anchor`) is found in the
 /// grown chain; a chain restored from an older copy is reported cut, a head that does not
 /// match is reported altered (both exit 1); a malformed anchor is a usage error.

@@ -4,7 +4,8 @@
 //! line is on standard error, only on a terminal.
 //!
 //! Exit codes: 0 the chain is intact; 1 it is broken (the first break is reported);
-//! 2 usage or I/O problems.
+//! 2 usage or I/O problems, and a chain with no record at all (no file, or an empty one:
+//! nothing to verify).
 
 use crate::CliError;
 use etee_custody::file_sink::{scan, FileSinkError};
@@ -103,10 +104,21 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let last: Vec<_> = last.into_iter().collect();
     let file = path.display().to_string();
     let (report, text, code) = match result {
+        // Not a verified chain: nothing to verify (a file made by a command that failed
+        // before its first record, or emptied). With a recorded head to check, the
+        // comparison below says what became of it.
+        Ok(s) if is_empty(&s) && expected.is_none() => {
+            return Err(CliError::Usage(format!(
+                "{file}: the audit chain has no record at all: nothing was recorded through \
+                 the custody core on it (or its records were removed); there is nothing to \
+                 verify"
+            )));
+        }
         Ok(s) => {
             let head = hex::encode(s.head.hash);
             let mut text = format!(
-                "OK      {} records{}, head {head}{}",
+                "{}{} records{}, head {head}{}",
+                if is_empty(&s) { "EMPTY   " } else { "OK      " },
                 s.count,
                 match (s.segments, s.first_sequence) {
                     (0, _) => String::new(),
@@ -205,7 +217,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                 _ => (serde_json::Value::Null, ExitCode::SUCCESS),
             };
             let report = json!({
-                "file": file, "intact": true, "records": s.count,
+                "file": file, "intact": true, "records": s.count, "empty": is_empty(&s),
                 "segments": s.segments, "first_sequence": s.first_sequence,
                 "head": head, "anchor": anchor, "torn_tail": s.torn_tail,
                 "pin_failures": s.pin_failures, "unconcluded": s.unconcluded,
@@ -264,6 +276,12 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         }
     }
     Ok(code)
+}
+
+/// A chain without a single record: no file of it holds one, whole or torn, and no
+/// archived segment says records came before.
+fn is_empty(s: &etee_custody::file_sink::Scan) -> bool {
+    s.count == 0 && !s.torn_tail && s.segments == 0 && s.first_sequence == 0
 }
 
 /// A progress line on a terminal while a long chain is verified (a chain kept for years

@@ -1104,6 +1104,39 @@ fn no_token_no_audit_file_and_an_empty_chain_is_not_ok() {
     assert!(out.starts_with("EMPTY") && out.contains("CUT"), "{out}");
 }
 
+/// A PIN file loses exactly one trailing `\n` or `\r\n`: with a second newline (or a
+/// trailing space) the PIN is another one, refused (and counted), with a hint at the
+/// whitespace that does not show the PIN.
+#[test]
+fn pin_files_lose_one_line_ending_only() {
+    let tmp = scratch();
+    let rig = Rig::with_authentication_key(tmp.path());
+    let pin_file = tmp.path().join("institution-user.pin");
+    let pin = "institution-user-1234";
+    for (content, accepted) in [
+        (format!("{pin}\r\n"), true),
+        (format!("{pin}\n\n"), false),
+        (format!("{pin} \n"), false),
+        (format!("{pin}\n"), true),
+    ] {
+        std::fs::write(&pin_file, &content).unwrap();
+        let run = rig.etee(["keys", "list"]).run();
+        if accepted {
+            run.code(0);
+            continue;
+        }
+        run.code(2);
+        assert!(
+            run.stderr.contains("CKR_PIN_INCORRECT")
+                && run.stderr.contains("more wrong PIN(s)")
+                && run.stderr.contains("begins or ends with whitespace"),
+            "{content:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains(pin), "{}", run.stderr);
+    }
+}
+
 /// `audit verify --expect-head`: a head recorded earlier (the `anchor`) is found in the
 /// grown chain; a chain restored from an older copy is reported cut, a head that does not
 /// match is reported altered (both exit 1); a malformed anchor is a usage error.

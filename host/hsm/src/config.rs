@@ -320,13 +320,32 @@ impl fmt::Debug for Pin {
 /// Where a PIN comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PinSource {
-    /// A file holding the PIN (one trailing newline is ignored).
+    /// A file holding the PIN (one trailing `\n` or `\r\n` is ignored, nothing else).
     File(PathBuf),
     /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>`.
     Credential(String),
 }
 
 impl PinSource {
+    /// For a PIN the token refused: a hint when the PIN as read begins or ends with
+    /// whitespace (a second line ending, a space, a lone CR), which is part of the PIN.
+    pub fn whitespace_hint(&self) -> Option<String> {
+        let (pin, _) = self.read().ok()?;
+        let text = pin.expose();
+        let (first, last) = (text.chars().next()?, text.chars().last()?);
+        (first.is_whitespace() || last.is_whitespace()).then(|| {
+            let what = match self {
+                Self::File(p) => format!("PIN file {}", p.display()),
+                Self::Credential(name) => format!("PIN credential {name:?}"),
+            };
+            format!(
+                "the PIN of {what} begins or ends with whitespace (a second line ending, a \
+                 space, a CR?): only one trailing \\n or \\r\\n is taken off, the rest is \
+                 part of the PIN"
+            )
+        })
+    }
+
     /// Reads the PIN into a buffer wiped on drop. The second value is a warning for the
     /// operator (a file readable by group or others), if any.
     pub fn read(&self) -> Result<(Pin, Option<String>)> {
@@ -346,7 +365,8 @@ impl PinSource {
     }
 }
 
-/// Reads a PIN file: at most 1 KiB, UTF-8, trailing CR/LF removed, not empty.
+/// Reads a PIN file: at most 1 KiB, UTF-8, one trailing `\n` or `\r\n` removed (any other
+/// byte, a second line ending or a space too, is part of the PIN), not empty.
 pub fn read_pin_file(path: &Path) -> Result<(Pin, Option<String>)> {
     let fail = |reason: String| HsmError::PinFile {
         path: path.to_path_buf(),
@@ -366,11 +386,16 @@ pub fn read_pin_file(path: &Path) -> Result<(Pin, Option<String>)> {
         bytes.zeroize();
         return Err(fail(format!("larger than {MAX_PIN_FILE} bytes")));
     }
-    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-        let last = bytes.len() - 1;
-        bytes[last] = 0;
-        bytes.truncate(last);
-    }
+    // One line ending (what `echo` or an editor adds) is not part of the PIN; anything
+    // else is, so that a PIN never differs silently from the file's content.
+    let ending = if bytes.ends_with(b"\r\n") {
+        2
+    } else {
+        usize::from(bytes.ends_with(b"\n"))
+    };
+    let keep = bytes.len() - ending;
+    bytes[keep..].fill(0);
+    bytes.truncate(keep);
     if bytes.is_empty() {
         return Err(fail("empty".into()));
     }
@@ -898,6 +923,25 @@ mod tests {
         std::fs::write(&p, "\n").unwrap();
         let err = read_pin_file(&p).err().unwrap().to_string();
         assert!(err.contains("empty"), "{err}");
+        // Exactly one line ending goes; anything else is the PIN's, and hinted at.
+        let source = PinSource::File(p.clone());
+        for (content, pin, hinted) in [
+            ("1234\n", "1234", false),
+            ("1234\r\n", "1234", false),
+            ("1234", "1234", false),
+            ("1234\n\n", "1234\n", true),
+            ("1234\r", "1234\r", true),
+            ("1234 \n", "1234 ", true),
+            (" 1234", " 1234", true),
+        ] {
+            std::fs::write(&p, content).unwrap();
+            assert_eq!(read_pin_file(&p).unwrap().0.expose(), pin, "{content:?}");
+            let hint = source.whitespace_hint();
+            assert_eq!(hint.is_some(), hinted, "{content:?}: {hint:?}");
+            if let Some(h) = hint {
+                assert!(!h.contains("1234"), "the hint shows no PIN: {h}");
+            }
+        }
         std::fs::write(&p, [0xff, 0xfe]).unwrap();
         assert!(read_pin_file(&p).is_err());
         assert!(read_pin_file(&dir.path().join("missing")).is_err());

@@ -803,8 +803,15 @@ fn login_on_record(hsm: &HsmConfig, custody: &CustodyConfig, record_success: boo
             response_text(&other)
         ))),
         (Err(refused), response) => {
+            let hint = matches!(refused, HsmError::WrongPin { .. })
+                .then(|| hsm.pin.whitespace_hint())
+                .flatten();
             let tries_left = core.status().pin_tries_left;
-            Err(counted(custody, refused, response, tries_left))
+            let counted = counted(custody, refused, response, tries_left);
+            Err(match hint {
+                Some(hint) => HsmError::Invalid(format!("{counted}. Note: {hint}")),
+                None => counted,
+            })
         }
     }
 }

@@ -197,7 +197,18 @@ pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
             // The audit chain is opened (locked, verified) before the PIN changes, so that
             // the change cannot happen unrecorded.
             let summary =
-                etee_hsm::CustodyKeys::set_user_pin(&config.hsm, &config.custody, &so_pin)?;
+                etee_hsm::CustodyKeys::set_user_pin(&config.hsm, &config.custody, &so_pin)
+                    .map_err(|e| match (&e, &config.hsm.so_pin) {
+                        (etee_hsm::HsmError::WrongPin { .. }, Some(source))
+                            if so_pin_shares.is_empty() =>
+                        {
+                            match source.whitespace_hint() {
+                                Some(hint) => CliError::Usage(format!("HSM: {e}. Note: {hint}")),
+                                None => e.into(),
+                            }
+                        }
+                        _ => e.into(),
+                    })?;
             drop(so_pin);
             outln!(
                 "the user PIN of token {} is now the one of pin_file; recorded on the audit \

@@ -97,6 +97,10 @@ impl std::fmt::Debug for Hsm {
 impl Hsm {
     /// Loads the module (once per process), finds the token, reads the user PIN file and
     /// logs in. A wrong PIN is [`HsmError::WrongPin`].
+    ///
+    /// The bare login: neither counted nor refused by the custody core's lock-out. Commands
+    /// log in through [`CustodyKeys::open_token`] or [`CustodyKeys::open_token_recorded`],
+    /// which put every login with the user PIN on the audit chain.
     pub fn open(config: &HsmConfig) -> Result<Self> {
         let (pin, warning) = config.user_pin()?;
         let pool = SessionPool::open(config, pin)?;

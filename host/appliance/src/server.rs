@@ -11,6 +11,7 @@ use axum::Router;
 use etee_formats::cert::Certificate;
 use etee_formats::revocation::{Revocation, RevocationPolicy};
 use etee_formats::trust::TrustAnchors;
+use etee_services::connections::PerPeer;
 use etee_services::log::Throttle;
 use etee_services::revocation::client_refusal;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -287,78 +288,12 @@ async fn connection<I>(
     }
 }
 
-/// Who holds a connection, for [`PeerConnections`]: an IP address (whatever its port) or
-/// a uid on the socket.
+/// Who holds a connection, for `max_connections_per_peer`: an IP address (whatever its
+/// port) or a uid on the socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum PeerKey {
     Ip(std::net::IpAddr),
     Uid(u32),
-}
-
-/// The connections each peer holds, bounded by `max_connections_per_peer`: a peer that
-/// stalls its connections (never finishing the TLS handshake, sending headers slowly)
-/// takes at most that many of the listener's `max_connections`.
-#[derive(Clone)]
-struct PeerConnections {
-    held: Arc<std::sync::Mutex<std::collections::HashMap<PeerKey, usize>>>,
-    max: usize,
-}
-
-/// One connection counted for its peer until dropped.
-struct PeerSlot {
-    connections: PeerConnections,
-    key: PeerKey,
-}
-
-impl PeerConnections {
-    fn new(max: usize) -> Self {
-        Self {
-            held: Arc::default(),
-            max,
-        }
-    }
-
-    /// A slot for one more connection of `key`; `None` when it holds `max` already.
-    fn take(&self, key: PeerKey) -> Option<PeerSlot> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let n = held.entry(key.clone()).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(PeerSlot {
-            connections: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut held = self
-            .connections
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = held.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.key);
-            }
-        }
-    }
-}
-
-/// Logs (at most once a second) a connection refused for its peer's bound.
-fn refused_for_peer(peer: &dyn std::fmt::Display, max: usize) {
-    static REFUSED: Throttle = Throttle::new();
-    if let Some(held_back) = REFUSED.allow(etee_formats::unix_now()) {
-        tracing::warn!(
-            held_back,
-            "{peer} already holds {max} connections (max_connections_per_peer): one more \
-             closed at once"
-        );
-    }
 }
 
 /// What a listener accepts.
@@ -382,7 +317,7 @@ async fn accept_loop(
         .max_connections
         .clamp(1, crate::config::MAX_CONNECTIONS_LIMIT);
     let permits = Arc::new(Semaphore::new(capacity));
-    let per_peer = PeerConnections::new(limits.max_connections_per_peer);
+    let per_peer = PerPeer::new(limits.max_connections_per_peer);
     let (closing_tx, closing_rx) = watch::channel(false);
     loop {
         let permit = tokio::select! {
@@ -408,8 +343,7 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let Some(peer_slot) = per_peer.take(PeerKey::Ip(addr.ip())) else {
-                    refused_for_peer(&addr.ip(), per_peer.max);
+                let Some(peer_slot) = per_peer.take(PeerKey::Ip(addr.ip()), &addr.ip()) else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -475,8 +409,8 @@ async fn accept_loop(
                     uid,
                     pid: cred.pid(),
                 };
-                let Some(peer_slot) = per_peer.take(PeerKey::Uid(uid)) else {
-                    refused_for_peer(&format!("uid {uid}"), per_peer.max);
+                let Some(peer_slot) = per_peer.take(PeerKey::Uid(uid), &format!("uid {uid}"))
+                else {
                     continue;
                 };
                 tokio::spawn(async move {
@@ -691,19 +625,6 @@ mod tests {
         drop(first);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(ping(path.clone()).await.ends_with("pong"));
-    }
-
-    #[test]
-    fn peer_slots_are_counted_per_peer_and_given_back() {
-        let held = PeerConnections::new(2);
-        let a = PeerKey::Ip("192.0.2.1".parse().unwrap());
-        let b = PeerKey::Uid(1000);
-        let a1 = held.take(a.clone()).unwrap();
-        let _a2 = held.take(a.clone()).unwrap();
-        assert!(held.take(a.clone()).is_none());
-        let _b1 = held.take(b).unwrap();
-        drop(a1);
-        assert!(held.take(a).is_some());
     }
 
     /// A caller that never finishes its headers is cut off after `header_timeout`; one

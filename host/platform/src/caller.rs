@@ -3,8 +3,7 @@
 
 use etee_formats::cert::Certificate;
 use etee_formats::identity::{identities, Identity};
-use etee_formats::revocation::RevocationPolicy;
-use etee_formats::trust::{PathCheck, TrustAnchors};
+use etee_formats::trust::TrustAnchors;
 use std::sync::Arc;
 
 /// The authenticated caller of one connection.
@@ -67,28 +66,12 @@ impl Caller {
         now <= self.valid_until
     }
 
-    /// Why the revocation lists in use refuse the caller's certificate at `now`, if they
-    /// do: it or a CA above it is revoked; or no path to the anchors along which to look
-    /// them up is found (rustls found one at the handshake, so the two disagree: refused
-    /// under either policy rather than let the certificate through unchecked); or, under
-    /// the mandatory policy, no current list gives its status. The lists can change while
-    /// a connection is kept alive, so each request asks. No lists: never.
+    /// Why the revocation sources in use refuse the caller's certificate at `now`, if
+    /// they do ([`etee_services::revocation::client_refusal`], the appliance's rule for
+    /// its callers too). The lists can change while a connection is kept alive, so each
+    /// request asks. No lists and no responder: never.
     pub fn revocation_refusal(&self, anchors: &TrustAnchors, now: i64) -> Option<&'static str> {
-        let policy = anchors.revocation().policy();
-        if policy == RevocationPolicy::None {
-            return None;
-        }
-        match anchors.check(&self.certificate, &self.chain, now, now) {
-            PathCheck::Trusted => None,
-            PathCheck::Revoked => Some("revoked (by its CA's list or OCSP responder)"),
-            PathCheck::StatusUnknown => Some(
-                "of unknown status: neither a current list of its CA nor an OCSP answer \
-                 gives it (mandatory policy)",
-            ),
-            PathCheck::Untrusted => {
-                Some("of unknown status: no path to client_ca was found to look it up along")
-            }
-        }
+        etee_services::revocation::client_refusal(anchors, &self.certificate, &self.chain, now)
     }
 }
 
@@ -143,6 +126,7 @@ pub fn store_identifier(identity: &Identity) -> etee_store::Identifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use etee_formats::revocation::RevocationPolicy;
     use etee_testpki::{InstitutionSpec, TestPki, Validity};
 
     /// What the lists say of a caller under each policy, and a caller whose path the

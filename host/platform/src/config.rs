@@ -16,6 +16,7 @@
 //! handshake_timeout_ms = 10000
 //! request_timeout_ms = 30000
 //! max_connections = 1024
+//! max_connections_per_peer = 256           # per IP address (default: a quarter)
 //! max_concurrent_work = 64                  # store/KGSS/KeyDepot operations at once
 //! queue_timeout_ms = 2000                   # wait for a turn, then 503 / SOA-02001
 //! max_requests_per_caller = 32              # one caller's requests at once (certificate or address)
@@ -185,6 +186,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Connections one IP address may hold at once, so that a peer stalling its
+    /// connections (in the TLS handshake, or sending slowly) cannot take every one of
+    /// `max_connections`.
+    pub max_connections_per_peer: usize,
     /// Blocking operations (store, KGSS, KeyDepot) under way at once, counting those whose
     /// request was abandoned ([`crate::work`]).
     pub max_concurrent_work: usize,
@@ -207,6 +212,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_peer: 256,
             max_concurrent_work: 64,
             queue_timeout: Duration::from_secs(2),
             max_requests_per_caller: None,
@@ -247,6 +253,7 @@ struct Table {
     handshake_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
     max_concurrent_work: Option<usize>,
     queue_timeout_ms: Option<u64>,
     max_requests_per_caller: Option<usize>,
@@ -286,6 +293,10 @@ impl PlatformConfig {
                 .request_timeout_ms
                 .map_or(defaults.request_timeout, Duration::from_millis),
             max_connections: t.max_connections.unwrap_or(defaults.max_connections),
+            // Default: a quarter of the listener's connections.
+            max_connections_per_peer: t.max_connections_per_peer.unwrap_or_else(|| {
+                (t.max_connections.unwrap_or(defaults.max_connections) / 4).max(1)
+            }),
             max_concurrent_work: t
                 .max_concurrent_work
                 .unwrap_or(defaults.max_concurrent_work),
@@ -297,13 +308,15 @@ impl PlatformConfig {
         };
         if limits.max_body_bytes == 0
             || limits.max_connections == 0
+            || limits.max_connections_per_peer == 0
             || limits.max_concurrent_work == 0
             || limits.max_requests_per_caller == Some(0)
             || limits.store_connections == 0
         {
             return Err(PlatformError::Config(
-                "max_body_bytes, max_connections, max_concurrent_work, \
-                 max_requests_per_caller and store_connections must be positive"
+                "max_body_bytes, max_connections, max_connections_per_peer, \
+                 max_concurrent_work, max_requests_per_caller and store_connections must be \
+                 positive"
                     .into(),
             ));
         }

@@ -6,6 +6,7 @@ use crate::caller::{Caller, MaybeCaller};
 use crate::config::Limits;
 use axum::Router;
 use etee_formats::trust::TrustAnchors;
+use etee_services::connections::PerPeer;
 use etee_services::log::{LogSafe, Throttle};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
@@ -35,6 +36,7 @@ pub async fn serve(
         .max_connections
         .clamp(1, crate::config::MAX_CONNECTIONS_LIMIT);
     let permits = Arc::new(Semaphore::new(capacity));
+    let per_peer = PerPeer::new(limits.max_connections_per_peer);
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -54,6 +56,9 @@ pub async fn serve(
                 }
             },
         };
+        let Some(peer_slot) = per_peer.take(peer.ip(), &peer.ip()) else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let routes = routes.clone();
@@ -61,6 +66,7 @@ pub async fn serve(
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _peer_slot = peer_slot;
             let tls =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,

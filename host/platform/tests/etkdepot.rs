@@ -16,7 +16,8 @@ on_both_stores!(
     one_caller_cannot_take_every_turn,
     readiness_follows_the_store,
     the_status_can_be_kept_to_the_host_or_to_certified_callers,
-    a_body_declared_too_large_is_refused_before_it_comes
+    a_body_declared_too_large_is_refused_before_it_comes,
+    one_address_cannot_hold_every_connection
 );
 
 use common::{World, PHARMACY};
@@ -312,6 +313,52 @@ async fn slow_and_silent_clients_are_cut_off(mut w: World) {
         read.is_ok(),
         "the server kept a slow client longer than its request timeout"
     );
+    w.stop().await;
+}
+
+/// An address stalling its connections in the TLS handshake holds at most
+/// `max_connections_per_peer` of them: one more is closed at once, and another address is
+/// served meanwhile (127.0.0.2 is this host too).
+async fn one_address_cannot_hold_every_connection(mut w: World) {
+    w.restart_with(etee_platform::config::Limits {
+        max_connections: 4,
+        max_connections_per_peer: 2,
+        handshake_timeout: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(w.addr)
+    };
+    let stalled = [
+        from("127.0.0.1").await.unwrap(),
+        from("127.0.0.1").await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = from("127.0.0.1").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("a third stalled connection of the same address was kept");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+
+    let tcp = from("127.0.0.2").await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(w.client_config(None))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Gone, so that stopping does not wait for their handshake timeout.
+    drop(stalled);
     w.stop().await;
 }
 

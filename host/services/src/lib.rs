@@ -36,6 +36,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod connections;
 pub mod error;
 pub mod etkdepot;
 pub mod json;

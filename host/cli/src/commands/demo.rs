@@ -723,7 +723,7 @@ async fn flows(demo: &mut Demo) -> Result<(), CliError> {
 
     demo.progress("the tail of Bob's custody audit chain (every key use, before its result)")?;
     let audit = bob
-        .call("GET", "/v1/audit?limit=100000", Vec::new(), true)
+        .call("GET", "/v1/audit?limit=10000", Vec::new(), true)
         .await?;
     let v = audit.json();
     let entries = v["entries"].as_array().cloned().unwrap_or_default();

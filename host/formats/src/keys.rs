@@ -49,7 +49,10 @@ pub trait PrivateKeyOps: Send + Sync {
     fn sign_pss_sha256(&self, key: &KeyId, digest: &[u8; 32]) -> Result<Vec<u8>, KeyError>;
 
     /// RSA PKCS#1 v1.5 decryption of a KeyTransRecipientInfo's encryptedKey. Any failure
-    /// must be reported as [`KeyError::DecryptFailed`], in the same way.
+    /// the blob may have caused must be reported as [`KeyError::DecryptFailed`], in the
+    /// same way; another error (unavailable, refused, unknown key) must only say that the
+    /// provider could not try, which no blob causes: it stops the unseal
+    /// ([`crate::cms::UnsealError::Key`]) instead of becoming part of the verdict.
     fn decrypt_pkcs1v15(&self, key: &KeyId, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError>;
 }
 

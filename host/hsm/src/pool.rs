@@ -62,6 +62,34 @@ struct Shared {
     recoveries: AtomicU64,
     /// The last recoveries: what failed and what was done.
     recent: Mutex<std::collections::VecDeque<String>>,
+    /// The token refused, at a later login, the PIN it accepted when the pool opened
+    /// (changed or locked behind the service's back): nothing more is tried with it,
+    /// since each try would be a guess the custody core does not count.
+    pin_refused: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Logs in on `session` with the pool's PIN, unless the token refused it once already;
+    /// a refusal stops every later try.
+    fn login(&self, session: &Session) -> Result<()> {
+        if self.pin_refused.load(Ordering::SeqCst) {
+            return Err(self.pin_refused_error());
+        }
+        let logged_in = login(session, PinKind::User, &self.pin, &self.token_name);
+        if let Err(HsmError::WrongPin { .. } | HsmError::PinLocked { .. }) = &logged_in {
+            self.pin_refused.store(true, Ordering::SeqCst);
+        }
+        logged_in
+    }
+
+    fn pin_refused_error(&self) -> HsmError {
+        HsmError::Config(format!(
+            "token {}: the user PIN it accepted when the service started is refused now \
+             (changed or locked behind the service's back); nothing more is tried with it \
+             (each try would be an uncounted guess): restart with the right PIN file",
+            self.token_name
+        ))
+    }
 }
 
 /// Recoveries remembered by [`SessionPool::recent_recoveries`].
@@ -189,6 +217,11 @@ impl Worker {
             if retried {
                 return Err(err);
             }
+            // What the blob may have caused is final, and answered without one more call
+            // to the token: an extra call only after a failure would time the padding.
+            if matches!(err, HsmError::DecryptFailed | HsmError::UnwrapFailed(_)) {
+                return Err(err);
+            }
             // Logged out behind our back (private keys invisible, an operation cut short):
             // whatever the call answered, log in again and retry. Asked after every
             // failure alike, and answered by the session's state alone, so that it says
@@ -232,12 +265,7 @@ impl Worker {
         }
         let (slot, _) = find_token(&ctx, &self.shared.selector, self.shared.module.path())?;
         let session = ctx.open_rw_session(slot).ctx("opening a session")?;
-        login(
-            &session,
-            PinKind::User,
-            &self.shared.pin,
-            &self.shared.token_name,
-        )?;
+        self.shared.login(&session)?;
         self.live = Some(Live {
             session,
             epoch,
@@ -284,12 +312,7 @@ impl Worker {
             Recovery::Relogin => {
                 self.cache.clear();
                 if let Some(live) = &self.live {
-                    login(
-                        &live.session,
-                        PinKind::User,
-                        &self.shared.pin,
-                        &self.shared.token_name,
-                    )?;
+                    self.shared.login(&live.session)?;
                 }
             }
             Recovery::Refind => self.cache.clear(),
@@ -315,6 +338,7 @@ impl SessionPool {
             epoch: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
             recent: Mutex::new(Default::default()),
+            pin_refused: std::sync::atomic::AtomicBool::new(false),
         });
         let mut sessions = Vec::with_capacity(size);
         for _ in 0..size {

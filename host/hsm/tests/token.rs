@@ -931,3 +931,50 @@ fn the_so_pin_can_exist_only_as_shares() {
     // The renewed PIN still works.
     Hsm::open(&renewed).unwrap();
 }
+
+/// The user PIN changed behind a running pool (another application, `pkcs11-tool
+/// --change-pin`): the pool's next login is refused by the token, and nothing more is
+/// tried with that PIN, since each try would be a guess the custody core does not count.
+#[test]
+fn a_pin_changed_behind_the_pool_is_not_tried_again() {
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let config = new_token("pin-changed");
+    let hsm = Hsm::open(&config).unwrap();
+    let auth = hsm
+        .generate(config.profile("authentication").unwrap())
+        .unwrap();
+    let keys = hsm.keys();
+    let id = KeyId(auth.id.clone());
+    keys.sign_pss_sha256(&id, &[1; 32]).unwrap();
+
+    // Another handle on the same library (not initialised again) changes the PIN and logs
+    // every session out.
+    let other = cryptoki::context::Pkcs11::new(&config.module).unwrap();
+    let slot = other
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| other.get_token_info(*s).unwrap().label().trim_end() == "pin-changed")
+        .unwrap();
+    let session = other.open_rw_session(slot).unwrap();
+    // Logged in already: the login state is the token's, shared by the pool's sessions.
+    let _ = session.login(UserType::User, Some(&AuthPin::new(USER_PIN.into())));
+    session
+        .set_pin(
+            &AuthPin::new(USER_PIN.into()),
+            &AuthPin::new("a-new-pin".into()),
+        )
+        .unwrap();
+    session.logout().unwrap();
+    drop(session);
+    // Dropping the last clone of the handle would finalise the library: keep it.
+    std::mem::forget(other);
+
+    let first = keys.sign_pss_sha256(&id, &[2; 32]).unwrap_err().to_string();
+    assert!(first.contains("wrong user PIN"), "{first}");
+    for _ in 0..3 {
+        let next = keys.sign_pss_sha256(&id, &[3; 32]).unwrap_err().to_string();
+        assert!(next.contains("nothing more is tried"), "{next}");
+    }
+}

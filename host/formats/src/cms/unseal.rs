@@ -894,18 +894,28 @@ fn recover_key(
     let wanted = content_cipher(&env.content_alg)
         .map(|c| c.key_len())
         .unwrap_or(16);
+    // Every candidate is tried, whatever the ones before it gave: which keys are asked,
+    // and so the time taken and a provider's refusal, must not depend on whether an
+    // earlier blob decrypted (the sender orders the recipient infos and may name our keys
+    // as it likes). The first that decrypts to a key of the right length opens the
+    // message.
     let mut opened = None;
+    let mut unusable = None;
     for &(ri, k) in &exact {
         match k.ops.decrypt_pkcs1v15(&k.key, &ri.encrypted_key) {
-            Ok(cek) if cek.len() == wanted => {
-                opened = Some((ri, k, cek));
-                break;
-            }
+            Ok(cek) if cek.len() == wanted && opened.is_none() => opened = Some((ri, k, cek)),
             Ok(_) | Err(KeyError::DecryptFailed) => {}
             // The provider could not try (unreachable, a refusal, the key gone): nothing
-            // the message caused, and no verdict on it; the caller reports it.
-            Err(e) => return Err(Stop::Key(e)),
+            // the message caused; reported once every candidate was asked.
+            Err(e) => {
+                unusable.get_or_insert(e);
+            }
         }
+    }
+    // No verdict on a message some of whose keys could not be asked: the caller reports
+    // it, whether or not another key opened it (else the answer would say which).
+    if let Some(e) = unusable {
+        return Err(Stop::Key(e));
     }
     // The policy checks concern the pair that opened the message, or the first candidate.
     let (ri, key) = opened

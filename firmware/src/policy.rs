@@ -140,11 +140,14 @@ impl Policy {
     }
 
     /// Whether a rule lets `client` use `key` at all (for any use): what asking about the
-    /// key needs. Spends nothing.
+    /// key needs. A rule that allows no use does not count. Spends nothing.
     pub fn permit_any(&self, client: &ClientId, key: &KeyId) -> Result<Grant, Denial> {
+        let any = [KeyUse::Sign, KeyUse::Decrypt, KeyUse::Wrap, KeyUse::Unwrap];
         self.rules
             .iter()
-            .position(|(r, _)| &r.client == client && &r.key == key)
+            .position(|(r, _)| {
+                &r.client == client && &r.key == key && any.iter().any(|u| r.allows(*u))
+            })
             .map(|index| Grant { index })
             .ok_or(Denial::Denied)
     }

@@ -83,6 +83,19 @@ fn without_a_rule_nothing_is_said_about_the_key_even_whether_it_exists() {
 }
 
 #[test]
+fn a_rule_that_allows_no_use_does_not_let_a_client_ask() {
+    let mut policy = Policy::deny_all();
+    policy
+        .allow(rule(app(), auth(), false, false, GENEROUS))
+        .unwrap();
+    let mut core = unlocked_with(policy);
+    assert_eq!(
+        call(&mut core, &describe(app(), auth()), 5),
+        Response::Error(Error::PolicyDenied)
+    );
+}
+
+#[test]
 fn a_rule_for_a_key_the_token_does_not_have_is_an_unknown_key() {
     let mut policy = policy();
     policy

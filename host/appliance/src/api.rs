@@ -748,8 +748,9 @@ async fn keydepot_list(
 ) -> Response {
     let started = Instant::now();
     let answer = async {
+        let client = app.authorise(&peer, Operation::KeyDepot)?;
         let (id_type, value) = path_param(path, query)?;
-        let _admitted = app.admit(&peer, Operation::KeyDepot).await?;
+        let _admitted = app.take_slot(client).await?;
         let list = app
             .keydepot()?
             .list(&id_type, &value, None)

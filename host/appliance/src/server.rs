@@ -11,7 +11,7 @@ use axum::Router;
 use etee_formats::cert::Certificate;
 use etee_formats::revocation::{Revocation, RevocationPolicy};
 use etee_formats::trust::TrustAnchors;
-use etee_services::connections::PerPeer;
+use etee_services::connections::{address_peer, PerPeer};
 use etee_services::log::Throttle;
 use etee_services::revocation::client_refusal;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -289,7 +289,7 @@ async fn connection<I>(
 }
 
 /// Who holds a connection, for `max_connections_per_peer`: an IP address (whatever its
-/// port) or a uid on the socket.
+/// port; an IPv6 address's /64, see [`address_peer`]) or a uid on the socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum PeerKey {
     Ip(std::net::IpAddr),
@@ -343,7 +343,8 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let Some(peer_slot) = per_peer.take(PeerKey::Ip(addr.ip()), &addr.ip()) else {
+                let peer_ip = address_peer(addr.ip());
+                let Some(peer_slot) = per_peer.take(PeerKey::Ip(peer_ip), &peer_ip) else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);

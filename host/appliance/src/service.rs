@@ -124,8 +124,8 @@ impl ServiceError {
         }
     }
 
-    /// KeyDepot's refusals of what the caller asked for are the caller's (400, 404, 409);
-    /// a proof or attestation it does not accept is the appliance's (it made them: 502).
+    /// KeyDepot's refusals of what the caller asked for are the caller's (400, 404); a
+    /// proof or attestation it does not accept is the appliance's (it made them: 502).
     pub(crate) fn from_keydepot(e: ProtocolError) -> Self {
         use ProtocolError as P;
         match e {
@@ -133,9 +133,17 @@ impl ServiceError {
             P::AccessDenied(_) | P::NotAuthenticated(_) => Self::PlatformRefused(e.to_string()),
             P::KeyDepot { status: 400, .. } => Self::BadRequest(e.to_string()),
             P::KeyDepot { status: 404, .. } => Self::NotFound(e.to_string()),
-            P::KeyDepot { status: 409, .. } => Self::Conflict(e.to_string()),
             P::Key(k) => Self::from_key(k),
             other => Self::Platform(other.to_string()),
+        }
+    }
+
+    /// [`Self::from_keydepot`] for a registration, where KeyDepot's 409 means that the
+    /// key is registered already.
+    fn from_keydepot_registration(e: ProtocolError) -> Self {
+        match e {
+            ProtocolError::KeyDepot { status: 409, .. } => Self::Conflict(e.to_string()),
+            other => Self::from_keydepot(other),
         }
     }
 
@@ -694,7 +702,7 @@ impl Appliance {
         self.keydepot()?
             .register(&request)
             .await
-            .map_err(ServiceError::from_keydepot)
+            .map_err(ServiceError::from_keydepot_registration)
     }
 
     /// Seals `body` for `request`: ETKs looked up first, a KGSS key made for readers, then

@@ -6,7 +6,7 @@ use crate::caller::{Caller, MaybeCaller};
 use crate::config::Limits;
 use axum::Router;
 use etee_formats::trust::TrustAnchors;
-use etee_services::connections::PerPeer;
+use etee_services::connections::{address_peer, PerPeer};
 use etee_services::log::{LogSafe, Throttle};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
@@ -56,7 +56,8 @@ pub async fn serve(
                 }
             },
         };
-        let Some(peer_slot) = per_peer.take(peer.ip(), &peer.ip()) else {
+        let peer_ip = address_peer(peer.ip());
+        let Some(peer_slot) = per_peer.take(peer_ip, &peer_ip) else {
             continue;
         };
         let _ = tcp.set_nodelay(true);

@@ -12,6 +12,19 @@ use std::sync::{Arc, Mutex};
 
 use crate::log::Throttle;
 
+/// The peer an address counts as: an IPv4 address (also when mapped into IPv6), or an
+/// IPv6 address's /64 (what one host or site is usually given: a peer could otherwise
+/// take a new address for each connection).
+pub fn address_peer(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// The connections each peer holds, at most `max` each.
 #[derive(Debug)]
 pub struct PerPeer<K: Hash + Eq + Clone> {
@@ -98,6 +111,25 @@ impl<K: Hash + Eq + Clone> Drop for PeerSlot<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_count_as_their_host_or_64() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(address_peer(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(address_peer(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            address_peer(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            address_peer(ip("2001:db8:1:2::1")),
+            address_peer(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            address_peer(ip("2001:db8:1:2::1")),
+            address_peer(ip("2001:db8:1:3::1"))
+        );
+    }
 
     #[test]
     fn slots_are_counted_per_peer_and_given_back() {

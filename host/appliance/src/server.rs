@@ -721,6 +721,96 @@ mod tests {
         drop(client);
     }
 
+    /// A caller whose certificate is revoked while its connection is kept alive: the
+    /// request before the list changed is identified, the one after it on the same
+    /// connection is not, and the connection ends with that answer.
+    #[tokio::test]
+    async fn a_certificate_revoked_during_a_kept_alive_connection_stops_identifying_it() {
+        use etee_testpki::{InstitutionSpec, TestPki};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pki = TestPki::generate("api callers").unwrap();
+        let caller = pki
+            .institution(&InstitutionSpec::new(
+                "NIHII-HOSPITAL",
+                "71000436",
+                "caller",
+            ))
+            .unwrap();
+        let now = etee_formats::unix_now();
+        let crl = |revoked: &[&openssl::asn1::Asn1IntegerRef], number: u64| {
+            let revoked: Vec<_> = revoked.iter().map(|s| (*s, now - 60)).collect();
+            pki.crl(&revoked, number, now - 60, now + 3600)
+                .unwrap()
+                .to_der()
+                .unwrap()
+        };
+        let der = |x: &openssl::x509::X509| Certificate::from_der(&x.to_der().unwrap()).unwrap();
+        let root = der(&pki.root.cert);
+        let revocation = Revocation::new(&[crl(&[], 1)], RevocationPolicy::Optional).unwrap();
+        let check = (
+            CallerRevocation {
+                anchors: TrustAnchors::new(vec![root.clone()]).with_revocation(revocation.clone()),
+            },
+            Some(Arc::new(Presented {
+                leaf: der(&caller.auth.cert),
+                chain: vec![],
+            })),
+        );
+        let routes = Router::new().route(
+            "/who",
+            axum::routing::get(|axum::Extension(peer): axum::Extension<Peer>| async move {
+                match peer {
+                    Peer::Tls {
+                        certificate_sha256: Some(_),
+                        ..
+                    } => "certificate",
+                    _ => "nobody",
+                }
+            }),
+        );
+        let (_closing_tx, closing) = watch::channel(false);
+        let peer = Peer::Tls {
+            certificate_sha256: Some([7; 32]),
+            addr: "127.0.0.1:9".parse().unwrap(),
+        };
+        let (mut client, server) = tokio::io::duplex(4096);
+        let served = tokio::spawn(connection(
+            server,
+            peer,
+            None,
+            Some(check),
+            routes,
+            Limits::default(),
+            closing,
+        ));
+        async fn answer(client: &mut tokio::io::DuplexStream) -> String {
+            let mut buf = vec![0u8; 4096];
+            client
+                .write_all(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+        let first = answer(&mut client).await;
+        assert!(first.ends_with("certificate"), "{first}");
+        revocation
+            .replace(&[crl(&[caller.auth.cert.serial_number()], 2)], &[root])
+            .unwrap();
+        let second = answer(&mut client).await;
+        assert!(
+            second.ends_with("nobody") && second.to_ascii_lowercase().contains("connection: close"),
+            "{second}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the connection ended")
+            .unwrap();
+    }
+
     /// A client whose certificate has expired since the handshake is no longer identified
     /// by it, and its connection ends with that answer; one still valid is served as usual.
     #[tokio::test]

@@ -721,6 +721,28 @@ mod tests {
         drop(client);
     }
 
+    /// A route answering whether the request's caller is identified by a certificate, and
+    /// a caller that is.
+    fn who_is_asking() -> (Router, Peer) {
+        let routes = Router::new().route(
+            "/who",
+            axum::routing::get(|axum::Extension(peer): axum::Extension<Peer>| async move {
+                match peer {
+                    Peer::Tls {
+                        certificate_sha256: Some(_),
+                        ..
+                    } => "certificate",
+                    _ => "nobody",
+                }
+            }),
+        );
+        let peer = Peer::Tls {
+            certificate_sha256: Some([7; 32]),
+            addr: "127.0.0.1:9".parse().unwrap(),
+        };
+        (routes, peer)
+    }
+
     /// A caller whose certificate is revoked while its connection is kept alive: the
     /// request before the list changed is identified, the one after it on the same
     /// connection is not, and the connection ends with that answer.
@@ -756,23 +778,8 @@ mod tests {
                 chain: vec![],
             })),
         );
-        let routes = Router::new().route(
-            "/who",
-            axum::routing::get(|axum::Extension(peer): axum::Extension<Peer>| async move {
-                match peer {
-                    Peer::Tls {
-                        certificate_sha256: Some(_),
-                        ..
-                    } => "certificate",
-                    _ => "nobody",
-                }
-            }),
-        );
+        let (routes, peer) = who_is_asking();
         let (_closing_tx, closing) = watch::channel(false);
-        let peer = Peer::Tls {
-            certificate_sha256: Some([7; 32]),
-            addr: "127.0.0.1:9".parse().unwrap(),
-        };
         let (mut client, server) = tokio::io::duplex(4096);
         let served = tokio::spawn(connection(
             server,
@@ -816,23 +823,8 @@ mod tests {
     #[tokio::test]
     async fn an_expired_client_certificate_stops_identifying_its_connection() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let routes = Router::new().route(
-            "/who",
-            axum::routing::get(|axum::Extension(peer): axum::Extension<Peer>| async move {
-                match peer {
-                    Peer::Tls {
-                        certificate_sha256: Some(_),
-                        ..
-                    } => "certificate",
-                    _ => "nobody",
-                }
-            }),
-        );
+        let (routes, peer) = who_is_asking();
         let (_closing_tx, closing) = watch::channel(false);
-        let peer = Peer::Tls {
-            certificate_sha256: Some([7; 32]),
-            addr: "127.0.0.1:9".parse().unwrap(),
-        };
         let ask = |valid_until: i64| {
             let (routes, closing, peer) = (routes.clone(), closing.clone(), peer.clone());
             async move {

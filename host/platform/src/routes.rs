@@ -45,7 +45,7 @@ use etee_services::etkdepot::jwks::{JwkSet, KeyUse};
 use etee_services::etkdepot::rest::{EtkJson, Problem, PROBLEM_CONTENT_TYPE};
 use etee_services::etkdepot::{GetEtkRequest, Identifier};
 use etee_services::log::{LogSafe, Throttle};
-use etee_services::soap::{self, Fault, SoaCode};
+use etee_services::soap::{self, Environment, Fault, SoaCode};
 use etee_services::Error as MessageError;
 use http_body_util::BodyExt;
 use std::collections::BTreeMap;
@@ -151,7 +151,7 @@ async fn within_share(
 }
 
 /// Whether `path` is a SOAP service's: its errors are SOAP faults, not problems.
-fn is_soap(path: &str) -> bool {
+pub(crate) fn is_soap(path: &str) -> bool {
     matches!(path, "/EtkDepot/v1" | "/Kgss/v1")
 }
 
@@ -366,20 +366,28 @@ async fn ready(State(platform): State<Arc<Platform>>, request: axum::extract::Re
     (status, json(body.to_string().into_bytes())).into_response()
 }
 
-/// The answer when a request took longer than the configured request timeout.
-pub fn timeout_response() -> Response {
+/// The answer when a request took longer than the configured request timeout: a problem
+/// (408), or for a SOAP request (`soap`: the environment of its faults) the SOAP fault
+/// SOA-02001, which eHealth clients retry.
+pub fn timeout_response(soap: Option<Environment>) -> Response {
     static TIMEOUTS: Throttle = Throttle::new();
     if let Some(held_back) = TIMEOUTS.allow(unix_now()) {
         tracing::warn!(
             held_back,
-            "a request took too long: answered 408 and the connection closed"
+            "a request took too long: answered 408 (SOAP: SOA-02001) and the connection closed"
         );
     }
-    let mut response = problem(Problem::new(
-        408,
-        "Request timeout",
-        Some("the request was not received and answered in time".into()),
-    ));
+    let mut response = match soap {
+        Some(environment) => fault(Fault::from_code(
+            SoaCode::ServiceUnavailable,
+            Some(environment),
+        )),
+        None => problem(Problem::new(
+            408,
+            "Request timeout",
+            Some("the request was not received and answered in time".into()),
+        )),
+    };
     // What is left of its body is not read: the connection ends here.
     response.headers_mut().insert(
         axum::http::header::CONNECTION,

@@ -8,6 +8,7 @@ use axum::Router;
 use etee_formats::trust::TrustAnchors;
 use etee_services::connections::{address_peer, PerPeer};
 use etee_services::log::{LogSafe, Throttle};
+use etee_services::soap::Environment;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use std::future::Future;
@@ -20,13 +21,14 @@ use tower::Service;
 /// Serves `routes` on `listener` until `shutdown` completes; connections under way are
 /// then given `limits.request_timeout` to finish.
 /// Callers' certificates are checked against the revocation lists of `anchors` at each
-/// request.
+/// request; `environment` goes in the SOAP fault of a SOAP request that timed out.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     routes: Router,
     limits: Limits,
     anchors: TrustAnchors,
+    environment: Environment,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
@@ -137,6 +139,7 @@ pub async fn serve(
                         request
                             .extensions_mut()
                             .insert(crate::caller::PeerAddr(peer.ip()));
+                        let soap = crate::routes::is_soap(request.uri().path());
                         let mut response = match tokio::time::timeout(
                             limits.request_timeout,
                             routes.call(request),
@@ -144,7 +147,9 @@ pub async fn serve(
                         .await
                         {
                             Ok(response) => response,
-                            Err(_) => Ok(crate::routes::timeout_response()),
+                            Err(_) => {
+                                Ok(crate::routes::timeout_response(soap.then_some(environment)))
+                            }
                         };
                         if without_caller {
                             if let Ok(r) = &mut response {
@@ -220,9 +225,18 @@ pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
     let routes = crate::routes::router(platform.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let anchors = platform.anchors.clone();
-    let task = tokio::spawn(serve(listener, tls, routes, limits, anchors, async {
-        let _ = stopped.await;
-    }));
+    let environment = c.environment;
+    let task = tokio::spawn(serve(
+        listener,
+        tls,
+        routes,
+        limits,
+        anchors,
+        environment,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Ok(Running { addr, stop, task })
 }
 

@@ -313,6 +313,22 @@ async fn slow_and_silent_clients_are_cut_off(mut w: World) {
         read.is_ok(),
         "the server kept a slow client longer than its request timeout"
     );
+
+    // A body that does not come, on a SOAP route: a retryable SOAP fault (not a REST
+    // problem) when the request time is out, and the connection closed.
+    let soap = w
+        .raw_head("POST /EtkDepot/v1 HTTP/1.1\r\nContent-Type: text/xml\r\nContent-Length: 100")
+        .await;
+    let body = String::from_utf8_lossy(&soap.body);
+    assert_eq!(soap.status, 500, "{body}");
+    assert!(
+        soap.content_type.starts_with("text/xml"),
+        "{}",
+        soap.content_type
+    );
+    assert!(body.contains("SOA-02001"), "{body}");
+    assert_eq!(soap.connection.as_deref(), Some("close"));
+    assert!(soap.elapsed < Duration::from_secs(5), "{:?}", soap.elapsed);
     w.stop().await;
 }
 

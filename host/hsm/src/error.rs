@@ -76,6 +76,14 @@ pub enum HsmError {
     /// No object with this CKA_ID (or label) in the token.
     #[error("no {what} {id:?} in the token")]
     NotFound { what: &'static str, id: String },
+    /// A signing key without its certificate: generated, its CSR perhaps made, but the
+    /// certificate the CA issued never installed.
+    #[error(
+        "no certificate {0:?} in the token: once the CA has issued it (for the request of \
+         `etee keys csr --key {0}`), install it with `etee keys install-cert --config FILE \
+         --key {0} --cert FILE`"
+    )]
+    NoCertificate(String),
     /// More than one object answers to a CKA_ID that must be unique.
     #[error("{count} {what} objects have CKA_ID {id:?}; ids must be unique")]
     Ambiguous {

@@ -55,10 +55,7 @@ impl HsmKeys {
                 .iter()
                 .find(|(cid, _)| cid == key_id.as_bytes())
                 .map(|(_, c)| c.clone())
-                .ok_or_else(|| HsmError::NotFound {
-                    what: "certificate",
-                    id: key_id.clone(),
-                })?;
+                .ok_or_else(|| HsmError::NoCertificate(key_id.clone()))?;
             let all: Vec<_> = certs.into_iter().map(|(_, c)| c).collect();
             let chain = keys::chain_for(&cert, &all);
             Ok((cert, chain))

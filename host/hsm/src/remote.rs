@@ -631,10 +631,7 @@ impl RemoteCustodyKeys {
             .iter()
             .find(|(id, _)| id == AUTHENTICATION_ID.as_bytes())
             .map(|(_, c)| c.clone())
-            .ok_or_else(|| HsmError::NotFound {
-                what: "certificate",
-                id: AUTHENTICATION_ID.into(),
-            })?;
+            .ok_or_else(|| HsmError::NoCertificate(AUTHENTICATION_ID.into()))?;
         let all: Vec<_> = certs.iter().map(|(_, c)| c.clone()).collect();
         let chain = keys::chain_for(&cert, &all);
         Ok(SigningKey {

@@ -978,3 +978,23 @@ fn a_pin_changed_behind_the_pool_is_not_tried_again() {
         assert!(next.contains("nothing more is tried"), "{next}");
     }
 }
+
+/// A signing key generated in the token but without its certificate yet: signing with it
+/// says what is missing and how to install it.
+#[test]
+fn a_key_without_its_certificate_says_how_to_install_it() {
+    let config = new_token("no-cert-yet");
+    let hsm = Hsm::open(&config).unwrap();
+    hsm.generate(config.profile("authentication").unwrap())
+        .unwrap();
+    let e = hsm.keys().signing_key().unwrap_err();
+    assert!(
+        matches!(&e, HsmError::NoCertificate(id) if id == "authentication"),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("etee keys install-cert") && text.contains("--key authentication"),
+        "{text}"
+    );
+}

@@ -126,6 +126,25 @@ pub fn pkcs11_tool_objects(config: &HsmConfig) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `pkcs11-tool --delete-object` of the private key with CKA_ID `id` on the token: another
+/// process (an administrator, another application) removing a key under a running service.
+pub fn pkcs11_tool_delete_private_key(config: &HsmConfig, id: &[u8]) {
+    let out = Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(&config.module)
+        .arg("--token-label")
+        .arg(config.token.label.as_deref().unwrap())
+        .args(["--login", "--pin", USER_PIN, "--delete-object", "--type", "privkey"])
+        .args(["--id", &hex::encode(id)])
+        .output()
+        .expect("pkcs11-tool (OpenSC) not found: run `bash hsm-config/setup.sh`");
+    assert!(
+        out.status.success(),
+        "pkcs11-tool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One object as pkcs11-tool prints it.
 #[derive(Debug, Default)]
 pub struct ToolObject {

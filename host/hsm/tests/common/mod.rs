@@ -134,7 +134,14 @@ pub fn pkcs11_tool_delete_private_key(config: &HsmConfig, id: &[u8]) {
         .arg(&config.module)
         .arg("--token-label")
         .arg(config.token.label.as_deref().unwrap())
-        .args(["--login", "--pin", USER_PIN, "--delete-object", "--type", "privkey"])
+        .args([
+            "--login",
+            "--pin",
+            USER_PIN,
+            "--delete-object",
+            "--type",
+            "privkey",
+        ])
         .args(["--id", &hex::encode(id)])
         .output()
         .expect("pkcs11-tool (OpenSC) not found: run `bash hsm-config/setup.sh`");

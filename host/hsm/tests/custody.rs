@@ -180,16 +180,20 @@ fn seal_unseal_through_custody(process: bool) {
     // Seal from Alice (through the core) to Alice's own ETK; unseal through the core.
     let signer = keys.signing_key();
     let plain = b"Through the custody core.\n".repeat(40);
-    let mut sealed = Vec::new();
-    seal(
-        &signer,
-        &[Recipient::Certificate(cert(&alice.etk_cert))],
-        None,
-        &plain[..],
-        &mut sealed,
-        &SealOptions::default(),
-    )
-    .unwrap();
+    let sealed_to_alice = || {
+        let mut sealed = Vec::new();
+        seal(
+            &signer,
+            &[Recipient::Certificate(cert(&alice.etk_cert))],
+            None,
+            &plain[..],
+            &mut sealed,
+            &SealOptions::default(),
+        )
+        .unwrap();
+        sealed
+    };
+    let sealed = sealed_to_alice();
     let signs = count(&records(&custody.audit_file), Operation::SignPssSha256);
     assert_eq!(signs, 2, "sealing signs both layers through the core");
 
@@ -260,16 +264,7 @@ fn seal_unseal_through_custody(process: bool) {
             .map(|_| {
                 s.spawn(|| {
                     for _ in 0..EACH {
-                        let mut sealed = Vec::new();
-                        seal(
-                            &signer,
-                            &[Recipient::Certificate(cert(&alice.etk_cert))],
-                            None,
-                            &plain[..],
-                            &mut sealed,
-                            &SealOptions::default(),
-                        )
-                        .unwrap();
+                        let sealed = sealed_to_alice();
                         let (result, content) = unseal_to_vec(&sealed, &ring, &opts).unwrap();
                         assert!(result.verdict.is_clean(), "{:?}", result.verdict);
                         assert_eq!(content.as_deref(), Some(&plain[..]));
@@ -311,17 +306,7 @@ fn seal_unseal_through_custody(process: bool) {
     // it is the key provider's error, not a verdict on the message (the sender did
     // nothing wrong), and the record keeps what the token said.
     common::pkcs11_tool_delete_private_key(&config, alice.etk_serial_decimal().as_bytes());
-    let mut sealed = Vec::new();
-    seal(
-        &signer,
-        &[Recipient::Certificate(cert(&alice.etk_cert))],
-        None,
-        &plain[..],
-        &mut sealed,
-        &SealOptions::default(),
-    )
-    .unwrap();
-    match unseal_to_vec(&sealed, &ring, &opts) {
+    match unseal_to_vec(&sealed_to_alice(), &ring, &opts) {
         Err(etee_formats::cms::UnsealError::Key(KeyError::Unavailable(why))) => {
             assert!(why.contains("C_Decrypt"), "{why}")
         }

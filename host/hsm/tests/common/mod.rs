@@ -108,14 +108,16 @@ pub fn new_token(name: &str) -> HsmConfig {
     config
 }
 
-/// `pkcs11-tool --list-objects` on the token, logged in; the text output.
-pub fn pkcs11_tool_objects(config: &HsmConfig) -> String {
+/// `pkcs11-tool ARGS` on the token, logged in with the user PIN (another process using
+/// it); its standard output.
+fn pkcs11_tool(config: &HsmConfig, args: &[&str]) -> String {
     let out = Command::new("pkcs11-tool")
         .arg("--module")
         .arg(&config.module)
         .arg("--token-label")
         .arg(config.token.label.as_deref().unwrap())
-        .args(["--login", "--pin", USER_PIN, "--list-objects"])
+        .args(["--login", "--pin", USER_PIN])
+        .args(args)
         .output()
         .expect("pkcs11-tool (OpenSC) not found: run `bash hsm-config/setup.sh`");
     assert!(
@@ -126,29 +128,18 @@ pub fn pkcs11_tool_objects(config: &HsmConfig) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `pkcs11-tool --list-objects` on the token, logged in; the text output.
+pub fn pkcs11_tool_objects(config: &HsmConfig) -> String {
+    pkcs11_tool(config, &["--list-objects"])
+}
+
 /// `pkcs11-tool --delete-object` of the private key with CKA_ID `id` on the token: another
 /// process (an administrator, another application) removing a key under a running service.
 pub fn pkcs11_tool_delete_private_key(config: &HsmConfig, id: &[u8]) {
-    let out = Command::new("pkcs11-tool")
-        .arg("--module")
-        .arg(&config.module)
-        .arg("--token-label")
-        .arg(config.token.label.as_deref().unwrap())
-        .args([
-            "--login",
-            "--pin",
-            USER_PIN,
-            "--delete-object",
-            "--type",
-            "privkey",
-        ])
-        .args(["--id", &hex::encode(id)])
-        .output()
-        .expect("pkcs11-tool (OpenSC) not found: run `bash hsm-config/setup.sh`");
-    assert!(
-        out.status.success(),
-        "pkcs11-tool failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let id = hex::encode(id);
+    pkcs11_tool(
+        config,
+        &["--delete-object", "--type", "privkey", "--id", &id],
     );
 }
 

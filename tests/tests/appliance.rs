@@ -237,6 +237,25 @@ impl World {
         )
     }
 
+    /// Asks `ask` every 200 ms until it is no longer answered 200 (a list changed on disk
+    /// takes effect within `crl_check_seconds`), for at most 15 s; the refusal (status,
+    /// JSON body). The log of the process `name` says why if it never comes.
+    fn first_refusal(&self, name: &str, ask: impl Fn() -> (u16, Vec<u8>)) -> (u16, Value) {
+        let start = Instant::now();
+        loop {
+            let (status, body) = ask();
+            if status != 200 {
+                return (status, json(&body));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "still answered 200 15 s after the list changed:\n{}",
+                std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn audit_verify(&self, hsm: &str) -> Value {
         let out = etee_e2e::etee(["audit", "verify", "--json", "--tail", "1000", "--config"])
             .arg(self.path(hsm))
@@ -1491,19 +1510,7 @@ fn a_running_appliance_follows_its_revocation_lists() {
         .args(["--name", "alice"])
         .run()
         .code(0);
-    let start = Instant::now();
-    let refused = loop {
-        let (status, body) = unseal();
-        if status != 200 {
-            break (status, json(&body));
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "still opened 15 s after the list changed:\n{}",
-            std::fs::read_to_string(w.path("bob.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let refused = w.first_refusal("bob", unseal);
     assert_eq!(refused.0, 422, "{}", refused.1);
     assert_eq!(
         refused.1["errors"],
@@ -1562,18 +1569,7 @@ fn a_running_appliance_follows_its_revocation_lists() {
         .arg(w.path("his.pem"))
         .run()
         .code(0);
-    let start = Instant::now();
-    let refused = loop {
-        let (status, body) = his_lookup();
-        if status != 200 {
-            break (status, json(&body));
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "still served 15 s after its certificate was revoked"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let refused = w.first_refusal("bob", his_lookup);
     assert_eq!(
         (refused.0, refused.1["title"].as_str()),
         (403, Some("APPLIANCE_UNKNOWN_CLIENT")),

@@ -163,7 +163,7 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             .lengths_ok()
             .then_some(())
             .ok_or(Error::InvalidLength)
-            .and_then(|()| self.check(client, key, usage, kind, now_ms));
+            .and_then(|()| self.check(client, key, Some((usage, kind)), now_ms));
         match checked {
             Ok(()) => {
                 // Step 5: no use of a key that is not on record.
@@ -394,23 +394,28 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
 
     // --- Steps ---------------------------------------------------------------------------
 
-    /// Steps 1–4: everything that must pass before the token is asked to use a key.
+    /// Steps 1–4: everything that must pass before the token is asked about a key. For a
+    /// use (`need`: the use and the kind of key it takes), a rule allowing that use; for a
+    /// question about the key (`None`: `DescribeKey`), any rule for it, whatever its kind.
     fn check(
         &mut self,
         client: &ClientId,
         key: &KeyId,
-        usage: KeyUse,
-        kind: KeyKind,
+        need: Option<(KeyUse, KeyKind)>,
         now_ms: u64,
     ) -> Result<(), Error> {
         if !self.lock.is_unlocked() {
             return Err(Error::Locked);
         }
-        let grant = self.policy.permit(client, key, usage).map_err(denied)?;
-        match self.token.key_kind(key) {
-            None => return Err(Error::UnknownKey),
-            Some(k) if k != kind => return Err(Error::WrongKeyKind),
-            Some(_) => {}
+        let grant = match need {
+            Some((usage, _)) => self.policy.permit(client, key, usage),
+            None => self.policy.permit_any(client, key),
+        }
+        .map_err(denied)?;
+        match (self.token.key_kind(key), need) {
+            (None, _) => return Err(Error::UnknownKey),
+            (Some(k), Some((_, kind))) if k != kind => return Err(Error::WrongKeyKind),
+            _ => {}
         }
         self.policy.spend(grant, now_ms).map_err(denied)
     }
@@ -421,7 +426,7 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
     /// recorded too.
     fn describe_key(&mut self, client: &ClientId, key: &KeyId, now_ms: u64) -> Response {
         let facts = self
-            .check_any(client, key, now_ms)
+            .check(client, key, None, now_ms)
             .and_then(|()| self.token.key_facts(key).map_err(Error::Token));
         let outcome = match &facts {
             Ok(_) => Outcome::Success,
@@ -439,19 +444,6 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             (Err(e), _) | (Ok(()), Err(e)) => Response::Error(e),
             (Ok(()), Ok(facts)) => Response::KeyFacts(facts),
         }
-    }
-
-    /// [`Self::check`] for a request about a key rather than a use of it: any rule for
-    /// the client and key will do, and the key may be of any kind.
-    fn check_any(&mut self, client: &ClientId, key: &KeyId, now_ms: u64) -> Result<(), Error> {
-        if !self.lock.is_unlocked() {
-            return Err(Error::Locked);
-        }
-        let grant = self.policy.permit_any(client, key).map_err(denied)?;
-        if self.token.key_kind(key).is_none() {
-            return Err(Error::UnknownKey);
-        }
-        self.policy.spend(grant, now_ms).map_err(denied)
     }
 
     /// The record of a request that is not a key operation: appends a record continuing the

@@ -132,22 +132,26 @@ impl Policy {
 
     /// Step 1: whether a rule lets `client` use `key` for `usage`. Spends nothing.
     pub fn permit(&self, client: &ClientId, key: &KeyId, usage: KeyUse) -> Result<Grant, Denial> {
-        self.rules
-            .iter()
-            .position(|(r, _)| &r.client == client && &r.key == key && r.allows(usage))
-            .map(|index| Grant { index })
-            .ok_or(Denial::Denied)
+        self.permit_if(client, key, |r| r.allows(usage))
     }
 
     /// Whether a rule lets `client` use `key` at all (for any use): what asking about the
     /// key needs. A rule that allows no use does not count. Spends nothing.
     pub fn permit_any(&self, client: &ClientId, key: &KeyId) -> Result<Grant, Denial> {
-        let any = [KeyUse::Sign, KeyUse::Decrypt, KeyUse::Wrap, KeyUse::Unwrap];
+        let uses = [KeyUse::Sign, KeyUse::Decrypt, KeyUse::Wrap, KeyUse::Unwrap];
+        self.permit_if(client, key, |r| uses.iter().any(|u| r.allows(*u)))
+    }
+
+    /// The rule for `client` and `key` (there is at most one), if `allows` it.
+    fn permit_if(
+        &self,
+        client: &ClientId,
+        key: &KeyId,
+        allows: impl Fn(&Rule) -> bool,
+    ) -> Result<Grant, Denial> {
         self.rules
             .iter()
-            .position(|(r, _)| {
-                &r.client == client && &r.key == key && any.iter().any(|u| r.allows(*u))
-            })
+            .position(|(r, _)| &r.client == client && &r.key == key && allows(r))
             .map(|index| Grant { index })
             .ok_or(Denial::Denied)
     }

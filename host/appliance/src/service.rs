@@ -722,24 +722,19 @@ impl Appliance {
         }
         let mut recipients = Vec::new();
         let mut names = Vec::new();
-        let mut sealed_for: Vec<&[u8]> = Vec::new();
-        let etks: Vec<_> = {
-            let mut all = Vec::new();
-            for id in &request.to {
-                all.extend(self.etks(id).await?);
+        for id in &request.to {
+            for etk in self.etks(id).await? {
+                // Two identifiers of the same holder (or the same one written twice) give
+                // the same ETK: one recipient info for it.
+                let cert = etk.encryption_cert();
+                let known =
+                    |r: &Recipient| matches!(r, Recipient::Certificate(c) if c.der() == cert.der());
+                if recipients.iter().any(known) {
+                    continue;
+                }
+                names.push(cert.subject_string());
+                recipients.push(Recipient::Certificate(cert.clone()));
             }
-            all
-        };
-        for etk in &etks {
-            // Two identifiers of the same holder (or the same one written twice) give the
-            // same ETK: one recipient info for it.
-            let cert = etk.encryption_cert();
-            if sealed_for.contains(&cert.der()) {
-                continue;
-            }
-            sealed_for.push(cert.der());
-            names.push(cert.subject_string());
-            recipients.push(Recipient::Certificate(cert.clone()));
         }
         let kek = if request.allowed.is_empty() {
             None

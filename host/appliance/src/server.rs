@@ -13,7 +13,7 @@ use etee_formats::revocation::{Revocation, RevocationPolicy};
 use etee_formats::trust::TrustAnchors;
 use etee_services::connections::{address_peer, PerPeer};
 use etee_services::log::Throttle;
-use etee_services::revocation::client_refusal;
+use etee_services::revocation::PresentedChain;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -96,31 +96,6 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener> {
     Ok(UnixListener::from_std(listener)?)
 }
 
-/// The chain an HTTPS caller presented, parsed for its revocation check.
-struct Presented {
-    leaf: Certificate,
-    chain: Vec<Certificate>,
-}
-
-/// Certificates of a presented chain considered beyond the leaf.
-const MAX_PRESENTED: usize = 8;
-
-impl Presented {
-    /// `None` when a certificate rustls accepted does not parse here: such a caller is
-    /// served as unidentified rather than left unchecked.
-    fn parse(chain: &[CertificateDer<'_>]) -> Option<Self> {
-        let (leaf, rest) = chain.split_first()?;
-        Some(Self {
-            leaf: Certificate::from_der(leaf).ok()?,
-            chain: rest
-                .iter()
-                .take(MAX_PRESENTED)
-                .map(|c| Certificate::from_der(c).ok())
-                .collect::<Option<_>>()?,
-        })
-    }
-}
-
 /// The HTTPS API's callers checked for revocation at each request (a list can change
 /// while a connection is kept alive): their chains against `client_ca`, with the
 /// appliance's lists (`crl`) and OCSP responder (`ocsp`), under its `revocation` policy.
@@ -151,29 +126,20 @@ impl CallerRevocation {
         }))
     }
 
-    /// Why the caller is refused now, if it is: off the async workers when the check may
-    /// ask an OCSP responder; a check that did not finish refuses.
-    async fn refusal(&self, presented: Option<&Arc<Presented>>) -> Option<&'static str> {
+    /// Why the caller is refused now, if it is ([`PresentedChain::refusal_off_workers`]);
+    /// a chain whose leaf does not parse here is refused rather than left unchecked.
+    async fn refusal(&self, presented: Option<&Arc<PresentedChain>>) -> Option<&'static str> {
         let Some(presented) = presented else {
             return Some("unreadable here (the TLS layer accepted it)");
         };
-        let now = etee_formats::unix_now();
-        if self.anchors.revocation().online().is_none() {
-            return client_refusal(&self.anchors, &presented.leaf, &presented.chain, now);
-        }
-        let (anchors, presented) = (self.anchors.clone(), presented.clone());
-        tokio::task::spawn_blocking(move || {
-            client_refusal(&anchors, &presented.leaf, &presented.chain, now)
-        })
-        .await
-        .unwrap_or(Some(
-            "of unknown status: its revocation check did not finish",
-        ))
+        presented
+            .refusal_off_workers(&self.anchors, etee_formats::unix_now())
+            .await
     }
 }
 
 /// An HTTPS caller's revocation check: the appliance's, and the chain it presented.
-type CallerCheck = (CallerRevocation, Option<Arc<Presented>>);
+type CallerCheck = (CallerRevocation, Option<Arc<PresentedChain>>);
 
 /// Serves one connection until it closes or `closing` says stop.
 async fn connection<I>(
@@ -375,7 +341,7 @@ async fn accept_loop(
                         etee_formats::cert::chain_valid_until(c, etee_formats::unix_now())
                     });
                     let check = revocation.map(|r| {
-                        let presented = chain.and_then(Presented::parse).map(Arc::new);
+                        let presented = chain.and_then(PresentedChain::parse).map(Arc::new);
                         (r, presented)
                     });
                     let peer = Peer::Tls {
@@ -773,9 +739,9 @@ mod tests {
             CallerRevocation {
                 anchors: TrustAnchors::new(vec![root.clone()]).with_revocation(revocation.clone()),
             },
-            Some(Arc::new(Presented {
+            Some(Arc::new(PresentedChain {
                 leaf: der(&caller.auth.cert),
-                chain: vec![],
+                issuers: vec![],
             })),
         );
         let (routes, peer) = who_is_asking();

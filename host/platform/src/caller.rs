@@ -1,18 +1,17 @@
 //! Who is calling: the holder of the TLS client certificate (verified by rustls against
 //! the platform's CA during the handshake), with the identities of its DN (spec §3.3).
 
-use etee_formats::cert::Certificate;
 use etee_formats::identity::{identities, Identity};
 use etee_formats::trust::TrustAnchors;
+use etee_services::revocation::PresentedChain;
 use std::sync::Arc;
 
 /// The authenticated caller of one connection.
 #[derive(Debug)]
 pub struct Caller {
-    pub certificate: Certificate,
-    /// The other certificates the client presented (CAs above the leaf), for the
-    /// revocation check of each request.
-    pub chain: Vec<Certificate>,
+    /// Its certificate (`leaf`) and the CAs above it it presented, for the revocation
+    /// check of each request.
+    pub presented: Arc<PresentedChain>,
     pub identities: Vec<Identity>,
     /// The earliest notAfter (Unix seconds) of the chain the client presented. rustls checks
     /// the chain once, at the handshake; a kept-alive connection outlives that check, so
@@ -37,24 +36,13 @@ impl Caller {
 
     /// [`Self::from_chain`] at the handshake time `now` (Unix seconds).
     pub fn from_chain_at(chain: &[impl AsRef<[u8]>], now: i64) -> Option<Self> {
-        let certificate = Certificate::from_der(chain.first()?.as_ref()).ok()?;
-        let identities = identities(&certificate);
+        let presented = PresentedChain::parse(chain)?;
+        let identities = identities(&presented.leaf);
         // The leaf is readable, so the chain has an end.
         let valid_until = etee_formats::cert::chain_valid_until(chain, now)
-            .unwrap_or_else(|| certificate.not_after());
-        let presented: Vec<Certificate> = chain[1..]
-            .iter()
-            .take(MAX_PRESENTED)
-            .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
-            .collect();
-        // Only the presented certificates that issued the leaf, the one that issued it, and
-        // so on (in whatever order they came): a decoy that only bears an issuer's name
-        // could lead OpenSSL's path building astray (it does not try another candidate),
-        // where rustls found the real path.
-        let chain = etee_formats::trust::issuers_of(&certificate, presented);
+            .unwrap_or_else(|| presented.leaf.not_after());
         Some(Self {
-            certificate,
-            chain,
+            presented: Arc::new(presented),
             identities,
             valid_until,
         })
@@ -67,37 +55,22 @@ impl Caller {
     }
 
     /// Why the revocation sources in use refuse the caller's certificate at `now`, if
-    /// they do ([`etee_services::revocation::client_refusal`], the appliance's rule for
-    /// its callers too). The lists can change while a connection is kept alive, so each
-    /// request asks. No lists and no responder: never.
+    /// they do ([`PresentedChain::refusal`], the appliance's rule for its callers too).
+    /// The lists can change while a connection is kept alive, so each request asks.
     pub fn revocation_refusal(&self, anchors: &TrustAnchors, now: i64) -> Option<&'static str> {
-        etee_services::revocation::client_refusal(anchors, &self.certificate, &self.chain, now)
+        self.presented.refusal(anchors, now)
     }
-}
 
-impl Caller {
-    /// [`Caller::revocation_refusal`] from async code: on the blocking pool when the
-    /// check may ask an OCSP responder (a network exchange, up to its timeouts), so that
-    /// no async worker waits for it; a check that did not finish refuses.
+    /// [`Caller::revocation_refusal`] from async code (off the async workers when it may
+    /// ask an OCSP responder: [`PresentedChain::refusal_off_workers`]).
     pub async fn revocation_refusal_async(
-        self: &std::sync::Arc<Self>,
+        &self,
         anchors: &TrustAnchors,
         now: i64,
     ) -> Option<&'static str> {
-        if anchors.revocation().online().is_none() {
-            return self.revocation_refusal(anchors, now);
-        }
-        let (caller, anchors) = (self.clone(), anchors.clone());
-        tokio::task::spawn_blocking(move || caller.revocation_refusal(&anchors, now))
-            .await
-            .unwrap_or(Some(
-                "of unknown status: its revocation check did not finish",
-            ))
+        self.presented.refusal_off_workers(anchors, now).await
     }
 }
-
-/// Certificates of a presented chain considered beyond the leaf.
-const MAX_PRESENTED: usize = 8;
 
 /// An identity's value as the platform stores and compares it: zero-padded as its type
 /// requires (spec §3.4); a value of an unknown type as written.
@@ -126,6 +99,7 @@ pub fn store_identifier(identity: &Identity) -> etee_store::Identifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use etee_formats::cert::Certificate;
     use etee_formats::revocation::RevocationPolicy;
     use etee_testpki::{InstitutionSpec, TestPki, Validity};
 
@@ -199,7 +173,12 @@ mod tests {
             der(&intermediate.root.cert),
         ])
         .unwrap();
-        let kept: Vec<Vec<u8>> = caller.chain.iter().map(|c| c.der().to_vec()).collect();
+        let kept: Vec<Vec<u8>> = caller
+            .presented
+            .issuers
+            .iter()
+            .map(|c| c.der().to_vec())
+            .collect();
         assert_eq!(
             kept,
             vec![der(&intermediate.root.cert), der(&pki.root.cert)],

@@ -113,7 +113,7 @@ pub async fn serve(
                                 let subject = caller
                                     .0
                                     .as_ref()
-                                    .map(|c| c.certificate.subject_string())
+                                    .map(|c| c.presented.leaf.subject_string())
                                     .unwrap_or_default();
                                 // A revoked certificate in use is worth an operator's look.
                                 tracing::warn!(

@@ -510,33 +510,79 @@ fn stamp(path: &Path) -> Option<Stamp> {
     ))
 }
 
-/// Why the revocation sources of `anchors` refuse a TLS client's certificate `leaf`
-/// (presented with `chain`) at `now`, if they do: it or a CA above it is revoked; or no
-/// path to the anchors along which to look them up is found (the TLS verifier found one at
-/// the handshake, so the two disagree: refused under either policy rather than let the
-/// certificate through unchecked); or, under the mandatory policy, nothing gives its
-/// status. Lists change while a connection is kept alive, so services ask at each
-/// request. Policy none: never. May ask an OCSP responder (blocking).
-pub fn client_refusal(
-    anchors: &TrustAnchors,
-    leaf: &etee_formats::cert::Certificate,
-    chain: &[etee_formats::cert::Certificate],
-    now: i64,
-) -> Option<&'static str> {
-    use etee_formats::trust::PathCheck;
-    if anchors.revocation().policy() == RevocationPolicy::None {
-        return None;
+/// Certificates of a presented chain considered beyond the leaf.
+const MAX_PRESENTED: usize = 8;
+
+/// The chain a TLS client presented (verified by rustls at the handshake), as its
+/// revocation check at each request reads it. The platform and the appliance check their
+/// callers with it.
+#[derive(Debug)]
+pub struct PresentedChain {
+    pub leaf: etee_formats::cert::Certificate,
+    /// Only the presented certificates that issued the leaf, the one that issued it, and
+    /// so on, in issuing order whatever the order presented: a decoy that only bears an
+    /// issuer's name could lead OpenSSL's path building astray (it does not try another
+    /// candidate), where rustls found the real path. At most 8 (`MAX_PRESENTED`) looked
+    /// at; unreadable ones left out.
+    pub issuers: Vec<etee_formats::cert::Certificate>,
+}
+
+impl PresentedChain {
+    /// The chain as presented (leaf first); `None` when the leaf does not parse here.
+    pub fn parse(chain: &[impl AsRef<[u8]>]) -> Option<Self> {
+        use etee_formats::cert::Certificate;
+        let leaf = Certificate::from_der(chain.first()?.as_ref()).ok()?;
+        let presented: Vec<Certificate> = chain[1..]
+            .iter()
+            .take(MAX_PRESENTED)
+            .filter_map(|c| Certificate::from_der(c.as_ref()).ok())
+            .collect();
+        let issuers = etee_formats::trust::issuers_of(&leaf, presented);
+        Some(Self { leaf, issuers })
     }
-    match anchors.check(leaf, chain, now, now) {
-        PathCheck::Trusted => None,
-        PathCheck::Revoked => Some("revoked (by its CA's list or OCSP responder)"),
-        PathCheck::StatusUnknown => Some(
-            "of unknown status: neither a current list of its CA nor an OCSP answer gives it \
-             (mandatory policy)",
-        ),
-        PathCheck::Untrusted => {
-            Some("of unknown status: no path to client_ca was found to look it up along")
+
+    /// Why the revocation sources of `anchors` refuse this client at `now`, if they do:
+    /// its certificate or a CA above it is revoked; or no path to the anchors along which
+    /// to look them up is found (the TLS verifier found one at the handshake, so the two
+    /// disagree: refused under either policy rather than let the certificate through
+    /// unchecked); or, under the mandatory policy, nothing gives its status. Lists change
+    /// while a connection is kept alive, so services ask at each request. Policy none:
+    /// never. May ask an OCSP responder (blocking): see [`Self::refusal_off_workers`].
+    pub fn refusal(&self, anchors: &TrustAnchors, now: i64) -> Option<&'static str> {
+        use etee_formats::trust::PathCheck;
+        if anchors.revocation().policy() == RevocationPolicy::None {
+            return None;
         }
+        match anchors.check(&self.leaf, &self.issuers, now, now) {
+            PathCheck::Trusted => None,
+            PathCheck::Revoked => Some("revoked (by its CA's list or OCSP responder)"),
+            PathCheck::StatusUnknown => Some(
+                "of unknown status: neither a current list of its CA nor an OCSP answer gives \
+                 it (mandatory policy)",
+            ),
+            PathCheck::Untrusted => {
+                Some("of unknown status: no path to client_ca was found to look it up along")
+            }
+        }
+    }
+
+    /// [`Self::refusal`] from async code: on tokio's blocking pool when the check may ask
+    /// an OCSP responder (a network exchange, up to its timeouts), so that no async worker
+    /// waits for it; a check that did not finish refuses.
+    pub async fn refusal_off_workers(
+        self: &Arc<Self>,
+        anchors: &TrustAnchors,
+        now: i64,
+    ) -> Option<&'static str> {
+        if anchors.revocation().online().is_none() {
+            return self.refusal(anchors, now);
+        }
+        let (presented, anchors) = (self.clone(), anchors.clone());
+        tokio::task::spawn_blocking(move || presented.refusal(&anchors, now))
+            .await
+            .unwrap_or(Some(
+                "of unknown status: its revocation check did not finish",
+            ))
     }
 }
 

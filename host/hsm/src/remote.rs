@@ -400,13 +400,19 @@ pub fn stop_on_signals(stop: StopHandle) -> Result<()> {
     Ok(())
 }
 
-/// The certificates of the token (CKA_ID and certificate), read in a read-only session
-/// without logging in.
-pub fn public_certificates(hsm: &HsmConfig) -> Result<Vec<(Vec<u8>, Certificate)>> {
+/// A read-only session on the token, not logged in: what a client of the custody process
+/// may read (public objects) without the PIN.
+fn public_session(hsm: &HsmConfig) -> Result<cryptoki::session::Session> {
     let module = Module::load(&hsm.module)?;
     let (ctx, _) = module.context();
     let (slot, _) = find_token(&ctx, &hsm.token, &hsm.module)?;
-    let session = ctx.open_ro_session(slot).ctx("opening a session")?;
+    ctx.open_ro_session(slot).ctx("opening a session")
+}
+
+/// The certificates of the token (CKA_ID and certificate), read in a read-only session
+/// without logging in.
+pub fn public_certificates(hsm: &HsmConfig) -> Result<Vec<(Vec<u8>, Certificate)>> {
+    let session = public_session(hsm)?;
     let handles = session
         .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
         .ctx("finding certificates")?;
@@ -557,11 +563,7 @@ impl RemoteCustodyKeys {
     /// from the token's public key object with that CKA_ID (or label), else from its
     /// certificate.
     pub fn public_key_der(&self, key_id: &str) -> Result<Vec<u8>> {
-        let hsm = self.hsm()?;
-        let module = Module::load(&hsm.module)?;
-        let (ctx, _) = module.context();
-        let (slot, _) = find_token(&ctx, &hsm.token, &hsm.module)?;
-        let session = ctx.open_ro_session(slot).ctx("opening a session")?;
+        let session = public_session(self.hsm()?)?;
         for by in [
             Attribute::Id(key_id.as_bytes().to_vec()),
             Attribute::Label(key_id.as_bytes().to_vec()),

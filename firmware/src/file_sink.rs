@@ -40,12 +40,17 @@ use crate::audit::{
 use crate::config::MAX_AUDIT_RECORD_LEN;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 const FRAME_HEADER: usize = 2 + 4;
+
+/// The mode a new audit file (or segment) is created with, whatever the umask: the chain
+/// names clients, keys and times, for the custody process's user alone.
+const AUDIT_FILE_MODE: u32 = 0o600;
 
 /// Why an audit file could not be opened or read.
 #[derive(Debug)]
@@ -681,6 +686,7 @@ fn open_locked(path: &Path, wait: std::time::Duration) -> Result<File, FileSinkE
             .read(true)
             .write(true)
             .truncate(false)
+            .mode(AUDIT_FILE_MODE)
             .open(path)?;
         lock_exclusive(&file, deadline.saturating_duration_since(Instant::now()))?;
         if same_file(&file, path)? {
@@ -845,6 +851,7 @@ impl FileAuditSink {
             .create_new(true)
             .read(true)
             .write(true)
+            .mode(AUDIT_FILE_MODE)
             .open(&self.path)?;
         // Ours at once: nobody else can have it open yet; a process waiting for the old
         // file's lock finds it renamed (see `open_locked`).

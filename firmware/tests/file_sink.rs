@@ -737,3 +737,29 @@ fn a_core_waiting_for_the_lock_follows_a_segment_switch() {
     let s = scan(&path, |_| {}).unwrap();
     assert_eq!(s.head.next_sequence, head.next_sequence + 3);
 }
+
+/// The audit file and each new segment are created for their owner alone (0600), whatever
+/// the process's umask lets through.
+#[test]
+fn audit_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut core = core_with_segments(&path, Some(1));
+    assert!(matches!(
+        core.handle_request(&unlock(b"1234"), 1),
+        Response::Unlocked
+    ));
+    for n in 0..3 {
+        sign(&mut core, n, 2 + u64::from(n));
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() > 1, "segments were started: {files:?}");
+    for file in files {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}

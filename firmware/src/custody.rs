@@ -38,7 +38,8 @@
 //! [`Custody::handle_request`] is the same flow in one call.
 //!
 //! `Status` and `AuditHead` read state and are not recorded; malformed frames have no
-//! client to record and are answered with `BadFrame` (the host shell logs them).
+//! client to record and are answered with `BadFrame` (the custody process logs them, a
+//! few lines a second at most).
 
 use crate::audit::{
     sha256, AuditError, AuditHead, AuditRecord, AuditSink, Hash, Operation, Outcome,

@@ -249,6 +249,10 @@ pub enum Error {
     UnwrapFailed,
     /// A secret to wrap is not 16, 24 or 32 bytes long, or a wrapped secret not 8 more.
     InvalidLength,
+    /// The request is not served on this channel: the custody process's socket refuses
+    /// `Lock` and `Unlock` (the process unlocks itself with its PIN file when it starts and
+    /// locks when it stops), so that a client cannot lock the core or guess the PIN.
+    NotServed,
 }
 
 impl fmt::Display for Error {
@@ -281,6 +285,9 @@ impl fmt::Display for Error {
             Self::InvalidLength => {
                 f.write_str("a secret must be 16, 24 or 32 bytes (wrapped: 8 bytes more)")
             }
+            Self::NotServed => f.write_str(
+                "not served on the custody socket (Lock and Unlock are the custody process's own)",
+            ),
         }
     }
 }

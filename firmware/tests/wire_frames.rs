@@ -267,6 +267,7 @@ fn every_error() -> Vec<Error> {
         Error::Token(TokenError::new(TokenFunction::Login, 0xA0)),
         Error::UnwrapFailed,
         Error::InvalidLength,
+        Error::NotServed,
     ]
 }
 
@@ -278,7 +279,7 @@ fn error_variant_order_is_stable() {
         .map(|e| encode_resp(&Response::Error(e)))
         .collect();
     let tags: Vec<u8> = frames.iter().map(|f| f[3]).collect();
-    assert_eq!(tags, (0..14).collect::<Vec<u8>>());
+    assert_eq!(tags, (0..15).collect::<Vec<u8>>());
     assert_eq!(frames[1], [0, 2, 0xFF, 1, 1, 2]);
     assert_eq!(frames[3], [0, 2, 0xFF, 3, 3]);
     assert_eq!(frames[6], [0, 2, 0xFF, 6, 0xDC, 0x0B]);

@@ -44,17 +44,21 @@ use crate::token::{find_token, Module};
 use cryptoki::object::{Attribute, ObjectClass};
 use etee_custody::config::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 use etee_custody::wire::{self, Blob};
-use etee_custody::{ClientId, KeyFacts, Request, Response};
+use etee_custody::{ClientId, Error as CoreError, KeyFacts, Request, Response};
 use etee_formats::cert::Certificate;
 use etee_formats::keys::{
     DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps, SignerRef, SigningKey,
 };
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// Writes `u32 BE length | frame`.
@@ -169,15 +173,37 @@ pub struct Server {
     socket: PathBuf,
     /// Who may connect: the server's own uid and `[custody] allowed_uids`.
     allowed_uids: Vec<u32>,
-    /// Connections served at once; more are refused (closed at once, and said on stderr).
+    /// Connections served at once; see [`Server::with_connection_limit`].
     max_connections: usize,
-    stop: Arc<AtomicBool>,
+    timeouts: PeerTimeouts,
+    stop: StopHandle,
+    /// The other end of [`StopHandle`]'s wake-up pair, watched beside the listener.
+    woken: UnixStream,
 }
 
 /// The default of [`Server::with_connection_limit`]: far more than its clients open (one
 /// connection per caller working at the same time), and a bound on the threads a
 /// misbehaving client of an allowed uid can make the server start.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How long the server waits for a peer: for the next byte of a request (a connection
+/// silent that long is closed; clients keep a few idle connections and open a new one when
+/// they find an idle one closed) and for an answer to be taken (a peer that does not read
+/// its answers is dropped, so that it can hold neither a thread nor a stop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerTimeouts {
+    pub idle: Duration,
+    pub write: Duration,
+}
+
+impl Default for PeerTimeouts {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+            write: Duration::from_secs(10),
+        }
+    }
+}
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,16 +218,27 @@ impl std::fmt::Debug for Server {
 #[derive(Clone, Debug)]
 pub struct StopHandle {
     stop: Arc<AtomicBool>,
-    socket: PathBuf,
+    /// Written to wake the accept loop; a socket pair, so that stopping does not depend on
+    /// the socket file (an operator may have removed or replaced it).
+    wake: Arc<UnixStream>,
 }
 
 impl StopHandle {
     /// Asks the server to stop: no new connections, requests under way are answered.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop with a connection of our own.
-        let _ = UnixStream::connect(&self.socket);
+        // Non-blocking: a full pair already holds a wake-up.
+        let _ = (&*self.wake).write(&[1]);
     }
+}
+
+/// A connection being served, as the accept loop sees it.
+struct Served {
+    stream: Arc<UnixStream>,
+    /// When its thread began waiting for the peer's next request (milliseconds since the
+    /// server started, plus one); 0 while it works on a request.
+    waiting_since: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Server {
@@ -216,6 +253,13 @@ impl Server {
     /// Like [`Self::bind`] with a core opened by the caller (its own policy, say).
     pub fn with_keys(keys: CustodyKeys, custody: &CustodyConfig, socket: &Path) -> Result<Self> {
         let listener = bind_private(socket, socket_mode(&custody.allowed_uids))?;
+        let (wake, woken) = UnixStream::pair()
+            .and_then(|(wake, woken)| {
+                wake.set_nonblocking(true)?;
+                listener.set_nonblocking(true)?;
+                Ok((wake, woken))
+            })
+            .map_err(|e| HsmError::Config(format!("preparing socket {}: {e}", socket.display())))?;
         let mut allowed_uids = custody.allowed_uids.clone();
         allowed_uids.push(nix::unistd::getuid().as_raw());
         Ok(Self {
@@ -224,13 +268,27 @@ impl Server {
             socket: socket.to_path_buf(),
             allowed_uids,
             max_connections: MAX_CONNECTIONS,
-            stop: Arc::new(AtomicBool::new(false)),
+            timeouts: PeerTimeouts::default(),
+            stop: StopHandle {
+                stop: Arc::new(AtomicBool::new(false)),
+                wake: Arc::new(wake),
+            },
+            woken,
         })
     }
 
     /// Serves at most `n` connections at once (at least 1; default [`MAX_CONNECTIONS`]).
+    /// When all are taken, a new connection takes the place of the one that has waited
+    /// longest for its peer's next request (its peer finds it closed; clients then open
+    /// another); when every one is working on a request, the new connection is closed.
     pub fn with_connection_limit(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Other [`PeerTimeouts`] than the default (tests).
+    pub fn with_peer_timeouts(mut self, timeouts: PeerTimeouts) -> Self {
+        self.timeouts = timeouts;
         self
     }
 
@@ -241,81 +299,141 @@ impl Server {
 
     /// A handle that stops [`Self::run`].
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle {
-            stop: self.stop.clone(),
-            socket: self.socket.clone(),
-        }
+        self.stop.clone()
     }
 
     /// Serves connections, each on its own thread, until stopped through a
     /// [`StopHandle`]; then waits for the requests under way, locks the core (recorded
     /// once the last user of the core is gone) and removes the socket file.
     pub fn run(self) -> Result<()> {
-        let mut open: Vec<(UnixStream, std::thread::JoinHandle<()>)> = Vec::new();
-        for conn in self.listener.incoming() {
-            if self.stop.load(Ordering::SeqCst) {
+        let started = Instant::now();
+        let mut open: Vec<Served> = Vec::new();
+        let mut leaving: Vec<Served> = Vec::new();
+        loop {
+            // A connection, a stop, or a second gone by (finished connections are reaped
+            // so that their descriptors do not wait for the next connection).
+            let mut watched = [
+                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.woken.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut watched, PollTimeout::from(1000u16)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(HsmError::Invalid(format!("waiting for connections: {e}"))),
+            }
+            if self.stop.stop.load(Ordering::SeqCst) {
                 break;
             }
-            let stream = match conn {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            open.retain(|c| !c.thread.is_finished());
+            leaving.retain(|c| !c.thread.is_finished());
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) if accept_error_is_transient(&e) => {
                     // Out of descriptors or memory, or a peer gone before it was accepted:
                     // the connections under way go on; try again shortly.
-                    eprintln!("etee custody: accepting a connection: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    ACCEPT_FAILED.say(|| format!("accepting a connection: {e}"));
+                    std::thread::sleep(Duration::from_millis(50));
                     continue;
                 }
                 Err(e) => return Err(HsmError::Invalid(format!("accepting: {e}"))),
             };
             // The socket's mode is the first gate; the peer's uid, from the kernel, is
             // the second (a descriptor can be passed on to another user's process).
-            match peer_uid(&stream) {
-                Ok(uid) if self.allowed_uids.contains(&uid) => {}
+            let uid = match peer_uid(&stream) {
+                Ok(uid) if self.allowed_uids.contains(&uid) => uid,
                 Ok(uid) => {
-                    eprintln!("etee custody: refused a connection from uid {uid} (not in [custody] allowed_uids)");
+                    REFUSED_PEER.say(|| {
+                        format!(
+                            "refused a connection from uid {uid} (not in [custody] allowed_uids)"
+                        )
+                    });
                     continue;
                 }
                 Err(e) => {
-                    eprintln!(
-                        "etee custody: refused a connection whose peer cannot be identified: {e}"
-                    );
+                    REFUSED_PEER.say(|| {
+                        format!("refused a connection whose peer cannot be identified: {e}")
+                    });
                     continue;
                 }
-            }
-            // Finished connections are reaped as new ones come.
-            open.retain(|(_, t)| !t.is_finished());
-            if open.len() >= self.max_connections {
-                eprintln!(
-                    "etee custody: refused a connection: {} connections already open (the limit)",
-                    open.len()
-                );
-                continue;
-            }
-            let Ok(closer) = stream.try_clone() else {
-                continue;
             };
-            let keys = self.keys.clone();
+            if open.len() >= self.max_connections {
+                // The place of the connection that has waited longest for its peer.
+                let longest = open
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| match c.waiting_since.load(Ordering::SeqCst) {
+                        0 => None,
+                        since => Some((since, i)),
+                    })
+                    .min();
+                let Some((_, i)) = longest else {
+                    AT_LIMIT.say(|| {
+                        format!(
+                            "refused a connection: all {} connections are working on a request (the limit)",
+                            open.len()
+                        )
+                    });
+                    continue;
+                };
+                let evicted = open.swap_remove(i);
+                let _ = evicted.stream.shutdown(Shutdown::Both);
+                leaving.push(evicted);
+                AT_LIMIT.say(|| {
+                    format!(
+                        "{} connections open (the limit): the one idle longest was closed for a new one",
+                        open.len() + 1
+                    )
+                });
+            }
+            if let Err(e) = stream.set_nonblocking(false) {
+                CLOSED.say(|| format!("a connection of uid {uid} could not be served: {e}"));
+                continue;
+            }
+            let (stream, timeouts) = (Arc::new(stream), self.timeouts);
+            let waiting_since = Arc::new(AtomicU64::new(0));
+            let (keys, conn, waiting) = (self.keys.clone(), stream.clone(), waiting_since.clone());
             let thread = std::thread::Builder::new()
                 .name("etee-custody-conn".into())
                 .spawn(move || {
-                    if let Err(e) = serve_connection(&keys, stream) {
-                        eprintln!("etee custody: connection closed: {e}");
+                    let peer = Peer {
+                        uid,
+                        waiting_since: &waiting,
+                        started,
+                    };
+                    if let Err(e) = serve_connection(&keys, &conn, &peer, timeouts) {
+                        CLOSED.say(|| {
+                            format!("a connection of uid {uid} closed: {}", describe_io(&e))
+                        });
                     }
+                    // The peer learns at once that the connection is over, whoever still
+                    // holds the descriptor.
+                    let _ = conn.shutdown(Shutdown::Both);
                 });
             match thread {
-                Ok(thread) => open.push((closer, thread)),
+                Ok(thread) => open.push(Served {
+                    stream,
+                    waiting_since,
+                    thread,
+                }),
                 // The connection is dropped; the server and its other connections go on.
-                Err(e) => eprintln!("etee custody: refused a connection: no thread for it: {e}"),
+                Err(e) => AT_LIMIT.say(|| format!("refused a connection: no thread for it: {e}")),
             }
         }
         // Stopping: a connection's thread ends at its next read, after answering the
-        // request under way.
-        for (closer, _) in &open {
-            let _ = closer.shutdown(std::net::Shutdown::Read);
+        // request under way (an answer its peer does not take ends it after the write
+        // timeout).
+        for c in open.iter().chain(&leaving) {
+            let _ = c.stream.shutdown(Shutdown::Read);
         }
-        for (_, thread) in open {
-            let _ = thread.join();
+        for c in open.into_iter().chain(leaving) {
+            let _ = c.thread.join();
         }
         let _ = std::fs::remove_file(&self.socket);
         Ok(())
@@ -360,16 +478,136 @@ fn peer_uid(stream: &UnixStream) -> std::result::Result<u32, nix::Error> {
         .map(|c| c.uid())
 }
 
-/// Answers the frames of one connection until the peer closes it.
-fn serve_connection(keys: &CustodyKeys, mut stream: UnixStream) -> io::Result<()> {
-    let mut out = Zeroizing::new(vec![0u8; MAX_RESPONSE_FRAME]);
-    while let Some(frame) = read_frame(&mut stream, MAX_REQUEST_FRAME)? {
-        let n = keys.handle_frame(&frame, &mut out);
-        drop(frame);
-        write_frame(&mut stream, &out[..n])?;
-    }
-    Ok(())
+/// Who is on a connection, for its thread.
+struct Peer<'a> {
+    uid: u32,
+    /// See [`Served::waiting_since`].
+    waiting_since: &'a AtomicU64,
+    started: Instant,
 }
+
+impl Peer<'_> {
+    fn waiting(&self, yes: bool) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let since = if yes { now + 1 } else { 0 };
+        self.waiting_since.store(since, Ordering::SeqCst);
+    }
+}
+
+/// Answers the frames of one connection until the peer closes it (or stalls: see
+/// [`PeerTimeouts`]). `Lock` and `Unlock` are refused ([`CoreError::NotServed`]); a frame
+/// too long to read is answered `BadFrame`, then the connection is closed.
+fn serve_connection(
+    keys: &CustodyKeys,
+    mut stream: &UnixStream,
+    peer: &Peer<'_>,
+    timeouts: PeerTimeouts,
+) -> io::Result<()> {
+    stream.set_read_timeout(Some(timeouts.idle))?;
+    stream.set_write_timeout(Some(timeouts.write))?;
+    let mut out = Zeroizing::new(vec![0u8; MAX_RESPONSE_FRAME]);
+    loop {
+        peer.waiting(true);
+        let frame = match read_frame(&mut stream, MAX_REQUEST_FRAME) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // Too long to skip safely: answered, then the connection ends.
+                BAD_FRAME.say(|| format!("uid {}: {e}; answered BadFrame", peer.uid));
+                let answer = Response::Error(CoreError::BadFrame);
+                if let Ok(bytes) = wire::encode_response(&answer, &mut out) {
+                    write_frame(&mut stream, bytes)?;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        peer.waiting(false);
+        let response = match wire::decode_request(&frame) {
+            Ok(Request::Lock | Request::Unlock { .. }) => {
+                NOT_SERVED.say(|| {
+                    format!(
+                        "uid {}: refused Lock/Unlock (the custody process locks and unlocks itself)",
+                        peer.uid
+                    )
+                });
+                Response::Error(CoreError::NotServed)
+            }
+            Ok(request) => keys.request(&request),
+            Err(e) => {
+                let e = CoreError::from(e);
+                BAD_FRAME.say(|| format!("uid {}: answered {e:?} to a frame", peer.uid));
+                Response::Error(e)
+            }
+        };
+        drop(frame);
+        // Every response fits in MAX_RESPONSE_FRAME (pinned by the core's tests).
+        let bytes = wire::encode_response(&response, &mut out)
+            .map_err(|e| io::Error::other(format!("encoding an answer: {e:?}")))?;
+        write_frame(&mut stream, bytes)?;
+    }
+}
+
+/// An I/O error as an operator reads it.
+fn describe_io(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => "the peer closed it in the middle of a request".into(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            "the peer stalled (no request, or its answer not taken, in time)".into()
+        }
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+            "the peer went away before taking its answer".into()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// At most [`LINES_PER_SECOND`] lines a second of one kind on stderr: a peer that connects
+/// and closes in a loop must not flood the log (nor, under journald, push out the lines
+/// that matter). The lines held back are counted in the next one that is written.
+struct Throttled(Mutex<(u64, u32, u64)>);
+
+/// See [`Throttled`].
+const LINES_PER_SECOND: u32 = 5;
+
+impl Throttled {
+    const fn new() -> Self {
+        Self(Mutex::new((0, 0, 0)))
+    }
+
+    fn say(&self, line: impl FnOnce() -> String) {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (at, written, held) = &mut *state;
+        if *at != second {
+            (*at, *written) = (second, 0);
+        }
+        if *written >= LINES_PER_SECOND {
+            *held += 1;
+            return;
+        }
+        *written += 1;
+        let held = std::mem::take(held);
+        drop(state);
+        if held == 0 {
+            eprintln!("etee custody: {}", line());
+        } else {
+            eprintln!("etee custody: {} ({held} more like it held back)", line());
+        }
+    }
+}
+
+static REFUSED_PEER: Throttled = Throttled::new();
+static AT_LIMIT: Throttled = Throttled::new();
+static ACCEPT_FAILED: Throttled = Throttled::new();
+static CLOSED: Throttled = Throttled::new();
+static BAD_FRAME: Throttled = Throttled::new();
+static NOT_SERVED: Throttled = Throttled::new();
 
 /// `etee custody serve`: [`Server::bind`] then [`Server::run`] until SIGTERM or SIGINT.
 pub fn serve(hsm: &HsmConfig, custody: &CustodyConfig, socket: &Path) -> Result<()> {

@@ -805,56 +805,252 @@ fn the_audit_file_starts_new_segments_as_it_grows() {
     }
 }
 
-/// The custody process serves a bounded number of connections at once: one more is closed
-/// at once (the others go on), and a place freed is taken again.
+/// A custody process on a fresh token, running on its own thread, and what the socket
+/// tests need to speak to it.
+struct Served {
+    socket: std::path::PathBuf,
+    audit: std::path::PathBuf,
+    stop: StopHandle,
+    thread: std::thread::JoinHandle<etee_hsm::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    fn start(name: &str, limit: usize, timeouts: etee_hsm::remote::PeerTimeouts) -> Self {
+        let (config, dir, custody) = token_with_kek(name, true);
+        let socket = dir.path().join("custody.sock");
+        let server = Server::bind(&config, &custody, &socket)
+            .unwrap()
+            .with_connection_limit(limit)
+            .with_peer_timeouts(timeouts);
+        let stop = server.stop_handle();
+        let thread = std::thread::spawn(move || server.run());
+        Self {
+            socket,
+            audit: custody.audit_file.clone(),
+            stop,
+            thread,
+            _dir: dir,
+        }
+    }
+
+    fn connect(&self) -> std::os::unix::net::UnixStream {
+        std::os::unix::net::UnixStream::connect(&self.socket).unwrap()
+    }
+
+    /// Stops the server; it must have returned within `within`.
+    fn stop_within(self, within: std::time::Duration) {
+        let began = std::time::Instant::now();
+        self.stop.stop();
+        while !self.thread.is_finished() {
+            assert!(
+                began.elapsed() < within,
+                "the server did not stop in {within:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.thread.join().unwrap().unwrap();
+    }
+}
+
+/// One request on `stream`; None when the server closed the connection instead of
+/// answering.
+fn ask(
+    stream: &mut std::os::unix::net::UnixStream,
+    request: &etee_custody::Request,
+) -> Option<etee_custody::Response> {
+    use etee_custody::config::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
+    let mut buf = vec![0u8; MAX_REQUEST_FRAME];
+    let frame = etee_custody::wire::encode_request(request, &mut buf).unwrap();
+    etee_hsm::remote::write_frame(stream, frame).ok()?;
+    let answer = etee_hsm::remote::read_frame(stream, MAX_RESPONSE_FRAME).ok()??;
+    Some(etee_custody::wire::decode_response(&answer).unwrap())
+}
+
+fn is_status(r: Option<etee_custody::Response>) -> bool {
+    matches!(r, Some(etee_custody::Response::Status(_)))
+}
+
+/// The custody process serves a bounded number of connections at once. At the limit, a new
+/// connection takes the place of the one that has waited longest for its peer's next
+/// request (that peer finds it closed; clients then open another), so that idle or stalled
+/// peers cannot keep a client out.
 #[test]
 fn the_custody_process_bounds_its_connections() {
-    use etee_custody::config::{MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
-    use etee_custody::wire::{decode_response, encode_request};
-    use etee_custody::{Request, Response};
-    use etee_hsm::remote::{read_frame, write_frame};
-    use std::os::unix::net::UnixStream;
-
-    let (config, dir, custody) = token_with_kek("connections", true);
-    let socket = dir.path().join("custody.sock");
-    let server = Server::bind(&config, &custody, &socket)
-        .unwrap()
-        .with_connection_limit(2);
-    let stop = server.stop_handle();
-    let thread = std::thread::spawn(move || server.run());
-    // A status request; None when the server closed the connection instead of answering.
-    let status = |stream: &mut UnixStream| -> Option<Response> {
-        let mut buf = vec![0u8; MAX_REQUEST_FRAME];
-        let frame = encode_request(&Request::Status, &mut buf).unwrap();
-        write_frame(stream, frame).ok()?;
-        let answer = read_frame(stream, MAX_RESPONSE_FRAME).ok()??;
-        Some(decode_response(&answer).unwrap())
-    };
-    let connect = || UnixStream::connect(&socket).unwrap();
-    let (mut a, mut b) = (connect(), connect());
-    assert!(matches!(status(&mut a), Some(Response::Status(_))));
-    assert!(matches!(status(&mut b), Some(Response::Status(_))));
-    let mut third = connect();
-    assert_eq!(status(&mut third), None, "a third connection is refused");
+    use etee_custody::Request;
+    use std::io::Write;
+    let served = Served::start("connections", 2, Default::default());
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(30));
+    let (mut a, mut b) = (served.connect(), served.connect());
+    assert!(is_status(ask(&mut a, &Request::Status)));
+    pause();
+    assert!(is_status(ask(&mut b, &Request::Status)));
+    pause();
+    let mut third = served.connect();
     assert!(
-        matches!(status(&mut a), Some(Response::Status(_))),
-        "the others go on"
+        is_status(ask(&mut third, &Request::Status)),
+        "a third connection is served"
     );
-    // A closed connection frees its place (reaped as the next one comes).
-    drop(a);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let answered = loop {
-        let mut again = connect();
-        if let Some(r) = status(&mut again) {
-            break r;
-        }
-        assert!(std::time::Instant::now() < deadline, "no place was freed");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(
+        ask(&mut a, &Request::Status),
+        None,
+        "in the place of the one idle longest"
+    );
+    assert!(
+        is_status(ask(&mut b, &Request::Status)),
+        "the other goes on"
+    );
+    // Stalled peers (half a request each) are taken out in turn the same way.
+    pause();
+    let mut stalled = served.connect();
+    stalled.write_all(&[0, 0, 0, 40, 0, 2]).unwrap();
+    pause();
+    let mut fourth = served.connect();
+    assert!(is_status(ask(&mut fourth, &Request::Status)));
+    pause();
+    let mut fifth = served.connect();
+    assert!(is_status(ask(&mut fifth, &Request::Status)));
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        std::io::Read::read_to_end(&mut stalled, &mut rest).unwrap(),
+        0,
+        "the stalled peer's connection was closed"
+    );
+    served.stop_within(std::time::Duration::from_secs(10));
+}
+
+/// A peer that stalls cannot hold a connection, nor the server's stop: half a request is
+/// dropped after the idle timeout, a peer that does not read its answers after the write
+/// timeout (also while the server stops), and a frame too long to read is answered
+/// `BadFrame` and its connection closed at once (the peer sees the end without waiting for
+/// another connection to come).
+#[test]
+fn stalled_peers_are_dropped() {
+    use etee_custody::{Request, Response};
+    use std::io::{Read, Write};
+    let timeouts = etee_hsm::remote::PeerTimeouts {
+        idle: std::time::Duration::from_millis(300),
+        write: std::time::Duration::from_secs(2),
     };
-    assert!(matches!(answered, Response::Status(_)));
-    drop(b);
-    stop.stop();
-    thread.join().unwrap().unwrap();
+    let served = Served::start("stalled", 16, timeouts);
+    let mut half = served.connect();
+    half.write_all(&[0, 0, 0, 40, 0, 2]).unwrap();
+    half.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let began = std::time::Instant::now();
+    let mut rest = Vec::new();
+    assert_eq!(half.read_to_end(&mut rest).unwrap(), 0);
+    assert!(began.elapsed() < std::time::Duration::from_secs(4));
+
+    let mut long = served.connect();
+    long.write_all(&100_000u32.to_be_bytes()).unwrap();
+    long.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let answer = etee_hsm::remote::read_frame(&mut long, 1024)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        etee_custody::wire::decode_response(&answer).unwrap(),
+        Response::Error(CoreError::BadFrame)
+    );
+    assert_eq!(long.read_to_end(&mut rest).unwrap(), 0, "closed at once");
+
+    // Requests without reading the answers, until the server takes no more of them (it is
+    // then stuck writing answers this peer does not read).
+    let mut greedy = served.connect();
+    greedy.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; etee_custody::config::MAX_REQUEST_FRAME];
+    let frame = etee_custody::wire::encode_request(&Request::Status, &mut buf).unwrap();
+    let mut message = (frame.len() as u32).to_be_bytes().to_vec();
+    message.extend_from_slice(frame);
+    let (mut pending, mut last_progress) = (Vec::new(), std::time::Instant::now());
+    while last_progress.elapsed() < std::time::Duration::from_millis(300) {
+        if pending.is_empty() {
+            pending = message.clone();
+        }
+        match greedy.write(&pending) {
+            Ok(n) => {
+                pending.drain(..n);
+                last_progress = std::time::Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("the server dropped the peer early: {e}"),
+        }
+        assert!(last_progress.elapsed() < std::time::Duration::from_secs(30));
+    }
+    let mut fresh = served.connect();
+    assert!(
+        is_status(ask(&mut fresh, &Request::Status)),
+        "others are served"
+    );
+    // The server stops once the write timeout has dropped that peer.
+    served.stop_within(std::time::Duration::from_secs(10));
+    greedy.set_nonblocking(false).unwrap();
+    greedy
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut answers = Vec::new();
+    match greedy.read_to_end(&mut answers) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+/// The custody process locks and unlocks itself (PIN file at start, lock at stop): `Lock`
+/// and `Unlock` on its socket are refused without reaching the core, so that a client can
+/// neither lock the core nor guess the PIN (wrong PINs count towards a lock-out that
+/// survives restarts).
+#[test]
+fn lock_and_unlock_are_not_served_on_the_socket() {
+    use etee_custody::lock::LockState;
+    use etee_custody::{Request, Response};
+    let served = Served::start("no-lock", 16, Default::default());
+    let mut peer = served.connect();
+    let head = |peer: &mut std::os::unix::net::UnixStream| match ask(peer, &Request::AuditHead) {
+        Some(Response::AuditHead(h)) => h,
+        other => panic!("{other:?}"),
+    };
+    let before = head(&mut peer);
+    assert_eq!(
+        ask(&mut peer, &Request::Lock),
+        Some(Response::Error(CoreError::NotServed))
+    );
+    for _ in 0..6 {
+        let unlock = Request::Unlock {
+            pin: etee_custody::wire::Pin::from_slice(b"guess").unwrap(),
+        };
+        assert_eq!(
+            ask(&mut peer, &unlock),
+            Some(Response::Error(CoreError::NotServed))
+        );
+    }
+    match ask(&mut peer, &Request::Status) {
+        Some(Response::Status(s)) => {
+            assert_eq!(s.state, LockState::Unlocked);
+            assert_eq!(s.pin_tries_left, 5, "no PIN was tried");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(head(&mut peer), before, "nothing reached the core's chain");
+    let records = records(&served.audit);
+    served.stop_within(std::time::Duration::from_secs(10));
+    assert!(!records.is_empty());
+}
+
+/// Stopping does not depend on the socket file: removed by an operator, the server still
+/// stops when asked.
+#[test]
+fn the_custody_process_stops_without_its_socket_file() {
+    let served = Served::start("no-socket-file", 16, Default::default());
+    let mut peer = served.connect();
+    assert!(is_status(ask(&mut peer, &etee_custody::Request::Status)));
+    std::fs::remove_file(&served.socket).unwrap();
+    served.stop_within(std::time::Duration::from_secs(10));
 }
 
 /// A wrong PIN in the PIN file counts like a wrong `Unlock`: each refused start is on the

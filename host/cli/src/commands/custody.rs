@@ -174,12 +174,19 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
         );
     }
     match &process {
-        Some((_, Err(_))) => advice.push(
+        // A socket file with nobody behind it refuses connections; one that resets or
+        // times out has a server behind it that did not answer.
+        Some((socket, Err(_))) if !listening(socket) => advice.push(
             "the custody process does not answer: start it (`etee custody serve --config \
              FILE`, or its service) with the same [custody] socket"
                 .to_string(),
         ),
-        Some((_, Ok(s))) if s.state != LockState::Unlocked => advice.push(
+        Some((_, Err(_))) => advice.push(
+            "the custody process is there but did not answer: see its log (busy with \
+             requests, or every connection working at its limit)"
+                .to_string(),
+        ),
+        Some((_, Ok(s))) if s.state != LockState::Unlocked && !core_locked_out => advice.push(
             "the custody process answers but its core is not unlocked: restart it (its log \
              says why)"
                 .to_string(),
@@ -327,4 +334,10 @@ fn read_chain(path: &std::path::Path) -> Result<Option<etee_custody::file_sink::
         }
     }
     scan(path, |_| {}).map(Some).map_err(|e| failed(&e))
+}
+
+/// Whether something accepts connections on `socket` (a server that then fails to answer
+/// is still there).
+fn listening(socket: &std::path::Path) -> bool {
+    std::os::unix::net::UnixStream::connect(socket).is_ok()
 }

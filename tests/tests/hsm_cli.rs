@@ -1294,3 +1294,43 @@ fn anchors_hold_across_archived_segments() {
     status.code(0);
     assert_eq!(status.json()["audit"]["anchor"], now.as_str());
 }
+
+/// A PIN file that group or others may read or write is reported by every command that
+/// reads it (each file once), the SO PIN file of `hsm init` and the user PIN file of
+/// `hsm init` and `hsm init-pin` included; a private one is not.
+#[test]
+fn pin_files_open_to_others_are_reported_by_every_command() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    let user = tmp.path().join("institution-user.pin");
+    let so = tmp.path().join("institution-so.pin");
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(&user, 0o644);
+    chmod(&so, 0o640);
+    let reported = |stderr: &str, path: &Path| {
+        stderr
+            .matches(&format!(
+                "PIN file {} is readable or writable",
+                path.display()
+            ))
+            .count()
+    };
+    let init = rig.etee(["hsm", "init"]).run();
+    init.code(0);
+    assert_eq!(reported(&init.stderr, &so), 1, "{}", init.stderr);
+    assert_eq!(reported(&init.stderr, &user), 1, "{}", init.stderr);
+    let again = rig.etee(["hsm", "init-pin"]).run();
+    again.code(0);
+    assert_eq!(reported(&again.stderr, &so), 1, "{}", again.stderr);
+    assert_eq!(reported(&again.stderr, &user), 1, "{}", again.stderr);
+    let list = rig.etee(["keys", "list"]).run();
+    list.code(0);
+    assert_eq!(reported(&list.stderr, &user), 1, "{}", list.stderr);
+    chmod(&user, 0o600);
+    let quiet = rig.etee(["keys", "list"]).run();
+    quiet.code(0);
+    assert_eq!(reported(&quiet.stderr, &user), 0, "{}", quiet.stderr);
+}

@@ -218,11 +218,5 @@ pub fn rfc3339(t: i64) -> String {
 /// when the configuration says `[custody] mode = "process"`), from an HSM configuration.
 pub fn custody_keys(config: &Path) -> Result<etee_hsm::CustodyHandle, CliError> {
     let config = etee_hsm::Config::load(config)?;
-    let keys = etee_hsm::CustodyHandle::open(&config)?;
-    if let Some(k) = keys.in_process() {
-        for w in k.hsm().warnings() {
-            eprintln!("etee: warning: {w}");
-        }
-    }
-    Ok(keys)
+    Ok(etee_hsm::CustodyHandle::open(&config)?)
 }

@@ -330,7 +330,7 @@ impl PinSource {
     /// For a PIN the token refused: a hint when the PIN as read begins or ends with
     /// whitespace (a second line ending, a space, a lone CR), which is part of the PIN.
     pub fn whitespace_hint(&self) -> Option<String> {
-        let (pin, _) = self.read().ok()?;
+        let pin = self.read().ok()?;
         let text = pin.expose();
         let (first, last) = (text.chars().next()?, text.chars().last()?);
         (first.is_whitespace() || last.is_whitespace()).then(|| {
@@ -346,9 +346,9 @@ impl PinSource {
         })
     }
 
-    /// Reads the PIN into a buffer wiped on drop. The second value is a warning for the
-    /// operator (a file readable by group or others), if any.
-    pub fn read(&self) -> Result<(Pin, Option<String>)> {
+    /// Reads the PIN into a buffer wiped on drop (a file readable or writable by group or
+    /// others is reported to the operator: [`read_pin_file`]).
+    pub fn read(&self) -> Result<Pin> {
         let path = match self {
             Self::File(p) => p.clone(),
             Self::Credential(name) => {
@@ -366,8 +366,19 @@ impl PinSource {
 }
 
 /// Reads a PIN file: at most 1 KiB, UTF-8, one trailing `\n` or `\r\n` removed (any other
-/// byte, a second line ending or a space too, is part of the PIN), not empty.
-pub fn read_pin_file(path: &Path) -> Result<(Pin, Option<String>)> {
+/// byte, a second line ending or a space too, is part of the PIN), not empty. A file
+/// readable or writable by group or others is reported to the operator
+/// ([`crate::warn_operator`]), whichever command or service reads it.
+pub fn read_pin_file(path: &Path) -> Result<Pin> {
+    let (pin, warning) = read_pin_file_checked(path)?;
+    if let Some(w) = warning {
+        crate::warn_operator(&w);
+    }
+    Ok(pin)
+}
+
+/// [`read_pin_file`], returning the warning instead of reporting it.
+pub fn read_pin_file_checked(path: &Path) -> Result<(Pin, Option<String>)> {
     let fail = |reason: String| HsmError::PinFile {
         path: path.to_path_buf(),
         reason,
@@ -690,12 +701,12 @@ impl HsmConfig {
     }
 
     /// The user PIN and a permission warning, if any.
-    pub fn user_pin(&self) -> Result<(Pin, Option<String>)> {
+    pub fn user_pin(&self) -> Result<Pin> {
         self.pin.read()
     }
 
     /// The SO PIN (for `hsm init`).
-    pub fn so_pin(&self) -> Result<(Pin, Option<String>)> {
+    pub fn so_pin(&self) -> Result<Pin> {
         self.so_pin
             .as_ref()
             .ok_or_else(|| {
@@ -910,14 +921,14 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
-        let (pin, warning) = read_pin_file(&p).unwrap();
+        let (pin, warning) = read_pin_file_checked(&p).unwrap();
         assert_eq!(pin.expose(), "12 34");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             assert!(warning.unwrap().contains("chmod 600"));
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-            assert!(read_pin_file(&p).unwrap().1.is_none());
+            assert!(read_pin_file_checked(&p).unwrap().1.is_none());
         }
         let _ = warning;
         std::fs::write(&p, "\n").unwrap();
@@ -935,7 +946,7 @@ mod tests {
             (" 1234", " 1234", true),
         ] {
             std::fs::write(&p, content).unwrap();
-            assert_eq!(read_pin_file(&p).unwrap().0.expose(), pin, "{content:?}");
+            assert_eq!(read_pin_file(&p).unwrap().expose(), pin, "{content:?}");
             let hint = source.whitespace_hint();
             assert_eq!(hint.is_some(), hinted, "{content:?}: {hint:?}");
             if let Some(h) = hint {

@@ -74,7 +74,7 @@ impl HsmToken {
     /// CKA_DECRYPT are ETK keys, secret keys with CKA_WRAP and CKA_UNWRAP (and neither
     /// CKA_SIGN nor CKA_DECRYPT) are wrapping keys.
     pub fn new(hsm: &Hsm) -> Result<Self> {
-        let (pin, _) = hsm.config().user_pin()?;
+        let pin = hsm.config().user_pin()?;
         let mut kinds = BTreeMap::new();
         for k in hsm.list()?.keys {
             let id = hex::decode(&k.id_hex).unwrap_or_default();

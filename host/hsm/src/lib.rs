@@ -26,9 +26,6 @@
 //! # let (etk, message): (etee_formats::cert::Certificate, Vec<u8>) = todo!();
 //! let config = etee_hsm::Config::load("/etc/etee/institution.toml")?.hsm;
 //! let hsm = etee_hsm::Hsm::open(&config)?; // logs in with the PIN file
-//! for w in hsm.warnings() {
-//!     eprintln!("warning: {w}");
-//! }
 //! // Seal with the token's authentication key...
 //! let sender = hsm.keys().signing_key()?;
 //! let mut sealed = Vec::new();
@@ -76,12 +73,30 @@ pub use token::{
 
 use std::sync::Arc;
 
-/// An opened token: the configuration, a logged-in session pool and what to tell the
-/// operator (PIN file permissions...).
+/// An opened token: the configuration and a logged-in session pool.
 pub struct Hsm {
     config: HsmConfig,
     pool: Arc<SessionPool>,
-    warnings: Vec<String>,
+}
+
+/// Tells the operator about something to fix in the set-up (a PIN file readable by
+/// others...): in the log when the process has one (the services), else on standard error
+/// (the commands). Each message once per process, however often it is found.
+pub fn warn_operator(message: &str) {
+    static SAID: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let new = SAID
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(message.to_owned());
+    if !new {
+        return;
+    }
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("etee: warning: {message}");
+    }
 }
 
 impl std::fmt::Debug for Hsm {
@@ -102,18 +117,12 @@ impl Hsm {
     /// log in through [`CustodyKeys::open_token`] or [`CustodyKeys::open_token_recorded`],
     /// which put every login with the user PIN on the audit chain.
     pub fn open(config: &HsmConfig) -> Result<Self> {
-        let (pin, warning) = config.user_pin()?;
+        let pin = config.user_pin()?;
         let pool = SessionPool::open(config, pin)?;
         Ok(Self {
             config: config.clone(),
             pool: Arc::new(pool),
-            warnings: warning.into_iter().collect(),
         })
-    }
-
-    /// Things the operator should fix (for example a PIN file readable by others).
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
     }
 
     pub fn config(&self) -> &HsmConfig {

@@ -311,7 +311,7 @@ pub fn token_summary(config: &HsmConfig) -> Result<TokenSummary> {
 /// the uninitialised token with that serial is used; otherwise the first free one
 /// (SoftHSM always offers one).
 pub fn init_token(config: &HsmConfig) -> Result<TokenSummary> {
-    let (so_pin, _) = config.so_pin()?;
+    let so_pin = config.so_pin()?;
     init_token_with(config, &so_pin)
 }
 
@@ -337,7 +337,7 @@ pub struct InitError {
 /// it before writing anything that is only worth having if the token is initialised.
 pub fn check_init(config: &HsmConfig, so_pin: &Pin) -> Result<()> {
     init_label(config)?;
-    let (user_pin, _) = config.user_pin()?;
+    let user_pin = config.user_pin()?;
     let module = Module::load(&config.module)?;
     let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
     let (ctx, _) = module.context();
@@ -354,7 +354,7 @@ pub fn init_token_reporting(
         token_initialised: false,
     };
     let label = init_label(config).map_err(before)?;
-    let (user_pin, _) = config.user_pin().map_err(before)?;
+    let user_pin = config.user_pin().map_err(before)?;
     let module = Module::load(&config.module).map_err(before)?;
     let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
     let (ctx, _) = module.context();
@@ -463,7 +463,7 @@ fn free_slot(
 /// one (`C_InitPIN`): after a lock-out (CKR_PIN_LOCKED), or to change a PIN nobody knows
 /// any more. The token's keys are untouched.
 pub fn init_user_pin(config: &HsmConfig, so_pin: &Pin) -> Result<TokenSummary> {
-    let (user_pin, _) = config.user_pin()?;
+    let user_pin = config.user_pin()?;
     let module = Module::load(&config.module)?;
     let (ctx, _) = module.context();
     let (slot, info) = find_token(&ctx, &config.token, &config.module)?;

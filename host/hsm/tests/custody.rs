@@ -1280,7 +1280,7 @@ fn the_user_pin_is_set_only_when_it_can_be_recorded() {
     let config = new_token("pin-recorded");
     let dir = tempfile::tempdir().unwrap();
     let mut custody = CustodyConfig::defaults(&config, dir.path());
-    let so_pin = config.so_pin().unwrap().0;
+    let so_pin = config.so_pin().unwrap();
     let mut renewed = config.clone();
     let new_pin = dir.path().join("new-user.pin");
     std::fs::write(&new_pin, "a-new-user-pin\n").unwrap();

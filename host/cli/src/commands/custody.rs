@@ -110,9 +110,6 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
             etee_hsm::remote::Server::with_keys(keys, &config.custody, &socket)?
         }
     };
-    for w in server.keys().hsm().warnings() {
-        eprintln!("etee: warning: {w}");
-    }
     etee_hsm::remote::stop_on_signals(server.stop_handle())?;
     eprintln!("etee: custody core serving on {}", socket.display());
     server.run()?;

@@ -147,11 +147,10 @@ pub fn load_config(path: &Path) -> Result<Config, CliError> {
 /// asking the token once the audit chain ends locked out; the login recorded, a wrong PIN
 /// counted), for the commands that use the token without the core.
 fn open(config: &Config) -> Result<Hsm, CliError> {
-    let hsm = etee_hsm::CustodyKeys::open_token_recorded(&config.hsm, &config.custody)?;
-    for w in hsm.warnings() {
-        eprintln!("etee: warning: {w}");
-    }
-    Ok(hsm)
+    Ok(etee_hsm::CustodyKeys::open_token_recorded(
+        &config.hsm,
+        &config.custody,
+    )?)
 }
 
 fn json_line(value: &impl serde::Serialize) -> Result<(), CliError> {
@@ -186,11 +185,7 @@ pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
                             .into(),
                     ));
                 }
-                let (pin, warning) = config.hsm.so_pin()?;
-                if let Some(w) = warning {
-                    eprintln!("etee: warning: {w}");
-                }
-                pin
+                config.hsm.so_pin()?
             } else {
                 etee_hsm::so_shares::so_pin_from_share_files(&so_pin_shares)?
             };

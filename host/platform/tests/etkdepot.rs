@@ -7,6 +7,7 @@ mod common;
 on_both_stores!(
     soap_get_etk_answers_etk_matching_and_errors,
     soap_bad_input_gets_soa_faults,
+    a_wcf_security_header_is_accepted,
     rest_etks_and_jwks,
     slow_and_silent_clients_are_cut_off,
     client_certificates_from_the_platform_ca_are_accepted,
@@ -159,9 +160,21 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
     // The connection is still usable after all of that.
     ask(&mut c, "NIHII-PHARMACY", PHARMACY, None).await;
 
-    // A header block the sender says must be understood: the services understand none,
-    // and refuse it with a MustUnderstand fault rather than serve without it. One marked
-    // optional, or for another actor, is ignored.
+    // A SOAP 1.2 envelope is a version mismatch (SOAP 1.1 §4.4.1), not a client error.
+    let soap12 =
+        br#"<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body/></e:Envelope>"#;
+    for path in ["/EtkDepot/v1", "/Kgss/v1"] {
+        let a = c.soap(path, soap12.to_vec()).await.unwrap();
+        assert_eq!(a.status, 500, "{path}");
+        let fault = Fault::parse(&a.body).unwrap();
+        assert_eq!(fault.fault_code, soap::FaultCode::VersionMismatch, "{path}");
+        assert_eq!(fault.detail.unwrap().code, "SOA-03002", "{path}");
+    }
+
+    // A header block the sender says must be understood, other than WS-Security's
+    // Security: refused with a MustUnderstand fault rather than served without it, on
+    // each SOAP service (a Security block of another namespace too). One marked optional,
+    // or for another actor, is ignored.
     let get = get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]);
     let with_header = |header: &str| -> Vec<u8> {
         let envelope = String::from_utf8(get.clone()).unwrap();
@@ -173,31 +186,43 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
         )
         .into_bytes()
     };
-    let wsse = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
+    let wsse = soap::WSSE_NS;
+    let old_wsse = "http://schemas.xmlsoap.org/ws/2002/07/secext";
     for path in ["/EtkDepot/v1", "/Kgss/v1"] {
-        for must in ["1", "true"] {
-            let header = format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="{must}"/>"#);
+        for (header, name) in [
+            (
+                r#"<h:Note xmlns:h="urn:x" soap:mustUnderstand="1"/>"#.to_owned(),
+                "Note",
+            ),
+            (
+                r#"<h:Note xmlns:h="urn:x" soap:mustUnderstand="true"/>"#.to_owned(),
+                "Note",
+            ),
+            (
+                format!(r#"<w:Security xmlns:w="{old_wsse}" soap:mustUnderstand="1"/>"#),
+                old_wsse,
+            ),
+        ] {
             let a = c.soap(path, with_header(&header)).await.unwrap();
-            assert_eq!(a.status, 500, "{path}");
+            assert_eq!(a.status, 500, "{path} {header}");
             let fault = Fault::parse(&a.body).unwrap();
             assert_eq!(fault.fault_code, soap::FaultCode::MustUnderstand, "{path}");
-            assert!(fault.fault_string.contains("Security"), "{fault:?}");
+            assert!(fault.fault_string.contains(name), "{fault:?}");
             assert_eq!(fault.detail.unwrap().code, "SOA-03005", "{path}");
         }
-        let a = c
-            .soap(
-                path,
-                with_header(r#"<h:Note xmlns:h="urn:x" soap:mustUnderstand="maybe"/>"#),
-            )
-            .await
-            .unwrap();
-        assert_eq!(fault_code(&a.body), "SOA-03006", "{path}");
+        for header in [
+            r#"<h:Note xmlns:h="urn:x" soap:mustUnderstand="maybe"/>"#.to_owned(),
+            format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="maybe"/>"#),
+        ] {
+            let a = c.soap(path, with_header(&header)).await.unwrap();
+            assert_eq!(fault_code(&a.body), "SOA-03006", "{path} {header}");
+        }
     }
     for header in [
+        format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="1"/>"#),
+        format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="true"/>"#),
         format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="0"/>"#),
-        format!(
-            r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="1" soap:actor="urn:a-gateway"/>"#
-        ),
+        format!(r#"<w:Security xmlns:w="{old_wsse}" soap:mustUnderstand="1" soap:actor="urn:a-gateway"/>"#),
         r#"<h:Note xmlns:h="urn:x" soap:actor="http://schemas.xmlsoap.org/soap/actor/next">hi</h:Note>"#.to_owned(),
     ] {
         let a = c.soap("/EtkDepot/v1", with_header(&header)).await.unwrap();
@@ -212,6 +237,22 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
         .unwrap();
     assert_eq!(a.status, 500);
     assert_eq!(fault_code(&a.body), "SOA-03001");
+    w.stop().await;
+}
+
+/// A request as WCF (`BasicHttpBinding` with message security, the `_X509` binding) and
+/// WSS4J send it: a `wsse:Security` header marked `mustUnderstand="1"` holding a
+/// Timestamp (and a token nobody checks), the body with a `wsu:Id`. ETKDepot understands
+/// the header (accepts it without evaluating it) and answers the lookup.
+async fn a_wcf_security_header_is_accepted(w: World) {
+    let mut c = w.connect(None).await;
+    let body = common::wcf_envelope(&format!(
+        r#"<GetEtkRequest xmlns="urn:be:fgov:ehealth:etkdepot:1_0:protocol"><SearchCriteria><Identifier><Type>NIHII-PHARMACY</Type><Value>{PHARMACY}</Value></Identifier></SearchCriteria></GetEtkRequest>"#
+    ));
+    let a = c.soap("/EtkDepot/v1", body).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let r = GetEtkResponse::parse(&a.body).unwrap();
+    assert_eq!(r.result, EtkResult::Etk(w.bob.etk.clone()));
     w.stop().await;
 }
 

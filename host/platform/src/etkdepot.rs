@@ -4,7 +4,8 @@
 //! - each search identifier is normalised first: the canonical type name (`cbe` → `CBE`,
 //!   `HUB` → `EHP`) and the value formatted as the official connector does (zero-padded,
 //!   or cut to the type's length); an unknown type or an impossible value is the caller's
-//!   error;
+//!   error; registered ETKs are stored under their DN's identifiers formatted the same way
+//!   ([`depot_identifier`]), so that the DN's own value finds them;
 //! - an identifier matches every ETK whose holder DN carries it (any of the DN's
 //!   identifiers); without an application id (no `ApplicationID`), ETKs of every
 //!   application id of the holder match, the one without an application id included; with
@@ -19,7 +20,7 @@
 //!   `ApplicationID`, so that asking again with any of its identifiers answers exactly that
 //!   ETK; none: an `Error` with code [`NOT_FOUND`] (SOAP) or 404 (REST).
 
-use crate::caller::store_identifier;
+use etee_formats::identity::{lookup_identifier, Identity};
 use etee_services::etkdepot::rest::EtkJson;
 use etee_services::etkdepot::{
     EtkDepotError, EtkResult, GetEtkRequest, GetEtkResponse, Identifier, MatchingEtk, Status,
@@ -156,6 +157,19 @@ pub fn response_id() -> String {
     format!("etee-{}", hex::encode(id))
 }
 
+/// An identifier of an ETK's holder as the depot stores it: formatted exactly as a lookup
+/// formats its criterion (the canonical type name, `HUB` being `EHP`; the value zero-padded,
+/// or its first digits when it has more than its type allows, as the official connector
+/// does), so that a lookup with the DN's own value finds it. A type the depot does not know
+/// is kept as written (no lookup can name it).
+pub fn depot_identifier(identity: &Identity) -> etee_store::Identifier {
+    let (id_type, value) = match lookup_identifier(&identity.id_type, &identity.value) {
+        Ok((t, v)) => (t.to_owned(), v),
+        Err(_) => (identity.id_type.clone(), identity.value.clone()),
+    };
+    etee_store::Identifier::new(&id_type, &value, identity.application_id.as_deref())
+}
+
 /// Registers `etk` in the depot under every identifier of its holder's DN, after checking
 /// it as the official checker does (spec §3.2) against `anchors` at `now`. Returns the
 /// stored record.
@@ -181,8 +195,8 @@ pub fn register(
     let enc = parsed.encryption_cert();
     let record = EtkRecord {
         digest: openssl::sha::sha256(parsed.der()),
-        // Stored under the canonical type name, which lookups use (`HUB` is `EHP`).
-        identifiers: identities.iter().map(store_identifier).collect(),
+        // Stored as lookups format their criteria (`HUB` is `EHP`, values padded or cut).
+        identifiers: identities.iter().map(depot_identifier).collect(),
         etk: parsed.der().to_vec(),
         not_before: enc.not_before(),
         not_after: enc.not_after(),

@@ -470,6 +470,9 @@ struct Extra {
     default: etee_testpki::Institution,
     ehp: etee_testpki::Institution,
     hub: etee_testpki::Institution,
+    /// A holder whose DN's NIHII has more digits than the type's 8 (a NIHII-11 written
+    /// as NIHII).
+    long_nihii: etee_testpki::Institution,
 }
 
 fn extra() -> &'static Extra {
@@ -484,6 +487,7 @@ fn extra() -> &'static Extra {
             default: inst("CBE", "0406798006", "Two Apps"),
             ehp: inst("EHP", "1990001916", "A Hub"),
             hub: inst("HUB", "1990001917", "Another Hub"),
+            long_nihii: inst("NIHII", "10203040506", "Long Number"),
         }
     })
 }
@@ -612,6 +616,30 @@ async fn identifier_types_and_values_are_normalised(w: World) {
     // Too long: the first 8 digits (the connector's substring(0, 8)).
     let r = ask(&mut c, "NIHII-PHARMACY", &format!("{PHARMACY}9"), None).await;
     assert_eq!(r.result, EtkResult::Etk(w.bob.etk.clone()));
+    // A DN whose value is too long for its type is registered as lookups format it: its
+    // own value finds it, and so do its first 8 digits.
+    w.register(&x.long_nihii.etk);
+    for value in ["10203040506", "10203040"] {
+        let r = ask(&mut c, "NIHII", value, None).await;
+        assert_eq!(
+            r.result,
+            EtkResult::Etk(x.long_nihii.etk.clone()),
+            "{value}"
+        );
+        let a = c
+            .get(&format!("/etee/v1/etks?identifier={value}&type=nihii"))
+            .await
+            .unwrap();
+        assert_eq!(
+            a.status,
+            200,
+            "{value}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let list = EtkJson::parse_list(&a.body).unwrap();
+        assert_eq!(list.len(), 1, "{value}");
+        assert_eq!(list[0].identifiers[0].value, "10203040", "{value}");
+    }
 
     for query in [
         "identifier=1990001916&type=hub",

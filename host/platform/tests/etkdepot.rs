@@ -8,6 +8,7 @@ on_both_stores!(
     soap_get_etk_answers_etk_matching_and_errors,
     soap_bad_input_gets_soa_faults,
     a_wcf_security_header_is_accepted,
+    a_persons_etk_is_found_by_a_doctors_number,
     rest_etks_and_jwks,
     slow_and_silent_clients_are_cut_off,
     client_certificates_from_the_platform_ca_are_accepted,
@@ -589,6 +590,106 @@ async fn default_etk_beside_application_etks(w: World) {
         .await
         .unwrap();
     assert_eq!(a.status, 404);
+    w.stop().await;
+}
+
+/// A natural person's ETK (holder SSIN) registered also under a doctor's NIHII11 and NIHII
+/// (`etee platform etk register --also`, values zero-padded as lookups pad them) is found,
+/// by SOAP and REST, under each of them and under the SSIN. Refused: extra identifiers
+/// for an institution's ETK, of another type than NIHII/NIHII11, or that already find
+/// another holder's ETK; and new extra identifiers for an ETK already registered.
+async fn a_persons_etk_is_found_by_a_doctors_number(w: World) {
+    use etee_platform::etkdepot::{register_with_extra, RegisterError};
+    let pki = &common::pki().pki;
+    let person = |ssin: &str| {
+        pki.institution(&etee_testpki::InstitutionSpec::new(
+            "SSIN",
+            ssin,
+            "Dr Person",
+        ))
+        .unwrap()
+    };
+    let (dirk, other) = (person("85010112345"), person("85010154321"));
+    let also = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(t, v)| (t.to_string(), v.to_string()))
+            .collect()
+    };
+    let now = etee_platform::unix_now();
+    let register = |etk: &[u8], pairs: &[(&str, &str)]| {
+        w.store(|s| register_with_extra(s, etk, &w.anchors, now, &also(pairs)))
+    };
+    let registered = register(
+        &dirk.etk,
+        &[("nihii11", "9876543210"), ("NIHII", "9876543")],
+    )
+    .unwrap();
+    let extra: Vec<_> = registered
+        .extra
+        .iter()
+        .map(|i| format!("{}={}", i.id_type, i.value))
+        .collect();
+    assert_eq!(extra, ["NIHII11=09876543210", "NIHII=09876543"]);
+
+    let mut c = w.connect(None).await;
+    for (id_type, value) in [
+        ("NIHII11", "09876543210"),
+        ("NIHII11", "9876543210"),
+        ("NIHII", "9876543"),
+        ("SSIN", "85010112345"),
+    ] {
+        let r = ask(&mut c, id_type, value, None).await;
+        assert_eq!(
+            r.result,
+            EtkResult::Etk(dirk.etk.clone()),
+            "{id_type}={value}"
+        );
+        let a = c
+            .get(&format!("/etee/v1/etks?identifier={value}&type={id_type}"))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{id_type}={value}");
+        let list = EtkJson::parse_list(&a.body).unwrap();
+        assert_eq!(list.len(), 1, "{id_type}={value}");
+        assert_eq!(list[0].etk, dirk.etk, "{id_type}={value}");
+        let ids: Vec<_> = list[0]
+            .identifiers
+            .iter()
+            .map(|i| i.id_type.as_str())
+            .collect();
+        assert_eq!(ids, ["SSIN", "NIHII11", "NIHII"], "{id_type}={value}");
+    }
+
+    // Refused, and nothing stored for them.
+    let refused = |etk: &[u8], pairs: &[(&str, &str)], why: &str| match register(etk, pairs) {
+        Err(RegisterError::Extra(e)) => assert!(e.contains(why), "{pairs:?}: {e}"),
+        other => panic!("{pairs:?}: {other:?}"),
+    };
+    refused(&w.bob.etk, &[("NIHII", "11111111")], "natural person");
+    refused(&other.etk, &[("CBE", "0406798006")], "NIHII or NIHII11");
+    refused(
+        &other.etk,
+        &[("NIHII-PHARMACY", "11111111")],
+        "NIHII or NIHII11",
+    );
+    refused(&other.etk, &[("NIHII11", "9876543210")], "another holder");
+    refused(&other.etk, &[("NIHII11", "10203040506")], "another holder");
+    refused(&other.etk, &[("NIHII11", "1020304050x")], "not all digits");
+    let r = ask(&mut c, "SSIN", "85010154321", None).await;
+    assert!(matches!(r.result, EtkResult::Errors(_)), "{:?}", r.result);
+    // Registered again: as before, the same extra identifiers or none (what is stored is
+    // answered); new ones are refused, as the store keeps an ETK's identifiers.
+    for pairs in [&[("NIHII11", "09876543210")][..], &[]] {
+        let again = register(&dirk.etk, pairs).unwrap();
+        assert_eq!(again.record.identifiers, registered.record.identifiers);
+    }
+    assert!(matches!(
+        register(&dirk.etk, &[("NIHII11", "11111111111")]),
+        Err(RegisterError::AlreadyRegistered(_))
+    ));
+    let r = ask(&mut c, "NIHII11", "11111111111", None).await;
+    assert!(matches!(r.result, EtkResult::Errors(_)), "{:?}", r.result);
     w.stop().await;
 }
 

@@ -53,10 +53,19 @@ pub struct ConfigArg {
 #[derive(Subcommand)]
 pub enum EtkCommand {
     /// Check ETKs as the official checker does (against the platform's CA) and publish them
-    /// under every identifier of their holder's DN.
+    /// under every identifier of their holder's DN (and, with --also, under a doctor's
+    /// NIHII or NIHII11 number too).
     Register {
         #[command(flatten)]
         config: ConfigArg,
+        /// Publish the ETK under this identifier too (repeatable), as the real depot answers
+        /// a doctor's NIHII with the doctor's own ETK (spec §4.1). Only for a natural
+        /// person's ETK (its holder SSIN=…), and only NIHII or NIHII11 (the one query
+        /// for which clients accept an ETK naming an SSIN); the value is zero-padded (or
+        /// cut to its first digits) as lookups format it, and takes the ETK's application
+        /// id if it has one. A number that already finds another holder's ETK is refused.
+        #[arg(long, value_name = "TYPE=VALUE")]
+        also: Vec<String>,
         /// ETK files (DER or base64).
         #[arg(required = true, value_name = "ETK")]
         etks: Vec<PathBuf>,
@@ -161,8 +170,18 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Etk {
-            command: EtkCommand::Register { config, etks },
+            command: EtkCommand::Register { config, also, etks },
         } => {
+            let also = also
+                .iter()
+                .map(|a| {
+                    a.split_once('=')
+                        .map(|(t, v)| (t.trim().to_owned(), v.trim().to_owned()))
+                        .ok_or_else(|| {
+                            CliError::Usage(format!("--also {a:?}: expected TYPE=VALUE"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let config = load(&config)?;
             // The platform's revocation lists too: a revoked holder's ETK is not taken.
             let anchors = config
@@ -181,28 +200,36 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                     path: path.display().to_string(),
                     source,
                 })?;
-                match etee_platform::etkdepot::register(
+                match etee_platform::etkdepot::register_with_extra(
                     store.as_ref(),
                     &bytes,
                     &anchors,
                     etee_platform::unix_now(),
+                    &also,
                 ) {
-                    Ok(record) => {
-                        let ids: Vec<String> = record
+                    Ok(registered) => {
+                        use etee_platform::etkdepot::describe;
+                        let record = &registered.record;
+                        let own: Vec<_> = record
                             .identifiers
                             .iter()
-                            .map(|i| match &i.application_id {
-                                Some(a) => format!("{}={} ({a})", i.id_type, i.value),
-                                None => format!("{}={}", i.id_type, i.value),
-                            })
+                            .filter(|i| !registered.extra.contains(i))
+                            .cloned()
                             .collect();
+                        // The audit detail says which identifiers are the DN's and which
+                        // were added (`also`).
+                        let ids = if registered.extra.is_empty() {
+                            describe(&own)
+                        } else {
+                            format!("{}; also {}", describe(&own), describe(&registered.extra))
+                        };
                         admin_event(
                             store.as_ref(),
                             "etkdepot.register",
                             hex::encode(record.digest),
-                            Some(ids.join(", ")),
+                            Some(ids.clone()),
                         )?;
-                        outln!("registered {}: {}", path.display(), ids.join(", "))?;
+                        outln!("registered {}: {ids}", path.display())?;
                     }
                     Err(e) => {
                         eprintln!("etee: {}: {e}", path.display());

@@ -7,7 +7,8 @@
 //!   error; registered ETKs are stored under their DN's identifiers formatted the same way
 //!   ([`depot_identifier`]), so that the DN's own value finds them;
 //! - an identifier matches every ETK whose holder DN carries it (any of the DN's
-//!   identifiers); without an application id (no `ApplicationID`), ETKs of every
+//!   identifiers), or that was published under it besides ([`register_with_extra`]: a
+//!   person's ETK under a doctor's NIHII); without an application id (no `ApplicationID`), ETKs of every
 //!   application id of the holder match, the one without an application id included; with
 //!   an *empty* application id (`<ApplicationID/>`, `applicationIdentifier=`), only the
 //!   holder's ETK(s) without one (etee's own convention, `docs/platform.md`); with an

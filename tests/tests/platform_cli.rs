@@ -640,3 +640,139 @@ fn keydepot_registers_a_key_born_in_the_hsm_with_its_attestation() {
         .count();
     assert_eq!(signatures, 4, "two proofs and two attestations");
 }
+
+/// The administrative commands for a doctor known as a natural person (holder SSIN),
+/// without serving: `etk register --also NIHII11=…` publishes the person's ETK under the
+/// doctor's number too (zero-padded) and says so on the audit chain; `--also` is refused
+/// for an institution's ETK and for another type than NIHII/NIHII11. `attributes set
+/// --doctor` takes the doctor's NIHII11 number for such a holder (not its SSIN), and
+/// refuses to guess it.
+#[test]
+fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
+    let dir = scratch();
+    let world = dir.path().join("world");
+    etee_e2e::etee(["platform", "pki"])
+        .arg(&world)
+        .args([
+            "--institution",
+            "alice:NIHII-HOSPITAL=71000436",
+            "--institution",
+            "dirk:SSIN=85010112345",
+            "--tls-server",
+            "localhost",
+        ])
+        .run()
+        .code(0);
+    let config = dir.path().join("platform.toml");
+    std::fs::write(
+        &config,
+        "[platform]\nstore = \"platform.redb\"\ntls_certificate = \"world/tls-server.pem\"\n\
+         tls_key = \"world/tls-server-key.pem\"\nclient_ca = [\"world/ca.pem\"]\n",
+    )
+    .unwrap();
+    let platform = |args: &[&str]| {
+        etee_e2e::etee(["platform"])
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+    };
+    let etk = |who: &str| world.join(format!("{who}.etk"));
+
+    // Refused: an institution's ETK, another type (nothing registered by either).
+    let out = platform(&["etk", "register", "--also", "NIHII=1234567"])
+        .arg(etk("alice"))
+        .run();
+    out.code(1);
+    assert!(out.stderr.contains("natural person"), "{}", out.stderr);
+    let out = platform(&["etk", "register", "--also", "CBE=0406798006"])
+        .arg(etk("dirk"))
+        .run();
+    out.code(1);
+    assert!(out.stderr.contains("NIHII or NIHII11"), "{}", out.stderr);
+    platform(&["etk", "register", "--also", "NIHII11"])
+        .arg(etk("dirk"))
+        .run()
+        .code(2);
+
+    let out = platform(&["etk", "register", "--also", "nihii11=9876543210"])
+        .arg(etk("dirk"))
+        .run();
+    out.code(0);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("SSIN=85010112345; also NIHII11=09876543210"),
+        "{said}"
+    );
+
+    // --doctor: the number for a person, never its SSIN.
+    let out = platform(&[
+        "attributes",
+        "set",
+        "--holder",
+        "SSIN=85010112345",
+        "--doctor",
+    ])
+    .run();
+    out.code(2);
+    assert!(out.stderr.contains("NIHII11 number"), "{}", out.stderr);
+    platform(&[
+        "attributes",
+        "set",
+        "--holder",
+        "SSIN=85010112345",
+        "--doctor",
+        "123456789012",
+    ])
+    .run()
+    .code(2);
+    platform(&[
+        "attributes",
+        "set",
+        "--holder",
+        "SSIN=85010112345",
+        "--doctor",
+        "9876543210",
+    ])
+    .run()
+    .code(0);
+    // A NIHII11 holder is its own number, as the demo sets it.
+    platform(&[
+        "attributes",
+        "set",
+        "--holder",
+        "NIHII11=10203040506",
+        "--doctor",
+    ])
+    .run()
+    .code(0);
+    let out = platform(&["attributes", "list", "--json"]).run();
+    out.code(0);
+    let list = out.json();
+    let doctor = |value: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["value"] == value)
+            .unwrap_or_else(|| panic!("{value}: {list}"))["attributes"][0]["value"]
+            .clone()
+    };
+    assert_eq!(doctor("85010112345"), "09876543210", "{list}");
+    assert_eq!(doctor("10203040506"), "10203040506", "{list}");
+
+    // The registration's audit event names the extra identifier.
+    let out = platform(&["audit", "--json"]).run();
+    out.code(0);
+    let report = out.json();
+    let registered: Vec<&str> = report["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "etkdepot.register")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        registered,
+        ["SSIN=85010112345; also NIHII11=09876543210"],
+        "{report}"
+    );
+}

@@ -4,9 +4,11 @@
 //! - each search identifier is normalised first: the canonical type name (`cbe` → `CBE`,
 //!   `HUB` → `EHP`) and the value formatted as the official connector does (zero-padded,
 //!   or cut to the type's length); an unknown type or an impossible value is the caller's
-//!   error;
+//!   error; registered ETKs are stored under their DN's identifiers formatted the same way
+//!   ([`depot_identifier`]), so that the DN's own value finds them;
 //! - an identifier matches every ETK whose holder DN carries it (any of the DN's
-//!   identifiers); without an application id (no `ApplicationID`), ETKs of every
+//!   identifiers), or that was published under it besides ([`register_with_extra`]: a
+//!   person's ETK under a doctor's NIHII); without an application id (no `ApplicationID`), ETKs of every
 //!   application id of the holder match, the one without an application id included; with
 //!   an *empty* application id (`<ApplicationID/>`, `applicationIdentifier=`), only the
 //!   holder's ETK(s) without one (etee's own convention, `docs/platform.md`); with an
@@ -19,7 +21,7 @@
 //!   `ApplicationID`, so that asking again with any of its identifiers answers exactly that
 //!   ETK; none: an `Error` with code [`NOT_FOUND`] (SOAP) or 404 (REST).
 
-use crate::caller::store_identifier;
+use etee_formats::identity::{lookup_identifier, Identity};
 use etee_services::etkdepot::rest::EtkJson;
 use etee_services::etkdepot::{
     EtkDepotError, EtkResult, GetEtkRequest, GetEtkResponse, Identifier, MatchingEtk, Status,
@@ -156,6 +158,19 @@ pub fn response_id() -> String {
     format!("etee-{}", hex::encode(id))
 }
 
+/// An identifier of an ETK's holder as the depot stores it: formatted exactly as a lookup
+/// formats its criterion (the canonical type name, `HUB` being `EHP`; the value zero-padded,
+/// or its first digits when it has more than its type allows, as the official connector
+/// does), so that a lookup with the DN's own value finds it. A type the depot does not know
+/// is kept as written (no lookup can name it).
+pub fn depot_identifier(identity: &Identity) -> etee_store::Identifier {
+    let (id_type, value) = match lookup_identifier(&identity.id_type, &identity.value) {
+        Ok((t, v)) => (t.to_owned(), v),
+        Err(_) => (identity.id_type.clone(), identity.value.clone()),
+    };
+    etee_store::Identifier::new(&id_type, &value, identity.application_id.as_deref())
+}
+
 /// Registers `etk` in the depot under every identifier of its holder's DN, after checking
 /// it as the official checker does (spec §3.2) against `anchors` at `now`. Returns the
 /// stored record.
@@ -165,6 +180,40 @@ pub fn register(
     anchors: &etee_formats::trust::TrustAnchors,
     now: i64,
 ) -> Result<EtkRecord, RegisterError> {
+    register_with_extra(store, etk, anchors, now, &[]).map(|r| r.record)
+}
+
+/// The types an ETK may be published under besides its DN's identifiers
+/// ([`register_with_extra`]): a doctor's numbers, which the real depot answers with the
+/// doctor's own ETK (a natural person's, registered under the SSIN), and for which clients
+/// accept an ETK whose certificate names an SSIN (spec §4.1).
+pub const EXTRA_TYPES: [&str; 2] = ["NIHII", "NIHII11"];
+
+/// What a registration left in the depot.
+#[derive(Clone, Debug)]
+pub struct Registered {
+    /// The ETK's record as stored: its DN's identifiers, then the extra ones.
+    pub record: EtkRecord,
+    /// The identifiers it is published under besides its DN's.
+    pub extra: Vec<etee_store::Identifier>,
+}
+
+/// [`register`], publishing the ETK also under the identifiers `also` (`(type, value)`):
+/// allowed only for a natural person's ETK (its holder's DN names an SSIN) and only of the
+/// [`EXTRA_TYPES`], each value formatted as lookups format it and given the ETK's own
+/// application id, if it has one. An extra identifier that already finds another holder's
+/// ETK is refused (one number, one holder).
+///
+/// The store keeps an ETK's identifiers as first registered: registering it again with
+/// extra identifiers it does not have is refused ([`RegisterError::AlreadyRegistered`]);
+/// again with fewer, the answer is what is stored.
+pub fn register_with_extra(
+    store: &dyn Store,
+    etk: &[u8],
+    anchors: &etee_formats::trust::TrustAnchors,
+    now: i64,
+    also: &[(String, String)],
+) -> Result<Registered, RegisterError> {
     let parsed =
         etee_formats::etk::Etk::parse(etk).map_err(|e| RegisterError::Invalid(e.to_string()))?;
     let problems = parsed.validate(anchors, now);
@@ -178,24 +227,144 @@ pub fn register(
             "the holder's DN carries no ETKDepot identifier".into(),
         ));
     }
+    // Stored as lookups format their criteria (`HUB` is `EHP`, values padded or cut).
+    let own: Vec<etee_store::Identifier> = identities.iter().map(depot_identifier).collect();
+    let extra = extra_identifiers(store, &own, also)?;
     let enc = parsed.encryption_cert();
     let record = EtkRecord {
         digest: openssl::sha::sha256(parsed.der()),
-        // Stored under the canonical type name, which lookups use (`HUB` is `EHP`).
-        identifiers: identities.iter().map(store_identifier).collect(),
+        identifiers: own.iter().chain(&extra).cloned().collect(),
         etk: parsed.der().to_vec(),
         not_before: enc.not_before(),
         not_after: enc.not_after(),
         registered_at: now,
     };
     store.put_etk(&record)?;
-    Ok(record)
+    // An ETK already stored is left as it is: answer with what is stored.
+    let stored = own
+        .iter()
+        .map(|i| store.find_etks(&i.id_type, &i.value, None))
+        .find_map(|found| match found {
+            Ok(found) => found
+                .into_iter()
+                .find(|r| r.digest == record.digest)
+                .map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+        .transpose()?;
+    let Some(stored) = stored else {
+        return Err(RegisterError::AlreadyRegistered(
+            "under other identifiers (an older registration)".into(),
+        ));
+    };
+    if !record
+        .identifiers
+        .iter()
+        .all(|i| stored.identifiers.contains(i))
+    {
+        return Err(RegisterError::AlreadyRegistered(format!(
+            "under {}",
+            describe(&stored.identifiers)
+        )));
+    }
+    let extra = stored
+        .identifiers
+        .iter()
+        .filter(|i| !own.contains(i))
+        .cloned()
+        .collect();
+    Ok(Registered {
+        record: stored,
+        extra,
+    })
+}
+
+/// `TYPE=VALUE (APP), …` for messages.
+pub fn describe(identifiers: &[etee_store::Identifier]) -> String {
+    identifiers
+        .iter()
+        .map(|i| match &i.application_id {
+            Some(a) => format!("{}={} ({a})", i.id_type, i.value),
+            None => format!("{}={}", i.id_type, i.value),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The extra identifiers `also` of an ETK whose DN's identifiers are `own`, as the depot
+/// stores them, or why they are refused.
+fn extra_identifiers(
+    store: &dyn Store,
+    own: &[etee_store::Identifier],
+    also: &[(String, String)],
+) -> Result<Vec<etee_store::Identifier>, RegisterError> {
+    let application_id = own.first().and_then(|i| i.application_id.as_deref());
+    let mut extra: Vec<etee_store::Identifier> = Vec::new();
+    for (id_type, value) in also {
+        let named = format!("{}={}", id_type.trim(), value.trim());
+        let refused = |why: String| RegisterError::Extra(format!("{named}: {why}"));
+        let Some(id_type) =
+            etee_formats::identity::canonical_type(id_type).filter(|t| EXTRA_TYPES.contains(t))
+        else {
+            return Err(refused(
+                "an ETK is published under an extra identifier of type NIHII or NIHII11 \
+                 only (a doctor's numbers: the one query for which clients accept an ETK \
+                 naming an SSIN)"
+                    .into(),
+            ));
+        };
+        if !own.iter().any(|i| i.id_type == "SSIN") {
+            return Err(refused(format!(
+                "only a natural person's ETK (its holder SSIN=…) is published under an extra \
+                 identifier; this ETK's holder is {}",
+                describe(own)
+            )));
+        }
+        let (_, value) = lookup_identifier(id_type, value).map_err(|e| refused(e.to_string()))?;
+        let id = etee_store::Identifier::new(id_type, &value, application_id);
+        // One number, one holder: not another person's (or institution's) number.
+        let holder_ssins = |ids: &[etee_store::Identifier]| -> Vec<etee_store::Identifier> {
+            ids.iter()
+                .filter(|i| i.id_type == "SSIN")
+                .cloned()
+                .collect()
+        };
+        let ours = holder_ssins(own);
+        if let Some(other) = store
+            .find_etks(&id.id_type, &id.value, None)?
+            .into_iter()
+            .find(|r| {
+                !holder_ssins(&r.identifiers)
+                    .iter()
+                    .any(|s| ours.contains(s))
+            })
+        {
+            return Err(refused(format!(
+                "it already finds the ETK of another holder ({})",
+                describe(&other.identifiers)
+            )));
+        }
+        if !own.contains(&id) && !extra.contains(&id) {
+            extra.push(id);
+        }
+    }
+    Ok(extra)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     #[error("not a valid ETK: {0}")]
     Invalid(String),
+    /// An extra identifier ([`register_with_extra`]) the rules refuse.
+    #[error("extra identifier {0}")]
+    Extra(String),
+    /// The ETK is stored already, without some of the identifiers asked for: a
+    /// registration does not change a stored ETK's identifiers.
+    #[error(
+        "already registered {0}; registering it again does not change the identifiers it is \
+         published under"
+    )]
+    AlreadyRegistered(String),
     #[error(transparent)]
     Store(#[from] etee_store::Error),
 }

@@ -45,8 +45,10 @@ use zeroize::Zeroizing;
 /// How old a request's signing time may be, in seconds (and [`CLOCK_SKEW`] more).
 pub const SIGNING_TIME_WINDOW: i64 = 300;
 
-/// How far the callers' clocks may be from the service's, either way, in seconds.
-pub const CLOCK_SKEW: i64 = 150;
+/// How far the callers' clocks may be from the service's, either way, in seconds: the
+/// official library's default (`CLOCK_SKEW = 300000` ms, spec §1.6), so that a request
+/// its unsealer would accept is not refused here for its signing time.
+pub const CLOCK_SKEW: i64 = 300;
 
 /// How long a sealed request is remembered against replays, in seconds. A request signed
 /// at `t` is accepted between `t - CLOCK_SKEW` and `t + SIGNING_TIME_WINDOW + CLOCK_SKEW`:

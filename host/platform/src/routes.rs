@@ -470,11 +470,15 @@ fn message_fault(platform: &Platform, e: &MessageError) -> Response {
     fault(Fault::from_error(e, Some(platform.config.environment)))
 }
 
-/// A SOAP request's body element read by `read`; a header block the request says must be
-/// understood is refused first (the services understand none), as SOAP 1.1 §4.2.3 asks.
-/// The error is the fault to answer.
+/// A SOAP request's body element read by `read`, for the SOAP service `service`. A header
+/// block the request says must be understood is refused first, as SOAP 1.1 §4.2.3 asks;
+/// the one the services understand is WS-Security's `Security` (the official clients of
+/// the `_X509` and `_SamlHok` bindings send it so marked): accepted, its content not
+/// evaluated, granting nothing (ETKDepot is a public lookup; KGSS takes its caller from
+/// the sealed request). The error is the fault to answer.
 fn soap_request<R>(
     platform: &Platform,
+    service: &'static str,
     bytes: &[u8],
     read: fn(&etee_services::xml::Element) -> Result<R, MessageError>,
 ) -> Result<R, Box<Fault>> {
@@ -483,6 +487,12 @@ fn soap_request<R>(
     let request = soap::parse_request(bytes).map_err(refused)?;
     if let Some(header) = request.not_understood {
         return Err(Box::new(Fault::must_understand(&header, environment)));
+    }
+    if request.security_header {
+        tracing::debug!(
+            service,
+            "a WS-Security header was accepted and not evaluated (it grants nothing)"
+        );
     }
     read(&request.payload).map_err(refused)
 }
@@ -561,7 +571,7 @@ async fn etkdepot_soap(State(platform): State<Arc<Platform>>, body: Body) -> Res
         Ok(b) => b,
         Err(e) => return message_fault(&platform, &e),
     };
-    let request = match soap_request(&platform, &bytes, GetEtkRequest::from_element) {
+    let request = match soap_request(&platform, "etkdepot", &bytes, GetEtkRequest::from_element) {
         Ok(r) => r,
         Err(f) => return fault(*f),
     };
@@ -781,7 +791,7 @@ async fn kgss_soap(State(platform): State<Arc<Platform>>, body: Body) -> Respons
         Ok(b) => b,
         Err(e) => return message_fault(&platform, &e),
     };
-    let request = match soap_request(&platform, &bytes, KgssRequest::from_element) {
+    let request = match soap_request(&platform, "kgss", &bytes, KgssRequest::from_element) {
         Ok(r) => r,
         Err(f) => return fault(*f),
     };

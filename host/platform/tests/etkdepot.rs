@@ -7,6 +7,8 @@ mod common;
 on_both_stores!(
     soap_get_etk_answers_etk_matching_and_errors,
     soap_bad_input_gets_soa_faults,
+    a_wcf_security_header_is_accepted,
+    a_persons_etk_is_found_by_a_doctors_number,
     rest_etks_and_jwks,
     slow_and_silent_clients_are_cut_off,
     client_certificates_from_the_platform_ca_are_accepted,
@@ -159,9 +161,21 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
     // The connection is still usable after all of that.
     ask(&mut c, "NIHII-PHARMACY", PHARMACY, None).await;
 
-    // A header block the sender says must be understood: the services understand none,
-    // and refuse it with a MustUnderstand fault rather than serve without it. One marked
-    // optional, or for another actor, is ignored.
+    // A SOAP 1.2 envelope is a version mismatch (SOAP 1.1 §4.4.1), not a client error.
+    let soap12 =
+        br#"<e:Envelope xmlns:e="http://www.w3.org/2003/05/soap-envelope"><e:Body/></e:Envelope>"#;
+    for path in ["/EtkDepot/v1", "/Kgss/v1"] {
+        let a = c.soap(path, soap12.to_vec()).await.unwrap();
+        assert_eq!(a.status, 500, "{path}");
+        let fault = Fault::parse(&a.body).unwrap();
+        assert_eq!(fault.fault_code, soap::FaultCode::VersionMismatch, "{path}");
+        assert_eq!(fault.detail.unwrap().code, "SOA-03002", "{path}");
+    }
+
+    // A header block the sender says must be understood, other than WS-Security's
+    // Security: refused with a MustUnderstand fault rather than served without it, on
+    // each SOAP service (a Security block of another namespace too). One marked optional,
+    // or for another actor, is ignored.
     let get = get_etk(&[Identifier::new("NIHII-PHARMACY", PHARMACY, None)]);
     let with_header = |header: &str| -> Vec<u8> {
         let envelope = String::from_utf8(get.clone()).unwrap();
@@ -173,31 +187,43 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
         )
         .into_bytes()
     };
-    let wsse = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
+    let wsse = soap::WSSE_NS;
+    let old_wsse = "http://schemas.xmlsoap.org/ws/2002/07/secext";
     for path in ["/EtkDepot/v1", "/Kgss/v1"] {
-        for must in ["1", "true"] {
-            let header = format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="{must}"/>"#);
+        for (header, name) in [
+            (
+                r#"<h:Note xmlns:h="urn:x" soap:mustUnderstand="1"/>"#.to_owned(),
+                "Note",
+            ),
+            (
+                r#"<h:Note xmlns:h="urn:x" soap:mustUnderstand="true"/>"#.to_owned(),
+                "Note",
+            ),
+            (
+                format!(r#"<w:Security xmlns:w="{old_wsse}" soap:mustUnderstand="1"/>"#),
+                old_wsse,
+            ),
+        ] {
             let a = c.soap(path, with_header(&header)).await.unwrap();
-            assert_eq!(a.status, 500, "{path}");
+            assert_eq!(a.status, 500, "{path} {header}");
             let fault = Fault::parse(&a.body).unwrap();
             assert_eq!(fault.fault_code, soap::FaultCode::MustUnderstand, "{path}");
-            assert!(fault.fault_string.contains("Security"), "{fault:?}");
+            assert!(fault.fault_string.contains(name), "{fault:?}");
             assert_eq!(fault.detail.unwrap().code, "SOA-03005", "{path}");
         }
-        let a = c
-            .soap(
-                path,
-                with_header(r#"<h:Note xmlns:h="urn:x" soap:mustUnderstand="maybe"/>"#),
-            )
-            .await
-            .unwrap();
-        assert_eq!(fault_code(&a.body), "SOA-03006", "{path}");
+        for header in [
+            r#"<h:Note xmlns:h="urn:x" soap:mustUnderstand="maybe"/>"#.to_owned(),
+            format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="maybe"/>"#),
+        ] {
+            let a = c.soap(path, with_header(&header)).await.unwrap();
+            assert_eq!(fault_code(&a.body), "SOA-03006", "{path} {header}");
+        }
     }
     for header in [
+        format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="1"/>"#),
+        format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="true"/>"#),
         format!(r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="0"/>"#),
-        format!(
-            r#"<w:Security xmlns:w="{wsse}" soap:mustUnderstand="1" soap:actor="urn:a-gateway"/>"#
-        ),
+        format!(r#"<w:Security xmlns:w="{old_wsse}" soap:mustUnderstand="1" soap:actor="urn:a-gateway"/>"#),
         r#"<h:Note xmlns:h="urn:x" soap:actor="http://schemas.xmlsoap.org/soap/actor/next">hi</h:Note>"#.to_owned(),
     ] {
         let a = c.soap("/EtkDepot/v1", with_header(&header)).await.unwrap();
@@ -212,6 +238,22 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
         .unwrap();
     assert_eq!(a.status, 500);
     assert_eq!(fault_code(&a.body), "SOA-03001");
+    w.stop().await;
+}
+
+/// A request as WCF (`BasicHttpBinding` with message security, the `_X509` binding) and
+/// WSS4J send it: a `wsse:Security` header marked `mustUnderstand="1"` holding a
+/// Timestamp (and a token nobody checks), the body with a `wsu:Id`. ETKDepot understands
+/// the header (accepts it without evaluating it) and answers the lookup.
+async fn a_wcf_security_header_is_accepted(w: World) {
+    let mut c = w.connect(None).await;
+    let body = common::wcf_envelope(&format!(
+        r#"<GetEtkRequest xmlns="urn:be:fgov:ehealth:etkdepot:1_0:protocol"><SearchCriteria><Identifier><Type>NIHII-PHARMACY</Type><Value>{PHARMACY}</Value></Identifier></SearchCriteria></GetEtkRequest>"#
+    ));
+    let a = c.soap("/EtkDepot/v1", body).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let r = GetEtkResponse::parse(&a.body).unwrap();
+    assert_eq!(r.result, EtkResult::Etk(w.bob.etk.clone()));
     w.stop().await;
 }
 
@@ -429,6 +471,9 @@ struct Extra {
     default: etee_testpki::Institution,
     ehp: etee_testpki::Institution,
     hub: etee_testpki::Institution,
+    /// A holder whose DN's NIHII has more digits than the type's 8 (a NIHII-11 written
+    /// as NIHII).
+    long_nihii: etee_testpki::Institution,
 }
 
 fn extra() -> &'static Extra {
@@ -443,6 +488,7 @@ fn extra() -> &'static Extra {
             default: inst("CBE", "0406798006", "Two Apps"),
             ehp: inst("EHP", "1990001916", "A Hub"),
             hub: inst("HUB", "1990001917", "Another Hub"),
+            long_nihii: inst("NIHII", "10203040506", "Long Number"),
         }
     })
 }
@@ -547,6 +593,106 @@ async fn default_etk_beside_application_etks(w: World) {
     w.stop().await;
 }
 
+/// A natural person's ETK (holder SSIN) registered also under a doctor's NIHII11 and NIHII
+/// (`etee platform etk register --also`, values zero-padded as lookups pad them) is found,
+/// by SOAP and REST, under each of them and under the SSIN. Refused: extra identifiers
+/// for an institution's ETK, of another type than NIHII/NIHII11, or that already find
+/// another holder's ETK; and new extra identifiers for an ETK already registered.
+async fn a_persons_etk_is_found_by_a_doctors_number(w: World) {
+    use etee_platform::etkdepot::{register_with_extra, RegisterError};
+    let pki = &common::pki().pki;
+    let person = |ssin: &str| {
+        pki.institution(&etee_testpki::InstitutionSpec::new(
+            "SSIN",
+            ssin,
+            "Dr Person",
+        ))
+        .unwrap()
+    };
+    let (dirk, other) = (person("85010112345"), person("85010154321"));
+    let also = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(t, v)| (t.to_string(), v.to_string()))
+            .collect()
+    };
+    let now = etee_platform::unix_now();
+    let register = |etk: &[u8], pairs: &[(&str, &str)]| {
+        w.store(|s| register_with_extra(s, etk, &w.anchors, now, &also(pairs)))
+    };
+    let registered = register(
+        &dirk.etk,
+        &[("nihii11", "9876543210"), ("NIHII", "9876543")],
+    )
+    .unwrap();
+    let extra: Vec<_> = registered
+        .extra
+        .iter()
+        .map(|i| format!("{}={}", i.id_type, i.value))
+        .collect();
+    assert_eq!(extra, ["NIHII11=09876543210", "NIHII=09876543"]);
+
+    let mut c = w.connect(None).await;
+    for (id_type, value) in [
+        ("NIHII11", "09876543210"),
+        ("NIHII11", "9876543210"),
+        ("NIHII", "9876543"),
+        ("SSIN", "85010112345"),
+    ] {
+        let r = ask(&mut c, id_type, value, None).await;
+        assert_eq!(
+            r.result,
+            EtkResult::Etk(dirk.etk.clone()),
+            "{id_type}={value}"
+        );
+        let a = c
+            .get(&format!("/etee/v1/etks?identifier={value}&type={id_type}"))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{id_type}={value}");
+        let list = EtkJson::parse_list(&a.body).unwrap();
+        assert_eq!(list.len(), 1, "{id_type}={value}");
+        assert_eq!(list[0].etk, dirk.etk, "{id_type}={value}");
+        let ids: Vec<_> = list[0]
+            .identifiers
+            .iter()
+            .map(|i| i.id_type.as_str())
+            .collect();
+        assert_eq!(ids, ["SSIN", "NIHII11", "NIHII"], "{id_type}={value}");
+    }
+
+    // Refused, and nothing stored for them.
+    let refused = |etk: &[u8], pairs: &[(&str, &str)], why: &str| match register(etk, pairs) {
+        Err(RegisterError::Extra(e)) => assert!(e.contains(why), "{pairs:?}: {e}"),
+        other => panic!("{pairs:?}: {other:?}"),
+    };
+    refused(&w.bob.etk, &[("NIHII", "11111111")], "natural person");
+    refused(&other.etk, &[("CBE", "0406798006")], "NIHII or NIHII11");
+    refused(
+        &other.etk,
+        &[("NIHII-PHARMACY", "11111111")],
+        "NIHII or NIHII11",
+    );
+    refused(&other.etk, &[("NIHII11", "9876543210")], "another holder");
+    refused(&other.etk, &[("NIHII11", "10203040506")], "another holder");
+    refused(&other.etk, &[("NIHII11", "1020304050x")], "not all digits");
+    let r = ask(&mut c, "SSIN", "85010154321", None).await;
+    assert!(matches!(r.result, EtkResult::Errors(_)), "{:?}", r.result);
+    // Registered again: as before, the same extra identifiers or none (what is stored is
+    // answered); new ones are refused, as the store keeps an ETK's identifiers.
+    for pairs in [&[("NIHII11", "09876543210")][..], &[]] {
+        let again = register(&dirk.etk, pairs).unwrap();
+        assert_eq!(again.record.identifiers, registered.record.identifiers);
+    }
+    assert!(matches!(
+        register(&dirk.etk, &[("NIHII11", "11111111111")]),
+        Err(RegisterError::AlreadyRegistered(_))
+    ));
+    let r = ask(&mut c, "NIHII11", "11111111111", None).await;
+    assert!(matches!(r.result, EtkResult::Errors(_)), "{:?}", r.result);
+    w.stop().await;
+}
+
 /// SOAP types are looked up by their canonical name (any case; `HUB` is `EHP`), as REST
 /// already did; a value longer than its type is cut as the official connector cuts it.
 async fn identifier_types_and_values_are_normalised(w: World) {
@@ -571,6 +717,30 @@ async fn identifier_types_and_values_are_normalised(w: World) {
     // Too long: the first 8 digits (the connector's substring(0, 8)).
     let r = ask(&mut c, "NIHII-PHARMACY", &format!("{PHARMACY}9"), None).await;
     assert_eq!(r.result, EtkResult::Etk(w.bob.etk.clone()));
+    // A DN whose value is too long for its type is registered as lookups format it: its
+    // own value finds it, and so do its first 8 digits.
+    w.register(&x.long_nihii.etk);
+    for value in ["10203040506", "10203040"] {
+        let r = ask(&mut c, "NIHII", value, None).await;
+        assert_eq!(
+            r.result,
+            EtkResult::Etk(x.long_nihii.etk.clone()),
+            "{value}"
+        );
+        let a = c
+            .get(&format!("/etee/v1/etks?identifier={value}&type=nihii"))
+            .await
+            .unwrap();
+        assert_eq!(
+            a.status,
+            200,
+            "{value}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let list = EtkJson::parse_list(&a.body).unwrap();
+        assert_eq!(list.len(), 1, "{value}");
+        assert_eq!(list[0].identifiers[0].value, "10203040", "{value}");
+    }
 
     for query in [
         "identifier=1990001916&type=hub",

@@ -11,7 +11,8 @@ on_both_stores!(
     soap_new_key_for_recognised_pharmacies,
     rest_create_get_and_delete_by_the_holder,
     rest_bad_key_ids_and_methods_are_problems,
-    a_refused_seals_reason_is_logged_where_the_caller_is_told
+    a_refused_seals_reason_is_logged_where_the_caller_is_told,
+    a_wcf_security_header_is_accepted
 );
 
 use base64::Engine as _;
@@ -266,8 +267,16 @@ async fn soap_new_key_for_recognised_pharmacies(w: World) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let stale = etee_platform::kgss::SIGNING_TIME_WINDOW + etee_platform::kgss::CLOCK_SKEW + 5;
-    for (signed, refused) in [(now - stale, true), (now + 3600, true), (now - 5, false)] {
+    // The official library's window: 5 minutes, and 300 s of clock skew either way
+    // (spec §1.6): a caller whose clock is 200 s off is served.
+    for (signed, refused) in [
+        (now - 300 - 300 - 15, true),
+        (now + 300 + 15, true),
+        (now + 3600, true),
+        (now - 5, false),
+        (now - 300 - 200, false),
+        (now + 200, false),
+    ] {
         let r = call(
             &mut c,
             Operation::GetNewKey,
@@ -278,7 +287,7 @@ async fn soap_new_key_for_recognised_pharmacies(w: World) {
             assert_eq!(refusal_code(&r), "KGSS_INVALID_SEAL", "signed at {signed}");
             assert_opaque(&r);
         } else {
-            assert!(r.is_success(), "signed 5 s ago: {r:?}");
+            assert!(r.is_success(), "signed {} s ago: {r:?}", now - signed);
         }
     }
 
@@ -810,5 +819,71 @@ async fn a_refused_seals_reason_is_logged_where_the_caller_is_told(w: World) {
         );
         assert!(!line.text.contains("RecognisedPharmacy"), "{line:?}");
     }
+    w.stop().await;
+}
+
+/// `GetNewKey` and `GetKey` as a WCF client of the `_X509` binding sends them (a
+/// `wsse:Security` header marked `mustUnderstand="1"` with a Timestamp): KGSS understands
+/// the header, in that it accepts it (and says so at debug); its content grants nothing,
+/// the caller is still the sealed request's signer: a doctor is refused as without it.
+async fn a_wcf_security_header_is_accepted(w: World) {
+    common::capture_logs();
+    let mut c = w.connect(None).await;
+    let wcf = |operation: Operation, sealed: &[u8]| {
+        let (request, inner) = match operation {
+            Operation::GetNewKey => ("GetNewKeyRequest", "SealedNewKeyRequest"),
+            Operation::GetKey => ("GetKeyRequest", "SealedKeyRequest"),
+        };
+        common::wcf_envelope(&format!(
+            r#"<{request} xmlns="{ns}"><{inner}><SealedContent>{b64}</SealedContent></{inner}></{request}>"#,
+            ns = etee_services::kgss::PROTOCOL_NS,
+            b64 = base64::engine::general_purpose::STANDARD.encode(sealed),
+        ))
+    };
+    let mut ask = async |operation, sealed: Vec<u8>| {
+        let a = c.soap("/Kgss/v1", wcf(operation, &sealed)).await.unwrap();
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        KgssResponse::parse(&a.body).unwrap()
+    };
+    let r = ask(
+        Operation::GetNewKey,
+        new_key_request(&w, &w.alice, &w.alice),
+    )
+    .await;
+    assert!(r.is_success(), "{r:?}");
+    let answer = open_answer(&w, Some(&w.alice), None, r.sealed_content.as_ref().unwrap());
+    let new = GetNewKeyResponseContent::parse(&answer).unwrap();
+    let id = new.new_key_identifier.clone();
+
+    let r = ask(
+        Operation::GetKey,
+        get_key_request(&w, &w.bob, &id, ReplyTo::Etk(w.bob.etk.clone())),
+    )
+    .await;
+    assert!(r.is_success(), "{r:?}");
+    let got = GetKeyResponseContent::parse(&open_answer(
+        &w,
+        Some(&w.bob),
+        None,
+        r.sealed_content.as_ref().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(got.key.expose(), new.new_key.expose());
+
+    let r = ask(
+        Operation::GetKey,
+        get_key_request(&w, &w.doctor, &id, ReplyTo::Etk(w.doctor.etk.clone())),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_ACCESS_DENIED");
+
+    let logged = common::logged();
+    assert!(
+        logged.iter().any(|l| l.level == tracing::Level::DEBUG
+            && l.text
+                .contains("WS-Security header was accepted and not evaluated")
+            && l.text.contains("kgss")),
+        "{logged:?}"
+    );
     w.stop().await;
 }

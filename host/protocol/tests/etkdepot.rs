@@ -262,3 +262,49 @@ async fn the_default_etk_is_reached_beside_application_etks() {
     }
     w.stop().await;
 }
+
+/// A natural person's ETK (holder SSIN), published by the platform also under the
+/// doctor's NIHII11 and NIHII (`etee platform etk register --also`): our client, asking
+/// for the doctor's numbers, accepts it (an SSIN holder answers a NIHII query, spec
+/// §4.1), in both flavours; and for the SSIN itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persons_etk_is_accepted_for_a_doctors_number() {
+    let w = World::new("protocol-person", Backend::Embedded).await;
+    let person = common::pki()
+        .pki
+        .institution(&etee_testpki::InstitutionSpec::new(
+            "SSIN",
+            "85010112345",
+            "Dr Person",
+        ))
+        .unwrap();
+    let now = etee_platform::unix_now();
+    let also = [
+        ("NIHII11".to_owned(), "9876543210".to_owned()),
+        ("NIHII".to_owned(), "9876543".to_owned()),
+    ];
+    w.store(|s| {
+        etee_platform::etkdepot::register_with_extra(s, &person.etk, &w.anchors, now, &also)
+    })
+    .unwrap();
+    for flavour in BOTH {
+        let cache = support::cache(&w, flavour);
+        for (id_type, value) in [
+            ("NIHII11", "09876543210"),
+            ("NIHII", "09876543"),
+            ("SSIN", "85010112345"),
+        ] {
+            let found = cache
+                .get(&Identifier::new(id_type, value, None))
+                .await
+                .unwrap_or_else(|e| panic!("{flavour:?} {id_type}={value}: {e:?}"));
+            assert_eq!(found.len(), 1, "{flavour:?} {id_type}={value}");
+            assert_eq!(
+                found[0].der(),
+                person.etk.as_slice(),
+                "{flavour:?} {id_type}={value}"
+            );
+        }
+    }
+    w.stop().await;
+}

@@ -19,9 +19,13 @@ pub enum Error {
     /// A size, depth or count limit was exceeded.
     #[error("message too large: {what} exceeds the limit of {limit}")]
     TooLarge { what: &'static str, limit: usize },
-    /// The root is not a SOAP 1.1 envelope (or is a SOAP 1.2 one).
+    /// The root is not a SOAP envelope.
     #[error("Message must be SOAP: {0}")]
     NotSoap(String),
+    /// A SOAP envelope of another version (SOAP 1.2): the services speak SOAP 1.1, whose
+    /// answer to it is a `VersionMismatch` fault (SOAP 1.1 §4.4.1).
+    #[error("Message must be SOAP: {0}")]
+    SoapVersion(String),
     /// The envelope has no `Body`.
     #[error("Message must contain SOAP body")]
     MissingBody,
@@ -52,7 +56,7 @@ impl Error {
             Error::MalformedXml(_) | Error::ForbiddenXml(_) | Error::TooLarge { .. } => {
                 SoaCode::MalformedMessage
             }
-            Error::NotSoap(_) => SoaCode::MustBeSoap,
+            Error::NotSoap(_) | Error::SoapVersion(_) => SoaCode::MustBeSoap,
             Error::MissingBody => SoaCode::MissingBody,
             Error::BodyChildren(_) => SoaCode::WsiCompliance,
             Error::Schema(_) | Error::Json(_) => SoaCode::XsdCompliance,

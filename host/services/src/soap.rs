@@ -1,17 +1,25 @@
 //! SOAP 1.1 envelopes and eHealth SOA faults (spec §7).
 //!
 //! All platform SOAP services are SOAP 1.1, document/literal: the body holds exactly one
-//! element. The services understand no header block (none read WS-Security from this
-//! layer): [`parse_request`] finds one its sender marked `mustUnderstand`, which a service
-//! refuses with [`Fault::must_understand`] (SOAP 1.1 §4.2.3); others are ignored.
+//! element. The one header block the services understand is WS-Security's `Security`
+//! ([`WSSE_NS`]), which the official .NET and Java clients of the `_X509` and `_SamlHok`
+//! bindings send marked `mustUnderstand`: it is accepted, its content is not evaluated and
+//! grants nothing (ETKDepot is a public lookup; KGSS takes its caller from the sealed
+//! request). [`parse_request`] finds any other block its sender marked `mustUnderstand`,
+//! which a service refuses with [`Fault::must_understand`] (SOAP 1.1 §4.2.3); blocks not so
+//! marked are ignored.
 
 use crate::error::{schema, Error};
 use crate::xml::{self, nonempty_leaf, Element, Limits, XML_NS};
 
 /// SOAP 1.1 envelope namespace.
 pub const SOAP11_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
-/// SOAP 1.2 envelope namespace: recognised only to refuse it clearly.
+/// SOAP 1.2 envelope namespace: recognised only to refuse it with a `VersionMismatch`.
 pub const SOAP12_NS: &str = "http://www.w3.org/2003/05/soap-envelope";
+/// WS-Security 1.0 (OASIS 2004) namespace, of the `Security` header block the services
+/// understand (accept without evaluating it).
+pub const WSSE_NS: &str =
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
 /// Namespace of `SystemError` / `BusinessError` fault details.
 pub const SOA_ERRORS_NS: &str = "urn:be:fgov:ehealth:errors:soa:v1";
 /// Content type of a SOAP 1.1 message.
@@ -41,15 +49,24 @@ pub fn parse_envelope_with(input: &[u8], limits: &Limits) -> Result<Element, Err
 /// The SOAP 1.1 actor of the next receiver: a header block for it is for the service.
 pub const ACTOR_NEXT: &str = "http://schemas.xmlsoap.org/soap/actor/next";
 
-/// A request envelope as a service that understands no header block reads it.
+/// A request envelope as a service that understands only the WS-Security header reads it.
 #[derive(Clone, Debug)]
 pub struct Request {
     /// The single body element.
     pub payload: Element,
     /// The first header block addressed to the service (no `actor`, or [`ACTOR_NEXT`])
-    /// that its sender marked `mustUnderstand="1"`, as `{ns}name`: the service must refuse
-    /// the request ([`Fault::must_understand`]) instead of serving it without it.
+    /// that its sender marked `mustUnderstand="1"`, as `{ns}name`, other than a
+    /// WS-Security `Security` block: the service must refuse the request
+    /// ([`Fault::must_understand`]) instead of serving it without it.
     pub not_understood: Option<String>,
+    /// Whether a WS-Security `Security` block ([`WSSE_NS`]) is addressed to the service:
+    /// understood, in that it is accepted; its content is not evaluated and grants nothing.
+    pub security_header: bool,
+}
+
+/// Whether a header block is WS-Security's `Security` ([`WSSE_NS`]).
+fn is_security(block: &Element) -> bool {
+    block.is(Some(WSSE_NS), "Security")
 }
 
 /// Parses a SOAP 1.1 request envelope (as [`parse_envelope`]) and looks at its header
@@ -57,6 +74,7 @@ pub struct Request {
 pub fn parse_request(input: &[u8]) -> Result<Request, Error> {
     let (header, payload) = parse_parts(input, &Limits::default())?;
     let mut not_understood = None;
+    let mut security_header = false;
     for block in header.iter().flat_map(|h| &h.children) {
         let must = match block.attr(Some(SOAP11_NS), "mustUnderstand") {
             Some(v) => parse_bool(v).map_err(|_| {
@@ -70,13 +88,19 @@ pub fn parse_request(input: &[u8]) -> Result<Request, Error> {
         let ours = block
             .attr(Some(SOAP11_NS), "actor")
             .is_none_or(|a| a.trim() == ACTOR_NEXT);
-        if must && ours && not_understood.is_none() {
+        if !ours {
+            continue;
+        }
+        if is_security(block) {
+            security_header = true;
+        } else if must && not_understood.is_none() {
             not_understood = Some(block.qname());
         }
     }
     Ok(Request {
         payload,
         not_understood,
+        security_header,
     })
 }
 
@@ -84,8 +108,8 @@ pub fn parse_request(input: &[u8]) -> Result<Request, Error> {
 fn parse_parts(input: &[u8], limits: &Limits) -> Result<(Option<Element>, Element), Error> {
     let mut env = xml::parse_with(input, limits)?;
     if env.name == "Envelope" && env.ns.as_deref() == Some(SOAP12_NS) {
-        return Err(Error::NotSoap(
-            "SOAP 1.2 envelope; this service speaks SOAP 1.1 (VersionMismatch)".into(),
+        return Err(Error::SoapVersion(
+            "SOAP 1.2 envelope; this service speaks SOAP 1.1".into(),
         ));
     }
     if !env.is(Some(SOAP11_NS), "Envelope") {
@@ -365,9 +389,14 @@ impl Fault {
         }
     }
 
-    /// The fault a service answers to a request that failed to parse.
+    /// The fault a service answers to a request that failed to parse: a SOAP 1.2
+    /// envelope ([`Error::SoapVersion`]) gets `soap:VersionMismatch` (SOAP 1.1 §4.4.1),
+    /// with the SOA detail SOA-03002.
     pub fn from_error(err: &Error, environment: Option<Environment>) -> Self {
         let mut f = Fault::from_code(err.soa_code(), environment);
+        if matches!(err, Error::SoapVersion(_)) {
+            f.fault_code = FaultCode::VersionMismatch;
+        }
         if let Some(d) = &mut f.detail {
             let code = err.soa_code().message();
             let text = err.to_string();
@@ -384,7 +413,7 @@ impl Fault {
     }
 
     /// The fault for a request with a header block the service must understand and does
-    /// not (`header` as `{ns}name`): `soap:MustUnderstand`, with the SOA detail of a
+    /// not (`header` as `{ns}name`; any but WS-Security's `Security`): `soap:MustUnderstand`, with the SOA detail of a
     /// WSDL compliance failure (the service's WSDL declares no such header).
     pub fn must_understand(header: &str, environment: Option<Environment>) -> Self {
         let mut f = Fault::from_code(SoaCode::WsdlCompliance, environment);

@@ -79,6 +79,73 @@ fn fault_from_error() {
     let f = Fault::from_error(&e, None);
     assert_eq!(f.soa_code(), Some(SoaCode::MalformedMessage));
     assert!(f.detail.unwrap().messages[0].text.contains("boom"));
+    assert_eq!(f.fault_code, FaultCode::Client);
+}
+
+/// A SOAP 1.2 envelope: `soap:VersionMismatch` (SOAP 1.1 §4.4.1), the SOA detail still
+/// SOA-03002; an envelope that is not SOAP at all stays a `soap:Client` fault.
+#[test]
+fn a_soap12_envelope_is_a_version_mismatch() {
+    let soap12 = br#"<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope"><env:Body><a/></env:Body></env:Envelope>"#;
+    let e = soap::parse_request(soap12).unwrap_err();
+    assert!(matches!(e, Error::SoapVersion(_)), "{e:?}");
+    let f = Fault::from_error(&e, Some(Environment::Test));
+    assert_eq!(f.fault_code, FaultCode::VersionMismatch);
+    assert_eq!(f.soa_code(), Some(SoaCode::MustBeSoap));
+    let x = String::from_utf8(f.to_xml()).unwrap();
+    assert!(
+        x.contains("<faultcode>soap:VersionMismatch</faultcode>"),
+        "{x}"
+    );
+    assert_eq!(Fault::parse(x.as_bytes()).unwrap(), f);
+
+    let e = soap::parse_request(b"<GetEtkRequest/>").unwrap_err();
+    let f = Fault::from_error(&e, None);
+    assert_eq!(f.fault_code, FaultCode::Client);
+    assert_eq!(f.soa_code(), Some(SoaCode::MustBeSoap));
+}
+
+/// Which header blocks a service must refuse: any addressed to it and marked
+/// `mustUnderstand`, except WS-Security's `Security` (2004 namespace), which is understood
+/// (accepted, noted in `security_header`), whatever its content.
+#[test]
+fn only_the_wss_security_header_is_understood() {
+    let request = |header: &str| {
+        soap::parse_request(
+            format!(
+                "<s:Envelope xmlns:s='http://schemas.xmlsoap.org/soap/envelope/'>\
+                 <s:Header>{header}</s:Header><s:Body><a/></s:Body></s:Envelope>"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    let wsse = soap::WSSE_NS;
+    let r = request(&format!(
+        "<o:Security s:mustUnderstand='1' xmlns:o='{wsse}'><u:Timestamp \
+         xmlns:u='urn:u'><u:Created>x</u:Created></u:Timestamp></o:Security>"
+    ));
+    assert_eq!(r.not_understood, None);
+    assert!(r.security_header);
+    // Another mustUnderstand block beside it is still refused.
+    let r = request(&format!(
+        "<o:Security s:mustUnderstand='1' xmlns:o='{wsse}'/>\
+         <a:Action s:mustUnderstand='1' xmlns:a='http://www.w3.org/2005/08/addressing'>x</a:Action>"
+    ));
+    assert_eq!(
+        r.not_understood.as_deref(),
+        Some("{http://www.w3.org/2005/08/addressing}Action")
+    );
+    // A Security block of another namespace is not understood.
+    let r = request("<o:Security s:mustUnderstand='1' xmlns:o='urn:not-wss'/>");
+    assert_eq!(r.not_understood.as_deref(), Some("{urn:not-wss}Security"));
+    assert!(!r.security_header);
+    // One for another actor is not for the service at all.
+    let r = request(&format!(
+        "<o:Security s:mustUnderstand='1' s:actor='urn:gateway' xmlns:o='{wsse}'/>"
+    ));
+    assert_eq!(r.not_understood, None);
+    assert!(!r.security_header);
 }
 
 /// (namespace, local name) of every element of `xml`, read with our own parser.

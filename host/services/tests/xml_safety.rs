@@ -185,7 +185,7 @@ fn env(body: &str) -> Vec<u8> {
 fn soap_envelope_errors() {
     let soap12 = br#"<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope"><env:Body><a/></env:Body></env:Envelope>"#;
     let e = soap::parse_envelope(soap12).unwrap_err();
-    assert!(matches!(e, Error::NotSoap(_)), "{e:?}");
+    assert!(matches!(e, Error::SoapVersion(_)), "{e:?}");
     assert_eq!(e.soa_code(), SoaCode::MustBeSoap);
     assert!(e.to_string().contains("Message must be SOAP"));
 
@@ -258,6 +258,7 @@ fn error_mapping() {
             413,
         ),
         (Error::NotSoap(String::new()), "SOA-03002", 400),
+        (Error::SoapVersion(String::new()), "SOA-03002", 400),
         (Error::MissingBody, "SOA-03003", 400),
         (Error::BodyChildren(2), "SOA-03004", 400),
         (Error::Schema(String::new()), "SOA-03006", 400),

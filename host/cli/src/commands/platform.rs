@@ -53,10 +53,19 @@ pub struct ConfigArg {
 #[derive(Subcommand)]
 pub enum EtkCommand {
     /// Check ETKs as the official checker does (against the platform's CA) and publish them
-    /// under every identifier of their holder's DN.
+    /// under every identifier of their holder's DN (and, with --also, under a doctor's
+    /// NIHII or NIHII11 number too).
     Register {
         #[command(flatten)]
         config: ConfigArg,
+        /// Publish the ETK under this identifier too (repeatable), as the real depot answers
+        /// a doctor's NIHII with the doctor's own ETK (spec §4.1). Only for a natural
+        /// person's ETK (its holder SSIN=…), and only NIHII or NIHII11 (the one query
+        /// for which clients accept an ETK naming an SSIN); the value is zero-padded (or
+        /// cut to its first digits) as lookups format it, and takes the ETK's application
+        /// id if it has one. A number that already finds another holder's ETK is refused.
+        #[arg(long, value_name = "TYPE=VALUE")]
+        also: Vec<String>,
         /// ETK files (DER or base64).
         #[arg(required = true, value_name = "ETK")]
         etks: Vec<PathBuf>,
@@ -74,9 +83,17 @@ pub enum AttributesCommand {
         /// The holder is a recognised pharmacy.
         #[arg(long, conflicts_with_all = ["doctor", "attribute"])]
         recognised_pharmacy: bool,
-        /// The holder is a doctor (the value is its NIHII11 number).
-        #[arg(long, conflicts_with = "attribute")]
-        doctor: bool,
+        /// The holder is a doctor whose NIHII11 number is NIHII11 (11 digits once
+        /// zero-padded): the attribute's value. Without a value only for a holder
+        /// NIHII11=…, whose own number it is; a doctor known by its SSIN (a natural
+        /// person) needs the number.
+        #[arg(
+            long,
+            conflicts_with = "attribute",
+            num_args = 0..=1,
+            value_name = "NIHII11"
+        )]
+        doctor: Option<Option<String>>,
         /// Any attribute: namespace, name, value.
         #[arg(long, num_args = 3, value_names = ["NAMESPACE", "NAME", "VALUE"])]
         attribute: Option<Vec<String>>,
@@ -153,8 +170,18 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Etk {
-            command: EtkCommand::Register { config, etks },
+            command: EtkCommand::Register { config, also, etks },
         } => {
+            let also = also
+                .iter()
+                .map(|a| {
+                    a.split_once('=')
+                        .map(|(t, v)| (t.trim().to_owned(), v.trim().to_owned()))
+                        .ok_or_else(|| {
+                            CliError::Usage(format!("--also {a:?}: expected TYPE=VALUE"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let config = load(&config)?;
             // The platform's revocation lists too: a revoked holder's ETK is not taken.
             let anchors = config
@@ -173,28 +200,36 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                     path: path.display().to_string(),
                     source,
                 })?;
-                match etee_platform::etkdepot::register(
+                match etee_platform::etkdepot::register_with_extra(
                     store.as_ref(),
                     &bytes,
                     &anchors,
                     etee_platform::unix_now(),
+                    &also,
                 ) {
-                    Ok(record) => {
-                        let ids: Vec<String> = record
+                    Ok(registered) => {
+                        use etee_platform::etkdepot::describe;
+                        let record = &registered.record;
+                        let own: Vec<_> = record
                             .identifiers
                             .iter()
-                            .map(|i| match &i.application_id {
-                                Some(a) => format!("{}={} ({a})", i.id_type, i.value),
-                                None => format!("{}={}", i.id_type, i.value),
-                            })
+                            .filter(|i| !registered.extra.contains(i))
+                            .cloned()
                             .collect();
+                        // The audit detail says which identifiers are the DN's and which
+                        // were added (`also`).
+                        let ids = if registered.extra.is_empty() {
+                            describe(&own)
+                        } else {
+                            format!("{}; also {}", describe(&own), describe(&registered.extra))
+                        };
                         admin_event(
                             store.as_ref(),
                             "etkdepot.register",
                             hex::encode(record.digest),
-                            Some(ids.join(", ")),
+                            Some(ids.clone()),
                         )?;
-                        outln!("registered {}: {}", path.display(), ids.join(", "))?;
+                        outln!("registered {}: {ids}", path.display())?;
                     }
                     Err(e) => {
                         eprintln!("etee: {}: {e}", path.display());
@@ -309,11 +344,11 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
                     name: vocabulary::RECOGNISED_PHARMACY.into(),
                     value: "true".into(),
                 }
-            } else if doctor {
+            } else if let Some(number) = doctor {
                 etee_store::Attribute {
                     namespace: vocabulary::CERTIFIED_NS.into(),
                     name: vocabulary::DOCTOR_NIHII11.into(),
-                    value: v.clone(),
+                    value: doctor_nihii11(&t, &v, number.as_deref())?,
                 }
             } else if let Some(a) = attribute {
                 etee_store::Attribute {
@@ -404,6 +439,37 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
     }
 }
 
+/// The NIHII11 number `--doctor [NIHII11]` gives a holder `(holder_type, holder_value)`
+/// (already normalised): the number given, zero-padded to 11 digits; without one, the
+/// holder's own value when the holder is `NIHII11=…`. A holder known otherwise (an SSIN:
+/// doctors are persons) must be given the number, and a NIHII11 holder cannot be given
+/// another number than its own.
+fn doctor_nihii11(
+    holder_type: &str,
+    holder_value: &str,
+    number: Option<&str>,
+) -> Result<String, CliError> {
+    let nihii11 = match number {
+        Some(n) => etee_formats::identity::normalize_value("NIHII11", n.trim())
+            .map_err(|e| CliError::Usage(format!("--doctor {n:?}: {e}")))?,
+        None if holder_type == "NIHII11" => return Ok(holder_value.to_owned()),
+        None => {
+            return Err(CliError::Usage(format!(
+                "--doctor needs the doctor's NIHII11 number for the holder \
+                 {holder_type}={holder_value} (e.g. --doctor 10203040506); only a holder \
+                 NIHII11=… is its own number"
+            )))
+        }
+    };
+    if holder_type == "NIHII11" && nihii11 != holder_value {
+        return Err(CliError::Usage(format!(
+            "--doctor {nihii11}: the holder NIHII11={holder_value} is a doctor whose \
+             NIHII11 number is {holder_value}"
+        )));
+    }
+    Ok(nihii11)
+}
+
 /// Puts an administrative command on the platform's audit chain, after the change it
 /// records (the change is committed; the event says who made it).
 fn admin_event(
@@ -424,4 +490,71 @@ fn admin_event(
     )
     .map(|_| ())
     .map_err(|e| CliError::Usage(format!("store (audit chain): {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_doctor_number_is_given_or_the_holders_own() {
+        // A NIHII11 holder: its own number, given or not.
+        assert_eq!(
+            doctor_nihii11("NIHII11", "10203040506", None).unwrap(),
+            "10203040506"
+        );
+        assert_eq!(
+            doctor_nihii11("NIHII11", "10203040506", Some("10203040506")).unwrap(),
+            "10203040506"
+        );
+        assert!(doctor_nihii11("NIHII11", "10203040506", Some("10203040507")).is_err());
+        // A person: the number is needed, zero-padded to 11 digits; the SSIN is never it.
+        let e = doctor_nihii11("SSIN", "85010112345", None).unwrap_err();
+        assert!(e.to_string().contains("NIHII11 number"), "{e}");
+        assert_eq!(
+            doctor_nihii11("SSIN", "85010112345", Some("1020304050")).unwrap(),
+            "01020304050"
+        );
+        for bad in ["102030405067", "1020304050x", ""] {
+            assert!(
+                doctor_nihii11("SSIN", "85010112345", Some(bad)).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    /// `--doctor` parses with and without a value.
+    #[test]
+    fn doctor_takes_an_optional_value() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: Command,
+        }
+        let parse = |args: &[&str]| {
+            let mut all = vec!["etee", "attributes", "set", "--config", "p.toml"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Attributes {
+                    command: AttributesCommand::Set { doctor, .. },
+                }) => Ok(doctor),
+                Ok(_) => panic!("another command"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(
+            parse(&["--holder", "NIHII11=10203040506", "--doctor"]),
+            Ok(Some(None))
+        );
+        assert_eq!(
+            parse(&["--doctor", "--holder", "NIHII11=10203040506"]),
+            Ok(Some(None))
+        );
+        assert_eq!(
+            parse(&["--holder", "SSIN=85010112345", "--doctor", "10203040506"]),
+            Ok(Some(Some("10203040506".into())))
+        );
+        assert_eq!(parse(&["--holder", "SSIN=85010112345"]), Ok(None));
+    }
 }

@@ -573,3 +573,12 @@ fn logs() -> &'static std::sync::Mutex<Vec<Logged>> {
 pub fn capture_logs() {
     logs();
 }
+
+/// `payload` in the envelope a WCF client of the `_X509` binding sends (the header's
+/// content is not evaluated: the token and the times are placeholders).
+pub fn wcf_envelope(payload: &str) -> Vec<u8> {
+    format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:u="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"><s:Header><o:Security s:mustUnderstand="1" xmlns:o="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"><u:Timestamp u:Id="_0"><u:Created>2026-12-06T10:00:00.000Z</u:Created><u:Expires>2026-12-06T10:05:00.000Z</u:Expires></u:Timestamp><o:BinarySecurityToken u:Id="uuid-1" ValueType="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509v3" EncodingType="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary">TUlJQg==</o:BinarySecurityToken></o:Security></s:Header><s:Body u:Id="_1" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">{payload}</s:Body></s:Envelope>"#
+    )
+    .into_bytes()
+}

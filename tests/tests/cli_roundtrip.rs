@@ -1097,9 +1097,11 @@ fn password_file_problems_name_the_password_file() {
     let empty = dir.path().join("empty.pass");
     std::fs::write(&empty, b"\n").unwrap();
     let missing = dir.path().join("missing.pass");
+    let endless = std::path::PathBuf::from("/dev/zero");
     for (file, expected) in [
         (&missing, "keystore password file"),
         (&empty, "the password file is empty"),
+        (&endless, "larger than 4096 bytes"),
     ] {
         let r = etee(["seal", "--keystore"])
             .arg(w.p12("alice"))
@@ -1118,4 +1120,32 @@ fn password_file_problems_name_the_password_file() {
         assert!(!r.stderr.contains("wrong"), "{}", r.stderr);
         assert!(r.stdout.is_empty());
     }
+}
+
+/// A keystore password file that group or others may read is reported (it is used).
+#[test]
+fn a_password_file_open_to_others_is_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world();
+    let dir = scratch();
+    let file = dir.path().join("open.pass");
+    std::fs::write(&file, format!("{}\n", w.password)).unwrap();
+    let run = |mode: u32| {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let r = etee(["seal", "--keystore"])
+            .arg(w.p12("alice"))
+            .arg("--password-file")
+            .arg(&file)
+            .arg("--to")
+            .arg(w.etk("bob"))
+            .stdin(b"x".to_vec())
+            .run();
+        r.code(0);
+        r.stderr.contains(&format!(
+            "keystore password file {} is readable or writable by group or others",
+            file.display()
+        ))
+    };
+    assert!(run(0o644));
+    assert!(!run(0o600));
 }

@@ -310,14 +310,14 @@ impl ApplianceConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| config_error(format!("reading {}: {e}", path.display())))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, base)
+        Self::from_toml(&text, &etee_hsm::config::config_dir(path))
             .map_err(|e| config_error(format!("{}: {}", path.display(), e.detail())))
     }
 
     /// Parses a configuration; relative paths are taken from `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
-        let file: File = toml::from_str(text).map_err(|e| config_error(e.to_string()))?;
+        let file: File = toml::from_str(text)
+            .map_err(|e| config_error(etee_hsm::config::toml_error(text, &e)))?;
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let t = file.appliance;
         let tls = match (t.listen, t.tls_certificate, t.tls_key) {

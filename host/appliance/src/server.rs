@@ -40,8 +40,12 @@ fn tls_error(what: impl std::fmt::Display) -> ApplianceError {
 /// certificates required and verified against `client_ca`.
 pub fn tls_config(api: &TlsApi) -> Result<Arc<ServerConfig>> {
     let certs = crate::certificates(&api.certificate)?;
-    let key_pem =
-        std::fs::read(&api.key).map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?;
+    let key_pem = zeroize::Zeroizing::new(
+        std::fs::read(&api.key).map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?,
+    );
+    if let Some(w) = etee_hsm::config::permission_warning_for("TLS key", &api.key) {
+        etee_hsm::warn_operator(&w);
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?;
     let mut roots = RootCertStore::empty();

@@ -11,6 +11,9 @@ use etee_services::revocation::CrlFileError;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
+/// The largest keystore password file read (its first line is the password).
+const MAX_PASSWORD_FILE: u64 = 4096;
+
 /// Environment variable holding the keystore password (never a command-line argument).
 pub const PASSWORD_ENV: &str = "ETEE_KEYSTORE_PASSWORD";
 
@@ -24,10 +27,32 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
 /// The keystore password: `--password-file` (first line), else `ETEE_KEYSTORE_PASSWORD`.
 pub fn password(file: Option<&PathBuf>) -> Result<Zeroizing<String>, CliError> {
     if let Some(path) = file {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| CliError::File {
+        let failed = |source| CliError::File {
             path: format!("keystore password file {}", path.display()),
             source,
-        })?);
+        };
+        // Bounded, as PIN files are: `/dev/zero` or a log file given by mistake must not
+        // fill the memory. Room for the largest accepted file from the start, so that
+        // growing leaves no copy of the password behind.
+        let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSWORD_FILE as usize + 1));
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(failed)?,
+                MAX_PASSWORD_FILE + 1,
+            ),
+            &mut bytes,
+        )
+        .map_err(failed)?;
+        if bytes.len() as u64 > MAX_PASSWORD_FILE {
+            return Err(CliError::Usage(format!(
+                "keystore password file {}: larger than {MAX_PASSWORD_FILE} bytes (the password \
+                 is its first line)",
+                path.display()
+            )));
+        }
+        if let Some(w) = etee_hsm::config::permission_warning_for("keystore password file", path) {
+            etee_hsm::warn_operator(&w);
+        }
         let text = std::str::from_utf8(&bytes).map_err(|_| {
             CliError::Usage(format!(
                 "keystore password file {}: not UTF-8",

@@ -11,8 +11,8 @@
 //! Everything else has a safe default: `sessions` (pool size; default from the core count
 //! and the token's session limit), `pin_credential` / `so_pin_credential` (a systemd
 //! credential name instead of a file) and `[hsm.profiles.NAME]` key profiles (built in:
-//! `authentication`, `etk` and `kgss-wrap`). Other top-level tables belong to other components and are
-//! ignored here; unknown keys *inside* `[hsm]` are refused, so that a typo does not
+//! `authentication`, `etk` and `kgss-wrap`). The file holds `[hsm]` and `[custody]` only:
+//! another table, or an unknown key inside one, is refused, so that a typo does not
 //! silently fall back to a default.
 //!
 //! PINs are read into buffers wiped on drop, never logged and never put on a command line.
@@ -137,14 +137,14 @@ impl Config {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| HsmError::Config(format!("reading {}: {e}", path.display())))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, base)
+        Self::from_toml(&text, &config_dir(path))
             .map_err(|e| HsmError::Config(format!("{}: {}", path.display(), strip_prefix(e))))
     }
 
     /// Parses TOML text; relative paths are taken from `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
-        let file: RawFile = toml::from_str(text).map_err(|e| HsmError::Config(e.to_string()))?;
+        let file: RawFile =
+            toml::from_str(text).map_err(|e| HsmError::Config(toml_error(text, &e)))?;
         let raw = file
             .hsm
             .ok_or_else(|| HsmError::Config("no [hsm] table".into()))?;
@@ -419,13 +419,46 @@ pub fn read_pin_file_checked(path: &Path) -> Result<(Pin, Option<String>)> {
     }
 }
 
-#[cfg(unix)]
+/// The directory relative paths of the configuration file `path` are taken from, made
+/// absolute: a file named without a directory (`--config etee.toml`) would otherwise give
+/// bare names, which `dlopen` looks up in the library path instead of beside the file.
+pub fn config_dir(path: &Path) -> PathBuf {
+    std::path::absolute(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A TOML error as `line L, column C: what`, without the excerpt of the file `toml` adds:
+/// the offending line may hold a secret (a PIN or a database password put where it does
+/// not belong), and errors end up in logs.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_owned();
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+    format!("line {line}, column {column}: {}", e.message())
+}
+
 fn permission_warning(path: &Path, file: &std::fs::File) -> Option<String> {
+    secret_file_warning("PIN file", path, &file.metadata().ok()?)
+}
+
+/// What to tell the operator of a secret file (`what`: "keystore password file", "TLS
+/// key"...) at `path` that group or others may read or write, if it is one.
+pub fn permission_warning_for(what: &str, path: &Path) -> Option<String> {
+    secret_file_warning(what, path, &std::fs::metadata(path).ok()?)
+}
+
+#[cfg(unix)]
+fn secret_file_warning(what: &str, path: &Path, meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = file.metadata().ok()?.permissions().mode();
+    let mode = meta.permissions().mode();
     (mode & 0o077 != 0).then(|| {
         format!(
-            "PIN file {} is readable or writable by group or others (mode {:o}); chmod 600 it",
+            "{what} {} is readable or writable by group or others (mode {:o}); chmod 600 it",
             path.display(),
             mode & 0o777
         )
@@ -433,7 +466,7 @@ fn permission_warning(path: &Path, file: &std::fs::File) -> Option<String> {
 }
 
 #[cfg(not(unix))]
-fn permission_warning(_: &Path, _: &std::fs::File) -> Option<String> {
+fn secret_file_warning(_: &str, _: &Path, _: &std::fs::Metadata) -> Option<String> {
     None
 }
 
@@ -956,5 +989,37 @@ mod tests {
         std::fs::write(&p, [0xff, 0xfe]).unwrap();
         assert!(read_pin_file(&p).is_err());
         assert!(read_pin_file(&dir.path().join("missing")).is_err());
+    }
+
+    /// A TOML error says where, and what, but not the line: it may hold a secret.
+    #[test]
+    fn toml_errors_do_not_echo_the_file() {
+        let text = "[hsm]\nmodule = \"/m.so\"\npin = \"user-pin-4321\"\n";
+        let err = Config::from_toml(text, Path::new("/etc/etee"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3, column 1"), "{err}");
+        assert!(err.contains("unknown field `pin`"), "{err}");
+        assert!(!err.contains("4321"), "{err}");
+        let unquoted = "[hsm]\nmodule = postgres://etee:S3cretPW@db/etee\n";
+        let err = Config::from_toml(unquoted, Path::new("/etc/etee"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("S3cretPW"), "{err}");
+    }
+
+    /// Relative paths of a configuration named without a directory are taken from the
+    /// working directory, as absolute paths (a bare module name would be looked up by
+    /// `dlopen` in the library path).
+    #[test]
+    fn a_configuration_without_a_directory_gives_absolute_paths() {
+        let dir = config_dir(Path::new("etee.toml"));
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert_eq!(dir, std::env::current_dir().unwrap());
+        assert_eq!(
+            config_dir(Path::new("/etc/etee/a.toml")),
+            Path::new("/etc/etee")
+        );
     }
 }

@@ -20,7 +20,7 @@
 //! max_concurrent_work = 64                  # store/KGSS/KeyDepot operations at once
 //! queue_timeout_ms = 2000                   # wait for a turn, then 503 / SOA-02001
 //! max_requests_per_caller = 32              # one caller's requests at once (certificate or address)
-//! store_connections = 8                     # PostgreSQL: connections for requests (one more for /ready)
+//! store_connections = 8                     # PostgreSQL: connections for requests (3 more for /ready)
 //! environment = "Test"                      # SOA faults' Environment
 //! status_access = "any"                     # /ready and /metrics: "any", "loopback" or "certificate"
 //!
@@ -200,7 +200,7 @@ pub struct Limits {
     /// ([`crate::share`]); `None`: [`DEFAULT_REQUESTS_PER_CALLER`], lowered to half the
     /// work limit when above it (an explicit value is kept).
     pub max_requests_per_caller: Option<usize>,
-    /// PostgreSQL: the pool's connections for requests (it has one more, for `/ready`);
+    /// PostgreSQL: the pool's connections for requests (it has `READY_CHECKS` more, for `/ready`);
     /// the work limit is at most this.
     pub store_connections: usize,
 }
@@ -270,13 +270,18 @@ impl PlatformConfig {
             path: path.display().to_string(),
             source,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, base)
+        Self::from_toml(&text, &etee_hsm::config::config_dir(path)).map_err(|e| match e {
+            PlatformError::Config(why) => {
+                PlatformError::Config(format!("{}: {why}", path.display()))
+            }
+            other => other,
+        })
     }
 
     /// Parses a configuration; relative paths are taken from `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
-        let file: File = toml::from_str(text).map_err(|e| PlatformError::Config(e.to_string()))?;
+        let file: File = toml::from_str(text)
+            .map_err(|e| PlatformError::Config(etee_hsm::config::toml_error(text, &e)))?;
         let File { platform: t, kgss } = file;
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let listen = t.listen.as_deref().unwrap_or("127.0.0.1:8443");

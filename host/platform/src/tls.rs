@@ -45,7 +45,10 @@ pub fn server_config(
     client_ca: &[impl AsRef<Path>],
 ) -> Result<Arc<ServerConfig>> {
     let certs = certificates(chain)?;
-    let key_pem = read(key)?;
+    let key_pem = zeroize::Zeroizing::new(read(key)?);
+    if let Some(w) = etee_hsm::config::permission_warning_for("TLS key", key) {
+        etee_hsm::warn_operator(&w);
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| PlatformError::Tls(format!("{}: {e}", key.display())))?;
     let builder = ServerConfig::builder_with_provider(provider())

@@ -505,6 +505,11 @@ pub fn run(config: crate::ApplianceConfig) -> Result<()> {
         .enable_all()
         .thread_name("etee-appliance")
         .build()?;
+    // The HTTPS API's files are checked before the token is logged in to: a mistake in
+    // them must not cost a login (each one on the audit chain, a wrong PIN counted).
+    if let Some(api) = &config.tls {
+        tls_config(api)?;
+    }
     runtime.block_on(async {
         // Opening logs in to the token and builds the platform clients: blocking work.
         let app = tokio::task::spawn_blocking(move || crate::Appliance::open(config))

@@ -63,6 +63,9 @@ impl Platform {
     /// Opens the store, reads the CA certificates of `config` and, when it has a `[kgss]`
     /// table, opens KGSS's token through the custody core.
     pub fn open(config: PlatformConfig) -> Result<Self> {
+        // The TLS files are checked before KGSS logs in to its token and before the store
+        // is opened (an embedded store would be created by a start that then fails).
+        tls::server_config(&config.tls_certificate, &config.tls_key, &config.client_ca)?;
         let (anchors, crl_following) = config
             .revocation
             .start(anchors(&config.client_ca)?)

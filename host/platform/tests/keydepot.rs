@@ -696,3 +696,21 @@ async fn an_attestation_by_a_revoked_key_is_refused() {
     assert!(e.contains("revoked"), "{e}");
     w.stop().await;
 }
+
+/// A platform whose TLS files are wrong does not start, and leaves nothing behind: the
+/// files are checked before the embedded store is created (and before KGSS logs in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_wrong_tls_files_creates_no_store() {
+    let w = World::new("tls-first", common::Backend::Embedded).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = w.platform.config.clone();
+    config.store = dir.path().join("new.redb").display().to_string();
+    config.tls_key = dir.path().join("missing-key.pem");
+    let opened = tokio::task::spawn_blocking(move || etee_platform::Platform::open(config))
+        .await
+        .unwrap();
+    let err = opened.err().expect("no TLS key, no platform").to_string();
+    assert!(err.contains("missing-key.pem"), "{err}");
+    assert!(!dir.path().join("new.redb").exists());
+    w.stop().await;
+}

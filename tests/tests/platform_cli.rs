@@ -776,3 +776,74 @@ fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
         "{report}"
     );
 }
+
+/// `etk find` shows what is published under an identifier (with its SHA-256); `etk remove`
+/// unpublishes by file or by SHA-256, on the audit chain; removing what is not published
+/// is exit 1, a malformed digest a usage error.
+#[test]
+fn etks_are_found_and_removed_on_record() {
+    let dir = scratch();
+    let world = dir.path().join("world");
+    etee_e2e::etee(["platform", "pki"])
+        .arg(&world)
+        .args([
+            "--institution",
+            "alice:NIHII-HOSPITAL=71000436",
+            "--tls-server",
+            "localhost",
+        ])
+        .run()
+        .code(0);
+    let config = dir.path().join("platform.toml");
+    std::fs::write(
+        &config,
+        "[platform]\nstore = \"platform.redb\"\ntls_certificate = \"world/tls-server.pem\"\n\
+         tls_key = \"world/tls-server-key.pem\"\nclient_ca = [\"world/ca.pem\"]\n",
+    )
+    .unwrap();
+    let platform = |args: &[&str]| {
+        etee_e2e::etee(["platform"])
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+    };
+    let alice = world.join("alice.etk");
+    let find = |json: bool| {
+        let mut args = vec!["etk", "find", "--identifier", "nihii-hospital=71000436"];
+        if json {
+            args.push("--json");
+        }
+        let out = platform(&args).run();
+        out.code(0);
+        String::from_utf8(out.stdout.clone()).unwrap()
+    };
+    platform(&["etk", "register"]).arg(&alice).run().code(0);
+    let listed: serde_json::Value = serde_json::from_str(&find(true)).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["valid_now"], true);
+    let digest = listed[0]["sha256"].as_str().unwrap().to_owned();
+    assert!(find(false).contains(&digest));
+
+    let out = platform(&["etk", "remove"]).arg(&alice).run();
+    out.code(0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&digest));
+    assert!(find(false).contains("no ETK published"), "{}", find(false));
+    let again = platform(&["etk", "remove"]).arg(&alice).run();
+    again.code(1);
+    assert!(again.stderr.contains("not published"), "{}", again.stderr);
+
+    platform(&["etk", "register"]).arg(&alice).run().code(0);
+    platform(&["etk", "remove", "--digest", &digest])
+        .run()
+        .code(0);
+    assert!(find(false).contains("no ETK published"));
+    platform(&["etk", "remove", "--digest", "zz"]).run().code(2);
+    platform(&["etk", "remove"]).run().code(2);
+
+    let audit = platform(&["audit", "--json"]).run();
+    audit.code(0);
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(text.matches("etkdepot.remove").count(), 2, "{text}");
+    assert!(text.contains("NIHII-HOSPITAL=71000436"), "{text}");
+}

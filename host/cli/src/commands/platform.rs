@@ -70,6 +70,36 @@ pub enum EtkCommand {
         #[arg(required = true, value_name = "ETK")]
         etks: Vec<PathBuf>,
     },
+    /// Unpublish ETKs (a compromised key, a holder gone, identifiers to change): lookups
+    /// stop answering them at once, the platform reading the store at each request. Given
+    /// by file or by SHA-256 (the subject of their `etkdepot.register` event, shown by
+    /// `etk find`); each removal is an `etkdepot.remove` event on the audit chain. Exit 1
+    /// when one of them was not published (the others are removed).
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// An ETK's SHA-256, hex (repeatable).
+        #[arg(long = "digest", value_name = "HEX")]
+        digests: Vec<String>,
+        /// ETK files (DER or base64).
+        #[arg(value_name = "ETK", required_unless_present = "digests")]
+        etks: Vec<PathBuf>,
+    },
+    /// The ETKs published under an identifier, valid or not: SHA-256, identifiers,
+    /// validity and registration time (lookups answer only the valid ones).
+    Find {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// TYPE=VALUE, e.g. NIHII-PHARMACY=27150201 (zero-padded as lookups do).
+        #[arg(long, value_name = "TYPE=VALUE")]
+        identifier: String,
+        /// Only the ETKs of this application id (empty: only those without one).
+        #[arg(long, value_name = "ID")]
+        application_id: Option<String>,
+        /// One JSON document on standard output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -243,6 +273,28 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Etk {
+            command:
+                EtkCommand::Remove {
+                    config,
+                    digests,
+                    etks,
+                },
+        } => etk_remove(&load(&config)?, &digests, &etks),
+        Command::Etk {
+            command:
+                EtkCommand::Find {
+                    config,
+                    identifier,
+                    application_id,
+                    json,
+                },
+        } => etk_find(
+            &load(&config)?,
+            &identifier,
+            application_id.as_deref(),
+            json,
+        ),
         Command::Attributes { command } => attributes(command),
         Command::Pki(args) => super::pki::make_world(args),
         Command::Audit { config, tail, json } => audit(&load(&config)?, tail, json),
@@ -468,6 +520,142 @@ fn doctor_nihii11(
         )));
     }
     Ok(nihii11)
+}
+
+/// `etk remove`: each ETK by digest or file, unpublished and recorded.
+fn etk_remove(
+    config: &PlatformConfig,
+    digests: &[String],
+    files: &[PathBuf],
+) -> Result<ExitCode, CliError> {
+    // Everything is read and checked before anything is removed.
+    let mut wanted: Vec<([u8; 32], String, Option<String>)> = Vec::new();
+    for hex_digest in digests {
+        let digest = hex::decode(hex_digest.trim())
+            .ok()
+            .and_then(|d| <[u8; 32]>::try_from(d).ok())
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--digest {hex_digest:?}: expected a SHA-256 in hex (64 digits)"
+                ))
+            })?;
+        wanted.push((digest, hex_digest.trim().to_ascii_lowercase(), None));
+    }
+    for path in files {
+        let bytes = std::fs::read(path).map_err(|source| CliError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let etk = etee_formats::etk::Etk::parse(&bytes)
+            .map_err(|e| CliError::Usage(format!("{}: not an ETK: {e}", path.display())))?;
+        let holder: Vec<String> = etk
+            .identities()
+            .iter()
+            .map(|i| format!("{}={}", i.id_type, i.value))
+            .collect();
+        wanted.push((
+            openssl::sha::sha256(etk.der()),
+            path.display().to_string(),
+            Some(holder.join(", ")),
+        ));
+    }
+    let store = store(config)?;
+    let mut missing = false;
+    for (digest, name, holder) in wanted {
+        let removed = store
+            .remove_etk(&digest)
+            .map_err(|e| CliError::Usage(format!("store {}: {e}", config.store)))?;
+        if removed {
+            admin_event(
+                store.as_ref(),
+                "etkdepot.remove",
+                hex::encode(digest),
+                holder,
+            )?;
+            outln!("removed {name} ({})", hex::encode(digest))?;
+        } else {
+            eprintln!(
+                "etee: {name}: not published (SHA-256 {})",
+                hex::encode(digest)
+            );
+            missing = true;
+        }
+    }
+    Ok(if missing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `etk find`: what the store holds under an identifier, whatever its validity.
+fn etk_find(
+    config: &PlatformConfig,
+    identifier: &str,
+    application_id: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let (id_type, value) = identifier.split_once('=').ok_or_else(|| {
+        CliError::Usage(format!("--identifier {identifier:?}: expected TYPE=VALUE"))
+    })?;
+    let wanted = etee_services::etkdepot::Identifier::new(id_type, value, application_id)
+        .normalized()
+        .map_err(|e| CliError::Usage(format!("--identifier {identifier:?}: {e}")))?;
+    let store = store(config)?;
+    let found = store
+        .find_etks(
+            &wanted.id_type,
+            &wanted.value,
+            wanted.application_id.as_deref(),
+        )
+        .map_err(|e| CliError::Usage(format!("store {}: {e}", config.store)))?;
+    let now = etee_platform::unix_now();
+    let time = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| t.to_string())
+    };
+    if json {
+        let list: Vec<_> = found
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "sha256": hex::encode(r.digest),
+                    "identifiers": etee_platform::etkdepot::describe(&r.identifiers),
+                    "not_before": time(r.not_before),
+                    "not_after": time(r.not_after),
+                    "valid_now": r.not_before <= now && now < r.not_after,
+                    "registered_at": time(r.registered_at),
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::Value::Array(list))?;
+    } else if found.is_empty() {
+        outln!("no ETK published under {identifier}")?;
+    } else {
+        for r in &found {
+            let validity = if now < r.not_before {
+                "not yet valid"
+            } else if now >= r.not_after {
+                "expired"
+            } else {
+                "valid"
+            };
+            outln!(
+                "{}  {}  {} to {} ({validity}), registered {}",
+                hex::encode(r.digest),
+                etee_platform::etkdepot::describe(&r.identifiers),
+                time(r.not_before),
+                time(r.not_after),
+                time(r.registered_at)
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Puts an administrative command on the platform's audit chain, after the change it

@@ -354,7 +354,7 @@ impl PinSource {
             Self::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                     HsmError::PinFile {
-                        path: PathBuf::from(name),
+                        path: PathBuf::from(format!("of systemd credential {name}")),
                         reason: "CREDENTIALS_DIRECTORY is not set (not running under systemd with LoadCredential=?)".into(),
                     }
                 })?;
@@ -691,7 +691,7 @@ impl HsmConfig {
                 "[hsm] {what}_file and {what}_credential are exclusive"
             ))),
             (Some(f), None) => Ok(Some(PinSource::File(abs(f)))),
-            (None, Some(c)) if c.is_empty() || c.contains('/') || c == ".." => Err(
+            (None, Some(c)) if c.is_empty() || c.contains('/') || c == ".." || c == "." => Err(
                 HsmError::Config(format!("[hsm] {what}_credential must be a plain name")),
             ),
             (None, Some(c)) => Ok(Some(PinSource::Credential(c))),
@@ -743,7 +743,11 @@ impl HsmConfig {
         self.so_pin
             .as_ref()
             .ok_or_else(|| {
-                HsmError::Config("[hsm] needs so_pin_file to initialise a token".into())
+                HsmError::Config(
+                    "[hsm] needs so_pin_file (or so_pin_credential) for the SO PIN; `etee hsm \
+                     init --so-pin-shares M/N` makes a random one and splits it instead"
+                        .into(),
+                )
             })?
             .read()
     }
@@ -1021,5 +1025,22 @@ mod tests {
             config_dir(Path::new("/etc/etee/a.toml")),
             Path::new("/etc/etee")
         );
+    }
+
+    /// A credential is a plain file name in systemd's credentials directory.
+    #[test]
+    fn credential_names_are_plain() {
+        for bad in ["", ".", "..", "a/b"] {
+            let text = format!(
+                "[hsm]\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_credential = {bad:?}\n"
+            );
+            let err = Config::from_toml(&text, Path::new("/etc/etee"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("plain name"), "{bad:?}: {err}");
+        }
+        let text =
+            "[hsm]\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_credential = \"user-pin\"\n";
+        assert!(Config::from_toml(text, Path::new("/etc/etee")).is_ok());
     }
 }

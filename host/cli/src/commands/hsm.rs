@@ -40,6 +40,7 @@ pub enum HsmCommand {
 pub enum KeysCommand {
     /// Import the authentication key and every ETK key of an eHealth keystore.
     Import {
+        /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// The eHealth keystore (.p12).
@@ -56,6 +57,7 @@ pub enum KeysCommand {
     },
     /// Generate a key pair in the token following a profile of the configuration.
     Generate {
+        /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// `authentication`, `etk`, `kgss-wrap`, or a `[hsm.profiles.NAME]` of the
@@ -69,6 +71,7 @@ pub enum KeysCommand {
     /// (eHealth's, for an authentication certificate) needs. ETK keys cannot sign: they
     /// have no CSR.
     Csr {
+        /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// CKA_ID of the key (e.g. `authentication`).
@@ -87,6 +90,7 @@ pub enum KeysCommand {
     /// certificates of its chain). An ETK key is renamed to its certificate's decimal
     /// serial, as eHealth keystores name them.
     InstallCert {
+        /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// CKA_ID of the key (`authentication`, or the `etk-pending-…` id `keys generate`
@@ -106,6 +110,7 @@ pub enum KeysCommand {
     /// (token, non-exportability) signed by the token's authentication key, both through
     /// the custody core. JSON on standard output, for `POST /etee/v1/keydepot/keys`.
     Attest {
+        /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// CKA_ID of the key to register (a signing key: a profile with role authentication).
@@ -120,6 +125,7 @@ pub enum KeysCommand {
     /// key only knowing that messages sealed for it can no longer be opened. Run with the
     /// service stopped (the audit chain is locked while it runs).
     Destroy {
+        /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// CKA_ID of the key (as `keys list` shows it).
@@ -131,6 +137,7 @@ pub enum KeysCommand {
     },
     /// List the token's keys, certificates and their security attributes.
     List {
+        /// The TOML configuration (see hsm-config/institution.toml).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// Print JSON on standard output.

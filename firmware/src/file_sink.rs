@@ -463,7 +463,12 @@ fn keep_torn_tail(path: &Path, file: &File, offset: u64) -> Result<CutTail, File
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(std::format!(".torn-{offset}"));
     let kept = path.with_file_name(name);
-    let mut out = File::create(&kept)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(AUDIT_FILE_MODE)
+        .open(&kept)?;
     out.write_all(&tail)?;
     out.sync_all()?;
     sync_dir(&kept);

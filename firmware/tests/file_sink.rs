@@ -180,6 +180,11 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
             (before_last as u64, (cut - before_last) as u64, &kept)
         );
         assert_eq!(std::fs::read(&kept).unwrap(), &full[before_last..cut]);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "the kept tail is as private as the chain");
+        }
         drop(sink);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len() as usize,

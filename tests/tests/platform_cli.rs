@@ -843,7 +843,18 @@ fn etks_are_found_and_removed_on_record() {
 
     let audit = platform(&["audit", "--json"]).run();
     audit.code(0);
-    let text = String::from_utf8_lossy(&audit.stdout);
-    assert_eq!(text.matches("etkdepot.remove").count(), 2, "{text}");
-    assert!(text.contains("NIHII-HOSPITAL=71000436"), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(report["intact"], true, "{report}");
+    let removals: Vec<&serde_json::Value> = report["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "etkdepot.remove")
+        .collect();
+    assert_eq!(removals.len(), 2, "{report}");
+    for removal in removals {
+        // By file or by digest alike: the identifiers it was published under.
+        assert_eq!(removal["subject"], digest.as_str(), "{removal}");
+        assert_eq!(removal["detail"], "NIHII-HOSPITAL=71000436", "{removal}");
+    }
 }

@@ -349,19 +349,24 @@ impl PinSource {
     /// Reads the PIN into a buffer wiped on drop (a file readable or writable by group or
     /// others is reported to the operator: [`read_pin_file`]).
     pub fn read(&self) -> Result<Pin> {
-        let path = match self {
-            Self::File(p) => p.clone(),
+        match self {
+            Self::File(p) => read_pin_file(p),
             Self::Credential(name) => {
+                let failed = |reason: String| HsmError::Credential {
+                    name: name.clone(),
+                    reason,
+                };
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    HsmError::PinFile {
-                        path: PathBuf::from(format!("of systemd credential {name}")),
-                        reason: "CREDENTIALS_DIRECTORY is not set (not running under systemd with LoadCredential=?)".into(),
-                    }
+                    failed("CREDENTIALS_DIRECTORY is not set (not running under systemd with LoadCredential=?)".into())
                 })?;
-                Path::new(&dir).join(name)
+                read_pin_file(&Path::new(&dir).join(name)).map_err(|e| match e {
+                    HsmError::PinFile { path, reason } => {
+                        failed(format!("{}: {reason}", path.display()))
+                    }
+                    other => other,
+                })
             }
-        };
-        read_pin_file(&path)
+        }
     }
 }
 
@@ -439,7 +444,29 @@ pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let before = &text.as_bytes()[..span.start.min(text.len())];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
     let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
-    format!("line {line}, column {column}: {}", e.message())
+    format!(
+        "line {line}, column {column}: {}",
+        without_value(e.message())
+    )
+}
+
+/// A deserialisation message without the value it quotes (`invalid type: string "…",
+/// expected a path` → `invalid type, expected a path`): the value may be a secret.
+fn without_value(message: &str) -> String {
+    for kind in [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+    ] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            return match rest.find(", expected") {
+                Some(at) => format!("{kind}{}", &rest[at..]),
+                None => kind.to_owned(),
+            };
+        }
+    }
+    message.to_owned()
 }
 
 fn permission_warning(path: &Path, file: &std::fs::File) -> Option<String> {
@@ -1005,6 +1032,18 @@ mod tests {
         assert!(err.contains("line 3, column 1"), "{err}");
         assert!(err.contains("unknown field `pin`"), "{err}");
         assert!(!err.contains("4321"), "{err}");
+        for (line, secret) in [
+            ("pin_file = 123456", "123456"),
+            ("token_label = [\"S3cret\"]", "S3cret"),
+            ("sessions = \"S3cret\"", "S3cret"),
+        ] {
+            let text = format!("[hsm]\nmodule = \"/m.so\"\n{line}\n");
+            let err = Config::from_toml(&text, Path::new("/etc/etee"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 3") && err.contains("expected"), "{err}");
+            assert!(!err.contains(secret), "{err}");
+        }
         let unquoted = "[hsm]\nmodule = postgres://etee:S3cretPW@db/etee\n";
         let err = Config::from_toml(unquoted, Path::new("/etc/etee"))
             .unwrap_err()

@@ -31,7 +31,7 @@ use etee_custody::custody::Admission;
 use etee_custody::file_sink::{FileAuditSink, GroupSync};
 use etee_custody::policy::{Budget, Policy, Rule};
 use etee_custody::token::{ckr, TokenError, TokenFunction};
-use etee_custody::wire::{self, Blob, Pin as WirePin, WrapSecret, Wrapped};
+use etee_custody::wire::{Blob, Pin as WirePin, WrapSecret, Wrapped};
 use etee_custody::{
     ClientId, Custody, Error as CoreError, KeyFacts, KeyKind, Request, Response, Token,
 };
@@ -581,13 +581,6 @@ impl CustodyKeys {
         };
         let durable = self.inner.sync.wait(concluded.durable_mark());
         concluded.release(durable)
-    }
-
-    /// Runs one request frame through the core (as `etee custody serve` does for each frame
-    /// it reads); writes the response frame into `out` and returns its length (0 only if
-    /// `out` is shorter than [`etee_custody::config::MAX_RESPONSE_FRAME`]).
-    pub fn handle_frame(&self, frame: &[u8], out: &mut [u8]) -> usize {
-        wire::answer_frame(frame, out, |r| self.request(r))
     }
 
     fn core(&self) -> std::sync::MutexGuard<'_, HsmCustody> {

@@ -32,6 +32,9 @@ pub enum HsmError {
     /// A PIN file could not be used (the PIN itself is never shown).
     #[error("PIN file {path}: {reason}")]
     PinFile { path: PathBuf, reason: String },
+    /// A PIN given as a systemd credential could not be used (the PIN is never shown).
+    #[error("PIN credential {name}: {reason}")]
+    Credential { name: String, reason: String },
     /// A share file of the SO PIN could not be used (its content is never shown).
     #[error("SO PIN share {path}: {reason}")]
     Share { path: PathBuf, reason: String },

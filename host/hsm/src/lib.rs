@@ -92,8 +92,12 @@ pub fn warn_operator(message: &str) {
     if !new {
         return;
     }
-    if tracing::dispatcher::has_been_set() {
-        tracing::warn!("{message}");
+    // A log whose filter leaves these out (RUST_LOG naming other targets only) must not
+    // swallow them: then they go to standard error as the commands write them.
+    if tracing::dispatcher::has_been_set()
+        && tracing::enabled!(target: "etee::operator", tracing::Level::WARN)
+    {
+        tracing::warn!(target: "etee::operator", "{message}");
     } else {
         eprintln!("etee: warning: {message}");
     }

@@ -365,14 +365,22 @@ impl Server {
             };
             if open.len() >= self.max_connections {
                 // The place of the connection that has waited longest for its peer.
+                // Taken (marked EVICTED) only if it is still waiting with the same mark:
+                // a connection whose request just came in is left to answer it.
                 let longest = open
                     .iter()
                     .enumerate()
                     .filter_map(|(i, c)| match c.waiting_since.load(Ordering::SeqCst) {
-                        0 => None,
+                        0 | EVICTED => None,
                         since => Some((since, i)),
                     })
-                    .min();
+                    .min()
+                    .filter(|&(since, i)| {
+                        open[i]
+                            .waiting_since
+                            .compare_exchange(since, EVICTED, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok()
+                    });
                 let Some((_, i)) = longest else {
                     AT_LIMIT.say(|| {
                         format!(
@@ -428,11 +436,20 @@ impl Server {
         }
         // Stopping: a connection's thread ends at its next read, after answering the
         // request under way (an answer its peer does not take ends it after the write
-        // timeout).
-        for c in open.iter().chain(&leaving) {
+        // timeout). A peer still being served after that (requests it had queued, read
+        // back slowly) is cut off.
+        let connections: Vec<Served> = open.into_iter().chain(leaving).collect();
+        for c in &connections {
             let _ = c.stream.shutdown(Shutdown::Read);
         }
-        for c in open.into_iter().chain(leaving) {
+        let grace = Instant::now() + self.timeouts.write + Duration::from_secs(1);
+        while Instant::now() < grace && connections.iter().any(|c| !c.thread.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for c in connections {
+            if !c.thread.is_finished() {
+                let _ = c.stream.shutdown(Shutdown::Both);
+            }
             let _ = c.thread.join();
         }
         let _ = std::fs::remove_file(&self.socket);
@@ -486,12 +503,59 @@ struct Peer<'a> {
     started: Instant,
 }
 
+/// [`Served::waiting_since`] of a connection the accept loop has taken for eviction.
+const EVICTED: u64 = u64::MAX;
+
 impl Peer<'_> {
-    fn waiting(&self, yes: bool) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        let since = if yes { now + 1 } else { 0 };
+    /// Marks the connection as waiting for its peer; returns the mark.
+    fn waiting(&self) -> u64 {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(EVICTED - 2);
+        let since = now.saturating_add(1).min(EVICTED - 1);
         self.waiting_since.store(since, Ordering::SeqCst);
+        since
     }
+
+    /// Marks the connection as working on a request that came in after `since`; false when
+    /// the accept loop took it for eviction meanwhile (the request is then not served: its
+    /// answer could not be delivered, and the client sends it again elsewhere).
+    fn working(&self, since: u64) -> bool {
+        self.waiting_since
+            .compare_exchange(since, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+}
+
+/// Writes one answer within `timeout` in all: a peer that takes it a few bytes at a
+/// time cannot hold the thread longer (the socket's own timeout bounds each write only).
+fn write_answer(mut stream: &UnixStream, frame: &[u8], timeout: Duration) -> io::Result<()> {
+    let len = u32::try_from(frame.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?;
+    let mut message = Zeroizing::new(Vec::with_capacity(4 + frame.len()));
+    message.extend_from_slice(&len.to_be_bytes());
+    message.extend_from_slice(frame);
+    let deadline = Instant::now() + timeout;
+    let (mut sent, mut shortened) = (0, false);
+    while sent < message.len() {
+        if sent > 0 {
+            // Only after a partial write: the usual answer goes out in one call.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            stream.set_write_timeout(Some(left))?;
+            shortened = true;
+        }
+        match stream.write(&message[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if shortened {
+        stream.set_write_timeout(Some(timeout))?;
+    }
+    Ok(())
 }
 
 /// Answers the frames of one connection until the peer closes it (or stalls: see
@@ -507,7 +571,7 @@ fn serve_connection(
     stream.set_write_timeout(Some(timeouts.write))?;
     let mut out = Zeroizing::new(vec![0u8; MAX_RESPONSE_FRAME]);
     loop {
-        peer.waiting(true);
+        let since = peer.waiting();
         let frame = match read_frame(&mut stream, MAX_REQUEST_FRAME) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
@@ -516,13 +580,15 @@ fn serve_connection(
                 BAD_FRAME.say(|| format!("uid {}: {e}; answered BadFrame", peer.uid));
                 let answer = Response::Error(CoreError::BadFrame);
                 if let Ok(bytes) = wire::encode_response(&answer, &mut out) {
-                    write_frame(&mut stream, bytes)?;
+                    write_answer(stream, bytes, timeouts.write)?;
                 }
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
-        peer.waiting(false);
+        if !peer.working(since) {
+            return Ok(());
+        }
         let response = match wire::decode_request(&frame) {
             Ok(Request::Lock | Request::Unlock { .. }) => {
                 NOT_SERVED.say(|| {
@@ -544,7 +610,7 @@ fn serve_connection(
         // Every response fits in MAX_RESPONSE_FRAME (pinned by the core's tests).
         let bytes = wire::encode_response(&response, &mut out)
             .map_err(|e| io::Error::other(format!("encoding an answer: {e:?}")))?;
-        write_frame(&mut stream, bytes)?;
+        write_answer(stream, bytes, timeouts.write)?;
     }
 }
 

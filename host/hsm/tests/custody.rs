@@ -1001,6 +1001,60 @@ fn stalled_peers_are_dropped() {
     }
 }
 
+/// A peer that queued many requests and reads the answers back slowly cannot hold the
+/// server's stop: after the write timeout (and a second) its connection is cut off.
+#[test]
+fn a_slow_reader_does_not_hold_the_stop() {
+    use etee_custody::Request;
+    use std::io::{Read, Write};
+    let timeouts = etee_hsm::remote::PeerTimeouts {
+        idle: std::time::Duration::from_secs(60),
+        write: std::time::Duration::from_secs(1),
+    };
+    let served = Served::start("slow-reader", 16, timeouts);
+    let mut peer = served.connect();
+    let mut buf = vec![0u8; etee_custody::config::MAX_REQUEST_FRAME];
+    let frame = etee_custody::wire::encode_request(&Request::Status, &mut buf).unwrap();
+    let mut message = (frame.len() as u32).to_be_bytes().to_vec();
+    message.extend_from_slice(frame);
+    // Queue requests while the server takes them (it stops once its answers fill our
+    // receive buffer), reading a little now and then so that it never stalls for long.
+    peer.set_nonblocking(true).unwrap();
+    let mut queued = 0usize;
+    let began = std::time::Instant::now();
+    let mut answers = vec![0u8; 64];
+    while began.elapsed() < std::time::Duration::from_secs(2) {
+        match peer.write(&message) {
+            Ok(n) if n == message.len() => queued += 1,
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let _ = peer.read(&mut answers);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(queued > 1000, "only {queued} requests queued");
+    // Then read back slowly: about one answer every 100 ms, so that what it queued would
+    // keep the server busy for minutes.
+    peer.set_nonblocking(false).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reading = done.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 16];
+        while !reading.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            match peer.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    served.stop_within(std::time::Duration::from_secs(8));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    reader.join().unwrap();
+}
+
 /// The custody process locks and unlocks itself (PIN file at start, lock at stop): `Lock`
 /// and `Unlock` on its socket are refused without reaching the core, so that a client can
 /// neither lock the core nor guess the PIN (wrong PINs count towards a lock-out that

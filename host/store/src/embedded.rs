@@ -220,7 +220,7 @@ impl Store for EmbeddedStore {
         Ok(found)
     }
 
-    fn remove_etk(&self, digest: &[u8; 32]) -> Result<bool> {
+    fn remove_etk(&self, digest: &[u8; 32]) -> Result<Option<EtkRecord>> {
         let txn = self.write()?;
         let removed = {
             let mut etks = txn.open_table(ETK).db()?;
@@ -232,7 +232,7 @@ impl Store for EmbeddedStore {
         };
         let Some(row) = removed else {
             txn.abort().db()?;
-            return Ok(false);
+            return Ok(None);
         };
         {
             let mut index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
@@ -243,7 +243,7 @@ impl Store for EmbeddedStore {
             }
         }
         txn.commit().db()?;
-        Ok(true)
+        row.into_record(&digest[..]).map(Some)
     }
 
     fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {

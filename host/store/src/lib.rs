@@ -210,8 +210,9 @@ pub trait Store: Send + Sync {
         value: &str,
         application_id: Option<&str>,
     ) -> Result<Vec<EtkRecord>>;
-    /// Removes an ETK; false when it was not there.
-    fn remove_etk(&self, digest: &[u8; 32]) -> Result<bool>;
+    /// Removes an ETK: the record removed (with every identifier it was published under),
+    /// `None` when it was not there.
+    fn remove_etk(&self, digest: &[u8; 32]) -> Result<Option<EtkRecord>>;
 
     /// Stores a new KGSS key, durably when it returns `Ok`; [`Error::AlreadyExists`] if the id is
     /// taken.

@@ -355,12 +355,24 @@ impl Store for PgStore {
         rows.iter().map(etk_from_row).collect()
     }
 
-    fn remove_etk(&self, digest: &[u8; 32]) -> Result<bool> {
-        let n = self
-            .conn()?
-            .execute("DELETE FROM etk WHERE digest = $1", &[&digest.as_slice()])
+    fn remove_etk(&self, digest: &[u8; 32]) -> Result<Option<EtkRecord>> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().db()?;
+        // The record as it is removed (its identifiers go with it: ON DELETE CASCADE).
+        let row = tx
+            .query_opt(
+                &format!("SELECT {ETK_COLUMNS} FROM etk e WHERE e.digest = $1 FOR UPDATE"),
+                &[&digest.as_slice()],
+            )
             .db()?;
-        Ok(n > 0)
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let record = etk_from_row(&row)?;
+        tx.execute("DELETE FROM etk WHERE digest = $1", &[&digest.as_slice()])
+            .db()?;
+        tx.commit().db()?;
+        Ok(Some(record))
     }
 
     fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {

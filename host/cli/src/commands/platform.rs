@@ -71,7 +71,8 @@ pub enum EtkCommand {
         etks: Vec<PathBuf>,
     },
     /// Unpublish ETKs (a compromised key, a holder gone, identifiers to change): lookups
-    /// stop answering them at once, the platform reading the store at each request. Given
+    /// stop answering them at once (a platform on the same PostgreSQL store reads it at each
+    /// request; the embedded store needs the platform stopped). Given
     /// by file or by SHA-256 (the subject of their `etkdepot.register` event, shown by
     /// `etk find`); each removal is an `etkdepot.remove` event on the audit chain. Exit 1
     /// when one of them was not published (the others are removed).
@@ -185,8 +186,7 @@ fn platform_error(e: etee_platform::PlatformError) -> CliError {
 }
 
 fn store(config: &PlatformConfig) -> Result<std::sync::Arc<dyn etee_store::Store>, CliError> {
-    etee_store::open(&config.store)
-        .map_err(|e| CliError::Usage(format!("store {}: {e}", config.store)))
+    etee_store::open(&config.store).map_err(|e| store_error(config, e))
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
@@ -522,6 +522,14 @@ fn doctor_nihii11(
     Ok(nihii11)
 }
 
+/// A store error, naming the store (a PostgreSQL URL's password hidden).
+fn store_error(config: &PlatformConfig, e: etee_store::Error) -> CliError {
+    CliError::Usage(format!(
+        "store {}: {e}",
+        etee_platform::config::redacted_store(&config.store)
+    ))
+}
+
 /// `etk remove`: each ETK by digest or file, unpublished and recorded.
 fn etk_remove(
     config: &PlatformConfig,
@@ -529,7 +537,7 @@ fn etk_remove(
     files: &[PathBuf],
 ) -> Result<ExitCode, CliError> {
     // Everything is read and checked before anything is removed.
-    let mut wanted: Vec<([u8; 32], String, Option<String>)> = Vec::new();
+    let mut wanted: Vec<([u8; 32], String)> = Vec::new();
     for hex_digest in digests {
         let digest = hex::decode(hex_digest.trim())
             .ok()
@@ -539,7 +547,7 @@ fn etk_remove(
                     "--digest {hex_digest:?}: expected a SHA-256 in hex (64 digits)"
                 ))
             })?;
-        wanted.push((digest, hex_digest.trim().to_ascii_lowercase(), None));
+        wanted.push((digest, hex_digest.trim().to_ascii_lowercase()));
     }
     for path in files {
         let bytes = std::fs::read(path).map_err(|source| CliError::File {
@@ -548,31 +556,24 @@ fn etk_remove(
         })?;
         let etk = etee_formats::etk::Etk::parse(&bytes)
             .map_err(|e| CliError::Usage(format!("{}: not an ETK: {e}", path.display())))?;
-        let holder: Vec<String> = etk
-            .identities()
-            .iter()
-            .map(|i| format!("{}={}", i.id_type, i.value))
-            .collect();
-        wanted.push((
-            openssl::sha::sha256(etk.der()),
-            path.display().to_string(),
-            Some(holder.join(", ")),
-        ));
+        wanted.push((openssl::sha::sha256(etk.der()), path.display().to_string()));
     }
     let store = store(config)?;
     let mut missing = false;
-    for (digest, name, holder) in wanted {
+    for (digest, name) in wanted {
         let removed = store
             .remove_etk(&digest)
-            .map_err(|e| CliError::Usage(format!("store {}: {e}", config.store)))?;
-        if removed {
+            .map_err(|e| store_error(config, e))?;
+        if let Some(record) = removed {
+            // Every identifier it was published under (`--also` ones too).
+            let ids = etee_platform::etkdepot::describe(&record.identifiers);
             admin_event(
                 store.as_ref(),
                 "etkdepot.remove",
                 hex::encode(digest),
-                holder,
+                Some(ids.clone()),
             )?;
-            outln!("removed {name} ({})", hex::encode(digest))?;
+            outln!("removed {name} ({}): {ids}", hex::encode(digest))?;
         } else {
             eprintln!(
                 "etee: {name}: not published (SHA-256 {})",
@@ -608,7 +609,7 @@ fn etk_find(
             &wanted.value,
             wanted.application_id.as_deref(),
         )
-        .map_err(|e| CliError::Usage(format!("store {}: {e}", config.store)))?;
+        .map_err(|e| store_error(config, e))?;
     let now = etee_platform::unix_now();
     let time = |t: i64| {
         time::OffsetDateTime::from_unix_timestamp(t)

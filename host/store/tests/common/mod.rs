@@ -140,8 +140,10 @@ pub fn etks(h: &impl Harness) {
     assert!(s.find_etks("SSIN", "0123456789", None).unwrap().is_empty());
     assert!(s.find_etks("CBE", "123456789", None).unwrap().is_empty());
 
-    assert!(s.remove_etk(&kgss.digest).unwrap());
-    assert!(!s.remove_etk(&kgss.digest).unwrap());
+    let removed = s.remove_etk(&kgss.digest).unwrap().expect("it was there");
+    assert_eq!(removed.identifiers, kgss.identifiers);
+    assert_eq!(removed.etk, kgss.etk);
+    assert!(s.remove_etk(&kgss.digest).unwrap().is_none());
     assert!(s
         .find_etks("NIHII-PHARMACY", "12345678", None)
         .unwrap()

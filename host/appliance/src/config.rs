@@ -22,7 +22,7 @@
 //! header_timeout_ms = 30000          # a request's headers, from a slow sender
 //! request_timeout_ms = 600000        # a large message takes time
 //! max_connections = 256              # 1 to 65536
-//! max_connections_per_peer = 64       # per IP address or uid (default: a quarter; at most max_connections)
+//! max_connections_per_peer = 64       # per IP address or uid (default: a quarter; at most the above)
 //! queue_timeout_ms = 2000            # a request waits this long for a slot of its client
 //! audit_anchor_log_seconds = 3600    # the audit chain's anchor in the log this often (0: never)
 //!
@@ -35,7 +35,7 @@
 //! ca = ["ca.pem"]                    # the platform's TLS roots
 //! timeout_ms = 10000
 //! retries = 2                        # 0 to 10
-//! etk_cache_seconds = 3600            # 0: not cached
+//! etk_cache_seconds = 3600           # 0: not cached
 //!
 //! [[client]]                         # who may call the API, and for what
 //! name = "his"                       # the custody core's client id (1 to 32 bytes)

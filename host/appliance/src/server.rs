@@ -53,7 +53,11 @@ pub fn tls_config(api: &TlsApi) -> Result<Arc<ServerConfig>> {
         .map_err(|e| ApplianceError::Config(format!("tls_key {key_file}: {e}")))?;
     let mut roots = RootCertStore::empty();
     for path in &api.client_ca {
-        for cert in crate::certificates("client_ca", path)? {
+        let certs = crate::certificates("client_ca", path)?;
+        if let Some(w) = client_ca_warning(path, &certs) {
+            etee_hsm::warn_operator(&w);
+        }
+        for cert in certs {
             roots.add(cert).map_err(|e| {
                 ApplianceError::Config(format!("client_ca {}: {e}", path.display()))
             })?;
@@ -79,6 +83,28 @@ pub fn tls_config(api: &TlsApi) -> Result<Arc<ServerConfig>> {
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A warning when a `client_ca` file holds certificates that are not CAs (no
+/// basicConstraints cA=true), e.g. a TLS server's certificate given by mistake: the files
+/// are taken as they are, but callers' certificates are issued by a CA, so such an entry
+/// most likely lets nobody in. `None` when every certificate is a CA (one our parser cannot
+/// read is left to the checks that use it).
+pub fn client_ca_warning(path: &Path, certs: &[CertificateDer<'_>]) -> Option<String> {
+    let not_ca: Vec<String> = certs
+        .iter()
+        .filter_map(|der| Certificate::from_der(der).ok())
+        .filter(|c| !c.is_ca())
+        .map(|c| c.subject_string())
+        .collect();
+    (!not_ca.is_empty()).then(|| {
+        format!(
+            "client_ca {}: not a CA certificate (no basicConstraints cA=true): {}; API \
+             callers' certificates must be issued by the CAs given in client_ca",
+            path.display(),
+            not_ca.join("; ")
+        )
+    })
 }
 
 /// Binds the HTTPS API's address (the setting `listen`, named in the error).
@@ -634,6 +660,40 @@ mod tests {
             let e = error(&api);
             assert!(e.contains(&format!("{says} {}: ", nope.display())), "{e}");
         }
+    }
+
+    /// A `client_ca` certificate that is not a CA (a TLS server's) is warned about, a CA
+    /// is not.
+    #[test]
+    fn a_client_ca_that_is_not_a_ca_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = tls_files(dir.path());
+        let ca = &api.client_ca[0];
+        assert_eq!(
+            client_ca_warning(ca, &crate::certificates("client_ca", ca).unwrap()),
+            None
+        );
+        let leaf = dir.path().join("leaf.pem");
+        let w = client_ca_warning(&leaf, &crate::certificates("client_ca", &leaf).unwrap())
+            .expect("a leaf is warned about");
+        assert!(
+            w.contains(&format!(
+                "client_ca {}: not a CA certificate",
+                leaf.display()
+            )) && w.contains("localhost"),
+            "{w}"
+        );
+        // The chain file: its CA is not named, its leaf is.
+        let chain = &api.certificate;
+        let w =
+            client_ca_warning(chain, &crate::certificates("client_ca", chain).unwrap()).unwrap();
+        assert!(!w.contains("Root CA"), "{w}");
+        // Taken all the same: a warning, not a refusal.
+        tls_config(&TlsApi {
+            client_ca: vec![leaf],
+            ..api.clone()
+        })
+        .unwrap();
     }
 
     /// An address already taken is reported with the setting `listen` and the address.

@@ -6,17 +6,19 @@
 //! store = "/var/lib/etee/platform.redb"     # or "postgres://user@host/db"
 //! tls_certificate = "server-chain.pem"      # the server's certificate chain, leaf first
 //! tls_key = "server-key.pem"                # its private key (PEM, PKCS#8 or RSA)
-//! client_ca = ["ca.pem"]                    # client certificates must chain to these
+//! # optional:
+//! client_ca = ["ca.pem"]                    # client certificates must chain to these (without:
+//!                                           # no caller is known: KGSS, KeyDepot writes refused)
 //! # optional, with these defaults:
 //! crl = []                                  # the CAs' revocation lists (DER or PEM)
 //! revocation = "optional"                   # none | optional | mandatory (optional with crl or ocsp)
 //! crl_check_seconds = 60                    # the crl files are read again when they change
 //! ocsp = "auto"                             # (default none) ask OCSP: each certificate's responder, or "http://…"
 //! max_body_bytes = 1048576
-//! handshake_timeout_ms = 10000                # timeouts: 100 to 86400000 (a day)
+//! handshake_timeout_ms = 10000              # timeouts: 100 to 86400000 (a day)
 //! request_timeout_ms = 30000
-//! max_connections = 1024                   # 1 to 65536
-//! max_connections_per_peer = 256           # per IP address (default: a quarter; at most max_connections)
+//! max_connections = 1024                    # 1 to 65536
+//! max_connections_per_peer = 256           # per IP address (default: a quarter; at most the above)
 //! max_concurrent_work = 64                  # store/KGSS/KeyDepot operations at once
 //! queue_timeout_ms = 2000                   # wait for a turn, then 503 / SOA-02001
 //! max_requests_per_caller = 32              # one caller's requests at once (certificate or address)

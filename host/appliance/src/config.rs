@@ -18,11 +18,11 @@
 //! spool_dir = "/var/tmp"             # large bodies are spooled here (default: the temp dir)
 //! max_body_bytes = 4294967296        # 4 GiB
 //! max_json_content_bytes = 16777216  # content returned inside a JSON answer
-//! handshake_timeout_ms = 10000
+//! handshake_timeout_ms = 10000       # timeouts: 100 to 86400000 (a day)
 //! header_timeout_ms = 30000          # a request's headers, from a slow sender
 //! request_timeout_ms = 600000        # a large message takes time
-//! max_connections = 256
-//! max_connections_per_peer = 64       # per IP address or uid (default: a quarter)
+//! max_connections = 256              # 1 to 65536
+//! max_connections_per_peer = 64       # per IP address or uid (default: a quarter; at most the above)
 //! queue_timeout_ms = 2000            # a request waits this long for a slot of its client
 //! audit_anchor_log_seconds = 3600    # the audit chain's anchor in the log this often (0: never)
 //!
@@ -34,8 +34,8 @@
 //! protocol = "soap"                  # or "rest" (KeyDepot and KGSS deletion are REST only)
 //! ca = ["ca.pem"]                    # the platform's TLS roots
 //! timeout_ms = 10000
-//! retries = 2
-//! etk_cache_seconds = 3600
+//! retries = 2                        # 0 to 10
+//! etk_cache_seconds = 3600           # 0: not cached
 //!
 //! [[client]]                         # who may call the API, and for what
 //! name = "his"                       # the custody core's client id (1 to 32 bytes)
@@ -53,6 +53,7 @@ use etee_services::revocation::RevocationConfig;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::ops::{Bound, RangeBounds, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -218,6 +219,14 @@ pub struct ApplianceConfig {
     pub clients: Vec<ClientConfig>,
 }
 
+/// The range of the timeouts in milliseconds (`handshake_timeout_ms`, `header_timeout_ms`,
+/// `request_timeout_ms`, `[platform] timeout_ms`): a tenth of a second (less cuts off every
+/// handshake, request or platform call) to a day.
+pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=86_400_000;
+
+/// The most `[platform] retries` may be.
+pub const MAX_RETRIES: u32 = 10;
+
 /// Default of `audit_anchor_log_seconds`: an anchor in the log every hour.
 pub const DEFAULT_AUDIT_ANCHOR_LOG_SECONDS: u64 = 3600;
 
@@ -305,6 +314,24 @@ fn config_error(message: impl Into<String>) -> ApplianceError {
     ApplianceError::Config(message.into())
 }
 
+/// `value`, the setting `key`, when within `range`; else an error naming the key, the
+/// value and the range (the file is added by [`ApplianceConfig::load`]).
+fn in_range<T>(key: &str, value: T, range: impl RangeBounds<T>) -> Result<T>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    let allowed = match (range.start_bound(), range.end_bound()) {
+        (Bound::Included(min), Bound::Included(max)) => format!("{min} to {max}"),
+        (Bound::Included(min), _) => format!("at least {min}"),
+        (_, Bound::Included(max)) => format!("at most {max}"),
+        _ => "out of range".to_owned(),
+    };
+    Err(config_error(format!("{key} = {value}: {allowed}")))
+}
+
 impl ApplianceConfig {
     /// Reads and checks the configuration at `path`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -350,49 +377,62 @@ impl ApplianceConfig {
             ));
         }
         let defaults = Limits::default();
+        let timeout = |key: &str, ms: Option<u64>, default: Duration| {
+            ms.map_or(Ok(default), |ms| {
+                in_range(key, ms, TIMEOUT_MS_RANGE).map(Duration::from_millis)
+            })
+        };
+        let max_connections = in_range(
+            "max_connections",
+            t.max_connections.unwrap_or(defaults.max_connections),
+            1..=MAX_CONNECTIONS_LIMIT,
+        )?;
         let limits = Limits {
-            max_body_bytes: t.max_body_bytes.unwrap_or(defaults.max_body_bytes),
-            max_json_content_bytes: t
-                .max_json_content_bytes
-                .unwrap_or(defaults.max_json_content_bytes),
-            handshake_timeout: t
-                .handshake_timeout_ms
-                .map_or(defaults.handshake_timeout, Duration::from_millis),
-            header_timeout: t
-                .header_timeout_ms
-                .map_or(defaults.header_timeout, Duration::from_millis),
-            request_timeout: t
-                .request_timeout_ms
-                .map_or(defaults.request_timeout, Duration::from_millis),
-            max_connections: t.max_connections.unwrap_or(defaults.max_connections),
+            max_body_bytes: in_range(
+                "max_body_bytes",
+                t.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+                1..,
+            )?,
+            max_json_content_bytes: in_range(
+                "max_json_content_bytes",
+                t.max_json_content_bytes
+                    .unwrap_or(defaults.max_json_content_bytes),
+                1..,
+            )?,
+            handshake_timeout: timeout(
+                "handshake_timeout_ms",
+                t.handshake_timeout_ms,
+                defaults.handshake_timeout,
+            )?,
+            header_timeout: timeout(
+                "header_timeout_ms",
+                t.header_timeout_ms,
+                defaults.header_timeout,
+            )?,
+            request_timeout: timeout(
+                "request_timeout_ms",
+                t.request_timeout_ms,
+                defaults.request_timeout,
+            )?,
+            max_connections,
             // Default: a quarter of the listener's connections.
-            max_connections_per_peer: t.max_connections_per_peer.unwrap_or_else(|| {
-                (t.max_connections.unwrap_or(defaults.max_connections) / 4).max(1)
-            }),
+            max_connections_per_peer: in_range(
+                "max_connections_per_peer",
+                t.max_connections_per_peer
+                    .unwrap_or((max_connections / 4).max(1)),
+                1..=max_connections,
+            )
+            .map_err(|e| config_error(format!("{} (max_connections)", e.detail())))?,
             queue_timeout: t
                 .queue_timeout_ms
                 .map_or(defaults.queue_timeout, Duration::from_millis),
         };
-        if limits.max_body_bytes == 0
-            || limits.max_connections == 0
-            || limits.max_connections_per_peer == 0
-        {
-            return Err(config_error(
-                "max_body_bytes, max_connections and max_connections_per_peer must be positive",
-            ));
-        }
         if limits.queue_timeout >= limits.request_timeout {
             // A busy client would then never get 429, only the request timeout.
             return Err(config_error(format!(
                 "queue_timeout_ms ({}) must be shorter than request_timeout_ms ({})",
                 limits.queue_timeout.as_millis(),
                 limits.request_timeout.as_millis()
-            )));
-        }
-        if limits.max_connections > MAX_CONNECTIONS_LIMIT {
-            return Err(config_error(format!(
-                "max_connections = {}: at most {MAX_CONNECTIONS_LIMIT}",
-                limits.max_connections
             )));
         }
         let platform = platform_config(file.platform, &rel)?;
@@ -485,8 +525,17 @@ fn platform_config(p: PlatformTable, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result
         rest_url,
         protocol: p.protocol,
         ca: p.ca.into_iter().map(rel).collect(),
-        timeout: Duration::from_millis(p.timeout_ms.unwrap_or(10_000)),
-        retries: p.retries.unwrap_or(2).min(10),
+        timeout: Duration::from_millis(in_range(
+            "[platform] timeout_ms",
+            p.timeout_ms.unwrap_or(10_000),
+            TIMEOUT_MS_RANGE,
+        )?),
+        retries: in_range(
+            "[platform] retries",
+            p.retries.unwrap_or(2),
+            0..=MAX_RETRIES,
+        )?,
+        // 0: not cached (an entry expires as it is made).
         etk_cache: Duration::from_secs(p.etk_cache_seconds.unwrap_or(3600)),
     })
 }
@@ -640,11 +689,11 @@ mod tests {
             ),
             (
                 MINIMAL.replace("socket", "max_connections = 4294967296\nsocket"),
-                "at most 65536",
+                "max_connections = 4294967296: 1 to 65536",
             ),
             (
                 MINIMAL.replace("socket", "max_connections = 0\nsocket"),
-                "must be positive",
+                "max_connections = 0: 1 to 65536",
             ),
             (
                 MINIMAL.replace("socket", "queue_timeout_ms = 9000\nrequest_timeout_ms = 9000\nsocket"),
@@ -679,5 +728,100 @@ mod tests {
             let e = ApplianceConfig::from_toml(&text, base).unwrap_err().to_string();
             assert!(e.contains(says), "{text}\n→ {e}");
         }
+    }
+
+    /// Values that would make the appliance useless are refused at load, each naming its
+    /// key and allowed range; the edges of the ranges are accepted.
+    #[test]
+    fn values_out_of_their_range_are_refused_naming_the_key() {
+        let base = Path::new("/");
+        let with = |appliance: &str, platform: &str| {
+            let text = MINIMAL
+                .replace("socket", &format!("{appliance}socket"))
+                .replace("[platform]\n", &format!("[platform]\n{platform}"));
+            ApplianceConfig::from_toml(&text, base)
+        };
+        for (appliance, platform, says) in [
+            (
+                "handshake_timeout_ms = 0\n",
+                "",
+                "handshake_timeout_ms = 0: 100 to 86400000",
+            ),
+            (
+                "header_timeout_ms = 0\n",
+                "",
+                "header_timeout_ms = 0: 100 to 86400000",
+            ),
+            (
+                "request_timeout_ms = 0\n",
+                "",
+                "request_timeout_ms = 0: 100 to 86400000",
+            ),
+            (
+                "request_timeout_ms = 86400001\n",
+                "",
+                "request_timeout_ms = 86400001: 100 to 86400000",
+            ),
+            ("max_body_bytes = 0\n", "", "max_body_bytes = 0: at least 1"),
+            (
+                "max_json_content_bytes = 0\n",
+                "",
+                "max_json_content_bytes = 0: at least 1",
+            ),
+            (
+                "max_connections_per_peer = 0\n",
+                "",
+                "max_connections_per_peer = 0: 1 to 256 (max_connections)",
+            ),
+            (
+                "max_connections = 8\nmax_connections_per_peer = 9\n",
+                "",
+                "max_connections_per_peer = 9: 1 to 8 (max_connections)",
+            ),
+            (
+                "",
+                "timeout_ms = 0\n",
+                "[platform] timeout_ms = 0: 100 to 86400000",
+            ),
+            ("", "retries = 99\n", "[platform] retries = 99: 0 to 10"),
+        ] {
+            let e = with(appliance, platform)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {appliance}{platform}"))
+                .to_string();
+            assert!(e.contains(says), "{appliance}{platform}→ {e}");
+        }
+        let c = with(
+            "handshake_timeout_ms = 100\nheader_timeout_ms = 86400000\n\
+             max_json_content_bytes = 1\nmax_connections = 8\nmax_connections_per_peer = 8\n",
+            "timeout_ms = 100\nretries = 10\netk_cache_seconds = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.handshake_timeout, Duration::from_millis(100));
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(86_400));
+        assert_eq!(c.limits.max_json_content_bytes, 1);
+        assert_eq!(c.limits.max_connections_per_peer, 8);
+        assert_eq!(c.platform.timeout, Duration::from_millis(100));
+        assert_eq!(c.platform.retries, 10);
+        // 0: ETK lookups are not cached.
+        assert_eq!(c.platform.etk_cache, Duration::ZERO);
+    }
+
+    /// Through [`ApplianceConfig::load`], a refused value names the file too.
+    #[test]
+    fn a_refused_value_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("appliance.toml");
+        std::fs::write(
+            &path,
+            MINIMAL.replace("socket", "handshake_timeout_ms = 0\nsocket"),
+        )
+        .unwrap();
+        let e = ApplianceConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains("handshake_timeout_ms = 0: 100 to 86400000"),
+            "{e}"
+        );
     }
 }

@@ -68,30 +68,31 @@ impl ApplianceError {
 
 pub type Result<T, E = ApplianceError> = std::result::Result<T, E>;
 
-/// Every certificate of a PEM file.
-pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+/// Every certificate of a PEM file, the setting `key` (named with the file in errors).
+pub fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path)
-        .map_err(|e| ApplianceError::Config(format!("{}: {e}", path.display())))?;
+        .map_err(|e| ApplianceError::Config(format!("{key} {}: {e}", path.display())))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| ApplianceError::Config(format!("{}: {e}", path.display())))?;
+        .map_err(|e| ApplianceError::Config(format!("{key} {}: {e}", path.display())))?;
     if certs.is_empty() {
         return Err(ApplianceError::Config(format!(
-            "{}: no PEM certificate",
+            "{key} {}: no PEM certificate",
             path.display()
         )));
     }
     Ok(certs)
 }
 
-/// The certificates of PEM files as trust anchors.
-pub fn anchors(files: &[std::path::PathBuf]) -> Result<TrustAnchors> {
+/// The certificates of PEM files, the setting `key`, as trust anchors.
+pub fn anchors(key: &str, files: &[std::path::PathBuf]) -> Result<TrustAnchors> {
     let mut certs = Vec::new();
     for path in files {
-        for der in certificates(path)? {
+        for der in certificates(key, path)? {
             certs.push(
-                etee_formats::cert::Certificate::from_der(&der)
-                    .map_err(|e| ApplianceError::Config(format!("{}: {e}", path.display())))?,
+                etee_formats::cert::Certificate::from_der(&der).map_err(|e| {
+                    ApplianceError::Config(format!("{key} {}: {e}", path.display()))
+                })?,
             );
         }
     }
@@ -109,10 +110,13 @@ pub fn platform_clients(
     let p = &config.platform;
     let mut roots = Vec::new();
     if p.ca.is_empty() {
-        roots.extend(certificates(Path::new(SYSTEM_ROOTS))?);
+        roots.extend(certificates(
+            "[platform] ca (unset: the system roots)",
+            Path::new(SYSTEM_ROOTS),
+        )?);
     }
     for path in &p.ca {
-        roots.extend(certificates(path)?);
+        roots.extend(certificates("[platform] ca", path)?);
     }
     let tls = etee_protocol::tls::client_config(
         &roots,

@@ -37,37 +37,81 @@ fn tls_error(what: impl std::fmt::Display) -> ApplianceError {
 }
 
 /// The HTTPS API's TLS configuration: the server's chain and key, and client
-/// certificates required and verified against `client_ca`.
+/// certificates required and verified against `client_ca`. Errors name the setting and its
+/// file.
 pub fn tls_config(api: &TlsApi) -> Result<Arc<ServerConfig>> {
-    let certs = crate::certificates(&api.certificate)?;
+    let (chain, key_file) = (api.certificate.display(), api.key.display());
+    let certs = crate::certificates("tls_certificate", &api.certificate)?;
     let key_pem = zeroize::Zeroizing::new(
-        std::fs::read(&api.key).map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?,
+        std::fs::read(&api.key)
+            .map_err(|e| ApplianceError::Config(format!("tls_key {key_file}: {e}")))?,
     );
     if let Some(w) = etee_hsm::config::permission_warning_for("TLS key", &api.key) {
         etee_hsm::warn_operator(&w);
     }
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| tls_error(format!("{}: {e}", api.key.display())))?;
+        .map_err(|e| ApplianceError::Config(format!("tls_key {key_file}: {e}")))?;
     let mut roots = RootCertStore::empty();
     for path in &api.client_ca {
-        for cert in crate::certificates(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| tls_error(format!("{}: {e}", path.display())))?;
+        let certs = crate::certificates("client_ca", path)?;
+        if let Some(w) = client_ca_warning(path, &certs) {
+            etee_hsm::warn_operator(&w);
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| {
+                ApplianceError::Config(format!("client_ca {}: {e}", path.display()))
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(tls_error)?;
+        .map_err(|e| ApplianceError::Config(format!("client_ca: {e}")))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(tls_error)?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => ApplianceError::Config(format!(
+                "tls_key {key_file} does not match tls_certificate {chain} (the key of its \
+                 first certificate)"
+            )),
+            e => {
+                ApplianceError::Config(format!("tls_certificate {chain}, tls_key {key_file}: {e}"))
+            }
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A warning when a `client_ca` file holds certificates that are not CAs (no
+/// basicConstraints cA=true), e.g. a TLS server's certificate given by mistake: the files
+/// are taken as they are, but callers' certificates are issued by a CA, so such an entry
+/// most likely lets nobody in. `None` when every certificate is a CA (one our parser cannot
+/// read is left to the checks that use it).
+pub fn client_ca_warning(path: &Path, certs: &[CertificateDer<'_>]) -> Option<String> {
+    let not_ca: Vec<String> = certs
+        .iter()
+        .filter_map(|der| Certificate::from_der(der).ok())
+        .filter(|c| !c.is_ca())
+        .map(|c| c.subject_string())
+        .collect();
+    (!not_ca.is_empty()).then(|| {
+        format!(
+            "client_ca {}: not a CA certificate (no basicConstraints cA=true): {}; API \
+             callers' certificates must be issued by the CAs given in client_ca",
+            path.display(),
+            not_ca.join("; ")
+        )
+    })
+}
+
+/// Binds the HTTPS API's address (the setting `listen`, named in the error).
+pub async fn bind_tcp(listen: std::net::SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| ApplianceError::Config(format!("listen {listen}: {e}")))
 }
 
 /// SHA-256 of a DER certificate (how the configuration names TLS callers).
@@ -118,11 +162,10 @@ impl CallerRevocation {
         }
         let mut certs = Vec::new();
         for path in &api.client_ca {
-            for der in crate::certificates(path)? {
-                certs.push(
-                    Certificate::from_der(&der)
-                        .map_err(|e| tls_error(format!("{}: {e}", path.display())))?,
-                );
+            for der in crate::certificates("client_ca", path)? {
+                certs.push(Certificate::from_der(&der).map_err(|e| {
+                    ApplianceError::Config(format!("client_ca {}: {e}", path.display()))
+                })?);
             }
         }
         Ok(Some(Self {
@@ -434,7 +477,7 @@ pub async fn start(app: Arc<crate::Appliance>) -> Result<Running> {
     if let Some(api) = &config.tls {
         let tls = tls_config(api)?;
         let revocation = CallerRevocation::new(api, app.anchors().revocation())?;
-        let tcp = TcpListener::bind(api.listen).await?;
+        let tcp = bind_tcp(api.listen).await?;
         addr = Some(tcp.local_addr()?);
         tasks.push(tokio::spawn(accept_loop(
             Listener::Tls(tcp, TlsAcceptor::from(tls)),
@@ -539,6 +582,131 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
+
+    /// The HTTPS API's files in `dir`: `chain.pem` (a TLS server certificate and its root),
+    /// `key.pem` (its key), `other-key.pem` (another server's key), `ca.pem` (the root) and
+    /// `leaf.pem` (the server certificate alone).
+    fn tls_files(dir: &Path) -> TlsApi {
+        let pki = etee_testpki::TestPki::generate("appliance-tls").unwrap();
+        let server = pki.tls_server(&["localhost"]).unwrap();
+        let other = pki.tls_server(&["localhost"]).unwrap();
+        let pem = |certs: &[&openssl::x509::X509]| {
+            certs
+                .iter()
+                .flat_map(|c| c.to_pem().unwrap())
+                .collect::<Vec<u8>>()
+        };
+        std::fs::write(dir.join("chain.pem"), pem(&[&server.cert, &pki.root.cert])).unwrap();
+        std::fs::write(dir.join("leaf.pem"), pem(&[&server.cert])).unwrap();
+        std::fs::write(dir.join("ca.pem"), pem(&[&pki.root.cert])).unwrap();
+        for (name, key) in [("key.pem", &server.key), ("other-key.pem", &other.key)] {
+            let path = dir.join(name);
+            std::fs::write(&path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        TlsApi {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            certificate: dir.join("chain.pem"),
+            key: dir.join("key.pem"),
+            client_ca: vec![dir.join("ca.pem")],
+        }
+    }
+
+    /// A TLS file that is missing, or a key that is not the certificate's, is reported
+    /// with the setting and the file(s).
+    #[test]
+    fn tls_file_errors_name_the_setting_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = tls_files(dir.path());
+        tls_config(&api).unwrap();
+        let error = |api: &TlsApi| tls_config(api).expect_err("refused").to_string();
+        let mismatched = TlsApi {
+            key: dir.path().join("other-key.pem"),
+            ..api.clone()
+        };
+        let e = error(&mismatched);
+        assert!(
+            e.contains(&format!(
+                "tls_key {} does not match tls_certificate {}",
+                mismatched.key.display(),
+                api.certificate.display()
+            )),
+            "{e}"
+        );
+        let nope = dir.path().join("nope.pem");
+        for (api, says) in [
+            (
+                TlsApi {
+                    certificate: nope.clone(),
+                    ..api.clone()
+                },
+                "tls_certificate",
+            ),
+            (
+                TlsApi {
+                    key: nope.clone(),
+                    ..api.clone()
+                },
+                "tls_key",
+            ),
+            (
+                TlsApi {
+                    client_ca: vec![nope.clone()],
+                    ..api.clone()
+                },
+                "client_ca",
+            ),
+        ] {
+            let e = error(&api);
+            assert!(e.contains(&format!("{says} {}: ", nope.display())), "{e}");
+        }
+    }
+
+    /// A `client_ca` certificate that is not a CA (a TLS server's) is warned about, a CA
+    /// is not.
+    #[test]
+    fn a_client_ca_that_is_not_a_ca_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = tls_files(dir.path());
+        let ca = &api.client_ca[0];
+        assert_eq!(
+            client_ca_warning(ca, &crate::certificates("client_ca", ca).unwrap()),
+            None
+        );
+        let leaf = dir.path().join("leaf.pem");
+        let w = client_ca_warning(&leaf, &crate::certificates("client_ca", &leaf).unwrap())
+            .expect("a leaf is warned about");
+        assert!(
+            w.contains(&format!(
+                "client_ca {}: not a CA certificate",
+                leaf.display()
+            )) && w.contains("localhost"),
+            "{w}"
+        );
+        // The chain file: its CA is not named, its leaf is.
+        let chain = &api.certificate;
+        let w =
+            client_ca_warning(chain, &crate::certificates("client_ca", chain).unwrap()).unwrap();
+        assert!(!w.contains("Root CA"), "{w}");
+        // Taken all the same: a warning, not a refusal.
+        tls_config(&TlsApi {
+            client_ca: vec![leaf],
+            ..api.clone()
+        })
+        .unwrap();
+    }
+
+    /// An address already taken is reported with the setting `listen` and the address.
+    #[tokio::test]
+    async fn an_address_in_use_is_named() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = bind_tcp(addr).await.unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("listen {addr}: ")) && e.contains("in use"),
+            "{e}"
+        );
+    }
 
     #[tokio::test]
     async fn a_stale_socket_is_replaced_and_a_live_one_or_a_file_refused() {

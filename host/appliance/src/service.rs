@@ -405,7 +405,7 @@ impl Appliance {
         }
         let (anchors, crl_following) = config
             .revocation
-            .start(crate::anchors(&config.trust)?)
+            .start(crate::anchors("trust", &config.trust)?)
             .map_err(|e| ApplianceError::Config(e.to_string()))?;
         let platform = crate::platform_clients(&config, &custody.signing_key()?, &anchors)?;
         let own_etk = tokio::sync::OnceCell::new();

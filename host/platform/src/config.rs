@@ -6,17 +6,19 @@
 //! store = "/var/lib/etee/platform.redb"     # or "postgres://user@host/db"
 //! tls_certificate = "server-chain.pem"      # the server's certificate chain, leaf first
 //! tls_key = "server-key.pem"                # its private key (PEM, PKCS#8 or RSA)
-//! client_ca = ["ca.pem"]                    # client certificates must chain to these
+//! # optional:
+//! client_ca = ["ca.pem"]                    # client certificates must chain to these (without:
+//!                                           # no caller is known: KGSS, KeyDepot writes refused)
 //! # optional, with these defaults:
 //! crl = []                                  # the CAs' revocation lists (DER or PEM)
 //! revocation = "optional"                   # none | optional | mandatory (optional with crl or ocsp)
 //! crl_check_seconds = 60                    # the crl files are read again when they change
 //! ocsp = "auto"                             # (default none) ask OCSP: each certificate's responder, or "http://…"
 //! max_body_bytes = 1048576
-//! handshake_timeout_ms = 10000
+//! handshake_timeout_ms = 10000              # timeouts: 100 to 86400000 (a day)
 //! request_timeout_ms = 30000
-//! max_connections = 1024
-//! max_connections_per_peer = 256           # per IP address (default: a quarter)
+//! max_connections = 1024                    # 1 to 65536
+//! max_connections_per_peer = 256           # per IP address (default: a quarter; at most the above)
 //! max_concurrent_work = 64                  # store/KGSS/KeyDepot operations at once
 //! queue_timeout_ms = 2000                   # wait for a turn, then 503 / SOA-02001
 //! max_requests_per_caller = 32              # one caller's requests at once (certificate or address)
@@ -35,6 +37,7 @@ use crate::{PlatformError, Result};
 use etee_services::revocation::RevocationConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::ops::{Bound, RangeBounds, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -154,6 +157,28 @@ pub fn store_transport_warning(store: &str) -> Option<String> {
 /// The most connections a server may be configured for: a bound on descriptors, and on the
 /// shutdown's drain (which waits for every permit).
 pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+
+/// The range of the timeouts in milliseconds (`handshake_timeout_ms`, `request_timeout_ms`):
+/// a tenth of a second (less cuts off every handshake or request) to a day.
+pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=86_400_000;
+
+/// `value`, the setting `key`, when within `range`; else an error naming the key, the
+/// value and the range (the file is added by [`PlatformConfig::load`]).
+fn in_range<T>(key: &str, value: T, range: impl RangeBounds<T>) -> Result<T>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    let allowed = match (range.start_bound(), range.end_bound()) {
+        (Bound::Included(min), Bound::Included(max)) => format!("{min} to {max}"),
+        (Bound::Included(min), _) => format!("at least {min}"),
+        (_, Bound::Included(max)) => format!("at most {max}"),
+        _ => "out of range".to_owned(),
+    };
+    Err(PlatformError::Config(format!("{key} = {value}: {allowed}")))
+}
 
 /// `max_requests_per_caller` when not configured (then lowered to half the work limit
 /// when above it).
@@ -289,42 +314,65 @@ impl PlatformConfig {
             .parse()
             .map_err(|e| PlatformError::Config(format!("listen {listen:?}: {e}")))?;
         let defaults = Limits::default();
+        let timeout = |key: &str, ms: Option<u64>, default: Duration| {
+            ms.map_or(Ok(default), |ms| {
+                in_range(key, ms, TIMEOUT_MS_RANGE).map(Duration::from_millis)
+            })
+        };
+        let max_connections = in_range(
+            "max_connections",
+            t.max_connections.unwrap_or(defaults.max_connections),
+            1..=MAX_CONNECTIONS_LIMIT,
+        )?;
         let limits = Limits {
-            max_body_bytes: t.max_body_bytes.unwrap_or(defaults.max_body_bytes),
-            handshake_timeout: t
-                .handshake_timeout_ms
-                .map_or(defaults.handshake_timeout, Duration::from_millis),
-            request_timeout: t
-                .request_timeout_ms
-                .map_or(defaults.request_timeout, Duration::from_millis),
-            max_connections: t.max_connections.unwrap_or(defaults.max_connections),
+            max_body_bytes: in_range(
+                "max_body_bytes",
+                t.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+                1..,
+            )?,
+            handshake_timeout: timeout(
+                "handshake_timeout_ms",
+                t.handshake_timeout_ms,
+                defaults.handshake_timeout,
+            )?,
+            request_timeout: timeout(
+                "request_timeout_ms",
+                t.request_timeout_ms,
+                defaults.request_timeout,
+            )?,
+            max_connections,
             // Default: a quarter of the listener's connections.
-            max_connections_per_peer: t.max_connections_per_peer.unwrap_or_else(|| {
-                (t.max_connections.unwrap_or(defaults.max_connections) / 4).max(1)
-            }),
-            max_concurrent_work: t
-                .max_concurrent_work
-                .unwrap_or(defaults.max_concurrent_work),
+            max_connections_per_peer: in_range(
+                "max_connections_per_peer",
+                t.max_connections_per_peer
+                    .unwrap_or((max_connections / 4).max(1)),
+                1..=max_connections,
+            )
+            .map_err(|e| match e {
+                PlatformError::Config(why) => {
+                    PlatformError::Config(format!("{why} (max_connections)"))
+                }
+                other => other,
+            })?,
+            max_concurrent_work: in_range(
+                "max_concurrent_work",
+                t.max_concurrent_work
+                    .unwrap_or(defaults.max_concurrent_work),
+                1..=MAX_CONCURRENT_WORK_LIMIT,
+            )?,
             queue_timeout: t
                 .queue_timeout_ms
                 .map_or(defaults.queue_timeout, Duration::from_millis),
-            max_requests_per_caller: t.max_requests_per_caller,
-            store_connections: t.store_connections.unwrap_or(defaults.store_connections),
+            max_requests_per_caller: t
+                .max_requests_per_caller
+                .map(|n| in_range("max_requests_per_caller", n, 1..))
+                .transpose()?,
+            store_connections: in_range(
+                "store_connections",
+                t.store_connections.unwrap_or(defaults.store_connections),
+                1..=MAX_STORE_CONNECTIONS,
+            )?,
         };
-        if limits.max_body_bytes == 0
-            || limits.max_connections == 0
-            || limits.max_connections_per_peer == 0
-            || limits.max_concurrent_work == 0
-            || limits.max_requests_per_caller == Some(0)
-            || limits.store_connections == 0
-        {
-            return Err(PlatformError::Config(
-                "max_body_bytes, max_connections, max_connections_per_peer, \
-                 max_concurrent_work, max_requests_per_caller and store_connections must be \
-                 positive"
-                    .into(),
-            ));
-        }
         if limits.queue_timeout.saturating_mul(2) >= limits.request_timeout {
             // A request may wait twice (its caller's share, then a turn of work): a busy
             // platform must answer 503 before its request time runs out (408).
@@ -332,24 +380,6 @@ impl PlatformConfig {
                 "queue_timeout_ms ({}) must be less than half of request_timeout_ms ({})",
                 limits.queue_timeout.as_millis(),
                 limits.request_timeout.as_millis()
-            )));
-        }
-        if limits.store_connections > MAX_STORE_CONNECTIONS {
-            return Err(PlatformError::Config(format!(
-                "store_connections = {}: at most {MAX_STORE_CONNECTIONS}",
-                limits.store_connections
-            )));
-        }
-        if limits.max_concurrent_work > MAX_CONCURRENT_WORK_LIMIT {
-            return Err(PlatformError::Config(format!(
-                "max_concurrent_work = {}: at most {MAX_CONCURRENT_WORK_LIMIT}",
-                limits.max_concurrent_work
-            )));
-        }
-        if limits.max_connections > MAX_CONNECTIONS_LIMIT {
-            return Err(PlatformError::Config(format!(
-                "max_connections = {}: at most {MAX_CONNECTIONS_LIMIT}",
-                limits.max_connections
             )));
         }
         if t.status_access == StatusAccess::Certificate && t.client_ca.is_empty() {
@@ -511,10 +541,22 @@ mod tests {
         assert_eq!(c.limits.max_concurrent_work, 8);
         assert_eq!(c.limits.queue_timeout, Duration::from_millis(250));
         for (extra, says) in [
-            ("max_concurrent_work = 0\n", "must be positive"),
-            ("max_concurrent_work = 501\n", "at most 500"),
-            ("max_requests_per_caller = 0\n", "must be positive"),
-            ("store_connections = 1025\n", "at most 1024"),
+            (
+                "max_concurrent_work = 0\n",
+                "max_concurrent_work = 0: 1 to 500",
+            ),
+            (
+                "max_concurrent_work = 501\n",
+                "max_concurrent_work = 501: 1 to 500",
+            ),
+            (
+                "max_requests_per_caller = 0\n",
+                "max_requests_per_caller = 0: at least 1",
+            ),
+            (
+                "store_connections = 1025\n",
+                "store_connections = 1025: 1 to 1024",
+            ),
             (
                 "queue_timeout_ms = 2500\nrequest_timeout_ms = 5000\n",
                 "must be less than half of request_timeout_ms",
@@ -585,5 +627,81 @@ mod tests {
         ] {
             assert!(PlatformConfig::from_toml(text, base).is_err(), "{text}");
         }
+    }
+
+    /// Values that would make the platform useless are refused at load, each naming its
+    /// key and allowed range; the edges of the ranges are accepted.
+    #[test]
+    fn values_out_of_their_range_are_refused_naming_the_key() {
+        let base =
+            "[platform]\nstore = \"p.redb\"\ntls_certificate = \"s.pem\"\ntls_key = \"k.pem\"\n";
+        let with =
+            |extra: &str| PlatformConfig::from_toml(&format!("{base}{extra}"), Path::new("/"));
+        for (extra, says) in [
+            (
+                "handshake_timeout_ms = 0\n",
+                "handshake_timeout_ms = 0: 100 to 86400000",
+            ),
+            (
+                "request_timeout_ms = 0\n",
+                "request_timeout_ms = 0: 100 to 86400000",
+            ),
+            (
+                "handshake_timeout_ms = 86400001\n",
+                "handshake_timeout_ms = 86400001: 100 to 86400000",
+            ),
+            ("max_body_bytes = 0\n", "max_body_bytes = 0: at least 1"),
+            ("max_connections = 0\n", "max_connections = 0: 1 to 65536"),
+            (
+                "max_connections = 4294967296\n",
+                "max_connections = 4294967296: 1 to 65536",
+            ),
+            (
+                "max_connections_per_peer = 0\n",
+                "max_connections_per_peer = 0: 1 to 1024 (max_connections)",
+            ),
+            (
+                "max_connections = 8\nmax_connections_per_peer = 9\n",
+                "max_connections_per_peer = 9: 1 to 8 (max_connections)",
+            ),
+            (
+                "store_connections = 0\n",
+                "store_connections = 0: 1 to 1024",
+            ),
+        ] {
+            let e = with(extra)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {extra}"))
+                .to_string();
+            assert!(e.contains(says), "{extra}→ {e}");
+        }
+        let c = with(
+            "handshake_timeout_ms = 100\nrequest_timeout_ms = 86400000\nmax_body_bytes = 1\n\
+             max_connections = 8\nmax_connections_per_peer = 8\nqueue_timeout_ms = 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.handshake_timeout, Duration::from_millis(100));
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(86_400));
+        assert_eq!(c.limits.max_connections_per_peer, 8);
+        assert_eq!(c.limits.queue_timeout, Duration::ZERO);
+    }
+
+    /// Through [`PlatformConfig::load`], a refused value names the file too.
+    #[test]
+    fn a_refused_value_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("platform.toml");
+        std::fs::write(
+            &path,
+            "[platform]\nstore = \"p.redb\"\ntls_certificate = \"s.pem\"\ntls_key = \"k.pem\"\n\
+             request_timeout_ms = 0\n",
+        )
+        .unwrap();
+        let e = PlatformConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains("request_timeout_ms = 0: 100 to 86400000"),
+            "{e}"
+        );
     }
 }

@@ -85,7 +85,13 @@ impl Platform {
         let store = etee_store::open_with(
             &config.store,
             config.limits.store_connections + routes::READY_CHECKS,
-        )?;
+        )
+        .map_err(|e| {
+            PlatformError::Config(format!(
+                "store {}: {e}",
+                config::redacted_store(&config.store)
+            ))
+        })?;
         let mut platform = Self::new(store, config, anchors, kgss);
         platform.crl_following = crl_following;
         Ok(platform)
@@ -145,14 +151,15 @@ impl Platform {
     }
 }
 
-/// The certificates of PEM files as trust anchors.
+/// The certificates of PEM files (the setting `client_ca`) as trust anchors.
 pub fn anchors(files: &[std::path::PathBuf]) -> Result<etee_formats::trust::TrustAnchors> {
     let mut certs = Vec::new();
     for path in files {
-        for der in tls::certificates(path)? {
+        for der in tls::certificates("client_ca", path)? {
             certs.push(
-                etee_formats::cert::Certificate::from_der(&der)
-                    .map_err(|e| PlatformError::Tls(format!("{}: {e}", path.display())))?,
+                etee_formats::cert::Certificate::from_der(&der).map_err(|e| {
+                    PlatformError::Tls(format!("client_ca {}: {e}", path.display()))
+                })?,
             );
         }
     }

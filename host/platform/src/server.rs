@@ -219,7 +219,9 @@ impl Running {
 pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
     let c = &platform.config;
     let tls = crate::tls::server_config(&c.tls_certificate, &c.tls_key, &c.client_ca)?;
-    let listener = TcpListener::bind(c.listen).await?;
+    let listener = TcpListener::bind(c.listen)
+        .await
+        .map_err(|e| crate::PlatformError::Config(format!("listen {}: {e}", c.listen)))?;
     let addr = listener.local_addr()?;
     let limits = c.limits;
     let routes = crate::routes::router(platform.clone());

@@ -714,3 +714,71 @@ async fn a_start_with_wrong_tls_files_creates_no_store() {
     assert!(!dir.path().join("new.redb").exists());
     w.stop().await;
 }
+
+/// What stops a start is named with its setting: an address already taken (`listen`), a
+/// store in a directory that does not exist (`store`), a missing certificate
+/// (`tls_certificate`), a key that is not the certificate's (`tls_key`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_names_the_setting() {
+    let w = World::new("start-errors", common::Backend::Embedded).await;
+    let open = |config: etee_platform::PlatformConfig| async move {
+        tokio::task::spawn_blocking(move || etee_platform::Platform::open(config))
+            .await
+            .unwrap()
+            .err()
+            .expect("not opened")
+            .to_string()
+    };
+    // The address the world serves on.
+    let mut taken = w.platform.config.clone();
+    taken.listen = w.addr;
+    let platform = std::sync::Arc::new(etee_platform::Platform::new(
+        w.platform.store.clone(),
+        taken,
+        w.anchors.clone(),
+        None,
+    ));
+    let e = etee_platform::server::start(platform)
+        .await
+        .err()
+        .expect("the address is taken")
+        .to_string();
+    assert!(
+        e.contains(&format!("listen {}: ", w.addr)) && e.contains("in use"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = w.platform.config.clone();
+    let store = dir.path().join("missing").join("platform.redb");
+    config.store = store.display().to_string();
+    let e = open(config.clone()).await;
+    assert!(e.contains(&format!("store {}: ", store.display())), "{e}");
+    let mut missing = config.clone();
+    missing.tls_certificate = dir.path().join("nope.pem");
+    let e = open(missing).await;
+    assert!(
+        e.contains(&format!(
+            "tls_certificate {}: ",
+            dir.path().join("nope.pem").display()
+        )),
+        "{e}"
+    );
+    let other_key = dir.path().join("other-key.pem");
+    std::fs::write(
+        &other_key,
+        w.alice.auth.key.private_key_to_pem_pkcs8().unwrap(),
+    )
+    .unwrap();
+    let mut mismatched = config;
+    mismatched.tls_key = other_key.clone();
+    let e = open(mismatched.clone()).await;
+    assert!(
+        e.contains(&format!(
+            "tls_key {} does not match tls_certificate {}",
+            other_key.display(),
+            mismatched.tls_certificate.display()
+        )),
+        "{e}"
+    );
+    w.stop().await;
+}

@@ -1618,3 +1618,44 @@ fn a_running_appliance_follows_its_revocation_lists() {
         "{log}"
     );
 }
+
+/// The HTTPS API's files are checked before the appliance logs in to its token: a
+/// certificate path typed wrong stops the start (exit 2, the setting named) without a
+/// login on the audit chain (each one is recorded, and with a wrong PIN counted).
+#[test]
+fn wrong_tls_files_stop_the_appliance_before_its_token() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    let alice_config = std::fs::read_to_string(w.path("alice-appliance.toml")).unwrap();
+    let rest = &alice_config[alice_config.find("[platform]").unwrap()..];
+    std::fs::write(
+        w.path("alice-typo.toml"),
+        format!(
+            "[appliance]\nhsm = \"alice-hsm.toml\"\ntrust = [\"world/ca.pem\"]\n\
+             socket = \"alice-typo.sock\"\nlisten = \"127.0.0.1:0\"\n\
+             tls_certificate = \"world/tls-servr.pem\"\ntls_key = \"world/tls-server-key.pem\"\n\
+             client_ca = [\"world/ca.pem\"]\n\n{rest}"
+        ),
+    )
+    .unwrap();
+    let before = w.audit_verify("alice-hsm.toml")["records"]
+        .as_u64()
+        .unwrap();
+    let out = etee_e2e::etee(["serve", "--config"])
+        .arg(w.path("alice-typo.toml"))
+        .env("SOFTHSM2_CONF", w.path("softhsm2.conf"))
+        .run();
+    out.code(2);
+    assert!(
+        out.stderr.contains("tls_certificate") && out.stderr.contains("tls-servr.pem"),
+        "{}",
+        out.stderr
+    );
+    let after = w.audit_verify("alice-hsm.toml")["records"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before, "no login was made");
+    assert!(!w.path("alice-typo.sock").exists());
+}

@@ -389,6 +389,10 @@ pub fn read_pin_file_checked(path: &Path) -> Result<(Pin, Option<String>)> {
         reason,
     };
     let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if let Some(why) = secret_file_refusal(&meta) {
+        return Err(fail(why));
+    }
     let warning = permission_warning(path, &file);
     // Room for the largest accepted file and one byte more from the start: growing
     // would reallocate and leave copies of the PIN in freed memory.
@@ -471,6 +475,39 @@ fn without_value(message: &str) -> String {
 
 fn permission_warning(path: &Path, file: &std::fs::File) -> Option<String> {
     secret_file_warning("PIN file", path, &file.metadata().ok()?)
+}
+
+/// Why a secret file must not be used, if it must not: one that someone else may write
+/// (group or others, or another owner than this process's user or root) decides what
+/// is used as the secret — with a PIN, what the token is asked with, so that it can also
+/// make logins fail until the core locks itself out.
+#[cfg(unix)]
+pub fn secret_file_refusal(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = meta.permissions().mode();
+    if !meta.is_file() {
+        return None;
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "writable by group or others (mode {:o}): whoever can write it chooses the \
+             secret; chmod 600 it",
+            mode & 0o777
+        ));
+    }
+    let me = nix::unistd::getuid().as_raw();
+    (meta.uid() != me && meta.uid() != 0).then(|| {
+        format!(
+            "owned by uid {}, neither this process's user ({me}) nor root: that user \
+             chooses the secret; chown it",
+            meta.uid()
+        )
+    })
+}
+
+#[cfg(not(unix))]
+pub fn secret_file_refusal(_: &std::fs::Metadata) -> Option<String> {
+    None
 }
 
 /// What to tell the operator of a secret file (`what`: "keystore password file", "TLS
@@ -1064,6 +1101,36 @@ mod tests {
             config_dir(Path::new("/etc/etee/a.toml")),
             Path::new("/etc/etee")
         );
+    }
+
+    /// A PIN file someone else may write, or owned by another user, is refused (its mode
+    /// or owner named); one only readable by others is used, with a warning.
+    #[test]
+    fn pin_files_others_may_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        std::fs::write(&p, "1234\n").unwrap();
+        for mode in [0o620, 0o602, 0o666] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_pin_file_checked(&p).err().unwrap().to_string();
+            assert!(
+                err.contains("writable by group or others"),
+                "{mode:o}: {err}"
+            );
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (pin, warning) = read_pin_file_checked(&p).unwrap();
+        assert_eq!(pin.expose(), "1234");
+        assert!(warning.is_some());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Another owner: only root can give a file away, as the suite does when run as root.
+        let me = nix::unistd::getuid().as_raw();
+        if me == 0 {
+            std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+            let err = read_pin_file_checked(&p).err().unwrap().to_string();
+            assert!(err.contains("owned by uid 65534"), "{err}");
+        }
     }
 
     /// A credential is a plain file name in systemd's credentials directory.

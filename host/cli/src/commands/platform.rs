@@ -611,15 +611,7 @@ fn etk_find(
         )
         .map_err(|e| store_error(config, e))?;
     let now = etee_platform::unix_now();
-    let time = |t: i64| {
-        time::OffsetDateTime::from_unix_timestamp(t)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| t.to_string())
-    };
+    let time = crate::inputs::rfc3339;
     if json {
         let list: Vec<_> = found
             .iter()

@@ -1031,6 +1031,7 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
         "/v1/etks?type=NIHII-PHARMACY&identifier=27150201&identifier=1",
         "/v1/audit?limit=1&limit=2",
         "/v1/audit?limit=10001",
+        "/v1/kgss/keys/AA",
     ] {
         let (status, body) = curl_unix(&socket, "GET", path, None);
         assert_eq!(
@@ -1050,6 +1051,57 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
         curl_unix(&socket, "POST", "/v1/kgss/keys", Some(body.as_bytes())),
         400,
         "APPLIANCE_BAD_REQUEST",
+    );
+    // Routes that take no parameters refuse one (a misspelt option is not ignored).
+    for path in [
+        "/v1/unseal?x=1",
+        "/v1/kgss/keys?x=1",
+        "/v1/keydepot/keys?x=1",
+    ] {
+        assert_problem(
+            curl_unix(&socket, "POST", path, Some(b"{}")),
+            400,
+            "APPLIANCE_BAD_REQUEST",
+        );
+    }
+    // A JSON body over 64 KiB is too large, as any other body over its limit.
+    let big = serde_json::json!({ "allowed": ["doctor"], "padding": "x".repeat(70_000) });
+    assert_problem(
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/kgss/keys",
+            Some(big.to_string().as_bytes()),
+        ),
+        413,
+        "APPLIANCE_BODY_TOO_LARGE",
+    );
+    // Every route's wrong method is the same problem; no answer may be cached.
+    for path in ["/metrics", "/openapi.json", "/v1/seal"] {
+        let method = if path == "/v1/seal" { "PUT" } else { "POST" };
+        let answer = raw(
+            format!("{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+            false,
+        );
+        let lower = answer.to_ascii_lowercase();
+        assert!(
+            answer.starts_with("HTTP/1.1 405")
+                && lower.contains("content-type: application/problem+json")
+                && answer.contains("APPLIANCE_METHOD_NOT_ALLOWED")
+                && lower.contains("cache-control: no-store"),
+            "{path}: {answer}"
+        );
+    }
+    let health = raw(
+        b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert!(
+        health
+            .to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{health}"
     );
 }
 

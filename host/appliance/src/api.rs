@@ -53,6 +53,12 @@ pub fn router(app: Arc<Appliance>) -> Router {
         )
         .route("/v1/audit", get(audit))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        // After every route: the fallbacks cover only the routes registered before them.
         .fallback(|| async {
             problem(&ServiceError::NotFound(
                 "no such route (see /openapi.json)".into(),
@@ -63,11 +69,15 @@ pub fn router(app: Arc<Appliance>) -> Router {
                 "this method is not allowed on this route (see /openapi.json)".into(),
             ))
         })
-        .route("/metrics", get(metrics))
-        .route(
-            "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
+        // Answers hold keys, unsealed content and verdicts: no cache may keep them.
+        .layer(axum::middleware::map_response(
+            |mut response: Response| async move {
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            },
+        ))
         .with_state(app)
 }
 
@@ -230,11 +240,48 @@ fn spool_body(app: Arc<Appliance>, spool: SpoolReader) -> Body {
     }))
 }
 
-fn wants_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/json"))
+/// Whether the caller asked for the JSON answer rather than `binary` (the route's other
+/// type): only when its `Accept` header ranks `application/json` strictly above `binary`
+/// by q-values (wildcards count for the types they match; q=0 is "not acceptable"). No
+/// header, or a tie, gives the binary answer, so a client listing every type it knows (as
+/// generated clients do) gets the route's first one.
+fn wants_json(headers: &HeaderMap, binary: &str) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    accept_quality(accept, "application/json") > accept_quality(accept, binary)
+}
+
+/// The q-value `accept` gives `media_type` (its most specific matching range; 0 if none),
+/// in thousandths (RFC 9110 §12.5.1).
+fn accept_quality(accept: &str, media_type: &str) -> u16 {
+    let (kind, _) = media_type.split_once('/').unwrap_or((media_type, ""));
+    let mut best: Option<(u8, u16)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let specificity = if name == media_type {
+            3
+        } else if name.strip_suffix("/*") == Some(kind) {
+            2
+        } else if name == "*/*" {
+            1
+        } else {
+            continue;
+        };
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(1000, |(_, v)| {
+                v.trim()
+                    .parse::<f32>()
+                    .map_or(0, |q| (q.clamp(0.0, 1.0) * 1000.0).round() as u16)
+            });
+        if best.is_none_or(|(s, _)| specificity > s) {
+            best = Some((specificity, q));
+        }
+    }
+    best.map_or(0, |(_, q)| q)
 }
 
 /// JSON with every non-ASCII character escaped, fit for an HTTP header.
@@ -429,7 +476,7 @@ async fn seal(
         } = app.seal(&client, request, body_reader(body)).await?;
         app.metrics.bytes(content_len, 0);
         let key_id = kgss_key_id.as_deref().map(|k| B64.encode(k));
-        if wants_json(&headers) {
+        if wants_json(&headers, SEALED_TYPE) {
             let sealed = read_all(&mut message, app.config().limits.max_json_content_bytes)?;
             app.metrics.bytes(0, sealed.len() as u64);
             return Ok(json_response(
@@ -460,6 +507,7 @@ async fn seal(
 async fn unseal(
     State(app): State<Arc<Appliance>>,
     Extension(peer): Extension<Peer>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -468,6 +516,7 @@ async fn unseal(
     let answer = async {
         let client = app.authorise(&peer, Operation::Unseal)?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
+        no_query(query)?;
         let client = app.take_slot(client).await?;
         let Opened {
             unsealed,
@@ -482,7 +531,7 @@ async fn unseal(
             // Not clean: the verdict, and no content.
             return Ok(json_response(StatusCode::UNPROCESSABLE_ENTITY, &report));
         };
-        if wants_json(&headers) {
+        if wants_json(&headers, "application/octet-stream") {
             let bytes = read_all(&mut content, app.config().limits.max_json_content_bytes)?;
             app.metrics.bytes(0, bytes.len() as u64);
             report["content"] = json!(B64.encode(bytes));
@@ -565,15 +614,22 @@ fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(query: &str) -> Result
 /// The parameters of a route that takes them in its path only: a path that does not
 /// decode is the caller's error (as a problem, without the router's internal names), and
 /// so is any query parameter.
-fn path_param<T>(
-    path: Result<Path<T>, PathRejection>,
-    query: Option<String>,
-) -> Result<T, ServiceError> {
+/// Refuses a query on a route that takes no parameters (a misspelt one must not be
+/// ignored).
+fn no_query(query: Option<String>) -> Result<(), ServiceError> {
     if query.is_some_and(|q| !q.is_empty()) {
         return Err(ServiceError::BadRequest(
             "this route takes no query parameters".into(),
         ));
     }
+    Ok(())
+}
+
+fn path_param<T>(
+    path: Result<Path<T>, PathRejection>,
+    query: Option<String>,
+) -> Result<T, ServiceError> {
+    no_query(query)?;
     path.map(|Path(p)| p).map_err(|_| {
         ServiceError::BadRequest("the path does not decode (percent-encoded UTF-8 expected)".into())
     })
@@ -587,10 +643,39 @@ struct NewKeyBody {
     excluded: Vec<String>,
 }
 
-async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ServiceError> {
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
+/// The largest JSON request body (KGSS and KeyDepot requests are a few hundred bytes).
+const MAX_JSON_BODY: u64 = 64 * 1024;
+
+/// The checks of a JSON request that need no work (no query; a declared length within
+/// [`MAX_JSON_BODY`] and `max_body_bytes`), made before a slot is taken; the body, bounded
+/// by the same limit (more is 413, as for the other bodies).
+fn json_request(
+    app: &Appliance,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(http_body_util::Limited<Body>, u64), ServiceError> {
+    no_query(query)?;
+    let limit = MAX_JSON_BODY.min(app.config().limits.max_body_bytes);
+    declared_length_fits(limit, headers)?;
+    let bounded = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok((bounded, limit))
+}
+
+/// A JSON request body from [`json_request`].
+async fn json_body<T: serde::de::DeserializeOwned>(
+    (body, limit): (http_body_util::Limited<Body>, u64),
+) -> Result<T, ServiceError> {
+    let bytes = http_body_util::BodyExt::collect(body)
         .await
-        .map_err(|e| ServiceError::BadRequest(format!("body: {e}")))?;
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ServiceError::TooLarge(limit)
+            } else {
+                ServiceError::BadRequest(format!("body: {e}"))
+            }
+        })?
+        .to_bytes();
     serde_json::from_slice(&bytes).map_err(|e| ServiceError::BadRequest(format!("JSON: {e}")))
 }
 
@@ -608,14 +693,31 @@ fn key_id_param(key_id: &str) -> Result<Vec<u8>, ServiceError> {
     Ok(id)
 }
 
+/// A KGSS key id in a path: [`key_id_param`], and 16 bytes (KGSS's ids), so that a
+/// malformed one is the caller's 400 rather than KGSS's refusal relayed as a 502.
+fn kgss_key_id_param(key_id: &str) -> Result<Vec<u8>, ServiceError> {
+    let id = key_id_param(key_id)?;
+    if id.len() != 16 {
+        return Err(ServiceError::BadRequest(format!(
+            "keyId: a KGSS key id is 16 bytes, this one is {}",
+            id.len()
+        )));
+    }
+    Ok(id)
+}
+
 async fn kgss_new_key(
     State(app): State<Arc<Appliance>>,
     Extension(peer): Extension<Peer>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let client = app.admit(&peer, Operation::Kgss).await?;
+        let client = app.authorise(&peer, Operation::Kgss)?;
+        let body = json_request(&app, query, &headers, body)?;
+        let client = app.take_slot(client).await?;
         let b: NewKeyBody = json_body(body).await?;
         let (allowed, excluded) = reader_conditions(&b.allowed, &b.excluded)?;
         let key = app.kgss_new_key(&client, allowed, excluded).await?;
@@ -637,7 +739,7 @@ async fn kgss_get_key(
     let started = Instant::now();
     let answer = async {
         let client = app.authorise(&peer, Operation::Kgss)?;
-        let id = key_id_param(&path_param(key_id, query)?)?;
+        let id = kgss_key_id_param(&path_param(key_id, query)?)?;
         let client = app.take_slot(client).await?;
         let key = app.kgss_get_key(&client, &id).await?;
         Ok(json_response(
@@ -658,7 +760,7 @@ async fn kgss_delete(
     let started = Instant::now();
     let answer = async {
         let client = app.authorise(&peer, Operation::KgssDelete)?;
-        let id = key_id_param(&path_param(key_id, query)?)?;
+        let id = kgss_key_id_param(&path_param(key_id, query)?)?;
         let _admitted = app.take_slot(client).await?;
         app.kgss_delete(&id).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -682,11 +784,15 @@ struct RegisterBody {
 async fn keydepot_register(
     State(app): State<Arc<Appliance>>,
     Extension(peer): Extension<Peer>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
     let answer = async {
-        let client = app.admit(&peer, Operation::KeyDepot).await?;
+        let client = app.authorise(&peer, Operation::KeyDepot)?;
+        let body = json_request(&app, query, &headers, body)?;
+        let client = app.take_slot(client).await?;
         let b: RegisterBody = json_body(body).await?;
         let registered = app.keydepot_register(&client, b.key, b.label).await?;
         Ok(json_response(StatusCode::CREATED, &to_json(&registered)?))
@@ -857,6 +963,54 @@ async fn metrics(State(app): State<Arc<Appliance>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// JSON only when the caller ranks it above the route's binary type.
+    #[test]
+    fn json_only_when_the_caller_prefers_it() {
+        let accept = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap());
+            h
+        };
+        let bin = SEALED_TYPE;
+        assert!(!wants_json(&HeaderMap::new(), bin));
+        for yes in [
+            "application/json",
+            "Application/JSON",
+            "application/pkcs7-mime;q=0.5, application/json",
+            "application/json, */*;q=0.1",
+            "application/json;q=0.2, application/*;q=0.1",
+        ] {
+            assert!(wants_json(&accept(yes), bin), "{yes}");
+        }
+        for no in [
+            "application/pkcs7-mime, application/json",
+            "application/json, application/pkcs7-mime",
+            "application/pkcs7-mime;q=1, application/json;q=0",
+            "application/json;q=0, */*",
+            "*/*",
+            "text/html",
+            "application/*;q=0.9, application/json;q=0.9",
+        ] {
+            assert!(!wants_json(&accept(no), bin), "{no}");
+        }
+    }
+
+    /// KGSS key ids are 16 bytes: anything else is the caller's error here.
+    #[test]
+    fn kgss_key_ids_are_16_bytes() {
+        assert_eq!(
+            kgss_key_id_param("AAAAAAAAAAAAAAAAAAAAAA").unwrap(),
+            [0u8; 16]
+        );
+        assert_eq!(
+            kgss_key_id_param("AAAAAAAAAAAAAAAAAAAAAA==").unwrap(),
+            [0u8; 16]
+        );
+        for bad in ["AA", "AA===", "AAAAAAAAAAAAAAAAAAAAAAAA"] {
+            assert!(kgss_key_id_param(bad).is_err(), "{bad}");
+        }
+    }
 
     /// Repeats count once (one recipient info, one reader condition); more different ones
     /// than the bounds are the caller's error, before anything is looked up.

@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine;
+use etee_formats::ocsp::NotVouched;
 use etee_services::etkdepot::Identifier;
 use etee_services::kgss::{vocabulary, Credential};
 use futures_util::TryStreamExt;
@@ -131,14 +132,32 @@ pub fn problem(e: &ServiceError) -> Response {
         body.to_string(),
     )
         .into_response();
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        // The client's own operations free its slots; one second is a fair first retry.
+    if let Some(seconds) = retry_after(e) {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
     }
     response
 }
+
+/// When a refusal that may pass by itself is worth asking again (`Retry-After`, seconds).
+fn retry_after(e: &ServiceError) -> Option<&'static str> {
+    match e {
+        // The client's own operations free its slots; one second is a fair first retry.
+        ServiceError::Busy { .. } => Some("1"),
+        // The session pool re-initialises the token and re-finds its keys on the next use.
+        ServiceError::HsmUnavailable(_) => Some("1"),
+        // A certificate with no usable answer is not asked about again for this long.
+        ServiceError::OwnCertificate {
+            why: NotVouched::NoAnswer,
+            ..
+        } => Some(OCSP_RETRY_AFTER),
+        _ => None,
+    }
+}
+
+/// [`etee_formats::ocsp::UNREACHABLE_BACKOFF`] as a header value (a test pins them equal).
+const OCSP_RETRY_AFTER: &str = "30";
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
     (
@@ -1193,5 +1212,26 @@ mod tests {
         });
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let r = problem(&ServiceError::HsmUnavailable("session closed".into()));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let own = |why| ServiceError::OwnCertificate {
+            text: "x".into(),
+            why,
+        };
+        let r = problem(&own(NotVouched::NoAnswer));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.headers()[header::RETRY_AFTER],
+            etee_formats::ocsp::UNREACHABLE_BACKOFF.to_string().as_str()
+        );
+        for why in [NotVouched::NotGood, NotVouched::Misconfigured] {
+            let r = problem(&own(why));
+            assert!(r.headers().get(header::RETRY_AFTER).is_none(), "{why:?}");
+        }
+        // Not a passing condition: asking again changes nothing until the operator acts.
+        let r = problem(&ServiceError::AuditUnreadable("mode".into()));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -72,6 +72,10 @@ pub struct CustodyConfig {
     /// User ids besides the server's own that may connect to the socket (checked with
     /// SO_PEERCRED on every connection).
     pub allowed_uids: Vec<u32>,
+    /// The custody process's user id, which clients check their peer against (SO_PEERCRED)
+    /// before sending a frame. Unset: the client's own uid, when `allowed_uids` is empty (the
+    /// server then serves its own user only); unchecked, with a warning, otherwise.
+    pub server_uid: Option<u32>,
     /// The rate budget of every rule of the default policy (and of the appliance's
     /// per-client rules): `budget_burst` uses at once, refilled at `budget_per_second`.
     pub budget: etee_custody::policy::Budget,
@@ -125,6 +129,7 @@ impl CustodyConfig {
             mode: CustodyMode::InProcess,
             socket: None,
             allowed_uids: Vec::new(),
+            server_uid: None,
             budget: crate::custody::DEFAULT_BUDGET,
             audit_segment_bytes: Some(DEFAULT_AUDIT_SEGMENT_BYTES),
         }
@@ -168,6 +173,7 @@ impl Config {
             if let Some(uids) = c.allowed_uids {
                 custody.allowed_uids = uids;
             }
+            custody.server_uid = c.server_uid;
             if let Some(f) = c.socket {
                 custody.socket = Some(if f.is_relative() { base.join(f) } else { f });
             }
@@ -225,6 +231,7 @@ struct RawCustody {
     mode: Option<CustodyMode>,
     socket: Option<PathBuf>,
     allowed_uids: Option<Vec<u32>>,
+    server_uid: Option<u32>,
     budget_burst: Option<u32>,
     budget_per_second: Option<u32>,
     audit_segment_bytes: Option<u64>,
@@ -873,6 +880,21 @@ mod tests {
         assert_eq!(c.profile("authentication").unwrap().bits, 2048);
         assert!(c.pool_size(None) >= 2);
         assert_eq!(c.pool_size(Some(1)), 1);
+    }
+
+    #[test]
+    fn the_custody_server_uid_is_read() {
+        let read = |extra: &str| {
+            Config::from_toml(
+                &format!("[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n{extra}"),
+                Path::new("/"),
+            )
+            .map(|c| c.custody.server_uid)
+        };
+        assert_eq!(read("").unwrap(), None);
+        assert_eq!(read("[custody]\nserver_uid = 998\n").unwrap(), Some(998));
+        assert!(read("[custody]\nserver_uid = -1\n").is_err());
+        assert!(read("[custody]\nserver_uid = \"etee\"\n").is_err());
     }
 
     #[test]

@@ -464,11 +464,61 @@ impl Server {
 pub const CUSTODY_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A connection to the custody process with [`CUSTODY_IO_TIMEOUT`] on reads and writes.
-fn connect_bounded(socket: &Path) -> io::Result<UnixStream> {
+fn connect_bounded(socket: &Path, server: &ServerCheck) -> io::Result<UnixStream> {
     let stream = UnixStream::connect(socket)?;
+    server.check(&stream)?;
     stream.set_read_timeout(Some(CUSTODY_IO_TIMEOUT))?;
     stream.set_write_timeout(Some(CUSTODY_IO_TIMEOUT))?;
     Ok(stream)
+}
+
+/// Which peers a client takes for the custody process: a socket path another user could
+/// have bound first (a directory it may write, a server not yet started) must not receive
+/// the client's frames or answer them with made-up results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ServerCheck {
+    /// The peer's uid must be this one.
+    Uid(u32),
+    /// `allowed_uids` names other users and no `server_uid` says which one serves: any.
+    Unchecked,
+}
+
+impl ServerCheck {
+    /// `[custody] server_uid` when set; else, when `allowed_uids` is empty, the client's own
+    /// uid (the server serves nobody else then); else unchecked, said once to the operator.
+    fn from_config(custody: &CustodyConfig) -> Self {
+        let expected = match custody.server_uid {
+            Some(uid) => uid,
+            None if custody.allowed_uids.is_empty() => nix::unistd::getuid().as_raw(),
+            None => {
+                crate::warn_operator(
+                    "[custody] server_uid is not set: the custody socket's server is not \
+                     checked (set it to the custody process's uid)",
+                );
+                return Self::Unchecked;
+            }
+        };
+        Self::Uid(expected)
+    }
+
+    fn check(&self, stream: &UnixStream) -> io::Result<()> {
+        let Self::Uid(expected) = *self else {
+            return Ok(());
+        };
+        let uid = peer_uid(stream).map_err(io::Error::from)?;
+        if uid == expected {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "served by uid {uid}, not by the custody process's uid {expected} \
+                     ([custody] server_uid, or the client's own uid when it is unset and \
+                     allowed_uids is empty): nothing was sent"
+                ),
+            ))
+        }
+    }
 }
 
 /// Accept errors that concern one connection or a passing shortage, not the listener.
@@ -731,6 +781,8 @@ struct RemoteInner {
     /// The token, for what is read without logging in (`None` from
     /// [`RemoteCustodyKeys::with_certificates`]).
     hsm: Option<HsmConfig>,
+    /// Checked on every new connection, before a frame is sent.
+    server: ServerCheck,
 }
 
 /// Idle connections a client keeps for its next requests.
@@ -773,16 +825,19 @@ impl RemoteCustodyKeys {
         custody: &CustodyConfig,
         socket: &Path,
     ) -> Result<Self> {
-        let stream = connect_bounded(socket).map_err(|e| HsmError::CustodyUnreachable {
-            socket: socket.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let server = ServerCheck::from_config(custody);
+        let stream =
+            connect_bounded(socket, &server).map_err(|e| HsmError::CustodyUnreachable {
+                socket: socket.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             inner: Arc::new(RemoteInner {
                 socket: socket.to_path_buf(),
                 idle: Mutex::new(vec![stream]),
                 certs,
                 hsm: None,
+                server,
             }),
             client: client_id(&custody.client)?,
         })
@@ -824,7 +879,10 @@ impl RemoteCustodyKeys {
         loop {
             let (mut stream, reused) = match self.idle().pop() {
                 Some(s) => (s, true),
-                None => (connect_bounded(&self.inner.socket).map_err(failed)?, false),
+                None => (
+                    connect_bounded(&self.inner.socket, &self.inner.server).map_err(failed)?,
+                    false,
+                ),
             };
             let exchanged = write_frame(&mut stream, frame).and_then(|()| {
                 read_frame(&mut stream, MAX_RESPONSE_FRAME)?
@@ -1005,6 +1063,32 @@ impl PrivateKeyOps for RemoteCustodyKeys {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn clients_check_who_serves_the_socket() {
+        let me = nix::unistd::getuid().as_raw();
+        let mut custody = crate::config::Config::from_toml(
+            "[hsm]\ntoken_label = \"t\"\npin_file = \"/p\"\n",
+            Path::new("/"),
+        )
+        .unwrap()
+        .custody;
+        assert_eq!(ServerCheck::from_config(&custody), ServerCheck::Uid(me));
+        custody.allowed_uids = vec![me + 1];
+        assert_eq!(ServerCheck::from_config(&custody), ServerCheck::Unchecked);
+        custody.server_uid = Some(me + 7);
+        assert_eq!(ServerCheck::from_config(&custody), ServerCheck::Uid(me + 7));
+
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(ServerCheck::Uid(me).check(&a).is_ok());
+        assert!(ServerCheck::Unchecked.check(&a).is_ok());
+        let e = ServerCheck::Uid(me + 7).check(&a).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(
+            e.to_string().contains(&format!("served by uid {me}")),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_peer_uid_comes_from_the_kernel() {

@@ -1447,3 +1447,39 @@ fn keys_are_described(process: bool) {
         ]
     );
 }
+
+/// A client sends nothing to a socket served by another uid than the custody process's
+/// (`[custody] server_uid`, else its own when `allowed_uids` is empty): an impostor that
+/// bound the path first gets no frame, and the client a clear error; the real server,
+/// under the expected uid, is used.
+#[test]
+fn clients_send_frames_only_to_the_custody_process() {
+    use std::io::Read;
+    let me = nix::unistd::getuid().as_raw();
+    let served = Served::start("server-uid", 16, Default::default());
+    let (config, _dir, mut custody) = token_with_kek("server-uid-client", true);
+    custody.server_uid = Some(me);
+    let client = RemoteCustodyKeys::open(&config, &custody, &served.socket).unwrap();
+    let head = client.audit_head().unwrap();
+    assert!(head.next_sequence > 0, "the real server answered: {head:?}");
+    drop(client);
+
+    // The impostor runs as this process's uid; the client expects another.
+    let impostor_dir = tempfile::tempdir().unwrap();
+    let impostor_socket = impostor_dir.path().join("custody.sock");
+    let impostor = std::os::unix::net::UnixListener::bind(&impostor_socket).unwrap();
+    custody.server_uid = Some(me + 4242);
+    let e = RemoteCustodyKeys::open(&config, &custody, &impostor_socket).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("served by uid {me}")) && text.contains("nothing was sent"),
+        "{text}"
+    );
+    let (mut conn, _) = impostor.accept().unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "the impostor was sent {} bytes", got.len());
+    served.stop_within(std::time::Duration::from_secs(10));
+}

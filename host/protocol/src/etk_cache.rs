@@ -15,8 +15,8 @@
 //! - the choice rule of spec §4.1: without an application id, when ETKDepot answers
 //!   several `MatchingEtk`, each is fetched separately, as the official connector does,
 //!   by the entry's own identifier, and kept if its authentication certificate names the
-//!   holder asked for (type and value; an SSIN is accepted for a NIHII query, as the
-//!   official connector does); with an application id, only the ETK of that application;
+//!   holder asked for (type and value; an SSIN is accepted for a NIHII or NIHII11 query,
+//!   a care provider's, as the official connector does); with an application id, only the ETK of that application;
 //!   with an empty one (`Some("")`), only the ETK without application id. An entry without
 //!   application id carries an empty `ApplicationID` (etee's convention, `docs/platform.md`),
 //!   so asking again with it answers exactly that ETK; an entry from a service that leaves
@@ -376,8 +376,9 @@ pub fn requery_identifier(entry: &Identifier) -> Identifier {
 }
 
 /// Whether an ETK whose authentication certificate names `holder` belongs to `wanted`
-/// (pure): same type (canonical names) and zero-padded value (or an SSIN for a NIHII
-/// query), and the application id asked for: any when none is, none when it is empty,
+/// (pure): same type (canonical names) and zero-padded value (or an SSIN for a `NIHII` or
+/// `NIHII11` query: a care provider's certificates name the person; an institution's
+/// `NIHII-*` types never do, so an SSIN is no answer to them), and the application id asked for: any when none is, none when it is empty,
 /// else exactly that one.
 pub fn holder_matches(wanted: &Identifier, holder: &[Identity]) -> bool {
     let wanted_type = canonical_type(&wanted.id_type).unwrap_or(&wanted.id_type);
@@ -387,7 +388,7 @@ pub fn holder_matches(wanted: &Identifier, holder: &[Identity]) -> bool {
                 .map(|v| v == wanted.value)
                 .unwrap_or(false);
         let ssin_for_nihii =
-            wanted_type.to_ascii_uppercase().starts_with("NIHII") && same_type(&h.id_type, "SSIN");
+            matches!(wanted_type, "NIHII" | "NIHII11") && same_type(&h.id_type, "SSIN");
         let same_app = application_matches(
             wanted.application_id.as_deref(),
             h.application_id.as_deref(),
@@ -439,10 +440,24 @@ mod tests {
             &nihii,
             &[holder("SSIN", "85010112345", None)]
         ));
+        assert!(holder_matches(
+            &id("nihii", "10203040", None),
+            &[holder("SSIN", "85010112345", None)]
+        ));
         assert!(!holder_matches(
             &cbe,
             &[holder("SSIN", "85010112345", None)]
         ));
+        // An institution's number is never answered by a person's certificate.
+        for institution in ["NIHII-PHARMACY", "NIHII-HOSPITAL", "nihii-labo"] {
+            assert!(
+                !holder_matches(
+                    &id(institution, "27150201", None),
+                    &[holder("SSIN", "85010112345", None)]
+                ),
+                "{institution}"
+            );
+        }
         assert!(!holder_matches(&cbe, &[]));
     }
 

@@ -85,26 +85,9 @@ pub fn tls_config(api: &TlsApi) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// A warning when a `client_ca` file holds certificates that are not CAs (no
-/// basicConstraints cA=true), e.g. a TLS server's certificate given by mistake: the files
-/// are taken as they are, but callers' certificates are issued by a CA, so such an entry
-/// most likely lets nobody in. `None` when every certificate is a CA (one our parser cannot
-/// read is left to the checks that use it).
+/// [`etee_hsm::config::client_ca_warning`] for the API's callers.
 pub fn client_ca_warning(path: &Path, certs: &[CertificateDer<'_>]) -> Option<String> {
-    let not_ca: Vec<String> = certs
-        .iter()
-        .filter_map(|der| Certificate::from_der(der).ok())
-        .filter(|c| !c.is_ca())
-        .map(|c| c.subject_string())
-        .collect();
-    (!not_ca.is_empty()).then(|| {
-        format!(
-            "client_ca {}: not a CA certificate (no basicConstraints cA=true): {}; API \
-             callers' certificates must be issued by the CAs given in client_ca",
-            path.display(),
-            not_ca.join("; ")
-        )
-    })
+    etee_hsm::config::client_ca_warning(path, certs, "API callers'")
 }
 
 /// Binds the HTTPS API's address (the setting `listen`, named in the error).

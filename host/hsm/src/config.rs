@@ -517,6 +517,29 @@ pub fn secret_file_refusal(_: &std::fs::Metadata) -> Option<String> {
     None
 }
 
+/// A warning when a `client_ca` file holds certificates that are not CAs (no
+/// basicConstraints cA=true), e.g. a TLS server's certificate given by mistake: the files
+/// are taken as they are, but `callers` (who the TLS server authenticates: "API callers'")
+/// have certificates issued by a CA, so such an entry most likely lets nobody in. `None`
+/// when every certificate is a CA (one that cannot be parsed is left to the checks that
+/// use it).
+pub fn client_ca_warning(path: &Path, ders: &[impl AsRef<[u8]>], callers: &str) -> Option<String> {
+    let not_ca: Vec<String> = ders
+        .iter()
+        .filter_map(|der| etee_formats::cert::Certificate::from_der(der.as_ref()).ok())
+        .filter(|c| !c.is_ca())
+        .map(|c| c.subject_string())
+        .collect();
+    (!not_ca.is_empty()).then(|| {
+        format!(
+            "client_ca {}: not a CA certificate (no basicConstraints cA=true): {}; {callers} \
+             certificates must be issued by the CAs given in client_ca",
+            path.display(),
+            not_ca.join("; ")
+        )
+    })
+}
+
 /// What to tell the operator of a secret file (`what`: "keystore password file", "TLS
 /// key"...) at `path` that group or others may read or write, if it is one.
 pub fn permission_warning_for(what: &str, path: &Path) -> Option<String> {

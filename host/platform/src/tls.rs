@@ -40,26 +40,9 @@ pub const NO_CLIENT_CA: &str = "no client_ca: no caller can be authenticated, so
      request and every KeyDepot write is refused (ETKDepot and KeyDepot lookups are \
      answered); give client_ca, the CA certificates of the institutions";
 
-/// A warning when a `client_ca` file holds certificates that are not CAs (no
-/// basicConstraints cA=true), e.g. a TLS server's certificate given by mistake: the files
-/// are taken as they are, but callers' certificates are issued by a CA, so such an entry
-/// most likely authenticates nobody. `None` when every certificate is a CA (one our parser
-/// cannot read is left to the checks that use it).
+/// [`etee_hsm::config::client_ca_warning`] for the platform's callers.
 pub fn client_ca_warning(path: &Path, certs: &[CertificateDer<'_>]) -> Option<String> {
-    let not_ca: Vec<String> = certs
-        .iter()
-        .filter_map(|der| etee_formats::cert::Certificate::from_der(der).ok())
-        .filter(|c| !c.is_ca())
-        .map(|c| c.subject_string())
-        .collect();
-    (!not_ca.is_empty()).then(|| {
-        format!(
-            "client_ca {}: not a CA certificate (no basicConstraints cA=true): {}; callers' \
-             certificates must be issued by the CAs given in client_ca",
-            path.display(),
-            not_ca.join("; ")
-        )
-    })
+    etee_hsm::config::client_ca_warning(path, certs, "callers'")
 }
 
 /// The server configuration: `chain` (leaf first) and `key` PEM files, client certificates

@@ -243,3 +243,157 @@ fn a_damaged_list_of_a_trusted_ca_is_refused_when_loaded() {
         out.stderr
     );
 }
+
+/// A distribution point on loopback: answers every GET with the bytes `list` holds then.
+struct DistributionPoint {
+    url: String,
+    list: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl DistributionPoint {
+    fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/ca.crl", listener.local_addr().unwrap());
+        let list = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let served = list.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let body = served.lock().unwrap().clone();
+                let mut answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/pkix-crl\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                answer.extend(body);
+                let _ = s.write_all(&answer);
+            }
+        });
+        Self { url, list }
+    }
+
+    fn serve(&self, bytes: Vec<u8>) {
+        *self.list.lock().unwrap() = bytes;
+    }
+}
+
+/// `etee crl fetch` keeps a lists file up to date from the CA's distribution point: the
+/// list is taken and written (and then used by `unseal --crl`), an unchanged list leaves
+/// the file alone, a newer one replaces it, an older (replayed) one or another CA's is
+/// refused with exit 1 and the file kept, and a file that is not lists is never
+/// overwritten.
+#[test]
+fn crl_fetch_keeps_a_lists_file_up_to_date() {
+    let w = World::create();
+    let dir = scratch();
+    let from_alice = w.seal(dir.path(), "alice", &["bob"], b"for Bob");
+    let point = DistributionPoint::start();
+    let lists = dir.path().join("lists.pem");
+    let fetch = |out: &Path| {
+        etee(["crl", "fetch", "--url", &point.url, "--issuer"])
+            .arg(w.ca())
+            .arg("--out")
+            .arg(out)
+            .run()
+    };
+
+    etee(["pki", "revoke"])
+        .arg(w.dir())
+        .args(["--name", "alice"])
+        .run()
+        .code(0);
+    let first = std::fs::read(w.path("ca.crl")).unwrap();
+    point.serve(first.clone());
+    let out = fetch(&lists);
+    out.code(0);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(": new — ") && text.contains("1 revoked") && text.contains("written, 1 list"),
+        "{text}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&lists).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "lists are public: {mode:o}");
+    }
+    let r = w.unseal(
+        dir.path(),
+        "bob",
+        &from_alice,
+        &["--crl", lists.to_str().unwrap()],
+    );
+    r.run.code(1);
+    assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
+
+    // The same list again: the file is not touched (the services would read it again).
+    let before = std::fs::read(&lists).unwrap();
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let ino = inode(&lists);
+    let out = fetch(&lists);
+    out.code(0);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(": unchanged — ") && text.contains("unchanged, 1 list"),
+        "{text}"
+    );
+    assert_eq!(inode(&lists), ino, "an unchanged list rewrote the file");
+
+    // The CA issues a newer list (a later second): it replaces the old one, as JSON.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    etee(["pki", "revoke"]).arg(w.dir()).run().code(0);
+    point.serve(std::fs::read(w.path("ca.crl")).unwrap());
+    let out = etee(["crl", "fetch", "--json", "--url", &point.url, "--issuer"])
+        .arg(w.ca())
+        .arg("--out")
+        .arg(&lists)
+        .run();
+    out.code(0);
+    let report = out.json();
+    assert_eq!(report["written"], true, "{report}");
+    assert_eq!(
+        report["urls"][0]["taken"][0]["freshness"], "newer",
+        "{report}"
+    );
+    let newer = std::fs::read(&lists).unwrap();
+    assert_ne!(newer, before);
+
+    // The first list served again (a replay): refused, exit 1, the file kept.
+    point.serve(first);
+    let out = fetch(&lists);
+    out.code(1);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("refused — ") && text.contains("older"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(&lists).unwrap(), newer);
+
+    // The list checked against another world's CA (the same name, another key), as a
+    // forged list would be: refused.
+    let other = World::shared();
+    point.serve(std::fs::read(w.path("ca.crl")).unwrap());
+    let out = etee(["crl", "fetch", "--url", &point.url, "--issuer"])
+        .arg(other.ca())
+        .arg("--out")
+        .arg(dir.path().join("other.pem"))
+        .run();
+    out.code(1);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is not signed by"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!dir.path().join("other.pem").exists());
+
+    // A --out that is not a lists file (a mistyped path): never overwritten.
+    let wrong = dir.path().join("pin.txt");
+    std::fs::write(&wrong, b"123456\n").unwrap();
+    let out = fetch(&wrong);
+    out.code(2);
+    assert!(out.stderr.contains("not overwritten"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&wrong).unwrap(), b"123456\n");
+}

@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::audit::Command,
     },
+    /// Certificate revocation lists: fetching them from their CAs.
+    Crl {
+        #[command(subcommand)]
+        command: commands::crl::Command,
+    },
     /// The appliance: the local API for medical software (HTTPS and a Unix socket).
     Serve(commands::serve::Args),
     /// A whole local ETEE world on SoftHSM, end to end: platform, appliances, flows.
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
         Command::Keys { command } => commands::hsm::run_keys(command),
         Command::Custody { command } => commands::custody::run(command),
         Command::Audit { command } => commands::audit::run(command),
+        Command::Crl { command } => commands::crl::run(command),
         Command::Platform { command } => commands::platform::run(command),
         Command::Serve(args) => commands::serve::run(args),
         Command::Demo(args) => commands::demo::run(args),

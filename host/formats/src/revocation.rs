@@ -103,6 +103,35 @@ pub enum RevocationError {
          deliberately)"
     )]
     Older { issuer: String },
+    #[error("the revocation list of {issuer} has no issuer certificate of that name to check it")]
+    NoIssuer { issuer: String },
+}
+
+/// One list, as a fetcher reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListSummary {
+    /// The issuer's name, as text.
+    pub issuer: String,
+    pub this_update: i64,
+    pub next_update: Option<i64>,
+    /// Revoked certificates listed.
+    pub entries: usize,
+    /// Whether it covers all of its issuer's certificates (not a delta or partitioned list).
+    pub complete: bool,
+}
+
+/// How a fetched list compares with the list of the same issuer already held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// No list of that issuer was held.
+    New,
+    /// A later thisUpdate than the one held (or the same time but other content: the
+    /// CA issued again within the second, and the list it serves now is its latest).
+    Newer,
+    /// The same list: nothing to replace.
+    Same,
+    /// An earlier thisUpdate: taking it would undo revocations (a replayed or stale copy).
+    Older,
 }
 
 /// What the lists and OCSP answers say of one certificate at one time.
@@ -458,6 +487,92 @@ impl Revocation {
                 })
                 .then(|| name_text(new.crl.issuer_name()))
         })
+    }
+
+    /// Checks every list against the certificates of `issuers` (trust anchors or
+    /// intermediate CAs) of its issuer's name: unlike [`Revocation::check_against`], a list
+    /// none of them names is refused too (a fetcher takes only lists it can check).
+    pub fn check_issued_by(&self, issuers: &[Certificate]) -> Result<(), RevocationError> {
+        let lists = self.current();
+        check_signed(&lists, issuers)?;
+        match lists.iter().find(|c| {
+            !issuers
+                .iter()
+                .filter_map(|i| i.x509())
+                .any(|i| same_name(i.subject_name(), c.crl.issuer_name()))
+        }) {
+            Some(c) => Err(RevocationError::NoIssuer {
+                issuer: name_text(c.crl.issuer_name()),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The lists, as a fetcher reports them.
+    pub fn summaries(&self) -> Vec<ListSummary> {
+        self.current()
+            .iter()
+            .map(|c| ListSummary {
+                issuer: name_text(c.crl.issuer_name()),
+                this_update: c.this_update,
+                next_update: c.next_update,
+                entries: c.crl.get_revoked().map_or(0, |r| r.len()),
+                complete: c.complete,
+            })
+            .collect()
+    }
+
+    /// For each list of `self` (in order), how it compares with the list of the same
+    /// issuer in `held` (the latest one, if `held` has several).
+    pub fn freshness_against(&self, held: &Revocation) -> Vec<Freshness> {
+        let held = held.current();
+        self.current()
+            .iter()
+            .map(|new| {
+                let latest = held
+                    .iter()
+                    .filter(|old| same_name(old.crl.issuer_name(), new.crl.issuer_name()))
+                    .max_by_key(|old| old.this_update);
+                match latest {
+                    None => Freshness::New,
+                    Some(old) if old.this_update < new.this_update => Freshness::Newer,
+                    Some(old) if old.this_update > new.this_update => Freshness::Older,
+                    Some(old) if old.crl.to_der().ok() == new.crl.to_der().ok() => Freshness::Same,
+                    Some(_) => Freshness::Newer,
+                }
+            })
+            .collect()
+    }
+
+    /// The lists of `held` whose issuer has no list in `taken`, then those of `taken`:
+    /// what a fetcher writes back (every issuer once, with the list it just took).
+    pub fn merged(held: &Revocation, taken: &[Revocation]) -> Revocation {
+        let taken = Self::lists_of(taken);
+        let mut lists: Vec<Arc<Crl>> = held
+            .current()
+            .iter()
+            .filter(|old| {
+                !taken
+                    .iter()
+                    .any(|new| same_name(old.crl.issuer_name(), new.crl.issuer_name()))
+            })
+            .cloned()
+            .collect();
+        lists.extend(taken);
+        Self {
+            crls: Arc::new(RwLock::new(Arc::new(lists))),
+            policy: held.policy,
+            online: None,
+        }
+    }
+
+    /// Every list as a PEM `X509 CRL` block, in order (what [`Revocation::new`] reads back).
+    pub fn to_pem(&self) -> Result<Vec<u8>, RevocationError> {
+        let mut out = Vec::new();
+        for c in self.current().iter() {
+            out.extend(c.crl.to_pem().map_err(|_| RevocationError::NotACrl)?);
+        }
+        Ok(out)
     }
 
     /// The issuers (as text) of lists that a certificate's issuer of the same name did not

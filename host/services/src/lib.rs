@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connections;
+pub mod crl_fetch;
 pub mod error;
 pub mod etkdepot;
 pub mod json;

@@ -933,25 +933,30 @@ async fn audit(
         })
         .await
         .map_err(|e| ServiceError::Io(e.to_string()))?
-        .map_err(|e| match e {
-            // The custody process's own file (`[custody] mode = "process"`), kept from
-            // the appliance's user on purpose.
-            etee_custody::file_sink::FileSinkError::Io(io)
-                if io.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                ServiceError::AuditUnreadable(
-                    "the custody audit file is not readable by the appliance's user (with the \
-                     custody core in its own process, that is its file): verify the chain \
-                     with `etee audit verify` where the custody process runs"
-                        .into(),
-                )
-            }
-            other => ServiceError::Io(other.to_string()),
-        })?;
+        .map_err(audit_read_error)?;
         Ok(json_response(StatusCode::OK, &export))
     }
     .await;
     finish(&app, "audit", &peer, started, answer)
+}
+
+/// A failure to read the custody audit file for `GET /v1/audit`: one the appliance's user
+/// may not read is the custody process's own file (`[custody] mode = "process"`), kept
+/// from it on purpose, and says where to verify the chain instead.
+fn audit_read_error(e: etee_custody::file_sink::FileSinkError) -> ServiceError {
+    match e {
+        etee_custody::file_sink::FileSinkError::Io(io)
+            if io.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            ServiceError::AuditUnreadable(
+                "the custody audit file is not readable by the appliance's user (with the \
+                 custody core in its own process, that is its file): verify the chain \
+                 with `etee audit verify` where the custody process runs"
+                    .into(),
+            )
+        }
+        other => ServiceError::Io(other.to_string()),
+    }
 }
 
 async fn health(State(app): State<Arc<Appliance>>) -> Response {
@@ -1230,7 +1235,16 @@ mod tests {
             assert!(r.headers().get(header::RETRY_AFTER).is_none(), "{why:?}");
         }
         // Not a passing condition: asking again changes nothing until the operator acts.
-        let r = problem(&ServiceError::AuditUnreadable("mode".into()));
+        let denied = audit_read_error(etee_custody::file_sink::FileSinkError::Io(
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        ));
+        assert_eq!(denied.code(), "AUDIT_UNREADABLE");
+        assert!(denied.to_string().contains("etee audit verify"), "{denied}");
+        let other = audit_read_error(etee_custody::file_sink::FileSinkError::Io(
+            std::io::Error::from(std::io::ErrorKind::InvalidData),
+        ));
+        assert_eq!(other.code(), "APPLIANCE_IO");
+        let r = problem(&denied);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
     }

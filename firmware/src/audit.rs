@@ -40,6 +40,7 @@
 
 use crate::config::DIGEST_LEN;
 use crate::id::{ClientId, KeyId};
+use crate::token::TokenFunction;
 use crate::wire::Error;
 use core::borrow::Borrow;
 use serde::{Deserialize, Serialize};
@@ -253,30 +254,73 @@ impl core::fmt::Display for Anchor<'_> {
 
 /// Counts the consecutive failed logins at the end of a chain (since the last successful
 /// unlock or administrator reset), to restore the wrong-PIN counter after a restart.
+///
+/// A login try is recorded before the PIN reaches the token (an `Unlock` admitted) and
+/// counted as a failure from then on, until its outcome says it succeeded: a try whose
+/// outcome was never recorded (a crash, a full disk) counts. Chains written before the
+/// tries were recorded have only the outcomes; a refused login is counted then. A
+/// segment's checkpoint keeps both ([`PinHistory::checkpoint_byte`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PinHistory {
     failures: u8,
+    /// An admitted try, counted, whose outcome has not been seen yet.
+    pending: bool,
 }
 
 impl PinHistory {
     pub const fn new() -> Self {
-        Self { failures: 0 }
+        Self {
+            failures: 0,
+            pending: false,
+        }
     }
 
-    /// A count that continues from `failures` (a segment's checkpoint).
-    pub const fn continuing(failures: u8) -> Self {
-        Self { failures }
+    /// A count that continues from a segment's checkpoint ([`Self::checkpoint_byte`]).
+    pub const fn continuing(checkpoint: u8) -> Self {
+        Self {
+            failures: checkpoint & 0x7f,
+            pending: checkpoint & 0x80 != 0,
+        }
+    }
+
+    /// The count as a segment's checkpoint keeps it: the failures (at most 127: far past
+    /// any lock-out) and, in the high bit, a try whose outcome is still to come. A
+    /// checkpoint written before tries were recorded has the bit clear.
+    pub const fn checkpoint_byte(&self) -> u8 {
+        let failures = if self.failures > 0x7f {
+            0x7f
+        } else {
+            self.failures
+        };
+        failures | if self.pending { 0x80 } else { 0 }
     }
 
     /// Takes the next record of the chain into account.
     pub fn observe(&mut self, record: &AuditRecord) {
+        let pending = core::mem::replace(&mut self.pending, false);
         match (record.operation, record.outcome) {
+            (Operation::Unlock, Outcome::Admitted) => {
+                self.failures = self.failures.saturating_add(1);
+                self.pending = true;
+            }
             (Operation::Unlock | Operation::PinReset | Operation::UserPinSet, Outcome::Success) => {
                 self.failures = 0;
             }
-            // Every failed C_Login counts (see `lock`); a refusal without a login does not.
-            (Operation::Unlock, Outcome::Refused(Error::PinIncorrect { .. } | Error::Token(_))) => {
+            // Every failed C_Login counts (see `lock`), once: at its admission when it has
+            // one; a refusal without a login does not.
+            (Operation::Unlock, Outcome::Refused(Error::PinIncorrect { .. })) if !pending => {
                 self.failures = self.failures.saturating_add(1)
+            }
+            (Operation::Unlock, Outcome::Refused(Error::Token(e)))
+                if !pending && e.function == TokenFunction::Login =>
+            {
+                self.failures = self.failures.saturating_add(1)
+            }
+            // The admitted try did not reach the token after all (no session...): uncounted.
+            (Operation::Unlock, Outcome::Refused(Error::Token(e)))
+                if pending && e.function != TokenFunction::Login =>
+            {
+                self.failures = self.failures.saturating_sub(1)
             }
             _ => {}
         }

@@ -334,22 +334,40 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
         let result = match self.lock.state() {
             // Already logged in: the PIN is not tried, so nothing is learnt about it.
             LockState::Unlocked => Ok(()),
-            LockState::Locked if self.lock.may_try_pin() => match self.token.login(pin) {
-                Ok(()) => {
-                    self.lock.login_succeeded();
-                    Ok(())
+            LockState::Locked if self.lock.may_try_pin() => {
+                // The try is on the chain, durable, before the PIN reaches the token: one
+                // whose outcome cannot be recorded (a full disk, a crash) still counts after
+                // a restart ([`PinHistory`] counts a try without an outcome as a failure),
+                // and with no room for the record the token is not asked at all.
+                if let Err(e) = self.record(
+                    now_ms,
+                    None,
+                    Operation::Unlock,
+                    None,
+                    NO_INPUT,
+                    Outcome::Admitted,
+                ) {
+                    return Response::Error(e);
                 }
-                Err(e) => {
-                    self.lock.login_failed();
-                    Err(if e.ckr == ckr::PIN_INCORRECT {
-                        Error::PinIncorrect {
-                            tries_left: self.lock.tries_left(),
-                        }
-                    } else {
-                        Error::Token(e)
-                    })
+                match self.token.login(pin) {
+                    Ok(()) => {
+                        self.lock.login_succeeded();
+                        Ok(())
+                    }
+                    // The PIN never reached the token (no session, say): not a guess.
+                    Err(e) if e.function != TokenFunction::Login => Err(Error::Token(e)),
+                    Err(e) => {
+                        self.lock.login_failed();
+                        Err(if e.ckr == ckr::PIN_INCORRECT {
+                            Error::PinIncorrect {
+                                tries_left: self.lock.tries_left(),
+                            }
+                        } else {
+                            Error::Token(e)
+                        })
+                    }
                 }
-            },
+            }
             LockState::Locked | LockState::LockedOut => Err(Error::PinLockedOut),
         };
         let recorded = self.record(

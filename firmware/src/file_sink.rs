@@ -198,7 +198,8 @@ fn archive_name(path: &Path, next_sequence: u64) -> PathBuf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Checkpoint {
     head: AuditHead,
-    pin_failures: u8,
+    /// The wrong-PIN count ([`PinHistory::checkpoint_byte`]).
+    pins: u8,
 }
 
 /// A zero length (never a record's frame), then `SEG1`.
@@ -212,7 +213,7 @@ impl Checkpoint {
         out[..6].copy_from_slice(&CHECKPOINT_MAGIC);
         out[6..14].copy_from_slice(&self.head.next_sequence.to_be_bytes());
         out[14..46].copy_from_slice(&self.head.hash);
-        out[46] = self.pin_failures;
+        out[46] = self.pins;
         let check = sha256(&out[..47]);
         out[47..].copy_from_slice(&check[..4]);
         out
@@ -229,7 +230,7 @@ impl Checkpoint {
                 next_sequence: u64::from_be_bytes(bytes[6..14].try_into().ok()?),
                 hash,
             },
-            pin_failures: bytes[46],
+            pins: bytes[46],
         })
     }
 }
@@ -275,7 +276,7 @@ impl Walker {
     fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             head: self.verifier.head(),
-            pin_failures: self.pins.failures(),
+            pins: self.pins.checkpoint_byte(),
         }
     }
 
@@ -348,7 +349,7 @@ impl Walker {
             };
             if !self.started {
                 self.verifier = ChainVerifier::new(checkpoint.head);
-                self.pins = PinHistory::continuing(checkpoint.pin_failures);
+                self.pins = PinHistory::continuing(checkpoint.pins);
                 self.first_head = checkpoint.head;
             } else if checkpoint != self.checkpoint() {
                 return Err(FileSinkError::Chain(ChainBreak {
@@ -471,7 +472,7 @@ fn keep_torn_tail(path: &Path, file: &File, offset: u64) -> Result<CutTail, File
         .open(&kept)?;
     out.write_all(&tail)?;
     out.sync_all()?;
-    sync_dir(&kept);
+    sync_dir(&kept)?;
     Ok(CutTail {
         offset,
         bytes: tail.len() as u64,
@@ -719,12 +720,13 @@ fn same_file(_: &File, path: &Path) -> io::Result<bool> {
     Ok(path.exists())
 }
 
-/// Makes a directory entry change in `path`'s directory durable (best effort).
-fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+/// Makes a directory entry change in `path`'s directory durable. An error is returned,
+/// not ignored: records written to a file whose name may not survive a power cut must not
+/// be taken as durable (a new file, a new segment after the rename).
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => File::open(".")?.sync_all(),
     }
 }
 
@@ -787,7 +789,7 @@ impl FileAuditSink {
     ) -> Result<(Self, AuditHead), FileSinkError> {
         file.sync_all()?;
         // A new file's directory entry must be durable too.
-        sync_dir(path);
+        sync_dir(path)?;
         let head = walker.verifier.head();
         let sync = Arc::new(GroupSync {
             state: Mutex::new(SyncState {
@@ -864,11 +866,11 @@ impl FileAuditSink {
             .map_err(|_| io::Error::other("locking the new audit file"))?;
         let checkpoint = Checkpoint {
             head: self.head,
-            pin_failures: self.pins.failures(),
+            pins: self.pins.checkpoint_byte(),
         };
         (&file).write_all(&checkpoint.encode())?;
         file.sync_all()?;
-        sync_dir(&self.path);
+        sync_dir(&self.path)?;
         self.base += self.len;
         self.len = CHECKPOINT_LEN as u64;
         self.sync.switch(file.try_clone()?, self.base + self.len);

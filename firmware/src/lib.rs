@@ -62,9 +62,9 @@
 //! let sign = Request::SignPssSha256 { client: app, key: auth, digest: [0x42; 32] };
 //! assert!(matches!(send(&mut core, &sign, 1), Response::Signature(_)));
 //!
-//! // Both requests are on record (the signature as its use record, then its outcome), and
-//! // the chain ends where the core says it does.
-//! assert_eq!(verify_chain_to(core.audit_sink().records(), &core.audit_head()), Ok(3));
+//! // Both requests are on record, each as its try (recorded before the token is asked)
+//! // then its outcome, and the chain ends where the core says it does.
+//! assert_eq!(verify_chain_to(core.audit_sink().records(), &core.audit_head()), Ok(4));
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]

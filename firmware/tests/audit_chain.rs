@@ -13,23 +13,23 @@ use etee_custody::lock::LockState;
 use etee_custody::wire::{Error, Request, Response};
 use etee_custody::Custody;
 
-/// A core that has done a bit of everything: 13 records (a key use that reaches the token
-/// takes two: its use record, then its outcome).
+/// A core that has done a bit of everything: 16 records (a key use or a login that reaches
+/// the token takes two: its admission, then its outcome).
 fn busy_core() -> Core {
     let mut core = core();
-    call(&mut core, &unlock(WRONG_PIN), 1); // 0
-    call(&mut core, &unlock(PIN), 2); // 1
-    call(&mut core, &sign(app(), auth(), [1; 32]), 3); // 2 (admitted), 3
-    call(&mut core, &sign(other(), auth(), [2; 32]), 4); // 4 (denied)
+    call(&mut core, &unlock(WRONG_PIN), 1); // 0 (admitted), 1
+    call(&mut core, &unlock(PIN), 2); // 2 (admitted), 3
+    call(&mut core, &sign(app(), auth(), [1; 32]), 3); // 4 (admitted), 5
+    call(&mut core, &sign(other(), auth(), [2; 32]), 4); // 6 (denied)
     let blob = blob_for(&etk(), b"0123456789abcdef");
-    call(&mut core, &decrypt(app(), etk(), &blob), 5); // 5 (admitted), 6
-    call(&mut core, &decrypt(app(), etk(), &[0; 40]), 6); // 7 (admitted), 8 (fails)
+    call(&mut core, &decrypt(app(), etk(), &blob), 5); // 7 (admitted), 8
+    call(&mut core, &decrypt(app(), etk(), &[0; 40]), 6); // 9 (admitted), 10 (fails)
     call(&mut core, &Request::Status, 7); // not recorded
     call(&mut core, &Request::AuditHead, 7); // not recorded
-    call(&mut core, &sign(app(), etk(), [3; 32]), 8); // 9 (no rule to sign with an ETK key)
-    call(&mut core, &Request::Lock, 9); // 10
-    call(&mut core, &sign(app(), auth(), [4; 32]), 10); // 11 (locked)
-    call(&mut core, &unlock(PIN), 11); // 12
+    call(&mut core, &sign(app(), etk(), [3; 32]), 8); // 11 (no rule to sign with an ETK key)
+    call(&mut core, &Request::Lock, 9); // 12
+    call(&mut core, &sign(app(), auth(), [4; 32]), 10); // 13 (locked)
+    call(&mut core, &unlock(PIN), 11); // 14 (admitted), 15
     core
 }
 
@@ -41,11 +41,11 @@ fn records(core: &Core) -> Vec<AuditRecord> {
 fn the_chain_verifies_and_ends_at_the_core_head() {
     let core = busy_core();
     let recs = records(&core);
-    assert_eq!(recs.len(), 13);
+    assert_eq!(recs.len(), 16);
     let (count, head) = verify_chain(&recs).unwrap();
-    assert_eq!(count, 13);
+    assert_eq!(count, 16);
     assert_eq!(head, core.audit_head());
-    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(13));
+    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(16));
     assert_eq!(
         verify_chain(std::iter::empty::<AuditRecord>()),
         Ok((0, AuditHead::GENESIS))
@@ -61,12 +61,14 @@ fn the_chain_verifies_and_ends_at_the_core_head() {
     let ops: Vec<(Operation, Outcome)> = recs.iter().map(|r| (r.operation, r.outcome)).collect();
     use Operation::*;
     use Outcome::*;
-    let token_failure = recs[8].outcome;
+    let token_failure = recs[10].outcome;
     assert!(matches!(token_failure, Refused(Error::Token(_))));
     assert_eq!(
         ops,
         [
+            (Unlock, Admitted),
             (Unlock, Refused(Error::PinIncorrect { tries_left: 4 })),
+            (Unlock, Admitted),
             (Unlock, Success),
             (SignPssSha256, Admitted),
             (SignPssSha256, Success),
@@ -78,18 +80,19 @@ fn the_chain_verifies_and_ends_at_the_core_head() {
             (SignPssSha256, Refused(Error::PolicyDenied)),
             (Lock, Success),
             (SignPssSha256, Refused(Error::Locked)),
+            (Unlock, Admitted),
             (Unlock, Success),
         ]
     );
-    // Each outcome names the use it ends.
-    for (admitted, outcome) in [(2, 3), (5, 6), (7, 8)] {
+    // Each outcome names the use (or the login) it ends.
+    for (admitted, outcome) in [(0, 1), (2, 3), (4, 5), (7, 8), (9, 10), (14, 15)] {
         assert!(recs[outcome].concludes(&recs[admitted]), "{outcome}");
         assert_eq!(recs[outcome].input_digest, recs[admitted].input_digest);
     }
-    assert!(!recs[6].concludes(&recs[2]));
-    assert!(!recs[4].concludes(&recs[2]), "a refusal of another client");
+    assert!(!recs[8].concludes(&recs[4]));
+    assert!(!recs[6].concludes(&recs[4]), "a refusal of another client");
     assert!(recs.iter().enumerate().all(|(i, r)| r.sequence == i as u64));
-    assert_eq!(recs[2].time_ms, 3);
+    assert_eq!(recs[4].time_ms, 3);
     // Unlocks record neither a client nor anything derived from the PIN.
     for r in recs.iter().filter(|r| r.operation == Unlock) {
         assert_eq!(r.client, None);
@@ -198,12 +201,12 @@ fn truncation_and_rewrites_need_the_anchor() {
     let head = verify_chain(&recs).unwrap().1;
 
     // Dropping the tail leaves a valid, shorter chain ...
-    assert!(verify_chain(&recs[..10]).is_ok());
+    assert!(verify_chain(&recs[..12]).is_ok());
     // ... which the anchored head exposes.
     assert_eq!(
-        verify_chain_to(&recs[..10], &head),
+        verify_chain_to(&recs[..12], &head),
         Err(ChainBreak {
-            sequence: 10,
+            sequence: 12,
             reason: BreakReason::Truncated
         })
     );
@@ -211,15 +214,15 @@ fn truncation_and_rewrites_need_the_anchor() {
     // Someone who rewrites a record and recomputes every later link gets a valid chain,
     // but not the anchored head.
     let mut forged = recs.clone();
-    forged[8].outcome = Outcome::Success;
-    for i in 9..forged.len() {
+    forged[10].outcome = Outcome::Success;
+    for i in 11..forged.len() {
         forged[i].prev_hash = forged[i - 1].hash();
     }
     assert!(verify_chain(&forged).is_ok());
     assert_eq!(
         verify_chain_to(&forged, &head),
         Err(ChainBreak {
-            sequence: 12,
+            sequence: 15,
             reason: BreakReason::Altered
         })
     );
@@ -243,7 +246,7 @@ fn segments_verify_from_a_checkpoint() {
     for r in &recs[4..] {
         v.push(r).unwrap();
     }
-    assert_eq!(v.count(), 9);
+    assert_eq!(v.count(), 12);
     assert_eq!(v.head(), verify_chain(&recs).unwrap().1);
     // The wrong checkpoint.
     let mut v = ChainVerifier::new(verify_chain(&recs[..3]).unwrap().1);
@@ -261,12 +264,12 @@ fn the_chain_continues_across_restarts() {
     let core = busy_core();
     let (token, sink) = core.into_parts();
     let (count, head) = verify_chain(sink.records()).unwrap();
-    assert_eq!(count, 13);
+    assert_eq!(count, 16);
     let mut core = Custody::new(token, sink, policy(), head);
     call(&mut core, &unlock(PIN), 20);
     call(&mut core, &sign(app(), auth(), [5; 32]), 21);
     let recs = records(&core);
-    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(16));
+    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(20));
 }
 
 #[test]
@@ -343,11 +346,12 @@ fn a_result_that_cannot_be_recorded_is_withheld() {
         Response::Signature(_)
     ));
     let recs = records(&core);
-    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(3));
+    assert_eq!(verify_chain_to(&recs, &core.audit_head()), Ok(4));
 }
 
 #[test]
 fn an_unlock_that_cannot_be_recorded_does_not_stand() {
+    // No room for the try itself: the PIN does not reach the token.
     let mut core = core();
     core.audit_sink().set_failing(true);
     assert_eq!(
@@ -356,7 +360,30 @@ fn an_unlock_that_cannot_be_recorded_does_not_stand() {
     );
     assert_eq!(core.status().state, LockState::Locked);
     assert!(!core.token().is_logged_in());
+    assert_eq!(core.token().calls(), []);
+
+    // Room for the try, not for its outcome: the login is undone.
+    let mut core: Custody<_, etee_custody::insecure::InsecureMemoryAuditSink<1>> = Custody::new(
+        token(),
+        etee_custody::insecure::InsecureMemoryAuditSink::new(),
+        policy(),
+        AuditHead::GENESIS,
+    );
+    let mut out = [0u8; etee_custody::config::MAX_RESPONSE_FRAME];
+    let n = core.handle(&encode(&unlock(PIN)), 1, &mut out);
+    assert_eq!(
+        etee_custody::wire::decode_response(&out[..n]).unwrap(),
+        Response::Error(Error::AuditUnavailable)
+    );
+    assert_eq!(core.status().state, LockState::Locked);
+    assert!(!core.token().is_logged_in());
     assert_eq!(core.token().calls(), [Call::Login, Call::Logout]);
+    let recs = core.audit_sink().records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        (recs[0].operation, recs[0].outcome),
+        (Operation::Unlock, Outcome::Admitted)
+    );
 }
 
 #[test]
@@ -373,8 +400,8 @@ fn a_lock_that_cannot_be_recorded_still_locks() {
 
 #[test]
 fn a_full_sink_fails_closed() {
-    // Room for the unlock, one whole use (2 records) and one more use record.
-    let mut core: Custody<_, etee_custody::insecure::InsecureMemoryAuditSink<4>> = Custody::new(
+    // Room for the unlock (2 records), one whole use (2) and one more use record.
+    let mut core: Custody<_, etee_custody::insecure::InsecureMemoryAuditSink<5>> = Custody::new(
         token(),
         etee_custody::insecure::InsecureMemoryAuditSink::new(),
         policy(),
@@ -396,8 +423,8 @@ fn a_full_sink_fails_closed() {
         send(&mut core, &sign(app(), auth(), [1; 32])),
         Response::Error(Error::AuditUnavailable)
     );
-    assert_eq!(core.audit_sink().records().len(), 4);
-    assert_eq!(core.audit_sink().records()[3].outcome, Outcome::Admitted);
+    assert_eq!(core.audit_sink().records().len(), 5);
+    assert_eq!(core.audit_sink().records()[4].outcome, Outcome::Admitted);
     // No room for a use record: the token is not asked.
     let before = core.token().key_uses();
     assert_eq!(

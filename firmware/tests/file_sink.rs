@@ -101,9 +101,10 @@ fn records_survive_a_reopen_and_the_chain_continues() {
         }
         core.audit_head()
     };
-    // The unlock, and a use record and an outcome for each signature.
-    assert_eq!(head.next_sequence, 11);
-    assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(11));
+    // The unlock (its try and its outcome), and a use record and an outcome for each
+    // signature.
+    assert_eq!(head.next_sequence, 12);
+    assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(12));
     // A new core on the same file continues the same chain.
     let mut core = core_on(&path);
     assert_eq!(core.audit_head(), head);
@@ -112,7 +113,7 @@ fn records_survive_a_reopen_and_the_chain_continues() {
     assert!(matches!(sign(&mut core, 9, 101), Response::Signature(_)));
     assert_eq!(
         verify_chain_to(records(&path).iter(), &core.audit_head()),
-        Ok(14)
+        Ok(16)
     );
     assert!(scan(&path, |_| {}).unwrap().unconcluded.is_empty());
 }
@@ -125,7 +126,7 @@ fn an_outcome_concludes_the_latest_matching_use() {
     let path = dir.path().join("audit.log");
     write_unlock_and_three_signatures(&path);
     let full = std::fs::read(&path).unwrap();
-    // The last frame (the third signature's outcome, sequence 6) lost in a crash.
+    // The last frame (the third signature's outcome, sequence 7) lost in a crash.
     let last_len = {
         let mut pos = 0usize;
         let mut starts = Vec::new();
@@ -136,7 +137,7 @@ fn an_outcome_concludes_the_latest_matching_use() {
         full.len() - starts[starts.len() - 1]
     };
     std::fs::write(&path, &full[..full.len() - last_len]).unwrap();
-    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [5]);
+    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [6]);
     let mut core = core_on(&path);
     assert_eq!(
         core.handle_request(&unlock(b"1234"), 20),
@@ -144,8 +145,8 @@ fn an_outcome_concludes_the_latest_matching_use() {
     );
     assert!(matches!(sign(&mut core, 2, 21), Response::Signature(_)));
     drop(core);
-    assert_eq!(records(&path).len(), 9);
-    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [5]);
+    assert_eq!(records(&path).len(), 11);
+    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [6]);
 }
 
 #[test]
@@ -156,11 +157,11 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
     let full = std::fs::read(&path).unwrap();
     let before_last = {
         let recs = records(&path);
-        assert_eq!(recs.len(), 7);
+        assert_eq!(recs.len(), 8);
         // Length of the file without its last frame.
         let mut len = 0;
         let mut pos = 0usize;
-        for _ in 0..6 {
+        for _ in 0..7 {
             let l = usize::from(u16::from_be_bytes([full[pos], full[pos + 1]]));
             pos += 6 + l;
             len = pos;
@@ -171,7 +172,7 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
     for cut in before_last + 1..full.len() {
         std::fs::write(&path, &full[..cut]).unwrap();
         let (sink, head) = FileAuditSink::open(&path).unwrap();
-        assert_eq!(head.next_sequence, 6, "cut at {cut}");
+        assert_eq!(head.next_sequence, 7, "cut at {cut}");
         // The cut bytes are kept beside the file, and the sink says so.
         let kept = dir.path().join(format!("audit.log.torn-{before_last}"));
         let reported = sink.cut_at_open().expect("a cut is reported").clone();
@@ -191,9 +192,9 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
             before_last,
             "torn tail not removed (cut at {cut})"
         );
-        assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(6));
+        assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(7));
         // The last signature's outcome is lost with the torn frame: its use shows.
-        assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [5]);
+        assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [6]);
     }
     // Opened again, the file (cut and synced) has nothing more to cut.
     let (sink, _) = FileAuditSink::open(&path).unwrap();
@@ -205,7 +206,7 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
     garbled[n - 1] ^= 0xff;
     std::fs::write(&path, &garbled).unwrap();
     let (_, head) = FileAuditSink::open(&path).unwrap();
-    assert_eq!(head.next_sequence, 6);
+    assert_eq!(head.next_sequence, 7);
 }
 
 #[test]
@@ -339,7 +340,7 @@ fn concurrent_callers(limit: Option<u64>) {
     });
     let records = records(&path);
     let head = core.lock().unwrap().audit_head();
-    let total = (2 * THREADS * EACH + 1) as u64;
+    let total = (2 * THREADS * EACH + 2) as u64;
     assert_eq!(verify_chain_to(records.iter(), &head), Ok(total));
     assert!(scan(&path, |_| {}).unwrap().unconcluded.is_empty());
     // Every released result's mark was durable: within the synced files. (Marks count
@@ -379,10 +380,10 @@ fn a_use_whose_outcome_was_never_written_shows_in_the_scan() {
     drop(ticket);
     drop(core);
     let recs = records(&path);
-    assert_eq!(recs.len(), 4);
-    assert_eq!(recs[3].outcome, Outcome::Admitted);
-    assert_eq!(recs[3].input_digest, etee_custody::audit::sha256(&[2; 32]));
-    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [3]);
+    assert_eq!(recs.len(), 5);
+    assert_eq!(recs[4].outcome, Outcome::Admitted);
+    assert_eq!(recs[4].input_digest, etee_custody::audit::sha256(&[2; 32]));
+    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [4]);
 }
 
 #[test]
@@ -480,7 +481,7 @@ fn the_syncer_syncs_on_its_own_and_a_waiter_never_waits_for_its_plan() {
     );
     drop(ticket);
     // Both use records are on file, without outcomes (never executed).
-    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [1, 2]);
+    assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [2, 3]);
 }
 
 /// A file of many frames, larger than the scanner's read buffer (frames straddle its
@@ -501,7 +502,7 @@ fn a_long_chain_scans_frame_by_frame() {
     assert!(len > 2 * 64 * 1024, "only {len} bytes");
     let mut seen = 0u64;
     let s = scan(&path, |_| seen += 1).unwrap();
-    assert_eq!((s.count, seen, s.good_len), (1801, 1801, len));
+    assert_eq!((s.count, seen, s.good_len), (1802, 1802, len));
     assert!(!s.torn_tail && s.unconcluded.is_empty());
     // Half a frame more at the end: torn, cut at the reopen, the chain intact.
     let mut bytes = std::fs::read(&path).unwrap();
@@ -511,7 +512,7 @@ fn a_long_chain_scans_frame_by_frame() {
     let s = scan(&path, |_| {}).unwrap();
     assert!(s.torn_tail && s.good_len == len);
     let (_, head) = FileAuditSink::open(&path).unwrap();
-    assert_eq!(head.next_sequence, 1801);
+    assert_eq!(head.next_sequence, 1802);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
 }
 
@@ -532,7 +533,7 @@ fn segments_switch_and_the_chain_reads_across_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     let head = segmented_chain(&path, 600, 60);
-    assert_eq!(head.next_sequence, 121);
+    assert_eq!(head.next_sequence, 122);
     let archived = segments(&path).unwrap();
     assert!(archived.len() >= 5, "{archived:?}");
     // Named by the next sequence when closed, oldest first; each ends at a record
@@ -553,11 +554,11 @@ fn segments_switch_and_the_chain_reads_across_them() {
         &[0, 0, b'S', b'E', b'G', b'1']
     );
     let all = records(&path);
-    assert_eq!(verify_chain_to(all.iter(), &head), Ok(121));
+    assert_eq!(verify_chain_to(all.iter(), &head), Ok(122));
     let s = scan(&path, |_| {}).unwrap();
     assert_eq!(
         (s.count, s.segments, s.first_sequence),
-        (121, archived.len(), 0)
+        (122, archived.len(), 0)
     );
     assert!(s.unconcluded.is_empty() && !s.torn_tail);
     // A reopened core continues the chain in the current file.
@@ -569,7 +570,7 @@ fn segments_switch_and_the_chain_reads_across_them() {
     );
     assert!(matches!(sign(&mut core, 1, 501), Response::Signature(_)));
     drop(core);
-    assert_eq!(scan(&path, |_| {}).unwrap().count, 124);
+    assert_eq!(scan(&path, |_| {}).unwrap().count, 126);
 }
 
 #[test]
@@ -612,7 +613,7 @@ fn a_crash_while_switching_segments_continues_from_the_last_one() {
     drop(core);
     assert_eq!(
         scan(&path, |_| {}).unwrap().head.next_sequence,
-        last_head.next_sequence + 1
+        last_head.next_sequence + 2
     );
 }
 
@@ -740,7 +741,7 @@ fn a_core_waiting_for_the_lock_follows_a_segment_switch() {
     assert!(matches!(sign(&mut second, 99, 51), Response::Signature(_)));
     drop(second);
     let s = scan(&path, |_| {}).unwrap();
-    assert_eq!(s.head.next_sequence, head.next_sequence + 3);
+    assert_eq!(s.head.next_sequence, head.next_sequence + 4);
 }
 
 /// The audit file and each new segment are created for their owner alone (0600), whatever

@@ -73,22 +73,23 @@ fn allowed_uses_work() {
         ]
     );
     // Each use: its use record before the token was asked, then its outcome, alike.
+    // (Records 0 and 1: the unlock's try and its outcome.)
     let records = core.audit_sink().records();
-    assert_eq!(records.len(), 7);
-    for (admitted, outcome) in [(1, 2), (3, 4), (5, 6)] {
+    assert_eq!(records.len(), 8);
+    for (admitted, outcome) in [(2, 3), (4, 5), (6, 7)] {
         assert_eq!(records[admitted].outcome, Outcome::Admitted);
         assert_eq!(records[outcome].outcome, Outcome::Success);
         assert!(records[outcome].concludes(&records[admitted]));
     }
-    assert_eq!(records[1].operation, Operation::SignPssSha256);
-    assert_eq!(records[1].client, Some(app()));
-    assert_eq!(records[1].key, Some(auth()));
-    assert_eq!(records[1].input_digest, sha256(&digest));
+    assert_eq!(records[2].operation, Operation::SignPssSha256);
+    assert_eq!(records[2].client, Some(app()));
+    assert_eq!(records[2].key, Some(auth()));
+    assert_eq!(records[2].input_digest, sha256(&digest));
     assert_eq!(
-        records[3].input_digest,
+        records[4].input_digest,
         sha256(&blob_for(&etk(), b"0123456789abcdef"))
     );
-    assert_eq!(records[5].client, Some(other()));
+    assert_eq!(records[6].client, Some(other()));
 }
 
 #[test]

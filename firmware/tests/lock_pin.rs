@@ -187,3 +187,77 @@ fn the_officer_setting_the_user_pin_ends_a_lock_out_on_record() {
         &[7]
     );
 }
+
+/// What a restart counts: the chain recounted with `PinHistory`.
+fn recounted(records: &[etee_custody::AuditRecord]) -> u8 {
+    let mut h = etee_custody::audit::PinHistory::new();
+    records.iter().for_each(|r| h.observe(r));
+    h.failures()
+}
+
+/// A login try is on record before the PIN reaches the token, and counts as a failure
+/// until its outcome says otherwise: a try whose outcome never made it to the chain (a
+/// crash, a full disk) is not a free guess after a restart.
+#[test]
+fn a_try_without_its_outcome_counts_after_a_restart() {
+    let mut core = core();
+    assert!(matches!(
+        call(&mut core, &unlock(WRONG_PIN), 1),
+        Response::Error(Error::PinIncorrect { .. })
+    ));
+    let records = core.audit_sink().records().to_vec();
+    assert_eq!(records.len(), 2);
+    assert_eq!(
+        (records[0].operation, records[0].outcome),
+        (Operation::Unlock, Outcome::Admitted)
+    );
+    // Counted once, not at the try and again at its outcome.
+    assert_eq!(recounted(&records), 1);
+    // The outcome lost: the try still counts.
+    assert_eq!(recounted(&records[..1]), 1);
+    // A right PIN: its try, then its success, end the run.
+    assert_eq!(call(&mut core, &unlock(PIN), 2), Response::Unlocked);
+    let records = core.audit_sink().records().to_vec();
+    assert_eq!(records.len(), 4);
+    assert_eq!(recounted(&records), 0);
+    assert_eq!(
+        recounted(&records[..3]),
+        2,
+        "a try cut off after one failure"
+    );
+}
+
+/// A login that fails before the PIN reaches the token (no session, say) is no guess: not
+/// counted, in the core or by a restart.
+#[test]
+fn a_login_that_never_reached_the_token_is_not_counted() {
+    let mut core = core();
+    let e = TokenError::new(TokenFunction::OpenSession, ckr::DEVICE_ERROR);
+    core.token().fail_next(e);
+    assert_eq!(
+        call(&mut core, &unlock(PIN), 1),
+        Response::Error(Error::Token(e))
+    );
+    assert_eq!(status(&mut core).pin_tries_left, MAX_PIN_ATTEMPTS);
+    assert_eq!(recounted(core.audit_sink().records()), 0);
+}
+
+/// A segment's checkpoint keeps a try whose outcome is still to come, so that the outcome,
+/// at the start of the next segment, is not counted a second time.
+#[test]
+fn the_checkpoint_byte_keeps_a_pending_try() {
+    use etee_custody::audit::PinHistory;
+    let mut core = core();
+    call(&mut core, &unlock(WRONG_PIN), 1);
+    call(&mut core, &unlock(WRONG_PIN), 2);
+    let records = core.audit_sink().records().to_vec();
+    assert_eq!(records.len(), 4);
+    // A checkpoint after the second try, before its outcome.
+    let mut before = PinHistory::new();
+    records[..3].iter().for_each(|r| before.observe(r));
+    let mut after = PinHistory::continuing(before.checkpoint_byte());
+    after.observe(&records[3]);
+    assert_eq!(after.failures(), 2);
+    assert_eq!(PinHistory::continuing(2).checkpoint_byte(), 2);
+    assert_eq!(PinHistory::continuing(0x85).failures(), 5);
+}

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 const LABEL: &str = "e2e-custody";
 
+/// Records of the logins before the requests: `keys import`'s, then the server's and its
+/// core's unlock, each a try (before the PIN reaches the token) and its outcome.
+const LOGINS: u64 = 6;
+
 /// A token with Bob's keys, a configuration for the server (with the PIN) and one for
 /// the clients (mode "process", no PIN).
 struct Rig {
@@ -244,11 +248,12 @@ fn seal_and_unseal_through_the_custody_process() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), plain);
 
-    // On the chain: the login of `keys import`, the server's unlock, two signatures, one
-    // decryption (a use record and an outcome each).
+    // On the chain: the login of `keys import`, the server's login and its core's unlock
+    // (a try and an outcome each), two signatures, one decryption (a use record and an
+    // outcome each).
     let (intact, records, torn) = rig.audit();
     assert!(intact && !torn);
-    assert_eq!(records, 2 + (2 + 1) * 2);
+    assert_eq!(records, LOGINS + (2 + 1) * 2);
     drop(server);
 }
 
@@ -453,7 +458,7 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     assert!(intact, "chain broken after SIGKILL");
     assert!(!torn, "torn record after SIGKILL");
     assert!(
-        records > 2 * signed && records <= 2 + 2 * signed + 2 * 2,
+        records > 2 * signed && records <= LOGINS + 2 * signed + 2 * 2,
         "{records} records for {signed} signatures"
     );
     assert!(unconcluded <= 2, "{unconcluded} uses without an outcome");
@@ -475,8 +480,8 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     assert!(intact && !torn);
     assert_eq!(
         after,
-        records + 1 + 2 + 2 * 2,
-        "unlock, one raw signature, a seal (two records a signature)"
+        records + 4 + 2 + 2 * 2,
+        "the login and the unlock, one raw signature, a seal (two records a signature)"
     );
 }
 
@@ -539,7 +544,7 @@ fn custody_process_stops_cleanly_on_sigterm() {
     assert_eq!(report["intact"], Value::Bool(true), "{report}");
     assert_eq!(
         report["records"].as_u64(),
-        Some(2 + 2 * signed + 1),
+        Some(LOGINS + 2 * signed + 1),
         "{report}"
     );
     assert_eq!(report["unconcluded"], serde_json::json!([]), "{report}");
@@ -556,5 +561,5 @@ fn custody_process_stops_cleanly_on_sigterm() {
     );
     let (intact, records, _) = rig.audit();
     assert!(intact);
-    assert_eq!(records, 2 + 2 * signed + 2);
+    assert_eq!(records, LOGINS + 2 * signed + 2);
 }

@@ -404,20 +404,18 @@ impl CustodyKeys {
     }
 
     /// [`Hsm::open`] (the login with the configured PIN) as the core's unlock: refused
-    /// without asking the token when the chain ends locked out, and a PIN the token
-    /// refuses recorded on the chain as a failed unlock (see [`Self::open`]). For callers
-    /// that open the token themselves before [`Self::with_policy`] (whose `Unlock` records
-    /// the success).
+    /// without asking the token when the chain ends locked out; otherwise the try, then
+    /// its outcome, on the chain (a PIN the token refuses counted as a failed unlock; see
+    /// [`Self::open`]). For callers that open the token themselves before
+    /// [`Self::with_policy`], and for commands that use the token without the core.
     pub fn open_token(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Hsm> {
-        login_on_record(hsm, custody, false)
+        login_on_record(hsm, custody)
     }
 
-    /// [`Self::open_token`] for commands that use the token without the core (`etee keys
-    /// list`, `generate`, `import`, `install-cert`): the accepted login is recorded too
-    /// (an `Unlock`, which ends a run of wrong PINs), so that every login with the user
-    /// PIN is on the chain.
+    /// [`Self::open_token`] (kept for the commands that use the token without the core:
+    /// `etee keys list`, `generate`, `import`, `install-cert`; every login is recorded).
     pub fn open_token_recorded(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Hsm> {
-        login_on_record(hsm, custody, true)
+        Self::open_token(hsm, custody)
     }
 
     /// Like [`Self::open`] with an opened token and a policy of the caller's.
@@ -764,38 +762,44 @@ fn locked_out(custody: &CustodyConfig) -> HsmError {
 /// the core's `Unlock`. The token is found first (a configuration naming none leaves no
 /// audit file), then the chain is taken (locked, so that no other core appends meanwhile)
 /// for the time of the login: when it ends locked out the token is not asked at all
-/// (sparing a real HSM's own retry counter); a `C_Login` the token refuses is recorded as
-/// a failed unlock and counted; with `record_success`, an accepted one is recorded too.
-fn login_on_record(hsm: &HsmConfig, custody: &CustodyConfig, record_success: bool) -> Result<Hsm> {
+/// (sparing a real HSM's own retry counter); otherwise the try is recorded (durably)
+/// before the PIN reaches the token, so that a try whose outcome is lost still counts
+/// after a restart, and a chain that cannot take the record means no try at all; then
+/// the outcome: a `C_Login` the token refuses is recorded as a failed unlock and counted,
+/// an accepted one ends a run of wrong PINs.
+fn login_on_record(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Hsm> {
     crate::token_summary(hsm)?;
-    let answer = Arc::new(AtomicU64::new(ckr::USER_NOT_LOGGED_IN));
-    let mut core = open_core(LoginOnly(answer.clone()), Policy::deny_all(), custody)?;
+    let opened = Arc::new(Mutex::new(None));
+    let login = LoginOnly::Opening {
+        hsm: hsm.clone(),
+        opened: opened.clone(),
+    };
+    let mut core = open_core(login, Policy::deny_all(), custody)?;
     if core.status().state == etee_custody::lock::LockState::LockedOut {
         return Err(locked_out(custody));
     }
-    let opened = Hsm::open(hsm);
-    let code = match &opened {
-        Ok(_) if record_success => CKR_OK,
-        Ok(_) => return opened,
-        Err(e) => match login_refusal(e) {
-            Some(code) => code,
-            // No PIN reached the token (no PIN file, no token, no session...).
-            None => return opened,
-        },
-    };
-    answer.store(code, Ordering::Relaxed);
-    // The PIN stays with the pool: `LoginOnly` answers what the token answered.
+    // The PIN stays with the pool: `LoginOnly` opens the token (the `C_Login`) when the
+    // core asks, after the try is on the chain.
     let pin = WirePin::from_slice(b"-").expect("a one-byte PIN fits");
     let response = core.handle_request(&Request::Unlock { pin }, now_ms());
+    let opened = opened.lock().unwrap_or_else(|e| e.into_inner()).take();
     match (opened, response) {
-        (Ok(opened), Response::Unlocked) => Ok(opened),
+        (Some(Ok(opened)), Response::Unlocked) => Ok(opened),
         // A login that is not on record does not stand.
-        (Ok(_), other) => Err(HsmError::Audit(format!(
+        (Some(Ok(_)), other) => Err(HsmError::Audit(format!(
             "{}: the login could not be recorded ({}); the token is not used",
             custody.audit_file.display(),
             response_text(&other)
         ))),
-        (Err(refused), response) => {
+        // The try could not be recorded: the token was not asked.
+        (None, other) => Err(HsmError::Audit(format!(
+            "{}: the login could not be recorded ({}); the PIN was not tried",
+            custody.audit_file.display(),
+            response_text(&other)
+        ))),
+        // No PIN reached the token (no PIN file, no session...): not a guess.
+        (Some(Err(refused)), _) if login_refusal(&refused).is_none() => Err(refused),
+        (Some(Err(refused)), response) => {
             let hint = matches!(refused, HsmError::WrongPin { .. })
                 .then(|| hsm.pin.whitespace_hint())
                 .flatten();
@@ -808,9 +812,6 @@ fn login_on_record(hsm: &HsmConfig, custody: &CustodyConfig, record_success: boo
         }
     }
 }
-
-/// `CKR_OK`: what [`LoginOnly`] answers for an accepted login.
-const CKR_OK: u64 = 0;
 
 /// The return value of a `C_Login` the token refused, as the core records it; `None` when
 /// the error did not come from a `C_Login` that tried the user PIN.
@@ -877,15 +878,23 @@ fn counted(
 }
 
 /// The token as the core sees it around a login made by the host (`C_Login` through the
-/// session pool, with the configured PIN): its `login` answers what the token answered
-/// (`CKR_OK`, or the refusal), so that the core's `Unlock` counts and records it like any
-/// login; no key can be used through it.
-struct LoginOnly(Arc<AtomicU64>);
+/// session pool, with the configured PIN): its `login` opens the token ([`Hsm::open`])
+/// when the core asks — after the core recorded the try — and answers what the token
+/// answered, so that the core's `Unlock` counts and records it like any login; no key can
+/// be used through it.
+enum LoginOnly {
+    /// For a core that only records an administrator's act (no login is made).
+    Never,
+    Opening {
+        hsm: HsmConfig,
+        /// The opened token, or why it could not be opened, once the core asked.
+        opened: Arc<Mutex<Option<Result<Hsm>>>>,
+    },
+}
 
 impl LoginOnly {
-    /// For a core that only records an administrator's act (no login is made).
     fn never() -> Self {
-        Self(Arc::new(AtomicU64::new(ckr::USER_NOT_LOGGED_IN)))
+        Self::Never
     }
 }
 
@@ -923,10 +932,23 @@ impl Token for LoginOnly {
         not_logged_in(TokenFunction::UnwrapKey)
     }
     fn login(&mut self, _: &[u8]) -> Result<(), TokenError> {
-        match self.0.load(Ordering::Relaxed) {
-            CKR_OK => Ok(()),
-            code => Err(TokenError::new(TokenFunction::Login, code)),
-        }
+        let Self::Opening { hsm, opened } = self else {
+            return Err(TokenError::new(
+                TokenFunction::Login,
+                ckr::USER_NOT_LOGGED_IN,
+            ));
+        };
+        let result = Hsm::open(hsm);
+        let answer = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match login_refusal(e) {
+                Some(code) => TokenError::new(TokenFunction::Login, code),
+                // Failed before the PIN reached the token: the core does not count it.
+                None => TokenError::new(TokenFunction::OpenSession, ck_code(e)),
+            }),
+        };
+        *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        answer
     }
     fn logout(&mut self) {}
     fn key_kind(&self, _: &etee_custody::KeyId) -> Option<KeyKind> {

@@ -171,11 +171,21 @@ fn seal_unseal_through_custody(process: bool) {
     assert_eq!(custody.client, "etee-cli");
 
     let keys = Keys::open(&config, &custody, process, dir.path());
-    // Unlocking is on record.
+    // Unlocking is on record: the login (its try, before the PIN reaches the token, then
+    // its outcome) and the core's unlock.
     let after_unlock = records(&custody.audit_file);
-    assert_eq!(after_unlock.len(), 1);
-    assert_eq!(after_unlock[0].operation, Operation::Unlock);
-    assert_eq!(after_unlock[0].outcome, Outcome::Success);
+    assert_eq!(
+        after_unlock
+            .iter()
+            .map(|r| (r.operation, r.outcome))
+            .collect::<Vec<_>>(),
+        [
+            (Operation::Unlock, Outcome::Admitted),
+            (Operation::Unlock, Outcome::Success),
+            (Operation::Unlock, Outcome::Admitted),
+            (Operation::Unlock, Outcome::Success),
+        ]
+    );
 
     // Seal from Alice (through the core) to Alice's own ETK; unseal through the core.
     let signer = keys.signing_key();
@@ -212,7 +222,7 @@ fn seal_unseal_through_custody(process: bool) {
     assert_eq!(count(&all, Operation::DecryptPkcs1v15), 1);
     assert_eq!(
         all.len(),
-        1 + 2 * (signs + 1),
+        4 + 2 * (signs + 1),
         "a use record and an outcome per private-key operation"
     );
     assert!(all_succeeded(&all), "{all:?}");
@@ -336,9 +346,9 @@ fn seal_unseal_through_custody(process: bool) {
     }
     let all = records(&custody.audit_file);
     assert_eq!(all.last().unwrap().operation, Operation::Lock);
-    // Reopening continues the chain.
+    // Reopening continues the chain (the login and the core's unlock: two records each).
     let again = CustodyKeys::open(&config, &custody).unwrap();
-    assert_eq!(again.audit_head().next_sequence, all.len() as u64 + 1);
+    assert_eq!(again.audit_head().next_sequence, all.len() as u64 + 4);
 }
 
 /// The core's `Unlock` checks the PIN against the one the pool logged in with; wrong PINs
@@ -370,12 +380,15 @@ fn unlock_checks_the_pin_and_counts_failures() {
     let right = core.handle_request(&unlock(common::USER_PIN), 2);
     assert_eq!(right, Response::Unlocked);
     let all = records(&path);
-    assert_eq!(all.len(), 2);
     assert_eq!(
-        all[0].outcome,
-        Outcome::Refused(CoreError::PinIncorrect { tries_left: 4 })
+        all.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+        [
+            Outcome::Admitted,
+            Outcome::Refused(CoreError::PinIncorrect { tries_left: 4 }),
+            Outcome::Admitted,
+            Outcome::Success
+        ]
     );
-    assert_eq!(all[1].outcome, Outcome::Success);
 }
 
 /// Five wrong PINs lock the core out, a restart does not clear them (they are counted from
@@ -713,7 +726,11 @@ fn wrapping_and_rsa_keys_are_not_interchangeable() {
     let unwrap = keys.unwrap_secret("authentication", &[7; 24]);
     assert!(matches!(unwrap, Err(KeyError::Refused(_))), "{unwrap:?}");
     let all = records(&custody.audit_file);
-    let refusals: Vec<_> = all[1..].iter().map(|r| (r.operation, r.outcome)).collect();
+    let refusals: Vec<_> = all
+        .iter()
+        .filter(|r| r.operation != Operation::Unlock)
+        .map(|r| (r.operation, r.outcome))
+        .collect();
     let wrong = Outcome::Refused(CoreError::WrongKeyKind);
     assert_eq!(
         refusals,
@@ -1142,7 +1159,10 @@ fn wrong_pin_files_are_counted_and_lock_the_core_out() {
     let all = records(&custody.audit_file);
     let refused: Vec<_> = all
         .iter()
-        .filter(|r| r.operation == Operation::Unlock && r.outcome != Outcome::Success)
+        .filter(|r| {
+            r.operation == Operation::Unlock
+                && !matches!(r.outcome, Outcome::Success | Outcome::Admitted)
+        })
         .collect();
     assert_eq!(refused.len(), usize::from(max), "one record per wrong PIN");
     // The administrator's reset (on record) lets the right PIN in again.
@@ -1171,7 +1191,7 @@ fn every_login_with_the_user_pin_is_on_the_chain() {
     let unlocks = || {
         records(&custody.audit_file)
             .iter()
-            .filter(|r| r.operation == Operation::Unlock)
+            .filter(|r| r.operation == Operation::Unlock && r.outcome != Outcome::Admitted)
             .map(|r| r.outcome == Outcome::Success)
             .collect::<Vec<_>>()
     };

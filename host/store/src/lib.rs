@@ -10,7 +10,9 @@
 //!   call that returned `Ok` survives a crash and a crash before that leaves nothing half-written.
 //! - [`PgStore`] is for deployments where several platform instances share one PostgreSQL
 //!   database. Writes that must be decided once across instances (duplicate ids, replay detection)
-//!   are single statements (`INSERT ... ON CONFLICT`), so they are atomic without locks.
+//!   are single statements (`INSERT ... ON CONFLICT`), so they are atomic without locks; a
+//!   KeyDepot key id's registration and deletion also take an advisory lock on the id, so that
+//!   a registration racing the id's deletion cannot slip past its retirement.
 //!
 //! Both keep a schema-version record and apply numbered migrations in one transaction when
 //! opened; a store written by a newer build is refused with [`Error::SchemaTooNew`] rather than

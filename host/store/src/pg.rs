@@ -2,9 +2,10 @@
 //!
 //! Writes that must be decided exactly once across instances are single statements
 //! (`INSERT ... ON CONFLICT`), atomic under PostgreSQL's default isolation without explicit
-//! locks. Structured fields (identifiers, reader credentials, key information) are JSONB; keys
-//! and blobs are BYTEA with length checks in the schema. Connections come from a small bounded
-//! pool.
+//! locks; the exception is a KeyDepot key id's registration and deletion, serialised by an
+//! advisory lock on the id (see [`lock_key_id`]). Structured fields (identifiers, reader
+//! credentials, key information) are JSONB; keys and blobs are BYTEA with length checks in
+//! the schema. Connections come from a small bounded pool.
 //!
 //! TLS: the URL's `sslmode` decides, as with libpq: `disable`; `prefer` (the default): TLS
 //! when the server offers it, its certificate not verified (as libpq; against passive
@@ -18,8 +19,9 @@ use std::collections::BTreeMap;
 use postgres_openssl::MakeTlsConnector;
 use r2d2_postgres::postgres::config::SslMode;
 use r2d2_postgres::postgres::types::{FromSql, Json};
-use r2d2_postgres::postgres::{Client, Config, GenericClient, Row, Transaction};
+use r2d2_postgres::postgres::{Client, Config, GenericClient, IsolationLevel, Row, Transaction};
 use r2d2_postgres::{r2d2, PostgresConnectionManager};
+use sha2::{Digest, Sha256};
 
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
@@ -31,6 +33,11 @@ use crate::{
 const MIGRATION_LOCK: i64 = 0x6574_6565_2d73_746f; // "etee-sto"
 /// Advisory lock key serialising audit appends (read the head, insert after it).
 const AUDIT_LOCK: i64 = 0x6574_6565_2d61_7564; // "etee-aud"
+/// First half of the two-`int4` advisory lock keys serialising the registration and the
+/// deletion of one KeyDepot key id (the second half is a hash of the id, see
+/// [`lock_key_id`]). PostgreSQL keeps two-`int4` keys apart from one-`bigint` keys such as
+/// [`MIGRATION_LOCK`] and [`AUDIT_LOCK`], so no id can ever hash onto those.
+const KEY_ID_LOCK_CLASS: i32 = 0x6574_6565; // "etee"
 
 /// Numbered migrations: entry `n` brings the schema from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -158,6 +165,30 @@ impl PgStore {
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<MakeTlsConnector>>> {
         self.pool.get().db()
     }
+
+    /// Makes `change` in a transaction of its own (see [`apply_in`]), committed when it
+    /// changed something.
+    fn apply(&self, change: Change<'_>) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let mut tx = begin(&mut conn)?;
+        let changed = apply_in(&mut tx, change)?;
+        match changed {
+            true => tx.commit().db()?,
+            false => tx.rollback().db()?,
+        }
+        Ok(changed)
+    }
+}
+
+/// A READ COMMITTED transaction, whatever the server's `default_transaction_isolation`:
+/// [`apply_in`] relies on each statement seeing what was committed before it started (a
+/// snapshot per statement), not a snapshot taken at the transaction's first statement.
+fn begin(client: &mut Client) -> Result<Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .db()
 }
 
 /// The URL without its `sslrootcert` parameter, and that parameter's value (a path; the
@@ -376,7 +407,7 @@ impl Store for PgStore {
     }
 
     fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
-        apply_in(&mut *self.conn()?, Change::InsertKgssKey(key)).map(drop)
+        self.apply(Change::InsertKgssKey(key)).map(drop)
     }
 
     fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>> {
@@ -391,11 +422,11 @@ impl Store for PgStore {
     }
 
     fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
-        apply_in(&mut *self.conn()?, Change::DeleteKgssKey(id))
+        self.apply(Change::DeleteKgssKey(id))
     }
 
     fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
-        apply_in(&mut *self.conn()?, Change::InsertPublicKey(record)).map(drop)
+        self.apply(Change::InsertPublicKey(record)).map(drop)
     }
 
     fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>> {
@@ -435,14 +466,11 @@ impl Store for PgStore {
         key_id: &[u8],
         info: &BTreeMap<String, String>,
     ) -> Result<bool> {
-        apply_in(
-            &mut *self.conn()?,
-            Change::UpdatePublicKeyInfo { key_id, info },
-        )
+        self.apply(Change::UpdatePublicKeyInfo { key_id, info })
     }
 
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
-        apply_in(&mut *self.conn()?, Change::DeletePublicKey(key_id))
+        self.apply(Change::DeletePublicKey(key_id))
     }
 
     fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()> {
@@ -559,8 +587,8 @@ impl Store for PgStore {
 
     fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().db()?;
-        // The change first (its row locks), then the audit lock, as in
+        let mut tx = begin(&mut conn)?;
+        // The change first (its key id lock and row locks), then the audit lock, as in
         // remember_request_with_event.
         if !apply_in(&mut tx, change)? {
             tx.rollback().db()?;
@@ -640,16 +668,42 @@ fn remember_in(
     Ok(n == 1)
 }
 
-/// Appends `event` after the chain head within `tx`; returns its sequence. The advisory lock
-/// is held to commit: the head read is the one this event follows, also across instances
-/// sharing the database.
-/// Makes `change` (one statement each): true when it changed something, false when it
-/// found nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`.
-/// A public key's deletion retires its id in the same statement.
-fn apply_in(client: &mut impl GenericClient, change: Change<'_>) -> Result<bool> {
+/// Takes, until `tx` ends, the advisory lock of KeyDepot key id `key_id`: a registration
+/// and a deletion of one id never overlap, also across instances sharing the database.
+///
+/// Why: a registration is `INSERT .. WHERE NOT EXISTS (retired id) ON CONFLICT DO NOTHING`.
+/// Alone, its NOT EXISTS reads the statement's snapshot: started while a deletion of the
+/// same id was uncommitted, it saw no retired row, waited on the unique index for the
+/// deleter and, the old row gone at the deleter's commit, inserted: the retired id was
+/// handed out again (and that key could then never be deleted). With the lock taken first,
+/// in its own statement, the registration's INSERT starts (READ COMMITTED: a new snapshot)
+/// only after the deleter committed, so it sees the retired id, and the other way round a
+/// deletion sees a registration that won. Chosen over a table of every id ever claimed
+/// (registration inserting, deletion never removing): no schema change, which the two
+/// backends share (a migration would bump the version for both, and older builds would
+/// then refuse the database). The id is hashed to 32 bits with SHA-256 (the same on every
+/// instance and build); two ids sharing a hash only wait for each other. Lock order in a
+/// transaction: this lock, then row locks, then [`AUDIT_LOCK`], which nothing holds while
+/// waiting for another lock, so no deadlock.
+fn lock_key_id(tx: &mut Transaction<'_>, key_id: &[u8]) -> Result<()> {
+    let digest = Sha256::digest(key_id);
+    let hash = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&KEY_ID_LOCK_CLASS, &hash],
+    )
+    .db()?;
+    Ok(())
+}
+
+/// Makes `change` within `tx` (one statement each, a public key's registration and
+/// deletion after [`lock_key_id`]): true when it changed something, false when it found
+/// nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`. A
+/// public key's deletion retires its id in the same statement.
+fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
     let n = match change {
         Change::InsertKgssKey(key) => {
-            let n = client
+            let n = tx
                 .execute(
                     &format!(
                         "INSERT INTO kgss_key ({KGSS_COLUMNS})
@@ -672,21 +726,31 @@ fn apply_in(client: &mut impl GenericClient, change: Change<'_>) -> Result<bool>
             }
             n
         }
-        Change::DeleteKgssKey(id) => client
+        Change::DeleteKgssKey(id) => tx
             .execute("DELETE FROM kgss_key WHERE id = $1", &[&id.as_slice()])
             .db()?,
-        Change::DeletePublicKey(key_id) => client
-            .execute(
-                "WITH gone AS (DELETE FROM public_key WHERE key_id = $1 RETURNING key_id)
-                 INSERT INTO retired_key_id (key_id, retired_at)
-                 SELECT key_id, extract(epoch FROM now())::bigint FROM gone
-                 ON CONFLICT (key_id) DO NOTHING",
-                &[&key_id],
-            )
-            .db()?,
+        Change::DeletePublicKey(key_id) => {
+            lock_key_id(tx, key_id)?;
+            // Counts the keys deleted, not the ids newly retired: an id already retired
+            // (a key registered again under it before registrations took the lock) is
+            // still deleted, keeping its first retirement.
+            let row = tx
+                .query_one(
+                    "WITH gone AS (DELETE FROM public_key WHERE key_id = $1 RETURNING key_id),
+                     retired AS (INSERT INTO retired_key_id (key_id, retired_at)
+                                 SELECT key_id, extract(epoch FROM now())::bigint FROM gone
+                                 ON CONFLICT (key_id) DO NOTHING)
+                     SELECT count(*) FROM gone",
+                    &[&key_id],
+                )
+                .db()?;
+            let n: i64 = get(&row, 0)?;
+            n as u64
+        }
         Change::InsertPublicKey(record) => {
             check_key_id(&record.key_id)?;
-            let n = client
+            lock_key_id(tx, &record.key_id)?;
+            let n = tx
                 .execute(
                     &format!(
                         "INSERT INTO public_key ({PUBLIC_KEY_COLUMNS})
@@ -712,7 +776,7 @@ fn apply_in(client: &mut impl GenericClient, change: Change<'_>) -> Result<bool>
             n
         }
         // `||` on JSONB objects merges, right-hand entries winning: one atomic statement.
-        Change::UpdatePublicKeyInfo { key_id, info } => client
+        Change::UpdatePublicKeyInfo { key_id, info } => tx
             .execute(
                 "UPDATE public_key SET info = info || $2 WHERE key_id = $1",
                 &[&key_id, &Json(info)],
@@ -722,6 +786,9 @@ fn apply_in(client: &mut impl GenericClient, change: Change<'_>) -> Result<bool>
     Ok(n > 0)
 }
 
+/// Appends `event` after the chain head within `tx`; returns its sequence. The advisory lock
+/// is held to commit: the head read is the one this event follows, also across instances
+/// sharing the database.
 fn append_in(tx: &mut Transaction, event: &AuditEvent) -> Result<u64> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
         .db()?;

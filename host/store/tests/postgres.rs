@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
+use common::Harness;
 use etee_store::scratch::ScratchDatabase;
 use etee_store::{PgStore, Store};
 use postgres::{Client, NoTls};
@@ -144,4 +145,131 @@ fn tls_is_verified_when_required() {
 
     let clear = PgStore::connect(&with("sslmode=disable"), 2).unwrap();
     assert!(!clear.uses_tls().unwrap());
+}
+
+/// How many sessions on the test's database wait for a lock.
+fn waiting(h: &Pg) -> i64 {
+    h.client()
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE NOT l.granted AND a.datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Waits (at most 30 s) until `n` sessions on the test's database wait for a lock.
+fn until_waiting(h: &Pg, n: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while waiting(h) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} sessions never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A registration that starts while a deletion of the same key id is uncommitted waits for
+/// it and is then refused: the id was retired, and a retired id is never handed out again
+/// (under READ COMMITTED alone, its NOT EXISTS on the retired ids would read a snapshot
+/// from before the deletion, and its insert, once the old row is gone, would succeed).
+#[test]
+fn registration_racing_a_deletion_of_its_id_is_refused() {
+    let Some(h) = Pg::new() else { return };
+    let store = h.open();
+    let id = format!("race-{}", common::unique()).into_bytes();
+    let holder = common::public_key(&id, ("SSIN", "85073003328", None));
+    store.insert_public_key(&holder).unwrap();
+
+    // Holds the deletion uncommitted: it deletes the key and retires the id, then waits
+    // to append its audit event (the way KeyDepot deletes) behind this lock on the chain.
+    let mut blocker = h.client();
+    let mut hold = blocker.transaction().unwrap();
+    hold.batch_execute("LOCK TABLE audit_event IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let deleter = {
+        let (store, id) = (store.clone(), id.clone());
+        std::thread::spawn(move || {
+            store.apply_with_event(
+                etee_store::Change::DeletePublicKey(&id),
+                &common::audit_event(1, "deleted"),
+            )
+        })
+    };
+    until_waiting(&h, 1);
+
+    // Somebody else registers the same id meanwhile: it must wait for the deletion.
+    let registrar = {
+        let store = store.clone();
+        let mut other = common::public_key(&id, ("CBE", "0123456789", None));
+        other.spki_der.push(0xEE);
+        std::thread::spawn(move || store.insert_public_key(&other))
+    };
+    until_waiting(&h, 2);
+    assert!(!registrar.is_finished(), "the registration waits");
+
+    hold.rollback().unwrap();
+    assert_eq!(deleter.join().unwrap().unwrap(), Some(1), "deleted");
+    let registered = registrar.join().unwrap();
+    assert!(
+        matches!(registered, Err(etee_store::Error::AlreadyExists)),
+        "the retired id was handed out again: {registered:?}"
+    );
+    assert_eq!(store.get_public_key(&id).unwrap(), None);
+
+    // And afterwards: the id stays retired, for its former holder too.
+    assert!(matches!(
+        store.insert_public_key(&holder),
+        Err(etee_store::Error::AlreadyExists)
+    ));
+    assert!(!store.delete_public_key(&id).unwrap(), "nothing to delete");
+
+    // An existing key is still deleted, once.
+    let id2 = format!("race-{}", common::unique()).into_bytes();
+    store
+        .insert_public_key(&common::public_key(&id2, ("SSIN", "85073003328", None)))
+        .unwrap();
+    assert!(store.delete_public_key(&id2).unwrap());
+    assert_eq!(store.get_public_key(&id2).unwrap(), None);
+    assert!(!store.delete_public_key(&id2).unwrap());
+}
+
+/// A key registered under an id that was already retired (what the race above could do
+/// before registrations took the id's lock) can still be deleted by its holder: the
+/// deletion counts the key removed, not the id newly retired.
+#[test]
+fn key_under_an_already_retired_id_can_be_deleted() {
+    let Some(h) = Pg::new() else { return };
+    let store = h.open();
+    let id = format!("damaged-{}", common::unique()).into_bytes();
+    store
+        .insert_public_key(&common::public_key(&id, ("SSIN", "85073003328", None)))
+        .unwrap();
+    h.client()
+        .execute(
+            "INSERT INTO retired_key_id (key_id, retired_at) VALUES ($1, 1)",
+            &[&id],
+        )
+        .unwrap();
+    assert_eq!(
+        store
+            .apply_with_event(
+                etee_store::Change::DeletePublicKey(&id),
+                &common::audit_event(1, "deleted"),
+            )
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(store.get_public_key(&id).unwrap(), None);
+    let retired_at: i64 = h
+        .client()
+        .query_one(
+            "SELECT retired_at FROM retired_key_id WHERE key_id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(retired_at, 1, "the first retirement is kept");
 }

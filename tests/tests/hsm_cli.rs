@@ -130,16 +130,17 @@ fn hsm_token_seals_unseals_and_audits() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), plain);
 
-    // The chain verifies: the logins of `keys import` and `keys list`, then per run an
-    // unlock, the key operations (a use record and an outcome each) and a lock (seal: two
-    // signatures, one per layer; unseal: one decryption).
+    // The chain verifies: the logins of `keys import` and `keys list` (a try and an outcome
+    // each), then per run the login and the core's unlock (two records each), the key
+    // operations (a use record and an outcome each) and a lock (seal: two signatures, one
+    // per layer; unseal: one decryption).
     assert!(rig.audit_file().is_file());
     let run = rig.etee(["audit", "verify", "--json"]).run();
     run.code(0);
     let report = run.json();
     assert_eq!(report["intact"], Value::Bool(true), "{report}");
     let records = report["records"].as_u64().unwrap();
-    assert_eq!(records, 2 + (1 + 2 * 2 + 1) + (1 + 2 + 1), "{report}");
+    assert_eq!(records, 4 + (4 + 2 * 2 + 1) + (4 + 2 + 1), "{report}");
     // The text result is on standard output (`etee audit verify > head.txt` keeps the
     // head to record with a backup).
     let run = rig.etee(["audit", "verify"]).run();
@@ -784,9 +785,9 @@ fn the_so_pin_as_shares_and_init_pin() {
         .arg(&config)
         .run()
         .code(0);
-    // On the chain (before the login of `keys list`), which verifies.
+    // On the chain (before the login of `keys list`: its try and outcome), which verifies.
     let run = hsm
-        .etee(["audit", "verify", "--tail", "2", "--config"])
+        .etee(["audit", "verify", "--tail", "3", "--config"])
         .arg(&config)
         .run();
     run.code(0);
@@ -955,7 +956,8 @@ fn unlocks(rig: &Rig) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["operation"] == "Unlock")
+        // Outcomes: each try (`admitted`, before the PIN reaches the token) has one.
+        .filter(|r| r["operation"] == "Unlock" && r["outcome"] != "admitted")
         .map(|r| r["outcome"].as_str().unwrap().to_string())
         .collect()
 }

@@ -10,7 +10,8 @@
 //!   ([`SignedAttestation::verify`]: statement, signature, key, non-exportable, signer names
 //!   the holder) *and* its chain must lead to the platform's CA at registration time.
 //!   A refused attestation refuses the registration; an accepted one is stored as given and
-//!   makes the key `attested`. Key ids are unique across holders (409 when taken).
+//!   makes the key `attested`. A key id is the key's RFC 5280 method-1 identifier
+//!   ([`KeyId::of_public_key`], 400 otherwise) and unique across holders (409 when taken).
 //! - Reads (one key, a holder's keys, the attestation, the holder) are open to anyone.
 //! - Add info and delete: the holder only — same identifier type and zero-padded value as
 //!   the stored holder, the application id aside (one holder, several applications; as
@@ -199,6 +200,20 @@ fn is_holder(caller: &[Identity], holder: &etee_store::Identifier) -> bool {
         .any(|c| c.id_type.eq_ignore_ascii_case(&holder.id_type) && stored_value(c) == holder.value)
 }
 
+/// The key id must be the key's own ([`KeyId::of_public_key`]): ids are unique and retired
+/// for ever, so a free choice would let anyone take the id of another's key.
+fn check_key_id(request: &RegisterKeyRequest) -> Result<(), KeyDepotError> {
+    let own = KeyId::of_public_key(&request.public_key).map_err(KeyDepotError::invalid)?;
+    if own != request.key_id {
+        return Err(KeyDepotError::Invalid(format!(
+            "keyId must be the key's RFC 5280 method-1 identifier (SHA-1 of the \
+             subjectPublicKey bits): {}",
+            own.to_url_string()
+        )));
+    }
+    Ok(())
+}
+
 /// Registers a key for `caller` (the identities of its TLS client certificate).
 pub fn register(
     store: &dyn Store,
@@ -209,6 +224,7 @@ pub fn register(
 ) -> Result<KeyRecord, KeyDepotError> {
     let identity = caller_identity(caller)?;
     let holder = store_identifier(identity);
+    check_key_id(request)?;
     request
         .verify_proof_of_possession()
         .map_err(|_| KeyDepotError::ProofOfPossession)?;

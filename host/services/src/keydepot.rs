@@ -4,7 +4,8 @@
 //! **All of this is etee's own design.** The real KeyDepot endpoints, bodies, key-id format
 //! and "attestation object" were not found (§10); only the use of a key id as the CMS
 //! subjectKeyIdentifier (LIB220 `WEB_AUTHN` policy) is known. So:
-//! - a [`KeyId`] is the SKI bytes; JSON carries it as base64url without padding (URL-safe,
+//! - a [`KeyId`] is the SKI bytes, the key's RFC 5280 method-1 identifier
+//!   ([`KeyId::of_public_key`]); JSON carries it as base64url without padding (URL-safe,
 //!   it appears in paths), while LIB220 APIs take standard base64 ([`KeyId::to_lib_string`]);
 //! - registration proves possession of the private key by signing [`pop_challenge`];
 //! - an HSM attestation is a canonical-JSON [`AttestationStatement`] signed by the holder's
@@ -19,6 +20,8 @@ use crate::etkdepot::rest::IdentifierJson;
 use crate::etkdepot::Identifier;
 use crate::json::{self, b64, b64url, rfc3339};
 use base64::Engine as _;
+use etee_formats::ber::slice::parse_exact;
+use etee_formats::ber::tag;
 use etee_formats::cert::{key_usage, Certificate};
 use etee_formats::identity::{identities, normalize_value};
 use openssl::hash::MessageDigest;
@@ -68,6 +71,21 @@ impl KeyId {
                 .decode(s.as_bytes())
                 .map_err(|e| Error::Content(format!("key id: {e}")))?,
         )
+    }
+
+    /// The id of a key: its RFC 5280 §4.2.1.2 method-1 key identifier, SHA-1 of the
+    /// subjectPublicKey BIT STRING's bits (unused-bits octet excluded) of the DER
+    /// SubjectPublicKeyInfo — what a certificate of the key would carry as its SKI. KeyDepot
+    /// accepts no other id, so nobody can take the id of another's key.
+    pub fn of_public_key(spki_der: &[u8]) -> Result<Self, Error> {
+        let bad = |e: &dyn std::fmt::Display| Error::Key(format!("the public key: {e}"));
+        let spki = parse_exact(spki_der).map_err(|e| bad(&e))?;
+        let mut fields = spki.seq().map_err(|e| bad(&e))?;
+        fields.any().map_err(|e| bad(&e))?;
+        let bits = fields.next(tag::BIT_STRING).map_err(|e| bad(&e))?;
+        let bits = bits.octets().map_err(|e| bad(&e))?;
+        let key = bits.get(1..).ok_or_else(|| bad(&"empty BIT STRING"))?;
+        KeyId::new(openssl::sha::sha1(key).to_vec())
     }
 }
 

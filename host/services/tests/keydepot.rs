@@ -261,3 +261,48 @@ fn attestation() {
     r.attestation = Some(signed);
     assert_eq!(RegisterKeyRequest::parse(&r.to_json()).unwrap(), r);
 }
+
+/// A key's id is its RFC 5280 method-1 identifier: what OpenSSL writes as the
+/// subjectKeyIdentifier of a certificate of that key, for RSA and EC keys alike.
+#[test]
+fn a_key_id_is_the_method_1_key_identifier_of_the_key() {
+    let pki = TestPki::generate("ski").unwrap();
+    let inst = pki
+        .institution(&InstitutionSpec::new(
+            "NIHII-HOSPITAL",
+            "71000436",
+            "Hospital",
+        ))
+        .unwrap();
+    for x in [&inst.auth.cert, &pki.root.cert] {
+        let cert = Certificate::from_der(&x.to_der().unwrap()).unwrap();
+        let spki = x.public_key().unwrap().public_key_to_der().unwrap();
+        assert_eq!(
+            KeyId::of_public_key(&spki).unwrap().as_bytes(),
+            cert.subject_key_identifier().unwrap()
+        );
+    }
+    let ec = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let spki = ec.public_key_to_der().unwrap();
+    // An EC key: SHA-1 of the uncompressed point, the BIT STRING's bits.
+    let point = ec
+        .ec_key()
+        .unwrap()
+        .public_key()
+        .to_bytes(
+            ec.ec_key().unwrap().group(),
+            openssl::ec::PointConversionForm::UNCOMPRESSED,
+            &mut openssl::bn::BigNumContext::new().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        KeyId::of_public_key(&spki).unwrap().as_bytes(),
+        openssl::sha::sha1(&point)
+    );
+    for bad in [&b""[..], b"\x30\x00", &spki[..spki.len() - 1]] {
+        assert!(KeyId::of_public_key(bad).is_err());
+    }
+}

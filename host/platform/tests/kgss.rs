@@ -12,7 +12,8 @@ on_both_stores!(
     rest_create_get_and_delete_by_the_holder,
     rest_bad_key_ids_and_methods_are_problems,
     a_refused_seals_reason_is_logged_where_the_caller_is_told,
-    a_wcf_security_header_is_accepted
+    a_wcf_security_header_is_accepted,
+    the_replay_table_is_purged_while_the_platform_runs
 );
 
 use base64::Engine as _;
@@ -885,5 +886,30 @@ async fn a_wcf_security_header_is_accepted(w: World) {
             && l.text.contains("kgss")),
         "{logged:?}"
     );
+    w.stop().await;
+}
+
+/// The platform forgets KGSS's expired request digests as it runs (the table would grow
+/// for ever otherwise), and keeps those still in their window.
+async fn the_replay_table_is_purged_while_the_platform_runs(mut w: World) {
+    use std::time::{Duration, Instant};
+    w.restart_configured(|c| c.limits.replay_purge_interval = Duration::from_millis(50))
+        .await;
+    let now = etee_platform::unix_now();
+    let (expired, live) = ([1u8; 32], [2u8; 32]);
+    w.store(|s| {
+        assert!(s.remember_request(&expired, now - 10, now - 20).unwrap());
+        assert!(s.remember_request(&live, now + 3600, now).unwrap());
+    });
+    // Seen from before its expiry, a digest is there until it is purged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.store(|s| s.request_seen(&expired, now - 20)).unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the expired digest is still stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(w.store(|s| s.request_seen(&live, now)).unwrap());
     w.stop().await;
 }

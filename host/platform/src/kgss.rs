@@ -14,6 +14,8 @@
 //!   one-off KEK). The caller's attributes — from the platform's attribute registry (e.g.
 //!   "recognised pharmacy"), plus what its certificate proves (its SSIN) — are evaluated
 //!   against the creator's conditions; the key is unwrapped in the HSM and sealed back.
+//!   An exclusion the platform could never evaluate is refused at `GetNewKey`
+//!   (`check_excluded`): it would exclude nobody.
 //! - Delete: the holder (the creator) only; the row is removed.
 //!
 //! Where ours differs from the real KGSS: the real `GetKey` authenticates the caller with
@@ -276,23 +278,61 @@ fn key_id(id: &[u8]) -> Result<[u8; 16], KgssError> {
     })
 }
 
+/// A value of attribute `(namespace, name)` as it is compared: the number of a person's
+/// SSIN or a care provider's NIHII11 zero-padded ([`vocabulary::value_type`]), any other
+/// value as written.
+fn comparable_value(namespace: &str, name: &str, value: &str) -> Result<String, String> {
+    match vocabulary::value_type(namespace, name) {
+        Some(t) => etee_formats::identity::normalize_value(t, value)
+            .map_err(|e| format!("{value:?} is not a {t} number: {e}")),
+        None => Ok(value.to_owned()),
+    }
+}
+
 /// Reader conditions as they are compared later: no empty value (it would match nobody, and
-/// an exclusion would silently not apply), and a person's SSIN in its 11-digit form (a
-/// value without its leading zeros would not match the certificate's SSIN either).
+/// an exclusion would silently not apply), and an SSIN or NIHII11 in its 11-digit form (a
+/// value without its leading zeros would not match the caller's either).
 fn normalize_credential(c: &mut Credential) -> Result<(), KgssError> {
     let bad = |why: String| KgssError::Content(format!("reader {} {}: {why}", c.namespace, c.name));
     if c.values.iter().any(|v| v.is_empty()) {
         return Err(bad("an empty Value matches nobody".into()));
     }
-    if c.namespace == vocabulary::IDENTIFICATION_NS && c.name == vocabulary::PERSON_SSIN {
-        let mut values = Vec::with_capacity(c.values.len());
-        for v in &c.values {
-            values.push(
-                etee_formats::identity::normalize_value("SSIN", v)
-                    .map_err(|e| bad(format!("{v:?} is not an SSIN: {e}")))?,
-            );
+    let values = c
+        .values
+        .iter()
+        .map(|v| comparable_value(&c.namespace, &c.name, v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    c.values = values;
+    Ok(())
+}
+
+/// Whether the platform can ever give a caller attribute `(namespace, name)`: a name of
+/// §5.1's vocabulary (the registry's certified names, the SSIN a certificate proves), or
+/// one the attribute registry holds for some holder. An exclusion naming anything else
+/// would never match, and the readers it meant to exclude would pass.
+fn evaluable(store: &dyn Store, namespace: &str, name: &str) -> Result<bool, KgssError> {
+    if vocabulary::is_known(namespace, name) {
+        return Ok(true);
+    }
+    Ok(store
+        .list_attribute_holders()?
+        .iter()
+        .flat_map(|(_, _, attributes)| attributes)
+        .any(|a| a.namespace == namespace && a.name == name))
+}
+
+/// Refuses an `ExludedReader` the platform cannot evaluate ([`evaluable`]). An
+/// `AllowedReader` of such a name may stay: it matches nobody, which fails closed.
+fn check_excluded(store: &dyn Store, excluded: &[Credential]) -> Result<(), KgssError> {
+    for c in excluded {
+        if !evaluable(store, &c.namespace, &c.name)? {
+            return Err(KgssError::Content(format!(
+                "excluded reader {} {}: the platform never attests this attribute, so the \
+                 exclusion would exclude nobody",
+                c.namespace, c.name
+            )));
         }
-        c.values = values;
     }
     Ok(())
 }
@@ -442,6 +482,7 @@ impl Kgss {
         {
             normalize_credential(c)?;
         }
+        check_excluded(store, &request.excluded_readers)?;
         let etk = self.callers_etk(&request.etk, &opened.identities, now)?;
         let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
         openssl::rand::rand_bytes(&mut key).map_err(|e| KgssError::Custody(e.to_string()))?;
@@ -676,7 +717,9 @@ impl Kgss {
         let mut out = implicit_attributes(identities);
         for id in identities {
             for a in store.attributes(&id.id_type, &stored_value(id))? {
-                let a = Attribute::new(&a.namespace, &a.name, &a.value);
+                // A registry value set in another form is compared as the conditions are.
+                let value = comparable_value(&a.namespace, &a.name, &a.value).unwrap_or(a.value);
+                let a = Attribute::new(&a.namespace, &a.name, &value);
                 if !out.contains(&a) {
                     out.push(a);
                 }
@@ -780,6 +823,109 @@ mod tests {
         let mut doctor = vocabulary::any_doctor();
         normalize_credential(&mut doctor).unwrap();
         assert_eq!(doctor, vocabulary::any_doctor());
+        let mut pharmacy = vocabulary::recognised_pharmacy();
+        normalize_credential(&mut pharmacy).unwrap();
+        assert_eq!(pharmacy, vocabulary::recognised_pharmacy());
+        // A care provider's NIHII11, of each *:nihii11 name, is padded as the SSIN is; not
+        // a NIHII11 is refused.
+        for name in vocabulary::NIHII11_NAMES {
+            let nihii11 = |v: &[&str]| Credential::new(vocabulary::CERTIFIED_NS, name, v);
+            let mut c = nihii11(&["10203040", "12345678901"]);
+            normalize_credential(&mut c).unwrap();
+            assert_eq!(c.values, ["00010203040", "12345678901"], "{name}");
+            for bad in [nihii11(&["123456789012"]), nihii11(&["x1"])] {
+                let mut c = bad.clone();
+                assert!(
+                    matches!(normalize_credential(&mut c), Err(KgssError::Content(_))),
+                    "{bad:?}"
+                );
+            }
+        }
+    }
+
+    /// An exclusion is refused when the platform never attests its name: neither §5.1's
+    /// vocabulary nor a name the registry holds. Registry values are compared in the
+    /// conditions' form.
+    #[test]
+    fn exclusions_must_name_what_the_platform_attests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let ssin = Credential::new(
+            vocabulary::IDENTIFICATION_NS,
+            vocabulary::PERSON_SSIN,
+            &["01234567890"],
+        );
+        let nurse = Credential::new(vocabulary::CERTIFIED_NS, vocabulary::NURSE_NIHII11, &[]);
+        let custom = Credential::new("urn:example", "urn:example:blocked", &["yes"]);
+        let known = [
+            ssin,
+            nurse,
+            vocabulary::any_doctor(),
+            vocabulary::recognised_pharmacy(),
+        ];
+        check_excluded(&store, &known).unwrap();
+        // An SSIN asked in the certified namespace is not the SSIN a certificate proves.
+        let misplaced = Credential::new(vocabulary::CERTIFIED_NS, vocabulary::PERSON_SSIN, &[]);
+        for bad in [&misplaced, &custom] {
+            assert!(
+                matches!(
+                    check_excluded(&store, std::slice::from_ref(bad)),
+                    Err(KgssError::Content(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        // The operator's own name, once the registry holds it (for anybody), is evaluated.
+        let attribute = |ns: &str, name: &str, value: &str| etee_store::Attribute {
+            namespace: ns.into(),
+            name: name.into(),
+            value: value.into(),
+        };
+        store
+            .set_attribute(
+                "NIHII-PHARMACY",
+                "27150201",
+                &attribute("urn:example", "urn:example:blocked", "yes"),
+            )
+            .unwrap();
+        check_excluded(&store, &[custom]).unwrap();
+
+        // A registry NIHII11 value set without its leading zeros (`--attribute` stores it
+        // as given; the holder is stored padded) matches the padded condition.
+        store
+            .set_attribute(
+                "NIHII11",
+                "00010203040",
+                &attribute(
+                    vocabulary::CERTIFIED_NS,
+                    vocabulary::NURSE_NIHII11,
+                    "10203040",
+                ),
+            )
+            .unwrap();
+        let pki = TestPki::generate("kgss-nihii11").unwrap();
+        let kgss_inst = pki
+            .institution(&InstitutionSpec::new("CBE", "0809394427", "KGSS"))
+            .unwrap();
+        let kgss = Kgss {
+            signer: keystore(&kgss_inst).authentication().unwrap(),
+            ring: keystore(&kgss_inst).key_ring(),
+            wrapper: Arc::new(InsecureMemoryWrapper::new_random()),
+            anchors: TrustAnchors::new(vec![]),
+        };
+        let nurse = Identity {
+            id_type: "NIHII11".into(),
+            value: "10203040".into(),
+            application_id: None,
+        };
+        let attributes = kgss.caller_attributes(&store, &[nurse]).unwrap();
+        let mut excluded = Credential::new(
+            vocabulary::CERTIFIED_NS,
+            vocabulary::NURSE_NIHII11,
+            &["10203040"],
+        );
+        normalize_credential(&mut excluded).unwrap();
+        assert!(excluded.matches(&attributes), "{attributes:?}");
     }
 
     #[test]

@@ -23,8 +23,8 @@
 //! signer of the sealed request and the attributes come from the registry the platform
 //! keeps. A SAML attribute source would plug in at [`Kgss::caller_attributes`].
 //!
-//! Every sealed request is remembered (by the SHA-256 of its outer signature, whatever its
-//! encoding) for [`REPLAY_WINDOW`] and refused if
+//! Every sealed request is remembered (by the SHA-256 of its outer signature in a canonical
+//! form, whatever its encoding) for [`REPLAY_WINDOW`] and refused if
 //! it comes again; older requests are refused by their signing time. `GetNewKey` remembers
 //! it as soon as the seal opens; `GetKey` once the decision is made, in the same store
 //! transaction as its audit event (one durable commit, not two).
@@ -337,6 +337,53 @@ fn check_excluded(store: &dyn Store, excluded: &[Credential]) -> Result<(), Kgss
     Ok(())
 }
 
+/// The replay table's key of a request: SHA-256 of its outer signature in one canonical
+/// form. Other forms of a signature verify too, and would make a copy a new request: an
+/// RSA signature with its leading zero bytes stripped (OpenSSL's PSS verification takes a
+/// signature shorter than the modulus; one in 256 starts with a zero byte) is left-padded
+/// to the modulus length; an ECDSA `(r, s)` is taken with the smaller of `s` and `n − s`
+/// (both verify). Another key type, or a value that does not parse, is hashed as given.
+fn replay_digest(
+    signature: &[u8],
+    signer: &openssl::pkey::PKeyRef<openssl::pkey::Public>,
+) -> [u8; 32] {
+    let canonical = match signer.id() {
+        openssl::pkey::Id::RSA => {
+            let size = signer.size();
+            (signature.len() < size).then(|| {
+                let mut padded = vec![0u8; size - signature.len()];
+                padded.extend_from_slice(signature);
+                padded
+            })
+        }
+        openssl::pkey::Id::EC => low_s_ecdsa(signature, signer),
+        _ => None,
+    };
+    openssl::sha::sha256(canonical.as_deref().unwrap_or(signature))
+}
+
+/// An ECDSA signature (DER) with `s` replaced by `n − s` when that is smaller; `None` when
+/// it does not parse or is already so.
+fn low_s_ecdsa(
+    signature: &[u8],
+    signer: &openssl::pkey::PKeyRef<openssl::pkey::Public>,
+) -> Option<Vec<u8>> {
+    let key = signer.ec_key().ok()?;
+    let sig = openssl::ecdsa::EcdsaSig::from_der(signature).ok()?;
+    let mut ctx = openssl::bn::BigNumContext::new().ok()?;
+    let mut n = openssl::bn::BigNum::new().ok()?;
+    key.group().order(&mut n, &mut ctx).ok()?;
+    let mut high = openssl::bn::BigNum::new().ok()?;
+    high.checked_sub(&n, sig.s()).ok()?;
+    if sig.s() <= &*high {
+        return None;
+    }
+    openssl::ecdsa::EcdsaSig::from_private_components(sig.r().to_owned().ok()?, high)
+        .ok()?
+        .to_der()
+        .ok()
+}
+
 /// A verified request: its content, who sent it, and its digest for the replay table (of
 /// its outer signature; not remembered yet: each operation does that where it fits).
 struct Opened {
@@ -408,15 +455,22 @@ impl Kgss {
         // The replay table remembers the outer signature, not the bytes received: the same
         // request re-encoded (BER has many forms) or with bytes appended opens just as
         // cleanly, and would otherwise be a new request. Only the signer can make another
-        // signature (RSASSA-PSS is randomised: two sealings never share one).
+        // signature (RSASSA-PSS is randomised: two sealings never share one), but anyone
+        // can write the same one in another form that verifies: see replay_digest.
         let signature = result
             .outer_signature
             .as_deref()
             .ok_or_else(|| KgssError::Seal("a clean seal without an outer signature".into()))?;
+        let signer_key = result
+            .sender
+            .as_ref()
+            .and_then(|s| s.certificate.as_ref())
+            .and_then(|c| c.public_key().ok())
+            .ok_or_else(|| KgssError::Seal("a clean seal without a signer's key".into()))?;
         Ok(Opened {
             content,
             identities,
-            digest: openssl::sha::sha256(signature),
+            digest: replay_digest(signature, &signer_key),
         })
     }
 
@@ -926,6 +980,81 @@ mod tests {
         );
         normalize_credential(&mut excluded).unwrap();
         assert!(excluded.matches(&attributes), "{attributes:?}");
+    }
+
+    /// A signature written in another form that still verifies has the same replay key:
+    /// an RSA-PSS signature whose leading zero byte is stripped (OpenSSL takes it), an
+    /// ECDSA one with `n − s`. Distinct signatures keep distinct keys.
+    #[test]
+    fn a_signature_in_another_form_is_the_same_request() {
+        use openssl::hash::MessageDigest;
+        use openssl::pkey::{PKey, Private};
+        use openssl::sign::{RsaPssSaltlen, Signer, Verifier};
+        let pss = |key: &PKey<Private>| {
+            let mut s = Signer::new(MessageDigest::sha256(), key).unwrap();
+            s.set_rsa_padding(openssl::rsa::Padding::PKCS1_PSS).unwrap();
+            s.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH).unwrap();
+            s.update(b"request").unwrap();
+            s.sign_to_vec().unwrap()
+        };
+        let pss_verifies = |key: &PKey<Private>, sig: &[u8]| {
+            let mut v = Verifier::new(MessageDigest::sha256(), key).unwrap();
+            v.set_rsa_padding(openssl::rsa::Padding::PKCS1_PSS).unwrap();
+            v.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH).unwrap();
+            v.update(b"request").unwrap();
+            v.verify(sig).unwrap_or(false)
+        };
+        let rsa = etee_testpki::rsa_key(2048).unwrap();
+        let public = PKey::public_key_from_der(&rsa.public_key_to_der().unwrap()).unwrap();
+        // One signature in 256 starts with a zero byte.
+        let full = (0..5000)
+            .map(|_| pss(&rsa))
+            .find(|s| s[0] == 0)
+            .expect("a signature starting with 0x00");
+        let stripped = &full[1..];
+        assert!(pss_verifies(&rsa, stripped), "OpenSSL takes it");
+        assert_ne!(openssl::sha::sha256(&full), openssl::sha::sha256(stripped));
+        assert_eq!(
+            replay_digest(&full, &public),
+            replay_digest(stripped, &public)
+        );
+        let other = pss(&rsa);
+        assert_ne!(
+            replay_digest(&other, &public),
+            replay_digest(&full, &public)
+        );
+
+        let group =
+            openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let ec = openssl::ec::EcKey::generate(&group).unwrap();
+        let ec_public = PKey::from_ec_key(
+            openssl::ec::EcKey::from_public_key(&group, ec.public_key()).unwrap(),
+        )
+        .unwrap();
+        let digest = openssl::sha::sha256(b"request");
+        let sig = openssl::ecdsa::EcdsaSig::sign(&digest, &ec).unwrap();
+        let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+        let mut n = openssl::bn::BigNum::new().unwrap();
+        group.order(&mut n, &mut ctx).unwrap();
+        let mut flipped_s = openssl::bn::BigNum::new().unwrap();
+        flipped_s.checked_sub(&n, sig.s()).unwrap();
+        let flipped = openssl::ecdsa::EcdsaSig::from_private_components(
+            sig.r().to_owned().unwrap(),
+            flipped_s,
+        )
+        .unwrap();
+        assert!(flipped.verify(&digest, &ec).unwrap(), "n − s verifies too");
+        let (a, b) = (sig.to_der().unwrap(), flipped.to_der().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(replay_digest(&a, &ec_public), replay_digest(&b, &ec_public));
+        let again = openssl::ecdsa::EcdsaSig::sign(&digest, &ec)
+            .unwrap()
+            .to_der()
+            .unwrap();
+        assert_ne!(
+            replay_digest(&again, &ec_public),
+            replay_digest(&a, &ec_public)
+        );
     }
 
     #[test]

@@ -13,12 +13,12 @@
 //!   makes the key `attested`. A key id is the key's RFC 5280 method-1 identifier
 //!   ([`KeyId::of_public_key`], 400 otherwise) and unique across holders (409 when taken).
 //! - Reads (one key, a holder's keys, the attestation, the holder) are open to anyone.
-//! - Add info and delete: the holder only — same identifier type and zero-padded value as
-//!   the stored holder, the application id aside (one holder, several applications; as
-//!   KGSS's delete). Deletion removes the row: every stored key is `active`, there is no
+//! - Add info and delete: the holder only — same identifier type (`HUB` is `EHP`) and
+//!   zero-padded value as the stored holder, the application id aside (one holder, several
+//!   applications; as KGSS's delete). Deletion removes the row: every stored key is `active`, there is no
 //!   revoked state.
 
-use crate::caller::{store_identifier, stored_value};
+use crate::caller::{store_identifier, stored_type, stored_value};
 use etee_formats::identity::{normalize_value, Identity};
 use etee_formats::trust::{PathCheck, TrustAnchors};
 use etee_services::etkdepot::rest::IdentifierJson;
@@ -193,11 +193,14 @@ fn caller_identity(caller: &[Identity]) -> Result<&Identity, KeyDepotError> {
     caller.first().ok_or(KeyDepotError::NoIdentity)
 }
 
-/// Same holder: type and zero-padded value; the application id is not compared.
+/// Same holder: canonical type (`HUB` is `EHP`, as the holder is stored) and zero-padded
+/// value; the application id is not compared.
 fn is_holder(caller: &[Identity], holder: &etee_store::Identifier) -> bool {
+    let holder_type =
+        etee_formats::identity::canonical_type(&holder.id_type).unwrap_or(holder.id_type.as_str());
     caller
         .iter()
-        .any(|c| c.id_type.eq_ignore_ascii_case(&holder.id_type) && stored_value(c) == holder.value)
+        .any(|c| stored_type(c) == holder_type && stored_value(c) == holder.value)
 }
 
 /// The key id must be the key's own ([`KeyId::of_public_key`]): ids are unique and retired

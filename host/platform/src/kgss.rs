@@ -770,7 +770,8 @@ impl Kgss {
     ) -> Result<Vec<Attribute>, KgssError> {
         let mut out = implicit_attributes(identities);
         for id in identities {
-            for a in store.attributes(&id.id_type, &stored_value(id))? {
+            // The registry keys holders as the platform stores them (`HUB` is `EHP`).
+            for a in store.attributes(&stored_type(id), &stored_value(id))? {
                 // A registry value set in another form is compared as the conditions are.
                 let value = comparable_value(&a.namespace, &a.name, &a.value).unwrap_or(a.value);
                 let a = Attribute::new(&a.namespace, &a.name, &value);
@@ -897,6 +898,50 @@ mod tests {
         }
     }
 
+    /// A KGSS of `pki` (its anchors unused by the tests that take it).
+    fn kgss_of(pki: &TestPki) -> Kgss {
+        let kgss_inst = pki
+            .institution(&InstitutionSpec::new("CBE", "0809394427", "KGSS"))
+            .unwrap();
+        Kgss {
+            signer: keystore(&kgss_inst).authentication().unwrap(),
+            ring: keystore(&kgss_inst).key_ring(),
+            wrapper: Arc::new(InsecureMemoryWrapper::new_random()),
+            anchors: TrustAnchors::new(vec![]),
+        }
+    }
+
+    /// A caller whose certificate says `HUB=` has the attributes the registry holds for
+    /// `EHP` (as `etee platform attributes set --holder HUB=…` stores them).
+    #[test]
+    fn a_hub_caller_has_its_ehp_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let recognised = etee_store::Attribute {
+            namespace: vocabulary::CERTIFIED_NS.into(),
+            name: vocabulary::RECOGNISED_PHARMACY.into(),
+            value: "true".into(),
+        };
+        store
+            .set_attribute("EHP", "1990001916", &recognised)
+            .unwrap();
+        let pki = TestPki::generate("kgss-hub").unwrap();
+        let hub = pki
+            .institution(&InstitutionSpec::new("HUB", "1990001916", "A Hub"))
+            .unwrap();
+        let identities = etee_formats::identity::identities(
+            &Certificate::from_der(&hub.auth.cert.to_der().unwrap()).unwrap(),
+        );
+        assert_eq!(identities[0].id_type, "HUB");
+        let attributes = kgss_of(&pki)
+            .caller_attributes(&store, &identities)
+            .unwrap();
+        assert!(
+            vocabulary::recognised_pharmacy().matches(&attributes),
+            "{attributes:?}"
+        );
+    }
+
     /// An exclusion is refused when the platform never attests its name: neither §5.1's
     /// vocabulary nor a name the registry holds. Registry values are compared in the
     /// conditions' form.
@@ -957,16 +1002,7 @@ mod tests {
                 ),
             )
             .unwrap();
-        let pki = TestPki::generate("kgss-nihii11").unwrap();
-        let kgss_inst = pki
-            .institution(&InstitutionSpec::new("CBE", "0809394427", "KGSS"))
-            .unwrap();
-        let kgss = Kgss {
-            signer: keystore(&kgss_inst).authentication().unwrap(),
-            ring: keystore(&kgss_inst).key_ring(),
-            wrapper: Arc::new(InsecureMemoryWrapper::new_random()),
-            anchors: TrustAnchors::new(vec![]),
-        };
+        let kgss = kgss_of(&TestPki::generate("kgss-nihii11").unwrap());
         let nurse = Identity {
             id_type: "NIHII11".into(),
             value: "10203040".into(),

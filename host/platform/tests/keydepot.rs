@@ -822,3 +822,39 @@ async fn a_failed_start_names_the_setting() {
     );
     w.stop().await;
 }
+
+/// A holder whose certificate says `HUB=` is stored as `EHP` (spec §3.4: the same type):
+/// its attestation names it, and it adds information to and deletes its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_certificate_holds_its_ehp_keys() {
+    let w = World::new("keydepot-hub", common::Backend::Embedded).await;
+    let hub = common::pki()
+        .pki
+        .institution(&etee_testpki::InstitutionSpec::new(
+            "HUB",
+            "1990001916",
+            "A Hub",
+        ))
+        .unwrap();
+    let identities = etee_formats::identity::identities(&cert(&hub.auth.cert));
+    assert_eq!(identities[0].id_type, "HUB");
+    let now = etee_platform::unix_now();
+    let mut r = request(&rsa());
+    r.attestation = Some(attestation(&r, &hub, NON_EXPORTABLE));
+    let key = w
+        .store(|s| etee_platform::keydepot::register(s, &w.anchors, &identities, &r, now))
+        .unwrap();
+    assert!(key.attested);
+    assert_eq!(key.holder.identifiers[0].id_type, "EHP");
+    let info = KeyInfo {
+        label: Some("hub".into()),
+        ..Default::default()
+    };
+    let changed = w
+        .store(|s| etee_platform::keydepot::add_info(s, &identities, &r.key_id, &info, now))
+        .unwrap();
+    assert_eq!(changed.info.label.as_deref(), Some("hub"));
+    w.store(|s| etee_platform::keydepot::delete(s, &identities, &r.key_id, now))
+        .unwrap();
+    w.stop().await;
+}

@@ -23,7 +23,7 @@ use base64::Engine as _;
 use etee_formats::ber::slice::parse_exact;
 use etee_formats::ber::tag;
 use etee_formats::cert::{key_usage, Certificate};
-use etee_formats::identity::{identities, normalize_value};
+use etee_formats::identity::{canonical_type, identities, normalize_value};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{HasPublic, Id, PKey, PKeyRef, Private, Public};
@@ -523,9 +523,11 @@ impl SignedAttestation {
     }
 }
 
-/// (TYPE, value) compared after normalisation when the type is known.
+/// (TYPE, value) compared after normalisation when the type is known: the canonical type
+/// (`HUB` is `EHP`) and the zero-padded value.
 fn holder_key(id_type: &str, value: &str) -> (String, String) {
-    let t = id_type.trim().to_ascii_uppercase();
+    let t = id_type.trim();
+    let t = canonical_type(t).map_or_else(|| t.to_ascii_uppercase(), str::to_owned);
     let v = normalize_value(&t, value).unwrap_or_else(|_| value.trim().to_owned());
     (t, v)
 }

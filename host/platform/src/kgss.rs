@@ -641,10 +641,12 @@ impl Kgss {
             outcome,
             Some(format!("{decision:?}")),
         );
+        // The key is looked for again in that transaction: a deletion may have committed
+        // (and been confirmed) since the read above, and nothing is released after it.
         let remember =
-            || store.remember_request_with_event(&opened.digest, now + REPLAY_WINDOW, now, &event);
+            || store.remember_key_read(&id, &opened.digest, now + REPLAY_WINDOW, now, &event);
         if !decision.is_allowed() {
-            let sequence = remember()?.ok_or(KgssError::Replay)?;
+            let sequence = recorded_read(remember()?)?;
             crate::audit::log(sequence, &event);
             return Err(KgssError::AccessDenied);
         }
@@ -663,7 +665,7 @@ impl Kgss {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (recorded, answer)
         });
-        let sequence = recorded?.ok_or(KgssError::Replay)?;
+        let sequence = recorded_read(recorded?)?;
         crate::audit::log(sequence, &event);
         if let Err(e) = &answer {
             // The grant is on the chain, but nothing was released: say so after it (a
@@ -781,6 +783,15 @@ impl Kgss {
             }
         }
         Ok(out)
+    }
+}
+
+/// The sequence of a read's recorded event, or why nothing was recorded.
+fn recorded_read(read: etee_store::KeyRead) -> Result<u64, KgssError> {
+    match read {
+        etee_store::KeyRead::Recorded(sequence) => Ok(sequence),
+        etee_store::KeyRead::Replay => Err(KgssError::Replay),
+        etee_store::KeyRead::KeyGone => Err(KgssError::UnknownKey),
     }
 }
 

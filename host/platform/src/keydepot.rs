@@ -227,6 +227,7 @@ pub fn register(
 ) -> Result<KeyRecord, KeyDepotError> {
     let identity = caller_identity(caller)?;
     let holder = store_identifier(identity);
+    request.check_limits().map_err(KeyDepotError::invalid)?;
     check_key_id(request)?;
     request
         .verify_proof_of_possession()
@@ -376,7 +377,13 @@ pub fn add_info(
     info: &KeyInfo,
     now: i64,
 ) -> Result<KeyRecord, KeyDepotError> {
+    info.check_limits().map_err(KeyDepotError::invalid)?;
     let identity = holder_or_denied(store, caller, key_id, "keydepot.add_info", now)?;
+    // Information only grows: the bounds hold for what it becomes. (Changes made at the
+    // same moment may each pass against the same reading; only the holder makes them.)
+    let mut merged = get(store, key_id)?.info;
+    merged.merge(info);
+    merged.check_limits().map_err(KeyDepotError::invalid)?;
     // The change and its event in one transaction.
     let event = crate::audit::event(
         now,

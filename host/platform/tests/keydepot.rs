@@ -624,6 +624,34 @@ async fn malformed_requests_are_problems(w: World) {
         ("long key id", with("keyId", "A".repeat(90).into())),
         ("bad proof", with("proofOfPossession", 5.into())),
         ("bad info", with("info", "x".into())),
+        (
+            "33 properties",
+            with(
+                "info",
+                serde_json::json!({ "properties": (0..33)
+                    .map(|i| (format!("p{i}"), Value::from("v")))
+                    .collect::<serde_json::Map<_, _>>() }),
+            ),
+        ),
+        (
+            "long label",
+            with("info", serde_json::json!({ "label": "l".repeat(257) })),
+        ),
+        (
+            "long property",
+            with(
+                "info",
+                serde_json::json!({ "properties": { "k": "v".repeat(1025) } }),
+            ),
+        ),
+        (
+            "five certificates of attestation",
+            with(
+                "attestation",
+                serde_json::json!({ "statement": "AA==", "signature": "AA==",
+                    "x5c": vec!["AA=="; 5] }),
+            ),
+        ),
     ];
     for (case, body) in bodies {
         let a = alice.send("POST", KEYS, JSON, body).await.unwrap();
@@ -683,6 +711,24 @@ async fn malformed_requests_are_problems(w: World) {
         KeyRecord::parse(assert_json(&a, 200)).unwrap().info,
         good.info
     );
+
+    // Information only grows, within the bounds of what it becomes: the key has one
+    // property, 31 more fit, one beyond does not.
+    let more = |from: usize, to: usize| {
+        let properties: serde_json::Map<_, _> = (from..to)
+            .map(|i| (format!("p{i}"), Value::from("v")))
+            .collect();
+        serde_json::json!({ "info": { "properties": properties } }).to_string()
+    };
+    assert_eq!(good.info.properties.len(), 1);
+    let a = add_info(&mut alice, &good.key_id, &more(0, 31)).await;
+    let grown = KeyRecord::parse(assert_json(&a, 200)).unwrap().info;
+    assert_eq!(grown.properties.len(), 32);
+    let a = add_info(&mut alice, &good.key_id, &more(31, 32)).await;
+    let detail = assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+    assert!(detail.contains("at most 32"), "{detail}");
+    let a = alice.get(&key_path(&good.key_id)).await.unwrap();
+    assert_eq!(KeyRecord::parse(assert_json(&a, 200)).unwrap().info, grown);
 
     // Bad list criteria: an impossible value, an unknown parameter, not UTF-8.
     for path in [

@@ -116,7 +116,51 @@ pub struct KeyInfo {
     pub properties: BTreeMap<String, String>,
 }
 
+/// Most free properties a key's information may hold (after "add info" too).
+pub const MAX_PROPERTIES: usize = 32;
+/// Longest property name, in bytes.
+pub const MAX_PROPERTY_NAME: usize = 64;
+/// Longest property value, in bytes.
+pub const MAX_PROPERTY_VALUE: usize = 1024;
+/// Longest `label` and `applicationId`, in bytes.
+pub const MAX_LABEL: usize = 256;
+/// Most certificates in an attestation's `x5c` (each link costs a signature check).
+pub const MAX_X5C: usize = 4;
+
 impl KeyInfo {
+    /// Whether the information is within KeyDepot's bounds (`MAX_*` above): the store keeps
+    /// it for ever and serves it to anyone.
+    pub fn check_limits(&self) -> Result<(), Error> {
+        let too_long = |what: &str, len: usize, max: usize| {
+            Err(Error::Content(format!(
+                "{what} has {len} bytes, at most {max}"
+            )))
+        };
+        for (what, v) in [
+            ("label", &self.label),
+            ("applicationId", &self.application_id),
+        ] {
+            if let Some(v) = v.as_ref().filter(|v| v.len() > MAX_LABEL) {
+                return too_long(what, v.len(), MAX_LABEL);
+            }
+        }
+        if self.properties.len() > MAX_PROPERTIES {
+            return Err(Error::Content(format!(
+                "{} properties, at most {MAX_PROPERTIES}",
+                self.properties.len()
+            )));
+        }
+        for (k, v) in &self.properties {
+            if k.len() > MAX_PROPERTY_NAME {
+                return too_long("a property name", k.len(), MAX_PROPERTY_NAME);
+            }
+            if v.len() > MAX_PROPERTY_VALUE {
+                return too_long(&format!("property {k:?}"), v.len(), MAX_PROPERTY_VALUE);
+            }
+        }
+        Ok(())
+    }
+
     /// "Add info": fields of `other` that are set replace those of `self`.
     pub fn merge(&mut self, other: &KeyInfo) {
         if other.label.is_some() {
@@ -159,6 +203,18 @@ impl RegisterKeyRequest {
     }
     pub fn to_json(&self) -> Vec<u8> {
         json::to_vec(self)
+    }
+    /// Whether the request is within KeyDepot's bounds: its information
+    /// ([`KeyInfo::check_limits`]) and at most [`MAX_X5C`] certificates of attestation.
+    pub fn check_limits(&self) -> Result<(), Error> {
+        self.info.check_limits()?;
+        match &self.attestation {
+            Some(a) if a.x5c.len() > MAX_X5C => Err(Error::Content(format!(
+                "the attestation's x5c has {} certificates, at most {MAX_X5C}",
+                a.x5c.len()
+            ))),
+            _ => Ok(()),
+        }
     }
     /// Verifies the proof of possession.
     pub fn verify_proof_of_possession(&self) -> Result<(), Error> {
@@ -449,7 +505,8 @@ impl SignedAttestation {
         })
     }
 
-    /// Verifies: the chain links (each certificate signed by the next); the signer may sign
+    /// Verifies: at most [`MAX_X5C`] certificates; the chain links (each certificate signed
+    /// by the next); the signer may sign
     /// (keyUsage digitalSignature); the signature over the statement bytes; the statement is
     /// canonical, of etee's format, about `key_id` and `spki_der`, says the key is
     /// non-exportable; and the signer's certificate names `holder` (type and zero-padded
@@ -461,6 +518,9 @@ impl SignedAttestation {
         holder: &Identifier,
     ) -> Result<VerifiedAttestation, Error> {
         let fail = |m: &str| Err(Error::Verification(format!("attestation: {m}")));
+        if self.x5c.len() > MAX_X5C {
+            return fail("x5c has too many certificates");
+        }
         let mut certs = Vec::with_capacity(self.x5c.len());
         for c in &self.x5c {
             let der = base64::engine::general_purpose::STANDARD

@@ -10,8 +10,6 @@
 //! public and read directly.
 
 use etee_custody::{Error as CoreError, KeyKind};
-use etee_formats::ber::slice::parse_exact;
-use etee_formats::ber::tag;
 use etee_formats::keys::{KeyError, KeyId, PrivateKeyOps, SignerRef};
 use etee_hsm::CustodyHandle;
 use etee_services::keydepot::{
@@ -36,18 +34,6 @@ pub enum KeyDepotError {
 
 fn hsm_error(e: etee_hsm::HsmError) -> KeyDepotError {
     KeyDepotError::Unavailable(format!("HSM: {e}"))
-}
-
-/// The RFC 5280 §4.2.1.2 (method 1) key identifier: SHA-1 of the subjectPublicKey bits.
-pub fn key_identifier(spki: &[u8]) -> Result<Vec<u8>, KeyDepotError> {
-    let bad = |e: &dyn std::fmt::Display| KeyDepotError::Invalid(format!("the public key: {e}"));
-    let spki = parse_exact(spki).map_err(|e| bad(&e))?;
-    let mut fields = spki.seq().map_err(|e| bad(&e))?;
-    fields.any().map_err(|e| bad(&e))?;
-    let bits = fields.next(tag::BIT_STRING).map_err(|e| bad(&e))?;
-    let bits = bits.octets().map_err(|e| bad(&e))?;
-    let key = bits.get(1..).ok_or_else(|| bad(&"empty BIT STRING"))?;
-    Ok(openssl::sha::sha1(key).to_vec())
 }
 
 /// Builds the registration request for key `key` of the token behind `custody`: every
@@ -83,8 +69,8 @@ pub fn registration_request(
         )));
     }
     let spki = custody.public_key_der(key).map_err(hsm_error)?;
-    let key_id = keydepot::KeyId::new(key_identifier(&spki)?)
-        .map_err(|e| KeyDepotError::Invalid(e.to_string()))?;
+    let key_id =
+        keydepot::KeyId::of_public_key(&spki).map_err(|e| KeyDepotError::Invalid(e.to_string()))?;
     let sign = |with: &KeyId, message: &[u8]| {
         custody
             .sign_pss_sha256(with, &openssl::sha::sha256(message))

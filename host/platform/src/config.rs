@@ -228,6 +228,9 @@ pub struct Limits {
     /// PostgreSQL: the pool's connections for requests (it has `READY_CHECKS` more, for `/ready`);
     /// the work limit is at most this.
     pub store_connections: usize,
+    /// How often the server forgets KGSS's expired replay digests
+    /// ([`crate::server::start`]). Not a configuration key: tests shorten it.
+    pub replay_purge_interval: Duration,
 }
 
 impl Default for Limits {
@@ -242,6 +245,7 @@ impl Default for Limits {
             queue_timeout: Duration::from_secs(2),
             max_requests_per_caller: None,
             store_connections: etee_store::DEFAULT_POOL_SIZE,
+            replay_purge_interval: Duration::from_secs(60),
         }
     }
 }
@@ -372,6 +376,7 @@ impl PlatformConfig {
                 t.store_connections.unwrap_or(defaults.store_connections),
                 1..=MAX_STORE_CONNECTIONS,
             )?,
+            replay_purge_interval: defaults.replay_purge_interval,
         };
         if limits.queue_timeout.saturating_mul(2) >= limits.request_timeout {
             // A request may wait twice (its caller's share, then a turn of work): a busy

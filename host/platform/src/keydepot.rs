@@ -10,14 +10,15 @@
 //!   ([`SignedAttestation::verify`]: statement, signature, key, non-exportable, signer names
 //!   the holder) *and* its chain must lead to the platform's CA at registration time.
 //!   A refused attestation refuses the registration; an accepted one is stored as given and
-//!   makes the key `attested`. Key ids are unique across holders (409 when taken).
+//!   makes the key `attested`. A key id is the key's RFC 5280 method-1 identifier
+//!   ([`KeyId::of_public_key`], 400 otherwise) and unique across holders (409 when taken).
 //! - Reads (one key, a holder's keys, the attestation, the holder) are open to anyone.
-//! - Add info and delete: the holder only — same identifier type and zero-padded value as
-//!   the stored holder, the application id aside (one holder, several applications; as
-//!   KGSS's delete). Deletion removes the row: every stored key is `active`, there is no
+//! - Add info and delete: the holder only — same identifier type (`HUB` is `EHP`) and
+//!   zero-padded value as the stored holder, the application id aside (one holder, several
+//!   applications; as KGSS's delete). Deletion removes the row: every stored key is `active`, there is no
 //!   revoked state.
 
-use crate::caller::{store_identifier, stored_value};
+use crate::caller::{store_identifier, stored_type, stored_value};
 use etee_formats::identity::{normalize_value, Identity};
 use etee_formats::trust::{PathCheck, TrustAnchors};
 use etee_services::etkdepot::rest::IdentifierJson;
@@ -192,11 +193,28 @@ fn caller_identity(caller: &[Identity]) -> Result<&Identity, KeyDepotError> {
     caller.first().ok_or(KeyDepotError::NoIdentity)
 }
 
-/// Same holder: type and zero-padded value; the application id is not compared.
+/// Same holder: canonical type (`HUB` is `EHP`, as the holder is stored) and zero-padded
+/// value; the application id is not compared.
 fn is_holder(caller: &[Identity], holder: &etee_store::Identifier) -> bool {
+    let holder_type =
+        etee_formats::identity::canonical_type(&holder.id_type).unwrap_or(holder.id_type.as_str());
     caller
         .iter()
-        .any(|c| c.id_type.eq_ignore_ascii_case(&holder.id_type) && stored_value(c) == holder.value)
+        .any(|c| stored_type(c) == holder_type && stored_value(c) == holder.value)
+}
+
+/// The key id must be the key's own ([`KeyId::of_public_key`]): ids are unique and retired
+/// for ever, so a free choice would let anyone take the id of another's key.
+fn check_key_id(request: &RegisterKeyRequest) -> Result<(), KeyDepotError> {
+    let own = KeyId::of_public_key(&request.public_key).map_err(KeyDepotError::invalid)?;
+    if own != request.key_id {
+        return Err(KeyDepotError::Invalid(format!(
+            "keyId must be the key's RFC 5280 method-1 identifier (SHA-1 of the \
+             subjectPublicKey bits): {}",
+            own.to_url_string()
+        )));
+    }
+    Ok(())
 }
 
 /// Registers a key for `caller` (the identities of its TLS client certificate).
@@ -209,6 +227,8 @@ pub fn register(
 ) -> Result<KeyRecord, KeyDepotError> {
     let identity = caller_identity(caller)?;
     let holder = store_identifier(identity);
+    request.check_limits().map_err(KeyDepotError::invalid)?;
+    check_key_id(request)?;
     request
         .verify_proof_of_possession()
         .map_err(|_| KeyDepotError::ProofOfPossession)?;
@@ -357,7 +377,13 @@ pub fn add_info(
     info: &KeyInfo,
     now: i64,
 ) -> Result<KeyRecord, KeyDepotError> {
+    info.check_limits().map_err(KeyDepotError::invalid)?;
     let identity = holder_or_denied(store, caller, key_id, "keydepot.add_info", now)?;
+    // Information only grows: the bounds hold for what it becomes. (Changes made at the
+    // same moment may each pass against the same reading; only the holder makes them.)
+    let mut merged = get(store, key_id)?.info;
+    merged.merge(info);
+    merged.check_limits().map_err(KeyDepotError::invalid)?;
     // The change and its event in one transaction.
     let event = crate::audit::event(
         now,

@@ -14,6 +14,8 @@
 //!   one-off KEK). The caller's attributes — from the platform's attribute registry (e.g.
 //!   "recognised pharmacy"), plus what its certificate proves (its SSIN) — are evaluated
 //!   against the creator's conditions; the key is unwrapped in the HSM and sealed back.
+//!   An exclusion the platform could never evaluate is refused at `GetNewKey`
+//!   (`check_excluded`): it would exclude nobody.
 //! - Delete: the holder (the creator) only; the row is removed.
 //!
 //! Where ours differs from the real KGSS: the real `GetKey` authenticates the caller with
@@ -21,8 +23,8 @@
 //! signer of the sealed request and the attributes come from the registry the platform
 //! keeps. A SAML attribute source would plug in at [`Kgss::caller_attributes`].
 //!
-//! Every sealed request is remembered (by the SHA-256 of its outer signature, whatever its
-//! encoding) for [`REPLAY_WINDOW`] and refused if
+//! Every sealed request is remembered (by the SHA-256 of its outer signature in a canonical
+//! form, whatever its encoding) for [`REPLAY_WINDOW`] and refused if
 //! it comes again; older requests are refused by their signing time. `GetNewKey` remembers
 //! it as soon as the seal opens; `GetKey` once the decision is made, in the same store
 //! transaction as its audit event (one durable commit, not two).
@@ -276,25 +278,110 @@ fn key_id(id: &[u8]) -> Result<[u8; 16], KgssError> {
     })
 }
 
+/// A value of attribute `(namespace, name)` as it is compared: the number of a person's
+/// SSIN or a care provider's NIHII11 zero-padded ([`vocabulary::value_type`]), any other
+/// value as written.
+fn comparable_value(namespace: &str, name: &str, value: &str) -> Result<String, String> {
+    match vocabulary::value_type(namespace, name) {
+        Some(t) => etee_formats::identity::normalize_value(t, value)
+            .map_err(|e| format!("{value:?} is not a {t} number: {e}")),
+        None => Ok(value.to_owned()),
+    }
+}
+
 /// Reader conditions as they are compared later: no empty value (it would match nobody, and
-/// an exclusion would silently not apply), and a person's SSIN in its 11-digit form (a
-/// value without its leading zeros would not match the certificate's SSIN either).
+/// an exclusion would silently not apply), and an SSIN or NIHII11 in its 11-digit form (a
+/// value without its leading zeros would not match the caller's either).
 fn normalize_credential(c: &mut Credential) -> Result<(), KgssError> {
     let bad = |why: String| KgssError::Content(format!("reader {} {}: {why}", c.namespace, c.name));
     if c.values.iter().any(|v| v.is_empty()) {
         return Err(bad("an empty Value matches nobody".into()));
     }
-    if c.namespace == vocabulary::IDENTIFICATION_NS && c.name == vocabulary::PERSON_SSIN {
-        let mut values = Vec::with_capacity(c.values.len());
-        for v in &c.values {
-            values.push(
-                etee_formats::identity::normalize_value("SSIN", v)
-                    .map_err(|e| bad(format!("{v:?} is not an SSIN: {e}")))?,
-            );
+    let values = c
+        .values
+        .iter()
+        .map(|v| comparable_value(&c.namespace, &c.name, v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    c.values = values;
+    Ok(())
+}
+
+/// Whether the platform can ever give a caller attribute `(namespace, name)`: a name of
+/// §5.1's vocabulary (the registry's certified names, the SSIN a certificate proves), or
+/// one the attribute registry holds for some holder. An exclusion naming anything else
+/// would never match, and the readers it meant to exclude would pass.
+fn evaluable(store: &dyn Store, namespace: &str, name: &str) -> Result<bool, KgssError> {
+    if vocabulary::is_known(namespace, name) {
+        return Ok(true);
+    }
+    Ok(store
+        .list_attribute_holders()?
+        .iter()
+        .flat_map(|(_, _, attributes)| attributes)
+        .any(|a| a.namespace == namespace && a.name == name))
+}
+
+/// Refuses an `ExludedReader` the platform cannot evaluate ([`evaluable`]). An
+/// `AllowedReader` of such a name may stay: it matches nobody, which fails closed.
+fn check_excluded(store: &dyn Store, excluded: &[Credential]) -> Result<(), KgssError> {
+    for c in excluded {
+        if !evaluable(store, &c.namespace, &c.name)? {
+            return Err(KgssError::Content(format!(
+                "excluded reader {} {}: the platform never attests this attribute, so the \
+                 exclusion would exclude nobody",
+                c.namespace, c.name
+            )));
         }
-        c.values = values;
     }
     Ok(())
+}
+
+/// The replay table's key of a request: SHA-256 of its outer signature in one canonical
+/// form. Other forms of a signature verify too, and would make a copy a new request: an
+/// RSA signature with its leading zero bytes stripped (OpenSSL's PSS verification takes a
+/// signature shorter than the modulus; one in 256 starts with a zero byte) is left-padded
+/// to the modulus length; an ECDSA `(r, s)` is taken with the smaller of `s` and `n − s`
+/// (both verify). Another key type, or a value that does not parse, is hashed as given.
+fn replay_digest(
+    signature: &[u8],
+    signer: &openssl::pkey::PKeyRef<openssl::pkey::Public>,
+) -> [u8; 32] {
+    let canonical = match signer.id() {
+        openssl::pkey::Id::RSA => {
+            let size = signer.size();
+            (signature.len() < size).then(|| {
+                let mut padded = vec![0u8; size - signature.len()];
+                padded.extend_from_slice(signature);
+                padded
+            })
+        }
+        openssl::pkey::Id::EC => low_s_ecdsa(signature, signer),
+        _ => None,
+    };
+    openssl::sha::sha256(canonical.as_deref().unwrap_or(signature))
+}
+
+/// An ECDSA signature (DER) with `s` replaced by `n − s` when that is smaller; `None` when
+/// it does not parse or is already so.
+fn low_s_ecdsa(
+    signature: &[u8],
+    signer: &openssl::pkey::PKeyRef<openssl::pkey::Public>,
+) -> Option<Vec<u8>> {
+    let key = signer.ec_key().ok()?;
+    let sig = openssl::ecdsa::EcdsaSig::from_der(signature).ok()?;
+    let mut ctx = openssl::bn::BigNumContext::new().ok()?;
+    let mut n = openssl::bn::BigNum::new().ok()?;
+    key.group().order(&mut n, &mut ctx).ok()?;
+    let mut high = openssl::bn::BigNum::new().ok()?;
+    high.checked_sub(&n, sig.s()).ok()?;
+    if sig.s() <= &*high {
+        return None;
+    }
+    openssl::ecdsa::EcdsaSig::from_private_components(sig.r().to_owned().ok()?, high)
+        .ok()?
+        .to_der()
+        .ok()
 }
 
 /// A verified request: its content, who sent it, and its digest for the replay table (of
@@ -368,15 +455,22 @@ impl Kgss {
         // The replay table remembers the outer signature, not the bytes received: the same
         // request re-encoded (BER has many forms) or with bytes appended opens just as
         // cleanly, and would otherwise be a new request. Only the signer can make another
-        // signature (RSASSA-PSS is randomised: two sealings never share one).
+        // signature (RSASSA-PSS is randomised: two sealings never share one), but anyone
+        // can write the same one in another form that verifies: see replay_digest.
         let signature = result
             .outer_signature
             .as_deref()
             .ok_or_else(|| KgssError::Seal("a clean seal without an outer signature".into()))?;
+        let signer_key = result
+            .sender
+            .as_ref()
+            .and_then(|s| s.certificate.as_ref())
+            .and_then(|c| c.public_key().ok())
+            .ok_or_else(|| KgssError::Seal("a clean seal without a signer's key".into()))?;
         Ok(Opened {
             content,
             identities,
-            digest: openssl::sha::sha256(signature),
+            digest: replay_digest(signature, &signer_key),
         })
     }
 
@@ -442,6 +536,7 @@ impl Kgss {
         {
             normalize_credential(c)?;
         }
+        check_excluded(store, &request.excluded_readers)?;
         let etk = self.callers_etk(&request.etk, &opened.identities, now)?;
         let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
         openssl::rand::rand_bytes(&mut key).map_err(|e| KgssError::Custody(e.to_string()))?;
@@ -546,10 +641,12 @@ impl Kgss {
             outcome,
             Some(format!("{decision:?}")),
         );
+        // The key is looked for again in that transaction: a deletion may have committed
+        // (and been confirmed) since the read above, and nothing is released after it.
         let remember =
-            || store.remember_request_with_event(&opened.digest, now + REPLAY_WINDOW, now, &event);
+            || store.remember_key_read(&id, &opened.digest, now + REPLAY_WINDOW, now, &event);
         if !decision.is_allowed() {
-            let sequence = remember()?.ok_or(KgssError::Replay)?;
+            let sequence = recorded_read(remember()?)?;
             crate::audit::log(sequence, &event);
             return Err(KgssError::AccessDenied);
         }
@@ -568,7 +665,7 @@ impl Kgss {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (recorded, answer)
         });
-        let sequence = recorded?.ok_or(KgssError::Replay)?;
+        let sequence = recorded_read(recorded?)?;
         crate::audit::log(sequence, &event);
         if let Err(e) = &answer {
             // The grant is on the chain, but nothing was released: say so after it (a
@@ -675,14 +772,26 @@ impl Kgss {
     ) -> Result<Vec<Attribute>, KgssError> {
         let mut out = implicit_attributes(identities);
         for id in identities {
-            for a in store.attributes(&id.id_type, &stored_value(id))? {
-                let a = Attribute::new(&a.namespace, &a.name, &a.value);
+            // The registry keys holders as the platform stores them (`HUB` is `EHP`).
+            for a in store.attributes(&stored_type(id), &stored_value(id))? {
+                // A registry value set in another form is compared as the conditions are.
+                let value = comparable_value(&a.namespace, &a.name, &a.value).unwrap_or(a.value);
+                let a = Attribute::new(&a.namespace, &a.name, &value);
                 if !out.contains(&a) {
                     out.push(a);
                 }
             }
         }
         Ok(out)
+    }
+}
+
+/// The sequence of a read's recorded event, or why nothing was recorded.
+fn recorded_read(read: etee_store::KeyRead) -> Result<u64, KgssError> {
+    match read {
+        etee_store::KeyRead::Recorded(sequence) => Ok(sequence),
+        etee_store::KeyRead::Replay => Err(KgssError::Replay),
+        etee_store::KeyRead::KeyGone => Err(KgssError::UnknownKey),
     }
 }
 
@@ -780,6 +889,219 @@ mod tests {
         let mut doctor = vocabulary::any_doctor();
         normalize_credential(&mut doctor).unwrap();
         assert_eq!(doctor, vocabulary::any_doctor());
+        let mut pharmacy = vocabulary::recognised_pharmacy();
+        normalize_credential(&mut pharmacy).unwrap();
+        assert_eq!(pharmacy, vocabulary::recognised_pharmacy());
+        // A care provider's NIHII11, of each *:nihii11 name, is padded as the SSIN is; not
+        // a NIHII11 is refused.
+        for name in vocabulary::NIHII11_NAMES {
+            let nihii11 = |v: &[&str]| Credential::new(vocabulary::CERTIFIED_NS, name, v);
+            let mut c = nihii11(&["10203040", "12345678901"]);
+            normalize_credential(&mut c).unwrap();
+            assert_eq!(c.values, ["00010203040", "12345678901"], "{name}");
+            for bad in [nihii11(&["123456789012"]), nihii11(&["x1"])] {
+                let mut c = bad.clone();
+                assert!(
+                    matches!(normalize_credential(&mut c), Err(KgssError::Content(_))),
+                    "{bad:?}"
+                );
+            }
+        }
+    }
+
+    /// A KGSS of `pki` (its anchors unused by the tests that take it).
+    fn kgss_of(pki: &TestPki) -> Kgss {
+        let kgss_inst = pki
+            .institution(&InstitutionSpec::new("CBE", "0809394427", "KGSS"))
+            .unwrap();
+        Kgss {
+            signer: keystore(&kgss_inst).authentication().unwrap(),
+            ring: keystore(&kgss_inst).key_ring(),
+            wrapper: Arc::new(InsecureMemoryWrapper::new_random()),
+            anchors: TrustAnchors::new(vec![]),
+        }
+    }
+
+    /// A caller whose certificate says `HUB=` has the attributes the registry holds for
+    /// `EHP` (as `etee platform attributes set --holder HUB=…` stores them).
+    #[test]
+    fn a_hub_caller_has_its_ehp_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let recognised = etee_store::Attribute {
+            namespace: vocabulary::CERTIFIED_NS.into(),
+            name: vocabulary::RECOGNISED_PHARMACY.into(),
+            value: "true".into(),
+        };
+        store
+            .set_attribute("EHP", "1990001916", &recognised)
+            .unwrap();
+        let pki = TestPki::generate("kgss-hub").unwrap();
+        let hub = pki
+            .institution(&InstitutionSpec::new("HUB", "1990001916", "A Hub"))
+            .unwrap();
+        let identities = etee_formats::identity::identities(
+            &Certificate::from_der(&hub.auth.cert.to_der().unwrap()).unwrap(),
+        );
+        assert_eq!(identities[0].id_type, "HUB");
+        let attributes = kgss_of(&pki)
+            .caller_attributes(&store, &identities)
+            .unwrap();
+        assert!(
+            vocabulary::recognised_pharmacy().matches(&attributes),
+            "{attributes:?}"
+        );
+    }
+
+    /// An exclusion is refused when the platform never attests its name: neither §5.1's
+    /// vocabulary nor a name the registry holds. Registry values are compared in the
+    /// conditions' form.
+    #[test]
+    fn exclusions_must_name_what_the_platform_attests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let ssin = Credential::new(
+            vocabulary::IDENTIFICATION_NS,
+            vocabulary::PERSON_SSIN,
+            &["01234567890"],
+        );
+        let nurse = Credential::new(vocabulary::CERTIFIED_NS, vocabulary::NURSE_NIHII11, &[]);
+        let custom = Credential::new("urn:example", "urn:example:blocked", &["yes"]);
+        let known = [
+            ssin,
+            nurse,
+            vocabulary::any_doctor(),
+            vocabulary::recognised_pharmacy(),
+        ];
+        check_excluded(&store, &known).unwrap();
+        // An SSIN asked in the certified namespace is not the SSIN a certificate proves.
+        let misplaced = Credential::new(vocabulary::CERTIFIED_NS, vocabulary::PERSON_SSIN, &[]);
+        for bad in [&misplaced, &custom] {
+            assert!(
+                matches!(
+                    check_excluded(&store, std::slice::from_ref(bad)),
+                    Err(KgssError::Content(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        // The operator's own name, once the registry holds it (for anybody), is evaluated.
+        let attribute = |ns: &str, name: &str, value: &str| etee_store::Attribute {
+            namespace: ns.into(),
+            name: name.into(),
+            value: value.into(),
+        };
+        store
+            .set_attribute(
+                "NIHII-PHARMACY",
+                "27150201",
+                &attribute("urn:example", "urn:example:blocked", "yes"),
+            )
+            .unwrap();
+        check_excluded(&store, &[custom]).unwrap();
+
+        // A registry NIHII11 value set without its leading zeros (`--attribute` stores it
+        // as given; the holder is stored padded) matches the padded condition.
+        store
+            .set_attribute(
+                "NIHII11",
+                "00010203040",
+                &attribute(
+                    vocabulary::CERTIFIED_NS,
+                    vocabulary::NURSE_NIHII11,
+                    "10203040",
+                ),
+            )
+            .unwrap();
+        let kgss = kgss_of(&TestPki::generate("kgss-nihii11").unwrap());
+        let nurse = Identity {
+            id_type: "NIHII11".into(),
+            value: "10203040".into(),
+            application_id: None,
+        };
+        let attributes = kgss.caller_attributes(&store, &[nurse]).unwrap();
+        let mut excluded = Credential::new(
+            vocabulary::CERTIFIED_NS,
+            vocabulary::NURSE_NIHII11,
+            &["10203040"],
+        );
+        normalize_credential(&mut excluded).unwrap();
+        assert!(excluded.matches(&attributes), "{attributes:?}");
+    }
+
+    /// A signature written in another form that still verifies has the same replay key:
+    /// an RSA-PSS signature whose leading zero byte is stripped (OpenSSL takes it), an
+    /// ECDSA one with `n − s`. Distinct signatures keep distinct keys.
+    #[test]
+    fn a_signature_in_another_form_is_the_same_request() {
+        use openssl::hash::MessageDigest;
+        use openssl::pkey::{PKey, Private};
+        use openssl::sign::{RsaPssSaltlen, Signer, Verifier};
+        let pss = |key: &PKey<Private>| {
+            let mut s = Signer::new(MessageDigest::sha256(), key).unwrap();
+            s.set_rsa_padding(openssl::rsa::Padding::PKCS1_PSS).unwrap();
+            s.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH).unwrap();
+            s.update(b"request").unwrap();
+            s.sign_to_vec().unwrap()
+        };
+        let pss_verifies = |key: &PKey<Private>, sig: &[u8]| {
+            let mut v = Verifier::new(MessageDigest::sha256(), key).unwrap();
+            v.set_rsa_padding(openssl::rsa::Padding::PKCS1_PSS).unwrap();
+            v.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH).unwrap();
+            v.update(b"request").unwrap();
+            v.verify(sig).unwrap_or(false)
+        };
+        let rsa = etee_testpki::rsa_key(2048).unwrap();
+        let public = PKey::public_key_from_der(&rsa.public_key_to_der().unwrap()).unwrap();
+        // One signature in 256 starts with a zero byte.
+        let full = (0..5000)
+            .map(|_| pss(&rsa))
+            .find(|s| s[0] == 0)
+            .expect("a signature starting with 0x00");
+        let stripped = &full[1..];
+        assert!(pss_verifies(&rsa, stripped), "OpenSSL takes it");
+        assert_ne!(openssl::sha::sha256(&full), openssl::sha::sha256(stripped));
+        assert_eq!(
+            replay_digest(&full, &public),
+            replay_digest(stripped, &public)
+        );
+        let other = pss(&rsa);
+        assert_ne!(
+            replay_digest(&other, &public),
+            replay_digest(&full, &public)
+        );
+
+        let group =
+            openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let ec = openssl::ec::EcKey::generate(&group).unwrap();
+        let ec_public = PKey::from_ec_key(
+            openssl::ec::EcKey::from_public_key(&group, ec.public_key()).unwrap(),
+        )
+        .unwrap();
+        let digest = openssl::sha::sha256(b"request");
+        let sig = openssl::ecdsa::EcdsaSig::sign(&digest, &ec).unwrap();
+        let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+        let mut n = openssl::bn::BigNum::new().unwrap();
+        group.order(&mut n, &mut ctx).unwrap();
+        let mut flipped_s = openssl::bn::BigNum::new().unwrap();
+        flipped_s.checked_sub(&n, sig.s()).unwrap();
+        let flipped = openssl::ecdsa::EcdsaSig::from_private_components(
+            sig.r().to_owned().unwrap(),
+            flipped_s,
+        )
+        .unwrap();
+        assert!(flipped.verify(&digest, &ec).unwrap(), "n − s verifies too");
+        let (a, b) = (sig.to_der().unwrap(), flipped.to_der().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(replay_digest(&a, &ec_public), replay_digest(&b, &ec_public));
+        let again = openssl::ecdsa::EcdsaSig::sign(&digest, &ec)
+            .unwrap()
+            .to_der()
+            .unwrap();
+        assert_ne!(
+            replay_digest(&again, &ec_public),
+            replay_digest(&a, &ec_public)
+        );
     }
 
     #[test]

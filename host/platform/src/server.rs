@@ -196,26 +196,64 @@ pub async fn serve(
     Ok(())
 }
 
+/// Forgets the replay digests expired at `now`; a failure is a warning (the next turn tries
+/// again, and an expired digest refuses nothing meanwhile).
+fn purge_replays_once(store: &dyn etee_store::Store, now: i64) {
+    match store.purge_expired(now) {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!("forgot {n} expired KGSS request digests"),
+        Err(e) => tracing::warn!("purging KGSS's expired request digests: {e}"),
+    }
+}
+
+/// KGSS's replay table would otherwise grow for ever: a thread of its own (the store is
+/// synchronous) purges it every `every` until the sender it returns is dropped.
+fn purge_replays(
+    store: Arc<dyn etee_store::Store>,
+    every: std::time::Duration,
+) -> std::io::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("etee-replay-purge".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                purge_replays_once(store.as_ref(), crate::unix_now());
+            }
+        })?;
+    Ok((stop, thread))
+}
+
 /// A platform serving on a socket, started by [`start`].
 pub struct Running {
     /// Where it listens (the real port when the configuration asked for port 0).
     pub addr: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The replay purge: ends when the sender is dropped.
+    purge: (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
 }
 
 impl Running {
-    /// Stops accepting, lets the requests under way finish, and returns.
+    /// Stops accepting, lets the requests under way finish, stops the replay purge, and
+    /// returns.
     pub async fn stop(self) -> std::io::Result<()> {
         let _ = self.stop.send(());
-        self.task
+        let served = self
+            .task
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let (purge_stop, purge) = self.purge;
+        drop(purge_stop);
+        // A purge under way finishes first (one store transaction).
+        let _ = tokio::task::spawn_blocking(move || purge.join()).await;
+        served
     }
 }
 
 /// Binds `platform.config.listen` and serves the platform's routes on it (in a task of the
-/// current tokio runtime).
+/// current tokio runtime); purges KGSS's expired replay digests every
+/// `limits.replay_purge_interval` (on a thread of its own) until [`Running::stop`].
 pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
     let c = &platform.config;
     let tls = crate::tls::server_config(&c.tls_certificate, &c.tls_key, &c.client_ca)?;
@@ -228,6 +266,7 @@ pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let anchors = platform.anchors.clone();
     let environment = c.environment;
+    let purge = purge_replays(platform.store.clone(), limits.replay_purge_interval)?;
     let task = tokio::spawn(serve(
         listener,
         tls,
@@ -239,7 +278,12 @@ pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
             let _ = stopped.await;
         },
     ));
-    Ok(Running { addr, stop, task })
+    Ok(Running {
+        addr,
+        stop,
+        task,
+        purge,
+    })
 }
 
 /// `etee platform serve`: opens the store, serves until SIGTERM or SIGINT, then stops

@@ -1,6 +1,7 @@
 //! KeyDepot REST over TLS on loopback: a hospital registers RSA and EC keys with a proof of
 //! possession, anyone reads and lists them, the holder adds information and deletes them;
-//! wrong proofs, duplicates, other institutions and anonymous writers are refused; an HSM
+//! wrong proofs, key ids that are not the key's, duplicates, other institutions and
+//! anonymous writers are refused; an HSM
 //! attestation signed by the holder under the platform's CA is kept and served back, any
 //! other is refused; malformed requests get 400 problems.
 
@@ -45,10 +46,15 @@ fn key_id(id: &[u8]) -> KeyId {
     KeyId::new(id.to_vec()).unwrap()
 }
 
-/// A registration of `key` as `id` with a valid proof of possession.
-fn request(key: &PKey<Private>, id: &[u8]) -> RegisterKeyRequest {
+/// A registration of `key` under its own id with a valid proof of possession.
+fn request(key: &PKey<Private>) -> RegisterKeyRequest {
+    let id = KeyId::of_public_key(&key.public_key_to_der().unwrap()).unwrap();
+    request_as(key, id)
+}
+
+/// A registration of `key` as `id` (its own or not) with a valid proof of possession.
+fn request_as(key: &PKey<Private>, id: KeyId) -> RegisterKeyRequest {
     let spki = key.public_key_to_der().unwrap();
-    let id = key_id(id);
     RegisterKeyRequest {
         proof_of_possession: sign(key, &pop_challenge(&id, &spki)).unwrap(),
         key_id: id,
@@ -63,15 +69,15 @@ fn request(key: &PKey<Private>, id: &[u8]) -> RegisterKeyRequest {
     }
 }
 
-fn key_path(id: &[u8]) -> String {
-    format!("{KEYS}/{}", key_id(id).to_url_string())
+fn key_path(id: &KeyId) -> String {
+    format!("{KEYS}/{}", id.to_url_string())
 }
 
 async fn register(c: &mut Connection, r: &RegisterKeyRequest) -> Answer {
     c.send("POST", KEYS, JSON, r.to_json()).await.unwrap()
 }
 
-async fn add_info(c: &mut Connection, id: &[u8], body: &str) -> Answer {
+async fn add_info(c: &mut Connection, id: &KeyId, body: &str) -> Answer {
     c.send(
         "PATCH",
         &format!("{}/info", key_path(id)),
@@ -82,7 +88,7 @@ async fn add_info(c: &mut Connection, id: &[u8], body: &str) -> Answer {
     .unwrap()
 }
 
-async fn delete(c: &mut Connection, id: &[u8]) -> Answer {
+async fn delete(c: &mut Connection, id: &KeyId) -> Answer {
     c.send("DELETE", &key_path(id), None, vec![]).await.unwrap()
 }
 
@@ -125,8 +131,8 @@ async fn register_read_list_and_add_info(w: World) {
 
     // Alice registers an RSA and an EC P-256 key.
     let mut registered = Vec::new();
-    for (key, id) in [(rsa(), &b"alice-rsa"[..]), (ec_p256(), &b"alice-ec"[..])] {
-        let r = request(&key, id);
+    for key in [rsa(), ec_p256()] {
+        let r = request(&key);
         let a = register(&mut alice, &r).await;
         let key = RegisterKeyResponse::parse(assert_json(&a, 201))
             .unwrap()
@@ -143,14 +149,14 @@ async fn register_read_list_and_add_info(w: World) {
 
     // Anyone reads them, with or without a client certificate.
     for c in [&mut anonymous, &mut alice] {
-        let a = c.get(&key_path(b"alice-rsa")).await.unwrap();
+        let a = c.get(&key_path(&registered[0].key_id)).await.unwrap();
         assert_eq!(
             KeyRecord::parse(assert_json(&a, 200)).unwrap(),
             registered[0]
         );
     }
     let a = anonymous
-        .get(&format!("{}/holder", key_path(b"alice-ec")))
+        .get(&format!("{}/holder", key_path(&registered[1].key_id)))
         .await
         .unwrap();
     assert_eq!(
@@ -158,11 +164,14 @@ async fn register_read_list_and_add_info(w: World) {
         alice_holder()
     );
     let a = anonymous
-        .get(&format!("{}/attestation", key_path(b"alice-ec")))
+        .get(&format!("{}/attestation", key_path(&registered[1].key_id)))
         .await
         .unwrap();
     assert_problem(&a, 404, "KEYDEPOT_NO_ATTESTATION");
-    let a = anonymous.get(&key_path(b"nobody's")).await.unwrap();
+    let a = anonymous
+        .get(&key_path(&key_id(b"nobody's")))
+        .await
+        .unwrap();
     assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
 
     // The list: type case-insensitive, value zero-padded as ETKDepot does; by key id.
@@ -172,15 +181,14 @@ async fn register_read_list_and_add_info(w: World) {
         .unwrap();
     let list = KeyListResponse::parse(assert_json(&a, 200)).unwrap();
     assert_eq!(list.holder, alice_holder());
-    assert_eq!(
-        list.keys,
-        vec![registered[1].clone(), registered[0].clone()]
-    );
+    let mut by_id = registered.clone();
+    by_id.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    assert_eq!(list.keys, by_id);
 
     // Alice adds information: given fields replace, properties add up.
     let a = add_info(
         &mut alice,
-        b"alice-rsa",
+        &registered[0].key_id,
         r#"{"info":{"label":"desk","properties":{"room":"12"}}}"#,
     )
     .await;
@@ -198,12 +206,15 @@ async fn register_read_list_and_add_info(w: World) {
         registered[0],
         "only the information changed"
     );
-    let a = anonymous.get(&key_path(b"alice-rsa")).await.unwrap();
+    let a = anonymous
+        .get(&key_path(&registered[0].key_id))
+        .await
+        .unwrap();
     assert_eq!(KeyRecord::parse(assert_json(&a, 200)).unwrap(), changed);
 
     // A holder with two application ids: the list can be restricted to one.
     let mut app_b = w.connect(Some(&w.app_b)).await;
-    let a = register(&mut app_b, &request(&ec_p256(), b"app-b-key")).await;
+    let a = register(&mut app_b, &request(&ec_p256())).await;
     let key = RegisterKeyResponse::parse(assert_json(&a, 201))
         .unwrap()
         .key;
@@ -254,35 +265,56 @@ async fn proofs_of_possession_and_duplicates(w: World) {
     let key = rsa();
 
     // Signed by another key.
-    let mut r = request(&key, b"pop");
+    let mut r = request(&key);
     r.proof_of_possession = sign(&ec_p256(), &pop_challenge(&r.key_id, &r.public_key)).unwrap();
     let a = register(&mut alice, &r).await;
     assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
     // A proof made for another key id (replayed for this one).
-    let mut r = request(&key, b"pop");
+    let mut r = request(&key);
     r.proof_of_possession = sign(&key, &pop_challenge(&key_id(b"other"), &r.public_key)).unwrap();
     let a = register(&mut alice, &r).await;
     assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
     // A tampered signature.
-    let mut r = request(&ec_p256(), b"pop");
+    let mut r = request(&ec_p256());
     let last = r.proof_of_possession.len() - 1;
     r.proof_of_possession[last] ^= 1;
     let a = register(&mut alice, &r).await;
     assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
     // Nothing was stored.
-    let a = alice.get(&key_path(b"pop")).await.unwrap();
+    let r = request(&key);
+    let a = alice.get(&key_path(&r.key_id)).await.unwrap();
     assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
 
-    // The right proof registers; the same key id again, by anyone, is a conflict.
-    let r = request(&key, b"pop");
+    // A key id is the key's own: Bob cannot take the id of Alice's key (which he can
+    // compute from her public key) for a key of his, before her registration or after;
+    // nor can anyone name a key freely.
+    let mut bob = w.connect(Some(&w.bob)).await;
+    let squat = request_as(&ec_p256(), r.key_id.clone());
+    let detail = assert_problem(
+        &register(&mut bob, &squat).await,
+        400,
+        "KEYDEPOT_INVALID_REQUEST",
+    );
+    assert!(detail.contains("method-1"), "{detail}");
+    assert_problem(
+        &register(&mut alice, &request_as(&key, key_id(b"pop"))).await,
+        400,
+        "KEYDEPOT_INVALID_REQUEST",
+    );
+
+    // The right proof registers; the same key again, by anyone, is a conflict.
     assert_json(&register(&mut alice, &r).await, 201);
     let a = register(&mut alice, &r).await;
     assert_problem(&a, 409, "KEYDEPOT_DUPLICATE_KEY_ID");
-    let mut bob = w.connect(Some(&w.bob)).await;
-    let a = register(&mut bob, &request(&ec_p256(), b"pop")).await;
+    let a = register(&mut bob, &r).await;
     assert_problem(&a, 409, "KEYDEPOT_DUPLICATE_KEY_ID");
+    assert_problem(
+        &register(&mut bob, &squat).await,
+        400,
+        "KEYDEPOT_INVALID_REQUEST",
+    );
     // Still Alice's key.
-    let a = bob.get(&key_path(b"pop")).await.unwrap();
+    let a = bob.get(&key_path(&r.key_id)).await.unwrap();
     let stored = KeyRecord::parse(assert_json(&a, 200)).unwrap();
     assert_eq!(stored.public_key, r.public_key);
     assert_eq!(stored.holder, alice_holder());
@@ -293,8 +325,9 @@ async fn only_the_holder_writes(w: World) {
     let mut alice = w.connect(Some(&w.alice)).await;
     let mut bob = w.connect(Some(&w.bob)).await;
     let mut anonymous = w.connect(None).await;
-    let id = b"alice-only";
-    let a = register(&mut alice, &request(&rsa(), id)).await;
+    let mine = request(&rsa());
+    let id = &mine.key_id;
+    let a = register(&mut alice, &mine).await;
     let registered = RegisterKeyResponse::parse(assert_json(&a, 201))
         .unwrap()
         .key;
@@ -308,7 +341,8 @@ async fn only_the_holder_writes(w: World) {
     );
     assert_problem(&delete(&mut bob, id).await, 403, "KEYDEPOT_ACCESS_DENIED");
     // Nobody writes without a client certificate.
-    let a = register(&mut anonymous, &request(&ec_p256(), b"anonymous")).await;
+    let stranger = request(&ec_p256());
+    let a = register(&mut anonymous, &stranger).await;
     assert_problem(&a, 401, "KEYDEPOT_NOT_AUTHENTICATED");
     let a = add_info(&mut anonymous, id, info).await;
     assert_problem(&a, 401, "KEYDEPOT_NOT_AUTHENTICATED");
@@ -320,7 +354,7 @@ async fn only_the_holder_writes(w: World) {
     // Unchanged.
     let a = anonymous.get(&key_path(id)).await.unwrap();
     assert_eq!(KeyRecord::parse(assert_json(&a, 200)).unwrap(), registered);
-    let a = anonymous.get(&key_path(b"anonymous")).await.unwrap();
+    let a = anonymous.get(&key_path(&stranger.key_id)).await.unwrap();
     assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
 
     // The holder deletes, for real.
@@ -329,17 +363,20 @@ async fn only_the_holder_writes(w: World) {
     assert!(a.body.is_empty());
     let a = anonymous.get(&key_path(id)).await.unwrap();
     assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
-    assert!(w.store(|s| s.get_public_key(id)).unwrap().is_none());
+    assert!(w
+        .store(|s| s.get_public_key(id.as_bytes()))
+        .unwrap()
+        .is_none());
     assert_problem(&delete(&mut alice, id).await, 404, "KEYDEPOT_UNKNOWN_KEY");
     assert_problem(
         &add_info(&mut alice, id, info).await,
         404,
         "KEYDEPOT_UNKNOWN_KEY",
     );
-    // The key id is retired, not free again: a sender holding it must never reach another
-    // key under it, the holder's or anybody's.
+    // The key id is retired, not free again: a sender holding it must never reach the key
+    // registered again, by its holder or anybody else.
     assert_problem(
-        &register(&mut alice, &request(&ec_p256(), id)).await,
+        &register(&mut alice, &mine).await,
         409,
         "KEYDEPOT_DUPLICATE_KEY_ID",
     );
@@ -347,7 +384,7 @@ async fn only_the_holder_writes(w: World) {
     // Every write and refusal is on the platform's audit chain, in order.
     let events = w.store(|s| s.events(0, 100)).unwrap();
     etee_store::audit::verify(0, etee_store::audit::GENESIS, &events).unwrap();
-    let subject = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, id);
+    let subject = id.to_url_string();
     let seen: Vec<(&str, &str)> = events
         .iter()
         .filter(|e| e.event.subject == subject)
@@ -406,7 +443,7 @@ async fn attestations(w: World) {
 
     // Signed by Alice's authentication key under the platform's CA: attested, and served
     // back as given.
-    let mut r = request(&rsa(), b"attested");
+    let mut r = request(&rsa());
     let signed = attestation(&r, &w.alice, NON_EXPORTABLE);
     r.attestation = Some(signed.clone());
     let a = register(&mut alice, &r).await;
@@ -415,7 +452,7 @@ async fn attestations(w: World) {
         .key;
     assert!(key.attested);
     let a = anonymous
-        .get(&format!("{}/attestation", key_path(b"attested")))
+        .get(&format!("{}/attestation", key_path(&r.key_id)))
         .await
         .unwrap();
     assert_eq!(assert_json(&a, 200), &signed.to_json()[..]);
@@ -427,7 +464,7 @@ async fn attestations(w: World) {
         &etee_services::etkdepot::Identifier::new("NIHII-HOSPITAL", "71000436", None),
     )
     .unwrap();
-    let a = anonymous.get(&key_path(b"attested")).await.unwrap();
+    let a = anonymous.get(&key_path(&r.key_id)).await.unwrap();
     assert!(KeyRecord::parse(assert_json(&a, 200)).unwrap().attested);
 
     // Refused: signed by another institution (of the platform's CA, or not), by an
@@ -438,23 +475,23 @@ async fn attestations(w: World) {
     let cases: Vec<(&str, SignedAttestation, &str)> = vec![
         (
             "bob",
-            attestation(&request(&key, b"refused"), &w.bob, NON_EXPORTABLE),
+            attestation(&request(&key), &w.bob, NON_EXPORTABLE),
             "holder",
         ),
         (
             "stranger",
-            attestation(&request(&key, b"refused"), &stranger, NON_EXPORTABLE),
+            attestation(&request(&key), &stranger, NON_EXPORTABLE),
             "holder",
         ),
         (
             "impostor",
-            attestation(&request(&key, b"refused"), &impostor, NON_EXPORTABLE),
+            attestation(&request(&key), &impostor, NON_EXPORTABLE),
             "CA",
         ),
         (
             "exportable",
             attestation(
-                &request(&key, b"refused"),
+                &request(&key),
                 &w.alice,
                 KeyAttributes {
                     extractable: true,
@@ -466,26 +503,30 @@ async fn attestations(w: World) {
         ),
         (
             "other key",
-            attestation(&request(&rsa(), b"refused"), &w.alice, NON_EXPORTABLE),
+            attestation(&request(&rsa()), &w.alice, NON_EXPORTABLE),
             "key",
         ),
         (
             "other key id",
-            attestation(&request(&key, b"other"), &w.alice, NON_EXPORTABLE),
+            attestation(
+                &request_as(&key, key_id(b"other")),
+                &w.alice,
+                NON_EXPORTABLE,
+            ),
             "key id",
         ),
     ];
     for (case, signed, why) in cases {
-        let mut r = request(&key, b"refused");
+        let mut r = request(&key);
         r.attestation = Some(signed);
         let a = register(&mut alice, &r).await;
         let detail = assert_problem(&a, 422, "KEYDEPOT_INVALID_ATTESTATION");
         assert!(detail.contains(why), "{case}: {detail}");
-        let a = anonymous.get(&key_path(b"refused")).await.unwrap();
+        let a = anonymous.get(&key_path(&r.key_id)).await.unwrap();
         assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
     }
     // The impostor's attestation passes every check but the chain's: the anchors decide.
-    let mut r = request(&key, b"refused");
+    let mut r = request(&key);
     let forged = attestation(&r, &impostor, NON_EXPORTABLE);
     forged
         .verify(
@@ -524,7 +565,7 @@ async fn a_certificate_that_expires_during_a_connection_stops_authenticating() {
     let mut c = w.connect(Some(&short)).await;
     // Authenticated: an unknown key is a 404, not a 401.
     assert_problem(
-        &delete(&mut c, b"nothing").await,
+        &delete(&mut c, &key_id(b"nothing")).await,
         404,
         "KEYDEPOT_UNKNOWN_KEY",
     );
@@ -532,7 +573,7 @@ async fn a_certificate_that_expires_during_a_connection_stops_authenticating() {
     // Past notAfter (a second's margin: the check is by the second), same connection.
     let wait = validity.not_after + 2 - etee_platform::unix_now();
     tokio::time::sleep(std::time::Duration::from_secs(wait.max(0) as u64)).await;
-    let a = delete(&mut c, b"nothing").await;
+    let a = delete(&mut c, &key_id(b"nothing")).await;
     assert_problem(&a, 401, "KEYDEPOT_NOT_AUTHENTICATED");
     // That answer closed the connection.
     assert!(c.get("/health").await.is_err());
@@ -551,7 +592,7 @@ async fn a_certificate_that_expires_during_a_connection_stops_authenticating() {
 
 async fn malformed_requests_are_problems(w: World) {
     let mut alice = w.connect(Some(&w.alice)).await;
-    let good = request(&rsa(), b"good");
+    let good = request(&rsa());
     let good_json: Value = serde_json::from_slice(&good.to_json()).unwrap();
     let with = |field: &str, value: Value| {
         let mut v = good_json.clone();
@@ -578,10 +619,39 @@ async fn malformed_requests_are_problems(w: World) {
             ),
         ),
         ("bad key id", with("keyId", "a+b/".into())),
+        ("not the key's id", with("keyId", "AQ".into())),
         ("empty key id", with("keyId", "".into())),
         ("long key id", with("keyId", "A".repeat(90).into())),
         ("bad proof", with("proofOfPossession", 5.into())),
         ("bad info", with("info", "x".into())),
+        (
+            "33 properties",
+            with(
+                "info",
+                serde_json::json!({ "properties": (0..33)
+                    .map(|i| (format!("p{i}"), Value::from("v")))
+                    .collect::<serde_json::Map<_, _>>() }),
+            ),
+        ),
+        (
+            "long label",
+            with("info", serde_json::json!({ "label": "l".repeat(257) })),
+        ),
+        (
+            "long property",
+            with(
+                "info",
+                serde_json::json!({ "properties": { "k": "v".repeat(1025) } }),
+            ),
+        ),
+        (
+            "five certificates of attestation",
+            with(
+                "attestation",
+                serde_json::json!({ "statement": "AA==", "signature": "AA==",
+                    "x5c": vec!["AA=="; 5] }),
+            ),
+        ),
     ];
     for (case, body) in bodies {
         let a = alice.send("POST", KEYS, JSON, body).await.unwrap();
@@ -633,14 +703,32 @@ async fn malformed_requests_are_problems(w: World) {
         r#"{"label":"x"}"#,
         r#"{"info":{"use":"both"}}"#,
     ] {
-        let a = add_info(&mut alice, b"good", body).await;
+        let a = add_info(&mut alice, &good.key_id, body).await;
         assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
     }
-    let a = alice.get(&key_path(b"good")).await.unwrap();
+    let a = alice.get(&key_path(&good.key_id)).await.unwrap();
     assert_eq!(
         KeyRecord::parse(assert_json(&a, 200)).unwrap().info,
         good.info
     );
+
+    // Information only grows, within the bounds of what it becomes: the key has one
+    // property, 31 more fit, one beyond does not.
+    let more = |from: usize, to: usize| {
+        let properties: serde_json::Map<_, _> = (from..to)
+            .map(|i| (format!("p{i}"), Value::from("v")))
+            .collect();
+        serde_json::json!({ "info": { "properties": properties } }).to_string()
+    };
+    assert_eq!(good.info.properties.len(), 1);
+    let a = add_info(&mut alice, &good.key_id, &more(0, 31)).await;
+    let grown = KeyRecord::parse(assert_json(&a, 200)).unwrap().info;
+    assert_eq!(grown.properties.len(), 32);
+    let a = add_info(&mut alice, &good.key_id, &more(31, 32)).await;
+    let detail = assert_problem(&a, 400, "KEYDEPOT_INVALID_REQUEST");
+    assert!(detail.contains("at most 32"), "{detail}");
+    let a = alice.get(&key_path(&good.key_id)).await.unwrap();
+    assert_eq!(KeyRecord::parse(assert_json(&a, 200)).unwrap().info, grown);
 
     // Bad list criteria: an impossible value, an unknown parameter, not UTF-8.
     for path in [
@@ -681,18 +769,16 @@ async fn an_attestation_by_a_revoked_key_is_refused() {
             .unwrap()
     };
     let identities = etee_formats::identity::identities(&cert(&w.alice.auth.cert));
-    let register = |revoked: &[&Institution], id: &[u8]| {
+    let register = |revoked: &[&Institution]| {
         let anchors = w.anchors.clone().with_revocation(
             Revocation::new(&[list(revoked)], RevocationPolicy::Optional).unwrap(),
         );
-        let mut r = request(&rsa(), id);
+        let mut r = request(&rsa());
         r.attestation = Some(attestation(&r, &w.alice, NON_EXPORTABLE));
         w.store(|s| etee_platform::keydepot::register(s, &anchors, &identities, &r, now))
     };
-    assert!(register(&[&w.bob], b"good signer").is_ok());
-    let e = register(&[&w.alice], b"revoked signer")
-        .unwrap_err()
-        .to_string();
+    assert!(register(&[&w.bob]).is_ok());
+    let e = register(&[&w.alice]).unwrap_err().to_string();
     assert!(e.contains("revoked"), "{e}");
     w.stop().await;
 }
@@ -780,5 +866,41 @@ async fn a_failed_start_names_the_setting() {
         )),
         "{e}"
     );
+    w.stop().await;
+}
+
+/// A holder whose certificate says `HUB=` is stored as `EHP` (spec §3.4: the same type):
+/// its attestation names it, and it adds information to and deletes its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_certificate_holds_its_ehp_keys() {
+    let w = World::new("keydepot-hub", common::Backend::Embedded).await;
+    let hub = common::pki()
+        .pki
+        .institution(&etee_testpki::InstitutionSpec::new(
+            "HUB",
+            "1990001916",
+            "A Hub",
+        ))
+        .unwrap();
+    let identities = etee_formats::identity::identities(&cert(&hub.auth.cert));
+    assert_eq!(identities[0].id_type, "HUB");
+    let now = etee_platform::unix_now();
+    let mut r = request(&rsa());
+    r.attestation = Some(attestation(&r, &hub, NON_EXPORTABLE));
+    let key = w
+        .store(|s| etee_platform::keydepot::register(s, &w.anchors, &identities, &r, now))
+        .unwrap();
+    assert!(key.attested);
+    assert_eq!(key.holder.identifiers[0].id_type, "EHP");
+    let info = KeyInfo {
+        label: Some("hub".into()),
+        ..Default::default()
+    };
+    let changed = w
+        .store(|s| etee_platform::keydepot::add_info(s, &identities, &r.key_id, &info, now))
+        .unwrap();
+    assert_eq!(changed.info.label.as_deref(), Some("hub"));
+    w.store(|s| etee_platform::keydepot::delete(s, &identities, &r.key_id, now))
+        .unwrap();
     w.stop().await;
 }

@@ -12,14 +12,15 @@ on_both_stores!(
     rest_create_get_and_delete_by_the_holder,
     rest_bad_key_ids_and_methods_are_problems,
     a_refused_seals_reason_is_logged_where_the_caller_is_told,
-    a_wcf_security_header_is_accepted
+    a_wcf_security_header_is_accepted,
+    the_replay_table_is_purged_while_the_platform_runs
 );
 
 use base64::Engine as _;
 use common::{ring_of, signer_of, World};
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
 use etee_services::kgss::{
-    vocabulary, GetKeyRequestContent, GetKeyResponseContent, GetNewKeyRequestContent,
+    vocabulary, Credential, GetKeyRequestContent, GetKeyResponseContent, GetNewKeyRequestContent,
     GetNewKeyResponseContent, KgssRequest, KgssResponse, Operation, ReplyTo,
 };
 use etee_services::secret::SecretBytes;
@@ -885,5 +886,132 @@ async fn a_wcf_security_header_is_accepted(w: World) {
             && l.text.contains("kgss")),
         "{logged:?}"
     );
+    w.stop().await;
+}
+
+/// The platform forgets KGSS's expired request digests as it runs (the table would grow
+/// for ever otherwise), and keeps those still in their window.
+async fn the_replay_table_is_purged_while_the_platform_runs(mut w: World) {
+    use std::time::{Duration, Instant};
+    w.restart_configured(|c| c.limits.replay_purge_interval = Duration::from_millis(50))
+        .await;
+    let now = etee_platform::unix_now();
+    let (expired, live) = ([1u8; 32], [2u8; 32]);
+    w.store(|s| {
+        assert!(s.remember_request(&expired, now - 10, now - 20).unwrap());
+        assert!(s.remember_request(&live, now + 3600, now).unwrap());
+    });
+    // Seen from before its expiry, a digest is there until it is purged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.store(|s| s.request_seen(&expired, now - 20)).unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the expired digest is still stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(w.store(|s| s.request_seen(&live, now)).unwrap());
+    w.stop().await;
+}
+
+/// An exclusion the platform cannot evaluate (a name it never attests) would exclude
+/// nobody: `GetNewKey` refuses it, over SOAP and REST. An exclusion it can evaluate (§5.1
+/// vocabulary, or a name of the attribute registry) is kept and applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusions_the_platform_cannot_evaluate_are_refused() {
+    let w = World::new("kgss-exclusions", common::Backend::Embedded).await;
+    let with_exclusion = |excluded: Credential| {
+        GetNewKeyRequestContent {
+            allowed_readers: vec![vocabulary::recognised_pharmacy(), vocabulary::any_doctor()],
+            excluded_readers: vec![excluded],
+            etk: w.alice.etk.clone(),
+            deletion_strategy: false,
+        }
+        .to_xml()
+    };
+    let unknown = Credential::new(
+        vocabulary::CERTIFIED_NS,
+        "urn:be:fgov:person:ssin:ehealth:1.0:fpsph:nurse:boolean",
+        &["true"],
+    );
+    let mut c = w.connect(Some(&w.alice)).await;
+    let r = call(
+        &mut c,
+        Operation::GetNewKey,
+        seal_for(&w.alice, &w.kgss, &with_exclusion(unknown.clone())),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_INVALID_REQUEST");
+    let a = c
+        .send(
+            "POST",
+            "/etee/v1/kgss/keys",
+            Some("application/json"),
+            rest_body(&seal_for(&w.alice, &w.kgss, &with_exclusion(unknown))),
+        )
+        .await
+        .unwrap();
+    let detail = problem_detail(&a, 400, "KGSS_INVALID_REQUEST");
+    assert!(detail.contains("excluded reader"), "{detail}");
+
+    // Dr Dirk excluded by his NIHII11 (a §5.1 name the registry holds): the exclusion is
+    // kept and applies, though he is a doctor.
+    let doctor = Credential::new(
+        vocabulary::CERTIFIED_NS,
+        vocabulary::DOCTOR_NIHII11,
+        &["10203040506"],
+    );
+    let r = call(
+        &mut c,
+        Operation::GetNewKey,
+        seal_for(&w.alice, &w.kgss, &with_exclusion(doctor)),
+    )
+    .await;
+    assert!(r.is_success(), "{r:?}");
+    let id = GetNewKeyResponseContent::parse(&open_answer(
+        &w,
+        Some(&w.alice),
+        None,
+        r.sealed_content.as_ref().unwrap(),
+    ))
+    .unwrap()
+    .new_key_identifier;
+    let r = call(
+        &mut c,
+        Operation::GetKey,
+        get_key_request(&w, &w.doctor, &id, ReplyTo::Etk(w.doctor.etk.clone())),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_ACCESS_DENIED");
+
+    // A name of the operator's own, once in the registry, can be excluded.
+    let custom = ("urn:example:lab", "urn:example:lab:blocked");
+    let blocked = Credential::new(custom.0, custom.1, &["yes"]);
+    let r = call(
+        &mut c,
+        Operation::GetNewKey,
+        seal_for(&w.alice, &w.kgss, &with_exclusion(blocked.clone())),
+    )
+    .await;
+    assert_eq!(refusal_code(&r), "KGSS_INVALID_REQUEST");
+    w.store(|s| {
+        s.set_attribute(
+            "NIHII-PHARMACY",
+            common::PHARMACY,
+            &etee_store::Attribute {
+                namespace: custom.0.into(),
+                name: custom.1.into(),
+                value: "yes".into(),
+            },
+        )
+    })
+    .unwrap();
+    let r = call(
+        &mut c,
+        Operation::GetNewKey,
+        seal_for(&w.alice, &w.kgss, &with_exclusion(blocked)),
+    )
+    .await;
+    assert!(r.is_success(), "{r:?}");
     w.stop().await;
 }

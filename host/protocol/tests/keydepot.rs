@@ -10,14 +10,19 @@ mod support;
 use common::{Backend, World};
 use etee_protocol::{KeyDepotClient, ProtocolError};
 use etee_services::keydepot::{pop_challenge, sign, KeyId, KeyInfo, KeyUse, RegisterKeyRequest};
+use openssl::pkey::{PKey, Private};
 use std::sync::atomic::Ordering;
 
-fn registration(id: &[u8]) -> RegisterKeyRequest {
-    let key = etee_testpki::rsa_key(2048).unwrap();
+/// A registration of a new key under its own id.
+fn registration() -> RegisterKeyRequest {
+    registration_of(&etee_testpki::rsa_key(2048).unwrap())
+}
+
+fn registration_of(key: &PKey<Private>) -> RegisterKeyRequest {
     let spki = key.public_key_to_der().unwrap();
-    let key_id = KeyId::new(id.to_vec()).unwrap();
+    let key_id = KeyId::of_public_key(&spki).unwrap();
     RegisterKeyRequest {
-        proof_of_possession: sign(&key, &pop_challenge(&key_id, &spki)).unwrap(),
+        proof_of_possession: sign(key, &pop_challenge(&key_id, &spki)).unwrap(),
         key_id,
         public_key: spki,
         info: KeyInfo {
@@ -36,7 +41,7 @@ async fn register_read_list_update_and_delete() {
     let alice = KeyDepotClient::new(support::http(w.addr, Some(identity), support::quick()));
     let anonymous = KeyDepotClient::new(support::http(w.addr, None, support::quick()));
 
-    let request = registration(b"alice-laptop-1");
+    let request = registration();
     let registered = alice.register(&request).await.unwrap().key;
     assert!(
         ops.signatures.load(Ordering::SeqCst) >= 1,
@@ -73,7 +78,7 @@ async fn register_read_list_update_and_delete() {
         ..Default::default()
     };
     assert!(matches!(
-        anonymous.register(&registration(b"anonymous")).await,
+        anonymous.register(&registration()).await,
         Err(ProtocolError::NotAuthenticated(_))
     ));
     let (bob_identity, _) = support::counted_identity(&w.bob);
@@ -90,14 +95,25 @@ async fn register_read_list_update_and_delete() {
     assert_eq!(updated.info.label.as_deref(), Some("renamed"));
     assert_eq!(updated.info.key_use, Some(KeyUse::Enc));
 
-    // A taken key id.
+    // A taken key id (the same key again).
     assert!(matches!(
-        bob.register(&registration(b"alice-laptop-1")).await,
+        bob.register(&request).await,
         Err(ProtocolError::KeyDepot { status: 409, code, .. }) if code == "KEYDEPOT_DUPLICATE_KEY_ID"
     ));
-    // A proof made for another key id.
-    let mut wrong = registration(b"alice-laptop-2");
+    // A key id that is not the key's.
+    let key = etee_testpki::rsa_key(2048).unwrap();
+    let mut wrong = registration_of(&key);
     wrong.key_id = KeyId::new(b"alice-laptop-3".to_vec()).unwrap();
+    wrong.proof_of_possession =
+        sign(&key, &pop_challenge(&wrong.key_id, &wrong.public_key)).unwrap();
+    assert!(matches!(
+        alice.register(&wrong).await,
+        Err(ProtocolError::KeyDepot { status: 400, code, .. }) if code == "KEYDEPOT_INVALID_REQUEST"
+    ));
+    // A proof made for another key id.
+    let mut wrong = registration_of(&key);
+    wrong.proof_of_possession =
+        sign(&key, &pop_challenge(&request.key_id, &wrong.public_key)).unwrap();
     assert!(matches!(
         alice.register(&wrong).await,
         Err(ProtocolError::KeyDepot { status: 422, .. })

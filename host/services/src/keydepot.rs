@@ -4,7 +4,8 @@
 //! **All of this is etee's own design.** The real KeyDepot endpoints, bodies, key-id format
 //! and "attestation object" were not found (§10); only the use of a key id as the CMS
 //! subjectKeyIdentifier (LIB220 `WEB_AUTHN` policy) is known. So:
-//! - a [`KeyId`] is the SKI bytes; JSON carries it as base64url without padding (URL-safe,
+//! - a [`KeyId`] is the SKI bytes, the key's RFC 5280 method-1 identifier
+//!   ([`KeyId::of_public_key`]); JSON carries it as base64url without padding (URL-safe,
 //!   it appears in paths), while LIB220 APIs take standard base64 ([`KeyId::to_lib_string`]);
 //! - registration proves possession of the private key by signing [`pop_challenge`];
 //! - an HSM attestation is a canonical-JSON [`AttestationStatement`] signed by the holder's
@@ -19,8 +20,10 @@ use crate::etkdepot::rest::IdentifierJson;
 use crate::etkdepot::Identifier;
 use crate::json::{self, b64, b64url, rfc3339};
 use base64::Engine as _;
+use etee_formats::ber::slice::parse_exact;
+use etee_formats::ber::tag;
 use etee_formats::cert::{key_usage, Certificate};
-use etee_formats::identity::{identities, normalize_value};
+use etee_formats::identity::{canonical_type, identities, normalize_value};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{HasPublic, Id, PKey, PKeyRef, Private, Public};
@@ -69,6 +72,21 @@ impl KeyId {
                 .map_err(|e| Error::Content(format!("key id: {e}")))?,
         )
     }
+
+    /// The id of a key: its RFC 5280 §4.2.1.2 method-1 key identifier, SHA-1 of the
+    /// subjectPublicKey BIT STRING's bits (unused-bits octet excluded) of the DER
+    /// SubjectPublicKeyInfo — what a certificate of the key would carry as its SKI. KeyDepot
+    /// accepts no other id, so nobody can take the id of another's key.
+    pub fn of_public_key(spki_der: &[u8]) -> Result<Self, Error> {
+        let bad = |e: &dyn std::fmt::Display| Error::Key(format!("the public key: {e}"));
+        let spki = parse_exact(spki_der).map_err(|e| bad(&e))?;
+        let mut fields = spki.seq().map_err(|e| bad(&e))?;
+        fields.any().map_err(|e| bad(&e))?;
+        let bits = fields.next(tag::BIT_STRING).map_err(|e| bad(&e))?;
+        let bits = bits.octets().map_err(|e| bad(&e))?;
+        let key = bits.get(1..).ok_or_else(|| bad(&"empty BIT STRING"))?;
+        KeyId::new(openssl::sha::sha1(key).to_vec())
+    }
 }
 
 impl Serialize for KeyId {
@@ -98,7 +116,51 @@ pub struct KeyInfo {
     pub properties: BTreeMap<String, String>,
 }
 
+/// Most free properties a key's information may hold (after "add info" too).
+pub const MAX_PROPERTIES: usize = 32;
+/// Longest property name, in bytes.
+pub const MAX_PROPERTY_NAME: usize = 64;
+/// Longest property value, in bytes.
+pub const MAX_PROPERTY_VALUE: usize = 1024;
+/// Longest `label` and `applicationId`, in bytes.
+pub const MAX_LABEL: usize = 256;
+/// Most certificates in an attestation's `x5c` (each link costs a signature check).
+pub const MAX_X5C: usize = 4;
+
 impl KeyInfo {
+    /// Whether the information is within KeyDepot's bounds (`MAX_*` above): the store keeps
+    /// it for ever and serves it to anyone.
+    pub fn check_limits(&self) -> Result<(), Error> {
+        let too_long = |what: &str, len: usize, max: usize| {
+            Err(Error::Content(format!(
+                "{what} has {len} bytes, at most {max}"
+            )))
+        };
+        for (what, v) in [
+            ("label", &self.label),
+            ("applicationId", &self.application_id),
+        ] {
+            if let Some(v) = v.as_ref().filter(|v| v.len() > MAX_LABEL) {
+                return too_long(what, v.len(), MAX_LABEL);
+            }
+        }
+        if self.properties.len() > MAX_PROPERTIES {
+            return Err(Error::Content(format!(
+                "{} properties, at most {MAX_PROPERTIES}",
+                self.properties.len()
+            )));
+        }
+        for (k, v) in &self.properties {
+            if k.len() > MAX_PROPERTY_NAME {
+                return too_long("a property name", k.len(), MAX_PROPERTY_NAME);
+            }
+            if v.len() > MAX_PROPERTY_VALUE {
+                return too_long(&format!("property {k:?}"), v.len(), MAX_PROPERTY_VALUE);
+            }
+        }
+        Ok(())
+    }
+
     /// "Add info": fields of `other` that are set replace those of `self`.
     pub fn merge(&mut self, other: &KeyInfo) {
         if other.label.is_some() {
@@ -141,6 +203,18 @@ impl RegisterKeyRequest {
     }
     pub fn to_json(&self) -> Vec<u8> {
         json::to_vec(self)
+    }
+    /// Whether the request is within KeyDepot's bounds: its information
+    /// ([`KeyInfo::check_limits`]) and at most [`MAX_X5C`] certificates of attestation.
+    pub fn check_limits(&self) -> Result<(), Error> {
+        self.info.check_limits()?;
+        match &self.attestation {
+            Some(a) if a.x5c.len() > MAX_X5C => Err(Error::Content(format!(
+                "the attestation's x5c has {} certificates, at most {MAX_X5C}",
+                a.x5c.len()
+            ))),
+            _ => Ok(()),
+        }
     }
     /// Verifies the proof of possession.
     pub fn verify_proof_of_possession(&self) -> Result<(), Error> {
@@ -431,7 +505,8 @@ impl SignedAttestation {
         })
     }
 
-    /// Verifies: the chain links (each certificate signed by the next); the signer may sign
+    /// Verifies: at most [`MAX_X5C`] certificates; the chain links (each certificate signed
+    /// by the next); the signer may sign
     /// (keyUsage digitalSignature); the signature over the statement bytes; the statement is
     /// canonical, of etee's format, about `key_id` and `spki_der`, says the key is
     /// non-exportable; and the signer's certificate names `holder` (type and zero-padded
@@ -443,6 +518,9 @@ impl SignedAttestation {
         holder: &Identifier,
     ) -> Result<VerifiedAttestation, Error> {
         let fail = |m: &str| Err(Error::Verification(format!("attestation: {m}")));
+        if self.x5c.len() > MAX_X5C {
+            return fail("x5c has too many certificates");
+        }
         let mut certs = Vec::with_capacity(self.x5c.len());
         for c in &self.x5c {
             let der = base64::engine::general_purpose::STANDARD
@@ -505,9 +583,11 @@ impl SignedAttestation {
     }
 }
 
-/// (TYPE, value) compared after normalisation when the type is known.
+/// (TYPE, value) compared after normalisation when the type is known: the canonical type
+/// (`HUB` is `EHP`) and the zero-padded value.
 fn holder_key(id_type: &str, value: &str) -> (String, String) {
-    let t = id_type.trim().to_ascii_uppercase();
+    let t = id_type.trim();
+    let t = canonical_type(t).map_or_else(|| t.to_ascii_uppercase(), str::to_owned);
     let v = normalize_value(&t, value).unwrap_or_else(|_| value.trim().to_owned());
     (t, v)
 }

@@ -670,6 +670,35 @@ pub mod vocabulary {
         "urn:be:fgov:ehealth:1.0:pharmacy:nihii-number:recognisedpharmacy:boolean";
     pub const PERSON_SSIN: &str = "urn:be:fgov:person:ssin";
 
+    /// The certified names above whose value is a care provider's NIHII11 number.
+    pub const NIHII11_NAMES: [&str; 5] = [
+        DOCTOR_NIHII11,
+        DENTIST_NIHII11,
+        MIDWIFE_NIHII11,
+        NURSE_NIHII11,
+        PHYSIOTHERAPIST_NIHII11,
+    ];
+
+    /// Whether `(namespace, name)` is one of the names above.
+    pub fn is_known(namespace: &str, name: &str) -> bool {
+        match namespace {
+            CERTIFIED_NS => name == RECOGNISED_PHARMACY || NIHII11_NAMES.contains(&name),
+            IDENTIFICATION_NS => name == PERSON_SSIN,
+            _ => false,
+        }
+    }
+
+    /// The identifier type (spec §3.4) whose number an attribute's value is — `SSIN` for
+    /// the person's SSIN, `NIHII11` for the `*:nihii11` names — so that values are
+    /// compared zero-padded (`normalize_value`); `None` for other names.
+    pub fn value_type(namespace: &str, name: &str) -> Option<&'static str> {
+        match namespace {
+            CERTIFIED_NS if NIHII11_NAMES.contains(&name) => Some("NIHII11"),
+            IDENTIFICATION_NS if name == PERSON_SSIN => Some("SSIN"),
+            _ => None,
+        }
+    }
+
     /// Any doctor.
     pub fn any_doctor() -> Credential {
         Credential::new(CERTIFIED_NS, DOCTOR_NIHII11, &[])

@@ -9,6 +9,7 @@ use etee_testpki::{rsa_key, InstitutionSpec, TestPki};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
+use std::collections::BTreeMap;
 
 fn register(key: &PKey<openssl::pkey::Private>, id: &[u8]) -> RegisterKeyRequest {
     let spki = key.public_key_to_der().unwrap();
@@ -260,4 +261,115 @@ fn attestation() {
     let mut r = register(&key, b"key-1");
     r.attestation = Some(signed);
     assert_eq!(RegisterKeyRequest::parse(&r.to_json()).unwrap(), r);
+}
+
+/// A key's id is its RFC 5280 method-1 identifier: what OpenSSL writes as the
+/// subjectKeyIdentifier of a certificate of that key, for RSA and EC keys alike.
+#[test]
+fn a_key_id_is_the_method_1_key_identifier_of_the_key() {
+    let pki = TestPki::generate("ski").unwrap();
+    let inst = pki
+        .institution(&InstitutionSpec::new(
+            "NIHII-HOSPITAL",
+            "71000436",
+            "Hospital",
+        ))
+        .unwrap();
+    for x in [&inst.auth.cert, &pki.root.cert] {
+        let cert = Certificate::from_der(&x.to_der().unwrap()).unwrap();
+        let spki = x.public_key().unwrap().public_key_to_der().unwrap();
+        assert_eq!(
+            KeyId::of_public_key(&spki).unwrap().as_bytes(),
+            cert.subject_key_identifier().unwrap()
+        );
+    }
+    let ec = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let spki = ec.public_key_to_der().unwrap();
+    // An EC key: SHA-1 of the uncompressed point, the BIT STRING's bits.
+    let point = ec
+        .ec_key()
+        .unwrap()
+        .public_key()
+        .to_bytes(
+            ec.ec_key().unwrap().group(),
+            openssl::ec::PointConversionForm::UNCOMPRESSED,
+            &mut openssl::bn::BigNumContext::new().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        KeyId::of_public_key(&spki).unwrap().as_bytes(),
+        openssl::sha::sha1(&point)
+    );
+    for bad in [&b""[..], b"\x30\x00", &spki[..spki.len() - 1]] {
+        assert!(KeyId::of_public_key(bad).is_err());
+    }
+}
+
+/// KeyDepot's bounds on information and on an attestation's chain: at the bound is
+/// accepted, one beyond is refused.
+#[test]
+fn information_and_x5c_are_bounded() {
+    let props = |n: usize| -> BTreeMap<String, String> {
+        (0..n).map(|i| (format!("p{i}"), "v".to_owned())).collect()
+    };
+    let info = |f: &dyn Fn(&mut KeyInfo)| {
+        let mut i = KeyInfo::default();
+        f(&mut i);
+        i
+    };
+    let at_bounds = [
+        info(&|i| i.properties = props(MAX_PROPERTIES)),
+        info(&|i| i.label = Some("l".repeat(MAX_LABEL))),
+        info(&|i| i.application_id = Some("a".repeat(MAX_LABEL))),
+        info(&|i| {
+            i.properties.insert(
+                "k".repeat(MAX_PROPERTY_NAME),
+                "v".repeat(MAX_PROPERTY_VALUE),
+            );
+        }),
+    ];
+    for i in &at_bounds {
+        i.check_limits().unwrap();
+    }
+    let beyond = [
+        info(&|i| i.properties = props(MAX_PROPERTIES + 1)),
+        info(&|i| i.label = Some("l".repeat(MAX_LABEL + 1))),
+        info(&|i| i.application_id = Some("a".repeat(MAX_LABEL + 1))),
+        info(&|i| {
+            i.properties
+                .insert("k".repeat(MAX_PROPERTY_NAME + 1), String::new());
+        }),
+        info(&|i| {
+            i.properties
+                .insert("k".into(), "v".repeat(MAX_PROPERTY_VALUE + 1));
+        }),
+    ];
+    for i in &beyond {
+        assert!(matches!(i.check_limits(), Err(Error::Content(_))), "{i:?}");
+    }
+
+    let key = rsa_key(2048).unwrap();
+    let mut r = register(&key, b"bounded");
+    r.check_limits().unwrap();
+    r.info = beyond[0].clone();
+    assert!(r.check_limits().is_err());
+    r.info = KeyInfo::default();
+    let attestation = |n: usize| SignedAttestation {
+        statement: b"{}".to_vec(),
+        signature: vec![0],
+        x5c: vec!["AA==".to_owned(); n],
+    };
+    r.attestation = Some(attestation(MAX_X5C));
+    r.check_limits().unwrap();
+    r.attestation = Some(attestation(MAX_X5C + 1));
+    assert!(matches!(r.check_limits(), Err(Error::Content(_))));
+    // verify() refuses such a chain before looking at any certificate.
+    let holder = Identifier::new("SSIN", "76120902527", None);
+    let e = attestation(MAX_X5C + 1)
+        .verify(&r.key_id, &r.public_key, &holder)
+        .unwrap_err();
+    assert!(e.to_string().contains("too many"), "{e}");
 }

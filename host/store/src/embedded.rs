@@ -17,7 +17,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
     backend_error, check_key_id, Attribute, AttributeHolder, Change, Credential, Error, EtkRecord,
-    Identifier, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
+    Identifier, KeyRead, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
 };
 
 /// `"schema_version"` → the version of the last migration applied.
@@ -457,6 +457,35 @@ impl Store for EmbeddedStore {
         let sequence = append_in(&txn, event)?;
         txn.commit().db()?;
         Ok(Some(sequence))
+    }
+
+    fn remember_key_read(
+        &self,
+        key_id: &[u8; 16],
+        digest: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<KeyRead> {
+        // One writer at a time: a deletion commits wholly before or after this.
+        let txn = self.write()?;
+        let stored = txn
+            .open_table(KGSS_KEY)
+            .db()?
+            .get(&key_id[..])
+            .db()?
+            .is_some();
+        if !stored {
+            txn.abort().db()?;
+            return Ok(KeyRead::KeyGone);
+        }
+        if !remember_in(&txn, digest, expires_at, now)? {
+            txn.abort().db()?;
+            return Ok(KeyRead::Replay);
+        }
+        let sequence = append_in(&txn, event)?;
+        txn.commit().db()?;
+        Ok(KeyRead::Recorded(sequence))
     }
 
     fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {

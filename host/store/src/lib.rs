@@ -288,6 +288,19 @@ pub trait Store: Send + Sync {
         now: i64,
         event: &AuditEvent,
     ) -> Result<Option<u64>>;
+    /// [`remember_request_with_event`](Store::remember_request_with_event) for a release of
+    /// KGSS key `key_id`, in a transaction that also finds the key still stored (PostgreSQL:
+    /// locked against a concurrent deletion until commit): a deletion committed before
+    /// gives [`KeyRead::KeyGone`] and writes nothing, so that no release is recorded after
+    /// a deletion was confirmed.
+    fn remember_key_read(
+        &self,
+        key_id: &[u8; 16],
+        digest: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<KeyRead>;
     /// Applies `change` and appends `event` in one transaction, or neither: the audit chain
     /// shows a change exactly when it happened (a crash between two writes could otherwise
     /// leave an event for a key still served, or a key without its event). `None`, and no
@@ -297,6 +310,17 @@ pub trait Store: Send + Sync {
     fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>>;
     /// The audit events after sequence `after` (0: from the start), at most `limit`, in order.
     fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+}
+
+/// What [`Store::remember_key_read`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRead {
+    /// The digest is remembered and the event appended with this sequence.
+    Recorded(u64),
+    /// The digest is remembered and not expired: nothing written.
+    Replay,
+    /// The key is not stored (deleted): nothing written.
+    KeyGone,
 }
 
 /// A change [`Store::apply_with_event`] makes together with its audit event; each is what

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
     check_key_id, Attribute, AttributeHolder, Change, Credential, Error, EtkRecord, Identifier,
-    KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
+    KeyRead, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
 };
 
 /// Advisory lock key serialising migrations between instances starting at once.
@@ -620,6 +620,39 @@ impl Store for PgStore {
         let sequence = append_in(&mut tx, event)?;
         tx.commit().db()?;
         Ok(Some(sequence))
+    }
+
+    fn remember_key_read(
+        &self,
+        key_id: &[u8; 16],
+        digest: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<KeyRead> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().db()?;
+        // The key's row first, shared: a deletion (which locks it, then the audit lock)
+        // waits for this commit, or committed before and the row is gone. Then the digest
+        // and the audit lock, in the order of remember_request_with_event.
+        let stored = tx
+            .query_opt(
+                "SELECT 1 FROM kgss_key WHERE id = $1 FOR SHARE",
+                &[&key_id.as_slice()],
+            )
+            .db()?
+            .is_some();
+        if !stored {
+            tx.rollback().db()?;
+            return Ok(KeyRead::KeyGone);
+        }
+        if !remember_in(&mut tx, digest, expires_at, now)? {
+            tx.rollback().db()?;
+            return Ok(KeyRead::Replay);
+        }
+        let sequence = append_in(&mut tx, event)?;
+        tx.commit().db()?;
+        Ok(KeyRead::Recorded(sequence))
     }
 
     fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
 use etee_store::{
-    audit, Attribute, AuditEvent, Change, Credential, Error, EtkRecord, Identifier, KgssKey,
-    PublicKeyRecord, Store, SCHEMA_VERSION,
+    audit, Attribute, AuditEvent, Change, Credential, Error, EtkRecord, Identifier, KeyRead,
+    KgssKey, PublicKeyRecord, Store, SCHEMA_VERSION,
 };
 use sha2::{Digest, Sha256};
 
@@ -757,6 +757,34 @@ pub fn remember_with_event(h: &impl Harness) {
     assert_eq!(all[3].event, audit_event(4, "granted"));
 }
 
+/// A KGSS release is recorded only while its key is stored: once a deletion committed,
+/// `remember_key_read` writes nothing (neither the digest nor the event).
+pub fn remember_key_read(h: &impl Harness) {
+    let s = h.open();
+    let key = kgss_key(7);
+    s.insert_kgss_key(&key).unwrap();
+    let read = |s: &dyn Store, id: &[u8; 16], d: u8, n| {
+        s.remember_key_read(id, &[d; 32], 1100, 1000, &audit_event(n, "granted"))
+            .unwrap()
+    };
+    assert_eq!(read(&*s, &key.id, 1, 1), KeyRead::Recorded(1));
+    assert_eq!(read(&*s, &key.id, 1, 2), KeyRead::Replay);
+    assert_eq!(read(&*s, &[9; 16], 2, 2), KeyRead::KeyGone, "never stored");
+    assert_eq!(
+        s.apply_with_event(Change::DeleteKgssKey(&key.id), &audit_event(2, "deleted"))
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(read(&*s, &key.id, 3, 3), KeyRead::KeyGone, "deleted");
+    let all = s.events(0, 100).unwrap();
+    assert_eq!(all.len(), 2, "nothing recorded for a deleted key");
+    assert_eq!(all[1].event, audit_event(2, "deleted"));
+    assert!(
+        s.remember_request(&[3; 32], 1100, 1000).unwrap(),
+        "nor its digest remembered"
+    );
+}
+
 /// Threads (on two handles when allowed) race on the same digests with
 /// `remember_request_with_event` while also appending plain events: one winner per digest,
 /// one event per win, and an unbroken chain.
@@ -819,7 +847,7 @@ macro_rules! store_suite {
             backend_and_open_helper, etks, etks_without_application_id, kgss_keys, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
             concurrent_audit_appends, remember_with_event, concurrent_remember_with_event,
-            apply_with_event);
+            apply_with_event, remember_key_read);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

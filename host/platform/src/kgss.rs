@@ -307,26 +307,61 @@ fn normalize_credential(c: &mut Credential) -> Result<(), KgssError> {
     Ok(())
 }
 
-/// Whether the platform can ever give a caller attribute `(namespace, name)`: a name of
-/// §5.1's vocabulary (the registry's certified names, the SSIN a certificate proves), or
-/// one the attribute registry holds for some holder. An exclusion naming anything else
-/// would never match, and the readers it meant to exclude would pass.
-fn evaluable(store: &dyn Store, namespace: &str, name: &str) -> Result<bool, KgssError> {
-    if vocabulary::is_known(namespace, name) {
-        return Ok(true);
+/// Reader conditions a key may carry (`AllowedReader` and `ExludedReader` together), as
+/// the appliance bounds them: every `GetKey` evaluates each against the caller's
+/// attributes, and the conditions are stored with the key.
+pub const MAX_READER_CONDITIONS: usize = 64;
+/// Values one condition may list.
+pub const MAX_CONDITION_VALUES: usize = 64;
+
+/// Refuses a `GetNewKey` over [`MAX_READER_CONDITIONS`] or [`MAX_CONDITION_VALUES`].
+fn check_reader_bounds(request: &GetNewKeyRequestContent) -> Result<(), KgssError> {
+    let all = request.allowed_readers.len() + request.excluded_readers.len();
+    if all > MAX_READER_CONDITIONS {
+        return Err(KgssError::Content(format!(
+            "{all} reader conditions: at most {MAX_READER_CONDITIONS}"
+        )));
     }
-    Ok(store
-        .list_attribute_holders()?
+    match request
+        .allowed_readers
         .iter()
-        .flat_map(|(_, _, attributes)| attributes)
-        .any(|a| a.namespace == namespace && a.name == name))
+        .chain(&request.excluded_readers)
+        .find(|c| c.values.len() > MAX_CONDITION_VALUES)
+    {
+        Some(c) => Err(KgssError::Content(format!(
+            "reader {} {}: {} values, at most {MAX_CONDITION_VALUES}",
+            c.namespace,
+            c.name,
+            c.values.len()
+        ))),
+        None => Ok(()),
+    }
 }
 
-/// Refuses an `ExludedReader` the platform cannot evaluate ([`evaluable`]). An
-/// `AllowedReader` of such a name may stay: it matches nobody, which fails closed.
+/// Refuses an `ExludedReader` the platform cannot evaluate: one whose `(namespace, name)`
+/// is neither of §5.1's vocabulary (the registry's certified names, the SSIN a
+/// certificate proves) nor a name the attribute registry holds for some holder. Such an
+/// exclusion would never match, and the readers it meant to exclude would pass. An
+/// `AllowedReader` of such a name may stay: it matches nobody, which fails closed. The
+/// registry is read once a request, and only for names outside the vocabulary.
 fn check_excluded(store: &dyn Store, excluded: &[Credential]) -> Result<(), KgssError> {
+    let mut registry: Option<std::collections::HashSet<(String, String)>> = None;
     for c in excluded {
-        if !evaluable(store, &c.namespace, &c.name)? {
+        if vocabulary::is_known(&c.namespace, &c.name) {
+            continue;
+        }
+        let names = match &mut registry {
+            Some(names) => names,
+            None => registry.insert(
+                store
+                    .list_attribute_holders()?
+                    .into_iter()
+                    .flat_map(|(_, _, attributes)| attributes)
+                    .map(|a| (a.namespace, a.name))
+                    .collect(),
+            ),
+        };
+        if !names.contains(&(c.namespace.clone(), c.name.clone())) {
             return Err(KgssError::Content(format!(
                 "excluded reader {} {}: the platform never attests this attribute, so the \
                  exclusion would exclude nobody",
@@ -529,6 +564,7 @@ impl Kgss {
         }
         let mut request = GetNewKeyRequestContent::parse(&opened.content)
             .map_err(|e| KgssError::Content(e.to_string()))?;
+        check_reader_bounds(&request)?;
         for c in request
             .allowed_readers
             .iter_mut()
@@ -951,6 +987,29 @@ mod tests {
             vocabulary::recognised_pharmacy().matches(&attributes),
             "{attributes:?}"
         );
+    }
+
+    /// A key's reader conditions are bounded, in number and in values each.
+    #[test]
+    fn reader_conditions_are_bounded() {
+        let request = |allowed: usize, excluded: usize, values: usize| {
+            let v: Vec<String> = (0..values).map(|i| format!("{i:011}")).collect();
+            let v: Vec<&str> = v.iter().map(String::as_str).collect();
+            let c = Credential::new(vocabulary::IDENTIFICATION_NS, vocabulary::PERSON_SSIN, &v);
+            GetNewKeyRequestContent {
+                allowed_readers: vec![c.clone(); allowed],
+                excluded_readers: vec![c; excluded],
+                etk: vec![1],
+                deletion_strategy: false,
+            }
+        };
+        assert!(check_reader_bounds(&request(60, 4, 64)).is_ok());
+        for bad in [request(60, 5, 1), request(65, 0, 1), request(1, 0, 65)] {
+            assert!(matches!(
+                check_reader_bounds(&bad),
+                Err(KgssError::Content(_))
+            ));
+        }
     }
 
     /// An exclusion is refused when the platform never attests its name: neither §5.1's

@@ -524,6 +524,13 @@ impl CustodyKeys {
                 what: "object with CKA_ID",
                 id: id.into(),
             },
+            // Either the use record failed (the token was not asked) or the outcome's did
+            // (the key is gone): the core cannot say which.
+            CoreError::AuditUnavailable => HsmError::Audit(format!(
+                "destroying key {id:?}: {e}; if the use was recorded the token may have \
+                 destroyed the key although its outcome is not on the chain: check with \
+                 `etee keys list`"
+            )),
             e => HsmError::Invalid(format!("destroying key {id:?}: {e}")),
         })
     }

@@ -378,6 +378,11 @@ impl Walker {
                 return torn(pos);
             }
             let len = usize::from(u16::from_be_bytes([frame[0], frame[1]]));
+            if len == 0 && frame[..header].iter().all(|b| *b == 0) && zeros_to_end(&mut input)? {
+                // Zeros from here to the end: a file extended by a crash before its last
+                // (unsynced) frames reached the disk, not damage; nothing follows to lose.
+                return torn(pos);
+            }
             if len == 0 || len > MAX_AUDIT_RECORD_LEN {
                 return Err(corrupt(pos));
             }
@@ -406,6 +411,21 @@ impl Walker {
             each(&record);
             pos += (FRAME_HEADER + len) as u64;
         }
+    }
+}
+
+/// Whether the rest of the input is zero bytes only (read to its end).
+fn zeros_to_end(input: &mut impl BufRead) -> io::Result<bool> {
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        if buf.iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        let n = buf.len();
+        input.consume(n);
     }
 }
 
@@ -444,7 +464,8 @@ pub struct FileAuditSink {
 }
 
 /// A torn tail cut when the file was opened: where, how long, and the file its bytes were
-/// kept in (`<audit file>.torn-<offset>`).
+/// kept in (`<audit file>.torn-<offset>`: a torn frame, or the first frame's worth of a
+/// zero-filled tail).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CutTail {
     pub offset: u64,
@@ -455,6 +476,7 @@ pub struct CutTail {
 /// Copies the bytes of `file` from `offset` to its end (at most one frame) into
 /// `<path>.torn-<offset>`, durably.
 fn keep_torn_tail(path: &Path, file: &File, offset: u64) -> Result<CutTail, FileSinkError> {
+    let cut = file.metadata()?.len().saturating_sub(offset);
     let mut tail = Vec::new();
     let mut reader = file;
     reader.seek(SeekFrom::Start(offset))?;
@@ -475,7 +497,7 @@ fn keep_torn_tail(path: &Path, file: &File, offset: u64) -> Result<CutTail, File
     sync_dir(&kept)?;
     Ok(CutTail {
         offset,
-        bytes: tail.len() as u64,
+        bytes: cut,
         kept,
     })
 }

@@ -239,6 +239,51 @@ fn damage_before_the_end_is_refused() {
     }
 }
 
+/// A crash can leave a file extended with zeros where its last, unsynced frames were to
+/// go: zeros to the end are cut as a torn tail (kept beside the file), while zeros with
+/// anything after them, or in the middle of the chain, are damage.
+#[test]
+fn a_zero_filled_tail_is_torn_and_zeros_before_data_are_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    write_unlock_and_three_signatures(&path);
+    let full = std::fs::read(&path).unwrap();
+    let (_, head) = {
+        let (sink, head) = FileAuditSink::open(&path).unwrap();
+        (sink, head)
+    };
+    for zeros in [1, 6, 300, 70_000] {
+        let mut bytes = full.clone();
+        bytes.extend(std::iter::repeat_n(0u8, zeros));
+        std::fs::write(&path, &bytes).unwrap();
+        let (sink, reopened) = FileAuditSink::open(&path).unwrap();
+        assert_eq!(reopened, head, "{zeros} zeros");
+        let cut = sink.cut_at_open().expect("the zeros are cut").clone();
+        assert_eq!((cut.offset, cut.bytes), (full.len() as u64, zeros as u64));
+        drop(sink);
+        assert_eq!(std::fs::read(&path).unwrap(), full, "{zeros} zeros");
+        let _ = std::fs::remove_file(&cut.kept);
+    }
+    // Zeros, then something: not a crash's extension.
+    let mut bytes = full.clone();
+    bytes.extend(std::iter::repeat_n(0u8, 300));
+    bytes.push(1);
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        FileAuditSink::open(&path),
+        Err(FileSinkError::Corrupt { offset, .. }) if offset == full.len() as u64
+    ));
+    // Zeros in place of a frame in the middle: damage.
+    let first_len = 6 + usize::from(u16::from_be_bytes([full[0], full[1]]));
+    let mut bytes = full.clone();
+    bytes[first_len..first_len + 6].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        FileAuditSink::open(&path),
+        Err(FileSinkError::Corrupt { offset, .. }) if offset == first_len as u64
+    ));
+}
+
 #[test]
 fn a_missing_file_starts_a_new_chain() {
     let dir = tempfile::tempdir().unwrap();

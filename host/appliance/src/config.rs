@@ -53,7 +53,7 @@ use etee_services::revocation::RevocationConfig;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::ops::{Bound, RangeBounds, RangeInclusive};
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -220,9 +220,8 @@ pub struct ApplianceConfig {
 }
 
 /// The range of the timeouts in milliseconds (`handshake_timeout_ms`, `header_timeout_ms`,
-/// `request_timeout_ms`, `[platform] timeout_ms`): a tenth of a second (less cuts off every
-/// handshake, request or platform call) to a day.
-pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=86_400_000;
+/// `request_timeout_ms`, `[platform] timeout_ms`).
+pub use etee_hsm::config::TIMEOUT_MS_RANGE;
 
 /// The most `[platform] retries` may be.
 pub const MAX_RETRIES: u32 = 10;
@@ -320,16 +319,7 @@ fn in_range<T>(key: &str, value: T, range: impl RangeBounds<T>) -> Result<T>
 where
     T: PartialOrd + std::fmt::Display,
 {
-    if range.contains(&value) {
-        return Ok(value);
-    }
-    let allowed = match (range.start_bound(), range.end_bound()) {
-        (Bound::Included(min), Bound::Included(max)) => format!("{min} to {max}"),
-        (Bound::Included(min), _) => format!("at least {min}"),
-        (_, Bound::Included(max)) => format!("at most {max}"),
-        _ => "out of range".to_owned(),
-    };
-    Err(config_error(format!("{key} = {value}: {allowed}")))
+    etee_hsm::config::in_range(key, value, range).map_err(config_error)
 }
 
 impl ApplianceConfig {
@@ -378,9 +368,7 @@ impl ApplianceConfig {
         }
         let defaults = Limits::default();
         let timeout = |key: &str, ms: Option<u64>, default: Duration| {
-            ms.map_or(Ok(default), |ms| {
-                in_range(key, ms, TIMEOUT_MS_RANGE).map(Duration::from_millis)
-            })
+            etee_hsm::config::timeout_ms(key, ms, default).map_err(config_error)
         };
         let max_connections = in_range(
             "max_connections",

@@ -517,6 +517,42 @@ pub fn secret_file_refusal(_: &std::fs::Metadata) -> Option<String> {
     None
 }
 
+/// The range of the services' timeouts in milliseconds (the appliance's and the
+/// platform's `handshake_timeout_ms`, `request_timeout_ms`, ...): a tenth of a second (less
+/// cuts off every handshake, request or platform call) to a day.
+pub const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=86_400_000;
+
+/// `value`, the setting `key`, when within `range`; else the message naming the key, the
+/// value and the range, for the caller's configuration error (which adds the file).
+pub fn in_range<T>(key: &str, value: T, range: impl std::ops::RangeBounds<T>) -> Result<T, String>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    use std::ops::Bound;
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    let allowed = match (range.start_bound(), range.end_bound()) {
+        (Bound::Included(min), Bound::Included(max)) => format!("{min} to {max}"),
+        (Bound::Included(min), _) => format!("at least {min}"),
+        (_, Bound::Included(max)) => format!("at most {max}"),
+        _ => "out of range".to_owned(),
+    };
+    Err(format!("{key} = {value}: {allowed}"))
+}
+
+/// A timeout setting `key` in milliseconds within [`TIMEOUT_MS_RANGE`], or `default` when
+/// not set.
+pub fn timeout_ms(
+    key: &str,
+    ms: Option<u64>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    ms.map_or(Ok(default), |ms| {
+        in_range(key, ms, TIMEOUT_MS_RANGE).map(std::time::Duration::from_millis)
+    })
+}
+
 /// A warning when a `client_ca` file holds certificates that are not CAs (no
 /// basicConstraints cA=true), e.g. a TLS server's certificate given by mistake: the files
 /// are taken as they are, but `callers` (who the TLS server authenticates: "API callers'")

@@ -37,7 +37,7 @@ use crate::{PlatformError, Result};
 use etee_services::revocation::RevocationConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::ops::{Bound, RangeBounds, RangeInclusive};
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -158,9 +158,8 @@ pub fn store_transport_warning(store: &str) -> Option<String> {
 /// shutdown's drain (which waits for every permit).
 pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
-/// The range of the timeouts in milliseconds (`handshake_timeout_ms`, `request_timeout_ms`):
-/// a tenth of a second (less cuts off every handshake or request) to a day.
-pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 100..=86_400_000;
+/// The range of the timeouts in milliseconds (`handshake_timeout_ms`, `request_timeout_ms`).
+pub use etee_hsm::config::TIMEOUT_MS_RANGE;
 
 /// `value`, the setting `key`, when within `range`; else an error naming the key, the
 /// value and the range (the file is added by [`PlatformConfig::load`]).
@@ -168,16 +167,7 @@ fn in_range<T>(key: &str, value: T, range: impl RangeBounds<T>) -> Result<T>
 where
     T: PartialOrd + std::fmt::Display,
 {
-    if range.contains(&value) {
-        return Ok(value);
-    }
-    let allowed = match (range.start_bound(), range.end_bound()) {
-        (Bound::Included(min), Bound::Included(max)) => format!("{min} to {max}"),
-        (Bound::Included(min), _) => format!("at least {min}"),
-        (_, Bound::Included(max)) => format!("at most {max}"),
-        _ => "out of range".to_owned(),
-    };
-    Err(PlatformError::Config(format!("{key} = {value}: {allowed}")))
+    etee_hsm::config::in_range(key, value, range).map_err(PlatformError::Config)
 }
 
 /// `max_requests_per_caller` when not configured (then lowered to half the work limit
@@ -319,9 +309,7 @@ impl PlatformConfig {
             .map_err(|e| PlatformError::Config(format!("listen {listen:?}: {e}")))?;
         let defaults = Limits::default();
         let timeout = |key: &str, ms: Option<u64>, default: Duration| {
-            ms.map_or(Ok(default), |ms| {
-                in_range(key, ms, TIMEOUT_MS_RANGE).map(Duration::from_millis)
-            })
+            etee_hsm::config::timeout_ms(key, ms, default).map_err(PlatformError::Config)
         };
         let max_connections = in_range(
             "max_connections",

@@ -388,9 +388,9 @@ pub fn recipient(spec: &str) -> Result<Identifier, ServiceError> {
 /// Most recipients (`to`) one seal takes: each is an ETK lookup and a recipient info.
 pub const MAX_RECIPIENTS: usize = 256;
 
-/// Most reader conditions (`allow` and `exclude` together) of one KGSS key: KGSS takes
-/// them in one sealed request of bounded size.
-pub const MAX_READER_CONDITIONS: usize = 64;
+/// Most reader conditions (`allow` and `exclude` together) of one KGSS key: what the
+/// platform's KGSS takes.
+pub use etee_services::kgss::MAX_READER_CONDITIONS;
 
 /// Adds `item` to `list` unless it is there already (a repeated recipient or condition
 /// means nothing more); refuses more than `max` different ones.

@@ -412,12 +412,6 @@ impl CustodyKeys {
         login_on_record(hsm, custody)
     }
 
-    /// [`Self::open_token`] (kept for the commands that use the token without the core:
-    /// `etee keys list`, `generate`, `import`, `install-cert`; every login is recorded).
-    pub fn open_token_recorded(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Hsm> {
-        Self::open_token(hsm, custody)
-    }
-
     /// Like [`Self::open`] with an opened token and a policy of the caller's.
     pub fn with_policy(
         hsm: Hsm,
@@ -476,7 +470,7 @@ impl CustodyKeys {
                 path.display()
             )));
         }
-        let mut core = open_core(LoginOnly::never(), Policy::deny_all(), custody)?;
+        let mut core = open_core(LoginOnly::Never, Policy::deny_all(), custody)?;
         let cleared = core.audit_sink().pin_failures_at_open();
         core.reset_pin_counter(now_ms())
             .map_err(|e| HsmError::Invalid(format!("resetting the wrong-PIN counter: {e}")))?;
@@ -496,7 +490,7 @@ impl CustodyKeys {
     ) -> Result<crate::TokenSummary> {
         // The token first: a configuration naming none leaves no audit file behind.
         crate::token_summary(hsm)?;
-        let mut core = open_core(LoginOnly::never(), Policy::deny_all(), custody)?;
+        let mut core = open_core(LoginOnly::Never, Policy::deny_all(), custody)?;
         let summary = crate::init_user_pin(hsm, so_pin)?;
         core.user_pin_set(now_ms()).map_err(|e| {
             HsmError::Audit(format!(
@@ -897,12 +891,6 @@ enum LoginOnly {
         /// The opened token, or why it could not be opened, once the core asked.
         opened: Arc<Mutex<Option<Result<Hsm>>>>,
     },
-}
-
-impl LoginOnly {
-    fn never() -> Self {
-        Self::Never
-    }
 }
 
 impl Token for LoginOnly {

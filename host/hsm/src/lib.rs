@@ -118,8 +118,8 @@ impl Hsm {
     /// logs in. A wrong PIN is [`HsmError::WrongPin`].
     ///
     /// The bare login: neither counted nor refused by the custody core's lock-out. Commands
-    /// log in through [`CustodyKeys::open_token`] or [`CustodyKeys::open_token_recorded`],
-    /// which put every login with the user PIN on the audit chain.
+    /// log in through [`CustodyKeys::open_token`], which puts every login with the user PIN
+    /// on the audit chain.
     pub fn open(config: &HsmConfig) -> Result<Self> {
         let pin = config.user_pin()?;
         let pool = SessionPool::open(config, pin)?;

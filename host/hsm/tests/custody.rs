@@ -1175,7 +1175,7 @@ fn wrong_pin_files_are_counted_and_lock_the_core_out() {
 }
 
 /// Commands that use the token without the core (`keys list`, `generate`, ...) log in
-/// through [`CustodyKeys::open_token_recorded`]: each login is on the chain (a wrong PIN
+/// through [`CustodyKeys::open_token`]: each login is on the chain (a wrong PIN
 /// counted, an accepted one recorded), and a chain that ends locked out stops them before
 /// the token is asked, whatever the PIN. The administrator's reset does not try the PIN
 /// (no login on record), so that it is no uncounted guess.
@@ -1196,19 +1196,19 @@ fn every_login_with_the_user_pin_is_on_the_chain() {
             .collect::<Vec<_>>()
     };
 
-    let hsm = CustodyKeys::open_token_recorded(&config, &custody).unwrap();
+    let hsm = CustodyKeys::open_token(&config, &custody).unwrap();
     assert!(hsm.list().is_ok());
     drop(hsm);
     assert_eq!(unlocks(), [true], "the accepted login is on record");
     let max = etee_custody::config::MAX_PIN_ATTEMPTS;
     for attempt in 1..max {
-        let e = CustodyKeys::open_token_recorded(&wrong, &custody)
+        let e = CustodyKeys::open_token(&wrong, &custody)
             .unwrap_err()
             .to_string();
         assert!(e.contains("CKR_PIN_INCORRECT"), "attempt {attempt}: {e}");
     }
     // The fifth try reached the token: said so, and that the next ones will not.
-    let e = CustodyKeys::open_token_recorded(&wrong, &custody)
+    let e = CustodyKeys::open_token(&wrong, &custody)
         .unwrap_err()
         .to_string();
     assert!(
@@ -1224,7 +1224,7 @@ fn every_login_with_the_user_pin_is_on_the_chain() {
     // Locked out: neither a wrong PIN nor the right one reaches the token, and nothing
     // more is appended.
     for c in [&wrong, &config] {
-        let e = CustodyKeys::open_token_recorded(c, &custody)
+        let e = CustodyKeys::open_token(c, &custody)
             .unwrap_err()
             .to_string();
         assert!(e.contains("locked out") && e.contains("not asked"), "{e}");
@@ -1244,11 +1244,11 @@ fn every_login_with_the_user_pin_is_on_the_chain() {
         "the reset tried no PIN"
     );
     // The count starts again: a wrong PIN is counted, the right one is accepted again.
-    let e = CustodyKeys::open_token_recorded(&wrong, &custody)
+    let e = CustodyKeys::open_token(&wrong, &custody)
         .unwrap_err()
         .to_string();
     assert!(e.contains(&format!("{} more wrong PIN(s)", max - 1)), "{e}");
-    drop(CustodyKeys::open_token_recorded(&config, &custody).unwrap());
+    drop(CustodyKeys::open_token(&config, &custody).unwrap());
     assert_eq!(unlocks().last(), Some(&true));
 
     // No chain, nothing to reset: said, and no audit file made.

@@ -39,6 +39,7 @@ use etee_services::kgss::{
     evaluate, implicit_attributes, vocabulary, Attribute, Credential, GetKeyRequestContent,
     GetKeyResponseContent, GetNewKeyRequestContent, GetNewKeyResponseContent, ReplyTo,
 };
+use etee_services::kgss::{MAX_CONDITION_VALUES, MAX_READER_CONDITIONS};
 use etee_services::secret::SecretBytes;
 use etee_store::{KgssKey, Store};
 use std::sync::Arc;
@@ -306,13 +307,6 @@ fn normalize_credential(c: &mut Credential) -> Result<(), KgssError> {
     c.values = values;
     Ok(())
 }
-
-/// Reader conditions a key may carry (`AllowedReader` and `ExludedReader` together), as
-/// the appliance bounds them: every `GetKey` evaluates each against the caller's
-/// attributes, and the conditions are stored with the key.
-pub const MAX_READER_CONDITIONS: usize = 64;
-/// Values one condition may list.
-pub const MAX_CONDITION_VALUES: usize = 64;
 
 /// Refuses a `GetNewKey` over [`MAX_READER_CONDITIONS`] or [`MAX_CONDITION_VALUES`].
 fn check_reader_bounds(request: &GetNewKeyRequestContent) -> Result<(), KgssError> {

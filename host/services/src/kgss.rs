@@ -29,6 +29,13 @@ pub const KGSS_ETK_TYPE: &str = "CBE";
 pub const KGSS_ETK_VALUE: &str = "0809394427";
 pub const KGSS_ETK_APPLICATION_ID: &str = "KGSS";
 
+/// Most reader conditions (`AllowedReader` and `ExludedReader` together) of one key: the
+/// platform refuses more at `GetNewKey` (each `GetKey` evaluates them all, and they are
+/// stored with the key), and the appliance asks for no more.
+pub const MAX_READER_CONDITIONS: usize = 64;
+/// Most values one reader condition lists.
+pub const MAX_CONDITION_VALUES: usize = 64;
+
 /// Which of the two operations an outer message belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {

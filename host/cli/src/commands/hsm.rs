@@ -154,7 +154,7 @@ pub fn load_config(path: &Path) -> Result<Config, CliError> {
 /// asking the token once the audit chain ends locked out; the login recorded, a wrong PIN
 /// counted), for the commands that use the token without the core.
 fn open(config: &Config) -> Result<Hsm, CliError> {
-    Ok(etee_hsm::CustodyKeys::open_token_recorded(
+    Ok(etee_hsm::CustodyKeys::open_token(
         &config.hsm,
         &config.custody,
     )?)

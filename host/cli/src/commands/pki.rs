@@ -517,7 +517,7 @@ fn hsm_institution(pki: &TestPki, w: &Wanted, config: &Path) -> Result<Vec<u8>, 
     let etk_profile = config.hsm.profile("etk")?.clone();
     let (auth_id, auth_cert, etk_id, etk_spki) = {
         // The login follows the custody core's lock-out rule and is on its chain.
-        let hsm = etee_hsm::CustodyKeys::open_token_recorded(&config.hsm, &config.custody)?;
+        let hsm = etee_hsm::CustodyKeys::open_token(&config.hsm, &config.custody)?;
         let auth_key_id = auth_profile.id.as_deref().unwrap_or("authentication");
         if hsm.list()?.keys.iter().any(|k| k.id == auth_key_id) {
             return Err(CliError::Usage(format!(

@@ -54,6 +54,10 @@ pub enum KeyDepotError {
     NoAttestation,
     #[error("a key with this key id is already registered")]
     Duplicate,
+    /// The key's information kept changing while this change was being made (other
+    /// changes at the same moment): nothing was changed by this one.
+    #[error("the key's information changed meanwhile; nothing was changed, send the change again")]
+    Contended,
     /// The store failed, or holds what it should not (detail for the logs only).
     #[error("store: {0}")]
     Store(#[from] etee_store::Error),
@@ -71,6 +75,7 @@ impl KeyDepotError {
             Self::UnknownKey => "KEYDEPOT_UNKNOWN_KEY",
             Self::NoAttestation => "KEYDEPOT_NO_ATTESTATION",
             Self::Duplicate => "KEYDEPOT_DUPLICATE_KEY_ID",
+            Self::Contended => "KEYDEPOT_CONFLICT",
             Self::Store(_) => "KEYDEPOT_SERVICE_ERROR",
         }
     }
@@ -82,7 +87,7 @@ impl KeyDepotError {
             Self::Unauthenticated => 401,
             Self::NoIdentity | Self::NotHolder => 403,
             Self::UnknownKey | Self::NoAttestation => 404,
-            Self::Duplicate => 409,
+            Self::Duplicate | Self::Contended => 409,
             Self::ProofOfPossession | Self::Attestation(_) => 422,
             Self::Store(_) => 500,
         }
@@ -379,12 +384,6 @@ pub fn add_info(
 ) -> Result<KeyRecord, KeyDepotError> {
     info.check_limits().map_err(KeyDepotError::invalid)?;
     let identity = holder_or_denied(store, caller, key_id, "keydepot.add_info", now)?;
-    // Information only grows: the bounds hold for what it becomes. (Changes made at the
-    // same moment may each pass against the same reading; only the holder makes them.)
-    let mut merged = get(store, key_id)?.info;
-    merged.merge(info);
-    merged.check_limits().map_err(KeyDepotError::invalid)?;
-    // The change and its event in one transaction.
     let event = crate::audit::event(
         now,
         "keydepot.add_info",
@@ -393,17 +392,39 @@ pub fn add_info(
         "updated",
         None,
     );
-    let info = info_to_map(info);
-    let change = Change::UpdatePublicKeyInfo {
-        key_id: key_id.as_bytes(),
-        info: &info,
-    };
-    let sequence = store
-        .apply_with_event(change, &event)?
-        .ok_or(KeyDepotError::UnknownKey)?;
-    crate::audit::log(sequence, &event);
-    get(store, key_id)
+    let addition = info_to_map(info);
+    // Information only grows: the bounds hold for what it becomes. The store replaces the
+    // information only if it is still what was read, so that changes made at the same
+    // moment cannot each pass against the same reading (together beyond the bounds).
+    for _ in 0..MAX_INFO_UPDATE_TRIES {
+        let read = stored(store, key_id)?.info;
+        let mut after = read.clone();
+        after.extend(addition.iter().map(|(k, v)| (k.clone(), v.clone())));
+        info_from_map(&after)
+            .check_limits()
+            .map_err(KeyDepotError::invalid)?;
+        // The change and its event in one transaction.
+        let change = Change::UpdatePublicKeyInfo {
+            key_id: key_id.as_bytes(),
+            expected: &read,
+            info: &after,
+        };
+        match store.apply_with_event(change, &event) {
+            Ok(Some(sequence)) => {
+                crate::audit::log(sequence, &event);
+                return get(store, key_id);
+            }
+            Ok(None) => return Err(KeyDepotError::UnknownKey),
+            Err(etee_store::Error::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(KeyDepotError::Contended)
 }
+
+/// How many times [`add_info`] reads and tries again when the information changed between
+/// its reading and its change.
+const MAX_INFO_UPDATE_TRIES: usize = 8;
 
 /// The attestation given at registration, as it was stored (the JSON of a
 /// `SignedAttestation`).
@@ -474,7 +495,7 @@ mod tests {
         );
         assert!(info_to_map(&KeyInfo::default()).is_empty());
 
-        // The store's merge of the entries is KeyInfo::merge.
+        // add_info's merge of the entries (before the conditional update) is KeyInfo::merge.
         let add = KeyInfo {
             key_use: Some(KeyUse::Enc),
             properties: [("z".to_owned(), "1".to_owned())].into(),

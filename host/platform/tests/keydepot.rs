@@ -13,6 +13,7 @@ on_both_stores!(
     only_the_holder_writes,
     attestations,
     malformed_requests_are_problems,
+    concurrent_additions_stay_within_the_bounds,
 );
 
 use common::{cert, World};
@@ -902,5 +903,77 @@ async fn a_hub_certificate_holds_its_ehp_keys() {
     assert_eq!(changed.info.label.as_deref(), Some("hub"));
     w.store(|s| etee_platform::keydepot::delete(s, &identities, &r.key_id, now))
         .unwrap();
+    w.stop().await;
+}
+
+/// Additions to one key's information made at the same moment: each is checked against
+/// what the information becomes, so that together they cannot pass the 32-property bound
+/// (each passed against the same reading before the store's update was conditional).
+async fn concurrent_additions_stay_within_the_bounds(w: World) {
+    let identities = etee_formats::identity::identities(&cert(&w.alice.auth.cert));
+    let now = etee_platform::unix_now();
+    let r = request(&rsa());
+    let key = w
+        .store(|s| etee_platform::keydepot::register(s, &w.anchors, &identities, &r, now))
+        .unwrap();
+    let before = key.info.properties.len();
+    const CALLERS: usize = 8;
+    const EACH: usize = 5;
+    assert!(
+        before + CALLERS * EACH > 32,
+        "the additions must overflow together"
+    );
+    let addition = |caller: usize| KeyInfo {
+        properties: (0..EACH)
+            .map(|i| (format!("c{caller}-{i}"), "v".to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    let outcomes: Vec<_> = w.store(|s| {
+        let start = std::sync::Barrier::new(CALLERS);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..CALLERS)
+                .map(|caller| {
+                    let (start, identities, r) = (&start, &identities, &r);
+                    scope.spawn(move || {
+                        start.wait();
+                        etee_platform::keydepot::add_info(
+                            s,
+                            identities,
+                            &r.key_id,
+                            &addition(caller),
+                            now,
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    });
+    let mut added = Vec::new();
+    for (caller, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(_) => added.push(caller),
+            Err(e @ etee_platform::keydepot::KeyDepotError::Invalid(_)) => {
+                assert!(e.to_string().contains("at most 32"), "{e}")
+            }
+            Err(etee_platform::keydepot::KeyDepotError::Contended) => {}
+            Err(e) => panic!("caller {caller}: {e}"),
+        }
+    }
+    let stored = w
+        .store(|s| etee_platform::keydepot::get(s, &r.key_id))
+        .unwrap()
+        .info;
+    // Exactly the successful additions, whole, and within the bound.
+    assert_eq!(stored.properties.len(), before + added.len() * EACH);
+    assert!(stored.properties.len() <= 32, "{}", stored.properties.len());
+    for caller in &added {
+        for (name, _) in addition(*caller).properties {
+            assert!(stored.properties.contains_key(&name), "{name} lost");
+        }
+    }
+    // As many as fit: (32 - 1) / 5 = 6 additions, unless a caller gave up on contention.
+    assert!(!added.is_empty());
     w.stop().await;
 }

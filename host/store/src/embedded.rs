@@ -303,9 +303,14 @@ impl Store for EmbeddedStore {
     fn update_public_key_info(
         &self,
         key_id: &[u8],
+        expected: &BTreeMap<String, String>,
         info: &BTreeMap<String, String>,
     ) -> Result<bool> {
-        self.apply(Change::UpdatePublicKeyInfo { key_id, info })
+        self.apply(Change::UpdatePublicKeyInfo {
+            key_id,
+            expected,
+            info,
+        })
     }
 
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
@@ -626,7 +631,11 @@ fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
                 .db()?;
             Ok(true)
         }
-        Change::UpdatePublicKeyInfo { key_id, info } => {
+        Change::UpdatePublicKeyInfo {
+            key_id,
+            expected,
+            info,
+        } => {
             let mut keys = txn.open_table(PUBLIC_KEY).db()?;
             let row = match keys.get(key_id).db()? {
                 None => None,
@@ -634,9 +643,11 @@ fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
             };
             match row {
                 None => Ok(false),
+                // The write transaction excludes other writers: the comparison holds to
+                // the commit.
+                Some(row) if row.info != *expected => Err(Error::Conflict),
                 Some(mut row) => {
-                    row.info
-                        .extend(info.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    row.info = info.clone();
                     keys.insert(key_id, &*encode(&row)?).db()?;
                     Ok(true)
                 }

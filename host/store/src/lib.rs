@@ -63,6 +63,10 @@ pub enum Error {
     /// The caller passed a value the store refuses (e.g. a key id of the wrong length).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The record changed since the caller read it (a conditional update found another
+    /// version): read it again and retry.
+    #[error("the record changed since it was read")]
+    Conflict,
     /// The database engine failed; the message is the engine's.
     #[error("storage backend: {0}")]
     Backend(String),
@@ -234,11 +238,14 @@ pub trait Store: Send + Sync {
         value: &str,
         application_id: Option<&str>,
     ) -> Result<Vec<PublicKeyRecord>>;
-    /// Merges `info` into the key's information (given entries are set or overwritten); false
-    /// when the key is not there.
+    /// Replaces the key's information by `info` if it is still `expected` (what the caller
+    /// read and built `info` from); false when the key is not there, [`Error::Conflict`]
+    /// when its information is no longer `expected`. Conditional, so that bounds checked on
+    /// the new information hold against concurrent changes.
     fn update_public_key_info(
         &self,
         key_id: &[u8],
+        expected: &BTreeMap<String, String>,
         info: &BTreeMap<String, String>,
     ) -> Result<bool>;
     /// Deletes a public key for good (false when it was not there) and retires its key id
@@ -332,8 +339,10 @@ pub enum Change<'a> {
     /// Its id is retired with it (see [`Store::delete_public_key`]).
     DeletePublicKey(&'a [u8]),
     InsertPublicKey(&'a PublicKeyRecord),
+    /// Conditional: see [`Store::update_public_key_info`].
     UpdatePublicKeyInfo {
         key_id: &'a [u8],
+        expected: &'a BTreeMap<String, String>,
         info: &'a BTreeMap<String, String>,
     },
 }

@@ -464,9 +464,14 @@ impl Store for PgStore {
     fn update_public_key_info(
         &self,
         key_id: &[u8],
+        expected: &BTreeMap<String, String>,
         info: &BTreeMap<String, String>,
     ) -> Result<bool> {
-        self.apply(Change::UpdatePublicKeyInfo { key_id, info })
+        self.apply(Change::UpdatePublicKeyInfo {
+            key_id,
+            expected,
+            info,
+        })
     }
 
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
@@ -808,13 +813,29 @@ fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
             }
             n
         }
-        // `||` on JSONB objects merges, right-hand entries winning: one atomic statement.
-        Change::UpdatePublicKeyInfo { key_id, info } => tx
-            .execute(
-                "UPDATE public_key SET info = info || $2 WHERE key_id = $1",
-                &[&key_id, &Json(info)],
-            )
-            .db()?,
+        // A concurrent update committed first makes the row fail the condition when it is
+        // re-checked (READ COMMITTED): no row, then tell a missing key from a changed one.
+        Change::UpdatePublicKeyInfo {
+            key_id,
+            expected,
+            info,
+        } => {
+            let n = tx
+                .execute(
+                    "UPDATE public_key SET info = $3 WHERE key_id = $1 AND info = $2",
+                    &[&key_id, &Json(expected), &Json(info)],
+                )
+                .db()?;
+            if n == 0
+                && tx
+                    .query_opt("SELECT 1 FROM public_key WHERE key_id = $1", &[&key_id])
+                    .db()?
+                    .is_some()
+            {
+                return Err(Error::Conflict);
+            }
+            n
+        }
     };
     Ok(n > 0)
 }

@@ -291,10 +291,23 @@ pub fn public_keys(h: &impl Harness) {
         ("name".to_string(), "phone".to_string()),
         ("os".to_string(), "android".to_string()),
     ]);
-    assert!(s.update_public_key_info(b"key-a", &update).unwrap());
-    assert!(!s.update_public_key_info(b"nope", &update).unwrap());
     assert!(s
-        .update_public_key_info(b"key-a", &BTreeMap::from([("x".into(), "1".into())]))
+        .update_public_key_info(b"key-a", &a.info, &update)
+        .unwrap());
+    assert!(!s
+        .update_public_key_info(b"nope", &BTreeMap::new(), &update)
+        .unwrap());
+    // Conditional: information that is no longer what the caller read stays as it is.
+    let x = BTreeMap::from([("x".to_string(), "1".to_string())]);
+    assert!(matches!(
+        s.update_public_key_info(b"key-a", &a.info, &x),
+        Err(Error::Conflict)
+    ));
+    assert_eq!(s.get_public_key(b"key-a").unwrap().unwrap().info, update);
+    let mut with_x = update.clone();
+    with_x.extend(x);
+    assert!(s
+        .update_public_key_info(b"key-a", &update, &with_x)
         .unwrap());
     let got = s.get_public_key(b"key-a").unwrap().unwrap();
     assert_eq!(
@@ -688,6 +701,7 @@ pub fn apply_with_event(h: &impl Harness) {
     let info = BTreeMap::from([("label".to_string(), "x".to_string())]);
     let update = |key_id: &'static [u8]| Change::UpdatePublicKeyInfo {
         key_id,
+        expected: &fresh.info,
         info: &info,
     };
     assert_eq!(
@@ -708,6 +722,12 @@ pub fn apply_with_event(h: &impl Harness) {
             .unwrap(),
         None
     );
+    // The information is no longer what it was: the same change conflicts, and its event is not
+    // appended either.
+    assert!(matches!(
+        s.apply_with_event(update(b"key-e"), &audit_event(5, "updated")),
+        Err(Error::Conflict)
+    ));
     let all = s.events(0, 100).unwrap();
     assert_eq!(all.len(), 5);
     audit::verify(0, audit::GENESIS, &all).unwrap();

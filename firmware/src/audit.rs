@@ -122,6 +122,24 @@ struct HashedFields<'a> {
 }
 
 impl AuditRecord {
+    /// The budget use this record stands for: a key use admitted by the policy (its use
+    /// record, [`Outcome::Admitted`]) as (client, key, use); `None` for any other record.
+    /// What [`crate::Policy::replay`] takes after a restart.
+    pub fn budget_use(&self) -> Option<(&ClientId, &KeyId, crate::policy::KeyUse)> {
+        use crate::policy::KeyUse;
+        let usage = match self.operation {
+            Operation::SignPssSha256 => KeyUse::Sign,
+            Operation::DecryptPkcs1v15 => KeyUse::Decrypt,
+            Operation::WrapSecret => KeyUse::Wrap,
+            Operation::UnwrapSecret => KeyUse::Unwrap,
+            _ => return None,
+        };
+        match (&self.client, &self.key, self.outcome) {
+            (Some(client), Some(key), Outcome::Admitted) => Some((client, key, usage)),
+            _ => None,
+        }
+    }
+
     /// This record's hash: SHA-256(prev_hash ‖ postcard encoding of the other fields).
     pub fn hash(&self) -> Hash {
         let mut hasher = Sha256::new();

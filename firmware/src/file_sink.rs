@@ -768,17 +768,30 @@ impl FileAuditSink {
         path: &Path,
         wait: std::time::Duration,
     ) -> Result<(Self, AuditHead), FileSinkError> {
+        Self::open_observing(path, wait, &mut |_| {})
+    }
+
+    /// [`Self::open_waiting`], showing `each` the records read to find the head, in chain
+    /// order: those of the current file (those of the last archived segment instead when
+    /// the current file holds none yet). A torn tail is not shown. For state the core
+    /// rebuilds from its recent history, such as the policy's budgets
+    /// ([`crate::policy::Policy::replay`]).
+    pub fn open_observing(
+        path: &Path,
+        wait: std::time::Duration,
+        each: &mut dyn FnMut(&AuditRecord),
+    ) -> Result<(Self, AuditHead), FileSinkError> {
         let file = open_locked(path, wait)?;
         // Read under the lock, so the head is the one this sink appends after. Only the
         // current file: its checkpoint says where the archived segments ended.
         let mut walker = Walker::new();
-        let end = walker.file(path, true, &mut |_| {})?;
+        let end = walker.file(path, true, &mut |r: &AuditRecord| each(r))?;
         if end.good_len == 0 {
             // Empty, or a checkpoint cut by a crash while the segments were switched: the
             // chain continues from the last archived segment, if there is one.
             if let Some(last) = segments(path)?.last() {
                 walker = Walker::new();
-                walker.file(last, false, &mut |_| {})?;
+                walker.file(last, false, &mut |r: &AuditRecord| each(r))?;
                 let checkpoint = walker.checkpoint().encode();
                 file.set_len(0)?;
                 (&file).write_all(&checkpoint)?;

@@ -156,6 +156,28 @@ impl Policy {
             .ok_or(Denial::Denied)
     }
 
+    /// Counts a use made before this policy existed (recorded on the audit chain before a
+    /// restart) against the budget of the rule for it, at the time it was made; records must
+    /// come in the order they were made. Without this a restart would refill every budget,
+    /// and a client able to make the service restart would get a fresh burst each time.
+    /// A use no rule allows now is ignored; an empty budget stays empty.
+    pub fn replay(&mut self, client: &ClientId, key: &KeyId, usage: KeyUse, at_ms: u64) {
+        if let Ok(grant) = self.permit(client, key, usage) {
+            let _ = self.spend(grant, at_ms);
+        }
+    }
+
+    /// How far back [`Self::replay`] needs the uses: the longest time a rule's budget takes
+    /// to refill from empty, in milliseconds; `None` when a rule never refills
+    /// (`per_second == 0`: every recorded use counts).
+    pub fn replay_window_ms(&self) -> Option<u64> {
+        self.rules.iter().try_fold(0u64, |longest, (rule, _)| {
+            let burst = u64::from(rule.budget.burst);
+            let rate = u64::from(rule.budget.per_second);
+            (rate > 0).then(|| longest.max((burst * MILLI).div_ceil(rate)))
+        })
+    }
+
     /// Step 3: takes one use from the granted rule's budget at time `now_ms`.
     pub fn spend(&mut self, grant: Grant, now_ms: u64) -> Result<(), Denial> {
         let (rule, bucket) = self.rules.get_mut(grant.index).ok_or(Denial::Denied)?;

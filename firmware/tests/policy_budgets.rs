@@ -125,3 +125,102 @@ fn extreme_values_do_not_overflow() {
     spend(&mut p, u64::MAX).unwrap();
     spend(&mut p, u64::MAX).unwrap();
 }
+
+/// Uses recorded before a restart are spent again, at their times, so a restart refills
+/// no more than the time since them would have.
+#[test]
+fn uses_before_a_restart_count_against_the_budget() {
+    let mut p = with_budget(3, 10); // one use per 100 ms
+    for at in [0, 10, 20] {
+        p.replay(&app(), &auth(), KeyUse::Sign, at);
+    }
+    // 3 - 3 uses + 0.2 refilled by t = 20.
+    assert_eq!(
+        spend(&mut p, 20),
+        Err(Denial::RateLimited { retry_after_ms: 80 })
+    );
+    spend(&mut p, 100).unwrap();
+
+    // Uses no rule allows now, or of another operation, change nothing.
+    let mut p = with_budget(1, 1);
+    p.replay(&app(), &auth(), KeyUse::Decrypt, 0);
+    p.replay(&app(), &etk(), KeyUse::Sign, 0);
+    p.replay(&client("other"), &auth(), KeyUse::Sign, 0);
+    spend(&mut p, 0).unwrap();
+
+    // More recorded uses than the burst leave the budget empty, no lower.
+    let mut p = with_budget(2, 1);
+    for _ in 0..5 {
+        p.replay(&app(), &auth(), KeyUse::Sign, 1_000);
+    }
+    assert!(spend(&mut p, 1_999).is_err());
+    spend(&mut p, 2_000).unwrap();
+
+    // A total (no refill) stays spent.
+    let mut p = with_budget(2, 0);
+    p.replay(&app(), &auth(), KeyUse::Sign, 0);
+    p.replay(&app(), &auth(), KeyUse::Sign, 5);
+    assert!(spend(&mut p, 1_000_000).is_err());
+}
+
+#[test]
+fn the_replay_window_is_the_longest_refill() {
+    assert_eq!(Policy::deny_all().replay_window_ms(), Some(0));
+    assert_eq!(with_budget(3, 10).replay_window_ms(), Some(300));
+    assert_eq!(with_budget(10_000, 1_000).replay_window_ms(), Some(10_000));
+    assert_eq!(with_budget(1, 3).replay_window_ms(), Some(334));
+    assert_eq!(with_budget(2, 0).replay_window_ms(), None);
+    let mut p = with_budget(3, 10);
+    p.allow(rule(
+        app(),
+        etk(),
+        false,
+        true,
+        Budget {
+            burst: 5,
+            per_second: 1,
+        },
+    ))
+    .unwrap();
+    assert_eq!(p.replay_window_ms(), Some(5_000));
+    assert_eq!(
+        with_budget(u32::MAX, 1).replay_window_ms(),
+        Some(u64::from(u32::MAX) * 1000)
+    );
+}
+
+/// Which audit records stand for a spent budget use: key uses' use records only.
+#[test]
+fn budget_uses_are_the_admitted_key_uses() {
+    use etee_custody::audit::{AuditHead, Operation, Outcome};
+    use etee_custody::AuditRecord;
+    let record = |operation, outcome, client: Option<_>, key: Option<_>| AuditRecord {
+        sequence: 0,
+        time_ms: 7,
+        client,
+        operation,
+        key,
+        input_digest: [0; 32],
+        outcome,
+        prev_hash: AuditHead::GENESIS.hash,
+    };
+    for (operation, usage) in [
+        (Operation::SignPssSha256, KeyUse::Sign),
+        (Operation::DecryptPkcs1v15, KeyUse::Decrypt),
+        (Operation::WrapSecret, KeyUse::Wrap),
+        (Operation::UnwrapSecret, KeyUse::Unwrap),
+    ] {
+        let r = record(operation, Outcome::Admitted, Some(app()), Some(auth()));
+        assert_eq!(r.budget_use(), Some((&app(), &auth(), usage)));
+        let r = record(operation, Outcome::Success, Some(app()), Some(auth()));
+        assert_eq!(r.budget_use(), None, "an outcome is not a second use");
+    }
+    for operation in [
+        Operation::Unlock,
+        Operation::KeyDestroy,
+        Operation::DescribeKey,
+    ] {
+        let r = record(operation, Outcome::Admitted, Some(app()), Some(auth()));
+        assert_eq!(r.budget_use(), None, "{operation:?}");
+    }
+}

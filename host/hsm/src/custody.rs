@@ -963,10 +963,11 @@ fn not_logged_in<T>(function: TokenFunction) -> Result<T, TokenError> {
 }
 
 /// A locked core over `token`, continuing the audit chain of `custody.audit_file` (created
-/// with its directory if missing), with the wrong-PIN counter the chain ends with.
+/// with its directory if missing), with the wrong-PIN counter the chain ends with and the
+/// budgets its recent key uses left (a restart refills nothing: see [`Policy::replay`]).
 fn open_core<T: Token>(
     token: T,
-    policy: Policy,
+    mut policy: Policy,
     custody: &CustodyConfig,
 ) -> Result<Custody<T, FileAuditSink>> {
     let path = &custody.audit_file;
@@ -975,9 +976,21 @@ fn open_core<T: Token>(
             .map_err(|e| HsmError::Config(format!("audit directory {}: {e}", dir.display())))?;
     }
     use etee_custody::file_sink::{FileSinkError, LOCK_WAIT};
+    // The uses within the longest time a budget takes to refill (all those of the file
+    // when a budget never refills) count against the budgets again.
+    let since = policy
+        .replay_window_ms()
+        .map_or(0, |window| now_ms().saturating_sub(window));
+    let mut replay = |record: &etee_custody::AuditRecord| {
+        if record.time_ms >= since {
+            if let Some((client, key, usage)) = record.budget_use() {
+                policy.replay(client, key, usage, record.time_ms);
+            }
+        }
+    };
     // Another core holds the chain (a service, or a short command that will be done soon):
     // say at once that we wait, rather than seem to hang.
-    let opened = match FileAuditSink::open_waiting(path, Duration::ZERO) {
+    let opened = match FileAuditSink::open_observing(path, Duration::ZERO, &mut replay) {
         Err(FileSinkError::InUse) => {
             eprintln!(
                 "etee: the audit chain {} is in use by another custody core (`etee custody \
@@ -986,7 +999,7 @@ fn open_core<T: Token>(
                 path.display(),
                 LOCK_WAIT.as_secs()
             );
-            FileAuditSink::open(path)
+            FileAuditSink::open_observing(path, LOCK_WAIT, &mut replay)
         }
         other => other,
     };

@@ -797,6 +797,43 @@ fn the_configured_budget_bounds_the_default_rules() {
     }
 }
 
+/// A restart refills no budget: the uses on the audit chain within the longest refill time
+/// are spent again when the core opens. With a burst of 50 refilled at one use a second,
+/// 50 uses, then a restart (a new custody process in that mode): only what the seconds
+/// since have refilled is left, not a fresh burst of 50.
+#[test]
+fn a_restart_does_not_refill_the_budget() {
+    for process in [false, true] {
+        let (config, dir, mut custody) = token_with_kek("budget-restart", process);
+        custody.budget = etee_custody::policy::Budget {
+            burst: 50,
+            per_second: 1,
+        };
+        let keys = Keys::open(&config, &custody, process, dir.path());
+        for _ in 0..50 {
+            keys.wrap("kek", &random(16)).unwrap();
+        }
+        let spent = std::time::Instant::now();
+        keys.close();
+        let keys = Keys::open(&config, &custody, process, dir.path());
+        let mut granted = 0u64;
+        let err = loop {
+            match keys.wrap("kek", &random(16)) {
+                Ok(_) => granted += 1,
+                Err(e) => break e.to_string(),
+            }
+            assert!(granted < 50, "a full burst after the restart");
+        };
+        let refilled = spent.elapsed().as_secs() + 1;
+        assert!(err.contains("rate limit"), "{err}");
+        assert!(
+            granted <= refilled,
+            "{granted} uses after the restart, {refilled} refilled at most (process: {process})"
+        );
+        keys.close();
+    }
+}
+
 /// `[custody] audit_segment_bytes`: the SoftHSM-backed core starts new segments as its
 /// audit file grows, the whole chain verifies across them, and a reopened core continues
 /// it, in process and through a custody process alike.

@@ -13,7 +13,8 @@ on_both_stores!(
     rest_bad_key_ids_and_methods_are_problems,
     a_refused_seals_reason_is_logged_where_the_caller_is_told,
     a_wcf_security_header_is_accepted,
-    the_replay_table_is_purged_while_the_platform_runs
+    the_replay_table_is_purged_while_the_platform_runs,
+    a_deletion_racing_reads_is_final
 );
 
 use base64::Engine as _;
@@ -1013,5 +1014,131 @@ async fn exclusions_the_platform_cannot_evaluate_are_refused() {
     )
     .await;
     assert!(r.is_success(), "{r:?}");
+    w.stop().await;
+}
+
+/// The holder deletes a key while a pharmacy's GetKeys are under way on four connections:
+/// every GetKey is either served the key or told it is unknown; none sent after the
+/// deletion was answered is served; and no grant is on the audit chain after the
+/// deletion (GetKey checks that the key is still there in the transaction that records
+/// the grant), one per key served.
+async fn a_deletion_racing_reads_is_final(w: World) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+    const CONNECTIONS: usize = 4;
+    const EACH: usize = 6;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let created = rest_create(&w, &mut alice).await;
+    let key_id = created_key_id(&created);
+    let v: serde_json::Value = serde_json::from_slice(&created.body).unwrap();
+    let new = GetNewKeyResponseContent::parse(&open_answer(
+        &w,
+        Some(&w.alice),
+        None,
+        &b64.decode(v["sealedResponse"].as_str().unwrap()).unwrap(),
+    ))
+    .unwrap();
+    // Sealed beforehand: each must be a distinct message (copies are replays).
+    let bodies: Vec<Vec<Vec<u8>>> = (0..CONNECTIONS)
+        .map(|_| (0..EACH).map(|_| rest_get(&w, &w.bob, &key_id)).collect())
+        .collect();
+    let served = AtomicUsize::new(0);
+    let reader = |bodies: Vec<Vec<u8>>| {
+        let (w, served) = (&w, &served);
+        async move {
+            let mut bob = w.connect(Some(&w.bob)).await;
+            let mut answers = Vec::new();
+            for body in bodies {
+                let sent = Instant::now();
+                let a = retrieve(&mut bob, body).await.unwrap();
+                if a.status == 200 {
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+                answers.push((sent, a));
+            }
+            answers
+        }
+    };
+    let deleter = async {
+        // Once reads are being served, while more are on their way.
+        while served.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let a = alice
+            .send("DELETE", &key_path(&key_id), None, vec![])
+            .await
+            .unwrap();
+        assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+        Instant::now()
+    };
+    let mut bodies = bodies.into_iter();
+    let mut next = || bodies.next().unwrap();
+    let (deleted_at, a, b, c, d) = tokio::join!(
+        deleter,
+        reader(next()),
+        reader(next()),
+        reader(next()),
+        reader(next())
+    );
+    let answers: Vec<_> = [a, b, c, d].into_iter().flatten().collect();
+    let mut granted = 0;
+    for (sent, a) in &answers {
+        match a.status {
+            200 => {
+                assert!(
+                    *sent < deleted_at,
+                    "served a GetKey sent after the deletion"
+                );
+                let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+                let sealed = b64.decode(v["sealedResponse"].as_str().unwrap()).unwrap();
+                let got =
+                    GetKeyResponseContent::parse(&open_answer(&w, Some(&w.bob), None, &sealed))
+                        .unwrap();
+                assert_eq!(got.key.expose(), new.new_key.expose());
+                granted += 1;
+            }
+            404 => {}
+            other => panic!("{other}: {}", String::from_utf8_lossy(&a.body)),
+        }
+    }
+    eprintln!(
+        "{granted} of {} GetKeys served before the deletion",
+        CONNECTIONS * EACH
+    );
+    assert!(granted >= 1);
+    assert!(
+        granted < CONNECTIONS * EACH,
+        "every read was served: the deletion did not race them"
+    );
+    let id: [u8; 16] = key_id.clone().try_into().unwrap();
+    assert!(w.store(move |s| s.get_kgss_key(&id)).unwrap().is_none());
+
+    let events = w.store(|s| s.events(0, 1000)).unwrap();
+    etee_store::audit::verify(0, etee_store::audit::GENESIS, &events).unwrap();
+    let hex_id = hex::encode(&key_id);
+    let of_key: Vec<_> = events
+        .iter()
+        .filter(|e| e.event.subject == hex_id)
+        .map(|e| (e.event.action.as_str(), e.event.outcome.as_str()))
+        .collect();
+    let deletion = of_key
+        .iter()
+        .position(|&e| e == ("kgss.delete", "deleted"))
+        .expect("the deletion is on the chain");
+    assert_eq!(
+        of_key[..deletion]
+            .iter()
+            .filter(|&&e| e == ("kgss.read", "granted"))
+            .count(),
+        granted,
+        "one grant per key served, all before the deletion: {of_key:?}"
+    );
+    assert!(
+        of_key[deletion + 1..]
+            .iter()
+            .all(|&e| e != ("kgss.read", "granted")),
+        "a grant after the deletion: {of_key:?}"
+    );
     w.stop().await;
 }

@@ -117,7 +117,13 @@ impl HsmToken {
 /// token's own code when it is one of those, else `CKR_TOKEN_NOT_PRESENT`.
 fn decrypt_code(e: &HsmError) -> u64 {
     match e {
-        HsmError::DecryptFailed => ckr::ENCRYPTED_DATA_INVALID,
+        // The token's own code, for the record (the caller gets the uniform error): never
+        // one that reads as "unavailable", which would make the answer differ.
+        HsmError::DecryptFailed(Some(_)) => match ck_code(e) {
+            code if ckr::token_unavailable(code) => ckr::ENCRYPTED_DATA_INVALID,
+            code => code,
+        },
+        HsmError::DecryptFailed(None) => ckr::ENCRYPTED_DATA_INVALID,
         other => match ck_code(other) {
             code if ckr::token_unavailable(code) => code,
             _ => ckr::TOKEN_NOT_PRESENT,
@@ -127,7 +133,7 @@ fn decrypt_code(e: &HsmError) -> u64 {
 
 fn ck_code(e: &HsmError) -> u64 {
     let rv = match e {
-        HsmError::UnwrapFailed(rv) => Some(*rv),
+        HsmError::UnwrapFailed(rv) | HsmError::DecryptFailed(Some(rv)) => Some(*rv),
         _ => e.rv(),
     };
     match rv {

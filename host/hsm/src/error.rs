@@ -100,10 +100,11 @@ pub enum HsmError {
     #[error("C_UnwrapKey: {} (the wrapped secret was not accepted)", ckr_name(*.0))]
     UnwrapFailed(RvError),
     /// `C_Decrypt` failed for a reason that may depend on the ciphertext (padding, length,
-    /// the token's generic errors). Deliberately without detail and final (never
-    /// retried), so that neither the answer nor its timing is a padding oracle.
+    /// the token's generic errors). Said without detail and final (never retried), so that
+    /// neither the answer nor its timing is a padding oracle; the return value is only for
+    /// the audit record (which the caller never sees).
     #[error("decryption failed")]
-    DecryptFailed,
+    DecryptFailed(Option<RvError>),
     /// A key with this CKA_ID is already in the token.
     #[error("a key with CKA_ID {0:?} is already in the token")]
     KeyExists(String),

@@ -152,7 +152,7 @@ impl PrivateKeyOps for HsmKeys {
             // One uniform error for whatever the ciphertext may have caused (no padding
             // oracle); a token that could not try is unavailable, not a failed decryption.
             .map_err(|e| match e {
-                HsmError::DecryptFailed => KeyError::DecryptFailed,
+                HsmError::DecryptFailed(_) => KeyError::DecryptFailed,
                 HsmError::NotFound { .. } => KeyError::UnknownKey(key.clone()),
                 other => KeyError::Unavailable(format!("decrypting with {}: {other}", key.0)),
             })
@@ -165,7 +165,8 @@ impl PrivateKeyOps for HsmKeys {
 /// from others.
 pub(crate) fn decrypt_error(e: cryptoki::error::Error) -> HsmError {
     let e = HsmError::ck(e, "decrypting");
-    match e.rv() {
+    let rv = e.rv();
+    match rv {
         Some(
             RvError::SessionHandleInvalid
             | RvError::SessionClosed
@@ -176,7 +177,7 @@ pub(crate) fn decrypt_error(e: cryptoki::error::Error) -> HsmError {
             | RvError::TokenNotPresent
             | RvError::DeviceRemoved,
         ) => e,
-        _ => HsmError::DecryptFailed,
+        _ => HsmError::DecryptFailed(rv),
     }
 }
 

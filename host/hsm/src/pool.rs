@@ -219,7 +219,7 @@ impl Worker {
             }
             // What the blob may have caused is final, and answered without one more call
             // to the token: an extra call only after a failure would time the padding.
-            if matches!(err, HsmError::DecryptFailed | HsmError::UnwrapFailed(_)) {
+            if matches!(err, HsmError::DecryptFailed(_) | HsmError::UnwrapFailed(_)) {
                 return Err(err);
             }
             // Logged out behind our back (private keys invisible, an operation cut short):

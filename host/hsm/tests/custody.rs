@@ -310,6 +310,29 @@ fn seal_unseal_through_custody(process: bool) {
         Ok(all.len() as u64)
     );
 
+    // Blobs that cannot be decrypted (a bad padding, the wrong length): the caller gets
+    // one uniform error, whatever the token said; the record keeps the token's own code,
+    // the one a direct C_Decrypt of the same blob gets (SoftHSM: CKR_GENERAL_ERROR for a
+    // bad padding).
+    let etk = &ring.keys()[0];
+    let mut bad_padding = vec![0u8; 256];
+    openssl::rand::rand_bytes(&mut bad_padding[1..]).unwrap();
+    let etk_id = alice.etk_serial_decimal();
+    for blob in [bad_padding, vec![1u8; 17]] {
+        let err = etk.ops.decrypt_pkcs1v15(&etk.key, &blob).unwrap_err();
+        assert!(matches!(err, KeyError::DecryptFailed), "{err:?}");
+        let failed = records(&custody.audit_file).pop().unwrap();
+        assert_eq!(failed.operation, Operation::DecryptPkcs1v15);
+        assert_eq!(failed.input_digest, openssl::sha::sha256(&blob));
+        let Outcome::Refused(CoreError::Token(t)) = failed.outcome else {
+            panic!("{failed:?}");
+        };
+        let token_says = common::token_decrypt_error(&config, etk_id.as_bytes(), &blob);
+        assert_eq!(t.function, etee_custody::TokenFunction::Decrypt, "{t}");
+        assert_eq!(t.ckr, token_says, "{t}");
+        eprintln!("SoftHSM on a blob of {} bytes: {t}", blob.len());
+    }
+
     // The ETK key deleted behind the core's back by another process (pkcs11-tool; not by
     // another handle in this process: SoftHSM 2.6.1 may crash when a session uses the
     // handle of an object another session of the same process destroyed): a message for

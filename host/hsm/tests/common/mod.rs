@@ -143,6 +143,37 @@ pub fn pkcs11_tool_delete_private_key(config: &HsmConfig, id: &[u8]) {
     );
 }
 
+/// What the token answers to `C_Decrypt` (`CKM_RSA_PKCS`) of `blob` with the private key
+/// of CKA_ID `id`, asked directly through cryptoki on a session of a second handle (the
+/// process is logged in already), not through our code; as a `CKR_*` value. Panics if the
+/// decryption succeeds, or on an answer no ciphertext should cause.
+pub fn token_decrypt_error(config: &HsmConfig, id: &[u8], blob: &[u8]) -> u64 {
+    use cryptoki::error::{Error, RvError};
+    use cryptoki::object::{Attribute, ObjectClass};
+    use etee_custody::token::ckr;
+    let (other, session) = foreign_session(&config.module, config.token.label.as_deref().unwrap());
+    let key = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(id.to_vec()),
+        ])
+        .unwrap()[0];
+    let rv = match session.decrypt(&cryptoki::mechanism::Mechanism::RsaPkcs, key, blob) {
+        Err(Error::Pkcs11(rv, _)) => rv,
+        other => panic!("{other:?}"),
+    };
+    drop(session);
+    // Dropping the last clone of the second handle would finalise the library.
+    std::mem::forget(other);
+    match rv {
+        RvError::GeneralError => ckr::GENERAL_ERROR,
+        RvError::EncryptedDataInvalid => ckr::ENCRYPTED_DATA_INVALID,
+        RvError::EncryptedDataLenRange => ckr::ENCRYPTED_DATA_LEN_RANGE,
+        RvError::DataLenRange => ckr::DATA_LEN_RANGE,
+        other => panic!("the token answered {other}"),
+    }
+}
+
 /// One object as pkcs11-tool prints it.
 #[derive(Debug, Default)]
 pub struct ToolObject {

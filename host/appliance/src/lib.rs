@@ -35,7 +35,6 @@ pub use service::Appliance;
 
 use etee_formats::keys::SigningKey;
 use etee_formats::trust::TrustAnchors;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::path::Path;
 
@@ -70,18 +69,8 @@ pub type Result<T, E = ApplianceError> = std::result::Result<T, E>;
 
 /// Every certificate of a PEM file, the setting `key` (named with the file in errors).
 pub fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path)
-        .map_err(|e| ApplianceError::Config(format!("{key} {}: {e}", path.display())))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| ApplianceError::Config(format!("{key} {}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(ApplianceError::Config(format!(
-            "{key} {}: no PEM certificate",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    etee_services::tls_files::certificates(key, path)
+        .map_err(|e| ApplianceError::Config(e.to_string()))
 }
 
 /// The certificates of PEM files, the setting `key`, as trust anchors.

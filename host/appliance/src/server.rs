@@ -14,11 +14,10 @@ use etee_formats::trust::TrustAnchors;
 use etee_services::connections::{address_peer, PerPeer};
 use etee_services::log::Throttle;
 use etee_services::revocation::PresentedChain;
+use etee_services::tls_files::{self, ClientAuth, ServerFiles};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::pki_types::CertificateDer;
+use rustls::ServerConfig;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,57 +31,25 @@ use tower::Service;
 /// the appliance's group); who may do what is then decided per uid by the configuration.
 pub const SOCKET_MODE: u32 = 0o660;
 
-fn tls_error(what: impl std::fmt::Display) -> ApplianceError {
-    ApplianceError::Config(format!("API TLS: {what}"))
-}
-
 /// The HTTPS API's TLS configuration: the server's chain and key, and client
 /// certificates required and verified against `client_ca`. Errors name the setting and its
 /// file.
 pub fn tls_config(api: &TlsApi) -> Result<Arc<ServerConfig>> {
-    let (chain, key_file) = (api.certificate.display(), api.key.display());
-    let certs = crate::certificates("tls_certificate", &api.certificate)?;
-    let key_pem = zeroize::Zeroizing::new(
-        std::fs::read(&api.key)
-            .map_err(|e| ApplianceError::Config(format!("tls_key {key_file}: {e}")))?,
-    );
     if let Some(w) = etee_hsm::config::permission_warning_for("TLS key", &api.key) {
         etee_hsm::warn_operator(&w);
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| ApplianceError::Config(format!("tls_key {key_file}: {e}")))?;
-    let mut roots = RootCertStore::empty();
-    for path in &api.client_ca {
-        let certs = crate::certificates("client_ca", path)?;
-        if let Some(w) = client_ca_warning(path, &certs) {
+    let client_ca: Vec<&Path> = api.client_ca.iter().map(PathBuf::as_path).collect();
+    let files = ServerFiles {
+        chain: &api.certificate,
+        key: &api.key,
+        client_ca: &client_ca,
+    };
+    tls_files::server_config(files, ClientAuth::Required, &mut |path, certs| {
+        if let Some(w) = client_ca_warning(path, certs) {
             etee_hsm::warn_operator(&w);
         }
-        for cert in certs {
-            roots.add(cert).map_err(|e| {
-                ApplianceError::Config(format!("client_ca {}: {e}", path.display()))
-            })?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| ApplianceError::Config(format!("client_ca: {e}")))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(tls_error)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => ApplianceError::Config(format!(
-                "tls_key {key_file} does not match tls_certificate {chain} (the key of its \
-                 first certificate)"
-            )),
-            e => {
-                ApplianceError::Config(format!("tls_certificate {chain}, tls_key {key_file}: {e}"))
-            }
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    })
+    .map_err(|e| ApplianceError::Config(e.to_string()))
 }
 
 /// [`etee_hsm::config::client_ca_warning`] for the API's callers.

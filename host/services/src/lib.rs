@@ -11,6 +11,8 @@
 //! - [`keydepot`]: KeyDepot JSON, proof of possession and HSM attestation (§6; etee's design);
 //! - [`error`]: the single [`Error`], mapped to SOA codes and HTTP statuses;
 //! - [`secret`]: zeroizing key bytes; [`json`]: JSON helpers.
+//! - shared by the servers: [`connections`] (per-peer bounds), [`tls_files`] (their TLS
+//!   configuration from PEM files), [`log`], [`metrics`].
 //!
 //! Sealing and unsealing the KGSS contents is `etee_formats::cms`'s job, not this crate's.
 //!
@@ -48,6 +50,7 @@ pub mod metrics;
 pub mod revocation;
 pub mod secret;
 pub mod soap;
+pub mod tls_files;
 pub mod xml;
 
 pub use error::Error;

@@ -252,11 +252,16 @@ pub struct World {
 impl World {
     /// Creates a new world in a fresh temporary directory.
     pub fn create() -> World {
+        Self::create_with(&[])
+    }
+
+    /// [`World::create`] with more arguments for `etee pki init` (`--ocsp-url`, ...).
+    pub fn create_with(extra: &[&str]) -> World {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{WORLD_PREFIX}{}-", std::process::id()))
             .tempdir()
             .expect("temporary directory");
-        let out = etee(["pki", "init"]).arg(dir.path()).run();
+        let out = etee(["pki", "init"]).arg(dir.path()).args(extra).run();
         out.code(0);
         let password = std::fs::read_to_string(dir.path().join("password"))
             .expect("pki init writes `password`")

@@ -397,3 +397,173 @@ fn crl_fetch_keeps_a_lists_file_up_to_date() {
     assert!(out.stderr.contains("not overwritten"), "{}", out.stderr);
     assert_eq!(std::fs::read(&wrong).unwrap(), b"123456\n");
 }
+
+/// `etee crl fetch --from-cert`: an institution's own authentication certificate names
+/// where its CA publishes its list (crlDistributionPoints, written by `pki init
+/// --crl-url`), and that list is the one that checks the other institutions: fetched from
+/// there, it makes Bob refuse Alice's message once the CA revoked her. The URL is fetched
+/// once whether given by certificates, --url or both, and each output line says where it
+/// came from; a certificate that names no point is a warning and exit 1 (the others are
+/// fetched all the same); none at all is exit 2.
+#[test]
+fn crl_fetch_finds_the_list_where_a_certificate_says() {
+    let point = DistributionPoint::start();
+    let w = World::create_with(&["--crl-url", &point.url]);
+    let dir = scratch();
+    let from_alice = w.seal(dir.path(), "alice", &["bob"], b"for Bob");
+    let from_bob = w.seal(dir.path(), "bob", &["alice"], b"for Alice");
+    // Bob's own authentication certificate, as his keystore holds it.
+    let bob_auth = dir.path().join("bob-auth.pem");
+    std::fs::write(&bob_auth, outer_certificate_pem(&from_bob, "bob")).unwrap();
+    if openssl_cli() {
+        let (ok, text) = openssl_says(&[
+            "x509".as_ref(),
+            "-noout".as_ref(),
+            "-ext".as_ref(),
+            "crlDistributionPoints".as_ref(),
+            "-in".as_ref(),
+            bob_auth.as_os_str(),
+        ]);
+        assert!(ok && text.contains(&format!("URI:{}", point.url)), "{text}");
+    }
+    etee(["pki", "revoke"])
+        .arg(w.dir())
+        .args(["--name", "alice"])
+        .run()
+        .code(0);
+    point.serve(std::fs::read(w.path("ca.crl")).unwrap());
+
+    let lists = dir.path().join("lists.pem");
+    let out = etee(["crl", "fetch", "--from-cert"])
+        .arg(&bob_auth)
+        .arg("--issuer")
+        .arg(w.ca())
+        .arg("--out")
+        .arg(&lists)
+        .run();
+    out.code(0);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "{} (from {}): new — ",
+            point.url,
+            bob_auth.display()
+        )) && text.contains("1 revoked")
+            && text.contains("written, 1 list"),
+        "{text}"
+    );
+    let r = w.unseal(
+        dir.path(),
+        "bob",
+        &from_alice,
+        &["--crl", lists.to_str().unwrap()],
+    );
+    r.run.code(1);
+    assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
+
+    // The same point from Alice's certificate, from --url, and a bundle of Bob's
+    // certificate with the CA's (a root names no point: a note, not a failure): fetched
+    // once, named by all; the list unchanged.
+    let alice_auth = dir.path().join("alice-auth.pem");
+    std::fs::write(&alice_auth, outer_certificate_pem(&from_alice, "alice")).unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    let mut both = std::fs::read(&bob_auth).unwrap();
+    both.extend(std::fs::read(w.ca()).unwrap());
+    std::fs::write(&bundle, both).unwrap();
+    let out = etee(["crl", "fetch", "--json", "--url", &point.url, "--from-cert"])
+        .arg(&alice_auth)
+        .arg("--from-cert")
+        .arg(&bundle)
+        .arg("--issuer")
+        .arg(w.ca())
+        .arg("--out")
+        .arg(&lists)
+        .run();
+    out.code(0);
+    let report = out.json();
+    let urls = report["urls"].as_array().unwrap();
+    assert_eq!(urls.len(), 1, "{report}");
+    assert_eq!(urls[0]["url"], point.url.as_str());
+    assert_eq!(urls[0]["given"], true);
+    assert_eq!(urls[0]["taken"][0]["freshness"], "unchanged", "{report}");
+    let from: Vec<(String, u64)> = urls[0]["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["file"].as_str().unwrap().to_string(),
+                c["position"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        from,
+        vec![
+            (alice_auth.display().to_string(), 1),
+            (bundle.display().to_string(), 1)
+        ],
+        "{report}"
+    );
+    let certs = report["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 3, "{report}");
+    assert_eq!(certs[2]["position"], 2);
+    assert_eq!(certs[2]["skipped"][0]["kind"], "no-extension", "{report}");
+    assert_eq!(
+        certs[2]["missing"], false,
+        "a root names no point: {report}"
+    );
+    assert_eq!(report["written"], false);
+
+    // A certificate that names no point (a world made without --crl-url): a warning
+    // naming it, exit 1, the other URLs fetched all the same.
+    let plain = World::shared();
+    let plain_from_bob = plain.seal(dir.path(), "bob", &["alice"], b"x");
+    let no_point = dir.path().join("no-point.pem");
+    std::fs::write(&no_point, outer_certificate_pem(&plain_from_bob, "bob")).unwrap();
+    let out = etee(["crl", "fetch", "--from-cert"])
+        .arg(&no_point)
+        .arg("--from-cert")
+        .arg(&bob_auth)
+        .arg("--issuer")
+        .arg(w.ca())
+        .arg("--out")
+        .arg(&lists)
+        .run();
+    out.code(1);
+    assert!(
+        out.stderr.contains("etee: warning: ")
+            && out.stderr.contains(&no_point.display().to_string())
+            && out.stderr.contains("no crlDistributionPoints"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(": unchanged — "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Only such certificates: nothing to fetch, a usage error, the file untouched.
+    let before = std::fs::read(&lists).unwrap();
+    let out = etee(["crl", "fetch", "--from-cert"])
+        .arg(&no_point)
+        .arg("--issuer")
+        .arg(w.ca())
+        .arg("--out")
+        .arg(&lists)
+        .run();
+    out.code(2);
+    assert!(
+        out.stderr.contains("no http:// distribution point"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&lists).unwrap(), before);
+    // Neither --url nor --from-cert: refused by the parser.
+    etee(["crl", "fetch", "--issuer"])
+        .arg(w.ca())
+        .arg("--out")
+        .arg(&lists)
+        .run()
+        .code(2);
+}

@@ -259,3 +259,431 @@ fn lists_are_downloaded_over_http_within_bounds() {
     let e = get.get("https://127.0.0.1:1/ca.crl").unwrap_err();
     assert!(e.contains("only http://"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Discovery: the distribution points a certificate names
+// ---------------------------------------------------------------------------------------
+
+mod discovery {
+    use super::*;
+    use etee_formats::ber::write::{seq, tlv};
+    use etee_services::crl_fetch::{
+        distribution_points, Discovery, Points, PointsError, Skipped, Source,
+    };
+    use etee_testpki::InstitutionSpec;
+    use openssl::asn1::{Asn1Object, Asn1OctetString};
+    use openssl::hash::MessageDigest;
+    use openssl::x509::{X509Builder, X509Extension, X509Name};
+    use std::sync::OnceLock;
+
+    fn pki() -> &'static TestPki {
+        static PKI: OnceLock<TestPki> = OnceLock::new();
+        PKI.get_or_init(|| TestPki::generate("crl discovery").unwrap())
+    }
+
+    /// A certificate `CN=<cn>` issued by the test root (or by itself, `self_issued`),
+    /// carrying these crlDistributionPoints extension values as they are (malformed ones
+    /// included: OpenSSL does not look inside).
+    fn cert_with(cn: &str, values: &[Vec<u8>], self_issued: bool) -> Certificate {
+        try_cert_with(cn, values, self_issued).unwrap()
+    }
+
+    /// [`cert_with`], or why etee does not read it as a certificate at all (an extension
+    /// value that is not one element).
+    fn try_cert_with(
+        cn: &str,
+        values: &[Vec<u8>],
+        self_issued: bool,
+    ) -> Result<Certificate, etee_formats::cert::CertError> {
+        let pki = pki();
+        let mut name = X509Name::builder().unwrap();
+        name.append_entry_by_text("CN", cn).unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        let serial = etee_testpki::random_serial().unwrap();
+        b.set_serial_number(&serial).unwrap();
+        b.set_subject_name(&name).unwrap();
+        if self_issued {
+            b.set_issuer_name(&name).unwrap();
+        } else {
+            b.set_issuer_name(pki.root.cert.subject_name()).unwrap();
+        }
+        b.set_pubkey(&pki.ra.key).unwrap();
+        let from = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
+        let to = openssl::asn1::Asn1Time::days_from_now(30).unwrap();
+        b.set_not_before(&from).unwrap();
+        b.set_not_after(&to).unwrap();
+        let oid = Asn1Object::from_str("2.5.29.31").unwrap();
+        for v in values {
+            let v = Asn1OctetString::new_from_bytes(v).unwrap();
+            b.append_extension(X509Extension::new_from_der(&oid, false, &v).unwrap())
+                .unwrap();
+        }
+        b.sign(&pki.root.key, MessageDigest::sha256()).unwrap();
+        Certificate::from_der(&b.build().to_der().unwrap())
+    }
+
+    fn uri(u: &str) -> Vec<u8> {
+        tlv(0x86, u.as_bytes())
+    }
+
+    /// distributionPoint [0] { fullName [0] names }
+    fn full_name(names: &[Vec<u8>]) -> Vec<u8> {
+        tlv(0xa0, &tlv(0xa0, &names.concat()))
+    }
+
+    /// A DistributionPoint from its fields.
+    fn point(fields: &[Vec<u8>]) -> Vec<u8> {
+        seq(&fields.iter().map(Vec::as_slice).collect::<Vec<_>>())
+    }
+
+    /// CRLDistributionPoints from its points.
+    fn points(list: &[Vec<u8>]) -> Vec<u8> {
+        seq(&list.iter().map(Vec::as_slice).collect::<Vec<_>>())
+    }
+
+    /// cRLIssuer [2] { directoryName [4] the root's name }
+    fn crl_issuer() -> Vec<u8> {
+        let name = pki().root.cert.subject_name().to_der().unwrap();
+        tlv(0xa2, &tlv(0xa4, &name))
+    }
+
+    /// reasons [1]: keyCompromise only.
+    fn reasons() -> Vec<u8> {
+        tlv(0x81, &[0x06, 0x40])
+    }
+
+    fn strings(u: &[&str]) -> Vec<String> {
+        u.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_institution_certificate_names_its_cas_list() {
+        let spec = InstitutionSpec::new("NIHII-PHARMACY", "27150201", "crl-dp")
+            .with_crl_url("http://crl.example.org/ca.crl");
+        let inst = pki().institution(&spec).unwrap();
+        let auth = Certificate::from_der(&inst.auth.cert.to_der().unwrap()).unwrap();
+        let p = distribution_points(&auth).unwrap();
+        assert_eq!(p.urls, strings(&["http://crl.example.org/ca.crl"]));
+        assert!(p.skipped.is_empty(), "{:?}", p.skipped);
+        assert!(!p.missing());
+        // OpenSSL reads the same point in it.
+        let dp = inst
+            .auth
+            .cert
+            .crl_distribution_points()
+            .expect("the extension");
+        let full = dp.get(0).unwrap().distpoint().unwrap().fullname().unwrap();
+        assert_eq!(
+            full.get(0).unwrap().uri(),
+            Some("http://crl.example.org/ca.crl")
+        );
+    }
+
+    #[test]
+    fn several_points_give_their_http_urls_each_once_in_order() {
+        let ext = points(&[
+            point(&[full_name(&[
+                uri("ldap://ldap.example.org/cn=CA?certificateRevocationList"),
+                uri("http://a.example.org/1.crl"),
+            ])]),
+            point(&[full_name(&[
+                uri("HTTP://b.example.org/2.crl"),
+                uri("https://c.example.org/3.crl"),
+                tlv(0x82, b"crl.example.org"),
+            ])]),
+            point(&[full_name(&[uri("http://a.example.org/1.crl")])]),
+        ]);
+        let p = distribution_points(&cert_with("several", &[ext], false)).unwrap();
+        assert_eq!(
+            p.urls,
+            strings(&["http://a.example.org/1.crl", "http://b.example.org/2.crl"])
+        );
+        assert_eq!(
+            p.skipped,
+            vec![
+                Skipped::NotHttp("ldap://ldap.example.org/cn=CA?certificateRevocationList".into()),
+                Skipped::NotHttp("https://c.example.org/3.crl".into()),
+                Skipped::NotUri("dNSName (a host name)"),
+            ]
+        );
+        assert!(!p.missing());
+        assert!(p.skipped[0].to_string().contains("only http://"));
+    }
+
+    #[test]
+    fn a_certificate_without_points_is_missing_unless_issued_under_its_own_name() {
+        let none = distribution_points(&cert_with("no points", &[], false)).unwrap();
+        assert_eq!(none.urls, Vec::<String>::new());
+        assert_eq!(none.skipped, vec![Skipped::NoExtension]);
+        assert!(none.missing(), "an issued certificate that names no list");
+        assert!(
+            none.skipped[0]
+                .to_string()
+                .contains("no crlDistributionPoints"),
+            "{}",
+            none.skipped[0]
+        );
+        // A root (and an eHealth encryption certificate): no list is expected.
+        let root = Certificate::from_der(&pki().root.cert.to_der().unwrap()).unwrap();
+        let p = distribution_points(&root).unwrap();
+        assert!(p.self_issued && !p.missing(), "{p:?}");
+        let own = distribution_points(&cert_with("own name", &[], true)).unwrap();
+        assert!(!own.missing(), "{own:?}");
+    }
+
+    #[test]
+    fn ldap_only_points_give_nothing_and_say_why() {
+        let ext = points(&[point(&[full_name(&[
+            uri("ldap://ldap.example.org/cn=CA"),
+            uri("https://crl.example.org/ca.crl"),
+            uri("urn:x"),
+        ])])]);
+        let p = distribution_points(&cert_with("ldap", &[ext], false)).unwrap();
+        assert!(p.urls.is_empty());
+        assert_eq!(
+            p.skipped,
+            vec![
+                Skipped::NotHttp("ldap://ldap.example.org/cn=CA".into()),
+                Skipped::NotHttp("https://crl.example.org/ca.crl".into()),
+                Skipped::NotHttp("urn:x".into()),
+            ]
+        );
+        assert!(p.missing(), "points, but none fetched");
+        // Even issued under its own name: it names points, none of them fetched.
+        let own = distribution_points(&cert_with(
+            "ldap own",
+            &[points(&[point(&[full_name(&[uri("ldap://l/x")])])])],
+            true,
+        ))
+        .unwrap();
+        assert!(own.missing());
+    }
+
+    #[test]
+    fn indirect_and_partitioned_points_are_skipped_whole() {
+        let relative = tlv(0xa0, &tlv(0xa1, &tlv(0x31, &seq(&[]))));
+        let ext = points(&[
+            // An indirect list: another authority issues it.
+            point(&[
+                full_name(&[uri("http://indirect.example.org/x.crl")]),
+                crl_issuer(),
+            ]),
+            // A list of some reasons only.
+            point(&[
+                full_name(&[uri("http://reasons.example.org/kc.crl")]),
+                reasons(),
+            ]),
+            // Both: indirect.
+            point(&[
+                full_name(&[uri("http://both.example.org/b.crl")]),
+                reasons(),
+                crl_issuer(),
+            ]),
+            // Only the list's issuer, no place.
+            point(&[crl_issuer()]),
+            // A name relative to the issuer: no URL.
+            point(std::slice::from_ref(&relative)),
+            // A directory name as the full name.
+            point(&[full_name(&[tlv(
+                0xa4,
+                &pki().root.cert.subject_name().to_der().unwrap(),
+            )])]),
+            // And one plain point, which is taken.
+            point(&[full_name(&[uri("http://plain.example.org/ca.crl")])]),
+        ]);
+        let p = distribution_points(&cert_with("indirect", &[ext], false)).unwrap();
+        assert_eq!(p.urls, strings(&["http://plain.example.org/ca.crl"]));
+        assert_eq!(
+            p.skipped,
+            vec![
+                Skipped::Indirect(strings(&["http://indirect.example.org/x.crl"])),
+                Skipped::Reasons(strings(&["http://reasons.example.org/kc.crl"])),
+                Skipped::Indirect(strings(&["http://both.example.org/b.crl"])),
+                Skipped::IssuerOnly,
+                Skipped::RelativeName,
+                Skipped::NotUri("directoryName (an X.500 name)"),
+            ]
+        );
+        let why = p.skipped[0].to_string();
+        assert!(
+            why.contains("indirect")
+                && why.contains("signed by an issuer certificate of its own name"),
+            "{why}"
+        );
+        assert!(p.skipped[1].to_string().contains("some revocation reasons"));
+        // Only such points: nothing to fetch.
+        let only = points(&[point(&[
+            full_name(&[uri("http://indirect.example.org/x.crl")]),
+            crl_issuer(),
+        ])]);
+        let p = distribution_points(&cert_with("only indirect", &[only], false)).unwrap();
+        assert!(p.urls.is_empty() && p.missing(), "{p:?}");
+    }
+
+    fn malformed(values: &[Vec<u8>]) -> PointsError {
+        distribution_points(&cert_with("malformed", values, false)).unwrap_err()
+    }
+
+    #[test]
+    fn a_malformed_extension_is_a_clear_error() {
+        let good = points(&[point(&[full_name(&[uri("http://a/1.crl")])])]);
+        let e = malformed(&[b"\x04\x03abc".to_vec()]);
+        assert!(matches!(e, PointsError::Malformed(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("crlDistributionPoints extension is malformed"),
+            "{e}"
+        );
+        assert!(matches!(malformed(&[seq(&[])]), PointsError::Empty));
+        assert!(matches!(
+            malformed(&[points(&[point(&[])])]),
+            PointsError::Nameless
+        ));
+        assert!(matches!(
+            malformed(&[points(&[point(&[reasons()])])]),
+            PointsError::Nameless
+        ));
+        assert!(matches!(
+            malformed(&[points(&[point(&[full_name(&[uri("http://a/b c")])])])]),
+            PointsError::NotAUri
+        ));
+        assert!(matches!(
+            malformed(&[points(&[point(&[full_name(&[uri("http://a/\u{e9}")])])])]),
+            PointsError::NotAUri
+        ));
+        assert!(matches!(
+            malformed(&[points(&[point(&[full_name(&[uri("")])])])]),
+            PointsError::NotAUri
+        ));
+        assert!(matches!(
+            malformed(&[good.clone(), good.clone()]),
+            PointsError::Repeated
+        ));
+        // A field after cRLIssuer, a choice of an unknown form, trailing bytes.
+        assert!(matches!(
+            malformed(&[points(&[point(&[crl_issuer(), reasons()])])]),
+            PointsError::Malformed(_)
+        ));
+        assert!(matches!(
+            malformed(&[points(&[point(&[tlv(0xa0, &tlv(0xa5, b""))])])]),
+            PointsError::Malformed(_)
+        ));
+        // An extension value that is not one element: not read as a certificate at all.
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let e = try_cert_with("trailing", &[trailing], false).unwrap_err();
+        assert!(e.to_string().contains("trailing data"), "{e}");
+
+        // Every truncation and every flipped bit of a full extension: an answer (taken or
+        // an error), never a panic.
+        let full = points(&[
+            point(&[
+                full_name(&[uri("ldap://l/x"), uri("http://a/1.crl"), tlv(0x82, b"h")]),
+                reasons(),
+            ]),
+            point(&[full_name(&[uri("http://b/2.crl")]), crl_issuer()]),
+            point(&[crl_issuer()]),
+            point(&[full_name(&[uri("http://c/3.crl")])]),
+        ]);
+        let mut variants: Vec<Vec<u8>> = (0..full.len()).map(|n| full[..n].to_vec()).collect();
+        for i in 0..full.len() {
+            for bit in 0..8 {
+                let mut v = full.clone();
+                v[i] ^= 1 << bit;
+                variants.push(v);
+            }
+        }
+        let (mut read, mut refused) = (0, 0);
+        for v in variants {
+            match try_cert_with("variant", &[v], false) {
+                Ok(cert) => match distribution_points(&cert) {
+                    Ok(_) => read += 1,
+                    Err(e) => {
+                        assert!(!e.to_string().is_empty());
+                        refused += 1;
+                    }
+                },
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(read > 0 && refused > 0, "{read} read, {refused} refused");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Any bytes in a SEQUENCE as the extension's value: read or refused, no panic.
+        #[test]
+        fn any_extension_value_is_read_or_refused(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)
+        ) {
+            if let Ok(cert) = try_cert_with("any", &[seq(&[&body])], false) {
+                let _ = distribution_points(&cert);
+            }
+        }
+    }
+
+    #[test]
+    fn discovery_joins_given_urls_and_certificates_each_url_once() {
+        let a = cert_with(
+            "a",
+            &[points(&[point(&[full_name(&[
+                uri("http://one.example.org/ca.crl"),
+                uri("http://two.example.org/ca.crl"),
+            ])])])],
+            false,
+        );
+        let b = cert_with(
+            "b",
+            &[points(&[point(&[full_name(&[uri(
+                "HTTP://one.example.org/ca.crl",
+            )])])])],
+            false,
+        );
+        let none = cert_with("none", &[], false);
+        let d = Discovery::new(
+            &strings(&[
+                "http://two.example.org/ca.crl",
+                "http://two.example.org/ca.crl",
+            ]),
+            &[a, b, none],
+        )
+        .unwrap();
+        assert_eq!(
+            d.urls,
+            vec![
+                (
+                    "http://two.example.org/ca.crl".to_string(),
+                    vec![Source::Given, Source::Certificate(0)]
+                ),
+                (
+                    "http://one.example.org/ca.crl".to_string(),
+                    vec![Source::Certificate(0), Source::Certificate(1)]
+                ),
+            ]
+        );
+        assert_eq!(
+            d.url_list(),
+            strings(&[
+                "http://two.example.org/ca.crl",
+                "http://one.example.org/ca.crl"
+            ])
+        );
+        assert_eq!(d.certificates.len(), 3);
+        assert!(d.any_missing(), "the third names no list");
+        assert_eq!(
+            d.certificates[2],
+            Points {
+                urls: vec![],
+                skipped: vec![Skipped::NoExtension],
+                self_issued: false
+            }
+        );
+        // A malformed certificate stops it, naming which.
+        let bad = cert_with("bad", &[seq(&[])], false);
+        let (i, e) = Discovery::new(&[], &[cert_with("ok", &[], true), bad]).unwrap_err();
+        assert_eq!(i, 1);
+        assert!(matches!(e, PointsError::Empty));
+    }
+}

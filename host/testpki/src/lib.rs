@@ -223,6 +223,10 @@ pub struct InstitutionSpec {
     /// When set, the authentication certificate names this OCSP responder in its
     /// authorityInfoAccess (as eHealth's certificates name theirs).
     pub ocsp_url: Option<String>,
+    /// When set, the authentication certificate names this address (an `http://` URL)
+    /// as the distribution point of its issuer's revocation list (crlDistributionPoints,
+    /// one point with this URI as its full name), for tests of the lists' discovery.
+    pub crl_url: Option<String>,
 }
 
 impl InstitutionSpec {
@@ -242,6 +246,7 @@ impl InstitutionSpec {
             etk_key_usage: KeyUsageSpec::encryption(),
             etk_subject_override: None,
             ocsp_url: None,
+            crl_url: None,
         }
     }
 
@@ -291,6 +296,13 @@ impl InstitutionSpec {
     /// [`InstitutionSpec::ocsp_url`]).
     pub fn with_ocsp_url(mut self, url: &str) -> Self {
         self.ocsp_url = Some(url.to_string());
+        self
+    }
+
+    /// Names a revocation list's distribution point in the authentication certificate
+    /// (see [`InstitutionSpec::crl_url`]).
+    pub fn with_crl_url(mut self, url: &str) -> Self {
+        self.crl_url = Some(url.to_string());
         self
     }
 
@@ -598,7 +610,7 @@ impl TestPki {
                 &auth_key,
                 spec.auth_validity,
                 spec.auth_key_usage,
-                spec.ocsp_url.as_deref(),
+                Locations::of(spec),
             )?,
             key: auth_key,
         };
@@ -642,7 +654,7 @@ impl TestPki {
             public_key,
             spec.auth_validity,
             spec.auth_key_usage,
-            spec.ocsp_url.as_deref(),
+            Locations::of(spec),
         )
     }
 
@@ -719,9 +731,26 @@ fn issue_end_entity(
     usage: KeyUsageSpec,
 ) -> Result<Issued, Error> {
     Ok(Issued {
-        cert: end_entity_certificate(issuer, subject, &key, validity, usage, None)?,
+        cert: end_entity_certificate(issuer, subject, &key, validity, usage, Locations::default())?,
         key,
     })
+}
+
+/// Where an end-entity certificate says its status is published: an OCSP responder
+/// (authorityInfoAccess) and its issuer's revocation list (crlDistributionPoints).
+#[derive(Clone, Copy, Default)]
+struct Locations<'a> {
+    ocsp_url: Option<&'a str>,
+    crl_url: Option<&'a str>,
+}
+
+impl<'a> Locations<'a> {
+    fn of(spec: &'a InstitutionSpec) -> Self {
+        Self {
+            ocsp_url: spec.ocsp_url.as_deref(),
+            crl_url: spec.crl_url.as_deref(),
+        }
+    }
 }
 
 /// The certificate of [`issue_end_entity`] for a public key whose private half is elsewhere.
@@ -731,13 +760,13 @@ fn end_entity_certificate<T: HasPublic>(
     key: &PKeyRef<T>,
     validity: Validity,
     usage: KeyUsageSpec,
-    ocsp_url: Option<&str>,
+    locations: Locations<'_>,
 ) -> Result<X509, Error> {
     let mut b = cert_builder(subject, issuer.cert.subject_name(), key, validity)?;
     b.append_extension(BasicConstraints::new().build()?)?;
     usage.apply(&mut b)?;
     add_key_ids(&mut b, Some(&issuer.cert))?;
-    if let Some(url) = ocsp_url {
+    if let Some(url) = locations.ocsp_url {
         // authorityInfoAccess with an id-ad-ocsp access description. (The openssl crate
         // has no typed builder for it; the config-string form is the one it offers.)
         #[allow(deprecated)]
@@ -748,6 +777,24 @@ fn end_entity_certificate<T: HasPublic>(
             &format!("OCSP;URI:{url}"),
         )?;
         b.append_extension(aia)?;
+    }
+    if let Some(url) = locations.crl_url {
+        // crlDistributionPoints: one DistributionPoint whose fullName is this URI (no
+        // reasons, no cRLIssuer), the shape CAs give their certificates. Config-string
+        // form, as above.
+        if url.contains(',') || url.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err(Error::InvalidSpec(format!(
+                "distribution point {url:?}: a URL without commas or spaces"
+            )));
+        }
+        #[allow(deprecated)]
+        let cdp = X509Extension::new_nid(
+            None,
+            Some(&b.x509v3_context(Some(&issuer.cert), None)),
+            openssl::nid::Nid::CRL_DISTRIBUTION_POINTS,
+            &format!("URI:{url}"),
+        )?;
+        b.append_extension(cdp)?;
     }
     b.sign(&issuer.key, MessageDigest::sha256())?;
     Ok(b.build())

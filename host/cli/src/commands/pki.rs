@@ -94,6 +94,11 @@ pub struct WorldArgs {
     /// pki ocsp DIR --listen` will serve.
     #[arg(long, value_name = "http://HOST:PORT", value_parser = http_url)]
     ocsp_url: Option<String>,
+    /// The new institutions' authentication certificates name this address as the
+    /// distribution point of the CA's revocation list (crlDistributionPoints), for `etee
+    /// crl fetch --from-cert`: e.g. where DIR/ca.crl will be served.
+    #[arg(long, value_name = "http://HOST[:PORT]/PATH", value_parser = crl_url)]
+    crl_url: Option<String>,
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
@@ -188,6 +193,17 @@ fn http_url(text: &str) -> Result<String, String> {
         Ok(etee_formats::ocsp::Responder::Url(url)) => Ok(url),
         _ => Err(format!("{text:?}: an http:// address")),
     }
+}
+
+fn crl_url(text: &str) -> Result<String, String> {
+    let url = http_url(text)?;
+    if url.contains(',') || !url.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "{text:?}: an http:// address without commas, spaces or other characters a \
+             certificate's URI cannot hold"
+        ));
+    }
+    Ok(url)
 }
 
 /// The CA of an existing world.
@@ -359,6 +375,9 @@ fn wanted(args: &WorldArgs, new_world: bool) -> Result<Vec<Wanted>, CliError> {
         }
         if let Some(url) = &args.ocsp_url {
             inst = inst.with_ocsp_url(url);
+        }
+        if let Some(url) = &args.crl_url {
+            inst = inst.with_crl_url(url);
         }
         if let Some(seconds) = args.etk_valid_for {
             let now = etee_formats::unix_now();

@@ -4,11 +4,12 @@
 //! the slightly irregular encodings of old eID and test certificates); signatures, public
 //! keys and chain building go through OpenSSL.
 
-use crate::ber::slice::{parse_exact, Tlv};
+use crate::ber::slice::{parse_exact, Seq, Tlv};
 use crate::ber::{tag, BerError, BerErrorKind};
 use crate::oid;
 use openssl::pkey::{PKey, Public};
 use openssl::x509::X509;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -122,6 +123,26 @@ impl Certificate {
         Ok(cert)
     }
 
+    /// The values (the contents of their OCTET STRINGs) of the certificate's extensions
+    /// `id` (an OID's content octets, e.g. [`oid::EXT_CRL_DISTRIBUTION_POINTS`]), in order:
+    /// at most one in a valid certificate (RFC 5280 §4.2), but a certificate may repeat it.
+    pub fn extension_values(&self, id: &[u8]) -> Result<Vec<Vec<u8>>, CertError> {
+        let top = parse_exact(self.der())?.expect(tag::SEQUENCE)?;
+        let tbs = top.seq()?.next(tag::SEQUENCE)?;
+        let mut f = tbs.seq()?;
+        f.optional(tag::ctx_cons(0))?;
+        f.next(tag::INTEGER)?;
+        // signature, issuer, validity, subject, subjectPublicKeyInfo
+        for _ in 0..5 {
+            f.next(tag::SEQUENCE)?;
+        }
+        Ok(extensions(&mut f)?
+            .into_iter()
+            .filter(|(oid, _)| *oid == id)
+            .map(|(_, value)| value.into_owned())
+            .collect())
+    }
+
     fn parse_der(der: &[u8]) -> Result<Self, CertError> {
         let top = parse_exact(der)?.expect(tag::SEQUENCE)?;
         let mut cert = top.seq()?;
@@ -136,35 +157,26 @@ impl Certificate {
         let not_after = parse_time(&validity.any()?)?;
         let subject = f.next(tag::SEQUENCE)?;
         let spki = f.next(tag::SEQUENCE)?;
-        f.optional(tag::ctx_prim(1))?;
-        f.optional(tag::ctx_prim(2))?;
         let mut key_usage = None;
         let mut is_ca = false;
         let mut ski = None;
-        if let Some(exts) = f.optional(tag::ctx_cons(3))? {
-            let list = exts.seq()?.next(tag::SEQUENCE)?;
-            for ext in list.children() {
-                let mut e = ext?.seq()?;
-                let id = e.next(tag::OID)?;
-                e.optional(tag::BOOLEAN)?;
-                let value = e.next(tag::OCTET_STRING)?.octets()?;
-                let inner = parse_exact(&value)?;
-                match id.content {
-                    x if x == oid::EXT_KEY_USAGE => {
-                        let bits = inner.expect(tag::BIT_STRING)?.content;
-                        key_usage = Some(bits.get(1).copied().unwrap_or(0));
-                    }
-                    x if x == oid::EXT_BASIC_CONSTRAINTS => {
-                        let mut bc = inner.seq()?;
-                        if let Some(b) = bc.optional(tag::BOOLEAN)? {
-                            is_ca = b.content.first().is_some_and(|&v| v != 0);
-                        }
-                    }
-                    x if x == oid::EXT_SUBJECT_KEY_ID => {
-                        ski = Some(inner.expect(tag::OCTET_STRING)?.content.to_vec());
-                    }
-                    _ => {}
+        for (id, value) in extensions(&mut f)? {
+            let inner = parse_exact(&value)?;
+            match id {
+                x if x == oid::EXT_KEY_USAGE => {
+                    let bits = inner.expect(tag::BIT_STRING)?.content;
+                    key_usage = Some(bits.get(1).copied().unwrap_or(0));
                 }
+                x if x == oid::EXT_BASIC_CONSTRAINTS => {
+                    let mut bc = inner.seq()?;
+                    if let Some(b) = bc.optional(tag::BOOLEAN)? {
+                        is_ca = b.content.first().is_some_and(|&v| v != 0);
+                    }
+                }
+                x if x == oid::EXT_SUBJECT_KEY_ID => {
+                    ski = Some(inner.expect(tag::OCTET_STRING)?.content.to_vec());
+                }
+                _ => {}
             }
         }
         let (key_algorithm, fast_key) = read_spki(&spki)?;
@@ -352,6 +364,27 @@ impl Certificate {
 ///
 /// RSA keys are decoded directly: OpenSSL 3.0 decodes a certificate's key through its
 /// provider decoders at ~160 µs a certificate, more than the rest of a small unseal.
+/// An extension: its OID's content octets and its value (the OCTET STRING's contents).
+type Extension<'a> = (&'a [u8], Cow<'a, [u8]>);
+
+/// The extensions of a TBSCertificate read up to its subjectPublicKeyInfo (the unique ids
+/// are skipped), in order.
+fn extensions<'a>(f: &mut Seq<'a>) -> Result<Vec<Extension<'a>>, BerError> {
+    f.optional(tag::ctx_prim(1))?;
+    f.optional(tag::ctx_prim(2))?;
+    let mut out = Vec::new();
+    if let Some(exts) = f.optional(tag::ctx_cons(3))? {
+        let list = exts.seq()?.next(tag::SEQUENCE)?;
+        for ext in list.children() {
+            let mut e = ext?.seq()?;
+            let id = e.next(tag::OID)?;
+            e.optional(tag::BOOLEAN)?;
+            out.push((id.content, e.next(tag::OCTET_STRING)?.octets()?));
+        }
+    }
+    Ok(out)
+}
+
 fn read_spki(spki: &Tlv<'_>) -> Result<(KeyAlgorithm, Option<PKey<Public>>), BerError> {
     const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     const DSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x01];

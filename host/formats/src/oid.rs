@@ -42,6 +42,7 @@ pub const AT_ORGANIZATIONAL_UNIT: &[u8] = &[0x55, 0x04, 0x0b];
 pub const EXT_SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
 pub const EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
 pub const EXT_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+pub const EXT_CRL_DISTRIBUTION_POINTS: &[u8] = &[0x55, 0x1d, 0x1f];
 
 /// `AlgorithmIdentifier { sha256, NULL }`, the form the official library writes.
 pub const ALG_SHA256: &[u8] = &[

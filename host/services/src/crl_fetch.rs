@@ -194,14 +194,11 @@ impl HttpGet {
     }
 }
 
-/// id-ce-cRLDistributionPoints (2.5.29.31), its OID's content octets.
-const CRL_DISTRIBUTION_POINTS: &[u8] = &[0x55, 0x1d, 0x1f];
-
 /// Why a certificate's distribution points cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PointsError {
     #[error("the certificate cannot be read up to its extensions: {0}")]
-    Certificate(BerError),
+    Certificate(etee_formats::cert::CertError),
     #[error("it has more than one crlDistributionPoints extension (RFC 5280 §4.2: at most one)")]
     Repeated,
     #[error("its crlDistributionPoints extension is malformed: {0}")]
@@ -339,8 +336,9 @@ pub fn distribution_points(cert: &Certificate) -> Result<Points, PointsError> {
         self_issued: cert.subject_der() == cert.issuer_der(),
         ..Points::default()
     };
-    let mut values =
-        extension_values(cert.der(), CRL_DISTRIBUTION_POINTS).map_err(PointsError::Certificate)?;
+    let mut values = cert
+        .extension_values(etee_formats::oid::EXT_CRL_DISTRIBUTION_POINTS)
+        .map_err(PointsError::Certificate)?;
     let value = match values.len() {
         0 => {
             points.skipped.push(Skipped::NoExtension);
@@ -351,35 +349,6 @@ pub fn distribution_points(cert: &Certificate) -> Result<Points, PointsError> {
     };
     read_points(&value, &mut points)?;
     Ok(points)
-}
-
-/// The values (the OCTET STRINGs' contents) of the extensions `id` of a certificate.
-fn extension_values(der: &[u8], id: &[u8]) -> Result<Vec<Vec<u8>>, BerError> {
-    let top = parse_exact(der)?.expect(tag::SEQUENCE)?;
-    let tbs = top.seq()?.next(tag::SEQUENCE)?;
-    let mut f = tbs.seq()?;
-    f.optional(tag::ctx_cons(0))?;
-    f.next(tag::INTEGER)?;
-    // signature, issuer, validity, subject, subjectPublicKeyInfo
-    for _ in 0..5 {
-        f.next(tag::SEQUENCE)?;
-    }
-    f.optional(tag::ctx_prim(1))?;
-    f.optional(tag::ctx_prim(2))?;
-    let mut out = Vec::new();
-    if let Some(exts) = f.optional(tag::ctx_cons(3))? {
-        let list = exts.seq()?.next(tag::SEQUENCE)?;
-        for ext in list.children() {
-            let mut e = ext?.expect(tag::SEQUENCE)?.seq()?;
-            let oid = e.next(tag::OID)?;
-            e.optional(tag::BOOLEAN)?;
-            let value = e.next(tag::OCTET_STRING)?.octets()?;
-            if oid.content == id {
-                out.push(value.into_owned());
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The forms of GeneralName (RFC 5280 §4.2.1.6) by tag number, for notes.

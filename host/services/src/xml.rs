@@ -7,6 +7,7 @@
 //! - entities other than the five predefined ones and numeric character references
 //!   (`quick-xml` never expands anything else);
 //! - documents beyond [`Limits`] (size, depth, element count, text and attribute sizes);
+//! - element and attribute names that are not QNames (quick-xml takes almost anything);
 //! - encodings other than UTF-8.
 //!
 //! Elements and attributes are matched by (namespace URI, local name), whatever prefix the
@@ -406,6 +407,44 @@ fn utf8(b: &[u8]) -> Result<&str, Error> {
     std::str::from_utf8(b).map_err(|_| malformed("invalid UTF-8"))
 }
 
+/// XML 1.0's `NameStartChar`, less the colon (Namespaces in XML's `NCName`).
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0's `NameChar`, less the colon.
+fn is_name_char(c: char) -> bool {
+    is_name_start(c)
+        || matches!(c,
+            '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// Requires an element or attribute name to be a QName (`prefix:local` or `local`, each
+/// part an NCName). quick-xml takes any run of bytes up to white space, `/` or `>` as a
+/// name (an empty one, `a&b`, `'x'`), which could not be written back and which another
+/// reader would refuse.
+fn qname(raw: &[u8], what: &str) -> Result<(), Error> {
+    let name = utf8(raw)?;
+    let ncname = |s: &str| {
+        let mut chars = s.chars();
+        chars.next().is_some_and(is_name_start) && chars.all(is_name_char)
+    };
+    let ok = match name.split_once(':') {
+        Some((prefix, local)) => ncname(prefix) && ncname(local),
+        None => ncname(name),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(malformed(format!("{what} name {name:?} is not a QName")))
+    }
+}
+
 fn resolved(r: ResolveResult<'_>) -> Result<Option<String>, Error> {
     match r {
         ResolveResult::Unbound => Ok(None),
@@ -480,6 +519,7 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                         limit: limits.max_elements,
                     });
                 }
+                qname(s.name().as_ref(), "element")?;
                 let mut el =
                     Element::with_ns(resolved(res)?, utf8(s.local_name().as_ref())?.to_owned());
                 for (i, a) in s.attributes().enumerate() {
@@ -490,6 +530,7 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                         });
                     }
                     let a = a.map_err(malformed)?;
+                    qname(a.key.as_ref(), "attribute")?;
                     if a.value.len() > limits.max_text {
                         return Err(Error::TooLarge {
                             what: "attribute value",

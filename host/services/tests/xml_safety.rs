@@ -271,3 +271,35 @@ fn error_mapping() {
         assert_eq!(e.http_status(), status, "{e:?}");
     }
 }
+
+/// Found by the cargo-fuzz `kgss_xml` target (crash-f2546463, `<  />`, and five more that
+/// minimise to `<'a&b'/>`): quick-xml takes any run of bytes up to white space, `/` or
+/// `>` as a name, so an element with an empty name, or with quotes or `&` in it, was read;
+/// it could not be written back (`<  />` became `</>`), and the independent scan took the
+/// quoted stretch for an attribute value. Element and attribute names must now be QNames.
+#[test]
+fn names_that_are_not_qnames_are_refused() {
+    for doc in [
+        &b"<  />"[..],
+        b"<'a&b'/>",
+        b"<a&b/>",
+        b"<a b&c=\"1\"/>",
+        b"<:a/>",
+        b"<a:b:c xmlns:a=\"urn:a\"/>",
+        b"<1a/>",
+        b"<a xmlns:1=\"urn:a\"/>",
+    ] {
+        assert!(
+            matches!(xml::parse(doc), Err(Error::MalformedXml(_))),
+            "{}",
+            String::from_utf8_lossy(doc)
+        );
+    }
+    for doc in [
+        "<é-1.x/>",
+        "<a xmlns:p=\"urn:p\" p:b.c-d=\"1\" _e=\"2\"/>",
+        "<p:Ωmega xmlns:p=\"urn:p\"/>",
+    ] {
+        assert!(xml::parse(doc.as_bytes()).is_ok(), "{doc}");
+    }
+}

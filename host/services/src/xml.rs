@@ -22,6 +22,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// The namespace the `xml:` prefix is bound to (`xml:lang`).
 pub const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace of the `xmlns:` prefix (namespace declarations): never an element's.
+const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
 
 /// Limits applied while reading. The defaults fit every platform message with a wide margin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -449,9 +451,12 @@ fn resolved(r: ResolveResult<'_>) -> Result<Option<String>, Error> {
     match r {
         ResolveResult::Unbound => Ok(None),
         ResolveResult::Bound(ns) => {
-            let ns = utf8(ns.as_ref())?;
+            // quick-xml binds a prefix to the declaration's value as written; the namespace
+            // name is that value with its references replaced (`urn:a&amp;b` is `urn:a&b`),
+            // as in `Element::ns_decls` and as any other XML reader sees it.
+            let ns = quick_xml::escape::unescape(utf8(ns.as_ref())?).map_err(malformed)?;
             // An empty default-namespace declaration undeclares it.
-            Ok((!ns.is_empty()).then(|| ns.to_owned()))
+            Ok((!ns.is_empty()).then(|| ns.into_owned()))
         }
         ResolveResult::Unknown(p) => Err(malformed(format!(
             "unbound namespace prefix {:?}",
@@ -543,6 +548,18 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                             quick_xml::name::PrefixDeclaration::Default => String::new(),
                             quick_xml::name::PrefixDeclaration::Named(p) => utf8(p)?.to_owned(),
                         };
+                        // quick-xml checks the reserved namespaces against the value as
+                        // written; `…/xmlns&#x2F;` names the same namespace.
+                        let reserved = match (prefix.as_str(), value.as_str()) {
+                            ("xml", XML_NS) => false,
+                            ("xml" | "xmlns", _) | (_, XML_NS | XMLNS_NS) => true,
+                            _ => false,
+                        };
+                        if reserved {
+                            return Err(malformed(format!(
+                                "prefix {prefix:?} may not be bound to {value:?}"
+                            )));
+                        }
                         el.ns_decls.push((prefix, value));
                         continue;
                     }

@@ -303,3 +303,36 @@ fn names_that_are_not_qnames_are_refused() {
         assert!(xml::parse(doc.as_bytes()).is_ok(), "{doc}");
     }
 }
+
+/// Found by `fuzz_smoke_short` (`soap`, a mutation of `get-etk-response-matching.xml`
+/// with a `<` in a namespace declaration): a namespace was
+/// the declaration's value as written, references unreplaced, where every other XML
+/// reader (and `Element::ns_decls`) replaces them: `urn:a&amp;b` was not `urn:a&b`, and a
+/// tree with a `<` or `&` in a namespace did not read back as written.
+#[test]
+fn a_namespace_is_its_declaration_unescaped() {
+    let root = xml::parse(br#"<p:r xmlns:p="urn:a&amp;b&#x3C;c"/>"#).unwrap();
+    assert_eq!(root.ns.as_deref(), Some("urn:a&b<c"));
+    let raw = xml::parse(br#"<p:r xmlns:p="urn:a<b"/>"#).unwrap();
+    assert_eq!(raw.ns.as_deref(), Some("urn:a<b"));
+    let back = xml::parse(&raw.to_document(&[])).unwrap();
+    assert_eq!(back.ns, raw.ns);
+    // The SOAP namespace spelled with a character reference is the SOAP namespace.
+    let env = br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope&#x2F;"><s:Body><a/></s:Body></s:Envelope>"#;
+    assert_eq!(soap::parse_envelope(env).unwrap().name, "a");
+    // So the reserved namespaces are reserved however they are spelled (quick-xml checks
+    // the spelling): nothing but `xml` binds the `xml` namespace, nothing binds `xmlns`'s.
+    for doc in [
+        &br#"<p:r xmlns:p="http://www.w3.org/2000/xmlns&#x2F;" p:a="1"/>"#[..],
+        br#"<r xmlns="http://www.w3.org/2000/xmlns&#x2F;"/>"#,
+        br#"<r xmlns:p="http://www.w3.org/XML/1998/namespac&#x65;"/>"#,
+    ] {
+        assert!(
+            matches!(xml::parse(doc), Err(Error::MalformedXml(_))),
+            "{}",
+            String::from_utf8_lossy(doc)
+        );
+    }
+    let xml = br#"<r xmlns:xml="http://www.w3.org/XML/1998/namespace" xml:lang="en"/>"#;
+    assert!(xml::parse(xml).is_ok());
+}

@@ -8,6 +8,7 @@
 //!   (`quick-xml` never expands anything else);
 //! - documents beyond [`Limits`] (size, depth, element count, text and attribute sizes);
 //! - element and attribute names that are not QNames (quick-xml takes almost anything);
+//!   an element named with the prefix `xmlns`;
 //! - encodings other than UTF-8.
 //!
 //! Elements and attributes are matched by (namespace URI, local name), whatever prefix the
@@ -525,8 +526,14 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                     });
                 }
                 qname(s.name().as_ref(), "element")?;
-                let mut el =
-                    Element::with_ns(resolved(res)?, utf8(s.local_name().as_ref())?.to_owned());
+                let ns = resolved(res)?;
+                // `<xmlns:a/>`: quick-xml gives the element the namespace of namespace
+                // declarations, which no element may have (Namespaces in XML 1.0 §3) and
+                // no document can declare for it.
+                if ns.as_deref() == Some(XMLNS_NS) {
+                    return Err(malformed("an element name with the prefix xmlns"));
+                }
+                let mut el = Element::with_ns(ns, utf8(s.local_name().as_ref())?.to_owned());
                 for (i, a) in s.attributes().enumerate() {
                     if i >= limits.max_attributes {
                         return Err(Error::TooLarge {

@@ -336,3 +336,22 @@ fn a_namespace_is_its_declaration_unescaped() {
     let xml = br#"<r xmlns:xml="http://www.w3.org/XML/1998/namespace" xml:lang="en"/>"#;
     assert!(xml::parse(xml).is_ok());
 }
+
+/// Found by the cargo-fuzz `soap` target in its first minute (crash-db05adbb, minimised
+/// by hand): `<xmlns:a/>` read as an element in the namespace of namespace declarations,
+/// which no element may have and no document can declare, so the tree could not be
+/// written back. Now refused as malformed.
+#[test]
+fn an_element_with_the_prefix_xmlns_is_refused() {
+    for doc in [
+        &b"<xmlns:a/>"[..],
+        br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><xmlns:a/></s:Body></s:Envelope>"#,
+    ] {
+        assert!(matches!(
+            xml::parse(doc),
+            Err(Error::MalformedXml(_))
+        ));
+    }
+    // Declarations with that prefix are what it is for.
+    assert!(xml::parse(br#"<a xmlns:p="urn:p"/>"#).is_ok());
+}

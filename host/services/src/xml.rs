@@ -8,7 +8,8 @@
 //!   (`quick-xml` never expands anything else);
 //! - documents beyond [`Limits`] (size, depth, element count, text and attribute sizes);
 //! - element and attribute names that are not QNames (quick-xml takes almost anything);
-//!   an element named with the prefix `xmlns`;
+//!   an attribute given twice under two prefixes of one namespace; an element named with
+//!   the prefix `xmlns`;
 //! - encodings other than UTF-8.
 //!
 //! Elements and attributes are matched by (namespace URI, local name), whatever prefix the
@@ -571,11 +572,26 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                         continue;
                     }
                     let (ares, local) = reader.resolve_attribute(a.key);
-                    el.attrs.push(Attr {
+                    let attr = Attr {
                         ns: resolved(ares)?,
                         name: utf8(local.as_ref())?.to_owned(),
                         value,
-                    });
+                    };
+                    // Two prefixes bound to one namespace make two spellings of one
+                    // attribute (`a:mustUnderstand="0" b:mustUnderstand="1"`), which
+                    // quick-xml, comparing spellings, lets through; readers would disagree
+                    // on which counts (Namespaces in XML 1.0 §6.3 forbids it).
+                    if el
+                        .attrs
+                        .iter()
+                        .any(|b| b.ns == attr.ns && b.name == attr.name)
+                    {
+                        return Err(malformed(format!(
+                            "attribute {} given twice",
+                            Element::new(attr.ns.as_deref(), &attr.name).qname()
+                        )));
+                    }
+                    el.attrs.push(attr);
                 }
                 stack.push(el);
             }

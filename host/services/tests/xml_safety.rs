@@ -355,3 +355,26 @@ fn an_element_with_the_prefix_xmlns_is_refused() {
     // Declarations with that prefix are what it is for.
     assert!(xml::parse(br#"<a xmlns:p="urn:p"/>"#).is_ok());
 }
+
+/// Found while writing the XML round-trip check, and confirmed by it on a hand-made input
+/// (the mutation runs had not produced one): two prefixes of one namespace make two
+/// spellings of one
+/// attribute, which quick-xml (comparing spellings) accepted and `Element::attr` answered
+/// with the first; so `s:mustUnderstand="0" t:mustUnderstand="1"` was served without the
+/// header block, while another reader would refuse it. Now refused as malformed.
+#[test]
+fn one_attribute_under_two_prefixes_is_refused() {
+    let dup = br#"<r xmlns:a="urn:a" xmlns:b="urn:a" a:x="1" b:x="2"/>"#;
+    assert!(matches!(
+        xml::parse(dup),
+        Err(Error::MalformedXml(m)) if m.contains("{urn:a}x")
+    ));
+    let must = br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.xmlsoap.org/soap/envelope/"><s:Header><h xmlns="urn:h" s:mustUnderstand="0" t:mustUnderstand="1"/></s:Header><s:Body><a/></s:Body></s:Envelope>"#;
+    assert!(matches!(
+        soap::parse_request(must),
+        Err(Error::MalformedXml(_))
+    ));
+    // The same name in no namespace and in one are two attributes.
+    let two = xml::parse(br#"<r xmlns:a="urn:a" x="1" a:x="2"/>"#).unwrap();
+    assert_eq!(two.attrs.len(), 2);
+}

@@ -77,8 +77,10 @@ pub struct Element {
     pub children: Vec<Element>,
     pub text: String,
     /// Namespace declarations on this element as read, `(prefix, uri)` with `""` for the
-    /// default namespace. Needed to resolve QName-valued text such as `faultcode`; ignored
-    /// by the writer, which declares what it needs itself.
+    /// default namespace. Needed to resolve QName-valued text such as `faultcode`. The
+    /// writer declares the namespaces of element and attribute names itself; of these it
+    /// writes only the named prefixes that it does not use for names (the last one of each
+    /// prefix), so that they can serve QName-valued text and change no name's namespace.
     pub ns_decls: Vec<(String, String)>,
 }
 
@@ -255,13 +257,25 @@ fn write_element(e: &Element, out: &mut String, used: &[(String, String)], root:
     let tag = prefixed(e.ns.as_deref(), &e.name, used);
     out.push('<');
     out.push_str(&tag);
+    let declare = |out: &mut String, p: &str, uri: &str| {
+        out.push_str(" xmlns:");
+        out.push_str(p);
+        out.push_str("=\"");
+        escape_attr(uri, out);
+        out.push('"');
+    };
     if root {
         for (uri, p) in used {
-            out.push_str(" xmlns:");
-            out.push_str(p);
-            out.push_str("=\"");
-            escape_attr(uri, out);
-            out.push('"');
+            declare(out, p, uri);
+        }
+    }
+    // Declarations for QName-valued text (see `Element::ns_decls`): never the default
+    // namespace nor a prefix of the names, whose namespaces they would change.
+    for (i, (p, uri)) in e.ns_decls.iter().enumerate() {
+        let reserved = p.is_empty() || p == "xml" || p == "xmlns";
+        let later = e.ns_decls[i + 1..].iter().any(|(q, _)| q == p);
+        if !reserved && !later && !used.iter().any(|(_, q)| q == p) {
+            declare(out, p, uri);
         }
     }
     for a in &e.attrs {

@@ -138,10 +138,19 @@ pub mod rfc3339 {
         let f = format(*t).ok_or_else(|| serde::ser::Error::custom("time out of range"))?;
         s.serialize_str(&f)
     }
+    /// Refuses a time that [`format`] cannot write back: an offset can take a time written
+    /// in the years 0000–9999 out of them in UTC (`0000-01-01T00:00:00+00:01`), and such a
+    /// value would make its whole body unwritable.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         let s = String::deserialize(d)?;
-        OffsetDateTime::parse(&s, &Rfc3339)
+        let t = OffsetDateTime::parse(&s, &Rfc3339)
             .map(|t| t.unix_timestamp())
-            .map_err(serde::de::Error::custom)
+            .map_err(serde::de::Error::custom)?;
+        match format(t) {
+            Some(_) => Ok(t),
+            None => Err(serde::de::Error::custom(
+                "time outside the years 0000-9999 in UTC",
+            )),
+        }
     }
 }

@@ -263,7 +263,7 @@ pub enum FaultCode {
     VersionMismatch,
     MustUnderstand,
     /// Any other code (a dotted SOAP 1.1 subcode like `Client.Auth`, or a foreign
-    /// namespace), as `{ns}local`.
+    /// namespace), as `{ns}local`, or `local` when it is in no namespace.
     Other(String),
 }
 
@@ -439,13 +439,22 @@ impl Fault {
 
     /// The `soap:Fault` element.
     pub fn to_element(&self) -> Element {
-        let code_text = match (&self.fault_code, self.fault_code.local()) {
+        let mut code = Element::new(None, "faultcode");
+        code.text = match (&self.fault_code, self.fault_code.local()) {
             (_, Some(l)) => format!("soap:{l}"),
-            (FaultCode::Other(s), None) => s.clone(),
+            (FaultCode::Other(s), None) => match expanded_name(s) {
+                // A code in a namespace gets a prefix declared where it is used.
+                Some((ns, local)) => {
+                    code.ns_decls
+                        .push((FAULT_CODE_PREFIX.to_owned(), ns.to_owned()));
+                    format!("{FAULT_CODE_PREFIX}:{local}")
+                }
+                None => s.clone(),
+            },
             _ => String::new(),
         };
         let mut f = Element::new(Some(SOAP11_NS), "Fault")
-            .with_child(Element::leaf(None, "faultcode", code_text))
+            .with_child(code)
             .with_child(Element::leaf(None, "faultstring", &self.fault_string));
         if let Some(d) = &self.detail {
             let mut e = Element::new(Some(SOA_ERRORS_NS), d.kind.name());
@@ -521,9 +530,28 @@ impl Fault {
     }
 }
 
-/// Resolves the QName text of `faultcode` against the in-scope declarations.
+/// The prefix [`Fault::to_element`] declares on `faultcode` for a code in a namespace
+/// ([`FaultCode::Other`] `{ns}local`).
+const FAULT_CODE_PREFIX: &str = "fc";
+
+/// `(ns, local)` of an expanded name `{ns}local`. A local name holds no `}` (it is an
+/// NCName: [`resolve_fault_code`] refuses others), so the last one ends the namespace.
+fn expanded_name(s: &str) -> Option<(&str, &str)> {
+    s.strip_prefix('{')?.rsplit_once('}')
+}
+
+/// Resolves the QName text of `faultcode` against the in-scope declarations. Neither part
+/// may hold a colon (beyond the one between them), a brace or white space: they are
+/// NCNames, and [`FaultCode::Other`]'s `{ns}local` must say where the name begins.
 fn resolve_fault_code(text: &str, decls: &[(String, String)]) -> Result<FaultCode, Error> {
     let (prefix, local) = text.split_once(':').unwrap_or(("", text));
+    let ncname = |s: &str| {
+        !s.chars()
+            .any(|c| matches!(c, ':' | '{' | '}' | ' ' | '\t' | '\r' | '\n'))
+    };
+    if local.is_empty() || text.starts_with(':') || !ncname(prefix) || !ncname(local) {
+        return Err(schema(format!("faultcode {text:?}: not a QName")));
+    }
     let ns = decls
         .iter()
         .rev()

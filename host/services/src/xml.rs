@@ -7,6 +7,9 @@
 //! - entities other than the five predefined ones and numeric character references
 //!   (`quick-xml` never expands anything else);
 //! - documents beyond [`Limits`] (size, depth, element count, text and attribute sizes);
+//! - element and attribute names that are not QNames (quick-xml takes almost anything);
+//!   an attribute given twice under two prefixes of one namespace; an element named with
+//!   the prefix `xmlns`;
 //! - encodings other than UTF-8.
 //!
 //! Elements and attributes are matched by (namespace URI, local name), whatever prefix the
@@ -21,6 +24,8 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// The namespace the `xml:` prefix is bound to (`xml:lang`).
 pub const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+/// The namespace of the `xmlns:` prefix (namespace declarations): never an element's.
+const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
 
 /// Limits applied while reading. The defaults fit every platform message with a wide margin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +77,10 @@ pub struct Element {
     pub children: Vec<Element>,
     pub text: String,
     /// Namespace declarations on this element as read, `(prefix, uri)` with `""` for the
-    /// default namespace. Needed to resolve QName-valued text such as `faultcode`; ignored
-    /// by the writer, which declares what it needs itself.
+    /// default namespace. Needed to resolve QName-valued text such as `faultcode`. The
+    /// writer declares the namespaces of element and attribute names itself; of these it
+    /// writes only the named prefixes that it does not use for names (the last one of each
+    /// prefix), so that they can serve QName-valued text and change no name's namespace.
     pub ns_decls: Vec<(String, String)>,
 }
 
@@ -250,13 +257,25 @@ fn write_element(e: &Element, out: &mut String, used: &[(String, String)], root:
     let tag = prefixed(e.ns.as_deref(), &e.name, used);
     out.push('<');
     out.push_str(&tag);
+    let declare = |out: &mut String, p: &str, uri: &str| {
+        out.push_str(" xmlns:");
+        out.push_str(p);
+        out.push_str("=\"");
+        escape_attr(uri, out);
+        out.push('"');
+    };
     if root {
         for (uri, p) in used {
-            out.push_str(" xmlns:");
-            out.push_str(p);
-            out.push_str("=\"");
-            escape_attr(uri, out);
-            out.push('"');
+            declare(out, p, uri);
+        }
+    }
+    // Declarations for QName-valued text (see `Element::ns_decls`): never the default
+    // namespace nor a prefix of the names, whose namespaces they would change.
+    for (i, (p, uri)) in e.ns_decls.iter().enumerate() {
+        let reserved = p.is_empty() || p == "xml" || p == "xmlns";
+        let later = e.ns_decls[i + 1..].iter().any(|(q, _)| q == p);
+        if !reserved && !later && !used.iter().any(|(_, q)| q == p) {
+            declare(out, p, uri);
         }
     }
     for a in &e.attrs {
@@ -406,13 +425,54 @@ fn utf8(b: &[u8]) -> Result<&str, Error> {
     std::str::from_utf8(b).map_err(|_| malformed("invalid UTF-8"))
 }
 
+/// XML 1.0's `NameStartChar`, less the colon (Namespaces in XML's `NCName`).
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0's `NameChar`, less the colon.
+fn is_name_char(c: char) -> bool {
+    is_name_start(c)
+        || matches!(c,
+            '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// Requires an element or attribute name to be a QName (`prefix:local` or `local`, each
+/// part an NCName). quick-xml takes any run of bytes up to white space, `/` or `>` as a
+/// name (an empty one, `a&b`, `'x'`), which could not be written back and which another
+/// reader would refuse.
+fn qname(raw: &[u8], what: &str) -> Result<(), Error> {
+    let name = utf8(raw)?;
+    let ncname = |s: &str| {
+        let mut chars = s.chars();
+        chars.next().is_some_and(is_name_start) && chars.all(is_name_char)
+    };
+    let ok = match name.split_once(':') {
+        Some((prefix, local)) => ncname(prefix) && ncname(local),
+        None => ncname(name),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(malformed(format!("{what} name {name:?} is not a QName")))
+    }
+}
+
 fn resolved(r: ResolveResult<'_>) -> Result<Option<String>, Error> {
     match r {
         ResolveResult::Unbound => Ok(None),
         ResolveResult::Bound(ns) => {
-            let ns = utf8(ns.as_ref())?;
+            // quick-xml binds a prefix to the declaration's value as written; the namespace
+            // name is that value with its references replaced (`urn:a&amp;b` is `urn:a&b`),
+            // as in `Element::ns_decls` and as any other XML reader sees it.
+            let ns = quick_xml::escape::unescape(utf8(ns.as_ref())?).map_err(malformed)?;
             // An empty default-namespace declaration undeclares it.
-            Ok((!ns.is_empty()).then(|| ns.to_owned()))
+            Ok((!ns.is_empty()).then(|| ns.into_owned()))
         }
         ResolveResult::Unknown(p) => Err(malformed(format!(
             "unbound namespace prefix {:?}",
@@ -480,8 +540,15 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                         limit: limits.max_elements,
                     });
                 }
-                let mut el =
-                    Element::with_ns(resolved(res)?, utf8(s.local_name().as_ref())?.to_owned());
+                qname(s.name().as_ref(), "element")?;
+                let ns = resolved(res)?;
+                // `<xmlns:a/>`: quick-xml gives the element the namespace of namespace
+                // declarations, which no element may have (Namespaces in XML 1.0 §3) and
+                // no document can declare for it.
+                if ns.as_deref() == Some(XMLNS_NS) {
+                    return Err(malformed("an element name with the prefix xmlns"));
+                }
+                let mut el = Element::with_ns(ns, utf8(s.local_name().as_ref())?.to_owned());
                 for (i, a) in s.attributes().enumerate() {
                     if i >= limits.max_attributes {
                         return Err(Error::TooLarge {
@@ -490,6 +557,7 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                         });
                     }
                     let a = a.map_err(malformed)?;
+                    qname(a.key.as_ref(), "attribute")?;
                     if a.value.len() > limits.max_text {
                         return Err(Error::TooLarge {
                             what: "attribute value",
@@ -502,15 +570,42 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                             quick_xml::name::PrefixDeclaration::Default => String::new(),
                             quick_xml::name::PrefixDeclaration::Named(p) => utf8(p)?.to_owned(),
                         };
+                        // quick-xml checks the reserved namespaces against the value as
+                        // written; `…/xmlns&#x2F;` names the same namespace.
+                        let reserved = match (prefix.as_str(), value.as_str()) {
+                            ("xml", XML_NS) => false,
+                            ("xml" | "xmlns", _) | (_, XML_NS | XMLNS_NS) => true,
+                            _ => false,
+                        };
+                        if reserved {
+                            return Err(malformed(format!(
+                                "prefix {prefix:?} may not be bound to {value:?}"
+                            )));
+                        }
                         el.ns_decls.push((prefix, value));
                         continue;
                     }
                     let (ares, local) = reader.resolve_attribute(a.key);
-                    el.attrs.push(Attr {
+                    let attr = Attr {
                         ns: resolved(ares)?,
                         name: utf8(local.as_ref())?.to_owned(),
                         value,
-                    });
+                    };
+                    // Two prefixes bound to one namespace make two spellings of one
+                    // attribute (`a:mustUnderstand="0" b:mustUnderstand="1"`), which
+                    // quick-xml, comparing spellings, lets through; readers would disagree
+                    // on which counts (Namespaces in XML 1.0 §6.3 forbids it).
+                    if el
+                        .attrs
+                        .iter()
+                        .any(|b| b.ns == attr.ns && b.name == attr.name)
+                    {
+                        return Err(malformed(format!(
+                            "attribute {} given twice",
+                            Element::new(attr.ns.as_deref(), &attr.name).qname()
+                        )));
+                    }
+                    el.attrs.push(attr);
                 }
                 stack.push(el);
             }

@@ -373,3 +373,52 @@ fn information_and_x5c_are_bounded() {
         .unwrap_err();
     assert!(e.to_string().contains("too many"), "{e}");
 }
+
+/// Found while writing the `services_json` round-trip check, and confirmed by it on a
+/// hand-edited seed (the mutation runs had not produced one): an RFC 3339 time whose
+/// offset takes it out of the
+/// years 0000–9999 once in UTC read, but could not be written: `to_json` gave an empty body.
+/// Now refused when read.
+#[test]
+fn a_json_time_outside_the_writable_years_is_refused() {
+    let record = |t: &str| {
+        format!(
+            r#"{{"keyId":"AQ","publicKey":"AA==","holder":{{"identifiers":[]}},"attested":false,"status":"active","createdAt":"{t}"}}"#
+        )
+        .into_bytes()
+    };
+    for bad in ["0000-01-01T00:00:00+00:01", "9999-12-31T23:59:59-00:01"] {
+        assert!(
+            matches!(KeyRecord::parse(&record(bad)), Err(Error::Json(_))),
+            "{bad}"
+        );
+    }
+    for good in [
+        "0000-01-01T00:00:00Z",
+        "0001-01-01T00:00:00+23:59",
+        "9999-12-31T23:59:59Z",
+    ] {
+        let r = KeyRecord::parse(&record(good)).unwrap();
+        assert_eq!(KeyRecord::parse(&r.to_json()).unwrap(), r, "{good}");
+    }
+    let etks = br#"[{"identifiers":[],"etk":"AA==","notBefore":"0000-01-01T00:00:00+00:01","notAfter":"2020-01-01T00:00:00Z"}]"#;
+    assert!(matches!(
+        etee_services::etkdepot::EtkJson::parse_list(etks),
+        Err(Error::Json(_))
+    ));
+}
+
+/// The JSON readers' size bound: one byte more than `MAX_JSON_SIZE` is refused before
+/// parsing.
+#[test]
+fn json_bodies_over_the_size_bound_are_refused() {
+    let mut body = b"{\"info\":{\"label\":\"".to_vec();
+    body.resize(etee_services::json::MAX_JSON_SIZE - 3, b'a');
+    body.extend_from_slice(b"\"}}");
+    assert!(AddInfoRequest::parse(&body).is_ok());
+    body.insert(20, b'a');
+    assert!(matches!(
+        AddInfoRequest::parse(&body),
+        Err(Error::TooLarge { .. })
+    ));
+}

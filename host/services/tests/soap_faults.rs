@@ -222,3 +222,46 @@ fn hand_written_fault_with_other_prefix() {
     );
     assert!(matches!(e, Err(Error::Schema(_))));
 }
+
+/// Found by the `soap` round trip on the seed `fault-foreign.xml` (and by `fuzz_smoke` on
+/// its mutations): a fault whose code is not one of SOAP's four (`S:Client.Auth`, a foreign
+/// namespace's), read as `{ns}local`, was written
+/// with that text as the code, which no reader takes for a QName; writing it and reading it
+/// back failed ("unbound prefix"). Now the code gets a prefix declared on `faultcode`.
+#[test]
+fn fault_with_another_code_is_written_readably() {
+    let soap11 = |code: &str, decl: &str| {
+        format!(
+            r#"<S:Envelope xmlns:S="http://schemas.xmlsoap.org/soap/envelope/"><S:Body><S:Fault><faultcode{decl}>{code}</faultcode><faultstring/></S:Fault></S:Body></S:Envelope>"#
+        )
+        .into_bytes()
+    };
+    for (input, want) in [
+        (
+            soap11("S:Client.Auth", ""),
+            format!("{{{}}}Client.Auth", soap::SOAP11_NS),
+        ),
+        (
+            soap11("x:Oops", r#" xmlns:x="urn:x}y""#),
+            "{urn:x}y}Oops".to_owned(),
+        ),
+        (soap11("Plain", ""), "Plain".to_owned()),
+    ] {
+        let f = Fault::parse(&input).unwrap();
+        assert_eq!(f.fault_code, FaultCode::Other(want));
+        let written = f.to_xml();
+        assert_eq!(
+            Fault::parse(&written).as_ref(),
+            Ok(&f),
+            "{}",
+            String::from_utf8_lossy(&written)
+        );
+    }
+    // A faultcode that is no QName (its parts are NCNames) is a schema error.
+    for bad in ["S:a}b", "S:a:b", ":Client", "S:", "S:a b"] {
+        assert!(
+            matches!(Fault::parse(&soap11(bad, "")), Err(Error::Schema(_))),
+            "{bad}"
+        );
+    }
+}

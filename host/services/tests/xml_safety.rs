@@ -271,3 +271,110 @@ fn error_mapping() {
         assert_eq!(e.http_status(), status, "{e:?}");
     }
 }
+
+/// Found by the cargo-fuzz `kgss_xml` target (crash-f2546463, `<  />`, and five more that
+/// minimise to `<'a&b'/>`): quick-xml takes any run of bytes up to white space, `/` or
+/// `>` as a name, so an element with an empty name, or with quotes or `&` in it, was read;
+/// it could not be written back (`<  />` became `</>`), and the independent scan took the
+/// quoted stretch for an attribute value. Element and attribute names must now be QNames.
+#[test]
+fn names_that_are_not_qnames_are_refused() {
+    for doc in [
+        &b"<  />"[..],
+        b"<'a&b'/>",
+        b"<a&b/>",
+        b"<a b&c=\"1\"/>",
+        b"<:a/>",
+        b"<a:b:c xmlns:a=\"urn:a\"/>",
+        b"<1a/>",
+        b"<a xmlns:1=\"urn:a\"/>",
+    ] {
+        assert!(
+            matches!(xml::parse(doc), Err(Error::MalformedXml(_))),
+            "{}",
+            String::from_utf8_lossy(doc)
+        );
+    }
+    for doc in [
+        "<é-1.x/>",
+        "<a xmlns:p=\"urn:p\" p:b.c-d=\"1\" _e=\"2\"/>",
+        "<p:Ωmega xmlns:p=\"urn:p\"/>",
+    ] {
+        assert!(xml::parse(doc.as_bytes()).is_ok(), "{doc}");
+    }
+}
+
+/// Found by `fuzz_smoke_short` (`soap`, a mutation of `get-etk-response-matching.xml`
+/// with a `<` in a namespace declaration): a namespace was
+/// the declaration's value as written, references unreplaced, where every other XML
+/// reader (and `Element::ns_decls`) replaces them: `urn:a&amp;b` was not `urn:a&b`, and a
+/// tree with a `<` or `&` in a namespace did not read back as written.
+#[test]
+fn a_namespace_is_its_declaration_unescaped() {
+    let root = xml::parse(br#"<p:r xmlns:p="urn:a&amp;b&#x3C;c"/>"#).unwrap();
+    assert_eq!(root.ns.as_deref(), Some("urn:a&b<c"));
+    let raw = xml::parse(br#"<p:r xmlns:p="urn:a<b"/>"#).unwrap();
+    assert_eq!(raw.ns.as_deref(), Some("urn:a<b"));
+    let back = xml::parse(&raw.to_document(&[])).unwrap();
+    assert_eq!(back.ns, raw.ns);
+    // The SOAP namespace spelled with a character reference is the SOAP namespace.
+    let env = br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope&#x2F;"><s:Body><a/></s:Body></s:Envelope>"#;
+    assert_eq!(soap::parse_envelope(env).unwrap().name, "a");
+    // So the reserved namespaces are reserved however they are spelled (quick-xml checks
+    // the spelling): nothing but `xml` binds the `xml` namespace, nothing binds `xmlns`'s.
+    for doc in [
+        &br#"<p:r xmlns:p="http://www.w3.org/2000/xmlns&#x2F;" p:a="1"/>"#[..],
+        br#"<r xmlns="http://www.w3.org/2000/xmlns&#x2F;"/>"#,
+        br#"<r xmlns:p="http://www.w3.org/XML/1998/namespac&#x65;"/>"#,
+    ] {
+        assert!(
+            matches!(xml::parse(doc), Err(Error::MalformedXml(_))),
+            "{}",
+            String::from_utf8_lossy(doc)
+        );
+    }
+    let xml = br#"<r xmlns:xml="http://www.w3.org/XML/1998/namespace" xml:lang="en"/>"#;
+    assert!(xml::parse(xml).is_ok());
+}
+
+/// Found by the cargo-fuzz `soap` target in its first minute (crash-db05adbb, minimised
+/// by hand): `<xmlns:a/>` read as an element in the namespace of namespace declarations,
+/// which no element may have and no document can declare, so the tree could not be
+/// written back. Now refused as malformed.
+#[test]
+fn an_element_with_the_prefix_xmlns_is_refused() {
+    for doc in [
+        &b"<xmlns:a/>"[..],
+        br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><xmlns:a/></s:Body></s:Envelope>"#,
+    ] {
+        assert!(matches!(
+            xml::parse(doc),
+            Err(Error::MalformedXml(_))
+        ));
+    }
+    // Declarations with that prefix are what it is for.
+    assert!(xml::parse(br#"<a xmlns:p="urn:p"/>"#).is_ok());
+}
+
+/// Found while writing the XML round-trip check, and confirmed by it on a hand-made input
+/// (the mutation runs had not produced one): two prefixes of one namespace make two
+/// spellings of one
+/// attribute, which quick-xml (comparing spellings) accepted and `Element::attr` answered
+/// with the first; so `s:mustUnderstand="0" t:mustUnderstand="1"` was served without the
+/// header block, while another reader would refuse it. Now refused as malformed.
+#[test]
+fn one_attribute_under_two_prefixes_is_refused() {
+    let dup = br#"<r xmlns:a="urn:a" xmlns:b="urn:a" a:x="1" b:x="2"/>"#;
+    assert!(matches!(
+        xml::parse(dup),
+        Err(Error::MalformedXml(m)) if m.contains("{urn:a}x")
+    ));
+    let must = br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:t="http://schemas.xmlsoap.org/soap/envelope/"><s:Header><h xmlns="urn:h" s:mustUnderstand="0" t:mustUnderstand="1"/></s:Header><s:Body><a/></s:Body></s:Envelope>"#;
+    assert!(matches!(
+        soap::parse_request(must),
+        Err(Error::MalformedXml(_))
+    ));
+    // The same name in no namespace and in one are two attributes.
+    let two = xml::parse(br#"<r xmlns:a="urn:a" x="1" a:x="2"/>"#).unwrap();
+    assert_eq!(two.attrs.len(), 2);
+}

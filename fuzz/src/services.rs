@@ -20,9 +20,10 @@
 //! - `services_json`: the REST/KeyDepot JSON bodies, round trip through their writers; the
 //!   proofs (possession, attestation) are checked without panicking.
 //!
-//! XML 1.0 cannot carry some characters (controls, U+FFFE, ...); the writer replaces them
-//! with U+FFFD. A value that holds one is compared after that replacement (writing the
-//! read-back value must then give the same bytes).
+//! XML 1.0 cannot carry some characters (controls, U+FFFE, ...): the reader refuses them,
+//! and the writer replaces them with U+FFFD in values made otherwise. A value that holds
+//! one is compared after that replacement (writing the read-back value must then give the
+//! same bytes).
 //!
 //! This file is also compiled into `host/services/tests/robustness.rs` (stable Rust), so
 //! it uses nothing but `etee-services`, `etee-formats` and std.

@@ -9,7 +9,8 @@
 //! - documents beyond [`Limits`] (size, depth, element count, text and attribute sizes);
 //! - element and attribute names that are not QNames (quick-xml takes almost anything);
 //!   an attribute given twice under two prefixes of one namespace; an element named with
-//!   the prefix `xmlns`;
+//!   the prefix `xmlns`; a `<` written in an attribute value; characters outside XML 1.0's
+//!   `Char` (control characters, U+FFFE, U+FFFF), written or referenced;
 //! - encodings other than UTF-8.
 //!
 //! Elements and attributes are matched by (namespace URI, local name), whatever prefix the
@@ -564,7 +565,12 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                             limit: limits.max_text,
                         });
                     }
+                    // XML 1.0 §3.1: no `<` in an attribute value (quick-xml takes it).
+                    if a.value.contains(&b'<') {
+                        return Err(malformed("a '<' in an attribute value"));
+                    }
                     let value = a.unescape_value().map_err(malformed)?.into_owned();
+                    xml_chars(&value, "an attribute value")?;
                     if let Some(b) = a.key.as_namespace_binding() {
                         let prefix = match b {
                             quick_xml::name::PrefixDeclaration::Default => String::new(),
@@ -620,10 +626,12 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
             }
             Event::Text(t) => {
                 let s = t.unescape().map_err(malformed)?;
+                xml_chars(&s, "text")?;
                 append_text(&mut stack, &s, limits)?;
             }
             Event::CData(c) => {
                 let s = utf8(c.as_ref())?.to_owned();
+                xml_chars(&s, "CDATA")?;
                 if stack.is_empty() {
                     return Err(malformed("CDATA outside the root element"));
                 }
@@ -637,6 +645,22 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                 return root.ok_or_else(|| malformed("no root element"));
             }
         }
+    }
+}
+
+/// Requires XML 1.0's `Char` (§2.2) of every character, written or referenced (`&#1;`):
+/// control characters other than tab, line feed and carriage return, and U+FFFE/U+FFFF,
+/// are not XML; quick-xml takes them, other readers refuse them.
+fn xml_chars(s: &str, what: &str) -> Result<(), Error> {
+    let bad = s.chars().find(|&c| {
+        !matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+    });
+    match bad {
+        None => Ok(()),
+        Some(c) => Err(malformed(format!(
+            "{what} holds U+{:04X}, not an XML character",
+            u32::from(c)
+        ))),
     }
 }
 

@@ -29,7 +29,6 @@ use etee_formats::trust::TrustAnchors;
 use etee_formats::verdict::{Error as E, Fatal, Verdict};
 use etee_testpki::{Institution, InstitutionSpec, TestPki};
 use openssl::symm::Cipher;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -39,46 +38,10 @@ use zeroize::Zeroizing;
 
 // ---- the largest single allocation, per thread ----------------------------------------
 
-/// The system allocator, noting the largest single request made by the current thread, so
-/// that a test can check that a message claiming 2^60 bytes allocates nothing of the kind.
-struct PeakAlloc;
-
-thread_local! {
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = PEAK.try_with(|p| p.set(p.get().max(size)));
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: PeakAlloc = PeakAlloc;
+static ALLOCATOR: etee_testpki::peak_alloc::PeakAlloc = etee_testpki::peak_alloc::PeakAlloc;
 
-/// Runs `f` and returns its result with the largest single allocation it made.
-fn peak_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    PEAK.with(|p| p.set(0));
-    let out = f();
-    (out, PEAK.with(Cell::get))
-}
+use etee_testpki::peak_alloc::peak_allocation;
 
 // ---- known library panics ----------------------------------------------------------
 

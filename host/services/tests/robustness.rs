@@ -43,7 +43,6 @@ use etee_testpki::{InstitutionSpec, TestPki};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::panic;
@@ -52,39 +51,8 @@ use std::time::{Duration, Instant};
 
 // ---- the largest single allocation, per thread ----------------------------------------
 
-/// The system allocator, noting the largest single request of the current thread, so that
-/// a small input that makes a huge allocation is a finding.
-struct PeakAlloc;
-
-thread_local! {
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = PEAK.try_with(|p| p.set(p.get().max(size)));
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: PeakAlloc = PeakAlloc;
+static ALLOCATOR: etee_testpki::peak_alloc::PeakAlloc = etee_testpki::peak_alloc::PeakAlloc;
 
 /// The largest single allocation an input of `len` bytes may make (escaping can make a
 /// written document a few times longer than what was read).
@@ -687,11 +655,11 @@ fn install_hook() {
 
 /// What went wrong with one input.
 fn run_one(target: Target, data: &[u8], slow: Duration) -> Option<String> {
-    PEAK.with(|p| p.set(0));
     let start = Instant::now();
-    let r = panic::catch_unwind(panic::AssertUnwindSafe(|| target.run(data)));
+    let (r, peak) = etee_testpki::peak_alloc::peak_allocation(|| {
+        panic::catch_unwind(panic::AssertUnwindSafe(|| target.run(data)))
+    });
     let took = start.elapsed();
-    let peak = PEAK.with(Cell::get);
     if r.is_err() {
         let site = SITE.lock().unwrap_or_else(|e| e.into_inner()).take();
         return Some(format!("PANIC {}", site.unwrap_or_default()));

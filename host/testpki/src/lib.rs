@@ -37,6 +37,7 @@ use openssl::x509::{
 };
 
 pub mod ocsp;
+pub mod peak_alloc;
 pub use ocsp::{ocsp_successful, ocsp_unsuccessful, OcspAnswer, OcspStatus};
 
 /// Errors from building the test PKI.

@@ -397,8 +397,8 @@ pub fn add_info(
     // information only if it is still what was read, so that changes made at the same
     // moment cannot each pass against the same reading (together beyond the bounds).
     for _ in 0..MAX_INFO_UPDATE_TRIES {
-        let read = stored(store, key_id)?.info;
-        let mut after = read.clone();
+        let mut record = stored(store, key_id)?;
+        let mut after = record.info.clone();
         after.extend(addition.iter().map(|(k, v)| (k.clone(), v.clone())));
         info_from_map(&after)
             .check_limits()
@@ -406,13 +406,15 @@ pub fn add_info(
         // The change and its event in one transaction.
         let change = Change::UpdatePublicKeyInfo {
             key_id: key_id.as_bytes(),
-            expected: &read,
+            expected: &record.info,
             info: &after,
         };
         match store.apply_with_event(change, &event) {
             Ok(Some(sequence)) => {
                 crate::audit::log(sequence, &event);
-                return get(store, key_id);
+                // The key as written: the record read, with the information it now has.
+                record.info = after;
+                return key_record(&record);
             }
             Ok(None) => return Err(KeyDepotError::UnknownKey),
             Err(etee_store::Error::Conflict) => continue,

@@ -779,19 +779,19 @@ impl FileAuditSink {
     pub fn open_observing(
         path: &Path,
         wait: std::time::Duration,
-        each: &mut dyn FnMut(&AuditRecord),
+        mut each: &mut dyn FnMut(&AuditRecord),
     ) -> Result<(Self, AuditHead), FileSinkError> {
         let file = open_locked(path, wait)?;
         // Read under the lock, so the head is the one this sink appends after. Only the
         // current file: its checkpoint says where the archived segments ended.
         let mut walker = Walker::new();
-        let end = walker.file(path, true, &mut |r: &AuditRecord| each(r))?;
+        let end = walker.file(path, true, &mut each)?;
         if end.good_len == 0 {
             // Empty, or a checkpoint cut by a crash while the segments were switched: the
             // chain continues from the last archived segment, if there is one.
             if let Some(last) = segments(path)?.last() {
                 walker = Walker::new();
-                walker.file(last, false, &mut |r: &AuditRecord| each(r))?;
+                walker.file(last, false, &mut each)?;
                 let checkpoint = walker.checkpoint().encode();
                 file.set_len(0)?;
                 (&file).write_all(&checkpoint)?;

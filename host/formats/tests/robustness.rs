@@ -1726,7 +1726,7 @@ fn fuzz_smoke() {
         *hook_site.lock().unwrap() = Some(format!("{at}: {msg}"));
     }));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    let dump = std::env::var_os("ETEE_FUZZ_DUMP").map(from_project_root);
+    let dump = std::env::var_os("ETEE_FUZZ_DUMP").map(etee_testpki::from_project_root);
     let mut found: std::collections::BTreeMap<String, (u64, &str, u64)> = Default::default();
     let mut runs = 0u64;
     while std::time::Instant::now() < deadline {
@@ -1753,19 +1753,6 @@ fn fuzz_smoke() {
     assert!(found.is_empty(), "{} distinct panic sites", found.len());
 }
 
-/// A path from an environment variable; relative ones are taken from the project root
-/// (cargo runs tests in the crate's folder, which would surprise).
-fn from_project_root(p: std::ffi::OsString) -> std::path::PathBuf {
-    let p = std::path::PathBuf::from(p);
-    if p.is_relative() {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(p)
-    } else {
-        p
-    }
-}
-
 /// Replays the files in `ETEE_FUZZ_REPLAY` (a directory, or one file) through the
 /// checks. The target comes from the file name's prefix (`unseal-…`, as `fuzz_smoke`
 /// dumps them) or the directory's name (`fuzz/artifacts/unseal/crash-…`); otherwise the
@@ -1773,7 +1760,8 @@ fn from_project_root(p: std::ffi::OsString) -> std::path::PathBuf {
 #[test]
 #[ignore = "replays dumped inputs: run with --ignored replay_fuzz_inputs"]
 fn replay_fuzz_inputs() {
-    let Some(path) = std::env::var_os("ETEE_FUZZ_REPLAY").map(from_project_root) else {
+    let Some(path) = std::env::var_os("ETEE_FUZZ_REPLAY").map(etee_testpki::from_project_root)
+    else {
         println!("set ETEE_FUZZ_REPLAY to a file or directory");
         return;
     };
@@ -1824,7 +1812,7 @@ fn write_fuzz_corpus() {
         println!("set ETEE_FUZZ_CORPUS to the corpus directory (e.g. fuzz/corpus)");
         return;
     };
-    let dir = from_project_root(dir);
+    let dir = etee_testpki::from_project_root(dir);
     let w = world();
     let parts = Parts::of(&w.small);
     let files: Vec<(&str, &str, Vec<u8>)> = vec![

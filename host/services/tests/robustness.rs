@@ -763,22 +763,10 @@ fn fuzz_smoke() {
     });
     println!("fuzz_smoke: seed {seed}, {secs} s");
     let _ = seeds();
-    let dump = std::env::var_os("ETEE_FUZZ_DUMP").map(from_project_root);
+    let dump = std::env::var_os("ETEE_FUZZ_DUMP").map(etee_testpki::from_project_root);
     let report = fuzz(seed, Duration::from_secs(secs), u64::MAX, dump.as_deref());
     print(&report, seed);
     assert!(report.found.is_empty(), "{} findings", report.found.len());
-}
-
-/// A path from an environment variable; relative ones are taken from the project root.
-fn from_project_root(p: std::ffi::OsString) -> std::path::PathBuf {
-    let p = std::path::PathBuf::from(p);
-    if p.is_relative() {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(p)
-    } else {
-        p
-    }
 }
 
 /// Replays the files in `ETEE_FUZZ_REPLAY` (a file or a directory) through the checks.
@@ -787,7 +775,8 @@ fn from_project_root(p: std::ffi::OsString) -> std::path::PathBuf {
 #[test]
 #[ignore = "replays inputs: run with --ignored replay_fuzz_inputs"]
 fn replay_fuzz_inputs() {
-    let Some(path) = std::env::var_os("ETEE_FUZZ_REPLAY").map(from_project_root) else {
+    let Some(path) = std::env::var_os("ETEE_FUZZ_REPLAY").map(etee_testpki::from_project_root)
+    else {
         println!("set ETEE_FUZZ_REPLAY to a file or directory");
         return;
     };
@@ -857,7 +846,7 @@ fn write_fuzz_corpus() {
         println!("set ETEE_FUZZ_CORPUS to the corpus directory (e.g. fuzz/corpus)");
         return;
     };
-    let dir = from_project_root(dir);
+    let dir = etee_testpki::from_project_root(dir);
     for s in seeds() {
         let d = dir.join(s.target.name());
         std::fs::create_dir_all(&d).expect("corpus directory");

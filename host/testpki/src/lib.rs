@@ -38,6 +38,20 @@ use openssl::x509::{
 
 pub mod ocsp;
 pub mod peak_alloc;
+
+/// A path given to a test (an environment variable's value): relative ones are taken from
+/// the project root, where the commands of the docs run, rather than from the crate's
+/// folder, where cargo runs tests.
+pub fn from_project_root(p: std::ffi::OsString) -> std::path::PathBuf {
+    let p = std::path::PathBuf::from(p);
+    if p.is_relative() {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(p)
+    } else {
+        p
+    }
+}
 pub use ocsp::{ocsp_successful, ocsp_unsuccessful, OcspAnswer, OcspStatus};
 
 /// Errors from building the test PKI.

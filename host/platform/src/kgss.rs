@@ -952,10 +952,9 @@ mod tests {
         }
     }
 
-    /// A caller whose certificate says `HUB=` has the attributes the registry holds for
-    /// `EHP` (as `etee platform attributes set --holder HUB=…` stores them).
-    #[test]
-    fn a_hub_caller_has_its_ehp_attributes() {
+    /// An embedded store (in a temporary directory, kept as long as the handle) whose
+    /// attribute registry says that holder `(id_type, value)` is a recognised pharmacy.
+    fn store_recognising(id_type: &str, value: &str) -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
         let recognised = etee_store::Attribute {
@@ -963,9 +962,15 @@ mod tests {
             name: vocabulary::RECOGNISED_PHARMACY.into(),
             value: "true".into(),
         };
-        store
-            .set_attribute("EHP", "1990001916", &recognised)
-            .unwrap();
+        store.set_attribute(id_type, value, &recognised).unwrap();
+        (dir, store)
+    }
+
+    /// A caller whose certificate says `HUB=` has the attributes the registry holds for
+    /// `EHP` (as `etee platform attributes set --holder HUB=…` stores them).
+    #[test]
+    fn a_hub_caller_has_its_ehp_attributes() {
+        let (_dir, store) = store_recognising("EHP", "1990001916");
         let pki = TestPki::generate("kgss-hub").unwrap();
         let hub = pki
             .institution(&InstitutionSpec::new("HUB", "1990001916", "A Hub"))
@@ -1179,16 +1184,7 @@ mod tests {
             )
             .unwrap()]),
         };
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
-        let recognised = etee_store::Attribute {
-            namespace: vocabulary::CERTIFIED_NS.into(),
-            name: vocabulary::RECOGNISED_PHARMACY.into(),
-            value: "true".into(),
-        };
-        store
-            .set_attribute("NIHII-PHARMACY", "27150201", &recognised)
-            .unwrap();
+        let (_dir, store) = store_recognising("NIHII-PHARMACY", "27150201");
         let now = crate::unix_now();
 
         let new_key = seal_for(

@@ -122,20 +122,23 @@ struct HashedFields<'a> {
 }
 
 impl AuditRecord {
-    /// The budget use this record stands for: a key use admitted by the policy (its use
-    /// record, [`Outcome::Admitted`]) as (client, key, use); `None` for any other record.
+    /// The budget use this record stands for, as (client, key, use): a key use admitted by
+    /// the policy (its use record, [`Outcome::Admitted`]), or a question about a key
+    /// (`DescribeKey`, use `None`: any rule for the key answers it) that passed the policy
+    /// and its budget (answered, or failed at the token); `None` for any other record.
     /// What [`crate::Policy::replay`] takes after a restart.
-    pub fn budget_use(&self) -> Option<(&ClientId, &KeyId, crate::policy::KeyUse)> {
+    pub fn budget_use(&self) -> Option<(&ClientId, &KeyId, Option<crate::policy::KeyUse>)> {
         use crate::policy::KeyUse;
-        let usage = match self.operation {
-            Operation::SignPssSha256 => KeyUse::Sign,
-            Operation::DecryptPkcs1v15 => KeyUse::Decrypt,
-            Operation::WrapSecret => KeyUse::Wrap,
-            Operation::UnwrapSecret => KeyUse::Unwrap,
+        let usage = match (self.operation, self.outcome) {
+            (Operation::SignPssSha256, Outcome::Admitted) => Some(KeyUse::Sign),
+            (Operation::DecryptPkcs1v15, Outcome::Admitted) => Some(KeyUse::Decrypt),
+            (Operation::WrapSecret, Outcome::Admitted) => Some(KeyUse::Wrap),
+            (Operation::UnwrapSecret, Outcome::Admitted) => Some(KeyUse::Unwrap),
+            (Operation::DescribeKey, Outcome::Success | Outcome::Refused(Error::Token(_))) => None,
             _ => return None,
         };
-        match (&self.client, &self.key, self.outcome) {
-            (Some(client), Some(key), Outcome::Admitted) => Some((client, key, usage)),
+        match (&self.client, &self.key) {
+            (Some(client), Some(key)) => Some((client, key, usage)),
             _ => None,
         }
     }

@@ -414,6 +414,81 @@ impl Walker {
     }
 }
 
+/// How much of the archived chain [`FileAuditSink::open_observing`] reads at most to reach
+/// back to its `since_ms`: a window longer than that (a budget that never refills) is
+/// shown from there on.
+pub const MAX_REACH_BACK_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How a file of the chain begins, from its first bytes only.
+struct FileStart {
+    /// It begins with a checkpoint: archived segments come before it.
+    continues: bool,
+    /// The time of its first record, when it has a readable one.
+    time_ms: Option<u64>,
+}
+
+/// Reads the beginning of the chain file at `path` (a missing or empty file neither
+/// continues nor has records).
+fn first_record(path: &Path) -> Result<FileStart, FileSinkError> {
+    let mut head = std::vec![0u8; CHECKPOINT_LEN + FRAME_HEADER + MAX_AUDIT_RECORD_LEN];
+    let got = match File::open(path) {
+        Ok(f) => read_up_to(&mut &f, &mut head)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e.into()),
+    };
+    let head = &head[..got];
+    let checkpoint = head
+        .get(..CHECKPOINT_LEN)
+        .and_then(|c| Checkpoint::decode(c.try_into().ok()?));
+    let frames = if checkpoint.is_some() {
+        &head[CHECKPOINT_LEN..]
+    } else {
+        head
+    };
+    let time_ms = frames.get(..FRAME_HEADER).and_then(|header| {
+        let len = usize::from(u16::from_be_bytes([header[0], header[1]]));
+        let body = frames.get(FRAME_HEADER..FRAME_HEADER + len)?;
+        (len > 0 && sha256(body)[..4] == header[2..6])
+            .then(|| AuditRecord::decode(body))
+            .flatten()
+            .map(|r| r.time_ms)
+    });
+    Ok(FileStart {
+        continues: checkpoint.is_some(),
+        time_ms,
+    })
+}
+
+/// Shows `each` the records of the archived segments `archived` (oldest first, the last
+/// one just before the file being opened) from the one the time `since_ms` falls in,
+/// reading at most [`MAX_REACH_BACK_BYTES`]. Best effort: a damaged segment is shown up
+/// to its damage, and the reach back goes on with the next one.
+fn show_archived_since(archived: &[PathBuf], since_ms: u64, each: &mut dyn FnMut(&AuditRecord)) {
+    let mut from = archived.len();
+    let mut bytes = 0u64;
+    while from > 0 {
+        let size = std::fs::metadata(&archived[from - 1]).map_or(u64::MAX, |m| m.len());
+        bytes = bytes.saturating_add(size);
+        if bytes > MAX_REACH_BACK_BYTES {
+            break;
+        }
+        from -= 1;
+        match first_record(&archived[from]) {
+            // The segment the window starts in, or the chain's first one.
+            Ok(start) if !start.continues || start.time_ms.is_some_and(|t| t < since_ms) => break,
+            Ok(_) => {}
+            Err(_) => {
+                from += 1;
+                break;
+            }
+        }
+    }
+    for segment in &archived[from..] {
+        // The error is `etee audit verify`'s to report; the records before it were shown.
+        let _ = Walker::new().file(segment, false, &mut |r: &AuditRecord| each(r));
+    }
+}
+
 /// Whether the rest of the input is zero bytes only (read to its end).
 fn zeros_to_end(input: &mut impl BufRead) -> io::Result<bool> {
     loop {
@@ -768,28 +843,49 @@ impl FileAuditSink {
         path: &Path,
         wait: std::time::Duration,
     ) -> Result<(Self, AuditHead), FileSinkError> {
-        Self::open_observing(path, wait, &mut |_| {})
+        Self::open_observing(path, wait, u64::MAX, &mut |_| {})
     }
 
     /// [`Self::open_waiting`], showing `each` the records read to find the head, in chain
     /// order: those of the current file (those of the last archived segment instead when
-    /// the current file holds none yet). A torn tail is not shown. For state the core
-    /// rebuilds from its recent history, such as the policy's budgets
-    /// ([`crate::policy::Policy::replay`]).
+    /// the current file holds none yet), preceded, when the current file (or that segment)
+    /// begins after `since_ms` (record time), by those of the archived segments back to
+    /// the one the time `since_ms` falls in (at most [`MAX_REACH_BACK_BYTES`] of them;
+    /// an archived segment that cannot be read ends the reach back, the chain's checks
+    /// are `etee audit verify`'s). A torn tail is not shown. For state the core rebuilds
+    /// from its recent history, such as the policy's budgets
+    /// ([`crate::policy::Policy::replay`]); `u64::MAX` reads the current file only.
     pub fn open_observing(
         path: &Path,
         wait: std::time::Duration,
+        since_ms: u64,
         mut each: &mut dyn FnMut(&AuditRecord),
     ) -> Result<(Self, AuditHead), FileSinkError> {
         let file = open_locked(path, wait)?;
-        // Read under the lock, so the head is the one this sink appends after. Only the
-        // current file: its checkpoint says where the archived segments ended.
+        // Read under the lock, so the head is the one this sink appends after. For the
+        // head, only the current file: its checkpoint says where the archived segments
+        // ended.
+        let reach_back = |first: &Path, each: &mut dyn FnMut(&AuditRecord)| {
+            if since_ms == u64::MAX {
+                return Ok(());
+            }
+            let start = first_record(first)?;
+            if start.continues && start.time_ms.is_none_or(|t| t >= since_ms) {
+                let archived = segments(path)?;
+                // Those before `first` (which may itself be the last of them).
+                let before = archived.iter().take_while(|s| s.as_path() != first);
+                show_archived_since(&before.cloned().collect::<Vec<_>>(), since_ms, each);
+            }
+            Ok::<(), FileSinkError>(())
+        };
+        reach_back(path, &mut *each)?;
         let mut walker = Walker::new();
         let end = walker.file(path, true, &mut each)?;
         if end.good_len == 0 {
             // Empty, or a checkpoint cut by a crash while the segments were switched: the
             // chain continues from the last archived segment, if there is one.
             if let Some(last) = segments(path)?.last() {
+                reach_back(last, &mut *each)?;
                 walker = Walker::new();
                 walker.file(last, false, &mut each)?;
                 let checkpoint = walker.checkpoint().encode();

@@ -160,9 +160,15 @@ impl Policy {
     /// restart) against the budget of the rule for it, at the time it was made; records must
     /// come in the order they were made. Without this a restart would refill every budget,
     /// and a client able to make the service restart would get a fresh burst each time.
-    /// A use no rule allows now is ignored; an empty budget stays empty.
-    pub fn replay(&mut self, client: &ClientId, key: &KeyId, usage: KeyUse, at_ms: u64) {
-        if let Ok(grant) = self.permit(client, key, usage) {
+    /// A use no rule allows now is ignored; an empty budget stays empty. `usage` `None` is
+    /// a question about the key (`DescribeKey`), which any rule for it allows
+    /// ([`Self::permit_any`]).
+    pub fn replay(&mut self, client: &ClientId, key: &KeyId, usage: Option<KeyUse>, at_ms: u64) {
+        let grant = match usage {
+            Some(usage) => self.permit(client, key, usage),
+            None => self.permit_any(client, key),
+        };
+        if let Ok(grant) = grant {
             let _ = self.spend(grant, at_ms);
         }
     }

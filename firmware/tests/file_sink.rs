@@ -814,3 +814,87 @@ fn audit_files_are_private() {
         assert_eq!(mode, 0o600, "{}", file.display());
     }
 }
+
+/// What [`FileAuditSink::open_observing`] shows for `since`: the chain (`all`, as it is
+/// after the opening) from the start of the last file (archived segments and the current
+/// one, first sequences `starts`) whose first record is older than `since`, or from the
+/// chain's start.
+fn shown_from(all: &[AuditRecord], starts: &[u64], since: u64) -> usize {
+    let from = starts
+        .iter()
+        .rev()
+        .find(|&&s| all[s as usize].time_ms < since)
+        .copied()
+        .unwrap_or(0);
+    from as usize
+}
+
+fn observe(path: &Path, since: u64) -> Vec<AuditRecord> {
+    let mut shown = Vec::new();
+    FileAuditSink::open_observing(path, std::time::Duration::ZERO, since, &mut |r| {
+        shown.push(r.clone())
+    })
+    .unwrap();
+    shown
+}
+
+/// A core opening its chain shows its observer (the budgets' replay) the records since a
+/// time, reaching back into the archived segments as far as that time needs, in chain
+/// order; with `u64::MAX`, the current file only. After a crash that left the current file
+/// without records, from the last archived segment and as far back. A damaged segment is
+/// shown up to its damage and the reach back goes on.
+#[test]
+fn opening_shows_the_records_since_a_time_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    // Times: the unlock 1, signature i at 2 + i (a use and an outcome each).
+    let head = segmented_chain(&path, 600, 60);
+    let archived = segments(&path).unwrap();
+    let mut starts: Vec<u64> = vec![0];
+    starts.extend(archived.iter().map(|a| segment_end(a).unwrap()));
+    let all = records(&path);
+    assert_eq!(all.len() as u64, head.next_sequence);
+    for since in [u64::MAX, 62, 61, 45, 30, 20, 3, 2, 1, 0] {
+        let shown = observe(&path, since);
+        let from = shown_from(&all, &starts, since);
+        assert_eq!(shown, all[from..], "since {since}");
+        assert!(
+            all.iter()
+                .filter(|r| r.time_ms >= since)
+                .all(|r| shown.contains(r)),
+            "since {since}: every record of the window is shown"
+        );
+    }
+    assert_eq!(
+        observe(&path, u64::MAX)[0].sequence,
+        *starts.last().unwrap(),
+        "the current file only"
+    );
+
+    // A damaged middle segment: its records up to the damage, then the next segments.
+    let middle = &archived[archived.len() / 2];
+    let original = std::fs::read(middle).unwrap();
+    let mut bad = original.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 0x01; // in its last record
+    std::fs::write(middle, &bad).unwrap();
+    let shown = observe(&path, 0);
+    let last_of_middle = segment_end(middle).unwrap() - 1;
+    assert!(shown.iter().all(|r| r.sequence != last_of_middle));
+    assert_eq!(
+        shown.len(),
+        all.len() - 1,
+        "only the damaged record is missing"
+    );
+    std::fs::write(middle, &original).unwrap();
+
+    // A crash while switching segments: the current file holds a torn checkpoint.
+    let current = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &current[..20]).unwrap();
+    let shown = observe(&path, 40);
+    let all = records(&path);
+    starts.pop();
+    let from = shown_from(&all, &starts, 40);
+    assert_eq!(shown, all[from..]);
+    assert!(from < *starts.last().unwrap() as usize, "reached back");
+}

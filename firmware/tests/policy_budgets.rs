@@ -132,7 +132,7 @@ fn extreme_values_do_not_overflow() {
 fn uses_before_a_restart_count_against_the_budget() {
     let mut p = with_budget(3, 10); // one use per 100 ms
     for at in [0, 10, 20] {
-        p.replay(&app(), &auth(), KeyUse::Sign, at);
+        p.replay(&app(), &auth(), Some(KeyUse::Sign), at);
     }
     // 3 - 3 uses + 0.2 refilled by t = 20.
     assert_eq!(
@@ -143,23 +143,32 @@ fn uses_before_a_restart_count_against_the_budget() {
 
     // Uses no rule allows now, or of another operation, change nothing.
     let mut p = with_budget(1, 1);
-    p.replay(&app(), &auth(), KeyUse::Decrypt, 0);
-    p.replay(&app(), &etk(), KeyUse::Sign, 0);
-    p.replay(&client("other"), &auth(), KeyUse::Sign, 0);
+    p.replay(&app(), &auth(), Some(KeyUse::Decrypt), 0);
+    p.replay(&app(), &etk(), Some(KeyUse::Sign), 0);
+    p.replay(&client("other"), &auth(), Some(KeyUse::Sign), 0);
     spend(&mut p, 0).unwrap();
 
     // More recorded uses than the burst leave the budget empty, no lower.
     let mut p = with_budget(2, 1);
     for _ in 0..5 {
-        p.replay(&app(), &auth(), KeyUse::Sign, 1_000);
+        p.replay(&app(), &auth(), Some(KeyUse::Sign), 1_000);
     }
     assert!(spend(&mut p, 1_999).is_err());
     spend(&mut p, 2_000).unwrap();
 
+    // A question about the key (`DescribeKey`) spends from the key's rule, whatever use
+    // it allows; not from another key's.
+    let mut p = with_budget(1, 1);
+    p.replay(&app(), &etk(), None, 0);
+    spend(&mut p, 0).unwrap();
+    let mut p = with_budget(1, 1);
+    p.replay(&app(), &auth(), None, 0);
+    assert!(spend(&mut p, 0).is_err());
+
     // A total (no refill) stays spent.
     let mut p = with_budget(2, 0);
-    p.replay(&app(), &auth(), KeyUse::Sign, 0);
-    p.replay(&app(), &auth(), KeyUse::Sign, 5);
+    p.replay(&app(), &auth(), Some(KeyUse::Sign), 0);
+    p.replay(&app(), &auth(), Some(KeyUse::Sign), 5);
     assert!(spend(&mut p, 1_000_000).is_err());
 }
 
@@ -193,6 +202,8 @@ fn the_replay_window_is_the_longest_refill() {
 #[test]
 fn budget_uses_are_the_admitted_key_uses() {
     use etee_custody::audit::{AuditHead, Operation, Outcome};
+    use etee_custody::token::{TokenError, TokenFunction};
+    use etee_custody::wire::Error;
     use etee_custody::AuditRecord;
     let record = |operation, outcome, client: Option<_>, key: Option<_>| AuditRecord {
         sequence: 0,
@@ -211,16 +222,32 @@ fn budget_uses_are_the_admitted_key_uses() {
         (Operation::UnwrapSecret, KeyUse::Unwrap),
     ] {
         let r = record(operation, Outcome::Admitted, Some(app()), Some(auth()));
-        assert_eq!(r.budget_use(), Some((&app(), &auth(), usage)));
+        assert_eq!(r.budget_use(), Some((&app(), &auth(), Some(usage))));
         let r = record(operation, Outcome::Success, Some(app()), Some(auth()));
         assert_eq!(r.budget_use(), None, "an outcome is not a second use");
     }
-    for operation in [
-        Operation::Unlock,
-        Operation::KeyDestroy,
-        Operation::DescribeKey,
-    ] {
+    for operation in [Operation::Unlock, Operation::KeyDestroy] {
         let r = record(operation, Outcome::Admitted, Some(app()), Some(auth()));
         assert_eq!(r.budget_use(), None, "{operation:?}");
+    }
+    // A question about a key spends a use once it passed the policy and the budget: when
+    // answered, or when the token failed; not when refused before.
+    let token_failed = Outcome::Refused(Error::Token(TokenError::new(
+        TokenFunction::GetAttributeValue,
+        0x30,
+    )));
+    for outcome in [Outcome::Success, token_failed] {
+        let r = record(Operation::DescribeKey, outcome, Some(app()), Some(auth()));
+        assert_eq!(r.budget_use(), Some((&app(), &auth(), None)), "{outcome:?}");
+    }
+    for outcome in [
+        Outcome::Admitted,
+        Outcome::Refused(Error::PolicyDenied),
+        Outcome::Refused(Error::Locked),
+        Outcome::Refused(Error::UnknownKey),
+        Outcome::Refused(Error::RateLimited { retry_after_ms: 5 }),
+    ] {
+        let r = record(Operation::DescribeKey, outcome, Some(app()), Some(auth()));
+        assert_eq!(r.budget_use(), None, "{outcome:?}");
     }
 }

@@ -996,7 +996,7 @@ fn open_core<T: Token>(
     };
     // Another core holds the chain (a service, or a short command that will be done soon):
     // say at once that we wait, rather than seem to hang.
-    let opened = match FileAuditSink::open_observing(path, Duration::ZERO, &mut replay) {
+    let opened = match FileAuditSink::open_observing(path, Duration::ZERO, since, &mut replay) {
         Err(FileSinkError::InUse) => {
             eprintln!(
                 "etee: the audit chain {} is in use by another custody core (`etee custody \
@@ -1005,7 +1005,7 @@ fn open_core<T: Token>(
                 path.display(),
                 LOCK_WAIT.as_secs()
             );
-            FileAuditSink::open_observing(path, LOCK_WAIT, &mut replay)
+            FileAuditSink::open_observing(path, LOCK_WAIT, since, &mut replay)
         }
         other => other,
     };

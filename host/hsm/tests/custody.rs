@@ -106,6 +106,13 @@ impl Keys {
         }
     }
 
+    fn describe(&self, key: &str) -> Result<etee_custody::KeyFacts, KeyError> {
+        match self {
+            Keys::InProcess(k) => k.describe_key(key),
+            Keys::Process(k, ..) => k.describe_key(key),
+        }
+    }
+
     /// Stops the server of the separate-process mode (the core is locked on record).
     fn close(self) {
         if let Keys::Process(client, stop, thread) = self {
@@ -821,23 +828,36 @@ fn the_configured_budget_bounds_the_default_rules() {
 }
 
 /// A restart refills no budget: the uses on the audit chain within the longest refill time
-/// are spent again when the core opens. With a burst of 50 refilled at one use a second,
-/// 50 uses, then a restart (a new custody process in that mode): only what the seconds
-/// since have refilled is left, not a fresh burst of 50.
+/// are spent again when the core opens. With a burst of 100 refilled at one use a second,
+/// 50 wraps and 50 questions about the key (`DescribeKey`, which spends from the same
+/// rule), then a restart (a new custody process in that mode): only what the seconds since
+/// have refilled is left, not a fresh burst. Also when those uses are spread over several
+/// archived segments of the audit file (the smallest segments allowed).
 #[test]
 fn a_restart_does_not_refill_the_budget() {
-    for process in [false, true] {
-        let (config, dir, mut custody) = token_with_kek("budget-restart", process);
+    for (process, segmented) in [(false, false), (true, false), (false, true), (true, true)] {
+        let name = if segmented {
+            "budget-restart-seg"
+        } else {
+            "budget-restart"
+        };
+        let (config, dir, mut custody) = token_with_kek(name, process);
         custody.budget = etee_custody::policy::Budget {
-            burst: 50,
+            burst: 100,
             per_second: 1,
         };
+        if segmented {
+            custody.audit_segment_bytes = Some(etee_hsm::config::MIN_AUDIT_SEGMENT_BYTES);
+        }
         let keys = Keys::open(&config, &custody, process, dir.path());
         for _ in 0..50 {
             keys.wrap("kek", &random(16)).unwrap();
+            keys.describe("kek").unwrap();
         }
         let spent = std::time::Instant::now();
         keys.close();
+        let archived = etee_custody::file_sink::segments(&custody.audit_file).unwrap();
+        assert_eq!(archived.len() >= 3, segmented, "{archived:?}");
         let keys = Keys::open(&config, &custody, process, dir.path());
         let mut granted = 0u64;
         let err = loop {
@@ -845,13 +865,14 @@ fn a_restart_does_not_refill_the_budget() {
                 Ok(_) => granted += 1,
                 Err(e) => break e.to_string(),
             }
-            assert!(granted < 50, "a full burst after the restart");
+            assert!(granted < 100, "a full burst after the restart");
         };
         let refilled = spent.elapsed().as_secs() + 1;
         assert!(err.contains("rate limit"), "{err}");
         assert!(
             granted <= refilled,
-            "{granted} uses after the restart, {refilled} refilled at most (process: {process})"
+            "{granted} uses after the restart, {refilled} refilled at most (process: \
+             {process}, segments: {segmented})"
         );
         keys.close();
     }

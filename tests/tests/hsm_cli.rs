@@ -154,6 +154,68 @@ fn hsm_token_seals_unseals_and_audits() {
     );
     assert!(!run.stderr.contains(head), "{}", run.stderr);
 
+    // `audit search`: the uses of Bob's ETK key (the unseal's decryption: its use record
+    // and its outcome), the seal's two signatures, nothing before 2000 or after now.
+    let etk_id = w.etk_serial("bob");
+    let run = rig
+        .etee(["audit", "search", "--json", "--key", etk_id])
+        .run();
+    run.code(0);
+    let found = run.json();
+    let entries = found["entries"].as_array().unwrap();
+    let outcomes: Vec<&str> = entries
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["admitted", "success"], "{found}");
+    for e in entries {
+        assert_eq!(e["operation"], "DecryptPkcs1v15", "{e}");
+        assert_eq!(e["client"], "etee-cli", "{e}");
+        assert!(e["time"].as_str().unwrap().starts_with("20"), "{e}");
+    }
+    assert_eq!(found["chain"]["intact"], Value::Bool(true), "{found}");
+    assert_eq!(found["chain"]["records"].as_u64(), Some(records), "{found}");
+    assert_eq!(
+        (found["matched"].as_u64(), &found["truncated"]),
+        (Some(2), &Value::Bool(false))
+    );
+    let search = |args: &[&str]| {
+        let mut cmd = rig.etee(["audit", "search", "--json"]);
+        for a in args {
+            cmd = cmd.arg(a);
+        }
+        let run = cmd.run();
+        run.code(0);
+        run.json()["matched"].as_u64().unwrap()
+    };
+    assert_eq!(search(&["--operation", "sign", "--outcome", "success"]), 2);
+    assert_eq!(
+        search(&["--operation", "sign", "--operation", "decrypt"]),
+        6
+    );
+    assert_eq!(search(&["--client", "someone-else"]), 0);
+    assert_eq!(search(&["--until", "2000-01-01T00:00:00Z"]), 0);
+    assert_eq!(search(&["--since", "2999-01-01T00:00:00Z"]), 0);
+    assert_eq!(search(&["--since", "2000-01-01T00:00:00Z"]), records);
+    // At most --limit shown, all counted; in text, one line each and a summary.
+    let run = rig
+        .etee(["audit", "search", "--limit", "1", "--operation", "sign"])
+        .run();
+    run.code(0);
+    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(
+        text.lines().next().unwrap().contains("SignPssSha256"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(the first 1 shown") && text.contains("4 matching record(s) of"),
+        "{text}"
+    );
+    // A malformed time is a usage error.
+    rig.etee(["audit", "search", "--since", "yesterday"])
+        .run()
+        .code(2);
+
     // An incomplete last record (a crash, or an alteration): still exit 0, with a warning.
     let whole = std::fs::read(rig.audit_file()).unwrap();
     std::fs::write(rig.audit_file(), &whole[..whole.len() - 3]).unwrap();
@@ -185,6 +247,17 @@ fn hsm_token_seals_unseals_and_audits() {
         "{text} (stderr: {})",
         run.stderr
     );
+    // A search says where the chain breaks and shows only the matches before it (exit 1).
+    let run = rig.etee(["audit", "search", "--json"]).run();
+    run.code(1);
+    let found = run.json();
+    assert_eq!(found["chain"]["intact"], Value::Bool(false), "{found}");
+    assert_eq!(
+        found["chain"]["break"]["sequence"].as_u64(),
+        Some(sequence),
+        "{found}"
+    );
+    assert_eq!(found["matched"].as_u64(), Some(sequence), "{found}");
     // The custody core refuses to run on a damaged chain (fail closed), and says so.
     let refused = rig
         .etee(["seal"])

@@ -1,4 +1,5 @@
-//! `etee audit verify`: walks the custody core's audit chain.
+//! `etee audit verify`: walks the custody core's audit chain (`etee audit search`, in
+//! [`super::audit_search`], finds records in it).
 //!
 //! The result (text, or one JSON line with `--json`) is on standard output; a progress
 //! line is on standard error, only on a terminal.
@@ -34,6 +35,11 @@ pub enum Command {
         #[arg(long, value_name = "RECORDS:HASH")]
         expect_head: Option<String>,
     },
+    /// Show the records that match a filter (time range, client, key, operation, outcome),
+    /// verifying the whole chain on the way: who used which key when, what was refused.
+    /// Exit 0 when the chain is intact, 1 when it is broken (the matches before the break
+    /// are shown).
+    Search(super::audit_search::Args),
 }
 
 /// An `--expect-head` value: the head after `RECORDS` records.
@@ -58,27 +64,40 @@ enum AnchorCheck {
     Unavailable { first: u64 },
 }
 
-use etee_appliance::report::audit_record as describe;
+pub use etee_appliance::report::audit_record as describe;
 
-pub fn run(command: Command) -> Result<ExitCode, CliError> {
-    let Command::Verify {
-        config,
-        json,
-        tail,
-        expect_head,
-    } = command;
-    let expected = expect_head.as_deref().map(parse_anchor).transpose()?;
-    // Whether the record that ends the expected head hashes as recorded (None: not seen).
-    let mut anchor_matches: Option<bool> = None;
-    let config = super::hsm::load_config(&config)?;
-    let path = config.custody.audit_file;
-    let segments = etee_custody::file_sink::segments(&path).unwrap_or_default();
-    if !path.is_file() && segments.is_empty() {
+/// The audit file of the configuration at `config`; a usage error when neither it nor an
+/// archived segment of it exists.
+pub fn audit_file(config: &Path) -> Result<PathBuf, CliError> {
+    let path = super::hsm::load_config(config)?.custody.audit_file;
+    if !path.is_file()
+        && etee_custody::file_sink::segments(&path)
+            .unwrap_or_default()
+            .is_empty()
+    {
         return Err(CliError::Usage(format!(
             "{}: no audit file (nothing was done through the custody core yet?)",
             path.display()
         )));
     }
+    Ok(path)
+}
+
+pub fn run(command: Command) -> Result<ExitCode, CliError> {
+    let (config, json, tail, expect_head) = match command {
+        Command::Verify {
+            config,
+            json,
+            tail,
+            expect_head,
+        } => (config, json, tail, expect_head),
+        Command::Search(args) => return super::audit_search::run(args),
+    };
+    let expected = expect_head.as_deref().map(parse_anchor).transpose()?;
+    // Whether the record that ends the expected head hashes as recorded (None: not seen).
+    let mut anchor_matches: Option<bool> = None;
+    let path = audit_file(&config)?;
+    let segments = etee_custody::file_sink::segments(&path).unwrap_or_default();
     let mut intact = 0u64;
     // The sequence after the last intact record (where a break is).
     let mut next = 0u64;

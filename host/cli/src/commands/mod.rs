@@ -1,5 +1,6 @@
 pub mod attest;
 pub mod audit;
+pub mod audit_search;
 pub mod crl;
 pub mod custody;
 pub mod demo;

@@ -479,6 +479,73 @@ fn platform_serves_etkdepot_and_kgss_with_keys_in_softhsm() {
     };
     assert_eq!(admin("etkdepot.register"), 4, "{report}");
     assert_eq!(admin("attributes.set"), 2, "{report}");
+
+    // Filters: the events of one key, of one action or action family, by outcome, by
+    // actor, by time; `matched` counts them all, `tail` shows the last ones.
+    let filtered = |args: &[&str]| {
+        let mut cmd = rig.platform(["audit", "--json", "--tail", "1000"]);
+        for a in args {
+            cmd = cmd.arg(a);
+        }
+        let run = cmd.run();
+        run.code(0);
+        let report = run.json();
+        assert_eq!(report["intact"], Value::Bool(true), "{report}");
+        let shown: Vec<(String, String)> = report["tail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap().to_string(),
+                    e["outcome"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            report["matched"].as_u64(),
+            Some(shown.len() as u64),
+            "{report}"
+        );
+        shown
+    };
+    let upper = hex_id.to_uppercase();
+    assert_eq!(
+        filtered(&["--subject", &upper]),
+        expected.map(|(a, o)| (a.to_string(), o.to_string()))
+    );
+    let reads = filtered(&["--subject", &hex_id, "--action", "kgss.read"]);
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    let refused = filtered(&[
+        "--subject",
+        &hex_id,
+        "--action",
+        "kgss",
+        "--outcome",
+        "denied",
+    ]);
+    assert_eq!(
+        refused,
+        [("kgss.read", "denied"), ("kgss.delete", "denied")].map(|(a, o)| (a.into(), o.into()))
+    );
+    assert!(filtered(&["--action", "kgss"])
+        .iter()
+        .all(|(a, _)| a.starts_with("kgss.")));
+    assert_eq!(
+        filtered(&["--actor", "admin uid "]).len(),
+        6 + admin("keydepot.register")
+    );
+    assert!(filtered(&["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    assert!(filtered(&["--until", "2000-01-01T00:00:00Z"]).is_empty());
+    let run = rig
+        .platform(["audit", "--tail", "2", "--action", "kgss.read"])
+        .run();
+    run.code(0);
+    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(text.contains("matching event(s) among the"), "{text}");
+    rig.platform(["audit", "--since", "yesterday"])
+        .run()
+        .code(2);
 }
 
 #[test]

@@ -15,13 +15,16 @@ pub enum Command {
     /// The platform's audit chain (in its store): KGSS key creations, reads and
     /// deletions, KeyDepot registrations, added information and deletions, and the
     /// administrative commands (ETK registrations, attribute changes). Walk and verify
-    /// it, show the last events.
+    /// it, show the last events (those matching the filters, when any is given: e.g.
+    /// every read of one KGSS key, `--subject ID --action kgss.read --tail 100000`).
     Audit {
         #[command(flatten)]
         config: ConfigArg,
         /// Show the last N events (default 10; 0 for none).
         #[arg(long, default_value_t = 10, value_name = "N")]
         tail: usize,
+        #[command(flatten)]
+        filter: EventFilterArgs,
         /// One JSON document on standard output.
         #[arg(long)]
         json: bool,
@@ -297,18 +300,129 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         ),
         Command::Attributes { command } => attributes(command),
         Command::Pki(args) => super::pki::make_world(args),
-        Command::Audit { config, tail, json } => audit(&load(&config)?, tail, json),
+        Command::Audit {
+            config,
+            tail,
+            filter,
+            json,
+        } => audit(&load(&config)?, tail, &EventFilter::try_from(filter)?, json),
     }
 }
 
-/// Walks the whole chain page by page (constant memory), keeping the last `tail` events.
-fn audit(config: &PlatformConfig, tail: usize, json: bool) -> Result<ExitCode, CliError> {
+/// `etee platform audit`'s filters: an event is shown when it matches every one given.
+#[derive(clap::Args, Default)]
+pub struct EventFilterArgs {
+    /// Events at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    since: Option<String>,
+    /// Events before this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    until: Option<String>,
+    /// Events of this action (`kgss.read`), or of every action under it (`kgss`).
+    #[arg(long, value_name = "ACTION")]
+    action: Option<String>,
+    /// Events whose actor (the caller, `TYPE=VALUE (APPLICATION)`, or `admin uid N`)
+    /// contains this text (e.g. a NIHII number).
+    #[arg(long, value_name = "TEXT")]
+    actor: Option<String>,
+    /// Events about this subject (a KGSS or KeyDepot key id in hex, an identifier...).
+    #[arg(long, value_name = "SUBJECT")]
+    subject: Option<String>,
+    /// Events with this outcome (`granted`, `denied`, `created`, `deleted`, ...).
+    #[arg(long, value_name = "OUTCOME")]
+    outcome: Option<String>,
+}
+
+/// What an event must be to be shown (see [`EventFilterArgs`]).
+#[derive(Debug, Default)]
+struct EventFilter {
+    /// Unix seconds, inclusive.
+    since: Option<i64>,
+    /// Unix seconds, exclusive.
+    until: Option<i64>,
+    action: Option<String>,
+    actor: Option<String>,
+    subject: Option<String>,
+    outcome: Option<String>,
+}
+
+impl TryFrom<EventFilterArgs> for EventFilter {
+    type Error = CliError;
+
+    fn try_from(a: EventFilterArgs) -> Result<Self, CliError> {
+        let time = |flag: &str, text: Option<&str>| {
+            text.map(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map(|t| t.unix_timestamp())
+                    .map_err(|e| {
+                        CliError::Usage(format!("{flag} {t:?}: not an RFC 3339 time ({e})"))
+                    })
+            })
+            .transpose()
+        };
+        let filter = EventFilter {
+            since: time("--since", a.since.as_deref())?,
+            until: time("--until", a.until.as_deref())?,
+            action: a.action,
+            actor: a.actor,
+            subject: a.subject,
+            outcome: a.outcome,
+        };
+        if let (Some(since), Some(until)) = (filter.since, filter.until) {
+            if until <= since {
+                return Err(CliError::Usage(
+                    "--until is not after --since: no event could match".into(),
+                ));
+            }
+        }
+        Ok(filter)
+    }
+}
+
+impl EventFilter {
+    fn matches(&self, e: &etee_store::audit::AuditEvent) -> bool {
+        self.since.is_none_or(|t| e.at >= t)
+            && self.until.is_none_or(|t| e.at < t)
+            && self.action.as_deref().is_none_or(|a| {
+                e.action == a
+                    || e.action
+                        .strip_prefix(a)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+            && self.actor.as_deref().is_none_or(|a| e.actor.contains(a))
+            // Key ids are hex: either case.
+            && self
+                .subject
+                .as_deref()
+                .is_none_or(|s| e.subject.eq_ignore_ascii_case(s))
+            && self.outcome.as_deref().is_none_or(|o| e.outcome == o)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.since.is_none()
+            && self.until.is_none()
+            && self.action.is_none()
+            && self.actor.is_none()
+            && self.subject.is_none()
+            && self.outcome.is_none()
+    }
+}
+
+/// Walks the whole chain page by page (constant memory), keeping the last `tail` events
+/// that `filter` lets through.
+fn audit(
+    config: &PlatformConfig,
+    tail: usize,
+    filter: &EventFilter,
+    json: bool,
+) -> Result<ExitCode, CliError> {
     use etee_store::audit::{self, GENESIS};
     const PAGE: usize = 1000;
     let store = store(config)?;
     let (mut seq, mut hash) = (0u64, GENESIS);
     let mut last = std::collections::VecDeque::with_capacity(tail);
     let mut broken = None;
+    let mut matched = 0u64;
     loop {
         let page = store
             .events(seq, PAGE)
@@ -323,7 +437,8 @@ fn audit(config: &PlatformConfig, tail: usize, json: bool) -> Result<ExitCode, C
                 break;
             }
         }
-        for e in page {
+        for e in page.into_iter().filter(|e| filter.matches(&e.event)) {
+            matched += 1;
             if tail > 0 {
                 if last.len() == tail {
                     last.pop_front();
@@ -347,13 +462,16 @@ fn audit(config: &PlatformConfig, tail: usize, json: bool) -> Result<ExitCode, C
             "{}",
             serde_json::json!({
                 "intact": broken.is_none(), "events": seq, "head": hex::encode(hash),
-                "break": broken, "tail": events,
+                "break": broken, "matched": matched, "tail": events,
             })
         )?;
     } else {
         match &broken {
             None => outln!("OK      {seq} events, head {}", hex::encode(hash))?,
             Some(b) => outln!("BROKEN  after event {seq}: {b}")?,
+        }
+        if !filter.is_empty() {
+            outln!("        {matched} matching event(s) among the {seq} verified")?;
         }
         for e in &last {
             outln!(
@@ -737,5 +855,67 @@ mod tests {
             Ok(Some(Some("10203040506".into())))
         );
         assert_eq!(parse(&["--holder", "SSIN=85010112345"]), Ok(None));
+    }
+
+    #[test]
+    fn audit_events_are_shown_when_every_filter_matches() {
+        let event = etee_store::audit::AuditEvent {
+            at: 1_000,
+            action: "kgss.read".into(),
+            actor: "NIHII-PHARMACY=27150201".into(),
+            subject: "00ff".into(),
+            outcome: "granted".into(),
+            detail: None,
+        };
+        let with = |edit: &dyn Fn(&mut EventFilterArgs)| {
+            let mut a = EventFilterArgs::default();
+            edit(&mut a);
+            EventFilter::try_from(a).unwrap().matches(&event)
+        };
+        assert!(with(&|_| {}));
+        assert!(with(&|a| a.action = Some("kgss.read".into())));
+        assert!(
+            with(&|a| a.action = Some("kgss".into())),
+            "every kgss.* action"
+        );
+        assert!(
+            !with(&|a| a.action = Some("kgs".into())),
+            "not a part of a name"
+        );
+        assert!(!with(&|a| a.action = Some("kgss.delete".into())));
+        assert!(with(&|a| a.actor = Some("27150201".into())));
+        assert!(!with(&|a| a.actor = Some("27150202".into())));
+        assert!(
+            with(&|a| a.subject = Some("00FF".into())),
+            "hex in either case"
+        );
+        assert!(!with(&|a| a.subject = Some("00f".into())));
+        assert!(with(&|a| a.outcome = Some("granted".into())));
+        assert!(!with(&|a| a.outcome = Some("denied".into())));
+        assert!(
+            with(&|a| a.since = Some("1970-01-01T00:16:40Z".into())),
+            "since: inclusive"
+        );
+        assert!(!with(&|a| a.since = Some("1970-01-01T00:16:41Z".into())));
+        assert!(
+            !with(&|a| a.until = Some("1970-01-01T00:16:40Z".into())),
+            "until: exclusive"
+        );
+        assert!(with(&|a| a.until = Some("1970-01-01T00:16:41Z".into())));
+        assert!(!with(&|a| {
+            a.action = Some("kgss".into());
+            a.outcome = Some("denied".into());
+        }));
+        let empty_range = EventFilterArgs {
+            since: Some("2026-01-02T00:00:00Z".into()),
+            until: Some("2026-01-01T00:00:00Z".into()),
+            ..EventFilterArgs::default()
+        };
+        assert!(EventFilter::try_from(empty_range).is_err());
+        let bad = EventFilterArgs {
+            since: Some("last week".into()),
+            ..EventFilterArgs::default()
+        };
+        assert!(EventFilter::try_from(bad).is_err());
     }
 }

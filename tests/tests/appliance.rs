@@ -1045,6 +1045,66 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["entries"], serde_json::json!([]));
 
+    // Filters: the seals' signatures (a use record and a success each), counted beyond the
+    // page; nothing in another time or for another client; bad filters are refused.
+    let audit = |query: &str| {
+        let (status, body) = curl_unix(&socket, "GET", &format!("/v1/audit?{query}"), None);
+        assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
+        let export = json(&body);
+        assert_eq!(export["intact"], Value::Bool(true), "{export}");
+        export
+    };
+    let signed = audit("operation=sign&outcome=success&limit=2");
+    let entries = signed["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{signed}");
+    assert!(signed["matched"].as_u64().unwrap() >= 2, "{signed}");
+    for e in entries {
+        assert_eq!(
+            (e["operation"].as_str(), e["outcome"].as_str()),
+            (Some("SignPssSha256"), Some("success")),
+            "{e}"
+        );
+        assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
+    }
+    let client = entries[0]["client"].as_str().unwrap().to_owned();
+    let all = audit("limit=10000");
+    let uses_of = |client: &str| {
+        all["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["client"] == client && e["operation"] == "SignPssSha256")
+            .count() as u64
+    };
+    let by_client = audit(&format!("client={client}&operation=sign,decrypt&limit=0"));
+    assert!(
+        by_client["matched"].as_u64().unwrap() >= uses_of(&client),
+        "{by_client}"
+    );
+    assert_eq!(audit("client=nobody")["matched"], 0);
+    assert_eq!(audit("since=2999-01-01T00:00:00Z")["matched"], 0);
+    assert_eq!(audit("until=2000-01-01T00:00:00Z")["matched"], 0);
+    assert_eq!(
+        audit("since=2000-01-01T00:00:00Z&limit=0")["matched"],
+        all["records"],
+        "every record is after 2000"
+    );
+    for bad in [
+        "operation=frobnicate",
+        "operation=sign,",
+        "outcome=failed",
+        "since=yesterday",
+        "since=2026-12-07T00:00:00Z&until=2026-12-06T00:00:00Z",
+    ] {
+        let (status, body) = curl_unix(&socket, "GET", &format!("/v1/audit?{bad}"), None);
+        assert_eq!(
+            (status, json(&body)["title"].clone()),
+            (400, "APPLIANCE_BAD_REQUEST".into()),
+            "{bad}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
     let readers: Vec<String> = (0..65).map(|i| format!("patient:{i:011}")).collect();
     let body = serde_json::json!({ "allowed": readers }).to_string();
     assert_problem(

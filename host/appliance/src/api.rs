@@ -892,6 +892,70 @@ async fn keydepot_list(
 struct AuditQuery {
     after: Option<String>,
     limit: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    client: Option<String>,
+    key: Option<String>,
+    /// Operation names, comma-separated (`report::OPERATION_NAMES`).
+    operation: Option<String>,
+    outcome: Option<String>,
+}
+
+impl AuditQuery {
+    /// The records asked for (see `report::AuditFilter`).
+    fn filter(&self) -> Result<crate::report::AuditFilter, ServiceError> {
+        use crate::report::{operation_named, time_ms, AuditFilter, AuditOutcome};
+        let bad = |what: &str, e: String| ServiceError::BadRequest(format!("{what} {e}"));
+        let time = |what: &str, t: &Option<String>| {
+            t.as_deref()
+                .map(time_ms)
+                .transpose()
+                .map_err(|e| bad(what, e))
+        };
+        let operations = match self.operation.as_deref() {
+            None => Vec::new(),
+            Some(names) => names
+                .split(',')
+                .map(|n| {
+                    operation_named(n).ok_or_else(|| {
+                        bad(
+                            "operation",
+                            format!(
+                                "{n:?}: not one of {}",
+                                crate::report::OPERATION_NAMES.map(|(n, _)| n).join(", ")
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let outcome = self
+            .outcome
+            .as_deref()
+            .map(|o| {
+                AuditOutcome::named(o).ok_or_else(|| {
+                    bad(
+                        "outcome",
+                        format!("{o:?}: not admitted, success or refused"),
+                    )
+                })
+            })
+            .transpose()?;
+        let filter = AuditFilter {
+            since_ms: time("since", &self.since)?,
+            until_ms: time("until", &self.until)?,
+            client: self.client.as_ref().map(|c| c.as_bytes().to_vec()),
+            key: self.key.as_ref().map(|k| k.as_bytes().to_vec()),
+            operations,
+            outcome,
+        };
+        if filter.empty_range() {
+            return Err(ServiceError::BadRequest(
+                "until is not after since: no record could match".into(),
+            ));
+        }
+        Ok(filter)
+    }
 }
 
 async fn audit(
@@ -903,6 +967,7 @@ async fn audit(
     let answer = async {
         let client = app.authorise(&peer, Operation::Audit)?;
         let q: AuditQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
+        let filter = q.filter()?;
         let number = |s: Option<String>, default: u64| {
             s.map_or(Ok(default), |s| {
                 s.parse::<u64>()
@@ -929,7 +994,7 @@ async fn audit(
         let slot = admitted.slot();
         let export = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            crate::report::audit_export(&path, from, limit)
+            crate::report::audit_export(&path, from, limit, &filter)
         })
         .await
         .map_err(|e| ServiceError::Io(e.to_string()))?

@@ -1,7 +1,7 @@
 //! What the API (and `etee unseal --json`) says about an unsealed message and about the
 //! custody core's audit records: JSON for machines, the official notification names.
 
-use etee_custody::audit::{AuditRecord, Outcome};
+use etee_custody::audit::{AuditRecord, Operation, Outcome};
 use etee_custody::file_sink::{scan, FileSinkError};
 use etee_formats::cms::unseal::OpenedWith;
 use etee_formats::cms::Unsealed;
@@ -50,6 +50,19 @@ pub fn unseal_report(r: &Unsealed) -> Value {
     })
 }
 
+/// RFC 3339 text, to the millisecond, of an audit record's time (milliseconds since the
+/// Unix epoch; the number itself if out of range).
+pub fn record_time(ms: u64) -> String {
+    i128::from(ms)
+        .checked_mul(1_000_000)
+        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
 /// One custody audit record as an operator reads it.
 pub fn audit_record(r: &AuditRecord) -> Value {
     let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
@@ -61,6 +74,7 @@ pub fn audit_record(r: &AuditRecord) -> Value {
     json!({
         "sequence": r.sequence,
         "time_ms": r.time_ms,
+        "time": record_time(r.time_ms),
         "client": text(r.client.as_ref().map(|c| c.as_bytes())),
         "operation": format!("{:?}", r.operation),
         "key": text(r.key.as_ref().map(|k| k.as_bytes())),
@@ -69,14 +83,119 @@ pub fn audit_record(r: &AuditRecord) -> Value {
     })
 }
 
-/// The audit chain at `path` from record `from` (a sequence number), at most `limit`
-/// records, with the result of verifying the whole chain: `{"intact", "records", "head",
-/// "anchor", "torn_tail", "entries"}` (or `{"intact": false, "break", "entries"}`).
-pub fn audit_export(path: &Path, from: u64, limit: usize) -> Result<Value, FileSinkError> {
+/// The names audit searches give operations by (`etee audit search --operation`, `GET
+/// /v1/audit?operation=`), with what each stands for.
+pub const OPERATION_NAMES: [(&str, Operation); 10] = [
+    ("sign", Operation::SignPssSha256),
+    ("decrypt", Operation::DecryptPkcs1v15),
+    ("wrap", Operation::WrapSecret),
+    ("unwrap", Operation::UnwrapSecret),
+    ("describe", Operation::DescribeKey),
+    ("destroy", Operation::KeyDestroy),
+    ("unlock", Operation::Unlock),
+    ("lock", Operation::Lock),
+    ("pin-reset", Operation::PinReset),
+    ("user-pin-set", Operation::UserPinSet),
+];
+
+/// The operation an audit search names `name` (see [`OPERATION_NAMES`]).
+pub fn operation_named(name: &str) -> Option<Operation> {
+    OPERATION_NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, op)| *op)
+}
+
+/// An outcome an audit search asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditOutcome {
+    /// A key use's record made before the token was asked.
+    Admitted,
+    Success,
+    /// Refusals and failures.
+    Refused,
+}
+
+impl AuditOutcome {
+    pub fn named(name: &str) -> Option<Self> {
+        match name {
+            "admitted" => Some(Self::Admitted),
+            "success" => Some(Self::Success),
+            "refused" => Some(Self::Refused),
+            _ => None,
+        }
+    }
+}
+
+/// Which audit records a search shows: every criterion given must hold (none given:
+/// every record).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuditFilter {
+    /// Milliseconds since the Unix epoch, inclusive.
+    pub since_ms: Option<u64>,
+    /// Milliseconds since the Unix epoch, exclusive.
+    pub until_ms: Option<u64>,
+    pub client: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
+    /// Any of these (none: any operation).
+    pub operations: Vec<Operation>,
+    pub outcome: Option<AuditOutcome>,
+}
+
+impl AuditFilter {
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        let bytes = |field: Option<&[u8]>, wanted: &Option<Vec<u8>>| {
+            wanted.as_deref().is_none_or(|w| field == Some(w))
+        };
+        self.since_ms.is_none_or(|t| r.time_ms >= t)
+            && self.until_ms.is_none_or(|t| r.time_ms < t)
+            && bytes(r.client.as_ref().map(|c| c.as_bytes()), &self.client)
+            && bytes(r.key.as_ref().map(|k| k.as_bytes()), &self.key)
+            && (self.operations.is_empty() || self.operations.contains(&r.operation))
+            && self.outcome.is_none_or(|o| {
+                matches!(
+                    (o, r.outcome),
+                    (AuditOutcome::Admitted, Outcome::Admitted)
+                        | (AuditOutcome::Success, Outcome::Success)
+                        | (AuditOutcome::Refused, Outcome::Refused(_))
+                )
+            })
+    }
+
+    /// A time range in which no record can be: `until` not after `since`.
+    pub fn empty_range(&self) -> bool {
+        matches!((self.since_ms, self.until_ms), (Some(s), Some(u)) if u <= s)
+    }
+}
+
+/// An RFC 3339 time as milliseconds since the Unix epoch (the records' times); a message
+/// saying why not otherwise (times before 1970 included: the chain has none).
+pub fn time_ms(text: &str) -> Result<u64, String> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{text:?}: not an RFC 3339 time ({e})"))?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| format!("{text:?}: before 1970"))
+}
+
+/// The audit chain at `path` from record `from` (a sequence number), at most `limit` of
+/// the records that `filter` lets through, with how many it lets through from `from` on
+/// (`matched`) and the result of verifying the whole chain: `{"intact", "records", "head",
+/// "anchor", "torn_tail", "matched", "entries"}` (or `{"intact": false, "break",
+/// "matched", "entries"}`: the matches before the break).
+pub fn audit_export(
+    path: &Path,
+    from: u64,
+    limit: usize,
+    filter: &AuditFilter,
+) -> Result<Value, FileSinkError> {
     let mut out = Vec::new();
+    let mut matched = 0u64;
     let scanned = scan(path, |r| {
-        if r.sequence >= from && out.len() < limit {
-            out.push(audit_record(r));
+        if r.sequence >= from && filter.matches(r) {
+            matched += 1;
+            if out.len() < limit {
+                out.push(audit_record(r));
+            }
         }
     });
     Ok(match scanned {
@@ -89,13 +208,117 @@ pub fn audit_export(path: &Path, from: u64, limit: usize) -> Result<Value, FileS
             "anchor": s.head.anchor().to_string(),
             "torn_tail": s.torn_tail,
             "unconcluded": s.unconcluded,
+            "matched": matched,
             "entries": out,
         }),
         Err(FileSinkError::Io(e)) => return Err(FileSinkError::Io(e)),
         Err(e) => json!({
             "intact": false,
             "break": e.to_string(),
+            "matched": matched,
             "entries": out,
         }),
     })
+}
+
+#[cfg(test)]
+mod audit_filter_tests {
+    use super::*;
+    use etee_custody::audit::AuditHead;
+    use etee_custody::wire::Error;
+    use etee_custody::{ClientId, KeyId};
+
+    fn record(time_ms: u64, op: Operation, outcome: Outcome) -> AuditRecord {
+        AuditRecord {
+            sequence: 0,
+            time_ms,
+            client: Some(ClientId::try_from("app").unwrap()),
+            operation: op,
+            key: Some(KeyId::try_from("etk").unwrap()),
+            input_digest: [0; 32],
+            outcome,
+            prev_hash: AuditHead::GENESIS.hash,
+        }
+    }
+
+    #[test]
+    fn every_criterion_must_hold() {
+        let r = record(1_000, Operation::DecryptPkcs1v15, Outcome::Success);
+        let with = |edit: &dyn Fn(&mut AuditFilter)| {
+            let mut f = AuditFilter::default();
+            edit(&mut f);
+            f.matches(&r)
+        };
+        assert!(with(&|_| {}));
+        assert!(with(&|f| f.since_ms = Some(1_000)), "since is inclusive");
+        assert!(!with(&|f| f.since_ms = Some(1_001)));
+        assert!(with(&|f| f.until_ms = Some(1_001)));
+        assert!(!with(&|f| f.until_ms = Some(1_000)), "until is exclusive");
+        assert!(with(&|f| f.client = Some(b"app".to_vec())));
+        assert!(!with(&|f| f.client = Some(b"ap".to_vec())));
+        assert!(with(&|f| f.key = Some(b"etk".to_vec())));
+        assert!(!with(&|f| f.key = Some(b"auth".to_vec())));
+        assert!(with(
+            &|f| f.operations = vec![Operation::SignPssSha256, Operation::DecryptPkcs1v15]
+        ));
+        assert!(!with(&|f| f.operations = vec![Operation::SignPssSha256]));
+        assert!(with(&|f| f.outcome = Some(AuditOutcome::Success)));
+        assert!(!with(&|f| f.outcome = Some(AuditOutcome::Refused)));
+        assert!(!with(&|f| {
+            f.client = Some(b"app".to_vec());
+            f.key = Some(b"auth".to_vec());
+        }));
+        let refused = record(
+            5,
+            Operation::SignPssSha256,
+            Outcome::Refused(Error::PolicyDenied),
+        );
+        let refusals = AuditFilter {
+            outcome: Some(AuditOutcome::Refused),
+            ..AuditFilter::default()
+        };
+        assert!(refusals.matches(&refused) && !refusals.matches(&r));
+        // A record without a client or key (an unlock) matches no client or key criterion.
+        let mut unlock = record(5, Operation::Unlock, Outcome::Success);
+        unlock.client = None;
+        unlock.key = None;
+        let by_client = AuditFilter {
+            client: Some(b"app".to_vec()),
+            ..AuditFilter::default()
+        };
+        assert!(!by_client.matches(&unlock));
+        let unlocks = AuditFilter {
+            operations: vec![operation_named("unlock").unwrap()],
+            ..AuditFilter::default()
+        };
+        assert!(unlocks.matches(&unlock));
+    }
+
+    #[test]
+    fn names_and_times() {
+        for (name, op) in OPERATION_NAMES {
+            assert_eq!(operation_named(name), Some(op));
+        }
+        assert_eq!(operation_named("Sign"), None);
+        assert_eq!(AuditOutcome::named("refused"), Some(AuditOutcome::Refused));
+        assert_eq!(AuditOutcome::named("failed"), None);
+        assert_eq!(time_ms("1970-01-01T00:00:01.5Z"), Ok(1_500));
+        assert_eq!(
+            time_ms("2026-12-07T02:00:00+01:00"),
+            time_ms("2026-12-07T01:00:00Z")
+        );
+        assert!(time_ms("yesterday").is_err());
+        assert!(time_ms("1969-12-31T23:59:59Z")
+            .unwrap_err()
+            .contains("before 1970"));
+        assert_eq!(record_time(1_500), "1970-01-01T00:00:01.5Z");
+        assert_eq!(record_time(u64::MAX), format!("{} ms", u64::MAX));
+        let range = |s, u| AuditFilter {
+            since_ms: Some(s),
+            until_ms: Some(u),
+            ..AuditFilter::default()
+        };
+        assert!(range(5, 5).empty_range() && range(6, 5).empty_range());
+        assert!(!range(5, 6).empty_range());
+    }
 }

@@ -8,7 +8,8 @@
 //! no audit file.
 
 use crate::CliError;
-use etee_custody::audit::{AuditRecord, Operation, Outcome};
+use etee_appliance::report::{time_ms, AuditFilter, AuditOutcome};
+use etee_custody::audit::Operation;
 use etee_custody::file_sink::{scan, FileSinkError};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -77,6 +78,8 @@ pub enum OperationArg {
 }
 
 impl OperationArg {
+    /// The operation; its name here is the shared one (`report::OPERATION_NAMES`, also the
+    /// API's: a test compares them).
     fn operation(self) -> Operation {
         match self {
             Self::Sign => Operation::SignPssSha256,
@@ -101,90 +104,37 @@ pub enum OutcomeArg {
     Refused,
 }
 
-/// What a record must be to match: every given criterion (none given: every record).
-#[derive(Debug, Default, PartialEq)]
-pub struct Filter {
-    /// Milliseconds since the Unix epoch, inclusive.
-    pub since_ms: Option<u64>,
-    /// Milliseconds since the Unix epoch, exclusive.
-    pub until_ms: Option<u64>,
-    pub client: Option<Vec<u8>>,
-    pub key: Option<Vec<u8>>,
-    pub operations: Vec<Operation>,
-    pub outcome: Option<OutcomeArg>,
-}
-
-impl Filter {
-    pub fn matches(&self, r: &AuditRecord) -> bool {
-        let bytes = |field: Option<&[u8]>, wanted: &Option<Vec<u8>>| {
-            wanted.as_deref().is_none_or(|w| field == Some(w))
-        };
-        self.since_ms.is_none_or(|t| r.time_ms >= t)
-            && self.until_ms.is_none_or(|t| r.time_ms < t)
-            && bytes(r.client.as_ref().map(|c| c.as_bytes()), &self.client)
-            && bytes(r.key.as_ref().map(|k| k.as_bytes()), &self.key)
-            && (self.operations.is_empty() || self.operations.contains(&r.operation))
-            && self.outcome.is_none_or(|o| {
-                matches!(
-                    (o, r.outcome),
-                    (OutcomeArg::Admitted, Outcome::Admitted)
-                        | (OutcomeArg::Success, Outcome::Success)
-                        | (OutcomeArg::Refused, Outcome::Refused(_))
-                )
-            })
+/// The filter the arguments ask for.
+fn filter(a: &Args) -> Result<AuditFilter, CliError> {
+    let time = |flag: &str, text: Option<&str>| {
+        text.map(time_ms)
+            .transpose()
+            .map_err(|e| CliError::Usage(format!("{flag} {e}")))
+    };
+    let filter = AuditFilter {
+        since_ms: time("--since", a.since.as_deref())?,
+        until_ms: time("--until", a.until.as_deref())?,
+        client: a.client.as_ref().map(|c| c.as_bytes().to_vec()),
+        key: a.key.as_ref().map(|k| k.as_bytes().to_vec()),
+        operations: a.operation.iter().map(|o| o.operation()).collect(),
+        outcome: a.outcome.map(|o| match o {
+            OutcomeArg::Admitted => AuditOutcome::Admitted,
+            OutcomeArg::Success => AuditOutcome::Success,
+            OutcomeArg::Refused => AuditOutcome::Refused,
+        }),
+    };
+    if filter.empty_range() {
+        return Err(CliError::Usage(format!(
+            "--until {} is not after --since {}: no record could match",
+            a.until.as_deref().unwrap_or_default(),
+            a.since.as_deref().unwrap_or_default()
+        )));
     }
-}
-
-/// An RFC 3339 option as milliseconds since the Unix epoch (times before it are refused:
-/// the chain has none).
-fn time_ms(flag: &str, text: Option<&str>) -> Result<Option<u64>, CliError> {
-    let Some(text) = text else { return Ok(None) };
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| CliError::Usage(format!("{flag} {text:?}: not an RFC 3339 time ({e})")))?;
-    u64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .map(Some)
-        .map_err(|_| CliError::Usage(format!("{flag} {text:?}: before 1970")))
-}
-
-impl TryFrom<&Args> for Filter {
-    type Error = CliError;
-
-    fn try_from(a: &Args) -> Result<Self, CliError> {
-        let filter = Filter {
-            since_ms: time_ms("--since", a.since.as_deref())?,
-            until_ms: time_ms("--until", a.until.as_deref())?,
-            client: a.client.as_ref().map(|c| c.as_bytes().to_vec()),
-            key: a.key.as_ref().map(|k| k.as_bytes().to_vec()),
-            operations: a.operation.iter().map(|o| o.operation()).collect(),
-            outcome: a.outcome,
-        };
-        if let (Some(since), Some(until)) = (filter.since_ms, filter.until_ms) {
-            if until <= since {
-                return Err(CliError::Usage(format!(
-                    "--until {} is not after --since {}: no record could match",
-                    a.until.as_deref().unwrap_or_default(),
-                    a.since.as_deref().unwrap_or_default()
-                )));
-            }
-        }
-        Ok(filter)
-    }
-}
-
-/// RFC 3339 text, to the millisecond, of a record's time.
-pub fn record_time(ms: u64) -> String {
-    i128::from(ms)
-        .checked_mul(1_000_000)
-        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{ms} ms"))
+    Ok(filter)
 }
 
 pub fn run(args: Args) -> Result<ExitCode, CliError> {
-    let filter = Filter::try_from(&args)?;
+    let filter = filter(&args)?;
     let path = super::audit::audit_file(&args.config)?;
     let limit = usize::try_from(args.limit).unwrap_or(MAX_LIMIT);
     let mut shown: Vec<Value> = Vec::new();
@@ -197,9 +147,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         if filter.matches(r) {
             matched += 1;
             if shown.len() < limit {
-                let mut entry = super::audit::describe(r);
-                entry["time"] = Value::String(record_time(r.time_ms));
-                shown.push(entry);
+                shown.push(super::audit::describe(r));
             }
         }
     });
@@ -267,113 +215,23 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etee_custody::audit::AuditHead;
-    use etee_custody::wire::Error;
-    use etee_custody::{ClientId, KeyId};
+    use clap::Parser;
+    use etee_appliance::report::operation_named;
 
-    fn record(time_ms: u64, client: &str, key: &str, op: Operation, o: Outcome) -> AuditRecord {
-        AuditRecord {
-            sequence: 0,
-            time_ms,
-            client: Some(ClientId::try_from(client).unwrap()),
-            operation: op,
-            key: Some(KeyId::try_from(key).unwrap()),
-            input_digest: [0; 32],
-            outcome: o,
-            prev_hash: AuditHead::GENESIS.hash,
-        }
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec!["search", "--config", "c.toml"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|c| c.args)
     }
 
     #[test]
-    fn every_criterion_must_hold() {
-        let r = record(
-            1_000,
-            "app",
-            "etk",
-            Operation::DecryptPkcs1v15,
-            Outcome::Success,
-        );
-        assert!(Filter::default().matches(&r));
-        let f = |edit: &dyn Fn(&mut Filter)| {
-            let mut f = Filter::default();
-            edit(&mut f);
-            f.matches(&r)
-        };
-        assert!(f(&|f| f.since_ms = Some(1_000)), "since is inclusive");
-        assert!(!f(&|f| f.since_ms = Some(1_001)));
-        assert!(f(&|f| f.until_ms = Some(1_001)));
-        assert!(!f(&|f| f.until_ms = Some(1_000)), "until is exclusive");
-        assert!(f(&|f| f.client = Some(b"app".to_vec())));
-        assert!(!f(&|f| f.client = Some(b"ap".to_vec())));
-        assert!(f(&|f| f.key = Some(b"etk".to_vec())));
-        assert!(!f(&|f| f.key = Some(b"auth".to_vec())));
-        assert!(f(
-            &|f| f.operations = vec![Operation::SignPssSha256, Operation::DecryptPkcs1v15]
-        ));
-        assert!(!f(&|f| f.operations = vec![Operation::SignPssSha256]));
-        assert!(f(&|f| f.outcome = Some(OutcomeArg::Success)));
-        assert!(!f(&|f| f.outcome = Some(OutcomeArg::Refused)));
-        assert!(!f(&|f| {
-            f.client = Some(b"app".to_vec());
-            f.key = Some(b"auth".to_vec());
-        }));
-        let refused = record(
-            5,
-            "app",
-            "etk",
-            Operation::SignPssSha256,
-            Outcome::Refused(Error::PolicyDenied),
-        );
-        let only_refused = Filter {
-            outcome: Some(OutcomeArg::Refused),
-            ..Filter::default()
-        };
-        assert!(only_refused.matches(&refused));
-        // A record without a client (an unlock) matches no client criterion.
-        let mut unlock = record(5, "app", "etk", Operation::Unlock, Outcome::Success);
-        unlock.client = None;
-        unlock.key = None;
-        assert!(!Filter {
-            client: Some(b"app".to_vec()),
-            ..Filter::default()
-        }
-        .matches(&unlock));
-        assert!(Filter {
-            operations: vec![Operation::Unlock],
-            ..Filter::default()
-        }
-        .matches(&unlock));
-    }
-
-    #[test]
-    fn times_are_rfc3339_to_the_millisecond() {
-        assert_eq!(
-            time_ms("--since", Some("1970-01-01T00:00:01.5Z")).unwrap(),
-            Some(1_500)
-        );
-        assert_eq!(
-            time_ms("--since", Some("2026-12-07T02:00:00+01:00")).unwrap(),
-            time_ms("--since", Some("2026-12-07T01:00:00Z")).unwrap()
-        );
-        assert!(time_ms("--since", Some("yesterday")).is_err());
-        assert!(time_ms("--until", Some("1969-12-31T23:59:59Z")).is_err());
-        assert_eq!(record_time(1_500), "1970-01-01T00:00:01.5Z");
-        assert_eq!(record_time(u64::MAX), format!("{} ms", u64::MAX));
-    }
-
-    #[test]
-    fn an_empty_time_range_is_a_usage_error() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: Args,
-        }
-        let parse = |extra: &[&str]| {
-            let mut argv = vec!["search", "--config", "c.toml"];
-            argv.extend_from_slice(extra);
-            Cli::try_parse_from(argv).map(|c| c.args)
-        };
+    fn arguments_make_the_filter() {
         let a = parse(&[
             "--since",
             "2026-12-07T00:00:00Z",
@@ -381,10 +239,9 @@ mod tests {
             "2026-12-07T00:00:00Z",
         ])
         .unwrap();
-        assert!(Filter::try_from(&a)
-            .unwrap_err()
-            .to_string()
-            .contains("not after"));
+        assert!(filter(&a).unwrap_err().to_string().contains("not after"));
+        let a = parse(&["--since", "yesterday"]).unwrap();
+        assert!(filter(&a).unwrap_err().to_string().contains("--since"));
         let a = parse(&[
             "--operation",
             "sign",
@@ -392,15 +249,39 @@ mod tests {
             "unwrap",
             "--outcome",
             "refused",
+            "--key",
+            "etk",
+            "--client",
+            "app",
+            "--since",
+            "1970-01-01T00:00:01Z",
         ])
         .unwrap();
-        let f = Filter::try_from(&a).unwrap();
+        let f = filter(&a).unwrap();
         assert_eq!(
             f.operations,
             [Operation::SignPssSha256, Operation::UnwrapSecret]
         );
-        assert_eq!(f.outcome, Some(OutcomeArg::Refused));
+        assert_eq!(f.outcome, Some(AuditOutcome::Refused));
+        assert_eq!(
+            (f.key.as_deref(), f.client.as_deref()),
+            (Some(&b"etk"[..]), Some(&b"app"[..]))
+        );
+        assert_eq!((f.since_ms, f.until_ms), (Some(1_000), None));
         assert!(parse(&["--limit", "0"]).is_err());
         assert!(parse(&["--operation", "frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn every_operation_value_has_its_shared_name() {
+        use clap::ValueEnum;
+        for v in OperationArg::value_variants() {
+            let name = v.to_possible_value().unwrap().get_name().to_owned();
+            assert_eq!(operation_named(&name), Some(v.operation()), "{name}");
+        }
+        assert_eq!(
+            OperationArg::value_variants().len(),
+            etee_appliance::report::OPERATION_NAMES.len()
+        );
     }
 }

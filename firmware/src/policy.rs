@@ -10,7 +10,10 @@
 //! 2. (the core checks that the token has the key and that its kind fits the operation)
 //! 3. [`Policy::spend`]: take one use from the rule's budget, or refuse with a retry time.
 //!
-//! Time is the caller's `now` in milliseconds (any monotonic origin); the core has no clock.
+//! Time is the caller's `now` in milliseconds; the core has no clock. The host gives the
+//! wall clock (the audit records carry the same time, and a restart replays them): a
+//! clock stepped forward refills at most a burst, one stepped back refills nothing and
+//! the refill goes on from the new time.
 
 use crate::config::MAX_POLICY_RULES;
 use crate::id::{ClientId, KeyId};
@@ -190,14 +193,16 @@ impl Policy {
         let capacity = u64::from(rule.budget.burst).saturating_mul(MILLI);
         let rate = u64::from(rule.budget.per_second); // thousandths of a use per ms
         if let Some(last) = bucket.last_ms {
-            // A clock that goes back refills nothing and does not move `last` back.
+            // A clock that goes back (the wall clock stepped back) refills nothing, and the
+            // budget refills again from the new time on: keeping the later time would
+            // refuse every use past the burst until the clock caught up with it.
             let elapsed = now_ms.saturating_sub(last);
             bucket.milli_uses = bucket
                 .milli_uses
                 .saturating_add(elapsed.saturating_mul(rate))
                 .min(capacity);
         }
-        bucket.last_ms = Some(bucket.last_ms.map_or(now_ms, |last| last.max(now_ms)));
+        bucket.last_ms = Some(now_ms);
         if bucket.milli_uses >= MILLI {
             bucket.milli_uses -= MILLI;
             Ok(())

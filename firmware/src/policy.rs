@@ -98,6 +98,10 @@ struct Bucket {
 
 const MILLI: u64 = 1000;
 
+/// How far before the last time a `now` may be and still be taken as callers out of order
+/// rather than as the clock stepped back ([`Policy::spend`]).
+const OUT_OF_ORDER_MS: u64 = 1_000;
+
 /// The rule table with its buckets.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
@@ -193,16 +197,21 @@ impl Policy {
         let capacity = u64::from(rule.budget.burst).saturating_mul(MILLI);
         let rate = u64::from(rule.budget.per_second); // thousandths of a use per ms
         if let Some(last) = bucket.last_ms {
-            // A clock that goes back (the wall clock stepped back) refills nothing, and the
-            // budget refills again from the new time on: keeping the later time would
-            // refuse every use past the burst until the clock caught up with it.
             let elapsed = now_ms.saturating_sub(last);
             bucket.milli_uses = bucket
                 .milli_uses
                 .saturating_add(elapsed.saturating_mul(rate))
                 .min(capacity);
         }
-        bucket.last_ms = Some(now_ms);
+        // A time before the last one refills nothing. Slightly before (callers that read
+        // the clock before another but reached the core after it): the later time stays,
+        // so that nothing is refilled twice. Far before (the wall clock stepped back): the
+        // budget refills from the new time on; keeping the later one would refuse every
+        // use past the burst until the clock caught up with it.
+        bucket.last_ms = Some(match bucket.last_ms {
+            Some(last) if now_ms < last && last - now_ms <= OUT_OF_ORDER_MS => last,
+            _ => now_ms,
+        });
         if bucket.milli_uses >= MILLI {
             bucket.milli_uses -= MILLI;
             Ok(())

@@ -111,6 +111,15 @@ fn a_clock_going_back_refills_nothing_and_does_not_stop_the_refill() {
     spend(&mut p, 1_000).unwrap();
     assert!(spend(&mut p, 1_500).is_err());
     spend(&mut p, 2_000).unwrap();
+    // Callers whose times reach the core slightly out of order refill nothing twice.
+    let mut p = with_budget(1, 1);
+    spend(&mut p, 10_000).unwrap();
+    assert!(spend(&mut p, 9_500).is_err());
+    assert!(
+        spend(&mut p, 10_999).is_err(),
+        "refilled from 10 000, not from 9 500"
+    );
+    spend(&mut p, 11_000).unwrap();
 }
 
 #[test]

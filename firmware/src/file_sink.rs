@@ -851,8 +851,9 @@ impl FileAuditSink {
     /// the current file holds none yet), preceded, when the current file (or that segment)
     /// begins after `since_ms` (record time), by those of the archived segments back to
     /// the one the time `since_ms` falls in (at most [`MAX_REACH_BACK_BYTES`] of them;
-    /// an archived segment that cannot be read ends the reach back, the chain's checks
-    /// are `etee audit verify`'s). A torn tail is not shown. For state the core rebuilds
+    /// best effort: a segment whose beginning cannot be read ends the reach back, one
+    /// damaged further on is shown up to the damage; reporting damage is `etee audit
+    /// verify`'s). A torn tail is not shown. For state the core rebuilds
     /// from its recent history, such as the policy's budgets
     /// ([`crate::policy::Policy::replay`]); `u64::MAX` reads the current file only.
     pub fn open_observing(

@@ -56,6 +56,22 @@ use crate::wire::{
 /// The input digest recorded where there is no input to identify (or it is a PIN).
 const NO_INPUT: Hash = [0; DIGEST_LEN];
 
+/// Why [`Custody::destroy_key`] did not end in a destruction on record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestroyError {
+    /// The token was not asked, nothing was destroyed: the core is locked, or the use
+    /// record could not be written ([`Error::AuditUnavailable`]).
+    NotAsked(Error),
+    /// The token was asked and failed (`CKR_KEY_HANDLE_INVALID`: no such key); on record.
+    Failed(TokenError),
+    /// The token was asked and answered `destroyed` (the objects it destroyed, or its
+    /// error), but that outcome could not be recorded: the chain shows the use without
+    /// its outcome (`unconcluded` in `etee audit verify`).
+    OutcomeUnrecorded {
+        destroyed: Result<usize, TokenError>,
+    },
+}
+
 /// The custody core over a token `T`, writing its audit chain to `A`.
 pub struct Custody<T: Token, A: AuditSink> {
     token: T,
@@ -265,10 +281,11 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
     /// An administrator destroys a key and the token's other objects with its id (a local
     /// call of the process that owns the core, never a wire request; the host decides
     /// which keys may go). The use is made durable on the chain before the token is asked,
-    /// and the outcome follows; refused while the core is locked.
-    pub fn destroy_key(&mut self, key: &KeyId, now_ms: u64) -> Result<usize, Error> {
+    /// and the outcome follows; refused while the core is locked. Answers how many
+    /// objects the token destroyed; the error says whether the token was asked at all.
+    pub fn destroy_key(&mut self, key: &KeyId, now_ms: u64) -> Result<usize, DestroyError> {
         if self.lock.state() != LockState::Unlocked {
-            return Err(Error::Locked);
+            return Err(DestroyError::NotAsked(Error::Locked));
         }
         self.record(
             now_ms,
@@ -277,21 +294,27 @@ impl<T: Token, A: AuditSink> Custody<T, A> {
             Some(key),
             NO_INPUT,
             Outcome::Admitted,
-        )?;
+        )
+        .map_err(DestroyError::NotAsked)?;
         let destroyed = self.token.destroy_key(key);
         let outcome = match destroyed {
             Ok(_) => Outcome::Success,
             Err(e) => Outcome::Refused(Error::Token(e)),
         };
-        self.record(
-            now_ms,
-            None,
-            Operation::KeyDestroy,
-            Some(key),
-            NO_INPUT,
-            outcome,
-        )?;
-        destroyed.map_err(Error::Token)
+        if self
+            .record(
+                now_ms,
+                None,
+                Operation::KeyDestroy,
+                Some(key),
+                NO_INPUT,
+                outcome,
+            )
+            .is_err()
+        {
+            return Err(DestroyError::OutcomeUnrecorded { destroyed });
+        }
+        destroyed.map_err(DestroyError::Failed)
     }
 
     /// Lock state and PIN tries left.

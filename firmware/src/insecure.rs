@@ -393,6 +393,8 @@ fn fake_tag(secret: &[u8; 32], plaintext: &[u8]) -> [u8; FAKE_TAG_LEN] {
 pub struct InsecureMemoryAuditSink<const N: usize> {
     records: Vec<AuditRecord, N>,
     failing: Cell<bool>,
+    /// Appends still accepted before the sink fails (`None`: no such limit).
+    accepting: Cell<Option<usize>>,
 }
 
 impl<const N: usize> InsecureMemoryAuditSink<N> {
@@ -400,12 +402,20 @@ impl<const N: usize> InsecureMemoryAuditSink<N> {
         Self {
             records: Vec::new(),
             failing: Cell::new(false),
+            accepting: Cell::new(None),
         }
     }
 
     /// While `failing`, every append fails with [`AuditError::Storage`].
     pub fn set_failing(&self, failing: bool) {
         self.failing.set(failing);
+        self.accepting.set(None);
+    }
+
+    /// Accepts `appends` more appends, then fails as [`Self::set_failing`] does (until
+    /// `set_failing(false)`).
+    pub fn fail_after(&self, appends: usize) {
+        self.accepting.set(Some(appends));
     }
 
     /// The stored records, oldest first.
@@ -422,6 +432,11 @@ impl<const N: usize> Default for InsecureMemoryAuditSink<N> {
 
 impl<const N: usize> AuditSink for InsecureMemoryAuditSink<N> {
     fn append(&mut self, record: &AuditRecord) -> Result<(), AuditError> {
+        match self.accepting.get() {
+            Some(0) => self.failing.set(true),
+            Some(n) => self.accepting.set(Some(n - 1)),
+            None => {}
+        }
         if self.failing.get() {
             return Err(AuditError::Storage);
         }

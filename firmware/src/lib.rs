@@ -85,7 +85,7 @@ pub mod token;
 pub mod wire;
 
 pub use audit::{AuditHead, AuditRecord, AuditSink};
-pub use custody::Custody;
+pub use custody::{Custody, DestroyError};
 pub use id::{ClientId, KeyId};
 pub use token::{KeyFacts, KeyKind, Token, TokenError, TokenFunction};
 pub use wire::{Error, Request, Response};

@@ -9,6 +9,7 @@ use etee_custody::audit::{verify_chain_to, Operation, Outcome};
 use etee_custody::insecure::Call;
 use etee_custody::token::{ckr, TokenFunction};
 use etee_custody::wire::{Error, Request, Response};
+use etee_custody::DestroyError;
 
 fn sign_with_auth(core: &mut Core, now: u64) -> Response {
     let request = Request::SignPssSha256 {
@@ -61,7 +62,7 @@ fn a_destroyed_key_is_on_record_and_gone() {
     // Destroying it again: the token says there is no such key, on record as well.
     let e = core.destroy_key(&auth(), 4).unwrap_err();
     assert!(
-        matches!(e, Error::Token(t) if t.function == TokenFunction::DestroyObject
+        matches!(e, DestroyError::Failed(t) if t.function == TokenFunction::DestroyObject
             && t.ckr == ckr::KEY_HANDLE_INVALID),
         "{e:?}"
     );
@@ -74,7 +75,10 @@ fn a_destroyed_key_is_on_record_and_gone() {
 fn a_locked_core_destroys_nothing_and_records_nothing() {
     let mut core = core();
     let records = core.audit_sink().records().len();
-    assert_eq!(core.destroy_key(&etk(), 1), Err(Error::Locked));
+    assert_eq!(
+        core.destroy_key(&etk(), 1),
+        Err(DestroyError::NotAsked(Error::Locked))
+    );
     assert_eq!(core.audit_sink().records().len(), records);
     assert!(!core
         .token()
@@ -87,7 +91,10 @@ fn a_locked_core_destroys_nothing_and_records_nothing() {
 fn no_record_no_destruction() {
     let mut core = unlocked();
     core.audit_sink().set_failing(true);
-    assert_eq!(core.destroy_key(&etk(), 1), Err(Error::AuditUnavailable));
+    assert_eq!(
+        core.destroy_key(&etk(), 1),
+        Err(DestroyError::NotAsked(Error::AuditUnavailable))
+    );
     core.audit_sink().set_failing(false);
     assert!(!core
         .token()
@@ -96,4 +103,27 @@ fn no_record_no_destruction() {
         .any(|c| matches!(c, Call::Destroy(_))));
     // Once the chain takes records again, the destruction goes ahead.
     assert_eq!(core.destroy_key(&etk(), 2), Ok(1));
+}
+
+/// The token destroyed the key but its outcome could not be recorded: the error says so
+/// (the key is gone), and the chain shows the use without an outcome.
+#[test]
+fn a_destruction_whose_outcome_is_not_recorded_says_the_key_is_gone() {
+    let mut core = unlocked();
+    let before = core.audit_sink().records().len();
+    core.audit_sink().fail_after(1);
+    assert_eq!(
+        core.destroy_key(&etk(), 1),
+        Err(DestroyError::OutcomeUnrecorded { destroyed: Ok(1) })
+    );
+    core.audit_sink().set_failing(false);
+    assert_eq!(core.token().calls().last(), Some(&Call::Destroy(etk())));
+    use etee_custody::Token;
+    assert!(core.token().key_kind(&etk()).is_none(), "the key is gone");
+    let records = &core.audit_sink().records()[before..];
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].operation, records[0].outcome),
+        (Operation::KeyDestroy, Outcome::Admitted)
+    );
 }

@@ -519,19 +519,29 @@ impl CustodyKeys {
             .core
             .lock()
             .map_err(|_| HsmError::Invalid("the custody core is unusable".into()))?;
+        use etee_custody::DestroyError;
         core.destroy_key(&key, now_ms()).map_err(|e| match e {
-            CoreError::Token(t) if t.ckr == ckr::KEY_HANDLE_INVALID => HsmError::NotFound {
+            DestroyError::Failed(t) if t.ckr == ckr::KEY_HANDLE_INVALID => HsmError::NotFound {
                 what: "object with CKA_ID",
                 id: id.into(),
             },
-            // Either the use record failed (the token was not asked) or the outcome's did
-            // (the key is gone): the core cannot say which.
-            CoreError::AuditUnavailable => HsmError::Audit(format!(
-                "destroying key {id:?}: {e}; if the use was recorded the token may have \
-                 destroyed the key although its outcome is not on the chain: check with \
-                 `etee keys list`"
+            DestroyError::Failed(t) => HsmError::Invalid(format!("destroying key {id:?}: {t}")),
+            DestroyError::NotAsked(CoreError::AuditUnavailable) => HsmError::Audit(format!(
+                "destroying key {id:?}: its use could not be recorded on the audit chain, so \
+                 the token was not asked: nothing was destroyed"
             )),
-            e => HsmError::Invalid(format!("destroying key {id:?}: {e}")),
+            DestroyError::NotAsked(e) => {
+                HsmError::Invalid(format!("destroying key {id:?}: {e}; nothing was destroyed"))
+            }
+            DestroyError::OutcomeUnrecorded { destroyed } => HsmError::Audit(format!(
+                "destroying key {id:?}: the token {}, but that outcome could not be recorded \
+                 on the audit chain (its use is; `etee audit verify` lists it as unconcluded): \
+                 check the disk of the audit file, and `etee keys list`",
+                match destroyed {
+                    Ok(n) => format!("destroyed the key ({n} object(s))"),
+                    Err(t) => format!("failed ({t}; the key may still be there)"),
+                }
+            )),
         })
     }
 

@@ -912,23 +912,29 @@ impl AuditQuery {
                 .transpose()
                 .map_err(|e| bad(what, e))
         };
-        let operations = match self.operation.as_deref() {
-            None => Vec::new(),
-            Some(names) => names
-                .split(',')
-                .map(|n| {
-                    operation_named(n).ok_or_else(|| {
-                        bad(
-                            "operation",
-                            format!(
-                                "{n:?}: not one of {}",
-                                crate::report::OPERATION_NAMES.map(|(n, _)| n).join(", ")
-                            ),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
+        // Each operation once, however often named: the list is checked against every
+        // record of the chain.
+        let mut operations = Vec::new();
+        for n in self
+            .operation
+            .as_deref()
+            .map(|o| o.split(','))
+            .into_iter()
+            .flatten()
+        {
+            let op = operation_named(n).ok_or_else(|| {
+                bad(
+                    "operation",
+                    format!(
+                        "{n:?}: not one of {}",
+                        crate::report::OPERATION_NAMES.map(|(n, _)| n).join(", ")
+                    ),
+                )
+            })?;
+            if !operations.contains(&op) {
+                operations.push(op);
+            }
+        }
         let outcome = self
             .outcome
             .as_deref()
@@ -1155,6 +1161,50 @@ mod tests {
         let (allowed, excluded) =
             reader_conditions(&["doctor"; 3000], &["patient:12345678901"; 2]).unwrap();
         assert_eq!((allowed.len(), excluded.len()), (1, 1));
+    }
+
+    #[test]
+    fn audit_filters() {
+        use etee_custody::audit::Operation;
+        let filter =
+            |query: &str| serde_urlencoded_query::<AuditQuery>(query).and_then(|q| q.filter());
+        let f = filter(
+            "operation=sign,decrypt,sign&outcome=refused&key=etk&since=1970-01-01T00:00:02Z",
+        )
+        .unwrap();
+        assert_eq!(
+            f.operations,
+            [Operation::SignPssSha256, Operation::DecryptPkcs1v15],
+            "each once"
+        );
+        assert_eq!(f.outcome, Some(crate::report::AuditOutcome::Refused));
+        assert_eq!(
+            (f.key.as_deref(), f.since_ms),
+            (Some(&b"etk"[..]), Some(2_000))
+        );
+        let many = vec!["sign"; 5000].join(",");
+        assert_eq!(
+            filter(&format!("operation={many}"))
+                .unwrap()
+                .operations
+                .len(),
+            1
+        );
+        assert_eq!(filter("").unwrap(), crate::report::AuditFilter::default());
+        for bad in [
+            "operation=",
+            "operation=Sign",
+            "outcome=ok",
+            "until=2026-13-01T00:00:00Z",
+            "since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z",
+            "client=a&client=b",
+            "what=1",
+        ] {
+            assert!(
+                matches!(filter(bad), Err(ServiceError::BadRequest(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -116,7 +116,12 @@ fn filter(a: &Args) -> Result<AuditFilter, CliError> {
         until_ms: time("--until", a.until.as_deref())?,
         client: a.client.as_ref().map(|c| c.as_bytes().to_vec()),
         key: a.key.as_ref().map(|k| k.as_bytes().to_vec()),
-        operations: a.operation.iter().map(|o| o.operation()).collect(),
+        operations: a.operation.iter().fold(Vec::new(), |mut ops, o| {
+            if !ops.contains(&o.operation()) {
+                ops.push(o.operation());
+            }
+            ops
+        }),
         outcome: a.outcome.map(|o| match o {
             OutcomeArg::Admitted => AuditOutcome::Admitted,
             OutcomeArg::Success => AuditOutcome::Success,
@@ -247,6 +252,8 @@ mod tests {
             "sign",
             "--operation",
             "unwrap",
+            "--operation",
+            "sign",
             "--outcome",
             "refused",
             "--key",

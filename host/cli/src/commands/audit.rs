@@ -306,7 +306,7 @@ fn is_empty(s: &etee_custody::file_sink::Scan) -> bool {
 /// A progress line on a terminal while a long chain is verified (a chain kept for years
 /// spans many segments and takes a while to hash): refreshed at most once a second, and
 /// only after the first second, so short runs print nothing.
-struct Progress {
+pub(crate) struct Progress {
     /// The first sequence of each segment after the first, from the archived names.
     boundaries: Vec<u64>,
     started: Instant,
@@ -317,7 +317,7 @@ struct Progress {
 impl Progress {
     const EVERY: Duration = Duration::from_secs(1);
 
-    fn new(segments: &[PathBuf], enabled: bool) -> Self {
+    pub(crate) fn new(segments: &[PathBuf], enabled: bool) -> Self {
         Self {
             boundaries: segments
                 .iter()
@@ -329,7 +329,7 @@ impl Progress {
         }
     }
 
-    fn record(&mut self, sequence: u64, verified: u64) {
+    pub(crate) fn record(&mut self, sequence: u64, verified: u64) {
         // Looking at the clock every 4096 records keeps the cost out of the hash loop.
         if !self.enabled || !verified.is_multiple_of(4096) {
             return;
@@ -353,7 +353,7 @@ impl Progress {
         )
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if self.shown_at.is_some() {
             eprint!("\r\x1b[K");
         }

@@ -3,6 +3,8 @@
 //! what a hospital's auditor asks ("who used the ETK key last Tuesday, and was anything
 //! refused?").
 //!
+//! A progress line is on standard error while a long chain is read, only on a terminal.
+//!
 //! Exit codes: 0 the chain is intact (whether anything matched or not); 1 it is broken
 //! (the matches before the break are shown, and the break); 2 usage or I/O problems, or
 //! no audit file.
@@ -12,6 +14,7 @@ use etee_appliance::report::{time_ms, AuditFilter, AuditOutcome};
 use etee_custody::audit::Operation;
 use etee_custody::file_sink::{scan, FileSinkError};
 use serde_json::{json, Value};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -146,9 +149,12 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     let mut matched = 0u64;
     let mut intact = 0u64;
     let mut next = 0u64;
+    let segments = etee_custody::file_sink::segments(&path).unwrap_or_default();
+    let mut progress = super::audit::Progress::new(&segments, std::io::stderr().is_terminal());
     let result = scan(&path, |r| {
         intact += 1;
         next = r.sequence.saturating_add(1);
+        progress.record(r.sequence, intact);
         if filter.matches(r) {
             matched += 1;
             if shown.len() < limit {
@@ -156,6 +162,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             }
         }
     });
+    progress.finish();
     let file = path.display().to_string();
     let truncated = matched > shown.len() as u64;
     let (chain, summary, code) = match result {

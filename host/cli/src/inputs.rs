@@ -105,7 +105,8 @@ pub struct RevocationArgs {
     #[arg(long = "crl", value_name = "FILE")]
     pub crl: Vec<PathBuf>,
     /// none, optional or mandatory (every certificate's status must be given by a current
-    /// list of its CA, else …_STATUS_UNKNOWN). Default: optional with --crl, else none.
+    /// list of its CA or an OCSP answer, else …_STATUS_UNKNOWN). Default: optional with
+    /// --crl or --ocsp, else none.
     #[arg(long, value_name = "POLICY")]
     pub revocation: Option<RevocationPolicy>,
     /// Ask OCSP when neither the message nor a list gives a certificate's status: `auto`

@@ -1010,6 +1010,50 @@ mod tests {
         assert_eq!(c.profile("kgss-wrap").unwrap(), &KeyProfile::kgss_wrap());
     }
 
+    /// The keys the example file shows commented out (`# key = value`, `# [custody]`) are
+    /// read too, and those it calls defaults are the defaults.
+    #[test]
+    fn example_file_commented_keys_parse() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hsm-config/institution.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest == "[custody]"
+                        || rest.split_once(" = ").is_some_and(|(key, _)| {
+                            !key.is_empty()
+                                && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(uncommented.contains("\n[custody]\n"), "{uncommented}");
+        let base = Path::new("/etc/etee");
+        let c = Config::from_toml(&uncommented, base).unwrap();
+        let defaults = CustodyConfig::defaults(&c.hsm, base);
+        assert_eq!(c.hsm.sessions, Some(4));
+        assert_eq!(c.hsm.token.serial.as_deref(), Some("1a2b3c4d5e6f7081"));
+        assert_eq!(c.custody.audit_file, defaults.audit_file);
+        assert_eq!(c.custody.client, defaults.client);
+        assert_eq!(c.custody.mode, CustodyMode::InProcess);
+        assert_eq!(
+            c.custody.socket,
+            Some(PathBuf::from("/run/etee/custody.sock"))
+        );
+        assert_eq!(c.custody.allowed_uids, [1001]);
+        assert_eq!(c.custody.server_uid, Some(998));
+        assert_eq!(c.custody.budget, crate::custody::DEFAULT_BUDGET);
+        assert_eq!(
+            c.custody.audit_segment_bytes,
+            Some(DEFAULT_AUDIT_SEGMENT_BYTES)
+        );
+    }
+
     #[test]
     fn wrapping_profiles() {
         let c = Config::from_toml(

@@ -1233,4 +1233,59 @@ mod tests {
         assert_eq!(seal_log_allowed(second + 1), Some(2));
         assert_eq!(seal_log_allowed(second + 1), Some(0));
     }
+
+    /// Every route of [`router`] but the two SOAP endpoints is in the OpenAPI description
+    /// with its methods, and nothing else is (parameter names aside).
+    #[test]
+    fn the_openapi_description_covers_the_rest_routes() {
+        use std::collections::BTreeSet;
+        let shape = |path: &str| {
+            let mut out = String::new();
+            let mut in_param = false;
+            for c in path.chars() {
+                match c {
+                    '{' => {
+                        in_param = true;
+                        out.push_str("{}");
+                    }
+                    '}' => in_param = false,
+                    c if !in_param => out.push(c),
+                    _ => {}
+                }
+            }
+            out
+        };
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("docs/openapi/platform.json");
+        let described: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, item)| {
+                let methods = item.as_object().expect("a path item");
+                methods.keys().map(move |m| (shape(path), m.clone()))
+            })
+            .collect();
+        let source = include_str!("routes.rs");
+        let start = source.find("pub fn router(").expect("the router");
+        let end = start + source[start..].find(".fallback(").expect("its fallback");
+        let mut routed = BTreeSet::new();
+        for route in source[start..end].split(".route(").skip(1) {
+            let path = route
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|rest| rest.split('"').next())
+                .expect("a path");
+            if matches!(path, "/EtkDepot/v1" | "/Kgss/v1") {
+                continue;
+            }
+            for method in ["get", "post", "delete", "patch", "put"] {
+                if route.contains(&format!("{method}(")) {
+                    routed.insert((shape(path), method.to_owned()));
+                }
+            }
+        }
+        assert!(routed.len() > 12, "{routed:?}");
+        assert_eq!(routed, described);
+    }
 }

@@ -587,6 +587,18 @@ mod tests {
     const MINIMAL: &str = "[appliance]\nhsm = \"hsm.toml\"\ntrust = [\"ca.pem\"]\n\
         socket = \"a.sock\"\n[platform]\nurl = \"https://127.0.0.1:8443\"\n";
 
+    /// The example configuration of docs/appliance.md is accepted.
+    #[test]
+    fn the_example_in_the_docs_parses() {
+        let doc = include_str!("../../../docs/appliance.md");
+        let example = &doc[doc.find("### Example").expect("the example")..];
+        let start = example.find("```toml\n").expect("a TOML block") + "```toml\n".len();
+        let block = &example[start..start + example[start..].find("```").expect("its end")];
+        let c = ApplianceConfig::from_toml(block, Path::new("/etc/etee")).unwrap();
+        assert_eq!(c.clients.len(), 2);
+        assert_eq!(c.platform.soap_url, "https://services-acpt.ehealth.fgov.be");
+    }
+
     #[test]
     fn minimal_file_gets_defaults_and_relative_paths() {
         let c = ApplianceConfig::from_toml(MINIMAL, Path::new("/etc/etee")).unwrap();

@@ -447,6 +447,36 @@ mod tests {
         assert_eq!(c.limits.max_requests_per_caller, None);
     }
 
+    /// The configuration shown in docs/platform.md is accepted, and the values it gives
+    /// as defaults are the defaults.
+    #[test]
+    fn the_configuration_in_the_docs_parses_with_the_defaults_it_states() {
+        let doc = include_str!("../../../docs/platform.md");
+        let start = doc.find("```toml\n").expect("a TOML block") + "```toml\n".len();
+        let block = &doc[start..start + doc[start..].find("```").expect("its end")];
+        let c = PlatformConfig::from_toml(block, Path::new("/etc/etee")).unwrap();
+        let d = Limits::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.limits.max_body_bytes, d.max_body_bytes);
+        assert_eq!(c.limits.handshake_timeout, d.handshake_timeout);
+        assert_eq!(c.limits.request_timeout, d.request_timeout);
+        assert_eq!(c.limits.max_connections, d.max_connections);
+        assert_eq!(
+            c.limits.max_connections_per_peer,
+            d.max_connections_per_peer
+        );
+        assert_eq!(c.limits.max_concurrent_work, d.max_concurrent_work);
+        assert_eq!(c.limits.queue_timeout, d.queue_timeout);
+        assert_eq!(
+            c.limits.max_requests_per_caller,
+            Some(DEFAULT_REQUESTS_PER_CALLER)
+        );
+        assert_eq!(c.limits.store_connections, d.store_connections);
+        assert_eq!(c.status_access, StatusAccess::Any);
+        assert_eq!(c.revocation, RevocationConfig::default());
+        assert_eq!(c.kgss.expect("[kgss]").wrapping_key, "kgss-wrap");
+    }
+
     #[test]
     fn status_access_follows_the_setting() {
         let local = Some(std::net::IpAddr::from([127, 0, 0, 1]));

@@ -184,7 +184,7 @@ pub struct PlatformConfig {
     pub soap_url: String,
     pub rest_url: String,
     pub protocol: Protocol,
-    /// TLS roots of the platform; empty means the system's (`/etc/ssl/certs`).
+    /// TLS roots of the platform; empty means the system's ([`crate::SYSTEM_ROOTS`]).
     pub ca: Vec<PathBuf>,
     pub timeout: Duration,
     pub retries: u32,

@@ -1243,23 +1243,7 @@ mod tests {
         assert_eq!(back, v);
     }
 
-    /// A path with its parameters' names blanked: `/v1/kgss/keys/{}`.
-    fn shape(path: &str) -> String {
-        let mut out = String::new();
-        let mut in_param = false;
-        for c in path.chars() {
-            match c {
-                '{' => {
-                    in_param = true;
-                    out.push_str("{}");
-                }
-                '}' => in_param = false,
-                c if !in_param => out.push(c),
-                _ => {}
-            }
-        }
-        out
-    }
+    use etee_testpki::route_shape as shape;
 
     /// Every route of [`router`] is in the OpenAPI description, and nothing else is.
     #[test]

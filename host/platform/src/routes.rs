@@ -1238,23 +1238,8 @@ mod tests {
     /// with its methods, and nothing else is (parameter names aside).
     #[test]
     fn the_openapi_description_covers_the_rest_routes() {
+        use etee_testpki::route_shape as shape;
         use std::collections::BTreeSet;
-        let shape = |path: &str| {
-            let mut out = String::new();
-            let mut in_param = false;
-            for c in path.chars() {
-                match c {
-                    '{' => {
-                        in_param = true;
-                        out.push_str("{}");
-                    }
-                    '}' => in_param = false,
-                    c if !in_param => out.push(c),
-                    _ => {}
-                }
-            }
-            out
-        };
         let doc: serde_json::Value =
             serde_json::from_str(OPENAPI).expect("docs/openapi/platform.json");
         let described: BTreeSet<(String, String)> = doc["paths"]

@@ -52,6 +52,26 @@ pub fn from_project_root(p: std::ffi::OsString) -> std::path::PathBuf {
         p
     }
 }
+
+/// An HTTP route's path with its parameters' names blanked (`/v1/kgss/keys/{id}` →
+/// `/v1/kgss/keys/{}`): how the tests compare a router's routes with an OpenAPI file's.
+pub fn route_shape(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push_str("{}");
+            }
+            '}' => in_param = false,
+            c if !in_param => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
 pub use ocsp::{ocsp_successful, ocsp_unsuccessful, OcspAnswer, OcspStatus};
 
 /// Errors from building the test PKI.

@@ -284,17 +284,24 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         outln!("{text}")?;
         outln!("file    {file}")?;
         for r in &last {
-            outln!(
-                "  #{:<6} {} {:<16} {:<16} {}",
-                r["sequence"],
-                r["operation"].as_str().unwrap_or(""),
-                r["client"].as_str().unwrap_or("-"),
-                r["key"].as_str().unwrap_or("-"),
-                r["outcome"].as_str().unwrap_or("")
-            )?;
+            outln!("  {}", record_line(r))?;
         }
     }
     Ok(code)
+}
+
+/// One record ([`describe`]) as a line of text: sequence, time, operation, client, key,
+/// outcome.
+pub(crate) fn record_line(r: &serde_json::Value) -> String {
+    format!(
+        "#{:<7} {:<24} {:<16} {:<16} {:<20} {}",
+        r["sequence"],
+        r["time"].as_str().unwrap_or(""),
+        r["operation"].as_str().unwrap_or(""),
+        r["client"].as_str().unwrap_or("-"),
+        r["key"].as_str().unwrap_or("-"),
+        r["outcome"].as_str().unwrap_or("")
+    )
 }
 
 /// A chain without a single record: no file of it holds one, whole or torn, and no

@@ -206,15 +206,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         return Ok(code);
     }
     for r in &shown {
-        outln!(
-            "#{:<7} {:<24} {:<16} {:<16} {:<20} {}",
-            r["sequence"],
-            r["time"].as_str().unwrap_or(""),
-            r["operation"].as_str().unwrap_or(""),
-            r["client"].as_str().unwrap_or("-"),
-            r["key"].as_str().unwrap_or("-"),
-            r["outcome"].as_str().unwrap_or("")
-        )?;
+        outln!("{}", super::audit::record_line(r))?;
     }
     if truncated {
         outln!("(the first {} shown; --limit shows more)", shown.len())?;

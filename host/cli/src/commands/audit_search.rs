@@ -188,10 +188,14 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         Err(e @ (FileSinkError::Corrupt { .. } | FileSinkError::Chain(_))) => (
             json!({ "intact": false, "records_intact": intact, "break": {
-                "sequence": next, "reason": e.to_string() } }),
+                "sequence": match &e {
+                    FileSinkError::Chain(b) => b.sequence,
+                    _ => next,
+                },
+                "reason": e.to_string() } }),
             format!(
-                "BROKEN  the chain breaks at record {next} ({e}): {matched} matching record(s) \
-                 among the {intact} before it only; `etee audit verify` says more"
+                "BROKEN  the chain breaks ({e}): {matched} matching record(s) among the \
+                 {intact} intact before it only; `etee audit verify` says more"
             ),
             ExitCode::from(1),
         ),

@@ -314,8 +314,11 @@ fn is_empty(s: &etee_custody::file_sink::Scan) -> bool {
 /// spans many segments and takes a while to hash): refreshed at most once a second, and
 /// only after the first second, so short runs print nothing.
 pub(crate) struct Progress {
-    /// The first sequence of each segment after the first, from the archived names.
-    boundaries: Vec<u64>,
+    /// The first sequence of each segment after the first, from the archived names
+    /// (`None`: a chain not kept in segments, such as the platform's).
+    boundaries: Option<Vec<u64>>,
+    /// What is counted: "records", "events".
+    unit: &'static str,
     started: Instant,
     shown_at: Option<Instant>,
     enabled: bool,
@@ -326,10 +329,21 @@ impl Progress {
 
     pub(crate) fn new(segments: &[PathBuf], enabled: bool) -> Self {
         Self {
-            boundaries: segments
-                .iter()
-                .filter_map(|s| etee_custody::file_sink::segment_end(Path::new(s)))
-                .collect(),
+            boundaries: Some(
+                segments
+                    .iter()
+                    .filter_map(|s| etee_custody::file_sink::segment_end(Path::new(s)))
+                    .collect(),
+            ),
+            ..Self::unsegmented("records", enabled)
+        }
+    }
+
+    /// For a chain of `unit` not kept in segments.
+    pub(crate) fn unsegmented(unit: &'static str, enabled: bool) -> Self {
+        Self {
+            boundaries: None,
+            unit,
             started: Instant::now(),
             shown_at: None,
             enabled,
@@ -338,7 +352,16 @@ impl Progress {
 
     pub(crate) fn record(&mut self, sequence: u64, verified: u64) {
         // Looking at the clock every 4096 records keeps the cost out of the hash loop.
-        if !self.enabled || !verified.is_multiple_of(4096) {
+        if !verified.is_multiple_of(4096) {
+            return;
+        }
+        self.tick(sequence, verified);
+    }
+
+    /// Shows the line if a second has passed since the last one (the caller decides how
+    /// often to ask).
+    pub(crate) fn tick(&mut self, sequence: u64, verified: u64) {
+        if !self.enabled {
             return;
         }
         let since = self.shown_at.unwrap_or(self.started);
@@ -351,13 +374,19 @@ impl Progress {
 
     /// What the line says: records so far, which segment, and the rate.
     fn line(&self, sequence: u64, verified: u64) -> String {
-        let segment = self.boundaries.partition_point(|&b| b <= sequence) + 1;
         let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
-        format!(
-            "verifying: {verified} records, segment {segment} of {}, {:.0} records/s",
-            self.boundaries.len() + 1,
-            verified as f64 / seconds
-        )
+        let rate = verified as f64 / seconds;
+        let unit = self.unit;
+        match &self.boundaries {
+            Some(boundaries) => {
+                let segment = boundaries.partition_point(|&b| b <= sequence) + 1;
+                format!(
+                    "verifying: {verified} {unit}, segment {segment} of {}, {rate:.0} {unit}/s",
+                    boundaries.len() + 1,
+                )
+            }
+            None => format!("verifying: {verified} {unit}, {rate:.0} {unit}/s"),
+        }
     }
 
     pub(crate) fn finish(&self) {
@@ -381,11 +410,21 @@ mod tests {
         .map(PathBuf::from)
         .collect();
         let progress = Progress::new(&segments, true);
-        assert_eq!(progress.boundaries, [100, 250]);
+        assert_eq!(progress.boundaries.as_deref(), Some(&[100, 250][..]));
         assert!(progress.line(0, 1).contains("segment 1 of 3"));
         assert!(progress.line(99, 100).contains("segment 1 of 3"));
         assert!(progress.line(100, 101).contains("segment 2 of 3"));
         assert!(progress.line(300, 301).contains("segment 3 of 3"));
+    }
+
+    #[test]
+    fn an_unsegmented_chain_counts_its_unit() {
+        let line = Progress::unsegmented("events", true).line(10, 11);
+        assert!(
+            line.starts_with("verifying: 11 events, ") && line.ends_with(" events/s"),
+            "{line}"
+        );
+        assert!(!line.contains("segment"), "{line}");
     }
 
     #[test]

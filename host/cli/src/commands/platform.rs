@@ -423,6 +423,10 @@ fn audit(
     let mut last = std::collections::VecDeque::with_capacity(tail);
     let mut broken = None;
     let mut matched = 0u64;
+    let mut progress = super::audit::Progress::unsegmented(
+        "events",
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     loop {
         let page = store
             .events(seq, PAGE)
@@ -431,7 +435,10 @@ fn audit(
             break;
         }
         match audit::verify(seq, hash, &page) {
-            Ok(head) => (seq, hash) = head,
+            Ok(head) => {
+                (seq, hash) = head;
+                progress.tick(seq, seq);
+            }
             Err(e) => {
                 broken = Some(e.to_string());
                 break;
@@ -447,6 +454,7 @@ fn audit(
             }
         }
     }
+    progress.finish();
     if json {
         let events: Vec<_> = last
             .iter()

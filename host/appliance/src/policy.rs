@@ -402,6 +402,12 @@ mod tests {
         tokio::time::sleep(wait).await;
         drop(first);
         assert!(waiter.await.unwrap(), "the freed slot");
+        // `queue_timeout_ms = 0`: a free slot is taken, none free is refused at once.
+        let _again = his
+            .slot(std::time::Duration::ZERO)
+            .await
+            .expect("the free slot");
+        assert!(his.slot(std::time::Duration::ZERO).await.is_none());
     }
 
     #[test]

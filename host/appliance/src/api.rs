@@ -1163,6 +1163,74 @@ mod tests {
         assert_eq!((allowed.len(), excluded.len()), (1, 1));
     }
 
+    /// `GET /v1/audit` on an audit file the appliance's user may not read (the custody
+    /// process's own file): `AUDIT_UNREADABLE`, from a real `EACCES`. Root reads every
+    /// file, so the test runs itself again as `nobody` (uid 65534) in a child process
+    /// (not a fork: the harness has threads). Skipped, saying so, when not root.
+    #[test]
+    fn an_audit_file_the_appliance_may_not_read_is_audit_unreadable() {
+        const CHILD: &str = "ETEE_TEST_UNREADABLE_AUDIT_FILE";
+        const NAME: &str =
+            "api::tests::an_audit_file_the_appliance_may_not_read_is_audit_unreadable";
+        if let Some(path) = std::env::var_os(CHILD) {
+            use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+            setgroups(&[]).expect("setgroups");
+            setgid(Gid::from_raw(65534)).expect("setgid");
+            setuid(Uid::from_raw(65534)).expect("setuid");
+            let path = std::path::PathBuf::from(path);
+            let e = crate::report::audit_export(&path, 0, 10, &Default::default())
+                .expect_err("nobody reads a root file of mode 0600");
+            let refused = audit_read_error(e);
+            assert_eq!(refused.code(), "AUDIT_UNREADABLE", "{refused}");
+            return;
+        }
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: only root can run a child as another user");
+            return;
+        }
+        // A real chain (one record), readable by root only, in a directory anyone may
+        // cross: the refusal is the file's mode, nothing else.
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("audit.log");
+        {
+            use etee_custody::AuditSink;
+            let (mut sink, head) = etee_custody::file_sink::FileAuditSink::open(&path).unwrap();
+            let record = etee_custody::AuditRecord {
+                sequence: head.next_sequence,
+                time_ms: 1,
+                client: None,
+                operation: etee_custody::audit::Operation::Lock,
+                key: None,
+                input_digest: [0; 32],
+                outcome: etee_custody::audit::Outcome::Success,
+                prev_hash: head.hash,
+            };
+            sink.append(&record).unwrap();
+        }
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            crate::report::audit_export(&path, 0, 10, &Default::default()).unwrap()["records"],
+            1,
+            "root reads it"
+        );
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env(CHILD, &path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn audit_filters() {
         use etee_custody::audit::Operation;

@@ -168,7 +168,10 @@ impl Demo {
             .args(args)
             .current_dir(&self.dir)
             .env("SOFTHSM2_CONF", &self.conf)
-            .env("RUST_LOG", "warn,etee_appliance=info,etee::audit=info")
+            .env(
+                "RUST_LOG",
+                "warn,etee_appliance=info,etee::audit=info,etee_services::revocation=info",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -866,27 +866,27 @@ impl FileAuditSink {
         // Read under the lock, so the head is the one this sink appends after. For the
         // head, only the current file: its checkpoint says where the archived segments
         // ended.
-        let reach_back = |first: &Path, each: &mut dyn FnMut(&AuditRecord)| {
+        // Whether the window reaches before `first` (a file that continues archived
+        // segments and begins after `since_ms`).
+        let reaches_back = |first: &Path| -> Result<bool, FileSinkError> {
             if since_ms == u64::MAX {
-                return Ok(());
+                return Ok(false);
             }
             let start = first_record(first)?;
-            if start.continues && start.time_ms.is_none_or(|t| t >= since_ms) {
-                let archived = segments(path)?;
-                // Those before `first` (which may itself be the last of them).
-                let before = archived.iter().take_while(|s| s.as_path() != first);
-                show_archived_since(&before.cloned().collect::<Vec<_>>(), since_ms, each);
-            }
-            Ok::<(), FileSinkError>(())
+            Ok(start.continues && start.time_ms.is_none_or(|t| t >= since_ms))
         };
-        reach_back(path, &mut *each)?;
+        if reaches_back(path)? {
+            show_archived_since(&segments(path)?, since_ms, &mut *each);
+        }
         let mut walker = Walker::new();
         let end = walker.file(path, true, &mut each)?;
         if end.good_len == 0 {
             // Empty, or a checkpoint cut by a crash while the segments were switched: the
             // chain continues from the last archived segment, if there is one.
-            if let Some(last) = segments(path)?.last() {
-                reach_back(last, &mut *each)?;
+            if let Some((last, before)) = segments(path)?.split_last() {
+                if reaches_back(last)? {
+                    show_archived_since(before, since_ms, &mut *each);
+                }
                 walker = Walker::new();
                 walker.file(last, false, &mut each)?;
                 let checkpoint = walker.checkpoint().encode();

@@ -904,37 +904,26 @@ struct AuditQuery {
 impl AuditQuery {
     /// The records asked for (see `report::AuditFilter`).
     fn filter(&self) -> Result<crate::report::AuditFilter, ServiceError> {
-        use crate::report::{operation_named, time_ms, AuditFilter, AuditOutcome};
+        use crate::report::{operation_named, AuditFilter, AuditFilterError, AuditOutcome};
         let bad = |what: &str, e: String| ServiceError::BadRequest(format!("{what} {e}"));
-        let time = |what: &str, t: &Option<String>| {
-            t.as_deref()
-                .map(time_ms)
-                .transpose()
-                .map_err(|e| bad(what, e))
-        };
-        // Each operation once, however often named: the list is checked against every
-        // record of the chain.
-        let mut operations = Vec::new();
-        for n in self
+        let operations = self
             .operation
             .as_deref()
             .map(|o| o.split(','))
             .into_iter()
             .flatten()
-        {
-            let op = operation_named(n).ok_or_else(|| {
-                bad(
-                    "operation",
-                    format!(
-                        "{n:?}: not one of {}",
-                        crate::report::OPERATION_NAMES.map(|(n, _)| n).join(", ")
-                    ),
-                )
-            })?;
-            if !operations.contains(&op) {
-                operations.push(op);
-            }
-        }
+            .map(|n| {
+                operation_named(n).ok_or_else(|| {
+                    bad(
+                        "operation",
+                        format!(
+                            "{n:?}: not one of {}",
+                            crate::report::OPERATION_NAMES.map(|(n, _)| n).join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let outcome = self
             .outcome
             .as_deref()
@@ -947,20 +936,21 @@ impl AuditQuery {
                 })
             })
             .transpose()?;
-        let filter = AuditFilter {
-            since_ms: time("since", &self.since)?,
-            until_ms: time("until", &self.until)?,
-            client: self.client.as_ref().map(|c| c.as_bytes().to_vec()),
-            key: self.key.as_ref().map(|k| k.as_bytes().to_vec()),
+        AuditFilter::new(
+            self.since.as_deref(),
+            self.until.as_deref(),
+            self.client.as_deref(),
+            self.key.as_deref(),
             operations,
             outcome,
-        };
-        if filter.empty_range() {
-            return Err(ServiceError::BadRequest(
-                "until is not after since: no record could match".into(),
-            ));
-        }
-        Ok(filter)
+        )
+        .map_err(|e| match e {
+            AuditFilterError::Since(why) => bad("since", why),
+            AuditFilterError::Until(why) => bad("until", why),
+            AuditFilterError::EmptyRange => {
+                ServiceError::BadRequest("until is not after since: no record could match".into())
+            }
+        })
     }
 }
 

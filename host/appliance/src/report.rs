@@ -162,10 +162,55 @@ impl AuditFilter {
             })
     }
 
-    /// A time range in which no record can be: `until` not after `since`.
-    pub fn empty_range(&self) -> bool {
-        matches!((self.since_ms, self.until_ms), (Some(s), Some(u)) if u <= s)
+    /// The filter of these criteria, as a caller gives them: `since` and `until` in RFC
+    /// 3339 (`until` after `since`), each operation kept once however often given (the
+    /// list is checked against every record). The error leaves naming the criterion to
+    /// the caller (`since`, `--since`).
+    pub fn new(
+        since: Option<&str>,
+        until: Option<&str>,
+        client: Option<&str>,
+        key: Option<&str>,
+        operations: impl IntoIterator<Item = Operation>,
+        outcome: Option<AuditOutcome>,
+    ) -> Result<Self, AuditFilterError> {
+        let since_ms = since
+            .map(time_ms)
+            .transpose()
+            .map_err(AuditFilterError::Since)?;
+        let until_ms = until
+            .map(time_ms)
+            .transpose()
+            .map_err(AuditFilterError::Until)?;
+        if matches!((since_ms, until_ms), (Some(s), Some(u)) if u <= s) {
+            return Err(AuditFilterError::EmptyRange);
+        }
+        let operations = operations.into_iter().fold(Vec::new(), |mut ops, op| {
+            if !ops.contains(&op) {
+                ops.push(op);
+            }
+            ops
+        });
+        Ok(Self {
+            since_ms,
+            until_ms,
+            client: client.map(|c| c.as_bytes().to_vec()),
+            key: key.map(|k| k.as_bytes().to_vec()),
+            operations,
+            outcome,
+        })
     }
+}
+
+/// Why criteria make no [`AuditFilter`] ([`AuditFilter::new`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditFilterError {
+    /// `since` is not an RFC 3339 time from 1970 on: why.
+    Since(String),
+    /// `until` is not an RFC 3339 time from 1970 on: why.
+    Until(String),
+    /// `until` is not after `since`: no record could match.
+    EmptyRange,
 }
 
 /// An RFC 3339 time as milliseconds since the Unix epoch (the records' times); a message
@@ -313,12 +358,26 @@ mod audit_filter_tests {
             .contains("before 1970"));
         assert_eq!(record_time(1_500), "1970-01-01T00:00:01.5Z");
         assert_eq!(record_time(u64::MAX), format!("{} ms", u64::MAX));
-        let range = |s, u| AuditFilter {
-            since_ms: Some(s),
-            until_ms: Some(u),
-            ..AuditFilter::default()
-        };
-        assert!(range(5, 5).empty_range() && range(6, 5).empty_range());
-        assert!(!range(5, 6).empty_range());
+        let range = |s, u| AuditFilter::new(Some(s), Some(u), None, None, [], None);
+        let (t5, t6) = ("1970-01-01T00:00:05Z", "1970-01-01T00:00:06Z");
+        assert_eq!(range(t5, t5), Err(AuditFilterError::EmptyRange));
+        assert_eq!(range(t6, t5), Err(AuditFilterError::EmptyRange));
+        assert_eq!(
+            range(t5, t6).map(|f| (f.since_ms, f.until_ms)),
+            Ok((Some(5_000), Some(6_000)))
+        );
+        assert!(matches!(range("x", t5), Err(AuditFilterError::Since(_))));
+        assert!(matches!(range(t5, "x"), Err(AuditFilterError::Until(_))));
+        let ops = [Operation::Lock, Operation::Unlock, Operation::Lock];
+        let f = AuditFilter::new(None, None, Some("app"), Some("etk"), ops, None).unwrap();
+        assert_eq!(
+            f.operations,
+            [Operation::Lock, Operation::Unlock],
+            "each once"
+        );
+        assert_eq!(
+            (f.client.as_deref(), f.key.as_deref()),
+            (Some(&b"app"[..]), Some(&b"etk"[..]))
+        );
     }
 }

@@ -10,7 +10,7 @@
 //! no audit file.
 
 use crate::CliError;
-use etee_appliance::report::{time_ms, AuditFilter, AuditOutcome};
+use etee_appliance::report::{AuditFilter, AuditFilterError, AuditOutcome};
 use etee_custody::audit::Operation;
 use etee_custody::file_sink::{scan, FileSinkError};
 use serde_json::{json, Value};
@@ -109,36 +109,29 @@ pub enum OutcomeArg {
 
 /// The filter the arguments ask for.
 fn filter(a: &Args) -> Result<AuditFilter, CliError> {
-    let time = |flag: &str, text: Option<&str>| {
-        text.map(time_ms)
-            .transpose()
-            .map_err(|e| CliError::Usage(format!("{flag} {e}")))
-    };
-    let filter = AuditFilter {
-        since_ms: time("--since", a.since.as_deref())?,
-        until_ms: time("--until", a.until.as_deref())?,
-        client: a.client.as_ref().map(|c| c.as_bytes().to_vec()),
-        key: a.key.as_ref().map(|k| k.as_bytes().to_vec()),
-        operations: a.operation.iter().fold(Vec::new(), |mut ops, o| {
-            if !ops.contains(&o.operation()) {
-                ops.push(o.operation());
-            }
-            ops
-        }),
-        outcome: a.outcome.map(|o| match o {
+    AuditFilter::new(
+        a.since.as_deref(),
+        a.until.as_deref(),
+        a.client.as_deref(),
+        a.key.as_deref(),
+        a.operation.iter().map(|o| o.operation()),
+        a.outcome.map(|o| match o {
             OutcomeArg::Admitted => AuditOutcome::Admitted,
             OutcomeArg::Success => AuditOutcome::Success,
             OutcomeArg::Refused => AuditOutcome::Refused,
         }),
-    };
-    if filter.empty_range() {
-        return Err(CliError::Usage(format!(
-            "--until {} is not after --since {}: no record could match",
-            a.until.as_deref().unwrap_or_default(),
-            a.since.as_deref().unwrap_or_default()
-        )));
-    }
-    Ok(filter)
+    )
+    .map_err(|e| {
+        CliError::Usage(match e {
+            AuditFilterError::Since(why) => format!("--since {why}"),
+            AuditFilterError::Until(why) => format!("--until {why}"),
+            AuditFilterError::EmptyRange => format!(
+                "--until {} is not after --since {}: no record could match",
+                a.until.as_deref().unwrap_or_default(),
+                a.since.as_deref().unwrap_or_default()
+            ),
+        })
+    })
 }
 
 pub fn run(args: Args) -> Result<ExitCode, CliError> {

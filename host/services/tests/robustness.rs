@@ -440,22 +440,7 @@ fn seeds_pass_the_checks() {
 
 // ---- mutation ------------------------------------------------------------------------------
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
+use etee_testpki::XorShift;
 
 /// Tokens that matter to the XML reader and the SOAP/KGSS readers.
 const XML_TOKENS: &[&[u8]] = &[

@@ -53,6 +53,34 @@ pub fn from_project_root(p: std::ffi::OsString) -> std::path::PathBuf {
     }
 }
 
+/// A tiny deterministic generator (xorshift64) for the seeded robustness runners: the same
+/// seed gives the same inputs, so a finding can be replayed. Seed it with a non-zero value.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    /// One of `v` (not empty).
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len())]
+    }
+
+    /// `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
 /// An HTTP route's path with its parameters' names blanked (`/v1/kgss/keys/{id}` →
 /// `/v1/kgss/keys/{}`): how the tests compare a router's routes with an OpenAPI file's.
 pub fn route_shape(path: &str) -> String {

@@ -829,35 +829,39 @@ fn end_entity_certificate<T: HasPublic>(
     b.append_extension(BasicConstraints::new().build()?)?;
     usage.apply(&mut b)?;
     add_key_ids(&mut b, Some(&issuer.cert))?;
-    if let Some(url) = locations.ocsp_url {
-        // authorityInfoAccess with an id-ad-ocsp access description. (The openssl crate
-        // has no typed builder for it; the config-string form is the one it offers.)
+    // The openssl crate has no typed builders for these two extensions; the
+    // config-string form is the one it offers.
+    let config_extension = |b: &mut X509Builder, nid, value: &str| -> Result<(), Error> {
         #[allow(deprecated)]
-        let aia = X509Extension::new_nid(
+        let ext = X509Extension::new_nid(
             None,
             Some(&b.x509v3_context(Some(&issuer.cert), None)),
+            nid,
+            value,
+        )?;
+        Ok(b.append_extension(ext)?)
+    };
+    if let Some(url) = locations.ocsp_url {
+        // authorityInfoAccess with an id-ad-ocsp access description.
+        config_extension(
+            &mut b,
             openssl::nid::Nid::INFO_ACCESS,
             &format!("OCSP;URI:{url}"),
         )?;
-        b.append_extension(aia)?;
     }
     if let Some(url) = locations.crl_url {
         // crlDistributionPoints: one DistributionPoint whose fullName is this URI (no
-        // reasons, no cRLIssuer), the shape CAs give their certificates. Config-string
-        // form, as above.
+        // reasons, no cRLIssuer), the shape CAs give their certificates.
         if url.contains(',') || url.chars().any(|c| !c.is_ascii_graphic()) {
             return Err(Error::InvalidSpec(format!(
                 "distribution point {url:?}: a URL without commas or spaces"
             )));
         }
-        #[allow(deprecated)]
-        let cdp = X509Extension::new_nid(
-            None,
-            Some(&b.x509v3_context(Some(&issuer.cert), None)),
+        config_extension(
+            &mut b,
             openssl::nid::Nid::CRL_DISTRIBUTION_POINTS,
             &format!("URI:{url}"),
         )?;
-        b.append_extension(cdp)?;
     }
     b.sign(&issuer.key, MessageDigest::sha256())?;
     Ok(b.build())

@@ -93,10 +93,7 @@ fn a_revoked_institution_is_refused_by_every_receiver_that_has_the_list() {
         vec!["--crl", crl_arg],
         vec!["--crl", crl_arg, "--revocation", "mandatory"],
     ] {
-        let r = w.unseal(dir.path(), "bob", &from_alice, &extra);
-        r.run.code(1);
-        assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
-        assert!(!r.out.exists(), "content of a revoked sender released");
+        bob_refuses_as_revoked(&w, dir.path(), &from_alice, &extra);
     }
     // Without it, the default policy (none): as before the revocation.
     let r = w.unseal(dir.path(), "bob", &from_alice, &[]);
@@ -157,8 +154,16 @@ fn a_revoked_institution_is_refused_by_every_receiver_that_has_the_list() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let r = w.unseal(dir.path(), "bob", &from_alice, &["--crl", crl_arg]);
+    bob_refuses_as_revoked(&w, dir.path(), &from_alice, &["--crl", crl_arg]);
+}
+
+/// Bob opens Alice's `message` with `extra` (lists, a policy): refused as revoked, exit 1,
+/// no content released.
+fn bob_refuses_as_revoked(w: &World, dir: &Path, message: &[u8], extra: &[&str]) {
+    let r = w.unseal(dir, "bob", message, extra);
+    r.run.code(1);
     assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
+    assert!(!r.out.exists(), "content of a revoked sender released");
 }
 
 /// `etee unseal` as Bob that is expected to stop before reading the message.
@@ -223,13 +228,12 @@ fn a_damaged_list_of_a_trusted_ca_is_refused_when_loaded() {
         out.stderr
     );
     // Intact, the same list refuses Alice's message.
-    let r = w.unseal(
+    bob_refuses_as_revoked(
+        &w,
         dir.path(),
-        "bob",
         &from_alice,
         &["--crl", w.path("ca.crl").to_str().unwrap()],
     );
-    assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
     // `pki revoke` refuses to extend a list its CA did not sign.
     std::fs::write(w.path("ca.crl"), &bytes).unwrap();
     let out = etee(["pki", "revoke"])
@@ -320,14 +324,12 @@ fn crl_fetch_keeps_a_lists_file_up_to_date() {
         let mode = std::fs::metadata(&lists).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644, "lists are public: {mode:o}");
     }
-    let r = w.unseal(
+    bob_refuses_as_revoked(
+        &w,
         dir.path(),
-        "bob",
         &from_alice,
         &["--crl", lists.to_str().unwrap()],
     );
-    r.run.code(1);
-    assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
 
     // The same list again: the file is not touched (the services would read it again).
     let before = std::fs::read(&lists).unwrap();
@@ -452,14 +454,12 @@ fn crl_fetch_finds_the_list_where_a_certificate_says() {
             && text.contains("written, 1 list"),
         "{text}"
     );
-    let r = w.unseal(
+    bob_refuses_as_revoked(
+        &w,
         dir.path(),
-        "bob",
         &from_alice,
         &["--crl", lists.to_str().unwrap()],
     );
-    r.run.code(1);
-    assert_eq!(errors(&r.verdict), vec!["OUTER_CERTIFICATE_REVOKED"]);
 
     // The same point from Alice's certificate, from --url, and a bundle of Bob's
     // certificate with the CA's (a root names no point: a note, not a failure): fetched

@@ -1684,14 +1684,7 @@ fn check(input: &Input<'_>) {
 #[ignore = "bounded fuzzing: run with --ignored fuzz_smoke"]
 fn fuzz_smoke() {
     use std::panic;
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    let secs = env("ETEE_FUZZ_SECS").unwrap_or(30);
-    let seed = env("ETEE_FUZZ_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let (secs, seed) = etee_testpki::fuzz_run_settings();
     println!("fuzz_smoke: seed {seed}, {secs} s");
     let seeds = seeds();
     let mut rng = XorShift(seed | 1);

@@ -739,13 +739,7 @@ fn fuzz_smoke_short() {
 #[test]
 #[ignore = "bounded fuzzing: run with --ignored fuzz_smoke"]
 fn fuzz_smoke() {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    let secs = env("ETEE_FUZZ_SECS").unwrap_or(30);
-    let seed = env("ETEE_FUZZ_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
+    let (secs, seed) = etee_testpki::fuzz_run_settings();
     println!("fuzz_smoke: seed {seed}, {secs} s");
     let _ = seeds();
     let dump = std::env::var_os("ETEE_FUZZ_DUMP").map(etee_testpki::from_project_root);

@@ -81,6 +81,20 @@ impl XorShift {
     }
 }
 
+/// The bounded fuzz runs' settings, from the environment: (`ETEE_FUZZ_SECS`, default 30
+/// seconds; `ETEE_FUZZ_SEED`, default taken from the clock: print it, so that the run can
+/// be repeated).
+pub fn fuzz_run_settings() -> (u64, u64) {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let secs = env("ETEE_FUZZ_SECS").unwrap_or(30);
+    let seed = env("ETEE_FUZZ_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    (secs, seed)
+}
+
 /// An HTTP route's path with its parameters' names blanked (`/v1/kgss/keys/{id}` →
 /// `/v1/kgss/keys/{}`): how the tests compare a router's routes with an OpenAPI file's.
 pub fn route_shape(path: &str) -> String {

@@ -1786,11 +1786,9 @@ fn replay_fuzz_inputs() {
 #[test]
 #[ignore = "writes files: run with --ignored write_fuzz_corpus"]
 fn write_fuzz_corpus() {
-    let Some(dir) = std::env::var_os("ETEE_FUZZ_CORPUS") else {
-        println!("set ETEE_FUZZ_CORPUS to the corpus directory (e.g. fuzz/corpus)");
+    let Some(dir) = etee_testpki::fuzz_corpus_dir() else {
         return;
     };
-    let dir = etee_testpki::from_project_root(dir);
     let w = world();
     let parts = Parts::of(&w.small);
     let files: Vec<(&str, &str, Vec<u8>)> = vec![

@@ -95,6 +95,16 @@ pub fn fuzz_run_settings() -> (u64, u64) {
     (secs, seed)
 }
 
+/// Where a `write_fuzz_corpus` test writes the cargo-fuzz seeds: `ETEE_FUZZ_CORPUS` (taken
+/// from the project root when relative); `None`, having said how to set it, when unset.
+pub fn fuzz_corpus_dir() -> Option<std::path::PathBuf> {
+    let Some(dir) = std::env::var_os("ETEE_FUZZ_CORPUS") else {
+        println!("set ETEE_FUZZ_CORPUS to the corpus directory (e.g. fuzz/corpus)");
+        return None;
+    };
+    Some(from_project_root(dir))
+}
+
 /// An HTTP route's path with its parameters' names blanked (`/v1/kgss/keys/{id}` →
 /// `/v1/kgss/keys/{}`): how the tests compare a router's routes with an OpenAPI file's.
 pub fn route_shape(path: &str) -> String {

@@ -436,13 +436,19 @@ fn crl_fetch_finds_the_list_where_a_certificate_says() {
     point.serve(std::fs::read(w.path("ca.crl")).unwrap());
 
     let lists = dir.path().join("lists.pem");
-    let out = etee(["crl", "fetch", "--from-cert"])
-        .arg(&bob_auth)
-        .arg("--issuer")
-        .arg(w.ca())
-        .arg("--out")
-        .arg(&lists)
-        .run();
+    // `crl fetch` with `extra` options and these certificates, into `lists`.
+    let fetch_from = |extra: &[&str], certs: &[&Path]| {
+        let mut cmd = etee(["crl", "fetch"]).args(extra);
+        for cert in certs {
+            cmd = cmd.arg("--from-cert").arg(cert);
+        }
+        cmd.arg("--issuer")
+            .arg(w.ca())
+            .arg("--out")
+            .arg(&lists)
+            .run()
+    };
+    let out = fetch_from(&[], &[&bob_auth]);
     out.code(0);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -470,15 +476,7 @@ fn crl_fetch_finds_the_list_where_a_certificate_says() {
     let mut both = std::fs::read(&bob_auth).unwrap();
     both.extend(std::fs::read(w.ca()).unwrap());
     std::fs::write(&bundle, both).unwrap();
-    let out = etee(["crl", "fetch", "--json", "--url", &point.url, "--from-cert"])
-        .arg(&alice_auth)
-        .arg("--from-cert")
-        .arg(&bundle)
-        .arg("--issuer")
-        .arg(w.ca())
-        .arg("--out")
-        .arg(&lists)
-        .run();
+    let out = fetch_from(&["--json", "--url", &point.url], &[&alice_auth, &bundle]);
     out.code(0);
     let report = out.json();
     let urls = report["urls"].as_array().unwrap();
@@ -521,15 +519,7 @@ fn crl_fetch_finds_the_list_where_a_certificate_says() {
     let plain_from_bob = plain.seal(dir.path(), "bob", &["alice"], b"x");
     let no_point = dir.path().join("no-point.pem");
     std::fs::write(&no_point, outer_certificate_pem(&plain_from_bob, "bob")).unwrap();
-    let out = etee(["crl", "fetch", "--from-cert"])
-        .arg(&no_point)
-        .arg("--from-cert")
-        .arg(&bob_auth)
-        .arg("--issuer")
-        .arg(w.ca())
-        .arg("--out")
-        .arg(&lists)
-        .run();
+    let out = fetch_from(&[], &[&no_point, &bob_auth]);
     out.code(1);
     assert!(
         out.stderr.contains("etee: warning: ")
@@ -545,13 +535,7 @@ fn crl_fetch_finds_the_list_where_a_certificate_says() {
     );
     // Only such certificates: nothing to fetch, a usage error, the file untouched.
     let before = std::fs::read(&lists).unwrap();
-    let out = etee(["crl", "fetch", "--from-cert"])
-        .arg(&no_point)
-        .arg("--issuer")
-        .arg(w.ca())
-        .arg("--out")
-        .arg(&lists)
-        .run();
+    let out = fetch_from(&[], &[&no_point]);
     out.code(2);
     assert!(
         out.stderr.contains("no http:// distribution point"),

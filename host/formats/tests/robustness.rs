@@ -55,11 +55,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(v) => Some(v),
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let msg = etee_testpki::panic_message(&*payload);
             match KNOWN_PANICS.iter().find(|(m, _)| msg.contains(m)) {
                 Some((_, test)) => {
                     println!("{what}: KNOWN BUG (see {test}): {msg}");
@@ -1695,12 +1691,7 @@ fn fuzz_smoke() {
     let previous = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
         let at = info.location().map(|l| l.to_string()).unwrap_or_default();
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let msg = etee_testpki::panic_message(info.payload());
         *hook_site.lock().unwrap() = Some(format!("{at}: {msg}"));
     }));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

@@ -625,12 +625,7 @@ fn install_hook() {
                 return default(info);
             }
             let at = info.location().map(|l| l.to_string()).unwrap_or_default();
-            let msg = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let msg = etee_testpki::panic_message(info.payload());
             // The first line names the failed check; the rest (the input) varies.
             let first = msg.lines().next().unwrap_or_default().to_owned();
             *SITE.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{at}: {first}"));

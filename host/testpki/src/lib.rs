@@ -105,6 +105,16 @@ pub fn fuzz_corpus_dir() -> Option<std::path::PathBuf> {
     Some(from_project_root(dir))
 }
 
+/// The message of a panic's payload (a `&str` or a `String`; empty for any other), for the
+/// robustness runners that sort panics by site and message.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// An HTTP route's path with its parameters' names blanked (`/v1/kgss/keys/{id}` →
 /// `/v1/kgss/keys/{}`): how the tests compare a router's routes with an OpenAPI file's.
 pub fn route_shape(path: &str) -> String {

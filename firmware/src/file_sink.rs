@@ -125,14 +125,34 @@ pub struct Scan {
 /// Reads and verifies the audit chain at `path`: its archived segments in order, then the
 /// file itself, calling `each` for every intact record. Files are read frame by frame
 /// (memory stays bounded whatever their size).
+///
+/// A core may write the chain meanwhile. The current file is opened first and read last:
+/// a segment switch in between renames it (the open handle still reads it whole) and
+/// lists it among the archived segments, where the walk stops. So a switch never looks
+/// like a break; the scan shows the chain as it was when it started, or a little more.
 pub fn scan(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Scan, FileSinkError> {
+    let current = match File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
     let archived = segments(path)?;
     let mut walker = Walker::new();
+    let mut read = 0;
     for segment in &archived {
+        if let Some(file) = &current {
+            if same_file(file, segment)? {
+                break;
+            }
+        }
         walker.file(segment, false, &mut each)?;
+        read += 1;
     }
-    let end = walker.file(path, true, &mut each)?;
-    Ok(walker.scan(end, archived.len()))
+    let end = match current {
+        Some(file) => walker.read(file, path, true, &mut each)?,
+        None => FileEnd::whole(0),
+    };
+    Ok(walker.scan(end, read))
 }
 
 /// The archived segments of the audit file at `path`, oldest first.
@@ -302,16 +322,24 @@ impl Walker {
         current: bool,
         each: &mut impl FnMut(&AuditRecord),
     ) -> Result<FileEnd, FileSinkError> {
+        match File::open(path) {
+            Ok(file) => self.read(file, path, current, each),
+            Err(e) if current && e.kind() == io::ErrorKind::NotFound => Ok(FileEnd::whole(0)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads `file`, the file of the chain at `path` (named in errors), as [`Self::file`].
+    fn read(
+        &mut self,
+        file: File,
+        path: &Path,
+        current: bool,
+        each: &mut impl FnMut(&AuditRecord),
+    ) -> Result<FileEnd, FileSinkError> {
         let corrupt = |offset: u64| FileSinkError::Corrupt {
             file: path.to_path_buf(),
             offset,
-        };
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if current && e.kind() == io::ErrorKind::NotFound => {
-                return Ok(FileEnd::whole(0))
-            }
-            Err(e) => return Err(e.into()),
         };
         let mut input = io::BufReader::with_capacity(64 * 1024, file);
         let mut frame = [0u8; FRAME_HEADER + MAX_AUDIT_RECORD_LEN];
@@ -340,8 +368,11 @@ impl Walker {
                 .then(|| Checkpoint::decode(&raw))
                 .flatten();
             let Some(checkpoint) = checkpoint else {
-                // A checkpoint cut by a crash while the segments were switched.
-                return if input.fill_buf()?.is_empty() {
+                // A checkpoint cut by a crash while the segments were switched, or a new
+                // file that a crash left as zeros (its size reached the disk, its first
+                // frames did not): nothing follows to lose.
+                let zeros = raw[..n].iter().all(|b| *b == 0) && zeros_to_end(&mut input)?;
+                return if zeros || input.fill_buf()?.is_empty() {
                     torn(0)
                 } else {
                     Err(corrupt(0))
@@ -558,15 +589,27 @@ fn keep_torn_tail(path: &Path, file: &File, offset: u64) -> Result<CutTail, File
     reader
         .take((FRAME_HEADER + MAX_AUDIT_RECORD_LEN) as u64)
         .read_to_end(&mut tail)?;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(std::format!(".torn-{offset}"));
-    let kept = path.with_file_name(name);
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(AUDIT_FILE_MODE)
-        .open(&kept)?;
+    // Never over an earlier cut's evidence (offsets restart in every segment): the first
+    // free name of `<file>.torn-<offset>`, `<file>.torn-<offset>.1`, ...
+    let mut attempt = 0u32;
+    let (kept, mut out) = loop {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(std::format!(".torn-{offset}"));
+        if attempt > 0 {
+            name.push(std::format!(".{attempt}"));
+        }
+        let kept = path.with_file_name(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(AUDIT_FILE_MODE)
+            .open(&kept)
+        {
+            Ok(out) => break (kept, out),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 10_000 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
     out.write_all(&tail)?;
     out.sync_all()?;
     sync_dir(&kept)?;

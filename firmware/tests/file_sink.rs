@@ -195,7 +195,23 @@ fn a_torn_final_frame_is_cut_and_nothing_partial_remains() {
         assert_eq!(verify_chain_to(records(&path).iter(), &head), Ok(7));
         // The last signature's outcome is lost with the torn frame: its use shows.
         assert_eq!(scan(&path, |_| {}).unwrap().unconcluded, [6]);
+        if cut + 1 < full.len() {
+            std::fs::remove_file(&kept).unwrap();
+        }
     }
+    // A second cut at the same offset keeps the first one's evidence.
+    let first_evidence = dir.path().join(format!("audit.log.torn-{before_last}"));
+    let kept_before = std::fs::read(&first_evidence).unwrap();
+    std::fs::write(&path, &full[..before_last + 3]).unwrap();
+    let (sink, _) = FileAuditSink::open(&path).unwrap();
+    let second = dir.path().join(format!("audit.log.torn-{before_last}.1"));
+    assert_eq!(sink.cut_at_open().unwrap().kept, second);
+    assert_eq!(
+        std::fs::read(&second).unwrap(),
+        &full[before_last..before_last + 3]
+    );
+    assert_eq!(std::fs::read(&first_evidence).unwrap(), kept_before);
+    drop(sink);
     // Opened again, the file (cut and synced) has nothing more to cut.
     let (sink, _) = FileAuditSink::open(&path).unwrap();
     assert_eq!(sink.cut_at_open(), None);
@@ -281,6 +297,37 @@ fn a_zero_filled_tail_is_torn_and_zeros_before_data_are_damage() {
     assert!(matches!(
         FileAuditSink::open(&path),
         Err(FileSinkError::Corrupt { offset, .. }) if offset == first_len as u64
+    ));
+}
+
+/// A new chain's file that a crash left as zeros (its size reached the disk, its first
+/// frames did not): torn, not damage; the chain starts again.
+#[test]
+fn a_new_file_left_as_zeros_by_a_crash_is_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    for zeros in [1usize, 2, 6, 51, 110, 70_000] {
+        std::fs::write(&path, vec![0u8; zeros]).unwrap();
+        let s = scan(&path, |_| {}).unwrap();
+        assert!(
+            s.torn_tail && s.count == 0 && s.good_len == 0,
+            "{zeros} zeros"
+        );
+        let (sink, head) = FileAuditSink::open(&path).unwrap();
+        assert_eq!(head, AuditHead::GENESIS, "{zeros} zeros");
+        let cut = sink.cut_at_open().expect("the zeros are cut").clone();
+        assert_eq!((cut.offset, cut.bytes), (0, zeros as u64));
+        drop(sink);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        std::fs::remove_file(&cut.kept).unwrap();
+    }
+    // Zeros and then data at the start of a file: damage, as anywhere else.
+    let mut bytes = vec![0u8; 110];
+    bytes.push(7);
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        FileAuditSink::open(&path),
+        Err(FileSinkError::Corrupt { offset: 0, .. })
     ));
 }
 
@@ -636,10 +683,12 @@ fn a_crash_while_switching_segments_continues_from_the_last_one() {
         etee_custody::audit::AuditHead::after(all.last().unwrap())
     };
     assert!(last_head.next_sequence <= head.next_sequence);
-    for crash in ["renamed", "empty", "torn checkpoint"] {
+    for crash in ["renamed", "empty", "torn checkpoint", "zeros"] {
         match crash {
             "renamed" => std::fs::remove_file(&path).unwrap(),
             "empty" => std::fs::write(&path, b"").unwrap(),
+            // Its size reached the disk, its checkpoint did not.
+            "zeros" => std::fs::write(&path, [0u8; 110]).unwrap(),
             _ => std::fs::write(&path, &current[..20]).unwrap(),
         }
         let (_, reopened) = FileAuditSink::open(&path).unwrap();
@@ -897,4 +946,38 @@ fn opening_shows_the_records_since_a_time_across_segments() {
     let from = shown_from(&all, &starts, 40);
     assert_eq!(shown, all[from..]);
     assert!(from < *starts.last().unwrap() as usize, "reached back");
+}
+
+/// Reading the chain while a core writes it and switches segments (as `etee audit verify`
+/// does on a running service): every scan is intact, never a break at a switch.
+#[test]
+fn a_scan_during_segment_switches_sees_no_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut core = core_with_segments(&path, Some(400));
+            assert_eq!(core.handle_request(&unlock(b"1234"), 1), Response::Unlocked);
+            for i in 0..1500u32 {
+                let r = sign(&mut core, i as u8, 2 + 2 * u64::from(i));
+                assert!(matches!(r, Response::Signature(_)), "{r:?}");
+            }
+        });
+        let (mut scans, mut switches_seen) = (0u32, 0usize);
+        while !writer.is_finished() {
+            match scan(&path, |_| {}) {
+                Ok(s) => switches_seen = switches_seen.max(s.segments),
+                // A torn tail is a frame being written; anything else is a false alarm.
+                Err(e) => panic!("scan {scans} while the chain is written: {e}"),
+            }
+            scans += 1;
+        }
+        writer.join().unwrap();
+        assert!(
+            scans > 10 && switches_seen > 50,
+            "{scans} scans, {switches_seen}"
+        );
+    });
+    // The unlock, 1 500 uses and their outcomes, and the lock when the core went.
+    assert_eq!(scan(&path, |_| {}).unwrap().count, 3002);
 }

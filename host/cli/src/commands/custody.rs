@@ -312,23 +312,13 @@ fn ask_custody_process(
 }
 
 /// The chain at `path` (its archived segments and the current file), or `None` when there
-/// is none yet. Read while the service may write: a segment switch between listing the
-/// segments and reading the new file looks like a break, so a scan that fails while the
-/// list of segments changed is made again (a few times).
+/// is none yet. Safe while the service writes it: [`etee_custody::file_sink::scan`] does
+/// not mistake a segment switch for a break.
 fn read_chain(path: &std::path::Path) -> Result<Option<etee_custody::file_sink::Scan>, CliError> {
     use etee_custody::file_sink::{scan, segments};
     let failed = |e: &dyn std::fmt::Display| CliError::Usage(format!("{}: {e}", path.display()));
-    for _ in 0..3 {
-        let before = segments(path).map_err(|e| failed(&e))?;
-        if !path.is_file() && before.is_empty() {
-            return Ok(None);
-        }
-        match scan(path, |_| {}) {
-            Ok(s) => return Ok(Some(s)),
-            // The service switched segments meanwhile: read again.
-            Err(_) if segments(path).ok().as_ref() != Some(&before) => continue,
-            Err(e) => return Err(failed(&e)),
-        }
+    if !path.is_file() && segments(path).map_err(|e| failed(&e))?.is_empty() {
+        return Ok(None);
     }
     scan(path, |_| {}).map(Some).map_err(|e| failed(&e))
 }

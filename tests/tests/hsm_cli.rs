@@ -1179,6 +1179,56 @@ fn no_token_no_audit_file_and_an_empty_chain_is_not_ok() {
     assert!(out.starts_with("EMPTY") && out.contains("CUT"), "{out}");
 }
 
+/// `hsm init` for a label that two tokens already carry is refused before anything is
+/// touched: no free token is used up (each retry used to initialise one more).
+#[test]
+fn hsm_init_of_a_label_two_tokens_carry_touches_nothing() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    rig.etee(["hsm", "init"]).run().code(0);
+    let softhsm = |args: &[&str]| {
+        let out = std::process::Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &rig.hsm.conf)
+            .args(args)
+            .output()
+            .expect("softhsm2-util");
+        assert!(out.status.success(), "softhsm2-util {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    softhsm(
+        &[
+            "--init-token",
+            "--free",
+            "--label",
+            LABEL,
+            "--so-pin",
+            "12345678",
+        ][..]
+            .iter()
+            .copied()
+            .chain(["--pin", "87654321"])
+            .collect::<Vec<_>>(),
+    );
+    let free = || {
+        softhsm(&["--show-slots"])
+            .matches("Initialized:      no")
+            .count()
+    };
+    let before = free();
+    assert!(before > 0, "SoftHSM always offers a free token");
+    for _ in 0..2 {
+        let run = rig.etee(["hsm", "init"]).run();
+        run.code(2);
+        assert!(run.stderr.contains("2 tokens match"), "{}", run.stderr);
+        assert_eq!(
+            free(),
+            before,
+            "a free token was initialised: {}",
+            run.stderr
+        );
+    }
+}
+
 /// A PIN file loses exactly one trailing `\n` or `\r\n`: with a second newline (or a
 /// trailing space) the PIN is another one, refused (and counted), with a hint at the
 /// whitespace that does not show the PIN.

@@ -410,8 +410,12 @@ fn free_slot(
     so_pin: &Pin,
     user_pin: &Pin,
 ) -> Result<(Slot, std::sync::MutexGuard<'static, ()>)> {
-    if find_token(ctx, &config.token, &config.module).is_ok() {
-        return Err(HsmError::TokenAlreadyInitialized(config.token.to_string()));
+    match find_token(ctx, &config.token, &config.module) {
+        Ok(_) => return Err(HsmError::TokenAlreadyInitialized(config.token.to_string())),
+        Err(HsmError::TokenNotFound { .. }) => {}
+        // Several initialised tokens carry the label: refused before anything is touched
+        // (a free token initialised with it would only add one more).
+        Err(e) => return Err(e),
     }
     let listing = slots_guard();
     let mut free = None;

@@ -211,6 +211,36 @@ fn a_second_run_extends_the_world_and_refuses_a_used_token() {
         .run()
         .code(0);
 
+    // Carol again: refused before anything is written (her keys would be lost), unless
+    // asked for by name.
+    let carol = |extra: &[&str]| {
+        rig.hsm
+            .etee(["platform", "pki"])
+            .arg(&rig.world)
+            .args(["--institution", "carol:NIHII-PHARMACY=27150302"])
+            .args(extra)
+            .run()
+    };
+    let files = ["carol.etk", "carol.p12", "carol-etk-key.pem"].map(|f| rig.world(f));
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let refused = carol(&[]);
+    refused.code(2);
+    assert!(
+        refused.stderr.contains("institution carol is already in")
+            && refused.stderr.contains("--replace carol"),
+        "{}",
+        refused.stderr
+    );
+    let unchanged: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    assert_eq!(unchanged, before, "a refused run changed carol's files");
+    carol(&["--replace", "dave"]).code(2);
+    carol(&["--replace", "carol"]).code(0);
+    assert_ne!(
+        std::fs::read(&files[2]).unwrap(),
+        before[2],
+        "--replace issued carol anew"
+    );
+
     // Bad arguments are usage errors, before anything is written.
     for args in [
         vec![

@@ -99,6 +99,11 @@ pub struct WorldArgs {
     /// crl fetch --from-cert`: e.g. where DIR/ca.crl will be served.
     #[arg(long, value_name = "http://HOST[:PORT]/PATH", value_parser = crl_url)]
     crl_url: Option<String>,
+    /// Issue institution NAME anew although DIR holds its files (repeatable). Without it
+    /// an existing institution is refused: its keys would be lost, and messages sealed
+    /// to its ETK could no longer be opened.
+    #[arg(long = "replace", value_name = "NAME")]
+    replace: Vec<String>,
 }
 
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
@@ -276,6 +281,7 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
     let (pki, created) = open_or_create_ca(&args.dir)?;
     let anchors = TrustAnchors::new(vec![certificate(&pki.root.cert)?]);
     let wanted = wanted(&args, created)?;
+    refuse_existing(&args, &wanted)?;
     let profile = if args.legacy_p12 {
         Profile::Legacy
     } else {
@@ -403,6 +409,48 @@ fn wanted(args: &WorldArgs, new_world: bool) -> Result<Vec<Wanted>, CliError> {
         )));
     }
     Ok(out)
+}
+
+/// The files of institution `name` in a world.
+fn institution_files(name: &str) -> [String; 4] {
+    [
+        format!("{name}.etk"),
+        format!("{name}.p12"),
+        format!("{name}-etk-key.pem"),
+        format!("{name}-etk-cert.pem"),
+    ]
+}
+
+/// Refuses, before anything is written, to issue again an institution whose files are in
+/// the world, unless `--replace NAME` asks for it (and `--replace` for one not asked for).
+fn refuse_existing(args: &WorldArgs, wanted: &[Wanted]) -> Result<(), CliError> {
+    if let Some(name) = args
+        .replace
+        .iter()
+        .find(|r| !wanted.iter().any(|w| &w.name == *r))
+    {
+        return Err(CliError::Usage(format!(
+            "--replace {name}: no --institution {name}:TYPE=VALUE"
+        )));
+    }
+    for w in wanted.iter().filter(|w| !args.replace.contains(&w.name)) {
+        let present: Vec<String> = institution_files(&w.name)
+            .into_iter()
+            .filter(|f| args.dir.join(f).exists())
+            .collect();
+        if !present.is_empty() {
+            return Err(CliError::Usage(format!(
+                "institution {} is already in {} ({}): issuing it again would replace its \
+                 keys, and messages sealed to its ETK could no longer be opened; choose \
+                 another name, or give --replace {} to issue it anew",
+                w.name,
+                args.dir.display(),
+                present.join(", "),
+                w.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn is_file_name(name: &str) -> bool {

@@ -193,6 +193,37 @@ fn a_second_run_extends_the_world_and_refuses_a_used_token() {
     );
     assert!(!rig.world("again.etk").exists());
 
+    // A failure once a key is in the token says so, and what to do: here the ETK profile
+    // wants the authentication key's CKA_ID.
+    let dana = rig.hsm.token_config(
+        "dana",
+        "e2e-dana",
+        "[hsm.profiles.etk]\nrole = \"etk\"\nid = \"authentication\"\nbits = 2048\n\
+         mechanisms = [\"CKM_RSA_PKCS\"]\n",
+    );
+    rig.hsm
+        .etee(["hsm", "init", "--config"])
+        .arg(&dana)
+        .run()
+        .code(0);
+    let failed = rig
+        .hsm
+        .etee(["platform", "pki"])
+        .arg(&rig.world)
+        .args(["--institution", "dana:NIHII-HOSPITAL=71000455", "--hsm"])
+        .arg(format!("dana={}", dana.display()))
+        .run();
+    failed.code(2);
+    assert!(
+        failed.stderr.contains(
+            "keys were generated in token label \"e2e-dana\" (authentication key \
+             \"authentication\"), but the institution could not be completed"
+        ) && failed.stderr.contains("give dana a new token"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!rig.world("dana.etk").exists());
+
     rig.hsm
         .etee(["platform", "pki"])
         .arg(&rig.world)

@@ -573,31 +573,29 @@ fn software_institution(
 /// core (so the signature is on the token's audit chain). Returns the ETK.
 fn hsm_institution(pki: &TestPki, w: &Wanted, config: &Path) -> Result<Vec<u8>, CliError> {
     let config = super::hsm::load_config(config)?;
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        CliError::Usage(format!(
-            "{} ({}): {what}: {e}",
-            w.name,
-            config_name(&config)
-        ))
-    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| CliError::Usage(format!("{what}: {e}"));
     let auth_profile = config.hsm.profile("authentication")?.clone();
     let etk_profile = config.hsm.profile("etk")?.clone();
-    let (auth_id, auth_cert, etk_id, etk_spki) = {
-        // The login follows the custody core's lock-out rule and is on its chain.
-        let hsm = etee_hsm::CustodyKeys::open_token(&config.hsm, &config.custody)?;
-        let auth_key_id = auth_profile.id.as_deref().unwrap_or("authentication");
-        if hsm.list()?.keys.iter().any(|k| k.id == auth_key_id) {
-            return Err(CliError::Usage(format!(
-                "{}: the token {} already holds an authentication key ({:?}); new keys go \
-                 into a token without one (`etee hsm init` a new token, or import existing \
-                 keys with `etee keys import`)",
-                w.name,
-                config_name(&config),
-                auth_key_id
-            )));
-        }
-        let auth = hsm.generate(&auth_profile)?;
+    // The login follows the custody core's lock-out rule and is on its chain.
+    let hsm = etee_hsm::CustodyKeys::open_token(&config.hsm, &config.custody)?;
+    let auth_key_id = auth_profile.id.as_deref().unwrap_or("authentication");
+    if hsm.list()?.keys.iter().any(|k| k.id == auth_key_id) {
+        return Err(CliError::Usage(format!(
+            "{}: the token {} already holds an authentication key ({:?}); new keys go \
+             into a token without one (`etee hsm init` a new token, or import existing \
+             keys with `etee keys import`)",
+            w.name,
+            config_name(&config),
+            auth_key_id
+        )));
+    }
+    let auth = hsm.generate(&auth_profile)?;
+    // The authentication key is in the token from here on: a failure must say so, since
+    // a new run refuses a token that holds one.
+    let mut etk_id = None;
+    let mut rest = || -> Result<(X509, etee_hsm::GeneratedKey), CliError> {
         let etk = hsm.generate(&etk_profile)?;
+        etk_id = Some(etk.id.clone());
         let auth_public = PKey::public_key_from_der(&auth.public_key_der())
             .map_err(|e| fail("the generated authentication key", &e))?;
         let auth_cert = pki
@@ -608,10 +606,43 @@ fn hsm_institution(pki: &TestPki, w: &Wanted, config: &Path) -> Result<Vec<u8>, 
             &certificate(&auth_cert)?,
             &[certificate(&pki.root.cert)?],
         )?;
-        let etk_spki = etk.public_key_der();
-        (auth.id, auth_cert, etk.id, etk_spki)
-    }; // the token's first session closes here; the custody core opens its own
+        Ok((auth_cert, etk))
+    };
+    let first = rest();
+    // The token's first session closes here; the custody core opens its own.
+    drop(hsm);
+    let result = first.and_then(|(auth_cert, etk)| {
+        complete_hsm_institution(pki, w, &config, &auth.id, &auth_cert, &etk)
+    });
+    result.map_err(|e| {
+        let etk = etk_id
+            .map(|id| format!(", ETK key {id:?}"))
+            .unwrap_or_default();
+        CliError::Usage(format!(
+            "{name}: keys were generated in token {token} (authentication key {auth:?}{etk}), \
+             but the institution could not be completed: {e}. The token now holds an \
+             authentication key, so `platform pki` refuses it: give {name} a new token \
+             (`etee hsm init` with another label; SoftHSM: `softhsm2-util --delete-token \
+             --token LABEL` removes this one)",
+            name = w.name,
+            token = config_name(&config),
+            auth = auth.id,
+        ))
+    })
+}
 
+/// The second half of [`hsm_institution`], through the custody core: the encryption
+/// certificate signed by the authentication key, installed beside the ETK key; the ETK.
+fn complete_hsm_institution(
+    pki: &TestPki,
+    w: &Wanted,
+    config: &etee_hsm::Config,
+    auth_id: &str,
+    auth_cert: &X509,
+    etk: &etee_hsm::GeneratedKey,
+) -> Result<Vec<u8>, CliError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| CliError::Usage(format!("{what}: {e}"));
+    let etk_spki = etk.public_key_der();
     let custody = etee_hsm::CustodyKeys::open(&config.hsm, &config.custody)?;
     let mut serial = [0u8; 16];
     openssl::rand::rand_bytes(&mut serial).map_err(openssl_err)?;
@@ -627,19 +658,19 @@ fn hsm_institution(pki: &TestPki, w: &Wanted, config: &Path) -> Result<Vec<u8>, 
     })
     .map_err(|e| fail("the encryption certificate", &e))?;
     let signature = custody
-        .sign_pss_sha256(&KeyId(auth_id), &openssl::sha::sha256(&tbs))
+        .sign_pss_sha256(&KeyId(auth_id.to_owned()), &openssl::sha::sha256(&tbs))
         .map_err(|e| fail("signing the encryption certificate in the HSM", &e))?;
     let enc_der = enc_cert::certificate(&tbs, &signature);
     let enc_cert = X509::from_der(&enc_der).map_err(|e| fail("the encryption certificate", &e))?;
     let installed = custody
         .hsm()
-        .install_certificate(&etk_id, &certificate(&enc_cert)?, &[])?;
+        .install_certificate(&etk.id, &certificate(&enc_cert)?, &[])?;
     eprintln!(
         "etee: {}: keys generated in token {}: \"authentication\" and ETK key {installed:?}",
         w.name,
-        config_name(&config)
+        config_name(config)
     );
-    pki.sign_etk(&enc_cert, &auth_cert)
+    pki.sign_etk(&enc_cert, auth_cert)
         .map_err(|e| fail("signing the ETK", &e))
 }
 

@@ -567,30 +567,42 @@ fn a_renewed_keystore_replaces_the_authentication_key() {
             .clone()
     };
     import(w, "bob", false).code(0);
-    let bob_subject = key(&keys(), "authentication")["certificate"]["subject"].clone();
-    // The renewal: a keystore issued later (its certificates end later), from another
+    let bob_cert = key(&keys(), "authentication")["certificate"].clone();
+    let bob_subject = bob_cert["subject"].clone();
+    // The renewal: Bob's keystore issued later (its certificates end later), from another
     // world made a second after the shared one.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let renewed = World::create();
-    let run = import(&renewed, "alice", false);
+    let run = import(&renewed, "bob", false);
     run.code(0);
     assert!(
         run.stderr.contains("--replace-authentication"),
         "{}",
         run.stderr
     );
-    assert_eq!(
-        key(&keys(), "authentication")["certificate"]["subject"],
-        bob_subject
-    );
-    let run = import(&renewed, "alice", true);
+    assert_eq!(key(&keys(), "authentication")["certificate"], bob_cert);
+    // Another holder's keystore (Alice's, renewed or not): refused whole, with or without
+    // --replace-authentication; none of its keys joins Bob's token.
+    let before = keys();
+    for replace in [false, true] {
+        let run = import(&renewed, "alice", replace);
+        run.code(2);
+        assert!(
+            run.stderr.contains("belongs to another holder"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(keys(), before, "--replace-authentication {replace}");
+    }
+    let run = import(&renewed, "bob", true);
     run.code(0);
     let stdout = String::from_utf8_lossy(&run.stdout).to_string();
     assert!(stdout.contains("retired"), "{stdout}");
 
     let now = keys();
     let current = key(&now, "authentication");
-    assert_ne!(current["certificate"]["subject"], bob_subject, "{current}");
+    assert_ne!(current["certificate"], bob_cert, "{current}");
+    assert_eq!(current["certificate"]["subject"], bob_subject, "{current}");
     assert_eq!(current["sign"], Value::Bool(true), "{current}");
     let retired: Vec<&Value> = now
         .iter()
@@ -607,12 +619,13 @@ fn a_renewed_keystore_replaces_the_authentication_key() {
     assert_eq!(retired[0]["extractable"], Value::Bool(false));
     // Both keystores' ETK keys stay.
     key(&now, w.etk_serial("bob"));
-    key(&now, renewed.etk_serial("alice"));
+    key(&now, renewed.etk_serial("bob"));
 
-    // An older keystore does not replace the newer key.
-    let run = import(w, "alice", true);
+    // An older keystore does not replace the newer key; the dates are readable.
+    let run = import(w, "bob", true);
     run.code(2);
     assert!(run.stderr.contains("not newer"), "{}", run.stderr);
+    assert!(run.stderr.contains("valid until 20"), "{}", run.stderr);
     assert_eq!(
         key(&keys(), "authentication")["certificate"],
         current["certificate"]
@@ -647,7 +660,7 @@ fn a_renewed_keystore_replaces_the_authentication_key() {
         opened.verdict
     );
     // Importing the renewed keystore again changes nothing.
-    let run = import(&renewed, "alice", true);
+    let run = import(&renewed, "bob", true);
     run.code(0);
     assert!(!String::from_utf8_lossy(&run.stdout).contains("retired"));
 }

@@ -8,16 +8,7 @@ use etee_formats::cms::Unsealed;
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// RFC 3339 for unix seconds (the number itself if out of range).
-pub fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
-}
+pub use etee_formats::rfc3339;
 
 /// The verdict of an unsealed message: the official fatal, errors and warnings, the
 /// sender (certificate and eHealth identities) and, only when clean, the content's

@@ -229,16 +229,7 @@ pub fn expected_signers(
     Ok(out)
 }
 
-/// RFC 3339 text for unix seconds.
-pub fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
-}
+pub use etee_formats::rfc3339;
 
 /// The token's keys behind the custody core (in this process, or in `etee custody serve`
 /// when the configuration says `[custody] mode = "process"`), from an HSM configuration.

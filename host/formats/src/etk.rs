@@ -14,6 +14,7 @@ use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::{self, key_usage, CertError, Certificate, KeyAlgorithm, Validity};
 use crate::identity::{self, Identity};
 use crate::oid;
+use crate::rfc3339;
 use crate::trust::{PathCheck, TrustAnchors};
 use crate::verdict::Error as Notification;
 use base64::Engine as _;
@@ -459,17 +460,6 @@ impl CertSummary {
             sha256: hex::encode(openssl::sha::sha256(c.der())),
         }
     }
-}
-
-/// Unix seconds as RFC 3339 UTC (`2014-03-12T07:13:32Z`); out-of-range times as the number.
-fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
 }
 
 /// Whether the certificate has a keyUsage extension with all bits of `mask`.

@@ -61,3 +61,15 @@ pub mod verdict;
 pub fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
+
+/// Unix seconds as RFC 3339 UTC (`2014-03-12T07:13:32Z`), for reports and messages;
+/// out-of-range times as the number.
+pub fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}

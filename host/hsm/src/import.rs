@@ -44,6 +44,9 @@ pub struct ImportOptions {
     /// record) and import the keystore's (default: no, the keystore's is skipped). For a
     /// renewed eHealth keystore.
     pub replace_authentication: bool,
+    /// Import although the keystore's certificates name another holder than the token's
+    /// authentication certificate (default: refused whole, before anything is written).
+    pub allow_other_holder: bool,
 }
 
 impl Default for ImportOptions {
@@ -52,6 +55,7 @@ impl Default for ImportOptions {
             ca_certificates: true,
             authentication: true,
             replace_authentication: false,
+            allow_other_holder: false,
         }
     }
 }
@@ -95,6 +99,29 @@ pub fn import_keystore(
         warnings: keystore.warnings().to_vec(),
         ..Default::default()
     };
+    // A token holds the keys of one holder: another holder's keystore is refused whole,
+    // before anything is written (its ETK keys would otherwise join this token's).
+    let token_holder = match options.allow_other_holder {
+        true => None,
+        false => pool.run(|conn| stored_certificate(conn, AUTHENTICATION_ID))?,
+    };
+    if let Some(token_holder) = &token_holder {
+        let foreign = keystore
+            .entries()
+            .iter()
+            .filter_map(|e| e.cert.as_ref())
+            .find(|c| !same_holder(token_holder, c));
+        if let Some(foreign) = foreign {
+            return Err(HsmError::Invalid(format!(
+                "the keystore belongs to another holder ({}) than the token's authentication \
+                 key ({}): a token holds the keys of one holder; import it into that \
+                 holder's token (or, for one holder's keystores issued under different \
+                 names, allow it: ImportOptions::allow_other_holder, `--allow-other-holder`)",
+                foreign.subject_string(),
+                token_holder.subject_string()
+            )));
+        }
+    }
     let mut used_ids: Vec<String> = Vec::new();
     for entry in keystore.entries() {
         let role = match entry.role {
@@ -345,24 +372,40 @@ fn ensure_renewal(conn: &mut Conn<'_>, id: &str, new: Option<&Certificate>) -> R
                 .into(),
         )
     })?;
-    let current = conn.find_all(&[
-        Attribute::Class(ObjectClass::CERTIFICATE),
-        Attribute::Id(id.as_bytes().to_vec()),
-    ])?;
-    let current = match current.first() {
-        Some(&h) => crate::keys::bytes_attr(conn.session(), h, AttributeType::Value)?
-            .and_then(|der| Certificate::from_der(&der).ok()),
-        None => None,
-    };
-    match current {
+    match stored_certificate(conn, id)? {
         Some(current) if new.not_after() <= current.not_after() => Err(HsmError::Invalid(format!(
             "the keystore's authentication certificate ({}, valid until {}) is not newer than \
              the token's ({}, valid until {}): not replaced",
             new.subject_string(),
-            new.not_after(),
+            etee_formats::rfc3339(new.not_after()),
             current.subject_string(),
-            current.not_after()
+            etee_formats::rfc3339(current.not_after())
         ))),
         _ => Ok(()),
     }
+}
+
+/// The certificate the token stores under CKA_ID `id`, if it has a readable one.
+fn stored_certificate(conn: &mut Conn<'_>, id: &str) -> Result<Option<Certificate>> {
+    let found = conn.find_all(&[
+        Attribute::Class(ObjectClass::CERTIFICATE),
+        Attribute::Id(id.as_bytes().to_vec()),
+    ])?;
+    Ok(match found.first() {
+        Some(&h) => crate::keys::bytes_attr(conn.session(), h, AttributeType::Value)?
+            .and_then(|der| Certificate::from_der(&der).ok()),
+        None => None,
+    })
+}
+
+/// Whether two certificates name the same holder: an eHealth identity (type, value and
+/// application id, spec §3.3) in common, or the same subject when either has none. A
+/// renewed certificate keeps its holder's identities; another institution's does not.
+fn same_holder(a: &Certificate, b: &Certificate) -> bool {
+    use etee_formats::identity::identities;
+    let (ia, ib) = (identities(a), identities(b));
+    if ia.is_empty() || ib.is_empty() {
+        return a.subject_string() == b.subject_string();
+    }
+    ia.iter().any(|x| ib.contains(x))
 }

@@ -727,8 +727,20 @@ fn bob_vectors_unseal_through_the_token() {
         "Bob3_private_key_store.p12",
     ] {
         let ks = EhealthKeystore::load_file(bob_dir.join(other), "test").unwrap();
+        // The vectors' Bob has keystores under other names (CN=Bob2, NIHII=...): refused
+        // unless allowed.
+        let other_name = hsm.import(
+            &ks,
+            &ImportOptions {
+                authentication: false,
+                ..Default::default()
+            },
+        );
+        let err = other_name.unwrap_err().to_string();
+        assert!(err.contains("another holder"), "{other}: {err}");
         let options = ImportOptions {
             authentication: false,
+            allow_other_holder: true,
             ..Default::default()
         };
         let r = hsm.import(&ks, &options).unwrap();

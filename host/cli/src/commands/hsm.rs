@@ -54,6 +54,11 @@ pub enum KeysCommand {
         /// and import this keystore's. Restart what uses the token afterwards.
         #[arg(long)]
         replace_authentication: bool,
+        /// Import although the keystore's certificates name another holder than the
+        /// token's authentication certificate (refused by default: a token holds the keys
+        /// of one holder). For keystores of one holder issued under different names.
+        #[arg(long)]
+        allow_other_holder: bool,
     },
     /// Generate a key pair in the token following a profile of the configuration.
     Generate {
@@ -360,6 +365,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             p12,
             password_file,
             replace_authentication,
+            allow_other_holder,
         } => {
             let config = load_config(&config)?;
             let password = inputs::password(password_file.as_ref())?;
@@ -367,6 +373,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
             let hsm = open(&config)?;
             let options = ImportOptions {
                 replace_authentication,
+                allow_other_holder,
                 ..ImportOptions::default()
             };
             let report = hsm.import(&keystore, &options)?;

@@ -1192,6 +1192,41 @@ fn no_token_no_audit_file_and_an_empty_chain_is_not_ok() {
     assert!(out.starts_with("EMPTY") && out.contains("CUT"), "{out}");
 }
 
+/// A new audit chain is never silent: normal once per token (its first login), and the
+/// sign of a mistyped `[custody] audit_file` anywhere else (it restarts the record).
+#[test]
+fn a_new_audit_chain_is_announced() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    rig.etee(["hsm", "init"]).run().code(0);
+    let first = rig.etee(["keys", "list"]).run();
+    first.code(0);
+    assert!(
+        first.stderr.contains("a new chain starts there"),
+        "{}",
+        first.stderr
+    );
+    let list = rig.etee(["keys", "list"]).run();
+    list.code(0);
+    assert!(!list.stderr.contains("new chain"), "{}", list.stderr);
+    let typo = tmp.path().join("typo.toml");
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    std::fs::write(
+        &typo,
+        format!("{text}\n[custody]\naudit_file = \"audti/chain.log\"\n"),
+    )
+    .unwrap();
+    let run = rig.hsm.etee(["keys", "list", "--config"]).arg(&typo).run();
+    run.code(0);
+    assert!(
+        run.stderr.contains("a new chain starts there")
+            && run.stderr.contains("audti")
+            && run.stderr.contains("created"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// `hsm init` for a label that two tokens already carry is refused before anything is
 /// touched: no free token is used up (each retry used to initialise one more).
 #[test]

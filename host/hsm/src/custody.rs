@@ -987,11 +987,18 @@ fn open_core<T: Token>(
     custody: &CustodyConfig,
 ) -> Result<Custody<T, FileAuditSink>> {
     let path = &custody.audit_file;
+    use etee_custody::file_sink::{segments, FileSinkError, LOCK_WAIT};
+    // A new chain is normal once per token; anywhere else it is a mistyped audit_file,
+    // which would restart the record (and the wrong-PIN count): never silent.
+    let new_chain = !path.exists() && segments(path).map_or(true, |s| s.is_empty());
+    let mut new_dir = None;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            new_dir = Some(dir);
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| HsmError::Config(format!("audit directory {}: {e}", dir.display())))?;
     }
-    use etee_custody::file_sink::{FileSinkError, LOCK_WAIT};
     // The uses within the longest time a budget takes to refill (all those of the file
     // when a budget never refills) count against the budgets again.
     let since = policy
@@ -1031,6 +1038,16 @@ fn open_core<T: Token>(
         )),
         e => HsmError::Audit(format!("{}: {e}", path.display())),
     })?;
+    if new_chain {
+        eprintln!(
+            "etee: no audit chain at {}{}: a new chain starts there. If this token's chain \
+             is elsewhere, stop and set [custody] audit_file to it",
+            path.display(),
+            new_dir
+                .map(|d| format!(" (directory {} created)", d.display()))
+                .unwrap_or_default()
+        );
+    }
     if let Some(cut) = sink.cut_at_open() {
         eprintln!(
             "etee: warning: the audit chain {} ended in an incomplete or damaged record ({} \

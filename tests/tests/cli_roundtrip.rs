@@ -186,6 +186,41 @@ fn large_content_waits_in_an_encrypted_spool_and_leaves_nothing_behind() {
     let left = |d: &std::path::Path| std::fs::read_dir(d).unwrap().count();
     assert_eq!(left(&tmp), 0, "files left in TMPDIR");
     assert_eq!(left(&out_dir), 1, "only the written file");
+
+    // --in and --out the same file (also through another name): refused, input intact.
+    let sealed_file = out_dir.join("sealed.p7");
+    std::fs::write(&sealed_file, &sealed).unwrap();
+    let alias = out_dir.join("alias.p7");
+    std::fs::hard_link(&sealed_file, &alias).unwrap();
+    for out in [&sealed_file, &alias] {
+        let run = unseal()
+            .arg("--in")
+            .arg(&sealed_file)
+            .arg("--out")
+            .arg(out)
+            .run();
+        run.code(2);
+        assert!(run.stderr.contains("the same file"), "{}", run.stderr);
+    }
+    let run = etee(["seal", "--keystore"])
+        .arg(w.p12("alice"))
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .arg("--in")
+        .arg(&file)
+        .arg("--out")
+        .arg(&file)
+        .password(&w.password)
+        .run();
+    run.code(2);
+    assert!(run.stderr.contains("the same file"), "{}", run.stderr);
+    assert!(
+        std::fs::read(&file).unwrap() == plain,
+        "the input was replaced"
+    );
+    assert!(std::fs::read(&sealed_file).unwrap() == sealed);
 }
 
 /// `--out` naming something that is not a regular file (a FIFO here; `/dev/null` or

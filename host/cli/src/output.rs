@@ -128,25 +128,12 @@ impl Pending {
             io::copy(&mut content, &mut out).map_err(failed)?;
             return out.flush().map_err(failed);
         }
-        let dir = dest
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut file = tempfile::Builder::new()
-            .prefix(".etee-")
-            .tempfile_in(dir)
-            .map_err(failed)?;
-        let mut w = io::BufWriter::with_capacity(256 * 1024, file.as_file_mut());
-        io::copy(&mut content, &mut w).map_err(failed)?;
-        w.flush().map_err(failed)?;
-        drop(w);
-        file.as_file().sync_all().map_err(failed)?;
-        file.persist(&dest).map_err(|e| failed(e.error))?;
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        replace_file(&dest, 0o600, |file| {
+            let mut w = io::BufWriter::with_capacity(256 * 1024, file);
+            io::copy(&mut content, &mut w)?;
+            w.flush()
+        })
+        .map_err(failed)
     }
 }
 
@@ -199,31 +186,119 @@ pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CliErro
             .map_err(failed)?;
         return out.write_all(bytes).map_err(failed);
     }
-    let dir = path
+    let mode = if secret { 0o600 } else { 0o644 };
+    replace_file(path, mode, |file| file.write_all(bytes)).map_err(failed)
+}
+
+/// Replaces `dest` atomically with what `fill` writes: a new file in the same directory,
+/// created with its final `mode`, made durable, renamed over `dest`, the rename made
+/// durable. A crash leaves the old file or the new one, never a truncated one; a
+/// symbolic link at `dest` is replaced, not followed.
+///
+/// The new file has no name while it is written (`O_TMPFILE`), so a kill or a power cut
+/// meanwhile leaves nothing behind: unsealed content is never left half-written in a
+/// stray file. Where the file system cannot make unnamed files, a named temporary file
+/// is used, removed on every exit but a kill.
+fn replace_file(
+    dest: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = dest
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".etee-");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = if secret { 0o600 } else { 0o644 };
-        builder.permissions(std::fs::Permissions::from_mode(mode));
+    let unnamed = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_TMPFILE)
+        .mode(mode)
+        .open(dir);
+    match unnamed {
+        Ok(mut file) if Path::new("/proc/self/fd").is_dir() => {
+            fill(&mut file)?;
+            file.sync_all()?;
+            let name = link_unnamed(&file, dir)?;
+            if let Err(e) = std::fs::rename(&name, dest) {
+                let _ = std::fs::remove_file(&name);
+                return Err(e);
+            }
+        }
+        // No O_TMPFILE here (an older kernel, a file system without it), or no /proc.
+        _ => {
+            let mut builder = tempfile::Builder::new();
+            builder.prefix(".etee-");
+            builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(mode));
+            let mut file = builder.tempfile_in(dir)?;
+            fill(file.as_file_mut())?;
+            file.as_file().sync_all()?;
+            file.persist(dest).map_err(|e| e.error)?;
+        }
     }
-    let mut file = builder.tempfile_in(dir).map_err(failed)?;
-    file.write_all(bytes).map_err(failed)?;
-    file.as_file().sync_all().map_err(failed)?;
-    file.persist(path).map_err(|e| failed(e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    // Without this the rename may not survive a power cut: an error, not a shrug.
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Gives the unnamed file `file` a free name `.etee-<random>` in `dir` (its own
+/// directory); the path of that name.
+fn link_unnamed(file: &std::fs::File, dir: &Path) -> io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+    for _ in 0..16 {
+        let mut random = [0u8; 8];
+        openssl::rand::rand_bytes(&mut random).map_err(io::Error::other)?;
+        let name = dir.join(format!(".etee-{}", hex::encode(random)));
+        match nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            source.as_str(),
+            nix::fcntl::AT_FDCWD,
+            &name,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => return Ok(name),
+            Err(nix::errno::Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(())
+    Err(io::Error::other("no free temporary name"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While a file is written it has no name: a kill meanwhile leaves nothing (no stray
+    /// half-written plaintext); once complete it replaces the destination.
+    #[test]
+    fn a_file_being_written_has_no_name_until_complete() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("plain");
+        std::fs::write(&dest, b"old").unwrap();
+        replace_file(&dest, 0o600, |f| {
+            f.write_all(b"half")?;
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["plain"], "a name appeared while writing");
+            assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+            f.write_all(b" and the rest")
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"half and the rest");
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A failure while writing leaves the destination as it was, and nothing else.
+        let failed = replace_file(&dest, 0o600, |f| {
+            f.write_all(b"partial")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"half and the rest");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn write_file_replaces_files_atomically_and_writes_into_fifos() {

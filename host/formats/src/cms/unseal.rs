@@ -586,8 +586,12 @@ fn tail_facts(tail: &SignedDataTail, layer: u8) -> Result<(Vec<Certificate>, Sig
             })
         };
         let set = parse_exact(raw).map_err(|_| bad())?;
-        for c in set.children() {
-            let c = c.map_err(|_| bad())?;
+        // Too many certificates is an oversized structure, as too many bytes of them is.
+        let elements = super::certificate_set(&set).map_err(|e| match e.kind {
+            BerErrorKind::TooMany { .. } => Stop::Fatal(structure_fatal(layer)),
+            _ => bad(),
+        })?;
+        for c in elements {
             if c.tag == tag::SEQUENCE {
                 certs.push(Certificate::from_der(c.raw).map_err(|_| bad())?);
             }

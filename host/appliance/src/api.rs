@@ -538,13 +538,13 @@ async fn unseal(
         no_query(query)?;
         let client = app.take_slot(client).await?;
         let Opened {
-            unsealed,
+            mut report,
             content,
             kgss_key_id,
             message_len,
+            ..
         } = app.unseal(&client, body_reader(body)).await?;
         app.metrics.bytes(message_len, 0);
-        let mut report = crate::report::unseal_report(&unsealed);
         report["kgss_key_id"] = json!(kgss_key_id.map(|k| B64.encode(k)));
         let Some(mut content) = content else {
             // Not clean: the verdict, and no content.

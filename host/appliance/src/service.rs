@@ -262,6 +262,9 @@ pub struct Sealed {
 #[derive(Debug)]
 pub struct Opened {
     pub unsealed: Unsealed,
+    /// [`crate::report::unseal_report`] of `unsealed`, made on the blocking pool: it reads
+    /// the sender's certificate, which the message's author chose.
+    pub report: serde_json::Value,
     pub content: Option<SpoolReader>,
     /// The KGSS key id used, for a message opened with a KGSS key.
     pub kgss_key_id: Option<Vec<u8>>,
@@ -858,6 +861,7 @@ impl Appliance {
                 None
             };
             Ok(Opened {
+                report: crate::report::unseal_report(&unsealed),
                 unsealed,
                 content,
                 kgss_key_id,

@@ -256,7 +256,8 @@ impl Certificate {
     pub fn serial(&self) -> &[u8] {
         &self.0.serial
     }
-    /// The serial number in decimal: the eHealth keystore alias of an ETK key.
+    /// The serial number in decimal: the eHealth keystore alias of an ETK key (an absurdly
+    /// long one in hex, see [`decimal`]).
     pub fn serial_decimal(&self) -> String {
         decimal(&self.0.serial)
     }
@@ -579,10 +580,26 @@ pub fn parse_time(t: &Tlv<'_>) -> Result<i64, BerError> {
         - offset_secs)
 }
 
-/// Big-endian magnitude to decimal (serial numbers can exceed 128 bits).
+/// The longest magnitude, in octets without its leading zeros, that [`decimal`] writes in
+/// decimal. RFC 5280 allows serial numbers of 20 octets and real certificates sometimes
+/// have a few more, but a serial's length is not limited when parsing (lenient, like
+/// the official library), and the conversion to decimal takes time quadratic in it: a
+/// 64 KiB serial took 34 s.
+pub const MAX_DECIMAL_OCTETS: usize = 32;
+
+/// Big-endian magnitude to decimal (serial numbers can exceed 128 bits), or, past
+/// [`MAX_DECIMAL_OCTETS`] significant octets, `0x` and its significant octets in lowercase
+/// hex: a form a decimal number never has, and linear to write.
 pub fn decimal(magnitude: &[u8]) -> String {
+    let significant = magnitude
+        .iter()
+        .position(|&b| b != 0)
+        .map_or(&[][..], |first| &magnitude[first..]);
+    if significant.len() > MAX_DECIMAL_OCTETS {
+        return format!("0x{}", hex::encode(significant));
+    }
     let mut digits: Vec<u8> = vec![0];
-    for &byte in magnitude {
+    for &byte in significant {
         let mut carry = u32::from(byte);
         for d in digits.iter_mut() {
             let v = u32::from(*d) * 256 + carry;
@@ -651,6 +668,54 @@ mod tests {
                 .unwrap()
                 .to_string()
         );
+        // Up to MAX_DECIMAL_OCTETS significant octets in decimal, leading zeros aside;
+        // more in hex.
+        let mut most = vec![0u8; 3];
+        most.extend([0xff; MAX_DECIMAL_OCTETS]);
+        assert_eq!(
+            decimal(&most),
+            // 2^256 - 1
+            "115792089237316195423570985008687907853269984665640564039457584007913129639935"
+        );
+        let mut more = vec![0u8; 2];
+        more.extend([0xab; MAX_DECIMAL_OCTETS + 1]);
+        assert_eq!(
+            decimal(&more),
+            format!("0x{}", "ab".repeat(MAX_DECIMAL_OCTETS + 1))
+        );
+    }
+
+    #[test]
+    fn a_huge_serial_is_written_in_hex() {
+        use openssl::asn1::Asn1Time;
+        use openssl::{bn::BigNum, ec, hash::MessageDigest, nid::Nid, pkey::PKey, x509};
+        // 16 KiB: RFC 5280 allows 20 octets, a hostile certificate any number.
+        let mut serial = vec![0x5a; 16 * 1024];
+        serial[0] = 0x12;
+        let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+        let name = etee_testpki::build_name(&[("CN", "huge serial")]).unwrap();
+        let mut b = x509::X509Builder::new().unwrap();
+        b.set_serial_number(
+            &BigNum::from_slice(&serial)
+                .unwrap()
+                .to_asn1_integer()
+                .unwrap(),
+        )
+        .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        let cert = Certificate::from_der(&b.build().to_der().unwrap()).unwrap();
+        assert_eq!(cert.serial(), serial);
+        let hex = format!("0x{}", hex::encode(&serial));
+        assert_eq!(cert.serial_decimal(), hex);
+        assert!(format!("{cert:?}").contains(&hex));
     }
 
     #[test]

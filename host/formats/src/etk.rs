@@ -569,8 +569,7 @@ fn parse_signed_data(der: &[u8]) -> Result<Parsed, EtkError> {
 
     let mut certificates = Vec::new();
     if let Some(set) = f.optional(tag::ctx_cons(0))? {
-        for (index, child) in set.children().enumerate() {
-            let child = child?;
+        for (index, child) in crate::cms::certificate_set(&set)?.into_iter().enumerate() {
             // Only X.509 certificates; attribute certificates and others are skipped.
             if child.tag != tag::SEQUENCE {
                 continue;

@@ -41,6 +41,8 @@ const NOT_APPLICATION_IDS: [&str; 2] = ["eHealth-platform Belgium", "Federal Gov
 /// - every OU of the form `TYPE=digits` gives `TYPE=digits` (a certificate can have several);
 /// - the application id is an OU that is neither an identifier nor "eHealth-platform Belgium" /
 ///   "Federal Government" and that the CN ends with; it applies to every identity.
+///
+/// At most [`MAX_IDENTITIES`] of them, each `(type, value)` once.
 pub fn identities(cert: &Certificate) -> Vec<Identity> {
     identities_from_name(cert.subject())
 }
@@ -50,7 +52,21 @@ pub fn primary_identity(cert: &Certificate) -> Option<Identity> {
     identities(cert).into_iter().next()
 }
 
-/// [`identities`] for a subject given as its attributes (encoding order).
+/// The most identities taken from one certificate. Real eHealth DNs name one or two
+/// (spec §3.3), but a subject can carry any number of `TYPE=digits` OUs, and every
+/// identity is copied, reported (`POST /v1/unseal`, `etee unseal --json`) and compared by
+/// the callers. The first ones in encoding order are kept and the rest ignored rather
+/// than refused: callers either use the first or look for one they expect, so an ignored
+/// identity can make such a check fail, never pass.
+pub const MAX_IDENTITIES: usize = 16;
+
+/// The longest application id, in characters: X.520's bound on an organisational unit
+/// name (`ub-organizational-unit-name`, RFC 5280 appendix A). A longer OU is not taken
+/// as one, so that each identity's copy of it stays small.
+pub const MAX_APPLICATION_ID: usize = 64;
+
+/// [`identities`] for a subject given as its attributes (encoding order): at most
+/// [`MAX_IDENTITIES`], each `(type, value)` once.
 pub fn identities_from_name(subject: &[NameAttr]) -> Vec<Identity> {
     let ous: Vec<&str> = subject
         .iter()
@@ -62,35 +78,33 @@ pub fn identities_from_name(subject: &[NameAttr]) -> Vec<Identity> {
         .rev()
         .find(|a| a.oid == oid::AT_COMMON_NAME)
         .map(|a| a.value.as_str());
-    let application_id = cn
-        .and_then(|cn| application_id(cn, &ous))
-        .map(str::to_owned);
+    let application_id = cn.and_then(|cn| application_id(cn, &ous));
 
+    // eID certificates have no OUs, so their SSIN has no application id.
+    let eid_ssin = subject
+        .iter()
+        .find(|a| a.oid == oid::AT_SERIAL_NUMBER)
+        .map(|a| a.value.trim())
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(|v| ("SSIN", v, None));
+    let from_ous = ous
+        .iter()
+        .filter_map(|ou| parse_identifier_ou(ou))
+        .map(|(t, v)| (t, v, application_id));
     let mut out: Vec<Identity> = Vec::new();
-    // A set for the duplicates: a hostile certificate may carry a great many OUs, and a
-    // scan of `out` for each would make this quadratic.
-    let mut seen = std::collections::HashSet::new();
-    let mut push = |id_type: &str, value: &str, app: Option<String>| {
-        let id = Identity {
+    for (id_type, value, app) in eid_ssin.into_iter().chain(from_ous) {
+        if out.len() == MAX_IDENTITIES {
+            break;
+        }
+        // A scan is enough for duplicates: `out` stays short.
+        if out.iter().any(|i| i.id_type == id_type && i.value == value) {
+            continue;
+        }
+        out.push(Identity {
             id_type: id_type.to_owned(),
             value: value.to_owned(),
-            application_id: app,
-        };
-        if seen.insert(id.clone()) {
-            out.push(id);
-        }
-    };
-    if let Some(serial) = subject.iter().find(|a| a.oid == oid::AT_SERIAL_NUMBER) {
-        let v = serial.value.trim();
-        if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-            // eID certificates have no OUs, so no application id.
-            push("SSIN", v, None);
-        }
-    }
-    for ou in &ous {
-        if let Some((t, v)) = parse_identifier_ou(ou) {
-            push(t, v, application_id.clone());
-        }
+            application_id: app.map(str::to_owned),
+        });
     }
     out
 }
@@ -111,10 +125,12 @@ pub fn parse_identifier_ou(ou: &str) -> Option<(&str, &str)> {
 /// The application id: the last OU (other than identifiers and the two platform OUs) that
 /// the CN ends with. The OU must be a proper suffix of the CN that starts after a
 /// non-alphanumeric character (`CN=CBE=0809394427, KGSS` → `KGSS`), so that a holder name
-/// repeated as the whole CN is not mistaken for one.
+/// repeated as the whole CN is not mistaken for one, and at most [`MAX_APPLICATION_ID`]
+/// characters long.
 fn application_id<'a>(cn: &str, ous: &[&'a str]) -> Option<&'a str> {
     ous.iter().copied().rev().find(|ou| {
         !ou.is_empty()
+            && ou.chars().nth(MAX_APPLICATION_ID).is_none()
             && !NOT_APPLICATION_IDS.contains(ou)
             && parse_identifier_ou(ou).is_none()
             && cn.strip_suffix(ou).is_some_and(|head| {
@@ -383,20 +399,88 @@ mod tests {
 
     #[test]
     fn many_ous_keep_their_order_and_lose_their_duplicates() {
-        // Each identifier twice: the first occurrence stays, in encoding order.
+        // Each identifier twice in a row: the first occurrence stays, in encoding order,
+        // and past MAX_IDENTITIES the rest are ignored.
         let mut n = name(&[("C", "BE"), ("CN", "x")]);
-        for _ in 0..2 {
-            for i in 0..20_000 {
+        for i in 0..20_000 {
+            for _ in 0..2 {
                 n.push(NameAttr {
                     oid: oid::AT_ORGANIZATIONAL_UNIT.to_vec(),
                     value: format!("NIHII={}", i * 7),
                 });
             }
         }
-        let ids = identities_from_name(&n);
-        assert_eq!(ids.len(), 20_000);
-        assert_eq!(ids[0], id("NIHII", "0", None));
-        assert_eq!(ids[19_999], id("NIHII", "139993", None));
+        let want: Vec<Identity> = (0..MAX_IDENTITIES)
+            .map(|i| id("NIHII", &(i * 7).to_string(), None))
+            .collect();
+        assert_eq!(identities_from_name(&n), want);
+        // A duplicate is one of (type, value), whatever its application id.
+        let n = name(&[
+            ("C", "BE"),
+            ("OU", "SSIN=71715100070"),
+            ("OU", "APP"),
+            ("CN", "SSIN=71715100070, APP"),
+            ("SERIALNUMBER", "71715100070"),
+        ]);
+        assert_eq!(
+            identities_from_name(&n),
+            vec![id("SSIN", "71715100070", None)]
+        );
+    }
+
+    /// A self-signed certificate with this subject (`(field, value)` in encoding order),
+    /// values as UTF8String whatever their length: OpenSSL applies X.520's length bounds
+    /// only when it picks the string type itself, and hostile certificates ignore them.
+    fn certificate_named(rdns: &[(&str, String)]) -> Certificate {
+        use openssl::asn1::{Asn1Time, Asn1Type};
+        use openssl::{ec, hash::MessageDigest, nid::Nid, pkey::PKey, x509};
+        let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = x509::X509NameBuilder::new().unwrap();
+        for (field, value) in rdns {
+            name.append_entry_by_text_with_type(field, value, Asn1Type::UTF8STRING)
+                .unwrap();
+        }
+        let name = name.build();
+        let mut b = x509::X509Builder::new().unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        Certificate::from_der(&b.build().to_der().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_crafted_subject_gives_few_identities_and_no_long_application_id() {
+        // As reported: many `TYPE=digits` OUs and a long application id that the CN ends
+        // with, each identity carrying its own copy of it.
+        let app = "A".repeat(2000);
+        let mut rdns = vec![("C", "BE".to_owned())];
+        rdns.extend((0..1000).map(|i| ("OU", format!("NIHII={i}"))));
+        rdns.push(("OU", app.clone()));
+        rdns.push(("CN", format!("NIHII=0, {app}")));
+        let ids = identities(&certificate_named(&rdns));
+        let want: Vec<Identity> = (0..MAX_IDENTITIES)
+            .map(|i| id("NIHII", &i.to_string(), None))
+            .collect();
+        assert_eq!(ids, want);
+
+        // An application id of X.520's longest OU is still one.
+        let app = "B".repeat(MAX_APPLICATION_ID);
+        let rdns = [
+            ("C", "BE".to_owned()),
+            ("OU", "CBE=0809394427".to_owned()),
+            ("OU", app.clone()),
+            ("CN", format!("CBE=0809394427, {app}")),
+        ];
+        assert_eq!(
+            identities(&certificate_named(&rdns)),
+            vec![id("CBE", "0809394427", Some(&app))]
+        );
     }
 
     #[test]

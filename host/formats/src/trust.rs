@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-/// Paths remembered per anchor set, keyed by the fingerprints of the leaf and the offered
-/// intermediates. Bounded: cleared past [`PATH_CACHE_LIMIT`] entries.
-type PathCache = Mutex<HashMap<Vec<u8>, CachedPath>>;
+/// Paths remembered per anchor set, keyed by a SHA-256 of the fingerprints of the leaf and
+/// the offered intermediates, in order: a fixed size per entry, however many certificates
+/// a message offers. Bounded: cleared past [`PATH_CACHE_LIMIT`] entries.
+type PathCache = Mutex<HashMap<[u8; 32], CachedPath>>;
 
 /// What a path check ignoring time found.
 #[derive(Clone)]
@@ -224,11 +225,11 @@ impl TrustAnchors {
     }
 
     fn cached_path(&self, leaf: &Certificate, extra: &[Certificate]) -> CachedPath {
-        let mut key = Vec::with_capacity(32 * (extra.len() + 1));
-        key.extend_from_slice(&openssl::sha::sha256(leaf.der()));
-        for c in extra {
-            key.extend_from_slice(&openssl::sha::sha256(c.der()));
+        let mut key = openssl::sha::Sha256::new();
+        for c in std::iter::once(leaf).chain(extra) {
+            key.update(&openssl::sha::sha256(c.der()));
         }
+        let key = key.finish();
         if let Some(hit) = self.paths.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return hit;
         }

@@ -973,6 +973,62 @@ fn missing_parts_are_typed_errors() {
     assert!(matches!(Etk::parse(&der), Err(EtkError::Ber(_))));
 }
 
+#[test]
+fn an_etk_with_too_many_certificates_is_refused() {
+    use etee_formats::ber::BerErrorKind;
+    use etee_formats::cms::MAX_CERTIFICATES;
+    use openssl::{asn1::Asn1Time, ec, nid::Nid, pkey::PKey};
+    let inst = pki().institution(&pharmacy()).unwrap();
+    // Distinct certificates (CMS refuses a repeated one), cheap to make.
+    let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+    let filler = |i: usize| {
+        let name = etee_testpki::build_name(&[("CN", format!("filler {i}"))]).unwrap();
+        let mut b = X509Builder::new().unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        b.build()
+    };
+    // The RA's (added by CMS), the authentication certificate, and fillers: n in all.
+    let etk_of = |n: usize| {
+        let mut extra = openssl::stack::Stack::new().unwrap();
+        extra.push(inst.auth.cert.clone()).unwrap();
+        for i in 2..n {
+            extra.push(filler(i)).unwrap();
+        }
+        openssl::cms::CmsContentInfo::sign(
+            Some(&pki().ra.cert),
+            Some(&pki().ra.key),
+            Some(&extra),
+            Some(&inst.etk_cert.to_der().unwrap()),
+            openssl::cms::CMSOptions::NOATTR | openssl::cms::CMSOptions::BINARY,
+        )
+        .unwrap()
+        .to_der()
+        .unwrap()
+    };
+    let etk = Etk::parse(&etk_of(MAX_CERTIFICATES)).unwrap();
+    assert_eq!(
+        etk.authentication_cert().der(),
+        inst.auth.cert.to_der().unwrap()
+    );
+    match Etk::parse(&etk_of(MAX_CERTIFICATES + 1)) {
+        Err(EtkError::Ber(e)) => assert_eq!(
+            e.kind,
+            BerErrorKind::TooMany {
+                limit: MAX_CERTIFICATES as u64
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Every single-bit flip and every truncation of an ETK gives a typed error or a parsed ETK
 /// whose validation and report run: never a panic.
 #[test]

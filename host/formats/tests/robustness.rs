@@ -19,7 +19,7 @@ use etee_formats::ber::write::{cons, push_tlv, small_uint, tlv};
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{
     seal, signer, unseal, unseal_to_vec, Kek, Recipient, SealOptions, UnsealOptions, Unsealed,
-    MAX_STRUCTURE,
+    MAX_CERTIFICATES, MAX_STRUCTURE,
 };
 use etee_formats::etk::Etk;
 use etee_formats::keys::{DecryptionKey, KeyId, KeyRing, SignerRef, SigningKey};
@@ -1182,6 +1182,34 @@ fn oversized_lengths_and_deep_nesting_are_fatal() {
             peak <= 2 * MAX_STRUCTURE as usize + (1 << 20),
             "{what}: allocated {peak} bytes at once"
         );
+    }
+}
+
+#[test]
+fn a_certificate_set_past_max_certificates_is_fatal() {
+    let w = world();
+    let msg = &w.small;
+    let certs = signed_layout(msg).certs.unwrap();
+    let set = parse_exact(&msg[certs.clone()]).unwrap();
+    let theirs: Vec<&[u8]> = set.children().map(|c| c.unwrap().raw).collect();
+    // The message's own certificates, then copies of its last one: n in all.
+    let with = |n: usize| {
+        let mut set = vec![0xa0, 0x80];
+        for i in 0..n {
+            set.extend_from_slice(theirs[i.min(theirs.len() - 1)]);
+        }
+        set.extend([0, 0]);
+        splice(msg, certs.clone(), &set)
+    };
+    for (name, ring, o) in openers(w) {
+        let (u, content) = open(&with(MAX_CERTIFICATES), ring, &o);
+        assert!(u.verdict.is_clean(), "{name}: {:?}", u.verdict);
+        assert_eq!(content.as_deref(), Some(&w.small_plain[..]), "{name}");
+    }
+    // One more: refused before any is parsed, as a set of too many bytes is.
+    let what = "one certificate more than MAX_CERTIFICATES";
+    for v in assert_rejected(&with(MAX_CERTIFICATES + 1), what) {
+        assert_eq!(v.fatal, Some(Fatal::OUTER_SIGNED_DATA_STRUCTURE_INCORRECT));
     }
 }
 

@@ -87,6 +87,8 @@ pub enum BerErrorKind {
     UnexpectedTag { expected: u8, found: u8 },
     /// An element larger than the limit for its kind.
     TooLarge { limit: u64 },
+    /// A constructed element with more children than the limit for its kind.
+    TooMany { limit: u64 },
     /// A child element ran past the end of its definite-length parent.
     Overrun,
     /// An end-of-contents marker where none may be, or one with content.
@@ -109,6 +111,7 @@ impl fmt::Display for BerErrorKind {
                 write!(f, "expected tag 0x{expected:02x}, found 0x{found:02x}")
             }
             Self::TooLarge { limit } => write!(f, "element larger than {limit} bytes"),
+            Self::TooMany { limit } => write!(f, "more than {limit} elements"),
             Self::Overrun => f.write_str("element runs past the end of its parent"),
             Self::BadEoc => f.write_str("misplaced end-of-contents"),
             Self::TrailingData => f.write_str("trailing data"),

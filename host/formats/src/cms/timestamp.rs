@@ -75,8 +75,7 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
         .into_owned();
     let mut certs = Vec::new();
     if let Some(set) = sd.optional(tag::ctx_cons(0))? {
-        for c in set.children() {
-            let c = c?;
+        for c in super::certificate_set(&set)? {
             if c.tag == tag::SEQUENCE {
                 if let Ok(cert) = Certificate::from_der(c.raw) {
                     certs.push(cert);

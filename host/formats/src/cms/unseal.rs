@@ -326,8 +326,12 @@ fn middle<R: Read, W: Write>(
         return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT));
     }
     let octets = s1.octet_stream(env.encrypted_content, MIDDLE);
-    let mut key = cek;
-    key.resize(cipher.key_len(), 0);
+    // Cut or zero-padded to the cipher's length in a new buffer: resizing `cek` could
+    // move it and leave the old copy unwiped.
+    let mut key = Zeroizing::new(vec![0u8; cipher.key_len()]);
+    let n = cek.len().min(key.len());
+    key[..n].copy_from_slice(&cek[..n]);
+    drop(cek);
     let crypter = match Crypter::new(cipher, Mode::Decrypt, &key, Some(&iv)) {
         Ok(c) => c,
         Err(_) => return Err(Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT)),
@@ -586,8 +590,12 @@ fn tail_facts(tail: &SignedDataTail, layer: u8) -> Result<(Vec<Certificate>, Sig
             })
         };
         let set = parse_exact(raw).map_err(|_| bad())?;
-        for c in set.children() {
-            let c = c.map_err(|_| bad())?;
+        // Too many certificates is an oversized structure, as too many bytes of them is.
+        let elements = super::certificate_set(&set).map_err(|e| match e.kind {
+            BerErrorKind::TooMany { .. } => Stop::Fatal(structure_fatal(layer)),
+            _ => bad(),
+        })?;
+        for c in elements {
             if c.tag == tag::SEQUENCE {
                 certs.push(Certificate::from_der(c.raw).map_err(|_| bad())?);
             }
@@ -817,7 +825,7 @@ fn recover_key(
     keys: &KeyRing,
     opts: &UnsealOptions,
     facts: &mut Facts,
-) -> Result<Vec<u8>, Stop> {
+) -> Result<Zeroizing<Vec<u8>>, Stop> {
     let (ktris, kekris) = recipients(&env.recipient_infos)
         .map_err(|_| Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT))?;
     if env.content_alg != oid::AES128_CBC {
@@ -934,23 +942,23 @@ fn recover_key(
     }
     facts.opened_with = Some(OpenedWith::Key(key.key.clone()));
     match opened {
-        Some((_, _, cek)) => Ok(cek.to_vec()),
+        Some((_, _, cek)) => Ok(cek),
         None => {
             // No candidate could unwrap it: carry on with a random key, indistinguishably
             // (the verdict and `opened_with` look the same as for a damaged ciphertext).
-            let mut random = vec![0u8; wanted];
+            let mut random = Zeroizing::new(vec![0u8; wanted]);
             let _ = openssl::rand::rand_bytes(&mut random);
             Ok(random)
         }
     }
 }
 
-fn unwrap_kek(kek: &[u8], wrapped: &[u8]) -> Option<Vec<u8>> {
+fn unwrap_kek(kek: &[u8], wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     if wrapped.len() < 24 || !wrapped.len().is_multiple_of(8) {
         return None;
     }
     let key = openssl::aes::AesKey::new_decrypt(kek).ok()?;
-    let mut out = vec![0u8; wrapped.len() - 8];
+    let mut out = Zeroizing::new(vec![0u8; wrapped.len() - 8]);
     openssl::aes::unwrap_key(&key, None, &mut out, wrapped).ok()?;
     Some(out)
 }

@@ -42,7 +42,7 @@ const NOT_APPLICATION_IDS: [&str; 2] = ["eHealth-platform Belgium", "Federal Gov
 /// - the application id is an OU that is neither an identifier nor "eHealth-platform Belgium" /
 ///   "Federal Government" and that the CN ends with; it applies to every identity.
 ///
-/// At most [`MAX_IDENTITIES`] of them, each `(type, value)` once.
+/// At most [`MAX_IDENTITIES`] of them, each once.
 pub fn identities(cert: &Certificate) -> Vec<Identity> {
     identities_from_name(cert.subject())
 }
@@ -66,7 +66,7 @@ pub const MAX_IDENTITIES: usize = 16;
 pub const MAX_APPLICATION_ID: usize = 64;
 
 /// [`identities`] for a subject given as its attributes (encoding order): at most
-/// [`MAX_IDENTITIES`], each `(type, value)` once.
+/// [`MAX_IDENTITIES`], each once.
 pub fn identities_from_name(subject: &[NameAttr]) -> Vec<Identity> {
     let ous: Vec<&str> = subject
         .iter()
@@ -96,8 +96,13 @@ pub fn identities_from_name(subject: &[NameAttr]) -> Vec<Identity> {
         if out.len() == MAX_IDENTITIES {
             break;
         }
-        // A scan is enough for duplicates: `out` stays short.
-        if out.iter().any(|i| i.id_type == id_type && i.value == value) {
+        // A scan is enough for duplicates: `out` stays short. The application id counts:
+        // an eID SSIN and the same SSIN with an application are two identities, each
+        // found by its own lookups.
+        if out
+            .iter()
+            .any(|i| i.id_type == id_type && i.value == value && i.application_id.as_deref() == app)
+        {
             continue;
         }
         out.push(Identity {
@@ -414,7 +419,8 @@ mod tests {
             .map(|i| id("NIHII", &(i * 7).to_string(), None))
             .collect();
         assert_eq!(identities_from_name(&n), want);
-        // A duplicate is one of (type, value), whatever its application id.
+        // A duplicate is one of (type, value, application id): the eID SSIN and the same
+        // SSIN with an application stay two.
         let n = name(&[
             ("C", "BE"),
             ("OU", "SSIN=71715100070"),
@@ -424,7 +430,10 @@ mod tests {
         ]);
         assert_eq!(
             identities_from_name(&n),
-            vec![id("SSIN", "71715100070", None)]
+            vec![
+                id("SSIN", "71715100070", None),
+                id("SSIN", "71715100070", Some("APP"))
+            ]
         );
     }
 

@@ -101,19 +101,84 @@ impl std::fmt::Debug for PlatformConfig {
     }
 }
 
-/// The store's location with the password of a `postgres://user:password@…` URL hidden.
+/// The store's location with the passwords of a `postgres://` URL hidden: the one of
+/// `user:password@` and the values of the `password` and `sslpassword` parameters (any
+/// case, percent-encoded or not). Where a URL could be read two ways (an `@` in the
+/// password, or after `?`), what either reading takes for a password is hidden: the URL's
+/// authority, and the PostgreSQL driver's credentials (up to the first `@`).
 pub fn redacted_store(store: &str) -> String {
     let Some((scheme, rest)) = store.split_once("://") else {
         return store.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-            None => store.to_owned(),
-        },
-        None => store.to_owned(),
+    let offset = scheme.len() + 3;
+    let mut secret: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut password_of = |userinfo: &str| {
+        if let Some(colon) = userinfo.find(':') {
+            secret.push(offset + colon + 1..offset + userinfo.len());
+        }
+    };
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    if let Some(at) = authority.rfind('@') {
+        password_of(&rest[..at]);
     }
+    if let Some(at) = rest.find('@') {
+        password_of(&rest[..at]);
+    }
+    // Parameters: `key=value` after a `?` or a `&`, wherever they are.
+    for (start, _) in rest.match_indices(['?', '&']) {
+        let param = &rest[start + 1..];
+        let param = &param[..param.find('&').unwrap_or(param.len())];
+        if let Some((key, value)) = param.split_once('=') {
+            let key = percent_decoded(key).to_ascii_lowercase();
+            if key == "password" || key == "sslpassword" {
+                let from = offset + start + 1 + key_len(param);
+                secret.push(from..from + value.len());
+            }
+        }
+    }
+    secret.sort_by_key(|r| r.start);
+    let mut out = String::with_capacity(store.len());
+    let mut at = 0;
+    for r in secret {
+        if r.end <= at {
+            continue;
+        }
+        let start = r.start.max(at);
+        out.push_str(&store[at..start]);
+        out.push_str("***");
+        at = r.end;
+    }
+    out.push_str(&store[at..]);
+    out
+}
+
+/// The length of `key=` in `key=value`.
+fn key_len(param: &str) -> usize {
+    param.find('=').map_or(param.len(), |i| i + 1)
+}
+
+/// `%XX` escapes decoded (as the PostgreSQL driver reads parameter names); others kept.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A warning when the store is a PostgreSQL server on another machine reached without
@@ -625,6 +690,36 @@ mod tests {
             ),
             ("postgres://db/etee?user=a@b", "postgres://db/etee?user=a@b"),
             ("/var/lib/etee/platform.redb", "/var/lib/etee/platform.redb"),
+            // A password as a parameter: any case, percent-encoded names too.
+            (
+                "postgres://etee@127.0.0.1:1/etee?password=hunter2",
+                "postgres://etee@127.0.0.1:1/etee?password=***",
+            ),
+            (
+                "postgresql://db/etee?sslmode=require&PassWord=hunter2&sslrootcert=/ca.pem",
+                "postgresql://db/etee?sslmode=require&PassWord=***&sslrootcert=/ca.pem",
+            ),
+            (
+                "postgres://db/etee?sslpassword=hunter2",
+                "postgres://db/etee?sslpassword=***",
+            ),
+            (
+                "postgres://db/etee?pass%77ord=hunter2",
+                "postgres://db/etee?pass%77ord=***",
+            ),
+            (
+                "postgres://db/etee?password=hunter2@x&sslpassword=",
+                "postgres://db/etee?password=***&sslpassword=***",
+            ),
+            // An `@` in the password: both readings' passwords hidden.
+            (
+                "postgres://etee:hun@ter2@db/etee",
+                "postgres://etee:***@db/etee",
+            ),
+            (
+                "postgres://etee:s3cr%40t@db:5432/etee?password=hunter2",
+                "postgres://etee:***@db:5432/etee?password=***",
+            ),
         ] {
             assert_eq!(redacted_store(url), shown);
         }
@@ -634,6 +729,14 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(
             !debug.contains("hunter2") && debug.contains("etee:***@db"),
+            "{debug}"
+        );
+        let text = "[platform]\nstore = \"postgres://etee@db/etee?password=hunter2\"\n\
+                    tls_certificate = \"c\"\ntls_key = \"k\"\n";
+        let c = PlatformConfig::from_toml(text, Path::new("/")).unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("?password=***"),
             "{debug}"
         );
     }

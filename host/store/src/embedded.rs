@@ -90,10 +90,24 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens the store file, creating it when missing (its directory must exist), and brings
-    /// its schema up to date.
+    /// Opens the store file, creating it when missing (its directory must exist) readable
+    /// by its owner only, and brings its schema up to date. A file another process has
+    /// open (redb locks it) is [`Error::InUse`].
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(|e| match e {
+        // Created 0600 from the start: it holds wrapped KGSS keys, the attribute registry
+        // and the audit chain. An existing file keeps the mode it has.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)?
+        };
+        let db = Database::builder().create_file(file).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse,
             redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Error::Io(io),
             other => backend_error(&other),
         })?;

@@ -72,6 +72,13 @@ pub enum Error {
     Backend(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The embedded store's file is open in another process (one process per file).
+    #[error(
+        "the store file is in use by another process (probably a running `etee platform \
+         serve`): stop it and run this command again (an embedded store serves one process \
+         at a time; a PostgreSQL store can be changed while the platform runs)"
+    )]
+    InUse,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

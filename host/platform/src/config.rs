@@ -23,6 +23,7 @@
 //! queue_timeout_ms = 2000                   # wait for a turn, then 503 / SOA-02001
 //! max_requests_per_caller = 32              # one caller's requests at once (certificate or address)
 //! store_connections = 8                     # PostgreSQL: connections for requests (3 more for /ready)
+//! max_keys_per_holder = 1000                # KeyDepot keys one holder may register (1 to 1000000)
 //! environment = "Test"                      # SOA faults' Environment
 //! status_access = "any"                     # /ready and /metrics: "any", "loopback" or "certificate"
 //!
@@ -219,6 +220,12 @@ pub fn store_transport_warning(store: &str) -> Option<String> {
     })
 }
 
+/// KeyDepot keys one holder may register by default ([`Limits::max_keys_per_holder`]).
+pub const DEFAULT_MAX_KEYS_PER_HOLDER: usize = 1000;
+
+/// The highest `max_keys_per_holder`: a holder's listing is one answer.
+pub const MAX_KEYS_PER_HOLDER_LIMIT: usize = 1_000_000;
+
 /// The most connections a server may be configured for: a bound on descriptors, and on the
 /// shutdown's drain (which waits for every permit).
 pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
@@ -283,6 +290,10 @@ pub struct Limits {
     /// PostgreSQL: the pool's connections for requests (it has `READY_CHECKS` more, for `/ready`);
     /// the work limit is at most this.
     pub store_connections: usize,
+    /// KeyDepot keys one holder (identifier type and value) may have registered; one more
+    /// is refused (409 `KEYDEPOT_TOO_MANY_KEYS`). Bounds what one authenticated caller can
+    /// store, and the length of a holder's listing.
+    pub max_keys_per_holder: usize,
     /// How often the server forgets KGSS's expired replay digests
     /// ([`crate::server::start`]). Not a configuration key: tests shorten it.
     pub replay_purge_interval: Duration,
@@ -300,6 +311,7 @@ impl Default for Limits {
             queue_timeout: Duration::from_secs(2),
             max_requests_per_caller: None,
             store_connections: etee_store::DEFAULT_POOL_SIZE,
+            max_keys_per_holder: DEFAULT_MAX_KEYS_PER_HOLDER,
             replay_purge_interval: Duration::from_secs(60),
         }
     }
@@ -342,6 +354,7 @@ struct Table {
     queue_timeout_ms: Option<u64>,
     max_requests_per_caller: Option<usize>,
     store_connections: Option<usize>,
+    max_keys_per_holder: Option<usize>,
     environment: Option<String>,
     #[serde(default)]
     status_access: StatusAccess,
@@ -429,6 +442,12 @@ impl PlatformConfig {
                 t.store_connections.unwrap_or(defaults.store_connections),
                 1..=MAX_STORE_CONNECTIONS,
             )?,
+            max_keys_per_holder: in_range(
+                "max_keys_per_holder",
+                t.max_keys_per_holder
+                    .unwrap_or(defaults.max_keys_per_holder),
+                1..=MAX_KEYS_PER_HOLDER_LIMIT,
+            )?,
             replay_purge_interval: defaults.replay_purge_interval,
         };
         if limits.queue_timeout.saturating_mul(2) >= limits.request_timeout {
@@ -510,6 +529,7 @@ mod tests {
         assert_eq!(c.limits.max_concurrent_work, 64);
         assert_eq!(c.limits.queue_timeout, Duration::from_secs(2));
         assert_eq!(c.limits.max_requests_per_caller, None);
+        assert_eq!(c.limits.max_keys_per_holder, 1000);
     }
 
     /// The configuration shown in docs/platform.md is accepted, and the values it gives
@@ -537,6 +557,7 @@ mod tests {
             Some(DEFAULT_REQUESTS_PER_CALLER)
         );
         assert_eq!(c.limits.store_connections, d.store_connections);
+        assert_eq!(c.limits.max_keys_per_holder, d.max_keys_per_holder);
         assert_eq!(c.status_access, StatusAccess::Any);
         assert_eq!(c.revocation, RevocationConfig::default());
         assert_eq!(c.kgss.expect("[kgss]").wrapping_key, "kgss-wrap");
@@ -749,6 +770,7 @@ mod tests {
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\ncolour = 1\n",
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nenvironment = \"Mars\"\n",
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nmax_connections = 0\n",
+            "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nmax_keys_per_holder = 0\n",
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nmax_connections = 4294967296\n",
         ] {
             assert!(PlatformConfig::from_toml(text, base).is_err(), "{text}");

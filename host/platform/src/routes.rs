@@ -1082,6 +1082,7 @@ async fn keydepot_register_rest(
             &caller.identities,
             &request,
             unix_now(),
+            p.config.limits.max_keys_per_holder,
         )
     })
     .await

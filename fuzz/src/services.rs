@@ -325,10 +325,13 @@ pub fn xml_reader(data: &[u8]) -> Option<(Element, bool)> {
     // The tree written out reads back as the same tree (escaping can make the document
     // and its values longer: read back with room for that).
     let written = root.to_document(&[]);
+    // The writer declares every namespace on the root: as many as the whole document had.
     let roomy = Limits {
         max_size: 8 * d.max_size,
         max_text: 8 * d.max_text,
-        max_attributes: 2 * d.max_attributes,
+        max_attributes: 2 * d.max_attributes + 2 * d.max_document_namespaces,
+        max_element_namespaces: 2 * d.max_document_namespaces,
+        max_document_namespaces: 2 * d.max_document_namespaces,
         ..d
     };
     let back = match xml::parse_with(&written, &roomy) {

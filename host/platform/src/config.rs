@@ -23,6 +23,7 @@
 //! queue_timeout_ms = 2000                   # wait for a turn, then 503 / SOA-02001
 //! max_requests_per_caller = 32              # one caller's requests at once (certificate or address)
 //! store_connections = 8                     # PostgreSQL: connections for requests (3 more for /ready)
+//! max_keys_per_holder = 1000                # KeyDepot keys one holder may register (1 to 1000000)
 //! environment = "Test"                      # SOA faults' Environment
 //! status_access = "any"                     # /ready and /metrics: "any", "loopback" or "certificate"
 //!
@@ -101,19 +102,84 @@ impl std::fmt::Debug for PlatformConfig {
     }
 }
 
-/// The store's location with the password of a `postgres://user:password@…` URL hidden.
+/// The store's location with the passwords of a `postgres://` URL hidden: the one of
+/// `user:password@` and the values of the `password` and `sslpassword` parameters (any
+/// case, percent-encoded or not). Where a URL could be read two ways (an `@` in the
+/// password, or after `?`), what either reading takes for a password is hidden: the URL's
+/// authority, and the PostgreSQL driver's credentials (up to the first `@`).
 pub fn redacted_store(store: &str) -> String {
     let Some((scheme, rest)) = store.split_once("://") else {
         return store.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-            None => store.to_owned(),
-        },
-        None => store.to_owned(),
+    let offset = scheme.len() + 3;
+    let mut secret: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut password_of = |userinfo: &str| {
+        if let Some(colon) = userinfo.find(':') {
+            secret.push(offset + colon + 1..offset + userinfo.len());
+        }
+    };
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    if let Some(at) = authority.rfind('@') {
+        password_of(&rest[..at]);
     }
+    if let Some(at) = rest.find('@') {
+        password_of(&rest[..at]);
+    }
+    // Parameters: `key=value` after a `?` or a `&`, wherever they are.
+    for (start, _) in rest.match_indices(['?', '&']) {
+        let param = &rest[start + 1..];
+        let param = &param[..param.find('&').unwrap_or(param.len())];
+        if let Some((key, value)) = param.split_once('=') {
+            let key = percent_decoded(key).to_ascii_lowercase();
+            if key == "password" || key == "sslpassword" {
+                let from = offset + start + 1 + key_len(param);
+                secret.push(from..from + value.len());
+            }
+        }
+    }
+    secret.sort_by_key(|r| r.start);
+    let mut out = String::with_capacity(store.len());
+    let mut at = 0;
+    for r in secret {
+        if r.end <= at {
+            continue;
+        }
+        let start = r.start.max(at);
+        out.push_str(&store[at..start]);
+        out.push_str("***");
+        at = r.end;
+    }
+    out.push_str(&store[at..]);
+    out
+}
+
+/// The length of `key=` in `key=value`.
+fn key_len(param: &str) -> usize {
+    param.find('=').map_or(param.len(), |i| i + 1)
+}
+
+/// `%XX` escapes decoded (as the PostgreSQL driver reads parameter names); others kept.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A warning when the store is a PostgreSQL server on another machine reached without
@@ -153,6 +219,12 @@ pub fn store_transport_warning(store: &str) -> Option<String> {
         )
     })
 }
+
+/// KeyDepot keys one holder may register by default ([`Limits::max_keys_per_holder`]).
+pub const DEFAULT_MAX_KEYS_PER_HOLDER: usize = 1000;
+
+/// The highest `max_keys_per_holder`: a holder's listing is one answer.
+pub const MAX_KEYS_PER_HOLDER_LIMIT: usize = 1_000_000;
 
 /// The most connections a server may be configured for: a bound on descriptors, and on the
 /// shutdown's drain (which waits for every permit).
@@ -218,6 +290,10 @@ pub struct Limits {
     /// PostgreSQL: the pool's connections for requests (it has `READY_CHECKS` more, for `/ready`);
     /// the work limit is at most this.
     pub store_connections: usize,
+    /// KeyDepot keys one holder (identifier type and value) may have registered; one more
+    /// is refused (409 `KEYDEPOT_TOO_MANY_KEYS`). Bounds what one authenticated caller can
+    /// store, and the length of a holder's listing.
+    pub max_keys_per_holder: usize,
     /// How often the server forgets KGSS's expired replay digests
     /// ([`crate::server::start`]). Not a configuration key: tests shorten it.
     pub replay_purge_interval: Duration,
@@ -235,6 +311,7 @@ impl Default for Limits {
             queue_timeout: Duration::from_secs(2),
             max_requests_per_caller: None,
             store_connections: etee_store::DEFAULT_POOL_SIZE,
+            max_keys_per_holder: DEFAULT_MAX_KEYS_PER_HOLDER,
             replay_purge_interval: Duration::from_secs(60),
         }
     }
@@ -277,6 +354,7 @@ struct Table {
     queue_timeout_ms: Option<u64>,
     max_requests_per_caller: Option<usize>,
     store_connections: Option<usize>,
+    max_keys_per_holder: Option<usize>,
     environment: Option<String>,
     #[serde(default)]
     status_access: StatusAccess,
@@ -364,6 +442,12 @@ impl PlatformConfig {
                 t.store_connections.unwrap_or(defaults.store_connections),
                 1..=MAX_STORE_CONNECTIONS,
             )?,
+            max_keys_per_holder: in_range(
+                "max_keys_per_holder",
+                t.max_keys_per_holder
+                    .unwrap_or(defaults.max_keys_per_holder),
+                1..=MAX_KEYS_PER_HOLDER_LIMIT,
+            )?,
             replay_purge_interval: defaults.replay_purge_interval,
         };
         if limits.queue_timeout.saturating_mul(2) >= limits.request_timeout {
@@ -445,6 +529,7 @@ mod tests {
         assert_eq!(c.limits.max_concurrent_work, 64);
         assert_eq!(c.limits.queue_timeout, Duration::from_secs(2));
         assert_eq!(c.limits.max_requests_per_caller, None);
+        assert_eq!(c.limits.max_keys_per_holder, 1000);
     }
 
     /// The configuration shown in docs/platform.md is accepted, and the values it gives
@@ -472,6 +557,7 @@ mod tests {
             Some(DEFAULT_REQUESTS_PER_CALLER)
         );
         assert_eq!(c.limits.store_connections, d.store_connections);
+        assert_eq!(c.limits.max_keys_per_holder, d.max_keys_per_holder);
         assert_eq!(c.status_access, StatusAccess::Any);
         assert_eq!(c.revocation, RevocationConfig::default());
         assert_eq!(c.kgss.expect("[kgss]").wrapping_key, "kgss-wrap");
@@ -625,6 +711,36 @@ mod tests {
             ),
             ("postgres://db/etee?user=a@b", "postgres://db/etee?user=a@b"),
             ("/var/lib/etee/platform.redb", "/var/lib/etee/platform.redb"),
+            // A password as a parameter: any case, percent-encoded names too.
+            (
+                "postgres://etee@127.0.0.1:1/etee?password=hunter2",
+                "postgres://etee@127.0.0.1:1/etee?password=***",
+            ),
+            (
+                "postgresql://db/etee?sslmode=require&PassWord=hunter2&sslrootcert=/ca.pem",
+                "postgresql://db/etee?sslmode=require&PassWord=***&sslrootcert=/ca.pem",
+            ),
+            (
+                "postgres://db/etee?sslpassword=hunter2",
+                "postgres://db/etee?sslpassword=***",
+            ),
+            (
+                "postgres://db/etee?pass%77ord=hunter2",
+                "postgres://db/etee?pass%77ord=***",
+            ),
+            (
+                "postgres://db/etee?password=hunter2@x&sslpassword=",
+                "postgres://db/etee?password=***&sslpassword=***",
+            ),
+            // An `@` in the password: both readings' passwords hidden.
+            (
+                "postgres://etee:hun@ter2@db/etee",
+                "postgres://etee:***@db/etee",
+            ),
+            (
+                "postgres://etee:s3cr%40t@db:5432/etee?password=hunter2",
+                "postgres://etee:***@db:5432/etee?password=***",
+            ),
         ] {
             assert_eq!(redacted_store(url), shown);
         }
@@ -634,6 +750,14 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(
             !debug.contains("hunter2") && debug.contains("etee:***@db"),
+            "{debug}"
+        );
+        let text = "[platform]\nstore = \"postgres://etee@db/etee?password=hunter2\"\n\
+                    tls_certificate = \"c\"\ntls_key = \"k\"\n";
+        let c = PlatformConfig::from_toml(text, Path::new("/")).unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("?password=***"),
             "{debug}"
         );
     }
@@ -646,6 +770,7 @@ mod tests {
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\ncolour = 1\n",
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nenvironment = \"Mars\"\n",
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nmax_connections = 0\n",
+            "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nmax_keys_per_holder = 0\n",
             "[platform]\nstore = \"s\"\ntls_certificate = \"c\"\ntls_key = \"k\"\nmax_connections = 4294967296\n",
         ] {
             assert!(PlatformConfig::from_toml(text, base).is_err(), "{text}");

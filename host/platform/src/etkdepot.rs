@@ -52,6 +52,12 @@ pub fn lookup(
     if criteria.is_empty() {
         return Err(LookupError::Criteria("no identifier".into()));
     }
+    // Each is a store query; a request read from XML is already bounded, this bounds any.
+    if criteria.len() > etee_services::etkdepot::MAX_IDENTIFIERS {
+        return Err(LookupError::Criteria(
+            etee_services::etkdepot::too_many_identifiers(criteria.len()),
+        ));
+    }
     let mut found: Vec<EtkRecord> = Vec::new();
     for criterion in criteria {
         // The reason alone: the answer (fault or problem) says what kind of error it is.

@@ -54,6 +54,12 @@ pub enum KeyDepotError {
     NoAttestation,
     #[error("a key with this key id is already registered")]
     Duplicate,
+    /// The holder has `limit` keys registered (`max_keys_per_holder`).
+    #[error(
+        "the holder already has {limit} keys registered, the most this platform keeps for \
+         one holder: delete one before registering another"
+    )]
+    TooManyKeys { limit: usize },
     /// The key's information kept changing while this change was being made (other
     /// changes at the same moment): nothing was changed by this one.
     #[error("the key's information changed meanwhile; nothing was changed, send the change again")]
@@ -75,6 +81,7 @@ impl KeyDepotError {
             Self::UnknownKey => "KEYDEPOT_UNKNOWN_KEY",
             Self::NoAttestation => "KEYDEPOT_NO_ATTESTATION",
             Self::Duplicate => "KEYDEPOT_DUPLICATE_KEY_ID",
+            Self::TooManyKeys { .. } => "KEYDEPOT_TOO_MANY_KEYS",
             Self::Contended => "KEYDEPOT_CONFLICT",
             Self::Store(_) => "KEYDEPOT_SERVICE_ERROR",
         }
@@ -87,7 +94,8 @@ impl KeyDepotError {
             Self::Unauthenticated => 401,
             Self::NoIdentity | Self::NotHolder => 403,
             Self::UnknownKey | Self::NoAttestation => 404,
-            Self::Duplicate | Self::Contended => 409,
+            // The holder's state refuses it until it deletes a key: not a rate limit (429).
+            Self::Duplicate | Self::Contended | Self::TooManyKeys { .. } => 409,
             Self::ProofOfPossession | Self::Attestation(_) => 422,
             Self::Store(_) => 500,
         }
@@ -222,13 +230,15 @@ fn check_key_id(request: &RegisterKeyRequest) -> Result<(), KeyDepotError> {
     Ok(())
 }
 
-/// Registers a key for `caller` (the identities of its TLS client certificate).
+/// Registers a key for `caller` (the identities of its TLS client certificate), unless
+/// its holder already has `max_keys_per_holder` keys.
 pub fn register(
     store: &dyn Store,
     anchors: &TrustAnchors,
     caller: &[Identity],
     request: &RegisterKeyRequest,
     now: i64,
+    max_keys_per_holder: usize,
 ) -> Result<KeyRecord, KeyDepotError> {
     let identity = caller_identity(caller)?;
     let holder = store_identifier(identity);
@@ -288,7 +298,7 @@ pub fn register(
         attestation,
         created_at: now,
     };
-    // The key and its event in one transaction.
+    // The key and its event in one transaction, which also counts the holder's keys.
     let event = crate::audit::event(
         now,
         "keydepot.register",
@@ -304,7 +314,11 @@ pub fn register(
             .into(),
         ),
     );
-    match store.apply_with_event(Change::InsertPublicKey(&record), &event) {
+    let change = Change::InsertPublicKeyWithin {
+        record: &record,
+        max_per_holder: max_keys_per_holder,
+    };
+    match store.apply_with_event(change, &event) {
         Ok(Some(sequence)) => crate::audit::log(sequence, &event),
         Ok(None) => {
             return Err(KeyDepotError::Store(etee_store::Error::Invalid(
@@ -312,6 +326,9 @@ pub fn register(
             )))
         }
         Err(etee_store::Error::AlreadyExists) => return Err(KeyDepotError::Duplicate),
+        Err(etee_store::Error::TooManyKeys { limit }) => {
+            return Err(KeyDepotError::TooManyKeys { limit })
+        }
         Err(e) => return Err(e.into()),
     }
     key_record(&record)

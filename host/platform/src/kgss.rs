@@ -30,10 +30,11 @@
 //! transaction as its audit event (one durable commit, not two).
 
 use crate::caller::{store_identifier, stored_type, stored_value};
+use etee_custody::KeyKind;
 use etee_formats::cms::{seal, unseal_to_vec, Kek, Recipient, SealOptions, UnsealOptions};
 use etee_formats::etk::Etk;
 use etee_formats::identity::Identity;
-use etee_formats::keys::{KeyRing, SigningKey};
+use etee_formats::keys::{KeyError, KeyRing, SigningKey};
 use etee_formats::trust::TrustAnchors;
 use etee_services::kgss::{
     evaluate, implicit_attributes, vocabulary, Attribute, Credential, GetKeyRequestContent,
@@ -164,6 +165,13 @@ impl Kgss {
         if ring.keys().is_empty() {
             return Err(KgssError::Custody("the KGSS token holds no ETK key".into()));
         }
+        // Checked now: a key that is missing or refused would otherwise fail every request
+        // (502), with only the custody core's verdict ("refused by policy") in the log.
+        check_key(&keys, hsm_config, wrapping_key, Role::Wrapping)?;
+        check_key(&keys, hsm_config, &signer.key.0, Role::Authentication)?;
+        for k in ring.keys() {
+            check_key(&keys, hsm_config, &k.key.0, Role::Etk)?;
+        }
         Ok(Self {
             signer,
             ring,
@@ -173,6 +181,114 @@ impl Kgss {
             }),
             anchors,
         })
+    }
+}
+
+/// What KGSS needs a key of its token for (start checks' messages).
+#[derive(Clone, Copy)]
+enum Role {
+    Wrapping,
+    Authentication,
+    Etk,
+}
+
+impl Role {
+    fn kind(self) -> KeyKind {
+        match self {
+            Role::Wrapping => KeyKind::Wrapping,
+            Role::Authentication => KeyKind::Authentication,
+            Role::Etk => KeyKind::Encryption,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Wrapping => "the wrapping key ([kgss] wrapping_key)",
+            Role::Authentication => "KGSS's authentication key",
+            Role::Etk => "KGSS's ETK key",
+        }
+    }
+
+    /// How the key gets into the token.
+    fn remedy(self, id: &str, hsm_config: &std::path::Path) -> String {
+        let config = hsm_config.display();
+        match self {
+            Role::Wrapping if id == etee_hsm::config::KGSS_WRAP_ID => format!(
+                "generate it once with `etee keys generate --config {config} --profile {id}`"
+            ),
+            Role::Wrapping => format!(
+                "generate it once with `etee keys generate --config {config} --profile NAME`, \
+                 NAME a profile of that file with role = \"wrapping\" and id = {id:?} (or set \
+                 [kgss] wrapping_key to the CKA_ID of the wrapping key the token holds)"
+            ),
+            Role::Authentication | Role::Etk => format!(
+                "import KGSS's eHealth keystore with `etee keys import --config {config} \
+                 --p12 FILE` (or make a local world's with `etee platform pki world --hsm \
+                 kgss={config}`)"
+            ),
+        }
+    }
+}
+
+fn kind_name(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::Authentication => "a signing key",
+        KeyKind::Encryption => "an ETK (decryption) key",
+        KeyKind::Wrapping => "an AES wrapping key",
+    }
+}
+
+/// Requires key `id` of KGSS's token to be there, of the kind `role` needs, and usable
+/// through the custody core (asked with `DescribeKey`, which is on the audit chain); the
+/// error names the key and what to do.
+fn check_key(
+    keys: &etee_hsm::CustodyHandle,
+    hsm_config: &std::path::Path,
+    id: &str,
+    role: Role,
+) -> Result<(), KgssError> {
+    let what = role.name();
+    let missing = || {
+        KgssError::Custody(format!(
+            "{what} {id:?} (CKA_ID) is not in the token of {}: {}",
+            hsm_config.display(),
+            role.remedy(id, hsm_config)
+        ))
+    };
+    let wrong_kind = |kind: KeyKind| {
+        KgssError::Custody(format!(
+            "{what} {id:?} (CKA_ID) in the token of {} is {}, not {}",
+            hsm_config.display(),
+            kind_name(kind),
+            kind_name(role.kind())
+        ))
+    };
+    // In this process the token's keys are known: a missing key is told apart from one
+    // the policy refuses (the core refuses both the same way).
+    if let Some(core) = keys.in_process() {
+        match core.token().keys().find(|(k, _)| *k == id.as_bytes()) {
+            None => return Err(missing()),
+            Some((_, kind)) if kind != role.kind() => return Err(wrong_kind(kind)),
+            Some(_) => {}
+        }
+    }
+    match keys.describe_key(id) {
+        Ok(facts) if facts.kind == role.kind() => Ok(()),
+        Ok(facts) => Err(wrong_kind(facts.kind)),
+        Err(KeyError::UnknownKey(_)) => Err(missing()),
+        // Another process's core refuses a key it does not have and a key its policy gives
+        // this client no rule for alike.
+        Err(e @ KeyError::Refused(_)) if keys.in_process().is_none() => {
+            Err(KgssError::Custody(format!(
+                "{what} {id:?} (CKA_ID) cannot be used through the custody process ({e}): \
+                 either its token has no such key ({}), or its policy gives this client no \
+                 rule for it",
+                role.remedy(id, hsm_config)
+            )))
+        }
+        Err(e) => Err(KgssError::Custody(format!(
+            "{what} {id:?} (CKA_ID) cannot be used through the custody core: {e}"
+        ))),
     }
 }
 

@@ -571,19 +571,23 @@ async fn etkdepot_soap(State(platform): State<Arc<Platform>>, body: Body) -> Res
         Ok(b) => b,
         Err(e) => return message_fault(&platform, &e),
     };
-    let request = match soap_request(&platform, "etkdepot", &bytes, GetEtkRequest::from_element) {
-        Ok(r) => r,
-        Err(f) => return fault(*f),
-    };
     let p = platform.clone();
+    // Parsing is CPU work of the sender's choosing: in the work pool with the lookup, off
+    // the workers that serve every other connection.
     let answered = platform
         .work
-        .run(move || etkdepot::get_etk(p.store.as_ref(), &request, unix_now()))
+        .run(move || {
+            let request = soap_request(&p, "etkdepot", &bytes, GetEtkRequest::from_element)?;
+            Ok::<_, Box<Fault>>(etkdepot::get_etk(p.store.as_ref(), &request, unix_now()))
+        })
         .await;
     match answered {
-        Ok(Ok(response)) => soap_ok(soap::envelope(response.to_element())),
-        Ok(Err(LookupError::Criteria(e))) => message_fault(&platform, &MessageError::Content(e)),
-        Ok(Err(LookupError::Store(e))) => {
+        Ok(Err(f)) => fault(*f),
+        Ok(Ok(Ok(response))) => soap_ok(soap::envelope(response.to_element())),
+        Ok(Ok(Err(LookupError::Criteria(e)))) => {
+            message_fault(&platform, &MessageError::Content(e))
+        }
+        Ok(Ok(Err(LookupError::Store(e)))) => {
             tracing::error!("ETKDepot store: {}", LogSafe(&e));
             code_fault(&platform, SoaCode::ServiceError)
         }
@@ -791,14 +795,15 @@ async fn kgss_soap(State(platform): State<Arc<Platform>>, body: Body) -> Respons
         Ok(b) => b,
         Err(e) => return message_fault(&platform, &e),
     };
-    let request = match soap_request(&platform, "kgss", &bytes, KgssRequest::from_element) {
-        Ok(r) => r,
-        Err(f) => return fault(*f),
-    };
     let p = platform.clone();
+    // Parsed in the work pool, as ETKDepot's requests.
     let answered = platform
         .work
         .run(move || {
+            let request = match soap_request(&p, "kgss", &bytes, KgssRequest::from_element) {
+                Ok(r) => r,
+                Err(f) => return Some(Err(f)),
+            };
             let kgss = p.kgss.as_ref()?;
             let now = unix_now();
             let op = request.operation;
@@ -808,18 +813,19 @@ async fn kgss_soap(State(platform): State<Arc<Platform>>, body: Body) -> Respons
                     .map(|k| k.sealed_response),
                 Operation::GetKey => kgss.get_key(p.store.as_ref(), &request.sealed_content, now),
             };
-            Some(match result {
+            Some(Ok(match result {
                 Ok(sealed) => {
                     let mut r = KgssResponse::ok(op, sealed);
                     r.id = Some(etkdepot::response_id());
                     r
                 }
                 Err(e) => kgss_refusal(op, &e),
-            })
+            }))
         })
         .await;
     match answered {
-        Ok(Some(response)) => soap_ok(soap::envelope(response.to_element())),
+        Ok(Some(Ok(response))) => soap_ok(soap::envelope(response.to_element())),
+        Ok(Some(Err(f))) => fault(*f),
         Ok(None) => code_fault(&platform, SoaCode::ServiceUnavailable),
         Err(e) => work_fault(&platform, &e),
     }
@@ -1076,6 +1082,7 @@ async fn keydepot_register_rest(
             &caller.identities,
             &request,
             unix_now(),
+            p.config.limits.max_keys_per_holder,
         )
     })
     .await

@@ -1,6 +1,8 @@
 //! Each caller's share of the platform: at most `max_requests_per_caller` requests of one
 //! caller answered at once. A caller is its client certificate (the SHA-256 of its DER)
-//! or, without one, the address it connects from: ETK lookups and KGSS requests need no
+//! or, without one, the address it connects from (an IPv6 address's /64, as the connection
+//! limit per peer counts it: a host is usually given a /64 and could otherwise take a new
+//! address, and a new share, for each request): ETK lookups and KGSS requests need no
 //! client certificate, so without this one busy caller could take every turn of work
 //! ([`crate::work`]) and make all the others retry.
 //!
@@ -8,6 +10,7 @@
 //! then are refused as busy (REST 503 with `Retry-After`, SOAP `SOA-02001`). Callers are
 //! remembered only while they have requests under way.
 
+use etee_services::connections::address_peer;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,16 +23,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub enum CallerKey {
     /// The SHA-256 of the client certificate's DER.
     Certificate([u8; 32]),
-    /// The peer's address, for a client without a certificate.
+    /// The peer's address, for a client without a certificate: an IPv4 address (also
+    /// mapped into IPv6) or an IPv6 address's /64 ([`address_peer`]).
     Address(IpAddr),
 }
 
 impl CallerKey {
-    /// The key of a connection: its client certificate if it presented one, else its address.
+    /// The key of a connection: its client certificate if it presented one, else its
+    /// address as a peer ([`address_peer`]).
     pub fn of(certificate: Option<&[u8]>, address: IpAddr) -> Self {
         match certificate {
             Some(der) => Self::Certificate(openssl::sha::sha256(der)),
-            None => Self::Address(address),
+            None => Self::Address(address_peer(address)),
         }
     }
 }
@@ -172,6 +177,29 @@ impl Drop for Share {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A caller without a certificate is keyed as the connection limit keys its peer: one
+    /// IPv6 /64 is one caller (else each new address of the /64 would bring a new share),
+    /// an IPv4 address is itself, mapped into IPv6 or not.
+    #[test]
+    fn an_address_is_keyed_as_its_peer() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let key = |s: &str| CallerKey::of(None, ip(s));
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:1234:5678:9abc")
+        );
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            CallerKey::Address(ip("2001:db8:1:2::"))
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("192.0.2.7"), key("::ffff:192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        // A certificate is the caller, wherever it connects from.
+        let cert = |s: &str| CallerKey::of(Some(b"a certificate"), ip(s));
+        assert_eq!(cert("192.0.2.7"), cert("2001:db8::1"));
+    }
 
     #[tokio::test]
     async fn a_caller_is_bounded_by_its_own_share_only() {

@@ -19,7 +19,8 @@ on_both_stores!(
     readiness_follows_the_store,
     the_status_can_be_kept_to_the_host_or_to_certified_callers,
     a_body_declared_too_large_is_refused_before_it_comes,
-    one_address_cannot_hold_every_connection
+    one_address_cannot_hold_every_connection,
+    soap_is_parsed_in_the_work_pool
 );
 
 use common::{World, PHARMACY};
@@ -56,6 +57,18 @@ async fn ask(
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert!(a.content_type.starts_with("text/xml"), "{}", a.content_type);
     GetEtkResponse::parse(&a.body).unwrap()
+}
+
+/// A `GetEtk` for Bob whose request element declares `n` namespaces besides its own.
+fn many_namespaces(n: usize) -> Vec<u8> {
+    let decls: String = (0..n).map(|i| format!(" xmlns:x{i}='urn:x{i}'")).collect();
+    format!(
+        "<s:Envelope xmlns:s='http://schemas.xmlsoap.org/soap/envelope/'><s:Body>\
+         <GetEtkRequest xmlns='urn:be:fgov:ehealth:etkdepot:1_0:protocol'{decls}>\
+         <SearchCriteria><Identifier><Type>NIHII-PHARMACY</Type><Value>{PHARMACY}</Value>\
+         </Identifier></SearchCriteria></GetEtkRequest></s:Body></s:Envelope>"
+    )
+    .into_bytes()
 }
 
 fn fault_code(body: &[u8]) -> String {
@@ -139,6 +152,20 @@ async fn soap_bad_input_gets_soa_faults(w: World) {
             "wrong operation",
             soap::envelope(etee_services::xml::Element::new(Some("urn:other"), "GetPizza")),
             "SOA-03006",
+        ),
+        (
+            "too many namespace declarations on one element",
+            many_namespaces(17),
+            "SOA-03001",
+        ),
+        (
+            "more than ten identifiers",
+            get_etk(
+                &(0..11)
+                    .map(|_| Identifier::new("NIHII-PHARMACY", PHARMACY, None))
+                    .collect::<Vec<_>>(),
+            ),
+            "SOA-03007",
         ),
     ];
     for (what, body, code) in cases {
@@ -840,6 +867,45 @@ async fn a_busy_platform_sheds_lookups_retryably(mut w: World) {
         "etee_platform_requests_total{service=\"etkdepot\",status=\"abandoned\"} 1\n",
     ])
     .await;
+    common::drop_platform(platform).await;
+    w.stop().await;
+}
+
+/// A SOAP body is parsed in the work pool, not on the async workers that serve every
+/// connection: with the one turn of work held, a SOAP request waits for it and is refused
+/// as busy (SOA-02001) however it is written, while `/health` answers; with the turn back,
+/// a body over the namespace limits gets its fault (SOA-03001) and a normal one its ETK.
+/// KGSS's SOAP requests are read the same way (the restarted platform has no KGSS: it is
+/// asked first).
+async fn soap_is_parsed_in_the_work_pool(mut w: World) {
+    let over_the_limit = |a: &etee_platform::client::Answer, path: &str| {
+        assert_eq!(fault_code(&a.body), "SOA-03001", "{path}");
+        let detail = Fault::parse(&a.body).unwrap().detail.unwrap();
+        assert!(
+            detail.messages[0]
+                .text
+                .contains("namespace declarations on one element exceeds the limit of 16"),
+            "{path}: {:?}",
+            detail.messages
+        );
+    };
+    let mut c = w.connect(None).await;
+    let a = c.soap("/Kgss/v1", many_namespaces(17)).await.unwrap();
+    over_the_limit(&a, "/Kgss/v1");
+
+    let platform = w.restart_with_one_turn().await;
+    let mut c = w.connect(None).await;
+    let held = platform.work.permit().await.unwrap();
+    let a = c.soap("/EtkDepot/v1", many_namespaces(17)).await.unwrap();
+    assert_eq!(fault_code(&a.body), "SOA-02001");
+    assert_eq!(c.get("/health").await.unwrap().status, 200);
+    drop(held);
+    let a = c.soap("/EtkDepot/v1", many_namespaces(17)).await.unwrap();
+    over_the_limit(&a, "/EtkDepot/v1");
+    let a = c.soap("/EtkDepot/v1", many_namespaces(3)).await.unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let r = GetEtkResponse::parse(&a.body).unwrap();
+    assert_eq!(r.result, EtkResult::Etk(w.bob.etk.clone()));
     common::drop_platform(platform).await;
     w.stop().await;
 }

@@ -14,11 +14,13 @@ on_both_stores!(
     attestations,
     malformed_requests_are_problems,
     concurrent_additions_stay_within_the_bounds,
+    keys_per_holder_are_bounded,
 );
 
 use common::{cert, World};
 use etee_formats::cert::Certificate;
 use etee_platform::client::{Answer, Connection};
+use etee_platform::config::DEFAULT_MAX_KEYS_PER_HOLDER;
 use etee_services::etkdepot::rest::IdentifierJson;
 use etee_services::keydepot::{
     pop_challenge, sign, AttestationStatement, HolderInfo, KeyAttributes, KeyId, KeyInfo,
@@ -776,7 +778,16 @@ async fn an_attestation_by_a_revoked_key_is_refused() {
         );
         let mut r = request(&rsa());
         r.attestation = Some(attestation(&r, &w.alice, NON_EXPORTABLE));
-        w.store(|s| etee_platform::keydepot::register(s, &anchors, &identities, &r, now))
+        w.store(|s| {
+            etee_platform::keydepot::register(
+                s,
+                &anchors,
+                &identities,
+                &r,
+                now,
+                DEFAULT_MAX_KEYS_PER_HOLDER,
+            )
+        })
     };
     assert!(register(&[&w.bob]).is_ok());
     let e = register(&[&w.alice]).unwrap_err().to_string();
@@ -889,7 +900,16 @@ async fn a_hub_certificate_holds_its_ehp_keys() {
     let mut r = request(&rsa());
     r.attestation = Some(attestation(&r, &hub, NON_EXPORTABLE));
     let key = w
-        .store(|s| etee_platform::keydepot::register(s, &w.anchors, &identities, &r, now))
+        .store(|s| {
+            etee_platform::keydepot::register(
+                s,
+                &w.anchors,
+                &identities,
+                &r,
+                now,
+                DEFAULT_MAX_KEYS_PER_HOLDER,
+            )
+        })
         .unwrap();
     assert!(key.attested);
     assert_eq!(key.holder.identifiers[0].id_type, "EHP");
@@ -906,6 +926,49 @@ async fn a_hub_certificate_holds_its_ehp_keys() {
     w.stop().await;
 }
 
+/// A holder registers at most `max_keys_per_holder` keys: one more is a 409 problem
+/// `KEYDEPOT_TOO_MANY_KEYS` that says what to do, and is not stored; another holder is not
+/// affected, and a deletion makes room.
+async fn keys_per_holder_are_bounded(mut w: World) {
+    w.restart_with(etee_platform::config::Limits {
+        max_keys_per_holder: 2,
+        ..Default::default()
+    })
+    .await;
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let mut bob = w.connect(Some(&w.bob)).await;
+    let first = request(&ec_p256());
+    assert_json(&register(&mut alice, &first).await, 201);
+    assert_json(&register(&mut alice, &request(&ec_p256())).await, 201);
+    let third = request(&ec_p256());
+    let detail = assert_problem(
+        &register(&mut alice, &third).await,
+        409,
+        "KEYDEPOT_TOO_MANY_KEYS",
+    );
+    assert!(
+        detail.contains("already has 2 keys") && detail.contains("delete one"),
+        "{detail}"
+    );
+    let a = alice.get(&key_path(&third.key_id)).await.unwrap();
+    assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
+    assert_json(&register(&mut bob, &request(&ec_p256())).await, 201);
+    let a = alice
+        .get("/etee/v1/keydepot/holders/NIHII-HOSPITAL/71000436/keys")
+        .await
+        .unwrap();
+    assert_eq!(
+        KeyListResponse::parse(assert_json(&a, 200))
+            .unwrap()
+            .keys
+            .len(),
+        2
+    );
+    assert_eq!(delete(&mut alice, &first.key_id).await.status, 204);
+    assert_json(&register(&mut alice, &third).await, 201);
+    w.stop().await;
+}
+
 /// Additions to one key's information made at the same moment: each is checked against
 /// what the information becomes, so that together they cannot pass the 32-property bound
 /// (each passed against the same reading before the store's update was conditional).
@@ -914,7 +977,16 @@ async fn concurrent_additions_stay_within_the_bounds(w: World) {
     let now = etee_platform::unix_now();
     let r = request(&rsa());
     let key = w
-        .store(|s| etee_platform::keydepot::register(s, &w.anchors, &identities, &r, now))
+        .store(|s| {
+            etee_platform::keydepot::register(
+                s,
+                &w.anchors,
+                &identities,
+                &r,
+                now,
+                DEFAULT_MAX_KEYS_PER_HOLDER,
+            )
+        })
         .unwrap();
     let before = key.info.properties.len();
     const CALLERS: usize = 8;

@@ -6,7 +6,8 @@
 //! - processing instructions other than the leading XML declaration;
 //! - entities other than the five predefined ones and numeric character references
 //!   (`quick-xml` never expands anything else);
-//! - documents beyond [`Limits`] (size, depth, element count, text and attribute sizes);
+//! - documents beyond [`Limits`] (size, depth, element count, text and attribute sizes,
+//!   namespace declarations per element and per document);
 //! - element and attribute names that are not QNames (quick-xml takes almost anything);
 //!   an attribute given twice under two prefixes of one namespace; an element named with
 //!   the prefix `xmlns`; a `<` written in an attribute value; characters outside XML 1.0's
@@ -42,6 +43,12 @@ pub struct Limits {
     pub max_text: usize,
     /// Attributes (including namespace declarations) on one element (default 32).
     pub max_attributes: usize,
+    /// Namespace declarations on one element (default 16).
+    pub max_element_namespaces: usize,
+    /// Namespace declarations in the whole document (default 128). quick-xml resolves each
+    /// prefix by scanning the bindings in scope: without this bound a 1 MiB document of
+    /// declarations and prefixed names costs seconds of CPU.
+    pub max_document_namespaces: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +59,8 @@ impl Default for Limits {
             max_elements: 10_000,
             max_text: 768 * 1024,
             max_attributes: 32,
+            max_element_namespaces: 16,
+            max_document_namespaces: 128,
         }
     }
 }
@@ -503,6 +512,7 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
     let mut elements = 0usize;
+    let mut namespaces = 0usize;
     let mut first = true;
     loop {
         let (res, ev) = reader.read_resolved_event().map_err(malformed)?;
@@ -550,6 +560,28 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                     return Err(malformed("an element name with the prefix xmlns"));
                 }
                 let mut el = Element::with_ns(ns, utf8(s.local_name().as_ref())?.to_owned());
+                // Counted before any attribute is resolved, each resolution scanning them.
+                let declared = s
+                    .attributes()
+                    .with_checks(false)
+                    .filter(|a| {
+                        a.as_ref()
+                            .is_ok_and(|a| a.key.as_namespace_binding().is_some())
+                    })
+                    .count();
+                if declared > limits.max_element_namespaces {
+                    return Err(Error::TooLarge {
+                        what: "namespace declarations on one element",
+                        limit: limits.max_element_namespaces,
+                    });
+                }
+                namespaces += declared;
+                if namespaces > limits.max_document_namespaces {
+                    return Err(Error::TooLarge {
+                        what: "namespace declarations in the document",
+                        limit: limits.max_document_namespaces,
+                    });
+                }
                 for (i, a) in s.attributes().enumerate() {
                     if i >= limits.max_attributes {
                         return Err(Error::TooLarge {

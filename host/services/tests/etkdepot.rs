@@ -53,6 +53,31 @@ fn request_round_trip_and_prefixes() {
     );
 }
 
+/// Each identifier is a store lookup: more than `MAX_IDENTIFIERS` in one request is a
+/// content error (SOA-03007), refused before any is read.
+#[test]
+fn a_request_takes_at_most_ten_identifiers() {
+    use etee_services::etkdepot::MAX_IDENTIFIERS;
+    use etee_services::soap::SoaCode;
+    assert_eq!(MAX_IDENTIFIERS, 10);
+    let request = |n: usize| GetEtkRequest {
+        identifiers: (0..n)
+            .map(|i| Identifier::new("SSIN", &format!("{i:011}"), None))
+            .collect(),
+    };
+    let ten = request(MAX_IDENTIFIERS);
+    assert_eq!(GetEtkRequest::parse(&ten.to_xml()).unwrap(), ten);
+    for n in [MAX_IDENTIFIERS + 1, 3300] {
+        let e = GetEtkRequest::parse(&request(n).to_xml()).unwrap_err();
+        assert!(
+            matches!(&e, Error::Content(why) if why.contains(&format!("{n} identifiers"))
+                && why.contains("at most 10")),
+            "{e:?}"
+        );
+        assert_eq!(e.soa_code(), SoaCode::ContentValidation);
+    }
+}
+
 #[test]
 fn request_schema_errors() {
     let wrap = |inner: &str| {

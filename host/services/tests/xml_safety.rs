@@ -124,6 +124,82 @@ fn limits() {
     ));
 }
 
+/// Namespace declarations are bounded per element and per document: quick-xml resolves
+/// each prefix by scanning the bindings in scope, so 32 declarations on each of 32 nested
+/// elements, and prefixed attributes under them, made a 1 MiB document cost seconds.
+#[test]
+fn namespace_declarations_are_bounded() {
+    let d = Limits::default();
+    let decls = |n: usize, tag: &str| -> String {
+        (0..n)
+            .map(|i| format!(" xmlns:{tag}{i}='urn:{tag}{i}'"))
+            .collect()
+    };
+    // At the limits: accepted.
+    let on_one = format!("<r{}/>", decls(d.max_element_namespaces, "p"));
+    assert!(xml::parse(on_one.as_bytes()).is_ok());
+    let per_element = d.max_element_namespaces;
+    let nested = d.max_document_namespaces / per_element;
+    let open: String = (0..nested)
+        .map(|i| format!("<e{}>", decls(per_element, &format!("n{i}x"))))
+        .collect();
+    let close: String = (0..nested).rev().map(|_| "</e>".to_owned()).collect();
+    let exact = format!("{open}{close}");
+    assert!(xml::parse(exact.as_bytes()).is_ok(), "{exact}");
+
+    // One more on one element.
+    let over = format!("<r{}/>", decls(d.max_element_namespaces + 1, "p"));
+    let e = xml::parse(over.as_bytes()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLarge {
+                what: "namespace declarations on one element",
+                limit: 16
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.soa_code(), SoaCode::MalformedMessage);
+
+    // One more in the document, spread over siblings (none in scope together).
+    let siblings = format!(
+        "<r>{}</r>",
+        (0..=d.max_document_namespaces)
+            .map(|i| format!("<a xmlns='urn:{i}'/>"))
+            .collect::<String>()
+    );
+    let e = xml::parse(siblings.as_bytes()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLarge {
+                what: "namespace declarations in the document",
+                limit: 128
+            }
+        ),
+        "{e:?}"
+    );
+
+    // The crafted document of the report: 32 nested elements of 31 declarations and
+    // prefixed attributes beneath, near 1 MiB. Refused at once.
+    let mut crafted = String::new();
+    for i in 0..32 {
+        crafted.push_str(&format!("<e{}>", decls(31, &format!("q{i}x"))));
+    }
+    let attrs: String = (0..31).map(|i| format!(" q0x{i}:a='1'")).collect();
+    while crafted.len() < 900 * 1024 {
+        crafted.push_str(&format!("<f{attrs}/>"));
+    }
+    crafted.push_str(&"</e>".repeat(32));
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        xml::parse(crafted.as_bytes()),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
+
 #[test]
 fn malformed_documents() {
     for doc in [

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use redb::{
-    Database, Durability, MultimapTableDefinition, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, MultimapTableDefinition, ReadableMultimapTable, ReadableTable,
+    TableDefinition, WriteTransaction,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -90,10 +91,24 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens the store file, creating it when missing (its directory must exist), and brings
-    /// its schema up to date.
+    /// Opens the store file, creating it when missing (its directory must exist) readable
+    /// by its owner only, and brings its schema up to date. A file another process has
+    /// open (redb locks it) is [`Error::InUse`].
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(|e| match e {
+        // Created 0600 from the start: it holds wrapped KGSS keys, the attribute registry
+        // and the audit chain. An existing file keeps the mode it has.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)?
+        };
+        let db = Database::builder().create_file(file).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse,
             redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Error::Io(io),
             other => backend_error(&other),
         })?;
@@ -604,33 +619,11 @@ fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
                 .db()?;
             Ok(true)
         }
-        Change::InsertPublicKey(record) => {
-            check_key_id(&record.key_id)?;
-            let mut keys = txn.open_table(PUBLIC_KEY).db()?;
-            let retired = txn
-                .open_table(RETIRED_KEY_ID)
-                .db()?
-                .get(record.key_id.as_slice())
-                .db()?
-                .is_some();
-            if retired || keys.get(record.key_id.as_slice()).db()?.is_some() {
-                return Err(Error::AlreadyExists);
-            }
-            keys.insert(
-                record.key_id.as_slice(),
-                &*encode(&PublicKeyRow::from(record))?,
-            )
-            .db()?;
-            let holder = &record.holder;
-            txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER)
-                .db()?
-                .insert(
-                    (holder.id_type.as_str(), holder.value.as_str()),
-                    record.key_id.as_slice(),
-                )
-                .db()?;
-            Ok(true)
-        }
+        Change::InsertPublicKey(record) => insert_public_key(txn, record, None),
+        Change::InsertPublicKeyWithin {
+            record,
+            max_per_holder,
+        } => insert_public_key(txn, record, Some(max_per_holder)),
         Change::UpdatePublicKeyInfo {
             key_id,
             expected,
@@ -654,6 +647,49 @@ fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
             }
         }
     }
+}
+
+/// A public key's insertion; with `max_per_holder`, refused when its holder has that many.
+fn insert_public_key(
+    txn: &WriteTransaction,
+    record: &PublicKeyRecord,
+    max_per_holder: Option<usize>,
+) -> Result<bool> {
+    check_key_id(&record.key_id)?;
+    let mut keys = txn.open_table(PUBLIC_KEY).db()?;
+    let retired = txn
+        .open_table(RETIRED_KEY_ID)
+        .db()?
+        .get(record.key_id.as_slice())
+        .db()?
+        .is_some();
+    if retired || keys.get(record.key_id.as_slice()).db()?.is_some() {
+        return Err(Error::AlreadyExists);
+    }
+    let holder = &record.holder;
+    let mut by_holder = txn.open_multimap_table(PUBLIC_KEY_BY_HOLDER).db()?;
+    if let Some(limit) = max_per_holder {
+        // The write transaction excludes other writers: the count holds to the commit.
+        let held = by_holder
+            .get((holder.id_type.as_str(), holder.value.as_str()))
+            .db()?
+            .len();
+        if held >= limit as u64 {
+            return Err(Error::TooManyKeys { limit });
+        }
+    }
+    keys.insert(
+        record.key_id.as_slice(),
+        &*encode(&PublicKeyRow::from(record))?,
+    )
+    .db()?;
+    by_holder
+        .insert(
+            (holder.id_type.as_str(), holder.value.as_str()),
+            record.key_id.as_slice(),
+        )
+        .db()?;
+    Ok(true)
 }
 
 /// Commits when something changed, else aborts (which costs no sync).

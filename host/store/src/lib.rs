@@ -72,6 +72,17 @@ pub enum Error {
     Backend(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The holder already has the most public keys allowed
+    /// ([`Change::InsertPublicKeyWithin`]).
+    #[error("the holder already has {limit} keys, the most allowed")]
+    TooManyKeys { limit: usize },
+    /// The embedded store's file is open in another process (one process per file).
+    #[error(
+        "the store file is in use by another process (probably a running `etee platform \
+         serve`): stop it and run this command again (an embedded store serves one process \
+         at a time; a PostgreSQL store can be changed while the platform runs)"
+    )]
+    InUse,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -339,6 +350,13 @@ pub enum Change<'a> {
     /// Its id is retired with it (see [`Store::delete_public_key`]).
     DeletePublicKey(&'a [u8]),
     InsertPublicKey(&'a PublicKeyRecord),
+    /// [`Change::InsertPublicKey`] unless the holder `(id_type, value)` (any application id)
+    /// already has `max_per_holder` keys: then [`Error::TooManyKeys`]. Counted in the same
+    /// transaction, so that concurrent registrations cannot go past it.
+    InsertPublicKeyWithin {
+        record: &'a PublicKeyRecord,
+        max_per_holder: usize,
+    },
     /// Conditional: see [`Store::update_public_key_info`].
     UpdatePublicKeyInfo {
         key_id: &'a [u8],

@@ -38,6 +38,9 @@ const AUDIT_LOCK: i64 = 0x6574_6565_2d61_7564; // "etee-aud"
 /// [`lock_key_id`]). PostgreSQL keeps two-`int4` keys apart from one-`bigint` keys such as
 /// [`MIGRATION_LOCK`] and [`AUDIT_LOCK`], so no id can ever hash onto those.
 const KEY_ID_LOCK_CLASS: i32 = 0x6574_6565; // "etee"
+/// First half of the advisory lock keys serialising the registrations of one KeyDepot
+/// holder, so that its count of keys holds to the commit ([`lock_holder`]).
+const HOLDER_LOCK_CLASS: i32 = 0x6574_6568; // "eteh"
 
 /// Numbered migrations: entry `n` brings the schema from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -734,6 +737,73 @@ fn lock_key_id(tx: &mut Transaction<'_>, key_id: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Serialises the registrations of `holder` (type and value, as keys are counted), taken
+/// after [`lock_key_id`] and only by registrations, so no deadlock.
+fn lock_holder(tx: &mut Transaction<'_>, holder: &Identifier) -> Result<()> {
+    let mut digest = Sha256::new();
+    digest.update(holder.id_type.as_bytes());
+    digest.update([0]);
+    digest.update(holder.value.as_bytes());
+    let digest = digest.finalize();
+    let hash = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&HOLDER_LOCK_CLASS, &hash],
+    )
+    .db()?;
+    Ok(())
+}
+
+/// A public key's registration (after [`lock_key_id`]); with `max_per_holder`, refused
+/// when its holder has that many keys (counted after [`lock_holder`]).
+fn insert_public_key(
+    tx: &mut Transaction<'_>,
+    record: &PublicKeyRecord,
+    max_per_holder: Option<usize>,
+) -> Result<u64> {
+    check_key_id(&record.key_id)?;
+    lock_key_id(tx, &record.key_id)?;
+    if let Some(limit) = max_per_holder {
+        lock_holder(tx, &record.holder)?;
+        // After the lock, in a statement of its own (READ COMMITTED: a new snapshot), so
+        // the registrations of the holder committed before are counted.
+        let row = tx
+            .query_one(
+                "SELECT count(*) FROM public_key WHERE holder_type = $1 AND holder_value = $2",
+                &[&record.holder.id_type, &record.holder.value],
+            )
+            .db()?;
+        let held: i64 = get(&row, 0)?;
+        if held >= limit as i64 {
+            return Err(Error::TooManyKeys { limit });
+        }
+    }
+    let n = tx
+        .execute(
+            &format!(
+                "INSERT INTO public_key ({PUBLIC_KEY_COLUMNS})
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8
+                 WHERE NOT EXISTS (SELECT 1 FROM retired_key_id WHERE key_id = $1)
+                 ON CONFLICT (key_id) DO NOTHING"
+            ),
+            &[
+                &record.key_id,
+                &record.holder.id_type,
+                &record.holder.value,
+                &record.holder.application_id,
+                &record.spki_der,
+                &Json(&record.info),
+                &record.attestation,
+                &record.created_at,
+            ],
+        )
+        .db()?;
+    if n == 0 {
+        return Err(Error::AlreadyExists);
+    }
+    Ok(n)
+}
+
 /// Makes `change` within `tx` (one statement each, a public key's registration and
 /// deletion after [`lock_key_id`]): true when it changed something, false when it found
 /// nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`. A
@@ -785,34 +855,11 @@ fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
             let n: i64 = get(&row, 0)?;
             n as u64
         }
-        Change::InsertPublicKey(record) => {
-            check_key_id(&record.key_id)?;
-            lock_key_id(tx, &record.key_id)?;
-            let n = tx
-                .execute(
-                    &format!(
-                        "INSERT INTO public_key ({PUBLIC_KEY_COLUMNS})
-                         SELECT $1, $2, $3, $4, $5, $6, $7, $8
-                         WHERE NOT EXISTS (SELECT 1 FROM retired_key_id WHERE key_id = $1)
-                         ON CONFLICT (key_id) DO NOTHING"
-                    ),
-                    &[
-                        &record.key_id,
-                        &record.holder.id_type,
-                        &record.holder.value,
-                        &record.holder.application_id,
-                        &record.spki_der,
-                        &Json(&record.info),
-                        &record.attestation,
-                        &record.created_at,
-                    ],
-                )
-                .db()?;
-            if n == 0 {
-                return Err(Error::AlreadyExists);
-            }
-            n
-        }
+        Change::InsertPublicKey(record) => insert_public_key(tx, record, None)?,
+        Change::InsertPublicKeyWithin {
+            record,
+            max_per_holder,
+        } => insert_public_key(tx, record, Some(max_per_holder))?,
         // A concurrent update committed first makes the row fail the condition when it is
         // re-checked (READ COMMITTED): no row, then tell a missing key from a changed one.
         Change::UpdatePublicKeyInfo {

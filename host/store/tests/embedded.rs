@@ -71,9 +71,37 @@ fn missing_parent_directory_is_an_error() {
     assert!(matches!(err, etee_store::Error::Io(_)), "{err:?}");
 }
 
+/// A second opener (an admin command while `etee platform serve` runs) is told the file
+/// is in use and what to do, not redb's "Database already open. Cannot acquire lock.".
 #[test]
 fn second_handle_on_the_same_file_is_refused_cleanly() {
     let h = Embedded::new();
     let _first = EmbeddedStore::open(&h.path).unwrap();
-    assert!(EmbeddedStore::open(&h.path).is_err());
+    let err = EmbeddedStore::open(&h.path).unwrap_err();
+    assert!(matches!(err, etee_store::Error::InUse), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("in use by another process")
+            && text.contains("etee platform serve")
+            && text.contains("stop it"),
+        "{text}"
+    );
+    let err = etee_store::open(h.path.to_str().unwrap()).err().unwrap();
+    assert!(matches!(err, etee_store::Error::InUse), "{err:?}");
+}
+
+/// The file holds wrapped KGSS keys, the attribute registry and the audit chain: it is
+/// created readable by its owner only, whatever the umask.
+#[test]
+fn a_new_store_file_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Embedded::new();
+    drop(EmbeddedStore::open(&h.path).unwrap());
+    let mode = std::fs::metadata(&h.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    // An existing file keeps the mode its operator gave it.
+    std::fs::set_permissions(&h.path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    drop(EmbeddedStore::open(&h.path).unwrap());
+    let mode = std::fs::metadata(&h.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "{mode:o}");
 }

@@ -20,6 +20,11 @@ pub const STATUS_OK: &str = "200";
 
 const P: Option<&str> = Some(PROTOCOL_NS);
 
+/// The most identifiers one `GetEtkRequest` may carry. The schema sets no maximum (1..n),
+/// but each is a store lookup; the official connector sends one, and asks again for each
+/// `MatchingEtk`. A request with more is a content error (SOA-03007).
+pub const MAX_IDENTIFIERS: usize = 10;
+
 /// One search criterion / matching identifier: `Type`, `Value`, optional `ApplicationID`.
 ///
 /// The application id has three states, kept apart everywhere (XML, JSON, normalisation,
@@ -122,10 +127,18 @@ fn identifiers_from(e: &Element) -> Result<Vec<Identifier>, Error> {
     Ok(ids)
 }
 
-/// `GetEtkRequest`: one or more identifiers of the same holder.
+/// Why a search with `given` identifiers, over [`MAX_IDENTIFIERS`], is refused.
+pub fn too_many_identifiers(given: usize) -> String {
+    format!(
+        "{given} identifiers in SearchCriteria: at most {MAX_IDENTIFIERS} in one GetEtk \
+         request; ask for the others in further requests"
+    )
+}
+
+/// `GetEtkRequest`: one to [`MAX_IDENTIFIERS`] identifiers of the same holder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GetEtkRequest {
-    /// 1..n.
+    /// 1..[`MAX_IDENTIFIERS`] when read.
     pub identifiers: Vec<Identifier>,
 }
 
@@ -137,7 +150,13 @@ impl GetEtkRequest {
 
     pub fn from_element(e: &Element) -> Result<Self, Error> {
         let mut c = e.expect(P, "GetEtkRequest")?.children_in_order()?;
-        let identifiers = identifiers_from(c.required(P, "SearchCriteria")?)?;
+        let criteria = c.required(P, "SearchCriteria")?;
+        // Counted before any is read.
+        let given = criteria.children.len();
+        if given > MAX_IDENTIFIERS {
+            return Err(Error::Content(too_many_identifiers(given)));
+        }
+        let identifiers = identifiers_from(criteria)?;
         c.finish()?;
         Ok(GetEtkRequest { identifiers })
     }

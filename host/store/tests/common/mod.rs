@@ -553,6 +553,96 @@ pub fn concurrency(h: &impl Harness) {
     }
 }
 
+/// `InsertPublicKeyWithin` counts the holder's keys (type and value, any application id)
+/// in the registration's transaction: at the limit it refuses with `TooManyKeys` and
+/// records no event; a deletion makes room; racing registrations stop at the limit.
+pub fn keys_per_holder(h: &impl Harness) {
+    const LIMIT: usize = 3;
+    let s = h.open();
+    let value = format!("{:011}", unique() % 100_000_000_000);
+    let other = format!("{:011}", (unique() + 1) % 100_000_000_000);
+    let n = unique();
+    let id = |i: usize| format!("cap-{n}-{i}").into_bytes();
+    let within = |record: &PublicKeyRecord| -> Result<Option<u64>, Error> {
+        s.apply_with_event(
+            Change::InsertPublicKeyWithin {
+                record,
+                max_per_holder: LIMIT,
+            },
+            &audit_event(0, "registered"),
+        )
+    };
+    let events_before = s.events(0, 10_000).unwrap().len();
+    for i in 0..LIMIT {
+        let app = (i == 1).then_some("APP");
+        within(&public_key(&id(i), ("SSIN", &value, app))).unwrap();
+    }
+    let over = public_key(&id(LIMIT), ("SSIN", &value, Some("OTHER")));
+    assert!(
+        matches!(within(&over), Err(Error::TooManyKeys { limit: LIMIT })),
+        "a fourth key of the holder"
+    );
+    assert_eq!(
+        s.events(0, 10_000).unwrap().len(),
+        events_before + LIMIT,
+        "no event for the refused one"
+    );
+    assert_eq!(s.get_public_key(&id(LIMIT)).unwrap(), None);
+    // Another holder has its own count; the insertion without a limit has none.
+    within(&public_key(&id(10), ("SSIN", &other, None))).unwrap();
+    s.insert_public_key(&public_key(&id(11), ("SSIN", &value, None)))
+        .unwrap();
+    assert!(s.delete_public_key(&id(11)).unwrap());
+    // A deletion makes room.
+    assert!(s.delete_public_key(&id(0)).unwrap());
+    within(&over).unwrap();
+    assert_eq!(
+        s.list_public_keys("SSIN", &value, None).unwrap().len(),
+        LIMIT
+    );
+
+    // Racing registrations of a new holder, on two handles when the backend allows it.
+    const THREADS: usize = 8;
+    let racer = format!("{:011}", (unique() + 2) % 100_000_000_000);
+    let first = s.clone();
+    let second = if h.shared() { h.open() } else { s.clone() };
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let s = if t % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            let (barrier, racer) = (barrier.clone(), racer.clone());
+            let key_id = format!("race-{n}-{t}").into_bytes();
+            std::thread::spawn(move || {
+                let record = public_key(&key_id, ("SSIN", &racer, None));
+                barrier.wait();
+                let change = Change::InsertPublicKeyWithin {
+                    record: &record,
+                    max_per_holder: LIMIT,
+                };
+                match s.apply_with_event(change, &audit_event(t as u32, "registered")) {
+                    Ok(stored) => stored.is_some(),
+                    Err(Error::TooManyKeys { limit: LIMIT }) => false,
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        })
+        .collect();
+    let stored = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|stored| *stored)
+        .count();
+    assert_eq!(stored, LIMIT);
+    assert_eq!(
+        s.list_public_keys("SSIN", &racer, None).unwrap().len(),
+        LIMIT
+    );
+}
+
 pub fn audit_event(n: u32, outcome: &str) -> AuditEvent {
     AuditEvent {
         at: 1_700_000_000 + i64::from(n),
@@ -867,7 +957,7 @@ macro_rules! store_suite {
             backend_and_open_helper, etks, etks_without_application_id, kgss_keys, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
             concurrent_audit_appends, remember_with_event, concurrent_remember_with_event,
-            apply_with_event, remember_key_read);
+            apply_with_event, remember_key_read, keys_per_holder);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

@@ -564,6 +564,24 @@ impl Kgss {
             clock_skew: CLOCK_SKEW,
             ..Default::default()
         };
+        // A request whose outer layer fails (a signer KGSS does not trust, a signature
+        // that does not verify) is refused before KGSS's ETK key is used: anyone can seal
+        // to KGSS's public ETK, and each decryption costs an HSM operation, a use of the
+        // custody budget and an audit record. Checked with no key (the unsealer reports
+        // the outer layer all the same); it costs a parse and a signature verification.
+        let (outer, _) = unseal_to_vec(sealed, &KeyRing::new(), &opts)
+            .map_err(|e| KgssError::Custody(e.to_string()))?;
+        let v = &outer.verdict;
+        let outer_problems: Vec<&str> = v
+            .fatal
+            .iter()
+            .map(|f| f.name())
+            .chain(v.errors.iter().map(|e| e.name()))
+            .filter(|name| name.starts_with("OUTER_"))
+            .collect();
+        if !outer_problems.is_empty() {
+            return Err(KgssError::Seal(outer_problems.join(", ")));
+        }
         // KGSS's ETK key could not be used (custody process, token): not the caller's fault.
         let (result, content) = unseal_to_vec(sealed, &self.ring, &opts)
             .map_err(|e| KgssError::Custody(e.to_string()))?;
@@ -1381,5 +1399,86 @@ mod tests {
             ));
         }
         assert_eq!(reads(&store), ["granted", "granted", "failed", "denied"]);
+    }
+
+    /// Private-key uses counted, for the tests that check none happens.
+    struct Counting {
+        inner: Arc<dyn etee_formats::keys::PrivateKeyOps>,
+        decryptions: std::sync::atomic::AtomicUsize,
+    }
+
+    impl etee_formats::keys::PrivateKeyOps for Counting {
+        fn sign_pss_sha256(
+            &self,
+            key: &etee_formats::keys::KeyId,
+            digest: &[u8; 32],
+        ) -> Result<Vec<u8>, KeyError> {
+            self.inner.sign_pss_sha256(key, digest)
+        }
+
+        fn decrypt_pkcs1v15(
+            &self,
+            key: &etee_formats::keys::KeyId,
+            blob: &[u8],
+        ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+            self.decryptions
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.decrypt_pkcs1v15(key, blob)
+        }
+    }
+
+    /// A request from a signer KGSS does not trust is refused before KGSS's ETK key is
+    /// used (no HSM operation, budget use or audit record for anyone who can seal to
+    /// KGSS's public ETK); a trusted signer's request is opened with one decryption.
+    #[test]
+    fn an_untrusted_signer_costs_no_private_key_operation() {
+        let pki = TestPki::generate("kgss-outer").unwrap();
+        let elsewhere = TestPki::generate("kgss-outer-foreign").unwrap();
+        let kgss_inst = pki
+            .institution(&InstitutionSpec::new("CBE", "0809394427", "KGSS"))
+            .unwrap();
+        let spec = InstitutionSpec::new("NIHII-PHARMACY", "27150201", "bob");
+        let (bob, impostor) = (
+            pki.institution(&spec).unwrap(),
+            elsewhere.institution(&spec).unwrap(),
+        );
+        let counting = Arc::new(Counting {
+            inner: keystore(&kgss_inst).key_ring().keys()[0].ops.clone(),
+            decryptions: Default::default(),
+        });
+        let mut ring = KeyRing::new();
+        for mut k in keystore(&kgss_inst).key_ring().keys().iter().cloned() {
+            k.ops = counting.clone();
+            ring.add(k);
+        }
+        let root = Certificate::from_der(&pki.root.cert.to_der().unwrap()).unwrap();
+        let kgss = Kgss {
+            ring,
+            anchors: TrustAnchors::new(vec![root]),
+            ..kgss_of(&pki)
+        };
+        let now = etee_formats::unix_now();
+        let refused = kgss.open(&seal_for(&impostor, &kgss_inst, b"<x/>"), now);
+        assert!(
+            matches!(&refused, Err(KgssError::Seal(why)) if why.contains("OUTER_CERTIFICATE_CHAIN_NOT_TRUSTED")),
+            "{:?}",
+            refused.err()
+        );
+        assert_eq!(
+            counting
+                .decryptions
+                .load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        let opened = kgss
+            .open(&seal_for(&bob, &kgss_inst, b"<x/>"), now)
+            .unwrap();
+        assert_eq!(&opened.content[..], b"<x/>");
+        assert_eq!(
+            counting
+                .decryptions
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
     }
 }

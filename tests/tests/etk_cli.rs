@@ -96,8 +96,14 @@ fn without_trust_anchors_the_chain_status_is_unknown() {
         ["ETK_AUTHENTICATION_CERT_STATUS_UNKNOWN"],
         "{v}"
     );
+    assert_eq!(v["valid"], false, "{v}");
+    assert!(run.stderr.contains("no --trust given"), "{}", run.stderr);
     // Identification still works.
     assert_eq!(v["identities"][0]["value"], "27150201");
+    let (run, v) = verify(&w.etk("bob"), &[&w.ca()], None);
+    run.code(0);
+    assert_eq!(v["valid"], true, "{v}");
+    assert!(!run.stderr.contains("--trust"), "{}", run.stderr);
 
     // Human form: the error is listed and there is no OK line.
     let run = etee(["etk", "verify"]).arg(w.etk("bob")).run();
@@ -204,6 +210,8 @@ fn malformed_or_missing_etk_is_exit_2() {
             v["parse_error"].as_str().is_some_and(|e| !e.is_empty()),
             "{v}"
         );
+        // No list of errors to mistake for an empty one: no check could run.
+        assert!(v["errors"].is_null() && v["valid"] == false, "{v}");
     }
     // A file that cannot be read is an I/O problem (exit 2), named on stderr.
     let run = etee(["etk", "verify", "--json"])

@@ -40,7 +40,12 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         Ok(etk) => etk,
         Err(e) => {
             if json {
-                outln!("{}", json!({ "errors": [], "parse_error": e.to_string() }))?;
+                // `errors` is null, not empty: no check could run, and a script testing
+                // for an empty list must not take this for a valid ETK.
+                outln!(
+                    "{}",
+                    json!({ "valid": false, "errors": null, "parse_error": e.to_string() })
+                )?;
             } else {
                 outln!("verdict     not an ETK: {e}")?;
             }
@@ -50,12 +55,20 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
     let at = inputs::evaluation_time(at.as_deref())?;
     let anchors = inputs::anchors(&trust, &revocation, at)?;
     let errors = etk.validate(&anchors, at);
+    if anchors.is_empty() && !errors.is_empty() {
+        eprintln!(
+            "etee: note: no --trust given, so the ETK's certificate chain cannot be checked \
+             (its status is unknown): give --trust CERT, the CA the ETK's authentication \
+             certificate must chain to"
+        );
+    }
     let enc = etk.encryption_cert();
     let auth = etk.authentication_cert();
     if json {
         outln!(
             "{}",
             json!({
+                "valid": errors.is_empty(),
                 "errors": errors.iter().map(|e| e.name()).collect::<Vec<_>>(),
                 "identities": identity::identities(auth),
                 "subject": auth.subject_string(),

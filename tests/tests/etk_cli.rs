@@ -220,6 +220,18 @@ fn malformed_or_missing_etk_is_exit_2() {
     run.code(2);
     assert!(run.stderr.contains("missing.etk"), "{}", run.stderr);
     assert!(run.stdout.is_empty(), "stdout not empty");
+    // An endless file given by mistake is refused at a bound, not read until memory runs
+    // out: an input (ETK, certificate...) and a configuration alike.
+    let run = etee(["etk", "verify"]).arg("/dev/zero").run();
+    run.code(2);
+    assert!(run.stderr.contains("larger than 64 MiB"), "{}", run.stderr);
+    let run = etee(["keys", "list", "--config", "/dev/zero"]).run();
+    run.code(2);
+    assert!(
+        run.stderr.contains("not a configuration file"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

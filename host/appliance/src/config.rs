@@ -325,7 +325,7 @@ where
 impl ApplianceConfig {
     /// Reads and checks the configuration at `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = etee_hsm::config::read_config_text(path)
             .map_err(|e| config_error(format!("reading {}: {e}", path.display())))?;
         Self::from_toml(&text, &etee_hsm::config::config_dir(path))
             .map_err(|e| config_error(format!("{}: {}", path.display(), e.detail())))

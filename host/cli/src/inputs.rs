@@ -17,11 +17,31 @@ const MAX_PASSWORD_FILE: u64 = 4096;
 /// Environment variable holding the keystore password (never a command-line argument).
 pub const PASSWORD_ENV: &str = "ETEE_KEYSTORE_PASSWORD";
 
+/// The largest certificate, ETK, keystore, trust or revocation-list file read: above the
+/// largest real CRLs, and a bound for `/dev/zero` or a huge file given by mistake.
+pub const MAX_INPUT_FILE: u64 = 64 * 1024 * 1024;
+
+/// Reads a whole input file (not a message: those stream), at most [`MAX_INPUT_FILE`].
 pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path).map_err(|source| CliError::File {
+    use std::io::Read;
+    let failed = |source| CliError::File {
         path: path.display().to_string(),
         source,
-    })
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(failed)?
+        .take(MAX_INPUT_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    if bytes.len() as u64 > MAX_INPUT_FILE {
+        return Err(CliError::Usage(format!(
+            "{}: larger than {} MiB: not a certificate, ETK, keystore or revocation list",
+            path.display(),
+            MAX_INPUT_FILE >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The keystore password: `--password-file` (first line), else `ETEE_KEYSTORE_PASSWORD`.

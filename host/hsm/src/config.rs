@@ -136,11 +136,31 @@ impl CustodyConfig {
     }
 }
 
+/// The largest configuration file read: ample for any etee TOML configuration, and a
+/// bound for `/dev/zero` or a log given as `--config` by mistake.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// Reads a configuration file as text (the HSM, appliance and platform configurations),
+/// at most [`MAX_CONFIG_FILE`] bytes.
+pub fn read_config_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_CONFIG_FILE} bytes: not a configuration file"
+        )));
+    }
+    Ok(text)
+}
+
 impl Config {
     /// Reads a TOML file; relative paths in it are taken from the file's directory.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
+        let text = read_config_text(path)
             .map_err(|e| HsmError::Config(format!("reading {}: {e}", path.display())))?;
         Self::from_toml(&text, &config_dir(path))
             .map_err(|e| HsmError::Config(format!("{}: {}", path.display(), strip_prefix(e))))

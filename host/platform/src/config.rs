@@ -363,10 +363,11 @@ struct Table {
 impl PlatformConfig {
     /// Reads and checks the configuration at `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| PlatformError::File {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text =
+            etee_hsm::config::read_config_text(path).map_err(|source| PlatformError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
         Self::from_toml(&text, &etee_hsm::config::config_dir(path)).map_err(|e| match e {
             PlatformError::Config(why) => {
                 PlatformError::Config(format!("{}: {why}", path.display()))

@@ -1006,10 +1006,34 @@ fn custody_status_tells_a_lock_out_and_its_remedy() {
         .arg(&missing)
         .run();
     run.code(1);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(out.contains("not found"), "{out}");
+    // The advice lists the tokens there and points at the label before `hsm init`.
     assert!(
-        String::from_utf8_lossy(&run.stdout).contains("not found"),
-        "{:?}",
-        run.stdout
+        out.contains("e2e-bob") && out.contains("check token_label"),
+        "{out}"
+    );
+    // A chain for the label says the token existed: a mistyped label, not a new token.
+    let typo = tmp.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        format!(
+            "{}\n[custody]\naudit_file = {:?}\n",
+            std::fs::read_to_string(&missing).unwrap(),
+            rig.audit_file().display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = rig
+        .hsm
+        .etee(["custody", "status", "--config"])
+        .arg(&typo)
+        .run();
+    run.code(1);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        out.contains("yet its audit chain is there") && !out.contains("hsm init"),
+        "{out}"
     );
     let run = rig.etee(["custody", "status"]).run();
     run.code(0);
@@ -1017,6 +1041,17 @@ fn custody_status_tells_a_lock_out_and_its_remedy() {
         String::from_utf8_lossy(&run.stdout).contains("0 wrong PIN(s)"),
         "{:?}",
         run.stdout
+    );
+    // A damaged chain: exit 2, with what to do.
+    let mut bytes = std::fs::read(rig.audit_file()).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(rig.audit_file(), &bytes).unwrap();
+    let run = rig.etee(["custody", "status"]).run();
+    run.code(2);
+    assert!(
+        run.stderr.contains("etee audit verify") && run.stderr.contains("A damaged audit chain"),
+        "{}",
+        run.stderr
     );
 }
 

@@ -125,13 +125,23 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
     let config = super::hsm::load_config(&args.config)?;
     let selector = &config.hsm.token;
     // Found as every other command finds it; only its absence is a status to report.
+    let mut present_tokens = String::new();
     let token = match etee_hsm::token_summary(&config.hsm) {
         Ok(t) => Some(t),
-        Err(etee_hsm::HsmError::TokenNotFound { .. }) => None,
+        Err(etee_hsm::HsmError::TokenNotFound { present, .. }) => {
+            present_tokens = present;
+            None
+        }
         Err(e) => return Err(e.into()),
     };
     let path = &config.custody.audit_file;
-    let chain = read_chain(path)?;
+    let chain = read_chain(path).map_err(|e| {
+        CliError::Usage(format!(
+            "{e}. The audit chain cannot be read as a whole chain: keep the file as \
+             evidence, run `etee audit verify --config FILE` to see where it breaks, and \
+             follow \"A damaged audit chain\" in docs/operations.md"
+        ))
+    })?;
     let token_locked = token
         .as_ref()
         .is_some_and(|t| t.user_pin_locked || !t.user_pin_initialized);
@@ -149,8 +159,17 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
         .is_none_or(|(_, answer)| matches!(answer, Ok(s) if s.state == LockState::Unlocked));
     let mut advice = Vec::new();
     match &token {
+        // A chain for it means the token existed: a mistyped label, or a token gone.
+        None if chain.is_some() => advice.push(format!(
+            "no token {selector} in {} (present: {present_tokens}), yet its audit chain is \
+             there: check token_label / token_serial in the configuration, and that the \
+             token (or SOFTHSM2_CONF's token directory) is the one in use",
+            config.hsm.module.display()
+        )),
         None => advice.push(format!(
-            "no token {selector} in {}: `etee hsm init` creates it",
+            "no token {selector} in {} (present: {present_tokens}): check token_label / \
+             token_serial in the configuration; for a new institution, `etee hsm init` \
+             creates the token",
             config.hsm.module.display()
         )),
         Some(t) if !t.user_pin_initialized => {

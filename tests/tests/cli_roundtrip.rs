@@ -221,6 +221,21 @@ fn large_content_waits_in_an_encrypted_spool_and_leaves_nothing_behind() {
         "the input was replaced"
     );
     assert!(std::fs::read(&sealed_file).unwrap() == sealed);
+
+    // A certificate given as the keystore: said what it is.
+    let run = etee(["unseal", "--keystore"])
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&sealed_file)
+        .password(&w.password)
+        .run();
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("not a PKCS#12 keystore (.p12) but a PEM file holding a CERTIFICATE"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// `--out` naming something that is not a regular file (a FIFO here; `/dev/null` or

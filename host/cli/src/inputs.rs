@@ -101,16 +101,57 @@ pub fn password(file: Option<&PathBuf>) -> Result<Zeroizing<String>, CliError> {
 
 pub fn keystore(path: &Path, password: &str) -> Result<EhealthKeystore, CliError> {
     let bytes = Zeroizing::new(read_file(path)?);
-    EhealthKeystore::load(&bytes, password).map_err(|source| CliError::Keystore {
-        path: path.display().to_string(),
-        source,
+    EhealthKeystore::load(&bytes, password).map_err(|source| {
+        // A PEM file (a certificate, a key...) given by mistake: say what it is rather
+        // than where its bytes stopped parsing as PKCS#12.
+        if let Some(label) = pem_label(&bytes) {
+            return CliError::Usage(format!(
+                "{}: not a PKCS#12 keystore (.p12) but a PEM file holding a {label}",
+                path.display()
+            ));
+        }
+        if matches!(
+            source,
+            etee_formats::keystore::KeystoreError::WrongPasswordOrCorrupt
+        ) && password != password.trim()
+        {
+            return CliError::Usage(format!(
+                "{}: {source}; the password given begins or ends with whitespace (a space, \
+                 a tab, a carriage return from a Windows line ending?): is it part of it?",
+                path.display()
+            ));
+        }
+        CliError::Keystore {
+            path: path.display().to_string(),
+            source,
+        }
     })
 }
 
 /// A certificate file: DER, PEM or bare Base64.
 pub fn certificate(path: &Path) -> Result<Certificate, CliError> {
-    Certificate::from_file_bytes(&read_file(path)?)
-        .map_err(|e| CliError::Usage(format!("{}: not a certificate: {e}", path.display())))
+    let bytes = read_file(path)?;
+    Certificate::from_file_bytes(&bytes).map_err(|e| match pem_label(&bytes) {
+        Some(label) if label != "CERTIFICATE" => CliError::Usage(format!(
+            "{}: not a certificate but a PEM file holding a {label}",
+            path.display()
+        )),
+        _ => CliError::Usage(format!("{}: not a certificate: {e}", path.display())),
+    })
+}
+
+/// The label of the first PEM block in `bytes` (`CERTIFICATE REQUEST`, `PRIVATE KEY`...),
+/// if they hold one: to tell an operator which file they gave.
+fn pem_label(bytes: &[u8]) -> Option<String> {
+    const BEGIN: &[u8] = b"-----BEGIN ";
+    let start = bytes.windows(BEGIN.len()).position(|w| w == BEGIN)? + BEGIN.len();
+    let rest = bytes.get(start..)?;
+    let end = rest.windows(5).position(|w| w == b"-----")?;
+    let label = std::str::from_utf8(&rest[..end]).ok()?;
+    (!label.is_empty()
+        && label.len() <= 64
+        && label.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+    .then(|| label.to_string())
 }
 
 pub fn certificates(paths: &[PathBuf]) -> Result<Vec<Certificate>, CliError> {
@@ -256,4 +297,28 @@ pub use etee_formats::rfc3339;
 pub fn custody_keys(config: &Path) -> Result<etee_hsm::CustodyHandle, CliError> {
     let config = etee_hsm::Config::load(config)?;
     Ok(etee_hsm::CustodyHandle::open(&config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pem_label;
+
+    #[test]
+    fn pem_labels_name_the_file_given() {
+        let csr =
+            b"junk\n-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n";
+        assert_eq!(pem_label(csr).as_deref(), Some("CERTIFICATE REQUEST"));
+        assert_eq!(
+            pem_label(b"-----BEGIN PRIVATE KEY-----\n").as_deref(),
+            Some("PRIVATE KEY")
+        );
+        for not_pem in [
+            &b""[..],
+            b"\x30\x82\x01",
+            b"-----BEGIN ",
+            b"-----BEGIN -----",
+        ] {
+            assert_eq!(pem_label(not_pem), None, "{not_pem:?}");
+        }
+    }
 }

@@ -176,8 +176,10 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
     let crl = pki
         .crl(&refs, number + 1, now, next_update)
         .map_err(|e| CliError::Usage(format!("issuing the revocation list: {e}")))?;
-    write(&args.dir, "ca-crl.pem", &crl.to_pem().map_err(openssl_err)?)?;
+    // ca.crl first: it is the list the next run continues from, so a crash between the
+    // two writes leaves at worst a stale PEM copy, never a number issued twice.
     write(&args.dir, "ca.crl", &crl.to_der().map_err(openssl_err)?)?;
+    write(&args.dir, "ca-crl.pem", &crl.to_pem().map_err(openssl_err)?)?;
     outln!(
         "ca.crl: number {}, {} revoked, current until {}",
         number + 1,

@@ -180,7 +180,21 @@ pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
         } => init_with_shares(&config, &quorum, &dir),
         HsmCommand::Init { config, .. } => {
             let config = load_config(&config)?;
-            let summary = etee_hsm::init_token(&config.hsm)?;
+            let so_pin = config.hsm.so_pin()?;
+            let summary = etee_hsm::init_token_reporting(&config.hsm, &so_pin).map_err(|e| {
+                if e.token_initialised {
+                    // A new run would refuse the token: say what state it is in.
+                    CliError::Usage(format!(
+                        "HSM: {}. The token was initialised (label and SO PIN set), so a \
+                         new `hsm init` refuses it, but its user PIN may not be set: see \
+                         `etee custody status --config FILE`; `etee hsm init-pin --config \
+                         FILE` sets it",
+                        e.error
+                    ))
+                } else {
+                    e.error.into()
+                }
+            })?;
             print_initialised(&summary)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1017,8 +1017,8 @@ fn open_core<T: Token>(
         Err(FileSinkError::InUse) => {
             eprintln!(
                 "etee: the audit chain {} is in use by another custody core (`etee custody \
-                 serve`, `etee serve`, or another etee command on this token); waiting up to \
-                 {} s for it",
+                 serve`, `etee serve`, `etee platform serve` for KGSS's token, or another \
+                 etee command on this token); waiting up to {} s for it",
                 path.display(),
                 LOCK_WAIT.as_secs()
             );

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
+// `--ocsp` is shared (inputs::RevocationArgs); what it covers is this command's own.
+#[command(mut_arg("ocsp", |a| a.help(inputs::OCSP_HELP_SEAL)))]
 pub struct Args {
     /// The sender's eHealth keystore (.p12); its `authentication` key signs.
     #[arg(

@@ -119,9 +119,9 @@ pub struct RevocationArgs {
 /// `--ocsp` of `seal`: the recipients' ETKs are checked, and its own answer travels.
 pub const OCSP_HELP_SEAL: &str = "Ask OCSP for the status of the recipients' ETK \
     certificates when no list gives it, and for the sender's own certificate, whose answer \
-    is embedded in the message (revocationValues), as the official library does (nothing is sealed \
-    unless the responder says that certificate is good): `auto` (the responder each \
-    certificate names) or an http:// address";
+    is embedded in the message (revocationValues), as the official library does (nothing \
+    is sealed unless the responder says that certificate is good): `auto` (the responder \
+    each certificate names) or an http:// address";
 
 /// `--ocsp` of `unseal`: the signers' certificates, unless the message vouches for them.
 pub const OCSP_HELP_UNSEAL: &str = "Ask OCSP for the status of the message's signer \
@@ -130,7 +130,8 @@ pub const OCSP_HELP_UNSEAL: &str = "Ask OCSP for the status of the message's sig
 
 /// `--ocsp` of `etk verify`: the ETK's certificates.
 pub const OCSP_HELP_ETK: &str = "Ask OCSP for the status of the certificates on the path of \
-    the ETK's authentication certificate when no list gives it: `auto` (the responder each certificate names) or an http:// address";
+    the ETK's authentication certificate when no list gives it: `auto` (the responder each \
+    certificate names) or an http:// address";
 
 /// The trust anchors of `--trust`, with the revocation lists of `--crl`.
 /// `at` is the evaluation time, for the note on stale lists.

@@ -1771,3 +1771,143 @@ fn wrong_tls_files_stop_the_appliance_before_its_token() {
     assert_eq!(after, before, "no login was made");
     assert!(!w.path("alice-typo.sock").exists());
 }
+
+/// The processes whose parent is `pid`, and theirs, as (pid, start time) from /proc.
+fn descendants(pid: u32) -> Vec<(u32, u64)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some((ppid, start, _)) = proc_stat(p) {
+            all.push((p, ppid, start));
+        }
+    }
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for &(p, ppid, start) in &all {
+            if ppid == parent && !out.iter().any(|(q, _)| *q == p) {
+                out.push((p, start));
+                parents.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// (parent pid, start time, state) of a process, from /proc/PID/stat.
+fn proc_stat(pid: u32) -> Option<(u32, u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: fields count from the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    let state = fields.first()?.chars().next()?;
+    Some((
+        fields.get(1)?.parse().ok()?,
+        fields.get(19)?.parse().ok()?,
+        state,
+    ))
+}
+
+/// Whether the process (pid, start time) still runs (a zombie has ended: where the parent
+/// is gone, whether anyone reaps it is up to the machine's init).
+fn running(&(pid, start): &(u32, u64)) -> bool {
+    proc_stat(pid).is_some_and(|(_, s, state)| s == start && state != 'Z')
+}
+
+/// `etee demo` interrupted once its services are up: with SIGTERM it stops every process
+/// it started (the OCSP responder, the platform, three appliances), removes its temporary
+/// world and exits 143 saying so; killed (SIGKILL), it cannot clean up, but its processes
+/// still end with it (the kernel kills them).
+#[test]
+fn an_interrupted_demo_leaves_no_process_and_no_world_behind() {
+    if !softhsm_available() {
+        return;
+    }
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::ExitStatusExt;
+    for signal in ["TERM", "KILL"] {
+        let mut demo = Command::new(etee_e2e::etee_bin())
+            .arg("demo")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (lines, seen) = std::sync::mpsc::channel();
+        let stdout = demo.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut world = None;
+        let mut shown = String::new();
+        loop {
+            let line = seen
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|e| {
+                    let _ = demo.kill();
+                    panic!("the demo's appliances did not come up ({e}):\n{shown}")
+                });
+            shown += &line;
+            shown.push('\n');
+            if let Some(dir) = line.strip_prefix("etee demo: a local ETEE world in ") {
+                world = Some(PathBuf::from(dir));
+            }
+            if line.contains("doctor: unix:") {
+                break;
+            }
+        }
+        let world = world.expect("the world's directory");
+        let started = descendants(demo.id());
+        assert!(started.len() >= 5, "{started:?}\n{shown}");
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), demo.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let stopped = Instant::now();
+        let status = loop {
+            if let Some(status) = demo.try_wait().unwrap() {
+                break status;
+            }
+            if stopped.elapsed() > Duration::from_secs(60) {
+                let _ = demo.kill();
+                panic!("the demo did not end within 60 s of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        demo.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        // The kernel's signal to orphans is immediate, their end not quite.
+        let gone = Instant::now();
+        while started.iter().any(running) && gone.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left: Vec<_> = started.iter().filter(|p| running(p)).collect();
+        assert!(left.is_empty(), "SIG{signal}: still running: {left:?}");
+        if signal == "TERM" {
+            assert_eq!(status.code(), Some(143), "{stderr}");
+            assert!(
+                stderr.contains("interrupted (SIGTERM)") && stderr.contains("the world is removed"),
+                "{stderr}"
+            );
+            assert!(!world.exists(), "{} is left", world.display());
+        } else {
+            assert_eq!(status.signal(), Some(9));
+            // Nobody could remove it.
+            std::fs::remove_dir_all(&world).unwrap();
+        }
+    }
+}

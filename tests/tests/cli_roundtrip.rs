@@ -1199,3 +1199,51 @@ fn a_password_file_open_to_others_is_reported() {
     assert!(run(0o644));
     assert!(!run(0o600));
 }
+
+/// `seal` with a 32-byte KEK seals (allowed on purpose: docs/deviations.md row 20) but
+/// warns that `unseal` and the official Java library will withhold the content, which
+/// `unseal` then does; a 16-byte KEK gets no warning.
+#[test]
+fn a_kek_other_than_aes_128_is_sealed_with_a_warning() {
+    let w = world();
+    let dir = scratch();
+    let input = dir.path().join("plain");
+    std::fs::write(&input, b"for readers with a long key").unwrap();
+    let seal = |kek: &str, out: &str| {
+        etee(["seal", "--keystore"])
+            .arg(w.p12("alice"))
+            .args(["--kek", kek, "--kek-id", KEK_ID, "--trust"])
+            .arg(w.ca())
+            .arg("--in")
+            .arg(&input)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .password(&w.password)
+            .run()
+    };
+    let long_kek = KEK.repeat(2);
+    let run = seal(&long_kek, "sealed-256");
+    run.code(0);
+    assert!(
+        run.stderr
+            .contains("warning: the KEK is 32 bytes (AES-256)")
+            && run
+                .stderr
+                .contains("DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED")
+            && run.stderr.contains("deviations.md"),
+        "{}",
+        run.stderr
+    );
+    let sealed = std::fs::read(dir.path().join("sealed-256")).unwrap();
+    let (run, v, _) = unseal_with_kek(dir.path(), &sealed, &long_kek);
+    run.code(1);
+    assert!(
+        names(&v["errors"]).contains(&"DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED")
+            || v["fatal"] == "DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED",
+        "{v}"
+    );
+
+    let run = seal(KEK, "sealed-128");
+    run.code(0);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+}

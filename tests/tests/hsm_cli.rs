@@ -617,6 +617,19 @@ fn a_renewed_keystore_replaces_the_authentication_key() {
     assert_eq!(retired[0]["sign"], Value::Bool(false), "{}", retired[0]);
     assert_eq!(retired[0]["certificate"]["subject"], bob_subject);
     assert_eq!(retired[0]["extractable"], Value::Bool(false));
+    // Its role is still said, with what changed; the text listing says it too.
+    assert_eq!(retired[0]["role"], "authentication", "{}", retired[0]);
+    assert_eq!(retired[0]["retired"], Value::Bool(true), "{}", retired[0]);
+    assert_eq!(current["retired"], Value::Bool(false), "{current}");
+    let run = rig.etee(["keys", "list"]).run();
+    run.code(0);
+    let listing = String::from_utf8_lossy(&run.stdout).to_string();
+    let line = listing
+        .lines()
+        .find(|l| l.contains("authentication-retired-"))
+        .unwrap_or_else(|| panic!("{listing}"));
+    assert!(line.contains("role authentication (retired) "), "{line}");
+    assert!(!listing.contains("role ?"), "{listing}");
     // Both keystores' ETK keys stay.
     key(&now, w.etk_serial("bob"));
     key(&now, renewed.etk_serial("bob"));

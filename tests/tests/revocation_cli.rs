@@ -551,3 +551,34 @@ fn crl_fetch_finds_the_list_where_a_certificate_says() {
         .run()
         .code(2);
 }
+
+/// `pki revoke` refuses to list the world CA's own certificate and a list current for no
+/// time at all, saying why, and leaves the list as it was.
+#[test]
+fn revoking_the_ca_itself_or_for_no_time_is_refused() {
+    let w = World::create();
+    etee(["pki", "revoke"]).arg(w.dir()).run().code(0);
+    let before = std::fs::read(w.path("ca.crl")).unwrap();
+    let out = etee(["pki", "revoke"])
+        .arg(w.dir())
+        .arg("--cert")
+        .arg(w.ca())
+        .run();
+    out.code(2);
+    assert!(
+        out.stderr.contains("the world CA's own certificate"),
+        "{}",
+        out.stderr
+    );
+    let out = etee(["pki", "revoke"])
+        .arg(w.dir())
+        .args(["--name", "alice", "--valid-for", "0"])
+        .run();
+    out.code(2);
+    assert!(
+        out.stderr.contains("--valid-for 0") && out.stderr.contains("at least 1 second"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(w.path("ca.crl")).unwrap(), before);
+}

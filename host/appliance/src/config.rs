@@ -467,6 +467,41 @@ impl ApplianceConfig {
             clients,
         })
     }
+
+    /// What is valid in this configuration and its HSM configuration's `[custody]` table
+    /// but serves nothing or is not used, each with what to change: logged at start, since
+    /// an appliance that refuses every call otherwise looks healthy until the first one.
+    pub fn warnings(&self, custody: &etee_hsm::config::CustodyConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.clients.is_empty() {
+            out.push(
+                "no [[client]]: every API call will be refused (403 APPLIANCE_UNKNOWN_CLIENT); \
+                 add a [[client]] with its unix_uid or certificate_sha256 and its operations"
+                    .to_string(),
+            );
+        }
+        for c in self.clients.iter().filter(|c| c.operations.is_empty()) {
+            out.push(format!(
+                "client {:?} has operations = []: each of its calls will be refused \
+                 (403 APPLIANCE_OPERATION_NOT_ALLOWED); list what it may do (seal, unseal, \
+                 etk, kgss, keydepot, audit, kgss-delete, keydepot-delete) or remove it",
+                c.name
+            ));
+        }
+        if custody.mode == etee_hsm::CustodyMode::InProcess {
+            if let Some(socket) = &custody.socket {
+                out.push(format!(
+                    "{}: [custody] socket = {:?} is not used: without mode = \"process\" the \
+                     custody core runs in this appliance, which logs in to the token itself; \
+                     add mode = \"process\" to use `etee custody serve` on that socket, or \
+                     remove socket",
+                    self.hsm.display(),
+                    socket.display().to_string()
+                ));
+            }
+        }
+        out
+    }
 }
 
 fn platform_config(p: PlatformTable, rel: &dyn Fn(PathBuf) -> PathBuf) -> Result<PlatformConfig> {
@@ -586,6 +621,55 @@ mod tests {
 
     const MINIMAL: &str = "[appliance]\nhsm = \"hsm.toml\"\ntrust = [\"ca.pem\"]\n\
         socket = \"a.sock\"\n[platform]\nurl = \"https://127.0.0.1:8443\"\n";
+
+    /// A configuration that serves nothing, or a custody socket that is not used, is
+    /// warned about at start, naming what to change; the docs' example is not.
+    #[test]
+    fn what_serves_nothing_is_warned_about() {
+        let hsm = etee_hsm::Config::from_toml(
+            "[hsm]\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_file = \"p\"\n",
+            Path::new("/etc/etee"),
+        )
+        .unwrap();
+        let custody = hsm.custody;
+        let warnings = |text: &str, custody: &etee_hsm::config::CustodyConfig| {
+            ApplianceConfig::from_toml(text, Path::new("/etc/etee"))
+                .unwrap()
+                .warnings(custody)
+        };
+        let none = warnings(MINIMAL, &custody);
+        assert_eq!(none.len(), 1, "{none:?}");
+        assert!(
+            none[0].contains("no [[client]]") && none[0].contains("APPLIANCE_UNKNOWN_CLIENT"),
+            "{none:?}"
+        );
+        let idle = MINIMAL.to_owned()
+            + "[[client]]\nname = \"his\"\noperations = [\"seal\"]\nunix_uid = 1\n\
+               [[client]]\nname = \"idle\"\noperations = []\nunix_uid = 2\n";
+        let w = warnings(&idle, &custody);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("\"idle\"") && w[0].contains("operations = []"),
+            "{w:?}"
+        );
+        let serving = MINIMAL.to_owned()
+            + "[[client]]\nname = \"his\"\noperations = [\"seal\"]\nunix_uid = 1\n";
+        assert!(warnings(&serving, &custody).is_empty());
+
+        let mut unused = custody.clone();
+        unused.socket = Some(PathBuf::from("/run/etee-custody/custody.sock"));
+        let w = warnings(&serving, &unused);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("/etc/etee/hsm.toml")
+                && w[0].contains("custody.sock")
+                && w[0].contains("mode = \"process\""),
+            "{w:?}"
+        );
+        let mut process = unused;
+        process.mode = etee_hsm::CustodyMode::Process;
+        assert!(warnings(&serving, &process).is_empty());
+    }
 
     /// The example configuration of docs/appliance.md is accepted.
     #[test]

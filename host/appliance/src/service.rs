@@ -385,6 +385,9 @@ impl Appliance {
             ))
         })?;
         let mut hsm_config = etee_hsm::Config::load(&config.hsm)?;
+        for warning in config.warnings(&hsm_config.custody) {
+            tracing::warn!("{warning}");
+        }
         let clients = Clients::new(&config.clients);
         let custody = match hsm_config.custody.mode {
             etee_hsm::CustodyMode::Process => {

@@ -170,12 +170,29 @@ pub struct RevocationArgs {
     /// --crl or --ocsp, else none.
     #[arg(long, value_name = "POLICY")]
     pub revocation: Option<RevocationPolicy>,
-    /// Ask OCSP when neither the message nor a list gives a certificate's status: `auto`
-    /// (the responder each certificate names) or an http:// address. `seal` then also
-    /// embeds its own certificate's answer in the message, as the official library does.
+    /// Ask OCSP for a certificate's status when no list gives it: `auto` (the responder
+    /// each certificate names) or an http:// address. Each command says which
+    /// certificates (`OCSP_HELP_*`).
     #[arg(long, value_name = "RESPONDER")]
     pub ocsp: Option<Responder>,
 }
+
+/// `--ocsp` of `seal`: the recipients' ETKs are checked, and its own answer travels.
+pub const OCSP_HELP_SEAL: &str = "Ask OCSP for the status of the recipients' ETK \
+    certificates when no list gives it, and for the sender's own certificate, whose answer \
+    is embedded in the message (revocationValues), as the official library does (nothing \
+    is sealed unless the responder says that certificate is good): `auto` (the responder \
+    each certificate names) or an http:// address";
+
+/// `--ocsp` of `unseal`: the signers' certificates, unless the message vouches for them.
+pub const OCSP_HELP_UNSEAL: &str = "Ask OCSP for the status of the message's signer \
+    certificates when neither the answers embedded in the message nor a list gives it: \
+    `auto` (the responder each certificate names) or an http:// address";
+
+/// `--ocsp` of `etk verify`: the ETK's certificates.
+pub const OCSP_HELP_ETK: &str = "Ask OCSP for the status of the certificates on the path of \
+    the ETK's authentication certificate when no list gives it: `auto` (the responder each \
+    certificate names) or an http:// address";
 
 /// The trust anchors of `--trust`, with the revocation lists of `--crl`.
 /// `at` is the evaluation time, for the note on stale lists.

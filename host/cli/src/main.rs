@@ -174,3 +174,35 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn ocsp_help(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        for name in path {
+            cmd = cmd.find_subcommand(name).expect("a subcommand").clone();
+        }
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "ocsp")
+            .expect("--ocsp");
+        arg.get_help().expect("a help text").to_string()
+    }
+
+    /// `--ocsp` is shared, but each command says what it asks OCSP about: only `seal`
+    /// embeds an answer.
+    #[test]
+    fn each_command_says_what_ocsp_is_asked_about() {
+        let seal = ocsp_help(&["seal"]);
+        assert!(seal.contains("embedded in the message"), "{seal}");
+        let unseal = ocsp_help(&["unseal"]);
+        assert!(unseal.contains("signer certificates"), "{unseal}");
+        let etk = ocsp_help(&["etk", "verify"]);
+        assert!(etk.contains("ETK's authentication certificate"), "{etk}");
+        assert!(!etk.contains("seal"), "{etk}");
+        assert!(!unseal.contains("sender's own"), "{unseal}");
+    }
+}

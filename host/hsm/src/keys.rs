@@ -585,6 +585,10 @@ pub(crate) fn chain_for(leaf: &Certificate, certs: &[Certificate]) -> Vec<Certif
 /// ETK key the key is renamed to the certificate's decimal serial (CKA_ID and CKA_LABEL of
 /// the private and public key objects), as the eHealth convention wants. Returns the
 /// key's final id.
+///
+/// The certificate is stored first and the private key renamed last, so a failure on the
+/// way leaves the key under a name the operator still knows; a retry, with the pending id
+/// or the serial, finds the key by its public key and completes what is missing.
 pub fn install_certificate(
     pool: &SessionPool,
     key_id: &str,
@@ -595,12 +599,26 @@ pub fn install_certificate(
     let cert = cert.clone();
     let chain = chain.to_vec();
     pool.run(move |conn| {
-        let private = conn.find_object(ObjectClass::PRIVATE_KEY, key_id.as_bytes())?;
-        let key_spki = public_key_der(conn.session(), private)?;
         let cert_spki = cert
             .public_key()
             .and_then(|k| k.public_key_to_der())
             .map_err(|e| HsmError::Certificate(e.to_string()))?;
+        let (private, current) = match conn.find_object(ObjectClass::PRIVATE_KEY, key_id.as_bytes())
+        {
+            Ok(h) => (h, key_id.clone()),
+            // An earlier install that stopped half way may have renamed the key already.
+            Err(HsmError::NotFound { .. }) => match key_for_spki(conn, &cert_spki)? {
+                Some(found) => found,
+                None => {
+                    return Err(HsmError::NotFound {
+                        what: "private key",
+                        id: key_id.clone(),
+                    })
+                }
+            },
+            Err(e) => return Err(e),
+        };
+        let key_spki = public_key_der(conn.session(), private)?;
         if key_spki != cert_spki {
             return Err(HsmError::Certificate(format!(
                 "the certificate ({}) is not for key {key_id:?}",
@@ -613,30 +631,60 @@ pub fn install_certificate(
         let id = if decrypt {
             cert.serial_decimal()
         } else {
-            key_id.clone()
+            current.clone()
         };
-        if id != key_id {
+        if id != current {
             ensure_id_free(conn, &id)?;
-            let rename = [
-                Attribute::Id(id.as_bytes().to_vec()),
-                Attribute::Label(id.as_bytes().to_vec()),
-            ];
-            let mut objects = vec![private];
-            objects.extend(conn.find_all(&[
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-                Attribute::Id(key_id.as_bytes().to_vec()),
-            ])?);
-            for o in objects {
-                conn.session()
-                    .update_attributes(o, &rename)
-                    .ctx("renaming the key to its certificate serial")?;
-            }
-            conn.forget_handles();
         }
         store_certificate(conn, &id, &id, &cert)?;
         store_chain(conn, &chain)?;
+        let rename = [
+            Attribute::Id(id.as_bytes().to_vec()),
+            Attribute::Label(id.as_bytes().to_vec()),
+        ];
+        // Public keys under the name given or the key's current one (a retry after the
+        // private key was renamed but not its public key), then the private key.
+        let mut objects = Vec::new();
+        for old in [&key_id, &current] {
+            if *old != id {
+                for o in conn.find_all(&[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::Id(old.as_bytes().to_vec()),
+                ])? {
+                    // Only the public half of this key: the name given may be another's.
+                    let same = public_key_der(conn.session(), o).is_ok_and(|d| d == cert_spki);
+                    if same && !objects.contains(&o) {
+                        objects.push(o);
+                    }
+                }
+            }
+        }
+        if current != id {
+            objects.push(private);
+        }
+        for o in objects {
+            conn.session()
+                .update_attributes(o, &rename)
+                .ctx("renaming the key to its certificate serial")?;
+        }
+        conn.forget_handles();
         Ok(id)
     })
+}
+
+/// The private key (and its CKA_ID) whose public key is `spki`, if the token has one.
+fn key_for_spki(conn: &Conn<'_>, spki: &[u8]) -> Result<Option<(ObjectHandle, String)>> {
+    for h in conn.find_all(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])? {
+        // Keys that are not RSA (none here today) have no modulus: not the one sought.
+        let Ok(der) = public_key_der(conn.session(), h) else {
+            continue;
+        };
+        if der == spki {
+            let id = bytes_attr(conn.session(), h, AttributeType::Id)?.unwrap_or_default();
+            return Ok(Some((h, String::from_utf8_lossy(&id).into_owned())));
+        }
+    }
+    Ok(None)
 }
 
 /// A PKCS#10 CertificationRequest for the key `key_id`, signed in the token with

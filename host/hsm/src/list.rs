@@ -31,6 +31,9 @@ pub enum KeyClass {
     SecretKey,
 }
 
+/// The id prefix of an authentication key retired by a renewal (`keys import`).
+pub const RETIRED_AUTHENTICATION_PREFIX: &str = "authentication-retired-";
+
 /// One private or secret key. The booleans are `None` when the token does not report them.
 #[derive(Clone, Debug, Serialize)]
 pub struct KeyInfo {
@@ -42,6 +45,9 @@ pub struct KeyInfo {
     /// CKA_KEY_TYPE, e.g. `CKK_RSA`, `CKK_AES`.
     pub key_type: String,
     pub role: Option<KeyRole>,
+    /// An authentication key moved aside by a renewal (`authentication-retired-<serial>`,
+    /// CKA_SIGN off): its role stays `authentication`, but it no longer signs.
+    pub retired: bool,
     /// RSA modulus size; 0 for secret keys (see `key_bits`).
     pub modulus_bits: u32,
     /// The key size whatever the type: RSA modulus bits, or CKA_VALUE_LEN × 8.
@@ -70,6 +76,18 @@ pub struct CertificateInfo {
     pub serial: String,
     pub not_before: i64,
     pub not_after: i64,
+}
+
+impl KeyInfo {
+    /// The role for people: `authentication (retired)` for a retired key, `?` for a key
+    /// whose flags match no role.
+    pub fn role_text(&self) -> String {
+        match self.role {
+            Some(role) if self.retired => format!("{role} (retired)"),
+            Some(role) => role.to_string(),
+            None => "?".into(),
+        }
+    }
 }
 
 impl CertificateInfo {
@@ -136,6 +154,7 @@ pub fn inventory(pool: &SessionPool) -> Result<Inventory> {
                 class,
                 key_type: String::new(),
                 role: None,
+                retired: false,
                 modulus_bits: 0,
                 key_bits: 0,
                 sign: None,
@@ -192,6 +211,14 @@ pub fn inventory(pool: &SessionPool) -> Result<Inventory> {
                 k.key_bits = k.modulus_bits;
             }
             k.id = id_text(&id);
+            // Retiring turns CKA_SIGN off, which would leave it without a role above.
+            if class == KeyClass::PrivateKey
+                && k.role.is_none()
+                && k.id.starts_with(RETIRED_AUTHENTICATION_PREFIX)
+            {
+                k.role = Some(KeyRole::Authentication);
+                k.retired = true;
+            }
             k.id_hex = hex::encode(&id);
             if let Some(pos) = certs.iter().position(|(cid, _)| *cid == id) {
                 let (cid, c) = certs.remove(pos);

@@ -1009,3 +1009,122 @@ fn a_key_without_its_certificate_says_how_to_install_it() {
         "{text}"
     );
 }
+
+/// Renames the objects of `classes` with CKA_ID `from` to `to` (id and label), as an
+/// install that stopped half way would have left them.
+fn rename_objects(hsm: &Hsm, from: &str, to: &str, classes: &[ObjectClass]) {
+    hsm.pool()
+        .run(|conn| {
+            for class in classes {
+                let template = [Attribute::Class(*class), Attribute::Id(from.into())];
+                for o in conn.find_all(&template)? {
+                    let rename = [Attribute::Id(to.into()), Attribute::Label(to.into())];
+                    conn.session().update_attributes(o, &rename).unwrap();
+                }
+            }
+            conn.forget_handles();
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// How many objects of `class` carry CKA_ID `id`.
+fn count_objects(hsm: &Hsm, class: ObjectClass, id: &str) -> usize {
+    hsm.pool()
+        .run(|conn| {
+            Ok(conn
+                .find_all(&[Attribute::Class(class), Attribute::Id(id.into())])?
+                .len())
+        })
+        .unwrap()
+}
+
+/// `keys install-cert` for an ETK key that stopped half way completes on a retry with
+/// either id: the key renamed to its serial without its certificate (what the former
+/// order, rename first, left), the private key renamed but not its public key, the
+/// certificate stored but the key not yet renamed (what the current order can leave).
+#[test]
+fn an_interrupted_certificate_install_completes_on_retry() {
+    let config = new_token("install-retry");
+    let hsm = Hsm::open(&config).unwrap();
+    let w = world();
+    let rdns = ehealth_dn("NIHII-HOSPITAL", "71000436", "Retry", None);
+    let etk_usage = || {
+        let mut u = KeyUsage::new();
+        u.key_encipherment().data_encipherment();
+        u
+    };
+    let both = [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY];
+    let installed = |pending: &str, serial: &str| {
+        for class in both {
+            assert_eq!(count_objects(&hsm, class, serial), 1, "{class} {serial}");
+            assert_eq!(count_objects(&hsm, class, pending), 0, "{class} {pending}");
+        }
+        assert_eq!(count_objects(&hsm, ObjectClass::CERTIFICATE, serial), 1);
+        let inventory = hsm.list().unwrap();
+        let key = inventory.keys.iter().find(|k| k.id == serial).unwrap();
+        assert_eq!(key.label, serial);
+        assert_eq!(key.certificate.as_ref().unwrap().serial, serial);
+    };
+
+    for case in [
+        "renamed, no certificate",
+        "private renamed only",
+        "certificate only",
+    ] {
+        let etk = hsm.generate(config.profile("etk").unwrap()).unwrap();
+        let c = cert(&issue(
+            &w.pki.root,
+            &rdns,
+            &etk.public_key_der(),
+            etk_usage(),
+        ));
+        let serial = c.serial_decimal();
+        let retry_with = match case {
+            "renamed, no certificate" => {
+                rename_objects(&hsm, &etk.id, &serial, &both);
+                etk.id.clone()
+            }
+            "private renamed only" => {
+                rename_objects(&hsm, &etk.id, &serial, &[ObjectClass::PRIVATE_KEY]);
+                etk.id.clone()
+            }
+            _ => {
+                // Installed once, then the key's name put back: the certificate is there
+                // under the serial, the key still pending.
+                install_certificate(hsm.pool(), &etk.id, &c, &[]).unwrap();
+                rename_objects(&hsm, &serial, &etk.id, &both);
+                serial.clone()
+            }
+        };
+        assert_eq!(
+            install_certificate(hsm.pool(), &retry_with, &c, &[]).unwrap(),
+            serial,
+            "{case}"
+        );
+        installed(&etk.id, &serial);
+        // Once more: nothing left to do, same answer.
+        assert_eq!(
+            install_certificate(hsm.pool(), &etk.id, &c, &[]).unwrap(),
+            serial,
+            "{case}"
+        );
+        installed(&etk.id, &serial);
+    }
+    // A name that is no key and a certificate for no key in the token: still NotFound.
+    let stranger = issue(
+        &w.pki.root,
+        &rdns,
+        &w.alice
+            .etk_cert
+            .public_key()
+            .unwrap()
+            .public_key_to_der()
+            .unwrap(),
+        etk_usage(),
+    );
+    assert!(matches!(
+        install_certificate(hsm.pool(), "etk-pending-00", &cert(&stranger), &[]),
+        Err(HsmError::NotFound { .. })
+    ));
+}

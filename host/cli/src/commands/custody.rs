@@ -244,7 +244,7 @@ fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
                 } else if t.user_pin_final_try {
                     "one try left (the token's count)"
                 } else if t.user_pin_count_low {
-                    "wrong PINs counted by the token"
+                    "set; a wrong one was entered since the last successful login (the token counts it)"
                 } else {
                     "ok"
                 };

@@ -17,11 +17,19 @@
 //! and prints each verdict, the tail of the audit chains (Bob's custody core, the
 //! platform's), stops everything and removes the world (unless `--keep DIR`). Exit 0 only
 //! when every step went as it should.
+//!
+//! Interrupted (SIGINT, SIGTERM), it stops its processes, removes the world (unless
+//! `--keep`) and exits 128 + the signal's number. Its processes die with it however it
+//! ends, a SIGKILL included (`PR_SET_PDEATHSIG`).
 
 use crate::CliError;
 use etee_appliance::client::{Answer, UnixClient};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::Pid;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -53,14 +61,108 @@ const INSTITUTIONS: [(&str, &str); 4] = [
 /// The appliances (one per institution but KGSS).
 const APPLIANCES: [&str; 3] = ["alice", "bob", "doctor"];
 
+/// How long the signal watcher lets the demo stop on its own before it kills the demo's
+/// processes, removes the world and exits itself.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// What the signal watcher shares with the demo: the processes running, and the signal
+/// that interrupted the demo (none is started after it).
+#[derive(Default)]
+struct Watch {
+    pids: Vec<Pid>,
+    interrupted: Option<Signal>,
+    /// The demo has stopped its processes and removed its world: nothing left to do.
+    done: bool,
+    /// The world's directory when it is temporary (removed by the watcher if need be).
+    temporary: Option<PathBuf>,
+}
+
+type Shared = Arc<Mutex<Watch>>;
+
+fn lock(watch: &Shared) -> MutexGuard<'_, Watch> {
+    watch.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts `cmd`, unless the demo was interrupted; its pid is recorded under the same lock,
+/// so a signal either finds it or keeps it from starting.
+fn start(watch: &Shared, cmd: &mut Command) -> Result<Child, CliError> {
+    let mut w = lock(watch);
+    if let Some(signal) = w.interrupted {
+        return Err(CliError::Usage(format!("interrupted ({signal})")));
+    }
+    let child = cmd.spawn()?;
+    w.pids.push(Pid::from_raw(child.id() as i32));
+    Ok(child)
+}
+
+/// Forgets a process that was waited for (its pid may be reused).
+fn forget(watch: &Shared, child: &Child) {
+    lock(watch).pids.retain(|p| p.as_raw() != child.id() as i32);
+}
+
+/// Takes SIGINT and SIGTERM from now on: the demo is marked interrupted and its processes
+/// are sent SIGTERM. The demo, whose every wait is on one of them, then stops them, removes
+/// its world and says so; should it not within [`STOP_GRACE`], the watcher kills them,
+/// removes the temporary world itself and exits.
+fn watch_signals(watch: &Shared) -> Result<(), CliError> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    // Blocked before any other thread exists, so that every thread inherits the mask and
+    // only the watcher takes them; children unblock them (`Demo::command`).
+    signals.thread_block().map_err(|e| CliError::Io(e.into()))?;
+    let watch = watch.clone();
+    std::thread::Builder::new()
+        .name("demo-signals".into())
+        .spawn(move || {
+            let Ok(signal) = signals.wait() else { return };
+            let pids = {
+                let mut w = lock(&watch);
+                w.interrupted = Some(signal);
+                w.pids.clone()
+            };
+            eprintln!("etee demo: {signal} received: stopping");
+            for pid in pids {
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+            let started = Instant::now();
+            while started.elapsed() < STOP_GRACE {
+                if lock(&watch).done {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Held to the end: nothing else starts.
+            let w = lock(&watch);
+            for pid in &w.pids {
+                let _ = kill(*pid, Signal::SIGKILL);
+            }
+            if let Some(dir) = &w.temporary {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            eprintln!(
+                "etee demo: interrupted ({signal}); it did not stop within {} s: its processes \
+                 were killed{}",
+                STOP_GRACE.as_secs(),
+                if w.temporary.is_some() {
+                    " and the world removed"
+                } else {
+                    ""
+                }
+            );
+            std::process::exit(128 + signal as i32);
+        })?;
+    Ok(())
+}
+
 /// Children stopped (SIGTERM, then SIGKILL) when the demo ends, however it ends.
-struct Children(Vec<(String, Child)>);
+struct Children(Vec<(String, Child)>, Shared);
 
 impl Children {
     fn stop(&mut self) {
         for (_, child) in &mut self.0 {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let pid = Pid::from_raw(child.id() as i32);
+            let _ = kill(pid, Signal::SIGTERM);
         }
         for (name, child) in &mut self.0 {
             let started = Instant::now();
@@ -78,6 +180,7 @@ impl Children {
                     }
                 }
             }
+            forget(&self.1, child);
         }
         self.0.clear();
     }
@@ -95,6 +198,7 @@ struct Demo {
     started: Instant,
     step: usize,
     failures: Vec<String>,
+    watch: Shared,
 }
 
 fn exe() -> Result<PathBuf, CliError> {
@@ -116,7 +220,16 @@ fn write(path: &Path, text: &str) -> Result<(), CliError> {
 }
 
 impl Demo {
+    /// Stops the flows once a signal came: what fails after it fails because of it.
+    fn go_on(&self) -> Result<(), CliError> {
+        match lock(&self.watch).interrupted {
+            Some(signal) => Err(CliError::Usage(format!("interrupted ({signal})"))),
+            None => Ok(()),
+        }
+    }
+
     fn progress(&mut self, what: &str) -> Result<(), CliError> {
+        self.go_on()?;
         self.step += 1;
         outln!(
             "[{}/{STEPS}] {what} ({:.1} s)",
@@ -126,6 +239,7 @@ impl Demo {
     }
 
     fn check(&mut self, ok: bool, what: &str) -> Result<(), CliError> {
+        self.go_on()?;
         if ok {
             outln!("      ok: {what}")
         } else {
@@ -134,22 +248,58 @@ impl Demo {
         }
     }
 
-    /// `etee ARGS` with the world's SoftHSM, from the world's directory; its output goes
-    /// to `setup.log`, shown when it fails.
+    /// `etee ARGS` with the world's SoftHSM, from the world's directory, that dies
+    /// (SIGKILL) if the demo dies without stopping it.
+    fn command(&self, args: &[&str]) -> Result<Command, CliError> {
+        let mut cmd = Command::new(exe()?);
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .stdin(Stdio::null());
+        let demo = nix::unistd::getpid();
+        // The kernel signals the child when the thread that started it ends: the demo's
+        // main thread, which starts them all (the flows run on a current-thread runtime).
+        // SAFETY: between fork and exec only system calls (sigprocmask, prctl, getppid), no
+        // allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The demo blocks SIGINT and SIGTERM for its watcher; the mask is inherited.
+                nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&SigSet::empty()),
+                    None,
+                )?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                // Ended before the line above, the demo would never signal this child.
+                if nix::unistd::getppid() != demo {
+                    return Err(nix::errno::Errno::ESRCH.into());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Runs `cmd` to its end, known to the signal watcher meanwhile.
+    fn run_to_end(&self, cmd: &mut Command) -> Result<Output, CliError> {
+        let child = start(&self.watch, cmd)?;
+        let pid = child.id() as i32;
+        let out = child.wait_with_output();
+        lock(&self.watch).pids.retain(|p| p.as_raw() != pid);
+        Ok(out?)
+    }
+
+    /// `etee ARGS` (see [`Demo::command`]); its output goes to `setup.log`, shown when it
+    /// fails.
     fn etee(&self, args: &[&str]) -> Result<(), CliError> {
         let log = self.dir.join("setup.log");
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
-        let status = Command::new(exe()?)
-            .args(args)
-            .current_dir(&self.dir)
-            .env("SOFTHSM2_CONF", &self.conf)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .status()?;
+        let status = self
+            .run_to_end(self.command(args)?.stdout(out.try_clone()?).stderr(out))?
+            .status;
         if !status.success() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(CliError::Usage(format!(
@@ -164,18 +314,16 @@ impl Demo {
     /// Starts `etee ARGS` in the background, its output in `NAME.log`.
     fn spawn(&self, name: &str, args: &[&str]) -> Result<Child, CliError> {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
-        Ok(Command::new(exe()?)
-            .args(args)
-            .current_dir(&self.dir)
-            .env("SOFTHSM2_CONF", &self.conf)
-            .env(
-                "RUST_LOG",
-                "warn,etee_appliance=info,etee::audit=info,etee_services::revocation=info",
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?)
+        start(
+            &self.watch,
+            self.command(args)?
+                .env(
+                    "RUST_LOG",
+                    "warn,etee_appliance=info,etee::audit=info,etee_services::revocation=info",
+                )
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )
     }
 
     /// Waits until `ready` holds, failing early if `child` exits.
@@ -243,7 +391,10 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             module.display()
         )));
     }
-    let temporary;
+    // Before the world exists, so that a signal never leaves it behind.
+    let watch = Shared::default();
+    watch_signals(&watch)?;
+    let mut temporary = None;
     let dir = match &args.keep {
         Some(d) => {
             std::fs::create_dir_all(d)?;
@@ -256,8 +407,11 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             std::fs::canonicalize(d)?
         }
         None => {
-            temporary = tempfile::Builder::new().prefix("etee-demo-").tempdir()?;
-            temporary.path().to_path_buf()
+            let t = tempfile::Builder::new().prefix("etee-demo-").tempdir()?;
+            let path = t.path().to_path_buf();
+            temporary = Some(t);
+            lock(&watch).temporary = Some(path.clone());
+            path
         }
     };
     // Tokens, PIN files and audit chains: for this user only.
@@ -279,10 +433,26 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         started: Instant::now(),
         step: 0,
         failures: Vec::new(),
+        watch: watch.clone(),
     };
-    let mut children = Children(Vec::new());
+    let mut children = Children(Vec::new(), watch.clone());
     let result = world(&mut demo, &module, &mut children, &args);
     children.stop();
+    let interrupted = lock(&watch).interrupted;
+    if let Some(signal) = interrupted {
+        // What failed after the signal failed because of it: not reported.
+        let removed = temporary.take().map(|t| t.close());
+        lock(&watch).done = true;
+        eprintln!(
+            "etee demo: interrupted ({signal}): its processes are stopped; {}",
+            match (&args.keep, removed) {
+                (Some(d), _) => format!("the world is kept, unfinished, in {}", d.display()),
+                (None, Some(Err(e))) => format!("removing the world {} failed: {e}", dir.display()),
+                (None, _) => "the world is removed".into(),
+            }
+        );
+        return Ok(ExitCode::from(128 + signal as u8));
+    }
     match result {
         Ok(()) if demo.failures.is_empty() => {
             outln!(
@@ -514,18 +684,18 @@ fn appliances(
 /// The platform's audit chain, verified and its tail shown (the platform is stopped:
 /// the embedded store is one process's).
 fn platform_audit(demo: &mut Demo) -> Result<(), CliError> {
-    let out = Command::new(exe()?)
-        .args([
+    let out = demo.run_to_end(
+        demo.command(&[
             "platform",
             "audit",
             "--config",
             "platform.toml",
             "--tail",
             "6",
-        ])
-        .current_dir(&demo.dir)
-        .env("SOFTHSM2_CONF", &demo.conf)
-        .output()?;
+        ])?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
+    )?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Check an ETK with the official rules and show whose it is.
+    #[command(mut_arg("ocsp", |a| a.help(inputs::OCSP_HELP_ETK)))]
     Verify {
         /// The ETK file (BER or Base64).
         etk: PathBuf,

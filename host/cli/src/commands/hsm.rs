@@ -519,7 +519,7 @@ pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
                     "key  {:?} label {:?} role {} {} {} bits sensitive={} extractable={} mechanisms={}",
                     k.id,
                     k.label,
-                    k.role.map_or("?".to_string(), |r| r.to_string()),
+                    k.role_text(),
                     k.key_type,
                     k.key_bits,
                     flag(k.sensitive),

@@ -117,6 +117,13 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
 /// Adds the named certificates to the world CA's list and signs it anew (CRL number one
 /// higher), keeping what it revoked before.
 fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
+    if args.valid_for == 0 {
+        return Err(CliError::Usage(
+            "--valid-for 0: the list would be stale as soon as issued (its nextUpdate is its \
+             thisUpdate) and give no status; give at least 1 second (default: 7 days)"
+                .into(),
+        ));
+    }
     let pki = open_ca(&args.dir)?;
     let mut targets: Vec<(String, X509)> = Vec::new();
     for name in &args.names {
@@ -140,7 +147,16 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
             .ok_or_else(|| CliError::Usage(format!("{}: unreadable by OpenSSL", path.display())))?;
         targets.push((path.display().to_string(), x));
     }
+    let ca_key = pki.root.cert.public_key().map_err(openssl_err)?;
     for (what, x) in &targets {
+        // Self-signed, it passes the test below, but a CA's list cannot revoke the CA.
+        if x.public_key().is_ok_and(|k| k.public_eq(&ca_key)) {
+            return Err(CliError::Usage(format!(
+                "{what}: this is the world CA's own certificate, which its own revocation \
+                 list cannot revoke; to stop trusting the world, remove its ca.pem from the \
+                 trust anchors (--trust, `trust` in the configurations)"
+            )));
+        }
         let issued_here =
             etee_formats::cert::same_name(x.issuer_name(), pki.root.cert.subject_name())
                 && x.verify(&pki.root.key).unwrap_or(false);

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
+// `--ocsp` is shared (inputs::RevocationArgs); what it covers is this command's own.
+#[command(mut_arg("ocsp", |a| a.help(inputs::OCSP_HELP_SEAL)))]
 pub struct Args {
     /// The sender's eHealth keystore (.p12); its `authentication` key signs.
     #[arg(
@@ -89,6 +91,17 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         return Err(CliError::Usage(
             "--kek/--kek-file and --kek-id go together".into(),
         ));
+    }
+    if let Some(k) = kek_key.as_ref().filter(|k| k.len() != 16) {
+        // Allowed on purpose (docs/deviations.md #20), but rarely what an ETEE sender means.
+        eprintln!(
+            "etee: warning: the KEK is {} bytes (AES-{}): the official Java library, and \
+             `etee unseal`, open only 16-byte (AES-128) KEKs, as KGSS issues them, and \
+             withhold the content with DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED \
+             (the .NET library accepts it); see docs/deviations.md, row 20",
+            k.len(),
+            k.len() * 8
+        );
     }
     let signer = match (&args.keystore, &args.config) {
         (Some(path), _) => {

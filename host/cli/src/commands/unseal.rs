@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
+// `--ocsp` is shared (inputs::RevocationArgs); what it covers is this command's own.
+#[command(mut_arg("ocsp", |a| a.help(inputs::OCSP_HELP_UNSEAL)))]
 pub struct Args {
     /// The receiver's eHealth keystore(s); every ETK key in them may open the message.
     #[arg(long, value_name = "P12", conflicts_with = "config")]

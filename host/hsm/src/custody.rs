@@ -996,8 +996,20 @@ fn open_core<T: Token>(
         if !dir.exists() {
             new_dir = Some(dir);
         }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| HsmError::Config(format!("audit directory {}: {e}", dir.display())))?;
+        let failed =
+            |e: std::io::Error| HsmError::Config(format!("audit directory {}: {e}", dir.display()));
+        // The directories made here must survive a power cut with the chain they hold:
+        // each new entry is made durable in its parent (the file's own entry is the
+        // sink's to sync).
+        let created: Vec<&std::path::Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+        std::fs::create_dir_all(dir).map_err(failed)?;
+        for made in created.iter().rev() {
+            if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(parent)
+                    .and_then(|p| p.sync_all())
+                    .map_err(failed)?;
+            }
+        }
     }
     // The uses within the longest time a budget takes to refill (all those of the file
     // when a budget never refills) count against the budgets again.

@@ -1281,6 +1281,11 @@ fn a_new_audit_chain_is_announced() {
 fn hsm_init_of_a_label_two_tokens_carry_touches_nothing() {
     let tmp = scratch();
     let rig = Rig::new(tmp.path());
+    // The SO PIN equal to the user PIN: refused, before anything is touched.
+    let same = config_with_pin(&rig, "same", "institution-so-5678");
+    let run = rig.hsm.etee(["hsm", "init", "--config"]).arg(&same).run();
+    run.code(2);
+    assert!(run.stderr.contains("are the same"), "{}", run.stderr);
     rig.etee(["hsm", "init"]).run().code(0);
     let softhsm = |args: &[&str]| {
         let out = std::process::Command::new("softhsm2-util")

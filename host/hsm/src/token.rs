@@ -410,6 +410,15 @@ fn free_slot(
     so_pin: &Pin,
     user_pin: &Pin,
 ) -> Result<(Slot, std::sync::MutexGuard<'static, ()>)> {
+    // The two roles exist to be held apart: whoever has the SO PIN can set a new user PIN,
+    // and the user PIN sits in a file the service reads.
+    if so_pin.expose() == user_pin.expose() {
+        return Err(HsmError::Config(
+            "the user PIN (pin_file) and the SO PIN are the same: give the security officer \
+             a PIN of their own"
+                .into(),
+        ));
+    }
     match find_token(ctx, &config.token, &config.module) {
         Ok(_) => return Err(HsmError::TokenAlreadyInitialized(config.token.to_string())),
         Err(HsmError::TokenNotFound { .. }) => {}

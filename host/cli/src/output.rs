@@ -128,6 +128,7 @@ impl Pending {
             io::copy(&mut content, &mut out).map_err(failed)?;
             return out.flush().map_err(failed);
         }
+        refuse_replacing_a_key(&dest)?;
         replace_file(&dest, 0o600, |file| {
             let mut w = io::BufWriter::with_capacity(256 * 1024, file);
             io::copy(&mut content, &mut w)?;
@@ -186,8 +187,39 @@ pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CliErro
             .map_err(failed)?;
         return out.write_all(bytes).map_err(failed);
     }
+    if !is_private_key_pem(bytes) {
+        refuse_replacing_a_key(path)?;
+    }
     let mode = if secret { 0o600 } else { 0o644 };
     replace_file(path, mode, |file| file.write_all(bytes)).map_err(failed)
+}
+
+/// Whether `bytes` hold a PEM private key (`PRIVATE KEY`, `RSA PRIVATE KEY`, `ENCRYPTED
+/// PRIVATE KEY`...).
+fn is_private_key_pem(bytes: &[u8]) -> bool {
+    const END: &[u8] = b"PRIVATE KEY-----";
+    bytes.windows(END.len()).any(|w| w == END)
+}
+
+/// Refuses to replace a file that holds a PEM private key with anything else: an output
+/// named after a key file by mistake (`--out key.pem`) would destroy the key.
+fn refuse_replacing_a_key(path: &Path) -> Result<(), CliError> {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    let mut head = Vec::new();
+    let _ = file.take(64 * 1024).read_to_end(&mut head);
+    if is_private_key_pem(&head) {
+        return Err(CliError::Usage(format!(
+            "{} holds a private key: not replaced; write to another file",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Replaces `dest` atomically with what `fill` writes: a new file in the same directory,
@@ -266,6 +298,28 @@ fn link_unnamed(file: &std::fs::File, dir: &Path) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A private key file is never replaced by another kind of content; a key by a key
+    /// is (the test PKI issuing an institution anew).
+    #[test]
+    fn a_private_key_is_not_replaced_by_other_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        let pem = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+        std::fs::write(&key, pem).unwrap();
+        let err = write_file(&key, b"-----BEGIN CERTIFICATE REQUEST-----\n", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds a private key"), "{err}");
+        assert_eq!(std::fs::read(&key).unwrap(), pem);
+        let mut pending = Pending::new(Some(&key)).unwrap();
+        pending.writer().write_all(b"sealed").unwrap();
+        assert!(pending.commit().is_err());
+        assert_eq!(std::fs::read(&key).unwrap(), pem);
+        let new_key = b"-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n";
+        write_file(&key, new_key, true).unwrap();
+        assert_eq!(std::fs::read(&key).unwrap(), new_key);
+    }
 
     /// While a file is written it has no name: a kill meanwhile leaves nothing (no stray
     /// half-written plaintext); once complete it replaces the destination.

@@ -233,11 +233,13 @@ pub fn import_keystore(
                 ));
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(partly_done(&report, e)),
         };
         if options.ca_certificates && !entry.chain.is_empty() {
             let chain = entry.chain.clone();
-            report.ca_certificates_added += pool.run(move |conn| store_chain(conn, &chain))?;
+            report.ca_certificates_added += pool
+                .run(move |conn| store_chain(conn, &chain))
+                .map_err(|e| partly_done(&report, e))?;
         }
         report.keys.push(ImportedKey {
             alias: entry.alias.clone(),
@@ -385,6 +387,29 @@ fn ensure_renewal(conn: &mut Conn<'_>, id: &str, new: Option<&Certificate>) -> R
     }
 }
 
+/// `error`, stopping an import that already changed the token: what it changed is said
+/// (a new run imports the rest: keys already there are found as such).
+fn partly_done(report: &ImportReport, error: HsmError) -> HsmError {
+    let imported: Vec<&str> = report
+        .keys
+        .iter()
+        .filter(|k| !k.already_present)
+        .map(|k| k.id.as_str())
+        .collect();
+    if imported.is_empty() && report.retired_authentication.is_none() {
+        return error;
+    }
+    let retired = report
+        .retired_authentication
+        .as_ref()
+        .map(|r| format!("; the previous authentication key was retired as {r:?}"))
+        .unwrap_or_default();
+    HsmError::Invalid(format!(
+        "{error}. Before that, the import had put these keys in the token: {imported:?}\
+         {retired}; running it again imports the rest"
+    ))
+}
+
 /// The certificate the token stores under CKA_ID `id`, if it has a readable one.
 fn stored_certificate(conn: &mut Conn<'_>, id: &str) -> Result<Option<Certificate>> {
     let found = conn.find_all(&[
@@ -408,4 +433,44 @@ fn same_holder(a: &Certificate, b: &Certificate) -> bool {
         return a.subject_string() == b.subject_string();
     }
     ia.iter().any(|x| ib.contains(x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, already_present: bool) -> ImportedKey {
+        ImportedKey {
+            alias: id.into(),
+            id: id.into(),
+            role: KeyRole::Etk,
+            subject: None,
+            serial: None,
+            bits: 2048,
+            already_present,
+        }
+    }
+
+    /// An import stopped by an error says what it had already put in the token; one that
+    /// changed nothing gives the error as it is.
+    #[test]
+    fn a_failed_import_says_what_it_changed() {
+        let failed = || HsmError::Invalid("the token refused".into());
+        let mut report = ImportReport::default();
+        report.keys.push(key("111", true));
+        assert_eq!(
+            partly_done(&report, failed()).to_string(),
+            failed().to_string()
+        );
+        report.keys.push(key("222", false));
+        report.retired_authentication = Some("authentication-retired-9".into());
+        let text = partly_done(&report, failed()).to_string();
+        assert!(
+            text.contains("the token refused")
+                && text.contains("[\"222\"]")
+                && !text.contains("111")
+                && text.contains("authentication-retired-9"),
+            "{text}"
+        );
+    }
 }

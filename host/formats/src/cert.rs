@@ -687,31 +687,15 @@ mod tests {
 
     #[test]
     fn a_huge_serial_is_written_in_hex() {
-        use openssl::asn1::Asn1Time;
-        use openssl::{bn::BigNum, ec, hash::MessageDigest, nid::Nid, pkey::PKey, x509};
+        use openssl::{ec, nid::Nid, pkey::PKey};
         // 16 KiB: RFC 5280 allows 20 octets, a hostile certificate any number.
         let mut serial = vec![0x5a; 16 * 1024];
         serial[0] = 0x12;
         let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
         let key = PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
         let name = etee_testpki::build_name(&[("CN", "huge serial")]).unwrap();
-        let mut b = x509::X509Builder::new().unwrap();
-        b.set_serial_number(
-            &BigNum::from_slice(&serial)
-                .unwrap()
-                .to_asn1_integer()
-                .unwrap(),
-        )
-        .unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        let cert = Certificate::from_der(&b.build().to_der().unwrap()).unwrap();
+        let x = etee_testpki::self_signed(&name, &key, Some(&serial)).unwrap();
+        let cert = Certificate::from_der(&x.to_der().unwrap()).unwrap();
         assert_eq!(cert.serial(), serial);
         let hex = format!("0x{}", hex::encode(&serial));
         assert_eq!(cert.serial_decimal(), hex);

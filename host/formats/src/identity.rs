@@ -441,8 +441,8 @@ mod tests {
     /// values as UTF8String whatever their length: OpenSSL applies X.520's length bounds
     /// only when it picks the string type itself, and hostile certificates ignore them.
     fn certificate_named(rdns: &[(&str, String)]) -> Certificate {
-        use openssl::asn1::{Asn1Time, Asn1Type};
-        use openssl::{ec, hash::MessageDigest, nid::Nid, pkey::PKey, x509};
+        use openssl::asn1::Asn1Type;
+        use openssl::{ec, nid::Nid, pkey::PKey, x509};
         let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
         let key = PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
         let mut name = x509::X509NameBuilder::new().unwrap();
@@ -451,16 +451,8 @@ mod tests {
                 .unwrap();
         }
         let name = name.build();
-        let mut b = x509::X509Builder::new().unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        Certificate::from_der(&b.build().to_der().unwrap()).unwrap()
+        let x = etee_testpki::self_signed(&name, &key, None).unwrap();
+        Certificate::from_der(&x.to_der().unwrap()).unwrap()
     }
 
     #[test]

@@ -977,23 +977,14 @@ fn missing_parts_are_typed_errors() {
 fn an_etk_with_too_many_certificates_is_refused() {
     use etee_formats::ber::BerErrorKind;
     use etee_formats::cms::MAX_CERTIFICATES;
-    use openssl::{asn1::Asn1Time, ec, nid::Nid, pkey::PKey};
+    use openssl::{ec, nid::Nid, pkey::PKey};
     let inst = pki().institution(&pharmacy()).unwrap();
     // Distinct certificates (CMS refuses a repeated one), cheap to make.
     let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
     let key = PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
     let filler = |i: usize| {
         let name = etee_testpki::build_name(&[("CN", format!("filler {i}"))]).unwrap();
-        let mut b = X509Builder::new().unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        b.build()
+        etee_testpki::self_signed(&name, &key, None).unwrap()
     };
     // The RA's (added by CMS), the authentication certificate, and fillers: n in all.
     let etk_of = |n: usize| {

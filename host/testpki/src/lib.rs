@@ -453,6 +453,32 @@ pub fn ehealth_dn(
     rdns
 }
 
+/// A self-signed certificate of `name` for `key` (SHA-256), valid from now for a day, with
+/// `serial` (its magnitude, big-endian; 1 when `None`): a certificate of a given shape for
+/// tests of parsers and limits, not a member of a PKI.
+pub fn self_signed(
+    name: &X509NameRef,
+    key: &PKeyRef<Private>,
+    serial: Option<&[u8]>,
+) -> Result<X509, Error> {
+    let mut b = X509::builder()?;
+    let serial = match serial {
+        Some(s) => BigNum::from_slice(s)?,
+        None => BigNum::from_u32(1)?,
+    };
+    let serial: Asn1Integer = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(name)?;
+    b.set_issuer_name(name)?;
+    b.set_pubkey(key)?;
+    let (from, until): (Asn1Time, Asn1Time) =
+        (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(1)?);
+    b.set_not_before(&from)?;
+    b.set_not_after(&until)?;
+    b.sign(key, MessageDigest::sha256())?;
+    Ok(b.build())
+}
+
 /// Builds an X.509 name from (field, value) RDNs, in the given order, one
 /// attribute per RDN, values encoded as OpenSSL's default (UTF8String, except
 /// countryName which ASN.1 fixes as PrintableString).

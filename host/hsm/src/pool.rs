@@ -20,6 +20,12 @@
 //! | `CKR_USER_NOT_LOGGED_IN`, or any failure while the session shows as logged out | log in again |
 //! | `CKR_KEY_HANDLE_INVALID`, `CKR_OBJECT_HANDLE_INVALID` | find the keys again by CKA_ID/label |
 //!
+//! A decryption's failure that the blob may have caused is final, with no recovery and no
+//! retry, whatever happened: a probe of the session's state made only after failures
+//! would time the padding. So a decryption in flight when the session is logged out
+//! behind the pool's back, which SoftHSM answers as it answers a bad blob
+//! (`CKR_GENERAL_ERROR`), fails as a damaged message would; the next operations recover.
+//!
 //! Sessions that may be dead are *forgotten*, not closed: after a library reset the same
 //! handle number can belong to a new session of another worker, and closing it would kill
 //! that one. Every worker drops its session when the pool's epoch moves on.

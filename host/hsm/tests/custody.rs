@@ -270,12 +270,16 @@ fn seal_unseal_through_custody(process: bool) {
     ));
 
     // The PKCS#11 sessions are logged out behind the core's back (C_Logout from another
-    // handle) while two callers seal and unseal: every operation still succeeds, each is
-    // on the chain once.
+    // handle) while two callers seal and unseal: the operations go on (the pool logs in
+    // again), each is on the chain once. A decryption in flight at the logout may fail:
+    // SoftHSM then answers C_Decrypt as it answers a bad blob (CKR_GENERAL_ERROR), and
+    // telling the two apart would take a call that only failures make, which would time
+    // the padding (pool.rs); that message fails as a damaged one would, uniformly.
     let before = records(&custody.audit_file).len();
     let (other, session) =
         common::foreign_session(&config.module, config.token.label.as_deref().unwrap());
     const EACH: usize = 15;
+    let failed = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..2)
             .map(|_| {
@@ -283,8 +287,12 @@ fn seal_unseal_through_custody(process: bool) {
                     for _ in 0..EACH {
                         let sealed = sealed_to_alice();
                         let (result, content) = unseal_to_vec(&sealed, &ring, &opts).unwrap();
-                        assert!(result.verdict.is_clean(), "{:?}", result.verdict);
-                        assert_eq!(content.as_deref(), Some(&plain[..]));
+                        if result.verdict.is_clean() {
+                            assert_eq!(content.as_deref(), Some(&plain[..]));
+                        } else {
+                            assert_eq!(content, None, "{:?}", result.verdict);
+                            failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                     }
                 })
             })
@@ -311,7 +319,26 @@ fn seal_unseal_through_custody(process: bool) {
         before + 2 * EACH * 3 * 2,
         "two signatures and one decryption each, two records each"
     );
-    assert!(all_succeeded(&all[before..]));
+    // At most the one decryption of each caller that the logout caught, on record as
+    // the token's refusal; every other use succeeded.
+    let failed = failed.into_inner();
+    assert!(failed <= 2, "{failed} unseals failed");
+    let refused: Vec<&AuditRecord> = all[before..]
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Success | Outcome::Admitted))
+        .collect();
+    assert_eq!(refused.len(), failed, "{refused:?}");
+    assert!(refused
+        .iter()
+        .all(|r| r.operation == Operation::DecryptPkcs1v15
+            && matches!(r.outcome, Outcome::Refused(CoreError::Token(_)))));
+    let used: Vec<&AuditRecord> = all[before..]
+        .iter()
+        .filter(|r| r.outcome == Outcome::Admitted)
+        .collect();
+    assert!(used
+        .iter()
+        .all(|u| all[before..].iter().any(|r| r.concludes(u))));
     assert_eq!(
         etee_custody::audit::verify_chain_to(all.iter(), &keys.audit_head()),
         Ok(all.len() as u64)

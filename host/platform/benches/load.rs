@@ -962,7 +962,7 @@ fn kgss_get_key(
 }
 
 const STEPS: [&str; 8] = [
-    "open the request (unseal: 1 HSM decryption, 2 verifications)",
+    "open the request (outer check with no key, then unseal: 1 HSM decryption, 3 verifications)",
     "  of which the HSM decryption alone",
     "read the key and the caller's attributes",
     "remember the request with its audit event (one durable commit, beside the next 3 steps)",
@@ -1064,6 +1064,9 @@ fn breakdown_steps(
                 signing_time_expiration: REPLAY_WINDOW,
                 ..Default::default()
             };
+            // As `Kgss::open`: the outer layer checked with no key first, then opened.
+            let (outer, _) = unseal_to_vec(&sealed, &KeyRing::new(), &opts).unwrap();
+            assert!(outer.verdict.errors.is_empty(), "{:?}", outer.verdict);
             let (result, c) = unseal_to_vec(&sealed, &kgss.ring, &opts).unwrap();
             assert!(result.verdict.is_clean(), "{:?}", result.verdict);
             content = c;

@@ -278,6 +278,9 @@ fn seal_unseal_through_custody(process: bool) {
     let before = records(&custody.audit_file).len();
     let (other, session) =
         common::foreign_session(&config.module, config.token.label.as_deref().unwrap());
+    // Dropping the last clone of the second handle would finalise the library for every
+    // test of this binary, also when this one fails: never dropped.
+    let _other = std::mem::ManuallyDrop::new(other);
     const EACH: usize = 15;
     let failed = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -304,8 +307,6 @@ fn seal_unseal_through_custody(process: bool) {
         }
     });
     drop(session);
-    // Dropping the last clone of the second handle would finalise the library: keep it.
-    std::mem::forget(other);
     if let Keys::InProcess(k) = &keys {
         assert!(k.hsm().pool().recoveries() > 0, "the logout went unnoticed");
         eprintln!(

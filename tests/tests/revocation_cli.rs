@@ -582,3 +582,34 @@ fn revoking_the_ca_itself_or_for_no_time_is_refused() {
     );
     assert_eq!(std::fs::read(w.path("ca.crl")).unwrap(), before);
 }
+
+/// Two revocations at once do not undo each other: the second waits for the first's
+/// lock (`ca.crl.lock`), saying so, and then adds to its list.
+#[test]
+fn a_revocation_waits_for_one_under_way() {
+    let w = World::create();
+    let lock = std::fs::File::create(w.path("ca.crl.lock")).unwrap();
+    lock.lock().unwrap();
+    let child = std::process::Command::new(etee_e2e::etee_bin())
+        .args(["pki", "revoke"])
+        .arg(w.dir())
+        .args(["--name", "alice"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !w.path("ca.crl").exists(),
+        "the list was written while another update held its lock"
+    );
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("being updated by another etee command"),
+        "{stderr}"
+    );
+    assert!(w.path("ca.crl").exists());
+}

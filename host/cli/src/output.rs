@@ -194,6 +194,37 @@ pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CliErro
     replace_file(path, mode, |file| file.write_all(bytes)).map_err(failed)
 }
 
+/// Holds `<path>.lock` exclusively (waiting for it, and saying so) while a command reads,
+/// merges and replaces `path`: two runs at once would otherwise each replace the file
+/// with their own merge, and one would undo the other. The lock file stays (empty).
+pub fn update_lock(path: &Path) -> Result<std::fs::File, CliError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let failed = |source| CliError::File {
+        path: lock_path.display().to_string(),
+        source,
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(failed)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!(
+                "etee: {} is being updated by another etee command; waiting for it",
+                path.display()
+            );
+            lock.lock().map_err(failed)?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+    }
+    Ok(lock)
+}
+
 /// Whether `bytes` hold a PEM private key (`PRIVATE KEY`, `RSA PRIVATE KEY`, `ENCRYPTED
 /// PRIVATE KEY`...).
 fn is_private_key_pem(bytes: &[u8]) -> bool {

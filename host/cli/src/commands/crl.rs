@@ -119,6 +119,9 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                 .into(),
         ));
     }
+    // Held until the merged list is written: a concurrent fetch to the same file would
+    // otherwise replace it with a merge of an older reading.
+    let _lock = crate::output::update_lock(&args.out)?;
     let held = match std::fs::read(&args.out) {
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

@@ -125,6 +125,9 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
         ));
     }
     let pki = open_ca(&args.dir)?;
+    // Held until both files are written: a concurrent revocation would otherwise issue
+    // the same CRL number without this one's entries.
+    let _lock = crate::output::update_lock(&args.dir.join("ca.crl"))?;
     let mut targets: Vec<(String, X509)> = Vec::new();
     for name in &args.names {
         if !is_file_name(name) {

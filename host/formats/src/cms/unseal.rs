@@ -953,14 +953,32 @@ fn recover_key(
     }
 }
 
+/// RFC 3394 key unwrap under `kek` (AES-128, -192 or -256), through an EVP context:
+/// OpenSSL wipes the context's key schedule when it is freed (the low-level `AES_KEY`
+/// would stay in memory).
 fn unwrap_kek(kek: &[u8], wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use openssl::cipher::Cipher;
+    use openssl::cipher_ctx::{CipherCtx, CipherCtxFlags};
     if wrapped.len() < 24 || !wrapped.len().is_multiple_of(8) {
         return None;
     }
-    let key = openssl::aes::AesKey::new_decrypt(kek).ok()?;
-    let mut out = Zeroizing::new(vec![0u8; wrapped.len() - 8]);
-    openssl::aes::unwrap_key(&key, None, &mut out, wrapped).ok()?;
-    Some(out)
+    let cipher = match kek.len() {
+        16 => Cipher::aes_128_wrap(),
+        24 => Cipher::aes_192_wrap(),
+        32 => Cipher::aes_256_wrap(),
+        _ => return None,
+    };
+    let mut ctx = CipherCtx::new().ok()?;
+    ctx.set_flags(CipherCtxFlags::FLAG_WRAP_ALLOW);
+    ctx.decrypt_init(Some(cipher), Some(kek), None).ok()?;
+    // Room for what the context may write (the wrapped length and a block), cut after.
+    let mut out = Zeroizing::new(vec![0u8; wrapped.len() + 16]);
+    let n = ctx.cipher_update(wrapped, Some(&mut out[..])).ok()?;
+    let m = ctx.cipher_final(&mut out[n..]).ok()?;
+    (n + m == wrapped.len() - 8).then(|| {
+        out.truncate(n + m);
+        out
+    })
 }
 
 // ---- stream adapters -------------------------------------------------------------------
@@ -1379,5 +1397,35 @@ fn correlated(outer: &Resolved, inner: &Resolved) -> bool {
             }
         }
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unwrap_kek;
+
+    /// The KEK unwrap (EVP) opens what the low-level RFC 3394 wrap made, for each AES key
+    /// size, and nothing else: a changed byte, another KEK or a bad length give `None`.
+    #[test]
+    fn kek_unwrap_matches_rfc_3394_and_refuses_the_rest() {
+        let secret = [0x42u8; 16];
+        for len in [16, 24, 32] {
+            let kek: Vec<u8> = (0..len as u8).collect();
+            let key = openssl::aes::AesKey::new_encrypt(&kek).unwrap();
+            let mut wrapped = vec![0u8; 24];
+            openssl::aes::wrap_key(&key, None, &mut wrapped, &secret).unwrap();
+            assert_eq!(
+                unwrap_kek(&kek, &wrapped).as_deref().map(|k| &k[..]),
+                Some(&secret[..])
+            );
+            let mut changed = wrapped.clone();
+            changed[5] ^= 1;
+            assert_eq!(unwrap_kek(&kek, &changed), None, "{len}");
+            let mut other = kek.clone();
+            other[0] ^= 1;
+            assert_eq!(unwrap_kek(&other, &wrapped), None, "{len}");
+            assert_eq!(unwrap_kek(&kek, &wrapped[..16]), None, "{len}");
+            assert_eq!(unwrap_kek(&kek[..15], &wrapped), None, "{len}");
+        }
     }
 }

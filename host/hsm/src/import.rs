@@ -331,7 +331,17 @@ fn retire(conn: &mut Conn<'_>, id: &str) -> Result<String> {
     };
     let retired = format!("{id}-retired-{serial}");
     crate::keys::ensure_id_free(conn, &retired)?;
-    rename_key(conn, id, &retired, false)?;
+    if let Err(e) = rename_key(conn, id, &retired, false) {
+        // Put back what was renamed: a key split across two ids serves no one.
+        return Err(match rename_key(conn, &retired, id, true) {
+            Ok(()) => e,
+            Err(undo) => HsmError::Invalid(format!(
+                "retiring key {id:?} failed ({e}), and putting back what was already renamed \
+                 failed too ({undo}): its objects are split between {id:?} and {retired:?}; \
+                 rename them back with the HSM's tools"
+            )),
+        });
+    }
     Ok(retired)
 }
 

@@ -860,10 +860,11 @@ fn same_file(_: &File, path: &Path) -> io::Result<bool> {
     Ok(path.exists())
 }
 
-/// Makes a directory entry change in `path`'s directory durable. An error is returned,
-/// not ignored: records written to a file whose name may not survive a power cut must not
-/// be taken as durable (a new file, a new segment after the rename).
-fn sync_dir(path: &Path) -> io::Result<()> {
+/// Makes a directory entry change in `path`'s directory durable (a file created or renamed
+/// there, a directory made there). An error is returned, not ignored: records written to a
+/// file whose name may not survive a power cut must not be taken as durable (a new file,
+/// a new segment after the rename).
+pub fn sync_dir(path: &Path) -> io::Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) => File::open(dir)?.sync_all(),
         None => File::open(".")?.sync_all(),

@@ -299,7 +299,7 @@ fn replace_file(
         }
     }
     // Without this the rename may not survive a power cut: an error, not a shrug.
-    std::fs::File::open(dir)?.sync_all()
+    etee_custody::file_sink::sync_dir(dest)
 }
 
 /// Gives the unnamed file `file` a free name `.etee-<random>` in `dir` (its own

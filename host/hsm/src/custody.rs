@@ -987,30 +987,28 @@ fn open_core<T: Token>(
     custody: &CustodyConfig,
 ) -> Result<Custody<T, FileAuditSink>> {
     let path = &custody.audit_file;
-    use etee_custody::file_sink::{segments, FileSinkError, LOCK_WAIT};
+    use etee_custody::file_sink::{segments, sync_dir, FileSinkError, LOCK_WAIT};
     // A new chain is normal once per token; anywhere else it is a mistyped audit_file,
     // which would restart the record (and the wrong-PIN count): never silent.
     let new_chain = !path.exists() && segments(path).map_or(true, |s| s.is_empty());
-    let mut new_dir = None;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            new_dir = Some(dir);
-        }
+    // The directories missing on the way to the file, the deepest first.
+    let created: Vec<&std::path::Path> = path
+        .ancestors()
+        .skip(1)
+        .filter(|d| !d.as_os_str().is_empty())
+        .take_while(|d| !d.exists())
+        .collect();
+    if let Some(dir) = created.first() {
         let failed =
             |e: std::io::Error| HsmError::Config(format!("audit directory {}: {e}", dir.display()));
-        // The directories made here must survive a power cut with the chain they hold:
-        // each new entry is made durable in its parent (the file's own entry is the
-        // sink's to sync).
-        let created: Vec<&std::path::Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
         std::fs::create_dir_all(dir).map_err(failed)?;
+        // They must survive a power cut with the chain they will hold: each new entry is
+        // made durable in its parent (the file's own entry is the sink's to sync).
         for made in created.iter().rev() {
-            if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::File::open(parent)
-                    .and_then(|p| p.sync_all())
-                    .map_err(failed)?;
-            }
+            sync_dir(made).map_err(failed)?;
         }
     }
+    let new_dir = created.first();
     // The uses within the longest time a budget takes to refill (all those of the file
     // when a budget never refills) count against the budgets again.
     let since = policy

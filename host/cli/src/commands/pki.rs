@@ -594,7 +594,6 @@ fn software_institution(
 /// core (so the signature is on the token's audit chain). Returns the ETK.
 fn hsm_institution(pki: &TestPki, w: &Wanted, config: &Path) -> Result<Vec<u8>, CliError> {
     let config = super::hsm::load_config(config)?;
-    let fail = |what: &str, e: &dyn std::fmt::Display| CliError::Usage(format!("{what}: {e}"));
     let auth_profile = config.hsm.profile("authentication")?.clone();
     let etk_profile = config.hsm.profile("etk")?.clone();
     // The login follows the custody core's lock-out rule and is on its chain.
@@ -618,10 +617,10 @@ fn hsm_institution(pki: &TestPki, w: &Wanted, config: &Path) -> Result<Vec<u8>, 
         let etk = hsm.generate(&etk_profile)?;
         etk_id = Some(etk.id.clone());
         let auth_public = PKey::public_key_from_der(&auth.public_key_der())
-            .map_err(|e| fail("the generated authentication key", &e))?;
+            .map_err(|e| failed("the generated authentication key", &e))?;
         let auth_cert = pki
             .authentication_certificate(&w.spec, &auth_public)
-            .map_err(|e| fail("certifying the authentication key", &e))?;
+            .map_err(|e| failed("certifying the authentication key", &e))?;
         hsm.install_certificate(
             &auth.id,
             &certificate(&auth_cert)?,
@@ -652,6 +651,11 @@ fn hsm_institution(pki: &TestPki, w: &Wanted, config: &Path) -> Result<Vec<u8>, 
     })
 }
 
+/// A step of an HSM institution that failed: `what`, and why.
+fn failed(what: &str, e: &dyn std::fmt::Display) -> CliError {
+    CliError::Usage(format!("{what}: {e}"))
+}
+
 /// The second half of [`hsm_institution`], through the custody core: the encryption
 /// certificate signed by the authentication key, installed beside the ETK key; the ETK.
 fn complete_hsm_institution(
@@ -662,7 +666,6 @@ fn complete_hsm_institution(
     auth_cert: &X509,
     etk: &etee_hsm::GeneratedKey,
 ) -> Result<Vec<u8>, CliError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| CliError::Usage(format!("{what}: {e}"));
     let etk_spki = etk.public_key_der();
     let custody = etee_hsm::CustodyKeys::open(&config.hsm, &config.custody)?;
     let mut serial = [0u8; 16];
@@ -677,12 +680,13 @@ fn complete_hsm_institution(
         not_before: validity.not_before,
         not_after: validity.not_after,
     })
-    .map_err(|e| fail("the encryption certificate", &e))?;
+    .map_err(|e| failed("the encryption certificate", &e))?;
     let signature = custody
         .sign_pss_sha256(&KeyId(auth_id.to_owned()), &openssl::sha::sha256(&tbs))
-        .map_err(|e| fail("signing the encryption certificate in the HSM", &e))?;
+        .map_err(|e| failed("signing the encryption certificate in the HSM", &e))?;
     let enc_der = enc_cert::certificate(&tbs, &signature);
-    let enc_cert = X509::from_der(&enc_der).map_err(|e| fail("the encryption certificate", &e))?;
+    let enc_cert =
+        X509::from_der(&enc_der).map_err(|e| failed("the encryption certificate", &e))?;
     let installed = custody
         .hsm()
         .install_certificate(&etk.id, &certificate(&enc_cert)?, &[])?;
@@ -692,7 +696,7 @@ fn complete_hsm_institution(
         config_name(config)
     );
     pki.sign_etk(&enc_cert, auth_cert)
-        .map_err(|e| fail("signing the ETK", &e))
+        .map_err(|e| failed("signing the ETK", &e))
 }
 
 fn config_name(config: &etee_hsm::Config) -> String {

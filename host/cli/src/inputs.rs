@@ -143,15 +143,26 @@ pub fn certificate(path: &Path) -> Result<Certificate, CliError> {
 /// The label of the first PEM block in `bytes` (`CERTIFICATE REQUEST`, `PRIVATE KEY`...),
 /// if they hold one: to tell an operator which file they gave.
 fn pem_label(bytes: &[u8]) -> Option<String> {
+    pem_labels(bytes).into_iter().next()
+}
+
+/// The labels of the PEM blocks in `bytes`, in order (none for a file that is not PEM).
+pub(crate) fn pem_labels(bytes: &[u8]) -> Vec<String> {
     const BEGIN: &[u8] = b"-----BEGIN ";
-    let start = bytes.windows(BEGIN.len()).position(|w| w == BEGIN)? + BEGIN.len();
-    let rest = bytes.get(start..)?;
-    let end = rest.windows(5).position(|w| w == b"-----")?;
-    let label = std::str::from_utf8(&rest[..end]).ok()?;
-    (!label.is_empty()
-        && label.len() <= 64
-        && label.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
-    .then(|| label.to_string())
+    let mut labels = Vec::new();
+    let mut rest = bytes;
+    while let Some(start) = rest.windows(BEGIN.len()).position(|w| w == BEGIN) {
+        rest = &rest[start + BEGIN.len()..];
+        let Some(end) = rest.windows(5).position(|w| w == b"-----") else {
+            break;
+        };
+        let label = std::str::from_utf8(&rest[..end]).ok().filter(|l| {
+            !l.is_empty() && l.len() <= 64 && l.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        });
+        labels.extend(label.map(str::to_string));
+        rest = &rest[end + 5..];
+    }
+    labels
 }
 
 pub fn certificates(paths: &[PathBuf]) -> Result<Vec<Certificate>, CliError> {
@@ -318,7 +329,7 @@ pub fn custody_keys(config: &Path) -> Result<etee_hsm::CustodyHandle, CliError> 
 
 #[cfg(test)]
 mod tests {
-    use super::pem_label;
+    use super::{pem_label, pem_labels};
 
     #[test]
     fn pem_labels_name_the_file_given() {
@@ -328,6 +339,13 @@ mod tests {
         assert_eq!(
             pem_label(b"-----BEGIN PRIVATE KEY-----\n").as_deref(),
             Some("PRIVATE KEY")
+        );
+        assert_eq!(
+            pem_labels(
+                b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n\
+                -----BEGIN RSA PRIVATE KEY-----\n"
+            ),
+            ["CERTIFICATE", "RSA PRIVATE KEY"]
         );
         for not_pem in [
             &b""[..],

@@ -226,10 +226,11 @@ pub fn update_lock(path: &Path) -> Result<std::fs::File, CliError> {
 }
 
 /// Whether `bytes` hold a PEM private key (`PRIVATE KEY`, `RSA PRIVATE KEY`, `ENCRYPTED
-/// PRIVATE KEY`...).
+/// PRIVATE KEY`...), in any of their blocks.
 fn is_private_key_pem(bytes: &[u8]) -> bool {
-    const END: &[u8] = b"PRIVATE KEY-----";
-    bytes.windows(END.len()).any(|w| w == END)
+    crate::inputs::pem_labels(bytes)
+        .iter()
+        .any(|l| l.ends_with("PRIVATE KEY"))
 }
 
 /// Refuses to replace a file that holds a PEM private key with anything else: an output

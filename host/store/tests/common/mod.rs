@@ -497,43 +497,52 @@ pub fn corrupt_row(h: &impl Harness) {
     );
 }
 
+/// Runs `job(store, thread, barrier)` on `threads` threads at once, alternating between
+/// `first` and a second handle (another one when the backend allows it, as two platform
+/// instances would be; else `first` again); their results, in thread order.
+fn race<T: Send + 'static>(
+    h: &impl Harness,
+    first: &Arc<dyn Store>,
+    threads: usize,
+    job: impl Fn(Arc<dyn Store>, usize, Arc<Barrier>) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let second = if h.shared() { h.open() } else { first.clone() };
+    let barrier = Arc::new(Barrier::new(threads));
+    let job = Arc::new(job);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let s = if t % 2 == 0 { first } else { &second }.clone();
+            let (barrier, job) = (barrier.clone(), job.clone());
+            std::thread::spawn(move || job(s, t, barrier))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
 /// Several threads (on two handles when the backend allows it, as two platform instances would
 /// be) race on the same request digests and insert keys concurrently.
 pub fn concurrency(h: &impl Harness) {
     const THREADS: usize = 8;
     const ROUNDS: u8 = 10;
     let first = h.open();
-    let second = if h.shared() { h.open() } else { first.clone() };
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let s = if t % 2 == 0 {
-                first.clone()
-            } else {
-                second.clone()
-            };
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let mut wins = Vec::new();
-                for round in 0..ROUNDS {
-                    barrier.wait();
-                    if s.remember_request(&[round; 32], 100, 0).unwrap() {
-                        wins.push(round);
-                    }
-                    let key = kgss_key(1000 + (t as u128) * 100 + round as u128);
-                    s.insert_kgss_key(&key).unwrap();
-                }
-                // Same id from every thread: exactly one insert succeeds.
-                barrier.wait();
-                let won_key = s.insert_kgss_key(&kgss_key(99)).is_ok();
-                (wins, won_key)
-            })
-        })
-        .collect();
+    let results = race(h, &first, THREADS, |s, t, barrier| {
+        let mut wins = Vec::new();
+        for round in 0..ROUNDS {
+            barrier.wait();
+            if s.remember_request(&[round; 32], 100, 0).unwrap() {
+                wins.push(round);
+            }
+            let key = kgss_key(1000 + (t as u128) * 100 + round as u128);
+            s.insert_kgss_key(&key).unwrap();
+        }
+        // Same id from every thread: exactly one insert succeeds.
+        barrier.wait();
+        let won_key = s.insert_kgss_key(&kgss_key(99)).is_ok();
+        (wins, won_key)
+    });
     let mut wins = vec![0; ROUNDS as usize];
     let mut key_winners = 0;
-    for handle in handles {
-        let (won, won_key) = handle.join().unwrap();
+    for (won, won_key) in results {
         for round in won {
             wins[round as usize] += 1;
         }
@@ -604,38 +613,24 @@ pub fn keys_per_holder(h: &impl Harness) {
     // Racing registrations of a new holder, on two handles when the backend allows it.
     const THREADS: usize = 8;
     let racer = format!("{:011}", (unique() + 2) % 100_000_000_000);
-    let first = s.clone();
-    let second = if h.shared() { h.open() } else { s.clone() };
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let s = if t % 2 == 0 {
-                first.clone()
-            } else {
-                second.clone()
-            };
-            let (barrier, racer) = (barrier.clone(), racer.clone());
-            let key_id = format!("race-{n}-{t}").into_bytes();
-            std::thread::spawn(move || {
-                let record = public_key(&key_id, ("SSIN", &racer, None));
-                barrier.wait();
-                let change = Change::InsertPublicKeyWithin {
-                    record: &record,
-                    max_per_holder: LIMIT,
-                };
-                match s.apply_with_event(change, &audit_event(t as u32, "registered")) {
-                    Ok(stored) => stored.is_some(),
-                    Err(Error::TooManyKeys { limit: LIMIT }) => false,
-                    Err(e) => panic!("{e}"),
-                }
-            })
-        })
-        .collect();
-    let stored = handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|stored| *stored)
-        .count();
+    let holder = racer.clone();
+    let stored = race(h, &s, THREADS, move |s, t, barrier| {
+        let key_id = format!("race-{n}-{t}").into_bytes();
+        let record = public_key(&key_id, ("SSIN", &holder, None));
+        barrier.wait();
+        let change = Change::InsertPublicKeyWithin {
+            record: &record,
+            max_per_holder: LIMIT,
+        };
+        match s.apply_with_event(change, &audit_event(t as u32, "registered")) {
+            Ok(stored) => stored.is_some(),
+            Err(Error::TooManyKeys { limit: LIMIT }) => false,
+            Err(e) => panic!("{e}"),
+        }
+    })
+    .into_iter()
+    .filter(|stored| *stored)
+    .count();
     assert_eq!(stored, LIMIT);
     assert_eq!(
         s.list_public_keys("SSIN", &racer, None).unwrap().len(),

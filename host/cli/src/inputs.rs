@@ -23,18 +23,13 @@ pub const MAX_INPUT_FILE: u64 = 64 * 1024 * 1024;
 
 /// Reads a whole input file (not a message: those stream), at most [`MAX_INPUT_FILE`].
 pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    use std::io::Read;
     let failed = |source| CliError::File {
         path: path.display().to_string(),
         source,
     };
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(failed)?
-        .take(MAX_INPUT_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(failed)?;
-    if bytes.len() as u64 > MAX_INPUT_FILE {
+    let file = std::fs::File::open(path).map_err(failed)?;
+    if !etee_formats::read_at_most(file, MAX_INPUT_FILE, &mut bytes).map_err(failed)? {
         return Err(CliError::Usage(format!(
             "{}: larger than {} MiB: not a certificate, ETK, keystore or revocation list",
             path.display(),

@@ -73,3 +73,16 @@ pub fn rfc3339(t: i64) -> String {
         })
         .unwrap_or_else(|| t.to_string())
 }
+
+/// Reads all of `input` into `into`, up to `limit` bytes: `Ok(false)` when there is more
+/// (a file far larger than its kind ever is, `/dev/zero` given by mistake), without
+/// reading further. For whole files whose size bounds the memory a mistake can take.
+pub fn read_at_most(
+    input: impl std::io::Read,
+    limit: u64,
+    into: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    use std::io::Read;
+    input.take(limit.saturating_add(1)).read_to_end(into)?;
+    Ok(into.len() as u64 <= limit)
+}

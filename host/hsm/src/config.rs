@@ -143,17 +143,14 @@ pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
 /// Reads a configuration file as text (the HSM, appliance and platform configurations),
 /// at most [`MAX_CONFIG_FILE`] bytes.
 pub fn read_config_text(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_CONFIG_FILE + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_CONFIG_FILE {
+    let mut bytes = Vec::new();
+    if !etee_formats::read_at_most(std::fs::File::open(path)?, MAX_CONFIG_FILE, &mut bytes)? {
         return Err(std::io::Error::other(format!(
             "larger than {MAX_CONFIG_FILE} bytes: not a configuration file"
         )));
     }
-    Ok(text)
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 impl Config {

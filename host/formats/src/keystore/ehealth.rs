@@ -12,7 +12,6 @@ use super::KeystoreError;
 use crate::cert::Certificate;
 use crate::keys::{DecryptionKey, KeyId, KeyRing, PrivateKeyOps, SignerRef, SigningKey};
 use openssl::pkey::Id;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -101,10 +100,7 @@ impl EhealthKeystore {
 
     pub fn load_file(path: impl AsRef<Path>, password: &str) -> Result<Self, KeystoreError> {
         let mut bytes = Vec::new();
-        std::fs::File::open(path)?
-            .take(MAX_FILE_SIZE + 1)
-            .read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > MAX_FILE_SIZE {
+        if !crate::read_at_most(std::fs::File::open(path)?, MAX_FILE_SIZE, &mut bytes)? {
             return Err(KeystoreError::Malformed(format!(
                 "keystore larger than {MAX_FILE_SIZE} bytes"
             )));

@@ -399,6 +399,19 @@ fn init_label(config: &HsmConfig) -> Result<&str> {
         .ok_or_else(|| HsmError::Config("[hsm] token_label is needed to initialise a token".into()))
 }
 
+/// Refuses a user PIN equal to the SO PIN. The two roles exist to be held apart: whoever
+/// has the SO PIN can set a new user PIN, and the user PIN sits in a file the service reads.
+fn roles_apart(so_pin: &Pin, user_pin: &Pin) -> Result<()> {
+    if so_pin.expose() == user_pin.expose() {
+        return Err(HsmError::Config(
+            "the user PIN (pin_file) and the SO PIN are the same: give the security officer \
+             a PIN of their own"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The slot of the free token `hsm init` would initialise: refused when a token with the
 /// configured label or serial is already initialised (that would destroy its keys), when
 /// none is free, or when a PIN does not fit the token's lengths (a user PIN it refuses
@@ -410,15 +423,7 @@ fn free_slot(
     so_pin: &Pin,
     user_pin: &Pin,
 ) -> Result<(Slot, std::sync::MutexGuard<'static, ()>)> {
-    // The two roles exist to be held apart: whoever has the SO PIN can set a new user PIN,
-    // and the user PIN sits in a file the service reads.
-    if so_pin.expose() == user_pin.expose() {
-        return Err(HsmError::Config(
-            "the user PIN (pin_file) and the SO PIN are the same: give the security officer \
-             a PIN of their own"
-                .into(),
-        ));
-    }
+    roles_apart(so_pin, user_pin)?;
     match find_token(ctx, &config.token, &config.module) {
         Ok(_) => return Err(HsmError::TokenAlreadyInitialized(config.token.to_string())),
         Err(HsmError::TokenNotFound { .. }) => {}
@@ -477,6 +482,7 @@ fn free_slot(
 /// any more. The token's keys are untouched.
 pub fn init_user_pin(config: &HsmConfig, so_pin: &Pin) -> Result<TokenSummary> {
     let user_pin = config.user_pin()?;
+    roles_apart(so_pin, &user_pin)?;
     let module = Module::load(&config.module)?;
     let (ctx, _) = module.context();
     let (slot, info) = find_token(&ctx, &config.token, &config.module)?;

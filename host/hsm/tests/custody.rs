@@ -1479,6 +1479,18 @@ fn the_user_pin_is_set_only_when_it_can_be_recorded() {
     assert!(Hsm::open(&renewed).is_err(), "the PIN changed unrecorded");
 
     custody.audit_file = dir.path().join("audit.log");
+    // A user PIN equal to the SO PIN: refused before the token is asked, as by `hsm init`.
+    let mut same = config.clone();
+    let so_pin_copy = dir.path().join("so-as-user.pin");
+    std::fs::write(&so_pin_copy, so_pin.expose()).unwrap();
+    same.pin = etee_hsm::config::PinSource::File(so_pin_copy);
+    let err = CustodyKeys::set_user_pin(&same, &custody, &so_pin).unwrap_err();
+    assert!(
+        matches!(&err, etee_hsm::HsmError::Config(m) if m.contains("are the same")),
+        "{err:?}"
+    );
+    Hsm::open(&config).unwrap();
+
     CustodyKeys::set_user_pin(&renewed, &custody, &so_pin).unwrap();
     Hsm::open(&renewed).unwrap();
     let all = records(&custody.audit_file);

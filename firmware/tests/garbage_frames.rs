@@ -153,3 +153,50 @@ fn huge_declared_lengths_are_refused_without_reading_them() {
     f.extend_from_slice(&[0x80; 20]);
     assert_eq!(answer(&mut core, &f), Response::Error(Error::BadFrame));
 }
+
+/// Seeds of the `custody` fuzz target (`fuzz/`): runs of frames, each preceded by its
+/// length (two bytes, little endian), into a locked core. Written under
+/// `$ETEE_FUZZ_CORPUS/custody`.
+#[test]
+#[ignore = "writes files: run with --ignored write_fuzz_corpus"]
+fn write_fuzz_corpus() {
+    let Some(dir) = std::env::var_os("ETEE_FUZZ_CORPUS") else {
+        println!("set ETEE_FUZZ_CORPUS to the corpus directory (e.g. fuzz/corpus)");
+        return;
+    };
+    // A relative directory is taken from the project root, as the other crates' writers do.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join(dir).join("custody");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |frames: &[Vec<u8>]| -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in frames {
+            out.extend((f.len() as u16).to_le_bytes());
+            out.extend(f);
+        }
+        out
+    };
+    let every = seeds();
+    let wrong = encode(&unlock(WRONG_PIN));
+    let runs = [
+        ("every-request", run(&every)),
+        (
+            "wrong-pin-then-right",
+            run(&[wrong.clone(), wrong, every[0].clone(), every[1].clone()]),
+        ),
+        (
+            "lock-in-between",
+            run(&[
+                every[0].clone(),
+                every[2].clone(),
+                encode(&etee_custody::Request::Lock),
+                every[2].clone(),
+            ]),
+        ),
+        ("locked", run(&every[1..])),
+    ];
+    for (name, bytes) in runs {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        println!("wrote {}", dir.join(name).display());
+    }
+}

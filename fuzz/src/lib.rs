@@ -20,6 +20,8 @@ use etee_formats::cms::{unseal as unseal_stream, unseal_to_vec, UnsealOptions};
 use etee_formats::etk::Etk;
 use etee_formats::keys::{DecryptionKey, KeyError, KeyId, KeyRing, PrivateKeyOps};
 use etee_formats::keystore::SoftwareKeys;
+use etee_formats::ocsp;
+use etee_formats::revocation::{Revocation, RevocationPolicy};
 use etee_formats::trust::TrustAnchors;
 use etee_testpki::{InstitutionSpec, TestPki};
 use std::cell::Cell;
@@ -27,6 +29,7 @@ use std::io::Read;
 use std::sync::{Arc, OnceLock};
 use zeroize::Zeroizing;
 
+pub mod custody;
 pub mod services;
 
 /// The KEK of the `unseal` target. The seed corpus written by the robustness tests
@@ -41,6 +44,9 @@ struct World {
     kek_opts: UnsealOptions,
     anchors: TrustAnchors,
     at: i64,
+    /// Bob's ETK certificate and its issuer (the test root), for the `revocation` target.
+    subject: openssl::x509::X509,
+    issuer: openssl::x509::X509,
 }
 
 thread_local! {
@@ -116,6 +122,8 @@ fn world() -> &'static World {
             kek_opts,
             anchors,
             at,
+            subject: bob.etk_cert.clone(),
+            issuer: pki.root.cert.clone(),
         }
     })
 }
@@ -157,6 +165,54 @@ pub fn unseal(data: &[u8]) {
                 "streamed content differs"
             );
         }
+    }
+}
+
+/// Bytes as a revocation source from the network or a message: an OCSPResponse (an
+/// answer fetched from a responder), a BasicOCSPResponse (as a message's
+/// revocationValues carry it), a RevocationValues attribute, and a CRL file. Whatever
+/// reads is judged against Bob's ETK certificate; an attribute that reads is written and
+/// read back to the same value.
+pub fn revocation(data: &[u8]) {
+    let w = world();
+    let judge = |basic: &[u8]| {
+        if let Ok(answer) = ocsp::judge(basic, &w.subject, &w.issuer, w.at) {
+            let _ = answer.status_at(w.at);
+        }
+    };
+    if let Ok(basic) = ocsp::basic_of(data) {
+        judge(&basic);
+    }
+    judge(data);
+    if let Ok(values) = ocsp::RevocationValues::parse(data) {
+        let attribute = values.attribute();
+        let value = parse_exact(&attribute)
+            .and_then(|t| {
+                let mut fields = t.seq()?;
+                fields.next(etee_formats::ber::tag::OID)?;
+                let set = fields.next(etee_formats::ber::tag::SET)?;
+                let first = set.children().next().expect("one value")?;
+                Ok(first.raw.to_vec())
+            })
+            .expect("the written attribute reads");
+        let again =
+            ocsp::RevocationValues::parse(&value).expect("a written RevocationValues reads back");
+        assert_eq!(
+            again, values,
+            "RevocationValues changed when written and read back"
+        );
+        let lists = Revocation::new(&values.crls, RevocationPolicy::Mandatory);
+        if let Ok(lists) = lists {
+            let _ = lists.status(&w.subject, &w.issuer, w.at);
+        }
+    }
+    if let Ok(lists) = Revocation::new(&[data.to_vec()], RevocationPolicy::Mandatory) {
+        let _ = lists.status(&w.subject, &w.issuer, w.at);
+        let _ = lists.check_against(&[
+            Certificate::from_der(&w.issuer.to_der().expect("DER")).expect("root")
+        ]);
+        let _ = lists.stale_at(w.at);
+        let _ = lists.earliest_next_update();
     }
 }
 

@@ -1827,10 +1827,61 @@ fn write_fuzz_corpus() {
         ("ber", "inner.ber", parts.inner.clone()),
         ("ber", "etk.der", w.bob.etk.clone()),
     ];
+    let files = files.into_iter().chain(revocation_seeds(w.now));
     for (target, name, bytes) in files {
         let d = dir.join(target);
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(name), bytes).unwrap();
         println!("wrote {}", d.join(name).display());
     }
+}
+
+/// Seeds of the `revocation` target: OCSP answers (whole, basic, by a delegated responder,
+/// with a nonce), a message's RevocationValues and a CRL (DER and PEM).
+fn revocation_seeds(now: i64) -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    use etee_testpki::{OcspAnswer, OcspStatus};
+    let pki = TestPki::generate("fuzz-seeds").unwrap();
+    let bob = pki
+        .institution(&InstitutionSpec::new("NIHII-PHARMACY", "27150201", "Bob"))
+        .unwrap();
+    let responder = pki.ocsp_responder().unwrap();
+    let good = OcspAnswer::at(OcspStatus::Good, now);
+    let delegated = OcspAnswer {
+        nonce: Some(vec![7; 16]),
+        signer: Some(&responder),
+        ..OcspAnswer::at(OcspStatus::Revoked(now - 60), now)
+    };
+    let basic = pki.ocsp_basic(&bob.etk_cert, &good).unwrap();
+    let serial = bob.etk_cert.serial_number();
+    let crl = pki.crl(&[(serial, now - 60)], 1, now, now + 3600).unwrap();
+    let values = etee_formats::ocsp::RevocationValues {
+        crls: vec![crl.to_der().unwrap()],
+        ocsp: vec![basic.clone()],
+    };
+    let attribute = values.attribute();
+    // The attribute's value (what `RevocationValues::parse` reads): its SET's one element.
+    let value = {
+        let t = parse_exact(&attribute).unwrap();
+        let mut fields = t.seq().unwrap();
+        fields.next(tag::OID).unwrap();
+        let set = fields.next(tag::SET).unwrap();
+        let first = set.children().next().unwrap().unwrap();
+        first.raw.to_vec()
+    };
+    vec![
+        (
+            "revocation",
+            "good.ocsp",
+            pki.ocsp_response(&bob.etk_cert, &good).unwrap(),
+        ),
+        (
+            "revocation",
+            "delegated-revoked.ocsp",
+            pki.ocsp_response(&bob.etk_cert, &delegated).unwrap(),
+        ),
+        ("revocation", "good.basic", basic),
+        ("revocation", "values.der", value),
+        ("revocation", "list.crl", crl.to_der().unwrap()),
+        ("revocation", "list.pem", crl.to_pem().unwrap()),
+    ]
 }

@@ -42,8 +42,8 @@ pub enum LookupError {
     Store(#[from] etee_store::Error),
 }
 
-/// The ETKs answering `criteria` at time `now`: at most one per application id, newest
-/// first.
+/// The ETKs answering `criteria` at time `now`: at most one per holder and application id
+/// (the newest), newest first.
 pub fn lookup(
     store: &dyn Store,
     criteria: &[Identifier],
@@ -74,26 +74,37 @@ pub fn lookup(
             }
         }
     }
-    // Newest first, then keep the first of each application id.
+    // Newest first, then keep the first of each holder and application id. Criteria naming
+    // two holders thus find two ETKs (MatchingEtk over SOAP: the client chooses), not the
+    // newer of the two.
     found.sort_by_key(|r| std::cmp::Reverse(r.not_before));
     let mut seen = Vec::new();
     found.retain(|r| {
-        let app = application_id(r);
-        if seen.contains(&app) {
+        let whose = holder_and_application(r);
+        if seen.contains(&whose) {
             false
         } else {
-            seen.push(app);
+            seen.push(whose);
             true
         }
     });
     Ok(found)
 }
 
-fn application_id(record: &EtkRecord) -> Option<String> {
-    record
+/// Who an ETK belongs to, for keeping one per holder: the identifiers of its DN (type and
+/// value, sorted), and its application id.
+fn holder_and_application(record: &EtkRecord) -> (Vec<(String, String)>, Option<String>) {
+    let mut holder: Vec<(String, String)> = record
+        .identifiers
+        .iter()
+        .map(|i| (i.id_type.clone(), i.value.clone()))
+        .collect();
+    holder.sort_unstable();
+    let application = record
         .identifiers
         .first()
-        .and_then(|i| i.application_id.clone())
+        .and_then(|i| i.application_id.clone());
+    (holder, application)
 }
 
 /// The identifiers of an ETK as an answer gives them: an ETK without application id has an

@@ -108,6 +108,41 @@ async fn soap_get_etk_answers_etk_matching_and_errors(w: World) {
     let r = ask(&mut c, "CBE", "0406798006", Some("APP-B")).await;
     assert_eq!(r.result, EtkResult::Etk(w.app_b.etk.clone()));
 
+    // Identifiers of two holders (Bob's and Alice's, neither with an application id):
+    // MatchingEtk naming both, not one of the two ETKs.
+    let both = c
+        .soap(
+            "/EtkDepot/v1",
+            get_etk(&[
+                Identifier::new("NIHII-PHARMACY", PHARMACY, None),
+                Identifier::new("NIHII-HOSPITAL", "71000436", None),
+            ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.status, 200);
+    let r = GetEtkResponse::parse(&both.body).unwrap();
+    let EtkResult::MatchingEtk(matching) = r.result else {
+        panic!("{:?}", r.result)
+    };
+    let mut holders: Vec<_> = matching
+        .iter()
+        .map(|m| {
+            (
+                m.identifiers[0].id_type.clone(),
+                m.identifiers[0].value.clone(),
+            )
+        })
+        .collect();
+    holders.sort();
+    assert_eq!(
+        holders,
+        [
+            ("NIHII-HOSPITAL".to_string(), "71000436".to_string()),
+            ("NIHII-PHARMACY".to_string(), PHARMACY.to_string())
+        ]
+    );
+
     // Nobody: status 200 with an Error.
     let r = ask(&mut c, "NIHII-PHARMACY", "99999999", None).await;
     assert!(r.status.is_ok());

@@ -413,20 +413,22 @@ impl Fault {
     }
 
     /// The fault for a request with a header block the service must understand and does
-    /// not (`header` as `{ns}name`; any but WS-Security's `Security`): `soap:MustUnderstand`, with the SOA detail of a
-    /// WSDL compliance failure (the service's WSDL declares no such header).
+    /// not (`header` as `{ns}name`; any but WS-Security's `Security`): `soap:MustUnderstand`
+    /// without `detail`, which SOAP 1.1 §4.4 keeps for errors in the Body. The SOA code of a
+    /// WSDL compliance failure (the service's WSDL declares no such header) opens the
+    /// fault string instead.
     pub fn must_understand(header: &str, environment: Option<Environment>) -> Self {
         let mut f = Fault::from_code(SoaCode::WsdlCompliance, environment);
         f.fault_code = FaultCode::MustUnderstand;
+        f.detail = None;
         // The name is the sender's: bounded, as it is written back.
         let name: String = header.chars().take(200).collect();
         f.fault_string = format!(
-            "the SOAP header {name} must be understood, and this service does not understand it"
+            "{} ({}): the SOAP header {name} must be understood, and this service does not \
+             understand it",
+            SoaCode::WsdlCompliance.code(),
+            SoaCode::WsdlCompliance.message()
         );
-        if let Some(d) = &mut f.detail {
-            d.messages[0].text =
-                format!("{}: {}", SoaCode::WsdlCompliance.message(), f.fault_string);
-        }
         f
     }
 

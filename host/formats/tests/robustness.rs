@@ -759,7 +759,8 @@ fn bit_flips_in_the_official_message() {
 
 /// A WEB_AUTHN signer (subjectKeyIdentifier) accepts RSASSA-PSS only, as the official
 /// library (spec §1.2): the same message with its outer signatureAlgorithm changed to
-/// sha256WithRSAEncryption is refused for the algorithm, not only for the signature.
+/// sha256WithRSAEncryption is refused for the algorithm, not only for the signature, and
+/// not for its digest or key length.
 #[test]
 fn a_web_authn_signer_must_use_pss() {
     let w = world();
@@ -813,6 +814,14 @@ fn a_web_authn_signer_must_use_pss() {
         "{:?}",
         u.verdict
     );
+    // The signer stays under WEB_AUTHN (spec §1.4 step 2): its SHA-256 digest and 2048-bit
+    // key are allowed, so only the algorithm is unauthorised.
+    for allowed in [
+        E::OUTER_SIGNATURE_DIGEST_ALGORITHM_UNAUTHORIZED,
+        E::OUTER_SIGNATURE_KEY_LENGTH_UNAUTHORIZED,
+    ] {
+        assert!(!u.verdict.errors.contains(&allowed), "{:?}", u.verdict);
+    }
 }
 
 #[test]
@@ -1044,6 +1053,73 @@ fn odd_content_encryption_parameters_are_rejected() {
         }
     }
     println!("{known} of {} cases hit a known bug", cases.len());
+}
+
+/// The decryption policy's errors come in the official order (spec §1.4 step 3): the
+/// key-encryption algorithm before the content algorithm. A KEK-only message whose
+/// KEKRecipientInfo says aes256-wrap (the key is wrapped with the 16-byte KEK, which is
+/// what the unsealer uses) and whose content is aes256-CBC under a 32-byte key: it opens,
+/// with these two errors and no other.
+#[test]
+fn decryption_policy_errors_come_in_the_official_order() {
+    const AES256_WRAP: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2d];
+    const AES256_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a];
+    let w = world();
+    let mut sealed = Vec::new();
+    let o = SealOptions {
+        signing_time: Some(w.now),
+        ..Default::default()
+    };
+    seal(
+        &w.alice,
+        &[],
+        Some(&w.kek),
+        &w.small_plain[..],
+        &mut sealed,
+        &o,
+    )
+    .unwrap();
+    let parts = Parts::of(&sealed);
+    let env = enveloped_layout(&parts.middle);
+
+    let cek = [0x42u8; 32];
+    let iv = [0x17u8; 16];
+    let mut wrapped = [0u8; 40];
+    let kek = openssl::aes::AesKey::new_encrypt(KEK).unwrap();
+    openssl::aes::wrap_key(&kek, None, &mut wrapped, &cek).unwrap();
+    let kekri = cons(
+        0xa2,
+        &[
+            &tlv(tag::INTEGER, &[4]),
+            &tlv(tag::SEQUENCE, &tlv(tag::OCTET_STRING, b"kek-id")),
+            &tlv(tag::SEQUENCE, &oid::der(AES256_WRAP)),
+            &tlv(tag::OCTET_STRING, &wrapped),
+        ],
+    );
+    let content_alg = {
+        let mut fields = oid::der(AES256_CBC);
+        fields.extend(tlv(tag::OCTET_STRING, &iv));
+        tlv(tag::SEQUENCE, &fields)
+    };
+    let ct = openssl::symm::encrypt(Cipher::aes_256_cbc(), &cek, Some(&iv), &parts.inner).unwrap();
+    // From the end, so that the earlier ranges stay where they are.
+    let middle = splice(&parts.middle, env.encrypted, &framed(0xa0, &ct));
+    let middle = splice(&middle, env.content_alg, &content_alg);
+    let middle = splice(&middle, env.recipient_infos, &tlv(tag::SET, &kekri));
+    let msg = parts.with_middle(&middle);
+
+    let (u, content) = open(&msg, &KeyRing::new(), &kek_opts(w));
+    assert_eq!(u.verdict.fatal, None, "{:?}", u.verdict);
+    assert_eq!(
+        u.verdict.errors,
+        [
+            E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED,
+            E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED,
+        ],
+        "{:?}",
+        u.verdict
+    );
+    assert!(content.is_none());
 }
 
 // ---- (d) oversized and deeply nested --------------------------------------------------

@@ -828,11 +828,16 @@ fn recover_key(
 ) -> Result<Zeroizing<Vec<u8>>, Stop> {
     let (ktris, kekris) = recipients(&env.recipient_infos)
         .map_err(|_| Stop::Fatal(Fatal::ENVELOPED_DATA_STRUCTURE_INCORRECT))?;
-    if env.content_alg != oid::AES128_CBC {
-        facts
-            .decryption_errors
-            .push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
-    }
+    // The policy's checks in the official order (spec §1.4 step 3): the key-encryption
+    // algorithm, the content algorithm, then the key's length.
+    let content_alg_allowed = env.content_alg == oid::AES128_CBC;
+    let content_alg = |facts: &mut Facts| {
+        if !content_alg_allowed {
+            facts
+                .decryption_errors
+                .push(E::DECRYPTION_SYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
+        }
+    };
     if let Some(kek) = &opts.kek {
         let Some(kekri) = kekris.first() else {
             return Err(Stop::Fatal(
@@ -844,6 +849,7 @@ fn recover_key(
                 .decryption_errors
                 .push(E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
         }
+        content_alg(facts);
         if kek.len() < 16 {
             facts
                 .decryption_errors
@@ -935,6 +941,7 @@ fn recover_key(
             .decryption_errors
             .push(E::DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED);
     }
+    content_alg(facts);
     if key.modulus_bits < 2048 {
         facts
             .decryption_errors
@@ -1166,16 +1173,22 @@ fn check_layer(
     v: &mut Verdict,
 ) -> Resolved {
     let pick = |o: E, i: E| if outer { o } else { i };
-    let policy = match &si.sid {
-        // WEB_AUTHN accepts RSASSA-PSS only (spec §1.2).
-        SignerId::SubjectKeyId(_) => {
-            (si.signature_alg.as_slice() == oid::RSASSA_PSS).then_some(Policy::WebAuthn)
+    // A key-id signer is always under WEB_AUTHN, whose only algorithm is RSASSA-PSS (spec
+    // §1.2, §1.4 step 2); a certificate signer's policy is the one its algorithm names,
+    // none when no policy names it (then the digest fails too, whatever it is).
+    let (policy, algorithm_allowed) = match &si.sid {
+        SignerId::SubjectKeyId(_) => (
+            Some(Policy::WebAuthn),
+            si.signature_alg.as_slice() == oid::RSASSA_PSS,
+        ),
+        SignerId::IssuerSerial { .. } => {
+            let policy = match si.signature_alg.as_slice() {
+                x if x == oid::RSASSA_PSS => Some(Policy::EhealthCert),
+                x if x == oid::SHA256_WITH_RSA || x == oid::RSA_ENCRYPTION => Some(Policy::Eid),
+                _ => None,
+            };
+            (policy, policy.is_some())
         }
-        SignerId::IssuerSerial { .. } => match si.signature_alg.as_slice() {
-            x if x == oid::RSASSA_PSS => Some(Policy::EhealthCert),
-            x if x == oid::SHA256_WITH_RSA || x == oid::RSA_ENCRYPTION => Some(Policy::Eid),
-            _ => None,
-        },
     };
     if policy.is_none() || si.digest_alg != oid::SHA256 {
         v.error(pick(
@@ -1183,7 +1196,7 @@ fn check_layer(
             E::INNER_SIGNATURE_DIGEST_ALGORITHM_UNAUTHORIZED,
         ));
     }
-    if policy.is_none() {
+    if !algorithm_allowed {
         v.error(pick(
             E::OUTER_SIGNATURE_ALGORITHM_UNAUTHORIZED,
             E::INNER_SIGNATURE_ALGORITHM_UNAUTHORIZED,

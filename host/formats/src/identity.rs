@@ -114,9 +114,13 @@ pub fn identities_from_name(subject: &[NameAttr]) -> Vec<Identity> {
     out
 }
 
-/// Splits an OU of the form `TYPE=digits` (spec §3.3: `^[A-Z][A-Z0-9_-]*=[0-9]+$`).
+/// Splits an OU of the form `TYPE=digits`, the type an upper-case letter then upper-case
+/// letters, digits, `_` or `-` (`^[A-Z][A-Z0-9_-]*=[0-9]+$`; digits for §3.4's `NIHII11`).
 ///
-/// Digits are allowed in the type after its first letter because §3.4 has `NIHII11`.
+/// Narrower on purpose than the official connector (spec §3.3: Java's
+/// `([A-Z(-|_)]+=[0-9]+)`, whose class holds the range `(`..`|`, so lower-case letters,
+/// digits and `=` too): every type of §3.4 fits ours, and an OU such as `Ward=12` stays a
+/// name, not an identifier nobody can look up.
 pub fn parse_identifier_ou(ou: &str) -> Option<(&str, &str)> {
     let (t, v) = ou.split_once('=')?;
     let mut tb = t.bytes();
@@ -128,10 +132,11 @@ pub fn parse_identifier_ou(ou: &str) -> Option<(&str, &str)> {
 }
 
 /// The application id: the last OU (other than identifiers and the two platform OUs) that
-/// the CN ends with. The OU must be a proper suffix of the CN that starts after a
-/// non-alphanumeric character (`CN=CBE=0809394427, KGSS` → `KGSS`), so that a holder name
-/// repeated as the whole CN is not mistaken for one, and at most [`MAX_APPLICATION_ID`]
-/// characters long.
+/// the CN ends with. Stricter than the official connector (spec §3.3: `cn.endsWith(ou)`):
+/// the OU must be a proper suffix of the CN that starts after a non-alphanumeric character
+/// (`CN=CBE=0809394427, KGSS` → `KGSS`), so that a holder name repeated as the whole CN is
+/// not mistaken for one, and at most [`MAX_APPLICATION_ID`] characters long (a bound on
+/// hostile certificates). Every DN of the vectors reads the same either way.
 fn application_id<'a>(cn: &str, ous: &[&'a str]) -> Option<&'a str> {
     ous.iter().copied().rev().find(|ou| {
         !ou.is_empty()

@@ -1103,7 +1103,7 @@ fn breakdown_steps(
         });
         let mut key = None;
         time(&mut total[4], &mut || {
-            key = Some(kgss.wrapper.unwrap(&record.wrapped_key).expect("unwrap"));
+            key = Some(kgss.unwrap_bound(&record).expect("unwrap"));
         });
         let mut etk = None;
         time(&mut total[5], &mut || {

@@ -704,11 +704,10 @@ impl Kgss {
         let etk = self.callers_etk(&request.etk, &opened.identities, now)?;
         let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
         openssl::rand::rand_bytes(&mut key).map_err(|e| KgssError::Custody(e.to_string()))?;
-        let wrapped = self.wrapper.wrap(&key)?;
         let creator = &opened.identities[0];
         let mut record = KgssKey {
             id: [0; 16],
-            wrapped_key: wrapped,
+            wrapped_key: Vec::new(),
             wrapping_key_label: self.wrapper.label().to_owned(),
             creator: store_identifier(creator),
             allowed_readers: request
@@ -731,6 +730,8 @@ impl Kgss {
         for _ in 0..2 {
             openssl::rand::rand_bytes(&mut record.id)
                 .map_err(|e| KgssError::Custody(e.to_string()))?;
+            // Wrapped with its binding, which names the id: a new id, a new wrap.
+            record.wrapped_key = self.wrap_bound(&key, &record)?;
             let event = crate::audit::event(
                 now,
                 "kgss.create",
@@ -848,6 +849,42 @@ impl Kgss {
         answer
     }
 
+    /// `key` followed by its record's [`binding`], wrapped by the HSM key.
+    fn wrap_bound(&self, key: &[u8], record: &KgssKey) -> Result<Vec<u8>, KgssError> {
+        let mut secret = Zeroizing::new(Vec::with_capacity(KEY_LEN + BINDING_LEN));
+        secret.extend_from_slice(key);
+        secret.extend_from_slice(&binding(record));
+        self.wrapper.wrap(&secret)
+    }
+
+    /// The key of `record`, unwrapped in the HSM, once the binding wrapped with it is found
+    /// to be the record's own. A record's conditions changed in the store by anyone but
+    /// KGSS (or its wrapped key copied into another record) release nothing: the store's
+    /// writers cannot wrap, only the HSM can. A key stored before bindings were wrapped
+    /// (the key alone) is released as before.
+    pub fn unwrap_bound(&self, record: &KgssKey) -> Result<Zeroizing<Vec<u8>>, KgssError> {
+        let mut secret = self.wrapper.unwrap(&record.wrapped_key)?;
+        match secret.len() {
+            KEY_LEN => Ok(secret),
+            n if n == KEY_LEN + BINDING_LEN => {
+                if !openssl::memcmp::eq(&secret[KEY_LEN..], &binding(record)) {
+                    return Err(KgssError::Custody(format!(
+                        "key {}: its reader conditions, creator or id in the store are not \
+                         those it was created with (the store was changed outside KGSS); \
+                         nothing is released",
+                        hex::encode(record.id)
+                    )));
+                }
+                secret.truncate(KEY_LEN);
+                Ok(secret)
+            }
+            n => Err(KgssError::Custody(format!(
+                "key {}: the stored key unwraps to {n} bytes",
+                hex::encode(record.id)
+            ))),
+        }
+    }
+
     /// The sealed `GetKey` answer: the stored key unwrapped (in the HSM, through the custody
     /// core) and sealed to the caller's ETK or one-off KEK.
     fn get_key_answer(
@@ -857,7 +894,7 @@ impl Kgss {
         opened: &Opened,
         now: i64,
     ) -> Result<Vec<u8>, KgssError> {
-        let key = self.wrapper.unwrap(&record.wrapped_key)?;
+        let key = self.unwrap_bound(record)?;
         let answer = GetKeyResponseContent {
             key: SecretBytes::from_slice(&key),
         }
@@ -963,6 +1000,46 @@ fn recorded_read(read: etee_store::KeyRead) -> Result<u64, KgssError> {
 /// ids aside: one holder, several applications).
 pub fn same_holder(a: &Identity, b: &Identity) -> bool {
     stored_type(a) == stored_type(b) && stored_value(a) == stored_value(b)
+}
+
+/// Bytes of a stored key's [`binding`], wrapped after the key.
+const BINDING_LEN: usize = 16;
+
+/// What the release of a stored key depends on, hashed (SHA-256, the first
+/// [`BINDING_LEN`] bytes, under a label of its own): its id, its creator (who may delete
+/// it), its reader conditions and its deletion strategy, each field length-prefixed so
+/// that no two records share an encoding.
+fn binding(record: &KgssKey) -> [u8; BINDING_LEN] {
+    let mut h = openssl::sha::Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(b"etee KGSS key binding v1");
+    field(&record.id);
+    let optional = |o: &Option<String>| {
+        o.as_deref()
+            .map_or(vec![0], |s| [b"\x01", s.as_bytes()].concat())
+    };
+    field(record.creator.id_type.as_bytes());
+    field(record.creator.value.as_bytes());
+    field(&optional(&record.creator.application_id));
+    for list in [&record.allowed_readers, &record.excluded_readers] {
+        field(&(list.len() as u64).to_be_bytes());
+        for c in list {
+            field(c.namespace.as_bytes());
+            field(c.name.as_bytes());
+            field(&(c.values.len() as u64).to_be_bytes());
+            for v in &c.values {
+                field(v.as_bytes());
+            }
+        }
+    }
+    field(&optional(&record.deletion_strategy));
+    let digest = h.finish();
+    let mut out = [0u8; BINDING_LEN];
+    out.copy_from_slice(&digest[..BINDING_LEN]);
+    out
 }
 
 fn store_credential(c: &Credential) -> etee_store::Credential {
@@ -1479,6 +1556,61 @@ mod tests {
                 .decryptions
                 .load(std::sync::atomic::Ordering::SeqCst),
             1
+        );
+    }
+
+    /// A stored key is released only with the binding it was wrapped with: the record's
+    /// own. A key wrapped alone (stored before bindings were wrapped) is still released;
+    /// a wrap of any other length is refused.
+    #[test]
+    fn a_stored_key_is_released_with_its_own_binding_only() {
+        let pki = TestPki::generate("kgss-binding").unwrap();
+        let kgss = kgss_of(&pki);
+        let key = [7u8; KEY_LEN];
+        let mut record = KgssKey {
+            id: [1; 16],
+            wrapped_key: Vec::new(),
+            wrapping_key_label: kgss.wrapper.label().to_owned(),
+            creator: etee_store::Identifier::new("NIHII-HOSPITAL", "71000436", None),
+            allowed_readers: vec![store_credential(&vocabulary::recognised_pharmacy())],
+            excluded_readers: vec![],
+            deletion_strategy: Some("holder".into()),
+            created_at: 0,
+        };
+        record.wrapped_key = kgss.wrap_bound(&key, &record).unwrap();
+        assert_eq!(kgss.unwrap_bound(&record).unwrap().as_slice(), key);
+        let changes: [fn(&mut KgssKey); 6] = [
+            |r| r.id[0] ^= 1,
+            |r| r.creator.value = "71000437".into(),
+            |r| r.creator.application_id = Some("APP".into()),
+            |r| r.allowed_readers[0].values.clear(),
+            |r| r.excluded_readers.push(r.allowed_readers[0].clone()),
+            |r| r.deletion_strategy = None,
+        ];
+        for change in changes {
+            let mut changed = record.clone();
+            change(&mut changed);
+            assert!(matches!(
+                kgss.unwrap_bound(&changed),
+                Err(KgssError::Custody(m)) if m.contains("changed outside KGSS")
+            ));
+        }
+        // Moving a value from one reader list to the other changes the binding too.
+        let mut moved = record.clone();
+        moved.excluded_readers = std::mem::take(&mut moved.allowed_readers);
+        assert!(kgss.unwrap_bound(&moved).is_err());
+
+        let legacy = KgssKey {
+            wrapped_key: kgss.wrapper.wrap(&key).unwrap(),
+            ..record.clone()
+        };
+        assert_eq!(kgss.unwrap_bound(&legacy).unwrap().as_slice(), key);
+        let odd = KgssKey {
+            wrapped_key: kgss.wrapper.wrap(&[7u8; 24]).unwrap(),
+            ..record
+        };
+        assert!(
+            matches!(kgss.unwrap_bound(&odd), Err(KgssError::Custody(m)) if m.contains("24 bytes"))
         );
     }
 }

@@ -14,7 +14,8 @@ on_both_stores!(
     a_refused_seals_reason_is_logged_where_the_caller_is_told,
     a_wcf_security_header_is_accepted,
     the_replay_table_is_purged_while_the_platform_runs,
-    a_deletion_racing_reads_is_final
+    a_deletion_racing_reads_is_final,
+    a_store_writer_cannot_rebind_a_wrapped_key
 );
 
 use base64::Engine as _;
@@ -148,7 +149,8 @@ async fn soap_new_key_for_recognised_pharmacies(w: World) {
     // At rest the key is wrapped, never in clear.
     let key_id: [u8; 16] = id.clone().try_into().unwrap();
     let stored = w.store(move |s| s.get_kgss_key(&key_id)).unwrap().unwrap();
-    assert_eq!(stored.wrapped_key.len(), 24);
+    // The 16-byte key and its 16-byte binding (id, creator, readers), wrapped: 40 bytes.
+    assert_eq!(stored.wrapped_key.len(), 40);
     assert!(!stored
         .wrapped_key
         .windows(16)
@@ -1140,5 +1142,110 @@ async fn a_deletion_racing_reads_is_final(w: World) {
             .all(|&e| e != ("kgss.read", "granted")),
         "a grant after the deletion: {of_key:?}"
     );
+    w.stop().await;
+}
+
+/// Whoever can write to the store but not use the HSM cannot give a stored key other
+/// conditions: each key is wrapped together with a binding of its id, creator and reader
+/// conditions. Key A (any doctor) and key B (recognised pharmacies): A's wrapped key copied
+/// into B's record, or B's conditions written onto A, release nothing to Bob (a pharmacy),
+/// who still gets B itself while it is untouched.
+async fn a_store_writer_cannot_rebind_a_wrapped_key(w: World) {
+    let mut c = w.connect(None).await;
+    let mut create = async |reader: Credential| {
+        let content = GetNewKeyRequestContent {
+            allowed_readers: vec![reader],
+            excluded_readers: vec![],
+            etk: w.alice.etk.clone(),
+            deletion_strategy: true,
+        }
+        .to_xml();
+        let r = call(
+            &mut c,
+            Operation::GetNewKey,
+            seal_for(&w.alice, &w.kgss, &content),
+        )
+        .await;
+        assert!(r.is_success(), "{r:?}");
+        let answer = open_answer(&w, Some(&w.alice), None, r.sealed_content.as_ref().unwrap());
+        let new = GetNewKeyResponseContent::parse(&answer).unwrap();
+        let id: [u8; 16] = new.new_key_identifier.clone().try_into().unwrap();
+        (id, new.new_key.expose().to_vec())
+    };
+    let (id_a, _) = create(vocabulary::any_doctor()).await;
+    let (id_b, key_b) = create(vocabulary::recognised_pharmacy()).await;
+    let mut c = w.connect(None).await;
+    let mut bob_gets = async |id: [u8; 16]| {
+        let r = call(
+            &mut c,
+            Operation::GetKey,
+            get_key_request(&w, &w.bob, &id, ReplyTo::Etk(w.bob.etk.clone())),
+        )
+        .await;
+        r.is_success().then(|| {
+            GetKeyResponseContent::parse(&open_answer(
+                &w,
+                Some(&w.bob),
+                None,
+                r.sealed_content.as_ref().unwrap(),
+            ))
+            .unwrap()
+            .key
+            .expose()
+            .to_vec()
+        })
+    };
+    assert_eq!(bob_gets(id_b).await, Some(key_b.clone()));
+    assert_eq!(bob_gets(id_a).await, None, "A is for doctors");
+
+    let record = |id: [u8; 16]| w.store(move |s| s.get_kgss_key(&id)).unwrap().unwrap();
+    let (a, b) = (record(id_a), record(id_b));
+    let rewrite = |changed: etee_store::KgssKey| {
+        w.store(move |s| {
+            let event = |what: &str| {
+                etee_platform::audit::event(
+                    0,
+                    what,
+                    "a store writer",
+                    hex::encode(changed.id),
+                    "done",
+                    None,
+                )
+            };
+            s.apply_with_event(
+                etee_store::Change::DeleteKgssKey(&changed.id),
+                &event("delete"),
+            )
+            .unwrap();
+            s.apply_with_event(
+                etee_store::Change::InsertKgssKey(&changed),
+                &event("insert"),
+            )
+            .unwrap();
+        })
+    };
+    // A's wrapped key in B's record: B's conditions, A's key.
+    rewrite(etee_store::KgssKey {
+        wrapped_key: a.wrapped_key.clone(),
+        ..b.clone()
+    });
+    assert_eq!(
+        bob_gets(id_b).await,
+        None,
+        "A's key released under B's conditions"
+    );
+    // B's conditions on A.
+    rewrite(etee_store::KgssKey {
+        allowed_readers: b.allowed_readers.clone(),
+        ..a.clone()
+    });
+    assert_eq!(
+        bob_gets(id_a).await,
+        None,
+        "A released under conditions it was not given"
+    );
+    // Each record as KGSS wrote it releases as before.
+    rewrite(b);
+    assert_eq!(bob_gets(id_b).await, Some(key_b));
     w.stop().await;
 }

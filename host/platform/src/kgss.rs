@@ -309,6 +309,9 @@ pub enum KgssError {
     Content(String),
     #[error("the caller does not meet the key's reader conditions")]
     AccessDenied,
+    /// A deletion by anyone but the key's holder.
+    #[error("only the key's holder (the institution that created it) may delete it")]
+    NotHolder,
     #[error("no such key")]
     UnknownKey,
     #[error("this sealed request was already served")]
@@ -350,7 +353,7 @@ impl KgssError {
         match self {
             Self::Seal(_) => "KGSS_INVALID_SEAL",
             Self::Content(_) => "KGSS_INVALID_REQUEST",
-            Self::AccessDenied => "KGSS_ACCESS_DENIED",
+            Self::AccessDenied | Self::NotHolder => "KGSS_ACCESS_DENIED",
             Self::UnknownKey => "KGSS_UNKNOWN_KEY",
             Self::Replay => "KGSS_REPLAYED_REQUEST",
             Self::Unauthenticated => "KGSS_NOT_AUTHENTICATED",
@@ -363,7 +366,7 @@ impl KgssError {
         match self {
             Self::Seal(_) | Self::Content(_) => 400,
             Self::Unauthenticated => 401,
-            Self::AccessDenied => 403,
+            Self::AccessDenied | Self::NotHolder => 403,
             Self::UnknownKey => 404,
             Self::Replay => 409,
             Self::Custody(_) | Self::Store(_) => 500,
@@ -945,7 +948,7 @@ impl Kgss {
         };
         if !caller.iter().any(|c| same_holder(c, &creator)) {
             audit(store, now, "kgss.delete", &caller[0], &id, "denied", None)?;
-            return Err(KgssError::AccessDenied);
+            return Err(KgssError::NotHolder);
         }
         // The deletion and its event in one transaction: the chain shows it exactly when
         // it happened.

@@ -498,8 +498,8 @@ async fn client_certificates_from_the_platform_ca_are_accepted(w: World) {
     w.stop().await;
 }
 
-/// Our unsealer opens a message sealed to the ETK (with Bob's key) and `openssl cms`
-/// verifies the ETK's RA signature and decrypts the middle layer.
+/// Our unsealer opens a message sealed to the ETK (with Bob's key), and `openssl cms`
+/// verifies the ETK's RA signature.
 impl World {
     fn check_etk_opens(&self, etk: &[u8]) {
         let etk = Etk::parse(etk).unwrap();

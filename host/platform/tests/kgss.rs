@@ -451,6 +451,11 @@ async fn rest_create_get_and_delete_by_the_holder(w: World) {
         .await
         .unwrap();
     assert_eq!(a.status, 403);
+    let why = String::from_utf8_lossy(&a.body);
+    assert!(
+        why.contains("KGSS_ACCESS_DENIED") && why.contains("only the key's holder"),
+        "{why}"
+    );
     let mut anonymous = w.connect(None).await;
     assert_eq!(
         anonymous

@@ -8,7 +8,8 @@
 //! (the holder) deletes it and then nobody gets it; every wrap and unwrap is on the KGSS
 //! token's custody audit chain. Then the platform is killed (SIGKILL) in the middle of a
 //! stream of key creations and restarted: every key whose creation was acknowledged is
-//! still there.
+//! still there. Both on the embedded store and on PostgreSQL (a scratch database on the
+//! server of `ETEE_TEST_POSTGRES_URL`, which `scripts/test` starts).
 
 use base64::Engine as _;
 use etee_e2e::{scratch, Output, SoftHsm};
@@ -47,8 +48,28 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A throw-away database on the test PostgreSQL server (`scripts/test` starts one and sets
+/// `ETEE_TEST_POSTGRES_URL`), or `None` after reporting the skip (a failure under
+/// `ETEE_E2E_STRICT=1`).
+fn scratch_postgres() -> Option<etee_store::scratch::ScratchDatabase> {
+    let Ok(url) = std::env::var(etee_store::scratch::TEST_URL_VAR) else {
+        etee_e2e::skip(&format!(
+            "{} is not set (scripts/test starts a PostgreSQL and sets it)",
+            etee_store::scratch::TEST_URL_VAR
+        ));
+        return None;
+    };
+    Some(etee_store::scratch::ScratchDatabase::create(&url).expect("a scratch database"))
+}
+
 impl Rig {
+    /// A world whose platform keeps its data in an embedded store file.
     fn new(dir: &Path) -> Rig {
+        Rig::with_store(dir, "platform.redb")
+    }
+
+    /// A world whose platform keeps its data in `store` (a file or a `postgres://` URL).
+    fn with_store(dir: &Path, store: &str) -> Rig {
         let hsm = SoftHsm::new(dir);
         let world = dir.join("world");
         // KGSS's token: its authentication and ETK keys are born in it (`platform pki
@@ -98,7 +119,7 @@ impl Rig {
         std::fs::write(
             &config,
             format!(
-                "[platform]\nlisten = \"127.0.0.1:{port}\"\nstore = \"platform.redb\"\n\
+                "[platform]\nlisten = \"127.0.0.1:{port}\"\nstore = \"{store}\"\n\
                  tls_certificate = \"world/tls-server.pem\"\ntls_key = \"world/tls-server-key.pem\"\n\
                  client_ca = [\"world/ca.pem\"]\n\n[kgss]\nhsm = \"kgss.toml\"\n"
             ),
@@ -332,7 +353,18 @@ fn sealed_response(v: &Value) -> Vec<u8> {
 #[test]
 fn platform_serves_etkdepot_and_kgss_with_keys_in_softhsm() {
     let tmp = scratch();
-    let rig = Rig::new(tmp.path());
+    serves_etkdepot_and_kgss(Rig::new(tmp.path()));
+}
+
+/// The same flows with the platform's data in PostgreSQL (KGSS's keys wrapped in SoftHSM).
+#[test]
+fn platform_serves_etkdepot_and_kgss_with_keys_in_softhsm_on_postgresql() {
+    let Some(db) = scratch_postgres() else { return };
+    let tmp = scratch();
+    serves_etkdepot_and_kgss(Rig::with_store(tmp.path(), db.url()));
+}
+
+fn serves_etkdepot_and_kgss(rig: Rig) {
     let platform = rig.serve();
 
     // ETKDepot, SOAP and REST: Bob's ETK, byte for byte.
@@ -551,7 +583,18 @@ fn platform_serves_etkdepot_and_kgss_with_keys_in_softhsm() {
 #[test]
 fn platform_killed_during_key_creation_loses_no_acknowledged_key() {
     let tmp = scratch();
-    let rig = Rig::new(tmp.path());
+    killed_during_key_creation(Rig::new(tmp.path()));
+}
+
+/// The same with the platform's data in PostgreSQL.
+#[test]
+fn platform_killed_during_key_creation_loses_no_acknowledged_key_on_postgresql() {
+    let Some(db) = scratch_postgres() else { return };
+    let tmp = scratch();
+    killed_during_key_creation(Rig::with_store(tmp.path(), db.url()));
+}
+
+fn killed_during_key_creation(rig: Rig) {
     // Requests sealed beforehand, so that the stream is as dense as the platform allows.
     let mut platform = rig.serve();
     let acknowledged = std::sync::Mutex::new(Vec::new());

@@ -837,3 +837,89 @@ fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AuditEvent, Credential};
+
+    fn public_key(id: &[u8]) -> PublicKeyRecord {
+        PublicKeyRecord {
+            key_id: id.to_vec(),
+            holder: Identifier::new("NIHII-HOSPITAL", "71000436", None),
+            spki_der: vec![0x30, 0x00],
+            info: BTreeMap::new(),
+            attestation: None,
+            created_at: 1,
+        }
+    }
+
+    fn event(action: &str) -> AuditEvent {
+        AuditEvent {
+            at: 2,
+            action: action.into(),
+            actor: "test".into(),
+            subject: "s".into(),
+            outcome: "done".into(),
+            detail: None,
+        }
+    }
+
+    /// A store written at schema version 1 (no audit table, no retired key ids) keeps its
+    /// data when a newer etee opens it, and gains what versions 2 and 3 brought: an audit
+    /// chain, and key ids retired when deleted. Version 1 is made by taking the later
+    /// tables out of a new store, which is what a version-1 file holds.
+    #[test]
+    fn a_version_1_store_with_data_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let kgss = KgssKey {
+            id: [5; 16],
+            wrapped_key: vec![1; 24],
+            wrapping_key_label: "kgss-wrap".into(),
+            creator: Identifier::new("NIHII-HOSPITAL", "71000436", None),
+            allowed_readers: vec![Credential {
+                namespace: "urn:ns".into(),
+                name: "name".into(),
+                values: vec!["true".into()],
+            }],
+            excluded_readers: vec![],
+            deletion_strategy: None,
+            created_at: 1,
+        };
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.apply(Change::InsertKgssKey(&kgss)).unwrap();
+            store
+                .apply(Change::InsertPublicKey(&public_key(b"kd-1")))
+                .unwrap();
+            let txn = store.write().unwrap();
+            assert!(txn.delete_table(AUDIT).unwrap());
+            assert!(txn.delete_table(RETIRED_KEY_ID).unwrap());
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, 1).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        {
+            let txn = store.db.begin_read().unwrap();
+            let version = txn.open_table(META).unwrap().get(SCHEMA_KEY).unwrap();
+            assert_eq!(version.map(|v| v.value()), Some(SCHEMA_VERSION));
+        }
+        assert_eq!(store.get_kgss_key(&[5; 16]).unwrap(), Some(kgss));
+        assert_eq!(
+            store.get_public_key(b"kd-1").unwrap(),
+            Some(public_key(b"kd-1"))
+        );
+        // Version 2: the audit chain.
+        let seq = store
+            .apply_with_event(Change::DeletePublicKey(b"kd-1"), &event("delete"))
+            .unwrap();
+        assert_eq!(seq, Some(1));
+        assert_eq!(store.events(0, 10).unwrap().len(), 1);
+        // Version 3: the deleted id is retired.
+        assert!(matches!(
+            store.apply(Change::InsertPublicKey(&public_key(b"kd-1"))),
+            Err(Error::AlreadyExists)
+        ));
+    }
+}

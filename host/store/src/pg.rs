@@ -976,3 +976,86 @@ fn public_key_from_row(row: &Row) -> Result<PublicKeyRecord> {
         created_at: get(row, 7)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scratch::ScratchDatabase;
+    use crate::Change;
+
+    /// A database at schema version 1 (no audit table, no retired key ids) keeps its rows
+    /// when a newer etee connects, and gains what versions 2 and 3 brought. Version 1 is
+    /// made by dropping the later tables from a new database and setting its version,
+    /// which is what a version-1 database holds. Skipped without a test server.
+    #[test]
+    fn a_version_1_database_with_data_is_brought_up_to_date() {
+        let Some(db) = ScratchDatabase::for_tests() else {
+            return;
+        };
+        let url = db.url().to_owned();
+        std::thread::spawn(move || {
+            let record = PublicKeyRecord {
+                key_id: b"kd-1".to_vec(),
+                holder: Identifier::new("NIHII-HOSPITAL", "71000436", None),
+                spki_der: vec![0x30, 0x00],
+                info: BTreeMap::new(),
+                attestation: None,
+                created_at: 1,
+            };
+            {
+                let store = PgStore::connect(&url, 1).unwrap();
+                store
+                    .apply_with_event(
+                        Change::InsertPublicKey(&record),
+                        &crate::audit::AuditEvent {
+                            at: 1,
+                            action: "insert".into(),
+                            actor: "test".into(),
+                            subject: "kd-1".into(),
+                            outcome: "done".into(),
+                            detail: None,
+                        },
+                    )
+                    .unwrap();
+                store
+                    .conn()
+                    .unwrap()
+                    .batch_execute(
+                        "DROP TABLE audit_event; DROP TABLE retired_key_id;
+                         UPDATE etee_schema SET version = 1;",
+                    )
+                    .unwrap();
+            }
+            let store = PgStore::connect(&url, 1).unwrap();
+            let version: i64 = store
+                .conn()
+                .unwrap()
+                .query_one("SELECT version FROM etee_schema", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(version as u64, SCHEMA_VERSION);
+            assert_eq!(store.get_public_key(b"kd-1").unwrap(), Some(record.clone()));
+            // Version 2: the audit chain (empty: version 1 had none).
+            assert!(store.events(0, 10).unwrap().is_empty());
+            let event = crate::audit::AuditEvent {
+                at: 2,
+                action: "delete".into(),
+                actor: "test".into(),
+                subject: "kd-1".into(),
+                outcome: "done".into(),
+                detail: None,
+            };
+            let seq = store
+                .apply_with_event(Change::DeletePublicKey(b"kd-1"), &event)
+                .unwrap();
+            assert_eq!(seq, Some(1));
+            // Version 3: the deleted id is retired.
+            assert!(matches!(
+                store.apply_with_event(Change::InsertPublicKey(&record), &event),
+                Err(Error::AlreadyExists)
+            ));
+        })
+        .join()
+        .unwrap();
+    }
+}

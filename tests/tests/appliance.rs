@@ -871,13 +871,24 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
     }
     let w = World::new();
     let mut hsm = std::fs::read_to_string(w.path("alice-hsm.toml")).unwrap();
-    hsm.push_str("\n[hsm.profiles.keydepot]\nrole = \"authentication\"\nid = \"keydepot-1\"\n");
+    for (profile, id) in [("keydepot", "keydepot-1"), ("keydepot2", "keydepot-2")] {
+        hsm.push_str(&format!(
+            "\n[hsm.profiles.{profile}]\nrole = \"authentication\"\nid = \"{id}\"\n"
+        ));
+    }
     std::fs::write(w.path("alice-hsm.toml"), hsm).unwrap();
-    etee_e2e::etee(["keys", "generate", "--profile", "keydepot", "--config"])
-        .arg(w.path("alice-hsm.toml"))
-        .env("SOFTHSM2_CONF", w.path("softhsm2.conf"))
-        .run()
-        .code(0);
+    for profile in ["keydepot", "keydepot2"] {
+        etee_e2e::etee(["keys", "generate", "--profile", profile, "--config"])
+            .arg(w.path("alice-hsm.toml"))
+            .env("SOFTHSM2_CONF", w.path("softhsm2.conf"))
+            .run()
+            .code(0);
+    }
+    // One key per holder: a second registration meets KeyDepot's bound.
+    let platform = std::fs::read_to_string(w.path("platform.toml")).unwrap();
+    let platform = platform.replacen("[platform]\n", "[platform]\nmax_keys_per_holder = 1\n", 1);
+    assert!(platform.contains("max_keys_per_holder = 1\n"), "{platform}");
+    std::fs::write(w.path("platform.toml"), platform).unwrap();
     let _platform = w.platform();
     let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
     let socket = w.path("alice.sock");
@@ -922,6 +933,16 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
         409,
         "KEYDEPOT_KEY_EXISTS",
     );
+    // Another key of a holder at KeyDepot's bound: its own code, not "exists".
+    let register_second = || {
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/keydepot/keys",
+            Some(br#"{"key": "keydepot-2"}"#),
+        )
+    };
+    assert_problem(register_second(), 409, "KEYDEPOT_TOO_MANY_KEYS");
     assert_problem(
         curl_unix(&socket, "GET", "/v1/keydepot/holders/FOO/1/keys", None),
         400,
@@ -948,6 +969,20 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
         curl_unix(&socket, "GET", &format!("/v1/keydepot/keys/{key_id}"), None),
         404,
         "APPLIANCE_NOT_FOUND",
+    );
+    // The deletion made room for the second key; the deleted key's id is retired for
+    // ever: registering it again is "exists", not a new registration.
+    let (status, body) = register_second();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert_problem(
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/keydepot/keys",
+            Some(br#"{"key": "keydepot-1"}"#),
+        ),
+        409,
+        "KEYDEPOT_KEY_EXISTS",
     );
     // The proof of possession and the attestation were signed in the token for the caller.
     let chain = w.audit_verify("alice-hsm.toml");

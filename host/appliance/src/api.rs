@@ -107,7 +107,9 @@ fn status(e: &ServiceError) -> StatusCode {
             etee_formats::ocsp::NotVouched::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-        ServiceError::Conflict(_) => StatusCode::CONFLICT,
+        ServiceError::Conflict(_)
+        | ServiceError::TooManyKeys(_)
+        | ServiceError::KeyDepotConflict(_) => StatusCode::CONFLICT,
         ServiceError::AuditUnreadable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         ServiceError::TooLarge(_) | ServiceError::ContentTooLargeForJson { .. } => {
@@ -1361,6 +1363,15 @@ mod tests {
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let r = problem(&ServiceError::TooLarge(10));
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        for conflict in [
+            ServiceError::Conflict("x".into()),
+            ServiceError::TooManyKeys("x".into()),
+            ServiceError::KeyDepotConflict("x".into()),
+        ] {
+            let r = problem(&conflict);
+            assert_eq!(r.status(), StatusCode::CONFLICT, "{conflict:?}");
+            assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        }
         let r = problem(&ServiceError::KgssAccessDenied("no".into()));
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(

@@ -69,9 +69,17 @@ pub enum ServiceError {
     NotFound(String),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(String),
-    /// What the caller asked for exists already (a key KeyDepot has registered).
+    /// What the caller asked for exists already (a key KeyDepot has registered, or had
+    /// registered: a deleted key's id is retired for ever).
     #[error("{0}")]
     Conflict(String),
+    /// KeyDepot holds as many keys of this holder as it takes (its
+    /// `max_keys_per_holder`): delete one to register another.
+    #[error("{0}")]
+    TooManyKeys(String),
+    /// Any other conflict KeyDepot reports for a registration (its code in the detail).
+    #[error("{0}")]
+    KeyDepotConflict(String),
     /// The custody audit file cannot be read from here.
     #[error("{0}")]
     AuditUnreadable(String),
@@ -104,6 +112,8 @@ impl ServiceError {
             Self::NotFound(_) => "APPLIANCE_NOT_FOUND",
             Self::MethodNotAllowed(_) => "APPLIANCE_METHOD_NOT_ALLOWED",
             Self::Conflict(_) => "KEYDEPOT_KEY_EXISTS",
+            Self::TooManyKeys(_) => "KEYDEPOT_TOO_MANY_KEYS",
+            Self::KeyDepotConflict(_) => "KEYDEPOT_CONFLICT",
             Self::AuditUnreadable(_) => "AUDIT_UNREADABLE",
             Self::Busy { .. } => "APPLIANCE_BUSY",
             Self::Io(_) => "APPLIANCE_IO",
@@ -138,12 +148,19 @@ impl ServiceError {
         }
     }
 
-    /// [`Self::from_keydepot`] for a registration, where KeyDepot's 409 means that the
-    /// key is registered already.
+    /// [`Self::from_keydepot`] for a registration, where a 409 is told apart by KeyDepot's
+    /// code: the key id is taken (registered, or retired by a deletion), the holder has as
+    /// many keys as KeyDepot takes, or another conflict.
     fn from_keydepot_registration(e: ProtocolError) -> Self {
-        match e {
-            ProtocolError::KeyDepot { status: 409, .. } => Self::Conflict(e.to_string()),
-            other => Self::from_keydepot(other),
+        match &e {
+            ProtocolError::KeyDepot {
+                status: 409, code, ..
+            } => match code.as_str() {
+                "KEYDEPOT_DUPLICATE_KEY_ID" => Self::Conflict(e.to_string()),
+                "KEYDEPOT_TOO_MANY_KEYS" => Self::TooManyKeys(e.to_string()),
+                _ => Self::KeyDepotConflict(e.to_string()),
+            },
+            _ => Self::from_keydepot(e),
         }
     }
 
@@ -889,4 +906,52 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ServiceError::Io(format!("worker: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keydepot(status: u16, code: &str) -> ProtocolError {
+        ProtocolError::KeyDepot {
+            status,
+            code: code.into(),
+            message: "why".into(),
+        }
+    }
+
+    /// A registration's 409 keeps KeyDepot's reason: a taken (or retired) key id, a
+    /// holder with as many keys as KeyDepot takes, or another conflict, each its own code
+    /// (all three were `KEYDEPOT_KEY_EXISTS`).
+    #[test]
+    fn keydepot_conflicts_keep_their_reason() {
+        let code = |status, platform_code| {
+            ServiceError::from_keydepot_registration(keydepot(status, platform_code)).code()
+        };
+        assert_eq!(
+            code(409, "KEYDEPOT_DUPLICATE_KEY_ID"),
+            "KEYDEPOT_KEY_EXISTS"
+        );
+        assert_eq!(
+            code(409, "KEYDEPOT_TOO_MANY_KEYS"),
+            "KEYDEPOT_TOO_MANY_KEYS"
+        );
+        assert_eq!(code(409, "KEYDEPOT_CONFLICT"), "KEYDEPOT_CONFLICT");
+        assert_eq!(code(409, "KEYDEPOT_SOMETHING_NEW"), "KEYDEPOT_CONFLICT");
+        let detail =
+            ServiceError::from_keydepot_registration(keydepot(409, "KEYDEPOT_SOMETHING_NEW"));
+        assert!(
+            detail.to_string().contains("KEYDEPOT_SOMETHING_NEW"),
+            "{detail}"
+        );
+        // Not a conflict: as for the other KeyDepot routes.
+        assert_eq!(
+            code(400, "KEYDEPOT_INVALID_REQUEST"),
+            "APPLIANCE_BAD_REQUEST"
+        );
+        assert_eq!(
+            code(422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION"),
+            "PLATFORM_UNAVAILABLE"
+        );
+    }
 }

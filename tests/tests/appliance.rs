@@ -997,7 +997,7 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
 }
 
 /// What a caller gets wrong is answered as its error, not the appliance's: a request
-/// body cut short or badly framed (400, not 500), recipients and reader conditions
+/// body cut short (wherever it stops) or badly framed (400, not 500 nor 422), recipients and reader conditions
 /// repeated thousands of times (counted once: one recipient info, one condition) or too
 /// many of them (400 before anything is looked up); query parameters given twice or to a
 /// route that takes none, a path that does not decode, an audit page over its bound (400
@@ -1048,6 +1048,54 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
             "{what}: {answer}"
         );
     }
+
+    // A message for Alice herself, sent to unseal with a body cut short wherever it stops
+    // (Content-Length promising more than comes): always 400, never a verdict on a
+    // message the caller did not finish sending (within the message's head it was 422,
+    // OUTER_SIGNED_DATA_STRUCTURE_INCORRECT).
+    let (status, sealed) = curl_unix(
+        &socket,
+        "POST",
+        "/v1/seal?to=NIHII-HOSPITAL:71000436",
+        Some(b"for Alice"),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&sealed));
+    let unseal_cut = |cut: usize, promised: usize| {
+        let mut request =
+            format!("POST /v1/unseal HTTP/1.1\r\nHost: a\r\nContent-Length: {promised}\r\n\r\n")
+                .into_bytes();
+        request.extend_from_slice(&sealed[..cut]);
+        raw(&request, true)
+    };
+    let n = sealed.len();
+    for cut in [0, 1, 40, 300, 700, 1200, 2000, n / 2, n - 1, n] {
+        let answer = unseal_cut(cut, n + 10);
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("APPLIANCE_BAD_REQUEST"),
+            "cut after {cut} of {n} bytes: {answer}"
+        );
+    }
+    // The same request with all its body: opened (over one connection closed after it).
+    let mut whole = format!(
+        "POST /v1/unseal HTTP/1.1\r\nHost: a\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    whole.extend_from_slice(&sealed);
+    let whole = raw(&whole, false);
+    assert!(
+        whole.starts_with("HTTP/1.1 200") && whole.ends_with("for Alice"),
+        "{whole}"
+    );
+    // Bytes after a complete message are ignored, as `etee unseal` ignores them in a file.
+    let mut trailing = sealed.clone();
+    trailing.extend_from_slice(&[0u8; 5000]);
+    let (status, content) = curl_unix(&socket, "POST", "/v1/unseal", Some(&trailing));
+    assert_eq!(
+        (status, &content[..]),
+        (200, &b"for Alice"[..]),
+        "{}",
+        String::from_utf8_lossy(&content)
+    );
 
     let to = vec!["to=NIHII-PHARMACY:27150201"; 2000].join("&");
     let (status, sealed) = curl_unix(&socket, "POST", &format!("/v1/seal?{to}"), Some(b"x"));
@@ -1197,6 +1245,139 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
             .to_ascii_lowercase()
             .contains("cache-control: no-store"),
         "{health}"
+    );
+}
+
+/// A KGSS key is made for a seal (`allow`) only once nothing foreseeable can refuse it: a
+/// body cut short (400), a content over the JSON answer's `max_json_content_bytes` (413),
+/// an own certificate the OCSP responder says is revoked (409) are refused without a key
+/// use — before, each left a KGSS key nobody could use. A sealed message that turns out
+/// just over the JSON limit has its key deleted again. `POST /v1/kgss/keys` from a
+/// revoked institution is the seal's 409 `OWN_CERTIFICATE_NOT_GOOD` (it was 404
+/// `UNKNOWN_RECIPIENT`). The platform's audit chain counts the keys made and deleted.
+#[test]
+fn a_refused_seal_leaves_no_kgss_key_behind() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    let config = std::fs::read_to_string(w.path("alice-appliance.toml")).unwrap();
+    let config = config.replacen(
+        "[appliance]\n",
+        "[appliance]\nmax_json_content_bytes = 3000\n",
+        1,
+    );
+    std::fs::write(w.path("alice-appliance.toml"), config).unwrap();
+    let platform = w.platform();
+    let alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
+    let socket = w.path("alice.sock");
+    let key_uses = || {
+        let (status, body) = curl_unix(&socket, "GET", "/v1/audit?limit=0", None);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        json(&body)["records"].as_u64().expect("records")
+    };
+    let raw = |request: &[u8]| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(request).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let seal_json = |content: &[u8]| {
+        curl(
+            &[
+                "--unix-socket",
+                &socket.display().to_string(),
+                "-H",
+                "Accept: application/json",
+            ],
+            "POST",
+            "http://appliance/v1/seal?allow=doctor",
+            Some(content),
+        )
+    };
+    // One seal that goes through: one key.
+    let (status, body) = curl_unix(&socket, "POST", "/v1/seal?allow=doctor", Some(b"x"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    let before = key_uses();
+    let answer = raw(
+        b"POST /v1/seal?allow=doctor HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly this",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("APPLIANCE_BAD_REQUEST"),
+        "{answer}"
+    );
+    assert_problem(
+        seal_json(&[b'x'; 4000]),
+        413,
+        "APPLIANCE_CONTENT_TOO_LARGE_FOR_JSON",
+    );
+    assert_eq!(key_uses(), before, "no KGSS request was made");
+    // Under the limit, but the sealed message is not: found only once sealed, so the key
+    // is made, then deleted.
+    assert_problem(
+        seal_json(&[b'x'; 100]),
+        413,
+        "APPLIANCE_CONTENT_TOO_LARGE_FOR_JSON",
+    );
+
+    // The CA revokes Alice: once its responder says so, she may seal nothing.
+    etee_e2e::etee(["pki", "revoke"])
+        .arg(w.path("world"))
+        .args(["--name", "alice"])
+        .run()
+        .code(0);
+    let (status, refused) = w.first_refusal("alice", || {
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/seal?to=NIHII-PHARMACY:27150201",
+            Some(b"x"),
+        )
+    });
+    assert_eq!(
+        (status, refused["title"].as_str()),
+        (409, Some("OWN_CERTIFICATE_NOT_GOOD")),
+        "{refused}"
+    );
+    let before = key_uses();
+    assert_problem(
+        curl_unix(&socket, "POST", "/v1/seal?allow=doctor", Some(b"x")),
+        409,
+        "OWN_CERTIFICATE_NOT_GOOD",
+    );
+    assert_problem(
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/kgss/keys",
+            Some(br#"{"allowed": ["doctor"]}"#),
+        ),
+        409,
+        "OWN_CERTIFICATE_NOT_GOOD",
+    );
+    assert_eq!(key_uses(), before, "no KGSS request was made");
+
+    // The platform's chain (read with the platform stopped: its store admits one process).
+    drop(alice);
+    drop(platform);
+    let matched = |action: &str| {
+        let out = etee_e2e::etee(["platform", "audit", "--json", "--tail", "0", "--action"])
+            .arg(action)
+            .arg("--config")
+            .arg(w.path("platform.toml"))
+            .run();
+        out.code(0);
+        out.json()["matched"].as_u64().expect("matched")
+    };
+    assert_eq!(
+        (matched("kgss.create"), matched("kgss.delete")),
+        (2, 1),
+        "the seal that went through, and the one over the JSON limit (deleted)"
     );
 }
 

@@ -488,16 +488,21 @@ async fn seal(
         let client = app.authorise(&peer, Operation::Seal)?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
         let request = seal_request(query.as_deref().unwrap_or(""))?;
+        // A JSON answer carries at most this much (checked before a KGSS key is made).
+        let max_sealed =
+            wants_json(&headers, SEALED_TYPE).then_some(app.config().limits.max_json_content_bytes);
         let client = app.take_slot(client).await?;
         let Sealed {
             mut message,
             recipients,
             kgss_key_id,
             content_len,
-        } = app.seal(&client, request, body_reader(body)).await?;
+        } = app
+            .seal(&client, request, body_reader(body), max_sealed)
+            .await?;
         app.metrics.bytes(content_len, 0);
         let key_id = kgss_key_id.as_deref().map(|k| B64.encode(k));
-        if wants_json(&headers, SEALED_TYPE) {
+        if max_sealed.is_some() {
             let sealed = read_all(&mut message, app.config().limits.max_json_content_bytes)?;
             app.metrics.bytes(0, sealed.len() as u64);
             return Ok(json_response(

@@ -16,7 +16,7 @@ use crate::ApplianceError;
 use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unsealed};
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
-use etee_formats::ocsp::NotVouched;
+use etee_formats::ocsp::{NotVouched, RevocationValues};
 use etee_formats::trust::TrustAnchors;
 use etee_hsm::{CustodyHandle, CustodyKeys, HsmToken};
 use etee_protocol::{EtkCache, KeyDepotClient, KeyReply, KgssCaller, KgssClient, ProtocolError};
@@ -236,10 +236,22 @@ impl<R: Read> Read for Limited<R> {
 }
 
 /// Keeps a copy of what is read, up to a bound, so that a message's head can be read
-/// twice (once to learn its addressees, once to unseal).
+/// twice (once to learn its addressees, once to unseal); and the error of the body, if
+/// reading it failed, which [`cms::addressees`] reports only as a malformed message.
 struct Recording<'a, R> {
     inner: &'a mut R,
     copy: Vec<u8>,
+    error: Option<io::Error>,
+}
+
+impl<'a, R: Read> Recording<'a, R> {
+    fn new(inner: &'a mut R) -> Self {
+        Self {
+            inner,
+            copy: Vec::new(),
+            error: None,
+        }
+    }
 }
 
 impl<R: Read> Read for Recording<'_, R> {
@@ -248,7 +260,15 @@ impl<R: Read> Read for Recording<'_, R> {
             return Err(io::Error::other("the message head is too large"));
         }
         let room = (MAX_HEAD - self.copy.len()).min(buf.len());
-        let n = self.inner.read(&mut buf[..room])?;
+        let n = match self.inner.read(&mut buf[..room]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let told = io::Error::new(e.kind(), e.to_string());
+                self.error = Some(e);
+                return Err(told);
+            }
+        };
         self.copy.extend_from_slice(&buf[..n]);
         Ok(n)
     }
@@ -285,7 +305,7 @@ pub struct Opened {
     pub content: Option<SpoolReader>,
     /// The KGSS key id used, for a message opened with a KGSS key.
     pub kgss_key_id: Option<Vec<u8>>,
-    /// Bytes of the sealed message read.
+    /// Bytes of the body read: the sealed message and anything after it.
     pub message_len: u64,
 }
 
@@ -642,8 +662,22 @@ impl Appliance {
             .ok_or_else(|| ServiceError::UnknownRecipient("KGSS".into()))
     }
 
-    /// A new KGSS key for `allowed` (minus `excluded`) readers, held by this institution.
+    /// A new KGSS key for `allowed` (minus `excluded`) readers, held by this institution
+    /// (`POST /v1/kgss/keys`): as for a seal, none is made unless the institution's own
+    /// certificate is vouched for, with an OCSP responder configured.
     pub async fn kgss_new_key(
+        &self,
+        client: &Admitted,
+        allowed: Vec<Credential>,
+        excluded: Vec<Credential>,
+    ) -> Result<KgssKey, ServiceError> {
+        self.own_certificate_values(client, client.slot()).await?;
+        self.new_kgss_key(client, allowed, excluded).await
+    }
+
+    /// [`Self::kgss_new_key`] without the check of the institution's own certificate (a
+    /// seal has made it).
+    async fn new_kgss_key(
         &self,
         client: &Client,
         allowed: Vec<Credential>,
@@ -728,13 +762,51 @@ impl Appliance {
             .map_err(ServiceError::from_keydepot_registration)
     }
 
+    /// With an OCSP responder configured, the official sealer's rule for the institution's
+    /// own certificate: its answers travel in the message, and nothing is sealed (nor a
+    /// KGSS key made) unless they say good. `None` without a responder. On the blocking
+    /// pool (the responder is asked synchronously), holding `slot`.
+    async fn own_certificate_values(
+        &self,
+        client: &Client,
+        slot: Arc<Slot>,
+    ) -> Result<Option<RevocationValues>, ServiceError> {
+        let signer = self.keys_of(client)?.signer.clone();
+        let anchors = self.anchors.clone();
+        blocking(move || {
+            let _slot = slot;
+            let Some(online) = anchors.revocation().online() else {
+                return Ok(None);
+            };
+            online
+                .values_for_signer(&signer.signer, anchors.certs(), etee_formats::unix_now())
+                .map(Some)
+                .map_err(|e| ServiceError::OwnCertificate {
+                    why: e.kind(),
+                    text: e.to_string(),
+                })
+        })
+        .await
+    }
+
     /// Seals `body` for `request`: ETKs looked up first, a KGSS key made for readers, then
     /// sign → encrypt → sign with the caller's view of the authentication key, into a spool.
+    ///
+    /// `max_sealed`: the largest sealed message the caller can take (a JSON answer's
+    /// `max_json_content_bytes`), else [`ServiceError::ContentTooLargeForJson`].
+    ///
+    /// A KGSS key is made only once nothing foreseeable can refuse the seal: recipients
+    /// found, the institution's own certificate vouched for, and the whole body read (into
+    /// a spool: a body cut short, too large, or too large for `max_sealed` is refused
+    /// first). Should the seal fail after all (the custody core or the token refusing a
+    /// signature, a sealed message just over `max_sealed`), the key is deleted again, as
+    /// far as KGSS lets it (a warning names a key that could not be).
     pub async fn seal(
         self: &Arc<Self>,
         client: &Admitted,
         request: SealRequest,
         body: impl Read + Send + 'static,
+        max_sealed: Option<u64>,
     ) -> Result<Sealed, ServiceError> {
         if request.to.is_empty() && request.allowed.is_empty() {
             return Err(ServiceError::BadRequest(
@@ -759,42 +831,52 @@ impl Appliance {
                 recipients.push(Recipient::Certificate(cert.clone()));
             }
         }
+        let revocation_values = self.own_certificate_values(client, client.slot()).await?;
+        let spool_dir = self.config.spool_dir.clone();
+        let max = self.config.limits.max_body_bytes;
+        let body: Box<dyn Read + Send> = if request.allowed.is_empty() {
+            Box::new(body)
+        } else {
+            // The whole content first, so that a body that cannot be sealed leaves no KGSS
+            // key behind.
+            let slot = client.slot();
+            let dir = spool_dir.clone();
+            let content = blocking(move || {
+                let _slot = slot;
+                let mut input = Limited::new(body, max);
+                let mut spool = SpoolWriter::new(&dir);
+                io::copy(&mut input, &mut spool).map_err(ServiceError::from_io)?;
+                spool.finish().map_err(ServiceError::from_io)
+            })
+            .await?;
+            // A sealed message is always longer than its content.
+            if let Some(max_sealed) = max_sealed.filter(|&m| content.len() >= m) {
+                return Err(ServiceError::ContentTooLargeForJson {
+                    len: content.len(),
+                    max: max_sealed,
+                });
+            }
+            Box::new(content)
+        };
         let kek = if request.allowed.is_empty() {
             None
         } else {
             let key = self
-                .kgss_new_key(client, request.allowed, request.excluded)
+                .new_kgss_key(client, request.allowed, request.excluded)
                 .await?;
-            Some(
-                Kek::new(&key.key, &key.id)
-                    .map_err(|e| ServiceError::Platform(format!("KGSS key: {e}")))?,
-            )
+            match Kek::new(&key.key, &key.id) {
+                Ok(kek) => Some(kek),
+                Err(e) => {
+                    self.forget_kgss_key(&key.id).await;
+                    return Err(ServiceError::Platform(format!("KGSS key: {e}")));
+                }
+            }
         };
         let kgss_key_id = kek.as_ref().map(|k| k.id().to_vec());
         let signer = self.keys_of(client)?.signer.clone();
-        let anchors = self.anchors.clone();
-        let spool_dir = self.config.spool_dir.clone();
-        let max = self.config.limits.max_body_bytes;
         let slot = client.slot();
-        let (spool, content_len) = blocking(move || {
+        let sealed = blocking(move || {
             let _slot = slot;
-            // With an OCSP responder, the official sealer's rule: its own certificate's
-            // answers travel in the message, and nothing is sealed unless they say good.
-            let revocation_values = match anchors.revocation().online() {
-                Some(online) => Some(
-                    online
-                        .values_for_signer(
-                            &signer.signer,
-                            anchors.certs(),
-                            etee_formats::unix_now(),
-                        )
-                        .map_err(|e| ServiceError::OwnCertificate {
-                            why: e.kind(),
-                            text: e.to_string(),
-                        })?,
-                ),
-                None => None,
-            };
             let mut input = Limited::new(body, max);
             let mut spool = SpoolWriter::new(&spool_dir);
             let n = cms::seal(
@@ -814,15 +896,42 @@ impl Appliance {
                 other => ServiceError::Io(other.to_string()),
             })?;
             let spool = spool.finish().map_err(ServiceError::from_io)?;
+            if let Some(max_sealed) = max_sealed.filter(|&m| spool.len() > m) {
+                return Err(ServiceError::ContentTooLargeForJson {
+                    len: spool.len(),
+                    max: max_sealed,
+                });
+            }
             Ok((spool, n))
         })
-        .await?;
+        .await;
+        let (spool, content_len) = match sealed {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                if let Some(id) = &kgss_key_id {
+                    self.forget_kgss_key(id).await;
+                }
+                return Err(e);
+            }
+        };
         Ok(Sealed {
             message: spool,
             recipients: names,
             kgss_key_id,
             content_len,
         })
+    }
+
+    /// Deletes a KGSS key made for a seal that then failed, so that no key nobody can use
+    /// stays at KGSS; a key that cannot be deleted is named in a warning (for `DELETE
+    /// /v1/kgss/keys/{keyId}` or the platform's operator).
+    async fn forget_kgss_key(&self, key_id: &[u8]) {
+        use base64::Engine;
+        if let Err(e) = self.kgss_delete(key_id).await {
+            let key_id = base64::engine::general_purpose::STANDARD.encode(key_id);
+            let error = etee_services::log::LogSafe(&e);
+            tracing::warn!(%key_id, %error, "a seal failed after its KGSS key was made, and the key could not be deleted");
+        }
     }
 
     /// Unseals `body`: with the ETK keys in the token when the message names one of them,
@@ -841,11 +950,13 @@ impl Appliance {
             let _slot = slot;
             let keys = this.keys_of(&client)?;
             let mut input = Limited::new(body, this.config.limits.max_body_bytes);
-            let mut head = Recording {
-                inner: &mut input,
-                copy: Vec::new(),
-            };
+            let mut head = Recording::new(&mut input);
             let addressees = cms::addressees(&mut head);
+            // A body cut short (or too large) within the head is the caller's error (400,
+            // 413), as it is further on: never a verdict on a message it did not send.
+            if let Some(e) = head.error {
+                return Err(ServiceError::from_io(e));
+            }
             let head = head.copy;
             let mut options = UnsealOptions {
                 anchors: this.anchors.clone(),
@@ -875,6 +986,10 @@ impl Appliance {
                 // never a verdict on the message.
                 cms::UnsealError::Key(k) => ServiceError::from_key(k),
             })?;
+            // Bytes after the message are ignored, as `etee unseal` ignores them in a
+            // file; but the body is read to its end, so that one cut short is refused
+            // (400) wherever it stops, even after a complete message.
+            io::copy(&mut input, &mut io::sink()).map_err(ServiceError::from_io)?;
             let content = if unsealed.verdict.is_clean() {
                 Some(spool.finish().map_err(ServiceError::from_io)?)
             } else {

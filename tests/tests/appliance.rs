@@ -1381,6 +1381,63 @@ fn a_refused_seal_leaves_no_kgss_key_behind() {
     );
 }
 
+/// The custody core's rate budget spent: 429 `CUSTODY_RATE_LIMITED` with a `Retry-After`
+/// in whole seconds (it was 403 `CUSTODY_REFUSED` without one, which reads as final), and
+/// a retry after that long goes through.
+#[test]
+fn a_spent_custody_budget_is_429_with_retry_after() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    // Two uses at once (one seal's two signatures), refilled at one a second.
+    let mut hsm = std::fs::read_to_string(w.path("alice-hsm.toml")).unwrap();
+    assert!(
+        hsm.trim_end().ends_with("audit_file = \"alice-audit.log\""),
+        "{hsm}"
+    );
+    hsm.push_str("budget_burst = 2\nbudget_per_second = 1\n");
+    std::fs::write(w.path("alice-hsm.toml"), hsm).unwrap();
+    let _platform = w.platform();
+    let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
+    let socket = w.path("alice.sock");
+    let seal = || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(
+            b"POST /v1/seal?to=NIHII-PHARMACY:27150201 HTTP/1.1\r\nHost: a\r\n\
+              Content-Length: 1\r\nConnection: close\r\n\r\nx",
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // Sealing faster than the budget refills: refused within a few seals.
+    let refused = (0..6)
+        .map(|_| seal())
+        .find(|answer| !answer.starts_with("HTTP/1.1 200"))
+        .expect("a seal past the budget");
+    assert!(
+        refused.starts_with("HTTP/1.1 429") && refused.contains("\"CUSTODY_RATE_LIMITED\""),
+        "{refused}"
+    );
+    let lower = refused.to_ascii_lowercase();
+    let retry_after: u64 = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .unwrap_or_else(|| panic!("no Retry-After: {refused}"))
+        .trim()
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=2).contains(&retry_after), "{refused}");
+    // A seal needs two uses: after the wait for one, and one second more, it goes through.
+    std::thread::sleep(Duration::from_secs(retry_after + 1));
+    let again = seal();
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+}
+
 /// An ETK that expires while the appliance runs: sealing for its holder works while it is
 /// valid and is refused (404 `UNKNOWN_RECIPIENT`) once it has expired, although the
 /// appliance had it cached (the cache never serves an ETK past its notAfter).

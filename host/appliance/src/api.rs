@@ -111,7 +111,9 @@ fn status(e: &ServiceError) -> StatusCode {
         | ServiceError::TooManyKeys(_)
         | ServiceError::KeyDepotConflict(_) => StatusCode::CONFLICT,
         ServiceError::AuditUnreadable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ServiceError::Busy { .. } | ServiceError::CustodyRateLimited { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         ServiceError::TooLarge(_) | ServiceError::ContentTooLargeForJson { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
         }
@@ -137,29 +139,29 @@ pub fn problem(e: &ServiceError) -> Response {
     if let Some(seconds) = retry_after(e) {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }
 
 /// When a refusal that may pass by itself is worth asking again (`Retry-After`, seconds).
-fn retry_after(e: &ServiceError) -> Option<&'static str> {
+fn retry_after(e: &ServiceError) -> Option<u64> {
     match e {
         // The client's own operations free its slots; one second is a fair first retry.
-        ServiceError::Busy { .. } => Some("1"),
+        ServiceError::Busy { .. } => Some(1),
+        // The custody core says when its budget has refilled enough: in whole seconds,
+        // rounded up, so that a retry at that time is not refused again for being early.
+        ServiceError::CustodyRateLimited { retry_after_ms } => Some(retry_after_ms.div_ceil(1000)),
         // The session pool re-initialises the token and re-finds its keys on the next use.
-        ServiceError::HsmUnavailable(_) => Some("1"),
+        ServiceError::HsmUnavailable(_) => Some(1),
         // A certificate with no usable answer is not asked about again for this long.
         ServiceError::OwnCertificate {
             why: NotVouched::NoAnswer,
             ..
-        } => Some(OCSP_RETRY_AFTER),
+        } => Some(etee_formats::ocsp::UNREACHABLE_BACKOFF.unsigned_abs()),
         _ => None,
     }
 }
-
-/// [`etee_formats::ocsp::UNREACHABLE_BACKOFF`] as a header value (a test pins them equal).
-const OCSP_RETRY_AFTER: &str = "30";
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
     (
@@ -1390,6 +1392,26 @@ mod tests {
         });
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        // The custody core's budget: 429 with the core's wait in whole seconds, rounded up
+        // (it was 403 CUSTODY_REFUSED without Retry-After, which reads as final).
+        for (ms, seconds) in [
+            (1, "1"),
+            (999, "1"),
+            (1000, "1"),
+            (1001, "2"),
+            (30_500, "31"),
+        ] {
+            let limited = ServiceError::from_key(etee_formats::keys::KeyError::RateLimited {
+                retry_after_ms: ms,
+            });
+            assert_eq!(limited.code(), "CUSTODY_RATE_LIMITED");
+            let r = problem(&limited);
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{ms} ms");
+            assert_eq!(r.headers()[header::RETRY_AFTER], seconds, "{ms} ms");
+        }
+        let r = problem(&ServiceError::CustodyRefused("policy".into()));
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
         let r = problem(&ServiceError::HsmUnavailable("session closed".into()));
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");

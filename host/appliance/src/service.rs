@@ -49,6 +49,9 @@ pub enum ServiceError {
     Refused(#[from] Refusal),
     #[error("the custody core refused: {0}")]
     CustodyRefused(String),
+    /// The custody core's rate budget for the caller's key uses is spent for now.
+    #[error("the custody core refused: its rate budget for this client is spent; retry after {retry_after_ms} ms")]
+    CustodyRateLimited { retry_after_ms: u64 },
     #[error("the HSM is unavailable: {0}")]
     HsmUnavailable(String),
     #[error("unknown recipient: {0}")]
@@ -101,6 +104,7 @@ impl ServiceError {
             Self::Refused(Refusal::UnknownCaller(_)) => "APPLIANCE_UNKNOWN_CLIENT",
             Self::Refused(Refusal::NotAllowed { .. }) => "APPLIANCE_OPERATION_NOT_ALLOWED",
             Self::CustodyRefused(_) => "CUSTODY_REFUSED",
+            Self::CustodyRateLimited { .. } => "CUSTODY_RATE_LIMITED",
             Self::HsmUnavailable(_) => "HSM_UNAVAILABLE",
             Self::UnknownRecipient(_) => "UNKNOWN_RECIPIENT",
             Self::KgssAccessDenied(_) => "KGSS_ACCESS_DENIED",
@@ -127,9 +131,10 @@ impl ServiceError {
 
     /// A key operation's failure: refusals by the core are the caller's problem, the rest
     /// the HSM's.
-    fn from_key(e: KeyError) -> Self {
+    pub(crate) fn from_key(e: KeyError) -> Self {
         match e {
             KeyError::Refused(r) => Self::CustodyRefused(r),
+            KeyError::RateLimited { retry_after_ms } => Self::CustodyRateLimited { retry_after_ms },
             other => Self::HsmUnavailable(other.to_string()),
         }
     }
@@ -752,6 +757,9 @@ impl Appliance {
             crate::keydepot::registration_request(&custody, &key, label).map_err(|e| match e {
                 KeyDepotError::Invalid(why) => ServiceError::BadRequest(why),
                 KeyDepotError::Refused(why) => ServiceError::CustodyRefused(why),
+                KeyDepotError::RateLimited { retry_after_ms } => {
+                    ServiceError::CustodyRateLimited { retry_after_ms }
+                }
                 KeyDepotError::Unavailable(why) => ServiceError::HsmUnavailable(why),
             })
         })

@@ -1338,6 +1338,259 @@ mod tests {
         assert_eq!(routed, described);
     }
 
+    /// The errors of `value` against `schema`, read as OpenAPI 3.0.3 reads it: a `$ref`
+    /// replaces its siblings; `nullable: true` admits null beside a `type`, and nothing
+    /// else does (not `allOf` members: each must admit the value itself); `type`,
+    /// `enum`, `required`, `properties`, `additionalProperties`, `items`, `allOf`,
+    /// `anyOf`, `oneOf`, and `format: byte` (standard Base64). What a generated client's
+    /// validator checks of the answers; the rest of the dialect is not used here.
+    fn openapi_errors(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+        if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            let target = r
+                .strip_prefix('#')
+                .and_then(|pointer| doc.pointer(pointer))
+                .unwrap_or_else(|| panic!("{at}: unresolved $ref {r}"));
+            return openapi_errors(doc, target, value, at);
+        }
+        let mut errors = Vec::new();
+        let nullable = schema.get("nullable") == Some(&Value::Bool(true));
+        if let Some(t) = schema.get("type").and_then(Value::as_str) {
+            let fits = match (t, value) {
+                (_, Value::Null) => nullable,
+                ("object", v) => v.is_object(),
+                ("array", v) => v.is_array(),
+                ("string", v) => v.is_string(),
+                ("integer", v) => v.is_i64() || v.is_u64(),
+                ("number", v) => v.is_number(),
+                ("boolean", v) => v.is_boolean(),
+                (other, _) => panic!("{at}: type {other:?}"),
+            };
+            if !fits {
+                errors.push(format!("{at}: {value} is not a {t}"));
+                return errors;
+            }
+        } else if nullable {
+            panic!("{at}: nullable without a type has no effect in OpenAPI 3.0.3");
+        }
+        if let Some(options) = schema.get("enum").and_then(Value::as_array) {
+            if !value.is_null() && !options.contains(value) {
+                errors.push(format!("{at}: {value} is not one of {options:?}"));
+            }
+        }
+        if let (Some("byte"), Some(text)) =
+            (schema.get("format").and_then(Value::as_str), value.as_str())
+        {
+            if B64.decode(text).is_err() {
+                errors.push(format!("{at}: {text:?} is not Base64"));
+            }
+        }
+        if let Some(members) = schema.get("allOf").and_then(Value::as_array) {
+            for (i, m) in members.iter().enumerate() {
+                errors.extend(openapi_errors(doc, m, value, &format!("{at}/allOf[{i}]")));
+            }
+        }
+        for (key, exactly_one) in [("anyOf", false), ("oneOf", true)] {
+            if let Some(members) = schema.get(key).and_then(Value::as_array) {
+                let passing = members
+                    .iter()
+                    .filter(|m| openapi_errors(doc, m, value, at).is_empty())
+                    .count();
+                if passing == 0 || (exactly_one && passing > 1) {
+                    errors.push(format!(
+                        "{at}: {passing} of the {key} members admit {value}"
+                    ));
+                }
+            }
+        }
+        if let Some(object) = value.as_object() {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            for name in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if !object.contains_key(name) {
+                    errors.push(format!("{at}: {name} is required"));
+                }
+            }
+            for (name, v) in object {
+                let at = format!("{at}/{name}");
+                match (
+                    properties.and_then(|p| p.get(name)),
+                    schema.get("additionalProperties"),
+                ) {
+                    (Some(s), _) => errors.extend(openapi_errors(doc, s, v, &at)),
+                    (None, Some(Value::Bool(false))) => {
+                        errors.push(format!("{at}: not a property of the schema"))
+                    }
+                    (None, Some(s @ Value::Object(_))) => {
+                        errors.extend(openapi_errors(doc, s, v, &at))
+                    }
+                    (None, _) => {}
+                }
+            }
+        }
+        if let (Some(items), Some(list)) = (schema.get("items"), value.as_array()) {
+            for (i, v) in list.iter().enumerate() {
+                errors.extend(openapi_errors(doc, items, v, &format!("{at}[{i}]")));
+            }
+        }
+        errors
+    }
+
+    fn openapi_schema_errors(name: &str, value: &Value) -> Vec<String> {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("docs/openapi/appliance.json");
+        let schema = json!({ "$ref": format!("#/components/schemas/{name}") });
+        openapi_errors(&doc, &schema, value, name)
+    }
+
+    /// The validator above refuses what OpenAPI 3.0.3 refuses: `nullable` next to an
+    /// `allOf` does not make its members admit null (the `sender` of `UnsealReport` was
+    /// written so, and real 422 answers, `"sender": null`, failed validation).
+    #[test]
+    fn the_openapi_checker_reads_nullable_as_openapi_3_0_3() {
+        let doc = json!({ "components": { "schemas": {
+            "S": { "type": "object", "properties": { "a": { "type": "string" } } },
+            "N": { "type": "object", "nullable": true },
+        }}});
+        let check = |schema: Value, value: Value| openapi_errors(&doc, &schema, &value, "x");
+        let wrapped = json!({ "type": "object", "nullable": true,
+                              "allOf": [{ "$ref": "#/components/schemas/S" }] });
+        assert!(!check(wrapped.clone(), Value::Null).is_empty());
+        assert!(check(wrapped, json!({ "a": "b" })).is_empty());
+        assert!(check(json!({ "$ref": "#/components/schemas/N" }), Value::Null).is_empty());
+        assert!(!check(json!({ "$ref": "#/components/schemas/S" }), Value::Null).is_empty());
+        assert!(!check(json!({ "type": "string", "format": "byte" }), json!("%%")).is_empty());
+        assert!(!check(json!({ "type": "integer" }), json!("1")).is_empty());
+        assert!(!check(json!({ "required": ["a"] }), json!({})).is_empty());
+    }
+
+    /// Answers as the handlers make them validate against the OpenAPI description: a real
+    /// 422 verdict (a body that is no message: `sender`, `fatal`… null), and the problem
+    /// of every error, whose `title` must be among the codes it lists.
+    #[test]
+    fn answers_validate_against_the_openapi_description() {
+        let unsealed = etee_formats::cms::unseal(
+            &b"not a message"[..],
+            std::io::sink(),
+            &etee_formats::keys::KeyRing::new(),
+            &etee_formats::cms::UnsealOptions::default(),
+        )
+        .expect("a verdict");
+        assert!(!unsealed.verdict.is_clean());
+        // As `unseal` answers a verdict that is not clean.
+        let mut report = crate::report::unseal_report(&unsealed);
+        report["kgss_key_id"] = json!(None::<String>);
+        assert_eq!(report["sender"], Value::Null, "{report}");
+        assert_eq!(
+            openapi_schema_errors("UnsealReport", &report),
+            Vec::<String>::new()
+        );
+        let with_content = {
+            let mut r = report.clone();
+            r["content"] = json!(B64.encode(b"content"));
+            r
+        };
+        assert_eq!(
+            openapi_schema_errors("UnsealReportWithContent", &with_content),
+            Vec::<String>::new()
+        );
+        let mut wrong = report.clone();
+        wrong["sender"] = json!("someone");
+        assert!(!openapi_schema_errors("UnsealReport", &wrong).is_empty());
+
+        use crate::policy::Refusal;
+        let every_error = [
+            ServiceError::BadRequest("x".into()),
+            ServiceError::Refused(Refusal::UnknownCaller("x".into())),
+            ServiceError::Refused(Refusal::NotAllowed {
+                client: "x".into(),
+                operation: "seal".into(),
+            }),
+            ServiceError::CustodyRefused("x".into()),
+            ServiceError::CustodyRateLimited {
+                retry_after_ms: 1500,
+            },
+            ServiceError::HsmUnavailable("x".into()),
+            ServiceError::UnknownRecipient("x".into()),
+            ServiceError::KgssAccessDenied("x".into()),
+            ServiceError::KgssUnknownKey("x".into()),
+            ServiceError::Platform("x".into()),
+            ServiceError::PlatformRefused("x".into()),
+            ServiceError::TooLarge(1),
+            ServiceError::ContentTooLargeForJson { len: 2, max: 1 },
+            ServiceError::NotFound("x".into()),
+            ServiceError::MethodNotAllowed("x".into()),
+            ServiceError::Conflict("x".into()),
+            ServiceError::TooManyKeys("x".into()),
+            ServiceError::KeyDepotConflict("x".into()),
+            ServiceError::AuditUnreadable("x".into()),
+            ServiceError::Busy {
+                client: "x".into(),
+                limit: 1,
+            },
+            ServiceError::Io("x".into()),
+            ServiceError::OwnCertificate {
+                text: "x".into(),
+                why: NotVouched::NotGood,
+            },
+            ServiceError::OwnCertificate {
+                text: "x".into(),
+                why: NotVouched::NoAnswer,
+            },
+            ServiceError::OwnCertificate {
+                text: "x".into(),
+                why: NotVouched::Misconfigured,
+            },
+        ];
+        for e in &every_error {
+            // No wildcard: a new error fails to compile here until it is in the list.
+            match e {
+                ServiceError::BadRequest(_)
+                | ServiceError::Refused(_)
+                | ServiceError::CustodyRefused(_)
+                | ServiceError::CustodyRateLimited { .. }
+                | ServiceError::HsmUnavailable(_)
+                | ServiceError::UnknownRecipient(_)
+                | ServiceError::KgssAccessDenied(_)
+                | ServiceError::KgssUnknownKey(_)
+                | ServiceError::Platform(_)
+                | ServiceError::PlatformRefused(_)
+                | ServiceError::TooLarge(_)
+                | ServiceError::ContentTooLargeForJson { .. }
+                | ServiceError::NotFound(_)
+                | ServiceError::MethodNotAllowed(_)
+                | ServiceError::Conflict(_)
+                | ServiceError::TooManyKeys(_)
+                | ServiceError::KeyDepotConflict(_)
+                | ServiceError::AuditUnreadable(_)
+                | ServiceError::Busy { .. }
+                | ServiceError::Io(_)
+                | ServiceError::OwnCertificate { .. } => {}
+            }
+            let body = problem_body(e);
+            assert_eq!(
+                openapi_schema_errors("Problem", &body),
+                Vec::<String>::new(),
+                "{e:?}"
+            );
+        }
+    }
+
+    /// The JSON of [`problem`]'s answer.
+    fn problem_body(e: &ServiceError) -> Value {
+        let response = problem(e);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = runtime
+            .block_on(axum::body::to_bytes(response.into_body(), usize::MAX))
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
     #[test]
     fn key_ids_in_paths_take_either_base64() {
         let id = [0xfbu8, 0xff, 0x3e, 0x01, 0x02];

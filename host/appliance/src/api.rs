@@ -107,6 +107,7 @@ fn status(e: &ServiceError) -> StatusCode {
             etee_formats::ocsp::NotVouched::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        ServiceError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         ServiceError::Conflict(_)
         | ServiceError::TooManyKeys(_)
         | ServiceError::KeyDepotConflict(_) => StatusCode::CONFLICT,
@@ -136,6 +137,11 @@ pub fn problem(e: &ServiceError) -> Response {
         body.to_string(),
     )
         .into_response();
+    // Also on a problem made outside the router (the request timeout), which the
+    // router's layer does not reach.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(seconds) = retry_after(e) {
         response
             .headers_mut()
@@ -1532,6 +1538,7 @@ mod tests {
                 limit: 1,
             },
             ServiceError::Io("x".into()),
+            ServiceError::RequestTimeout { timeout_ms: 1 },
             ServiceError::OwnCertificate {
                 text: "x".into(),
                 why: NotVouched::NotGood,
@@ -1568,6 +1575,7 @@ mod tests {
                 | ServiceError::AuditUnreadable(_)
                 | ServiceError::Busy { .. }
                 | ServiceError::Io(_)
+                | ServiceError::RequestTimeout { .. }
                 | ServiceError::OwnCertificate { .. } => {}
             }
             let body = problem_body(e);

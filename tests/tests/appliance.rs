@@ -1127,6 +1127,18 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
     let (status, body) = curl_unix(&socket, "GET", "/v1/audit?limit=0", None);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["entries"], serde_json::json!([]));
+    // A page parameter that is not a number: the error names it.
+    for (query, name) in [("after=x", "after"), ("limit=ten", "limit")] {
+        let (status, body) = curl_unix(&socket, "GET", &format!("/v1/audit?{query}"), None);
+        let problem = json(&body);
+        assert!(
+            status == 400
+                && problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(&format!("{name} "))),
+            "{query}: {problem}"
+        );
+    }
 
     // Filters: the seals' signatures (a use record and a success each), counted beyond the
     // page; nothing in another time or for another client; bad filters are refused.

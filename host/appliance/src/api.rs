@@ -979,18 +979,12 @@ async fn audit(
         let client = app.authorise(&peer, Operation::Audit)?;
         let q: AuditQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
         let filter = q.filter()?;
-        let number = |s: Option<String>, default: u64| {
-            s.map_or(Ok(default), |s| {
-                s.parse::<u64>()
-                    .map_err(|_| ServiceError::BadRequest(format!("{s:?} is not a number")))
-            })
-        };
         // Records after sequence `after`; without it, from the first (sequence 0).
         let from = match q.after {
-            Some(a) => number(Some(a), 0)?.saturating_add(1),
+            Some(a) => audit_number("after", &a)?.saturating_add(1),
             None => 0,
         };
-        let limit = match number(q.limit, 1000)? {
+        let limit = match q.limit.map_or(Ok(1000), |l| audit_number("limit", &l))? {
             // 0: the chain's verification alone.
             n @ 0..=10_000 => n as usize,
             n => {
@@ -1014,6 +1008,16 @@ async fn audit(
     }
     .await;
     finish(&app, "audit", &peer, started, answer)
+}
+
+/// A whole number given as `GET /v1/audit`'s parameter `name`; the error names it.
+fn audit_number(name: &str, text: &str) -> Result<u64, ServiceError> {
+    text.parse::<u64>().map_err(|_| {
+        ServiceError::BadRequest(format!(
+            "{name} {text:?}: not a whole number (0 to {})",
+            u64::MAX
+        ))
+    })
 }
 
 /// A failure to read the custody audit file for `GET /v1/audit`: one the appliance's user
@@ -1234,6 +1238,22 @@ mod tests {
             "{text}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// A page parameter that is not a number is refused naming the parameter (it said
+    /// only `"x" is not a number`).
+    #[test]
+    fn audit_page_parameters_are_named_in_their_errors() {
+        assert_eq!(audit_number("after", "17").unwrap(), 17);
+        for (name, text) in [("after", "x"), ("limit", "-1"), ("after", "")] {
+            match audit_number(name, text) {
+                Err(ServiceError::BadRequest(why)) => assert!(
+                    why.starts_with(&format!("{name} {text:?}: not a whole number")),
+                    "{why}"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1258,6 +1258,39 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
             .contains("cache-control: no-store"),
         "{health}"
     );
+
+    // Every API request under way counts in etee_appliance_requests_in_flight, not only
+    // seals and unseals: a KGSS request whose body is still coming.
+    let in_flight = || {
+        let (status, body) = curl_unix(&socket, "GET", "/metrics", None);
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("etee_appliance_requests_in_flight "))
+            .and_then(|n| n.parse::<i64>().ok())
+            .expect("the gauge")
+    };
+    let until = |want: i64| {
+        let start = Instant::now();
+        while in_flight() != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "in flight: {} (want {want})",
+                in_flight()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(0);
+    let mut stalled = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        b"POST /v1/kgss/keys HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    until(1);
+    drop(stalled);
+    until(0);
 }
 
 /// A KGSS key is made for a seal (`allow`) only once nothing foreseeable can refuse it: a

@@ -53,6 +53,12 @@ pub fn router(app: Arc<Appliance>) -> Router {
             get(keydepot_list),
         )
         .route("/v1/audit", get(audit))
+        // Every API route above, from its start until its answer's status and headers
+        // are ready (waiting for a slot included): etee_appliance_requests_in_flight.
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_in_flight,
+        ))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route(
@@ -83,6 +89,16 @@ pub fn router(app: Arc<Appliance>) -> Router {
 }
 
 type Answer = Result<Response, ServiceError>;
+
+/// Counts an API request in `etee_appliance_requests_in_flight` while it is handled.
+async fn count_in_flight(
+    State(app): State<Arc<Appliance>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _in_flight = app.metrics.start();
+    next.run(request).await
+}
 
 /// Status of each error.
 fn status(e: &ServiceError) -> StatusCode {
@@ -491,7 +507,6 @@ async fn seal(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let _in_flight = app.metrics.start();
     let answer = async {
         let client = app.authorise(&peer, Operation::Seal)?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
@@ -546,7 +561,6 @@ async fn unseal(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let _in_flight = app.metrics.start();
     let answer = async {
         let client = app.authorise(&peer, Operation::Unseal)?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;

@@ -1984,10 +1984,18 @@ fn a_running_appliance_follows_its_revocation_lists() {
         .find_map(|l| l.strip_prefix("etee_appliance_ocsp_asked_total "))
         .and_then(|v| v.parse::<u64>().ok());
     assert!(asked.is_some_and(|n| n >= 2), "{metrics}");
-    // At the platform, Alice's certificate no longer authenticates her: KGSS creates no
-    // key for her.
-    let (status, body) = for_pharmacies();
-    assert_ne!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // Nor does it ask KGSS for a key to seal for readers: refused before (no key left
+    // behind at the platform).
+    assert_problem(for_pharmacies(), 409, "OWN_CERTIFICATE_NOT_GOOD");
+    // At the platform, Alice's certificate no longer authenticates her: a request that
+    // reaches it (a KGSS deletion, authenticated by her TLS certificate) is refused.
+    let (status, body) = curl_unix(
+        &alice,
+        "DELETE",
+        "/v1/kgss/keys/AAAAAAAAAAAAAAAAAAAAAA",
+        None,
+    );
+    assert_ne!(status, 204, "{}", String::from_utf8_lossy(&body));
     let log = std::fs::read_to_string(w.path("bob.log")).unwrap_or_default();
     assert!(log.contains("revocation lists read again"), "{log}");
 

@@ -871,13 +871,24 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
     }
     let w = World::new();
     let mut hsm = std::fs::read_to_string(w.path("alice-hsm.toml")).unwrap();
-    hsm.push_str("\n[hsm.profiles.keydepot]\nrole = \"authentication\"\nid = \"keydepot-1\"\n");
+    for (profile, id) in [("keydepot", "keydepot-1"), ("keydepot2", "keydepot-2")] {
+        hsm.push_str(&format!(
+            "\n[hsm.profiles.{profile}]\nrole = \"authentication\"\nid = \"{id}\"\n"
+        ));
+    }
     std::fs::write(w.path("alice-hsm.toml"), hsm).unwrap();
-    etee_e2e::etee(["keys", "generate", "--profile", "keydepot", "--config"])
-        .arg(w.path("alice-hsm.toml"))
-        .env("SOFTHSM2_CONF", w.path("softhsm2.conf"))
-        .run()
-        .code(0);
+    for profile in ["keydepot", "keydepot2"] {
+        etee_e2e::etee(["keys", "generate", "--profile", profile, "--config"])
+            .arg(w.path("alice-hsm.toml"))
+            .env("SOFTHSM2_CONF", w.path("softhsm2.conf"))
+            .run()
+            .code(0);
+    }
+    // One key per holder: a second registration meets KeyDepot's bound.
+    let platform = std::fs::read_to_string(w.path("platform.toml")).unwrap();
+    let platform = platform.replacen("[platform]\n", "[platform]\nmax_keys_per_holder = 1\n", 1);
+    assert!(platform.contains("max_keys_per_holder = 1\n"), "{platform}");
+    std::fs::write(w.path("platform.toml"), platform).unwrap();
     let _platform = w.platform();
     let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
     let socket = w.path("alice.sock");
@@ -922,6 +933,16 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
         409,
         "KEYDEPOT_KEY_EXISTS",
     );
+    // Another key of a holder at KeyDepot's bound: its own code, not "exists".
+    let register_second = || {
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/keydepot/keys",
+            Some(br#"{"key": "keydepot-2"}"#),
+        )
+    };
+    assert_problem(register_second(), 409, "KEYDEPOT_TOO_MANY_KEYS");
     assert_problem(
         curl_unix(&socket, "GET", "/v1/keydepot/holders/FOO/1/keys", None),
         400,
@@ -949,6 +970,20 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
         404,
         "APPLIANCE_NOT_FOUND",
     );
+    // The deletion made room for the second key; the deleted key's id is retired for
+    // ever: registering it again is "exists", not a new registration.
+    let (status, body) = register_second();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert_problem(
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/keydepot/keys",
+            Some(br#"{"key": "keydepot-1"}"#),
+        ),
+        409,
+        "KEYDEPOT_KEY_EXISTS",
+    );
     // The proof of possession and the attestation were signed in the token for the caller.
     let chain = w.audit_verify("alice-hsm.toml");
     let tail = chain["tail"].as_array().unwrap();
@@ -962,7 +997,7 @@ fn keydepot_registers_a_key_of_the_token_through_the_api() {
 }
 
 /// What a caller gets wrong is answered as its error, not the appliance's: a request
-/// body cut short or badly framed (400, not 500), recipients and reader conditions
+/// body cut short (wherever it stops) or badly framed (400, not 500 nor 422), recipients and reader conditions
 /// repeated thousands of times (counted once: one recipient info, one condition) or too
 /// many of them (400 before anything is looked up); query parameters given twice or to a
 /// route that takes none, a path that does not decode, an audit page over its bound (400
@@ -1014,6 +1049,54 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
         );
     }
 
+    // A message for Alice herself, sent to unseal with a body cut short wherever it stops
+    // (Content-Length promising more than comes): always 400, never a verdict on a
+    // message the caller did not finish sending (within the message's head it was 422,
+    // OUTER_SIGNED_DATA_STRUCTURE_INCORRECT).
+    let (status, sealed) = curl_unix(
+        &socket,
+        "POST",
+        "/v1/seal?to=NIHII-HOSPITAL:71000436",
+        Some(b"for Alice"),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&sealed));
+    let unseal_cut = |cut: usize, promised: usize| {
+        let mut request =
+            format!("POST /v1/unseal HTTP/1.1\r\nHost: a\r\nContent-Length: {promised}\r\n\r\n")
+                .into_bytes();
+        request.extend_from_slice(&sealed[..cut]);
+        raw(&request, true)
+    };
+    let n = sealed.len();
+    for cut in [0, 1, 40, 300, 700, 1200, 2000, n / 2, n - 1, n] {
+        let answer = unseal_cut(cut, n + 10);
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("APPLIANCE_BAD_REQUEST"),
+            "cut after {cut} of {n} bytes: {answer}"
+        );
+    }
+    // The same request with all its body: opened (over one connection closed after it).
+    let mut whole = format!(
+        "POST /v1/unseal HTTP/1.1\r\nHost: a\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    whole.extend_from_slice(&sealed);
+    let whole = raw(&whole, false);
+    assert!(
+        whole.starts_with("HTTP/1.1 200") && whole.ends_with("for Alice"),
+        "{whole}"
+    );
+    // Bytes after a complete message are ignored, as `etee unseal` ignores them in a file.
+    let mut trailing = sealed.clone();
+    trailing.extend_from_slice(&[0u8; 5000]);
+    let (status, content) = curl_unix(&socket, "POST", "/v1/unseal", Some(&trailing));
+    assert_eq!(
+        (status, &content[..]),
+        (200, &b"for Alice"[..]),
+        "{}",
+        String::from_utf8_lossy(&content)
+    );
+
     let to = vec!["to=NIHII-PHARMACY:27150201"; 2000].join("&");
     let (status, sealed) = curl_unix(&socket, "POST", &format!("/v1/seal?{to}"), Some(b"x"));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&sealed));
@@ -1044,6 +1127,18 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
     let (status, body) = curl_unix(&socket, "GET", "/v1/audit?limit=0", None);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["entries"], serde_json::json!([]));
+    // A page parameter that is not a number: the error names it.
+    for (query, name) in [("after=x", "after"), ("limit=ten", "limit")] {
+        let (status, body) = curl_unix(&socket, "GET", &format!("/v1/audit?{query}"), None);
+        let problem = json(&body);
+        assert!(
+            status == 400
+                && problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(&format!("{name} "))),
+            "{query}: {problem}"
+        );
+    }
 
     // Filters: the seals' signatures (a use record and a success each), counted beyond the
     // page; nothing in another time or for another client; bad filters are refused.
@@ -1163,6 +1258,229 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
             .contains("cache-control: no-store"),
         "{health}"
     );
+
+    // Every API request under way counts in etee_appliance_requests_in_flight, not only
+    // seals and unseals: a KGSS request whose body is still coming.
+    let in_flight = || {
+        let (status, body) = curl_unix(&socket, "GET", "/metrics", None);
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("etee_appliance_requests_in_flight "))
+            .and_then(|n| n.parse::<i64>().ok())
+            .expect("the gauge")
+    };
+    let until = |want: i64| {
+        let start = Instant::now();
+        while in_flight() != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "in flight: {} (want {want})",
+                in_flight()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(0);
+    let mut stalled = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        b"POST /v1/kgss/keys HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    until(1);
+    drop(stalled);
+    until(0);
+}
+
+/// A KGSS key is made for a seal (`allow`) only once nothing foreseeable can refuse it: a
+/// body cut short (400), a content over the JSON answer's `max_json_content_bytes` (413),
+/// an own certificate the OCSP responder says is revoked (409) are refused without a key
+/// use — before, each left a KGSS key nobody could use. A sealed message that turns out
+/// just over the JSON limit has its key deleted again. `POST /v1/kgss/keys` from a
+/// revoked institution is the seal's 409 `OWN_CERTIFICATE_NOT_GOOD` (it was 404
+/// `UNKNOWN_RECIPIENT`). The platform's audit chain counts the keys made and deleted.
+#[test]
+fn a_refused_seal_leaves_no_kgss_key_behind() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    let config = std::fs::read_to_string(w.path("alice-appliance.toml")).unwrap();
+    let config = config.replacen(
+        "[appliance]\n",
+        "[appliance]\nmax_json_content_bytes = 3000\n",
+        1,
+    );
+    std::fs::write(w.path("alice-appliance.toml"), config).unwrap();
+    let platform = w.platform();
+    let alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
+    let socket = w.path("alice.sock");
+    let key_uses = || {
+        let (status, body) = curl_unix(&socket, "GET", "/v1/audit?limit=0", None);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        json(&body)["records"].as_u64().expect("records")
+    };
+    let raw = |request: &[u8]| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(request).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let seal_json = |content: &[u8]| {
+        curl(
+            &[
+                "--unix-socket",
+                &socket.display().to_string(),
+                "-H",
+                "Accept: application/json",
+            ],
+            "POST",
+            "http://appliance/v1/seal?allow=doctor",
+            Some(content),
+        )
+    };
+    // One seal that goes through: one key.
+    let (status, body) = curl_unix(&socket, "POST", "/v1/seal?allow=doctor", Some(b"x"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    let before = key_uses();
+    let answer = raw(
+        b"POST /v1/seal?allow=doctor HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly this",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("APPLIANCE_BAD_REQUEST"),
+        "{answer}"
+    );
+    assert_problem(
+        seal_json(&[b'x'; 4000]),
+        413,
+        "APPLIANCE_CONTENT_TOO_LARGE_FOR_JSON",
+    );
+    assert_eq!(key_uses(), before, "no KGSS request was made");
+    // Under the limit, but the sealed message is not: found only once sealed, so the key
+    // is made, then deleted.
+    assert_problem(
+        seal_json(&[b'x'; 100]),
+        413,
+        "APPLIANCE_CONTENT_TOO_LARGE_FOR_JSON",
+    );
+
+    // The CA revokes Alice: once its responder says so, she may seal nothing.
+    etee_e2e::etee(["pki", "revoke"])
+        .arg(w.path("world"))
+        .args(["--name", "alice"])
+        .run()
+        .code(0);
+    let (status, refused) = w.first_refusal("alice", || {
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/seal?to=NIHII-PHARMACY:27150201",
+            Some(b"x"),
+        )
+    });
+    assert_eq!(
+        (status, refused["title"].as_str()),
+        (409, Some("OWN_CERTIFICATE_NOT_GOOD")),
+        "{refused}"
+    );
+    let before = key_uses();
+    assert_problem(
+        curl_unix(&socket, "POST", "/v1/seal?allow=doctor", Some(b"x")),
+        409,
+        "OWN_CERTIFICATE_NOT_GOOD",
+    );
+    assert_problem(
+        curl_unix(
+            &socket,
+            "POST",
+            "/v1/kgss/keys",
+            Some(br#"{"allowed": ["doctor"]}"#),
+        ),
+        409,
+        "OWN_CERTIFICATE_NOT_GOOD",
+    );
+    assert_eq!(key_uses(), before, "no KGSS request was made");
+
+    // The platform's chain (read with the platform stopped: its store admits one process).
+    drop(alice);
+    drop(platform);
+    let matched = |action: &str| {
+        let out = etee_e2e::etee(["platform", "audit", "--json", "--tail", "0", "--action"])
+            .arg(action)
+            .arg("--config")
+            .arg(w.path("platform.toml"))
+            .run();
+        out.code(0);
+        out.json()["matched"].as_u64().expect("matched")
+    };
+    assert_eq!(
+        (matched("kgss.create"), matched("kgss.delete")),
+        (2, 1),
+        "the seal that went through, and the one over the JSON limit (deleted)"
+    );
+}
+
+/// The custody core's rate budget spent: 429 `CUSTODY_RATE_LIMITED` with a `Retry-After`
+/// in whole seconds (it was 403 `CUSTODY_REFUSED` without one, which reads as final), and
+/// a retry after that long goes through.
+#[test]
+fn a_spent_custody_budget_is_429_with_retry_after() {
+    if !softhsm_available() {
+        return;
+    }
+    let w = World::new();
+    // Two uses at once (one seal's two signatures), refilled at one a second.
+    let mut hsm = std::fs::read_to_string(w.path("alice-hsm.toml")).unwrap();
+    assert!(
+        hsm.trim_end().ends_with("audit_file = \"alice-audit.log\""),
+        "{hsm}"
+    );
+    hsm.push_str("budget_burst = 2\nbudget_per_second = 1\n");
+    std::fs::write(w.path("alice-hsm.toml"), hsm).unwrap();
+    let _platform = w.platform();
+    let _alice = w.appliance("alice", "alice-appliance.toml", "alice.sock");
+    let socket = w.path("alice.sock");
+    let seal = || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(
+            b"POST /v1/seal?to=NIHII-PHARMACY:27150201 HTTP/1.1\r\nHost: a\r\n\
+              Content-Length: 1\r\nConnection: close\r\n\r\nx",
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // Sealing faster than the budget refills: refused within a few seals.
+    let refused = (0..6)
+        .map(|_| seal())
+        .find(|answer| !answer.starts_with("HTTP/1.1 200"))
+        .expect("a seal past the budget");
+    assert!(
+        refused.starts_with("HTTP/1.1 429") && refused.contains("\"CUSTODY_RATE_LIMITED\""),
+        "{refused}"
+    );
+    let lower = refused.to_ascii_lowercase();
+    let retry_after: u64 = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .unwrap_or_else(|| panic!("no Retry-After: {refused}"))
+        .trim()
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=2).contains(&retry_after), "{refused}");
+    // A seal needs two uses: after the wait for one, and one second more, it goes through.
+    std::thread::sleep(Duration::from_secs(retry_after + 1));
+    let again = seal();
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
 }
 
 /// An ETK that expires while the appliance runs: sealing for its holder works while it is
@@ -1666,10 +1984,18 @@ fn a_running_appliance_follows_its_revocation_lists() {
         .find_map(|l| l.strip_prefix("etee_appliance_ocsp_asked_total "))
         .and_then(|v| v.parse::<u64>().ok());
     assert!(asked.is_some_and(|n| n >= 2), "{metrics}");
-    // At the platform, Alice's certificate no longer authenticates her: KGSS creates no
-    // key for her.
-    let (status, body) = for_pharmacies();
-    assert_ne!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // Nor does it ask KGSS for a key to seal for readers: refused before (no key left
+    // behind at the platform).
+    assert_problem(for_pharmacies(), 409, "OWN_CERTIFICATE_NOT_GOOD");
+    // At the platform, Alice's certificate no longer authenticates her: a request that
+    // reaches it (a KGSS deletion, authenticated by her TLS certificate) is refused.
+    let (status, body) = curl_unix(
+        &alice,
+        "DELETE",
+        "/v1/kgss/keys/AAAAAAAAAAAAAAAAAAAAAA",
+        None,
+    );
+    assert_ne!(status, 204, "{}", String::from_utf8_lossy(&body));
     let log = std::fs::read_to_string(w.path("bob.log")).unwrap_or_default();
     assert!(log.contains("revocation lists read again"), "{log}");
 

@@ -702,6 +702,7 @@ async fn service_round_trips(
                             &sealer,
                             request.clone(),
                             std::io::Cursor::new(content.clone()),
+                            None,
                         )
                         .await
                         .map_err(|e| format!("Appliance::seal: {}", e.code()))?;

@@ -53,6 +53,12 @@ pub fn router(app: Arc<Appliance>) -> Router {
             get(keydepot_list),
         )
         .route("/v1/audit", get(audit))
+        // Every API route above, from its start until its answer's status and headers
+        // are ready (waiting for a slot included): etee_appliance_requests_in_flight.
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_in_flight,
+        ))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route(
@@ -84,6 +90,16 @@ pub fn router(app: Arc<Appliance>) -> Router {
 
 type Answer = Result<Response, ServiceError>;
 
+/// Counts an API request in `etee_appliance_requests_in_flight` while it is handled.
+async fn count_in_flight(
+    State(app): State<Arc<Appliance>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _in_flight = app.metrics.start();
+    next.run(request).await
+}
+
 /// Status of each error.
 fn status(e: &ServiceError) -> StatusCode {
     use crate::policy::Refusal;
@@ -107,9 +123,14 @@ fn status(e: &ServiceError) -> StatusCode {
             etee_formats::ocsp::NotVouched::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
         },
         ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-        ServiceError::Conflict(_) => StatusCode::CONFLICT,
+        ServiceError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+        ServiceError::Conflict(_)
+        | ServiceError::TooManyKeys(_)
+        | ServiceError::KeyDepotConflict(_) => StatusCode::CONFLICT,
         ServiceError::AuditUnreadable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ServiceError::Busy { .. } | ServiceError::CustodyRateLimited { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         ServiceError::TooLarge(_) | ServiceError::ContentTooLargeForJson { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
         }
@@ -132,32 +153,37 @@ pub fn problem(e: &ServiceError) -> Response {
         body.to_string(),
     )
         .into_response();
+    // Also on a problem made outside the router (the request timeout), which the
+    // router's layer does not reach.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(seconds) = retry_after(e) {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }
 
 /// When a refusal that may pass by itself is worth asking again (`Retry-After`, seconds).
-fn retry_after(e: &ServiceError) -> Option<&'static str> {
+fn retry_after(e: &ServiceError) -> Option<u64> {
     match e {
         // The client's own operations free its slots; one second is a fair first retry.
-        ServiceError::Busy { .. } => Some("1"),
+        ServiceError::Busy { .. } => Some(1),
+        // The custody core says when its budget has refilled enough: in whole seconds,
+        // rounded up, so that a retry at that time is not refused again for being early.
+        ServiceError::CustodyRateLimited { retry_after_ms } => Some(retry_after_ms.div_ceil(1000)),
         // The session pool re-initialises the token and re-finds its keys on the next use.
-        ServiceError::HsmUnavailable(_) => Some("1"),
+        ServiceError::HsmUnavailable(_) => Some(1),
         // A certificate with no usable answer is not asked about again for this long.
         ServiceError::OwnCertificate {
             why: NotVouched::NoAnswer,
             ..
-        } => Some(OCSP_RETRY_AFTER),
+        } => Some(etee_formats::ocsp::UNREACHABLE_BACKOFF.unsigned_abs()),
         _ => None,
     }
 }
-
-/// [`etee_formats::ocsp::UNREACHABLE_BACKOFF`] as a header value (a test pins them equal).
-const OCSP_RETRY_AFTER: &str = "30";
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
     (
@@ -481,21 +507,25 @@ async fn seal(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let _in_flight = app.metrics.start();
     let answer = async {
         let client = app.authorise(&peer, Operation::Seal)?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
         let request = seal_request(query.as_deref().unwrap_or(""))?;
+        // A JSON answer carries at most this much (checked before a KGSS key is made).
+        let max_sealed =
+            wants_json(&headers, SEALED_TYPE).then_some(app.config().limits.max_json_content_bytes);
         let client = app.take_slot(client).await?;
         let Sealed {
             mut message,
             recipients,
             kgss_key_id,
             content_len,
-        } = app.seal(&client, request, body_reader(body)).await?;
+        } = app
+            .seal(&client, request, body_reader(body), max_sealed)
+            .await?;
         app.metrics.bytes(content_len, 0);
         let key_id = kgss_key_id.as_deref().map(|k| B64.encode(k));
-        if wants_json(&headers, SEALED_TYPE) {
+        if max_sealed.is_some() {
             let sealed = read_all(&mut message, app.config().limits.max_json_content_bytes)?;
             app.metrics.bytes(0, sealed.len() as u64);
             return Ok(json_response(
@@ -531,7 +561,6 @@ async fn unseal(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let _in_flight = app.metrics.start();
     let answer = async {
         let client = app.authorise(&peer, Operation::Unseal)?;
         declared_length_fits(app.config().limits.max_body_bytes, &headers)?;
@@ -964,18 +993,12 @@ async fn audit(
         let client = app.authorise(&peer, Operation::Audit)?;
         let q: AuditQuery = serde_urlencoded_query(query.as_deref().unwrap_or(""))?;
         let filter = q.filter()?;
-        let number = |s: Option<String>, default: u64| {
-            s.map_or(Ok(default), |s| {
-                s.parse::<u64>()
-                    .map_err(|_| ServiceError::BadRequest(format!("{s:?} is not a number")))
-            })
-        };
         // Records after sequence `after`; without it, from the first (sequence 0).
         let from = match q.after {
-            Some(a) => number(Some(a), 0)?.saturating_add(1),
+            Some(a) => audit_number("after", &a)?.saturating_add(1),
             None => 0,
         };
-        let limit = match number(q.limit, 1000)? {
+        let limit = match q.limit.map_or(Ok(1000), |l| audit_number("limit", &l))? {
             // 0: the chain's verification alone.
             n @ 0..=10_000 => n as usize,
             n => {
@@ -999,6 +1022,16 @@ async fn audit(
     }
     .await;
     finish(&app, "audit", &peer, started, answer)
+}
+
+/// A whole number given as `GET /v1/audit`'s parameter `name`; the error names it.
+fn audit_number(name: &str, text: &str) -> Result<u64, ServiceError> {
+    text.parse::<u64>().map_err(|_| {
+        ServiceError::BadRequest(format!(
+            "{name} {text:?}: not a whole number (0 to {})",
+            u64::MAX
+        ))
+    })
 }
 
 /// A failure to read the custody audit file for `GET /v1/audit`: one the appliance's user
@@ -1221,6 +1254,22 @@ mod tests {
         );
     }
 
+    /// A page parameter that is not a number is refused naming the parameter (it said
+    /// only `"x" is not a number`).
+    #[test]
+    fn audit_page_parameters_are_named_in_their_errors() {
+        assert_eq!(audit_number("after", "17").unwrap(), 17);
+        for (name, text) in [("after", "x"), ("limit", "-1"), ("after", "")] {
+            match audit_number(name, text) {
+                Err(ServiceError::BadRequest(why)) => assert!(
+                    why.starts_with(&format!("{name} {text:?}: not a whole number")),
+                    "{why}"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn audit_filters() {
         use etee_custody::audit::Operation;
@@ -1329,6 +1378,261 @@ mod tests {
         assert_eq!(routed, described);
     }
 
+    /// The errors of `value` against `schema`, read as OpenAPI 3.0.3 reads it: a `$ref`
+    /// replaces its siblings; `nullable: true` admits null beside a `type`, and nothing
+    /// else does (not `allOf` members: each must admit the value itself); `type`,
+    /// `enum`, `required`, `properties`, `additionalProperties`, `items`, `allOf`,
+    /// `anyOf`, `oneOf`, and `format: byte` (standard Base64). What a generated client's
+    /// validator checks of the answers; the rest of the dialect is not used here.
+    fn openapi_errors(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+        if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            let target = r
+                .strip_prefix('#')
+                .and_then(|pointer| doc.pointer(pointer))
+                .unwrap_or_else(|| panic!("{at}: unresolved $ref {r}"));
+            return openapi_errors(doc, target, value, at);
+        }
+        let mut errors = Vec::new();
+        let nullable = schema.get("nullable") == Some(&Value::Bool(true));
+        if let Some(t) = schema.get("type").and_then(Value::as_str) {
+            let fits = match (t, value) {
+                (_, Value::Null) => nullable,
+                ("object", v) => v.is_object(),
+                ("array", v) => v.is_array(),
+                ("string", v) => v.is_string(),
+                ("integer", v) => v.is_i64() || v.is_u64(),
+                ("number", v) => v.is_number(),
+                ("boolean", v) => v.is_boolean(),
+                (other, _) => panic!("{at}: type {other:?}"),
+            };
+            if !fits {
+                errors.push(format!("{at}: {value} is not a {t}"));
+                return errors;
+            }
+        } else if nullable {
+            panic!("{at}: nullable without a type has no effect in OpenAPI 3.0.3");
+        }
+        if let Some(options) = schema.get("enum").and_then(Value::as_array) {
+            if !value.is_null() && !options.contains(value) {
+                errors.push(format!("{at}: {value} is not one of {options:?}"));
+            }
+        }
+        if let (Some("byte"), Some(text)) =
+            (schema.get("format").and_then(Value::as_str), value.as_str())
+        {
+            if B64.decode(text).is_err() {
+                errors.push(format!("{at}: {text:?} is not Base64"));
+            }
+        }
+        if let Some(members) = schema.get("allOf").and_then(Value::as_array) {
+            for (i, m) in members.iter().enumerate() {
+                errors.extend(openapi_errors(doc, m, value, &format!("{at}/allOf[{i}]")));
+            }
+        }
+        for (key, exactly_one) in [("anyOf", false), ("oneOf", true)] {
+            if let Some(members) = schema.get(key).and_then(Value::as_array) {
+                let passing = members
+                    .iter()
+                    .filter(|m| openapi_errors(doc, m, value, at).is_empty())
+                    .count();
+                if passing == 0 || (exactly_one && passing > 1) {
+                    errors.push(format!(
+                        "{at}: {passing} of the {key} members admit {value}"
+                    ));
+                }
+            }
+        }
+        if let Some(object) = value.as_object() {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            for name in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if !object.contains_key(name) {
+                    errors.push(format!("{at}: {name} is required"));
+                }
+            }
+            for (name, v) in object {
+                let at = format!("{at}/{name}");
+                match (
+                    properties.and_then(|p| p.get(name)),
+                    schema.get("additionalProperties"),
+                ) {
+                    (Some(s), _) => errors.extend(openapi_errors(doc, s, v, &at)),
+                    (None, Some(Value::Bool(false))) => {
+                        errors.push(format!("{at}: not a property of the schema"))
+                    }
+                    (None, Some(s @ Value::Object(_))) => {
+                        errors.extend(openapi_errors(doc, s, v, &at))
+                    }
+                    (None, _) => {}
+                }
+            }
+        }
+        if let (Some(items), Some(list)) = (schema.get("items"), value.as_array()) {
+            for (i, v) in list.iter().enumerate() {
+                errors.extend(openapi_errors(doc, items, v, &format!("{at}[{i}]")));
+            }
+        }
+        errors
+    }
+
+    fn openapi_schema_errors(name: &str, value: &Value) -> Vec<String> {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("docs/openapi/appliance.json");
+        let schema = json!({ "$ref": format!("#/components/schemas/{name}") });
+        openapi_errors(&doc, &schema, value, name)
+    }
+
+    /// The validator above refuses what OpenAPI 3.0.3 refuses: `nullable` next to an
+    /// `allOf` does not make its members admit null (the `sender` of `UnsealReport` was
+    /// written so, and real 422 answers, `"sender": null`, failed validation).
+    #[test]
+    fn the_openapi_checker_reads_nullable_as_openapi_3_0_3() {
+        let doc = json!({ "components": { "schemas": {
+            "S": { "type": "object", "properties": { "a": { "type": "string" } } },
+            "N": { "type": "object", "nullable": true },
+        }}});
+        let check = |schema: Value, value: Value| openapi_errors(&doc, &schema, &value, "x");
+        let wrapped = json!({ "type": "object", "nullable": true,
+                              "allOf": [{ "$ref": "#/components/schemas/S" }] });
+        assert!(!check(wrapped.clone(), Value::Null).is_empty());
+        assert!(check(wrapped, json!({ "a": "b" })).is_empty());
+        assert!(check(json!({ "$ref": "#/components/schemas/N" }), Value::Null).is_empty());
+        assert!(!check(json!({ "$ref": "#/components/schemas/S" }), Value::Null).is_empty());
+        assert!(!check(json!({ "type": "string", "format": "byte" }), json!("%%")).is_empty());
+        assert!(!check(json!({ "type": "integer" }), json!("1")).is_empty());
+        assert!(!check(json!({ "required": ["a"] }), json!({})).is_empty());
+    }
+
+    /// Answers as the handlers make them validate against the OpenAPI description: a real
+    /// 422 verdict (a body that is no message: `sender`, `fatal`… null), and the problem
+    /// of every error, whose `title` must be among the codes it lists.
+    #[test]
+    fn answers_validate_against_the_openapi_description() {
+        let unsealed = etee_formats::cms::unseal(
+            &b"not a message"[..],
+            std::io::sink(),
+            &etee_formats::keys::KeyRing::new(),
+            &etee_formats::cms::UnsealOptions::default(),
+        )
+        .expect("a verdict");
+        assert!(!unsealed.verdict.is_clean());
+        // As `unseal` answers a verdict that is not clean.
+        let mut report = crate::report::unseal_report(&unsealed);
+        report["kgss_key_id"] = json!(None::<String>);
+        assert_eq!(report["sender"], Value::Null, "{report}");
+        assert_eq!(
+            openapi_schema_errors("UnsealReport", &report),
+            Vec::<String>::new()
+        );
+        let with_content = {
+            let mut r = report.clone();
+            r["content"] = json!(B64.encode(b"content"));
+            r
+        };
+        assert_eq!(
+            openapi_schema_errors("UnsealReportWithContent", &with_content),
+            Vec::<String>::new()
+        );
+        let mut wrong = report.clone();
+        wrong["sender"] = json!("someone");
+        assert!(!openapi_schema_errors("UnsealReport", &wrong).is_empty());
+
+        use crate::policy::Refusal;
+        let every_error = [
+            ServiceError::BadRequest("x".into()),
+            ServiceError::Refused(Refusal::UnknownCaller("x".into())),
+            ServiceError::Refused(Refusal::NotAllowed {
+                client: "x".into(),
+                operation: "seal".into(),
+            }),
+            ServiceError::CustodyRefused("x".into()),
+            ServiceError::CustodyRateLimited {
+                retry_after_ms: 1500,
+            },
+            ServiceError::HsmUnavailable("x".into()),
+            ServiceError::UnknownRecipient("x".into()),
+            ServiceError::KgssAccessDenied("x".into()),
+            ServiceError::KgssUnknownKey("x".into()),
+            ServiceError::Platform("x".into()),
+            ServiceError::PlatformRefused("x".into()),
+            ServiceError::TooLarge(1),
+            ServiceError::ContentTooLargeForJson { len: 2, max: 1 },
+            ServiceError::NotFound("x".into()),
+            ServiceError::MethodNotAllowed("x".into()),
+            ServiceError::Conflict("x".into()),
+            ServiceError::TooManyKeys("x".into()),
+            ServiceError::KeyDepotConflict("x".into()),
+            ServiceError::AuditUnreadable("x".into()),
+            ServiceError::Busy {
+                client: "x".into(),
+                limit: 1,
+            },
+            ServiceError::Io("x".into()),
+            ServiceError::RequestTimeout { timeout_ms: 1 },
+            ServiceError::OwnCertificate {
+                text: "x".into(),
+                why: NotVouched::NotGood,
+            },
+            ServiceError::OwnCertificate {
+                text: "x".into(),
+                why: NotVouched::NoAnswer,
+            },
+            ServiceError::OwnCertificate {
+                text: "x".into(),
+                why: NotVouched::Misconfigured,
+            },
+        ];
+        for e in &every_error {
+            // No wildcard: a new error fails to compile here until it is in the list.
+            match e {
+                ServiceError::BadRequest(_)
+                | ServiceError::Refused(_)
+                | ServiceError::CustodyRefused(_)
+                | ServiceError::CustodyRateLimited { .. }
+                | ServiceError::HsmUnavailable(_)
+                | ServiceError::UnknownRecipient(_)
+                | ServiceError::KgssAccessDenied(_)
+                | ServiceError::KgssUnknownKey(_)
+                | ServiceError::Platform(_)
+                | ServiceError::PlatformRefused(_)
+                | ServiceError::TooLarge(_)
+                | ServiceError::ContentTooLargeForJson { .. }
+                | ServiceError::NotFound(_)
+                | ServiceError::MethodNotAllowed(_)
+                | ServiceError::Conflict(_)
+                | ServiceError::TooManyKeys(_)
+                | ServiceError::KeyDepotConflict(_)
+                | ServiceError::AuditUnreadable(_)
+                | ServiceError::Busy { .. }
+                | ServiceError::Io(_)
+                | ServiceError::RequestTimeout { .. }
+                | ServiceError::OwnCertificate { .. } => {}
+            }
+            let body = problem_body(e);
+            assert_eq!(
+                openapi_schema_errors("Problem", &body),
+                Vec::<String>::new(),
+                "{e:?}"
+            );
+        }
+    }
+
+    /// The JSON of [`problem`]'s answer.
+    fn problem_body(e: &ServiceError) -> Value {
+        let response = problem(e);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = runtime
+            .block_on(axum::body::to_bytes(response.into_body(), usize::MAX))
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
     #[test]
     fn key_ids_in_paths_take_either_base64() {
         let id = [0xfbu8, 0xff, 0x3e, 0x01, 0x02];
@@ -1361,6 +1665,15 @@ mod tests {
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let r = problem(&ServiceError::TooLarge(10));
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        for conflict in [
+            ServiceError::Conflict("x".into()),
+            ServiceError::TooManyKeys("x".into()),
+            ServiceError::KeyDepotConflict("x".into()),
+        ] {
+            let r = problem(&conflict);
+            assert_eq!(r.status(), StatusCode::CONFLICT, "{conflict:?}");
+            assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        }
         let r = problem(&ServiceError::KgssAccessDenied("no".into()));
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(
@@ -1374,6 +1687,26 @@ mod tests {
         });
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        // The custody core's budget: 429 with the core's wait in whole seconds, rounded up
+        // (it was 403 CUSTODY_REFUSED without Retry-After, which reads as final).
+        for (ms, seconds) in [
+            (1, "1"),
+            (999, "1"),
+            (1000, "1"),
+            (1001, "2"),
+            (30_500, "31"),
+        ] {
+            let limited = ServiceError::from_key(etee_formats::keys::KeyError::RateLimited {
+                retry_after_ms: ms,
+            });
+            assert_eq!(limited.code(), "CUSTODY_RATE_LIMITED");
+            let r = problem(&limited);
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{ms} ms");
+            assert_eq!(r.headers()[header::RETRY_AFTER], seconds, "{ms} ms");
+        }
+        let r = problem(&ServiceError::CustodyRefused("policy".into()));
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
         let r = problem(&ServiceError::HsmUnavailable("session closed".into()));
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");

@@ -49,6 +49,7 @@
 //! Relative paths are relative to the configuration file. Unknown keys are refused.
 
 use crate::{ApplianceError, Result};
+use etee_formats::revocation::RevocationPolicy;
 use etee_services::revocation::RevocationConfig;
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -488,6 +489,17 @@ impl ApplianceConfig {
                 c.name
             ));
         }
+        if self.revocation.effective_policy().ok() == Some(RevocationPolicy::None) {
+            out.push(
+                "no revocation checking (neither crl nor ocsp in [appliance], or revocation = \
+                 \"none\"): revoked certificates are accepted — a revoked sender's message \
+                 opens as valid, a revoked recipient's ETK is sealed to, a revoked HTTPS \
+                 client is served, and seals go on with a revoked own certificate; give \
+                 crl = [\"…\"] (the CAs' lists, kept fresh by `etee crl fetch`) and/or \
+                 ocsp = \"auto\" (see docs/revocation.md)"
+                    .to_string(),
+            );
+        }
         if custody.mode == etee_hsm::CustodyMode::InProcess {
             if let Some(socket) = &custody.socket {
                 out.push(format!(
@@ -637,13 +649,15 @@ mod tests {
                 .unwrap()
                 .warnings(custody)
         };
-        let none = warnings(MINIMAL, &custody);
+        // With revocation checked: the warning about its absence has its own test.
+        let minimal = &MINIMAL.replace("socket", "crl = [\"ca.crl\"]\nsocket");
+        let none = warnings(minimal, &custody);
         assert_eq!(none.len(), 1, "{none:?}");
         assert!(
             none[0].contains("no [[client]]") && none[0].contains("APPLIANCE_UNKNOWN_CLIENT"),
             "{none:?}"
         );
-        let idle = MINIMAL.to_owned()
+        let idle = minimal.to_owned()
             + "[[client]]\nname = \"his\"\noperations = [\"seal\"]\nunix_uid = 1\n\
                [[client]]\nname = \"idle\"\noperations = []\nunix_uid = 2\n";
         let w = warnings(&idle, &custody);
@@ -652,7 +666,7 @@ mod tests {
             w[0].contains("\"idle\"") && w[0].contains("operations = []"),
             "{w:?}"
         );
-        let serving = MINIMAL.to_owned()
+        let serving = minimal.to_owned()
             + "[[client]]\nname = \"his\"\noperations = [\"seal\"]\nunix_uid = 1\n";
         assert!(warnings(&serving, &custody).is_empty());
 
@@ -671,7 +685,45 @@ mod tests {
         assert!(warnings(&serving, &process).is_empty());
     }
 
-    /// The example configuration of docs/appliance.md is accepted.
+    /// Without crl or ocsp (or with revocation = "none"), revoked certificates are
+    /// accepted: said at start, with what to configure (it was silent).
+    #[test]
+    fn no_revocation_checking_is_warned_about() {
+        let hsm = etee_hsm::Config::from_toml(
+            "[hsm]\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_file = \"p\"\n",
+            Path::new("/etc/etee"),
+        )
+        .unwrap();
+        let serving = |revocation: &str| {
+            MINIMAL.replace("socket", &format!("{revocation}socket"))
+                + "[[client]]\nname = \"his\"\noperations = [\"seal\"]\nunix_uid = 1\n"
+        };
+        let warnings = |text: &str| {
+            ApplianceConfig::from_toml(text, Path::new("/etc/etee"))
+                .unwrap()
+                .warnings(&hsm.custody)
+        };
+        for unchecked in ["", "revocation = \"none\"\n"] {
+            let w = warnings(&serving(unchecked));
+            assert_eq!(w.len(), 1, "{unchecked:?}: {w:?}");
+            assert!(
+                w[0].contains("revoked certificates are accepted")
+                    && w[0].contains("crl = ")
+                    && w[0].contains("ocsp = \"auto\""),
+                "{w:?}"
+            );
+        }
+        for checked in [
+            "crl = [\"ca.crl\"]\n",
+            "ocsp = \"auto\"\n",
+            "crl = [\"ca.crl\"]\nrevocation = \"mandatory\"\n",
+        ] {
+            assert!(warnings(&serving(checked)).is_empty(), "{checked:?}");
+        }
+    }
+
+    /// The example configuration of docs/appliance.md is accepted, and nothing in it is
+    /// warned about (revocation checked, clients that can do something).
     #[test]
     fn the_example_in_the_docs_parses() {
         let doc = include_str!("../../../docs/appliance.md");
@@ -681,6 +733,12 @@ mod tests {
         let c = ApplianceConfig::from_toml(block, Path::new("/etc/etee")).unwrap();
         assert_eq!(c.clients.len(), 2);
         assert_eq!(c.platform.soap_url, "https://services-acpt.ehealth.fgov.be");
+        let hsm = etee_hsm::Config::from_toml(
+            "[hsm]\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_file = \"p\"\n",
+            Path::new("/etc/etee"),
+        )
+        .unwrap();
+        assert_eq!(c.warnings(&hsm.custody), Vec::<String>::new());
     }
 
     #[test]

@@ -24,9 +24,12 @@ pub enum KeyDepotError {
     /// use), not a signing key, an unreadable public key.
     #[error("{0}")]
     Invalid(String),
-    /// The custody core refused a use of the key (locked, budget spent).
+    /// The custody core refused a use of the key (locked, no rule).
     #[error("{0}")]
     Refused(String),
+    /// The custody core's rate budget is spent for now.
+    #[error("the custody core's rate budget is spent; retry after {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
     /// The token or the custody process failed or could not be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -58,6 +61,7 @@ pub fn registration_request(
         // key is not one KeyDepot could register.
         KeyError::Refused(why) if why == CoreError::PolicyDenied.to_string() => no_such_key(),
         KeyError::Refused(why) => KeyDepotError::Refused(why),
+        KeyError::RateLimited { retry_after_ms } => KeyDepotError::RateLimited { retry_after_ms },
         other => {
             KeyDepotError::Unavailable(format!("asking the custody core about {key:?}: {other}"))
         }
@@ -78,6 +82,9 @@ pub fn registration_request(
                 let why = format!("signing with {:?}: {e}", with.0);
                 match e {
                     KeyError::Refused(_) => KeyDepotError::Refused(why),
+                    KeyError::RateLimited { retry_after_ms } => {
+                        KeyDepotError::RateLimited { retry_after_ms }
+                    }
                     _ => KeyDepotError::Unavailable(why),
                 }
             })

@@ -73,7 +73,8 @@ impl Metrics {
         single(
             &mut s,
             "etee_appliance_requests_in_flight",
-            "API requests being answered.",
+            "API requests (/v1 routes) being handled: from their start, waiting for a \
+             client's slot included, until their answer's status is ready.",
             "gauge",
             self.in_flight.load(Ordering::Relaxed),
         );

@@ -44,7 +44,9 @@ impl std::fmt::Display for Peer {
             Self::Tls {
                 certificate_sha256: Some(h),
                 addr,
-            } => write!(f, "tls {addr} certificate {}", hex::encode(&h[..8])),
+                // The whole hash, as `certificate_sha256` takes it: copied from a refusal or a
+                // log line into a `[[client]]`, it names that certificate.
+            } => write!(f, "tls {addr} certificate_sha256 {}", hex::encode(h)),
             Self::Tls { addr, .. } => write!(f, "tls {addr} without certificate"),
         }
     }
@@ -260,6 +262,29 @@ mod tests {
         for peer in [unix(0), unix(1002), tls(Some([8; 32])), tls(None)] {
             assert!(matches!(c.identify(&peer), Err(Refusal::UnknownCaller(_))));
         }
+    }
+
+    /// An unknown HTTPS caller's refusal gives its certificate's whole SHA-256 (it gave 8
+    /// bytes), which a `[[client]]`'s `certificate_sha256` accepts as written.
+    #[test]
+    fn an_unknown_certificate_is_named_in_full() {
+        let hash: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let Err(refusal) = clients().identify(&tls(Some(hash))) else {
+            panic!("unknown");
+        };
+        let text = refusal.to_string();
+        let written = text.split_whitespace().last().expect("the hash, last");
+        assert_eq!(written, hex::encode(hash), "{text}");
+        assert!(text.contains("certificate_sha256"), "{text}");
+        let config = format!(
+            "[appliance]\nhsm = \"h.toml\"\ntrust = [\"ca.pem\"]\nsocket = \"a.sock\"\n\
+             [platform]\nurl = \"https://127.0.0.1:8443\"\n\
+             [[client]]\nname = \"his\"\noperations = [\"seal\"]\ncertificate_sha256 = \"{written}\"\n"
+        );
+        let config =
+            crate::ApplianceConfig::from_toml(&config, std::path::Path::new("/etc/etee")).unwrap();
+        let known = Clients::new(&config.clients);
+        assert_eq!(known.identify(&tls(Some(hash))).unwrap().name, "his");
     }
 
     /// What the custody core will grant each caller, whatever the API layer lets through:

@@ -210,13 +210,16 @@ async fn connection<I>(
                     }
                     Ok(response) => response,
                     Err(_) => {
+                        let timeout_ms = limits.request_timeout.as_millis() as u64;
                         tracing::warn!(
-                            timeout_s = limits.request_timeout.as_secs(),
-                            "a request took too long: answered 500 and the connection closed"
+                            timeout_ms,
+                            "a request was not answered within request_timeout_ms: answered \
+                             408 and the connection closed"
                         );
-                        let mut response = crate::api::problem(&crate::service::ServiceError::Io(
-                            "the request took too long".into(),
-                        ));
+                        let mut response =
+                            crate::api::problem(&crate::service::ServiceError::RequestTimeout {
+                                timeout_ms,
+                            });
                         // What is left of its body is not read: the connection ends here.
                         response.headers_mut().insert(
                             hyper::header::CONNECTION,
@@ -775,6 +778,65 @@ mod tests {
         );
         drop(client);
         served.await.unwrap();
+    }
+
+    /// A request not answered within `request_timeout`, whether its body is still coming
+    /// or its work is under way: 408 `APPLIANCE_REQUEST_TIMEOUT` with the headers of every
+    /// answer (it was 500 `APPLIANCE_IO` without `Cache-Control`), and the connection
+    /// closed.
+    #[tokio::test]
+    async fn a_request_not_answered_in_time_is_408() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let routes = Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            )
+            .route(
+                "/body",
+                axum::routing::post(|body: String| async move { body }),
+            );
+        let limits = Limits {
+            request_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (_closing_tx, closing) = watch::channel(false);
+        let peer = Peer::Unix { uid: 1, pid: None };
+        for request in [
+            &b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            // A body that stops coming (the connection stays open).
+            &b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello"[..],
+        ] {
+            let (mut client, server) = tokio::io::duplex(4096);
+            let served = tokio::spawn(connection(
+                server,
+                peer.clone(),
+                None,
+                None,
+                routes.clone(),
+                limits,
+                closing.clone(),
+            ));
+            client.write_all(request).await.unwrap();
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+                .await
+                .expect("no answer, or the connection was not closed")
+                .unwrap();
+            let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            assert!(
+                answer.starts_with("http/1.1 408")
+                    && answer.contains("\"title\":\"appliance_request_timeout\"")
+                    && answer.contains("cache-control: no-store")
+                    && answer.contains("content-type: application/problem+json")
+                    && answer.contains("connection: close"),
+                "{answer}"
+            );
+            served.await.unwrap();
+        }
     }
 
     /// A caller that pipelines requests and never reads the answers is cut off once the

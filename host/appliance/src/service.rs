@@ -16,7 +16,7 @@ use crate::ApplianceError;
 use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unsealed};
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
-use etee_formats::ocsp::NotVouched;
+use etee_formats::ocsp::{NotVouched, RevocationValues};
 use etee_formats::trust::TrustAnchors;
 use etee_hsm::{CustodyHandle, CustodyKeys, HsmToken};
 use etee_protocol::{EtkCache, KeyDepotClient, KeyReply, KgssCaller, KgssClient, ProtocolError};
@@ -49,6 +49,9 @@ pub enum ServiceError {
     Refused(#[from] Refusal),
     #[error("the custody core refused: {0}")]
     CustodyRefused(String),
+    /// The custody core's rate budget for the caller's key uses is spent for now.
+    #[error("the custody core refused: its rate budget for this client is spent; retry after {retry_after_ms} ms")]
+    CustodyRateLimited { retry_after_ms: u64 },
     #[error("the HSM is unavailable: {0}")]
     HsmUnavailable(String),
     #[error("unknown recipient: {0}")]
@@ -69,9 +72,17 @@ pub enum ServiceError {
     NotFound(String),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(String),
-    /// What the caller asked for exists already (a key KeyDepot has registered).
+    /// What the caller asked for exists already (a key KeyDepot has registered, or had
+    /// registered: a deleted key's id is retired for ever).
     #[error("{0}")]
     Conflict(String),
+    /// KeyDepot holds as many keys of this holder as it takes (its
+    /// `max_keys_per_holder`): delete one to register another.
+    #[error("{0}")]
+    TooManyKeys(String),
+    /// Any other conflict KeyDepot reports for a registration (its code in the detail).
+    #[error("{0}")]
+    KeyDepotConflict(String),
     /// The custody audit file cannot be read from here.
     #[error("{0}")]
     AuditUnreadable(String),
@@ -79,6 +90,10 @@ pub enum ServiceError {
     Busy { client: String, limit: usize },
     #[error("I/O: {0}")]
     Io(String),
+    /// The answer was not ready within `request_timeout_ms` of the request's headers
+    /// (its body still arriving, or the work on it under way).
+    #[error("the request was not answered within request_timeout_ms ({timeout_ms} ms): its body took that long to arrive, or the work on it (the platform, the HSM) did; the connection is closed")]
+    RequestTimeout { timeout_ms: u64 },
     /// With an OCSP responder configured, the institution's own certificate is not
     /// vouched for: nothing is sealed, as the official sealer does.
     #[error("not sealed: {text}")]
@@ -93,6 +108,7 @@ impl ServiceError {
             Self::Refused(Refusal::UnknownCaller(_)) => "APPLIANCE_UNKNOWN_CLIENT",
             Self::Refused(Refusal::NotAllowed { .. }) => "APPLIANCE_OPERATION_NOT_ALLOWED",
             Self::CustodyRefused(_) => "CUSTODY_REFUSED",
+            Self::CustodyRateLimited { .. } => "CUSTODY_RATE_LIMITED",
             Self::HsmUnavailable(_) => "HSM_UNAVAILABLE",
             Self::UnknownRecipient(_) => "UNKNOWN_RECIPIENT",
             Self::KgssAccessDenied(_) => "KGSS_ACCESS_DENIED",
@@ -104,9 +120,12 @@ impl ServiceError {
             Self::NotFound(_) => "APPLIANCE_NOT_FOUND",
             Self::MethodNotAllowed(_) => "APPLIANCE_METHOD_NOT_ALLOWED",
             Self::Conflict(_) => "KEYDEPOT_KEY_EXISTS",
+            Self::TooManyKeys(_) => "KEYDEPOT_TOO_MANY_KEYS",
+            Self::KeyDepotConflict(_) => "KEYDEPOT_CONFLICT",
             Self::AuditUnreadable(_) => "AUDIT_UNREADABLE",
             Self::Busy { .. } => "APPLIANCE_BUSY",
             Self::Io(_) => "APPLIANCE_IO",
+            Self::RequestTimeout { .. } => "APPLIANCE_REQUEST_TIMEOUT",
             Self::OwnCertificate { why, .. } => match why {
                 NotVouched::NotGood => "OWN_CERTIFICATE_NOT_GOOD",
                 NotVouched::NoAnswer => "OCSP_UNAVAILABLE",
@@ -117,9 +136,10 @@ impl ServiceError {
 
     /// A key operation's failure: refusals by the core are the caller's problem, the rest
     /// the HSM's.
-    fn from_key(e: KeyError) -> Self {
+    pub(crate) fn from_key(e: KeyError) -> Self {
         match e {
             KeyError::Refused(r) => Self::CustodyRefused(r),
+            KeyError::RateLimited { retry_after_ms } => Self::CustodyRateLimited { retry_after_ms },
             other => Self::HsmUnavailable(other.to_string()),
         }
     }
@@ -138,12 +158,19 @@ impl ServiceError {
         }
     }
 
-    /// [`Self::from_keydepot`] for a registration, where KeyDepot's 409 means that the
-    /// key is registered already.
+    /// [`Self::from_keydepot`] for a registration, where a 409 is told apart by KeyDepot's
+    /// code: the key id is taken (registered, or retired by a deletion), the holder has as
+    /// many keys as KeyDepot takes, or another conflict.
     fn from_keydepot_registration(e: ProtocolError) -> Self {
-        match e {
-            ProtocolError::KeyDepot { status: 409, .. } => Self::Conflict(e.to_string()),
-            other => Self::from_keydepot(other),
+        match &e {
+            ProtocolError::KeyDepot {
+                status: 409, code, ..
+            } => match code.as_str() {
+                "KEYDEPOT_DUPLICATE_KEY_ID" => Self::Conflict(e.to_string()),
+                "KEYDEPOT_TOO_MANY_KEYS" => Self::TooManyKeys(e.to_string()),
+                _ => Self::KeyDepotConflict(e.to_string()),
+            },
+            _ => Self::from_keydepot(e),
         }
     }
 
@@ -219,10 +246,22 @@ impl<R: Read> Read for Limited<R> {
 }
 
 /// Keeps a copy of what is read, up to a bound, so that a message's head can be read
-/// twice (once to learn its addressees, once to unseal).
+/// twice (once to learn its addressees, once to unseal); and the error of the body, if
+/// reading it failed, which [`cms::addressees`] reports only as a malformed message.
 struct Recording<'a, R> {
     inner: &'a mut R,
     copy: Vec<u8>,
+    error: Option<io::Error>,
+}
+
+impl<'a, R: Read> Recording<'a, R> {
+    fn new(inner: &'a mut R) -> Self {
+        Self {
+            inner,
+            copy: Vec::new(),
+            error: None,
+        }
+    }
 }
 
 impl<R: Read> Read for Recording<'_, R> {
@@ -231,7 +270,15 @@ impl<R: Read> Read for Recording<'_, R> {
             return Err(io::Error::other("the message head is too large"));
         }
         let room = (MAX_HEAD - self.copy.len()).min(buf.len());
-        let n = self.inner.read(&mut buf[..room])?;
+        let n = match self.inner.read(&mut buf[..room]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let told = io::Error::new(e.kind(), e.to_string());
+                self.error = Some(e);
+                return Err(told);
+            }
+        };
         self.copy.extend_from_slice(&buf[..n]);
         Ok(n)
     }
@@ -268,7 +315,7 @@ pub struct Opened {
     pub content: Option<SpoolReader>,
     /// The KGSS key id used, for a message opened with a KGSS key.
     pub kgss_key_id: Option<Vec<u8>>,
-    /// Bytes of the sealed message read.
+    /// Bytes of the body read: the sealed message and anything after it.
     pub message_len: u64,
 }
 
@@ -625,8 +672,22 @@ impl Appliance {
             .ok_or_else(|| ServiceError::UnknownRecipient("KGSS".into()))
     }
 
-    /// A new KGSS key for `allowed` (minus `excluded`) readers, held by this institution.
+    /// A new KGSS key for `allowed` (minus `excluded`) readers, held by this institution
+    /// (`POST /v1/kgss/keys`): as for a seal, none is made unless the institution's own
+    /// certificate is vouched for, with an OCSP responder configured.
     pub async fn kgss_new_key(
+        &self,
+        client: &Admitted,
+        allowed: Vec<Credential>,
+        excluded: Vec<Credential>,
+    ) -> Result<KgssKey, ServiceError> {
+        self.own_certificate_values(client, client.slot()).await?;
+        self.new_kgss_key(client, allowed, excluded).await
+    }
+
+    /// [`Self::kgss_new_key`] without the check of the institution's own certificate (a
+    /// seal has made it).
+    async fn new_kgss_key(
         &self,
         client: &Client,
         allowed: Vec<Credential>,
@@ -701,6 +762,9 @@ impl Appliance {
             crate::keydepot::registration_request(&custody, &key, label).map_err(|e| match e {
                 KeyDepotError::Invalid(why) => ServiceError::BadRequest(why),
                 KeyDepotError::Refused(why) => ServiceError::CustodyRefused(why),
+                KeyDepotError::RateLimited { retry_after_ms } => {
+                    ServiceError::CustodyRateLimited { retry_after_ms }
+                }
                 KeyDepotError::Unavailable(why) => ServiceError::HsmUnavailable(why),
             })
         })
@@ -711,13 +775,51 @@ impl Appliance {
             .map_err(ServiceError::from_keydepot_registration)
     }
 
+    /// With an OCSP responder configured, the official sealer's rule for the institution's
+    /// own certificate: its answers travel in the message, and nothing is sealed (nor a
+    /// KGSS key made) unless they say good. `None` without a responder. On the blocking
+    /// pool (the responder is asked synchronously), holding `slot`.
+    async fn own_certificate_values(
+        &self,
+        client: &Client,
+        slot: Arc<Slot>,
+    ) -> Result<Option<RevocationValues>, ServiceError> {
+        let signer = self.keys_of(client)?.signer.clone();
+        let anchors = self.anchors.clone();
+        blocking(move || {
+            let _slot = slot;
+            let Some(online) = anchors.revocation().online() else {
+                return Ok(None);
+            };
+            online
+                .values_for_signer(&signer.signer, anchors.certs(), etee_formats::unix_now())
+                .map(Some)
+                .map_err(|e| ServiceError::OwnCertificate {
+                    why: e.kind(),
+                    text: e.to_string(),
+                })
+        })
+        .await
+    }
+
     /// Seals `body` for `request`: ETKs looked up first, a KGSS key made for readers, then
     /// sign → encrypt → sign with the caller's view of the authentication key, into a spool.
+    ///
+    /// `max_sealed`: the largest sealed message the caller can take (a JSON answer's
+    /// `max_json_content_bytes`), else [`ServiceError::ContentTooLargeForJson`].
+    ///
+    /// A KGSS key is made only once nothing foreseeable can refuse the seal: recipients
+    /// found, the institution's own certificate vouched for, and the whole body read (into
+    /// a spool: a body cut short, too large, or too large for `max_sealed` is refused
+    /// first). Should the seal fail after all (the custody core or the token refusing a
+    /// signature, a sealed message just over `max_sealed`), the key is deleted again, as
+    /// far as KGSS lets it (a warning names a key that could not be).
     pub async fn seal(
         self: &Arc<Self>,
         client: &Admitted,
         request: SealRequest,
         body: impl Read + Send + 'static,
+        max_sealed: Option<u64>,
     ) -> Result<Sealed, ServiceError> {
         if request.to.is_empty() && request.allowed.is_empty() {
             return Err(ServiceError::BadRequest(
@@ -742,42 +844,52 @@ impl Appliance {
                 recipients.push(Recipient::Certificate(cert.clone()));
             }
         }
+        let revocation_values = self.own_certificate_values(client, client.slot()).await?;
+        let spool_dir = self.config.spool_dir.clone();
+        let max = self.config.limits.max_body_bytes;
+        let body: Box<dyn Read + Send> = if request.allowed.is_empty() {
+            Box::new(body)
+        } else {
+            // The whole content first, so that a body that cannot be sealed leaves no KGSS
+            // key behind.
+            let slot = client.slot();
+            let dir = spool_dir.clone();
+            let content = blocking(move || {
+                let _slot = slot;
+                let mut input = Limited::new(body, max);
+                let mut spool = SpoolWriter::new(&dir);
+                io::copy(&mut input, &mut spool).map_err(ServiceError::from_io)?;
+                spool.finish().map_err(ServiceError::from_io)
+            })
+            .await?;
+            // A sealed message is always longer than its content.
+            if let Some(max_sealed) = max_sealed.filter(|&m| content.len() >= m) {
+                return Err(ServiceError::ContentTooLargeForJson {
+                    len: content.len(),
+                    max: max_sealed,
+                });
+            }
+            Box::new(content)
+        };
         let kek = if request.allowed.is_empty() {
             None
         } else {
             let key = self
-                .kgss_new_key(client, request.allowed, request.excluded)
+                .new_kgss_key(client, request.allowed, request.excluded)
                 .await?;
-            Some(
-                Kek::new(&key.key, &key.id)
-                    .map_err(|e| ServiceError::Platform(format!("KGSS key: {e}")))?,
-            )
+            match Kek::new(&key.key, &key.id) {
+                Ok(kek) => Some(kek),
+                Err(e) => {
+                    self.forget_kgss_key(&key.id).await;
+                    return Err(ServiceError::Platform(format!("KGSS key: {e}")));
+                }
+            }
         };
         let kgss_key_id = kek.as_ref().map(|k| k.id().to_vec());
         let signer = self.keys_of(client)?.signer.clone();
-        let anchors = self.anchors.clone();
-        let spool_dir = self.config.spool_dir.clone();
-        let max = self.config.limits.max_body_bytes;
         let slot = client.slot();
-        let (spool, content_len) = blocking(move || {
+        let sealed = blocking(move || {
             let _slot = slot;
-            // With an OCSP responder, the official sealer's rule: its own certificate's
-            // answers travel in the message, and nothing is sealed unless they say good.
-            let revocation_values = match anchors.revocation().online() {
-                Some(online) => Some(
-                    online
-                        .values_for_signer(
-                            &signer.signer,
-                            anchors.certs(),
-                            etee_formats::unix_now(),
-                        )
-                        .map_err(|e| ServiceError::OwnCertificate {
-                            why: e.kind(),
-                            text: e.to_string(),
-                        })?,
-                ),
-                None => None,
-            };
             let mut input = Limited::new(body, max);
             let mut spool = SpoolWriter::new(&spool_dir);
             let n = cms::seal(
@@ -797,15 +909,42 @@ impl Appliance {
                 other => ServiceError::Io(other.to_string()),
             })?;
             let spool = spool.finish().map_err(ServiceError::from_io)?;
+            if let Some(max_sealed) = max_sealed.filter(|&m| spool.len() > m) {
+                return Err(ServiceError::ContentTooLargeForJson {
+                    len: spool.len(),
+                    max: max_sealed,
+                });
+            }
             Ok((spool, n))
         })
-        .await?;
+        .await;
+        let (spool, content_len) = match sealed {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                if let Some(id) = &kgss_key_id {
+                    self.forget_kgss_key(id).await;
+                }
+                return Err(e);
+            }
+        };
         Ok(Sealed {
             message: spool,
             recipients: names,
             kgss_key_id,
             content_len,
         })
+    }
+
+    /// Deletes a KGSS key made for a seal that then failed, so that no key nobody can use
+    /// stays at KGSS; a key that cannot be deleted is named in a warning (for `DELETE
+    /// /v1/kgss/keys/{keyId}` or the platform's operator).
+    async fn forget_kgss_key(&self, key_id: &[u8]) {
+        use base64::Engine;
+        if let Err(e) = self.kgss_delete(key_id).await {
+            let key_id = base64::engine::general_purpose::STANDARD.encode(key_id);
+            let error = etee_services::log::LogSafe(&e);
+            tracing::warn!(%key_id, %error, "a seal failed after its KGSS key was made, and the key could not be deleted");
+        }
     }
 
     /// Unseals `body`: with the ETK keys in the token when the message names one of them,
@@ -824,11 +963,13 @@ impl Appliance {
             let _slot = slot;
             let keys = this.keys_of(&client)?;
             let mut input = Limited::new(body, this.config.limits.max_body_bytes);
-            let mut head = Recording {
-                inner: &mut input,
-                copy: Vec::new(),
-            };
+            let mut head = Recording::new(&mut input);
             let addressees = cms::addressees(&mut head);
+            // A body cut short (or too large) within the head is the caller's error (400,
+            // 413), as it is further on: never a verdict on a message it did not send.
+            if let Some(e) = head.error {
+                return Err(ServiceError::from_io(e));
+            }
             let head = head.copy;
             let mut options = UnsealOptions {
                 anchors: this.anchors.clone(),
@@ -858,6 +999,10 @@ impl Appliance {
                 // never a verdict on the message.
                 cms::UnsealError::Key(k) => ServiceError::from_key(k),
             })?;
+            // Bytes after the message are ignored, as `etee unseal` ignores them in a
+            // file; but the body is read to its end, so that one cut short is refused
+            // (400) wherever it stops, even after a complete message.
+            io::copy(&mut input, &mut io::sink()).map_err(ServiceError::from_io)?;
             let content = if unsealed.verdict.is_clean() {
                 Some(spool.finish().map_err(ServiceError::from_io)?)
             } else {
@@ -889,4 +1034,52 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ServiceError::Io(format!("worker: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keydepot(status: u16, code: &str) -> ProtocolError {
+        ProtocolError::KeyDepot {
+            status,
+            code: code.into(),
+            message: "why".into(),
+        }
+    }
+
+    /// A registration's 409 keeps KeyDepot's reason: a taken (or retired) key id, a
+    /// holder with as many keys as KeyDepot takes, or another conflict, each its own code
+    /// (all three were `KEYDEPOT_KEY_EXISTS`).
+    #[test]
+    fn keydepot_conflicts_keep_their_reason() {
+        let code = |status, platform_code| {
+            ServiceError::from_keydepot_registration(keydepot(status, platform_code)).code()
+        };
+        assert_eq!(
+            code(409, "KEYDEPOT_DUPLICATE_KEY_ID"),
+            "KEYDEPOT_KEY_EXISTS"
+        );
+        assert_eq!(
+            code(409, "KEYDEPOT_TOO_MANY_KEYS"),
+            "KEYDEPOT_TOO_MANY_KEYS"
+        );
+        assert_eq!(code(409, "KEYDEPOT_CONFLICT"), "KEYDEPOT_CONFLICT");
+        assert_eq!(code(409, "KEYDEPOT_SOMETHING_NEW"), "KEYDEPOT_CONFLICT");
+        let detail =
+            ServiceError::from_keydepot_registration(keydepot(409, "KEYDEPOT_SOMETHING_NEW"));
+        assert!(
+            detail.to_string().contains("KEYDEPOT_SOMETHING_NEW"),
+            "{detail}"
+        );
+        // Not a conflict: as for the other KeyDepot routes.
+        assert_eq!(
+            code(400, "KEYDEPOT_INVALID_REQUEST"),
+            "APPLIANCE_BAD_REQUEST"
+        );
+        assert_eq!(
+            code(422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION"),
+            "PLATFORM_UNAVAILABLE"
+        );
+    }
 }

@@ -40,6 +40,11 @@ pub enum KeyError {
     Unavailable(String),
     #[error("operation refused by policy: {0}")]
     Refused(String),
+    /// The key provider's rate budget is spent for now (the custody core's
+    /// `budget_burst`/`budget_per_second`): the same use may succeed after
+    /// `retry_after_ms`. A refusal that passes by itself, unlike [`Self::Refused`].
+    #[error("operation refused by policy: rate limit reached; retry after {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
 }
 
 /// The two private-key operations ETEE needs.

@@ -1081,6 +1081,7 @@ fn key_error(e: CoreError, key: &KeyId) -> KeyError {
         CoreError::DecryptFailed | CoreError::UnwrapFailed => KeyError::DecryptFailed,
         CoreError::AuditUnavailable => KeyError::Unavailable(e.to_string()),
         CoreError::UnknownKey => KeyError::UnknownKey(key.clone()),
+        CoreError::RateLimited { retry_after_ms } => KeyError::RateLimited { retry_after_ms },
         CoreError::Token(t) => KeyError::SignFailed {
             key: key.clone(),
             reason: t.to_string(),

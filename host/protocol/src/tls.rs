@@ -103,6 +103,9 @@ pub(crate) fn key_failure(e: &std::io::Error) -> Option<KeyError> {
     };
     Some(match other.0.downcast_ref::<KeyError>()? {
         KeyError::Refused(why) => KeyError::Refused(format!("client authentication key: {why}")),
+        KeyError::RateLimited { retry_after_ms } => KeyError::RateLimited {
+            retry_after_ms: *retry_after_ms,
+        },
         failed => KeyError::Unavailable(format!("client authentication key: {failed}")),
     })
 }

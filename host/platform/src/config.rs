@@ -220,6 +220,25 @@ pub fn store_transport_warning(store: &str) -> Option<String> {
     })
 }
 
+impl PlatformConfig {
+    /// A warning when callers are known (`client_ca`) but no revocation is checked
+    /// (neither `crl` nor `ocsp`, or `revocation = "none"`): a revoked caller's
+    /// certificate, a revoked signer of a KGSS request and a revoked holder's ETK are then
+    /// all accepted.
+    pub fn revocation_warning(&self) -> Option<String> {
+        let none = self.revocation.effective_policy().ok()
+            == Some(etee_formats::revocation::RevocationPolicy::None);
+        (none && !self.client_ca.is_empty()).then(|| {
+            "no revocation checking (neither crl nor ocsp in [platform], or revocation = \
+             \"none\"): revoked certificates are accepted — a revoked caller is served, a \
+             revoked institution's KGSS requests and KeyDepot registrations are granted, and \
+             its ETK is registered; give crl = [\"…\"] (the CAs' lists, kept fresh by `etee \
+             crl fetch`) and/or ocsp = \"auto\" (see docs/revocation.md)"
+                .to_string()
+        })
+    }
+}
+
 /// KeyDepot keys one holder may register by default ([`Limits::max_keys_per_holder`]).
 pub const DEFAULT_MAX_KEYS_PER_HOLDER: usize = 1000;
 
@@ -697,6 +716,28 @@ mod tests {
         ] {
             assert_eq!(store_transport_warning(store).is_some(), warned, "{store}");
         }
+    }
+
+    /// Known callers without revocation checking: warned of; with a list, or without
+    /// known callers (nothing to check), not.
+    #[test]
+    fn no_revocation_checking_is_warned_about() {
+        let base = "[platform]\nstore = \"p.redb\"\ntls_certificate = \"s.pem\"\n\
+                    tls_key = \"k.pem\"\n";
+        let warning = |extra: &str| {
+            PlatformConfig::from_toml(&format!("{base}{extra}"), Path::new("/"))
+                .unwrap()
+                .revocation_warning()
+        };
+        let w = warning("client_ca = [\"ca.pem\"]\n").expect("warned");
+        assert!(w.contains("revoked certificates are accepted") && w.contains("ocsp = \"auto\""));
+        assert!(warning("client_ca = [\"ca.pem\"]\nrevocation = \"none\"\n").is_some());
+        assert_eq!(
+            warning("client_ca = [\"ca.pem\"]\ncrl = [\"ca.crl\"]\n"),
+            None
+        );
+        assert_eq!(warning("client_ca = [\"ca.pem\"]\nocsp = \"auto\"\n"), None);
+        assert_eq!(warning(""), None);
     }
 
     #[test]

@@ -78,7 +78,11 @@ impl Platform {
                 })?,
             ),
         };
-        if let Some(warning) = config::store_transport_warning(&config.store) {
+        let warnings = [
+            config::store_transport_warning(&config.store),
+            config.revocation_warning(),
+        ];
+        for warning in warnings.into_iter().flatten() {
             tracing::warn!("{warning}");
         }
         // Beyond the requests' connections, one for each of `/ready`'s checks.

@@ -157,6 +157,13 @@ impl Etee {
         self
     }
 
+    /// Removes an environment variable from the child's (e.g. `CREDENTIALS_DIRECTORY`, so
+    /// that the test's own environment cannot supply it).
+    pub fn env_remove<K: AsRef<OsStr>>(mut self, key: K) -> Self {
+        self.cmd.env_remove(key);
+        self
+    }
+
     /// Bytes for standard input.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());

@@ -1560,3 +1560,99 @@ fn pin_files_open_to_others_are_reported_by_every_command() {
     quiet.code(0);
     assert_eq!(reported(&quiet.stderr, &user), 0, "{}", quiet.stderr);
 }
+
+/// PINs given as systemd credentials (`pin_credential`, `so_pin_credential`: files in
+/// `$CREDENTIALS_DIRECTORY`, set here for each `etee` child only): `hsm init` sets the
+/// token's PINs from them, and the user PIN from the credential logs in (`keys generate`,
+/// `keys list`). The PIN really is the credential's content: the same token then opens
+/// with a PIN file holding it. A missing credential, or no `CREDENTIALS_DIRECTORY` at all,
+/// is a clear error that names the credential, and is no wrong PIN: the chain records
+/// each try and its refusal, and its wrong-PIN count stays at 0.
+#[test]
+fn pins_from_systemd_credentials_log_in() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    let creds = tmp.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    // Another user PIN than the file-based configuration's, so that a login that read the
+    // PIN file instead would fail.
+    etee_e2e::secret_file(&creds.join("etee-user-pin"), "from-a-credential-1234");
+    etee_e2e::secret_file(&creds.join("etee-so-pin"), "so-from-a-credential-5678");
+    let config = tmp.path().join("credentials.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hsm]\nmodule = {:?}\ntoken_label = {LABEL:?}\npin_credential = \"etee-user-pin\"\n\
+             so_pin_credential = \"etee-so-pin\"\n",
+            etee_e2e::softhsm_module().display().to_string()
+        ),
+    )
+    .unwrap();
+    let with_creds = |args: &[&str]| {
+        rig.hsm
+            .etee(args)
+            .arg("--config")
+            .arg(&config)
+            .env("CREDENTIALS_DIRECTORY", &creds)
+    };
+    with_creds(&["hsm", "init"]).run().code(0);
+    let run = with_creds(&["keys", "generate", "--profile", "authentication"]).run();
+    run.code(0);
+    assert_eq!(run.json()["id"], "authentication");
+    let run = with_creds(&["keys", "list"]).run();
+    run.code(0);
+    let listed = String::from_utf8(run.stdout).unwrap();
+    assert!(listed.contains("\"authentication\""), "{listed}");
+    // The token's user PIN is the credential's content.
+    let by_file = config_with_pin(&rig, "credential-pin-file", "from-a-credential-1234");
+    rig.hsm
+        .etee(["keys", "list"])
+        .arg("--config")
+        .arg(&by_file)
+        .run()
+        .code(0);
+    let records = || {
+        rig.etee(["audit", "verify", "--json"]).run().json()["records"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = records();
+    let wrong_pins = || {
+        let run = rig.etee(["custody", "status", "--json"]).run();
+        run.code(0);
+        run.json()["wrong_pins"].as_u64().unwrap()
+    };
+    assert_eq!(wrong_pins(), 0);
+
+    // The credential missing from the directory.
+    std::fs::remove_file(creds.join("etee-user-pin")).unwrap();
+    let run = with_creds(&["keys", "list"]).run();
+    run.code(2);
+    assert!(
+        run.stderr.contains("PIN credential etee-user-pin")
+            && run
+                .stderr
+                .contains(&creds.join("etee-user-pin").display().to_string())
+            && run.stderr.contains("No such file"),
+        "{}",
+        run.stderr
+    );
+    // No credentials directory at all (not started by systemd with LoadCredential=).
+    let run = rig
+        .hsm
+        .etee(["keys", "list", "--config"])
+        .arg(&config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .run();
+    run.code(2);
+    assert!(
+        run.stderr.contains("PIN credential etee-user-pin")
+            && run.stderr.contains("CREDENTIALS_DIRECTORY is not set"),
+        "{}",
+        run.stderr
+    );
+    // Each try is on the chain (admitted, then refused before the PIN reached the token),
+    // and none of them counts as a wrong PIN.
+    assert_eq!(records(), before + 2 * 2);
+    assert_eq!(wrong_pins(), 0);
+}

@@ -1656,3 +1656,109 @@ fn pins_from_systemd_credentials_log_in() {
     assert_eq!(records(), before + 2 * 2);
     assert_eq!(wrong_pins(), 0);
 }
+
+/// The token's serial as OpenSC's `pkcs11-tool --list-token-slots` prints it (not through
+/// etee); `None` after a skip when pkcs11-tool is not installed.
+fn serial_of(rig: &Rig, label: &str) -> Option<String> {
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &rig.hsm.conf)
+        .arg("--module")
+        .arg(etee_e2e::softhsm_module())
+        .arg("--list-token-slots")
+        .output();
+    let Ok(out) = out else {
+        etee_e2e::skip("pkcs11-tool (OpenSC) is not installed");
+        return None;
+    };
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Each slot: `Slot N (...): ...`, then indented `name : value` lines.
+    let mut token_label = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.trim().split_once(':') else {
+            continue;
+        };
+        match key.trim() {
+            "token label" => token_label = Some(value.trim().to_string()),
+            "serial num" if token_label.as_deref() == Some(label) => {
+                return Some(value.trim().to_string());
+            }
+            _ => {}
+        }
+    }
+    panic!("no token {label:?} in:\n{text}");
+}
+
+/// A configuration that selects the token by `token_serial` alone (no label) finds it and
+/// logs in; its default audit file is named after the serial, another chain than the
+/// label's (what docs/custody.md tells operators who switch selectors). A serial that
+/// matches no token is a clear error naming the serial and the tokens present.
+#[test]
+fn a_token_is_found_by_its_serial_alone() {
+    let tmp = scratch();
+    let rig = Rig::with_authentication_key(tmp.path());
+    let Some(serial) = serial_of(&rig, LABEL) else {
+        return;
+    };
+    assert_eq!(serial.len(), 16, "{serial}");
+    let by_serial = |name: &str, serial: &str| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[hsm]\nmodule = {:?}\ntoken_serial = {serial:?}\npin_file = \"institution-user.pin\"\n",
+                etee_e2e::softhsm_module().display().to_string()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let config = by_serial("serial", &serial);
+    let run = rig
+        .hsm
+        .etee(["keys", "list", "--config"])
+        .arg(&config)
+        .run();
+    run.code(0);
+    let listed = String::from_utf8(run.stdout).unwrap();
+    assert!(listed.contains("\"authentication\""), "{listed}");
+    assert!(listed.contains("sensitive=yes extractable=no"), "{listed}");
+    // The same token, a new chain: audit-<serial>.log, with only this login on it, beside
+    // the label's, which is left as it was.
+    let label_chain = std::fs::read(rig.audit_file()).unwrap();
+    assert!(run.stderr.contains("a new chain starts"), "{}", run.stderr);
+    let serial_chain = tmp.path().join(format!("audit-{serial}.log"));
+    assert!(serial_chain.is_file(), "no {}", serial_chain.display());
+    let report = rig
+        .hsm
+        .etee(["audit", "verify", "--json", "--config"])
+        .arg(&config)
+        .run()
+        .json();
+    assert_eq!(report["intact"], true, "{report}");
+    // A login: its try and its outcome.
+    assert_eq!(report["records"], 2, "{report}");
+    assert_eq!(std::fs::read(rig.audit_file()).unwrap(), label_chain);
+
+    // No token with that serial.
+    let wrong = if serial == "0000000000000000" {
+        "1111111111111111"
+    } else {
+        "0000000000000000"
+    };
+    let config = by_serial("wrong-serial", wrong);
+    let run = rig
+        .hsm
+        .etee(["keys", "list", "--config"])
+        .arg(&config)
+        .run();
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains(&format!("no token with serial \"{wrong}\""))
+            && run.stderr.contains(&format!("(serial {serial})")),
+        "{}",
+        run.stderr
+    );
+    assert!(!tmp.path().join(format!("audit-{wrong}.log")).exists());
+}

@@ -157,6 +157,13 @@ impl Etee {
         self
     }
 
+    /// Removes an environment variable from the child's (e.g. `CREDENTIALS_DIRECTORY`, so
+    /// that the test's own environment cannot supply it).
+    pub fn env_remove<K: AsRef<OsStr>>(mut self, key: K) -> Self {
+        self.cmd.env_remove(key);
+        self
+    }
+
     /// Bytes for standard input.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());
@@ -479,32 +486,19 @@ pub fn sha256_hex(data: &[u8]) -> String {
 // Skips: shared vectors, openssl
 // ---------------------------------------------------------------------------------------
 
-fn strict() -> bool {
-    std::env::var_os("ETEE_E2E_STRICT").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-/// Reports a skipped test (or fails it under `ETEE_E2E_STRICT=1`).
+/// Reports a skipped test (or fails it under `ETEE_E2E_STRICT=1`): the one definition in
+/// `etee_testpki::skip`, shared with the crates' own tests.
 #[track_caller]
 pub fn skip(why: &str) {
-    if strict() {
-        panic!("ETEE_E2E_STRICT is set, refusing to skip: {why}");
-    }
-    eprintln!("skipping: {why}");
+    etee_testpki::skip::skip(why);
 }
 
-/// The shared vectors directory: `ETEE_VECTORS`, else `<workspace>/../shared/vectors`.
-/// `None` (after printing `skipping: ../shared/vectors not found`) when it is absent.
+/// The shared vectors directory: `ETEE_VECTORS` (relative: from the project root), else
+/// `<workspace>/../shared/vectors`. `None` (after printing `skipping: ...`) when it is
+/// absent; a failure under `ETEE_E2E_STRICT=1` (`etee_testpki::skip::shared_vectors`).
+#[track_caller]
 pub fn vectors() -> Option<PathBuf> {
-    let dir = match std::env::var_os("ETEE_VECTORS") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
-    };
-    if dir.join("README.md").is_file() {
-        Some(dir)
-    } else {
-        skip("../shared/vectors not found");
-        None
-    }
+    etee_testpki::skip::shared_vectors()
 }
 
 /// Whether `openssl` (the command) can be run; prints a skip line when it cannot.

@@ -5,6 +5,8 @@
 //! and stopped with SIGTERM in the middle of a stream: everything under way is answered,
 //! the core is locked on record, the socket removed. The server's audit file switches to a
 //! new segment every 4 KiB, so the chain is checked across segments.
+//! The server's own peer check (`[custody] allowed_uids`, `SO_PEERCRED`) is tested with
+//! clients running under other uids (copies of this test binary; needs root, else skipped).
 
 use etee_e2e::{etee_bin, scratch, softhsm_module, Etee, SoftHsm, World};
 use serde_json::Value;
@@ -33,13 +35,18 @@ struct Rig {
 
 impl Rig {
     fn new(dir: &Path, w: &World) -> Rig {
+        Rig::with_custody(dir, w, "")
+    }
+
+    /// [`Rig::new`] with `extra` lines in the server's `[custody]` table.
+    fn with_custody(dir: &Path, w: &World, extra: &str) -> Rig {
         let hsm = SoftHsm::new(dir);
         // Small audit segments: a stream of requests switches files many times, so that a
         // kill may land in a switch too.
         let server_config = hsm.token_config(
             "server",
             LABEL,
-            "[custody]\naudit_file = \"audit.log\"\naudit_segment_bytes = 4096\n",
+            &format!("[custody]\naudit_file = \"audit.log\"\naudit_segment_bytes = 4096\n{extra}"),
         );
         let client_config = dir.join("client.toml");
         std::fs::write(
@@ -78,8 +85,14 @@ impl Rig {
         self.hsm.etee(args).arg("--config").arg(&self.client_config)
     }
 
-    /// Starts `etee custody serve` and waits for its socket.
+    /// Starts `etee custody serve` and waits for its socket (mode 0600).
     fn serve(&self) -> Server {
+        self.serve_with(Stdio::inherit(), 0o600)
+    }
+
+    /// [`Rig::serve`] with the server's standard error going to `stderr`, expecting the
+    /// socket's mode to be `mode`.
+    fn serve_with(&self, stderr: Stdio, mode: u32) -> Server {
         let _ = std::fs::remove_file(&self.socket);
         let child = Command::new(etee_bin())
             .args(["custody", "serve", "--config"])
@@ -89,7 +102,7 @@ impl Rig {
             .env("SOFTHSM2_CONF", &self.hsm.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawning etee custody serve");
         let mut server = Server { child };
@@ -105,11 +118,11 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(20));
         }
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&self.socket)
+        let got = std::fs::metadata(&self.socket)
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+        assert_eq!(got & 0o777, mode, "socket mode {got:o}");
         server
     }
 
@@ -562,4 +575,143 @@ fn custody_process_stops_cleanly_on_sigterm() {
     let (intact, records, _) = rig.audit();
     assert!(intact);
     assert_eq!(records, LOGINS + 2 * signed + 2);
+}
+
+/// Set in the environment of a copy of this test binary that the test below runs under
+/// another uid: that run of the test is the peer probe (see [`peer_probe`]).
+const PEER_PROBE_ENV: &str = "ETEE_E2E_PEER_PROBE";
+
+/// The server's own check of its peers (`SO_PEERCRED` against its uid and `[custody]
+/// allowed_uids`), with the socket's mode out of the way: the socket is 0660 and its
+/// directory 0750, both in the group the probes run in, so the kernel lets every probe
+/// connect. A probe under a uid not in `allowed_uids` (65534) is connected, then closed
+/// without an answer, nothing of its request reaches the core (no record on the chain) and
+/// the server logs the refusal; a probe under an allowed uid (65533) gets its signature.
+/// Running as another uid takes root: otherwise the test says it skipped.
+#[test]
+fn the_custody_process_serves_only_allowed_uids() {
+    if let Some(socket) = std::env::var_os(PEER_PROBE_ENV) {
+        peer_probe(Path::new(&socket));
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !running_as_root() {
+        eprintln!(
+            "skipping: the_custody_process_serves_only_allowed_uids runs its clients as \
+             other uids, which needs root"
+        );
+        return;
+    }
+    const REFUSED: u32 = 65534;
+    const ALLOWED: u32 = 65533;
+    let w = World::shared();
+    let tmp = scratch();
+    let rig = Rig::with_custody(tmp.path(), w, &format!("allowed_uids = [{ALLOWED}]\n"));
+    let log_path = tmp.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let server = rig.serve_with(Stdio::from(log), 0o660);
+    let group = std::fs::metadata(&rig.socket).unwrap().gid();
+    // The probes may enter the directory and connect (group), nothing more.
+    std::os::unix::fs::chown(tmp.path(), None, Some(group)).unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+    // A copy of this test binary where the probes can run it (the target directory may be
+    // closed to other users).
+    let probe_exe = tmp.path().join("peer-probe");
+    std::fs::copy(std::env::current_exe().unwrap(), &probe_exe).unwrap();
+    std::fs::set_permissions(&probe_exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let probe = |uid: u32| -> String {
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(&probe_exe)
+            .args([
+                "--exact",
+                "the_custody_process_serves_only_allowed_uids",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(PEER_PROBE_ENV, &rig.socket)
+            .current_dir("/")
+            .uid(uid)
+            .gid(group)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the probe");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "probe as uid {uid}: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            // libtest may print `test NAME ... ` on the same line first.
+            .find_map(|l| l.split_once("probe: ").map(|(_, said)| said))
+            .unwrap_or_else(|| panic!("no probe line from uid {uid}:\n{stdout}"))
+            .to_string()
+    };
+    let server_log = || std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(
+        probe(REFUSED),
+        "connected; closed with no answer",
+        "server log:\n{}",
+        server_log()
+    );
+    assert_eq!(
+        probe(ALLOWED),
+        "connected; signature",
+        "server log:\n{}",
+        server_log()
+    );
+    // Written before the refused connection was closed, so there by now.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains(&format!(
+            "refused a connection from uid {REFUSED} (not in [custody] allowed_uids)"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains(&format!("uid {ALLOWED} (not")), "{log}");
+    drop(server);
+    // The logins, then the allowed probe's signature (its use and outcome records);
+    // nothing of the refused one.
+    let (intact, records, _) = rig.audit();
+    assert!(intact);
+    assert_eq!(records, LOGINS + 2);
+}
+
+/// Whether this process runs as root (the owner of `/proc/self` is the effective uid).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The probe's side: connects to `socket`, sends one signature request and prints one
+/// `probe: ...` line saying what came back.
+fn peer_probe(socket: &Path) {
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("probe: not connected: {e}");
+            return;
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let outcome = match exchange(&mut stream, &sign_frame([7; 32])) {
+        Ok(resp) if is_signature(&resp) => "signature".to_string(),
+        Ok(resp) => format!("answer {:02x?}", &resp[..resp.len().min(8)]),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            "closed with no answer".to_string()
+        }
+        Err(e) => format!("error: {e}"),
+    };
+    println!("probe: connected; {outcome}");
 }

@@ -1560,3 +1560,205 @@ fn pin_files_open_to_others_are_reported_by_every_command() {
     quiet.code(0);
     assert_eq!(reported(&quiet.stderr, &user), 0, "{}", quiet.stderr);
 }
+
+/// PINs given as systemd credentials (`pin_credential`, `so_pin_credential`: files in
+/// `$CREDENTIALS_DIRECTORY`, set here for each `etee` child only): `hsm init` sets the
+/// token's PINs from them, and the user PIN from the credential logs in (`keys generate`,
+/// `keys list`). The PIN really is the credential's content: the same token then opens
+/// with a PIN file holding it. A missing credential, or no `CREDENTIALS_DIRECTORY` at all,
+/// is a clear error that names the credential, and is no wrong PIN: the chain records
+/// each try and its refusal, and its wrong-PIN count stays at 0.
+#[test]
+fn pins_from_systemd_credentials_log_in() {
+    let tmp = scratch();
+    let rig = Rig::new(tmp.path());
+    let creds = tmp.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    // Another user PIN than the file-based configuration's, so that a login that read the
+    // PIN file instead would fail.
+    etee_e2e::secret_file(&creds.join("etee-user-pin"), "from-a-credential-1234");
+    etee_e2e::secret_file(&creds.join("etee-so-pin"), "so-from-a-credential-5678");
+    let config = tmp.path().join("credentials.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[hsm]\nmodule = {:?}\ntoken_label = {LABEL:?}\npin_credential = \"etee-user-pin\"\n\
+             so_pin_credential = \"etee-so-pin\"\n",
+            etee_e2e::softhsm_module().display().to_string()
+        ),
+    )
+    .unwrap();
+    let with_creds = |args: &[&str]| {
+        rig.hsm
+            .etee(args)
+            .arg("--config")
+            .arg(&config)
+            .env("CREDENTIALS_DIRECTORY", &creds)
+    };
+    with_creds(&["hsm", "init"]).run().code(0);
+    let run = with_creds(&["keys", "generate", "--profile", "authentication"]).run();
+    run.code(0);
+    assert_eq!(run.json()["id"], "authentication");
+    let run = with_creds(&["keys", "list"]).run();
+    run.code(0);
+    let listed = String::from_utf8(run.stdout).unwrap();
+    assert!(listed.contains("\"authentication\""), "{listed}");
+    // The token's user PIN is the credential's content.
+    let by_file = config_with_pin(&rig, "credential-pin-file", "from-a-credential-1234");
+    rig.hsm
+        .etee(["keys", "list"])
+        .arg("--config")
+        .arg(&by_file)
+        .run()
+        .code(0);
+    let records = || {
+        rig.etee(["audit", "verify", "--json"]).run().json()["records"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = records();
+    let wrong_pins = || {
+        let run = rig.etee(["custody", "status", "--json"]).run();
+        run.code(0);
+        run.json()["wrong_pins"].as_u64().unwrap()
+    };
+    assert_eq!(wrong_pins(), 0);
+
+    // The credential missing from the directory.
+    std::fs::remove_file(creds.join("etee-user-pin")).unwrap();
+    let run = with_creds(&["keys", "list"]).run();
+    run.code(2);
+    assert!(
+        run.stderr.contains("PIN credential etee-user-pin")
+            && run
+                .stderr
+                .contains(&creds.join("etee-user-pin").display().to_string())
+            && run.stderr.contains("No such file"),
+        "{}",
+        run.stderr
+    );
+    // No credentials directory at all (not started by systemd with LoadCredential=).
+    let run = rig
+        .hsm
+        .etee(["keys", "list", "--config"])
+        .arg(&config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .run();
+    run.code(2);
+    assert!(
+        run.stderr.contains("PIN credential etee-user-pin")
+            && run.stderr.contains("CREDENTIALS_DIRECTORY is not set"),
+        "{}",
+        run.stderr
+    );
+    // Each try is on the chain (admitted, then refused before the PIN reached the token),
+    // and none of them counts as a wrong PIN.
+    assert_eq!(records(), before + 2 * 2);
+    assert_eq!(wrong_pins(), 0);
+}
+
+/// The token's serial as OpenSC's `pkcs11-tool --list-token-slots` prints it (not through
+/// etee); `None` after a skip when pkcs11-tool is not installed.
+fn serial_of(rig: &Rig, label: &str) -> Option<String> {
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &rig.hsm.conf)
+        .arg("--module")
+        .arg(etee_e2e::softhsm_module())
+        .arg("--list-token-slots")
+        .output();
+    let Ok(out) = out else {
+        etee_e2e::skip("pkcs11-tool (OpenSC) is not installed");
+        return None;
+    };
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Each slot: `Slot N (...): ...`, then indented `name : value` lines.
+    let mut token_label = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.trim().split_once(':') else {
+            continue;
+        };
+        match key.trim() {
+            "token label" => token_label = Some(value.trim().to_string()),
+            "serial num" if token_label.as_deref() == Some(label) => {
+                return Some(value.trim().to_string());
+            }
+            _ => {}
+        }
+    }
+    panic!("no token {label:?} in:\n{text}");
+}
+
+/// A configuration that selects the token by `token_serial` alone (no label) finds it and
+/// logs in; its default audit file is named after the serial, another chain than the
+/// label's (what docs/custody.md tells operators who switch selectors). A serial that
+/// matches no token is a clear error naming the serial and the tokens present.
+#[test]
+fn a_token_is_found_by_its_serial_alone() {
+    let tmp = scratch();
+    let rig = Rig::with_authentication_key(tmp.path());
+    let Some(serial) = serial_of(&rig, LABEL) else {
+        return;
+    };
+    assert_eq!(serial.len(), 16, "{serial}");
+    let by_serial = |name: &str, serial: &str| {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[hsm]\nmodule = {:?}\ntoken_serial = {serial:?}\npin_file = \"institution-user.pin\"\n",
+                etee_e2e::softhsm_module().display().to_string()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let config = by_serial("serial", &serial);
+    let run = rig
+        .hsm
+        .etee(["keys", "list", "--config"])
+        .arg(&config)
+        .run();
+    run.code(0);
+    let listed = String::from_utf8(run.stdout).unwrap();
+    assert!(listed.contains("\"authentication\""), "{listed}");
+    assert!(listed.contains("sensitive=yes extractable=no"), "{listed}");
+    // The same token, a new chain: audit-<serial>.log, with only this login on it, beside
+    // the label's, which is left as it was.
+    let label_chain = std::fs::read(rig.audit_file()).unwrap();
+    assert!(run.stderr.contains("a new chain starts"), "{}", run.stderr);
+    let serial_chain = tmp.path().join(format!("audit-{serial}.log"));
+    assert!(serial_chain.is_file(), "no {}", serial_chain.display());
+    let report = rig
+        .hsm
+        .etee(["audit", "verify", "--json", "--config"])
+        .arg(&config)
+        .run()
+        .json();
+    assert_eq!(report["intact"], true, "{report}");
+    // A login: its try and its outcome.
+    assert_eq!(report["records"], 2, "{report}");
+    assert_eq!(std::fs::read(rig.audit_file()).unwrap(), label_chain);
+
+    // No token with that serial.
+    let wrong = if serial == "0000000000000000" {
+        "1111111111111111"
+    } else {
+        "0000000000000000"
+    };
+    let config = by_serial("wrong-serial", wrong);
+    let run = rig
+        .hsm
+        .etee(["keys", "list", "--config"])
+        .arg(&config)
+        .run();
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains(&format!("no token with serial \"{wrong}\""))
+            && run.stderr.contains(&format!("(serial {serial})")),
+        "{}",
+        run.stderr
+    );
+    assert!(!tmp.path().join(format!("audit-{wrong}.log")).exists());
+}

@@ -1,5 +1,5 @@
 //! (g) Session recovery: the pool's sessions are lost behind its back and the next
-//! operations still succeed. This test finalises the PKCS#11 library, so it runs alone in
+//! operations still succeed, also when that happens while several threads work. This test finalises the PKCS#11 library, so it runs alone in
 //! its own test process (its own file) with one test function.
 
 mod common;
@@ -10,6 +10,8 @@ use etee_formats::keys::{KeyId, PrivateKeyOps};
 use etee_hsm::Hsm;
 use openssl::pkey::{PKey, Public};
 use openssl::rsa::Padding;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 fn verify_pss(spki: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
     let key: PKey<Public> = PKey::public_key_from_der(spki).unwrap();
@@ -21,6 +23,19 @@ fn verify_pss(spki: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
     ctx.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::custom(32))
         .unwrap();
     ctx.verify(digest, sig).unwrap_or(false)
+}
+
+/// Waits until `done` holds (checked every millisecond); fails after a minute, far beyond
+/// what any machine takes: a bound against hanging, not a timing assertion.
+fn wait_for(done: impl Fn() -> bool, what: &str) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "waited a minute for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
@@ -75,21 +90,38 @@ fn operations_survive_lost_sessions() {
         "{log:?}"
     );
 
-    // 1b. The same while several threads are signing.
+    // 1b. The same while several threads are signing. Deterministic: the logout comes
+    //     once the workers have signed a few times between them, and each worker goes on
+    //     until it has signed AFTER times starting after the logout, so that operations
+    //     run on logged-out sessions whatever the scheduling; the pool must have noticed
+    //     (a recovery counted) and every signature must still verify.
+    let before = hsm.pool().recoveries();
     let (second, session) = foreign_session(&config.module, "recovery");
+    const AFTER: usize = 10;
+    let signed = AtomicUsize::new(0);
+    let logged_out = AtomicBool::new(false);
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..4)
             .map(|_| {
                 s.spawn(|| {
-                    for _ in 0..25 {
+                    let mut after = 0;
+                    while after < AFTER {
+                        // Read before the operation: it starts after the logout.
+                        let late = logged_out.load(Ordering::SeqCst);
                         let sig = keys.sign_pss_sha256(&auth_id, &digest).unwrap();
                         assert!(verify_pss(&auth.public_key_der(), &digest, &sig));
+                        signed.fetch_add(1, Ordering::SeqCst);
+                        after += usize::from(late);
                     }
                 })
             })
             .collect();
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        wait_for(
+            || signed.load(Ordering::SeqCst) >= 8,
+            "the workers' first signatures",
+        );
         session.logout().unwrap();
+        logged_out.store(true, Ordering::SeqCst);
         for w in workers {
             w.join().unwrap();
         }
@@ -97,6 +129,11 @@ fn operations_survive_lost_sessions() {
     drop(session);
     // Dropping the last clone of a handle finalises the library: not yet.
     std::mem::forget(second);
+    assert!(
+        hsm.pool().recoveries() > before,
+        "the logout under load went unnoticed: {:?}",
+        hsm.pool().recent_recoveries()
+    );
     check("C_Logout under load");
     assert!(
         hsm.pool()
@@ -122,6 +159,85 @@ fn operations_survive_lost_sessions() {
         log.last().unwrap() == "CKR_SESSION_HANDLE_INVALID: Reopen",
         "{log:?}"
     );
+
+    // 2b. The same while two threads are working: both stop between two operations (a
+    //     PKCS#11 library must not be finalised under a call in progress: SoftHSM frees
+    //     what that call uses), the library is finalised and initialised again by another
+    //     handle, then both go on at once on the handles the reset invalidated, one with a
+    //     decryption, the other with a signature. No call was in flight, so nothing a blob
+    //     could have caused can fail: every request succeeds (a decryption failing here,
+    //     even with the uniform `DecryptFailed`, would be a message lost to a recoverable
+    //     session error), and the pool recovered by opening new sessions.
+    //     Both of the pool's sessions are made current first (two jobs that wait for each
+    //     other hold one each), so that both handles in use are ones the reset kills.
+    assert_eq!(hsm.pool().size(), 2);
+    let both = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                hsm.pool()
+                    .run(|_| {
+                        both.wait();
+                        Ok::<_, etee_hsm::HsmError>(())
+                    })
+                    .unwrap()
+            });
+        }
+    });
+    let before = hsm.pool().recoveries();
+    const ROUNDS: usize = 6;
+    const PAUSE_AT: usize = 2;
+    let pause = std::sync::Barrier::new(3);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let pause = &pause;
+                let (keys, auth_id, etk_id, blob, auth) = (&keys, &auth_id, &etk_id, &blob, &auth);
+                s.spawn(move || {
+                    for round in 0..ROUNDS {
+                        if round == PAUSE_AT {
+                            pause.wait(); // both between two operations
+                            pause.wait(); // the library was reset
+                        }
+                        // Worker 0 decrypts first, worker 1 signs first.
+                        for op in [w, 1 - w] {
+                            if op == 0 {
+                                let plain = keys
+                                    .decrypt_pkcs1v15(etk_id, blob)
+                                    .unwrap_or_else(|e| panic!("decrypt, round {round}: {e:?}"));
+                                assert_eq!(&plain[..], b"content key 1234");
+                            } else {
+                                let sig = keys
+                                    .sign_pss_sha256(auth_id, &digest)
+                                    .unwrap_or_else(|e| panic!("sign, round {round}: {e:?}"));
+                                assert!(verify_pss(&auth.public_key_der(), &digest, &sig));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        pause.wait();
+        drop(Pkcs11::new(&config.module).unwrap()); // C_Finalize
+        let reinit = Pkcs11::new(&config.module).unwrap();
+        reinit.initialize(CInitializeArgs::OsThreads).unwrap();
+        std::mem::forget(reinit);
+        pause.wait();
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    let log = hsm.pool().recent_recoveries();
+    assert!(
+        hsm.pool().recoveries() > before,
+        "the reset under two threads went unnoticed: {log:?}"
+    );
+    assert_eq!(
+        log.last().unwrap(),
+        "CKR_SESSION_HANDLE_INVALID: Reopen",
+        "{log:?}"
+    );
+    check("C_Finalize + C_Initialize under two threads");
 
     // 3. The library finalised and left so (CKR_CRYPTOKI_NOT_INITIALIZED): the pool
     //    initialises it again.

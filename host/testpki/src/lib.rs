@@ -38,6 +38,7 @@ use openssl::x509::{
 
 pub mod ocsp;
 pub mod peak_alloc;
+pub mod skip;
 
 /// A path given to a test (an environment variable's value): relative ones are taken from
 /// the project root, where the commands of the docs run, rather than from the crate's

@@ -223,19 +223,13 @@ pub fn parse_pkcs11_tool(text: &str) -> Vec<ToolObject> {
     out
 }
 
-/// The shared vectors: `ETEE_VECTORS`, else `<workspace>/../shared/vectors`; `None` with a
-/// printed message when absent.
+/// The shared vectors: `ETEE_VECTORS` (relative: from the project root), else
+/// `<workspace>/../shared/vectors`. `None` with a printed `skipping: ...` when absent, a
+/// failure instead under `ETEE_E2E_STRICT=1` (the same rule as the end-to-end tests:
+/// `etee_testpki::skip`).
+#[track_caller]
 pub fn vectors() -> Option<PathBuf> {
-    let dir = match std::env::var_os("ETEE_VECTORS") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
-    };
-    if dir.join("expected-verdicts.json").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: ../shared/vectors not found (set ETEE_VECTORS)");
-        None
-    }
+    etee_testpki::skip::shared_vectors()
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` → unix seconds.

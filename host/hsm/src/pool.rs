@@ -17,8 +17,13 @@
 //! |---|---|
 //! | `CKR_CRYPTOKI_NOT_INITIALIZED` | `C_Initialize` again, new sessions, log in |
 //! | `CKR_SESSION_HANDLE_INVALID`, `CKR_SESSION_CLOSED`, `CKR_DEVICE_ERROR`, `CKR_DEVICE_REMOVED`, `CKR_TOKEN_NOT_PRESENT`, `CKR_TOKEN_NOT_RECOGNIZED`, `CKR_SLOT_ID_INVALID`, `CKR_GENERAL_ERROR` | find the token again by label/serial, new sessions, log in |
-//! | `CKR_USER_NOT_LOGGED_IN`, or any failure while the session shows as logged out | log in again |
+//! | `CKR_USER_NOT_LOGGED_IN`, `CKR_OPERATION_ACTIVE`, or any failure while the session shows as logged out | a new session in place of this one, logged in |
 //! | `CKR_KEY_HANDLE_INVALID`, `CKR_OBJECT_HANDLE_INVALID` | find the keys again by CKA_ID/label |
+//! | a private or secret key not found (while the session shows as logged in) | find the keys again: a logout hides them, and another session may have logged in again between the lookup and that check |
+//!
+//! A new session rather than the same one logged in again: an operation that a logout cut
+//! short can stay active on the old session (SoftHSM leaves a signature's), and every later
+//! call on it would fail with `CKR_OPERATION_ACTIVE`.
 //!
 //! A decryption's failure that the blob may have caused is final, with no recovery and no
 //! retry, whatever happened: a probe of the session's state made only after failures
@@ -192,13 +197,19 @@ enum Recovery {
     Refind,
 }
 
+/// A key lookup that found nothing, of a class a logout hides (`CKA_PRIVATE` objects).
+fn hidden_by_logout(e: &HsmError) -> bool {
+    matches!(e, HsmError::NotFound { what, .. }
+        if *what == class_name(ObjectClass::PRIVATE_KEY) || *what == class_name(ObjectClass::SECRET_KEY))
+}
+
 fn recovery_for(e: &HsmError) -> Option<Recovery> {
     use RvError::*;
     match e.rv()? {
         CryptokiNotInitialized => Some(Recovery::Reinitialize),
         SessionHandleInvalid | SessionClosed | DeviceError | DeviceRemoved | TokenNotPresent
         | TokenNotRecognized | SlotIdInvalid | GeneralError => Some(Recovery::Reopen),
-        UserNotLoggedIn => Some(Recovery::Relogin),
+        UserNotLoggedIn | OperationActive => Some(Recovery::Relogin),
         KeyHandleInvalid | ObjectHandleInvalid => Some(Recovery::Refind),
         _ => None,
     }
@@ -235,6 +246,11 @@ impl Worker {
             let recovery = match recovery_for(&err) {
                 _ if self.logged_out() => Recovery::Relogin,
                 Some(r) => r,
+                // A private or secret key not found may have been hidden by a logout that
+                // another session repaired between the lookup and the check above (login
+                // state is shared): look again, once. The lookup comes before any use of a
+                // ciphertext, so the retry tells nothing about one.
+                None if hidden_by_logout(&err) => Recovery::Refind,
                 None => return Err(err),
             };
             self.shared.recoveries.fetch_add(1, Ordering::Relaxed);
@@ -280,6 +296,22 @@ impl Worker {
         Ok(())
     }
 
+    /// Closes this worker's session when its handle is still its own (no library reset
+    /// or epoch change since it was opened, so the number names no other session); else
+    /// forgets it.
+    fn close_session(&mut self) {
+        let current = (
+            self.shared.epoch.load(Ordering::SeqCst),
+            self.shared.module.context().1,
+        );
+        match self.live.take() {
+            Some(live) if (live.epoch, live.generation) == current => drop(live.session),
+            Some(live) => std::mem::forget(live.session),
+            None => {}
+        }
+        self.cache.clear();
+    }
+
     fn forget_session(&mut self) {
         if let Some(live) = self.live.take() {
             // Not closed: the handle may already belong to another session (see module doc).
@@ -315,12 +347,8 @@ impl Worker {
                 self.forget_session();
                 bump(&self.shared);
             }
-            Recovery::Relogin => {
-                self.cache.clear();
-                if let Some(live) = &self.live {
-                    self.shared.login(&live.session)?;
-                }
-            }
+            // The next turn of the loop opens the new session and logs in.
+            Recovery::Relogin => self.close_session(),
             Recovery::Refind => self.cache.clear(),
         }
         Ok(())

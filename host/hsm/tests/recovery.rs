@@ -252,6 +252,34 @@ fn operations_survive_lost_sessions() {
         "{log:?}"
     );
 
+    // 4. An operation left active on every session (begun and never finished, as a
+    //    logout in the middle of a signature leaves one in SoftHSM): each call on such a
+    //    session fails with CKR_OPERATION_ACTIVE, and the pool gives it a new session.
+    let pool = hsm.pool();
+    let all_lent = std::sync::Barrier::new(pool.size());
+    std::thread::scope(|s| {
+        for _ in 0..pool.size() {
+            s.spawn(|| {
+                pool.run(|conn| {
+                    conn.session()
+                        .digest_init(&cryptoki::mechanism::Mechanism::Sha256)
+                        .expect("a digest begun");
+                    all_lent.wait();
+                    Ok(())
+                })
+                .unwrap();
+            });
+        }
+    });
+    let before = pool.recoveries();
+    check("operations left active");
+    assert!(pool.recoveries() > before);
+    let log = pool.recent_recoveries();
+    assert!(
+        log.iter().any(|r| r == "CKR_OPERATION_ACTIVE: Relogin"),
+        "{log:?}"
+    );
+
     // Everything else still works after recoveries: listing, a new key.
     let listed = hsm.list().unwrap();
     assert_eq!(listed.keys.len(), 2);

@@ -1,7 +1,8 @@
 //! ETK parsing and validation: the shared vectors (spec §8 row 8) and the generated test PKI.
 //!
 //! The vectors live in `../shared/vectors` (or `$ETEE_VECTORS`); without them the vector
-//! tests print "skipping" and pass. The test-PKI tests always run.
+//! tests print "skipping" and pass (fail under `ETEE_E2E_STRICT=1`). The test-PKI tests
+//! always run.
 
 use etee_formats::cert::{Certificate, KeyAlgorithm};
 use etee_formats::etk::{ldap_names_equal, Etk, EtkError};
@@ -19,17 +20,10 @@ const DAY: i64 = 86_400;
 // ---------------------------------------------------------------------------------------
 // Helpers.
 
+/// The shared vectors, or a skip (a failure under `ETEE_E2E_STRICT`).
+#[track_caller]
 fn vectors_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("ETEE_VECTORS") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
-    };
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!("skipping: ../shared/vectors not found");
-        None
-    }
+    etee_testpki::skip::shared_vectors()
 }
 
 fn find_etks(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -15,18 +15,10 @@ use std::sync::OnceLock;
 
 const PASSWORD: &str = "correct horse";
 
+/// The shared vectors, or a skip (a failure under `ETEE_E2E_STRICT`).
+#[track_caller]
 fn vectors() -> Option<PathBuf> {
-    let dir = std::env::var_os("ETEE_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors")
-        });
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: ../shared/vectors not found");
-        None
-    }
+    etee_testpki::skip::shared_vectors()
 }
 
 fn egelke(dir: &Path, rel: &str) -> PathBuf {

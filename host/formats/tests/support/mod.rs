@@ -3,21 +3,12 @@
 
 use std::path::PathBuf;
 
-/// `../shared/vectors` beside the project root (or `ETEE_VECTORS`), when present.
+/// `../shared/vectors` beside the project root (or `ETEE_VECTORS`), when present; else
+/// the test is skipped with a message, or fails under `ETEE_E2E_STRICT`
+/// ([`etee_testpki::skip::shared_vectors`]).
+#[track_caller]
 pub fn vectors() -> Option<PathBuf> {
-    let dir = std::env::var_os("ETEE_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors")
-        });
-    if dir.join("expected-verdicts.json").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: ../shared/vectors not found (set ETEE_VECTORS to run the conformance tests)"
-        );
-        None
-    }
+    etee_testpki::skip::shared_vectors()
 }
 
 /// Reads a certificate file, PEM, DER or Base64.

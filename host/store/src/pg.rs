@@ -33,6 +33,17 @@ use crate::{
 const MIGRATION_LOCK: i64 = 0x6574_6565_2d73_746f; // "etee-sto"
 /// Advisory lock key serialising audit appends (read the head, insert after it).
 const AUDIT_LOCK: i64 = 0x6574_6565_2d61_7564; // "etee-aud"
+/// Advisory lock key letting one instance at a time purge the replay table.
+const PURGE_LOCK: i64 = 0x6574_6565_2d70_7567; // "etee-pug"
+
+/// Session settings of every connection (`options` of the connection, after any the URL
+/// gives, so that these win). A lock wait (the audit chain's advisory lock, a row lock)
+/// ends in an error after `lock_timeout` instead of hanging every instance behind one that
+/// stalled while holding it; and the server ends a transaction left idle for
+/// `idle_in_transaction_session_timeout` (an instance paused or cut off between its lock
+/// and its commit), which releases its locks; its commit then fails, so nothing it did
+/// was acknowledged. Every transaction of the store is a few statements long.
+const SESSION_OPTIONS: &str = "-c lock_timeout=10000 -c idle_in_transaction_session_timeout=30000";
 /// First half of the two-`int4` advisory lock keys serialising the registration and the
 /// deletion of one KeyDepot key id (the second half is a hash of the id, see
 /// [`lock_key_id`]). PostgreSQL keeps two-`int4` keys apart from one-`bigint` keys such as
@@ -133,9 +144,14 @@ impl PgStore {
     /// to date and keeps up to `pool_size` connections.
     pub fn connect(url: &str, pool_size: usize) -> Result<Self> {
         let (url, root) = take_root_cert(url);
-        let config: Config = url
+        let mut config: Config = url
             .parse()
             .map_err(|e| Error::Invalid(format!("PostgreSQL URL: {e}")))?;
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {SESSION_OPTIONS}"),
+            _ => SESSION_OPTIONS.to_owned(),
+        };
+        config.options(&options);
         let verify = root.is_some() || config.get_ssl_mode() == SslMode::Require;
         let tls = tls_connector(root.as_deref(), verify)?;
         // A direct first connection reports a bad URL, a down server or a refused
@@ -184,8 +200,11 @@ impl PgStore {
 }
 
 /// A READ COMMITTED transaction, whatever the server's `default_transaction_isolation`:
-/// [`apply_in`] relies on each statement seeing what was committed before it started (a
-/// snapshot per statement), not a snapshot taken at the transaction's first statement.
+/// every transaction here relies on each statement seeing what was committed before it
+/// started (a snapshot per statement), not a snapshot taken at the transaction's first
+/// statement. Under REPEATABLE READ the snapshot predates the advisory lock's grant: the
+/// audit chain's head read under the lock would be stale (a duplicate sequence), and
+/// instances migrating at once would each create the tables.
 fn begin(client: &mut Client) -> Result<Transaction<'_>> {
     client
         .build_transaction()
@@ -264,7 +283,7 @@ fn tls_connector(root: Option<&str>, verify: bool) -> Result<MakeTlsConnector> {
 /// Applies the missing migrations in one transaction, under an advisory lock so that
 /// instances starting together apply each migration once.
 fn migrate(client: &mut Client) -> Result<()> {
-    let mut tx = client.transaction().db()?;
+    let mut tx = begin(client)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .db()?;
     tx.batch_execute(
@@ -325,7 +344,7 @@ impl Store for PgStore {
 
     fn put_etk(&self, record: &EtkRecord) -> Result<()> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().db()?;
+        let mut tx = begin(&mut conn)?;
         let inserted = tx
             .execute(
                 "INSERT INTO etk (digest, etk, not_before, not_after, registered_at)
@@ -391,7 +410,7 @@ impl Store for PgStore {
 
     fn remove_etk(&self, digest: &[u8; 32]) -> Result<Option<EtkRecord>> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().db()?;
+        let mut tx = begin(&mut conn)?;
         // The record as it is removed (its identifiers go with it: ON DELETE CASCADE).
         let row = tx
             .query_opt(
@@ -580,14 +599,28 @@ impl Store for PgStore {
     }
 
     fn purge_expired(&self, now: i64) -> Result<u64> {
-        self.conn()?
+        // One purge at a time across the instances sharing the database: two deleting the
+        // same rows deadlock (40P01). An instance that finds another purging leaves it be.
+        let mut conn = self.conn()?;
+        let mut tx = begin(&mut conn)?;
+        let ours: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PURGE_LOCK])
+            .db()?
+            .get(0);
+        if !ours {
+            tx.rollback().db()?;
+            return Ok(0);
+        }
+        let purged = tx
             .execute("DELETE FROM seen_request WHERE expires_at <= $1", &[&now])
-            .db()
+            .db()?;
+        tx.commit().db()?;
+        Ok(purged)
     }
 
     fn append_event(&self, event: &AuditEvent) -> Result<u64> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().db()?;
+        let mut tx = begin(&mut conn)?;
         let sequence = append_in(&mut tx, event)?;
         tx.commit().db()?;
         Ok(sequence)
@@ -615,7 +648,7 @@ impl Store for PgStore {
         event: &AuditEvent,
     ) -> Result<Option<u64>> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().db()?;
+        let mut tx = begin(&mut conn)?;
         // The digest first: a replay leaves without touching the audit lock, and every
         // transaction takes its row lock before the advisory lock (append_event takes only
         // the latter), so the two cannot deadlock. A concurrent same-digest request waits on
@@ -639,7 +672,7 @@ impl Store for PgStore {
         event: &AuditEvent,
     ) -> Result<KeyRead> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().db()?;
+        let mut tx = begin(&mut conn)?;
         // The key's row first, shared: a deletion (which locks it, then the audit lock)
         // waits for this commit, or committed before and the row is gone. Then the digest
         // and the audit lock, in the order of remember_request_with_event.

@@ -273,3 +273,111 @@ fn key_under_an_already_retired_id_can_be_deleted() {
         .get(0);
     assert_eq!(retired_at, 1, "the first retirement is kept");
 }
+
+fn event(n: usize) -> etee_store::AuditEvent {
+    etee_store::AuditEvent {
+        at: 1,
+        action: "test.append".into(),
+        actor: format!("thread {n}"),
+        subject: "s".into(),
+        outcome: "done".into(),
+        detail: None,
+    }
+}
+
+/// A database whose default isolation is REPEATABLE READ (a DBA's choice): instances
+/// starting together still migrate once, and audit appends from two instances at once
+/// still all succeed, in one chain that verifies. Each transaction of the store asks for
+/// READ COMMITTED itself (a snapshot taken before the audit lock's grant would read a
+/// stale head: duplicate sequences; or miss the tables another instance just created).
+#[test]
+fn a_stricter_default_isolation_changes_nothing() {
+    let Some(h) = Pg::new() else { return };
+    let name = h.db.name().to_owned();
+    h.client()
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'"
+        ))
+        .unwrap();
+    let url = h.db.url().to_owned();
+    let starting: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PgStore::connect(&url, 3).map(Arc::new))
+        })
+        .collect();
+    let stores: Vec<Arc<PgStore>> = starting
+        .into_iter()
+        .map(|t| t.join().unwrap().expect("an instance starts"))
+        .collect();
+    let writers: Vec<_> = (0..6)
+        .map(|n| {
+            let store = stores[n % 2].clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    store.append_event(&event(n * 100 + i)).expect("an append");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let events = stores[0].events(0, 1000).unwrap();
+    assert_eq!(events.len(), 60);
+    etee_store::audit::verify(0, etee_store::audit::GENESIS, &events).expect("one chain");
+}
+
+/// An instance that stalls while holding the audit chain's lock (paused, cut off between
+/// its lock and its commit) does not hang the others: their audited writes fail after the
+/// lock timeout (10 s) instead of waiting for it, and go through once it is released.
+#[test]
+fn a_stalled_lock_holder_does_not_hang_the_others() {
+    let Some(h) = Pg::new() else { return };
+    let store = PgStore::connect(h.db.url(), 2).unwrap();
+    store.append_event(&event(0)).unwrap();
+    let mut holder = h.client();
+    let mut tx = holder.transaction().unwrap();
+    // The audit lock's key (pg.rs AUDIT_LOCK, "etee-aud").
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&0x6574_6565_2d61_7564i64],
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = store.append_event(&event(1)).unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(9) && waited < std::time::Duration::from_secs(25),
+        "{waited:?}"
+    );
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    tx.rollback().unwrap();
+    assert_eq!(store.append_event(&event(2)).unwrap(), 2);
+}
+
+/// Instances purging the replay table at once take turns (two deleting the same rows
+/// deadlock): while another purges, an instance leaves it be.
+#[test]
+fn one_instance_purges_at_a_time() {
+    let Some(h) = Pg::new() else { return };
+    let store = PgStore::connect(h.db.url(), 2).unwrap();
+    for i in 0..5u8 {
+        assert!(store.remember_request(&[i; 32], 10, 0).unwrap());
+    }
+    let mut other = h.client();
+    let mut tx = other.transaction().unwrap();
+    // The purge lock's key (pg.rs PURGE_LOCK, "etee-pug").
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&0x6574_6565_2d70_7567i64],
+    )
+    .unwrap();
+    assert_eq!(
+        store.purge_expired(100).unwrap(),
+        0,
+        "another instance is purging"
+    );
+    tx.rollback().unwrap();
+    assert_eq!(store.purge_expired(100).unwrap(), 5);
+}

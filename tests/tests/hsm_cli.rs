@@ -1566,8 +1566,8 @@ fn pin_files_open_to_others_are_reported_by_every_command() {
 /// token's PINs from them, and the user PIN from the credential logs in (`keys generate`,
 /// `keys list`). The PIN really is the credential's content: the same token then opens
 /// with a PIN file holding it. A missing credential, or no `CREDENTIALS_DIRECTORY` at all,
-/// is a clear error that names the credential, and is no wrong PIN: the chain records
-/// each try and its refusal, and its wrong-PIN count stays at 0.
+/// is a clear error that names the credential, and is no login: nothing goes on the
+/// chain (no try, no wrong PIN).
 #[test]
 fn pins_from_systemd_credentials_log_in() {
     let tmp = scratch();
@@ -1651,10 +1651,13 @@ fn pins_from_systemd_credentials_log_in() {
         "{}",
         run.stderr
     );
-    // Each try is on the chain (admitted, then refused before the PIN reached the token),
-    // and none of them counts as a wrong PIN.
-    assert_eq!(records(), before + 2 * 2);
+    // No PIN, no login to record: the chain is as it was, and no wrong PIN is counted.
+    assert_eq!(records(), before);
     assert_eq!(wrong_pins(), 0);
+    // The credential back: the next login is on the chain (a try and its success).
+    etee_e2e::secret_file(&creds.join("etee-user-pin"), "from-a-credential-1234");
+    with_creds(&["keys", "list"]).run().code(0);
+    assert_eq!(records(), before + 2);
 }
 
 /// The token's serial as OpenSC's `pkcs11-tool --list-token-slots` prints it (not through

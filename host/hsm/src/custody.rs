@@ -786,6 +786,9 @@ fn locked_out(custody: &CustodyConfig) -> HsmError {
 /// an accepted one ends a run of wrong PINs.
 fn login_on_record(hsm: &HsmConfig, custody: &CustodyConfig) -> Result<Hsm> {
     crate::token_summary(hsm)?;
+    // No PIN to try (a missing PIN file or credential) is an error of the configuration,
+    // not a login: nothing goes on the chain, where it could only read as a token failure.
+    drop(hsm.user_pin()?);
     let opened = Arc::new(Mutex::new(None));
     let login = LoginOnly::Opening {
         hsm: hsm.clone(),

@@ -124,6 +124,7 @@ fn status(e: &ServiceError) -> StatusCode {
         },
         ServiceError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ServiceError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+        ServiceError::WorkTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         ServiceError::Conflict(_)
         | ServiceError::TooManyKeys(_)
         | ServiceError::KeyDepotConflict(_) => StatusCode::CONFLICT,
@@ -1573,6 +1574,7 @@ mod tests {
             },
             ServiceError::Io("x".into()),
             ServiceError::RequestTimeout { timeout_ms: 1 },
+            ServiceError::WorkTimeout { timeout_ms: 1 },
             ServiceError::OwnCertificate {
                 text: "x".into(),
                 why: NotVouched::NotGood,
@@ -1610,6 +1612,7 @@ mod tests {
                 | ServiceError::Busy { .. }
                 | ServiceError::Io(_)
                 | ServiceError::RequestTimeout { .. }
+                | ServiceError::WorkTimeout { .. }
                 | ServiceError::OwnCertificate { .. } => {}
             }
             let body = problem_body(e);

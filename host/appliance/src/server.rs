@@ -15,11 +15,13 @@ use etee_services::connections::{address_peer, PerPeer};
 use etee_services::log::Throttle;
 use etee_services::revocation::PresentedChain;
 use etee_services::tls_files::{self, ClientAuth, ServerFiles};
+use hyper::body::Body as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::ServerConfig;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -151,7 +153,8 @@ async fn connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service =
-        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let (arrived, mut request) = Watched::wrap(request);
             // rustls verified the client's chain at the handshake only. Once a certificate
             // of it has expired, or been revoked, a kept-alive connection no longer
             // identifies a client: this request is served as from an unknown caller, and
@@ -210,16 +213,21 @@ async fn connection<I>(
                     }
                     Ok(response) => response,
                     Err(_) => {
+                        use crate::service::ServiceError;
                         let timeout_ms = limits.request_timeout.as_millis() as u64;
+                        // Whose slowness it was: a body still arriving is the caller's
+                        // (408), work on a whole request is ours or the platform's (504).
+                        let late = if arrived.load(Ordering::Acquire) {
+                            ServiceError::WorkTimeout { timeout_ms }
+                        } else {
+                            ServiceError::RequestTimeout { timeout_ms }
+                        };
                         tracing::warn!(
                             timeout_ms,
-                            "a request was not answered within request_timeout_ms: answered \
-                             408 and the connection closed"
+                            code = late.code(),
+                            "a request was not answered within request_timeout_ms: {late}"
                         );
-                        let mut response =
-                            crate::api::problem(&crate::service::ServiceError::RequestTimeout {
-                                timeout_ms,
-                            });
+                        let mut response = crate::api::problem(&late);
                         // What is left of its body is not read: the connection ends here.
                         response.headers_mut().insert(
                             hyper::header::CONNECTION,
@@ -251,6 +259,54 @@ async fn connection<I>(
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(limits.request_timeout, connection).await;
         }
+    }
+}
+
+/// A request's body that tells, through its flag, when the caller has sent all of it.
+struct Watched {
+    inner: hyper::body::Incoming,
+    arrived: Arc<AtomicBool>,
+}
+
+impl Watched {
+    /// The request with its body watched, and the flag (already set for a request with no
+    /// body).
+    fn wrap(
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> (Arc<AtomicBool>, hyper::Request<Watched>) {
+        let (parts, inner) = request.into_parts();
+        let arrived = Arc::new(AtomicBool::new(inner.is_end_stream()));
+        let body = Watched {
+            inner,
+            arrived: arrived.clone(),
+        };
+        (arrived, hyper::Request::from_parts(parts, body))
+    }
+}
+
+impl hyper::body::Body for Watched {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+    {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        // The last frame read (a known length counts down to zero) or the end seen.
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.arrived.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -780,12 +836,12 @@ mod tests {
         served.await.unwrap();
     }
 
-    /// A request not answered within `request_timeout`, whether its body is still coming
-    /// or its work is under way: 408 `APPLIANCE_REQUEST_TIMEOUT` with the headers of every
-    /// answer (it was 500 `APPLIANCE_IO` without `Cache-Control`), and the connection
-    /// closed.
+    /// A request not answered within `request_timeout`: 408 `APPLIANCE_REQUEST_TIMEOUT`
+    /// while its body is still coming (the caller's slowness), 504 `APPLIANCE_WORK_TIMEOUT`
+    /// once the whole request arrived (the work's: it was 408 too, which blamed the
+    /// caller), with the headers of every answer, and the connection closed.
     #[tokio::test]
-    async fn a_request_not_answered_in_time_is_408() {
+    async fn a_request_not_answered_in_time_says_whose_slowness() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let routes = Router::new()
             .route(
@@ -798,6 +854,13 @@ mod tests {
             .route(
                 "/body",
                 axum::routing::post(|body: String| async move { body }),
+            )
+            .route(
+                "/slow-body",
+                axum::routing::post(|body: String| async move {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    body
+                }),
             );
         let limits = Limits {
             request_timeout: Duration::from_millis(300),
@@ -805,10 +868,37 @@ mod tests {
         };
         let (_closing_tx, closing) = watch::channel(false);
         let peer = Peer::Unix { uid: 1, pid: None };
-        for request in [
-            &b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"[..],
-            // A body that stops coming (the connection stays open).
-            &b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello"[..],
+        for (request, status, code) in [
+            // No body, slow work.
+            (
+                &b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+                "504",
+                "appliance_work_timeout",
+            ),
+            // A whole body (known length, then chunked), slow work.
+            (
+                &b"POST /slow-body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..],
+                "504",
+                "appliance_work_timeout",
+            ),
+            (
+                &b"POST /slow-body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   5\r\nhello\r\n0\r\n\r\n"[..],
+                "504",
+                "appliance_work_timeout",
+            ),
+            // A body that stops coming (the connection stays open), known length or chunked.
+            (
+                &b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello"[..],
+                "408",
+                "appliance_request_timeout",
+            ),
+            (
+                &b"POST /body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   5\r\nhello\r\n"[..],
+                "408",
+                "appliance_request_timeout",
+            ),
         ] {
             let (mut client, server) = tokio::io::duplex(4096);
             let served = tokio::spawn(connection(
@@ -828,12 +918,13 @@ mod tests {
                 .unwrap();
             let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
             assert!(
-                answer.starts_with("http/1.1 408")
-                    && answer.contains("\"title\":\"appliance_request_timeout\"")
+                answer.starts_with(&format!("http/1.1 {status}"))
+                    && answer.contains(&format!("\"title\":\"{code}\""))
                     && answer.contains("cache-control: no-store")
                     && answer.contains("content-type: application/problem+json")
                     && answer.contains("connection: close"),
-                "{answer}"
+                "{}: {answer}",
+                String::from_utf8_lossy(request)
             );
             served.await.unwrap();
         }

@@ -90,10 +90,14 @@ pub enum ServiceError {
     Busy { client: String, limit: usize },
     #[error("I/O: {0}")]
     Io(String),
-    /// The answer was not ready within `request_timeout_ms` of the request's headers
-    /// (its body still arriving, or the work on it under way).
-    #[error("the request was not answered within request_timeout_ms ({timeout_ms} ms): its body took that long to arrive, or the work on it (the platform, the HSM) did; the connection is closed")]
+    /// The answer was not ready within `request_timeout_ms` of the request's headers and
+    /// its body was still arriving: the caller's side was slow.
+    #[error("the request was not answered within request_timeout_ms ({timeout_ms} ms): its body was still arriving; the connection is closed")]
     RequestTimeout { timeout_ms: u64 },
+    /// The whole request arrived, but the work on it (the platform, the HSM) was not done
+    /// within `request_timeout_ms` of its headers: the appliance's side was slow.
+    #[error("the request arrived whole, but the work on it (the platform, the HSM) was not done within request_timeout_ms ({timeout_ms} ms); the connection is closed, and work under way may still end")]
+    WorkTimeout { timeout_ms: u64 },
     /// With an OCSP responder configured, the institution's own certificate is not
     /// vouched for: nothing is sealed, as the official sealer does.
     #[error("not sealed: {text}")]
@@ -126,6 +130,7 @@ impl ServiceError {
             Self::Busy { .. } => "APPLIANCE_BUSY",
             Self::Io(_) => "APPLIANCE_IO",
             Self::RequestTimeout { .. } => "APPLIANCE_REQUEST_TIMEOUT",
+            Self::WorkTimeout { .. } => "APPLIANCE_WORK_TIMEOUT",
             Self::OwnCertificate { why, .. } => match why {
                 NotVouched::NotGood => "OWN_CERTIFICATE_NOT_GOOD",
                 NotVouched::NoAnswer => "OCSP_UNAVAILABLE",

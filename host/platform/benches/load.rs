@@ -965,7 +965,7 @@ const STEPS: [&str; 8] = [
     "open the request (outer check with no key, then unseal: 1 HSM decryption, 3 verifications)",
     "  of which the HSM decryption alone",
     "read the key and the caller's attributes",
-    "remember the request with its audit event (one durable commit, beside the next 3 steps)",
+    "remember the request with its audit event (one durable commit, after the unwrap, beside the ETK check and the sealing)",
     "unwrap the key (custody core, AES in the token, audit sync)",
     "check the caller's ETK (parse, validate)",
     "seal the answer (2 HSM signatures, 1 encryption)",

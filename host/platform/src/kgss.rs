@@ -825,9 +825,14 @@ impl Kgss {
         if store.request_seen(&opened.digest, now)? {
             return Err(KgssError::Replay);
         }
+        // The key is unwrapped before the commit starts: the custody core's audit sync and
+        // the store's commit, started together, queue in the disk's journal and the unwrap
+        // waits for both; the commit then runs beside the sealing, which takes longer.
+        let key = self.unwrap_bound(&record);
         let (recorded, answer) = std::thread::scope(|scope| {
             let commit = scope.spawn(remember);
-            let answer = self.get_key_answer(&record, &request.reply_to, &opened, now);
+            let answer =
+                key.and_then(|key| self.get_key_answer(&key, &request.reply_to, &opened, now));
             let recorded = commit
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -888,18 +893,17 @@ impl Kgss {
         }
     }
 
-    /// The sealed `GetKey` answer: the stored key unwrapped (in the HSM, through the custody
-    /// core) and sealed to the caller's ETK or one-off KEK.
+    /// The sealed `GetKey` answer: the stored key (unwrapped in the HSM, through the
+    /// custody core) sealed to the caller's ETK or one-off KEK.
     fn get_key_answer(
         &self,
-        record: &KgssKey,
+        key: &[u8],
         reply_to: &ReplyTo,
         opened: &Opened,
         now: i64,
     ) -> Result<Vec<u8>, KgssError> {
-        let key = self.unwrap_bound(record)?;
         let answer = GetKeyResponseContent {
-            key: SecretBytes::from_slice(&key),
+            key: SecretBytes::from_slice(key),
         }
         .to_xml();
         match reply_to {

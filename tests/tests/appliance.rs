@@ -1960,21 +1960,38 @@ fn a_running_appliance_follows_its_revocation_lists() {
     );
     // Alice's own appliance no longer seals: the CA's OCSP responder (asked at every seal
     // for the answer the message carries) says her certificate is revoked, and the
-    // official sealer refuses then.
-    let (status, again) = curl_unix(
-        &alice,
-        "POST",
-        "/v1/seal?to=NIHII-PHARMACY:27150201",
-        Some(b"again"),
-    );
-    let problem = json(&again);
-    assert_eq!(
-        (status, problem["title"].as_str()),
-        (409, Some("OWN_CERTIFICATE_NOT_GOOD")),
-        "{problem}"
-    );
+    // official sealer refuses then; and once her appliance has read the new list, the
+    // list refuses first (it is asked before the responder).
+    let started = Instant::now();
+    let problem = loop {
+        let (status, again) = curl_unix(
+            &alice,
+            "POST",
+            "/v1/seal?to=NIHII-PHARMACY:27150201",
+            Some(b"again"),
+        );
+        let problem = json(&again);
+        assert_eq!(
+            (status, problem["title"].as_str()),
+            (409, Some("OWN_CERTIFICATE_NOT_GOOD")),
+            "{problem}"
+        );
+        let detail = problem["detail"].as_str().unwrap_or("");
+        assert!(detail.contains("revoked"), "{problem}");
+        if detail.contains("revocation lists (crl)") {
+            break problem;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "Alice's appliance did not read the new list within 15 s: {problem}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
-        problem["detail"].as_str().unwrap_or("").contains("revoked"),
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("OUTER_CERTIFICATE_REVOKED"),
         "{problem}"
     );
     let (_, metrics) = curl_unix(&alice, "GET", "/metrics", None);

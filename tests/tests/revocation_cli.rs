@@ -110,6 +110,45 @@ fn a_revoked_institution_is_refused_by_every_receiver_that_has_the_list() {
     r.run.code(0);
     assert_eq!(r.content(), b"for Alice");
 
+    // Alice, revoked, does not seal with the list (every receiver holding it would refuse
+    // the message); without it she does, as before.
+    let alice_seals = |extra: &[&str]| {
+        etee(["seal", "--keystore"])
+            .arg(w.p12("alice"))
+            .arg("--to")
+            .arg(w.etk("bob"))
+            .arg("--trust")
+            .arg(w.ca())
+            .args(extra)
+            .password(&w.password)
+            .stdin(b"x".to_vec())
+            .run()
+    };
+    let out = alice_seals(&["--crl", crl_arg]);
+    out.code(1);
+    assert!(
+        out.stderr.contains("not sealed")
+            && out.stderr.contains("own certificate")
+            && out.stderr.contains("is revoked"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "a message was written");
+    alice_seals(&[]).code(0);
+    // Bob, not on the list, seals with it.
+    let out = etee(["seal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .args(["--crl", crl_arg, "--revocation", "mandatory"])
+        .password(&w.password)
+        .stdin(b"x".to_vec())
+        .run();
+    out.code(0);
+    assert!(!out.stdout.is_empty());
+
     // Sealing to Alice's ETK with the list is refused, saying why; `etk verify` agrees.
     let out = etee(["seal", "--keystore"])
         .arg(w.p12("bob"))

@@ -780,9 +780,11 @@ impl Appliance {
             .map_err(ServiceError::from_keydepot_registration)
     }
 
-    /// With an OCSP responder configured, the official sealer's rule for the institution's
-    /// own certificate: its answers travel in the message, and nothing is sealed (nor a
-    /// KGSS key made) unless they say good. `None` without a responder. On the blocking
+    /// The institution's own certificate: nothing is sealed (nor a KGSS key made) when the
+    /// revocation lists (`crl`) revoke it or one of its issuers, since every receiver
+    /// holding them would report `OUTER_CERTIFICATE_REVOKED`; with an OCSP responder
+    /// configured, the official sealer's rule: its answers travel in the message, and
+    /// nothing is sealed unless they say good. `None` without a responder. On the blocking
     /// pool (the responder is asked synchronously), holding `slot`.
     async fn own_certificate_values(
         &self,
@@ -793,11 +795,25 @@ impl Appliance {
         let anchors = self.anchors.clone();
         blocking(move || {
             let _slot = slot;
+            let now = etee_formats::unix_now();
+            if anchors
+                .revocation()
+                .own_status(&signer.signer, anchors.certs(), now)
+                == etee_formats::revocation::CertStatus::Revoked
+            {
+                return Err(ServiceError::OwnCertificate {
+                    why: etee_formats::ocsp::NotVouched::NotGood,
+                    text: "the revocation lists (crl) say the institution's own \
+                           certificate, or one of its issuers, is revoked; every receiver \
+                           holding them would report OUTER_CERTIFICATE_REVOKED"
+                        .into(),
+                });
+            }
             let Some(online) = anchors.revocation().online() else {
                 return Ok(None);
             };
             online
-                .values_for_signer(&signer.signer, anchors.certs(), etee_formats::unix_now())
+                .values_for_signer(&signer.signer, anchors.certs(), now)
                 .map(Some)
                 .map_err(|e| ServiceError::OwnCertificate {
                     why: e.kind(),

@@ -168,7 +168,8 @@ pub fn certificates(paths: &[PathBuf]) -> Result<Vec<Certificate>, CliError> {
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RevocationArgs {
     /// A CA's certificate revocation list (DER or PEM, repeatable): a signer or ETK whose
-    /// certificate it lists is refused (…_CERTIFICATE_REVOKED).
+    /// certificate it lists is refused (…_CERTIFICATE_REVOKED); `seal` refuses to sign
+    /// with a sender's certificate it lists.
     #[arg(long = "crl", value_name = "FILE")]
     pub crl: Vec<PathBuf>,
     /// none, optional or mandatory (every certificate's status must be given by a current

@@ -598,6 +598,40 @@ impl Revocation {
             .collect()
     }
 
+    /// What the lists say of a sealer's own certificate path (its issuers from its chain
+    /// and `anchors`): a sealer whose certificate they revoke must not sign, since every
+    /// receiver holding the same lists reports `OUTER_CERTIFICATE_REVOKED`. A key-id signer
+    /// (no certificate) is `Unknown`. The lists alone: OCSP is the responder's part.
+    pub fn own_status(
+        &self,
+        signer: &crate::keys::SignerRef,
+        anchors: &[Certificate],
+        at: i64,
+    ) -> CertStatus {
+        let crate::keys::SignerRef::Certificate { cert, chain } = signer else {
+            return CertStatus::Unknown;
+        };
+        if self.lists() == 0 {
+            return CertStatus::Unknown;
+        }
+        let pool = chain.iter().chain(anchors).cloned().collect();
+        let mut path = vec![cert.clone()];
+        path.extend(crate::trust::issuers_of(cert, pool));
+        let mut worst = CertStatus::Good;
+        for pair in path.windows(2) {
+            let status = match (pair[0].x509(), pair[1].x509()) {
+                (Some(cert), Some(issuer)) => self.status(cert, issuer, at),
+                _ => CertStatus::Unknown,
+            };
+            worst = worst.max(status);
+        }
+        // A certificate whose issuer is not at hand has no status from the lists.
+        if path.len() < 2 {
+            worst = CertStatus::Unknown;
+        }
+        worst
+    }
+
     /// The worst status along a verified path (leaf first, anchor last): every certificate
     /// but the anchor is checked against the next one as its issuer.
     pub fn path_status(&self, path: &[Certificate], at: i64, evidence: &Evidence) -> CertStatus {

@@ -680,3 +680,66 @@ fn a_list_with_an_entry_extension_it_does_not_know_is_partial() {
     );
     assert_eq!(errors(&w.from_dave, a).0, vec![]);
 }
+
+/// A sealer's own certificate path against its lists (`Revocation::own_status`): the leaf
+/// or an intermediate revoked is `Revoked`; a complete current list of every issuer not
+/// naming them is `Good`; no lists, a missing issuer or a key-id signer say nothing.
+#[test]
+fn a_sealers_own_path_is_judged_by_the_lists() {
+    let (w, b) = (world(), below());
+    let root = cert(&w.pki.root.cert);
+    let signer = |inst: &Institution, chain: Vec<Certificate>| SignerRef::Certificate {
+        cert: cert(&inst.auth.cert),
+        chain,
+    };
+    let lists = |lists: &[Vec<u8>]| Revocation::new(lists, RevocationPolicy::Optional).unwrap();
+    let alice = signer(&w.alice, vec![]);
+    let dave = signer(&w.dave, vec![]);
+    let revoking_alice = lists(&[alice_revoked_by(&w.pki, w.now + HOUR)]);
+    let anchors = [root.clone()];
+    assert_eq!(
+        revoking_alice.own_status(&alice, &anchors, w.now),
+        CertStatus::Revoked
+    );
+    assert_eq!(
+        revoking_alice.own_status(&dave, &anchors, w.now),
+        CertStatus::Good
+    );
+    // Before the revocation date she was not revoked yet (the list naming her is no proof
+    // of good standing then: unknown, so she would have sealed).
+    assert_eq!(
+        revoking_alice.own_status(&alice, &anchors, w.now - 3 * HOUR / 2),
+        CertStatus::Unknown
+    );
+    // No lists; the issuer nowhere (neither in the chain nor among the anchors); no
+    // certificate at all.
+    assert_eq!(
+        Revocation::default().own_status(&alice, &anchors, w.now),
+        CertStatus::Unknown
+    );
+    assert_eq!(
+        revoking_alice.own_status(&alice, &[], w.now),
+        CertStatus::Unknown
+    );
+    assert_eq!(
+        revoking_alice.own_status(&SignerRef::KeyId(vec![1; 20]), &anchors, w.now),
+        CertStatus::Unknown
+    );
+    // Below an intermediate (carried in the signer's chain): the intermediate revoked by
+    // the root's list revokes the path; the leaf's own list missing leaves it unknown.
+    let carol = signer(&b.carol, vec![cert(&b.intermediate.root.cert)]);
+    let good_inter = list_of(&b.intermediate, &[]);
+    let inter_revoked = list_of(&w.pki, &[&b.intermediate.root.cert]);
+    assert_eq!(
+        lists(&[inter_revoked, good_inter.clone()]).own_status(&carol, &anchors, w.now),
+        CertStatus::Revoked
+    );
+    assert_eq!(
+        lists(&[list_of(&w.pki, &[]), good_inter]).own_status(&carol, &anchors, w.now),
+        CertStatus::Good
+    );
+    assert_eq!(
+        lists(&[list_of(&w.pki, &[])]).own_status(&carol, &anchors, w.now),
+        CertStatus::Unknown
+    );
+}

@@ -58,14 +58,28 @@ pub struct Args {
     output: Option<PathBuf>,
 }
 
-/// With an OCSP responder, the answers for the sender's own certificate path (its issuers
-/// from the keystore's chain and the trust anchors), to embed; the official sealer refuses
-/// to seal when they do not say good.
+/// The sender's own certificate path (its issuers from the keystore's chain and the trust
+/// anchors): refused when the lists (`--crl`) revoke it, since every receiver holding them
+/// would; with an OCSP responder, its answers, to embed (the official sealer refuses to
+/// seal when they do not say good).
 fn own_ocsp_answers(
     signer: &etee_formats::keys::SigningKey,
     anchors: &etee_formats::trust::TrustAnchors,
     now: i64,
 ) -> Result<Option<etee_formats::ocsp::RevocationValues>, CliError> {
+    use etee_formats::revocation::CertStatus;
+    if anchors
+        .revocation()
+        .own_status(&signer.signer, anchors.certs(), now)
+        == CertStatus::Revoked
+    {
+        return Err(CliError::Refused(
+            "not sealed: the revocation lists (--crl) say the sender's own certificate, or \
+             one of its issuers, is revoked; every receiver holding them would report \
+             OUTER_CERTIFICATE_REVOKED"
+                .into(),
+        ));
+    }
     let Some(online) = anchors.revocation().online() else {
         return Ok(None);
     };

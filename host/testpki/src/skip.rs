@@ -1,7 +1,7 @@
 //! Tests that need something the machine may lack (the shared conformance vectors,
 //! `openssl` or `pkcs11-tool` on `PATH`) say so and return, unless `ETEE_E2E_STRICT` is set:
 //! then they fail, so that a CI run cannot pass by skipping. One definition for the
-//! end-to-end crate (`tests/`) and the crates' own tests (`host/hsm`).
+//! end-to-end crate (`tests/`) and the crates' own tests (`host/hsm`, `host/formats`).
 
 use std::path::{Path, PathBuf};
 

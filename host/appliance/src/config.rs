@@ -431,9 +431,33 @@ impl ApplianceConfig {
             .map(client_config)
             .collect::<Result<Vec<_>>>()?;
         let mut names = BTreeSet::new();
+        // A caller is one client: with two matching it, the first would take every call
+        // and the other's operations would silently never apply.
+        let mut uids = std::collections::BTreeMap::new();
+        let mut certificates = std::collections::BTreeMap::new();
         for c in &clients {
             if !names.insert(c.name.as_str()) {
                 return Err(config_error(format!("client {:?} is given twice", c.name)));
+            }
+            if let Some(first) = c.unix_uid.and_then(|uid| uids.insert(uid, c.name.as_str())) {
+                return Err(config_error(format!(
+                    "clients {first:?} and {:?} have the same unix_uid = {}: a caller is one \
+                     client; give each piece of software its own uid, or merge their \
+                     operations into one client",
+                    c.name,
+                    c.unix_uid.unwrap_or_default()
+                )));
+            }
+            if let Some(first) = c
+                .certificate_sha256
+                .and_then(|sha| certificates.insert(sha, c.name.as_str()))
+            {
+                return Err(config_error(format!(
+                    "clients {first:?} and {:?} have the same certificate_sha256: a caller is \
+                     one client; give each its own certificate, or merge their operations \
+                     into one client",
+                    c.name
+                )));
             }
         }
         if t.trust.is_empty() {
@@ -860,6 +884,23 @@ mod tests {
                 MINIMAL.to_owned()
                     + "[[client]]\nname = \"x\"\noperations = []\ncertificate_sha256 = \"ab\"\n",
                 "32 bytes",
+            ),
+            (
+                MINIMAL.to_owned()
+                    + "[[client]]\nname = \"his\"\noperations = [\"seal\"]\nunix_uid = 7\n\
+                       [[client]]\nname = \"auditor\"\noperations = [\"audit\"]\nunix_uid = 7\n",
+                "clients \"his\" and \"auditor\" have the same unix_uid = 7",
+            ),
+            (
+                MINIMAL.to_owned()
+                    + &format!(
+                        "[[client]]\nname = \"a\"\noperations = []\nunix_uid = 1\n\
+                         certificate_sha256 = \"{sha}\"\n\
+                         [[client]]\nname = \"b\"\noperations = []\nunix_uid = 2\n\
+                         certificate_sha256 = \"{sha}\"\n",
+                        sha = "ab".repeat(32)
+                    ),
+                "clients \"a\" and \"b\" have the same certificate_sha256",
             ),
             (
                 MINIMAL.to_owned()

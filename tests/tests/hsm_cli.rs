@@ -1765,3 +1765,60 @@ fn a_token_is_found_by_its_serial_alone() {
     );
     assert!(!tmp.path().join(format!("audit-{wrong}.log")).exists());
 }
+
+/// Run as root on a SoftHSM token directory that belongs to the service's user, a command
+/// that adds an object says so: SoftHSM writes the object as a root-owned 0600 file, which
+/// the service's user cannot read and SoftHSM then leaves out without a word. The warning
+/// names the chown to run; once it is run, nothing is said.
+#[test]
+fn root_adding_to_a_service_users_token_is_warned() {
+    // Not a missing tool: a run as another user has nothing to warn about.
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: needs root (the warning is about files root creates)");
+        return;
+    }
+    let tmp = scratch();
+    let rig = Rig::with_authentication_key(tmp.path());
+    let tokens = tmp.path().join("tokens");
+    let give = |uid: u32| {
+        for path in walk(&tokens) {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(uid)).unwrap();
+        }
+    };
+    give(65534);
+    let run = rig.etee(["keys", "generate", "--profile", "etk"]).run();
+    run.code(0);
+    assert!(
+        run.stderr.contains("file(s) of the SoftHSM token in")
+            && run.stderr.contains("belong to root")
+            && run
+                .stderr
+                .contains(&format!("chown -R 65534:65534 {}", tokens.display())),
+        "{}",
+        run.stderr
+    );
+    give(65534);
+    let run = rig.etee(["keys", "list"]).run();
+    run.code(0);
+    assert!(!run.stderr.contains("belong to root"), "{}", run.stderr);
+    // Root's own token directory: nothing to say either.
+    give(0);
+    let run = rig.etee(["keys", "generate", "--profile", "etk"]).run();
+    run.code(0);
+    assert!(!run.stderr.contains("belong to root"), "{}", run.stderr);
+}
+
+/// `dir` and everything under it.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

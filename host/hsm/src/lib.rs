@@ -47,6 +47,7 @@ pub mod import;
 pub mod keys;
 pub mod list;
 pub mod ops;
+pub mod ownership;
 pub mod pool;
 pub mod remote;
 pub mod so_shares;

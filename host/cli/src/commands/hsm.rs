@@ -171,7 +171,46 @@ fn json_line(value: &impl serde::Serialize) -> Result<(), CliError> {
     Ok(())
 }
 
+/// After a command that may have added files to the token or the audit chain (also when
+/// it failed half-way): what root left where the service's user cannot read it.
+fn warn_root_owned(config: &Path) {
+    if let Ok(config) = Config::load(config) {
+        for w in etee_hsm::ownership::root_owned_warnings(&config) {
+            eprintln!("etee: warning: {w}");
+        }
+    }
+}
+
+impl HsmCommand {
+    fn config(&self) -> &Path {
+        match self {
+            Self::Init { config, .. } | Self::InitPin { config, .. } => config,
+        }
+    }
+}
+
+impl KeysCommand {
+    fn config(&self) -> &Path {
+        match self {
+            Self::Import { config, .. }
+            | Self::Generate { config, .. }
+            | Self::Csr { config, .. }
+            | Self::InstallCert { config, .. }
+            | Self::Attest { config, .. }
+            | Self::Destroy { config, .. }
+            | Self::List { config, .. } => config,
+        }
+    }
+}
+
 pub fn run_hsm(command: HsmCommand) -> Result<ExitCode, CliError> {
+    let config = command.config().to_owned();
+    let result = hsm_command(command);
+    warn_root_owned(&config);
+    result
+}
+
+fn hsm_command(command: HsmCommand) -> Result<ExitCode, CliError> {
     match command {
         HsmCommand::Init {
             config,
@@ -373,6 +412,13 @@ fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode,
 }
 
 pub fn run_keys(command: KeysCommand) -> Result<ExitCode, CliError> {
+    let config = command.config().to_owned();
+    let result = keys_command(command);
+    warn_root_owned(&config);
+    result
+}
+
+fn keys_command(command: KeysCommand) -> Result<ExitCode, CliError> {
     match command {
         KeysCommand::Import {
             config,

@@ -11,17 +11,17 @@ use axum::Router;
 use etee_formats::cert::Certificate;
 use etee_formats::revocation::{Revocation, RevocationPolicy};
 use etee_formats::trust::TrustAnchors;
+use etee_services::body::Watched;
 use etee_services::connections::{address_peer, PerPeer};
 use etee_services::log::Throttle;
 use etee_services::revocation::PresentedChain;
 use etee_services::tls_files::{self, ClientAuth, ServerFiles};
-use hyper::body::Body as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::ServerConfig;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -259,54 +259,6 @@ async fn connection<I>(
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(limits.request_timeout, connection).await;
         }
-    }
-}
-
-/// A request's body that tells, through its flag, when the caller has sent all of it.
-struct Watched {
-    inner: hyper::body::Incoming,
-    arrived: Arc<AtomicBool>,
-}
-
-impl Watched {
-    /// The request with its body watched, and the flag (already set for a request with no
-    /// body).
-    fn wrap(
-        request: hyper::Request<hyper::body::Incoming>,
-    ) -> (Arc<AtomicBool>, hyper::Request<Watched>) {
-        let (parts, inner) = request.into_parts();
-        let arrived = Arc::new(AtomicBool::new(inner.is_end_stream()));
-        let body = Watched {
-            inner,
-            arrived: arrived.clone(),
-        };
-        (arrived, hyper::Request::from_parts(parts, body))
-    }
-}
-
-impl hyper::body::Body for Watched {
-    type Data = hyper::body::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
-    {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        // The last frame read (a known length counts down to zero) or the end seen.
-        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.arrived.store(true, Ordering::Release);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

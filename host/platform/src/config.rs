@@ -472,7 +472,7 @@ impl PlatformConfig {
         };
         if limits.queue_timeout.saturating_mul(2) >= limits.request_timeout {
             // A request may wait twice (its caller's share, then a turn of work): a busy
-            // platform must answer 503 before its request time runs out (408).
+            // platform must answer 503 before its request time runs out (504).
             return Err(PlatformError::Config(format!(
                 "queue_timeout_ms ({}) must be less than half of request_timeout_ms ({})",
                 limits.queue_timeout.as_millis(),

@@ -2,7 +2,7 @@
 //! `GET /ready` (whether the store answers), beside the bare liveness of `GET /health`.
 //!
 //! Every request is counted by service and HTTP status (`soap-fault` for SOAP faults,
-//! which are HTTP 500 whoever erred), and timed; a request abandoned before its answer (its `request_timeout_ms` ran out and 408 was sent, or the client
+//! which are HTTP 500 whoever erred), and timed; a request abandoned before its answer (its `request_timeout_ms` ran out and 408 or 504 was sent, or the client
 //! went away) is counted with the status `abandoned`. Labels hold fixed names only.
 
 use crate::Platform;
@@ -64,6 +64,7 @@ pub fn status_label(status: StatusCode) -> &'static str {
         422 => "422",
         500 => "500",
         503 => "503",
+        504 => "504",
         s if s < 400 => "other-2xx-3xx",
         s if s < 500 => "other-4xx",
         _ => "other-5xx",

@@ -366,15 +366,30 @@ async fn ready(State(platform): State<Arc<Platform>>, request: axum::extract::Re
     (status, json(body.to_string().into_bytes())).into_response()
 }
 
-/// The answer when a request took longer than the configured request timeout: a problem
-/// (408), or for a SOAP request (`soap`: the environment of its faults) the SOAP fault
-/// SOA-02001, which eHealth clients retry.
-pub fn timeout_response(soap: Option<Environment>) -> Response {
+/// The answer when a request took longer than the configured request timeout: a problem,
+/// 408 while its body was still arriving (`arrived` false: the caller was slow) or 504 once
+/// it had arrived whole (the work was slow), or for a SOAP request (`soap`: the environment
+/// of its faults) the SOAP fault SOA-02001, which eHealth clients retry.
+pub fn timeout_response(soap: Option<Environment>, arrived: bool) -> Response {
     static TIMEOUTS: Throttle = Throttle::new();
+    let (status, title, detail) = if arrived {
+        (
+            504,
+            "Work timeout",
+            "the request arrived whole, but its work was not done in time",
+        )
+    } else {
+        (
+            408,
+            "Request timeout",
+            "the request's body was still arriving when its time ran out",
+        )
+    };
     if let Some(held_back) = TIMEOUTS.allow(unix_now()) {
         tracing::warn!(
             held_back,
-            "a request took too long: answered 408 (SOAP: SOA-02001) and the connection closed"
+            "a request took too long ({detail}): answered {status} (SOAP: SOA-02001) and the \
+             connection closed"
         );
     }
     let mut response = match soap {
@@ -382,11 +397,7 @@ pub fn timeout_response(soap: Option<Environment>) -> Response {
             SoaCode::ServiceUnavailable,
             Some(environment),
         )),
-        None => problem(Problem::new(
-            408,
-            "Request timeout",
-            Some("the request was not received and answered in time".into()),
-        )),
+        None => problem(Problem::new(status, title, Some(detail.into()))),
     };
     // What is left of its body is not read: the connection ends here.
     response.headers_mut().insert(
@@ -1279,5 +1290,33 @@ mod tests {
         }
         assert!(routed.len() > 12, "{routed:?}");
         assert_eq!(routed, described);
+    }
+
+    /// A timed-out REST request: 408 while its body was still arriving (the caller's
+    /// slowness), 504 once it had arrived whole (the platform's); both problems, and the
+    /// connection closed. (The body watching itself: `etee_services::body`, exercised by
+    /// the appliance's server tests; a whole request's 504 end to end: the work limits'
+    /// test in `tests/etkdepot.rs`.)
+    #[tokio::test]
+    async fn a_timeout_says_whose_slowness_it_was() {
+        for (arrived, status, title) in
+            [(false, 408, "Request timeout"), (true, 504, "Work timeout")]
+        {
+            let response = timeout_response(None, arrived);
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(
+                response
+                    .headers()
+                    .get(axum::http::header::CONNECTION)
+                    .unwrap(),
+                "close"
+            );
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(problem["title"], title);
+            assert_eq!(problem["status"], status);
+        }
     }
 }

@@ -89,7 +89,8 @@ pub async fn serve(
                 peer.ip(),
             );
             let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (arrived, mut request) = etee_services::body::Watched::wrap(request);
                     // A certificate that expired while the connection was kept alive no
                     // longer authenticates: this request is served as anonymous (routes
                     // that need a caller refuse it) and the connection ends with it, so
@@ -147,9 +148,10 @@ pub async fn serve(
                         .await
                         {
                             Ok(response) => response,
-                            Err(_) => {
-                                Ok(crate::routes::timeout_response(soap.then_some(environment)))
-                            }
+                            Err(_) => Ok(crate::routes::timeout_response(
+                                soap.then_some(environment),
+                                arrived.load(std::sync::atomic::Ordering::Acquire),
+                            )),
                         };
                         if without_caller {
                             if let Ok(r) = &mut response {

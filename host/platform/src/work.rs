@@ -2,7 +2,7 @@
 //! tokio's blocking pool, at most `max_concurrent_work` at once.
 //!
 //! A request's permit moves into its blocking task and is given back when that work ends,
-//! not when the request is abandoned (its timeout answered 408, its connection closed):
+//! not when the request is abandoned (its timeout answered 408 or 504, its connection closed):
 //! work left behind by abandoned requests still counts. An overloaded platform therefore
 //! sheds new requests after `queue_timeout_ms` (REST 503 with `Retry-After`, SOAP
 //! `SOA-02001`, both retryable) instead of queueing work that nobody waits for any more.

@@ -8,7 +8,10 @@
 //!
 //! - connection failures (DNS, TCP, TLS handshake, or a kept-alive connection found closed
 //!   before the request was written): nothing was sent, any request may go again;
-//! - HTTP 502, 503, 504 (a gateway or the service said it did not serve the request);
+//! - HTTP 502, 503, 504 (a gateway or the service said it did not serve the request, or,
+//!   504 from `etee platform`, that its work ran out of time: as after the SOAP fault
+//!   SOA-02001 it answers then, the work may still have ended, and a retried `GetNewKey`
+//!   may leave a key nobody was told of);
 //! - SOAP faults whose SOA code is retryable (SOA-00001, 01001, 01002, 02001).
 //!
 //! Anything else, a timeout while waiting for the answer in particular, is not retried: the

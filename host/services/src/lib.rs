@@ -38,6 +38,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod connections;
 pub mod crl_fetch;
 pub mod error;

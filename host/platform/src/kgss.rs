@@ -559,6 +559,27 @@ pub struct Kgss {
 }
 
 impl Kgss {
+    /// KGSS seals its answers with its authentication certificate: once the lists the
+    /// platform follows revoke it (or an issuer), every client would refuse them
+    /// (`OUTER_CERTIFICATE_REVOKED`). Refused before any key work, as a service error whose
+    /// reason goes to the log.
+    fn own_certificate_usable(&self, now: i64) -> Result<(), KgssError> {
+        use etee_formats::revocation::CertStatus;
+        let status =
+            self.anchors
+                .revocation()
+                .own_status(&self.signer.signer, self.anchors.certs(), now);
+        if status == CertStatus::Revoked {
+            return Err(KgssError::Custody(
+                "KGSS's own authentication certificate, or one of its issuers, is revoked by \
+                 the revocation lists the platform follows: clients would refuse every answer \
+                 (OUTER_CERTIFICATE_REVOKED); renew it"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn open(&self, sealed: &[u8], now: i64) -> Result<Opened, KgssError> {
         let opts = UnsealOptions {
             anchors: self.anchors.clone(),
@@ -689,6 +710,7 @@ impl Kgss {
         sealed: &[u8],
         now: i64,
     ) -> Result<NewKey, KgssError> {
+        self.own_certificate_usable(now)?;
         let opened = self.open(sealed, now)?;
         if !store.remember_request(&opened.digest, now + REPLAY_WINDOW, now)? {
             return Err(KgssError::Replay);
@@ -773,6 +795,7 @@ impl Kgss {
         sealed: &[u8],
         now: i64,
     ) -> Result<Vec<u8>, KgssError> {
+        self.own_certificate_usable(now)?;
         // Not remembered here but with the audit event below: a request whose content is
         // malformed or names an unknown key is not in the replay table, and may come again
         // to the same answer; nothing is released to it.

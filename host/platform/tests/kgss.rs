@@ -639,6 +639,25 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
         String::from_utf8_lossy(&a.body)
     );
     rest_create(&w, &mut alice).await;
+    // KGSS's own certificate revoked: no key is made nor released (a service error; its
+    // answers would be refused by every client), until the lists say otherwise again.
+    revocation
+        .replace(&[list(&[&w.bob, &w.kgss], 5)], &certs)
+        .unwrap();
+    let a = alice
+        .send(
+            "POST",
+            "/etee/v1/kgss/keys",
+            Some("application/json"),
+            rest_body(&new_key_request(&w, &w.alice, &w.alice)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 500, "{}", String::from_utf8_lossy(&a.body));
+    let a = retrieve(&mut alice, get(&w.alice)).await.unwrap();
+    assert_eq!(a.status, 500, "{}", String::from_utf8_lossy(&a.body));
+    revocation.replace(&[list(&[&w.bob], 6)], &certs).unwrap();
+    rest_create(&w, &mut alice).await;
     w.stop().await;
 }
 

@@ -795,26 +795,9 @@ impl Appliance {
         let anchors = self.anchors.clone();
         blocking(move || {
             let _slot = slot;
-            let now = etee_formats::unix_now();
-            if anchors
+            anchors
                 .revocation()
-                .own_status(&signer.signer, anchors.certs(), now)
-                == etee_formats::revocation::CertStatus::Revoked
-            {
-                return Err(ServiceError::OwnCertificate {
-                    why: etee_formats::ocsp::NotVouched::NotGood,
-                    text: "the revocation lists (crl) say the institution's own \
-                           certificate, or one of its issuers, is revoked; every receiver \
-                           holding them would report OUTER_CERTIFICATE_REVOKED"
-                        .into(),
-                });
-            }
-            let Some(online) = anchors.revocation().online() else {
-                return Ok(None);
-            };
-            online
-                .values_for_signer(&signer.signer, anchors.certs(), now)
-                .map(Some)
+                .sealing_values(&signer.signer, anchors.certs(), etee_formats::unix_now())
                 .map_err(|e| ServiceError::OwnCertificate {
                     why: e.kind(),
                     text: e.to_string(),

@@ -76,6 +76,13 @@ pub enum OcspError {
 /// Why a sender's own certificates could not be vouched for when sealing.
 #[derive(Debug, thiserror::Error)]
 pub enum SealingStatus {
+    /// The lists, whether or not a responder is configured: every receiver holding them
+    /// would refuse the message.
+    #[error(
+        "the revocation lists (crl) say the sender's own certificate, or one of its issuers, \
+         is revoked; every receiver holding them would report OUTER_CERTIFICATE_REVOKED"
+    )]
+    RevokedByLists,
     #[error("the OCSP responder says the signing certificate {0} is revoked")]
     Revoked(String),
     #[error("the OCSP responder does not say that {0} is good (status unknown, or an answer not current)")]
@@ -104,7 +111,7 @@ pub enum NotVouched {
 impl SealingStatus {
     pub fn kind(&self) -> NotVouched {
         match self {
-            Self::Revoked(_) | Self::Unknown(_) => NotVouched::NotGood,
+            Self::RevokedByLists | Self::Revoked(_) | Self::Unknown(_) => NotVouched::NotGood,
             Self::NoAnswer(
                 _,
                 OcspError::NoResponder
@@ -1033,12 +1040,8 @@ impl Online {
         anchors: &[crate::cert::Certificate],
         at: i64,
     ) -> Result<RevocationValues, SealingStatus> {
-        let crate::keys::SignerRef::Certificate { cert, chain } = signer else {
-            return Err(SealingStatus::NoCertificate);
-        };
-        let pool = chain.iter().chain(anchors).cloned().collect();
-        let mut path = vec![cert.clone()];
-        path.extend(crate::trust::issuers_of(cert, pool));
+        let path =
+            crate::trust::signer_path(signer, anchors).ok_or(SealingStatus::NoCertificate)?;
         self.values_for(&path, at)
     }
 

@@ -608,46 +608,64 @@ impl Revocation {
         anchors: &[Certificate],
         at: i64,
     ) -> CertStatus {
-        let crate::keys::SignerRef::Certificate { cert, chain } = signer else {
-            return CertStatus::Unknown;
-        };
         if self.lists() == 0 {
             return CertStatus::Unknown;
         }
-        let pool = chain.iter().chain(anchors).cloned().collect();
-        let mut path = vec![cert.clone()];
-        path.extend(crate::trust::issuers_of(cert, pool));
-        let mut worst = CertStatus::Good;
-        for pair in path.windows(2) {
-            let status = match (pair[0].x509(), pair[1].x509()) {
-                (Some(cert), Some(issuer)) => self.status(cert, issuer, at),
-                _ => CertStatus::Unknown,
-            };
-            worst = worst.max(status);
+        match crate::trust::signer_path(signer, anchors) {
+            // A certificate whose issuer is not at hand has no status from the lists.
+            Some(path) if path.len() >= 2 => {
+                worst_along(&path, |cert, issuer| self.status(cert, issuer, at))
+            }
+            _ => CertStatus::Unknown,
         }
-        // A certificate whose issuer is not at hand has no status from the lists.
-        if path.len() < 2 {
-            worst = CertStatus::Unknown;
+    }
+
+    /// The sealer's rule for its own certificate path: refused when the lists revoke it
+    /// ([`Revocation::own_status`]); then, with an OCSP responder, its answers, to embed
+    /// in the message (the official sealer refuses to seal unless they say good). `None`
+    /// without a responder.
+    pub fn sealing_values(
+        &self,
+        signer: &crate::keys::SignerRef,
+        anchors: &[Certificate],
+        at: i64,
+    ) -> Result<Option<RevocationValues>, crate::ocsp::SealingStatus> {
+        if self.own_status(signer, anchors, at) == CertStatus::Revoked {
+            return Err(crate::ocsp::SealingStatus::RevokedByLists);
         }
-        worst
+        match self.online() {
+            Some(online) => online.values_for_signer(signer, anchors, at).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The worst status along a verified path (leaf first, anchor last): every certificate
     /// but the anchor is checked against the next one as its issuer.
     pub fn path_status(&self, path: &[Certificate], at: i64, evidence: &Evidence) -> CertStatus {
-        let mut worst = CertStatus::Good;
-        for pair in path.windows(2) {
-            let status = match (pair[0].x509(), pair[1].x509()) {
-                (Some(cert), Some(issuer)) => self.status_with(cert, issuer, at, evidence),
-                _ => CertStatus::Unknown,
-            };
-            worst = worst.max(status);
-            if worst == CertStatus::Revoked {
-                break;
-            }
-        }
-        worst
+        worst_along(path, |cert, issuer| {
+            self.status_with(cert, issuer, at, evidence)
+        })
     }
+}
+
+/// The worst of `status` along `path` (leaf first): each certificate against the next as
+/// its issuer; a certificate OpenSSL cannot read is unknown. Stops at the first revoked.
+fn worst_along(
+    path: &[Certificate],
+    status: impl Fn(&X509Ref, &X509Ref) -> CertStatus,
+) -> CertStatus {
+    let mut worst = CertStatus::Good;
+    for pair in path.windows(2) {
+        let here = match (pair[0].x509(), pair[1].x509()) {
+            (Some(cert), Some(issuer)) => status(cert, issuer),
+            _ => CertStatus::Unknown,
+        };
+        worst = worst.max(here);
+        if worst == CertStatus::Revoked {
+            break;
+        }
+    }
+    worst
 }
 
 /// A name for messages, `CN=…, O=…` (last RDN first, as certificates are shown here).

@@ -285,6 +285,21 @@ impl TrustAnchors {
     }
 }
 
+/// A certificate signer's path, leaf first: its certificate, then the issuers found among
+/// its chain and `anchors` ([`issuers_of`]). `None` for a key-id signer (no certificate).
+pub fn signer_path(
+    signer: &crate::keys::SignerRef,
+    anchors: &[Certificate],
+) -> Option<Vec<Certificate>> {
+    let crate::keys::SignerRef::Certificate { cert, chain } = signer else {
+        return None;
+    };
+    let pool = chain.iter().chain(anchors).cloned().collect();
+    let mut path = vec![cert.clone()];
+    path.extend(issuers_of(cert, pool));
+    Some(path)
+}
+
 /// The certificates of `pool` that issued `start`, the one that issued that, and so on,
 /// in that order: each bears the name of the one below's issuer and its key verifies the
 /// one below; each is used once. It stops at a self-issued certificate, or where none of

@@ -62,30 +62,14 @@ pub struct Args {
 /// anchors): refused when the lists (`--crl`) revoke it, since every receiver holding them
 /// would; with an OCSP responder, its answers, to embed (the official sealer refuses to
 /// seal when they do not say good).
-fn own_ocsp_answers(
+fn own_certificate_values(
     signer: &etee_formats::keys::SigningKey,
     anchors: &etee_formats::trust::TrustAnchors,
     now: i64,
 ) -> Result<Option<etee_formats::ocsp::RevocationValues>, CliError> {
-    use etee_formats::revocation::CertStatus;
-    if anchors
+    anchors
         .revocation()
-        .own_status(&signer.signer, anchors.certs(), now)
-        == CertStatus::Revoked
-    {
-        return Err(CliError::Refused(
-            "not sealed: the revocation lists (--crl) say the sender's own certificate, or \
-             one of its issuers, is revoked; every receiver holding them would report \
-             OUTER_CERTIFICATE_REVOKED"
-                .into(),
-        ));
-    }
-    let Some(online) = anchors.revocation().online() else {
-        return Ok(None);
-    };
-    online
-        .values_for_signer(&signer.signer, anchors.certs(), now)
-        .map(Some)
+        .sealing_values(&signer.signer, anchors.certs(), now)
         .map_err(|e| match e.kind() {
             etee_formats::ocsp::NotVouched::NotGood => {
                 CliError::Refused(format!("not sealed: {e}"))
@@ -176,7 +160,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         _ => None,
     };
     let opts = SealOptions {
-        revocation_values: own_ocsp_answers(&signer, &anchors, now)?,
+        revocation_values: own_certificate_values(&signer, &anchors, now)?,
         ..Default::default()
     };
     let input = super::input(args.input.as_deref(), args.output.as_deref())?;

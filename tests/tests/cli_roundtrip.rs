@@ -1247,3 +1247,88 @@ fn a_kek_other_than_aes_128_is_sealed_with_a_warning() {
     run.code(0);
     assert!(!run.stderr.contains("warning"), "{}", run.stderr);
 }
+
+/// On a terminal, a seal or unseal that takes more than a second shows how much it has
+/// read (a pipe has no size to compare with; a file does), each line replacing the one
+/// before, and erases its line at the end. Every other test runs without a terminal and
+/// gets exit codes and outputs with no progress in them. `script` (util-linux) gives the
+/// command a pseudo-terminal; the input pauses for 1.5 s after 2 MiB so that the work
+/// lasts long enough whatever the machine's speed.
+#[test]
+fn long_work_on_a_terminal_shows_its_progress_and_erases_it() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        etee_e2e::skip("no `script` (util-linux) to give the command a terminal");
+        return;
+    }
+    let w = world();
+    let dir = scratch();
+    let sealed = dir.path().join("sealed");
+    let opened = dir.path().join("opened");
+    let quote = |p: &Path| format!("'{}'", p.display());
+    let slow_input = "(head -c 2097152 /dev/zero; sleep 1.5; head -c 2097152 /dev/zero)";
+    let on_terminal = |command: String| {
+        let run = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script runs");
+        let shown = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(run.status.success(), "{command}: {:?}\n{shown}", run.status);
+        shown
+    };
+
+    let shown = on_terminal(format!(
+        "{slow_input} | {} seal --keystore {} --password-file {} --to {} --trust {} --out {}",
+        quote(etee_e2e::etee_bin()),
+        quote(&w.p12("alice")),
+        quote(&w.password_file()),
+        quote(&w.etk("bob")),
+        quote(&w.ca()),
+        quote(&sealed),
+    ));
+    assert!(shown.contains("\r\x1b[Ksealing: "), "{shown:?}");
+    assert!(
+        shown.contains(" MiB read, "),
+        "a pipe has no size: {shown:?}"
+    );
+    assert!(
+        shown.trim_end().ends_with("\r\x1b[K"),
+        "line left behind: {shown:?}"
+    );
+
+    // Unsealing from a pipe that pauses: the same line.
+    let bob = |input: &str| {
+        format!(
+            "{input} {} unseal --keystore {} --password-file {} --trust {} --out {}",
+            quote(etee_e2e::etee_bin()),
+            quote(&w.p12("bob")),
+            quote(&w.password_file()),
+            quote(&w.ca()),
+            quote(&opened),
+        )
+    };
+    let s = quote(&sealed);
+    let shown = on_terminal(bob(&format!(
+        "(head -c 2097152 {s}; sleep 1.5; tail -c +2097153 {s}) |"
+    )));
+    assert!(shown.contains("\r\x1b[Kunsealing: "), "{shown:?}");
+    assert!(
+        shown.contains("\r\x1b[KOK      4194304 bytes of content"),
+        "{shown:?}"
+    );
+    assert_eq!(std::fs::read(&opened).unwrap(), vec![0u8; 4 << 20]);
+
+    // Quick work (4 MiB from a file at once) shows no line, only the verdict.
+    std::fs::remove_file(&opened).unwrap();
+    let shown = on_terminal(bob(&format!("< {s}")));
+    assert!(!shown.contains("unsealing: "), "{shown:?}");
+    assert!(
+        shown.starts_with("OK      4194304 bytes of content"),
+        "{shown:?}"
+    );
+    assert_eq!(std::fs::read(&opened).unwrap(), vec![0u8; 4 << 20]);
+}

@@ -29,6 +29,7 @@ macro_rules! out {
 mod commands;
 mod inputs;
 mod output;
+mod progress;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

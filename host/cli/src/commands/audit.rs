@@ -8,13 +8,14 @@
 //! 2 usage or I/O problems, and a chain with no record at all (no file, or an empty one:
 //! nothing to verify).
 
+use crate::progress::Meter;
 use crate::CliError;
 use etee_custody::file_sink::{scan, FileSinkError};
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -319,14 +320,10 @@ pub(crate) struct Progress {
     boundaries: Option<Vec<u64>>,
     /// What is counted: "records", "events".
     unit: &'static str,
-    started: Instant,
-    shown_at: Option<Instant>,
-    enabled: bool,
+    meter: Meter,
 }
 
 impl Progress {
-    const EVERY: Duration = Duration::from_secs(1);
-
     pub(crate) fn new(segments: &[PathBuf], enabled: bool) -> Self {
         Self {
             boundaries: Some(
@@ -344,9 +341,7 @@ impl Progress {
         Self {
             boundaries: None,
             unit,
-            started: Instant::now(),
-            shown_at: None,
-            enabled,
+            meter: Meter::new(enabled),
         }
     }
 
@@ -361,23 +356,38 @@ impl Progress {
     /// Shows the line if a second has passed since the last one (the caller decides how
     /// often to ask).
     pub(crate) fn tick(&mut self, sequence: u64, verified: u64) {
-        if !self.enabled {
-            return;
-        }
-        let since = self.shown_at.unwrap_or(self.started);
-        if since.elapsed() < Self::EVERY {
-            return;
-        }
-        self.shown_at = Some(Instant::now());
-        eprint!("\r\x1b[K{}", self.line(sequence, verified));
+        let Self {
+            boundaries,
+            unit,
+            meter,
+        } = self;
+        meter.show(|elapsed| {
+            Self::line_for(boundaries.as_deref(), unit, sequence, verified, elapsed)
+        });
+    }
+
+    #[cfg(test)]
+    fn line(&self, sequence: u64, verified: u64) -> String {
+        let elapsed = self.meter.elapsed();
+        Self::line_for(
+            self.boundaries.as_deref(),
+            self.unit,
+            sequence,
+            verified,
+            elapsed,
+        )
     }
 
     /// What the line says: records so far, which segment, and the rate.
-    fn line(&self, sequence: u64, verified: u64) -> String {
-        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = verified as f64 / seconds;
-        let unit = self.unit;
-        match &self.boundaries {
+    fn line_for(
+        boundaries: Option<&[u64]>,
+        unit: &str,
+        sequence: u64,
+        verified: u64,
+        elapsed: Duration,
+    ) -> String {
+        let rate = verified as f64 / elapsed.as_secs_f64().max(1e-3);
+        match boundaries {
             Some(boundaries) => {
                 let segment = boundaries.partition_point(|&b| b <= sequence) + 1;
                 format!(
@@ -389,10 +399,8 @@ impl Progress {
         }
     }
 
-    pub(crate) fn finish(&self) {
-        if self.shown_at.is_some() {
-            eprint!("\r\x1b[K");
-        }
+    pub(crate) fn finish(&mut self) {
+        self.meter.finish();
     }
 }
 
@@ -431,9 +439,9 @@ mod tests {
     fn short_runs_and_pipes_print_no_progress() {
         let mut progress = Progress::new(&[], false);
         progress.record(4095, 4096);
-        assert!(progress.shown_at.is_none());
+        assert!(!progress.meter.shown());
         let mut progress = Progress::new(&[], true);
         progress.record(4095, 4096);
-        assert!(progress.shown_at.is_none(), "nothing in the first second");
+        assert!(!progress.meter.shown(), "nothing in the first second");
     }
 }

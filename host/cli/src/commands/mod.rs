@@ -13,22 +13,36 @@ pub mod seal;
 pub mod serve;
 pub mod unseal;
 
+use crate::progress::Reading;
 use std::io::Read;
 use std::path::Path;
 
 /// `--in FILE` or standard input, for a command that writes `--out` `output`: the same
 /// file for both is refused (the output replaces its file, so the input would be lost).
-pub fn input(path: Option<&Path>, output: Option<&Path>) -> Result<Box<dyn Read>, crate::CliError> {
+/// On a terminal, a progress line says how much was read (of how much, for a file) while
+/// `verb` ("sealing") takes more than a second.
+pub fn input(
+    path: Option<&Path>,
+    output: Option<&Path>,
+    verb: &'static str,
+) -> Result<Box<dyn Read>, crate::CliError> {
+    let meter = crate::progress::Meter::on_terminal();
     let Some(p) = path else {
-        return Ok(Box::new(std::io::stdin().lock()));
+        // Standard input redirected from a file has a size; a pipe has none.
+        let total = std::fs::metadata("/dev/stdin")
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        let stdin = std::io::stdin().lock();
+        return Ok(Box::new(Reading::new(stdin, verb, total, meter)));
     };
     let file = std::fs::File::open(p).map_err(|source| crate::CliError::File {
         path: p.display().to_string(),
         source,
     })?;
+    let meta = file.metadata().map_err(crate::CliError::Io)?;
     if let Some(out) = output.and_then(|o| std::fs::metadata(o).ok()) {
         use std::os::unix::fs::MetadataExt;
-        let meta = file.metadata().map_err(crate::CliError::Io)?;
         if meta.is_file() && (meta.dev(), meta.ino()) == (out.dev(), out.ino()) {
             return Err(crate::CliError::Usage(format!(
                 "--in {} and --out are the same file: the output would replace the input; \
@@ -37,5 +51,6 @@ pub fn input(path: Option<&Path>, output: Option<&Path>) -> Result<Box<dyn Read>
             )));
         }
     }
-    Ok(Box::new(file))
+    let total = meta.is_file().then_some(meta.len());
+    Ok(Box::new(Reading::new(file, verb, total, meter)))
 }

@@ -163,7 +163,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         revocation_values: own_certificate_values(&signer, &anchors, now)?,
         ..Default::default()
     };
-    let input = super::input(args.input.as_deref(), args.output.as_deref())?;
+    let input = super::input(args.input.as_deref(), args.output.as_deref(), "sealing")?;
     output::write_sealed(args.output.as_deref(), |w| {
         cms::seal(&signer, &recipients, kek.as_ref(), input, w, &opts)?;
         Ok(())

@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         clock_skew: args.clock_skew,
         ..Default::default()
     };
-    let input = super::input(args.input.as_deref(), args.output.as_deref())?;
+    let input = super::input(args.input.as_deref(), args.output.as_deref(), "unsealing")?;
     // With --json and no --out, content is not written anywhere (stdout carries the verdict).
     let mut pending = if args.json && args.output.is_none() {
         None

@@ -1867,6 +1867,42 @@ fn a_running_appliance_follows_its_revocation_lists() {
         .local_addr()
         .unwrap()
         .port();
+    // Its HTTPS certificate ends in 5 days: the appliance warns of it at start.
+    std::fs::write(
+        w.path("server.ext"),
+        "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\n\
+         extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1\n",
+    )
+    .unwrap();
+    w.openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "soon-tls-key.pem",
+        "-out",
+        "soon-tls.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    w.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "soon-tls.csr",
+        "-CA",
+        "world/ca.pem",
+        "-CAkey",
+        "world/ca-key.pem",
+        "-CAcreateserial",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "soon-tls.pem",
+        "-days",
+        "5",
+    ]);
     let bob_config = std::fs::read_to_string(w.path("bob-appliance.toml")).unwrap();
     std::fs::write(
         w.path("bob-appliance.toml"),
@@ -1874,8 +1910,8 @@ fn a_running_appliance_follows_its_revocation_lists() {
             "[appliance]\n",
             &format!(
                 "[appliance]\nlisten = \"127.0.0.1:{api_port}\"\n\
-                 tls_certificate = \"world/tls-server.pem\"\n\
-                 tls_key = \"world/tls-server-key.pem\"\nclient_ca = [\"world/ca.pem\"]\n"
+                 tls_certificate = \"soon-tls.pem\"\n\
+                 tls_key = \"soon-tls-key.pem\"\nclient_ca = [\"world/ca.pem\"]\n"
             ),
             1,
         ) + &format!(
@@ -2046,6 +2082,40 @@ fn a_running_appliance_follows_its_revocation_lists() {
     ] {
         assert!(metrics.contains(line), "{line:?} missing from\n{metrics}");
     }
+    // The end of each of Bob's own certificates: those of his ETK (its authentication
+    // certificate is the one that signs) and the HTTPS listener's; the log warned of the
+    // one ending within 30 days, and only of it.
+    let etk = std::fs::read(w.path("world/bob.etk")).unwrap();
+    let etk = etee_formats::etk::Etk::parse(&etk).unwrap();
+    let tls = std::fs::read(w.path("soon-tls.pem")).unwrap();
+    let tls = openssl::x509::X509::from_pem(&tls)
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let tls = etee_formats::cert::Certificate::from_der(&tls).unwrap();
+    for (role, cert) in [
+        ("authentication", etk.authentication_cert()),
+        ("etk", etk.encryption_cert()),
+        ("tls", &tls),
+    ] {
+        let line = format!(
+            "etee_appliance_certificate_expiry_timestamp_seconds{{certificate=\"{role}\"}} {}\n",
+            cert.not_after()
+        );
+        assert!(metrics.contains(&line), "{line:?} missing from\n{metrics}");
+    }
+    let log = std::fs::read_to_string(w.path("bob.log")).unwrap_or_default();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" certificate ") && l.contains("renew it before"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("the tls certificate CN=127.0.0.1 expires at")
+            && (warned[0].contains("in 4 days: then TLS callers refuse the connection")
+                || warned[0].contains("in 5 days: then TLS callers refuse the connection")),
+        "{log}"
+    );
     let log = std::fs::read_to_string(w.path("platform.log")).unwrap_or_default();
     assert!(
         log.contains("revocation lists read again")

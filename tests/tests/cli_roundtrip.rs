@@ -1332,3 +1332,69 @@ fn long_work_on_a_terminal_shows_its_progress_and_erases_it() {
     );
     assert_eq!(std::fs::read(&opened).unwrap(), vec![0u8; 4 << 20]);
 }
+
+/// The sender's own certificate: from 30 days before its end each seal reminds of it
+/// (sealed all the same, and the message opens cleanly); after its end nothing is sealed
+/// (exit 1, no output), since every receiver would report `OUTER_CERTIFICATE_EXPIRED`.
+#[test]
+fn a_senders_certificate_near_or_past_its_end() {
+    let w = World::create();
+    let add = |who: &str, id: &str, seconds: &str| {
+        etee(["pki", "init"])
+            .arg(w.dir())
+            .args(["--institution", &format!("{who}:NIHII-HOSPITAL={id}")])
+            .args(["--auth-valid-for", seconds])
+            .run()
+            .code(0);
+    };
+    add("soon", "71000834", &(10 * 24 * 3600).to_string());
+    add("ended", "71000835", "2");
+    let ended_at = now_unix() + 2;
+    let dir = scratch();
+    let seal = |who: &str| {
+        let out = dir.path().join(format!("{who}.msg"));
+        let run = etee(["seal", "--keystore"])
+            .arg(w.p12(who))
+            .arg("--to")
+            .arg(w.etk("bob"))
+            .arg("--trust")
+            .arg(w.ca())
+            .arg("--out")
+            .arg(&out)
+            .password(&w.password)
+            .stdin(b"for Bob".to_vec())
+            .run();
+        (run, out)
+    };
+
+    let (run, _) = seal("alice");
+    run.code(0);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+
+    let (run, out) = seal("soon");
+    run.code(0);
+    assert!(
+        run.stderr
+            .contains("warning: the authentication certificate")
+            && run
+                .stderr
+                .contains(" days: then nothing it signs is accepted")
+            && run.stderr.contains("renew it"),
+        "{}",
+        run.stderr
+    );
+    let opened = w.unseal(dir.path(), "bob", &std::fs::read(&out).unwrap(), &[]);
+    assert_eq!(opened.content(), b"for Bob");
+
+    while now_unix() <= ended_at {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (run, out) = seal("ended");
+    run.code(1);
+    assert!(
+        run.stderr.contains("expired at") && run.stderr.contains("OUTER_CERTIFICATE_EXPIRED"),
+        "{}",
+        run.stderr
+    );
+    assert!(!out.exists(), "nothing is written");
+}

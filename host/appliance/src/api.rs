@@ -1076,6 +1076,7 @@ async fn metrics(State(app): State<Arc<Appliance>>) -> Response {
         app.anchors(),
         etee_formats::unix_now(),
     );
+    etee_services::lifetime::render_metrics(&mut text, "etee_appliance", app.own_certificates());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -455,6 +455,10 @@ pub async fn start(app: Arc<crate::Appliance>) -> Result<Running> {
             stopped.clone(),
         )));
     }
+    tasks.push(tokio::spawn(warn_of_certificate_ends(
+        app.clone(),
+        stopped.clone(),
+    )));
     if let Some(path) = &config.socket {
         let unix = bind_unix(path)?;
         tasks.push(tokio::spawn(accept_loop(
@@ -499,6 +503,19 @@ async fn log_audit_anchors(
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Warns of the institution's own certificates nearing their end (or past it) at start and
+/// then once a day, until `stop` ([`etee_services::lifetime`]).
+async fn warn_of_certificate_ends(app: Arc<crate::Appliance>, mut stop: watch::Receiver<bool>) {
+    use etee_services::lifetime;
+    loop {
+        lifetime::log_warnings(app.own_certificates(), etee_formats::unix_now());
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(lifetime::CHECK_EVERY) => {}
         }
     }
 }

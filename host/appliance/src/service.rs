@@ -13,6 +13,7 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::policy::{custody_policy, Client, Clients, Peer, Refusal, Slot, APPLIANCE_CLIENT};
 use crate::spool::{SpoolReader, SpoolWriter};
 use crate::ApplianceError;
+use etee_formats::cert::Certificate;
 use etee_formats::cms::{self, Kek, Recipient, SealOptions, UnsealOptions, Unsealed};
 use etee_formats::etk::Etk;
 use etee_formats::keys::{KeyError, KeyRing, SignerRef, SigningKey};
@@ -22,6 +23,7 @@ use etee_hsm::{CustodyHandle, CustodyKeys, HsmToken};
 use etee_protocol::{EtkCache, KeyDepotClient, KeyReply, KgssCaller, KgssClient, ProtocolError};
 use etee_services::etkdepot::Identifier;
 use etee_services::kgss::Credential;
+use etee_services::lifetime::{OwnCertificate, Role};
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -409,6 +411,9 @@ pub struct Appliance {
     own_etk: tokio::sync::OnceCell<Arc<Etk>>,
     /// The custody core's audit file, from the HSM configuration read at start.
     audit_file: std::path::PathBuf,
+    /// The institution's authentication and newest ETK certificates, and the HTTPS
+    /// listener's: warned about before they end, their end dates in `/metrics`.
+    own_certificates: Vec<OwnCertificate>,
     pub metrics: Metrics,
 }
 
@@ -419,6 +424,43 @@ impl std::fmt::Debug for Appliance {
             .field("clients", &self.clients)
             .finish()
     }
+}
+
+/// The certificates whose end stops the appliance: the authentication key's (it signs),
+/// the newest of the token's ETK certificates (senders seal to it; older ones are kept
+/// only to read old messages), and the HTTPS listener's.
+fn own_certificates(
+    config: &ApplianceConfig,
+    signing_key: &SigningKey,
+    ring: &KeyRing,
+) -> crate::Result<Vec<OwnCertificate>> {
+    let mut certs = Vec::new();
+    if let SignerRef::Certificate { cert, .. } = &signing_key.signer {
+        certs.push(OwnCertificate::of(Role::Authentication, cert));
+    }
+    certs.extend(OwnCertificate::latest(
+        Role::Etk,
+        ring.keys().iter().filter_map(|k| k.cert.as_ref()),
+    ));
+    if let Some(api) = &config.tls {
+        let chain = etee_services::tls_files::certificates("tls_certificate", &api.certificate)
+            .map_err(|e| ApplianceError::Config(e.to_string()))?;
+        let leaf = chain
+            .first()
+            .map(|der| Certificate::from_der(der))
+            .transpose();
+        match leaf {
+            Ok(Some(leaf)) => certs.push(OwnCertificate::of(Role::Tls, &leaf)),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(ApplianceError::Config(format!(
+                    "tls_certificate {}: {e}",
+                    api.certificate.display()
+                )))
+            }
+        }
+    }
+    Ok(certs)
 }
 
 impl Appliance {
@@ -465,7 +507,9 @@ impl Appliance {
             .revocation
             .start(crate::anchors("trust", &config.trust)?)
             .map_err(|e| ApplianceError::Config(e.to_string()))?;
-        let platform = crate::platform_clients(&config, &custody.signing_key()?, &anchors)?;
+        let signing_key = custody.signing_key()?;
+        let own_certificates = own_certificates(&config, &signing_key, &custody.key_ring()?)?;
+        let platform = crate::platform_clients(&config, &signing_key, &anchors)?;
         let own_etk = tokio::sync::OnceCell::new();
         if let Some(path) = &config.etk {
             let der = std::fs::read(path)
@@ -484,8 +528,14 @@ impl Appliance {
             platform,
             own_etk,
             audit_file: hsm_config.custody.audit_file.clone(),
+            own_certificates,
             metrics: Metrics::default(),
         })
+    }
+
+    /// The institution's own certificates (authentication, newest ETK, HTTPS listener).
+    pub fn own_certificates(&self) -> &[OwnCertificate] {
+        &self.own_certificates
     }
 
     pub fn config(&self) -> &ApplianceConfig {

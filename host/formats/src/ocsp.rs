@@ -76,6 +76,24 @@ pub enum OcspError {
 /// Why a sender's own certificates could not be vouched for when sealing.
 #[derive(Debug, thiserror::Error)]
 pub enum SealingStatus {
+    /// A certificate of the sender's own path is outside its validity period now: every
+    /// receiver judges it at the message's signing time, and reports
+    /// `OUTER_CERTIFICATE_EXPIRED` (or `_NOT_YET_VALID`, or an untrusted chain for an
+    /// issuer). Checked whatever the revocation configuration.
+    #[error(
+        "the sender's own certificate {subject} {}: every receiver would refuse the message \
+         (OUTER_CERTIFICATE_{}){}",
+        if *expired { format!("expired at {}", crate::rfc3339(*at)) }
+        else { format!("is not valid before {}", crate::rfc3339(*at)) },
+        if *expired { "EXPIRED" } else { "NOT_YET_VALID" },
+        if *expired { "; renew it" } else { "; check this machine's clock" }
+    )]
+    OutsideValidity {
+        subject: String,
+        /// `notAfter` when expired, else `notBefore`.
+        at: i64,
+        expired: bool,
+    },
     /// The lists, whether or not a responder is configured: every receiver holding them
     /// would refuse the message.
     #[error(
@@ -111,7 +129,10 @@ pub enum NotVouched {
 impl SealingStatus {
     pub fn kind(&self) -> NotVouched {
         match self {
-            Self::RevokedByLists | Self::Revoked(_) | Self::Unknown(_) => NotVouched::NotGood,
+            Self::OutsideValidity { .. }
+            | Self::RevokedByLists
+            | Self::Revoked(_)
+            | Self::Unknown(_) => NotVouched::NotGood,
             Self::NoAnswer(
                 _,
                 OcspError::NoResponder

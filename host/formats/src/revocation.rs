@@ -620,7 +620,8 @@ impl Revocation {
         }
     }
 
-    /// The sealer's rule for its own certificate path: refused when the lists revoke it
+    /// The sealer's rule for its own certificate path: refused when a certificate of it is
+    /// outside its validity period at `at` ([`own_validity`]) or the lists revoke it
     /// ([`Revocation::own_status`]); then, with an OCSP responder, its answers, to embed
     /// in the message (the official sealer refuses to seal unless they say good). `None`
     /// without a responder.
@@ -630,6 +631,7 @@ impl Revocation {
         anchors: &[Certificate],
         at: i64,
     ) -> Result<Option<RevocationValues>, crate::ocsp::SealingStatus> {
+        own_validity(signer, anchors, at)?;
         if self.own_status(signer, anchors, at) == CertStatus::Revoked {
             return Err(crate::ocsp::SealingStatus::RevokedByLists);
         }
@@ -646,6 +648,35 @@ impl Revocation {
             self.status_with(cert, issuer, at, evidence)
         })
     }
+}
+
+/// Whether every certificate of a sealer's own path (its chain and the anchors that
+/// issued it; the certificate alone when none did) is within its validity period at `at`:
+/// receivers judge them at the signing time, which is `at` for a message sealed now. A
+/// key-id signer has no certificate to judge.
+pub fn own_validity(
+    signer: &crate::keys::SignerRef,
+    anchors: &[Certificate],
+    at: i64,
+) -> Result<(), crate::ocsp::SealingStatus> {
+    let path = crate::trust::signer_path(signer, anchors).unwrap_or_default();
+    for cert in &path {
+        let outside = if at > cert.not_after() {
+            Some((cert.not_after(), true))
+        } else if at < cert.not_before() {
+            Some((cert.not_before(), false))
+        } else {
+            None
+        };
+        if let Some((bound, expired)) = outside {
+            return Err(crate::ocsp::SealingStatus::OutsideValidity {
+                subject: cert.subject_string(),
+                at: bound,
+                expired,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The worst of `status` along `path` (leaf first): each certificate against the next as

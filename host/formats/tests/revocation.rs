@@ -743,3 +743,77 @@ fn a_sealers_own_path_is_judged_by_the_lists() {
         CertStatus::Unknown
     );
 }
+
+/// A sealer's own certificate outside its validity period is refused whatever the
+/// revocation configuration (every receiver would report `OUTER_CERTIFICATE_EXPIRED` or
+/// `_NOT_YET_VALID`), the bound named; inside it (to the second) the lists decide as
+/// before; a key-id signer has no certificate to judge.
+#[test]
+fn a_sealer_outside_its_certificates_validity_is_refused() {
+    use etee_formats::ocsp::{NotVouched, SealingStatus};
+    let w = world();
+    let validity = etee_testpki::Validity {
+        not_before: w.now - 30 * 24 * HOUR,
+        not_after: w.now - 24 * HOUR,
+    };
+    let eve = w
+        .pki
+        .institution(
+            &InstitutionSpec::new("NIHII-HOSPITAL", "71000833", "Eve").with_auth_validity(validity),
+        )
+        .unwrap();
+    let signer = |inst: &Institution| SignerRef::Certificate {
+        cert: cert(&inst.auth.cert),
+        chain: vec![],
+    };
+    let anchors = [cert(&w.pki.root.cert)];
+    let none = Revocation::default();
+
+    let refused = none
+        .sealing_values(&signer(&eve), &anchors, w.now)
+        .unwrap_err();
+    assert_eq!(refused.kind(), NotVouched::NotGood);
+    assert!(
+        matches!(&refused, SealingStatus::OutsideValidity { at, expired: true, .. } if *at == validity.not_after),
+        "{refused:?}"
+    );
+    let text = refused.to_string();
+    assert!(text.contains("Eve"), "the certificate is named: {text}");
+    assert!(
+        text.contains("OUTER_CERTIFICATE_EXPIRED") && text.contains("renew"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&etee_formats::rfc3339(validity.not_after)),
+        "{text}"
+    );
+    // Without anchors the certificate alone is judged.
+    assert!(none.sealing_values(&signer(&eve), &[], w.now).is_err());
+    // At its last second it was still valid; before its first, not yet.
+    assert!(none
+        .sealing_values(&signer(&eve), &anchors, validity.not_after)
+        .is_ok());
+    let early = none
+        .sealing_values(&signer(&eve), &anchors, validity.not_before - 1)
+        .unwrap_err();
+    assert!(
+        matches!(early, SealingStatus::OutsideValidity { expired: false, .. }),
+        "{early:?}"
+    );
+    assert!(early.to_string().contains("NOT_YET_VALID"), "{early}");
+    // Lists that vouch for everyone do not make an expired certificate good.
+    let good_lists = Revocation::new(&[list_of(&w.pki, &[])], RevocationPolicy::Optional).unwrap();
+    assert!(matches!(
+        good_lists.sealing_values(&signer(&eve), &anchors, w.now),
+        Err(SealingStatus::OutsideValidity { .. })
+    ));
+    // A valid sealer, and a key-id signer.
+    assert_eq!(
+        none.sealing_values(&signer(&w.alice), &anchors, w.now)
+            .unwrap(),
+        None
+    );
+    assert!(none
+        .sealing_values(&SignerRef::KeyId(vec![1; 20]), &anchors, w.now)
+        .is_ok());
+}

@@ -57,6 +57,9 @@ pub struct Platform {
     pub(crate) readiness: routes::Readiness,
     /// Reads the revocation lists' files again when they change (none without `crl`).
     crl_following: Option<etee_services::revocation::Following>,
+    /// KGSS's authentication and newest ETK certificates, and the TLS server's: warned
+    /// about before they end, their end dates in `/metrics`.
+    pub own_certificates: Vec<etee_services::lifetime::OwnCertificate>,
 }
 
 impl Platform {
@@ -141,6 +144,7 @@ impl Platform {
             None => config::DEFAULT_REQUESTS_PER_CALLER.min((max_work / 2).max(1)),
         };
         let shares = share::Shares::new(per_caller, config.limits.queue_timeout);
+        let own_certificates = own_certificates(&config, kgss.as_ref());
         Self {
             store,
             config,
@@ -151,8 +155,39 @@ impl Platform {
             shares,
             readiness: routes::Readiness::default(),
             crl_following: None,
+            own_certificates,
         }
     }
+}
+
+/// The certificates whose end stops the platform: KGSS's authentication certificate (it
+/// signs the answers) and newest ETK certificate (callers seal their requests to it), and
+/// the TLS server's (a file [`Platform::open`] has checked; one that cannot be read here
+/// is left out).
+fn own_certificates(
+    config: &PlatformConfig,
+    kgss: Option<&kgss::Kgss>,
+) -> Vec<etee_services::lifetime::OwnCertificate> {
+    use etee_services::lifetime::{OwnCertificate, Role};
+    let mut certs = Vec::new();
+    if let Some(kgss) = kgss {
+        if let etee_formats::keys::SignerRef::Certificate { cert, .. } = &kgss.signer.signer {
+            certs.push(OwnCertificate::of(Role::Authentication, cert));
+        }
+        certs.extend(OwnCertificate::latest(
+            Role::Etk,
+            kgss.ring.keys().iter().filter_map(|k| k.cert.as_ref()),
+        ));
+    }
+    let tls = tls::certificates("tls_certificate", &config.tls_certificate).ok();
+    if let Some(leaf) = tls
+        .as_deref()
+        .and_then(|chain| chain.first())
+        .and_then(|der| etee_formats::cert::Certificate::from_der(der).ok())
+    {
+        certs.push(OwnCertificate::of(Role::Tls, &leaf));
+    }
+    certs
 }
 
 /// The certificates of PEM files (the setting `client_ca`) as trust anchors.

@@ -154,6 +154,7 @@ pub fn render(platform: &Platform) -> String {
         &platform.anchors,
         crate::unix_now(),
     );
+    etee_services::lifetime::render_metrics(&mut s, "etee_platform", &platform.own_certificates);
     s
 }
 

@@ -234,12 +234,15 @@ pub struct Running {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The replay purge: ends when the sender is dropped.
     purge: (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
+    /// The daily look at the platform's own certificates.
+    certificate_warnings: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Stops accepting, lets the requests under way finish, stops the replay purge, and
     /// returns.
     pub async fn stop(self) -> std::io::Result<()> {
+        self.certificate_warnings.abort();
         let _ = self.stop.send(());
         let served = self
             .task
@@ -280,11 +283,20 @@ pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
             let _ = stopped.await;
         },
     ));
+    let certificates = platform.clone();
+    let certificate_warnings = tokio::spawn(async move {
+        use etee_services::lifetime;
+        loop {
+            lifetime::log_warnings(&certificates.own_certificates, crate::unix_now());
+            tokio::time::sleep(lifetime::CHECK_EVERY).await;
+        }
+    });
     Ok(Running {
         addr,
         stop,
         task,
         purge,
+        certificate_warnings,
     })
 }
 

@@ -585,6 +585,18 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
     let a = retrieve(&mut bob, get(&w.bob)).await.unwrap();
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
 
+    // Beside the lists, the end of each of the platform's own certificates: KGSS's
+    // authentication (it signs the answers) and ETK certificates, the TLS server's.
+    let not_after = |cert: &openssl::x509::X509| {
+        etee_formats::cert::Certificate::from_der(&cert.to_der().unwrap())
+            .unwrap()
+            .not_after()
+    };
+    let expiry = |role: &str, at: i64| {
+        format!(
+            "etee_platform_certificate_expiry_timestamp_seconds{{certificate=\"{role}\"}} {at}\n"
+        )
+    };
     w.metrics_have(&[
         "etee_platform_revocation_lists 1\n",
         "etee_platform_revocation_lists_stale 0\n",
@@ -592,6 +604,9 @@ async fn a_revoked_caller_is_refused_on_its_open_connection_and_after() {
             "etee_platform_revocation_next_update_seconds {}\n",
             now + 3600
         ),
+        &expiry("authentication", not_after(&w.kgss.auth.cert)),
+        &expiry("etk", not_after(&w.kgss.etk_cert)),
+        "etee_platform_certificate_expiry_timestamp_seconds{certificate=\"tls\"} ",
     ])
     .await;
     let certs = w.anchors.certs().to_vec();

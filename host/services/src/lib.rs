@@ -46,6 +46,7 @@ pub mod etkdepot;
 pub mod json;
 pub mod keydepot;
 pub mod kgss;
+pub mod lifetime;
 pub mod log;
 pub mod metrics;
 pub mod revocation;

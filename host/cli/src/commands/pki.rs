@@ -89,6 +89,11 @@ pub struct WorldArgs {
     /// now (default: two years), e.g. to see ETK expiry handled on a test rig.
     #[arg(long, value_name = "SECONDS")]
     etk_valid_for: Option<u32>,
+    /// The new institutions' authentication certificates expire this many seconds from
+    /// now (default: two years), e.g. to see the warnings before the end and the refusal
+    /// to seal after it on a test rig.
+    #[arg(long, value_name = "SECONDS")]
+    auth_valid_for: Option<u32>,
     /// The new institutions' authentication certificates name this OCSP responder
     /// (authorityInfoAccess), for `--ocsp auto` / `ocsp = "auto"`: e.g. the address `etee
     /// pki ocsp DIR --listen` will serve.
@@ -406,12 +411,19 @@ fn wanted(args: &WorldArgs, new_world: bool) -> Result<Vec<Wanted>, CliError> {
         if let Some(url) = &args.crl_url {
             inst = inst.with_crl_url(url);
         }
-        if let Some(seconds) = args.etk_valid_for {
+        // Valid from a day ago, as the test PKI's certificates are.
+        let ending_in = |seconds: u32| {
             let now = etee_formats::unix_now();
-            inst = inst.with_etk_validity(etee_testpki::Validity {
+            etee_testpki::Validity {
                 not_before: now - 24 * 60 * 60,
                 not_after: now + i64::from(seconds),
-            });
+            }
+        };
+        if let Some(seconds) = args.etk_valid_for {
+            inst = inst.with_etk_validity(ending_in(seconds));
+        }
+        if let Some(seconds) = args.auth_valid_for {
+            inst = inst.with_auth_validity(ending_in(seconds));
         }
         if out.iter().any(|w: &Wanted| w.name == name) {
             return Err(CliError::Usage(format!(

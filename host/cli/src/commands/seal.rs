@@ -1,8 +1,9 @@
 //! `etee seal`.
 //!
-//! Exit codes: 0 sealed; 1 a recipient's ETK fails the official checks, or (with `--ocsp`)
-//! the OCSP responder does not say the sender's certificate is good (refused, nothing
-//! written); 2 usage, I/O (also no OCSP answer), key store or HSM problems.
+//! Exit codes: 0 sealed; 1 a recipient's ETK fails the official checks, the sender's own
+//! certificate is outside its validity period or revoked by the lists (`--crl`), or (with
+//! `--ocsp`) the OCSP responder does not say it is good (refused, nothing written); 2
+//! usage, I/O (also no OCSP answer), key store or HSM problems.
 
 use crate::{inputs, output, CliError};
 use etee_formats::cms::{self, Kek, Recipient, SealOptions};
@@ -163,6 +164,13 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         revocation_values: own_certificate_values(&signer, &anchors, now)?,
         ..Default::default()
     };
+    // Refused above once it has ended; before that, a reminder from 30 days out.
+    if let etee_formats::keys::SignerRef::Certificate { cert, .. } = &signer.signer {
+        use etee_services::lifetime::{OwnCertificate, Role};
+        if let Some(warning) = OwnCertificate::of(Role::Authentication, cert).warning(now) {
+            eprintln!("etee: warning: {warning}");
+        }
+    }
     let input = super::input(args.input.as_deref(), args.output.as_deref(), "sealing")?;
     output::write_sealed(args.output.as_deref(), |w| {
         cms::seal(&signer, &recipients, kek.as_ref(), input, w, &opts)?;

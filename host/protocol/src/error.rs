@@ -37,10 +37,10 @@ pub enum ProtocolError {
     },
     /// A SOAP fault (spec §7): `code` is the SOA code of its detail (`SOA-02001`) or,
     /// without one, the `faultcode`.
-    #[error("SOAP fault {code}: {message}")]
+    #[error("SOAP fault {}: {}", shown(code), shown(message))]
     SoapFault { code: String, message: String },
     /// The answer does not parse or does not follow the protocol.
-    #[error("malformed answer: {0}")]
+    #[error("malformed answer: {}", shown(.0))]
     Malformed(String),
     /// The answer body exceeds the client's limit.
     #[error("answer larger than {limit} bytes")]
@@ -63,26 +63,26 @@ pub enum ProtocolError {
     #[error("not found")]
     NotFound,
     /// The caller is not allowed to do this (KGSS reader conditions, not the holder).
-    #[error("access denied: {0}")]
+    #[error("access denied: {}", shown(.0))]
     AccessDenied(String),
     /// The caller must authenticate (a TLS client certificate, a signed request).
-    #[error("not authenticated: {0}")]
+    #[error("not authenticated: {}", shown(.0))]
     NotAuthenticated(String),
     /// KGSS or KeyDepot knows no such key.
     #[error("unknown key")]
     UnknownKey,
     /// Any other KGSS business error (`KGSS_REPLAYED_REQUEST`, `KGSS_INVALID_SEAL`, ...).
-    #[error("KGSS {code}: {message}")]
+    #[error("KGSS {}: {}", shown(code), shown(message))]
     Kgss { code: String, message: String },
     /// Any other KeyDepot business error (`KEYDEPOT_DUPLICATE_KEY_ID`, ...).
-    #[error("KeyDepot {code} (HTTP {status}): {message}")]
+    #[error("KeyDepot {} (HTTP {status}): {}", shown(code), shown(message))]
     KeyDepot {
         status: u16,
         code: String,
         message: String,
     },
     /// An ETKDepot error answer other than "not found".
-    #[error("ETKDepot {code}: {message}")]
+    #[error("ETKDepot {}: {}", shown(code), shown(message))]
     EtkDepot { code: String, message: String },
     /// Every ETK found for `identifier` is outside its validity at the evaluation time.
     #[error("the ETK of {identifier} is expired or not yet valid")]
@@ -105,14 +105,37 @@ fn problem_text(p: &Option<Problem>) -> String {
     match p {
         Some(p) => format!(
             ": {}{}",
-            p.title.as_deref().unwrap_or("problem"),
+            shown(p.title.as_deref().unwrap_or("problem")),
             p.detail
                 .as_deref()
-                .map(|d| format!(" ({d})"))
+                .map(|d| format!(" ({})", shown(d)))
                 .unwrap_or_default()
         ),
         None => String::new(),
     }
+}
+
+/// The most of a server's text an error shows, in characters.
+pub const SHOWN_CHARS: usize = 512;
+
+/// Text a server chose, as errors show it (and so logs and the appliance's answers): at
+/// most [`SHOWN_CHARS`] characters, then `…`, and control characters escaped (`\n`,
+/// `\u{1b}`), so that a hostile or broken service cannot flood a log or write lines of
+/// its own into it.
+pub fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(SHOWN_CHARS + 8));
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl ProtocolError {
@@ -126,5 +149,55 @@ impl ProtocolError {
                     ..
                 }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_text_is_cut_and_its_control_characters_escaped() {
+        let detail = format!("line1\nFAKE LOG LINE\u{1b}[2J{}", "x".repeat(900_000));
+        let e = ProtocolError::Http {
+            status: 400,
+            problem: Some(Problem::new(400, "Bad", Some(detail.clone()))),
+        };
+        let text = e.to_string();
+        assert!(text.len() < 700, "{} bytes", text.len());
+        assert!(!text.contains('\n') && !text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("line1\\nFAKE LOG LINE\\u{1b}[2J"), "{text}");
+        assert!(text.ends_with("…)"), "{text}");
+        for e in [
+            ProtocolError::SoapFault {
+                code: "SOA-00001\r\n".into(),
+                message: detail.clone(),
+            },
+            ProtocolError::KeyDepot {
+                status: 400,
+                code: "X".into(),
+                message: detail.clone(),
+            },
+            ProtocolError::Kgss {
+                code: "X".into(),
+                message: detail.clone(),
+            },
+            ProtocolError::EtkDepot {
+                code: "X".into(),
+                message: detail.clone(),
+            },
+            ProtocolError::AccessDenied(detail.clone()),
+            ProtocolError::NotAuthenticated(detail.clone()),
+            ProtocolError::Malformed(detail.clone()),
+        ] {
+            let text = e.to_string();
+            assert!(text.len() < 700, "{e:?}");
+            assert!(!text.contains(['\n', '\r', '\u{1b}']), "{text}");
+        }
+        // Ordinary text is shown as it is.
+        assert_eq!(
+            shown("KGSS_ACCESS_DENIED: not a reader"),
+            "KGSS_ACCESS_DENIED: not a reader"
+        );
     }
 }

@@ -66,11 +66,25 @@ struct Entry {
     expires_at: i64,
 }
 
+/// The most `MatchingEtk` entries one lookup follows: a holder has an ETK per
+/// application, a handful; a longer list is refused (`Malformed`) rather than asked about
+/// entry by entry.
+pub const MAX_MATCHING: usize = 32;
+
+/// The longest one lookup may take, `MatchingEtk` follow-ups and their retries included
+/// (each exchange has its own timeout besides).
+pub const DEFAULT_LOOKUP_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The most holders' entries kept: past it, expired entries go first, then those that
+/// expire soonest.
+pub const MAX_ENTRIES: usize = 10_000;
+
 /// A caching, checking ETK lookup.
 pub struct EtkCache {
     depot: EtkDepotClient,
     anchors: TrustAnchors,
     ttl: i64,
+    lookup_deadline: Duration,
     entries: Mutex<HashMap<CacheKey, Entry>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -93,6 +107,7 @@ impl EtkCache {
             depot,
             anchors,
             ttl: DEFAULT_TTL.as_secs() as i64,
+            lookup_deadline: DEFAULT_LOOKUP_DEADLINE,
             entries: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -102,6 +117,12 @@ impl EtkCache {
     /// The same with another TTL.
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// The same with another bound on one lookup ([`DEFAULT_LOOKUP_DEADLINE`]).
+    pub fn with_lookup_deadline(mut self, deadline: Duration) -> Self {
+        self.lookup_deadline = deadline;
         self
     }
 
@@ -126,12 +147,19 @@ impl EtkCache {
             return Ok(etks);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let etks = self.fetch(&wanted, now).await?;
+        let etks = tokio::time::timeout(self.lookup_deadline, self.fetch(&wanted, now))
+            .await
+            .map_err(|_| ProtocolError::Timeout {
+                what: "ETK lookup",
+                after: self.lookup_deadline,
+            })??;
         let expires_at = etks
             .iter()
             .map(|e| e.encryption_cert().not_after())
             .fold(now.saturating_add(self.ttl), i64::min);
-        self.lock().insert(
+        let mut entries = self.lock();
+        make_room(&mut entries, now);
+        entries.insert(
             key,
             Entry {
                 etks: etks.clone(),
@@ -208,8 +236,16 @@ impl EtkCache {
             EtkAnswer::NotFound => return Err(ProtocolError::NotFound),
             EtkAnswer::Found(der) => vec![der],
             EtkAnswer::Matching(list) => {
+                let chosen = choose_matching(wanted, &list);
+                if chosen.len() > MAX_MATCHING {
+                    return Err(ProtocolError::Malformed(format!(
+                        "ETKDepot answered {} different matching ETKs for {name}; at most \
+                         {MAX_MATCHING} are followed",
+                        chosen.len()
+                    )));
+                }
                 let mut ders = Vec::new();
-                for entry in choose_matching(wanted, &list) {
+                for entry in chosen {
                     let query = requery_identifier(&entry);
                     match self.depot.get_etk(&query).await {
                         Ok(EtkAnswer::Found(der)) => ders.push(der),
@@ -236,9 +272,14 @@ impl EtkCache {
                 ders
             }
         };
-        let mut kept = Vec::new();
+        let mut kept: Vec<Etk> = Vec::new();
         let mut refusal = None;
-        for der in candidates {
+        let mut seen = std::collections::HashSet::new();
+        // The same ETK under two entries is checked and kept once.
+        for der in candidates
+            .into_iter()
+            .filter(|der| seen.insert(der.clone()))
+        {
             let (anchors, wanted) = (self.anchors.clone(), wanted.clone());
             let checked = off_the_workers(&self.anchors, move || {
                 check_candidate(&anchors, &wanted, &der, now)
@@ -350,6 +391,7 @@ pub fn check_findings(identifier: &str, findings: &[etee_formats::verdict::Error
 /// id); without, all of them. Each is given by the identifier of the entry of the wanted
 /// type (or its first), as the entry has it; [`requery_identifier`] makes the lookup.
 pub fn choose_matching(wanted: &Identifier, matching: &[Vec<Identifier>]) -> Vec<Identifier> {
+    let mut seen = std::collections::HashSet::new();
     matching
         .iter()
         .filter_map(|ids| {
@@ -363,7 +405,31 @@ pub fn choose_matching(wanted: &Identifier, matching: &[Vec<Identifier>]) -> Vec
             )
             .then(|| pick.clone())
         })
+        // An entry listed twice (the same identifier, however written) is asked once.
+        .filter(|pick| {
+            let id = pick.normalized().unwrap_or_else(|_| pick.clone());
+            seen.insert((id.id_type, id.value, id.application_id))
+        })
         .collect()
+}
+
+/// Keeps the cache within [`MAX_ENTRIES`] before one more entry goes in (pure but for
+/// the map): expired entries first, then the one that expires soonest.
+fn make_room(entries: &mut HashMap<CacheKey, Entry>, now: i64) {
+    if entries.len() < MAX_ENTRIES {
+        return;
+    }
+    entries.retain(|_, e| e.expires_at > now);
+    while entries.len() >= MAX_ENTRIES {
+        let Some(soonest) = entries
+            .iter()
+            .min_by_key(|(_, e)| e.expires_at)
+            .map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        entries.remove(&soonest);
+    }
 }
 
 /// The lookup for one `MatchingEtk` entry (pure): its identifier, with an empty application
@@ -401,6 +467,55 @@ pub fn holder_matches(wanted: &Identifier, holder: &[Identity]) -> bool {
 mod tests {
     use super::*;
     use etee_formats::verdict::Error as Finding;
+
+    #[test]
+    fn a_full_cache_drops_the_expired_then_the_soonest_to_expire() {
+        let key = |i: usize| CacheKey {
+            id_type: "CBE".into(),
+            value: format!("{i:010}"),
+            application_id: None,
+        };
+        let entry = |expires_at| Entry {
+            etks: Vec::new(),
+            expires_at,
+        };
+        let mut entries = HashMap::new();
+        for i in 0..MAX_ENTRIES {
+            // Ten expired at 1 000, the rest later, the soonest of them at 1 010.
+            let expires_at = if i < 10 { 990 } else { 1_010 + i as i64 };
+            entries.insert(key(i), entry(expires_at));
+        }
+        make_room(&mut entries, 1_000);
+        assert_eq!(entries.len(), MAX_ENTRIES - 10, "the expired ones went");
+        assert!((10..MAX_ENTRIES).all(|i| entries.contains_key(&key(i))));
+        for i in 0..10 {
+            entries.insert(key(MAX_ENTRIES + i), entry(5_000_000));
+        }
+        make_room(&mut entries, 1_000);
+        assert_eq!(entries.len(), MAX_ENTRIES - 1, "room for one");
+        assert!(
+            !entries.contains_key(&key(10)),
+            "the soonest to expire went"
+        );
+        assert!(entries.contains_key(&key(11)));
+        // Below the bound nothing goes, expired or not.
+        let mut few = HashMap::from([(key(0), entry(0))]);
+        make_room(&mut few, 1_000);
+        assert_eq!(few.len(), 1);
+    }
+
+    #[test]
+    fn an_entry_listed_twice_is_chosen_once() {
+        let wanted = id("NIHII-PHARMACY", "27150201", None);
+        let list = vec![
+            vec![id("NIHII-PHARMACY", "27150201", None)],
+            vec![id("NIHII-PHARMACY", "00027150201", None)],
+            vec![id("NIHII-PHARMACY", "27150201", Some("APP"))],
+            vec![id("NIHII-PHARMACY", "27150201", None)],
+        ];
+        let chosen = choose_matching(&wanted, &list);
+        assert_eq!(chosen.len(), 2, "{chosen:?}");
+    }
 
     fn id(t: &str, v: &str, app: Option<&str>) -> Identifier {
         Identifier::new(t, v, app)

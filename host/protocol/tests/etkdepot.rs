@@ -308,3 +308,92 @@ async fn a_persons_etk_is_accepted_for_a_doctors_number() {
     }
     w.stop().await;
 }
+
+/// A hostile or broken ETKDepot's `MatchingEtk` list cannot multiply one lookup: entries
+/// naming the same holder are asked about once (and the ETK kept once), a list of more
+/// than `MAX_MATCHING` different entries is refused before any follow-up, and follow-ups
+/// that stall cannot hold the lookup past its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matching_list_cannot_multiply_the_lookups() {
+    use etee_formats::etk::Etk;
+    use etee_services::etkdepot::rest::{EtkJson, IdentifierJson};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let w = World::new("protocol-matching-bounds", Backend::Embedded).await;
+    let bob_etk = Etk::parse(&w.bob.etk).unwrap();
+    let genuine = EtkJson::list_to_json(&[EtkJson::from_etk(&bob_etk)]);
+    let entry = |value: String| {
+        let mut e = EtkJson::from_etk(&bob_etk);
+        e.etk = vec![0];
+        e.identifiers = vec![IdentifierJson {
+            id_type: "NIHII-PHARMACY".into(),
+            value,
+            application_identifier: Some(String::new()),
+        }];
+        e
+    };
+    let bob = Identifier::new("NIHII-PHARMACY", common::PHARMACY, None);
+    // Answers `list` first, then Bob's genuine ETK after `delay`.
+    let depot = |list: Vec<EtkJson>, delay: Duration| {
+        let (list, genuine) = (EtkJson::list_to_json(&list), genuine.clone());
+        support::fake_server(Arc::new(move |n, _| {
+            let (list, genuine) = (list.clone(), genuine.clone());
+            Box::pin(async move {
+                if n == 0 {
+                    return (200, "application/json".into(), list);
+                }
+                tokio::time::sleep(delay).await;
+                (200, "application/json".into(), genuine)
+            })
+        }))
+    };
+    let cache_of = |fake: &support::Fake| {
+        EtkCache::new(
+            etee_protocol::EtkDepotClient::new(
+                support::http(fake.addr, None, support::quick()),
+                Flavour::Rest,
+            ),
+            w.anchors.clone(),
+        )
+    };
+
+    // 500 copies of Bob's entry (two spellings of his number among them): one follow-up.
+    let mut copies = vec![entry(common::PHARMACY.into()); 499];
+    copies.push(entry(format!("000{}", common::PHARMACY)));
+    let fake = depot(copies, Duration::ZERO).await;
+    let etks = cache_of(&fake).get(&bob).await.unwrap();
+    assert_eq!(etks.len(), 1);
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 2);
+
+    // More different entries than are ever followed: refused at once.
+    let many: Vec<_> = (0..etee_protocol::etk_cache::MAX_MATCHING + 1)
+        .map(|i| entry(format!("{}", 27_150_300 + i)))
+        .collect();
+    let fake = depot(many, Duration::ZERO).await;
+    match cache_of(&fake).get(&bob).await {
+        Err(ProtocolError::Malformed(why)) => assert!(why.contains("at most 32"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 1);
+
+    // Follow-ups that take 2 s each: the lookup ends at its 1 s deadline.
+    let slow = vec![
+        entry(common::PHARMACY.into()),
+        entry("27150301".into()),
+        entry("27150302".into()),
+    ];
+    let fake = depot(slow, Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let cache = cache_of(&fake).with_lookup_deadline(Duration::from_secs(1));
+    match cache.get(&bob).await {
+        Err(ProtocolError::Timeout { what, .. }) => assert_eq!(what, "ETK lookup"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+}

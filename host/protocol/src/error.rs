@@ -25,6 +25,15 @@ pub enum ProtocolError {
     /// The TLS configuration (roots, client identity) is unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A request that must not be carried out twice got an answer that does not say
+    /// whether it was (a gateway's 502 or 504, a service error or timeout fault): it was
+    /// not sent again.
+    #[error(
+        "{reason} after the request was sent: it may or may not have been carried out, and \
+         it was not sent again since it must not be carried out twice; look before trying \
+         again"
+    )]
+    OutcomeUnknown { reason: String },
     /// The exchange broke after the request was (possibly) sent.
     #[error("HTTP exchange: {0}")]
     Io(String),

@@ -15,7 +15,17 @@
 //! - SOAP faults whose SOA code is retryable (SOA-00001, 01001, 01002, 02001).
 //!
 //! Anything else, a timeout while waiting for the answer in particular, is not retried: the
-//! request may have been served. Retries wait `backoff × 2^n`, or the server's
+//! request may have been served.
+//!
+//! A request that must not be carried out twice ([`Repeat::Once`]: a KeyDepot registration
+//! or deletion, a KGSS deletion) is retried only when the service cannot have carried it
+//! out: nothing was sent, HTTP 503 (a refusal before any work: the platform's busy answer,
+//! a gateway without a backend), a SOAP fault refusing the caller (SOA-01001, 01002) or a
+//! busy fault (SOA-02001 with `Retry-After`, as the platform sends it when it refuses work).
+//! After 502, 504 or another retryable fault it answers [`ProtocolError::OutcomeUnknown`].
+//! `GetNewKey` is sent as [`Repeat::Safe`] on purpose: a retry after an unknown outcome
+//! may leave a key nobody was told of, readable by its readers but used for nothing, which
+//! is what the caller's own retry would leave too. Retries wait `backoff × 2^n`, or the server's
 //! `Retry-After` (seconds, at most [`MAX_RETRY_AFTER`]) when that is longer, and stop
 //! after `retries`.
 //! Requests are rebuilt for each attempt by the caller's closure, since a KGSS request is
@@ -166,14 +176,56 @@ impl Response {
 
 /// Why an answer should be asked for again, if it should (spec §7; pure).
 pub fn retry_reason(response: &Response) -> Option<String> {
-    match response.status {
-        502..=504 => Some(format!("HTTP {}", response.status)),
+    match retry_decision(response, Repeat::Safe) {
+        Retry::Again(reason) => Some(reason),
+        Retry::No | Retry::OutcomeUnknown(_) => None,
+    }
+}
+
+/// Whether a request may be carried out twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// Reads, and requests whose repetition is harmless: every retryable answer is retried.
+    Safe,
+    /// A request that must not be carried out twice: retried only when the service cannot
+    /// have carried it out (see the module documentation).
+    Once,
+}
+
+/// What to do after an answer (pure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// The answer stands.
+    No,
+    /// Ask again, for this reason.
+    Again(String),
+    /// Not again, and the answer does not say whether the request was carried out.
+    OutcomeUnknown(String),
+}
+
+/// [`Retry`] for `response` to a request of kind `repeat`.
+pub fn retry_decision(response: &Response, repeat: Repeat) -> Retry {
+    let (reason, refused_before_work) = match response.status {
+        502..=504 => (format!("HTTP {}", response.status), response.status == 503),
         _ => {
-            let fault = response.fault()?;
-            let code = fault.soa_code()?;
-            code.is_retryable()
-                .then(|| format!("SOAP fault {}", SoaCode::code(code)))
+            let Some(code) = response.fault().and_then(|f| f.soa_code()) else {
+                return Retry::No;
+            };
+            if !code.is_retryable() {
+                return Retry::No;
+            }
+            let refused = match code {
+                SoaCode::NotAuthenticated | SoaCode::NotAuthorized => true,
+                SoaCode::ServiceUnavailable => response.retry_after.is_some(),
+                _ => false,
+            };
+            (format!("SOAP fault {}", SoaCode::code(code)), refused)
         }
+    };
+    match repeat {
+        Repeat::Safe => Retry::Again(reason),
+        Repeat::Once if refused_before_work => Retry::Again(reason),
+        Repeat::Once => Retry::OutcomeUnknown(reason),
     }
 }
 
@@ -288,17 +340,38 @@ impl HttpClient {
 
     /// Sends an idempotent request (the same bytes on every attempt).
     pub async fn send(&self, request: Request) -> Result<Response> {
-        self.send_with(|| {
-            let r = request.clone();
-            async move { Ok(r) }
-        })
+        self.send_repeating(request, Repeat::Safe).await
+    }
+
+    /// Sends a request that must not be carried out twice ([`Repeat::Once`]).
+    pub async fn send_once(&self, request: Request) -> Result<Response> {
+        self.send_repeating(request, Repeat::Once).await
+    }
+
+    async fn send_repeating(&self, request: Request, repeat: Repeat) -> Result<Response> {
+        self.send_with_repeat(
+            || {
+                let r = request.clone();
+                async move { Ok(r) }
+            },
+            repeat,
+        )
         .await
     }
 
     /// Sends the request `build` makes, building it afresh for each attempt. Returns the
     /// last answer, whatever its status, or the failure; see the module documentation for
     /// what is retried.
-    pub async fn send_with<F, Fut>(&self, mut build: F) -> Result<Response>
+    pub async fn send_with<F, Fut>(&self, build: F) -> Result<Response>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Request>>,
+    {
+        self.send_with_repeat(build, Repeat::Safe).await
+    }
+
+    /// [`Self::send_with`] for a request of kind `repeat`.
+    pub async fn send_with_repeat<F, Fut>(&self, mut build: F, repeat: Repeat) -> Result<Response>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Request>>,
@@ -308,9 +381,12 @@ impl HttpClient {
         loop {
             let request = build().await?;
             let (reason, retry_after, last) = match self.attempt(request).await {
-                Attempt::Answered(response) => match retry_reason(&response) {
-                    Some(reason) => (reason, response.retry_after, Ok(response)),
-                    None => return Ok(response),
+                Attempt::Answered(response) => match retry_decision(&response, repeat) {
+                    Retry::Again(reason) => (reason, response.retry_after, Ok(response)),
+                    Retry::No => return Ok(response),
+                    Retry::OutcomeUnknown(reason) => {
+                        return Err(ProtocolError::OutcomeUnknown { reason })
+                    }
                 },
                 Attempt::NotSent(e) => (e.to_string(), None, Err(e)),
                 Attempt::Failed(e) => return Err(e),
@@ -601,6 +677,53 @@ mod tests {
         }
         // A fault answered with 200 is not a fault.
         assert!(retry_reason(&answer(200, fault(SoaCode::ServiceUnavailable))).is_none());
+    }
+
+    /// A request that must not be carried out twice is asked again only after answers
+    /// that say it was not carried out; after the others its outcome is unknown.
+    #[test]
+    fn what_is_retried_of_a_request_not_to_be_done_twice() {
+        let fault = |c: &str| Fault::from_code(SoaCode::from_code(c).unwrap(), None).to_xml();
+        let once = |r: &Response| retry_decision(r, Repeat::Once);
+        let busy = |mut r: Response| {
+            r.retry_after = Some(Duration::from_secs(1));
+            r
+        };
+        assert!(matches!(once(&answer(503, vec![])), Retry::Again(_)));
+        for s in [502, 504] {
+            assert_eq!(
+                once(&answer(s, vec![])),
+                Retry::OutcomeUnknown(format!("HTTP {s}"))
+            );
+            assert_eq!(
+                retry_decision(&answer(s, vec![]), Repeat::Safe),
+                Retry::Again(format!("HTTP {s}"))
+            );
+        }
+        for c in ["SOA-01001", "SOA-01002"] {
+            assert!(
+                matches!(once(&answer(500, fault(c))), Retry::Again(_)),
+                "{c}"
+            );
+        }
+        // The platform's busy fault carries Retry-After; its timeout fault does not.
+        assert!(matches!(
+            once(&busy(answer(500, fault("SOA-02001")))),
+            Retry::Again(_)
+        ));
+        for c in ["SOA-02001", "SOA-00001"] {
+            assert!(
+                matches!(once(&answer(500, fault(c))), Retry::OutcomeUnknown(_)),
+                "{c}"
+            );
+        }
+        for r in [
+            answer(200, vec![]),
+            answer(404, vec![]),
+            answer(500, fault("SOA-03001")),
+        ] {
+            assert_eq!(once(&r), Retry::No);
+        }
     }
 
     #[test]

@@ -37,11 +37,13 @@ impl KeyDepotClient {
         Self { http }
     }
 
-    /// Registers a key (201).
+    /// Registers a key (201). Not repeated after an answer that leaves the outcome unknown
+    /// ([`crate::ProtocolError::OutcomeUnknown`]: a second try would be told the key id is
+    /// taken, by this very key).
     pub async fn register(&self, request: &RegisterKeyRequest) -> Result<RegisterKeyResponse> {
         let r = self
             .http
-            .send(Request::json(Method::POST, KEYS_PATH, request.to_json()))
+            .send_once(Request::json(Method::POST, KEYS_PATH, request.to_json()))
             .await?;
         expect(&r, 201)?;
         RegisterKeyResponse::parse(&r.body).map_err(malformed)
@@ -104,11 +106,11 @@ impl KeyDepotClient {
         HolderInfo::parse(&r.body).map_err(malformed)
     }
 
-    /// Deletes a key of the caller's (204).
+    /// Deletes a key of the caller's (204); not repeated after an unknown outcome.
     pub async fn delete(&self, key_id: &KeyId) -> Result<()> {
         let r = self
             .http
-            .send(Request::delete(key_path(key_id, "")))
+            .send_once(Request::delete(key_path(key_id, "")))
             .await?;
         expect(&r, 204)
     }

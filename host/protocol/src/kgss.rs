@@ -167,6 +167,13 @@ impl KgssClient {
                 ));
             }
         }
+        checked_key(answer.new_key.expose())?;
+        if answer.new_key_identifier.is_empty() || answer.new_key_identifier.len() > MAX_KEY_ID {
+            return Err(ProtocolError::Malformed(format!(
+                "a NewKeyIdentifier of {} bytes (1 to {MAX_KEY_ID} expected)",
+                answer.new_key_identifier.len()
+            )));
+        }
         Ok(NewKey {
             id: answer.new_key_identifier,
             key: Zeroizing::new(answer.new_key.expose().to_vec()),
@@ -208,6 +215,7 @@ impl KgssClient {
         let opened = open(caller, kgss_etk, sealed, kek).await?;
         let answer = GetKeyResponseContent::parse(&opened)
             .map_err(|e| ProtocolError::Malformed(format!("GetKeyResponseContent: {e}")))?;
+        checked_key(answer.key.expose())?;
         Ok(Zeroizing::new(answer.key.expose().to_vec()))
     }
 
@@ -221,7 +229,8 @@ impl KgssClient {
             "{REST_NEW_KEY_PATH}/{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key_id)
         );
-        let r = rest.send(Request::delete(path)).await?;
+        // Not repeated after an unknown outcome: a second try would say "unknown key".
+        let r = rest.send_once(Request::delete(path)).await?;
         match r.status {
             204 | 200 => Ok(()),
             _ => Err(rest_error(&r)),
@@ -488,12 +497,39 @@ pub fn parse_rest_answer(operation: Operation, r: &Response) -> Result<(Vec<u8>,
     Ok((sealed, key_id))
 }
 
+/// The longest key id taken from KGSS (ours are 16 bytes).
+const MAX_KEY_ID: usize = 64;
+
+/// A KGSS key is an AES key: 16 bytes as KGSS issues them, or 24 or 32 (which sealing
+/// accepts as a KEK). Anything else is no key to seal with.
+fn checked_key(key: &[u8]) -> Result<()> {
+    match key.len() {
+        16 | 24 | 32 => Ok(()),
+        n => Err(ProtocolError::Malformed(format!(
+            "KGSS answered a key of {n} bytes (an AES key of 16, 24 or 32 expected)"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use etee_services::etkdepot::Problem;
     use etee_services::kgss::EteeError;
     use etee_services::soap::LangString;
+
+    #[test]
+    fn only_aes_keys_are_taken() {
+        for n in [16, 24, 32] {
+            assert!(checked_key(&vec![1; n]).is_ok(), "{n}");
+        }
+        for n in [0, 1, 15, 17, 31, 33, 4096] {
+            assert!(
+                matches!(checked_key(&vec![1; n]), Err(ProtocolError::Malformed(_))),
+                "{n}"
+            );
+        }
+    }
 
     fn answer(status: u16, ct: &str, body: Vec<u8>) -> Response {
         Response {

@@ -8,10 +8,13 @@
 //! and what [`PrivateKeyOps::sign_pss_sha256`] makes: PSS, MGF1-SHA-256, salt 32), hashes
 //! the handshake transcript itself and asks the key provider to sign the digest.
 //!
-//! The signature is a **blocking** call made inside rustls's handshake, on the async
-//! worker that drives the connection: one RSA operation per new connection (connections
-//! are kept alive and reused), which is acceptable; an HSM that is slow or locked delays
-//! only that handshake, which the connect timeout bounds.
+//! The signature is a **blocking** call made inside rustls's handshake: one RSA operation
+//! per new connection (connections are kept alive and reused). On a multi-threaded tokio
+//! runtime it runs under `block_in_place`, so that the worker's other tasks move to
+//! another worker meanwhile; on a current-thread runtime it holds that thread. The connect
+//! timeout cannot interrupt it: a connection whose signature took longer fails with the
+//! timeout once the signature returns, and an HSM call that never returns is bounded only
+//! by the key provider (the custody core, the token) — watch the HSM, not this client.
 
 use crate::error::{ProtocolError, Result};
 use etee_formats::keys::{KeyError, KeyId, PrivateKeyOps, SignerRef, SigningKey};
@@ -128,11 +131,17 @@ impl rustls::sign::Signer for ProviderSigner {
     /// documentation).
     fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
         let digest: [u8; 32] = Sha256::digest(message).into();
+        let sign = || self.ops.sign_pss_sha256(&self.key, &digest);
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let signed = if multi_threaded {
+            tokio::task::block_in_place(sign)
+        } else {
+            sign()
+        };
         // The key's own error, so that the handshake's failure can say the key (not the
         // server) failed: see [`key_failure`].
-        self.ops
-            .sign_pss_sha256(&self.key, &digest)
-            .map_err(|e| rustls::Error::Other(rustls::OtherError(Arc::new(e))))
+        signed.map_err(|e| rustls::Error::Other(rustls::OtherError(Arc::new(e))))
     }
 
     fn scheme(&self) -> SignatureScheme {

@@ -326,3 +326,129 @@ async fn a_busy_platform_is_asked_again_after_its_retry_after() {
     drop(platform);
     w.stop().await;
 }
+
+/// A request that must not be carried out twice (here a KeyDepot deletion) is asked again
+/// after a 503 (refused before any work) but not after a gateway's 504, whose outcome is
+/// unknown: one request, and an error that says so. A read is asked again after a 504.
+#[tokio::test]
+async fn a_request_not_to_be_done_twice_is_not_repeated_after_an_unknown_outcome() {
+    use etee_protocol::KeyDepotClient;
+    use etee_services::keydepot::KeyId;
+    let key = KeyId::new(vec![7; 20]).unwrap();
+    let first_then_204 = |first: u16| {
+        fake_server(Arc::new(move |n, _| {
+            Box::pin(async move {
+                match n {
+                    0 => (first, "text/plain".into(), b"gateway".to_vec()),
+                    _ => (204, "text/plain".into(), Vec::new()),
+                }
+            })
+        }))
+    };
+    let fake = first_then_204(504).await;
+    let keydepot = KeyDepotClient::new(support::http(fake.addr, None, support::quick()));
+    match keydepot.delete(&key).await {
+        Err(e @ ProtocolError::OutcomeUnknown { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.starts_with("HTTP 504 after the request was sent"),
+                "{text}"
+            );
+            assert!(
+                text.contains("may or may not have been carried out"),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 1, "not sent again");
+
+    let fake = first_then_204(503).await;
+    let keydepot = KeyDepotClient::new(support::http(fake.addr, None, support::quick()));
+    keydepot.delete(&key).await.unwrap();
+    assert_eq!(
+        fake.requests.load(Ordering::SeqCst),
+        2,
+        "a refusal is asked again"
+    );
+
+    // A read is harmless to repeat: asked again after the 504.
+    let fake = first_then_204(504).await;
+    let http = support::http(fake.addr, None, support::quick());
+    let answer = http.send(Request::get("/anything")).await.unwrap();
+    assert_eq!(answer.status, 204);
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 2);
+}
+
+/// A key provider that takes 1.5 s to sign (a slow or busy HSM).
+struct SlowSigner(Arc<dyn etee_formats::keys::PrivateKeyOps>);
+
+impl etee_formats::keys::PrivateKeyOps for SlowSigner {
+    fn sign_pss_sha256(
+        &self,
+        key: &etee_formats::keys::KeyId,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, etee_formats::keys::KeyError> {
+        std::thread::sleep(Duration::from_millis(1500));
+        self.0.sign_pss_sha256(key, digest)
+    }
+    fn decrypt_pkcs1v15(
+        &self,
+        key: &etee_formats::keys::KeyId,
+        blob: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, etee_formats::keys::KeyError> {
+        self.0.decrypt_pkcs1v15(key, blob)
+    }
+}
+
+/// The handshake's signature by a slow HSM does not stop the runtime: on a one-worker
+/// runtime another task keeps running while it signs (it stalled for the whole signature
+/// before), and the exchange then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_slow_hsm_signing_a_handshake_does_not_stall_the_runtime() {
+    let w = World::new("protocol-slow-hsm", Backend::Embedded).await;
+    let signing = common::keystore_of(&w.alice).authentication().unwrap();
+    let identity = etee_protocol::tls::TlsIdentity::new(&etee_formats::keys::SigningKey {
+        ops: Arc::new(SlowSigner(signing.ops.clone())),
+        ..signing
+    })
+    .unwrap();
+    let http = support::http(w.addr, Some(identity), support::quick());
+    let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let started = Instant::now();
+    // KeyDepot asks for the client certificate: the handshake signs, in a task on the
+    // runtime's one worker (the test's own body runs beside the workers).
+    let answer = tokio::spawn(async move {
+        http.send(Request::get("/etee/v1/keydepot/keys/AQID"))
+            .await
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    ticker.abort();
+    assert_eq!(
+        answer.status,
+        404,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "the handshake signed: {took:?}"
+    );
+    let ticked = ticks.load(Ordering::SeqCst);
+    assert!(
+        ticked >= 15,
+        "the other task ran {ticked} times in {took:?}"
+    );
+}

@@ -46,14 +46,21 @@ impl KeyDepotClient {
             .send_once(Request::json(Method::POST, KEYS_PATH, request.to_json()))
             .await?;
         expect(&r, 201)?;
-        RegisterKeyResponse::parse(&r.body).map_err(malformed)
+        let answer = RegisterKeyResponse::parse(&r.body).map_err(malformed)?;
+        about(&answer.key, &request.key_id)?;
+        if answer.key.public_key != request.public_key {
+            return Err(wrong("the registered key is not the one sent"));
+        }
+        Ok(answer)
     }
 
     /// One key.
     pub async fn get(&self, key_id: &KeyId) -> Result<KeyRecord> {
         let r = self.http.send(Request::get(key_path(key_id, ""))).await?;
         expect(&r, 200)?;
-        KeyRecord::parse(&r.body).map_err(malformed)
+        let record = KeyRecord::parse(&r.body).map_err(malformed)?;
+        about(&record, key_id)?;
+        Ok(record)
     }
 
     /// The keys of a holder, restricted to one application id if given.
@@ -68,7 +75,11 @@ impl KeyDepotClient {
             .send(Request::get(list_path(id_type, value, application_id)))
             .await?;
         expect(&r, 200)?;
-        KeyListResponse::parse(&r.body).map_err(malformed)
+        let list = KeyListResponse::parse(&r.body).map_err(malformed)?;
+        for record in &list.keys {
+            about(record, &record.key_id)?;
+        }
+        Ok(list)
     }
 
     /// Adds (or replaces) information of a key of the caller's.
@@ -83,7 +94,9 @@ impl KeyDepotClient {
             ))
             .await?;
         expect(&r, 200)?;
-        KeyRecord::parse(&r.body).map_err(malformed)
+        let record = KeyRecord::parse(&r.body).map_err(malformed)?;
+        about(&record, key_id)?;
+        Ok(record)
     }
 
     /// The attestation registered with a key, as registered.
@@ -171,6 +184,23 @@ pub fn expect(r: &Response, status: u16) -> Result<()> {
     })
 }
 
+/// Whether `record` is about `key_id`, and its key id is its public key's (RFC 5280
+/// method 1, as KeyDepot requires at registration): an answer about another key, or a key
+/// under another's id, is `Malformed`.
+fn about(record: &KeyRecord, key_id: &KeyId) -> Result<()> {
+    if &record.key_id != key_id {
+        return Err(wrong("KeyDepot answered about another key"));
+    }
+    match KeyId::of_public_key(&record.public_key) {
+        Ok(own) if &own == key_id => Ok(()),
+        _ => Err(wrong("a key id that is not its public key's")),
+    }
+}
+
+fn wrong(why: &str) -> ProtocolError {
+    ProtocolError::Malformed(format!("KeyDepot answer: {why}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +215,44 @@ mod tests {
                 .to_json()
                 .into(),
         }
+    }
+
+    #[test]
+    fn an_answer_must_be_about_the_key_asked_for() {
+        let spki = |bits| {
+            let rsa = openssl::rsa::Rsa::generate(bits).unwrap();
+            openssl::pkey::PKey::from_rsa(rsa)
+                .unwrap()
+                .public_key_to_der()
+                .unwrap()
+        };
+        let (a, b) = (spki(1024), spki(1024));
+        let (id_a, id_b) = (
+            KeyId::of_public_key(&a).unwrap(),
+            KeyId::of_public_key(&b).unwrap(),
+        );
+        let record = |key_id: &KeyId, public_key: &[u8]| KeyRecord {
+            key_id: key_id.clone(),
+            public_key: public_key.to_vec(),
+            holder: HolderInfo {
+                identifiers: Vec::new(),
+                name: None,
+            },
+            info: KeyInfo::default(),
+            attested: false,
+            status: etee_services::keydepot::KeyStatus::Active,
+            created_at: 0,
+        };
+        assert!(about(&record(&id_a, &a), &id_a).is_ok());
+        // Another key's record; a record whose id is not its key's.
+        assert!(matches!(
+            about(&record(&id_b, &b), &id_a),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            about(&record(&id_a, &b), &id_a),
+            Err(ProtocolError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -306,7 +306,11 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
     })?;
     let (pki, created) = open_or_create_ca(&args.dir)?;
     let anchors = TrustAnchors::new(vec![certificate(&pki.root.cert)?]);
-    let wanted = wanted(&args, created)?;
+    // The instant the certificates are issued at: their validity starts from it, and the
+    // check below is made at it (a certificate asked to last one second may be over by
+    // the time its keys are generated).
+    let issued_at = etee_platform::unix_now();
+    let wanted = wanted(&args, created, issued_at)?;
     refuse_existing(&args, &wanted)?;
     let profile = if args.legacy_p12 {
         Profile::Legacy
@@ -331,7 +335,7 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
             path: format!("{}.etk", w.name),
             source,
         })?;
-        let problems = parsed.validate(&anchors, etee_platform::unix_now());
+        let problems = parsed.validate(&anchors, issued_at);
         if !problems.is_empty() {
             return Err(CliError::Usage(format!(
                 "the ETK issued for {} fails the ETK checks: {problems:?}",
@@ -366,7 +370,7 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
 }
 
 /// The institutions of the command line, with their `--hsm` configurations.
-fn wanted(args: &WorldArgs, new_world: bool) -> Result<Vec<Wanted>, CliError> {
+fn wanted(args: &WorldArgs, new_world: bool, now: i64) -> Result<Vec<Wanted>, CliError> {
     let mut hsm: BTreeMap<&str, PathBuf> = BTreeMap::new();
     for h in &args.hsm {
         let (name, config) = h
@@ -412,12 +416,9 @@ fn wanted(args: &WorldArgs, new_world: bool) -> Result<Vec<Wanted>, CliError> {
             inst = inst.with_crl_url(url);
         }
         // Valid from a day ago, as the test PKI's certificates are.
-        let ending_in = |seconds: u32| {
-            let now = etee_formats::unix_now();
-            etee_testpki::Validity {
-                not_before: now - 24 * 60 * 60,
-                not_after: now + i64::from(seconds),
-            }
+        let ending_in = |seconds: u32| etee_testpki::Validity {
+            not_before: now - 24 * 60 * 60,
+            not_after: now + i64::from(seconds),
         };
         if let Some(seconds) = args.etk_valid_for {
             inst = inst.with_etk_validity(ending_in(seconds));

@@ -494,6 +494,18 @@ fn keys_born_in_the_token_get_a_csr_and_their_certificates() {
         String::from_utf8_lossy(&run.stdout)
     );
 
+    // Certificates of a day say when they end, and that it is soon.
+    let run = rig.etee(["keys", "list"]).run();
+    run.code(0);
+    let text = String::from_utf8(run.stdout).unwrap();
+    for serial in ["1001", "424242"] {
+        // A day, to the second: "in 1 day", or less once a second has passed.
+        assert!(
+            text.contains(&format!("(serial {serial}), ends ")),
+            "{text}"
+        );
+    }
+
     let run = rig.etee(["keys", "list", "--json"]).run();
     run.code(0);
     let inv = run.json();

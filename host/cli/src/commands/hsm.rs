@@ -560,6 +560,7 @@ fn keys_command(command: KeysCommand) -> Result<ExitCode, CliError> {
                 None => "?",
             };
             outln!("token {}", inventory.token.name())?;
+            let now = etee_formats::unix_now();
             for k in &inventory.keys {
                 outln!(
                     "key  {:?} label {:?} role {} {} {} bits sensitive={} extractable={} mechanisms={}",
@@ -573,14 +574,44 @@ fn keys_command(command: KeysCommand) -> Result<ExitCode, CliError> {
                     k.allowed_mechanisms.join(",")
                 )?;
                 if let Some(c) = &k.certificate {
-                    outln!("     cert {} (serial {})", c.subject, c.serial)?;
+                    outln!(
+                        "     cert {} (serial {}), {}",
+                        c.subject,
+                        c.serial,
+                        validity_text(c.not_after, now)
+                    )?;
                 }
             }
             for c in &inventory.other_certificates {
-                outln!("cert {:?} {} (serial {})", c.id, c.subject, c.serial)?;
+                outln!(
+                    "cert {:?} {} (serial {}), {}",
+                    c.id,
+                    c.subject,
+                    c.serial,
+                    validity_text(c.not_after, now)
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// How long a listed certificate lasts, as `keys list` says it (pure): `valid until T`,
+/// `ends T, in N days` within [`etee_services::lifetime::WARN_DAYS`] of its end (renewal
+/// time), `ended T` after it (normal for an old ETK kept to read old messages).
+fn validity_text(not_after: i64, now: i64) -> String {
+    const DAY: i64 = 24 * 60 * 60;
+    let end = crate::inputs::rfc3339(not_after);
+    if now > not_after {
+        return format!("ended {end}");
+    }
+    match (not_after - now) / DAY {
+        0 => format!("ends {end}, in less than a day"),
+        1 => format!("ends {end}, in 1 day"),
+        days if days <= etee_services::lifetime::WARN_DAYS => {
+            format!("ends {end}, in {days} days")
+        }
+        _ => format!("valid until {end}"),
     }
 }
 
@@ -706,7 +737,24 @@ fn destroy(config: &Path, key: &str, yes: bool) -> Result<ExitCode, CliError> {
 
 #[cfg(test)]
 mod tests {
-    use super::subject_pairs;
+    use super::{subject_pairs, validity_text};
+
+    #[test]
+    fn a_listed_certificate_says_how_long_it_lasts() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        assert!(validity_text(now + 400 * day, now).starts_with("valid until 20"));
+        assert_eq!(
+            validity_text(now + 30 * day, now),
+            format!(
+                "ends {}, in 30 days",
+                crate::inputs::rfc3339(now + 30 * day)
+            )
+        );
+        assert!(validity_text(now + day + 1, now).ends_with(", in 1 day"));
+        assert!(validity_text(now, now).ends_with(", in less than a day"));
+        assert!(validity_text(now - 1, now).starts_with("ended 20"));
+    }
 
     #[test]
     fn subjects_split_on_unescaped_commas() {

@@ -1322,6 +1322,30 @@ fn long_work_on_a_terminal_shows_its_progress_and_erases_it() {
     );
     assert_eq!(std::fs::read(&opened).unwrap(), vec![0u8; 4 << 20]);
 
+    // A sealed message (binary) is not written to the terminal.
+    let run = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "echo hi | {} seal --keystore {} --password-file {} --to {} --trust {}",
+                quote(etee_e2e::etee_bin()),
+                quote(&w.p12("alice")),
+                quote(&w.password_file()),
+                quote(&w.etk("bob")),
+                quote(&w.ca()),
+            ),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains("the sealed message is binary and standard output is a terminal"),
+        "{shown}"
+    );
+
     // Quick work (4 MiB from a file at once) shows no line, only the verdict.
     std::fs::remove_file(&opened).unwrap();
     let shown = on_terminal(bob(&format!("< {s}")));
@@ -1397,4 +1421,157 @@ fn a_senders_certificate_near_or_past_its_end() {
         run.stderr
     );
     assert!(!out.exists(), "nothing is written");
+}
+
+/// Files given in the wrong place are named by what they seem to be (an ETK for a
+/// keystore, a keystore for an ETK or a certificate, an empty file, Base64 text for a
+/// message), a directory for `--in` by its path, and a password written where its file's
+/// path belongs is not repeated in the error.
+#[test]
+fn files_in_the_wrong_place_say_what_they_seem_to_be() {
+    let w = world();
+    let dir = scratch();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let seal = |keystore: &Path, to: &Path, trust: &Path| {
+        etee(["seal", "--keystore"])
+            .arg(keystore)
+            .arg("--to")
+            .arg(to)
+            .arg("--trust")
+            .arg(trust)
+            .arg("--out")
+            .arg(dir.path().join("never"))
+            .password(&w.password)
+            .stdin(b"x".to_vec())
+            .run()
+    };
+    for (run, says) in [
+        (
+            seal(&w.etk("alice"), &w.etk("bob"), &w.ca()),
+            "alice.etk: not a PKCS#12 keystore (.p12) but a CMS SignedData",
+        ),
+        (
+            seal(&w.p12("alice"), &w.p12("bob"), &w.ca()),
+            "bob.p12: not an ETK but a PKCS#12 keystore",
+        ),
+        (
+            seal(&w.p12("alice"), &w.etk("bob"), &w.p12("bob")),
+            "bob.p12: not a certificate but a PKCS#12 keystore",
+        ),
+        (
+            seal(&empty, &w.etk("bob"), &w.ca()),
+            "empty: not a PKCS#12 keystore (.p12) but an empty file",
+        ),
+    ] {
+        run.code(2);
+        assert!(run.stderr.contains(says), "{says:?} in {}", run.stderr);
+        assert!(!dir.path().join("never").exists());
+    }
+
+    let run = etee(["seal", "--keystore"])
+        .arg(w.p12("alice"))
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .arg("--in")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(dir.path().join("never"))
+        .password(&w.password)
+        .run();
+    run.code(2);
+    let said = format!("--in {}: a directory, not a file", dir.path().display());
+    assert!(run.stderr.contains(&said), "{}", run.stderr);
+
+    // A sealed message in Base64: the verdict, and a note saying what the file is.
+    use base64::Engine;
+    let sealed = w.seal(dir.path(), "alice", &["bob"], b"for Bob");
+    let b64 = dir.path().join("sealed.b64");
+    std::fs::write(
+        &b64,
+        base64::engine::general_purpose::STANDARD.encode(&sealed),
+    )
+    .unwrap();
+    let run = etee(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&b64)
+        .password(&w.password)
+        .run();
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("FATAL   OUTER_SIGNED_DATA_STRUCTURE_INCORRECT")
+            && run
+                .stderr
+                .contains("sealed.b64 is Base64 text (decode it first"),
+        "{}",
+        run.stderr
+    );
+
+    // `--password-file MyP@ssw0rd`: the password itself, where its file belongs.
+    let run = etee(["seal", "--keystore"])
+        .arg(w.p12("alice"))
+        .arg("--to")
+        .arg(w.etk("bob"))
+        .args(["--password-file", "MyP@ssw0rd"])
+        .stdin(b"x".to_vec())
+        .run();
+    run.code(2);
+    assert!(!run.stderr.contains("MyP@ssw0rd"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("keystore password file"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Keystores with different passwords (a renewed one beside the old one): one
+/// `--password-file` per `--keystore`, in order; one for all only when they share it.
+#[test]
+fn keystores_with_different_passwords_each_get_theirs() {
+    let (old, renewed) = (world(), World::create());
+    assert_ne!(old.password, renewed.password);
+    let dir = scratch();
+    let sealed = renewed.seal(dir.path(), "alice", &["bob"], b"to the renewed key");
+    let input = dir.path().join("sealed");
+    std::fs::write(&input, &sealed).unwrap();
+    let unseal = |passwords: &[std::path::PathBuf]| {
+        let mut cmd = etee(["unseal", "--keystore"])
+            .arg(old.p12("bob"))
+            .arg("--keystore")
+            .arg(renewed.p12("bob"))
+            .arg("--trust")
+            .arg(renewed.ca())
+            .arg("--in")
+            .arg(&input);
+        for p in passwords {
+            cmd = cmd.arg("--password-file").arg(p);
+        }
+        cmd.run()
+    };
+    let run = unseal(&[old.password_file(), renewed.password_file()]);
+    run.code(0);
+    assert_eq!(run.stdout, b"to the renewed key");
+    // One password for both: the renewed keystore's is wrong.
+    let run = unseal(&[old.password_file()]);
+    run.code(2);
+    assert!(
+        run.stderr.contains("wrong keystore password"),
+        "{}",
+        run.stderr
+    );
+    let run = unseal(&[
+        old.password_file(),
+        old.password_file(),
+        old.password_file(),
+    ]);
+    run.code(2);
+    assert!(
+        run.stderr.contains("3 --password-file for 2 --keystore"),
+        "{}",
+        run.stderr
+    );
 }

@@ -50,11 +50,17 @@ pub fn password(file: Option<&PathBuf>) -> Result<Zeroizing<String>, CliError> {
         // fill the memory. Room for the largest accepted file from the start, so that
         // growing leaves no copy of the password behind.
         let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSWORD_FILE as usize + 1));
+        let file = std::fs::File::open(path).map_err(|e| {
+            match etee_hsm::config::missing_secret_file(path, &e) {
+                Some((shown, reason)) => CliError::Usage(format!(
+                    "keystore password file {}: {reason}",
+                    shown.display()
+                )),
+                None => failed(e),
+            }
+        })?;
         std::io::Read::read_to_end(
-            &mut std::io::Read::take(
-                std::fs::File::open(path).map_err(failed)?,
-                MAX_PASSWORD_FILE + 1,
-            ),
+            &mut std::io::Read::take(file, MAX_PASSWORD_FILE + 1),
             &mut bytes,
         )
         .map_err(failed)?;
@@ -105,6 +111,12 @@ pub fn keystore(path: &Path, password: &str) -> Result<EhealthKeystore, CliError
                 path.display()
             ));
         }
+        if let Some(kind) = looks_like(&bytes).filter(|&k| k != KEYSTORE) {
+            return CliError::Usage(format!(
+                "{}: not a PKCS#12 keystore (.p12) but {kind}",
+                path.display()
+            ));
+        }
         if matches!(
             source,
             etee_formats::keystore::KeystoreError::WrongPasswordOrCorrupt
@@ -131,8 +143,81 @@ pub fn certificate(path: &Path) -> Result<Certificate, CliError> {
             "{}: not a certificate but a PEM file holding a {label}",
             path.display()
         )),
+        None => match looks_like(&bytes).filter(|&k| k != CERTIFICATE) {
+            Some(kind) => {
+                CliError::Usage(format!("{}: not a certificate but {kind}", path.display()))
+            }
+            None => CliError::Usage(format!("{}: not a certificate: {e}", path.display())),
+        },
         _ => CliError::Usage(format!("{}: not a certificate: {e}", path.display())),
     })
+}
+
+const KEYSTORE: &str = "a PKCS#12 keystore (.p12)";
+const CERTIFICATE: &str = "a DER certificate (or revocation list)";
+const SIGNED_DATA: &str = "a CMS SignedData (an ETK, or a sealed message)";
+const BASE64: &str = "Base64 text (decode it first, e.g. with `base64 -d`)";
+
+/// What a file given in the wrong place seems to be, from its first bytes (pure): empty,
+/// Base64 or other text, or a DER PKCS#12 keystore, CMS structure or certificate. `None`
+/// when it says nothing (PEM files are named by [`pem_label`]). Only to word an error.
+pub fn looks_like(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.is_empty() {
+        return Some("an empty file");
+    }
+    if bytes.starts_with(b"-----BEGIN ") {
+        return None;
+    }
+    let head = &bytes[..bytes.len().min(512)];
+    if head
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"+/=\r\n".contains(&b))
+    {
+        return Some(BASE64);
+    }
+    if head
+        .iter()
+        .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        return Some("a text file");
+    }
+    // A DER SEQUENCE: what its first element is tells the three apart.
+    if bytes.first() != Some(&0x30) {
+        return None;
+    }
+    let content = match *bytes.get(1)? {
+        // Short definite lengths, and BER's indefinite one (0x80).
+        n if n <= 0x80 => 2,
+        n @ 0x81..=0x84 => 2 + usize::from(n - 0x80),
+        _ => return None,
+    };
+    const SIGNED_DATA_OID: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02,
+    ];
+    match bytes.get(content)? {
+        0x02 => Some(KEYSTORE),
+        0x06 if bytes[content..].starts_with(SIGNED_DATA_OID) => Some(SIGNED_DATA),
+        0x06 => Some("a CMS structure"),
+        0x30 => Some(CERTIFICATE),
+        _ => None,
+    }
+}
+
+/// `path` cannot be an ETK: an error saying what it seems to be instead, when its bytes
+/// say (an ETK is a CMS SignedData).
+pub fn not_an_etk(path: &Path, bytes: &[u8]) -> Option<CliError> {
+    let kind = pem_label(bytes)
+        .map(|label| format!("a PEM file holding a {label}"))
+        .or_else(|| {
+            // Base64 is a form of ETK this reads: its own error says what is wrong.
+            looks_like(bytes)
+                .filter(|&k| k != SIGNED_DATA && k != BASE64)
+                .map(str::to_string)
+        })?;
+    Some(CliError::Usage(format!(
+        "{}: not an ETK but {kind}",
+        path.display()
+    )))
 }
 
 /// The label of the first PEM block in `bytes` (`CERTIFICATE REQUEST`, `PRIVATE KEY`...),
@@ -272,6 +357,10 @@ pub fn kek_arg(
     match (hex_text, file) {
         (Some(h), _) => kek(h).map(Some),
         (None, Some(path)) => {
+            // A KGSS key opens every message sealed for it: as secret as a password.
+            if let Some(w) = etee_hsm::config::permission_warning_for("KEK file", path) {
+                etee_hsm::warn_operator(&w);
+            }
             let bytes = Zeroizing::new(read_file(path)?);
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| CliError::Usage(format!("{}: not hex text", path.display())))?;
@@ -323,9 +412,98 @@ pub fn custody_keys(config: &Path) -> Result<etee_hsm::CustodyHandle, CliError> 
     Ok(etee_hsm::CustodyHandle::open(&config)?)
 }
 
+/// What to do about an ETK's failed checks (`names`), one hint per kind of problem (pure):
+/// a chain that reaches no anchor (`anchors` says where the anchors come from, e.g.
+/// `--trust names` or `client_ca (the platform's configuration) names`), a revocation,
+/// dates, anything else.
+pub fn etk_hints(names: &[&str], anchors: &str) -> Vec<String> {
+    let chain = names
+        .iter()
+        .any(|n| n.ends_with("STATUS_UNKNOWN") || n.contains("CHAIN"));
+    let revoked = names.iter().any(|n| n.ends_with("REVOKED"));
+    let dates = names
+        .iter()
+        .any(|n| n.ends_with("EXPIRED") || n.ends_with("NOT_YET_VALID"));
+    let other = names.iter().any(|n| {
+        !(n.ends_with("STATUS_UNKNOWN")
+            || n.ends_with("REVOKED")
+            || n.contains("CHAIN")
+            || n.ends_with("EXPIRED")
+            || n.ends_with("NOT_YET_VALID"))
+    });
+    let mut hints = Vec::new();
+    if chain {
+        hints.push(format!(
+            "its certificate does not chain to a trusted CA (or, with --revocation \
+             mandatory, no current --crl gives its status): check that {anchors} the CA the \
+             ETK's authentication certificate must chain to (not the ETK registration \
+             authority's certificate)"
+        ));
+    }
+    if revoked {
+        hints.push(
+            "its CA has revoked the holder's certificate (--crl): do not use this key; ask \
+             the holder for its current ETK"
+                .into(),
+        );
+    }
+    if dates {
+        hints.push(
+            "it is expired or not yet valid: get the holder's current ETK (e.g. from \
+             ETKDepot), and check this machine's clock"
+                .into(),
+        );
+    }
+    if other {
+        hints.push("it is malformed, or its certificates do not belong together".into());
+    }
+    hints
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{pem_label, pem_labels};
+    use super::*;
+
+    #[test]
+    fn a_file_in_the_wrong_place_is_named_by_its_first_bytes() {
+        use etee_testpki::{InstitutionSpec, TestPki};
+        let pki = TestPki::generate("looks-like").unwrap();
+        let alice = pki
+            .institution(&InstitutionSpec::new("NIHII-HOSPITAL", "71000436", "Alice"))
+            .unwrap();
+        let cert = alice.auth.cert.to_der().unwrap();
+        assert_eq!(looks_like(&cert), Some(CERTIFICATE));
+        assert_eq!(looks_like(&alice.etk), Some(SIGNED_DATA));
+        let p12 = openssl::pkcs12::Pkcs12::builder()
+            .name("x")
+            .pkey(&alice.auth.key)
+            .cert(&alice.auth.cert)
+            .build2("pw")
+            .unwrap()
+            .to_der()
+            .unwrap();
+        assert_eq!(looks_like(&p12), Some(KEYSTORE));
+        assert_eq!(looks_like(b""), Some("an empty file"));
+        assert_eq!(looks_like(b"MIIBIjANBgkqhkiG9w0B\nAQEFAAOC"), Some(BASE64));
+        assert_eq!(looks_like(b"hello, world\n"), Some("a text file"));
+        assert_eq!(looks_like(b"-----BEGIN CERTIFICATE-----\n"), None);
+        assert_eq!(looks_like(&[0x30, 0x85, 0, 0]), None);
+        assert_eq!(looks_like(&[0x30, 0x81]), None);
+        assert_eq!(looks_like(&[0x04, 0x00, 0xff]), None);
+        // An ETK's own failures are left to its parser; anything else is named.
+        let path = Path::new("x");
+        assert!(not_an_etk(path, &alice.etk).is_none());
+        assert!(not_an_etk(path, b"TUlJ").is_none());
+        let said = not_an_etk(path, &p12).unwrap().to_string();
+        assert!(
+            said.contains("x: not an ETK but a PKCS#12 keystore"),
+            "{said}"
+        );
+        let said = not_an_etk(path, b"-----BEGIN CERTIFICATE-----\n")
+            .unwrap()
+            .to_string();
+        assert!(said.contains("a PEM file holding a CERTIFICATE"), "{said}");
+    }
 
     #[test]
     fn pem_labels_name_the_file_given() {

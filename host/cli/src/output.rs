@@ -163,6 +163,14 @@ where
             pending.commit()
         }
         None => {
+            // A sealed message is binary: on a terminal it would only garble the screen.
+            if io::IsTerminal::is_terminal(&io::stdout()) {
+                return Err(CliError::Usage(
+                    "the sealed message is binary and standard output is a terminal: give \
+                     --out FILE, or redirect standard output to a file or a pipe"
+                        .into(),
+                ));
+            }
             let mut w = io::BufWriter::with_capacity(256 * 1024, Stdout::new());
             let r = produce(&mut w).and_then(|()| w.flush().map_err(CliError::Io));
             w.get_ref().outcome(r)

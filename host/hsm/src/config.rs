@@ -374,7 +374,16 @@ impl PinSource {
     /// others is reported to the operator: [`read_pin_file`]).
     pub fn read(&self) -> Result<Pin> {
         match self {
-            Self::File(p) => read_pin_file(p),
+            Self::File(p) => {
+                // Its path comes from the configuration, where a PIN may have been written
+                // instead (a credential's name is no such risk).
+                if let Err(e) = std::fs::symlink_metadata(p) {
+                    if let Some((path, reason)) = missing_secret_file(p, &e) {
+                        return Err(HsmError::PinFile { path, reason });
+                    }
+                }
+                read_pin_file(p)
+            }
             Self::Credential(name) => {
                 let failed = |reason: String| HsmError::Credential {
                     name: name.clone(),
@@ -392,6 +401,22 @@ impl PinSource {
             }
         }
     }
+}
+
+/// For a secret's file (a PIN file, a password file) that does not exist: its path with
+/// the file's name left out, and why. A secret written where its file's path belongs
+/// (`pin_file = "123456"`) would otherwise be shown in the error, and from there in logs
+/// and journals; the directory is still shown, to find a mistyped path.
+pub fn missing_secret_file(path: &Path, e: &std::io::Error) -> Option<(PathBuf, String)> {
+    (e.kind() == std::io::ErrorKind::NotFound).then(|| {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        (
+            dir.join("…"),
+            "no such file (its name is not shown, in case a secret was written where its \
+             file's path belongs: check the setting)"
+                .to_string(),
+        )
+    })
 }
 
 /// Reads a PIN file: at most 1 KiB, UTF-8, one trailing `\n` or `\r\n` removed (any other
@@ -1152,6 +1177,28 @@ mod tests {
             let text = format!("{minimal}[custody]\n{bad}\n");
             assert!(Config::from_toml(&text, base).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_pin_written_where_its_files_path_belongs_is_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = PinSource::File(dir.path().join("s3cretPIN999"));
+        let text = source.read().err().unwrap().to_string();
+        assert!(!text.contains("s3cretPIN999"), "{text}");
+        assert!(
+            text.contains(&dir.path().display().to_string()),
+            "the directory is: {text}"
+        );
+        assert!(text.contains("no such file"), "{text}");
+        // Any other failure names the file, as before.
+        let unreadable = dir.path().join("a-directory");
+        std::fs::create_dir(&unreadable).unwrap();
+        let text = PinSource::File(unreadable)
+            .read()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(text.contains("a-directory"), "{text}");
     }
 
     #[test]

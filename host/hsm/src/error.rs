@@ -77,7 +77,7 @@ pub enum HsmError {
         context: String,
     },
     /// No object with this CKA_ID (or label) in the token.
-    #[error("no {what} {id:?} in the token")]
+    #[error("no {what} {id:?} in the token{}", not_found_remedy(what, id))]
     NotFound { what: &'static str, id: String },
     /// A signing key without its certificate: generated, its CSR perhaps made, but the
     /// certificate the CA issued never installed.
@@ -202,6 +202,19 @@ pub(crate) trait CkContext<T> {
 impl<T> CkContext<T> for std::result::Result<T, CkError> {
     fn ctx(self, context: &str) -> Result<T> {
         self.map_err(|e| HsmError::ck(e, context))
+    }
+}
+
+/// What to do when the key a command needs most is missing (an empty token, or one
+/// whose authentication key was never imported).
+fn not_found_remedy(what: &str, id: &str) -> &'static str {
+    match (what, id) {
+        ("private key", "authentication") => {
+            ": import the institution's keystore (`etee keys import --config FILE --p12 \
+             FILE`) or generate the key (`etee keys generate --config FILE --profile \
+             authentication`), see `etee keys list --config FILE`"
+        }
+        _ => "",
     }
 }
 

@@ -116,7 +116,7 @@ pub fn import_keystore(
                 "the keystore belongs to another holder ({}) than the token's authentication \
                  key ({}): a token holds the keys of one holder; import it into that \
                  holder's token (or, for one holder's keystores issued under different \
-                 names, allow it: ImportOptions::allow_other_holder, `--allow-other-holder`)",
+                 names, allow it with `--allow-other-holder`)",
                 foreign.subject_string(),
                 token_holder.subject_string()
             )));

@@ -270,8 +270,10 @@ fn print_text(
         out.display(),
         if report.write.is_some() {
             "written"
-        } else {
+        } else if out.exists() {
             "unchanged"
+        } else {
+            "not written (no list taken)"
         },
         report.lists.len()
     )?;

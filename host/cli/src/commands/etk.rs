@@ -37,9 +37,15 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         json,
     } = command;
     // An ETK that does not even parse fails the check (exit 1), like one that fails a rule.
-    let etk = match Etk::parse(&inputs::read_file(&path)?) {
+    let bytes = inputs::read_file(&path)?;
+    let etk = match Etk::parse(&bytes) {
         Ok(etk) => etk,
         Err(e) => {
+            // What the file seems to be instead, if its bytes say.
+            let e = match inputs::not_an_etk(&path, &bytes) {
+                Some(CliError::Usage(what)) => format!("{what} ({e})"),
+                _ => e.to_string(),
+            };
             if json {
                 // `errors` is null, not empty: no check could run, and a script testing
                 // for an empty list must not take this for a valid ETK.
@@ -63,6 +69,13 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
              certificate must chain to"
         );
     }
+    let names: Vec<&str> = errors.iter().map(|e| e.name()).collect();
+    // Without anchors the note above says what to do; with them, what each problem means.
+    let hints = if anchors.is_empty() {
+        Vec::new()
+    } else {
+        inputs::etk_hints(&names, "--trust names")
+    };
     let enc = etk.encryption_cert();
     let auth = etk.authentication_cert();
     if json {
@@ -76,6 +89,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                 "encryption_serial": enc.serial_decimal(),
                 "not_before": inputs::rfc3339(enc.not_before()),
                 "not_after": inputs::rfc3339(enc.not_after()),
+                "hints": hints,
             })
         )?;
     } else {
@@ -101,6 +115,9 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         }
         for e in &errors {
             outln!("error       {e}")?;
+        }
+        for hint in &hints {
+            eprintln!("etee: note: {hint}");
         }
     }
     Ok(if errors.is_empty() {

@@ -41,6 +41,12 @@ pub fn input(
         source,
     })?;
     let meta = file.metadata().map_err(crate::CliError::Io)?;
+    if meta.is_dir() {
+        return Err(crate::CliError::Usage(format!(
+            "--in {}: a directory, not a file",
+            p.display()
+        )));
+    }
     if let Some(out) = output.and_then(|o| std::fs::metadata(o).ok()) {
         use std::os::unix::fs::MetadataExt;
         if meta.is_file() && (meta.dev(), meta.ino()) == (out.dev(), out.ino()) {

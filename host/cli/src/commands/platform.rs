@@ -1,6 +1,7 @@
 //! `etee platform`: the ETEE platform services (ETKDepot, KGSS, KeyDepot) and their
 //! administration (registering ETKs, the attribute registry).
 
+use crate::inputs;
 use crate::CliError;
 use clap::{Args as ClapArgs, Subcommand};
 use etee_platform::PlatformConfig;
@@ -266,6 +267,15 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                     }
                     Err(e) => {
                         eprintln!("etee: {}: {e}", path.display());
+                        if let etee_platform::etkdepot::RegisterError::Invalid(names) = &e {
+                            let names: Vec<&str> = names.split(", ").collect();
+                            for hint in inputs::etk_hints(
+                                &names,
+                                "client_ca (in the platform's configuration) names",
+                            ) {
+                                eprintln!("  - {hint}");
+                            }
+                        }
                         failed = true;
                     }
                 }

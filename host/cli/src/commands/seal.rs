@@ -124,9 +124,12 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     let anchors = inputs::anchors(&args.trust, &args.revocation, now)?;
     let mut recipients = Vec::new();
     for path in &args.to {
-        let etk = Etk::parse(&inputs::read_file(path)?).map_err(|source| CliError::Etk {
-            path: path.display().to_string(),
-            source,
+        let bytes = inputs::read_file(path)?;
+        let etk = Etk::parse(&bytes).map_err(|source| {
+            inputs::not_an_etk(path, &bytes).unwrap_or_else(|| CliError::Etk {
+                path: path.display().to_string(),
+                source,
+            })
         })?;
         if !args.skip_etk_check {
             let mut errors = etk.validate(&anchors, now);
@@ -184,41 +187,9 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
 /// deliberate override.
 fn etk_refusal(path: &str, names: &[&str]) -> String {
     let mut text = format!("ETK {path} fails the official checks: {}", names.join(", "));
-    let chain = names
-        .iter()
-        .any(|n| n.ends_with("STATUS_UNKNOWN") || n.contains("CHAIN"));
-    let revoked = names.iter().any(|n| n.ends_with("REVOKED"));
-    let dates = names
-        .iter()
-        .any(|n| n.ends_with("EXPIRED") || n.ends_with("NOT_YET_VALID"));
-    let other = names.iter().any(|n| {
-        !(n.ends_with("STATUS_UNKNOWN")
-            || n.ends_with("REVOKED")
-            || n.contains("CHAIN")
-            || n.ends_with("EXPIRED")
-            || n.ends_with("NOT_YET_VALID"))
-    });
-    if chain {
-        text.push_str(
-            "\n  - its certificate does not chain to a --trust anchor (or, with --revocation \
-             mandatory, no current --crl gives its status): check that --trust names the CA \
-             the recipient's ETK must chain to",
-        );
-    }
-    if revoked {
-        text.push_str(
-            "\n  - its CA has revoked the recipient's certificate (--crl): do not seal to this \
-             key; ask the recipient for its current ETK",
-        );
-    }
-    if dates {
-        text.push_str(
-            "\n  - it is expired or not yet valid: get the recipient's current ETK (e.g. from \
-             ETKDepot), and check this machine's clock",
-        );
-    }
-    if other {
-        text.push_str("\n  - it is malformed, or its certificates do not belong together");
+    for hint in inputs::etk_hints(names, "--trust names") {
+        text.push_str("\n  - ");
+        text.push_str(&hint);
     }
     text.push_str(
         "\n  - an ETK that fails its checks may be a substituted key (someone else's, under \

@@ -18,9 +18,11 @@ pub struct Args {
     /// the custody core (policy and audit chain).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// File holding the keystore password (else ETEE_KEYSTORE_PASSWORD).
+    /// File holding the keystore password (else ETEE_KEYSTORE_PASSWORD). Repeat it, once
+    /// per --keystore in the same order, for keystores with different passwords (a
+    /// renewed keystore beside the old one); given once, it is every keystore's.
     #[arg(long, value_name = "FILE")]
-    password_file: Option<PathBuf>,
+    password_file: Vec<PathBuf>,
     /// KGSS key (hex) to open an unknown-recipient message (visible in `ps`: prefer --kek-file).
     #[arg(long, value_name = "HEX", conflicts_with = "kek_file")]
     kek: Option<String>,
@@ -66,10 +68,27 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         ));
     }
     let mut ring = KeyRing::new();
-    if !args.keystore.is_empty() {
-        let password = inputs::password(args.password_file.as_ref())?;
-        for path in &args.keystore {
-            ring.extend(inputs::keystore(path, &password)?.decryption_keys());
+    match args.password_file.len() {
+        0 | 1 => {
+            if !args.keystore.is_empty() {
+                let password = inputs::password(args.password_file.first())?;
+                for path in &args.keystore {
+                    ring.extend(inputs::keystore(path, &password)?.decryption_keys());
+                }
+            }
+        }
+        n if n == args.keystore.len() => {
+            for (path, file) in args.keystore.iter().zip(&args.password_file) {
+                let password = inputs::password(Some(file))?;
+                ring.extend(inputs::keystore(path, &password)?.decryption_keys());
+            }
+        }
+        n => {
+            return Err(CliError::Usage(format!(
+                "{n} --password-file for {} --keystore: give one for every keystore, in the \
+                 same order, or one for all",
+                args.keystore.len()
+            )))
         }
     }
     // Keeps the custody core (and its PKCS#11 sessions) open until the message is read.
@@ -117,6 +136,11 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         outln!("{}", report(&result))?;
     } else {
         eprint!("{}", human(&result));
+        if let (Some(_), Some(path)) = (result.verdict.fatal, args.input.as_deref()) {
+            if let Some(note) = not_a_message_note(path) {
+                eprintln!("{note}");
+            }
+        }
         if args.trust.is_empty() {
             if let Some(note) = no_trust_note(&result) {
                 eprintln!("{note}");
@@ -133,6 +157,31 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
 /// The one-line JSON verdict (the appliance's API answers the same).
 pub fn report(r: &Unsealed) -> serde_json::Value {
     etee_appliance::report::unseal_report(r)
+}
+
+/// For a message refused as a whole: what the `--in` file seems to be instead, when its
+/// first bytes say (empty, text, a keystore, a certificate), since the verdict's code
+/// alone (`OUTER_SIGNED_DATA_STRUCTURE_INCORRECT`) does not.
+fn not_a_message_note(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(path)
+        .ok()?
+        .take(512)
+        .read_to_end(&mut head)
+        .ok()?;
+    let kind = inputs::looks_like(&head)
+        .filter(|k| !k.starts_with("a CMS"))
+        .map(str::to_string)
+        .or_else(|| {
+            inputs::pem_labels(&head)
+                .first()
+                .map(|l| format!("a PEM file holding a {l}"))
+        })?;
+    Some(format!(
+        "etee: note: {} is {kind}, not a sealed message",
+        path.display()
+    ))
 }
 
 /// Without `--trust` no certificate chain can be trusted: a hint when the verdict says so

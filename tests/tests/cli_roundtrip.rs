@@ -1575,3 +1575,50 @@ fn keystores_with_different_passwords_each_get_theirs() {
         run.stderr
     );
 }
+
+/// `pki init` and `pki revoke` say what is wrong with what they were given: an identifier
+/// ETKDepot would not take, a file where the world's directory belongs, an existing world
+/// with nothing asked of it (said, exit 0), an institution the world does not have.
+#[test]
+fn the_test_pki_commands_say_what_is_wrong() {
+    let dir = scratch();
+    let new_world = dir.path().join("world");
+    for (spec, says) in [
+        ("erin:FOO=123", "unknown identifier type \"FOO\""),
+        ("erin:NIHII-HOSPITAL=12x", "is not all digits"),
+    ] {
+        let run = etee(["pki", "init"])
+            .arg(&new_world)
+            .args(["--institution", spec])
+            .run();
+        run.code(2);
+        assert!(run.stderr.contains(says), "{spec}: {}", run.stderr);
+        assert!(!new_world.join("erin.etk").exists());
+    }
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let run = etee(["pki", "init"]).arg(&file).run();
+    run.code(2);
+    assert!(run.stderr.contains("not a directory"), "{}", run.stderr);
+
+    let w = world();
+    let run = etee(["pki", "init"]).arg(w.dir()).run();
+    run.code(0);
+    assert!(
+        run.stderr
+            .contains("the world exists and nothing was asked of it"),
+        "{}",
+        run.stderr
+    );
+    let run = etee(["pki", "revoke"])
+        .arg(w.dir())
+        .args(["--name", "nosuch"])
+        .run();
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("--name nosuch: no institution nosuch in"),
+        "{}",
+        run.stderr
+    );
+}

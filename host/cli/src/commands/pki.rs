@@ -141,6 +141,12 @@ fn revoke(args: RevokeArgs) -> Result<ExitCode, CliError> {
             )));
         }
         let file = format!("{name}.etk");
+        if !args.dir.join(&file).exists() {
+            return Err(CliError::Usage(format!(
+                "--name {name}: no institution {name} in {} (no {file} there)",
+                args.dir.display()
+            )));
+        }
         let etk = Etk::parse(&read(&args.dir, &file)?).map_err(|source| CliError::Etk {
             path: file.clone(),
             source,
@@ -300,6 +306,12 @@ struct Wanted {
 }
 
 pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
+    if args.dir.exists() && !args.dir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{}: not a directory (the world's directory is made if it does not exist)",
+            args.dir.display()
+        )));
+    }
     std::fs::create_dir_all(&args.dir).map_err(|source| CliError::File {
         path: args.dir.display().to_string(),
         source,
@@ -311,6 +323,14 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
     // the time its keys are generated).
     let issued_at = etee_platform::unix_now();
     let wanted = wanted(&args, created, issued_at)?;
+    if wanted.is_empty() && args.tls_server.is_empty() {
+        eprintln!(
+            "etee: {}: the world exists and nothing was asked of it: give --institution \
+             NAME:TYPE=VALUE to add one (or --tls-server NAME)",
+            args.dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     refuse_existing(&args, &wanted)?;
     let profile = if args.legacy_p12 {
         Profile::Legacy
@@ -405,6 +425,10 @@ fn wanted(args: &WorldArgs, new_world: bool, now: i64) -> Result<Vec<Wanted>, Cl
             Some((v, app)) => (v, Some(app)),
             None => (id.1, None),
         };
+        // An identifier ETKDepot would not take (an unknown type, a value that is not its
+        // digits) makes an ETK nobody can look up.
+        etee_formats::identity::lookup_identifier(id.0, value)
+            .map_err(|e| CliError::Usage(format!("--institution {spec:?}: {e}")))?;
         let mut inst = InstitutionSpec::new(id.0, value, name);
         if let Some(app) = application {
             inst = inst.with_application_id(app);

@@ -95,7 +95,16 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     let _custody = match &args.config {
         Some(config) => {
             let keys = inputs::custody_keys(config)?;
-            ring.extend(keys.decryption_keys()?);
+            let decryption = keys.decryption_keys()?;
+            if decryption.is_empty() {
+                eprintln!(
+                    "etee: note: the token of {} holds no ETK (decryption) key: only a KGSS \
+                     key (--kek) can open a message here; import the institution's keystore \
+                     (`etee keys import`)",
+                    config.display()
+                );
+            }
+            ring.extend(decryption);
             Some(keys)
         }
         None => None,

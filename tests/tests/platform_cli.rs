@@ -138,6 +138,11 @@ impl Rig {
             .map(|n| rig.world(&format!("{n}.etk")))
             .collect();
         rig.platform(["etk", "register"]).args(&etks).run().code(0);
+        // Again: nothing changes, said so, and no second event (counted below).
+        let again = rig.platform(["etk", "register"]).args(&etks).run();
+        again.code(0);
+        let said = String::from_utf8_lossy(&again.stdout);
+        assert_eq!(said.matches("already registered ").count(), 4, "{said}");
         rig.platform([
             "attributes",
             "set",

@@ -211,6 +211,8 @@ pub const EXTRA_TYPES: [&str; 2] = ["NIHII", "NIHII11"];
 pub struct Registered {
     /// The ETK's record as stored: its DN's identifiers, then the extra ones.
     pub record: EtkRecord,
+    /// Whether it was stored by this call (else it was already, as it is).
+    pub new: bool,
     /// The identifiers it is published under besides its DN's.
     pub extra: Vec<etee_store::Identifier>,
 }
@@ -256,6 +258,15 @@ pub fn register_with_extra(
         not_after: enc.not_after(),
         registered_at: now,
     };
+    let stored_before = |i: &etee_store::Identifier| {
+        store
+            .find_etks(&i.id_type, &i.value, None)
+            .map(|found| found.iter().any(|r| r.digest == record.digest))
+    };
+    let already = match own.first() {
+        Some(i) => stored_before(i)?,
+        None => false,
+    };
     store.put_etk(&record)?;
     // An ETK already stored is left as it is: answer with what is stored.
     let stored = own
@@ -292,6 +303,7 @@ pub fn register_with_extra(
         .collect();
     Ok(Registered {
         record: stored,
+        new: !already,
         extra,
     })
 }

@@ -257,6 +257,11 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                         } else {
                             format!("{}; also {}", describe(&own), describe(&registered.extra))
                         };
+                        if !registered.new {
+                            // Nothing changed: no event.
+                            outln!("already registered {}: {ids}", path.display())?;
+                            continue;
+                        }
                         admin_event(
                             store.as_ref(),
                             "etkdepot.register",

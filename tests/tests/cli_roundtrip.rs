@@ -1385,15 +1385,30 @@ fn a_senders_certificate_near_or_past_its_end() {
             .arg(w.ca())
             .arg("--out")
             .arg(&out)
+            .arg("--json")
             .password(&w.password)
             .stdin(b"for Bob".to_vec())
             .run();
         (run, out)
     };
 
-    let (run, _) = seal("alice");
+    let (run, out) = seal("alice");
     run.code(0);
     assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    // --json: what was done, once sealed.
+    let done = run.json();
+    assert_eq!(
+        done["bytes"],
+        std::fs::metadata(&out).unwrap().len(),
+        "{done}"
+    );
+    assert_eq!(done["out"], out.display().to_string(), "{done}");
+    assert_eq!(done["warnings"], json!([]), "{done}");
+    assert_eq!(
+        done["recipients"].as_array().map(Vec::len),
+        Some(1),
+        "{done}"
+    );
 
     let (run, out) = seal("soon");
     run.code(0);
@@ -1406,6 +1421,12 @@ fn a_senders_certificate_near_or_past_its_end() {
             && run.stderr.contains("renew it"),
         "{}",
         run.stderr
+    );
+    let warnings = run.json()["warnings"].clone();
+    assert!(
+        warnings.as_array().map(Vec::len) == Some(1)
+            && warnings[0].as_str().unwrap_or("").contains("expires at"),
+        "{warnings}"
     );
     let opened = w.unseal(dir.path(), "bob", &std::fs::read(&out).unwrap(), &[]);
     assert_eq!(opened.content(), b"for Bob");

@@ -57,6 +57,10 @@ pub struct Args {
     /// Sealed message (default: standard output).
     #[arg(long = "out", value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Once sealed, print what was done as one JSON line on standard output
+    /// (`{"out", "bytes", "recipients", "kek_id", "warnings"}`); needs --out.
+    #[arg(long, requires = "output")]
+    json: bool,
 }
 
 /// The sender's own certificate path (its issuers from the keystore's chain and the trust
@@ -91,16 +95,22 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             "--kek/--kek-file and --kek-id go together".into(),
         ));
     }
+    // Said on standard error as they come, and repeated in the JSON line.
+    let mut warnings = Vec::new();
+    let mut warn = |text: String| {
+        eprintln!("etee: warning: {text}");
+        warnings.push(text);
+    };
     if let Some(k) = kek_key.as_ref().filter(|k| k.len() != 16) {
         // Allowed on purpose (docs/deviations.md #20), but rarely what an ETEE sender means.
-        eprintln!(
-            "etee: warning: the KEK is {} bytes (AES-{}): the official Java library, and \
-             `etee unseal`, open only 16-byte (AES-128) KEKs, as KGSS issues them, and \
-             withhold the content with DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED \
-             (the .NET library accepts it); see docs/deviations.md, row 20",
+        warn(format!(
+            "the KEK is {} bytes (AES-{}): the official Java library, and `etee unseal`, \
+             open only 16-byte (AES-128) KEKs, as KGSS issues them, and withhold the content \
+             with DECRYPTION_ASYMMETRIC_KEY_ALGORITHM_UNAUTHORIZED (the .NET library \
+             accepts it); see docs/deviations.md, row 20",
             k.len(),
             k.len() * 8
-        );
+        ));
     }
     let signer = match (&args.keystore, &args.config) {
         (Some(path), _) => {
@@ -171,15 +181,62 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     if let etee_formats::keys::SignerRef::Certificate { cert, .. } = &signer.signer {
         use etee_services::lifetime::{OwnCertificate, Role};
         if let Some(warning) = OwnCertificate::of(Role::Authentication, cert).warning(now) {
-            eprintln!("etee: warning: {warning}");
+            warn(warning);
         }
     }
     let input = super::input(args.input.as_deref(), args.output.as_deref(), "sealing")?;
+    let mut bytes = 0u64;
     output::write_sealed(args.output.as_deref(), |w| {
-        cms::seal(&signer, &recipients, kek.as_ref(), input, w, &opts)?;
+        let mut counted = Counted { inner: w, bytes: 0 };
+        cms::seal(
+            &signer,
+            &recipients,
+            kek.as_ref(),
+            input,
+            &mut counted,
+            &opts,
+        )?;
+        bytes = counted.bytes;
         Ok(())
     })?;
+    if args.json {
+        let names: Vec<String> = recipients
+            .iter()
+            .filter_map(|r| match r {
+                Recipient::Certificate(c) => Some(c.subject_string()),
+                _ => None,
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::json!({
+                "out": args.output.as_deref().map(|p| p.display().to_string()),
+                "bytes": bytes,
+                "recipients": names,
+                "kek_id": args.kek_id.as_deref().map(str::trim),
+                "warnings": warnings,
+            })
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A writer counting what passes through it (the sealed message's size, for `--json`).
+struct Counted<'a> {
+    inner: &'a mut dyn std::io::Write,
+    bytes: u64,
+}
+
+impl std::io::Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Why a recipient's ETK is refused, with what to do about it: the failed checks, a hint

@@ -500,6 +500,14 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
         });
     }
     let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
+    // quick-xml strips a byte order mark too: a second one would vanish unseen, and what
+    // follows it (an XML declaration) be taken for the document's start. It is a
+    // character before the root element, which XML does not allow.
+    if input.starts_with(b"\xEF\xBB\xBF") {
+        return Err(malformed(
+            "a second byte order mark (U+FEFF) before the root element",
+        ));
+    }
     let text = utf8(input)?;
     let mut reader = NsReader::from_str(text);
     {

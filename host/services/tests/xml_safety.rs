@@ -492,3 +492,21 @@ fn characters_xml_forbids_are_refused() {
     assert_eq!(el.attr(None, "b"), Some("\t\n\r<é"));
     assert!(el.text.contains('\u{1F600}'));
 }
+
+/// One byte order mark may start a document; a second is a character before the root
+/// element, which XML does not allow. quick-xml drops it unseen (after the reader dropped
+/// the first), so `<?xml?>` after it was read as the declaration (found by the cargo-fuzz
+/// target kgss_xml: its markup scan saw a processing instruction accepted).
+#[test]
+fn a_second_byte_order_mark_is_refused() {
+    assert!(xml::parse(b"\xEF\xBB\xBF<a/>").is_ok());
+    assert!(xml::parse(b"\xEF\xBB\xBF<?xml version=\"1.0\"?><a/>").is_ok());
+    for doc in [
+        &b"\xEF\xBB\xBF\xEF\xBB\xBF<?xml?><a/>"[..],
+        b"\xEF\xBB\xBF\xEF\xBB\xBF<a/>",
+        b"\xEF\xBB\xBF \xEF\xBB\xBF<a/>",
+    ] {
+        let r = xml::parse(doc);
+        assert!(matches!(r, Err(Error::MalformedXml(_))), "{doc:?}: {r:?}");
+    }
+}

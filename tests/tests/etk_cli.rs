@@ -219,7 +219,16 @@ fn malformed_or_missing_etk_is_exit_2() {
         .run();
     run.code(2);
     assert!(run.stderr.contains("missing.etk"), "{}", run.stderr);
-    assert!(run.stdout.is_empty(), "stdout not empty");
+    // With --json the failure is JSON on standard output too (no verdict in it).
+    let v = run.json();
+    assert_eq!(v["exit"], 2, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missing.etk")),
+        "{v}"
+    );
+    assert!(v.get("valid").is_none(), "{v}");
     // An endless file given by mistake is refused at a bound, not read until memory runs
     // out: an input (ETK, certificate...) and a configuration alike.
     let run = etee(["etk", "verify"]).arg("/dev/zero").run();

@@ -147,6 +147,9 @@ pub enum CliError {
 const STDOUT_CLOSED_EXIT: u8 = 141;
 
 fn main() -> ExitCode {
+    // A script that asked for JSON gets its failure as JSON too (beside the message on
+    // standard error), so that it never has to parse an empty standard output.
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Seal(args) => commands::seal::run(args),
@@ -162,18 +165,21 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::Demo(args) => commands::demo::run(args),
     };
-    match result {
-        Ok(code) => code,
-        Err(CliError::StdoutClosed) => ExitCode::from(STDOUT_CLOSED_EXIT),
-        Err(e @ CliError::Refused(_)) => {
-            eprintln!("etee: {e}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("etee: {e}");
-            ExitCode::from(2)
-        }
+    let (e, code) = match result {
+        Ok(code) => return code,
+        Err(CliError::StdoutClosed) => return ExitCode::from(STDOUT_CLOSED_EXIT),
+        Err(e @ CliError::Refused(_)) => (e, 1),
+        Err(e) => (e, 2),
+    };
+    eprintln!("etee: {e}");
+    if json {
+        // Standard output may be gone as well: the exit code still says it.
+        let _ = outln!(
+            "{}",
+            serde_json::json!({ "error": e.to_string(), "exit": code })
+        );
     }
+    ExitCode::from(code)
 }
 
 #[cfg(test)]

@@ -145,6 +145,14 @@ fn writable(e: &Element) -> Element {
 /// entity reference other than the five predefined ones and character references.
 fn forbidden_markup(doc: &[u8]) -> Option<&'static str> {
     let doc = doc.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(doc);
+    // Before the first markup only white space may come (a second BOM is a character).
+    let first = doc.iter().position(|&b| b == b'<').unwrap_or(doc.len());
+    if !doc[..first]
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+    {
+        return Some("character before the first markup");
+    }
     let find = |from: usize, pat: &[u8]| -> Option<usize> {
         doc.get(from..)?
             .windows(pat.len())

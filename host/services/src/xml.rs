@@ -530,9 +530,8 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
                 if !was_first {
                     return Err(malformed("XML declaration not at the start"));
                 }
-                if let Some(enc) = d.encoding() {
-                    let enc = enc.map_err(malformed)?;
-                    if !enc.eq_ignore_ascii_case(b"utf-8") {
+                if let Some(encoding) = declaration(&d)? {
+                    if !encoding.eq_ignore_ascii_case("utf-8") {
                         return Err(malformed("only UTF-8 documents are accepted"));
                     }
                 }
@@ -686,6 +685,76 @@ pub fn parse_with(input: &[u8], limits: &Limits) -> Result<Element, Error> {
             }
         }
     }
+}
+
+/// Checks an XML declaration as XML 1.0 writes it (§2.8: `version`, then `encoding` and
+/// `standalone` if present, in that order, nothing else; a version `1.` and digits,
+/// `standalone` yes or no) and returns its encoding, if it names one (pure). quick-xml
+/// reads any attributes there; other readers refuse such a declaration.
+fn declaration(raw: &[u8]) -> Result<Option<String>, Error> {
+    let text = utf8(raw)?;
+    let mut rest = text.strip_prefix("xml").unwrap_or(text);
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    loop {
+        let trimmed = rest.trim_start_matches([' ', '\t', '\r', '\n']);
+        if trimmed.is_empty() {
+            break;
+        }
+        if trimmed.len() == rest.len() {
+            return Err(malformed(
+                "XML declaration: pseudo-attributes must be separated by white space",
+            ));
+        }
+        let (name, after) = trimmed
+            .split_once('=')
+            .ok_or_else(|| malformed("XML declaration: a pseudo-attribute without a value"))?;
+        let after = after.trim_start_matches([' ', '\t', '\r', '\n']);
+        let quote = after
+            .chars()
+            .next()
+            .filter(|q| matches!(q, '"' | '\''))
+            .ok_or_else(|| malformed("XML declaration: a value not in quotes"))?;
+        let (value, tail) = after[1..]
+            .split_once(quote)
+            .ok_or_else(|| malformed("XML declaration: an unclosed value"))?;
+        seen.push((name.trim_end_matches([' ', '\t', '\r', '\n']), value));
+        rest = tail;
+    }
+    let names: Vec<&str> = seen.iter().map(|(n, _)| *n).collect();
+    let in_order = matches!(
+        names.as_slice(),
+        ["version"]
+            | ["version", "encoding"]
+            | ["version", "standalone"]
+            | ["version", "encoding", "standalone"]
+    );
+    if !in_order {
+        return Err(malformed(format!(
+            "XML declaration: pseudo-attributes {names:?} (version, then encoding and \
+             standalone if present)"
+        )));
+    }
+    let mut encoding = None;
+    for (name, value) in seen {
+        let ok = match name {
+            "version" => value
+                .strip_prefix("1.")
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())),
+            "encoding" => {
+                let mut b = value.bytes();
+                b.next().is_some_and(|c| c.is_ascii_alphabetic())
+                    && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+            }
+            _ => matches!(value, "yes" | "no"),
+        };
+        if !ok {
+            return Err(malformed(format!("XML declaration: {name} {value:?}")));
+        }
+        if name == "encoding" {
+            encoding = Some(value.to_owned());
+        }
+    }
+    Ok(encoding)
 }
 
 /// Requires XML 1.0's `Char` (§2.2) of every character, written or referenced (`&#1;`):

@@ -1174,7 +1174,7 @@ fn password_file_problems_name_the_password_file() {
             "{}",
             r.stderr
         );
-        assert_eq!(r.stderr.contains("missing.pass"), false, "{}", r.stderr);
+        assert!(!r.stderr.contains("missing.pass"), "{}", r.stderr);
         assert!(!r.stderr.contains("wrong"), "{}", r.stderr);
         assert!(r.stdout.is_empty());
     }

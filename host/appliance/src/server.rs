@@ -510,13 +510,9 @@ async fn log_audit_anchors(
 /// Warns of the institution's own certificates nearing their end (or past it) at start and
 /// then once a day, until `stop` ([`etee_services::lifetime`]).
 async fn warn_of_certificate_ends(app: Arc<crate::Appliance>, mut stop: watch::Receiver<bool>) {
-    use etee_services::lifetime;
-    loop {
-        lifetime::log_warnings(app.own_certificates(), etee_formats::unix_now());
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(lifetime::CHECK_EVERY) => {}
-        }
+    tokio::select! {
+        _ = stop.changed() => {}
+        _ = etee_services::lifetime::warn_daily(app.own_certificates()) => {}
     }
 }
 

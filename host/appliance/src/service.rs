@@ -434,14 +434,7 @@ fn own_certificates(
     signing_key: &SigningKey,
     ring: &KeyRing,
 ) -> crate::Result<Vec<OwnCertificate>> {
-    let mut certs = Vec::new();
-    if let SignerRef::Certificate { cert, .. } = &signing_key.signer {
-        certs.push(OwnCertificate::of(Role::Authentication, cert));
-    }
-    certs.extend(OwnCertificate::latest(
-        Role::Etk,
-        ring.keys().iter().filter_map(|k| k.cert.as_ref()),
-    ));
+    let mut certs = OwnCertificate::of_keys(signing_key, ring);
     if let Some(api) = &config.tls {
         let chain = etee_services::tls_files::certificates("tls_certificate", &api.certificate)
             .map_err(|e| ApplianceError::Config(e.to_string()))?;

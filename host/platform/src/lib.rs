@@ -169,16 +169,9 @@ fn own_certificates(
     kgss: Option<&kgss::Kgss>,
 ) -> Vec<etee_services::lifetime::OwnCertificate> {
     use etee_services::lifetime::{OwnCertificate, Role};
-    let mut certs = Vec::new();
-    if let Some(kgss) = kgss {
-        if let etee_formats::keys::SignerRef::Certificate { cert, .. } = &kgss.signer.signer {
-            certs.push(OwnCertificate::of(Role::Authentication, cert));
-        }
-        certs.extend(OwnCertificate::latest(
-            Role::Etk,
-            kgss.ring.keys().iter().filter_map(|k| k.cert.as_ref()),
-        ));
-    }
+    let mut certs = kgss
+        .map(|kgss| OwnCertificate::of_keys(&kgss.signer, &kgss.ring))
+        .unwrap_or_default();
     let tls = tls::certificates("tls_certificate", &config.tls_certificate).ok();
     if let Some(leaf) = tls
         .as_deref()

@@ -285,11 +285,7 @@ pub async fn start(platform: Arc<crate::Platform>) -> crate::Result<Running> {
     ));
     let certificates = platform.clone();
     let certificate_warnings = tokio::spawn(async move {
-        use etee_services::lifetime;
-        loop {
-            lifetime::log_warnings(&certificates.own_certificates, crate::unix_now());
-            tokio::time::sleep(lifetime::CHECK_EVERY).await;
-        }
+        etee_services::lifetime::warn_daily(&certificates.own_certificates).await
     });
     Ok(Running {
         addr,

@@ -7,6 +7,7 @@
 //! each end date for monitoring ([`render_metrics`]).
 
 use etee_formats::cert::Certificate;
+use etee_formats::keys::{KeyRing, SignerRef, SigningKey};
 use std::time::Duration;
 
 /// Warnings start this many days before a certificate ends.
@@ -70,6 +71,20 @@ impl OwnCertificate {
         }
     }
 
+    /// A service's key certificates: its authentication key's (if it has a certificate)
+    /// and the newest of its ETK keys' (older ones are kept only to read old messages).
+    pub fn of_keys(signer: &SigningKey, ring: &KeyRing) -> Vec<Self> {
+        let mut certs = Vec::new();
+        if let SignerRef::Certificate { cert, .. } = &signer.signer {
+            certs.push(Self::of(Role::Authentication, cert));
+        }
+        certs.extend(Self::latest(
+            Role::Etk,
+            ring.keys().iter().filter_map(|k| k.cert.as_ref()),
+        ));
+        certs
+    }
+
     /// The one of `certs` that ends last (the newest ETK among old ones kept for reading).
     pub fn latest<'a>(
         role: Role,
@@ -99,21 +114,38 @@ impl OwnCertificate {
                  clock",
                 etee_formats::rfc3339(self.not_before)
             ))
-        } else if self.not_after - now <= WARN_DAYS * DAY {
-            let days = (self.not_after - now) / DAY;
-            let left = match days {
-                0 => "in less than a day".to_string(),
-                1 => "in 1 day".to_string(),
-                n => format!("in {n} days"),
-            };
-            Some(format!(
-                "the {role} certificate {subject} expires at {end}, {left}: then {}; renew it \
-                 before (docs/operations.md, \"Key rotation\")",
-                self.role.consequence()
-            ))
         } else {
-            None
+            ends_soon(self.not_after, now).map(|left| {
+                format!(
+                    "the {role} certificate {subject} expires at {end}, {left}: then {}; renew \
+                     it before (docs/operations.md, \"Key rotation\")",
+                    self.role.consequence()
+                )
+            })
         }
+    }
+}
+
+/// `in N days` (`in 1 day`, `in less than a day`) when `not_after` is at most
+/// [`WARN_DAYS`] after `now` and not past; otherwise `None` (pure). The one rule of what
+/// "ends soon" means, for the warnings and for `etee keys list`.
+pub fn ends_soon(not_after: i64, now: i64) -> Option<String> {
+    if now > not_after || not_after - now > WARN_DAYS * DAY {
+        return None;
+    }
+    Some(match (not_after - now) / DAY {
+        0 => "in less than a day".to_string(),
+        1 => "in 1 day".to_string(),
+        n => format!("in {n} days"),
+    })
+}
+
+/// At start and then every [`CHECK_EVERY`], for ever: [`log_warnings`] of `certs`. The
+/// caller ends it by dropping (or aborting) the future.
+pub async fn warn_daily(certs: &[OwnCertificate]) {
+    loop {
+        log_warnings(certs, etee_formats::unix_now());
+        tokio::time::sleep(CHECK_EVERY).await;
     }
 }
 

@@ -600,18 +600,13 @@ fn keys_command(command: KeysCommand) -> Result<ExitCode, CliError> {
 /// `ends T, in N days` within [`etee_services::lifetime::WARN_DAYS`] of its end (renewal
 /// time), `ended T` after it (normal for an old ETK kept to read old messages).
 fn validity_text(not_after: i64, now: i64) -> String {
-    const DAY: i64 = 24 * 60 * 60;
     let end = crate::inputs::rfc3339(not_after);
     if now > not_after {
         return format!("ended {end}");
     }
-    match (not_after - now) / DAY {
-        0 => format!("ends {end}, in less than a day"),
-        1 => format!("ends {end}, in 1 day"),
-        days if days <= etee_services::lifetime::WARN_DAYS => {
-            format!("ends {end}, in {days} days")
-        }
-        _ => format!("valid until {end}"),
+    match etee_services::lifetime::ends_soon(not_after, now) {
+        Some(left) => format!("ends {end}, {left}"),
+        None => format!("valid until {end}"),
     }
 }
 

@@ -105,13 +105,7 @@ pub fn keystore(path: &Path, password: &str) -> Result<EhealthKeystore, CliError
     EhealthKeystore::load(&bytes, password).map_err(|source| {
         // A PEM file (a certificate, a key...) given by mistake: say what it is rather
         // than where its bytes stopped parsing as PKCS#12.
-        if let Some(label) = pem_label(&bytes) {
-            return CliError::Usage(format!(
-                "{}: not a PKCS#12 keystore (.p12) but a PEM file holding a {label}",
-                path.display()
-            ));
-        }
-        if let Some(kind) = looks_like(&bytes).filter(|&k| k != KEYSTORE) {
+        if let Some(kind) = seems_to_be(&bytes, &[KEYSTORE]) {
             return CliError::Usage(format!(
                 "{}: not a PKCS#12 keystore (.p12) but {kind}",
                 path.display()
@@ -138,24 +132,21 @@ pub fn keystore(path: &Path, password: &str) -> Result<EhealthKeystore, CliError
 /// A certificate file: DER, PEM or bare Base64.
 pub fn certificate(path: &Path) -> Result<Certificate, CliError> {
     let bytes = read_file(path)?;
-    Certificate::from_file_bytes(&bytes).map_err(|e| match pem_label(&bytes) {
-        Some(label) if label != "CERTIFICATE" => CliError::Usage(format!(
-            "{}: not a certificate but a PEM file holding a {label}",
-            path.display()
-        )),
-        None => match looks_like(&bytes).filter(|&k| k != CERTIFICATE) {
+    // Bare Base64 is a form this reads: its own error says what is wrong with it.
+    Certificate::from_file_bytes(&bytes).map_err(|e| {
+        match seems_to_be(&bytes, &[CERTIFICATE, "CERTIFICATE", BASE64]) {
             Some(kind) => {
                 CliError::Usage(format!("{}: not a certificate but {kind}", path.display()))
             }
             None => CliError::Usage(format!("{}: not a certificate: {e}", path.display())),
-        },
-        _ => CliError::Usage(format!("{}: not a certificate: {e}", path.display())),
+        }
     })
 }
 
 const KEYSTORE: &str = "a PKCS#12 keystore (.p12)";
 const CERTIFICATE: &str = "a DER certificate (or revocation list)";
-const SIGNED_DATA: &str = "a CMS SignedData (an ETK, or a sealed message)";
+pub(crate) const SIGNED_DATA: &str = "a CMS SignedData (an ETK, or a sealed message)";
+pub(crate) const CMS: &str = "a CMS structure";
 const BASE64: &str = "Base64 text (decode it first, e.g. with `base64 -d`)";
 
 /// What a file given in the wrong place seems to be, from its first bytes (pure): empty,
@@ -197,7 +188,7 @@ pub fn looks_like(bytes: &[u8]) -> Option<&'static str> {
     match bytes.get(content)? {
         0x02 => Some(KEYSTORE),
         0x06 if bytes[content..].starts_with(SIGNED_DATA_OID) => Some(SIGNED_DATA),
-        0x06 => Some("a CMS structure"),
+        0x06 => Some(CMS),
         0x30 => Some(CERTIFICATE),
         _ => None,
     }
@@ -206,18 +197,26 @@ pub fn looks_like(bytes: &[u8]) -> Option<&'static str> {
 /// `path` cannot be an ETK: an error saying what it seems to be instead, when its bytes
 /// say (an ETK is a CMS SignedData).
 pub fn not_an_etk(path: &Path, bytes: &[u8]) -> Option<CliError> {
-    let kind = pem_label(bytes)
-        .map(|label| format!("a PEM file holding a {label}"))
-        .or_else(|| {
-            // Base64 is a form of ETK this reads: its own error says what is wrong.
-            looks_like(bytes)
-                .filter(|&k| k != SIGNED_DATA && k != BASE64)
-                .map(str::to_string)
-        })?;
+    // Base64 is a form of ETK this reads: its own error says what is wrong.
+    let kind = seems_to_be(bytes, &[SIGNED_DATA, BASE64])?;
     Some(CliError::Usage(format!(
         "{}: not an ETK but {kind}",
         path.display()
     )))
+}
+
+/// What `bytes` seem to be, when that is none of `expected` (kinds of [`looks_like`] or
+/// PEM labels): a PEM file named by its first label, else [`looks_like`]'s kind; `None`
+/// when the bytes say nothing or say what was expected (pure). Only to word an error.
+pub fn seems_to_be(bytes: &[u8], expected: &[&str]) -> Option<String> {
+    match pem_label(bytes) {
+        Some(label) => {
+            (!expected.contains(&label.as_str())).then(|| format!("a PEM file holding a {label}"))
+        }
+        None => looks_like(bytes)
+            .filter(|k| !expected.contains(k))
+            .map(str::to_string),
+    }
 }
 
 /// The label of the first PEM block in `bytes` (`CERTIFICATE REQUEST`, `PRIVATE KEY`...),
@@ -490,6 +489,13 @@ mod tests {
         assert_eq!(looks_like(&[0x30, 0x85, 0, 0]), None);
         assert_eq!(looks_like(&[0x30, 0x81]), None);
         assert_eq!(looks_like(&[0x04, 0x00, 0xff]), None);
+        // What was expected, PEM label or kind, says nothing.
+        assert_eq!(
+            seems_to_be(b"-----BEGIN CERTIFICATE-----\n", &["CERTIFICATE"]),
+            None
+        );
+        assert_eq!(seems_to_be(&p12, &[KEYSTORE]), None);
+        assert_eq!(seems_to_be(&p12, &[CERTIFICATE]).as_deref(), Some(KEYSTORE));
         // An ETK's own failures are left to its parser; anything else is named.
         let path = Path::new("x");
         assert!(not_an_etk(path, &alice.etk).is_none());

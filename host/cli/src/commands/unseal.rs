@@ -179,14 +179,7 @@ fn not_a_message_note(path: &std::path::Path) -> Option<String> {
         .take(512)
         .read_to_end(&mut head)
         .ok()?;
-    let kind = inputs::looks_like(&head)
-        .filter(|k| !k.starts_with("a CMS"))
-        .map(str::to_string)
-        .or_else(|| {
-            inputs::pem_labels(&head)
-                .first()
-                .map(|l| format!("a PEM file holding a {l}"))
-        })?;
+    let kind = inputs::seems_to_be(&head, &[inputs::SIGNED_DATA, inputs::CMS])?;
     Some(format!(
         "etee: note: {} is {kind}, not a sealed message",
         path.display()

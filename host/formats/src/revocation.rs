@@ -612,16 +612,22 @@ impl Revocation {
             return CertStatus::Unknown;
         }
         match crate::trust::signer_path(signer, anchors) {
-            // A certificate whose issuer is not at hand has no status from the lists.
-            Some(path) if path.len() >= 2 => {
-                worst_along(&path, |cert, issuer| self.status(cert, issuer, at))
-            }
-            _ => CertStatus::Unknown,
+            Some(path) => self.own_path_status(&path, at),
+            None => CertStatus::Unknown,
         }
     }
 
+    /// [`Revocation::own_status`] of a path already built (leaf first).
+    fn own_path_status(&self, path: &[Certificate], at: i64) -> CertStatus {
+        // A certificate whose issuer is not at hand has no status from the lists.
+        if self.lists() == 0 || path.len() < 2 {
+            return CertStatus::Unknown;
+        }
+        worst_along(path, |cert, issuer| self.status(cert, issuer, at))
+    }
+
     /// The sealer's rule for its own certificate path: refused when a certificate of it is
-    /// outside its validity period at `at` ([`own_validity`]) or the lists revoke it
+    /// outside its validity period at `at` or the lists revoke it
     /// ([`Revocation::own_status`]); then, with an OCSP responder, its answers, to embed
     /// in the message (the official sealer refuses to seal unless they say good). `None`
     /// without a responder.
@@ -631,13 +637,18 @@ impl Revocation {
         anchors: &[Certificate],
         at: i64,
     ) -> Result<Option<RevocationValues>, crate::ocsp::SealingStatus> {
-        own_validity(signer, anchors, at)?;
-        if self.own_status(signer, anchors, at) == CertStatus::Revoked {
-            return Err(crate::ocsp::SealingStatus::RevokedByLists);
+        // The path is built once (its issuers' signatures checked) for all three steps.
+        let path = crate::trust::signer_path(signer, anchors);
+        if let Some(path) = &path {
+            path_validity(path, at)?;
+            if self.own_path_status(path, at) == CertStatus::Revoked {
+                return Err(crate::ocsp::SealingStatus::RevokedByLists);
+            }
         }
-        match self.online() {
-            Some(online) => online.values_for_signer(signer, anchors, at).map(Some),
-            None => Ok(None),
+        match (self.online(), path) {
+            (Some(online), Some(path)) => online.values_for(&path, at).map(Some),
+            (Some(_), None) => Err(crate::ocsp::SealingStatus::NoCertificate),
+            (None, _) => Ok(None),
         }
     }
 
@@ -650,17 +661,11 @@ impl Revocation {
     }
 }
 
-/// Whether every certificate of a sealer's own path (its chain and the anchors that
-/// issued it; the certificate alone when none did) is within its validity period at `at`:
-/// receivers judge them at the signing time, which is `at` for a message sealed now. A
-/// key-id signer has no certificate to judge.
-pub fn own_validity(
-    signer: &crate::keys::SignerRef,
-    anchors: &[Certificate],
-    at: i64,
-) -> Result<(), crate::ocsp::SealingStatus> {
-    let path = crate::trust::signer_path(signer, anchors).unwrap_or_default();
-    for cert in &path {
+/// Whether every certificate of a sealer's own path (its certificate, then the issuers
+/// found among its chain and the anchors) is within its validity period at `at`:
+/// receivers judge them at the signing time, which is `at` for a message sealed now.
+fn path_validity(path: &[Certificate], at: i64) -> Result<(), crate::ocsp::SealingStatus> {
+    for cert in path {
         let outside = if at > cert.not_after() {
             Some((cert.not_after(), true))
         } else if at < cert.not_before() {

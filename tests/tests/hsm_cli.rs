@@ -285,17 +285,38 @@ fn keys_generate_and_list() {
     rig.etee(["audit", "verify"]).run().code(2);
 
     let run = rig
-        .etee(["keys", "generate"])
+        .etee(["keys", "generate", "--json"])
         .args(["--profile", "authentication"])
         .run();
     run.code(0);
     let key = run.json();
     assert_eq!(key["id"], "authentication", "{key}");
     assert_eq!(key["bits"], 2048, "{key}");
-    rig.etee(["keys", "generate"])
+    // Without --json, lines for a reader: what was made and its public key.
+    let run = rig
+        .etee(["keys", "generate"])
         .args(["--profile", "etk"])
-        .run()
-        .code(0);
+        .run();
+    run.code(0);
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    let mut lines = out.lines();
+    let first = lines.next().unwrap_or_default();
+    assert!(
+        first.starts_with("generated etk key \"etk-pending-") && first.contains("RSA 2048 bits"),
+        "{out}"
+    );
+    let spki = lines
+        .next()
+        .and_then(|l| l.strip_prefix("public key (SubjectPublicKeyInfo DER, hex): "))
+        .map(|h| hex::decode(h).expect("hex"))
+        .unwrap_or_default();
+    assert_eq!(
+        openssl::pkey::PKey::public_key_from_der(&spki)
+            .map(|k| k.bits())
+            .ok(),
+        Some(2048),
+        "{out}"
+    );
     let run = rig
         .etee(["keys", "generate"])
         .args(["--profile", "nope"])
@@ -327,7 +348,9 @@ fn keys_born_in_the_token_get_a_csr_and_their_certificates() {
     let rig = Rig::new(dir);
     rig.etee(["hsm", "init"]).run().code(0);
     let generate = |profile: &str| {
-        let run = rig.etee(["keys", "generate", "--profile", profile]).run();
+        let run = rig
+            .etee(["keys", "generate", "--json", "--profile", profile])
+            .run();
         run.code(0);
         run.json()
     };
@@ -912,7 +935,9 @@ fn the_so_pin_as_shares_and_init_pin() {
 fn keys_destroy_asks_first_and_destroys_on_record() {
     let tmp = scratch();
     let rig = Rig::with_authentication_key(tmp.path());
-    let run = rig.etee(["keys", "generate", "--profile", "etk"]).run();
+    let run = rig
+        .etee(["keys", "generate", "--json", "--profile", "etk"])
+        .run();
     run.code(0);
     let etk = run.json()["id"].as_str().unwrap().to_owned();
     let listed = |id: &str| {
@@ -1608,7 +1633,7 @@ fn pins_from_systemd_credentials_log_in() {
             .env("CREDENTIALS_DIRECTORY", &creds)
     };
     with_creds(&["hsm", "init"]).run().code(0);
-    let run = with_creds(&["keys", "generate", "--profile", "authentication"]).run();
+    let run = with_creds(&["keys", "generate", "--json", "--profile", "authentication"]).run();
     run.code(0);
     assert_eq!(run.json()["id"], "authentication");
     let run = with_creds(&["keys", "list"]).run();

@@ -850,7 +850,8 @@ fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
     ])
     .run()
     .code(0);
-    // A NIHII11 holder is its own number, as the demo sets it.
+    // A NIHII11 holder is its own number, as the demo sets it; set again, it is
+    // already there: said, and no second event.
     platform(&[
         "attributes",
         "set",
@@ -860,6 +861,20 @@ fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
     ])
     .run()
     .code(0);
+    let again = platform(&[
+        "attributes",
+        "set",
+        "--holder",
+        "NIHII11=10203040506",
+        "--doctor",
+    ])
+    .run();
+    again.code(0);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already (nothing changed"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
     let out = platform(&["attributes", "list", "--json"]).run();
     out.code(0);
     let list = out.json();
@@ -889,6 +904,18 @@ fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
         registered,
         ["SSIN=85010112345; also NIHII11=09876543210"],
         "{report}"
+    );
+    let set: Vec<&str> = report["tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "attributes.set")
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        set,
+        ["SSIN=85010112345", "NIHII11=10203040506"],
+        "one event per change: {report}"
     );
 }
 

@@ -332,21 +332,24 @@ impl Store for EmbeddedStore {
         self.apply(Change::DeletePublicKey(key_id))
     }
 
-    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()> {
+    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<bool> {
         let txn = self.write()?;
-        txn.open_table(ATTRIBUTE)
-            .db()?
-            .insert(
-                (
-                    id_type,
-                    value,
-                    attribute.namespace.as_str(),
-                    attribute.name.as_str(),
-                ),
-                attribute.value.as_str(),
-            )
-            .db()?;
-        txn.commit().db()
+        let changed = {
+            let mut table = txn.open_table(ATTRIBUTE).db()?;
+            let key = (
+                id_type,
+                value,
+                attribute.namespace.as_str(),
+                attribute.name.as_str(),
+            );
+            let old = table.get(key).db()?.map(|v| v.value().to_owned());
+            let changed = old.as_deref() != Some(attribute.value.as_str());
+            if changed {
+                table.insert(key, attribute.value.as_str()).db()?;
+            }
+            changed
+        };
+        commit_if(txn, changed)
     }
 
     fn remove_attribute(

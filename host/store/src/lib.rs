@@ -265,8 +265,9 @@ pub trait Store: Send + Sync {
     fn delete_public_key(&self, key_id: &[u8]) -> Result<bool>;
 
     /// Sets an attribute of holder `(id_type, value)`, replacing the value of the same
-    /// namespace and name.
-    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()>;
+    /// namespace and name. False when the holder already had it with that value (nothing
+    /// was written), so that a repeated administrative command adds no audit event.
+    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<bool>;
     fn remove_attribute(
         &self,
         id_type: &str,

@@ -500,13 +500,16 @@ impl Store for PgStore {
         self.apply(Change::DeletePublicKey(key_id))
     }
 
-    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<()> {
-        self.conn()?
+    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<bool> {
+        // The WHERE leaves an equal row alone: no row counted, nothing written.
+        let rows = self
+            .conn()?
             .execute(
                 "INSERT INTO attribute (holder_type, holder_value, namespace, name, value)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (holder_type, holder_value, namespace, name)
-                 DO UPDATE SET value = EXCLUDED.value",
+                 DO UPDATE SET value = EXCLUDED.value
+                 WHERE attribute.value IS DISTINCT FROM EXCLUDED.value",
                 &[
                     &id_type,
                     &value,
@@ -516,7 +519,7 @@ impl Store for PgStore {
                 ],
             )
             .db()?;
-        Ok(())
+        Ok(rows > 0)
     }
 
     fn remove_attribute(

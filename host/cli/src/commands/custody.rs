@@ -70,11 +70,21 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::ResetPin(args) => {
             let config = super::hsm::load_config(&args.config)?;
             let cleared = etee_hsm::CustodyKeys::reset_pin_counter(&config.hsm, &config.custody)?;
-            outln!(
-                "wrong-PIN counter reset ({cleared} consecutive failure(s) cleared); recorded in {}. \
-                 The PIN was not tried: the next login with pin_file is, and a wrong one counts again",
-                config.custody.audit_file.display()
-            )?;
+            let audit = config.custody.audit_file.display();
+            if cleared == 0 {
+                // Still recorded: an administrator's action belongs on the chain even when
+                // it changed nothing.
+                outln!(
+                    "nothing to clear: no wrong PIN is counted at the end of the audit chain. \
+                     The reset is recorded in {audit} all the same"
+                )?;
+            } else {
+                outln!(
+                    "wrong-PIN counter reset ({cleared} consecutive failure(s) cleared); recorded \
+                     in {audit}. The PIN was not tried: the next login with pin_file is, and a \
+                     wrong one counts again"
+                )?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -69,6 +69,9 @@ pub enum KeysCommand {
         /// configuration.
         #[arg(long, value_name = "NAME")]
         profile: String,
+        /// Print the key (id, label, role, bits, public key in hex) as one JSON line.
+        #[arg(long)]
+        json: bool,
     },
     /// A certificate signing request (PKCS#10, PEM) for a signing key generated in the
     /// token, signed with the key through the custody core (RSASSA-PSS SHA-256, on the
@@ -163,6 +166,29 @@ fn open(config: &Config) -> Result<Hsm, CliError> {
         &config.hsm,
         &config.custody,
     )?)
+}
+
+/// `keys generate`'s answer for a reader: what was made, and the public key a
+/// registration or a certificate request needs.
+fn print_generated(key: &etee_hsm::GeneratedKey) -> Result<(), CliError> {
+    let kind = if key.public_key_hex.is_empty() {
+        format!("AES {} bits", key.bits)
+    } else {
+        format!("RSA {} bits", key.bits)
+    };
+    outln!(
+        "generated {} key {:?} (label {:?}, {kind}) in the token",
+        key.role,
+        key.id,
+        key.label
+    )?;
+    if !key.public_key_hex.is_empty() {
+        outln!(
+            "public key (SubjectPublicKeyInfo DER, hex): {}",
+            key.public_key_hex
+        )?;
+    }
+    Ok(())
 }
 
 fn json_line(value: &impl serde::Serialize) -> Result<(), CliError> {
@@ -482,7 +508,11 @@ fn keys_command(command: KeysCommand) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Generate { config, profile } => {
+        KeysCommand::Generate {
+            config,
+            profile,
+            json,
+        } => {
             let config = load_config(&config)?;
             let p = config.hsm.profiles.get(&profile).ok_or_else(|| {
                 let names: Vec<&str> = config.hsm.profiles.keys().map(String::as_str).collect();
@@ -493,11 +523,11 @@ fn keys_command(command: KeysCommand) -> Result<ExitCode, CliError> {
             })?;
             let hsm = open(&config)?;
             let key = hsm.generate(p)?;
-            json_line(&key)?;
-            eprintln!(
-                "etee: generated {} key {:?} ({} bits) in the token",
-                key.role, key.id, key.bits
-            );
+            if json {
+                json_line(&key)?;
+            } else {
+                print_generated(&key)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Csr {

@@ -556,9 +556,18 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
                 ));
             };
             let store = store(&config)?;
-            store
+            let changed = store
                 .set_attribute(&t, &v, &attribute)
                 .map_err(|e| CliError::Usage(format!("store: {e}")))?;
+            if !changed {
+                outln!(
+                    "{t}={v}: {} {} = {} already (nothing changed, no event added)",
+                    attribute.namespace,
+                    attribute.name,
+                    attribute.value
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
             admin_event(
                 store.as_ref(),
                 "attributes.set",

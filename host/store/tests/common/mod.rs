@@ -345,12 +345,18 @@ pub fn attributes(h: &impl Harness) {
     let s = h.open();
     assert!(s.list_attribute_holders().unwrap().is_empty());
     let ns = "urn:etee:attributes";
-    s.set_attribute("NIHII-PHARMACY", "12345678", &attr(ns, "recognised", "yes"))
-        .unwrap();
+    assert!(s
+        .set_attribute("NIHII-PHARMACY", "12345678", &attr(ns, "recognised", "yes"))
+        .unwrap());
+    // The same value again changes nothing, and says so.
+    assert!(!s
+        .set_attribute("NIHII-PHARMACY", "12345678", &attr(ns, "recognised", "yes"))
+        .unwrap());
     s.set_attribute("NIHII-PHARMACY", "12345678", &attr(ns, "chain", "A"))
         .unwrap();
-    s.set_attribute("NIHII-PHARMACY", "12345678", &attr(ns, "recognised", "no"))
-        .unwrap();
+    assert!(s
+        .set_attribute("NIHII-PHARMACY", "12345678", &attr(ns, "recognised", "no"))
+        .unwrap());
     s.set_attribute("CBE", "0123456789", &attr("b", "x", "1"))
         .unwrap();
     s.set_attribute("CBE", "0123456789", &attr("a", "y", "2"))

@@ -866,7 +866,9 @@ pub fn secret_file(path: &Path, text: &str) {
 }
 
 /// A private SoftHSM2 configuration (its own token directory) in a test's directory;
-/// every `etee` run through [`SoftHsm::etee`] gets it as `SOFTHSM2_CONF`.
+/// every `etee` run through [`SoftHsm::etee`] gets it as `SOFTHSM2_CONF`. A clone names the
+/// same configuration and tokens (several processes may use one SoftHSM2 token).
+#[derive(Clone)]
 pub struct SoftHsm {
     pub dir: PathBuf,
     pub conf: PathBuf,

@@ -9,7 +9,9 @@
 //! token's custody audit chain. Then the platform is killed (SIGKILL) in the middle of a
 //! stream of key creations and restarted: every key whose creation was acknowledged is
 //! still there. Both on the embedded store and on PostgreSQL (a scratch database on the
-//! server of `ETEE_TEST_POSTGRES_URL`, which `scripts/test` starts).
+//! server of `ETEE_TEST_POSTGRES_URL`, which `scripts/test` starts). On PostgreSQL also two
+//! platform processes sharing one database and KGSS's token: what one instance wrote
+//! (keys, deletions, replay digests, audit events), the other serves.
 
 use base64::Engine as _;
 use etee_e2e::{scratch, Output, SoftHsm};
@@ -19,9 +21,34 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// KGSS REST: a new key, a key.
+const NEW_KEY: &str = "/etee/v1/kgss/keys";
+const GET_KEY: &str = "/etee/v1/kgss/keys/retrieve";
 
 struct Platform {
     child: Child,
+}
+
+impl Platform {
+    /// Stops it with SIGTERM and asserts a clean exit within 20 s.
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "still serving after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+    }
 }
 
 impl Drop for Platform {
@@ -31,12 +58,17 @@ impl Drop for Platform {
     }
 }
 
+/// A world (`etee platform pki`, KGSS's token, ETKs and attributes registered) and one
+/// platform instance of it: its configuration and port ([`Rig::another_instance`] makes
+/// another one of the same world and store).
 struct Rig {
     dir: PathBuf,
     hsm: SoftHsm,
+    /// The HSM configuration of this instance's KGSS custody core.
     kgss_hsm: PathBuf,
     config: PathBuf,
     port: u16,
+    store: String,
     password: String,
 }
 
@@ -62,6 +94,33 @@ fn scratch_postgres() -> Option<etee_store::scratch::ScratchDatabase> {
     Some(etee_store::scratch::ScratchDatabase::create(&url).expect("a scratch database"))
 }
 
+/// The `[custody]` table of a KGSS HSM configuration whose chain is `audit_file`.
+fn kgss_custody(audit_file: &str) -> String {
+    format!("[custody]\naudit_file = \"{audit_file}\"\n")
+}
+
+/// Writes `dir/NAME`, a platform configuration listening on `port`, keeping its data in
+/// `store`, KGSS's keys in the token of the HSM configuration `kgss_hsm` (a file of `dir`).
+fn write_platform_config(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    store: &str,
+    kgss_hsm: &str,
+) -> PathBuf {
+    let config = dir.join(name);
+    std::fs::write(
+        &config,
+        format!(
+            "[platform]\nlisten = \"127.0.0.1:{port}\"\nstore = \"{store}\"\n\
+             tls_certificate = \"world/tls-server.pem\"\ntls_key = \"world/tls-server-key.pem\"\n\
+             client_ca = [\"world/ca.pem\"]\n\n[kgss]\nhsm = \"{kgss_hsm}\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
 impl Rig {
     /// A world whose platform keeps its data in an embedded store file.
     fn new(dir: &Path) -> Rig {
@@ -74,11 +133,7 @@ impl Rig {
         let world = dir.join("world");
         // KGSS's token: its authentication and ETK keys are born in it (`platform pki
         // --hsm`), then the wrapping key.
-        let kgss_hsm = hsm.token_config(
-            "kgss",
-            "e2e-kgss",
-            "[custody]\naudit_file = \"kgss-audit.log\"\n",
-        );
+        let kgss_hsm = hsm.token_config("kgss", "e2e-kgss", &kgss_custody("kgss-audit.log"));
         hsm.etee(["hsm", "init", "--config"])
             .arg(&kgss_hsm)
             .run()
@@ -115,22 +170,14 @@ impl Rig {
             .code(0);
 
         let port = free_port();
-        let config = dir.join("platform.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[platform]\nlisten = \"127.0.0.1:{port}\"\nstore = \"{store}\"\n\
-                 tls_certificate = \"world/tls-server.pem\"\ntls_key = \"world/tls-server-key.pem\"\n\
-                 client_ca = [\"world/ca.pem\"]\n\n[kgss]\nhsm = \"kgss.toml\"\n"
-            ),
-        )
-        .unwrap();
+        let config = write_platform_config(dir, "platform.toml", port, store, "kgss.toml");
         let rig = Rig {
             dir: dir.to_path_buf(),
             hsm,
             kgss_hsm,
             config,
             port,
+            store: store.to_owned(),
             password,
         };
         let etks: Vec<PathBuf> = ["alice", "bob", "doctor", "kgss"]
@@ -162,6 +209,40 @@ impl Rig {
         .run()
         .code(0);
         rig
+    }
+
+    /// Another platform instance of this world, called `name`: its own configuration and
+    /// listen port, the same store, and KGSS's keys in the same token (same SoftHSM2
+    /// configuration, token label, PIN and wrapping key) used through a custody core of its
+    /// own, whose audit chain is a file of its own: a chain file is held (locked) by one
+    /// core at a time, so two running instances cannot share one.
+    fn another_instance(&self, name: &str) -> Rig {
+        let shared = std::fs::read_to_string(&self.kgss_hsm).unwrap();
+        let own_chain = kgss_custody(&format!("{name}-kgss-audit.log"));
+        let kgss = shared.replace(&kgss_custody("kgss-audit.log"), &own_chain);
+        assert!(kgss.contains(&own_chain), "{kgss}");
+        let kgss_name = format!("{name}-kgss.toml");
+        let kgss_hsm = self.dir.join(&kgss_name);
+        std::fs::write(&kgss_hsm, kgss).unwrap();
+        let port = std::iter::repeat_with(free_port)
+            .find(|p| *p != self.port)
+            .unwrap();
+        let config = write_platform_config(
+            &self.dir,
+            &format!("{name}-platform.toml"),
+            port,
+            &self.store,
+            &kgss_name,
+        );
+        Rig {
+            dir: self.dir.clone(),
+            hsm: self.hsm.clone(),
+            kgss_hsm,
+            config,
+            port,
+            store: self.store.clone(),
+            password: self.password.clone(),
+        }
     }
 
     fn world(&self, name: &str) -> PathBuf {
@@ -315,28 +396,30 @@ impl Rig {
         )
     }
 
-    fn new_key(&self, from: &str) -> (u16, Value) {
+    /// `from`'s sealed `GetNewKey` request: a key for recognised pharmacies.
+    fn new_key_request(&self, from: &str) -> Vec<u8> {
         let content = format!(
             r#"<GetNewKeyRequestContent xmlns="urn:be:fgov:ehealth:etee:kgss:1_0:protocol"><AllowedReader><Namespace>urn:be:fgov:certified-namespace:ehealth</Namespace><Name>urn:be:fgov:ehealth:1.0:pharmacy:nihii-number:recognisedpharmacy:boolean</Name><Value>true</Value></AllowedReader><ETK>{}</ETK></GetNewKeyRequestContent>"#,
             B64.encode(std::fs::read(self.world(&format!("{from}.etk"))).unwrap())
         );
-        self.kgss_rest(
-            "/etee/v1/kgss/keys",
-            &self.seal(from, "kgss", content.as_bytes()),
-            None,
-        )
+        self.seal(from, "kgss", content.as_bytes())
     }
 
-    fn get_key(&self, who: &str, key_id: &str) -> (u16, Value) {
+    fn new_key(&self, from: &str) -> (u16, Value) {
+        self.kgss_rest(NEW_KEY, &self.new_key_request(from), None)
+    }
+
+    /// `who`'s sealed `GetKey` request for `key_id` (Base64).
+    fn get_key_request(&self, who: &str, key_id: &str) -> Vec<u8> {
         let content = format!(
             r#"<GetKeyRequestContent xmlns="urn:be:fgov:ehealth:etee:kgss:1_0:protocol"><KeyIdentifier>{key_id}</KeyIdentifier><ETK>{}</ETK></GetKeyRequestContent>"#,
             B64.encode(std::fs::read(self.world(&format!("{who}.etk"))).unwrap())
         );
-        self.kgss_rest(
-            "/etee/v1/kgss/keys/retrieve",
-            &self.seal(who, "kgss", content.as_bytes()),
-            None,
-        )
+        self.seal(who, "kgss", content.as_bytes())
+    }
+
+    fn get_key(&self, who: &str, key_id: &str) -> (u16, Value) {
+        self.kgss_rest(GET_KEY, &self.get_key_request(who, key_id), None)
     }
 }
 
@@ -349,6 +432,14 @@ fn element(xml: &str, name: &str) -> String {
         + 1;
     let end = start + xml[start..].find('<').unwrap();
     xml[start..end].to_string()
+}
+
+/// The REST path of a KGSS key (its deletion's), from its id in Base64.
+fn key_path(key_id: &str) -> String {
+    format!(
+        "{NEW_KEY}/{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(B64.decode(key_id).unwrap())
+    )
 }
 
 fn sealed_response(v: &Value) -> Vec<u8> {
@@ -422,33 +513,14 @@ fn serves_etkdepot_and_kgss(rig: Rig) {
 
     // Only the holder deletes (authenticated by its TLS client certificate); then the key
     // is gone for everybody.
-    let path = format!(
-        "/etee/v1/kgss/keys/{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(B64.decode(&key_id).unwrap())
-    );
+    let path = key_path(&key_id);
     assert_eq!(rig.curl("DELETE", &path, None, Some("bob")).0, 403);
     assert_eq!(rig.curl("DELETE", &path, None, None).0, 401);
     assert_eq!(rig.curl("DELETE", &path, None, Some("alice")).0, 204);
     assert_eq!(rig.get_key("bob", &key_id).0, 404);
 
     // Stopped with SIGTERM: a clean exit.
-    let mut platform = platform;
-    Command::new("kill")
-        .args(["-TERM", &platform.child.id().to_string()])
-        .status()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = platform.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "still serving after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}");
+    platform.stop();
 
     // Every wrap and unwrap went through the KGSS token's custody core, on its chain.
     let run = rig
@@ -643,6 +715,234 @@ fn killed_during_key_creation(rig: Rig) {
         .run();
     run.code(0);
     assert_eq!(run.json()["intact"], Value::Bool(true));
+}
+
+/// Two `etee platform serve` processes on one PostgreSQL database, as docs/platform.md
+/// describes instances behind a load balancer: what one instance wrote, the other serves.
+///
+/// Instance A is the rig's; B ([`Rig::another_instance`]) has its own listen port and
+/// configuration, the same `postgres://` store, and KGSS's keys in the same SoftHSM2 token
+/// (same `SOFTHSM2_CONF`, token label, PIN and wrapping key: SoftHSM2 lets several
+/// processes use one token). Each uses the token through a custody core of its own, with
+/// an audit chain file of its own: a core holds its chain file locked, so two running
+/// instances cannot share one (each token-side operation is on the chain of the instance
+/// that made it).
+///
+/// A key created through A is served by B to an allowed reader (the same key bytes as the
+/// creator got) and refused by both to a reader who is not allowed; a sealed request
+/// served by one instance is refused by the other as a replay (`GetKey`, granted or
+/// denied, and `GetNewKey`: the replay table is in the store); the holder deletes the key
+/// through B and A no longer knows it; keys created through both at once are all readable
+/// through the other; ETK lookups answer the same on both, also right after an ETK is
+/// unpublished; and the platform's audit chain, appended to by both, verifies as one
+/// gap-free chain, as does each instance's custody chain.
+#[test]
+fn two_platform_instances_share_one_postgresql_database() {
+    let Some(db) = scratch_postgres() else { return };
+    let tmp = scratch();
+    let a = Rig::with_store(tmp.path(), db.url());
+    let b = a.another_instance("b");
+    let platform_a = a.serve();
+    let platform_b = b.serve();
+
+    // ETK lookups (REST): the same answer from both, Bob's ETK byte for byte; an
+    // identifier nobody has is 404 on both.
+    let lookup = |rig: &Rig, query: &str| {
+        let (status, body) = rig.curl("GET", &format!("/etee/v1/etks?{query}"), None, None);
+        let json: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{query}: {e}: {}", String::from_utf8_lossy(&body)));
+        (status, json)
+    };
+    let same_lookup = |query: &str| {
+        let (from_a, from_b) = (lookup(&a, query), lookup(&b, query));
+        assert_eq!(from_a.0, from_b.0, "{query}: A's status, B's");
+        assert_eq!(from_a.1, from_b.1, "{query}: A's answer, B's");
+        from_a
+    };
+    let (status, list) = same_lookup("identifier=27150201&type=NIHII-PHARMACY");
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        B64.decode(list[0]["etk"].as_str().unwrap()).unwrap(),
+        std::fs::read(a.world("bob.etk")).unwrap()
+    );
+    let (status, list) = same_lookup("identifier=71000436&type=NIHII-HOSPITAL");
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        B64.decode(list[0]["etk"].as_str().unwrap()).unwrap(),
+        std::fs::read(a.world("alice.etk")).unwrap()
+    );
+    let (status, problem) = same_lookup("identifier=99999999&type=NIHII-PHARMACY");
+    assert_eq!(status, 404, "{problem}");
+
+    // Alice creates a key through A; Bob (a recognised pharmacy) gets it through B, the
+    // same bytes; the doctor is refused by B, as by A.
+    let (status, created) = a.new_key("alice");
+    assert_eq!(status, 201, "{created}");
+    let answer = a.unseal("alice", &sealed_response(&created));
+    let key_id = element(&answer, "NewKeyIdentifier");
+    let key = element(&answer, "NewKey");
+    assert_eq!(B64.decode(&key).unwrap().len(), 16);
+    let (status, got) = b.get_key("bob", &key_id);
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        element(&b.unseal("bob", &sealed_response(&got)), "Key"),
+        key
+    );
+    for rig in [&b, &a] {
+        let (status, refused) = rig.get_key("doctor", &key_id);
+        assert_eq!(status, 403, "{refused}");
+        assert_eq!(refused["title"], "KGSS_ACCESS_DENIED", "{refused}");
+    }
+
+    // Replays: one sealed request, served by one instance, is refused by the other (and
+    // again by the first).
+    let replayed = |first: &Rig, then: &Rig, path: &str, sealed: &[u8], status: u16| {
+        let (got, answer) = first.kgss_rest(path, sealed, None);
+        assert_eq!(got, status, "{answer}");
+        for rig in [then, first] {
+            let (got, refused) = rig.kgss_rest(path, sealed, None);
+            assert_eq!(got, 409, "{refused}");
+            assert_eq!(refused["title"], "KGSS_REPLAYED_REQUEST", "{refused}");
+        }
+        answer
+    };
+    // Bob's GetKey, granted by A, then sent to B.
+    let served = replayed(&a, &b, GET_KEY, &a.get_key_request("bob", &key_id), 200);
+    assert_eq!(
+        element(&a.unseal("bob", &sealed_response(&served)), "Key"),
+        key
+    );
+    // The doctor's GetKey, denied by B (a decision, remembered), then sent to A.
+    let denied = replayed(&b, &a, GET_KEY, &b.get_key_request("doctor", &key_id), 403);
+    assert_eq!(denied["title"], "KGSS_ACCESS_DENIED", "{denied}");
+    // Alice's GetNewKey, served by A, then sent to B: no second key.
+    let again = replayed(&a, &b, NEW_KEY, &a.new_key_request("alice"), 201);
+    assert!(again["keyId"].is_string(), "{again}");
+
+    // The holder deletes the key through B (Bob, who is not, is refused there); then A
+    // does not know it: not released, not deleted again.
+    let path = key_path(&key_id);
+    assert_eq!(b.curl("DELETE", &path, None, Some("bob")).0, 403);
+    assert_eq!(b.curl("DELETE", &path, None, Some("alice")).0, 204);
+    for rig in [&a, &b] {
+        let (status, refused) = rig.get_key("bob", &key_id);
+        assert_eq!(status, 404, "{refused}");
+        assert_eq!(refused["title"], "KGSS_UNKNOWN_KEY", "{refused}");
+    }
+    let (status, body) = a.curl("DELETE", &path, None, Some("alice"));
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+
+    // Keys created through both at once (their events appended to one chain by two
+    // processes): every one acknowledged, and each readable through the other instance.
+    let created: Vec<(bool, String)> = std::thread::scope(|s| {
+        let creating = [(&a, true), (&b, false)].map(|(rig, through_a)| {
+            s.spawn(move || {
+                (0..4)
+                    .map(|_| {
+                        let (status, created) = rig.new_key("alice");
+                        assert_eq!(status, 201, "{created}");
+                        let answer = rig.unseal("alice", &sealed_response(&created));
+                        (through_a, element(&answer, "NewKeyIdentifier"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        });
+        creating
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    for (through_a, id) in &created {
+        let other = if *through_a { &b } else { &a };
+        let (status, got) = other.get_key("bob", id);
+        assert_eq!(status, 200, "key {id}: {got}");
+    }
+
+    // An ETK unpublished with the administrative command while both run: neither answers
+    // it any more.
+    let doctor = "identifier=10203040506&type=NIHII11";
+    assert_eq!(same_lookup(doctor).0, 200);
+    a.platform(["etk", "remove"])
+        .arg(a.world("doctor.etk"))
+        .run()
+        .code(0);
+    assert_eq!(same_lookup(doctor).0, 404);
+
+    platform_a.stop();
+    platform_b.stop();
+
+    // The platform's chain in the shared store: intact, one sequence without gaps, and the
+    // key's story told by both instances in the order it happened (replays left no event;
+    // the refusals of an unknown key, before any decision, neither).
+    let run = a.platform(["audit", "--json", "--tail", "1000"]).run();
+    run.code(0);
+    let report = run.json();
+    assert_eq!(report["intact"], Value::Bool(true), "{report}");
+    assert!(report["break"].is_null(), "{report}");
+    let tail = report["tail"].as_array().unwrap();
+    assert_eq!(
+        report["events"].as_u64(),
+        Some(tail.len() as u64),
+        "{report}"
+    );
+    let sequences: Vec<u64> = tail
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        sequences,
+        (1..=tail.len() as u64).collect::<Vec<_>>(),
+        "{report}"
+    );
+    let hex_id = hex::encode(B64.decode(&key_id).unwrap());
+    let story: Vec<(&str, &str)> = tail
+        .iter()
+        .filter(|e| e["subject"] == hex_id.as_str())
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        story,
+        [
+            ("kgss.create", "created"), // A
+            ("kgss.read", "granted"),   // B, Bob
+            ("kgss.read", "denied"),    // B, the doctor
+            ("kgss.read", "denied"),    // A, the doctor
+            ("kgss.read", "granted"),   // A, Bob's request replayed to B
+            ("kgss.read", "denied"),    // B, the doctor's request replayed to A
+            ("kgss.delete", "denied"),  // B, Bob
+            ("kgss.delete", "deleted"), // B, Alice
+        ],
+        "{report}"
+    );
+    let creations = tail.iter().filter(|e| e["action"] == "kgss.create").count();
+    assert_eq!(creations, 1 + 1 + created.len(), "{report}");
+
+    // Each instance's custody chain is intact and holds its own token work: A wrapped the
+    // first key, B unwrapped it for Bob.
+    for (rig, operation) in [(&a, "WrapSecret"), (&b, "UnwrapSecret")] {
+        let run = rig
+            .hsm
+            .etee(["audit", "verify", "--json", "--tail", "1000", "--config"])
+            .arg(&rig.kgss_hsm)
+            .run();
+        run.code(0);
+        let report = run.json();
+        assert_eq!(report["intact"], Value::Bool(true), "{report}");
+        assert!(
+            report["tail"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["operation"] == operation && r["outcome"] == "success"),
+            "{}: no {operation}: {report}",
+            rig.kgss_hsm.display()
+        );
+    }
 }
 
 /// KeyDepot with a key born in an HSM: Alice's token holds her imported authentication

@@ -17,7 +17,8 @@
 //!
 //! Tests that need `../shared/vectors` or `openssl` on `PATH` print `skipping: ...` and
 //! return when those are absent; set `ETEE_E2E_STRICT=1` to turn every such skip into a
-//! failure (for CI, where a silent skip would hide a regression).
+//! failure. `scripts/test` (CI's command) sets `ETEE_TEST_TOOLS_REQUIRED=1`: the tools it
+//! installs must be there, only the vectors may be absent (see `etee_testpki::skip`).
 
 use serde_json::Value;
 use std::ffi::OsStr;
@@ -486,7 +487,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 // Skips: shared vectors, openssl
 // ---------------------------------------------------------------------------------------
 
-/// Reports a skipped test (or fails it under `ETEE_E2E_STRICT=1`): the one definition in
+/// Reports a test skipped for want of a tool (or fails it under `ETEE_E2E_STRICT=1` or
+/// `ETEE_TEST_TOOLS_REQUIRED=1`): the one definition in
 /// `etee_testpki::skip`, shared with the crates' own tests.
 #[track_caller]
 pub fn skip(why: &str) {

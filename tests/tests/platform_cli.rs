@@ -82,15 +82,9 @@ fn free_port() -> u16 {
 
 /// A throw-away database on the test PostgreSQL server (`scripts/test` starts one and sets
 /// `ETEE_TEST_POSTGRES_URL`), or `None` after reporting the skip (a failure under
-/// `ETEE_E2E_STRICT=1`).
+/// `ETEE_E2E_STRICT=1`, and under `scripts/test` unless it runs without PostgreSQL).
 fn scratch_postgres() -> Option<etee_store::scratch::ScratchDatabase> {
-    let Ok(url) = std::env::var(etee_store::scratch::TEST_URL_VAR) else {
-        etee_e2e::skip(&format!(
-            "{} is not set (scripts/test starts a PostgreSQL and sets it)",
-            etee_store::scratch::TEST_URL_VAR
-        ));
-        return None;
-    };
+    let url = etee_testpki::skip::postgres_url()?;
     Some(etee_store::scratch::ScratchDatabase::create(&url).expect("a scratch database"))
 }
 

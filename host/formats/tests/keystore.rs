@@ -404,7 +404,7 @@ fn openssl_cli_reads_our_keystores() {
         .output()
         .is_err()
     {
-        eprintln!("skipping: openssl not on PATH");
+        etee_testpki::skip::skip("openssl not on PATH");
         return;
     }
     let (_, inst) = fixture();
@@ -462,7 +462,7 @@ fn reads_what_the_openssl_cli_writes() {
         .output()
         .is_err()
     {
-        eprintln!("skipping: openssl not on PATH");
+        etee_testpki::skip::skip("openssl not on PATH");
         return;
     }
     let (_, inst) = fixture();

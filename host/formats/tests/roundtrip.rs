@@ -566,7 +566,7 @@ fn openssl_cli() -> bool {
         .output()
         .is_ok();
     if !there {
-        eprintln!("skipping: openssl not on PATH");
+        etee_testpki::skip::skip("openssl not on PATH");
     }
     there
 }

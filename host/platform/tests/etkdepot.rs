@@ -1082,7 +1082,9 @@ async fn readiness_follows_the_store(w: World) {
         match psql("SELECT 1").await {
             Ok(out) if out.status.success() => {}
             other => {
-                eprintln!("skipped the unready half: psql is not usable here ({other:?})");
+                etee_testpki::skip::skip_postgres(&format!(
+                    "the unready half: psql is not usable here ({other:?})"
+                ));
                 w.stop().await;
                 return;
             }

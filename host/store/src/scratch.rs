@@ -5,10 +5,6 @@
 use crate::{Error, Result};
 use postgres::{Client, NoTls};
 
-/// The environment variable naming the server the tests use (`scripts/postgres` prints
-/// such a URL).
-pub const TEST_URL_VAR: &str = "ETEE_TEST_POSTGRES_URL";
-
 /// A database of its own, dropped (with its connections) on drop.
 #[derive(Debug)]
 pub struct ScratchDatabase {
@@ -34,16 +30,6 @@ impl ScratchDatabase {
             name,
             url,
         })
-    }
-
-    /// A scratch database on the server of [`TEST_URL_VAR`], or `None` (with a message
-    /// saying how to run the test) when it is not set.
-    pub fn for_tests() -> Option<Self> {
-        let Ok(url) = std::env::var(TEST_URL_VAR) else {
-            eprintln!("skipped: set {TEST_URL_VAR}, e.g. via scripts/postgres");
-            return None;
-        };
-        Some(Self::create(&url).expect("creating a scratch database"))
     }
 
     /// The URL of the scratch database.

@@ -18,7 +18,9 @@ struct Pg {
 
 impl Pg {
     fn new() -> Option<Self> {
-        ScratchDatabase::for_tests().map(|db| Pg { db })
+        let url = etee_testpki::skip::postgres_url()?;
+        let db = ScratchDatabase::create(&url).expect("creating a scratch database");
+        Some(Pg { db })
     }
 
     fn client(&self) -> Client {
@@ -92,7 +94,9 @@ fn unreachable_server_is_a_backend_error() {
 fn tls_is_verified_when_required() {
     let Some(h) = Pg::new() else { return };
     let Ok(ca) = std::env::var("ETEE_TEST_POSTGRES_CA") else {
-        eprintln!("skipped: ETEE_TEST_POSTGRES_CA is not set (scripts/test sets it)");
+        etee_testpki::skip::skip_postgres(
+            "ETEE_TEST_POSTGRES_CA is not set (scripts/test sets it)",
+        );
         return;
     };
     let with = |params: &str| {

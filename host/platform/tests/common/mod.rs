@@ -99,7 +99,10 @@ impl Backend {
     /// A scratch PostgreSQL database, or `None` (the test is skipped, with a message) when
     /// no test server is configured.
     pub fn postgres() -> Option<Self> {
-        etee_store::scratch::ScratchDatabase::for_tests().map(Backend::Postgres)
+        let url = etee_testpki::skip::postgres_url()?;
+        let db = etee_store::scratch::ScratchDatabase::create(&url)
+            .expect("creating a scratch database");
+        Some(Backend::Postgres(db))
     }
 }
 

@@ -822,6 +822,90 @@ fn wrapping_and_rsa_keys_are_not_interchangeable() {
     );
 }
 
+/// The same for the two RSA keys: with a policy that allows everything, the core refuses
+/// the authentication key for a decryption and an ETK key for a signature (the key kind,
+/// before the token is asked), and the token refuses them itself (their templates do not
+/// allow it), with the PKCS#11 code said.
+#[test]
+fn authentication_and_etk_keys_are_not_interchangeable() {
+    use etee_custody::policy::{Policy, Rule};
+    use etee_custody::token::ckr;
+    use etee_custody::{ClientId, KeyKind, Token};
+    use etee_hsm::{HsmToken, KeyProfile};
+
+    let config = new_token("rsa-confusion");
+    let hsm = Hsm::open(&config).unwrap();
+    hsm.generate(&KeyProfile::authentication()).unwrap();
+    let etk_id = hsm.generate(&KeyProfile::etk()).unwrap().id;
+    let token = HsmToken::new(&hsm).unwrap();
+    let auth = etee_custody::KeyId::try_from("authentication").unwrap();
+    let etk = etee_custody::KeyId::try_from(etk_id.as_str()).unwrap();
+    assert_eq!(token.key_kind(&auth), Some(KeyKind::Authentication));
+    assert_eq!(token.key_kind(&etk), Some(KeyKind::Encryption));
+
+    // The second line: the token's own refusals.
+    let mut raw = token.clone();
+    let mut out = [0u8; 512];
+    let code = |r: Result<usize, etee_custody::TokenError>| r.map_err(|e| e.ckr);
+    assert_eq!(
+        code(raw.sign_pss_sha256(&etk, &[1; 32], &mut out)),
+        Err(ckr::KEY_FUNCTION_NOT_PERMITTED),
+        "an ETK key signs"
+    );
+    assert_eq!(
+        code(raw.decrypt_pkcs1v15(&auth, &[1; 256], &mut out)),
+        Err(ckr::KEY_FUNCTION_NOT_PERMITTED),
+        "the authentication key decrypts"
+    );
+
+    let client = ClientId::try_from("etee-cli").unwrap();
+    let mut policy = Policy::deny_all();
+    for key in [auth.clone(), etk.clone()] {
+        policy
+            .allow(Rule {
+                client: client.clone(),
+                key,
+                sign: true,
+                decrypt: true,
+                wrap: true,
+                unwrap: true,
+                budget: etee_hsm::custody::DEFAULT_BUDGET,
+            })
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let custody = CustodyConfig::defaults(&config, dir.path());
+    let keys = CustodyKeys::with_policy(hsm, token, policy, &custody).unwrap();
+    let sign = keys.sign_pss_sha256(&KeyId(etk_id.clone()), &[7; 32]);
+    assert!(matches!(sign, Err(KeyError::Refused(_))), "{sign:?}");
+    let decrypt = keys.decrypt_pkcs1v15(&KeyId("authentication".into()), &[7; 256]);
+    assert!(matches!(decrypt, Err(KeyError::Refused(_))), "{decrypt:?}");
+    let wrap = keys.wrap_secret(&etk_id, &[7; 16]);
+    assert!(matches!(wrap, Err(KeyError::Refused(_))), "{wrap:?}");
+    let unwrap = keys.unwrap_secret("authentication", &[7; 24]);
+    assert!(matches!(unwrap, Err(KeyError::Refused(_))), "{unwrap:?}");
+    let refusals: Vec<_> = records(&custody.audit_file)
+        .iter()
+        .filter(|r| r.operation != Operation::Unlock)
+        .map(|r| (r.operation, r.outcome))
+        .collect();
+    let wrong = Outcome::Refused(CoreError::WrongKeyKind);
+    assert_eq!(
+        refusals,
+        [
+            (Operation::SignPssSha256, wrong),
+            (Operation::DecryptPkcs1v15, wrong),
+            (Operation::WrapSecret, wrong),
+            (Operation::UnwrapSecret, wrong),
+        ]
+    );
+    // The allowed use works: the authentication key signs.
+    let signature = keys
+        .sign_pss_sha256(&KeyId("authentication".into()), &[9; 32])
+        .unwrap();
+    assert_eq!(signature.len(), 256);
+}
+
 /// A fresh token `<name>-proc` or `<name>-inproc` holding the wrapping key `kek`, and the
 /// default custody configuration with its audit file in a new directory.
 fn token_with_kek(name: &str, process: bool) -> (HsmConfig, tempfile::TempDir, CustodyConfig) {

@@ -128,6 +128,34 @@ fn pkcs11_tool(config: &HsmConfig, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The `token flags` line OpenSC's `pkcs11-tool -L` shows for the token (no login, so
+/// that asking changes no PIN counter).
+pub fn pkcs11_tool_token_flags(config: &HsmConfig) -> String {
+    let out = Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(&config.module)
+        .arg("-L")
+        .output()
+        .expect("pkcs11-tool (OpenSC) not found: run `bash hsm-config/setup.sh`");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let label = config.token.label.as_deref().unwrap();
+    let mut ours = false;
+    for line in text.lines() {
+        let (key, value) = line.split_once(':').unwrap_or_default();
+        match key.trim() {
+            "token label" => ours = value.trim() == label,
+            "token flags" if ours => return value.trim().to_owned(),
+            _ => {}
+        }
+    }
+    panic!("no token {label:?} in pkcs11-tool -L:\n{text}")
+}
+
 /// `pkcs11-tool --list-objects` on the token, logged in; the text output.
 pub fn pkcs11_tool_objects(config: &HsmConfig) -> String {
     pkcs11_tool(config, &["--list-objects"])

@@ -73,13 +73,16 @@ pub trait KeyWrapper: Send + Sync {
     fn unwrap(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KgssError>;
 }
 
-/// **INSECURE, tests only**: the wrapping key in process memory, so that the service logic
-/// can be tested without an HSM. The platform never uses it; the same behaviour is tested
-/// with the HSM-backed wrapper against SoftHSM.
+/// **INSECURE, tests only** (feature `insecure`, which only the crate's tests enable): the
+/// wrapping key in process memory, so that the service logic can be tested without an
+/// HSM. The platform never uses it; the same behaviour is tested with the HSM-backed
+/// wrapper against SoftHSM.
+#[cfg(any(test, feature = "insecure"))]
 pub struct InsecureMemoryWrapper {
     key: Zeroizing<Vec<u8>>,
 }
 
+#[cfg(any(test, feature = "insecure"))]
 impl InsecureMemoryWrapper {
     pub fn new_random() -> Self {
         let mut key = Zeroizing::new(vec![0u8; 32]);
@@ -88,6 +91,7 @@ impl InsecureMemoryWrapper {
     }
 }
 
+#[cfg(any(test, feature = "insecure"))]
 impl KeyWrapper for InsecureMemoryWrapper {
     fn label(&self) -> &str {
         "insecure-memory"

@@ -551,3 +551,59 @@ fn all_official_verdicts_through_the_cli() {
     assert_eq!(checked, entries.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Bob's keystore imported into a SoftHSM token: `etee unseal --config`, where the custody
+/// core asks the token for the decryption, gives the official verdict and content, as the
+/// `.p12` does, and the decryption is on the custody audit chain.
+#[test]
+fn official_message_opens_through_the_custody_core() {
+    let Some(dir) = vectors() else { return };
+    let s = scratch();
+    let rig = etee_e2e::SoftHsm::new(s.path());
+    let config = rig.token_config("bob", "vectors-bob", "");
+    let with_config = |args: &[&str]| rig.etee(args).arg("--config").arg(&config);
+    with_config(&["hsm", "init"]).run().code(0);
+    let password = s.path().join("bob-p12.password");
+    etee_e2e::secret_file(&password, PASSWORD);
+    with_config(&["keys", "import"])
+        .arg("--p12")
+        .arg(dir.join(BOB_P12))
+        .arg("--password-file")
+        .arg(&password)
+        .run()
+        .code(0);
+
+    let msg = format!("{GEN}/known_alice_to_bob.msg");
+    let out = s.path().join("content");
+    let mut cmd = with_config(&["unseal", "--json", "--at", "2026-11-23T13:54:40Z"])
+        .arg("--in")
+        .arg(dir.join(&msg))
+        .arg("--out")
+        .arg(&out);
+    for t in TRUST {
+        cmd = cmd.arg("--trust").arg(dir.join(t));
+    }
+    let run = cmd.run();
+    run.code(0);
+    let v = run.json();
+    assert_official(&v, &official(&dir, &msg, false));
+    assert_eq!(v["opened_with"], "key:825373489", "{v}");
+    let plaintext = std::fs::read(dir.join(GEN).join("plaintext.txt")).unwrap();
+    assert_eq!(std::fs::read(&out).expect("content file"), plaintext);
+
+    // The token was asked through the core: the use and its outcome are on the chain.
+    let run = with_config(&["audit", "search", "--operation", "decrypt", "--json"]).run();
+    run.code(0);
+    let report = run.json();
+    let uses: Vec<(&str, &str)> = report["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{report}"))
+        .iter()
+        .map(|e| (e["key"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        uses,
+        [("825373489", "admitted"), ("825373489", "success")],
+        "{report}"
+    );
+}

@@ -106,6 +106,58 @@ fn hsm_token_seals_unseals_and_audits() {
     let opened = w.unseal(tmp.path(), "bob", &sealed, &[]);
     opened.run.code(0);
     assert_eq!(opened.content(), plain);
+    // openssl opens it too, with Bob's ETK key from the world's files: the outer signature
+    // (made in the token through the core), the decryption, the inner signature.
+    if etee_e2e::openssl_cli() {
+        let p = |name: &str| tmp.path().join(name).display().to_string();
+        let (ca, sealed_path) = (
+            w.ca().display().to_string(),
+            sealed_path.display().to_string(),
+        );
+        let verify = [
+            "cms", "-verify", "-inform", "DER", "-binary", "-purpose", "any",
+        ];
+        etee_e2e::openssl(verify.iter().copied().chain([
+            "-CAfile",
+            &ca,
+            "-in",
+            &sealed_path,
+            "-certsout",
+            &p("signers.pem"),
+            "-out",
+            &p("middle.der"),
+        ]));
+        let (recip, key) = (
+            w.etk_cert_pem("bob").display().to_string(),
+            w.etk_key_pem("bob").display().to_string(),
+        );
+        etee_e2e::openssl([
+            "cms",
+            "-decrypt",
+            "-inform",
+            "DER",
+            "-binary",
+            "-recip",
+            &recip,
+            "-inkey",
+            &key,
+            "-in",
+            &p("middle.der"),
+            "-out",
+            &p("inner.der"),
+        ]);
+        etee_e2e::openssl(verify.iter().copied().chain([
+            "-CAfile",
+            &ca,
+            "-certfile",
+            &p("signers.pem"),
+            "-in",
+            &p("inner.der"),
+            "-out",
+            &p("by-openssl"),
+        ]));
+        assert_eq!(std::fs::read(p("by-openssl")).unwrap(), plain);
+    }
 
     // Alice's keystore seals for Bob's ETK (held in the HSM); `unseal --config` opens it.
     let sealed = w.seal(tmp.path(), "alice", &["bob"], &plain);

@@ -419,6 +419,40 @@ fn a_second_core_says_at_once_that_it_waits_for_the_chain() {
     );
 }
 
+/// The digest client `client` of a stream asks to sign in its `n`th request: unique to
+/// the pair, so that each signature a client received can be found on the chain.
+fn stream_digest(client: u8, n: u64) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest[0] = 0x5e;
+    digest[1] = client;
+    digest[2..10].copy_from_slice(&n.to_be_bytes());
+    digest
+}
+
+/// The records of the custody process's chain for `operation` (`etee audit search
+/// --json`, every match): (sequence, input SHA-256 in hex, outcome).
+fn searched(rig: &Rig, operation: &str) -> Vec<(u64, String, String)> {
+    let run = rig
+        .server(["audit", "search", "--json", "--limit", "1000000"])
+        .arg(format!("--operation={operation}"))
+        .run();
+    run.code(0);
+    let report = run.json();
+    assert_eq!(report["truncated"], Value::Bool(false), "{report}");
+    report["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no entries: {report}"))
+        .iter()
+        .map(|r| {
+            (
+                r["sequence"].as_u64().unwrap(),
+                r["input_sha256"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     let w = World::shared();
@@ -426,26 +460,28 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
     let rig = Rig::new(tmp.path(), w);
     let mut server = rig.serve();
 
-    // Two clients send signature requests back to back until the server dies.
+    // Two clients send signature requests back to back until the server dies; each keeps
+    // the digests whose signatures it received.
+    const CLIENTS: u64 = 2;
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..2u8)
+    let clients: Vec<_> = (0..CLIENTS as u8)
         .map(|c| {
             let socket = rig.socket.clone();
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let mut stream = UnixStream::connect(&socket).unwrap();
-                let mut signed = 0u64;
+                let mut received = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let frame = sign_frame([c.wrapping_add(signed as u8); 32]);
-                    match exchange(&mut stream, &frame) {
+                    let digest = stream_digest(c, received.len() as u64);
+                    match exchange(&mut stream, &sign_frame(digest)) {
                         Ok(resp) => {
                             assert!(is_signature(&resp), "{:02x?}", &resp[..resp.len().min(8)]);
-                            signed += 1;
+                            received.push(digest);
                         }
                         Err(_) => break,
                     }
                 }
-                signed
+                received
             })
         })
         .collect();
@@ -456,25 +492,84 @@ fn custody_process_killed_mid_stream_keeps_the_chain_intact() {
         .subsec_nanos();
     std::thread::sleep(Duration::from_millis(150 + u64::from(nanos % 350)));
     server.kill();
-    let signed: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let received: Vec<[u8; 32]> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     stop.store(true, Ordering::Relaxed);
+    let signed = received.len() as u64;
     assert!(signed > 0, "no request went through before the kill");
 
-    // Intact, no torn record; every released signature is on record with its use record
-    // and its outcome (plus the logins of `keys import` and the server), and at most the two records of one unreleased
-    // use per client that was in flight; a use cut off before its outcome shows as such.
+    // Intact, no torn record. The chain holds the logins (of `keys import` and the
+    // server), the use record and the outcome record of every released signature, and
+    // for each client at most its one request in flight at the kill: nothing, its use
+    // record alone (an unconcluded use), or its use and outcome records (the signature
+    // made, the answer not received).
     let (intact, records, torn) = rig.audit();
     let unconcluded = rig.audit_report()["unconcluded"]
         .as_array()
-        .map_or(usize::MAX, Vec::len);
+        .map_or(u64::MAX, |u| u.len() as u64);
     eprintln!("killed after {signed} signatures; {records} records, {unconcluded} unconcluded");
     assert!(intact, "chain broken after SIGKILL");
     assert!(!torn, "torn record after SIGKILL");
     assert!(
-        records > 2 * signed && records <= LOGINS + 2 * signed + 2 * 2,
-        "{records} records for {signed} signatures"
+        records >= LOGINS + 2 * signed,
+        "{records} records: fewer than the {LOGINS} of the logins and two for each of the \
+         {signed} signatures released"
     );
-    assert!(unconcluded <= 2, "{unconcluded} uses without an outcome");
+    let in_flight = records - LOGINS - 2 * signed;
+    assert!(
+        unconcluded <= in_flight && (in_flight - unconcluded).is_multiple_of(2),
+        "{in_flight} records beyond the released signatures, {unconcluded} of them uses \
+         without an outcome: the others must be whole uses (two records each)"
+    );
+    let concluded_unreleased = (in_flight - unconcluded) / 2;
+    assert!(
+        unconcluded + concluded_unreleased <= CLIENTS,
+        "{unconcluded} unconcluded and {concluded_unreleased} concluded uses whose answer \
+         no client received: more than one request in flight per client ({CLIENTS})"
+    );
+    // Each signature a client received is on the chain: its use record, then its
+    // outcome (success), found by the SHA-256 of the digest it asked to sign.
+    let signs = searched(&rig, "sign");
+    for digest in &received {
+        let input = hex::encode(openssl::sha::sha256(digest));
+        let with = |outcome: &str| -> Vec<u64> {
+            signs
+                .iter()
+                .filter(|(_, i, o)| *i == input && o == outcome)
+                .map(|(seq, ..)| *seq)
+                .collect()
+        };
+        let (used, succeeded) = (with("admitted"), with("success"));
+        assert!(
+            used.len() == 1 && succeeded.len() == 1 && used[0] < succeeded[0],
+            "the signature of {} was received, but the chain holds use records {used:?} \
+             and successes {succeeded:?} for it",
+            hex::encode(digest)
+        );
+    }
+    // ... and the only other successes are the uses whose answer was lost with the server.
+    let received_inputs: std::collections::HashSet<String> = received
+        .iter()
+        .map(|d| hex::encode(openssl::sha::sha256(d)))
+        .collect();
+    let other_successes = signs
+        .iter()
+        .filter(|(_, i, o)| o == "success" && !received_inputs.contains(i))
+        .count() as u64;
+    assert_eq!(
+        other_successes, concluded_unreleased,
+        "successful signatures on the chain that no client received"
+    );
+    assert_eq!(
+        signs
+            .iter()
+            .filter(|(.., o)| o != "success" && o != "admitted")
+            .count(),
+        0,
+        "a signature refused in the stream: {signs:?}"
+    );
     let segments = rig.audit_report()["segments"].as_u64().unwrap_or(0);
     assert!(segments >= 2, "only {segments} archived segments");
 

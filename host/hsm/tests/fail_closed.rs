@@ -66,39 +66,17 @@ fn frame_len(record: &AuditRecord) -> u64 {
     (2 + 4 + body.len()) as u64
 }
 
-/// `RLIMIT_FSIZE` of this process (soft limit; the hard limit stays), through the C
-/// library (the `nix` features this crate has do not include `resource`).
+/// `RLIMIT_FSIZE` of this process (soft limit; the hard limit stays).
 mod file_size_limit {
-    use std::ffi::{c_int, c_ulong};
-
-    /// `struct rlimit` (`rlim_t` is `unsigned long` on Linux).
-    #[repr(C)]
-    struct RLimit {
-        cur: c_ulong,
-        max: c_ulong,
-    }
-
-    const RLIMIT_FSIZE: c_int = 1;
-
-    extern "C" {
-        fn getrlimit(resource: c_int, rlim: *mut RLimit) -> c_int;
-        fn setrlimit(resource: c_int, rlim: *const RLimit) -> c_int;
-    }
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
     /// Files of this process may grow to `bytes` at most (`None`: up to the hard limit).
     /// Writes past it fail with `EFBIG` once `SIGXFSZ` is ignored ([`ignore_sigxfsz`]).
     pub fn set(bytes: Option<u64>) {
-        let mut now = RLimit { cur: 0, max: 0 };
-        // SAFETY: plain system calls on a local struct of the C layout.
-        assert_eq!(unsafe { getrlimit(RLIMIT_FSIZE, &mut now) }, 0, "getrlimit");
-        let cur = bytes.map_or(now.max, |b| c_ulong::try_from(b).unwrap().min(now.max));
-        let new = RLimit { cur, max: now.max };
-        assert_eq!(
-            unsafe { setrlimit(RLIMIT_FSIZE, &new) },
-            0,
-            "setrlimit(RLIMIT_FSIZE, {bytes:?}): {}",
-            std::io::Error::last_os_error()
-        );
+        let (_, hard) = getrlimit(Resource::RLIMIT_FSIZE).expect("getrlimit");
+        let soft = bytes.map_or(hard, |b| b.min(hard));
+        setrlimit(Resource::RLIMIT_FSIZE, soft, hard)
+            .unwrap_or_else(|e| panic!("setrlimit(RLIMIT_FSIZE, {bytes:?}): {e}"));
     }
 
     /// Without this, the kernel's `SIGXFSZ` kills the process at the first write past the

@@ -329,13 +329,35 @@ impl Rig {
     }
 
     fn serve(&self) -> Platform {
+        self.serve_with(Stdio::inherit())
+    }
+
+    /// [`Rig::serve`], its log (standard error) passed on line by line, and
+    /// [`Event::KeyStored`] sent to `events` at each line of a `kgss.create` audit event.
+    fn serve_watched(&self, events: mpsc::Sender<Event>) -> Platform {
+        let mut platform = self.serve_with(Stdio::piped());
+        let log = std::io::BufReader::new(platform.child.stderr.take().unwrap());
+        // Not joined: it ends when the platform (the pipe's writer) does.
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in log.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if line.contains("\"kgss.create\"") {
+                    let _ = events.send(Event::KeyStored);
+                }
+            }
+        });
+        platform
+    }
+
+    fn serve_with(&self, stderr: Stdio) -> Platform {
         let child = Command::new(etee_e2e::etee_bin())
             .args(["platform", "serve", "--config"])
             .arg(&self.config)
             .env("SOFTHSM2_CONF", &self.hsm.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut p = Platform { child };
@@ -974,7 +996,8 @@ const SEALED_REQUESTS: usize = 40;
 ///
 /// The requests are sealed first (`etee seal` is slower than the platform), then sent by
 /// [`SENDERS`] senders at once, each sending its next request as soon as it has an answer;
-/// after [`ACKS_BEFORE_KILL`] acknowledgements the platform is killed while they keep going.
+/// after [`ACKS_BEFORE_KILL`] acknowledgements the platform is killed, at the next key it
+/// logs as stored (its answer not yet sealed), while the senders keep going.
 /// A request is cut in flight when curl had sent it whole (its body uploaded) and then lost
 /// the connection without an answer (curl 52, 56, or HTTP/2's 16 and 92; a refused
 /// connection is 7, a connection cut before the request went out 35 or 55). Sent again to
@@ -1197,19 +1220,32 @@ fn check_created_keys(rig: &Rig, acknowledged: &[Value]) -> BTreeSet<String> {
     created
 }
 
+/// What [`stream_then_kill`] waits for.
+enum Event {
+    /// A request ended (its index), how.
+    Ended(usize, Sent),
+    /// The platform logged a key's `kgss.create` audit event: written once the key and its
+    /// event are committed, before the answer is sealed and sent.
+    KeyStored,
+    /// A sender stopped.
+    SenderDone,
+}
+
 /// Serves the platform and sends the sealed `GetNewKey` requests `order` (with `new_key`)
-/// from [`SENDERS`] senders, each sending its next one as soon as it has an
-/// answer; kills the platform (SIGKILL) once [`ACKS_BEFORE_KILL`] keys were acknowledged,
-/// while the senders go on until each is refused a connection. How each request sent
-/// ended, in the order they ended.
+/// from [`SENDERS`] senders, each sending its next one as soon as it has an answer; kills
+/// the platform (SIGKILL) at the first key stored (by its log) once [`ACKS_BEFORE_KILL`]
+/// keys were acknowledged, while the senders go on until each is refused a connection.
+/// (Should the log no longer show key creations, at the acknowledgement that makes
+/// [`ACKS_BEFORE_KILL`] + 2 × [`SENDERS`].) How each request sent ended, in the order
+/// they ended.
 fn stream_then_kill(
     rig: &Rig,
     order: &[usize],
     new_key: impl Fn(usize) -> Sent + Sync,
 ) -> Vec<(usize, Sent)> {
-    let mut platform = rig.serve();
-    let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel();
+    let mut platform = rig.serve_watched(tx.clone());
+    let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..SENDERS {
             let (tx, next, new_key) = (tx.clone(), &next, &new_key);
@@ -1217,34 +1253,44 @@ fn stream_then_kill(
                 while let Some(&request) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let sent = new_key(request);
                     let refused = matches!(sent, Sent::Failed { code: 7, .. });
-                    tx.send((request, sent)).unwrap();
+                    tx.send(Event::Ended(request, sent)).unwrap();
                     if refused {
                         break;
                     }
                 }
+                tx.send(Event::SenderDone).unwrap();
             });
         }
-        drop(tx);
-        let (mut outcomes, mut acks, mut killed) = (Vec::new(), 0, false);
-        loop {
-            let outcome = match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(outcome) => outcome,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!("no request ended in 60 s"),
+        let (mut outcomes, mut acks, mut done, mut killed) = (Vec::new(), 0, 0, None);
+        while done < SENDERS {
+            let event = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("no request ended in 60 s");
+            let trigger = match event {
+                Event::Ended(request, sent) => {
+                    if matches!(sent, Sent::Answered(201, _)) {
+                        acks += 1;
+                    }
+                    outcomes.push((request, sent));
+                    (acks >= ACKS_BEFORE_KILL + 2 * SENDERS)
+                        .then_some("an acknowledgement (no key creation in the log)")
+                }
+                Event::KeyStored => (acks >= ACKS_BEFORE_KILL).then_some("a key stored"),
+                Event::SenderDone => {
+                    done += 1;
+                    None
+                }
             };
-            if matches!(outcome.1, Sent::Answered(201, _)) {
-                acks += 1;
-            }
-            outcomes.push(outcome);
-            if acks >= ACKS_BEFORE_KILL && !killed {
+            if let (Some(trigger), None) = (trigger, killed) {
                 platform.child.kill().unwrap(); // SIGKILL
                 let status = platform.child.wait().unwrap();
                 assert_eq!(status.signal(), Some(9), "not ended by the kill: {status}");
-                killed = true;
+                eprintln!("killed after {acks} acknowledgements, at {trigger}");
+                killed = Some(trigger);
             }
         }
         assert!(
-            killed,
+            killed.is_some(),
             "the requests ran out after {acks} acknowledgements: {outcomes:?}"
         );
         outcomes

@@ -4,20 +4,27 @@
 //! opened with `etee seal` / `etee unseal`, HTTPS with curl.
 //!
 //! The flows: ETKDepot (SOAP and REST) finds Bob's ETK; Alice creates a key for "any
-//! recognised pharmacy"; Bob (a recognised pharmacy) gets it, a doctor does not; Alice
-//! (the holder) deletes it and then nobody gets it; every wrap and unwrap is on the KGSS
-//! token's custody audit chain. Then the platform is killed (SIGKILL) in the middle of a
-//! stream of key creations and restarted: every key whose creation was acknowledged is
-//! still there. Both on the embedded store and on PostgreSQL (a scratch database on the
-//! server of `ETEE_TEST_POSTGRES_URL`, which `scripts/test` starts). On PostgreSQL also two
-//! platform processes sharing one database and KGSS's token: what one instance wrote
-//! (keys, deletions, replay digests, audit events), the other serves.
+//! recognised pharmacy", which the store holds only wrapped by the token's AES key (read
+//! back from the stopped platform's store); Bob (a recognised pharmacy) gets it, a doctor
+//! does not; Alice (the holder) deletes it and then nobody gets it, and the store no longer
+//! holds it; every wrap and unwrap is on the KGSS token's custody audit chain. Then the
+//! platform is killed (SIGKILL) with key creations in flight and restarted: every key
+//! whose creation was acknowledged is still served, and the store holds exactly the keys
+//! the audit chain says were created. Both on the embedded store and on PostgreSQL (a
+//! scratch database on the server of `ETEE_TEST_POSTGRES_URL`, which `scripts/test`
+//! starts). On PostgreSQL also two platform processes sharing one database and KGSS's
+//! token: what one instance wrote (keys, deletions, replay digests, audit events), the
+//! other serves.
 
 use base64::Engine as _;
 use etee_e2e::{scratch, Output, SoftHsm};
 use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -27,6 +34,23 @@ const GET_KEY: &str = "/etee/v1/kgss/keys/retrieve";
 
 struct Platform {
     child: Child,
+}
+
+/// How a request sent with curl ended.
+#[derive(Debug)]
+enum Sent {
+    /// An HTTP answer: status and body.
+    Answered(u16, Vec<u8>),
+    /// No answer. `code` is curl's exit code: 7, the connection was refused (nothing
+    /// reached the platform); 35, the connection was cut during the TLS handshake; 52
+    /// (closed with nothing answered), 56 (reset while receiving), 55 (failure sending),
+    /// 16 or 92 (HTTP/2 connection or stream cut), the connection was cut once the request
+    /// was going out. `uploaded`: the bytes of the request body curl had sent.
+    Failed {
+        code: i32,
+        uploaded: usize,
+        message: String,
+    },
 }
 
 impl Platform {
@@ -243,6 +267,52 @@ impl Rig {
         self.dir.join("world").join(name)
     }
 
+    fn on_postgres(&self) -> bool {
+        self.store.starts_with("postgres://") || self.store.starts_with("postgresql://")
+    }
+
+    /// The embedded store's file (relative to the configuration's directory).
+    fn store_file(&self) -> PathBuf {
+        assert!(!self.on_postgres());
+        self.dir.join(&self.store)
+    }
+
+    /// The platform's store, opened by this process as the platform opens it. The platform
+    /// must be stopped: an embedded store is one process's at a time.
+    fn open_store(&self) -> Arc<dyn etee_store::Store> {
+        let location = if self.on_postgres() {
+            self.store.clone()
+        } else {
+            self.store_file().display().to_string()
+        };
+        etee_store::open(&location)
+            .unwrap_or_else(|e| panic!("opening the store {location} (platform stopped?): {e}"))
+    }
+
+    /// `TOOL URL ARGS` (psql, pg_dump) on the PostgreSQL store: its standard output, or
+    /// `None` after a skip (a failure under `ETEE_E2E_STRICT=1`) when the tool is missing.
+    fn pg_tool(&self, tool: &str, args: &[&str]) -> Option<Vec<u8>> {
+        let out = match Command::new(tool)
+            .args(args)
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) => {
+                etee_e2e::skip(&format!("{tool} (PostgreSQL's client) cannot run: {e}"));
+                return None;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(out.stdout)
+    }
+
     /// `etee platform ARGS --config platform.toml`.
     fn platform<const N: usize>(&self, args: [&str; N]) -> etee_e2e::Etee {
         self.hsm
@@ -253,13 +323,35 @@ impl Rig {
     }
 
     fn serve(&self) -> Platform {
+        self.serve_with(Stdio::inherit())
+    }
+
+    /// [`Rig::serve`], its log (standard error) passed on line by line, and
+    /// [`Event::KeyStored`] sent to `events` at each line of a `kgss.create` audit event.
+    fn serve_watched(&self, events: mpsc::Sender<Event>) -> Platform {
+        let mut platform = self.serve_with(Stdio::piped());
+        let log = std::io::BufReader::new(platform.child.stderr.take().unwrap());
+        // Not joined: it ends when the platform (the pipe's writer) does.
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in log.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if line.contains("\"kgss.create\"") {
+                    let _ = events.send(Event::KeyStored);
+                }
+            }
+        });
+        platform
+    }
+
+    fn serve_with(&self, stderr: Stdio) -> Platform {
         let child = Command::new(etee_e2e::etee_bin())
             .args(["platform", "serve", "--config"])
             .arg(&self.config)
             .env("SOFTHSM2_CONF", &self.hsm.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut p = Platform { child };
@@ -287,13 +379,32 @@ impl Rig {
         body: Option<(&str, &[u8])>,
         as_: Option<&str>,
     ) -> (u16, Vec<u8>) {
+        match self.send(method, path, body, as_) {
+            Sent::Answered(status, body) => (status, body),
+            Sent::Failed { message, .. } => {
+                eprintln!("curl: {message}");
+                (0, Vec::new())
+            }
+        }
+    }
+
+    /// [`Rig::curl`], telling how a request without an answer ended.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        as_: Option<&str>,
+    ) -> Sent {
         let out_file = self.dir.join(format!("curl-{}.out", etee_e2e::unique()));
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-X", method, "--cacert"])
+        // A bound, so that a platform that never answers fails the test, not hangs it.
+        cmd.args(["-sS", "--max-time", "120", "-X", method, "--cacert"])
             .arg(self.world("ca.pem"))
             .args(["-o"])
             .arg(&out_file)
-            .args(["-w", "%{http_code}"]);
+            // Written also when the transfer fails (status 000).
+            .args(["-w", "%{http_code} %{size_upload}"]);
         if let Some(who) = as_ {
             cmd.args(["--cert-type", "P12", "--cert"]).arg(format!(
                 "{}:{}",
@@ -313,12 +424,23 @@ impl Rig {
         }
         cmd.arg(format!("https://localhost:{}{path}", self.port));
         let out = cmd.output().expect("curl");
-        if !out.status.success() {
-            eprintln!("curl: {}", String::from_utf8_lossy(&out.stderr).trim());
-            return (0, Vec::new());
+        let written = String::from_utf8_lossy(&out.stdout);
+        let mut written = written.split_whitespace();
+        let status = written.next().unwrap_or("");
+        let uploaded = written.next().and_then(|n| n.parse().ok());
+        match out.status.code() {
+            Some(0) => Sent::Answered(
+                status
+                    .parse()
+                    .unwrap_or_else(|_| panic!("curl wrote {status:?}")),
+                std::fs::read(&out_file).unwrap_or_default(),
+            ),
+            code => Sent::Failed {
+                code: code.unwrap_or_else(|| panic!("curl killed: {}", out.status)),
+                uploaded: uploaded.unwrap_or_else(|| panic!("curl wrote {:?}", out.stdout)),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            },
         }
-        let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-        (status, std::fs::read(&out_file).unwrap_or_default())
     }
 
     /// `content` sealed by `from` (its keystore) to `to`'s ETK with `etee seal`.
@@ -440,6 +562,177 @@ fn sealed_response(v: &Value) -> Vec<u8> {
     B64.decode(v["sealedResponse"].as_str().unwrap()).unwrap()
 }
 
+/// `f` of each of `items`, on four threads (each call runs `etee` or curl: processes that
+/// mostly wait), in the order of `items`.
+fn in_parallel<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::with_capacity(items.len()));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let result = f(item);
+                done.lock().unwrap().push((i, result));
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap();
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, result)| result).collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A KGSS key id in Base64 (as the protocol carries it) as the store keys it.
+fn store_id(key_id: &str) -> [u8; 16] {
+    B64.decode(key_id)
+        .unwrap()
+        .try_into()
+        .unwrap_or_else(|id| panic!("key id {key_id}: {} bytes", Vec::len(&id)))
+}
+
+/// The ids (hex) of every KGSS key the (stopped) platform's store holds, or `None` after a
+/// skip when psql is missing. The store can list them neither through the `Store` trait
+/// nor with a command, so: PostgreSQL's with psql (`SELECT` from its `kgss_key` table); an
+/// embedded store's by asking it ([`etee_store::Store::get_kgss_key`]) about every 16-byte
+/// string of its file that can be a key's id. redb keeps a table's keys verbatim in the
+/// page of their rows, ahead of the rows, and a KGSS row is JSON that starts with
+/// `{"wrapped_key":"`: the candidates are the 16-byte strings in the 16 KiB before each such
+/// row, outside the rows' text. Nothing stored escapes that (a page is 4 KiB, larger only
+/// for an entry that does not fit); what the store does not hold is never found, whatever
+/// stale bytes (freed pages, an interrupted commit) the file keeps. `must_find`: keys known
+/// to be stored, which this must find (a check of the method itself).
+fn stored_kgss_ids(
+    rig: &Rig,
+    store: &dyn etee_store::Store,
+    must_find: &BTreeSet<String>,
+) -> Option<BTreeSet<String>> {
+    let found: BTreeSet<String> = if rig.on_postgres() {
+        let out = rig.pg_tool(
+            "psql",
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                "SELECT encode(id, 'hex') FROM kgss_key",
+            ],
+        )?;
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    } else {
+        const ROW: &[u8] = br#"{"wrapped_key":""#;
+        const SPAN: usize = 16 * 1024;
+        let file = std::fs::read(rig.store_file()).unwrap();
+        let rows: Vec<usize> = (0..file.len().saturating_sub(ROW.len()))
+            .filter(|&at| file[at..].starts_with(ROW))
+            .collect();
+        let mut in_row = vec![false; file.len()];
+        for &at in &rows {
+            // A row's text: up to the end of its JSON (a stale, torn one: its start).
+            let mut json = serde_json::Deserializer::from_slice(&file[at..]).into_iter::<Value>();
+            let len = match json.next() {
+                Some(Ok(_)) => json.byte_offset(),
+                _ => ROW.len(),
+            };
+            in_row[at..at + len].iter_mut().for_each(|b| *b = true);
+        }
+        let mut candidates = HashSet::new();
+        for &at in &rows {
+            for start in at.saturating_sub(SPAN)..at.saturating_sub(15) {
+                if !in_row[start] && !in_row[start + 15] {
+                    candidates.insert(<[u8; 16]>::try_from(&file[start..start + 16]).unwrap());
+                }
+            }
+        }
+        let started = Instant::now();
+        let found = candidates
+            .iter()
+            .filter(|id| store.get_kgss_key(id).unwrap().is_some())
+            .map(hex::encode)
+            .collect();
+        eprintln!(
+            "{} KGSS rows (live or stale) in the store file of {} bytes; {} candidate ids \
+             asked of the store in {:?}",
+            rows.len(),
+            file.len(),
+            candidates.len(),
+            started.elapsed()
+        );
+        found
+    };
+    let missed: Vec<&String> = must_find.difference(&found).collect();
+    assert!(
+        missed.is_empty(),
+        "listing the stored keys missed keys the store holds: {missed:?}"
+    );
+    Some(found)
+}
+
+/// Asserts that KGSS key `key_id` (Base64), whose bytes are `key` (Base64), is in the
+/// (stopped) platform's store only wrapped by the KGSS token's AES key: its row holds an
+/// RFC 3394 wrap, and nothing the store keeps holds the key in clear.
+fn assert_wrapped_at_rest(rig: &Rig, key_id: &str, key: &str) {
+    let key_bytes = B64.decode(key).unwrap();
+    let row = rig
+        .open_store()
+        .get_kgss_key(&store_id(key_id))
+        .unwrap()
+        .unwrap_or_else(|| panic!("key {key_id} is not in the store"));
+    // The token's AES key (the `kgss-wrap` profile's CKA_ID), not a key in memory.
+    assert_eq!(row.wrapping_key_label, "kgss-wrap", "{row:?}");
+    assert_eq!(
+        (row.creator.id_type.as_str(), row.creator.value.as_str()),
+        ("NIHII-HOSPITAL", "71000436"),
+        "{row:?}"
+    );
+    // RFC 3394 key wrap of the key (16 bytes) followed by its 16-byte binding (its id,
+    // creator and reader conditions: host/platform/src/kgss.rs, `wrap_bound`): 8 bytes
+    // more than the 32 wrapped.
+    assert_eq!(row.wrapped_key.len(), 16 + 16 + 8, "{row:?}");
+    assert!(
+        !contains(&row.wrapped_key, &key_bytes),
+        "the wrapped key contains the key"
+    );
+    // Everything the store keeps, as bytes: the redb file, or a dump of every row of the
+    // PostgreSQL database.
+    let (what, at_rest) = if rig.on_postgres() {
+        let Some(dump) = rig.pg_tool("pg_dump", &["--data-only", "--no-owner"]) else {
+            return;
+        };
+        ("pg_dump of the database", dump)
+    } else {
+        ("the store file", std::fs::read(rig.store_file()).unwrap())
+    };
+    // The right place to look: the wrapped key is there (a redb row keeps it in hex, pg_dump
+    // shows a bytea in hex).
+    assert!(
+        contains(&at_rest, hex::encode(&row.wrapped_key).as_bytes()),
+        "the wrapped key is not in {what}"
+    );
+    let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key_bytes);
+    for (form, needle) in [
+        ("raw", key_bytes.clone()),
+        ("Base64", key.as_bytes().to_vec()),
+        ("Base64url", url_safe.into_bytes()),
+        ("hex", hex::encode(&key_bytes).into_bytes()),
+        ("HEX", hex::encode_upper(&key_bytes).into_bytes()),
+    ] {
+        assert!(
+            !contains(&at_rest, &needle),
+            "the key in clear ({form}) is in {what}"
+        );
+    }
+}
+
 #[test]
 fn platform_serves_etkdepot_and_kgss_with_keys_in_softhsm() {
     let tmp = scratch();
@@ -494,6 +787,12 @@ fn serves_etkdepot_and_kgss(rig: Rig) {
     assert_eq!(B64.decode(&key).unwrap().len(), 16);
     assert_eq!(created["keyId"].as_str().unwrap(), key_id);
 
+    // At rest, the key is only wrapped by the KGSS token's key: read from the store with
+    // the platform stopped (an embedded store is one process's at a time), then served again.
+    platform.stop();
+    assert_wrapped_at_rest(&rig, &key_id, &key);
+    let platform = rig.serve();
+
     // Bob gets it; the doctor does not.
     let (status, got) = rig.get_key("bob", &key_id);
     assert_eq!(status, 200, "{got}");
@@ -513,13 +812,20 @@ fn serves_etkdepot_and_kgss(rig: Rig) {
     assert_eq!(rig.curl("DELETE", &path, None, Some("alice")).0, 204);
     assert_eq!(rig.get_key("bob", &key_id).0, 404);
 
-    // Stopped with SIGTERM: a clean exit.
+    // Stopped with SIGTERM: a clean exit. The deleted key is no longer in the store.
     platform.stop();
+    assert!(
+        rig.open_store()
+            .get_kgss_key(&store_id(&key_id))
+            .unwrap()
+            .is_none(),
+        "deleted key {key_id} still stored"
+    );
 
     // Every wrap and unwrap went through the KGSS token's custody core, on its chain.
     let run = rig
         .hsm
-        .etee(["audit", "verify", "--json", "--tail", "20", "--config"])
+        .etee(["audit", "verify", "--json", "--tail", "100", "--config"])
         .arg(&rig.kgss_hsm)
         .run();
     run.code(0);
@@ -665,42 +971,182 @@ fn platform_killed_during_key_creation_loses_no_acknowledged_key_on_postgresql()
     killed_during_key_creation(Rig::with_store(tmp.path(), db.url()));
 }
 
-fn killed_during_key_creation(rig: Rig) {
-    // Requests sealed beforehand, so that the stream is as dense as the platform allows.
-    let mut platform = rig.serve();
-    let acknowledged = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        let worker = s.spawn(|| {
-            for _ in 0..200 {
-                let (status, created) = rig.new_key("alice");
-                if status != 201 {
-                    break;
-                }
-                acknowledged
-                    .lock()
-                    .unwrap()
-                    .push(created["keyId"].as_str().unwrap().to_owned());
-            }
-        });
-        // Kill once a few keys went through.
-        let start = Instant::now();
-        while acknowledged.lock().unwrap().len() < 3 {
-            assert!(start.elapsed() < Duration::from_secs(60), "no key created");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = platform.child.kill(); // SIGKILL
-        let _ = platform.child.wait();
-        worker.join().unwrap();
-    });
-    let acknowledged = acknowledged.into_inner().unwrap();
-    eprintln!("{} keys acknowledged before the kill", acknowledged.len());
+/// Concurrent senders of `GetNewKey` requests in [`killed_during_key_creation`].
+const SENDERS: usize = 4;
+/// Acknowledged key creations after which the platform is killed (each attempt).
+const ACKS_BEFORE_KILL: usize = 6;
+/// Kills tried until one catches a request inside `GetNewKey`.
+const KILL_ATTEMPTS: usize = 4;
+/// `GetNewKey` requests sealed before the first kill (enough for every attempt).
+const SEALED_REQUESTS: usize = 40;
 
-    // Restarted: every acknowledged key is served (Bob may read them all).
-    let _platform = rig.serve();
-    for key_id in &acknowledged {
-        let (status, got) = rig.get_key("bob", key_id);
-        assert_eq!(status, 200, "acknowledged key {key_id} lost: {got}");
+/// The platform killed (SIGKILL) in the middle of `GetNewKey`s and restarted. Checked after
+/// every kill, on the store of the dead platform: the keys it holds are exactly those named
+/// by `kgss.create` events on the platform's audit chain (no key without its event, no
+/// event without its key: nothing half-written), among them every acknowledged key, each
+/// wrapped by the token's key. At the end, restarted: every stored key is released to an
+/// allowed reader (it unwraps), an acknowledged one with the bytes its creator got; the
+/// chains are intact.
+///
+/// The requests are sealed first (`etee seal` is slower than the platform), then sent by
+/// [`SENDERS`] senders at once, each sending its next request as soon as it has an answer;
+/// after [`ACKS_BEFORE_KILL`] acknowledgements the platform is killed, at the next key it
+/// logs as stored (its answer not yet sealed), while the senders keep going.
+/// A request is cut in flight when curl had sent it whole (its body uploaded) and then lost
+/// the connection without an answer (curl 52, 56, or HTTP/2's 16 and 92; a refused
+/// connection is 7, a connection cut before the request went out 35 or 55). Sent again to
+/// the restarted platform, a request cut in flight is a replay when the killed platform had
+/// recorded it (`GetNewKey`'s first write, once the request is opened and checked): it was
+/// inside `GetNewKey`. A kill counts when it caught one there; else it is tried again, up
+/// to [`KILL_ATTEMPTS`] times, on the same store, with the requests that never reached the
+/// platform.
+fn killed_during_key_creation(rig: Rig) {
+    let bodies: Vec<Vec<u8>> = in_parallel(&[(); SEALED_REQUESTS], |_| {
+        let sealed = rig.new_key_request("alice");
+        serde_json::json!({ "sealedRequest": B64.encode(sealed) })
+            .to_string()
+            .into_bytes()
+    });
+    let new_key = |request: usize| {
+        let body = Some(("application/json", bodies[request].as_slice()));
+        rig.send("POST", NEW_KEY, body, None)
+    };
+    let mut unsent: Vec<usize> = (0..bodies.len()).collect();
+    // The 201 answers.
+    let mut acknowledged: Vec<Value> = Vec::new();
+    // Keys created before the current attempt.
+    let mut known = 0;
+    let mut caught = 0;
+    let mut attempts = 0;
+    while caught == 0 {
+        attempts += 1;
+        assert!(
+            attempts <= KILL_ATTEMPTS,
+            "{KILL_ATTEMPTS} kills, none caught a request inside GetNewKey"
+        );
+        assert!(
+            unsent.len() >= ACKS_BEFORE_KILL + SENDERS,
+            "{} sealed requests left",
+            unsent.len()
+        );
+        let outcomes = stream_then_kill(&rig, &unsent, new_key);
+        let sent: HashSet<usize> = outcomes.iter().map(|(request, _)| *request).collect();
+        unsent.retain(|request| !sent.contains(request));
+        let (mut acks, mut refused, mut cut_early, mut in_flight) = (0, 0, 0, Vec::new());
+        for (request, outcome) in outcomes {
+            match outcome {
+                Sent::Answered(201, body) => {
+                    acks += 1;
+                    acknowledged.push(serde_json::from_slice(&body).unwrap());
+                }
+                Sent::Answered(status, body) => panic!(
+                    "GetNewKey answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ),
+                // Never reached the platform: for the next attempt.
+                Sent::Failed { code: 7, .. } => {
+                    refused += 1;
+                    unsent.push(request);
+                }
+                Sent::Failed {
+                    code,
+                    uploaded,
+                    message,
+                } => {
+                    if uploaded == bodies[request].len() && [52, 56, 16, 92].contains(&code) {
+                        in_flight.push(request);
+                    } else {
+                        cut_early += 1;
+                    }
+                    eprintln!(
+                        "request {request} cut ({uploaded} of {} bytes sent): {message}",
+                        bodies[request].len()
+                    );
+                }
+            }
+        }
+
+        // The dead platform's store: what its chain says was created, and nothing else.
+        let created = check_created_keys(&rig, &acknowledged).len();
+        assert!(created >= known + acks, "keys gone after a kill");
+        let unanswered = created - known - acks;
+        known = created;
+        assert!(
+            unanswered <= in_flight.len(),
+            "{unanswered} keys created without an answer, {} requests cut in flight",
+            in_flight.len()
+        );
+
+        // Restarted: the requests cut in flight sent again.
+        let platform = rig.serve();
+        let again = in_parallel(&in_flight, |&request| new_key(request));
+        platform.stop();
+        let mut recorded = 0;
+        for (request, outcome) in in_flight.iter().zip(again) {
+            match outcome {
+                Sent::Answered(409, _) => recorded += 1,
+                // Not recorded: a new key now.
+                Sent::Answered(201, body) => {
+                    acknowledged.push(serde_json::from_slice(&body).unwrap());
+                    known += 1;
+                }
+                other => panic!("request {request} sent again: {other:?}"),
+            }
+        }
+        assert!(
+            unanswered <= recorded,
+            "{unanswered} keys created without an answer, {recorded} of their requests recorded"
+        );
+        eprintln!(
+            "kill {attempts}: {acks} keys acknowledged; {} requests cut in flight, {recorded} \
+             of them inside GetNewKey ({unanswered} after their key was stored); {cut_early} \
+             cut before they went out; {refused} refused after the kill",
+            in_flight.len()
+        );
+        caught += recorded;
     }
+
+    let created: Vec<String> = check_created_keys(&rig, &acknowledged)
+        .into_iter()
+        .collect();
+    assert_eq!(created.len(), known);
+    // Each acknowledged key as its creator has it: the id (the answer's keyId too) and
+    // the bytes, from the sealed answer.
+    let acknowledged: HashMap<String, String> = in_parallel(&acknowledged, |created| {
+        let answer = rig.unseal("alice", &sealed_response(created));
+        let key_id = element(&answer, "NewKeyIdentifier");
+        assert_eq!(created["keyId"], key_id.as_str(), "{created}");
+        (
+            hex::encode(B64.decode(&key_id).unwrap()),
+            element(&answer, "NewKey"),
+        )
+    })
+    .into_iter()
+    .collect();
+    eprintln!(
+        "{attempts} kill(s); {} keys acknowledged, {} stored",
+        acknowledged.len(),
+        created.len()
+    );
+
+    // Restarted: every stored key is released to Bob (a recognised pharmacy), so it
+    // unwraps in the token with its binding intact; an acknowledged one with the bytes its
+    // creator got.
+    let platform = rig.serve();
+    in_parallel(&created, |id| {
+        let key_id = B64.encode(hex::decode(id).unwrap());
+        let (status, got) = rig.get_key("bob", &key_id);
+        assert_eq!(status, 200, "stored key {id} not served: {got}");
+        let key = element(&rig.unseal("bob", &sealed_response(&got)), "Key");
+        assert_eq!(B64.decode(&key).unwrap().len(), 16, "key {id}");
+        if let Some(acknowledged) = acknowledged.get(id) {
+            assert_eq!(
+                &key, acknowledged,
+                "key {id}: not the bytes its creator got"
+            );
+        }
+    });
+    platform.stop();
     // The custody chain of the KGSS token survived too.
     let run = rig
         .hsm
@@ -709,6 +1155,140 @@ fn killed_during_key_creation(rig: Rig) {
         .run();
     run.code(0);
     assert_eq!(run.json()["intact"], Value::Bool(true));
+}
+
+/// With the platform down (killed or stopped): the ids (hex) of the KGSS keys its audit
+/// chain says were created (read by `etee platform audit`, which repairs a store left by a
+/// killed platform as the platform does at start), checked to be exactly the keys the
+/// store holds, each wrapped by the token's key, and to include the keys of the answers
+/// `acknowledged` (201 answers to `GetNewKey`, whose `keyId` is the key's id).
+fn check_created_keys(rig: &Rig, acknowledged: &[Value]) -> BTreeSet<String> {
+    let run = rig
+        .platform([
+            "audit",
+            "--json",
+            "--tail",
+            "100000",
+            "--action",
+            "kgss.create",
+        ])
+        .run();
+    run.code(0);
+    let report = run.json();
+    assert_eq!(report["intact"], Value::Bool(true), "{report}");
+    let events = report["tail"].as_array().unwrap();
+    assert_eq!(report["matched"].as_u64(), Some(events.len() as u64));
+    for event in events {
+        assert_eq!(event["outcome"], "created", "{event}");
+        assert_eq!(event["actor"], "NIHII-HOSPITAL=71000436", "{event}");
+    }
+    let created: BTreeSet<String> = events
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(created.len(), events.len(), "a key created twice: {report}");
+    for answer in acknowledged {
+        let id = hex::encode(B64.decode(answer["keyId"].as_str().unwrap()).unwrap());
+        assert!(
+            created.contains(&id),
+            "acknowledged key {id}: no kgss.create event"
+        );
+    }
+    let store = rig.open_store();
+    for id in &created {
+        let row = store
+            .get_kgss_key(&hex::decode(id).unwrap().try_into().unwrap())
+            .unwrap()
+            .unwrap_or_else(|| panic!("key {id}: a kgss.create event, not in the store"));
+        assert_eq!(row.wrapping_key_label, "kgss-wrap", "{row:?}");
+        assert_eq!(row.wrapped_key.len(), 16 + 16 + 8, "{row:?}");
+    }
+    if let Some(stored) = stored_kgss_ids(rig, &*store, &created) {
+        assert_eq!(
+            stored,
+            created,
+            "stored without a kgss.create event: {:?}",
+            stored.difference(&created).collect::<Vec<_>>(),
+        );
+    }
+    created
+}
+
+/// What [`stream_then_kill`] waits for.
+enum Event {
+    /// A request ended (its index), how.
+    Ended(usize, Sent),
+    /// The platform logged a key's `kgss.create` audit event: written once the key and its
+    /// event are committed, before the answer is sealed and sent.
+    KeyStored,
+    /// A sender stopped.
+    SenderDone,
+}
+
+/// Serves the platform and sends the sealed `GetNewKey` requests `order` (with `new_key`)
+/// from [`SENDERS`] senders, each sending its next one as soon as it has an answer; kills
+/// the platform (SIGKILL) at the first key stored (by its log) once [`ACKS_BEFORE_KILL`]
+/// keys were acknowledged, while the senders go on until each is refused a connection.
+/// (Should the log no longer show key creations, at the acknowledgement that makes
+/// [`ACKS_BEFORE_KILL`] + 2 × [`SENDERS`].) How each request sent ended, in the order
+/// they ended.
+fn stream_then_kill(
+    rig: &Rig,
+    order: &[usize],
+    new_key: impl Fn(usize) -> Sent + Sync,
+) -> Vec<(usize, Sent)> {
+    let (tx, rx) = mpsc::channel();
+    let mut platform = rig.serve_watched(tx.clone());
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..SENDERS {
+            let (tx, next, new_key) = (tx.clone(), &next, &new_key);
+            s.spawn(move || {
+                while let Some(&request) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let sent = new_key(request);
+                    let refused = matches!(sent, Sent::Failed { code: 7, .. });
+                    tx.send(Event::Ended(request, sent)).unwrap();
+                    if refused {
+                        break;
+                    }
+                }
+                tx.send(Event::SenderDone).unwrap();
+            });
+        }
+        let (mut outcomes, mut acks, mut done, mut killed) = (Vec::new(), 0, 0, None);
+        while done < SENDERS {
+            let event = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("no request ended in 60 s");
+            let trigger = match event {
+                Event::Ended(request, sent) => {
+                    if matches!(sent, Sent::Answered(201, _)) {
+                        acks += 1;
+                    }
+                    outcomes.push((request, sent));
+                    (acks >= ACKS_BEFORE_KILL + 2 * SENDERS)
+                        .then_some("an acknowledgement (no key creation in the log)")
+                }
+                Event::KeyStored => (acks >= ACKS_BEFORE_KILL).then_some("a key stored"),
+                Event::SenderDone => {
+                    done += 1;
+                    None
+                }
+            };
+            if let (Some(trigger), None) = (trigger, killed) {
+                platform.child.kill().unwrap(); // SIGKILL
+                let status = platform.child.wait().unwrap();
+                assert_eq!(status.signal(), Some(9), "not ended by the kill: {status}");
+                eprintln!("killed after {acks} acknowledgements, at {trigger}");
+                killed = Some(trigger);
+            }
+        }
+        assert!(
+            killed.is_some(),
+            "the requests ran out after {acks} acknowledgements: {outcomes:?}"
+        );
+        outcomes
+    })
 }
 
 /// Two `etee platform serve` processes on one PostgreSQL database, as docs/platform.md

@@ -304,8 +304,8 @@ pub fn run(config: crate::PlatformConfig) -> crate::Result<()> {
         .enable_all()
         .thread_name("etee-platform")
         .build()?;
-    runtime.block_on(async {
-        let running = start(platform).await?;
+    let served = runtime.block_on(async {
+        let running = start(platform.clone()).await?;
         eprintln!("etee platform: serving on https://{}", running.addr);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -315,5 +315,13 @@ pub fn run(config: crate::PlatformConfig) -> crate::Result<()> {
         eprintln!("etee platform: stopping (answering the requests under way)");
         running.stop().await?;
         Ok(())
-    })
+    });
+    // The runtime and its tasks go first, so that the platform's last reference is this
+    // one, dropped outside the runtime: dropping a PostgreSQL store closes its pooled
+    // connections with the blocking client, which runs a runtime of its own and panics
+    // on a runtime's thread (a second panic, for the next connection, aborted the
+    // process: SIGABRT after SIGTERM).
+    drop(runtime);
+    drop(platform);
+    served
 }

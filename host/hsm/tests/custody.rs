@@ -739,12 +739,33 @@ fn wrap_unwrap_through_custody(process: bool) {
     keys.close();
 }
 
+/// A policy that lets the CLI's client do every operation with each of `keys`: only the
+/// key kind can then refuse a wrong use.
+fn allow_everything(keys: &[etee_custody::KeyId]) -> etee_custody::policy::Policy {
+    use etee_custody::policy::{Policy, Rule};
+    let client = etee_custody::ClientId::try_from("etee-cli").unwrap();
+    let mut policy = Policy::deny_all();
+    for key in keys {
+        policy
+            .allow(Rule {
+                client: client.clone(),
+                key: key.clone(),
+                sign: true,
+                decrypt: true,
+                wrap: true,
+                unwrap: true,
+                budget: etee_hsm::custody::DEFAULT_BUDGET,
+            })
+            .unwrap();
+    }
+    policy
+}
+
 /// With a policy that allows every operation on every key, the key kind still keeps them
 /// apart (the core refuses before the token is asked), and the token itself refuses too.
 #[test]
 fn wrapping_and_rsa_keys_are_not_interchangeable() {
-    use etee_custody::policy::{Policy, Rule};
-    use etee_custody::{ClientId, KeyKind, Token};
+    use etee_custody::{KeyKind, Token};
     use etee_hsm::{HsmToken, KeyProfile};
 
     let config = new_token("kgss-confusion");
@@ -772,21 +793,7 @@ fn wrapping_and_rsa_keys_are_not_interchangeable() {
     assert!(raw.wrap_aes_kw(&auth, &[1; 16], &mut out).is_err());
     assert!(raw.unwrap_aes_kw(&auth, &[1; 24], &mut out).is_err());
 
-    let client = ClientId::try_from("etee-cli").unwrap();
-    let mut policy = Policy::deny_all();
-    for key in [kgss.clone(), auth.clone()] {
-        policy
-            .allow(Rule {
-                client: client.clone(),
-                key,
-                sign: true,
-                decrypt: true,
-                wrap: true,
-                unwrap: true,
-                budget: etee_hsm::custody::DEFAULT_BUDGET,
-            })
-            .unwrap();
-    }
+    let policy = allow_everything(&[kgss.clone(), auth.clone()]);
     let dir = tempfile::tempdir().unwrap();
     let custody = CustodyConfig::defaults(&config, dir.path());
     let keys = CustodyKeys::with_policy(hsm, token, policy, &custody).unwrap();
@@ -828,9 +835,8 @@ fn wrapping_and_rsa_keys_are_not_interchangeable() {
 /// allow it), with the PKCS#11 code said.
 #[test]
 fn authentication_and_etk_keys_are_not_interchangeable() {
-    use etee_custody::policy::{Policy, Rule};
     use etee_custody::token::ckr;
-    use etee_custody::{ClientId, KeyKind, Token};
+    use etee_custody::{KeyKind, Token};
     use etee_hsm::{HsmToken, KeyProfile};
 
     let config = new_token("rsa-confusion");
@@ -858,21 +864,7 @@ fn authentication_and_etk_keys_are_not_interchangeable() {
         "the authentication key decrypts"
     );
 
-    let client = ClientId::try_from("etee-cli").unwrap();
-    let mut policy = Policy::deny_all();
-    for key in [auth.clone(), etk.clone()] {
-        policy
-            .allow(Rule {
-                client: client.clone(),
-                key,
-                sign: true,
-                decrypt: true,
-                wrap: true,
-                unwrap: true,
-                budget: etee_hsm::custody::DEFAULT_BUDGET,
-            })
-            .unwrap();
-    }
+    let policy = allow_everything(&[auth.clone(), etk.clone()]);
     let dir = tempfile::tempdir().unwrap();
     let custody = CustodyConfig::defaults(&config, dir.path());
     let keys = CustodyKeys::with_policy(hsm, token, policy, &custody).unwrap();

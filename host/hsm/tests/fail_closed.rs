@@ -27,7 +27,7 @@
 
 mod common;
 
-use common::new_token;
+use common::{encrypt_pkcs1, new_token, verify_pss};
 use etee_custody::audit::{sha256, Hash, Operation, Outcome};
 use etee_custody::config::MAX_AUDIT_RECORD_LEN;
 use etee_custody::file_sink::{scan, Scan};
@@ -38,8 +38,6 @@ use etee_hsm::remote::Server;
 use etee_hsm::{
     CustodyConfig, CustodyKeys, Hsm, HsmConfig, KeyProfile, RemoteCustodyKeys, TokenSelector,
 };
-use openssl::pkey::{PKey, Public};
-use openssl::rsa::Padding;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -338,32 +336,6 @@ fn random<const N: usize>() -> [u8; N] {
     let mut v = [0u8; N];
     openssl::rand::rand_bytes(&mut v).unwrap();
     v
-}
-
-fn public_key(der: &[u8]) -> PKey<Public> {
-    PKey::public_key_from_der(der).unwrap()
-}
-
-fn verify_pss(spki_der: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
-    let key = public_key(spki_der);
-    let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&key).unwrap();
-    ctx.verify_init().unwrap();
-    ctx.set_rsa_padding(Padding::PKCS1_PSS).unwrap();
-    ctx.set_signature_md(openssl::md::Md::sha256()).unwrap();
-    ctx.set_rsa_mgf1_md(openssl::md::Md::sha256()).unwrap();
-    ctx.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::custom(32))
-        .unwrap();
-    ctx.verify(digest, sig).unwrap_or(false)
-}
-
-fn encrypt_pkcs1(spki_der: &[u8], data: &[u8]) -> Vec<u8> {
-    let key = public_key(spki_der);
-    let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&key).unwrap();
-    ctx.encrypt_init().unwrap();
-    ctx.set_rsa_padding(Padding::PKCS1).unwrap();
-    let mut out = Vec::new();
-    ctx.encrypt_to_vec(data, &mut out).unwrap();
-    out
 }
 
 fn now_ms() -> u64 {

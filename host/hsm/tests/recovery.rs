@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::foreign_session;
+use common::{foreign_session, verify_pss};
 use cryptoki::context::{CInitializeArgs, Pkcs11};
 use etee_formats::keys::{KeyId, PrivateKeyOps};
 use etee_hsm::Hsm;
@@ -12,18 +12,6 @@ use openssl::pkey::{PKey, Public};
 use openssl::rsa::Padding;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-fn verify_pss(spki: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
-    let key: PKey<Public> = PKey::public_key_from_der(spki).unwrap();
-    let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&key).unwrap();
-    ctx.verify_init().unwrap();
-    ctx.set_rsa_padding(Padding::PKCS1_PSS).unwrap();
-    ctx.set_signature_md(openssl::md::Md::sha256()).unwrap();
-    ctx.set_rsa_mgf1_md(openssl::md::Md::sha256()).unwrap();
-    ctx.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::custom(32))
-        .unwrap();
-    ctx.verify(digest, sig).unwrap_or(false)
-}
 
 /// Waits until `done` holds (checked every millisecond); fails after a minute, far beyond
 /// what any machine takes: a bound against hanging, not a timing assertion.

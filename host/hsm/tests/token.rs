@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{new_token, openssl, parse_pkcs11_tool, pkcs11_tool_objects, vectors, USER_PIN};
+use common::{
+    encrypt_pkcs1, new_token, openssl, parse_pkcs11_tool, pkcs11_tool_objects, vectors, verify_pss,
+    USER_PIN,
+};
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
@@ -62,28 +65,6 @@ fn keystore_p12(pki: &TestPki, who: &etee_testpki::Institution) -> Vec<u8> {
 
 fn sha256(data: &[u8]) -> [u8; 32] {
     openssl::sha::sha256(data)
-}
-
-fn verify_pss(spki_der: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
-    let key: PKey<Public> = PKey::public_key_from_der(spki_der).unwrap();
-    let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&key).unwrap();
-    ctx.verify_init().unwrap();
-    ctx.set_rsa_padding(Padding::PKCS1_PSS).unwrap();
-    ctx.set_signature_md(openssl::md::Md::sha256()).unwrap();
-    ctx.set_rsa_mgf1_md(openssl::md::Md::sha256()).unwrap();
-    ctx.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::custom(32))
-        .unwrap();
-    ctx.verify(digest, sig).unwrap_or(false)
-}
-
-fn encrypt_pkcs1(spki_der: &[u8], data: &[u8]) -> Vec<u8> {
-    let key: PKey<Public> = PKey::public_key_from_der(spki_der).unwrap();
-    let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&key).unwrap();
-    ctx.encrypt_init().unwrap();
-    ctx.set_rsa_padding(Padding::PKCS1).unwrap();
-    let mut out = Vec::new();
-    ctx.encrypt_to_vec(data, &mut out).unwrap();
-    out
 }
 
 /// A certificate for a public key generated in the token, issued by `ca`.

@@ -307,3 +307,30 @@ pub fn foreign_session(
     let session = other.open_ro_session(slot).unwrap();
     (other, session)
 }
+
+/// Whether `sig` is an RSA-PSS signature (SHA-256, MGF1-SHA-256, 32-byte salt: what the
+/// token makes) of `digest` by the public key `spki_der`, checked by OpenSSL.
+pub fn verify_pss(spki_der: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
+    use openssl::rsa::Padding;
+    let key = openssl::pkey::PKey::public_key_from_der(spki_der).unwrap();
+    let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&key).unwrap();
+    ctx.verify_init().unwrap();
+    ctx.set_rsa_padding(Padding::PKCS1_PSS).unwrap();
+    ctx.set_signature_md(openssl::md::Md::sha256()).unwrap();
+    ctx.set_rsa_mgf1_md(openssl::md::Md::sha256()).unwrap();
+    ctx.set_rsa_pss_saltlen(openssl::sign::RsaPssSaltlen::custom(32))
+        .unwrap();
+    ctx.verify(digest, sig).unwrap_or(false)
+}
+
+/// `data` encrypted by OpenSSL to the public key `spki_der` (RSA PKCS#1 v1.5: a
+/// key-transport blob for the token's ETK key).
+pub fn encrypt_pkcs1(spki_der: &[u8], data: &[u8]) -> Vec<u8> {
+    let key = openssl::pkey::PKey::public_key_from_der(spki_der).unwrap();
+    let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&key).unwrap();
+    ctx.encrypt_init().unwrap();
+    ctx.set_rsa_padding(openssl::rsa::Padding::PKCS1).unwrap();
+    let mut out = Vec::new();
+    ctx.encrypt_to_vec(data, &mut out).unwrap();
+    out
+}

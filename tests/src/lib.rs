@@ -520,6 +520,68 @@ pub fn openssl_cli() -> bool {
     ok
 }
 
+/// What `openssl cms` needs to open a sealed message as its recipient: the CA file both
+/// signatures chain to, the recipient's ETK certificate and key (PEM files), and the
+/// outer signer's certificate (PEM) for the inner layer, which carries none; `None` takes
+/// the one the outer layer carries.
+pub struct OpensslRecipient<'a> {
+    pub ca: &'a Path,
+    pub etk_cert: &'a Path,
+    pub etk_key: &'a Path,
+    pub signer: Option<&'a Path>,
+}
+
+/// Opens the sealed message at `sealed` with `openssl cms` alone, in three steps in `dir`:
+/// the outer signature, the decryption, the inner signature. Returns the content; any
+/// step that fails fails the test.
+#[track_caller]
+pub fn openssl_open(dir: &Path, sealed: &Path, r: &OpensslRecipient) -> Vec<u8> {
+    let p = |name: &str| dir.join(name);
+    let verify = |more: &[&OsStr]| {
+        let fixed = [
+            "cms", "-verify", "-inform", "DER", "-binary", "-purpose", "any",
+        ];
+        openssl(fixed.iter().map(OsStr::new).chain(more.iter().copied()));
+    };
+    let outer_signer = p("outer-signer.pem");
+    verify(&[
+        "-CAfile".as_ref(),
+        r.ca.as_os_str(),
+        "-in".as_ref(),
+        sealed.as_os_str(),
+        "-certsout".as_ref(),
+        outer_signer.as_os_str(),
+        "-out".as_ref(),
+        p("middle.der").as_os_str(),
+    ]);
+    openssl([
+        "cms".as_ref(),
+        "-decrypt".as_ref(),
+        "-inform".as_ref(),
+        "DER".as_ref(),
+        "-binary".as_ref(),
+        "-recip".as_ref(),
+        r.etk_cert.as_os_str(),
+        "-inkey".as_ref(),
+        r.etk_key.as_os_str(),
+        "-in".as_ref(),
+        p("middle.der").as_os_str(),
+        "-out".as_ref(),
+        p("inner.der").as_os_str(),
+    ] as [&OsStr; 13]);
+    verify(&[
+        "-CAfile".as_ref(),
+        r.ca.as_os_str(),
+        "-certfile".as_ref(),
+        r.signer.unwrap_or(&outer_signer).as_os_str(),
+        "-in".as_ref(),
+        p("inner.der").as_os_str(),
+        "-out".as_ref(),
+        p("opened-by-openssl").as_os_str(),
+    ]);
+    std::fs::read(p("opened-by-openssl")).expect("openssl's content")
+}
+
 /// Runs `openssl` with these arguments; panics with its output when it fails.
 #[track_caller]
 pub fn openssl<I, S>(args: I)

@@ -109,54 +109,14 @@ fn hsm_token_seals_unseals_and_audits() {
     // openssl opens it too, with Bob's ETK key from the world's files: the outer signature
     // (made in the token through the core), the decryption, the inner signature.
     if etee_e2e::openssl_cli() {
-        let p = |name: &str| tmp.path().join(name).display().to_string();
-        let (ca, sealed_path) = (
-            w.ca().display().to_string(),
-            sealed_path.display().to_string(),
-        );
-        let verify = [
-            "cms", "-verify", "-inform", "DER", "-binary", "-purpose", "any",
-        ];
-        etee_e2e::openssl(verify.iter().copied().chain([
-            "-CAfile",
-            &ca,
-            "-in",
-            &sealed_path,
-            "-certsout",
-            &p("signers.pem"),
-            "-out",
-            &p("middle.der"),
-        ]));
-        let (recip, key) = (
-            w.etk_cert_pem("bob").display().to_string(),
-            w.etk_key_pem("bob").display().to_string(),
-        );
-        etee_e2e::openssl([
-            "cms",
-            "-decrypt",
-            "-inform",
-            "DER",
-            "-binary",
-            "-recip",
-            &recip,
-            "-inkey",
-            &key,
-            "-in",
-            &p("middle.der"),
-            "-out",
-            &p("inner.der"),
-        ]);
-        etee_e2e::openssl(verify.iter().copied().chain([
-            "-CAfile",
-            &ca,
-            "-certfile",
-            &p("signers.pem"),
-            "-in",
-            &p("inner.der"),
-            "-out",
-            &p("by-openssl"),
-        ]));
-        assert_eq!(std::fs::read(p("by-openssl")).unwrap(), plain);
+        let recipient = etee_e2e::OpensslRecipient {
+            ca: &w.ca(),
+            etk_cert: &w.etk_cert_pem("bob"),
+            etk_key: &w.etk_key_pem("bob"),
+            signer: None,
+        };
+        let opened = etee_e2e::openssl_open(tmp.path(), &sealed_path, &recipient);
+        assert_eq!(opened, plain);
     }
 
     // Alice's keystore seals for Bob's ETK (held in the HSM); `unseal --config` opens it.

@@ -5,7 +5,7 @@
 //! `openssl cms` with Bob's key, Bob's message opened by Alice's token. A second run extends
 //! the same world and refuses a token that already has an authentication key.
 
-use etee_e2e::{openssl, openssl_cli, outer_certificate_pem, scratch, skip, SoftHsm};
+use etee_e2e::{openssl_cli, outer_certificate_pem, scratch, skip, SoftHsm};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -296,56 +296,16 @@ fn a_second_run_extends_the_world_and_refuses_a_used_token() {
 /// Outer signature (Alice's authentication certificate, chained to the world's CA),
 /// decryption with Bob's ETK key, inner signature: all by openssl.
 fn openssl_opens(dir: &Path, rig: &Rig, msg: &Path, plain: &[u8]) {
-    let p = |n: &str| dir.join(n).display().to_string();
-    let ca = rig.world("ca.pem").display().to_string();
-    let verify = [
-        "cms", "-verify", "-inform", "DER", "-binary", "-purpose", "any",
-    ];
     let sealed = std::fs::read(msg).unwrap();
-    std::fs::write(
-        dir.join("alice-auth.pem"),
-        outer_certificate_pem(&sealed, "71000436"),
-    )
-    .unwrap();
-    let run = |extra: &[String]| {
-        let mut args: Vec<String> = verify.iter().map(|s| s.to_string()).collect();
-        args.extend(extra.iter().cloned());
-        openssl(&args);
+    let alice = dir.join("alice-auth.pem");
+    std::fs::write(&alice, outer_certificate_pem(&sealed, "71000436")).unwrap();
+    let recipient = etee_e2e::OpensslRecipient {
+        ca: &rig.world("ca.pem"),
+        etk_cert: &rig.world("bob-etk-cert.pem"),
+        etk_key: &rig.world("bob-etk-key.pem"),
+        signer: Some(&alice),
     };
-    run(&[
-        "-in".into(),
-        msg.display().to_string(),
-        "-CAfile".into(),
-        ca.clone(),
-        "-out".into(),
-        p("middle.der"),
-    ]);
-    openssl([
-        "cms",
-        "-decrypt",
-        "-inform",
-        "DER",
-        "-binary",
-        "-recip",
-        &rig.world("bob-etk-cert.pem").display().to_string(),
-        "-inkey",
-        &rig.world("bob-etk-key.pem").display().to_string(),
-        "-in",
-        &p("middle.der"),
-        "-out",
-        &p("inner.der"),
-    ]);
-    run(&[
-        "-in".into(),
-        p("inner.der"),
-        "-CAfile".into(),
-        ca,
-        "-certfile".into(),
-        p("alice-auth.pem"),
-        "-out".into(),
-        p("opened"),
-    ]);
-    assert_eq!(std::fs::read(dir.join("opened")).unwrap(), plain);
+    assert_eq!(etee_e2e::openssl_open(dir, msg, &recipient), plain);
 }
 
 fn pkcs11_tool_reports_non_extractable_local_keys(rig: &Rig) {

@@ -739,6 +739,27 @@ fn wrap_unwrap_through_custody(process: bool) {
     keys.close();
 }
 
+/// Asserts that the chain at `audit` holds, beside the logins, a sign, a decrypt, a wrap
+/// and an unwrap, in that order, each refused for the kind of key it named.
+#[track_caller]
+fn refused_by_key_kind(audit: &Path) {
+    let refusals: Vec<_> = records(audit)
+        .iter()
+        .filter(|r| r.operation != Operation::Unlock)
+        .map(|r| (r.operation, r.outcome))
+        .collect();
+    let wrong = Outcome::Refused(CoreError::WrongKeyKind);
+    assert_eq!(
+        refusals,
+        [
+            (Operation::SignPssSha256, wrong),
+            (Operation::DecryptPkcs1v15, wrong),
+            (Operation::WrapSecret, wrong),
+            (Operation::UnwrapSecret, wrong),
+        ]
+    );
+}
+
 /// A policy that lets the CLI's client do every operation with each of `keys`: only the
 /// key kind can then refuse a wrong use.
 fn allow_everything(keys: &[etee_custody::KeyId]) -> etee_custody::policy::Policy {
@@ -805,22 +826,7 @@ fn wrapping_and_rsa_keys_are_not_interchangeable() {
     assert!(matches!(wrap, Err(KeyError::Refused(_))), "{wrap:?}");
     let unwrap = keys.unwrap_secret("authentication", &[7; 24]);
     assert!(matches!(unwrap, Err(KeyError::Refused(_))), "{unwrap:?}");
-    let all = records(&custody.audit_file);
-    let refusals: Vec<_> = all
-        .iter()
-        .filter(|r| r.operation != Operation::Unlock)
-        .map(|r| (r.operation, r.outcome))
-        .collect();
-    let wrong = Outcome::Refused(CoreError::WrongKeyKind);
-    assert_eq!(
-        refusals,
-        [
-            (Operation::SignPssSha256, wrong),
-            (Operation::DecryptPkcs1v15, wrong),
-            (Operation::WrapSecret, wrong),
-            (Operation::UnwrapSecret, wrong),
-        ]
-    );
+    refused_by_key_kind(&custody.audit_file);
     // And the allowed use works.
     let wrapped = keys.wrap_secret("kgss-wrap", &[9; 32]).unwrap();
     assert_eq!(
@@ -876,21 +882,7 @@ fn authentication_and_etk_keys_are_not_interchangeable() {
     assert!(matches!(wrap, Err(KeyError::Refused(_))), "{wrap:?}");
     let unwrap = keys.unwrap_secret("authentication", &[7; 24]);
     assert!(matches!(unwrap, Err(KeyError::Refused(_))), "{unwrap:?}");
-    let refusals: Vec<_> = records(&custody.audit_file)
-        .iter()
-        .filter(|r| r.operation != Operation::Unlock)
-        .map(|r| (r.operation, r.outcome))
-        .collect();
-    let wrong = Outcome::Refused(CoreError::WrongKeyKind);
-    assert_eq!(
-        refusals,
-        [
-            (Operation::SignPssSha256, wrong),
-            (Operation::DecryptPkcs1v15, wrong),
-            (Operation::WrapSecret, wrong),
-            (Operation::UnwrapSecret, wrong),
-        ]
-    );
+    refused_by_key_kind(&custody.audit_file);
     // The allowed use works: the authentication key signs.
     let signature = keys
         .sign_pss_sha256(&KeyId("authentication".into()), &[9; 32])

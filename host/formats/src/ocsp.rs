@@ -1053,19 +1053,6 @@ impl Online {
         )
     }
 
-    /// [`Online::values_for`] the path of `signer`: its certificate and the issuers
-    /// found among its chain and `anchors`.
-    pub fn values_for_signer(
-        &self,
-        signer: &crate::keys::SignerRef,
-        anchors: &[crate::cert::Certificate],
-        at: i64,
-    ) -> Result<RevocationValues, SealingStatus> {
-        let path =
-            crate::trust::signer_path(signer, anchors).ok_or(SealingStatus::NoCertificate)?;
-        self.values_for(&path, at)
-    }
-
     /// One exchange: a request with a fresh nonce, the answer checked.
     fn ask(
         &self,

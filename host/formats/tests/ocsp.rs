@@ -614,14 +614,16 @@ fn a_sealer_embeds_its_good_answers_and_refuses_to_seal_otherwise() {
         online.values_for(&path[..1], w.now),
         Err(SealingStatus::NoIssuer(_))
     ));
-    // The signer's own path, found from its chain.
+    // The signer's own path, found from its chain, as a sealer asks.
     let (online, _, _) = canned(answering(OcspStatus::Good, true));
-    let values = online
-        .values_for_signer(&alice_signer(w).signer, &[], w.now)
-        .unwrap();
+    let sealer = Revocation::default().with_online(online);
+    let values = sealer
+        .sealing_values(&alice_signer(w).signer, &[], w.now)
+        .unwrap()
+        .expect("values with a responder");
     assert_eq!(values.ocsp.len(), 1);
     assert!(matches!(
-        online.values_for_signer(&SignerRef::KeyId(vec![1; 20]), &[], w.now),
+        sealer.sealing_values(&SignerRef::KeyId(vec![1; 20]), &[], w.now),
         Err(SealingStatus::NoCertificate)
     ));
 }

@@ -108,8 +108,7 @@ fn free_port() -> u16 {
 /// `ETEE_TEST_POSTGRES_URL`), or `None` after reporting the skip (a failure under
 /// `ETEE_E2E_STRICT=1`, and under `scripts/test` unless it runs without PostgreSQL).
 fn scratch_postgres() -> Option<etee_store::scratch::ScratchDatabase> {
-    let url = etee_testpki::skip::postgres_url()?;
-    Some(etee_store::scratch::ScratchDatabase::create(&url).expect("a scratch database"))
+    etee_store::scratch::ScratchDatabase::for_tests(etee_testpki::skip::postgres_url())
 }
 
 /// The `[custody]` table of a KGSS HSM configuration whose chain is `audit_file`.
@@ -556,6 +555,21 @@ fn key_path(key_id: &str) -> String {
         "{NEW_KEY}/{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(B64.decode(key_id).unwrap())
     )
+}
+
+/// `field` of each event of `action` in the tail of an `etee platform audit --json` report.
+fn field_of_events<'a>(report: &'a Value, action: &str, field: &str) -> Vec<&'a str> {
+    report["tail"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tail: {report}"))
+        .iter()
+        .filter(|e| e["action"] == action)
+        .map(|e| {
+            e[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field}: {e}"))
+        })
+        .collect()
 }
 
 fn sealed_response(v: &Value) -> Vec<u8> {
@@ -1767,27 +1781,13 @@ fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
     let out = platform(&["audit", "--json"]).run();
     out.code(0);
     let report = out.json();
-    let registered: Vec<&str> = report["tail"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "etkdepot.register")
-        .map(|e| e["detail"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        registered,
+        field_of_events(&report, "etkdepot.register", "detail"),
         ["SSIN=85010112345; also NIHII11=09876543210"],
         "{report}"
     );
-    let set: Vec<&str> = report["tail"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "attributes.set")
-        .map(|e| e["subject"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        set,
+        field_of_events(&report, "attributes.set", "subject"),
         ["SSIN=85010112345", "NIHII11=10203040506"],
         "one event per change: {report}"
     );

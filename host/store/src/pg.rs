@@ -1025,10 +1025,9 @@ mod tests {
     /// which is what a version-1 database holds. Skipped without a test server.
     #[test]
     fn a_version_1_database_with_data_is_brought_up_to_date() {
-        let Some(url) = etee_testpki::skip::postgres_url() else {
+        let Some(db) = ScratchDatabase::for_tests(etee_testpki::skip::postgres_url()) else {
             return;
         };
-        let db = ScratchDatabase::create(&url).expect("creating a scratch database");
         let url = db.url().to_owned();
         std::thread::spawn(move || {
             let record = PublicKeyRecord {

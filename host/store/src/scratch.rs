@@ -32,6 +32,13 @@ impl ScratchDatabase {
         })
     }
 
+    /// A scratch database on the test server at `server` (the URL the tests' skip rule
+    /// gives, `etee_testpki::skip::postgres_url`), or `None` when there is none. Creating
+    /// it on a server that is there but refuses fails the test.
+    pub fn for_tests(server: Option<String>) -> Option<Self> {
+        server.map(|url| Self::create(&url).expect("creating a scratch database"))
+    }
+
     /// The URL of the scratch database.
     pub fn url(&self) -> &str {
         &self.url

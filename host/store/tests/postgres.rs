@@ -18,9 +18,7 @@ struct Pg {
 
 impl Pg {
     fn new() -> Option<Self> {
-        let url = etee_testpki::skip::postgres_url()?;
-        let db = ScratchDatabase::create(&url).expect("creating a scratch database");
-        Some(Pg { db })
+        ScratchDatabase::for_tests(etee_testpki::skip::postgres_url()).map(|db| Pg { db })
     }
 
     fn client(&self) -> Client {

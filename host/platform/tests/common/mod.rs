@@ -99,10 +99,8 @@ impl Backend {
     /// A scratch PostgreSQL database, or `None` (the test is skipped, with a message) when
     /// no test server is configured.
     pub fn postgres() -> Option<Self> {
-        let url = etee_testpki::skip::postgres_url()?;
-        let db = etee_store::scratch::ScratchDatabase::create(&url)
-            .expect("creating a scratch database");
-        Some(Backend::Postgres(db))
+        etee_store::scratch::ScratchDatabase::for_tests(etee_testpki::skip::postgres_url())
+            .map(Backend::Postgres)
     }
 }
 

@@ -600,6 +600,20 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// `etee platform kgss list --json` with `args`: the keys listed.
+fn kgss_listing(rig: &Rig, args: &[&str]) -> Vec<Value> {
+    let run = rig.platform(["kgss", "list", "--json"]).args(args).run();
+    run.code(0);
+    run.json().as_array().expect("a JSON array").clone()
+}
+
+/// `etee platform kgss list` with `args`, as text.
+fn kgss_listing_text(rig: &Rig, args: &[&str]) -> String {
+    let run = rig.platform(["kgss", "list"]).args(args).run();
+    run.code(0);
+    String::from_utf8(run.stdout).unwrap()
+}
+
 /// A KGSS key id in Base64 (as the protocol carries it) as the store keys it.
 fn store_id(key_id: &str) -> [u8; 16] {
     B64.decode(key_id)
@@ -608,87 +622,13 @@ fn store_id(key_id: &str) -> [u8; 16] {
         .unwrap_or_else(|id| panic!("key id {key_id}: {} bytes", Vec::len(&id)))
 }
 
-/// The ids (hex) of every KGSS key the (stopped) platform's store holds, or `None` after a
-/// skip when psql is missing. The store can list them neither through the `Store` trait
-/// nor with a command, so: PostgreSQL's with psql (`SELECT` from its `kgss_key` table); an
-/// embedded store's by asking it ([`etee_store::Store::get_kgss_key`]) about every 16-byte
-/// string of its file that can be a key's id. redb keeps a table's keys verbatim in the
-/// page of their rows, ahead of the rows, and a KGSS row is JSON that starts with
-/// `{"wrapped_key":"`: the candidates are the 16-byte strings in the 16 KiB before each such
-/// row, outside the rows' text. Nothing stored escapes that (a page is 4 KiB, larger only
-/// for an entry that does not fit); what the store does not hold is never found, whatever
-/// stale bytes (freed pages, an interrupted commit) the file keeps. `must_find`: keys known
-/// to be stored, which this must find (a check of the method itself).
-fn stored_kgss_ids(
-    rig: &Rig,
-    store: &dyn etee_store::Store,
-    must_find: &BTreeSet<String>,
-) -> Option<BTreeSet<String>> {
-    let found: BTreeSet<String> = if rig.on_postgres() {
-        let out = rig.pg_tool(
-            "psql",
-            &[
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                "SELECT encode(id, 'hex') FROM kgss_key",
-            ],
-        )?;
-        String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    } else {
-        const ROW: &[u8] = br#"{"wrapped_key":""#;
-        const SPAN: usize = 16 * 1024;
-        let file = std::fs::read(rig.store_file()).unwrap();
-        let rows: Vec<usize> = (0..file.len().saturating_sub(ROW.len()))
-            .filter(|&at| file[at..].starts_with(ROW))
-            .collect();
-        let mut in_row = vec![false; file.len()];
-        for &at in &rows {
-            // A row's text: up to the end of its JSON (a stale, torn one: its start).
-            let mut json = serde_json::Deserializer::from_slice(&file[at..]).into_iter::<Value>();
-            let len = match json.next() {
-                Some(Ok(_)) => json.byte_offset(),
-                _ => ROW.len(),
-            };
-            in_row[at..at + len].iter_mut().for_each(|b| *b = true);
-        }
-        let mut candidates = HashSet::new();
-        for &at in &rows {
-            for start in at.saturating_sub(SPAN)..at.saturating_sub(15) {
-                if !in_row[start] && !in_row[start + 15] {
-                    candidates.insert(<[u8; 16]>::try_from(&file[start..start + 16]).unwrap());
-                }
-            }
-        }
-        let started = Instant::now();
-        let found = candidates
-            .iter()
-            .filter(|id| store.get_kgss_key(id).unwrap().is_some())
-            .map(hex::encode)
-            .collect();
-        eprintln!(
-            "{} KGSS rows (live or stale) in the store file of {} bytes; {} candidate ids \
-             asked of the store in {:?}",
-            rows.len(),
-            file.len(),
-            candidates.len(),
-            started.elapsed()
-        );
-        found
-    };
-    let missed: Vec<&String> = must_find.difference(&found).collect();
-    assert!(
-        missed.is_empty(),
-        "listing the stored keys missed keys the store holds: {missed:?}"
-    );
-    Some(found)
+/// The ids (hex) of every KGSS key the (stopped) platform's store holds, as `etee platform
+/// kgss list` shows them.
+fn stored_kgss_ids(rig: &Rig) -> BTreeSet<String> {
+    kgss_listing(rig, &[])
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Asserts that KGSS key `key_id` (Base64), whose bytes are `key` (Base64), is in the
@@ -805,7 +745,60 @@ fn serves_etkdepot_and_kgss(rig: Rig) {
     // the platform stopped (an embedded store is one process's at a time), then served again.
     platform.stop();
     assert_wrapped_at_rest(&rig, &key_id, &key);
+    let listed = kgss_listing(&rig, &[]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let entry = &listed[0];
+    assert_eq!(entry["keyId"], key_id.as_str());
+    assert_eq!(entry["id"], hex::encode(B64.decode(&key_id).unwrap()));
+    assert_eq!(
+        entry["creator"],
+        serde_json::json!({"type": "NIHII-HOSPITAL", "value": "71000436", "applicationId": null})
+    );
+    assert_eq!(
+        entry["allowedReaders"],
+        serde_json::json!([{
+            "namespace": "urn:be:fgov:certified-namespace:ehealth",
+            "name": "urn:be:fgov:ehealth:1.0:pharmacy:nihii-number:recognisedpharmacy:boolean",
+            "values": ["true"],
+        }])
+    );
+    assert_eq!(entry["excludedReaders"], serde_json::json!([]));
+    assert_eq!(entry["wrappingKey"], "kgss-wrap");
+    let text = kgss_listing_text(&rig, &[]);
+    assert!(
+        text.contains("by NIHII-HOSPITAL=71000436, no deletion strategy\n  readers: recognised pharmacy\n  excluded: none\n1 KGSS key stored"),
+        "{text}"
+    );
+    // Neither form shows the key, even wrapped.
+    let stored = rig
+        .open_store()
+        .get_kgss_key(&store_id(&key_id))
+        .unwrap()
+        .unwrap();
+    for shown in [text.clone(), serde_json::to_string(&listed).unwrap()] {
+        assert!(!shown.contains(&key), "{shown}");
+        assert!(
+            !shown.contains(&hex::encode(&stored.wrapped_key)),
+            "{shown}"
+        );
+        assert!(!shown.contains(&B64.encode(&stored.wrapped_key)), "{shown}");
+    }
+    assert!(kgss_listing(&rig, &["--creator", "nihii-pharmacy=27150201"]).is_empty());
+    assert_eq!(
+        kgss_listing(&rig, &["--creator", "NIHII-HOSPITAL=71000436"]).len(),
+        1
+    );
     let platform = rig.serve();
+    if rig.on_postgres() {
+        // A PostgreSQL store is read while the platform runs.
+        assert_eq!(kgss_listing(&rig, &[]).len(), 1);
+    } else {
+        // An embedded store is the running platform's: the listing says so.
+        let run = rig.platform(["kgss", "list"]).run();
+        run.code(2);
+        let said = &run.stderr;
+        assert!(said.contains("in use by another process"), "{said}");
+    }
 
     // Bob gets it; the doctor does not.
     let (status, got) = rig.get_key("bob", &key_id);
@@ -835,6 +828,8 @@ fn serves_etkdepot_and_kgss(rig: Rig) {
             .is_none(),
         "deleted key {key_id} still stored"
     );
+    assert!(kgss_listing(&rig, &[]).is_empty());
+    assert_eq!(kgss_listing_text(&rig, &[]), "no KGSS key stored\n");
 
     // Every wrap and unwrap went through the KGSS token's custody core, on its chain.
     let run = rig
@@ -1217,14 +1212,15 @@ fn check_created_keys(rig: &Rig, acknowledged: &[Value]) -> BTreeSet<String> {
         assert_eq!(row.wrapping_key_label, "kgss-wrap", "{row:?}");
         assert_eq!(row.wrapped_key.len(), 16 + 16 + 8, "{row:?}");
     }
-    if let Some(stored) = stored_kgss_ids(rig, &*store, &created) {
-        assert_eq!(
-            stored,
-            created,
-            "stored without a kgss.create event: {:?}",
-            stored.difference(&created).collect::<Vec<_>>(),
-        );
-    }
+    // An embedded store admits one process at a time.
+    drop(store);
+    let stored = stored_kgss_ids(rig);
+    assert_eq!(
+        stored,
+        created,
+        "stored without a kgss.create event: {:?}",
+        stored.difference(&created).collect::<Vec<_>>(),
+    );
     created
 }
 
@@ -1873,4 +1869,101 @@ fn etks_are_found_and_removed_on_record() {
         assert_eq!(removal["subject"], digest.as_str(), "{removal}");
         assert_eq!(removal["detail"], "NIHII-HOSPITAL=71000436", "{removal}");
     }
+}
+
+/// `etee platform kgss list` pages through the store (1 000 keys a read): with more keys
+/// than a page, every one is listed once, in id order, and `--creator` keeps a holder's.
+#[test]
+fn kgss_keys_are_listed_page_after_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("platform.toml");
+    // The listing reads the store only: no certificate file is opened.
+    std::fs::write(
+        &config,
+        "[platform]\nlisten = \"127.0.0.1:1\"\nstore = \"platform.redb\"\n\
+         tls_certificate = \"absent.pem\"\ntls_key = \"absent-key.pem\"\n",
+    )
+    .unwrap();
+    let list = |args: &[&str]| {
+        let run = etee_e2e::etee(["platform", "kgss", "list", "--config"])
+            .arg(&config)
+            .args(args)
+            .run();
+        run.code(0);
+        run
+    };
+    assert_eq!(list(&["--json"]).json(), serde_json::json!([]));
+
+    const KEYS: usize = 2_345;
+    let pharmacy = etee_store::Identifier::new("NIHII-PHARMACY", "27150201", None);
+    let hospital = etee_store::Identifier::new("NIHII-HOSPITAL", "71000436", Some("KGSS"));
+    let mut ids = BTreeSet::new();
+    {
+        let store = etee_store::open(dir.path().join("platform.redb").to_str().unwrap()).unwrap();
+        for n in 0..KEYS {
+            // Ids spread over the whole range, not in insertion order.
+            let id: [u8; 16] = openssl::sha::sha256(&n.to_be_bytes())[..16]
+                .try_into()
+                .unwrap();
+            store
+                .insert_kgss_key(&etee_store::KgssKey {
+                    id,
+                    wrapped_key: vec![0x77; 40],
+                    wrapping_key_label: "kgss-wrap".into(),
+                    creator: if n % 5 == 0 { &pharmacy } else { &hospital }.clone(),
+                    allowed_readers: vec![],
+                    excluded_readers: vec![],
+                    deletion_strategy: Some("holder".into()),
+                    created_at: 1_765_000_000 + n as i64,
+                })
+                .unwrap();
+            ids.insert(hex::encode(id));
+        }
+    }
+    let listed = list(&["--json"]).json();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), KEYS, "each key once");
+    assert!(listed.windows(2).all(|w| w[0] < w[1]), "in id order");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>(),
+        ids
+    );
+
+    let pharmacy_keys = list(&["--json", "--creator", "NIHII-PHARMACY=27150201"]).json();
+    let pharmacy_keys = pharmacy_keys.as_array().unwrap();
+    assert_eq!(pharmacy_keys.len(), KEYS.div_ceil(5));
+    assert!(pharmacy_keys
+        .iter()
+        .all(|k| k["creator"]["value"] == "27150201" && k["deletionStrategy"] == "holder"));
+    let text = String::from_utf8(
+        list(&["--creator", "nihii-hospital=71000436"])
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        text.lines().last(),
+        Some(
+            format!(
+                "{} of the {KEYS} stored KGSS keys created by NIHII-HOSPITAL=71000436",
+                KEYS - KEYS.div_ceil(5)
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        text.matches("by NIHII-HOSPITAL=71000436 (KGSS), deletion strategy holder\n  readers: none\n  excluded: none\n").count(),
+        KEYS - KEYS.div_ceil(5)
+    );
+    let wrapped = [0x77; 40];
+    assert!(!text.contains(&hex::encode(wrapped)), "wrapped bytes shown");
+    assert!(!text.contains(&B64.encode(wrapped)), "wrapped bytes shown");
 }

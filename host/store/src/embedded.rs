@@ -7,6 +7,7 @@
 //! earlier point leaves the previous state intact.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 
 use redb::{
@@ -275,6 +276,24 @@ impl Store for EmbeddedStore {
 
     fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
         self.apply(Change::DeleteKgssKey(id))
+    }
+
+    fn kgss_keys(&self, after: Option<&[u8; 16]>, limit: usize) -> Result<Vec<KgssKey>> {
+        let txn = self.db.begin_read().db()?;
+        let keys = txn.open_table(KGSS_KEY).db()?;
+        let rows = match after {
+            Some(after) => keys.range::<&[u8]>((Bound::Excluded(&after[..]), Bound::Unbounded)),
+            None => keys.range::<&[u8]>(..),
+        }
+        .db()?;
+        rows.take(limit)
+            .map(|row| {
+                let (id, row) = row.db()?;
+                let id = <[u8; 16]>::try_from(id.value())
+                    .map_err(|_| Error::Corrupt("a KGSS key id that is not 16 bytes".into()))?;
+                decode::<KgssRow>(row.value())?.into_key(id)
+            })
+            .collect()
     }
 
     fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {

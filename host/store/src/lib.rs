@@ -237,6 +237,10 @@ pub trait Store: Send + Sync {
     fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>>;
     /// Deletes a KGSS key for good; false when it was not there.
     fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool>;
+    /// A page of the stored KGSS keys, in id order: at most `limit` of those whose id
+    /// comes after `after` (from the first when `None`). For administrators' listings;
+    /// page on with the last id returned. The wrapped keys come along, opaque as ever.
+    fn kgss_keys(&self, after: Option<&[u8; 16]>, limit: usize) -> Result<Vec<KgssKey>>;
 
     /// Stores a new public key; [`Error::AlreadyExists`] on a key id that is taken, or was
     /// ever taken (see [`Store::delete_public_key`]).

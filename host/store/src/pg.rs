@@ -447,6 +447,20 @@ impl Store for PgStore {
         self.apply(Change::DeleteKgssKey(id))
     }
 
+    fn kgss_keys(&self, after: Option<&[u8; 16]>, limit: usize) -> Result<Vec<KgssKey>> {
+        // Ids are 16 bytes (a CHECK), so the empty string sorts before every one of them.
+        let after: &[u8] = after.map_or(&[], |a| &a[..]);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .conn()?
+            .query(
+                &format!("SELECT {KGSS_COLUMNS} FROM kgss_key WHERE id > $1 ORDER BY id LIMIT $2"),
+                &[&after, &limit],
+            )
+            .db()?;
+        rows.iter().map(kgss_from_row).collect()
+    }
+
     fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
         self.apply(Change::InsertPublicKey(record)).map(drop)
     }

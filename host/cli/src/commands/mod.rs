@@ -9,6 +9,7 @@ pub mod hsm;
 pub mod pki;
 pub mod pki_ocsp;
 pub mod platform;
+pub mod platform_kgss;
 pub mod seal;
 pub mod serve;
 pub mod unseal;

@@ -45,6 +45,32 @@ pub enum Command {
         #[command(subcommand)]
         command: AttributesCommand,
     },
+    /// What KGSS holds: the stored keys' ids, creators, times and reader conditions
+    /// (never the keys, which stay wrapped by the HSM).
+    Kgss {
+        #[command(subcommand)]
+        command: KgssCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KgssCommand {
+    /// Every stored KGSS key, in id order: id (hex, as in the audit chain), creation time
+    /// and creator, reader conditions (allowed and excluded), deletion strategy. Pages
+    /// through the store, so any number of keys is fine; on an embedded store, stop the
+    /// platform first (a PostgreSQL store can be read while it runs).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only the keys created by this holder, TYPE=VALUE (e.g. NIHII-HOSPITAL=71000436;
+        /// zero-padded as the platform stores it), whatever their application id.
+        #[arg(long, value_name = "TYPE=VALUE")]
+        creator: Option<String>,
+        /// One JSON array on standard output (with `keyId` in Base64, as KGSS clients
+        /// see it).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(ClapArgs)]
@@ -189,7 +215,9 @@ fn platform_error(e: etee_platform::PlatformError) -> CliError {
     CliError::Usage(e.to_string())
 }
 
-fn store(config: &PlatformConfig) -> Result<std::sync::Arc<dyn etee_store::Store>, CliError> {
+pub(super) fn store(
+    config: &PlatformConfig,
+) -> Result<std::sync::Arc<dyn etee_store::Store>, CliError> {
     etee_store::open(&config.store).map_err(|e| store_error(config, e))
 }
 
@@ -314,6 +342,14 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             json,
         ),
         Command::Attributes { command } => attributes(command),
+        Command::Kgss {
+            command:
+                KgssCommand::List {
+                    config,
+                    creator,
+                    json,
+                },
+        } => super::platform_kgss::list(&load(&config)?, creator.as_deref(), json),
         Command::Pki(args) => super::pki::make_world(args),
         Command::Audit {
             config,
@@ -673,7 +709,7 @@ fn doctor_nihii11(
 }
 
 /// A store error, naming the store (a PostgreSQL URL's password hidden).
-fn store_error(config: &PlatformConfig, e: etee_store::Error) -> CliError {
+pub(super) fn store_error(config: &PlatformConfig, e: etee_store::Error) -> CliError {
     CliError::Usage(format!(
         "store {}: {e}",
         etee_platform::config::redacted_store(&config.store)

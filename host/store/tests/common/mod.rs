@@ -247,6 +247,59 @@ pub fn kgss_keys(h: &impl Harness) {
     );
 }
 
+/// The administrators' listing: every stored key once, in id order, page after page.
+pub fn kgss_listing(h: &impl Harness) {
+    let s = h.open();
+    assert!(s.kgss_keys(None, 10).unwrap().is_empty(), "an empty store");
+    // Ids whose byte order differs from their insertion order, and two at the ends.
+    let ns: [u128; 6] = [7, u128::MAX, 3, 1 << 120, 0, 42];
+    for n in ns {
+        s.insert_kgss_key(&kgss_key(n)).unwrap();
+    }
+    let mut sorted = ns.to_vec();
+    sorted.sort_unstable();
+    let ids = |page: &[KgssKey]| -> Vec<u128> {
+        page.iter().map(|k| u128::from_be_bytes(k.id)).collect()
+    };
+    assert_eq!(ids(&s.kgss_keys(None, 100).unwrap()), sorted);
+    assert_eq!(
+        s.kgss_keys(None, 100).unwrap()[0],
+        kgss_key(0),
+        "whole records"
+    );
+    assert!(s.kgss_keys(None, 0).unwrap().is_empty());
+
+    // Paging: `after` is excluded, and pages of 4 then 2 then none.
+    let first = s.kgss_keys(None, 4).unwrap();
+    assert_eq!(ids(&first), sorted[..4]);
+    let second = s.kgss_keys(Some(&first[3].id), 4).unwrap();
+    assert_eq!(ids(&second), sorted[4..]);
+    assert!(s.kgss_keys(Some(&second[1].id), 4).unwrap().is_empty());
+    // An `after` that is not a stored id works as a bound all the same.
+    assert_eq!(
+        ids(&s.kgss_keys(Some(&8u128.to_be_bytes()), 10).unwrap()),
+        sorted[3..]
+    );
+
+    // A deleted key is no longer listed.
+    assert!(s.delete_kgss_key(&kgss_key(42).id).unwrap());
+    let left: Vec<u128> = sorted.iter().copied().filter(|&n| n != 42).collect();
+    assert_eq!(ids(&s.kgss_keys(None, 100).unwrap()), left);
+
+    // A damaged row is an error, not a silent gap.
+    drop(s);
+    h.corrupt_kgss_key(&kgss_key(3).id);
+    let s = h.open();
+    match s.kgss_keys(None, 100) {
+        Err(Error::Corrupt(_)) => {}
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(
+        ids(&s.kgss_keys(Some(&kgss_key(3).id), 100).unwrap()),
+        left[2..]
+    );
+}
+
 pub fn public_keys(h: &impl Harness) {
     let s = h.open();
     let a = public_key(b"key-a", ("SSIN", "85073003328", None));
@@ -955,7 +1008,7 @@ pub fn concurrent_remember_with_event(h: &impl Harness) {
 macro_rules! store_suite {
     ($make:expr) => {
         $crate::store_suite!(@tests $make;
-            backend_and_open_helper, etks, etks_without_application_id, kgss_keys, public_keys, attributes, replay,
+            backend_and_open_helper, etks, etks_without_application_id, kgss_keys, kgss_listing, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
             concurrent_audit_appends, remember_with_event, concurrent_remember_with_event,
             apply_with_event, remember_key_read, keys_per_holder);

@@ -1651,3 +1651,129 @@ fn the_test_pki_commands_say_what_is_wrong() {
         run.stderr
     );
 }
+
+/// Every `etee` process makes itself undumpable at start: no core file, and another
+/// process of the same user cannot read its memory, environment or files (`/proc/PID/…`,
+/// `ptrace`). Observed from outside, as that other process: `etee` and the probe run as
+/// one non-root uid (`nobody` when the tests run as root, whom nothing stops). And a
+/// non-root, undumpable `etee` still writes its output through `/proc/self/fd`.
+#[test]
+fn etee_processes_keep_their_memory_from_other_processes_of_their_user() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+
+    // The owner of /proc/self is this process's effective uid.
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    let root = me == 0;
+    let uid = if root { 65_534 } else { me };
+    let as_uid = |cmd: &mut Command| {
+        if root {
+            cmd.uid(uid).gid(uid);
+        }
+    };
+    // A directory and a copy of the binary that uid can reach (the target directory may
+    // not be).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = dir.path().join("etee");
+    std::fs::copy(etee_e2e::etee_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // `etee unseal --kek` waits for its message on standard input, kept open.
+    let start = |allow: bool| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["unseal", "--kek", KEK])
+            .env_remove("ETEE_ALLOW_CORE_DUMPS")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if allow {
+            cmd.env("ETEE_ALLOW_CORE_DUMPS", "1");
+        }
+        as_uid(&mut cmd);
+        cmd.spawn().unwrap()
+    };
+    // Reads /proc/PID/environ as that uid: its text, or why not.
+    let probe = |pid: u32| -> Result<String, String> {
+        let mut cmd = Command::new("cat");
+        cmd.arg(format!("/proc/{pid}/environ"));
+        as_uid(&mut cmd);
+        let out = cmd.output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    // The owner of /proc/PID/status: the process's uid, or root once it is undumpable.
+    let owner = |pid: u32| {
+        std::fs::metadata(format!("/proc/{pid}/status"))
+            .unwrap()
+            .uid()
+    };
+
+    let hardened = start(false);
+    let control = start(true);
+    let pid = hardened.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while owner(pid) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etee (pid {pid}, uid {uid}) never became undumpable"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let refused = probe(pid).expect_err("another process of the same uid read etee's environment");
+    assert!(refused.contains("Permission denied"), "{refused}");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(
+        core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+        ["0", "0"],
+        "{core}"
+    );
+    // The probe can tell: with ETEE_ALLOW_CORE_DUMPS=1 the process is left as it was.
+    let seen = probe(control.id()).expect("the probe reads a dumpable process of its uid");
+    assert!(seen.contains("ETEE_ALLOW_CORE_DUMPS=1"), "{seen:?}");
+    assert_eq!(owner(control.id()), uid);
+    for mut child in [hardened, control] {
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+
+    // The same uid unseals to a file: written through /proc/self/fd (an unnamed file
+    // given its name once complete), which the process may still use.
+    let w = world();
+    let sealed = seal_with_kek(dir.path(), &[], b"undumpable, and still writing");
+    let input = dir.path().join("sealed");
+    std::fs::write(&input, &sealed).unwrap();
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::copy(w.ca(), &ca).unwrap();
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = dir.path().join("plain");
+    let mut cmd = Command::new(&bin);
+    cmd.args(["unseal", "--kek", KEK, "--trust"])
+        .arg(&ca)
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .env_remove("ETEE_ALLOW_CORE_DUMPS");
+    as_uid(&mut cmd);
+    let run = cmd.output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        b"undumpable, and still writing"
+    );
+    assert_eq!(std::fs::metadata(&out).unwrap().uid(), uid);
+}

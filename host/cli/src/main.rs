@@ -27,6 +27,7 @@ macro_rules! out {
 }
 
 mod commands;
+mod hardening;
 mod inputs;
 mod output;
 mod progress;
@@ -147,6 +148,12 @@ pub enum CliError {
 const STDOUT_CLOSED_EXIT: u8 = 141;
 
 fn main() -> ExitCode {
+    // Before anything secret is read: no core file, no same-user debugger.
+    if let Err(e) =
+        hardening::keep_memory_private(std::env::var_os(hardening::ALLOW_ENV).as_deref())
+    {
+        eprintln!("etee: warning: {e}");
+    }
     // A script that asked for JSON gets its failure as JSON too (beside the message on
     // standard error), so that it never has to parse an empty standard output.
     let json = std::env::args_os().skip(1).any(|a| a == "--json");

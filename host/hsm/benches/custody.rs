@@ -472,7 +472,7 @@ fn main() {
         assert_eq!(sig.len(), 256);
     };
     // The bare calls again, on the pool's sessions (what HsmKeys and the core pay to reach
-    // the token: a hand-off to a pool thread and back).
+    // the token: borrowing a session, the handle cache, the call on this thread).
     let pool = hsm.pool().clone();
     let pooled_decrypt = |_: &mut ()| {
         let (id, blob) = (w.etk_id.clone(), blob.clone());

@@ -157,7 +157,20 @@ fn main() -> ExitCode {
     // A script that asked for JSON gets its failure as JSON too (beside the message on
     // standard error), so that it never has to parse an empty standard output.
     let json = std::env::args_os().skip(1).any(|a| a == "--json");
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Arguments refused (not --help or --version, which are answers): exit 2, the
+            // usage on standard error, and with --json the JSON failure too.
+            if json && e.use_stderr() {
+                let _ = outln!(
+                    "{}",
+                    serde_json::json!({ "error": usage_error_line(&e), "exit": e.exit_code() })
+                );
+            }
+            e.exit()
+        }
+    };
     let result = match cli.command {
         Command::Seal(args) => commands::seal::run(args),
         Command::Unseal(args) => commands::unseal::run(args),
@@ -189,10 +202,41 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// clap's message for refused arguments on one line, without its `error: ` prefix: its
+/// first paragraph (what follows is usage, for a reader).
+fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = first.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn refused_arguments_are_named_in_one_line() {
+        let Err(e) = Cli::try_parse_from(["etee", "keys", "list", "--json"]) else {
+            panic!("accepted without --config");
+        };
+        let line = usage_error_line(&e);
+        assert!(line.contains("--config"), "{line}");
+        assert!(
+            !line.contains('\n') && !line.starts_with("error:"),
+            "{line}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        let Err(help) = Cli::try_parse_from(["etee", "--help"]) else {
+            panic!("--help parsed as a command");
+        };
+        assert!(!help.use_stderr(), "help is an answer, not a failure");
+    }
 
     fn ocsp_help(path: &[&str]) -> String {
         let mut cmd = Cli::command();

@@ -11,12 +11,22 @@ use std::io;
 use std::path::Path;
 use tokio::net::UnixStream;
 
-/// A whole answer.
-#[derive(Debug)]
+/// A whole answer. `Debug` shows the body's length only: it may be unsealed content or a
+/// KGSS key.
 pub struct Answer {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .finish()
+    }
 }
 
 impl Answer {

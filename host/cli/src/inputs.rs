@@ -39,38 +39,48 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
     Ok(bytes)
 }
 
-/// The keystore password: `--password-file` (first line), else `ETEE_KEYSTORE_PASSWORD`.
-pub fn password(file: Option<&PathBuf>) -> Result<Zeroizing<String>, CliError> {
-    if let Some(path) = file {
-        let failed = |source| CliError::File {
-            path: format!("keystore password file {}", path.display()),
-            source,
-        };
-        // Bounded, as PIN files are: `/dev/zero` or a log file given by mistake must not
-        // fill the memory. Room for the largest accepted file from the start, so that
-        // growing leaves no copy of the password behind.
-        let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSWORD_FILE as usize + 1));
-        let file = std::fs::File::open(path).map_err(|e| {
+/// A small secret file (a password, a KGSS key in hex), `what` in messages: at most
+/// [`MAX_PASSWORD_FILE`] bytes, so that `/dev/zero` or a log file given by mistake cannot
+/// fill the memory, read into room for all of them made from the start, so that growing
+/// leaves no copy of the secret behind; wiped when dropped. `hint` follows the message
+/// of a file too large.
+fn read_secret_file(path: &Path, what: &str, hint: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let failed = |source| CliError::File {
+        path: format!("{what} {}", path.display()),
+        source,
+    };
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSWORD_FILE as usize + 1));
+    let file =
+        std::fs::File::open(path).map_err(|e| {
             match etee_hsm::config::missing_secret_file(path, &e) {
-                Some((shown, reason)) => CliError::Usage(format!(
-                    "keystore password file {}: {reason}",
-                    shown.display()
-                )),
+                Some((shown, reason)) => {
+                    CliError::Usage(format!("{what} {}: {reason}", shown.display()))
+                }
                 None => failed(e),
             }
         })?;
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(file, MAX_PASSWORD_FILE + 1),
-            &mut bytes,
-        )
-        .map_err(failed)?;
-        if bytes.len() as u64 > MAX_PASSWORD_FILE {
-            return Err(CliError::Usage(format!(
-                "keystore password file {}: larger than {MAX_PASSWORD_FILE} bytes (the password \
-                 is its first line)",
-                path.display()
-            )));
-        }
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_PASSWORD_FILE + 1),
+        &mut bytes,
+    )
+    .map_err(failed)?;
+    if bytes.len() as u64 > MAX_PASSWORD_FILE {
+        return Err(CliError::Usage(format!(
+            "{what} {}: larger than {MAX_PASSWORD_FILE} bytes{hint}",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The keystore password: `--password-file` (first line), else `ETEE_KEYSTORE_PASSWORD`.
+pub fn password(file: Option<&PathBuf>) -> Result<Zeroizing<String>, CliError> {
+    if let Some(path) = file {
+        let bytes = read_secret_file(
+            path,
+            "keystore password file",
+            " (the password is its first line)",
+        )?;
         if let Some(w) = etee_hsm::config::permission_warning_for("keystore password file", path) {
             etee_hsm::warn_operator(&w);
         }
@@ -360,7 +370,7 @@ pub fn kek_arg(
             if let Some(w) = etee_hsm::config::permission_warning_for("KEK file", path) {
                 etee_hsm::warn_operator(&w);
             }
-            let bytes = Zeroizing::new(read_file(path)?);
+            let bytes = read_secret_file(path, "KEK file", "")?;
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| CliError::Usage(format!("{}: not hex text", path.display())))?;
             kek(text).map(Some)

@@ -710,3 +710,34 @@ fn enveloped_data_version_follows_the_recipient_infos() {
         assert_opens(&result, data, what);
     }
 }
+
+/// The signing-time window is the caller's (`signing_time_expiration`, `clock_skew`): any
+/// values give a verdict, none an arithmetic overflow; the widest window takes every time
+/// and an empty one none.
+#[test]
+fn signing_time_windows_of_any_width_give_a_verdict() {
+    use etee_formats::verdict::Warning;
+    let w = world();
+    let msg = seal_vec(&w.alice, std::slice::from_ref(&w.bob.recipient), None, b"any window");
+    let expired = |expiration: i64, skew: i64, at: i64| {
+        let opts = UnsealOptions {
+            signing_time_expiration: expiration,
+            clock_skew: skew,
+            at: Some(at),
+            ..unseal_options(w)
+        };
+        let (u, _) = unseal_to_vec(&msg, &w.bob.ring, &opts).unwrap();
+        u.verdict.warnings.contains(&Warning::SIGNING_TIME_EXPIRED)
+    };
+    assert!(!expired(300, 300, w.now));
+    for extreme in [i64::MAX, i64::MIN] {
+        for at in [w.now, i64::MAX, i64::MIN] {
+            // No panic, whatever the verdict.
+            let _ = expired(extreme, extreme, at);
+            let _ = expired(extreme, 300, at);
+            let _ = expired(300, extreme, at);
+        }
+    }
+    assert!(!expired(i64::MAX, i64::MAX, w.now), "the widest window");
+    assert!(expired(0, 0, w.now + 1), "an empty window");
+}

@@ -768,7 +768,13 @@ pub(crate) fn private_import_template(
     subject: Option<&[u8]>,
     rsa: &Rsa<openssl::pkey::Private>,
 ) -> Result<Vec<Attribute>> {
-    let missing = || HsmError::Invalid("the RSA key lacks CRT components".into());
+    // Every component is there before any is copied: an early return must not drop a
+    // half-built template with the private exponent in it, unwiped.
+    let (Some(p), Some(q), Some(dmp1), Some(dmq1), Some(iqmp)) =
+        (rsa.p(), rsa.q(), rsa.dmp1(), rsa.dmq1(), rsa.iqmp())
+    else {
+        return Err(HsmError::Invalid("the RSA key lacks CRT components".into()));
+    };
     let mut t = vec![
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::KeyType(KeyType::RSA),
@@ -781,11 +787,11 @@ pub(crate) fn private_import_template(
         Attribute::Modulus(rsa.n().to_vec()),
         Attribute::PublicExponent(rsa.e().to_vec()),
         Attribute::PrivateExponent(rsa.d().to_vec()),
-        Attribute::Prime1(rsa.p().ok_or_else(missing)?.to_vec()),
-        Attribute::Prime2(rsa.q().ok_or_else(missing)?.to_vec()),
-        Attribute::Exponent1(rsa.dmp1().ok_or_else(missing)?.to_vec()),
-        Attribute::Exponent2(rsa.dmq1().ok_or_else(missing)?.to_vec()),
-        Attribute::Coefficient(rsa.iqmp().ok_or_else(missing)?.to_vec()),
+        Attribute::Prime1(p.to_vec()),
+        Attribute::Prime2(q.to_vec()),
+        Attribute::Exponent1(dmp1.to_vec()),
+        Attribute::Exponent2(dmq1.to_vec()),
+        Attribute::Coefficient(iqmp.to_vec()),
     ]);
     Ok(t)
 }

@@ -455,7 +455,9 @@ impl PlatformConfig {
                 .map_or(defaults.queue_timeout, Duration::from_millis),
             max_requests_per_caller: t
                 .max_requests_per_caller
-                .map(|n| in_range("max_requests_per_caller", n, 1..))
+                // No more than connections: a caller cannot have more requests at once
+                // (and a count past tokio's semaphore limit would fail every request).
+                .map(|n| in_range("max_requests_per_caller", n, 1..=MAX_CONNECTIONS_LIMIT))
                 .transpose()?,
             store_connections: in_range(
                 "store_connections",
@@ -680,7 +682,11 @@ mod tests {
             ),
             (
                 "max_requests_per_caller = 0\n",
-                "max_requests_per_caller = 0: at least 1",
+                "max_requests_per_caller = 0: 1 to 65536",
+            ),
+            (
+                "max_requests_per_caller = 9223372036854775807\n",
+                "max_requests_per_caller = 9223372036854775807: 1 to 65536",
             ),
             (
                 "store_connections = 1025\n",

@@ -77,8 +77,9 @@ pub struct Attr {
 /// An element: namespace URI, local name, attributes, child elements and text content
 /// (all text and CDATA directly inside it, concatenated; comments dropped).
 ///
-/// The text is wiped on drop, because base64 text may carry key material.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+/// The text is wiped on drop, because base64 text may carry key material; for the same
+/// reason `Debug` shows its length, not the text.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Element {
     /// Namespace URI; `None` for an unqualified element.
     pub ns: Option<String>,
@@ -92,6 +93,19 @@ pub struct Element {
     /// writes only the named prefixes that it does not use for names (the last one of each
     /// prefix), so that they can serve QName-valued text and change no name's namespace.
     pub ns_decls: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Element {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Element")
+            .field("ns", &self.ns)
+            .field("name", &self.name)
+            .field("attrs", &self.attrs)
+            .field("children", &self.children)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .field("ns_decls", &self.ns_decls)
+            .finish()
+    }
 }
 
 impl Drop for Element {
@@ -212,9 +226,30 @@ impl Element {
     /// Namespaces get the prefix given in `prefixes` (`(uri, prefix)`), or `ns1`, `ns2`, ...
     /// All are declared on this element.
     pub fn to_document(&self, prefixes: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
+        // Room for the whole document from the start (twice what the element's parts add
+        // up to covers escaping and declarations): a string grown step by step would leave
+        // copies of its text, which may be a key's base64, in freed memory.
+        let mut out = String::with_capacity(64 + 2 * self.serialised_len_hint());
+        out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
         self.write_to(&mut out, prefixes);
         out.into_bytes()
+    }
+
+    /// What the element's names, attributes and text add up to, with room for prefixes
+    /// and namespace declarations.
+    fn serialised_len_hint(&self) -> usize {
+        let attrs: usize = self
+            .attrs
+            .iter()
+            .map(|a| a.name.len() + a.value.len() + 16)
+            .sum();
+        let children: usize = self.children.iter().map(Self::serialised_len_hint).sum();
+        2 * self.name.len()
+            + 32
+            + self.ns.as_ref().map_or(0, |ns| ns.len() + 16)
+            + attrs
+            + self.text.len()
+            + children
     }
 
     /// Serialises this element (no XML declaration) into `out`; see [`to_document`](Self::to_document).
@@ -793,10 +828,11 @@ fn append_text(stack: &mut [Element], s: &str, limits: &Limits) -> Result<(), Er
 /// Decodes `xs:base64Binary` text: padded standard base64, XML whitespace anywhere ignored
 /// (senders wrap lines). The result is wiped on drop.
 pub fn decode_base64(text: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let compact: Zeroizing<String> = Zeroizing::new(
+    // Room for all of it from the start: growing would leave copies of the text behind.
+    let mut compact = Zeroizing::new(String::with_capacity(text.len()));
+    compact.extend(
         text.chars()
-            .filter(|c| !matches!(c, ' ' | '\t' | '\r' | '\n'))
-            .collect(),
+            .filter(|c| !matches!(c, ' ' | '\t' | '\r' | '\n')),
     );
     base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())

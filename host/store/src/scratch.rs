@@ -5,12 +5,20 @@
 use crate::{Error, Result};
 use postgres::{Client, NoTls};
 
-/// A database of its own, dropped (with its connections) on drop.
-#[derive(Debug)]
+/// A database of its own, dropped (with its connections) on drop. `Debug` shows its name
+/// only: the URLs may hold a password.
 pub struct ScratchDatabase {
     admin_url: String,
     name: String,
     url: String,
+}
+
+impl std::fmt::Debug for ScratchDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScratchDatabase")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScratchDatabase {

@@ -7,6 +7,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The widest signing-time window the options accept: a hundred years, in seconds (far
+/// beyond any use, far below arithmetic trouble).
+const MAX_WINDOW_SECONDS: i64 = 100 * 366 * 86_400;
+
 #[derive(clap::Args)]
 // `--ocsp` is shared (inputs::RevocationArgs); what it covers is this command's own.
 #[command(mut_arg("ocsp", |a| a.help(inputs::OCSP_HELP_UNSEAL)))]
@@ -43,11 +47,14 @@ pub struct Args {
     /// Evaluate at this time (RFC 3339) instead of now, for reproducible verdicts.
     #[arg(long, value_name = "RFC3339")]
     at: Option<String>,
-    /// How old the signing time may be, in seconds (official default 300).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    /// How old the signing time may be, in seconds (official default 300; at most 100
+    /// years).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(i64).range(0..=MAX_WINDOW_SECONDS))]
     signing_time_expiration: i64,
-    /// Clock skew allowed, in seconds (official default 300).
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    /// Clock skew allowed, in seconds (official default 300; at most 100 years).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(i64).range(0..=MAX_WINDOW_SECONDS))]
     clock_skew: i64,
     /// Print the verdict as one JSON line on standard output.
     #[arg(long)]

@@ -47,3 +47,71 @@ pub(crate) fn certificate_set<'a>(
     }
     Ok(elements)
 }
+
+/// A work buffer for plaintext, wiped when dropped as far as it was ever filled (the
+/// holder says so with [`PlainBuf::filled`]): wiping all of a 32 KiB buffer would cost
+/// more than unsealing a small message, and the rest never held anything.
+pub(crate) struct PlainBuf {
+    buf: Vec<u8>,
+    high: usize,
+}
+
+impl PlainBuf {
+    pub(crate) fn new(len: usize) -> Self {
+        Self {
+            buf: vec![0; len],
+            high: 0,
+        }
+    }
+
+    /// The first `n` bytes hold (or held) data.
+    pub(crate) fn filled(&mut self, n: usize) {
+        self.high = self.high.max(n.min(self.buf.len()));
+    }
+}
+
+impl std::ops::Deref for PlainBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for PlainBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+impl PlainBuf {
+    /// Zeroes what was filled (what `Drop` does).
+    fn wipe(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf[..self.high]);
+    }
+}
+
+impl Drop for PlainBuf {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+#[cfg(test)]
+mod plain_buf_tests {
+    use super::PlainBuf;
+
+    #[test]
+    fn what_was_filled_is_wiped() {
+        let mut b = PlainBuf::new(64);
+        b[..10].copy_from_slice(b"plaintext!");
+        b.filled(10);
+        b.filled(4); // a later, shorter fill does not lower the mark
+        b[40] = 7; // never declared filled: not wiped (nothing is there in real use)
+        b.wipe();
+        assert!(b[..10].iter().all(|&x| x == 0));
+        assert_eq!(b[40], 7);
+        b.filled(1000); // a mark cannot pass the end
+        b.wipe();
+        assert!(b.iter().all(|&x| x == 0));
+    }
+}

@@ -15,7 +15,6 @@ use crate::cert::{Certificate, KeyAlgorithm};
 use crate::keys::{KeyError, SignerRef, SigningKey};
 use crate::ocsp::RevocationValues;
 use crate::oid;
-use openssl::aes::{wrap_key, AesKey};
 use openssl::encrypt::Encrypter;
 use openssl::pkey::{PKey, Public};
 use openssl::rsa::Padding;
@@ -182,8 +181,9 @@ pub fn seal<R: Read, W: Write>(
 fn copy_large<R: Read, W: Write>(input: &mut R, out: &mut W) -> io::Result<u64> {
     const LARGE: usize = 256 * 1024;
     // A small block first: most messages are small, and zeroing 256 KiB would cost more
-    // than sealing one. Only a source that fills it gets the large block.
-    let mut buf = vec![0u8; 16 * 1024];
+    // than sealing one. Only a source that fills it gets the large block. Plaintext:
+    // wiped when dropped.
+    let mut buf = super::PlainBuf::new(16 * 1024);
     let mut total = 0u64;
     loop {
         let mut filled = 0;
@@ -195,6 +195,7 @@ fn copy_large<R: Read, W: Write>(input: &mut R, out: &mut W) -> io::Result<u64> 
                 Err(e) => return Err(e),
             }
         }
+        buf.filled(filled);
         out.write_all(&buf[..filled])?;
         total += filled as u64;
         if filled < buf.len() {
@@ -202,7 +203,7 @@ fn copy_large<R: Read, W: Write>(input: &mut R, out: &mut W) -> io::Result<u64> 
             return Ok(total);
         }
         if buf.len() < LARGE {
-            buf = vec![0u8; LARGE];
+            buf = super::PlainBuf::new(LARGE);
         }
     }
 }
@@ -345,9 +346,7 @@ fn recipient_infos(
         ]));
     }
     if let Some(kek) = kek {
-        let aes = AesKey::new_encrypt(kek.key()).map_err(|_| SealError::BadKek(kek.key().len()))?;
-        let mut wrapped = [0u8; 24];
-        wrap_key(&aes, None, &mut wrapped, cek).map_err(|_| SealError::BadKek(kek.key().len()))?;
+        let wrapped = wrap_kek(kek.key(), cek).ok_or(SealError::BadKek(kek.key().len()))?;
         let mut body = Vec::new();
         body.extend_from_slice(&small_uint(4));
         body.extend_from_slice(&seq(&[&octets(kek.id())]));
@@ -360,18 +359,44 @@ fn recipient_infos(
     Ok(set_of(infos))
 }
 
+/// RFC 3394 wrap of the content key `cek` under a KGSS key, through an EVP context, which
+/// wipes its key schedule when freed (the low-level `AES_KEY` would stay in memory: its
+/// first round key is the KGSS key itself).
+fn wrap_kek(kek: &[u8], cek: &[u8]) -> Option<Vec<u8>> {
+    use openssl::cipher::Cipher;
+    use openssl::cipher_ctx::{CipherCtx, CipherCtxFlags};
+    let cipher = match kek.len() {
+        16 => Cipher::aes_128_wrap(),
+        24 => Cipher::aes_192_wrap(),
+        32 => Cipher::aes_256_wrap(),
+        _ => return None,
+    };
+    let mut ctx = CipherCtx::new().ok()?;
+    ctx.set_flags(CipherCtxFlags::FLAG_WRAP_ALLOW);
+    ctx.encrypt_init(Some(cipher), Some(kek), None).ok()?;
+    // Room for what the context may write (the wrapped length and a block), cut after.
+    let mut out = vec![0u8; cek.len() + 8 + 16];
+    let n = ctx.cipher_update(cek, Some(&mut out[..])).ok()?;
+    let m = ctx.cipher_final(&mut out[n..]).ok()?;
+    (n + m == cek.len() + 8).then(|| {
+        out.truncate(n + m);
+        out
+    })
+}
+
 /// Frames bytes as primitive OCTET STRING chunks of [`CHUNK`] bytes.
+/// Both buffers are wiped when dropped: the inner layer's are plaintext.
 struct Chunker {
-    buf: Vec<u8>,
+    buf: Zeroizing<Vec<u8>>,
     /// Reused output buffer: a fresh large allocation per write would page-fault anew.
-    framed: Vec<u8>,
+    framed: Zeroizing<Vec<u8>>,
 }
 
 impl Chunker {
     fn new() -> Self {
         Self {
-            buf: Vec::with_capacity(CHUNK),
-            framed: Vec::new(),
+            buf: Zeroizing::new(Vec::with_capacity(CHUNK)),
+            framed: Zeroizing::new(Vec::new()),
         }
     }
 
@@ -531,6 +556,26 @@ impl<W: Write> Write for OuterContent<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 3394 §4.1 and §4.3 (128-bit data under a 128- and a 256-bit KEK); other KEK
+    /// lengths are refused.
+    #[test]
+    fn kek_wrap_follows_rfc_3394() {
+        let data = hex::decode("00112233445566778899AABBCCDDEEFF").unwrap();
+        let kek128 = hex::decode("000102030405060708090A0B0C0D0E0F").unwrap();
+        let kek256 =
+            hex::decode("000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F")
+                .unwrap();
+        assert_eq!(
+            hex::encode_upper(wrap_kek(&kek128, &data).unwrap()),
+            "1FA68B0A8112B447AEF34BD8FB5A7B829D3E862371D2CFE5"
+        );
+        assert_eq!(
+            hex::encode_upper(wrap_kek(&kek256, &data).unwrap()),
+            "64E8C3F9CE0F5BA263E9777905818A2A93C8191E7D6E8AE7"
+        );
+        assert_eq!(wrap_kek(&[0; 15], &data), None);
+    }
 
     #[test]
     fn wrap_algorithm_follows_the_kek_length() {

@@ -171,10 +171,11 @@ pub fn unseal_to_vec(
     keys: &KeyRing,
     opts: &UnsealOptions,
 ) -> Result<(Unsealed, Option<Vec<u8>>), UnsealError> {
-    let mut content = Vec::new();
-    let result = unseal(message, &mut content, keys, opts)?;
+    // Content that is not released (no clean verdict) is wiped when dropped.
+    let mut content = Zeroizing::new(Vec::new());
+    let result = unseal(message, &mut *content, keys, opts)?;
     let clean = result.verdict.is_clean();
-    Ok((result, clean.then_some(content)))
+    Ok((result, clean.then(|| std::mem::take(&mut *content))))
 }
 
 /// Why processing of a layer stopped.
@@ -399,14 +400,20 @@ fn inner<R: Read, W: Write>(
         let mut hasher = OffloadHasher::new(&head.digests);
         let mut report =
             Hasher::new(MessageDigest::sha256()).map_err(|e| Stop::Input(io::Error::other(e)))?;
-        let mut buf = vec![0u8; 32 * 1024];
+        // Plaintext: wiped when dropped.
+        let mut buf = super::PlainBuf::new(32 * 1024);
         loop {
             let n = match octets.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(classify_io(e)),
+                Err(e) => {
+                    // A failed read may have written some of the buffer.
+                    buf.filled(usize::MAX);
+                    return Err(classify_io(e));
+                }
             };
+            buf.filled(n);
             hasher.update(&buf[..n]);
             report
                 .update(&buf[..n])
@@ -1014,7 +1021,8 @@ struct Decryptor<R> {
     src: R,
     crypter: Crypter,
     inbuf: Vec<u8>,
-    outbuf: Vec<u8>,
+    /// Plaintext: wiped when dropped.
+    outbuf: super::PlainBuf,
     out_pos: usize,
     out_len: usize,
     finished: bool,
@@ -1028,7 +1036,7 @@ impl<R: Read> Decryptor<R> {
             src,
             crypter,
             inbuf: vec![0; 32 * 1024],
-            outbuf: vec![0; 32 * 1024 + 64],
+            outbuf: super::PlainBuf::new(32 * 1024 + 64),
             out_pos: 0,
             out_len: 0,
             finished: false,
@@ -1047,6 +1055,8 @@ impl<R: Read> Read for Decryptor<R> {
             self.out_pos = 0;
             if n == 0 {
                 self.finished = true;
+                // A failed finalisation may have written a block before refusing it.
+                self.outbuf.filled(2 * 16);
                 match self.crypter.finalize(&mut self.outbuf) {
                     Ok(k) => self.out_len = k,
                     Err(_) => {
@@ -1056,6 +1066,8 @@ impl<R: Read> Read for Decryptor<R> {
                     }
                 }
             } else {
+                // What update may write: the input and a block held back.
+                self.outbuf.filled(n + 16);
                 self.out_len = self
                     .crypter
                     .update(&self.inbuf[..n], &mut self.outbuf)
@@ -1374,8 +1386,12 @@ fn signing_time_warning(si: &SignerInfo, opts: &UnsealOptions, at: i64, v: &mut 
     match si.signing_times.first() {
         None => v.warning(Warning::SIGNING_TIME_MISSING),
         Some(&t) => {
-            let earliest = at - opts.signing_time_expiration - opts.clock_skew;
-            let latest = at + opts.clock_skew;
+            // Saturating: the options are the caller's, any i64 (a window past the ends
+            // of time is no window at all, not an overflow).
+            let earliest = at
+                .saturating_sub(opts.signing_time_expiration)
+                .saturating_sub(opts.clock_skew);
+            let latest = at.saturating_add(opts.clock_skew);
             if !(earliest < t && t < latest) {
                 v.warning(Warning::SIGNING_TIME_EXPIRED);
             }

@@ -1777,3 +1777,51 @@ fn etee_processes_keep_their_memory_from_other_processes_of_their_user() {
     );
     assert_eq!(std::fs::metadata(&out).unwrap().uid(), uid);
 }
+
+/// A world whose making was cut short (here: an institution's HSM configuration that does
+/// not exist, found once the CA is written) is not taken for a whole one: the next run
+/// says so, instead of adding to a world without its first institutions. A world made in
+/// full keeps no such mark, and arguments refused at once write nothing.
+#[test]
+fn an_unfinished_world_is_refused_until_made_again() {
+    let dir = scratch();
+    let cut = dir.path().join("cut");
+    let run = etee(["pki", "init"])
+        .arg(&cut)
+        .args(["--institution", "erin:NIHII-HOSPITAL=71000436"])
+        .args(["--hsm", "erin=/nonexistent/erin-hsm.toml"])
+        .run();
+    run.code(2);
+    assert!(cut.join("ca.pem").exists(), "the CA came first");
+    assert!(!cut.join("erin.etk").exists());
+    assert!(cut.join("world-unfinished").exists());
+    let again = etee(["pki", "init"])
+        .arg(&cut)
+        .args(["--institution", "frank:NIHII-HOSPITAL=71000437"])
+        .run();
+    again.code(2);
+    assert!(again.stderr.contains("did not finish"), "{}", again.stderr);
+    assert!(!cut.join("frank.etk").exists());
+
+    let whole = dir.path().join("whole");
+    etee(["pki", "init"]).arg(&whole).run().code(0);
+    assert!(whole.join("bob.etk").exists());
+    assert!(!whole.join("world-unfinished").exists());
+    // Extending it afterwards works as before.
+    etee(["pki", "init"])
+        .arg(&whole)
+        .args(["--institution", "frank:NIHII-HOSPITAL=71000437"])
+        .run()
+        .code(0);
+
+    let refused = dir.path().join("refused");
+    etee(["pki", "init"])
+        .arg(&refused)
+        .args(["--institution", "erin:FOO=1"])
+        .run()
+        .code(2);
+    assert!(
+        !refused.join("ca.pem").exists(),
+        "nothing written for refused arguments"
+    );
+}

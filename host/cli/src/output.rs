@@ -269,8 +269,12 @@ fn refuse_replacing_a_key(path: &Path) -> Result<(), CliError> {
 ///
 /// The new file has no name while it is written (`O_TMPFILE`), so a kill or a power cut
 /// meanwhile leaves nothing behind: unsealed content is never left half-written in a
-/// stray file. Where the file system cannot make unnamed files, a named temporary file
-/// is used, removed on every exit but a kill.
+/// stray file. Complete and durable, it gets `dest` as its name at once when `dest` does
+/// not exist; else a hidden name `.etee-<random>` first, renamed over `dest` (a kill in
+/// that instant leaves the complete file under the hidden name). Where the file system
+/// cannot make unnamed files (NFS, some FUSE file systems), a named temporary file
+/// `.etee-<random>` is written, removed on every exit but a kill, which leaves it behind
+/// as far as it was written.
 fn replace_file(
     dest: &Path,
     mode: u32,
@@ -290,10 +294,17 @@ fn replace_file(
         Ok(mut file) if Path::new("/proc/self/fd").is_dir() => {
             fill(&mut file)?;
             file.sync_all()?;
-            let name = link_unnamed(&file, dir)?;
-            if let Err(e) = std::fs::rename(&name, dest) {
-                let _ = std::fs::remove_file(&name);
-                return Err(e);
+            match link_to(&file, dest) {
+                Ok(()) => {}
+                // Something is there (a file, a symbolic link): replaced by a rename.
+                Err(nix::errno::Errno::EEXIST) => {
+                    let name = link_unnamed(&file, dir)?;
+                    if let Err(e) = std::fs::rename(&name, dest) {
+                        let _ = std::fs::remove_file(&name);
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         // No O_TMPFILE here (an older kernel, a file system without it), or no /proc.
@@ -311,22 +322,27 @@ fn replace_file(
     etee_custody::file_sink::sync_dir(dest)
 }
 
+/// Gives the unnamed file `file` the name `name` (`EEXIST` when taken: never replaces).
+fn link_to(file: &std::fs::File, name: &Path) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+    nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        source.as_str(),
+        nix::fcntl::AT_FDCWD,
+        name,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+}
+
 /// Gives the unnamed file `file` a free name `.etee-<random>` in `dir` (its own
 /// directory); the path of that name.
 fn link_unnamed(file: &std::fs::File, dir: &Path) -> io::Result<PathBuf> {
-    use std::os::fd::AsRawFd;
-    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
     for _ in 0..16 {
         let mut random = [0u8; 8];
         openssl::rand::rand_bytes(&mut random).map_err(io::Error::other)?;
         let name = dir.join(format!(".etee-{}", hex::encode(random)));
-        match nix::unistd::linkat(
-            nix::fcntl::AT_FDCWD,
-            source.as_str(),
-            nix::fcntl::AT_FDCWD,
-            &name,
-            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
-        ) {
+        match link_to(file, &name) {
             Ok(()) => return Ok(name),
             Err(nix::errno::Errno::EEXIST) => continue,
             Err(e) => return Err(e.into()),
@@ -392,6 +408,30 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(std::fs::read(&dest).unwrap(), b"half and the rest");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A new name is given to the complete file directly; a name that is taken (a file, a
+    /// symbolic link, even a dangling one) is replaced, never followed.
+    #[test]
+    fn write_file_names_new_files_and_replaces_links() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("plain.txt");
+        write_file(&new, b"content", true).unwrap();
+        let meta = std::fs::metadata(&new).unwrap();
+        assert_eq!(std::fs::read(&new).unwrap(), b"content");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.nlink(), 1, "one name only");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let link = dir.path().join("link.txt");
+        let elsewhere = dir.path().join("elsewhere.txt");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        write_file(&link, b"replaced", false).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(std::fs::read(&link).unwrap(), b"replaced");
+        assert!(!elsewhere.exists(), "the link was followed");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

@@ -718,7 +718,12 @@ fn enveloped_data_version_follows_the_recipient_infos() {
 fn signing_time_windows_of_any_width_give_a_verdict() {
     use etee_formats::verdict::Warning;
     let w = world();
-    let msg = seal_vec(&w.alice, std::slice::from_ref(&w.bob.recipient), None, b"any window");
+    let msg = seal_vec(
+        &w.alice,
+        std::slice::from_ref(&w.bob.recipient),
+        None,
+        b"any window",
+    );
     let expired = |expiration: i64, skew: i64, at: i64| {
         let opts = UnsealOptions {
             signing_time_expiration: expiration,

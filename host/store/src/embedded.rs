@@ -98,6 +98,7 @@ impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self> {
         // Created 0600 from the start: it holds wrapped KGSS keys, the attribute registry
         // and the audit chain. An existing file keeps the mode it has.
+        let new = !path.exists();
         let file = {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
@@ -108,6 +109,12 @@ impl EmbeddedStore {
                 .mode(0o600)
                 .open(path)?
         };
+        if new {
+            // The file's name must survive a power cut too, or the commits made durable
+            // in it would go with it.
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+        }
         let db = Database::builder().create_file(file).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse,
             redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Error::Io(io),

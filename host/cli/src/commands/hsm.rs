@@ -345,16 +345,15 @@ fn init_with_shares(config: &Path, quorum: &str, dir: &Path) -> Result<ExitCode,
         builder.recursive(true);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(dir).map_err(|source| CliError::File {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        // The new directory's entry, durable like the files in it.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(parent) {
-                let _ = d.sync_all();
-            }
-        }
+        // The new directory's entry, durable like the files in it: the shares are the
+        // only copy of the SO PIN.
+        builder
+            .create(dir)
+            .and_then(|()| etee_custody::file_sink::sync_dir(dir))
+            .map_err(|source| CliError::File {
+                path: dir.display().to_string(),
+                source,
+            })?;
     }
     // The label names the files: anything but a plain name character becomes `_`.
     let file_label: String = label

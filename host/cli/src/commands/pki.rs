@@ -312,17 +312,40 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
             args.dir.display()
         )));
     }
-    std::fs::create_dir_all(&args.dir).map_err(|source| CliError::File {
-        path: args.dir.display().to_string(),
-        source,
-    })?;
-    let (pki, created) = open_or_create_ca(&args.dir)?;
-    let anchors = TrustAnchors::new(vec![certificate(&pki.root.cert)?]);
+    let new_dir = !args.dir.exists();
+    std::fs::create_dir_all(&args.dir)
+        // A new directory's name must survive a power cut too.
+        .and_then(|()| match new_dir {
+            true => etee_custody::file_sink::sync_dir(&args.dir),
+            false => Ok(()),
+        })
+        .map_err(|source| CliError::File {
+            path: args.dir.display().to_string(),
+            source,
+        })?;
+    // One run at a time on a world: two making it at once would mix one's CA with the
+    // other's keys.
+    let _lock = crate::output::update_lock(&args.dir.join("world"))?;
+    if args.dir.join(UNFINISHED).exists() {
+        return Err(CliError::Usage(format!(
+            "{}: the run that made this world did not finish (it was killed or failed; {} \
+             says when it started): its CA or its first institutions may be missing or \
+             half written. Empty the directory and make the world again",
+            args.dir.display(),
+            args.dir.join(UNFINISHED).display()
+        )));
+    }
     // The instant the certificates are issued at: their validity starts from it, and the
     // check below is made at it (a certificate asked to last one second may be over by
     // the time its keys are generated).
     let issued_at = etee_platform::unix_now();
-    let wanted = wanted(&args, created, issued_at)?;
+    // What was asked is checked before anything is written (a world with ca.pem exists).
+    let wanted = wanted(&args, !args.dir.join("ca.pem").exists(), issued_at)?;
+    if !wanted.is_empty() || !args.tls_server.is_empty() {
+        refuse_existing(&args, &wanted)?;
+    }
+    let (pki, created) = open_or_create_ca(&args.dir)?;
+    let anchors = TrustAnchors::new(vec![certificate(&pki.root.cert)?]);
     if wanted.is_empty() && args.tls_server.is_empty() {
         eprintln!(
             "etee: {}: the world exists and nothing was asked of it: give --institution \
@@ -331,7 +354,6 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    refuse_existing(&args, &wanted)?;
     let profile = if args.legacy_p12 {
         Profile::Legacy
     } else {
@@ -386,8 +408,22 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
         )?;
         outln!("TLS server: {}", names.join(", "))?;
     }
+    if created {
+        // The new world is whole: every file above is durable, named and synced.
+        let marker = args.dir.join(UNFINISHED);
+        std::fs::remove_file(&marker)
+            .and_then(|()| etee_custody::file_sink::sync_dir(&marker))
+            .map_err(|source| CliError::File {
+                path: marker.display().to_string(),
+                source,
+            })?;
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Present in a world's directory from before its CA is written until the run that made
+/// it has issued everything it was asked for: a world left with it was cut short.
+const UNFINISHED: &str = "world-unfinished";
 
 /// The institutions of the command line, with their `--hsm` configurations.
 fn wanted(args: &WorldArgs, new_world: bool, now: i64) -> Result<Vec<Wanted>, CliError> {
@@ -553,6 +589,16 @@ fn open_or_create_ca(dir: &Path) -> Result<(TestPki, bool), CliError> {
     };
     let (ra, ra_key) = pem(&pki.ra)?;
     let (ca, ca_key) = pem(&pki.root)?;
+    // Before anything of the world: removed once the run has issued all it was asked.
+    write(
+        dir,
+        UNFINISHED,
+        format!(
+            "etee pki init started making this world at {}\n",
+            etee_formats::rfc3339(etee_platform::unix_now())
+        )
+        .as_bytes(),
+    )?;
     // Keys first: a world with ca.pem is complete.
     write(dir, "ra-key.pem", &ra_key)?;
     write(dir, "ra.pem", &ra)?;

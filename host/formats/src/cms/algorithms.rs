@@ -81,3 +81,45 @@ pub fn content_cipher(o: &[u8]) -> Option<Cipher> {
         _ => return None,
     })
 }
+
+/// RFC 3394 AES key wrap (`wrap`) or unwrap of `input` under `kek` (16, 24 or 32 bytes),
+/// through an EVP context, which wipes its key schedule when freed (the low-level
+/// `AES_KEY` would stay in memory, and its first round key is the KEK itself). `None`
+/// for another KEK length, a length RFC 3394 does not allow, or an integrity failure.
+pub(crate) fn aes_key_wrap(
+    kek: &[u8],
+    input: &[u8],
+    wrap: bool,
+) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    use openssl::cipher::Cipher;
+    use openssl::cipher_ctx::{CipherCtx, CipherCtxFlags};
+    let cipher = match kek.len() {
+        16 => Cipher::aes_128_wrap(),
+        24 => Cipher::aes_192_wrap(),
+        32 => Cipher::aes_256_wrap(),
+        _ => return None,
+    };
+    let expected = if wrap {
+        input.len() + 8
+    } else {
+        if input.len() < 24 || !input.len().is_multiple_of(8) {
+            return None;
+        }
+        input.len() - 8
+    };
+    let mut ctx = CipherCtx::new().ok()?;
+    ctx.set_flags(CipherCtxFlags::FLAG_WRAP_ALLOW);
+    if wrap {
+        ctx.encrypt_init(Some(cipher), Some(kek), None).ok()?;
+    } else {
+        ctx.decrypt_init(Some(cipher), Some(kek), None).ok()?;
+    }
+    // Room for what the context may write (the input's length, 8 more and a block).
+    let mut out = zeroize::Zeroizing::new(vec![0u8; input.len() + 8 + 16]);
+    let n = ctx.cipher_update(input, Some(&mut out[..])).ok()?;
+    let m = ctx.cipher_final(&mut out[n..]).ok()?;
+    (n + m == expected).then(|| {
+        out.truncate(n + m);
+        out
+    })
+}

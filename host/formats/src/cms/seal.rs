@@ -359,29 +359,10 @@ fn recipient_infos(
     Ok(set_of(infos))
 }
 
-/// RFC 3394 wrap of the content key `cek` under a KGSS key, through an EVP context, which
-/// wipes its key schedule when freed (the low-level `AES_KEY` would stay in memory: its
-/// first round key is the KGSS key itself).
+/// RFC 3394 wrap of the content key `cek` under a KGSS key (see
+/// [`super::algorithms::aes_key_wrap`]).
 fn wrap_kek(kek: &[u8], cek: &[u8]) -> Option<Vec<u8>> {
-    use openssl::cipher::Cipher;
-    use openssl::cipher_ctx::{CipherCtx, CipherCtxFlags};
-    let cipher = match kek.len() {
-        16 => Cipher::aes_128_wrap(),
-        24 => Cipher::aes_192_wrap(),
-        32 => Cipher::aes_256_wrap(),
-        _ => return None,
-    };
-    let mut ctx = CipherCtx::new().ok()?;
-    ctx.set_flags(CipherCtxFlags::FLAG_WRAP_ALLOW);
-    ctx.encrypt_init(Some(cipher), Some(kek), None).ok()?;
-    // Room for what the context may write (the wrapped length and a block), cut after.
-    let mut out = vec![0u8; cek.len() + 8 + 16];
-    let n = ctx.cipher_update(cek, Some(&mut out[..])).ok()?;
-    let m = ctx.cipher_final(&mut out[n..]).ok()?;
-    (n + m == cek.len() + 8).then(|| {
-        out.truncate(n + m);
-        out
-    })
+    super::algorithms::aes_key_wrap(kek, cek, true).map(|w| w.to_vec())
 }
 
 /// Frames bytes as primitive OCTET STRING chunks of [`CHUNK`] bytes.
@@ -575,6 +556,15 @@ mod tests {
             "64E8C3F9CE0F5BA263E9777905818A2A93C8191E7D6E8AE7"
         );
         assert_eq!(wrap_kek(&[0; 15], &data), None);
+        // And back; a changed byte or a length RFC 3394 does not allow gives nothing.
+        use crate::cms::algorithms::aes_key_wrap;
+        let mut wrapped = wrap_kek(&kek256, &data).unwrap();
+        assert_eq!(aes_key_wrap(&kek256, &wrapped, false).unwrap()[..], data[..]);
+        assert!(aes_key_wrap(&kek128, &wrapped, false).is_none(), "another key");
+        wrapped[5] ^= 1;
+        assert!(aes_key_wrap(&kek256, &wrapped, false).is_none());
+        assert!(aes_key_wrap(&kek256, &wrapped[..16], false).is_none());
+        assert!(aes_key_wrap(&kek256, &wrapped[..23], false).is_none());
     }
 
     #[test]

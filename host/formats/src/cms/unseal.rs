@@ -967,32 +967,9 @@ fn recover_key(
     }
 }
 
-/// RFC 3394 key unwrap under `kek` (AES-128, -192 or -256), through an EVP context:
-/// OpenSSL wipes the context's key schedule when it is freed (the low-level `AES_KEY`
-/// would stay in memory).
+/// RFC 3394 key unwrap under `kek` (see [`super::algorithms::aes_key_wrap`]).
 fn unwrap_kek(kek: &[u8], wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    use openssl::cipher::Cipher;
-    use openssl::cipher_ctx::{CipherCtx, CipherCtxFlags};
-    if wrapped.len() < 24 || !wrapped.len().is_multiple_of(8) {
-        return None;
-    }
-    let cipher = match kek.len() {
-        16 => Cipher::aes_128_wrap(),
-        24 => Cipher::aes_192_wrap(),
-        32 => Cipher::aes_256_wrap(),
-        _ => return None,
-    };
-    let mut ctx = CipherCtx::new().ok()?;
-    ctx.set_flags(CipherCtxFlags::FLAG_WRAP_ALLOW);
-    ctx.decrypt_init(Some(cipher), Some(kek), None).ok()?;
-    // Room for what the context may write (the wrapped length and a block), cut after.
-    let mut out = Zeroizing::new(vec![0u8; wrapped.len() + 16]);
-    let n = ctx.cipher_update(wrapped, Some(&mut out[..])).ok()?;
-    let m = ctx.cipher_final(&mut out[n..]).ok()?;
-    (n + m == wrapped.len() - 8).then(|| {
-        out.truncate(n + m);
-        out
-    })
+    super::algorithms::aes_key_wrap(kek, wrapped, false)
 }
 
 // ---- stream adapters -------------------------------------------------------------------

@@ -559,8 +559,14 @@ mod tests {
         // And back; a changed byte or a length RFC 3394 does not allow gives nothing.
         use crate::cms::algorithms::aes_key_wrap;
         let mut wrapped = wrap_kek(&kek256, &data).unwrap();
-        assert_eq!(aes_key_wrap(&kek256, &wrapped, false).unwrap()[..], data[..]);
-        assert!(aes_key_wrap(&kek128, &wrapped, false).is_none(), "another key");
+        assert_eq!(
+            aes_key_wrap(&kek256, &wrapped, false).unwrap()[..],
+            data[..]
+        );
+        assert!(
+            aes_key_wrap(&kek128, &wrapped, false).is_none(),
+            "another key"
+        );
         wrapped[5] ^= 1;
         assert!(aes_key_wrap(&kek256, &wrapped, false).is_none());
         assert!(aes_key_wrap(&kek256, &wrapped[..16], false).is_none());

@@ -171,8 +171,10 @@ pub fn unseal_to_vec(
     keys: &KeyRing,
     opts: &UnsealOptions,
 ) -> Result<(Unsealed, Option<Vec<u8>>), UnsealError> {
-    // Content that is not released (no clean verdict) is wiped when dropped.
-    let mut content = Zeroizing::new(Vec::new());
+    // Content that is not released (no clean verdict) is wiped when dropped. The content
+    // is shorter than the message that carries it: room for it all from the start, so
+    // that growing leaves no copy of it behind.
+    let mut content = Zeroizing::new(Vec::with_capacity(message.len()));
     let result = unseal(message, &mut *content, keys, opts)?;
     let clean = result.verdict.is_clean();
     Ok((result, clean.then(|| std::mem::take(&mut *content))))

@@ -123,3 +123,67 @@ pub(crate) fn aes_key_wrap(
         out
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::aes_key_wrap;
+
+    /// RFC 3394 §4.1 and §4.3 (128-bit data under a 128- and a 256-bit KEK); other KEK
+    /// lengths are refused.
+    #[test]
+    fn kek_wrap_follows_rfc_3394() {
+        let wrap = |kek: &[u8], data: &[u8]| aes_key_wrap(kek, data, true).map(|w| w.to_vec());
+        let data = hex::decode("00112233445566778899AABBCCDDEEFF").unwrap();
+        let kek128 = hex::decode("000102030405060708090A0B0C0D0E0F").unwrap();
+        let kek256 =
+            hex::decode("000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F")
+                .unwrap();
+        assert_eq!(
+            hex::encode_upper(wrap(&kek128, &data).unwrap()),
+            "1FA68B0A8112B447AEF34BD8FB5A7B829D3E862371D2CFE5"
+        );
+        assert_eq!(
+            hex::encode_upper(wrap(&kek256, &data).unwrap()),
+            "64E8C3F9CE0F5BA263E9777905818A2A93C8191E7D6E8AE7"
+        );
+        assert_eq!(wrap(&[0; 15], &data), None);
+        // And back; a changed byte or a length RFC 3394 does not allow gives nothing.
+        let mut wrapped = wrap(&kek256, &data).unwrap();
+        assert_eq!(
+            aes_key_wrap(&kek256, &wrapped, false).unwrap()[..],
+            data[..]
+        );
+        assert!(
+            aes_key_wrap(&kek128, &wrapped, false).is_none(),
+            "another key"
+        );
+        wrapped[5] ^= 1;
+        assert!(aes_key_wrap(&kek256, &wrapped, false).is_none());
+        assert!(aes_key_wrap(&kek256, &wrapped[..16], false).is_none());
+        assert!(aes_key_wrap(&kek256, &wrapped[..23], false).is_none());
+    }
+
+    /// The unwrap (EVP) opens what the low-level RFC 3394 wrap made, for each AES key
+    /// size, and nothing else: a changed byte, another KEK or a bad length give `None`.
+    #[test]
+    fn kek_unwrap_matches_rfc_3394_and_refuses_the_rest() {
+        let unwrap =
+            |kek: &[u8], wrapped: &[u8]| aes_key_wrap(kek, wrapped, false).map(|k| k.to_vec());
+        let secret = [0x42u8; 16];
+        for len in [16, 24, 32] {
+            let kek: Vec<u8> = (0..len as u8).collect();
+            let key = openssl::aes::AesKey::new_encrypt(&kek).unwrap();
+            let mut wrapped = vec![0u8; 24];
+            openssl::aes::wrap_key(&key, None, &mut wrapped, &secret).unwrap();
+            assert_eq!(unwrap(&kek, &wrapped), Some(secret.to_vec()));
+            let mut changed = wrapped.clone();
+            changed[5] ^= 1;
+            assert_eq!(unwrap(&kek, &changed), None, "{len}");
+            let mut other = kek.clone();
+            other[0] ^= 1;
+            assert_eq!(unwrap(&other, &wrapped), None, "{len}");
+            assert_eq!(unwrap(&kek, &wrapped[..16]), None, "{len}");
+            assert_eq!(unwrap(&kek[..15], &wrapped), None, "{len}");
+        }
+    }
+}

@@ -68,6 +68,11 @@ impl PlainBuf {
     pub(crate) fn filled(&mut self, n: usize) {
         self.high = self.high.max(n.min(self.buf.len()));
     }
+
+    /// Zeroes what was filled (what `Drop` does).
+    fn wipe(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf[..self.high]);
+    }
 }
 
 impl std::ops::Deref for PlainBuf {
@@ -80,13 +85,6 @@ impl std::ops::Deref for PlainBuf {
 impl std::ops::DerefMut for PlainBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         &mut self.buf
-    }
-}
-
-impl PlainBuf {
-    /// Zeroes what was filled (what `Drop` does).
-    fn wipe(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.buf[..self.high]);
     }
 }
 

@@ -864,9 +864,9 @@ fn recover_key(
                 .decryption_errors
                 .push(E::DECRYPTION_SYMMETRIC_KEY_LENGTH_UNAUTHORIZED);
         }
-        let cek = unwrap_kek(kek, &kekri.encrypted_key).ok_or(Stop::Fatal(
-            Fatal::SECRET_KEY_CAN_NOT_DECRYPT_KEKRECIPIENTINFOS,
-        ))?;
+        let cek = super::algorithms::aes_key_wrap(kek, &kekri.encrypted_key, false).ok_or(
+            Stop::Fatal(Fatal::SECRET_KEY_CAN_NOT_DECRYPT_KEKRECIPIENTINFOS),
+        )?;
         facts.opened_with = Some(OpenedWith::Kek);
         return Ok(cek);
     }
@@ -967,11 +967,6 @@ fn recover_key(
             Ok(random)
         }
     }
-}
-
-/// RFC 3394 key unwrap under `kek` (see [`super::algorithms::aes_key_wrap`]).
-fn unwrap_kek(kek: &[u8], wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    super::algorithms::aes_key_wrap(kek, wrapped, false)
 }
 
 // ---- stream adapters -------------------------------------------------------------------
@@ -1405,35 +1400,5 @@ fn correlated(outer: &Resolved, inner: &Resolved) -> bool {
             }
         }
         _ => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unwrap_kek;
-
-    /// The KEK unwrap (EVP) opens what the low-level RFC 3394 wrap made, for each AES key
-    /// size, and nothing else: a changed byte, another KEK or a bad length give `None`.
-    #[test]
-    fn kek_unwrap_matches_rfc_3394_and_refuses_the_rest() {
-        let secret = [0x42u8; 16];
-        for len in [16, 24, 32] {
-            let kek: Vec<u8> = (0..len as u8).collect();
-            let key = openssl::aes::AesKey::new_encrypt(&kek).unwrap();
-            let mut wrapped = vec![0u8; 24];
-            openssl::aes::wrap_key(&key, None, &mut wrapped, &secret).unwrap();
-            assert_eq!(
-                unwrap_kek(&kek, &wrapped).as_deref().map(|k| &k[..]),
-                Some(&secret[..])
-            );
-            let mut changed = wrapped.clone();
-            changed[5] ^= 1;
-            assert_eq!(unwrap_kek(&kek, &changed), None, "{len}");
-            let mut other = kek.clone();
-            other[0] ^= 1;
-            assert_eq!(unwrap_kek(&other, &wrapped), None, "{len}");
-            assert_eq!(unwrap_kek(&kek, &wrapped[..16]), None, "{len}");
-            assert_eq!(unwrap_kek(&kek[..15], &wrapped), None, "{len}");
-        }
     }
 }

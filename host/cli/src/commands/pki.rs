@@ -326,13 +326,14 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
     // One run at a time on a world: two making it at once would mix one's CA with the
     // other's keys.
     let _lock = crate::output::update_lock(&args.dir.join("world"))?;
-    if args.dir.join(UNFINISHED).exists() {
+    let unfinished = args.dir.join(UNFINISHED);
+    if unfinished.exists() {
         return Err(CliError::Usage(format!(
             "{}: the run that made this world did not finish (it was killed or failed; {} \
              says when it started): its CA or its first institutions may be missing or \
              half written. Empty the directory and make the world again",
             args.dir.display(),
-            args.dir.join(UNFINISHED).display()
+            unfinished.display()
         )));
     }
     // The instant the certificates are issued at: their validity starts from it, and the
@@ -410,11 +411,10 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
     }
     if created {
         // The new world is whole: every file above is durable, named and synced.
-        let marker = args.dir.join(UNFINISHED);
-        std::fs::remove_file(&marker)
-            .and_then(|()| etee_custody::file_sink::sync_dir(&marker))
+        std::fs::remove_file(&unfinished)
+            .and_then(|()| etee_custody::file_sink::sync_dir(&unfinished))
             .map_err(|source| CliError::File {
-                path: marker.display().to_string(),
+                path: unfinished.display().to_string(),
                 source,
             })?;
     }

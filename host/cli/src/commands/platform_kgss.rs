@@ -6,7 +6,7 @@ use crate::CliError;
 use base64::Engine;
 use etee_platform::PlatformConfig;
 use etee_services::kgss::vocabulary;
-use etee_store::{Credential, Identifier, KgssKey};
+use etee_store::{Credential, KgssKey};
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -88,13 +88,6 @@ fn summary(shown: usize, seen: usize, creator: Option<&(String, String)>) -> Str
     }
 }
 
-fn holder(id: &Identifier) -> String {
-    match &id.application_id {
-        Some(app) => format!("{}={} ({app})", id.id_type, id.value),
-        None => format!("{}={}", id.id_type, id.value),
-    }
-}
-
 /// A reader condition in words when it is one of the vocabulary's (spec §5.1), else as
 /// stored: namespace, name and the values any of which it accepts.
 fn condition(c: &Credential) -> String {
@@ -139,7 +132,7 @@ fn text_of(key: &KgssKey) -> String {
         "{}  created {} by {}, {deletion}\n  readers: {}\n  excluded: {}",
         hex::encode(key.id),
         crate::inputs::rfc3339(key.created_at),
-        holder(&key.creator),
+        etee_platform::etkdepot::describe(std::slice::from_ref(&key.creator)),
         conditions(&key.allowed_readers),
         conditions(&key.excluded_readers),
     )
@@ -170,6 +163,7 @@ fn json_of(key: &KgssKey) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use etee_store::Identifier;
 
     fn key() -> KgssKey {
         KgssKey {

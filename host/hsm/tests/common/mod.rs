@@ -111,12 +111,16 @@ pub fn new_token(name: &str) -> HsmConfig {
 /// `pkcs11-tool ARGS` on the token, logged in with the user PIN (another process using
 /// it); its standard output.
 fn pkcs11_tool(config: &HsmConfig, args: &[&str]) -> String {
+    let label = config.token.label.as_deref().unwrap();
+    let login = ["--token-label", label, "--login", "--pin", USER_PIN];
+    run_pkcs11_tool(config, &[&login[..], args].concat())
+}
+
+/// `pkcs11-tool --module MODULE ARGS`, which must succeed; its standard output.
+fn run_pkcs11_tool(config: &HsmConfig, args: &[&str]) -> String {
     let out = Command::new("pkcs11-tool")
         .arg("--module")
         .arg(&config.module)
-        .arg("--token-label")
-        .arg(config.token.label.as_deref().unwrap())
-        .args(["--login", "--pin", USER_PIN])
         .args(args)
         .output()
         .expect("pkcs11-tool (OpenSC) not found: run `bash hsm-config/setup.sh`");
@@ -131,18 +135,7 @@ fn pkcs11_tool(config: &HsmConfig, args: &[&str]) -> String {
 /// The `token flags` line OpenSC's `pkcs11-tool -L` shows for the token (no login, so
 /// that asking changes no PIN counter).
 pub fn pkcs11_tool_token_flags(config: &HsmConfig) -> String {
-    let out = Command::new("pkcs11-tool")
-        .arg("--module")
-        .arg(&config.module)
-        .arg("-L")
-        .output()
-        .expect("pkcs11-tool (OpenSC) not found: run `bash hsm-config/setup.sh`");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = run_pkcs11_tool(config, &["-L"]);
     let label = config.token.label.as_deref().unwrap();
     let mut ours = false;
     for line in text.lines() {

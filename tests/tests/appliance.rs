@@ -656,6 +656,55 @@ fn the_api_refuses_unknown_callers_operations_and_recipients() {
     let metrics = String::from_utf8_lossy(&body);
     let busy = "etee_appliance_requests_total{operation=\"seal\",outcome=\"busy\"} 1";
     assert!(metrics.contains(busy), "{busy} missing:\n{metrics}");
+
+    // A signature timestamp (made by `openssl ts`, attached with the formats library):
+    // refused with the official error until Bob's appliance trusts its authority
+    // (`tsa_trust`), then opened.
+    let (stamped, tsa_root) = timestamped(&sealed);
+    std::fs::write(w.path("tsa-root.pem"), tsa_root).unwrap();
+    let (status, body) = curl_unix(&w.path("bob.sock"), "POST", "/v1/unseal", Some(&stamped));
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        json(&body)["errors"],
+        serde_json::json!(["TIMESTAMPTOKEN_TRUST_FAILED"])
+    );
+    drop(_bob);
+    let bob_config = std::fs::read_to_string(w.path("bob-appliance.toml")).unwrap();
+    std::fs::write(
+        w.path("bob-tsa.toml"),
+        bob_config.replacen(
+            "[appliance]\n",
+            "[appliance]\ntsa_trust = [\"tsa-root.pem\"]\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let _bob = w.appliance("bob", "bob-tsa.toml", "bob.sock");
+    let (status, body) = curl_unix(&w.path("bob.sock"), "POST", "/v1/unseal", Some(&stamped));
+    assert_eq!(
+        (status, body),
+        (200, b"a body sent slowly, and its end".to_vec())
+    );
+}
+
+/// `sealed` with a signature timestamp from a time-stamping authority of a new test PKI,
+/// and that PKI's root (PEM).
+fn timestamped(sealed: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use etee_testpki::tsa::{openssl_ts_token, EssVersion, TsaUsage};
+    let pki = etee_testpki::TestPki::generate("appliance-tsa").unwrap();
+    let tsa = pki.timestamp_authority(TsaUsage::TimeStamping).unwrap();
+    let signature = etee_formats::cms::timestamp::outer_signature(sealed).unwrap();
+    let token = openssl_ts_token(
+        &tsa,
+        &[&pki.root.cert],
+        &openssl::sha::sha256(&signature),
+        EssVersion::V2,
+    )
+    .unwrap();
+    (
+        etee_formats::cms::timestamp::attach(sealed, &token).unwrap(),
+        pki.root.cert.to_pem().unwrap(),
+    )
 }
 
 /// An appliance killed (SIGKILL) in the middle of traffic and restarted: every message

@@ -1825,3 +1825,79 @@ fn an_unfinished_world_is_refused_until_made_again() {
         "nothing written for refused arguments"
     );
 }
+
+/// A signature timestamp (a token made by `openssl ts`, put on the outer signature with
+/// the formats library: there is no `etee` command that attaches one) counts only with
+/// `--tsa-trust`: without it, the official error and a note saying what to give; with it,
+/// a clean verdict that names the token's time.
+#[test]
+fn a_signature_timestamp_needs_tsa_trust() {
+    use etee_testpki::tsa::{openssl_ts_token, EssVersion, TsaUsage};
+    if !etee_e2e::openssl_cli() {
+        return;
+    }
+    let w = world();
+    let dir = scratch();
+    let sealed = w.seal(dir.path(), "alice", &["bob"], b"stamped");
+    let tsa_pki = etee_testpki::TestPki::generate("e2e-tsa").unwrap();
+    let tsa = tsa_pki.timestamp_authority(TsaUsage::TimeStamping).unwrap();
+    let signature = etee_formats::cms::timestamp::outer_signature(&sealed).unwrap();
+    let token = openssl_ts_token(
+        &tsa,
+        &[&tsa_pki.root.cert],
+        &openssl::sha::sha256(&signature),
+        EssVersion::V2,
+    )
+    .unwrap();
+    let stamped = etee_formats::cms::timestamp::attach(&sealed, &token).unwrap();
+    let tsa_root = dir.path().join("tsa-root.pem");
+    std::fs::write(&tsa_root, tsa_pki.root.cert.to_pem().unwrap()).unwrap();
+
+    let u = w.unseal(dir.path(), "bob", &stamped, &[]);
+    u.run.code(1);
+    assert_eq!(
+        names(&u.verdict["errors"]),
+        ["TIMESTAMPTOKEN_TRUST_FAILED"],
+        "{}",
+        u.verdict
+    );
+    assert_eq!(u.verdict["timestamp"], Value::Null);
+    assert!(!u.out.exists(), "content released despite an error");
+    // In words, the note says which option is missing.
+    let input = dir.path().join("stamped");
+    std::fs::write(&input, &stamped).unwrap();
+    let run = etee(["unseal", "--keystore"])
+        .arg(w.p12("bob"))
+        .arg("--trust")
+        .arg(w.ca())
+        .arg("--in")
+        .arg(&input)
+        .arg("--out")
+        .arg(dir.path().join("words"))
+        .password(&w.password)
+        .run();
+    run.code(1);
+    assert!(
+        run.stderr.contains("TIMESTAMPTOKEN_TRUST_FAILED"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--tsa-trust"), "{}", run.stderr);
+
+    let tsa_trust = ["--tsa-trust", tsa_root.to_str().unwrap()];
+    let u = w.unseal(dir.path(), "bob", &stamped, &tsa_trust);
+    u.run.code(0);
+    assert_clean(&u.verdict);
+    assert_eq!(u.content(), b"stamped");
+    let stamped_at = parse_rfc3339(u.verdict["timestamp"].as_str().expect("timestamp"))
+        .expect("an RFC 3339 time");
+    assert!((stamped_at - now_unix()).abs() < 600, "{}", u.verdict);
+    // The CA of the senders is no authority for timestamps: trusting it changes nothing.
+    let u = w.unseal(
+        dir.path(),
+        "bob",
+        &stamped,
+        &["--tsa-trust", w.ca().to_str().unwrap()],
+    );
+    assert_eq!(names(&u.verdict["errors"]), ["TIMESTAMPTOKEN_TRUST_FAILED"]);
+}

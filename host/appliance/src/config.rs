@@ -4,6 +4,7 @@
 //! [appliance]
 //! hsm = "alice-hsm.toml"             # the institution's token: an etee HSM configuration
 //! trust = ["ca.pem"]                 # anchors for senders' certificates and for ETKs
+//! tsa_trust = ["tsa-ca.pem"]         # anchors for signature timestamps' authorities (default none)
 //! crl = ["ca.crl"]                   # the CAs' revocation lists (DER or PEM; default none)
 //! revocation = "optional"            # none | optional | mandatory (default: optional with crl or ocsp)
 //! crl_check_seconds = 60             # the crl files are read again when they change
@@ -206,6 +207,9 @@ pub struct ApplianceConfig {
     /// The etee HSM configuration of the institution's token.
     pub hsm: PathBuf,
     pub trust: Vec<PathBuf>,
+    /// Anchors of the time-stamping authorities whose signature timestamps hold (none:
+    /// every timestamp gives TIMESTAMPTOKEN_TRUST_FAILED, as the official library).
+    pub tsa_trust: Vec<PathBuf>,
     /// Revocation lists, re-read when their files change.
     pub revocation: RevocationConfig,
     pub tls: Option<TlsApi>,
@@ -245,6 +249,8 @@ struct Table {
     hsm: PathBuf,
     #[serde(default)]
     trust: Vec<PathBuf>,
+    #[serde(default)]
+    tsa_trust: Vec<PathBuf>,
     #[serde(default)]
     crl: Vec<PathBuf>,
     revocation: Option<String>,
@@ -475,6 +481,7 @@ impl ApplianceConfig {
         Ok(Self {
             hsm: rel(t.hsm),
             trust: t.trust.into_iter().map(rel).collect(),
+            tsa_trust: t.tsa_trust.into_iter().map(rel).collect(),
             revocation,
             tls,
             socket,

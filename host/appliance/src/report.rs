@@ -34,6 +34,7 @@ pub fn unseal_report(r: &Unsealed) -> Value {
         "content_sha256": clean.then(|| hex::encode(r.content_sha256)),
         "sender": sender,
         "signing_time": r.signing_time.map(rfc3339),
+        "timestamp": r.timestamp.map(rfc3339),
         "opened_with": r.opened_with.as_ref().map(|o| match o {
             OpenedWith::Key(k) => format!("key:{k}"),
             OpenedWith::Kek => "kek".to_string(),

@@ -404,6 +404,8 @@ pub struct Appliance {
     clients: Clients,
     keys: HashMap<String, CallerKeys>,
     anchors: TrustAnchors,
+    /// Anchors of trusted time-stamping authorities (`tsa_trust`).
+    tsa_anchors: TrustAnchors,
     /// Reads the revocation lists' files again when they change, while the appliance
     /// lives (none without `crl`).
     _crl_following: Option<etee_services::revocation::Following>,
@@ -511,12 +513,14 @@ impl Appliance {
                 .map_err(|e| ApplianceError::Config(format!("etk {}: {e}", path.display())))?;
             let _ = own_etk.set(Arc::new(etk));
         }
+        let tsa_anchors = crate::anchors("tsa_trust", &config.tsa_trust)?;
         Ok(Self {
             config,
             custody,
             clients,
             keys,
             anchors,
+            tsa_anchors,
             _crl_following: crl_following,
             platform,
             own_etk,
@@ -1020,6 +1024,7 @@ impl Appliance {
             let head = head.copy;
             let mut options = UnsealOptions {
                 anchors: this.anchors.clone(),
+                tsa_anchors: this.tsa_anchors.clone(),
                 ..UnsealOptions::default()
             };
             let mut kgss_key_id = None;

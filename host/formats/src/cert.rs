@@ -73,6 +73,9 @@ struct CertData {
     not_after: i64,
     key_usage: Option<u8>,
     is_ca: bool,
+    /// extendedKeyUsage present once, critical, naming id-kp-timeStamping alone (RFC 3161
+    /// §2.3): what a time-stamping authority's certificate must say.
+    timestamping_only: bool,
     ski: Option<Vec<u8>>,
     key_algorithm: KeyAlgorithm,
     key_bits: u32,
@@ -138,8 +141,8 @@ impl Certificate {
         }
         Ok(extensions(&mut f)?
             .into_iter()
-            .filter(|(oid, _)| *oid == id)
-            .map(|(_, value)| value.into_owned())
+            .filter(|e| e.id == id)
+            .map(|e| e.value.into_owned())
             .collect())
     }
 
@@ -160,9 +163,30 @@ impl Certificate {
         let mut key_usage = None;
         let mut is_ca = false;
         let mut ski = None;
-        for (id, value) in extensions(&mut f)? {
+        let mut ekus = Vec::new();
+        for Extension {
+            id,
+            critical,
+            value,
+        } in extensions(&mut f)?
+        {
             let inner = parse_exact(&value)?;
             match id {
+                x if x == oid::EXT_EXTENDED_KEY_USAGE => {
+                    // Read only for the time-stamping rule: a malformed list names no
+                    // purpose (the certificate is not refused for it, as before).
+                    let purposes = inner
+                        .expect(tag::SEQUENCE)
+                        .ok()
+                        .and_then(|list| {
+                            list.children()
+                                .map(|p| Ok(p?.expect(tag::OID)?.content.to_vec()))
+                                .collect::<Result<Vec<_>, BerError>>()
+                                .ok()
+                        })
+                        .unwrap_or_default();
+                    ekus.push((critical, purposes));
+                }
                 x if x == oid::EXT_KEY_USAGE => {
                     let bits = inner.expect(tag::BIT_STRING)?.content;
                     key_usage = Some(bits.get(1).copied().unwrap_or(0));
@@ -200,6 +224,8 @@ impl Certificate {
             not_after,
             key_usage,
             is_ca,
+            timestamping_only: matches!(ekus.as_slice(),
+                [(true, purposes)] if purposes.as_slice() == [oid::KP_TIME_STAMPING.to_vec()]),
             ski,
             key_algorithm,
             key_bits,
@@ -295,6 +321,12 @@ impl Certificate {
     pub fn allows_all(&self, mask: u8) -> bool {
         self.0.key_usage.is_none_or(|ku| ku & mask == mask)
     }
+    /// Whether the certificate may sign time-stamp tokens: one critical extendedKeyUsage
+    /// with id-kp-timeStamping as its only purpose (RFC 3161 §2.3, as BouncyCastle's
+    /// token validation demands).
+    pub fn is_timestamping_only(&self) -> bool {
+        self.0.timestamping_only
+    }
     /// basicConstraints cA.
     pub fn is_ca(&self) -> bool {
         self.0.is_ca
@@ -366,7 +398,12 @@ impl Certificate {
 /// RSA keys are decoded directly: OpenSSL 3.0 decodes a certificate's key through its
 /// provider decoders at ~160 µs a certificate, more than the rest of a small unseal.
 /// An extension: its OID's content octets and its value (the OCTET STRING's contents).
-type Extension<'a> = (&'a [u8], Cow<'a, [u8]>);
+/// One extension: its OID's content octets, its critical flag, its value's octets.
+struct Extension<'a> {
+    id: &'a [u8],
+    critical: bool,
+    value: Cow<'a, [u8]>,
+}
 
 /// The extensions of a TBSCertificate read up to its subjectPublicKeyInfo (the unique ids
 /// are skipped), in order.
@@ -378,9 +415,16 @@ fn extensions<'a>(f: &mut Seq<'a>) -> Result<Vec<Extension<'a>>, BerError> {
         let list = exts.seq()?.next(tag::SEQUENCE)?;
         for ext in list.children() {
             let mut e = ext?.seq()?;
-            let id = e.next(tag::OID)?;
-            e.optional(tag::BOOLEAN)?;
-            out.push((id.content, e.next(tag::OCTET_STRING)?.octets()?));
+            let id = e.next(tag::OID)?.content;
+            let critical = e
+                .optional(tag::BOOLEAN)?
+                .is_some_and(|b| b.content.first().is_some_and(|&v| v != 0));
+            let value = e.next(tag::OCTET_STRING)?.octets()?;
+            out.push(Extension {
+                id,
+                critical,
+                value,
+            });
         }
     }
     Ok(out)

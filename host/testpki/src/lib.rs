@@ -39,6 +39,7 @@ use openssl::x509::{
 pub mod ocsp;
 pub mod peak_alloc;
 pub mod skip;
+pub mod tsa;
 
 /// A path given to a test (an environment variable's value): relative ones are taken from
 /// the project root, where the commands of the docs run, rather than from the crate's
@@ -146,6 +147,9 @@ pub enum Error {
     /// The requested specification cannot be turned into a certificate.
     #[error("invalid test PKI specification: {0}")]
     InvalidSpec(String),
+    /// The `openssl` command (used for time-stamp tokens) failed or could not run.
+    #[error("openssl command: {0}")]
+    Command(String),
 }
 
 /// A certificate together with its private key.

@@ -3,6 +3,7 @@
 use crate::{inputs, output::Pending, CliError};
 use etee_formats::cms::{self, UnsealOptions, Unsealed};
 use etee_formats::keys::KeyRing;
+use etee_formats::trust::TrustAnchors;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,11 @@ pub struct Args {
     /// Trust anchors (certificate files) for the signers' chains.
     #[arg(long, value_name = "CERT")]
     trust: Vec<PathBuf>,
+    /// Trust anchors for time-stamping authorities (repeatable): a signature timestamp on
+    /// the outer signature holds only when its authority chains to one of them (else
+    /// TIMESTAMPTOKEN_TRUST_FAILED, as the official library with no TSA trust store).
+    #[arg(long, value_name = "CERT")]
+    tsa_trust: Vec<PathBuf>,
     #[command(flatten)]
     revocation: inputs::RevocationArgs,
     /// Evaluate at this time (RFC 3339) instead of now, for reproducible verdicts.
@@ -124,6 +130,7 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
         at: Some(at),
         signing_time_expiration: args.signing_time_expiration,
         clock_skew: args.clock_skew,
+        tsa_anchors: TrustAnchors::new(inputs::certificates(&args.tsa_trust)?),
         ..Default::default()
     };
     let input = super::input(args.input.as_deref(), args.output.as_deref(), "unsealing")?;
@@ -161,6 +168,17 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
             if let Some(note) = no_trust_note(&result) {
                 eprintln!("{note}");
             }
+        }
+        if args.tsa_trust.is_empty()
+            && result
+                .verdict
+                .errors
+                .contains(&etee_formats::verdict::Error::TIMESTAMPTOKEN_TRUST_FAILED)
+        {
+            eprintln!(
+                "etee: note: no --tsa-trust given, so no signature timestamp can be trusted: \
+                 give --tsa-trust CERT, the CA of the time-stamping authority"
+            );
         }
     }
     Ok(if clean {
@@ -232,6 +250,12 @@ fn human(r: &Unsealed) -> String {
     }
     if let Some(t) = r.signing_time {
         s.push_str(&format!("signed  {}\n", inputs::rfc3339(t)));
+    }
+    if let Some(t) = r.timestamp {
+        s.push_str(&format!(
+            "stamped {} (trusted timestamp)\n",
+            inputs::rfc3339(t)
+        ));
     }
     s
 }

@@ -6,9 +6,11 @@
 
 use super::algorithms::{algorithm_identifier, Digest};
 use super::signer::{self, SignatureCheck, SignerId, SignerInfo};
-use crate::ber::slice::parse_exact;
-use crate::ber::{tag, BerError};
+use crate::ber::slice::{parse_exact, Tlv};
+use crate::ber::write::{cons, seq, tlv};
+use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::{parse_time, Certificate};
+use crate::oid;
 use crate::trust::TrustAnchors;
 use crate::verdict::Error;
 
@@ -16,6 +18,129 @@ use crate::verdict::Error;
 const TST_INFO: &[u8] = &[
     0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x01, 0x04,
 ];
+
+/// The outer SignerInfo's signature value of a sealed message held in memory: what a
+/// time-stamping authority stamps (the token's imprint is its hash).
+pub fn outer_signature(message: &[u8]) -> Result<Vec<u8>, BerError> {
+    let outer = OuterSigner::find(message)?;
+    Ok(SignerInfo::parse(&outer.signer_info)?.signature)
+}
+
+/// Adds an RFC 3161 time-stamp token over the outer signature (see [`outer_signature`])
+/// to a sealed message held in memory, as the unsigned attribute
+/// id-aa-signatureTimeStampToken of its outer SignerInfo (the ".NET level T" of spec
+/// §1.7): no signature changes, so the message still opens as before, and a receiver
+/// trusting the authority judges the sender's certificate at the token's time when the
+/// message carries no signing time. The token is not checked here; unsealing does.
+/// The outer layer must have one SignerInfo; lengths are re-encoded where definite.
+pub fn attach(message: &[u8], token: &[u8]) -> Result<Vec<u8>, BerError> {
+    parse_exact(token)?.expect(tag::SEQUENCE)?;
+    let outer = OuterSigner::find(message)?;
+    let attribute = seq(&[
+        &oid::der(oid::ATTR_SIGNATURE_TIMESTAMP),
+        &tlv(tag::SET, token),
+    ]);
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    let mut unsigned_seen = false;
+    for field in outer.signer_info.children() {
+        let field = field?;
+        if field.tag == tag::ctx_cons(1) {
+            let mut attrs: Vec<&[u8]> = Vec::new();
+            for a in field.children() {
+                attrs.push(a?.raw);
+            }
+            attrs.push(&attribute);
+            fields.push(cons(tag::ctx_cons(1), &attrs));
+            unsigned_seen = true;
+        } else {
+            fields.push(field.raw.to_vec());
+        }
+    }
+    if !unsigned_seen {
+        fields.push(tlv(tag::ctx_cons(1), &attribute));
+    }
+    let parts: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+    let signer_infos = tlv(tag::SET, &seq(&parts));
+    // From the inside out: each enclosing element with its child replaced.
+    let mut replaced = signer_infos;
+    let mut child = outer.signer_infos;
+    for parent in [outer.signed_data, outer.explicit, outer.content_info] {
+        replaced = with_child_replaced(&parent, &child, &replaced);
+        child = parent;
+    }
+    Ok(replaced)
+}
+
+/// The path to the outer SignerInfo of a message in memory.
+struct OuterSigner<'a> {
+    content_info: Tlv<'a>,
+    explicit: Tlv<'a>,
+    signed_data: Tlv<'a>,
+    signer_infos: Tlv<'a>,
+    signer_info: Tlv<'a>,
+}
+
+impl<'a> OuterSigner<'a> {
+    fn find(message: &'a [u8]) -> Result<Self, BerError> {
+        let content_info = parse_exact(message)?.expect(tag::SEQUENCE)?;
+        let mut ci = content_info.seq()?;
+        let kind = ci.next(tag::OID)?;
+        if kind.content != oid::SIGNED_DATA {
+            return Err(kind.err(BerErrorKind::BadValue(
+                "outer content type (not SignedData)",
+            )));
+        }
+        let explicit = ci.next(tag::ctx_cons(0))?;
+        ci.finish()?;
+        let mut e = explicit.seq()?;
+        let signed_data = e.next(tag::SEQUENCE)?;
+        e.finish()?;
+        let mut sd = signed_data.seq()?;
+        sd.next(tag::INTEGER)?;
+        sd.next(tag::SET)?;
+        sd.next(tag::SEQUENCE)?;
+        sd.optional(tag::ctx_cons(0))?;
+        sd.optional(tag::ctx_cons(1))?;
+        let signer_infos = sd.next(tag::SET)?;
+        sd.finish()?;
+        let mut infos = signer_infos.children();
+        let signer_info = match (infos.next(), infos.next()) {
+            (Some(si), None) => si?.expect(tag::SEQUENCE)?,
+            _ => {
+                return Err(signer_infos.err(BerErrorKind::BadValue(
+                    "outer signer infos (exactly one expected)",
+                )))
+            }
+        };
+        Ok(Self {
+            content_info,
+            explicit,
+            signed_data,
+            signer_infos,
+            signer_info,
+        })
+    }
+}
+
+/// `parent` encoded again with its child element `old` (a sub-slice of its content)
+/// replaced by the bytes `new`: an indefinite length stays so, a definite one is
+/// recomputed.
+fn with_child_replaced(parent: &Tlv<'_>, old: &Tlv<'_>, new: &[u8]) -> Vec<u8> {
+    let start = old.raw.as_ptr() as usize - parent.content.as_ptr() as usize;
+    let end = start + old.raw.len();
+    let mut content = Vec::with_capacity(parent.content.len() - old.raw.len() + new.len());
+    content.extend_from_slice(&parent.content[..start]);
+    content.extend_from_slice(new);
+    content.extend_from_slice(&parent.content[end..]);
+    if parent.indefinite {
+        let mut out = vec![parent.tag, 0x80];
+        out.extend(content);
+        out.extend([0, 0]);
+        out
+    } else {
+        tlv(parent.tag, &content)
+    }
+}
 
 /// A checked token: its time, and what was wrong with it, if anything.
 pub struct Checked {
@@ -88,7 +213,7 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
     let first = infos
         .children()
         .next()
-        .ok_or_else(|| infos.err(crate::ber::BerErrorKind::BadValue("no signer")))??;
+        .ok_or_else(|| infos.err(BerErrorKind::BadValue("no signer")))??;
     let signer = SignerInfo::parse(&first)?;
     let tst = parse_exact(&tst_info)?;
     let mut f = tst.seq()?;
@@ -100,7 +225,7 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
     f.next(tag::INTEGER)?;
     let gen_time = parse_time(&f.next(tag::GENERALIZED_TIME)?)?;
     if !is_tst {
-        return Err(tst.err(crate::ber::BerErrorKind::BadValue("not a TSTInfo")));
+        return Err(tst.err(BerErrorKind::BadValue("not a TSTInfo")));
     }
     Ok(Token {
         tst_info,
@@ -112,7 +237,20 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
     })
 }
 
-/// Verifies the token's signature; returns the TSA certificate when it holds.
+/// id-aa-signingCertificate (ESS, RFC 2634: SHA-1 certificate hashes).
+const ATTR_SIGNING_CERTIFICATE: &[u8] = &[
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x02, 0x0c,
+];
+/// id-aa-signingCertificateV2 (RFC 5035: any hash, SHA-256 by default).
+const ATTR_SIGNING_CERTIFICATE_V2: &[u8] = &[
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x10, 0x02, 0x2f,
+];
+
+/// Verifies the token as BouncyCastle's `TimeStampToken.validate` does, which the official
+/// library relies on: the signer's certificate is in the token, is a time-stamping
+/// certificate (one critical extendedKeyUsage, id-kp-timeStamping alone), is the one the
+/// token's ESS signing-certificate attribute names by its hash, and the signature holds.
+/// Returns the TSA certificate when all of that is so.
 fn verify(t: &Token) -> Option<Certificate> {
     let cert = t.certs.iter().find(|c| match &t.signer.sid {
         SignerId::IssuerSerial { issuer, serial } => {
@@ -120,9 +258,54 @@ fn verify(t: &Token) -> Option<Certificate> {
         }
         SignerId::SubjectKeyId(ski) => c.subject_key_identifier() == Some(ski.as_slice()),
     })?;
+    if !cert.is_timestamping_only() || !names_certificate(&t.signer, cert) {
+        return None;
+    }
     let digest = Digest::from_oid(&t.signer.digest_alg)?;
     let digests = [(digest, digest.digest(&t.tst_info))];
     let key = cert.public_key().ok()?;
     (signer::verify(&t.signer, &key, &digests, TST_INFO) == SignatureCheck::Valid)
         .then(|| cert.clone())
+}
+
+/// Whether the signed attributes carry an ESS signing-certificate attribute (v2 or v1)
+/// whose first certificate id is `cert`'s hash (RFC 3161 §2.4.2 requires one; the first
+/// id names the signer's own certificate).
+fn names_certificate(si: &SignerInfo, cert: &Certificate) -> bool {
+    let Some(attrs) = si.signed_attrs.as_deref() else {
+        return false;
+    };
+    let first_cert_id = || -> Result<Option<(Digest, Vec<u8>)>, BerError> {
+        let attrs = parse_exact(attrs)?;
+        for attr in attrs.children() {
+            let mut a = attr?.seq()?;
+            let kind = a.next(tag::OID)?.content;
+            let v2 = kind == ATTR_SIGNING_CERTIFICATE_V2;
+            if !v2 && kind != ATTR_SIGNING_CERTIFICATE {
+                continue;
+            }
+            let value = a.next(tag::SET)?.seq()?.next(tag::SEQUENCE)?;
+            let mut id = value
+                .seq()?
+                .next(tag::SEQUENCE)?
+                .seq()?
+                .next(tag::SEQUENCE)?
+                .seq()?;
+            let hash_alg = if v2 {
+                match id.optional(tag::SEQUENCE)? {
+                    None => Some(Digest::Sha256),
+                    Some(alg) => Digest::from_oid(algorithm_identifier(&alg)?.0),
+                }
+            } else {
+                Some(Digest::Sha1)
+            };
+            let hash = id.next(tag::OCTET_STRING)?.content.to_vec();
+            return Ok(hash_alg.map(|d| (d, hash)));
+        }
+        Ok(None)
+    };
+    match first_cert_id() {
+        Ok(Some((digest, hash))) => digest.digest(cert.der()) == hash,
+        _ => false,
+    }
 }

@@ -138,6 +138,9 @@ pub struct Unsealed {
     pub sender: Option<Sender>,
     /// The outer signing time, when present.
     pub signing_time: Option<i64>,
+    /// The time of the outer signature's timestamp token, when one is present and holds
+    /// (its imprint, its signature, its authority chaining to `tsa_anchors`).
+    pub timestamp: Option<i64>,
     pub opened_with: Option<OpenedWith>,
     /// Bytes of content written to the writer (unverified unless the verdict is clean).
     pub content_len: u64,
@@ -1084,7 +1087,8 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
     let mut v = Verdict::default();
     let mut sender = None;
     let mut signing_time = None;
-    let base = |v: Verdict, sender, signing_time, facts: &Facts| Unsealed {
+    let mut timestamp = None;
+    let base = |v: Verdict, sender, signing_time, timestamp, facts: &Facts| Unsealed {
         // Only a message that opened names its key; a fatal (including one that follows a
         // failed key unwrap) must look the same whatever the cause.
         opened_with: if v.fatal.is_none() {
@@ -1095,19 +1099,28 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
         verdict: v,
         sender,
         signing_time,
+        timestamp,
         content_len: facts.content_len,
         content_sha256: facts.content_sha256,
         outer_signature: facts.outer.signer.as_ref().map(|si| si.signature.clone()),
     };
     if let Some(f) = facts.outer_fatal {
         v.fatal(f);
-        return base(v, None, None, &facts);
+        return base(v, None, None, None, &facts);
     }
     let mut outer_resolved = None;
     if let Some(si) = &facts.outer.signer {
         // The official library reports a signature timestamp's errors before the layer's.
-        timestamp_check(si, opts, &mut v);
-        let r = check_layer(true, &facts.outer, si, None, opts, at, &mut v);
+        timestamp = timestamp_check(si, opts, &mut v);
+        // Without a signing time, a trusted timestamp's time is the one the signer's
+        // certificate is judged at (spec §1.6), else the evaluation time.
+        let when = si
+            .signing_times
+            .first()
+            .copied()
+            .or(timestamp)
+            .unwrap_or(at);
+        let r = check_layer(true, &facts.outer, si, None, opts, when, at, &mut v);
         signing_time = si.signing_times.first().copied();
         sender = Some(Sender {
             certificate: r.cert.clone(),
@@ -1118,14 +1131,14 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
     }
     if let Some(f) = facts.middle_fatal {
         v.fatal(f);
-        return base(v, sender, signing_time, &facts);
+        return base(v, sender, signing_time, timestamp, &facts);
     }
     for e in &facts.decryption_errors {
         v.error(*e);
     }
     if let Some(f) = facts.inner_fatal {
         v.fatal(f);
-        return base(v, sender, signing_time, &facts);
+        return base(v, sender, signing_time, timestamp, &facts);
     }
     if let (Some(si), Some(outer)) = (&facts.inner.signer, &outer_resolved) {
         let mut inner_v = Verdict::default();
@@ -1135,6 +1148,7 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
             si,
             Some((outer, &facts.outer.certs)),
             opts,
+            si.signing_times.first().copied().unwrap_or(at),
             at,
             &mut inner_v,
         );
@@ -1145,16 +1159,20 @@ fn assemble(facts: Facts, opts: &UnsealOptions, at: i64) -> Unsealed {
             v.error(e);
         }
     }
-    base(v, sender, signing_time, &facts)
+    base(v, sender, signing_time, timestamp, &facts)
 }
 
-/// The checks of spec §1.4 step 2 (outer) or 4 (inner) for one layer.
+/// The checks of spec §1.4 step 2 (outer) or 4 (inner) for one layer: the signer's
+/// certificate judged at `when` (the layer's signing time, or what stands in for it),
+/// revocation at the evaluation time `at`.
+#[allow(clippy::too_many_arguments)]
 fn check_layer(
     outer: bool,
     layer: &SignedFacts,
     si: &SignerInfo,
     outer_signer: Option<(&Resolved, &Vec<Certificate>)>,
     opts: &UnsealOptions,
+    when: i64,
     at: i64,
     v: &mut Verdict,
 ) -> Resolved {
@@ -1245,8 +1263,6 @@ fn check_layer(
             }
         }
     };
-    // Validity is judged at the (first) signing time, else at the evaluation time.
-    let when = si.signing_times.first().copied().unwrap_or(at);
     let check = match &key {
         None => SignatureCheck::Unsupported,
         Some(key) => {
@@ -1373,12 +1389,17 @@ fn signing_time_warning(si: &SignerInfo, opts: &UnsealOptions, at: i64, v: &mut 
     }
 }
 
-/// Checks the outer signature timestamp, when there is one.
-fn timestamp_check(si: &SignerInfo, opts: &UnsealOptions, v: &mut Verdict) {
-    if let Some(token) = si.timestamps.first() {
-        if let Some(e) = super::timestamp::check(token, &si.signature, &opts.tsa_anchors).error {
+/// Checks the outer signature timestamp, when there is one; its time when it holds (the
+/// imprint matches, the token is valid and its authority trusted).
+fn timestamp_check(si: &SignerInfo, opts: &UnsealOptions, v: &mut Verdict) -> Option<i64> {
+    let token = si.timestamps.first()?;
+    let checked = super::timestamp::check(token, &si.signature, &opts.tsa_anchors);
+    match checked.error {
+        Some(e) => {
             v.error(e);
+            None
         }
+        None => checked.gen_time,
     }
 }
 

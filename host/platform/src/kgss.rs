@@ -808,7 +808,6 @@ impl Kgss {
             .map_err(|e| KgssError::Content(e.to_string()))?;
         let id = key_id(&request.key_identifier)?;
         let record = store.get_kgss_key(&id)?.ok_or(KgssError::UnknownKey)?;
-        let attributes = self.caller_attributes(store, &opened.identities)?;
         let allowed: Vec<Credential> = record
             .allowed_readers
             .iter()
@@ -819,69 +818,106 @@ impl Kgss {
             .iter()
             .map(service_credential)
             .collect();
-        let decision = evaluate(&allowed, &excluded, &attributes);
-        // Recorded before anything is released, refusals too; no record, no key. The replay
-        // check is in the same transaction: a replay is refused with no event, a fresh
-        // request is remembered together with its event.
-        let outcome = if decision.is_allowed() {
-            "granted"
-        } else {
-            "denied"
-        };
-        let event = crate::audit::event(
-            now,
-            "kgss.read",
-            &opened.identities[0].to_string(),
-            hex::encode(id),
-            outcome,
-            Some(format!("{decision:?}")),
-        );
-        // The key is looked for again in that transaction: a deletion may have committed
-        // (and been confirmed) since the read above, and nothing is released after it.
-        let remember =
-            || store.remember_key_read(&id, &opened.digest, now + REPLAY_WINDOW, now, &event);
-        if !decision.is_allowed() {
-            let sequence = recorded_read(remember()?)?;
-            crate::audit::log(sequence, &event);
-            return Err(KgssError::AccessDenied);
-        }
-        // A replay is refused before any key work (a read). Then the record is committed
-        // while the key is unwrapped and the answer sealed, and the answer leaves only once
-        // the record is durable: no record, no key. The commit alone decides between
-        // concurrent copies of one request; the loser's answer is dropped.
-        if store.request_seen(&opened.digest, now)? {
-            return Err(KgssError::Replay);
-        }
-        // The key is unwrapped before the commit starts: the custody core's audit sync and
-        // the store's commit, started together, queue in the disk's journal and the unwrap
-        // waits for both; the commit then runs beside the sealing, which takes longer.
-        let key = self.unwrap_bound(&record);
-        let (recorded, answer) = std::thread::scope(|scope| {
-            let commit = scope.spawn(remember);
-            let answer =
-                key.and_then(|key| self.get_key_answer(&key, &request.reply_to, &opened, now));
-            let recorded = commit
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (recorded, answer)
-        });
-        let sequence = recorded_read(recorded?)?;
-        crate::audit::log(sequence, &event);
-        if let Err(e) = &answer {
-            // The grant is on the chain, but nothing was released: say so after it (a
-            // failure to record this as well leaves the grant alone, which errs on the
-            // side of reporting a release).
-            let _ = audit(
-                store,
+        // The answer, once sealed, is the same whatever the decision's attributes: a
+        // decision made again (the registry changed under it) reuses it.
+        let mut sealed_answer: Option<Result<Vec<u8>, KgssError>> = None;
+        for _ in 0..REGISTRY_ATTEMPTS {
+            let registry = self.registry_reads(store, &opened.identities)?;
+            let attributes = attributes_of(&opened.identities, &registry);
+            let decision = evaluate(&allowed, &excluded, &attributes);
+            // Recorded before anything is released, refusals too; no record, no key. The
+            // replay check is in the same transaction: a replay is refused with no event, a
+            // fresh request is remembered together with its event.
+            let outcome = if decision.is_allowed() {
+                "granted"
+            } else {
+                "denied"
+            };
+            let event = crate::audit::event(
                 now,
                 "kgss.read",
-                &opened.identities[0],
-                &id,
-                "failed",
-                Some(format!("nothing released: {}", e.public_message())),
+                &opened.identities[0].to_string(),
+                hex::encode(id),
+                outcome,
+                Some(format!("{decision:?}")),
             );
+            // The key is looked for again in that transaction: a deletion may have committed
+            // (and been confirmed) since the read above, and nothing is released after it;
+            // so is the registry: a change confirmed since it was read means deciding again.
+            let remember = || {
+                store.remember_key_read(
+                    &id,
+                    &opened.digest,
+                    now + REPLAY_WINDOW,
+                    now,
+                    &event,
+                    &registry,
+                )
+            };
+            if !decision.is_allowed() {
+                let read = remember()?;
+                if read == etee_store::KeyRead::RegistryChanged {
+                    continue;
+                }
+                let sequence = recorded_read(read)?;
+                crate::audit::log(sequence, &event);
+                return Err(KgssError::AccessDenied);
+            }
+            // A replay is refused before any key work (a read). Then the record is committed
+            // while the key is unwrapped and the answer sealed, and the answer leaves only
+            // once the record is durable: no record, no key. The commit alone decides
+            // between concurrent copies of one request; the loser's answer is dropped.
+            if store.request_seen(&opened.digest, now)? {
+                return Err(KgssError::Replay);
+            }
+            let (recorded, answer) = match sealed_answer.take() {
+                Some(answer) => (remember(), answer),
+                // The key is unwrapped before the commit starts: the custody core's audit
+                // sync and the store's commit, started together, queue in the disk's
+                // journal and the unwrap waits for both; the commit then runs beside the
+                // sealing, which takes longer.
+                None => {
+                    let key = self.unwrap_bound(&record);
+                    std::thread::scope(|scope| {
+                        let commit = scope.spawn(remember);
+                        let answer = key.and_then(|key| {
+                            self.get_key_answer(&key, &request.reply_to, &opened, now)
+                        });
+                        let recorded = commit
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                        (recorded, answer)
+                    })
+                }
+            };
+            let recorded = recorded?;
+            if recorded == etee_store::KeyRead::RegistryChanged {
+                sealed_answer = Some(answer);
+                continue;
+            }
+            let sequence = recorded_read(recorded)?;
+            crate::audit::log(sequence, &event);
+            if let Err(e) = &answer {
+                // The grant is on the chain, but nothing was released: say so after it (a
+                // failure to record this as well leaves the grant alone, which errs on the
+                // side of reporting a release).
+                let _ = audit(
+                    store,
+                    now,
+                    "kgss.read",
+                    &opened.identities[0],
+                    &id,
+                    "failed",
+                    Some(format!("nothing released: {}", e.public_message())),
+                );
+            }
+            return answer;
         }
-        answer
+        tracing::warn!(
+            "KGSS GetKey: the attribute registry changed under {REGISTRY_ATTEMPTS} decisions \
+             in a row; nothing released"
+        );
+        Err(KgssError::Store(etee_store::Error::Conflict))
     }
 
     /// `key` followed by its record's [`binding`], wrapped by the HSM key.
@@ -1005,20 +1041,52 @@ impl Kgss {
         store: &dyn Store,
         identities: &[Identity],
     ) -> Result<Vec<Attribute>, KgssError> {
-        let mut out = implicit_attributes(identities);
-        for id in identities {
-            // The registry keys holders as the platform stores them (`HUB` is `EHP`).
-            for a in store.attributes(&stored_type(id), &stored_value(id))? {
-                // A registry value set in another form is compared as the conditions are.
-                let value = comparable_value(&a.namespace, &a.name, &a.value).unwrap_or(a.value);
-                let a = Attribute::new(&a.namespace, &a.name, &value);
-                if !out.contains(&a) {
-                    out.push(a);
-                }
-            }
-        }
-        Ok(out)
+        Ok(attributes_of(
+            identities,
+            &self.registry_reads(store, identities)?,
+        ))
     }
+
+    /// What the attribute registry holds for each of `identities`, as a decision reads it
+    /// (and [`Store::remember_key_read`] checks it again).
+    fn registry_reads(
+        &self,
+        store: &dyn Store,
+        identities: &[Identity],
+    ) -> Result<Vec<etee_store::RegistryRead>, KgssError> {
+        identities
+            .iter()
+            .map(|id| {
+                // The registry keys holders as the platform stores them (`HUB` is `EHP`).
+                let (id_type, value) = (stored_type(id), stored_value(id));
+                let attributes = store.attributes(&id_type, &value)?;
+                Ok(etee_store::RegistryRead {
+                    id_type,
+                    value,
+                    attributes,
+                })
+            })
+            .collect()
+    }
+}
+
+/// How many times GetKey decides again when the attribute registry changed under its
+/// decision before it could be recorded (an administrator's change: rare).
+const REGISTRY_ATTEMPTS: usize = 3;
+
+/// A caller's attributes: those its identities imply, then the registry's (`registry`).
+fn attributes_of(identities: &[Identity], registry: &[etee_store::RegistryRead]) -> Vec<Attribute> {
+    let mut out = implicit_attributes(identities);
+    for a in registry.iter().flat_map(|r| &r.attributes) {
+        // A registry value set in another form is compared as the conditions are.
+        let value =
+            comparable_value(&a.namespace, &a.name, &a.value).unwrap_or_else(|_| a.value.clone());
+        let a = Attribute::new(&a.namespace, &a.name, &value);
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// The sequence of a read's recorded event, or why nothing was recorded.
@@ -1027,6 +1095,8 @@ fn recorded_read(read: etee_store::KeyRead) -> Result<u64, KgssError> {
         etee_store::KeyRead::Recorded(sequence) => Ok(sequence),
         etee_store::KeyRead::Replay => Err(KgssError::Replay),
         etee_store::KeyRead::KeyGone => Err(KgssError::UnknownKey),
+        // Handled by deciding again; never passed here.
+        etee_store::KeyRead::RegistryChanged => Err(KgssError::Store(etee_store::Error::Conflict)),
     }
 }
 

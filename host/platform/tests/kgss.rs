@@ -15,6 +15,7 @@ on_both_stores!(
     a_wcf_security_header_is_accepted,
     the_replay_table_is_purged_while_the_platform_runs,
     a_deletion_racing_reads_is_final,
+    an_attribute_removed_while_reads_run_is_final,
     a_store_writer_cannot_rebind_a_wrapped_key
 );
 
@@ -1180,6 +1181,125 @@ async fn a_deletion_racing_reads_is_final(w: World) {
             .iter()
             .all(|&e| e != ("kgss.read", "granted")),
         "a grant after the deletion: {of_key:?}"
+    );
+    w.stop().await;
+}
+
+/// An administrator removes Bob's "recognised pharmacy" attribute (with its audit event,
+/// in one transaction, as `etee platform attributes remove` does) while his GetKeys for a
+/// key of recognised pharmacies are under way on four connections: every GetKey is served
+/// or refused; none sent after the removal returned is served; and on the audit chain no
+/// grant follows the removal (GetKey checks that the registry still holds what its
+/// decision read, in the transaction that records the grant, and decides again if not).
+async fn an_attribute_removed_while_reads_run_is_final(w: World) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+    const CONNECTIONS: usize = 4;
+    const EACH: usize = 6;
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let key_id = created_key_id(&rest_create(&w, &mut alice).await);
+    let bodies: Vec<Vec<Vec<u8>>> = (0..CONNECTIONS)
+        .map(|_| (0..EACH).map(|_| rest_get(&w, &w.bob, &key_id)).collect())
+        .collect();
+    let served = AtomicUsize::new(0);
+    let reader = |bodies: Vec<Vec<u8>>| {
+        let (w, served) = (&w, &served);
+        async move {
+            let mut bob = w.connect(Some(&w.bob)).await;
+            let mut answers = Vec::new();
+            for body in bodies {
+                let sent = Instant::now();
+                let a = retrieve(&mut bob, body).await.unwrap();
+                if a.status == 200 {
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+                answers.push((sent, a));
+            }
+            answers
+        }
+    };
+    let remover = async {
+        while served.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let event = etee_platform::audit::event(
+            etee_platform::unix_now(),
+            "attributes.remove",
+            "admin uid 0",
+            format!("NIHII-PHARMACY={}", common::PHARMACY),
+            "done",
+            None,
+        );
+        let removed = w.store(|s| {
+            s.apply_with_event(
+                etee_store::Change::RemoveAttribute {
+                    id_type: "NIHII-PHARMACY",
+                    value: common::PHARMACY,
+                    namespace: vocabulary::CERTIFIED_NS,
+                    name: vocabulary::RECOGNISED_PHARMACY,
+                },
+                &event,
+            )
+        });
+        assert!(removed.unwrap().is_some(), "Bob had the attribute");
+        Instant::now()
+    };
+    let mut bodies = bodies.into_iter();
+    let mut next = || bodies.next().unwrap();
+    let (removed_at, a, b, c, d) = tokio::join!(
+        remover,
+        reader(next()),
+        reader(next()),
+        reader(next()),
+        reader(next())
+    );
+    let answers: Vec<_> = [a, b, c, d].into_iter().flatten().collect();
+    let mut granted = 0;
+    for (sent, a) in &answers {
+        match a.status {
+            200 => {
+                assert!(*sent < removed_at, "served a GetKey sent after the removal");
+                granted += 1;
+            }
+            403 => {}
+            other => panic!("{other}: {}", String::from_utf8_lossy(&a.body)),
+        }
+    }
+    eprintln!(
+        "{granted} of {} GetKeys served before the removal",
+        CONNECTIONS * EACH
+    );
+    assert!(granted >= 1);
+    assert!(
+        granted < CONNECTIONS * EACH,
+        "every read was served: the removal did not race them"
+    );
+    let events = w.store(|s| s.events(0, 1000)).unwrap();
+    etee_store::audit::verify(0, etee_store::audit::GENESIS, &events).unwrap();
+    let hex_id = hex::encode(&key_id);
+    let removal = events
+        .iter()
+        .position(|e| e.event.action == "attributes.remove")
+        .expect("the removal is on the chain");
+    let grants = |events: &[etee_store::StoredEvent]| {
+        events
+            .iter()
+            .filter(|e| {
+                e.event.subject == hex_id
+                    && e.event.action == "kgss.read"
+                    && e.event.outcome == "granted"
+            })
+            .count()
+    };
+    assert_eq!(
+        grants(&events[..removal]),
+        granted,
+        "one grant per key served"
+    );
+    assert_eq!(
+        grants(&events[removal + 1..]),
+        0,
+        "a grant after the removal"
     );
     w.stop().await;
 }

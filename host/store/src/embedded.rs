@@ -19,7 +19,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
     backend_error, check_key_id, Attribute, AttributeHolder, Change, Credential, Error, EtkRecord,
-    Identifier, KeyRead, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
+    Identifier, KeyRead, KgssKey, OrBackend, PublicKeyRecord, RegistryRead, Result, Store,
+    SCHEMA_VERSION,
 };
 
 /// `"schema_version"` → the version of the last migration applied.
@@ -359,23 +360,11 @@ impl Store for EmbeddedStore {
     }
 
     fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<bool> {
-        let txn = self.write()?;
-        let changed = {
-            let mut table = txn.open_table(ATTRIBUTE).db()?;
-            let key = (
-                id_type,
-                value,
-                attribute.namespace.as_str(),
-                attribute.name.as_str(),
-            );
-            let old = table.get(key).db()?.map(|v| v.value().to_owned());
-            let changed = old.as_deref() != Some(attribute.value.as_str());
-            if changed {
-                table.insert(key, attribute.value.as_str()).db()?;
-            }
-            changed
-        };
-        commit_if(txn, changed)
+        self.apply(Change::SetAttribute {
+            id_type,
+            value,
+            attribute,
+        })
     }
 
     fn remove_attribute(
@@ -385,34 +374,17 @@ impl Store for EmbeddedStore {
         namespace: &str,
         name: &str,
     ) -> Result<bool> {
-        let txn = self.write()?;
-        let removed = txn
-            .open_table(ATTRIBUTE)
-            .db()?
-            .remove((id_type, value, namespace, name))
-            .db()?
-            .is_some();
-        commit_if(txn, removed)
+        self.apply(Change::RemoveAttribute {
+            id_type,
+            value,
+            namespace,
+            name,
+        })
     }
 
     fn attributes(&self, id_type: &str, value: &str) -> Result<Vec<Attribute>> {
         let txn = self.db.begin_read().db()?;
-        let table = txn.open_table(ATTRIBUTE).db()?;
-        let mut found = Vec::new();
-        // Keys sort element by element, so the holder's rows are one contiguous range.
-        for entry in table.range((id_type, value, "", "")..).db()? {
-            let (key, attribute_value) = entry.db()?;
-            let (t, v, namespace, name) = key.value();
-            if (t, v) != (id_type, value) {
-                break;
-            }
-            found.push(Attribute {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                value: attribute_value.value().to_owned(),
-            });
-        }
-        Ok(found)
+        attributes_in(&txn.open_table(ATTRIBUTE).db()?, id_type, value)
     }
 
     fn list_attribute_holders(&self) -> Result<Vec<AttributeHolder>> {
@@ -515,8 +487,10 @@ impl Store for EmbeddedStore {
         expires_at: i64,
         now: i64,
         event: &AuditEvent,
+        registry: &[RegistryRead],
     ) -> Result<KeyRead> {
-        // One writer at a time: a deletion commits wholly before or after this.
+        // One writer at a time: a deletion or a registry change commits wholly before or
+        // after this.
         let txn = self.write()?;
         let stored = txn
             .open_table(KGSS_KEY)
@@ -531,6 +505,21 @@ impl Store for EmbeddedStore {
         if !remember_in(&txn, digest, expires_at, now)? {
             txn.abort().db()?;
             return Ok(KeyRead::Replay);
+        }
+        let changed = {
+            let table = txn.open_table(ATTRIBUTE).db()?;
+            let mut changed = false;
+            for read in registry {
+                if attributes_in(&table, &read.id_type, &read.value)? != read.attributes {
+                    changed = true;
+                    break;
+                }
+            }
+            changed
+        };
+        if changed {
+            txn.abort().db()?;
+            return Ok(KeyRead::RegistryChanged);
         }
         let sequence = append_in(&txn, event)?;
         txn.commit().db()?;
@@ -604,6 +593,29 @@ fn append_in(txn: &WriteTransaction, event: &AuditEvent) -> Result<u64> {
     Ok(sequence)
 }
 
+/// A holder's attributes, ordered by namespace and name (the table's key order).
+fn attributes_in(
+    table: &impl ReadableTable<(&'static str, &'static str, &'static str, &'static str), &'static str>,
+    id_type: &str,
+    value: &str,
+) -> Result<Vec<Attribute>> {
+    let mut found = Vec::new();
+    // Keys sort element by element, so the holder's rows are one contiguous range.
+    for entry in table.range((id_type, value, "", "")..).db()? {
+        let (key, attribute_value) = entry.db()?;
+        let (t, v, namespace, name) = key.value();
+        if (t, v) != (id_type, value) {
+            break;
+        }
+        found.push(Attribute {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            value: attribute_value.value().to_owned(),
+        });
+    }
+    Ok(found)
+}
+
 /// Makes `change` inside `txn`: true when it changed something, false when it found
 /// nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`.
 fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
@@ -675,6 +687,36 @@ fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
                 }
             }
         }
+        Change::SetAttribute {
+            id_type,
+            value,
+            attribute,
+        } => {
+            let mut table = txn.open_table(ATTRIBUTE).db()?;
+            let key = (
+                id_type,
+                value,
+                attribute.namespace.as_str(),
+                attribute.name.as_str(),
+            );
+            let old = table.get(key).db()?.map(|v| v.value().to_owned());
+            let changed = old.as_deref() != Some(attribute.value.as_str());
+            if changed {
+                table.insert(key, attribute.value.as_str()).db()?;
+            }
+            Ok(changed)
+        }
+        Change::RemoveAttribute {
+            id_type,
+            value,
+            namespace,
+            name,
+        } => Ok(txn
+            .open_table(ATTRIBUTE)
+            .db()?
+            .remove((id_type, value, namespace, name))
+            .db()?
+            .is_some()),
     }
 }
 

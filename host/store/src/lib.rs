@@ -315,7 +315,10 @@ pub trait Store: Send + Sync {
     /// KGSS key `key_id`, in a transaction that also finds the key still stored (PostgreSQL:
     /// locked against a concurrent deletion until commit): a deletion committed before
     /// gives [`KeyRead::KeyGone`] and writes nothing, so that no release is recorded after
-    /// a deletion was confirmed.
+    /// a deletion was confirmed. Likewise the attribute registry must still hold what the
+    /// decision read from it (`registry`), checked once no registry change can commit
+    /// before this event: else [`KeyRead::RegistryChanged`] and nothing written, so that no
+    /// decision is recorded after a registry change it did not see was confirmed.
     fn remember_key_read(
         &self,
         key_id: &[u8; 16],
@@ -323,6 +326,7 @@ pub trait Store: Send + Sync {
         expires_at: i64,
         now: i64,
         event: &AuditEvent,
+        registry: &[RegistryRead],
     ) -> Result<KeyRead>;
     /// Applies `change` and appends `event` in one transaction, or neither: the audit chain
     /// shows a change exactly when it happened (a crash between two writes could otherwise
@@ -344,6 +348,18 @@ pub enum KeyRead {
     Replay,
     /// The key is not stored (deleted): nothing written.
     KeyGone,
+    /// The attribute registry changed since the decision read it: nothing written; decide
+    /// again.
+    RegistryChanged,
+}
+
+/// What a decision read from the attribute registry: one holder and all its attributes
+/// then (in the order [`Store::attributes`] gives them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryRead {
+    pub id_type: String,
+    pub value: String,
+    pub attributes: Vec<Attribute>,
 }
 
 /// A change [`Store::apply_with_event`] makes together with its audit event; each is what
@@ -367,6 +383,19 @@ pub enum Change<'a> {
         key_id: &'a [u8],
         expected: &'a BTreeMap<String, String>,
         info: &'a BTreeMap<String, String>,
+    },
+    /// See [`Store::set_attribute`]: nothing to act on when the holder has it already.
+    SetAttribute {
+        id_type: &'a str,
+        value: &'a str,
+        attribute: &'a Attribute,
+    },
+    /// See [`Store::remove_attribute`].
+    RemoveAttribute {
+        id_type: &'a str,
+        value: &'a str,
+        namespace: &'a str,
+        name: &'a str,
     },
 }
 

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
     check_key_id, Attribute, AttributeHolder, Change, Credential, Error, EtkRecord, Identifier,
-    KeyRead, KgssKey, OrBackend, PublicKeyRecord, Result, Store, SCHEMA_VERSION,
+    KeyRead, KgssKey, OrBackend, PublicKeyRecord, RegistryRead, Result, Store, SCHEMA_VERSION,
 };
 
 /// Advisory lock key serialising migrations between instances starting at once.
@@ -42,8 +42,11 @@ const PURGE_LOCK: i64 = 0x6574_6565_2d70_7567; // "etee-pug"
 /// stalled while holding it; and the server ends a transaction left idle for
 /// `idle_in_transaction_session_timeout` (an instance paused or cut off between its lock
 /// and its commit), which releases its locks; its commit then fails, so nothing it did
-/// was acknowledged. Every transaction of the store is a few statements long.
-const SESSION_OPTIONS: &str = "-c lock_timeout=10000 -c idle_in_transaction_session_timeout=30000";
+/// was acknowledged. Every transaction of the store is a few statements long. And every
+/// commit is durable on the server before it returns (`synchronous_commit=on`), whatever
+/// the database or its role says: an acknowledged KGSS key must survive a server crash.
+const SESSION_OPTIONS: &str = "-c lock_timeout=10000 -c idle_in_transaction_session_timeout=30000 \
+                               -c synchronous_commit=on";
 /// First half of the two-`int4` advisory lock keys serialising the registration and the
 /// deletion of one KeyDepot key id (the second half is a hash of the id, see
 /// [`lock_key_id`]). PostgreSQL keeps two-`int4` keys apart from one-`bigint` keys such as
@@ -177,6 +180,16 @@ impl PgStore {
                 "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
                 &[],
             )
+            .db()?;
+        get(&row, 0)
+    }
+
+    /// The value of a server setting on this store's connections (`SHOW name`), for
+    /// diagnostics: what the session options made of the server's defaults.
+    pub fn setting(&self, name: &str) -> Result<String> {
+        let row = self
+            .conn()?
+            .query_one("SELECT current_setting($1)", &[&name])
             .db()?;
         get(&row, 0)
     }
@@ -515,25 +528,11 @@ impl Store for PgStore {
     }
 
     fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<bool> {
-        // The WHERE leaves an equal row alone: no row counted, nothing written.
-        let rows = self
-            .conn()?
-            .execute(
-                "INSERT INTO attribute (holder_type, holder_value, namespace, name, value)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (holder_type, holder_value, namespace, name)
-                 DO UPDATE SET value = EXCLUDED.value
-                 WHERE attribute.value IS DISTINCT FROM EXCLUDED.value",
-                &[
-                    &id_type,
-                    &value,
-                    &attribute.namespace,
-                    &attribute.name,
-                    &attribute.value,
-                ],
-            )
-            .db()?;
-        Ok(rows > 0)
+        self.apply(Change::SetAttribute {
+            id_type,
+            value,
+            attribute,
+        })
     }
 
     fn remove_attribute(
@@ -543,35 +542,16 @@ impl Store for PgStore {
         namespace: &str,
         name: &str,
     ) -> Result<bool> {
-        let n = self
-            .conn()?
-            .execute(
-                "DELETE FROM attribute WHERE holder_type = $1 AND holder_value = $2
-                   AND namespace = $3 AND name = $4",
-                &[&id_type, &value, &namespace, &name],
-            )
-            .db()?;
-        Ok(n > 0)
+        self.apply(Change::RemoveAttribute {
+            id_type,
+            value,
+            namespace,
+            name,
+        })
     }
 
     fn attributes(&self, id_type: &str, value: &str) -> Result<Vec<Attribute>> {
-        let rows = self
-            .conn()?
-            .query(
-                "SELECT namespace, name, value FROM attribute
-                 WHERE holder_type = $1 AND holder_value = $2 ORDER BY namespace, name",
-                &[&id_type, &value],
-            )
-            .db()?;
-        rows.iter()
-            .map(|row| {
-                Ok(Attribute {
-                    namespace: get(row, 0)?,
-                    name: get(row, 1)?,
-                    value: get(row, 2)?,
-                })
-            })
-            .collect()
+        attributes_in(&mut *self.conn()?, id_type, value)
     }
 
     fn list_attribute_holders(&self) -> Result<Vec<AttributeHolder>> {
@@ -687,6 +667,7 @@ impl Store for PgStore {
         expires_at: i64,
         now: i64,
         event: &AuditEvent,
+        registry: &[RegistryRead],
     ) -> Result<KeyRead> {
         let mut conn = self.conn()?;
         let mut tx = begin(&mut conn)?;
@@ -707,6 +688,15 @@ impl Store for PgStore {
         if !remember_in(&mut tx, digest, expires_at, now)? {
             tx.rollback().db()?;
             return Ok(KeyRead::Replay);
+        }
+        // A registry change commits holding the audit lock (its event): once this holds
+        // it, every change not seen here will follow this event on the chain.
+        lock_audit(&mut tx)?;
+        for read in registry {
+            if attributes_in(&mut tx, &read.id_type, &read.value)? != read.attributes {
+                tx.rollback().db()?;
+                return Ok(KeyRead::RegistryChanged);
+            }
         }
         let sequence = append_in(&mut tx, event)?;
         tx.commit().db()?;
@@ -933,16 +923,79 @@ fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
             }
             n
         }
+        // The WHERE leaves an equal row alone: no row counted, nothing written.
+        Change::SetAttribute {
+            id_type,
+            value,
+            attribute,
+        } => tx
+            .execute(
+                "INSERT INTO attribute (holder_type, holder_value, namespace, name, value)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (holder_type, holder_value, namespace, name)
+                 DO UPDATE SET value = EXCLUDED.value
+                 WHERE attribute.value IS DISTINCT FROM EXCLUDED.value",
+                &[
+                    &id_type,
+                    &value,
+                    &attribute.namespace,
+                    &attribute.name,
+                    &attribute.value,
+                ],
+            )
+            .db()?,
+        Change::RemoveAttribute {
+            id_type,
+            value,
+            namespace,
+            name,
+        } => tx
+            .execute(
+                "DELETE FROM attribute WHERE holder_type = $1 AND holder_value = $2
+                   AND namespace = $3 AND name = $4",
+                &[&id_type, &value, &namespace, &name],
+            )
+            .db()?,
     };
     Ok(n > 0)
+}
+
+/// Takes the audit chain's lock until `tx` ends (again: advisory locks are reentrant).
+fn lock_audit(tx: &mut Transaction) -> Result<()> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+        .db()?;
+    Ok(())
+}
+
+/// A holder's attributes, ordered by namespace and name.
+fn attributes_in(
+    client: &mut impl GenericClient,
+    id_type: &str,
+    value: &str,
+) -> Result<Vec<Attribute>> {
+    let rows = client
+        .query(
+            "SELECT namespace, name, value FROM attribute
+             WHERE holder_type = $1 AND holder_value = $2 ORDER BY namespace, name",
+            &[&id_type, &value],
+        )
+        .db()?;
+    rows.iter()
+        .map(|row| {
+            Ok(Attribute {
+                namespace: get(row, 0)?,
+                name: get(row, 1)?,
+                value: get(row, 2)?,
+            })
+        })
+        .collect()
 }
 
 /// Appends `event` after the chain head within `tx`; returns its sequence. The advisory lock
 /// is held to commit: the head read is the one this event follows, also across instances
 /// sharing the database.
 fn append_in(tx: &mut Transaction, event: &AuditEvent) -> Result<u64> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-        .db()?;
+    lock_audit(tx)?;
     let (last, previous) = match tx
         .query_opt(
             "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1",

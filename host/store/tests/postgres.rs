@@ -330,6 +330,36 @@ fn a_stricter_default_isolation_changes_nothing() {
     etee_store::audit::verify(0, etee_store::audit::GENESIS, &events).expect("one chain");
 }
 
+/// A database (or role) configured with `synchronous_commit = off` would acknowledge
+/// commits a server crash can lose: the store's sessions set it on again, and keep their
+/// lock and idle timeouts.
+#[test]
+fn commits_are_synchronous_whatever_the_database_says() {
+    let Some(h) = Pg::new() else { return };
+    let name = h.db.name().to_owned();
+    h.client()
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET synchronous_commit = off;
+             ALTER DATABASE {name} SET lock_timeout = 0"
+        ))
+        .unwrap();
+    let store = PgStore::connect(h.db.url(), 2).unwrap();
+    assert_eq!(store.setting("synchronous_commit").unwrap(), "on");
+    assert_eq!(store.setting("lock_timeout").unwrap(), "10s");
+    assert_eq!(
+        store
+            .setting("idle_in_transaction_session_timeout")
+            .unwrap(),
+        "30s"
+    );
+    // The database's own default is what the test changed: a plain session sees it.
+    let row = h
+        .client()
+        .query_one("SELECT current_setting('synchronous_commit')", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "off");
+}
+
 /// An instance that stalls while holding the audit chain's lock (paused, cut off between
 /// its lock and its commit) does not hang the others: their audited writes fail after the
 /// lock timeout (10 s) instead of waiting for it, and go through once it is released.

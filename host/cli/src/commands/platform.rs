@@ -592,9 +592,22 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
                 ));
             };
             let store = store(&config)?;
-            let changed = store
-                .set_attribute(&t, &v, &attribute)
-                .map_err(|e| CliError::Usage(format!("store: {e}")))?;
+            // The change and its event in one transaction: the chain shows it exactly when
+            // it happened, and in the order of other changes and of the decisions made on it.
+            let changed = admin_change(
+                store.as_ref(),
+                etee_store::Change::SetAttribute {
+                    id_type: &t,
+                    value: &v,
+                    attribute: &attribute,
+                },
+                "attributes.set",
+                format!("{t}={v}"),
+                Some(format!(
+                    "{} {} = {}",
+                    attribute.namespace, attribute.name, attribute.value
+                )),
+            )?;
             if !changed {
                 outln!(
                     "{t}={v}: {} {} = {} already (nothing changed, no event added)",
@@ -604,15 +617,6 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
                 )?;
                 return Ok(ExitCode::SUCCESS);
             }
-            admin_event(
-                store.as_ref(),
-                "attributes.set",
-                format!("{t}={v}"),
-                Some(format!(
-                    "{} {} = {}",
-                    attribute.namespace, attribute.name, attribute.value
-                )),
-            )?;
             outln!(
                 "{t}={v}: {} {} = {}",
                 attribute.namespace,
@@ -630,16 +634,19 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
             let config = load(&config)?;
             let (t, v) = holder.parse()?;
             let store = store(&config)?;
-            let removed = store
-                .remove_attribute(&t, &v, &namespace, &name)
-                .map_err(|e| CliError::Usage(format!("store: {e}")))?;
+            let removed = admin_change(
+                store.as_ref(),
+                etee_store::Change::RemoveAttribute {
+                    id_type: &t,
+                    value: &v,
+                    namespace: &namespace,
+                    name: &name,
+                },
+                "attributes.remove",
+                format!("{t}={v}"),
+                Some(format!("{namespace} {name}")),
+            )?;
             if removed {
-                admin_event(
-                    store.as_ref(),
-                    "attributes.remove",
-                    format!("{t}={v}"),
-                    Some(format!("{namespace} {name}")),
-                )?;
                 outln!("{t}={v}: removed {namespace} {name}")?;
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -839,6 +846,34 @@ fn etk_find(
 
 /// Puts an administrative command on the platform's audit chain, after the change it
 /// records (the change is committed; the event says who made it).
+/// Makes `change` and appends its admin event in one transaction (nothing when the change
+/// finds nothing to act on): whether it changed something.
+fn admin_change(
+    store: &dyn etee_store::Store,
+    change: etee_store::Change<'_>,
+    action: &str,
+    subject: String,
+    detail: Option<String>,
+) -> Result<bool, CliError> {
+    let actor = format!("admin uid {}", nix::unistd::getuid().as_raw());
+    let event = etee_platform::audit::event(
+        etee_platform::unix_now(),
+        action,
+        &actor,
+        subject,
+        "done",
+        detail,
+    );
+    match store.apply_with_event(change, &event) {
+        Ok(Some(sequence)) => {
+            etee_platform::audit::log(sequence, &event);
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(e) => Err(CliError::Usage(format!("store: {e}"))),
+    }
+}
+
 fn admin_event(
     store: &dyn etee_store::Store,
     action: &str,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 
 use etee_store::{
     audit, Attribute, AuditEvent, Change, Credential, Error, EtkRecord, Identifier, KeyRead,
-    KgssKey, PublicKeyRecord, Store, SCHEMA_VERSION,
+    KgssKey, PublicKeyRecord, RegistryRead, Store, SCHEMA_VERSION,
 };
 use sha2::{Digest, Sha256};
 
@@ -928,7 +928,7 @@ pub fn remember_key_read(h: &impl Harness) {
     let key = kgss_key(7);
     s.insert_kgss_key(&key).unwrap();
     let read = |s: &dyn Store, id: &[u8; 16], d: u8, n| {
-        s.remember_key_read(id, &[d; 32], 1100, 1000, &audit_event(n, "granted"))
+        s.remember_key_read(id, &[d; 32], 1100, 1000, &audit_event(n, "granted"), &[])
             .unwrap()
     };
     assert_eq!(read(&*s, &key.id, 1, 1), KeyRead::Recorded(1));
@@ -947,6 +947,95 @@ pub fn remember_key_read(h: &impl Harness) {
         s.remember_request(&[3; 32], 1100, 1000).unwrap(),
         "nor its digest remembered"
     );
+}
+
+/// A KGSS decision is recorded only while the attribute registry holds what it read:
+/// after a change (made with its event, as the admin commands do) `remember_key_read`
+/// says so and writes nothing; a holder with no attributes counts too (one added since).
+pub fn remember_key_read_with_registry(h: &impl Harness) {
+    let s = h.open();
+    let key = kgss_key(8);
+    s.insert_kgss_key(&key).unwrap();
+    let pharmacy = Attribute {
+        namespace: "urn:be:fgov:certified-namespace:ehealth".into(),
+        name: "urn:be:fgov:ehealth:1.0:pharmacy:nihii-number:recognisedpharmacy:boolean".into(),
+        value: "true".into(),
+    };
+    let set = Change::SetAttribute {
+        id_type: "NIHII-PHARMACY",
+        value: "12345678",
+        attribute: &pharmacy,
+    };
+    assert_eq!(
+        s.apply_with_event(set, &audit_event(1, "set")).unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.apply_with_event(set, &audit_event(2, "set")).unwrap(),
+        None,
+        "set again: nothing changed, no event"
+    );
+    let seen = |attributes: Vec<Attribute>| RegistryRead {
+        id_type: "NIHII-PHARMACY".into(),
+        value: "12345678".into(),
+        attributes,
+    };
+    let other = RegistryRead {
+        id_type: "SSIN".into(),
+        value: "70010112345".into(),
+        attributes: vec![],
+    };
+    let read = |d: u8, n, registry: &[RegistryRead]| {
+        s.remember_key_read(
+            &key.id,
+            &[d; 32],
+            1100,
+            1000,
+            &audit_event(n, "granted"),
+            registry,
+        )
+        .unwrap()
+    };
+    let as_read = [seen(vec![pharmacy.clone()]), other.clone()];
+    assert_eq!(read(1, 2, &as_read), KeyRead::Recorded(2));
+    assert_eq!(
+        read(2, 3, &[seen(vec![])]),
+        KeyRead::RegistryChanged,
+        "read before the attribute was set"
+    );
+    let remove = Change::RemoveAttribute {
+        id_type: "NIHII-PHARMACY",
+        value: "12345678",
+        namespace: &pharmacy.namespace,
+        name: &pharmacy.name,
+    };
+    assert_eq!(
+        s.apply_with_event(remove, &audit_event(3, "removed"))
+            .unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        s.apply_with_event(remove, &audit_event(4, "removed"))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        read(3, 4, &as_read),
+        KeyRead::RegistryChanged,
+        "removed since"
+    );
+    assert_eq!(read(3, 4, &[seen(vec![]), other]), KeyRead::Recorded(4));
+    let all = s.events(0, 100).unwrap();
+    let outcomes: Vec<&str> = all.iter().map(|e| e.event.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["set", "granted", "removed", "granted"]);
+    assert!(
+        s.remember_request(&[2; 32], 1100, 1000).unwrap(),
+        "a refused record leaves its digest unremembered"
+    );
+    assert!(s
+        .attributes("NIHII-PHARMACY", "12345678")
+        .unwrap()
+        .is_empty());
 }
 
 /// Threads (on two handles when allowed) race on the same digests with
@@ -1011,7 +1100,7 @@ macro_rules! store_suite {
             backend_and_open_helper, etks, etks_without_application_id, kgss_keys, kgss_listing, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
             concurrent_audit_appends, remember_with_event, concurrent_remember_with_event,
-            apply_with_event, remember_key_read, keys_per_holder);
+            apply_with_event, remember_key_read, remember_key_read_with_registry, keys_per_holder);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

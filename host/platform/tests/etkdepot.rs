@@ -1286,8 +1286,8 @@ async fn a_body_declared_too_large_is_refused_before_it_comes(w: World) {
     let cases = [
         ("/EtkDepot/v1", None),
         ("/Kgss/v1", None),
-        ("/etee/v1/kgss/keys", Some("Invalid request")),
-        ("/etee/v1/kgss/keys/retrieve", Some("Invalid request")),
+        ("/etee/v1/kgss/keys", Some("KGSS_INVALID_REQUEST")),
+        ("/etee/v1/kgss/keys/retrieve", Some("KGSS_INVALID_REQUEST")),
         ("/etee/v1/keydepot/keys", Some("KEYDEPOT_INVALID_REQUEST")),
     ];
     for (path, title) in cases {

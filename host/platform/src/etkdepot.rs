@@ -233,8 +233,9 @@ pub fn register(
 
 /// The types an ETK may be published under besides its DN's identifiers
 /// ([`register_with_extra`]): a doctor's numbers, which the real depot answers with the
-/// doctor's own ETK (a natural person's, registered under the SSIN), and for which clients
-/// accept an ETK whose certificate names an SSIN (spec §4.1).
+/// doctor's own ETK (a natural person's, registered under the SSIN), and for which our
+/// client accepts an ETK whose certificate names an SSIN (the official connector for
+/// `NIHII` only, spec §4.1; `docs/deviations.md` row 23).
 pub const EXTRA_TYPES: [&str; 2] = ["NIHII", "NIHII11"];
 
 /// What a registration left in the depot.
@@ -368,8 +369,8 @@ fn extra_identifiers(
         else {
             return Err(refused(
                 "an ETK is published under an extra identifier of type NIHII or NIHII11 \
-                 only (a doctor's numbers: the one query for which clients accept an ETK \
-                 naming an SSIN)"
+                 only (a doctor's numbers: the queries for which etee's client accepts an \
+                 ETK naming an SSIN)"
                     .into(),
             ));
         };

@@ -16,8 +16,9 @@
 //!   several `MatchingEtk`, each is fetched separately, as the official connector does,
 //!   by the entry's own identifier, and kept if its authentication certificate names the
 //!   holder asked for (type and value, the certificate's value formatted as the lookup's:
-//!   zero-padded, or its first digits; an SSIN is accepted for a NIHII or NIHII11 query,
-//!   a care provider's, as the official connector does); with an application id, only the ETK of that application;
+//!   zero-padded, or its first digits; an SSIN is accepted for a NIHII query, a care
+//!   provider's, as the official connector does, and for a NIHII11 query too, which it
+//!   does not: `docs/deviations.md` row 23); with an application id, only the ETK of that application;
 //!   with an empty one (`Some("")`), only the ETK without application id. An entry without
 //!   application id carries an empty `ApplicationID` (etee's convention, `docs/platform.md`),
 //!   so asking again with it answers exactly that ETK; an entry from a service that leaves
@@ -448,7 +449,8 @@ pub fn requery_identifier(entry: &Identifier) -> Identifier {
 /// than its type, as the depot registers a DN's value, so that the ETK the depot found
 /// under a DN value such as the official vectors' 9-digit `NIHII=987456321` is kept), or an
 /// SSIN for a `NIHII` or `NIHII11` query (a care provider's certificates name the person;
-/// an institution's `NIHII-*` types never do, so an SSIN is no answer to them), and the
+/// the official connector accepts it for `NIHII` only, `docs/deviations.md` row 23; an
+/// institution's `NIHII-*` types never do, so an SSIN is no answer to them), and the
 /// application id asked for: any when none is, none when it is empty, else exactly that
 /// one.
 pub fn holder_matches(wanted: &Identifier, holder: &[Identity]) -> bool {

@@ -14,8 +14,9 @@
 //!   holder's ETK(s) without one (etee's own convention, `docs/platform.md`); with an
 //!   application id, only that application's; several identifiers in one request add up
 //!   their matches;
-//! - only ETKs valid now are answered, and of several ETKs of one holder and application
-//!   id (a renewed ETK beside the old one), the newest;
+//! - only ETKs valid now are answered (both certificates within their validity), and of
+//!   several ETKs of one holder (its DN's identifiers, not those it was published under
+//!   besides) and application id (a renewed ETK beside the old one), the newest;
 //! - one ETK left: `ETK`; several (several application ids): `MatchingEtk`, one per ETK,
 //!   with its full identifiers, an ETK without application id carrying an empty
 //!   `ApplicationID`, so that asking again with any of its identifiers answers exactly that
@@ -58,7 +59,7 @@ pub fn lookup(
             etee_services::etkdepot::too_many_identifiers(criteria.len()),
         ));
     }
-    let mut found: Vec<EtkRecord> = Vec::new();
+    let mut found: Vec<(EtkRecord, Holder)> = Vec::new();
     for criterion in criteria {
         // The reason alone: the answer (fault or problem) says what kind of error it is.
         let c = criterion.normalized().map_err(|e| {
@@ -68,43 +69,73 @@ pub fn lookup(
             })
         })?;
         for record in store.find_etks(&c.id_type, &c.value, c.application_id.as_deref())? {
-            let valid = record.not_before <= now && now < record.not_after;
-            if valid && !found.iter().any(|f| f.digest == record.digest) {
-                found.push(record);
+            // The record's window (the encryption certificate's) first: it spares reading
+            // ETKs long expired.
+            let maybe_valid = record.not_before <= now && now < record.not_after;
+            if !maybe_valid || found.iter().any(|(f, _)| f.digest == record.digest) {
+                continue;
+            }
+            if let Some(holder) = valid_holder(&record, now) {
+                found.push((record, holder));
             }
         }
     }
     // Newest first, then keep the first of each holder and application id. Criteria naming
     // two holders thus find two ETKs (MatchingEtk over SOAP: the client chooses), not the
     // newer of the two.
-    found.sort_by_key(|r| std::cmp::Reverse(r.not_before));
-    let mut seen = Vec::new();
-    found.retain(|r| {
-        let whose = holder_and_application(r);
-        if seen.contains(&whose) {
-            false
-        } else {
-            seen.push(whose);
-            true
+    found.sort_by_key(|(r, _)| std::cmp::Reverse(r.not_before));
+    let mut seen: Vec<Holder> = Vec::new();
+    let mut kept = Vec::with_capacity(found.len());
+    for (record, holder) in found {
+        if !seen.contains(&holder) {
+            seen.push(holder);
+            kept.push(record);
         }
-    });
-    Ok(found)
+    }
+    Ok(kept)
 }
 
-/// Who an ETK belongs to, for keeping one per holder: the identifiers of its DN (type and
-/// value, sorted), and its application id.
-fn holder_and_application(record: &EtkRecord) -> (Vec<(String, String)>, Option<String>) {
-    let mut holder: Vec<(String, String)> = record
-        .identifiers
+/// Who an ETK belongs to, for keeping one per holder: the identifiers of its DN as the
+/// depot stores them (type and value, sorted), and its application id.
+type Holder = (Vec<(String, String)>, Option<String>);
+
+/// The holder of the ETK of `record` if that ETK is valid at `now`, else `None`; both read
+/// from the ETK itself, as the record's fields do not tell them:
+/// - its validity is the intersection of its encryption and authentication certificates'
+///   (the official check refuses an ETK whose authentication certificate has expired,
+///   ETK_AUTHENTICATION_CERT_EXPIRED), while the record keeps the encryption
+///   certificate's;
+/// - its holder is its DN's identifiers only: the record's also holds those it was
+///   published under besides (`--also`), which find it but must not make a renewal
+///   registered without them another holder (two ETKs answered for one person, the old
+///   one included).
+///
+/// A stored ETK that cannot be read (it was read at registration) is left out, logged.
+fn valid_holder(record: &EtkRecord, now: i64) -> Option<Holder> {
+    let etk = match etee_formats::etk::Etk::parse(&record.etk) {
+        Ok(etk) => etk,
+        Err(e) => {
+            tracing::warn!(
+                "ETKDepot: stored ETK {} is unreadable, not answered: {e}",
+                hex::encode(record.digest)
+            );
+            return None;
+        }
+    };
+    let (enc, auth) = (etk.encryption_cert(), etk.authentication_cert());
+    let not_before = enc.not_before().max(auth.not_before());
+    let not_after = enc.not_after().min(auth.not_after());
+    if !(not_before <= now && now < not_after) {
+        return None;
+    }
+    let own: Vec<etee_store::Identifier> = etk.identities().iter().map(depot_identifier).collect();
+    let mut holder: Vec<(String, String)> = own
         .iter()
         .map(|i| (i.id_type.clone(), i.value.clone()))
         .collect();
     holder.sort_unstable();
-    let application = record
-        .identifiers
-        .first()
-        .and_then(|i| i.application_id.clone());
-    (holder, application)
+    let application = own.first().and_then(|i| i.application_id.clone());
+    Some((holder, application))
 }
 
 /// The identifiers of an ETK as an answer gives them: an ETK without application id has an
@@ -202,8 +233,9 @@ pub fn register(
 
 /// The types an ETK may be published under besides its DN's identifiers
 /// ([`register_with_extra`]): a doctor's numbers, which the real depot answers with the
-/// doctor's own ETK (a natural person's, registered under the SSIN), and for which clients
-/// accept an ETK whose certificate names an SSIN (spec §4.1).
+/// doctor's own ETK (a natural person's, registered under the SSIN), and for which our
+/// client accepts an ETK whose certificate names an SSIN (the official connector for
+/// `NIHII` only, spec §4.1; `docs/deviations.md` row 23).
 pub const EXTRA_TYPES: [&str; 2] = ["NIHII", "NIHII11"];
 
 /// What a registration left in the depot.
@@ -337,8 +369,8 @@ fn extra_identifiers(
         else {
             return Err(refused(
                 "an ETK is published under an extra identifier of type NIHII or NIHII11 \
-                 only (a doctor's numbers: the one query for which clients accept an ETK \
-                 naming an SSIN)"
+                 only (a doctor's numbers: the queries for which etee's client accepts an \
+                 ETK naming an SSIN)"
                     .into(),
             ));
         };

@@ -211,10 +211,11 @@ async fn refuse_declared_oversize(
     let mut response = if is_soap(path) {
         message_fault(&platform, &e)
     } else {
-        let title = if crate::metrics::service_of(path) == "keydepot" {
-            "KEYDEPOT_INVALID_REQUEST"
-        } else {
-            "Invalid request"
+        // The services' REST errors are titled with their business code.
+        let title = match crate::metrics::service_of(path) {
+            "keydepot" => "KEYDEPOT_INVALID_REQUEST",
+            "kgss" => kgss_invalid_request(),
+            _ => "Invalid request",
         };
         problem(Problem::new(e.http_status(), title, Some(e.to_string())))
     };
@@ -864,33 +865,30 @@ fn kgss_problem(e: &KgssError) -> Response {
     problem(p)
 }
 
-/// Reads `{"sealedRequest": base64}`.
+/// The business code of a KGSS request that cannot be read, body or sealed content:
+/// `KGSS_INVALID_REQUEST`, the title of its REST problem (which our client and others map
+/// by the `KGSS_` prefix).
+fn kgss_invalid_request() -> &'static str {
+    KgssError::Content(String::new()).code()
+}
+
+/// Reads `{"sealedRequest": base64}`; what is not is `KGSS_INVALID_REQUEST` (400, or 413
+/// for a body over `max_body_bytes`).
 async fn sealed_request(platform: &Platform, body: Body) -> Result<Vec<u8>, Response> {
     let bytes = read_body(body, platform.config.limits.max_body_bytes)
         .await
         .map_err(|e| {
             problem(Problem::new(
                 e.http_status(),
-                "Invalid request",
+                kgss_invalid_request(),
                 Some(e.to_string()),
             ))
         })?;
-    let parsed: SealedRequestJson = serde_json::from_slice(&bytes).map_err(|e| {
-        problem(Problem::new(
-            400,
-            "Invalid request",
-            Some(format!("JSON: {e}")),
-        ))
-    })?;
+    let parsed: SealedRequestJson = serde_json::from_slice(&bytes)
+        .map_err(|e| kgss_problem(&KgssError::Content(format!("JSON: {e}"))))?;
     base64::engine::general_purpose::STANDARD
         .decode(parsed.sealed_request.as_bytes())
-        .map_err(|e| {
-            problem(Problem::new(
-                400,
-                "Invalid request",
-                Some(format!("sealedRequest: {e}")),
-            ))
-        })
+        .map_err(|e| kgss_problem(&KgssError::Content(format!("sealedRequest: {e}"))))
 }
 
 fn sealed_json(status: StatusCode, key_id: Option<&[u8]>, sealed: &[u8]) -> Response {

@@ -9,6 +9,8 @@ on_both_stores!(
     soap_bad_input_gets_soa_faults,
     a_wcf_security_header_is_accepted,
     a_persons_etk_is_found_by_a_doctors_number,
+    a_renewal_without_extra_identifiers_replaces_the_etk,
+    an_etk_ends_with_its_authentication_certificate,
     rest_etks_and_jwks,
     slow_and_silent_clients_are_cut_off,
     client_certificates_from_the_platform_ca_are_accepted,
@@ -757,6 +759,120 @@ async fn a_persons_etk_is_found_by_a_doctors_number(w: World) {
     w.stop().await;
 }
 
+/// An answer in a few words for a failed assertion: an ETK by the start of its SHA-256
+/// (its bytes would fill the screen).
+fn summary(result: &EtkResult) -> String {
+    match result {
+        EtkResult::Etk(der) => format!("ETK {}", hex::encode(&openssl::sha::sha256(der)[..8])),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A doctor's person ETK registered with `--also NIHII11=…` and its renewal registered
+/// without it are one holder (the DN's SSIN; extra identifiers only find): a lookup by the
+/// SSIN answers the renewal alone (`ETK`, REST a list of one), not both as `MatchingEtk`,
+/// which the official Java connector fails on and the .NET client throws at.
+async fn a_renewal_without_extra_identifiers_replaces_the_etk(w: World) {
+    use etee_testpki::{InstitutionSpec, Validity};
+    let pki = &common::pki().pki;
+    let now = etee_platform::unix_now();
+    let issued = |not_before: i64| {
+        pki.institution(
+            &InstitutionSpec::new("SSIN", "85010167890", "Dr Renewed").with_etk_validity(
+                Validity {
+                    not_before,
+                    not_after: now + 365 * 86_400,
+                },
+            ),
+        )
+        .unwrap()
+    };
+    let (old, renewed) = (issued(now - 20 * 3600), issued(now - 3600));
+    let also = [("NIHII11".to_owned(), "10987654321".to_owned())];
+    w.store(|s| etee_platform::etkdepot::register_with_extra(s, &old.etk, &w.anchors, now, &also))
+        .unwrap();
+    w.register(&renewed.etk);
+
+    let mut c = w.connect(None).await;
+    let r = ask(&mut c, "SSIN", "85010167890", None).await;
+    assert!(
+        r.result == EtkResult::Etk(renewed.etk.clone()),
+        "{}",
+        summary(&r.result)
+    );
+    let a = c
+        .get("/etee/v1/etks?identifier=85010167890&type=SSIN")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let list = EtkJson::parse_list(&a.body).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].etk, renewed.etk);
+    // The renewal was not published under the NIHII11: that number still finds the old
+    // ETK, the one published under it.
+    let r = ask(&mut c, "NIHII11", "10987654321", None).await;
+    assert!(
+        r.result == EtkResult::Etk(old.etk.clone()),
+        "{}",
+        summary(&r.result)
+    );
+    w.stop().await;
+}
+
+/// An ETK is valid while both its certificates are (the official check refuses an expired
+/// authentication certificate, ETK_AUTHENTICATION_CERT_EXPIRED): one whose authentication
+/// certificate ended before its encryption certificate is answered until that end, then
+/// neither by SOAP (ETK_NOT_FOUND) nor by REST or JWKS (404).
+async fn an_etk_ends_with_its_authentication_certificate(w: World) {
+    use etee_testpki::{InstitutionSpec, Validity};
+    let now = etee_platform::unix_now();
+    let inst = common::pki()
+        .pki
+        .institution(
+            &InstitutionSpec::new("NIHII-PHARMACY", "27150299", "Short Auth")
+                .with_auth_validity(Validity {
+                    not_before: now - 20 * 3600,
+                    not_after: now - 60,
+                })
+                .with_etk_validity(Validity {
+                    not_before: now - 10 * 3600,
+                    not_after: now + 365 * 86_400,
+                }),
+        )
+        .unwrap();
+    // Registered while both were valid.
+    let then = now - 2 * 3600;
+    w.store(|s| etee_platform::etkdepot::register(s, &inst.etk, &w.anchors, then))
+        .unwrap();
+    let criteria = [Identifier::new("NIHII-PHARMACY", "27150299", None)];
+    let found = w
+        .store(|s| etee_platform::etkdepot::lookup(s, &criteria, then))
+        .unwrap();
+    assert_eq!(found.len(), 1, "answered before the end");
+    assert_eq!(found[0].etk, inst.etk);
+
+    let mut c = w.connect(None).await;
+    let r = ask(&mut c, "NIHII-PHARMACY", "27150299", None).await;
+    assert!(
+        matches!(r.result, EtkResult::Errors(ref e) if e[0].code == "ETK_NOT_FOUND"),
+        "{}",
+        summary(&r.result)
+    );
+    for path in [
+        "/etee/v1/etks?identifier=27150299&type=NIHII-PHARMACY",
+        "/etee/v1/pubKeys/cacerts/jwks?identifier=27150299&type=NIHII-PHARMACY",
+    ] {
+        let a = c.get(path).await.unwrap();
+        assert_eq!(
+            a.status,
+            404,
+            "{path}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    w.stop().await;
+}
+
 /// SOAP types are looked up by their canonical name (any case; `HUB` is `EHP`), as REST
 /// already did; a value longer than its type is cut as the official connector cuts it.
 async fn identifier_types_and_values_are_normalised(w: World) {
@@ -1170,8 +1286,8 @@ async fn a_body_declared_too_large_is_refused_before_it_comes(w: World) {
     let cases = [
         ("/EtkDepot/v1", None),
         ("/Kgss/v1", None),
-        ("/etee/v1/kgss/keys", Some("Invalid request")),
-        ("/etee/v1/kgss/keys/retrieve", Some("Invalid request")),
+        ("/etee/v1/kgss/keys", Some("KGSS_INVALID_REQUEST")),
+        ("/etee/v1/kgss/keys/retrieve", Some("KGSS_INVALID_REQUEST")),
         ("/etee/v1/keydepot/keys", Some("KEYDEPOT_INVALID_REQUEST")),
     ];
     for (path, title) in cases {

@@ -11,6 +11,7 @@ on_both_stores!(
     soap_new_key_for_recognised_pharmacies,
     rest_create_get_and_delete_by_the_holder,
     rest_bad_key_ids_and_methods_are_problems,
+    rest_bodies_that_are_no_sealed_request_are_kgss_invalid_request,
     a_refused_seals_reason_is_logged_where_the_caller_is_told,
     a_wcf_security_header_is_accepted,
     the_replay_table_is_purged_while_the_platform_runs,
@@ -805,6 +806,34 @@ async fn rest_bad_key_ids_and_methods_are_problems(w: World) {
     ] {
         let a = alice.send(method, path, None, vec![]).await.unwrap();
         problem_detail(&a, 405, "Method not allowed");
+    }
+    w.stop().await;
+}
+
+/// A REST body that is no `{"sealedRequest": base64}` is refused as a business error,
+/// the problem's title being `KGSS_INVALID_REQUEST` (docs/platform.md: REST business
+/// errors are titled with their code, which our client maps), as a bad sealed content is.
+async fn rest_bodies_that_are_no_sealed_request_are_kgss_invalid_request(w: World) {
+    let mut c = w.connect(None).await;
+    for path in ["/etee/v1/kgss/keys", "/etee/v1/kgss/keys/retrieve"] {
+        for (body, why) in [
+            (&b"{}"[..], "sealedRequest"),
+            (b"not json", "JSON"),
+            (br#"{"sealedRequest": "***"}"#, "sealedRequest"),
+        ] {
+            let a = c
+                .send("POST", path, Some("application/json"), body.to_vec())
+                .await
+                .unwrap();
+            let said = String::from_utf8_lossy(&a.body).into_owned();
+            assert_eq!(a.status, 400, "{path}: {said}");
+            assert_eq!(a.content_type, "application/problem+json", "{path}");
+            let p: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            assert_eq!(p["title"], "KGSS_INVALID_REQUEST", "{path}: {p}");
+            assert_eq!(p["status"], 400, "{path}: {p}");
+            let detail = p["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains(why), "{path} {body:?}: {detail}");
+        }
     }
     w.stop().await;
 }

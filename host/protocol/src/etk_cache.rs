@@ -15,8 +15,10 @@
 //! - the choice rule of spec §4.1: without an application id, when ETKDepot answers
 //!   several `MatchingEtk`, each is fetched separately, as the official connector does,
 //!   by the entry's own identifier, and kept if its authentication certificate names the
-//!   holder asked for (type and value; an SSIN is accepted for a NIHII or NIHII11 query,
-//!   a care provider's, as the official connector does); with an application id, only the ETK of that application;
+//!   holder asked for (type and value, the certificate's value formatted as the lookup's:
+//!   zero-padded, or its first digits; an SSIN is accepted for a NIHII query, a care
+//!   provider's, as the official connector does, and for a NIHII11 query too, which it
+//!   does not: `docs/deviations.md` row 23); with an application id, only the ETK of that application;
 //!   with an empty one (`Some("")`), only the ETK without application id. An entry without
 //!   application id carries an empty `ApplicationID` (etee's convention, `docs/platform.md`),
 //!   so asking again with it answers exactly that ETK; an entry from a service that leaves
@@ -33,7 +35,7 @@
 use crate::error::{ProtocolError, Result};
 use crate::etkdepot::{EtkAnswer, EtkDepotClient};
 use etee_formats::etk::Etk;
-use etee_formats::identity::{canonical_type, normalize_value, Identity};
+use etee_formats::identity::{canonical_type, lookup_identifier, Identity};
 use etee_formats::revocation::RevocationPolicy;
 use etee_formats::trust::TrustAnchors;
 use etee_services::etkdepot::Identifier;
@@ -442,17 +444,21 @@ pub fn requery_identifier(entry: &Identifier) -> Identifier {
 }
 
 /// Whether an ETK whose authentication certificate names `holder` belongs to `wanted`
-/// (pure): same type (canonical names) and zero-padded value (or an SSIN for a `NIHII` or
-/// `NIHII11` query: a care provider's certificates name the person; an institution's
-/// `NIHII-*` types never do, so an SSIN is no answer to them), and the application id asked for: any when none is, none when it is empty,
-/// else exactly that one.
+/// (pure): same type (canonical names) and value, both formatted as an ETKDepot lookup
+/// formats them (`lookup_identifier`: zero-padded, or the first digits of a value longer
+/// than its type, as the depot registers a DN's value, so that the ETK the depot found
+/// under a DN value such as the official vectors' 9-digit `NIHII=987456321` is kept), or an
+/// SSIN for a `NIHII` or `NIHII11` query (a care provider's certificates name the person;
+/// the official connector accepts it for `NIHII` only, `docs/deviations.md` row 23; an
+/// institution's `NIHII-*` types never do, so an SSIN is no answer to them), and the
+/// application id asked for: any when none is, none when it is empty, else exactly that
+/// one.
 pub fn holder_matches(wanted: &Identifier, holder: &[Identity]) -> bool {
     let wanted_type = canonical_type(&wanted.id_type).unwrap_or(&wanted.id_type);
+    let wanted_id = lookup_identifier(&wanted.id_type, &wanted.value).ok();
     holder.iter().any(|h| {
-        let same_id = same_type(&h.id_type, &wanted.id_type)
-            && normalize_value(&h.id_type, &h.value)
-                .map(|v| v == wanted.value)
-                .unwrap_or(false);
+        let same_id =
+            wanted_id.is_some() && lookup_identifier(&h.id_type, &h.value).ok() == wanted_id;
         let ssin_for_nihii =
             matches!(wanted_type, "NIHII" | "NIHII11") && same_type(&h.id_type, "SSIN");
         let same_app = application_matches(
@@ -574,6 +580,25 @@ mod tests {
             );
         }
         assert!(!holder_matches(&cbe, &[]));
+    }
+
+    /// A DN value longer than its type (the official vectors' `NIHII=987456321`, 9 digits
+    /// for an 8-digit type) is read as ETKDepot reads it: its first digits, the value the
+    /// lookup asks for. So the ETK the depot found under it is the holder asked for.
+    #[test]
+    fn a_dn_value_longer_than_its_type_is_read_as_lookups_read_it() {
+        let dn = [holder("NIHII", "987456321", None)];
+        for asked in ["987456321", "98745632"] {
+            let wanted = id("NIHII", asked, None).normalized().unwrap();
+            assert_eq!(wanted.value, "98745632");
+            assert!(holder_matches(&wanted, &dn), "{asked}");
+        }
+        assert!(!holder_matches(&id("NIHII", "98745633", None), &dn));
+        // A NIHII-11 written as NIHII in the DN answers its first 8 digits.
+        assert!(holder_matches(
+            &id("NIHII", "10203040", None),
+            &[holder("NIHII", "10203040506", None)]
+        ));
     }
 
     #[test]

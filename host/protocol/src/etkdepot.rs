@@ -129,7 +129,9 @@ pub fn parse_soap_answer(r: &Response) -> Result<EtkAnswer> {
         _ => &[],
     };
     if answer.status.code.trim() != STATUS_OK {
-        // The connector reads any other status as "no ETK"; the reason is kept here.
+        // The connector reads any other status as "no ETK"; here it is an error with the
+        // service's reason: a failing depot is no evidence that the recipient has no ETK
+        // (docs/deviations.md row 24).
         let message = answer
             .status
             .messages

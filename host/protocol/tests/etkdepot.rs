@@ -309,6 +309,38 @@ async fn a_persons_etk_is_accepted_for_a_doctors_number() {
     w.stop().await;
 }
 
+/// A holder whose DN value has more digits than its type (the official vectors' NIHII
+/// 987456321, 9 digits for an 8-digit type): ETKDepot finds it under the value's first 8
+/// digits, and our client, reading the DN the same way, accepts it, asked for by the DN's
+/// own value or by those digits, in both flavours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dn_value_longer_than_its_type_is_accepted() {
+    let w = World::new("protocol-long-value", Backend::Embedded).await;
+    let long = common::pki()
+        .pki
+        .institution(&etee_testpki::InstitutionSpec::new(
+            "NIHII",
+            "987456321",
+            "Long Number",
+        ))
+        .unwrap();
+    let now = etee_platform::unix_now();
+    w.store(|s| etee_platform::etkdepot::register(s, &long.etk, &w.anchors, now))
+        .unwrap();
+    for flavour in BOTH {
+        let cache = support::cache(&w, flavour);
+        for value in ["987456321", "98745632"] {
+            let found = cache
+                .get(&Identifier::new("NIHII", value, None))
+                .await
+                .unwrap_or_else(|e| panic!("{flavour:?} NIHII={value}: {e:?}"));
+            assert_eq!(found.len(), 1, "{flavour:?} NIHII={value}");
+            assert_eq!(found[0].der(), long.etk.as_slice(), "{flavour:?}");
+        }
+    }
+    w.stop().await;
+}
+
 /// A hostile or broken ETKDepot's `MatchingEtk` list cannot multiply one lookup: entries
 /// naming the same holder are asked about once (and the ETK kept once), a list of more
 /// than `MAX_MATCHING` different entries is refused before any follow-up, and follow-ups

@@ -28,6 +28,8 @@ use etee_services::etkdepot::{
     EtkDepotError, EtkResult, GetEtkRequest, GetEtkResponse, Identifier, MatchingEtk, Status,
 };
 use etee_store::{EtkRecord, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The `Error/Code` of a search without a valid ETK (the real service's codes are not
 /// known, spec §10).
@@ -112,6 +114,33 @@ type Holder = (Vec<(String, String)>, Option<String>);
 ///
 /// A stored ETK that cannot be read (it was read at registration) is left out, logged.
 fn valid_holder(record: &EtkRecord, now: i64) -> Option<Holder> {
+    let judged = judged(record)?;
+    (judged.not_before <= now && now < judged.not_after).then(|| judged.holder.clone())
+}
+
+/// What a stored ETK says of itself for lookups: the window of both its certificates and
+/// its holder.
+struct Judged {
+    not_before: i64,
+    not_after: i64,
+    holder: Holder,
+}
+
+/// ETKs judged, at most this many kept (the map is cleared when full): reading an ETK at
+/// every lookup cost a tenth of the lookup rate, and a depot's answers come back to the
+/// same ETKs.
+const JUDGED_CACHE_LIMIT: usize = 4096;
+
+/// [`Judged`] for the ETK of `record`, kept by the SHA-256 of its bytes (an ETK's bytes
+/// say all of it, whatever the record's other fields); `None` for an unreadable one,
+/// logged each time.
+fn judged(record: &EtkRecord) -> Option<Arc<Judged>> {
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Arc<Judged>>>> = OnceLock::new();
+    let key = openssl::sha::sha256(&record.etk);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(j) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Some(j);
+    }
     let etk = match etee_formats::etk::Etk::parse(&record.etk) {
         Ok(etk) => etk,
         Err(e) => {
@@ -123,11 +152,6 @@ fn valid_holder(record: &EtkRecord, now: i64) -> Option<Holder> {
         }
     };
     let (enc, auth) = (etk.encryption_cert(), etk.authentication_cert());
-    let not_before = enc.not_before().max(auth.not_before());
-    let not_after = enc.not_after().min(auth.not_after());
-    if !(not_before <= now && now < not_after) {
-        return None;
-    }
     let own: Vec<etee_store::Identifier> = etk.identities().iter().map(depot_identifier).collect();
     let mut holder: Vec<(String, String)> = own
         .iter()
@@ -135,7 +159,18 @@ fn valid_holder(record: &EtkRecord, now: i64) -> Option<Holder> {
         .collect();
     holder.sort_unstable();
     let application = own.first().and_then(|i| i.application_id.clone());
-    Some((holder, application))
+    let judged = Arc::new(Judged {
+        not_before: enc.not_before().max(auth.not_before()),
+        not_after: enc.not_after().min(auth.not_after()),
+        holder: (holder, application),
+    });
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= JUDGED_CACHE_LIMIT {
+            c.clear();
+        }
+        c.insert(key, judged.clone());
+    }
+    Some(judged)
 }
 
 /// The identifiers of an ETK as an answer gives them: an ETK without application id has an

@@ -25,21 +25,6 @@ pub fn record(
     append(store, &event(at, action, &actor, subject, outcome, detail))
 }
 
-/// Appends an event of an administrative command (an ETK registration, a change to the
-/// attribute registry): `actor` names who ran it (e.g. `admin uid 0`), as no eHealth
-/// identity did.
-pub fn record_admin(
-    store: &dyn Store,
-    at: i64,
-    action: &str,
-    actor: &str,
-    subject: String,
-    outcome: &str,
-    detail: Option<String>,
-) -> Result<u64, etee_store::Error> {
-    append(store, &event(at, action, actor, subject, outcome, detail))
-}
-
 /// The event [`record`] appends (`actor` an identity's text), for a caller that appends it
 /// together with something else in one store transaction (KGSS GetKey's replay check);
 /// then [`log`] it.

@@ -300,6 +300,73 @@ pub fn register_with_extra(
     now: i64,
     also: &[(String, String)],
 ) -> Result<Registered, RegisterError> {
+    register_as(store, etk, anchors, now, also, None)
+}
+
+/// [`register_with_extra`] by an administrator, `actor` (e.g. `admin uid 0`): a newly
+/// stored ETK and its `etkdepot.register` audit event (naming its identifiers, the extra
+/// ones after `also`) are written in one transaction, or neither; an ETK stored already
+/// adds no event.
+pub fn register_audited(
+    store: &dyn Store,
+    etk: &[u8],
+    anchors: &etee_formats::trust::TrustAnchors,
+    now: i64,
+    also: &[(String, String)],
+    actor: &str,
+) -> Result<Registered, RegisterError> {
+    register_as(store, etk, anchors, now, also, Some(actor))
+}
+
+/// How an audit event names a registered ETK's identifiers: the DN's, then the extra ones
+/// after `also`.
+pub fn registration_detail(
+    own: &[etee_store::Identifier],
+    extra: &[etee_store::Identifier],
+) -> String {
+    if extra.is_empty() {
+        describe(own)
+    } else {
+        format!("{}; also {}", describe(own), describe(extra))
+    }
+}
+
+/// Removes the ETK of `digest` (the SHA-256 of its bytes) by an administrator, `actor`:
+/// the removal and its `etkdepot.remove` audit event (naming every identifier it was
+/// published under) in one transaction. The removed record, or `None` when it was not
+/// published.
+pub fn remove_audited(
+    store: &dyn Store,
+    digest: &[u8; 32],
+    now: i64,
+    actor: &str,
+) -> Result<Option<EtkRecord>, etee_store::Error> {
+    let event = |record: &EtkRecord| {
+        crate::audit::event(
+            now,
+            "etkdepot.remove",
+            actor,
+            hex::encode(digest),
+            "done",
+            Some(describe(&record.identifiers)),
+        )
+    };
+    Ok(store
+        .remove_etk_with_event(digest, &event)?
+        .map(|(record, sequence)| {
+            crate::audit::log(sequence, &event(&record));
+            record
+        }))
+}
+
+fn register_as(
+    store: &dyn Store,
+    etk: &[u8],
+    anchors: &etee_formats::trust::TrustAnchors,
+    now: i64,
+    also: &[(String, String)],
+    actor: Option<&str>,
+) -> Result<Registered, RegisterError> {
     let parsed =
         etee_formats::etk::Etk::parse(etk).map_err(|e| RegisterError::Invalid(e.to_string()))?;
     let problems = parsed.validate(anchors, now);
@@ -334,7 +401,24 @@ pub fn register_with_extra(
         Some(i) => stored_before(i)?,
         None => false,
     };
-    store.put_etk(&record)?;
+    match actor {
+        None => store.put_etk(&record)?,
+        Some(actor) => {
+            let event = crate::audit::event(
+                now,
+                "etkdepot.register",
+                actor,
+                hex::encode(record.digest),
+                "done",
+                Some(registration_detail(&own, &extra)),
+            );
+            if let Some(sequence) =
+                store.apply_with_event(etee_store::Change::PutEtk(&record), &event)?
+            {
+                crate::audit::log(sequence, &event);
+            }
+        }
+    }
     // An ETK already stored is left as it is: answer with what is stored.
     let stored = own
         .iter()

@@ -191,23 +191,7 @@ impl Store for EmbeddedStore {
     }
 
     fn put_etk(&self, record: &EtkRecord) -> Result<()> {
-        let txn = self.write()?;
-        {
-            let mut etks = txn.open_table(ETK).db()?;
-            if etks.get(&record.digest[..]).db()?.is_some() {
-                drop(etks);
-                return txn.abort().db();
-            }
-            etks.insert(&record.digest[..], &*encode(&EtkRow::from(record))?)
-                .db()?;
-            let mut index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
-            for id in &record.identifiers {
-                index
-                    .insert((id.id_type.as_str(), id.value.as_str()), &record.digest[..])
-                    .db()?;
-            }
-        }
-        txn.commit().db()
+        self.apply(Change::PutEtk(record)).map(drop)
     }
 
     fn find_etks(
@@ -246,28 +230,25 @@ impl Store for EmbeddedStore {
 
     fn remove_etk(&self, digest: &[u8; 32]) -> Result<Option<EtkRecord>> {
         let txn = self.write()?;
-        let removed = {
-            let mut etks = txn.open_table(ETK).db()?;
-            let row = etks.remove(&digest[..]).db()?;
-            match row {
-                None => None,
-                Some(row) => Some(decode::<EtkRow>(row.value())?),
-            }
-        };
-        let Some(row) = removed else {
+        let removed = remove_etk_in(&txn, digest)?;
+        commit_if(txn, removed.is_some())?;
+        removed.map(|row| row.into_record(&digest[..])).transpose()
+    }
+
+    fn remove_etk_with_event(
+        &self,
+        digest: &[u8; 32],
+        event: &dyn Fn(&EtkRecord) -> AuditEvent,
+    ) -> Result<Option<(EtkRecord, u64)>> {
+        let txn = self.write()?;
+        let Some(row) = remove_etk_in(&txn, digest)? else {
             txn.abort().db()?;
             return Ok(None);
         };
-        {
-            let mut index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
-            for id in &row.identifiers {
-                index
-                    .remove((id.id_type.as_str(), id.value.as_str()), &digest[..])
-                    .db()?;
-            }
-        }
+        let record = row.into_record(&digest[..])?;
+        let sequence = append_in(&txn, &event(&record))?;
         txn.commit().db()?;
-        row.into_record(&digest[..]).map(Some)
+        Ok(Some((record, sequence)))
     }
 
     fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
@@ -616,10 +597,47 @@ fn attributes_in(
     Ok(found)
 }
 
+/// Removes the ETK of `digest` and its index entries inside `txn`: its row, if it was
+/// stored.
+fn remove_etk_in(txn: &WriteTransaction, digest: &[u8; 32]) -> Result<Option<EtkRow>> {
+    let removed = {
+        let mut etks = txn.open_table(ETK).db()?;
+        let row = etks.remove(&digest[..]).db()?;
+        match row {
+            None => None,
+            Some(row) => Some(decode::<EtkRow>(row.value())?),
+        }
+    };
+    if let Some(row) = &removed {
+        let mut index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
+        for id in &row.identifiers {
+            index
+                .remove((id.id_type.as_str(), id.value.as_str()), &digest[..])
+                .db()?;
+        }
+    }
+    Ok(removed)
+}
+
 /// Makes `change` inside `txn`: true when it changed something, false when it found
 /// nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`.
 fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
     match change {
+        Change::PutEtk(record) => {
+            let mut etks = txn.open_table(ETK).db()?;
+            if etks.get(&record.digest[..]).db()?.is_some() {
+                return Ok(false);
+            }
+            etks.insert(&record.digest[..], &*encode(&EtkRow::from(record))?)
+                .db()?;
+            let mut index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
+            for id in &record.identifiers {
+                index
+                    .insert((id.id_type.as_str(), id.value.as_str()), &record.digest[..])
+                    .db()?;
+            }
+            Ok(true)
+        }
         Change::InsertKgssKey(key) => {
             let mut keys = txn.open_table(KGSS_KEY).db()?;
             if keys.get(&key.id[..]).db()?.is_some() {

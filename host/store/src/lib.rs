@@ -335,6 +335,14 @@ pub trait Store: Send + Sync {
     /// that is not there); an insertion of a taken (or retired) key id is
     /// [`Error::AlreadyExists`], with no event either.
     fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>>;
+    /// [`remove_etk`](Store::remove_etk) and the append of `event(removed record)` in one
+    /// transaction, or neither: the removed record and the event's sequence, `None` (and
+    /// no event) when no ETK of `digest` is stored.
+    fn remove_etk_with_event(
+        &self,
+        digest: &[u8; 32],
+        event: &dyn Fn(&EtkRecord) -> AuditEvent,
+    ) -> Result<Option<(EtkRecord, u64)>>;
     /// The audit events after sequence `after` (0: from the start), at most `limit`, in order.
     fn events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
 }
@@ -366,6 +374,8 @@ pub struct RegistryRead {
 /// the store method of the same name does.
 #[derive(Clone, Copy, Debug)]
 pub enum Change<'a> {
+    /// See [`Store::put_etk`]: nothing to act on when the ETK is stored already.
+    PutEtk(&'a EtkRecord),
     InsertKgssKey(&'a KgssKey),
     DeleteKgssKey(&'a [u8; 16]),
     /// Its id is retired with it (see [`Store::delete_public_key`]).

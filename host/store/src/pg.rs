@@ -356,45 +356,7 @@ impl Store for PgStore {
     }
 
     fn put_etk(&self, record: &EtkRecord) -> Result<()> {
-        let mut conn = self.conn()?;
-        let mut tx = begin(&mut conn)?;
-        let inserted = tx
-            .execute(
-                "INSERT INTO etk (digest, etk, not_before, not_after, registered_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO NOTHING",
-                &[
-                    &record.digest.as_slice(),
-                    &record.etk,
-                    &record.not_before,
-                    &record.not_after,
-                    &record.registered_at,
-                ],
-            )
-            .db()?;
-        if inserted == 1 {
-            let statement = tx
-                .prepare(
-                    "INSERT INTO etk_identifier (digest, position, id_type, value, application_id)
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .db()?;
-            for (position, id) in record.identifiers.iter().enumerate() {
-                let position = i32::try_from(position)
-                    .map_err(|_| Error::Invalid("too many identifiers".into()))?;
-                tx.execute(
-                    &statement,
-                    &[
-                        &record.digest.as_slice(),
-                        &position,
-                        &id.id_type,
-                        &id.value,
-                        &id.application_id,
-                    ],
-                )
-                .db()?;
-            }
-        }
-        tx.commit().db()
+        self.apply(Change::PutEtk(record)).map(drop)
     }
 
     fn find_etks(
@@ -424,21 +386,25 @@ impl Store for PgStore {
     fn remove_etk(&self, digest: &[u8; 32]) -> Result<Option<EtkRecord>> {
         let mut conn = self.conn()?;
         let mut tx = begin(&mut conn)?;
-        // The record as it is removed (its identifiers go with it: ON DELETE CASCADE).
-        let row = tx
-            .query_opt(
-                &format!("SELECT {ETK_COLUMNS} FROM etk e WHERE e.digest = $1 FOR UPDATE"),
-                &[&digest.as_slice()],
-            )
-            .db()?;
-        let Some(row) = row else {
+        let removed = remove_etk_in(&mut tx, digest)?;
+        tx.commit().db()?;
+        Ok(removed)
+    }
+
+    fn remove_etk_with_event(
+        &self,
+        digest: &[u8; 32],
+        event: &dyn Fn(&EtkRecord) -> AuditEvent,
+    ) -> Result<Option<(EtkRecord, u64)>> {
+        let mut conn = self.conn()?;
+        let mut tx = begin(&mut conn)?;
+        let Some(record) = remove_etk_in(&mut tx, digest)? else {
+            tx.rollback().db()?;
             return Ok(None);
         };
-        let record = etk_from_row(&row)?;
-        tx.execute("DELETE FROM etk WHERE digest = $1", &[&digest.as_slice()])
-            .db()?;
+        let sequence = append_in(&mut tx, &event(&record))?;
         tx.commit().db()?;
-        Ok(Some(record))
+        Ok(Some((record, sequence)))
     }
 
     fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
@@ -850,6 +816,46 @@ fn insert_public_key(
 /// public key's deletion retires its id in the same statement.
 fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
     let n = match change {
+        Change::PutEtk(record) => {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO etk (digest, etk, not_before, not_after, registered_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO NOTHING",
+                    &[
+                        &record.digest.as_slice(),
+                        &record.etk,
+                        &record.not_before,
+                        &record.not_after,
+                        &record.registered_at,
+                    ],
+                )
+                .db()?;
+            if inserted == 1 {
+                let statement = tx
+                    .prepare(
+                        "INSERT INTO etk_identifier (digest, position, id_type, value, application_id)
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .db()?;
+                for (position, id) in record.identifiers.iter().enumerate() {
+                    let position = i32::try_from(position)
+                        .map_err(|_| Error::Invalid("too many identifiers".into()))?;
+                    tx.execute(
+                        &statement,
+                        &[
+                            &record.digest.as_slice(),
+                            &position,
+                            &id.id_type,
+                            &id.value,
+                            &id.application_id,
+                        ],
+                    )
+                    .db()?;
+                }
+            }
+            inserted
+        }
+
         Change::InsertKgssKey(key) => {
             let n = tx
                 .execute(
@@ -958,6 +964,24 @@ fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
             .db()?,
     };
     Ok(n > 0)
+}
+
+/// Removes the ETK of `digest` within `tx`: the record as it was removed (its identifiers
+/// go with it: ON DELETE CASCADE).
+fn remove_etk_in(tx: &mut Transaction<'_>, digest: &[u8; 32]) -> Result<Option<EtkRecord>> {
+    let row = tx
+        .query_opt(
+            &format!("SELECT {ETK_COLUMNS} FROM etk e WHERE e.digest = $1 FOR UPDATE"),
+            &[&digest.as_slice()],
+        )
+        .db()?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let record = etk_from_row(&row)?;
+    tx.execute("DELETE FROM etk WHERE digest = $1", &[&digest.as_slice()])
+        .db()?;
+    Ok(Some(record))
 }
 
 /// Takes the audit chain's lock until `tx` ends (again: advisory locks are reentrant).

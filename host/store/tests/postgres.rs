@@ -377,6 +377,27 @@ fn a_stalled_lock_holder_does_not_hang_the_others() {
     )
     .unwrap();
     let started = std::time::Instant::now();
+    // Meanwhile an administrator's change with its event: it fails whole, the change is
+    // not left behind without its event.
+    let store = Arc::new(store);
+    let admin = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let attribute = etee_store::Attribute {
+                namespace: "ns".into(),
+                name: "recognised".into(),
+                value: "true".into(),
+            };
+            store.apply_with_event(
+                etee_store::Change::SetAttribute {
+                    id_type: "NIHII-PHARMACY",
+                    value: "12345678",
+                    attribute: &attribute,
+                },
+                &event(9),
+            )
+        })
+    };
     let err = store.append_event(&event(1)).unwrap_err();
     let waited = started.elapsed();
     assert!(
@@ -384,7 +405,16 @@ fn a_stalled_lock_holder_does_not_hang_the_others() {
         "{waited:?}"
     );
     assert!(err.to_string().contains("lock timeout"), "{err}");
+    let admin = admin.join().unwrap().unwrap_err();
+    assert!(admin.to_string().contains("lock timeout"), "{admin}");
     tx.rollback().unwrap();
+    assert!(
+        store
+            .attributes("NIHII-PHARMACY", "12345678")
+            .unwrap()
+            .is_empty(),
+        "the change committed without its event"
+    );
     assert_eq!(store.append_event(&event(2)).unwrap(), 2);
 }
 

@@ -90,8 +90,9 @@ pub enum EtkCommand {
         config: ConfigArg,
         /// Publish the ETK under this identifier too (repeatable), as the real depot answers
         /// a doctor's NIHII with the doctor's own ETK (spec §4.1). Only for a natural
-        /// person's ETK (its holder SSIN=…), and only NIHII or NIHII11 (the one query
-        /// for which clients accept an ETK naming an SSIN); the value is zero-padded (or
+        /// person's ETK (its holder SSIN=…), and only NIHII or NIHII11 (the queries for
+        /// which etee's client accepts an ETK naming an SSIN; the official connector, NIHII
+        /// only). Register a renewal with the same --also. The value is zero-padded (or
         /// cut to its first digits) as lookups format it, and takes the ETK's application
         /// id if it has one. A number that already finds another holder's ETK is refused.
         #[arg(long, value_name = "TYPE=VALUE")]
@@ -262,15 +263,16 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                     path: path.display().to_string(),
                     source,
                 })?;
-                match etee_platform::etkdepot::register_with_extra(
+                // A new registration and its audit event in one transaction.
+                match etee_platform::etkdepot::register_audited(
                     store.as_ref(),
                     &bytes,
                     &anchors,
                     etee_platform::unix_now(),
                     &also,
+                    &admin_actor(),
                 ) {
                     Ok(registered) => {
-                        use etee_platform::etkdepot::describe;
                         let record = &registered.record;
                         let own: Vec<_> = record
                             .identifiers
@@ -278,24 +280,13 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                             .filter(|i| !registered.extra.contains(i))
                             .cloned()
                             .collect();
-                        // The audit detail says which identifiers are the DN's and which
-                        // were added (`also`).
-                        let ids = if registered.extra.is_empty() {
-                            describe(&own)
-                        } else {
-                            format!("{}; also {}", describe(&own), describe(&registered.extra))
-                        };
+                        let ids =
+                            etee_platform::etkdepot::registration_detail(&own, &registered.extra);
                         if !registered.new {
                             // Nothing changed: no event.
                             outln!("already registered {}: {ids}", path.display())?;
                             continue;
                         }
-                        admin_event(
-                            store.as_ref(),
-                            "etkdepot.register",
-                            hex::encode(record.digest),
-                            Some(ids.clone()),
-                        )?;
                         outln!("registered {}: {ids}", path.display())?;
                     }
                     Err(e) => {
@@ -754,18 +745,17 @@ fn etk_remove(
     let store = store(config)?;
     let mut missing = false;
     for (digest, name) in wanted {
-        let removed = store
-            .remove_etk(&digest)
-            .map_err(|e| store_error(config, e))?;
+        // The removal and its audit event in one transaction.
+        let removed = etee_platform::etkdepot::remove_audited(
+            store.as_ref(),
+            &digest,
+            etee_platform::unix_now(),
+            &admin_actor(),
+        )
+        .map_err(|e| store_error(config, e))?;
         if let Some(record) = removed {
             // Every identifier it was published under (`--also` ones too).
             let ids = etee_platform::etkdepot::describe(&record.identifiers);
-            admin_event(
-                store.as_ref(),
-                "etkdepot.remove",
-                hex::encode(digest),
-                Some(ids.clone()),
-            )?;
             outln!("removed {name} ({}): {ids}", hex::encode(digest))?;
         } else {
             eprintln!(
@@ -855,11 +845,10 @@ fn admin_change(
     subject: String,
     detail: Option<String>,
 ) -> Result<bool, CliError> {
-    let actor = format!("admin uid {}", nix::unistd::getuid().as_raw());
     let event = etee_platform::audit::event(
         etee_platform::unix_now(),
         action,
-        &actor,
+        &admin_actor(),
         subject,
         "done",
         detail,
@@ -874,24 +863,9 @@ fn admin_change(
     }
 }
 
-fn admin_event(
-    store: &dyn etee_store::Store,
-    action: &str,
-    subject: String,
-    detail: Option<String>,
-) -> Result<(), CliError> {
-    let actor = format!("admin uid {}", nix::unistd::getuid().as_raw());
-    etee_platform::audit::record_admin(
-        store,
-        etee_platform::unix_now(),
-        action,
-        &actor,
-        subject,
-        "done",
-        detail,
-    )
-    .map(|_| ())
-    .map_err(|e| CliError::Usage(format!("store (audit chain): {e}")))
+/// Who runs an administrative command, as its audit events name it.
+fn admin_actor() -> String {
+    format!("admin uid {}", nix::unistd::getuid().as_raw())
 }
 
 #[cfg(test)]

@@ -1038,6 +1038,45 @@ pub fn remember_key_read_with_registry(h: &impl Harness) {
         .is_empty());
 }
 
+/// An ETK stored and removed together with its audit event, as the admin commands do:
+/// nothing to act on (stored already, not stored) adds no event; the removal's event is
+/// made from the record removed.
+pub fn etk_changes_with_events(h: &impl Harness) {
+    let s = h.open();
+    let record = etk("etk of 21", &[("SSIN", "70010112345")], None, 1_700_000_000);
+    let put = Change::PutEtk(&record);
+    assert_eq!(
+        s.apply_with_event(put, &audit_event(1, "put")).unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.apply_with_event(put, &audit_event(2, "put")).unwrap(),
+        None
+    );
+    assert_eq!(
+        s.find_etks("SSIN", "70010112345", None).unwrap(),
+        vec![record.clone()]
+    );
+    let removal = |r: &EtkRecord| AuditEvent {
+        subject: format!("{} identifiers", r.identifiers.len()),
+        ..audit_event(2, "removed")
+    };
+    let (removed, sequence) = s
+        .remove_etk_with_event(&record.digest, &removal)
+        .unwrap()
+        .expect("stored");
+    assert_eq!((removed, sequence), (record.clone(), 2));
+    assert!(s.find_etks("SSIN", "70010112345", None).unwrap().is_empty());
+    assert_eq!(
+        s.remove_etk_with_event(&record.digest, &removal).unwrap(),
+        None
+    );
+    let all = s.events(0, 100).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].event.subject, "1 identifiers");
+    audit::verify(0, audit::GENESIS, &all).unwrap();
+}
+
 /// Threads (on two handles when allowed) race on the same digests with
 /// `remember_request_with_event` while also appending plain events: one winner per digest,
 /// one event per win, and an unbroken chain.
@@ -1100,7 +1139,7 @@ macro_rules! store_suite {
             backend_and_open_helper, etks, etks_without_application_id, kgss_keys, kgss_listing, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
             concurrent_audit_appends, remember_with_event, concurrent_remember_with_event,
-            apply_with_event, remember_key_read, remember_key_read_with_registry, keys_per_holder);
+            apply_with_event, remember_key_read, remember_key_read_with_registry, etk_changes_with_events, keys_per_holder);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

@@ -83,6 +83,7 @@ impl KeyDepotError {
             Self::Duplicate => "KEYDEPOT_DUPLICATE_KEY_ID",
             Self::TooManyKeys { .. } => "KEYDEPOT_TOO_MANY_KEYS",
             Self::Contended => "KEYDEPOT_CONFLICT",
+            Self::Store(etee_store::Error::Busy(_)) => "KEYDEPOT_SERVICE_BUSY",
             Self::Store(_) => "KEYDEPOT_SERVICE_ERROR",
         }
     }
@@ -97,6 +98,8 @@ impl KeyDepotError {
             // The holder's state refuses it until it deletes a key: not a rate limit (429).
             Self::Duplicate | Self::Contended | Self::TooManyKeys { .. } => 409,
             Self::ProofOfPossession | Self::Attestation(_) => 422,
+            // Nothing was written: retryable (with `Retry-After`).
+            Self::Store(etee_store::Error::Busy(_)) => 503,
             Self::Store(_) => 500,
         }
     }
@@ -104,6 +107,9 @@ impl KeyDepotError {
     /// What the caller is told: a store failure's detail stays in the logs.
     pub fn public_message(&self) -> String {
         match self {
+            Self::Store(etee_store::Error::Busy(_)) => {
+                "service busy; send the request again".into()
+            }
             Self::Store(_) => "service error".into(),
             e => e.to_string(),
         }

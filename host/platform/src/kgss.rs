@@ -361,6 +361,7 @@ impl KgssError {
             Self::UnknownKey => "KGSS_UNKNOWN_KEY",
             Self::Replay => "KGSS_REPLAYED_REQUEST",
             Self::Unauthenticated => "KGSS_NOT_AUTHENTICATED",
+            Self::Store(etee_store::Error::Busy(_)) => "KGSS_SERVICE_BUSY",
             Self::Custody(_) | Self::Store(_) => "KGSS_SERVICE_ERROR",
         }
     }
@@ -373,6 +374,9 @@ impl KgssError {
             Self::AccessDenied | Self::NotHolder => 403,
             Self::UnknownKey => 404,
             Self::Replay => 409,
+            // Nothing was written: the same request may be sent again (REST adds
+            // `Retry-After`).
+            Self::Store(etee_store::Error::Busy(_)) => 503,
             Self::Custody(_) | Self::Store(_) => 500,
         }
     }
@@ -384,6 +388,9 @@ impl KgssError {
     /// padding oracle on captured requests, whose content may carry a reply KEK.
     pub fn public_message(&self) -> String {
         match self {
+            Self::Store(etee_store::Error::Busy(_)) => {
+                "service busy; send the request again".into()
+            }
             Self::Custody(_) | Self::Store(_) => "service error".into(),
             Self::Seal(_) => SEAL_REFUSED.into(),
             e => e.to_string(),
@@ -716,7 +723,10 @@ impl Kgss {
     ) -> Result<NewKey, KgssError> {
         self.own_certificate_usable(now)?;
         let opened = self.open(sealed, now)?;
-        if !store.remember_request(&opened.digest, now + REPLAY_WINDOW, now)? {
+        // A replay is refused before any work (a read); the request is remembered with the
+        // key it creates, in one transaction (below): a request refused for its content, or
+        // whose key could not be stored (a busy store), is no replay when sent again.
+        if store.request_seen(&opened.digest, now)? {
             return Err(KgssError::Replay);
         }
         let mut request = GetNewKeyRequestContent::parse(&opened.content)
@@ -769,13 +779,20 @@ impl Kgss {
                 "created",
                 None,
             );
-            match store.apply_with_event(etee_store::Change::InsertKgssKey(&record), &event) {
+            match store.remember_request_with_change(
+                &opened.digest,
+                now + REPLAY_WINDOW,
+                now,
+                etee_store::Change::InsertKgssKey(&record),
+                &event,
+            ) {
                 Ok(Some(sequence)) => {
                     crate::audit::log(sequence, &event);
                     stored = Ok(());
                     break;
                 }
-                Ok(None) => return Err(KgssError::Custody("the key was not stored".into())),
+                // A copy of this request was served meanwhile (an insertion always acts).
+                Ok(None) => return Err(KgssError::Replay),
                 Err(etee_store::Error::AlreadyExists) => continue,
                 Err(e) => return Err(e.into()),
             }

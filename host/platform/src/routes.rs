@@ -599,6 +599,11 @@ async fn etkdepot_soap(State(platform): State<Arc<Platform>>, body: Body) -> Res
         Ok(Ok(Err(LookupError::Criteria(e)))) => {
             message_fault(&platform, &MessageError::Content(e))
         }
+        // SOA-01002 (service unavailable) carries Retry, as a busy platform's does.
+        Ok(Ok(Err(LookupError::Store(etee_store::Error::Busy(e))))) => {
+            tracing::warn!("ETKDepot store busy: {}", LogSafe(&e));
+            retry_in_a_second(code_fault(&platform, SoaCode::ServiceUnavailable))
+        }
         Ok(Ok(Err(LookupError::Store(e)))) => {
             tracing::error!("ETKDepot store: {}", LogSafe(&e));
             code_fault(&platform, SoaCode::ServiceError)
@@ -650,6 +655,14 @@ async fn lookup_rest(
         Ok(Ok(found)) => Ok(found),
         Ok(Err(LookupError::Criteria(e))) => {
             Err(problem(Problem::unknown_search_criteria(Some(e))))
+        }
+        Ok(Err(LookupError::Store(etee_store::Error::Busy(e)))) => {
+            tracing::warn!("ETKDepot store busy: {}", LogSafe(&e));
+            Err(retry_in_a_second(problem(Problem::new(
+                503,
+                "Service busy",
+                Some("the store was busy; retry later".into()),
+            ))))
         }
         Ok(Err(LookupError::Store(e))) => {
             tracing::error!("ETKDepot store: {}", LogSafe(&e));
@@ -758,6 +771,9 @@ fn seal_log_allowed(now: i64) -> Option<u64> {
 /// the problem's `instance`), by which an operator finds the line.
 fn log_kgss_error(e: &KgssError, answer: &str) {
     match e {
+        KgssError::Store(etee_store::Error::Busy(_)) => {
+            tracing::warn!(answer, "KGSS: {}", LogSafe(&e))
+        }
         KgssError::Custody(_) | KgssError::Store(_) => {
             tracing::error!(answer, "KGSS: {}", LogSafe(&e))
         }
@@ -860,9 +876,19 @@ struct SealedResponseJson {
 fn kgss_problem(e: &KgssError) -> Response {
     let id = etkdepot::response_id();
     log_kgss_error(e, &id);
-    let mut p = Problem::new(e.http_status(), e.code(), Some(e.public_message()));
+    let status = e.http_status();
+    let mut p = Problem::new(status, e.code(), Some(e.public_message()));
     p.instance = Some(id);
-    problem(p)
+    retry_if_busy(status, problem(p))
+}
+
+/// A 503 (the store was busy; nothing was written) says when to send the request again.
+fn retry_if_busy(status: u16, response: Response) -> Response {
+    if status == 503 {
+        retry_in_a_second(response)
+    } else {
+        response
+    }
 }
 
 /// The business code of a KGSS request that cannot be read, body or sealed content:
@@ -1008,14 +1034,17 @@ use etee_services::keydepot::{AddInfoRequest, KeyId, RegisterKeyRequest, Registe
 
 fn keydepot_problem(e: &KeyDepotError) -> Response {
     match e {
+        KeyDepotError::Store(etee_store::Error::Busy(_)) => {
+            tracing::warn!("KeyDepot: {}", LogSafe(&e))
+        }
         KeyDepotError::Store(_) => tracing::error!("KeyDepot: {}", LogSafe(&e)),
         _ => tracing::info!("KeyDepot refused: {}", LogSafe(&e)),
     }
-    problem(Problem::new(
-        e.http_status(),
-        e.code(),
-        Some(e.public_message()),
-    ))
+    let status = e.http_status();
+    retry_if_busy(
+        status,
+        problem(Problem::new(status, e.code(), Some(e.public_message()))),
+    )
 }
 
 fn json_status(status: StatusCode, body: Vec<u8>) -> Response {
@@ -1237,6 +1266,45 @@ async fn keydepot_list_rest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A busy store (nothing written) is a retryable 503 with `Retry-After` and its own
+    /// business code on KGSS and KeyDepot; any other store failure stays a 500 without it.
+    #[tokio::test]
+    async fn a_busy_store_is_a_retryable_503_other_failures_a_500() {
+        let busy = || etee_store::Error::Busy("lock timeout".into());
+        let failed = || etee_store::Error::Backend("disk full".into());
+        let title = |r: Response| async move {
+            let status = r.status().as_u16();
+            let retry = r.headers().get(axum::http::header::RETRY_AFTER).cloned();
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (
+                status,
+                retry.is_some(),
+                v["title"].as_str().unwrap().to_owned(),
+            )
+        };
+        assert_eq!(
+            title(kgss_problem(&KgssError::Store(busy()))).await,
+            (503, true, "KGSS_SERVICE_BUSY".into())
+        );
+        assert_eq!(
+            title(kgss_problem(&KgssError::Store(failed()))).await,
+            (500, false, "KGSS_SERVICE_ERROR".into())
+        );
+        assert_eq!(
+            title(keydepot_problem(&KeyDepotError::Store(busy()))).await,
+            (503, true, "KEYDEPOT_SERVICE_BUSY".into())
+        );
+        assert_eq!(
+            title(keydepot_problem(&KeyDepotError::Store(failed()))).await,
+            (500, false, "KEYDEPOT_SERVICE_ERROR".into())
+        );
+        // SOAP: the status and business code of the answer.
+        let soap = kgss_refusal(Operation::GetKey, &KgssError::Store(busy()));
+        assert_eq!(soap.status.code, "503");
+        assert_eq!(soap.errors[0].code, "KGSS_SERVICE_BUSY");
+    }
 
     #[test]
     fn refused_seals_are_logged_twenty_a_second_and_the_rest_counted() {

@@ -145,6 +145,24 @@ async fn soap_new_key_for_recognised_pharmacies(w: World) {
     let answer = open_answer(&w, Some(&w.alice), None, r.sealed_content.as_ref().unwrap());
     let new = GetNewKeyResponseContent::parse(&answer).unwrap();
     assert_eq!(new.new_key_identifier.len(), 16);
+
+    // A request served once is a replay when it comes again; one refused for its content
+    // (an ETK that is not the caller's) made no key, so it is refused again for the same
+    // reason, not as a replay (its digest is remembered only with the key it creates).
+    let once = new_key_request(&w, &w.bob, &w.bob);
+    assert!(call(&mut c, Operation::GetNewKey, once.clone())
+        .await
+        .is_success());
+    assert_eq!(
+        refusal_code(&call(&mut c, Operation::GetNewKey, once).await),
+        "KGSS_REPLAYED_REQUEST"
+    );
+    let borrowed = new_key_request(&w, &w.bob, &w.alice);
+    for _ in 0..2 {
+        let r = call(&mut c, Operation::GetNewKey, borrowed.clone()).await;
+        assert_ne!(refusal_code(&r), "KGSS_REPLAYED_REQUEST");
+        assert!(!r.is_success(), "{r:?}");
+    }
     assert_eq!(new.new_key.len(), 16);
     let id = new.new_key_identifier.clone();
 

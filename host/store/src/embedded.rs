@@ -461,6 +461,24 @@ impl Store for EmbeddedStore {
         Ok(Some(sequence))
     }
 
+    fn remember_request_with_change(
+        &self,
+        digest: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+        change: Change<'_>,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>> {
+        let txn = self.write()?;
+        if !remember_in(&txn, digest, expires_at, now)? || !apply_in(&txn, change)? {
+            txn.abort().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&txn, event)?;
+        txn.commit().db()?;
+        Ok(Some(sequence))
+    }
+
     fn remember_key_read(
         &self,
         key_id: &[u8; 16],

@@ -70,6 +70,12 @@ pub enum Error {
     /// The database engine failed; the message is the engine's.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The database could not do it now, and nothing was written: a lock waited for past
+    /// `lock_timeout` (an instance stalled holding it, or heavy contention), a deadlock or
+    /// serialization failure, a statement cancelled, or no free connection in time. The
+    /// same request may succeed when tried again.
+    #[error("storage busy: {0}")]
+    Busy(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     /// The holder already has the most public keys allowed
@@ -311,6 +317,20 @@ pub trait Store: Send + Sync {
         now: i64,
         event: &AuditEvent,
     ) -> Result<Option<u64>>;
+    /// [`apply_with_event`](Store::apply_with_event) for a request that must be served once
+    /// (KGSS `GetNewKey`): `digest` is remembered as by
+    /// [`remember_request`](Store::remember_request) in the same transaction, so that a
+    /// request whose change failed (a busy store, a crash) is not taken for a replay when
+    /// it is sent again. `None`, and nothing written, for a replay or a change with
+    /// nothing to act on.
+    fn remember_request_with_change(
+        &self,
+        digest: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+        change: Change<'_>,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>>;
     /// [`remember_request_with_event`](Store::remember_request_with_event) for a release of
     /// KGSS key `key_id`, in a transaction that also finds the key still stored (PostgreSQL:
     /// locked against a concurrent deletion until commit): a deletion committed before
@@ -436,8 +456,9 @@ fn check_key_id(key_id: &[u8]) -> Result<()> {
 }
 
 /// An engine error with its chain of causes, as one message.
-fn backend_error(e: &dyn std::error::Error) -> Error {
+fn backend_error(e: &(dyn std::error::Error + 'static)) -> Error {
     let mut message = e.to_string();
+    let mut busy = pg::is_transient(e);
     let mut source = e.source();
     while let Some(s) = source {
         let text = s.to_string();
@@ -445,17 +466,23 @@ fn backend_error(e: &dyn std::error::Error) -> Error {
             message.push_str(": ");
             message.push_str(&text);
         }
+        busy |= pg::is_transient(s);
         source = s.source();
     }
-    Error::Backend(message)
+    if busy {
+        Error::Busy(message)
+    } else {
+        Error::Backend(message)
+    }
 }
 
-/// Maps any engine, driver or pool error to [`Error::Backend`].
+/// Maps any engine, driver or pool error to [`Error::Backend`], or [`Error::Busy`] when
+/// trying again may succeed.
 trait OrBackend<T> {
     fn db(self) -> Result<T>;
 }
 
-impl<T, E: std::error::Error> OrBackend<T> for std::result::Result<T, E> {
+impl<T, E: std::error::Error + 'static> OrBackend<T> for std::result::Result<T, E> {
     fn db(self) -> Result<T> {
         self.map_err(|e| backend_error(&e))
     }

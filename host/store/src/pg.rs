@@ -626,6 +626,27 @@ impl Store for PgStore {
         Ok(Some(sequence))
     }
 
+    fn remember_request_with_change(
+        &self,
+        digest: &[u8; 32],
+        expires_at: i64,
+        now: i64,
+        change: Change<'_>,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>> {
+        let mut conn = self.conn()?;
+        let mut tx = begin(&mut conn)?;
+        // The digest's row, then the change's locks, then the audit lock: the order of
+        // remember_request_with_event and apply_with_event.
+        if !remember_in(&mut tx, digest, expires_at, now)? || !apply_in(&mut tx, change)? {
+            tx.rollback().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&mut tx, event)?;
+        tx.commit().db()?;
+        Ok(Some(sequence))
+    }
+
     fn remember_key_read(
         &self,
         key_id: &[u8; 16],
@@ -982,6 +1003,26 @@ fn remove_etk_in(tx: &mut Transaction<'_>, digest: &[u8; 32]) -> Result<Option<E
     tx.execute("DELETE FROM etk WHERE digest = $1", &[&digest.as_slice()])
         .db()?;
     Ok(Some(record))
+}
+
+/// Whether `e` is a PostgreSQL or pool failure that trying again may cure (nothing was
+/// written): a lock wait past `lock_timeout` (55P03), a deadlock (40P01), a serialization
+/// failure (40001), a cancelled statement (57014), or no pooled connection in time.
+pub(crate) fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
+    use postgres::error::SqlState;
+    if let Some(e) = e.downcast_ref::<postgres::Error>() {
+        return e.code().is_some_and(|code| {
+            [
+                SqlState::LOCK_NOT_AVAILABLE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::QUERY_CANCELED,
+            ]
+            .contains(code)
+        });
+    }
+    // The pool's only error is a checkout that timed out.
+    e.is::<r2d2::Error>()
 }
 
 /// Takes the audit chain's lock until `tx` ends (again: advisory locks are reentrant).

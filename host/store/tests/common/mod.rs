@@ -1038,6 +1038,38 @@ pub fn remember_key_read_with_registry(h: &impl Harness) {
         .is_empty());
 }
 
+/// A change made once per request: the digest, the change and the event are written
+/// together; a replay writes none of them, nor does a change that fails (its digest is
+/// not remembered, so the request is no replay when it comes again).
+pub fn remember_request_with_change(h: &impl Harness) {
+    let s = h.open();
+    let key = kgss_key(31);
+    let insert = Change::InsertKgssKey(&key);
+    let write = |d: u8, n, change| {
+        s.remember_request_with_change(&[d; 32], 1100, 1000, change, &audit_event(n, "created"))
+    };
+    assert_eq!(write(1, 1, insert).unwrap(), Some(1));
+    assert!(s.get_kgss_key(&key.id).unwrap().is_some());
+    let other = kgss_key(32);
+    assert_eq!(
+        write(1, 2, Change::InsertKgssKey(&other)).unwrap(),
+        None,
+        "a replay"
+    );
+    assert!(
+        s.get_kgss_key(&other.id).unwrap().is_none(),
+        "nothing of a replay"
+    );
+    assert!(matches!(write(2, 2, insert), Err(Error::AlreadyExists)));
+    assert!(
+        s.remember_request(&[2; 32], 1100, 1000).unwrap(),
+        "the failed request's digest is not remembered"
+    );
+    let all = s.events(0, 100).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].event, audit_event(1, "created"));
+}
+
 /// An ETK stored and removed together with its audit event, as the admin commands do:
 /// nothing to act on (stored already, not stored) adds no event; the removal's event is
 /// made from the record removed.
@@ -1139,7 +1171,7 @@ macro_rules! store_suite {
             backend_and_open_helper, etks, etks_without_application_id, kgss_keys, kgss_listing, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
             concurrent_audit_appends, remember_with_event, concurrent_remember_with_event,
-            apply_with_event, remember_key_read, remember_key_read_with_registry, etk_changes_with_events, keys_per_holder);
+            apply_with_event, remember_key_read, remember_key_read_with_registry, etk_changes_with_events, remember_request_with_change, keys_per_holder);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

@@ -215,10 +215,37 @@ fn a_token_without_its_ess_attribute_or_from_a_non_authority_is_invalid() {
         ("the authority, no ESS attribute", w.tsa.clone()),
         ("Alice's authentication key", w.alice.auth.clone()),
     ] {
-        let token = openssl_cms_token(&signer, &info).expect("openssl cms");
+        let token = openssl_cms_token(&signer, &info, false).expect("openssl cms");
         let (r, _) = open(&attach(&w.sealed, &token).expect("attach"), w.now, true);
         assert_eq!(errors(&r), vec![E::TIMESTAMPTOKEN_INVALID], "{what}");
         assert_eq!(r.timestamp, None, "{what}");
+    }
+}
+
+/// With its ESS attribute (`openssl cms -sign -cades`), a token holds when the authority's
+/// certificate is a time-stamping one, at whatever time its TSTInfo says; by a certificate
+/// whose extended key usage is not critical, or not time-stamping alone, it is invalid.
+#[test]
+fn only_a_time_stamping_certificate_makes_a_token_valid() {
+    if !openssl_cli() {
+        return;
+    }
+    let w = world();
+    let info = tst_info(&imprint(&w.sealed), "20261207120000Z");
+    let token = openssl_cms_token(&w.tsa, &info, true).expect("openssl cms");
+    let (r, content) = open(&attach(&w.sealed, &token).expect("attach"), w.now, true);
+    assert!(r.verdict.is_clean(), "{:?}", r.verdict);
+    assert_eq!(content.as_deref(), Some(PLAIN));
+    assert_eq!(r.timestamp, Some(1_796_644_800), "2026-12-07T12:00:00Z");
+    for usage in [
+        TsaUsage::NotCritical,
+        TsaUsage::WithClientAuth,
+        TsaUsage::Absent,
+    ] {
+        let signer = w.pki.timestamp_authority(usage).expect("certificate");
+        let token = openssl_cms_token(&signer, &info, true).expect("openssl cms");
+        let (r, _) = open(&attach(&w.sealed, &token).expect("attach"), w.now, true);
+        assert_eq!(errors(&r), vec![E::TIMESTAMPTOKEN_INVALID], "{usage:?}");
     }
 }
 
@@ -241,9 +268,16 @@ fn a_damaged_token_is_invalid() {
     let (r, _) = open(&attach(&w.sealed, &token).expect("attach"), w.now, true);
     assert_eq!(errors(&r), vec![E::TIMESTAMPTOKEN_INVALID]);
 
-    // Not a token at all: refused by attach, before any message is made.
+    // Not a token at all: refused by attach, before any message is made; nor is a second
+    // token added (receivers read the first only).
     assert!(attach(&w.sealed, b"\x04\x03abc").is_err());
     assert!(attach(b"not a message", &token).is_err());
+    let stamped = attach(&w.sealed, &token).unwrap();
+    let again = attach(&stamped, &token).unwrap_err();
+    assert!(
+        again.to_string().contains("signature timestamp already"),
+        "{again}"
+    );
 }
 
 /// The sealed message's outer layer made again, definite lengths, with a SignerInfo by

@@ -225,11 +225,17 @@ pub fn get_etk(
 pub fn etks_json(found: &[EtkRecord]) -> Vec<EtkJson> {
     found
         .iter()
-        .map(|r| EtkJson {
-            identifiers: identifiers(r).iter().map(Into::into).collect(),
-            etk: r.etk.clone(),
-            not_before: r.not_before,
-            not_after: r.not_after,
+        .map(|r| {
+            // The window an ETK is answered in (both its certificates'), else the record's.
+            let (not_before, not_after) = judged(r)
+                .map(|j| (j.not_before, j.not_after))
+                .unwrap_or((r.not_before, r.not_after));
+            EtkJson {
+                identifiers: identifiers(r).iter().map(Into::into).collect(),
+                etk: r.etk.clone(),
+                not_before,
+                not_after,
+            }
         })
         .collect()
 }
@@ -397,7 +403,7 @@ fn register_as(
             .find_etks(&i.id_type, &i.value, None)
             .map(|found| found.iter().any(|r| r.digest == record.digest))
     };
-    let already = match own.first() {
+    let mut already = match own.first() {
         Some(i) => stored_before(i)?,
         None => false,
     };
@@ -412,10 +418,10 @@ fn register_as(
                 "done",
                 Some(registration_detail(&own, &extra)),
             );
-            if let Some(sequence) =
-                store.apply_with_event(etee_store::Change::PutEtk(&record), &event)?
-            {
-                crate::audit::log(sequence, &event);
+            match store.apply_with_event(etee_store::Change::PutEtk(&record), &event)? {
+                Some(sequence) => crate::audit::log(sequence, &event),
+                // Stored meanwhile by a registration of the same ETK, whose event it is.
+                None => already = true,
             }
         }
     }

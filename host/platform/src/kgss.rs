@@ -21,13 +21,16 @@
 //! Where ours differs from the real KGSS: the real `GetKey` authenticates the caller with
 //! a SAML holder-of-key token and reads its attributes from it; here the caller is the
 //! signer of the sealed request and the attributes come from the registry the platform
-//! keeps. A SAML attribute source would plug in at [`Kgss::caller_attributes`].
+//! keeps. A SAML attribute source would plug in where `get_key` reads the registry
+//! (`Kgss::registry_reads`, which `Kgss::caller_attributes` shares), and would need the
+//! same check at the commit that `Store::remember_key_read` makes for the registry.
 //!
 //! Every sealed request is remembered (by the SHA-256 of its outer signature in a canonical
 //! form, whatever its encoding) for [`REPLAY_WINDOW`] and refused if
 //! it comes again; older requests are refused by their signing time. `GetNewKey` remembers
-//! it as soon as the seal opens; `GetKey` once the decision is made, in the same store
-//! transaction as its audit event (one durable commit, not two).
+//! it with the key it creates, `GetKey` once the decision is made, each in the same store
+//! transaction as its audit event (one durable commit, not two): a request refused before
+//! that is no replay when it comes again.
 
 use crate::caller::{store_identifier, stored_type, stored_value};
 use etee_custody::KeyKind;
@@ -762,15 +765,22 @@ impl Kgss {
             deletion_strategy: request.deletion_strategy.then(|| "holder".to_owned()),
             created_at: now,
         };
-        // The key and its event in one transaction: the chain names every stored key, and
-        // only those. A clash of 128-bit random ids means a broken generator; try once more
-        // anyway.
-        let mut stored = Err(KgssError::Custody("no key id".into()));
+        // The key, its event and the request's digest in one transaction: the chain names
+        // every stored key, and only those. The answer is sealed before: once the request
+        // is remembered with its key, nothing may fail before the answer leaves (a request
+        // answered with an error after its key was stored would be a replay when sent
+        // again, and its key an orphan).
         for _ in 0..2 {
             openssl::rand::rand_bytes(&mut record.id)
                 .map_err(|e| KgssError::Custody(e.to_string()))?;
             // Wrapped with its binding, which names the id: a new id, a new wrap.
             record.wrapped_key = self.wrap_bound(&key, &record)?;
+            let answer = GetNewKeyResponseContent {
+                new_key_identifier: record.id.to_vec(),
+                new_key: SecretBytes::from_slice(&key),
+            }
+            .to_xml();
+            let sealed_response = self.seal_to(&answer, Some(&etk), None)?;
             let event = crate::audit::event(
                 now,
                 "kgss.create",
@@ -788,25 +798,21 @@ impl Kgss {
             ) {
                 Ok(Some(sequence)) => {
                     crate::audit::log(sequence, &event);
-                    stored = Ok(());
-                    break;
+                    return Ok(NewKey {
+                        key_id: record.id,
+                        sealed_response,
+                    });
                 }
                 // A copy of this request was served meanwhile (an insertion always acts).
                 Ok(None) => return Err(KgssError::Replay),
+                // A clash of 128-bit random ids means a broken generator; once more anyway.
                 Err(etee_store::Error::AlreadyExists) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        stored?;
-        let answer = GetNewKeyResponseContent {
-            new_key_identifier: record.id.to_vec(),
-            new_key: SecretBytes::from_slice(&key),
-        }
-        .to_xml();
-        Ok(NewKey {
-            key_id: record.id,
-            sealed_response: self.seal_to(&answer, Some(&etk), None)?,
-        })
+        Err(KgssError::Custody(
+            "no free key id in two draws: the random generator is broken".into(),
+        ))
     }
 
     /// `GetKey`.
@@ -934,7 +940,9 @@ impl Kgss {
             "KGSS GetKey: the attribute registry changed under {REGISTRY_ATTEMPTS} decisions \
              in a row; nothing released"
         );
-        Err(KgssError::Store(etee_store::Error::Conflict))
+        Err(KgssError::Store(etee_store::Error::Busy(format!(
+            "the attribute registry changed under {REGISTRY_ATTEMPTS} decisions in a row"
+        ))))
     }
 
     /// `key` followed by its record's [`binding`], wrapped by the HSM key.
@@ -1491,6 +1499,120 @@ mod tests {
         assert_ne!(
             replay_digest(&again, &ec_public),
             replay_digest(&a, &ec_public)
+        );
+    }
+
+    /// A wrapping key that, at its first unwrap, has an administrator remove the caller's
+    /// "recognised pharmacy" attribute (with its event, as `etee platform attributes
+    /// remove` does): between GetKey's decision and its record, deterministically.
+    struct RemovingAtUnwrap {
+        inner: InsecureMemoryWrapper,
+        store: Arc<EmbeddedStore>,
+        removed: std::sync::atomic::AtomicBool,
+    }
+
+    impl KeyWrapper for RemovingAtUnwrap {
+        fn label(&self) -> &str {
+            self.inner.label()
+        }
+        fn wrap(&self, secret: &[u8]) -> Result<Vec<u8>, KgssError> {
+            self.inner.wrap(secret)
+        }
+        fn unwrap(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KgssError> {
+            if !self.removed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let event = crate::audit::event(
+                    1,
+                    "attributes.remove",
+                    "admin",
+                    "bob".into(),
+                    "done",
+                    None,
+                );
+                let change = etee_store::Change::RemoveAttribute {
+                    id_type: "NIHII-PHARMACY",
+                    value: "27150201",
+                    namespace: vocabulary::CERTIFIED_NS,
+                    name: vocabulary::RECOGNISED_PHARMACY,
+                };
+                assert!(self
+                    .store
+                    .apply_with_event(change, &event)
+                    .unwrap()
+                    .is_some());
+            }
+            self.inner.unwrap(wrapped)
+        }
+    }
+
+    /// GetKey decided on an attribute that an administrator removed (and saw confirmed)
+    /// before the decision was recorded: the record finds the registry changed, the request
+    /// is decided again, denied, and the chain has the removal before the denial, no grant.
+    #[test]
+    fn a_registry_change_under_a_decision_is_decided_again() {
+        let pki = TestPki::generate("kgss-registry").unwrap();
+        let kgss_spec =
+            InstitutionSpec::new("CBE", "0809394427", "KGSS").with_application_id("KGSS");
+        let kgss_inst = pki.institution(&kgss_spec).unwrap();
+        let bob = pki
+            .institution(&InstitutionSpec::new(
+                "NIHII-PHARMACY",
+                "27150201",
+                "Bob Pharmacy",
+            ))
+            .unwrap();
+        let (_dir, store) = store_recognising("NIHII-PHARMACY", "27150201");
+        let store = Arc::new(store);
+        let kgss = Kgss {
+            signer: keystore(&kgss_inst).authentication().unwrap(),
+            ring: keystore(&kgss_inst).key_ring(),
+            wrapper: Arc::new(RemovingAtUnwrap {
+                inner: InsecureMemoryWrapper::new_random(),
+                store: store.clone(),
+                removed: false.into(),
+            }),
+            anchors: TrustAnchors::new(vec![Certificate::from_der(
+                &pki.root.cert.to_der().unwrap(),
+            )
+            .unwrap()]),
+        };
+        let now = crate::unix_now();
+        let new_key = seal_for(
+            &bob,
+            &kgss_inst,
+            &GetNewKeyRequestContent {
+                allowed_readers: vec![vocabulary::recognised_pharmacy()],
+                excluded_readers: vec![],
+                etk: bob.etk.clone(),
+                deletion_strategy: false,
+            }
+            .to_xml(),
+        );
+        let id = kgss.get_new_key(&*store, &new_key, now).unwrap().key_id;
+        let get_key = seal_for(
+            &bob,
+            &kgss_inst,
+            &GetKeyRequestContent {
+                key_identifier: id.to_vec(),
+                reply_to: ReplyTo::Etk(bob.etk.clone()),
+            }
+            .to_xml(),
+        );
+        assert!(matches!(
+            kgss.get_key(&*store, &get_key, now),
+            Err(KgssError::AccessDenied)
+        ));
+        let events = store.events(0, 100).unwrap();
+        let actions: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.event.action.as_str(), e.event.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("kgss.create", "created"),
+                ("attributes.remove", "done"),
+                ("kgss.read", "denied")
+            ]
         );
     }
 

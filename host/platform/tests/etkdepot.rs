@@ -850,6 +850,13 @@ async fn an_etk_ends_with_its_authentication_certificate(w: World) {
         .unwrap();
     assert_eq!(found.len(), 1, "answered before the end");
     assert_eq!(found[0].etk, inst.etk);
+    // The REST form gives the window it is answered in: from the encryption certificate's
+    // start to the authentication certificate's end.
+    let json = etee_platform::etkdepot::etks_json(&found);
+    assert_eq!(
+        (json[0].not_before, json[0].not_after),
+        (now - 10 * 3600, now - 60)
+    );
 
     let mut c = w.connect(None).await;
     let r = ask(&mut c, "NIHII-PHARMACY", "27150299", None).await;

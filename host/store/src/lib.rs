@@ -295,8 +295,10 @@ pub trait Store: Send + Sync {
     /// one database. An entry is expired when `expires_at <= now`.
     fn remember_request(&self, digest: &[u8; 32], expires_at: i64, now: i64) -> Result<bool>;
     /// Whether `digest` is remembered and not expired at `now`: a read, no write. For
-    /// refusing a replay before costly work; only [`remember_request`](Store::remember_request)
-    /// and [`remember_request_with_event`](Store::remember_request_with_event) decide.
+    /// refusing a replay before costly work; only [`remember_request`](Store::remember_request),
+    /// [`remember_request_with_event`](Store::remember_request_with_event),
+    /// [`remember_request_with_change`](Store::remember_request_with_change) and
+    /// [`remember_key_read`](Store::remember_key_read) decide.
     fn request_seen(&self, digest: &[u8; 32], now: i64) -> Result<bool>;
     /// Forgets the expired request digests; returns how many.
     fn purge_expired(&self, now: i64) -> Result<u64>;

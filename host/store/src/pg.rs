@@ -950,13 +950,18 @@ fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
             }
             n
         }
-        // The WHERE leaves an equal row alone: no row counted, nothing written.
+        // A registry change holds the audit lock to its commit, with or without an event
+        // (`set_attribute`): `remember_key_read` relies on it to see every change that
+        // commits before its decision's event. The lock first, as `append_in` would take
+        // it after a row lock no decision waits for. The WHERE leaves an equal row alone:
+        // no row counted, nothing written.
         Change::SetAttribute {
             id_type,
             value,
             attribute,
-        } => tx
-            .execute(
+        } => {
+            lock_audit(tx)?;
+            tx.execute(
                 "INSERT INTO attribute (holder_type, holder_value, namespace, name, value)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (holder_type, holder_value, namespace, name)
@@ -970,19 +975,22 @@ fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
                     &attribute.value,
                 ],
             )
-            .db()?,
+            .db()?
+        }
         Change::RemoveAttribute {
             id_type,
             value,
             namespace,
             name,
-        } => tx
-            .execute(
+        } => {
+            lock_audit(tx)?;
+            tx.execute(
                 "DELETE FROM attribute WHERE holder_type = $1 AND holder_value = $2
                    AND namespace = $3 AND name = $4",
                 &[&id_type, &value, &namespace, &name],
             )
-            .db()?,
+            .db()?
+        }
     };
     Ok(n > 0)
 }
@@ -1021,9 +1029,15 @@ pub(crate) fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
             .contains(code)
         });
     }
-    // The pool's only error is a checkout that timed out.
-    e.is::<r2d2::Error>()
+    // The pool's only error is a checkout that timed out: busy when every connection was
+    // taken, not when connecting failed (the server down, a bad password), which the error
+    // then names after its fixed text.
+    e.is::<r2d2::Error>() && e.to_string() == POOL_TIMEOUT
 }
+
+/// What r2d2 says of a checkout that timed out while connections existed but were all
+/// taken (with `": "` and the last connection error after it when connecting failed).
+const POOL_TIMEOUT: &str = "timed out waiting for connection";
 
 /// Takes the audit chain's lock until `tx` ends (again: advisory locks are reentrant).
 fn lock_audit(tx: &mut Transaction) -> Result<()> {

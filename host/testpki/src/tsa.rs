@@ -137,9 +137,11 @@ pub fn openssl_ts_token(
 }
 
 /// A CMS SignedData (DER) by `signer` over `tst_info` with eContentType id-ct-TSTInfo,
-/// made by `openssl cms -sign`, which adds no ESS signing-certificate attribute: a token
-/// no conforming authority makes, signed by any certificate.
-pub fn openssl_cms_token(signer: &Issued, tst_info: &[u8]) -> Result<Vec<u8>, Error> {
+/// made by `openssl cms -sign`: with `ess`, it carries the ESS signing-certificate
+/// attribute (`-cades`: signingCertificateV2, SHA-256), as a token must; without, it is a
+/// token no conforming authority makes. Signed by any certificate, at any `genTime` the
+/// TSTInfo says.
+pub fn openssl_cms_token(signer: &Issued, tst_info: &[u8], ess: bool) -> Result<Vec<u8>, Error> {
     let dir = scratch_dir()?;
     let d = dir.path();
     write(d, "signer.pem", &signer.cert.to_pem()?)?;
@@ -159,6 +161,7 @@ pub fn openssl_cms_token(signer: &Issued, tst_info: &[u8]) -> Result<Vec<u8>, Er
             "-econtent_type",
             "1.2.840.113549.1.9.16.1.4",
         ])
+        .args(ess.then_some("-cades"))
         .arg("-in")
         .arg(d.join("tst.der"))
         .arg("-signer")

@@ -36,6 +36,12 @@ pub fn outer_signature(message: &[u8]) -> Result<Vec<u8>, BerError> {
 pub fn attach(message: &[u8], token: &[u8]) -> Result<Vec<u8>, BerError> {
     parse_exact(token)?.expect(tag::SEQUENCE)?;
     let outer = OuterSigner::find(message)?;
+    // A receiver checks the first token only: a second would never be looked at.
+    if !SignerInfo::parse(&outer.signer_info)?.timestamps.is_empty() {
+        return Err(outer.signer_info.err(BerErrorKind::BadValue(
+            "message (it carries a signature timestamp already)",
+        )));
+    }
     let attribute = seq(&[
         &oid::der(oid::ATTR_SIGNATURE_TIMESTAMP),
         &tlv(tag::SET, token),
@@ -270,7 +276,8 @@ fn verify(t: &Token) -> Option<Certificate> {
 
 /// Whether the signed attributes carry an ESS signing-certificate attribute (v2 or v1)
 /// whose first certificate id is `cert`'s hash (RFC 3161 §2.4.2 requires one; the first
-/// id names the signer's own certificate).
+/// id names the signer's own certificate). Its optional issuerSerial, which BouncyCastle
+/// also compares, is not: the hash alone names exactly one certificate.
 fn names_certificate(si: &SignerInfo, cert: &Certificate) -> bool {
     let Some(attrs) = si.signed_attrs.as_deref() else {
         return false;

@@ -51,7 +51,8 @@ pub struct EtkJson {
     /// The ETK (CMS SignedData), standard base64.
     #[serde(with = "json::b64")]
     pub etk: Vec<u8>,
-    /// Validity of the encryption certificate, RFC 3339 (unix seconds in memory).
+    /// Validity of the ETK, RFC 3339 (unix seconds in memory): when both its encryption
+    /// and its authentication certificate are valid (the official check needs both).
     #[serde(with = "json::rfc3339")]
     pub not_before: i64,
     #[serde(with = "json::rfc3339")]
@@ -59,9 +60,9 @@ pub struct EtkJson {
 }
 
 impl EtkJson {
-    /// Describes a parsed ETK: its holder identities and its encryption certificate's validity.
+    /// Describes a parsed ETK: its holder identities and its validity (both certificates').
     pub fn from_etk(etk: &etee_formats::etk::Etk) -> Self {
-        let enc = etk.encryption_cert();
+        let (enc, auth) = (etk.encryption_cert(), etk.authentication_cert());
         EtkJson {
             identifiers: etk
                 .identities()
@@ -73,8 +74,8 @@ impl EtkJson {
                 })
                 .collect(),
             etk: etk.der().to_vec(),
-            not_before: enc.not_before(),
-            not_after: enc.not_after(),
+            not_before: enc.not_before().max(auth.not_before()),
+            not_after: enc.not_after().min(auth.not_after()),
         }
     }
 

@@ -1068,6 +1068,47 @@ pub fn remember_request_with_change(h: &impl Harness) {
     let all = s.events(0, 100).unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].event, audit_event(1, "created"));
+
+    // Copies of one request at once (on two handles when allowed), each with a key id of
+    // its own: one is served, one key stored, one event.
+    let second = if h.shared() { h.open() } else { s.clone() };
+    let barrier = Arc::new(Barrier::new(4));
+    let racers: Vec<_> = (0..4u128)
+        .map(|n| {
+            let s = if n % 2 == 0 {
+                s.clone()
+            } else {
+                second.clone()
+            };
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let key = kgss_key(100 + n);
+                barrier.wait();
+                let won = s
+                    .remember_request_with_change(
+                        &[7; 32],
+                        1100,
+                        1000,
+                        Change::InsertKgssKey(&key),
+                        &audit_event(10 + n as u32, "created"),
+                    )
+                    .unwrap();
+                won.map(|_| key.id)
+            })
+        })
+        .collect();
+    let won: Vec<[u8; 16]> = racers
+        .into_iter()
+        .filter_map(|r| r.join().unwrap())
+        .collect();
+    assert_eq!(won.len(), 1, "one copy served");
+    let stored = (0..4u128)
+        .filter(|n| s.get_kgss_key(&kgss_key(100 + n).id).unwrap().is_some())
+        .count();
+    assert_eq!(stored, 1);
+    let all = s.events(0, 100).unwrap();
+    assert_eq!(all.len(), 2);
+    audit::verify(0, audit::GENESIS, &all).unwrap();
 }
 
 /// An ETK stored and removed together with its audit event, as the admin commands do:

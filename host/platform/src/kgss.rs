@@ -1502,6 +1502,62 @@ mod tests {
         );
     }
 
+    /// KGSS (trusting its PKI's root, keys wrapped by `wrapper`) and Bob, a pharmacy.
+    struct Pharmacy {
+        kgss_inst: Institution,
+        bob: Institution,
+        kgss: Kgss,
+    }
+
+    impl Pharmacy {
+        fn new(pki: &TestPki, wrapper: Arc<dyn KeyWrapper>) -> Self {
+            let kgss_spec =
+                InstitutionSpec::new("CBE", "0809394427", "KGSS").with_application_id("KGSS");
+            let kgss_inst = pki.institution(&kgss_spec).unwrap();
+            let bob = pki
+                .institution(&InstitutionSpec::new(
+                    "NIHII-PHARMACY",
+                    "27150201",
+                    "Bob Pharmacy",
+                ))
+                .unwrap();
+            let kgss = Kgss {
+                signer: keystore(&kgss_inst).authentication().unwrap(),
+                ring: keystore(&kgss_inst).key_ring(),
+                wrapper,
+                anchors: TrustAnchors::new(vec![Certificate::from_der(
+                    &pki.root.cert.to_der().unwrap(),
+                )
+                .unwrap()]),
+            };
+            Pharmacy {
+                kgss_inst,
+                bob,
+                kgss,
+            }
+        }
+
+        /// Bob's GetNewKey for recognised pharmacies, sealed to KGSS.
+        fn new_key_request(&self) -> Vec<u8> {
+            let content = GetNewKeyRequestContent {
+                allowed_readers: vec![vocabulary::recognised_pharmacy()],
+                excluded_readers: vec![],
+                etk: self.bob.etk.clone(),
+                deletion_strategy: false,
+            };
+            seal_for(&self.bob, &self.kgss_inst, &content.to_xml())
+        }
+
+        /// Bob's GetKey of `key_id`, the answer sealed to his ETK.
+        fn get_key_request(&self, key_id: &[u8]) -> Vec<u8> {
+            let content = GetKeyRequestContent {
+                key_identifier: key_id.to_vec(),
+                reply_to: ReplyTo::Etk(self.bob.etk.clone()),
+            };
+            seal_for(&self.bob, &self.kgss_inst, &content.to_xml())
+        }
+    }
+
     /// A wrapping key that, at its first unwrap, has an administrator remove the caller's
     /// "recognised pharmacy" attribute (with its event, as `etee platform attributes
     /// remove` does): between GetKey's decision and its record, deterministically.
@@ -1549,54 +1605,24 @@ mod tests {
     /// is decided again, denied, and the chain has the removal before the denial, no grant.
     #[test]
     fn a_registry_change_under_a_decision_is_decided_again() {
-        let pki = TestPki::generate("kgss-registry").unwrap();
-        let kgss_spec =
-            InstitutionSpec::new("CBE", "0809394427", "KGSS").with_application_id("KGSS");
-        let kgss_inst = pki.institution(&kgss_spec).unwrap();
-        let bob = pki
-            .institution(&InstitutionSpec::new(
-                "NIHII-PHARMACY",
-                "27150201",
-                "Bob Pharmacy",
-            ))
-            .unwrap();
         let (_dir, store) = store_recognising("NIHII-PHARMACY", "27150201");
         let store = Arc::new(store);
-        let kgss = Kgss {
-            signer: keystore(&kgss_inst).authentication().unwrap(),
-            ring: keystore(&kgss_inst).key_ring(),
-            wrapper: Arc::new(RemovingAtUnwrap {
+        let p = Pharmacy::new(
+            &TestPki::generate("kgss-registry").unwrap(),
+            Arc::new(RemovingAtUnwrap {
                 inner: InsecureMemoryWrapper::new_random(),
                 store: store.clone(),
                 removed: false.into(),
             }),
-            anchors: TrustAnchors::new(vec![Certificate::from_der(
-                &pki.root.cert.to_der().unwrap(),
-            )
-            .unwrap()]),
-        };
+        );
         let now = crate::unix_now();
-        let new_key = seal_for(
-            &bob,
-            &kgss_inst,
-            &GetNewKeyRequestContent {
-                allowed_readers: vec![vocabulary::recognised_pharmacy()],
-                excluded_readers: vec![],
-                etk: bob.etk.clone(),
-                deletion_strategy: false,
-            }
-            .to_xml(),
-        );
-        let id = kgss.get_new_key(&*store, &new_key, now).unwrap().key_id;
-        let get_key = seal_for(
-            &bob,
-            &kgss_inst,
-            &GetKeyRequestContent {
-                key_identifier: id.to_vec(),
-                reply_to: ReplyTo::Etk(bob.etk.clone()),
-            }
-            .to_xml(),
-        );
+        let id = p
+            .kgss
+            .get_new_key(&*store, &p.new_key_request(), now)
+            .unwrap()
+            .key_id;
+        let get_key = p.get_key_request(&id);
+        let kgss = &p.kgss;
         assert!(matches!(
             kgss.get_key(&*store, &get_key, now),
             Err(KgssError::AccessDenied)
@@ -1618,53 +1644,22 @@ mod tests {
 
     #[test]
     fn get_key_replays_are_refused_without_an_event() {
-        let pki = TestPki::generate("kgss-unit").unwrap();
-        let kgss_spec =
-            InstitutionSpec::new("CBE", "0809394427", "KGSS").with_application_id("KGSS");
-        let kgss_inst = pki.institution(&kgss_spec).unwrap();
-        let bob = pki
-            .institution(&InstitutionSpec::new(
-                "NIHII-PHARMACY",
-                "27150201",
-                "Bob Pharmacy",
-            ))
-            .unwrap();
-        let kgss = Kgss {
-            signer: keystore(&kgss_inst).authentication().unwrap(),
-            ring: keystore(&kgss_inst).key_ring(),
-            wrapper: Arc::new(InsecureMemoryWrapper::new_random()),
-            anchors: TrustAnchors::new(vec![Certificate::from_der(
-                &pki.root.cert.to_der().unwrap(),
-            )
-            .unwrap()]),
-        };
+        let p = Pharmacy::new(
+            &TestPki::generate("kgss-unit").unwrap(),
+            Arc::new(InsecureMemoryWrapper::new_random()),
+        );
+        let (kgss, bob, kgss_inst) = (&p.kgss, &p.bob, &p.kgss_inst);
         let (_dir, store) = store_recognising("NIHII-PHARMACY", "27150201");
         let now = crate::unix_now();
 
-        let new_key = seal_for(
-            &bob,
-            &kgss_inst,
-            &GetNewKeyRequestContent {
-                allowed_readers: vec![vocabulary::recognised_pharmacy()],
-                excluded_readers: vec![],
-                etk: bob.etk.clone(),
-                deletion_strategy: false,
-            }
-            .to_xml(),
-        );
+        let new_key = p.new_key_request();
         let id = kgss.get_new_key(&store, &new_key, now).unwrap().key_id;
         assert!(matches!(
             kgss.get_new_key(&store, &new_key, now),
             Err(KgssError::Replay)
         ));
 
-        let get_key = |key_id: &[u8]| {
-            let content = GetKeyRequestContent {
-                key_identifier: key_id.to_vec(),
-                reply_to: ReplyTo::Etk(bob.etk.clone()),
-            };
-            seal_for(&bob, &kgss_inst, &content.to_xml())
-        };
+        let get_key = |key_id: &[u8]| p.get_key_request(key_id);
         let granted = get_key(&id);
         kgss.get_key(&store, &granted, now).unwrap();
         assert_eq!(reads(&store), ["granted"]);
@@ -1677,8 +1672,8 @@ mod tests {
         // Granted, but the answer cannot be made (the reply ETK is not Bob's): the chain
         // says that nothing was released after all.
         let not_his = seal_for(
-            &bob,
-            &kgss_inst,
+            bob,
+            kgss_inst,
             &GetKeyRequestContent {
                 key_identifier: id.to_vec(),
                 reply_to: ReplyTo::Etk(kgss_inst.etk.clone()),

@@ -1106,35 +1106,27 @@ async fn exclusions_the_platform_cannot_evaluate_are_refused() {
     w.stop().await;
 }
 
-/// The holder deletes a key while a pharmacy's GetKeys are under way on four connections:
-/// every GetKey is either served the key or told it is unknown; none sent after the
-/// deletion was answered is served; and no grant is on the audit chain after the
-/// deletion (GetKey checks that the key is still there in the transaction that records
-/// the grant), one per key served.
-async fn a_deletion_racing_reads_is_final(w: World) {
+/// Bob's GetKeys of `key_id` (sealed beforehand, each a distinct message: copies are
+/// replays) on four connections, six each, while `interfere` runs once the first has been
+/// served: when `interfere` ended, and each answer with when its request was sent.
+async fn reads_racing<F: std::future::Future<Output = std::time::Instant>>(
+    w: &World,
+    key_id: &[u8],
+    interfere: impl FnOnce() -> F,
+) -> (
+    std::time::Instant,
+    Vec<(std::time::Instant, etee_platform::client::Answer)>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
     const CONNECTIONS: usize = 4;
     const EACH: usize = 6;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut alice = w.connect(Some(&w.alice)).await;
-    let created = rest_create(&w, &mut alice).await;
-    let key_id = created_key_id(&created);
-    let v: serde_json::Value = serde_json::from_slice(&created.body).unwrap();
-    let new = GetNewKeyResponseContent::parse(&open_answer(
-        &w,
-        Some(&w.alice),
-        None,
-        &b64.decode(v["sealedResponse"].as_str().unwrap()).unwrap(),
-    ))
-    .unwrap();
-    // Sealed beforehand: each must be a distinct message (copies are replays).
     let bodies: Vec<Vec<Vec<u8>>> = (0..CONNECTIONS)
-        .map(|_| (0..EACH).map(|_| rest_get(&w, &w.bob, &key_id)).collect())
+        .map(|_| (0..EACH).map(|_| rest_get(w, &w.bob, key_id)).collect())
         .collect();
     let served = AtomicUsize::new(0);
     let reader = |bodies: Vec<Vec<u8>>| {
-        let (w, served) = (&w, &served);
+        let served = &served;
         async move {
             let mut bob = w.connect(Some(&w.bob)).await;
             let mut answers = Vec::new();
@@ -1149,28 +1141,63 @@ async fn a_deletion_racing_reads_is_final(w: World) {
             answers
         }
     };
-    let deleter = async {
+    let interfering = async {
         // Once reads are being served, while more are on their way.
         while served.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        let a = alice
-            .send("DELETE", &key_path(&key_id), None, vec![])
-            .await
-            .unwrap();
-        assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
-        Instant::now()
+        interfere().await
     };
     let mut bodies = bodies.into_iter();
     let mut next = || bodies.next().unwrap();
-    let (deleted_at, a, b, c, d) = tokio::join!(
-        deleter,
+    let (done_at, a, b, c, d) = tokio::join!(
+        interfering,
         reader(next()),
         reader(next()),
         reader(next()),
         reader(next())
     );
-    let answers: Vec<_> = [a, b, c, d].into_iter().flatten().collect();
+    (done_at, [a, b, c, d].into_iter().flatten().collect())
+}
+
+/// Says how many of `all` GetKeys were served before `what`, and checks that `what` did
+/// race them: some served, not all.
+fn raced(granted: usize, all: usize, what: &str) {
+    eprintln!("{granted} of {all} GetKeys served before the {what}");
+    assert!(granted >= 1);
+    assert!(
+        granted < all,
+        "every read was served: the {what} did not race them"
+    );
+}
+
+/// The holder deletes a key while a pharmacy's GetKeys are under way on four connections:
+/// every GetKey is either served the key or told it is unknown; none sent after the
+/// deletion was answered is served; and no grant is on the audit chain after the
+/// deletion (GetKey checks that the key is still there in the transaction that records
+/// the grant), one per key served.
+async fn a_deletion_racing_reads_is_final(w: World) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut alice = w.connect(Some(&w.alice)).await;
+    let created = rest_create(&w, &mut alice).await;
+    let key_id = created_key_id(&created);
+    let v: serde_json::Value = serde_json::from_slice(&created.body).unwrap();
+    let new = GetNewKeyResponseContent::parse(&open_answer(
+        &w,
+        Some(&w.alice),
+        None,
+        &b64.decode(v["sealedResponse"].as_str().unwrap()).unwrap(),
+    ))
+    .unwrap();
+    let (deleted_at, answers) = reads_racing(&w, &key_id, || async {
+        let a = alice
+            .send("DELETE", &key_path(&key_id), None, vec![])
+            .await
+            .unwrap();
+        assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+        std::time::Instant::now()
+    })
+    .await;
     let mut granted = 0;
     for (sent, a) in &answers {
         match a.status {
@@ -1191,15 +1218,7 @@ async fn a_deletion_racing_reads_is_final(w: World) {
             other => panic!("{other}: {}", String::from_utf8_lossy(&a.body)),
         }
     }
-    eprintln!(
-        "{granted} of {} GetKeys served before the deletion",
-        CONNECTIONS * EACH
-    );
-    assert!(granted >= 1);
-    assert!(
-        granted < CONNECTIONS * EACH,
-        "every read was served: the deletion did not race them"
-    );
+    raced(granted, answers.len(), "deletion");
     let id: [u8; 16] = key_id.clone().try_into().unwrap();
     assert!(w.store(move |s| s.get_kgss_key(&id)).unwrap().is_none());
 
@@ -1239,36 +1258,9 @@ async fn a_deletion_racing_reads_is_final(w: World) {
 /// grant follows the removal (GetKey checks that the registry still holds what its
 /// decision read, in the transaction that records the grant, and decides again if not).
 async fn an_attribute_removed_while_reads_run_is_final(w: World) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Instant;
-    const CONNECTIONS: usize = 4;
-    const EACH: usize = 6;
     let mut alice = w.connect(Some(&w.alice)).await;
     let key_id = created_key_id(&rest_create(&w, &mut alice).await);
-    let bodies: Vec<Vec<Vec<u8>>> = (0..CONNECTIONS)
-        .map(|_| (0..EACH).map(|_| rest_get(&w, &w.bob, &key_id)).collect())
-        .collect();
-    let served = AtomicUsize::new(0);
-    let reader = |bodies: Vec<Vec<u8>>| {
-        let (w, served) = (&w, &served);
-        async move {
-            let mut bob = w.connect(Some(&w.bob)).await;
-            let mut answers = Vec::new();
-            for body in bodies {
-                let sent = Instant::now();
-                let a = retrieve(&mut bob, body).await.unwrap();
-                if a.status == 200 {
-                    served.fetch_add(1, Ordering::SeqCst);
-                }
-                answers.push((sent, a));
-            }
-            answers
-        }
-    };
-    let remover = async {
-        while served.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+    let (removed_at, answers) = reads_racing(&w, &key_id, || async {
         let event = etee_platform::audit::event(
             etee_platform::unix_now(),
             "attributes.remove",
@@ -1289,18 +1281,9 @@ async fn an_attribute_removed_while_reads_run_is_final(w: World) {
             )
         });
         assert!(removed.unwrap().is_some(), "Bob had the attribute");
-        Instant::now()
-    };
-    let mut bodies = bodies.into_iter();
-    let mut next = || bodies.next().unwrap();
-    let (removed_at, a, b, c, d) = tokio::join!(
-        remover,
-        reader(next()),
-        reader(next()),
-        reader(next()),
-        reader(next())
-    );
-    let answers: Vec<_> = [a, b, c, d].into_iter().flatten().collect();
+        std::time::Instant::now()
+    })
+    .await;
     let mut granted = 0;
     for (sent, a) in &answers {
         match a.status {
@@ -1312,15 +1295,7 @@ async fn an_attribute_removed_while_reads_run_is_final(w: World) {
             other => panic!("{other}: {}", String::from_utf8_lossy(&a.body)),
         }
     }
-    eprintln!(
-        "{granted} of {} GetKeys served before the removal",
-        CONNECTIONS * EACH
-    );
-    assert!(granted >= 1);
-    assert!(
-        granted < CONNECTIONS * EACH,
-        "every read was served: the removal did not race them"
-    );
+    raced(granted, answers.len(), "removal");
     let events = w.store(|s| s.events(0, 1000)).unwrap();
     etee_store::audit::verify(0, etee_store::audit::GENESIS, &events).unwrap();
     let hex_id = hex::encode(&key_id);

@@ -824,6 +824,36 @@ impl TestPki {
         })
     }
 
+    /// An end-entity certificate of this root that signs on its behalf (an OCSP responder,
+    /// a time-stamping authority): `C=BE, O=etee test, CN=<cn>`, valid from a day back to
+    /// a year ahead, with `usage` and the extendedKeyUsage `eku` if any. One RSA-2048 key.
+    pub(crate) fn delegated_signer(
+        &self,
+        cn: &str,
+        usage: KeyUsageSpec,
+        eku: Option<X509Extension>,
+    ) -> Result<Issued, Error> {
+        let key = rsa_key(2048)?;
+        let name = build_name(&[("C", "BE"), ("O", "etee test"), ("CN", cn)])?;
+        let mut b = cert_builder(
+            &name,
+            self.root.cert.subject_name(),
+            &key,
+            Validity::days_around_now(1, 365),
+        )?;
+        b.append_extension(BasicConstraints::new().build()?)?;
+        usage.apply(&mut b)?;
+        if let Some(eku) = eku {
+            b.append_extension(eku)?;
+        }
+        add_key_ids(&mut b, Some(&self.root.cert))?;
+        b.sign(&self.root.key, MessageDigest::sha256())?;
+        Ok(Issued {
+            cert: b.build(),
+            key,
+        })
+    }
+
     /// Wraps an encryption certificate into an ETK: CMS SignedData (DER) over
     /// the certificate's DER as id-data content, signed by the RA with SHA-256
     /// and PKCS#1 v1.5, without signed attributes, carrying the RA, `auth` and

@@ -3,10 +3,10 @@
 //! tests can give a receiver every kind of answer. The encoding is written here byte by
 //! byte (DER), independently of the parser under test.
 
-use crate::{cert_builder, rsa_key, Error, Issued, KeyUsageSpec, TestPki, Validity};
+use crate::{Error, Issued, KeyUsageSpec, TestPki};
 use openssl::hash::{hash, MessageDigest};
 use openssl::sign::Signer;
-use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage};
+use openssl::x509::extension::ExtendedKeyUsage;
 use openssl::x509::X509Ref;
 
 /// What an answer says of the certificate.
@@ -60,38 +60,21 @@ impl TestPki {
     }
 
     fn ocsp_signer(&self, authorised: bool) -> Result<Issued, Error> {
-        let key = rsa_key(2048)?;
-        let name = crate::build_name(&[
-            ("C", "BE"),
-            ("O", "etee test"),
-            ("CN", "etee Test OCSP responder"),
-        ])?;
-        let mut b = cert_builder(
-            &name,
-            self.root.cert.subject_name(),
-            &key,
-            Validity::days_around_now(1, 365),
-        )?;
-        b.append_extension(BasicConstraints::new().build()?)?;
-        KeyUsageSpec {
-            critical: true,
-            digital_signature: true,
-            ..KeyUsageSpec::default()
-        }
-        .apply(&mut b)?;
         let mut eku = ExtendedKeyUsage::new();
         if authorised {
             eku.other("OCSPSigning");
         } else {
             eku.client_auth();
         }
-        b.append_extension(eku.build()?)?;
-        crate::add_key_ids(&mut b, Some(&self.root.cert))?;
-        b.sign(&self.root.key, MessageDigest::sha256())?;
-        Ok(Issued {
-            cert: b.build(),
-            key,
-        })
+        self.delegated_signer(
+            "etee Test OCSP responder",
+            KeyUsageSpec {
+                critical: true,
+                digital_signature: true,
+                ..KeyUsageSpec::default()
+            },
+            Some(eku.build()?),
+        )
     }
 
     /// A successful OCSPResponse (DER) about `cert` (issued by this PKI's root), with a

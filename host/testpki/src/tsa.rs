@@ -4,9 +4,8 @@
 //! around a TSTInfo for tokens a real authority would not make): an implementation
 //! independent of etee's reader. Tests using them skip when the command is missing.
 
-use crate::{cert_builder, Error, Issued, KeyUsageSpec, TestPki, Validity};
-use openssl::hash::MessageDigest;
-use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage};
+use crate::{Error, Issued, KeyUsageSpec, TestPki};
+use openssl::x509::extension::ExtendedKeyUsage;
 use openssl::x509::X509Ref;
 use std::path::Path;
 use std::process::Command;
@@ -37,26 +36,6 @@ impl TestPki {
     /// A time-stamping authority of this CA, valid from a day back to a year ahead. One
     /// RSA-2048 key.
     pub fn timestamp_authority(&self, usage: TsaUsage) -> Result<Issued, Error> {
-        let key = crate::rsa_key(2048)?;
-        let name = crate::build_name(&[
-            ("C", "BE"),
-            ("O", "etee test"),
-            ("CN", "etee Test Time-Stamping Authority"),
-        ])?;
-        let mut b = cert_builder(
-            &name,
-            self.root.cert.subject_name(),
-            &key,
-            Validity::days_around_now(1, 365),
-        )?;
-        b.append_extension(BasicConstraints::new().build()?)?;
-        KeyUsageSpec {
-            critical: true,
-            digital_signature: true,
-            non_repudiation: true,
-            ..KeyUsageSpec::default()
-        }
-        .apply(&mut b)?;
         let mut eku = ExtendedKeyUsage::new();
         match usage {
             TsaUsage::TimeStamping => {
@@ -70,15 +49,20 @@ impl TestPki {
             }
             TsaUsage::Absent => {}
         }
-        if usage != TsaUsage::Absent {
-            b.append_extension(eku.build()?)?;
-        }
-        crate::add_key_ids(&mut b, Some(&self.root.cert))?;
-        b.sign(&self.root.key, MessageDigest::sha256())?;
-        Ok(Issued {
-            cert: b.build(),
-            key,
-        })
+        let eku = match usage {
+            TsaUsage::Absent => None,
+            _ => Some(eku.build()?),
+        };
+        self.delegated_signer(
+            "etee Test Time-Stamping Authority",
+            KeyUsageSpec {
+                critical: true,
+                digital_signature: true,
+                non_repudiation: true,
+                ..KeyUsageSpec::default()
+            },
+            eku,
+        )
     }
 }
 
@@ -94,8 +78,7 @@ pub fn openssl_ts_token(
 ) -> Result<Vec<u8>, Error> {
     let dir = scratch_dir()?;
     let d = dir.path();
-    write(d, "tsa.pem", &tsa.cert.to_pem()?)?;
-    write(d, "tsa.key", &tsa.key.private_key_to_pem_pkcs8()?)?;
+    write_signer(d, tsa)?;
     let mut pem = Vec::new();
     for c in chain {
         pem.extend(c.to_pem()?);
@@ -125,14 +108,9 @@ pub fn openssl_ts_token(
         .arg(d.join("ts.cnf"))
         .arg("-queryfile")
         .arg(d.join("query.tsq"))
-        .arg("-signer")
-        .arg(d.join("tsa.pem"))
-        .arg("-inkey")
-        .arg(d.join("tsa.key"))
+        .args(signer_args(d))
         .arg("-chain")
-        .arg(d.join("chain.pem"))
-        .arg("-out")
-        .arg(d.join("token.der")))?;
+        .arg(d.join("chain.pem")))?;
     std::fs::read(d.join("token.der")).map_err(io)
 }
 
@@ -144,8 +122,7 @@ pub fn openssl_ts_token(
 pub fn openssl_cms_token(signer: &Issued, tst_info: &[u8], ess: bool) -> Result<Vec<u8>, Error> {
     let dir = scratch_dir()?;
     let d = dir.path();
-    write(d, "signer.pem", &signer.cert.to_pem()?)?;
-    write(d, "signer.key", &signer.key.private_key_to_pem_pkcs8()?)?;
+    write_signer(d, signer)?;
     write(d, "tst.der", tst_info)?;
     run(Command::new("openssl")
         .args([
@@ -164,13 +141,27 @@ pub fn openssl_cms_token(signer: &Issued, tst_info: &[u8], ess: bool) -> Result<
         .args(ess.then_some("-cades"))
         .arg("-in")
         .arg(d.join("tst.der"))
-        .arg("-signer")
-        .arg(d.join("signer.pem"))
-        .arg("-inkey")
-        .arg(d.join("signer.key"))
-        .arg("-out")
-        .arg(d.join("token.der")))?;
+        .args(signer_args(d)))?;
     std::fs::read(d.join("token.der")).map_err(io)
+}
+
+/// The signer's certificate and key as `signer.pem` and `signer.key` in `dir`.
+fn write_signer(dir: &Path, signer: &Issued) -> Result<(), Error> {
+    write(dir, "signer.pem", &signer.cert.to_pem()?)?;
+    write(dir, "signer.key", &signer.key.private_key_to_pem_pkcs8()?)
+}
+
+/// `-signer`, `-inkey` (the files of [`write_signer`]) and `-out token.der`: the arguments
+/// of both `openssl ts -reply` and `openssl cms -sign`.
+fn signer_args(dir: &Path) -> [std::ffi::OsString; 6] {
+    [
+        "-signer".into(),
+        dir.join("signer.pem").into(),
+        "-inkey".into(),
+        dir.join("signer.key").into(),
+        "-out".into(),
+        dir.join("token.der").into(),
+    ]
 }
 
 /// A private directory removed when dropped.

@@ -1826,32 +1826,77 @@ fn an_unfinished_world_is_refused_until_made_again() {
     );
 }
 
-/// A signature timestamp (a token made by `openssl ts`, put on the outer signature with
-/// the formats library: there is no `etee` command that attaches one) counts only with
-/// `--tsa-trust`: without it, the official error and a note saying what to give; with it,
-/// a clean verdict that names the token's time.
+/// A signature timestamp, put on a sealed message with `etee timestamp` (the hash to stamp
+/// from `imprint`, the answer of `openssl ts -reply` given to `attach`), counts only with
+/// `--tsa-trust`: without it, the official error and a note saying what to give; with it, a
+/// clean verdict that names the token's time. `attach` refuses an answer stamping
+/// something else, one from an authority outside its `--tsa-trust`, and a second token.
 #[test]
 fn a_signature_timestamp_needs_tsa_trust() {
-    use etee_testpki::tsa::{openssl_ts_token, EssVersion, TsaUsage};
+    use etee_testpki::tsa::{openssl_ts_reply, EssVersion, TsaUsage};
     if !etee_e2e::openssl_cli() {
         return;
     }
     let w = world();
     let dir = scratch();
     let sealed = w.seal(dir.path(), "alice", &["bob"], b"stamped");
+    let message = dir.path().join("message");
+    std::fs::write(&message, &sealed).unwrap();
+    let run = etee(["timestamp", "imprint", "--in"]).arg(&message).run();
+    run.code(0);
+    let hex = String::from_utf8(run.stdout.clone()).unwrap();
+    let imprint: [u8; 32] = hex::decode(hex.trim()).unwrap().try_into().unwrap();
+
     let tsa_pki = etee_testpki::TestPki::generate("e2e-tsa").unwrap();
     let tsa = tsa_pki.timestamp_authority(TsaUsage::TimeStamping).unwrap();
-    let signature = etee_formats::cms::timestamp::outer_signature(&sealed).unwrap();
-    let token = openssl_ts_token(
-        &tsa,
-        &[&tsa_pki.root.cert],
-        &openssl::sha::sha256(&signature),
-        EssVersion::V2,
-    )
-    .unwrap();
-    let stamped = etee_formats::cms::timestamp::attach(&sealed, &token).unwrap();
+    let reply_for = |imprint: &[u8; 32], name: &str| {
+        let reply = openssl_ts_reply(&tsa, &[&tsa_pki.root.cert], imprint, EssVersion::V2).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, reply).unwrap();
+        path
+    };
     let tsa_root = dir.path().join("tsa-root.pem");
     std::fs::write(&tsa_root, tsa_pki.root.cert.to_pem().unwrap()).unwrap();
+    let attach = |reply: &Path, out: &Path, extra: &[&str]| {
+        etee(["timestamp", "attach", "--in"])
+            .arg(&message)
+            .arg("--reply")
+            .arg(reply)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .run()
+    };
+    // Refused: an answer for another signature, an authority not trusted as asked.
+    let other = reply_for(&[7; 32], "other.tsr");
+    let refused = dir.path().join("refused");
+    let run = attach(&other, &refused, &[]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("TIMESTAMPTOKEN_DOES_NOT_MATCH_OUTER_SIGNATURE"),
+        "{}",
+        run.stderr
+    );
+    let reply = reply_for(&imprint, "reply.tsr");
+    let run = attach(&reply, &refused, &["--tsa-trust", w.ca().to_str().unwrap()]);
+    run.code(1);
+    assert!(
+        run.stderr.contains("TIMESTAMPTOKEN_TRUST_FAILED"),
+        "{}",
+        run.stderr
+    );
+    assert!(!refused.exists(), "nothing written when refused");
+
+    let stamped_path = dir.path().join("stamped");
+    attach(
+        &reply,
+        &stamped_path,
+        &["--tsa-trust", tsa_root.to_str().unwrap()],
+    )
+    .code(0);
+    let stamped = std::fs::read(&stamped_path).unwrap();
+    assert_ne!(stamped, sealed);
 
     let u = w.unseal(dir.path(), "bob", &stamped, &[]);
     u.run.code(1);
@@ -1864,14 +1909,12 @@ fn a_signature_timestamp_needs_tsa_trust() {
     assert_eq!(u.verdict["timestamp"], Value::Null);
     assert!(!u.out.exists(), "content released despite an error");
     // In words, the note says which option is missing.
-    let input = dir.path().join("stamped");
-    std::fs::write(&input, &stamped).unwrap();
     let run = etee(["unseal", "--keystore"])
         .arg(w.p12("bob"))
         .arg("--trust")
         .arg(w.ca())
         .arg("--in")
-        .arg(&input)
+        .arg(&stamped_path)
         .arg("--out")
         .arg(dir.path().join("words"))
         .password(&w.password)
@@ -1900,4 +1943,14 @@ fn a_signature_timestamp_needs_tsa_trust() {
         &["--tsa-trust", w.ca().to_str().unwrap()],
     );
     assert_eq!(names(&u.verdict["errors"]), ["TIMESTAMPTOKEN_TRUST_FAILED"]);
+    // A stamped message takes no second token.
+    let run = etee(["timestamp", "attach", "--in"])
+        .arg(&stamped_path)
+        .arg("--reply")
+        .arg(&reply)
+        .arg("--out")
+        .arg(dir.path().join("twice"))
+        .run();
+    run.code(2);
+    assert!(run.stderr.contains("timestamp already"), "{}", run.stderr);
 }

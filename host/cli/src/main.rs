@@ -82,6 +82,12 @@ enum Command {
         #[command(subcommand)]
         command: commands::audit::Command,
     },
+    /// Signature timestamps (RFC 3161) on sealed messages: what to stamp, and attaching
+    /// an authority's answer.
+    Timestamp {
+        #[command(subcommand)]
+        command: commands::timestamp::Command,
+    },
     /// Certificate revocation lists: fetching them from their CAs.
     Crl {
         #[command(subcommand)]
@@ -181,6 +187,7 @@ fn main() -> ExitCode {
         Command::Custody { command } => commands::custody::run(command),
         Command::Audit { command } => commands::audit::run(command),
         Command::Crl { command } => commands::crl::run(command),
+        Command::Timestamp { command } => commands::timestamp::run(command),
         Command::Platform { command } => commands::platform::run(command),
         Command::Serve(args) => commands::serve::run(args),
         Command::Demo(args) => commands::demo::run(args),

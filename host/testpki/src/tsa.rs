@@ -76,6 +76,27 @@ pub fn openssl_ts_token(
     imprint: &[u8; 32],
     ess: EssVersion,
 ) -> Result<Vec<u8>, Error> {
+    openssl_ts(tsa, chain, imprint, ess, true)
+}
+
+/// [`openssl_ts_token`]'s whole answer: the TimeStampResp (status granted, then the token)
+/// an authority sends.
+pub fn openssl_ts_reply(
+    tsa: &Issued,
+    chain: &[&X509Ref],
+    imprint: &[u8; 32],
+    ess: EssVersion,
+) -> Result<Vec<u8>, Error> {
+    openssl_ts(tsa, chain, imprint, ess, false)
+}
+
+fn openssl_ts(
+    tsa: &Issued,
+    chain: &[&X509Ref],
+    imprint: &[u8; 32],
+    ess: EssVersion,
+    token_only: bool,
+) -> Result<Vec<u8>, Error> {
     let dir = scratch_dir()?;
     let d = dir.path();
     write_signer(d, tsa)?;
@@ -104,7 +125,9 @@ pub fn openssl_ts_token(
         .arg("-out")
         .arg(d.join("query.tsq")))?;
     run(Command::new("openssl")
-        .args(["ts", "-reply", "-token_out", "-config"])
+        .args(["ts", "-reply"])
+        .args(token_only.then_some("-token_out"))
+        .arg("-config")
         .arg(d.join("ts.cnf"))
         .arg("-queryfile")
         .arg(d.join("query.tsq"))

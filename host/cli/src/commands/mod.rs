@@ -12,6 +12,7 @@ pub mod platform;
 pub mod platform_kgss;
 pub mod seal;
 pub mod serve;
+pub mod timestamp;
 pub mod unseal;
 
 use crate::progress::Reading;

@@ -148,6 +148,28 @@ fn with_child_replaced(parent: &Tlv<'_>, old: &Tlv<'_>, new: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The time-stamp token of what a time-stamping authority answered: a TimeStampResp (RFC
+/// 3161 §2.4.2, what `openssl ts -reply` writes and an authority sends over HTTP) whose
+/// status grants it, or a bare token (a CMS ContentInfo, `openssl ts -reply -token_out`).
+/// A refusal names the authority's status (`2` rejection, `3` waiting, ...).
+pub fn token_of_reply(reply: &[u8]) -> Result<Vec<u8>, BerError> {
+    let top = parse_exact(reply)?.expect(tag::SEQUENCE)?;
+    let mut f = top.seq()?;
+    let first = f.any()?;
+    if first.tag == tag::OID {
+        return Ok(reply.to_vec());
+    }
+    let status = first.expect(tag::SEQUENCE)?.seq()?.next(tag::INTEGER)?;
+    if !matches!(status.small_int()?, 0 | 1) {
+        return Err(status.err(BerErrorKind::BadValue(
+            "time-stamp reply: the authority did not grant it (PKIStatus not 0 or 1)",
+        )));
+    }
+    let token = f.next(tag::SEQUENCE)?;
+    f.finish()?;
+    Ok(token.raw.to_vec())
+}
+
 /// A checked token: its time, and what was wrong with it, if anything.
 pub struct Checked {
     pub gen_time: Option<i64>,
@@ -314,5 +336,33 @@ fn names_certificate(si: &SignerInfo, cert: &Certificate) -> bool {
     match first_cert_id() {
         Ok(Some((digest, hash))) => digest.digest(cert.der()) == hash,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ber::write::small_uint;
+
+    /// A reply is taken apart by its status: granted (0, or 1 with modifications) gives its
+    /// token, any other status is refused, naming it; a bare token is itself.
+    #[test]
+    fn a_reply_gives_its_token_only_when_granted() {
+        let token = seq(&[
+            &oid::der(oid::SIGNED_DATA),
+            &tlv(tag::ctx_cons(0), &seq(&[])),
+        ]);
+        assert_eq!(token_of_reply(&token).unwrap(), token);
+        for granted in [0, 1] {
+            let reply = seq(&[&seq(&[&small_uint(granted)]), &token]);
+            assert_eq!(token_of_reply(&reply).unwrap(), token);
+        }
+        let refused = seq(&[&seq(&[&small_uint(2)])]);
+        let e = token_of_reply(&refused).unwrap_err();
+        assert!(e.to_string().contains("did not grant"), "{e}");
+        // Granted without a token, or with bytes after it: malformed.
+        assert!(token_of_reply(&seq(&[&seq(&[&small_uint(0)])])).is_err());
+        assert!(token_of_reply(&seq(&[&seq(&[&small_uint(0)]), &token, &token])).is_err());
+        assert!(token_of_reply(b"\x04\x01x").is_err());
     }
 }

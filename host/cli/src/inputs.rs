@@ -23,17 +23,27 @@ pub const MAX_INPUT_FILE: u64 = 64 * 1024 * 1024;
 
 /// Reads a whole input file (not a message: those stream), at most [`MAX_INPUT_FILE`].
 pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
+    read_file_at_most(
+        path,
+        MAX_INPUT_FILE,
+        "a certificate, ETK, keystore or revocation list",
+    )
+}
+
+/// Reads a whole file of at most `limit` bytes (a multiple of a MiB); a larger one is
+/// refused as not being `expected`.
+pub fn read_file_at_most(path: &Path, limit: u64, expected: &str) -> Result<Vec<u8>, CliError> {
     let failed = |source| CliError::File {
         path: path.display().to_string(),
         source,
     };
     let mut bytes = Vec::new();
     let file = std::fs::File::open(path).map_err(failed)?;
-    if !etee_formats::read_at_most(file, MAX_INPUT_FILE, &mut bytes).map_err(failed)? {
+    if !etee_formats::read_at_most(file, limit, &mut bytes).map_err(failed)? {
         return Err(CliError::Usage(format!(
-            "{}: larger than {} MiB: not a certificate, ETK, keystore or revocation list",
+            "{}: larger than {} MiB: not {expected}",
             path.display(),
-            MAX_INPUT_FILE >> 20
+            limit >> 20
         )));
     }
     Ok(bytes)

@@ -160,6 +160,36 @@ impl EmbeddedStore {
         commit_if(txn, changed)
     }
 
+    /// The writes of `apply_with_event`, `remember_request_with_event` and
+    /// `remember_request_with_change` in one write transaction: the request's digest
+    /// remembered (`request`: digest, expiry, now), then `change` made, then `event`
+    /// appended; `None`, and nothing written, for a replay or a change with nothing to act
+    /// on.
+    fn with_event(
+        &self,
+        request: Option<(&[u8; 32], i64, i64)>,
+        change: Option<Change<'_>>,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>> {
+        let txn = self.write()?;
+        let fresh = match request {
+            Some((digest, expires_at, now)) => remember_in(&txn, digest, expires_at, now)?,
+            None => true,
+        };
+        let acted = fresh
+            && match change {
+                Some(change) => apply_in(&txn, change)?,
+                None => true,
+            };
+        if !acted {
+            txn.abort().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&txn, event)?;
+        txn.commit().db()?;
+        Ok(Some(sequence))
+    }
+
     fn write(&self) -> Result<WriteTransaction> {
         let mut txn = self.db.begin_write().db()?;
         txn.set_durability(Durability::Immediate);
@@ -434,14 +464,7 @@ impl Store for EmbeddedStore {
     }
 
     fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>> {
-        let txn = self.write()?;
-        if !apply_in(&txn, change)? {
-            txn.abort().db()?;
-            return Ok(None);
-        }
-        let sequence = append_in(&txn, event)?;
-        txn.commit().db()?;
-        Ok(Some(sequence))
+        self.with_event(None, Some(change), event)
     }
 
     fn remember_request_with_event(
@@ -451,14 +474,7 @@ impl Store for EmbeddedStore {
         now: i64,
         event: &AuditEvent,
     ) -> Result<Option<u64>> {
-        let txn = self.write()?;
-        if !remember_in(&txn, digest, expires_at, now)? {
-            txn.abort().db()?;
-            return Ok(None);
-        }
-        let sequence = append_in(&txn, event)?;
-        txn.commit().db()?;
-        Ok(Some(sequence))
+        self.with_event(Some((digest, expires_at, now)), None, event)
     }
 
     fn remember_request_with_change(
@@ -469,14 +485,7 @@ impl Store for EmbeddedStore {
         change: Change<'_>,
         event: &AuditEvent,
     ) -> Result<Option<u64>> {
-        let txn = self.write()?;
-        if !remember_in(&txn, digest, expires_at, now)? || !apply_in(&txn, change)? {
-            txn.abort().db()?;
-            return Ok(None);
-        }
-        let sequence = append_in(&txn, event)?;
-        txn.commit().db()?;
-        Ok(Some(sequence))
+        self.with_event(Some((digest, expires_at, now)), Some(change), event)
     }
 
     fn remember_key_read(

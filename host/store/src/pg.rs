@@ -184,6 +184,42 @@ impl PgStore {
         get(&row, 0)
     }
 
+    /// The writes of `apply_with_event`, `remember_request_with_event` and
+    /// `remember_request_with_change` in one transaction: the request's digest remembered
+    /// (`request`: digest, expiry, now), then `change` made, then `event` appended; `None`,
+    /// and nothing written, for a replay or a change with nothing to act on.
+    fn with_event(
+        &self,
+        request: Option<(&[u8; 32], i64, i64)>,
+        change: Option<Change<'_>>,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>> {
+        let mut conn = self.conn()?;
+        let mut tx = begin(&mut conn)?;
+        // The digest's row first: a replay leaves without touching the audit lock. Then the
+        // change's locks (a key id's, its rows), then the audit lock: every transaction
+        // takes its row locks before the advisory lock (append_event takes only the
+        // latter), so none can deadlock. A concurrent same-digest request waits on the
+        // uncommitted row and sees it as a replay once this commits (nothing, if it rolls
+        // back).
+        let fresh = match request {
+            Some((digest, expires_at, now)) => remember_in(&mut tx, digest, expires_at, now)?,
+            None => true,
+        };
+        let acted = fresh
+            && match change {
+                Some(change) => apply_in(&mut tx, change)?,
+                None => true,
+            };
+        if !acted {
+            tx.rollback().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&mut tx, event)?;
+        tx.commit().db()?;
+        Ok(Some(sequence))
+    }
+
     /// The value of a server setting on this store's connections (`SHOW name`), for
     /// diagnostics: what the session options made of the server's defaults.
     pub fn setting(&self, name: &str) -> Result<String> {
@@ -590,17 +626,7 @@ impl Store for PgStore {
     }
 
     fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>> {
-        let mut conn = self.conn()?;
-        let mut tx = begin(&mut conn)?;
-        // The change first (its key id lock and row locks), then the audit lock, as in
-        // remember_request_with_event.
-        if !apply_in(&mut tx, change)? {
-            tx.rollback().db()?;
-            return Ok(None);
-        }
-        let sequence = append_in(&mut tx, event)?;
-        tx.commit().db()?;
-        Ok(Some(sequence))
+        self.with_event(None, Some(change), event)
     }
 
     fn remember_request_with_event(
@@ -610,20 +636,7 @@ impl Store for PgStore {
         now: i64,
         event: &AuditEvent,
     ) -> Result<Option<u64>> {
-        let mut conn = self.conn()?;
-        let mut tx = begin(&mut conn)?;
-        // The digest first: a replay leaves without touching the audit lock, and every
-        // transaction takes its row lock before the advisory lock (append_event takes only
-        // the latter), so the two cannot deadlock. A concurrent same-digest request waits on
-        // the uncommitted row and sees it as a replay once this commits (nothing, if it
-        // rolls back).
-        if !remember_in(&mut tx, digest, expires_at, now)? {
-            tx.rollback().db()?;
-            return Ok(None);
-        }
-        let sequence = append_in(&mut tx, event)?;
-        tx.commit().db()?;
-        Ok(Some(sequence))
+        self.with_event(Some((digest, expires_at, now)), None, event)
     }
 
     fn remember_request_with_change(
@@ -634,17 +647,7 @@ impl Store for PgStore {
         change: Change<'_>,
         event: &AuditEvent,
     ) -> Result<Option<u64>> {
-        let mut conn = self.conn()?;
-        let mut tx = begin(&mut conn)?;
-        // The digest's row, then the change's locks, then the audit lock: the order of
-        // remember_request_with_event and apply_with_event.
-        if !remember_in(&mut tx, digest, expires_at, now)? || !apply_in(&mut tx, change)? {
-            tx.rollback().db()?;
-            return Ok(None);
-        }
-        let sequence = append_in(&mut tx, event)?;
-        tx.commit().db()?;
-        Ok(Some(sequence))
+        self.with_event(Some((digest, expires_at, now)), Some(change), event)
     }
 
     fn remember_key_read(

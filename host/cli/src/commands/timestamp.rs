@@ -13,6 +13,14 @@ use std::process::ExitCode;
 /// The most a sealed message to stamp may weigh: `attach` holds it in memory (twice).
 const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 
+/// The most an authority's answer may weigh (a token is a few KiB).
+const MAX_REPLY_BYTES: u64 = 1 << 20;
+
+/// The sealed message of `--in`.
+fn message(path: &Path) -> Result<Vec<u8>, CliError> {
+    inputs::read_file_at_most(path, MAX_MESSAGE_BYTES, "a sealed message to stamp here")
+}
+
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Print the SHA-256 (hex) of the message's outer signature: what a time-stamping
@@ -44,7 +52,7 @@ pub enum Command {
 pub fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Imprint { input } => {
-            let message = read(&input, MAX_MESSAGE_BYTES)?;
+            let message = message(&input)?;
             let signature = timestamp::outer_signature(&message)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
             outln!("{}", hex::encode(openssl::sha::sha256(&signature)))?;
@@ -56,11 +64,15 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             tsa_trust,
             out,
         } => {
-            let message = read(&input, MAX_MESSAGE_BYTES)?;
+            let message = message(&input)?;
             let signature = timestamp::outer_signature(&message)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", input.display())))?;
-            let token = timestamp::token_of_reply(&read(&reply, 1 << 20)?)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", reply.display())))?;
+            let token = timestamp::token_of_reply(&inputs::read_file_at_most(
+                &reply,
+                MAX_REPLY_BYTES,
+                "a time-stamp reply",
+            )?)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", reply.display())))?;
             let anchors = TrustAnchors::new(inputs::certificates(&tsa_trust)?);
             let checked = timestamp::check(&token, &signature, &anchors);
             if let Some(e) = checked.error {
@@ -95,26 +107,4 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// A file of at most `limit` bytes.
-fn read(path: &Path, limit: u64) -> Result<Vec<u8>, CliError> {
-    use std::io::Read;
-    let failed = |source| CliError::File {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(failed)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(failed)?;
-    if bytes.len() as u64 > limit {
-        return Err(CliError::Usage(format!(
-            "{}: larger than {limit} bytes",
-            path.display()
-        )));
-    }
-    Ok(bytes)
 }

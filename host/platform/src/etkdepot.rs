@@ -388,7 +388,7 @@ fn register_as(
     }
     // Stored as lookups format their criteria (`HUB` is `EHP`, values padded or cut).
     let own: Vec<etee_store::Identifier> = identities.iter().map(depot_identifier).collect();
-    let extra = extra_identifiers(store, &own, also)?;
+    let extra = extra_identifiers(&own, also)?;
     let enc = parsed.encryption_cert();
     let record = EtkRecord {
         digest: openssl::sha::sha256(parsed.der()),
@@ -407,8 +407,31 @@ fn register_as(
         Some(i) => stored_before(i)?,
         None => false,
     };
+    // The check of `extra_identifiers` again, in the transaction that stores the ETK: an
+    // ETK of another holder registered meanwhile under one of its numbers refuses it.
+    let holder: Vec<etee_store::Identifier> = own
+        .iter()
+        .filter(|i| i.id_type == "SSIN")
+        .cloned()
+        .collect();
+    let taken = |e: etee_store::Error| match e {
+        etee_store::Error::IdentifierTaken(taken) => RegisterError::Extra(format!(
+            "{}={}: it already finds the ETK of another holder ({})",
+            taken.identifier.id_type,
+            taken.identifier.value,
+            describe(&taken.by)
+        )),
+        e => RegisterError::Store(e),
+    };
+    let change = etee_store::Change::PutEtkExclusive {
+        record: &record,
+        exclusive: &extra,
+        holder: &holder,
+    };
     match actor {
-        None => store.put_etk(&record)?,
+        None => store
+            .put_etk_exclusive(&record, &extra, &holder)
+            .map_err(taken)?,
         Some(actor) => {
             let event = crate::audit::event(
                 now,
@@ -418,7 +441,7 @@ fn register_as(
                 "done",
                 Some(registration_detail(&own, &extra)),
             );
-            match store.apply_with_event(etee_store::Change::PutEtk(&record), &event)? {
+            match store.apply_with_event(change, &event).map_err(taken)? {
                 Some(sequence) => crate::audit::log(sequence, &event),
                 // Stored meanwhile by a registration of the same ETK, whose event it is.
                 None => already = true,
@@ -478,9 +501,9 @@ pub fn describe(identifiers: &[etee_store::Identifier]) -> String {
 }
 
 /// The extra identifiers `also` of an ETK whose DN's identifiers are `own`, as the depot
-/// stores them, or why they are refused.
+/// stores them, or why their form is refused (whether another holder has one is the
+/// store's check, as it stores the ETK).
 fn extra_identifiers(
-    store: &dyn Store,
     own: &[etee_store::Identifier],
     also: &[(String, String)],
 ) -> Result<Vec<etee_store::Identifier>, RegisterError> {
@@ -508,28 +531,8 @@ fn extra_identifiers(
         }
         let (_, value) = lookup_identifier(id_type, value).map_err(|e| refused(e.to_string()))?;
         let id = etee_store::Identifier::new(id_type, &value, application_id);
-        // One number, one holder: not another person's (or institution's) number.
-        let holder_ssins = |ids: &[etee_store::Identifier]| -> Vec<etee_store::Identifier> {
-            ids.iter()
-                .filter(|i| i.id_type == "SSIN")
-                .cloned()
-                .collect()
-        };
-        let ours = holder_ssins(own);
-        if let Some(other) = store
-            .find_etks(&id.id_type, &id.value, None)?
-            .into_iter()
-            .find(|r| {
-                !holder_ssins(&r.identifiers)
-                    .iter()
-                    .any(|s| ours.contains(s))
-            })
-        {
-            return Err(refused(format!(
-                "it already finds the ETK of another holder ({})",
-                describe(&other.identifiers)
-            )));
-        }
+        // One number, one holder: checked by the store as it stores the ETK
+        // (`Change::PutEtkExclusive`), so that concurrent registrations cannot both pass.
         if !own.contains(&id) && !extra.contains(&id) {
             extra.push(id);
         }

@@ -19,8 +19,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
     backend_error, check_key_id, Attribute, AttributeHolder, Change, Credential, Error, EtkRecord,
-    Identifier, KeyRead, KgssKey, OrBackend, PublicKeyRecord, RegistryRead, Result, Store,
-    SCHEMA_VERSION,
+    Identifier, IdentifierTaken, KeyRead, KgssKey, OrBackend, PublicKeyRecord, RegistryRead,
+    Result, Store, SCHEMA_VERSION,
 };
 
 /// `"schema_version"` → the version of the last migration applied.
@@ -222,6 +222,20 @@ impl Store for EmbeddedStore {
 
     fn put_etk(&self, record: &EtkRecord) -> Result<()> {
         self.apply(Change::PutEtk(record)).map(drop)
+    }
+
+    fn put_etk_exclusive(
+        &self,
+        record: &EtkRecord,
+        exclusive: &[Identifier],
+        holder: &[Identifier],
+    ) -> Result<()> {
+        self.apply(Change::PutEtkExclusive {
+            record,
+            exclusive,
+            holder,
+        })
+        .map(drop)
     }
 
     fn find_etks(
@@ -646,24 +660,63 @@ fn remove_etk_in(txn: &WriteTransaction, digest: &[u8; 32]) -> Result<Option<Etk
     Ok(removed)
 }
 
+/// Stores the ETK of `record` under its identifiers; false when it is stored already.
+fn put_etk_in(txn: &WriteTransaction, record: &EtkRecord) -> Result<bool> {
+    let mut etks = txn.open_table(ETK).db()?;
+    if etks.get(&record.digest[..]).db()?.is_some() {
+        return Ok(false);
+    }
+    etks.insert(&record.digest[..], &*encode(&EtkRow::from(record))?)
+        .db()?;
+    let mut index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
+    for id in &record.identifiers {
+        index
+            .insert((id.id_type.as_str(), id.value.as_str()), &record.digest[..])
+            .db()?;
+    }
+    Ok(true)
+}
+
+/// The identifiers of each stored ETK found under `id`'s type and value (any application
+/// id), read inside `txn`.
+fn holders_under(txn: &WriteTransaction, id: &Identifier) -> Result<Vec<Vec<Identifier>>> {
+    let etks = txn.open_table(ETK).db()?;
+    let index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
+    let mut found = Vec::new();
+    for digest in index.get((id.id_type.as_str(), id.value.as_str())).db()? {
+        let digest = digest.db()?;
+        let row = etks
+            .get(digest.value())
+            .db()?
+            .ok_or_else(|| Error::Corrupt("ETK index names a missing ETK".into()))?;
+        found.push(decode::<EtkRow>(row.value())?.identifiers);
+    }
+    Ok(found)
+}
+
 /// Makes `change` inside `txn`: true when it changed something, false when it found
 /// nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`.
 fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
     match change {
-        Change::PutEtk(record) => {
-            let mut etks = txn.open_table(ETK).db()?;
-            if etks.get(&record.digest[..]).db()?.is_some() {
-                return Ok(false);
+        Change::PutEtk(record) => put_etk_in(txn, record),
+        Change::PutEtkExclusive {
+            record,
+            exclusive,
+            holder,
+        } => {
+            // redb has one write transaction at a time: the check holds to the commit.
+            for id in exclusive {
+                if let Some(other) = holders_under(txn, id)?
+                    .into_iter()
+                    .find(|ids| !ids.iter().any(|i| holder.contains(i)))
+                {
+                    return Err(Error::IdentifierTaken(Box::new(IdentifierTaken {
+                        identifier: id.clone(),
+                        by: other,
+                    })));
+                }
             }
-            etks.insert(&record.digest[..], &*encode(&EtkRow::from(record))?)
-                .db()?;
-            let mut index = txn.open_multimap_table(ETK_BY_HOLDER).db()?;
-            for id in &record.identifiers {
-                index
-                    .insert((id.id_type.as_str(), id.value.as_str()), &record.digest[..])
-                    .db()?;
-            }
-            Ok(true)
+            put_etk_in(txn, record)
         }
         Change::InsertKgssKey(key) => {
             let mut keys = txn.open_table(KGSS_KEY).db()?;

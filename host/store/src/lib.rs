@@ -82,6 +82,9 @@ pub enum Error {
     /// ([`Change::InsertPublicKeyWithin`]).
     #[error("the holder already has {limit} keys, the most allowed")]
     TooManyKeys { limit: usize },
+    /// [`Change::PutEtkExclusive`]: an identifier already finds the ETK of another holder.
+    #[error("{}={} already finds the ETK of another holder", .0.identifier.id_type, .0.identifier.value)]
+    IdentifierTaken(Box<IdentifierTaken>),
     /// The embedded store's file is open in another process (one process per file).
     #[error(
         "the store file is in use by another process (probably a running `etee platform \
@@ -89,6 +92,14 @@ pub enum Error {
          at a time; a PostgreSQL store can be changed while the platform runs)"
     )]
     InUse,
+}
+
+/// What [`Error::IdentifierTaken`] found: the identifier asked for, and the identifiers of
+/// the other holder's ETK stored under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentifierTaken {
+    pub identifier: Identifier,
+    pub by: Vec<Identifier>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -224,6 +235,15 @@ pub trait Store: Send + Sync {
 
     /// Registers an ETK; putting one whose digest is already stored changes nothing.
     fn put_etk(&self, record: &EtkRecord) -> Result<()>;
+    /// [`put_etk`](Store::put_etk) under the rule of [`Change::PutEtkExclusive`]:
+    /// refused with [`Error::IdentifierTaken`] when an identifier of `exclusive` already
+    /// finds an ETK of another holder than `holder`.
+    fn put_etk_exclusive(
+        &self,
+        record: &EtkRecord,
+        exclusive: &[Identifier],
+        holder: &[Identifier],
+    ) -> Result<()>;
     /// The ETKs of holder `(id_type, value)`: all of them when `application_id` is `None`,
     /// only those without an application id when it is `Some("")` (the holder's default
     /// ETK), else only those with that application id. Newest (by `not_before`) first.
@@ -398,6 +418,18 @@ pub struct RegistryRead {
 pub enum Change<'a> {
     /// See [`Store::put_etk`]: nothing to act on when the ETK is stored already.
     PutEtk(&'a EtkRecord),
+    /// [`Change::PutEtk`] unless an identifier of `exclusive` (type and value, any
+    /// application id) already finds a stored ETK none of whose identifiers is in `holder`:
+    /// then [`Error::IdentifierTaken`]. One number, one holder: a doctor's NIHII published
+    /// beside the SSIN of the doctor's ETK must not also find another person's ETK. Checked
+    /// in the transaction that stores the ETK, serialised with every other ETK
+    /// registration (also across instances sharing a database), so that two holders
+    /// registered at once under one number cannot both succeed.
+    PutEtkExclusive {
+        record: &'a EtkRecord,
+        exclusive: &'a [Identifier],
+        holder: &'a [Identifier],
+    },
     InsertKgssKey(&'a KgssKey),
     DeleteKgssKey(&'a [u8; 16]),
     /// Its id is retired with it (see [`Store::delete_public_key`]).

@@ -26,7 +26,8 @@ use sha2::{Digest, Sha256};
 use crate::audit::{self, AuditEvent, StoredEvent};
 use crate::{
     check_key_id, Attribute, AttributeHolder, Change, Credential, Error, EtkRecord, Identifier,
-    KeyRead, KgssKey, OrBackend, PublicKeyRecord, RegistryRead, Result, Store, SCHEMA_VERSION,
+    IdentifierTaken, KeyRead, KgssKey, OrBackend, PublicKeyRecord, RegistryRead, Result, Store,
+    SCHEMA_VERSION,
 };
 
 /// Advisory lock key serialising migrations between instances starting at once.
@@ -35,6 +36,8 @@ const MIGRATION_LOCK: i64 = 0x6574_6565_2d73_746f; // "etee-sto"
 const AUDIT_LOCK: i64 = 0x6574_6565_2d61_7564; // "etee-aud"
 /// Advisory lock key letting one instance at a time purge the replay table.
 const PURGE_LOCK: i64 = 0x6574_6565_2d70_7567; // "etee-pug"
+/// Advisory lock key serialising ETK registrations ([`lock_etk_registrations`]).
+const ETK_REGISTRATION_LOCK: i64 = 0x6574_6565_2d65_746b; // "etee-etk"
 
 /// Session settings of every connection (`options` of the connection, after any the URL
 /// gives, so that these win). A lock wait (the audit chain's advisory lock, a row lock)
@@ -393,6 +396,20 @@ impl Store for PgStore {
 
     fn put_etk(&self, record: &EtkRecord) -> Result<()> {
         self.apply(Change::PutEtk(record)).map(drop)
+    }
+
+    fn put_etk_exclusive(
+        &self,
+        record: &EtkRecord,
+        exclusive: &[Identifier],
+        holder: &[Identifier],
+    ) -> Result<()> {
+        self.apply(Change::PutEtkExclusive {
+            record,
+            exclusive,
+            holder,
+        })
+        .map(drop)
     }
 
     fn find_etks(
@@ -834,50 +851,112 @@ fn insert_public_key(
     Ok(n)
 }
 
+/// Stores the ETK of `record` under its identifiers (1), or finds it stored already (0),
+/// under the registrations' lock.
+fn put_etk_in(tx: &mut Transaction<'_>, record: &EtkRecord) -> Result<u64> {
+    lock_etk_registrations(tx)?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO etk (digest, etk, not_before, not_after, registered_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO NOTHING",
+            &[
+                &record.digest.as_slice(),
+                &record.etk,
+                &record.not_before,
+                &record.not_after,
+                &record.registered_at,
+            ],
+        )
+        .db()?;
+    if inserted == 1 {
+        let statement = tx
+            .prepare(
+                "INSERT INTO etk_identifier (digest, position, id_type, value, application_id)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .db()?;
+        for (position, id) in record.identifiers.iter().enumerate() {
+            let position = i32::try_from(position)
+                .map_err(|_| Error::Invalid("too many identifiers".into()))?;
+            tx.execute(
+                &statement,
+                &[
+                    &record.digest.as_slice(),
+                    &position,
+                    &id.id_type,
+                    &id.value,
+                    &id.application_id,
+                ],
+            )
+            .db()?;
+        }
+    }
+    Ok(inserted)
+}
+
+/// Takes, until `tx` ends, the lock serialising ETK registrations (rare administrator
+/// changes), also across instances: what a registration checks of the stored ETKs
+/// ([`Change::PutEtkExclusive`]) holds to its commit. Lock order: this lock, then row
+/// locks, then [`AUDIT_LOCK`].
+fn lock_etk_registrations(tx: &mut Transaction<'_>) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&ETK_REGISTRATION_LOCK],
+    )
+    .db()?;
+    Ok(())
+}
+
 /// Makes `change` within `tx` (one statement each, a public key's registration and
 /// deletion after [`lock_key_id`]): true when it changed something, false when it found
 /// nothing to act on; a taken or retired key id for an insertion is `AlreadyExists`. A
 /// public key's deletion retires its id in the same statement.
 fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
     let n = match change {
-        Change::PutEtk(record) => {
-            let inserted = tx
-                .execute(
-                    "INSERT INTO etk (digest, etk, not_before, not_after, registered_at)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO NOTHING",
-                    &[
-                        &record.digest.as_slice(),
-                        &record.etk,
-                        &record.not_before,
-                        &record.not_after,
-                        &record.registered_at,
-                    ],
-                )
-                .db()?;
-            if inserted == 1 {
-                let statement = tx
-                    .prepare(
-                        "INSERT INTO etk_identifier (digest, position, id_type, value, application_id)
-                         VALUES ($1, $2, $3, $4, $5)",
+        Change::PutEtk(record) => put_etk_in(tx, record)?,
+        Change::PutEtkExclusive {
+            record,
+            exclusive,
+            holder,
+        } => {
+            // The registrations' lock first (put_etk_in takes it again: reentrant), so
+            // that what is read here holds to the commit.
+            lock_etk_registrations(tx)?;
+            for id in exclusive {
+                let rows = tx
+                    .query(
+                        "SELECT i.digest, i.id_type, i.value, i.application_id
+                         FROM etk_identifier i
+                         WHERE i.digest IN (SELECT digest FROM etk_identifier
+                                            WHERE id_type = $1 AND value = $2)
+                         ORDER BY i.digest, i.position",
+                        &[&id.id_type, &id.value],
                     )
                     .db()?;
-                for (position, id) in record.identifiers.iter().enumerate() {
-                    let position = i32::try_from(position)
-                        .map_err(|_| Error::Invalid("too many identifiers".into()))?;
-                    tx.execute(
-                        &statement,
-                        &[
-                            &record.digest.as_slice(),
-                            &position,
-                            &id.id_type,
-                            &id.value,
-                            &id.application_id,
-                        ],
-                    )
-                    .db()?;
+                let mut by_etk: Vec<(Vec<u8>, Vec<Identifier>)> = Vec::new();
+                for row in &rows {
+                    let digest: Vec<u8> = get(row, 0)?;
+                    let found = Identifier {
+                        id_type: get(row, 1)?,
+                        value: get(row, 2)?,
+                        application_id: get(row, 3)?,
+                    };
+                    match by_etk.last_mut() {
+                        Some((d, ids)) if *d == digest => ids.push(found),
+                        _ => by_etk.push((digest, vec![found])),
+                    }
+                }
+                if let Some((_, other)) = by_etk
+                    .into_iter()
+                    .find(|(_, ids)| !ids.iter().any(|i| holder.contains(i)))
+                {
+                    return Err(Error::IdentifierTaken(Box::new(IdentifierTaken {
+                        identifier: id.clone(),
+                        by: other,
+                    })));
                 }
             }
-            inserted
+            put_etk_in(tx, record)?
         }
 
         Change::InsertKgssKey(key) => {

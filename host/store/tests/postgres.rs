@@ -445,3 +445,82 @@ fn one_instance_purges_at_a_time() {
     tx.rollback().unwrap();
     assert_eq!(store.purge_expired(100).unwrap(), 5);
 }
+
+/// A registration under a number while another instance's registration of another holder
+/// under it is uncommitted waits for it, then is refused: without the registrations' lock it
+/// would read the stored ETKs before that commit and both would be stored (two holders
+/// answered for one number).
+#[test]
+fn etk_registration_waits_for_one_under_way() {
+    let Some(h) = Pg::new() else { return };
+    let store = h.open();
+    let n = common::unique() % 100_000_000;
+    let number = format!("{n:08}004");
+    let other = common::etk(
+        &format!("other {n}"),
+        &[("SSIN", "85073003328"), ("NIHII", &number)],
+        None,
+        0,
+    );
+
+    // Another instance registering `other`, holding the registrations' lock (the key
+    // `etee-etk` of the store) with its rows written and not yet committed.
+    let mut blocker = h.client();
+    let mut under_way = blocker.transaction().unwrap();
+    under_way
+        .execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&0x6574_6565_2d65_746b_i64],
+        )
+        .unwrap();
+    under_way
+        .execute(
+            "INSERT INTO etk (digest, etk, not_before, not_after, registered_at)
+             VALUES ($1, $2, 0, 1, 0)",
+            &[&other.digest.as_slice(), &other.etk],
+        )
+        .unwrap();
+    for (position, id) in other.identifiers.iter().enumerate() {
+        under_way
+            .execute(
+                "INSERT INTO etk_identifier (digest, position, id_type, value)
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &other.digest.as_slice(),
+                    &(position as i32),
+                    &id.id_type,
+                    &id.value,
+                ],
+            )
+            .unwrap();
+    }
+
+    let mine = common::etk(
+        &format!("mine {n}"),
+        &[("SSIN", "71010112345"), ("NIHII", &number)],
+        None,
+        0,
+    );
+    let registrar = {
+        let (store, number) = (store.clone(), number.clone());
+        std::thread::spawn(move || {
+            store.put_etk_exclusive(
+                &mine,
+                &[etee_store::Identifier::new("NIHII", &number, None)],
+                &[etee_store::Identifier::new("SSIN", "71010112345", None)],
+            )
+        })
+    };
+    until_waiting(&h, 1);
+    assert!(!registrar.is_finished(), "the registration waits");
+    under_way.commit().unwrap();
+
+    let registered = registrar.join().unwrap();
+    assert!(
+        matches!(registered, Err(etee_store::Error::IdentifierTaken(_))),
+        "two holders under one number: {registered:?}"
+    );
+    let found = store.find_etks("NIHII", &number, None).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].digest, other.digest);
+}

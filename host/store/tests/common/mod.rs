@@ -1204,6 +1204,94 @@ pub fn concurrent_remember_with_event(h: &impl Harness) {
     }
 }
 
+/// `PutEtkExclusive`: an extra number finds one holder's ETKs only. Another holder's ETK
+/// under a taken number is refused (`IdentifierTaken`, naming the holder found, nothing
+/// stored), the same holder's renewal is not; racing registrations of different holders
+/// under one number: exactly one stored.
+pub fn etk_one_number_one_holder(h: &impl Harness) {
+    let s = h.open();
+    let n = unique() % 100_000_000;
+    let number = format!("{n:08}001");
+    let ssin = |k: u64| Identifier::new("SSIN", &format!("{:011}", n * 10 + k), None);
+    let nihii = Identifier::new("NIHII", &number, None);
+    let register = |s: &Arc<dyn Store>, body: String, k: u64| {
+        let record = etk(
+            &body,
+            &[("SSIN", &ssin(k).value), ("NIHII", &number)],
+            None,
+            1_700_000_000,
+        );
+        s.put_etk_exclusive(&record, std::slice::from_ref(&nihii), &[ssin(k)])
+            .map(|()| record)
+    };
+
+    let first = register(&s, format!("doctor {n}"), 1).unwrap();
+    register(&s, format!("doctor {n}"), 1).unwrap();
+    register(&s, format!("doctor {n}, renewed"), 1).unwrap();
+    match register(&s, format!("somebody else {n}"), 2) {
+        Err(Error::IdentifierTaken(taken)) => {
+            assert_eq!(taken.identifier, nihii);
+            assert_eq!(taken.by, first.identifiers);
+        }
+        other => panic!("another holder under a taken number: {other:?}"),
+    }
+    let found = s.find_etks("NIHII", &number, None).unwrap();
+    assert_eq!(found.len(), 2, "the doctor's two ETKs, no other");
+    assert!(found.iter().all(|r| r.identifiers.contains(&ssin(1))));
+
+    // A number some ETK holds as its own (an institution's, no SSIN) is taken as well.
+    let institution = format!("{:08}002", n);
+    s.put_etk(&etk(
+        &format!("institution {n}"),
+        &[("NIHII", &institution)],
+        None,
+        0,
+    ))
+    .unwrap();
+    let doctor = etk(
+        &format!("doctor {n} again"),
+        &[("SSIN", &ssin(3).value), ("NIHII", &institution)],
+        None,
+        0,
+    );
+    let taken = s.put_etk_exclusive(
+        &doctor,
+        &[Identifier::new("NIHII", &institution, None)],
+        &[ssin(3)],
+    );
+    assert!(matches!(taken, Err(Error::IdentifierTaken(_))), "{taken:?}");
+    assert!(s
+        .find_etks("SSIN", &ssin(3).value, None)
+        .unwrap()
+        .is_empty());
+
+    // Different holders at once under a fresh number: one wins.
+    const THREADS: usize = 8;
+    let contested = format!("{:08}003", n);
+    let results = race(h, &s, THREADS, move |s, t, barrier| {
+        let holder = Identifier::new("SSIN", &format!("{:011}", n * 100 + t as u64), None);
+        let record = etk(
+            &format!("contender {n} {t}"),
+            &[("SSIN", &holder.value), ("NIHII", &contested)],
+            None,
+            0,
+        );
+        barrier.wait();
+        s.put_etk_exclusive(
+            &record,
+            &[Identifier::new("NIHII", &contested, None)],
+            &[holder],
+        )
+    });
+    let stored = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(stored, 1, "{results:?}");
+    assert!(results
+        .iter()
+        .all(|r| matches!(r, Ok(()) | Err(Error::IdentifierTaken(_)))));
+    let contested = format!("{:08}003", n);
+    assert_eq!(s.find_etks("NIHII", &contested, None).unwrap().len(), 1);
+}
+
 /// One `#[test]` per suite function, for a harness made by `$make` (`None`: skipped).
 #[macro_export]
 macro_rules! store_suite {
@@ -1212,7 +1300,7 @@ macro_rules! store_suite {
             backend_and_open_helper, etks, etks_without_application_id, kgss_keys, kgss_listing, public_keys, attributes, replay,
             persistence, schema_too_new, corrupt_row, concurrency, audit_chain,
             concurrent_audit_appends, remember_with_event, concurrent_remember_with_event,
-            apply_with_event, remember_key_read, remember_key_read_with_registry, etk_changes_with_events, remember_request_with_change, keys_per_holder);
+            apply_with_event, remember_key_read, remember_key_read_with_registry, etk_changes_with_events, remember_request_with_change, keys_per_holder, etk_one_number_one_holder);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(

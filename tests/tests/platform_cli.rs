@@ -1834,6 +1834,7 @@ fn etks_are_found_and_removed_on_record() {
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["valid_now"], true);
+    assert_eq!(listed[0]["readable"], true);
     let digest = listed[0]["sha256"].as_str().unwrap().to_owned();
     assert!(find(false).contains(&digest));
 

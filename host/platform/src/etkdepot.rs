@@ -221,15 +221,19 @@ pub fn get_etk(
     })
 }
 
+/// The window in which lookups answer the ETK of `record`: where both its certificates
+/// are valid (the record's dates are the encryption certificate's alone). `None` for a
+/// stored ETK that cannot be read, which is never answered.
+pub fn answered_window(record: &EtkRecord) -> Option<(i64, i64)> {
+    judged(record).map(|j| (j.not_before, j.not_after))
+}
+
 /// The REST answer: every ETK found (an empty list is the caller's 404).
 pub fn etks_json(found: &[EtkRecord]) -> Vec<EtkJson> {
     found
         .iter()
         .map(|r| {
-            // The window an ETK is answered in (both its certificates'), else the record's.
-            let (not_before, not_after) = judged(r)
-                .map(|j| (j.not_before, j.not_after))
-                .unwrap_or((r.not_before, r.not_after));
+            let (not_before, not_after) = answered_window(r).unwrap_or((r.not_before, r.not_after));
             EtkJson {
                 identifiers: identifiers(r).iter().map(Into::into).collect(),
                 etk: r.etk.clone(),

@@ -857,6 +857,11 @@ async fn an_etk_ends_with_its_authentication_certificate(w: World) {
         (json[0].not_before, json[0].not_after),
         (now - 10 * 3600, now - 60)
     );
+    assert_eq!(
+        etee_platform::etkdepot::answered_window(&found[0]),
+        Some((now - 10 * 3600, now - 60)),
+        "what `etee platform etk find` shows"
+    );
 
     let mut c = w.connect(None).await;
     let r = ask(&mut c, "NIHII-PHARMACY", "27150299", None).await;

@@ -795,16 +795,24 @@ fn etk_find(
         .map_err(|e| store_error(config, e))?;
     let now = etee_platform::unix_now();
     let time = crate::inputs::rfc3339;
+    // The window lookups answer each in (both its certificates'), not the record's dates
+    // (the encryption certificate's alone); an unreadable ETK is never answered.
+    let shown: Vec<_> = found
+        .iter()
+        .map(|r| (r, etee_platform::etkdepot::answered_window(r)))
+        .collect();
     if json {
-        let list: Vec<_> = found
+        let list: Vec<_> = shown
             .iter()
-            .map(|r| {
+            .map(|(r, window)| {
+                let (not_before, not_after) = window.unwrap_or((r.not_before, r.not_after));
                 serde_json::json!({
                     "sha256": hex::encode(r.digest),
                     "identifiers": etee_platform::etkdepot::describe(&r.identifiers),
-                    "not_before": time(r.not_before),
-                    "not_after": time(r.not_after),
-                    "valid_now": r.not_before <= now && now < r.not_after,
+                    "not_before": time(not_before),
+                    "not_after": time(not_after),
+                    "valid_now": window.is_some_and(|(b, a)| b <= now && now < a),
+                    "readable": window.is_some(),
                     "registered_at": time(r.registered_at),
                 })
             })
@@ -813,20 +821,20 @@ fn etk_find(
     } else if found.is_empty() {
         outln!("no ETK published under {identifier}")?;
     } else {
-        for r in &found {
-            let validity = if now < r.not_before {
-                "not yet valid"
-            } else if now >= r.not_after {
-                "expired"
-            } else {
-                "valid"
+        for (r, window) in &shown {
+            let (not_before, not_after) = window.unwrap_or((r.not_before, r.not_after));
+            let validity = match window {
+                None => "unreadable: never answered",
+                Some(_) if now < not_before => "not yet valid",
+                Some(_) if now >= not_after => "expired",
+                Some(_) => "valid",
             };
             outln!(
                 "{}  {}  {} to {} ({validity}), registered {}",
                 hex::encode(r.digest),
                 etee_platform::etkdepot::describe(&r.identifiers),
-                time(r.not_before),
-                time(r.not_after),
+                time(not_before),
+                time(not_after),
                 time(r.registered_at)
             )?;
         }

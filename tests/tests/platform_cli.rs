@@ -1852,6 +1852,16 @@ fn etks_are_found_and_removed_on_record() {
         .code(0);
     assert!(find(false).contains("no ETK published"));
     platform(&["etk", "remove", "--digest", "zz"]).run().code(2);
+    // An ETK file is read within the inputs' bound (64 MiB), not whole.
+    for command in ["register", "remove"] {
+        let endless = platform(&["etk", command]).arg("/dev/zero").run();
+        endless.code(2);
+        assert!(
+            endless.stderr.contains("larger than 64 MiB"),
+            "{}",
+            endless.stderr
+        );
+    }
     platform(&["etk", "remove"]).run().code(2);
 
     let audit = platform(&["audit", "--json"]).run();

@@ -599,7 +599,7 @@ async fn etkdepot_soap(State(platform): State<Arc<Platform>>, body: Body) -> Res
         Ok(Ok(Err(LookupError::Criteria(e)))) => {
             message_fault(&platform, &MessageError::Content(e))
         }
-        // SOA-01002 (service unavailable) carries Retry, as a busy platform's does.
+        // SOA-02001 (service unavailable) carries Retry, as a busy platform's does.
         Ok(Ok(Err(LookupError::Store(etee_store::Error::Busy(e))))) => {
             tracing::warn!("ETKDepot store busy: {}", LogSafe(&e));
             retry_in_a_second(code_fault(&platform, SoaCode::ServiceUnavailable))

@@ -796,11 +796,7 @@ fn openssl_err(e: openssl::error::ErrorStack) -> CliError {
 }
 
 fn read(dir: &Path, name: &str) -> Result<Vec<u8>, CliError> {
-    let path = dir.join(name);
-    std::fs::read(&path).map_err(|source| CliError::File {
-        path: path.display().to_string(),
-        source,
-    })
+    crate::inputs::read_file(&dir.join(name))
 }
 
 /// Writes a file of the world atomically; private keys, keystores and the password are

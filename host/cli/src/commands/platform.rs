@@ -259,10 +259,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             let store = store(&config)?;
             let mut failed = false;
             for path in etks {
-                let bytes = std::fs::read(&path).map_err(|source| CliError::File {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                let bytes = crate::inputs::read_file(&path)?;
                 // A new registration and its audit event in one transaction.
                 match etee_platform::etkdepot::register_audited(
                     store.as_ref(),
@@ -734,10 +731,7 @@ fn etk_remove(
         wanted.push((digest, hex_digest.trim().to_ascii_lowercase()));
     }
     for path in files {
-        let bytes = std::fs::read(path).map_err(|source| CliError::File {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = crate::inputs::read_file(path)?;
         let etk = etee_formats::etk::Etk::parse(&bytes)
             .map_err(|e| CliError::Usage(format!("{}: not an ETK: {e}", path.display())))?;
         wanted.push((openssl::sha::sha256(etk.der()), path.display().to_string()));
@@ -842,8 +836,6 @@ fn etk_find(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Puts an administrative command on the platform's audit chain, after the change it
-/// records (the change is committed; the event says who made it).
 /// Makes `change` and appends its admin event in one transaction (nothing when the change
 /// finds nothing to act on): whether it changed something.
 fn admin_change(

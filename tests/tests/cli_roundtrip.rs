@@ -1954,3 +1954,132 @@ fn a_signature_timestamp_needs_tsa_trust() {
     run.code(2);
     assert!(run.stderr.contains("timestamp already"), "{}", run.stderr);
 }
+
+/// A one-thread HTTP server on loopback answering each POST with `answer(body)`: status
+/// and body; the requests' Content-Type headers are kept. Serves `requests` requests.
+fn http_server(
+    requests: usize,
+    answer: impl Fn(&[u8]) -> (u16, Vec<u8>) + Send + 'static,
+) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/tsa", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut content_types = Vec::new();
+        for _ in 0..requests {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let line = line.trim_end().to_ascii_lowercase();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                if let Some(v) = line.strip_prefix("content-type:") {
+                    content_types.push(v.trim().to_owned());
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let (status, reply) = answer(&body);
+            let mut stream = stream;
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/timestamp-reply\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                reply.len()
+            )
+            .unwrap();
+            stream.write_all(&reply).unwrap();
+        }
+        content_types
+    });
+    (url, server)
+}
+
+/// `etee timestamp fetch` asks an authority over HTTP (here `openssl ts -reply` behind a
+/// loopback server, answering the request we send) and attaches its checked token; an
+/// answer replayed for a later request (another nonce) is refused, as are an HTTP error
+/// and an https:// URL, writing nothing.
+#[test]
+fn a_timestamp_is_fetched_from_an_authority_over_http() {
+    use etee_testpki::tsa::{openssl_ts_reply_to_query, EssVersion, TsaUsage};
+    use std::sync::{Arc, Mutex};
+    if !etee_e2e::openssl_cli() {
+        return;
+    }
+    let w = world();
+    let dir = scratch();
+    let sealed = w.seal(dir.path(), "alice", &["bob"], b"fetched stamp");
+    let message = dir.path().join("message");
+    std::fs::write(&message, &sealed).unwrap();
+    let tsa_pki = etee_testpki::TestPki::generate("e2e-tsa-http").unwrap();
+    let tsa = tsa_pki.timestamp_authority(TsaUsage::TimeStamping).unwrap();
+    let tsa_root = dir.path().join("tsa-root.pem");
+    std::fs::write(&tsa_root, tsa_pki.root.cert.to_pem().unwrap()).unwrap();
+    let root = tsa_pki.root.cert.clone();
+
+    // The first request answered, the second given the first answer again.
+    let first: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+    let (url, server) = http_server(2, move |query| {
+        let mut first = first.lock().unwrap();
+        let reply = match &*first {
+            Some(old) => old.clone(),
+            None => openssl_ts_reply_to_query(&tsa, &[&root], query, EssVersion::V2).unwrap(),
+        };
+        first.get_or_insert(reply.clone());
+        (200, reply)
+    });
+    let fetch = |url: &str, out: &Path| {
+        etee(["timestamp", "fetch", "--in"])
+            .arg(&message)
+            .args(["--url", url, "--tsa-trust"])
+            .arg(&tsa_root)
+            .arg("--out")
+            .arg(out)
+            .run()
+    };
+    let stamped_path = dir.path().join("stamped");
+    let run = fetch(&url, &stamped_path);
+    run.code(0);
+    assert!(run.stderr.contains("stamped at"), "{}", run.stderr);
+    let replayed = dir.path().join("replayed");
+    let run = fetch(&url, &replayed);
+    run.code(1);
+    assert!(run.stderr.contains("nonce"), "{}", run.stderr);
+    assert!(!replayed.exists(), "nothing written when refused");
+    assert_eq!(
+        server.join().unwrap(),
+        ["application/timestamp-query"; 2],
+        "RFC 3161 over HTTP"
+    );
+
+    let stamped = std::fs::read(&stamped_path).unwrap();
+    let u = w.unseal(
+        dir.path(),
+        "bob",
+        &stamped,
+        &["--tsa-trust", tsa_root.to_str().unwrap()],
+    );
+    u.run.code(0);
+    assert_clean(&u.verdict);
+    assert_eq!(u.content(), b"fetched stamp");
+    assert!(u.verdict["timestamp"].is_string(), "{}", u.verdict);
+
+    // An authority failing, and a URL that is not http://: refused, nothing written.
+    let (url, server) = http_server(1, |_| (500, b"broken".to_vec()));
+    let failed = dir.path().join("failed");
+    let run = fetch(&url, &failed);
+    run.code(1);
+    assert!(run.stderr.contains("500"), "{}", run.stderr);
+    server.join().unwrap();
+    let run = fetch("https://127.0.0.1:9/tsa", &failed);
+    run.code(2);
+    assert!(run.stderr.contains("only http://"), "{}", run.stderr);
+    assert!(!failed.exists());
+}

@@ -416,3 +416,58 @@ fn only_a_critical_time_stamping_only_usage_makes_an_authority() {
     }
     assert!(!cert(&w.alice.auth.cert).is_timestamping_only());
 }
+
+/// Our TimeStampReq is one an independent authority (`openssl ts -reply`) answers: the
+/// token stamps the imprint asked for, repeats the request's nonce, carries the
+/// authority's certificate (certReq) and holds once attached; a token made for another
+/// request (no nonce, another nonce) does not repeat it.
+#[test]
+fn our_request_is_answered_with_its_nonce() {
+    use etee_formats::cms::timestamp::{check, new_nonce, request, token_of_reply};
+    if !openssl_cli() {
+        return;
+    }
+    let w = world();
+    let signature = outer_signature(&w.sealed).expect("outer signature");
+    let nonce = new_nonce().expect("nonce");
+    assert!((0x01..=0x7f).contains(&nonce[0]), "{nonce:?}");
+    assert_ne!(nonce, new_nonce().expect("nonce"), "random");
+    let query = request(&imprint(&w.sealed), &nonce);
+    let reply = etee_testpki::tsa::openssl_ts_reply_to_query(
+        &w.tsa,
+        &[&w.pki.root.cert],
+        &query,
+        EssVersion::V2,
+    )
+    .expect("openssl ts -reply answers our request");
+    let token = token_of_reply(&reply).expect("granted");
+    let checked = check(&token, &signature, &w.anchors);
+    assert_eq!(checked.error, None);
+    assert_eq!(checked.nonce.as_deref(), Some(&nonce[..]));
+    let (r, content) = open(&attach(&w.sealed, &token).expect("attach"), w.now, true);
+    assert!(r.verdict.is_clean(), "{:?}", r.verdict);
+    assert_eq!(content.as_deref(), Some(PLAIN));
+
+    // A token asked for without a nonce says none; one for another request, another.
+    let plain = check(
+        &token_for(&w.sealed, EssVersion::V2),
+        &signature,
+        &w.anchors,
+    );
+    assert_eq!(plain.error, None);
+    assert_eq!(plain.nonce, None);
+    let other = new_nonce().expect("nonce");
+    let reply = etee_testpki::tsa::openssl_ts_reply_to_query(
+        &w.tsa,
+        &[&w.pki.root.cert],
+        &request(&imprint(&w.sealed), &other),
+        EssVersion::V2,
+    )
+    .expect("openssl ts -reply");
+    let checked = check(
+        &token_of_reply(&reply).expect("granted"),
+        &signature,
+        &w.anchors,
+    );
+    assert_ne!(checked.nonce.as_deref(), Some(&nonce[..]));
+}

@@ -43,6 +43,7 @@ pub mod connections;
 pub mod crl_fetch;
 pub mod error;
 pub mod etkdepot;
+pub mod http_client;
 pub mod json;
 pub mod keydepot;
 pub mod kgss;

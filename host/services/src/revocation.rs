@@ -187,29 +187,14 @@ impl Default for HttpOcsp {
 
 impl OcspTransport for HttpOcsp {
     fn post(&self, url: &str, request: &[u8]) -> Result<Vec<u8>, String> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            // Name resolution and connection, then the answer; and the whole exchange
-            // bounded by their sum, whatever stalls.
-            .timeout_global(Some(self.connect_timeout + self.read_timeout))
-            .timeout_resolve(Some(self.connect_timeout))
-            .timeout_connect(Some(self.connect_timeout))
-            .timeout_recv_response(Some(self.read_timeout))
-            .timeout_recv_body(Some(self.read_timeout))
-            .max_redirects(0)
-            .build()
-            .into();
-        let mut answer = agent
-            .post(url)
-            .header("Content-Type", "application/ocsp-request")
-            .header("Accept", "application/ocsp-response")
-            .send(request)
-            .map_err(|e| e.to_string())?;
-        answer
-            .body_mut()
-            .with_config()
-            .limit(self.max_answer)
-            .read_to_vec()
-            .map_err(|e| e.to_string())
+        crate::http_client::DerPost {
+            content_type: "application/ocsp-request",
+            accept: "application/ocsp-response",
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            max_answer: self.max_answer,
+        }
+        .send(url, request)
     }
 }
 

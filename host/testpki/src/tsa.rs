@@ -76,7 +76,7 @@ pub fn openssl_ts_token(
     imprint: &[u8; 32],
     ess: EssVersion,
 ) -> Result<Vec<u8>, Error> {
-    openssl_ts(tsa, chain, imprint, ess, true)
+    openssl_ts(tsa, chain, Query::Imprint(imprint), ess, true)
 }
 
 /// [`openssl_ts_token`]'s whole answer: the TimeStampResp (status granted, then the token)
@@ -87,13 +87,32 @@ pub fn openssl_ts_reply(
     imprint: &[u8; 32],
     ess: EssVersion,
 ) -> Result<Vec<u8>, Error> {
-    openssl_ts(tsa, chain, imprint, ess, false)
+    openssl_ts(tsa, chain, Query::Imprint(imprint), ess, false)
+}
+
+/// The TimeStampResp `openssl ts -reply` makes for a given TimeStampReq (DER), as an
+/// authority answering over HTTP would: what `openssl` makes of a request of ours
+/// (its nonce repeated, certReq obeyed), and the answer to bring back.
+pub fn openssl_ts_reply_to_query(
+    tsa: &Issued,
+    chain: &[&X509Ref],
+    query: &[u8],
+    ess: EssVersion,
+) -> Result<Vec<u8>, Error> {
+    openssl_ts(tsa, chain, Query::Given(query), ess, false)
+}
+
+/// What a token is asked for: a request `openssl ts -query` makes for an imprint (no
+/// nonce), or one given.
+enum Query<'a> {
+    Imprint(&'a [u8; 32]),
+    Given(&'a [u8]),
 }
 
 fn openssl_ts(
     tsa: &Issued,
     chain: &[&X509Ref],
-    imprint: &[u8; 32],
+    query: Query<'_>,
     ess: EssVersion,
     token_only: bool,
 ) -> Result<Vec<u8>, Error> {
@@ -118,12 +137,17 @@ fn openssl_ts(
         d.join("serial").display()
     );
     write(d, "ts.cnf", config.as_bytes())?;
-    let hex: String = imprint.iter().map(|b| format!("{b:02x}")).collect();
-    run(Command::new("openssl")
-        .args(["ts", "-query", "-sha256", "-cert", "-no_nonce", "-digest"])
-        .arg(&hex)
-        .arg("-out")
-        .arg(d.join("query.tsq")))?;
+    match query {
+        Query::Imprint(imprint) => {
+            let hex: String = imprint.iter().map(|b| format!("{b:02x}")).collect();
+            run(Command::new("openssl")
+                .args(["ts", "-query", "-sha256", "-cert", "-no_nonce", "-digest"])
+                .arg(&hex)
+                .arg("-out")
+                .arg(d.join("query.tsq")))?;
+        }
+        Query::Given(query) => write(d, "query.tsq", query)?,
+    }
     run(Command::new("openssl")
         .args(["ts", "-reply"])
         .args(token_only.then_some("-token_out"))

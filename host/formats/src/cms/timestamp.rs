@@ -7,7 +7,7 @@
 use super::algorithms::{algorithm_identifier, Digest};
 use super::signer::{self, SignatureCheck, SignerId, SignerInfo};
 use crate::ber::slice::{parse_exact, Tlv};
-use crate::ber::write::{cons, seq, tlv};
+use crate::ber::write::{cons, octets, seq, small_uint, tlv, uint};
 use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::{parse_time, Certificate};
 use crate::oid;
@@ -170,10 +170,37 @@ pub fn token_of_reply(reply: &[u8]) -> Result<Vec<u8>, BerError> {
     Ok(token.raw.to_vec())
 }
 
+/// A TimeStampReq (RFC 3161 §2.4.1) asking an authority to stamp `imprint`, the SHA-256
+/// of an outer signature (see [`outer_signature`]), with `nonce` (from [`new_nonce`]) and
+/// certReq set: the token must carry the authority's certificate, which its check needs.
+/// What `openssl ts -query -sha256 -cert` makes, with a nonce of ours.
+pub fn request(imprint: &[u8; 32], nonce: &[u8; 8]) -> Vec<u8> {
+    let sha256 = seq(&[&oid::der(oid::SHA256), &[tag::NULL, 0]]);
+    seq(&[
+        &small_uint(1),
+        &seq(&[&sha256, &octets(imprint)]),
+        &uint(nonce),
+        &[tag::BOOLEAN, 1, 0xff],
+    ])
+}
+
+/// A request's nonce: 8 random bytes whose first is 0x01..=0x7f, so that they are, as they
+/// stand, the DER content of the INTEGER an answering token repeats
+/// ([`Checked::nonce`]).
+pub fn new_nonce() -> Result<[u8; 8], openssl::error::ErrorStack> {
+    let mut nonce = [0u8; 8];
+    openssl::rand::rand_bytes(&mut nonce)?;
+    nonce[0] = nonce[0] % 0x7f + 1;
+    Ok(nonce)
+}
+
 /// A checked token: its time, and what was wrong with it, if anything.
 pub struct Checked {
     pub gen_time: Option<i64>,
     pub error: Option<Error>,
+    /// The nonce the token repeats from its request (the INTEGER's content), if any: an
+    /// answer to a request of ours must repeat its nonce, else it was made for another.
+    pub nonce: Option<Vec<u8>>,
 }
 
 /// Checks one token against the outer `signature` value.
@@ -182,9 +209,11 @@ pub fn check(token: &[u8], signature: &[u8], tsa_anchors: &TrustAnchors) -> Chec
         Err(_) => Checked {
             gen_time: None,
             error: Some(Error::TIMESTAMPTOKEN_INVALID),
+            nonce: None,
         },
         Ok(t) => {
             let gen_time = Some(t.gen_time);
+            let nonce = t.nonce.clone();
             let error = if t.imprint_alg.map(|d| d.digest(signature)) != Some(t.imprint.clone()) {
                 Some(Error::TIMESTAMPTOKEN_DOES_NOT_MATCH_OUTER_SIGNATURE)
             } else {
@@ -196,7 +225,11 @@ pub fn check(token: &[u8], signature: &[u8], tsa_anchors: &TrustAnchors) -> Chec
                     Some(_) => None,
                 }
             };
-            Checked { gen_time, error }
+            Checked {
+                gen_time,
+                error,
+                nonce,
+            }
         }
     }
 }
@@ -208,6 +241,7 @@ struct Token {
     imprint_alg: Option<Digest>,
     imprint: Vec<u8>,
     gen_time: i64,
+    nonce: Option<Vec<u8>>,
 }
 
 fn parse(token: &[u8]) -> Result<Token, BerError> {
@@ -252,6 +286,10 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
     let imprint_value = imprint.next(tag::OCTET_STRING)?.content.to_vec();
     f.next(tag::INTEGER)?;
     let gen_time = parse_time(&f.next(tag::GENERALIZED_TIME)?)?;
+    // accuracy and ordering, both optional, then the request's nonce if it had one.
+    f.optional(tag::SEQUENCE)?;
+    f.optional(tag::BOOLEAN)?;
+    let nonce = f.optional(tag::INTEGER)?.map(|n| n.content.to_vec());
     if !is_tst {
         return Err(tst.err(BerErrorKind::BadValue("not a TSTInfo")));
     }
@@ -262,6 +300,7 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
         imprint_alg,
         imprint: imprint_value,
         gen_time,
+        nonce,
     })
 }
 
@@ -342,7 +381,6 @@ fn names_certificate(si: &SignerInfo, cert: &Certificate) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ber::write::small_uint;
 
     /// A reply is taken apart by its status: granted (0, or 1 with modifications) gives its
     /// token, any other status is refused, naming it; a bare token is itself.

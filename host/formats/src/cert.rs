@@ -494,11 +494,23 @@ fn name_string(attrs: &[NameAttr]) -> String {
         .join(", ")
 }
 
+/// The most attributes a certificate's name may have: far more than any real one's (the
+/// eHealth ones have about ten), few enough that a name cannot be made of a great many
+/// tiny attributes, each costing far more memory parsed than in the certificate.
+const MAX_NAME_ATTRIBUTES: usize = 1024;
+
 fn parse_name(name: &Tlv<'_>) -> Result<Vec<NameAttr>, BerError> {
     let mut out = Vec::new();
     for rdn in name.children() {
         for atv in rdn?.expect(tag::SET)?.children() {
-            let mut s = atv?.seq()?;
+            let atv = atv?;
+            // Before it is copied: a name of a great many tiny attributes is no one's.
+            if out.len() == MAX_NAME_ATTRIBUTES {
+                return Err(atv.err(BerErrorKind::BadValue(
+                    "more attributes in a name than any certificate's",
+                )));
+            }
+            let mut s = atv.seq()?;
             let id = s.next(tag::OID)?;
             let value = s.any()?;
             out.push(NameAttr {
@@ -784,6 +796,10 @@ mod tests {
             !same(&large),
             "an oversized one is parsed each time, not kept"
         );
+        // A name of more attributes than any real one's is refused (CN and the OUs).
+        assert!(Certificate::from_der(&make(MAX_NAME_ATTRIBUTES - 1)).is_ok());
+        let e = Certificate::from_der(&make(MAX_NAME_ATTRIBUTES)).unwrap_err();
+        assert!(e.to_string().contains("more attributes in a name"), "{e}");
     }
 
     #[test]

@@ -536,7 +536,14 @@ impl Parsed {
         let mut certs = Vec::new();
         if let Some(carried) = top.optional(tag::ctx_cons(0))? {
             for c in carried.seq()?.next(tag::SEQUENCE)?.children() {
-                certs.push(c?.raw.to_vec());
+                let c = c?;
+                // Checked before it is copied: the answer's signature is not yet.
+                if certs.len() == MAX_CARRIED {
+                    return Err(c.err(crate::ber::BerErrorKind::BadValue(
+                        "more certificates than an OCSP responder carries",
+                    )));
+                }
+                certs.push(c.raw.to_vec());
             }
         }
         let mut d = data.seq()?;
@@ -680,6 +687,9 @@ impl RevocationValues {
 /// SingleResponses read from one answer (a responder answers about the certificates asked
 /// for; a request names one).
 pub const MAX_SINGLES: usize = 64;
+/// The most certificates an answer may carry (a responder sends its own, and perhaps its
+/// issuer's).
+pub const MAX_CARRIED: usize = 16;
 
 /// OCSP answers, and lists, read from one signer's revocationValues (a real signer's path
 /// has a few certificates; a message with more is not given more of our time).

@@ -695,3 +695,50 @@ fn hostile_iteration_counts_are_refused() {
     ));
     assert!(start.elapsed().as_secs() < 2);
 }
+
+/// A keystore of more keys or certificates than one holder's is refused as malformed
+/// before its keys are compared with its certificates (each key with each certificate: a
+/// hostile file of many of both would take hours); up to the bounds it reads.
+#[test]
+fn a_keystore_holds_a_bounded_number_of_keys_and_certificates() {
+    use etee_formats::keystore::pkcs12::{MAX_CERTIFICATES, MAX_KEYS};
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    let key = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let entry = |i: usize, chain: Vec<openssl::x509::X509>| PfxEntry {
+        alias: format!("key {i}"),
+        key: key.clone(),
+        chain,
+    };
+    let keys = |n: usize| -> Vec<PfxEntry> { (0..n).map(|i| entry(i, vec![])).collect() };
+    let most = write_pfx(&keys(MAX_KEYS), PASSWORD, Profile::Modern).unwrap();
+    assert_eq!(read_pfx(&most, PASSWORD).unwrap().keys.len(), MAX_KEYS);
+    let more = write_pfx(&keys(MAX_KEYS + 1), PASSWORD, Profile::Modern).unwrap();
+    match read_pfx(&more, PASSWORD) {
+        Err(KeystoreError::Malformed(e)) => assert!(e.contains("more than"), "{e}"),
+        other => panic!(
+            "{} keys read: {:?}",
+            MAX_KEYS + 1,
+            other.map(|c| c.keys.len())
+        ),
+    }
+
+    // One key whose chain is its certificate and MAX_CERTIFICATES others (distinct).
+    let cert = |serial: u32| {
+        let name = etee_testpki::build_name(&[("CN", &format!("decoy {serial}"))]).unwrap();
+        etee_testpki::self_signed(&name, &key, Some(&serial.to_be_bytes())).unwrap()
+    };
+    let chain: Vec<_> = (0..=MAX_CERTIFICATES as u32).map(|s| cert(s + 1)).collect();
+    let many = write_pfx(&[entry(0, chain)], PASSWORD, Profile::Modern).unwrap();
+    match read_pfx(&many, PASSWORD) {
+        Err(KeystoreError::Malformed(e)) => assert!(e.contains("more than"), "{e}"),
+        other => panic!(
+            "too many certificates read: {:?}",
+            other.map(|c| c.certs.len())
+        ),
+    }
+}

@@ -955,3 +955,30 @@ fn an_answer_about_a_negative_serial_or_too_many_certificates_is_not_taken() {
         Err(OcspError::Malformed)
     ));
 }
+
+/// The certificates an answer carries are counted before they are copied (its signature
+/// is not yet checked): up to `MAX_CARRIED` the responder is found among them, one more
+/// and the answer is refused as malformed.
+#[test]
+fn an_answer_carries_a_bounded_number_of_certificates() {
+    use etee_formats::ber::slice::parse_exact;
+    use etee_formats::ber::write::{cons, seq, tlv};
+    let w = world();
+    let delegated = OcspAnswer {
+        signer: Some(&w.responder),
+        ..OcspAnswer::at(OcspStatus::Good, w.now)
+    };
+    let original = basic(&delegated);
+    let top = parse_exact(&original).unwrap();
+    let mut f = top.seq().unwrap();
+    let (tbs, alg, sig) = (f.any().unwrap(), f.any().unwrap(), f.any().unwrap());
+    let responder = w.responder.cert.to_der().unwrap();
+    let carrying = |n: usize| {
+        let certs = vec![responder.as_slice(); n];
+        cons(0x30, &[tbs.raw, alg.raw, sig.raw, &tlv(0xa0, &seq(&certs))])
+    };
+    let judge = |b: &[u8]| ocsp::judge(b, &w.alice.auth.cert, &w.pki.root.cert, w.now);
+    let most = judge(&carrying(ocsp::MAX_CARRIED)).expect("as many as allowed");
+    assert_eq!(most.said, Said::Good);
+    assert!(judge(&carrying(ocsp::MAX_CARRIED + 1)).is_err());
+}

@@ -1961,3 +1961,99 @@ fn revocation_seeds(now: i64) -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("revocation", "list.pem", crl.to_pem().unwrap()),
     ]
 }
+
+// ---- sets an attacker fills with tiny values -----------------------------------------
+
+/// The SET of `first` followed by `n` NULLs (two bytes each), DER.
+fn set_with_nulls(first: &[u8], n: usize) -> Vec<u8> {
+    let mut content = first.to_vec();
+    content.extend([tag::NULL, 0].repeat(n));
+    tlv(tag::SET, &content)
+}
+
+/// Sets anyone may fill (the unsigned timestamp attribute, a signed attribute's values
+/// before the signature is checked, the SignerInfos) are read through, not copied
+/// element by element: with 300 000 two-byte values no single allocation reaches the
+/// set's own size (a vector of their copies or slices would be ten times as large), and
+/// what they mean is kept (the first token, a faulty attribute, more than one signer).
+#[test]
+fn sets_of_a_great_many_tiny_values_are_not_copied() {
+    const N: usize = 300_000;
+    let w = world();
+    let si = signer::build(&w.alice, &[7; 32], w.now, None).unwrap();
+    let si_content = parse_exact(&si).unwrap().content.to_vec();
+
+    // A timestamp attribute of a first "token" and N more values, unsigned.
+    let attr = cons(
+        tag::SEQUENCE,
+        &[
+            &oid::der(oid::ATTR_SIGNATURE_TIMESTAMP),
+            &set_with_nulls(&[0x30, 0], N),
+        ],
+    );
+    let with_tokens = cons(tag::SEQUENCE, &[&si_content, &tlv(0xa1, &attr)]);
+    let (parsed, peak) =
+        peak_allocation(|| signer::SignerInfo::parse(&parse_exact(&with_tokens).unwrap()).unwrap());
+    assert_eq!(parsed.timestamp.as_deref(), Some(&[0x30, 0][..]));
+    assert!(
+        peak < 2 * N,
+        "largest allocation {peak} B for a {} B set",
+        2 * N
+    );
+
+    // A signed messageDigest attribute with N + 1 values: faulty, read in place.
+    let digest_attr = cons(
+        tag::SEQUENCE,
+        &[
+            &oid::der(oid::ATTR_MESSAGE_DIGEST),
+            &set_with_nulls(&tlv(tag::OCTET_STRING, &[1; 32]), N),
+        ],
+    );
+    let parsed_si = parse_exact(&si).unwrap();
+    let mut s = parsed_si.seq().unwrap();
+    let (version, sid, digest_alg) = (s.any().unwrap(), s.any().unwrap(), s.any().unwrap());
+    s.next(0xa0).unwrap();
+    let (sig_alg, sig) = (s.any().unwrap(), s.any().unwrap());
+    let faulty = cons(
+        tag::SEQUENCE,
+        &[
+            version.raw,
+            sid.raw,
+            digest_alg.raw,
+            &tlv(0xa0, &digest_attr),
+            sig_alg.raw,
+            sig.raw,
+        ],
+    );
+    let (parsed, peak) =
+        peak_allocation(|| signer::SignerInfo::parse(&parse_exact(&faulty).unwrap()).unwrap());
+    assert!(parsed.attribute_fault, "more than one value");
+    assert_eq!(parsed.message_digest.as_deref(), Some(&[1; 32][..]));
+    // The signed attributes themselves are kept (what is signed): one copy of them.
+    assert!(
+        peak < 3 * N,
+        "largest allocation {peak} B for a {} B set",
+        2 * N
+    );
+
+    // The outer SignerInfos: one and N NULLs is more than one signer, found without a
+    // copy of them.
+    let msg = seal_for(w, b"one signer", false);
+    let l = signed_layout(&msg);
+    let first = parse_exact(&msg[l.signer_infos.clone()])
+        .unwrap()
+        .content
+        .to_vec();
+    let crowded = splice(&msg, l.signer_infos, &set_with_nulls(&first, N));
+    let ((u, _), peak) = peak_allocation(|| open(&crowded, &w.bob_ring, &opts(w)));
+    assert_eq!(
+        u.verdict.fatal,
+        Some(Fatal::MESSAGE_OUTER_SIGNED_PART_HAS_MORE_THAN_ONE_SIGNER_INFORMATION)
+    );
+    // The tail of the layer is read whole (bounded by MAX_STRUCTURE): one copy of it.
+    assert!(
+        peak < 3 * N,
+        "largest allocation {peak} B for a {} B set",
+        2 * N
+    );
+}

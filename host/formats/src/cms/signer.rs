@@ -39,8 +39,9 @@ pub struct SignerInfo {
     pub algorithm_protect: Option<Vec<u8>>,
     /// Set when an attribute could not be understood: verification then fails.
     pub attribute_fault: bool,
-    /// The signature timestamp tokens (id-aa-signatureTimeStampToken), DER.
-    pub timestamps: Vec<Vec<u8>>,
+    /// The first signature timestamp token (id-aa-signatureTimeStampToken), DER: the one
+    /// a receiver checks (any others are read through, not kept).
+    pub timestamp: Option<Vec<u8>>,
     /// The OCSP answers and lists of id-aa-ets-revocationValues (unsigned: they are
     /// evidence, each checked on its own signature, and a malformed one is left out).
     pub revocation_values: RevocationValues,
@@ -80,7 +81,7 @@ impl SignerInfo {
             content_type: None,
             algorithm_protect: None,
             attribute_fault: false,
-            timestamps: Vec::new(),
+            timestamp: None,
             revocation_values: RevocationValues::default(),
         };
         if let Some(attrs) = s.optional(tag::ctx_cons(0))? {
@@ -97,8 +98,14 @@ impl SignerInfo {
                 let mut a = attr?.seq()?;
                 let kind = a.next(tag::OID)?.content;
                 if kind == oid::ATTR_SIGNATURE_TIMESTAMP {
+                    // Unsigned, so anyone on the way may fill it: the tokens after the
+                    // first are read through, not copied (a SET of millions of tiny
+                    // values must not cost dozens of bytes of memory each).
                     for v in a.next(tag::SET)?.children() {
-                        info.timestamps.push(v?.raw.to_vec());
+                        let v = v?;
+                        if info.timestamp.is_none() {
+                            info.timestamp = Some(v.raw.to_vec());
+                        }
                     }
                 } else if kind == ATTR_REVOCATION_VALUES {
                     // Unsigned, so anyone on the way may add one: a malformed value is left
@@ -125,33 +132,40 @@ impl SignerInfo {
             let mut a = attr?.seq()?;
             let kind = a.next(tag::OID)?.content;
             let values = a.next(tag::SET)?;
-            let vals: Vec<Tlv<'_>> = values.children().collect::<Result<_, _>>()?;
+            // Counted, and the first kept, in place: no copy of what may be a SET of a
+            // great many values.
+            let (mut count, mut first) = (0usize, None);
+            for v in values.children() {
+                let v = v?;
+                first.get_or_insert(v);
+                count += 1;
+            }
             match kind {
                 k if k == oid::ATTR_SIGNING_TIME => {
-                    if vals.len() != 1 {
+                    if count != 1 {
                         self.attribute_fault = true;
                     }
-                    for v in &vals {
-                        match parse_time(v) {
+                    for v in values.children() {
+                        match parse_time(&v?) {
                             Ok(t) => self.signing_times.push(t),
                             Err(_) => self.attribute_fault = true,
                         }
                     }
                 }
                 k if k == oid::ATTR_MESSAGE_DIGEST => {
-                    if vals.len() != 1 || self.message_digest.is_some() {
+                    if count != 1 || self.message_digest.is_some() {
                         self.attribute_fault = true;
                     }
-                    self.message_digest = vals.first().map(|v| v.content.to_vec());
+                    self.message_digest = first.map(|v| v.content.to_vec());
                 }
                 k if k == oid::ATTR_CONTENT_TYPE => {
-                    if vals.len() != 1 || self.content_type.is_some() {
+                    if count != 1 || self.content_type.is_some() {
                         self.attribute_fault = true;
                     }
-                    self.content_type = vals.first().map(|v| v.content.to_vec());
+                    self.content_type = first.map(|v| v.content.to_vec());
                 }
                 k if k == oid::ATTR_CMS_ALGORITHM_PROTECT => {
-                    self.algorithm_protect = vals.first().map(|v| v.raw.to_vec());
+                    self.algorithm_protect = first.map(|v| v.raw.to_vec());
                 }
                 _ => {}
             }

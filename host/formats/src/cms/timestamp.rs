@@ -37,7 +37,7 @@ pub fn attach(message: &[u8], token: &[u8]) -> Result<Vec<u8>, BerError> {
     parse_exact(token)?.expect(tag::SEQUENCE)?;
     let outer = OuterSigner::find(message)?;
     // A receiver checks the first token only: a second would never be looked at.
-    if !SignerInfo::parse(&outer.signer_info)?.timestamps.is_empty() {
+    if SignerInfo::parse(&outer.signer_info)?.timestamp.is_some() {
         return Err(outer.signer_info.err(BerErrorKind::BadValue(
             "message (it carries a signature timestamp already)",
         )));

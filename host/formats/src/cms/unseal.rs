@@ -15,7 +15,7 @@ use super::algorithms::{algorithm_identifier, content_cipher, Digest};
 use super::hashing::OffloadHasher;
 use super::signer::{self, SignatureCheck, SignerId, SignerInfo};
 use super::MAX_STRUCTURE;
-use crate::ber::slice::{parse_exact, Tlv};
+use crate::ber::slice::parse_exact;
 use crate::ber::stream::{BerStream, ContentFault, Header, ReadError};
 use crate::ber::{tag, BerError, BerErrorKind};
 use crate::cert::{key_usage, Certificate, Validity};
@@ -570,19 +570,22 @@ fn tail_facts(tail: &SignedDataTail, layer: u8) -> Result<(Vec<Certificate>, Sig
     let outer = layer == OUTER;
     let structure = Stop::Fatal(structure_fatal(layer));
     let set = parse_exact(&tail.signer_infos).map_err(|_| Stop::Fatal(structure_fatal(layer)))?;
-    let infos: Vec<Tlv<'_>> = set
-        .children()
-        .collect::<Result<_, _>>()
-        .map_err(|_| Stop::Fatal(structure_fatal(layer)))?;
-    match infos.len() {
-        0 => {
+    // Counted in place, the first kept: a SET of a great many SignerInfos costs no copy.
+    let (mut count, mut first) = (0usize, None);
+    for info in set.children() {
+        let info = info.map_err(|_| Stop::Fatal(structure_fatal(layer)))?;
+        first.get_or_insert(info);
+        count += 1;
+    }
+    let first = match (count, first) {
+        (1, Some(first)) => first,
+        (0, _) | (_, None) => {
             return Err(Stop::Fatal(if outer {
                 Fatal::MESSAGE_OUTER_SIGNED_PART_HAS_NO_SIGNER_INFORMATION
             } else {
                 Fatal::MESSAGE_INNER_SIGNED_PART_HAS_NO_SIGNER_INFORMATION
             }))
         }
-        1 => {}
         _ => {
             return Err(Stop::Fatal(if outer {
                 Fatal::MESSAGE_OUTER_SIGNED_PART_HAS_MORE_THAN_ONE_SIGNER_INFORMATION
@@ -590,8 +593,8 @@ fn tail_facts(tail: &SignedDataTail, layer: u8) -> Result<(Vec<Certificate>, Sig
                 Fatal::MESSAGE_INNER_SIGNED_PART_HAS_MORE_THAN_ONE_SIGNER_INFORMATION
             }))
         }
-    }
-    let signer = SignerInfo::parse(&infos[0]).map_err(|_| structure)?;
+    };
+    let signer = SignerInfo::parse(&first).map_err(|_| structure)?;
     let mut certs = Vec::new();
     if let Some(raw) = &tail.certs {
         let bad = || {
@@ -1367,7 +1370,7 @@ fn check_layer(
 /// The official signing-time rule (outer layer only). A signature timestamp, when
 /// present, stands in for the window check and is judged on its own.
 fn signing_time_warning(si: &SignerInfo, opts: &UnsealOptions, at: i64, v: &mut Verdict) {
-    if !si.timestamps.is_empty() {
+    if si.timestamp.is_some() {
         return;
     }
     if opts.signing_time_trust_implicit {
@@ -1392,7 +1395,7 @@ fn signing_time_warning(si: &SignerInfo, opts: &UnsealOptions, at: i64, v: &mut 
 /// Checks the outer signature timestamp, when there is one; its time when it holds (the
 /// imprint matches, the token is valid and its authority trusted).
 fn timestamp_check(si: &SignerInfo, opts: &UnsealOptions, v: &mut Verdict) -> Option<i64> {
-    let token = si.timestamps.first()?;
+    let token = si.timestamp.as_ref()?;
     let checked = super::timestamp::check(token, &si.signature, &opts.tsa_anchors);
     match checked.error {
         Some(e) => {

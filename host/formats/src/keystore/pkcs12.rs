@@ -40,6 +40,15 @@ const SAFE_CONTENTS_BAG: &[u8] = &[
 const MAX_BAG_NESTING: usize = 4;
 /// Longest certificate chain we build (loops in hostile files end here).
 const MAX_CHAIN: usize = 16;
+/// The most keys a keystore may hold: an institution's authentication key and its ETK
+/// keys of many years. Each key is compared with every certificate, so the two bounds keep
+/// a hostile file from costing hours.
+pub const MAX_KEYS: usize = 256;
+/// The most certificates a keystore may hold (its keys' chains).
+pub const MAX_CERTIFICATES: usize = 1024;
+/// The issuers of one name tried, by their signature, at each step of a chain: a file of
+/// many decoys sharing an issuer's name costs a few checks a step, not one each.
+const MAX_ISSUER_CANDIDATES: usize = 8;
 /// Iterations the writer uses, for the PBE schemes and the MAC (Java keytool's default).
 pub const WRITE_ITERATIONS: u64 = 10_000;
 
@@ -362,6 +371,11 @@ impl Reader<'_> {
             None => (None, None),
         };
         b.finish()?;
+        if matches!(bag_id, KEY_BAG | SHROUDED_KEY_BAG) && self.out.keys.len() == MAX_KEYS {
+            return Err(KeystoreError::Malformed(format!(
+                "more than {MAX_KEYS} keys: not a keystore of one holder"
+            )));
+        }
         match bag_id {
             KEY_BAG => {
                 let pkcs8 = Zeroizing::new(value.expect(tag::SEQUENCE)?.raw.to_vec());
@@ -394,6 +408,12 @@ impl Reader<'_> {
                 let mut cv = c.next(tag::ctx_cons(0))?.seq()?;
                 let octets = cv.any()?;
                 if cert_id == X509_CERTIFICATE {
+                    if self.out.certs.len() == MAX_CERTIFICATES {
+                        return Err(KeystoreError::Malformed(format!(
+                            "more than {MAX_CERTIFICATES} certificates: not a keystore of \
+                             one holder"
+                        )));
+                    }
                     if octets.tag != tag::OCTET_STRING
                         && octets.tag != tag::OCTET_STRING_CONSTRUCTED
                     {
@@ -492,6 +512,7 @@ fn build_chain(leaf: usize, certs: &[X509]) -> Vec<X509> {
             .filter(|i| {
                 !used.contains(i) && same_name(certs[*i].subject_name(), last.issuer_name())
             })
+            .take(MAX_ISSUER_CANDIDATES)
             .collect();
         let signer = candidates.iter().copied().find(|&i| {
             certs[i]

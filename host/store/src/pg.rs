@@ -147,8 +147,14 @@ impl std::fmt::Debug for PgStore {
 
 impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`, libpq-style), brings the schema up
-    /// to date and keeps up to `pool_size` connections.
+    /// to date and keeps up to `pool_size` connections; a caller waits up to 30 s for one
+    /// of them to be free, then gets [`Error::Busy`].
     pub fn connect(url: &str, pool_size: usize) -> Result<Self> {
+        Self::connect_waiting(url, pool_size, POOL_WAIT)
+    }
+
+    /// [`connect`](Self::connect), a caller waiting up to `wait` for a free connection.
+    pub fn connect_waiting(url: &str, pool_size: usize, wait: std::time::Duration) -> Result<Self> {
         let (url, root) = take_root_cert(url);
         let mut config: Config = url
             .parse()
@@ -168,7 +174,7 @@ impl PgStore {
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.clamp(1, u32::MAX as usize) as u32)
             .min_idle(Some(0))
-            .connection_timeout(std::time::Duration::from_secs(30))
+            .connection_timeout(wait)
             .build(PostgresConnectionManager::new(config, tls))
             .db()?;
         Ok(PgStore { pool })
@@ -1116,6 +1122,9 @@ pub(crate) fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
     // then names after its fixed text.
     e.is::<r2d2::Error>() && e.to_string() == POOL_TIMEOUT
 }
+
+/// How long a caller waits for a free pooled connection by default.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What r2d2 says of a checkout that timed out while connections existed but were all
 /// taken (with `": "` and the last connection error after it when connecting failed).

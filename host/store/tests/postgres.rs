@@ -524,3 +524,42 @@ fn etk_registration_waits_for_one_under_way() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].digest, other.digest);
 }
+
+/// Every pooled connection taken (here the only one, by a caller waiting for the audit
+/// chain's lock): another caller waits for one, then is told the store is busy
+/// (`Error::Busy`, a retryable 503 upstream), not that it failed; once the connection
+/// is free again it is served.
+#[test]
+fn an_exhausted_pool_is_busy() {
+    let Some(h) = Pg::new() else { return };
+    let wait = std::time::Duration::from_millis(300);
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect_waiting(h.db.url(), 1, wait).unwrap());
+    let mut blocker = h.client();
+    let mut hold = blocker.transaction().unwrap();
+    hold.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&0x6574_6565_2d61_7564_i64],
+    )
+    .unwrap();
+    let appender = {
+        let store = store.clone();
+        std::thread::spawn(move || store.append_event(&common::audit_event(1, "done")))
+    };
+    until_waiting(&h, 1);
+    let started = std::time::Instant::now();
+    let busy = store.find_etks("SSIN", "85073003328", None);
+    assert!(
+        matches!(busy, Err(etee_store::Error::Busy(_))),
+        "all connections taken: {busy:?}"
+    );
+    assert!(
+        started.elapsed() >= wait,
+        "it waited for a connection first"
+    );
+    hold.rollback().unwrap();
+    assert_eq!(appender.join().unwrap().unwrap(), 1);
+    assert!(store
+        .find_etks("SSIN", "85073003328", None)
+        .unwrap()
+        .is_empty());
+}

@@ -556,7 +556,11 @@ pub fn services_json(data: &[u8]) {
             RegisterKeyRequest::parse,
         );
         let _ = r.check_limits();
-        let _ = r.verify_proof_of_possession();
+        let _ = r.verify_proof_of_possession(&etee_formats::identity::Identity {
+            id_type: ATTESTATION_HOLDER.0.to_owned(),
+            value: ATTESTATION_HOLDER.1.to_owned(),
+            application_id: None,
+        });
         if let Some(a) = &r.attestation {
             let _ = a.verify(&r.key_id, &r.public_key, &holder);
         }

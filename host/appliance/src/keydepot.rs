@@ -89,9 +89,24 @@ pub fn registration_request(
                 }
             })
     };
+    // The holder the proof names: the identity KeyDepot takes from the TLS client
+    // certificate, the authentication certificate's first.
+    let signer = custody.signing_key().map_err(hsm_error)?;
+    let SignerRef::Certificate { cert, chain } = &signer.signer else {
+        return Err(KeyDepotError::Unavailable(
+            "the authentication key has no certificate in the token".into(),
+        ));
+    };
+    let holder = etee_formats::identity::primary_identity(cert).ok_or_else(|| {
+        KeyDepotError::Invalid(
+            "the authentication certificate names no eHealth identity: KeyDepot would not \
+             know the holder"
+                .into(),
+        )
+    })?;
     let proof = sign(
         &KeyId(key.to_string()),
-        &keydepot::pop_challenge(&key_id, &spki),
+        &keydepot::pop_challenge(&key_id, &spki, &holder),
     )?;
 
     // Unknown attributes count against the key: an attestation claims only what the token
@@ -115,12 +130,6 @@ pub fn registration_request(
         attributes,
         etee_formats::unix_now(),
     );
-    let signer = custody.signing_key().map_err(hsm_error)?;
-    let SignerRef::Certificate { cert, chain } = &signer.signer else {
-        return Err(KeyDepotError::Unavailable(
-            "the authentication key has no certificate in the token".into(),
-        ));
-    };
     let bytes = statement
         .to_be_signed()
         .map_err(|e| KeyDepotError::Invalid(e.to_string()))?;

@@ -251,7 +251,7 @@ pub fn register(
     request.check_limits().map_err(KeyDepotError::invalid)?;
     check_key_id(request)?;
     request
-        .verify_proof_of_possession()
+        .verify_proof_of_possession(identity)
         .map_err(|_| KeyDepotError::ProofOfPossession)?;
     let attestation = match &request.attestation {
         None => None,

@@ -19,6 +19,7 @@ on_both_stores!(
 
 use common::{cert, World};
 use etee_formats::cert::Certificate;
+use etee_formats::identity::Identity;
 use etee_platform::client::{Answer, Connection};
 use etee_platform::config::DEFAULT_MAX_KEYS_PER_HOLDER;
 use etee_services::etkdepot::rest::IdentifierJson;
@@ -51,15 +52,35 @@ fn key_id(id: &[u8]) -> KeyId {
 
 /// A registration of `key` under its own id with a valid proof of possession.
 fn request(key: &PKey<Private>) -> RegisterKeyRequest {
-    let id = KeyId::of_public_key(&key.public_key_to_der().unwrap()).unwrap();
-    request_as(key, id)
+    request_by(key, &alice_identity())
 }
 
-/// A registration of `key` as `id` (its own or not) with a valid proof of possession.
-fn request_as(key: &PKey<Private>, id: KeyId) -> RegisterKeyRequest {
+/// A registration of `key` under its own id by `holder` (the identity its proof names).
+fn request_by(key: &PKey<Private>, holder: &Identity) -> RegisterKeyRequest {
+    let id = KeyId::of_public_key(&key.public_key_to_der().unwrap()).unwrap();
+    request_as(key, id, holder)
+}
+
+/// Alice's identity, as her registrations name it (her certificate's first).
+fn alice_identity() -> Identity {
+    Identity {
+        id_type: "NIHII-HOSPITAL".into(),
+        value: "71000436".into(),
+        application_id: None,
+    }
+}
+
+/// The first identity of `institution`'s certificate: what KeyDepot takes as the holder.
+fn holder_of(institution: &Institution) -> Identity {
+    etee_formats::identity::primary_identity(&cert(&institution.auth.cert)).unwrap()
+}
+
+/// A registration of `key` as `id` (its own or not) by `holder`, with a valid proof of
+/// possession.
+fn request_as(key: &PKey<Private>, id: KeyId, holder: &Identity) -> RegisterKeyRequest {
     let spki = key.public_key_to_der().unwrap();
     RegisterKeyRequest {
-        proof_of_possession: sign(key, &pop_challenge(&id, &spki)).unwrap(),
+        proof_of_possession: sign(key, &pop_challenge(&id, &spki, holder)).unwrap(),
         key_id: id,
         public_key: spki,
         info: KeyInfo {
@@ -217,7 +238,7 @@ async fn register_read_list_and_add_info(w: World) {
 
     // A holder with two application ids: the list can be restricted to one.
     let mut app_b = w.connect(Some(&w.app_b)).await;
-    let a = register(&mut app_b, &request(&ec_p256())).await;
+    let a = register(&mut app_b, &request_by(&ec_p256(), &holder_of(&w.app_b))).await;
     let key = RegisterKeyResponse::parse(assert_json(&a, 201))
         .unwrap()
         .key;
@@ -269,12 +290,20 @@ async fn proofs_of_possession_and_duplicates(w: World) {
 
     // Signed by another key.
     let mut r = request(&key);
-    r.proof_of_possession = sign(&ec_p256(), &pop_challenge(&r.key_id, &r.public_key)).unwrap();
+    r.proof_of_possession = sign(
+        &ec_p256(),
+        &pop_challenge(&r.key_id, &r.public_key, &alice_identity()),
+    )
+    .unwrap();
     let a = register(&mut alice, &r).await;
     assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
     // A proof made for another key id (replayed for this one).
     let mut r = request(&key);
-    r.proof_of_possession = sign(&key, &pop_challenge(&key_id(b"other"), &r.public_key)).unwrap();
+    r.proof_of_possession = sign(
+        &key,
+        &pop_challenge(&key_id(b"other"), &r.public_key, &alice_identity()),
+    )
+    .unwrap();
     let a = register(&mut alice, &r).await;
     assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
     // A tampered signature.
@@ -292,7 +321,7 @@ async fn proofs_of_possession_and_duplicates(w: World) {
     // compute from her public key) for a key of his, before her registration or after;
     // nor can anyone name a key freely.
     let mut bob = w.connect(Some(&w.bob)).await;
-    let squat = request_as(&ec_p256(), r.key_id.clone());
+    let squat = request_as(&ec_p256(), r.key_id.clone(), &holder_of(&w.bob));
     let detail = assert_problem(
         &register(&mut bob, &squat).await,
         400,
@@ -300,17 +329,29 @@ async fn proofs_of_possession_and_duplicates(w: World) {
     );
     assert!(detail.contains("method-1"), "{detail}");
     assert_problem(
-        &register(&mut alice, &request_as(&key, key_id(b"pop"))).await,
+        &register(
+            &mut alice,
+            &request_as(&key, key_id(b"pop"), &alice_identity()),
+        )
+        .await,
         400,
         "KEYDEPOT_INVALID_REQUEST",
     );
 
-    // The right proof registers; the same key again, by anyone, is a conflict.
+    // Alice's registration body sent by Bob first, as his own: its proof names Alice, so
+    // it is refused and Bob does not take her key.
+    let a = register(&mut bob, &r).await;
+    assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
+    let a = bob.get(&key_path(&r.key_id)).await.unwrap();
+    assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
+
+    // The right proof registers; the same key again is a conflict (for Bob, whose own
+    // proof of it he cannot make, a wrong proof still).
     assert_json(&register(&mut alice, &r).await, 201);
     let a = register(&mut alice, &r).await;
     assert_problem(&a, 409, "KEYDEPOT_DUPLICATE_KEY_ID");
     let a = register(&mut bob, &r).await;
-    assert_problem(&a, 409, "KEYDEPOT_DUPLICATE_KEY_ID");
+    assert_problem(&a, 422, "KEYDEPOT_INVALID_PROOF_OF_POSSESSION");
     assert_problem(
         &register(&mut bob, &squat).await,
         400,
@@ -512,7 +553,7 @@ async fn attestations(w: World) {
         (
             "other key id",
             attestation(
-                &request_as(&key, key_id(b"other")),
+                &request_as(&key, key_id(b"other"), &alice_identity()),
                 &w.alice,
                 NON_EXPORTABLE,
             ),
@@ -897,7 +938,7 @@ async fn a_hub_certificate_holds_its_ehp_keys() {
     let identities = etee_formats::identity::identities(&cert(&hub.auth.cert));
     assert_eq!(identities[0].id_type, "HUB");
     let now = etee_platform::unix_now();
-    let mut r = request(&rsa());
+    let mut r = request_by(&rsa(), &identities[0]);
     r.attestation = Some(attestation(&r, &hub, NON_EXPORTABLE));
     let key = w
         .store(|s| {
@@ -952,7 +993,10 @@ async fn keys_per_holder_are_bounded(mut w: World) {
     );
     let a = alice.get(&key_path(&third.key_id)).await.unwrap();
     assert_problem(&a, 404, "KEYDEPOT_UNKNOWN_KEY");
-    assert_json(&register(&mut bob, &request(&ec_p256())).await, 201);
+    assert_json(
+        &register(&mut bob, &request_by(&ec_p256(), &holder_of(&w.bob))).await,
+        201,
+    );
     let a = alice
         .get("/etee/v1/keydepot/holders/NIHII-HOSPITAL/71000436/keys")
         .await

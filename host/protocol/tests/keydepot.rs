@@ -18,11 +18,20 @@ fn registration() -> RegisterKeyRequest {
     registration_of(&etee_testpki::rsa_key(2048).unwrap())
 }
 
+/// Alice, the hospital registering below: the holder the proofs name.
+fn alice_identity() -> etee_formats::identity::Identity {
+    etee_formats::identity::Identity {
+        id_type: "NIHII-HOSPITAL".into(),
+        value: "71000436".into(),
+        application_id: None,
+    }
+}
+
 fn registration_of(key: &PKey<Private>) -> RegisterKeyRequest {
     let spki = key.public_key_to_der().unwrap();
     let key_id = KeyId::of_public_key(&spki).unwrap();
     RegisterKeyRequest {
-        proof_of_possession: sign(key, &pop_challenge(&key_id, &spki)).unwrap(),
+        proof_of_possession: sign(key, &pop_challenge(&key_id, &spki, &alice_identity())).unwrap(),
         key_id,
         public_key: spki,
         info: KeyInfo {
@@ -95,25 +104,37 @@ async fn register_read_list_update_and_delete() {
     assert_eq!(updated.info.label.as_deref(), Some("renamed"));
     assert_eq!(updated.info.key_use, Some(KeyUse::Enc));
 
-    // A taken key id (the same key again).
+    // A taken key id (the same key again), and Alice's registration sent by Bob: its
+    // proof names Alice.
+    assert!(matches!(
+        alice.register(&request).await,
+        Err(ProtocolError::KeyDepot { status: 409, code, .. }) if code == "KEYDEPOT_DUPLICATE_KEY_ID"
+    ));
     assert!(matches!(
         bob.register(&request).await,
-        Err(ProtocolError::KeyDepot { status: 409, code, .. }) if code == "KEYDEPOT_DUPLICATE_KEY_ID"
+        Err(ProtocolError::KeyDepot { status: 422, code, .. })
+            if code == "KEYDEPOT_INVALID_PROOF_OF_POSSESSION"
     ));
     // A key id that is not the key's.
     let key = etee_testpki::rsa_key(2048).unwrap();
     let mut wrong = registration_of(&key);
     wrong.key_id = KeyId::new(b"alice-laptop-3".to_vec()).unwrap();
-    wrong.proof_of_possession =
-        sign(&key, &pop_challenge(&wrong.key_id, &wrong.public_key)).unwrap();
+    wrong.proof_of_possession = sign(
+        &key,
+        &pop_challenge(&wrong.key_id, &wrong.public_key, &alice_identity()),
+    )
+    .unwrap();
     assert!(matches!(
         alice.register(&wrong).await,
         Err(ProtocolError::KeyDepot { status: 400, code, .. }) if code == "KEYDEPOT_INVALID_REQUEST"
     ));
     // A proof made for another key id.
     let mut wrong = registration_of(&key);
-    wrong.proof_of_possession =
-        sign(&key, &pop_challenge(&request.key_id, &wrong.public_key)).unwrap();
+    wrong.proof_of_possession = sign(
+        &key,
+        &pop_challenge(&request.key_id, &wrong.public_key, &alice_identity()),
+    )
+    .unwrap();
     assert!(matches!(
         alice.register(&wrong).await,
         Err(ProtocolError::KeyDepot { status: 422, .. })

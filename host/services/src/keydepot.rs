@@ -7,7 +7,8 @@
 //! - a [`KeyId`] is the SKI bytes, the key's RFC 5280 method-1 identifier
 //!   ([`KeyId::of_public_key`]); JSON carries it as base64url without padding (URL-safe,
 //!   it appears in paths), while LIB220 APIs take standard base64 ([`KeyId::to_lib_string`]);
-//! - registration proves possession of the private key by signing [`pop_challenge`];
+//! - registration proves possession of the private key by signing [`pop_challenge`], which
+//!   names the registering holder;
 //! - an HSM attestation is a canonical-JSON [`AttestationStatement`] signed by the holder's
 //!   eHealth authentication key, with that certificate's chain ([`SignedAttestation`]).
 //!
@@ -23,7 +24,7 @@ use base64::Engine as _;
 use etee_formats::ber::slice::parse_exact;
 use etee_formats::ber::tag;
 use etee_formats::cert::{key_usage, Certificate};
-use etee_formats::identity::{canonical_type, identities, normalize_value};
+use etee_formats::identity::{canonical_type, identities, normalize_value, Identity};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{HasPublic, Id, PKey, PKeyRef, Private, Public};
@@ -185,7 +186,7 @@ pub struct RegisterKeyRequest {
     /// DER SubjectPublicKeyInfo, standard base64.
     #[serde(with = "b64")]
     pub public_key: Vec<u8>,
-    /// Signature over [`pop_challenge`] by the private key.
+    /// Signature over [`pop_challenge`] (naming the registering holder) by the private key.
     #[serde(with = "b64")]
     pub proof_of_possession: Vec<u8>,
     #[serde(default)]
@@ -216,9 +217,9 @@ impl RegisterKeyRequest {
             _ => Ok(()),
         }
     }
-    /// Verifies the proof of possession.
-    pub fn verify_proof_of_possession(&self) -> Result<(), Error> {
-        let msg = pop_challenge(&self.key_id, &self.public_key);
+    /// Verifies the proof of possession, made for a registration by `holder`.
+    pub fn verify_proof_of_possession(&self, holder: &Identity) -> Result<(), Error> {
+        let msg = pop_challenge(&self.key_id, &self.public_key, holder);
         verify_signature(
             &parse_public_key(&self.public_key)?,
             &msg,
@@ -333,21 +334,33 @@ fn signature_digest<T: HasPublic>(key: &PKeyRef<T>) -> Result<MessageDigest, Err
     }
 }
 
-/// Domain separation tag of the registration proof of possession.
-pub const POP_DOMAIN: &[u8] = b"etee-keydepot-register-v1\0";
+/// Domain separation tag of the registration proof of possession. Version 2 names the
+/// holder: a version-1 proof did not, so anyone holding a registration body (printed by
+/// `etee keys attest`, or refused once) could send it first as their own, without its
+/// attestation, and take the key.
+pub const POP_DOMAIN: &[u8] = b"etee-keydepot-register-v2\0";
 
 /// The bytes a key holder signs to register a key:
-/// `"etee-keydepot-register-v1\0" || u32-big-endian(len(keyId)) || keyId || SHA-256(SPKI DER)`.
+/// `"etee-keydepot-register-v2\0" || u32-big-endian(len(keyId)) || keyId || SHA-256(SPKI DER)
+/// || u32-big-endian(len(holder)) || holder`, where `holder` is `TYPE=VALUE` of the
+/// registering caller's identity (its TLS client certificate's first, as KeyDepot takes
+/// it), its type canonical (`HUB` is `EHP`) and its value zero-padded; the application id
+/// is not part of it, as KeyDepot does not compare it.
 ///
 /// Binding the key id and the exact public key stops a proof being replayed for another
-/// key id or key; the tag stops it being confused with any other etee signature.
-pub fn pop_challenge(key_id: &KeyId, spki_der: &[u8]) -> Vec<u8> {
+/// key id or key, the holder for another caller; the tag stops it being confused with any
+/// other etee signature.
+pub fn pop_challenge(key_id: &KeyId, spki_der: &[u8], holder: &Identity) -> Vec<u8> {
     let id = key_id.as_bytes();
-    let mut m = Vec::with_capacity(POP_DOMAIN.len() + 4 + id.len() + 32);
+    let (holder_type, holder_value) = holder_key(&holder.id_type, &holder.value);
+    let holder = format!("{holder_type}={holder_value}");
+    let mut m = Vec::with_capacity(POP_DOMAIN.len() + 8 + id.len() + 32 + holder.len());
     m.extend_from_slice(POP_DOMAIN);
     m.extend_from_slice(&(id.len() as u32).to_be_bytes());
     m.extend_from_slice(id);
     m.extend_from_slice(&sha256(spki_der));
+    m.extend_from_slice(&(holder.len() as u32).to_be_bytes());
+    m.extend_from_slice(holder.as_bytes());
     m
 }
 

@@ -1,6 +1,7 @@
 //! KeyDepot JSON, proof of possession and attestation (§6, etee's design).
 
 use etee_formats::cert::Certificate;
+use etee_formats::identity::Identity;
 use etee_services::etkdepot::rest::IdentifierJson;
 use etee_services::etkdepot::Identifier;
 use etee_services::keydepot::*;
@@ -11,10 +12,19 @@ use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use std::collections::BTreeMap;
 
+/// The registering holder the proofs below name.
+fn hospital() -> Identity {
+    Identity {
+        id_type: "NIHII-HOSPITAL".into(),
+        value: "71000436".into(),
+        application_id: None,
+    }
+}
+
 fn register(key: &PKey<openssl::pkey::Private>, id: &[u8]) -> RegisterKeyRequest {
     let spki = key.public_key_to_der().unwrap();
     let key_id = KeyId::new(id.to_vec()).unwrap();
-    let pop = sign(key, &pop_challenge(&key_id, &spki)).unwrap();
+    let pop = sign(key, &pop_challenge(&key_id, &spki, &hospital())).unwrap();
     RegisterKeyRequest {
         key_id,
         public_key: spki,
@@ -40,20 +50,38 @@ fn proof_of_possession_rsa_and_ec() {
         let json = r.to_json();
         let back = RegisterKeyRequest::parse(&json).unwrap();
         assert_eq!(back, r);
-        back.verify_proof_of_possession().unwrap();
+        back.verify_proof_of_possession(&hospital()).unwrap();
+        // The holder is compared as KeyDepot stores it: type canonical, value padded; the
+        // application id is not part of it.
+        let same = Identity {
+            id_type: "nihii-hospital".into(),
+            value: "071000436".into(),
+            application_id: Some("APP".into()),
+        };
+        back.verify_proof_of_possession(&same).unwrap();
+        // Sent by another holder (a registration body replayed as its own), it fails.
+        let pharmacy = Identity {
+            id_type: "NIHII-PHARMACY".into(),
+            value: "71000436".into(),
+            application_id: None,
+        };
+        assert!(matches!(
+            back.verify_proof_of_possession(&pharmacy),
+            Err(Error::Verification(_))
+        ));
 
         // Another key id, or another signature, fails.
         let mut other = back.clone();
         other.key_id = KeyId::new(b"other".to_vec()).unwrap();
         assert!(matches!(
-            other.verify_proof_of_possession(),
+            other.verify_proof_of_possession(&hospital()),
             Err(Error::Verification(_))
         ));
         let mut other = back.clone();
         other.proof_of_possession[5] ^= 1;
-        assert!(other.verify_proof_of_possession().is_err());
+        assert!(other.verify_proof_of_possession(&hospital()).is_err());
         other.proof_of_possession.clear();
-        assert!(other.verify_proof_of_possession().is_err());
+        assert!(other.verify_proof_of_possession(&hospital()).is_err());
     }
     // Small RSA keys are refused at parse.
     let small = rsa_key(1024).unwrap();
@@ -88,9 +116,14 @@ fn key_id_forms() {
 #[test]
 fn pop_challenge_layout() {
     let k = KeyId::new(b"ab".to_vec()).unwrap();
-    let c = pop_challenge(&k, b"spki");
-    assert!(c.starts_with(b"etee-keydepot-register-v1\0\0\0\0\x02ab"));
-    assert_eq!(&c[c.len() - 32..], &openssl::sha::sha256(b"spki"));
+    let c = pop_challenge(&k, b"spki", &hospital());
+    assert!(c.starts_with(b"etee-keydepot-register-v2\0\0\0\0\x02ab"));
+    let holder = b"\0\0\0\x17NIHII-HOSPITAL=71000436";
+    assert!(c.ends_with(holder), "{c:?}");
+    assert_eq!(
+        &c[c.len() - holder.len() - 32..c.len() - holder.len()],
+        &openssl::sha::sha256(b"spki")
+    );
 }
 
 fn holder() -> HolderInfo {

@@ -348,7 +348,19 @@ fn json_seeds() -> Vec<Seed> {
     let register = RegisterKeyRequest {
         key_id: key_id.clone(),
         public_key: spki.clone(),
-        proof_of_possession: sign(&key, &pop_challenge(&key_id, &spki)).expect("proof"),
+        proof_of_possession: sign(
+            &key,
+            &pop_challenge(
+                &key_id,
+                &spki,
+                &etee_formats::identity::Identity {
+                    id_type: "SSIN".into(),
+                    value: "76120902527".into(),
+                    application_id: None,
+                },
+            ),
+        )
+        .expect("proof"),
         info: info.clone(),
         attestation: Some(attestation.clone()),
     };

@@ -961,7 +961,7 @@ impl AuditQuery {
                 AuditOutcome::named(o).ok_or_else(|| {
                     bad(
                         "outcome",
-                        format!("{o:?}: not admitted, success or refused"),
+                        format!("{o:?}: not admitted, success, refused or concluded"),
                     )
                 })
             })

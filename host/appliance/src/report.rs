@@ -3,6 +3,8 @@
 
 use etee_custody::audit::{AuditRecord, Operation, Outcome};
 use etee_custody::file_sink::{scan, FileSinkError};
+use etee_custody::token::ckr;
+use etee_custody::wire::Error;
 use etee_formats::cms::unseal::OpenedWith;
 use etee_formats::cms::Unsealed;
 use serde_json::{json, Value};
@@ -55,10 +57,26 @@ pub fn record_time(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
-/// One custody audit record as an operator reads it.
+/// Whether `r` is a decryption the token tried (succeeded, or refused as the token does a
+/// bad padding): its outcome is a padding verdict on the blob, which the custody core
+/// gives no caller (one uniform error) and the audit API must not give its readers either
+/// (an `audit` client able to have blobs decrypted, e.g. by sending messages, would have
+/// a Bleichenbacher oracle on the ETK key). The record on disk keeps it for the operator.
+pub fn is_tried_decryption(r: &AuditRecord) -> bool {
+    r.operation == Operation::DecryptPkcs1v15
+        && match r.outcome {
+            Outcome::Success => true,
+            Outcome::Refused(Error::Token(t)) => !ckr::token_unavailable(t.ckr),
+            _ => false,
+        }
+}
+
+/// One custody audit record as the audit API shows it: a decryption the token tried is
+/// `concluded`, whether it succeeded or not ([`is_tried_decryption`]).
 pub fn audit_record(r: &AuditRecord) -> Value {
     let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
     let outcome = match r.outcome {
+        _ if is_tried_decryption(r) => "concluded".to_string(),
         Outcome::Success => "success".to_string(),
         Outcome::Refused(e) => format!("refused: {e}"),
         Outcome::Admitted => "admitted".to_string(),
@@ -106,6 +124,9 @@ pub enum AuditOutcome {
     Success,
     /// Refusals and failures.
     Refused,
+    /// A decryption the token tried, however it went ([`is_tried_decryption`]): what the
+    /// audit API shows of one, in place of success or refused.
+    Concluded,
 }
 
 impl AuditOutcome {
@@ -114,6 +135,7 @@ impl AuditOutcome {
             "admitted" => Some(Self::Admitted),
             "success" => Some(Self::Success),
             "refused" => Some(Self::Refused),
+            "concluded" => Some(Self::Concluded),
             _ => None,
         }
     }
@@ -150,8 +172,17 @@ impl AuditFilter {
                     (AuditOutcome::Admitted, Outcome::Admitted)
                         | (AuditOutcome::Success, Outcome::Success)
                         | (AuditOutcome::Refused, Outcome::Refused(_))
-                )
+                ) || o == AuditOutcome::Concluded && is_tried_decryption(r)
             })
+    }
+
+    /// [`matches`](Self::matches) as the audit API shows records ([`audit_record`]): a
+    /// decryption the token tried is only `concluded`, never `success` or `refused`.
+    pub fn matches_as_shown(&self, r: &AuditRecord) -> bool {
+        match self.outcome {
+            Some(AuditOutcome::Success | AuditOutcome::Refused) if is_tried_decryption(r) => false,
+            _ => self.matches(r),
+        }
     }
 
     /// The filter of these criteria, as a caller gives them: `since` and `until` in RFC
@@ -228,7 +259,7 @@ pub fn audit_export(
     let mut out = Vec::new();
     let mut matched = 0u64;
     let scanned = scan(path, |r| {
-        if r.sequence >= from && filter.matches(r) {
+        if r.sequence >= from && filter.matches_as_shown(r) {
             matched += 1;
             if out.len() < limit {
                 out.push(audit_record(r));
@@ -276,6 +307,80 @@ mod audit_filter_tests {
             outcome,
             prev_hash: AuditHead::GENESIS.hash,
         }
+    }
+
+    /// What the audit API shows of a decryption the token tried is `concluded`, whether it
+    /// succeeded or the token refused the padding: no search by outcome tells them apart
+    /// (an oracle on the ETK key); a decryption the core refused before the token (policy)
+    /// or the token could not try (no session) is shown as refused, and the operator's
+    /// own search (`matches`) still tells success from failure.
+    #[test]
+    fn the_api_shows_a_tried_decryption_as_concluded_only() {
+        use etee_custody::token::{TokenError, TokenFunction};
+        let token =
+            |ckr| Outcome::Refused(Error::Token(TokenError::new(TokenFunction::Decrypt, ckr)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let outcomes = [
+            Outcome::Admitted,
+            Outcome::Success,
+            Outcome::Admitted,
+            token(ckr::GENERAL_ERROR),
+            Outcome::Refused(Error::PolicyDenied),
+            token(ckr::SESSION_HANDLE_INVALID),
+        ];
+        {
+            use etee_custody::AuditSink;
+            let (mut sink, head) = etee_custody::file_sink::FileAuditSink::open(&path).unwrap();
+            let mut prev = head.hash;
+            for (i, outcome) in outcomes.into_iter().enumerate() {
+                let mut r = record(1_000 + i as u64, Operation::DecryptPkcs1v15, outcome);
+                r.sequence = head.next_sequence + i as u64;
+                r.prev_hash = prev;
+                sink.append(&r).unwrap();
+                prev = r.hash();
+            }
+        }
+        let shown = |outcome: Option<AuditOutcome>| -> Vec<String> {
+            let filter = AuditFilter {
+                outcome,
+                ..AuditFilter::default()
+            };
+            let export = audit_export(&path, 0, 100, &filter).unwrap();
+            assert_eq!(export["intact"], true, "{export}");
+            export["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["outcome"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let all = shown(None);
+        assert_eq!(all[..4], ["admitted", "concluded", "admitted", "concluded"]);
+        assert!(all[4].starts_with("refused: refused by policy"), "{all:?}");
+        assert!(all[5].starts_with("refused: "), "{all:?}");
+        assert!(shown(Some(AuditOutcome::Success)).is_empty());
+        assert_eq!(shown(Some(AuditOutcome::Refused)).len(), 2);
+        assert_eq!(
+            shown(Some(AuditOutcome::Concluded)),
+            ["concluded", "concluded"]
+        );
+
+        // The operator's view of the same records.
+        let success = record(1, Operation::DecryptPkcs1v15, Outcome::Success);
+        let failed = record(1, Operation::DecryptPkcs1v15, token(ckr::GENERAL_ERROR));
+        let wanted = |o| AuditFilter {
+            outcome: Some(o),
+            ..AuditFilter::default()
+        };
+        assert!(wanted(AuditOutcome::Success).matches(&success));
+        assert!(!wanted(AuditOutcome::Success).matches(&failed));
+        assert!(wanted(AuditOutcome::Refused).matches(&failed));
+        assert!(wanted(AuditOutcome::Concluded).matches(&success));
+        // Another operation's success is no decryption.
+        let signed = record(1, Operation::SignPssSha256, Outcome::Success);
+        assert!(!is_tried_decryption(&signed));
+        assert!(wanted(AuditOutcome::Success).matches_as_shown(&signed));
     }
 
     #[test]

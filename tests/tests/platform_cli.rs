@@ -1978,3 +1978,42 @@ fn kgss_keys_are_listed_page_after_page() {
     assert!(!text.contains(&hex::encode(wrapped)), "wrapped bytes shown");
     assert!(!text.contains(&B64.encode(wrapped)), "wrapped bytes shown");
 }
+
+/// A platform configuration whose store URL holds a database password is a secret: the
+/// platform warns when group or others may read it (as of a PIN or key file), and says
+/// nothing once it is 0600 or the URL has no password.
+#[test]
+fn a_configuration_holding_a_database_password_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch();
+    let config = dir.path().join("platform.toml");
+    let with_store = |store: &str, mode: u32| {
+        std::fs::write(
+            &config,
+            format!(
+                "[platform]\nstore = \"{store}\"\ntls_certificate = \"tls.pem\"\n\
+                 tls_key = \"tls-key.pem\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).unwrap();
+        // The store cannot be reached (port 9): the warning comes before.
+        let run = etee_e2e::etee(["platform", "audit", "--config"])
+            .arg(&config)
+            .run();
+        assert_ne!(run.code, Some(0));
+        run.stderr.clone()
+    };
+    let url = "postgres://etee:s3cret@127.0.0.1:9/etee";
+    let said = with_store(url, 0o644);
+    assert!(
+        said.contains("holds a password") && said.contains("chmod 600"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("s3cret"),
+        "the password itself is never shown: {said}"
+    );
+    assert!(!with_store(url, 0o600).contains("holds a password"));
+    assert!(!with_store("postgres://etee@127.0.0.1:9/etee", 0o644).contains("holds a password"));
+}

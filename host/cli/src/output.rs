@@ -101,8 +101,17 @@ impl Pending {
         })
     }
 
+    /// A buffered writer, for a sealed message (no secret: its many small pieces are
+    /// gathered before they reach the spool).
     pub fn writer(&mut self) -> io::BufWriter<&mut etee_appliance::spool::SpoolWriter> {
         io::BufWriter::with_capacity(256 * 1024, &mut self.spool)
+    }
+
+    /// The spool itself, for plaintext: it wipes what it holds, where a buffer in front of
+    /// it would be freed with the content's last bytes in it (an unseal writes pieces of
+    /// tens of KiB).
+    pub fn plain_writer(&mut self) -> &mut etee_appliance::spool::SpoolWriter {
+        &mut self.spool
     }
 
     /// Makes the content visible: to standard output, or to a temporary file beside the
@@ -130,9 +139,16 @@ impl Pending {
         }
         refuse_replacing_a_key(&dest)?;
         replace_file(&dest, 0o600, |file| {
-            let mut w = io::BufWriter::with_capacity(256 * 1024, file);
-            io::copy(&mut content, &mut w)?;
-            w.flush()
+            // Through a buffer wiped when dropped: the content may be plaintext.
+            let mut buf = zeroize::Zeroizing::new(vec![0u8; 256 * 1024]);
+            loop {
+                match io::Read::read(&mut content, &mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => file.write_all(&buf[..n])?,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
         })
         .map_err(failed)
     }

@@ -387,12 +387,23 @@ impl PlatformConfig {
                 path: path.display().to_string(),
                 source,
             })?;
-        Self::from_toml(&text, &etee_hsm::config::config_dir(path)).map_err(|e| match e {
-            PlatformError::Config(why) => {
-                PlatformError::Config(format!("{}: {why}", path.display()))
+        let config =
+            Self::from_toml(&text, &etee_hsm::config::config_dir(path)).map_err(|e| match e {
+                PlatformError::Config(why) => {
+                    PlatformError::Config(format!("{}: {why}", path.display()))
+                }
+                other => other,
+            })?;
+        // A database password in the store's URL makes the file a secret like a PIN file.
+        if redacted_store(&config.store) != config.store {
+            if let Some(w) = etee_hsm::config::permission_warning_for(
+                "platform configuration (its store URL holds a password)",
+                path,
+            ) {
+                etee_hsm::warn_operator(&w);
             }
-            other => other,
-        })
+        }
+        Ok(config)
     }
 
     /// Parses a configuration; relative paths are taken from `base`.

@@ -142,8 +142,8 @@ pub fn run(args: Args) -> Result<ExitCode, CliError> {
     };
     let result = match pending.as_mut() {
         Some(p) => {
-            let mut w = p.writer();
-            let r = cms::unseal(input, &mut w, &ring, &opts)?;
+            let w = p.plain_writer();
+            let r = cms::unseal(input, &mut *w, &ring, &opts)?;
             w.flush()?;
             r
         }

@@ -68,6 +68,15 @@ pub struct BerStream<R> {
     pos: u64,
     /// Reads from the source so far (the buffer grows after [`GROW_AFTER`]).
     refills: u32,
+    /// How far the buffer was ever written: what is wiped when it is dropped or replaced
+    /// (an inner layer's stream carries decrypted content, a KGSS key or a KEK).
+    filled: usize,
+}
+
+impl<R> Drop for BerStream<R> {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf[..self.filled]);
+    }
 }
 
 impl<R: Read> BerStream<R> {
@@ -84,6 +93,7 @@ impl<R: Read> BerStream<R> {
             end: 0,
             pos: offset,
             refills: 0,
+            filled: 0,
         }
     }
 
@@ -116,6 +126,7 @@ impl<R: Read> BerStream<R> {
                 return Ok(());
             }
             self.end += got;
+            self.filled = self.filled.max(self.end);
         }
         Ok(())
     }
@@ -125,7 +136,9 @@ impl<R: Read> BerStream<R> {
         if self.refills > GROW_AFTER && self.buf.len() < BUF_LARGE {
             let mut bigger = vec![0; BUF_LARGE].into_boxed_slice();
             bigger[..self.end].copy_from_slice(&self.buf[..self.end]);
-            self.buf = bigger;
+            let mut old = std::mem::replace(&mut self.buf, bigger);
+            zeroize::Zeroize::zeroize(&mut old[..self.filled]);
+            self.filled = self.end;
         }
     }
 

@@ -8,6 +8,11 @@
 use super::algorithms::{Digest, MultiHasher};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
+use zeroize::Zeroizing;
+
+/// A block on its way to the worker: wiped when freed, as it may be plaintext (the inner
+/// content of a seal or an unseal).
+type Block = Zeroizing<Vec<u8>>;
 
 /// Bytes hashed on the caller's thread before the work moves to a worker.
 pub const INLINE_LIMIT: usize = 1 << 20;
@@ -25,8 +30,8 @@ pub struct OffloadHasher {
 enum State {
     Inline(MultiHasher),
     Worker {
-        pending: Vec<u8>,
-        tx: SyncSender<Vec<u8>>,
+        pending: Block,
+        tx: SyncSender<Block>,
         worker: JoinHandle<Vec<(Digest, Vec<u8>)>>,
     },
     Done,
@@ -56,7 +61,8 @@ impl OffloadHasher {
                     pending.extend_from_slice(&data[..take]);
                     data = &data[take..];
                     if pending.len() == BLOCK {
-                        let full = std::mem::replace(pending, Vec::with_capacity(BLOCK));
+                        let full =
+                            std::mem::replace(pending, Zeroizing::new(Vec::with_capacity(BLOCK)));
                         if tx.send(full).is_err() {
                             // The worker is gone (it cannot fail on its own); finish() reports it.
                             return;
@@ -72,7 +78,7 @@ impl OffloadHasher {
         let State::Inline(mut hasher) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
-        let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
+        let (tx, rx) = sync_channel::<Block>(DEPTH);
         let spawned = std::thread::Builder::new()
             .name("etee-digest".into())
             .spawn(move || {
@@ -83,7 +89,7 @@ impl OffloadHasher {
             });
         self.state = match spawned {
             Ok(worker) => State::Worker {
-                pending: Vec::with_capacity(BLOCK),
+                pending: Zeroizing::new(Vec::with_capacity(BLOCK)),
                 tx,
                 worker,
             },

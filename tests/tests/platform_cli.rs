@@ -1759,6 +1759,24 @@ fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
+    // A number of the vocabulary given with --attribute: checked, and stored padded.
+    let dentist = [
+        "attributes",
+        "set",
+        "--holder",
+        "SSIN=85010112346",
+        "--attribute",
+        "urn:be:fgov:certified-namespace:ehealth",
+        "urn:be:fgov:person:ssin:ehealth:1.0:nihii:dentist:nihii11",
+    ];
+    let out = platform(&[&dentist[..], &["5x5"]].concat()).run();
+    out.code(2);
+    assert!(
+        out.stderr.contains("not a NIHII11 number"),
+        "{}",
+        out.stderr
+    );
+    platform(&[&dentist[..], &["555"]].concat()).run().code(0);
     let out = platform(&["attributes", "list", "--json"]).run();
     out.code(0);
     let list = out.json();
@@ -1772,6 +1790,7 @@ fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
     };
     assert_eq!(doctor("85010112345"), "09876543210", "{list}");
     assert_eq!(doctor("10203040506"), "10203040506", "{list}");
+    assert_eq!(doctor("85010112346"), "00000000555", "{list}");
 
     // The registration's audit event names the extra identifier.
     let out = platform(&["audit", "--json"]).run();
@@ -1784,7 +1803,7 @@ fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
     );
     assert_eq!(
         field_of_events(&report, "attributes.set", "subject"),
-        ["SSIN=85010112345", "NIHII11=10203040506"],
+        ["SSIN=85010112345", "NIHII11=10203040506", "SSIN=85010112346"],
         "one event per change: {report}"
     );
 }

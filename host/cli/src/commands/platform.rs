@@ -568,10 +568,22 @@ fn attributes(command: AttributesCommand) -> Result<ExitCode, CliError> {
                     value: doctor_nihii11(&t, &v, number.as_deref())?,
                 }
             } else if let Some(a) = attribute {
+                // A number of the vocabulary (an SSIN, a NIHII11) is stored in the 11-digit
+                // form conditions are compared in; one that has none is refused here
+                // rather than matched by a "no value" condition and missed by an exclusion.
+                let value = match vocabulary::value_type(&a[0], &a[1]) {
+                    Some(t) => etee_formats::identity::normalize_value(t, &a[2]).map_err(|e| {
+                        CliError::Usage(format!(
+                            "--attribute {} {} {:?}: not a {t} number: {e}",
+                            a[0], a[1], a[2]
+                        ))
+                    })?,
+                    None => a[2].clone(),
+                };
                 etee_store::Attribute {
                     namespace: a[0].clone(),
                     name: a[1].clone(),
-                    value: a[2].clone(),
+                    value,
                 }
             } else {
                 return Err(CliError::Usage(

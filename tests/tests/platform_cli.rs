@@ -1803,7 +1803,11 @@ fn a_doctor_known_by_its_ssin_is_administered_with_its_nihii11() {
     );
     assert_eq!(
         field_of_events(&report, "attributes.set", "subject"),
-        ["SSIN=85010112345", "NIHII11=10203040506", "SSIN=85010112346"],
+        [
+            "SSIN=85010112345",
+            "NIHII11=10203040506",
+            "SSIN=85010112346"
+        ],
         "one event per change: {report}"
     );
 }

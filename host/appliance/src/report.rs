@@ -71,12 +71,22 @@ pub fn is_tried_decryption(r: &AuditRecord) -> bool {
         }
 }
 
+/// One custody audit record as the operator reads it on the host (`etee audit verify`,
+/// `etee audit search`): every outcome as recorded.
+pub fn audit_record(r: &AuditRecord) -> Value {
+    record_json(r, false)
+}
+
 /// One custody audit record as the audit API shows it: a decryption the token tried is
 /// `concluded`, whether it succeeded or not ([`is_tried_decryption`]).
-pub fn audit_record(r: &AuditRecord) -> Value {
+pub fn audit_record_shown(r: &AuditRecord) -> Value {
+    record_json(r, true)
+}
+
+fn record_json(r: &AuditRecord, hide_decryptions: bool) -> Value {
     let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
     let outcome = match r.outcome {
-        _ if is_tried_decryption(r) => "concluded".to_string(),
+        _ if hide_decryptions && is_tried_decryption(r) => "concluded".to_string(),
         Outcome::Success => "success".to_string(),
         Outcome::Refused(e) => format!("refused: {e}"),
         Outcome::Admitted => "admitted".to_string(),
@@ -176,7 +186,7 @@ impl AuditFilter {
             })
     }
 
-    /// [`matches`](Self::matches) as the audit API shows records ([`audit_record`]): a
+    /// [`matches`](Self::matches) as the audit API shows records ([`audit_record_shown`]): a
     /// decryption the token tried is only `concluded`, never `success` or `refused`.
     pub fn matches_as_shown(&self, r: &AuditRecord) -> bool {
         match self.outcome {
@@ -262,7 +272,7 @@ pub fn audit_export(
         if r.sequence >= from && filter.matches_as_shown(r) {
             matched += 1;
             if out.len() < limit {
-                out.push(audit_record(r));
+                out.push(audit_record_shown(r));
             }
         }
     });

@@ -13,8 +13,7 @@ use etee_formats::ber::write::{octets, seq, set_of, small_uint, tlv, uint};
 use etee_formats::cert::Certificate;
 use etee_formats::cms::timestamp::{attach, outer_signature};
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions, Unsealed};
-use etee_formats::keys::{KeyId, KeyRing, SignerRef, SigningKey};
-use etee_formats::keystore::SoftwareKeys;
+use etee_formats::keys::KeyRing;
 use etee_formats::oid;
 use etee_formats::trust::TrustAnchors;
 use etee_formats::verdict::{Error as E, Warning};
@@ -23,7 +22,7 @@ use etee_testpki::{Institution, InstitutionSpec, Issued, TestPki, Validity};
 use openssl::hash::MessageDigest;
 use openssl::rsa::Padding;
 use openssl::sign::{RsaPssSaltlen, Signer};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 mod support;
 
@@ -72,16 +71,7 @@ fn world() -> &'static World {
             .institution(&InstitutionSpec::new("NIHII-PHARMACY", "27150201", "Bob"))
             .expect("Bob");
         let root = cert(&pki.root.cert);
-        let mut keys = SoftwareKeys::new();
-        keys.insert(KeyId("authentication".into()), alice.auth.key.clone());
-        let signer = SigningKey {
-            ops: Arc::new(keys),
-            key: KeyId("authentication".into()),
-            signer: SignerRef::Certificate {
-                cert: cert(&alice.auth.cert),
-                chain: vec![root.clone()],
-            },
-        };
+        let signer = support::auth_signer(&alice, vec![root.clone()]);
         let mut sealed = Vec::new();
         seal(
             &signer,

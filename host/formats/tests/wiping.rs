@@ -8,13 +8,10 @@ mod support;
 
 use etee_formats::cert::Certificate;
 use etee_formats::cms::{seal, unseal_to_vec, Recipient, SealOptions, UnsealOptions};
-use etee_formats::keys::{KeyId, SignerRef, SigningKey};
-use etee_formats::keystore::SoftwareKeys;
 use etee_formats::trust::TrustAnchors;
 use etee_testpki::{InstitutionSpec, TestPki};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 const MARKER: &[u8] = b"plaintext-that-must-not-outlive-its-buffer";
 
@@ -63,16 +60,7 @@ fn the_buffers_of_an_unseal_are_wiped_before_they_are_freed() {
     let bob = pki
         .institution(&InstitutionSpec::new("NIHII-PHARMACY", "27150201", "Bob"))
         .unwrap();
-    let mut keys = SoftwareKeys::new();
-    keys.insert(KeyId("authentication".into()), alice.auth.key.clone());
-    let signer = SigningKey {
-        ops: Arc::new(keys),
-        key: KeyId("authentication".into()),
-        signer: SignerRef::Certificate {
-            cert: cert(&alice.auth.cert),
-            chain: vec![cert(&pki.root.cert)],
-        },
-    };
+    let signer = support::auth_signer(&alice, vec![cert(&pki.root.cert)]);
     let plain = MARKER.repeat(3 * 1024 * 1024 / MARKER.len());
     let mut sealed = Vec::new();
     seal(

@@ -86,16 +86,8 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             tsa_trust,
             out,
         } => {
-            let message = message(&input)?;
-            let signature = outer_signature(&message, &input)?;
+            let stamp = Stamp::of(&input, &tsa_trust, &out)?;
             let answer = inputs::read_file_at_most(&reply, MAX_REPLY_BYTES, "a time-stamp reply")?;
-            let stamp = Stamp {
-                message: &message,
-                input: &input,
-                signature: &signature,
-                tsa_trust: &tsa_trust,
-                out: &out,
-            };
             stamp.attach(&answer, &reply.display().to_string(), None)
         }
         Command::Fetch {
@@ -111,9 +103,8 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
                      and authorities answer RFC 3161 over plain HTTP)"
                 )));
             }
-            let message = message(&input)?;
-            let signature = outer_signature(&message, &input)?;
-            let imprint = openssl::sha::sha256(&signature);
+            let stamp = Stamp::of(&input, &tsa_trust, &out)?;
+            let imprint = openssl::sha::sha256(&stamp.signature);
             let nonce = timestamp::new_nonce()
                 .map_err(|e| CliError::Usage(format!("random nonce: {e}")))?;
             eprintln!("etee: asking {url} to stamp {}", input.display());
@@ -126,13 +117,6 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
             }
             .send(&url, &timestamp::request(&imprint, &nonce))
             .map_err(|e| CliError::Refused(format!("{url}: {e}")))?;
-            let stamp = Stamp {
-                message: &message,
-                input: &input,
-                signature: &signature,
-                tsa_trust: &tsa_trust,
-                out: &out,
-            };
             stamp.attach(&answer, &url, Some(&nonce))
         }
     }
@@ -146,14 +130,27 @@ fn outer_signature(message: &[u8], input: &Path) -> Result<Vec<u8>, CliError> {
 
 /// A sealed message to stamp, and where the stamped one goes.
 struct Stamp<'a> {
-    message: &'a [u8],
+    message: Vec<u8>,
     input: &'a Path,
-    signature: &'a [u8],
+    signature: Vec<u8>,
     tsa_trust: &'a [PathBuf],
     out: &'a Path,
 }
 
-impl Stamp<'_> {
+impl<'a> Stamp<'a> {
+    /// The message of `input`, read, and its outer signature found.
+    fn of(input: &'a Path, tsa_trust: &'a [PathBuf], out: &'a Path) -> Result<Self, CliError> {
+        let message = message(input)?;
+        let signature = outer_signature(&message, input)?;
+        Ok(Self {
+            message,
+            input,
+            signature,
+            tsa_trust,
+            out,
+        })
+    }
+
     /// Checks the authority's `answer` (from `source`) and writes the message with its
     /// token: the token must stamp this outer signature, be valid, come from a trusted
     /// authority when `--tsa-trust` names some, and repeat `nonce` when one was asked.
@@ -166,7 +163,7 @@ impl Stamp<'_> {
         let token = timestamp::token_of_reply(answer)
             .map_err(|e| CliError::Usage(format!("{source}: {e}")))?;
         let anchors = TrustAnchors::new(inputs::certificates(self.tsa_trust)?);
-        let checked = timestamp::check(&token, self.signature, &anchors);
+        let checked = timestamp::check(&token, &self.signature, &anchors);
         if let Some(e) = checked.error {
             // Without --tsa-trust whom to trust is the receiver's choice.
             let untrusted_is_fine = self.tsa_trust.is_empty()
@@ -187,7 +184,7 @@ impl Stamp<'_> {
                 )));
             }
         }
-        let stamped = timestamp::attach(self.message, &token)
+        let stamped = timestamp::attach(&self.message, &token)
             .map_err(|e| CliError::Usage(format!("{}: {e}", self.input.display())))?;
         crate::output::write_file(self.out, &stamped, false)?;
         match checked.gen_time {

@@ -36,3 +36,20 @@ pub fn etk_ring(inst: &etee_testpki::Institution) -> etee_formats::keys::KeyRing
     });
     ring
 }
+
+/// `inst`'s authentication key (software) as a signer, its certificate with `chain`.
+pub fn auth_signer(
+    inst: &etee_testpki::Institution,
+    chain: Vec<etee_formats::cert::Certificate>,
+) -> etee_formats::keys::SigningKey {
+    use etee_formats::keys::{KeyId, SignerRef, SigningKey};
+    let mut keys = etee_formats::keystore::SoftwareKeys::new();
+    keys.insert(KeyId("authentication".into()), inst.auth.key.clone());
+    let cert = etee_formats::cert::Certificate::from_der(&inst.auth.cert.to_der().expect("DER"))
+        .expect("certificate");
+    SigningKey {
+        ops: std::sync::Arc::new(keys),
+        key: KeyId("authentication".into()),
+        signer: SignerRef::Certificate { cert, chain },
+    }
+}

@@ -271,6 +271,44 @@ fn a_second_run_extends_the_world_and_refuses_a_used_token() {
         before[2],
         "--replace issued carol anew"
     );
+    let marker = rig.world("institutions-unfinished");
+    assert!(!marker.exists(), "a finished run leaves no marker");
+
+    // A run issuing carol cut short (its marker left, as a kill between her files
+    // would): the world refuses other work, naming her, until she is issued again.
+    std::fs::write(&marker, "carol\n").unwrap();
+    let refused = rig
+        .hsm
+        .etee(["platform", "pki"])
+        .arg(&rig.world)
+        .args(["--institution", "erin:NIHII-PHARMACY=27150303"])
+        .run();
+    refused.code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("a run issuing carol did not finish")
+            && refused.stderr.contains("--replace"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!rig.world("erin.etk").exists(), "nothing written");
+    // Erin first, then Carol again: the marker keeps Carol's name until she is issued.
+    rig.hsm
+        .etee(["platform", "pki"])
+        .arg(&rig.world)
+        .args([
+            "--institution",
+            "erin:NIHII-PHARMACY=27150303",
+            "--institution",
+            "carol:NIHII-PHARMACY=27150302",
+            "--replace",
+            "carol",
+        ])
+        .run()
+        .code(0);
+    assert!(rig.world("erin.etk").exists());
+    assert!(!marker.exists(), "issued again: the marker is gone");
 
     // Bad arguments are usage errors, before anything is written.
     for args in [

@@ -21,7 +21,7 @@ use etee_formats::trust::TrustAnchors;
 use etee_testpki::{InstitutionSpec, Issued, TestPki};
 use openssl::pkey::PKey;
 use openssl::x509::X509;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use zeroize::Zeroizing;
@@ -345,6 +345,7 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
     if !wanted.is_empty() || !args.tls_server.is_empty() {
         refuse_existing(&args, &wanted)?;
     }
+    let mut half_issued = refuse_unfinished_issue(&args.dir, &wanted, &args.dir.join(ISSUING))?;
     let (pki, created) = open_or_create_ca(&args.dir)?;
     let anchors = TrustAnchors::new(vec![certificate(&pki.root.cert)?]);
     if wanted.is_empty() && args.tls_server.is_empty() {
@@ -362,14 +363,14 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
     };
     let mut password = None;
     for w in &wanted {
-        let etk = match &w.hsm {
-            Some(config) => hsm_institution(&pki, w, config)?,
+        let (etk, mut files) = match &w.hsm {
+            Some(config) => (hsm_institution(&pki, w, config)?, Vec::new()),
             None => {
                 let password = match &password {
                     Some(p) => p,
                     None => password.insert(keystore_password(&args.dir)?),
                 };
-                software_institution(&pki, w, &args.dir, password, profile)?
+                software_institution(&pki, w, password, profile)?
             }
         };
         // What the depot and every sender will check (spec §3.2): refuse to hand out an
@@ -385,7 +386,8 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
                 w.name
             )));
         }
-        write(&args.dir, &format!("{}.etk", w.name), &etk)?;
+        files.push((format!("{}.etk", w.name), Zeroizing::new(etk.clone())));
+        write_institution(&args.dir, &w.name, &files, &mut half_issued)?;
         // The form tools parse: "NAME: SUBJECT (ETK serial N)".
         outln!(
             "{}: {} (ETK serial {})",
@@ -419,6 +421,44 @@ pub fn make_world(args: WorldArgs) -> Result<ExitCode, CliError> {
             })?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Present while an institution's files are written, naming it: left behind, the run
+/// was cut short between them and they may not belong together.
+const ISSUING: &str = "institutions-unfinished";
+
+/// Refuses to run while a run cut short left institutions half issued ([`ISSUING`]),
+/// unless this run issues every one of them anew (`--replace NAME`, or the first time);
+/// else the names the marker holds, which stay in it until issued.
+fn refuse_unfinished_issue(
+    dir: &Path,
+    wanted: &[Wanted],
+    issuing: &Path,
+) -> Result<BTreeSet<String>, CliError> {
+    let Ok(text) = std::fs::read_to_string(issuing) else {
+        return Ok(BTreeSet::new());
+    };
+    let named: BTreeSet<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let again: Vec<&str> = named
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !wanted.iter().any(|w| w.name == *name))
+        .collect();
+    if again.is_empty() {
+        return Ok(named);
+    }
+    Err(CliError::Usage(format!(
+        "{}: a run issuing {} did not finish (killed or failed): their keystores, keys and \
+         ETKs may not belong together. Issue them again: --institution NAME:TYPE=VALUE \
+         --replace NAME for each",
+        dir.display(),
+        again.join(", ")
+    )))
 }
 
 /// Present in a world's directory from before its CA is written until the run that made
@@ -636,10 +676,9 @@ fn keystore_password(dir: &Path) -> Result<Zeroizing<String>, CliError> {
 fn software_institution(
     pki: &TestPki,
     w: &Wanted,
-    dir: &Path,
     password: &str,
     profile: Profile,
-) -> Result<Vec<u8>, CliError> {
+) -> Result<(Vec<u8>, Vec<WorldFile>), CliError> {
     let inst = pki
         .institution(&w.spec)
         .map_err(|e| CliError::Usage(format!("issuing {}: {e}", w.name)))?;
@@ -655,21 +694,55 @@ fn software_institution(
     )
     .map_err(keystore_error)?;
     let p12 = write_pfx(&entries, password, profile).map_err(keystore_error)?;
-    write(dir, &format!("{}.p12", w.name), &p12)?;
-    write(
-        dir,
-        &format!("{}-etk-cert.pem", w.name),
-        &inst.etk_cert.to_pem().map_err(openssl_err)?,
-    )?;
-    write(
-        dir,
-        &format!("{}-etk-key.pem", w.name),
-        &inst
-            .etk_key
-            .private_key_to_pem_pkcs8()
-            .map_err(openssl_err)?,
-    )?;
-    Ok(inst.etk)
+    let files = vec![
+        (format!("{}.p12", w.name), Zeroizing::new(p12)),
+        (
+            format!("{}-etk-cert.pem", w.name),
+            Zeroizing::new(inst.etk_cert.to_pem().map_err(openssl_err)?),
+        ),
+        (
+            format!("{}-etk-key.pem", w.name),
+            Zeroizing::new(
+                inst.etk_key
+                    .private_key_to_pem_pkcs8()
+                    .map_err(openssl_err)?,
+            ),
+        ),
+    ];
+    Ok((inst.etk, files))
+}
+
+/// A file of the world to write: its name and bytes (a key or keystore among them).
+type WorldFile = (String, Zeroizing<Vec<u8>>);
+
+/// Writes an institution's files (its ETK last), named in [`ISSUING`] while they are
+/// written, beside the institutions a run cut short left half issued (`half_issued`,
+/// which loses this one once its files are written): a run cut short between two files
+/// leaves the marker, and the world refuses other work until they are issued again.
+fn write_institution(
+    dir: &Path,
+    name: &str,
+    files: &[WorldFile],
+    half_issued: &mut BTreeSet<String>,
+) -> Result<(), CliError> {
+    let marker_with =
+        |names: &BTreeSet<String>| names.iter().fold(String::new(), |text, n| text + n + "\n");
+    half_issued.insert(name.to_owned());
+    write(dir, ISSUING, marker_with(half_issued).as_bytes())?;
+    for (file, bytes) in files {
+        write(dir, file, bytes)?;
+    }
+    half_issued.remove(name);
+    if !half_issued.is_empty() {
+        return write(dir, ISSUING, marker_with(half_issued).as_bytes());
+    }
+    let marker = dir.join(ISSUING);
+    std::fs::remove_file(&marker)
+        .and_then(|()| etee_custody::file_sink::sync_dir(&marker))
+        .map_err(|source| CliError::File {
+            path: marker.display().to_string(),
+            source,
+        })
 }
 
 /// Keys born in the token of `config`: an authentication key certified by the CA, and an
@@ -806,4 +879,25 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CliError> {
         || name == "password"
         || name.ends_with(".p12");
     crate::output::write_file(&dir.join(name), bytes, secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While an institution's files are written the marker names it, beside those a run
+    /// cut short left half issued; they stay named until their own files are written.
+    #[test]
+    fn a_half_issued_institution_stays_named_until_issued() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join(ISSUING);
+        let file = |name: &str| vec![(format!("{name}.etk"), Zeroizing::new(b"etk".to_vec()))];
+        let mut half_issued = BTreeSet::from(["carol".to_owned()]);
+        write_institution(dir.path(), "erin", &file("erin"), &mut half_issued).unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "carol\n");
+        assert!(dir.path().join("erin.etk").exists());
+        write_institution(dir.path(), "carol", &file("carol"), &mut half_issued).unwrap();
+        assert!(!marker.exists());
+        assert!(half_issued.is_empty());
+    }
 }

@@ -1199,6 +1199,10 @@ fn broken_and_abusive_requests_are_the_callers_fault() {
         assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
         let export = json(&body);
         assert_eq!(export["intact"], Value::Bool(true), "{export}");
+        assert!(
+            export.get("head").is_none() && export.get("anchor").is_none(),
+            "no hash of the chain, which would give hidden outcomes away: {export}"
+        );
         export
     };
     let signed = audit("operation=sign&outcome=success&limit=2");

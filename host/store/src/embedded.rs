@@ -708,7 +708,7 @@ fn apply_in(txn: &WriteTransaction, change: Change<'_>) -> Result<bool> {
             for id in exclusive {
                 if let Some(other) = holders_under(txn, id)?
                     .into_iter()
-                    .find(|ids| !ids.iter().any(|i| holder.contains(i)))
+                    .find(|ids| !crate::names_holder(ids, holder))
                 {
                     return Err(Error::IdentifierTaken(Box::new(IdentifierTaken {
                         identifier: id.clone(),

@@ -104,6 +104,15 @@ pub struct IdentifierTaken {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whether `ids` name one of `holder` by type and value (any application id).
+pub(crate) fn names_holder(ids: &[Identifier], holder: &[Identifier]) -> bool {
+    ids.iter().any(|i| {
+        holder
+            .iter()
+            .any(|h| h.id_type == i.id_type && h.value == i.value)
+    })
+}
+
 /// An identifier of a holder as ETKDepot looks it up: type ("CBE", "NIHII-PHARMACY", "SSIN",
 /// ...), value (already normalised by the caller) and an optional application id ("KGSS").
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -419,8 +428,9 @@ pub enum Change<'a> {
     /// See [`Store::put_etk`]: nothing to act on when the ETK is stored already.
     PutEtk(&'a EtkRecord),
     /// [`Change::PutEtk`] unless an identifier of `exclusive` (type and value, any
-    /// application id) already finds a stored ETK none of whose identifiers is in `holder`:
-    /// then [`Error::IdentifierTaken`]. One number, one holder: a doctor's NIHII published
+    /// application id) already finds a stored ETK none of whose identifiers is one of
+    /// `holder` (compared by type and value: the holder's other application ids are the
+    /// same holder): then [`Error::IdentifierTaken`]. One number, one holder: a doctor's NIHII published
     /// beside the SSIN of the doctor's ETK must not also find another person's ETK. Checked
     /// in the transaction that stores the ETK, serialised with every other ETK
     /// registration (also across instances sharing a database), so that two holders

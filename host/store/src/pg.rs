@@ -954,7 +954,7 @@ fn apply_in(tx: &mut Transaction<'_>, change: Change<'_>) -> Result<bool> {
                 }
                 if let Some((_, other)) = by_etk
                     .into_iter()
-                    .find(|(_, ids)| !ids.iter().any(|i| holder.contains(i)))
+                    .find(|(_, ids)| !crate::names_holder(ids, holder))
                 {
                     return Err(Error::IdentifierTaken(Box::new(IdentifierTaken {
                         identifier: id.clone(),

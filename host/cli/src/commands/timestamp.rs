@@ -160,8 +160,11 @@ impl<'a> Stamp<'a> {
         source: &str,
         nonce: Option<&[u8; 8]>,
     ) -> Result<ExitCode, CliError> {
-        let token = timestamp::token_of_reply(answer)
-            .map_err(|e| CliError::Usage(format!("{source}: {e}")))?;
+        // A file given is the caller's to fix (usage); an authority's answer, refused.
+        let token = timestamp::token_of_reply(answer).map_err(|e| match nonce {
+            Some(_) => CliError::Refused(format!("{source}: {e}")),
+            None => CliError::Usage(format!("{source}: {e}")),
+        })?;
         let anchors = TrustAnchors::new(inputs::certificates(self.tsa_trust)?);
         let checked = timestamp::check(&token, &self.signature, &anchors);
         if let Some(e) = checked.error {

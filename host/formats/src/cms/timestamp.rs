@@ -286,10 +286,14 @@ fn parse(token: &[u8]) -> Result<Token, BerError> {
     let imprint_value = imprint.next(tag::OCTET_STRING)?.content.to_vec();
     f.next(tag::INTEGER)?;
     let gen_time = parse_time(&f.next(tag::GENERALIZED_TIME)?)?;
-    // accuracy and ordering, both optional, then the request's nonce if it had one.
-    f.optional(tag::SEQUENCE)?;
-    f.optional(tag::BOOLEAN)?;
-    let nonce = f.optional(tag::INTEGER)?.map(|n| n.content.to_vec());
+    // accuracy and ordering, both optional, then the request's nonce if it had one; read
+    // leniently, as a receiver's verdict never depended on what follows genTime.
+    let mut nonce_of = || -> Result<Option<Vec<u8>>, BerError> {
+        f.optional(tag::SEQUENCE)?;
+        f.optional(tag::BOOLEAN)?;
+        Ok(f.optional(tag::INTEGER)?.map(|n| n.content.to_vec()))
+    };
+    let nonce = nonce_of().ok().flatten();
     if !is_tst {
         return Err(tst.err(BerErrorKind::BadValue("not a TSTInfo")));
     }

@@ -1235,9 +1235,21 @@ pub fn etk_one_number_one_holder(h: &impl Harness) {
         }
         other => panic!("another holder under a taken number: {other:?}"),
     }
+    // The doctor's ETK of an application: the same holder, whatever the application id.
+    let with_app = |id: &Identifier| Identifier::new(&id.id_type, &id.value, Some("APP"));
+    let app_etk = etk(
+        &format!("doctor {n}, application"),
+        &[("SSIN", &ssin(1).value), ("NIHII", &number)],
+        Some("APP"),
+        1_700_000_000,
+    );
+    s.put_etk_exclusive(&app_etk, &[with_app(&nihii)], &[with_app(&ssin(1))])
+        .unwrap();
     let found = s.find_etks("NIHII", &number, None).unwrap();
-    assert_eq!(found.len(), 2, "the doctor's two ETKs, no other");
-    assert!(found.iter().all(|r| r.identifiers.contains(&ssin(1))));
+    assert_eq!(found.len(), 3, "the doctor's three ETKs, no other");
+    assert!(found
+        .iter()
+        .all(|r| r.identifiers.iter().any(|i| i.value == ssin(1).value)));
 
     // A number some ETK holds as its own (an institution's, no SSIN) is taken as well.
     let institution = format!("{:08}002", n);

@@ -433,9 +433,9 @@ fn register_as(
         holder: &holder,
     };
     match actor {
-        None => store
-            .put_etk_exclusive(&record, &extra, &holder)
-            .map_err(taken)?,
+        None => {
+            store.apply(change).map_err(taken)?;
+        }
         Some(actor) => {
             let event = crate::audit::event(
                 now,

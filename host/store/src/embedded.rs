@@ -153,43 +153,6 @@ impl EmbeddedStore {
         txn.commit().db()
     }
 
-    /// [`apply_in`] in a transaction of its own, committed when it changed something.
-    fn apply(&self, change: Change<'_>) -> Result<bool> {
-        let txn = self.write()?;
-        let changed = apply_in(&txn, change)?;
-        commit_if(txn, changed)
-    }
-
-    /// The writes of `apply_with_event`, `remember_request_with_event` and
-    /// `remember_request_with_change` in one write transaction: the request's digest
-    /// remembered (`request`: digest, expiry, now), then `change` made, then `event`
-    /// appended; `None`, and nothing written, for a replay or a change with nothing to act
-    /// on.
-    fn with_event(
-        &self,
-        request: Option<(&[u8; 32], i64, i64)>,
-        change: Option<Change<'_>>,
-        event: &AuditEvent,
-    ) -> Result<Option<u64>> {
-        let txn = self.write()?;
-        let fresh = match request {
-            Some((digest, expires_at, now)) => remember_in(&txn, digest, expires_at, now)?,
-            None => true,
-        };
-        let acted = fresh
-            && match change {
-                Some(change) => apply_in(&txn, change)?,
-                None => true,
-            };
-        if !acted {
-            txn.abort().db()?;
-            return Ok(None);
-        }
-        let sequence = append_in(&txn, event)?;
-        txn.commit().db()?;
-        Ok(Some(sequence))
-    }
-
     fn write(&self) -> Result<WriteTransaction> {
         let mut txn = self.db.begin_write().db()?;
         txn.set_durability(Durability::Immediate);
@@ -220,22 +183,35 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
-    fn put_etk(&self, record: &EtkRecord) -> Result<()> {
-        self.apply(Change::PutEtk(record)).map(drop)
+    fn apply(&self, change: Change<'_>) -> Result<bool> {
+        let txn = self.write()?;
+        let changed = apply_in(&txn, change)?;
+        commit_if(txn, changed)
     }
 
-    fn put_etk_exclusive(
+    fn write_with_event(
         &self,
-        record: &EtkRecord,
-        exclusive: &[Identifier],
-        holder: &[Identifier],
-    ) -> Result<()> {
-        self.apply(Change::PutEtkExclusive {
-            record,
-            exclusive,
-            holder,
-        })
-        .map(drop)
+        request: Option<(&[u8; 32], i64, i64)>,
+        change: Option<Change<'_>>,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>> {
+        let txn = self.write()?;
+        let fresh = match request {
+            Some((digest, expires_at, now)) => remember_in(&txn, digest, expires_at, now)?,
+            None => true,
+        };
+        let acted = fresh
+            && match change {
+                Some(change) => apply_in(&txn, change)?,
+                None => true,
+            };
+        if !acted {
+            txn.abort().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&txn, event)?;
+        txn.commit().db()?;
+        Ok(Some(sequence))
     }
 
     fn find_etks(
@@ -295,20 +271,12 @@ impl Store for EmbeddedStore {
         Ok(Some((record, sequence)))
     }
 
-    fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
-        self.apply(Change::InsertKgssKey(key)).map(drop)
-    }
-
     fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>> {
         let txn = self.db.begin_read().db()?;
         let keys = txn.open_table(KGSS_KEY).db()?;
         let row = keys.get(&id[..]).db()?;
         row.map(|row| decode::<KgssRow>(row.value())?.into_key(*id))
             .transpose()
-    }
-
-    fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
-        self.apply(Change::DeleteKgssKey(id))
     }
 
     fn kgss_keys(&self, after: Option<&[u8; 16]>, limit: usize) -> Result<Vec<KgssKey>> {
@@ -327,10 +295,6 @@ impl Store for EmbeddedStore {
                 decode::<KgssRow>(row.value())?.into_key(id)
             })
             .collect()
-    }
-
-    fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
-        self.apply(Change::InsertPublicKey(record)).map(drop)
     }
 
     fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>> {
@@ -365,46 +329,6 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(found)
-    }
-
-    fn update_public_key_info(
-        &self,
-        key_id: &[u8],
-        expected: &BTreeMap<String, String>,
-        info: &BTreeMap<String, String>,
-    ) -> Result<bool> {
-        self.apply(Change::UpdatePublicKeyInfo {
-            key_id,
-            expected,
-            info,
-        })
-    }
-
-    fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
-        self.apply(Change::DeletePublicKey(key_id))
-    }
-
-    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<bool> {
-        self.apply(Change::SetAttribute {
-            id_type,
-            value,
-            attribute,
-        })
-    }
-
-    fn remove_attribute(
-        &self,
-        id_type: &str,
-        value: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<bool> {
-        self.apply(Change::RemoveAttribute {
-            id_type,
-            value,
-            namespace,
-            name,
-        })
     }
 
     fn attributes(&self, id_type: &str, value: &str) -> Result<Vec<Attribute>> {
@@ -475,31 +399,6 @@ impl Store for EmbeddedStore {
         let sequence = append_in(&txn, event)?;
         txn.commit().db()?;
         Ok(sequence)
-    }
-
-    fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>> {
-        self.with_event(None, Some(change), event)
-    }
-
-    fn remember_request_with_event(
-        &self,
-        digest: &[u8; 32],
-        expires_at: i64,
-        now: i64,
-        event: &AuditEvent,
-    ) -> Result<Option<u64>> {
-        self.with_event(Some((digest, expires_at, now)), None, event)
-    }
-
-    fn remember_request_with_change(
-        &self,
-        digest: &[u8; 32],
-        expires_at: i64,
-        now: i64,
-        change: Change<'_>,
-        event: &AuditEvent,
-    ) -> Result<Option<u64>> {
-        self.with_event(Some((digest, expires_at, now)), Some(change), event)
     }
 
     fn remember_key_read(

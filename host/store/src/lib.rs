@@ -242,8 +242,30 @@ pub trait Store: Send + Sync {
         None
     }
 
+    /// Makes `change` in a transaction of its own, committed when it changed something:
+    /// true then, false (nothing written) when it found nothing to act on; a taken or
+    /// retired key id for an insertion is [`Error::AlreadyExists`]. What each single-change
+    /// writer below does ([`put_etk`](Store::put_etk), [`set_attribute`](Store::set_attribute),
+    /// ...).
+    fn apply(&self, change: Change<'_>) -> Result<bool>;
+
+    /// In one transaction: `request`'s digest remembered (digest, expiry, now; as by
+    /// [`remember_request`](Store::remember_request)), then `change` made, then `event`
+    /// appended, returning its sequence; `None`, and nothing written, for a replay or a
+    /// change with nothing to act on. What [`apply_with_event`](Store::apply_with_event),
+    /// [`remember_request_with_event`](Store::remember_request_with_event) and
+    /// [`remember_request_with_change`](Store::remember_request_with_change) do.
+    fn write_with_event(
+        &self,
+        request: Option<(&[u8; 32], i64, i64)>,
+        change: Option<Change<'_>>,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>>;
+
     /// Registers an ETK; putting one whose digest is already stored changes nothing.
-    fn put_etk(&self, record: &EtkRecord) -> Result<()>;
+    fn put_etk(&self, record: &EtkRecord) -> Result<()> {
+        self.apply(Change::PutEtk(record)).map(drop)
+    }
     /// [`put_etk`](Store::put_etk) under the rule of [`Change::PutEtkExclusive`]:
     /// refused with [`Error::IdentifierTaken`] when an identifier of `exclusive` already
     /// finds an ETK of another holder than `holder`.
@@ -252,7 +274,14 @@ pub trait Store: Send + Sync {
         record: &EtkRecord,
         exclusive: &[Identifier],
         holder: &[Identifier],
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.apply(Change::PutEtkExclusive {
+            record,
+            exclusive,
+            holder,
+        })
+        .map(drop)
+    }
     /// The ETKs of holder `(id_type, value)`: all of them when `application_id` is `None`,
     /// only those without an application id when it is `Some("")` (the holder's default
     /// ETK), else only those with that application id. Newest (by `not_before`) first.
@@ -268,10 +297,14 @@ pub trait Store: Send + Sync {
 
     /// Stores a new KGSS key, durably when it returns `Ok`; [`Error::AlreadyExists`] if the id is
     /// taken.
-    fn insert_kgss_key(&self, key: &KgssKey) -> Result<()>;
+    fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
+        self.apply(Change::InsertKgssKey(key)).map(drop)
+    }
     fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>>;
     /// Deletes a KGSS key for good; false when it was not there.
-    fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool>;
+    fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
+        self.apply(Change::DeleteKgssKey(id))
+    }
     /// A page of the stored KGSS keys, in id order: at most `limit` of those whose id
     /// comes after `after` (from the first when `None`). For administrators' listings;
     /// page on with the last id returned. The wrapped keys come along, opaque as ever.
@@ -279,7 +312,9 @@ pub trait Store: Send + Sync {
 
     /// Stores a new public key; [`Error::AlreadyExists`] on a key id that is taken, or was
     /// ever taken (see [`Store::delete_public_key`]).
-    fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()>;
+    fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
+        self.apply(Change::InsertPublicKey(record)).map(drop)
+    }
     fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>>;
     /// The public keys of holder `(id_type, value)`, any application id when `None`; by key id.
     fn list_public_keys(
@@ -297,23 +332,44 @@ pub trait Store: Send + Sync {
         key_id: &[u8],
         expected: &BTreeMap<String, String>,
         info: &BTreeMap<String, String>,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        self.apply(Change::UpdatePublicKeyInfo {
+            key_id,
+            expected,
+            info,
+        })
+    }
     /// Deletes a public key for good (false when it was not there) and retires its key id
     /// in the same transaction: a key id names one key for ever, so that a sender holding
     /// an old id can never reach somebody else's key registered under it later.
-    fn delete_public_key(&self, key_id: &[u8]) -> Result<bool>;
+    fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
+        self.apply(Change::DeletePublicKey(key_id))
+    }
 
     /// Sets an attribute of holder `(id_type, value)`, replacing the value of the same
     /// namespace and name. False when the holder already had it with that value (nothing
     /// was written), so that a repeated administrative command adds no audit event.
-    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<bool>;
+    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<bool> {
+        self.apply(Change::SetAttribute {
+            id_type,
+            value,
+            attribute,
+        })
+    }
     fn remove_attribute(
         &self,
         id_type: &str,
         value: &str,
         namespace: &str,
         name: &str,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        self.apply(Change::RemoveAttribute {
+            id_type,
+            value,
+            namespace,
+            name,
+        })
+    }
     /// The holder's attributes, by namespace then name.
     fn attributes(&self, id_type: &str, value: &str) -> Result<Vec<Attribute>>;
     /// Every holder with at least one attribute, by holder.
@@ -347,7 +403,9 @@ pub trait Store: Send + Sync {
         expires_at: i64,
         now: i64,
         event: &AuditEvent,
-    ) -> Result<Option<u64>>;
+    ) -> Result<Option<u64>> {
+        self.write_with_event(Some((digest, expires_at, now)), None, event)
+    }
     /// [`apply_with_event`](Store::apply_with_event) for a request that must be served once
     /// (KGSS `GetNewKey`): `digest` is remembered as by
     /// [`remember_request`](Store::remember_request) in the same transaction, so that a
@@ -361,7 +419,9 @@ pub trait Store: Send + Sync {
         now: i64,
         change: Change<'_>,
         event: &AuditEvent,
-    ) -> Result<Option<u64>>;
+    ) -> Result<Option<u64>> {
+        self.write_with_event(Some((digest, expires_at, now)), Some(change), event)
+    }
     /// [`remember_request_with_event`](Store::remember_request_with_event) for a release of
     /// KGSS key `key_id`, in a transaction that also finds the key still stored (PostgreSQL:
     /// locked against a concurrent deletion until commit): a deletion committed before
@@ -385,7 +445,9 @@ pub trait Store: Send + Sync {
     /// event, when the change found nothing to act on (a deletion or an update of a key
     /// that is not there); an insertion of a taken (or retired) key id is
     /// [`Error::AlreadyExists`], with no event either.
-    fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>>;
+    fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>> {
+        self.write_with_event(None, Some(change), event)
+    }
     /// [`remove_etk`](Store::remove_etk) and the append of `event(removed record)` in one
     /// transaction, or neither: the removed record and the event's sequence, `None` (and
     /// no event) when no ETK of `digest` is stored.

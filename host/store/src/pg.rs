@@ -193,42 +193,6 @@ impl PgStore {
         get(&row, 0)
     }
 
-    /// The writes of `apply_with_event`, `remember_request_with_event` and
-    /// `remember_request_with_change` in one transaction: the request's digest remembered
-    /// (`request`: digest, expiry, now), then `change` made, then `event` appended; `None`,
-    /// and nothing written, for a replay or a change with nothing to act on.
-    fn with_event(
-        &self,
-        request: Option<(&[u8; 32], i64, i64)>,
-        change: Option<Change<'_>>,
-        event: &AuditEvent,
-    ) -> Result<Option<u64>> {
-        let mut conn = self.conn()?;
-        let mut tx = begin(&mut conn)?;
-        // The digest's row first: a replay leaves without touching the audit lock. Then the
-        // change's locks (a key id's, its rows), then the audit lock: every transaction
-        // takes its row locks before the advisory lock (append_event takes only the
-        // latter), so none can deadlock. A concurrent same-digest request waits on the
-        // uncommitted row and sees it as a replay once this commits (nothing, if it rolls
-        // back).
-        let fresh = match request {
-            Some((digest, expires_at, now)) => remember_in(&mut tx, digest, expires_at, now)?,
-            None => true,
-        };
-        let acted = fresh
-            && match change {
-                Some(change) => apply_in(&mut tx, change)?,
-                None => true,
-            };
-        if !acted {
-            tx.rollback().db()?;
-            return Ok(None);
-        }
-        let sequence = append_in(&mut tx, event)?;
-        tx.commit().db()?;
-        Ok(Some(sequence))
-    }
-
     /// The value of a server setting on this store's connections (`SHOW name`), for
     /// diagnostics: what the session options made of the server's defaults.
     pub fn setting(&self, name: &str) -> Result<String> {
@@ -241,19 +205,6 @@ impl PgStore {
 
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<MakeTlsConnector>>> {
         self.pool.get().db()
-    }
-
-    /// Makes `change` in a transaction of its own (see [`apply_in`]), committed when it
-    /// changed something.
-    fn apply(&self, change: Change<'_>) -> Result<bool> {
-        let mut conn = self.conn()?;
-        let mut tx = begin(&mut conn)?;
-        let changed = apply_in(&mut tx, change)?;
-        match changed {
-            true => tx.commit().db()?,
-            false => tx.rollback().db()?,
-        }
-        Ok(changed)
     }
 }
 
@@ -396,26 +347,51 @@ impl Store for PgStore {
         "postgres"
     }
 
+    fn apply(&self, change: Change<'_>) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let mut tx = begin(&mut conn)?;
+        let changed = apply_in(&mut tx, change)?;
+        match changed {
+            true => tx.commit().db()?,
+            false => tx.rollback().db()?,
+        }
+        Ok(changed)
+    }
+
+    fn write_with_event(
+        &self,
+        request: Option<(&[u8; 32], i64, i64)>,
+        change: Option<Change<'_>>,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>> {
+        let mut conn = self.conn()?;
+        let mut tx = begin(&mut conn)?;
+        // The digest's row first: a replay leaves without touching the audit lock. Then the
+        // change's locks (a key id's, its rows), then the audit lock: every transaction
+        // takes its row locks before the advisory lock (append_event takes only the
+        // latter), so none can deadlock. A concurrent same-digest request waits on the
+        // uncommitted row and sees it as a replay once this commits (nothing, if it rolls
+        // back).
+        let fresh = match request {
+            Some((digest, expires_at, now)) => remember_in(&mut tx, digest, expires_at, now)?,
+            None => true,
+        };
+        let acted = fresh
+            && match change {
+                Some(change) => apply_in(&mut tx, change)?,
+                None => true,
+            };
+        if !acted {
+            tx.rollback().db()?;
+            return Ok(None);
+        }
+        let sequence = append_in(&mut tx, event)?;
+        tx.commit().db()?;
+        Ok(Some(sequence))
+    }
+
     fn concurrency(&self) -> Option<usize> {
         Some(self.pool.max_size() as usize)
-    }
-
-    fn put_etk(&self, record: &EtkRecord) -> Result<()> {
-        self.apply(Change::PutEtk(record)).map(drop)
-    }
-
-    fn put_etk_exclusive(
-        &self,
-        record: &EtkRecord,
-        exclusive: &[Identifier],
-        holder: &[Identifier],
-    ) -> Result<()> {
-        self.apply(Change::PutEtkExclusive {
-            record,
-            exclusive,
-            holder,
-        })
-        .map(drop)
     }
 
     fn find_etks(
@@ -466,10 +442,6 @@ impl Store for PgStore {
         Ok(Some((record, sequence)))
     }
 
-    fn insert_kgss_key(&self, key: &KgssKey) -> Result<()> {
-        self.apply(Change::InsertKgssKey(key)).map(drop)
-    }
-
     fn get_kgss_key(&self, id: &[u8; 16]) -> Result<Option<KgssKey>> {
         let row = self
             .conn()?
@@ -479,10 +451,6 @@ impl Store for PgStore {
             )
             .db()?;
         row.as_ref().map(kgss_from_row).transpose()
-    }
-
-    fn delete_kgss_key(&self, id: &[u8; 16]) -> Result<bool> {
-        self.apply(Change::DeleteKgssKey(id))
     }
 
     fn kgss_keys(&self, after: Option<&[u8; 16]>, limit: usize) -> Result<Vec<KgssKey>> {
@@ -497,10 +465,6 @@ impl Store for PgStore {
             )
             .db()?;
         rows.iter().map(kgss_from_row).collect()
-    }
-
-    fn insert_public_key(&self, record: &PublicKeyRecord) -> Result<()> {
-        self.apply(Change::InsertPublicKey(record)).map(drop)
     }
 
     fn get_public_key(&self, key_id: &[u8]) -> Result<Option<PublicKeyRecord>> {
@@ -533,46 +497,6 @@ impl Store for PgStore {
             )
             .db()?;
         rows.iter().map(public_key_from_row).collect()
-    }
-
-    fn update_public_key_info(
-        &self,
-        key_id: &[u8],
-        expected: &BTreeMap<String, String>,
-        info: &BTreeMap<String, String>,
-    ) -> Result<bool> {
-        self.apply(Change::UpdatePublicKeyInfo {
-            key_id,
-            expected,
-            info,
-        })
-    }
-
-    fn delete_public_key(&self, key_id: &[u8]) -> Result<bool> {
-        self.apply(Change::DeletePublicKey(key_id))
-    }
-
-    fn set_attribute(&self, id_type: &str, value: &str, attribute: &Attribute) -> Result<bool> {
-        self.apply(Change::SetAttribute {
-            id_type,
-            value,
-            attribute,
-        })
-    }
-
-    fn remove_attribute(
-        &self,
-        id_type: &str,
-        value: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<bool> {
-        self.apply(Change::RemoveAttribute {
-            id_type,
-            value,
-            namespace,
-            name,
-        })
     }
 
     fn attributes(&self, id_type: &str, value: &str) -> Result<Vec<Attribute>> {
@@ -646,31 +570,6 @@ impl Store for PgStore {
         let sequence = append_in(&mut tx, event)?;
         tx.commit().db()?;
         Ok(sequence)
-    }
-
-    fn apply_with_event(&self, change: Change<'_>, event: &AuditEvent) -> Result<Option<u64>> {
-        self.with_event(None, Some(change), event)
-    }
-
-    fn remember_request_with_event(
-        &self,
-        digest: &[u8; 32],
-        expires_at: i64,
-        now: i64,
-        event: &AuditEvent,
-    ) -> Result<Option<u64>> {
-        self.with_event(Some((digest, expires_at, now)), None, event)
-    }
-
-    fn remember_request_with_change(
-        &self,
-        digest: &[u8; 32],
-        expires_at: i64,
-        now: i64,
-        change: Change<'_>,
-        event: &AuditEvent,
-    ) -> Result<Option<u64>> {
-        self.with_event(Some((digest, expires_at, now)), Some(change), event)
     }
 
     fn remember_key_read(
